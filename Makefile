@@ -1,0 +1,52 @@
+# tcpgate build. Every tool is pinned in go.mod as a `tool` line; nothing else
+# needs installing beyond Go.
+GO        ?= go
+BIN       := bin
+GRPC_ADDR ?= 127.0.0.1:50051
+HTTP_ADDR ?= 127.0.0.1:50080
+TESTFLAGS ?=
+
+.PHONY: all generate build run test lint verify bench fuzz clean
+
+all: build
+
+## generate: regenerate gen/ from proto/ (offline: plugins run via `go tool`)
+generate:
+	$(GO) tool buf generate
+
+## build: build the daemon and CLI to bin/tcpgate
+build:
+	$(GO) build -o $(BIN)/tcpgate ./cmd/tcpgate
+
+## run: start the gateway with its embedded defaults
+run: build
+	./$(BIN)/tcpgate serve --grpc-addr $(GRPC_ADDR)
+
+## test: build everything and run every test with the race detector
+test:
+	$(GO) build ./...
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
+
+## lint: vet, gofmt and buf lint
+lint:
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) tool buf lint
+
+## verify: fail on stale gen/, untidy go.mod, buf lint or buf format findings
+verify: lint
+	$(GO) mod tidy -diff
+	$(GO) tool buf format --diff --exit-code
+	$(GO) tool buf generate
+	@if [ -n "$$(git status --porcelain -- gen)" ]; then echo "gen/ is stale: run 'make generate' and commit"; git status --porcelain -- gen; exit 1; fi
+
+## fuzz: run every fuzz target for FUZZTIME each
+FUZZTIME ?= 20s
+fuzz:
+	@for t in $$($(GO) test -list '^Fuzz' ./server/internal/framing | grep '^Fuzz'); do \
+		echo "== $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./server/internal/framing || exit 1; \
+	done
+
+clean:
+	rm -rf $(BIN)

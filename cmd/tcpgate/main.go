@@ -1,0 +1,58 @@
+// Command tcpgate is the gRPC-managed TCP gateway: `tcpgate serve` runs the
+// daemon.
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+func main() {
+	if err := newRootCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "tcpgate:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "tcpgate",
+		Short: "A gRPC-managed TCP gateway",
+		Long: "tcpgate starts and stops raw TCP listeners, sends TCP messages and bytes,\n" +
+			"and streams what its listeners receive, all driven over gRPC.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newServeCmd())
+	return root
+}
+
+// envPrefix prefixes the environment variable of every flag:
+// --grpc-addr is also TCPGATE_GRPC_ADDR.
+const envPrefix = "TCPGATE_"
+
+// envName returns the environment variable that sets a flag.
+func envName(flag string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// applyEnv sets every flag not given on the command line from its
+// environment variable, so flags win over the environment.
+func applyEnv(flags *pflag.FlagSet) error {
+	var err error
+	flags.VisitAll(func(f *pflag.Flag) {
+		if err != nil || f.Changed {
+			return
+		}
+		if v, ok := os.LookupEnv(envName(f.Name)); ok {
+			if serr := flags.Set(f.Name, v); serr != nil {
+				err = fmt.Errorf("%s=%q: %w", envName(f.Name), v, serr)
+			}
+		}
+	})
+	return err
+}

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tcpgate/tcpgate/server"
+)
+
+func newServeCmd() *cobra.Command {
+	var (
+		cfg       server.Config
+		logLevel  string
+		logFormat string
+	)
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the gateway daemon",
+		Long: "Run the gateway: gRPC control plane with reflection and health.\n\n" +
+			"Every flag can also be set by an environment variable: TCPGATE_ and the\n" +
+			"flag's name in capitals with _ for -, e.g. TCPGATE_GRPC_ADDR. Flags win.\n" +
+			"SIGINT or SIGTERM shuts down gracefully within --shutdown-timeout.",
+		Example: "  tcpgate serve\n" +
+			"  tcpgate serve --grpc-addr 127.0.0.1:0 --log-format json\n" +
+			"  TCPGATE_LOG_LEVEL=debug tcpgate serve",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyEnv(cmd.Flags()); err != nil {
+				return err
+			}
+			log, err := newLogger(logLevel, logFormat)
+			if err != nil {
+				return err
+			}
+			cfg.Logger = log
+			srv, err := server.New(cfg)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return srv.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.GRPCAddr, "grpc-addr", server.DefaultGRPCAddr, "gRPC listen address (port 0 picks a free port)")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", server.DefaultShutdownTimeout, "how long in-flight calls may finish at shutdown")
+	f.IntVar(&cfg.ReplayBytes, "replay-bytes", server.DefaultReplayBytes, "bytes of recent events kept for since_sequence replay (negative disables)")
+	f.IntVar(&cfg.SubscriberQueueBytes, "subscriber-queue-bytes", server.DefaultSubscriberQueueBytes, "bytes queued per subscriber before its slow-consumer policy applies")
+	f.IntVar(&cfg.MaxListeners, "max-listeners", 0, "most listeners at once (0: no limit)")
+	f.IntVar(&cfg.MaxConnections, "max-connections", 0, "most open connections over all listeners (0: no limit)")
+	f.IntVar(&cfg.MaxSubscribers, "max-subscribers", 0, "most Subscribe streams at once (0: no limit)")
+	f.DurationVar(&cfg.WriteTimeout, "write-timeout", server.DefaultWriteTimeout, "how long a write to a connection may block before it is closed")
+	return cmd
+}
+
+// newLogger builds the daemon's logger. Payload bytes are never logged.
+func newLogger(level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %q is not debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format: %q is not text or json", format)
+}

@@ -1,0 +1,53 @@
+// Package server is the tcpgate daemon: it wires the engine to the gRPC
+// service and runs it. server.go is the only place the parts meet.
+//
+// # Architecture
+//
+// Data flows one way. A listener (internal/listener) accepts TCP
+// connections; each connection (internal/conn) runs one read loop that cuts
+// its bytes into frames (internal/framing) and publishes them to the hub
+// (internal/hub). The hub numbers every event with a gateway-wide sequence,
+// keeps recent events in a replay ring bounded in bytes, and queues each
+// event for every subscriber it matches. A Subscribe stream (rpc) takes
+// whatever is queued as one batch and sends it in one response. A payload is
+// allocated once per read and shared, unchanged, by the ring and every
+// subscriber.
+//
+// Writes go the other way: Send on an accepted connection goes through that
+// connection's write lock, so writes are serialized and awaited replies are
+// matched in write order; Send to an address uses internal/dialer, a fresh
+// connection per call.
+//
+// The engine knows nothing of protobuf. rpc validates requests, calls the
+// engine and maps its sentinel errors to gRPC codes (rpc/errors.go). The hub
+// and the listener registry are reached through small method sets, so that a
+// cluster can later put NATS-backed versions in their place.
+//
+// # Lock order
+//
+// Locks are never held across I/O, and only one pair is ever nested:
+//
+//	conn.Conn.writeMu  ->  conn.Conn.mu
+//
+// conn.Conn.writeMu is held across a write to the socket: that write is the
+// thing it serializes, bounded by the write timeout. listener.Registry.mu
+// and hub.Hub.mu are leaves: nothing that takes another lock, and no I/O,
+// runs while either is held.
+//
+// Counters of connections and listeners are atomics and take no lock.
+//
+// # Shutdown
+//
+// When Run's context ends (SIGINT or SIGTERM in the daemon):
+//
+//  1. the health service reports NOT_SERVING;
+//  2. the hub closes: every Subscribe stream sends what was already queued
+//     for it and ends with Unavailable, so no stream holds up step 3;
+//  3. the gRPC server stops gracefully, letting unary calls finish, and is
+//     stopped hard when the shutdown timeout passes;
+//  4. every listener stops: its port is freed at once and its connections
+//     are closed with reason SHUTDOWN; Run returns when every goroutine of
+//     the engine has returned.
+//
+// Nothing is left bound when Run returns.
+package server

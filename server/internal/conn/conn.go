@@ -1,0 +1,462 @@
+// Package conn serves one accepted TCP connection: a read loop that cuts the
+// byte stream into frames and publishes them, serialized writes for sends and
+// auto replies, and replies awaited by Send, answered in order.
+package conn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/tcpgate/tcpgate/server/internal/event"
+	"github.com/tcpgate/tcpgate/server/internal/framing"
+)
+
+// readBufferSize is the most one read takes: large enough that a fast sender
+// needs few reads, and the buffer is pooled so idle connections hold none.
+const readBufferSize = 64 << 10
+
+// DefaultWriteTimeout bounds a write when Config.WriteTimeout is 0: a peer
+// that stops reading for this long is considered gone.
+const DefaultWriteTimeout = 10 * time.Second
+
+var readBuffers = sync.Pool{New: func() any { b := make([]byte, readBufferSize); return &b }}
+
+// Errors returned by Send.
+var (
+	// ErrClosed means the connection closed before the write or the reply.
+	ErrClosed = errors.New("connection closed")
+	// ErrReplyTooLarge means the awaited reply exceeded its byte limit.
+	ErrReplyTooLarge = errors.New("reply too large")
+	// ErrWriteTimeout means the peer did not take the bytes within the write
+	// timeout; the connection is closed with reason WRITE_ERROR.
+	ErrWriteTimeout = errors.New("write timed out")
+)
+
+// Publisher receives the connection's events. The read loop uses PublishWait
+// so a lossless subscriber can slow it down.
+type Publisher interface {
+	Publish(evs ...*event.Event)
+	PublishWait(ctx context.Context, evs ...*event.Event) error
+}
+
+// AutoReplyMode says what the connection writes back for every frame.
+type AutoReplyMode int
+
+const (
+	// NoAutoReply writes nothing back.
+	NoAutoReply AutoReplyMode = iota
+	// Echo writes each frame back, encoded with the connection's framing.
+	Echo
+	// Fixed writes AutoReply.Payload back for each frame.
+	Fixed
+)
+
+// AutoReply is what a listener answers to every frame.
+type AutoReply struct {
+	Mode    AutoReplyMode
+	Payload []byte // for Fixed, written as is
+}
+
+// Counters are a connection's (or a listener's) traffic figures.
+type Counters struct {
+	BytesIn, BytesOut, FramesIn, FramesOut atomic.Uint64
+}
+
+// Config describes one connection.
+type Config struct {
+	ID         string
+	ListenerID string
+	// Framing must be normalized.
+	Framing   framing.Config
+	AutoReply AutoReply
+	// IdleTimeout closes a connection silent for that long; 0 means never.
+	IdleTimeout time.Duration
+	// WriteTimeout bounds each write; 0 means DefaultWriteTimeout.
+	WriteTimeout time.Duration
+	Publisher    Publisher
+	// Aggregate, when set, is also counted into (the listener's totals).
+	Aggregate *Counters
+}
+
+// ReplyMode says what reply Send waits for on a connection.
+type ReplyMode int
+
+const (
+	// NoReply returns after the write.
+	NoReply ReplyMode = iota
+	// NextFrame waits for the next frame the connection receives.
+	NextFrame
+	// UntilClose collects every frame until the connection closes.
+	UntilClose
+)
+
+// Conn is one accepted connection. Create it with New and run Serve.
+type Conn struct {
+	cfg      Config
+	nc       net.Conn
+	openedAt time.Time
+	counters Counters
+	ctx      context.Context // canceled by Close, so a waiting publish gives up
+	cancel   context.CancelFunc
+	done     chan struct{} // closed when Serve returns
+
+	writeMu sync.Mutex // serializes writes, and with them the order of awaiters
+
+	mu       sync.Mutex // guards the fields below
+	awaiters []*awaiter
+	reason   event.CloseReason // the first reason given to Close
+}
+
+type awaiter struct {
+	mode  ReplyMode
+	limit int
+	buf   []byte
+	err   error
+	done  chan struct{}
+}
+
+// New wraps an accepted connection. ctx bounds its life.
+func New(ctx context.Context, nc net.Conn, cfg Config) *Conn {
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
+	}
+	c := &Conn{cfg: cfg, nc: nc, openedAt: time.Now(), done: make(chan struct{})}
+	c.ctx, c.cancel = context.WithCancel(ctx)
+	return c
+}
+
+// ID returns the connection's id.
+func (c *Conn) ID() string { return c.cfg.ID }
+
+// ListenerID returns the id of the listener that accepted it.
+func (c *Conn) ListenerID() string { return c.cfg.ListenerID }
+
+// RemoteAddr returns the peer's address.
+func (c *Conn) RemoteAddr() string { return c.nc.RemoteAddr().String() }
+
+// LocalAddr returns the local address.
+func (c *Conn) LocalAddr() string { return c.nc.LocalAddr().String() }
+
+// OpenedAt returns when the connection was accepted.
+func (c *Conn) OpenedAt() time.Time { return c.openedAt }
+
+// Counters returns the connection's live counters.
+func (c *Conn) Counters() *Counters { return &c.counters }
+
+// Done is closed when Serve has returned and the socket is closed.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Close closes the connection with reason, unless it already closed for
+// another. It does not wait for Serve to return; Done tells when it has.
+func (c *Conn) Close(reason event.CloseReason) {
+	c.mu.Lock()
+	if c.reason == event.ReasonUnspecified {
+		c.reason = reason
+	}
+	c.mu.Unlock()
+	c.cancel()
+	// Unblocks a read or write in progress.
+	_ = c.nc.Close()
+}
+
+// Serve runs the read loop until the connection closes. It publishes
+// CONNECTION_OPENED first, every frame as DATA in order, and
+// CONNECTION_CLOSED last.
+func (c *Conn) Serve() {
+	defer close(c.done)
+	defer c.cancel()
+
+	pub := c.cfg.Publisher
+	pub.Publish(&event.Event{
+		Kind:         event.ConnectionOpened,
+		ListenerID:   c.cfg.ListenerID,
+		ConnectionID: c.cfg.ID,
+		RemoteAddr:   c.RemoteAddr(),
+		LocalAddr:    c.LocalAddr(),
+	})
+
+	splitter, err := framing.NewSplitter(c.cfg.Framing)
+	var reason event.CloseReason
+	if err != nil {
+		// Validated by the caller; reaching here is a bug, not a peer's doing.
+		reason = event.ReasonReadError
+	} else {
+		reason = c.readLoop(splitter)
+	}
+
+	var partial []byte
+	if splitter != nil {
+		var final []byte
+		final, partial = splitter.Close()
+		if final != nil && reason != event.ReasonFrameTooLarge {
+			c.frames([][]byte{final})
+		}
+	}
+
+	_ = c.nc.Close()
+	c.mu.Lock()
+	switch {
+	case c.reason != event.ReasonUnspecified:
+		reason = c.reason
+	case reason == event.ReasonUnspecified:
+		// The gateway's context ended without a Close: it is shutting down.
+		reason = event.ReasonShutdown
+		c.reason = reason
+	default:
+		c.reason = reason
+	}
+	awaiters := c.awaiters
+	c.awaiters = nil
+	c.mu.Unlock()
+	for _, a := range awaiters {
+		if a.mode != UntilClose && a.err == nil {
+			a.err = ErrClosed
+		}
+		close(a.done)
+	}
+
+	pub.Publish(&event.Event{
+		Kind:         event.ConnectionClosed,
+		ListenerID:   c.cfg.ListenerID,
+		ConnectionID: c.cfg.ID,
+		RemoteAddr:   c.RemoteAddr(),
+		LocalAddr:    c.LocalAddr(),
+		Data:         partial,
+		CloseReason:  reason,
+	})
+}
+
+// readLoop reads until an error and returns the close reason it implies.
+func (c *Conn) readLoop(splitter *framing.Splitter) event.CloseReason {
+	maxRead := readBufferSize
+	if c.cfg.Framing.Mode == framing.Raw && c.cfg.Framing.MaxFrameBytes < maxRead {
+		maxRead = c.cfg.Framing.MaxFrameBytes
+	}
+	var frames [][]byte
+	emit := func(f []byte) { frames = append(frames, f) }
+	for {
+		if c.cfg.IdleTimeout > 0 {
+			_ = c.nc.SetReadDeadline(time.Now().Add(c.cfg.IdleTimeout))
+		}
+		chunk, err := c.read(maxRead)
+		if len(chunk) > 0 {
+			c.counters.BytesIn.Add(uint64(len(chunk)))
+			if a := c.cfg.Aggregate; a != nil {
+				a.BytesIn.Add(uint64(len(chunk)))
+			}
+			frames = frames[:0]
+			ferr := splitter.Feed(chunk, emit)
+			if len(frames) > 0 && !c.frames(frames) {
+				return event.ReasonUnspecified // closed while waiting; Close set the reason
+			}
+			clear(frames)
+			if ferr != nil {
+				return event.ReasonFrameTooLarge
+			}
+		}
+		if err != nil {
+			return readReason(err, c.cfg.IdleTimeout > 0)
+		}
+	}
+}
+
+// read waits until the socket is readable before it takes a pooled buffer,
+// so an idle connection holds no buffer, and returns the bytes read in a
+// slice of their own: frames cut from it are published and never change.
+func (c *Conn) read(max int) ([]byte, error) {
+	if err := waitReadable(c.nc); err != nil {
+		return nil, err
+	}
+	bp := readBuffers.Get().(*[]byte)
+	n, err := c.nc.Read((*bp)[:max])
+	var chunk []byte
+	if n > 0 {
+		chunk = make([]byte, n)
+		copy(chunk, (*bp)[:n])
+	}
+	readBuffers.Put(bp)
+	return chunk, err
+}
+
+// waitReadable blocks until nc has data, an error, or its read deadline
+// passes, without holding a buffer. Connections that are not raw sockets
+// return at once and are read directly.
+func waitReadable(nc net.Conn) error {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	first := true
+	return rc.Read(func(uintptr) bool {
+		if first {
+			first = false
+			return false // wait for readiness
+		}
+		return true
+	})
+}
+
+func readReason(err error, idle bool) event.CloseReason {
+	switch {
+	case errors.Is(err, io.EOF):
+		return event.ReasonPeerClosed
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return event.ReasonPeerReset
+	case idle && errors.Is(err, os.ErrDeadlineExceeded):
+		return event.ReasonIdleTimeout
+	}
+	return event.ReasonReadError
+}
+
+// frames publishes frames in order, answers awaiters and auto replies. It
+// reports false when the connection closed while a publish was waiting.
+func (c *Conn) frames(frames [][]byte) bool {
+	n := uint64(len(frames))
+	c.counters.FramesIn.Add(n)
+	if a := c.cfg.Aggregate; a != nil {
+		a.FramesIn.Add(n)
+	}
+	evs := make([]*event.Event, len(frames))
+	now := time.Now()
+	for i, f := range frames {
+		evs[i] = &event.Event{
+			Time:         now,
+			Kind:         event.Data,
+			ListenerID:   c.cfg.ListenerID,
+			ConnectionID: c.cfg.ID,
+			Data:         f,
+		}
+	}
+	if err := c.cfg.Publisher.PublishWait(c.ctx, evs...); err != nil {
+		return false
+	}
+	c.answer(frames)
+	if reply := c.autoReply(frames); len(reply) > 0 {
+		_ = c.write(reply)
+	}
+	return true
+}
+
+// answer hands frames to awaiting senders, oldest first.
+func (c *Conn) answer(frames [][]byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, f := range frames {
+		if len(c.awaiters) == 0 {
+			return
+		}
+		a := c.awaiters[0]
+		if len(a.buf)+len(f) > a.limit {
+			a.err = fmt.Errorf("awaiting reply on %s: more than %d bytes: %w", c.cfg.ID, a.limit, ErrReplyTooLarge)
+		} else {
+			a.buf = append(a.buf, f...)
+		}
+		if a.mode == NextFrame || a.err != nil {
+			close(a.done)
+			c.awaiters[0] = nil
+			c.awaiters = c.awaiters[1:]
+		}
+	}
+}
+
+func (c *Conn) autoReply(frames [][]byte) []byte {
+	switch c.cfg.AutoReply.Mode {
+	case Echo:
+		var out []byte
+		for _, f := range frames {
+			var err error
+			if out, err = c.cfg.Framing.Encode(out, f); err != nil {
+				// A frame the framing cannot encode back (none today) is skipped.
+				continue
+			}
+		}
+		return out
+	case Fixed:
+		out := make([]byte, 0, len(frames)*len(c.cfg.AutoReply.Payload))
+		for range frames {
+			out = append(out, c.cfg.AutoReply.Payload...)
+		}
+		return out
+	}
+	return nil
+}
+
+// write writes p under the write lock with the write timeout. A failed
+// write closes the connection: the peer is not reading.
+func (c *Conn) write(p []byte) error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	return c.writeLocked(p)
+}
+
+func (c *Conn) writeLocked(p []byte) error {
+	_ = c.nc.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
+	n, err := c.nc.Write(p)
+	c.counters.BytesOut.Add(uint64(n))
+	c.counters.FramesOut.Add(1)
+	if a := c.cfg.Aggregate; a != nil {
+		a.BytesOut.Add(uint64(n))
+		a.FramesOut.Add(1)
+	}
+	if err != nil {
+		c.Close(event.ReasonWriteError)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("writing to %s: peer did not read for %s: %w", c.cfg.ID, c.cfg.WriteTimeout, ErrWriteTimeout)
+		}
+		return fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
+	}
+	return nil
+}
+
+// Send writes p and, with a reply mode, waits for the reply. Sends on one
+// connection are written in call order and their replies are matched in the
+// same order. maxReply bounds the reply. The context bounds the wait for the
+// reply; the write itself is bounded by the write timeout.
+func (c *Conn) Send(ctx context.Context, p []byte, mode ReplyMode, maxReply int) ([]byte, error) {
+	var a *awaiter
+	c.writeMu.Lock()
+	if mode != NoReply {
+		a = &awaiter{mode: mode, limit: maxReply, done: make(chan struct{})}
+		c.mu.Lock()
+		closed := c.reason != event.ReasonUnspecified
+		if !closed {
+			c.awaiters = append(c.awaiters, a)
+		}
+		c.mu.Unlock()
+		if closed {
+			c.writeMu.Unlock()
+			return nil, fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
+		}
+	}
+	err := c.writeLocked(p)
+	c.writeMu.Unlock()
+	if err != nil || a == nil {
+		return nil, err
+	}
+	select {
+	case <-a.done:
+		c.mu.Lock()
+		buf, err := a.buf, a.err
+		c.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		return buf, nil
+	case <-ctx.Done():
+		// The awaiter keeps its place, so the reply meant for this send is
+		// discarded when it comes instead of answering a later send.
+		return nil, ctx.Err()
+	}
+}

@@ -1,0 +1,205 @@
+// Package dialer makes the gateway's outbound one-shot sends: connect, write,
+// optionally read the reply, close (kn-sock's send_tcp_message and
+// send_tcp_bytes).
+package dialer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/tcpgate/tcpgate/server/internal/framing"
+)
+
+// Errors of Send; callers test them with errors.Is. Timeouts wrap
+// context.DeadlineExceeded.
+var (
+	// ErrRefused means nothing accepted the connection.
+	ErrRefused = errors.New("connection refused")
+	// ErrUnreachable means the address could not be resolved or reached.
+	ErrUnreachable = errors.New("address unreachable")
+	// ErrNoReply means the peer closed before a whole reply arrived.
+	ErrNoReply = errors.New("peer closed before replying")
+	// ErrReplyTooLarge means the reply exceeded Request.MaxReply.
+	ErrReplyTooLarge = errors.New("reply too large")
+	// ErrBroken means the connection failed while writing or reading.
+	ErrBroken = errors.New("connection broken")
+)
+
+// AwaitMode says what reply Send waits for.
+type AwaitMode int
+
+const (
+	// NoAwait returns after the write.
+	NoAwait AwaitMode = iota
+	// FirstRead returns what one read gets.
+	FirstRead
+	// Frame returns one frame cut by Request.Framing.
+	Frame
+	// UntilClose half-closes after the write and returns everything read
+	// until the peer closes.
+	UntilClose
+)
+
+// readSize is the buffer of one read of a reply.
+const readSize = 64 << 10
+
+// Request is one send.
+type Request struct {
+	// Address is host:port.
+	Address string
+	Payload []byte
+	Await   AwaitMode
+	// Framing cuts the reply in Frame mode; it must be normalized.
+	Framing framing.Config
+	// MaxReply bounds the reply in bytes; it must be positive when awaiting.
+	MaxReply int
+}
+
+// Result is what a send did.
+type Result struct {
+	BytesWritten int
+	Reply        []byte
+}
+
+// Dialer sends. The zero value is ready to use.
+type Dialer struct {
+	net.Dialer
+}
+
+// Send connects to req.Address, writes req.Payload and awaits the reply as
+// asked. ctx bounds the whole exchange.
+func (d *Dialer) Send(ctx context.Context, req Request) (Result, error) {
+	nc, err := d.DialContext(ctx, "tcp", req.Address)
+	if err != nil {
+		return Result{}, dialError(ctx, req.Address, err)
+	}
+	defer nc.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(dl)
+	}
+	// Cancellation without a deadline still unblocks I/O at once.
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	n, err := nc.Write(req.Payload)
+	res := Result{BytesWritten: n}
+	if err != nil {
+		return res, ioError(ctx, "writing to", req.Address, err)
+	}
+	switch req.Await {
+	case FirstRead:
+		buf := make([]byte, min(req.MaxReply, readSize))
+		n, err := nc.Read(buf)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return res, ioError(ctx, "reading reply from", req.Address, err)
+		}
+		res.Reply = buf[:n]
+	case Frame:
+		res.Reply, err = readFrame(nc, req)
+		if err != nil {
+			return res, ioError(ctx, "reading reply from", req.Address, err)
+		}
+	case UntilClose:
+		if tc, ok := nc.(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+		}
+		res.Reply, err = readAll(nc, req.MaxReply)
+		if err != nil {
+			return res, ioError(ctx, "reading reply from", req.Address, err)
+		}
+	}
+	return res, nil
+}
+
+func readFrame(nc net.Conn, req Request) ([]byte, error) {
+	fc := req.Framing
+	if fc.MaxFrameBytes > req.MaxReply {
+		fc.MaxFrameBytes = req.MaxReply
+	}
+	sp, err := framing.NewSplitter(fc)
+	if err != nil {
+		return nil, err
+	}
+	var frame []byte
+	got := false
+	emit := func(f []byte) {
+		if !got {
+			frame, got = f, true
+		}
+	}
+	buf := make([]byte, readSize)
+	for !got {
+		n, rerr := nc.Read(buf)
+		if n > 0 {
+			chunk := make([]byte, n)
+			copy(chunk, buf[:n])
+			if err := sp.Feed(chunk, emit); err != nil && !got {
+				if errors.Is(err, framing.ErrFrameTooLarge) {
+					return nil, fmt.Errorf("more than %d bytes: %w", fc.MaxFrameBytes, ErrReplyTooLarge)
+				}
+				return nil, err
+			}
+		}
+		if got {
+			break
+		}
+		if errors.Is(rerr, io.EOF) {
+			if final, _ := sp.Close(); final != nil {
+				return final, nil
+			}
+			return nil, ErrNoReply
+		}
+		if rerr != nil {
+			return nil, rerr
+		}
+	}
+	return frame, nil
+}
+
+func readAll(nc net.Conn, limit int) ([]byte, error) {
+	var out []byte
+	buf := make([]byte, readSize)
+	for {
+		n, err := nc.Read(buf)
+		if len(out)+n > limit {
+			return nil, fmt.Errorf("more than %d bytes: %w", limit, ErrReplyTooLarge)
+		}
+		out = append(out, buf[:n]...)
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+func dialError(ctx context.Context, addr string, err error) error {
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("connecting to %s: %w", addr, ctx.Err())
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return fmt.Errorf("connecting to %s: %w", addr, context.DeadlineExceeded)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("connecting to %s: %w", addr, ErrRefused)
+	}
+	return fmt.Errorf("connecting to %s: %w: %w", addr, ErrUnreachable, err)
+}
+
+func ioError(ctx context.Context, what, addr string, err error) error {
+	switch {
+	case errors.Is(err, ErrReplyTooLarge), errors.Is(err, ErrNoReply):
+		return fmt.Errorf("%s %s: %w", what, addr, err)
+	case ctx.Err() != nil:
+		return fmt.Errorf("%s %s: %w", what, addr, ctx.Err())
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return fmt.Errorf("%s %s: %w", what, addr, context.DeadlineExceeded)
+	}
+	return fmt.Errorf("%s %s: %w: %w", what, addr, ErrBroken, err)
+}

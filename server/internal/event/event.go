@@ -1,0 +1,114 @@
+// Package event defines the events the gateway publishes: listener and
+// connection lifecycle and received frames. It is the engine's vocabulary and
+// knows nothing of protobuf; server/rpc translates it.
+package event
+
+import "time"
+
+// Kind says what an Event reports.
+type Kind int
+
+// The kinds of event. The zero value is never published.
+const (
+	KindUnspecified Kind = iota
+	ListenerStarted
+	ListenerStopped
+	ConnectionOpened
+	Data
+	ConnectionClosed
+	EventsDropped
+)
+
+// String returns the kind's lowercase name.
+func (k Kind) String() string {
+	switch k {
+	case ListenerStarted:
+		return "listener_started"
+	case ListenerStopped:
+		return "listener_stopped"
+	case ConnectionOpened:
+		return "connection_opened"
+	case Data:
+		return "data"
+	case ConnectionClosed:
+		return "connection_closed"
+	case EventsDropped:
+		return "events_dropped"
+	}
+	return "unspecified"
+}
+
+// CloseReason says why a connection closed. The first reason recorded for a
+// connection wins.
+type CloseReason int
+
+// The close reasons, as the API reports them.
+const (
+	ReasonUnspecified CloseReason = iota
+	ReasonPeerClosed
+	ReasonPeerReset
+	ReasonFrameTooLarge
+	ReasonIdleTimeout
+	ReasonListenerStopped
+	ReasonClosedByAPI
+	ReasonReadError
+	ReasonWriteError
+	ReasonLimitReached
+	ReasonShutdown
+)
+
+// String returns the reason's lowercase name.
+func (r CloseReason) String() string {
+	switch r {
+	case ReasonPeerClosed:
+		return "peer_closed"
+	case ReasonPeerReset:
+		return "peer_reset"
+	case ReasonFrameTooLarge:
+		return "frame_too_large"
+	case ReasonIdleTimeout:
+		return "idle_timeout"
+	case ReasonListenerStopped:
+		return "listener_stopped"
+	case ReasonClosedByAPI:
+		return "closed_by_api"
+	case ReasonReadError:
+		return "read_error"
+	case ReasonWriteError:
+		return "write_error"
+	case ReasonLimitReached:
+		return "limit_reached"
+	case ReasonShutdown:
+		return "shutdown"
+	}
+	return "unspecified"
+}
+
+// Event is one thing that happened in the gateway. Once published it is never
+// modified: the same *Event, and the same Data slice, goes to every subscriber.
+type Event struct {
+	// Sequence is gateway-wide and strictly increasing, assigned by the hub;
+	// 0 on EventsDropped markers, which belong to one subscriber only.
+	Sequence     uint64
+	Time         time.Time
+	Kind         Kind
+	ListenerID   string
+	ConnectionID string
+	RemoteAddr   string
+	LocalAddr    string
+	// Data is the frame of a Data event, or an incomplete frame left at close.
+	Data        []byte
+	CloseReason CloseReason
+	// Dropped is how many events a subscriber missed, on EventsDropped.
+	Dropped uint64
+}
+
+// overhead approximates the memory an event costs beyond its payload: the
+// struct, its strings and a queue slot. It keeps byte-bounded queues honest
+// for streams of tiny frames.
+const overhead = 160
+
+// Size is what the event counts against byte-bounded queues and the replay ring.
+func (e *Event) Size() int {
+	return overhead + len(e.Data) + len(e.ListenerID) + len(e.ConnectionID) + len(e.RemoteAddr) + len(e.LocalAddr)
+}

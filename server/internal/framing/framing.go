@@ -1,0 +1,238 @@
+// Package framing cuts the byte stream of one TCP connection into frames, and
+// encodes frames so that a peer using the same framing reads them back.
+//
+// It knows nothing of protobuf: the RPC layer translates the API's Framing
+// message into a Config. A Splitter is on the hot path of every connection, so
+// a frame that lies inside one read is handed out as a sub-slice of that read
+// and only frames that span reads are copied.
+package framing
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+)
+
+// Mode says where one frame ends and the next begins.
+type Mode int
+
+const (
+	// Raw makes every chunk (one read from the connection) one frame, so frame
+	// boundaries are wherever TCP happened to deliver them.
+	Raw Mode = iota
+	// Line ends frames with '\n'; the '\n' and one '\r' before it are
+	// stripped, so both "a\n" and "a\r\n" are the frame "a".
+	Line
+	// Delimiter ends frames with Config.Delimiter, which is stripped.
+	Delimiter
+	// LengthPrefix starts every frame with its length, an unsigned integer of
+	// Config.PrefixBytes bytes; the prefix is stripped.
+	LengthPrefix
+	// Fixed makes every frame exactly Config.FixedSize bytes.
+	Fixed
+)
+
+// String returns the mode's name as the CLI and logs spell it.
+func (m Mode) String() string {
+	switch m {
+	case Raw:
+		return "raw"
+	case Line:
+		return "line"
+	case Delimiter:
+		return "delimiter"
+	case LengthPrefix:
+		return "length-prefix"
+	case Fixed:
+		return "fixed"
+	default:
+		return "Mode(" + strconv.Itoa(int(m)) + ")"
+	}
+}
+
+// DefaultMaxFrameBytes is the largest frame accepted when Config.MaxFrameBytes
+// is 0. A splitter buffers at most one frame, so this bounds the memory a
+// single connection can make the gateway hold (a peer that never sends a
+// newline, or announces a 4 GiB length prefix); 1 MiB is far above any
+// line- or message-oriented protocol's frames yet lets thousands of
+// connections fit in memory.
+const DefaultMaxFrameBytes = 1 << 20
+
+// DefaultPrefixBytes is the size of a length prefix when Config.PrefixBytes is
+// 0: 4 bytes is the common choice of length-prefixed protocols and covers
+// every frame up to 4 GiB, above any sensible MaxFrameBytes.
+const DefaultPrefixBytes = 4
+
+// Config describes a framing. Its zero value is raw framing with the default
+// limit.
+type Config struct {
+	// Mode says how frames are cut; the zero value is Raw.
+	Mode Mode
+	// Delimiter ends every frame in Delimiter mode: one or more arbitrary
+	// bytes. Required there, ignored otherwise.
+	Delimiter []byte
+	// PrefixBytes is the size of the length prefix in LengthPrefix mode: 1, 2,
+	// 4 or 8. 0 means DefaultPrefixBytes.
+	PrefixBytes int
+	// LittleEndian selects the byte order of the length prefix; false means
+	// big-endian (network order).
+	LittleEndian bool
+	// FixedSize is the size of every frame in Fixed mode. Required there
+	// (0 is invalid), ignored otherwise.
+	FixedSize int
+	// MaxFrameBytes is the largest frame accepted, counting the frame as it is
+	// emitted: without delimiter, "\r\n" or prefix. A longer frame fails Feed
+	// with ErrFrameTooLarge, except in Raw mode, where a longer chunk is cut
+	// into frames of MaxFrameBytes. 0 means DefaultMaxFrameBytes.
+	MaxFrameBytes int
+}
+
+// ErrFrameTooLarge reports a frame longer than Config.MaxFrameBytes. Feed and
+// Encode wrap it with the sizes involved.
+var ErrFrameTooLarge = errors.New("frame too large")
+
+// ErrInvalidConfig reports a Config that cannot be used. Normalize wraps it
+// with the offending field, spelled as in the API (framing.delimiter, ...).
+var ErrInvalidConfig = errors.New("invalid framing")
+
+// ErrUnencodable reports a frame that Encode cannot write such that a peer
+// using the same framing reads it back as that one frame: a line containing
+// '\n', a frame of the wrong fixed size, a length that does not fit the
+// prefix, ... It lets the RPC layer answer such requests as invalid arguments.
+var ErrUnencodable = errors.New("frame cannot be encoded")
+
+// Normalize returns c with defaults filled in (PrefixBytes, MaxFrameBytes)
+// after validating it. An error wraps ErrInvalidConfig and starts with the
+// field's name in the API, so that the user knows what to change.
+func (c Config) Normalize() (Config, error) {
+	switch c.Mode {
+	case Raw, Line, Delimiter, LengthPrefix, Fixed:
+	default:
+		return Config{}, fmt.Errorf("framing.mode: unknown mode %d: %w", int(c.Mode), ErrInvalidConfig)
+	}
+	if c.MaxFrameBytes < 0 {
+		return Config{}, fmt.Errorf("framing.max_frame_bytes: must not be negative, got %d: %w", c.MaxFrameBytes, ErrInvalidConfig)
+	}
+	if c.MaxFrameBytes == 0 {
+		c.MaxFrameBytes = DefaultMaxFrameBytes
+	}
+	if c.PrefixBytes == 0 {
+		c.PrefixBytes = DefaultPrefixBytes
+	}
+	// Checked in every mode: a bad value is a mistake even where it is unused.
+	switch c.PrefixBytes {
+	case 1, 2, 4, 8:
+	default:
+		return Config{}, fmt.Errorf("framing.prefix_bytes: must be 1, 2, 4 or 8, got %d: %w", c.PrefixBytes, ErrInvalidConfig)
+	}
+	if c.FixedSize < 0 {
+		return Config{}, fmt.Errorf("framing.fixed_size: must not be negative, got %d: %w", c.FixedSize, ErrInvalidConfig)
+	}
+	switch c.Mode {
+	case Delimiter:
+		if len(c.Delimiter) == 0 {
+			return Config{}, fmt.Errorf("framing.delimiter: required in delimiter mode: %w", ErrInvalidConfig)
+		}
+	case Fixed:
+		if c.FixedSize == 0 {
+			return Config{}, fmt.Errorf("framing.fixed_size: required (> 0) in fixed mode: %w", ErrInvalidConfig)
+		}
+		if c.FixedSize > c.MaxFrameBytes {
+			return Config{}, fmt.Errorf("framing.fixed_size: %d exceeds framing.max_frame_bytes %d: %w",
+				c.FixedSize, c.MaxFrameBytes, ErrInvalidConfig)
+		}
+	}
+	return c, nil
+}
+
+// Encode appends frame to dst, encoded so that a peer using the same framing
+// reads it back as this one frame: raw as is, a line with "\n", a delimited
+// frame with the delimiter, a length-prefixed frame after its prefix, a fixed
+// frame as is. A line ending in '\r' gets "\r\n", since a lone "\n" would
+// have the reader strip the frame's own '\r'.
+//
+// c must be normalized. A frame that cannot be read back as itself (longer
+// than MaxFrameBytes or than the prefix can announce, not FixedSize bytes, a
+// line containing '\n', a delimited frame in which the delimiter would be
+// found early) returns dst unchanged and an error wrapping ErrUnencodable,
+// and also ErrFrameTooLarge when it is a matter of size.
+func (c Config) Encode(dst, frame []byte) ([]byte, error) {
+	maxFrame := c.MaxFrameBytes
+	if maxFrame == 0 {
+		maxFrame = DefaultMaxFrameBytes
+	}
+	if c.Mode != Raw && c.Mode != Fixed && len(frame) > maxFrame {
+		return dst, fmt.Errorf("encoding %s frame of %d bytes: limit is %d: %w: %w", c.Mode, len(frame), maxFrame, ErrUnencodable, ErrFrameTooLarge)
+	}
+	switch c.Mode {
+	case Raw:
+		return append(dst, frame...), nil
+	case Line:
+		if bytes.IndexByte(frame, '\n') >= 0 {
+			return dst, fmt.Errorf("encoding line: it contains a newline: %w", ErrUnencodable)
+		}
+		dst = append(dst, frame...)
+		if len(frame) > 0 && frame[len(frame)-1] == '\r' {
+			dst = append(dst, '\r')
+		}
+		return append(dst, '\n'), nil
+	case Delimiter:
+		if len(c.Delimiter) == 0 {
+			return dst, fmt.Errorf("encoding delimited frame: no delimiter: %w", ErrUnencodable)
+		}
+		start := len(dst)
+		dst = append(dst, frame...)
+		dst = append(dst, c.Delimiter...)
+		// The reader cuts at the first delimiter, which must be ours: the frame
+		// may neither contain it nor end with a part of it that ours completes.
+		if bytes.Index(dst[start:], c.Delimiter) != len(frame) {
+			return dst[:start], fmt.Errorf("encoding delimited frame: the delimiter would be found inside the frame: %w", ErrUnencodable)
+		}
+		return dst, nil
+	case LengthPrefix:
+		pb := c.PrefixBytes
+		if pb == 0 {
+			pb = DefaultPrefixBytes
+		}
+		if pb < 8 && uint64(len(frame)) >= 1<<(8*pb) {
+			return dst, fmt.Errorf("encoding length-prefixed frame of %d bytes: does not fit a %d-byte prefix: %w: %w",
+				len(frame), pb, ErrUnencodable, ErrFrameTooLarge)
+		}
+		var order binary.AppendByteOrder = binary.BigEndian
+		if c.LittleEndian {
+			order = binary.LittleEndian
+		}
+		switch pb {
+		case 1:
+			dst = append(dst, byte(len(frame)))
+		case 2:
+			dst = order.AppendUint16(dst, uint16(len(frame)))
+		case 4:
+			dst = order.AppendUint32(dst, uint32(len(frame)))
+		case 8:
+			dst = order.AppendUint64(dst, uint64(len(frame)))
+		default:
+			return dst, fmt.Errorf("encoding length-prefixed frame: prefix of %d bytes: %w", pb, ErrUnencodable)
+		}
+		return append(dst, frame...), nil
+	case Fixed:
+		if len(frame) != c.FixedSize {
+			return dst, fmt.Errorf("encoding fixed-size frame: got %d bytes, want %d: %w", len(frame), c.FixedSize, ErrUnencodable)
+		}
+		return append(dst, frame...), nil
+	default:
+		return dst, fmt.Errorf("encoding frame: unknown mode %d: %w", int(c.Mode), ErrUnencodable)
+	}
+}
+
+// addSat returns a+b, saturating at math.MaxInt instead of wrapping: limits
+// derived from a caller's huge MaxFrameBytes must stay huge.
+func addSat(a, b int) int {
+	if a > math.MaxInt-b {
+		return math.MaxInt
+	}
+	return a + b
+}

@@ -1,0 +1,459 @@
+// Package hub fans events out to subscribers: it numbers every event with a
+// gateway-wide sequence, keeps recent events in a replay ring bounded in bytes,
+// and gives each subscriber its own queue, bounded in bytes, with a policy for
+// when it falls behind.
+//
+// A published event and its payload are shared by every subscriber and by the
+// ring; nothing is copied per subscriber. One mutex guards the whole hub: every
+// operation under it is a few slice appends, never I/O, and a connection's read
+// loop publishes all frames of one read in one call.
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/tcpgate/tcpgate/server/internal/event"
+)
+
+// DefaultReplayBytes bounds the replay ring when Config.ReplayBytes is 0:
+// enough for a dashboard that reconnects after a few seconds of a busy
+// gateway, small next to the memory of the machines it runs on.
+const DefaultReplayBytes = 64 << 20
+
+// DefaultQueueBytes bounds a subscriber's queue when SubscribeOptions.QueueBytes
+// is 0: several hundred milliseconds of a fast stream, so a subscriber on a
+// healthy network never drops, while a stuck one costs a bounded amount.
+const DefaultQueueBytes = 16 << 20
+
+// maxBatchBytes bounds the payload of one batch returned by Next, so a batch
+// stays well inside gRPC's default 4 MiB message limit of clients.
+const maxBatchBytes = 1 << 20
+
+// Policy says what happens when a subscriber's queue is full.
+type Policy int
+
+const (
+	// DropOldest drops the oldest queued events and tells the subscriber how
+	// many with an EventsDropped marker. Publishers never wait.
+	DropOldest Policy = iota
+	// Disconnect ends the subscription with a *SlowConsumerError.
+	Disconnect
+	// Backpressure makes publishers of events the subscriber watches wait
+	// until it has room again: nothing is lost.
+	Backpressure
+)
+
+// ErrClosed is returned by Next and Subscribe once the hub is closed.
+var ErrClosed = errors.New("event hub closed")
+
+// SlowConsumerError ends a subscription whose queue overflowed under the
+// Disconnect policy.
+type SlowConsumerError struct {
+	// QueueBytes is the limit that was exceeded.
+	QueueBytes int
+	// Resume is the sequence to pass as Since to continue without a gap, as
+	// long as the replay ring still holds it.
+	Resume uint64
+}
+
+func (e *SlowConsumerError) Error() string {
+	return fmt.Sprintf("subscriber queue exceeded %d bytes; resume with since_sequence=%d", e.QueueBytes, e.Resume)
+}
+
+// Config configures a Hub.
+type Config struct {
+	// ReplayBytes bounds the replay ring; 0 means DefaultReplayBytes, a
+	// negative value disables replay.
+	ReplayBytes int
+	// Now returns the time stamped on events that have none; nil means time.Now.
+	Now func() time.Time
+}
+
+// Filter selects events. An empty field matches everything.
+type Filter struct {
+	ListenerIDs   []string
+	ConnectionIDs []string
+	Kinds         []event.Kind
+}
+
+// Match reports whether e passes the filter.
+func (f *Filter) Match(e *event.Event) bool {
+	return matchString(f.ListenerIDs, e.ListenerID) &&
+		matchString(f.ConnectionIDs, e.ConnectionID) &&
+		matchKind(f.Kinds, e.Kind)
+}
+
+func matchString(set []string, v string) bool {
+	if len(set) == 0 {
+		return true
+	}
+	for _, s := range set {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+func matchKind(set []event.Kind, k event.Kind) bool {
+	if len(set) == 0 {
+		return true
+	}
+	for _, s := range set {
+		if s == k {
+			return true
+		}
+	}
+	return false
+}
+
+// SubscribeOptions describe one subscription.
+type SubscribeOptions struct {
+	Filter Filter
+	// Since, when not 0, replays the events still in the ring whose sequence
+	// is at least Since before the live ones.
+	Since  uint64
+	Policy Policy
+	// QueueBytes bounds the live queue; 0 means DefaultQueueBytes.
+	QueueBytes int
+}
+
+// Hub numbers events and fans them out. The zero value is not usable; call New.
+type Hub struct {
+	now func() time.Time
+
+	mu     sync.Mutex // guards every field below, and the queues of all subscribers
+	seq    uint64     // last sequence assigned
+	ring   ring
+	subs   map[*Subscriber]struct{}
+	closed bool
+}
+
+// New returns a hub.
+func New(cfg Config) *Hub {
+	limit := cfg.ReplayBytes
+	if limit == 0 {
+		limit = DefaultReplayBytes
+	}
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &Hub{now: now, ring: ring{limit: limit}, subs: make(map[*Subscriber]struct{})}
+}
+
+// Publish numbers evs, records them in the replay ring and queues them for
+// every subscriber they match. It never waits. Events published after Close
+// are dropped.
+func (h *Hub) Publish(evs ...*event.Event) {
+	h.mu.Lock()
+	h.publishLocked(evs, nil)
+	h.mu.Unlock()
+}
+
+// PublishWait publishes evs like Publish, then waits until every
+// Backpressure subscriber that received one of them has room again, the
+// subscriber goes away, or ctx is done (its error is returned). A read loop
+// calls it so that a lossless subscriber slows the TCP sender instead of
+// growing the gateway's memory.
+func (h *Hub) PublishWait(ctx context.Context, evs ...*event.Event) error {
+	var waits []wait
+	h.mu.Lock()
+	waits = h.publishLocked(evs, waits)
+	h.mu.Unlock()
+	for _, w := range waits {
+		select {
+		case <-w.room:
+		case <-w.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// wait is a full Backpressure subscriber a publisher must wait for.
+type wait struct {
+	room <-chan struct{}
+	done <-chan struct{}
+}
+
+func (h *Hub) publishLocked(evs []*event.Event, waits []wait) []wait {
+	if h.closed {
+		return waits
+	}
+	var now time.Time
+	for _, e := range evs {
+		h.seq++
+		e.Sequence = h.seq
+		if e.Time.IsZero() {
+			if now.IsZero() {
+				now = h.now()
+			}
+			e.Time = now
+		}
+		h.ring.push(e)
+		for s := range h.subs {
+			if !s.filter.Match(e) {
+				continue
+			}
+			if room := s.enqueueLocked(e); room != nil && !hasWait(waits, room) {
+				waits = append(waits, wait{room: room, done: s.done})
+			}
+		}
+	}
+	return waits
+}
+
+func hasWait(waits []wait, room <-chan struct{}) bool {
+	for _, w := range waits {
+		if w.room == room {
+			return true
+		}
+	}
+	return false
+}
+
+// LastSequence returns the sequence of the newest event, 0 before any.
+func (h *Hub) LastSequence() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.seq
+}
+
+// Subscribe starts a subscription. Events still in the replay ring from
+// opts.Since on come first, then live events, with no gap and no duplicate
+// between them.
+func (h *Hub) Subscribe(opts SubscribeOptions) (*Subscriber, error) {
+	limit := opts.QueueBytes
+	if limit <= 0 {
+		limit = DefaultQueueBytes
+	}
+	s := &Subscriber{
+		h:      h,
+		filter: opts.Filter,
+		policy: opts.Policy,
+		limit:  limit,
+		notify: make(chan struct{}, 1),
+		done:   make(chan struct{}),
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil, ErrClosed
+	}
+	if opts.Since > 0 && opts.Since <= h.seq {
+		first := h.ring.firstSeq()
+		if first == 0 || first > opts.Since {
+			// The ring no longer holds the start of what was asked for.
+			end := h.seq + 1
+			if first != 0 {
+				end = first
+			}
+			s.dropped = end - opts.Since
+		}
+		h.ring.each(opts.Since, func(e *event.Event) {
+			if s.filter.Match(e) {
+				s.replay = append(s.replay, e)
+			}
+		})
+		if s.dropped > 0 || len(s.replay) > 0 {
+			s.signal()
+		}
+	}
+	h.subs[s] = struct{}{}
+	return s, nil
+}
+
+// Subscribers returns how many subscriptions are open.
+func (h *Hub) Subscribers() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.subs)
+}
+
+// Close ends every subscription with ErrClosed, after each has received what
+// was already queued for it, and refuses new ones. It is idempotent.
+func (h *Hub) Close() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return
+	}
+	h.closed = true
+	for s := range h.subs {
+		s.endLocked(ErrClosed)
+	}
+}
+
+// Subscriber is one subscription. Next is called from one goroutine; Close
+// may be called from any.
+type Subscriber struct {
+	h      *Hub
+	filter Filter
+	policy Policy
+	limit  int
+	notify chan struct{} // has a value when there may be something to read
+	done   chan struct{} // closed when the subscription ends
+
+	// Guarded by h.mu.
+	replay  []*event.Event // events from the ring, delivered before queue
+	queue   []*event.Event // live events; queue[head:] are undelivered
+	head    int
+	queued  int           // bytes in queue[head:]
+	dropped uint64        // events dropped since the last marker
+	room    chan struct{} // non-nil while a Backpressure queue is full; closed when it has room
+	err     error         // why the subscription ended; set once
+}
+
+// enqueueLocked queues e and applies the policy. It returns the channel a
+// publisher must wait on when a Backpressure queue is full.
+func (s *Subscriber) enqueueLocked(e *event.Event) <-chan struct{} {
+	if s.err != nil {
+		return nil
+	}
+	s.queue = append(s.queue, e)
+	s.queued += e.Size()
+	s.signal()
+	if s.queued <= s.limit {
+		return nil
+	}
+	switch s.policy {
+	case Disconnect:
+		resume := s.queue[s.head].Sequence
+		if len(s.replay) > 0 {
+			resume = s.replay[0].Sequence
+		}
+		s.endLocked(&SlowConsumerError{QueueBytes: s.limit, Resume: resume})
+		s.replay, s.queue, s.head, s.queued = nil, nil, 0, 0
+	case Backpressure:
+		if s.room == nil {
+			s.room = make(chan struct{})
+		}
+		return s.room
+	default:
+		// Keep the newest event even when it alone exceeds the limit.
+		for s.queued > s.limit && len(s.queue)-s.head > 1 {
+			old := s.queue[s.head]
+			s.queue[s.head] = nil
+			s.head++
+			s.queued -= old.Size()
+			s.dropped++
+		}
+	}
+	return nil
+}
+
+func (s *Subscriber) signal() {
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
+
+// endLocked ends the subscription with err and removes it from the hub.
+func (s *Subscriber) endLocked(err error) {
+	if s.err != nil {
+		return
+	}
+	s.err = err
+	delete(s.h.subs, s)
+	close(s.done)
+	if s.room != nil {
+		close(s.room)
+		s.room = nil
+	}
+}
+
+// Next appends to buf the events ready for this subscriber, waiting until
+// there is at least one. A batch holds about 1 MiB of payload at most; the
+// rest waits for the next call. An EventsDropped marker comes first when
+// events were missed. Next returns ctx's error when ctx is done, and once
+// the subscription has ended and everything queued was returned, why it
+// ended: ErrClosed, a *SlowConsumerError, or ErrClosed after Close.
+func (s *Subscriber) Next(ctx context.Context, buf []*event.Event) ([]*event.Event, error) {
+	for {
+		s.h.mu.Lock()
+		buf, ok := s.takeLocked(buf)
+		err := s.err
+		s.h.mu.Unlock()
+		if ok {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+		select {
+		case <-s.notify:
+		case <-s.done:
+		case <-ctx.Done():
+			return buf, ctx.Err()
+		}
+	}
+}
+
+func (s *Subscriber) takeLocked(buf []*event.Event) ([]*event.Event, bool) {
+	start := len(buf)
+	if s.dropped > 0 {
+		buf = append(buf, &event.Event{Kind: event.EventsDropped, Time: s.h.now(), Dropped: s.dropped})
+		s.dropped = 0
+	}
+	bytes := 0
+	n := 0
+	for n < len(s.replay) && (n == 0 || bytes+len(s.replay[n].Data) <= maxBatchBytes) {
+		bytes += len(s.replay[n].Data)
+		n++
+	}
+	buf = append(buf, s.replay[:n]...)
+	clear(s.replay[:n])
+	s.replay = s.replay[n:]
+	if len(s.replay) == 0 {
+		s.replay = nil
+	}
+	if n > 0 && len(s.replay) > 0 {
+		s.signal()
+		return buf, true
+	}
+	i := s.head
+	for i < len(s.queue) && (bytes == 0 || bytes+len(s.queue[i].Data) <= maxBatchBytes) {
+		e := s.queue[i]
+		bytes += len(e.Data)
+		s.queued -= e.Size()
+		buf = append(buf, e)
+		s.queue[i] = nil
+		i++
+	}
+	s.head = i
+	if s.head == len(s.queue) {
+		s.queue, s.head = s.queue[:0], 0
+	} else {
+		s.signal()
+		if s.head > len(s.queue)/2 {
+			n := copy(s.queue, s.queue[s.head:])
+			clear(s.queue[n:])
+			s.queue, s.head = s.queue[:n], 0
+		}
+	}
+	if s.room != nil && s.queued <= s.limit/2 {
+		// Wake publishers only once half the queue is free, so a slow reader
+		// is not woken for every event.
+		close(s.room)
+		s.room = nil
+	}
+	return buf, len(buf) > start
+}
+
+// Done is closed when the subscription has ended.
+func (s *Subscriber) Done() <-chan struct{} { return s.done }
+
+// Close ends the subscription; Next then returns ErrClosed. It is idempotent.
+func (s *Subscriber) Close() {
+	s.h.mu.Lock()
+	s.endLocked(ErrClosed)
+	s.replay, s.queue, s.head, s.queued = nil, nil, 0, 0
+	s.h.mu.Unlock()
+}

@@ -1,0 +1,575 @@
+// Package listener owns the gateway's TCP listeners and the connections they
+// accept: binding, the accept loop, limits, drain and stop, and the registry
+// that Send, ListConnections and CloseConnection look connections up in.
+package listener
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/tcpgate/tcpgate/server/internal/conn"
+	"github.com/tcpgate/tcpgate/server/internal/event"
+	"github.com/tcpgate/tcpgate/server/internal/framing"
+)
+
+// Errors of the registry; callers test them with errors.Is.
+var (
+	ErrExists           = errors.New("listener id already in use")
+	ErrNotFound         = errors.New("listener not found")
+	ErrConnNotFound     = errors.New("connection not found")
+	ErrAddressInUse     = errors.New("address already in use")
+	ErrAddressNotUsable = errors.New("address cannot be bound")
+	ErrLimit            = errors.New("limit reached")
+	ErrClosed           = errors.New("gateway shutting down")
+)
+
+// DefaultHost is bound when Spec.Host is empty: every IPv4 interface, as
+// kn-sock's servers do.
+const DefaultHost = "0.0.0.0"
+
+// State is where a listener is in its life.
+type State int
+
+// The states of a listener.
+const (
+	Listening State = iota + 1
+	Draining
+	Stopped
+)
+
+// Spec describes a listener to start.
+type Spec struct {
+	// ID is the listener's id; one is generated when empty.
+	ID string
+	// Host to bind; empty means DefaultHost.
+	Host string
+	// Port to bind; 0 picks a free one.
+	Port      int
+	Framing   framing.Config
+	AutoReply conn.AutoReply
+	// MaxConnections bounds its open connections; 0 means no bound of its own.
+	MaxConnections int
+	// IdleTimeout closes silent connections; 0 means never.
+	IdleTimeout time.Duration
+}
+
+// Info is a snapshot of a listener.
+type Info struct {
+	Spec
+	Address           string
+	State             State
+	CreatedAt         time.Time
+	ConnectionsActive int
+	ConnectionsTotal  uint64
+	BytesIn           uint64
+	BytesOut          uint64
+	FramesIn          uint64
+	FramesOut         uint64
+}
+
+// ConnInfo is a snapshot of a connection.
+type ConnInfo struct {
+	ID         string
+	ListenerID string
+	RemoteAddr string
+	LocalAddr  string
+	OpenedAt   time.Time
+	BytesIn    uint64
+	BytesOut   uint64
+	FramesIn   uint64
+	FramesOut  uint64
+}
+
+// Config configures a Registry.
+type Config struct {
+	// Publisher receives every listener and connection event. Required.
+	Publisher conn.Publisher
+	// MaxListeners bounds running listeners; 0 means no bound.
+	MaxListeners int
+	// MaxConnections bounds open connections over all listeners; 0 means no bound.
+	MaxConnections int
+	// WriteTimeout bounds each write to a connection; 0 means conn.DefaultWriteTimeout.
+	WriteTimeout time.Duration
+	// Logger logs listener starts and stops; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Registry runs listeners. Its zero value is not usable; call New.
+type Registry struct {
+	cfg    Config
+	log    *slog.Logger
+	ctx    context.Context // ends every connection's waits at Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // accept loops and connection goroutines
+	nextID atomic.Uint64  // for generated listener ids
+	connID atomic.Uint64
+
+	mu        sync.Mutex // guards the fields below and every listener's conns and state
+	listeners map[string]*listener
+	conns     map[string]*conn.Conn
+	closed    bool
+}
+
+type listener struct {
+	spec       Spec
+	ln         net.Listener
+	addr       string
+	createdAt  time.Time
+	counters   conn.Counters
+	total      atomic.Uint64
+	acceptDone chan struct{} // closed when the accept loop returned
+	stopped    chan struct{} // closed when Stop finished
+	final      Info          // the snapshot at stop, valid once stopped is closed
+
+	// Guarded by Registry.mu.
+	state State
+	conns map[string]*conn.Conn
+}
+
+// New returns an empty registry.
+func New(cfg Config) *Registry {
+	ctx, cancel := context.WithCancel(context.Background())
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Registry{
+		cfg:       cfg,
+		log:       log,
+		ctx:       ctx,
+		cancel:    cancel,
+		listeners: make(map[string]*listener),
+		conns:     make(map[string]*conn.Conn),
+	}
+}
+
+// Start binds spec's address and starts accepting. spec.Framing must be
+// valid; it is normalized here.
+func (r *Registry) Start(spec Spec) (Info, error) {
+	fc, err := spec.Framing.Normalize()
+	if err != nil {
+		return Info{}, err
+	}
+	spec.Framing = fc
+	if spec.Host == "" {
+		spec.Host = DefaultHost
+	}
+
+	r.mu.Lock()
+	switch {
+	case r.closed:
+		r.mu.Unlock()
+		return Info{}, ErrClosed
+	case r.cfg.MaxListeners > 0 && len(r.listeners) >= r.cfg.MaxListeners:
+		r.mu.Unlock()
+		return Info{}, fmt.Errorf("starting listener: max_listeners (%d): %w", r.cfg.MaxListeners, ErrLimit)
+	case spec.ID == "":
+		spec.ID = r.newIDLocked()
+	case r.listeners[spec.ID] != nil:
+		r.mu.Unlock()
+		return Info{}, fmt.Errorf("starting listener %q: %w", spec.ID, ErrExists)
+	}
+	l := &listener{
+		spec:       spec,
+		createdAt:  time.Now(),
+		acceptDone: make(chan struct{}),
+		stopped:    make(chan struct{}),
+		state:      Listening,
+		conns:      make(map[string]*conn.Conn),
+	}
+	// Reserve the id while binding, outside the lock.
+	r.listeners[spec.ID] = l
+	r.mu.Unlock()
+
+	addr := net.JoinHostPort(spec.Host, strconv.Itoa(spec.Port))
+	ln, err := net.Listen(network(spec.Host), addr)
+	if err != nil {
+		r.mu.Lock()
+		delete(r.listeners, spec.ID)
+		r.mu.Unlock()
+		return Info{}, bindError(addr, err)
+	}
+	r.mu.Lock()
+	if r.closed {
+		delete(r.listeners, spec.ID)
+		r.mu.Unlock()
+		_ = ln.Close()
+		return Info{}, ErrClosed
+	}
+	l.ln = ln
+	l.addr = ln.Addr().String()
+	r.mu.Unlock()
+
+	r.cfg.Publisher.Publish(&event.Event{Kind: event.ListenerStarted, ListenerID: spec.ID, LocalAddr: l.addr})
+	r.log.Info("listener started", "listener_id", spec.ID, "address", l.addr, "framing", spec.Framing.Mode.String())
+	r.wg.Add(1)
+	go r.accept(l)
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.infoLocked(l), nil
+}
+
+// network keeps an IP literal to its own family: Go binds "0.0.0.0" on
+// "tcp" as a dual-stack [::] socket, which is not what was asked for.
+func network(host string) string {
+	ip, err := netip.ParseAddr(host)
+	switch {
+	case err != nil:
+		return "tcp"
+	case ip.Is4():
+		return "tcp4"
+	}
+	return "tcp6"
+}
+
+func bindError(addr string, err error) error {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Errorf("binding %s: %w", addr, ErrAddressInUse)
+	default:
+		var ae *net.AddrError
+		var de *net.DNSError
+		if errors.As(err, &ae) || errors.As(err, &de) || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EACCES) {
+			return fmt.Errorf("binding %s: %w: %w", addr, ErrAddressNotUsable, err)
+		}
+		return fmt.Errorf("binding %s: %w", addr, err)
+	}
+}
+
+func (r *Registry) newIDLocked() string {
+	for {
+		id := "l" + strconv.FormatUint(r.nextID.Add(1), 10)
+		if r.listeners[id] == nil {
+			return id
+		}
+	}
+}
+
+// accept runs the accept loop of l until its socket is closed.
+func (r *Registry) accept(l *listener) {
+	defer r.wg.Done()
+	defer close(l.acceptDone)
+	var backoff time.Duration
+	for {
+		nc, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: back off as net/http does,
+			// from 5 ms to 1 s, and give the system time to recover.
+			if backoff == 0 {
+				backoff = 5 * time.Millisecond
+			} else if backoff *= 2; backoff > time.Second {
+				backoff = time.Second
+			}
+			r.log.Warn("accept failed", "listener_id", l.spec.ID, "error", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-r.ctx.Done():
+				return
+			}
+			continue
+		}
+		backoff = 0
+		r.serve(l, nc)
+	}
+}
+
+func (r *Registry) serve(l *listener, nc net.Conn) {
+	id := "c" + strconv.FormatUint(r.connID.Add(1), 10)
+	c := conn.New(r.ctx, nc, conn.Config{
+		ID:           id,
+		ListenerID:   l.spec.ID,
+		Framing:      l.spec.Framing,
+		AutoReply:    l.spec.AutoReply,
+		IdleTimeout:  l.spec.IdleTimeout,
+		WriteTimeout: r.cfg.WriteTimeout,
+		Publisher:    r.cfg.Publisher,
+		Aggregate:    &l.counters,
+	})
+	l.total.Add(1)
+
+	r.mu.Lock()
+	over := (l.spec.MaxConnections > 0 && len(l.conns) >= l.spec.MaxConnections) ||
+		(r.cfg.MaxConnections > 0 && len(r.conns) >= r.cfg.MaxConnections)
+	if !over {
+		l.conns[id] = c
+		r.conns[id] = c
+	}
+	r.mu.Unlock()
+	if over {
+		// Refused connections still get their opened and closed events, so a
+		// subscriber sees why a client was turned away.
+		c.Close(event.ReasonLimitReached)
+	}
+
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		c.Serve()
+		r.mu.Lock()
+		delete(l.conns, id)
+		delete(r.conns, id)
+		r.mu.Unlock()
+	}()
+}
+
+// Stop stops accepting on the listener at once, waits up to drain for its
+// connections to close by themselves, closes the rest with reason
+// LISTENER_STOPPED, and returns the final snapshot once the port is free and
+// every connection is closed. A second Stop of the same listener waits for
+// the first.
+func (r *Registry) Stop(ctx context.Context, id string, drain time.Duration) (Info, error) {
+	r.mu.Lock()
+	l := r.listeners[id]
+	if l == nil || l.ln == nil {
+		r.mu.Unlock()
+		return Info{}, fmt.Errorf("stopping listener %q: %w", id, ErrNotFound)
+	}
+	if l.state != Listening {
+		r.mu.Unlock()
+		select {
+		case <-l.stopped:
+			return l.final, nil
+		case <-ctx.Done():
+			return Info{}, ctx.Err()
+		}
+	}
+	l.state = Draining
+	r.mu.Unlock()
+	return r.stop(l, drain, event.ReasonListenerStopped), nil
+}
+
+func (r *Registry) stop(l *listener, drain time.Duration, reason event.CloseReason) Info {
+	_ = l.ln.Close()
+	<-l.acceptDone
+
+	r.mu.Lock()
+	conns := make([]*conn.Conn, 0, len(l.conns))
+	for _, c := range l.conns {
+		conns = append(conns, c)
+	}
+	r.mu.Unlock()
+
+	if drain > 0 && len(conns) > 0 {
+		timer := time.NewTimer(drain)
+	wait:
+		for _, c := range conns {
+			select {
+			case <-c.Done():
+			case <-timer.C:
+				break wait
+			}
+		}
+		timer.Stop()
+	}
+	for _, c := range conns {
+		c.Close(reason)
+	}
+	for _, c := range conns {
+		<-c.Done()
+	}
+
+	r.mu.Lock()
+	l.state = Stopped
+	// Serve goroutines remove their connection after Done; the snapshot must
+	// not count them as active.
+	info := r.infoLocked(l)
+	info.ConnectionsActive = 0
+	l.final = info
+	delete(r.listeners, l.spec.ID)
+	r.mu.Unlock()
+
+	r.cfg.Publisher.Publish(&event.Event{Kind: event.ListenerStopped, ListenerID: l.spec.ID, LocalAddr: l.addr})
+	r.log.Info("listener stopped", "listener_id", l.spec.ID, "address", l.addr,
+		"connections_total", info.ConnectionsTotal, "bytes_in", info.BytesIn, "bytes_out", info.BytesOut)
+	close(l.stopped)
+	return info
+}
+
+// Get returns a snapshot of one listener.
+func (r *Registry) Get(id string) (Info, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l := r.listeners[id]
+	if l == nil || l.ln == nil {
+		return Info{}, fmt.Errorf("getting listener %q: %w", id, ErrNotFound)
+	}
+	return r.infoLocked(l), nil
+}
+
+// List returns every listener, oldest first.
+func (r *Registry) List() []Info {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]Info, 0, len(r.listeners))
+	for _, l := range r.listeners {
+		if l.ln != nil {
+			out = append(out, r.infoLocked(l))
+		}
+	}
+	slices.SortFunc(out, func(a, b Info) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	return out
+}
+
+func (r *Registry) infoLocked(l *listener) Info {
+	return Info{
+		Spec:              l.spec,
+		Address:           l.addr,
+		State:             l.state,
+		CreatedAt:         l.createdAt,
+		ConnectionsActive: len(l.conns),
+		ConnectionsTotal:  l.total.Load(),
+		BytesIn:           l.counters.BytesIn.Load(),
+		BytesOut:          l.counters.BytesOut.Load(),
+		FramesIn:          l.counters.FramesIn.Load(),
+		FramesOut:         l.counters.FramesOut.Load(),
+	}
+}
+
+// Conns returns the open connections, of one listener when listenerID is not
+// empty, oldest first.
+func (r *Registry) Conns(listenerID string) ([]ConnInfo, error) {
+	r.mu.Lock()
+	var src map[string]*conn.Conn
+	if listenerID == "" {
+		src = r.conns
+	} else {
+		l := r.listeners[listenerID]
+		if l == nil || l.ln == nil {
+			r.mu.Unlock()
+			return nil, fmt.Errorf("listing connections of %q: %w", listenerID, ErrNotFound)
+		}
+		src = l.conns
+	}
+	conns := make([]*conn.Conn, 0, len(src))
+	for _, c := range src {
+		conns = append(conns, c)
+	}
+	r.mu.Unlock()
+	out := make([]ConnInfo, 0, len(conns))
+	for _, c := range conns {
+		out = append(out, connInfo(c))
+	}
+	slices.SortFunc(out, func(a, b ConnInfo) int {
+		if c := a.OpenedAt.Compare(b.OpenedAt); c != 0 {
+			return c
+		}
+		if c := len(a.ID) - len(b.ID); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return out, nil
+}
+
+func connInfo(c *conn.Conn) ConnInfo {
+	n := c.Counters()
+	return ConnInfo{
+		ID:         c.ID(),
+		ListenerID: c.ListenerID(),
+		RemoteAddr: c.RemoteAddr(),
+		LocalAddr:  c.LocalAddr(),
+		OpenedAt:   c.OpenedAt(),
+		BytesIn:    n.BytesIn.Load(),
+		BytesOut:   n.BytesOut.Load(),
+		FramesIn:   n.FramesIn.Load(),
+		FramesOut:  n.FramesOut.Load(),
+	}
+}
+
+// Conn returns an open connection.
+func (r *Registry) Conn(id string) (*conn.Conn, error) {
+	r.mu.Lock()
+	c := r.conns[id]
+	r.mu.Unlock()
+	if c == nil {
+		return nil, fmt.Errorf("connection %q: %w", id, ErrConnNotFound)
+	}
+	return c, nil
+}
+
+// CloseConn closes one connection with reason CLOSED_BY_API and returns its
+// final snapshot once it is closed.
+func (r *Registry) CloseConn(ctx context.Context, id string) (ConnInfo, error) {
+	c, err := r.Conn(id)
+	if err != nil {
+		return ConnInfo{}, err
+	}
+	c.Close(event.ReasonClosedByAPI)
+	select {
+	case <-c.Done():
+	case <-ctx.Done():
+		return ConnInfo{}, ctx.Err()
+	}
+	return connInfo(c), nil
+}
+
+// Broadcast writes p to every open connection of a listener concurrently and
+// returns the bytes written in all and how many connections took the write.
+func (r *Registry) Broadcast(ctx context.Context, listenerID string, p []byte) (uint64, int, error) {
+	r.mu.Lock()
+	l := r.listeners[listenerID]
+	if l == nil || l.ln == nil {
+		r.mu.Unlock()
+		return 0, 0, fmt.Errorf("sending to listener %q: %w", listenerID, ErrNotFound)
+	}
+	conns := make([]*conn.Conn, 0, len(l.conns))
+	for _, c := range l.conns {
+		conns = append(conns, c)
+	}
+	r.mu.Unlock()
+
+	var reached atomic.Int64
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(func() {
+			if _, err := c.Send(ctx, p, conn.NoReply, 0); err == nil {
+				reached.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	n := int(reached.Load())
+	return uint64(n) * uint64(len(p)), n, nil
+}
+
+// Close stops every listener, closes every connection with reason SHUTDOWN,
+// and waits for all of their goroutines. It is idempotent.
+func (r *Registry) Close() {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		r.wg.Wait()
+		return
+	}
+	r.closed = true
+	var running []*listener
+	for _, l := range r.listeners {
+		if l.ln != nil && l.state == Listening {
+			l.state = Draining
+			running = append(running, l)
+		}
+	}
+	r.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, l := range running {
+		wg.Go(func() { r.stop(l, 0, event.ReasonShutdown) })
+	}
+	wg.Wait()
+	r.cancel()
+	r.wg.Wait()
+}

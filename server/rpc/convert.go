@@ -1,0 +1,225 @@
+package rpc
+
+import (
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/internal/conn"
+	"github.com/tcpgate/tcpgate/server/internal/event"
+	"github.com/tcpgate/tcpgate/server/internal/framing"
+	"github.com/tcpgate/tcpgate/server/internal/hub"
+	"github.com/tcpgate/tcpgate/server/internal/listener"
+)
+
+// maxFrameLimit caps max_frame_bytes and await_reply.max_bytes: a frame
+// travels in one event and a reply in one response, and both must fit the
+// 4 MiB message limit that gRPC clients apply by default.
+const maxFrameLimit = 3 << 20
+
+// defaultReplyBytes is await_reply.max_bytes when 0.
+const defaultReplyBytes = 1 << 20
+
+var framingModes = map[tcpgatev1.FramingMode]framing.Mode{
+	tcpgatev1.FramingMode_FRAMING_MODE_UNSPECIFIED:   framing.Raw,
+	tcpgatev1.FramingMode_FRAMING_MODE_RAW:           framing.Raw,
+	tcpgatev1.FramingMode_FRAMING_MODE_LINE:          framing.Line,
+	tcpgatev1.FramingMode_FRAMING_MODE_DELIMITER:     framing.Delimiter,
+	tcpgatev1.FramingMode_FRAMING_MODE_LENGTH_PREFIX: framing.LengthPrefix,
+	tcpgatev1.FramingMode_FRAMING_MODE_FIXED:         framing.Fixed,
+}
+
+// framingFromProto validates and normalizes a Framing; field prefixes the
+// names in errors ("framing", "await_reply.framing").
+func framingFromProto(field string, f *tcpgatev1.Framing) (framing.Config, error) {
+	if f == nil {
+		return framing.Config{}.Normalize()
+	}
+	mode, ok := framingModes[f.GetMode()]
+	if !ok {
+		return framing.Config{}, invalid(field+".mode", "unknown value %d", int32(f.GetMode()))
+	}
+	if f.GetMaxFrameBytes() > maxFrameLimit {
+		return framing.Config{}, invalid(field+".max_frame_bytes", "must be at most %d, got %d", maxFrameLimit, f.GetMaxFrameBytes())
+	}
+	if f.GetFixedSize() > maxFrameLimit {
+		return framing.Config{}, invalid(field+".fixed_size", "must be at most %d, got %d", maxFrameLimit, f.GetFixedSize())
+	}
+	c, err := framing.Config{
+		Mode:          mode,
+		Delimiter:     f.GetDelimiter(),
+		PrefixBytes:   int(f.GetPrefixBytes()),
+		LittleEndian:  f.GetLittleEndian(),
+		FixedSize:     int(f.GetFixedSize()),
+		MaxFrameBytes: int(f.GetMaxFrameBytes()),
+	}.Normalize()
+	if err != nil {
+		// Normalize names fields as "framing.x"; say where the framing sits.
+		msg := err.Error()
+		if field != "framing" && len(msg) > len("framing") && msg[:len("framing")] == "framing" {
+			msg = field + msg[len("framing"):]
+		}
+		return framing.Config{}, invalid(field, "%s", msg)
+	}
+	return c, nil
+}
+
+func framingToProto(c framing.Config) *tcpgatev1.Framing {
+	var mode tcpgatev1.FramingMode
+	for k, v := range framingModes {
+		if v == c.Mode && k != tcpgatev1.FramingMode_FRAMING_MODE_UNSPECIFIED {
+			mode = k
+		}
+	}
+	f := &tcpgatev1.Framing{Mode: mode, MaxFrameBytes: uint32(c.MaxFrameBytes)}
+	switch c.Mode {
+	case framing.Delimiter:
+		f.Delimiter = c.Delimiter
+	case framing.LengthPrefix:
+		f.PrefixBytes = uint32(c.PrefixBytes)
+		f.LittleEndian = c.LittleEndian
+	case framing.Fixed:
+		f.FixedSize = uint32(c.FixedSize)
+	}
+	return f
+}
+
+func autoReplyToProto(a conn.AutoReply) *tcpgatev1.AutoReply {
+	switch a.Mode {
+	case conn.Echo:
+		return &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO}
+	case conn.Fixed:
+		r := &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED}
+		if utf8.Valid(a.Payload) {
+			r.Payload = &tcpgatev1.AutoReply_Text{Text: string(a.Payload)}
+		} else {
+			r.Payload = &tcpgatev1.AutoReply_Data{Data: a.Payload}
+		}
+		return r
+	}
+	return &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_NONE}
+}
+
+var listenerStates = map[listener.State]tcpgatev1.ListenerState{
+	listener.Listening: tcpgatev1.ListenerState_LISTENER_STATE_LISTENING,
+	listener.Draining:  tcpgatev1.ListenerState_LISTENER_STATE_DRAINING,
+	listener.Stopped:   tcpgatev1.ListenerState_LISTENER_STATE_STOPPED,
+}
+
+func listenerToProto(i listener.Info) *tcpgatev1.Listener {
+	l := &tcpgatev1.Listener{
+		ListenerId:        i.ID,
+		Address:           i.Address,
+		State:             listenerStates[i.State],
+		Framing:           framingToProto(i.Framing),
+		AutoReply:         autoReplyToProto(i.AutoReply),
+		ConnectionsActive: uint32(i.ConnectionsActive),
+		ConnectionsTotal:  i.ConnectionsTotal,
+		BytesIn:           i.BytesIn,
+		BytesOut:          i.BytesOut,
+		FramesIn:          i.FramesIn,
+		FramesOut:         i.FramesOut,
+		CreatedAt:         timestamppb.New(i.CreatedAt),
+		MaxConnections:    uint32(i.MaxConnections),
+	}
+	if i.IdleTimeout > 0 {
+		l.IdleTimeout = durationpb.New(i.IdleTimeout)
+	}
+	return l
+}
+
+func connToProto(c listener.ConnInfo) *tcpgatev1.Connection {
+	return &tcpgatev1.Connection{
+		ConnectionId:  c.ID,
+		ListenerId:    c.ListenerID,
+		RemoteAddress: c.RemoteAddr,
+		LocalAddress:  c.LocalAddr,
+		OpenedAt:      timestamppb.New(c.OpenedAt),
+		BytesIn:       c.BytesIn,
+		BytesOut:      c.BytesOut,
+		FramesIn:      c.FramesIn,
+		FramesOut:     c.FramesOut,
+	}
+}
+
+var eventKinds = map[event.Kind]tcpgatev1.EventKind{
+	event.ListenerStarted:  tcpgatev1.EventKind_EVENT_KIND_LISTENER_STARTED,
+	event.ListenerStopped:  tcpgatev1.EventKind_EVENT_KIND_LISTENER_STOPPED,
+	event.ConnectionOpened: tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED,
+	event.Data:             tcpgatev1.EventKind_EVENT_KIND_DATA,
+	event.ConnectionClosed: tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED,
+	event.EventsDropped:    tcpgatev1.EventKind_EVENT_KIND_EVENTS_DROPPED,
+}
+
+func kindFromProto(k tcpgatev1.EventKind) (event.Kind, bool) {
+	for ek, pk := range eventKinds {
+		if pk == k {
+			return ek, true
+		}
+	}
+	return event.KindUnspecified, false
+}
+
+var closeReasons = map[event.CloseReason]tcpgatev1.CloseReason{
+	event.ReasonPeerClosed:      tcpgatev1.CloseReason_CLOSE_REASON_PEER_CLOSED,
+	event.ReasonPeerReset:       tcpgatev1.CloseReason_CLOSE_REASON_PEER_RESET,
+	event.ReasonFrameTooLarge:   tcpgatev1.CloseReason_CLOSE_REASON_FRAME_TOO_LARGE,
+	event.ReasonIdleTimeout:     tcpgatev1.CloseReason_CLOSE_REASON_IDLE_TIMEOUT,
+	event.ReasonListenerStopped: tcpgatev1.CloseReason_CLOSE_REASON_LISTENER_STOPPED,
+	event.ReasonClosedByAPI:     tcpgatev1.CloseReason_CLOSE_REASON_CLOSED_BY_API,
+	event.ReasonReadError:       tcpgatev1.CloseReason_CLOSE_REASON_READ_ERROR,
+	event.ReasonWriteError:      tcpgatev1.CloseReason_CLOSE_REASON_WRITE_ERROR,
+	event.ReasonLimitReached:    tcpgatev1.CloseReason_CLOSE_REASON_LIMIT_REACHED,
+	event.ReasonShutdown:        tcpgatev1.CloseReason_CLOSE_REASON_SHUTDOWN,
+}
+
+var policies = map[tcpgatev1.SlowConsumerPolicy]hub.Policy{
+	tcpgatev1.SlowConsumerPolicy_SLOW_CONSUMER_POLICY_UNSPECIFIED:  hub.DropOldest,
+	tcpgatev1.SlowConsumerPolicy_SLOW_CONSUMER_POLICY_DROP_OLDEST:  hub.DropOldest,
+	tcpgatev1.SlowConsumerPolicy_SLOW_CONSUMER_POLICY_DISCONNECT:   hub.Disconnect,
+	tcpgatev1.SlowConsumerPolicy_SLOW_CONSUMER_POLICY_BACKPRESSURE: hub.Backpressure,
+}
+
+// eventToProto fills dst from e, overwriting every field, so a batch's
+// messages can be reused across batches.
+func eventToProto(dst *tcpgatev1.Event, e *event.Event) {
+	ts := dst.Time
+	if ts == nil {
+		ts = new(timestamppb.Timestamp)
+	}
+	ts.Seconds, ts.Nanos = e.Time.Unix(), int32(e.Time.Nanosecond())
+	dst.Sequence = e.Sequence
+	dst.Time = ts
+	dst.Kind = eventKinds[e.Kind]
+	dst.ListenerId = e.ListenerID
+	dst.ConnectionId = e.ConnectionID
+	dst.RemoteAddress = e.RemoteAddr
+	dst.LocalAddress = e.LocalAddr
+	dst.Data = e.Data
+	dst.Text = ""
+	if len(e.Data) > 0 && utf8.Valid(e.Data) {
+		dst.Text = string(e.Data)
+	}
+	dst.CloseReason = closeReasons[e.CloseReason]
+	dst.Dropped = e.Dropped
+}
+
+func durationFromProto(field string, d *durationpb.Duration, def time.Duration) (time.Duration, error) {
+	if d == nil {
+		return def, nil
+	}
+	if err := d.CheckValid(); err != nil {
+		return 0, invalid(field, "%v", err)
+	}
+	v := d.AsDuration()
+	if v < 0 {
+		return 0, invalid(field, "must not be negative, got %s", v)
+	}
+	if v == 0 {
+		return def, nil
+	}
+	return v, nil
+}

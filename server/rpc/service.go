@@ -1,0 +1,401 @@
+// Package rpc implements tcpgate.v1.GatewayService over the engine: each
+// method validates its request, calls the engine, and translates the result
+// and errors. It is the only place that speaks both protobuf and the
+// engine's types.
+package rpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"regexp"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/internal/conn"
+	"github.com/tcpgate/tcpgate/server/internal/dialer"
+	"github.com/tcpgate/tcpgate/server/internal/event"
+	"github.com/tcpgate/tcpgate/server/internal/hub"
+	"github.com/tcpgate/tcpgate/server/internal/listener"
+)
+
+// DefaultSendTimeout bounds a Send whose timeout is unset: long enough for a
+// slow peer's reply, short enough that a dead one does not pin a caller.
+const DefaultSendTimeout = 30 * time.Second
+
+// HeaderLastSequence is the response header of Subscribe, sent as soon as
+// the subscription is live: the newest sequence at that moment. A client
+// that waits for the headers knows that nothing after it will be missed.
+const HeaderLastSequence = "tcpgate-last-sequence"
+
+// ids are used in REST paths, so they stay URL-safe.
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9._~-]{1,64}$`)
+
+// Config configures a Service.
+type Config struct {
+	Listeners *listener.Registry
+	Hub       *hub.Hub
+	Dialer    *dialer.Dialer
+	// SubscriberQueueBytes bounds each subscriber's queue; 0 means hub.DefaultQueueBytes.
+	SubscriberQueueBytes int
+	// MaxSubscribers bounds open Subscribe streams; 0 means no bound.
+	MaxSubscribers int
+	// Logger logs internal errors; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Service implements tcpgatev1.GatewayServiceServer.
+type Service struct {
+	tcpgatev1.UnimplementedGatewayServiceServer
+	cfg Config
+	log *slog.Logger
+}
+
+var _ tcpgatev1.GatewayServiceServer = (*Service)(nil)
+
+// New returns a Service over the engine in cfg.
+func New(cfg Config) *Service {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Service{cfg: cfg, log: log}
+}
+
+func (s *Service) status(err error) error { return toStatus(s.log, err) }
+
+// StartListener implements GatewayService.StartListener.
+func (s *Service) StartListener(_ context.Context, req *tcpgatev1.StartListenerRequest) (*tcpgatev1.StartListenerResponse, error) {
+	if id := req.GetListenerId(); id != "" && !idPattern.MatchString(id) {
+		return nil, invalid("listener_id", "must be 1 to 64 of A-Z a-z 0-9 . _ ~ -, got %q", id)
+	}
+	if req.GetPort() > 65535 {
+		return nil, invalid("port", "must be 0 to 65535, got %d", req.GetPort())
+	}
+	if len(req.GetHost()) > 255 {
+		return nil, invalid("host", "longer than 255 bytes")
+	}
+	fc, err := framingFromProto("framing", req.GetFraming())
+	if err != nil {
+		return nil, err
+	}
+	ar, err := autoReplyFromProto(req.GetAutoReply())
+	if err != nil {
+		return nil, err
+	}
+	idle, err := durationFromProto("idle_timeout", req.GetIdleTimeout(), 0)
+	if err != nil {
+		return nil, err
+	}
+	info, err := s.cfg.Listeners.Start(listener.Spec{
+		ID:             req.GetListenerId(),
+		Host:           req.GetHost(),
+		Port:           int(req.GetPort()),
+		Framing:        fc,
+		AutoReply:      ar,
+		MaxConnections: int(req.GetMaxConnections()),
+		IdleTimeout:    idle,
+	})
+	if err != nil {
+		return nil, s.status(err)
+	}
+	return &tcpgatev1.StartListenerResponse{Listener: listenerToProto(info)}, nil
+}
+
+func autoReplyFromProto(a *tcpgatev1.AutoReply) (conn.AutoReply, error) {
+	var payload []byte
+	hasPayload := false
+	switch p := a.GetPayload().(type) {
+	case *tcpgatev1.AutoReply_Text:
+		payload, hasPayload = []byte(p.Text), true
+	case *tcpgatev1.AutoReply_Data:
+		payload, hasPayload = p.Data, true
+	}
+	switch a.GetMode() {
+	case tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_UNSPECIFIED, tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_NONE:
+		if hasPayload {
+			return conn.AutoReply{}, invalid("auto_reply.mode", "text or data needs AUTO_REPLY_MODE_FIXED")
+		}
+		return conn.AutoReply{Mode: conn.NoAutoReply}, nil
+	case tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO:
+		if hasPayload {
+			return conn.AutoReply{}, invalid("auto_reply.mode", "text or data needs AUTO_REPLY_MODE_FIXED, not ECHO")
+		}
+		return conn.AutoReply{Mode: conn.Echo}, nil
+	case tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED:
+		if !hasPayload {
+			return conn.AutoReply{}, invalid("auto_reply", "AUTO_REPLY_MODE_FIXED needs text or data")
+		}
+		if len(payload) > maxFrameLimit {
+			return conn.AutoReply{}, invalid("auto_reply", "reply longer than %d bytes", maxFrameLimit)
+		}
+		return conn.AutoReply{Mode: conn.Fixed, Payload: payload}, nil
+	}
+	return conn.AutoReply{}, invalid("auto_reply.mode", "unknown value %d", int32(a.GetMode()))
+}
+
+// StopListener implements GatewayService.StopListener.
+func (s *Service) StopListener(ctx context.Context, req *tcpgatev1.StopListenerRequest) (*tcpgatev1.StopListenerResponse, error) {
+	if req.GetListenerId() == "" {
+		return nil, invalid("listener_id", "required")
+	}
+	drain, err := durationFromProto("drain_timeout", req.GetDrainTimeout(), 0)
+	if err != nil {
+		return nil, err
+	}
+	info, err := s.cfg.Listeners.Stop(ctx, req.GetListenerId(), drain)
+	if err != nil {
+		return nil, s.status(err)
+	}
+	return &tcpgatev1.StopListenerResponse{Listener: listenerToProto(info)}, nil
+}
+
+// GetListener implements GatewayService.GetListener.
+func (s *Service) GetListener(_ context.Context, req *tcpgatev1.GetListenerRequest) (*tcpgatev1.GetListenerResponse, error) {
+	if req.GetListenerId() == "" {
+		return nil, invalid("listener_id", "required")
+	}
+	info, err := s.cfg.Listeners.Get(req.GetListenerId())
+	if err != nil {
+		return nil, s.status(err)
+	}
+	return &tcpgatev1.GetListenerResponse{Listener: listenerToProto(info)}, nil
+}
+
+// ListListeners implements GatewayService.ListListeners.
+func (s *Service) ListListeners(context.Context, *tcpgatev1.ListListenersRequest) (*tcpgatev1.ListListenersResponse, error) {
+	infos := s.cfg.Listeners.List()
+	resp := &tcpgatev1.ListListenersResponse{Listeners: make([]*tcpgatev1.Listener, 0, len(infos))}
+	for _, i := range infos {
+		resp.Listeners = append(resp.Listeners, listenerToProto(i))
+	}
+	return resp, nil
+}
+
+// ListConnections implements GatewayService.ListConnections.
+func (s *Service) ListConnections(_ context.Context, req *tcpgatev1.ListConnectionsRequest) (*tcpgatev1.ListConnectionsResponse, error) {
+	infos, err := s.cfg.Listeners.Conns(req.GetListenerId())
+	if err != nil {
+		return nil, s.status(err)
+	}
+	resp := &tcpgatev1.ListConnectionsResponse{Connections: make([]*tcpgatev1.Connection, 0, len(infos))}
+	for _, i := range infos {
+		resp.Connections = append(resp.Connections, connToProto(i))
+	}
+	return resp, nil
+}
+
+// CloseConnection implements GatewayService.CloseConnection.
+func (s *Service) CloseConnection(ctx context.Context, req *tcpgatev1.CloseConnectionRequest) (*tcpgatev1.CloseConnectionResponse, error) {
+	if req.GetConnectionId() == "" {
+		return nil, invalid("connection_id", "required")
+	}
+	info, err := s.cfg.Listeners.CloseConn(ctx, req.GetConnectionId())
+	if err != nil {
+		return nil, s.status(err)
+	}
+	return &tcpgatev1.CloseConnectionResponse{Connection: connToProto(info)}, nil
+}
+
+var awaitModes = map[tcpgatev1.AwaitMode]dialer.AwaitMode{
+	tcpgatev1.AwaitMode_AWAIT_MODE_UNSPECIFIED: dialer.NoAwait,
+	tcpgatev1.AwaitMode_AWAIT_MODE_NONE:        dialer.NoAwait,
+	tcpgatev1.AwaitMode_AWAIT_MODE_FIRST_READ:  dialer.FirstRead,
+	tcpgatev1.AwaitMode_AWAIT_MODE_FRAME:       dialer.Frame,
+	tcpgatev1.AwaitMode_AWAIT_MODE_UNTIL_CLOSE: dialer.UntilClose,
+}
+
+// Send implements GatewayService.Send.
+func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgatev1.SendResponse, error) {
+	var payload []byte
+	switch p := req.GetPayload().(type) {
+	case *tcpgatev1.SendRequest_Text:
+		payload = []byte(p.Text)
+	case *tcpgatev1.SendRequest_Data:
+		payload = p.Data
+	default:
+		return nil, invalid("payload", "one of text or data is required")
+	}
+	timeout, err := durationFromProto("timeout", req.GetTimeout(), DefaultSendTimeout)
+	if err != nil {
+		return nil, err
+	}
+	aw := req.GetAwaitReply()
+	mode, ok := awaitModes[aw.GetMode()]
+	if !ok {
+		return nil, invalid("await_reply.mode", "unknown value %d", int32(aw.GetMode()))
+	}
+	maxReply := int(aw.GetMaxBytes())
+	if maxReply > maxFrameLimit {
+		return nil, invalid("await_reply.max_bytes", "must be at most %d, got %d", maxFrameLimit, maxReply)
+	}
+	if maxReply == 0 {
+		maxReply = defaultReplyBytes
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	switch t := req.GetTarget().(type) {
+	case *tcpgatev1.SendRequest_Address:
+		if err := checkAddress(t.Address); err != nil {
+			return nil, err
+		}
+		fc, err := framingFromProto("await_reply.framing", aw.GetFraming())
+		if err != nil {
+			return nil, err
+		}
+		if aw.GetFraming() != nil && mode != dialer.Frame {
+			return nil, invalid("await_reply.framing", "only used with AWAIT_MODE_FRAME")
+		}
+		res, err := s.cfg.Dialer.Send(ctx, dialer.Request{
+			Address: t.Address, Payload: payload, Await: mode, Framing: fc, MaxReply: maxReply,
+		})
+		if err != nil {
+			return nil, s.status(err)
+		}
+		resp := &tcpgatev1.SendResponse{BytesWritten: uint64(res.BytesWritten), ConnectionsReached: 1}
+		if mode != dialer.NoAwait {
+			resp.Reply = replyToProto(res.Reply)
+		}
+		return resp, nil
+
+	case *tcpgatev1.SendRequest_ConnectionId:
+		if aw.GetFraming() != nil {
+			return nil, invalid("await_reply.framing", "not used with connection_id: replies are cut by the listener's framing")
+		}
+		c, err := s.cfg.Listeners.Conn(t.ConnectionId)
+		if err != nil {
+			return nil, s.status(err)
+		}
+		rm := conn.NoReply
+		switch mode {
+		case dialer.FirstRead, dialer.Frame:
+			rm = conn.NextFrame
+		case dialer.UntilClose:
+			rm = conn.UntilClose
+		}
+		reply, err := c.Send(ctx, payload, rm, maxReply)
+		if err != nil {
+			return nil, s.status(err)
+		}
+		resp := &tcpgatev1.SendResponse{BytesWritten: uint64(len(payload)), ConnectionsReached: 1}
+		if rm != conn.NoReply {
+			resp.Reply = replyToProto(reply)
+		}
+		return resp, nil
+
+	case *tcpgatev1.SendRequest_ListenerId:
+		if mode != dialer.NoAwait {
+			return nil, invalid("await_reply", "not allowed with listener_id: a broadcast has no single reply")
+		}
+		n, reached, err := s.cfg.Listeners.Broadcast(ctx, t.ListenerId, payload)
+		if err != nil {
+			return nil, s.status(err)
+		}
+		return &tcpgatev1.SendResponse{BytesWritten: n, ConnectionsReached: uint32(reached)}, nil
+	}
+	return nil, invalid("target", "one of address, connection_id or listener_id is required")
+}
+
+func checkAddress(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return invalid("address", "must be host:port, got %q", addr)
+	}
+	if host == "" {
+		return invalid("address", "host is empty in %q", addr)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 1 || p > 65535 {
+		return invalid("address", "port must be 1 to 65535 in %q", addr)
+	}
+	return nil
+}
+
+func replyToProto(b []byte) *tcpgatev1.Reply {
+	r := &tcpgatev1.Reply{Data: b}
+	if len(b) > 0 && utf8.Valid(b) {
+		r.Text = string(b)
+	}
+	return r
+}
+
+// Subscribe implements GatewayService.Subscribe.
+func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerStreamingServer[tcpgatev1.SubscribeResponse]) error {
+	opts := hub.SubscribeOptions{
+		Filter: hub.Filter{
+			ListenerIDs:   req.GetListenerIds(),
+			ConnectionIDs: req.GetConnectionIds(),
+		},
+		Since:      req.GetSinceSequence(),
+		QueueBytes: s.cfg.SubscriberQueueBytes,
+	}
+	for i, k := range req.GetKinds() {
+		ek, ok := kindFromProto(k)
+		if !ok || ek == event.EventsDropped {
+			return invalid(fmt.Sprintf("kinds[%d]", i), "%s cannot be filtered on", k)
+		}
+		opts.Filter.Kinds = append(opts.Filter.Kinds, ek)
+	}
+	if len(opts.Filter.Kinds) > 0 {
+		// Markers of missed events always reach the subscriber.
+		opts.Filter.Kinds = append(opts.Filter.Kinds, event.EventsDropped)
+	}
+	policy, ok := policies[req.GetSlowConsumer()]
+	if !ok {
+		return invalid("slow_consumer", "unknown value %d", int32(req.GetSlowConsumer()))
+	}
+	opts.Policy = policy
+	if max := s.cfg.MaxSubscribers; max > 0 && s.cfg.Hub.Subscribers() >= max {
+		return status.Errorf(codes.ResourceExhausted, "max_subscribers (%d) reached", max)
+	}
+
+	sub, err := s.cfg.Hub.Subscribe(opts)
+	if err != nil {
+		return s.status(err)
+	}
+	defer sub.Close()
+	last := strconv.FormatUint(s.cfg.Hub.LastSequence(), 10)
+	if err := stream.SendHeader(metadata.Pairs(HeaderLastSequence, last)); err != nil {
+		return err
+	}
+
+	ctx := stream.Context()
+	var batch []*event.Event
+	var pbs []*tcpgatev1.Event
+	resp := &tcpgatev1.SubscribeResponse{}
+	for {
+		batch, err = sub.Next(ctx, batch[:0])
+		if len(batch) > 0 {
+			for len(pbs) < len(batch) {
+				pbs = append(pbs, new(tcpgatev1.Event))
+			}
+			for i, e := range batch {
+				eventToProto(pbs[i], e)
+			}
+			resp.Events = pbs[:len(batch)]
+			if serr := stream.Send(resp); serr != nil {
+				return serr
+			}
+			clear(batch)
+		}
+		if err != nil {
+			if errors.Is(err, hub.ErrClosed) {
+				return status.Error(codes.Unavailable, "gateway shutting down; resubscribe with since_sequence to resume")
+			}
+			if ctx.Err() != nil {
+				return status.FromContextError(ctx.Err()).Err()
+			}
+			return s.status(err)
+		}
+	}
+}

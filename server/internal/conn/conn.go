@@ -242,11 +242,13 @@ func (c *Conn) readLoop(splitter *framing.Splitter) event.CloseReason {
 	}
 	var frames [][]byte
 	emit := func(f []byte) { frames = append(frames, f) }
+	drained := true
 	for {
 		if c.cfg.IdleTimeout > 0 {
 			_ = c.nc.SetReadDeadline(time.Now().Add(c.cfg.IdleTimeout))
 		}
-		chunk, err := c.read(maxRead)
+		chunk, err := c.read(maxRead, drained)
+		drained = len(chunk) < maxRead
 		if len(chunk) > 0 {
 			c.counters.BytesIn.Add(uint64(len(chunk)))
 			if a := c.cfg.Aggregate; a != nil {
@@ -268,12 +270,15 @@ func (c *Conn) readLoop(splitter *framing.Splitter) event.CloseReason {
 	}
 }
 
-// read waits until the socket is readable before it takes a pooled buffer,
-// so an idle connection holds no buffer, and returns the bytes read in a
-// slice of their own: frames cut from it are published and never change.
-func (c *Conn) read(max int) ([]byte, error) {
-	if err := waitReadable(c.nc); err != nil {
-		return nil, err
+// read returns the next bytes in a slice of their own: frames cut from it
+// are published and never change. When the previous read drained the socket
+// it first waits for readability without a buffer, so an idle connection
+// holds none; a busy one reads straight into a pooled buffer.
+func (c *Conn) read(max int, wait bool) ([]byte, error) {
+	if wait {
+		if err := waitReadable(c.nc); err != nil {
+			return nil, err
+		}
 	}
 	bp := readBuffers.Get().(*[]byte)
 	n, err := c.nc.Read((*bp)[:max])
@@ -284,28 +289,6 @@ func (c *Conn) read(max int) ([]byte, error) {
 	}
 	readBuffers.Put(bp)
 	return chunk, err
-}
-
-// waitReadable blocks until nc has data, an error, or its read deadline
-// passes, without holding a buffer. Connections that are not raw sockets
-// return at once and are read directly.
-func waitReadable(nc net.Conn) error {
-	sc, ok := nc.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return err
-	}
-	first := true
-	return rc.Read(func(uintptr) bool {
-		if first {
-			first = false
-			return false // wait for readiness
-		}
-		return true
-	})
 }
 
 func readReason(err error, idle bool) event.CloseReason {

@@ -35,7 +35,7 @@ const (
 	Fixed
 )
 
-// String returns the mode's name as the CLI and logs spell it.
+// String returns the mode's lowercase name, such as "length-prefix".
 func (m Mode) String() string {
 	switch m {
 	case Raw:
@@ -158,7 +158,8 @@ func (c Config) Normalize() (Config, error) {
 // than MaxFrameBytes or than the prefix can announce, not FixedSize bytes, a
 // line containing '\n', a delimited frame in which the delimiter would be
 // found early) returns dst unchanged and an error wrapping ErrUnencodable,
-// and also ErrFrameTooLarge when it is a matter of size.
+// and also ErrFrameTooLarge when it is a matter of size. Raw frames are never
+// refused: raw framing cannot promise the peer one read per frame anyway.
 func (c Config) Encode(dst, frame []byte) ([]byte, error) {
 	maxFrame := c.MaxFrameBytes
 	if maxFrame == 0 {

@@ -13,6 +13,7 @@ all: build
 ## generate: regenerate gen/ from proto/ (offline: plugins run via `go tool`)
 generate:
 	$(GO) tool buf generate
+	cp gen/tcpgate/v1/gateway.swagger.json gateway/openapi.json
 
 ## build: build the daemon and CLI to bin/tcpgate
 build:
@@ -20,7 +21,7 @@ build:
 
 ## run: start the gateway with its embedded defaults
 run: build
-	./$(BIN)/tcpgate serve --grpc-addr $(GRPC_ADDR)
+	./$(BIN)/tcpgate serve --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
 
 ## test: build everything and run every test with the race detector
 test:
@@ -38,8 +39,8 @@ lint:
 verify: lint
 	$(GO) mod tidy -diff
 	$(GO) tool buf format --diff --exit-code
-	$(GO) tool buf generate
-	@if [ -n "$$(git status --porcelain -- gen)" ]; then echo "gen/ is stale: run 'make generate' and commit"; git status --porcelain -- gen; exit 1; fi
+	$(MAKE) --no-print-directory generate
+	@if [ -n "$$(git status --porcelain -- gen gateway/openapi.json)" ]; then echo "generated code is stale: run 'make generate' and commit"; git status --porcelain -- gen gateway/openapi.json; exit 1; fi
 
 ## fuzz: run every fuzz target for FUZZTIME each
 FUZZTIME ?= 20s

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"time"
 
@@ -16,6 +17,10 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tcpgate/tcpgate/gateway"
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
@@ -27,6 +32,8 @@ import (
 // Defaults of Config.
 const (
 	DefaultGRPCAddr = "127.0.0.1:50051"
+	// DefaultHTTPAddr is the REST gateway's address of `tcpgate serve`.
+	DefaultHTTPAddr = "127.0.0.1:50080"
 	// DefaultShutdownTimeout bounds a graceful shutdown: in-flight calls get
 	// this long before the gRPC server is stopped hard.
 	DefaultShutdownTimeout = 10 * time.Second
@@ -51,6 +58,12 @@ type Config struct {
 	// GRPCAddr is the control plane's address; empty means DefaultGRPCAddr.
 	// Port 0 picks a free port; GRPCAddr() tells which.
 	GRPCAddr string
+	// HTTPAddr is the REST gateway's address; empty means no REST gateway.
+	// Port 0 picks a free port; HTTPAddr() tells which.
+	HTTPAddr string
+	// CORSOrigins are the browser origins allowed to call the REST gateway;
+	// empty means CORS is off.
+	CORSOrigins []string
 	// ReplayBytes bounds the replay ring; 0 means hub.DefaultReplayBytes.
 	ReplayBytes int
 	// SubscriberQueueBytes bounds each subscriber's queue; 0 means hub.DefaultQueueBytes.
@@ -78,6 +91,11 @@ type Server struct {
 	grpc      *grpc.Server
 	health    *health.Server
 	grpcLn    net.Listener
+	rest      *gateway.Gateway // nil without HTTPAddr
+	httpSrv   *http.Server
+	httpLn    net.Listener
+	metrics   *prometheus.Registry
+	rpcs      *rpcMetrics
 
 	closeOnce sync.Once
 }
@@ -104,6 +122,8 @@ func New(cfg Config) (*Server, error) {
 		WriteTimeout:   cfg.WriteTimeout,
 		Logger:         log,
 	})
+	s.rpcs = newRPCMetrics()
+	s.metrics = newMetrics(s.hub, s.listeners, s.rpcs)
 	svc := rpc.New(rpc.Config{
 		Listeners:            s.listeners,
 		Hub:                  s.hub,
@@ -117,8 +137,8 @@ func New(cfg Config) (*Server, error) {
 		grpc.InitialWindowSize(streamWindow),
 		grpc.InitialConnWindowSize(connWindow),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(s.logUnary),
-		grpc.ChainStreamInterceptor(s.logStream),
+		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
+		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	)
 	tcpgatev1.RegisterGatewayServiceServer(s.grpc, svc)
 	s.health = health.NewServer()
@@ -134,35 +154,86 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("binding gRPC address %s: %w", cfg.GRPCAddr, err)
 	}
 	s.grpcLn = ln
+
+	if cfg.HTTPAddr != "" {
+		if err := s.newREST(); err != nil {
+			ln.Close()
+			s.listeners.Close()
+			s.hub.Close()
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+func (s *Server) newREST() error {
+	rest, err := gateway.New(gateway.Config{
+		GRPCAddr:    s.GRPCAddr(),
+		CORSOrigins: s.cfg.CORSOrigins,
+		Metrics:     promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}),
+		Logger:      s.log,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
+	if err != nil {
+		rest.Close()
+		return fmt.Errorf("binding HTTP address %s: %w", s.cfg.HTTPAddr, err)
+	}
+	s.rest, s.httpLn = rest, ln
+	s.httpSrv = &http.Server{
+		Handler:           rest,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	return nil
 }
 
 // GRPCAddr returns the bound gRPC address.
 func (s *Server) GRPCAddr() string { return s.grpcLn.Addr().String() }
 
+// HTTPAddr returns the bound REST address, or "" without one.
+func (s *Server) HTTPAddr() string {
+	if s.httpLn == nil {
+		return ""
+	}
+	return s.httpLn.Addr().String()
+}
+
 // Run serves until ctx is done, then shuts down in order (see doc.go) and
 // returns. It returns nil after a clean shutdown.
 func (s *Server) Run(ctx context.Context) error {
-	errc := make(chan error, 1)
-	go func() { errc <- s.grpc.Serve(s.grpcLn) }()
-	s.log.Info("gateway serving", "grpc_addr", s.GRPCAddr())
+	grpcErr := make(chan error, 1)
+	go func() { grpcErr <- s.grpc.Serve(s.grpcLn) }()
+	httpErr := make(chan error, 1)
+	if s.httpSrv != nil {
+		go func() { httpErr <- s.httpSrv.Serve(s.httpLn) }()
+		s.log.Info("gateway serving", "grpc_addr", s.GRPCAddr(), "http_addr", s.HTTPAddr())
+	} else {
+		s.log.Info("gateway serving", "grpc_addr", s.GRPCAddr())
+	}
 
-	var serveErr error
+	var failed error
 	select {
 	case <-ctx.Done():
-	case serveErr = <-errc:
-		errc = nil
+	case err := <-grpcErr:
+		failed = fmt.Errorf("serving gRPC: %w", err)
+		grpcErr <- err
+	case err := <-httpErr:
+		failed = fmt.Errorf("serving HTTP: %w", err)
+		httpErr <- err
 	}
 	s.shutdown()
-	if errc != nil {
-		if err := <-errc; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			serveErr = err
+	if err := <-grpcErr; failed == nil && err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		failed = fmt.Errorf("serving gRPC: %w", err)
+	}
+	if s.httpSrv != nil {
+		if err := <-httpErr; failed == nil && !errors.Is(err, http.ErrServerClosed) {
+			failed = fmt.Errorf("serving HTTP: %w", err)
 		}
 	}
-	if serveErr != nil {
-		return fmt.Errorf("serving gRPC: %w", serveErr)
-	}
-	return nil
+	return failed
 }
 
 // shutdown runs the shutdown order of doc.go once.
@@ -171,6 +242,17 @@ func (s *Server) shutdown() {
 		start := time.Now()
 		s.log.Info("gateway shutting down", "timeout", s.cfg.ShutdownTimeout)
 		s.health.Shutdown()
+		if s.httpSrv != nil {
+			// Event streams end first (Shutdown does not end running
+			// handlers), then the server waits for other calls to finish.
+			s.rest.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+			if err := s.httpSrv.Shutdown(ctx); err != nil {
+				s.log.Warn("REST shutdown timed out; closing connections", "error", err)
+				s.httpSrv.Close()
+			}
+			cancel()
+		}
 		// Subscribe streams end with a status now instead of holding
 		// GracefulStop until the timer.
 		s.hub.Close()
@@ -191,24 +273,6 @@ func (s *Server) shutdown() {
 		s.listeners.Close()
 		s.log.Info("gateway stopped", "took", time.Since(start).Round(time.Millisecond))
 	})
-}
-
-func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	start := time.Now()
-	resp, err := handler(ctx, req)
-	if err != nil {
-		s.logFailure(info.FullMethod, err, start)
-	}
-	return resp, err
-}
-
-func (s *Server) logStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	start := time.Now()
-	err := handler(srv, ss)
-	if err != nil {
-		s.logFailure(info.FullMethod, err, start)
-	}
-	return err
 }
 
 // logFailure logs one failed call: its code and message, never payloads.

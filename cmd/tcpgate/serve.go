@@ -22,7 +22,8 @@ func newServeCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the gateway daemon",
-		Long: "Run the gateway: gRPC control plane with reflection and health.\n\n" +
+		Long: "Run the gateway: the gRPC control plane (with reflection and health) and\n" +
+			"its REST front with event streams, OpenAPI and Prometheus metrics.\n\n" +
 			"Every flag can also be set by an environment variable: TCPGATE_ and the\n" +
 			"flag's name in capitals with _ for -, e.g. TCPGATE_GRPC_ADDR. Flags win.\n" +
 			"SIGINT or SIGTERM shuts down gracefully within --shutdown-timeout.",
@@ -50,6 +51,8 @@ func newServeCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.GRPCAddr, "grpc-addr", server.DefaultGRPCAddr, "gRPC listen address (port 0 picks a free port)")
+	f.StringVar(&cfg.HTTPAddr, "http-addr", server.DefaultHTTPAddr, "REST listen address (empty: no REST gateway)")
+	f.StringSliceVar(&cfg.CORSOrigins, "cors-origins", nil, "browser origins allowed to call the REST API, comma-separated (\"*\": any; default: CORS off)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", server.DefaultShutdownTimeout, "how long in-flight calls may finish at shutdown")

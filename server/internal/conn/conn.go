@@ -82,8 +82,8 @@ type Config struct {
 	// WriteTimeout bounds each write; 0 means DefaultWriteTimeout.
 	WriteTimeout time.Duration
 	Publisher    Publisher
-	// Aggregate, when set, is also counted into (the listener's totals).
-	Aggregate *Counters
+	// Aggregates are also counted into: the listener's and the gateway's totals.
+	Aggregates []*Counters
 }
 
 // ReplyMode says what reply Send waits for on a connection.
@@ -150,6 +150,13 @@ func (c *Conn) OpenedAt() time.Time { return c.openedAt }
 
 // Counters returns the connection's live counters.
 func (c *Conn) Counters() *Counters { return &c.counters }
+
+// Reason returns why the connection closed, or ReasonUnspecified while open.
+func (c *Conn) Reason() event.CloseReason {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reason
+}
 
 // Done is closed when Serve has returned and the socket is closed.
 func (c *Conn) Done() <-chan struct{} { return c.done }
@@ -250,9 +257,10 @@ func (c *Conn) readLoop(splitter *framing.Splitter) event.CloseReason {
 		chunk, err := c.read(maxRead, drained)
 		drained = len(chunk) < maxRead
 		if len(chunk) > 0 {
-			c.counters.BytesIn.Add(uint64(len(chunk)))
-			if a := c.cfg.Aggregate; a != nil {
-				a.BytesIn.Add(uint64(len(chunk)))
+			n := uint64(len(chunk))
+			c.counters.BytesIn.Add(n)
+			for _, a := range c.cfg.Aggregates {
+				a.BytesIn.Add(n)
 			}
 			frames = frames[:0]
 			ferr := splitter.Feed(chunk, emit)
@@ -308,7 +316,7 @@ func readReason(err error, idle bool) event.CloseReason {
 func (c *Conn) frames(frames [][]byte) bool {
 	n := uint64(len(frames))
 	c.counters.FramesIn.Add(n)
-	if a := c.cfg.Aggregate; a != nil {
+	for _, a := range c.cfg.Aggregates {
 		a.FramesIn.Add(n)
 	}
 	evs := make([]*event.Event, len(frames))
@@ -389,7 +397,7 @@ func (c *Conn) writeLocked(p []byte) error {
 	n, err := c.nc.Write(p)
 	c.counters.BytesOut.Add(uint64(n))
 	c.counters.FramesOut.Add(1)
-	if a := c.cfg.Aggregate; a != nil {
+	for _, a := range c.cfg.Aggregates {
 		a.BytesOut.Add(uint64(n))
 		a.FramesOut.Add(1)
 	}

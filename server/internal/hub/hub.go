@@ -29,8 +29,9 @@ const DefaultReplayBytes = 64 << 20
 // healthy network never drops, while a stuck one costs a bounded amount.
 const DefaultQueueBytes = 16 << 20
 
-// maxBatchBytes bounds the payload of one batch returned by Next, so a batch
-// stays well inside gRPC's default 4 MiB message limit of clients.
+// maxBatchBytes bounds one batch returned by Next, counted by Event.Size
+// (which exceeds an event's encoded size), so a batch stays well inside
+// gRPC's default 4 MiB message limit of clients.
 const maxBatchBytes = 1 << 20
 
 // Policy says what happens when a subscriber's queue is full.
@@ -131,6 +132,10 @@ type Hub struct {
 	ring   ring
 	subs   map[*Subscriber]struct{}
 	closed bool
+	// dropped and disconnected count, per policy, events dropped from
+	// queues and subscriptions ended for falling behind.
+	dropped      [Backpressure + 1]uint64
+	disconnected uint64
 }
 
 // New returns a hub.
@@ -254,14 +259,14 @@ func (h *Hub) Subscribe(opts SubscribeOptions) (*Subscriber, error) {
 			if first != 0 {
 				end = first
 			}
-			s.dropped = end - opts.Since
+			s.gap = end - opts.Since
 		}
 		h.ring.each(opts.Since, func(e *event.Event) {
 			if s.filter.Match(e) {
 				s.replay = append(s.replay, e)
 			}
 		})
-		if s.dropped > 0 || len(s.replay) > 0 {
+		if s.gap > 0 || len(s.replay) > 0 {
 			s.signal()
 		}
 	}
@@ -274,6 +279,59 @@ func (h *Hub) Subscribers() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return len(h.subs)
+}
+
+// PolicyStats are the figures of the subscribers of one policy.
+type PolicyStats struct {
+	Subscribers int
+	QueuedBytes int
+	// Dropped counts events dropped from their queues since the hub started.
+	Dropped uint64
+}
+
+// Stats are the hub's figures.
+type Stats struct {
+	// LastSequence is the newest sequence: how many events were published.
+	LastSequence uint64
+	RingEvents   int
+	RingBytes    int
+	Policies     map[Policy]PolicyStats
+	// Disconnected counts subscriptions ended under the Disconnect policy.
+	Disconnected uint64
+}
+
+// Stats returns the hub's figures.
+func (h *Hub) Stats() Stats {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st := Stats{
+		LastSequence: h.seq,
+		RingEvents:   h.ring.n,
+		RingBytes:    h.ring.bytes,
+		Policies:     make(map[Policy]PolicyStats, 3),
+		Disconnected: h.disconnected,
+	}
+	for _, p := range []Policy{DropOldest, Disconnect, Backpressure} {
+		st.Policies[p] = PolicyStats{Dropped: h.dropped[p]}
+	}
+	for s := range h.subs {
+		ps := st.Policies[s.policy]
+		ps.Subscribers++
+		ps.QueuedBytes += s.queued
+		st.Policies[s.policy] = ps
+	}
+	return st
+}
+
+// String returns the policy's lowercase name, as metrics label it.
+func (p Policy) String() string {
+	switch p {
+	case Disconnect:
+		return "disconnect"
+	case Backpressure:
+		return "backpressure"
+	}
+	return "drop_oldest"
 }
 
 // Close ends every subscription with ErrClosed, after each has received what
@@ -301,11 +359,16 @@ type Subscriber struct {
 	done   chan struct{} // closed when the subscription ends
 
 	// Guarded by h.mu.
-	replay  []*event.Event // events from the ring, delivered before queue
-	queue   []*event.Event // live events; queue[head:] are undelivered
-	head    int
-	queued  int           // bytes in queue[head:]
-	dropped uint64        // events dropped since the last marker
+	replay []*event.Event // events from the ring, delivered before queue
+	// gap counts sequences the ring no longer held at Subscribe; its marker
+	// goes before replay.
+	gap    uint64
+	queue  []*event.Event // live events; queue[head:] are undelivered
+	head   int
+	queued int // bytes in queue[head:]
+	// dropped counts live events dropped from the head of the queue since
+	// the last marker, which goes right before queue[head].
+	dropped uint64
 	room    chan struct{} // non-nil while a Backpressure queue is full; closed when it has room
 	err     error         // why the subscription ended; set once
 }
@@ -329,7 +392,8 @@ func (s *Subscriber) enqueueLocked(e *event.Event) <-chan struct{} {
 			resume = s.replay[0].Sequence
 		}
 		s.endLocked(&SlowConsumerError{QueueBytes: s.limit, Resume: resume})
-		s.replay, s.queue, s.head, s.queued = nil, nil, 0, 0
+		s.h.disconnected++
+		s.discardLocked()
 	case Backpressure:
 		if s.room == nil {
 			s.room = make(chan struct{})
@@ -343,7 +407,11 @@ func (s *Subscriber) enqueueLocked(e *event.Event) <-chan struct{} {
 			s.head++
 			s.queued -= old.Size()
 			s.dropped++
+			s.h.dropped[s.policy]++
 		}
+		// A subscriber that stopped calling Next must not keep a slot for
+		// every event ever dropped.
+		s.compactLocked()
 	}
 	return nil
 }
@@ -370,9 +438,9 @@ func (s *Subscriber) endLocked(err error) {
 }
 
 // Next appends to buf the events ready for this subscriber, waiting until
-// there is at least one. A batch holds about 1 MiB of payload at most; the
-// rest waits for the next call. An EventsDropped marker comes first when
-// events were missed. Next returns ctx's error when ctx is done, and once
+// there is at least one. A batch holds about 1 MiB at most (one larger
+// event goes alone); the rest waits for the next call. An EventsDropped marker comes first when
+// events were missed, where they were missed. Next returns ctx's error when ctx is done, and once
 // the subscription has ended and everything queued was returned, why it
 // ended: ErrClosed, a *SlowConsumerError, or ErrClosed after Close.
 func (s *Subscriber) Next(ctx context.Context, buf []*event.Event) ([]*event.Event, error) {
@@ -398,30 +466,34 @@ func (s *Subscriber) Next(ctx context.Context, buf []*event.Event) ([]*event.Eve
 
 func (s *Subscriber) takeLocked(buf []*event.Event) ([]*event.Event, bool) {
 	start := len(buf)
-	if s.dropped > 0 {
-		buf = append(buf, &event.Event{Kind: event.EventsDropped, Time: s.h.now(), Dropped: s.dropped})
-		s.dropped = 0
+	size := 0
+	if s.gap > 0 {
+		buf = append(buf, s.marker(s.gap))
+		s.gap = 0
 	}
-	bytes := 0
 	n := 0
-	for n < len(s.replay) && (n == 0 || bytes+len(s.replay[n].Data) <= maxBatchBytes) {
-		bytes += len(s.replay[n].Data)
+	for n < len(s.replay) && (n == 0 || size+s.replay[n].Size() <= maxBatchBytes) {
+		size += s.replay[n].Size()
 		n++
 	}
 	buf = append(buf, s.replay[:n]...)
 	clear(s.replay[:n])
 	s.replay = s.replay[n:]
-	if len(s.replay) == 0 {
-		s.replay = nil
-	}
-	if n > 0 && len(s.replay) > 0 {
+	if len(s.replay) > 0 {
 		s.signal()
 		return buf, true
 	}
+	s.replay = nil
+	if s.dropped > 0 {
+		// Live drops happen at the head of the queue, so their marker
+		// stands right where the gap is: after the replay, before the rest.
+		buf = append(buf, s.marker(s.dropped))
+		s.dropped = 0
+	}
 	i := s.head
-	for i < len(s.queue) && (bytes == 0 || bytes+len(s.queue[i].Data) <= maxBatchBytes) {
+	for i < len(s.queue) && (size == 0 || size+s.queue[i].Size() <= maxBatchBytes) {
 		e := s.queue[i]
-		bytes += len(e.Data)
+		size += e.Size()
 		s.queued -= e.Size()
 		buf = append(buf, e)
 		s.queue[i] = nil
@@ -432,11 +504,7 @@ func (s *Subscriber) takeLocked(buf []*event.Event) ([]*event.Event, bool) {
 		s.queue, s.head = s.queue[:0], 0
 	} else {
 		s.signal()
-		if s.head > len(s.queue)/2 {
-			n := copy(s.queue, s.queue[s.head:])
-			clear(s.queue[n:])
-			s.queue, s.head = s.queue[:n], 0
-		}
+		s.compactLocked()
 	}
 	if s.room != nil && s.queued <= s.limit/2 {
 		// Wake publishers only once half the queue is free, so a slow reader
@@ -447,6 +515,31 @@ func (s *Subscriber) takeLocked(buf []*event.Event) ([]*event.Event, bool) {
 	return buf, len(buf) > start
 }
 
+func (s *Subscriber) marker(n uint64) *event.Event {
+	return &event.Event{Kind: event.EventsDropped, Time: s.h.now(), Dropped: n}
+}
+
+// compactLocked moves the undelivered events to the front of the queue once
+// the delivered or dropped ones take more than half of it, so the queue's
+// memory follows what it holds, at an amortized constant cost per event.
+func (s *Subscriber) compactLocked() {
+	if s.head < 64 || s.head <= len(s.queue)/2 {
+		return
+	}
+	n := copy(s.queue, s.queue[s.head:])
+	clear(s.queue[n:])
+	s.queue, s.head = s.queue[:n], 0
+	if cap(s.queue) > 1024 && n < cap(s.queue)/4 {
+		// Give back a backing array far larger than what is left.
+		s.queue = append(make([]*event.Event, 0, 2*n), s.queue...)
+	}
+}
+
+// discardLocked forgets everything the subscriber had not received.
+func (s *Subscriber) discardLocked() {
+	s.replay, s.queue, s.head, s.queued, s.gap, s.dropped = nil, nil, 0, 0, 0, 0
+}
+
 // Done is closed when the subscription has ended.
 func (s *Subscriber) Done() <-chan struct{} { return s.done }
 
@@ -454,6 +547,6 @@ func (s *Subscriber) Done() <-chan struct{} { return s.done }
 func (s *Subscriber) Close() {
 	s.h.mu.Lock()
 	s.endLocked(ErrClosed)
-	s.replay, s.queue, s.head, s.queued = nil, nil, 0, 0
+	s.discardLocked()
 	s.h.mu.Unlock()
 }

@@ -114,11 +114,13 @@ type Registry struct {
 	wg     sync.WaitGroup // accept loops and connection goroutines
 	nextID atomic.Uint64  // for generated listener ids
 	connID atomic.Uint64
+	totals conn.Counters // over every connection ever
+	closed [event.ReasonShutdown + 1]atomic.Uint64
 
 	mu        sync.Mutex // guards the fields below and every listener's conns and state
 	listeners map[string]*listener
 	conns     map[string]*conn.Conn
-	closed    bool
+	shut      bool
 }
 
 type listener struct {
@@ -168,7 +170,7 @@ func (r *Registry) Start(spec Spec) (Info, error) {
 
 	r.mu.Lock()
 	switch {
-	case r.closed:
+	case r.shut:
 		r.mu.Unlock()
 		return Info{}, ErrClosed
 	case r.cfg.MaxListeners > 0 && len(r.listeners) >= r.cfg.MaxListeners:
@@ -201,7 +203,7 @@ func (r *Registry) Start(spec Spec) (Info, error) {
 		return Info{}, bindError(addr, err)
 	}
 	r.mu.Lock()
-	if r.closed {
+	if r.shut {
 		delete(r.listeners, spec.ID)
 		r.mu.Unlock()
 		_ = ln.Close()
@@ -298,7 +300,7 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 		IdleTimeout:  l.spec.IdleTimeout,
 		WriteTimeout: r.cfg.WriteTimeout,
 		Publisher:    r.cfg.Publisher,
-		Aggregate:    &l.counters,
+		Aggregates:   []*conn.Counters{&l.counters, &r.totals},
 	})
 	l.total.Add(1)
 
@@ -320,6 +322,9 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 	go func() {
 		defer r.wg.Done()
 		c.Serve()
+		if reason := c.Reason(); int(reason) < len(r.closed) {
+			r.closed[reason].Add(1)
+		}
 		r.mu.Lock()
 		delete(l.conns, id)
 		delete(r.conns, id)
@@ -547,16 +552,44 @@ func (r *Registry) Broadcast(ctx context.Context, listenerID string, p []byte) (
 	return uint64(n) * uint64(len(p)), n, nil
 }
 
+// Stats are gateway-wide figures since the registry started.
+type Stats struct {
+	Listeners       int
+	ConnectionsOpen int
+	// Accepted counts every accepted connection, refused ones included.
+	Accepted uint64
+	// Closed counts closed connections by reason.
+	Closed                                 map[event.CloseReason]uint64
+	BytesIn, BytesOut, FramesIn, FramesOut uint64
+}
+
+// Stats returns gateway-wide figures.
+func (r *Registry) Stats() Stats {
+	r.mu.Lock()
+	st := Stats{Listeners: len(r.listeners), ConnectionsOpen: len(r.conns)}
+	r.mu.Unlock()
+	st.Accepted = r.connID.Load()
+	st.Closed = make(map[event.CloseReason]uint64, len(r.closed))
+	for i := range r.closed {
+		if n := r.closed[i].Load(); n > 0 {
+			st.Closed[event.CloseReason(i)] = n
+		}
+	}
+	st.BytesIn, st.BytesOut = r.totals.BytesIn.Load(), r.totals.BytesOut.Load()
+	st.FramesIn, st.FramesOut = r.totals.FramesIn.Load(), r.totals.FramesOut.Load()
+	return st
+}
+
 // Close stops every listener, closes every connection with reason SHUTDOWN,
 // and waits for all of their goroutines. It is idempotent.
 func (r *Registry) Close() {
 	r.mu.Lock()
-	if r.closed {
+	if r.shut {
 		r.mu.Unlock()
 		r.wg.Wait()
 		return
 	}
-	r.closed = true
+	r.shut = true
 	var running []*listener
 	for _, l := range r.listeners {
 		if l.ln != nil && l.state == Listening {

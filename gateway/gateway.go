@@ -1,0 +1,219 @@
+// Package gateway is tcpgate's REST front: grpc-gateway over a gRPC client
+// connection to the daemon's own gRPC address, plus what REST clients and
+// dashboards need beyond it: the event stream as NDJSON or Server-Sent
+// Events, the OpenAPI document, a health check and CORS.
+package gateway
+
+import (
+	"context"
+	_ "embed"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+)
+
+// openAPI is the generated OpenAPI document; `make generate` copies it here
+// from gen/ so that it can be embedded.
+//
+//go:embed openapi.json
+var openAPI []byte
+
+// DefaultHeartbeat is how often an idle Server-Sent Events stream gets a
+// comment line: often enough that proxies with a 30 s or 60 s idle timeout
+// keep it open.
+const DefaultHeartbeat = 15 * time.Second
+
+// Config configures a Gateway.
+type Config struct {
+	// GRPCAddr is the daemon's gRPC address. An unspecified host (0.0.0.0,
+	// [::]) is dialed on loopback.
+	GRPCAddr string
+	// CORSOrigins are the origins allowed to call from a browser page served
+	// elsewhere; "*" allows any. Empty means CORS is off.
+	CORSOrigins []string
+	// Heartbeat is the Server-Sent Events heartbeat; 0 means DefaultHeartbeat.
+	Heartbeat time.Duration
+	// Metrics, when set, is served at /metrics.
+	Metrics http.Handler
+	// Logger logs stream failures; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Gateway serves the REST API. Create it with New; Close releases its gRPC
+// connection and ends its event streams.
+type Gateway struct {
+	cfg     Config
+	log     *slog.Logger
+	cc      *grpc.ClientConn
+	client  tcpgatev1.GatewayServiceClient
+	mux     *runtime.ServeMux
+	handler http.Handler
+	ctx     context.Context // ends every event stream at Close
+	cancel  context.CancelFunc
+}
+
+// marshalOptions is protojson as the API documents it: lowerCamelCase
+// names, enums by name, zero values omitted.
+var marshalOptions = protojson.MarshalOptions{}
+
+// New builds the REST gateway over a client connection to cfg.GRPCAddr.
+func New(cfg Config) (*Gateway, error) {
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = DefaultHeartbeat
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	target, err := loopback(cfg.GRPCAddr)
+	if err != nil {
+		return nil, err
+	}
+	cc, err := grpc.NewClient(target,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connecting REST gateway to %s: %w", target, err)
+	}
+	g := &Gateway{cfg: cfg, log: log, cc: cc, client: tcpgatev1.NewGatewayServiceClient(cc)}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+
+	jsonpb := &runtime.JSONPb{
+		MarshalOptions: marshalOptions,
+		// Unknown fields are an error, so a misspelt field is a 400 that
+		// names it, not a silently ignored setting.
+		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+	}
+	g.mux = runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, jsonpb),
+		runtime.WithRoutingErrorHandler(routingError),
+		runtime.WithHealthzEndpoint(healthpb.NewHealthClient(cc)),
+		runtime.WithIncomingHeaderMatcher(headerMatcher),
+	)
+	if err := tcpgatev1.RegisterGatewayServiceHandlerClient(g.ctx, g.mux, g.client); err != nil {
+		cc.Close()
+		return nil, fmt.Errorf("registering REST routes: %w", err)
+	}
+	// Registered after the generated routes, so it takes precedence over
+	// grpc-gateway's own streaming of Subscribe.
+	if err := g.mux.HandlePath(http.MethodGet, "/v1/events", g.events); err != nil {
+		cc.Close()
+		return nil, fmt.Errorf("registering /v1/events: %w", err)
+	}
+	if err := g.mux.HandlePath(http.MethodGet, "/openapi.json", serveOpenAPI); err != nil {
+		cc.Close()
+		return nil, fmt.Errorf("registering /openapi.json: %w", err)
+	}
+	if cfg.Metrics != nil {
+		if err := g.mux.HandlePath(http.MethodGet, "/metrics", func(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+			cfg.Metrics.ServeHTTP(w, r)
+		}); err != nil {
+			cc.Close()
+			return nil, fmt.Errorf("registering /metrics: %w", err)
+		}
+	}
+	g.handler = g.cors(g.mux)
+	return g, nil
+}
+
+// loopback turns a listen address into one to dial.
+func loopback(addr string) (string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("gRPC address %q: %w", addr, err)
+	}
+	switch host {
+	case "", "0.0.0.0":
+		host = "127.0.0.1"
+	case "::":
+		host = "::1"
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// headerMatcher forwards grpc-gateway's default headers, and Authorization
+// as gRPC metadata, so the REST side can carry credentials.
+func headerMatcher(key string) (string, bool) {
+	if strings.EqualFold(key, "Authorization") {
+		return "authorization", true
+	}
+	return runtime.DefaultHeaderMatcher(key)
+}
+
+// routingError answers unknown routes with 404 and a known route with the
+// wrong method with 405 (grpc-gateway's default says 501), in the JSON error
+// body every other error has.
+func routingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, code int) {
+	var err error
+	switch code {
+	case http.StatusMethodNotAllowed:
+		err = &runtime.HTTPStatusError{HTTPStatus: code, Err: status.Errorf(codes.Unimplemented, "method %s not allowed on %s", r.Method, r.URL.Path)}
+	case http.StatusNotFound:
+		err = status.Errorf(codes.NotFound, "no route %s %s", r.Method, r.URL.Path)
+	case http.StatusBadRequest:
+		err = status.Errorf(codes.InvalidArgument, "malformed request path %s", r.URL.Path)
+	default:
+		err = status.Error(codes.Internal, "routing error")
+	}
+	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+}
+
+func serveOpenAPI(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(openAPI)
+}
+
+// cors answers preflight requests and sets the allow headers for the
+// configured origins only.
+func (g *Gateway) cors(next http.Handler) http.Handler {
+	if len(g.cfg.CORSOrigins) == 0 {
+		return next
+	}
+	any := slices.Contains(g.cfg.CORSOrigins, "*")
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		origin := r.Header.Get("Origin")
+		if origin != "" && (any || slices.Contains(g.cfg.CORSOrigins, origin)) {
+			h := w.Header()
+			h.Set("Access-Control-Allow-Origin", origin)
+			h.Add("Vary", "Origin")
+			h.Set("Access-Control-Expose-Headers", "Tcpgate-Last-Sequence")
+			if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+				h.Set("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
+				h.Set("Access-Control-Allow-Headers", "Content-Type, Authorization, Last-Event-ID")
+				h.Set("Access-Control-Max-Age", "600")
+				w.WriteHeader(http.StatusNoContent)
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// ServeHTTP serves the REST API.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) { g.handler.ServeHTTP(w, r) }
+
+// Close ends every event stream and closes the gRPC connection. It is
+// idempotent.
+func (g *Gateway) Close() error {
+	g.cancel()
+	err := g.cc.Close()
+	if status.Code(err) == codes.Canceled {
+		return nil // already closed
+	}
+	return err
+}

@@ -1,0 +1,71 @@
+package hub_test
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/tcpgate/tcpgate/server/internal/event"
+	"github.com/tcpgate/tcpgate/server/internal/hub"
+)
+
+func BenchmarkPublish1Sub(b *testing.B)   { benchPublish(b, 1) }
+func BenchmarkPublish10Subs(b *testing.B) { benchPublish(b, 10) }
+
+// benchPublish publishes batches of 64 events of 100 bytes, as a read loop
+// would, while subs goroutines drain their subscriptions with Next. It
+// reports events per second from the first publish until every consumer has
+// drained its queue, and how many events the consumers received and lost
+// (DropOldest, default queue) per published event and subscriber.
+func benchPublish(b *testing.B, subs int) {
+	const batch, payload = 64, 100
+	h := hub.New(hub.Config{})
+	data := make([]byte, payload)
+
+	var received, dropped atomic.Uint64
+	var consumers sync.WaitGroup
+	for range subs {
+		s, err := h.Subscribe(hub.SubscribeOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		consumers.Go(func() {
+			var buf []*event.Event
+			for {
+				var err error
+				buf, err = s.Next(context.Background(), buf[:0])
+				for _, e := range buf {
+					if e.Kind == event.EventsDropped {
+						dropped.Add(e.Dropped)
+					} else {
+						received.Add(1)
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
+		})
+	}
+
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		evs := make([]event.Event, batch)
+		ptrs := make([]*event.Event, batch)
+		for i := range evs {
+			evs[i] = event.Event{Kind: event.Data, ListenerID: "l1", ConnectionID: "c1", Data: data}
+			ptrs[i] = &evs[i]
+		}
+		h.Publish(ptrs...)
+	}
+	h.Close()
+	consumers.Wait() // consumers drain what was queued: part of the cost
+	b.StopTimer()
+
+	events := float64(b.N * batch)
+	b.ReportMetric(events/b.Elapsed().Seconds(), "events/s")
+	b.ReportMetric(float64(received.Load())/events/float64(subs), "delivered/event/sub")
+	b.ReportMetric(float64(dropped.Load())/events/float64(subs), "dropped/event/sub")
+}

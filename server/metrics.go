@@ -1,0 +1,141 @@
+package server
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	"github.com/tcpgate/tcpgate/server/internal/hub"
+	"github.com/tcpgate/tcpgate/server/internal/listener"
+)
+
+// collector reads the engine's figures at scrape time, so the hot paths
+// only bump the atomics they keep anyway.
+type collector struct {
+	hub       *hub.Hub
+	listeners *listener.Registry
+
+	listenersD, connsOpen, accepted, closed *prometheus.Desc
+	bytesIn, bytesOut, framesIn, framesOut  *prometheus.Desc
+	events, ringBytes                       *prometheus.Desc
+	subscribers, queued, dropped, discon    *prometheus.Desc
+}
+
+func newCollector(h *hub.Hub, r *listener.Registry) *collector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("tcpgate_"+name, help, labels, nil)
+	}
+	return &collector{
+		hub:         h,
+		listeners:   r,
+		listenersD:  d("listeners", "Listeners running now."),
+		connsOpen:   d("connections_open", "Accepted connections open now."),
+		accepted:    d("connections_accepted_total", "Connections accepted, including those refused by a limit."),
+		closed:      d("connections_closed_total", "Connections closed, by close reason.", "reason"),
+		bytesIn:     d("received_bytes_total", "Bytes received on accepted connections."),
+		bytesOut:    d("sent_bytes_total", "Bytes written to accepted connections."),
+		framesIn:    d("received_frames_total", "Frames received on accepted connections."),
+		framesOut:   d("sent_writes_total", "Writes to accepted connections (sends and auto replies)."),
+		events:      d("events_published_total", "Events published; equals the last sequence."),
+		ringBytes:   d("replay_ring_bytes", "Bytes held by the replay ring."),
+		subscribers: d("subscribers", "Subscribe streams open now, by slow-consumer policy.", "policy"),
+		queued:      d("subscriber_queued_bytes", "Bytes queued for subscribers, by slow-consumer policy.", "policy"),
+		dropped:     d("events_dropped_total", "Events dropped from subscriber queues, by slow-consumer policy.", "policy"),
+		discon:      d("subscribers_disconnected_total", "Subscribe streams ended for falling behind (DISCONNECT policy)."),
+	}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+	ls := c.listeners.Stats()
+	gauge(c.listenersD, float64(ls.Listeners))
+	gauge(c.connsOpen, float64(ls.ConnectionsOpen))
+	counter(c.accepted, float64(ls.Accepted))
+	for reason, n := range ls.Closed {
+		counter(c.closed, float64(n), reason.String())
+	}
+	counter(c.bytesIn, float64(ls.BytesIn))
+	counter(c.bytesOut, float64(ls.BytesOut))
+	counter(c.framesIn, float64(ls.FramesIn))
+	counter(c.framesOut, float64(ls.FramesOut))
+
+	hs := c.hub.Stats()
+	counter(c.events, float64(hs.LastSequence))
+	gauge(c.ringBytes, float64(hs.RingBytes))
+	for p, ps := range hs.Policies {
+		gauge(c.subscribers, float64(ps.Subscribers), p.String())
+		gauge(c.queued, float64(ps.QueuedBytes), p.String())
+		counter(c.dropped, float64(ps.Dropped), p.String())
+	}
+	counter(c.discon, float64(hs.Disconnected))
+}
+
+// rpcMetrics counts calls and their latency by method and code.
+type rpcMetrics struct {
+	calls   *prometheus.CounterVec
+	latency *prometheus.HistogramVec
+}
+
+func newRPCMetrics() *rpcMetrics {
+	return &rpcMetrics{
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tcpgate_grpc_calls_total",
+			Help: "gRPC calls handled, by method and status code (REST calls included).",
+		}, []string{"method", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "tcpgate_grpc_call_duration_seconds",
+			Help: "gRPC call duration by method; for Subscribe, the stream's life.",
+			// From 100 µs (a local call) to about 30 s (Send's default timeout).
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9),
+		}, []string{"method"}),
+	}
+}
+
+func (m *rpcMetrics) observe(method string, err error, start time.Time) {
+	m.calls.WithLabelValues(method, status.Code(err).String()).Inc()
+	m.latency.WithLabelValues(method).Observe(time.Since(start).Seconds())
+}
+
+// newMetrics returns the registry served at /metrics.
+func newMetrics(h *hub.Hub, r *listener.Registry, rpcs *rpcMetrics) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		newCollector(h, r),
+		rpcs.calls,
+		rpcs.latency,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return reg
+}
+
+func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	s.rpcs.observe(info.FullMethod, err, start)
+	if err != nil {
+		s.logFailure(info.FullMethod, err, start)
+	}
+	return resp, err
+}
+
+func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	start := time.Now()
+	err := handler(srv, ss)
+	s.rpcs.observe(info.FullMethod, err, start)
+	if err != nil {
+		s.logFailure(info.FullMethod, err, start)
+	}
+	return err
+}

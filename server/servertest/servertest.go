@@ -25,6 +25,9 @@ type Gateway struct {
 	Conn *grpc.ClientConn
 	// Client is the GatewayService client on Conn.
 	Client tcpgatev1.GatewayServiceClient
+	// BaseURL is the REST gateway's root ("http://127.0.0.1:PORT"), set when
+	// Config.HTTPAddr was.
+	BaseURL string
 
 	cancel   context.CancelFunc
 	done     chan error
@@ -33,7 +36,7 @@ type Gateway struct {
 }
 
 // Start runs a gateway with cfg on 127.0.0.1:0 (unless cfg.GRPCAddr says
-// otherwise) and stops it when the test ends, failing the test if the
+// otherwise; set cfg.HTTPAddr to "127.0.0.1:0" for the REST gateway too) and stops it when the test ends, failing the test if the
 // shutdown was not clean. Logs are discarded unless cfg.Logger is set.
 func Start(t testing.TB, cfg server.Config) *Gateway {
 	t.Helper()
@@ -58,6 +61,9 @@ func Start(t testing.TB, cfg server.Config) *Gateway {
 		t.Fatalf("dialing gateway: %v", err)
 	}
 	g.Conn = cc
+	if addr := srv.HTTPAddr(); addr != "" {
+		g.BaseURL = "http://" + addr
+	}
 	g.Client = tcpgatev1.NewGatewayServiceClient(cc)
 	t.Cleanup(func() {
 		if err := g.Stop(); err != nil {

@@ -1,0 +1,555 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+	"unicode/utf8"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+)
+
+// client holds what every client subcommand shares: the --server flag and
+// the connection made from it.
+type client struct {
+	server  string
+	timeout time.Duration
+	cc      *grpc.ClientConn
+	api     tcpgatev1.GatewayServiceClient
+}
+
+func (c *client) addFlags(root *cobra.Command) {
+	root.PersistentFlags().StringVar(&c.server, "server", "127.0.0.1:50051", "the gateway's gRPC address (env TCPGATE_SERVER)")
+	root.PersistentFlags().DurationVar(&c.timeout, "call-timeout", 30*time.Second, "how long a unary call may take (env TCPGATE_CALL_TIMEOUT)")
+}
+
+// connect reads the environment for flags not given and dials the gateway.
+func (c *client) connect(cmd *cobra.Command) error {
+	if err := applyEnv(cmd.Flags()); err != nil {
+		return err
+	}
+	cc, err := grpc.NewClient(c.server,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)),
+	)
+	if err != nil {
+		return fmt.Errorf("connecting to %s: %w", c.server, err)
+	}
+	c.cc, c.api = cc, tcpgatev1.NewGatewayServiceClient(cc)
+	return nil
+}
+
+func (c *client) close() {
+	if c.cc != nil {
+		c.cc.Close()
+	}
+}
+
+// ctx bounds one unary call and ends it on SIGINT or SIGTERM.
+func (c *client) ctx(cmd *cobra.Command) (context.Context, context.CancelFunc) {
+	ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	return ctx, func() { cancel(); stop() }
+}
+
+// callError makes a failed call read like the gateway's answer, and says
+// what to check when the gateway cannot be reached.
+func (c *client) callError(err error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	if st.Code() == codes.Unavailable && strings.Contains(st.Message(), "connection refused") && !strings.Contains(st.Message(), "connecting to") {
+		return fmt.Errorf("no gateway at %s (is `tcpgate serve` running? --server or TCPGATE_SERVER point elsewhere)", c.server)
+	}
+	return fmt.Errorf("%s: %s", st.Code(), st.Message())
+}
+
+// run wraps a client subcommand's body with connect, close and error
+// formatting.
+func (c *client) run(fn func(cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := c.connect(cmd); err != nil {
+			return err
+		}
+		defer c.close()
+		if err := fn(cmd, args); err != nil {
+			return c.callError(err)
+		}
+		return nil
+	}
+}
+
+func addClientCommands(root *cobra.Command) {
+	c := &client{}
+	c.addFlags(root)
+	root.AddCommand(
+		newListenCmd(c),
+		newStopCmd(c),
+		newLsCmd(c),
+		newConnsCmd(c),
+		newCloseCmd(c),
+		newSendCmd(c),
+		newSubscribeCmd(c),
+	)
+}
+
+// parseFraming reads raw | line | delim:HEX | len:N[le] | fixed:N.
+func parseFraming(s string) (*tcpgatev1.Framing, error) {
+	mode, arg, _ := strings.Cut(s, ":")
+	switch mode {
+	case "raw":
+		return &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_RAW}, nil
+	case "line":
+		return &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}, nil
+	case "delim":
+		d, err := hex.DecodeString(arg)
+		if err != nil || len(d) == 0 {
+			return nil, fmt.Errorf("--framing %s: delim needs the delimiter in hex, e.g. delim:0d0a", s)
+		}
+		return &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_DELIMITER, Delimiter: d}, nil
+	case "len":
+		le := strings.HasSuffix(arg, "le")
+		n, err := strconv.ParseUint(strings.TrimSuffix(arg, "le"), 10, 8)
+		if err != nil {
+			return nil, fmt.Errorf("--framing %s: len needs the prefix size, e.g. len:4 or len:2le", s)
+		}
+		return &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LENGTH_PREFIX, PrefixBytes: uint32(n), LittleEndian: le}, nil
+	case "fixed":
+		n, err := strconv.ParseUint(arg, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("--framing %s: fixed needs the frame size, e.g. fixed:16", s)
+		}
+		return &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_FIXED, FixedSize: uint32(n)}, nil
+	}
+	return nil, fmt.Errorf("--framing %q: want raw, line, delim:HEX, len:N[le] or fixed:N", s)
+}
+
+func framingString(f *tcpgatev1.Framing) string {
+	switch f.GetMode() {
+	case tcpgatev1.FramingMode_FRAMING_MODE_LINE:
+		return "line"
+	case tcpgatev1.FramingMode_FRAMING_MODE_DELIMITER:
+		return "delim:" + hex.EncodeToString(f.GetDelimiter())
+	case tcpgatev1.FramingMode_FRAMING_MODE_LENGTH_PREFIX:
+		s := "len:" + strconv.Itoa(int(f.GetPrefixBytes()))
+		if f.GetLittleEndian() {
+			s += "le"
+		}
+		return s
+	case tcpgatev1.FramingMode_FRAMING_MODE_FIXED:
+		return "fixed:" + strconv.Itoa(int(f.GetFixedSize()))
+	}
+	return "raw"
+}
+
+func newListenCmd(c *client) *cobra.Command {
+	var (
+		host, id, framing, reply string
+		echo                     bool
+		maxFrame                 uint32
+	)
+	cmd := &cobra.Command{
+		Use:   "listen PORT",
+		Short: "Start a listener (kn-sock's start_tcp_server)",
+		Example: "  tcpgate listen 9000 --host 127.0.0.1 --reply 'Message received'\n" +
+			"  tcpgate listen 0 --framing line --echo\n" +
+			"  tcpgate listen 7000 --id sensors --framing len:2le",
+		Args: cobra.ExactArgs(1),
+		RunE: c.run(func(cmd *cobra.Command, args []string) error {
+			port, err := strconv.ParseUint(args[0], 10, 32)
+			if err != nil {
+				return fmt.Errorf("PORT %q is not a number", args[0])
+			}
+			req := &tcpgatev1.StartListenerRequest{ListenerId: id, Host: host, Port: uint32(port)}
+			if framing != "" {
+				if req.Framing, err = parseFraming(framing); err != nil {
+					return err
+				}
+			}
+			if maxFrame > 0 {
+				if req.Framing == nil {
+					req.Framing = &tcpgatev1.Framing{}
+				}
+				req.Framing.MaxFrameBytes = maxFrame
+			}
+			switch {
+			case echo && cmd.Flags().Changed("reply"):
+				return errors.New("--echo and --reply exclude each other")
+			case echo:
+				req.AutoReply = &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO}
+			case cmd.Flags().Changed("reply"):
+				req.AutoReply = &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED,
+					Payload: &tcpgatev1.AutoReply_Text{Text: reply}}
+			}
+			ctx, cancel := c.ctx(cmd)
+			defer cancel()
+			resp, err := c.api.StartListener(ctx, req)
+			if err != nil {
+				return err
+			}
+			l := resp.GetListener()
+			fmt.Fprintf(cmd.OutOrStdout(), "listener %s listening on %s (framing %s)\n", l.GetListenerId(), l.GetAddress(), framingString(l.GetFraming()))
+			return nil
+		}),
+	}
+	f := cmd.Flags()
+	f.StringVar(&host, "host", "", "host or IP to bind (default 0.0.0.0, every IPv4 interface)")
+	f.StringVar(&id, "id", "", "listener id (default: generated)")
+	f.StringVar(&framing, "framing", "", "raw | line | delim:HEX | len:N[le] | fixed:N (default raw)")
+	f.Uint32Var(&maxFrame, "max-frame", 0, "largest frame in bytes (default 1 MiB)")
+	f.BoolVar(&echo, "echo", false, "write every frame back")
+	f.StringVar(&reply, "reply", "", "write this text back for every frame")
+	return cmd
+}
+
+func newStopCmd(c *client) *cobra.Command {
+	var drain time.Duration
+	cmd := &cobra.Command{
+		Use:     "stop LISTENER",
+		Short:   "Stop a listener, letting open connections finish for --drain",
+		Example: "  tcpgate stop demo\n  tcpgate stop demo --drain 5s",
+		Args:    cobra.ExactArgs(1),
+		RunE: c.run(func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := c.ctx(cmd)
+			defer cancel()
+			resp, err := c.api.StopListener(ctx, &tcpgatev1.StopListenerRequest{ListenerId: args[0], DrainTimeout: durationpb.New(drain)})
+			if err != nil {
+				return err
+			}
+			l := resp.GetListener()
+			fmt.Fprintf(cmd.OutOrStdout(), "listener %s stopped: %d connections, %d bytes in, %d bytes out\n",
+				l.GetListenerId(), l.GetConnectionsTotal(), l.GetBytesIn(), l.GetBytesOut())
+			return nil
+		}),
+	}
+	cmd.Flags().DurationVar(&drain, "drain", 0, "how long open connections may go on (0 closes them now)")
+	return cmd
+}
+
+func newLsCmd(c *client) *cobra.Command {
+	return &cobra.Command{
+		Use:     "ls",
+		Short:   "List listeners with their counters",
+		Example: "  tcpgate ls\n  TCPGATE_SERVER=10.0.0.5:50051 tcpgate ls",
+		Args:    cobra.NoArgs,
+		RunE: c.run(func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := c.ctx(cmd)
+			defer cancel()
+			resp, err := c.api.ListListeners(ctx, &tcpgatev1.ListListenersRequest{})
+			if err != nil {
+				return err
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "ID\tADDRESS\tSTATE\tFRAMING\tOPEN\tTOTAL\tBYTES IN\tBYTES OUT\tFRAMES IN")
+			for _, l := range resp.GetListeners() {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", l.GetListenerId(), l.GetAddress(),
+					strings.ToLower(strings.TrimPrefix(l.GetState().String(), "LISTENER_STATE_")), framingString(l.GetFraming()),
+					l.GetConnectionsActive(), l.GetConnectionsTotal(), l.GetBytesIn(), l.GetBytesOut(), l.GetFramesIn())
+			}
+			return w.Flush()
+		}),
+	}
+}
+
+func newConnsCmd(c *client) *cobra.Command {
+	return &cobra.Command{
+		Use:     "conns [LISTENER]",
+		Short:   "List open connections, of one listener or all",
+		Example: "  tcpgate conns\n  tcpgate conns demo",
+		Args:    cobra.MaximumNArgs(1),
+		RunE: c.run(func(cmd *cobra.Command, args []string) error {
+			req := &tcpgatev1.ListConnectionsRequest{}
+			if len(args) == 1 {
+				req.ListenerId = args[0]
+			}
+			ctx, cancel := c.ctx(cmd)
+			defer cancel()
+			resp, err := c.api.ListConnections(ctx, req)
+			if err != nil {
+				return err
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "ID\tLISTENER\tREMOTE\tOPENED\tBYTES IN\tBYTES OUT")
+			for _, cn := range resp.GetConnections() {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\n", cn.GetConnectionId(), cn.GetListenerId(), cn.GetRemoteAddress(),
+					cn.GetOpenedAt().AsTime().Local().Format(time.DateTime), cn.GetBytesIn(), cn.GetBytesOut())
+			}
+			return w.Flush()
+		}),
+	}
+}
+
+func newCloseCmd(c *client) *cobra.Command {
+	return &cobra.Command{
+		Use:     "close CONNECTION",
+		Short:   "Close one accepted connection",
+		Example: "  tcpgate close c7",
+		Args:    cobra.ExactArgs(1),
+		RunE: c.run(func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := c.ctx(cmd)
+			defer cancel()
+			resp, err := c.api.CloseConnection(ctx, &tcpgatev1.CloseConnectionRequest{ConnectionId: args[0]})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "connection %s closed (%s)\n", resp.GetConnection().GetConnectionId(), resp.GetConnection().GetRemoteAddress())
+			return nil
+		}),
+	}
+}
+
+func newSendCmd(c *client) *cobra.Command {
+	var (
+		hexData, file, toConn, toListener, await string
+		stdin                                    bool
+		timeout                                  time.Duration
+		maxReply                                 uint32
+	)
+	cmd := &cobra.Command{
+		Use:   "send [HOST:PORT] [TEXT]",
+		Short: "Send text or bytes, and print the reply (kn-sock's send_tcp_message)",
+		Long: "Send text or bytes to an address (connect, write, optionally read the reply, close),\n" +
+			"to an accepted connection (--to-conn) or to every connection of a listener\n" +
+			"(--to-listener). The reply is printed to stdout as it came; a summary goes to stderr.",
+		Example: "  tcpgate send 127.0.0.1:9000 'Hello, World!' --await first\n" +
+			"  tcpgate send 127.0.0.1:9000 --hex 01020304\n" +
+			"  printf 'GET / HTTP/1.0\\r\\n\\r\\n' | tcpgate send example.test:80 --stdin --await close\n" +
+			"  tcpgate send --to-conn c7 'hello back'\n" +
+			"  tcpgate send --to-listener demo 'to everyone'",
+		Args: cobra.MaximumNArgs(2),
+		RunE: c.run(func(cmd *cobra.Command, args []string) error {
+			req := &tcpgatev1.SendRequest{Timeout: durationpb.New(timeout)}
+			switch {
+			case toConn != "" && toListener != "":
+				return errors.New("--to-conn and --to-listener exclude each other")
+			case toConn != "":
+				req.Target = &tcpgatev1.SendRequest_ConnectionId{ConnectionId: toConn}
+			case toListener != "":
+				req.Target = &tcpgatev1.SendRequest_ListenerId{ListenerId: toListener}
+			default:
+				if len(args) == 0 {
+					return errors.New("give HOST:PORT, or --to-conn or --to-listener")
+				}
+				req.Target = &tcpgatev1.SendRequest_Address{Address: args[0]}
+				args = args[1:]
+			}
+			if err := setPayload(req, cmd, args, hexData, file, stdin); err != nil {
+				return err
+			}
+			var err error
+			if req.AwaitReply, err = parseAwait(await, maxReply); err != nil {
+				return err
+			}
+			ctx, cancel := c.ctx(cmd)
+			defer cancel()
+			resp, err := c.api.Send(ctx, req)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "sent %d bytes to %d connection(s)\n", resp.GetBytesWritten(), resp.GetConnectionsReached())
+			if r := resp.GetReply(); r != nil {
+				out := cmd.OutOrStdout()
+				out.Write(r.GetData())
+				if d := r.GetData(); len(d) > 0 && d[len(d)-1] != '\n' && utf8.Valid(d) {
+					fmt.Fprintln(out)
+				}
+			}
+			return nil
+		}),
+	}
+	f := cmd.Flags()
+	f.StringVar(&hexData, "hex", "", "send these bytes, in hex")
+	f.StringVar(&file, "file", "", "send the bytes of this file")
+	f.BoolVar(&stdin, "stdin", false, "send what stdin holds until EOF")
+	f.StringVar(&toConn, "to-conn", "", "send to this accepted connection instead of an address")
+	f.StringVar(&toListener, "to-listener", "", "send to every connection of this listener")
+	f.StringVar(&await, "await", "", "wait for a reply: first (one read), line (one line), close (until the peer closes)")
+	f.Uint32Var(&maxReply, "max-reply", 0, "largest reply in bytes (default 1 MiB)")
+	f.DurationVar(&timeout, "timeout", 10*time.Second, "bounds connect, write and reply")
+	return cmd
+}
+
+// setPayload takes the bytes to send from exactly one source.
+func setPayload(req *tcpgatev1.SendRequest, cmd *cobra.Command, args []string, hexData, file string, stdin bool) error {
+	sources := len(args)
+	for _, set := range []bool{hexData != "", file != "", stdin} {
+		if set {
+			sources++
+		}
+	}
+	if sources != 1 {
+		return errors.New("give exactly one of TEXT, --hex, --file or --stdin")
+	}
+	var b []byte
+	var err error
+	switch {
+	case len(args) == 1:
+		req.Payload = &tcpgatev1.SendRequest_Text{Text: args[0]}
+		return nil
+	case hexData != "":
+		if b, err = hex.DecodeString(strings.ReplaceAll(hexData, " ", "")); err != nil {
+			return fmt.Errorf("--hex: %w", err)
+		}
+	case file != "":
+		if b, err = os.ReadFile(file); err != nil {
+			return err
+		}
+	default:
+		if b, err = io.ReadAll(cmd.InOrStdin()); err != nil {
+			return fmt.Errorf("reading stdin: %w", err)
+		}
+	}
+	req.Payload = &tcpgatev1.SendRequest_Data{Data: b}
+	return nil
+}
+
+func parseAwait(s string, maxReply uint32) (*tcpgatev1.AwaitReply, error) {
+	a := &tcpgatev1.AwaitReply{MaxBytes: maxReply}
+	switch s {
+	case "":
+		return nil, nil
+	case "first":
+		a.Mode = tcpgatev1.AwaitMode_AWAIT_MODE_FIRST_READ
+	case "line":
+		a.Mode = tcpgatev1.AwaitMode_AWAIT_MODE_FRAME
+		a.Framing = &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}
+	case "close":
+		a.Mode = tcpgatev1.AwaitMode_AWAIT_MODE_UNTIL_CLOSE
+	default:
+		return nil, fmt.Errorf("--await %q: want first, line or close", s)
+	}
+	return a, nil
+}
+
+var kindNames = map[string]tcpgatev1.EventKind{
+	"listener_started":  tcpgatev1.EventKind_EVENT_KIND_LISTENER_STARTED,
+	"listener_stopped":  tcpgatev1.EventKind_EVENT_KIND_LISTENER_STOPPED,
+	"connection_opened": tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED,
+	"data":              tcpgatev1.EventKind_EVENT_KIND_DATA,
+	"connection_closed": tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED,
+}
+
+var policyNames = map[string]tcpgatev1.SlowConsumerPolicy{
+	"drop-oldest":  tcpgatev1.SlowConsumerPolicy_SLOW_CONSUMER_POLICY_DROP_OLDEST,
+	"disconnect":   tcpgatev1.SlowConsumerPolicy_SLOW_CONSUMER_POLICY_DISCONNECT,
+	"backpressure": tcpgatev1.SlowConsumerPolicy_SLOW_CONSUMER_POLICY_BACKPRESSURE,
+}
+
+func newSubscribeCmd(c *client) *cobra.Command {
+	var (
+		listeners, conns, kinds []string
+		since                   uint64
+		policy, format          string
+	)
+	cmd := &cobra.Command{
+		Use:   "subscribe",
+		Short: "Print events as they happen, one line each, until interrupted",
+		Example: "  tcpgate subscribe\n" +
+			"  tcpgate subscribe --listener demo --kinds data\n" +
+			"  tcpgate subscribe --since 1 --format json | jq .text",
+		Args: cobra.NoArgs,
+		RunE: c.run(func(cmd *cobra.Command, _ []string) error {
+			req := &tcpgatev1.SubscribeRequest{ListenerIds: listeners, ConnectionIds: conns, SinceSequence: since}
+			for _, k := range kinds {
+				kind, ok := kindNames[strings.ToLower(k)]
+				if !ok {
+					return fmt.Errorf("--kinds %q: want listener_started, listener_stopped, connection_opened, data or connection_closed", k)
+				}
+				req.Kinds = append(req.Kinds, kind)
+			}
+			p, ok := policyNames[policy]
+			if !ok {
+				return fmt.Errorf("--policy %q: want drop-oldest, disconnect or backpressure", policy)
+			}
+			req.SlowConsumer = p
+			if format != "text" && format != "json" {
+				return fmt.Errorf("--format %q: want text or json", format)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			stream, err := c.api.Subscribe(ctx, req)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			for {
+				resp, err := stream.Recv()
+				if err != nil {
+					if ctx.Err() != nil {
+						return nil // interrupted
+					}
+					return err
+				}
+				for _, e := range resp.GetEvents() {
+					if format == "json" {
+						b, err := protojson.Marshal(e)
+						if err != nil {
+							return err
+						}
+						fmt.Fprintf(out, "%s\n", b)
+						continue
+					}
+					fmt.Fprintln(out, eventLine(e))
+				}
+			}
+		}),
+	}
+	f := cmd.Flags()
+	f.StringArrayVar(&listeners, "listener", nil, "only events of this listener (repeatable)")
+	f.StringArrayVar(&conns, "conn", nil, "only events of this connection (repeatable)")
+	f.StringSliceVar(&kinds, "kinds", nil, "only these kinds, comma-separated: listener_started, listener_stopped, connection_opened, data, connection_closed")
+	f.Uint64Var(&since, "since", 0, "replay from this sequence before live events (0: live only)")
+	f.StringVar(&policy, "policy", "drop-oldest", "when this subscriber falls behind: drop-oldest, disconnect or backpressure")
+	f.StringVar(&format, "format", "text", "text or json (one protojson object per line)")
+	return cmd
+}
+
+// eventLine renders an event as one line of text.
+func eventLine(e *tcpgatev1.Event) string {
+	kind := strings.ToLower(strings.TrimPrefix(e.GetKind().String(), "EVENT_KIND_"))
+	var b strings.Builder
+	fmt.Fprintf(&b, "#%d %s %s", e.GetSequence(), e.GetTime().AsTime().Local().Format("15:04:05.000"), kind)
+	if e.GetListenerId() != "" {
+		fmt.Fprintf(&b, " listener=%s", e.GetListenerId())
+	}
+	if e.GetConnectionId() != "" {
+		fmt.Fprintf(&b, " conn=%s", e.GetConnectionId())
+	}
+	switch e.GetKind() {
+	case tcpgatev1.EventKind_EVENT_KIND_LISTENER_STARTED, tcpgatev1.EventKind_EVENT_KIND_LISTENER_STOPPED:
+		fmt.Fprintf(&b, " address=%s", e.GetLocalAddress())
+	case tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED:
+		fmt.Fprintf(&b, " remote=%s", e.GetRemoteAddress())
+	case tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED:
+		fmt.Fprintf(&b, " remote=%s reason=%s", e.GetRemoteAddress(),
+			strings.ToLower(strings.TrimPrefix(e.GetCloseReason().String(), "CLOSE_REASON_")))
+	case tcpgatev1.EventKind_EVENT_KIND_EVENTS_DROPPED:
+		fmt.Fprintf(&b, " dropped=%d", e.GetDropped())
+	}
+	if d := e.GetData(); len(d) > 0 {
+		if utf8.Valid(d) {
+			fmt.Fprintf(&b, " %d bytes %q", len(d), d)
+		} else {
+			fmt.Fprintf(&b, " %d bytes hex=%s", len(d), hex.EncodeToString(d))
+		}
+	}
+	return b.String()
+}

@@ -43,6 +43,8 @@ const (
 	DefaultSubscriberQueueBytes = hub.DefaultQueueBytes
 	// DefaultWriteTimeout bounds each write to a connection (see conn.DefaultWriteTimeout).
 	DefaultWriteTimeout = conn.DefaultWriteTimeout
+	// DefaultMaxSendBytes bounds a Send payload (see rpc.DefaultMaxSendBytes).
+	DefaultMaxSendBytes = rpc.DefaultMaxSendBytes
 )
 
 // gRPC transport sizes, chosen for streaming throughput: a window of 1 MiB
@@ -74,6 +76,8 @@ type Config struct {
 	MaxConnections int
 	// MaxSubscribers bounds open Subscribe streams; 0 means no bound.
 	MaxSubscribers int
+	// MaxSendBytes bounds a Send payload; 0 means DefaultMaxSendBytes.
+	MaxSendBytes int
 	// WriteTimeout bounds each write to an accepted connection; 0 means 10 s.
 	WriteTimeout time.Duration
 	// ShutdownTimeout bounds the graceful part of shutdown; 0 means DefaultShutdownTimeout.
@@ -114,7 +118,11 @@ func New(cfg Config) (*Server, error) {
 		log = slog.Default()
 	}
 	s := &Server{cfg: cfg, log: log}
-	s.hub = hub.New(hub.Config{ReplayBytes: cfg.ReplayBytes})
+	if cfg.MaxSendBytes <= 0 {
+		cfg.MaxSendBytes = DefaultMaxSendBytes
+	}
+	s.cfg = cfg
+	s.hub = hub.New(hub.Config{ReplayBytes: cfg.ReplayBytes, MaxSubscribers: cfg.MaxSubscribers})
 	s.listeners = listener.New(listener.Config{
 		Publisher:      s.hub,
 		MaxListeners:   cfg.MaxListeners,
@@ -129,11 +137,14 @@ func New(cfg Config) (*Server, error) {
 		Hub:                  s.hub,
 		Dialer:               &dialer.Dialer{},
 		SubscriberQueueBytes: cfg.SubscriberQueueBytes,
-		MaxSubscribers:       cfg.MaxSubscribers,
+		MaxSendBytes:         cfg.MaxSendBytes,
 		Logger:               log,
 	})
 
 	s.grpc = grpc.NewServer(
+		// Room for the largest payload and the request around it, so an
+		// oversized Send gets tcpgate's message naming max_send_bytes.
+		grpc.MaxRecvMsgSize(cfg.MaxSendBytes+64<<10),
 		grpc.InitialWindowSize(streamWindow),
 		grpc.InitialConnWindowSize(connWindow),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),

@@ -61,6 +61,7 @@ func newServeCmd() *cobra.Command {
 	f.IntVar(&cfg.MaxListeners, "max-listeners", 0, "most listeners at once (0: no limit)")
 	f.IntVar(&cfg.MaxConnections, "max-connections", 0, "most open connections over all listeners (0: no limit)")
 	f.IntVar(&cfg.MaxSubscribers, "max-subscribers", 0, "most Subscribe streams at once (0: no limit)")
+	f.IntVar(&cfg.MaxSendBytes, "max-send-bytes", server.DefaultMaxSendBytes, "largest Send payload in bytes")
 	f.DurationVar(&cfg.WriteTimeout, "write-timeout", server.DefaultWriteTimeout, "how long a write to a connection may block before it is closed")
 	return cmd
 }

@@ -31,6 +31,7 @@ var codeOf = []struct {
 	{listener.ErrLimit, codes.ResourceExhausted},
 	{listener.ErrClosed, codes.Unavailable},
 	{hub.ErrClosed, codes.Unavailable},
+	{hub.ErrTooManySubscribers, codes.ResourceExhausted},
 	{dialer.ErrRefused, codes.Unavailable},
 	{dialer.ErrUnreachable, codes.Unavailable},
 	{dialer.ErrNoReply, codes.Unavailable},

@@ -32,6 +32,11 @@ import (
 // slow peer's reply, short enough that a dead one does not pin a caller.
 const DefaultSendTimeout = 30 * time.Second
 
+// DefaultMaxSendBytes bounds a Send payload when Config.MaxSendBytes is 0:
+// gRPC's own default message limit, so the bound a client meets is the same
+// whether it comes from gRPC or from tcpgate.
+const DefaultMaxSendBytes = 4 << 20
+
 // HeaderLastSequence is the response header of Subscribe, sent as soon as
 // the subscription is live: the newest sequence at that moment. A client
 // that waits for the headers knows that nothing after it will be missed.
@@ -47,8 +52,8 @@ type Config struct {
 	Dialer    *dialer.Dialer
 	// SubscriberQueueBytes bounds each subscriber's queue; 0 means hub.DefaultQueueBytes.
 	SubscriberQueueBytes int
-	// MaxSubscribers bounds open Subscribe streams; 0 means no bound.
-	MaxSubscribers int
+	// MaxSendBytes bounds a Send payload; 0 means DefaultMaxSendBytes.
+	MaxSendBytes int
 	// Logger logs internal errors; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -67,6 +72,9 @@ func New(cfg Config) *Service {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
+	}
+	if cfg.MaxSendBytes <= 0 {
+		cfg.MaxSendBytes = DefaultMaxSendBytes
 	}
 	return &Service{cfg: cfg, log: log}
 }
@@ -225,6 +233,9 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 	default:
 		return nil, invalid("payload", "one of text or data is required")
 	}
+	if len(payload) > s.cfg.MaxSendBytes {
+		return nil, status.Errorf(codes.ResourceExhausted, "payload: %d bytes exceed max_send_bytes (%d)", len(payload), s.cfg.MaxSendBytes)
+	}
 	timeout, err := durationFromProto("timeout", req.GetTimeout(), DefaultSendTimeout)
 	if err != nil {
 		return nil, err
@@ -355,10 +366,6 @@ func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerS
 		return invalid("slow_consumer", "unknown value %d", int32(req.GetSlowConsumer()))
 	}
 	opts.Policy = policy
-	if max := s.cfg.MaxSubscribers; max > 0 && s.cfg.Hub.Subscribers() >= max {
-		return status.Errorf(codes.ResourceExhausted, "max_subscribers (%d) reached", max)
-	}
-
 	sub, err := s.cfg.Hub.Subscribe(opts)
 	if err != nil {
 		return s.status(err)

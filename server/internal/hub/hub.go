@@ -51,6 +51,9 @@ const (
 // ErrClosed is returned by Next and Subscribe once the hub is closed.
 var ErrClosed = errors.New("event hub closed")
 
+// ErrTooManySubscribers is returned by Subscribe at Config.MaxSubscribers.
+var ErrTooManySubscribers = errors.New("too many subscribers")
+
 // SlowConsumerError ends a subscription whose queue overflowed under the
 // Disconnect policy.
 type SlowConsumerError struct {
@@ -72,6 +75,8 @@ type Config struct {
 	ReplayBytes int
 	// Now returns the time stamped on events that have none; nil means time.Now.
 	Now func() time.Time
+	// MaxSubscribers bounds open subscriptions; 0 means no bound.
+	MaxSubscribers int
 }
 
 // Filter selects events. An empty field matches everything.
@@ -125,7 +130,8 @@ type SubscribeOptions struct {
 
 // Hub numbers events and fans them out. The zero value is not usable; call New.
 type Hub struct {
-	now func() time.Time
+	now            func() time.Time
+	maxSubscribers int
 
 	mu     sync.Mutex // guards every field below, and the queues of all subscribers
 	seq    uint64     // last sequence assigned
@@ -148,7 +154,7 @@ func New(cfg Config) *Hub {
 	if now == nil {
 		now = time.Now
 	}
-	return &Hub{now: now, ring: ring{limit: limit}, subs: make(map[*Subscriber]struct{})}
+	return &Hub{now: now, maxSubscribers: cfg.MaxSubscribers, ring: ring{limit: limit}, subs: make(map[*Subscriber]struct{})}
 }
 
 // Publish numbers evs, records them in the replay ring and queues them for
@@ -250,6 +256,9 @@ func (h *Hub) Subscribe(opts SubscribeOptions) (*Subscriber, error) {
 	defer h.mu.Unlock()
 	if h.closed {
 		return nil, ErrClosed
+	}
+	if h.maxSubscribers > 0 && len(h.subs) >= h.maxSubscribers {
+		return nil, fmt.Errorf("subscribing: max_subscribers (%d) reached: %w", h.maxSubscribers, ErrTooManySubscribers)
 	}
 	if opts.Since > 0 && opts.Since <= h.seq {
 		first := h.ring.firstSeq()

@@ -41,8 +41,9 @@
 // When Run's context ends (SIGINT or SIGTERM in the daemon):
 //
 //  1. the health service reports NOT_SERVING;
-//  2. the hub closes: every Subscribe stream sends what was already queued
-//     for it and ends with Unavailable, so no stream holds up step 3;
+//  2. the hub closes: every Subscribe stream ends at once with Unavailable
+//     (events still queued for it are not sent), so no slow subscriber
+//     holds up step 3;
 //  3. the gRPC server stops gracefully, letting unary calls finish, and is
 //     stopped hard when the shutdown timeout passes;
 //  4. every listener stops: its port is freed at once and its connections

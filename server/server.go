@@ -266,7 +266,7 @@ func (s *Server) shutdown() {
 		}
 		// Subscribe streams end with a status now instead of holding
 		// GracefulStop until the timer.
-		s.hub.Close()
+		s.hub.CloseNow()
 		stopped := make(chan struct{})
 		go func() {
 			s.grpc.GracefulStop()

@@ -345,16 +345,23 @@ func (p Policy) String() string {
 
 // Close ends every subscription with ErrClosed, after each has received what
 // was already queued for it, and refuses new ones. It is idempotent.
-func (h *Hub) Close() {
+func (h *Hub) Close() { h.close(false) }
+
+// CloseNow is Close without the delivery of what is queued: every
+// subscription ends at its next Next, so a shutdown never waits for slow
+// subscribers to drain.
+func (h *Hub) CloseNow() { h.close(true) }
+
+func (h *Hub) close(discard bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.closed {
-		return
-	}
-	h.closed = true
 	for s := range h.subs {
 		s.endLocked(ErrClosed)
+		if discard {
+			s.discardLocked()
+		}
 	}
+	h.closed = true
 }
 
 // Subscriber is one subscription. Next is called from one goroutine; Close
@@ -448,10 +455,10 @@ func (s *Subscriber) endLocked(err error) {
 
 // Next appends to buf the events ready for this subscriber, waiting until
 // there is at least one. A batch holds about 1 MiB at most (one larger
-// event goes alone); the rest waits for the next call. An EventsDropped marker comes first when
-// events were missed, where they were missed. Next returns ctx's error when ctx is done, and once
-// the subscription has ended and everything queued was returned, why it
-// ended: ErrClosed, a *SlowConsumerError, or ErrClosed after Close.
+// event goes alone); the rest waits for the next call. An EventsDropped
+// marker stands where events were missed. Next returns ctx's error when
+// ctx is done, and once the subscription has ended and what remained for it
+// was returned, why it ended: ErrClosed or a *SlowConsumerError.
 func (s *Subscriber) Next(ctx context.Context, buf []*event.Event) ([]*event.Event, error) {
 	for {
 		s.h.mu.Lock()

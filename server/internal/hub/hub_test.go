@@ -446,3 +446,22 @@ func TestSubscribersCounts(t *testing.T) {
 		t.Fatalf("Subscribers() = %d after Hub.Close, want 0", got)
 	}
 }
+
+// CloseNow ends every subscription at once, queued events or not: a gateway
+// shutting down must not wait for slow subscribers to drain.
+func TestHubCloseNow(t *testing.T) {
+	h := hub.New(hub.Config{Now: fixedNow})
+	queued := subscribe(t, h, hub.SubscribeOptions{})
+	h.Publish(events(3, 10)...)
+	replaying := subscribe(t, h, hub.SubscribeOptions{Since: 1})
+	h.CloseNow()
+	for name, s := range map[string]*hub.Subscriber{"queued": queued, "replaying": replaying} {
+		if got := drainClosed(t, s); len(got) != 0 {
+			t.Fatalf("%s subscriber got %s after CloseNow, want nothing", name, describe(got))
+		}
+	}
+	if s, err := h.Subscribe(hub.SubscribeOptions{}); !errors.Is(err, hub.ErrClosed) || s != nil {
+		t.Fatalf("Subscribe after CloseNow = %v, %v; want nil, ErrClosed", s, err)
+	}
+	h.Close() // still idempotent
+}

@@ -42,11 +42,14 @@ verify: lint
 	$(MAKE) --no-print-directory generate
 	@if [ -n "$$(git status --porcelain -- gen gateway/openapi.json)" ]; then echo "generated code is stale: run 'make generate' and commit"; git status --porcelain -- gen gateway/openapi.json; exit 1; fi
 
-## fuzz: run every fuzz target for FUZZTIME each
+## fuzz: run every fuzz target of every package for FUZZTIME each
 FUZZTIME ?= 20s
 fuzz:
-	@for t in $$($(GO) test -list '^Fuzz' ./server/internal/framing | grep '^Fuzz'); do \
-		echo "== $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./server/internal/framing || exit 1; \
+	@for pkg in $$($(GO) list ./...); do \
+		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "== $$pkg $$t"; \
+			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		done; \
 	done
 
 clean:

@@ -100,7 +100,8 @@ func New(cfg Config) (*Gateway, error) {
 		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 	}
 	g.mux = runtime.NewServeMux(
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, jsonpb),
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, strictJSON{jsonpb}),
+		runtime.SetQueryParameterParser(&strictQuery{}),
 		runtime.WithRoutingErrorHandler(routingError),
 		runtime.WithHealthzEndpoint(healthpb.NewHealthClient(cc)),
 		runtime.WithIncomingHeaderMatcher(headerMatcher),

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"regexp"
 	"strconv"
 	"time"
@@ -89,8 +90,8 @@ func (s *Service) StartListener(_ context.Context, req *tcpgatev1.StartListenerR
 	if req.GetPort() > 65535 {
 		return nil, invalid("port", "must be 0 to 65535, got %d", req.GetPort())
 	}
-	if len(req.GetHost()) > 255 {
-		return nil, invalid("host", "longer than 255 bytes")
+	if err := checkHost(req.GetHost()); err != nil {
+		return nil, err
 	}
 	fc, err := framingFromProto("framing", req.GetFraming())
 	if err != nil {
@@ -280,6 +281,9 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		return resp, nil
 
 	case *tcpgatev1.SendRequest_ConnectionId:
+		if t.ConnectionId == "" {
+			return nil, invalid("connection_id", "required")
+		}
 		if aw.GetFraming() != nil {
 			return nil, invalid("await_reply.framing", "not used with connection_id: replies are cut by the listener's framing")
 		}
@@ -305,6 +309,9 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		return resp, nil
 
 	case *tcpgatev1.SendRequest_ListenerId:
+		if t.ListenerId == "" {
+			return nil, invalid("listener_id", "required")
+		}
 		if mode != dialer.NoAwait {
 			return nil, invalid("await_reply", "not allowed with listener_id: a broadcast has no single reply")
 		}
@@ -315,6 +322,27 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		return &tcpgatev1.SendResponse{BytesWritten: n, ConnectionsReached: uint32(reached)}, nil
 	}
 	return nil, invalid("target", "one of address, connection_id or listener_id is required")
+}
+
+// hostPattern is a DNS name: letters, digits, '-' and '.'.
+var hostPattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`)
+
+// checkHost accepts an empty host (the default), an IP literal or a DNS
+// name, so that "127.0.0.1:80" is refused here rather than by the resolver.
+func checkHost(host string) error {
+	switch {
+	case host == "":
+		return nil
+	case len(host) > 253:
+		return invalid("host", "longer than 253 bytes")
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return nil
+	}
+	if !hostPattern.MatchString(host) {
+		return invalid("host", "%q is not an IP address or host name (no port: that goes in port)", host)
+	}
+	return nil
 }
 
 func checkAddress(addr string) error {

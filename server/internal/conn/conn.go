@@ -84,6 +84,10 @@ type Config struct {
 	Publisher    Publisher
 	// Aggregates are also counted into: the listener's and the gateway's totals.
 	Aggregates []*Counters
+	// Closed, when set, is called once the socket is closed, before the
+	// CONNECTION_CLOSED event is published: a registry forgets the
+	// connection there, so that nobody who saw the event still finds it.
+	Closed func(reason event.CloseReason)
 }
 
 // ReplyMode says what reply Send waits for on a connection.
@@ -107,6 +111,8 @@ type Conn struct {
 	ctx      context.Context // canceled by Close, so a waiting publish gives up
 	cancel   context.CancelFunc
 	done     chan struct{} // closed when Serve returns
+	// stopWatch stops closing the connection when New's ctx ends.
+	stopWatch func() bool
 
 	writeMu sync.Mutex // serializes writes, and with them the order of awaiters
 
@@ -123,13 +129,15 @@ type awaiter struct {
 	done  chan struct{}
 }
 
-// New wraps an accepted connection. ctx bounds its life.
+// New wraps an accepted connection. ctx bounds its life: when it ends, the
+// connection closes with reason SHUTDOWN.
 func New(ctx context.Context, nc net.Conn, cfg Config) *Conn {
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = DefaultWriteTimeout
 	}
 	c := &Conn{cfg: cfg, nc: nc, openedAt: time.Now(), done: make(chan struct{})}
 	c.ctx, c.cancel = context.WithCancel(ctx)
+	c.stopWatch = context.AfterFunc(ctx, func() { c.Close(event.ReasonShutdown) })
 	return c
 }
 
@@ -180,6 +188,7 @@ func (c *Conn) Close(reason event.CloseReason) {
 func (c *Conn) Serve() {
 	defer close(c.done)
 	defer c.cancel()
+	defer c.stopWatch()
 
 	pub := c.cfg.Publisher
 	pub.Publish(&event.Event{
@@ -228,6 +237,9 @@ func (c *Conn) Serve() {
 			a.err = ErrClosed
 		}
 		close(a.done)
+	}
+	if c.cfg.Closed != nil {
+		c.cfg.Closed(reason)
 	}
 
 	pub.Publish(&event.Event{

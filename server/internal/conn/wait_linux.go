@@ -19,8 +19,23 @@ func waitReadable(nc net.Conn) error {
 		return err
 	}
 	var b [1]byte
-	return rc.Read(func(fd uintptr) bool {
+	var sockErr error
+	err = rc.Read(func(fd uintptr) bool {
 		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		return err != syscall.EAGAIN && err != syscall.EINTR
+		switch err {
+		case syscall.EAGAIN, syscall.EINTR:
+			return false
+		case nil:
+			return true
+		}
+		// A socket error such as ECONNRESET is reported once: the peek
+		// took it, so it is handed on instead of the read that would
+		// otherwise see a clean EOF.
+		sockErr = err
+		return true
 	})
+	if err != nil {
+		return err
+	}
+	return sockErr
 }

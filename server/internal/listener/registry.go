@@ -301,6 +301,15 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 		WriteTimeout: r.cfg.WriteTimeout,
 		Publisher:    r.cfg.Publisher,
 		Aggregates:   []*conn.Counters{&l.counters, &r.totals},
+		Closed: func(reason event.CloseReason) {
+			if int(reason) < len(r.closed) {
+				r.closed[reason].Add(1)
+			}
+			r.mu.Lock()
+			delete(l.conns, id)
+			delete(r.conns, id)
+			r.mu.Unlock()
+		},
 	})
 	l.total.Add(1)
 
@@ -322,13 +331,6 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 	go func() {
 		defer r.wg.Done()
 		c.Serve()
-		if reason := c.Reason(); int(reason) < len(r.closed) {
-			r.closed[reason].Add(1)
-		}
-		r.mu.Lock()
-		delete(l.conns, id)
-		delete(r.conns, id)
-		r.mu.Unlock()
 	}()
 }
 
@@ -390,10 +392,7 @@ func (r *Registry) stop(l *listener, drain time.Duration, reason event.CloseReas
 
 	r.mu.Lock()
 	l.state = Stopped
-	// Serve goroutines remove their connection after Done; the snapshot must
-	// not count them as active.
 	info := r.infoLocked(l)
-	info.ConnectionsActive = 0
 	l.final = info
 	delete(r.listeners, l.spec.ID)
 	r.mu.Unlock()

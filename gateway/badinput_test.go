@@ -1,0 +1,414 @@
+package gateway_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server"
+)
+
+// badHTTPStatus is the HTTP status of each gRPC code that a bad input may
+// get, as grpc-gateway maps them (DESIGN.md: 400/409/404/503/504/429).
+var badHTTPStatus = map[codes.Code]int{
+	codes.OK:                 http.StatusOK,
+	codes.InvalidArgument:    http.StatusBadRequest,
+	codes.FailedPrecondition: http.StatusBadRequest,
+	codes.NotFound:           http.StatusNotFound,
+	codes.AlreadyExists:      http.StatusConflict,
+	codes.ResourceExhausted:  http.StatusTooManyRequests,
+	codes.Unavailable:        http.StatusServiceUnavailable,
+	codes.DeadlineExceeded:   http.StatusGatewayTimeout,
+}
+
+// badRESTCase is one row of TestBadInputREST: the REST form of a row of
+// server/badinput_test.go's TestBadInput, or a case only REST can express
+// (two members of a oneof, wrong JSON types, enum names, malformed JSON,
+// durations and numbers as query strings).
+type badRESTCase struct {
+	rpc          string
+	name         string
+	limits       bool // run on the gateway with small limits
+	method, path string
+	body         string
+	code         codes.Code
+	// status overrides badHTTPStatus[code] where the route, not the RPC,
+	// answers (405).
+	status int
+	// mention must appear in the JSON body's message: the field's name
+	// (proto or JSON spelling) for a bad argument, otherwise what a person
+	// needs to act.
+	mention string
+}
+
+// badDo sends one request with api's client. The body of a 200 event
+// stream is not read (it would not end); any other body is read whole.
+func badDo(t *testing.T, api *rest, method, path, body string) (*http.Response, []byte) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, api.base+path, rd)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := api.hc.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusOK && strings.HasPrefix(path, "/v1/events") {
+		return resp, nil
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading body: %v", method, path, err)
+	}
+	return resp, b
+}
+
+// badJSON quotes s as a JSON string.
+func badJSON(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+// badUnbindable returns an IPv4 address of the documentation ranges that
+// this machine does not own, so binding it fails; "" when all are bindable.
+func badUnbindable() string {
+	for _, h := range []string{"192.0.2.1", "192.0.2.254", "198.51.100.1", "203.0.113.1"} {
+		ln, err := net.Listen("tcp4", net.JoinHostPort(h, "0"))
+		if err != nil {
+			return h
+		}
+		ln.Close()
+	}
+	return ""
+}
+
+// TestBadInputREST is TestBadInput of the server package over REST: every
+// route with its invalid inputs, expecting the HTTP status of the gRPC code
+// and grpc-gateway's JSON error body with that code and a message naming
+// the field. Never a 500, never code Unknown or Internal.
+func TestBadInputREST(t *testing.T) {
+	start := time.Now()
+	_, api := startREST(t, server.Config{})
+	keep := api.startListener("keep")
+	client := dial(t, keep.GetAddress())
+	var connID string
+	eventually(t, "the client's connection listed", func() bool {
+		var conns tcpgatev1.ListConnectionsResponse
+		api.call(http.MethodGet, "/v1/connections?listenerId=keep", "", &conns)
+		if cs := conns.GetConnections(); len(cs) > 0 {
+			connID = cs[0].GetConnectionId()
+		}
+		return connID != ""
+	})
+	_, keepPort, _ := net.SplitHostPort(keep.GetAddress())
+	refused := refusedAddr(t)
+	silent := peer(t, func(c net.Conn) {
+		_, _ = io.Copy(io.Discard, c) // reads, never answers, until the gateway closes
+	})
+
+	_, lim := startREST(t, server.Config{MaxListeners: 2, MaxSendBytes: 1024, MaxSubscribers: 1})
+	full := lim.startListener("full")
+	lim.startListener("full2")
+	lim.openEvents("", nil)
+
+	unbindable := badUnbindable()
+	kaddr := badJSON(keep.GetAddress())
+
+	const (
+		sl   = "StartListener"
+		stop = "StopListener"
+		get  = "GetListener"
+		list = "ListListeners"
+		lc   = "ListConnections"
+		cc   = "CloseConnection"
+		send = "Send"
+		sub  = "Subscribe"
+		post = http.MethodPost
+		del  = http.MethodDelete
+		gt   = http.MethodGet
+	)
+	inv := codes.InvalidArgument
+	// listen is a POST /v1/listeners body on 127.0.0.1 with extra fields.
+	listen := func(fields string) string {
+		if fields == "" {
+			return `{"host": "127.0.0.1"}`
+		}
+		return `{"host": "127.0.0.1", ` + fields + `}`
+	}
+	// sendTo is a POST /v1/send body to keep's address with extra fields,
+	// so a request that wrongly passed validation would succeed.
+	sendTo := func(fields string) string {
+		return `{"address": ` + kaddr + `, "text": "x", ` + fields + `}`
+	}
+	addr := func(a string) string { return `{"address": ` + badJSON(a) + `, "text": "x"}` }
+
+	tests := []badRESTCase{
+		// StartListener: port.
+		{rpc: sl, name: "port 65536", method: post, path: "/v1/listeners", body: listen(`"port": 65536`), code: inv, mention: "port"},
+		{rpc: sl, name: "port 4294967295", method: post, path: "/v1/listeners", body: listen(`"port": 4294967295`), code: inv, mention: "port"},
+		{rpc: sl, name: "port 4294967296 overflows uint32", method: post, path: "/v1/listeners", body: listen(`"port": 4294967296`), code: inv, mention: "port"},
+		{rpc: sl, name: "port as a word", method: post, path: "/v1/listeners", body: listen(`"port": "abc"`), code: inv, mention: "port"},
+		{rpc: sl, name: "port negative", method: post, path: "/v1/listeners", body: listen(`"port": -1`), code: inv, mention: "port"},
+		{rpc: sl, name: "port fractional", method: post, path: "/v1/listeners", body: listen(`"port": 1.5`), code: inv, mention: "port"},
+		{rpc: sl, name: "port as a boolean", method: post, path: "/v1/listeners", body: listen(`"port": true`), code: inv, mention: "port"},
+		{rpc: sl, name: "port as a numeric string is fine", method: post, path: "/v1/listeners", body: listen(`"port": "0"`), code: codes.OK},
+		{rpc: sl, name: "port null is unset", method: post, path: "/v1/listeners", body: listen(`"port": null`), code: codes.OK},
+
+		// StartListener: listener id.
+		{rpc: sl, name: "minimal body starts a listener", method: post, path: "/v1/listeners", body: listen(""), code: codes.OK},
+		{rpc: sl, name: "listenerId empty is generated", method: post, path: "/v1/listeners", body: listen(`"listenerId": ""`), code: codes.OK},
+		{rpc: sl, name: "listener_id in proto spelling is fine", method: post, path: "/v1/listeners", body: listen(`"listener_id": "snake"`), code: codes.OK},
+		{rpc: sl, name: "listenerId with a slash", method: post, path: "/v1/listeners", body: listen(`"listenerId": "a/b"`), code: inv, mention: "listener_id"},
+		{rpc: sl, name: "listenerId of 65 bytes", method: post, path: "/v1/listeners", body: listen(`"listenerId": "` + strings.Repeat("x", 65) + `"`), code: inv, mention: "listener_id"},
+		{rpc: sl, name: "listenerId blank", method: post, path: "/v1/listeners", body: listen(`"listenerId": " "`), code: inv, mention: "listener_id"},
+		{rpc: sl, name: "listenerId as a number", method: post, path: "/v1/listeners", body: listen(`"listenerId": 5`), code: inv, mention: "listenerId"},
+		{rpc: sl, name: "listenerId taken", method: post, path: "/v1/listeners", body: listen(`"listenerId": "keep"`), code: codes.AlreadyExists, mention: "keep"},
+		{rpc: sl, name: "max_listeners reached", limits: true, method: post, path: "/v1/listeners", body: listen(""), code: codes.ResourceExhausted, mention: "max_listeners"},
+
+		// StartListener: host and address.
+		{rpc: sl, name: "host of 256 bytes", method: post, path: "/v1/listeners", body: `{"host": "` + strings.Repeat("h", 256) + `"}`, code: inv, mention: "host"},
+		{rpc: sl, name: "host as a number", method: post, path: "/v1/listeners", body: `{"host": 127}`, code: inv, mention: "host"},
+		{rpc: sl, name: "host not owned here", method: post, path: "/v1/listeners", body: `{"host": ` + badJSON(unbindable) + `}`, code: codes.FailedPrecondition, mention: unbindable},
+		{rpc: sl, name: "address in use", method: post, path: "/v1/listeners", body: listen(`"port": ` + keepPort), code: codes.Unavailable, mention: keep.GetAddress()},
+
+		// StartListener: framing.
+		{rpc: sl, name: "framing mode 99", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": 99}`), code: inv, mention: "framing.mode"},
+		{rpc: sl, name: "framing mode by unknown name", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_NOPE"}`), code: inv, mention: "mode"},
+		{rpc: sl, name: "framing mode by name of another enum", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "AUTO_REPLY_MODE_ECHO"}`), code: inv, mention: "mode"},
+		{rpc: sl, name: "framing as a string", method: post, path: "/v1/listeners", body: listen(`"framing": "FRAMING_MODE_LINE"`), code: inv, mention: "framing"},
+		{rpc: sl, name: "delimiter mode without delimiter", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_DELIMITER"}`), code: inv, mention: "framing.delimiter"},
+		{rpc: sl, name: "delimiter empty", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_DELIMITER", "delimiter": ""}`), code: inv, mention: "framing.delimiter"},
+		{rpc: sl, name: "delimiter not base64", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_DELIMITER", "delimiter": "!!"}`), code: inv, mention: "delimiter"},
+		{rpc: sl, name: "prefixBytes 3", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_LENGTH_PREFIX", "prefixBytes": 3}`), code: inv, mention: "framing.prefix_bytes"},
+		{rpc: sl, name: "prefixBytes 16", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_LENGTH_PREFIX", "prefixBytes": 16}`), code: inv, mention: "framing.prefix_bytes"},
+		{rpc: sl, name: "littleEndian as a string", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_LENGTH_PREFIX", "littleEndian": "yes"}`), code: inv, mention: "littleEndian"},
+		{rpc: sl, name: "fixedSize 0", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_FIXED"}`), code: inv, mention: "framing.fixed_size"},
+		{rpc: sl, name: "fixedSize above maxFrameBytes", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_FIXED", "fixedSize": 2048, "maxFrameBytes": 1024}`), code: inv, mention: "framing.fixed_size"},
+		{rpc: sl, name: "maxFrameBytes over 3 MiB", method: post, path: "/v1/listeners", body: listen(`"framing": {"maxFrameBytes": 3145729}`), code: inv, mention: "framing.max_frame_bytes"},
+
+		// StartListener: autoReply and its oneof.
+		{rpc: sl, name: "autoReply mode 99", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"mode": 99}`), code: inv, mention: "auto_reply.mode"},
+		{rpc: sl, name: "autoReply mode by unknown name", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"mode": "AUTO_REPLY_MODE_NOPE"}`), code: inv, mention: "mode"},
+		{rpc: sl, name: "autoReply FIXED without payload", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"mode": "AUTO_REPLY_MODE_FIXED"}`), code: inv, mention: "auto_reply"},
+		{rpc: sl, name: "autoReply ECHO with text", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"mode": "AUTO_REPLY_MODE_ECHO", "text": "hi"}`), code: inv, mention: "auto_reply.mode"},
+		{rpc: sl, name: "autoReply NONE with data", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"mode": "AUTO_REPLY_MODE_NONE", "data": "AQ=="}`), code: inv, mention: "auto_reply.mode"},
+		{rpc: sl, name: "autoReply both text and data", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"mode": "AUTO_REPLY_MODE_FIXED", "text": "hi", "data": "AQ=="}`), code: inv, mention: "payload"},
+		{rpc: sl, name: "autoReply data not base64", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"mode": "AUTO_REPLY_MODE_FIXED", "data": "not base64!"}`), code: inv, mention: "data"},
+
+		// StartListener: maxConnections and idleTimeout.
+		{rpc: sl, name: "maxConnections negative", method: post, path: "/v1/listeners", body: listen(`"maxConnections": -1`), code: inv, mention: "maxConnections"},
+		{rpc: sl, name: "idleTimeout negative", method: post, path: "/v1/listeners", body: listen(`"idleTimeout": "-1s"`), code: inv, mention: "idle_timeout"},
+		{rpc: sl, name: "idleTimeout with an unknown unit", method: post, path: "/v1/listeners", body: listen(`"idleTimeout": "5x"`), code: inv, mention: "idleTimeout"},
+		{rpc: sl, name: "idleTimeout without unit", method: post, path: "/v1/listeners", body: listen(`"idleTimeout": "5"`), code: inv, mention: "idleTimeout"},
+		{rpc: sl, name: "idleTimeout in minutes", method: post, path: "/v1/listeners", body: listen(`"idleTimeout": "5m"`), code: inv, mention: "idleTimeout"},
+		{rpc: sl, name: "idleTimeout as a number", method: post, path: "/v1/listeners", body: listen(`"idleTimeout": 5`), code: inv, mention: "idleTimeout"},
+		{rpc: sl, name: "idleTimeout with 10 fractional digits", method: post, path: "/v1/listeners", body: listen(`"idleTimeout": "1.0000000001s"`), code: inv, mention: "idleTimeout"},
+		{rpc: sl, name: "idleTimeout above 10000 years", method: post, path: "/v1/listeners", body: listen(`"idleTimeout": "315576000001s"`), code: inv, mention: "idleTimeout"},
+
+		// StartListener: the body itself.
+		{rpc: sl, name: "malformed JSON", method: post, path: "/v1/listeners", body: `{"host": "127.0.0.1"`, code: inv, mention: "EOF"},
+		{rpc: sl, name: "body is null", method: post, path: "/v1/listeners", body: `null`, code: inv, mention: "null"},
+		{rpc: sl, name: "body is an array", method: post, path: "/v1/listeners", body: `[]`, code: inv, mention: "["},
+		{rpc: sl, name: "trailing garbage after the object", method: post, path: "/v1/listeners", body: `{"host": "127.0.0.1"} x`, code: inv, mention: "x"},
+		{rpc: sl, name: "unknown field", method: post, path: "/v1/listeners", body: `{"hots": "127.0.0.1"}`, code: inv, mention: "hots"},
+		{rpc: sl, name: "field given twice", method: post, path: "/v1/listeners", body: `{"host": "127.0.0.1", "host": "127.0.0.1"}`, code: inv, mention: "host"},
+
+		// StopListener: path and query.
+		{rpc: stop, name: "listener id empty", method: del, path: "/v1/listeners/", code: inv, mention: "listener_id"},
+		{rpc: stop, name: "listener id unknown", method: del, path: "/v1/listeners/nope", code: codes.NotFound, mention: "nope"},
+		{rpc: stop, name: "drainTimeout negative", method: del, path: "/v1/listeners/keep?drainTimeout=-1s", code: inv, mention: "drain_timeout"},
+		{rpc: stop, name: "drainTimeout with an unknown unit", method: del, path: "/v1/listeners/keep?drainTimeout=5x", code: inv, mention: "drain"},
+		{rpc: stop, name: "drainTimeout without unit", method: del, path: "/v1/listeners/keep?drainTimeout=5", code: inv, mention: "drain"},
+		{rpc: stop, name: "drainTimeout above 10000 years", method: del, path: "/v1/listeners/keep?drainTimeout=315576000001s", code: inv, mention: "drain"},
+		{rpc: stop, name: "drainTimeout in Go syntax passes the query parser", method: del, path: "/v1/listeners/nope?drainTimeout=1m30s", code: codes.NotFound, mention: "nope"},
+		{rpc: stop, name: "drainTimeout misspelt", method: del, path: "/v1/listeners/nope?drainTimout=5s", code: inv, mention: "drainTimout"},
+
+		// GetListener.
+		{rpc: get, name: "listener id unknown", method: gt, path: "/v1/listeners/nope", code: codes.NotFound, mention: "nope"},
+		{rpc: get, name: "listener id empty", method: gt, path: "/v1/listeners/", code: inv, mention: "listener_id"},
+		{rpc: get, name: "listener id with an escaped slash", method: gt, path: "/v1/listeners/a%2Fb", code: codes.NotFound, mention: "a/b"},
+
+		// ListListeners has no input to get wrong.
+		{rpc: list, name: "plain", method: gt, path: "/v1/listeners", code: codes.OK},
+
+		// ListConnections.
+		{rpc: lc, name: "listenerId unknown", method: gt, path: "/v1/connections?listenerId=nope", code: codes.NotFound, mention: "nope"},
+		{rpc: lc, name: "listenerId empty lists all", method: gt, path: "/v1/connections?listenerId=", code: codes.OK},
+		{rpc: lc, name: "listenerId misspelt", method: gt, path: "/v1/connections?listenerID=nope", code: inv, mention: "listenerID"},
+
+		// CloseConnection.
+		{rpc: cc, name: "connection id empty", method: del, path: "/v1/connections/", code: inv, mention: "connection_id"},
+		{rpc: cc, name: "connection id unknown", method: del, path: "/v1/connections/c999", code: codes.NotFound, mention: "c999"},
+
+		// Send: target and payload, including both members of a oneof.
+		{rpc: send, name: "no target", method: post, path: "/v1/send", body: `{"text": "x"}`, code: inv, mention: "target"},
+		{rpc: send, name: "no payload", method: post, path: "/v1/send", body: `{"address": ` + kaddr + `}`, code: inv, mention: "payload"},
+		{rpc: send, name: "empty body", method: post, path: "/v1/send", code: inv, mention: "payload"},
+		{rpc: send, name: "empty object", method: post, path: "/v1/send", body: `{}`, code: inv, mention: "payload"},
+		{rpc: send, name: "text and data", method: post, path: "/v1/send", body: `{"address": ` + kaddr + `, "text": "x", "data": "eA=="}`, code: inv, mention: "payload"},
+		{rpc: send, name: "address and connectionId", method: post, path: "/v1/send", body: `{"address": ` + kaddr + `, "connectionId": "` + connID + `", "text": "x"}`, code: inv, mention: "target"},
+		{rpc: send, name: "connectionId and listenerId", method: post, path: "/v1/send", body: `{"connectionId": "` + connID + `", "listenerId": "keep", "text": "x"}`, code: inv, mention: "target"},
+		{rpc: send, name: "text as a number", method: post, path: "/v1/send", body: `{"address": ` + kaddr + `, "text": 5}`, code: inv, mention: "text"},
+		{rpc: send, name: "data not base64", method: post, path: "/v1/send", body: `{"address": ` + kaddr + `, "data": "not base64!"}`, code: inv, mention: "data"},
+		{rpc: send, name: "address empty", method: post, path: "/v1/send", body: addr(""), code: inv, mention: "address"},
+		{rpc: send, name: "address without port", method: post, path: "/v1/send", body: addr("no-port"), code: inv, mention: "address"},
+		{rpc: send, name: "address port 0", method: post, path: "/v1/send", body: addr("127.0.0.1:0"), code: inv, mention: "address"},
+		{rpc: send, name: "address port 70000", method: post, path: "/v1/send", body: addr("127.0.0.1:70000"), code: inv, mention: "address"},
+		{rpc: send, name: "address host empty", method: post, path: "/v1/send", body: addr(":80"), code: inv, mention: "address"},
+		{rpc: send, name: "address refused", method: post, path: "/v1/send", body: addr(refused), code: codes.Unavailable, mention: refused},
+		{rpc: send, name: "connectionId empty", method: post, path: "/v1/send", body: `{"connectionId": "", "text": "x"}`, code: inv, mention: "connection_id"},
+		{rpc: send, name: "connectionId unknown", method: post, path: "/v1/send", body: `{"connectionId": "c999", "text": "x"}`, code: codes.NotFound, mention: "c999"},
+		{rpc: send, name: "listenerId empty", method: post, path: "/v1/send", body: `{"listenerId": "", "text": "x"}`, code: inv, mention: "listener_id"},
+		{rpc: send, name: "listenerId unknown", method: post, path: "/v1/send", body: `{"listenerId": "nope", "text": "x"}`, code: codes.NotFound, mention: "nope"},
+		{rpc: send, name: "payload over max_send_bytes", limits: true, method: post, path: "/v1/send",
+			body: `{"address": ` + badJSON(full.GetAddress()) + `, "text": "` + strings.Repeat("x", 2000) + `"}`, code: codes.ResourceExhausted, mention: "max_send_bytes"},
+
+		// Send: awaitReply.
+		{rpc: send, name: "awaitReply with listenerId", method: post, path: "/v1/send", body: `{"listenerId": "keep", "text": "x", "awaitReply": {"mode": "AWAIT_MODE_FIRST_READ"}}`, code: inv, mention: "await_reply"},
+		{rpc: send, name: "awaitReply.framing with connectionId", method: post, path: "/v1/send",
+			body: `{"connectionId": "` + connID + `", "text": "x", "awaitReply": {"mode": "AWAIT_MODE_FRAME", "framing": {"mode": "FRAMING_MODE_LINE"}}}`, code: inv, mention: "await_reply.framing"},
+		{rpc: send, name: "awaitReply.framing with FIRST_READ", method: post, path: "/v1/send",
+			body: sendTo(`"awaitReply": {"mode": "AWAIT_MODE_FIRST_READ", "framing": {"mode": "FRAMING_MODE_LINE"}}`), code: inv, mention: "await_reply.framing"},
+		{rpc: send, name: "awaitReply mode 99", method: post, path: "/v1/send", body: sendTo(`"awaitReply": {"mode": 99}`), code: inv, mention: "await_reply.mode"},
+		{rpc: send, name: "awaitReply mode by unknown name", method: post, path: "/v1/send", body: sendTo(`"awaitReply": {"mode": "AWAIT_MODE_NOPE"}`), code: inv, mention: "mode"},
+		{rpc: send, name: "awaitReply maxBytes over 3 MiB", method: post, path: "/v1/send", body: sendTo(`"awaitReply": {"mode": "AWAIT_MODE_FIRST_READ", "maxBytes": 3145729}`), code: inv, mention: "await_reply.max_bytes"},
+		{rpc: send, name: "awaitReply.framing delimiter mode without delimiter", method: post, path: "/v1/send",
+			body: sendTo(`"awaitReply": {"mode": "AWAIT_MODE_FRAME", "framing": {"mode": "FRAMING_MODE_DELIMITER"}}`), code: inv, mention: "await_reply.framing.delimiter"},
+		{rpc: send, name: "reply timeout", method: post, path: "/v1/send",
+			body: `{"address": ` + badJSON(silent) + `, "text": "x", "awaitReply": {"mode": "AWAIT_MODE_FIRST_READ"}, "timeout": "0.2s"}`, code: codes.DeadlineExceeded, mention: silent},
+
+		// Send: timeout.
+		{rpc: send, name: "timeout negative", method: post, path: "/v1/send", body: sendTo(`"timeout": "-1s"`), code: inv, mention: "timeout"},
+		{rpc: send, name: "timeout with an unknown unit", method: post, path: "/v1/send", body: sendTo(`"timeout": "5x"`), code: inv, mention: "timeout"},
+		{rpc: send, name: "timeout as an object", method: post, path: "/v1/send", body: sendTo(`"timeout": {"seconds": 1}`), code: inv, mention: "timeout"},
+
+		// Subscribe: the query of GET /v1/events.
+		{rpc: sub, name: "kinds UNSPECIFIED", method: gt, path: "/v1/events?kinds=EVENT_KIND_UNSPECIFIED", code: inv, mention: "kinds[0]"},
+		{rpc: sub, name: "kinds EVENTS_DROPPED", method: gt, path: "/v1/events?kinds=EVENT_KIND_EVENTS_DROPPED", code: inv, mention: "kinds[0]"},
+		{rpc: sub, name: "kinds 99", method: gt, path: "/v1/events?kinds=99", code: inv, mention: "kinds"},
+		{rpc: sub, name: "kinds by unknown name", method: gt, path: "/v1/events?kinds=EVENT_KIND_NOPE", code: inv, mention: "kinds"},
+		{rpc: sub, name: "slowConsumer 9", method: gt, path: "/v1/events?slowConsumer=9", code: inv, mention: "slow_consumer"},
+		{rpc: sub, name: "slowConsumer by unknown name", method: gt, path: "/v1/events?slowConsumer=SLOW_CONSUMER_POLICY_NOPE", code: inv, mention: "slow"},
+		{rpc: sub, name: "sinceSequence not a number", method: gt, path: "/v1/events?sinceSequence=abc", code: inv, mention: "since"},
+		{rpc: sub, name: "sinceSequence negative", method: gt, path: "/v1/events?sinceSequence=-1", code: inv, mention: "since"},
+		{rpc: sub, name: "sinceSequence over uint64", method: gt, path: "/v1/events?sinceSequence=18446744073709551616", code: inv, mention: "since"},
+		{rpc: sub, name: "kinds misspelt", method: gt, path: "/v1/events?kind=EVENT_KIND_DATA", code: inv, mention: "kind"},
+		{rpc: sub, name: "kinds DATA is fine", method: gt, path: "/v1/events?kinds=EVENT_KIND_DATA", code: codes.OK},
+		{rpc: sub, name: "max_subscribers reached", limits: true, method: gt, path: "/v1/events", code: codes.ResourceExhausted, mention: "max_subscribers"},
+
+		// Routes.
+		{rpc: "route", name: "unknown path", method: gt, path: "/v1/nope", code: codes.NotFound, mention: "/v1/nope"},
+		{rpc: "route", name: "wrong method", method: http.MethodPut, path: "/v1/send", body: `{}`, code: codes.Unimplemented, status: http.StatusMethodNotAllowed, mention: "PUT"},
+	}
+
+	seen := map[string]bool{}
+	for _, tt := range tests {
+		seen[tt.rpc] = true
+		if tt.code != codes.OK && tt.mention == "" {
+			t.Fatalf("case %s/%s: an error case needs what its message must mention", tt.rpc, tt.name)
+		}
+		t.Run(tt.rpc+"/"+tt.name, func(t *testing.T) {
+			if tt.name == "host not owned here" && unbindable == "" {
+				t.Skip("every documentation address is bindable on this machine")
+			}
+			a := api
+			if tt.limits {
+				a = lim
+			}
+			resp, body := badDo(t, a, tt.method, tt.path, tt.body)
+			t.Logf("%d %s", resp.StatusCode, body)
+			if resp.StatusCode >= 500 && resp.StatusCode != http.StatusServiceUnavailable && resp.StatusCode != http.StatusGatewayTimeout {
+				t.Fatalf("status %d for a bad input; body %s", resp.StatusCode, body)
+			}
+			if resp.StatusCode == http.StatusOK && tt.method == post && tt.path == "/v1/listeners" {
+				// Whether it was meant to start or not, stop it.
+				var started tcpgatev1.StartListenerResponse
+				decode(t, string(body), &started)
+				var stopped tcpgatev1.StopListenerResponse
+				a.call(del, "/v1/listeners/"+url.PathEscape(started.GetListener().GetListenerId()), "", &stopped)
+			}
+			problem := badCheck(tt, resp, body)
+			if problem != "" {
+				t.Fatal(problem)
+			}
+		})
+	}
+	for _, m := range tcpgatev1.GatewayService_ServiceDesc.Methods {
+		if !seen[m.MethodName] {
+			t.Errorf("no case for %s", m.MethodName)
+		}
+	}
+	for _, s := range tcpgatev1.GatewayService_ServiceDesc.Streams {
+		if !seen[s.StreamName] {
+			t.Errorf("no case for %s", s.StreamName)
+		}
+	}
+
+	// The bad requests left nothing behind: keep still listens with its
+	// connection, and no other listener exists.
+	t.Run("state after the table", func(t *testing.T) {
+		var ls tcpgatev1.ListListenersResponse
+		api.call(gt, "/v1/listeners", "", &ls)
+		if len(ls.GetListeners()) != 1 || ls.GetListeners()[0].GetListenerId() != "keep" ||
+			ls.GetListeners()[0].GetState() != tcpgatev1.ListenerState_LISTENER_STATE_LISTENING {
+			t.Fatalf("listeners = %v, want keep alone, listening", ls.GetListeners())
+		}
+		api.send(`{"connectionId": "` + connID + `", "text": "ok"}`)
+		if b := readN(t, client, 2); string(b) != "ok" {
+			t.Fatalf("client read %q", b)
+		}
+	})
+	t.Logf("%d cases in %s", len(tests), time.Since(start).Round(time.Millisecond))
+}
+
+// badCheck returns what is wrong with a response to tt, or "".
+func badCheck(tt badRESTCase, resp *http.Response, body []byte) string {
+	want := tt.status
+	if want == 0 {
+		want = badHTTPStatus[tt.code]
+	}
+	if resp.StatusCode != want {
+		return fmt.Sprintf("status %d, want %d (%v); body %s", resp.StatusCode, want, tt.code, body)
+	}
+	if tt.code == codes.OK {
+		return ""
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		return fmt.Sprintf("Content-Type %q, want application/json; body %s", ct, body)
+	}
+	var e apiError
+	if err := json.Unmarshal(body, &e); err != nil {
+		return fmt.Sprintf("error body %q is not JSON: %v", body, err)
+	}
+	switch {
+	case e.Code == nil:
+		return fmt.Sprintf("error body %s has no code", body)
+	case codes.Code(*e.Code) == codes.Unknown || codes.Code(*e.Code) == codes.Internal:
+		return fmt.Sprintf("code %v for a bad input; body %s", codes.Code(*e.Code), body)
+	case codes.Code(*e.Code) != tt.code:
+		return fmt.Sprintf("code %v, want %v; body %s", codes.Code(*e.Code), tt.code, body)
+	case !strings.Contains(e.Message, tt.mention):
+		return fmt.Sprintf("message %q does not mention %q", e.Message, tt.mention)
+	}
+	return ""
+}

@@ -1,0 +1,155 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/dynamicpb"
+)
+
+// maxBodyBytes bounds a request body: the largest Send payload is 4 MiB by
+// default, which base64 grows by a third.
+const maxBodyBytes = 8 << 20
+
+// strictJSON is protojson for request bodies, stricter than grpc-gateway's
+// default: an error names the field that is wrong, and anything after the
+// JSON object is an error instead of being ignored.
+type strictJSON struct {
+	*runtime.JSONPb
+}
+
+// NewDecoder implements runtime.Marshaler.
+func (m strictJSON) NewDecoder(r io.Reader) runtime.Decoder {
+	return runtime.DecoderFunc(func(v any) error {
+		msg, ok := v.(proto.Message)
+		if !ok {
+			return m.JSONPb.NewDecoder(r).Decode(v)
+		}
+		data, err := io.ReadAll(io.LimitReader(r, maxBodyBytes+1))
+		if err != nil {
+			return fmt.Errorf("reading request body: %w", err)
+		}
+		if len(data) > maxBodyBytes {
+			return fmt.Errorf("request body larger than %d bytes", maxBodyBytes)
+		}
+		if len(bytes.TrimSpace(data)) == 0 {
+			return io.EOF // an empty body is an empty request
+		}
+		dec := json.NewDecoder(bytes.NewReader(data))
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return fmt.Errorf("malformed JSON: %v", err)
+		}
+		if rest := bytes.TrimSpace(data[dec.InputOffset():]); len(rest) > 0 {
+			return fmt.Errorf("malformed JSON: unexpected data after the object at byte %d", dec.InputOffset())
+		}
+		if err := m.Unmarshal(raw, msg); err != nil {
+			return fieldError(msg.ProtoReflect().Descriptor(), raw, err, "")
+		}
+		return nil
+	})
+}
+
+// protojsonNoise is the position protojson puts in its messages, which says
+// nothing to a person looking at their own request.
+// (protojson separates words with U+00A0 at random, on purpose.)
+var protojsonNoise = regexp.MustCompile(`^proto:[\s\x{a0}]*(syntax error[\s\x{a0}]*)?(\(line \d+:\d+\):[\s\x{a0}]*)?`)
+
+// fieldError finds which field of raw makes it fail to decode as md, by
+// decoding one field at a time, and names it: "timeout: invalid
+// google.protobuf.Duration value "5x"". It returns err itself, tidied, when
+// no single field is to blame.
+func fieldError(md protoreflect.MessageDescriptor, raw json.RawMessage, err error, prefix string) error {
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(raw, &fields) == nil {
+		keys := make([]string, 0, len(fields))
+		for k := range fields {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			one, _ := json.Marshal(map[string]json.RawMessage{k: fields[k]})
+			ferr := unmarshalInto(md, one)
+			if ferr == nil {
+				continue
+			}
+			fd := fieldByName(md, k)
+			if fd == nil {
+				break // unknown field: protojson's own message names it
+			}
+			path := prefix + k // as the caller spelt it
+			if fd.Kind() == protoreflect.MessageKind && !fd.IsList() && !fd.IsMap() && isObject(fields[k]) {
+				return fieldError(fd.Message(), fields[k], ferr, path+".")
+			}
+			return fmt.Errorf("%s: %s", path, protojsonNoise.ReplaceAllString(ferr.Error(), ""))
+		}
+	}
+	msg := protojsonNoise.ReplaceAllString(err.Error(), "")
+	if prefix != "" {
+		return fmt.Errorf("%s: %s", strings.TrimSuffix(prefix, "."), msg)
+	}
+	return errors.New(msg)
+}
+
+func unmarshalInto(md protoreflect.MessageDescriptor, data []byte) error {
+	return (&runtime.JSONPb{}).Unmarshal(data, dynamicpb.NewMessage(md))
+}
+
+func isObject(raw json.RawMessage) bool {
+	b := bytes.TrimSpace(raw)
+	return len(b) > 0 && b[0] == '{'
+}
+
+// fieldByName finds a field by its JSON (lowerCamelCase) or proto name.
+func fieldByName(md protoreflect.MessageDescriptor, name string) protoreflect.FieldDescriptor {
+	if fd := md.Fields().ByJSONName(name); fd != nil {
+		return fd
+	}
+	return md.Fields().ByName(protoreflect.Name(name))
+}
+
+// strictQuery parses query parameters as grpc-gateway does, but refuses a
+// parameter that names no field, so a misspelt filter is a 400 instead of
+// a request that silently does something else.
+type strictQuery struct {
+	runtime.DefaultQueryParser
+}
+
+// Parse implements runtime.QueryParameterParser.
+func (q *strictQuery) Parse(msg proto.Message, values url.Values, filter *utilities.DoubleArray) error {
+	md := msg.ProtoReflect().Descriptor()
+	for key := range values {
+		if err := checkPath(md, key); err != nil {
+			return err
+		}
+	}
+	return q.DefaultQueryParser.Parse(msg, values, filter)
+}
+
+func checkPath(md protoreflect.MessageDescriptor, key string) error {
+	parts := strings.Split(key, ".")
+	for i, p := range parts {
+		fd := fieldByName(md, p)
+		if fd == nil {
+			return fmt.Errorf("query parameter %q: %s has no field %q", key, md.Name(), p)
+		}
+		if i < len(parts)-1 {
+			if fd.Kind() != protoreflect.MessageKind {
+				return fmt.Errorf("query parameter %q: %q is not a message", key, p)
+			}
+			md = fd.Message()
+		}
+	}
+	return nil
+}

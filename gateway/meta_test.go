@@ -1,0 +1,191 @@
+package gateway_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/tcpgate/tcpgate/server"
+)
+
+// TestOpenAPI: the OpenAPI document is served and describes the routes.
+func TestOpenAPI(t *testing.T) {
+	_, api := startREST(t, server.Config{})
+	resp, body := api.do(http.MethodGet, "/openapi.json", "", nil)
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+		t.Fatalf("GET /openapi.json = %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	var doc struct {
+		Swagger string                    `json:"swagger"`
+		Paths   map[string]map[string]any `json:"paths"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		t.Fatalf("openapi.json is not JSON: %v", err)
+	}
+	if doc.Swagger == "" {
+		t.Fatal(`openapi.json has no "swagger" version`)
+	}
+	want := map[string][]string{
+		"/v1/listeners":                  {"get", "post"},
+		"/v1/listeners/{listenerId}":     {"get", "delete"},
+		"/v1/connections":                {"get"},
+		"/v1/connections/{connectionId}": {"delete"},
+		"/v1/send":                       {"post"},
+		"/v1/events":                     {"get"},
+	}
+	for path, methods := range want {
+		ops, ok := doc.Paths[path]
+		if !ok {
+			t.Errorf("openapi.json has no path %s; it has %v", path, keys(doc.Paths))
+			continue
+		}
+		for _, m := range methods {
+			if _, ok := ops[m]; !ok {
+				t.Errorf("openapi.json: %s has no %s", path, m)
+			}
+		}
+	}
+}
+
+func keys[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// TestHealthz: the health check answers from the daemon's health service.
+func TestHealthz(t *testing.T) {
+	_, api := startREST(t, server.Config{})
+	resp, body := api.do(http.MethodGet, "/healthz", "", nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /healthz = %d %s", resp.StatusCode, body)
+	}
+	var h struct {
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal(body, &h); err != nil || h.Status != "SERVING" {
+		t.Fatalf("GET /healthz = %s (%v), want status SERVING", body, err)
+	}
+}
+
+// TestMetrics: /metrics is Prometheus text that counts what REST clients
+// and TCP clients did.
+func TestMetrics(t *testing.T) {
+	_, api := startREST(t, server.Config{})
+	l := api.startListener("seed")
+	seedClient(t, l.GetAddress())
+	eventually(t, "the connection closed", func() bool {
+		_, b := api.do(http.MethodGet, "/metrics", "", nil)
+		return regexp.MustCompile(`(?m)^tcpgate_connections_open 0$`).Match(b) &&
+			regexp.MustCompile(`(?m)^tcpgate_connections_accepted_total 1$`).Match(b) &&
+			regexp.MustCompile(`(?m)^tcpgate_sent_bytes_total 16$`).Match(b)
+	})
+
+	resp, body := api.do(http.MethodGet, "/metrics", "", nil)
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
+		t.Fatalf("GET /metrics = %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	text := string(body)
+	for _, want := range []string{
+		`tcpgate_connections_open 0`,
+		`tcpgate_received_bytes_total 13`,
+		`tcpgate_sent_bytes_total 16`,
+		`tcpgate_grpc_calls_total{code="OK",method="/tcpgate.v1.GatewayService/StartListener"} 1`,
+		`tcpgate_events_dropped_total{policy="drop_oldest"} 0`,
+	} {
+		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(want) + `$`).MatchString(text) {
+			t.Errorf("/metrics lacks the line %s", want)
+		}
+	}
+	for _, name := range []string{"tcpgate_connections_open", "tcpgate_received_bytes_total", "tcpgate_grpc_calls_total", "tcpgate_events_dropped_total"} {
+		if !strings.Contains(text, fmt.Sprintf("# TYPE %s ", name)) {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+}
+
+// TestCORS: browsers on the configured origins only may call the API.
+func TestCORS(t *testing.T) {
+	const dash = "http://dash.example"
+	preflight := http.Header{"Origin": {dash}, "Access-Control-Request-Method": {"POST"}, "Access-Control-Request-Headers": {"content-type"}}
+
+	t.Run("off by default", func(t *testing.T) {
+		_, api := startREST(t, server.Config{})
+		resp, _ := api.do(http.MethodGet, "/v1/listeners", "", http.Header{"Origin": {dash}})
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("Access-Control-Allow-Origin") != "" {
+			t.Fatalf("GET = %d with Access-Control-Allow-Origin %q", resp.StatusCode, resp.Header.Get("Access-Control-Allow-Origin"))
+		}
+		resp, _ = api.do(http.MethodOptions, "/v1/listeners", "", preflight)
+		if got := resp.Header.Get("Access-Control-Allow-Origin"); got != "" || resp.StatusCode == http.StatusNoContent {
+			t.Fatalf("preflight = %d with Access-Control-Allow-Origin %q", resp.StatusCode, got)
+		}
+	})
+
+	t.Run("configured origin", func(t *testing.T) {
+		_, api := startREST(t, server.Config{CORSOrigins: []string{dash}})
+		resp, _ := api.do(http.MethodGet, "/v1/listeners", "", http.Header{"Origin": {dash}})
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("Access-Control-Allow-Origin") != dash {
+			t.Fatalf("GET = %d with Access-Control-Allow-Origin %q", resp.StatusCode, resp.Header.Get("Access-Control-Allow-Origin"))
+		}
+		if v := resp.Header.Values("Vary"); !containsFold(v, "Origin") {
+			t.Errorf("Vary = %q, want Origin", v)
+		}
+
+		resp, _ = api.do(http.MethodOptions, "/v1/listeners", "", preflight)
+		if resp.StatusCode != http.StatusNoContent || resp.Header.Get("Access-Control-Allow-Origin") != dash {
+			t.Fatalf("preflight = %d with Access-Control-Allow-Origin %q", resp.StatusCode, resp.Header.Get("Access-Control-Allow-Origin"))
+		}
+		if m := resp.Header.Get("Access-Control-Allow-Methods"); !strings.Contains(m, "POST") || !strings.Contains(m, "DELETE") {
+			t.Errorf("Access-Control-Allow-Methods = %q", m)
+		}
+		if h := resp.Header.Get("Access-Control-Allow-Headers"); !strings.Contains(strings.ToLower(h), "content-type") {
+			t.Errorf("Access-Control-Allow-Headers = %q", h)
+		}
+
+		// Errors and the event stream carry it too, and a page may read the
+		// stream's sequence header.
+		resp, _ = api.do(http.MethodGet, "/v1/listeners/nope", "", http.Header{"Origin": {dash}})
+		if resp.StatusCode != http.StatusNotFound || resp.Header.Get("Access-Control-Allow-Origin") != dash {
+			t.Errorf("404 with Access-Control-Allow-Origin %q", resp.Header.Get("Access-Control-Allow-Origin"))
+		}
+		s := api.openEvents("", http.Header{"Origin": {dash}, "Accept": {"text/event-stream"}})
+		if s.resp.Header.Get("Access-Control-Allow-Origin") != dash || !strings.Contains(s.resp.Header.Get("Access-Control-Expose-Headers"), "Tcpgate-Last-Sequence") {
+			t.Errorf("event stream CORS headers = %v", s.resp.Header)
+		}
+		s.close()
+
+		const other = "http://evil.example"
+		resp, _ = api.do(http.MethodGet, "/v1/listeners", "", http.Header{"Origin": {other}})
+		if got := resp.Header.Get("Access-Control-Allow-Origin"); got != "" {
+			t.Fatalf("GET from %s: Access-Control-Allow-Origin %q", other, got)
+		}
+		resp, _ = api.do(http.MethodOptions, "/v1/listeners", "", http.Header{"Origin": {other}, "Access-Control-Request-Method": {"POST"}})
+		if got := resp.Header.Get("Access-Control-Allow-Origin"); got != "" || resp.Header.Get("Access-Control-Allow-Methods") != "" {
+			t.Fatalf("preflight from %s = %d with Access-Control-Allow-Origin %q", other, resp.StatusCode, got)
+		}
+	})
+
+	t.Run("any origin", func(t *testing.T) {
+		_, api := startREST(t, server.Config{CORSOrigins: []string{"*"}})
+		resp, _ := api.do(http.MethodGet, "/v1/listeners", "", http.Header{"Origin": {"http://anywhere.example"}})
+		if got := resp.Header.Get("Access-Control-Allow-Origin"); got != "http://anywhere.example" && got != "*" {
+			t.Fatalf("Access-Control-Allow-Origin = %q", got)
+		}
+	})
+}
+
+func containsFold(vs []string, want string) bool {
+	for _, v := range vs {
+		for _, part := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(part), want) {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -1,0 +1,209 @@
+package conn_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tcpgate/tcpgate/server/internal/conn"
+	"github.com/tcpgate/tcpgate/server/internal/event"
+	"github.com/tcpgate/tcpgate/server/internal/framing"
+)
+
+// testTimeout bounds every wait of these tests, so a bug fails instead of
+// hanging.
+const testTimeout = 10 * time.Second
+
+// recorder is a conn.Publisher that keeps every event. When block is set,
+// PublishWait calls it before recording and gives up with its error.
+type recorder struct {
+	block func(ctx context.Context) error
+
+	mu      sync.Mutex // guards evs
+	evs     []*event.Event
+	changed chan struct{} // receives a token after every change
+}
+
+func newRecorder() *recorder { return &recorder{changed: make(chan struct{}, 1)} }
+
+func (r *recorder) Publish(evs ...*event.Event) {
+	r.mu.Lock()
+	r.evs = append(r.evs, evs...)
+	r.mu.Unlock()
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (r *recorder) PublishWait(ctx context.Context, evs ...*event.Event) error {
+	if r.block != nil {
+		if err := r.block(ctx); err != nil {
+			return err
+		}
+	}
+	r.Publish(evs...)
+	return nil
+}
+
+func (r *recorder) events() []*event.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]*event.Event(nil), r.evs...)
+}
+
+// waitFor waits until ok holds for the events recorded so far and returns them.
+func (r *recorder) waitFor(t *testing.T, what string, ok func([]*event.Event) bool) []*event.Event {
+	t.Helper()
+	deadline := time.After(testTimeout)
+	for {
+		evs := r.events()
+		if ok(evs) {
+			return evs
+		}
+		select {
+		case <-r.changed:
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s; events so far:\n%s", what, describe(evs))
+		}
+	}
+}
+
+// waitClosed waits for the CONNECTION_CLOSED event and returns all events.
+func (r *recorder) waitClosed(t *testing.T) []*event.Event {
+	t.Helper()
+	return r.waitFor(t, "connection_closed", func(evs []*event.Event) bool {
+		return len(evs) > 0 && evs[len(evs)-1].Kind == event.ConnectionClosed
+	})
+}
+
+func describe(evs []*event.Event) string {
+	var b strings.Builder
+	for _, e := range evs {
+		fmt.Fprintf(&b, "  %v %s %q reason=%v\n", e.Kind, e.ConnectionID, e.Data, e.CloseReason)
+	}
+	return b.String()
+}
+
+// dataOf returns the payloads of the DATA events.
+func dataOf(evs []*event.Event) []string {
+	var out []string
+	for _, e := range evs {
+		if e.Kind == event.Data {
+			out = append(out, string(e.Data))
+		}
+	}
+	return out
+}
+
+// pair returns the two ends of a fresh TCP connection on 127.0.0.1: the
+// accepted one, for the Conn, and the client's.
+func pair(t *testing.T) (server net.Conn, client *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			accepted <- nil
+			return
+		}
+		accepted <- c
+	}()
+	cc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := <-accepted
+	if sc == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	_ = cc.SetDeadline(time.Now().Add(testTimeout))
+	return sc, cc.(*net.TCPConn)
+}
+
+// serve runs a Conn over a fresh TCP pair with cfg (framing normalized, the
+// id "c1" and pub when unset) and returns it with the client end. The Conn
+// is closed, and Serve waited for, when the test ends.
+func serve(t *testing.T, cfg conn.Config) (*conn.Conn, *net.TCPConn) {
+	t.Helper()
+	return serveCtx(t, context.Background(), cfg)
+}
+
+func serveCtx(t *testing.T, ctx context.Context, cfg conn.Config) (*conn.Conn, *net.TCPConn) {
+	t.Helper()
+	fc, err := cfg.Framing.Normalize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Framing = fc
+	if cfg.ID == "" {
+		cfg.ID = "c1"
+	}
+	if cfg.ListenerID == "" {
+		cfg.ListenerID = "l1"
+	}
+	sc, cc := pair(t)
+	c := conn.New(ctx, sc, cfg)
+	go c.Serve()
+	t.Cleanup(func() {
+		c.Close(event.ReasonShutdown)
+		waitDone(t, c)
+	})
+	return c, cc
+}
+
+// waitDone waits for Serve to return.
+func waitDone(t *testing.T, c *conn.Conn) {
+	t.Helper()
+	select {
+	case <-c.Done():
+	case <-time.After(testTimeout):
+		t.Fatalf("Serve of %s did not return", c.ID())
+	}
+}
+
+// readN reads exactly n bytes from the client end.
+func readN(t *testing.T, c net.Conn, n int) string {
+	t.Helper()
+	s, err := readFull(c, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// readFull is readN for goroutines other than the test's.
+func readFull(c net.Conn, n int) (string, error) {
+	buf := make([]byte, n)
+	_ = c.SetReadDeadline(time.Now().Add(testTimeout))
+	got, err := io.ReadFull(c, buf)
+	if err != nil {
+		return "", fmt.Errorf("reading %d bytes: got %q, then %w", n, buf[:got], err)
+	}
+	return string(buf), nil
+}
+
+func lineFraming() framing.Config { return framing.Config{Mode: framing.Line} }
+
+// eventually reports whether ok holds within testTimeout.
+func eventually(ok func() bool) bool {
+	deadline := time.Now().Add(testTimeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return true
+}

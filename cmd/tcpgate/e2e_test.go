@@ -453,9 +453,11 @@ func decodeJSON(t *testing.T, s string, v any) {
 }
 
 // hermeticEnv is this process's environment without TCPGATE_ variables,
-// plus extra.
+// plus a REST address on a free port (tests never take the fixed default
+// 127.0.0.1:50080), plus extra, which wins.
 func hermeticEnv(extra ...string) []string {
 	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "TCPGATE_") })
+	env = append(env, "TCPGATE_HTTP_ADDR=127.0.0.1:0")
 	return append(env, extra...)
 }
 

@@ -58,12 +58,36 @@ func newServeCmd() *cobra.Command {
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", server.DefaultShutdownTimeout, "how long in-flight calls may finish at shutdown")
 	f.IntVar(&cfg.ReplayBytes, "replay-bytes", server.DefaultReplayBytes, "bytes of recent events kept for since_sequence replay (negative disables)")
 	f.IntVar(&cfg.SubscriberQueueBytes, "subscriber-queue-bytes", server.DefaultSubscriberQueueBytes, "bytes queued per subscriber before its slow-consumer policy applies")
-	f.IntVar(&cfg.MaxListeners, "max-listeners", 0, "most listeners at once (0: no limit)")
-	f.IntVar(&cfg.MaxConnections, "max-connections", 0, "most open connections over all listeners (0: no limit)")
-	f.IntVar(&cfg.MaxSubscribers, "max-subscribers", 0, "most Subscribe streams at once (0: no limit)")
+	f.IntVar(&cfg.MaxListeners, "max-listeners", defaultMaxListeners, "most listeners at once (0: no limit)")
+	f.IntVar(&cfg.MaxConnections, "max-connections", defaultMaxConnections(), "most open connections over all listeners (default: the open-file limit less 256; 0: no limit)")
+	f.IntVar(&cfg.MaxSubscribers, "max-subscribers", defaultMaxSubscribers, "most Subscribe streams at once (0: no limit)")
 	f.IntVar(&cfg.MaxSendBytes, "max-send-bytes", server.DefaultMaxSendBytes, "largest Send payload in bytes")
 	f.DurationVar(&cfg.WriteTimeout, "write-timeout", server.DefaultWriteTimeout, "how long a write to a connection may block before it is closed")
 	return cmd
+}
+
+// Limits of `tcpgate serve` unless flags say otherwise.
+const (
+	// defaultMaxListeners is far more ports than one gateway is meant to
+	// serve, yet stops a runaway script before it takes every port.
+	defaultMaxListeners = 1024
+	// defaultMaxSubscribers bounds the memory of stuck subscribers: each may
+	// hold up to --subscriber-queue-bytes of events.
+	defaultMaxSubscribers = 256
+	// fdReserve keeps file descriptors for the control plane, dials and
+	// logs when accepted connections reach the open-file limit.
+	fdReserve = 256
+)
+
+// defaultMaxConnections leaves fdReserve descriptors of the open-file
+// limit free, so that an excess connection is refused with a close reason
+// instead of the accept loop running out of descriptors.
+func defaultMaxConnections() int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur > 1<<24 {
+		return 0
+	}
+	return max(int(rl.Cur)-fdReserve, 64)
 }
 
 // newLogger builds the daemon's logger. Payload bytes are never logged.

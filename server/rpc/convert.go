@@ -1,6 +1,7 @@
 package rpc
 
 import (
+	"crypto/tls"
 	"time"
 	"unicode/utf8"
 
@@ -124,6 +125,8 @@ func listenerToProto(i listener.Info) *tcpgatev1.Listener {
 		FramesOut:         i.FramesOut,
 		CreatedAt:         timestamppb.New(i.CreatedAt),
 		MaxConnections:    uint32(i.MaxConnections),
+		Tls:               i.TLS != nil,
+		MutualTls:         i.TLS != nil && i.TLS.ClientAuth == tls.RequireAndVerifyClientCert,
 	}
 	if i.IdleTimeout > 0 {
 		l.IdleTimeout = durationpb.New(i.IdleTimeout)
@@ -137,6 +140,7 @@ func connToProto(c listener.ConnInfo) *tcpgatev1.Connection {
 		ListenerId:    c.ListenerID,
 		RemoteAddress: c.RemoteAddr,
 		LocalAddress:  c.LocalAddr,
+		PeerSubject:   c.PeerSubject,
 		OpenedAt:      timestamppb.New(c.OpenedAt),
 		BytesIn:       c.BytesIn,
 		BytesOut:      c.BytesOut,
@@ -174,6 +178,7 @@ var closeReasons = map[event.CloseReason]tcpgatev1.CloseReason{
 	event.ReasonWriteError:      tcpgatev1.CloseReason_CLOSE_REASON_WRITE_ERROR,
 	event.ReasonLimitReached:    tcpgatev1.CloseReason_CLOSE_REASON_LIMIT_REACHED,
 	event.ReasonShutdown:        tcpgatev1.CloseReason_CLOSE_REASON_SHUTDOWN,
+	event.ReasonTLSHandshake:    tcpgatev1.CloseReason_CLOSE_REASON_TLS_HANDSHAKE_FAILED,
 }
 
 var policies = map[tcpgatev1.SlowConsumerPolicy]hub.Policy{
@@ -205,6 +210,7 @@ func eventToProto(dst *tcpgatev1.Event, e *event.Event) {
 	}
 	dst.CloseReason = closeReasons[e.CloseReason]
 	dst.Dropped = e.Dropped
+	dst.PeerSubject = e.PeerSubject
 }
 
 func durationFromProto(field string, d *durationpb.Duration, def time.Duration) (time.Duration, error) {

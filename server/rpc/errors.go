@@ -36,6 +36,7 @@ var codeOf = []struct {
 	{dialer.ErrUnreachable, codes.Unavailable},
 	{dialer.ErrNoReply, codes.Unavailable},
 	{dialer.ErrBroken, codes.Unavailable},
+	{dialer.ErrHandshake, codes.Unavailable},
 	{dialer.ErrReplyTooLarge, codes.ResourceExhausted},
 	{conn.ErrReplyTooLarge, codes.ResourceExhausted},
 	{conn.ErrWriteTimeout, codes.DeadlineExceeded},

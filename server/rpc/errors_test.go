@@ -38,6 +38,7 @@ func TestToStatusSentinels(t *testing.T) {
 		dialer.ErrUnreachable:        codes.Unavailable,
 		dialer.ErrNoReply:            codes.Unavailable,
 		dialer.ErrBroken:             codes.Unavailable,
+		dialer.ErrHandshake:          codes.Unavailable,
 		dialer.ErrReplyTooLarge:      codes.ResourceExhausted,
 		conn.ErrReplyTooLarge:        codes.ResourceExhausted,
 		conn.ErrWriteTimeout:         codes.DeadlineExceeded,

@@ -105,6 +105,10 @@ func (s *Service) StartListener(_ context.Context, req *tcpgatev1.StartListenerR
 	if err != nil {
 		return nil, err
 	}
+	tlsCfg, err := listenerTLS(req.GetTls())
+	if err != nil {
+		return nil, err
+	}
 	info, err := s.cfg.Listeners.Start(listener.Spec{
 		ID:             req.GetListenerId(),
 		Host:           req.GetHost(),
@@ -113,6 +117,7 @@ func (s *Service) StartListener(_ context.Context, req *tcpgatev1.StartListenerR
 		AutoReply:      ar,
 		MaxConnections: int(req.GetMaxConnections()),
 		IdleTimeout:    idle,
+		TLS:            tlsCfg,
 	})
 	if err != nil {
 		return nil, s.status(err)
@@ -268,8 +273,13 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		if aw.GetFraming() != nil && mode != dialer.Frame {
 			return nil, invalid("await_reply.framing", "only used with AWAIT_MODE_FRAME")
 		}
+		host, _, _ := net.SplitHostPort(t.Address)
+		tlsCfg, err := dialTLS(req.GetTls(), host)
+		if err != nil {
+			return nil, err
+		}
 		res, err := s.cfg.Dialer.Send(ctx, dialer.Request{
-			Address: t.Address, Payload: payload, Await: mode, Framing: fc, MaxReply: maxReply,
+			Address: t.Address, Payload: payload, Await: mode, Framing: fc, MaxReply: maxReply, TLS: tlsCfg,
 		})
 		if err != nil {
 			return nil, s.status(err)
@@ -283,6 +293,9 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 	case *tcpgatev1.SendRequest_ConnectionId:
 		if t.ConnectionId == "" {
 			return nil, invalid("connection_id", "required")
+		}
+		if req.GetTls() != nil {
+			return nil, invalid("tls", "only with address: an accepted connection already is what its listener made it")
 		}
 		if aw.GetFraming() != nil {
 			return nil, invalid("await_reply.framing", "not used with connection_id: replies are cut by the listener's framing")
@@ -311,6 +324,9 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 	case *tcpgatev1.SendRequest_ListenerId:
 		if t.ListenerId == "" {
 			return nil, invalid("listener_id", "required")
+		}
+		if req.GetTls() != nil {
+			return nil, invalid("tls", "only with address")
 		}
 		if mode != dialer.NoAwait {
 			return nil, invalid("await_reply", "not allowed with listener_id: a broadcast has no single reply")

@@ -363,6 +363,8 @@ const (
 	CloseReason_CLOSE_REASON_LIMIT_REACHED CloseReason = 9
 	// The gateway is shutting down.
 	CloseReason_CLOSE_REASON_SHUTDOWN CloseReason = 10
+	// The TLS handshake failed (for example no or a wrong client certificate).
+	CloseReason_CLOSE_REASON_TLS_HANDSHAKE_FAILED CloseReason = 11
 )
 
 // Enum value maps for CloseReason.
@@ -379,19 +381,21 @@ var (
 		8:  "CLOSE_REASON_WRITE_ERROR",
 		9:  "CLOSE_REASON_LIMIT_REACHED",
 		10: "CLOSE_REASON_SHUTDOWN",
+		11: "CLOSE_REASON_TLS_HANDSHAKE_FAILED",
 	}
 	CloseReason_value = map[string]int32{
-		"CLOSE_REASON_UNSPECIFIED":      0,
-		"CLOSE_REASON_PEER_CLOSED":      1,
-		"CLOSE_REASON_PEER_RESET":       2,
-		"CLOSE_REASON_FRAME_TOO_LARGE":  3,
-		"CLOSE_REASON_IDLE_TIMEOUT":     4,
-		"CLOSE_REASON_LISTENER_STOPPED": 5,
-		"CLOSE_REASON_CLOSED_BY_API":    6,
-		"CLOSE_REASON_READ_ERROR":       7,
-		"CLOSE_REASON_WRITE_ERROR":      8,
-		"CLOSE_REASON_LIMIT_REACHED":    9,
-		"CLOSE_REASON_SHUTDOWN":         10,
+		"CLOSE_REASON_UNSPECIFIED":          0,
+		"CLOSE_REASON_PEER_CLOSED":          1,
+		"CLOSE_REASON_PEER_RESET":           2,
+		"CLOSE_REASON_FRAME_TOO_LARGE":      3,
+		"CLOSE_REASON_IDLE_TIMEOUT":         4,
+		"CLOSE_REASON_LISTENER_STOPPED":     5,
+		"CLOSE_REASON_CLOSED_BY_API":        6,
+		"CLOSE_REASON_READ_ERROR":           7,
+		"CLOSE_REASON_WRITE_ERROR":          8,
+		"CLOSE_REASON_LIMIT_REACHED":        9,
+		"CLOSE_REASON_SHUTDOWN":             10,
+		"CLOSE_REASON_TLS_HANDSHAKE_FAILED": 11,
 	}
 )
 
@@ -704,7 +708,11 @@ type Listener struct {
 	MaxConnections uint32 `protobuf:"varint,13,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
 	// How long a connection may stay silent before it is closed with
 	// CLOSE_REASON_IDLE_TIMEOUT. Unset means never.
-	IdleTimeout   *durationpb.Duration `protobuf:"bytes,14,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
+	IdleTimeout *durationpb.Duration `protobuf:"bytes,14,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
+	// Whether the listener speaks TLS.
+	Tls bool `protobuf:"varint,15,opt,name=tls,proto3" json:"tls,omitempty"`
+	// Whether it requires client certificates (mutual TLS).
+	MutualTls     bool `protobuf:"varint,16,opt,name=mutual_tls,json=mutualTls,proto3" json:"mutual_tls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -837,6 +845,113 @@ func (x *Listener) GetIdleTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *Listener) GetTls() bool {
+	if x != nil {
+		return x.Tls
+	}
+	return false
+}
+
+func (x *Listener) GetMutualTls() bool {
+	if x != nil {
+		return x.MutualTls
+	}
+	return false
+}
+
+// ListenerTLS makes a listener speak TLS. The certificate and key are given
+// as PEM or as paths of files on the gateway's host.
+type ListenerTLS struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The PEM certificate chain, leaf first; or cert_file.
+	CertPem string `protobuf:"bytes,1,opt,name=cert_pem,json=certPem,proto3" json:"cert_pem,omitempty"`
+	// The PEM private key; or key_file.
+	KeyPem string `protobuf:"bytes,2,opt,name=key_pem,json=keyPem,proto3" json:"key_pem,omitempty"`
+	// A file holding the PEM certificate chain.
+	CertFile string `protobuf:"bytes,3,opt,name=cert_file,json=certFile,proto3" json:"cert_file,omitempty"`
+	// A file holding the PEM private key.
+	KeyFile string `protobuf:"bytes,4,opt,name=key_file,json=keyFile,proto3" json:"key_file,omitempty"`
+	// PEM certificates of the CAs whose clients are accepted; setting it (or
+	// client_ca_file) makes client certificates required: mutual TLS.
+	ClientCaPem string `protobuf:"bytes,5,opt,name=client_ca_pem,json=clientCaPem,proto3" json:"client_ca_pem,omitempty"`
+	// A file holding client_ca_pem.
+	ClientCaFile  string `protobuf:"bytes,6,opt,name=client_ca_file,json=clientCaFile,proto3" json:"client_ca_file,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListenerTLS) Reset() {
+	*x = ListenerTLS{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListenerTLS) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListenerTLS) ProtoMessage() {}
+
+func (x *ListenerTLS) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListenerTLS.ProtoReflect.Descriptor instead.
+func (*ListenerTLS) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ListenerTLS) GetCertPem() string {
+	if x != nil {
+		return x.CertPem
+	}
+	return ""
+}
+
+func (x *ListenerTLS) GetKeyPem() string {
+	if x != nil {
+		return x.KeyPem
+	}
+	return ""
+}
+
+func (x *ListenerTLS) GetCertFile() string {
+	if x != nil {
+		return x.CertFile
+	}
+	return ""
+}
+
+func (x *ListenerTLS) GetKeyFile() string {
+	if x != nil {
+		return x.KeyFile
+	}
+	return ""
+}
+
+func (x *ListenerTLS) GetClientCaPem() string {
+	if x != nil {
+		return x.ClientCaPem
+	}
+	return ""
+}
+
+func (x *ListenerTLS) GetClientCaFile() string {
+	if x != nil {
+		return x.ClientCaFile
+	}
+	return ""
+}
+
 // Connection is one accepted TCP connection.
 type Connection struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -850,6 +965,8 @@ type Connection struct {
 	LocalAddress string `protobuf:"bytes,4,opt,name=local_address,json=localAddress,proto3" json:"local_address,omitempty"`
 	// When it was accepted.
 	OpenedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=opened_at,json=openedAt,proto3" json:"opened_at,omitempty"`
+	// The subject of the peer's TLS client certificate, if it gave one.
+	PeerSubject string `protobuf:"bytes,10,opt,name=peer_subject,json=peerSubject,proto3" json:"peer_subject,omitempty"`
 	// Bytes received.
 	BytesIn uint64 `protobuf:"varint,6,opt,name=bytes_in,json=bytesIn,proto3" json:"bytes_in,omitempty"`
 	// Bytes written.
@@ -864,7 +981,7 @@ type Connection struct {
 
 func (x *Connection) Reset() {
 	*x = Connection{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[3]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -876,7 +993,7 @@ func (x *Connection) String() string {
 func (*Connection) ProtoMessage() {}
 
 func (x *Connection) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[3]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -889,7 +1006,7 @@ func (x *Connection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Connection.ProtoReflect.Descriptor instead.
 func (*Connection) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Connection) GetConnectionId() string {
@@ -925,6 +1042,13 @@ func (x *Connection) GetOpenedAt() *timestamppb.Timestamp {
 		return x.OpenedAt
 	}
 	return nil
+}
+
+func (x *Connection) GetPeerSubject() string {
+	if x != nil {
+		return x.PeerSubject
+	}
+	return ""
 }
 
 func (x *Connection) GetBytesIn() uint64 {
@@ -971,14 +1095,16 @@ type StartListenerRequest struct {
 	// The most connections open at once; 0 means no limit of the listener's own.
 	MaxConnections uint32 `protobuf:"varint,6,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
 	// How long a connection may stay silent before it is closed. Unset or 0 means never.
-	IdleTimeout   *durationpb.Duration `protobuf:"bytes,7,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
+	IdleTimeout *durationpb.Duration `protobuf:"bytes,7,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
+	// Makes the listener speak TLS; unset means plain TCP.
+	Tls           *ListenerTLS `protobuf:"bytes,8,opt,name=tls,proto3" json:"tls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartListenerRequest) Reset() {
 	*x = StartListenerRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[4]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -990,7 +1116,7 @@ func (x *StartListenerRequest) String() string {
 func (*StartListenerRequest) ProtoMessage() {}
 
 func (x *StartListenerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[4]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1003,7 +1129,7 @@ func (x *StartListenerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartListenerRequest.ProtoReflect.Descriptor instead.
 func (*StartListenerRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *StartListenerRequest) GetListenerId() string {
@@ -1055,6 +1181,13 @@ func (x *StartListenerRequest) GetIdleTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *StartListenerRequest) GetTls() *ListenerTLS {
+	if x != nil {
+		return x.Tls
+	}
+	return nil
+}
+
 // StartListenerResponse is the started listener.
 type StartListenerResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1066,7 +1199,7 @@ type StartListenerResponse struct {
 
 func (x *StartListenerResponse) Reset() {
 	*x = StartListenerResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[5]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1078,7 +1211,7 @@ func (x *StartListenerResponse) String() string {
 func (*StartListenerResponse) ProtoMessage() {}
 
 func (x *StartListenerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[5]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1091,7 +1224,7 @@ func (x *StartListenerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartListenerResponse.ProtoReflect.Descriptor instead.
 func (*StartListenerResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StartListenerResponse) GetListener() *Listener {
@@ -1115,7 +1248,7 @@ type StopListenerRequest struct {
 
 func (x *StopListenerRequest) Reset() {
 	*x = StopListenerRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[6]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1127,7 +1260,7 @@ func (x *StopListenerRequest) String() string {
 func (*StopListenerRequest) ProtoMessage() {}
 
 func (x *StopListenerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[6]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1140,7 +1273,7 @@ func (x *StopListenerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopListenerRequest.ProtoReflect.Descriptor instead.
 func (*StopListenerRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StopListenerRequest) GetListenerId() string {
@@ -1168,7 +1301,7 @@ type StopListenerResponse struct {
 
 func (x *StopListenerResponse) Reset() {
 	*x = StopListenerResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[7]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1313,7 @@ func (x *StopListenerResponse) String() string {
 func (*StopListenerResponse) ProtoMessage() {}
 
 func (x *StopListenerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[7]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1326,7 @@ func (x *StopListenerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopListenerResponse.ProtoReflect.Descriptor instead.
 func (*StopListenerResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StopListenerResponse) GetListener() *Listener {
@@ -1214,7 +1347,7 @@ type GetListenerRequest struct {
 
 func (x *GetListenerRequest) Reset() {
 	*x = GetListenerRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[8]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1226,7 +1359,7 @@ func (x *GetListenerRequest) String() string {
 func (*GetListenerRequest) ProtoMessage() {}
 
 func (x *GetListenerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[8]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1239,7 +1372,7 @@ func (x *GetListenerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetListenerRequest.ProtoReflect.Descriptor instead.
 func (*GetListenerRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetListenerRequest) GetListenerId() string {
@@ -1260,7 +1393,7 @@ type GetListenerResponse struct {
 
 func (x *GetListenerResponse) Reset() {
 	*x = GetListenerResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[9]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1272,7 +1405,7 @@ func (x *GetListenerResponse) String() string {
 func (*GetListenerResponse) ProtoMessage() {}
 
 func (x *GetListenerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[9]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1285,7 +1418,7 @@ func (x *GetListenerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetListenerResponse.ProtoReflect.Descriptor instead.
 func (*GetListenerResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetListenerResponse) GetListener() *Listener {
@@ -1304,7 +1437,7 @@ type ListListenersRequest struct {
 
 func (x *ListListenersRequest) Reset() {
 	*x = ListListenersRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[10]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1316,7 +1449,7 @@ func (x *ListListenersRequest) String() string {
 func (*ListListenersRequest) ProtoMessage() {}
 
 func (x *ListListenersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[10]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1329,7 +1462,7 @@ func (x *ListListenersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListListenersRequest.ProtoReflect.Descriptor instead.
 func (*ListListenersRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 // ListListenersResponse is every listener, ordered by creation.
@@ -1343,7 +1476,7 @@ type ListListenersResponse struct {
 
 func (x *ListListenersResponse) Reset() {
 	*x = ListListenersResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[11]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1355,7 +1488,7 @@ func (x *ListListenersResponse) String() string {
 func (*ListListenersResponse) ProtoMessage() {}
 
 func (x *ListListenersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[11]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1368,7 +1501,7 @@ func (x *ListListenersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListListenersResponse.ProtoReflect.Descriptor instead.
 func (*ListListenersResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListListenersResponse) GetListeners() []*Listener {
@@ -1389,7 +1522,7 @@ type ListConnectionsRequest struct {
 
 func (x *ListConnectionsRequest) Reset() {
 	*x = ListConnectionsRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[12]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1401,7 +1534,7 @@ func (x *ListConnectionsRequest) String() string {
 func (*ListConnectionsRequest) ProtoMessage() {}
 
 func (x *ListConnectionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[12]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1414,7 +1547,7 @@ func (x *ListConnectionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectionsRequest.ProtoReflect.Descriptor instead.
 func (*ListConnectionsRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{12}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListConnectionsRequest) GetListenerId() string {
@@ -1435,7 +1568,7 @@ type ListConnectionsResponse struct {
 
 func (x *ListConnectionsResponse) Reset() {
 	*x = ListConnectionsResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[13]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1447,7 +1580,7 @@ func (x *ListConnectionsResponse) String() string {
 func (*ListConnectionsResponse) ProtoMessage() {}
 
 func (x *ListConnectionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[13]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1460,7 +1593,7 @@ func (x *ListConnectionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectionsResponse.ProtoReflect.Descriptor instead.
 func (*ListConnectionsResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{13}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListConnectionsResponse) GetConnections() []*Connection {
@@ -1481,7 +1614,7 @@ type CloseConnectionRequest struct {
 
 func (x *CloseConnectionRequest) Reset() {
 	*x = CloseConnectionRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[14]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1493,7 +1626,7 @@ func (x *CloseConnectionRequest) String() string {
 func (*CloseConnectionRequest) ProtoMessage() {}
 
 func (x *CloseConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[14]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1506,7 +1639,7 @@ func (x *CloseConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseConnectionRequest.ProtoReflect.Descriptor instead.
 func (*CloseConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{14}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CloseConnectionRequest) GetConnectionId() string {
@@ -1527,7 +1660,7 @@ type CloseConnectionResponse struct {
 
 func (x *CloseConnectionResponse) Reset() {
 	*x = CloseConnectionResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[15]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1539,7 +1672,7 @@ func (x *CloseConnectionResponse) String() string {
 func (*CloseConnectionResponse) ProtoMessage() {}
 
 func (x *CloseConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[15]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1552,7 +1685,7 @@ func (x *CloseConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseConnectionResponse.ProtoReflect.Descriptor instead.
 func (*CloseConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{15}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CloseConnectionResponse) GetConnection() *Connection {
@@ -1577,7 +1710,7 @@ type AwaitReply struct {
 
 func (x *AwaitReply) Reset() {
 	*x = AwaitReply{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[16]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1589,7 +1722,7 @@ func (x *AwaitReply) String() string {
 func (*AwaitReply) ProtoMessage() {}
 
 func (x *AwaitReply) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[16]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1602,7 +1735,7 @@ func (x *AwaitReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AwaitReply.ProtoReflect.Descriptor instead.
 func (*AwaitReply) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{16}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AwaitReply) GetMode() AwaitMode {
@@ -1647,14 +1780,16 @@ type SendRequest struct {
 	// Whether and how to wait for a reply. Not allowed with listener_id.
 	AwaitReply *AwaitReply `protobuf:"bytes,6,opt,name=await_reply,json=awaitReply,proto3" json:"await_reply,omitempty"`
 	// Bounds connect, write and reply together. Unset or 0 means 30 s.
-	Timeout       *durationpb.Duration `protobuf:"bytes,7,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	Timeout *durationpb.Duration `protobuf:"bytes,7,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Speak TLS to the address. Only with address.
+	Tls           *DialTLS `protobuf:"bytes,8,opt,name=tls,proto3" json:"tls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SendRequest) Reset() {
 	*x = SendRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[17]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1666,7 +1801,7 @@ func (x *SendRequest) String() string {
 func (*SendRequest) ProtoMessage() {}
 
 func (x *SendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[17]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1679,7 +1814,7 @@ func (x *SendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendRequest.ProtoReflect.Descriptor instead.
 func (*SendRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{17}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SendRequest) GetTarget() isSendRequest_Target {
@@ -1755,6 +1890,13 @@ func (x *SendRequest) GetTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *SendRequest) GetTls() *DialTLS {
+	if x != nil {
+		return x.Tls
+	}
+	return nil
+}
+
 type isSendRequest_Target interface {
 	isSendRequest_Target()
 }
@@ -1799,6 +1941,119 @@ func (*SendRequest_Text) isSendRequest_Payload() {}
 
 func (*SendRequest_Data) isSendRequest_Payload() {}
 
+// DialTLS makes a Send to an address speak TLS. PEM fields may instead be
+// given as paths of files on the gateway's host.
+type DialTLS struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The name the server's certificate must carry; unset means the host of
+	// the address.
+	ServerName string `protobuf:"bytes,1,opt,name=server_name,json=serverName,proto3" json:"server_name,omitempty"`
+	// PEM certificates of the CAs to trust; unset (with ca_file) means the
+	// system's roots.
+	CaPem string `protobuf:"bytes,2,opt,name=ca_pem,json=caPem,proto3" json:"ca_pem,omitempty"`
+	// A file holding ca_pem.
+	CaFile string `protobuf:"bytes,3,opt,name=ca_file,json=caFile,proto3" json:"ca_file,omitempty"`
+	// A client certificate chain (PEM) for mutual TLS, with key_pem.
+	CertPem string `protobuf:"bytes,4,opt,name=cert_pem,json=certPem,proto3" json:"cert_pem,omitempty"`
+	// The client certificate's PEM private key.
+	KeyPem string `protobuf:"bytes,5,opt,name=key_pem,json=keyPem,proto3" json:"key_pem,omitempty"`
+	// A file holding cert_pem.
+	CertFile string `protobuf:"bytes,6,opt,name=cert_file,json=certFile,proto3" json:"cert_file,omitempty"`
+	// A file holding key_pem.
+	KeyFile string `protobuf:"bytes,7,opt,name=key_file,json=keyFile,proto3" json:"key_file,omitempty"`
+	// Accept any server certificate. Only for tests: it gives up
+	// authenticating the peer.
+	InsecureSkipVerify bool `protobuf:"varint,8,opt,name=insecure_skip_verify,json=insecureSkipVerify,proto3" json:"insecure_skip_verify,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *DialTLS) Reset() {
+	*x = DialTLS{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DialTLS) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DialTLS) ProtoMessage() {}
+
+func (x *DialTLS) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DialTLS.ProtoReflect.Descriptor instead.
+func (*DialTLS) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *DialTLS) GetServerName() string {
+	if x != nil {
+		return x.ServerName
+	}
+	return ""
+}
+
+func (x *DialTLS) GetCaPem() string {
+	if x != nil {
+		return x.CaPem
+	}
+	return ""
+}
+
+func (x *DialTLS) GetCaFile() string {
+	if x != nil {
+		return x.CaFile
+	}
+	return ""
+}
+
+func (x *DialTLS) GetCertPem() string {
+	if x != nil {
+		return x.CertPem
+	}
+	return ""
+}
+
+func (x *DialTLS) GetKeyPem() string {
+	if x != nil {
+		return x.KeyPem
+	}
+	return ""
+}
+
+func (x *DialTLS) GetCertFile() string {
+	if x != nil {
+		return x.CertFile
+	}
+	return ""
+}
+
+func (x *DialTLS) GetKeyFile() string {
+	if x != nil {
+		return x.KeyFile
+	}
+	return ""
+}
+
+func (x *DialTLS) GetInsecureSkipVerify() bool {
+	if x != nil {
+		return x.InsecureSkipVerify
+	}
+	return false
+}
+
 // Reply is what a peer answered.
 type Reply struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1812,7 +2067,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[18]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1824,7 +2079,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[18]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1837,7 +2092,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{18}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Reply) GetData() []byte {
@@ -1869,7 +2124,7 @@ type SendResponse struct {
 
 func (x *SendResponse) Reset() {
 	*x = SendResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[19]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1881,7 +2136,7 @@ func (x *SendResponse) String() string {
 func (*SendResponse) ProtoMessage() {}
 
 func (x *SendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[19]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1894,7 +2149,7 @@ func (x *SendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendResponse.ProtoReflect.Descriptor instead.
 func (*SendResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{19}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SendResponse) GetBytesWritten() uint64 {
@@ -1939,7 +2194,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[20]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1951,7 +2206,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[20]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1964,7 +2219,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{20}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SubscribeRequest) GetListenerIds() []string {
@@ -2013,7 +2268,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[21]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2025,7 +2280,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[21]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2038,7 +2293,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{21}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SubscribeResponse) GetEvents() []*Event {
@@ -2072,14 +2327,17 @@ type Event struct {
 	// Why a connection closed, on CONNECTION_CLOSED.
 	CloseReason CloseReason `protobuf:"varint,10,opt,name=close_reason,json=closeReason,proto3,enum=tcpgate.v1.CloseReason" json:"close_reason,omitempty"`
 	// How many events this subscriber missed, on EVENTS_DROPPED.
-	Dropped       uint64 `protobuf:"varint,11,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	Dropped uint64 `protobuf:"varint,11,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	// The subject of the peer's TLS client certificate, on CONNECTION_OPENED
+	// of a mutual-TLS listener.
+	PeerSubject   string `protobuf:"bytes,12,opt,name=peer_subject,json=peerSubject,proto3" json:"peer_subject,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[22]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2091,7 +2349,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[22]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2104,7 +2362,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{22}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Event) GetSequence() uint64 {
@@ -2184,6 +2442,13 @@ func (x *Event) GetDropped() uint64 {
 	return 0
 }
 
+func (x *Event) GetPeerSubject() string {
+	if x != nil {
+		return x.PeerSubject
+	}
+	return ""
+}
+
 var File_tcpgate_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_tcpgate_v1_gateway_proto_rawDesc = "" +
@@ -2202,7 +2467,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x04mode\x18\x01 \x01(\x0e2\x19.tcpgate.v1.AutoReplyModeR\x04mode\x12\x14\n" +
 	"\x04text\x18\x02 \x01(\tH\x00R\x04text\x12\x14\n" +
 	"\x04data\x18\x03 \x01(\fH\x00R\x04dataB\t\n" +
-	"\apayload\"\xcd\x04\n" +
+	"\apayload\"\xfe\x04\n" +
 	"\bListener\x12\x1f\n" +
 	"\vlistener_id\x18\x01 \x01(\tR\n" +
 	"listenerId\x12\x18\n" +
@@ -2222,7 +2487,17 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12'\n" +
 	"\x0fmax_connections\x18\r \x01(\rR\x0emaxConnections\x12<\n" +
-	"\fidle_timeout\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\"\xcb\x02\n" +
+	"\fidle_timeout\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x12\x10\n" +
+	"\x03tls\x18\x0f \x01(\bR\x03tls\x12\x1d\n" +
+	"\n" +
+	"mutual_tls\x18\x10 \x01(\bR\tmutualTls\"\xc3\x01\n" +
+	"\vListenerTLS\x12\x19\n" +
+	"\bcert_pem\x18\x01 \x01(\tR\acertPem\x12\x17\n" +
+	"\akey_pem\x18\x02 \x01(\tR\x06keyPem\x12\x1b\n" +
+	"\tcert_file\x18\x03 \x01(\tR\bcertFile\x12\x19\n" +
+	"\bkey_file\x18\x04 \x01(\tR\akeyFile\x12\"\n" +
+	"\rclient_ca_pem\x18\x05 \x01(\tR\vclientCaPem\x12$\n" +
+	"\x0eclient_ca_file\x18\x06 \x01(\tR\fclientCaFile\"\xee\x02\n" +
 	"\n" +
 	"Connection\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12\x1f\n" +
@@ -2230,12 +2505,14 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"listenerId\x12%\n" +
 	"\x0eremote_address\x18\x03 \x01(\tR\rremoteAddress\x12#\n" +
 	"\rlocal_address\x18\x04 \x01(\tR\flocalAddress\x127\n" +
-	"\topened_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bopenedAt\x12\x19\n" +
+	"\topened_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bopenedAt\x12!\n" +
+	"\fpeer_subject\x18\n" +
+	" \x01(\tR\vpeerSubject\x12\x19\n" +
 	"\bbytes_in\x18\x06 \x01(\x04R\abytesIn\x12\x1b\n" +
 	"\tbytes_out\x18\a \x01(\x04R\bbytesOut\x12\x1b\n" +
 	"\tframes_in\x18\b \x01(\x04R\bframesIn\x12\x1d\n" +
 	"\n" +
-	"frames_out\x18\t \x01(\x04R\tframesOut\"\xab\x02\n" +
+	"frames_out\x18\t \x01(\x04R\tframesOut\"\xd6\x02\n" +
 	"\x14StartListenerRequest\x12\x1f\n" +
 	"\vlistener_id\x18\x01 \x01(\tR\n" +
 	"listenerId\x12\x12\n" +
@@ -2245,7 +2522,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"auto_reply\x18\x05 \x01(\v2\x15.tcpgate.v1.AutoReplyR\tautoReply\x12'\n" +
 	"\x0fmax_connections\x18\x06 \x01(\rR\x0emaxConnections\x12<\n" +
-	"\fidle_timeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\"I\n" +
+	"\fidle_timeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x12)\n" +
+	"\x03tls\x18\b \x01(\v2\x17.tcpgate.v1.ListenerTLSR\x03tls\"I\n" +
 	"\x15StartListenerResponse\x120\n" +
 	"\blistener\x18\x01 \x01(\v2\x14.tcpgate.v1.ListenerR\blistener\"v\n" +
 	"\x13StopListenerRequest\x12\x1f\n" +
@@ -2277,7 +2555,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"AwaitReply\x12)\n" +
 	"\x04mode\x18\x01 \x01(\x0e2\x15.tcpgate.v1.AwaitModeR\x04mode\x12-\n" +
 	"\aframing\x18\x02 \x01(\v2\x13.tcpgate.v1.FramingR\aframing\x12\x1b\n" +
-	"\tmax_bytes\x18\x03 \x01(\rR\bmaxBytes\"\xa2\x02\n" +
+	"\tmax_bytes\x18\x03 \x01(\rR\bmaxBytes\"\xc9\x02\n" +
 	"\vSendRequest\x12\x1a\n" +
 	"\aaddress\x18\x01 \x01(\tH\x00R\aaddress\x12%\n" +
 	"\rconnection_id\x18\x02 \x01(\tH\x00R\fconnectionId\x12!\n" +
@@ -2287,9 +2565,20 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x04data\x18\x05 \x01(\fH\x01R\x04data\x127\n" +
 	"\vawait_reply\x18\x06 \x01(\v2\x16.tcpgate.v1.AwaitReplyR\n" +
 	"awaitReply\x123\n" +
-	"\atimeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\atimeoutB\b\n" +
+	"\atimeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12%\n" +
+	"\x03tls\x18\b \x01(\v2\x13.tcpgate.v1.DialTLSR\x03tlsB\b\n" +
 	"\x06targetB\t\n" +
-	"\apayload\"/\n" +
+	"\apayload\"\xf8\x01\n" +
+	"\aDialTLS\x12\x1f\n" +
+	"\vserver_name\x18\x01 \x01(\tR\n" +
+	"serverName\x12\x15\n" +
+	"\x06ca_pem\x18\x02 \x01(\tR\x05caPem\x12\x17\n" +
+	"\aca_file\x18\x03 \x01(\tR\x06caFile\x12\x19\n" +
+	"\bcert_pem\x18\x04 \x01(\tR\acertPem\x12\x17\n" +
+	"\akey_pem\x18\x05 \x01(\tR\x06keyPem\x12\x1b\n" +
+	"\tcert_file\x18\x06 \x01(\tR\bcertFile\x12\x19\n" +
+	"\bkey_file\x18\a \x01(\tR\akeyFile\x120\n" +
+	"\x14insecure_skip_verify\x18\b \x01(\bR\x12insecureSkipVerify\"/\n" +
 	"\x05Reply\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\"\x8d\x01\n" +
@@ -2304,7 +2593,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x0esince_sequence\x18\x04 \x01(\x04R\rsinceSequence\x12C\n" +
 	"\rslow_consumer\x18\x05 \x01(\x0e2\x1e.tcpgate.v1.SlowConsumerPolicyR\fslowConsumer\">\n" +
 	"\x11SubscribeResponse\x12)\n" +
-	"\x06events\x18\x01 \x03(\v2\x11.tcpgate.v1.EventR\x06events\"\x8e\x03\n" +
+	"\x06events\x18\x01 \x03(\v2\x11.tcpgate.v1.EventR\x06events\"\xb1\x03\n" +
 	"\x05Event\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12)\n" +
@@ -2318,7 +2607,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x04text\x18\t \x01(\tR\x04text\x12:\n" +
 	"\fclose_reason\x18\n" +
 	" \x01(\x0e2\x17.tcpgate.v1.CloseReasonR\vcloseReason\x12\x18\n" +
-	"\adropped\x18\v \x01(\x04R\adropped*\xac\x01\n" +
+	"\adropped\x18\v \x01(\x04R\adropped\x12!\n" +
+	"\fpeer_subject\x18\f \x01(\tR\vpeerSubject*\xac\x01\n" +
 	"\vFramingMode\x12\x1c\n" +
 	"\x18FRAMING_MODE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10FRAMING_MODE_RAW\x10\x01\x12\x15\n" +
@@ -2349,7 +2639,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1cEVENT_KIND_CONNECTION_OPENED\x10\x03\x12\x13\n" +
 	"\x0fEVENT_KIND_DATA\x10\x04\x12 \n" +
 	"\x1cEVENT_KIND_CONNECTION_CLOSED\x10\x05\x12\x1d\n" +
-	"\x19EVENT_KIND_EVENTS_DROPPED\x10\x06*\xe0\x02\n" +
+	"\x19EVENT_KIND_EVENTS_DROPPED\x10\x06*\x87\x03\n" +
 	"\vCloseReason\x12\x1c\n" +
 	"\x18CLOSE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CLOSE_REASON_PEER_CLOSED\x10\x01\x12\x1b\n" +
@@ -2362,7 +2652,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x18CLOSE_REASON_WRITE_ERROR\x10\b\x12\x1e\n" +
 	"\x1aCLOSE_REASON_LIMIT_REACHED\x10\t\x12\x19\n" +
 	"\x15CLOSE_REASON_SHUTDOWN\x10\n" +
-	"*\xac\x01\n" +
+	"\x12%\n" +
+	"!CLOSE_REASON_TLS_HANDSHAKE_FAILED\x10\v*\xac\x01\n" +
 	"\x12SlowConsumerPolicy\x12$\n" +
 	" SLOW_CONSUMER_POLICY_UNSPECIFIED\x10\x00\x12$\n" +
 	" SLOW_CONSUMER_POLICY_DROP_OLDEST\x10\x01\x12#\n" +
@@ -2391,7 +2682,7 @@ func file_tcpgate_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_tcpgate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_tcpgate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_tcpgate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_tcpgate_v1_gateway_proto_goTypes = []any{
 	(FramingMode)(0),                // 0: tcpgate.v1.FramingMode
 	(AutoReplyMode)(0),              // 1: tcpgate.v1.AutoReplyMode
@@ -2403,28 +2694,30 @@ var file_tcpgate_v1_gateway_proto_goTypes = []any{
 	(*Framing)(nil),                 // 7: tcpgate.v1.Framing
 	(*AutoReply)(nil),               // 8: tcpgate.v1.AutoReply
 	(*Listener)(nil),                // 9: tcpgate.v1.Listener
-	(*Connection)(nil),              // 10: tcpgate.v1.Connection
-	(*StartListenerRequest)(nil),    // 11: tcpgate.v1.StartListenerRequest
-	(*StartListenerResponse)(nil),   // 12: tcpgate.v1.StartListenerResponse
-	(*StopListenerRequest)(nil),     // 13: tcpgate.v1.StopListenerRequest
-	(*StopListenerResponse)(nil),    // 14: tcpgate.v1.StopListenerResponse
-	(*GetListenerRequest)(nil),      // 15: tcpgate.v1.GetListenerRequest
-	(*GetListenerResponse)(nil),     // 16: tcpgate.v1.GetListenerResponse
-	(*ListListenersRequest)(nil),    // 17: tcpgate.v1.ListListenersRequest
-	(*ListListenersResponse)(nil),   // 18: tcpgate.v1.ListListenersResponse
-	(*ListConnectionsRequest)(nil),  // 19: tcpgate.v1.ListConnectionsRequest
-	(*ListConnectionsResponse)(nil), // 20: tcpgate.v1.ListConnectionsResponse
-	(*CloseConnectionRequest)(nil),  // 21: tcpgate.v1.CloseConnectionRequest
-	(*CloseConnectionResponse)(nil), // 22: tcpgate.v1.CloseConnectionResponse
-	(*AwaitReply)(nil),              // 23: tcpgate.v1.AwaitReply
-	(*SendRequest)(nil),             // 24: tcpgate.v1.SendRequest
-	(*Reply)(nil),                   // 25: tcpgate.v1.Reply
-	(*SendResponse)(nil),            // 26: tcpgate.v1.SendResponse
-	(*SubscribeRequest)(nil),        // 27: tcpgate.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),       // 28: tcpgate.v1.SubscribeResponse
-	(*Event)(nil),                   // 29: tcpgate.v1.Event
-	(*timestamppb.Timestamp)(nil),   // 30: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 31: google.protobuf.Duration
+	(*ListenerTLS)(nil),             // 10: tcpgate.v1.ListenerTLS
+	(*Connection)(nil),              // 11: tcpgate.v1.Connection
+	(*StartListenerRequest)(nil),    // 12: tcpgate.v1.StartListenerRequest
+	(*StartListenerResponse)(nil),   // 13: tcpgate.v1.StartListenerResponse
+	(*StopListenerRequest)(nil),     // 14: tcpgate.v1.StopListenerRequest
+	(*StopListenerResponse)(nil),    // 15: tcpgate.v1.StopListenerResponse
+	(*GetListenerRequest)(nil),      // 16: tcpgate.v1.GetListenerRequest
+	(*GetListenerResponse)(nil),     // 17: tcpgate.v1.GetListenerResponse
+	(*ListListenersRequest)(nil),    // 18: tcpgate.v1.ListListenersRequest
+	(*ListListenersResponse)(nil),   // 19: tcpgate.v1.ListListenersResponse
+	(*ListConnectionsRequest)(nil),  // 20: tcpgate.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil), // 21: tcpgate.v1.ListConnectionsResponse
+	(*CloseConnectionRequest)(nil),  // 22: tcpgate.v1.CloseConnectionRequest
+	(*CloseConnectionResponse)(nil), // 23: tcpgate.v1.CloseConnectionResponse
+	(*AwaitReply)(nil),              // 24: tcpgate.v1.AwaitReply
+	(*SendRequest)(nil),             // 25: tcpgate.v1.SendRequest
+	(*DialTLS)(nil),                 // 26: tcpgate.v1.DialTLS
+	(*Reply)(nil),                   // 27: tcpgate.v1.Reply
+	(*SendResponse)(nil),            // 28: tcpgate.v1.SendResponse
+	(*SubscribeRequest)(nil),        // 29: tcpgate.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),       // 30: tcpgate.v1.SubscribeResponse
+	(*Event)(nil),                   // 31: tcpgate.v1.Event
+	(*timestamppb.Timestamp)(nil),   // 32: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 33: google.protobuf.Duration
 }
 var file_tcpgate_v1_gateway_proto_depIdxs = []int32{
 	0,  // 0: tcpgate.v1.Framing.mode:type_name -> tcpgate.v1.FramingMode
@@ -2432,51 +2725,53 @@ var file_tcpgate_v1_gateway_proto_depIdxs = []int32{
 	2,  // 2: tcpgate.v1.Listener.state:type_name -> tcpgate.v1.ListenerState
 	7,  // 3: tcpgate.v1.Listener.framing:type_name -> tcpgate.v1.Framing
 	8,  // 4: tcpgate.v1.Listener.auto_reply:type_name -> tcpgate.v1.AutoReply
-	30, // 5: tcpgate.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
-	31, // 6: tcpgate.v1.Listener.idle_timeout:type_name -> google.protobuf.Duration
-	30, // 7: tcpgate.v1.Connection.opened_at:type_name -> google.protobuf.Timestamp
+	32, // 5: tcpgate.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
+	33, // 6: tcpgate.v1.Listener.idle_timeout:type_name -> google.protobuf.Duration
+	32, // 7: tcpgate.v1.Connection.opened_at:type_name -> google.protobuf.Timestamp
 	7,  // 8: tcpgate.v1.StartListenerRequest.framing:type_name -> tcpgate.v1.Framing
 	8,  // 9: tcpgate.v1.StartListenerRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
-	31, // 10: tcpgate.v1.StartListenerRequest.idle_timeout:type_name -> google.protobuf.Duration
-	9,  // 11: tcpgate.v1.StartListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	31, // 12: tcpgate.v1.StopListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
-	9,  // 13: tcpgate.v1.StopListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	9,  // 14: tcpgate.v1.GetListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	9,  // 15: tcpgate.v1.ListListenersResponse.listeners:type_name -> tcpgate.v1.Listener
-	10, // 16: tcpgate.v1.ListConnectionsResponse.connections:type_name -> tcpgate.v1.Connection
-	10, // 17: tcpgate.v1.CloseConnectionResponse.connection:type_name -> tcpgate.v1.Connection
-	3,  // 18: tcpgate.v1.AwaitReply.mode:type_name -> tcpgate.v1.AwaitMode
-	7,  // 19: tcpgate.v1.AwaitReply.framing:type_name -> tcpgate.v1.Framing
-	23, // 20: tcpgate.v1.SendRequest.await_reply:type_name -> tcpgate.v1.AwaitReply
-	31, // 21: tcpgate.v1.SendRequest.timeout:type_name -> google.protobuf.Duration
-	25, // 22: tcpgate.v1.SendResponse.reply:type_name -> tcpgate.v1.Reply
-	4,  // 23: tcpgate.v1.SubscribeRequest.kinds:type_name -> tcpgate.v1.EventKind
-	6,  // 24: tcpgate.v1.SubscribeRequest.slow_consumer:type_name -> tcpgate.v1.SlowConsumerPolicy
-	29, // 25: tcpgate.v1.SubscribeResponse.events:type_name -> tcpgate.v1.Event
-	30, // 26: tcpgate.v1.Event.time:type_name -> google.protobuf.Timestamp
-	4,  // 27: tcpgate.v1.Event.kind:type_name -> tcpgate.v1.EventKind
-	5,  // 28: tcpgate.v1.Event.close_reason:type_name -> tcpgate.v1.CloseReason
-	11, // 29: tcpgate.v1.GatewayService.StartListener:input_type -> tcpgate.v1.StartListenerRequest
-	13, // 30: tcpgate.v1.GatewayService.StopListener:input_type -> tcpgate.v1.StopListenerRequest
-	15, // 31: tcpgate.v1.GatewayService.GetListener:input_type -> tcpgate.v1.GetListenerRequest
-	17, // 32: tcpgate.v1.GatewayService.ListListeners:input_type -> tcpgate.v1.ListListenersRequest
-	19, // 33: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
-	21, // 34: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
-	24, // 35: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
-	27, // 36: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
-	12, // 37: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
-	14, // 38: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
-	16, // 39: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
-	18, // 40: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
-	20, // 41: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
-	22, // 42: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
-	26, // 43: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
-	28, // 44: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
-	37, // [37:45] is the sub-list for method output_type
-	29, // [29:37] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	33, // 10: tcpgate.v1.StartListenerRequest.idle_timeout:type_name -> google.protobuf.Duration
+	10, // 11: tcpgate.v1.StartListenerRequest.tls:type_name -> tcpgate.v1.ListenerTLS
+	9,  // 12: tcpgate.v1.StartListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	33, // 13: tcpgate.v1.StopListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
+	9,  // 14: tcpgate.v1.StopListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	9,  // 15: tcpgate.v1.GetListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	9,  // 16: tcpgate.v1.ListListenersResponse.listeners:type_name -> tcpgate.v1.Listener
+	11, // 17: tcpgate.v1.ListConnectionsResponse.connections:type_name -> tcpgate.v1.Connection
+	11, // 18: tcpgate.v1.CloseConnectionResponse.connection:type_name -> tcpgate.v1.Connection
+	3,  // 19: tcpgate.v1.AwaitReply.mode:type_name -> tcpgate.v1.AwaitMode
+	7,  // 20: tcpgate.v1.AwaitReply.framing:type_name -> tcpgate.v1.Framing
+	24, // 21: tcpgate.v1.SendRequest.await_reply:type_name -> tcpgate.v1.AwaitReply
+	33, // 22: tcpgate.v1.SendRequest.timeout:type_name -> google.protobuf.Duration
+	26, // 23: tcpgate.v1.SendRequest.tls:type_name -> tcpgate.v1.DialTLS
+	27, // 24: tcpgate.v1.SendResponse.reply:type_name -> tcpgate.v1.Reply
+	4,  // 25: tcpgate.v1.SubscribeRequest.kinds:type_name -> tcpgate.v1.EventKind
+	6,  // 26: tcpgate.v1.SubscribeRequest.slow_consumer:type_name -> tcpgate.v1.SlowConsumerPolicy
+	31, // 27: tcpgate.v1.SubscribeResponse.events:type_name -> tcpgate.v1.Event
+	32, // 28: tcpgate.v1.Event.time:type_name -> google.protobuf.Timestamp
+	4,  // 29: tcpgate.v1.Event.kind:type_name -> tcpgate.v1.EventKind
+	5,  // 30: tcpgate.v1.Event.close_reason:type_name -> tcpgate.v1.CloseReason
+	12, // 31: tcpgate.v1.GatewayService.StartListener:input_type -> tcpgate.v1.StartListenerRequest
+	14, // 32: tcpgate.v1.GatewayService.StopListener:input_type -> tcpgate.v1.StopListenerRequest
+	16, // 33: tcpgate.v1.GatewayService.GetListener:input_type -> tcpgate.v1.GetListenerRequest
+	18, // 34: tcpgate.v1.GatewayService.ListListeners:input_type -> tcpgate.v1.ListListenersRequest
+	20, // 35: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
+	22, // 36: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
+	25, // 37: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
+	29, // 38: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
+	13, // 39: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
+	15, // 40: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
+	17, // 41: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
+	19, // 42: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
+	21, // 43: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
+	23, // 44: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
+	28, // 45: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
+	30, // 46: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
+	39, // [39:47] is the sub-list for method output_type
+	31, // [31:39] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_tcpgate_v1_gateway_proto_init() }
@@ -2488,7 +2783,7 @@ func file_tcpgate_v1_gateway_proto_init() {
 		(*AutoReply_Text)(nil),
 		(*AutoReply_Data)(nil),
 	}
-	file_tcpgate_v1_gateway_proto_msgTypes[17].OneofWrappers = []any{
+	file_tcpgate_v1_gateway_proto_msgTypes[18].OneofWrappers = []any{
 		(*SendRequest_Address)(nil),
 		(*SendRequest_ConnectionId)(nil),
 		(*SendRequest_ListenerId)(nil),
@@ -2501,7 +2796,7 @@ func file_tcpgate_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tcpgate_v1_gateway_proto_rawDesc), len(file_tcpgate_v1_gateway_proto_rawDesc)),
 			NumEnums:      7,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -5,6 +5,7 @@ package conn
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +27,10 @@ const readBufferSize = 64 << 10
 // DefaultWriteTimeout bounds a write when Config.WriteTimeout is 0: a peer
 // that stops reading for this long is considered gone.
 const DefaultWriteTimeout = 10 * time.Second
+
+// handshakeTimeout bounds a TLS handshake: a client that connects and says
+// nothing must not hold a connection slot for long.
+const handshakeTimeout = 10 * time.Second
 
 var readBuffers = sync.Pool{New: func() any { b := make([]byte, readBufferSize); return &b }}
 
@@ -119,6 +124,7 @@ type Conn struct {
 	mu       sync.Mutex // guards the fields below
 	awaiters []*awaiter
 	reason   event.CloseReason // the first reason given to Close
+	subject  string            // the TLS peer's certificate subject, set before OPENED
 }
 
 type awaiter struct {
@@ -191,17 +197,22 @@ func (c *Conn) Serve() {
 	defer c.stopWatch()
 
 	pub := c.cfg.Publisher
+	hsErr := c.handshake()
 	pub.Publish(&event.Event{
 		Kind:         event.ConnectionOpened,
 		ListenerID:   c.cfg.ListenerID,
 		ConnectionID: c.cfg.ID,
 		RemoteAddr:   c.RemoteAddr(),
 		LocalAddr:    c.LocalAddr(),
+		PeerSubject:  c.PeerSubject(),
 	})
 
 	splitter, err := framing.NewSplitter(c.cfg.Framing)
 	var reason event.CloseReason
-	if err != nil {
+	if hsErr != nil {
+		reason = event.ReasonTLSHandshake
+		splitter = nil
+	} else if err != nil {
 		// Validated by the caller; reaching here is a bug, not a peer's doing.
 		reason = event.ReasonReadError
 	} else {
@@ -251,6 +262,34 @@ func (c *Conn) Serve() {
 		Data:         partial,
 		CloseReason:  reason,
 	})
+}
+
+// handshake completes a TLS handshake first, so the opened event can name
+// the peer's certificate; plain connections have none to do.
+func (c *Conn) handshake() error {
+	tc, ok := c.nc.(*tls.Conn)
+	if !ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, handshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return err
+	}
+	if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 {
+		c.mu.Lock()
+		c.subject = certs[0].Subject.String()
+		c.mu.Unlock()
+	}
+	return nil
+}
+
+// PeerSubject returns the subject of the peer's TLS client certificate, or
+// "" when it gave none.
+func (c *Conn) PeerSubject() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.subject
 }
 
 // readLoop reads until an error and returns the close reason it implies.

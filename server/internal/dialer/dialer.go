@@ -5,6 +5,7 @@ package dialer
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +30,8 @@ var (
 	ErrReplyTooLarge = errors.New("reply too large")
 	// ErrBroken means the connection failed while writing or reading.
 	ErrBroken = errors.New("connection broken")
+	// ErrHandshake means the TLS handshake failed.
+	ErrHandshake = errors.New("TLS handshake failed")
 )
 
 // AwaitMode says what reply Send waits for.
@@ -59,6 +62,8 @@ type Request struct {
 	Framing framing.Config
 	// MaxReply bounds the reply in bytes; it must be positive when awaiting.
 	MaxReply int
+	// TLS, when set, makes the exchange TLS; its ServerName must be set.
+	TLS *tls.Config
 }
 
 // Result is what a send did.
@@ -86,6 +91,17 @@ func (d *Dialer) Send(ctx context.Context, req Request) (Result, error) {
 	// Cancellation without a deadline still unblocks I/O at once.
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
+	if req.TLS != nil {
+		tc := tls.Client(nc, req.TLS)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			if ctx.Err() != nil {
+				return Result{}, fmt.Errorf("TLS handshake with %s: %w", req.Address, ctx.Err())
+			}
+			return Result{}, fmt.Errorf("TLS handshake with %s: %w: %w", req.Address, ErrHandshake, err)
+		}
+		defer tc.Close()
+		nc = tc
+	}
 
 	n, err := nc.Write(req.Payload)
 	res := Result{BytesWritten: n}
@@ -106,8 +122,8 @@ func (d *Dialer) Send(ctx context.Context, req Request) (Result, error) {
 			return res, ioError(ctx, "reading reply from", req.Address, err)
 		}
 	case UntilClose:
-		if tc, ok := nc.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
+		if cw, ok := nc.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
 		}
 		res.Reply, err = readAll(nc, req.MaxReply)
 		if err != nil {

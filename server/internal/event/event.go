@@ -55,6 +55,7 @@ const (
 	ReasonWriteError
 	ReasonLimitReached
 	ReasonShutdown
+	ReasonTLSHandshake
 )
 
 // String returns the reason's lowercase name.
@@ -80,6 +81,8 @@ func (r CloseReason) String() string {
 		return "limit_reached"
 	case ReasonShutdown:
 		return "shutdown"
+	case ReasonTLSHandshake:
+		return "tls_handshake_failed"
 	}
 	return "unspecified"
 }
@@ -101,6 +104,9 @@ type Event struct {
 	CloseReason CloseReason
 	// Dropped is how many events a subscriber missed, on EventsDropped.
 	Dropped uint64
+	// PeerSubject is the subject of the peer's TLS client certificate, on
+	// ConnectionOpened.
+	PeerSubject string
 }
 
 // overhead approximates the memory an event costs beyond its payload: the
@@ -110,5 +116,5 @@ const overhead = 160
 
 // Size is what the event counts against byte-bounded queues and the replay ring.
 func (e *Event) Size() int {
-	return overhead + len(e.Data) + len(e.ListenerID) + len(e.ConnectionID) + len(e.RemoteAddr) + len(e.LocalAddr)
+	return overhead + len(e.Data) + len(e.ListenerID) + len(e.ConnectionID) + len(e.RemoteAddr) + len(e.LocalAddr) + len(e.PeerSubject)
 }

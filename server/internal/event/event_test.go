@@ -47,8 +47,9 @@ func TestCloseReasonString(t *testing.T) {
 		{event.ReasonWriteError, "write_error"},
 		{event.ReasonLimitReached, "limit_reached"},
 		{event.ReasonShutdown, "shutdown"},
+		{event.ReasonTLSHandshake, "tls_handshake_failed"},
 		{event.CloseReason(-1), "unspecified"},
-		{event.ReasonShutdown + 1, "unspecified"},
+		{event.ReasonTLSHandshake + 1, "unspecified"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {
@@ -71,7 +72,7 @@ func TestStringsAreDistinct(t *testing.T) {
 		kinds[s] = k
 	}
 	reasons := map[string]event.CloseReason{}
-	for r := event.ReasonPeerClosed; r <= event.ReasonShutdown; r++ {
+	for r := event.ReasonPeerClosed; r <= event.ReasonTLSHandshake; r++ {
 		s := r.String()
 		if prev, ok := reasons[s]; ok || s == "unspecified" {
 			t.Errorf("CloseReason(%d).String() = %q, also the name of CloseReason(%d)", int(r), s, int(prev))

@@ -5,6 +5,7 @@ package listener
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -62,6 +63,9 @@ type Spec struct {
 	MaxConnections int
 	// IdleTimeout closes silent connections; 0 means never.
 	IdleTimeout time.Duration
+	// TLS, when set, makes the listener speak TLS; its ClientAuth says
+	// whether client certificates are required.
+	TLS *tls.Config
 }
 
 // Info is a snapshot of a listener.
@@ -80,15 +84,16 @@ type Info struct {
 
 // ConnInfo is a snapshot of a connection.
 type ConnInfo struct {
-	ID         string
-	ListenerID string
-	RemoteAddr string
-	LocalAddr  string
-	OpenedAt   time.Time
-	BytesIn    uint64
-	BytesOut   uint64
-	FramesIn   uint64
-	FramesOut  uint64
+	ID          string
+	ListenerID  string
+	RemoteAddr  string
+	LocalAddr   string
+	PeerSubject string
+	OpenedAt    time.Time
+	BytesIn     uint64
+	BytesOut    uint64
+	FramesIn    uint64
+	FramesOut   uint64
 }
 
 // Config configures a Registry.
@@ -115,7 +120,7 @@ type Registry struct {
 	nextID atomic.Uint64  // for generated listener ids
 	connID atomic.Uint64
 	totals conn.Counters // over every connection ever
-	closed [event.ReasonShutdown + 1]atomic.Uint64
+	closed [event.ReasonTLSHandshake + 1]atomic.Uint64
 
 	mu        sync.Mutex // guards the fields below and every listener's conns and state
 	listeners map[string]*listener
@@ -201,6 +206,9 @@ func (r *Registry) Start(spec Spec) (Info, error) {
 		delete(r.listeners, spec.ID)
 		r.mu.Unlock()
 		return Info{}, bindError(addr, err)
+	}
+	if spec.TLS != nil {
+		ln = tls.NewListener(ln, spec.TLS)
 	}
 	r.mu.Lock()
 	if r.shut {
@@ -483,15 +491,16 @@ func (r *Registry) Conns(listenerID string) ([]ConnInfo, error) {
 func connInfo(c *conn.Conn) ConnInfo {
 	n := c.Counters()
 	return ConnInfo{
-		ID:         c.ID(),
-		ListenerID: c.ListenerID(),
-		RemoteAddr: c.RemoteAddr(),
-		LocalAddr:  c.LocalAddr(),
-		OpenedAt:   c.OpenedAt(),
-		BytesIn:    n.BytesIn.Load(),
-		BytesOut:   n.BytesOut.Load(),
-		FramesIn:   n.FramesIn.Load(),
-		FramesOut:  n.FramesOut.Load(),
+		ID:          c.ID(),
+		ListenerID:  c.ListenerID(),
+		RemoteAddr:  c.RemoteAddr(),
+		LocalAddr:   c.LocalAddr(),
+		PeerSubject: c.PeerSubject(),
+		OpenedAt:    c.OpenedAt(),
+		BytesIn:     n.BytesIn.Load(),
+		BytesOut:    n.BytesOut.Load(),
+		FramesIn:    n.FramesIn.Load(),
+		FramesOut:   n.FramesOut.Load(),
 	}
 }
 

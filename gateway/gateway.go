@@ -39,9 +39,22 @@ const DefaultHeartbeat = 15 * time.Second
 
 // Config configures a Gateway.
 type Config struct {
-	// GRPCAddr is the daemon's gRPC address. An unspecified host (0.0.0.0,
-	// [::]) is dialed on loopback.
+	// GRPCAddr is the daemon's gRPC address, dialed in plain text. An
+	// unspecified host (0.0.0.0, [::]) is dialed on loopback. Dial, when
+	// set, is used instead.
 	GRPCAddr string
+	// Dial connects to the daemon's gRPC server, for an in-memory connection.
+	Dial func(ctx context.Context) (net.Conn, error)
+	// Auth, when set, requires "Authorization: Bearer TOKEN" on every
+	// request but /healthz and CORS preflights; the header also goes on to
+	// gRPC, which checks it again.
+	Auth interface {
+		Valid(authorization string) bool
+	}
+	// LoopbackOnly, set when the REST address is a loopback one, refuses
+	// requests whose Host or Origin is not loopback: a web page cannot then
+	// reach the gateway through DNS rebinding.
+	LoopbackOnly bool
 	// CORSOrigins are the origins allowed to call from a browser page served
 	// elsewhere; "*" allows any. Empty means CORS is off.
 	CORSOrigins []string
@@ -79,14 +92,20 @@ func New(cfg Config) (*Gateway, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	target, err := loopback(cfg.GRPCAddr)
-	if err != nil {
-		return nil, err
-	}
-	cc, err := grpc.NewClient(target,
+	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)),
-	)
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16 << 20)),
+	}
+	target := "passthrough:///tcpgate-internal"
+	if cfg.Dial != nil {
+		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return cfg.Dial(ctx) }))
+	} else {
+		var err error
+		if target, err = loopback(cfg.GRPCAddr); err != nil {
+			return nil, err
+		}
+	}
+	cc, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connecting REST gateway to %s: %w", target, err)
 	}
@@ -128,7 +147,7 @@ func New(cfg Config) (*Gateway, error) {
 			return nil, fmt.Errorf("registering /metrics: %w", err)
 		}
 	}
-	g.handler = g.cors(g.mux)
+	g.handler = g.guard(g.cors(g.authorize(g.mux)))
 	return g, nil
 }
 

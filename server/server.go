@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -84,6 +86,25 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// Logger receives the gateway's logs; nil means slog.Default().
 	Logger *slog.Logger
+
+	// AuthToken, when set, is required as "authorization: Bearer TOKEN" on
+	// every gRPC call and REST request except health checks.
+	AuthToken string
+	// PublicReflection leaves gRPC reflection open without the token.
+	PublicReflection bool
+	// TLSCert and TLSKey are PEM files; set, both gRPC and REST speak TLS.
+	TLSCert, TLSKey string
+	// ClientCA is a PEM file of CAs; set, gRPC and REST clients must present
+	// a certificate one of them signed (mutual TLS). Needs TLSCert.
+	ClientCA string
+	// Insecure allows a non-loopback control-plane address without a token
+	// or mutual TLS.
+	Insecure bool
+	// AllowListen, AllowDial and DenyDial are rule lists (see package
+	// policy) deciding what listeners may bind and what Send may dial. Empty
+	// means the defaults: listeners on any host above port 1023; dials
+	// anywhere but link-local and cloud metadata addresses.
+	AllowListen, AllowDial, DenyDial string
 }
 
 // Server is a whole gateway: the engine, the gRPC service and its listener.
@@ -95,7 +116,11 @@ type Server struct {
 	grpc      *grpc.Server
 	health    *health.Server
 	grpcLn    net.Listener
-	rest      *gateway.Gateway // nil without HTTPAddr
+	tls       *tls.Config // the control plane's, nil without TLSCert
+	grpcTLSLn net.Listener
+	auth      *rpc.Auth         // nil without AuthToken
+	internal  *bufconn.Listener // the REST gateway's way to gRPC
+	rest      *gateway.Gateway  // nil without HTTPAddr
 	httpSrv   *http.Server
 	httpLn    net.Listener
 	metrics   *prometheus.Registry
@@ -117,11 +142,26 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{cfg: cfg, log: log}
 	if cfg.MaxSendBytes <= 0 {
 		cfg.MaxSendBytes = DefaultMaxSendBytes
 	}
-	s.cfg = cfg
+	if err := checkExposure(cfg); err != nil {
+		return nil, err
+	}
+	tlsCfg, err := serverTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
+	pol, err := newPolicy(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: log, tls: tlsCfg}
+	var auth *rpc.Auth
+	if cfg.AuthToken != "" {
+		auth = rpc.NewAuth(cfg.AuthToken, cfg.PublicReflection)
+		s.auth = auth
+	}
 	s.hub = hub.New(hub.Config{ReplayBytes: cfg.ReplayBytes, MaxSubscribers: cfg.MaxSubscribers})
 	s.listeners = listener.New(listener.Config{
 		Publisher:      s.hub,
@@ -136,11 +176,20 @@ func New(cfg Config) (*Server, error) {
 		Listeners:            s.listeners,
 		Hub:                  s.hub,
 		Dialer:               &dialer.Dialer{},
+		Policy:               pol,
 		SubscriberQueueBytes: cfg.SubscriberQueueBytes,
 		MaxSendBytes:         cfg.MaxSendBytes,
 		Logger:               log,
 	})
 
+	unary := []grpc.UnaryServerInterceptor{s.unaryInterceptor}
+	stream := []grpc.StreamServerInterceptor{s.streamInterceptor}
+	if auth != nil {
+		// After the metrics and log interceptors, so refused calls are
+		// counted and logged (never with the token).
+		unary = append(unary, auth.Unary)
+		stream = append(stream, auth.Stream)
+	}
 	s.grpc = grpc.NewServer(
 		// Room for the largest payload and the request around it, so an
 		// oversized Send gets tcpgate's message naming max_send_bytes.
@@ -148,8 +197,8 @@ func New(cfg Config) (*Server, error) {
 		grpc.InitialWindowSize(streamWindow),
 		grpc.InitialConnWindowSize(connWindow),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
-		grpc.ChainStreamInterceptor(s.streamInterceptor),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
 	)
 	tcpgatev1.RegisterGatewayServiceServer(s.grpc, svc)
 	s.health = health.NewServer()
@@ -165,6 +214,13 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("binding gRPC address %s: %w", cfg.GRPCAddr, err)
 	}
 	s.grpcLn = ln
+	if tlsCfg != nil {
+		// TLS at the listener, so the REST gateway's in-memory connection
+		// (below) stays plain; gRPC clients need ALPN "h2".
+		c := tlsCfg.Clone()
+		c.NextProtos = []string{"h2"}
+		s.grpcTLSLn = tls.NewListener(ln, c)
+	}
 
 	if cfg.HTTPAddr != "" {
 		if err := s.newREST(); err != nil {
@@ -178,25 +234,39 @@ func New(cfg Config) (*Server, error) {
 }
 
 func (s *Server) newREST() error {
-	rest, err := gateway.New(gateway.Config{
-		GRPCAddr:    s.GRPCAddr(),
-		CORSOrigins: s.cfg.CORSOrigins,
-		Metrics:     promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}),
-		Logger:      s.log,
-	})
-	if err != nil {
-		return err
-	}
 	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
 	if err != nil {
-		rest.Close()
 		return fmt.Errorf("binding HTTP address %s: %w", s.cfg.HTTPAddr, err)
+	}
+	// The REST gateway reaches the gRPC server over an in-memory
+	// connection: a real gRPC client (streams and all), behind the HTTP
+	// side's own TLS and token checks, that no one else can dial.
+	s.internal = bufconn.Listen(internalBuffer)
+	gcfg := gateway.Config{
+		Dial:         func(ctx context.Context) (net.Conn, error) { return s.internal.DialContext(ctx) },
+		CORSOrigins:  s.cfg.CORSOrigins,
+		Metrics:      promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}),
+		Logger:       s.log,
+		LoopbackOnly: isLoopback(s.cfg.HTTPAddr),
+	}
+	if s.auth != nil {
+		gcfg.Auth = s.auth
+	}
+	rest, err := gateway.New(gcfg)
+	if err != nil {
+		ln.Close()
+		return err
 	}
 	s.rest, s.httpLn = rest, ln
 	s.httpSrv = &http.Server{
 		Handler:           rest,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	if s.tls != nil {
+		c := s.tls.Clone()
+		c.NextProtos = []string{"h2", "http/1.1"}
+		s.httpSrv.TLSConfig = c
 	}
 	return nil
 }
@@ -216,10 +286,26 @@ func (s *Server) HTTPAddr() string {
 // returns. It returns nil after a clean shutdown.
 func (s *Server) Run(ctx context.Context) error {
 	grpcErr := make(chan error, 1)
-	go func() { grpcErr <- s.grpc.Serve(s.grpcLn) }()
+	grpcLn := s.grpcLn
+	if s.grpcTLSLn != nil {
+		grpcLn = s.grpcTLSLn
+	}
+	go func() { grpcErr <- s.grpc.Serve(grpcLn) }()
+	internalErr := make(chan error, 1)
+	if s.internal != nil {
+		go func() { internalErr <- s.grpc.Serve(s.internal) }()
+	} else {
+		internalErr <- nil
+	}
 	httpErr := make(chan error, 1)
 	if s.httpSrv != nil {
-		go func() { httpErr <- s.httpSrv.Serve(s.httpLn) }()
+		go func() {
+			if s.tls != nil {
+				httpErr <- s.httpSrv.ServeTLS(s.httpLn, "", "")
+				return
+			}
+			httpErr <- s.httpSrv.Serve(s.httpLn)
+		}()
 		s.log.Info("gateway serving", "grpc_addr", s.GRPCAddr(), "http_addr", s.HTTPAddr())
 	} else {
 		s.log.Info("gateway serving", "grpc_addr", s.GRPCAddr())
@@ -239,6 +325,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := <-grpcErr; failed == nil && err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		failed = fmt.Errorf("serving gRPC: %w", err)
 	}
+	<-internalErr
 	if s.httpSrv != nil {
 		if err := <-httpErr; failed == nil && !errors.Is(err, http.ErrServerClosed) {
 			failed = fmt.Errorf("serving HTTP: %w", err)

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -18,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -29,15 +32,62 @@ import (
 // client holds what every client subcommand shares: the --server flag and
 // the connection made from it.
 type client struct {
-	server  string
-	timeout time.Duration
-	cc      *grpc.ClientConn
-	api     tcpgatev1.GatewayServiceClient
+	server                 string
+	timeout                time.Duration
+	token                  string
+	useTLS                 bool
+	tlsCA, tlsCert, tlsKey string
+	cc                     *grpc.ClientConn
+	api                    tcpgatev1.GatewayServiceClient
 }
 
-func (c *client) addFlags(root *cobra.Command) {
-	root.PersistentFlags().StringVar(&c.server, "server", "127.0.0.1:50051", "the gateway's gRPC address (env TCPGATE_SERVER)")
-	root.PersistentFlags().DurationVar(&c.timeout, "call-timeout", 30*time.Second, "how long a unary call may take (env TCPGATE_CALL_TIMEOUT)")
+// addFlags gives a client command the connection flags; every one can also
+// be set from the environment (TCPGATE_SERVER, TCPGATE_TOKEN, ...).
+func (c *client) addFlags(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&c.server, "server", "127.0.0.1:50051", "the gateway's gRPC address (env TCPGATE_SERVER)")
+	f.DurationVar(&c.timeout, "call-timeout", 30*time.Second, "how long a unary call may take (env TCPGATE_CALL_TIMEOUT)")
+	f.StringVar(&c.token, "token", "", "bearer token of a gateway that requires one (env TCPGATE_TOKEN, which keeps it out of the process list)")
+	f.BoolVar(&c.useTLS, "tls", false, "speak TLS to the gateway, trusting the system's CAs (implied by --tls-ca and --tls-cert)")
+	f.StringVar(&c.tlsCA, "tls-ca", "", "PEM CA certificates to trust for the gateway's certificate (env TCPGATE_TLS_CA)")
+	f.StringVar(&c.tlsCert, "tls-cert", "", "PEM client certificate for mutual TLS (env TCPGATE_TLS_CERT)")
+	f.StringVar(&c.tlsKey, "tls-key", "", "PEM key of --tls-cert (env TCPGATE_TLS_KEY)")
+}
+
+// bearer sends the token with every call.
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+// RequireTransportSecurity is false so a token also works over plain
+// loopback; across hosts, use TLS.
+func (bearer) RequireTransportSecurity() bool { return false }
+
+func (c *client) transport() (credentials.TransportCredentials, error) {
+	if !c.useTLS && c.tlsCA == "" && c.tlsCert == "" {
+		return insecure.NewCredentials(), nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.tlsCA != "" {
+		pem, err := os.ReadFile(c.tlsCA)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-ca: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--tls-ca %s holds no PEM certificate", c.tlsCA)
+		}
+	}
+	if c.tlsCert != "" || c.tlsKey != "" {
+		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-cert and --tls-key: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return credentials.NewTLS(cfg), nil
 }
 
 // connect reads the environment for flags not given and dials the gateway.
@@ -45,10 +95,18 @@ func (c *client) connect(cmd *cobra.Command) error {
 	if err := applyEnv(cmd.Flags()); err != nil {
 		return err
 	}
-	cc, err := grpc.NewClient(c.server,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)),
-	)
+	creds, err := c.transport()
+	if err != nil {
+		return err
+	}
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16 << 20)),
+	}
+	if c.token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearer(c.token)))
+	}
+	cc, err := grpc.NewClient(c.server, opts...)
 	if err != nil {
 		return fmt.Errorf("connecting to %s: %w", c.server, err)
 	}
@@ -99,8 +157,7 @@ func (c *client) run(fn func(cmd *cobra.Command, args []string) error) func(*cob
 
 func addClientCommands(root *cobra.Command) {
 	c := &client{}
-	c.addFlags(root)
-	root.AddCommand(
+	for _, cmd := range []*cobra.Command{
 		newListenCmd(c),
 		newStopCmd(c),
 		newLsCmd(c),
@@ -108,7 +165,10 @@ func addClientCommands(root *cobra.Command) {
 		newCloseCmd(c),
 		newSendCmd(c),
 		newSubscribeCmd(c),
-	)
+	} {
+		c.addFlags(cmd)
+		root.AddCommand(cmd)
+	}
 }
 
 // parseFraming reads raw | line | delim:HEX | len:N[le] | fixed:N.

@@ -18,6 +18,7 @@ func newServeCmd() *cobra.Command {
 		cfg       server.Config
 		logLevel  string
 		logFormat string
+		tokenFile string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -35,6 +36,11 @@ func newServeCmd() *cobra.Command {
 			if err := applyEnv(cmd.Flags()); err != nil {
 				return err
 			}
+			token, err := readToken(tokenFile)
+			if err != nil {
+				return err
+			}
+			cfg.AuthToken = token
 			log, err := newLogger(logLevel, logFormat)
 			if err != nil {
 				return err
@@ -62,6 +68,15 @@ func newServeCmd() *cobra.Command {
 	f.IntVar(&cfg.MaxConnections, "max-connections", defaultMaxConnections(), "most open connections over all listeners (default: the open-file limit less 256; 0: no limit)")
 	f.IntVar(&cfg.MaxSubscribers, "max-subscribers", defaultMaxSubscribers, "most Subscribe streams at once (0: no limit)")
 	f.IntVar(&cfg.MaxSendBytes, "max-send-bytes", server.DefaultMaxSendBytes, "largest Send payload in bytes")
+	f.StringVar(&tokenFile, "auth-token-file", "", "require the bearer token in this file on every call (or set TCPGATE_AUTH_TOKEN)")
+	f.BoolVar(&cfg.PublicReflection, "public-reflection", false, "leave gRPC reflection open without the token")
+	f.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate: gRPC and REST speak TLS")
+	f.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
+	f.StringVar(&cfg.ClientCA, "client-ca", "", "PEM CA certificates: clients must present a certificate they signed (mutual TLS)")
+	f.BoolVar(&cfg.Insecure, "insecure", false, "allow a non-loopback --grpc-addr or --http-addr without a token or mutual TLS")
+	f.StringVar(&cfg.AllowListen, "allow-listen", "", "where listeners may bind: HOST[:PORTS] rules, comma-separated (default \"*:1024-65535\")")
+	f.StringVar(&cfg.AllowDial, "allow-dial", "", "where Send may connect: HOST|CIDR[:PORTS] rules (default: anywhere but link-local and cloud metadata)")
+	f.StringVar(&cfg.DenyDial, "deny-dial", "", "where Send may never connect: HOST|CIDR[:PORTS] rules, checked first")
 	f.DurationVar(&cfg.WriteTimeout, "write-timeout", server.DefaultWriteTimeout, "how long a write to a connection may block before it is closed")
 	return cmd
 }
@@ -88,6 +103,24 @@ func defaultMaxConnections() int {
 		return 0
 	}
 	return max(int(rl.Cur)-fdReserve, 64)
+}
+
+// readToken takes the control plane's token from --auth-token-file, or
+// else from TCPGATE_AUTH_TOKEN (never from a flag's value, which every user
+// of the host could read in the process list).
+func readToken(file string) (string, error) {
+	if file == "" {
+		return strings.TrimSpace(os.Getenv("TCPGATE_AUTH_TOKEN")), nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--auth-token-file: %w", err)
+	}
+	token := strings.TrimSpace(string(b))
+	if token == "" {
+		return "", fmt.Errorf("--auth-token-file %s is empty", file)
+	}
+	return token, nil
 }
 
 // newLogger builds the daemon's logger. Payload bytes are never logged.

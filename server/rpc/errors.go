@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -14,6 +15,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/framing"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/policy"
 )
 
 // codeOf maps the engine's sentinel errors to gRPC codes.
@@ -22,6 +24,7 @@ var codeOf = []struct {
 	code codes.Code
 }{
 	{framing.ErrInvalidConfig, codes.InvalidArgument},
+	{policy.ErrDenied, codes.PermissionDenied},
 	{listener.ErrExists, codes.AlreadyExists},
 	{listener.ErrNotFound, codes.NotFound},
 	{listener.ErrConnNotFound, codes.NotFound},
@@ -57,6 +60,10 @@ func toStatus(log *slog.Logger, err error) error {
 	var slow *hub.SlowConsumerError
 	if errors.As(err, &slow) {
 		return status.Error(codes.ResourceExhausted, err.Error())
+	}
+	var dns *net.DNSError
+	if errors.As(err, &dns) {
+		return status.Error(codes.Unavailable, err.Error())
 	}
 	for _, m := range codeOf {
 		if errors.Is(err, m.err) {

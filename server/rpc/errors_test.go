@@ -17,6 +17,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/framing"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/policy"
 )
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
@@ -39,6 +40,7 @@ func TestToStatusSentinels(t *testing.T) {
 		dialer.ErrNoReply:            codes.Unavailable,
 		dialer.ErrBroken:             codes.Unavailable,
 		dialer.ErrHandshake:          codes.Unavailable,
+		policy.ErrDenied:             codes.PermissionDenied,
 		dialer.ErrReplyTooLarge:      codes.ResourceExhausted,
 		conn.ErrReplyTooLarge:        codes.ResourceExhausted,
 		conn.ErrWriteTimeout:         codes.DeadlineExceeded,

@@ -27,6 +27,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/policy"
 )
 
 // DefaultSendTimeout bounds a Send whose timeout is unset: long enough for a
@@ -51,6 +52,8 @@ type Config struct {
 	Listeners *listener.Registry
 	Hub       *hub.Hub
 	Dialer    *dialer.Dialer
+	// Policy decides what may be bound and dialed; nil allows everything.
+	Policy *policy.Policy
 	// SubscriberQueueBytes bounds each subscriber's queue; 0 means hub.DefaultQueueBytes.
 	SubscriberQueueBytes int
 	// MaxSendBytes bounds a Send payload; 0 means DefaultMaxSendBytes.
@@ -108,6 +111,11 @@ func (s *Service) StartListener(_ context.Context, req *tcpgatev1.StartListenerR
 	tlsCfg, err := listenerTLS(req.GetTls())
 	if err != nil {
 		return nil, err
+	}
+	if p := s.cfg.Policy; p != nil {
+		if err := p.CheckListen(req.GetHost(), int(req.GetPort())); err != nil {
+			return nil, s.status(err)
+		}
 	}
 	info, err := s.cfg.Listeners.Start(listener.Spec{
 		ID:             req.GetListenerId(),
@@ -278,8 +286,15 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		if err != nil {
 			return nil, err
 		}
+		var resolved []string
+		if p := s.cfg.Policy; p != nil {
+			// Resolved once and checked; the dialer dials exactly these.
+			if resolved, err = p.ResolveDial(ctx, t.Address); err != nil {
+				return nil, s.status(err)
+			}
+		}
 		res, err := s.cfg.Dialer.Send(ctx, dialer.Request{
-			Address: t.Address, Payload: payload, Await: mode, Framing: fc, MaxReply: maxReply, TLS: tlsCfg,
+			Address: t.Address, Resolved: resolved, Payload: payload, Await: mode, Framing: fc, MaxReply: maxReply, TLS: tlsCfg,
 		})
 		if err != nil {
 			return nil, s.status(err)

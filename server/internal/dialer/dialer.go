@@ -54,10 +54,13 @@ const readSize = 64 << 10
 
 // Request is one send.
 type Request struct {
-	// Address is host:port.
+	// Address is host:port, as the caller gave it (and as errors name it).
 	Address string
-	Payload []byte
-	Await   AwaitMode
+	// Resolved, when set, are the ip:port addresses to dial instead of
+	// resolving Address, tried in order until one accepts.
+	Resolved []string
+	Payload  []byte
+	Await    AwaitMode
 	// Framing cuts the reply in Frame mode; it must be normalized.
 	Framing framing.Config
 	// MaxReply bounds the reply in bytes; it must be positive when awaiting.
@@ -80,7 +83,7 @@ type Dialer struct {
 // Send connects to req.Address, writes req.Payload and awaits the reply as
 // asked. ctx bounds the whole exchange.
 func (d *Dialer) Send(ctx context.Context, req Request) (Result, error) {
-	nc, err := d.DialContext(ctx, "tcp", req.Address)
+	nc, err := d.dial(ctx, req)
 	if err != nil {
 		return Result{}, dialError(ctx, req.Address, err)
 	}
@@ -131,6 +134,28 @@ func (d *Dialer) Send(ctx context.Context, req Request) (Result, error) {
 		}
 	}
 	return res, nil
+}
+
+// dial connects to the first of req.Resolved that accepts, or to
+// req.Address.
+func (d *Dialer) dial(ctx context.Context, req Request) (net.Conn, error) {
+	if len(req.Resolved) == 0 {
+		return d.DialContext(ctx, "tcp", req.Address)
+	}
+	var first error
+	for _, addr := range req.Resolved {
+		nc, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			return nc, nil
+		}
+		if first == nil {
+			first = err
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, first
 }
 
 func readFrame(nc net.Conn, req Request) ([]byte, error) {

@@ -1,0 +1,97 @@
+package server
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/tcpgate/tcpgate/server/internal/policy"
+)
+
+// internalBuffer is the buffer of the REST gateway's in-memory connection
+// to gRPC, in bytes: a few event batches, so a stream is not held up by the
+// pipe itself.
+const internalBuffer = 4 << 20
+
+// isLoopback reports whether a listen address can only be reached from
+// this host.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
+}
+
+// checkExposure refuses a control plane reachable from other hosts that
+// anyone there could drive: whoever reaches it can open ports and make
+// connections from this host.
+func checkExposure(cfg Config) error {
+	if cfg.Insecure || cfg.AuthToken != "" || cfg.ClientCA != "" {
+		return nil
+	}
+	for _, a := range []struct{ flag, addr string }{{"--grpc-addr", cfg.GRPCAddr}, {"--http-addr", cfg.HTTPAddr}} {
+		if a.addr != "" && !isLoopback(a.addr) {
+			return fmt.Errorf("%s %s is reachable from other hosts, and whoever reaches it can open ports and "+
+				"make connections from this one: set a token (--auth-token-file or TCPGATE_AUTH_TOKEN) or mutual TLS "+
+				"(--tls-cert, --tls-key, --client-ca), or pass --insecure to accept that", a.flag, a.addr)
+		}
+	}
+	return nil
+}
+
+// newPolicy parses the policy flags.
+func newPolicy(cfg Config) (*policy.Policy, error) {
+	var p policy.Policy
+	var err error
+	if p.AllowListen, err = policy.ParseRules(cfg.AllowListen); err != nil {
+		return nil, fmt.Errorf("--allow-listen: %w", err)
+	}
+	if p.AllowDial, err = policy.ParseRules(cfg.AllowDial); err != nil {
+		return nil, fmt.Errorf("--allow-dial: %w", err)
+	}
+	if p.DenyDial, err = policy.ParseRules(cfg.DenyDial); err != nil {
+		return nil, fmt.Errorf("--deny-dial: %w", err)
+	}
+	return &p, nil
+}
+
+// serverTLS builds the control plane's TLS configuration from cfg's files.
+func serverTLS(cfg Config) (*tls.Config, error) {
+	switch {
+	case cfg.TLSCert == "" && cfg.TLSKey == "":
+		if cfg.ClientCA != "" {
+			return nil, errors.New("--client-ca needs --tls-cert and --tls-key: client certificates are checked in a TLS handshake")
+		}
+		return nil, nil
+	case cfg.TLSCert == "" || cfg.TLSKey == "":
+		return nil, errors.New("--tls-cert and --tls-key go together")
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("loading --tls-cert %s and --tls-key %s: %w", cfg.TLSCert, cfg.TLSKey, err)
+	}
+	c := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if cfg.ClientCA != "" {
+		pem, err := os.ReadFile(cfg.ClientCA)
+		if err != nil {
+			return nil, fmt.Errorf("reading --client-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--client-ca %s holds no PEM certificate", cfg.ClientCA)
+		}
+		c.ClientCAs = pool
+		c.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return c, nil
+}

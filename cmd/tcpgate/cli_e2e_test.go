@@ -399,7 +399,7 @@ type proc struct {
 // startProc starts argv in dir (empty: the test's) with env. Cleanup kills
 // its process group if it is still running, and logs its output when the
 // test failed.
-func startProc(t *testing.T, name string, env []string, dir string, argv0 string, args ...string) *proc {
+func startProc(t *testing.T, name string, env []string, dir, argv0 string, args ...string) *proc {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &proc{name: name, done: make(chan struct{})}

@@ -42,6 +42,21 @@ verify: lint
 	$(MAKE) --no-print-directory generate
 	@if [ -n "$$(git status --porcelain -- gen gateway/openapi.json)" ]; then echo "generated code is stale: run 'make generate' and commit"; git status --porcelain -- gen gateway/openapi.json; exit 1; fi
 
+## bench: build the daemon and tcpgate-bench, run every scenario against real
+## processes over loopback (BENCH_RUNS runs; medians on stdout, JSON in
+## bin/bench.json; socat installed for the baseline if missing), then the
+## framing and hub micro-benchmarks. docs/BENCHMARKS.md explains the figures.
+BENCH_RUNS ?= 3
+bench:
+	$(GO) build -o $(BIN)/ ./cmd/tcpgate ./cmd/tcpgate-bench
+	@command -v socat >/dev/null 2>&1 || { \
+		SUDO=; [ "$$(id -u)" -ne 0 ] && SUDO=sudo; echo "installing socat for the baseline"; \
+		{ $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q socat || \
+		  { $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q socat; }; } >/dev/null 2>&1 || \
+		echo "socat could not be installed: the baseline is reported unavailable"; }
+	./$(BIN)/tcpgate-bench run --tcpgate $(BIN)/tcpgate --runs $(BENCH_RUNS) --json $(BIN)/bench.json
+	$(GO) test -run '^$$' -bench . -benchmem ./server/internal/framing ./server/internal/hub
+
 ## fuzz: run every fuzz target of every package for FUZZTIME each
 FUZZTIME ?= 20s
 fuzz:

@@ -200,3 +200,58 @@ func (benchCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 	return nil
 }
+
+// BenchmarkSendOneShot runs one-shot Sends with AWAIT_MODE_FIRST_READ from
+// 32 concurrent callers to a responder on 127.0.0.1; one op is one call.
+func BenchmarkSendOneShot(b *testing.B) {
+	g := servertest.Start(b, server.Config{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer ln.Close()
+	wg.Go(func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer nc.Close()
+				buf := make([]byte, 512)
+				if _, err := nc.Read(buf); err != nil {
+					return
+				}
+				if _, err := nc.Write([]byte("pong\n")); err != nil {
+					return
+				}
+				_, _ = nc.Read(buf) // until the gateway closes
+			})
+		}
+	})
+	req := &tcpgatev1.SendRequest{
+		Target:     &tcpgatev1.SendRequest_Address{Address: ln.Addr().String()},
+		Payload:    &tcpgatev1.SendRequest_Text{Text: "ping\n"},
+		AwaitReply: &tcpgatev1.AwaitReply{Mode: tcpgatev1.AwaitMode_AWAIT_MODE_FIRST_READ},
+	}
+	b.ReportAllocs()
+	b.SetParallelism(16) // 32 callers on 2 CPUs
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			r, err := g.Client.Send(context.Background(), req)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			if r.GetReply().GetText() != "pong\n" {
+				b.Errorf("reply %q", r.GetReply().GetText())
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
+}

@@ -204,10 +204,7 @@ func eventToProto(dst *tcpgatev1.Event, e *event.Event) {
 	dst.RemoteAddress = e.RemoteAddr
 	dst.LocalAddress = e.LocalAddr
 	dst.Data = e.Data
-	dst.Text = ""
-	if len(e.Data) > 0 && utf8.Valid(e.Data) {
-		dst.Text = string(e.Data)
-	}
+	dst.Text, _ = e.Text()
 	dst.CloseReason = closeReasons[e.CloseReason]
 	dst.Dropped = e.Dropped
 	dst.PeerSubject = e.PeerSubject

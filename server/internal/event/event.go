@@ -3,7 +3,11 @@
 // knows nothing of protobuf; server/rpc translates it.
 package event
 
-import "time"
+import (
+	"time"
+	"unicode/utf8"
+	"unsafe"
+)
 
 // Kind says what an Event reports.
 type Kind int
@@ -107,6 +111,33 @@ type Event struct {
 	// PeerSubject is the subject of the peer's TLS client certificate, on
 	// ConnectionOpened.
 	PeerSubject string
+
+	// Set by Seal, when the event is published.
+	size   int
+	utf8   bool
+	sealed bool
+}
+
+// Seal computes what every subscriber would otherwise compute again: the
+// event's size and whether Data is text. The hub calls it when it publishes
+// the event, after which the event never changes.
+func (e *Event) Seal() {
+	e.size = e.computeSize()
+	e.utf8 = len(e.Data) > 0 && utf8.Valid(e.Data)
+	e.sealed = true
+}
+
+// Text returns Data as a string when it is valid UTF-8. The string shares
+// Data's memory: a published payload never changes, so no copy is needed.
+func (e *Event) Text() (string, bool) {
+	ok := e.utf8
+	if !e.sealed {
+		ok = len(e.Data) > 0 && utf8.Valid(e.Data)
+	}
+	if !ok {
+		return "", false
+	}
+	return unsafe.String(unsafe.SliceData(e.Data), len(e.Data)), true
 }
 
 // overhead approximates the memory an event costs beyond its payload: the
@@ -116,5 +147,12 @@ const overhead = 160
 
 // Size is what the event counts against byte-bounded queues and the replay ring.
 func (e *Event) Size() int {
+	if e.sealed {
+		return e.size
+	}
+	return e.computeSize()
+}
+
+func (e *Event) computeSize() int {
 	return overhead + len(e.Data) + len(e.ListenerID) + len(e.ConnectionID) + len(e.RemoteAddr) + len(e.LocalAddr) + len(e.PeerSubject)
 }

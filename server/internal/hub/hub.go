@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -136,7 +137,7 @@ type Hub struct {
 	mu     sync.Mutex // guards every field below, and the queues of all subscribers
 	seq    uint64     // last sequence assigned
 	ring   ring
-	subs   map[*Subscriber]struct{}
+	subs   []*Subscriber // a slice: walked for every event, changed rarely
 	closed bool
 	// dropped and disconnected count, per policy, events dropped from
 	// queues and subscriptions ended for falling behind.
@@ -154,13 +155,14 @@ func New(cfg Config) *Hub {
 	if now == nil {
 		now = time.Now
 	}
-	return &Hub{now: now, maxSubscribers: cfg.MaxSubscribers, ring: ring{limit: limit}, subs: make(map[*Subscriber]struct{})}
+	return &Hub{now: now, maxSubscribers: cfg.MaxSubscribers, ring: ring{limit: limit}}
 }
 
 // Publish numbers evs, records them in the replay ring and queues them for
 // every subscriber they match. It never waits. Events published after Close
 // are dropped.
 func (h *Hub) Publish(evs ...*event.Event) {
+	seal(evs)
 	h.mu.Lock()
 	h.publishLocked(evs, nil)
 	h.mu.Unlock()
@@ -173,6 +175,7 @@ func (h *Hub) Publish(evs ...*event.Event) {
 // growing the gateway's memory.
 func (h *Hub) PublishWait(ctx context.Context, evs ...*event.Event) error {
 	var waits []wait
+	seal(evs)
 	h.mu.Lock()
 	waits = h.publishLocked(evs, waits)
 	h.mu.Unlock()
@@ -185,6 +188,13 @@ func (h *Hub) PublishWait(ctx context.Context, evs ...*event.Event) error {
 		}
 	}
 	return nil
+}
+
+// seal prepares events outside the lock (see event.Seal).
+func seal(evs []*event.Event) {
+	for _, e := range evs {
+		e.Seal()
+	}
 }
 
 // wait is a full Backpressure subscriber a publisher must wait for.
@@ -208,12 +218,16 @@ func (h *Hub) publishLocked(evs []*event.Event, waits []wait) []wait {
 			e.Time = now
 		}
 		h.ring.push(e)
-		for s := range h.subs {
+		for i := 0; i < len(h.subs); i++ {
+			s := h.subs[i]
 			if !s.filter.Match(e) {
 				continue
 			}
 			if room := s.enqueueLocked(e); room != nil && !hasWait(waits, room) {
 				waits = append(waits, wait{room: room, done: s.done})
+			}
+			if i < len(h.subs) && h.subs[i] != s {
+				i-- // a Disconnect subscriber removed itself: its successor moved here
 			}
 		}
 	}
@@ -279,7 +293,7 @@ func (h *Hub) Subscribe(opts SubscribeOptions) (*Subscriber, error) {
 			s.signal()
 		}
 	}
-	h.subs[s] = struct{}{}
+	h.subs = append(h.subs, s)
 	return s, nil
 }
 
@@ -323,7 +337,7 @@ func (h *Hub) Stats() Stats {
 	for _, p := range []Policy{DropOldest, Disconnect, Backpressure} {
 		st.Policies[p] = PolicyStats{Dropped: h.dropped[p]}
 	}
-	for s := range h.subs {
+	for _, s := range h.subs {
 		ps := st.Policies[s.policy]
 		ps.Subscribers++
 		ps.QueuedBytes += s.queued
@@ -355,7 +369,7 @@ func (h *Hub) CloseNow() { h.close(true) }
 func (h *Hub) close(discard bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for s := range h.subs {
+	for _, s := range slices.Clone(h.subs) {
 		s.endLocked(ErrClosed)
 		if discard {
 			s.discardLocked()
@@ -445,7 +459,9 @@ func (s *Subscriber) endLocked(err error) {
 		return
 	}
 	s.err = err
-	delete(s.h.subs, s)
+	if i := slices.Index(s.h.subs, s); i >= 0 {
+		s.h.subs = slices.Delete(s.h.subs, i, i+1)
+	}
 	close(s.done)
 	if s.room != nil {
 		close(s.room)

@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -123,7 +122,6 @@ func New(cfg Config) (*Gateway, error) {
 		runtime.SetQueryParameterParser(&strictQuery{}),
 		runtime.WithRoutingErrorHandler(routingError),
 		runtime.WithHealthzEndpoint(healthpb.NewHealthClient(cc)),
-		runtime.WithIncomingHeaderMatcher(headerMatcher),
 	)
 	if err := tcpgatev1.RegisterGatewayServiceHandlerClient(g.ctx, g.mux, g.client); err != nil {
 		cc.Close()
@@ -164,15 +162,6 @@ func loopback(addr string) (string, error) {
 		host = "::1"
 	}
 	return net.JoinHostPort(host, port), nil
-}
-
-// headerMatcher forwards grpc-gateway's default headers, and Authorization
-// as gRPC metadata, so the REST side can carry credentials.
-func headerMatcher(key string) (string, bool) {
-	if strings.EqualFold(key, "Authorization") {
-		return "authorization", true
-	}
-	return runtime.DefaultHeaderMatcher(key)
 }
 
 // routingError answers unknown routes with 404 and a known route with the

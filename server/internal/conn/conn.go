@@ -4,6 +4,7 @@
 package conn
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -343,8 +344,7 @@ func (c *Conn) read(max int, wait bool) ([]byte, error) {
 	n, err := c.nc.Read((*bp)[:max])
 	var chunk []byte
 	if n > 0 {
-		chunk = make([]byte, n)
-		copy(chunk, (*bp)[:n])
+		chunk = bytes.Clone((*bp)[:n]) // no zeroing, unlike make
 	}
 	readBuffers.Put(bp)
 	return chunk, err
@@ -370,16 +370,19 @@ func (c *Conn) frames(frames [][]byte) bool {
 	for _, a := range c.cfg.Aggregates {
 		a.FramesIn.Add(n)
 	}
+	// One allocation for the events of a read, not one per frame.
+	block := make([]event.Event, len(frames))
 	evs := make([]*event.Event, len(frames))
 	now := time.Now()
 	for i, f := range frames {
-		evs[i] = &event.Event{
+		block[i] = event.Event{
 			Time:         now,
 			Kind:         event.Data,
 			ListenerID:   c.cfg.ListenerID,
 			ConnectionID: c.cfg.ID,
 			Data:         f,
 		}
+		evs[i] = &block[i]
 	}
 	if err := c.cfg.Publisher.PublishWait(c.ctx, evs...); err != nil {
 		return false

@@ -4,6 +4,7 @@
 package dialer
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -51,6 +53,10 @@ const (
 
 // readSize is the buffer of one read of a reply.
 const readSize = 64 << 10
+
+// readBuffers are reused across sends: a reply is usually a few bytes, and a
+// fresh zeroed 64 KiB buffer per call cost more than the rest of the call.
+var readBuffers = sync.Pool{New: func() any { b := make([]byte, readSize); return &b }}
 
 // Request is one send.
 type Request struct {
@@ -113,12 +119,16 @@ func (d *Dialer) Send(ctx context.Context, req Request) (Result, error) {
 	}
 	switch req.Await {
 	case FirstRead:
-		buf := make([]byte, min(req.MaxReply, readSize))
-		n, err := nc.Read(buf)
+		bp := readBuffers.Get().(*[]byte)
+		n, err := nc.Read((*bp)[:min(req.MaxReply, readSize)])
+		res.Reply = bytes.Clone((*bp)[:n])
+		readBuffers.Put(bp)
 		if err != nil && !errors.Is(err, io.EOF) {
 			return res, ioError(ctx, "reading reply from", req.Address, err)
 		}
-		res.Reply = buf[:n]
+		if res.Reply == nil {
+			res.Reply = []byte{}
+		}
 	case Frame:
 		res.Reply, err = readFrame(nc, req)
 		if err != nil {
@@ -174,12 +184,13 @@ func readFrame(nc net.Conn, req Request) ([]byte, error) {
 			frame, got = f, true
 		}
 	}
-	buf := make([]byte, readSize)
+	bp := readBuffers.Get().(*[]byte)
+	defer readBuffers.Put(bp)
+	buf := *bp
 	for !got {
 		n, rerr := nc.Read(buf)
 		if n > 0 {
-			chunk := make([]byte, n)
-			copy(chunk, buf[:n])
+			chunk := bytes.Clone(buf[:n])
 			if err := sp.Feed(chunk, emit); err != nil && !got {
 				if errors.Is(err, framing.ErrFrameTooLarge) {
 					return nil, fmt.Errorf("more than %d bytes: %w", fc.MaxFrameBytes, ErrReplyTooLarge)
@@ -205,7 +216,9 @@ func readFrame(nc net.Conn, req Request) ([]byte, error) {
 
 func readAll(nc net.Conn, limit int) ([]byte, error) {
 	var out []byte
-	buf := make([]byte, readSize)
+	bp := readBuffers.Get().(*[]byte)
+	defer readBuffers.Put(bp)
+	buf := *bp
 	for {
 		n, err := nc.Read(buf)
 		if len(out)+n > limit {

@@ -100,6 +100,9 @@ type Config struct {
 	// Insecure allows a non-loopback control-plane address without a token
 	// or mutual TLS.
 	Insecure bool
+	// DebugAddr, when set, serves net/http/pprof there (loopback only,
+	// unless Insecure). Empty means no profiling endpoint.
+	DebugAddr string
 	// AllowListen, AllowDial and DenyDial are rule lists (see package
 	// policy) deciding what listeners may bind and what Send may dial. Empty
 	// means the defaults: listeners on any host above port 1023; dials
@@ -120,7 +123,9 @@ type Server struct {
 	grpcTLSLn net.Listener
 	auth      *rpc.Auth         // nil without AuthToken
 	internal  *bufconn.Listener // the REST gateway's way to gRPC
-	rest      *gateway.Gateway  // nil without HTTPAddr
+	debugSrv  *http.Server      // nil without DebugAddr
+	debugLn   net.Listener
+	rest      *gateway.Gateway // nil without HTTPAddr
 	httpSrv   *http.Server
 	httpLn    net.Listener
 	metrics   *prometheus.Registry
@@ -230,6 +235,18 @@ func New(cfg Config) (*Server, error) {
 			return nil, err
 		}
 	}
+	if cfg.DebugAddr != "" {
+		if err := s.newDebug(); err != nil {
+			ln.Close()
+			if s.httpLn != nil {
+				s.httpLn.Close()
+				s.rest.Close()
+			}
+			s.listeners.Close()
+			s.hub.Close()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -311,6 +328,12 @@ func (s *Server) Run(ctx context.Context) error {
 		s.log.Info("gateway serving", "grpc_addr", s.GRPCAddr())
 	}
 
+	debugErr := make(chan error, 1)
+	if s.debugSrv != nil {
+		go func() { debugErr <- s.debugSrv.Serve(s.debugLn) }()
+		s.log.Info("profiling served", "debug_addr", s.DebugAddr())
+	}
+
 	var failed error
 	select {
 	case <-ctx.Done():
@@ -369,6 +392,9 @@ func (s *Server) shutdown() {
 			<-stopped
 		}
 		s.listeners.Close()
+		if s.debugSrv != nil {
+			s.debugSrv.Close()
+		}
 		s.log.Info("gateway stopped", "took", time.Since(start).Round(time.Millisecond))
 	})
 }

@@ -1,0 +1,43 @@
+package server
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"runtime"
+	"time"
+)
+
+// newDebug binds the profiling endpoint: net/http/pprof on a mux of its own,
+// never on the REST address, so profiles are only where they were asked for.
+func (s *Server) newDebug() error {
+	if !isLoopback(s.cfg.DebugAddr) && !s.cfg.Insecure {
+		return fmt.Errorf("--debug-addr %s is not a loopback address: profiles show the gateway's memory, payloads included; pass --insecure to accept that", s.cfg.DebugAddr)
+	}
+	ln, err := net.Listen("tcp", s.cfg.DebugAddr)
+	if err != nil {
+		return fmt.Errorf("binding debug address %s: %w", s.cfg.DebugAddr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	// Block and mutex profiles are empty unless sampling is on; a rate of
+	// one event per 10 µs blocked, and 1 in 100 contentions, costs little.
+	runtime.SetBlockProfileRate(int((10 * time.Microsecond).Nanoseconds()))
+	runtime.SetMutexProfileFraction(100)
+	s.debugLn = ln
+	s.debugSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return nil
+}
+
+// DebugAddr returns the bound profiling address, or "" without one.
+func (s *Server) DebugAddr() string {
+	if s.debugLn == nil {
+		return ""
+	}
+	return s.debugLn.Addr().String()
+}

@@ -47,8 +47,9 @@
 //  3. the gRPC server stops gracefully, letting unary calls finish, and is
 //     stopped hard when the shutdown timeout passes;
 //  4. every listener stops: its port is freed at once and its connections
-//     are closed with reason SHUTDOWN; Run returns when every goroutine of
-//     the engine has returned.
+//     are closed with reason SHUTDOWN; one-shot sends still closing
+//     gracefully are closed; Run returns when every goroutine of the engine
+//     has returned.
 //
 // Nothing is left bound when Run returns.
 package server

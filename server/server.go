@@ -116,6 +116,7 @@ type Server struct {
 	log       *slog.Logger
 	hub       *hub.Hub
 	listeners *listener.Registry
+	dialer    *dialer.Dialer
 	grpc      *grpc.Server
 	health    *health.Server
 	grpcLn    net.Listener
@@ -175,12 +176,13 @@ func New(cfg Config) (*Server, error) {
 		WriteTimeout:   cfg.WriteTimeout,
 		Logger:         log,
 	})
+	s.dialer = &dialer.Dialer{}
 	s.rpcs = newRPCMetrics()
 	s.metrics = newMetrics(s.hub, s.listeners, s.rpcs)
 	svc := rpc.New(rpc.Config{
 		Listeners:            s.listeners,
 		Hub:                  s.hub,
-		Dialer:               &dialer.Dialer{},
+		Dialer:               s.dialer,
 		Policy:               pol,
 		SubscriberQueueBytes: cfg.SubscriberQueueBytes,
 		MaxSendBytes:         cfg.MaxSendBytes,
@@ -392,6 +394,7 @@ func (s *Server) shutdown() {
 			<-stopped
 		}
 		s.listeners.Close()
+		s.dialer.Close()
 		if s.debugSrv != nil {
 			s.debugSrv.Close()
 		}

@@ -84,7 +84,20 @@ type Result struct {
 // Dialer sends. The zero value is ready to use.
 type Dialer struct {
 	net.Dialer
+
+	wg sync.WaitGroup // lingering closes
+	mu sync.Mutex     // guards the fields below
+	// lingering are connections waiting for the peer to close first.
+	lingering map[net.Conn]struct{}
+	closed    bool
 }
+
+// Linger bounds of a graceful close: how long and how much the gateway
+// reads, after its own half-close, for the peer to close first.
+const (
+	lingerTimeout = 2 * time.Second
+	lingerBytes   = 1 << 20
+)
 
 // Send connects to req.Address, writes req.Payload and awaits the reply as
 // asked. ctx bounds the whole exchange.
@@ -93,25 +106,90 @@ func (d *Dialer) Send(ctx context.Context, req Request) (Result, error) {
 	if err != nil {
 		return Result{}, dialError(ctx, req.Address, err)
 	}
-	defer nc.Close()
 	if dl, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)
 	}
 	// Cancellation without a deadline still unblocks I/O at once.
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
 	if req.TLS != nil {
 		tc := tls.Client(nc, req.TLS)
 		if err := tc.HandshakeContext(ctx); err != nil {
+			stop()
+			nc.Close()
 			if ctx.Err() != nil {
 				return Result{}, fmt.Errorf("TLS handshake with %s: %w", req.Address, ctx.Err())
 			}
 			return Result{}, fmt.Errorf("TLS handshake with %s: %w: %w", req.Address, ErrHandshake, err)
 		}
-		defer tc.Close()
 		nc = tc
 	}
+	res, err := exchange(ctx, nc, req)
+	stop()
+	if err != nil || req.Await == UntilClose {
+		// Broken, or the peer has closed already.
+		nc.Close()
+		return res, err
+	}
+	d.linger(nc)
+	return res, nil
+}
 
+// linger closes nc gracefully in the background: the gateway half-closes,
+// then reads and discards what the peer still sends until it closes too
+// (lingerTimeout and lingerBytes at most). Closing at once with unread
+// bytes pending would send the peer a reset instead of a clean end, and a
+// peer still writing its reply would see "connection reset".
+func (d *Dialer) linger(nc net.Conn) {
+	cw, ok := nc.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		nc.Close()
+		return
+	}
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		nc.Close()
+		return
+	}
+	if d.lingering == nil {
+		d.lingering = make(map[net.Conn]struct{})
+	}
+	d.lingering[nc] = struct{}{}
+	d.wg.Add(1)
+	d.mu.Unlock()
+	go func() {
+		defer d.wg.Done()
+		_ = nc.SetDeadline(time.Now().Add(lingerTimeout))
+		bp := readBuffers.Get().(*[]byte)
+		for read := 0; read < lingerBytes; {
+			n, err := nc.Read(*bp)
+			read += n
+			if err != nil {
+				break
+			}
+		}
+		readBuffers.Put(bp)
+		nc.Close()
+		d.mu.Lock()
+		delete(d.lingering, nc)
+		d.mu.Unlock()
+	}()
+}
+
+// Close ends lingering closes at once and waits for them. Sends after Close
+// still work but close without lingering.
+func (d *Dialer) Close() {
+	d.mu.Lock()
+	d.closed = true
+	for nc := range d.lingering {
+		nc.Close()
+	}
+	d.mu.Unlock()
+	d.wg.Wait()
+}
+
+// exchange writes the payload and reads the reply as asked.
+func exchange(ctx context.Context, nc net.Conn, req Request) (Result, error) {
 	n, err := nc.Write(req.Payload)
 	res := Result{BytesWritten: n}
 	if err != nil {

@@ -4,6 +4,7 @@
 package event
 
 import (
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 	"unsafe"
@@ -116,6 +117,30 @@ type Event struct {
 	size   int
 	utf8   bool
 	sealed bool
+
+	// memo is an opaque slot for the RPC layer: it caches the event's
+	// encoded form here, so that one event sent to many subscribers is
+	// encoded once. The engine never reads it. It is not counted in Size.
+	memo atomic.Pointer[any]
+}
+
+// Memo returns what SetMemo stored, or nil. Safe for concurrent use.
+func (e *Event) Memo() any {
+	if p := e.memo.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// SetMemo stores v unless a value is already stored, and returns the value
+// stored, which may be another caller's: concurrent callers all get the same
+// one. Only the RPC layer calls it, to cache the event's encoded header; the
+// engine never reads it.
+func (e *Event) SetMemo(v any) any {
+	if e.memo.CompareAndSwap(nil, &v) {
+		return v
+	}
+	return *e.memo.Load()
 }
 
 // Seal computes what every subscriber would otherwise compute again: the

@@ -89,19 +89,19 @@ func TestSize(t *testing.T) {
 	}
 	tests := []struct {
 		name string
-		ev   event.Event
+		ev   *event.Event
 		grow int
 	}{
-		{"1-byte payload", event.Event{Data: []byte("x")}, 1},
-		{"64 KiB payload", event.Event{Data: make([]byte, 64<<10)}, 64 << 10},
-		{"listener id", event.Event{ListenerID: "listener-1"}, len("listener-1")},
-		{"connection id", event.Event{ConnectionID: "c42"}, len("c42")},
-		{"addresses", event.Event{RemoteAddr: "127.0.0.1:5555", LocalAddr: "127.0.0.1:6666"}, 28},
-		{"everything", event.Event{
+		{"1-byte payload", &event.Event{Data: []byte("x")}, 1},
+		{"64 KiB payload", &event.Event{Data: make([]byte, 64<<10)}, 64 << 10},
+		{"listener id", &event.Event{ListenerID: "listener-1"}, len("listener-1")},
+		{"connection id", &event.Event{ConnectionID: "c42"}, len("c42")},
+		{"addresses", &event.Event{RemoteAddr: "127.0.0.1:5555", LocalAddr: "127.0.0.1:6666"}, 28},
+		{"everything", &event.Event{
 			ListenerID: "l1", ConnectionID: "c1", RemoteAddr: "a", LocalAddr: "b",
 			Data: []byte(strings.Repeat("z", 1000)),
 		}, 2 + 2 + 1 + 1 + 1000},
-		{"numbers cost nothing extra", event.Event{Sequence: 1 << 40, Dropped: 7, CloseReason: event.ReasonShutdown}, 0},
+		{"numbers cost nothing extra", &event.Event{Sequence: 1 << 40, Dropped: 7, CloseReason: event.ReasonShutdown}, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -25,14 +25,17 @@
 //
 // # Lock order
 //
-// Locks are never held across I/O, and only one pair is ever nested:
+// Locks are never held across I/O, and only two pairs are ever nested:
 //
 //	conn.Conn.writeMu  ->  conn.Conn.mu
+//	hub.Hub.mu         ->  hub.Subscriber.mu
 //
 // conn.Conn.writeMu is held across a write to the socket: that write is the
-// thing it serializes, bounded by the write timeout. listener.Registry.mu
-// and hub.Hub.mu are leaves: nothing that takes another lock, and no I/O,
-// runs while either is held.
+// thing it serializes, bounded by the write timeout. A publisher holds
+// hub.Hub.mu and takes each subscriber's lock once per batch; a subscriber
+// taking its events takes only its own, so subscribers do not contend with
+// each other. listener.Registry.mu is a leaf: nothing that takes another
+// lock, and no I/O, runs while it is held.
 //
 // Counters of connections and listeners are atomics and take no lock.
 //

@@ -218,29 +218,29 @@ func (h *Hub) publishLocked(evs []*event.Event, waits []wait) []wait {
 			e.Time = now
 		}
 		h.ring.push(e)
-		for i := 0; i < len(h.subs); i++ {
-			s := h.subs[i]
-			if !s.filter.Match(e) {
-				continue
+	}
+	// Each subscriber's lock is taken once for the whole batch; a
+	// subscriber taking its events in Next contends only with this.
+	for i := 0; i < len(h.subs); i++ {
+		s := h.subs[i]
+		var room <-chan struct{}
+		s.mu.Lock()
+		for _, e := range evs {
+			if s.filter.Match(e) {
+				if r := s.enqueueLocked(e); r != nil {
+					room = r
+				}
 			}
-			if room := s.enqueueLocked(e); room != nil && !hasWait(waits, room) {
-				waits = append(waits, wait{room: room, done: s.done})
-			}
-			if i < len(h.subs) && h.subs[i] != s {
-				i-- // a Disconnect subscriber removed itself: its successor moved here
-			}
+		}
+		s.mu.Unlock()
+		if room != nil {
+			waits = append(waits, wait{room: room, done: s.done})
+		}
+		if i < len(h.subs) && h.subs[i] != s {
+			i-- // a Disconnect subscriber removed itself: its successor moved here
 		}
 	}
 	return waits
-}
-
-func hasWait(waits []wait, room <-chan struct{}) bool {
-	for _, w := range waits {
-		if w.room == room {
-			return true
-		}
-	}
-	return false
 }
 
 // LastSequence returns the sequence of the newest event, 0 before any.
@@ -340,7 +340,9 @@ func (h *Hub) Stats() Stats {
 	for _, s := range h.subs {
 		ps := st.Policies[s.policy]
 		ps.Subscribers++
+		s.mu.Lock()
 		ps.QueuedBytes += s.queued
+		s.mu.Unlock()
 		st.Policies[s.policy] = ps
 	}
 	return st
@@ -370,10 +372,12 @@ func (h *Hub) close(discard bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, s := range slices.Clone(h.subs) {
+		s.mu.Lock()
 		s.endLocked(ErrClosed)
 		if discard {
 			s.discardLocked()
 		}
+		s.mu.Unlock()
 	}
 	h.closed = true
 }
@@ -388,7 +392,9 @@ type Subscriber struct {
 	notify chan struct{} // has a value when there may be something to read
 	done   chan struct{} // closed when the subscription ends
 
-	// Guarded by h.mu.
+	// mu guards the fields below. Lock order: Hub.mu, then Subscriber.mu;
+	// Next takes only the latter.
+	mu     sync.Mutex
 	replay []*event.Event // events from the ring, delivered before queue
 	// gap counts sequences the ring no longer held at Subscribe; its marker
 	// goes before replay.
@@ -403,8 +409,9 @@ type Subscriber struct {
 	err     error         // why the subscription ended; set once
 }
 
-// enqueueLocked queues e and applies the policy. It returns the channel a
-// publisher must wait on when a Backpressure queue is full.
+// enqueueLocked queues e and applies the policy; h.mu and s.mu are held.
+// It returns the channel a publisher must wait on when a Backpressure queue
+// is full.
 func (s *Subscriber) enqueueLocked(e *event.Event) <-chan struct{} {
 	if s.err != nil {
 		return nil
@@ -454,6 +461,7 @@ func (s *Subscriber) signal() {
 }
 
 // endLocked ends the subscription with err and removes it from the hub.
+// Both h.mu and s.mu are held.
 func (s *Subscriber) endLocked(err error) {
 	if s.err != nil {
 		return
@@ -477,10 +485,10 @@ func (s *Subscriber) endLocked(err error) {
 // was returned, why it ended: ErrClosed or a *SlowConsumerError.
 func (s *Subscriber) Next(ctx context.Context, buf []*event.Event) ([]*event.Event, error) {
 	for {
-		s.h.mu.Lock()
+		s.mu.Lock()
 		buf, ok := s.takeLocked(buf)
 		err := s.err
-		s.h.mu.Unlock()
+		s.mu.Unlock()
 		if ok {
 			return buf, nil
 		}
@@ -578,7 +586,9 @@ func (s *Subscriber) Done() <-chan struct{} { return s.done }
 // Close ends the subscription; Next then returns ErrClosed. It is idempotent.
 func (s *Subscriber) Close() {
 	s.h.mu.Lock()
+	s.mu.Lock()
 	s.endLocked(ErrClosed)
 	s.discardLocked()
+	s.mu.Unlock()
 	s.h.mu.Unlock()
 }

@@ -189,7 +189,9 @@ var policies = map[tcpgatev1.SlowConsumerPolicy]hub.Policy{
 }
 
 // eventToProto fills dst from e, overwriting every field, so a batch's
-// messages can be reused across batches.
+// messages can be reused across batches. Subscribe does not call it: Codec
+// writes the same bytes straight from the event (codec.go), and
+// codec_test.go holds it to this function's result.
 func eventToProto(dst *tcpgatev1.Event, e *event.Event) {
 	ts := dst.Time
 	if ts == nil {

@@ -437,19 +437,15 @@ func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerS
 
 	ctx := stream.Context()
 	var batch []*event.Event
-	var pbs []*tcpgatev1.Event
-	resp := &tcpgatev1.SubscribeResponse{}
 	for {
 		batch, err = sub.Next(ctx, batch[:0])
 		if len(batch) > 0 {
-			for len(pbs) < len(batch) {
-				pbs = append(pbs, new(tcpgatev1.Event))
-			}
-			for i, e := range batch {
-				eventToProto(pbs[i], e)
-			}
-			resp.Events = pbs[:len(batch)]
-			if serr := stream.Send(resp); serr != nil {
+			// Not stream.Send(*SubscribeResponse): the server's Codec
+			// (codec.go) encodes an eventBatch, the engine's events as they
+			// are, into the same bytes, caching each event's encoding for
+			// every other subscriber and sending large payloads without
+			// copying them. SendMsg takes any message the codec knows.
+			if serr := stream.SendMsg(eventBatch(batch)); serr != nil {
 				return serr
 			}
 			clear(batch)

@@ -27,7 +27,7 @@ import (
 // the pool has just zeroed. Instead:
 //
 //   - the fields of an event around its payload are encoded once, on first
-//     use, and cached on the event (event.Event.SetMemo): every other
+//     use, and cached on the event (event.Event.Memo): every other
 //     subscriber copies those few bytes;
 //   - a payload of refMin bytes or more is not copied at all: the response
 //     refers to the event's Data, which is immutable once published, as a
@@ -72,56 +72,56 @@ type eventBatch []*event.Event
 // buffer in the response.
 const refMin = 2 << 10
 
-// encodedEvent is an event's encoding, cached on the event. enc is the
-// event's wire format as one element of SubscribeResponse.events (field 1)
-// with the payload left out: enc[:mid] runs from the element's tag to the
-// length of field 8 (data), enc[mid:tail] is the tag and length of field 9
-// (text), and enc[tail:] holds fields 10 to 12. The payload follows
-// enc[:mid] and, when it is text, enc[mid:tail] too. It never changes once
-// made: subscribers read it concurrently.
-type encodedEvent struct {
-	enc       []byte
-	mid, tail int
-	data      []byte
-	text      bool
-	// ref is data as a mem.Buffer made once, when len(data) >= refMin; the
-	// response refers to it instead of copying the payload.
-	ref mem.Buffer
-	// inline holds enc when it fits, which it does for the usual ids: one
-	// allocation per event rather than two.
-	inline [inlineEnc]byte
-}
-
-// inlineEnc makes an encodedEvent 192 bytes, a size class of its own.
-const inlineEnc = 192 - 88
-
-// copied is how many bytes the event takes in a batch's own buffer.
-func (m *encodedEvent) copied() int {
-	n := len(m.enc)
-	if m.ref == nil {
-		n += len(m.data)
-		if m.text {
-			n += len(m.data)
-		}
-	}
-	return n
-}
+// An event goes into a response as its memo (event.Event.Memo) and its
+// payload: the memo is the event's wire format as one element of
+// SubscribeResponse.events (field 1) with the payload left out, and split
+// tells where the payload goes. enc[:mid] runs from the element's tag to the
+// length of field 8 (data), and the payload follows it; when the payload is
+// text, enc[mid:tail] is the tag and length of field 9, and the payload
+// follows again; enc[tail:] holds fields 10 to 12. The memo holds bytes
+// only, to keep small what every event in the replay ring carries.
 
 // eventsEncoded counts the events encoded (not taken from their memo), for
 // tests.
 var eventsEncoded atomic.Uint64
 
-// encoded returns e's cached encoding, making it on first use. Concurrent
-// first uses may both encode; all of them get the one cached.
-func encoded(e *event.Event) (*encodedEvent, error) {
-	if m, ok := e.Memo().(*encodedEvent); ok {
-		return m, nil
+// memoOf returns e's memo, encoding it on first use.
+func memoOf(e *event.Event) ([]byte, error) {
+	var err error
+	enc := e.Memo(func() []byte {
+		var b []byte
+		b, err = encodeEvent(e)
+		return b
+	})
+	return enc, err
+}
+
+// isText reports whether e's payload goes as text too. A sealed event knows
+// without checking its payload again.
+func isText(e *event.Event) bool {
+	_, ok := e.Text()
+	return ok
+}
+
+// split returns where the payload goes in enc, e's memo (see above).
+func split(e *event.Event, enc []byte, text bool) (mid, tail int) {
+	tail = len(enc)
+	if e.CloseReason != event.ReasonUnspecified || e.Dropped != 0 || e.PeerSubject != "" {
+		tail -= sizeVarint(fCloseReason, closeReason(e.CloseReason)) +
+			sizeVarint(fDropped, e.Dropped) + sizeString(fPeerSubject, len(e.PeerSubject))
 	}
-	m, err := encodeEvent(e)
-	if err != nil {
-		return nil, err
+	mid = tail
+	if text {
+		mid -= protowire.SizeTag(fText) + protowire.SizeVarint(uint64(len(e.Data)))
 	}
-	return e.SetMemo(m).(*encodedEvent), nil
+	return mid, tail
+}
+
+func closeReason(r event.CloseReason) uint64 {
+	if r == event.ReasonUnspecified {
+		return 0
+	}
+	return uint64(closeReasons[r])
 }
 
 // Field numbers of tcpgatev1.Event and of google.protobuf.Timestamp.
@@ -144,9 +144,11 @@ const (
 )
 
 // encodeEvent encodes e as proto.Marshal encodes the tcpgatev1.Event that
-// eventToProto makes of it: fields in number order, zero values left out,
-// Time always present, strings checked for UTF-8 as proto3 requires.
-func encodeEvent(e *event.Event) (*encodedEvent, error) {
+// eventToProto makes of it, as an element of SubscribeResponse.events and
+// with the payload left out (see parts): fields in number order, zero values
+// left out, Time always present, strings checked for UTF-8 as proto3
+// requires.
+func encodeEvent(e *event.Event) ([]byte, error) {
 	eventsEncoded.Add(1)
 	strs := [...]struct {
 		num  protowire.Number
@@ -166,9 +168,8 @@ func encodeEvent(e *event.Event) (*encodedEvent, error) {
 	}
 	secs, nanos := e.Time.Unix(), int64(int32(e.Time.Nanosecond()))
 	kind := uint64(eventKinds[e.Kind])
-	reason := uint64(closeReasons[e.CloseReason])
-	text, isText := e.Text() // sealed: no second UTF-8 check
-	m := &encodedEvent{data: e.Data, text: isText && len(text) > 0}
+	reason := closeReason(e.CloseReason)
+	isText := isText(e)
 
 	tsLen := sizeVarint(fSeconds, uint64(secs)) + sizeVarint(fNanos, uint64(nanos))
 	n := sizeVarint(fSequence, e.Sequence) +
@@ -182,16 +183,11 @@ func encodeEvent(e *event.Event) (*encodedEvent, error) {
 		sizeVarint(fCloseReason, reason) +
 		sizeVarint(fDropped, e.Dropped) +
 		sizeString(fPeerSubject, len(e.PeerSubject))
-	if m.text {
+	if isText {
 		n += sizeString(fText, len(e.Data))
 	}
 
-	var b []byte
-	if size := protowire.SizeTag(fEvents) + protowire.SizeVarint(uint64(n)) + n - len(e.Data)*(1+btoi(m.text)); size <= inlineEnc {
-		b = m.inline[:0:size]
-	} else {
-		b = make([]byte, 0, size)
-	}
+	b := make([]byte, 0, protowire.SizeTag(fEvents)+protowire.SizeVarint(uint64(n))+n-len(e.Data)*(1+btoi(isText)))
 	b = protowire.AppendTag(b, fEvents, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(n))
 	b = appendVarint(b, fSequence, e.Sequence)
@@ -207,23 +203,17 @@ func encodeEvent(e *event.Event) (*encodedEvent, error) {
 		b = protowire.AppendTag(b, fData, protowire.BytesType)
 		b = protowire.AppendVarint(b, uint64(len(e.Data)))
 	}
-	m.mid = len(b)
-	if m.text {
+	if isText {
 		b = protowire.AppendTag(b, fText, protowire.BytesType)
 		b = protowire.AppendVarint(b, uint64(len(e.Data)))
 	}
-	m.tail = len(b)
 	b = appendVarint(b, fCloseReason, reason)
 	b = appendVarint(b, fDropped, e.Dropped)
 	b = appendString(b, fPeerSubject, e.PeerSubject)
 	if len(b) != cap(b) {
 		return nil, fmt.Errorf("tcpgate: encoding event %d: %d bytes, want %d", e.Sequence, len(b), cap(b))
 	}
-	m.enc = b
-	if len(e.Data) >= refMin {
-		m.ref = mem.SliceBuffer(e.Data)
-	}
-	return m, nil
+	return b, nil
 }
 
 func btoi(b bool) int {
@@ -264,7 +254,7 @@ func appendString(b []byte, num protowire.Number, s string) []byte {
 	return append(b, s...)
 }
 
-// marshalBatch encodes evs as a SubscribeResponse: the cached encodings and
+// marshalBatch encodes evs as a SubscribeResponse: the events' memos and
 // small payloads copied into one pooled buffer, large payloads referred to
 // between views of it.
 func marshalBatch(evs eventBatch) (mem.BufferSlice, error) {
@@ -273,36 +263,42 @@ func marshalBatch(evs eventBatch) (mem.BufferSlice, error) {
 	}
 	size, refs := 0, 0
 	for _, e := range evs {
-		m, err := encoded(e)
+		enc, err := memoOf(e)
 		if err != nil {
 			return nil, err
 		}
-		size += m.copied()
-		if m.ref != nil {
+		size += len(enc)
+		if len(e.Data) >= refMin {
 			refs++
+		} else if isText(e) {
+			size += 2 * len(e.Data)
+		} else {
+			size += len(e.Data)
 		}
 	}
 	bp := batchBuffers.Get(size)
 	root := mem.NewBuffer(bp, batchBuffers)
+	b := (*bp)[:0]
 	if refs == 0 {
-		b := (*bp)[:0]
 		for _, e := range evs {
-			m, _ := encoded(e)
-			b = append(b, m.enc[:m.mid]...)
-			b = append(b, m.data...)
-			if m.text {
-				b = append(b, m.enc[m.mid:m.tail]...)
-				b = append(b, m.data...)
+			enc, _ := memoOf(e)
+			text := isText(e)
+			mid, tail := split(e, enc, text)
+			b = append(b, enc[:mid]...)
+			b = append(b, e.Data...)
+			if text {
+				b = append(b, enc[mid:tail]...)
+				b = append(b, e.Data...)
 			}
-			b = append(b, m.enc[m.tail:]...)
+			b = append(b, enc[tail:]...)
 		}
 		return mem.BufferSlice{root}, nil
 	}
 
 	// Views of root between the payloads sent by reference; each holds a
-	// reference to root, and ours is dropped at the end.
-	out := make(mem.BufferSlice, 0, 2+4*refs)
-	b := (*bp)[:0]
+	// reference to root, and ours is dropped at the end. A payload goes as
+	// a mem.SliceBuffer, whose Free does nothing: gRPC never recycles it.
+	out := make(mem.BufferSlice, 0, 1+4*refs)
 	start := 0
 	cut := func() {
 		if len(b) > start {
@@ -311,24 +307,27 @@ func marshalBatch(evs eventBatch) (mem.BufferSlice, error) {
 		}
 	}
 	for _, e := range evs {
-		m, _ := encoded(e)
-		b = append(b, m.enc[:m.mid]...)
-		if m.ref == nil {
-			b = append(b, m.data...)
-			if m.text {
-				b = append(b, m.enc[m.mid:m.tail]...)
-				b = append(b, m.data...)
+		enc, _ := memoOf(e)
+		text := isText(e)
+		mid, tail := split(e, enc, text)
+		b = append(b, enc[:mid]...)
+		if len(e.Data) < refMin {
+			b = append(b, e.Data...)
+			if text {
+				b = append(b, enc[mid:tail]...)
+				b = append(b, e.Data...)
 			}
 		} else {
+			ref := mem.SliceBuffer(e.Data)
 			cut()
-			out = append(out, m.ref)
-			if m.text {
-				b = append(b, m.enc[m.mid:m.tail]...)
+			out = append(out, ref)
+			if text {
+				b = append(b, enc[mid:tail]...)
 				cut()
-				out = append(out, m.ref)
+				out = append(out, ref)
 			}
 		}
-		b = append(b, m.enc[m.tail:]...)
+		b = append(b, enc[tail:]...)
 	}
 	cut()
 	root.Free()

@@ -119,26 +119,27 @@ type Event struct {
 	sealed bool
 
 	// memo is an opaque slot for the RPC layer: it caches the event's
-	// encoded form here, so that one event sent to many subscribers is
-	// encoded once. The engine never reads it. It is not counted in Size.
-	memo atomic.Pointer[any]
+	// encoded header here, so that an event sent to many subscribers is
+	// encoded once. The engine never reads it. Not counted in Size.
+	memo atomic.Pointer[[]byte]
 }
 
-// Memo returns what SetMemo stored, or nil. Safe for concurrent use.
-func (e *Event) Memo() any {
+// Memo returns the bytes cached on the event, calling encode to make them
+// on first use; a nil result is returned but not cached. Concurrent first
+// callers may each call encode, and all get the one result cached. The
+// bytes must not be modified. Only the RPC layer calls it, to cache the
+// event's encoded header; the engine never reads it.
+func (e *Event) Memo(encode func() []byte) []byte {
 	if p := e.memo.Load(); p != nil {
 		return *p
 	}
-	return nil
+	return e.setMemo(encode)
 }
 
-// SetMemo stores v unless a value is already stored, and returns the value
-// stored, which may be another caller's: concurrent callers all get the same
-// one. Only the RPC layer calls it, to cache the event's encoded header; the
-// engine never reads it.
-func (e *Event) SetMemo(v any) any {
-	if e.memo.CompareAndSwap(nil, &v) {
-		return v
+func (e *Event) setMemo(encode func() []byte) []byte {
+	b := encode()
+	if b == nil || e.memo.CompareAndSwap(nil, &b) {
+		return b
 	}
 	return *e.memo.Load()
 }

@@ -61,7 +61,12 @@ type Config struct {
 	Heartbeat time.Duration
 	// Metrics, when set, is served at /metrics.
 	Metrics http.Handler
-	// Logger logs stream failures; nil means slog.Default().
+	// Refused, when set, is called with the HTTP status of every request
+	// refused before it reaches gRPC: 401 for a missing or wrong token, 403
+	// for a foreign Host or Origin.
+	Refused func(status int)
+	// Logger logs stream failures and refused requests; nil means
+	// slog.Default().
 	Logger *slog.Logger
 }
 

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -23,6 +24,28 @@ func writeError(w http.ResponseWriter, status, code int, msg string) {
 	_, _ = w.Write(b)
 }
 
+// refuse answers a request refused before it reached gRPC (a bad token, a
+// foreign Host or Origin), logs it (never the token) and counts it, so that
+// probing shows up as gRPC refusals do.
+func (g *Gateway) refuse(w http.ResponseWriter, r *http.Request, status, code int, msg string) {
+	g.log.Warn("HTTP request refused", "status", status, "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "error", msg)
+	if g.cfg.Refused != nil {
+		g.cfg.Refused(status)
+	}
+	writeError(w, status, code, msg)
+}
+
+// Protect wraps a handler served beside the REST API (the profiling
+// endpoint) in the REST API's own checks: the Host and Origin guard when
+// loopbackOnly, and the bearer token when auth is set.
+func Protect(h http.Handler, cfg Config) http.Handler {
+	g := &Gateway{cfg: cfg, log: cfg.Logger}
+	if g.log == nil {
+		g.log = slog.Default()
+	}
+	return g.guard(g.authorize(h))
+}
+
 // authorize requires the bearer token on every request but health checks
 // and CORS preflights (browsers send those without credentials).
 func (g *Gateway) authorize(next http.Handler) http.Handler {
@@ -42,7 +65,7 @@ func (g *Gateway) authorize(next http.Handler) http.Handler {
 			if len(h) == 0 {
 				msg = "missing bearer token: send the header \"Authorization: Bearer TOKEN\""
 			}
-			writeError(w, http.StatusUnauthorized, 16, msg)
+			g.refuse(w, r, http.StatusUnauthorized, 16, msg)
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -58,11 +81,11 @@ func (g *Gateway) guard(next http.Handler) http.Handler {
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !loopbackHost(r.Host) {
-			writeError(w, http.StatusForbidden, 7, "Host "+r.Host+" is not a loopback name: this gateway answers only requests addressed to this host")
+			g.refuse(w, r, http.StatusForbidden, 7, "Host "+r.Host+" is not a loopback name: this gateway answers only requests addressed to this host")
 			return
 		}
 		if o := r.Header.Get("Origin"); o != "" && !g.originAllowed(o) {
-			writeError(w, http.StatusForbidden, 7, "Origin "+o+" may not call this gateway: list it in --cors-origins")
+			g.refuse(w, r, http.StatusForbidden, 7, "Origin "+o+" may not call this gateway: list it in --cors-origins")
 			return
 		}
 		next.ServeHTTP(w, r)

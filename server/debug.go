@@ -7,6 +7,8 @@ import (
 	"net/http/pprof"
 	"runtime"
 	"time"
+
+	"github.com/tcpgate/tcpgate/gateway"
 )
 
 // newDebug binds the profiling endpoint: net/http/pprof on a mux of its own,
@@ -29,8 +31,15 @@ func (s *Server) newDebug() error {
 	// one event per 10 µs blocked, and 1 in 100 contentions, costs little.
 	runtime.SetBlockProfileRate(int((10 * time.Microsecond).Nanoseconds()))
 	runtime.SetMutexProfileFraction(100)
+	// The same checks as the REST API: the token when there is one, and on
+	// loopback the Host and Origin guard, or a web page could reach the
+	// profiles through DNS rebinding.
+	gcfg := gateway.Config{Logger: s.log, LoopbackOnly: isLoopback(s.cfg.DebugAddr), Refused: s.rpcs.refuse}
+	if s.auth != nil {
+		gcfg.Auth = s.auth
+	}
 	s.debugLn = ln
-	s.debugSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	s.debugSrv = &http.Server{Handler: gateway.Protect(mux, gcfg), ReadHeaderTimeout: 10 * time.Second}
 	return nil
 }
 

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -81,18 +82,24 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.discon, float64(hs.Disconnected))
 }
 
-// rpcMetrics counts calls and their latency by method and code.
+// rpcMetrics counts calls and their latency by method and code, and the
+// HTTP requests refused before they became calls.
 type rpcMetrics struct {
 	calls   *prometheus.CounterVec
 	latency *prometheus.HistogramVec
+	refused *prometheus.CounterVec
 }
 
 func newRPCMetrics() *rpcMetrics {
 	return &rpcMetrics{
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tcpgate_grpc_calls_total",
-			Help: "gRPC calls handled, by method and status code (REST calls included).",
+			Help: "gRPC calls handled, by method and status code (REST calls that passed the HTTP checks included).",
 		}, []string{"method", "code"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tcpgate_http_refused_total",
+			Help: "HTTP requests refused before reaching gRPC, by status: 401 a missing or wrong token, 403 a foreign Host or Origin (REST and the profiling endpoint).",
+		}, []string{"status"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "tcpgate_grpc_call_duration_seconds",
 			Help: "gRPC call duration by method; for Subscribe, the stream's life.",
@@ -100,6 +107,10 @@ func newRPCMetrics() *rpcMetrics {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9),
 		}, []string{"method"}),
 	}
+}
+
+func (m *rpcMetrics) refuse(status int) {
+	m.refused.WithLabelValues(strconv.Itoa(status)).Inc()
 }
 
 func (m *rpcMetrics) observe(method string, err error, start time.Time) {
@@ -114,6 +125,7 @@ func newMetrics(h *hub.Hub, r *listener.Registry, rpcs *rpcMetrics) *prometheus.
 		newCollector(h, r),
 		rpcs.calls,
 		rpcs.latency,
+		rpcs.refused,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -47,6 +48,20 @@ func checkExposure(cfg Config) error {
 		}
 	}
 	return nil
+}
+
+// warnCleartextToken warns when the token protects an address reachable
+// from other hosts without TLS: anyone on the path reads it from the first
+// request and has the gateway's full power.
+func warnCleartextToken(cfg Config, log *slog.Logger) {
+	if cfg.AuthToken == "" || cfg.TLSCert != "" {
+		return
+	}
+	for _, a := range []struct{ flag, addr string }{{"--grpc-addr", cfg.GRPCAddr}, {"--http-addr", cfg.HTTPAddr}} {
+		if a.addr != "" && !isLoopback(a.addr) {
+			log.Warn("the bearer token crosses the network in clear text: add --tls-cert and --tls-key", "flag", a.flag, "address", a.addr)
+		}
+	}
 }
 
 // newPolicy parses the policy flags.

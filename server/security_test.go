@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -547,6 +548,33 @@ func TestControlPlaneMutualTLS(t *testing.T) {
 		}
 	})
 
+	t.Run("token in clear text", func(t *testing.T) {
+		for _, tc := range []struct {
+			cfg  server.Config
+			warn bool
+		}{
+			{server.Config{GRPCAddr: "0.0.0.0:0", AuthToken: "tok-0123456789abcdef"}, true},
+			{server.Config{GRPCAddr: "0.0.0.0:0", AuthToken: "tok-0123456789abcdef", TLSCert: pki.certFile, TLSKey: pki.keyFile}, false},
+			{server.Config{GRPCAddr: "127.0.0.1:0", AuthToken: "tok-0123456789abcdef"}, false},
+		} {
+			var logs secLog
+			tc.cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+			s, err := server.New(tc.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			_ = s.Run(ctx)
+			if got := strings.Contains(logs.String(), "clear text"); got != tc.warn {
+				t.Errorf("%s, TLS %v: warned %v, want %v; logs:\n%s", tc.cfg.GRPCAddr, tc.cfg.TLSCert != "", got, tc.warn, logs.String())
+			}
+			if strings.Contains(logs.String(), tc.cfg.AuthToken) {
+				t.Errorf("the token is in the logs:\n%s", logs.String())
+			}
+		}
+	})
+
 	t.Run("exposed address", func(t *testing.T) {
 		// TLS without client certificates authenticates nobody.
 		if _, err := server.New(server.Config{GRPCAddr: "0.0.0.0:0", TLSCert: pki.certFile, TLSKey: pki.keyFile}); err == nil ||
@@ -1005,9 +1033,16 @@ func TestPolicy(t *testing.T) {
 
 	t.Run("allow listen", func(t *testing.T) {
 		g := servertest.Start(t, server.Config{AllowListen: "127.0.0.1:20000-30000"})
-		// Port 0 passes every rule's port check: the system picks.
-		if err := listen(t, g, "127.0.0.1", 0); err != nil {
-			t.Errorf("StartListener 127.0.0.1:0: %v", err)
+		// Port 0 takes a free port inside the rule, not the kernel's pick.
+		for range 5 {
+			resp, err := g.Client.StartListener(ctxT(t), &tcpgatev1.StartListenerRequest{Host: "127.0.0.1"})
+			if err != nil {
+				t.Fatalf("StartListener 127.0.0.1:0: %v", err)
+			}
+			_, p, _ := net.SplitHostPort(resp.GetListener().GetAddress())
+			if n, _ := strconv.Atoi(p); n < 20000 || n > 30000 {
+				t.Errorf("port 0 bound %s, outside --allow-listen 127.0.0.1:20000-30000", resp.GetListener().GetAddress())
+			}
 		}
 		denied(t, listen(t, g, "127.0.0.1", 1234), "--allow-listen", "127.0.0.1:20000-30000")
 		denied(t, listen(t, g, "", 0), "--allow-listen")

@@ -50,8 +50,13 @@ func (c *client) addFlags(cmd *cobra.Command) {
 	f.StringVar(&c.token, "token", "", "bearer token of a gateway that requires one (env TCPGATE_TOKEN, which keeps it out of the process list)")
 	f.BoolVar(&c.useTLS, "tls", false, "speak TLS to the gateway, trusting the system's CAs (implied by --tls-ca and --tls-cert)")
 	f.StringVar(&c.tlsCA, "tls-ca", "", "PEM CA certificates to trust for the gateway's certificate (env TCPGATE_TLS_CA)")
-	f.StringVar(&c.tlsCert, "tls-cert", "", "PEM client certificate for mutual TLS (env TCPGATE_TLS_CERT)")
-	f.StringVar(&c.tlsKey, "tls-key", "", "PEM key of --tls-cert (env TCPGATE_TLS_KEY)")
+	f.StringVar(&c.tlsCert, "tls-cert", "", "PEM client certificate for mutual TLS (env TCPGATE_CLIENT_CERT)")
+	f.StringVar(&c.tlsKey, "tls-key", "", "PEM key of --tls-cert (env TCPGATE_CLIENT_KEY)")
+	// serve's --tls-cert and --tls-key are the gateway's own certificate,
+	// read from TCPGATE_TLS_CERT and TCPGATE_TLS_KEY: a client certificate
+	// exported for the CLI must not become the server's.
+	setEnvName(f, "tls-cert", "TCPGATE_CLIENT_CERT")
+	setEnvName(f, "tls-key", "TCPGATE_CLIENT_KEY")
 }
 
 // bearer sends the token with every call.
@@ -66,7 +71,7 @@ func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]strin
 func (bearer) RequireTransportSecurity() bool { return false }
 
 func (c *client) transport() (credentials.TransportCredentials, error) {
-	if !c.useTLS && c.tlsCA == "" && c.tlsCert == "" {
+	if !c.useTLS && c.tlsCA == "" && c.tlsCert == "" && c.tlsKey == "" {
 		return insecure.NewCredentials(), nil
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
@@ -80,7 +85,10 @@ func (c *client) transport() (credentials.TransportCredentials, error) {
 			return nil, fmt.Errorf("--tls-ca %s holds no PEM certificate", c.tlsCA)
 		}
 	}
-	if c.tlsCert != "" || c.tlsKey != "" {
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		return nil, errors.New("--tls-cert and --tls-key go together: a client certificate needs its key")
+	}
+	if c.tlsCert != "" {
 		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
 		if err != nil {
 			return nil, fmt.Errorf("--tls-cert and --tls-key: %w", err)

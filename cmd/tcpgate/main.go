@@ -42,9 +42,24 @@ func newRootCmd() *cobra.Command {
 // --grpc-addr is also TCPGATE_GRPC_ADDR.
 const envPrefix = "TCPGATE_"
 
+// envAnnotation names a flag's environment variable where the usual name
+// would be ambiguous (see setEnvName).
+const envAnnotation = "tcpgate-env"
+
 // envName returns the environment variable that sets a flag.
-func envName(flag string) string {
-	return envPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+func envName(f *pflag.Flag) string {
+	if v := f.Annotations[envAnnotation]; len(v) == 1 {
+		return v[0]
+	}
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+}
+
+// setEnvName gives flag the environment variable env instead of the usual
+// one.
+func setEnvName(flags *pflag.FlagSet, flag, env string) {
+	if err := flags.SetAnnotation(flag, envAnnotation, []string{env}); err != nil {
+		panic(err) // a flag name misspelled in this file
+	}
 }
 
 // applyEnv sets every flag not given on the command line from its
@@ -55,9 +70,9 @@ func applyEnv(flags *pflag.FlagSet) error {
 		if err != nil || f.Changed {
 			return
 		}
-		if v, ok := os.LookupEnv(envName(f.Name)); ok {
+		if v, ok := os.LookupEnv(envName(f)); ok {
 			if serr := flags.Set(f.Name, v); serr != nil {
-				err = fmt.Errorf("%s=%q: %w", envName(f.Name), v, serr)
+				err = fmt.Errorf("%s=%q: %w", envName(f), v, serr)
 			}
 		}
 	})

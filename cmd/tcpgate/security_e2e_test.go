@@ -242,8 +242,19 @@ func TestCLITLS(t *testing.T) {
 		if stdout, _ := r.mustRun(t, "ls", "--tls-ca", files["ca.pem"], "--tls-cert", files["client.pem"], "--tls-key", files["client-key.pem"]); !strings.HasPrefix(stdout, "ID") {
 			t.Errorf("tcpgate ls with a client certificate printed %q", stdout)
 		}
+		// The client certificate from the environment: TCPGATE_CLIENT_CERT
+		// and _KEY, never serve's TCPGATE_TLS_CERT and _KEY.
+		envClient := cliRunner{env: hermeticEnv("TCPGATE_SERVER="+addr, "TCPGATE_TLS_CA="+files["ca.pem"],
+			"TCPGATE_CLIENT_CERT="+files["client.pem"], "TCPGATE_CLIENT_KEY="+files["client-key.pem"])}
+		if stdout, _ := envClient.mustRun(t, "ls"); !strings.HasPrefix(stdout, "ID") {
+			t.Errorf("tcpgate ls with TCPGATE_CLIENT_CERT printed %q", stdout)
+		}
+		serverEnv := cliRunner{env: hermeticEnv("TCPGATE_SERVER="+addr, "TCPGATE_TLS_CA="+files["ca.pem"],
+			"TCPGATE_TLS_CERT="+files["client.pem"], "TCPGATE_TLS_KEY="+files["client-key.pem"])}
+		secWantFail(t, serverEnv, nil, "ls")
 		secWantFail(t, r, nil, "ls", "--tls-ca", files["ca.pem"])
-		secWantFail(t, r, nil, "ls", "--tls-ca", files["ca.pem"], "--tls-cert", files["client.pem"])
+		secWantFail(t, r, []string{"--tls-key"}, "ls", "--tls-ca", files["ca.pem"], "--tls-cert", files["client.pem"])
+		secWantFail(t, r, []string{"--tls-cert"}, "ls", "--tls-ca", files["ca.pem"], "--tls-key", files["client-key.pem"])
 		d.stop(t)
 	})
 }

@@ -52,7 +52,8 @@ type Config struct {
 	Listeners *listener.Registry
 	Hub       *hub.Hub
 	Dialer    *dialer.Dialer
-	// Policy decides what may be bound and dialed; nil allows everything.
+	// Policy decides what may be bound and dialed; nil means the default
+	// policy (see policy.Policy), never "anything goes".
 	Policy *policy.Policy
 	// SubscriberQueueBytes bounds each subscriber's queue; 0 means hub.DefaultQueueBytes.
 	SubscriberQueueBytes int
@@ -112,12 +113,10 @@ func (s *Service) StartListener(_ context.Context, req *tcpgatev1.StartListenerR
 	if err != nil {
 		return nil, err
 	}
-	if p := s.cfg.Policy; p != nil {
-		if err := p.CheckListen(req.GetHost(), int(req.GetPort())); err != nil {
-			return nil, s.status(err)
-		}
+	if err := s.cfg.Policy.CheckListen(req.GetHost(), int(req.GetPort())); err != nil {
+		return nil, s.status(err)
 	}
-	info, err := s.cfg.Listeners.Start(listener.Spec{
+	spec := listener.Spec{
 		ID:             req.GetListenerId(),
 		Host:           req.GetHost(),
 		Port:           int(req.GetPort()),
@@ -126,11 +125,39 @@ func (s *Service) StartListener(_ context.Context, req *tcpgatev1.StartListenerR
 		MaxConnections: int(req.GetMaxConnections()),
 		IdleTimeout:    idle,
 		TLS:            tlsCfg,
-	})
+	}
+	info, err := s.startListener(spec)
 	if err != nil {
 		return nil, s.status(err)
 	}
 	return &tcpgatev1.StartListenerResponse{Listener: listenerToProto(info)}, nil
+}
+
+// portTries bounds the ports a listener asking for port 0 tries when the
+// policy narrows its ports: enough that a range with a few ports in use
+// still yields one, few enough that a full range fails fast.
+const portTries = 64
+
+// startListener starts spec. Port 0 under a policy that narrows the ports
+// takes a free port of the allowed ranges, not the kernel's pick, which
+// could lie outside them.
+func (s *Service) startListener(spec listener.Spec) (listener.Info, error) {
+	if spec.Port != 0 {
+		return s.cfg.Listeners.Start(spec)
+	}
+	ports := s.cfg.Policy.ListenPorts(spec.Host, portTries)
+	if ports == nil {
+		return s.cfg.Listeners.Start(spec)
+	}
+	for _, port := range ports {
+		spec.Port = port
+		info, err := s.cfg.Listeners.Start(spec)
+		if !errors.Is(err, listener.ErrAddressInUse) {
+			return info, err
+		}
+	}
+	return listener.Info{}, fmt.Errorf("binding %s: no free port among %d tried from --allow-listen: %w",
+		net.JoinHostPort(spec.Host, "0"), len(ports), listener.ErrAddressInUse)
 }
 
 func autoReplyFromProto(a *tcpgatev1.AutoReply) (conn.AutoReply, error) {
@@ -286,12 +313,10 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		if err != nil {
 			return nil, err
 		}
-		var resolved []string
-		if p := s.cfg.Policy; p != nil {
-			// Resolved once and checked; the dialer dials exactly these.
-			if resolved, err = p.ResolveDial(ctx, t.Address); err != nil {
-				return nil, s.status(err)
-			}
+		// Resolved once and checked; the dialer dials exactly these.
+		resolved, err := s.cfg.Policy.ResolveDial(ctx, t.Address)
+		if err != nil {
+			return nil, s.status(err)
 		}
 		res, err := s.cfg.Dialer.Send(ctx, dialer.Request{
 			Address: t.Address, Resolved: resolved, Payload: payload, Await: mode, Framing: fc, MaxReply: maxReply, TLS: tlsCfg,

@@ -38,8 +38,9 @@
 // such as "localhost" by name (it is not resolved), an IP by IP. The
 // unspecified addresses 0.0.0.0 and :: (and "", which binds both) mean every
 // address, so only "*", a rule naming them, or 0.0.0.0/0 or ::/0 matches
-// them. Port 0, which has the system pick a free port, passes the port check
-// of every rule.
+// them. Port 0, "any free port", passes the port check of a rule that allows
+// the host, and then takes a free port inside that rule's ports
+// (ListenPorts): a narrowed --allow-listen holds for port 0 too.
 //
 // Dials are checked on the addresses they will reach: ResolveDial resolves a
 // name once, checks each address and returns the ones allowed, which the
@@ -58,6 +59,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"slices"
@@ -80,19 +82,28 @@ var _ Resolver = (*net.Resolver)(nil)
 // BuiltinDeny are the dial ranges refused unless an allow rule names them
 // specifically (see ResolveDial): 169.254.0.0/16 (IPv4 link-local, holding
 // the cloud metadata service 169.254.169.254), fe80::/10 (IPv6 link-local)
-// and fd00:ec2::254/128 (the AWS IPv6 metadata service). A metadata service
-// hands out the host's cloud credentials to anything that connects.
+// fd00:ec2::254/128 (the AWS IPv6 metadata service) and
+// 100.100.100.200/32 (Alibaba Cloud's metadata service). A metadata service
+// hands out the host's cloud credentials to anything that connects. An
+// address of the NAT64 prefix 64:ff9b::/96 is checked as the IPv4 address
+// it reaches too.
 var BuiltinDeny = []netip.Prefix{
 	netip.MustParsePrefix("169.254.0.0/16"),
 	netip.MustParsePrefix("fe80::/10"),
 	netip.MustParsePrefix("fd00:ec2::254/128"),
+	netip.MustParsePrefix("100.100.100.200/32"),
 }
+
+// nat64 is the well-known NAT64 prefix (RFC 6052): 64:ff9b::a9fe:a9fe
+// reaches 169.254.169.254 through a NAT64 gateway.
+var nat64 = netip.MustParsePrefix("64:ff9b::/96")
 
 // builtinWhy says, in refusals, what each BuiltinDeny range is.
 var builtinWhy = map[netip.Prefix]string{
-	netip.MustParsePrefix("169.254.0.0/16"):    "link-local and cloud metadata",
-	netip.MustParsePrefix("fe80::/10"):         "IPv6 link-local",
-	netip.MustParsePrefix("fd00:ec2::254/128"): "AWS IPv6 metadata",
+	netip.MustParsePrefix("169.254.0.0/16"):     "link-local and cloud metadata",
+	netip.MustParsePrefix("fe80::/10"):          "IPv6 link-local",
+	netip.MustParsePrefix("fd00:ec2::254/128"):  "AWS IPv6 metadata",
+	netip.MustParsePrefix("100.100.100.200/32"): "Alibaba Cloud metadata",
 }
 
 // defaultListen is the rule that applies when Policy.AllowListen is empty.
@@ -104,7 +115,8 @@ var defaultListen = Rule{kind: hostAny, lo: 1024, hi: 65535}
 // fields are not changed.
 type Policy struct {
 	// AllowListen are the hosts and ports that may be bound. Empty means the
-	// default, "*:1024-65535". Port 0 is allowed for every allowed host.
+	// default, "*:1024-65535". Port 0 is allowed for every allowed host, and
+	// takes a port of the host's rules (ListenPorts).
 	AllowListen []Rule
 	// AllowDial are the addresses that may be dialed. Empty means any address
 	// outside BuiltinDeny.
@@ -120,15 +132,67 @@ type Policy struct {
 // error wrapping ErrDenied. host is what the caller asked for: "" (every
 // address), an IP such as "0.0.0.0", "::" or "127.0.0.1", or a name such as
 // "localhost"; see the package documentation for how it is matched. A port
-// outside 0-65535 is refused.
+// outside 0-65535 is refused. Port 0 passes when some rule allows the host;
+// ListenPorts says which ports such a listener may then take.
 func (p *Policy) CheckListen(host string, port int) error {
 	addr := net.JoinHostPort(host, strconv.Itoa(port))
 	if port < 0 || port > 65535 {
 		return fmt.Errorf("binding %s: port %d out of range 0-65535: %w", addr, port, ErrDenied)
 	}
-	rules, what := []Rule{defaultListen}, fmt.Sprintf("%q (the default)", defaultListen)
+	for _, r := range p.listenRulesFor(host) {
+		if port == 0 || r.matchPort(uint16(port)) {
+			return nil
+		}
+	}
+	return fmt.Errorf("binding %s: not allowed by --allow-listen %s: %w", addr, p.listenRulesString(), ErrDenied)
+}
+
+// ListenPorts returns, for a listener on host asking for port 0, up to n
+// distinct ports to try, in random order, from the ranges of the rules
+// that allow host. It returns nil when a rule allows every port from 1024
+// up, which includes the kernel's ephemeral range: the kernel's own pick is
+// then allowed. It returns nil too when no rule allows host (CheckListen
+// refuses it).
+func (p *Policy) ListenPorts(host string, n int) []int {
+	var ranges [][2]int
+	total := 0
+	for _, r := range p.listenRulesFor(host) {
+		if r.lo <= 1024 && r.hi == 65535 {
+			return nil
+		}
+		lo := max(int(r.lo), 1) // port 0 in a range is no port to bind
+		if lo > int(r.hi) {
+			continue
+		}
+		ranges = append(ranges, [2]int{lo, int(r.hi)})
+		total += int(r.hi) - lo + 1
+	}
+	seen := make(map[int]bool, min(n, total))
+	var out []int
+	for tries := 0; len(out) < min(n, total) && tries < 4*n; tries++ {
+		// Overlapping ranges make some ports likelier; that is harmless.
+		i := rand.IntN(total)
+		for _, rg := range ranges {
+			if size := rg[1] - rg[0] + 1; i >= size {
+				i -= size
+				continue
+			}
+			if port := rg[0] + i; !seen[port] {
+				seen[port] = true
+				out = append(out, port)
+			}
+			break
+		}
+	}
+	return out
+}
+
+// listenRulesFor returns the listen rules that allow host, whatever their
+// ports.
+func (p *Policy) listenRulesFor(host string) []Rule {
+	rules := []Rule{defaultListen}
 	if p != nil && len(p.AllowListen) > 0 {
-		rules, what = p.AllowListen, briefRules(p.AllowListen)
+		rules = p.AllowListen
 	}
 	h := host
 	if len(h) > 1 && h[0] == '[' && h[len(h)-1] == ']' {
@@ -144,20 +208,21 @@ func (p *Policy) CheckListen(host string, port int) error {
 	} else {
 		name = normalizeName(h)
 	}
+	var out []Rule
 	for _, r := range rules {
-		if port != 0 && !r.matchPort(uint16(port)) {
-			continue
-		}
-		if r.matchName(name) {
-			return nil
-		}
-		for _, a := range addrs {
-			if r.matchAddr(a) {
-				return nil
-			}
+		if r.matchName(name) || slices.ContainsFunc(addrs, r.matchAddr) {
+			out = append(out, r)
 		}
 	}
-	return fmt.Errorf("binding %s: not allowed by --allow-listen %s: %w", addr, what, ErrDenied)
+	return out
+}
+
+// listenRulesString names the listen rules in force, for refusals.
+func (p *Policy) listenRulesString() string {
+	if p != nil && len(p.AllowListen) > 0 {
+		return briefRules(p.AllowListen)
+	}
+	return fmt.Sprintf("%q (the default)", defaultListen)
 }
 
 // briefRules quotes a rule list for an error message, eliding after a few
@@ -272,6 +337,30 @@ func (p *Policy) refuseDial(a netip.Addr, name string, port uint16) string {
 	if a.IsUnspecified() {
 		return fmt.Sprintf("denied by the built-in rule %q (the unspecified address, which reaches this host; dial a loopback address instead)", a)
 	}
+	if reason := p.deniedDial(a, name, port); reason != "" {
+		return reason
+	}
+	if nat64.Contains(a) {
+		b := a.As16()
+		v4 := netip.AddrFrom4([4]byte(b[12:]))
+		if reason := p.deniedDial(v4, name, port); reason != "" {
+			return fmt.Sprintf("%s reached through NAT64: %s", v4, reason)
+		}
+	}
+	if len(p.AllowDial) == 0 {
+		return ""
+	}
+	for _, r := range p.AllowDial {
+		if r.matchPort(port) && (r.matchAddr(a) || r.matchName(name)) {
+			return ""
+		}
+	}
+	return "not matched by any --allow-dial rule"
+}
+
+// deniedDial returns why a --deny-dial rule or a BuiltinDeny range refuses
+// a dial of a port through name, or "".
+func (p *Policy) deniedDial(a netip.Addr, name string, port uint16) string {
 	for _, r := range p.DenyDial {
 		if r.matchPort(port) && (r.matchAddr(a) || r.matchName(name)) {
 			return fmt.Sprintf("denied by --deny-dial rule %q", r)
@@ -292,15 +381,7 @@ func (p *Policy) refuseDial(a netip.Addr, name string, port uint16) string {
 			return fmt.Sprintf("denied by the built-in rule %q%s; allow it with --allow-dial %s", b, why, fix)
 		}
 	}
-	if len(p.AllowDial) == 0 {
-		return ""
-	}
-	for _, r := range p.AllowDial {
-		if r.matchPort(port) && (r.matchAddr(a) || r.matchName(name)) {
-			return ""
-		}
-	}
-	return "not matched by any --allow-dial rule"
+	return ""
 }
 
 // opens reports whether an AllowDial rule opens the BuiltinDeny range b for

@@ -257,6 +257,60 @@ func TestCheckListen(t *testing.T) {
 	}
 }
 
+// TestListenPorts: port 0 under a narrowed --allow-listen takes its port
+// from the ranges of the rules allowing the host, never the kernel's pick.
+func TestListenPorts(t *testing.T) {
+	tests := []struct {
+		name, allow, host string
+		n                 int
+		ranges            [][2]int // nil: the kernel may pick
+		want              int      // ports returned
+	}{
+		{name: "default", host: "127.0.0.1", n: 8},
+		{name: "every port from 1024", allow: "127.0.0.1:1024-65535", host: "127.0.0.1", n: 8},
+		{name: "every port", allow: "*", host: "127.0.0.1", n: 8},
+		{name: "one range", allow: "127.0.0.1:20000-20009", host: "127.0.0.1", n: 64, ranges: [][2]int{{20000, 20009}}, want: 10},
+		{name: "fewer asked than the range", allow: "127.0.0.1:20000-29999", host: "127.0.0.1", n: 5, ranges: [][2]int{{20000, 29999}}, want: 5},
+		{name: "two rules for the host", allow: "127.0.0.1:7000,10.0.0.0/8:9000-9001,127.0.0.0/8:8000-8001", host: "127.0.0.1", n: 64,
+			ranges: [][2]int{{7000, 7000}, {8000, 8001}}, want: 3},
+		{name: "a rule for another host that covers all", allow: "10.0.0.1,127.0.0.1:7000", host: "127.0.0.1", n: 64,
+			ranges: [][2]int{{7000, 7000}}, want: 1},
+		{name: "port 0 alone is no port", allow: "127.0.0.1:0", host: "127.0.0.1", n: 8, ranges: [][2]int{}, want: 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &policy.Policy{AllowListen: rules(t, tt.allow)}
+			got := p.ListenPorts(tt.host, tt.n)
+			if tt.ranges == nil {
+				if got != nil {
+					t.Fatalf("ListenPorts = %v, want nil (the kernel picks)", got)
+				}
+				return
+			}
+			if len(got) != tt.want {
+				t.Fatalf("ListenPorts = %v: %d ports, want %d", got, len(got), tt.want)
+			}
+			seen := map[int]bool{}
+			for _, port := range got {
+				if seen[port] {
+					t.Errorf("port %d twice in %v", port, got)
+				}
+				seen[port] = true
+				in := false
+				for _, r := range tt.ranges {
+					in = in || r[0] <= port && port <= r[1]
+				}
+				if !in {
+					t.Errorf("port %d outside %v", port, tt.ranges)
+				}
+				if err := p.CheckListen(tt.host, port); err != nil {
+					t.Errorf("ListenPorts gave %d, which CheckListen refuses: %v", port, err)
+				}
+			}
+		})
+	}
+}
+
 func TestCheckListenMessage(t *testing.T) {
 	tests := []struct {
 		name, allow string
@@ -378,6 +432,14 @@ func TestResolveDial(t *testing.T) {
 		{name: "AWS IPv6 metadata", address: "[fd00:ec2::254]:80",
 			err: `dialing [fd00:ec2::254]:80: denied by the built-in rule "fd00:ec2::254/128" (AWS IPv6 metadata); allow it with --allow-dial fd00:ec2::254/128,*: denied by policy`},
 		{name: "next to AWS IPv6 metadata", address: "[fd00:ec2::253]:80", want: []string{"[fd00:ec2::253]:80"}},
+		{name: "Alibaba metadata", address: "100.100.100.200:80",
+			err: `dialing 100.100.100.200:80: denied by the built-in rule "100.100.100.200/32" (Alibaba Cloud metadata); allow it with --allow-dial 100.100.100.200/32,*: denied by policy`},
+		{name: "metadata through NAT64", address: "[64:ff9b::a9fe:a9fe]:80",
+			err: `dialing [64:ff9b::a9fe:a9fe]:80: 169.254.169.254 reached through NAT64: denied by the built-in rule "169.254.0.0/16"...`},
+		{name: "denied CIDR through NAT64", deny: "10.0.0.0/8", address: "[64:ff9b::a01:203]:80",
+			err: `dialing [64:ff9b::a01:203]:80: 10.1.2.3 reached through NAT64: denied by --deny-dial rule "10.0.0.0/8:*": denied by policy`},
+		{name: "public address through NAT64", address: "[64:ff9b::c000:201]:80", want: []string{"[64:ff9b::c000:201]:80"}},
+		{name: "NAT64 allowed by an IPv6 rule", allow: "[64:ff9b::/96]", address: "[64:ff9b::c000:201]:80", want: []string{"[64:ff9b::c000:201]:80"}},
 		{name: "name of metadata", address: "metadata.internal:80",
 			err: `dialing metadata.internal:80 (169.254.169.254): denied by the built-in rule "169.254.0.0/16" (link-local and cloud metadata); allow it with --allow-dial 169.254.169.254/32,*: denied by policy`},
 		{name: "name of mapped metadata", address: "mapped.example:80",

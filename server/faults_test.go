@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -169,6 +170,110 @@ func TestPeerNeverReads(t *testing.T) {
 	if out := got.GetListener().GetBytesOut(); uint64(n) != out || n < int64(sent)<<20 {
 		t.Fatalf("client read %d bytes; the gateway counted %d written after %d full sends", n, out, sent)
 	}
+}
+
+// TestSendTimeoutBoundsWrite: a Send to an accepted connection is bounded
+// by its own timeout, not only by the gateway's write timeout: its write,
+// and its wait behind an earlier send that the peer does not take.
+func TestSendTimeoutBoundsWrite(t *testing.T) {
+	// A write timeout far beyond every wait below: only the sends' own
+	// timeouts can end them in time.
+	const writeTimeout = 10 * time.Minute
+	g := servertest.Start(t, server.Config{WriteTimeout: writeTimeout})
+	l := startListener(t, g, &tcpgatev1.StartListenerRequest{})
+	s := subscribe(t, g, &tcpgatev1.SubscribeRequest{
+		ListenerIds: []string{l.GetListenerId()},
+		Kinds:       []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED, tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED},
+	})
+	send := func(ctx context.Context, id string, data []byte, timeout time.Duration) error {
+		_, err := g.Client.Send(ctx, &tcpgatev1.SendRequest{
+			Target:  &tcpgatev1.SendRequest_ConnectionId{ConnectionId: id},
+			Payload: &tcpgatev1.SendRequest_Data{Data: data},
+			Timeout: durationpb.New(timeout),
+		})
+		return err
+	}
+	chunk := bytes.Repeat([]byte("x"), 1<<20)
+
+	t.Run("write", func(t *testing.T) {
+		c := dial(t, l.GetAddress()) // never reads
+		defer c.Close()
+		id := s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED).GetConnectionId()
+		ctx, cancel := context.WithTimeout(context.Background(), faultLongWait)
+		defer cancel()
+		var err error
+		for sent := 0; err == nil && sent < 64; sent++ {
+			err = send(ctx, id, chunk, 500*time.Millisecond)
+		}
+		wantCode(t, err, codes.DeadlineExceeded)
+		msg := status.Convert(err).Message()
+		switch {
+		case strings.Contains(msg, "took nothing"):
+			// Not a byte of it went: the connection stays open.
+			resp, lerr := g.Client.ListConnections(ctxT(t), &tcpgatev1.ListConnectionsRequest{ListenerId: l.GetListenerId()})
+			if lerr != nil || len(resp.GetConnections()) != 1 {
+				t.Fatalf("after a send that wrote nothing: connections %v, %v; want %s open", resp.GetConnections(), lerr, id)
+			}
+			c.Close()
+			s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
+		case strings.Contains(msg, "before the send's timeout"):
+			// Part of it went: the stream holds a partial message, so the
+			// connection is closed.
+			e := s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
+			if e.GetConnectionId() != id || e.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_WRITE_ERROR {
+				t.Fatalf("close event = %v, want %s closed with WRITE_ERROR", e, id)
+			}
+		default:
+			t.Fatalf("Send error %q does not say the send's timeout ended it", msg)
+		}
+	})
+
+	t.Run("waiting behind another send", func(t *testing.T) {
+		c := dial(t, l.GetAddress()) // never reads
+		id := s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED).GetConnectionId()
+		// The first sender writes until the peer's buffers are full, then
+		// blocks in its write for as long as its timeout allows.
+		ctx, cancel := context.WithTimeout(context.Background(), faultLongWait)
+		defer cancel()
+		firstDone := make(chan error, 1)
+		go func() {
+			var err error
+			for err == nil && ctx.Err() == nil {
+				err = send(ctx, id, chunk, faultLongWait)
+			}
+			firstDone <- err
+		}()
+		// Blocked once the bytes written stop growing.
+		last, still := uint64(0), 0
+		faultEventually(t, "the first sender blocked in its write", faultLongWait, func() bool {
+			time.Sleep(50 * time.Millisecond)
+			got, err := g.Client.GetListener(ctxT(t), &tcpgatev1.GetListenerRequest{ListenerId: l.GetListenerId()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := got.GetListener().GetBytesOut()
+			if n > 0 && n == last {
+				still++
+			} else {
+				last, still = n, 0
+			}
+			return still >= 4
+		})
+		err := send(ctxT(t), id, []byte("queued"), 300*time.Millisecond)
+		wantCode(t, err, codes.DeadlineExceeded)
+		if msg := status.Convert(err).Message(); !strings.Contains(msg, "waiting for earlier sends") {
+			t.Errorf("queued Send error %q does not say it waited for earlier sends", msg)
+		}
+		c.Close() // ends the first sender's write
+		select {
+		case err := <-firstDone:
+			if err == nil {
+				t.Fatal("the first sender succeeded against a closed peer")
+			}
+		case <-ctx.Done():
+			t.Fatal("the first sender did not end when the peer closed")
+		}
+	})
 }
 
 // TestSubscriberCancelsMidBatch: under a fast stream, subscribers of every

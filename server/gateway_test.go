@@ -181,6 +181,9 @@ func TestSendAwaitModes(t *testing.T) {
 			AwaitReply: &tcpgatev1.AwaitReply{Mode: tcpgatev1.AwaitMode_AWAIT_MODE_UNTIL_CLOSE, MaxBytes: 8},
 		})
 		wantCode(t, err, codes.ResourceExhausted)
+		if msg := status.Convert(err).Message(); !strings.Contains(msg, "await_reply.max_bytes") {
+			t.Errorf("message %q does not name await_reply.max_bytes", msg)
+		}
 	})
 }
 
@@ -631,8 +634,8 @@ func TestSlowConsumerDisconnect(t *testing.T) {
 		t.Fatal("slow subscriber was not disconnected")
 	}
 	wantCode(t, streamErr, codes.ResourceExhausted)
-	if !strings.Contains(status.Convert(streamErr).Message(), "since_sequence=") {
-		t.Fatalf("message %q does not say where to resume", status.Convert(streamErr).Message())
+	if msg := status.Convert(streamErr).Message(); !strings.Contains(msg, "since_sequence=") || !strings.Contains(msg, "--subscriber-queue-bytes") {
+		t.Fatalf("message %q does not name the limit and say where to resume", msg)
 	}
 }
 

@@ -500,7 +500,9 @@ type Framing struct {
 	// The frame size of FRAMING_MODE_FIXED, required there.
 	FixedSize uint32 `protobuf:"varint,5,opt,name=fixed_size,json=fixedSize,proto3" json:"fixed_size,omitempty"`
 	// The largest frame accepted; a longer one closes the connection with
-	// CLOSE_REASON_FRAME_TOO_LARGE. 0 means 1 MiB.
+	// CLOSE_REASON_FRAME_TOO_LARGE. In raw mode, where a frame is what one read
+	// gets, it is the most one read takes instead: more data arrives as more
+	// frames. 0 means 1 MiB; more than 3 MiB is InvalidArgument.
 	MaxFrameBytes uint32 `protobuf:"varint,6,opt,name=max_frame_bytes,json=maxFrameBytes,proto3" json:"max_frame_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1702,7 +1704,11 @@ type AwaitReply struct {
 	Mode AwaitMode `protobuf:"varint,1,opt,name=mode,proto3,enum=tcpgate.v1.AwaitMode" json:"mode,omitempty"`
 	// The framing of AWAIT_MODE_FRAME on an address target. Unset means raw.
 	Framing *Framing `protobuf:"bytes,2,opt,name=framing,proto3" json:"framing,omitempty"`
-	// The largest reply accepted; a longer one is ResourceExhausted. 0 means 1 MiB.
+	// The largest reply accepted: a longer frame, or more bytes before the peer
+	// closes, is ResourceExhausted. AWAIT_MODE_FIRST_READ (and
+	// AWAIT_MODE_FRAME with raw framing) reads at most this many bytes, as a
+	// socket's recv(max_bytes) does, and returns them. 0 means 1 MiB; more
+	// than 3 MiB is InvalidArgument.
 	MaxBytes      uint32 `protobuf:"varint,3,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

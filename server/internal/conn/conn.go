@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -120,7 +121,11 @@ type Conn struct {
 	// stopWatch stops closing the connection when New's ctx ends.
 	stopWatch func() bool
 
-	writeMu sync.Mutex // serializes writes, and with them the order of awaiters
+	// writeTurn serializes writes, and with them the order of awaiters: a
+	// writer holds the turn while its value sits in the channel. A channel
+	// rather than a mutex, so a Send waiting its turn gives up when its
+	// context ends.
+	writeTurn chan struct{}
 
 	mu       sync.Mutex // guards the fields below
 	awaiters []*awaiter
@@ -142,7 +147,7 @@ func New(ctx context.Context, nc net.Conn, cfg Config) *Conn {
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = DefaultWriteTimeout
 	}
-	c := &Conn{cfg: cfg, nc: nc, openedAt: time.Now(), done: make(chan struct{})}
+	c := &Conn{cfg: cfg, nc: nc, openedAt: time.Now(), done: make(chan struct{}), writeTurn: make(chan struct{}, 1)}
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	c.stopWatch = context.AfterFunc(ctx, func() { c.Close(event.ReasonShutdown) })
 	return c
@@ -394,6 +399,16 @@ func (c *Conn) frames(frames [][]byte) bool {
 	return true
 }
 
+// dropAwaiter forgets a, whose send failed to write: no reply is meant for
+// it.
+func (c *Conn) dropAwaiter(a *awaiter) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if i := slices.Index(c.awaiters, a); i >= 0 {
+		c.awaiters = slices.Delete(c.awaiters, i, i+1)
+	}
+}
+
 // answer hands frames to awaiting senders, oldest first.
 func (c *Conn) answer(frames [][]byte) {
 	c.mu.Lock()
@@ -404,7 +419,7 @@ func (c *Conn) answer(frames [][]byte) {
 		}
 		a := c.awaiters[0]
 		if len(a.buf)+len(f) > a.limit {
-			a.err = fmt.Errorf("awaiting reply on %s: more than %d bytes: %w", c.cfg.ID, a.limit, ErrReplyTooLarge)
+			a.err = fmt.Errorf("awaiting reply on %s: more than %d bytes (await_reply.max_bytes): %w", c.cfg.ID, a.limit, ErrReplyTooLarge)
 		} else {
 			a.buf = append(a.buf, f...)
 		}
@@ -438,40 +453,66 @@ func (c *Conn) autoReply(frames [][]byte) []byte {
 	return nil
 }
 
-// write writes p under the write lock with the write timeout. A failed
-// write closes the connection: the peer is not reading.
+// write writes p in its turn with the write timeout. A failed write
+// closes the connection: the peer is not reading.
 func (c *Conn) write(p []byte) error {
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
-	return c.writeLocked(p)
+	c.writeTurn <- struct{}{}
+	defer func() { <-c.writeTurn }()
+	return c.writeInTurn(p, time.Time{})
 }
 
-func (c *Conn) writeLocked(p []byte) error {
-	_ = c.nc.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
+// writeInTurn writes p, the caller holding the write turn, within the write
+// timeout and by deadline when that is sooner (zero: no deadline of its
+// own). A write that fails or times out after writing part of p closes the
+// connection, whose byte stream now holds a partial message; one that ran
+// out of the caller's time before writing a byte leaves it open.
+func (c *Conn) writeInTurn(p []byte, deadline time.Time) error {
+	dl := time.Now().Add(c.cfg.WriteTimeout)
+	callers := !deadline.IsZero() && deadline.Before(dl)
+	if callers {
+		dl = deadline
+	}
+	_ = c.nc.SetWriteDeadline(dl)
 	n, err := c.nc.Write(p)
 	c.counters.BytesOut.Add(uint64(n))
-	c.counters.FramesOut.Add(1)
+	if n > 0 {
+		c.counters.FramesOut.Add(1)
+	}
 	for _, a := range c.cfg.Aggregates {
 		a.BytesOut.Add(uint64(n))
-		a.FramesOut.Add(1)
-	}
-	if err != nil {
-		c.Close(event.ReasonWriteError)
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return fmt.Errorf("writing to %s: peer did not read for %s: %w", c.cfg.ID, c.cfg.WriteTimeout, ErrWriteTimeout)
+		if n > 0 {
+			a.FramesOut.Add(1)
 		}
-		return fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
 	}
-	return nil
+	if err == nil {
+		return nil
+	}
+	timedOut := errors.Is(err, os.ErrDeadlineExceeded)
+	if callers && timedOut && n == 0 {
+		return fmt.Errorf("writing to %s: peer took nothing before the send's timeout: %w", c.cfg.ID, context.DeadlineExceeded)
+	}
+	c.Close(event.ReasonWriteError)
+	switch {
+	case callers && timedOut:
+		return fmt.Errorf("writing to %s: peer took %d of %d bytes before the send's timeout; the connection is closed: %w", c.cfg.ID, n, len(p), context.DeadlineExceeded)
+	case timedOut:
+		return fmt.Errorf("writing to %s: peer did not read for %s: %w", c.cfg.ID, c.cfg.WriteTimeout, ErrWriteTimeout)
+	}
+	return fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
 }
 
 // Send writes p and, with a reply mode, waits for the reply. Sends on one
 // connection are written in call order and their replies are matched in the
-// same order. maxReply bounds the reply. The context bounds the wait for the
-// reply; the write itself is bounded by the write timeout.
+// same order. maxReply bounds the reply. The context bounds the whole send:
+// the wait for its turn to write, the write (which the write timeout bounds
+// too) and the wait for the reply.
 func (c *Conn) Send(ctx context.Context, p []byte, mode ReplyMode, maxReply int) ([]byte, error) {
+	select {
+	case c.writeTurn <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("writing to %s: waiting for earlier sends to be written: %w", c.cfg.ID, ctx.Err())
+	}
 	var a *awaiter
-	c.writeMu.Lock()
 	if mode != NoReply {
 		a = &awaiter{mode: mode, limit: maxReply, done: make(chan struct{})}
 		c.mu.Lock()
@@ -481,12 +522,16 @@ func (c *Conn) Send(ctx context.Context, p []byte, mode ReplyMode, maxReply int)
 		}
 		c.mu.Unlock()
 		if closed {
-			c.writeMu.Unlock()
+			<-c.writeTurn
 			return nil, fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
 		}
 	}
-	err := c.writeLocked(p)
-	c.writeMu.Unlock()
+	deadline, _ := ctx.Deadline()
+	err := c.writeInTurn(p, deadline)
+	if err != nil && a != nil {
+		c.dropAwaiter(a)
+	}
+	<-c.writeTurn
 	if err != nil || a == nil {
 		return nil, err
 	}

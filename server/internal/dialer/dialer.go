@@ -83,6 +83,10 @@ type Result struct {
 
 // Dialer sends. The zero value is ready to use.
 type Dialer struct {
+	// Dialer connects. A zero KeepAlive turns TCP keep-alive off: a
+	// one-shot exchange is bounded by its context, so probes after 15 s
+	// idle would find nothing to keep, and setting them up costs four
+	// system calls per send. A positive KeepAlive turns them on.
 	net.Dialer
 
 	wg sync.WaitGroup // lingering closes
@@ -227,12 +231,16 @@ func exchange(ctx context.Context, nc net.Conn, req Request) (Result, error) {
 // dial connects to the first of req.Resolved that accepts, or to
 // req.Address.
 func (d *Dialer) dial(ctx context.Context, req Request) (net.Conn, error) {
+	nd := d.Dialer
+	if nd.KeepAlive == 0 {
+		nd.KeepAlive = -1
+	}
 	if len(req.Resolved) == 0 {
-		return d.DialContext(ctx, "tcp", req.Address)
+		return nd.DialContext(ctx, "tcp", req.Address)
 	}
 	var first error
 	for _, addr := range req.Resolved {
-		nc, err := d.DialContext(ctx, "tcp", addr)
+		nc, err := nd.DialContext(ctx, "tcp", addr)
 		if err == nil {
 			return nc, nil
 		}
@@ -271,7 +279,11 @@ func readFrame(nc net.Conn, req Request) ([]byte, error) {
 			chunk := bytes.Clone(buf[:n])
 			if err := sp.Feed(chunk, emit); err != nil && !got {
 				if errors.Is(err, framing.ErrFrameTooLarge) {
-					return nil, fmt.Errorf("more than %d bytes: %w", fc.MaxFrameBytes, ErrReplyTooLarge)
+					limit := "await_reply.max_bytes"
+					if fc.MaxFrameBytes < req.MaxReply {
+						limit = "await_reply.framing.max_frame_bytes"
+					}
+					return nil, fmt.Errorf("more than %d bytes (%s): %w", fc.MaxFrameBytes, limit, ErrReplyTooLarge)
 				}
 				return nil, err
 			}
@@ -300,7 +312,7 @@ func readAll(nc net.Conn, limit int) ([]byte, error) {
 	for {
 		n, err := nc.Read(buf)
 		if len(out)+n > limit {
-			return nil, fmt.Errorf("more than %d bytes: %w", limit, ErrReplyTooLarge)
+			return nil, fmt.Errorf("more than %d bytes (await_reply.max_bytes): %w", limit, ErrReplyTooLarge)
 		}
 		out = append(out, buf[:n]...)
 		if errors.Is(err, io.EOF) {

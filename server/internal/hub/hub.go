@@ -66,7 +66,7 @@ type SlowConsumerError struct {
 }
 
 func (e *SlowConsumerError) Error() string {
-	return fmt.Sprintf("subscriber queue exceeded %d bytes; resume with since_sequence=%d", e.QueueBytes, e.Resume)
+	return fmt.Sprintf("subscriber queue exceeded %d bytes (--subscriber-queue-bytes) under SLOW_CONSUMER_POLICY_DISCONNECT; resume with since_sequence=%d", e.QueueBytes, e.Resume)
 }
 
 // Config configures a Hub.

@@ -23,8 +23,10 @@ build:
 run: build
 	./$(BIN)/tcpgate serve --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
 
-## test: build everything and run every test with the race detector
+## test: install what the tests run besides Go (curl, python3: .ci/deps),
+## build everything and run every test with the race detector
 test:
+	./.ci/deps
 	$(GO) build ./...
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...

@@ -44,7 +44,11 @@ func (g *Gateway) events(w http.ResponseWriter, r *http.Request, _ map[string]st
 		fail(status.Errorf(codes.InvalidArgument, "query: %v", err))
 		return
 	}
-	if id := r.Header.Get("Last-Event-ID"); id != "" && sse && req.GetSinceSequence() == 0 {
+	// A reconnecting EventSource sends the URL it first opened, whose
+	// sinceSequence is where that first stream began, and Last-Event-ID,
+	// where it left off: the header wins, or every reconnect would replay
+	// what the page already has.
+	if id := r.Header.Get("Last-Event-ID"); id != "" && sse {
 		seq, err := strconv.ParseUint(strings.TrimSpace(id), 10, 64)
 		if err != nil {
 			fail(status.Errorf(codes.InvalidArgument, "Last-Event-ID: %q is not a sequence number", id))

@@ -89,6 +89,14 @@ func TestEventsSSE(t *testing.T) {
 		}
 	}
 
+	// A page that opened ?sinceSequence=N reconnects with the same URL and
+	// Last-Event-ID: it resumes after the last event it saw, not from N.
+	since := "sinceSequence=" + strconv.FormatUint(seen[0].GetSequence(), 10)
+	again := api.openEvents(since, sseHeader(strconv.FormatUint(seen[2].GetSequence(), 10)))
+	if got := again.nextSSE(); describe(got) != describe(seen[3]) {
+		t.Fatalf("%s with Last-Event-ID %d: first event %s, want %s", since, seen[2].GetSequence(), describe(got), describe(seen[3]))
+	}
+
 	// Filters apply to a resumed stream too.
 	filtered := api.openEvents("kinds=EVENT_KIND_DATA", sseHeader(f.id))
 	for _, want := range seen {

@@ -44,15 +44,21 @@
 // When Run's context ends (SIGINT or SIGTERM in the daemon):
 //
 //  1. the health service reports NOT_SERVING;
-//  2. the hub closes: every Subscribe stream ends at once with Unavailable
+//  2. the REST server stops: its event streams end at once with a final
+//     error line, other REST calls may finish;
+//  3. the hub closes: every Subscribe stream ends at once with Unavailable
 //     (events still queued for it are not sent), so no slow subscriber
-//     holds up step 3;
-//  3. the gRPC server stops gracefully, letting unary calls finish, and is
-//     stopped hard when the shutdown timeout passes;
-//  4. every listener stops: its port is freed at once and its connections
-//     are closed with reason SHUTDOWN; one-shot sends still closing
-//     gracefully are closed; Run returns when every goroutine of the engine
-//     has returned.
+//     holds up step 4;
+//  4. the gRPC server stops gracefully, letting unary calls finish, and is
+//     stopped hard when the shutdown timeout passes (one deadline for steps
+//     2 and 4 together, counted from the signal);
+//  5. every listener stops: its port is freed at once and its connections
+//     are closed with reason SHUTDOWN (a partial frame is delivered, as at
+//     any close, though no subscriber is left to see it); one-shot sends
+//     still closing gracefully are closed; the profiling endpoint closes;
+//     Run returns when every goroutine of the engine has returned.
 //
+// Connections are closed rather than drained: draining is StopListener's
+// drain_timeout, for a caller who stops one listener and keeps the gateway.
 // Nothing is left bound when Run returns.
 package server

@@ -154,6 +154,7 @@ func New(cfg Config) (*Server, error) {
 	if err := checkExposure(cfg); err != nil {
 		return nil, err
 	}
+	warnCleartextToken(cfg, log)
 	tlsCfg, err := serverTLS(cfg)
 	if err != nil {
 		return nil, err
@@ -268,6 +269,7 @@ func (s *Server) newREST() error {
 		Metrics:      promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}),
 		Logger:       s.log,
 		LoopbackOnly: isLoopback(s.cfg.HTTPAddr),
+		Refused:      s.rpcs.refuse,
 	}
 	if s.auth != nil {
 		gcfg.Auth = s.auth
@@ -365,12 +367,15 @@ func (s *Server) shutdown() {
 	s.closeOnce.Do(func() {
 		start := time.Now()
 		s.log.Info("gateway shutting down", "timeout", s.cfg.ShutdownTimeout)
+		// One deadline for REST and gRPC together: the timeout bounds the
+		// whole shutdown, not each step.
+		deadline := start.Add(s.cfg.ShutdownTimeout)
 		s.health.Shutdown()
 		if s.httpSrv != nil {
 			// Event streams end first (Shutdown does not end running
 			// handlers), then the server waits for other calls to finish.
 			s.rest.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+			ctx, cancel := context.WithDeadline(context.Background(), deadline)
 			if err := s.httpSrv.Shutdown(ctx); err != nil {
 				s.log.Warn("REST shutdown timed out; closing connections", "error", err)
 				s.httpSrv.Close()
@@ -385,7 +390,7 @@ func (s *Server) shutdown() {
 			s.grpc.GracefulStop()
 			close(stopped)
 		}()
-		timer := time.NewTimer(s.cfg.ShutdownTimeout)
+		timer := time.NewTimer(time.Until(deadline))
 		select {
 		case <-stopped:
 			timer.Stop()

@@ -50,12 +50,21 @@ func TestReadmeSnippets(t *testing.T) {
 	})
 }
 
+// requireTool returns the path of a program the README's snippets use. A
+// missing one fails the test rather than skipping it, so that a passing run
+// means the snippets ran: `make test` installs them (.ci/deps).
+func requireTool(t *testing.T, name string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s is not installed: `make test` installs what the tests need (.ci/deps): %v", name, err)
+	}
+	return path
+}
+
 // testReadmePython runs the Python program with TCPGATE_URL set.
 func testReadmePython(t *testing.T, blocks []codeBlock) {
-	python, err := exec.LookPath("python3")
-	if err != nil {
-		t.Skip("python3 is not installed")
-	}
+	python := requireTool(t, "python3")
 	code := sectionBlocks(t, blocks, "From Python", "python")
 	if len(code) != 1 {
 		t.Fatalf("README section \"From Python\" has %d python blocks, want 1", len(code))
@@ -89,9 +98,7 @@ func testReadmePython(t *testing.T, blocks []codeBlock) {
 // testReadmeCurl runs the REST walkthrough with curl: the event streams in
 // the background, every other command in turn.
 func testReadmeCurl(t *testing.T, blocks []codeBlock) {
-	if _, err := exec.LookPath("curl"); err != nil {
-		t.Skip("curl is not installed")
-	}
+	requireTool(t, "curl")
 	code := sectionBlocks(t, blocks, "The same over REST", "sh")
 	if len(code) != 1 {
 		t.Fatalf("README section \"The same over REST\" has %d sh blocks, want 1", len(code))
@@ -660,10 +667,7 @@ type snippetShell struct {
 
 func newSnippetShell(t *testing.T, g gateway, vars map[string]string) *snippetShell {
 	t.Helper()
-	bash, err := exec.LookPath("bash")
-	if err != nil {
-		t.Skip("bash is not installed")
-	}
+	bash := requireTool(t, "bash")
 	sh := &snippetShell{bash: bash, dir: t.TempDir(), vars: vars, port: freePort(t)}
 	_, grpcPort, _ := net.SplitHostPort(g.grpcAddr)
 	_, httpPort, _ := net.SplitHostPort(g.httpAddr)

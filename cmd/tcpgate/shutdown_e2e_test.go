@@ -181,9 +181,10 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	wg.Wait()
 	http.DefaultClient.CloseIdleConnections()
 	t.Logf("exited 0 under load in %s", took.Round(time.Millisecond))
-	// The timeout bounds the graceful part; the rest (closing listeners and
-	// process exit) is quick, and a -race build is slower at both.
-	if took > shutdownTimeout+5*time.Second {
+	// The timeout bounds the whole shutdown; what follows it (closing
+	// listeners, process exit) takes milliseconds, given 2 s here for a
+	// -race build on a loaded machine.
+	if took > shutdownTimeout+2*time.Second {
 		t.Fatalf("exit took %s with --shutdown-timeout %s", took, shutdownTimeout)
 	}
 	for _, addr := range []string{grpcAddr, httpAddr, lAddr} {

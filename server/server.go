@@ -80,6 +80,21 @@ type Config struct {
 	MaxSubscribers int
 	// MaxSendBytes bounds a Send payload; 0 means DefaultMaxSendBytes.
 	MaxSendBytes int
+	// MaxFrameBytes bounds a framing's max_frame_bytes and fixed_size; 0
+	// means rpc.MaxFrameLimit (3 MiB), also the most it may be. An unset
+	// max_frame_bytes is 1 MiB or this, whichever is smaller.
+	MaxFrameBytes int
+	// MaxReplyBytes bounds Send's await_reply.max_bytes; 0 means
+	// rpc.MaxFrameLimit (3 MiB), also the most it may be. An unset max_bytes
+	// is 1 MiB or this, whichever is smaller.
+	MaxReplyBytes int
+	// ListenerMaxConnections is the max_connections of a listener that
+	// sets none, and the most one may set; 0 means no bound of a listener's
+	// own (MaxConnections still holds).
+	ListenerMaxConnections int
+	// IdleTimeout closes connections silent this long on listeners that set
+	// no idle_timeout of their own; 0 means never.
+	IdleTimeout time.Duration
 	// WriteTimeout bounds each write to an accepted connection; 0 means 10 s.
 	WriteTimeout time.Duration
 	// ShutdownTimeout bounds the graceful part of shutdown; 0 means DefaultShutdownTimeout.
@@ -154,6 +169,14 @@ func New(cfg Config) (*Server, error) {
 	if err := checkExposure(cfg); err != nil {
 		return nil, err
 	}
+	for _, l := range []struct {
+		flag string
+		v    int
+	}{{"--max-frame-bytes", cfg.MaxFrameBytes}, {"--max-reply-bytes", cfg.MaxReplyBytes}} {
+		if l.v < 0 || l.v > rpc.MaxFrameLimit {
+			return nil, fmt.Errorf("%s %d: must be 1 to %d (a frame or reply must fit one gRPC message), or 0 for %d", l.flag, l.v, rpc.MaxFrameLimit, rpc.MaxFrameLimit)
+		}
+	}
 	warnCleartextToken(cfg, log)
 	tlsCfg, err := serverTLS(cfg)
 	if err != nil {
@@ -181,13 +204,17 @@ func New(cfg Config) (*Server, error) {
 	s.rpcs = newRPCMetrics()
 	s.metrics = newMetrics(s.hub, s.listeners, s.rpcs)
 	svc := rpc.New(rpc.Config{
-		Listeners:            s.listeners,
-		Hub:                  s.hub,
-		Dialer:               s.dialer,
-		Policy:               pol,
-		SubscriberQueueBytes: cfg.SubscriberQueueBytes,
-		MaxSendBytes:         cfg.MaxSendBytes,
-		Logger:               log,
+		Listeners:              s.listeners,
+		Hub:                    s.hub,
+		Dialer:                 s.dialer,
+		Policy:                 pol,
+		SubscriberQueueBytes:   cfg.SubscriberQueueBytes,
+		MaxFrameBytes:          cfg.MaxFrameBytes,
+		MaxReplyBytes:          cfg.MaxReplyBytes,
+		ListenerMaxConnections: cfg.ListenerMaxConnections,
+		IdleTimeout:            cfg.IdleTimeout,
+		MaxSendBytes:           cfg.MaxSendBytes,
+		Logger:                 log,
 	})
 
 	unary := []grpc.UnaryServerInterceptor{s.unaryInterceptor}

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tcpgate/tcpgate/server"
+	"github.com/tcpgate/tcpgate/server/rpc"
 )
 
 func newServeCmd() *cobra.Command {
@@ -79,6 +80,10 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&cfg.AllowDial, "allow-dial", "", "where Send may connect: HOST|CIDR[:PORTS] rules (default: anywhere but link-local and cloud metadata)")
 	f.StringVar(&cfg.DenyDial, "deny-dial", "", "where Send may never connect: HOST|CIDR[:PORTS] rules, checked first")
 	f.DurationVar(&cfg.WriteTimeout, "write-timeout", server.DefaultWriteTimeout, "how long a write to a connection may block before it is closed")
+	f.IntVar(&cfg.MaxFrameBytes, "max-frame-bytes", rpc.MaxFrameLimit, "largest max_frame_bytes (and fixed_size) a framing may ask for; an unset one is 1 MiB or this if smaller (at most 3 MiB)")
+	f.IntVar(&cfg.MaxReplyBytes, "max-reply-bytes", rpc.MaxFrameLimit, "largest await_reply.max_bytes a Send may ask for; an unset one is 1 MiB or this if smaller (at most 3 MiB)")
+	f.IntVar(&cfg.ListenerMaxConnections, "listener-max-connections", 0, "max_connections of a listener that sets none, and the most one may set (0: no bound of a listener's own)")
+	f.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "close connections silent this long, on listeners that set no idle_timeout (0: never)")
 	return cmd
 }
 

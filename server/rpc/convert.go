@@ -16,12 +16,13 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/listener"
 )
 
-// maxFrameLimit caps max_frame_bytes and await_reply.max_bytes: a frame
-// travels in one event and a reply in one response, and both must fit the
-// 4 MiB message limit that gRPC clients apply by default.
-const maxFrameLimit = 3 << 20
+// MaxFrameLimit is the ceiling of --max-frame-bytes and --max-reply-bytes
+// (and so of max_frame_bytes and await_reply.max_bytes): a frame travels in
+// one event and a reply in one response, and both must fit the 4 MiB
+// message limit that gRPC clients apply by default.
+const MaxFrameLimit = 3 << 20
 
-// defaultReplyBytes is await_reply.max_bytes when 0.
+// defaultReplyBytes is await_reply.max_bytes when 0 (at most the limit).
 const defaultReplyBytes = 1 << 20
 
 var framingModes = map[tcpgatev1.FramingMode]framing.Mode{
@@ -33,21 +34,27 @@ var framingModes = map[tcpgatev1.FramingMode]framing.Mode{
 	tcpgatev1.FramingMode_FRAMING_MODE_FIXED:         framing.Fixed,
 }
 
-// framingFromProto validates and normalizes a Framing; field prefixes the
+// framingFromProto validates and normalizes a Framing, whose frames may be
+// at most limit bytes (--max-frame-bytes); an unset max_frame_bytes is the
+// framing package's default or limit, whichever is smaller. field prefixes the
 // names in errors ("framing", "await_reply.framing").
-func framingFromProto(field string, f *tcpgatev1.Framing) (framing.Config, error) {
+func framingFromProto(field string, f *tcpgatev1.Framing, limit int) (framing.Config, error) {
+	maxFrame := int(f.GetMaxFrameBytes())
+	if maxFrame == 0 {
+		maxFrame = min(framing.DefaultMaxFrameBytes, limit)
+	}
 	if f == nil {
-		return framing.Config{}.Normalize()
+		return framing.Config{MaxFrameBytes: maxFrame}.Normalize()
 	}
 	mode, ok := framingModes[f.GetMode()]
 	if !ok {
 		return framing.Config{}, invalid(field+".mode", "unknown value %d", int32(f.GetMode()))
 	}
-	if f.GetMaxFrameBytes() > maxFrameLimit {
-		return framing.Config{}, invalid(field+".max_frame_bytes", "must be at most %d, got %d", maxFrameLimit, f.GetMaxFrameBytes())
+	if f.GetMaxFrameBytes() > uint32(limit) {
+		return framing.Config{}, invalid(field+".max_frame_bytes", "must be at most %d (--max-frame-bytes), got %d", limit, f.GetMaxFrameBytes())
 	}
-	if f.GetFixedSize() > maxFrameLimit {
-		return framing.Config{}, invalid(field+".fixed_size", "must be at most %d, got %d", maxFrameLimit, f.GetFixedSize())
+	if f.GetFixedSize() > uint32(limit) {
+		return framing.Config{}, invalid(field+".fixed_size", "must be at most %d (--max-frame-bytes), got %d", limit, f.GetFixedSize())
 	}
 	c, err := framing.Config{
 		Mode:          mode,
@@ -55,7 +62,7 @@ func framingFromProto(field string, f *tcpgatev1.Framing) (framing.Config, error
 		PrefixBytes:   int(f.GetPrefixBytes()),
 		LittleEndian:  f.GetLittleEndian(),
 		FixedSize:     int(f.GetFixedSize()),
-		MaxFrameBytes: int(f.GetMaxFrameBytes()),
+		MaxFrameBytes: maxFrame,
 	}.Normalize()
 	if err != nil {
 		// Normalize names fields as "framing.x"; say where the framing sits.

@@ -101,14 +101,14 @@ func TestFramingRoundTrip(t *testing.T) {
 		},
 		{
 			name: "max_frame_bytes at the cap",
-			in:   &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_RAW, MaxFrameBytes: maxFrameLimit},
-			want: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_RAW, MaxFrameBytes: maxFrameLimit},
+			in:   &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_RAW, MaxFrameBytes: MaxFrameLimit},
+			want: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_RAW, MaxFrameBytes: MaxFrameLimit},
 			mode: framing.Raw,
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := framingFromProto("framing", tt.in)
+			c, err := framingFromProto("framing", tt.in, MaxFrameLimit)
 			if err != nil {
 				t.Fatalf("framingFromProto: %v", err)
 			}
@@ -120,7 +120,7 @@ func TestFramingRoundTrip(t *testing.T) {
 				t.Errorf("framingToProto = %v, want %v", got, tt.want)
 			}
 			// What the API shows must be accepted back as the same framing.
-			again, err := framingFromProto("framing", got)
+			again, err := framingFromProto("framing", got, MaxFrameLimit)
 			if err != nil {
 				t.Fatalf("framingFromProto of its own output: %v", err)
 			}
@@ -140,9 +140,9 @@ func TestFramingFromProtoErrors(t *testing.T) {
 	}{
 		{"unknown mode", "framing", &tcpgatev1.Framing{Mode: 99}, []string{"framing.mode", "99"}},
 		{"max_frame_bytes over the cap", "framing",
-			&tcpgatev1.Framing{MaxFrameBytes: maxFrameLimit + 1}, []string{"framing.max_frame_bytes", "3145728", "3145729"}},
+			&tcpgatev1.Framing{MaxFrameBytes: MaxFrameLimit + 1}, []string{"framing.max_frame_bytes", "3145728", "3145729"}},
 		{"fixed_size over the cap", "framing",
-			&tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_FIXED, FixedSize: maxFrameLimit + 1}, []string{"framing.fixed_size"}},
+			&tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_FIXED, FixedSize: MaxFrameLimit + 1}, []string{"framing.fixed_size"}},
 		{"delimiter missing", "framing",
 			&tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_DELIMITER}, []string{"framing.delimiter"}},
 		{"delimiter missing in await_reply", "await_reply.framing",
@@ -162,7 +162,7 @@ func TestFramingFromProtoErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := framingFromProto(tt.field, tt.in)
+			_, err := framingFromProto(tt.field, tt.in, MaxFrameLimit)
 			wantInvalid(t, err, tt.want...)
 		})
 	}
@@ -219,10 +219,10 @@ func TestAutoReplyFromProto(t *testing.T) {
 			conn.AutoReply{Mode: conn.Fixed, Payload: []byte("ok\n")}, nil},
 		{"fixed data", &tcpgatev1.AutoReply{Mode: fixed, Payload: &tcpgatev1.AutoReply_Data{Data: []byte{0, 0xff}}},
 			conn.AutoReply{Mode: conn.Fixed, Payload: []byte{0, 0xff}}, nil},
-		{"fixed at the size cap", &tcpgatev1.AutoReply{Mode: fixed, Payload: &tcpgatev1.AutoReply_Data{Data: make([]byte, maxFrameLimit)}},
-			conn.AutoReply{Mode: conn.Fixed, Payload: make([]byte, maxFrameLimit)}, nil},
+		{"fixed at the size cap", &tcpgatev1.AutoReply{Mode: fixed, Payload: &tcpgatev1.AutoReply_Data{Data: make([]byte, MaxFrameLimit)}},
+			conn.AutoReply{Mode: conn.Fixed, Payload: make([]byte, MaxFrameLimit)}, nil},
 		{"fixed without payload", &tcpgatev1.AutoReply{Mode: fixed}, conn.AutoReply{}, []string{"auto_reply", "FIXED needs text or data"}},
-		{"fixed over the size cap", &tcpgatev1.AutoReply{Mode: fixed, Payload: &tcpgatev1.AutoReply_Data{Data: make([]byte, maxFrameLimit+1)}},
+		{"fixed over the size cap", &tcpgatev1.AutoReply{Mode: fixed, Payload: &tcpgatev1.AutoReply_Data{Data: make([]byte, MaxFrameLimit+1)}},
 			conn.AutoReply{}, []string{"auto_reply", "3145728"}},
 		{"text without fixed", &tcpgatev1.AutoReply{Payload: &tcpgatev1.AutoReply_Text{Text: "x"}}, conn.AutoReply{}, []string{"auto_reply.mode", "FIXED"}},
 		{"data with none", &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_NONE, Payload: &tcpgatev1.AutoReply_Data{Data: []byte("x")}},

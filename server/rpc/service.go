@@ -59,6 +59,21 @@ type Config struct {
 	SubscriberQueueBytes int
 	// MaxSendBytes bounds a Send payload; 0 means DefaultMaxSendBytes.
 	MaxSendBytes int
+	// MaxFrameBytes bounds framing.max_frame_bytes and fixed_size; 0 (or
+	// more than MaxFrameLimit) means MaxFrameLimit. An unset max_frame_bytes
+	// is 1 MiB or this, whichever is smaller.
+	MaxFrameBytes int
+	// MaxReplyBytes bounds await_reply.max_bytes; 0 (or more than
+	// MaxFrameLimit) means MaxFrameLimit. An unset max_bytes is 1 MiB or
+	// this, whichever is smaller.
+	MaxReplyBytes int
+	// ListenerMaxConnections is the max_connections of a listener that sets
+	// none, and the most one may set; 0 means no bound of its own (the
+	// listener registry's total bound still holds).
+	ListenerMaxConnections int
+	// IdleTimeout is the idle_timeout of a listener that sets none; 0 means
+	// never.
+	IdleTimeout time.Duration
 	// Logger logs internal errors; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -81,6 +96,12 @@ func New(cfg Config) *Service {
 	if cfg.MaxSendBytes <= 0 {
 		cfg.MaxSendBytes = DefaultMaxSendBytes
 	}
+	if cfg.MaxFrameBytes <= 0 || cfg.MaxFrameBytes > MaxFrameLimit {
+		cfg.MaxFrameBytes = MaxFrameLimit
+	}
+	if cfg.MaxReplyBytes <= 0 || cfg.MaxReplyBytes > MaxFrameLimit {
+		cfg.MaxReplyBytes = MaxFrameLimit
+	}
 	return &Service{cfg: cfg, log: log}
 }
 
@@ -97,7 +118,7 @@ func (s *Service) StartListener(_ context.Context, req *tcpgatev1.StartListenerR
 	if err := checkHost(req.GetHost()); err != nil {
 		return nil, err
 	}
-	fc, err := framingFromProto("framing", req.GetFraming())
+	fc, err := framingFromProto("framing", req.GetFraming(), s.cfg.MaxFrameBytes)
 	if err != nil {
 		return nil, err
 	}
@@ -105,9 +126,18 @@ func (s *Service) StartListener(_ context.Context, req *tcpgatev1.StartListenerR
 	if err != nil {
 		return nil, err
 	}
-	idle, err := durationFromProto("idle_timeout", req.GetIdleTimeout(), 0)
+	idle, err := durationFromProto("idle_timeout", req.GetIdleTimeout(), s.cfg.IdleTimeout)
 	if err != nil {
 		return nil, err
+	}
+	maxConns := int(req.GetMaxConnections())
+	if limit := s.cfg.ListenerMaxConnections; limit > 0 {
+		if maxConns > limit {
+			return nil, invalid("max_connections", "must be at most %d (--listener-max-connections), got %d", limit, maxConns)
+		}
+		if maxConns == 0 {
+			maxConns = limit
+		}
 	}
 	tlsCfg, err := listenerTLS(req.GetTls())
 	if err != nil {
@@ -122,7 +152,7 @@ func (s *Service) StartListener(_ context.Context, req *tcpgatev1.StartListenerR
 		Port:           int(req.GetPort()),
 		Framing:        fc,
 		AutoReply:      ar,
-		MaxConnections: int(req.GetMaxConnections()),
+		MaxConnections: maxConns,
 		IdleTimeout:    idle,
 		TLS:            tlsCfg,
 	}
@@ -184,8 +214,8 @@ func autoReplyFromProto(a *tcpgatev1.AutoReply) (conn.AutoReply, error) {
 		if !hasPayload {
 			return conn.AutoReply{}, invalid("auto_reply", "AUTO_REPLY_MODE_FIXED needs text or data")
 		}
-		if len(payload) > maxFrameLimit {
-			return conn.AutoReply{}, invalid("auto_reply", "reply longer than %d bytes", maxFrameLimit)
+		if len(payload) > MaxFrameLimit {
+			return conn.AutoReply{}, invalid("auto_reply", "reply longer than %d bytes", MaxFrameLimit)
 		}
 		return conn.AutoReply{Mode: conn.Fixed, Payload: payload}, nil
 	}
@@ -275,7 +305,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		return nil, invalid("payload", "one of text or data is required")
 	}
 	if len(payload) > s.cfg.MaxSendBytes {
-		return nil, status.Errorf(codes.ResourceExhausted, "payload: %d bytes exceed max_send_bytes (%d)", len(payload), s.cfg.MaxSendBytes)
+		return nil, status.Errorf(codes.ResourceExhausted, "payload: %d bytes exceed max_send_bytes (%d, --max-send-bytes)", len(payload), s.cfg.MaxSendBytes)
 	}
 	timeout, err := durationFromProto("timeout", req.GetTimeout(), DefaultSendTimeout)
 	if err != nil {
@@ -287,11 +317,11 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		return nil, invalid("await_reply.mode", "unknown value %d", int32(aw.GetMode()))
 	}
 	maxReply := int(aw.GetMaxBytes())
-	if maxReply > maxFrameLimit {
-		return nil, invalid("await_reply.max_bytes", "must be at most %d, got %d", maxFrameLimit, maxReply)
+	if maxReply > s.cfg.MaxReplyBytes {
+		return nil, invalid("await_reply.max_bytes", "must be at most %d (--max-reply-bytes), got %d", s.cfg.MaxReplyBytes, maxReply)
 	}
 	if maxReply == 0 {
-		maxReply = defaultReplyBytes
+		maxReply = min(defaultReplyBytes, s.cfg.MaxReplyBytes)
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -301,7 +331,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		if err := checkAddress(t.Address); err != nil {
 			return nil, err
 		}
-		fc, err := framingFromProto("await_reply.framing", aw.GetFraming())
+		fc, err := framingFromProto("await_reply.framing", aw.GetFraming(), s.cfg.MaxReplyBytes)
 		if err != nil {
 			return nil, err
 		}

@@ -272,7 +272,7 @@ func (h *Hub) Subscribe(opts SubscribeOptions) (*Subscriber, error) {
 		return nil, ErrClosed
 	}
 	if h.maxSubscribers > 0 && len(h.subs) >= h.maxSubscribers {
-		return nil, fmt.Errorf("subscribing: max_subscribers (%d) reached: %w", h.maxSubscribers, ErrTooManySubscribers)
+		return nil, fmt.Errorf("subscribing: max_subscribers (%d, --max-subscribers) reached: %w", h.maxSubscribers, ErrTooManySubscribers)
 	}
 	if opts.Since > 0 && opts.Since <= h.seq {
 		first := h.ring.firstSeq()

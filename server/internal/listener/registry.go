@@ -180,7 +180,7 @@ func (r *Registry) Start(spec Spec) (Info, error) {
 		return Info{}, ErrClosed
 	case r.cfg.MaxListeners > 0 && len(r.listeners) >= r.cfg.MaxListeners:
 		r.mu.Unlock()
-		return Info{}, fmt.Errorf("starting listener: max_listeners (%d): %w", r.cfg.MaxListeners, ErrLimit)
+		return Info{}, fmt.Errorf("starting listener: max_listeners (%d, --max-listeners) reached: %w", r.cfg.MaxListeners, ErrLimit)
 	case spec.ID == "":
 		spec.ID = r.newIDLocked()
 	case r.listeners[spec.ID] != nil:

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -47,6 +48,35 @@ func TestOpenAPI(t *testing.T) {
 				t.Errorf("openapi.json: %s has no %s", path, m)
 			}
 		}
+	}
+
+	// GET /v1/events is served by the gateway, not grpc-gateway's stream
+	// wrapper: the document says what really comes.
+	var events struct {
+		Paths map[string]map[string]struct {
+			Description string   `json:"description"`
+			Produces    []string `json:"produces"`
+			Responses   map[string]struct {
+				Schema map[string]any `json:"schema"`
+			} `json:"responses"`
+		} `json:"paths"`
+	}
+	if err := json.Unmarshal(body, &events); err != nil {
+		t.Fatalf("openapi.json is not JSON: %v", err)
+	}
+	op := events.Paths["/v1/events"]["get"]
+	for _, want := range []string{"NDJSON", "text/event-stream", "Last-Event-ID", "heartbeat"} {
+		if !strings.Contains(op.Description, want) {
+			t.Errorf("openapi.json: GET /v1/events description does not mention %s:\n%s", want, op.Description)
+		}
+	}
+	for _, want := range []string{"application/x-ndjson", "text/event-stream"} {
+		if !slices.Contains(op.Produces, want) {
+			t.Errorf("openapi.json: GET /v1/events produces %q, want it to include %s", op.Produces, want)
+		}
+	}
+	if ref := op.Responses["200"].Schema["$ref"]; ref != "#/definitions/v1Event" {
+		t.Errorf("openapi.json: GET /v1/events 200 schema = %v, want one Event per line ($ref #/definitions/v1Event)", op.Responses["200"].Schema)
 	}
 }
 

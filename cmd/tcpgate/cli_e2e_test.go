@@ -69,6 +69,34 @@ func TestCLI(t *testing.T) {
 		sub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ data listener=demo conn=c\d+ 4 bytes (hex=01020304|"\\x01\\x02\\x03\\x04")$`))
 	})
 
+	t.Run("send timeout governs the call", func(t *testing.T) {
+		// The peer answers at once but closes only after closeAfter, so
+		// --await close takes that long: longer than a --call-timeout of
+		// 1s, shorter than a --timeout of 3s.
+		const closeAfter = 1500 * time.Millisecond
+		peer := lateClosePeer(t, "pong", closeAfter)
+
+		start := time.Now()
+		stdout, stderr := tg.mustRun(t, "send", peer, "ping", "--await", "close", "--timeout", "3s", "--call-timeout", "1s")
+		if elapsed := time.Since(start); elapsed < closeAfter {
+			t.Errorf("send --await close returned after %v, before the peer closed at %v", elapsed, closeAfter)
+		}
+		if stdout != "pong\n" {
+			t.Errorf("send --await close: stdout = %q, want %q", stdout, "pong\n")
+		}
+		if want := "sent 4 bytes to 1 connection(s)"; !strings.Contains(stderr, want) {
+			t.Errorf("send: stderr = %q, want it to say %q", stderr, want)
+		}
+
+		// A --timeout shorter than the wait still ends it, whatever
+		// --call-timeout allows.
+		stdout, stderr, err := tg.run(t, "send", peer, "ping", "--await", "close", "--timeout", "500ms", "--call-timeout", "10s")
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(stderr, "DeadlineExceeded") {
+			t.Errorf("send --await close --timeout 500ms: %v, stdout %q, stderr %q; want exit status 1 with DeadlineExceeded", err, stdout, stderr)
+		}
+	})
+
 	t.Run("subscribe json", func(t *testing.T) {
 		jsonSub.waitFor(t, "the DATA events of both sends", eventTimeout, func(out string) bool {
 			var text, data bool
@@ -103,6 +131,50 @@ func TestCLI(t *testing.T) {
 		decodeJSON(t, lines[0], &first)
 		if first.Sequence != 1 || first.Kind != "EVENT_KIND_LISTENER_STARTED" || first.ListenerID != "demo" || first.LocalAddress != addr {
 			t.Errorf("subscribe --since 1: first line %s, want sequence 1, LISTENER_STARTED of demo on %s", lines[0], addr)
+		}
+	})
+
+	t.Run("subscribe kinds", func(t *testing.T) {
+		// --kinds takes the short names and the enum's names that
+		// --format json prints, in any case.
+		allData := []string{kindData}
+		tests := []struct {
+			name, kinds string
+			want        []string
+		}{
+			{name: "short", kinds: "data", want: allData},
+			{name: "short upper case", kinds: "DATA", want: allData},
+			{name: "enum name", kinds: "EVENT_KIND_DATA", want: allData},
+			{name: "enum name lower case", kinds: "event_kind_data", want: allData},
+			{
+				name:  "mixed",
+				kinds: "Event_Kind_Listener_Started,connection_closed",
+				want:  []string{"EVENT_KIND_LISTENER_STARTED", kindConnectionClosed},
+			},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				t.Parallel()
+				// --since 1 replays what happened so far, so it needs no sync.
+				p := tg.start(t, "subscribe", "--since", "1", "--format", "json", "--kinds", tt.kinds)
+				p.waitFor(t, fmt.Sprintf("events of kinds %v", tt.want), eventTimeout, func(out string) bool {
+					evs := jsonLines(out)
+					for _, k := range tt.want {
+						if !slices.ContainsFunc(evs, func(e eventJSON) bool { return e.Kind == k }) {
+							return false
+						}
+					}
+					return true
+				})
+				if err := p.interrupt(t); err != nil {
+					t.Errorf("subscribe after SIGINT: %v, want exit status 0; stderr: %s", err, p.stderr.String())
+				}
+				for _, e := range jsonLines(p.stdout.String()) {
+					if !slices.Contains(tt.want, e.Kind) {
+						t.Errorf("subscribe --kinds %s printed a %s event (#%d), want only %v", tt.kinds, e.Kind, e.Sequence, tt.want)
+					}
+				}
+			})
 		}
 	})
 
@@ -231,6 +303,7 @@ func TestCLI(t *testing.T) {
 			{name: "echo and reply", args: []string{"listen", "0", "--echo", "--reply", "x"}, want: []string{"--echo and --reply"}},
 			{name: "no payload", args: []string{"send", addr}, want: []string{"exactly one of TEXT, --hex, --file or --stdin"}},
 			{name: "unknown connection", args: []string{"close", "c999999"}, want: []string{"NotFound", "c999999"}},
+			{name: "unknown kind", args: []string{"subscribe", "--kinds", "event_kind_nope"}, want: []string{"--kinds", `"event_kind_nope"`, "EVENT_KIND_DATA"}},
 			{
 				name: "no daemon at --server",
 				env:  hermeticEnv(),
@@ -271,13 +344,32 @@ func TestCLI(t *testing.T) {
 	})
 
 	t.Run("help", func(t *testing.T) {
-		for _, cmd := range []string{"listen", "stop", "ls", "conns", "close", "send", "subscribe", "serve"} {
-			t.Run(cmd, func(t *testing.T) {
-				out, _ := cliRunner{env: hermeticEnv()}.mustRun(t, cmd, "--help")
-				if !strings.Contains(out, "Examples:\n  tcpgate "+cmd) {
-					t.Errorf("tcpgate %s --help has no examples of tcpgate %s:\n%s", cmd, cmd, out)
+		// Every command that help lists, cobra's own help and completion
+		// included, and the commands under those, shows examples of itself.
+		seen := map[string]bool{}
+		queue := []string{""}
+		for len(queue) > 0 {
+			path := queue[0]
+			queue = queue[1:]
+			seen[path] = true
+			name := strings.TrimSpace("tcpgate " + path)
+			t.Run(name, func(t *testing.T) {
+				out, _ := cliRunner{env: hermeticEnv()}.mustRun(t, append(strings.Fields(path), "--help")...)
+				if examples := helpSection(out, "Examples:"); !strings.Contains(examples, name) {
+					t.Errorf("%s --help has no examples of %s:\n%s", name, name, out)
+				}
+				for _, line := range strings.Split(helpSection(out, "Available Commands:"), "\n") {
+					if f := strings.Fields(line); len(f) > 0 {
+						queue = append(queue, strings.TrimSpace(path+" "+f[0]))
+					}
 				}
 			})
+		}
+		for _, want := range []string{"listen", "stop", "ls", "conns", "close", "send", "subscribe", "serve",
+			"help", "completion", "completion bash", "completion zsh", "completion fish", "completion powershell"} {
+			if !seen[want] {
+				t.Errorf("tcpgate %s: not listed by any --help, want it checked", want)
+			}
 		}
 	})
 
@@ -306,6 +398,58 @@ func startGateway(t *testing.T) gateway {
 	}
 	g.httpAddr = strings.Trim(m[1], `"`)
 	return g
+}
+
+// helpSection returns the lines of a --help output after the line header,
+// up to the next blank line.
+func helpSection(out, header string) string {
+	_, section, ok := strings.Cut(out, "\n"+header+"\n")
+	if !ok {
+		return ""
+	}
+	section, _, _ = strings.Cut(section, "\n\n")
+	return section
+}
+
+// lateClosePeer listens on 127.0.0.1:0 and answers the first read of every
+// connection with reply at once, then closes it after delay. It returns
+// its address; cleanup stops it and waits for its goroutines.
+func lateClosePeer(t *testing.T, reply string, delay time.Duration) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return // closed by cleanup
+			}
+			wg.Go(func() {
+				defer c.Close()
+				c.SetReadDeadline(time.Now().Add(eventTimeout))
+				if _, err := c.Read(make([]byte, 64)); err != nil {
+					return
+				}
+				if _, err := c.Write([]byte(reply)); err != nil {
+					return
+				}
+				select {
+				case <-time.After(delay):
+				case <-done:
+				}
+			})
+		}
+	})
+	t.Cleanup(func() {
+		close(done)
+		ln.Close()
+		wg.Wait()
+	})
+	return ln.Addr().String()
 }
 
 // raceEnv keeps a -race build from sleeping a second at exit, as startDaemon does.

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/rpc"
 )
 
 // client holds what every client subcommand shares: the --server flag and
@@ -128,12 +129,26 @@ func (c *client) close() {
 	}
 }
 
-// ctx bounds one unary call and ends it on SIGINT or SIGTERM.
+// ctx bounds one unary call by --call-timeout and ends it on SIGINT or
+// SIGTERM.
 func (c *client) ctx(cmd *cobra.Command) (context.Context, context.CancelFunc) {
+	return c.ctxAtLeast(cmd, 0)
+}
+
+// ctxAtLeast is ctx for a call that the gateway itself bounds by d: the
+// call may take d when that is longer than --call-timeout, so that the
+// gateway's own timeout, and the error that says what timed out, comes
+// first.
+func (c *client) ctxAtLeast(cmd *cobra.Command, d time.Duration) (context.Context, context.CancelFunc) {
 	ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	ctx, cancel := context.WithTimeout(ctx, max(c.timeout, d))
 	return ctx, func() { cancel(); stop() }
 }
+
+// sendCallMargin is how much longer than its --timeout a send's call may
+// take: room for the request and the answer to cross the network and for a
+// busy gateway, so that --timeout governs however short --call-timeout is.
+const sendCallMargin = 5 * time.Second
 
 // callError makes a failed call read like the gateway's answer, and says
 // what to check when the gateway cannot be reached.
@@ -177,6 +192,38 @@ func addClientCommands(root *cobra.Command) {
 		c.addFlags(cmd)
 		root.AddCommand(cmd)
 	}
+	addBuiltinExamples(root)
+}
+
+// builtinExamples are the examples of the commands cobra adds by itself,
+// by their path under the root, so that every command's help shows how it
+// is used.
+var builtinExamples = map[string]string{
+	"help": "  tcpgate help send\n  tcpgate help completion bash",
+	"completion": "  source <(tcpgate completion bash)\n" +
+		"  tcpgate completion zsh > \"${fpath[1]}/_tcpgate\"",
+	"completion bash": "  source <(tcpgate completion bash)\n" +
+		"  tcpgate completion bash > /etc/bash_completion.d/tcpgate",
+	"completion zsh":        "  tcpgate completion zsh > \"${fpath[1]}/_tcpgate\"",
+	"completion fish":       "  tcpgate completion fish > ~/.config/fish/completions/tcpgate.fish",
+	"completion powershell": "  tcpgate completion powershell | Out-String | Invoke-Expression",
+}
+
+// addBuiltinExamples makes cobra add its help and completion commands now
+// rather than at Execute, and gives them examples.
+func addBuiltinExamples(root *cobra.Command) {
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	var walk func(cmd *cobra.Command, path string)
+	walk = func(cmd *cobra.Command, path string) {
+		if ex, ok := builtinExamples[path]; ok && cmd.Example == "" {
+			cmd.Example = ex
+		}
+		for _, sub := range cmd.Commands() {
+			walk(sub, strings.TrimSpace(path+" "+sub.Name()))
+		}
+	}
+	walk(root, "")
 }
 
 // parseFraming reads raw | line | delim:HEX | len:N[le] | fixed:N.
@@ -426,7 +473,12 @@ func newSendCmd(c *client) *cobra.Command {
 			if req.AwaitReply, err = parseAwait(await, maxReply); err != nil {
 				return err
 			}
-			ctx, cancel := c.ctx(cmd)
+			// The gateway bounds the send by --timeout (its default when 0).
+			bound := timeout
+			if bound <= 0 {
+				bound = rpc.DefaultSendTimeout
+			}
+			ctx, cancel := c.ctxAtLeast(cmd, bound+sendCallMargin)
 			defer cancel()
 			resp, err := c.api.Send(ctx, req)
 			if err != nil {
@@ -451,7 +503,7 @@ func newSendCmd(c *client) *cobra.Command {
 	f.StringVar(&toListener, "to-listener", "", "send to every connection of this listener")
 	f.StringVar(&await, "await", "", "wait for a reply: first (one read), line (one line), close (until the peer closes)")
 	f.Uint32Var(&maxReply, "max-reply", 0, "largest reply in bytes (default 1 MiB)")
-	f.DurationVar(&timeout, "timeout", 10*time.Second, "bounds connect, write and reply")
+	f.DurationVar(&timeout, "timeout", 10*time.Second, "bounds connect, write and reply (the call may take this long even past --call-timeout)")
 	return cmd
 }
 
@@ -507,12 +559,25 @@ func parseAwait(s string, maxReply uint32) (*tcpgatev1.AwaitReply, error) {
 	return a, nil
 }
 
+// kindNames are the event kinds --kinds takes: the enum's names without
+// EVENT_KIND_, in lower case.
 var kindNames = map[string]tcpgatev1.EventKind{
 	"listener_started":  tcpgatev1.EventKind_EVENT_KIND_LISTENER_STARTED,
 	"listener_stopped":  tcpgatev1.EventKind_EVENT_KIND_LISTENER_STOPPED,
 	"connection_opened": tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED,
 	"data":              tcpgatev1.EventKind_EVENT_KIND_DATA,
 	"connection_closed": tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED,
+}
+
+// parseKind reads one --kinds value: a short name such as data, or the
+// enum's full name such as EVENT_KIND_DATA that the JSON output prints, in
+// any case.
+func parseKind(s string) (tcpgatev1.EventKind, error) {
+	name := strings.ToLower(strings.TrimSpace(s))
+	if kind, ok := kindNames[strings.TrimPrefix(name, "event_kind_")]; ok {
+		return kind, nil
+	}
+	return 0, fmt.Errorf("--kinds %q: want listener_started, listener_stopped, connection_opened, data or connection_closed (or the full names, e.g. EVENT_KIND_DATA)", s)
 }
 
 var policyNames = map[string]tcpgatev1.SlowConsumerPolicy{
@@ -537,9 +602,9 @@ func newSubscribeCmd(c *client) *cobra.Command {
 		RunE: c.run(func(cmd *cobra.Command, _ []string) error {
 			req := &tcpgatev1.SubscribeRequest{ListenerIds: listeners, ConnectionIds: conns, SinceSequence: since}
 			for _, k := range kinds {
-				kind, ok := kindNames[strings.ToLower(k)]
-				if !ok {
-					return fmt.Errorf("--kinds %q: want listener_started, listener_stopped, connection_opened, data or connection_closed", k)
+				kind, err := parseKind(k)
+				if err != nil {
+					return err
 				}
 				req.Kinds = append(req.Kinds, kind)
 			}
@@ -583,7 +648,7 @@ func newSubscribeCmd(c *client) *cobra.Command {
 	f := cmd.Flags()
 	f.StringArrayVar(&listeners, "listener", nil, "only events of this listener (repeatable)")
 	f.StringArrayVar(&conns, "conn", nil, "only events of this connection (repeatable)")
-	f.StringSliceVar(&kinds, "kinds", nil, "only these kinds, comma-separated: listener_started, listener_stopped, connection_opened, data, connection_closed")
+	f.StringSliceVar(&kinds, "kinds", nil, "only these kinds, comma-separated: listener_started, listener_stopped, connection_opened, data, connection_closed (or EVENT_KIND_DATA, ...)")
 	f.Uint64Var(&since, "since", 0, "replay from this sequence before live events (0: live only)")
 	f.StringVar(&policy, "policy", "drop-oldest", "when this subscriber falls behind: drop-oldest, disconnect or backpressure")
 	f.StringVar(&format, "format", "text", "text or json (one protojson object per line)")

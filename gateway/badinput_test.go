@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -177,10 +178,12 @@ func TestBadInputREST(t *testing.T) {
 		// StartListener: listener id.
 		{rpc: sl, name: "minimal body starts a listener", method: post, path: "/v1/listeners", body: listen(""), code: codes.OK},
 		{rpc: sl, name: "listenerId empty is generated", method: post, path: "/v1/listeners", body: listen(`"listenerId": ""`), code: codes.OK},
+		{rpc: sl, name: "listenerId of 64 bytes is fine", method: post, path: "/v1/listeners", body: listen(`"listenerId": "` + strings.Repeat("x", 64) + `"`), code: codes.OK},
 		{rpc: sl, name: "listener_id in proto spelling is fine", method: post, path: "/v1/listeners", body: listen(`"listener_id": "snake"`), code: codes.OK},
 		{rpc: sl, name: "listenerId with a slash", method: post, path: "/v1/listeners", body: listen(`"listenerId": "a/b"`), code: inv, mention: "listener_id"},
 		{rpc: sl, name: "listenerId of 65 bytes", method: post, path: "/v1/listeners", body: listen(`"listenerId": "` + strings.Repeat("x", 65) + `"`), code: inv, mention: "listener_id"},
 		{rpc: sl, name: "listenerId blank", method: post, path: "/v1/listeners", body: listen(`"listenerId": " "`), code: inv, mention: "listener_id"},
+		{rpc: sl, name: "listenerId not ASCII", method: post, path: "/v1/listeners", body: listen(`"listenerId": "é"`), code: inv, mention: "listener_id"},
 		{rpc: sl, name: "listenerId as a number", method: post, path: "/v1/listeners", body: listen(`"listenerId": 5`), code: inv, mention: "listenerId"},
 		{rpc: sl, name: "listenerId taken", method: post, path: "/v1/listeners", body: listen(`"listenerId": "keep"`), code: codes.AlreadyExists, mention: "keep"},
 		{rpc: sl, name: "max_listeners reached", limits: true, method: post, path: "/v1/listeners", body: listen(""), code: codes.ResourceExhausted, mention: "max_listeners"},
@@ -188,11 +191,13 @@ func TestBadInputREST(t *testing.T) {
 		// StartListener: host and address.
 		{rpc: sl, name: "host of 256 bytes", method: post, path: "/v1/listeners", body: `{"host": "` + strings.Repeat("h", 256) + `"}`, code: inv, mention: "host"},
 		{rpc: sl, name: "host as a number", method: post, path: "/v1/listeners", body: `{"host": 127}`, code: inv, mention: "host"},
+		{rpc: sl, name: "host with a port", method: post, path: "/v1/listeners", body: `{"host": "127.0.0.1:80"}`, code: inv, mention: "host"},
 		{rpc: sl, name: "host not owned here", method: post, path: "/v1/listeners", body: `{"host": ` + badJSON(unbindable) + `}`, code: codes.FailedPrecondition, mention: unbindable},
 		{rpc: sl, name: "address in use", method: post, path: "/v1/listeners", body: listen(`"port": ` + keepPort), code: codes.Unavailable, mention: keep.GetAddress()},
 
 		// StartListener: framing.
 		{rpc: sl, name: "framing mode 99", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": 99}`), code: inv, mention: "framing.mode"},
+		{rpc: sl, name: "framing mode -1", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": -1}`), code: inv, mention: "framing.mode"},
 		{rpc: sl, name: "framing mode by unknown name", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_NOPE"}`), code: inv, mention: "mode"},
 		{rpc: sl, name: "framing mode by name of another enum", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "AUTO_REPLY_MODE_ECHO"}`), code: inv, mention: "mode"},
 		{rpc: sl, name: "framing as a string", method: post, path: "/v1/listeners", body: listen(`"framing": "FRAMING_MODE_LINE"`), code: inv, mention: "framing"},
@@ -201,10 +206,16 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: sl, name: "delimiter not base64", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_DELIMITER", "delimiter": "!!"}`), code: inv, mention: "delimiter"},
 		{rpc: sl, name: "prefixBytes 3", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_LENGTH_PREFIX", "prefixBytes": 3}`), code: inv, mention: "framing.prefix_bytes"},
 		{rpc: sl, name: "prefixBytes 16", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_LENGTH_PREFIX", "prefixBytes": 16}`), code: inv, mention: "framing.prefix_bytes"},
+		{rpc: sl, name: "prefixBytes 3 in raw mode", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_RAW", "prefixBytes": 3}`), code: inv, mention: "framing.prefix_bytes"},
 		{rpc: sl, name: "littleEndian as a string", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_LENGTH_PREFIX", "littleEndian": "yes"}`), code: inv, mention: "littleEndian"},
 		{rpc: sl, name: "fixedSize 0", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_FIXED"}`), code: inv, mention: "framing.fixed_size"},
 		{rpc: sl, name: "fixedSize above maxFrameBytes", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_FIXED", "fixedSize": 2048, "maxFrameBytes": 1024}`), code: inv, mention: "framing.fixed_size"},
+		{rpc: sl, name: "fixedSize above the default maxFrameBytes", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_FIXED", "fixedSize": 1048577}`), code: inv, mention: "framing.fixed_size"},
+		{rpc: sl, name: "fixedSize over 3 MiB", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_FIXED", "fixedSize": 3145729, "maxFrameBytes": 3145728}`), code: inv, mention: "framing.fixed_size"},
+		{rpc: sl, name: "fixedSize 4294967295", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_FIXED", "fixedSize": 4294967295}`), code: inv, mention: "framing.fixed_size"},
+		{rpc: sl, name: "maxFrameBytes of 3 MiB is fine", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_LINE", "maxFrameBytes": 3145728}`), code: codes.OK},
 		{rpc: sl, name: "maxFrameBytes over 3 MiB", method: post, path: "/v1/listeners", body: listen(`"framing": {"maxFrameBytes": 3145729}`), code: inv, mention: "framing.max_frame_bytes"},
+		{rpc: sl, name: "maxFrameBytes 4294967295", method: post, path: "/v1/listeners", body: listen(`"framing": {"maxFrameBytes": 4294967295}`), code: inv, mention: "framing.max_frame_bytes"},
 
 		// StartListener: autoReply and its oneof.
 		{rpc: sl, name: "autoReply mode 99", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"mode": 99}`), code: inv, mention: "auto_reply.mode"},
@@ -212,6 +223,9 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: sl, name: "autoReply FIXED without payload", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"mode": "AUTO_REPLY_MODE_FIXED"}`), code: inv, mention: "auto_reply"},
 		{rpc: sl, name: "autoReply ECHO with text", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"mode": "AUTO_REPLY_MODE_ECHO", "text": "hi"}`), code: inv, mention: "auto_reply.mode"},
 		{rpc: sl, name: "autoReply NONE with data", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"mode": "AUTO_REPLY_MODE_NONE", "data": "AQ=="}`), code: inv, mention: "auto_reply.mode"},
+		{rpc: sl, name: "autoReply UNSPECIFIED with text", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"text": "hi"}`), code: inv, mention: "auto_reply.mode"},
+		{rpc: sl, name: "autoReply FIXED over 3 MiB", method: post, path: "/v1/listeners",
+			body: listen(`"autoReply": {"mode": "AUTO_REPLY_MODE_FIXED", "data": "` + base64.StdEncoding.EncodeToString(make([]byte, 3<<20+1)) + `"}`), code: inv, mention: "auto_reply"},
 		{rpc: sl, name: "autoReply both text and data", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"mode": "AUTO_REPLY_MODE_FIXED", "text": "hi", "data": "AQ=="}`), code: inv, mention: "payload"},
 		{rpc: sl, name: "autoReply data not base64", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"mode": "AUTO_REPLY_MODE_FIXED", "data": "not base64!"}`), code: inv, mention: "data"},
 
@@ -224,12 +238,17 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: sl, name: "idleTimeout as a number", method: post, path: "/v1/listeners", body: listen(`"idleTimeout": 5`), code: inv, mention: "idleTimeout"},
 		{rpc: sl, name: "idleTimeout with 10 fractional digits", method: post, path: "/v1/listeners", body: listen(`"idleTimeout": "1.0000000001s"`), code: inv, mention: "idleTimeout"},
 		{rpc: sl, name: "idleTimeout above 10000 years", method: post, path: "/v1/listeners", body: listen(`"idleTimeout": "315576000001s"`), code: inv, mention: "idleTimeout"},
+		{rpc: sl, name: "idleTimeout of 10000 years is fine", method: post, path: "/v1/listeners", body: listen(`"idleTimeout": "315576000000s"`), code: codes.OK},
+		// (A duration whose seconds and nanos differ in sign has no JSON
+		// form: "-1.5s" is both negative. "1.0000000001s" above stands for
+		// nanos of 1e9, which JSON cannot spell either.)
 
 		// StartListener: the body itself.
 		{rpc: sl, name: "malformed JSON", method: post, path: "/v1/listeners", body: `{"host": "127.0.0.1"`, code: inv, mention: "EOF"},
 		{rpc: sl, name: "body is null", method: post, path: "/v1/listeners", body: `null`, code: inv, mention: "null"},
 		{rpc: sl, name: "body is an array", method: post, path: "/v1/listeners", body: `[]`, code: inv, mention: "["},
 		{rpc: sl, name: "trailing garbage after the object", method: post, path: "/v1/listeners", body: `{"host": "127.0.0.1"} x`, code: inv, mention: "x"},
+		{rpc: sl, name: "form feed after the object", method: post, path: "/v1/listeners", body: "{\"host\": \"127.0.0.1\"}\f", code: inv, mention: "after the object"},
 		{rpc: sl, name: "unknown field", method: post, path: "/v1/listeners", body: `{"hots": "127.0.0.1"}`, code: inv, mention: "hots"},
 		{rpc: sl, name: "field given twice", method: post, path: "/v1/listeners", body: `{"host": "127.0.0.1", "host": "127.0.0.1"}`, code: inv, mention: "host"},
 
@@ -237,9 +256,13 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: stop, name: "listener id empty", method: del, path: "/v1/listeners/", code: inv, mention: "listener_id"},
 		{rpc: stop, name: "listener id unknown", method: del, path: "/v1/listeners/nope", code: codes.NotFound, mention: "nope"},
 		{rpc: stop, name: "drainTimeout negative", method: del, path: "/v1/listeners/keep?drainTimeout=-1s", code: inv, mention: "drain_timeout"},
+		{rpc: stop, name: "drainTimeout of -1ns", method: del, path: "/v1/listeners/keep?drainTimeout=-1ns", code: inv, mention: "drain_timeout"},
 		{rpc: stop, name: "drainTimeout with an unknown unit", method: del, path: "/v1/listeners/keep?drainTimeout=5x", code: inv, mention: "drain"},
 		{rpc: stop, name: "drainTimeout without unit", method: del, path: "/v1/listeners/keep?drainTimeout=5", code: inv, mention: "drain"},
 		{rpc: stop, name: "drainTimeout above 10000 years", method: del, path: "/v1/listeners/keep?drainTimeout=315576000001s", code: inv, mention: "drain"},
+		// (The query parser reads durations with time.ParseDuration, which
+		// can spell neither nanos of 1e9 nor seconds and nanos of different
+		// signs, and reads "1.0000000001s" as 1s.)
 		{rpc: stop, name: "drainTimeout in Go syntax passes the query parser", method: del, path: "/v1/listeners/nope?drainTimeout=1m30s", code: codes.NotFound, mention: "nope"},
 		{rpc: stop, name: "drainTimeout misspelt", method: del, path: "/v1/listeners/nope?drainTimout=5s", code: inv, mention: "drainTimout"},
 
@@ -265,6 +288,7 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: send, name: "no payload", method: post, path: "/v1/send", body: `{"address": ` + kaddr + `}`, code: inv, mention: "payload"},
 		{rpc: send, name: "empty body", method: post, path: "/v1/send", code: inv, mention: "payload"},
 		{rpc: send, name: "empty object", method: post, path: "/v1/send", body: `{}`, code: inv, mention: "payload"},
+		{rpc: send, name: "empty text is a payload", method: post, path: "/v1/send", body: `{"address": ` + badJSON(silent) + `, "text": ""}`, code: codes.OK},
 		{rpc: send, name: "text and data", method: post, path: "/v1/send", body: `{"address": ` + kaddr + `, "text": "x", "data": "eA=="}`, code: inv, mention: "payload"},
 		{rpc: send, name: "address and connectionId", method: post, path: "/v1/send", body: `{"address": ` + kaddr + `, "connectionId": "` + connID + `", "text": "x"}`, code: inv, mention: "target"},
 		{rpc: send, name: "connectionId and listenerId", method: post, path: "/v1/send", body: `{"connectionId": "` + connID + `", "listenerId": "keep", "text": "x"}`, code: inv, mention: "target"},
@@ -274,6 +298,8 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: send, name: "address without port", method: post, path: "/v1/send", body: addr("no-port"), code: inv, mention: "address"},
 		{rpc: send, name: "address port 0", method: post, path: "/v1/send", body: addr("127.0.0.1:0"), code: inv, mention: "address"},
 		{rpc: send, name: "address port 70000", method: post, path: "/v1/send", body: addr("127.0.0.1:70000"), code: inv, mention: "address"},
+		{rpc: send, name: "address port not a number", method: post, path: "/v1/send", body: addr("127.0.0.1:http"), code: inv, mention: "address"},
+		{rpc: send, name: "address port negative", method: post, path: "/v1/send", body: addr("127.0.0.1:-1"), code: inv, mention: "address"},
 		{rpc: send, name: "address host empty", method: post, path: "/v1/send", body: addr(":80"), code: inv, mention: "address"},
 		{rpc: send, name: "address refused", method: post, path: "/v1/send", body: addr(refused), code: codes.Unavailable, mention: refused},
 		{rpc: send, name: "connectionId empty", method: post, path: "/v1/send", body: `{"connectionId": "", "text": "x"}`, code: inv, mention: "connection_id"},
@@ -282,38 +308,61 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: send, name: "listenerId unknown", method: post, path: "/v1/send", body: `{"listenerId": "nope", "text": "x"}`, code: codes.NotFound, mention: "nope"},
 		{rpc: send, name: "payload over max_send_bytes", limits: true, method: post, path: "/v1/send",
 			body: `{"address": ` + badJSON(full.GetAddress()) + `, "text": "` + strings.Repeat("x", 2000) + `"}`, code: codes.ResourceExhausted, mention: "max_send_bytes"},
+		{rpc: send, name: "payload of max_send_bytes is fine", limits: true, method: post, path: "/v1/send",
+			body: `{"address": ` + badJSON(full.GetAddress()) + `, "data": "` + base64.StdEncoding.EncodeToString(make([]byte, 1024)) + `"}`, code: codes.OK},
+		{rpc: send, name: "text over max_send_bytes", limits: true, method: post, path: "/v1/send",
+			body: `{"address": ` + badJSON(full.GetAddress()) + `, "text": "` + strings.Repeat("é", 600) + `"}`, code: codes.ResourceExhausted, mention: "max_send_bytes"},
 
 		// Send: awaitReply.
 		{rpc: send, name: "awaitReply with listenerId", method: post, path: "/v1/send", body: `{"listenerId": "keep", "text": "x", "awaitReply": {"mode": "AWAIT_MODE_FIRST_READ"}}`, code: inv, mention: "await_reply"},
+		{rpc: send, name: "awaitReply until close with listenerId", method: post, path: "/v1/send", body: `{"listenerId": "keep", "text": "x", "awaitReply": {"mode": "AWAIT_MODE_UNTIL_CLOSE"}}`, code: inv, mention: "await_reply"},
 		{rpc: send, name: "awaitReply.framing with connectionId", method: post, path: "/v1/send",
 			body: `{"connectionId": "` + connID + `", "text": "x", "awaitReply": {"mode": "AWAIT_MODE_FRAME", "framing": {"mode": "FRAMING_MODE_LINE"}}}`, code: inv, mention: "await_reply.framing"},
 		{rpc: send, name: "awaitReply.framing with FIRST_READ", method: post, path: "/v1/send",
 			body: sendTo(`"awaitReply": {"mode": "AWAIT_MODE_FIRST_READ", "framing": {"mode": "FRAMING_MODE_LINE"}}`), code: inv, mention: "await_reply.framing"},
+		{rpc: send, name: "awaitReply.framing without a mode", method: post, path: "/v1/send",
+			body: sendTo(`"awaitReply": {"framing": {"mode": "FRAMING_MODE_LINE"}}`), code: inv, mention: "await_reply.framing"},
 		{rpc: send, name: "awaitReply mode 99", method: post, path: "/v1/send", body: sendTo(`"awaitReply": {"mode": 99}`), code: inv, mention: "await_reply.mode"},
+		{rpc: send, name: "awaitReply mode 99 to a connection", method: post, path: "/v1/send",
+			body: `{"connectionId": "` + connID + `", "text": "x", "awaitReply": {"mode": 99}}`, code: inv, mention: "await_reply.mode"},
 		{rpc: send, name: "awaitReply mode by unknown name", method: post, path: "/v1/send", body: sendTo(`"awaitReply": {"mode": "AWAIT_MODE_NOPE"}`), code: inv, mention: "mode"},
 		{rpc: send, name: "awaitReply maxBytes over 3 MiB", method: post, path: "/v1/send", body: sendTo(`"awaitReply": {"mode": "AWAIT_MODE_FIRST_READ", "maxBytes": 3145729}`), code: inv, mention: "await_reply.max_bytes"},
 		{rpc: send, name: "awaitReply.framing delimiter mode without delimiter", method: post, path: "/v1/send",
 			body: sendTo(`"awaitReply": {"mode": "AWAIT_MODE_FRAME", "framing": {"mode": "FRAMING_MODE_DELIMITER"}}`), code: inv, mention: "await_reply.framing.delimiter"},
+		{rpc: send, name: "awaitReply.framing mode 99", method: post, path: "/v1/send",
+			body: sendTo(`"awaitReply": {"mode": "AWAIT_MODE_FRAME", "framing": {"mode": 99}}`), code: inv, mention: "await_reply.framing.mode"},
+		{rpc: send, name: "awaitReply.framing prefixBytes 3", method: post, path: "/v1/send",
+			body: sendTo(`"awaitReply": {"mode": "AWAIT_MODE_FRAME", "framing": {"mode": "FRAMING_MODE_LENGTH_PREFIX", "prefixBytes": 3}}`), code: inv, mention: "await_reply.framing.prefix_bytes"},
+		{rpc: send, name: "awaitReply.framing fixedSize 0", method: post, path: "/v1/send",
+			body: sendTo(`"awaitReply": {"mode": "AWAIT_MODE_FRAME", "framing": {"mode": "FRAMING_MODE_FIXED"}}`), code: inv, mention: "await_reply.framing.fixed_size"},
+		{rpc: send, name: "awaitReply.framing maxFrameBytes over 3 MiB", method: post, path: "/v1/send",
+			body: sendTo(`"awaitReply": {"mode": "AWAIT_MODE_FRAME", "framing": {"maxFrameBytes": 3145729}}`), code: inv, mention: "await_reply.framing.max_frame_bytes"},
 		{rpc: send, name: "reply timeout", method: post, path: "/v1/send",
 			body: `{"address": ` + badJSON(silent) + `, "text": "x", "awaitReply": {"mode": "AWAIT_MODE_FIRST_READ"}, "timeout": "0.2s"}`, code: codes.DeadlineExceeded, mention: silent},
 
 		// Send: timeout.
 		{rpc: send, name: "timeout negative", method: post, path: "/v1/send", body: sendTo(`"timeout": "-1s"`), code: inv, mention: "timeout"},
 		{rpc: send, name: "timeout with an unknown unit", method: post, path: "/v1/send", body: sendTo(`"timeout": "5x"`), code: inv, mention: "timeout"},
+		{rpc: send, name: "timeout with 10 fractional digits", method: post, path: "/v1/send", body: sendTo(`"timeout": "1.0000000001s"`), code: inv, mention: "timeout"},
+		{rpc: send, name: "timeout above 10000 years", method: post, path: "/v1/send", body: sendTo(`"timeout": "315576000001s"`), code: inv, mention: "timeout"},
 		{rpc: send, name: "timeout as an object", method: post, path: "/v1/send", body: sendTo(`"timeout": {"seconds": 1}`), code: inv, mention: "timeout"},
 
 		// Subscribe: the query of GET /v1/events.
 		{rpc: sub, name: "kinds UNSPECIFIED", method: gt, path: "/v1/events?kinds=EVENT_KIND_UNSPECIFIED", code: inv, mention: "kinds[0]"},
 		{rpc: sub, name: "kinds EVENTS_DROPPED", method: gt, path: "/v1/events?kinds=EVENT_KIND_EVENTS_DROPPED", code: inv, mention: "kinds[0]"},
 		{rpc: sub, name: "kinds 99", method: gt, path: "/v1/events?kinds=99", code: inv, mention: "kinds"},
+		{rpc: sub, name: "kinds 99 after a good one", method: gt, path: "/v1/events?kinds=EVENT_KIND_DATA&kinds=99", code: inv, mention: "kinds"},
+		{rpc: sub, name: "kinds -1", method: gt, path: "/v1/events?kinds=-1", code: inv, mention: "kinds"},
 		{rpc: sub, name: "kinds by unknown name", method: gt, path: "/v1/events?kinds=EVENT_KIND_NOPE", code: inv, mention: "kinds"},
 		{rpc: sub, name: "slowConsumer 9", method: gt, path: "/v1/events?slowConsumer=9", code: inv, mention: "slow_consumer"},
+		{rpc: sub, name: "slowConsumer -1", method: gt, path: "/v1/events?slowConsumer=-1", code: inv, mention: "slow_consumer"},
 		{rpc: sub, name: "slowConsumer by unknown name", method: gt, path: "/v1/events?slowConsumer=SLOW_CONSUMER_POLICY_NOPE", code: inv, mention: "slow"},
 		{rpc: sub, name: "sinceSequence not a number", method: gt, path: "/v1/events?sinceSequence=abc", code: inv, mention: "since"},
 		{rpc: sub, name: "sinceSequence negative", method: gt, path: "/v1/events?sinceSequence=-1", code: inv, mention: "since"},
 		{rpc: sub, name: "sinceSequence over uint64", method: gt, path: "/v1/events?sinceSequence=18446744073709551616", code: inv, mention: "since"},
 		{rpc: sub, name: "kinds misspelt", method: gt, path: "/v1/events?kind=EVENT_KIND_DATA", code: inv, mention: "kind"},
 		{rpc: sub, name: "kinds DATA is fine", method: gt, path: "/v1/events?kinds=EVENT_KIND_DATA", code: codes.OK},
+		{rpc: sub, name: "sinceSequence in the future is fine", method: gt, path: "/v1/events?sinceSequence=9223372036854775808", code: codes.OK},
 		{rpc: sub, name: "max_subscribers reached", limits: true, method: gt, path: "/v1/events", code: codes.ResourceExhausted, mention: "max_subscribers"},
 
 		// Routes.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/url"
 	"regexp"
 	"slices"
@@ -21,6 +22,11 @@ import (
 // maxBodyBytes bounds a request body: the largest Send payload is 4 MiB by
 // default, which base64 grows by a third.
 const maxBodyBytes = 8 << 20
+
+// jsonSpace is the whitespace JSON allows around a value (RFC 8259).
+// bytes.TrimSpace would also take \v, \f and Unicode spaces, letting a
+// body of them pass for an empty one, or trail the object unnoticed.
+const jsonSpace = " \t\r\n"
 
 // strictJSON is protojson for request bodies, stricter than grpc-gateway's
 // default: an error names the field that is wrong, and anything after the
@@ -43,7 +49,7 @@ func (m strictJSON) NewDecoder(r io.Reader) runtime.Decoder {
 		if len(data) > maxBodyBytes {
 			return fmt.Errorf("request body larger than %d bytes", maxBodyBytes)
 		}
-		if len(bytes.TrimSpace(data)) == 0 {
+		if len(bytes.Trim(data, jsonSpace)) == 0 {
 			return io.EOF // an empty body is an empty request
 		}
 		dec := json.NewDecoder(bytes.NewReader(data))
@@ -51,7 +57,7 @@ func (m strictJSON) NewDecoder(r io.Reader) runtime.Decoder {
 		if err := dec.Decode(&raw); err != nil {
 			return fmt.Errorf("malformed JSON: %v", err)
 		}
-		if rest := bytes.TrimSpace(data[dec.InputOffset():]); len(rest) > 0 {
+		if rest := bytes.Trim(data[dec.InputOffset():], jsonSpace); len(rest) > 0 {
 			return fmt.Errorf("malformed JSON: unexpected data after the object at byte %d", dec.InputOffset())
 		}
 		if err := m.Unmarshal(raw, msg); err != nil {
@@ -129,7 +135,9 @@ type strictQuery struct {
 // Parse implements runtime.QueryParameterParser.
 func (q *strictQuery) Parse(msg proto.Message, values url.Values, filter *utilities.DoubleArray) error {
 	md := msg.ProtoReflect().Descriptor()
-	for key := range values {
+	// In order, so that a query with several wrong parameters always gets
+	// the same error.
+	for _, key := range slices.Sorted(maps.Keys(values)) {
 		if err := checkPath(md, key); err != nil {
 			return err
 		}

@@ -2,10 +2,12 @@ package main_test
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp/syntax"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -15,7 +17,8 @@ import (
 	"go.uber.org/goleak"
 )
 
-// The binaries under test, built once by TestMain into a temporary directory.
+// The binaries under test, built once by TestMain into a temporary
+// directory; empty in a process that runs no test (see needBinaries).
 var (
 	tcpgateBin string
 	grpcurlBin string
@@ -29,19 +32,23 @@ func TestMain(m *testing.M) {
 	os.Exit(runMain(m))
 }
 
-// runMain builds the binaries, runs the tests, then looks for leaked
-// goroutines, as goleak.VerifyTestMain does, and removes the binaries.
+// runMain builds the binaries when a test may need them, runs the tests,
+// then looks for leaked goroutines, as goleak.VerifyTestMain does, and
+// removes the binaries.
 func runMain(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "tcpgate-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "creating the binary directory:", err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
+	flag.Parse()
+	if needBinaries() {
+		dir, err := os.MkdirTemp("", "tcpgate-e2e-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "creating the binary directory:", err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
 
-	if err := buildBinaries(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		if err := buildBinaries(dir); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 	}
 
 	code := m.Run()
@@ -52,6 +59,57 @@ func runMain(m *testing.M) int {
 		}
 	}
 	return code
+}
+
+// needBinaries reports whether this process may run a test, and so needs
+// the binaries. A fuzz worker runs only its fuzz target, -test.list only
+// lists, and a -test.run pattern that matches only the empty string (the
+// "-run '^$'" of `make fuzz`) selects no test, since no test's name is
+// empty. Building there would cost every fuzz worker the build time out of
+// its -fuzztime, which at a few seconds leaves no time to fuzz at all.
+func needBinaries() bool {
+	if flagValue("test.fuzzworker") == "true" || flagValue("test.list") != "" {
+		return false
+	}
+	return !matchesOnlyEmpty(flagValue("test.run"))
+}
+
+// flagValue returns the value of the flag named name, or "" when no such
+// flag is defined.
+func flagValue(name string) string {
+	if f := flag.Lookup(name); f != nil {
+		return f.Value.String()
+	}
+	return ""
+}
+
+// matchesOnlyEmpty reports whether pattern, a -test.run pattern, matches
+// nothing but the empty string: it is made of anchors alone, such as "^$".
+// An empty pattern matches every test, so it is not.
+func matchesOnlyEmpty(pattern string) bool {
+	if pattern == "" {
+		return false
+	}
+	re, err := syntax.Parse(pattern, syntax.Perl)
+	if err != nil {
+		return false // the testing package reports it
+	}
+	var anchorsOnly func(re *syntax.Regexp) bool
+	anchorsOnly = func(re *syntax.Regexp) bool {
+		switch re.Op {
+		case syntax.OpEmptyMatch, syntax.OpBeginLine, syntax.OpEndLine, syntax.OpBeginText, syntax.OpEndText:
+			return true
+		case syntax.OpConcat, syntax.OpCapture:
+			for _, sub := range re.Sub {
+				if !anchorsOnly(sub) {
+					return false
+				}
+			}
+			return true
+		}
+		return false
+	}
+	return anchorsOnly(re)
 }
 
 // buildBinaries builds tcpgate (with -race when the test binary has it, so
@@ -119,4 +177,32 @@ func raceEnabled() bool {
 		}
 	}
 	return false
+}
+
+// TestMatchesOnlyEmpty: the patterns that select no test skip the build;
+// every pattern that may select one, or that is unusual, keeps it.
+func TestMatchesOnlyEmpty(t *testing.T) {
+	tests := []struct {
+		pattern string
+		want    bool
+	}{
+		{"^$", true},
+		{"$^", true},
+		{`^\z`, true},
+		{"^()$", true},
+		{"", false}, // every test
+		{".", false},
+		{"^TestE2E$", false},
+		{"^$|Test", false},
+		{"^$/sub", false},
+		{"x*", false},
+		{"(", false}, // malformed: left to the testing package
+	}
+	for _, tt := range tests {
+		t.Run(tt.pattern, func(t *testing.T) {
+			if got := matchesOnlyEmpty(tt.pattern); got != tt.want {
+				t.Fatalf("matchesOnlyEmpty(%q) = %v, want %v", tt.pattern, got, tt.want)
+			}
+		})
+	}
 }

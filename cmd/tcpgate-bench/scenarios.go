@@ -402,7 +402,7 @@ func runSendOneShot(ctx context.Context, o *options, b *bench, name string, call
 		return err
 	}
 	defer resp.close()
-	var self0, secs float64
+	var self0, secs, rate float64
 	err = withDaemon(ctx, o, b, func(d *daemon) error {
 		req := &tcpgatev1.SendRequest{
 			Target:     &tcpgatev1.SendRequest_Address{Address: target},
@@ -447,7 +447,8 @@ func runSendOneShot(ctx context.Context, o *options, b *bench, name string, call
 			b.note("%s: %d of %d calls failed; first: %v", name, n, int64(len(all))+n, firstErr)
 		}
 		s := summarize(all)
-		b.add(name, fmt.Sprintf("calls/s, %d caller%s", callers, map[bool]string{true: "s"}[callers > 1]), "calls/s", float64(len(all))/secs)
+		rate = float64(len(all)) / secs
+		b.add(name, fmt.Sprintf("calls/s, %d caller%s", callers, map[bool]string{true: "s"}[callers > 1]), "calls/s", rate)
 		b.add(name, "p50", "µs", s.P50us)
 		b.add(name, "p99", "µs", s.P99us)
 		b.add(name, "tcpgate CPU", "% of 1 core", 100*(cpuSeconds(d.pid())-cpu0)/secs)
@@ -459,12 +460,69 @@ func runSendOneShot(ctx context.Context, o *options, b *bench, name string, call
 	// The responder's CPU since it started is its CPU in the window: it
 	// idles before and after.
 	callersCPU := selfCPU() - self0
-	var rr respondResult
-	if err := resp.finish(&rr); err != nil {
-		return err
+	respCPU := cpuSeconds(resp.cmd.Process.Pid)
+	b.add(name, "callers + responder CPU", "% of 1 core", 100*(callersCPU+respCPU)/secs)
+
+	// Baseline, after the gateway has stopped: the same TCP exchange made
+	// directly by as many goroutines of this process (connect, write
+	// "ping\n", read the reply, close), against the same responder: what a
+	// program does without a gateway, and the ceiling of the TCP part of a
+	// one-shot Send on this machine.
+	direct, directCPU, err := directExchanges(ctx, target, callers, o.duration)
+	if err != nil {
+		return fmt.Errorf("direct TCP baseline: %w", err)
 	}
-	b.add(name, "callers + responder CPU", "% of 1 core", 100*(callersCPU+rr.CPUSeconds)/secs)
-	return nil
+	b.add(name, "direct TCP exchanges (no gateway, same callers and responder)", "exchanges/s", direct)
+	b.add(name, "direct exchange CPU (caller side)", "µs per exchange", directCPU)
+	b.add(name, "tcpgate calls / direct exchanges", "ratio", rate/direct)
+	var rr respondResult
+	return resp.finish(&rr)
+}
+
+// directExchanges makes one-shot TCP exchanges with target from callers
+// goroutines for d: connect, write "ping\n", read the reply, close. It
+// returns exchanges per second and this process's CPU per exchange in µs.
+func directExchanges(ctx context.Context, target string, callers int, d time.Duration) (float64, float64, error) {
+	var done, failed atomic.Int64
+	cpu0 := selfCPU()
+	start := time.Now()
+	until := start.Add(d)
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Go(func() {
+			buf := make([]byte, 64)
+			var dialer net.Dialer
+			for time.Now().Before(until) && ctx.Err() == nil {
+				c, err := dialer.DialContext(ctx, "tcp", target)
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+				_, err = c.Write([]byte("ping\n"))
+				if err == nil {
+					var n int
+					n, err = c.Read(buf)
+					if err == nil && string(buf[:n]) != "pong\n" {
+						err = fmt.Errorf("reply %q", buf[:n])
+					}
+				}
+				c.Close()
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				done.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	secs := time.Since(start).Seconds()
+	n := done.Load()
+	if n == 0 || failed.Load() > n/100 {
+		return 0, 0, fmt.Errorf("%d exchanges done, %d failed", n, failed.Load())
+	}
+	return float64(n) / secs, (selfCPU() - cpu0) * 1e6 / float64(n), nil
 }
 
 // sendConnCallers and sendConnPayload shape the Send-to-connection load: a

@@ -137,6 +137,36 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("/metrics lacks %s", name)
 		}
 	}
+	for _, re := range []string{
+		`(?m)^tcpgate_connections_closed_total\{reason="[a-z_]+"\} 1$`,
+		`(?m)^tcpgate_received_frames_total 1$`,
+		`(?m)^tcpgate_subscribers\{policy="drop_oldest"\} 0$`,
+		`(?m)^tcpgate_subscriber_queued_bytes\{policy="backpressure"\} 0$`,
+		`(?m)^tcpgate_grpc_call_duration_seconds_count\{method="/tcpgate.v1.GatewayService/StartListener"\} 1$`,
+		`(?m)^tcpgate_address_sends_total 0$`,
+	} {
+		if !regexp.MustCompile(re).MatchString(text) {
+			t.Errorf("/metrics has no line matching %s", re)
+		}
+	}
+
+	// A one-shot send to an address is counted with its bytes.
+	resp, body = api.do(http.MethodPost, "/v1/send", `{"address": "`+l.GetAddress()+`", "text": "abc",
+		"awaitReply": {"mode": "AWAIT_MODE_FIRST_READ"}}`, nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST /v1/send = %d %s", resp.StatusCode, body)
+	}
+	_, body = api.do(http.MethodGet, "/metrics", "", nil)
+	for _, want := range []string{
+		`tcpgate_address_sends_total 1`,
+		`tcpgate_address_sends_failed_total 0`,
+		`tcpgate_address_sent_bytes_total 3`,
+		`tcpgate_address_reply_bytes_total 16`,
+	} {
+		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(want) + `$`).Match(body) {
+			t.Errorf("/metrics after a send to an address lacks the line %s", want)
+		}
+	}
 }
 
 // TestCORS: browsers on the configured origins only may call the API.

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	"github.com/tcpgate/tcpgate/server/internal/dialer"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
 )
@@ -19,20 +20,27 @@ import (
 type collector struct {
 	hub       *hub.Hub
 	listeners *listener.Registry
+	dialer    *dialer.Dialer
 
 	listenersD, connsOpen, accepted, closed *prometheus.Desc
 	bytesIn, bytesOut, framesIn, framesOut  *prometheus.Desc
 	events, ringBytes                       *prometheus.Desc
 	subscribers, queued, dropped, discon    *prometheus.Desc
+	dials, dialsFailed, dialOut, dialIn     *prometheus.Desc
 }
 
-func newCollector(h *hub.Hub, r *listener.Registry) *collector {
+func newCollector(h *hub.Hub, r *listener.Registry, dl *dialer.Dialer) *collector {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc("tcpgate_"+name, help, labels, nil)
 	}
 	return &collector{
 		hub:         h,
 		listeners:   r,
+		dialer:      dl,
+		dials:       d("address_sends_total", "Sends to an address (one-shot connections), failed ones included."),
+		dialsFailed: d("address_sends_failed_total", "Sends to an address that returned an error."),
+		dialOut:     d("address_sent_bytes_total", "Payload bytes written by sends to an address."),
+		dialIn:      d("address_reply_bytes_total", "Reply bytes returned by sends to an address."),
 		listenersD:  d("listeners", "Listeners running now."),
 		connsOpen:   d("connections_open", "Accepted connections open now."),
 		accepted:    d("connections_accepted_total", "Connections accepted, including those refused by a limit."),
@@ -80,6 +88,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.dropped, float64(ps.Dropped), p.String())
 	}
 	counter(c.discon, float64(hs.Disconnected))
+
+	ds := c.dialer.Stats()
+	counter(c.dials, float64(ds.Sends))
+	counter(c.dialsFailed, float64(ds.Failed))
+	counter(c.dialOut, float64(ds.BytesOut))
+	counter(c.dialIn, float64(ds.BytesIn))
 }
 
 // rpcMetrics counts calls and their latency by method and code, and the
@@ -119,10 +133,10 @@ func (m *rpcMetrics) observe(method string, err error, start time.Time) {
 }
 
 // newMetrics returns the registry served at /metrics.
-func newMetrics(h *hub.Hub, r *listener.Registry, rpcs *rpcMetrics) *prometheus.Registry {
+func newMetrics(h *hub.Hub, r *listener.Registry, dl *dialer.Dialer, rpcs *rpcMetrics) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
-		newCollector(h, r),
+		newCollector(h, r, dl),
 		rpcs.calls,
 		rpcs.latency,
 		rpcs.refused,

@@ -202,7 +202,7 @@ func New(cfg Config) (*Server, error) {
 	})
 	s.dialer = &dialer.Dialer{}
 	s.rpcs = newRPCMetrics()
-	s.metrics = newMetrics(s.hub, s.listeners, s.rpcs)
+	s.metrics = newMetrics(s.hub, s.listeners, s.dialer, s.rpcs)
 	svc := rpc.New(rpc.Config{
 		Listeners:              s.listeners,
 		Hub:                    s.hub,

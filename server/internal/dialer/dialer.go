@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -89,11 +90,29 @@ type Dialer struct {
 	// system calls per send. A positive KeepAlive turns them on.
 	net.Dialer
 
+	stats struct{ sends, failed, bytesOut, bytesIn atomic.Uint64 }
+
 	wg sync.WaitGroup // lingering closes
 	mu sync.Mutex     // guards the fields below
 	// lingering are connections waiting for the peer to close first.
 	lingering map[net.Conn]struct{}
 	closed    bool
+}
+
+// Stats are a Dialer's counters since it was made.
+type Stats struct {
+	// Sends counts sends, Failed those that returned an error.
+	Sends, Failed uint64
+	// BytesOut counts payload bytes written, BytesIn reply bytes returned.
+	BytesOut, BytesIn uint64
+}
+
+// Stats returns the counters. Safe for concurrent use.
+func (d *Dialer) Stats() Stats {
+	return Stats{
+		Sends: d.stats.sends.Load(), Failed: d.stats.failed.Load(),
+		BytesOut: d.stats.bytesOut.Load(), BytesIn: d.stats.bytesIn.Load(),
+	}
 }
 
 // Linger bounds of a graceful close: how long and how much the gateway
@@ -106,6 +125,17 @@ const (
 // Send connects to req.Address, writes req.Payload and awaits the reply as
 // asked. ctx bounds the whole exchange.
 func (d *Dialer) Send(ctx context.Context, req Request) (Result, error) {
+	res, err := d.send(ctx, req)
+	d.stats.sends.Add(1)
+	d.stats.bytesOut.Add(uint64(res.BytesWritten))
+	d.stats.bytesIn.Add(uint64(len(res.Reply)))
+	if err != nil {
+		d.stats.failed.Add(1)
+	}
+	return res, err
+}
+
+func (d *Dialer) send(ctx context.Context, req Request) (Result, error) {
 	nc, err := d.dial(ctx, req)
 	if err != nil {
 		return Result{}, dialError(ctx, req.Address, err)

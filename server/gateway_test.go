@@ -439,6 +439,77 @@ func TestHalfCloseGetsReply(t *testing.T) {
 	}
 }
 
+// TestHalfCloseSendReply: with half_close_timeout, a client that sends its
+// request and shuts down writing (nc -N, a shell's `printf ... | nc`) can
+// still be answered through the API: its last frame arrives, a Send to the
+// connection reaches it, and the connection closes with PEER_CLOSED when
+// the timeout passes. A Send awaiting a reply cannot be answered, and says
+// so.
+func TestHalfCloseSendReply(t *testing.T) {
+	g := servertest.Start(t, server.Config{})
+	l := startListener(t, g, &tcpgatev1.StartListenerRequest{
+		Framing:          &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
+		HalfCloseTimeout: durationpb.New(time.Second),
+	})
+	if got := l.GetHalfCloseTimeout().AsDuration(); got != time.Second {
+		t.Fatalf("listener half_close_timeout = %v, want 1s", got)
+	}
+	s := subscribe(t, g, &tcpgatev1.SubscribeRequest{ListenerIds: []string{l.GetListenerId()}})
+	c := dial(t, l.GetAddress())
+	if _, err := c.Write([]byte("GET status")); err != nil { // no newline: the last frame
+		t.Fatal(err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	data := s.nextOf(tcpgatev1.EventKind_EVENT_KIND_DATA)
+	if data.GetText() != "GET status" {
+		t.Fatalf("last frame = %q, want %q", data.GetText(), "GET status")
+	}
+	id := data.GetConnectionId()
+
+	_, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+		Target:     &tcpgatev1.SendRequest_ConnectionId{ConnectionId: id},
+		Payload:    &tcpgatev1.SendRequest_Text{Text: "ignored"},
+		AwaitReply: &tcpgatev1.AwaitReply{Mode: tcpgatev1.AwaitMode_AWAIT_MODE_FRAME},
+	})
+	wantCode(t, err, codes.FailedPrecondition)
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, "sending side") {
+		t.Errorf("awaiting Send on a half-closed connection: %q does not say why", msg)
+	}
+	resp, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+		Target:  &tcpgatev1.SendRequest_ConnectionId{ConnectionId: id},
+		Payload: &tcpgatev1.SendRequest_Text{Text: "200 OK\n"},
+	})
+	if err != nil || resp.GetBytesWritten() != 7 {
+		t.Fatalf("Send to the half-closed connection: %v, %v", resp, err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(wait))
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "200 OK\n" {
+		t.Fatalf("client read %q, %v; want the reply, then the end of the stream", got, err)
+	}
+	closed := s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
+	if closed.GetConnectionId() != id || closed.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_PEER_CLOSED {
+		t.Fatalf("close event %v, want %s closed with PEER_CLOSED", closed, id)
+	}
+	if !closed.GetTime().AsTime().After(data.GetTime().AsTime()) {
+		t.Errorf("closed at %v, not after the last frame at %v", closed.GetTime().AsTime(), data.GetTime().AsTime())
+	}
+
+	// Without the option the connection closes at the peer's end, as before.
+	plain := startListener(t, g, &tcpgatev1.StartListenerRequest{})
+	c2 := dial(t, plain.GetAddress())
+	c2.CloseWrite()
+	_ = c2.SetReadDeadline(time.Now().Add(wait))
+	if got, err := io.ReadAll(c2); err != nil || len(got) != 0 {
+		t.Fatalf("plain listener after half-close: read %q, %v; want the end of the stream", got, err)
+	}
+
+	_, err = g.Client.StartListener(ctxT(t), &tcpgatev1.StartListenerRequest{HalfCloseTimeout: durationpb.New(2 * time.Minute)})
+	wantCode(t, err, codes.InvalidArgument)
+}
+
 func TestStopListenerDrains(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
 	l := startListener(t, g, &tcpgatev1.StartListenerRequest{

@@ -230,6 +230,33 @@ func TestCLI(t *testing.T) {
 		sub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ connection_closed listener=demo conn=`+id+` remote=\S+ reason=closed_by_api$`))
 	})
 
+	t.Run("answer a client that shut down writing", func(t *testing.T) {
+		out, _ := tg.mustRun(t, "listen", "0", "--host", "127.0.0.1", "--id", "hc", "--framing", "line",
+			"--half-close", "30s", "--idle", "1m", "--max-conns", "4")
+		m := regexp.MustCompile(`^listener hc listening on (127\.0\.0\.1:\d+) \(framing line\)\n$`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("tcpgate listen --half-close printed %q", out)
+		}
+		hsub := tg.start(t, "subscribe", "--listener", "hc")
+		hsub.sync(t, m[1])
+		conn, local := dialLocal(t, m[1])
+		id := hsub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ connection_opened listener=hc conn=(c\d+) remote=`+regexp.QuoteMeta(local)+`$`))[1]
+		if _, err := conn.Write([]byte("GET status")); err != nil {
+			t.Fatal(err)
+		}
+		if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		hsub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ data listener=hc conn=`+id+` 10 bytes "GET status"$`))
+		tg.mustRun(t, "send", "--to-conn", id, "200 OK")
+		if got := readN(t, conn, 6); got != "200 OK" {
+			t.Errorf("the half-closed client read %q, want %q", got, "200 OK")
+		}
+		tg.mustRun(t, "close", id)
+		expectClosed(t, conn)
+		tg.mustRun(t, "stop", "hc")
+	})
+
 	t.Run("framings", func(t *testing.T) {
 		tests := []struct {
 			name, framing string

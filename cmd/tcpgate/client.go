@@ -279,21 +279,29 @@ func newListenCmd(c *client) *cobra.Command {
 	var (
 		host, id, framing, reply string
 		echo                     bool
-		maxFrame                 uint32
+		maxFrame, maxConns       uint32
+		idle, halfClose          time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "listen PORT",
 		Short: "Start a listener (kn-sock's start_tcp_server)",
 		Example: "  tcpgate listen 9000 --host 127.0.0.1 --reply 'Message received'\n" +
 			"  tcpgate listen 0 --framing line --echo\n" +
-			"  tcpgate listen 7000 --id sensors --framing len:2le",
+			"  tcpgate listen 7000 --id sensors --framing len:2le\n" +
+			"  tcpgate listen 8080 --framing line --half-close 5s   # answer clients that shut down writing",
 		Args: cobra.ExactArgs(1),
 		RunE: c.run(func(cmd *cobra.Command, args []string) error {
 			port, err := strconv.ParseUint(args[0], 10, 32)
 			if err != nil {
 				return fmt.Errorf("PORT %q is not a number", args[0])
 			}
-			req := &tcpgatev1.StartListenerRequest{ListenerId: id, Host: host, Port: uint32(port)}
+			req := &tcpgatev1.StartListenerRequest{ListenerId: id, Host: host, Port: uint32(port), MaxConnections: maxConns}
+			if idle > 0 {
+				req.IdleTimeout = durationpb.New(idle)
+			}
+			if halfClose > 0 {
+				req.HalfCloseTimeout = durationpb.New(halfClose)
+			}
 			if framing != "" {
 				if req.Framing, err = parseFraming(framing); err != nil {
 					return err
@@ -332,6 +340,9 @@ func newListenCmd(c *client) *cobra.Command {
 	f.Uint32Var(&maxFrame, "max-frame", 0, "largest frame in bytes (default 1 MiB)")
 	f.BoolVar(&echo, "echo", false, "write every frame back")
 	f.StringVar(&reply, "reply", "", "write this text back for every frame")
+	f.Uint32Var(&maxConns, "max-conns", 0, "most connections open at once (default: the gateway's --listener-max-connections)")
+	f.DurationVar(&idle, "idle", 0, "close connections silent this long (default: the gateway's --idle-timeout)")
+	f.DurationVar(&halfClose, "half-close", 0, "keep a connection writable this long after its client shuts down writing, so `send --to-conn` can answer it (default: close at once)")
 	return cmd
 }
 

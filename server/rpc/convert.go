@@ -138,6 +138,9 @@ func listenerToProto(i listener.Info) *tcpgatev1.Listener {
 	if i.IdleTimeout > 0 {
 		l.IdleTimeout = durationpb.New(i.IdleTimeout)
 	}
+	if i.HalfCloseTimeout > 0 {
+		l.HalfCloseTimeout = durationpb.New(i.HalfCloseTimeout)
+	}
 	return l
 }
 

@@ -29,6 +29,7 @@ func TestToStatusSentinels(t *testing.T) {
 		listener.ErrNotFound:         codes.NotFound,
 		listener.ErrConnNotFound:     codes.NotFound,
 		conn.ErrClosed:               codes.NotFound,
+		conn.ErrHalfClosed:           codes.FailedPrecondition,
 		listener.ErrAddressInUse:     codes.Unavailable,
 		listener.ErrAddressNotUsable: codes.FailedPrecondition,
 		listener.ErrLimit:            codes.ResourceExhausted,

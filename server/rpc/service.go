@@ -130,6 +130,13 @@ func (s *Service) StartListener(_ context.Context, req *tcpgatev1.StartListenerR
 	if err != nil {
 		return nil, err
 	}
+	halfClose, err := durationFromProto("half_close_timeout", req.GetHalfCloseTimeout(), 0)
+	if err != nil {
+		return nil, err
+	}
+	if halfClose > maxHalfClose {
+		return nil, invalid("half_close_timeout", "must be at most %s, got %s", maxHalfClose, halfClose)
+	}
 	maxConns := int(req.GetMaxConnections())
 	if limit := s.cfg.ListenerMaxConnections; limit > 0 {
 		if maxConns > limit {
@@ -147,14 +154,15 @@ func (s *Service) StartListener(_ context.Context, req *tcpgatev1.StartListenerR
 		return nil, s.status(err)
 	}
 	spec := listener.Spec{
-		ID:             req.GetListenerId(),
-		Host:           req.GetHost(),
-		Port:           int(req.GetPort()),
-		Framing:        fc,
-		AutoReply:      ar,
-		MaxConnections: maxConns,
-		IdleTimeout:    idle,
-		TLS:            tlsCfg,
+		ID:               req.GetListenerId(),
+		Host:             req.GetHost(),
+		Port:             int(req.GetPort()),
+		Framing:          fc,
+		AutoReply:        ar,
+		MaxConnections:   maxConns,
+		IdleTimeout:      idle,
+		HalfCloseTimeout: halfClose,
+		TLS:              tlsCfg,
 	}
 	info, err := s.startListener(spec)
 	if err != nil {
@@ -162,6 +170,11 @@ func (s *Service) StartListener(_ context.Context, req *tcpgatev1.StartListenerR
 	}
 	return &tcpgatev1.StartListenerResponse{Listener: listenerToProto(info)}, nil
 }
+
+// maxHalfClose bounds half_close_timeout: long enough for a handler to
+// answer through the API, short enough that a half-closed connection is not
+// a way to hold a slot indefinitely (the idle timeout does not apply then).
+const maxHalfClose = time.Minute
 
 // portTries bounds the ports a listener asking for port 0 tries when the
 // policy narrows its ports: enough that a range with a few ports in use

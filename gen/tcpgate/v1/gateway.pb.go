@@ -502,7 +502,9 @@ type Framing struct {
 	// The largest frame accepted; a longer one closes the connection with
 	// CLOSE_REASON_FRAME_TOO_LARGE. In raw mode, where a frame is what one read
 	// gets, it is the most one read takes instead: more data arrives as more
-	// frames. 0 means 1 MiB; more than 3 MiB is InvalidArgument.
+	// frames. 0 means 1 MiB, or the gateway's --max-frame-bytes when that is
+	// lower; more than --max-frame-bytes (3 MiB by default and at most) is
+	// InvalidArgument.
 	MaxFrameBytes uint32 `protobuf:"varint,6,opt,name=max_frame_bytes,json=maxFrameBytes,proto3" json:"max_frame_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -714,9 +716,12 @@ type Listener struct {
 	// Whether the listener speaks TLS.
 	Tls bool `protobuf:"varint,15,opt,name=tls,proto3" json:"tls,omitempty"`
 	// Whether it requires client certificates (mutual TLS).
-	MutualTls     bool `protobuf:"varint,16,opt,name=mutual_tls,json=mutualTls,proto3" json:"mutual_tls,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MutualTls bool `protobuf:"varint,16,opt,name=mutual_tls,json=mutualTls,proto3" json:"mutual_tls,omitempty"`
+	// How long a connection stays writable after its peer half-closes. Unset
+	// means it closes at once.
+	HalfCloseTimeout *durationpb.Duration `protobuf:"bytes,17,opt,name=half_close_timeout,json=halfCloseTimeout,proto3" json:"half_close_timeout,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Listener) Reset() {
@@ -859,6 +864,13 @@ func (x *Listener) GetMutualTls() bool {
 		return x.MutualTls
 	}
 	return false
+}
+
+func (x *Listener) GetHalfCloseTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.HalfCloseTimeout
+	}
+	return nil
 }
 
 // ListenerTLS makes a listener speak TLS. The certificate and key are given
@@ -1094,14 +1106,25 @@ type StartListenerRequest struct {
 	Framing *Framing `protobuf:"bytes,4,opt,name=framing,proto3" json:"framing,omitempty"`
 	// What is written back for every frame. Unset means nothing.
 	AutoReply *AutoReply `protobuf:"bytes,5,opt,name=auto_reply,json=autoReply,proto3" json:"auto_reply,omitempty"`
-	// The most connections open at once; 0 means no limit of the listener's own.
+	// The most connections open at once; further ones are closed at once with
+	// CLOSE_REASON_LIMIT_REACHED. 0 means the gateway's --listener-max-connections
+	// (no limit of the listener's own by default); more than that flag is
+	// InvalidArgument.
 	MaxConnections uint32 `protobuf:"varint,6,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
-	// How long a connection may stay silent before it is closed. Unset or 0 means never.
+	// How long a connection may stay silent before it is closed. Unset or 0
+	// means the gateway's --idle-timeout (never by default).
 	IdleTimeout *durationpb.Duration `protobuf:"bytes,7,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
 	// Makes the listener speak TLS; unset means plain TCP.
-	Tls           *ListenerTLS `protobuf:"bytes,8,opt,name=tls,proto3" json:"tls,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Tls *ListenerTLS `protobuf:"bytes,8,opt,name=tls,proto3" json:"tls,omitempty"`
+	// How long a connection stays open for writes after its peer half-closes
+	// (shuts down its sending side): its last frame is delivered at once, and
+	// for this long a Send to the connection can still answer it, as a server
+	// answers a client that sent its request and then shut down writing.
+	// The connection then closes with CLOSE_REASON_PEER_CLOSED. Unset or 0
+	// closes it at once; at most 1 minute.
+	HalfCloseTimeout *durationpb.Duration `protobuf:"bytes,9,opt,name=half_close_timeout,json=halfCloseTimeout,proto3" json:"half_close_timeout,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *StartListenerRequest) Reset() {
@@ -1186,6 +1209,13 @@ func (x *StartListenerRequest) GetIdleTimeout() *durationpb.Duration {
 func (x *StartListenerRequest) GetTls() *ListenerTLS {
 	if x != nil {
 		return x.Tls
+	}
+	return nil
+}
+
+func (x *StartListenerRequest) GetHalfCloseTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.HalfCloseTimeout
 	}
 	return nil
 }
@@ -1707,8 +1737,9 @@ type AwaitReply struct {
 	// The largest reply accepted: a longer frame, or more bytes before the peer
 	// closes, is ResourceExhausted. AWAIT_MODE_FIRST_READ (and
 	// AWAIT_MODE_FRAME with raw framing) reads at most this many bytes, as a
-	// socket's recv(max_bytes) does, and returns them. 0 means 1 MiB; more
-	// than 3 MiB is InvalidArgument.
+	// socket's recv(max_bytes) does, and returns them. 0 means 1 MiB, or the
+	// gateway's --max-reply-bytes when that is lower; more than
+	// --max-reply-bytes (3 MiB by default and at most) is InvalidArgument.
 	MaxBytes      uint32 `protobuf:"varint,3,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2473,7 +2504,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x04mode\x18\x01 \x01(\x0e2\x19.tcpgate.v1.AutoReplyModeR\x04mode\x12\x14\n" +
 	"\x04text\x18\x02 \x01(\tH\x00R\x04text\x12\x14\n" +
 	"\x04data\x18\x03 \x01(\fH\x00R\x04dataB\t\n" +
-	"\apayload\"\xfe\x04\n" +
+	"\apayload\"\xc7\x05\n" +
 	"\bListener\x12\x1f\n" +
 	"\vlistener_id\x18\x01 \x01(\tR\n" +
 	"listenerId\x12\x18\n" +
@@ -2496,7 +2527,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\fidle_timeout\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x12\x10\n" +
 	"\x03tls\x18\x0f \x01(\bR\x03tls\x12\x1d\n" +
 	"\n" +
-	"mutual_tls\x18\x10 \x01(\bR\tmutualTls\"\xc3\x01\n" +
+	"mutual_tls\x18\x10 \x01(\bR\tmutualTls\x12G\n" +
+	"\x12half_close_timeout\x18\x11 \x01(\v2\x19.google.protobuf.DurationR\x10halfCloseTimeout\"\xc3\x01\n" +
 	"\vListenerTLS\x12\x19\n" +
 	"\bcert_pem\x18\x01 \x01(\tR\acertPem\x12\x17\n" +
 	"\akey_pem\x18\x02 \x01(\tR\x06keyPem\x12\x1b\n" +
@@ -2518,7 +2550,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\tbytes_out\x18\a \x01(\x04R\bbytesOut\x12\x1b\n" +
 	"\tframes_in\x18\b \x01(\x04R\bframesIn\x12\x1d\n" +
 	"\n" +
-	"frames_out\x18\t \x01(\x04R\tframesOut\"\xd6\x02\n" +
+	"frames_out\x18\t \x01(\x04R\tframesOut\"\x9f\x03\n" +
 	"\x14StartListenerRequest\x12\x1f\n" +
 	"\vlistener_id\x18\x01 \x01(\tR\n" +
 	"listenerId\x12\x12\n" +
@@ -2529,7 +2561,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"auto_reply\x18\x05 \x01(\v2\x15.tcpgate.v1.AutoReplyR\tautoReply\x12'\n" +
 	"\x0fmax_connections\x18\x06 \x01(\rR\x0emaxConnections\x12<\n" +
 	"\fidle_timeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x12)\n" +
-	"\x03tls\x18\b \x01(\v2\x17.tcpgate.v1.ListenerTLSR\x03tls\"I\n" +
+	"\x03tls\x18\b \x01(\v2\x17.tcpgate.v1.ListenerTLSR\x03tls\x12G\n" +
+	"\x12half_close_timeout\x18\t \x01(\v2\x19.google.protobuf.DurationR\x10halfCloseTimeout\"I\n" +
 	"\x15StartListenerResponse\x120\n" +
 	"\blistener\x18\x01 \x01(\v2\x14.tcpgate.v1.ListenerR\blistener\"v\n" +
 	"\x13StopListenerRequest\x12\x1f\n" +
@@ -2733,51 +2766,53 @@ var file_tcpgate_v1_gateway_proto_depIdxs = []int32{
 	8,  // 4: tcpgate.v1.Listener.auto_reply:type_name -> tcpgate.v1.AutoReply
 	32, // 5: tcpgate.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
 	33, // 6: tcpgate.v1.Listener.idle_timeout:type_name -> google.protobuf.Duration
-	32, // 7: tcpgate.v1.Connection.opened_at:type_name -> google.protobuf.Timestamp
-	7,  // 8: tcpgate.v1.StartListenerRequest.framing:type_name -> tcpgate.v1.Framing
-	8,  // 9: tcpgate.v1.StartListenerRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
-	33, // 10: tcpgate.v1.StartListenerRequest.idle_timeout:type_name -> google.protobuf.Duration
-	10, // 11: tcpgate.v1.StartListenerRequest.tls:type_name -> tcpgate.v1.ListenerTLS
-	9,  // 12: tcpgate.v1.StartListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	33, // 13: tcpgate.v1.StopListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
-	9,  // 14: tcpgate.v1.StopListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	9,  // 15: tcpgate.v1.GetListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	9,  // 16: tcpgate.v1.ListListenersResponse.listeners:type_name -> tcpgate.v1.Listener
-	11, // 17: tcpgate.v1.ListConnectionsResponse.connections:type_name -> tcpgate.v1.Connection
-	11, // 18: tcpgate.v1.CloseConnectionResponse.connection:type_name -> tcpgate.v1.Connection
-	3,  // 19: tcpgate.v1.AwaitReply.mode:type_name -> tcpgate.v1.AwaitMode
-	7,  // 20: tcpgate.v1.AwaitReply.framing:type_name -> tcpgate.v1.Framing
-	24, // 21: tcpgate.v1.SendRequest.await_reply:type_name -> tcpgate.v1.AwaitReply
-	33, // 22: tcpgate.v1.SendRequest.timeout:type_name -> google.protobuf.Duration
-	26, // 23: tcpgate.v1.SendRequest.tls:type_name -> tcpgate.v1.DialTLS
-	27, // 24: tcpgate.v1.SendResponse.reply:type_name -> tcpgate.v1.Reply
-	4,  // 25: tcpgate.v1.SubscribeRequest.kinds:type_name -> tcpgate.v1.EventKind
-	6,  // 26: tcpgate.v1.SubscribeRequest.slow_consumer:type_name -> tcpgate.v1.SlowConsumerPolicy
-	31, // 27: tcpgate.v1.SubscribeResponse.events:type_name -> tcpgate.v1.Event
-	32, // 28: tcpgate.v1.Event.time:type_name -> google.protobuf.Timestamp
-	4,  // 29: tcpgate.v1.Event.kind:type_name -> tcpgate.v1.EventKind
-	5,  // 30: tcpgate.v1.Event.close_reason:type_name -> tcpgate.v1.CloseReason
-	12, // 31: tcpgate.v1.GatewayService.StartListener:input_type -> tcpgate.v1.StartListenerRequest
-	14, // 32: tcpgate.v1.GatewayService.StopListener:input_type -> tcpgate.v1.StopListenerRequest
-	16, // 33: tcpgate.v1.GatewayService.GetListener:input_type -> tcpgate.v1.GetListenerRequest
-	18, // 34: tcpgate.v1.GatewayService.ListListeners:input_type -> tcpgate.v1.ListListenersRequest
-	20, // 35: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
-	22, // 36: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
-	25, // 37: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
-	29, // 38: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
-	13, // 39: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
-	15, // 40: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
-	17, // 41: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
-	19, // 42: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
-	21, // 43: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
-	23, // 44: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
-	28, // 45: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
-	30, // 46: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
-	39, // [39:47] is the sub-list for method output_type
-	31, // [31:39] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	33, // 7: tcpgate.v1.Listener.half_close_timeout:type_name -> google.protobuf.Duration
+	32, // 8: tcpgate.v1.Connection.opened_at:type_name -> google.protobuf.Timestamp
+	7,  // 9: tcpgate.v1.StartListenerRequest.framing:type_name -> tcpgate.v1.Framing
+	8,  // 10: tcpgate.v1.StartListenerRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
+	33, // 11: tcpgate.v1.StartListenerRequest.idle_timeout:type_name -> google.protobuf.Duration
+	10, // 12: tcpgate.v1.StartListenerRequest.tls:type_name -> tcpgate.v1.ListenerTLS
+	33, // 13: tcpgate.v1.StartListenerRequest.half_close_timeout:type_name -> google.protobuf.Duration
+	9,  // 14: tcpgate.v1.StartListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	33, // 15: tcpgate.v1.StopListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
+	9,  // 16: tcpgate.v1.StopListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	9,  // 17: tcpgate.v1.GetListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	9,  // 18: tcpgate.v1.ListListenersResponse.listeners:type_name -> tcpgate.v1.Listener
+	11, // 19: tcpgate.v1.ListConnectionsResponse.connections:type_name -> tcpgate.v1.Connection
+	11, // 20: tcpgate.v1.CloseConnectionResponse.connection:type_name -> tcpgate.v1.Connection
+	3,  // 21: tcpgate.v1.AwaitReply.mode:type_name -> tcpgate.v1.AwaitMode
+	7,  // 22: tcpgate.v1.AwaitReply.framing:type_name -> tcpgate.v1.Framing
+	24, // 23: tcpgate.v1.SendRequest.await_reply:type_name -> tcpgate.v1.AwaitReply
+	33, // 24: tcpgate.v1.SendRequest.timeout:type_name -> google.protobuf.Duration
+	26, // 25: tcpgate.v1.SendRequest.tls:type_name -> tcpgate.v1.DialTLS
+	27, // 26: tcpgate.v1.SendResponse.reply:type_name -> tcpgate.v1.Reply
+	4,  // 27: tcpgate.v1.SubscribeRequest.kinds:type_name -> tcpgate.v1.EventKind
+	6,  // 28: tcpgate.v1.SubscribeRequest.slow_consumer:type_name -> tcpgate.v1.SlowConsumerPolicy
+	31, // 29: tcpgate.v1.SubscribeResponse.events:type_name -> tcpgate.v1.Event
+	32, // 30: tcpgate.v1.Event.time:type_name -> google.protobuf.Timestamp
+	4,  // 31: tcpgate.v1.Event.kind:type_name -> tcpgate.v1.EventKind
+	5,  // 32: tcpgate.v1.Event.close_reason:type_name -> tcpgate.v1.CloseReason
+	12, // 33: tcpgate.v1.GatewayService.StartListener:input_type -> tcpgate.v1.StartListenerRequest
+	14, // 34: tcpgate.v1.GatewayService.StopListener:input_type -> tcpgate.v1.StopListenerRequest
+	16, // 35: tcpgate.v1.GatewayService.GetListener:input_type -> tcpgate.v1.GetListenerRequest
+	18, // 36: tcpgate.v1.GatewayService.ListListeners:input_type -> tcpgate.v1.ListListenersRequest
+	20, // 37: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
+	22, // 38: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
+	25, // 39: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
+	29, // 40: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
+	13, // 41: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
+	15, // 42: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
+	17, // 43: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
+	19, // 44: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
+	21, // 45: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
+	23, // 46: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
+	28, // 47: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
+	30, // 48: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
+	41, // [41:49] is the sub-list for method output_type
+	33, // [33:41] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_tcpgate_v1_gateway_proto_init() }

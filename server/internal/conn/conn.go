@@ -42,6 +42,10 @@ var (
 	ErrClosed = errors.New("connection closed")
 	// ErrReplyTooLarge means the awaited reply exceeded its byte limit.
 	ErrReplyTooLarge = errors.New("reply too large")
+	// ErrHalfClosed means the peer has shut down its sending side: the
+	// connection still takes writes (Config.HalfCloseTimeout), but no reply
+	// can come.
+	ErrHalfClosed = errors.New("peer closed its sending side: no reply can come")
 	// ErrWriteTimeout means the peer did not take the bytes within the write
 	// timeout; the connection is closed with reason WRITE_ERROR.
 	ErrWriteTimeout = errors.New("write timed out")
@@ -86,6 +90,10 @@ type Config struct {
 	AutoReply AutoReply
 	// IdleTimeout closes a connection silent for that long; 0 means never.
 	IdleTimeout time.Duration
+	// HalfCloseTimeout keeps a connection whose peer half-closed open for
+	// writes this long, so a Send can still answer its last request; 0
+	// closes it at once.
+	HalfCloseTimeout time.Duration
 	// WriteTimeout bounds each write; 0 means DefaultWriteTimeout.
 	WriteTimeout time.Duration
 	Publisher    Publisher
@@ -129,8 +137,11 @@ type Conn struct {
 
 	mu       sync.Mutex // guards the fields below
 	awaiters []*awaiter
-	reason   event.CloseReason // the first reason given to Close
-	subject  string            // the TLS peer's certificate subject, set before OPENED
+	// halfClosed is set once the peer has shut down its sending side and
+	// the connection stays open for writes (Config.HalfCloseTimeout).
+	halfClosed bool
+	reason     event.CloseReason // the first reason given to Close
+	subject    string            // the TLS peer's certificate subject, set before OPENED
 }
 
 type awaiter struct {
@@ -233,6 +244,9 @@ func (c *Conn) Serve() {
 			c.frames([][]byte{final})
 		}
 	}
+	if reason == event.ReasonPeerClosed && c.cfg.HalfCloseTimeout > 0 {
+		c.lingerHalfClosed()
+	}
 
 	_ = c.nc.Close()
 	c.mu.Lock()
@@ -268,6 +282,39 @@ func (c *Conn) Serve() {
 		Data:         partial,
 		CloseReason:  reason,
 	})
+}
+
+// lingerHalfClosed keeps the connection open for writes after its peer
+// shut down its sending side, until HalfCloseTimeout passes or it is closed,
+// then waits for a write in progress to finish. No frame will come any
+// more: replies awaited now are settled at once (a next frame never comes;
+// everything until close is what came), and Send refuses new waits.
+func (c *Conn) lingerHalfClosed() {
+	c.mu.Lock()
+	c.halfClosed = true
+	awaiters := c.awaiters
+	c.awaiters = nil
+	c.mu.Unlock()
+	for _, a := range awaiters {
+		if a.mode != UntilClose && a.err == nil {
+			a.err = fmt.Errorf("awaiting reply on %s: %w", c.cfg.ID, ErrHalfClosed)
+		}
+		close(a.done)
+	}
+
+	t := time.NewTimer(c.cfg.HalfCloseTimeout)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		// A write in progress finishes (within its own bounds) before the
+		// socket closes under it; the turn is kept, so no write starts
+		// after (Send gives up when the connection's context ends).
+		select {
+		case c.writeTurn <- struct{}{}:
+		case <-c.ctx.Done():
+		}
+	case <-c.ctx.Done(): // closed by the API, the listener or shutdown
+	}
 }
 
 // handshake completes a TLS handshake first, so the opened event can name
@@ -511,19 +558,26 @@ func (c *Conn) Send(ctx context.Context, p []byte, mode ReplyMode, maxReply int)
 	case c.writeTurn <- struct{}{}:
 	case <-ctx.Done():
 		return nil, fmt.Errorf("writing to %s: waiting for earlier sends to be written: %w", c.cfg.ID, ctx.Err())
+	case <-c.ctx.Done():
+		return nil, fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
 	}
 	var a *awaiter
 	if mode != NoReply {
 		a = &awaiter{mode: mode, limit: maxReply, done: make(chan struct{})}
 		c.mu.Lock()
-		closed := c.reason != event.ReasonUnspecified
-		if !closed {
+		closed, halfClosed := c.reason != event.ReasonUnspecified, c.halfClosed
+		if !closed && !halfClosed {
 			c.awaiters = append(c.awaiters, a)
 		}
 		c.mu.Unlock()
-		if closed {
+		switch {
+		case closed:
 			<-c.writeTurn
 			return nil, fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
+		case halfClosed:
+			// Nothing written: the caller asked for a reply that cannot come.
+			<-c.writeTurn
+			return nil, fmt.Errorf("writing to %s: %w; send without await_reply", c.cfg.ID, ErrHalfClosed)
 		}
 	}
 	deadline, _ := ctx.Deadline()

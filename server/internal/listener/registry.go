@@ -63,6 +63,9 @@ type Spec struct {
 	MaxConnections int
 	// IdleTimeout closes silent connections; 0 means never.
 	IdleTimeout time.Duration
+	// HalfCloseTimeout keeps a connection writable this long after its
+	// peer half-closes (see conn.Config); 0 closes it at once.
+	HalfCloseTimeout time.Duration
 	// TLS, when set, makes the listener speak TLS; its ClientAuth says
 	// whether client certificates are required.
 	TLS *tls.Config
@@ -301,14 +304,15 @@ func (r *Registry) accept(l *listener) {
 func (r *Registry) serve(l *listener, nc net.Conn) {
 	id := "c" + strconv.FormatUint(r.connID.Add(1), 10)
 	c := conn.New(r.ctx, nc, conn.Config{
-		ID:           id,
-		ListenerID:   l.spec.ID,
-		Framing:      l.spec.Framing,
-		AutoReply:    l.spec.AutoReply,
-		IdleTimeout:  l.spec.IdleTimeout,
-		WriteTimeout: r.cfg.WriteTimeout,
-		Publisher:    r.cfg.Publisher,
-		Aggregates:   []*conn.Counters{&l.counters, &r.totals},
+		ID:               id,
+		ListenerID:       l.spec.ID,
+		Framing:          l.spec.Framing,
+		AutoReply:        l.spec.AutoReply,
+		IdleTimeout:      l.spec.IdleTimeout,
+		HalfCloseTimeout: l.spec.HalfCloseTimeout,
+		WriteTimeout:     r.cfg.WriteTimeout,
+		Publisher:        r.cfg.Publisher,
+		Aggregates:       []*conn.Counters{&l.counters, &r.totals},
 		Closed: func(reason event.CloseReason) {
 			if int(reason) < len(r.closed) {
 				r.closed[reason].Add(1)

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -176,7 +177,11 @@ func routingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 	var err error
 	switch code {
 	case http.StatusMethodNotAllowed:
-		err = &runtime.HTTPStatusError{HTTPStatus: code, Err: status.Errorf(codes.Unimplemented, "method %s not allowed on %s", r.Method, r.URL.Path)}
+		allow := allowedMethods(r.URL.Path)
+		if allow != "" {
+			w.Header().Set("Allow", allow)
+		}
+		err = &runtime.HTTPStatusError{HTTPStatus: code, Err: status.Errorf(codes.Unimplemented, "method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, allow)}
 	case http.StatusNotFound:
 		err = status.Errorf(codes.NotFound, "no route %s %s", r.Method, r.URL.Path)
 	case http.StatusBadRequest:
@@ -185,6 +190,46 @@ func routingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 		err = status.Error(codes.Internal, "routing error")
 	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+}
+
+// routeMethods are the methods of each route, by path pattern ("*" is
+// one path segment): proto/tcpgate/v1/gateway_http.yaml and the paths the
+// gateway adds. TestAllowHeader checks it against what the router serves.
+var routeMethods = []struct {
+	pattern string
+	methods string
+}{
+	{"/v1/listeners", "GET, POST"},
+	{"/v1/listeners/*", "GET, DELETE"},
+	{"/v1/connections", "GET"},
+	{"/v1/connections/*", "DELETE"},
+	{"/v1/send", "POST"},
+	{"/v1/events", "GET"},
+	{"/openapi.json", "GET"},
+	{"/healthz", "GET"},
+	{"/metrics", "GET"},
+}
+
+// allowedMethods returns the Allow header of a 405 for path, or "".
+func allowedMethods(path string) string {
+	segs := strings.Split(strings.Trim(path, "/"), "/")
+	for _, rm := range routeMethods {
+		pat := strings.Split(strings.Trim(rm.pattern, "/"), "/")
+		if len(pat) != len(segs) {
+			continue
+		}
+		match := true
+		for i := range pat {
+			if pat[i] != "*" && pat[i] != segs[i] {
+				match = false
+				break
+			}
+		}
+		if match {
+			return rm.methods
+		}
+	}
+	return ""
 }
 
 func serveOpenAPI(w http.ResponseWriter, _ *http.Request, _ map[string]string) {

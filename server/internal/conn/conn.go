@@ -260,15 +260,9 @@ func (c *Conn) Serve() {
 	default:
 		c.reason = reason
 	}
-	awaiters := c.awaiters
-	c.awaiters = nil
+	awaiters := c.takeAwaitersLocked()
 	c.mu.Unlock()
-	for _, a := range awaiters {
-		if a.mode != UntilClose && a.err == nil {
-			a.err = ErrClosed
-		}
-		close(a.done)
-	}
+	settle(awaiters, ErrClosed)
 	if c.cfg.Closed != nil {
 		c.cfg.Closed(reason)
 	}
@@ -292,15 +286,9 @@ func (c *Conn) Serve() {
 func (c *Conn) lingerHalfClosed() {
 	c.mu.Lock()
 	c.halfClosed = true
-	awaiters := c.awaiters
-	c.awaiters = nil
+	awaiters := c.takeAwaitersLocked()
 	c.mu.Unlock()
-	for _, a := range awaiters {
-		if a.mode != UntilClose && a.err == nil {
-			a.err = fmt.Errorf("awaiting reply on %s: %w", c.cfg.ID, ErrHalfClosed)
-		}
-		close(a.done)
-	}
+	settle(awaiters, fmt.Errorf("awaiting reply on %s: %w", c.cfg.ID, ErrHalfClosed))
 
 	t := time.NewTimer(c.cfg.HalfCloseTimeout)
 	defer t.Stop()
@@ -444,6 +432,25 @@ func (c *Conn) frames(frames [][]byte) bool {
 		_ = c.write(reply)
 	}
 	return true
+}
+
+// takeAwaitersLocked hands over the awaiters no frame will answer now.
+func (c *Conn) takeAwaitersLocked() []*awaiter {
+	awaiters := c.awaiters
+	c.awaiters = nil
+	return awaiters
+}
+
+// settle ends the waits of awaiters that no more frames will come for: an
+// UntilClose reply is complete with what came, any other fails with err
+// (unless it failed already).
+func settle(awaiters []*awaiter, err error) {
+	for _, a := range awaiters {
+		if a.mode != UntilClose && a.err == nil {
+			a.err = err
+		}
+		close(a.done)
+	}
 }
 
 // dropAwaiter forgets a, whose send failed to write: no reply is meant for

@@ -6,7 +6,7 @@ GRPC_ADDR ?= 127.0.0.1:50051
 HTTP_ADDR ?= 127.0.0.1:50080
 TESTFLAGS ?=
 
-.PHONY: all generate build run test lint verify bench fuzz clean
+.PHONY: all generate build run test test-short lint verify bench fuzz clean
 
 all: build
 
@@ -29,7 +29,14 @@ test:
 	./.ci/deps
 	$(GO) build ./...
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
+	$(GO) test -race -count=1 -timeout 30m $(TESTFLAGS) ./...
+
+## test-short: the same without the heavy load and memory repros (-short)
+test-short:
+	./.ci/deps
+	$(GO) build ./...
+	$(GO) vet ./...
+	$(GO) test -race -short -count=1 -timeout 20m $(TESTFLAGS) ./...
 
 ## lint: vet, gofmt and buf lint
 lint:

@@ -495,9 +495,15 @@ type daemon struct {
 // still running and logs its stderr when the test failed.
 func startDaemon(t *testing.T, env []string, args ...string) *daemon {
 	t.Helper()
+	return startDaemonBin(t, tcpgateBin, env, args...)
+}
+
+// startDaemonBin is startDaemon with the binary bin (tcpgateBin or plainBin).
+func startDaemonBin(t *testing.T, bin string, env []string, args ...string) *daemon {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &daemon{
-		cmd:     exec.CommandContext(ctx, tcpgateBin, args...),
+		cmd:     exec.CommandContext(ctx, bin, args...),
 		serving: make(chan string, 1),
 		done:    make(chan struct{}),
 	}

@@ -22,6 +22,9 @@ import (
 var (
 	tcpgateBin string
 	grpcurlBin string
+	// plainBin is tcpgate built without -race, whose memory is what a
+	// user's daemon uses: memory bounds are measured on it (memory_e2e_test.go).
+	plainBin string
 )
 
 // buildTimeout bounds building both binaries. A cold build cache with -race
@@ -114,7 +117,8 @@ func matchesOnlyEmpty(pattern string) bool {
 
 // buildBinaries builds tcpgate (with -race when the test binary has it, so
 // a data race in the daemon makes it exit with status 66 and fails the
-// test) and the grpcurl pinned in go.mod, in parallel.
+// test, and then once more without it for the memory tests) and the
+// grpcurl pinned in go.mod, in parallel.
 func buildBinaries(dir string) error {
 	goBin, err := exec.LookPath("go")
 	if err != nil {
@@ -135,6 +139,7 @@ func buildBinaries(dir string) error {
 
 	tcpgateBin = filepath.Join(dir, "tcpgate")
 	grpcurlBin = filepath.Join(dir, "grpcurl")
+	plainBin = tcpgateBin
 	tcpgateArgs := []string{"build", "-o", tcpgateBin}
 	if raceEnabled() {
 		tcpgateArgs = append(tcpgateArgs, "-race")
@@ -143,6 +148,10 @@ func buildBinaries(dir string) error {
 	builds := [][]string{
 		tcpgateArgs,
 		{"build", "-o", grpcurlBin, "github.com/fullstorydev/grpcurl/cmd/grpcurl"},
+	}
+	if raceEnabled() {
+		plainBin = filepath.Join(dir, "tcpgate-plain")
+		builds = append(builds, []string{"build", "-o", plainBin, "./cmd/tcpgate"})
 	}
 
 	errs := make([]error, len(builds))

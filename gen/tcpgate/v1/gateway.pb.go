@@ -267,6 +267,121 @@ func (AwaitMode) EnumDescriptor() ([]byte, []int) {
 	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{3}
 }
 
+// OnTimeout says what a reply timeout does to an accepted connection.
+type OnTimeout int32
+
+const (
+	// Behaves as ON_TIMEOUT_KEEP_OPEN.
+	OnTimeout_ON_TIMEOUT_UNSPECIFIED OnTimeout = 0
+	// The connection stays open; the Send gives up its place at once, so a
+	// reply that comes late answers the next awaited Send unless ReplyMatch
+	// tells them apart.
+	OnTimeout_ON_TIMEOUT_KEEP_OPEN OnTimeout = 1
+	// The connection is closed with CLOSE_REASON_REPLY_TIMEOUT: for in-order
+	// protocols that cannot resynchronize after a lost reply.
+	OnTimeout_ON_TIMEOUT_CLOSE OnTimeout = 2
+)
+
+// Enum value maps for OnTimeout.
+var (
+	OnTimeout_name = map[int32]string{
+		0: "ON_TIMEOUT_UNSPECIFIED",
+		1: "ON_TIMEOUT_KEEP_OPEN",
+		2: "ON_TIMEOUT_CLOSE",
+	}
+	OnTimeout_value = map[string]int32{
+		"ON_TIMEOUT_UNSPECIFIED": 0,
+		"ON_TIMEOUT_KEEP_OPEN":   1,
+		"ON_TIMEOUT_CLOSE":       2,
+	}
+)
+
+func (x OnTimeout) Enum() *OnTimeout {
+	p := new(OnTimeout)
+	*p = x
+	return p
+}
+
+func (x OnTimeout) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (OnTimeout) Descriptor() protoreflect.EnumDescriptor {
+	return file_tcpgate_v1_gateway_proto_enumTypes[4].Descriptor()
+}
+
+func (OnTimeout) Type() protoreflect.EnumType {
+	return &file_tcpgate_v1_gateway_proto_enumTypes[4]
+}
+
+func (x OnTimeout) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use OnTimeout.Descriptor instead.
+func (OnTimeout) EnumDescriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{4}
+}
+
+// PayloadFormat says how a frame's bytes appear in an Event or a Reply.
+type PayloadFormat int32
+
+const (
+	// Behaves as PAYLOAD_FORMAT_TEXT_OR_DATA.
+	PayloadFormat_PAYLOAD_FORMAT_UNSPECIFIED PayloadFormat = 0
+	// text when the bytes are valid UTF-8, data otherwise: every payload once.
+	PayloadFormat_PAYLOAD_FORMAT_TEXT_OR_DATA PayloadFormat = 1
+	// data always, text never.
+	PayloadFormat_PAYLOAD_FORMAT_DATA PayloadFormat = 2
+	// data always, and text as well when the bytes are valid UTF-8 (the
+	// payload twice: a frame over about 2 MiB then goes as data only, so the
+	// message stays within gRPC's default 4 MiB limit).
+	PayloadFormat_PAYLOAD_FORMAT_BOTH PayloadFormat = 3
+)
+
+// Enum value maps for PayloadFormat.
+var (
+	PayloadFormat_name = map[int32]string{
+		0: "PAYLOAD_FORMAT_UNSPECIFIED",
+		1: "PAYLOAD_FORMAT_TEXT_OR_DATA",
+		2: "PAYLOAD_FORMAT_DATA",
+		3: "PAYLOAD_FORMAT_BOTH",
+	}
+	PayloadFormat_value = map[string]int32{
+		"PAYLOAD_FORMAT_UNSPECIFIED":  0,
+		"PAYLOAD_FORMAT_TEXT_OR_DATA": 1,
+		"PAYLOAD_FORMAT_DATA":         2,
+		"PAYLOAD_FORMAT_BOTH":         3,
+	}
+)
+
+func (x PayloadFormat) Enum() *PayloadFormat {
+	p := new(PayloadFormat)
+	*p = x
+	return p
+}
+
+func (x PayloadFormat) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PayloadFormat) Descriptor() protoreflect.EnumDescriptor {
+	return file_tcpgate_v1_gateway_proto_enumTypes[5].Descriptor()
+}
+
+func (PayloadFormat) Type() protoreflect.EnumType {
+	return &file_tcpgate_v1_gateway_proto_enumTypes[5]
+}
+
+func (x PayloadFormat) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PayloadFormat.Descriptor instead.
+func (PayloadFormat) EnumDescriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{5}
+}
+
 // EventKind says what an event reports.
 type EventKind int32
 
@@ -279,10 +394,10 @@ const (
 	EventKind_EVENT_KIND_LISTENER_STOPPED EventKind = 2
 	// A listener accepted a connection.
 	EventKind_EVENT_KIND_CONNECTION_OPENED EventKind = 3
-	// A frame arrived on a connection.
+	// A frame arrived on a connection; partial marks an incomplete frame left
+	// at close, which comes right before the CONNECTION_CLOSED event.
 	EventKind_EVENT_KIND_DATA EventKind = 4
-	// A connection closed; close_reason says why, and data holds an incomplete
-	// frame left at close, if any.
+	// A connection closed; close_reason says why.
 	EventKind_EVENT_KIND_CONNECTION_CLOSED EventKind = 5
 	// This subscriber missed events; dropped says how many. It carries sequence 0.
 	EventKind_EVENT_KIND_EVENTS_DROPPED EventKind = 6
@@ -321,11 +436,11 @@ func (x EventKind) String() string {
 }
 
 func (EventKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[4].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[6].Descriptor()
 }
 
 func (EventKind) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[4]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[6]
 }
 
 func (x EventKind) Number() protoreflect.EnumNumber {
@@ -334,7 +449,7 @@ func (x EventKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EventKind.Descriptor instead.
 func (EventKind) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 // CloseReason says why a connection closed.
@@ -365,6 +480,9 @@ const (
 	CloseReason_CLOSE_REASON_SHUTDOWN CloseReason = 10
 	// The TLS handshake failed (for example no or a wrong client certificate).
 	CloseReason_CLOSE_REASON_TLS_HANDSHAKE_FAILED CloseReason = 11
+	// An awaited reply did not come in time and the Send asked for
+	// ON_TIMEOUT_CLOSE.
+	CloseReason_CLOSE_REASON_REPLY_TIMEOUT CloseReason = 12
 )
 
 // Enum value maps for CloseReason.
@@ -382,6 +500,7 @@ var (
 		9:  "CLOSE_REASON_LIMIT_REACHED",
 		10: "CLOSE_REASON_SHUTDOWN",
 		11: "CLOSE_REASON_TLS_HANDSHAKE_FAILED",
+		12: "CLOSE_REASON_REPLY_TIMEOUT",
 	}
 	CloseReason_value = map[string]int32{
 		"CLOSE_REASON_UNSPECIFIED":          0,
@@ -396,6 +515,7 @@ var (
 		"CLOSE_REASON_LIMIT_REACHED":        9,
 		"CLOSE_REASON_SHUTDOWN":             10,
 		"CLOSE_REASON_TLS_HANDSHAKE_FAILED": 11,
+		"CLOSE_REASON_REPLY_TIMEOUT":        12,
 	}
 )
 
@@ -410,11 +530,11 @@ func (x CloseReason) String() string {
 }
 
 func (CloseReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[5].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[7].Descriptor()
 }
 
 func (CloseReason) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[5]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[7]
 }
 
 func (x CloseReason) Number() protoreflect.EnumNumber {
@@ -423,7 +543,7 @@ func (x CloseReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CloseReason.Descriptor instead.
 func (CloseReason) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 // SlowConsumerPolicy says what happens when a subscriber's queue is full.
@@ -469,11 +589,11 @@ func (x SlowConsumerPolicy) String() string {
 }
 
 func (SlowConsumerPolicy) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[6].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[8].Descriptor()
 }
 
 func (SlowConsumerPolicy) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[6]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[8]
 }
 
 func (x SlowConsumerPolicy) Number() protoreflect.EnumNumber {
@@ -482,7 +602,7 @@ func (x SlowConsumerPolicy) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SlowConsumerPolicy.Descriptor instead.
 func (SlowConsumerPolicy) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 // Framing cuts one connection's byte stream into frames.
@@ -874,7 +994,9 @@ func (x *Listener) GetHalfCloseTimeout() *durationpb.Duration {
 }
 
 // ListenerTLS makes a listener speak TLS. The certificate and key are given
-// as PEM or as paths of files on the gateway's host.
+// as PEM, or as paths of files on the gateway's host: a path is refused
+// unless the gateway's --tls-files-dir allows the directory, and must name a
+// regular file inside it (after symlinks) of at most 1 MiB.
 type ListenerTLS struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The PEM certificate chain, leaf first; or cert_file.
@@ -1272,7 +1394,11 @@ type StopListenerRequest struct {
 	// The listener to stop.
 	ListenerId string `protobuf:"bytes,1,opt,name=listener_id,json=listenerId,proto3" json:"listener_id,omitempty"`
 	// How long open connections may go on before they are closed with
-	// CLOSE_REASON_LISTENER_STOPPED. Unset or 0 closes them at once.
+	// CLOSE_REASON_LISTENER_STOPPED. Unset or 0 closes them at once; more than
+	// the gateway's --max-drain-timeout (10 minutes by default) is
+	// InvalidArgument. A second StopListener of a listener that is draining
+	// shortens the drain to its own drain_timeout when that ends sooner (never
+	// lengthens it), and returns, like the first, once the listener stopped.
 	DrainTimeout  *durationpb.Duration `protobuf:"bytes,2,opt,name=drain_timeout,json=drainTimeout,proto3" json:"drain_timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1740,7 +1866,17 @@ type AwaitReply struct {
 	// socket's recv(max_bytes) does, and returns them. 0 means 1 MiB, or the
 	// gateway's --max-reply-bytes when that is lower; more than
 	// --max-reply-bytes (3 MiB by default and at most) is InvalidArgument.
-	MaxBytes      uint32 `protobuf:"varint,3,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	MaxBytes uint32 `protobuf:"varint,3,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	// How the reply's bytes are returned in Reply. Unspecified means
+	// PAYLOAD_FORMAT_TEXT_OR_DATA.
+	PayloadFormat PayloadFormat `protobuf:"varint,4,opt,name=payload_format,json=payloadFormat,proto3,enum=tcpgate.v1.PayloadFormat" json:"payload_format,omitempty"`
+	// Which frames may answer this Send on an accepted connection (and, with
+	// AWAIT_MODE_FRAME, on an address): a frame that does not match goes to
+	// subscribers only and answers no Send. Unset means every frame matches.
+	Match *ReplyMatch `protobuf:"bytes,5,opt,name=match,proto3" json:"match,omitempty"`
+	// What happens to an accepted connection when the reply does not come
+	// within the Send's timeout. Unspecified means ON_TIMEOUT_KEEP_OPEN.
+	OnTimeout     OnTimeout `protobuf:"varint,6,opt,name=on_timeout,json=onTimeout,proto3,enum=tcpgate.v1.OnTimeout" json:"on_timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1796,6 +1932,134 @@ func (x *AwaitReply) GetMaxBytes() uint32 {
 	return 0
 }
 
+func (x *AwaitReply) GetPayloadFormat() PayloadFormat {
+	if x != nil {
+		return x.PayloadFormat
+	}
+	return PayloadFormat_PAYLOAD_FORMAT_UNSPECIFIED
+}
+
+func (x *AwaitReply) GetMatch() *ReplyMatch {
+	if x != nil {
+		return x.Match
+	}
+	return nil
+}
+
+func (x *AwaitReply) GetOnTimeout() OnTimeout {
+	if x != nil {
+		return x.OnTimeout
+	}
+	return OnTimeout_ON_TIMEOUT_UNSPECIFIED
+}
+
+// ReplyMatch selects the frames that answer an awaited Send: for protocols
+// whose replies carry a correlation id, or that interleave unsolicited
+// frames with replies.
+type ReplyMatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exactly one is required.
+	//
+	// Types that are valid to be assigned to Rule:
+	//
+	//	*ReplyMatch_Prefix
+	//	*ReplyMatch_PrefixData
+	//	*ReplyMatch_Regex
+	Rule          isReplyMatch_Rule `protobuf_oneof:"rule"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplyMatch) Reset() {
+	*x = ReplyMatch{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplyMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplyMatch) ProtoMessage() {}
+
+func (x *ReplyMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplyMatch.ProtoReflect.Descriptor instead.
+func (*ReplyMatch) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ReplyMatch) GetRule() isReplyMatch_Rule {
+	if x != nil {
+		return x.Rule
+	}
+	return nil
+}
+
+func (x *ReplyMatch) GetPrefix() string {
+	if x != nil {
+		if x, ok := x.Rule.(*ReplyMatch_Prefix); ok {
+			return x.Prefix
+		}
+	}
+	return ""
+}
+
+func (x *ReplyMatch) GetPrefixData() []byte {
+	if x != nil {
+		if x, ok := x.Rule.(*ReplyMatch_PrefixData); ok {
+			return x.PrefixData
+		}
+	}
+	return nil
+}
+
+func (x *ReplyMatch) GetRegex() string {
+	if x != nil {
+		if x, ok := x.Rule.(*ReplyMatch_Regex); ok {
+			return x.Regex
+		}
+	}
+	return ""
+}
+
+type isReplyMatch_Rule interface {
+	isReplyMatch_Rule()
+}
+
+type ReplyMatch_Prefix struct {
+	// The frame starts with these UTF-8 bytes.
+	Prefix string `protobuf:"bytes,1,opt,name=prefix,proto3,oneof"`
+}
+
+type ReplyMatch_PrefixData struct {
+	// The frame starts with these bytes.
+	PrefixData []byte `protobuf:"bytes,2,opt,name=prefix_data,json=prefixData,proto3,oneof"`
+}
+
+type ReplyMatch_Regex struct {
+	// The frame matches this RE2 regular expression (unanchored; use ^ and $
+	// to anchor), applied to its bytes. At most 1024 bytes.
+	Regex string `protobuf:"bytes,3,opt,name=regex,proto3,oneof"`
+}
+
+func (*ReplyMatch_Prefix) isReplyMatch_Rule() {}
+
+func (*ReplyMatch_PrefixData) isReplyMatch_Rule() {}
+
+func (*ReplyMatch_Regex) isReplyMatch_Rule() {}
+
 // SendRequest writes one payload to one target.
 type SendRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1826,7 +2090,7 @@ type SendRequest struct {
 
 func (x *SendRequest) Reset() {
 	*x = SendRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[18]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1838,7 +2102,7 @@ func (x *SendRequest) String() string {
 func (*SendRequest) ProtoMessage() {}
 
 func (x *SendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[18]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1851,7 +2115,7 @@ func (x *SendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendRequest.ProtoReflect.Descriptor instead.
 func (*SendRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{18}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SendRequest) GetTarget() isSendRequest_Target {
@@ -1979,7 +2243,8 @@ func (*SendRequest_Text) isSendRequest_Payload() {}
 func (*SendRequest_Data) isSendRequest_Payload() {}
 
 // DialTLS makes a Send to an address speak TLS. PEM fields may instead be
-// given as paths of files on the gateway's host.
+// given as paths of files on the gateway's host, under the same rules as
+// ListenerTLS: only inside the gateway's --tls-files-dir.
 type DialTLS struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The name the server's certificate must carry; unset means the host of
@@ -2007,7 +2272,7 @@ type DialTLS struct {
 
 func (x *DialTLS) Reset() {
 	*x = DialTLS{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[19]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2019,7 +2284,7 @@ func (x *DialTLS) String() string {
 func (*DialTLS) ProtoMessage() {}
 
 func (x *DialTLS) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[19]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2032,7 +2297,7 @@ func (x *DialTLS) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DialTLS.ProtoReflect.Descriptor instead.
 func (*DialTLS) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{19}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DialTLS) GetServerName() string {
@@ -2091,12 +2356,13 @@ func (x *DialTLS) GetInsecureSkipVerify() bool {
 	return false
 }
 
-// Reply is what a peer answered.
+// Reply is what a peer answered, as AwaitReply.payload_format says: by
+// default text when it is valid UTF-8, data otherwise.
 type Reply struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The reply's bytes.
 	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
-	// The reply as text, when it is valid UTF-8.
+	// The reply as text.
 	Text          string `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2104,7 +2370,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[20]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2116,7 +2382,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[20]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2129,7 +2395,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{20}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Reply) GetData() []byte {
@@ -2161,7 +2427,7 @@ type SendResponse struct {
 
 func (x *SendResponse) Reset() {
 	*x = SendResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[21]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2173,7 +2439,7 @@ func (x *SendResponse) String() string {
 func (*SendResponse) ProtoMessage() {}
 
 func (x *SendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[21]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2186,7 +2452,7 @@ func (x *SendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendResponse.ProtoReflect.Descriptor instead.
 func (*SendResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{21}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SendResponse) GetBytesWritten() uint64 {
@@ -2213,9 +2479,11 @@ func (x *SendResponse) GetReply() *Reply {
 // SubscribeRequest selects the events to stream.
 type SubscribeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Only events of these listeners; every listener when empty.
+	// Only events of these listeners; every listener when empty. At most 1024
+	// ids of at most 64 bytes each.
 	ListenerIds []string `protobuf:"bytes,1,rep,name=listener_ids,json=listenerIds,proto3" json:"listener_ids,omitempty"`
-	// Only events of these connections; every connection when empty.
+	// Only events of these connections; every connection when empty. At most
+	// 1024 ids of at most 64 bytes each.
 	ConnectionIds []string `protobuf:"bytes,2,rep,name=connection_ids,json=connectionIds,proto3" json:"connection_ids,omitempty"`
 	// Only events of these kinds; every kind when empty. EVENTS_DROPPED markers
 	// are always sent.
@@ -2224,14 +2492,17 @@ type SubscribeRequest struct {
 	// go on live. 0 means live events only. Resume after a seen sequence N with N+1.
 	SinceSequence uint64 `protobuf:"varint,4,opt,name=since_sequence,json=sinceSequence,proto3" json:"since_sequence,omitempty"`
 	// What happens when this subscriber falls behind. Unspecified means drop oldest.
-	SlowConsumer  SlowConsumerPolicy `protobuf:"varint,5,opt,name=slow_consumer,json=slowConsumer,proto3,enum=tcpgate.v1.SlowConsumerPolicy" json:"slow_consumer,omitempty"`
+	SlowConsumer SlowConsumerPolicy `protobuf:"varint,5,opt,name=slow_consumer,json=slowConsumer,proto3,enum=tcpgate.v1.SlowConsumerPolicy" json:"slow_consumer,omitempty"`
+	// How each event's payload is sent. Unspecified means
+	// PAYLOAD_FORMAT_TEXT_OR_DATA: text when it is valid UTF-8, data otherwise.
+	PayloadFormat PayloadFormat `protobuf:"varint,6,opt,name=payload_format,json=payloadFormat,proto3,enum=tcpgate.v1.PayloadFormat" json:"payload_format,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[22]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2243,7 +2514,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[22]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2256,7 +2527,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{22}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SubscribeRequest) GetListenerIds() []string {
@@ -2294,6 +2565,13 @@ func (x *SubscribeRequest) GetSlowConsumer() SlowConsumerPolicy {
 	return SlowConsumerPolicy_SLOW_CONSUMER_POLICY_UNSPECIFIED
 }
 
+func (x *SubscribeRequest) GetPayloadFormat() PayloadFormat {
+	if x != nil {
+		return x.PayloadFormat
+	}
+	return PayloadFormat_PAYLOAD_FORMAT_UNSPECIFIED
+}
+
 // SubscribeResponse is a batch of events: whatever was ready, in order.
 type SubscribeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2305,7 +2583,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[23]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2317,7 +2595,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[23]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2330,7 +2608,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{23}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SubscribeResponse) GetEvents() []*Event {
@@ -2357,9 +2635,9 @@ type Event struct {
 	RemoteAddress string `protobuf:"bytes,6,opt,name=remote_address,json=remoteAddress,proto3" json:"remote_address,omitempty"`
 	// The local address: the listener's bound address, or the connection's.
 	LocalAddress string `protobuf:"bytes,7,opt,name=local_address,json=localAddress,proto3" json:"local_address,omitempty"`
-	// The frame of a DATA event, or an incomplete frame left at close.
+	// The frame of a DATA event, as SubscribeRequest.payload_format says.
 	Data []byte `protobuf:"bytes,8,opt,name=data,proto3" json:"data,omitempty"`
-	// data as text, when it is valid UTF-8.
+	// The frame as text, as SubscribeRequest.payload_format says.
 	Text string `protobuf:"bytes,9,opt,name=text,proto3" json:"text,omitempty"`
 	// Why a connection closed, on CONNECTION_CLOSED.
 	CloseReason CloseReason `protobuf:"varint,10,opt,name=close_reason,json=closeReason,proto3,enum=tcpgate.v1.CloseReason" json:"close_reason,omitempty"`
@@ -2367,14 +2645,17 @@ type Event struct {
 	Dropped uint64 `protobuf:"varint,11,opt,name=dropped,proto3" json:"dropped,omitempty"`
 	// The subject of the peer's TLS client certificate, on CONNECTION_OPENED
 	// of a mutual-TLS listener.
-	PeerSubject   string `protobuf:"bytes,12,opt,name=peer_subject,json=peerSubject,proto3" json:"peer_subject,omitempty"`
+	PeerSubject string `protobuf:"bytes,12,opt,name=peer_subject,json=peerSubject,proto3" json:"peer_subject,omitempty"`
+	// On DATA: the frame is incomplete, the bytes of a frame begun but not
+	// finished when the connection closed.
+	Partial       bool `protobuf:"varint,13,opt,name=partial,proto3" json:"partial,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[24]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2386,7 +2667,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[24]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2399,7 +2680,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{24}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Event) GetSequence() uint64 {
@@ -2484,6 +2765,13 @@ func (x *Event) GetPeerSubject() string {
 		return x.PeerSubject
 	}
 	return ""
+}
+
+func (x *Event) GetPartial() bool {
+	if x != nil {
+		return x.Partial
+	}
+	return false
 }
 
 var File_tcpgate_v1_gateway_proto protoreflect.FileDescriptor
@@ -2589,12 +2877,23 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x17CloseConnectionResponse\x126\n" +
 	"\n" +
 	"connection\x18\x01 \x01(\v2\x16.tcpgate.v1.ConnectionR\n" +
-	"connection\"\x83\x01\n" +
+	"connection\"\xa9\x02\n" +
 	"\n" +
 	"AwaitReply\x12)\n" +
 	"\x04mode\x18\x01 \x01(\x0e2\x15.tcpgate.v1.AwaitModeR\x04mode\x12-\n" +
 	"\aframing\x18\x02 \x01(\v2\x13.tcpgate.v1.FramingR\aframing\x12\x1b\n" +
-	"\tmax_bytes\x18\x03 \x01(\rR\bmaxBytes\"\xc9\x02\n" +
+	"\tmax_bytes\x18\x03 \x01(\rR\bmaxBytes\x12@\n" +
+	"\x0epayload_format\x18\x04 \x01(\x0e2\x19.tcpgate.v1.PayloadFormatR\rpayloadFormat\x12,\n" +
+	"\x05match\x18\x05 \x01(\v2\x16.tcpgate.v1.ReplyMatchR\x05match\x124\n" +
+	"\n" +
+	"on_timeout\x18\x06 \x01(\x0e2\x15.tcpgate.v1.OnTimeoutR\tonTimeout\"i\n" +
+	"\n" +
+	"ReplyMatch\x12\x18\n" +
+	"\x06prefix\x18\x01 \x01(\tH\x00R\x06prefix\x12!\n" +
+	"\vprefix_data\x18\x02 \x01(\fH\x00R\n" +
+	"prefixData\x12\x16\n" +
+	"\x05regex\x18\x03 \x01(\tH\x00R\x05regexB\x06\n" +
+	"\x04rule\"\xc9\x02\n" +
 	"\vSendRequest\x12\x1a\n" +
 	"\aaddress\x18\x01 \x01(\tH\x00R\aaddress\x12%\n" +
 	"\rconnection_id\x18\x02 \x01(\tH\x00R\fconnectionId\x12!\n" +
@@ -2624,15 +2923,16 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\fSendResponse\x12#\n" +
 	"\rbytes_written\x18\x01 \x01(\x04R\fbytesWritten\x12/\n" +
 	"\x13connections_reached\x18\x02 \x01(\rR\x12connectionsReached\x12'\n" +
-	"\x05reply\x18\x03 \x01(\v2\x11.tcpgate.v1.ReplyR\x05reply\"\xf5\x01\n" +
+	"\x05reply\x18\x03 \x01(\v2\x11.tcpgate.v1.ReplyR\x05reply\"\xb7\x02\n" +
 	"\x10SubscribeRequest\x12!\n" +
 	"\flistener_ids\x18\x01 \x03(\tR\vlistenerIds\x12%\n" +
 	"\x0econnection_ids\x18\x02 \x03(\tR\rconnectionIds\x12+\n" +
 	"\x05kinds\x18\x03 \x03(\x0e2\x15.tcpgate.v1.EventKindR\x05kinds\x12%\n" +
 	"\x0esince_sequence\x18\x04 \x01(\x04R\rsinceSequence\x12C\n" +
-	"\rslow_consumer\x18\x05 \x01(\x0e2\x1e.tcpgate.v1.SlowConsumerPolicyR\fslowConsumer\">\n" +
+	"\rslow_consumer\x18\x05 \x01(\x0e2\x1e.tcpgate.v1.SlowConsumerPolicyR\fslowConsumer\x12@\n" +
+	"\x0epayload_format\x18\x06 \x01(\x0e2\x19.tcpgate.v1.PayloadFormatR\rpayloadFormat\">\n" +
 	"\x11SubscribeResponse\x12)\n" +
-	"\x06events\x18\x01 \x03(\v2\x11.tcpgate.v1.EventR\x06events\"\xb1\x03\n" +
+	"\x06events\x18\x01 \x03(\v2\x11.tcpgate.v1.EventR\x06events\"\xcb\x03\n" +
 	"\x05Event\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12)\n" +
@@ -2647,7 +2947,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\fclose_reason\x18\n" +
 	" \x01(\x0e2\x17.tcpgate.v1.CloseReasonR\vcloseReason\x12\x18\n" +
 	"\adropped\x18\v \x01(\x04R\adropped\x12!\n" +
-	"\fpeer_subject\x18\f \x01(\tR\vpeerSubject*\xac\x01\n" +
+	"\fpeer_subject\x18\f \x01(\tR\vpeerSubject\x12\x18\n" +
+	"\apartial\x18\r \x01(\bR\apartial*\xac\x01\n" +
 	"\vFramingMode\x12\x1c\n" +
 	"\x18FRAMING_MODE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10FRAMING_MODE_RAW\x10\x01\x12\x15\n" +
@@ -2670,7 +2971,16 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x0fAWAIT_MODE_NONE\x10\x01\x12\x19\n" +
 	"\x15AWAIT_MODE_FIRST_READ\x10\x02\x12\x14\n" +
 	"\x10AWAIT_MODE_FRAME\x10\x03\x12\x1a\n" +
-	"\x16AWAIT_MODE_UNTIL_CLOSE\x10\x04*\xe1\x01\n" +
+	"\x16AWAIT_MODE_UNTIL_CLOSE\x10\x04*W\n" +
+	"\tOnTimeout\x12\x1a\n" +
+	"\x16ON_TIMEOUT_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14ON_TIMEOUT_KEEP_OPEN\x10\x01\x12\x14\n" +
+	"\x10ON_TIMEOUT_CLOSE\x10\x02*\x82\x01\n" +
+	"\rPayloadFormat\x12\x1e\n" +
+	"\x1aPAYLOAD_FORMAT_UNSPECIFIED\x10\x00\x12\x1f\n" +
+	"\x1bPAYLOAD_FORMAT_TEXT_OR_DATA\x10\x01\x12\x17\n" +
+	"\x13PAYLOAD_FORMAT_DATA\x10\x02\x12\x17\n" +
+	"\x13PAYLOAD_FORMAT_BOTH\x10\x03*\xe1\x01\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bEVENT_KIND_LISTENER_STARTED\x10\x01\x12\x1f\n" +
@@ -2678,7 +2988,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1cEVENT_KIND_CONNECTION_OPENED\x10\x03\x12\x13\n" +
 	"\x0fEVENT_KIND_DATA\x10\x04\x12 \n" +
 	"\x1cEVENT_KIND_CONNECTION_CLOSED\x10\x05\x12\x1d\n" +
-	"\x19EVENT_KIND_EVENTS_DROPPED\x10\x06*\x87\x03\n" +
+	"\x19EVENT_KIND_EVENTS_DROPPED\x10\x06*\xa7\x03\n" +
 	"\vCloseReason\x12\x1c\n" +
 	"\x18CLOSE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CLOSE_REASON_PEER_CLOSED\x10\x01\x12\x1b\n" +
@@ -2692,7 +3002,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1aCLOSE_REASON_LIMIT_REACHED\x10\t\x12\x19\n" +
 	"\x15CLOSE_REASON_SHUTDOWN\x10\n" +
 	"\x12%\n" +
-	"!CLOSE_REASON_TLS_HANDSHAKE_FAILED\x10\v*\xac\x01\n" +
+	"!CLOSE_REASON_TLS_HANDSHAKE_FAILED\x10\v\x12\x1e\n" +
+	"\x1aCLOSE_REASON_REPLY_TIMEOUT\x10\f*\xac\x01\n" +
 	"\x12SlowConsumerPolicy\x12$\n" +
 	" SLOW_CONSUMER_POLICY_UNSPECIFIED\x10\x00\x12$\n" +
 	" SLOW_CONSUMER_POLICY_DROP_OLDEST\x10\x01\x12#\n" +
@@ -2720,99 +3031,106 @@ func file_tcpgate_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_tcpgate_v1_gateway_proto_rawDescData
 }
 
-var file_tcpgate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_tcpgate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_tcpgate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
+var file_tcpgate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_tcpgate_v1_gateway_proto_goTypes = []any{
 	(FramingMode)(0),                // 0: tcpgate.v1.FramingMode
 	(AutoReplyMode)(0),              // 1: tcpgate.v1.AutoReplyMode
 	(ListenerState)(0),              // 2: tcpgate.v1.ListenerState
 	(AwaitMode)(0),                  // 3: tcpgate.v1.AwaitMode
-	(EventKind)(0),                  // 4: tcpgate.v1.EventKind
-	(CloseReason)(0),                // 5: tcpgate.v1.CloseReason
-	(SlowConsumerPolicy)(0),         // 6: tcpgate.v1.SlowConsumerPolicy
-	(*Framing)(nil),                 // 7: tcpgate.v1.Framing
-	(*AutoReply)(nil),               // 8: tcpgate.v1.AutoReply
-	(*Listener)(nil),                // 9: tcpgate.v1.Listener
-	(*ListenerTLS)(nil),             // 10: tcpgate.v1.ListenerTLS
-	(*Connection)(nil),              // 11: tcpgate.v1.Connection
-	(*StartListenerRequest)(nil),    // 12: tcpgate.v1.StartListenerRequest
-	(*StartListenerResponse)(nil),   // 13: tcpgate.v1.StartListenerResponse
-	(*StopListenerRequest)(nil),     // 14: tcpgate.v1.StopListenerRequest
-	(*StopListenerResponse)(nil),    // 15: tcpgate.v1.StopListenerResponse
-	(*GetListenerRequest)(nil),      // 16: tcpgate.v1.GetListenerRequest
-	(*GetListenerResponse)(nil),     // 17: tcpgate.v1.GetListenerResponse
-	(*ListListenersRequest)(nil),    // 18: tcpgate.v1.ListListenersRequest
-	(*ListListenersResponse)(nil),   // 19: tcpgate.v1.ListListenersResponse
-	(*ListConnectionsRequest)(nil),  // 20: tcpgate.v1.ListConnectionsRequest
-	(*ListConnectionsResponse)(nil), // 21: tcpgate.v1.ListConnectionsResponse
-	(*CloseConnectionRequest)(nil),  // 22: tcpgate.v1.CloseConnectionRequest
-	(*CloseConnectionResponse)(nil), // 23: tcpgate.v1.CloseConnectionResponse
-	(*AwaitReply)(nil),              // 24: tcpgate.v1.AwaitReply
-	(*SendRequest)(nil),             // 25: tcpgate.v1.SendRequest
-	(*DialTLS)(nil),                 // 26: tcpgate.v1.DialTLS
-	(*Reply)(nil),                   // 27: tcpgate.v1.Reply
-	(*SendResponse)(nil),            // 28: tcpgate.v1.SendResponse
-	(*SubscribeRequest)(nil),        // 29: tcpgate.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),       // 30: tcpgate.v1.SubscribeResponse
-	(*Event)(nil),                   // 31: tcpgate.v1.Event
-	(*timestamppb.Timestamp)(nil),   // 32: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 33: google.protobuf.Duration
+	(OnTimeout)(0),                  // 4: tcpgate.v1.OnTimeout
+	(PayloadFormat)(0),              // 5: tcpgate.v1.PayloadFormat
+	(EventKind)(0),                  // 6: tcpgate.v1.EventKind
+	(CloseReason)(0),                // 7: tcpgate.v1.CloseReason
+	(SlowConsumerPolicy)(0),         // 8: tcpgate.v1.SlowConsumerPolicy
+	(*Framing)(nil),                 // 9: tcpgate.v1.Framing
+	(*AutoReply)(nil),               // 10: tcpgate.v1.AutoReply
+	(*Listener)(nil),                // 11: tcpgate.v1.Listener
+	(*ListenerTLS)(nil),             // 12: tcpgate.v1.ListenerTLS
+	(*Connection)(nil),              // 13: tcpgate.v1.Connection
+	(*StartListenerRequest)(nil),    // 14: tcpgate.v1.StartListenerRequest
+	(*StartListenerResponse)(nil),   // 15: tcpgate.v1.StartListenerResponse
+	(*StopListenerRequest)(nil),     // 16: tcpgate.v1.StopListenerRequest
+	(*StopListenerResponse)(nil),    // 17: tcpgate.v1.StopListenerResponse
+	(*GetListenerRequest)(nil),      // 18: tcpgate.v1.GetListenerRequest
+	(*GetListenerResponse)(nil),     // 19: tcpgate.v1.GetListenerResponse
+	(*ListListenersRequest)(nil),    // 20: tcpgate.v1.ListListenersRequest
+	(*ListListenersResponse)(nil),   // 21: tcpgate.v1.ListListenersResponse
+	(*ListConnectionsRequest)(nil),  // 22: tcpgate.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil), // 23: tcpgate.v1.ListConnectionsResponse
+	(*CloseConnectionRequest)(nil),  // 24: tcpgate.v1.CloseConnectionRequest
+	(*CloseConnectionResponse)(nil), // 25: tcpgate.v1.CloseConnectionResponse
+	(*AwaitReply)(nil),              // 26: tcpgate.v1.AwaitReply
+	(*ReplyMatch)(nil),              // 27: tcpgate.v1.ReplyMatch
+	(*SendRequest)(nil),             // 28: tcpgate.v1.SendRequest
+	(*DialTLS)(nil),                 // 29: tcpgate.v1.DialTLS
+	(*Reply)(nil),                   // 30: tcpgate.v1.Reply
+	(*SendResponse)(nil),            // 31: tcpgate.v1.SendResponse
+	(*SubscribeRequest)(nil),        // 32: tcpgate.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),       // 33: tcpgate.v1.SubscribeResponse
+	(*Event)(nil),                   // 34: tcpgate.v1.Event
+	(*timestamppb.Timestamp)(nil),   // 35: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 36: google.protobuf.Duration
 }
 var file_tcpgate_v1_gateway_proto_depIdxs = []int32{
 	0,  // 0: tcpgate.v1.Framing.mode:type_name -> tcpgate.v1.FramingMode
 	1,  // 1: tcpgate.v1.AutoReply.mode:type_name -> tcpgate.v1.AutoReplyMode
 	2,  // 2: tcpgate.v1.Listener.state:type_name -> tcpgate.v1.ListenerState
-	7,  // 3: tcpgate.v1.Listener.framing:type_name -> tcpgate.v1.Framing
-	8,  // 4: tcpgate.v1.Listener.auto_reply:type_name -> tcpgate.v1.AutoReply
-	32, // 5: tcpgate.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
-	33, // 6: tcpgate.v1.Listener.idle_timeout:type_name -> google.protobuf.Duration
-	33, // 7: tcpgate.v1.Listener.half_close_timeout:type_name -> google.protobuf.Duration
-	32, // 8: tcpgate.v1.Connection.opened_at:type_name -> google.protobuf.Timestamp
-	7,  // 9: tcpgate.v1.StartListenerRequest.framing:type_name -> tcpgate.v1.Framing
-	8,  // 10: tcpgate.v1.StartListenerRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
-	33, // 11: tcpgate.v1.StartListenerRequest.idle_timeout:type_name -> google.protobuf.Duration
-	10, // 12: tcpgate.v1.StartListenerRequest.tls:type_name -> tcpgate.v1.ListenerTLS
-	33, // 13: tcpgate.v1.StartListenerRequest.half_close_timeout:type_name -> google.protobuf.Duration
-	9,  // 14: tcpgate.v1.StartListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	33, // 15: tcpgate.v1.StopListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
-	9,  // 16: tcpgate.v1.StopListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	9,  // 17: tcpgate.v1.GetListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	9,  // 18: tcpgate.v1.ListListenersResponse.listeners:type_name -> tcpgate.v1.Listener
-	11, // 19: tcpgate.v1.ListConnectionsResponse.connections:type_name -> tcpgate.v1.Connection
-	11, // 20: tcpgate.v1.CloseConnectionResponse.connection:type_name -> tcpgate.v1.Connection
+	9,  // 3: tcpgate.v1.Listener.framing:type_name -> tcpgate.v1.Framing
+	10, // 4: tcpgate.v1.Listener.auto_reply:type_name -> tcpgate.v1.AutoReply
+	35, // 5: tcpgate.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
+	36, // 6: tcpgate.v1.Listener.idle_timeout:type_name -> google.protobuf.Duration
+	36, // 7: tcpgate.v1.Listener.half_close_timeout:type_name -> google.protobuf.Duration
+	35, // 8: tcpgate.v1.Connection.opened_at:type_name -> google.protobuf.Timestamp
+	9,  // 9: tcpgate.v1.StartListenerRequest.framing:type_name -> tcpgate.v1.Framing
+	10, // 10: tcpgate.v1.StartListenerRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
+	36, // 11: tcpgate.v1.StartListenerRequest.idle_timeout:type_name -> google.protobuf.Duration
+	12, // 12: tcpgate.v1.StartListenerRequest.tls:type_name -> tcpgate.v1.ListenerTLS
+	36, // 13: tcpgate.v1.StartListenerRequest.half_close_timeout:type_name -> google.protobuf.Duration
+	11, // 14: tcpgate.v1.StartListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	36, // 15: tcpgate.v1.StopListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
+	11, // 16: tcpgate.v1.StopListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	11, // 17: tcpgate.v1.GetListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	11, // 18: tcpgate.v1.ListListenersResponse.listeners:type_name -> tcpgate.v1.Listener
+	13, // 19: tcpgate.v1.ListConnectionsResponse.connections:type_name -> tcpgate.v1.Connection
+	13, // 20: tcpgate.v1.CloseConnectionResponse.connection:type_name -> tcpgate.v1.Connection
 	3,  // 21: tcpgate.v1.AwaitReply.mode:type_name -> tcpgate.v1.AwaitMode
-	7,  // 22: tcpgate.v1.AwaitReply.framing:type_name -> tcpgate.v1.Framing
-	24, // 23: tcpgate.v1.SendRequest.await_reply:type_name -> tcpgate.v1.AwaitReply
-	33, // 24: tcpgate.v1.SendRequest.timeout:type_name -> google.protobuf.Duration
-	26, // 25: tcpgate.v1.SendRequest.tls:type_name -> tcpgate.v1.DialTLS
-	27, // 26: tcpgate.v1.SendResponse.reply:type_name -> tcpgate.v1.Reply
-	4,  // 27: tcpgate.v1.SubscribeRequest.kinds:type_name -> tcpgate.v1.EventKind
-	6,  // 28: tcpgate.v1.SubscribeRequest.slow_consumer:type_name -> tcpgate.v1.SlowConsumerPolicy
-	31, // 29: tcpgate.v1.SubscribeResponse.events:type_name -> tcpgate.v1.Event
-	32, // 30: tcpgate.v1.Event.time:type_name -> google.protobuf.Timestamp
-	4,  // 31: tcpgate.v1.Event.kind:type_name -> tcpgate.v1.EventKind
-	5,  // 32: tcpgate.v1.Event.close_reason:type_name -> tcpgate.v1.CloseReason
-	12, // 33: tcpgate.v1.GatewayService.StartListener:input_type -> tcpgate.v1.StartListenerRequest
-	14, // 34: tcpgate.v1.GatewayService.StopListener:input_type -> tcpgate.v1.StopListenerRequest
-	16, // 35: tcpgate.v1.GatewayService.GetListener:input_type -> tcpgate.v1.GetListenerRequest
-	18, // 36: tcpgate.v1.GatewayService.ListListeners:input_type -> tcpgate.v1.ListListenersRequest
-	20, // 37: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
-	22, // 38: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
-	25, // 39: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
-	29, // 40: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
-	13, // 41: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
-	15, // 42: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
-	17, // 43: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
-	19, // 44: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
-	21, // 45: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
-	23, // 46: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
-	28, // 47: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
-	30, // 48: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
-	41, // [41:49] is the sub-list for method output_type
-	33, // [33:41] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	9,  // 22: tcpgate.v1.AwaitReply.framing:type_name -> tcpgate.v1.Framing
+	5,  // 23: tcpgate.v1.AwaitReply.payload_format:type_name -> tcpgate.v1.PayloadFormat
+	27, // 24: tcpgate.v1.AwaitReply.match:type_name -> tcpgate.v1.ReplyMatch
+	4,  // 25: tcpgate.v1.AwaitReply.on_timeout:type_name -> tcpgate.v1.OnTimeout
+	26, // 26: tcpgate.v1.SendRequest.await_reply:type_name -> tcpgate.v1.AwaitReply
+	36, // 27: tcpgate.v1.SendRequest.timeout:type_name -> google.protobuf.Duration
+	29, // 28: tcpgate.v1.SendRequest.tls:type_name -> tcpgate.v1.DialTLS
+	30, // 29: tcpgate.v1.SendResponse.reply:type_name -> tcpgate.v1.Reply
+	6,  // 30: tcpgate.v1.SubscribeRequest.kinds:type_name -> tcpgate.v1.EventKind
+	8,  // 31: tcpgate.v1.SubscribeRequest.slow_consumer:type_name -> tcpgate.v1.SlowConsumerPolicy
+	5,  // 32: tcpgate.v1.SubscribeRequest.payload_format:type_name -> tcpgate.v1.PayloadFormat
+	34, // 33: tcpgate.v1.SubscribeResponse.events:type_name -> tcpgate.v1.Event
+	35, // 34: tcpgate.v1.Event.time:type_name -> google.protobuf.Timestamp
+	6,  // 35: tcpgate.v1.Event.kind:type_name -> tcpgate.v1.EventKind
+	7,  // 36: tcpgate.v1.Event.close_reason:type_name -> tcpgate.v1.CloseReason
+	14, // 37: tcpgate.v1.GatewayService.StartListener:input_type -> tcpgate.v1.StartListenerRequest
+	16, // 38: tcpgate.v1.GatewayService.StopListener:input_type -> tcpgate.v1.StopListenerRequest
+	18, // 39: tcpgate.v1.GatewayService.GetListener:input_type -> tcpgate.v1.GetListenerRequest
+	20, // 40: tcpgate.v1.GatewayService.ListListeners:input_type -> tcpgate.v1.ListListenersRequest
+	22, // 41: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
+	24, // 42: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
+	28, // 43: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
+	32, // 44: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
+	15, // 45: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
+	17, // 46: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
+	19, // 47: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
+	21, // 48: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
+	23, // 49: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
+	25, // 50: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
+	31, // 51: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
+	33, // 52: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
+	45, // [45:53] is the sub-list for method output_type
+	37, // [37:45] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_tcpgate_v1_gateway_proto_init() }
@@ -2825,6 +3143,11 @@ func file_tcpgate_v1_gateway_proto_init() {
 		(*AutoReply_Data)(nil),
 	}
 	file_tcpgate_v1_gateway_proto_msgTypes[18].OneofWrappers = []any{
+		(*ReplyMatch_Prefix)(nil),
+		(*ReplyMatch_PrefixData)(nil),
+		(*ReplyMatch_Regex)(nil),
+	}
+	file_tcpgate_v1_gateway_proto_msgTypes[19].OneofWrappers = []any{
 		(*SendRequest_Address)(nil),
 		(*SendRequest_ConnectionId)(nil),
 		(*SendRequest_ListenerId)(nil),
@@ -2836,8 +3159,8 @@ func file_tcpgate_v1_gateway_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tcpgate_v1_gateway_proto_rawDesc), len(file_tcpgate_v1_gateway_proto_rawDesc)),
-			NumEnums:      7,
-			NumMessages:   25,
+			NumEnums:      9,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

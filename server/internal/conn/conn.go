@@ -4,27 +4,18 @@
 package conn
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
 )
-
-// readBufferSize is the most one read takes: large enough that a fast sender
-// needs few reads, and the buffer is pooled so idle connections hold none.
-const readBufferSize = 64 << 10
 
 // DefaultWriteTimeout bounds a write when Config.WriteTimeout is 0: a peer
 // that stops reading for this long is considered gone.
@@ -33,8 +24,6 @@ const DefaultWriteTimeout = 10 * time.Second
 // handshakeTimeout bounds a TLS handshake: a client that connects and says
 // nothing must not hold a connection slot for long.
 const handshakeTimeout = 10 * time.Second
-
-var readBuffers = sync.Pool{New: func() any { b := make([]byte, readBufferSize); return &b }}
 
 // Errors returned by Send.
 var (
@@ -105,18 +94,6 @@ type Config struct {
 	Closed func(reason event.CloseReason)
 }
 
-// ReplyMode says what reply Send waits for on a connection.
-type ReplyMode int
-
-const (
-	// NoReply returns after the write.
-	NoReply ReplyMode = iota
-	// NextFrame waits for the next frame the connection receives.
-	NextFrame
-	// UntilClose collects every frame until the connection closes.
-	UntilClose
-)
-
 // Conn is one accepted connection. Create it with New and run Serve.
 type Conn struct {
 	cfg      Config
@@ -142,14 +119,6 @@ type Conn struct {
 	halfClosed bool
 	reason     event.CloseReason // the first reason given to Close
 	subject    string            // the TLS peer's certificate subject, set before OPENED
-}
-
-type awaiter struct {
-	mode  ReplyMode
-	limit int
-	buf   []byte
-	err   error
-	done  chan struct{}
 }
 
 // New wraps an accepted connection. ctx bounds its life: when it ends, the
@@ -331,283 +300,4 @@ func (c *Conn) PeerSubject() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.subject
-}
-
-// readLoop reads until an error and returns the close reason it implies.
-func (c *Conn) readLoop(splitter *framing.Splitter) event.CloseReason {
-	maxRead := readBufferSize
-	if c.cfg.Framing.Mode == framing.Raw && c.cfg.Framing.MaxFrameBytes < maxRead {
-		maxRead = c.cfg.Framing.MaxFrameBytes
-	}
-	var frames [][]byte
-	emit := func(f []byte) { frames = append(frames, f) }
-	drained := true
-	for {
-		if c.cfg.IdleTimeout > 0 {
-			_ = c.nc.SetReadDeadline(time.Now().Add(c.cfg.IdleTimeout))
-		}
-		chunk, err := c.read(maxRead, drained)
-		drained = len(chunk) < maxRead
-		if len(chunk) > 0 {
-			n := uint64(len(chunk))
-			c.counters.BytesIn.Add(n)
-			for _, a := range c.cfg.Aggregates {
-				a.BytesIn.Add(n)
-			}
-			frames = frames[:0]
-			ferr := splitter.Feed(chunk, emit)
-			if len(frames) > 0 && !c.frames(frames) {
-				return event.ReasonUnspecified // closed while waiting; Close set the reason
-			}
-			clear(frames)
-			if ferr != nil {
-				return event.ReasonFrameTooLarge
-			}
-		}
-		if err != nil {
-			return readReason(err, c.cfg.IdleTimeout > 0)
-		}
-	}
-}
-
-// read returns the next bytes in a slice of their own: frames cut from it
-// are published and never change. When the previous read drained the socket
-// it first waits for readability without a buffer, so an idle connection
-// holds none; a busy one reads straight into a pooled buffer.
-func (c *Conn) read(max int, wait bool) ([]byte, error) {
-	if wait {
-		if err := waitReadable(c.nc); err != nil {
-			return nil, err
-		}
-	}
-	bp := readBuffers.Get().(*[]byte)
-	n, err := c.nc.Read((*bp)[:max])
-	var chunk []byte
-	if n > 0 {
-		chunk = bytes.Clone((*bp)[:n]) // no zeroing, unlike make
-	}
-	readBuffers.Put(bp)
-	return chunk, err
-}
-
-func readReason(err error, idle bool) event.CloseReason {
-	switch {
-	case errors.Is(err, io.EOF):
-		return event.ReasonPeerClosed
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
-		return event.ReasonPeerReset
-	case idle && errors.Is(err, os.ErrDeadlineExceeded):
-		return event.ReasonIdleTimeout
-	}
-	return event.ReasonReadError
-}
-
-// frames publishes frames in order, answers awaiters and auto replies. It
-// reports false when the connection closed while a publish was waiting.
-func (c *Conn) frames(frames [][]byte) bool {
-	n := uint64(len(frames))
-	c.counters.FramesIn.Add(n)
-	for _, a := range c.cfg.Aggregates {
-		a.FramesIn.Add(n)
-	}
-	// One allocation for the events of a read, not one per frame.
-	block := make([]event.Event, len(frames))
-	evs := make([]*event.Event, len(frames))
-	now := time.Now()
-	for i, f := range frames {
-		block[i] = event.Event{
-			Time:         now,
-			Kind:         event.Data,
-			ListenerID:   c.cfg.ListenerID,
-			ConnectionID: c.cfg.ID,
-			Data:         f,
-		}
-		evs[i] = &block[i]
-	}
-	if err := c.cfg.Publisher.PublishWait(c.ctx, evs...); err != nil {
-		return false
-	}
-	c.answer(frames)
-	if reply := c.autoReply(frames); len(reply) > 0 {
-		_ = c.write(reply)
-	}
-	return true
-}
-
-// takeAwaitersLocked hands over the awaiters no frame will answer now.
-func (c *Conn) takeAwaitersLocked() []*awaiter {
-	awaiters := c.awaiters
-	c.awaiters = nil
-	return awaiters
-}
-
-// settle ends the waits of awaiters that no more frames will come for: an
-// UntilClose reply is complete with what came, any other fails with err
-// (unless it failed already).
-func settle(awaiters []*awaiter, err error) {
-	for _, a := range awaiters {
-		if a.mode != UntilClose && a.err == nil {
-			a.err = err
-		}
-		close(a.done)
-	}
-}
-
-// dropAwaiter forgets a, whose send failed to write: no reply is meant for
-// it.
-func (c *Conn) dropAwaiter(a *awaiter) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if i := slices.Index(c.awaiters, a); i >= 0 {
-		c.awaiters = slices.Delete(c.awaiters, i, i+1)
-	}
-}
-
-// answer hands frames to awaiting senders, oldest first.
-func (c *Conn) answer(frames [][]byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, f := range frames {
-		if len(c.awaiters) == 0 {
-			return
-		}
-		a := c.awaiters[0]
-		if len(a.buf)+len(f) > a.limit {
-			a.err = fmt.Errorf("awaiting reply on %s: more than %d bytes (await_reply.max_bytes): %w", c.cfg.ID, a.limit, ErrReplyTooLarge)
-		} else {
-			a.buf = append(a.buf, f...)
-		}
-		if a.mode == NextFrame || a.err != nil {
-			close(a.done)
-			c.awaiters[0] = nil
-			c.awaiters = c.awaiters[1:]
-		}
-	}
-}
-
-func (c *Conn) autoReply(frames [][]byte) []byte {
-	switch c.cfg.AutoReply.Mode {
-	case Echo:
-		var out []byte
-		for _, f := range frames {
-			var err error
-			if out, err = c.cfg.Framing.Encode(out, f); err != nil {
-				// A frame the framing cannot encode back (none today) is skipped.
-				continue
-			}
-		}
-		return out
-	case Fixed:
-		out := make([]byte, 0, len(frames)*len(c.cfg.AutoReply.Payload))
-		for range frames {
-			out = append(out, c.cfg.AutoReply.Payload...)
-		}
-		return out
-	}
-	return nil
-}
-
-// write writes p in its turn with the write timeout. A failed write
-// closes the connection: the peer is not reading.
-func (c *Conn) write(p []byte) error {
-	c.writeTurn <- struct{}{}
-	defer func() { <-c.writeTurn }()
-	return c.writeInTurn(p, time.Time{})
-}
-
-// writeInTurn writes p, the caller holding the write turn, within the write
-// timeout and by deadline when that is sooner (zero: no deadline of its
-// own). A write that fails or times out after writing part of p closes the
-// connection, whose byte stream now holds a partial message; one that ran
-// out of the caller's time before writing a byte leaves it open.
-func (c *Conn) writeInTurn(p []byte, deadline time.Time) error {
-	dl := time.Now().Add(c.cfg.WriteTimeout)
-	callers := !deadline.IsZero() && deadline.Before(dl)
-	if callers {
-		dl = deadline
-	}
-	_ = c.nc.SetWriteDeadline(dl)
-	n, err := c.nc.Write(p)
-	c.counters.BytesOut.Add(uint64(n))
-	if n > 0 {
-		c.counters.FramesOut.Add(1)
-	}
-	for _, a := range c.cfg.Aggregates {
-		a.BytesOut.Add(uint64(n))
-		if n > 0 {
-			a.FramesOut.Add(1)
-		}
-	}
-	if err == nil {
-		return nil
-	}
-	timedOut := errors.Is(err, os.ErrDeadlineExceeded)
-	if callers && timedOut && n == 0 {
-		return fmt.Errorf("writing to %s: peer took nothing before the send's timeout: %w", c.cfg.ID, context.DeadlineExceeded)
-	}
-	c.Close(event.ReasonWriteError)
-	switch {
-	case callers && timedOut:
-		return fmt.Errorf("writing to %s: peer took %d of %d bytes before the send's timeout; the connection is closed: %w", c.cfg.ID, n, len(p), context.DeadlineExceeded)
-	case timedOut:
-		return fmt.Errorf("writing to %s: peer did not read for %s: %w", c.cfg.ID, c.cfg.WriteTimeout, ErrWriteTimeout)
-	}
-	return fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
-}
-
-// Send writes p and, with a reply mode, waits for the reply. Sends on one
-// connection are written in call order and their replies are matched in the
-// same order. maxReply bounds the reply. The context bounds the whole send:
-// the wait for its turn to write, the write (which the write timeout bounds
-// too) and the wait for the reply.
-func (c *Conn) Send(ctx context.Context, p []byte, mode ReplyMode, maxReply int) ([]byte, error) {
-	select {
-	case c.writeTurn <- struct{}{}:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("writing to %s: waiting for earlier sends to be written: %w", c.cfg.ID, ctx.Err())
-	case <-c.ctx.Done():
-		return nil, fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
-	}
-	var a *awaiter
-	if mode != NoReply {
-		a = &awaiter{mode: mode, limit: maxReply, done: make(chan struct{})}
-		c.mu.Lock()
-		closed, halfClosed := c.reason != event.ReasonUnspecified, c.halfClosed
-		if !closed && !halfClosed {
-			c.awaiters = append(c.awaiters, a)
-		}
-		c.mu.Unlock()
-		switch {
-		case closed:
-			<-c.writeTurn
-			return nil, fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
-		case halfClosed:
-			// Nothing written: the caller asked for a reply that cannot come.
-			<-c.writeTurn
-			return nil, fmt.Errorf("writing to %s: %w; send without await_reply", c.cfg.ID, ErrHalfClosed)
-		}
-	}
-	deadline, _ := ctx.Deadline()
-	err := c.writeInTurn(p, deadline)
-	if err != nil && a != nil {
-		c.dropAwaiter(a)
-	}
-	<-c.writeTurn
-	if err != nil || a == nil {
-		return nil, err
-	}
-	select {
-	case <-a.done:
-		c.mu.Lock()
-		buf, err := a.buf, a.err
-		c.mu.Unlock()
-		if err != nil {
-			return nil, err
-		}
-		return buf, nil
-	case <-ctx.Done():
-		// The awaiter keeps its place, so the reply meant for this send is
-		// discarded when it comes instead of answering a later send.
-		return nil, ctx.Err()
-	}
 }

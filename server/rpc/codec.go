@@ -106,9 +106,10 @@ func isText(e *event.Event) bool {
 // split returns where the payload goes in enc, e's memo (see above).
 func split(e *event.Event, enc []byte, text bool) (mid, tail int) {
 	tail = len(enc)
-	if e.CloseReason != event.ReasonUnspecified || e.Dropped != 0 || e.PeerSubject != "" {
+	if e.CloseReason != event.ReasonUnspecified || e.Dropped != 0 || e.PeerSubject != "" || e.Partial {
 		tail -= sizeVarint(fCloseReason, closeReason(e.CloseReason)) +
-			sizeVarint(fDropped, e.Dropped) + sizeString(fPeerSubject, len(e.PeerSubject))
+			sizeVarint(fDropped, e.Dropped) + sizeString(fPeerSubject, len(e.PeerSubject)) +
+			sizeVarint(fPartial, btou(e.Partial))
 	}
 	mid = tail
 	if text {
@@ -139,6 +140,7 @@ const (
 	fCloseReason   protowire.Number = 10
 	fDropped       protowire.Number = 11
 	fPeerSubject   protowire.Number = 12
+	fPartial       protowire.Number = 13
 	fSeconds       protowire.Number = 1 // Timestamp.seconds
 	fNanos         protowire.Number = 2 // Timestamp.nanos
 )
@@ -182,7 +184,8 @@ func encodeEvent(e *event.Event) ([]byte, error) {
 		sizeString(fData, len(e.Data)) +
 		sizeVarint(fCloseReason, reason) +
 		sizeVarint(fDropped, e.Dropped) +
-		sizeString(fPeerSubject, len(e.PeerSubject))
+		sizeString(fPeerSubject, len(e.PeerSubject)) +
+		sizeVarint(fPartial, btou(e.Partial))
 	if isText {
 		n += sizeString(fText, len(e.Data))
 	}
@@ -210,11 +213,14 @@ func encodeEvent(e *event.Event) ([]byte, error) {
 	b = appendVarint(b, fCloseReason, reason)
 	b = appendVarint(b, fDropped, e.Dropped)
 	b = appendString(b, fPeerSubject, e.PeerSubject)
+	b = appendVarint(b, fPartial, btou(e.Partial))
 	if len(b) != cap(b) {
 		return nil, fmt.Errorf("tcpgate: encoding event %d: %d bytes, want %d", e.Sequence, len(b), cap(b))
 	}
 	return b, nil
 }
+
+func btou(b bool) uint64 { return uint64(btoi(b)) }
 
 func btoi(b bool) int {
 	if b {

@@ -114,6 +114,8 @@ func TestCodecEvents(t *testing.T) {
 		{"largest frame", &event.Event{Sequence: 15, Time: t0, Kind: event.Data, Data: huge}},
 		{"closed", &event.Event{Sequence: 16, Time: t0, Kind: event.ConnectionClosed, ListenerID: "l1", ConnectionID: "c1", CloseReason: event.ReasonFrameTooLarge}},
 		{"closed with partial frame", &event.Event{Sequence: 17, Time: t0, Kind: event.ConnectionClosed, ConnectionID: "c1", CloseReason: event.ReasonPeerClosed, Data: []byte("partial")}},
+		{"partial frame", &event.Event{Sequence: 17, Time: t0, Kind: event.Data, ConnectionID: "c1", Data: []byte("partial"), Partial: true}},
+		{"partial binary frame", &event.Event{Sequence: 17, Time: t0, Kind: event.Data, Data: binBig, Partial: true}},
 		{"closed tls", &event.Event{Sequence: 18, Time: t0, Kind: event.ConnectionClosed, CloseReason: event.ReasonTLSHandshake}},
 		{"dropped marker", &event.Event{Time: t0, Kind: event.EventsDropped, Dropped: 17}},
 		{"dropped marker, huge count", &event.Event{Time: t0, Kind: event.EventsDropped, Dropped: math.MaxUint64}},

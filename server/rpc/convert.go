@@ -189,6 +189,7 @@ var closeReasons = map[event.CloseReason]tcpgatev1.CloseReason{
 	event.ReasonLimitReached:    tcpgatev1.CloseReason_CLOSE_REASON_LIMIT_REACHED,
 	event.ReasonShutdown:        tcpgatev1.CloseReason_CLOSE_REASON_SHUTDOWN,
 	event.ReasonTLSHandshake:    tcpgatev1.CloseReason_CLOSE_REASON_TLS_HANDSHAKE_FAILED,
+	event.ReasonReplyTimeout:    tcpgatev1.CloseReason_CLOSE_REASON_REPLY_TIMEOUT,
 }
 
 var policies = map[tcpgatev1.SlowConsumerPolicy]hub.Policy{
@@ -220,6 +221,7 @@ func eventToProto(dst *tcpgatev1.Event, e *event.Event) {
 	dst.CloseReason = closeReasons[e.CloseReason]
 	dst.Dropped = e.Dropped
 	dst.PeerSubject = e.PeerSubject
+	dst.Partial = e.Partial
 }
 
 func durationFromProto(field string, d *durationpb.Duration, def time.Duration) (time.Duration, error) {

@@ -61,6 +61,7 @@ const (
 	ReasonLimitReached
 	ReasonShutdown
 	ReasonTLSHandshake
+	ReasonReplyTimeout
 )
 
 // String returns the reason's lowercase name.
@@ -88,6 +89,8 @@ func (r CloseReason) String() string {
 		return "shutdown"
 	case ReasonTLSHandshake:
 		return "tls_handshake_failed"
+	case ReasonReplyTimeout:
+		return "reply_timeout"
 	}
 	return "unspecified"
 }
@@ -112,6 +115,9 @@ type Event struct {
 	// PeerSubject is the subject of the peer's TLS client certificate, on
 	// ConnectionOpened.
 	PeerSubject string
+	// Partial marks a Data event whose frame is incomplete: the bytes of a
+	// frame begun but not finished when the connection closed.
+	Partial bool
 
 	// Set by Seal, when the event is published.
 	size   int

@@ -48,8 +48,9 @@ func TestCloseReasonString(t *testing.T) {
 		{event.ReasonLimitReached, "limit_reached"},
 		{event.ReasonShutdown, "shutdown"},
 		{event.ReasonTLSHandshake, "tls_handshake_failed"},
+		{event.ReasonReplyTimeout, "reply_timeout"},
 		{event.CloseReason(-1), "unspecified"},
-		{event.ReasonTLSHandshake + 1, "unspecified"},
+		{event.ReasonReplyTimeout + 1, "unspecified"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {

@@ -123,7 +123,7 @@ type Registry struct {
 	nextID atomic.Uint64  // for generated listener ids
 	connID atomic.Uint64
 	totals conn.Counters // over every connection ever
-	closed [event.ReasonTLSHandshake + 1]atomic.Uint64
+	closed [event.ReasonReplyTimeout + 1]atomic.Uint64
 
 	mu        sync.Mutex // guards the fields below and every listener's conns and state
 	listeners map[string]*listener

@@ -15,6 +15,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -668,7 +670,7 @@ func secNextOfListener(s *stream, lid string, kind tcpgatev1.EventKind) *tcpgate
 // connections.
 func TestTLSListener(t *testing.T) {
 	pki := secNewPKI(t)
-	g := servertest.Start(t, server.Config{})
+	g := servertest.Start(t, server.Config{TLSFilesDir: filepath.Dir(pki.certFile)})
 	sub := subscribe(t, g, &tcpgatev1.SubscribeRequest{})
 
 	t.Run("TLS", func(t *testing.T) {
@@ -858,14 +860,21 @@ func secTLSPeer(t *testing.T, cfg *tls.Config) (addr string, received *atomic.In
 // certificate when given one.
 func TestTLSSend(t *testing.T) {
 	pki := secNewPKI(t)
-	g := servertest.Start(t, server.Config{})
+	g := servertest.Start(t, server.Config{TLSFilesDir: filepath.Dir(pki.caFile)})
 	serverCert := servertest.KeyPair(t, pki.serverCert, pki.serverKey)
 	addr, received := secTLSPeer(t, &tls.Config{Certificates: []tls.Certificate{serverCert}})
 	mutualAddr, mutualReceived := secTLSPeer(t, &tls.Config{
 		Certificates: []tls.Certificate{serverCert}, ClientCAs: pki.ca.Pool(), ClientAuth: tls.RequireAndVerifyClientCert,
 	})
 	clientCert, clientKey := pki.ca.Issue(t, "tcpgate", nil, nil, true)
-	files := servertest.WriteFiles(t, map[string][]byte{"client.pem": clientCert, "client-key.pem": clientKey})
+	// Next to the CA, in the one directory --tls-files-dir allows.
+	files := map[string]string{}
+	for name, b := range map[string][]byte{"client.pem": clientCert, "client-key.pem": clientKey} {
+		files[name] = filepath.Join(filepath.Dir(pki.caFile), name)
+		if err := os.WriteFile(files[name], b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	send := func(t *testing.T, to string, dt *tcpgatev1.DialTLS) (*tcpgatev1.SendResponse, error) {
 		t.Helper()

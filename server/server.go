@@ -28,6 +28,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/pemfile"
 	"github.com/tcpgate/tcpgate/server/rpc"
 )
 
@@ -118,6 +119,12 @@ type Config struct {
 	// DebugAddr, when set, serves net/http/pprof there (loopback only,
 	// unless Insecure). Empty means no profiling endpoint.
 	DebugAddr string
+	// TLSFilesDir is the one directory whose files the API may name as
+	// cert_file, key_file, ca_file and client_ca_file (and saved state,
+	// which API callers wrote): regular files inside it, after symlinks,
+	// of at most 1 MiB. Empty means paths are refused and PEM is given
+	// inline. See package pemfile.
+	TLSFilesDir string
 	// AllowListen, AllowDial and DenyDial are rule lists (see package
 	// policy) deciding what listeners may bind and what Send may dial. Empty
 	// means the defaults: listeners on any host above port 1023; dials
@@ -186,6 +193,10 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	tlsFiles, err := pemfile.New(cfg.TLSFilesDir)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-files-dir: %w", err)
+	}
 	s := &Server{cfg: cfg, log: log, tls: tlsCfg}
 	var auth *rpc.Auth
 	if cfg.AuthToken != "" {
@@ -214,6 +225,7 @@ func New(cfg Config) (*Server, error) {
 		ListenerMaxConnections: cfg.ListenerMaxConnections,
 		IdleTimeout:            cfg.IdleTimeout,
 		MaxSendBytes:           cfg.MaxSendBytes,
+		TLSFiles:               tlsFiles,
 		Logger:                 log,
 	})
 

@@ -74,6 +74,7 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate: gRPC and REST speak TLS")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
 	f.StringVar(&cfg.ClientCA, "client-ca", "", "PEM CA certificates: clients must present a certificate they signed (mutual TLS)")
+	f.StringVar(&cfg.TLSFilesDir, "tls-files-dir", "", "the directory whose files StartListener and Send may name as cert_file, key_file, ca_file, client_ca_file (default: none, PEM inline only)")
 	f.StringVar(&cfg.DebugAddr, "debug-addr", "", "serve net/http/pprof profiles on this loopback address (default: off)")
 	f.BoolVar(&cfg.Insecure, "insecure", false, "allow a non-loopback --grpc-addr or --http-addr without a token or mutual TLS")
 	f.StringVar(&cfg.AllowListen, "allow-listen", "", "where listeners may bind: HOST[:PORTS] rules, comma-separated (default \"*:1024-65535\")")

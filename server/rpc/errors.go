@@ -15,6 +15,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/framing"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/pemfile"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
 )
 
@@ -44,6 +45,9 @@ var codeOf = []struct {
 	{dialer.ErrReplyTooLarge, codes.ResourceExhausted},
 	{conn.ErrReplyTooLarge, codes.ResourceExhausted},
 	{conn.ErrWriteTimeout, codes.DeadlineExceeded},
+	{pemfile.ErrNoDir, codes.InvalidArgument},
+	{pemfile.ErrNotAllowed, codes.InvalidArgument},
+	{pemfile.ErrTooLarge, codes.InvalidArgument},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 	{context.Canceled, codes.Canceled},
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/framing"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/pemfile"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
 )
 
@@ -45,6 +46,9 @@ func TestToStatusSentinels(t *testing.T) {
 		dialer.ErrReplyTooLarge:      codes.ResourceExhausted,
 		conn.ErrReplyTooLarge:        codes.ResourceExhausted,
 		conn.ErrWriteTimeout:         codes.DeadlineExceeded,
+		pemfile.ErrNoDir:             codes.InvalidArgument,
+		pemfile.ErrNotAllowed:        codes.InvalidArgument,
+		pemfile.ErrTooLarge:          codes.InvalidArgument,
 		context.DeadlineExceeded:     codes.DeadlineExceeded,
 		context.Canceled:             codes.Canceled,
 	}
@@ -90,6 +94,8 @@ func TestToStatusOthers(t *testing.T) {
 	}{
 		{name: "unknown error", err: fmt.Errorf("reading config: %w", secret), code: codes.Internal,
 			noLeak: "secret.key", logged: true},
+		{name: "refused file", err: fmt.Errorf("tls.cert_file: %w", &pemfile.RefusedError{Path: "/etc/tcpgate/secret.key", Cause: secret}),
+			code: codes.InvalidArgument, message: "tls.cert_file: not an allowed file", noLeak: "secret.key"},
 		{name: "status passes through", err: custom, code: codes.PermissionDenied, message: "nope", sameErr: true},
 		{name: "slow consumer", err: &hub.SlowConsumerError{QueueBytes: 1024, Resume: 77}, code: codes.ResourceExhausted,
 			contains: "since_sequence=77"},

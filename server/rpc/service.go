@@ -27,6 +27,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/pemfile"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
 )
 
@@ -74,6 +75,9 @@ type Config struct {
 	// IdleTimeout is the idle_timeout of a listener that sets none; 0 means
 	// never.
 	IdleTimeout time.Duration
+	// TLSFiles reads the cert_file, key_file, ca_file and client_ca_file
+	// of a request, as paths the caller chose; nil refuses every path.
+	TLSFiles *pemfile.Reader
 	// Logger logs internal errors; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -108,7 +112,7 @@ func New(cfg Config) *Service {
 func (s *Service) status(err error) error { return toStatus(s.log, err) }
 
 // StartListener implements GatewayService.StartListener.
-func (s *Service) StartListener(_ context.Context, req *tcpgatev1.StartListenerRequest) (*tcpgatev1.StartListenerResponse, error) {
+func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListenerRequest) (*tcpgatev1.StartListenerResponse, error) {
 	if id := req.GetListenerId(); id != "" && !idPattern.MatchString(id) {
 		return nil, invalid("listener_id", "must be 1 to 64 of A-Z a-z 0-9 . _ ~ -, got %q", id)
 	}
@@ -146,7 +150,7 @@ func (s *Service) StartListener(_ context.Context, req *tcpgatev1.StartListenerR
 			maxConns = limit
 		}
 	}
-	tlsCfg, err := listenerTLS(req.GetTls())
+	tlsCfg, err := s.listenerTLS(ctx, req.GetTls())
 	if err != nil {
 		return nil, err
 	}
@@ -352,7 +356,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 			return nil, invalid("await_reply.framing", "only used with AWAIT_MODE_FRAME")
 		}
 		host, _, _ := net.SplitHostPort(t.Address)
-		tlsCfg, err := dialTLS(req.GetTls(), host)
+		tlsCfg, err := s.dialTLS(ctx, req.GetTls(), host)
 		if err != nil {
 			return nil, err
 		}

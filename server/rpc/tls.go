@@ -1,75 +1,101 @@
 package rpc
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"os"
+	"errors"
+	"fmt"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/internal/pemfile"
 )
 
-// pemOrFile returns the PEM given inline or read from a file; exactly one of
-// the two may be set. field names the pair in errors ("tls.cert").
-func pemOrFile(field, pem, file string) ([]byte, error) {
-	switch {
-	case pem != "" && file != "":
-		return nil, invalid(field+"_pem", "give %s_pem or %s_file, not both", field, field)
-	case pem != "":
-		return []byte(pem), nil
-	case file != "":
-		b, err := os.ReadFile(file)
-		if err != nil {
-			return nil, invalid(field+"_file", "%v", err)
-		}
-		return b, nil
-	}
-	return nil, nil
+// pem is one PEM input and the field it came from, which its errors name.
+type pem struct {
+	b     []byte // nil when neither field is set
+	field string // "tls.cert_pem" or "tls.cert_file"
 }
 
-func certPool(field string, pem []byte) (*x509.CertPool, error) {
+// pemOrFile returns the PEM given inline or read from a file; exactly one of
+// the two may be set. field names the pair in errors ("tls.cert"). A path
+// is read by the service's pemfile.Reader as Untrusted: it names a file of
+// the gateway's host, chosen by the caller.
+func (s *Service) pemOrFile(ctx context.Context, field, inline, file string) (pem, error) {
+	switch {
+	case inline != "" && file != "":
+		return pem{}, invalid(field+"_pem", "give %s_pem or %s_file, not both", field, field)
+	case inline != "":
+		return pem{[]byte(inline), field + "_pem"}, nil
+	case file != "":
+		b, err := s.cfg.TLSFiles.Read(ctx, file, pemfile.Untrusted)
+		if err != nil {
+			return pem{}, s.fileError(field, err)
+		}
+		return pem{b, field + "_file"}, nil
+	}
+	return pem{}, nil
+}
+
+// fileError names the field in a refused read. The caller learns no more
+// than the error's message (see pemfile); the operator's log gets the
+// cause.
+func (s *Service) fileError(field string, err error) error {
+	name := field + "_file"
+	var refused *pemfile.RefusedError
+	if errors.As(err, &refused) {
+		s.log.Info("TLS file refused", "field", name, "path", refused.Path, "cause", refused.Cause)
+	}
+	if errors.Is(err, pemfile.ErrNoDir) {
+		return s.status(fmt.Errorf("%s: %w (the operator allows one with --tls-files-dir); give %s_pem inline", name, err, field))
+	}
+	return s.status(fmt.Errorf("%s: %w", name, err))
+}
+
+func certPool(p pem) (*x509.CertPool, error) {
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, invalid(field, "no PEM certificate found")
+	if !pool.AppendCertsFromPEM(p.b) {
+		return nil, invalid(p.field, "no PEM certificate found")
 	}
 	return pool, nil
 }
 
-func keyPair(prefix string, certPEM, keyPEM []byte) (tls.Certificate, error) {
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+func keyPair(cert, key pem) (tls.Certificate, error) {
+	c, err := tls.X509KeyPair(cert.b, key.b)
 	if err != nil {
-		return tls.Certificate{}, invalid(prefix+"cert_pem", "certificate and key: %v", err)
+		return tls.Certificate{}, invalid(cert.field+" and "+key.field, "certificate and key: %v", err)
 	}
-	return cert, nil
+	return c, nil
 }
 
 // listenerTLS builds a listener's TLS configuration: a certificate, and
 // client certificates required when a client CA is given.
-func listenerTLS(t *tcpgatev1.ListenerTLS) (*tls.Config, error) {
+func (s *Service) listenerTLS(ctx context.Context, t *tcpgatev1.ListenerTLS) (*tls.Config, error) {
 	if t == nil {
 		return nil, nil
 	}
-	certPEM, err := pemOrFile("tls.cert", t.GetCertPem(), t.GetCertFile())
+	cert, err := s.pemOrFile(ctx, "tls.cert", t.GetCertPem(), t.GetCertFile())
 	if err != nil {
 		return nil, err
 	}
-	keyPEM, err := pemOrFile("tls.key", t.GetKeyPem(), t.GetKeyFile())
+	key, err := s.pemOrFile(ctx, "tls.key", t.GetKeyPem(), t.GetKeyFile())
 	if err != nil {
 		return nil, err
 	}
-	if certPEM == nil || keyPEM == nil {
+	if cert.b == nil || key.b == nil {
 		return nil, invalid("tls", "a TLS listener needs a certificate and a key (cert_pem or cert_file, key_pem or key_file)")
 	}
-	cert, err := keyPair("tls.", certPEM, keyPEM)
+	pair, err := keyPair(cert, key)
 	if err != nil {
 		return nil, err
 	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	caPEM, err := pemOrFile("tls.client_ca", t.GetClientCaPem(), t.GetClientCaFile())
+	cfg := &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	ca, err := s.pemOrFile(ctx, "tls.client_ca", t.GetClientCaPem(), t.GetClientCaFile())
 	if err != nil {
 		return nil, err
 	}
-	if caPEM != nil {
-		if cfg.ClientCAs, err = certPool("tls.client_ca_pem", caPEM); err != nil {
+	if ca.b != nil {
+		if cfg.ClientCAs, err = certPool(ca); err != nil {
 			return nil, err
 		}
 		cfg.ClientAuth = tls.RequireAndVerifyClientCert
@@ -78,7 +104,7 @@ func listenerTLS(t *tcpgatev1.ListenerTLS) (*tls.Config, error) {
 }
 
 // dialTLS builds the TLS configuration of a Send to host.
-func dialTLS(t *tcpgatev1.DialTLS, host string) (*tls.Config, error) {
+func (s *Service) dialTLS(ctx context.Context, t *tcpgatev1.DialTLS, host string) (*tls.Config, error) {
 	if t == nil {
 		return nil, nil
 	}
@@ -90,31 +116,31 @@ func dialTLS(t *tcpgatev1.DialTLS, host string) (*tls.Config, error) {
 	if cfg.ServerName == "" {
 		cfg.ServerName = host
 	}
-	caPEM, err := pemOrFile("tls.ca", t.GetCaPem(), t.GetCaFile())
+	ca, err := s.pemOrFile(ctx, "tls.ca", t.GetCaPem(), t.GetCaFile())
 	if err != nil {
 		return nil, err
 	}
-	if caPEM != nil {
-		if cfg.RootCAs, err = certPool("tls.ca_pem", caPEM); err != nil {
+	if ca.b != nil {
+		if cfg.RootCAs, err = certPool(ca); err != nil {
 			return nil, err
 		}
 	}
-	certPEM, err := pemOrFile("tls.cert", t.GetCertPem(), t.GetCertFile())
+	cert, err := s.pemOrFile(ctx, "tls.cert", t.GetCertPem(), t.GetCertFile())
 	if err != nil {
 		return nil, err
 	}
-	keyPEM, err := pemOrFile("tls.key", t.GetKeyPem(), t.GetKeyFile())
+	key, err := s.pemOrFile(ctx, "tls.key", t.GetKeyPem(), t.GetKeyFile())
 	if err != nil {
 		return nil, err
 	}
 	switch {
-	case certPEM != nil && keyPEM != nil:
-		cert, err := keyPair("tls.", certPEM, keyPEM)
+	case cert.b != nil && key.b != nil:
+		pair, err := keyPair(cert, key)
 		if err != nil {
 			return nil, err
 		}
-		cfg.Certificates = []tls.Certificate{cert}
-	case certPEM != nil || keyPEM != nil:
+		cfg.Certificates = []tls.Certificate{pair}
+	case cert.b != nil || key.b != nil:
 		return nil, invalid("tls", "a client certificate needs both its certificate and its key")
 	}
 	return cfg, nil

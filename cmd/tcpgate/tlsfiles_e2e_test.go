@@ -150,10 +150,10 @@ func TestServeTLSFiles(t *testing.T) {
 						})
 					}
 					wg.Wait()
-					n := procThreads(t, d)
 					if killed := stopWatch(); killed != "" {
 						t.Fatal(killed)
 					}
+					n := procThreads(t, d)
 					for i, f := range failures {
 						if i == 4 {
 							t.Errorf("... %d of %d calls failed", len(failures), calls)

@@ -125,6 +125,7 @@ func (tr tlsFilesTree) notAllowed() map[string]string {
 // fileCall makes one call that names path in field (a field of
 // ListenerTLS or DialTLS), every other PEM given inline and valid.
 type fileCall struct {
+	rpc   string // the method called
 	field string // as the error must name it
 	call  func(ctx context.Context, g *servertest.Gateway, path string) error
 }
@@ -150,22 +151,22 @@ func fileCalls(t *testing.T, pki *secPKI) []fileCall {
 		}
 	}
 	return []fileCall{
-		{"tls.cert_file", func(ctx context.Context, g *servertest.Gateway, p string) error {
+		{"StartListener", "tls.cert_file", func(ctx context.Context, g *servertest.Gateway, p string) error {
 			return listen(&tcpgatev1.ListenerTLS{CertFile: p, KeyPem: key})(ctx, g)
 		}},
-		{"tls.key_file", func(ctx context.Context, g *servertest.Gateway, p string) error {
+		{"StartListener", "tls.key_file", func(ctx context.Context, g *servertest.Gateway, p string) error {
 			return listen(&tcpgatev1.ListenerTLS{CertPem: cert, KeyFile: p})(ctx, g)
 		}},
-		{"tls.client_ca_file", func(ctx context.Context, g *servertest.Gateway, p string) error {
+		{"StartListener", "tls.client_ca_file", func(ctx context.Context, g *servertest.Gateway, p string) error {
 			return listen(&tcpgatev1.ListenerTLS{CertPem: cert, KeyPem: key, ClientCaFile: p})(ctx, g)
 		}},
-		{"tls.ca_file", func(ctx context.Context, g *servertest.Gateway, p string) error {
+		{"Send", "tls.ca_file", func(ctx context.Context, g *servertest.Gateway, p string) error {
 			return send(&tcpgatev1.DialTLS{CaFile: p})(ctx, g)
 		}},
-		{"tls.cert_file", func(ctx context.Context, g *servertest.Gateway, p string) error {
+		{"Send", "tls.cert_file", func(ctx context.Context, g *servertest.Gateway, p string) error {
 			return send(&tcpgatev1.DialTLS{CaPem: ca, CertFile: p, KeyPem: key})(ctx, g)
 		}},
-		{"tls.key_file", func(ctx context.Context, g *servertest.Gateway, p string) error {
+		{"Send", "tls.key_file", func(ctx context.Context, g *servertest.Gateway, p string) error {
 			return send(&tcpgatev1.DialTLS{CaPem: ca, CertPem: cert, KeyFile: p})(ctx, g)
 		}},
 	}
@@ -195,7 +196,7 @@ func TestTLSFilesAPI(t *testing.T) {
 
 	for _, c := range fileCalls(t, tr.pki) {
 		for name, p := range tr.notAllowed() {
-			t.Run(c.field+"/"+name, func(t *testing.T) {
+			t.Run(c.rpc+"/"+c.field+"/"+name, func(t *testing.T) {
 				err := callFile(t, g, c, p)
 				if status.Code(err) != codes.InvalidArgument {
 					t.Fatalf("err = %v, want InvalidArgument", err)
@@ -267,7 +268,7 @@ func TestTLSFilesNoDir(t *testing.T) {
 	paths["regular file"] = filepath.Join(tr.dir, "server.pem")
 	for _, c := range fileCalls(t, tr.pki) {
 		for name, p := range paths {
-			t.Run(c.field+"/"+name, func(t *testing.T) {
+			t.Run(c.rpc+"/"+c.field+"/"+name, func(t *testing.T) {
 				err := callFile(t, g, c, p)
 				wantCode(t, err, codes.InvalidArgument)
 				msg := status.Convert(err).Message()

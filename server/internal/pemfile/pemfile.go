@@ -48,6 +48,10 @@ const MaxBytes = 1 << 20
 // chunk is how much one read takes between checks of the context.
 const chunk = 64 << 10
 
+// maxPath is Linux's PATH_MAX: no longer path names a file, and a refused
+// one is logged, so its length is bounded too.
+const maxPath = 4096
+
 var (
 	// ErrNoDir refuses an Untrusted path when no directory is allowed.
 	ErrNoDir = errors.New("file paths are not allowed: the gateway allows no directory for them")
@@ -148,6 +152,9 @@ func (r *Reader) Read(ctx context.Context, path string, trust Trust) ([]byte, er
 	}
 	if path == "" {
 		return nil, refused(path, errors.New("empty path"))
+	}
+	if len(path) > maxPath {
+		return nil, refused(path[:maxPath]+"...", fmt.Errorf("path longer than %d bytes", maxPath))
 	}
 	p := path
 	if !filepath.IsAbs(p) {

@@ -141,6 +141,7 @@ func TestReadUntrusted(t *testing.T) {
 		{"/dev/zero", "/dev/zero", "outside"},
 		{"symlink inside to /dev/zero", in("zero.pem"), "resolves to"},
 		{"empty", "", "empty"},
+		{"overlong", in(strings.Repeat("a/", 3000)), "longer than"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, err := read(t, r, tc.path, pemfile.Untrusted)

@@ -504,7 +504,7 @@ func (s *Server) shutdownOnce() error {
 		calls, open := s.inflight.describe()
 		s.log.Error("shutdown timed out; exiting with calls still running", "took", time.Since(start).Round(time.Millisecond),
 			"calls", calls, "open", open, "connections", s.listeners.Stats().ConnectionsOpen)
-		return fmt.Errorf("shutting down: still running after --shutdown-timeout (%s): %d calls (%s), %d connections",
+		return fmt.Errorf("shutting down: still running after --shutdown-timeout (%s): calls %d [%s], connections %d",
 			timeout, calls, strings.Join(open, ", "), s.listeners.Stats().ConnectionsOpen)
 	}
 	s.log.Info("gateway stopped", "took", time.Since(start).Round(time.Millisecond))

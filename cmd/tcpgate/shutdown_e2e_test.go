@@ -287,7 +287,9 @@ func TestSIGTERMDuringLongDrain(t *testing.T) {
 	}
 	defer idle.Close()
 	for deadline := time.Now().Add(eventTimeout); ; time.Sleep(20 * time.Millisecond) {
-		var conns struct{ Connections []struct{ ConnectionID string } }
+		var conns struct {
+			Connections []struct{ ConnectionID string }
+		}
 		mustREST(t, http.MethodGet, base+"/v1/connections?listenerId=d1", "", &conns)
 		if len(conns.Connections) == 1 {
 			break

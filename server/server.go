@@ -474,9 +474,6 @@ func (s *Server) shutdownOnce() error {
 	var hard chan struct{}
 	if !s.await("gRPC calls to finish", stopped, graceful) || !restClean {
 		s.log.Warn("graceful stop timed out; cancelling open calls and closing connections")
-		if s.httpSrv != nil {
-			s.httpSrv.Close()
-		}
 		// Stop cancels every call's context. In a goroutine: it waits for
 		// GracefulStop's lock, which a call that ignores cancellation
 		// holds for good.
@@ -496,6 +493,11 @@ func (s *Server) shutdownOnce() error {
 	clean = s.await("gRPC calls to end", stopped, deadline) && clean
 	if hard != nil {
 		clean = s.await("the gRPC server to stop", hard, deadline) && clean
+	}
+	if s.httpSrv != nil {
+		// Last, so that REST calls the hard stop cancelled had the time
+		// to answer with their error.
+		s.httpSrv.Close()
 	}
 	if s.debugSrv != nil {
 		s.debugSrv.Close()

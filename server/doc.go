@@ -54,12 +54,12 @@
 //     with reason SHUTDOWN, which also returns the StopListener calls
 //     waiting on them (listener.Registry.StopAccepting);
 //  2. the health service reports NOT_SERVING;
-//  3. the REST server stops: its event streams end at once with a final
+//  3. the hub closes: every Subscribe stream ends at once with Unavailable
+//     (events still queued for it are not sent), so no slow subscriber
+//     holds up steps 4 and 5;
+//  4. the REST server stops: its event streams end at once with a final
 //     error line, other REST calls may finish until the graceful part
 //     ends, then the REST gateway's gRPC connection closes;
-//  4. the hub closes: every Subscribe stream ends at once with Unavailable
-//     (events still queued for it are not sent), so no slow subscriber
-//     holds up step 5;
 //  5. the gRPC server stops gracefully, letting unary calls finish until
 //     the graceful part ends; the connections of listeners that were not
 //     draining stay open meanwhile, so a Send awaiting a reply on one may

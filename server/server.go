@@ -443,6 +443,9 @@ func (s *Server) shutdownOnce() error {
 	// are cut, which also ends the StopListener calls waiting on them.
 	s.listeners.StopAccepting()
 	s.health.Shutdown()
+	// Every Subscribe stream, gRPC or REST, ends with a status now instead
+	// of holding the graceful stop until the timer.
+	s.hub.CloseNow()
 	restClean := true
 	if s.httpSrv != nil {
 		// Event streams end first (Shutdown does not end running
@@ -462,9 +465,6 @@ func (s *Server) shutdownOnce() error {
 		cancel()
 		s.rest.Close()
 	}
-	// Subscribe streams end with a status now instead of holding
-	// GracefulStop until the timer.
-	s.hub.CloseNow()
 	stopped := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()

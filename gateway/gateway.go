@@ -266,8 +266,13 @@ func (g *Gateway) cors(next http.Handler) http.Handler {
 // ServeHTTP serves the REST API.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) { g.handler.ServeHTTP(w, r) }
 
-// Close ends every event stream and closes the gRPC connection. It is
-// idempotent.
+// EndStreams ends every event stream, each with its final error line, and
+// leaves the gRPC connection to the calls still in flight: a shutdown ends
+// the streams at once, then lets other requests finish before Close.
+func (g *Gateway) EndStreams() { g.cancel() }
+
+// Close ends every event stream and closes the gRPC connection, failing the
+// calls still in flight. It is idempotent.
 func (g *Gateway) Close() error {
 	g.cancel()
 	err := g.cc.Close()

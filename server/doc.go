@@ -35,30 +35,53 @@
 // hub.Hub.mu and takes each subscriber's lock once per batch; a subscriber
 // taking its events takes only its own, so subscribers do not contend with
 // each other. listener.Registry.mu is a leaf: nothing that takes another
-// lock, and no I/O, runs while it is held.
+// lock, and no I/O, runs while it is held (a drain rereads its deadline
+// under it and waits outside it). The server's table of calls in flight
+// has a leaf lock of its own.
 //
 // Counters of connections and listeners are atomics and take no lock.
 //
 // # Shutdown
 //
-// When Run's context ends (SIGINT or SIGTERM in the daemon):
+// When Run's context ends (the first SIGINT or SIGTERM in the daemon; a
+// second one exits the process at once), the shutdown keeps one deadline,
+// Config.ShutdownTimeout, counted from the signal, whatever is in flight.
+// Its last quarter (at most a second) is kept for the hard stop:
 //
-//  1. the health service reports NOT_SERVING;
-//  2. the REST server stops: its event streams end at once with a final
-//     error line, other REST calls may finish;
+//  1. the data plane stops accepting: every listening socket closes, so
+//     every port is free and no client connects any more; StartListener is
+//     refused; drains in progress are cut, their connections closed at once
+//     with reason SHUTDOWN, which also returns the StopListener calls
+//     waiting on them (listener.Registry.StopAccepting);
+//  2. the health service reports NOT_SERVING;
 //  3. the hub closes: every Subscribe stream ends at once with Unavailable
 //     (events still queued for it are not sent), so no slow subscriber
-//     holds up step 4;
-//  4. the gRPC server stops gracefully, letting unary calls finish, and is
-//     stopped hard when the shutdown timeout passes (one deadline for steps
-//     2 and 4 together, counted from the signal);
-//  5. every listener stops: its port is freed at once and its connections
-//     are closed with reason SHUTDOWN (a partial frame is delivered, as at
-//     any close, though no subscriber is left to see it); one-shot sends
-//     still closing gracefully are closed; the profiling endpoint closes;
-//     Run returns when every goroutine of the engine has returned.
+//     holds up steps 4 and 5;
+//  4. the REST server stops: its event streams end at once with a final
+//     error line, other REST calls may finish until the graceful part
+//     ends, then the REST gateway's gRPC connection closes;
+//  5. the gRPC server stops gracefully, letting unary calls finish until
+//     the graceful part ends; the connections of listeners that were not
+//     draining stay open meanwhile, so a Send awaiting a reply on one may
+//     finish;
+//  6. the hard stop, when a call is still running: every call's context
+//     is cancelled (grpc.Server.Stop, in a goroutine of its own, since it
+//     waits for the lock GracefulStop holds while a handler runs) and REST
+//     connections close;
+//  7. every listener stops and every connection closes with reason
+//     SHUTDOWN (a partial frame is delivered, as at any close, though no
+//     subscriber is left to see it); one-shot sends still closing
+//     gracefully are closed; the profiling endpoint closes.
+//
+// Each wait logs "shutdown waiting" every second: what for, the calls still
+// running (the oldest named, with their age) and the connections open.
+// Nothing is waited for past the deadline: if a call ignores cancellation,
+// Run logs "shutdown timed out", returns an error naming it and leaves its
+// goroutines to the process's exit. Otherwise Run returns nil once every
+// goroutine of the engine has returned, with nothing left bound.
 //
 // Connections are closed rather than drained: draining is StopListener's
-// drain_timeout, for a caller who stops one listener and keeps the gateway.
-// Nothing is left bound when Run returns.
+// drain_timeout (at most Config.MaxDrainTimeout), for a caller who stops
+// one listener and keeps the gateway. A second StopListener of a draining
+// listener may bring the drain's end closer, never further.
 package server

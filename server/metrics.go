@@ -148,6 +148,7 @@ func newMetrics(h *hub.Hub, r *listener.Registry, dl *dialer.Dialer, rpcs *rpcMe
 
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
+	defer s.inflight.begin(info.FullMethod)()
 	resp, err := handler(ctx, req)
 	s.rpcs.observe(info.FullMethod, err, start)
 	if err != nil {
@@ -158,6 +159,7 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 
 func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	start := time.Now()
+	defer s.inflight.begin(info.FullMethod)()
 	err := handler(srv, ss)
 	s.rpcs.observe(info.FullMethod, err, start)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,8 +38,8 @@ const (
 	DefaultGRPCAddr = "127.0.0.1:50051"
 	// DefaultHTTPAddr is the REST gateway's address of `tcpgate serve`.
 	DefaultHTTPAddr = "127.0.0.1:50080"
-	// DefaultShutdownTimeout bounds a graceful shutdown: in-flight calls get
-	// this long before the gRPC server is stopped hard.
+	// DefaultShutdownTimeout bounds a whole shutdown: in-flight calls get
+	// most of it before the gRPC server is stopped hard (see doc.go).
 	DefaultShutdownTimeout = 10 * time.Second
 	// DefaultReplayBytes bounds the replay ring (see hub.DefaultReplayBytes).
 	DefaultReplayBytes = hub.DefaultReplayBytes
@@ -48,6 +49,9 @@ const (
 	DefaultWriteTimeout = conn.DefaultWriteTimeout
 	// DefaultMaxSendBytes bounds a Send payload (see rpc.DefaultMaxSendBytes).
 	DefaultMaxSendBytes = rpc.DefaultMaxSendBytes
+	// DefaultMaxDrainTimeout bounds StopListener's drain_timeout (see
+	// listener.DefaultMaxDrainTimeout).
+	DefaultMaxDrainTimeout = listener.DefaultMaxDrainTimeout
 )
 
 // gRPC transport sizes, chosen for streaming throughput: a window of 1 MiB
@@ -98,8 +102,12 @@ type Config struct {
 	IdleTimeout time.Duration
 	// WriteTimeout bounds each write to an accepted connection; 0 means 10 s.
 	WriteTimeout time.Duration
-	// ShutdownTimeout bounds the graceful part of shutdown; 0 means DefaultShutdownTimeout.
+	// ShutdownTimeout bounds the whole shutdown, whatever is in flight; 0
+	// means DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
+	// MaxDrainTimeout bounds StopListener's drain_timeout; 0 means
+	// DefaultMaxDrainTimeout.
+	MaxDrainTimeout time.Duration
 	// Logger receives the gateway's logs; nil means slog.Default().
 	Logger *slog.Logger
 
@@ -153,6 +161,7 @@ type Server struct {
 	httpLn    net.Listener
 	metrics   *prometheus.Registry
 	rpcs      *rpcMetrics
+	inflight  *inflight
 
 	closeOnce sync.Once
 }
@@ -172,6 +181,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxSendBytes <= 0 {
 		cfg.MaxSendBytes = DefaultMaxSendBytes
+	}
+	if cfg.MaxDrainTimeout < 0 {
+		return nil, fmt.Errorf("--max-drain-timeout %s: must not be negative (0 means %s)", cfg.MaxDrainTimeout, DefaultMaxDrainTimeout)
 	}
 	if err := checkExposure(cfg); err != nil {
 		return nil, err
@@ -197,7 +209,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--tls-files-dir: %w", err)
 	}
-	s := &Server{cfg: cfg, log: log, tls: tlsCfg}
+	s := &Server{cfg: cfg, log: log, tls: tlsCfg, inflight: newInflight()}
 	var auth *rpc.Auth
 	if cfg.AuthToken != "" {
 		auth = rpc.NewAuth(cfg.AuthToken, cfg.PublicReflection)
@@ -209,7 +221,10 @@ func New(cfg Config) (*Server, error) {
 		MaxListeners:   cfg.MaxListeners,
 		MaxConnections: cfg.MaxConnections,
 		WriteTimeout:   cfg.WriteTimeout,
-		Logger:         log,
+		// Decided by the registry, so every way of stopping a listener
+		// meets the same bound.
+		MaxDrainTimeout: cfg.MaxDrainTimeout,
+		Logger:          log,
 	})
 	s.dialer = &dialer.Dialer{}
 	s.rpcs = newRPCMetrics()
@@ -388,7 +403,12 @@ func (s *Server) Run(ctx context.Context) error {
 		failed = fmt.Errorf("serving HTTP: %w", err)
 		httpErr <- err
 	}
-	s.shutdown()
+	if err := s.shutdown(); err != nil {
+		// Something ignored every cancellation; its goroutines are left to
+		// the process's exit rather than holding it past the deadline
+		// (grpc's Serve returns only once every handler has).
+		return err
+	}
 	if err := <-grpcErr; failed == nil && err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		failed = fmt.Errorf("serving gRPC: %w", err)
 	}
@@ -401,50 +421,136 @@ func (s *Server) Run(ctx context.Context) error {
 	return failed
 }
 
-// shutdown runs the shutdown order of doc.go once.
-func (s *Server) shutdown() {
-	s.closeOnce.Do(func() {
-		start := time.Now()
-		s.log.Info("gateway shutting down", "timeout", s.cfg.ShutdownTimeout)
-		// One deadline for REST and gRPC together: the timeout bounds the
-		// whole shutdown, not each step.
-		deadline := start.Add(s.cfg.ShutdownTimeout)
-		s.health.Shutdown()
-		if s.httpSrv != nil {
-			// Event streams end first (Shutdown does not end running
-			// handlers), then the server waits for other calls to finish.
-			s.rest.Close()
-			ctx, cancel := context.WithDeadline(context.Background(), deadline)
-			if err := s.httpSrv.Shutdown(ctx); err != nil {
-				s.log.Warn("REST shutdown timed out; closing connections", "error", err)
-				s.httpSrv.Close()
-			}
-			cancel()
-		}
-		// Subscribe streams end with a status now instead of holding
-		// GracefulStop until the timer.
-		s.hub.CloseNow()
-		stopped := make(chan struct{})
+// Shutdown timing (see doc.go).
+const (
+	// hardStopShare is the part of the shutdown timeout kept for the hard
+	// stop after the graceful part, at most maxHardStop: closing sockets
+	// and cancelling calls takes milliseconds, but a -race build on a
+	// loaded machine needs some room.
+	hardStopShare = 4
+	maxHardStop   = time.Second
+	// waitLogInterval is how often a shutdown logs what it still waits for.
+	waitLogInterval = time.Second
+)
+
+// shutdown runs the shutdown order of doc.go once, within
+// cfg.ShutdownTimeout whatever is in flight. It returns an error when
+// something was still running at the deadline and was left behind.
+func (s *Server) shutdown() error {
+	var err error
+	s.closeOnce.Do(func() { err = s.shutdownOnce() })
+	return err
+}
+
+func (s *Server) shutdownOnce() error {
+	start := time.Now()
+	timeout := s.cfg.ShutdownTimeout
+	s.log.Info("gateway shutting down", "timeout", timeout)
+	// One deadline for every step: the timeout bounds the whole shutdown,
+	// not each step.
+	deadline := start.Add(timeout)
+	graceful := deadline.Add(-min(timeout/hardStopShare, maxHardStop))
+
+	// The data plane first: no new client connects, and drains in progress
+	// are cut, which also ends the StopListener calls waiting on them.
+	s.listeners.StopAccepting()
+	s.health.Shutdown()
+	// Every Subscribe stream, gRPC or REST, ends with a status now instead
+	// of holding the graceful stop until the timer.
+	s.hub.CloseNow()
+	restClean := true
+	if s.httpSrv != nil {
+		// Event streams end first (Shutdown does not end running
+		// handlers), then the server waits for other calls to finish,
+		// which still need the gateway's gRPC connection.
+		s.rest.EndStreams()
+		ctx, cancel := context.WithDeadline(context.Background(), graceful)
+		restDone := make(chan struct{})
 		go func() {
-			s.grpc.GracefulStop()
-			close(stopped)
+			if err := s.httpSrv.Shutdown(ctx); err != nil {
+				restClean = false
+			}
+			close(restDone)
 		}()
-		timer := time.NewTimer(time.Until(deadline))
-		select {
-		case <-stopped:
-			timer.Stop()
-		case <-timer.C:
-			s.log.Warn("graceful stop timed out; closing open calls")
+		s.await("REST requests to finish", restDone, graceful)
+		<-restDone // Shutdown returns once ctx ends
+		cancel()
+		s.rest.Close()
+	}
+	stopped := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(stopped)
+	}()
+
+	var hard chan struct{}
+	if !s.await("gRPC calls to finish", stopped, graceful) || !restClean {
+		s.log.Warn("graceful stop timed out; cancelling open calls and closing connections")
+		// Stop cancels every call's context. In a goroutine: it waits for
+		// GracefulStop's lock, which a call that ignores cancellation
+		// holds for good.
+		hard = make(chan struct{})
+		go func() {
 			s.grpc.Stop()
-			<-stopped
-		}
+			close(hard)
+		}()
+	}
+	engine := make(chan struct{})
+	go func() {
 		s.listeners.Close()
 		s.dialer.Close()
-		if s.debugSrv != nil {
-			s.debugSrv.Close()
+		close(engine)
+	}()
+	clean := s.await("connections to close", engine, deadline)
+	clean = s.await("gRPC calls to end", stopped, deadline) && clean
+	if hard != nil {
+		clean = s.await("the gRPC server to stop", hard, deadline) && clean
+	}
+	if s.httpSrv != nil {
+		// Last, so that REST calls the hard stop cancelled had the time
+		// to answer with their error.
+		s.httpSrv.Close()
+	}
+	if s.debugSrv != nil {
+		s.debugSrv.Close()
+	}
+	if !clean {
+		calls, open := s.inflight.describe()
+		s.log.Error("shutdown timed out; exiting with calls still running", "took", time.Since(start).Round(time.Millisecond),
+			"calls", calls, "open", open, "connections", s.listeners.Stats().ConnectionsOpen)
+		return fmt.Errorf("shutting down: still running after --shutdown-timeout (%s): calls %d [%s], connections %d",
+			timeout, calls, strings.Join(open, ", "), s.listeners.Stats().ConnectionsOpen)
+	}
+	s.log.Info("gateway stopped", "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// await waits until done is closed or until passes, and reports whether
+// done was closed. While it waits, it logs what the shutdown waits for
+// every waitLogInterval.
+func (s *Server) await(what string, done <-chan struct{}, until time.Time) bool {
+	select {
+	case <-done: // even when until has passed
+		return true
+	default:
+	}
+	timer := time.NewTimer(time.Until(until))
+	defer timer.Stop()
+	tick := time.NewTicker(waitLogInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return true
+		case <-timer.C:
+			return false
+		case <-tick.C:
+			calls, open := s.inflight.describe()
+			st := s.listeners.Stats()
+			s.log.Info("shutdown waiting", "for", what, "left", time.Until(until).Round(100*time.Millisecond),
+				"calls", calls, "open", open, "connections", st.ConnectionsOpen, "listeners", st.Listeners)
 		}
-		s.log.Info("gateway stopped", "took", time.Since(start).Round(time.Millisecond))
-	})
+	}
 }
 
 // logFailure logs one failed call: its code and message, never payloads.

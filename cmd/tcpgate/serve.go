@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -28,7 +30,8 @@ func newServeCmd() *cobra.Command {
 			"its REST front with event streams, OpenAPI and Prometheus metrics.\n\n" +
 			"Every flag can also be set by an environment variable: TCPGATE_ and the\n" +
 			"flag's name in capitals with _ for -, e.g. TCPGATE_GRPC_ADDR. Flags win.\n" +
-			"SIGINT or SIGTERM shuts down gracefully within --shutdown-timeout.",
+			"SIGINT or SIGTERM shuts down gracefully within --shutdown-timeout; a second\n" +
+			"signal exits at once.",
 		Example: "  tcpgate serve\n" +
 			"  tcpgate serve --grpc-addr 127.0.0.1:0 --log-format json\n" +
 			"  TCPGATE_LOG_LEVEL=debug tcpgate serve",
@@ -51,9 +54,7 @@ func newServeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
-			defer stop()
-			return srv.Run(ctx)
+			return runUntilSignal(cmd.Context(), srv, log)
 		},
 	}
 	f := cmd.Flags()
@@ -62,7 +63,8 @@ func newServeCmd() *cobra.Command {
 	f.StringSliceVar(&cfg.CORSOrigins, "cors-origins", nil, "browser origins allowed to call the REST API, comma-separated (\"*\": any; default: CORS off)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
-	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", server.DefaultShutdownTimeout, "how long in-flight calls may finish at shutdown")
+	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", server.DefaultShutdownTimeout, "how long a shutdown may take, whatever is in flight (a second signal exits at once)")
+	f.DurationVar(&cfg.MaxDrainTimeout, "max-drain-timeout", server.DefaultMaxDrainTimeout, "longest drain_timeout a StopListener may ask for")
 	f.IntVar(&cfg.ReplayBytes, "replay-bytes", server.DefaultReplayBytes, "bytes of recent events kept for since_sequence replay (negative disables)")
 	f.IntVar(&cfg.SubscriberQueueBytes, "subscriber-queue-bytes", server.DefaultSubscriberQueueBytes, "bytes queued per subscriber before its slow-consumer policy applies")
 	f.IntVar(&cfg.MaxListeners, "max-listeners", defaultMaxListeners, "most listeners at once (0: no limit)")
@@ -86,6 +88,42 @@ func newServeCmd() *cobra.Command {
 	f.IntVar(&cfg.ListenerMaxConnections, "listener-max-connections", 0, "max_connections of a listener that sets none, and the most one may set (0: no bound of a listener's own)")
 	f.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "close connections silent this long, on listeners that set no idle_timeout (0: never)")
 	return cmd
+}
+
+// runUntilSignal runs srv until the first SIGINT or SIGTERM, which starts
+// its shutdown. A second signal exits at once, with status 128 plus the
+// signal's number as a shell reports a process the signal killed: an
+// operator who signals twice wants the process gone, not a clean exit.
+func runUntilSignal(ctx context.Context, srv *server.Server, log *slog.Logger) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	ran := make(chan struct{})
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer close(ran)
+	wg.Go(func() {
+		select {
+		case sig := <-sigs:
+			log.Info("signal received; shutting down (a second signal exits at once)", "signal", sig.String())
+			cancel()
+		case <-ran:
+			return
+		}
+		select {
+		case sig := <-sigs:
+			log.Error("second signal; exiting at once without finishing the shutdown", "signal", sig.String())
+			code := 1
+			if n, ok := sig.(syscall.Signal); ok {
+				code = 128 + int(n)
+			}
+			os.Exit(code)
+		case <-ran:
+		}
+	})
+	return srv.Run(ctx)
 }
 
 // Limits of `tcpgate serve` unless flags say otherwise.

@@ -4,19 +4,23 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 )
@@ -194,4 +198,264 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		}
 		ln.Close()
 	}
+}
+
+// shutdownMargin is what a daemon may take past its --shutdown-timeout to
+// exit: closing sockets and the process's exit, on a -race build on a
+// loaded machine. The shutdown itself waits for nothing past its timeout.
+const shutdownMargin = 3 * time.Second
+
+// restDo sends one REST request with a JSON body (or none) and returns the
+// status code and body.
+func restDo(ctx context.Context, method, url, body string) (int, string, error) {
+	var r io.Reader
+	if body != "" {
+		r = strings.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, r)
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// mustREST is restDo that fails the test unless the answer is 200.
+func mustREST(t *testing.T, method, url, body string, resp any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	code, out, err := restDo(ctx, method, url, body)
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("%s %s: %d %s %v", method, url, code, out, err)
+	}
+	if resp != nil {
+		decodeJSON(t, out, resp)
+	}
+}
+
+// httpAddrOf returns the REST address the daemon logged.
+func httpAddrOf(t *testing.T, d *daemon) string {
+	t.Helper()
+	m := shutdownHTTPAddr.FindStringSubmatch(d.stderr.String())
+	if m == nil {
+		t.Fatalf("no http_addr in the log:\n%s", d.stderr.String())
+	}
+	return m[1]
+}
+
+// portsFree fails the test for every address still bound.
+func portsFree(t *testing.T, addrs ...string) {
+	t.Helper()
+	for _, addr := range addrs {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Errorf("%s still bound after exit: %v", addr, err)
+			continue
+		}
+		ln.Close()
+	}
+}
+
+// TestSIGTERMDuringLongDrain is the repro of an hour-long drain holding
+// SIGTERM: --shutdown-timeout 2s, a listener with one idle client, a REST
+// DELETE with drainTimeout=3600s, then SIGTERM. The daemon exits 0 within
+// the timeout, the drain cut: the DELETE is answered with the listener
+// stopped, the client's connection is closed, and every port is free.
+func TestSIGTERMDuringLongDrain(t *testing.T) {
+	const shutdownTimeout = 2 * time.Second
+	// The hour-long drain needs --max-drain-timeout above it; set through
+	// the environment, so that a daemon without the flag runs the same
+	// repro.
+	d := startDaemon(t, hermeticEnv("TCPGATE_MAX_DRAIN_TIMEOUT=2h"), "serve", "--grpc-addr", "127.0.0.1:0",
+		"--shutdown-timeout", shutdownTimeout.String())
+	grpcAddr := d.waitServing(t)
+	httpAddr := httpAddrOf(t, d)
+	base := "http://" + httpAddr
+
+	var started struct{ Listener listenerJSON }
+	mustREST(t, http.MethodPost, base+"/v1/listeners", `{"listenerId":"d1","host":"127.0.0.1"}`, &started)
+	lAddr := started.Listener.Address
+	idle, err := net.DialTimeout("tcp", lAddr, callTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	for deadline := time.Now().Add(eventTimeout); ; time.Sleep(20 * time.Millisecond) {
+		var conns struct {
+			Connections []struct{ ConnectionID string }
+		}
+		mustREST(t, http.MethodGet, base+"/v1/connections?listenerId=d1", "", &conns)
+		if len(conns.Connections) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the idle client's connection was never listed")
+		}
+	}
+
+	type answer struct {
+		code int
+		body string
+		err  error
+	}
+	deleted := make(chan answer, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		code, body, err := restDo(ctx, http.MethodDelete, base+"/v1/listeners/d1?drainTimeout=3600s", "")
+		deleted <- answer{code, body, err}
+	}()
+	for deadline := time.Now().Add(eventTimeout); ; time.Sleep(20 * time.Millisecond) {
+		var got struct{ Listener listenerJSON }
+		mustREST(t, http.MethodGet, base+"/v1/listeners/d1", "", &got)
+		if got.Listener.State == "LISTENER_STATE_DRAINING" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("d1 never started draining: %+v", got.Listener)
+		}
+	}
+
+	start := time.Now()
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-d.done:
+	case <-time.After(shutdownTimeout + shutdownMargin):
+		t.Fatalf("tcpgate still running %v after SIGTERM with --shutdown-timeout %v during a drain of 3600s",
+			time.Since(start).Round(time.Millisecond), shutdownTimeout)
+	}
+	t.Logf("exited %v after SIGTERM", time.Since(start).Round(time.Millisecond))
+	if d.err != nil {
+		t.Errorf("tcpgate after SIGTERM: %v, want exit status 0", d.err)
+	}
+
+	a := <-deleted
+	if a.err != nil || a.code != http.StatusOK || !strings.Contains(a.body, "LISTENER_STATE_STOPPED") {
+		t.Errorf("the DELETE during the drain was answered %d %s %v, want 200 with the listener STOPPED", a.code, a.body, a.err)
+	}
+	_ = idle.SetReadDeadline(time.Now().Add(callTimeout))
+	if n, err := idle.Read(make([]byte, 1)); n != 0 || (err != io.EOF && !strings.Contains(fmt.Sprint(err), "reset")) {
+		t.Errorf("the idle client read %d bytes, %v; want its connection closed", n, err)
+	}
+	portsFree(t, lAddr, grpcAddr, httpAddr)
+}
+
+// TestSecondSignalExitsAtOnce holds a shutdown with a real call (a Send
+// awaiting a reply that never comes, which the shutdown lets run for up to
+// --shutdown-timeout 60s), then signals again: the daemon exits at once,
+// says so in its log, with status 128 plus the signal's number.
+func TestSecondSignalExitsAtOnce(t *testing.T) {
+	for name, second := range map[string]syscall.Signal{"SIGTERM then SIGTERM": syscall.SIGTERM, "SIGTERM then SIGINT": syscall.SIGINT} {
+		t.Run(name, func(t *testing.T) {
+			d := startDaemon(t, hermeticEnv(), "serve", "--grpc-addr", "127.0.0.1:0", "--shutdown-timeout", "60s")
+			grpcAddr := d.waitServing(t)
+
+			silent, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer silent.Close()
+			accepted := make(chan net.Conn, 1)
+			go func() {
+				if c, err := silent.Accept(); err == nil {
+					accepted <- c
+				}
+			}()
+			cc, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sent := make(chan error, 1)
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+				defer cancel()
+				_, err := tcpgatev1.NewGatewayServiceClient(cc).Send(ctx, &tcpgatev1.SendRequest{
+					Target:     &tcpgatev1.SendRequest_Address{Address: silent.Addr().String()},
+					Payload:    &tcpgatev1.SendRequest_Text{Text: "ping\n"},
+					AwaitReply: &tcpgatev1.AwaitReply{Mode: tcpgatev1.AwaitMode_AWAIT_MODE_FIRST_READ},
+					Timeout:    durationpb.New(90 * time.Second),
+				})
+				sent <- err
+			}()
+			defer func() {
+				cc.Close() // ends the Send if the daemon still runs
+				<-sent
+			}()
+			select {
+			case c := <-accepted:
+				defer c.Close()
+			case <-time.After(callTimeout):
+				t.Fatal("the Send never reached its peer")
+			}
+
+			if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			for deadline := time.Now().Add(exitTimeout); !strings.Contains(d.stderr.String(), `msg="gateway shutting down"`); time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("no \"gateway shutting down\" after SIGTERM:\n%s", d.stderr.String())
+				}
+			}
+			// The shutdown is held by the Send.
+			select {
+			case <-d.done:
+				t.Fatalf("tcpgate exited (%v) before the held Send ended; nothing held the shutdown", d.err)
+			case <-time.After(500 * time.Millisecond):
+			}
+
+			start := time.Now()
+			if err := d.cmd.Process.Signal(second); err != nil {
+				t.Fatal(err)
+			}
+			// "At once", with room for a loaded machine; the shutdown would
+			// otherwise wait nearly a minute.
+			const atOnce = 5 * time.Second
+			select {
+			case <-d.done:
+			case <-time.After(atOnce):
+				t.Fatalf("tcpgate still running %v after a second signal (%v)", atOnce, second)
+			}
+			t.Logf("exited %v after the second signal", time.Since(start).Round(time.Millisecond))
+			var exit *exec.ExitError
+			if !errors.As(d.err, &exit) || exit.ExitCode() != 128+int(second) {
+				t.Errorf("exit: %v, want status %d (128 + %s)", d.err, 128+int(second), second)
+			}
+			if !strings.Contains(d.stderr.String(), "second signal") {
+				t.Errorf("no log line about the second signal:\n%s", d.stderr.String())
+			}
+		})
+	}
+}
+
+// TestMaxDrainTimeoutFlag: a drain_timeout above --max-drain-timeout is
+// InvalidArgument naming the flag, over gRPC (grpcurl) and REST (400).
+func TestMaxDrainTimeoutFlag(t *testing.T) {
+	t.Parallel()
+	// Through the environment, so that a daemon without the flag starts
+	// and shows the drain accepted.
+	d := startDaemon(t, hermeticEnv("TCPGATE_MAX_DRAIN_TIMEOUT=1m"), "serve", "--grpc-addr", "127.0.0.1:0")
+	grpcAddr := d.waitServing(t)
+	base := "http://" + httpAddrOf(t, d)
+	mustREST(t, http.MethodPost, base+"/v1/listeners", `{"listenerId":"d1","host":"127.0.0.1"}`, nil)
+
+	stdout, stderr, err := client{grpcAddr}.run(t, "-d", `{"listenerId":"d1","drainTimeout":"61s"}`, grpcAddr, service+"/StopListener")
+	if err == nil || !strings.Contains(stderr, "InvalidArgument") || !strings.Contains(stderr, "--max-drain-timeout") {
+		t.Errorf("grpcurl StopListener with drainTimeout 61s over --max-drain-timeout 1m: %v\n%s%s\nwant InvalidArgument naming --max-drain-timeout", err, stdout, stderr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	code, body, err := restDo(ctx, http.MethodDelete, base+"/v1/listeners/d1?drainTimeout=3600s", "")
+	if err != nil || code != http.StatusBadRequest || !strings.Contains(body, "--max-drain-timeout") {
+		t.Errorf("REST DELETE ?drainTimeout=3600s: %d %s %v, want 400 naming --max-drain-timeout", code, body, err)
+	}
+	mustREST(t, http.MethodDelete, base+"/v1/listeners/d1?drainTimeout=60s", "", nil) // the bound itself is allowed
+	d.stop(t)
 }

@@ -34,6 +34,7 @@ func TestToStatusSentinels(t *testing.T) {
 		listener.ErrAddressInUse:     codes.Unavailable,
 		listener.ErrAddressNotUsable: codes.FailedPrecondition,
 		listener.ErrLimit:            codes.ResourceExhausted,
+		listener.ErrDrainTooLong:     codes.InvalidArgument,
 		listener.ErrClosed:           codes.Unavailable,
 		hub.ErrClosed:                codes.Unavailable,
 		hub.ErrTooManySubscribers:    codes.ResourceExhausted,

@@ -22,6 +22,10 @@ import (
 // hanging.
 const testTimeout = 10 * time.Second
 
+// longDrain is a drain no test waits out: far longer than testTimeout,
+// within listener.DefaultMaxDrainTimeout.
+const longDrain = 5 * time.Minute
+
 // recorder is a conn.Publisher that keeps every event in order.
 type recorder struct {
 	mu      sync.Mutex // guards evs

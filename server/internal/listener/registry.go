@@ -33,11 +33,19 @@ var (
 	ErrAddressNotUsable = errors.New("address cannot be bound")
 	ErrLimit            = errors.New("limit reached")
 	ErrClosed           = errors.New("gateway shutting down")
+	// ErrDrainTooLong means a drain_timeout above Config.MaxDrainTimeout.
+	ErrDrainTooLong = errors.New("drain timeout too long")
 )
 
 // DefaultHost is bound when Spec.Host is empty: every IPv4 interface, as
 // kn-sock's servers do.
 const DefaultHost = "0.0.0.0"
+
+// DefaultMaxDrainTimeout bounds a drain when Config.MaxDrainTimeout is 0:
+// long enough for a peer to finish a transfer, short enough that a
+// forgotten drain does not keep a listener id and its connections for
+// hours.
+const DefaultMaxDrainTimeout = 10 * time.Minute
 
 // State is where a listener is in its life.
 type State int
@@ -109,6 +117,8 @@ type Config struct {
 	MaxConnections int
 	// WriteTimeout bounds each write to a connection; 0 means conn.DefaultWriteTimeout.
 	WriteTimeout time.Duration
+	// MaxDrainTimeout bounds Stop's drain; 0 means DefaultMaxDrainTimeout.
+	MaxDrainTimeout time.Duration
 	// Logger logs listener starts and stops; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -125,10 +135,16 @@ type Registry struct {
 	totals conn.Counters // over every connection ever
 	closed [event.ReasonReplyTimeout + 1]atomic.Uint64
 
-	mu        sync.Mutex // guards the fields below and every listener's conns and state
+	// quit is closed when the shutdown begins (StopAccepting or Close):
+	// drains in progress are cut.
+	quit     chan struct{}
+	quitOnce sync.Once
+
+	mu        sync.Mutex // guards the fields below and every listener's conns, state and drainEnd
 	listeners map[string]*listener
 	conns     map[string]*conn.Conn
-	shut      bool
+	shut      bool // Start is refused: StopAccepting or Close was called
+	closing   bool // Close was called: it stops every listener, Stop starts no stop of its own
 }
 
 type listener struct {
@@ -142,9 +158,15 @@ type listener struct {
 	stopped    chan struct{} // closed when Stop finished
 	final      Info          // the snapshot at stop, valid once stopped is closed
 
+	// drainCut wakes the drain after a Stop moved drainEnd closer; one
+	// token is enough, as the drain rereads drainEnd.
+	drainCut chan struct{}
+
 	// Guarded by Registry.mu.
 	state State
 	conns map[string]*conn.Conn
+	// drainEnd is when a drain in progress closes what is still open.
+	drainEnd time.Time
 }
 
 // New returns an empty registry.
@@ -154,11 +176,15 @@ func New(cfg Config) *Registry {
 	if log == nil {
 		log = slog.Default()
 	}
+	if cfg.MaxDrainTimeout <= 0 {
+		cfg.MaxDrainTimeout = DefaultMaxDrainTimeout
+	}
 	return &Registry{
 		cfg:       cfg,
 		log:       log,
 		ctx:       ctx,
 		cancel:    cancel,
+		quit:      make(chan struct{}),
 		listeners: make(map[string]*listener),
 		conns:     make(map[string]*conn.Conn),
 	}
@@ -195,6 +221,7 @@ func (r *Registry) Start(spec Spec) (Info, error) {
 		createdAt:  time.Now(),
 		acceptDone: make(chan struct{}),
 		stopped:    make(chan struct{}),
+		drainCut:   make(chan struct{}, 1),
 		state:      Listening,
 		conns:      make(map[string]*conn.Conn),
 	}
@@ -349,30 +376,57 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 // Stop stops accepting on the listener at once, waits up to drain for its
 // connections to close by themselves, closes the rest with reason
 // LISTENER_STOPPED, and returns the final snapshot once the port is free and
-// every connection is closed. A second Stop of the same listener waits for
-// the first.
+// every connection is closed. drain is at most Config.MaxDrainTimeout.
+//
+// The drain belongs to the listener, not to the call: when ctx ends, Stop
+// returns ctx's error and the drain goes on. A Stop of a listener that is
+// already draining moves the drain's end closer when its own drain ends
+// sooner (never further), and returns, like the first, once the listener
+// has stopped. A shutdown (StopAccepting or Close) cuts every drain: what is
+// still open is closed at once with reason SHUTDOWN.
 func (r *Registry) Stop(ctx context.Context, id string, drain time.Duration) (Info, error) {
+	if drain > r.cfg.MaxDrainTimeout {
+		return Info{}, fmt.Errorf("stopping listener %q: drain_timeout %s is more than --max-drain-timeout (%s): %w",
+			id, drain, r.cfg.MaxDrainTimeout, ErrDrainTooLong)
+	}
+	end := time.Now().Add(drain)
 	r.mu.Lock()
 	l := r.listeners[id]
 	if l == nil || l.ln == nil {
 		r.mu.Unlock()
 		return Info{}, fmt.Errorf("stopping listener %q: %w", id, ErrNotFound)
 	}
-	if l.state != Listening {
-		r.mu.Unlock()
+	switch {
+	case l.state == Listening && !r.closing:
+		l.state = Draining
+		l.drainEnd = end
+		// Added under mu before Close can see closing unset, so it
+		// happens before Close's Wait.
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.stop(l, event.ReasonListenerStopped)
+		}()
+	case l.state == Draining && end.Before(l.drainEnd):
+		l.drainEnd = end
 		select {
-		case <-l.stopped:
-			return l.final, nil
-		case <-ctx.Done():
-			return Info{}, ctx.Err()
+		case l.drainCut <- struct{}{}:
+		default:
 		}
 	}
-	l.state = Draining
 	r.mu.Unlock()
-	return r.stop(l, drain, event.ReasonListenerStopped), nil
+	select {
+	case <-l.stopped:
+		return l.final, nil
+	case <-ctx.Done():
+		return Info{}, fmt.Errorf("stopping listener %q: %w", id, ctx.Err())
+	}
 }
 
-func (r *Registry) stop(l *listener, drain time.Duration, reason event.CloseReason) Info {
+// stop closes l's socket, drains its connections until l.drainEnd, closes
+// what is left with reason (SHUTDOWN when a shutdown cut the drain), and
+// forgets l. l.state must already be Draining, so that nothing else stops it.
+func (r *Registry) stop(l *listener, reason event.CloseReason) Info {
 	_ = l.ln.Close()
 	<-l.acceptDone
 
@@ -383,17 +437,8 @@ func (r *Registry) stop(l *listener, drain time.Duration, reason event.CloseReas
 	}
 	r.mu.Unlock()
 
-	if drain > 0 && len(conns) > 0 {
-		timer := time.NewTimer(drain)
-	wait:
-		for _, c := range conns {
-			select {
-			case <-c.Done():
-			case <-timer.C:
-				break wait
-			}
-		}
-		timer.Stop()
+	if r.drain(l, conns) {
+		reason = event.ReasonShutdown
 	}
 	for _, c := range conns {
 		c.Close(reason)
@@ -414,6 +459,42 @@ func (r *Registry) stop(l *listener, drain time.Duration, reason event.CloseReas
 		"connections_total", info.ConnectionsTotal, "bytes_in", info.BytesIn, "bytes_out", info.BytesOut)
 	close(l.stopped)
 	return info
+}
+
+// drain waits until every one of conns has closed or l.drainEnd passes,
+// rereading drainEnd whenever a Stop moves it. It reports whether a
+// shutdown cut it short.
+func (r *Registry) drain(l *listener, conns []*conn.Conn) (cut bool) {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for _, c := range conns {
+		for open := true; open; {
+			r.mu.Lock()
+			left := time.Until(l.drainEnd)
+			r.mu.Unlock()
+			if left <= 0 {
+				return false
+			}
+			if timer == nil {
+				timer = time.NewTimer(left)
+			} else {
+				timer.Reset(left)
+			}
+			select {
+			case <-c.Done():
+				open = false
+			case <-timer.C: // drainEnd has passed: the next turn returns
+			case <-l.drainCut: // drainEnd moved closer: reread it
+			case <-r.quit:
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Get returns a snapshot of one listener.
@@ -592,29 +673,63 @@ func (r *Registry) Stats() Stats {
 	return st
 }
 
-// Close stops every listener, closes every connection with reason SHUTDOWN,
-// and waits for all of their goroutines. It is idempotent.
+// StopAccepting begins a shutdown and returns at once: Start is refused from
+// now on, every listening socket closes, so no client connects any more and
+// every port is free, and drains in progress are cut: their connections
+// close with reason SHUTDOWN and their Stops return. The connections of
+// listeners that were not draining stay open until Close, so that calls
+// still using them (a Send awaiting a reply) may finish.
+func (r *Registry) StopAccepting() {
+	r.mu.Lock()
+	r.shutLocked()
+	lns := make([]net.Listener, 0, len(r.listeners))
+	for _, l := range r.listeners {
+		if l.ln != nil {
+			lns = append(lns, l.ln)
+		}
+	}
+	r.mu.Unlock()
+	// The accept loops return on their own; stop or Close waits for them.
+	for _, ln := range lns {
+		_ = ln.Close()
+	}
+}
+
+// shutLocked refuses Start from now on and cuts every drain.
+func (r *Registry) shutLocked() {
+	r.shut = true
+	r.quitOnce.Do(func() { close(r.quit) })
+}
+
+// Close stops every listener, closes every connection with reason SHUTDOWN
+// (cutting drains in progress), and waits for all of their goroutines. It
+// is idempotent.
 func (r *Registry) Close() {
 	r.mu.Lock()
-	if r.shut {
-		r.mu.Unlock()
-		r.wg.Wait()
-		return
-	}
-	r.shut = true
-	var running []*listener
+	r.shutLocked()
+	r.closing = true
+	var running, all []*listener
 	for _, l := range r.listeners {
-		if l.ln != nil && l.state == Listening {
+		if l.ln == nil {
+			continue // still binding: Start sees shut and gives up
+		}
+		all = append(all, l)
+		if l.state == Listening {
 			l.state = Draining
+			l.drainEnd = time.Now()
 			running = append(running, l)
 		}
 	}
 	r.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, l := range running {
-		wg.Go(func() { r.stop(l, 0, event.ReasonShutdown) })
+		wg.Go(func() { r.stop(l, event.ReasonShutdown) })
 	}
 	wg.Wait()
+	// Listeners some Stop was draining, cut by quit.
+	for _, l := range all {
+		<-l.stopped
+	}
 	r.cancel()
 	r.wg.Wait()
 }

@@ -281,7 +281,7 @@ func TestStopDrainEndsEarly(t *testing.T) {
 	id := connID(t, r, c)
 	done := make(chan error, 1)
 	go func() {
-		_, err := r.Stop(ctx(t), info.ID, time.Hour)
+		_, err := r.Stop(ctx(t), info.ID, longDrain)
 		done <- err
 	}()
 	waitState(t, r, info.ID, listener.Draining)
@@ -357,7 +357,8 @@ func TestConcurrentStop(t *testing.T) {
 	}
 }
 
-// A second Stop gives up when its context ends; the first goes on.
+// A second Stop gives up when its context ends; the first goes on (the
+// second asks for no shorter drain, so it changes nothing).
 func TestStopWaitCanceled(t *testing.T) {
 	r, _ := newRegistry(t, listener.Config{})
 	info := start(t, r, listener.Spec{})
@@ -365,13 +366,13 @@ func TestStopWaitCanceled(t *testing.T) {
 	connID(t, r, c)
 	first := make(chan error, 1)
 	go func() {
-		_, err := r.Stop(ctx(t), info.ID, time.Hour)
+		_, err := r.Stop(ctx(t), info.ID, longDrain)
 		first <- err
 	}()
 	waitState(t, r, info.ID, listener.Draining)
 	short, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	if _, err := r.Stop(short, info.ID, 0); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := r.Stop(short, info.ID, longDrain); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("second Stop with an ending context = %v, want DeadlineExceeded", err)
 	}
 	_ = c.Close()

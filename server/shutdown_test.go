@@ -8,16 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -285,80 +281,5 @@ func echoLine(t *testing.T, c net.Conn, s string) {
 	}
 	if got := string(readN(t, c, len(s)+1)); got != s+"\n" {
 		t.Fatalf("echo %q, want %q", got, s+"\n")
-	}
-}
-
-// TestShutdownLeavesStuckCall: a call that ignores cancellation (here a
-// StartListener whose cert_file is a FIFO that no one writes, which blocks
-// in open(2)) does not hold the shutdown: Run returns at the timeout with
-// an error naming the call, every port free.
-func TestShutdownLeavesStuckCall(t *testing.T) {
-	const timeout = 2 * time.Second
-	fifo := filepath.Join(t.TempDir(), "cert.pem")
-	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
-		t.Skipf("mkfifo: %v", err)
-	}
-	var logs secLog
-	srv, err := server.New(server.Config{GRPCAddr: "127.0.0.1:0", ShutdownTimeout: timeout, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ran := make(chan error, 1)
-	go func() { ran <- srv.Run(ctx) }()
-	cc, err := grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	api := tcpgatev1.NewGatewayServiceClient(cc)
-	l, err := api.StartListener(ctxT(t), &tcpgatev1.StartListenerRequest{Host: "127.0.0.1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	stuck := make(chan error, 1)
-	go func() {
-		_, err := api.StartListener(context.Background(), &tcpgatev1.StartListenerRequest{Host: "127.0.0.1",
-			Tls: &tcpgatev1.ListenerTLS{CertFile: fifo, KeyPem: "not read: the cert_file read blocks first"}})
-		stuck <- err
-	}()
-	// Whoever ends the test unblocks the read, so its goroutines end.
-	defer func() {
-		if f, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
-			f.Close()
-		}
-		<-stuck
-	}()
-	select {
-	case err := <-stuck:
-		stuck <- err
-		t.Skipf("StartListener with a FIFO as cert_file no longer blocks (%v): no call here ignores cancellation", err)
-	case <-time.After(300 * time.Millisecond):
-	}
-
-	start := time.Now()
-	cancel()
-	select {
-	case err = <-ran:
-	case <-time.After(timeout + shutdownMargin):
-		t.Fatalf("Run still running %v after the shutdown began, with a %v timeout, held by a call that ignores cancellation",
-			time.Since(start).Round(time.Millisecond), timeout)
-	}
-	t.Logf("Run returned after %v: %v", time.Since(start).Round(time.Millisecond), err)
-	if err == nil || !strings.Contains(err.Error(), "GatewayService/StartListener") || !strings.Contains(err.Error(), "--shutdown-timeout") {
-		t.Errorf("Run = %v, want an error naming the StartListener still running and --shutdown-timeout", err)
-	}
-	if !strings.Contains(logs.String(), "shutdown timed out") {
-		t.Errorf("no \"shutdown timed out\" in the log:\n%s", logs.String())
-	}
-	for _, addr := range []string{srv.GRPCAddr(), l.GetListener().GetAddress()} {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			t.Errorf("%s still bound after Run returned: %v", addr, err)
-			continue
-		}
-		ln.Close()
 	}
 }

@@ -47,6 +47,9 @@ const (
 	DefaultWriteTimeout = conn.DefaultWriteTimeout
 	// DefaultMaxSendBytes bounds a Send payload (see rpc.DefaultMaxSendBytes).
 	DefaultMaxSendBytes = rpc.DefaultMaxSendBytes
+	// DefaultMaxWriteBufferBytes bounds all connections' queued writes
+	// together (see listener.DefaultMaxWriteBufferBytes).
+	DefaultMaxWriteBufferBytes = listener.DefaultMaxWriteBufferBytes
 )
 
 // gRPC transport sizes, chosen for streaming throughput: a window of 1 MiB
@@ -97,6 +100,9 @@ type Config struct {
 	IdleTimeout time.Duration
 	// WriteTimeout bounds each write to an accepted connection; 0 means 10 s.
 	WriteTimeout time.Duration
+	// MaxWriteBufferBytes bounds the bytes queued for writing over every
+	// accepted connection together; 0 means DefaultMaxWriteBufferBytes.
+	MaxWriteBufferBytes int
 	// ShutdownTimeout bounds the graceful part of shutdown; 0 means DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
 	// Logger receives the gateway's logs; nil means slog.Default().
@@ -166,6 +172,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxSendBytes <= 0 {
 		cfg.MaxSendBytes = DefaultMaxSendBytes
 	}
+	if cfg.MaxWriteBufferBytes < 0 {
+		return nil, fmt.Errorf("--max-write-buffer-bytes %d: must be positive, or 0 for %d", cfg.MaxWriteBufferBytes, DefaultMaxWriteBufferBytes)
+	}
 	if err := checkExposure(cfg); err != nil {
 		return nil, err
 	}
@@ -199,6 +208,8 @@ func New(cfg Config) (*Server, error) {
 		MaxConnections: cfg.MaxConnections,
 		WriteTimeout:   cfg.WriteTimeout,
 		Logger:         log,
+
+		MaxWriteBufferBytes: cfg.MaxWriteBufferBytes,
 	})
 	s.dialer = &dialer.Dialer{}
 	s.rpcs = newRPCMetrics()

@@ -35,6 +35,14 @@ var (
 	ErrClosed           = errors.New("gateway shutting down")
 )
 
+// DefaultMaxWriteBufferBytes bounds the bytes queued for writing over every
+// connection when Config.MaxWriteBufferBytes is 0: the queues of 256
+// connections full at conn.DefaultMaxQueuedWriteBytes each. A peer that
+// reads keeps its queue near empty, so the bound is reached only by peers
+// that stop reading, which the write timeout closes; until then reads that
+// would queue more wait, as for a full queue of their own.
+const DefaultMaxWriteBufferBytes = 256 << 20
+
 // DefaultHost is bound when Spec.Host is empty: every IPv4 interface, as
 // kn-sock's servers do.
 const DefaultHost = "0.0.0.0"
@@ -109,6 +117,9 @@ type Config struct {
 	MaxConnections int
 	// WriteTimeout bounds each write to a connection; 0 means conn.DefaultWriteTimeout.
 	WriteTimeout time.Duration
+	// MaxWriteBufferBytes bounds the bytes queued for writing over every
+	// connection; 0 means DefaultMaxWriteBufferBytes.
+	MaxWriteBufferBytes int
 	// Logger logs listener starts and stops; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -123,6 +134,7 @@ type Registry struct {
 	nextID atomic.Uint64  // for generated listener ids
 	connID atomic.Uint64
 	totals conn.Counters // over every connection ever
+	writes *conn.WriteBudget
 	closed [event.ReasonReplyTimeout + 1]atomic.Uint64
 
 	mu        sync.Mutex // guards the fields below and every listener's conns and state
@@ -154,7 +166,11 @@ func New(cfg Config) *Registry {
 	if log == nil {
 		log = slog.Default()
 	}
+	if cfg.MaxWriteBufferBytes <= 0 {
+		cfg.MaxWriteBufferBytes = DefaultMaxWriteBufferBytes
+	}
 	return &Registry{
+		writes:    conn.NewWriteBudget(cfg.MaxWriteBufferBytes),
 		cfg:       cfg,
 		log:       log,
 		ctx:       ctx,
@@ -311,6 +327,7 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 		IdleTimeout:      l.spec.IdleTimeout,
 		HalfCloseTimeout: l.spec.HalfCloseTimeout,
 		WriteTimeout:     r.cfg.WriteTimeout,
+		WriteBudget:      r.writes,
 		Publisher:        r.cfg.Publisher,
 		Aggregates:       []*conn.Counters{&l.counters, &r.totals},
 		Closed: func(reason event.CloseReason) {
@@ -554,7 +571,7 @@ func (r *Registry) Broadcast(ctx context.Context, listenerID string, p []byte) (
 	var wg sync.WaitGroup
 	for _, c := range conns {
 		wg.Go(func() {
-			if _, err := c.Send(ctx, p, conn.NoReply, 0); err == nil {
+			if _, err := c.Send(ctx, p, conn.Await{}); err == nil {
 				reached.Add(1)
 			}
 		})

@@ -3,7 +3,9 @@ package main_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -107,5 +109,85 @@ func TestFixedReplyMemory(t *testing.T) {
 				t.Errorf("peak RSS %s, want at most %s", mib(peak), mib(fixedReplyPeakRSS))
 			}
 		})
+	}
+}
+
+// TestMaxWriteBufferBytes shows the flag reaching the engine: with a 64 KiB
+// budget, a connection whose peer never reads holds it, and another
+// listener's echo waits until --write-timeout closes the stuck one. A
+// negative value is refused naming the flag.
+func TestMaxWriteBufferBytes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out a write timeout")
+	}
+	t.Parallel()
+	out := runFailing(t, hermeticEnv(), "serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "", "--max-write-buffer-bytes", "-1")
+	if !strings.Contains(out, "--max-write-buffer-bytes") {
+		t.Errorf("serve with a negative --max-write-buffer-bytes: %s", out)
+	}
+
+	d := startPlainDaemon(t, hermeticEnv(), "serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "",
+		"--write-timeout", "3s", "--max-write-buffer-bytes", "65536")
+	cc, err := grpc.NewClient(d.waitServing(t), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	api := tcpgatev1.NewGatewayServiceClient(cc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	line := &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}
+	stuck, err := api.StartListener(ctx, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1", Framing: line,
+		AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED,
+			Payload: &tcpgatev1.AutoReply_Data{Data: bytes.Repeat([]byte("r"), 1<<20)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo, err := api.StartListener(ctx, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1", Framing: line,
+		AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := net.Dial("tcp", stuck.GetListener().GetAddress())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	_ = sc.(*net.TCPConn).SetReadBuffer(4 << 10) // and never reads
+	if _, err := sc.Write(bytes.Repeat([]byte("\n"), 64)); err != nil {
+		t.Fatal(err)
+	}
+	// Stuck: the socket takes no more, so a write holds the budget.
+	var last uint64
+	for same := 0; same < 3; {
+		time.Sleep(50 * time.Millisecond)
+		l, err := api.GetListener(ctx, &tcpgatev1.GetListenerRequest{ListenerId: stuck.GetListener().GetListenerId()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := l.GetListener().GetBytesOut(); n > 0 && n == last {
+			same++
+		} else {
+			same, last = 0, n
+		}
+	}
+	start := time.Now()
+	ec, err := net.Dial("tcp", echo.GetListener().GetAddress())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ec.Close()
+	if _, err := ec.Write([]byte("hi\n")); err != nil {
+		t.Fatal(err)
+	}
+	_ = ec.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, 3)
+	if _, err := io.ReadFull(ec, got); err != nil || string(got) != "hi\n" {
+		t.Fatalf("echo = %q, %v", got, err)
+	}
+	// The echo came once the stuck connection was closed (3 s after its
+	// last write began), not at once.
+	if waited := time.Since(start); waited < 500*time.Millisecond {
+		t.Errorf("echo after %v: it was queued past --max-write-buffer-bytes", waited)
 	}
 }

@@ -2,6 +2,7 @@ package conn
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -171,10 +172,10 @@ func (c *Conn) Send(ctx context.Context, p []byte, aw Await) ([]byte, error) {
 	err := c.queue(ctx, it)
 	<-c.writeTurn
 	switch {
-	case err == ErrClosed:
+	case errors.Is(err, ErrClosed):
 		return nil, fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
 	case err != nil:
-		return nil, fmt.Errorf("writing to %s: waiting for room in the write queue: %w", c.cfg.ID, err)
+		return nil, fmt.Errorf("writing to %s: waiting for earlier sends to be written (the write queue is full): %w", c.cfg.ID, err)
 	}
 	select {
 	case <-s.done:

@@ -224,6 +224,10 @@ func (c *Conn) Serve() {
 	if reason == event.ReasonPeerClosed && c.cfg.HalfCloseTimeout > 0 {
 		c.lingerHalfClosed()
 	}
+	// Replies queued to the last frames go out before the close, as when
+	// the read loop wrote them itself (within the write timeout; at once
+	// when the connection was closed).
+	c.waitFlushed()
 
 	_ = c.nc.Close()
 	c.mu.Lock()

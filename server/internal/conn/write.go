@@ -58,23 +58,23 @@ type outbound struct {
 	queued   int           // bytes queued or being written
 	flushing bool          // the write goroutine runs
 	closed   bool          // the connection closed: nothing more is queued
-	room     chan struct{} // made on first use; signaled when bytes leave
+	room     chan struct{} // made when someone waits; closed when bytes leave
 	wg       sync.WaitGroup
 }
 
-// roomLocked returns the channel the writer signals when bytes leave the
-// queue. Only the holder of writeTurn waits on it.
-func (o *outbound) roomLocked() chan struct{} {
+// roomLocked returns a channel closed when bytes next leave the queue (or
+// the write goroutine ends); made only when someone waits.
+func (o *outbound) roomLocked() <-chan struct{} {
 	if o.room == nil {
-		o.room = make(chan struct{}, 1)
+		o.room = make(chan struct{})
 	}
 	return o.room
 }
 
 func (o *outbound) signalLocked() {
-	select {
-	case o.room <- struct{}{}:
-	default:
+	if o.room != nil {
+		close(o.room)
+		o.room = nil
 	}
 }
 
@@ -351,8 +351,7 @@ func (c *Conn) closeOutbound() {
 	o.wg.Wait()
 }
 
-// waitFlushed waits, the caller holding the write turn, until the queue is
-// written or the connection closes.
+// waitFlushed waits until the queue is written or the connection closes.
 func (c *Conn) waitFlushed() {
 	o := &c.out
 	for {

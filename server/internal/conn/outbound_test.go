@@ -313,3 +313,49 @@ func TestAwaitCloseOnTimeout(t *testing.T) {
 		t.Errorf("close reason = %v, want reply_timeout", got)
 	}
 }
+
+// A Send whose timeout ends while it waits behind another write is taken
+// back: none of it is written, it frees its share of the budget, and the
+// connection stays open.
+func TestSendGivesUpInQueue(t *testing.T) {
+	budget := conn.NewWriteBudget(1 << 30)
+	// Room for both in the connection's queue: the second is queued
+	// behind the first, which the peer does not take yet.
+	// (More than loopback's socket buffers take, so the first blocks.)
+	c, cc := serve(t, conn.Config{Publisher: newRecorder(), WriteBudget: budget, MaxQueuedWriteBytes: 128 << 20})
+	big := bytes.Repeat([]byte("b"), 64<<20)
+	first := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+		defer cancel()
+		_, err := c.Send(ctx, big, conn.Await{})
+		first <- err
+	}()
+	if !eventually(func() bool { return budget.Used() == len(big) }) {
+		t.Fatal("the first send was never queued")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	_, err := c.Send(ctx, []byte("second"), conn.Await{})
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "earlier sends") {
+		t.Fatalf("second Send = %v, want DeadlineExceeded waiting for earlier sends", err)
+	}
+	if n := budget.Used(); n != len(big) {
+		t.Errorf("budget holds %d bytes, want the first send's %d", n, len(big))
+	}
+	got, err := readFull(cc, len(big))
+	if err != nil || got != string(big) {
+		t.Fatalf("reading the first send: %d bytes, %v", len(got), err != nil)
+	}
+	if err := <-first; err != nil {
+		t.Fatalf("first Send: %v", err)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	if _, err := c.Send(ctx, []byte("third"), conn.Await{}); err != nil {
+		t.Fatalf("third Send: %v", err)
+	}
+	if got := readN(t, cc, 5); got != "third" {
+		t.Errorf("after the first send came %q, want third (second was never written)", got)
+	}
+}

@@ -48,7 +48,6 @@ type pendingSend struct {
 	await    *awaiter  // joins the awaiters when the write begins; nil for none
 	done     chan struct{}
 	err      error // set before done is closed
-	begun    bool  // guarded by outbound.mu
 }
 
 // outbound is a connection's write queue.
@@ -274,19 +273,20 @@ func (c *Conn) queue(ctx context.Context, it *outItem) error {
 }
 
 // unqueue takes back a send whose caller gave up before its write began,
-// and reports whether it did: once begun, a write runs to its end.
+// and reports whether it did: once begun, a write runs to its end, and
+// its done channel is closed when it has.
 func (c *Conn) unqueue(it *outItem) bool {
 	o := &c.out
 	o.mu.Lock()
-	if it.send.begun {
+	i := slices.Index(o.queue, it)
+	if i < 0 {
+		// Begun, or failed by closeOutbound, which settles it.
 		o.mu.Unlock()
 		return false
 	}
-	if i := slices.Index(o.queue, it); i >= 0 {
-		o.queue = slices.Delete(o.queue, i, i+1)
-		o.queued -= it.size
-		o.signalLocked()
-	}
+	o.queue = slices.Delete(o.queue, i, i+1)
+	o.queued -= it.size
+	o.signalLocked()
 	o.mu.Unlock()
 	c.cfg.WriteBudget.release(it.size)
 	return true
@@ -310,9 +310,6 @@ func (c *Conn) flush() {
 		it := o.queue[0]
 		o.queue[0] = nil
 		o.queue = o.queue[1:]
-		if it.send != nil {
-			it.send.begun = true
-		}
 		o.mu.Unlock()
 
 		err := c.writeItem(it, &iov)

@@ -1,10 +1,14 @@
 package main_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"io"
 	"net"
+	"net/http"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -112,6 +116,30 @@ func TestFixedReplyMemory(t *testing.T) {
 	}
 }
 
+var logHTTPAddr = regexp.MustCompile(`\bhttp_addr=(\S+)`)
+
+// metric reads one unlabeled metric from the daemon's /metrics.
+func metric(t *testing.T, httpAddr, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatalf("reading /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no %s in /metrics", name)
+	return 0
+}
+
 // TestMaxWriteBufferBytes shows the flag reaching the engine: with a 64 KiB
 // budget, a connection whose peer never reads holds it, and another
 // listener's echo waits until --write-timeout closes the stuck one. A
@@ -126,9 +154,15 @@ func TestMaxWriteBufferBytes(t *testing.T) {
 		t.Errorf("serve with a negative --max-write-buffer-bytes: %s", out)
 	}
 
-	d := startPlainDaemon(t, hermeticEnv(), "serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "",
+	d := startPlainDaemon(t, hermeticEnv(), "serve", "--grpc-addr", "127.0.0.1:0",
 		"--write-timeout", "3s", "--max-write-buffer-bytes", "65536")
-	cc, err := grpc.NewClient(d.waitServing(t), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	grpcAddr := d.waitServing(t)
+	m := logHTTPAddr.FindStringSubmatch(d.stderr.String())
+	if m == nil {
+		t.Fatalf("no http_addr in the log:\n%s", d.stderr.String())
+	}
+	httpAddr := strings.Trim(m[1], `"`)
+	cc, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,6 +204,10 @@ func TestMaxWriteBufferBytes(t *testing.T) {
 		} else {
 			same, last = 0, n
 		}
+	}
+	// One 1 MiB reply is in flight: larger than the budget, it went alone.
+	if got := metric(t, httpAddr, "tcpgate_write_queued_bytes"); got != 1<<20 {
+		t.Errorf("tcpgate_write_queued_bytes = %v, want 1048576", got)
 	}
 	start := time.Now()
 	ec, err := net.Dial("tcp", echo.GetListener().GetAddress())

@@ -590,6 +590,9 @@ type Stats struct {
 	// Closed counts closed connections by reason.
 	Closed                                 map[event.CloseReason]uint64
 	BytesIn, BytesOut, FramesIn, FramesOut uint64
+	// WriteQueued is the bytes queued for writing to connections now
+	// (bounded by Config.MaxWriteBufferBytes).
+	WriteQueued int
 }
 
 // Stats returns gateway-wide figures.
@@ -606,6 +609,7 @@ func (r *Registry) Stats() Stats {
 	}
 	st.BytesIn, st.BytesOut = r.totals.BytesIn.Load(), r.totals.BytesOut.Load()
 	st.FramesIn, st.FramesOut = r.totals.FramesIn.Load(), r.totals.FramesOut.Load()
+	st.WriteQueued = r.writes.Used()
 	return st
 }
 

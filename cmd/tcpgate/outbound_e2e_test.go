@@ -81,11 +81,11 @@ func TestFixedReplyMemory(t *testing.T) {
 			}
 			defer nc.Close()
 			_ = nc.(*net.TCPConn).SetReadBuffer(4 << 10) // and never reads
+			start := time.Now() // before the daemon can begin to answer
 			if _, err := nc.Write(bytes.Repeat([]byte("\n"), 65536)); err != nil {
 				t.Fatal(err)
 			}
 
-			start := time.Now()
 			var closed *tcpgatev1.Event
 			for closed == nil {
 				resp, err := sub.Recv()

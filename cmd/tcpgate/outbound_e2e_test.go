@@ -81,7 +81,8 @@ func TestFixedReplyMemory(t *testing.T) {
 			}
 			defer nc.Close()
 			_ = nc.(*net.TCPConn).SetReadBuffer(4 << 10) // and never reads
-			start := time.Now()                          // before the daemon can begin to answer
+			// Before the daemon can begin to answer.
+			start := time.Now()
 			if _, err := nc.Write(bytes.Repeat([]byte("\n"), 65536)); err != nil {
 				t.Fatal(err)
 			}

@@ -13,10 +13,13 @@
 // allocated once per read and shared, unchanged, by the ring and every
 // subscriber.
 //
-// Writes go the other way: Send on an accepted connection goes through that
-// connection's write lock, so writes are serialized and awaited replies are
-// matched in write order; Send to an address uses internal/dialer, a fresh
-// connection per call.
+// Writes go the other way: Send on an accepted connection, a broadcast and
+// the listener's auto replies meet in that connection's write queue,
+// written in order by one write goroutine that runs only while bytes are
+// queued. The queue is bounded per connection and over all connections
+// (--max-write-buffer-bytes); a read loop whose replies find no room stops
+// reading until they do. Awaited replies are matched in write order. Send
+// to an address uses internal/dialer, a fresh connection per call.
 //
 // The engine knows nothing of protobuf. rpc validates requests, calls the
 // engine and maps its sentinel errors to gRPC codes (rpc/errors.go). The hub
@@ -25,13 +28,14 @@
 //
 // # Lock order
 //
-// Locks are never held across I/O, and only two pairs are ever nested:
+// Locks are never held across I/O, and only one pair is ever nested:
 //
-//	conn.Conn.writeMu  ->  conn.Conn.mu
 //	hub.Hub.mu         ->  hub.Subscriber.mu
 //
-// conn.Conn.writeMu is held across a write to the socket: that write is the
-// thing it serializes, bounded by the write timeout. A publisher holds
+// A connection's write turn (conn.Conn.writeTurn, a channel) is held while
+// a write is queued, and across the wait for room, never across the write
+// itself; its queue's lock, its own lock and the shared conn.WriteBudget's
+// are leaves, each taken alone. A publisher holds
 // hub.Hub.mu and takes each subscriber's lock once per batch; a subscriber
 // taking its events takes only its own, so subscribers do not contend with
 // each other. listener.Registry.mu is a leaf: nothing that takes another

@@ -27,6 +27,7 @@ type collector struct {
 	events, ringBytes                       *prometheus.Desc
 	subscribers, queued, dropped, discon    *prometheus.Desc
 	dials, dialsFailed, dialOut, dialIn     *prometheus.Desc
+	writeQueued                             *prometheus.Desc
 }
 
 func newCollector(h *hub.Hub, r *listener.Registry, dl *dialer.Dialer) *collector {
@@ -55,6 +56,7 @@ func newCollector(h *hub.Hub, r *listener.Registry, dl *dialer.Dialer) *collecto
 		queued:      d("subscriber_queued_bytes", "Bytes queued for subscribers, by slow-consumer policy.", "policy"),
 		dropped:     d("events_dropped_total", "Events dropped from subscriber queues, by slow-consumer policy.", "policy"),
 		discon:      d("subscribers_disconnected_total", "Subscribe streams ended for falling behind (DISCONNECT policy)."),
+		writeQueued: d("write_queued_bytes", "Bytes queued for writing to accepted connections (sends, broadcasts, auto replies), at most --max-write-buffer-bytes."),
 	}
 }
 
@@ -78,6 +80,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.bytesOut, float64(ls.BytesOut))
 	counter(c.framesIn, float64(ls.FramesIn))
 	counter(c.framesOut, float64(ls.FramesOut))
+	gauge(c.writeQueued, float64(ls.WriteQueued))
 
 	hs := c.hub.Stats()
 	counter(c.events, float64(hs.LastSequence))

@@ -52,6 +52,9 @@ const (
 	// DefaultMaxDrainTimeout bounds StopListener's drain_timeout (see
 	// listener.DefaultMaxDrainTimeout).
 	DefaultMaxDrainTimeout = listener.DefaultMaxDrainTimeout
+	// DefaultMaxWriteBufferBytes bounds all connections' queued writes
+	// together (see listener.DefaultMaxWriteBufferBytes).
+	DefaultMaxWriteBufferBytes = listener.DefaultMaxWriteBufferBytes
 )
 
 // gRPC transport sizes, chosen for streaming throughput: a window of 1 MiB
@@ -102,6 +105,9 @@ type Config struct {
 	IdleTimeout time.Duration
 	// WriteTimeout bounds each write to an accepted connection; 0 means 10 s.
 	WriteTimeout time.Duration
+	// MaxWriteBufferBytes bounds the bytes queued for writing over every
+	// accepted connection together; 0 means DefaultMaxWriteBufferBytes.
+	MaxWriteBufferBytes int
 	// ShutdownTimeout bounds the whole shutdown, whatever is in flight; 0
 	// means DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
@@ -185,6 +191,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxDrainTimeout < 0 {
 		return nil, fmt.Errorf("--max-drain-timeout %s: must not be negative (0 means %s)", cfg.MaxDrainTimeout, DefaultMaxDrainTimeout)
 	}
+	if cfg.MaxWriteBufferBytes < 0 {
+		return nil, fmt.Errorf("--max-write-buffer-bytes %d: must be positive, or 0 for %d", cfg.MaxWriteBufferBytes, DefaultMaxWriteBufferBytes)
+	}
 	if err := checkExposure(cfg); err != nil {
 		return nil, err
 	}
@@ -223,8 +232,9 @@ func New(cfg Config) (*Server, error) {
 		WriteTimeout:   cfg.WriteTimeout,
 		// Decided by the registry, so every way of stopping a listener
 		// meets the same bound.
-		MaxDrainTimeout: cfg.MaxDrainTimeout,
-		Logger:          log,
+		MaxDrainTimeout:     cfg.MaxDrainTimeout,
+		MaxWriteBufferBytes: cfg.MaxWriteBufferBytes,
+		Logger:              log,
 	})
 	s.dialer = &dialer.Dialer{}
 	s.rpcs = newRPCMetrics()

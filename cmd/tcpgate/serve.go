@@ -83,6 +83,7 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&cfg.AllowDial, "allow-dial", "", "where Send may connect: HOST|CIDR[:PORTS] rules (default: anywhere but link-local and cloud metadata)")
 	f.StringVar(&cfg.DenyDial, "deny-dial", "", "where Send may never connect: HOST|CIDR[:PORTS] rules, checked first")
 	f.DurationVar(&cfg.WriteTimeout, "write-timeout", server.DefaultWriteTimeout, "how long a write to a connection may block before it is closed")
+	f.IntVar(&cfg.MaxWriteBufferBytes, "max-write-buffer-bytes", server.DefaultMaxWriteBufferBytes, "bytes queued for writing over all connections together; past it, reads that would queue more wait")
 	f.IntVar(&cfg.MaxFrameBytes, "max-frame-bytes", rpc.MaxFrameLimit, "largest max_frame_bytes (and fixed_size) a framing may ask for; an unset one is 1 MiB or this if smaller (at most 3 MiB)")
 	f.IntVar(&cfg.MaxReplyBytes, "max-reply-bytes", rpc.MaxFrameLimit, "largest await_reply.max_bytes a Send may ask for; an unset one is 1 MiB or this if smaller (at most 3 MiB)")
 	f.IntVar(&cfg.ListenerMaxConnections, "listener-max-connections", 0, "max_connections of a listener that sets none, and the most one may set (0: no bound of a listener's own)")

@@ -5,6 +5,7 @@
 package rpc
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -340,6 +341,26 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 	if maxReply == 0 {
 		maxReply = min(defaultReplyBytes, s.cfg.MaxReplyBytes)
 	}
+	match, err := replyMatch(aw.GetMatch())
+	if err != nil {
+		return nil, err
+	}
+	closeOnTimeout := false
+	switch aw.GetOnTimeout() {
+	case tcpgatev1.OnTimeout_ON_TIMEOUT_UNSPECIFIED, tcpgatev1.OnTimeout_ON_TIMEOUT_KEEP_OPEN:
+	case tcpgatev1.OnTimeout_ON_TIMEOUT_CLOSE:
+		closeOnTimeout = true
+	default:
+		return nil, invalid("await_reply.on_timeout", "unknown value %d", int32(aw.GetOnTimeout()))
+	}
+	if mode == dialer.NoAwait {
+		switch {
+		case match != nil:
+			return nil, invalid("await_reply.match", "only with an await_reply.mode that waits for a reply")
+		case closeOnTimeout:
+			return nil, invalid("await_reply.on_timeout", "only with an await_reply.mode that waits for a reply")
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
@@ -355,6 +376,12 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		if aw.GetFraming() != nil && mode != dialer.Frame {
 			return nil, invalid("await_reply.framing", "only used with AWAIT_MODE_FRAME")
 		}
+		if match != nil && mode != dialer.Frame {
+			return nil, invalid("await_reply.match", "with address, only used with AWAIT_MODE_FRAME: other modes return bytes as they come, not frames")
+		}
+		if closeOnTimeout {
+			return nil, invalid("await_reply.on_timeout", "only with connection_id: a send to an address closes its connection anyway")
+		}
 		host, _, _ := net.SplitHostPort(t.Address)
 		tlsCfg, err := s.dialTLS(ctx, req.GetTls(), host)
 		if err != nil {
@@ -366,7 +393,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 			return nil, s.status(err)
 		}
 		res, err := s.cfg.Dialer.Send(ctx, dialer.Request{
-			Address: t.Address, Resolved: resolved, Payload: payload, Await: mode, Framing: fc, MaxReply: maxReply, TLS: tlsCfg,
+			Address: t.Address, Resolved: resolved, Payload: payload, Await: mode, Framing: fc, Match: match, MaxReply: maxReply, TLS: tlsCfg,
 		})
 		if err != nil {
 			return nil, s.status(err)
@@ -398,7 +425,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		case dialer.UntilClose:
 			rm = conn.UntilClose
 		}
-		reply, err := c.Send(ctx, payload, rm, maxReply)
+		reply, err := c.Send(ctx, payload, conn.Await{Mode: rm, MaxBytes: maxReply, Match: match, CloseOnTimeout: closeOnTimeout})
 		if err != nil {
 			return nil, s.status(err)
 		}
@@ -425,6 +452,45 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		return &tcpgatev1.SendResponse{BytesWritten: n, ConnectionsReached: uint32(reached)}, nil
 	}
 	return nil, invalid("target", "one of address, connection_id or listener_id is required")
+}
+
+// maxMatchRegex bounds await_reply.match.regex: RE2 compiles in time and
+// memory linear in the pattern, and a correlation pattern is short.
+const maxMatchRegex = 1024
+
+// replyMatch translates await_reply.match into the test a frame must pass
+// to answer a Send; nil when unset.
+func replyMatch(m *tcpgatev1.ReplyMatch) (func([]byte) bool, error) {
+	if m == nil {
+		return nil, nil
+	}
+	switch r := m.GetRule().(type) {
+	case *tcpgatev1.ReplyMatch_Prefix:
+		if r.Prefix == "" {
+			return nil, invalid("await_reply.match.prefix", "empty: it would match every frame; leave match unset for that")
+		}
+		p := []byte(r.Prefix)
+		return func(f []byte) bool { return bytes.HasPrefix(f, p) }, nil
+	case *tcpgatev1.ReplyMatch_PrefixData:
+		if len(r.PrefixData) == 0 {
+			return nil, invalid("await_reply.match.prefix_data", "empty: it would match every frame; leave match unset for that")
+		}
+		p := bytes.Clone(r.PrefixData)
+		return func(f []byte) bool { return bytes.HasPrefix(f, p) }, nil
+	case *tcpgatev1.ReplyMatch_Regex:
+		switch {
+		case r.Regex == "":
+			return nil, invalid("await_reply.match.regex", "empty: it would match every frame; leave match unset for that")
+		case len(r.Regex) > maxMatchRegex:
+			return nil, invalid("await_reply.match.regex", "%d bytes, more than %d", len(r.Regex), maxMatchRegex)
+		}
+		re, err := regexp.Compile(r.Regex)
+		if err != nil {
+			return nil, invalid("await_reply.match.regex", "%v", err)
+		}
+		return re.Match, nil
+	}
+	return nil, invalid("await_reply.match", "one of prefix, prefix_data or regex is required")
 }
 
 // hostPattern is a DNS name: letters, digits, '-' and '.'.

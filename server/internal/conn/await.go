@@ -2,6 +2,7 @@ package conn
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -20,9 +21,35 @@ const (
 	UntilClose
 )
 
+// Await says what reply a Send waits for. The zero value waits for none.
+//
+// Which frame answers which Send: a frame completes when the read that
+// brought its last byte returns. It answers the oldest awaiting Send whose
+// write began before that and whose Match it satisfies (an UntilClose
+// Send keeps every such frame; no later Send gets one). A frame that
+// answers no Send goes to subscribers only, as every frame does. A Send
+// whose caller gave up leaves the line at once: without Match, a reply that
+// comes late then answers the next Send.
+type Await struct {
+	Mode ReplyMode
+	// MaxBytes bounds the reply.
+	MaxBytes int
+	// Match, when set, says which frames may answer: for protocols whose
+	// replies carry a correlation id. Nil means every frame.
+	Match func(frame []byte) bool
+	// CloseOnTimeout closes the connection with reason REPLY_TIMEOUT when
+	// the Send gives up waiting for its reply, for in-order protocols that
+	// cannot resynchronize after a lost reply.
+	CloseOnTimeout bool
+}
+
 type awaiter struct {
 	mode  ReplyMode
 	limit int
+	match func([]byte) bool
+	// after is how many frames had completed when its write began: only
+	// later ones answer it.
+	after uint64
 	buf   []byte
 	err   error
 	done  chan struct{}
@@ -47,44 +74,76 @@ func settle(awaiters []*awaiter, err error) {
 	}
 }
 
-// dropAwaiter forgets a, whose send failed to write: no reply is meant for
-// it.
-func (c *Conn) dropAwaiter(a *awaiter) {
+// addAwaiter puts a in line as its write begins, in the write goroutine, so
+// the line is in write order.
+func (c *Conn) addAwaiter(a *awaiter) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.reason != event.ReasonUnspecified:
+		return fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
+	case c.halfClosed:
+		return fmt.Errorf("writing to %s: %w; send without await_reply", c.cfg.ID, ErrHalfClosed)
+	}
+	a.after = c.counters.FramesIn.Load()
+	c.awaiters = append(c.awaiters, a)
+	return nil
+}
+
+// dropAwaiter takes a out of line and reports whether it was still in it
+// (not answered nor settled).
+func (c *Conn) dropAwaiter(a *awaiter) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if i := slices.Index(c.awaiters, a); i >= 0 {
 		c.awaiters = slices.Delete(c.awaiters, i, i+1)
+		return true
 	}
+	return false
 }
 
-// answer hands frames to awaiting senders, oldest first.
-func (c *Conn) answer(frames [][]byte) {
+// answer hands frames to awaiting senders (see Await). The last of frames
+// is the connection's frame number last, counted in FramesIn.
+func (c *Conn) answer(frames [][]byte, last uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, f := range frames {
+	first := last - uint64(len(frames)) + 1
+	for i, f := range frames {
 		if len(c.awaiters) == 0 {
 			return
 		}
-		a := c.awaiters[0]
-		if len(a.buf)+len(f) > a.limit {
-			a.err = fmt.Errorf("awaiting reply on %s: more than %d bytes (await_reply.max_bytes): %w", c.cfg.ID, a.limit, ErrReplyTooLarge)
-		} else {
-			a.buf = append(a.buf, f...)
-		}
-		if a.mode == NextFrame || a.err != nil {
-			close(a.done)
-			c.awaiters[0] = nil
-			c.awaiters = c.awaiters[1:]
+		seq := first + uint64(i)
+		for j, a := range c.awaiters {
+			if a.after >= seq {
+				break // this and every later write began after the frame came
+			}
+			if a.match != nil && !a.match(f) {
+				continue
+			}
+			if len(a.buf)+len(f) > a.limit {
+				a.err = fmt.Errorf("awaiting reply on %s: more than %d bytes (await_reply.max_bytes): %w", c.cfg.ID, a.limit, ErrReplyTooLarge)
+			} else {
+				a.buf = append(a.buf, f...)
+			}
+			if a.mode == NextFrame || a.err != nil {
+				close(a.done)
+				c.awaiters = slices.Delete(c.awaiters, j, j+1)
+				if len(c.awaiters) == 0 {
+					c.awaiters = nil
+				}
+			}
+			break
 		}
 	}
 }
 
-// Send writes p and, with a reply mode, waits for the reply. Sends on one
-// connection are written in call order and their replies are matched in the
-// same order. maxReply bounds the reply. The context bounds the whole send:
-// the wait for its turn to write, the write (which the write timeout bounds
-// too) and the wait for the reply.
-func (c *Conn) Send(ctx context.Context, p []byte, mode ReplyMode, maxReply int) ([]byte, error) {
+// Send writes p and, as aw says, waits for the reply (see Await for which
+// frame answers). Sends on one connection are written in call order. The
+// context bounds the whole send: the wait for its turn and for room in the
+// write queue, the write (which the write timeout bounds too) and the wait
+// for the reply. A send that times out before a byte of it is written
+// leaves the connection open; one that times out partway closes it.
+func (c *Conn) Send(ctx context.Context, p []byte, aw Await) ([]byte, error) {
 	select {
 	case c.writeTurn <- struct{}{}:
 	case <-ctx.Done():
@@ -92,14 +151,11 @@ func (c *Conn) Send(ctx context.Context, p []byte, mode ReplyMode, maxReply int)
 	case <-c.ctx.Done():
 		return nil, fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
 	}
-	var a *awaiter
-	if mode != NoReply {
-		a = &awaiter{mode: mode, limit: maxReply, done: make(chan struct{})}
+	s := &pendingSend{done: make(chan struct{})}
+	s.deadline, _ = ctx.Deadline()
+	if aw.Mode != NoReply {
 		c.mu.Lock()
 		closed, halfClosed := c.reason != event.ReasonUnspecified, c.halfClosed
-		if !closed && !halfClosed {
-			c.awaiters = append(c.awaiters, a)
-		}
 		c.mu.Unlock()
 		switch {
 		case closed:
@@ -110,28 +166,45 @@ func (c *Conn) Send(ctx context.Context, p []byte, mode ReplyMode, maxReply int)
 			<-c.writeTurn
 			return nil, fmt.Errorf("writing to %s: %w; send without await_reply", c.cfg.ID, ErrHalfClosed)
 		}
+		s.await = &awaiter{mode: aw.Mode, limit: aw.MaxBytes, match: aw.Match, done: make(chan struct{})}
 	}
-	deadline, _ := ctx.Deadline()
-	err := c.writeInTurn(p, deadline)
-	if err != nil && a != nil {
-		c.dropAwaiter(a)
-	}
+	it := &outItem{p: p, repeat: 1, size: len(p), frames: 1, send: s}
+	err := c.queue(ctx, it)
 	<-c.writeTurn
-	if err != nil || a == nil {
-		return nil, err
+	switch {
+	case errors.Is(err, ErrClosed):
+		return nil, fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
+	case err != nil:
+		return nil, fmt.Errorf("writing to %s: waiting for earlier sends to be written (the write queue is full): %w", c.cfg.ID, err)
 	}
 	select {
-	case <-a.done:
-		c.mu.Lock()
-		buf, err := a.buf, a.err
-		c.mu.Unlock()
-		if err != nil {
-			return nil, err
-		}
-		return buf, nil
+	case <-s.done:
 	case <-ctx.Done():
-		// The awaiter keeps its place, so the reply meant for this send is
-		// discarded when it comes instead of answering a later send.
-		return nil, ctx.Err()
+		if c.unqueue(it) {
+			return nil, fmt.Errorf("writing to %s: waiting for earlier sends to be written: %w", c.cfg.ID, ctx.Err())
+		}
+		<-s.done // begun: bounded by the write timeout and the deadline
 	}
+	if s.err != nil || s.await == nil {
+		return nil, s.err
+	}
+	a := s.await
+	select {
+	case <-a.done:
+	case <-ctx.Done():
+		if c.dropAwaiter(a) {
+			if aw.CloseOnTimeout {
+				c.Close(event.ReasonReplyTimeout)
+			}
+			return nil, fmt.Errorf("awaiting reply on %s: %w", c.cfg.ID, ctx.Err())
+		}
+		<-a.done // answered or settled just now
+	}
+	c.mu.Lock()
+	buf, err := a.buf, a.err
+	c.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return buf, nil
 }

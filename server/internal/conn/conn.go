@@ -92,6 +92,13 @@ type Config struct {
 	// CONNECTION_CLOSED event is published: a registry forgets the
 	// connection there, so that nobody who saw the event still finds it.
 	Closed func(reason event.CloseReason)
+
+	// MaxQueuedWriteBytes bounds the bytes queued for writing to this
+	// connection; 0 means DefaultMaxQueuedWriteBytes.
+	MaxQueuedWriteBytes int
+	// WriteBudget, when set, bounds the bytes queued for writing over every
+	// connection that shares it; nil means no bound but the connection's own.
+	WriteBudget *WriteBudget
 }
 
 // Conn is one accepted connection. Create it with New and run Serve.
@@ -106,11 +113,12 @@ type Conn struct {
 	// stopWatch stops closing the connection when New's ctx ends.
 	stopWatch func() bool
 
-	// writeTurn serializes writes, and with them the order of awaiters: a
-	// writer holds the turn while its value sits in the channel. A channel
-	// rather than a mutex, so a Send waiting its turn gives up when its
-	// context ends.
+	// writeTurn serializes the queueing of writes, and with it their
+	// order: a writer holds the turn while its value sits in the channel. A
+	// channel rather than a mutex, so a Send waiting its turn gives up when
+	// its context ends.
 	writeTurn chan struct{}
+	out       outbound // the write queue (write.go)
 
 	mu       sync.Mutex // guards the fields below
 	awaiters []*awaiter
@@ -216,6 +224,10 @@ func (c *Conn) Serve() {
 	if reason == event.ReasonPeerClosed && c.cfg.HalfCloseTimeout > 0 {
 		c.lingerHalfClosed()
 	}
+	// Replies queued to the last frames go out before the close, as when
+	// the read loop wrote them itself (within the write timeout; at once
+	// when the connection was closed).
+	c.waitFlushed()
 
 	_ = c.nc.Close()
 	c.mu.Lock()
@@ -232,6 +244,7 @@ func (c *Conn) Serve() {
 	awaiters := c.takeAwaitersLocked()
 	c.mu.Unlock()
 	settle(awaiters, ErrClosed)
+	c.closeOutbound()
 	if c.cfg.Closed != nil {
 		c.cfg.Closed(reason)
 	}
@@ -263,11 +276,12 @@ func (c *Conn) lingerHalfClosed() {
 	defer t.Stop()
 	select {
 	case <-t.C:
-		// A write in progress finishes (within its own bounds) before the
-		// socket closes under it; the turn is kept, so no write starts
+		// What is queued is written (within the write timeout) before the
+		// socket closes under it; the turn is kept, so nothing is queued
 		// after (Send gives up when the connection's context ends).
 		select {
 		case c.writeTurn <- struct{}{}:
+			c.waitFlushed()
 		case <-c.ctx.Done():
 		}
 	case <-c.ctx.Done(): // closed by the API, the listener or shutdown

@@ -374,7 +374,7 @@ func TestSendNextFrameConcurrent(t *testing.T) {
 			for k := range each {
 				id := fmt.Sprintf("%d-%d", s, k)
 				ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-				reply, err := c.Send(ctx, []byte("q"+id+"\n"), conn.NextFrame, 1024)
+				reply, err := c.Send(ctx, []byte("q"+id+"\n"), conn.Await{Mode: conn.NextFrame, MaxBytes: 1024})
 				cancel()
 				if err != nil {
 					errs <- fmt.Errorf("send %s: %w", id, err)
@@ -416,7 +416,7 @@ func TestSendUntilClose(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
-	reply, err := c.Send(ctx, []byte("hi"), conn.UntilClose, 1024)
+	reply, err := c.Send(ctx, []byte("hi"), conn.Await{Mode: conn.UntilClose, MaxBytes: 1024})
 	if err != nil {
 		t.Fatalf("Send: %v", err)
 	}
@@ -454,7 +454,7 @@ func TestSendReplyTooLarge(t *testing.T) {
 			}()
 			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 			defer cancel()
-			_, err := c.Send(ctx, []byte("big\n"), tt.mode, 8)
+			_, err := c.Send(ctx, []byte("big\n"), conn.Await{Mode: tt.mode, MaxBytes: 8})
 			if !errors.Is(err, conn.ErrReplyTooLarge) {
 				t.Fatalf("Send = %v, want ErrReplyTooLarge", err)
 			}
@@ -464,7 +464,7 @@ func TestSendReplyTooLarge(t *testing.T) {
 			rec.waitFor(t, "the oversized reply's frames", func(evs []*event.Event) bool {
 				return len(dataOf(evs)) >= len(tt.answers)
 			})
-			reply, err := c.Send(ctx, []byte("small\n"), conn.NextFrame, 8)
+			reply, err := c.Send(ctx, []byte("small\n"), conn.Await{Mode: conn.NextFrame, MaxBytes: 8})
 			if err != nil {
 				t.Fatalf("Send after a too-large reply: %v", err)
 			}
@@ -483,7 +483,7 @@ func TestSendAfterClose(t *testing.T) {
 			c, _ := serve(t, conn.Config{Publisher: rec})
 			c.Close(event.ReasonClosedByAPI)
 			waitDone(t, c)
-			_, err := c.Send(context.Background(), []byte("late"), mode, 100)
+			_, err := c.Send(context.Background(), []byte("late"), conn.Await{Mode: mode, MaxBytes: 100})
 			if !errors.Is(err, conn.ErrClosed) {
 				t.Errorf("Send after close = %v, want ErrClosed", err)
 			}
@@ -497,7 +497,7 @@ func TestSendPendingAtClose(t *testing.T) {
 	c, cc := serve(t, conn.Config{Framing: lineFraming(), Publisher: rec})
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.Send(context.Background(), []byte("q\n"), conn.NextFrame, 100)
+		_, err := c.Send(context.Background(), []byte("q\n"), conn.Await{Mode: conn.NextFrame, MaxBytes: 100})
 		done <- err
 	}()
 	_ = readN(t, cc, 2)
@@ -512,20 +512,22 @@ func TestSendPendingAtClose(t *testing.T) {
 	}
 }
 
-// A Send whose context ends keeps its place: the reply meant for it is
-// discarded, and the next Send gets its own.
-func TestSendAbandonedKeepsOrder(t *testing.T) {
+// A Send whose context ends leaves the line at once; a reply that comes
+// for it before the next Send's write began answers nobody, and the next
+// Send gets its own.
+func TestSendAbandonedLeavesLine(t *testing.T) {
 	rec := newRecorder()
 	c, cc := serve(t, conn.Config{Framing: lineFraming(), Publisher: rec})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	_, err := c.Send(ctx, []byte("q1\n"), conn.NextFrame, 100)
+	_, err := c.Send(ctx, []byte("q1\n"), conn.Await{Mode: conn.NextFrame, MaxBytes: 100})
 	cancel()
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Send with a short deadline = %v, want DeadlineExceeded", err)
 	}
 	_ = readN(t, cc, 3)
 	_, _ = cc.Write([]byte("a1\n")) // late answer to q1
+	rec.waitFor(t, "the late a1", func(evs []*event.Event) bool { return len(dataOf(evs)) == 1 })
 
 	go func() {
 		if _, err := readFull(cc, 3); err == nil {
@@ -534,12 +536,12 @@ func TestSendAbandonedKeepsOrder(t *testing.T) {
 	}()
 	ctx, cancel = context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
-	reply, err := c.Send(ctx, []byte("q2\n"), conn.NextFrame, 100)
+	reply, err := c.Send(ctx, []byte("q2\n"), conn.Await{Mode: conn.NextFrame, MaxBytes: 100})
 	if err != nil {
 		t.Fatalf("Send: %v", err)
 	}
 	if string(reply) != "a2" {
-		t.Errorf("reply to q2 = %q, want a2 (a1 belonged to the abandoned send)", reply)
+		t.Errorf("reply to q2 = %q, want a2 (a1 came before q2 was written)", reply)
 	}
 }
 
@@ -554,7 +556,7 @@ func TestWriteTimeout(t *testing.T) {
 	big := make([]byte, 64<<20)
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.Send(context.Background(), big, conn.NoReply, 0)
+		_, err := c.Send(context.Background(), big, conn.Await{})
 		done <- err
 	}()
 	select {
@@ -573,7 +575,7 @@ func TestWriteTimeout(t *testing.T) {
 	if got := c.Counters().BytesOut.Load(); got == 0 || got >= uint64(len(big)) {
 		t.Errorf("BytesOut = %d, want what the socket took before the timeout", got)
 	}
-	if _, err := c.Send(context.Background(), []byte("x"), conn.NoReply, 0); !errors.Is(err, conn.ErrClosed) {
+	if _, err := c.Send(context.Background(), []byte("x"), conn.Await{}); !errors.Is(err, conn.ErrClosed) {
 		t.Errorf("Send after the write error = %v, want ErrClosed", err)
 	}
 }
@@ -588,7 +590,7 @@ func TestWriteTimeoutUnblocksQueue(t *testing.T) {
 	done := make(chan error, 3)
 	for range 3 {
 		go func() {
-			_, err := c.Send(context.Background(), big, conn.NoReply, 0)
+			_, err := c.Send(context.Background(), big, conn.Await{})
 			done <- err
 		}()
 	}

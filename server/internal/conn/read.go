@@ -92,7 +92,9 @@ func readReason(err error, idle bool) event.CloseReason {
 // reports false when the connection closed while a publish was waiting.
 func (c *Conn) frames(frames [][]byte) bool {
 	n := uint64(len(frames))
-	c.counters.FramesIn.Add(n)
+	// FramesIn numbers the frames as they complete: an awaiter answers
+	// only frames after those counted when its write began.
+	last := c.counters.FramesIn.Add(n)
 	for _, a := range c.cfg.Aggregates {
 		a.FramesIn.Add(n)
 	}
@@ -113,9 +115,7 @@ func (c *Conn) frames(frames [][]byte) bool {
 	if err := c.cfg.Publisher.PublishWait(c.ctx, evs...); err != nil {
 		return false
 	}
-	c.answer(frames)
-	if reply := c.autoReply(frames); len(reply) > 0 {
-		_ = c.write(reply)
-	}
+	c.answer(frames, last)
+	c.autoReply(frames)
 	return true
 }

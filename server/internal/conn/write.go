@@ -4,15 +4,190 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/tcpgate/tcpgate/server/internal/event"
 )
 
-func (c *Conn) autoReply(frames [][]byte) []byte {
-	switch c.cfg.AutoReply.Mode {
+// Writes meet in one outbound queue per connection: sends from the API,
+// broadcasts and auto replies are queued in turn (writeTurn) and written by
+// one write goroutine, which runs only while bytes are queued, so an idle
+// connection costs no goroutine. The queue is bounded in bytes per
+// connection (Config.MaxQueuedWriteBytes) and over all connections
+// (Config.WriteBudget); a writer that finds no room waits for it, so a read
+// loop whose auto replies a peer does not take stops reading and TCP pushes
+// back on the peer, until the write timeout closes the connection.
+
+// DefaultMaxQueuedWriteBytes bounds one connection's queued writes when
+// Config.MaxQueuedWriteBytes is 0: 16 reads' worth of echo, enough to keep
+// a fast peer's socket busy while the read loop goes on, small enough that
+// thousands of peers that stop reading hold little. A single write larger
+// than the bound (a Send or a fixed reply of several MiB) still goes, alone.
+const DefaultMaxQueuedWriteBytes = 1 << 20
+
+// maxIovecs is how many slices one writev takes: Linux's IOV_MAX.
+const maxIovecs = 1024
+
+// outItem is one queued write: p, repeat times (a fixed reply written for
+// many frames shares one slice, never copied).
+type outItem struct {
+	p      []byte
+	repeat int
+	size   int    // len(p) * repeat: what the item holds of the bounds
+	frames uint64 // counted into FramesOut once written
+	send   *pendingSend
+}
+
+// pendingSend is a Send's part of its queued write.
+type pendingSend struct {
+	deadline time.Time // the Send's own, zero for none
+	await    *awaiter  // joins the awaiters when the write begins; nil for none
+	done     chan struct{}
+	err      error // set before done is closed
+}
+
+// outbound is a connection's write queue.
+type outbound struct {
+	mu       sync.Mutex // guards the fields below
+	queue    []*outItem
+	queued   int           // bytes queued or being written
+	flushing bool          // the write goroutine runs
+	closed   bool          // the connection closed: nothing more is queued
+	room     chan struct{} // made when someone waits; closed when bytes leave
+	wg       sync.WaitGroup
+}
+
+// roomLocked returns a channel closed when bytes next leave the queue (or
+// the write goroutine ends); made only when someone waits.
+func (o *outbound) roomLocked() <-chan struct{} {
+	if o.room == nil {
+		o.room = make(chan struct{})
+	}
+	return o.room
+}
+
+func (o *outbound) signalLocked() {
+	if o.room != nil {
+		close(o.room)
+		o.room = nil
+	}
+}
+
+// WriteBudget bounds the bytes queued for writing over many connections
+// (--max-write-buffer-bytes). Waiters are served in arrival order, so a
+// large write is not starved by small ones. A nil *WriteBudget bounds
+// nothing.
+type WriteBudget struct {
+	max int
+
+	mu      sync.Mutex // guards the fields below
+	used    int
+	waiters []*budgetWaiter
+}
+
+type budgetWaiter struct {
+	n       int
+	ready   chan struct{}
+	granted bool
+}
+
+// NewWriteBudget returns a budget of max bytes; max must be positive.
+func NewWriteBudget(max int) *WriteBudget { return &WriteBudget{max: max} }
+
+// Used returns the bytes queued for writing now.
+func (b *WriteBudget) Used() int {
+	if b == nil {
+		return 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.used
+}
+
+// fitsLocked admits n when it fits, and a write larger than the whole
+// budget when nothing else holds any, so that it goes alone.
+func (b *WriteBudget) fitsLocked(n int) bool { return b.used+n <= b.max || b.used == 0 }
+
+// acquire takes n bytes, waiting for them until ctx ends or closed is
+// closed.
+func (b *WriteBudget) acquire(ctx context.Context, closed <-chan struct{}, n int) error {
+	if b == nil {
+		return nil
+	}
+	b.mu.Lock()
+	if len(b.waiters) == 0 && b.fitsLocked(n) {
+		b.used += n
+		b.mu.Unlock()
+		return nil
+	}
+	w := &budgetWaiter{n: n, ready: make(chan struct{})}
+	b.waiters = append(b.waiters, w)
+	b.mu.Unlock()
+	var err error
+	select {
+	case <-w.ready:
+		return nil
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-closed:
+		err = ErrClosed
+	}
+	b.mu.Lock()
+	if w.granted {
+		b.used -= n
+	} else if i := slices.Index(b.waiters, w); i >= 0 {
+		b.waiters = slices.Delete(b.waiters, i, i+1)
+	}
+	b.grantLocked()
+	b.mu.Unlock()
+	return err
+}
+
+func (b *WriteBudget) release(n int) {
+	if b == nil || n == 0 {
+		return
+	}
+	b.mu.Lock()
+	b.used -= n
+	b.grantLocked()
+	b.mu.Unlock()
+}
+
+func (b *WriteBudget) grantLocked() {
+	for len(b.waiters) > 0 && b.fitsLocked(b.waiters[0].n) {
+		w := b.waiters[0]
+		b.waiters[0] = nil
+		b.waiters = b.waiters[1:]
+		b.used += w.n
+		w.granted = true
+		close(w.ready)
+	}
+	if len(b.waiters) == 0 {
+		b.waiters = nil
+	}
+}
+
+// autoReply queues the listener's answer to frames. It waits for room in
+// the queue, and so holds up the read loop while the peer does not take
+// what it was sent.
+func (c *Conn) autoReply(frames [][]byte) {
+	mode := c.cfg.AutoReply.Mode
+	if mode == NoAutoReply || len(frames) == 0 {
+		return
+	}
+	select {
+	case c.writeTurn <- struct{}{}:
+	case <-c.ctx.Done():
+		return
+	}
+	defer func() { <-c.writeTurn }()
+	switch mode {
 	case Echo:
+		// At most about one read's worth: framing adds a few bytes a frame.
 		var out []byte
 		for _, f := range frames {
 			var err error
@@ -21,61 +196,254 @@ func (c *Conn) autoReply(frames [][]byte) []byte {
 				continue
 			}
 		}
-		return out
-	case Fixed:
-		out := make([]byte, 0, len(frames)*len(c.cfg.AutoReply.Payload))
-		for range frames {
-			out = append(out, c.cfg.AutoReply.Payload...)
+		if len(out) > 0 {
+			_ = c.queue(c.ctx, &outItem{p: out, repeat: 1, size: len(out), frames: uint64(len(frames))})
 		}
-		return out
+	case Fixed:
+		p := c.cfg.AutoReply.Payload
+		if len(p) == 0 {
+			return
+		}
+		// In items that fit the connection's bound, so the read loop waits
+		// for the peer between them.
+		per := max(1, c.maxQueued()/len(p))
+		for left := len(frames); left > 0; {
+			k := min(left, per)
+			if c.queue(c.ctx, &outItem{p: p, repeat: k, size: k * len(p), frames: uint64(k)}) != nil {
+				return
+			}
+			left -= k
+		}
 	}
+}
+
+func (c *Conn) maxQueued() int {
+	if c.cfg.MaxQueuedWriteBytes > 0 {
+		return c.cfg.MaxQueuedWriteBytes
+	}
+	return DefaultMaxQueuedWriteBytes
+}
+
+// queue waits for room for it, the caller holding the write turn, and
+// queues it. ctx bounds the wait.
+func (c *Conn) queue(ctx context.Context, it *outItem) error {
+	o := &c.out
+	for {
+		o.mu.Lock()
+		if o.closed {
+			o.mu.Unlock()
+			return ErrClosed
+		}
+		if o.queued == 0 || o.queued+it.size <= c.maxQueued() {
+			o.queued += it.size
+			o.mu.Unlock()
+			break
+		}
+		room := o.roomLocked()
+		o.mu.Unlock()
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.ctx.Done():
+			return ErrClosed
+		}
+	}
+	if err := c.cfg.WriteBudget.acquire(ctx, c.ctx.Done(), it.size); err != nil {
+		o.mu.Lock()
+		o.queued -= it.size
+		o.mu.Unlock()
+		return err
+	}
+	o.mu.Lock()
+	if o.closed {
+		o.queued -= it.size
+		o.mu.Unlock()
+		c.cfg.WriteBudget.release(it.size)
+		return ErrClosed
+	}
+	o.queue = append(o.queue, it)
+	if !o.flushing {
+		o.flushing = true
+		o.wg.Add(1)
+		go c.flush()
+	}
+	o.mu.Unlock()
 	return nil
 }
 
-// write writes p in its turn with the write timeout. A failed write
-// closes the connection: the peer is not reading.
-func (c *Conn) write(p []byte) error {
-	c.writeTurn <- struct{}{}
-	defer func() { <-c.writeTurn }()
-	return c.writeInTurn(p, time.Time{})
+// unqueue takes back a send whose caller gave up before its write began,
+// and reports whether it did: once begun, a write runs to its end, and
+// its done channel is closed when it has.
+func (c *Conn) unqueue(it *outItem) bool {
+	o := &c.out
+	o.mu.Lock()
+	i := slices.Index(o.queue, it)
+	if i < 0 {
+		// Begun, or failed by closeOutbound, which settles it.
+		o.mu.Unlock()
+		return false
+	}
+	o.queue = slices.Delete(o.queue, i, i+1)
+	o.queued -= it.size
+	o.signalLocked()
+	o.mu.Unlock()
+	c.cfg.WriteBudget.release(it.size)
+	return true
 }
 
-// writeInTurn writes p, the caller holding the write turn, within the write
-// timeout and by deadline when that is sooner (zero: no deadline of its
-// own). A write that fails or times out after writing part of p closes the
-// connection, whose byte stream now holds a partial message; one that ran
-// out of the caller's time before writing a byte leaves it open.
-func (c *Conn) writeInTurn(p []byte, deadline time.Time) error {
-	dl := time.Now().Add(c.cfg.WriteTimeout)
-	callers := !deadline.IsZero() && deadline.Before(dl)
-	if callers {
-		dl = deadline
-	}
-	_ = c.nc.SetWriteDeadline(dl)
-	n, err := c.nc.Write(p)
-	c.counters.BytesOut.Add(uint64(n))
-	if n > 0 {
-		c.counters.FramesOut.Add(1)
-	}
-	for _, a := range c.cfg.Aggregates {
-		a.BytesOut.Add(uint64(n))
-		if n > 0 {
-			a.FramesOut.Add(1)
+// flush is the write goroutine: it writes the queue in order and ends when
+// it is empty. Serve waits for it (closeOutbound).
+func (c *Conn) flush() {
+	o := &c.out
+	defer o.wg.Done()
+	var iov [][]byte // scratch of repeated writes
+	for {
+		o.mu.Lock()
+		if len(o.queue) == 0 {
+			o.queue = nil
+			o.flushing = false
+			o.signalLocked()
+			o.mu.Unlock()
+			return
 		}
+		it := o.queue[0]
+		o.queue[0] = nil
+		o.queue = o.queue[1:]
+		o.mu.Unlock()
+
+		err := c.writeItem(it, &iov)
+
+		o.mu.Lock()
+		o.queued -= it.size
+		o.signalLocked()
+		o.mu.Unlock()
+		c.cfg.WriteBudget.release(it.size)
+		if it.send != nil {
+			it.send.err = err
+			close(it.send.done)
+		}
+	}
+}
+
+// closeOutbound fails what is still queued and waits for the write
+// goroutine, once the socket is closed.
+func (c *Conn) closeOutbound() {
+	o := &c.out
+	o.mu.Lock()
+	o.closed = true
+	items := o.queue
+	o.queue = nil
+	for _, it := range items {
+		o.queued -= it.size
+	}
+	o.mu.Unlock()
+	for _, it := range items {
+		c.cfg.WriteBudget.release(it.size)
+		if it.send != nil {
+			it.send.err = fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
+			close(it.send.done)
+		}
+	}
+	o.wg.Wait()
+}
+
+// waitFlushed waits until the queue is written or the connection closes.
+func (c *Conn) waitFlushed() {
+	o := &c.out
+	for {
+		o.mu.Lock()
+		if !o.flushing {
+			o.mu.Unlock()
+			return
+		}
+		room := o.roomLocked()
+		o.mu.Unlock()
+		select {
+		case <-room:
+		case <-c.ctx.Done():
+			return
+		}
+	}
+}
+
+// writeItem writes it, each write call within the write timeout, and a
+// send's by its deadline when that is sooner. A write that fails or times
+// out after writing part of a message closes the connection, whose byte
+// stream now holds a partial message; a send that ran out of its caller's
+// time before writing a byte leaves it open.
+func (c *Conn) writeItem(it *outItem, iov *[][]byte) error {
+	var deadline time.Time
+	if s := it.send; s != nil {
+		deadline = s.deadline
+		if !deadline.IsZero() && !time.Now().Before(deadline) {
+			return fmt.Errorf("writing to %s: waiting for earlier writes: %w", c.cfg.ID, context.DeadlineExceeded)
+		}
+		if s.await != nil {
+			if err := c.addAwaiter(s.await); err != nil {
+				return err
+			}
+		}
+	}
+	total := 0
+	var err error
+	callers := false
+	for left := it.repeat; left > 0 && err == nil; {
+		dl := time.Now().Add(c.cfg.WriteTimeout)
+		callers = !deadline.IsZero() && deadline.Before(dl)
+		if callers {
+			dl = deadline
+		}
+		_ = c.nc.SetWriteDeadline(dl)
+		var n int
+		if left == 1 {
+			n, err = c.nc.Write(it.p)
+			left = 0
+		} else {
+			k := min(left, maxIovecs)
+			bufs := (*iov)[:0]
+			for range k {
+				bufs = append(bufs, it.p)
+			}
+			*iov = bufs
+			nb := net.Buffers(bufs)
+			var n64 int64
+			n64, err = nb.WriteTo(c.nc)
+			n = int(n64)
+			clear(bufs) // WriteTo consumed the headers; keep no payload alive
+			left -= k
+		}
+		total += n
+		c.countOut(n, 0)
+	}
+	if total > 0 {
+		c.countOut(0, it.frames)
 	}
 	if err == nil {
 		return nil
 	}
+	if it.send != nil && it.send.await != nil {
+		c.dropAwaiter(it.send.await)
+	}
 	timedOut := errors.Is(err, os.ErrDeadlineExceeded)
-	if callers && timedOut && n == 0 {
+	if callers && timedOut && total == 0 {
 		return fmt.Errorf("writing to %s: peer took nothing before the send's timeout: %w", c.cfg.ID, context.DeadlineExceeded)
 	}
 	c.Close(event.ReasonWriteError)
 	switch {
 	case callers && timedOut:
-		return fmt.Errorf("writing to %s: peer took %d of %d bytes before the send's timeout; the connection is closed: %w", c.cfg.ID, n, len(p), context.DeadlineExceeded)
+		return fmt.Errorf("writing to %s: peer took %d of %d bytes before the send's timeout; the connection is closed: %w", c.cfg.ID, total, it.size, context.DeadlineExceeded)
 	case timedOut:
 		return fmt.Errorf("writing to %s: peer did not read for %s: %w", c.cfg.ID, c.cfg.WriteTimeout, ErrWriteTimeout)
 	}
 	return fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
+}
+
+func (c *Conn) countOut(bytes int, frames uint64) {
+	c.counters.BytesOut.Add(uint64(bytes))
+	c.counters.FramesOut.Add(frames)
+	for _, a := range c.cfg.Aggregates {
+		a.BytesOut.Add(uint64(bytes))
+		a.FramesOut.Add(frames)
+	}
 }

@@ -70,6 +70,9 @@ type Request struct {
 	Await    AwaitMode
 	// Framing cuts the reply in Frame mode; it must be normalized.
 	Framing framing.Config
+	// Match, in Frame mode, says which frame is the reply: frames that do
+	// not match are skipped. Nil means the first frame.
+	Match func(frame []byte) bool
 	// MaxReply bounds the reply in bytes; it must be positive when awaiting.
 	MaxReply int
 	// TLS, when set, makes the exchange TLS; its ServerName must be set.
@@ -296,7 +299,7 @@ func readFrame(nc net.Conn, req Request) ([]byte, error) {
 	var frame []byte
 	got := false
 	emit := func(f []byte) {
-		if !got {
+		if !got && (req.Match == nil || req.Match(f)) {
 			frame, got = f, true
 		}
 	}
@@ -322,7 +325,7 @@ func readFrame(nc net.Conn, req Request) ([]byte, error) {
 			break
 		}
 		if errors.Is(rerr, io.EOF) {
-			if final, _ := sp.Close(); final != nil {
+			if final, _ := sp.Close(); final != nil && (req.Match == nil || req.Match(final)) {
 				return final, nil
 			}
 			return nil, ErrNoReply

@@ -37,6 +37,14 @@ var (
 	ErrDrainTooLong = errors.New("drain timeout too long")
 )
 
+// DefaultMaxWriteBufferBytes bounds the bytes queued for writing over every
+// connection when Config.MaxWriteBufferBytes is 0: the queues of 256
+// connections full at conn.DefaultMaxQueuedWriteBytes each. A peer that
+// reads keeps its queue near empty, so the bound is reached only by peers
+// that stop reading, which the write timeout closes; until then reads that
+// would queue more wait, as for a full queue of their own.
+const DefaultMaxWriteBufferBytes = 256 << 20
+
 // DefaultHost is bound when Spec.Host is empty: every IPv4 interface, as
 // kn-sock's servers do.
 const DefaultHost = "0.0.0.0"
@@ -119,6 +127,9 @@ type Config struct {
 	WriteTimeout time.Duration
 	// MaxDrainTimeout bounds Stop's drain; 0 means DefaultMaxDrainTimeout.
 	MaxDrainTimeout time.Duration
+	// MaxWriteBufferBytes bounds the bytes queued for writing over every
+	// connection; 0 means DefaultMaxWriteBufferBytes.
+	MaxWriteBufferBytes int
 	// Logger logs listener starts and stops; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -133,6 +144,7 @@ type Registry struct {
 	nextID atomic.Uint64  // for generated listener ids
 	connID atomic.Uint64
 	totals conn.Counters // over every connection ever
+	writes *conn.WriteBudget
 	closed [event.ReasonReplyTimeout + 1]atomic.Uint64
 
 	// quit is closed when the shutdown begins (StopAccepting or Close):
@@ -179,7 +191,11 @@ func New(cfg Config) *Registry {
 	if cfg.MaxDrainTimeout <= 0 {
 		cfg.MaxDrainTimeout = DefaultMaxDrainTimeout
 	}
+	if cfg.MaxWriteBufferBytes <= 0 {
+		cfg.MaxWriteBufferBytes = DefaultMaxWriteBufferBytes
+	}
 	return &Registry{
+		writes:    conn.NewWriteBudget(cfg.MaxWriteBufferBytes),
 		cfg:       cfg,
 		log:       log,
 		ctx:       ctx,
@@ -338,6 +354,7 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 		IdleTimeout:      l.spec.IdleTimeout,
 		HalfCloseTimeout: l.spec.HalfCloseTimeout,
 		WriteTimeout:     r.cfg.WriteTimeout,
+		WriteBudget:      r.writes,
 		Publisher:        r.cfg.Publisher,
 		Aggregates:       []*conn.Counters{&l.counters, &r.totals},
 		Closed: func(reason event.CloseReason) {
@@ -635,7 +652,7 @@ func (r *Registry) Broadcast(ctx context.Context, listenerID string, p []byte) (
 	var wg sync.WaitGroup
 	for _, c := range conns {
 		wg.Go(func() {
-			if _, err := c.Send(ctx, p, conn.NoReply, 0); err == nil {
+			if _, err := c.Send(ctx, p, conn.Await{}); err == nil {
 				reached.Add(1)
 			}
 		})
@@ -654,6 +671,9 @@ type Stats struct {
 	// Closed counts closed connections by reason.
 	Closed                                 map[event.CloseReason]uint64
 	BytesIn, BytesOut, FramesIn, FramesOut uint64
+	// WriteQueued is the bytes queued for writing to connections now
+	// (bounded by Config.MaxWriteBufferBytes).
+	WriteQueued int
 }
 
 // Stats returns gateway-wide figures.
@@ -670,6 +690,7 @@ func (r *Registry) Stats() Stats {
 	}
 	st.BytesIn, st.BytesOut = r.totals.BytesIn.Load(), r.totals.BytesOut.Load()
 	st.FramesIn, st.FramesOut = r.totals.FramesIn.Load(), r.totals.FramesOut.Load()
+	st.WriteQueued = r.writes.Used()
 	return st
 }
 

@@ -14,7 +14,6 @@ import (
 	"regexp"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -336,6 +335,10 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 	if maxReply == 0 {
 		maxReply = min(defaultReplyBytes, s.cfg.MaxReplyBytes)
 	}
+	replyFormat, err := formatFromProto("await_reply.payload_format", aw.GetPayloadFormat())
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
@@ -369,7 +372,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		}
 		resp := &tcpgatev1.SendResponse{BytesWritten: uint64(res.BytesWritten), ConnectionsReached: 1}
 		if mode != dialer.NoAwait {
-			resp.Reply = replyToProto(res.Reply)
+			resp.Reply = replyToProto(res.Reply, replyFormat)
 		}
 		return resp, nil
 
@@ -400,7 +403,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		}
 		resp := &tcpgatev1.SendResponse{BytesWritten: uint64(len(payload)), ConnectionsReached: 1}
 		if rm != conn.NoReply {
-			resp.Reply = replyToProto(reply)
+			resp.Reply = replyToProto(reply, replyFormat)
 		}
 		return resp, nil
 
@@ -459,16 +462,10 @@ func checkAddress(addr string) error {
 	return nil
 }
 
-func replyToProto(b []byte) *tcpgatev1.Reply {
-	r := &tcpgatev1.Reply{Data: b}
-	if len(b) > 0 && utf8.Valid(b) {
-		r.Text = string(b)
-	}
-	return r
-}
-
-// Subscribe implements GatewayService.Subscribe.
-func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerStreamingServer[tcpgatev1.SubscribeResponse]) error {
+// subscription validates req, exactly as Subscribe and the REST event
+// stream both need it, and returns the hub options and payload format it
+// asks for.
+func (s *Service) subscription(req *tcpgatev1.SubscribeRequest) (hub.SubscribeOptions, payloadFormat, error) {
 	opts := hub.SubscribeOptions{
 		Filter: hub.Filter{
 			ListenerIDs:   req.GetListenerIds(),
@@ -480,7 +477,7 @@ func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerS
 	for i, k := range req.GetKinds() {
 		ek, ok := kindFromProto(k)
 		if !ok || ek == event.EventsDropped {
-			return invalid(fmt.Sprintf("kinds[%d]", i), "%s cannot be filtered on", k)
+			return opts, 0, invalid(fmt.Sprintf("kinds[%d]", i), "%s cannot be filtered on", k)
 		}
 		opts.Filter.Kinds = append(opts.Filter.Kinds, ek)
 	}
@@ -490,9 +487,34 @@ func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerS
 	}
 	policy, ok := policies[req.GetSlowConsumer()]
 	if !ok {
-		return invalid("slow_consumer", "unknown value %d", int32(req.GetSlowConsumer()))
+		return opts, 0, invalid("slow_consumer", "unknown value %d", int32(req.GetSlowConsumer()))
 	}
 	opts.Policy = policy
+	format, err := formatFromProto("payload_format", req.GetPayloadFormat())
+	if err != nil {
+		return opts, 0, err
+	}
+	return opts, format, nil
+}
+
+// streamError is the status that ends an event stream whose Next returned
+// err, with ctx the stream's context.
+func (s *Service) streamError(ctx context.Context, err error) error {
+	if errors.Is(err, hub.ErrClosed) {
+		return status.Error(codes.Unavailable, "gateway shutting down; resubscribe with since_sequence to resume")
+	}
+	if ctx.Err() != nil {
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	return s.status(err)
+}
+
+// Subscribe implements GatewayService.Subscribe.
+func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerStreamingServer[tcpgatev1.SubscribeResponse]) error {
+	opts, format, err := s.subscription(req)
+	if err != nil {
+		return err
+	}
 	sub, err := s.cfg.Hub.Subscribe(opts)
 	if err != nil {
 		return s.status(err)
@@ -507,25 +529,26 @@ func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerS
 	var batch []*event.Event
 	for {
 		batch, err = sub.Next(ctx, batch[:0])
-		if len(batch) > 0 {
-			// Not stream.Send(*SubscribeResponse): the server's Codec
-			// (codec.go) encodes an eventBatch, the engine's events as they
-			// are, into the same bytes, caching each event's encoding for
-			// every other subscriber and sending large payloads without
-			// copying them. SendMsg takes any message the codec knows.
-			if serr := stream.SendMsg(eventBatch(batch)); serr != nil {
+		// Not stream.Send(*SubscribeResponse): the server's Codec
+		// (codec.go) encodes an eventBatch, the engine's events as they
+		// are, into the same bytes, caching each event's encoding for
+		// every other subscriber and sending large payloads without
+		// copying them. SendMsg takes any message the codec knows. A hub
+		// batch is cut by what is sent, so that each message stays
+		// within what a client reads by default.
+		for rest := batch; len(rest) > 0; {
+			n, ferr := fitBatch(rest, format, maxMessageBytes)
+			if ferr != nil {
+				return s.status(ferr)
+			}
+			if serr := stream.SendMsg(eventBatch{events: rest[:n], format: format}); serr != nil {
 				return serr
 			}
-			clear(batch)
+			rest = rest[n:]
 		}
+		clear(batch)
 		if err != nil {
-			if errors.Is(err, hub.ErrClosed) {
-				return status.Error(codes.Unavailable, "gateway shutting down; resubscribe with since_sequence to resume")
-			}
-			if ctx.Err() != nil {
-				return status.FromContextError(ctx.Err()).Err()
-			}
-			return s.status(err)
+			return s.streamError(ctx, err)
 		}
 	}
 }

@@ -148,6 +148,10 @@ type Server struct {
 	rpcs      *rpcMetrics
 
 	closeOnce sync.Once
+
+	svc        *rpc.Service
+	eventsOnce sync.Once
+	events     *rpc.EventSource // the REST event stream's; made by Events
 }
 
 // New builds a gateway and binds its gRPC address, so GRPCAddr is known
@@ -237,6 +241,7 @@ func New(cfg Config) (*Server, error) {
 		grpc.ChainStreamInterceptor(stream...),
 	)
 	tcpgatev1.RegisterGatewayServiceServer(s.grpc, svc)
+	s.svc = svc
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	// Registers both v1 and v1alpha, so old and new grpcurl alike can list
@@ -287,11 +292,14 @@ func (s *Server) newREST() error {
 		return fmt.Errorf("binding HTTP address %s: %w", s.cfg.HTTPAddr, err)
 	}
 	// The REST gateway reaches the gRPC server over an in-memory
-	// connection: a real gRPC client (streams and all), behind the HTTP
-	// side's own TLS and token checks, that no one else can dial.
+	// connection: a real gRPC client, behind the HTTP side's own TLS and
+	// token checks, that no one else can dial. The event stream does not
+	// go through it: REST clients are hub subscribers of their own
+	// (Events), so no gRPC stream buffers what they have not read.
 	s.internal = bufconn.Listen(internalBuffer)
 	gcfg := gateway.Config{
 		Dial:         func(ctx context.Context) (net.Conn, error) { return s.internal.DialContext(ctx) },
+		Events:       s.Events(),
 		CORSOrigins:  s.cfg.CORSOrigins,
 		Metrics:      promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}),
 		Logger:       s.log,
@@ -319,6 +327,22 @@ func (s *Server) newREST() error {
 	}
 	return nil
 }
+
+// Events returns the source of the REST event stream: REST clients are hub
+// subscribers of their own, validated as Subscribe validates, and counted
+// in tcpgate_grpc_calls_total as Subscribe calls. A REST gateway of
+// another process's making (tests) takes it as gateway.Config.Events.
+func (s *Server) Events() *rpc.EventSource {
+	s.eventsOnce.Do(func() {
+		s.events = rpc.NewEventSource(s.svc, func(err error, start time.Time) {
+			s.rpcs.observe(subscribeMethod, err, start)
+		})
+	})
+	return s.events
+}
+
+// subscribeMethod names REST event streams in the call metrics.
+const subscribeMethod = "/tcpgate.v1.GatewayService/Subscribe"
 
 // GRPCAddr returns the bound gRPC address.
 func (s *Server) GRPCAddr() string { return s.grpcLn.Addr().String() }

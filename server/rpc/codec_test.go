@@ -98,7 +98,14 @@ func sealed(e *event.Event) *event.Event {
 
 var t0 = time.Date(2025, 5, 6, 7, 8, 9, 123456789, time.UTC)
 
-func TestCodecEvents(t *testing.T) {
+// eventCase is one event of every kind and edge the encoders must get right.
+type eventCase struct {
+	name string
+	e    *event.Event
+}
+
+// eventCases returns fresh, unsealed events of every kind and edge.
+func eventCases() []eventCase {
 	utf8Big := []byte(strings.Repeat("héllo wörld ✓ ", 5000)) // > refMin, text
 	binBig := make([]byte, 64<<10)
 	for i := range binBig {
@@ -108,10 +115,7 @@ func TestCodecEvents(t *testing.T) {
 	belowRef := bytes.Repeat([]byte{'b'}, refMin-1)
 	huge := bytes.Repeat([]byte("0123456789abcdef"), 3<<20/16) // the largest frame
 
-	cases := []struct {
-		name string
-		e    *event.Event
-	}{
+	return []eventCase{
 		{"listener started", &event.Event{Sequence: 1, Time: t0, Kind: event.ListenerStarted, ListenerID: "l1", LocalAddr: "127.0.0.1:9000"}},
 		{"listener stopped", &event.Event{Sequence: 2, Time: t0, Kind: event.ListenerStopped, ListenerID: "l1", LocalAddr: "[::1]:9000"}},
 		{"opened", &event.Event{Sequence: 3, Time: t0, Kind: event.ConnectionOpened, ListenerID: "l1", ConnectionID: "c1", RemoteAddr: "10.0.0.1:5555", LocalAddr: "10.0.0.2:9000"}},
@@ -144,6 +148,11 @@ func TestCodecEvents(t *testing.T) {
 		{"long ids", &event.Event{Sequence: 24, Time: t0, Kind: event.Data, ListenerID: strings.Repeat("l", 300), ConnectionID: strings.Repeat("c", 200)}},
 		{"unknown kind and reason", &event.Event{Sequence: 25, Time: t0, Kind: event.Kind(99), CloseReason: event.CloseReason(99)}},
 	}
+}
+
+func TestCodecEvents(t *testing.T) {
+	utf8Big := []byte(strings.Repeat("héllo wörld ✓ ", 5000)) // > refMin, text
+	cases := eventCases()
 	var all []*event.Event
 	for _, c := range cases {
 		// Markers are not sealed by the hub; events are.

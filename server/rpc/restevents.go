@@ -51,8 +51,8 @@ type EventStream struct {
 	start  time.Time
 	batch  []*event.Event
 
-	mu  sync.Mutex // guards end and closed
-	end error      // the status that ended the stream, once known
+	mu     sync.Mutex // guards end and closed
+	end    error      // the status that ended the stream, once known
 	closed bool
 }
 

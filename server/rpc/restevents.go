@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -24,6 +25,7 @@ type EventSource struct {
 	svc     *Service
 	observe func(err error, start time.Time)
 	cache   jsonCache
+	open    atomic.Int64 // streams open: with one, there is nothing to share
 }
 
 // NewEventSource returns the event source of svc. observe, when set, is
@@ -34,8 +36,9 @@ func NewEventSource(svc *Service, observe func(err error, start time.Time)) *Eve
 }
 
 // JSONEvent is one event of the REST stream: its sequence (0 on
-// EVENTS_DROPPED markers) and its JSON object, which is shared and must
-// not be modified.
+// EVENTS_DROPPED markers) and its JSON object, which may be shared with
+// other streams and must not be modified; it is valid until the next
+// call of Next.
 type JSONEvent struct {
 	Sequence uint64
 	JSON     []byte
@@ -50,6 +53,8 @@ type EventStream struct {
 	last   uint64
 	start  time.Time
 	batch  []*event.Event
+	// scratch holds the JSON of the last batch when it was not cached.
+	scratch []byte
 
 	mu     sync.Mutex // guards end and closed
 	end    error      // the status that ended the stream, once known
@@ -64,6 +69,7 @@ func (es *EventSource) Subscribe(req *tcpgatev1.SubscribeRequest) (*EventStream,
 	if err == nil {
 		var sub *hub.Subscriber
 		if sub, err = es.svc.cfg.Hub.Subscribe(opts); err == nil {
+			es.open.Add(1)
 			return &EventStream{src: es, sub: sub, format: format, last: es.svc.cfg.Hub.LastSequence(), start: start}, nil
 		}
 		err = es.svc.status(err)
@@ -91,7 +97,7 @@ func (st *EventStream) Done() <-chan struct{} { return st.sub.Done() }
 func (st *EventStream) Next(ctx context.Context, buf []JSONEvent) ([]JSONEvent, error) {
 	var err error
 	st.batch, err = st.sub.Next(ctx, st.batch[:0])
-	buf, encErr := st.src.cache.encode(st.batch, st.format, buf)
+	buf, encErr := st.src.cache.encode(st.batch, st.format, buf, st.src.open.Load() > 1, &st.scratch)
 	clear(st.batch)
 	if encErr != nil {
 		st.src.svc.log.Error("encoding event as JSON", "error", encErr)
@@ -127,6 +133,7 @@ func (st *EventStream) Close() {
 		return
 	}
 	st.sub.Close()
+	st.src.open.Add(-1)
 	if st.src.observe != nil {
 		if end == nil {
 			end = status.Error(codes.Canceled, "client went away")
@@ -141,40 +148,68 @@ func (st *EventStream) Close() {
 // encodes its own.
 const jsonCacheBytes = 16 << 20
 
+// jsonCacheSlots is how many events of one payload format the cache can
+// hold: a few batches of small events (a batch is about 1 MiB of events of
+// 160 bytes and more).
+const jsonCacheSlots = 1 << 15
+
 // jsonCache holds the JSON of recent events, by sequence and payload
-// format, in a place bounded in bytes (limit; oldest out first) rather
-// than on the events: an event in the replay ring keeps no JSON alive, so
-// the ring's and queues' byte bounds stay true of real memory. An entry
-// larger than a quarter of the limit is not kept. EVENTS_DROPPED markers,
-// which belong to one subscriber, are never cached.
+// format, in a place bounded in bytes (limit) rather than on the events:
+// an event in the replay ring keeps no JSON alive, so the ring's and the
+// queues' byte bounds stay true of real memory. Each format has a
+// direct-mapped table indexed by sequence: a newer event takes the slot of
+// one jsonCacheSlots older, and an entry that would take the cache past
+// limit is not kept. EVENTS_DROPPED markers, which belong to one
+// subscriber, are never cached.
 type jsonCache struct {
 	limit int
 
 	mu    sync.Mutex // guards the fields below
-	m     map[jsonKey][]byte
-	order []jsonKey // insertion order; order[head:] are in m
-	head  int
-	bytes int // JSON bytes in m
+	slots [numFormats][]jsonSlot
+	bytes int // JSON bytes held in slots
 }
 
-type jsonKey struct {
-	seq    uint64
-	format payloadFormat
+type jsonSlot struct {
+	seq  uint64
+	json []byte
 }
 
-// encode appends the JSON of evs under format f to buf, from the cache
-// where it can, encoding the rest outside the lock.
-func (c *jsonCache) encode(evs []*event.Event, f payloadFormat, buf []JSONEvent) ([]JSONEvent, error) {
+// encode appends the JSON of evs under format f to buf. With shared set
+// (more than one REST stream is open) it takes what the cache has and
+// caches what it encodes; otherwise nobody would share it, and it encodes
+// into scratch, which buf then refers to until the next call.
+func (c *jsonCache) encode(evs []*event.Event, f payloadFormat, buf []JSONEvent, shared bool, scratch *[]byte) ([]JSONEvent, error) {
 	if len(evs) == 0 {
 		return buf, nil
 	}
 	start := len(buf)
+	if !shared {
+		b := (*scratch)[:0]
+		ends := make([]int, 0, 32)
+		for _, e := range evs {
+			var err error
+			if b, err = appendEventJSON(b, e, f); err != nil {
+				return buf[:start], err
+			}
+			ends = append(ends, len(b))
+		}
+		*scratch = b
+		from := 0
+		for i, e := range evs {
+			buf = append(buf, JSONEvent{Sequence: e.Sequence, JSON: b[from:ends[i]:ends[i]]})
+			from = ends[i]
+		}
+		return buf, nil
+	}
 	misses := 0
 	c.mu.Lock()
+	table := c.slots[f]
 	for _, e := range evs {
 		var j []byte
-		if e.Sequence != 0 {
-			j = c.m[jsonKey{e.Sequence, f}]
+		if e.Sequence != 0 && table != nil {
+			if sl := &table[e.Sequence%jsonCacheSlots]; sl.seq == e.Sequence {
+				j = sl.json
+			}
 		}
 		if j == nil {
 			misses++
@@ -198,31 +233,22 @@ func (c *jsonCache) encode(evs []*event.Event, f payloadFormat, buf []JSONEvent)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.m == nil {
-		c.m = make(map[jsonKey][]byte)
+	if c.slots[f] == nil {
+		c.slots[f] = make([]jsonSlot, jsonCacheSlots)
 	}
+	table = c.slots[f]
 	for i, e := range evs {
 		j := buf[start+i].JSON
-		k := jsonKey{e.Sequence, f}
 		if e.Sequence == 0 || len(j) > c.limit/4 {
 			continue
 		}
-		if _, ok := c.m[k]; ok {
-			continue
+		sl := &table[e.Sequence%jsonCacheSlots]
+		if sl.seq >= e.Sequence {
+			continue // already there, or a newer event's
 		}
-		c.m[k] = j
-		c.order = append(c.order, k)
-		c.bytes += len(j)
-	}
-	for c.bytes > c.limit && c.head < len(c.order) {
-		k := c.order[c.head]
-		c.head++
-		c.bytes -= len(c.m[k])
-		delete(c.m, k)
-	}
-	if c.head > 1024 && c.head > len(c.order)/2 {
-		n := copy(c.order, c.order[c.head:])
-		c.order, c.head = c.order[:n], 0
+		if n := c.bytes - len(sl.json) + len(j); n <= c.limit {
+			sl.seq, sl.json, c.bytes = e.Sequence, j, n
+		}
 	}
 	return buf, nil
 }

@@ -77,7 +77,7 @@ func TestEventSourceSharesJSON(t *testing.T) {
 func TestJSONCacheBound(t *testing.T) {
 	c := jsonCache{limit: 64 << 10}
 	var scratch []byte
-	for seq := uint64(1); seq < 100_000; seq += 50 {
+	for seq := uint64(1); seq < 20_000; seq += 50 {
 		var evs []*event.Event
 		for i := range uint64(50) {
 			evs = append(evs, sealed(&event.Event{Sequence: seq + i, Time: t0, Kind: event.Data, Data: make([]byte, int(seq+i)%3000)}))
@@ -85,7 +85,7 @@ func TestJSONCacheBound(t *testing.T) {
 		if _, err := c.encode(evs, formatData, nil, true, &scratch); err != nil {
 			t.Fatal(err)
 		}
-		if seq%2000 != 1 {
+		if seq%1000 != 1 {
 			continue
 		}
 		held := 0

@@ -29,18 +29,6 @@ const (
 	contentSSE    = "text/event-stream"
 )
 
-// streamWriteTimeout bounds each write of an event stream: a client that
-// takes longer to accept one batch (at most about 1 MiB of events) is
-// stuck, not slow, and its stream ends rather than hold a goroutine and a
-// batch for good.
-const streamWriteTimeout = 30 * time.Second
-
-// finalWriteTimeout bounds what a stream writes once its subscription has
-// ended (the gateway shuts down, or a DISCONNECT subscriber fell behind):
-// a client that reads gets its last error line at once; one that does not
-// no longer holds the shutdown.
-const finalWriteTimeout = time.Second
-
 // events serves GET /v1/events: one JSON object per event and line
 // (NDJSON), or Server-Sent Events when the client accepts
 // text/event-stream. The stream is a hub subscriber of its own
@@ -83,12 +71,15 @@ func (g *Gateway) events(w http.ResponseWriter, r *http.Request, _ map[string]st
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	rc := http.NewResponseController(w)
-	// Once the subscription ends or the gateway closes, what is left to
-	// write gets finalWriteTimeout, a write in progress included.
+	// Every write gets rpc.StreamWriteTimeout: a client that accepts
+	// nothing for that long is stuck, and its stream ends. Once the
+	// subscription ends or the gateway closes, what is left to write (the
+	// final error line) gets rpc.FinalWriteTimeout, a write in progress
+	// included, so that a client that does not read holds no shutdown.
 	var ending atomic.Bool
 	endSoon := func() {
 		ending.Store(true)
-		_ = rc.SetWriteDeadline(time.Now().Add(finalWriteTimeout))
+		_ = rc.SetWriteDeadline(time.Now().Add(rpc.FinalWriteTimeout))
 	}
 	stopClose := context.AfterFunc(g.ctx, func() {
 		endSoon()
@@ -112,15 +103,15 @@ func (g *Gateway) events(w http.ResponseWriter, r *http.Request, _ map[string]st
 	h.Set("Tcpgate-Last-Sequence", strconv.FormatUint(st.LastSequence(), 10))
 	w.WriteHeader(http.StatusOK)
 	bw := bufio.NewWriterSize(w, 32<<10)
-	// arm gives the writes that follow streamWriteTimeout, unless the
+	// arm gives the writes that follow rpc.StreamWriteTimeout, unless the
 	// stream is ending.
 	arm := func() {
 		if ending.Load() {
 			return
 		}
-		_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+		_ = rc.SetWriteDeadline(time.Now().Add(rpc.StreamWriteTimeout))
 		if ending.Load() { // endSoon ran in between: its deadline holds
-			_ = rc.SetWriteDeadline(time.Now().Add(finalWriteTimeout))
+			_ = rc.SetWriteDeadline(time.Now().Add(rpc.FinalWriteTimeout))
 		}
 	}
 	flush := func() error {

@@ -150,6 +150,7 @@ type Server struct {
 	closeOnce sync.Once
 
 	svc        *rpc.Service
+	conns      *rpc.ConnTracker // the gRPC listener's connections
 	eventsOnce sync.Once
 	events     *rpc.EventSource // the REST event stream's; made by Events
 }
@@ -207,7 +208,9 @@ func New(cfg Config) (*Server, error) {
 	s.dialer = &dialer.Dialer{}
 	s.rpcs = newRPCMetrics()
 	s.metrics = newMetrics(s.hub, s.listeners, s.dialer, s.rpcs)
+	s.conns = rpc.NewConnTracker()
 	svc := rpc.New(rpc.Config{
+		Conns:                  s.conns,
 		Listeners:              s.listeners,
 		Hub:                    s.hub,
 		Dialer:                 s.dialer,
@@ -254,6 +257,9 @@ func New(cfg Config) (*Server, error) {
 		s.hub.Close()
 		return nil, fmt.Errorf("binding gRPC address %s: %w", cfg.GRPCAddr, err)
 	}
+	// Every gRPC connection is recorded, so that a Subscribe stream whose
+	// client does not read can be ended (see rpc.ConnTracker).
+	ln = s.conns.Listener(ln)
 	s.grpcLn = ln
 	if tlsCfg != nil {
 		// TLS at the listener, so the REST gateway's in-memory connection

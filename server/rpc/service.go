@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
@@ -73,6 +74,10 @@ type Config struct {
 	// IdleTimeout is the idle_timeout of a listener that sets none; 0 means
 	// never.
 	IdleTimeout time.Duration
+	// Conns records the gRPC server's connections (see ConnTracker), so
+	// that a Subscribe stream whose client does not read can be ended; nil
+	// means such a stream waits for its client.
+	Conns *ConnTracker
 	// Logger logs internal errors; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -525,7 +530,22 @@ func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerS
 		return err
 	}
 
+	// A send that cannot complete within its bound (the client does not
+	// read) ends the stream, by closing its connection (see ConnTracker);
+	// once the subscription has ended, the bound is FinalWriteTimeout.
 	ctx := stream.Context()
+	var remote net.Addr
+	if p, ok := peer.FromContext(ctx); ok {
+		remote = p.Addr
+	}
+	watch := newSendWatch(func() {
+		closed := s.cfg.Conns.close(remote)
+		s.log.Warn("subscriber accepts nothing; ending its stream", "remote_addr", fmt.Sprint(remote), "connection_closed", closed)
+	})
+	defer watch.stop()
+	stopEnding := onClose(sub.Done(), watch.shorten)
+	defer stopEnding()
+
 	var batch []*event.Event
 	for {
 		batch, err = sub.Next(ctx, batch[:0])
@@ -541,7 +561,10 @@ func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerS
 			if ferr != nil {
 				return s.status(ferr)
 			}
-			if serr := stream.SendMsg(eventBatch{events: rest[:n], format: format}); serr != nil {
+			watch.begin()
+			serr := stream.SendMsg(eventBatch{events: rest[:n], format: format})
+			watch.end()
+			if serr != nil {
 				return serr
 			}
 			rest = rest[n:]

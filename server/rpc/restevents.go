@@ -169,6 +169,10 @@ type jsonCache struct {
 	bytes int // JSON bytes held in slots
 }
 
+// scratchKeep is the largest JSON buffer a stream keeps between batches:
+// room for a batch of small events; a larger one is made again when needed.
+const scratchKeep = 1 << 20
+
 type jsonSlot struct {
 	seq  uint64
 	json []byte
@@ -184,6 +188,9 @@ func (c *jsonCache) encode(evs []*event.Event, f payloadFormat, buf []JSONEvent,
 	}
 	start := len(buf)
 	if !shared {
+		if cap(*scratch) > scratchKeep {
+			*scratch = nil // an idle stream keeps no large buffer
+		}
 		b := (*scratch)[:0]
 		ends := make([]int, 0, 32)
 		for _, e := range evs {

@@ -170,8 +170,9 @@ type jsonCache struct {
 }
 
 // scratchKeep is the largest JSON buffer a stream keeps between batches:
-// room for a batch of small events; a larger one is made again when needed.
-const scratchKeep = 1 << 20
+// room for the JSON of any batch of small events (a batch is about 1 MiB
+// of events); a larger one, made for large frames, is not kept.
+const scratchKeep = 4 << 20
 
 type jsonSlot struct {
 	seq  uint64

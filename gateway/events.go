@@ -71,6 +71,10 @@ func (g *Gateway) events(w http.ResponseWriter, r *http.Request, _ map[string]st
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	rc := http.NewResponseController(w)
+	// The deadline stays on the connection after the handler: clear it
+	// for the next request on a kept-alive connection, once nothing below
+	// can set it again.
+	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	// Every write gets rpc.StreamWriteTimeout: a client that accepts
 	// nothing for that long is stuck, and its stream ends. Once the
 	// subscription ends or the gateway closes, what is left to write (the
@@ -81,16 +85,15 @@ func (g *Gateway) events(w http.ResponseWriter, r *http.Request, _ map[string]st
 		ending.Store(true)
 		_ = rc.SetWriteDeadline(time.Now().Add(rpc.FinalWriteTimeout))
 	}
-	stopClose := context.AfterFunc(g.ctx, func() {
+	// afterClose, not context.AfterFunc: its stop waits for f, so no
+	// deadline is set on the connection after the handler returned.
+	stopClose := afterClose(g.ctx.Done(), func() {
 		endSoon()
 		cancel()
 	})
 	defer stopClose()
 	stopDone := afterClose(st.Done(), endSoon)
 	defer stopDone()
-	// The deadline stays on the connection after the handler: clear it
-	// for the next request on a kept-alive connection.
-	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 
 	h := w.Header()
 	if sse {

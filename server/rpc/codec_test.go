@@ -240,11 +240,14 @@ func TestCodecRandom(t *testing.T) {
 			seq++
 			evs = append(evs, randomEvent(r, seq))
 		}
-		checkBatch(t, fmt.Sprintf("batch %d", i), evs)
-		// The same events again, from their memos, in another order: as
-		// another subscriber would get them.
+		// Each batch under one format, in turn: every format sees 100.
+		f := formats[i%len(formats)]
+		checkBatchFormat(t, fmt.Sprintf("batch %d (%s)", i, f.name), evs, f.f)
+		// The same events again, from their memos, in another order and
+		// another format: as another subscriber would get them.
 		r.Shuffle(len(evs), func(i, j int) { evs[i], evs[j] = evs[j], evs[i] })
-		checkBatch(t, fmt.Sprintf("batch %d shuffled", i), evs)
+		f = formats[(i+1)%len(formats)]
+		checkBatchFormat(t, fmt.Sprintf("batch %d shuffled (%s)", i, f.name), evs, f.f)
 	}
 }
 

@@ -99,7 +99,7 @@ func TestEventJSON(t *testing.T) {
 		checkJSON(t, fmt.Sprintf("kind %d", k), &event.Event{Sequence: 1, Time: t0, Kind: k}, formatTextOrData)
 	}
 	r := rand.New(rand.NewPCG(5, 6))
-	for i := range 500 {
+	for i := range 300 {
 		e := randomEvent(r, uint64(i+1))
 		checkJSON(t, fmt.Sprintf("random %d", i), e, formats[i%len(formats)].f)
 	}

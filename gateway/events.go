@@ -77,9 +77,11 @@ func (g *Gateway) events(w http.ResponseWriter, r *http.Request, _ map[string]st
 	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	// Every write gets rpc.StreamWriteTimeout: a client that accepts
 	// nothing for that long is stuck, and its stream ends. Once the
-	// subscription ends or the gateway closes, what is left to write (the
-	// final error line) gets rpc.FinalWriteTimeout, a write in progress
-	// included, so that a client that does not read holds no shutdown.
+	// gateway shuts down (its hub or this REST gateway closes), what is
+	// left to write (the final error line) gets rpc.FinalWriteTimeout, a
+	// write in progress included, so that a client that does not read
+	// holds no shutdown. A DISCONNECT subscriber that fell behind keeps
+	// the usual bound for what remains, its error line included.
 	var ending atomic.Bool
 	endSoon := func() {
 		ending.Store(true)
@@ -92,7 +94,7 @@ func (g *Gateway) events(w http.ResponseWriter, r *http.Request, _ map[string]st
 		cancel()
 	})
 	defer stopClose()
-	stopDone := afterClose(st.Done(), endSoon)
+	stopDone := afterClose(st.ShuttingDown(), endSoon)
 	defer stopDone()
 
 	h := w.Header()
@@ -158,7 +160,6 @@ func (g *Gateway) events(w http.ResponseWriter, r *http.Request, _ map[string]st
 			if r.Context().Err() != nil {
 				return // the client went away
 			}
-			endSoon()
 			g.endStream(bw, sse, err)
 			_ = flush()
 			return

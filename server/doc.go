@@ -15,7 +15,7 @@
 // makes each event's JSON once per payload format for every REST stream.
 // A payload is allocated once per read and shared, unchanged, by the ring
 // and every subscriber. A stream whose client accepts nothing for
-// rpc.StreamWriteTimeout (or, once its subscription ended,
+// rpc.StreamWriteTimeout (or, once the gateway shuts down,
 // rpc.FinalWriteTimeout) ends: REST by write deadlines, gRPC by closing
 // the client's connection (rpc.ConnTracker).
 //

@@ -84,10 +84,10 @@ func (es *EventSource) Subscribe(req *tcpgatev1.SubscribeRequest) (*EventStream,
 // nothing after it will be missed.
 func (st *EventStream) LastSequence() uint64 { return st.last }
 
-// Done is closed when the subscription has ended: the gateway shuts down,
-// a DISCONNECT subscriber fell behind, or Close was called. What remains
-// for it still comes from Next.
-func (st *EventStream) Done() <-chan struct{} { return st.sub.Done() }
+// ShuttingDown is closed when the gateway shuts down: the stream's last
+// writes are then bounded by FinalWriteTimeout. What remains for it (the
+// final status) still comes from Next.
+func (st *EventStream) ShuttingDown() <-chan struct{} { return st.src.svc.cfg.Hub.Closed() }
 
 // Next appends to buf the events ready for this stream, as JSON, waiting
 // until there is at least one. It returns ctx.Err() when ctx is done, and

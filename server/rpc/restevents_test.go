@@ -128,9 +128,9 @@ func TestEventSourceValidates(t *testing.T) {
 	}
 	h.CloseNow()
 	select {
-	case <-st.Done():
+	case <-st.ShuttingDown():
 	case <-time.After(10 * time.Second):
-		t.Fatal("Done not closed when the hub closed")
+		t.Fatal("ShuttingDown not closed when the hub closed")
 	}
 	if _, err := st.Next(context.Background(), nil); status.Code(err) != codes.Unavailable {
 		t.Errorf("Next after the hub closed: %v, want Unavailable", err)

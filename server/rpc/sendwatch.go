@@ -11,10 +11,9 @@ import (
 // at shutdown, the shutdown) for good.
 const StreamWriteTimeout = 30 * time.Second
 
-// FinalWriteTimeout bounds the sends of a stream once its subscription has
-// ended (the gateway shuts down, or a DISCONNECT subscriber fell behind):
-// a client that reads gets its final status at once; one that does not no
-// longer holds the shutdown.
+// FinalWriteTimeout bounds the sends of a stream once the gateway shuts
+// down: a client that reads gets its final status at once; one that does
+// not no longer holds the shutdown.
 const FinalWriteTimeout = time.Second
 
 // sendWatch calls stuck when one send takes longer than its bound:

@@ -532,7 +532,7 @@ func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerS
 
 	// A send that cannot complete within its bound (the client does not
 	// read) ends the stream, by closing its connection (see ConnTracker);
-	// once the subscription has ended, the bound is FinalWriteTimeout.
+	// once the gateway shuts down, the bound is FinalWriteTimeout.
 	ctx := stream.Context()
 	var remote net.Addr
 	if p, ok := peer.FromContext(ctx); ok {
@@ -543,7 +543,7 @@ func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerS
 		s.log.Warn("subscriber accepts nothing; ending its stream", "remote_addr", fmt.Sprint(remote), "connection_closed", closed)
 	})
 	defer watch.stop()
-	stopEnding := onClose(sub.Done(), watch.shorten)
+	stopEnding := onClose(s.cfg.Hub.Closed(), watch.shorten)
 	defer stopEnding()
 
 	var batch []*event.Event

@@ -300,3 +300,32 @@ func TestEventsUnknownQueryParameter(t *testing.T) {
 		wantError(t, resp, body, http.StatusBadRequest, 3, "listener")
 	}
 }
+
+// TestEventsPayloadFormat: ?payloadFormat= chooses how payloads come, as
+// SubscribeRequest.payload_format does over gRPC: base64 data, text, or
+// both; an unknown value is a 400.
+func TestEventsPayloadFormat(t *testing.T) {
+	_, api := startREST(t, server.Config{})
+	l := api.startListener("fmt")
+	streams := map[string]*eventStream{}
+	for _, f := range []string{"", "PAYLOAD_FORMAT_TEXT_OR_DATA", "PAYLOAD_FORMAT_DATA", "PAYLOAD_FORMAT_BOTH"} {
+		q := "listenerIds=fmt&kinds=EVENT_KIND_DATA"
+		if f != "" {
+			q += "&payloadFormat=" + f
+		}
+		streams[f] = api.openEvents(q, nil)
+	}
+	seedClient(t, l.GetAddress())
+	for f, s := range streams {
+		_, line := s.next()
+		hasData := strings.Contains(line, `"data":"SGVsbG8sIFdvcmxkIQ=="`)
+		hasText := strings.Contains(line, `"text":"Hello, World!"`)
+		wantData := f == "PAYLOAD_FORMAT_DATA" || f == "PAYLOAD_FORMAT_BOTH"
+		wantText := f != "PAYLOAD_FORMAT_DATA"
+		if hasData != wantData || hasText != wantText {
+			t.Errorf("payloadFormat %q: line %s, want data %v text %v", f, line, wantData, wantText)
+		}
+	}
+	resp, body := api.do(http.MethodGet, "/v1/events?payloadFormat=9", "", nil)
+	wantError(t, resp, body, http.StatusBadRequest, 3, "payload_format")
+}

@@ -16,20 +16,20 @@ import (
 )
 
 // TestStuckRESTSubscribersMemory: 60 REST clients open the event stream
-// and stop reading while a client streams 256 MiB of text into a listener.
+// and stop reading while a client streams 1 GiB of text into a listener.
 // Each is a hub subscriber with a 1 MiB queue (--subscriber-queue-bytes):
 // together they may hold their queues, the batch each was writing when it
 // stuck, and the shared JSON cache, not tens of MiB each as when every
 // REST stream was a gRPC stream inside the daemon (2.4 GB for 60).
 func TestStuckRESTSubscribersMemory(t *testing.T) {
 	if testing.Short() {
-		t.Skip("streams 256 MiB to 60 stuck subscribers; skipped with -short")
+		t.Skip("streams 1 GiB to 60 stuck subscribers; skipped with -short")
 	}
 	const (
 		subs       = 60
 		queueBytes = 1 << 20
 		replay     = 8 << 20
-		total      = 256 << 20
+		total      = 1 << 30
 	)
 	d := startPlainDaemon(t, hermeticEnv(), "serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
 		"--subscriber-queue-bytes", strconv.Itoa(queueBytes), "--replay-bytes", strconv.Itoa(replay))
@@ -117,7 +117,7 @@ func TestStuckRESTSubscribersMemory(t *testing.T) {
 	// margin for the Go heap's slack (GOGC 100 lets the heap grow to twice
 	// what is live between collections). Events are shared between
 	// subscribers, so the real figure is lower (85 to 190 MiB seen); through
-	// the old internal gRPC hop it was about 390 MiB.
+	// the old internal gRPC hop it was 1.2 GiB.
 	bound := before + subs*3*queueBytes + replay + 16<<20 + 64<<20
 	t.Logf("RSS %s before the stream, peak %s, bound %s", mib(before), mib(peak), mib(bound))
 	if peak > bound {

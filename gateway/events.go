@@ -10,13 +10,12 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -32,8 +31,9 @@ const (
 
 // events serves GET /v1/events: one JSON object per event and line
 // (NDJSON), or Server-Sent Events when the client accepts
-// text/event-stream. Each batch from the gRPC stream is written and flushed
-// at once.
+// text/event-stream. The stream is a hub subscriber of its own
+// (cfg.Events), with no gRPC call in between; each batch is written and
+// flushed at once.
 func (g *Gateway) events(w http.ResponseWriter, r *http.Request, _ map[string]string) {
 	sse := acceptsSSE(r)
 	m := &runtime.JSONPb{MarshalOptions: marshalOptions}
@@ -57,33 +57,45 @@ func (g *Gateway) events(w http.ResponseWriter, r *http.Request, _ map[string]st
 		// An EventSource resumes after the last event it saw.
 		req.SinceSequence = seq + 1
 	}
+	if g.ctx.Err() != nil {
+		fail(status.Error(codes.Unavailable, "gateway shutting down"))
+		return
+	}
+	st, err := g.cfg.Events.Subscribe(req)
+	if err != nil {
+		fail(err)
+		return
+	}
+	defer st.Close()
 
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	stop := context.AfterFunc(g.ctx, cancel) // the gateway is closing
-	defer stop()
-	if auth := r.Header.Get("Authorization"); auth != "" {
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", auth)
+	rc := http.NewResponseController(w)
+	// The deadline stays on the connection after the handler: clear it
+	// for the next request on a kept-alive connection, once nothing below
+	// can set it again.
+	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
+	// Every write gets rpc.StreamWriteTimeout: a client that accepts
+	// nothing for that long is stuck, and its stream ends. Once the
+	// gateway shuts down (its hub or this REST gateway closes), what is
+	// left to write (the final error line) gets rpc.FinalWriteTimeout, a
+	// write in progress included, so that a client that does not read
+	// holds no shutdown. A DISCONNECT subscriber that fell behind keeps
+	// the usual bound for what remains, its error line included.
+	var ending atomic.Bool
+	endSoon := func() {
+		ending.Store(true)
+		_ = rc.SetWriteDeadline(time.Now().Add(rpc.FinalWriteTimeout))
 	}
-	stream, err := g.client.Subscribe(ctx, req)
-	if err != nil {
-		fail(err)
-		return
-	}
-	md, err := stream.Header()
-	if err != nil {
-		fail(err)
-		return
-	}
-	if len(md.Get(rpc.HeaderLastSequence)) == 0 {
-		// No headers means the call failed before the subscription started.
-		_, err := stream.Recv()
-		if err == nil {
-			err = status.Error(codes.Internal, "event stream started without headers")
-		}
-		fail(err)
-		return
-	}
+	// afterClose, not context.AfterFunc: its stop waits for f, so no
+	// deadline is set on the connection after the handler returned.
+	stopClose := afterClose(g.ctx.Done(), func() {
+		endSoon()
+		cancel()
+	})
+	defer stopClose()
+	stopDone := afterClose(st.ShuttingDown(), endSoon)
+	defer stopDone()
 
 	h := w.Header()
 	if sse {
@@ -93,10 +105,20 @@ func (g *Gateway) events(w http.ResponseWriter, r *http.Request, _ map[string]st
 	}
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
-	h.Set("Tcpgate-Last-Sequence", md.Get(rpc.HeaderLastSequence)[0])
+	h.Set("Tcpgate-Last-Sequence", strconv.FormatUint(st.LastSequence(), 10))
 	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
 	bw := bufio.NewWriterSize(w, 32<<10)
+	// arm gives the writes that follow rpc.StreamWriteTimeout, unless the
+	// stream is ending.
+	arm := func() {
+		if ending.Load() {
+			return
+		}
+		_ = rc.SetWriteDeadline(time.Now().Add(rpc.StreamWriteTimeout))
+		if ending.Load() { // endSoon ran in between: its deadline holds
+			_ = rc.SetWriteDeadline(time.Now().Add(rpc.FinalWriteTimeout))
+		}
+	}
 	flush := func() error {
 		if err := bw.Flush(); err != nil {
 			return err
@@ -107,81 +129,86 @@ func (g *Gateway) events(w http.ResponseWriter, r *http.Request, _ map[string]st
 		// Tells EventSource how long to wait before it reconnects.
 		fmt.Fprint(bw, "retry: 2000\n\n")
 	}
+	arm()
 	if err := flush(); err != nil {
 		return
 	}
 
-	batches := make(chan *tcpgatev1.SubscribeResponse)
-	errc := make(chan error, 1)
-	go recvAll(ctx, stream, batches, errc)
-	defer func() {
-		cancel()
-		for range batches {
+	var batch []rpc.JSONEvent
+	nextBeat := time.Now().Add(g.cfg.Heartbeat)
+	for {
+		wait := ctx
+		cancelWait := context.CancelFunc(func() {})
+		if sse {
+			wait, cancelWait = context.WithDeadline(ctx, nextBeat)
+		}
+		batch, err = st.Next(wait, batch[:0])
+		cancelWait()
+		arm()
+		if werr := writeBatch(bw, sse, batch); werr != nil {
+			return
+		}
+		clear(batch)
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			// The heartbeat is due: an idle SSE stream gets a comment
+			// line, so that proxies keep it open.
+			fmt.Fprint(bw, ": heartbeat\n\n")
+			nextBeat = time.Now().Add(g.cfg.Heartbeat)
+			err = nil
+		}
+		if err != nil {
+			if r.Context().Err() != nil {
+				return // the client went away
+			}
+			g.endStream(bw, sse, err)
+			_ = flush()
+			return
+		}
+		if ferr := flush(); ferr != nil {
+			return
+		}
+	}
+}
+
+// afterClose calls f once done is closed, unless the returned stop is
+// called first. The goroutine it starts is gone once stop returns.
+func afterClose(done <-chan struct{}, f func()) (stop func()) {
+	quit := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		select {
+		case <-done:
+			f()
+		case <-quit:
 		}
 	}()
-
-	var heartbeat <-chan time.Time
-	if sse {
-		t := time.NewTicker(g.cfg.Heartbeat)
-		defer t.Stop()
-		heartbeat = t.C
-	}
-	for {
-		select {
-		case resp, ok := <-batches:
-			if !ok {
-				g.endStream(bw, sse, <-errc, r.Context().Err() != nil)
-				_ = flush()
-				return
-			}
-			if err := writeBatch(bw, sse, resp.GetEvents()); err != nil {
-				return
-			}
-			if err := flush(); err != nil {
-				return
-			}
-		case <-heartbeat:
-			fmt.Fprint(bw, ": heartbeat\n\n")
-			if err := flush(); err != nil {
-				return
-			}
-		}
+	return func() {
+		close(quit)
+		<-exited
 	}
 }
 
-// recvAll forwards every batch of stream to batches until it ends, then
-// sends the error that ended it and closes batches.
-func recvAll(ctx context.Context, stream grpc.ServerStreamingClient[tcpgatev1.SubscribeResponse], batches chan<- *tcpgatev1.SubscribeResponse, errc chan<- error) {
-	defer close(batches)
-	for {
-		resp, err := stream.Recv()
-		if err != nil {
-			errc <- err
-			return
-		}
-		select {
-		case batches <- resp:
-		case <-ctx.Done():
-			errc <- ctx.Err()
-			return
-		}
-	}
-}
-
-func writeBatch(w io.Writer, sse bool, events []*tcpgatev1.Event) error {
+func writeBatch(w *bufio.Writer, sse bool, events []rpc.JSONEvent) error {
 	for _, e := range events {
-		b, err := marshalOptions.Marshal(e)
-		if err != nil {
-			return err
-		}
 		if sse {
-			if e.GetSequence() > 0 {
-				fmt.Fprintf(w, "id: %d\n", e.GetSequence())
+			if e.Sequence > 0 {
+				w.WriteString("id: ")
+				var num [20]byte
+				w.Write(strconv.AppendUint(num[:0], e.Sequence, 10))
+				w.WriteByte('\n')
 			}
-			fmt.Fprintf(w, "data: %s\n\n", b)
-		} else if _, err := fmt.Fprintf(w, "%s\n", b); err != nil {
-			return err
+			w.WriteString("data: ")
+			w.Write(e.JSON)
+			w.WriteString("\n\n")
+		} else {
+			w.Write(e.JSON)
+			w.WriteByte('\n')
 		}
+	}
+	// bufio keeps the first write error; the next flush reports it too.
+	if _, err := w.Write(nil); err != nil {
+		return err
 	}
 	return nil
 }
@@ -189,8 +216,8 @@ func writeBatch(w io.Writer, sse bool, events []*tcpgatev1.Event) error {
 // endStream writes why the stream ended, so a client can tell a shutdown
 // or a slow-consumer disconnect from a dropped connection: a last
 // {"error": {...}} line, or an SSE "error" event.
-func (g *Gateway) endStream(w io.Writer, sse bool, err error, clientGone bool) {
-	if clientGone || err == nil || errors.Is(err, io.EOF) {
+func (g *Gateway) endStream(w io.Writer, sse bool, err error) {
+	if err == nil || errors.Is(err, io.EOF) {
 		return
 	}
 	st := status.Convert(err)

@@ -44,12 +44,14 @@ func TestEventsNDJSONSeedFlow(t *testing.T) {
 	if closed.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_PEER_CLOSED {
 		t.Fatalf("close reason = %v", closed.GetCloseReason())
 	}
-	// The wire form is protojson: enums by name, uint64 as a string, bytes
-	// as base64.
+	// The wire form is protojson: enums by name, uint64 as a string; the
+	// payload, valid UTF-8, as text only (PAYLOAD_FORMAT_TEXT_OR_DATA).
+	if strings.Contains(dataLine, `"data"`) {
+		t.Errorf("event line %s has data as well as text", dataLine)
+	}
 	for _, want := range []string{
 		`"kind":"EVENT_KIND_DATA"`,
 		`"sequence":"` + strconv.FormatUint(data.GetSequence(), 10) + `"`,
-		`"data":"SGVsbG8sIFdvcmxkIQ=="`,
 		`"text":"Hello, World!"`,
 		`"listenerId":"seed"`,
 	} {
@@ -297,4 +299,33 @@ func TestEventsUnknownQueryParameter(t *testing.T) {
 		resp, body := api.do(http.MethodGet, path, "", nil)
 		wantError(t, resp, body, http.StatusBadRequest, 3, "listener")
 	}
+}
+
+// TestEventsPayloadFormat: ?payloadFormat= chooses how payloads come, as
+// SubscribeRequest.payload_format does over gRPC: base64 data, text, or
+// both; an unknown value is a 400.
+func TestEventsPayloadFormat(t *testing.T) {
+	_, api := startREST(t, server.Config{})
+	l := api.startListener("fmt")
+	streams := map[string]*eventStream{}
+	for _, f := range []string{"", "PAYLOAD_FORMAT_TEXT_OR_DATA", "PAYLOAD_FORMAT_DATA", "PAYLOAD_FORMAT_BOTH"} {
+		q := "listenerIds=fmt&kinds=EVENT_KIND_DATA"
+		if f != "" {
+			q += "&payloadFormat=" + f
+		}
+		streams[f] = api.openEvents(q, nil)
+	}
+	seedClient(t, l.GetAddress())
+	for f, s := range streams {
+		_, line := s.next()
+		hasData := strings.Contains(line, `"data":"SGVsbG8sIFdvcmxkIQ=="`)
+		hasText := strings.Contains(line, `"text":"Hello, World!"`)
+		wantData := f == "PAYLOAD_FORMAT_DATA" || f == "PAYLOAD_FORMAT_BOTH"
+		wantText := f != "PAYLOAD_FORMAT_DATA"
+		if hasData != wantData || hasText != wantText {
+			t.Errorf("payloadFormat %q: line %s, want data %v text %v", f, line, wantData, wantText)
+		}
+	}
+	resp, body := api.do(http.MethodGet, "/v1/events?payloadFormat=9", "", nil)
+	wantError(t, resp, body, http.StatusBadRequest, 3, "payload_format")
 }

@@ -1,12 +1,14 @@
 // Package gateway is tcpgate's REST front: grpc-gateway over a gRPC client
 // connection to the daemon's own gRPC address, plus what REST clients and
 // dashboards need beyond it: the event stream as NDJSON or Server-Sent
-// Events, the OpenAPI document, a health check and CORS.
+// Events (served from the daemon's hub, not through gRPC), the OpenAPI
+// document, a health check and CORS.
 package gateway
 
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -24,6 +26,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/rpc"
 )
 
 // openAPI is the generated OpenAPI document; `make generate` copies it here
@@ -45,6 +48,9 @@ type Config struct {
 	GRPCAddr string
 	// Dial connects to the daemon's gRPC server, for an in-memory connection.
 	Dial func(ctx context.Context) (net.Conn, error)
+	// Events serves the event stream, GET /v1/events, straight from the
+	// daemon's hub (an *rpc.EventSource); required.
+	Events EventSource
 	// Auth, when set, requires "Authorization: Bearer TOKEN" on every
 	// request but /healthz and CORS preflights; the header also goes on to
 	// gRPC, which checks it again.
@@ -71,6 +77,13 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// EventSource is where the REST event stream comes from: the daemon's hub,
+// through server/rpc, which validates a request exactly as Subscribe does.
+// Auth is the HTTP side's: it is checked before Subscribe is called.
+type EventSource interface {
+	Subscribe(req *tcpgatev1.SubscribeRequest) (*rpc.EventStream, error)
+}
+
 // Gateway serves the REST API. Create it with New; Close releases its gRPC
 // connection and ends its event streams.
 type Gateway struct {
@@ -92,6 +105,9 @@ var marshalOptions = protojson.MarshalOptions{}
 func New(cfg Config) (*Gateway, error) {
 	if cfg.Heartbeat <= 0 {
 		cfg.Heartbeat = DefaultHeartbeat
+	}
+	if cfg.Events == nil {
+		return nil, errors.New("REST gateway: no event source (gateway.Config.Events)")
 	}
 	log := cfg.Logger
 	if log == nil {

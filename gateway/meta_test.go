@@ -251,3 +251,37 @@ func containsFold(vs []string, want string) bool {
 	}
 	return false
 }
+
+// TestMetricsCountRESTStreams: a REST event stream, a hub subscriber of
+// its own, shows in the subscriber gauges while open and in the call
+// counters (as a Subscribe) once closed.
+func TestMetricsCountRESTStreams(t *testing.T) {
+	_, api := startREST(t, server.Config{})
+	s := api.openEvents("slowConsumer=SLOW_CONSUMER_POLICY_BACKPRESSURE", nil)
+	_, body := api.do(http.MethodGet, "/metrics", "", nil)
+	if !regexp.MustCompile(`(?m)^tcpgate_subscribers\{policy="backpressure"\} 1$`).Match(body) {
+		t.Fatalf("/metrics does not count the open REST stream:\n%s", grepLines(body, "tcpgate_subscribers"))
+	}
+	s.close()
+	eventually(t, "the REST stream counted as a Subscribe call", func() bool {
+		_, b := api.do(http.MethodGet, "/metrics", "", nil)
+		return regexp.MustCompile(`(?m)^tcpgate_subscribers\{policy="backpressure"\} 0$`).Match(b) &&
+			regexp.MustCompile(`(?m)^tcpgate_grpc_calls_total\{code="Canceled",method="/tcpgate.v1.GatewayService/Subscribe"\} 1$`).Match(b)
+	})
+	resp, b := api.do(http.MethodGet, "/v1/events?kinds=EVENT_KIND_EVENTS_DROPPED", "", nil)
+	wantError(t, resp, b, http.StatusBadRequest, 3, "kinds[0]")
+	_, b = api.do(http.MethodGet, "/metrics", "", nil)
+	if !regexp.MustCompile(`(?m)^tcpgate_grpc_calls_total\{code="InvalidArgument",method="/tcpgate.v1.GatewayService/Subscribe"\} 1$`).Match(b) {
+		t.Errorf("a refused REST stream is not counted:\n%s", grepLines(b, "Subscribe"))
+	}
+}
+
+func grepLines(b []byte, sub string) string {
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}

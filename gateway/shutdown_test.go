@@ -93,7 +93,7 @@ func TestEventsEndAtShutdown(t *testing.T) {
 // daemon that stops: the daemon's Unavailable reaches the REST client.
 func TestEventsEndWhenDaemonStops(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
-	gw, err := gateway.New(gateway.Config{GRPCAddr: g.Server.GRPCAddr(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	gw, err := gateway.New(gateway.Config{GRPCAddr: g.Server.GRPCAddr(), Events: g.Server.Events(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +112,7 @@ func TestEventsEndWhenDaemonStops(t *testing.T) {
 // streams the same way.
 func TestEventsEndAtGatewayClose(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
-	gw, err := gateway.New(gateway.Config{GRPCAddr: g.Server.GRPCAddr(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	gw, err := gateway.New(gateway.Config{GRPCAddr: g.Server.GRPCAddr(), Events: g.Server.Events(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +133,7 @@ func TestEventsEndAtGatewayClose(t *testing.T) {
 // JSON, for calls and event streams alike.
 func TestDaemonDown(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
-	gw, err := gateway.New(gateway.Config{GRPCAddr: g.Server.GRPCAddr(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	gw, err := gateway.New(gateway.Config{GRPCAddr: g.Server.GRPCAddr(), Events: g.Server.Events(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +158,7 @@ func TestNewGateway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw, err := gateway.New(gateway.Config{GRPCAddr: net.JoinHostPort("0.0.0.0", port), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	gw, err := gateway.New(gateway.Config{GRPCAddr: net.JoinHostPort("0.0.0.0", port), Events: g.Server.Events(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,8 +168,11 @@ func TestNewGateway(t *testing.T) {
 	var list tcpgatev1.ListListenersResponse
 	newREST(t, srv.URL).call(http.MethodGet, "/v1/listeners", "", &list)
 
-	if _, err := gateway.New(gateway.Config{GRPCAddr: "no-port"}); err == nil || !strings.Contains(err.Error(), "no-port") {
+	if _, err := gateway.New(gateway.Config{GRPCAddr: "no-port", Events: g.Server.Events()}); err == nil || !strings.Contains(err.Error(), "no-port") {
 		t.Fatalf("New with a malformed address = %v", err)
+	}
+	if _, err := gateway.New(gateway.Config{GRPCAddr: g.Server.GRPCAddr()}); err == nil || !strings.Contains(err.Error(), "Events") {
+		t.Fatalf("New without an event source = %v", err)
 	}
 }
 

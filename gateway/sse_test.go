@@ -116,6 +116,7 @@ func TestSSEHeartbeat(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
 	gw, err := gateway.New(gateway.Config{
 		GRPCAddr:  g.Server.GRPCAddr(),
+		Events:    g.Server.Events(),
 		Heartbeat: 50 * time.Millisecond,
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})

@@ -113,8 +113,8 @@ func TestBackpressureLossless(t *testing.T) {
 			if e.GetKind() != tcpgatev1.EventKind_EVENT_KIND_DATA {
 				t.Fatalf("lossless subscriber got %v", e)
 			}
-			h.Write(e.GetData())
-			received += len(e.GetData())
+			h.Write(payloadOf(e))
+			received += len(payloadOf(e))
 		}
 		if batches++; batches%8 == 0 {
 			time.Sleep(2 * time.Millisecond) // a slow reader

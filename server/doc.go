@@ -9,9 +9,15 @@
 // (internal/hub). The hub numbers every event with a gateway-wide sequence,
 // keeps recent events in a replay ring bounded in bytes, and queues each
 // event for every subscriber it matches. A Subscribe stream (rpc) takes
-// whatever is queued as one batch and sends it in one response. A payload is
-// allocated once per read and shared, unchanged, by the ring and every
-// subscriber.
+// whatever is queued as one batch and sends it in responses of at most
+// 4 MiB. A REST event stream (gateway/events.go) is a hub subscriber of
+// its own, through rpc.EventSource, which validates as Subscribe does and
+// makes each event's JSON once per payload format for every REST stream.
+// A payload is allocated once per read and shared, unchanged, by the ring
+// and every subscriber. A stream whose client accepts nothing for
+// rpc.StreamWriteTimeout (or, once the gateway shuts down,
+// rpc.FinalWriteTimeout) ends: REST by write deadlines, gRPC by closing
+// the client's connection (rpc.ConnTracker).
 //
 // Writes go the other way: Send on an accepted connection, a broadcast and
 // the listener's auto replies meet in that connection's write queue,

@@ -67,8 +67,8 @@ func TestClientResetMidFrame(t *testing.T) {
 	if e.GetKind() != tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED || e.GetConnectionId() != id {
 		t.Fatalf("event after the reset = %v, want CONNECTION_CLOSED of %s", e, id)
 	}
-	if !bytes.Equal(e.GetData(), partial) {
-		t.Errorf("close event data = %q, want the %d partial bytes %q", e.GetData(), len(partial), partial)
+	if !bytes.Equal(payloadOf(e), partial) {
+		t.Errorf("close event data = %q, want the %d partial bytes %q", payloadOf(e), len(partial), partial)
 	}
 	reason := e.GetCloseReason()
 
@@ -84,7 +84,7 @@ func TestClientResetMidFrame(t *testing.T) {
 	}
 	c2.CloseWrite()
 	if e := s.next(); e.GetKind() != tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED ||
-		e.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_PEER_CLOSED || len(e.GetData()) != 0 {
+		e.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_PEER_CLOSED || len(payloadOf(e)) != 0 {
 		t.Fatalf("event = %v, want a clean CONNECTION_CLOSED", e)
 	}
 

@@ -51,7 +51,8 @@ func TestSeedFlow(t *testing.T) {
 		closed.GetKind() != tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED {
 		t.Fatalf("kinds = %v, %v, %v", opened.GetKind(), data.GetKind(), closed.GetKind())
 	}
-	if data.GetText() != "Hello, World!" || string(data.GetData()) != "Hello, World!" {
+	// PAYLOAD_FORMAT_TEXT_OR_DATA, the default: text, once.
+	if data.GetText() != "Hello, World!" || data.GetData() != nil {
 		t.Fatalf("data event = %v", data)
 	}
 	if closed.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_PEER_CLOSED {
@@ -89,11 +90,11 @@ func TestRawBytesArriveExact(t *testing.T) {
 	if resp.GetBytesWritten() != 4 || resp.GetConnectionsReached() != 1 || resp.GetReply() != nil {
 		t.Fatalf("Send = %v", resp)
 	}
-	if e := s.next(); !bytes.Equal(e.GetData(), []byte{1, 2, 3, 4}) || e.GetText() != "\x01\x02\x03\x04" {
+	if e := s.next(); e.GetData() != nil || e.GetText() != "\x01\x02\x03\x04" {
 		t.Fatalf("event = %v", e)
 	}
 
-	// Bytes that are not UTF-8 have no text.
+	// Bytes that are not UTF-8 go as data.
 	c := dial(t, l.GetAddress())
 	c.Write([]byte{0xff, 0xfe, 0x00})
 	if e := s.next(); !bytes.Equal(e.GetData(), []byte{0xff, 0xfe, 0x00}) || e.GetText() != "" {
@@ -168,8 +169,8 @@ func TestSendAwaitModes(t *testing.T) {
 				}
 				return
 			}
-			if resp.GetReply().GetText() != tt.want || string(resp.GetReply().GetData()) != tt.want {
-				t.Fatalf("reply = %q, want %q", resp.GetReply().GetData(), tt.want)
+			if resp.GetReply().GetText() != tt.want || resp.GetReply().GetData() != nil {
+				t.Fatalf("reply = %v, want text %q only", resp.GetReply(), tt.want)
 			}
 		})
 	}
@@ -395,12 +396,12 @@ func TestFramingOverSockets(t *testing.T) {
 			for {
 				e := s.next()
 				if e.GetKind() == tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED {
-					if e.GetCloseReason() != tt.reason || string(e.GetData()) != tt.partial {
+					if e.GetCloseReason() != tt.reason || string(payloadOf(e)) != tt.partial {
 						t.Fatalf("close event = %v, want reason %v partial %q", e, tt.reason, tt.partial)
 					}
 					break
 				}
-				got = append(got, string(e.GetData()))
+				got = append(got, string(payloadOf(e)))
 			}
 			if strings.Join(got, "|") != strings.Join(tt.want, "|") || len(got) != len(tt.want) {
 				t.Fatalf("frames = %q, want %q", got, tt.want)

@@ -192,3 +192,16 @@ func peer(t *testing.T, handle func(net.Conn)) string {
 	})
 	return ln.Addr().String()
 }
+
+// payloadOf returns the bytes of an event or a reply, whichever field
+// carries them: PAYLOAD_FORMAT_TEXT_OR_DATA, the default, sends valid
+// UTF-8 as text and anything else as data.
+func payloadOf(m interface {
+	GetData() []byte
+	GetText() string
+}) []byte {
+	if d := m.GetData(); len(d) > 0 {
+		return d
+	}
+	return []byte(m.GetText())
+}

@@ -52,8 +52,8 @@ func TestListenerLogLines(t *testing.T) {
 				t.Fatalf("auto reply %q, want %q", got, reply)
 			}
 			data := sub.nextOf(tcpgatev1.EventKind_EVENT_KIND_DATA)
-			if string(data.GetData()) != payloadIn {
-				t.Fatalf("DATA event %q, want %q", data.GetData(), payloadIn)
+			if string(payloadOf(data)) != payloadIn {
+				t.Fatalf("DATA event %q, want %q", payloadOf(data), payloadIn)
 			}
 			if _, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
 				Target:  &tcpgatev1.SendRequest_ConnectionId{ConnectionId: data.GetConnectionId()},

@@ -704,8 +704,8 @@ func TestTLSListener(t *testing.T) {
 		if e.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_TLS_HANDSHAKE_FAILED {
 			t.Errorf("plain client closed with %v, want CLOSE_REASON_TLS_HANDSHAKE_FAILED", e.GetCloseReason())
 		}
-		if len(e.GetData()) != 0 {
-			t.Errorf("plain client's bytes reached the event: %q", e.GetData())
+		if len(payloadOf(e)) != 0 {
+			t.Errorf("plain client's bytes reached the event: %q", payloadOf(e))
 		}
 	})
 

@@ -170,6 +170,11 @@ type Server struct {
 	inflight  *inflight
 
 	closeOnce sync.Once
+
+	svc        *rpc.Service
+	conns      *rpc.ConnTracker // the gRPC listener's connections
+	eventsOnce sync.Once
+	events     *rpc.EventSource // the REST event stream's; made by Events
 }
 
 // New builds a gateway and binds its gRPC address, so GRPCAddr is known
@@ -239,7 +244,9 @@ func New(cfg Config) (*Server, error) {
 	s.dialer = &dialer.Dialer{}
 	s.rpcs = newRPCMetrics()
 	s.metrics = newMetrics(s.hub, s.listeners, s.dialer, s.rpcs)
+	s.conns = rpc.NewConnTracker()
 	svc := rpc.New(rpc.Config{
+		Conns:                  s.conns,
 		Listeners:              s.listeners,
 		Hub:                    s.hub,
 		Dialer:                 s.dialer,
@@ -274,6 +281,7 @@ func New(cfg Config) (*Server, error) {
 		grpc.ChainStreamInterceptor(stream...),
 	)
 	tcpgatev1.RegisterGatewayServiceServer(s.grpc, svc)
+	s.svc = svc
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	// Registers both v1 and v1alpha, so old and new grpcurl alike can list
@@ -286,6 +294,9 @@ func New(cfg Config) (*Server, error) {
 		s.hub.Close()
 		return nil, fmt.Errorf("binding gRPC address %s: %w", cfg.GRPCAddr, err)
 	}
+	// Every gRPC connection is recorded, so that a Subscribe stream whose
+	// client does not read can be ended (see rpc.ConnTracker).
+	ln = s.conns.Listener(ln)
 	s.grpcLn = ln
 	if tlsCfg != nil {
 		// TLS at the listener, so the REST gateway's in-memory connection
@@ -324,11 +335,14 @@ func (s *Server) newREST() error {
 		return fmt.Errorf("binding HTTP address %s: %w", s.cfg.HTTPAddr, err)
 	}
 	// The REST gateway reaches the gRPC server over an in-memory
-	// connection: a real gRPC client (streams and all), behind the HTTP
-	// side's own TLS and token checks, that no one else can dial.
+	// connection: a real gRPC client, behind the HTTP side's own TLS and
+	// token checks, that no one else can dial. The event stream does not
+	// go through it: REST clients are hub subscribers of their own
+	// (Events), so no gRPC stream buffers what they have not read.
 	s.internal = bufconn.Listen(internalBuffer)
 	gcfg := gateway.Config{
 		Dial:         func(ctx context.Context) (net.Conn, error) { return s.internal.DialContext(ctx) },
+		Events:       s.Events(),
 		CORSOrigins:  s.cfg.CORSOrigins,
 		Metrics:      promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}),
 		Logger:       s.log,
@@ -356,6 +370,22 @@ func (s *Server) newREST() error {
 	}
 	return nil
 }
+
+// Events returns the source of the REST event stream: REST clients are hub
+// subscribers of their own, validated as Subscribe validates, and counted
+// in tcpgate_grpc_calls_total as Subscribe calls. A REST gateway of
+// another process's making (tests) takes it as gateway.Config.Events.
+func (s *Server) Events() *rpc.EventSource {
+	s.eventsOnce.Do(func() {
+		s.events = rpc.NewEventSource(s.svc, func(err error, start time.Time) {
+			s.rpcs.observe(subscribeMethod, err, start)
+		})
+	})
+	return s.events
+}
+
+// subscribeMethod names REST event streams in the call metrics.
+const subscribeMethod = "/tcpgate.v1.GatewayService/Subscribe"
 
 // GRPCAddr returns the bound gRPC address.
 func (s *Server) GRPCAddr() string { return s.grpcLn.Addr().String() }

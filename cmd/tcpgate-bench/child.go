@@ -193,8 +193,12 @@ func subscribeMain(args []string) error {
 		if *decode == "proto" {
 			now = time.Now().UnixNano()
 			for _, e := range pmsg.GetEvents() {
-				d := e.GetData()
-				onEvent(e.GetKind(), len(d), d[:min(len(d), headBytes)], e.GetDropped())
+				d, n := e.GetData(), len(e.GetData())
+				if t := e.GetText(); n == 0 && t != "" {
+					// UTF-8 comes as text by default: only its head is copied.
+					d, n = []byte(t[:min(len(t), headBytes)]), len(t)
+				}
+				onEvent(e.GetKind(), n, d[:min(len(d), headBytes)], e.GetDropped())
 			}
 		}
 	}

@@ -7,6 +7,7 @@
 // copies of itself for the parts that must live in another process:
 //
 //	subscribe  a gRPC subscriber that counts DATA events (and measures latency)
+//	subscribe-rest  a REST subscriber (NDJSON or SSE) that parses every line
 //	count      counts the bytes on its stdin (behind socat, the baseline)
 //	respond    a TCP responder for one-shot Send calls
 //	hold       opens idle connections and holds them
@@ -28,6 +29,7 @@ const usage = `usage: tcpgate-bench COMMAND [flags]
 commands:
   run        run every scenario against bin/tcpgate and print the table (see run -h)
   subscribe  (child) subscribe to a gateway and count DATA events
+  subscribe-rest  (child) the same over REST (NDJSON or SSE)
   count      (child) count the bytes on stdin
   respond    (child) answer every TCP connection's first read
   hold       (child) open idle connections and hold them until stdin closes
@@ -39,11 +41,12 @@ func main() {
 		os.Exit(2)
 	}
 	cmds := map[string]func([]string) error{
-		"run":       runMain,
-		"subscribe": subscribeMain,
-		"count":     countMain,
-		"respond":   respondMain,
-		"hold":      holdMain,
+		"run":            runMain,
+		"subscribe":      subscribeMain,
+		"subscribe-rest": subscribeRESTMain,
+		"count":          countMain,
+		"respond":        respondMain,
+		"hold":           holdMain,
 	}
 	cmd, ok := cmds[os.Args[1]]
 	if !ok {

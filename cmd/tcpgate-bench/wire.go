@@ -71,6 +71,7 @@ const (
 	fieldEvents  = 1  // SubscribeResponse.events
 	fieldKind    = 3  // Event.kind
 	fieldData    = 8  // Event.data
+	fieldText    = 9  // Event.text: a payload that is UTF-8, by default
 	fieldDropped = 11 // Event.dropped
 )
 
@@ -124,7 +125,7 @@ func (m *wireMsg) walkEvent(end int) error {
 			if dropped, err = m.varint(); err != nil {
 				return err
 			}
-		case num == fieldData && typ == protowire.BytesType:
+		case (num == fieldData || num == fieldText) && typ == protowire.BytesType && dataLen == 0:
 			n, err := m.varint()
 			if err != nil {
 				return err

@@ -102,7 +102,7 @@ func TestCLI(t *testing.T) {
 			var text, data bool
 			for _, e := range jsonLines(out) {
 				text = text || e.Kind == kindData && e.Text == "Hello, World!"
-				data = data || e.Kind == kindData && e.Data == "AQIDBA=="
+				data = data || e.Kind == kindData && e.payload() == "\x01\x02\x03\x04"
 			}
 			return text && data
 		})

@@ -498,8 +498,9 @@ func newSendCmd(c *client) *cobra.Command {
 			fmt.Fprintf(cmd.ErrOrStderr(), "sent %d bytes to %d connection(s)\n", resp.GetBytesWritten(), resp.GetConnectionsReached())
 			if r := resp.GetReply(); r != nil {
 				out := cmd.OutOrStdout()
-				out.Write(r.GetData())
-				if d := r.GetData(); len(d) > 0 && d[len(d)-1] != '\n' && utf8.Valid(d) {
+				d := payload(r.GetData(), r.GetText())
+				out.Write(d)
+				if len(d) > 0 && d[len(d)-1] != '\n' && utf8.Valid(d) {
 					fmt.Fprintln(out)
 				}
 			}
@@ -688,7 +689,7 @@ func eventLine(e *tcpgatev1.Event) string {
 	case tcpgatev1.EventKind_EVENT_KIND_EVENTS_DROPPED:
 		fmt.Fprintf(&b, " dropped=%d", e.GetDropped())
 	}
-	if d := e.GetData(); len(d) > 0 {
+	if d := payload(e.GetData(), e.GetText()); len(d) > 0 {
 		if utf8.Valid(d) {
 			fmt.Fprintf(&b, " %d bytes %q", len(d), d)
 		} else {
@@ -696,4 +697,14 @@ func eventLine(e *tcpgatev1.Event) string {
 		}
 	}
 	return b.String()
+}
+
+// payload returns the bytes of an event or reply: data when it came as
+// data, text otherwise (PAYLOAD_FORMAT_TEXT_OR_DATA, the default, sends
+// valid UTF-8 as text only).
+func payload(data []byte, text string) []byte {
+	if len(data) > 0 {
+		return data
+	}
+	return []byte(text)
 }

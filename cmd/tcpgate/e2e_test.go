@@ -138,8 +138,9 @@ func TestGateway(t *testing.T) {
 			return e.Kind == kindConnectionClosed && e.ConnectionID == helloConn
 		})
 		evs := sub.lifecycle(t, lid, helloConn)
-		if got := evs[1].Data; got != base64.StdEncoding.EncodeToString([]byte("Hello, World!")) {
-			t.Errorf("DATA event: data = %q, want base64 of %q", got, "Hello, World!")
+		// PAYLOAD_FORMAT_TEXT_OR_DATA, the default: valid UTF-8 as text only.
+		if evs[1].Text != "Hello, World!" || evs[1].Data != "" {
+			t.Errorf("DATA event: text %q data %q, want text %q only", evs[1].Text, evs[1].Data, "Hello, World!")
 		}
 		// The gateway read the whole reply before closing, so the
 		// listener sees an orderly close.
@@ -156,7 +157,7 @@ func TestGateway(t *testing.T) {
 			t.Errorf("Send: bytesWritten = %d, reply = %+v; want 4 and no reply", resp.BytesWritten, resp.Reply)
 		}
 		i, data := sub.waitFor(t, from, `DATA "AQIDBA=="`, func(e eventJSON) bool {
-			return e.Kind == kindData && e.Data == "AQIDBA=="
+			return e.Kind == kindData && e.payload() == "\x01\x02\x03\x04"
 		})
 		if data.ConnectionID == helloConn {
 			t.Errorf("bytes arrived on the earlier connection %s, want a new one", helloConn)
@@ -390,6 +391,19 @@ type eventJSON struct {
 	Text          string `json:"text"`
 	CloseReason   string `json:"closeReason"`
 	Dropped       uint64 `json:"dropped,string"`
+}
+
+// payload returns the event's bytes, from data (base64) or text,
+// whichever carries them.
+func (e eventJSON) payload() string {
+	if e.Data == "" {
+		return e.Text
+	}
+	b, err := base64.StdEncoding.DecodeString(e.Data)
+	if err != nil {
+		return "invalid base64: " + e.Data
+	}
+	return string(b)
 }
 
 // client runs grpcurl against one gateway.

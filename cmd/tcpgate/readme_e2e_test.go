@@ -206,7 +206,7 @@ func testReadmeCurl(t *testing.T, blocks []codeBlock) {
 			slices.ContainsFunc(evs, func(e eventJSON) bool {
 				return e.Kind == kindConnectionOpened && e.ConnectionID == hello.ConnectionID && e.Sequence < hello.Sequence
 			}) &&
-			slices.ContainsFunc(evs, func(e eventJSON) bool { return e.Kind == kindData && e.Data == "AQIDBA==" }) &&
+			slices.ContainsFunc(evs, func(e eventJSON) bool { return e.Kind == kindData && e.payload() == "\x01\x02\x03\x04" }) &&
 			slices.ContainsFunc(evs, func(e eventJSON) bool { return e.Kind == kindListenerStopped && e.ListenerID == "demo" })
 	}
 	ndjson.waitFor(t, "NDJSON events of the sends and the stop", eventTimeout, func(out string) bool {
@@ -400,7 +400,7 @@ func testReadmeGrpcurl(t *testing.T, blocks []codeBlock) {
 		}
 		return hello != "" &&
 			slices.ContainsFunc(evs, func(e eventJSON) bool { return e.Kind == kindConnectionClosed && e.ConnectionID == hello }) &&
-			slices.ContainsFunc(evs, func(e eventJSON) bool { return e.Kind == kindData && e.Data == "AQIDBA==" })
+			slices.ContainsFunc(evs, func(e eventJSON) bool { return e.Kind == kindData && e.payload() == "\x01\x02\x03\x04" })
 	})
 	var hello []string
 	var helloID string

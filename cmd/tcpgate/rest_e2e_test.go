@@ -155,8 +155,8 @@ func TestREST(t *testing.T) {
 			if data.ListenerID != "rest" || data.Sequence <= opened.Sequence {
 				t.Errorf("%s stream: DATA %+v after CONNECTION_OPENED %+v, want listener rest and a later sequence", s.name, data, opened)
 			}
-			if want := "aGVsbG8gb3ZlciB0Y3A="; data.Data != want {
-				t.Errorf("%s stream: DATA data = %q, want base64 %q", s.name, data.Data, want)
+			if want := "hello over tcp"; data.Text != want || data.Data != "" {
+				t.Errorf("%s stream: DATA text %q data %q, want text %q only", s.name, data.Text, data.Data, want)
 			}
 		}
 	})
@@ -202,7 +202,7 @@ func TestREST(t *testing.T) {
 		}
 		ndjson.waitEvents(t, `DATA "AQIDBA=="`, func(evs []eventJSON) bool {
 			return slices.ContainsFunc(evs, func(e eventJSON) bool {
-				return e.Kind == kindData && e.Data == "AQIDBA==" && e.ConnectionID != connID
+				return e.Kind == kindData && e.payload() == "\x01\x02\x03\x04" && e.ConnectionID != connID
 			})
 		})
 	})

@@ -1,6 +1,7 @@
 package rpc
 
 import (
+	"errors"
 	"fmt"
 	"math/bits"
 	"sync"
@@ -26,14 +27,15 @@ import (
 // validating its text as UTF-8 again, copying its payload into a buffer that
 // the pool has just zeroed. Instead:
 //
-//   - the fields of an event around its payload are encoded once, on first
-//     use, and cached on the event (event.Event.Memo): every other
-//     subscriber copies those few bytes;
+//   - the fields of an event other than its payload are encoded once, on
+//     first use, and cached on the event (event.Event.Memo): every other
+//     subscriber copies those few bytes, whatever its payload format;
 //   - a payload of refMin bytes or more is not copied at all: the response
 //     refers to the event's Data, which is immutable once published, as a
 //     mem.SliceBuffer (whose Free does nothing, so gRPC never recycles or
-//     writes to it), once as data and once more as text when it is UTF-8,
-//     which the hub found out when it sealed the event;
+//     writes to it), as data, as text, or as both, as the subscriber's
+//     payload format says (whether it is UTF-8 the hub found out when it
+//     sealed the event);
 //   - the rest of a batch goes in one buffer from a pool that does not zero
 //     what it hands out, since every byte sent is written first.
 //
@@ -64,22 +66,27 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 }
 
 // eventBatch is the message Subscribe sends: the engine's events, which only
-// Codec knows how to encode (as a tcpgatev1.SubscribeResponse).
-type eventBatch []*event.Event
+// Codec knows how to encode (as a tcpgatev1.SubscribeResponse), with the
+// payload format the subscriber asked for. Subscribe cuts a hub batch into
+// eventBatches of at most maxMessageBytes (fitBatch).
+type eventBatch struct {
+	events []*event.Event
+	format payloadFormat
+}
 
 // refMin is the smallest payload sent by reference rather than copied into
 // the batch's buffer: below it, copying a few bytes costs less than another
 // buffer in the response.
 const refMin = 2 << 10
 
-// An event goes into a response as its memo (event.Event.Memo) and its
-// payload: the memo is the event's wire format as one element of
-// SubscribeResponse.events (field 1) with the payload left out, and split
-// tells where the payload goes. enc[:mid] runs from the element's tag to the
-// length of field 8 (data), and the payload follows it; when the payload is
-// text, enc[mid:tail] is the tag and length of field 9, and the payload
-// follows again; enc[tail:] holds fields 10 to 12. The memo holds bytes
-// only, to keep small what every event in the replay ring carries.
+// An event goes into a response as one element of SubscribeResponse.events
+// (field 1): its tag and length, then the event's memo (event.Event.Memo)
+// with the payload fields in between. The memo is the event's wire format
+// without the element's tag and length and without fields 8 (data) and 9
+// (text), which depend on the subscriber's payload format: memo[:mid] holds
+// fields 1 to 7, memo[mid:] fields 10 to 13 (see tailSize). The memo holds
+// bytes only, a few dozen of them, to keep small what every event in the
+// replay ring carries.
 
 // eventsEncoded counts the events encoded (not taken from their memo), for
 // tests.
@@ -96,27 +103,44 @@ func memoOf(e *event.Event) ([]byte, error) {
 	return enc, err
 }
 
-// isText reports whether e's payload goes as text too. A sealed event knows
-// without checking its payload again.
-func isText(e *event.Event) bool {
-	_, ok := e.Text()
-	return ok
+// tailSize is the size of the fields after the payload in e's memo.
+func tailSize(e *event.Event) int {
+	return sizeVarint(fCloseReason, closeReason(e.CloseReason)) +
+		sizeVarint(fDropped, e.Dropped) + sizeString(fPeerSubject, len(e.PeerSubject)) +
+		sizeVarint(fPartial, btou(e.Partial))
 }
 
-// split returns where the payload goes in enc, e's memo (see above).
-func split(e *event.Event, enc []byte, text bool) (mid, tail int) {
-	tail = len(enc)
-	if e.CloseReason != event.ReasonUnspecified || e.Dropped != 0 || e.PeerSubject != "" || e.Partial {
-		tail -= sizeVarint(fCloseReason, closeReason(e.CloseReason)) +
-			sizeVarint(fDropped, e.Dropped) + sizeString(fPeerSubject, len(e.PeerSubject)) +
-			sizeVarint(fPartial, btou(e.Partial))
-	}
-	mid = tail
-	if text {
-		mid -= protowire.SizeTag(fText) + protowire.SizeVarint(uint64(len(e.Data)))
-	}
-	return mid, tail
+// element is how one event goes into a response under one payload format.
+type element struct {
+	memo       []byte
+	mid        int  // where the payload fields go in memo
+	data, text bool // which payload fields are sent
+	n          int  // the element's length, without its tag and length
 }
+
+func elementOf(e *event.Event, f payloadFormat) (element, error) {
+	enc, err := memoOf(e)
+	if err != nil {
+		return element{}, err
+	}
+	el := element{memo: enc, mid: len(enc) - tailSize(e), n: len(enc)}
+	el.data, el.text = eventFields(f, e)
+	if el.data {
+		el.n += sizeString(fData, len(e.Data))
+	}
+	if el.text {
+		el.n += sizeString(fText, len(e.Data))
+	}
+	return el, nil
+}
+
+// wireSize is the bytes the element takes in a response.
+func (el element) wireSize() int {
+	return protowire.SizeTag(fEvents) + protowire.SizeVarint(uint64(el.n)) + el.n
+}
+
+// copies is how many times the payload is sent.
+func (el element) copies() int { return btoi(el.data) + btoi(el.text) }
 
 func closeReason(r event.CloseReason) uint64 {
 	if r == event.ReasonUnspecified {
@@ -126,6 +150,8 @@ func closeReason(r event.CloseReason) uint64 {
 }
 
 // Field numbers of tcpgatev1.Event and of google.protobuf.Timestamp.
+// TestEventFieldsCovered walks the Event descriptor to hold this list, and
+// the JSON encoder's (eventjson.go), to the proto.
 const (
 	fEvents        protowire.Number = 1 // SubscribeResponse.events
 	fSequence      protowire.Number = 1
@@ -146,9 +172,9 @@ const (
 )
 
 // encodeEvent encodes e as proto.Marshal encodes the tcpgatev1.Event that
-// eventToProto makes of it, as an element of SubscribeResponse.events and
-// with the payload left out (see parts): fields in number order, zero values
-// left out, Time always present, strings checked for UTF-8 as proto3
+// eventToProto makes of it, with the payload fields left out and without
+// the element's tag and length (see element): fields in number order, zero
+// values left out, Time always present, strings checked for UTF-8 as proto3
 // requires.
 func encodeEvent(e *event.Event) ([]byte, error) {
 	eventsEncoded.Add(1)
@@ -171,7 +197,6 @@ func encodeEvent(e *event.Event) ([]byte, error) {
 	secs, nanos := e.Time.Unix(), int64(int32(e.Time.Nanosecond()))
 	kind := uint64(eventKinds[e.Kind])
 	reason := closeReason(e.CloseReason)
-	isText := isText(e)
 
 	tsLen := sizeVarint(fSeconds, uint64(secs)) + sizeVarint(fNanos, uint64(nanos))
 	n := sizeVarint(fSequence, e.Sequence) +
@@ -181,18 +206,9 @@ func encodeEvent(e *event.Event) ([]byte, error) {
 		sizeString(fConnectionID, len(e.ConnectionID)) +
 		sizeString(fRemoteAddress, len(e.RemoteAddr)) +
 		sizeString(fLocalAddress, len(e.LocalAddr)) +
-		sizeString(fData, len(e.Data)) +
-		sizeVarint(fCloseReason, reason) +
-		sizeVarint(fDropped, e.Dropped) +
-		sizeString(fPeerSubject, len(e.PeerSubject)) +
-		sizeVarint(fPartial, btou(e.Partial))
-	if isText {
-		n += sizeString(fText, len(e.Data))
-	}
+		tailSize(e)
 
-	b := make([]byte, 0, protowire.SizeTag(fEvents)+protowire.SizeVarint(uint64(n))+n-len(e.Data)*(1+btoi(isText)))
-	b = protowire.AppendTag(b, fEvents, protowire.BytesType)
-	b = protowire.AppendVarint(b, uint64(n))
+	b := make([]byte, 0, n)
 	b = appendVarint(b, fSequence, e.Sequence)
 	b = protowire.AppendTag(b, fTime, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(tsLen))
@@ -201,14 +217,6 @@ func encodeEvent(e *event.Event) ([]byte, error) {
 	b = appendVarint(b, fKind, kind)
 	for _, f := range strs[:4] {
 		b = appendString(b, f.num, f.s)
-	}
-	if len(e.Data) > 0 {
-		b = protowire.AppendTag(b, fData, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(len(e.Data)))
-	}
-	if isText {
-		b = protowire.AppendTag(b, fText, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(len(e.Data)))
 	}
 	b = appendVarint(b, fCloseReason, reason)
 	b = appendVarint(b, fDropped, e.Dropped)
@@ -260,82 +268,102 @@ func appendString(b []byte, num protowire.Number, s string) []byte {
 	return append(b, s...)
 }
 
-// marshalBatch encodes evs as a SubscribeResponse: the events' memos and
+// fitBatch returns how many of evs, from the first, go in one message of
+// at most limit bytes under format f: at least one, which fits alone since
+// frames are bounded well below maxMessageBytes (marshalBatch checks).
+func fitBatch(evs []*event.Event, f payloadFormat, limit int) (int, error) {
+	size := 0
+	for i, e := range evs {
+		el, err := elementOf(e, f)
+		if err != nil {
+			return 0, err
+		}
+		size += el.wireSize()
+		if size > limit && i > 0 {
+			return i, nil
+		}
+	}
+	return len(evs), nil
+}
+
+// errMessageTooLarge reports a batch that would exceed maxMessageBytes.
+var errMessageTooLarge = errors.New("message larger than gRPC's default 4 MiB limit")
+
+// marshalBatch encodes b as a SubscribeResponse: the events' memos and
 // small payloads copied into one pooled buffer, large payloads referred to
-// between views of it.
-func marshalBatch(evs eventBatch) (mem.BufferSlice, error) {
-	if len(evs) == 0 {
+// between views of it. It refuses to make a message over maxMessageBytes,
+// which a client with default settings could not read.
+func marshalBatch(b eventBatch) (mem.BufferSlice, error) {
+	if len(b.events) == 0 {
 		return nil, nil
 	}
-	size, refs := 0, 0
-	for _, e := range evs {
-		enc, err := memoOf(e)
+	els := make([]element, len(b.events))
+	size, total, refs := 0, 0, 0
+	for i, e := range b.events {
+		el, err := elementOf(e, b.format)
 		if err != nil {
 			return nil, err
 		}
-		size += len(enc)
+		els[i] = el
+		ws := el.wireSize()
+		total += ws
+		size += ws
 		if len(e.Data) >= refMin {
-			refs++
-		} else if isText(e) {
-			size += 2 * len(e.Data)
-		} else {
-			size += len(e.Data)
+			size -= el.copies() * len(e.Data)
+			refs += el.copies()
 		}
+	}
+	if total > maxMessageBytes {
+		return nil, fmt.Errorf("tcpgate: encoding %d events: %d bytes: %w", len(b.events), total, errMessageTooLarge)
 	}
 	bp := batchBuffers.Get(size)
 	root := mem.NewBuffer(bp, batchBuffers)
-	b := (*bp)[:0]
-	if refs == 0 {
-		for _, e := range evs {
-			enc, _ := memoOf(e)
-			text := isText(e)
-			mid, tail := split(e, enc, text)
-			b = append(b, enc[:mid]...)
-			b = append(b, e.Data...)
-			if text {
-				b = append(b, enc[mid:tail]...)
-				b = append(b, e.Data...)
-			}
-			b = append(b, enc[tail:]...)
-		}
-		return mem.BufferSlice{root}, nil
-	}
+	buf := (*bp)[:0]
 
 	// Views of root between the payloads sent by reference; each holds a
 	// reference to root, and ours is dropped at the end. A payload goes as
 	// a mem.SliceBuffer, whose Free does nothing: gRPC never recycles it.
-	out := make(mem.BufferSlice, 0, 1+4*refs)
+	var out mem.BufferSlice
+	if refs > 0 {
+		out = make(mem.BufferSlice, 0, 1+2*refs)
+	}
 	start := 0
-	cut := func() {
-		if len(b) > start {
-			out = append(out, root.Slice(start, len(b)))
-			start = len(b)
+	payload := func(num protowire.Number, d []byte) {
+		buf = protowire.AppendTag(buf, num, protowire.BytesType)
+		buf = protowire.AppendVarint(buf, uint64(len(d)))
+		if len(d) < refMin {
+			buf = append(buf, d...)
+			return
 		}
-	}
-	for _, e := range evs {
-		enc, _ := memoOf(e)
-		text := isText(e)
-		mid, tail := split(e, enc, text)
-		b = append(b, enc[:mid]...)
-		if len(e.Data) < refMin {
-			b = append(b, e.Data...)
-			if text {
-				b = append(b, enc[mid:tail]...)
-				b = append(b, e.Data...)
-			}
-		} else {
-			ref := mem.SliceBuffer(e.Data)
-			cut()
-			out = append(out, ref)
-			if text {
-				b = append(b, enc[mid:tail]...)
-				cut()
-				out = append(out, ref)
-			}
+		if len(buf) > start {
+			out = append(out, root.Slice(start, len(buf)))
+			start = len(buf)
 		}
-		b = append(b, enc[tail:]...)
+		out = append(out, mem.SliceBuffer(d))
 	}
-	cut()
+	for i, e := range b.events {
+		el := els[i]
+		buf = protowire.AppendTag(buf, fEvents, protowire.BytesType)
+		buf = protowire.AppendVarint(buf, uint64(el.n))
+		buf = append(buf, el.memo[:el.mid]...)
+		if el.data {
+			payload(fData, e.Data)
+		}
+		if el.text {
+			payload(fText, e.Data)
+		}
+		buf = append(buf, el.memo[el.mid:]...)
+	}
+	if len(buf) != size {
+		root.Free()
+		return nil, fmt.Errorf("tcpgate: encoding %d events: %d bytes, want %d", len(b.events), len(buf), size)
+	}
+	if refs == 0 {
+		return mem.BufferSlice{root}, nil
+	}
+	if len(buf) > start {
+		out = append(out, root.Slice(start, len(buf)))
+	}
 	root.Free()
 	return out, nil
 }

@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -21,14 +22,20 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/event"
 )
 
-// wantResponse is what the standard path made of evs: eventToProto, then
-// proto.Marshal.
-func wantResponse(t testing.TB, evs []*event.Event) (*tcpgatev1.SubscribeResponse, []byte) {
+// formats are every payload format, for tests that go over all of them.
+var formats = []struct {
+	name string
+	f    payloadFormat
+}{{"text-or-data", formatTextOrData}, {"data", formatData}, {"both", formatBoth}}
+
+// wantResponse is what the standard path made of evs under format f:
+// eventToProto, then proto.Marshal.
+func wantResponse(t testing.TB, evs []*event.Event, f payloadFormat) (*tcpgatev1.SubscribeResponse, []byte) {
 	t.Helper()
 	resp := &tcpgatev1.SubscribeResponse{}
 	for _, e := range evs {
 		pe := new(tcpgatev1.Event)
-		eventToProto(pe, e)
+		eventToProto(pe, e, f)
 		resp.Events = append(resp.Events, pe)
 	}
 	b, err := proto.Marshal(resp)
@@ -40,9 +47,9 @@ func wantResponse(t testing.TB, evs []*event.Event) (*tcpgatev1.SubscribeRespons
 
 // marshalCodec encodes evs with Codec, as gRPC would, and returns the bytes
 // after freeing the buffers, as gRPC does once they are written.
-func marshalCodec(t testing.TB, evs []*event.Event) []byte {
+func marshalCodec(t testing.TB, evs []*event.Event, f payloadFormat) []byte {
 	t.Helper()
-	out, err := Codec{}.Marshal(eventBatch(evs))
+	out, err := Codec{}.Marshal(eventBatch{events: evs, format: f})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,12 +58,20 @@ func marshalCodec(t testing.TB, evs []*event.Event) []byte {
 	return b
 }
 
-// checkBatch holds Codec's encoding of evs to the standard one: the same
-// bytes, and a message equal to eventToProto's once decoded.
+// checkBatch holds Codec's encoding of evs to the standard one, under
+// every payload format: the same bytes, and a message equal to
+// eventToProto's once decoded.
 func checkBatch(t *testing.T, name string, evs []*event.Event) {
 	t.Helper()
-	want, wantBytes := wantResponse(t, evs)
-	got := marshalCodec(t, evs)
+	for _, f := range formats {
+		checkBatchFormat(t, name+" ("+f.name+")", evs, f.f)
+	}
+}
+
+func checkBatchFormat(t *testing.T, name string, evs []*event.Event, f payloadFormat) {
+	t.Helper()
+	want, wantBytes := wantResponse(t, evs, f)
+	got := marshalCodec(t, evs, f)
 	if !bytes.Equal(got, wantBytes) {
 		t.Errorf("%s: codec bytes differ from proto.Marshal:\n got %x\nwant %x", name, trim(got), trim(wantBytes))
 	}
@@ -83,7 +98,14 @@ func sealed(e *event.Event) *event.Event {
 
 var t0 = time.Date(2025, 5, 6, 7, 8, 9, 123456789, time.UTC)
 
-func TestCodecEvents(t *testing.T) {
+// eventCase is one event of every kind and edge the encoders must get right.
+type eventCase struct {
+	name string
+	e    *event.Event
+}
+
+// eventCases returns fresh, unsealed events of every kind and edge.
+func eventCases() []eventCase {
 	utf8Big := []byte(strings.Repeat("héllo wörld ✓ ", 5000)) // > refMin, text
 	binBig := make([]byte, 64<<10)
 	for i := range binBig {
@@ -93,10 +115,7 @@ func TestCodecEvents(t *testing.T) {
 	belowRef := bytes.Repeat([]byte{'b'}, refMin-1)
 	huge := bytes.Repeat([]byte("0123456789abcdef"), 3<<20/16) // the largest frame
 
-	cases := []struct {
-		name string
-		e    *event.Event
-	}{
+	return []eventCase{
 		{"listener started", &event.Event{Sequence: 1, Time: t0, Kind: event.ListenerStarted, ListenerID: "l1", LocalAddr: "127.0.0.1:9000"}},
 		{"listener stopped", &event.Event{Sequence: 2, Time: t0, Kind: event.ListenerStopped, ListenerID: "l1", LocalAddr: "[::1]:9000"}},
 		{"opened", &event.Event{Sequence: 3, Time: t0, Kind: event.ConnectionOpened, ListenerID: "l1", ConnectionID: "c1", RemoteAddr: "10.0.0.1:5555", LocalAddr: "10.0.0.2:9000"}},
@@ -129,6 +148,11 @@ func TestCodecEvents(t *testing.T) {
 		{"long ids", &event.Event{Sequence: 24, Time: t0, Kind: event.Data, ListenerID: strings.Repeat("l", 300), ConnectionID: strings.Repeat("c", 200)}},
 		{"unknown kind and reason", &event.Event{Sequence: 25, Time: t0, Kind: event.Kind(99), CloseReason: event.CloseReason(99)}},
 	}
+}
+
+func TestCodecEvents(t *testing.T) {
+	utf8Big := []byte(strings.Repeat("héllo wörld ✓ ", 5000)) // > refMin, text
+	cases := eventCases()
 	var all []*event.Event
 	for _, c := range cases {
 		// Markers are not sealed by the hub; events are.
@@ -216,11 +240,14 @@ func TestCodecRandom(t *testing.T) {
 			seq++
 			evs = append(evs, randomEvent(r, seq))
 		}
-		checkBatch(t, fmt.Sprintf("batch %d", i), evs)
-		// The same events again, from their memos, in another order: as
-		// another subscriber would get them.
+		// Each batch under one format, in turn: every format sees 100.
+		f := formats[i%len(formats)]
+		checkBatchFormat(t, fmt.Sprintf("batch %d (%s)", i, f.name), evs, f.f)
+		// The same events again, from their memos, in another order and
+		// another format: as another subscriber would get them.
 		r.Shuffle(len(evs), func(i, j int) { evs[i], evs[j] = evs[j], evs[i] })
-		checkBatch(t, fmt.Sprintf("batch %d shuffled", i), evs)
+		f = formats[(i+1)%len(formats)]
+		checkBatchFormat(t, fmt.Sprintf("batch %d shuffled (%s)", i, f.name), evs, f.f)
 	}
 }
 
@@ -232,7 +259,7 @@ func TestCodecMemo(t *testing.T) {
 		evs[i] = sealed(&event.Event{Sequence: uint64(i + 1), Time: t0, Kind: event.Data, ListenerID: "l", ConnectionID: "c", Data: []byte(fmt.Sprintf("line %d\n", i))})
 	}
 	before := eventsEncoded.Load()
-	first := marshalCodec(t, evs)
+	first := marshalCodec(t, evs, formatTextOrData)
 	if n := eventsEncoded.Load() - before; n != uint64(len(evs)) {
 		t.Fatalf("first subscriber encoded %d events, want %d", n, len(evs))
 	}
@@ -244,12 +271,16 @@ func TestCodecMemo(t *testing.T) {
 		}
 	}
 	for sub := range 9 {
-		if got := marshalCodec(t, evs); !bytes.Equal(got, first) {
+		if got := marshalCodec(t, evs, formatTextOrData); !bytes.Equal(got, first) {
 			t.Fatalf("subscriber %d got other bytes than the first", sub+2)
 		}
 	}
+	// Subscribers of the other formats share the memo too.
+	for _, f := range formats {
+		_ = marshalCodec(t, evs, f.f)
+	}
 	if n := eventsEncoded.Load() - before; n != uint64(len(evs)) {
-		t.Errorf("10 subscribers encoded %d events, want %d (once each)", n, len(evs))
+		t.Errorf("13 subscribers of 3 formats encoded %d events, want %d (once each)", n, len(evs))
 	}
 	for i, e := range evs {
 		if unsafe.SliceData(peekMemo(e)) != memos[i] {
@@ -274,21 +305,25 @@ func TestCodecConcurrent(t *testing.T) {
 			e.Seal() // published events are sealed before any subscriber sees them
 			evs = append(evs, e)
 		}
-		_, want := wantResponse(t, evs)
+		var want [numFormats][]byte
+		for _, f := range formats {
+			_, want[f.f] = wantResponse(t, evs, f.f)
+		}
 		var wg sync.WaitGroup
 		errs := make(chan error, 8)
-		for range 8 {
+		for g := range 8 {
+			f := formats[g%len(formats)].f
 			wg.Go(func() {
 				for range 5 {
-					out, err := Codec{}.Marshal(eventBatch(evs))
+					out, err := Codec{}.Marshal(eventBatch{events: evs, format: f})
 					if err != nil {
 						errs <- err
 						return
 					}
 					got := out.Materialize()
 					out.Free()
-					if !bytes.Equal(got, want) {
-						errs <- fmt.Errorf("round %d: bytes differ from proto.Marshal", round)
+					if !bytes.Equal(got, want[f]) {
+						errs <- fmt.Errorf("round %d, format %d: bytes differ from proto.Marshal", round, f)
 						return
 					}
 				}
@@ -301,7 +336,7 @@ func TestCodecConcurrent(t *testing.T) {
 		}
 		memo := unsafe.SliceData(peekMemo(evs[0]))
 		for range 3 {
-			if _, err := (Codec{}).Marshal(eventBatch(evs[:1])); err != nil {
+			if _, err := (Codec{}).Marshal(eventBatch{events: evs[:1]}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -312,8 +347,8 @@ func TestCodecConcurrent(t *testing.T) {
 }
 
 // TestCodecPayloadByReference checks that a large payload goes out as the
-// event's own memory, twice when it is text, and that freeing the response
-// leaves it alone.
+// event's own memory, as often as the payload format sends it, and that
+// freeing the response leaves it alone.
 func TestCodecPayloadByReference(t *testing.T) {
 	text := bytes.Repeat([]byte("abcdefgh"), 8<<10)
 	bin := append(bytes.Repeat([]byte{0xff}, 10<<10), 'x')
@@ -323,39 +358,123 @@ func TestCodecPayloadByReference(t *testing.T) {
 		sealed(&event.Event{Sequence: 2, Time: t0, Kind: event.Data, Data: []byte("small")}),
 		sealed(&event.Event{Sequence: 3, Time: t0, Kind: event.Data, Data: bin}),
 	}
-	for range 3 {
-		out, err := Codec{}.Marshal(eventBatch(evs))
-		if err != nil {
-			t.Fatal(err)
-		}
-		refs := map[*byte]int{}
-		for _, b := range out {
-			p := unsafe.SliceData(b.ReadOnlyData())
-			refs[p]++
-			if p == unsafe.SliceData(text) || p == unsafe.SliceData(bin) {
-				// Never gRPC's pooled kind: Free must leave it alone.
-				if _, ok := b.(mem.SliceBuffer); !ok || b.Len() != len(text) && b.Len() != len(bin) {
-					t.Errorf("payload sent as %T of %d bytes, want a whole mem.SliceBuffer", b, b.Len())
+	for _, c := range []struct {
+		f       payloadFormat
+		textRef int
+		buffers int
+	}{
+		// header, text, rest and header, data
+		{formatTextOrData, 1, 4},
+		{formatData, 1, 4},
+		// header, data, text header, text, rest and header, data
+		{formatBoth, 2, 6},
+	} {
+		for range 3 {
+			out, err := Codec{}.Marshal(eventBatch{events: evs, format: c.f})
+			if err != nil {
+				t.Fatal(err)
+			}
+			refs := map[*byte]int{}
+			for _, b := range out {
+				p := unsafe.SliceData(b.ReadOnlyData())
+				refs[p]++
+				if p == unsafe.SliceData(text) || p == unsafe.SliceData(bin) {
+					// Never gRPC's pooled kind: Free must leave it alone.
+					if _, ok := b.(mem.SliceBuffer); !ok || b.Len() != len(text) && b.Len() != len(bin) {
+						t.Errorf("payload sent as %T of %d bytes, want a whole mem.SliceBuffer", b, b.Len())
+					}
 				}
 			}
+			if refs[unsafe.SliceData(text)] != c.textRef {
+				t.Errorf("format %d: text payload referenced %d times, want %d", c.f, refs[unsafe.SliceData(text)], c.textRef)
+			}
+			if refs[unsafe.SliceData(bin)] != 1 {
+				t.Errorf("format %d: binary payload referenced %d times, want 1", c.f, refs[unsafe.SliceData(bin)])
+			}
+			if len(out) != c.buffers {
+				t.Errorf("format %d: response in %d buffers, want %d", c.f, len(out), c.buffers)
+			}
+			out.Free()
+			// Other batches reuse the pooled buffer; the payloads stay as they were.
+			_ = marshalCodec(t, []*event.Event{evs[1], evs[1], evs[1]}, c.f)
 		}
-		if refs[unsafe.SliceData(text)] != 2 {
-			t.Errorf("text payload referenced %d times, want 2 (data and text)", refs[unsafe.SliceData(text)])
-		}
-		if refs[unsafe.SliceData(bin)] != 1 {
-			t.Errorf("binary payload referenced %d times, want 1", refs[unsafe.SliceData(bin)])
-		}
-		if len(out) != 6 {
-			t.Errorf("response in %d buffers, want 6: header, data, text header, text, rest, data", len(out))
-		}
-		out.Free()
-		// Other batches reuse the pooled buffer; the payloads stay as they were.
-		_ = marshalCodec(t, []*event.Event{evs[1], evs[1], evs[1]})
 	}
 	if !bytes.Equal(text, saved[0]) || !bytes.Equal(bin, saved[1]) {
 		t.Fatal("a payload changed")
 	}
 	checkBatch(t, "after reuse", evs)
+}
+
+// TestCodecMessageSize checks that every message stays within gRPC's
+// default 4 MiB limit: the largest frame under BOTH goes as data only, a
+// hub batch is cut by what is sent, and marshalBatch refuses a batch over
+// the limit rather than make a message no default client can read.
+func TestCodecMessageSize(t *testing.T) {
+	huge := sealed(&event.Event{Sequence: 1, Time: t0, Kind: event.Data, ListenerID: "l", ConnectionID: "c",
+		Data: bytes.Repeat([]byte("0123456789abcdef"), MaxFrameLimit/16)})
+	for _, f := range formats {
+		b := marshalCodec(t, []*event.Event{huge}, f.f)
+		if len(b) > maxMessageBytes {
+			t.Errorf("%s: a %d-byte frame became a %d-byte message, over %d", f.name, len(huge.Data), len(b), maxMessageBytes)
+		}
+		var resp tcpgatev1.SubscribeResponse
+		if err := proto.Unmarshal(b, &resp); err != nil {
+			t.Fatal(err)
+		}
+		ev := resp.GetEvents()[0]
+		got := ev.GetData()
+		if f.f == formatTextOrData {
+			got = []byte(ev.GetText())
+		}
+		if !bytes.Equal(got, huge.Data) {
+			t.Errorf("%s: the frame did not arrive whole", f.name)
+		}
+	}
+	// At bothTextMax, text goes too; one byte more, data only.
+	for _, c := range []struct {
+		n    int
+		text bool
+	}{{bothTextMax, true}, {bothTextMax + 1, false}} {
+		e := sealed(&event.Event{Sequence: 2, Time: t0, Kind: event.Data, Data: bytes.Repeat([]byte{'t'}, c.n)})
+		var resp tcpgatev1.SubscribeResponse
+		if err := proto.Unmarshal(marshalCodec(t, []*event.Event{e}, formatBoth), &resp); err != nil {
+			t.Fatal(err)
+		}
+		if got := resp.GetEvents()[0].GetText() != ""; got != c.text {
+			t.Errorf("BOTH with %d bytes: text sent %v, want %v", c.n, got, c.text)
+		}
+	}
+
+	// A batch of 2 MiB frames: one per message under BOTH would be 4 MiB
+	// each, two per message 8 MiB; fitBatch cuts it.
+	var evs []*event.Event
+	for i := range 5 {
+		evs = append(evs, sealed(&event.Event{Sequence: uint64(10 + i), Time: t0, Kind: event.Data, Data: bytes.Repeat([]byte{'x'}, 1536<<10)}))
+	}
+	for _, f := range formats {
+		sent := 0
+		for rest := evs; len(rest) > 0; {
+			n, err := fitBatch(rest, f.f, maxMessageBytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n < 1 {
+				t.Fatalf("%s: fitBatch took %d events", f.name, n)
+			}
+			b := marshalCodec(t, rest[:n], f.f)
+			if len(b) > maxMessageBytes {
+				t.Errorf("%s: message of %d events is %d bytes", f.name, n, len(b))
+			}
+			sent += n
+			rest = rest[n:]
+		}
+		if sent != len(evs) {
+			t.Errorf("%s: sent %d events of %d", f.name, sent, len(evs))
+		}
+	}
+	if _, err := (Codec{}).Marshal(eventBatch{events: evs, format: formatBoth}); !errors.Is(err, errMessageTooLarge) {
+		t.Errorf("marshaling %d events of 1.5 MiB under BOTH: %v, want errMessageTooLarge", len(evs), err)
+	}
 }
 
 // TestCodecPoolReuse checks that a buffer reused without zeroing carries
@@ -370,7 +489,7 @@ func TestCodecPoolReuse(t *testing.T) {
 		checkBatch(t, "big", big)
 		checkBatch(t, "small", small)
 	}
-	if out, err := (Codec{}).Marshal(eventBatch(nil)); err != nil || out.Len() != 0 {
+	if out, err := (Codec{}).Marshal(eventBatch{}); err != nil || out.Len() != 0 {
 		t.Errorf("empty batch: %d bytes, %v", out.Len(), err)
 	}
 }
@@ -380,7 +499,7 @@ func TestCodecInvalidUTF8(t *testing.T) {
 	if _, err := proto.Marshal(&tcpgatev1.Event{PeerSubject: e.PeerSubject}); err == nil {
 		t.Fatal("proto.Marshal accepted invalid UTF-8; the codec must follow it")
 	}
-	if _, err := (Codec{}).Marshal(eventBatch{e}); err == nil || !strings.Contains(err.Error(), "peer_subject") {
+	if _, err := (Codec{}).Marshal(eventBatch{events: []*event.Event{e}}); err == nil || !strings.Contains(err.Error(), "peer_subject") {
 		t.Fatalf("codec error = %v, want one naming peer_subject", err)
 	}
 }
@@ -466,11 +585,11 @@ func BenchmarkEncodeBatch(b *testing.B) {
 			size += int64(len(e.Data))
 		}
 		b.Run(in.name+"/codec-cached", func(b *testing.B) {
-			_ = marshalCodec(b, evs)
+			_ = marshalCodec(b, evs, formatTextOrData)
 			b.SetBytes(size)
 			b.ReportAllocs()
 			for b.Loop() {
-				out, err := Codec{}.Marshal(eventBatch(evs))
+				out, err := Codec{}.Marshal(eventBatch{events: evs})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -503,7 +622,7 @@ func BenchmarkEncodeBatch(b *testing.B) {
 		}
 		b.Run(in.name+"/codec-first", func(b *testing.B) {
 			freshRun(b, func(evs []*event.Event) (mem.BufferSlice, error) {
-				return Codec{}.Marshal(eventBatch(evs))
+				return Codec{}.Marshal(eventBatch{events: evs})
 			})
 		})
 		b.Run(in.name+"/std-codec-first", func(b *testing.B) {
@@ -515,7 +634,7 @@ func BenchmarkEncodeBatch(b *testing.B) {
 					pbs = append(pbs, new(tcpgatev1.Event))
 				}
 				for i, e := range evs {
-					eventToProto(pbs[i], e)
+					eventToProto(pbs[i], e, formatTextOrData)
 				}
 				resp.Events = pbs[:len(evs)]
 				return std.Marshal(resp)
@@ -532,7 +651,7 @@ func BenchmarkEncodeBatch(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				for i, e := range evs {
-					eventToProto(pbs[i], e)
+					eventToProto(pbs[i], e, formatTextOrData)
 				}
 				out, err := std.Marshal(resp)
 				if err != nil {
@@ -542,7 +661,7 @@ func BenchmarkEncodeBatch(b *testing.B) {
 			}
 		})
 		b.Run(in.name+"/proto.Marshal", func(b *testing.B) {
-			resp, _ := wantResponse(b, evs)
+			resp, _ := wantResponse(b, evs, formatTextOrData)
 			b.SetBytes(size)
 			b.ReportAllocs()
 			for b.Loop() {

@@ -199,11 +199,13 @@ var policies = map[tcpgatev1.SlowConsumerPolicy]hub.Policy{
 	tcpgatev1.SlowConsumerPolicy_SLOW_CONSUMER_POLICY_BACKPRESSURE: hub.Backpressure,
 }
 
-// eventToProto fills dst from e, overwriting every field, so a batch's
-// messages can be reused across batches. Subscribe does not call it: Codec
-// writes the same bytes straight from the event (codec.go), and
-// codec_test.go holds it to this function's result.
-func eventToProto(dst *tcpgatev1.Event, e *event.Event) {
+// eventToProto fills dst from e with its payload as f says, overwriting
+// every field, so a batch's messages can be reused across batches.
+// Subscribe does not call it: Codec writes the same bytes straight from
+// the event (codec.go), and codec_test.go holds it to this function's
+// result; the REST stream's JSON (eventjson.go) is held to protojson's of
+// it.
+func eventToProto(dst *tcpgatev1.Event, e *event.Event, f payloadFormat) {
 	ts := dst.Time
 	if ts == nil {
 		ts = new(timestamppb.Timestamp)
@@ -216,8 +218,14 @@ func eventToProto(dst *tcpgatev1.Event, e *event.Event) {
 	dst.ConnectionId = e.ConnectionID
 	dst.RemoteAddress = e.RemoteAddr
 	dst.LocalAddress = e.LocalAddr
-	dst.Data = e.Data
-	dst.Text, _ = e.Text()
+	data, text := eventFields(f, e)
+	dst.Data, dst.Text = nil, ""
+	if data {
+		dst.Data = e.Data
+	}
+	if text {
+		dst.Text, _ = e.Text()
+	}
 	dst.CloseReason = closeReasons[e.CloseReason]
 	dst.Dropped = e.Dropped
 	dst.PeerSubject = e.PeerSubject

@@ -425,9 +425,9 @@ func TestEventToProtoReuse(t *testing.T) {
 	// reuses its messages; each result must equal a fresh conversion.
 	reused := new(tcpgatev1.Event)
 	for i, e := range []*event.Event{text, binary, closed, dropped, text} {
-		eventToProto(reused, e)
+		eventToProto(reused, e, formatBoth)
 		fresh := new(tcpgatev1.Event)
-		eventToProto(fresh, e)
+		eventToProto(fresh, e, formatBoth)
 		if !proto.Equal(reused, fresh) {
 			t.Errorf("event %d: reused message =\n%v\nfresh =\n%v", i, reused, fresh)
 		}
@@ -436,11 +436,11 @@ func TestEventToProtoReuse(t *testing.T) {
 		}
 	}
 
-	eventToProto(reused, text)
+	eventToProto(reused, text, formatBoth)
 	if reused.Text != "hello" || !bytes.Equal(reused.Data, []byte("hello")) {
 		t.Fatalf("text event: text %q data %q, want both hello", reused.Text, reused.Data)
 	}
-	eventToProto(reused, binary)
+	eventToProto(reused, binary, formatBoth)
 	if reused.Text != "" {
 		t.Errorf("binary event on a reused message kept text %q", reused.Text)
 	}
@@ -450,14 +450,14 @@ func TestEventToProtoReuse(t *testing.T) {
 	if reused.RemoteAddress != "" || reused.LocalAddress != "" {
 		t.Errorf("binary event kept addresses %q %q of the previous event", reused.RemoteAddress, reused.LocalAddress)
 	}
-	eventToProto(reused, closed)
+	eventToProto(reused, closed, formatBoth)
 	if reused.Data != nil || reused.Text != "" {
 		t.Errorf("close event kept data %q text %q", reused.Data, reused.Text)
 	}
 	if reused.CloseReason != tcpgatev1.CloseReason_CLOSE_REASON_IDLE_TIMEOUT || reused.Kind != tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED {
 		t.Errorf("close event: kind %v reason %v", reused.Kind, reused.CloseReason)
 	}
-	eventToProto(reused, dropped)
+	eventToProto(reused, dropped, formatBoth)
 	if reused.CloseReason != tcpgatev1.CloseReason_CLOSE_REASON_UNSPECIFIED || reused.Dropped != 17 || reused.Sequence != 0 {
 		t.Errorf("dropped marker: reason %v dropped %d sequence %d", reused.CloseReason, reused.Dropped, reused.Sequence)
 	}

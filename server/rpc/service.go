@@ -15,11 +15,11 @@ import (
 	"regexp"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
@@ -79,6 +79,10 @@ type Config struct {
 	// TLSFiles reads the cert_file, key_file, ca_file and client_ca_file
 	// of a request, as paths the caller chose; nil refuses every path.
 	TLSFiles *pemfile.Reader
+	// Conns records the gRPC server's connections (see ConnTracker), so
+	// that a Subscribe stream whose client does not read can be ended; nil
+	// means such a stream waits for its client.
+	Conns *ConnTracker
 	// Logger logs internal errors; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -361,6 +365,10 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 			return nil, invalid("await_reply.on_timeout", "only with an await_reply.mode that waits for a reply")
 		}
 	}
+	replyFormat, err := formatFromProto("await_reply.payload_format", aw.GetPayloadFormat())
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
@@ -400,7 +408,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		}
 		resp := &tcpgatev1.SendResponse{BytesWritten: uint64(res.BytesWritten), ConnectionsReached: 1}
 		if mode != dialer.NoAwait {
-			resp.Reply = replyToProto(res.Reply)
+			resp.Reply = replyToProto(res.Reply, replyFormat)
 		}
 		return resp, nil
 
@@ -431,7 +439,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		}
 		resp := &tcpgatev1.SendResponse{BytesWritten: uint64(len(payload)), ConnectionsReached: 1}
 		if rm != conn.NoReply {
-			resp.Reply = replyToProto(reply)
+			resp.Reply = replyToProto(reply, replyFormat)
 		}
 		return resp, nil
 
@@ -529,16 +537,10 @@ func checkAddress(addr string) error {
 	return nil
 }
 
-func replyToProto(b []byte) *tcpgatev1.Reply {
-	r := &tcpgatev1.Reply{Data: b}
-	if len(b) > 0 && utf8.Valid(b) {
-		r.Text = string(b)
-	}
-	return r
-}
-
-// Subscribe implements GatewayService.Subscribe.
-func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerStreamingServer[tcpgatev1.SubscribeResponse]) error {
+// subscription validates req, exactly as Subscribe and the REST event
+// stream both need it, and returns the hub options and payload format it
+// asks for.
+func (s *Service) subscription(req *tcpgatev1.SubscribeRequest) (hub.SubscribeOptions, payloadFormat, error) {
 	opts := hub.SubscribeOptions{
 		Filter: hub.Filter{
 			ListenerIDs:   req.GetListenerIds(),
@@ -550,7 +552,7 @@ func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerS
 	for i, k := range req.GetKinds() {
 		ek, ok := kindFromProto(k)
 		if !ok || ek == event.EventsDropped {
-			return invalid(fmt.Sprintf("kinds[%d]", i), "%s cannot be filtered on", k)
+			return opts, 0, invalid(fmt.Sprintf("kinds[%d]", i), "%s cannot be filtered on", k)
 		}
 		opts.Filter.Kinds = append(opts.Filter.Kinds, ek)
 	}
@@ -560,9 +562,34 @@ func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerS
 	}
 	policy, ok := policies[req.GetSlowConsumer()]
 	if !ok {
-		return invalid("slow_consumer", "unknown value %d", int32(req.GetSlowConsumer()))
+		return opts, 0, invalid("slow_consumer", "unknown value %d", int32(req.GetSlowConsumer()))
 	}
 	opts.Policy = policy
+	format, err := formatFromProto("payload_format", req.GetPayloadFormat())
+	if err != nil {
+		return opts, 0, err
+	}
+	return opts, format, nil
+}
+
+// streamError is the status that ends an event stream whose Next returned
+// err, with ctx the stream's context.
+func (s *Service) streamError(ctx context.Context, err error) error {
+	if errors.Is(err, hub.ErrClosed) {
+		return status.Error(codes.Unavailable, "gateway shutting down; resubscribe with since_sequence to resume")
+	}
+	if ctx.Err() != nil {
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	return s.status(err)
+}
+
+// Subscribe implements GatewayService.Subscribe.
+func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerStreamingServer[tcpgatev1.SubscribeResponse]) error {
+	opts, format, err := s.subscription(req)
+	if err != nil {
+		return err
+	}
 	sub, err := s.cfg.Hub.Subscribe(opts)
 	if err != nil {
 		return s.status(err)
@@ -573,29 +600,48 @@ func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerS
 		return err
 	}
 
+	// A send that cannot complete within its bound (the client does not
+	// read) ends the stream, by closing its connection (see ConnTracker);
+	// once the gateway shuts down, the bound is FinalWriteTimeout.
 	ctx := stream.Context()
+	var remote net.Addr
+	if p, ok := peer.FromContext(ctx); ok {
+		remote = p.Addr
+	}
+	watch := newSendWatch(func() {
+		closed := s.cfg.Conns.close(remote)
+		s.log.Warn("subscriber accepts nothing; ending its stream", "remote_addr", fmt.Sprint(remote), "connection_closed", closed)
+	})
+	defer watch.stop()
+	stopEnding := onClose(s.cfg.Hub.Closed(), watch.shorten)
+	defer stopEnding()
+
 	var batch []*event.Event
 	for {
 		batch, err = sub.Next(ctx, batch[:0])
-		if len(batch) > 0 {
-			// Not stream.Send(*SubscribeResponse): the server's Codec
-			// (codec.go) encodes an eventBatch, the engine's events as they
-			// are, into the same bytes, caching each event's encoding for
-			// every other subscriber and sending large payloads without
-			// copying them. SendMsg takes any message the codec knows.
-			if serr := stream.SendMsg(eventBatch(batch)); serr != nil {
+		// Not stream.Send(*SubscribeResponse): the server's Codec
+		// (codec.go) encodes an eventBatch, the engine's events as they
+		// are, into the same bytes, caching each event's encoding for
+		// every other subscriber and sending large payloads without
+		// copying them. SendMsg takes any message the codec knows. A hub
+		// batch is cut by what is sent, so that each message stays
+		// within what a client reads by default.
+		for rest := batch; len(rest) > 0; {
+			n, ferr := fitBatch(rest, format, maxMessageBytes)
+			if ferr != nil {
+				return s.status(ferr)
+			}
+			watch.begin()
+			serr := stream.SendMsg(eventBatch{events: rest[:n], format: format})
+			watch.end()
+			if serr != nil {
 				return serr
 			}
-			clear(batch)
+			rest = rest[n:]
 		}
+		clear(batch)
 		if err != nil {
-			if errors.Is(err, hub.ErrClosed) {
-				return status.Error(codes.Unavailable, "gateway shutting down; resubscribe with since_sequence to resume")
-			}
-			if ctx.Err() != nil {
-				return status.FromContextError(ctx.Err()).Err()
-			}
-			return s.status(err)
+			return s.streamError(ctx, err)
 		}
 	}
 }

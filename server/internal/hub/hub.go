@@ -139,6 +139,7 @@ type Hub struct {
 	ring   ring
 	subs   []*Subscriber // a slice: walked for every event, changed rarely
 	closed bool
+	done   chan struct{} // closed by Close and CloseNow; never changes
 	// dropped and disconnected count, per policy, events dropped from
 	// queues and subscriptions ended for falling behind.
 	dropped      [Backpressure + 1]uint64
@@ -155,7 +156,7 @@ func New(cfg Config) *Hub {
 	if now == nil {
 		now = time.Now
 	}
-	return &Hub{now: now, maxSubscribers: cfg.MaxSubscribers, ring: ring{limit: limit}}
+	return &Hub{now: now, maxSubscribers: cfg.MaxSubscribers, ring: ring{limit: limit}, done: make(chan struct{})}
 }
 
 // Publish numbers evs, records them in the replay ring and queues them for
@@ -379,8 +380,16 @@ func (h *Hub) close(discard bool) {
 		}
 		s.mu.Unlock()
 	}
+	if !h.closed {
+		close(h.done)
+	}
 	h.closed = true
 }
+
+// Closed is closed once the hub is closed (Close or CloseNow): streams
+// learn that the gateway shuts down, as opposed to one subscription
+// ending.
+func (h *Hub) Closed() <-chan struct{} { return h.done }
 
 // Subscriber is one subscription. Next is called from one goroutine; Close
 // may be called from any.

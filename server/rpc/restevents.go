@@ -1,0 +1,276 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/internal/event"
+	"github.com/tcpgate/tcpgate/server/internal/hub"
+)
+
+// EventSource serves the REST event stream straight from the hub: each
+// REST client is a hub subscriber of its own, with the queue, policies and
+// bounds of a gRPC one, and gets its events as JSON made once per event
+// and payload format for every REST client (jsonCache). The HTTP side
+// (package gateway) checks auth and writes; EventSource validates, as
+// Subscribe does, subscribes and encodes.
+type EventSource struct {
+	svc     *Service
+	observe func(err error, start time.Time)
+	cache   jsonCache
+	open    atomic.Int64 // streams open: with one, there is nothing to share
+}
+
+// NewEventSource returns the event source of svc. observe, when set, is
+// called once per stream as it closes, with the status that ended it, so
+// that REST streams are counted with the gRPC calls.
+func NewEventSource(svc *Service, observe func(err error, start time.Time)) *EventSource {
+	return &EventSource{svc: svc, observe: observe, cache: jsonCache{limit: jsonCacheBytes}}
+}
+
+// JSONEvent is one event of the REST stream: its sequence (0 on
+// EVENTS_DROPPED markers) and its JSON object, which may be shared with
+// other streams and must not be modified; it is valid until the next
+// call of Next.
+type JSONEvent struct {
+	Sequence uint64
+	JSON     []byte
+}
+
+// EventStream is one REST client's subscription. Next is called from one
+// goroutine; Close may be called from any, and must be called.
+type EventStream struct {
+	src    *EventSource
+	sub    *hub.Subscriber
+	format payloadFormat
+	last   uint64
+	start  time.Time
+	batch  []*event.Event
+	// scratch holds the JSON of the last batch when it was not cached.
+	scratch []byte
+
+	mu     sync.Mutex // guards end and closed
+	end    error      // the status that ended the stream, once known
+	closed bool
+}
+
+// Subscribe validates req exactly as GatewayService.Subscribe does and
+// starts a subscription. Its errors are gRPC statuses.
+func (es *EventSource) Subscribe(req *tcpgatev1.SubscribeRequest) (*EventStream, error) {
+	start := time.Now()
+	opts, format, err := es.svc.subscription(req)
+	if err == nil {
+		var sub *hub.Subscriber
+		if sub, err = es.svc.cfg.Hub.Subscribe(opts); err == nil {
+			es.open.Add(1)
+			return &EventStream{src: es, sub: sub, format: format, last: es.svc.cfg.Hub.LastSequence(), start: start}, nil
+		}
+		err = es.svc.status(err)
+	}
+	if es.observe != nil {
+		es.observe(err, start)
+	}
+	return nil, err
+}
+
+// LastSequence is the newest sequence when the subscription started:
+// nothing after it will be missed.
+func (st *EventStream) LastSequence() uint64 { return st.last }
+
+// ShuttingDown is closed when the gateway shuts down: the stream's last
+// writes are then bounded by FinalWriteTimeout. What remains for it (the
+// final status) still comes from Next.
+func (st *EventStream) ShuttingDown() <-chan struct{} { return st.src.svc.cfg.Hub.Closed() }
+
+// Next appends to buf the events ready for this stream, as JSON, waiting
+// until there is at least one. It returns ctx.Err() when ctx is done, and
+// once the subscription has ended and what remained was returned, the
+// status that ended it (Unavailable at shutdown, ResourceExhausted for a
+// DISCONNECT subscriber that fell behind).
+func (st *EventStream) Next(ctx context.Context, buf []JSONEvent) ([]JSONEvent, error) {
+	var err error
+	st.batch, err = st.sub.Next(ctx, st.batch[:0])
+	buf, encErr := st.src.cache.encode(st.batch, st.format, buf, st.src.open.Load() > 1, &st.scratch)
+	clear(st.batch)
+	if encErr != nil {
+		st.src.svc.log.Error("encoding event as JSON", "error", encErr)
+		err = status.Error(codes.Internal, "encoding an event as JSON failed")
+		st.setEnd(err)
+		return buf, err
+	}
+	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			return buf, err
+		}
+		err = st.src.svc.streamError(ctx, err)
+		st.setEnd(err)
+	}
+	return buf, err
+}
+
+func (st *EventStream) setEnd(err error) {
+	st.mu.Lock()
+	if st.end == nil {
+		st.end = err
+	}
+	st.mu.Unlock()
+}
+
+// Close ends the subscription. It is idempotent.
+func (st *EventStream) Close() {
+	st.mu.Lock()
+	closed, end := st.closed, st.end
+	st.closed = true
+	st.mu.Unlock()
+	if closed {
+		return
+	}
+	st.sub.Close()
+	st.src.open.Add(-1)
+	if st.src.observe != nil {
+		if end == nil {
+			end = status.Error(codes.Canceled, "client went away")
+		}
+		st.src.observe(end, st.start)
+	}
+}
+
+// jsonCacheBytes bounds the JSON cached for REST clients: room for every
+// event of several full batches (about 1 MiB each), so that clients
+// reading at about the same pace share one encoding, while a lagging one
+// encodes its own.
+const jsonCacheBytes = 16 << 20
+
+// jsonCacheSlots is how many events of one payload format the cache can
+// hold: a few batches of small events (a batch is about 1 MiB of events of
+// 160 bytes and more).
+const jsonCacheSlots = 1 << 15
+
+// jsonCache holds the JSON of recent events, by sequence and payload
+// format, in a place bounded in bytes (limit) rather than on the events:
+// an event in the replay ring keeps no JSON alive, so the ring's and the
+// queues' byte bounds stay true of real memory. Each format has a
+// direct-mapped table indexed by sequence: a newer event takes the slot of
+// one jsonCacheSlots older, and an entry that would take the cache past
+// limit is not kept. EVENTS_DROPPED markers, which belong to one
+// subscriber, are never cached.
+type jsonCache struct {
+	limit int
+
+	mu    sync.Mutex // guards the fields below
+	slots [numFormats][]jsonSlot
+	bytes int // JSON bytes held in slots
+}
+
+// scratchKeep is the largest JSON buffer a stream keeps between batches:
+// room for the JSON of any batch of small events (a batch is about 1 MiB
+// of events); a larger one, made for large frames, is not kept.
+const scratchKeep = 4 << 20
+
+type jsonSlot struct {
+	seq  uint64
+	json []byte
+}
+
+// encode appends the JSON of evs under format f to buf. With shared set
+// (more than one REST stream is open) it takes what the cache has and
+// caches what it encodes; otherwise nobody would share it, and it encodes
+// into scratch, which buf then refers to until the next call.
+func (c *jsonCache) encode(evs []*event.Event, f payloadFormat, buf []JSONEvent, shared bool, scratch *[]byte) ([]JSONEvent, error) {
+	if len(evs) == 0 {
+		return buf, nil
+	}
+	start := len(buf)
+	if !shared {
+		if cap(*scratch) > scratchKeep {
+			*scratch = nil // an idle stream keeps no large buffer
+		}
+		b := (*scratch)[:0]
+		ends := make([]int, 0, 32)
+		for _, e := range evs {
+			var err error
+			if b, err = appendEventJSON(b, e, f); err != nil {
+				return buf[:start], err
+			}
+			ends = append(ends, len(b))
+		}
+		*scratch = b
+		from := 0
+		for i, e := range evs {
+			buf = append(buf, JSONEvent{Sequence: e.Sequence, JSON: b[from:ends[i]:ends[i]]})
+			from = ends[i]
+		}
+		return buf, nil
+	}
+	misses := 0
+	c.mu.Lock()
+	table := c.slots[f]
+	for _, e := range evs {
+		var j []byte
+		if e.Sequence != 0 && table != nil {
+			if sl := &table[e.Sequence%jsonCacheSlots]; sl.seq == e.Sequence {
+				j = sl.json
+			}
+		}
+		if j == nil {
+			misses++
+		}
+		buf = append(buf, JSONEvent{Sequence: e.Sequence, JSON: j})
+	}
+	c.mu.Unlock()
+	if misses == 0 {
+		return buf, nil
+	}
+	for i, e := range evs {
+		je := &buf[start+i]
+		if je.JSON != nil {
+			continue
+		}
+		j, err := appendEventJSON(make([]byte, 0, jsonSizeHint(e, f)), e, f)
+		if err != nil {
+			return buf[:start], err
+		}
+		je.JSON = j
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.slots[f] == nil {
+		c.slots[f] = make([]jsonSlot, jsonCacheSlots)
+	}
+	table = c.slots[f]
+	for i, e := range evs {
+		j := buf[start+i].JSON
+		if e.Sequence == 0 || len(j) > c.limit/4 {
+			continue
+		}
+		sl := &table[e.Sequence%jsonCacheSlots]
+		if sl.seq >= e.Sequence {
+			continue // already there, or a newer event's
+		}
+		if n := c.bytes - len(sl.json) + len(j); n <= c.limit {
+			sl.seq, sl.json, c.bytes = e.Sequence, j, n
+		}
+	}
+	return buf, nil
+}
+
+// jsonSizeHint is about the size of e's JSON, so that most encodings
+// allocate once.
+func jsonSizeHint(e *event.Event, f payloadFormat) int {
+	n := 160 + len(e.ListenerID) + len(e.ConnectionID) + len(e.RemoteAddr) + len(e.LocalAddr) + len(e.PeerSubject)
+	data, text := eventFields(f, e)
+	if data {
+		n += (len(e.Data) + 2) / 3 * 4
+	}
+	if text {
+		n += len(e.Data) + len(e.Data)/8
+	}
+	return n
+}

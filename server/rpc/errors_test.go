@@ -45,6 +45,7 @@ func TestToStatusSentinels(t *testing.T) {
 		dialer.ErrReplyTooLarge:      codes.ResourceExhausted,
 		conn.ErrReplyTooLarge:        codes.ResourceExhausted,
 		conn.ErrWriteTimeout:         codes.DeadlineExceeded,
+		hub.ErrFilterTooLarge:        codes.InvalidArgument,
 		context.DeadlineExceeded:     codes.DeadlineExceeded,
 		context.Canceled:             codes.Canceled,
 	}

@@ -108,7 +108,7 @@ func New(cfg Config) *Service {
 func (s *Service) status(err error) error { return toStatus(s.log, err) }
 
 // StartListener implements GatewayService.StartListener.
-func (s *Service) StartListener(_ context.Context, req *tcpgatev1.StartListenerRequest) (*tcpgatev1.StartListenerResponse, error) {
+func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListenerRequest) (*tcpgatev1.StartListenerResponse, error) {
 	if id := req.GetListenerId(); id != "" && !idPattern.MatchString(id) {
 		return nil, invalid("listener_id", "must be 1 to 64 of A-Z a-z 0-9 . _ ~ -, got %q", id)
 	}
@@ -164,7 +164,7 @@ func (s *Service) StartListener(_ context.Context, req *tcpgatev1.StartListenerR
 		HalfCloseTimeout: halfClose,
 		TLS:              tlsCfg,
 	}
-	info, err := s.startListener(spec)
+	info, err := s.startListener(ctx, spec)
 	if err != nil {
 		return nil, s.status(err)
 	}
@@ -184,17 +184,17 @@ const portTries = 64
 // startListener starts spec. Port 0 under a policy that narrows the ports
 // takes a free port of the allowed ranges, not the kernel's pick, which
 // could lie outside them.
-func (s *Service) startListener(spec listener.Spec) (listener.Info, error) {
+func (s *Service) startListener(ctx context.Context, spec listener.Spec) (listener.Info, error) {
 	if spec.Port != 0 {
-		return s.cfg.Listeners.Start(spec)
+		return s.cfg.Listeners.Start(ctx, spec)
 	}
 	ports := s.cfg.Policy.ListenPorts(spec.Host, portTries)
 	if ports == nil {
-		return s.cfg.Listeners.Start(spec)
+		return s.cfg.Listeners.Start(ctx, spec)
 	}
 	for _, port := range ports {
 		spec.Port = port
-		info, err := s.cfg.Listeners.Start(spec)
+		info, err := s.cfg.Listeners.Start(ctx, spec)
 		if !errors.Is(err, listener.ErrAddressInUse) {
 			return info, err
 		}

@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"context"
 	"testing"
 
 	"github.com/tcpgate/tcpgate/server/internal/event"
@@ -22,7 +23,7 @@ func TestStuckDropOldestQueueStaysBounded(t *testing.T) {
 	}
 	defer s.Close()
 	for range published {
-		h.Publish(&event.Event{Kind: event.Data, ListenerID: "l1", ConnectionID: "c1", Data: e.Data})
+		h.Publish(context.Background(), &event.Event{Kind: event.Data, ListenerID: "l1", ConnectionID: "c1", Data: e.Data})
 	}
 	h.mu.Lock()
 	live, slots := len(s.queue)-s.head, cap(s.queue)

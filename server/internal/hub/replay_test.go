@@ -27,9 +27,9 @@ func TestReplaySince(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := hub.New(hub.Config{Now: fixedNow})
-			h.Publish(events(5, 10)...)
+			publish(h, events(5, 10)...)
 			s := subscribe(t, h, hub.SubscribeOptions{Since: tt.since})
-			h.Publish(events(3, 10)...)
+			publish(h, events(3, 10)...)
 			h.Close()
 			got := drainClosed(t, s)
 			if !equal(seqs(got), tt.want) {
@@ -56,7 +56,7 @@ func TestReplayWhilePublishing(t *testing.T) {
 		for c := range chunks {
 			for i := 0; i < perChunk; {
 				n := min(1+i%7, perChunk-i)
-				h.Publish(events(n, 16)...)
+				publish(h, events(n, 16)...)
 				i += n
 			}
 			if c < chunks-1 {
@@ -118,9 +118,9 @@ func TestReplayRingEviction(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := hub.New(hub.Config{Now: fixedNow, ReplayBytes: tt.replayBytes})
-			h.Publish(events(30, 100)...)
+			publish(h, events(30, 100)...)
 			s := subscribe(t, h, hub.SubscribeOptions{Since: tt.since})
-			h.Publish(events(3, 100)...)
+			publish(h, events(3, 100)...)
 			h.Close()
 			got := drainClosed(t, s)
 			if describe(got) != tt.want {
@@ -146,7 +146,7 @@ func TestReplayRingEvictionMixedSizes(t *testing.T) {
 				e.Data = make([]byte, limit) // alone bigger than the ring
 			}
 			sizes = append(sizes, e.Size())
-			h.Publish(e)
+			publish(h, e)
 		}
 		held, bytes := 0, 0
 		for i := n - 1; i >= 0 && (held == 0 || bytes+sizes[i] <= limit); i-- {
@@ -189,9 +189,9 @@ func TestReplayDisabled(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := hub.New(hub.Config{Now: fixedNow, ReplayBytes: -1})
-			h.Publish(events(5, 10)...)
+			publish(h, events(5, 10)...)
 			s := subscribe(t, h, hub.SubscribeOptions{Since: tt.since})
-			h.Publish(events(3, 10)...)
+			publish(h, events(3, 10)...)
 			h.Close()
 			got := drainClosed(t, s)
 			if describe(got) != tt.want {
@@ -204,7 +204,7 @@ func TestReplayDisabled(t *testing.T) {
 // TestReplayDefaultRing: ReplayBytes 0 means a real ring, not none.
 func TestReplayDefaultRing(t *testing.T) {
 	h := hub.New(hub.Config{})
-	h.Publish(events(1000, 1000)...)
+	publish(h, events(1000, 1000)...)
 	s := subscribe(t, h, hub.SubscribeOptions{Since: 1})
 	h.Close()
 	got := drainClosed(t, s)
@@ -221,9 +221,9 @@ func TestReplayMarkerWhereTheGapIs(t *testing.T) {
 	size := sizeOf(100)
 	h := hub.New(hub.Config{Now: fixedNow, ReplayBytes: 5 * size})
 	defer h.Close()
-	h.Publish(events(20, 100)...) // ring holds 16..20
+	publish(h, events(20, 100)...) // ring holds 16..20
 	s := subscribe(t, h, hub.SubscribeOptions{Since: 1, QueueBytes: 2 * size})
-	h.Publish(events(5, 100)...) // 21..25; the queue keeps 24..25
+	publish(h, events(5, 100)...) // 21..25; the queue keeps 24..25
 	got := collect(t, s, 7)
 	if want := "[drop(15) 16..20 drop(3) 24..25]"; describe(got) != want {
 		t.Errorf("got %s, want %s", describe(got), want)

@@ -53,17 +53,23 @@ func (r *ring) firstSeq() uint64 {
 	return r.buf[r.head].Sequence
 }
 
-// each calls fn for every held event whose sequence is at least since, oldest first.
-func (r *ring) each(since uint64, fn func(*event.Event)) {
+// since returns a copy of the held events whose sequence is at least since,
+// oldest first: a replay filters it without the hub's lock.
+func (r *ring) since(since uint64) []*event.Event {
 	first := r.firstSeq()
 	if first == 0 {
-		return
+		return nil
 	}
 	start := 0
 	if since > first {
 		start = int(since - first)
 	}
-	for i := start; i < r.n; i++ {
-		fn(r.buf[(r.head+i)%len(r.buf)])
+	if start >= r.n {
+		return nil
 	}
+	out := make([]*event.Event, 0, r.n-start)
+	for i := start; i < r.n; i++ {
+		out = append(out, r.buf[(r.head+i)%len(r.buf)])
+	}
+	return out
 }

@@ -165,8 +165,9 @@ func New(cfg Config) *Registry {
 }
 
 // Start binds spec's address and starts accepting. spec.Framing must be
-// valid; it is normalized here.
-func (r *Registry) Start(spec Spec) (Info, error) {
+// valid; it is normalized here. ctx bounds how long the LISTENER_STARTED
+// event waits for a lossless subscriber to have room (see conn.Publisher).
+func (r *Registry) Start(ctx context.Context, spec Spec) (Info, error) {
 	fc, err := spec.Framing.Normalize()
 	if err != nil {
 		return Info{}, err
@@ -224,7 +225,7 @@ func (r *Registry) Start(spec Spec) (Info, error) {
 	l.addr = ln.Addr().String()
 	r.mu.Unlock()
 
-	r.cfg.Publisher.Publish(&event.Event{Kind: event.ListenerStarted, ListenerID: spec.ID, LocalAddr: l.addr})
+	_ = r.cfg.Publisher.Publish(ctx, &event.Event{Kind: event.ListenerStarted, ListenerID: spec.ID, LocalAddr: l.addr})
 	r.log.Info("listener started", "listener_id", spec.ID, "address", l.addr, "framing", spec.Framing.Mode.String())
 	r.wg.Add(1)
 	go r.accept(l)
@@ -369,10 +370,12 @@ func (r *Registry) Stop(ctx context.Context, id string, drain time.Duration) (In
 	}
 	l.state = Draining
 	r.mu.Unlock()
-	return r.stop(l, drain, event.ReasonListenerStopped), nil
+	return r.stop(ctx, l, drain, event.ReasonListenerStopped), nil
 }
 
-func (r *Registry) stop(l *listener, drain time.Duration, reason event.CloseReason) Info {
+// stop stops l; ctx bounds how long LISTENER_STOPPED waits for a lossless
+// subscriber to have room.
+func (r *Registry) stop(ctx context.Context, l *listener, drain time.Duration, reason event.CloseReason) Info {
 	_ = l.ln.Close()
 	<-l.acceptDone
 
@@ -409,7 +412,7 @@ func (r *Registry) stop(l *listener, drain time.Duration, reason event.CloseReas
 	delete(r.listeners, l.spec.ID)
 	r.mu.Unlock()
 
-	r.cfg.Publisher.Publish(&event.Event{Kind: event.ListenerStopped, ListenerID: l.spec.ID, LocalAddr: l.addr})
+	_ = r.cfg.Publisher.Publish(ctx, &event.Event{Kind: event.ListenerStopped, ListenerID: l.spec.ID, LocalAddr: l.addr})
 	r.log.Info("listener stopped", "listener_id", l.spec.ID, "address", l.addr,
 		"connections_total", info.ConnectionsTotal, "bytes_in", info.BytesIn, "bytes_out", info.BytesOut)
 	close(l.stopped)
@@ -610,9 +613,12 @@ func (r *Registry) Close() {
 		}
 	}
 	r.mu.Unlock()
+	// At shutdown LISTENER_STOPPED waits for no subscriber.
+	now, cancel := context.WithCancel(context.Background())
+	cancel()
 	var wg sync.WaitGroup
 	for _, l := range running {
-		wg.Go(func() { r.stop(l, 0, event.ReasonShutdown) })
+		wg.Go(func() { r.stop(now, l, 0, event.ReasonShutdown) })
 	}
 	wg.Wait()
 	r.cancel()

@@ -560,6 +560,9 @@ func (h *Hub) Subscribe(opts SubscribeOptions) (*Subscriber, error) {
 
 	replay := snap[:0]
 	for _, e := range snap {
+		if replayMatching != nil {
+			replayMatching()
+		}
 		if s.filter.match(e) {
 			replay = append(replay, e)
 		}
@@ -567,9 +570,6 @@ func (h *Hub) Subscribe(opts SubscribeOptions) (*Subscriber, error) {
 	clear(snap[len(replay):])
 	if len(replay) < cap(replay)/4 {
 		replay = slices.Clone(replay) // give back the rest of the snapshot
-	}
-	if replayFiltered != nil {
-		replayFiltered()
 	}
 	s.mu.Lock()
 	if s.err == nil {
@@ -584,9 +584,9 @@ func (h *Hub) Subscribe(opts SubscribeOptions) (*Subscriber, error) {
 	return s, nil
 }
 
-// replayFiltered, when set by a test, runs once Subscribe has filtered its
-// replay outside the hub's lock.
-var replayFiltered func()
+// replayMatching, when set by a test, runs before Subscribe matches each
+// replayed event against the filter.
+var replayMatching func()
 
 // Subscribers returns how many subscriptions are open.
 func (h *Hub) Subscribers() int {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -336,4 +337,28 @@ func TestBoundsUnderConcurrentLoad(t *testing.T) {
 	wg.Wait()
 	lossy.Close()
 	<-done
+}
+
+// TestReplayPinsNothingBeyondTheRing: subscribers that ask for a replay and
+// never read keep no events alive that the ring has let go: the ring and
+// the queues bound the hub's memory. 100 subscribers, each subscribing
+// from the oldest event a 1 MiB ring holds, 1 MiB of traffic apart, would
+// otherwise hold 100 MiB between them.
+func TestReplayPinsNothingBeyondTheRing(t *testing.T) {
+	const subs, payload = 100, 64 << 10
+	h := hub.New(hub.Config{Now: fixedNow, ReplayBytes: 1 << 20})
+	defer h.Close()
+	for range subs {
+		// A queue of 1 byte keeps one live event: 100 of them are 6.4 MiB.
+		subscribe(t, h, hub.SubscribeOptions{Since: max(1, h.LastSequence()-14), QueueBytes: 1})
+		publish(h, events(16, payload)...)
+	}
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	// The ring's 1 MiB, the queues' 6.4 MiB, the test binary's own heap,
+	// and a wide margin.
+	if bound := uint64(32 << 20); ms.HeapAlloc > bound {
+		t.Fatalf("heap %d MiB after %d replaying subscribers over a 1 MiB ring, want at most %d MiB", ms.HeapAlloc>>20, subs, bound>>20)
+	}
 }

@@ -509,8 +509,9 @@ func (h *Hub) LastSequence() uint64 {
 
 // Subscribe starts a subscription. Events still in the replay ring from
 // opts.Since on come first, then live events, with no gap and no duplicate
-// between them. The ring's range is taken under the hub's lock and filtered
-// outside it, so a replay never holds up publishers.
+// between them. Next takes the replay from the ring a batch at a time, and
+// matches it outside the hub's lock: a replay never holds up publishers,
+// and pins no more than a batch beyond what the ring holds.
 func (h *Hub) Subscribe(opts SubscribeOptions) (*Subscriber, error) {
 	m, err := opts.Filter.compile()
 	if err != nil {
@@ -528,64 +529,70 @@ func (h *Hub) Subscribe(opts SubscribeOptions) (*Subscriber, error) {
 		notify: make(chan struct{}, 1),
 		done:   make(chan struct{}),
 	}
-	var snap []*event.Event
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	if h.closed {
-		h.mu.Unlock()
 		return nil, ErrClosed
 	}
 	if h.maxSubscribers > 0 && len(h.subs) >= h.maxSubscribers {
-		h.mu.Unlock()
 		return nil, fmt.Errorf("subscribing: max_subscribers (%d, --max-subscribers) reached: %w", h.maxSubscribers, ErrTooManySubscribers)
 	}
 	if opts.Since > 0 && opts.Since <= h.seq {
-		first := h.ring.firstSeq()
-		if first == 0 || first > opts.Since {
-			// The ring no longer holds the start of what was asked for.
-			end := h.seq + 1
-			if first != 0 {
-				end = first
-			}
-			s.gap = end - opts.Since
-		}
-		snap = h.ring.since(opts.Since)
+		// Live events from here on go to the queue; the replay ends right
+		// before them. What the ring no longer holds is a gap (fetchReplay).
+		s.replayNext, s.replayEnd = opts.Since, h.seq+1
+		s.signal()
 	}
-	// Live events from here on go to the queue; the replay ends right
-	// before them.
 	h.subs = append(h.subs, s)
 	if s.policy == Backpressure {
 		h.lossless = append(h.lossless, s)
 	}
-	h.mu.Unlock()
+	return s, nil
+}
 
-	replay := snap[:0]
-	for _, e := range snap {
+// replayChunk bounds the events fetchReplay takes from the ring under the
+// hub's lock at once, whatever their size.
+const replayChunk = 4096
+
+// fetchReplay takes the next part of the replay from the ring, when the
+// last one was delivered: at most a batch, so that what it holds beyond
+// the ring stays small, copied under the hub's lock and matched outside
+// it. Only Next calls it.
+func (s *Subscriber) fetchReplay() {
+	s.mu.Lock()
+	from, end := s.replayNext, s.replayEnd
+	// After Close, too: a closed hub still delivers what it had for the
+	// subscriber (discardLocked ends the replay when it must not).
+	due := len(s.replay) == 0 && from < end
+	s.mu.Unlock()
+	if !due {
+		return
+	}
+	h := s.h
+	h.mu.Lock()
+	chunk, next, missed := h.ring.chunk(from, end, replayChunk, maxBatchBytes)
+	h.mu.Unlock()
+	matched := chunk[:0]
+	for _, e := range chunk {
 		if replayMatching != nil {
 			replayMatching()
 		}
 		if s.filter.match(e) {
-			replay = append(replay, e)
+			matched = append(matched, e)
 		}
 	}
-	clear(snap[len(replay):])
-	if len(replay) < cap(replay)/4 {
-		replay = slices.Clone(replay) // give back the rest of the snapshot
-	}
+	clear(chunk[len(matched):])
 	s.mu.Lock()
-	if s.err == nil {
-		if len(replay) > 0 {
-			s.replay = replay
-		}
-		if s.gap > 0 || len(s.replay) > 0 {
-			s.signal()
-		}
+	if s.replayNext == from { // else discarded meanwhile
+		// The ring's oldest events left it before they were replayed.
+		s.gap += missed
+		s.replay, s.replayNext = matched, next
 	}
 	s.mu.Unlock()
-	return s, nil
 }
 
-// replayMatching, when set by a test, runs before Subscribe matches each
-// replayed event against the filter.
+// replayMatching, when set by a test, runs before a replay matches each
+// event against the filter.
 var replayMatching func()
 
 // Subscribers returns how many subscriptions are open.
@@ -698,10 +705,14 @@ type Subscriber struct {
 
 	// mu guards the fields below. Lock order: Hub.mu, then Subscriber.mu;
 	// Next takes only the latter.
-	mu     sync.Mutex
-	replay []*event.Event // events from the ring, delivered before queue
-	// gap counts sequences the ring no longer held at Subscribe; its marker
-	// goes before replay.
+	mu sync.Mutex
+	// The replay covers the sequences [replayNext, replayEnd) still to be
+	// taken from the ring, after replay, the part taken and not delivered;
+	// all of it goes before queue.
+	replay                []*event.Event
+	replayNext, replayEnd uint64
+	// gap counts sequences the ring no longer held when the replay reached
+	// them; its marker goes before replay.
 	gap    uint64
 	queue  []*event.Event // live events; queue[head:] are undelivered
 	head   int
@@ -802,6 +813,8 @@ func (s *Subscriber) resumeLocked(next uint64) uint64 {
 	switch {
 	case len(s.replay) > 0:
 		return s.replay[0].Sequence
+	case s.replayNext < s.replayEnd:
+		return s.replayNext
 	case s.head < len(s.queue):
 		return s.queue[s.head].Sequence
 	}
@@ -843,12 +856,17 @@ func (s *Subscriber) endLocked(err error) {
 // was returned, why it ended: ErrClosed or a *SlowConsumerError.
 func (s *Subscriber) Next(ctx context.Context, buf []*event.Event) ([]*event.Event, error) {
 	for {
+		s.fetchReplay()
 		s.mu.Lock()
 		buf, ok := s.takeLocked(buf)
 		err := s.err
+		replaying := s.replayNext < s.replayEnd
 		s.mu.Unlock()
 		if ok {
 			return buf, nil
+		}
+		if replaying {
+			continue // a part of the replay that the filter left empty
 		}
 		if err != nil {
 			return buf, err
@@ -877,9 +895,9 @@ func (s *Subscriber) takeLocked(buf []*event.Event) ([]*event.Event, bool) {
 	buf = append(buf, s.replay[:n]...)
 	clear(s.replay[:n])
 	s.replay = s.replay[n:]
-	if len(s.replay) > 0 {
+	if len(s.replay) > 0 || s.replayNext < s.replayEnd {
 		s.signal()
-		return buf, true
+		return buf, len(buf) > start
 	}
 	s.replay = nil
 	if s.dropped > 0 {
@@ -937,6 +955,7 @@ func (s *Subscriber) compactLocked() {
 func (s *Subscriber) discardLocked() {
 	s.addQueuedLocked(-s.queued)
 	s.replay, s.queue, s.head, s.gap, s.dropped = nil, nil, 0, 0, 0
+	s.replayNext, s.replayEnd = 0, 0
 }
 
 // Done is closed when the subscription has ended.

@@ -42,7 +42,7 @@ func TestStuckDropOldestQueueStaysBounded(t *testing.T) {
 	}
 }
 
-// TestReplayDoesNotHoldPublishers: a Subscribe that replays a full ring
+// TestReplayDoesNotHoldPublishers: a subscriber that replays a full ring
 // through a filter at its caps matches the replayed events without the
 // lock publishers take: a publisher goes on while the replay is being
 // matched, and the replay and the live events meet with no gap and no
@@ -81,9 +81,6 @@ func TestReplayDoesNotHoldPublishers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if err := <-published; err != nil {
-		t.Fatal(err)
-	}
 
 	// c0..c1023 of c0..c1999 published in turn, then the live c1.
 	want := []uint64{}
@@ -107,5 +104,8 @@ func TestReplayDoesNotHoldPublishers(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("got %d events, want %d: the replay and the live event do not meet exactly", len(got), len(want))
+	}
+	if err := <-published; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -32,9 +32,11 @@
 //
 // conn.Conn.writeMu is held across a write to the socket: that write is the
 // thing it serializes, bounded by the write timeout. A publisher holds
-// hub.Hub.mu and takes each subscriber's lock once per batch; a subscriber
-// taking its events takes only its own, so subscribers do not contend with
-// each other. listener.Registry.mu is a leaf: nothing that takes another
+// hub.Hub.mu and takes each subscriber's lock once per batch; it waits for
+// room in lossless queues with no lock held. A subscriber taking its events
+// takes only its own lock, so subscribers do not contend with each other,
+// except that a replay copies a batch's worth of the ring under
+// hub.Hub.mu, and matches it against the filter after releasing it. listener.Registry.mu is a leaf: nothing that takes another
 // lock, and no I/O, runs while it is held.
 //
 // Counters of connections and listeners are atomics and take no lock.

@@ -1,12 +1,14 @@
 package main_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"io"
 	"net"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -214,5 +216,77 @@ func TestSmallFramesDoNotPinReadsE2E(t *testing.T) {
 	}
 	if got := resp.GetListener().GetFramesIn(); got < conns {
 		t.Errorf("%d frames in, want at least %d: the load did not happen as intended", got, conns)
+	}
+}
+
+// TestMaxQueuedBytesE2E: --max-queued-bytes bounds all subscriber queues
+// together. Two DISCONNECT subscribers that do not read, each with a queue
+// of 1 MiB, share a bound of 1 MiB: the first to reach it is ended with
+// RESOURCE_EXHAUSTED naming the flag, though its own queue had room.
+func TestMaxQueuedBytesE2E(t *testing.T) {
+	d := startDaemon(t, hermeticEnv(), "serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "",
+		"--subscriber-queue-bytes", strconv.Itoa(1<<20), "--max-queued-bytes", strconv.Itoa(1<<20))
+	cc, err := grpc.NewClient(d.waitServing(t), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	api := tcpgatev1.NewGatewayServiceClient(cc)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*callTimeout)
+	defer cancel()
+	l, err := api.StartListener(ctx, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1",
+		Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var subs []tcpgatev1.GatewayService_SubscribeClient
+	for range 2 {
+		sub, err := api.Subscribe(ctx, &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_DATA},
+			SlowConsumer: tcpgatev1.SlowConsumerPolicy_SLOW_CONSUMER_POLICY_DISCONNECT})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sub.Header(); err != nil {
+			t.Fatal(err)
+		}
+		subs = append(subs, sub)
+	}
+	// 8 MiB of 1 KiB lines, far more than both queues and the stream's
+	// flow-control windows take.
+	c, err := net.Dial("tcp", l.GetListener().GetAddress())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	line := append(bytes.Repeat([]byte("q"), 1023), '\n')
+	if _, err := c.Write(bytes.Repeat(line, 8<<10)); err != nil {
+		t.Fatal(err)
+	}
+	// Every line is framed, and so published, before anyone reads.
+	for {
+		resp, err := api.GetListener(ctx, &tcpgatev1.GetListenerRequest{ListenerId: l.GetListener().GetListenerId()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.GetListener().GetFramesIn() >= 8<<10 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	global := 0
+	for i, sub := range subs {
+		var err error
+		for err == nil {
+			_, err = sub.Recv()
+		}
+		if status.Code(err) != codes.ResourceExhausted {
+			t.Fatalf("subscriber %d ended with %v, want RESOURCE_EXHAUSTED", i, err)
+		}
+		if strings.Contains(status.Convert(err).Message(), "--max-queued-bytes") {
+			global++
+		}
+	}
+	if global == 0 {
+		t.Fatal("no subscriber was ended by --max-queued-bytes")
 	}
 }

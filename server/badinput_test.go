@@ -372,6 +372,9 @@ func TestBadInput(t *testing.T) {
 		{rpc: sub, name: "slow_consumer -1", req: &tcpgatev1.SubscribeRequest{SlowConsumer: -1}, code: inv, mention: "slow_consumer"},
 		{rpc: sub, name: "kinds DATA is fine", req: kinds(ekData), code: codes.OK},
 		{rpc: sub, name: "since_sequence in the future is fine", req: &tcpgatev1.SubscribeRequest{SinceSequence: 1 << 63}, code: codes.OK},
+		{rpc: sub, name: "1025 listener_ids", req: &tcpgatev1.SubscribeRequest{ListenerIds: manyIDs(1025, 8)}, code: inv, mention: "listener_ids has 1025 ids, at most 1024"},
+		{rpc: sub, name: "a connection_id of 65 bytes", req: &tcpgatev1.SubscribeRequest{ConnectionIds: manyIDs(2, 65)}, code: inv, mention: "connection_ids[0] is 65 bytes long, at most 64"},
+		{rpc: sub, name: "1024 ids of 64 bytes are fine", req: &tcpgatev1.SubscribeRequest{ListenerIds: manyIDs(1024, 64), ConnectionIds: manyIDs(1024, 64)}, code: codes.OK},
 		{rpc: sub, name: "max_subscribers reached", limits: true, req: &tcpgatev1.SubscribeRequest{}, code: codes.ResourceExhausted, mention: "max_subscribers"},
 	}
 
@@ -452,4 +455,14 @@ func TestBadInput(t *testing.T) {
 		}
 	})
 	t.Logf("%d cases in %s", len(tests), time.Since(start).Round(time.Millisecond))
+}
+
+// manyIDs returns n distinct ids of length bytes each.
+func manyIDs(n, length int) []string {
+	out := make([]string, n)
+	for i := range out {
+		id := strconv.Itoa(i) + "-"
+		out[i] = id + strings.Repeat("x", length-len(id))
+	}
+	return out
 }

@@ -146,7 +146,9 @@ func numberedLine(conn, n int) string {
 // EVENTS_DROPPED markers count is exactly what was sent.
 func TestDropOldestAccounting(t *testing.T) {
 	const n, burst = 20000, 1000
-	g := servertest.Start(t, server.Config{SubscriberQueueBytes: 256 << 10})
+	// The queues take a burst's 1,000 events (about 410 KiB, as events
+	// count what they keep alive), far from the 20,000 of the whole run.
+	g := servertest.Start(t, server.Config{SubscriberQueueBytes: 1 << 20})
 	l := startListener(t, g, &tcpgatev1.StartListenerRequest{Framing: lineMode})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -216,7 +218,9 @@ func TestDropOldestAccounting(t *testing.T) {
 // yields exactly the rest, with no gap and no duplicate.
 func TestDisconnectAndResume(t *testing.T) {
 	const n, burst = 10000, 500
-	g := servertest.Start(t, server.Config{SubscriberQueueBytes: 128 << 10})
+	// The queues take a burst's 500 events (about 205 KiB), far from the
+	// 10,000 of the whole run.
+	g := servertest.Start(t, server.Config{SubscriberQueueBytes: 512 << 10})
 	l := startListener(t, g, &tcpgatev1.StartListenerRequest{Framing: lineMode})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -41,13 +41,15 @@
 // A connection's write turn (conn.Conn.writeTurn, a channel) is held while
 // a write is queued, and across the wait for room, never across the write
 // itself; its queue's lock, its own lock and the shared conn.WriteBudget's
-// are leaves, each taken alone. A publisher holds
-// hub.Hub.mu and takes each subscriber's lock once per batch; a subscriber
-// taking its events takes only its own, so subscribers do not contend with
-// each other. listener.Registry.mu is a leaf: nothing that takes another
-// lock, and no I/O, runs while it is held (a drain rereads its deadline
-// under it and waits outside it). The server's table of calls in flight
-// has a leaf lock of its own.
+// are leaves, each taken alone. A publisher holds hub.Hub.mu and takes each
+// subscriber's lock once per batch; it waits for room in lossless queues
+// with no lock held. A subscriber taking its events takes only its own
+// lock, so subscribers do not contend with each other, except that a replay
+// copies a batch's worth of the ring under hub.Hub.mu, and matches it
+// against the filter after releasing it. listener.Registry.mu is a leaf:
+// nothing that takes another lock, and no I/O, runs while it is held (a
+// drain rereads its deadline under it and waits outside it). The server's
+// table of calls in flight has a leaf lock of its own.
 //
 // Counters of connections and listeners are atomics and take no lock.
 //

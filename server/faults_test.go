@@ -38,9 +38,9 @@ import (
 const faultLongWait = 30 * time.Second
 
 // TestClientResetMidFrame: a client announces a 100-byte frame, sends 10
-// bytes of it and resets the connection. The subscriber learns that the
-// peer reset (not that it closed cleanly) and gets the 14 bytes that never
-// made a frame; the gateway keeps serving.
+// bytes of it and resets the connection. The subscriber gets the 14 bytes
+// that never made a frame as a partial DATA, then learns that the peer
+// reset (not that it closed cleanly); the gateway keeps serving.
 func TestClientResetMidFrame(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
 	l := startListener(t, g, &tcpgatev1.StartListenerRequest{
@@ -62,13 +62,17 @@ func TestClientResetMidFrame(t *testing.T) {
 	}
 	c.Close()
 
-	// No DATA: a length-prefixed frame is never delivered in part.
+	// A length-prefixed frame is never delivered in part but as a partial.
 	e := s.next()
-	if e.GetKind() != tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED || e.GetConnectionId() != id {
-		t.Fatalf("event after the reset = %v, want CONNECTION_CLOSED of %s", e, id)
+	if e.GetKind() != tcpgatev1.EventKind_EVENT_KIND_DATA || !e.GetPartial() || e.GetConnectionId() != id {
+		t.Fatalf("event after the reset = %v, want a partial DATA of %s", e, id)
 	}
 	if !bytes.Equal(payloadOf(e), partial) {
-		t.Errorf("close event data = %q, want the %d partial bytes %q", payloadOf(e), len(partial), partial)
+		t.Errorf("partial DATA = %q, want the %d partial bytes %q", payloadOf(e), len(partial), partial)
+	}
+	e = s.next()
+	if e.GetKind() != tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED || e.GetConnectionId() != id || len(e.GetData())+len(e.GetText()) != 0 {
+		t.Fatalf("event after the partial DATA = %v, want CONNECTION_CLOSED of %s without data", e, id)
 	}
 	reason := e.GetCloseReason()
 

@@ -337,7 +337,7 @@ func TestFramingOverSockets(t *testing.T) {
 		framing *tcpgatev1.Framing
 		send    [][]byte // written one by one, with a pause so reads split
 		want    []string // DATA events in order
-		partial string   // data of the close event
+		partial string   // data of the partial DATA event right before the close
 		reason  tcpgatev1.CloseReason
 	}{
 		{
@@ -393,13 +393,21 @@ func TestFramingOverSockets(t *testing.T) {
 				c.CloseWrite()
 			}
 			var got []string
+			partial := ""
 			for {
 				e := s.next()
 				if e.GetKind() == tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED {
-					if e.GetCloseReason() != tt.reason || string(payloadOf(e)) != tt.partial {
-						t.Fatalf("close event = %v, want reason %v partial %q", e, tt.reason, tt.partial)
+					if e.GetCloseReason() != tt.reason || len(e.GetData())+len(e.GetText()) != 0 || partial != tt.partial {
+						t.Fatalf("close event = %v after partial DATA %q, want reason %v, no data, after partial %q", e, partial, tt.reason, tt.partial)
 					}
 					break
+				}
+				if partial != "" {
+					t.Fatalf("event %v after the partial DATA, want the close right after it", e)
+				}
+				if e.GetPartial() {
+					partial = string(payloadOf(e))
+					continue
 				}
 				got = append(got, string(payloadOf(e)))
 			}

@@ -55,7 +55,7 @@ func newCollector(h *hub.Hub, r *listener.Registry, dl *dialer.Dialer) *collecto
 		subscribers: d("subscribers", "Subscribe streams open now, by slow-consumer policy.", "policy"),
 		queued:      d("subscriber_queued_bytes", "Bytes queued for subscribers, by slow-consumer policy.", "policy"),
 		dropped:     d("events_dropped_total", "Events dropped from subscriber queues, by slow-consumer policy.", "policy"),
-		discon:      d("subscribers_disconnected_total", "Subscribe streams ended for falling behind (DISCONNECT policy)."),
+		discon:      d("subscribers_disconnected_total", "Subscribe streams ended for falling behind: DISCONNECT at a full queue, BACKPRESSURE when a publisher could wait for room no longer."),
 		writeQueued: d("write_queued_bytes", "Bytes queued for writing to accepted connections (sends, broadcasts, auto replies), at most --max-write-buffer-bytes."),
 	}
 }
@@ -90,7 +90,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.queued, float64(ps.QueuedBytes), p.String())
 		counter(c.dropped, float64(ps.Dropped), p.String())
 	}
-	counter(c.discon, float64(hs.Disconnected))
+	counter(c.discon, float64(hs.Disconnected+hs.Abandoned))
 
 	ds := c.dialer.Stats()
 	counter(c.dials, float64(ds.Sends))

@@ -45,6 +45,8 @@ const (
 	DefaultReplayBytes = hub.DefaultReplayBytes
 	// DefaultSubscriberQueueBytes bounds each subscriber's queue (see hub.DefaultQueueBytes).
 	DefaultSubscriberQueueBytes = hub.DefaultQueueBytes
+	// DefaultMaxQueuedBytes bounds all subscriber queues together (see hub.DefaultMaxQueuedBytes).
+	DefaultMaxQueuedBytes = hub.DefaultMaxQueuedBytes
 	// DefaultWriteTimeout bounds each write to a connection (see conn.DefaultWriteTimeout).
 	DefaultWriteTimeout = conn.DefaultWriteTimeout
 	// DefaultMaxSendBytes bounds a Send payload (see rpc.DefaultMaxSendBytes).
@@ -80,6 +82,9 @@ type Config struct {
 	ReplayBytes int
 	// SubscriberQueueBytes bounds each subscriber's queue; 0 means hub.DefaultQueueBytes.
 	SubscriberQueueBytes int
+	// MaxQueuedBytes bounds all subscriber queues together; 0 means
+	// DefaultMaxQueuedBytes, a negative value no bound.
+	MaxQueuedBytes int
 	// MaxListeners bounds running listeners; 0 means no bound.
 	MaxListeners int
 	// MaxConnections bounds open connections over all listeners; 0 means no bound.
@@ -229,7 +234,7 @@ func New(cfg Config) (*Server, error) {
 		auth = rpc.NewAuth(cfg.AuthToken, cfg.PublicReflection)
 		s.auth = auth
 	}
-	s.hub = hub.New(hub.Config{ReplayBytes: cfg.ReplayBytes, MaxSubscribers: cfg.MaxSubscribers})
+	s.hub = hub.New(hub.Config{ReplayBytes: cfg.ReplayBytes, MaxQueuedBytes: cfg.MaxQueuedBytes, MaxSubscribers: cfg.MaxSubscribers})
 	s.listeners = listener.New(listener.Config{
 		Publisher:      s.hub,
 		MaxListeners:   cfg.MaxListeners,

@@ -689,6 +689,9 @@ func eventLine(e *tcpgatev1.Event) string {
 	case tcpgatev1.EventKind_EVENT_KIND_EVENTS_DROPPED:
 		fmt.Fprintf(&b, " dropped=%d", e.GetDropped())
 	}
+	if e.GetPartial() {
+		b.WriteString(" partial") // an unfinished frame, right before the close
+	}
 	if d := payload(e.GetData(), e.GetText()); len(d) > 0 {
 		if utf8.Valid(d) {
 			fmt.Fprintf(&b, " %d bytes %q", len(d), d)

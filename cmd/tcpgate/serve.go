@@ -67,6 +67,7 @@ func newServeCmd() *cobra.Command {
 	f.DurationVar(&cfg.MaxDrainTimeout, "max-drain-timeout", server.DefaultMaxDrainTimeout, "longest drain_timeout a StopListener may ask for")
 	f.IntVar(&cfg.ReplayBytes, "replay-bytes", server.DefaultReplayBytes, "bytes of recent events kept for since_sequence replay (negative disables)")
 	f.IntVar(&cfg.SubscriberQueueBytes, "subscriber-queue-bytes", server.DefaultSubscriberQueueBytes, "bytes queued per subscriber before its slow-consumer policy applies")
+	f.IntVar(&cfg.MaxQueuedBytes, "max-queued-bytes", server.DefaultMaxQueuedBytes, "bytes queued for all subscribers together before each one's slow-consumer policy applies (negative: no bound)")
 	f.IntVar(&cfg.MaxListeners, "max-listeners", defaultMaxListeners, "most listeners at once (0: no limit)")
 	f.IntVar(&cfg.MaxConnections, "max-connections", defaultMaxConnections(), "most open connections over all listeners (default: the open-file limit less 256; 0: no limit)")
 	f.IntVar(&cfg.MaxSubscribers, "max-subscribers", defaultMaxSubscribers, "most Subscribe streams at once (0: no limit)")

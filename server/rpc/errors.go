@@ -38,6 +38,7 @@ var codeOf = []struct {
 	{listener.ErrClosed, codes.Unavailable},
 	{hub.ErrClosed, codes.Unavailable},
 	{hub.ErrTooManySubscribers, codes.ResourceExhausted},
+	{hub.ErrFilterTooLarge, codes.InvalidArgument},
 	{dialer.ErrRefused, codes.Unavailable},
 	{dialer.ErrUnreachable, codes.Unavailable},
 	{dialer.ErrNoReply, codes.Unavailable},

@@ -50,6 +50,7 @@ func TestToStatusSentinels(t *testing.T) {
 		pemfile.ErrNoDir:             codes.InvalidArgument,
 		pemfile.ErrNotAllowed:        codes.InvalidArgument,
 		pemfile.ErrTooLarge:          codes.InvalidArgument,
+		hub.ErrFilterTooLarge:        codes.InvalidArgument,
 		context.DeadlineExceeded:     codes.DeadlineExceeded,
 		context.Canceled:             codes.Canceled,
 	}

@@ -41,7 +41,7 @@ func TestEventSourceSharesJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.Publish(&event.Event{Kind: event.Data, ListenerID: "l", Data: []byte("one")})
+	_ = h.Publish(context.Background(), &event.Event{Kind: event.Data, ListenerID: "l", Data: []byte("one")})
 	nextJSON(t, alone, 1)
 	es.cache.mu.Lock()
 	cached := es.cache.bytes
@@ -58,7 +58,7 @@ func TestEventSourceSharesJSON(t *testing.T) {
 	defer b.Close()
 	defer other.Close()
 	for i := range 100 {
-		h.Publish(&event.Event{Kind: event.Data, ListenerID: "l", Data: []byte(fmt.Sprintf("line %d\n", i))})
+		_ = h.Publish(context.Background(), &event.Event{Kind: event.Data, ListenerID: "l", Data: []byte(fmt.Sprintf("line %d\n", i))})
 	}
 	ja, jb, jo := nextJSON(t, a, 100), nextJSON(t, b, 100), nextJSON(t, other, 100)
 	for i := range ja {

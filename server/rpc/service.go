@@ -173,7 +173,7 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 		HalfCloseTimeout: halfClose,
 		TLS:              tlsCfg,
 	}
-	info, err := s.startListener(spec)
+	info, err := s.startListener(ctx, spec)
 	if err != nil {
 		return nil, s.status(err)
 	}
@@ -193,17 +193,17 @@ const portTries = 64
 // startListener starts spec. Port 0 under a policy that narrows the ports
 // takes a free port of the allowed ranges, not the kernel's pick, which
 // could lie outside them.
-func (s *Service) startListener(spec listener.Spec) (listener.Info, error) {
+func (s *Service) startListener(ctx context.Context, spec listener.Spec) (listener.Info, error) {
 	if spec.Port != 0 {
-		return s.cfg.Listeners.Start(spec)
+		return s.cfg.Listeners.Start(ctx, spec)
 	}
 	ports := s.cfg.Policy.ListenPorts(spec.Host, portTries)
 	if ports == nil {
-		return s.cfg.Listeners.Start(spec)
+		return s.cfg.Listeners.Start(ctx, spec)
 	}
 	for _, port := range ports {
 		spec.Port = port
-		info, err := s.cfg.Listeners.Start(spec)
+		info, err := s.cfg.Listeners.Start(ctx, spec)
 		if !errors.Is(err, listener.ErrAddressInUse) {
 			return info, err
 		}

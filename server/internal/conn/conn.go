@@ -40,11 +40,12 @@ var (
 	ErrWriteTimeout = errors.New("write timed out")
 )
 
-// Publisher receives the connection's events. The read loop uses PublishWait
-// so a lossless subscriber can slow it down.
+// Publisher receives the connection's events, in order. Publish may wait
+// for a lossless subscriber to have room, so that it slows the read loop
+// (and TCP the sender) down; once ctx is done it waits no more, publishes
+// anyway, and returns ctx's error.
 type Publisher interface {
-	Publish(evs ...*event.Event)
-	PublishWait(ctx context.Context, evs ...*event.Event) error
+	Publish(ctx context.Context, evs ...*event.Event) error
 }
 
 // AutoReplyMode says what the connection writes back for every frame.
@@ -183,8 +184,8 @@ func (c *Conn) Close(reason event.CloseReason) {
 }
 
 // Serve runs the read loop until the connection closes. It publishes
-// CONNECTION_OPENED first, every frame as DATA in order, and
-// CONNECTION_CLOSED last.
+// CONNECTION_OPENED first, every frame as DATA in order, the bytes of an
+// unfinished frame as a partial DATA, and CONNECTION_CLOSED last.
 func (c *Conn) Serve() {
 	defer close(c.done)
 	defer c.cancel()
@@ -192,7 +193,9 @@ func (c *Conn) Serve() {
 
 	pub := c.cfg.Publisher
 	hsErr := c.handshake()
-	pub.Publish(&event.Event{
+	// Waits for room while the connection holds its slot: a stuck
+	// lossless subscriber stops new connections from being read.
+	_ = pub.Publish(c.ctx, &event.Event{
 		Kind:         event.ConnectionOpened,
 		ListenerID:   c.cfg.ListenerID,
 		ConnectionID: c.cfg.ID,
@@ -217,8 +220,9 @@ func (c *Conn) Serve() {
 	if splitter != nil {
 		var final []byte
 		final, partial = splitter.Close()
+		final, partial = ownBytes(final), ownBytes(partial)
 		if final != nil && reason != event.ReasonFrameTooLarge {
-			c.frames([][]byte{final})
+			c.frames([][]byte{final}, 0)
 		}
 	}
 	if reason == event.ReasonPeerClosed && c.cfg.HalfCloseTimeout > 0 {
@@ -230,6 +234,11 @@ func (c *Conn) Serve() {
 	c.waitFlushed()
 
 	_ = c.nc.Close()
+	// A closed connection has no sender to push back on and gives up its
+	// slot: its last events wait for no subscriber, or closed connections
+	// would pile up, each holding its partial frame. A lossless subscriber
+	// without room for them is ended with its resume sequence instead.
+	c.cancel()
 	c.mu.Lock()
 	switch {
 	case c.reason != event.ReasonUnspecified:
@@ -249,15 +258,38 @@ func (c *Conn) Serve() {
 		c.cfg.Closed(reason)
 	}
 
-	pub.Publish(&event.Event{
+	closed := &event.Event{
 		Kind:         event.ConnectionClosed,
 		ListenerID:   c.cfg.ListenerID,
 		ConnectionID: c.cfg.ID,
 		RemoteAddr:   c.RemoteAddr(),
 		LocalAddr:    c.LocalAddr(),
-		Data:         partial,
 		CloseReason:  reason,
-	})
+	}
+	if partial == nil {
+		_ = pub.Publish(c.ctx, closed)
+		return
+	}
+	// The bytes of an unfinished frame are data, not part of the close:
+	// a DATA event of their own, right before it.
+	_ = pub.Publish(c.ctx, &event.Event{
+		Kind:         event.Data,
+		ListenerID:   c.cfg.ListenerID,
+		ConnectionID: c.cfg.ID,
+		Data:         partial,
+		Partial:      true,
+	}, closed)
+}
+
+// ownBytes copies what is left in the splitter at close when it may be the
+// tail of the last read, so that it does not keep that whole read alive: a
+// tail of a read is shorter than a read, while bytes the splitter gathered
+// over many reads are in a buffer of their own already.
+func ownBytes(b []byte) []byte {
+	if b != nil && len(b) < readBufferSize {
+		return append(make([]byte, 0, len(b)), b...)
+	}
+	return b
 }
 
 // lingerHalfClosed keeps the connection open for writes after its peer

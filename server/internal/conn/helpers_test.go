@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -20,7 +21,9 @@ import (
 const testTimeout = 10 * time.Second
 
 // recorder is a conn.Publisher that keeps every event. When block is set,
-// PublishWait calls it before recording and gives up with its error.
+// a Publish with DATA events calls it first, as the hub waits for a
+// lossless subscriber; like the hub, it records the events even when block
+// gives up, and returns block's error.
 type recorder struct {
 	block func(ctx context.Context) error
 
@@ -31,7 +34,11 @@ type recorder struct {
 
 func newRecorder() *recorder { return &recorder{changed: make(chan struct{}, 1)} }
 
-func (r *recorder) Publish(evs ...*event.Event) {
+func (r *recorder) Publish(ctx context.Context, evs ...*event.Event) error {
+	var err error
+	if r.block != nil && slices.ContainsFunc(evs, func(e *event.Event) bool { return e.Kind == event.Data }) {
+		err = r.block(ctx)
+	}
 	r.mu.Lock()
 	r.evs = append(r.evs, evs...)
 	r.mu.Unlock()
@@ -39,16 +46,7 @@ func (r *recorder) Publish(evs ...*event.Event) {
 	case r.changed <- struct{}{}:
 	default:
 	}
-}
-
-func (r *recorder) PublishWait(ctx context.Context, evs ...*event.Event) error {
-	if r.block != nil {
-		if err := r.block(ctx); err != nil {
-			return err
-		}
-	}
-	r.Publish(evs...)
-	return nil
+	return err
 }
 
 func (r *recorder) events() []*event.Event {
@@ -94,7 +92,7 @@ func describe(evs []*event.Event) string {
 func dataOf(evs []*event.Event) []string {
 	var out []string
 	for _, e := range evs {
-		if e.Kind == event.Data {
+		if e.Kind == event.Data && !e.Partial {
 			out = append(out, string(e.Data))
 		}
 	}

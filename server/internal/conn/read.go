@@ -42,7 +42,7 @@ func (c *Conn) readLoop(splitter *framing.Splitter) event.CloseReason {
 			}
 			frames = frames[:0]
 			ferr := splitter.Feed(chunk, emit)
-			if len(frames) > 0 && !c.frames(frames) {
+			if len(frames) > 0 && !c.frames(frames, retain(frames, len(chunk))) {
 				return event.ReasonUnspecified // closed while waiting; Close set the reason
 			}
 			clear(frames)
@@ -88,9 +88,36 @@ func readReason(err error, idle bool) event.CloseReason {
 	return event.ReasonReadError
 }
 
-// frames publishes frames in order, answers awaiters and auto replies. It
-// reports false when the connection closed while a publish was waiting.
-func (c *Conn) frames(frames [][]byte) bool {
+// retain keeps the frames cut from one read of n bytes from pinning more
+// memory than their events account for: frames that cover less than half
+// of the read are copied out of it, into one buffer of their own; otherwise
+// each frame's event carries its share of what no frame covers (returned,
+// for event.Event.Retained). A 1-byte frame thus never holds a 64 KiB read.
+func retain(frames [][]byte, n int) int {
+	covered := 0
+	for _, f := range frames {
+		covered += len(f)
+	}
+	if covered >= n {
+		return 0 // the frames cover the read, or were assembled out of it
+	}
+	if 2*covered >= n {
+		return (n - covered + len(frames) - 1) / len(frames)
+	}
+	buf := make([]byte, 0, covered)
+	for i, f := range frames {
+		start := len(buf)
+		buf = append(buf, f...)
+		frames[i] = buf[start:len(buf):len(buf)]
+	}
+	return 0
+}
+
+// frames publishes frames in order, answers awaiters and auto replies;
+// each frame's event retains that many bytes of shared memory beyond it
+// (see retain). It reports false when the connection closed while a
+// publish was waiting.
+func (c *Conn) frames(frames [][]byte, retained int) bool {
 	n := uint64(len(frames))
 	// FramesIn numbers the frames as they complete: an awaiter answers
 	// only frames after those counted when its write began.
@@ -109,10 +136,11 @@ func (c *Conn) frames(frames [][]byte) bool {
 			ListenerID:   c.cfg.ListenerID,
 			ConnectionID: c.cfg.ID,
 			Data:         f,
+			Retained:     retained,
 		}
 		evs[i] = &block[i]
 	}
-	if err := c.cfg.Publisher.PublishWait(c.ctx, evs...); err != nil {
+	if err := c.cfg.Publisher.Publish(c.ctx, evs...); err != nil {
 		return false
 	}
 	c.answer(frames, last)

@@ -118,6 +118,11 @@ type Event struct {
 	// Partial marks a Data event whose frame is incomplete: the bytes of a
 	// frame begun but not finished when the connection closed.
 	Partial bool
+	// Retained is how many bytes of memory Data keeps alive beyond its own
+	// length: a frame cut from a larger read shares that read's buffer, and
+	// carries its share of the bytes no frame of the read covers. Counted
+	// in Size, so that byte bounds hold for the memory events really hold.
+	Retained int
 
 	// Set by Seal, when the event is published.
 	size   int
@@ -126,7 +131,7 @@ type Event struct {
 
 	// memo is an opaque slot for the RPC layer: it caches the event's
 	// encoded header here, so that an event sent to many subscribers is
-	// encoded once. The engine never reads it. Not counted in Size.
+	// encoded once. The engine never reads it. Size counts it (see overhead).
 	memo atomic.Pointer[[]byte]
 }
 
@@ -172,12 +177,22 @@ func (e *Event) Text() (string, bool) {
 	return unsafe.String(unsafe.SliceData(e.Data), len(e.Data)), true
 }
 
-// overhead approximates the memory an event costs beyond its payload: the
-// struct, its strings and a queue slot. It keeps byte-bounded queues honest
-// for streams of tiny frames.
-const overhead = 160
+// overhead approximates the memory an event costs beyond its payload and
+// strings: the struct itself, its slots in a queue and in the replay ring
+// (which grows by doubling: two slots), and the header the RPC layer caches
+// with Memo, which holds its strings again (counted in computeSize) and
+// about 48 bytes of field tags, numbers and its time, in a slice boxed
+// behind a pointer. It keeps byte-bounded queues honest for streams of
+// tiny frames.
+const overhead = int(unsafe.Sizeof(Event{})) + 3*int(unsafe.Sizeof(uintptr(0))) + memoOverhead
 
-// Size is what the event counts against byte-bounded queues and the replay ring.
+// memoOverhead is the cached header's bytes beyond the strings it repeats,
+// its slice header and the box the atomic pointer points to.
+const memoOverhead = 48 + int(unsafe.Sizeof([]byte(nil))) + 16
+
+// Size is what the event counts against byte-bounded queues and the replay
+// ring: what it keeps alive, payload, shared read buffer, strings (twice:
+// in the event and in its cached header) and fixed costs.
 func (e *Event) Size() int {
 	if e.sealed {
 		return e.size
@@ -186,5 +201,6 @@ func (e *Event) Size() int {
 }
 
 func (e *Event) computeSize() int {
-	return overhead + len(e.Data) + len(e.ListenerID) + len(e.ConnectionID) + len(e.RemoteAddr) + len(e.LocalAddr) + len(e.PeerSubject)
+	strs := len(e.ListenerID) + len(e.ConnectionID) + len(e.RemoteAddr) + len(e.LocalAddr) + len(e.PeerSubject)
+	return overhead + len(e.Data) + e.Retained + 2*strs
 }

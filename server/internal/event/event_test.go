@@ -3,6 +3,7 @@ package event_test
 import (
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/tcpgate/tcpgate/server/internal/event"
 )
@@ -85,8 +86,9 @@ func TestStringsAreDistinct(t *testing.T) {
 func TestSize(t *testing.T) {
 	base := event.Event{Kind: event.Data}
 	empty := base.Size()
-	if empty <= 0 {
-		t.Fatalf("Size of an empty event = %d, want a positive overhead so tiny frames still count", empty)
+	// The struct itself, its queue and ring slots, and its cached header.
+	if least := int(unsafe.Sizeof(event.Event{})) + 3*8 + 48; empty < least {
+		t.Fatalf("Size of an empty event = %d, want at least %d: the struct, its slots and its cached header", empty, least)
 	}
 	tests := []struct {
 		name string
@@ -95,13 +97,18 @@ func TestSize(t *testing.T) {
 	}{
 		{"1-byte payload", &event.Event{Data: []byte("x")}, 1},
 		{"64 KiB payload", &event.Event{Data: make([]byte, 64<<10)}, 64 << 10},
-		{"listener id", &event.Event{ListenerID: "listener-1"}, len("listener-1")},
-		{"connection id", &event.Event{ConnectionID: "c42"}, len("c42")},
-		{"addresses", &event.Event{RemoteAddr: "127.0.0.1:5555", LocalAddr: "127.0.0.1:6666"}, 28},
+		// Strings count twice: in the event and in the header the RPC
+		// layer caches on it (Memo).
+		{"listener id", &event.Event{ListenerID: "listener-1"}, 2 * len("listener-1")},
+		{"connection id", &event.Event{ConnectionID: "c42"}, 2 * len("c42")},
+		{"addresses", &event.Event{RemoteAddr: "127.0.0.1:5555", LocalAddr: "127.0.0.1:6666"}, 2 * 28},
+		{"peer subject", &event.Event{PeerSubject: "CN=client"}, 2 * len("CN=client")},
+		// A frame cut from a larger read keeps its share of the read alive.
+		{"retained read", &event.Event{Data: []byte("x"), Retained: 40000}, 1 + 40000},
 		{"everything", &event.Event{
 			ListenerID: "l1", ConnectionID: "c1", RemoteAddr: "a", LocalAddr: "b",
 			Data: []byte(strings.Repeat("z", 1000)),
-		}, 2 + 2 + 1 + 1 + 1000},
+		}, 2*(2+2+1+1) + 1000},
 		{"numbers cost nothing extra", &event.Event{Sequence: 1 << 40, Dropped: 7, CloseReason: event.ReasonShutdown}, 0},
 	}
 	for _, tt := range tests {

@@ -36,9 +36,9 @@ func TestNextBatches(t *testing.T) {
 	}{
 		{"small events in one batch", rep(100, 100), seq(100)},
 		{"empty payloads in one batch", rep(1000, 0), seq(1000)},
-		{"just under 1 MiB with overhead", rep(4, 256*K-256), seq(4)},
+		{"just under 1 MiB with overhead", rep(4, 256*K-sizeOf(0)), seq(4)},
 		{"payload alone exactly 1 MiB", rep(4, 256*K), seq(3, 1)},
-		{"just over 1 MiB", rep(5, 256*K-256), seq(4, 1)},
+		{"just over 1 MiB", rep(5, 256*K-sizeOf(0)), seq(4, 1)},
 		{"600 KiB each", rep(3, 600*K), seq(1, 1, 1)},
 		{"large event alone", cat(rep(10, K), seq(2<<20), rep(10, K)), seq(10, 1, 10)},
 		{"large events alone", cat(seq(3<<20, 2<<20), rep(3, K)), seq(1, 1, 3)},
@@ -65,9 +65,9 @@ func TestNextBatches(t *testing.T) {
 				if split < 0 {
 					split = len(evs)
 				}
-				h.Publish(evs[:split]...)
+				publish(h, evs[:split]...)
 				s := subscribe(t, h, hub.SubscribeOptions{Since: 1})
-				h.Publish(evs[split:]...)
+				publish(h, evs[split:]...)
 
 				var got []int
 				received := 0
@@ -102,7 +102,7 @@ func TestNextAppendsToBuf(t *testing.T) {
 	keep := &event.Event{Kind: event.Data}
 	buf := make([]*event.Event, 1, 8)
 	buf[0] = keep
-	h.Publish(events(3, 10)...)
+	publish(h, events(3, 10)...)
 	got, err := s.Next(context.Background(), buf)
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +110,7 @@ func TestNextAppendsToBuf(t *testing.T) {
 	if len(got) != 4 || got[0] != keep || !equal(seqs(got[1:]), span(1, 3)) {
 		t.Fatalf("Next(buf) = %s, want buf's event then 1..3", describe(got))
 	}
-	h.Publish(events(2, 10)...)
+	publish(h, events(2, 10)...)
 	got, err = s.Next(context.Background(), got[:0])
 	if err != nil || !equal(seqs(got), span(4, 5)) {
 		t.Fatalf("Next(buf[:0]) = %s, %v; want 4..5", describe(got), err)

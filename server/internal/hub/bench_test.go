@@ -58,7 +58,7 @@ func benchPublish(b *testing.B, subs int) {
 			evs[i] = event.Event{Kind: event.Data, ListenerID: "l1", ConnectionID: "c1", Data: data}
 			ptrs[i] = &evs[i]
 		}
-		h.Publish(ptrs...)
+		publish(h, ptrs...)
 	}
 	h.Close()
 	consumers.Wait() // consumers drain what was queued: part of the cost

@@ -16,7 +16,7 @@ func TestSubscriberCloseWithPendingMarker(t *testing.T) {
 	h := hub.New(hub.Config{Now: fixedNow})
 	defer h.Close()
 	s := subscribe(t, h, hub.SubscribeOptions{QueueBytes: 1})
-	h.Publish(events(3, 10)...) // drops 2
+	publish(h, events(3, 10)...) // drops 2
 	s.Close()
 	evs, err := s.Next(timeoutCtx(t), nil)
 	if !errors.Is(err, hub.ErrClosed) || len(evs) != 0 {
@@ -49,7 +49,7 @@ func TestBatchBoundCountsWholeEvents(t *testing.T) {
 				}
 				evs = append(evs, e)
 			}
-			h.Publish(evs...)
+			publish(h, evs...)
 			batch := next(t, s)
 			// A lower bound on the encoded size: the bytes of every field,
 			// plus a few bytes for sequence, time, kind and tags.

@@ -276,3 +276,10 @@ func still[T any](t testing.TB, what string, ch <-chan T) {
 	case <-time.After(quiet):
 	}
 }
+
+// publish publishes evs with a context that never ends: a test that uses
+// it either has no Backpressure subscriber that could be full, or checks
+// that Publish waits.
+func publish(h *hub.Hub, evs ...*event.Event) {
+	_ = h.Publish(context.Background(), evs...)
+}

@@ -1,12 +1,22 @@
 // Package hub fans events out to subscribers: it numbers every event with a
 // gateway-wide sequence, keeps recent events in a replay ring bounded in bytes,
 // and gives each subscriber its own queue, bounded in bytes, with a policy for
-// when it falls behind.
+// when it falls behind. All queues together are bounded too
+// (Config.MaxQueuedBytes).
 //
 // A published event and its payload are shared by every subscriber and by the
 // ring; nothing is copied per subscriber. One mutex guards the whole hub: every
-// operation under it is a few slice appends, never I/O, and a connection's read
-// loop publishes all frames of one read in one call.
+// operation under it is a few slice appends and set lookups, never I/O and
+// never work proportional to a filter's size, and a connection's read loop
+// publishes all frames of one read in one call.
+//
+// Nothing is queued past a bound. A publisher finds room for its events in
+// every Backpressure subscriber they match before it numbers them, and waits
+// for it otherwise; lossy subscribers make room by their policy. A publisher
+// whose wait is cut short ends the Backpressure subscribers it waits for
+// (with a *SlowConsumerError naming their resume sequence) and publishes to
+// everyone else: an event is never skipped, and a stuck subscriber never
+// holds up the gateway past the publisher's context.
 package hub
 
 import (
@@ -15,6 +25,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tcpgate/tcpgate/server/internal/event"
@@ -29,6 +40,21 @@ const DefaultReplayBytes = 64 << 20
 // is 0: several hundred milliseconds of a fast stream, so a subscriber on a
 // healthy network never drops, while a stuck one costs a bounded amount.
 const DefaultQueueBytes = 16 << 20
+
+// DefaultMaxQueuedBytes bounds all subscriber queues together when
+// Config.MaxQueuedBytes is 0: 32 stuck subscribers at DefaultQueueBytes,
+// far fewer than the subscribers a gateway allows, so that their sum, and
+// not their count, bounds the memory they hold.
+const DefaultMaxQueuedBytes = 512 << 20
+
+// MaxFilterIDs bounds each id list of a Filter: far more connections or
+// listeners than one dashboard watches by name, small enough that a filter
+// costs little to build and nothing per event (it is a set).
+const MaxFilterIDs = 1024
+
+// MaxFilterIDBytes bounds each id of a Filter: generated ids are a few
+// bytes, and caller-chosen listener ids are short names.
+const MaxFilterIDBytes = 64
 
 // maxBatchBytes bounds one batch returned by Next, counted by Event.Size
 // (which exceeds an event's encoded size), so a batch stays well inside
@@ -45,7 +71,8 @@ const (
 	// Disconnect ends the subscription with a *SlowConsumerError.
 	Disconnect
 	// Backpressure makes publishers of events the subscriber watches wait
-	// until it has room again: nothing is lost.
+	// until it has room again: nothing is lost. A publisher that cannot wait
+	// any longer ends the subscription with a *SlowConsumerError instead.
 	Backpressure
 )
 
@@ -55,32 +82,64 @@ var ErrClosed = errors.New("event hub closed")
 // ErrTooManySubscribers is returned by Subscribe at Config.MaxSubscribers.
 var ErrTooManySubscribers = errors.New("too many subscribers")
 
-// SlowConsumerError ends a subscription whose queue overflowed under the
-// Disconnect policy.
+// ErrFilterTooLarge is returned by Subscribe for a filter with more than
+// MaxFilterIDs ids in a list, or an id longer than MaxFilterIDBytes.
+var ErrFilterTooLarge = errors.New("subscribe filter too large")
+
+// SlowConsumerError ends a subscription that fell behind: its queue
+// overflowed under the Disconnect policy, or, under Backpressure, a
+// publisher could not wait for room in it any longer.
 type SlowConsumerError struct {
-	// QueueBytes is the limit that was exceeded.
+	// Policy is the subscription's policy: Disconnect or Backpressure.
+	Policy Policy
+	// QueueBytes is the bound that was reached: the subscriber's own, or,
+	// when Global is set, that of all queues together.
 	QueueBytes int
+	// Global reports that the bound of all queues together
+	// (Config.MaxQueuedBytes) was reached rather than the subscriber's own.
+	Global bool
 	// Resume is the sequence to pass as Since to continue without a gap, as
 	// long as the replay ring still holds it.
 	Resume uint64
+	// Kind is, under Backpressure, the kind of the event whose publisher
+	// stopped waiting, and Cause why it stopped (its context's cause: a
+	// closed connection, a stop, a call's deadline, shutdown).
+	Kind  event.Kind
+	Cause error
 }
 
 func (e *SlowConsumerError) Error() string {
-	return fmt.Sprintf("subscriber queue exceeded %d bytes (--subscriber-queue-bytes) under SLOW_CONSUMER_POLICY_DISCONNECT; resume with since_sequence=%d", e.QueueBytes, e.Resume)
+	bound := fmt.Sprintf("its queue reached %d bytes (--subscriber-queue-bytes)", e.QueueBytes)
+	if e.Global {
+		bound = fmt.Sprintf("the queues of all subscribers together reached %d bytes (--max-queued-bytes)", e.QueueBytes)
+	}
+	if e.Policy == Backpressure {
+		return fmt.Sprintf("subscriber fell behind under SLOW_CONSUMER_POLICY_BACKPRESSURE: %s and a %s event could wait for room no longer (%v); resume with since_sequence=%d",
+			bound, e.Kind, e.Cause, e.Resume)
+	}
+	return fmt.Sprintf("subscriber fell behind under SLOW_CONSUMER_POLICY_DISCONNECT: %s; resume with since_sequence=%d", bound, e.Resume)
 }
+
+// Unwrap returns the cause of a Backpressure subscription's end.
+func (e *SlowConsumerError) Unwrap() error { return e.Cause }
 
 // Config configures a Hub.
 type Config struct {
 	// ReplayBytes bounds the replay ring; 0 means DefaultReplayBytes, a
 	// negative value disables replay.
 	ReplayBytes int
+	// MaxQueuedBytes bounds the bytes queued for all subscribers together;
+	// 0 means DefaultMaxQueuedBytes, a negative value no bound. At the
+	// bound each subscriber's policy applies as if its own queue were full.
+	MaxQueuedBytes int
 	// Now returns the time stamped on events that have none; nil means time.Now.
 	Now func() time.Time
 	// MaxSubscribers bounds open subscriptions; 0 means no bound.
 	MaxSubscribers int
 }
 
-// Filter selects events. An empty field matches everything.
+// Filter selects events. An empty field matches everything. Each id list
+// holds at most MaxFilterIDs ids of at most MaxFilterIDBytes bytes.
 type Filter struct {
 	ListenerIDs   []string
 	ConnectionIDs []string
@@ -89,33 +148,81 @@ type Filter struct {
 
 // Match reports whether e passes the filter.
 func (f *Filter) Match(e *event.Event) bool {
-	return matchString(f.ListenerIDs, e.ListenerID) &&
-		matchString(f.ConnectionIDs, e.ConnectionID) &&
-		matchKind(f.Kinds, e.Kind)
+	m, err := f.compile()
+	return err == nil && m.match(e)
 }
 
-func matchString(set []string, v string) bool {
-	if len(set) == 0 {
-		return true
+// compile checks the filter's bounds and turns it into sets.
+func (f *Filter) compile() (matcher, error) {
+	var m matcher
+	var err error
+	if m.listeners, err = newIDSet("listener_ids", f.ListenerIDs); err != nil {
+		return m, err
 	}
-	for _, s := range set {
-		if s == v {
-			return true
+	if m.conns, err = newIDSet("connection_ids", f.ConnectionIDs); err != nil {
+		return m, err
+	}
+	for _, k := range f.Kinds {
+		if k >= 0 && k < 64 {
+			m.kinds |= 1 << uint(k)
 		}
 	}
-	return false
+	if len(f.Kinds) > 0 && m.kinds == 0 {
+		m.kinds = 1 // matches no published kind, as such a list does
+	}
+	return m, nil
 }
 
-func matchKind(set []event.Kind, k event.Kind) bool {
-	if len(set) == 0 {
-		return true
+// matcher is a compiled Filter: each test costs the same whatever the
+// filter's size.
+type matcher struct {
+	listeners, conns idSet
+	kinds            uint64 // a bit per kind; 0 matches every kind
+}
+
+func (m *matcher) match(e *event.Event) bool {
+	return (m.kinds == 0 || m.kinds&(1<<uint(e.Kind&63)) != 0) &&
+		m.listeners.has(e.ListenerID) && m.conns.has(e.ConnectionID)
+}
+
+// smallSet is the size up to which a list is searched rather than hashed:
+// comparing a few short strings beats hashing one.
+const smallSet = 8
+
+// idSet matches ids: every id when empty.
+type idSet struct {
+	list []string
+	set  map[string]struct{}
+}
+
+func newIDSet(field string, ids []string) (idSet, error) {
+	if len(ids) > MaxFilterIDs {
+		return idSet{}, fmt.Errorf("subscribing: %s has %d ids, at most %d are allowed: %w", field, len(ids), MaxFilterIDs, ErrFilterTooLarge)
 	}
-	for _, s := range set {
-		if s == k {
-			return true
+	for i, id := range ids {
+		if len(id) > MaxFilterIDBytes {
+			return idSet{}, fmt.Errorf("subscribing: %s[%d] is %d bytes long, at most %d are allowed: %w", field, i, len(id), MaxFilterIDBytes, ErrFilterTooLarge)
 		}
 	}
-	return false
+	if len(ids) <= smallSet {
+		return idSet{list: slices.Clone(ids)}, nil
+	}
+	s := idSet{set: make(map[string]struct{}, len(ids))}
+	for _, id := range ids {
+		s.set[id] = struct{}{}
+	}
+	return s, nil
+}
+
+func (s *idSet) has(v string) bool {
+	if s.set != nil {
+		_, ok := s.set[v]
+		return ok
+	}
+	if len(s.list) == 0 {
+		return true
+	}
+	return slices.Contains(s.list, v)
 }
 
 // SubscribeOptions describe one subscription.
@@ -133,6 +240,16 @@ type SubscribeOptions struct {
 type Hub struct {
 	now            func() time.Time
 	maxSubscribers int
+	maxQueued      int // bound of all queues together; 0 means none
+
+	// queued is the bytes queued for all subscribers together. It grows
+	// only under mu (with the subscriber's mu) and shrinks under a
+	// subscriber's mu alone as Next takes events, so room a publisher saw
+	// under mu is still there when it queues.
+	queued atomic.Int64
+	// room, when set, is closed once queued falls to half of maxQueued:
+	// publishers waiting for room within the global bound wait on it.
+	room atomic.Pointer[chan struct{}]
 
 	mu     sync.Mutex // guards every field below, and the queues of all subscribers
 	seq    uint64     // last sequence assigned
@@ -140,10 +257,13 @@ type Hub struct {
 	subs   []*Subscriber // a slice: walked for every event, changed rarely
 	closed bool
 	done   chan struct{} // closed by Close and CloseNow; never changes
+	// lossless holds the Backpressure subscribers of subs, in which a
+	// publisher finds room before it publishes.
+	lossless []*Subscriber
 	// dropped and disconnected count, per policy, events dropped from
 	// queues and subscriptions ended for falling behind.
 	dropped      [Backpressure + 1]uint64
-	disconnected uint64
+	disconnected [Backpressure + 1]uint64
 }
 
 // New returns a hub.
@@ -156,37 +276,69 @@ func New(cfg Config) *Hub {
 	if now == nil {
 		now = time.Now
 	}
-	return &Hub{now: now, maxSubscribers: cfg.MaxSubscribers, ring: ring{limit: limit}, done: make(chan struct{})}
+	maxQueued := cfg.MaxQueuedBytes
+	switch {
+	case maxQueued == 0:
+		maxQueued = DefaultMaxQueuedBytes
+	case maxQueued < 0:
+		maxQueued = 0
+	}
+	return &Hub{now: now, maxSubscribers: cfg.MaxSubscribers, maxQueued: maxQueued, ring: ring{limit: limit}, done: make(chan struct{})}
 }
 
-// Publish numbers evs, records them in the replay ring and queues them for
-// every subscriber they match. It never waits. Events published after Close
-// are dropped.
-func (h *Hub) Publish(evs ...*event.Event) {
+// Publish numbers evs in order, records them in the replay ring and queues
+// them for every subscriber they match. Before it numbers an event it waits
+// until every Backpressure subscriber the event matches has room for it,
+// within its own bound and that of all queues; a read loop thus slows its
+// TCP sender instead of growing the gateway's memory. When ctx ends first,
+// Publish ends those subscribers with a *SlowConsumerError, publishes to
+// everyone else, and returns ctx's error once every event is published.
+// Events published after Close are dropped.
+func (h *Hub) Publish(ctx context.Context, evs ...*event.Event) error {
 	seal(evs)
-	h.mu.Lock()
-	h.publishLocked(evs, nil)
-	h.mu.Unlock()
-}
-
-// PublishWait publishes evs like Publish, then waits until every
-// Backpressure subscriber that received one of them has room again, the
-// subscriber goes away, or ctx is done (its error is returned). A read loop
-// calls it so that a lossless subscriber slows the TCP sender instead of
-// growing the gateway's memory.
-func (h *Hub) PublishWait(ctx context.Context, evs ...*event.Event) error {
-	var waits []wait
-	seal(evs)
-	h.mu.Lock()
-	waits = h.publishLocked(evs, waits)
-	h.mu.Unlock()
-	for _, w := range waits {
-		select {
-		case <-w.room:
-		case <-w.done:
-		case <-ctx.Done():
-			return ctx.Err()
+	var cut error // set once ctx is done: the publisher waits no more
+	for len(evs) > 0 {
+		h.mu.Lock()
+		if h.closed {
+			h.mu.Unlock()
+			return cut
 		}
+		n, blockers, global := h.fitLocked(evs)
+		if n == 0 && cut == nil {
+			if err := ctx.Err(); err != nil {
+				cut = context.Cause(ctx)
+			}
+		}
+		if n == 0 && cut != nil {
+			h.abandonLocked(blockers, global, evs[0], cut)
+			n, _, _ = h.fitLocked(evs)
+		}
+		if n > 0 {
+			h.publishLocked(evs[:n])
+			evs = evs[n:]
+			h.mu.Unlock()
+			continue
+		}
+		waits := h.waitsLocked(blockers, global)
+		// Next may have made room since fitLocked, before there was a
+		// channel to close: look again now that there is one.
+		if n, _, _ = h.fitLocked(evs); n > 0 {
+			h.publishLocked(evs[:n])
+			evs = evs[n:]
+			h.mu.Unlock()
+			continue
+		}
+		h.mu.Unlock()
+		for _, w := range waits {
+			select {
+			case <-w.room:
+			case <-w.done:
+			case <-ctx.Done():
+			}
+		}
+	}
+	if cut != nil {
+		return ctx.Err()
 	}
 	return nil
 }
@@ -198,16 +350,126 @@ func seal(evs []*event.Event) {
 	}
 }
 
-// wait is a full Backpressure subscriber a publisher must wait for.
+// wait is what a publisher waits on: room in a full Backpressure queue
+// (done is then closed if the subscriber goes away), or room within the
+// global bound.
 type wait struct {
 	room <-chan struct{}
 	done <-chan struct{}
 }
 
-func (h *Hub) publishLocked(evs []*event.Event, waits []wait) []wait {
-	if h.closed {
-		return waits
+// fits reports whether size more bytes fit in a queue holding queued
+// under limit: an event larger than the whole limit may go alone into an
+// empty queue.
+func fits(queued, size, limit int) bool {
+	return queued == 0 || queued+size <= limit
+}
+
+// fitLocked returns how many of evs, from the first, every Backpressure
+// subscriber has room for now, in its own queue and within the global
+// bound. When that is none, it returns the subscribers that have no room
+// for evs[0] (every one it matches when the global bound is what lacks
+// room, then global is set).
+func (h *Hub) fitLocked(evs []*event.Event) (int, []*Subscriber, bool) {
+	if len(h.lossless) == 0 {
+		return len(evs), nil, false
 	}
+	for _, s := range h.lossless {
+		// A snapshot: Next only ever shrinks it, so room seen stays.
+		s.mu.Lock()
+		s.fit = s.queued
+		s.mu.Unlock()
+	}
+	total := int(h.queued.Load())
+	for i, e := range evs {
+		size := e.Size()
+		var blockers []*Subscriber
+		add := 0
+		for _, s := range h.lossless {
+			if !s.filter.match(e) {
+				continue
+			}
+			if !fits(s.fit, size, s.limit) {
+				blockers = append(blockers, s)
+			}
+			add += size
+		}
+		global := h.maxQueued > 0 && add > 0 && !fits(total, add, h.maxQueued)
+		if global || len(blockers) > 0 {
+			if i > 0 {
+				return i, nil, false
+			}
+			if global {
+				blockers = blockers[:0]
+				for _, s := range h.lossless {
+					if s.filter.match(e) {
+						blockers = append(blockers, s)
+					}
+				}
+			}
+			return 0, blockers, global
+		}
+		for _, s := range h.lossless {
+			if s.filter.match(e) {
+				s.fit += size
+			}
+		}
+		total += add
+	}
+	return len(evs), nil, false
+}
+
+// waitsLocked returns what a publisher blocked by blockers waits on.
+func (h *Hub) waitsLocked(blockers []*Subscriber, global bool) []wait {
+	if global {
+		ch := make(chan struct{})
+		if !h.room.CompareAndSwap(nil, &ch) {
+			ch = *h.room.Load()
+		}
+		return []wait{{room: ch}}
+	}
+	waits := make([]wait, 0, len(blockers))
+	for _, s := range blockers {
+		s.mu.Lock()
+		if s.room == nil && s.err == nil {
+			s.room = make(chan struct{})
+		}
+		if s.room != nil {
+			waits = append(waits, wait{room: s.room, done: s.done})
+		}
+		s.mu.Unlock()
+	}
+	return waits
+}
+
+// release wakes the publishers waiting for room within the global bound
+// once the queues hold half of it or less, so they are not woken for every
+// event taken.
+func (h *Hub) release() {
+	if p := h.room.Load(); p != nil && int(h.queued.Load()) <= h.maxQueued/2 {
+		if p := h.room.Swap(nil); p != nil {
+			close(*p)
+		}
+	}
+}
+
+// abandonLocked ends the Backpressure subscribers a publisher of e can no
+// longer wait for, each with the sequence it can resume from.
+func (h *Hub) abandonLocked(blockers []*Subscriber, global bool, e *event.Event, cause error) {
+	for _, s := range blockers {
+		s.mu.Lock()
+		limit := s.limit
+		if global {
+			limit = h.maxQueued
+		}
+		s.endLocked(&SlowConsumerError{Policy: Backpressure, QueueBytes: limit, Global: global, Resume: s.resumeLocked(h.seq + 1), Kind: e.Kind, Cause: cause})
+		s.discardLocked()
+		s.mu.Unlock()
+		h.disconnected[Backpressure]++
+	}
+}
+
+func (h *Hub) publishLocked(evs []*event.Event) {
 	var now time.Time
 	for _, e := range evs {
 		h.seq++
@@ -220,28 +482,23 @@ func (h *Hub) publishLocked(evs []*event.Event, waits []wait) []wait {
 		}
 		h.ring.push(e)
 	}
+	// Backpressure subscribers first: fitLocked found them room within the
+	// global bound, which lossy subscribers then share by their policy.
 	// Each subscriber's lock is taken once for the whole batch; a
 	// subscriber taking its events in Next contends only with this.
+	for _, s := range h.lossless {
+		s.enqueueAll(evs)
+	}
 	for i := 0; i < len(h.subs); i++ {
 		s := h.subs[i]
-		var room <-chan struct{}
-		s.mu.Lock()
-		for _, e := range evs {
-			if s.filter.Match(e) {
-				if r := s.enqueueLocked(e); r != nil {
-					room = r
-				}
-			}
+		if s.policy == Backpressure {
+			continue
 		}
-		s.mu.Unlock()
-		if room != nil {
-			waits = append(waits, wait{room: room, done: s.done})
-		}
+		s.enqueueAll(evs)
 		if i < len(h.subs) && h.subs[i] != s {
 			i-- // a Disconnect subscriber removed itself: its successor moved here
 		}
 	}
-	return waits
 }
 
 // LastSequence returns the sequence of the newest event, 0 before any.
@@ -253,15 +510,21 @@ func (h *Hub) LastSequence() uint64 {
 
 // Subscribe starts a subscription. Events still in the replay ring from
 // opts.Since on come first, then live events, with no gap and no duplicate
-// between them.
+// between them. Next takes the replay from the ring a batch at a time, and
+// matches it outside the hub's lock: a replay never holds up publishers,
+// and pins no more than a batch beyond what the ring holds.
 func (h *Hub) Subscribe(opts SubscribeOptions) (*Subscriber, error) {
+	m, err := opts.Filter.compile()
+	if err != nil {
+		return nil, err
+	}
 	limit := opts.QueueBytes
 	if limit <= 0 {
 		limit = DefaultQueueBytes
 	}
 	s := &Subscriber{
 		h:      h,
-		filter: opts.Filter,
+		filter: m,
 		policy: opts.Policy,
 		limit:  limit,
 		notify: make(chan struct{}, 1),
@@ -276,27 +539,62 @@ func (h *Hub) Subscribe(opts SubscribeOptions) (*Subscriber, error) {
 		return nil, fmt.Errorf("subscribing: max_subscribers (%d, --max-subscribers) reached: %w", h.maxSubscribers, ErrTooManySubscribers)
 	}
 	if opts.Since > 0 && opts.Since <= h.seq {
-		first := h.ring.firstSeq()
-		if first == 0 || first > opts.Since {
-			// The ring no longer holds the start of what was asked for.
-			end := h.seq + 1
-			if first != 0 {
-				end = first
-			}
-			s.gap = end - opts.Since
-		}
-		h.ring.each(opts.Since, func(e *event.Event) {
-			if s.filter.Match(e) {
-				s.replay = append(s.replay, e)
-			}
-		})
-		if s.gap > 0 || len(s.replay) > 0 {
-			s.signal()
-		}
+		// Live events from here on go to the queue; the replay ends right
+		// before them. What the ring no longer holds is a gap (fetchReplay).
+		s.replayNext, s.replayEnd = opts.Since, h.seq+1
+		s.signal()
 	}
 	h.subs = append(h.subs, s)
+	if s.policy == Backpressure {
+		h.lossless = append(h.lossless, s)
+	}
 	return s, nil
 }
+
+// replayChunk bounds the events fetchReplay takes from the ring under the
+// hub's lock at once, whatever their size.
+const replayChunk = 4096
+
+// fetchReplay takes the next part of the replay from the ring, when the
+// last one was delivered: at most a batch, so that what it holds beyond
+// the ring stays small, copied under the hub's lock and matched outside
+// it. Only Next calls it.
+func (s *Subscriber) fetchReplay() {
+	s.mu.Lock()
+	from, end := s.replayNext, s.replayEnd
+	// After Close, too: a closed hub still delivers what it had for the
+	// subscriber (discardLocked ends the replay when it must not).
+	due := len(s.replay) == 0 && from < end
+	s.mu.Unlock()
+	if !due {
+		return
+	}
+	h := s.h
+	h.mu.Lock()
+	chunk, next, missed := h.ring.chunk(from, end, replayChunk, maxBatchBytes)
+	h.mu.Unlock()
+	matched := chunk[:0]
+	for _, e := range chunk {
+		if replayMatching != nil {
+			replayMatching()
+		}
+		if s.filter.match(e) {
+			matched = append(matched, e)
+		}
+	}
+	clear(chunk[len(matched):])
+	s.mu.Lock()
+	if s.replayNext == from { // else discarded meanwhile
+		// The ring's oldest events left it before they were replayed.
+		s.gap += missed
+		s.replay, s.replayNext = matched, next
+	}
+	s.mu.Unlock()
+}
+
+// replayMatching, when set by a test, runs before a replay matches each
+// event against the filter.
+var replayMatching func()
 
 // Subscribers returns how many subscriptions are open.
 func (h *Hub) Subscribers() int {
@@ -320,8 +618,15 @@ type Stats struct {
 	RingEvents   int
 	RingBytes    int
 	Policies     map[Policy]PolicyStats
-	// Disconnected counts subscriptions ended under the Disconnect policy.
+	// Disconnected counts subscriptions ended under the Disconnect policy,
+	// and Abandoned those under Backpressure a publisher could no longer
+	// wait for.
 	Disconnected uint64
+	Abandoned    uint64
+	// QueuedBytes is what all queues hold together, and MaxQueuedBytes its
+	// bound (0: none).
+	QueuedBytes    int
+	MaxQueuedBytes int
 }
 
 // Stats returns the hub's figures.
@@ -329,11 +634,14 @@ func (h *Hub) Stats() Stats {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	st := Stats{
-		LastSequence: h.seq,
-		RingEvents:   h.ring.n,
-		RingBytes:    h.ring.bytes,
-		Policies:     make(map[Policy]PolicyStats, 3),
-		Disconnected: h.disconnected,
+		LastSequence:   h.seq,
+		RingEvents:     h.ring.n,
+		RingBytes:      h.ring.bytes,
+		Policies:       make(map[Policy]PolicyStats, 3),
+		Disconnected:   h.disconnected[Disconnect],
+		Abandoned:      h.disconnected[Backpressure],
+		QueuedBytes:    int(h.queued.Load()),
+		MaxQueuedBytes: h.maxQueued,
 	}
 	for _, p := range []Policy{DropOldest, Disconnect, Backpressure} {
 		st.Policies[p] = PolicyStats{Dropped: h.dropped[p]}
@@ -395,71 +703,131 @@ func (h *Hub) Closed() <-chan struct{} { return h.done }
 // may be called from any.
 type Subscriber struct {
 	h      *Hub
-	filter Filter
+	filter matcher
 	policy Policy
 	limit  int
 	notify chan struct{} // has a value when there may be something to read
 	done   chan struct{} // closed when the subscription ends
 
+	// fit is fitLocked's tally of the queue; guarded by Hub.mu.
+	fit int
+
 	// mu guards the fields below. Lock order: Hub.mu, then Subscriber.mu;
 	// Next takes only the latter.
-	mu     sync.Mutex
-	replay []*event.Event // events from the ring, delivered before queue
-	// gap counts sequences the ring no longer held at Subscribe; its marker
-	// goes before replay.
+	mu sync.Mutex
+	// The replay covers the sequences [replayNext, replayEnd) still to be
+	// taken from the ring, after replay, the part taken and not delivered;
+	// all of it goes before queue.
+	replay                []*event.Event
+	replayNext, replayEnd uint64
+	// gap counts sequences the ring no longer held when the replay reached
+	// them; its marker goes before replay.
 	gap    uint64
 	queue  []*event.Event // live events; queue[head:] are undelivered
 	head   int
-	queued int // bytes in queue[head:]
+	queued int // bytes in queue[head:], counted in Hub.queued too
 	// dropped counts live events dropped from the head of the queue since
 	// the last marker, which goes right before queue[head].
 	dropped uint64
-	room    chan struct{} // non-nil while a Backpressure queue is full; closed when it has room
+	room    chan struct{} // non-nil while a publisher waits for room; closed when there is
 	err     error         // why the subscription ended; set once
 }
 
-// enqueueLocked queues e and applies the policy; h.mu and s.mu are held.
-// It returns the channel a publisher must wait on when a Backpressure queue
-// is full.
-func (s *Subscriber) enqueueLocked(e *event.Event) <-chan struct{} {
-	if s.err != nil {
-		return nil
+// enqueueAll queues the events of evs the subscriber matches; h.mu is held.
+func (s *Subscriber) enqueueAll(evs []*event.Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range evs {
+		if s.err != nil {
+			return
+		}
+		if s.filter.match(e) {
+			s.enqueueLocked(e)
+		}
 	}
-	s.queue = append(s.queue, e)
-	s.queued += e.Size()
-	s.signal()
-	if s.queued <= s.limit {
-		return nil
+}
+
+// addQueuedLocked changes the bytes queued, here and in the hub's total.
+func (s *Subscriber) addQueuedLocked(n int) {
+	s.queued += n
+	s.h.queued.Add(int64(n))
+	if n < 0 {
+		s.h.release()
 	}
+}
+
+// overGlobal reports whether size more bytes would pass the bound of all
+// queues together.
+func (h *Hub) overGlobal(size int) bool {
+	return h.maxQueued > 0 && !fits(int(h.queued.Load()), size, h.maxQueued)
+}
+
+// enqueueLocked queues e and applies the policy where there is no room for
+// it, in the subscriber's own queue or within the global bound; h.mu and
+// s.mu are held. A Backpressure subscriber always has room: its publisher
+// found it first (fitLocked).
+func (s *Subscriber) enqueueLocked(e *event.Event) {
+	size := e.Size()
+	h := s.h
 	switch s.policy {
 	case Disconnect:
-		resume := s.queue[s.head].Sequence
-		if len(s.replay) > 0 {
-			resume = s.replay[0].Sequence
+		own := !fits(s.queued, size, s.limit)
+		if own || h.overGlobal(size) {
+			limit := s.limit
+			if !own {
+				limit = h.maxQueued
+			}
+			s.endLocked(&SlowConsumerError{Policy: Disconnect, QueueBytes: limit, Global: !own, Resume: s.resumeLocked(e.Sequence)})
+			h.disconnected[Disconnect]++
+			s.discardLocked()
+			return
 		}
-		s.endLocked(&SlowConsumerError{QueueBytes: s.limit, Resume: resume})
-		s.h.disconnected++
-		s.discardLocked()
-	case Backpressure:
-		if s.room == nil {
-			s.room = make(chan struct{})
-		}
-		return s.room
-	default:
+	case DropOldest:
 		// Keep the newest event even when it alone exceeds the limit.
-		for s.queued > s.limit && len(s.queue)-s.head > 1 {
-			old := s.queue[s.head]
-			s.queue[s.head] = nil
-			s.head++
-			s.queued -= old.Size()
-			s.dropped++
-			s.h.dropped[s.policy]++
+		for s.queued > 0 && !fits(s.queued, size, s.limit) {
+			s.dropOldestLocked()
+		}
+		for s.queued > 0 && h.overGlobal(size) {
+			s.dropOldestLocked()
 		}
 		// A subscriber that stopped calling Next must not keep a slot for
 		// every event ever dropped.
 		s.compactLocked()
+		if h.overGlobal(size) {
+			// Other queues hold the whole global bound: this event is the
+			// oldest this subscriber has to drop.
+			s.dropped++
+			h.dropped[s.policy]++
+			s.signal()
+			return
+		}
 	}
-	return nil
+	s.queue = append(s.queue, e)
+	s.addQueuedLocked(size)
+	s.signal()
+}
+
+func (s *Subscriber) dropOldestLocked() {
+	old := s.queue[s.head]
+	s.queue[s.head] = nil
+	s.head++
+	s.addQueuedLocked(-old.Size())
+	s.dropped++
+	s.h.dropped[s.policy]++
+}
+
+// resumeLocked returns the first sequence the subscriber has not received;
+// next is the sequence after what it was given.
+func (s *Subscriber) resumeLocked(next uint64) uint64 {
+	switch {
+	case len(s.replay) > 0:
+		return s.replay[0].Sequence
+	case s.replayNext < s.replayEnd:
+		return s.replayNext
+	case s.head < len(s.queue):
+		return s.queue[s.head].Sequence
+	}
+	return next
 }
 
 func (s *Subscriber) signal() {
@@ -479,6 +847,9 @@ func (s *Subscriber) endLocked(err error) {
 	if i := slices.Index(s.h.subs, s); i >= 0 {
 		s.h.subs = slices.Delete(s.h.subs, i, i+1)
 	}
+	if i := slices.Index(s.h.lossless, s); i >= 0 {
+		s.h.lossless = slices.Delete(s.h.lossless, i, i+1)
+	}
 	close(s.done)
 	if s.room != nil {
 		close(s.room)
@@ -494,12 +865,17 @@ func (s *Subscriber) endLocked(err error) {
 // was returned, why it ended: ErrClosed or a *SlowConsumerError.
 func (s *Subscriber) Next(ctx context.Context, buf []*event.Event) ([]*event.Event, error) {
 	for {
+		s.fetchReplay()
 		s.mu.Lock()
 		buf, ok := s.takeLocked(buf)
 		err := s.err
+		replaying := s.replayNext < s.replayEnd
 		s.mu.Unlock()
 		if ok {
 			return buf, nil
+		}
+		if replaying {
+			continue // a part of the replay that the filter left empty
 		}
 		if err != nil {
 			return buf, err
@@ -528,9 +904,9 @@ func (s *Subscriber) takeLocked(buf []*event.Event) ([]*event.Event, bool) {
 	buf = append(buf, s.replay[:n]...)
 	clear(s.replay[:n])
 	s.replay = s.replay[n:]
-	if len(s.replay) > 0 {
+	if len(s.replay) > 0 || s.replayNext < s.replayEnd {
 		s.signal()
-		return buf, true
+		return buf, len(buf) > start
 	}
 	s.replay = nil
 	if s.dropped > 0 {
@@ -543,7 +919,7 @@ func (s *Subscriber) takeLocked(buf []*event.Event) ([]*event.Event, bool) {
 	for i < len(s.queue) && (size == 0 || size+s.queue[i].Size() <= maxBatchBytes) {
 		e := s.queue[i]
 		size += e.Size()
-		s.queued -= e.Size()
+		s.addQueuedLocked(-e.Size())
 		buf = append(buf, e)
 		s.queue[i] = nil
 		i++
@@ -586,7 +962,9 @@ func (s *Subscriber) compactLocked() {
 
 // discardLocked forgets everything the subscriber had not received.
 func (s *Subscriber) discardLocked() {
-	s.replay, s.queue, s.head, s.queued, s.gap, s.dropped = nil, nil, 0, 0, 0, 0
+	s.addQueuedLocked(-s.queued)
+	s.replay, s.queue, s.head, s.gap, s.dropped = nil, nil, 0, 0, 0
+	s.replayNext, s.replayEnd = 0, 0
 }
 
 // Done is closed when the subscription has ended.

@@ -24,8 +24,8 @@ func TestSequencesAreContiguousFromOne(t *testing.T) {
 	for i, n := range []int{1, 3, 1, 10, 2} {
 		evs := events(n, 10)
 		if i%2 == 0 {
-			h.Publish(evs...)
-		} else if err := h.PublishWait(timeoutCtx(t), evs...); err != nil {
+			publish(h, evs...)
+		} else if err := h.Publish(timeoutCtx(t), evs...); err != nil {
 			t.Fatalf("PublishWait: %v", err)
 		}
 		published = append(published, evs...)
@@ -67,7 +67,7 @@ func TestTimeIsStampedWhenZero(t *testing.T) {
 			s := subscribe(t, h, hub.SubscribeOptions{})
 			e := dataEvent("l1", "c1", 1)
 			e.Time = tt.in
-			h.Publish(e)
+			publish(h, e)
 			got := next(t, s)
 			if len(got) != 1 || !got[0].Time.Equal(tt.want) {
 				t.Fatalf("got %v at %v, want one event at %v", describe(got), got[0].Time, tt.want)
@@ -80,7 +80,7 @@ func TestTimeIsStampedWhenZero(t *testing.T) {
 		defer h.Close()
 		before := time.Now()
 		e := dataEvent("l1", "c1", 1)
-		h.Publish(e)
+		publish(h, e)
 		if e.Time.Before(before) || e.Time.After(time.Now()) {
 			t.Fatalf("event stamped %v, want between %v and now", e.Time, before)
 		}
@@ -132,8 +132,8 @@ func TestConcurrentPublishersKeepOrder(t *testing.T) {
 					evs[j] = numbered(l, i+j)
 				}
 				if p%2 == 0 {
-					h.Publish(evs...)
-				} else if err := h.PublishWait(context.Background(), evs...); err != nil {
+					publish(h, evs...)
+				} else if err := h.Publish(context.Background(), evs...); err != nil {
 					t.Errorf("PublishWait: %v", err)
 					return
 				}
@@ -210,7 +210,7 @@ func TestFilters(t *testing.T) {
 				if mode == "live" {
 					s = subscribe(t, h, hub.SubscribeOptions{Filter: tt.filter})
 				}
-				h.Publish(filterFixture()...)
+				publish(h, filterFixture()...)
 				if mode == "replay" {
 					s = subscribe(t, h, hub.SubscribeOptions{Filter: tt.filter, Since: 1})
 				}
@@ -246,7 +246,7 @@ func TestMarkersIgnoreFilters(t *testing.T) {
 			h := hub.New(hub.Config{Now: fixedNow})
 			defer h.Close()
 			s := subscribe(t, h, hub.SubscribeOptions{Filter: f.filter, QueueBytes: 2 * sizeOf(10)})
-			h.Publish(events(10, 10)...)
+			publish(h, events(10, 10)...)
 			got := next(t, s)
 			if want := "[drop(8) 9..10]"; describe(got) != want {
 				t.Fatalf("got %s, want %s", describe(got), want)
@@ -258,7 +258,7 @@ func TestMarkersIgnoreFilters(t *testing.T) {
 		t.Run("replay ring miss/"+f.name, func(t *testing.T) {
 			h := hub.New(hub.Config{Now: fixedNow, ReplayBytes: 3 * sizeOf(10)})
 			defer h.Close()
-			h.Publish(events(10, 10)...)
+			publish(h, events(10, 10)...)
 			s := subscribe(t, h, hub.SubscribeOptions{Filter: f.filter, Since: 1})
 			got := next(t, s)
 			if want := "[drop(7) 8..10]"; describe(got) != want {
@@ -272,10 +272,10 @@ func TestHubCloseDeliversQueuedThenErrClosed(t *testing.T) {
 	h := hub.New(hub.Config{Now: fixedNow})
 	queued := subscribe(t, h, hub.SubscribeOptions{})
 	replaying := func() *hub.Subscriber {
-		h.Publish(events(3, 10)...) // 1..3
+		publish(h, events(3, 10)...) // 1..3
 		return subscribe(t, h, hub.SubscribeOptions{Since: 2})
 	}()
-	h.Publish(events(2, 10)...) // 4..5
+	publish(h, events(2, 10)...) // 4..5
 
 	idle := subscribe(t, h, hub.SubscribeOptions{Filter: hub.Filter{ListenerIDs: []string{"none"}}})
 	blocked := make(chan error, 1)
@@ -312,8 +312,8 @@ func TestHubCloseDeliversQueuedThenErrClosed(t *testing.T) {
 	if s, err := h.Subscribe(hub.SubscribeOptions{}); !errors.Is(err, hub.ErrClosed) || s != nil {
 		t.Fatalf("Subscribe after Close = %v, %v; want nil, ErrClosed", s, err)
 	}
-	h.Publish(events(1, 10)...)
-	if err := h.PublishWait(timeoutCtx(t), events(1, 10)...); err != nil {
+	publish(h, events(1, 10)...)
+	if err := h.Publish(timeoutCtx(t), events(1, 10)...); err != nil {
 		t.Fatalf("PublishWait after Close: %v", err)
 	}
 	if got := h.LastSequence(); got != 5 {
@@ -327,7 +327,7 @@ func TestSubscriberClose(t *testing.T) {
 	defer h.Close()
 	closing := subscribe(t, h, hub.SubscribeOptions{})
 	other := subscribe(t, h, hub.SubscribeOptions{})
-	h.Publish(events(3, 10)...)
+	publish(h, events(3, 10)...)
 	if got := h.Subscribers(); got != 2 {
 		t.Fatalf("Subscribers() = %d, want 2", got)
 	}
@@ -347,7 +347,7 @@ func TestSubscriberClose(t *testing.T) {
 		t.Fatal("Done() not closed after Close")
 	}
 
-	h.Publish(events(2, 10)...)
+	publish(h, events(2, 10)...)
 	if got := collect(t, other, 5); !equal(seqs(got), span(1, 5)) {
 		t.Fatalf("other subscriber got %s, want 1..5", describe(got))
 	}
@@ -415,7 +415,7 @@ func TestNextReturnsContextError(t *testing.T) {
 				t.Fatalf("Next returned %v, want %v", err, tt.want)
 			}
 			// The subscription survives a canceled Next.
-			h.Publish(events(1, 10)...)
+			publish(h, events(1, 10)...)
 			if got := next(t, s); !equal(seqs(got), []uint64{1}) {
 				t.Fatalf("after the canceled Next got %s, want [1]", describe(got))
 			}
@@ -452,7 +452,7 @@ func TestSubscribersCounts(t *testing.T) {
 func TestHubCloseNow(t *testing.T) {
 	h := hub.New(hub.Config{Now: fixedNow})
 	queued := subscribe(t, h, hub.SubscribeOptions{})
-	h.Publish(events(3, 10)...)
+	publish(h, events(3, 10)...)
 	replaying := subscribe(t, h, hub.SubscribeOptions{Since: 1})
 	h.CloseNow()
 	for name, s := range map[string]*hub.Subscriber{"queued": queued, "replaying": replaying} {

@@ -54,8 +54,8 @@ func TestDropOldestStuckSubscriber(t *testing.T) {
 					defer close(done)
 					for i := 0; i < perRound; i += 10 {
 						if i%20 == 0 {
-							h.Publish(events(10, 100)...)
-						} else if err := h.PublishWait(context.Background(), events(10, 100)...); err != nil {
+							publish(h, events(10, 100)...)
+						} else if err := h.Publish(context.Background(), events(10, 100)...); err != nil {
 							t.Errorf("PublishWait: %v", err)
 						}
 					}
@@ -122,7 +122,7 @@ func TestDropOldestWithConcurrentReader(t *testing.T) {
 	for range 4 {
 		pubs.Go(func() {
 			for range total / 4 / 5 {
-				h.Publish(events(5, 100)...)
+				publish(h, events(5, 100)...)
 			}
 		})
 	}
@@ -165,10 +165,10 @@ func TestDisconnect(t *testing.T) {
 			publish := func(n int) {
 				for range n {
 					if tt.interleave {
-						h.Publish(dataEvent("B", "c1", 100))
+						publish(h, dataEvent("B", "c1", 100))
 						published++
 					}
-					h.Publish(dataEvent("A", "c1", 100))
+					publish(h, dataEvent("A", "c1", 100))
 					published++
 				}
 			}
@@ -235,7 +235,7 @@ func TestDisconnectOthersUnaffected(t *testing.T) {
 	defer h.Close()
 	s := subscribe(t, h, hub.SubscribeOptions{Policy: hub.Disconnect, QueueBytes: 3 * sizeOf(10)})
 	other := subscribe(t, h, hub.SubscribeOptions{Policy: hub.Disconnect})
-	h.Publish(events(100, 10)...)
+	publish(h, events(100, 10)...)
 	_, err := s.Next(timeoutCtx(t), nil)
 	var slow *hub.SlowConsumerError
 	if !errors.As(err, &slow) || slow.Resume != 1 || slow.QueueBytes != 3*sizeOf(10) {
@@ -249,12 +249,13 @@ func TestDisconnectOthersUnaffected(t *testing.T) {
 // publishWaitAsync runs PublishWait in a goroutine; the channel reports its result.
 func publishWaitAsync(ctx context.Context, h *hub.Hub, evs ...*event.Event) <-chan error {
 	res := make(chan error, 1)
-	go func() { res <- h.PublishWait(ctx, evs...) }()
+	go func() { res <- h.Publish(ctx, evs...) }()
 	return res
 }
 
-// TestBackpressureBlocksAndResumes: a publisher using PublishWait stops
-// once a lossless subscriber's queue is full and goes on when it reads.
+// TestBackpressureBlocksAndResumes: a publisher stops before an event a
+// full lossless queue has no room for, without numbering it, and goes on
+// when the subscriber reads.
 func TestBackpressureBlocksAndResumes(t *testing.T) {
 	const limitEvents = 4
 	h := hub.New(hub.Config{Now: fixedNow})
@@ -262,19 +263,24 @@ func TestBackpressureBlocksAndResumes(t *testing.T) {
 	s := subscribe(t, h, hub.SubscribeOptions{Policy: hub.Backpressure, QueueBytes: limitEvents * sizeOf(100)})
 
 	for i := range limitEvents {
-		if err := within(t, "PublishWait with room in the queue", publishWaitAsync(context.Background(), h, events(1, 100)...)); err != nil {
-			t.Fatalf("PublishWait %d: %v", i, err)
+		if err := within(t, "Publish with room in the queue", publishWaitAsync(context.Background(), h, events(1, 100)...)); err != nil {
+			t.Fatalf("Publish %d: %v", i, err)
 		}
 	}
 	blocked := publishWaitAsync(context.Background(), h, events(1, 100)...)
-	waitFor(t, "the event over the limit to be published", func() bool { return h.LastSequence() == limitEvents+1 })
-	still(t, "PublishWait returning while the queue is over its limit", blocked)
-
-	if got := next(t, s); !equal(seqs(got), span(1, limitEvents+1)) {
-		t.Fatalf("Next got %s, want 1..%d", describe(got), limitEvents+1)
+	still(t, "Publish returning while the queue is full", blocked)
+	if got := h.LastSequence(); got != limitEvents {
+		t.Fatalf("LastSequence = %d while the queue is full, want %d: the event went past the limit", got, limitEvents)
 	}
-	if err := within(t, "PublishWait returning once the subscriber read", blocked); err != nil {
-		t.Fatalf("PublishWait: %v", err)
+
+	if got := next(t, s); !equal(seqs(got), span(1, limitEvents)) {
+		t.Fatalf("Next got %s, want 1..%d", describe(got), limitEvents)
+	}
+	if err := within(t, "Publish returning once the subscriber read", blocked); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	if got := next(t, s); !equal(seqs(got), span(limitEvents+1, limitEvents+1)) {
+		t.Fatalf("Next got %s, want %d", describe(got), limitEvents+1)
 	}
 }
 
@@ -293,7 +299,7 @@ func TestBackpressureLossless(t *testing.T) {
 		pubs.Go(func() {
 			l := fmt.Sprintf("p%d", p)
 			for i := 0; i < perPub; i += 2 {
-				if err := h.PublishWait(ctx, numbered(l, i), numbered(l, i+1)); err != nil {
+				if err := h.Publish(ctx, numbered(l, i), numbered(l, i+1)); err != nil {
 					t.Errorf("PublishWait: %v", err)
 					return
 				}
@@ -314,38 +320,56 @@ func TestBackpressureLossless(t *testing.T) {
 	}
 }
 
-// TestBackpressureReleases: a blocked PublishWait returns ctx's error when
-// ctx ends, and nil when the subscriber or the hub goes away.
+// TestBackpressureReleases: a blocked Publish publishes and returns when
+// the subscriber or the hub goes away; when its ctx ends, it ends the full
+// subscriber with its resume sequence, publishes to everyone else and
+// returns ctx's error.
 func TestBackpressureReleases(t *testing.T) {
 	tests := []struct {
-		name    string
-		release func(cancel context.CancelFunc, h *hub.Hub, s *hub.Subscriber)
-		want    error
+		name      string
+		release   func(cancel context.CancelFunc, h *hub.Hub, s *hub.Subscriber)
+		want      error
+		published uint64
 	}{
-		{"ctx canceled", func(cancel context.CancelFunc, _ *hub.Hub, _ *hub.Subscriber) { cancel() }, context.Canceled},
-		{"subscriber closed", func(_ context.CancelFunc, _ *hub.Hub, s *hub.Subscriber) { s.Close() }, nil},
-		{"hub closed", func(_ context.CancelFunc, h *hub.Hub, _ *hub.Subscriber) { h.Close() }, nil},
+		{"ctx canceled", func(cancel context.CancelFunc, _ *hub.Hub, _ *hub.Subscriber) { cancel() }, context.Canceled, 3},
+		{"subscriber closed", func(_ context.CancelFunc, _ *hub.Hub, s *hub.Subscriber) { s.Close() }, nil, 3},
+		{"hub closed", func(_ context.CancelFunc, h *hub.Hub, _ *hub.Subscriber) { h.Close() }, nil, 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := hub.New(hub.Config{Now: fixedNow})
 			defer h.Close()
 			s := subscribe(t, h, hub.SubscribeOptions{Policy: hub.Backpressure, QueueBytes: 2 * sizeOf(10)})
+			other := subscribe(t, h, hub.SubscribeOptions{})
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			blocked := publishWaitAsync(ctx, h, events(3, 10)...)
-			waitFor(t, "the events to be published", func() bool { return h.LastSequence() == 3 })
-			still(t, "PublishWait returning while the queue is over its limit", blocked)
+			waitFor(t, "the events with room to be published", func() bool { return h.LastSequence() == 2 })
+			still(t, "Publish returning while the queue is full", blocked)
 			tt.release(cancel, h, s)
-			if err := within(t, "PublishWait returning", blocked); !errors.Is(err, tt.want) {
-				t.Fatalf("PublishWait returned %v, want %v", err, tt.want)
+			if err := within(t, "Publish returning", blocked); !errors.Is(err, tt.want) {
+				t.Fatalf("Publish returned %v, want %v", err, tt.want)
+			}
+			if got := h.LastSequence(); got != tt.published {
+				t.Fatalf("LastSequence = %d, want %d", got, tt.published)
+			}
+			if tt.want == nil {
+				return
+			}
+			_, err := drain(t, s)
+			var slow *hub.SlowConsumerError
+			if !errors.As(err, &slow) || slow.Policy != hub.Backpressure || slow.Resume != 1 || !errors.Is(err, context.Canceled) {
+				t.Fatalf("the full subscriber ended with %v, want a backpressure *SlowConsumerError with Resume 1 caused by the cancel", err)
+			}
+			if got := collect(t, other, 3); !equal(seqs(got), span(1, 3)) {
+				t.Fatalf("other subscriber got %s, want 1..3", describe(got))
 			}
 		})
 	}
 }
 
 // TestBackpressureOnlyWatchedEvents: a full lossless subscriber watching
-// listener A holds back publishers of A, not of B; Publish never waits.
+// listener A holds back publishers of A, not of B.
 func TestBackpressureOnlyWatchedEvents(t *testing.T) {
 	h := hub.New(hub.Config{Now: fixedNow})
 	defer h.Close()
@@ -354,32 +378,25 @@ func TestBackpressureOnlyWatchedEvents(t *testing.T) {
 		Policy:     hub.Backpressure,
 		QueueBytes: 2 * sizeOf(100),
 	})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for range 100 {
-			h.Publish(dataEvent("A", "c1", 100)) // queue over its limit, Publish does not wait
-		}
-	}()
-	within(t, "Publish returning while a lossless queue is full", done)
+	publish(h, dataEvent("A", "c1", 100), dataEvent("A", "c1", 100)) // the queue is full
 
 	ctx := timeoutCtx(t)
-	if err := within(t, "PublishWait of an unwatched listener", publishWaitAsync(ctx, h, dataEvent("B", "c2", 100))); err != nil {
-		t.Fatalf("PublishWait(B): %v", err)
+	for range 100 {
+		if err := within(t, "Publish of an unwatched listener", publishWaitAsync(ctx, h, dataEvent("B", "c2", 100))); err != nil {
+			t.Fatalf("Publish(B): %v", err)
+		}
 	}
 	blockedA := publishWaitAsync(ctx, h, dataEvent("A", "c1", 100))
-	waitFor(t, "the A event to be published", func() bool { return h.LastSequence() == 102 })
-	still(t, "PublishWait(A) returning while A's subscriber is full", blockedA)
+	still(t, "Publish(A) returning while A's subscriber is full", blockedA)
 
 	var got []*event.Event
-	for len(got) < 101 {
+	for len(got) < 3 {
 		got = append(got, next(t, s)...)
 	}
-	if err := within(t, "PublishWait(A) returning once the subscriber read", blockedA); err != nil {
-		t.Fatalf("PublishWait(A): %v", err)
+	if err := within(t, "Publish(A) returning once the subscriber read", blockedA); err != nil {
+		t.Fatalf("Publish(A): %v", err)
 	}
-	want := append(span(1, 100), 102)
-	if !equal(seqs(got), want) {
-		t.Fatalf("subscriber got %s, want 1..100 and 102", describe(got))
+	if want := []uint64{1, 2, 103}; !equal(seqs(got), want) {
+		t.Fatalf("subscriber got %s, want 1, 2 and 103", describe(got))
 	}
 }

@@ -27,9 +27,9 @@ func TestReplaySince(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := hub.New(hub.Config{Now: fixedNow})
-			h.Publish(events(5, 10)...)
+			publish(h, events(5, 10)...)
 			s := subscribe(t, h, hub.SubscribeOptions{Since: tt.since})
-			h.Publish(events(3, 10)...)
+			publish(h, events(3, 10)...)
 			h.Close()
 			got := drainClosed(t, s)
 			if !equal(seqs(got), tt.want) {
@@ -56,7 +56,7 @@ func TestReplayWhilePublishing(t *testing.T) {
 		for c := range chunks {
 			for i := 0; i < perChunk; {
 				n := min(1+i%7, perChunk-i)
-				h.Publish(events(n, 16)...)
+				publish(h, events(n, 16)...)
 				i += n
 			}
 			if c < chunks-1 {
@@ -99,7 +99,9 @@ func TestReplayWhilePublishing(t *testing.T) {
 }
 
 // TestReplayRingEviction: a ring too small for what was asked yields one
-// marker counting exactly the sequences it no longer holds, then the rest.
+// marker counting exactly the sequences it no longer holds when the
+// subscriber reads (the 3 live events have pushed 3 more out), then the
+// rest.
 func TestReplayRingEviction(t *testing.T) {
 	size := sizeOf(100)
 	tests := []struct {
@@ -108,19 +110,20 @@ func TestReplayRingEviction(t *testing.T) {
 		since       uint64
 		want        string
 	}{
-		{"evicted start", 10*size + size/2, 1, "[drop(20) 21..33]"},
-		{"evicted middle", 10 * size, 15, "[drop(6) 21..33]"},
-		{"first held", 10 * size, 21, "[21..33]"},
+		{"evicted start", 10*size + size/2, 1, "[drop(23) 24..33]"},
+		{"evicted middle", 10 * size, 15, "[drop(9) 24..33]"},
+		{"first held", 10 * size, 24, "[24..33]"},
+		{"pushed out before it was read", 10 * size, 21, "[drop(3) 24..33]"},
 		{"inside", 10 * size, 25, "[25..33]"},
-		{"ring smaller than one event keeps the newest", 1, 1, "[drop(29) 30..33]"},
-		{"ring smaller than one event, asking for the newest", 1, 30, "[30..33]"},
+		{"ring smaller than one event keeps the newest", 1, 1, "[drop(30) 31..33]"},
+		{"ring smaller than one event, asking for the last replayed", 1, 30, "[drop(1) 31..33]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := hub.New(hub.Config{Now: fixedNow, ReplayBytes: tt.replayBytes})
-			h.Publish(events(30, 100)...)
+			publish(h, events(30, 100)...)
 			s := subscribe(t, h, hub.SubscribeOptions{Since: tt.since})
-			h.Publish(events(3, 100)...)
+			publish(h, events(3, 100)...)
 			h.Close()
 			got := drainClosed(t, s)
 			if describe(got) != tt.want {
@@ -146,7 +149,7 @@ func TestReplayRingEvictionMixedSizes(t *testing.T) {
 				e.Data = make([]byte, limit) // alone bigger than the ring
 			}
 			sizes = append(sizes, e.Size())
-			h.Publish(e)
+			publish(h, e)
 		}
 		held, bytes := 0, 0
 		for i := n - 1; i >= 0 && (held == 0 || bytes+sizes[i] <= limit); i-- {
@@ -189,9 +192,9 @@ func TestReplayDisabled(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := hub.New(hub.Config{Now: fixedNow, ReplayBytes: -1})
-			h.Publish(events(5, 10)...)
+			publish(h, events(5, 10)...)
 			s := subscribe(t, h, hub.SubscribeOptions{Since: tt.since})
-			h.Publish(events(3, 10)...)
+			publish(h, events(3, 10)...)
 			h.Close()
 			got := drainClosed(t, s)
 			if describe(got) != tt.want {
@@ -204,7 +207,7 @@ func TestReplayDisabled(t *testing.T) {
 // TestReplayDefaultRing: ReplayBytes 0 means a real ring, not none.
 func TestReplayDefaultRing(t *testing.T) {
 	h := hub.New(hub.Config{})
-	h.Publish(events(1000, 1000)...)
+	publish(h, events(1000, 1000)...)
 	s := subscribe(t, h, hub.SubscribeOptions{Since: 1})
 	h.Close()
 	got := drainClosed(t, s)
@@ -219,11 +222,11 @@ func TestReplayDefaultRing(t *testing.T) {
 // the replay, then the queue's loss before the newest live events.
 func TestReplayMarkerWhereTheGapIs(t *testing.T) {
 	size := sizeOf(100)
-	h := hub.New(hub.Config{Now: fixedNow, ReplayBytes: 5 * size})
+	h := hub.New(hub.Config{Now: fixedNow, ReplayBytes: 10 * size})
 	defer h.Close()
-	h.Publish(events(20, 100)...) // ring holds 16..20
+	publish(h, events(20, 100)...) // ring holds 11..20
 	s := subscribe(t, h, hub.SubscribeOptions{Since: 1, QueueBytes: 2 * size})
-	h.Publish(events(5, 100)...) // 21..25; the queue keeps 24..25
+	publish(h, events(5, 100)...) // 21..25: the ring holds 16..25, the queue keeps 24..25
 	got := collect(t, s, 7)
 	if want := "[drop(15) 16..20 drop(3) 24..25]"; describe(got) != want {
 		t.Errorf("got %s, want %s", describe(got), want)

@@ -53,17 +53,28 @@ func (r *ring) firstSeq() uint64 {
 	return r.buf[r.head].Sequence
 }
 
-// each calls fn for every held event whose sequence is at least since, oldest first.
-func (r *ring) each(since uint64, fn func(*event.Event)) {
+// chunk returns the held events of sequences [from, end), oldest first:
+// at most n of them, and no more bytes than a batch (one larger event goes
+// alone). It returns the sequence after them, and how many sequences from
+// from on the ring no longer holds.
+func (r *ring) chunk(from, end uint64, n, maxBytes int) (evs []*event.Event, next, missed uint64) {
 	first := r.firstSeq()
-	if first == 0 {
-		return
+	if first == 0 || first >= end {
+		return nil, end, end - from
 	}
-	start := 0
-	if since > first {
-		start = int(since - first)
+	if from < first {
+		missed, from = first-from, first
 	}
-	for i := start; i < r.n; i++ {
-		fn(r.buf[(r.head+i)%len(r.buf)])
+	start := int(from - first)
+	size := 0
+	for i := start; i < r.n && from < end && len(evs) < n; i++ {
+		e := r.buf[(r.head+i)%len(r.buf)]
+		if len(evs) > 0 && size+e.Size() > maxBytes {
+			break
+		}
+		size += e.Size()
+		evs = append(evs, e)
+		from++
 	}
+	return evs, from, missed
 }

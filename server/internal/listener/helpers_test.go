@@ -35,7 +35,7 @@ type recorder struct {
 
 func newRecorder() *recorder { return &recorder{changed: make(chan struct{}, 1)} }
 
-func (r *recorder) Publish(evs ...*event.Event) {
+func (r *recorder) Publish(_ context.Context, evs ...*event.Event) error {
 	r.mu.Lock()
 	r.evs = append(r.evs, evs...)
 	r.mu.Unlock()
@@ -43,10 +43,6 @@ func (r *recorder) Publish(evs ...*event.Event) {
 	case r.changed <- struct{}{}:
 	default:
 	}
-}
-
-func (r *recorder) PublishWait(_ context.Context, evs ...*event.Event) error {
-	r.Publish(evs...)
 	return nil
 }
 
@@ -136,7 +132,7 @@ func start(t *testing.T, r *listener.Registry, spec listener.Spec) listener.Info
 	if spec.Host == "" {
 		spec.Host = "127.0.0.1"
 	}
-	info, err := r.Start(spec)
+	info, err := r.Start(context.Background(), spec)
 	if err != nil {
 		t.Fatalf("Start(%+v): %v", spec, err)
 	}

@@ -207,8 +207,9 @@ func New(cfg Config) *Registry {
 }
 
 // Start binds spec's address and starts accepting. spec.Framing must be
-// valid; it is normalized here.
-func (r *Registry) Start(spec Spec) (Info, error) {
+// valid; it is normalized here. ctx bounds how long the LISTENER_STARTED
+// event waits for a lossless subscriber to have room (see conn.Publisher).
+func (r *Registry) Start(ctx context.Context, spec Spec) (Info, error) {
 	fc, err := spec.Framing.Normalize()
 	if err != nil {
 		return Info{}, err
@@ -267,7 +268,7 @@ func (r *Registry) Start(spec Spec) (Info, error) {
 	l.addr = ln.Addr().String()
 	r.mu.Unlock()
 
-	r.cfg.Publisher.Publish(&event.Event{Kind: event.ListenerStarted, ListenerID: spec.ID, LocalAddr: l.addr})
+	_ = r.cfg.Publisher.Publish(ctx, &event.Event{Kind: event.ListenerStarted, ListenerID: spec.ID, LocalAddr: l.addr})
 	r.log.Info("listener started", "listener_id", spec.ID, "address", l.addr, "framing", spec.Framing.Mode.String())
 	r.wg.Add(1)
 	go r.accept(l)
@@ -456,6 +457,9 @@ func (r *Registry) stop(l *listener, reason event.CloseReason) Info {
 
 	if r.drain(l, conns) {
 		reason = event.ReasonShutdown
+		r.mu.Lock()
+		l.drainEnd = time.Time{} // cut: nothing waits any longer
+		r.mu.Unlock()
 	}
 	for _, c := range conns {
 		c.Close(reason)
@@ -468,10 +472,17 @@ func (r *Registry) stop(l *listener, reason event.CloseReason) Info {
 	l.state = Stopped
 	info := r.infoLocked(l)
 	l.final = info
+	end := l.drainEnd
 	delete(r.listeners, l.spec.ID)
 	r.mu.Unlock()
 
-	r.cfg.Publisher.Publish(&event.Event{Kind: event.ListenerStopped, ListenerID: l.spec.ID, LocalAddr: l.addr})
+	// LISTENER_STOPPED waits for a full lossless subscriber no longer than
+	// the drain was allowed to last: a drain cut short by a shutdown, or a
+	// stop without one, ends such a subscriber at once (with where to
+	// resume) rather than holding the listener's id and its Stop calls.
+	ctx, cancel := context.WithDeadline(context.Background(), end)
+	defer cancel()
+	_ = r.cfg.Publisher.Publish(ctx, &event.Event{Kind: event.ListenerStopped, ListenerID: l.spec.ID, LocalAddr: l.addr})
 	r.log.Info("listener stopped", "listener_id", l.spec.ID, "address", l.addr,
 		"connections_total", info.ConnectionsTotal, "bytes_in", info.BytesIn, "bytes_out", info.BytesOut)
 	close(l.stopped)
@@ -742,6 +753,7 @@ func (r *Registry) Close() {
 		}
 	}
 	r.mu.Unlock()
+	// drainEnd is now: at shutdown LISTENER_STOPPED waits for no subscriber.
 	var wg sync.WaitGroup
 	for _, l := range running {
 		wg.Go(func() { r.stop(l, event.ReasonShutdown) })

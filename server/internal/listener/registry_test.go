@@ -104,7 +104,7 @@ func TestStartErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := len(rec.events())
-			info, err := r.Start(tt.spec)
+			info, err := r.Start(context.Background(), tt.spec)
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("Start = %+v, %v; want %v", info, err, tt.want)
 			}
@@ -121,11 +121,11 @@ func TestStartErrors(t *testing.T) {
 	}
 	// A failed bind does not keep the id.
 	spec := listener.Spec{ID: "retry", Host: "127.0.0.1", Port: busyPort}
-	if _, err := r.Start(spec); !errors.Is(err, listener.ErrAddressInUse) {
+	if _, err := r.Start(context.Background(), spec); !errors.Is(err, listener.ErrAddressInUse) {
 		t.Fatalf("Start on a busy port = %v", err)
 	}
 	spec.Port = 0
-	if _, err := r.Start(spec); err != nil {
+	if _, err := r.Start(context.Background(), spec); err != nil {
 		t.Errorf("Start with the id of a failed start: %v", err)
 	}
 }
@@ -146,7 +146,7 @@ func mustPort(t *testing.T, addr string) int {
 // "0.0.0.0" is IPv4 only, as asked, not Go's dual-stack default.
 func TestStartIPv4Any(t *testing.T) {
 	r, _ := newRegistry(t, listener.Config{})
-	info, err := r.Start(listener.Spec{Host: "0.0.0.0"})
+	info, err := r.Start(context.Background(), listener.Spec{Host: "0.0.0.0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +169,7 @@ func TestStartIPv4Any(t *testing.T) {
 	_ = ln6.Close()
 
 	// Empty host means 0.0.0.0.
-	def, err := r.Start(listener.Spec{})
+	def, err := r.Start(context.Background(), listener.Spec{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +182,7 @@ func TestMaxListeners(t *testing.T) {
 	r, _ := newRegistry(t, listener.Config{MaxListeners: 2})
 	a := start(t, r, listener.Spec{})
 	start(t, r, listener.Spec{})
-	_, err := r.Start(listener.Spec{Host: "127.0.0.1"})
+	_, err := r.Start(context.Background(), listener.Spec{Host: "127.0.0.1"})
 	if !errors.Is(err, listener.ErrLimit) || !strings.Contains(err.Error(), "2") {
 		t.Fatalf("third Start = %v, want ErrLimit naming the bound 2", err)
 	}
@@ -701,7 +701,7 @@ func TestClose(t *testing.T) {
 	for _, info := range infos {
 		portFree(t, info.Address)
 	}
-	if _, err := r.Start(listener.Spec{Host: "127.0.0.1"}); !errors.Is(err, listener.ErrClosed) {
+	if _, err := r.Start(context.Background(), listener.Spec{Host: "127.0.0.1"}); !errors.Is(err, listener.ErrClosed) {
 		t.Errorf("Start after Close = %v, want ErrClosed", err)
 	}
 	if list := r.List(); len(list) != 0 {

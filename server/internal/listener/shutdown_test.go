@@ -1,6 +1,7 @@
 package listener_test
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -37,7 +38,7 @@ func TestStopAcceptingCutsDrains(t *testing.T) {
 	readAll(t, idle)
 	portFree(t, draining.Address)
 	portFree(t, serving.Address)
-	if _, err := r.Start(listener.Spec{Host: "127.0.0.1"}); !errors.Is(err, listener.ErrClosed) {
+	if _, err := r.Start(context.Background(), listener.Spec{Host: "127.0.0.1"}); !errors.Is(err, listener.ErrClosed) {
 		t.Errorf("Start after StopAccepting = %v, want ErrClosed", err)
 	}
 	echo(t, working, "still served until Close")

@@ -278,7 +278,9 @@ const (
 	// tells them apart.
 	OnTimeout_ON_TIMEOUT_KEEP_OPEN OnTimeout = 1
 	// The connection is closed with CLOSE_REASON_REPLY_TIMEOUT: for in-order
-	// protocols that cannot resynchronize after a lost reply.
+	// protocols that cannot resynchronize after a lost reply. A caller that
+	// gives up before the timeout (a cancelled call) closes it too: its reply
+	// is lost just the same.
 	OnTimeout_ON_TIMEOUT_CLOSE OnTimeout = 2
 )
 
@@ -1875,7 +1877,8 @@ type AwaitReply struct {
 	// subscribers only and answers no Send. Unset means every frame matches.
 	Match *ReplyMatch `protobuf:"bytes,5,opt,name=match,proto3" json:"match,omitempty"`
 	// What happens to an accepted connection when the reply does not come
-	// within the Send's timeout. Unspecified means ON_TIMEOUT_KEEP_OPEN.
+	// within the Send's timeout. Unspecified means ON_TIMEOUT_KEEP_OPEN. Only
+	// with a mode that awaits a reply.
 	OnTimeout     OnTimeout `protobuf:"varint,6,opt,name=on_timeout,json=onTimeout,proto3,enum=tcpgate.v1.OnTimeout" json:"on_timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -89,12 +89,12 @@ func (g *Gateway) events(w http.ResponseWriter, r *http.Request, _ map[string]st
 	}
 	// afterClose, not context.AfterFunc: its stop waits for f, so no
 	// deadline is set on the connection after the handler returned.
-	stopClose := afterClose(g.ctx.Done(), func() {
+	stopClose := rpc.AfterClose(g.ctx.Done(), func() {
 		endSoon()
 		cancel()
 	})
 	defer stopClose()
-	stopDone := afterClose(st.ShuttingDown(), endSoon)
+	stopDone := rpc.AfterClose(st.ShuttingDown(), endSoon)
 	defer stopDone()
 
 	h := w.Header()
@@ -167,25 +167,6 @@ func (g *Gateway) events(w http.ResponseWriter, r *http.Request, _ map[string]st
 		if ferr := flush(); ferr != nil {
 			return
 		}
-	}
-}
-
-// afterClose calls f once done is closed, unless the returned stop is
-// called first. The goroutine it starts is gone once stop returns.
-func afterClose(done <-chan struct{}, f func()) (stop func()) {
-	quit := make(chan struct{})
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		select {
-		case <-done:
-			f()
-		case <-quit:
-		}
-	}()
-	return func() {
-		close(quit)
-		<-exited
 	}
 }
 

@@ -88,9 +88,11 @@ func (w *sendWatch) stop() {
 	w.mu.Unlock()
 }
 
-// onClose calls f once done is closed, unless the returned stop is called
-// first. The goroutine it starts is gone once stop returns.
-func onClose(done <-chan struct{}, f func()) (stop func()) {
+// AfterClose calls f once done is closed, unless the returned stop is
+// called first: context.AfterFunc for a channel, as the event streams of
+// both front ends need it for the hub's Closed. The goroutine it starts is
+// gone once stop returns.
+func AfterClose(done <-chan struct{}, f func()) (stop func()) {
 	quit := make(chan struct{})
 	exited := make(chan struct{})
 	go func() {

@@ -613,7 +613,7 @@ func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerS
 		s.log.Warn("subscriber accepts nothing; ending its stream", "remote_addr", fmt.Sprint(remote), "connection_closed", closed)
 	})
 	defer watch.stop()
-	stopEnding := onClose(s.cfg.Hub.Closed(), watch.shorten)
+	stopEnding := AfterClose(s.cfg.Hub.Closed(), watch.shorten)
 	defer stopEnding()
 
 	var batch []*event.Event

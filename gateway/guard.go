@@ -141,35 +141,16 @@ func (g *Gateway) corsAllowed(origin string) bool {
 }
 
 // sameOrigin reports whether origin is the gateway's own, as r addressed
-// it: the same host and port. The scheme is left out, as net/http's
-// CrossOriginProtection leaves it, so that a TLS-terminating proxy that
-// keeps the Host header keeps same-origin requests working.
+// it: the same host and port (browsers leave a default port out of both
+// headers). The scheme is left out, as net/http's CrossOriginProtection
+// leaves it, so that behind a proxy that terminates TLS and keeps the Host
+// header, pages the gateway's address serves still count as its own.
 func sameOrigin(origin string, r *http.Request) bool {
 	u, err := url.Parse(origin)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || r.Host == "" {
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" {
 		return false
 	}
-	return strings.EqualFold(withPort(u.Host, u.Scheme), withPort(r.Host, requestScheme(r)))
-}
-
-func requestScheme(r *http.Request) string {
-	if r.TLS != nil {
-		return "https"
-	}
-	return "http"
-}
-
-// withPort adds the scheme's default port to a host without one, so that
-// http://localhost and Host localhost:80 compare equal.
-func withPort(host, scheme string) string {
-	if _, _, err := net.SplitHostPort(host); err == nil {
-		return host
-	}
-	port := "80"
-	if scheme == "https" {
-		port = "443"
-	}
-	return net.JoinHostPort(strings.Trim(host, "[]"), port)
+	return strings.EqualFold(u.Host, r.Host)
 }
 
 // jsonBody returns why r's body is not one the API reads, or "": a request

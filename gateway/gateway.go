@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
@@ -52,17 +51,20 @@ type Config struct {
 	// daemon's hub (an *rpc.EventSource); required.
 	Events EventSource
 	// Auth, when set, requires "Authorization: Bearer TOKEN" on every
-	// request but /healthz and CORS preflights; the header also goes on to
-	// gRPC, which checks it again.
+	// request but /healthz and the CORS preflights of CORSOrigins (which
+	// the gateway answers itself); the header also goes on to gRPC, which
+	// checks it again.
 	Auth interface {
 		Valid(authorization string) bool
 	}
 	// LoopbackOnly, set when the REST address is a loopback one, refuses
-	// requests whose Host or Origin is not loopback: a web page cannot then
-	// reach the gateway through DNS rebinding.
+	// requests whose Host is not a loopback name: a web page cannot then
+	// reach the gateway through DNS rebinding. Requests from pages of other
+	// origins are refused whatever the address (see guard).
 	LoopbackOnly bool
 	// CORSOrigins are the origins allowed to call from a browser page served
-	// elsewhere; "*" allows any. Empty means CORS is off.
+	// elsewhere; "*" allows any. Empty means CORS is off, and only
+	// same-origin pages and clients that send no Origin get in.
 	CORSOrigins []string
 	// Heartbeat is the Server-Sent Events heartbeat; 0 means DefaultHeartbeat.
 	Heartbeat time.Duration
@@ -70,7 +72,8 @@ type Config struct {
 	Metrics http.Handler
 	// Refused, when set, is called with the HTTP status of every request
 	// refused before it reaches gRPC: 401 for a missing or wrong token, 403
-	// for a foreign Host or Origin.
+	// for a foreign Host or a request from another origin, 415 for a body
+	// that is not application/json.
 	Refused func(status int)
 	// Logger logs stream failures and refused requests; nil means
 	// slog.Default().
@@ -253,16 +256,17 @@ func serveOpenAPI(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
 	_, _ = w.Write(openAPI)
 }
 
-// cors answers preflight requests and sets the allow headers for the
-// configured origins only.
+// cors answers the preflights of the configured origins, and sets the
+// allow headers for those origins only. It is the one place a preflight
+// is answered without the token: every other OPTIONS goes on to authorize
+// as an ordinary request.
 func (g *Gateway) cors(next http.Handler) http.Handler {
 	if len(g.cfg.CORSOrigins) == 0 {
 		return next
 	}
-	any := slices.Contains(g.cfg.CORSOrigins, "*")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		origin := r.Header.Get("Origin")
-		if origin != "" && (any || slices.Contains(g.cfg.CORSOrigins, origin)) {
+		if origin != "" && g.corsAllowed(origin) {
 			h := w.Header()
 			h.Set("Access-Control-Allow-Origin", origin)
 			h.Add("Vary", "Origin")

@@ -124,6 +124,7 @@ func TestListenerRoutes(t *testing.T) {
 		defer cancel()
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, api.base+"/v1/send", strings.NewReader(fmt.Sprintf(
 			`{"connectionId": %q, "text": "ping", "awaitReply": {"mode": "AWAIT_MODE_FIRST_READ"}, "timeout": "5s"}`, cn.GetConnectionId())))
+		req.Header.Set("Content-Type", "application/json")
 		resp, err := api.hc.Do(req)
 		if err == nil {
 			b, _ := io.ReadAll(resp.Body)

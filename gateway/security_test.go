@@ -221,8 +221,9 @@ var secRouteWants = map[string]secRouteWant{
 
 // TestAuthEveryRoute: with a token, every REST route of the HTTP mapping
 // (read from gateway_http.yaml) and every route beside it refuses a request
-// without the token or with a wrong one with 401; /healthz and CORS
-// preflights need no token.
+// without the token or with a wrong one with 401; GET /healthz and the
+// preflights of an origin --cors-origins lists (which CORS answers) need
+// no token.
 func TestAuthEveryRoute(t *testing.T) {
 	const dash = "http://dash.example"
 	g, api := startREST(t, server.Config{AuthToken: secToken, CORSOrigins: []string{dash}})
@@ -367,8 +368,9 @@ func secBoolInt(b bool) int {
 }
 
 // TestDNSRebindingGuard: a loopback REST gateway answers only requests
-// addressed to a loopback name from loopback or configured origins, so a
-// page that reached it through DNS rebinding gets 403 before anything runs.
+// addressed to a loopback name, from its own origin or configured ones, so
+// a page that reached it through DNS rebinding, or one served on another
+// port of this host, gets 403 before anything runs.
 func TestDNSRebindingGuard(t *testing.T) {
 	const dash = "http://dash.example"
 	g, api := startREST(t, server.Config{CORSOrigins: []string{dash}})
@@ -429,22 +431,29 @@ func TestDNSRebindingGuard(t *testing.T) {
 			"null",
 			"file://",
 			"http://dash.example.evil.example",
+			// Pages on other ports of this host are other origins too.
+			"http://localhost:3000",
+			"http://127.0.0.1:8080",
+			"http://[::1]:5173",
+			"https://localhost",
 		} {
 			h := http.Header{"Origin": {origin}}
 			forbidden(t, "GET /v1/listeners Origin "+origin, secDo(t, api, http.MethodGet, "/v1/listeners", "", h, ""), "Origin")
 			forbidden(t, "POST /v1/send Origin "+origin, secDo(t, api, http.MethodPost, "/v1/send", sendBody, h, ""), "Origin")
 			forbidden(t, "POST /v1/listeners Origin "+origin, secDo(t, api, http.MethodPost, "/v1/listeners", listenerBody("rebound"), h, ""), "Origin")
 		}
-		for _, origin := range []string{
-			"http://localhost:3000",
-			"http://127.0.0.1:8080",
-			"http://[::1]:5173",
-			"https://localhost",
-			dash,
+		// The gateway's own origin, as the request addressed it, and the
+		// one --cors-origins lists.
+		for _, c := range []struct{ origin, host string }{
+			{"http://127.0.0.1:" + port, ""},
+			{"http://localhost:" + port, "localhost:" + port},
+			{"https://localhost:" + port, "localhost:" + port},
+			{"http://[::1]:" + port, "[::1]:" + port},
+			{dash, ""},
 		} {
-			resp := secDo(t, api, http.MethodGet, "/v1/listeners", "", http.Header{"Origin": {origin}}, "")
+			resp := secDo(t, api, http.MethodGet, "/v1/listeners", "", http.Header{"Origin": {c.origin}}, c.host)
 			if resp.status != http.StatusOK {
-				t.Errorf("GET /v1/listeners Origin %s = %d %s, want 200", origin, resp.status, resp.body)
+				t.Errorf("GET /v1/listeners Origin %s Host %q = %d %s, want 200", c.origin, c.host, resp.status, resp.body)
 			}
 		}
 	})
@@ -459,7 +468,7 @@ func TestDNSRebindingGuard(t *testing.T) {
 		t.Errorf("refused StartListener requests left listeners: %v", list.GetListeners())
 	}
 	// The gateway still works for loopback callers.
-	if resp := secDo(t, api, http.MethodPost, "/v1/send", sendBody, http.Header{"Origin": {"http://localhost:3000"}}, "localhost:"+port); resp.status != http.StatusOK {
+	if resp := secDo(t, api, http.MethodPost, "/v1/send", sendBody, http.Header{"Origin": {"http://localhost:" + port}}, "localhost:"+port); resp.status != http.StatusOK {
 		t.Fatalf("POST /v1/send from localhost = %d %s", resp.status, resp.body)
 	}
 	eventually(t, "the allowed send reaching the peer", func() bool { return reached.Load() == 1 })

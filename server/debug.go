@@ -21,19 +21,24 @@ func (s *Server) newDebug() error {
 	if err != nil {
 		return fmt.Errorf("binding debug address %s: %w", s.cfg.DebugAddr, err)
 	}
+	// GET (and so HEAD) only: pprof's handlers ignore the method, so any
+	// other method would be served a profile too. Anything else is a 405
+	// from the mux, and only once the token has been checked. Symbol
+	// lookups go in the query (GET /debug/pprof/symbol?0x4a2b...).
 	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	// Block and mutex profiles are empty unless sampling is on; a rate of
 	// one event per 10 µs blocked, and 1 in 100 contentions, costs little.
 	runtime.SetBlockProfileRate(int((10 * time.Microsecond).Nanoseconds()))
 	runtime.SetMutexProfileFraction(100)
-	// The same checks as the REST API: the token when there is one, and on
-	// loopback the Host and Origin guard, or a web page could reach the
-	// profiles through DNS rebinding.
+	// The same checks as the REST API: the token when there is one, the
+	// Origin guard, and on loopback the Host guard, or a web page could
+	// reach the profiles through DNS rebinding. No CORS: a preflight here
+	// needs the token like any request.
 	gcfg := gateway.Config{Logger: s.log, LoopbackOnly: isLoopback(s.cfg.DebugAddr), Refused: s.rpcs.refuse}
 	if s.auth != nil {
 		gcfg.Auth = s.auth

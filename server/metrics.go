@@ -115,7 +115,7 @@ func newRPCMetrics() *rpcMetrics {
 		}, []string{"method", "code"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tcpgate_http_refused_total",
-			Help: "HTTP requests refused before reaching gRPC, by status: 401 a missing or wrong token, 403 a foreign Host or Origin (REST and the profiling endpoint).",
+			Help: "HTTP requests refused before reaching gRPC, by status: 401 a missing or wrong token, 403 a foreign Host or a request from another origin, 415 a body that is not application/json (REST and the profiling endpoint).",
 		}, []string{"status"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "tcpgate_grpc_call_duration_seconds",

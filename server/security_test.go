@@ -1287,6 +1287,9 @@ func secDriveWithSecrets(t *testing.T, g *servertest.Gateway, token, wrong, payl
 		if err != nil {
 			t.Fatal(err)
 		}
+		if body != nil {
+			req.Header.Set("Content-Type", "application/json")
+		}
 		if tc.auth != "" {
 			req.Header.Set("Authorization", tc.auth)
 		}

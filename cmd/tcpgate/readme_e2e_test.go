@@ -145,7 +145,7 @@ func testReadmeCurl(t *testing.T, blocks []codeBlock) {
 			t.Fatalf("README.md:%d: %s\nanswered with an error: %s", c.line, text, out)
 		}
 		switch {
-		case strings.Contains(text, "-X POST $H/v1/listeners"):
+		case strings.Contains(text, "$H/v1/listeners --json"):
 			checked["start"] = true
 			var resp struct {
 				Listener listenerJSON `json:"listener"`

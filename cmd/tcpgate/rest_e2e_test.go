@@ -382,17 +382,17 @@ var curlArgs = []string{"-sS", "--noproxy", "*", "--connect-timeout", "5"}
 
 // do runs one request with curl and returns the HTTP status that curl
 // reports (-w '%{http_code}') and the body. A non-empty body is sent as
-// the README does, with -d.
-func (r restClient) do(t *testing.T, method, path, body string) (int, string) {
+// the README does, with --json.
+func (r restClient) do(t *testing.T, method, path, body string, extra ...string) (int, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 	args := append(slices.Clone(curlArgs), "--max-time", strconv.Itoa(int(callTimeout/time.Second)),
 		"-X", method, "-w", "\n%{http_code}")
 	if body != "" {
-		args = append(args, "-d", body)
+		args = append(args, "--json", body)
 	}
-	args = append(args, r.base+path)
+	args = append(append(args, extra...), r.base+path)
 	cmd := exec.CommandContext(ctx, r.curl, args...)
 	cmd.Env = hermeticEnv()
 	cmd.WaitDelay = waitDelay

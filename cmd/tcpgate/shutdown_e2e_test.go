@@ -216,6 +216,9 @@ func restDo(ctx context.Context, method, url, body string) (int, string, error) 
 	if err != nil {
 		return 0, "", err
 	}
+	if r != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return 0, "", err

@@ -181,13 +181,13 @@ func checkPath(md protoreflect.MessageDescriptor, key string) error {
 // and ignored any parameter; checkParams checks every route's query
 // itself, the same way, whatever the generator decided.
 var routeQuery = map[string]protoreflect.MessageDescriptor{
-	"DELETE /v1/listeners/{listener_id}":     (&tcpgatev1.StopListenerRequest{}).ProtoReflect().Descriptor(),
-	"GET /v1/listeners/{listener_id}":        (&tcpgatev1.GetListenerRequest{}).ProtoReflect().Descriptor(),
-	"GET /v1/listeners":                      (&tcpgatev1.ListListenersRequest{}).ProtoReflect().Descriptor(),
-	"GET /v1/connections":                    (&tcpgatev1.ListConnectionsRequest{}).ProtoReflect().Descriptor(),
-	"DELETE /v1/connections/{connection_id}": (&tcpgatev1.CloseConnectionRequest{}).ProtoReflect().Descriptor(),
-	"GET /v1/events":                         (&tcpgatev1.SubscribeRequest{}).ProtoReflect().Descriptor(),
-	"GET /healthz":                           (&healthpb.HealthCheckRequest{}).ProtoReflect().Descriptor(),
+	"DELETE /v1/listeners/{listener_id=*}":     (&tcpgatev1.StopListenerRequest{}).ProtoReflect().Descriptor(),
+	"GET /v1/listeners/{listener_id=*}":        (&tcpgatev1.GetListenerRequest{}).ProtoReflect().Descriptor(),
+	"GET /v1/listeners":                        (&tcpgatev1.ListListenersRequest{}).ProtoReflect().Descriptor(),
+	"GET /v1/connections":                      (&tcpgatev1.ListConnectionsRequest{}).ProtoReflect().Descriptor(),
+	"DELETE /v1/connections/{connection_id=*}": (&tcpgatev1.CloseConnectionRequest{}).ProtoReflect().Descriptor(),
+	"GET /v1/events":                           (&tcpgatev1.SubscribeRequest{}).ProtoReflect().Descriptor(),
+	"GET /healthz":                             (&healthpb.HealthCheckRequest{}).ProtoReflect().Descriptor(),
 }
 
 // checkParams runs before every route's handler. It answers 400, naming
@@ -197,7 +197,11 @@ var routeQuery = map[string]protoreflect.MessageDescriptor{
 // route's request, or one the path already sets.
 func (g *Gateway) checkParams(next runtime.HandlerFunc) runtime.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request, pathParams map[string]string) {
-		if err := checkParams(r, pathParams); err != nil {
+		route := r.Method + " "
+		if p, ok := runtime.HTTPPattern(r.Context()); ok {
+			route += p.String()
+		}
+		if err := checkParams(route, r.URL.RawQuery, pathParams); err != nil {
 			_, out := runtime.MarshalerForRequest(g.mux, r)
 			runtime.HTTPError(r.Context(), g.mux, out, w, r, status.Error(codes.InvalidArgument, err.Error()))
 			return
@@ -206,25 +210,20 @@ func (g *Gateway) checkParams(next runtime.HandlerFunc) runtime.HandlerFunc {
 	}
 }
 
-func checkParams(r *http.Request, pathParams map[string]string) error {
+// checkParams checks the path parameters and the query of a request to
+// route ("GET /v1/listeners/{listener_id=*}"; see routeQuery).
+func checkParams(route, rawQuery string, pathParams map[string]string) error {
 	for _, k := range slices.Sorted(maps.Keys(pathParams)) {
 		if !utf8.ValidString(pathParams[k]) {
 			return fmt.Errorf("%s: %s in the path is not valid UTF-8", k, rpc.Quote(pathParams[k]))
 		}
 	}
-	values, err := url.ParseQuery(r.URL.RawQuery)
+	values, err := url.ParseQuery(rawQuery)
 	if err != nil {
 		return fmt.Errorf("malformed query: %v", err)
 	}
-	if len(values) == 0 {
-		return nil
-	}
-	route := r.Method + " "
-	if p, ok := runtime.HTTPPattern(r.Context()); ok {
-		route += p.String()
-	}
-	md := routeQuery[route]
-	for _, key := range slices.Sorted(maps.Keys(values)) {
+	keys := slices.Sorted(maps.Keys(values))
+	for _, key := range keys {
 		if !utf8.ValidString(key) {
 			return fmt.Errorf("query parameter %s: the name is not valid UTF-8", rpc.Quote(key))
 		}
@@ -233,8 +232,11 @@ func checkParams(r *http.Request, pathParams map[string]string) error {
 				return fmt.Errorf("query parameter %s: %s is not valid UTF-8", rpc.Quote(key), rpc.Quote(v))
 			}
 		}
+	}
+	md := routeQuery[route]
+	for _, key := range keys {
 		if md == nil {
-			return fmt.Errorf("query parameter %s: %s %s takes no query parameters", rpc.Quote(key), r.Method, rpc.Quote(r.URL.Path))
+			return fmt.Errorf("query parameter %s: %s takes no query parameters", rpc.Quote(key), rpc.Quote(route))
 		}
 		if err := checkPath(md, key); err != nil {
 			return err

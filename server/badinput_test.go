@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -483,4 +484,103 @@ func manyIDs(n, length int) []string {
 		out[i] = id + strings.Repeat("x", length-len(id))
 	}
 	return out
+}
+
+// rawCodec sends a request's bytes as they are, so that a test can send
+// what no generated client would.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error) { return v.([]byte), nil }
+
+func (rawCodec) Unmarshal(data []byte, v any) error {
+	*v.(*[]byte) = append([]byte(nil), data...)
+	return nil
+}
+
+func (rawCodec) Name() string { return "proto" }
+
+// TestMalformedProtobuf sends every method of the API bytes that do not
+// decode as its request, and a string field that is not UTF-8, over a raw
+// gRPC call: each answers InvalidArgument naming the request (and the
+// string field that is not UTF-8), never Internal.
+func TestMalformedProtobuf(t *testing.T) {
+	g := servertest.Start(t, server.Config{})
+	invoke := func(t *testing.T, method string, stream bool, req []byte) error {
+		t.Helper()
+		full := "/" + tcpgatev1.GatewayService_ServiceDesc.ServiceName + "/" + method
+		if !stream {
+			var resp []byte
+			return g.Conn.Invoke(ctxT(t), full, req, &resp, grpc.ForceCodec(rawCodec{}))
+		}
+		ctx, cancel := context.WithCancel(ctxT(t))
+		defer cancel()
+		st, err := g.Conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, full, grpc.ForceCodec(rawCodec{}))
+		if err != nil {
+			return err
+		}
+		if err := st.SendMsg(req); err != nil {
+			return err
+		}
+		if err := st.CloseSend(); err != nil {
+			return err
+		}
+		var resp []byte
+		return st.RecvMsg(&resp)
+	}
+	type method struct {
+		name   string
+		stream bool
+	}
+	var methods []method
+	for _, m := range tcpgatev1.GatewayService_ServiceDesc.Methods {
+		methods = append(methods, method{m.MethodName, false})
+	}
+	for _, s := range tcpgatev1.GatewayService_ServiceDesc.Streams {
+		methods = append(methods, method{s.StreamName, true})
+	}
+	// 0x0a is field 1, length-delimited; every request's field 1 but
+	// ListListenersRequest's (which has none: it stays an unknown field)
+	// and SendRequest's (a string in a oneof) is a string or a message.
+	cases := []struct {
+		name    string
+		req     []byte
+		mention string
+	}{
+		{"truncated varint", []byte{0x08, 0xff, 0xff}, "not valid protobuf wire format"},
+		{"length past the end", []byte{0x0a, 0x7f, 'x'}, "not valid protobuf wire format"},
+		{"field number 0", []byte{0x02, 0x01, 'x'}, "not valid protobuf wire format"},
+	}
+	for _, m := range methods {
+		for _, tt := range cases {
+			t.Run(m.name+"/"+tt.name, func(t *testing.T) {
+				err := invoke(t, m.name, m.stream, tt.req)
+				st := status.Convert(err)
+				if st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), tt.mention) || !strings.Contains(st.Message(), "tcpgate.v1."+m.name+"Request") {
+					t.Fatalf("%v %q, want InvalidArgument naming tcpgate.v1.%sRequest and saying %q", st.Code(), st.Message(), m.name, tt.mention)
+				}
+			})
+		}
+	}
+	for _, tt := range []struct {
+		method  string
+		stream  bool
+		req     []byte
+		mention string
+	}{
+		{"GetListener", false, []byte{0x0a, 0x01, 0xff}, "listener_id"},
+		{"CloseConnection", false, []byte{0x0a, 0x02, 'c', 0xff}, "connection_id"},
+		{"Subscribe", true, []byte{0x0a, 0x01, 0xff}, "listener_ids"},
+	} {
+		t.Run(tt.method+"/invalid UTF-8", func(t *testing.T) {
+			st := status.Convert(invoke(t, tt.method, tt.stream, tt.req))
+			if st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), tt.mention) || !strings.Contains(st.Message(), "UTF-8") {
+				t.Fatalf("%v %q, want InvalidArgument naming %s and UTF-8", st.Code(), st.Message(), tt.mention)
+			}
+		})
+	}
+	// A well-formed request still works through the same raw path.
+	ok, _ := proto.Marshal(&tcpgatev1.ListListenersRequest{})
+	if err := invoke(t, "ListListeners", false, ok); err != nil {
+		t.Fatalf("ListListeners with a valid request: %v", err)
+	}
 }

@@ -203,6 +203,8 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: sl, name: "framing as a string", method: post, path: "/v1/listeners", body: listen(`"framing": "FRAMING_MODE_LINE"`), code: inv, mention: "framing"},
 		{rpc: sl, name: "delimiter mode without delimiter", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_DELIMITER"}`), code: inv, mention: "framing.delimiter"},
 		{rpc: sl, name: "delimiter empty", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_DELIMITER", "delimiter": ""}`), code: inv, mention: "framing.delimiter"},
+		{rpc: sl, name: "delimiter of 64 bytes is fine", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_DELIMITER", "delimiter": "ZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZA=="}`), code: codes.OK},
+		{rpc: sl, name: "delimiter of 65 bytes", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_DELIMITER", "delimiter": "ZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGQ="}`), code: inv, mention: "framing.delimiter: 65 bytes, more than the limit of 64"},
 		{rpc: sl, name: "delimiter not base64", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_DELIMITER", "delimiter": "!!"}`), code: inv, mention: "delimiter"},
 		{rpc: sl, name: "prefixBytes 3", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_LENGTH_PREFIX", "prefixBytes": 3}`), code: inv, mention: "framing.prefix_bytes"},
 		{rpc: sl, name: "prefixBytes 16", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_LENGTH_PREFIX", "prefixBytes": 16}`), code: inv, mention: "framing.prefix_bytes"},
@@ -250,11 +252,15 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: sl, name: "trailing garbage after the object", method: post, path: "/v1/listeners", body: `{"host": "127.0.0.1"} x`, code: inv, mention: "x"},
 		{rpc: sl, name: "form feed after the object", method: post, path: "/v1/listeners", body: "{\"host\": \"127.0.0.1\"}\f", code: inv, mention: "after the object"},
 		{rpc: sl, name: "unknown field", method: post, path: "/v1/listeners", body: `{"hots": "127.0.0.1"}`, code: inv, mention: "hots"},
+		{rpc: sl, name: "query parameter", method: post, path: "/v1/listeners?port=80", body: listen(""), code: inv, mention: `query parameter "port": "POST /v1/listeners" takes no query parameters`},
 		{rpc: sl, name: "field given twice", method: post, path: "/v1/listeners", body: `{"host": "127.0.0.1", "host": "127.0.0.1"}`, code: inv, mention: "host"},
 
 		// StopListener: path and query.
 		{rpc: stop, name: "listener id empty", method: del, path: "/v1/listeners/", code: inv, mention: "listener_id"},
 		{rpc: stop, name: "listener id unknown", method: del, path: "/v1/listeners/nope", code: codes.NotFound, mention: "nope"},
+		{rpc: stop, name: "listener id invalid UTF-8", method: del, path: "/v1/listeners/%FF", code: inv, mention: `listener_id: "\xff" in the path is not valid UTF-8`},
+		{rpc: stop, name: "listener id malformed", method: del, path: "/v1/listeners/a%20b", code: inv, mention: "listener_id"},
+		{rpc: stop, name: "listenerId in the query too", method: del, path: "/v1/listeners/keep?listenerId=other", code: inv, mention: "listener_id is set by the path"},
 		{rpc: stop, name: "drainTimeout negative", method: del, path: "/v1/listeners/keep?drainTimeout=-1s", code: inv, mention: "drain_timeout"},
 		{rpc: stop, name: "drainTimeout of -1ns", method: del, path: "/v1/listeners/keep?drainTimeout=-1ns", code: inv, mention: "drain_timeout"},
 		{rpc: stop, name: "drainTimeout with an unknown unit", method: del, path: "/v1/listeners/keep?drainTimeout=5x", code: inv, mention: "drain"},
@@ -270,6 +276,13 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: get, name: "listener id unknown", method: gt, path: "/v1/listeners/nope", code: codes.NotFound, mention: "nope"},
 		{rpc: get, name: "listener id empty", method: gt, path: "/v1/listeners/", code: inv, mention: "listener_id"},
 		{rpc: get, name: "listener id with an escaped slash", method: gt, path: "/v1/listeners/a%2Fb", code: codes.NotFound, mention: "a/b"},
+		{rpc: get, name: "listener id malformed", method: gt, path: "/v1/listeners/a%20b", code: inv, mention: `listener_id: must be 1 to 64 of A-Z a-z 0-9 . _ ~ -, got "a b"`},
+		{rpc: get, name: "listener id invalid UTF-8", method: gt, path: "/v1/listeners/%FF", code: inv, mention: "listener_id"},
+		{rpc: get, name: "listener id invalid UTF-8 after valid", method: gt, path: "/v1/listeners/ab%C3%28", code: inv, mention: "listener_id"},
+		{rpc: get, name: "listener id of 65 bytes", method: gt, path: "/v1/listeners/" + strings.Repeat("x", 65), code: inv, mention: "listener_id"},
+		{rpc: get, name: "unknown query parameter", method: gt, path: "/v1/listeners/keep?bogus=1", code: inv, mention: `query parameter "bogus": GetListenerRequest has no field "bogus"`},
+		{rpc: get, name: "listenerId in the query too", method: gt, path: "/v1/listeners/keep?listener_id=other", code: inv, mention: "listener_id is set by the path"},
+		{rpc: get, name: "query parameter invalid UTF-8", method: gt, path: "/v1/listeners/keep?%FF=1", code: inv, mention: "the name is not valid UTF-8"},
 
 		// ListListeners has no input to get wrong.
 		{rpc: list, name: "plain", method: gt, path: "/v1/listeners", code: codes.OK},
@@ -277,10 +290,15 @@ func TestBadInputREST(t *testing.T) {
 		// ListConnections.
 		{rpc: lc, name: "listenerId unknown", method: gt, path: "/v1/connections?listenerId=nope", code: codes.NotFound, mention: "nope"},
 		{rpc: lc, name: "listenerId empty lists all", method: gt, path: "/v1/connections?listenerId=", code: codes.OK},
+		{rpc: lc, name: "listenerId invalid UTF-8", method: gt, path: "/v1/connections?listenerId=%FF", code: inv, mention: `query parameter "listenerId": "\xff" is not valid UTF-8`},
+		{rpc: lc, name: "listenerId malformed", method: gt, path: "/v1/connections?listenerId=a%2Fb", code: inv, mention: "listener_id"},
 		{rpc: lc, name: "listenerId misspelt", method: gt, path: "/v1/connections?listenerID=nope", code: inv, mention: "listenerID"},
 
 		// CloseConnection.
 		{rpc: cc, name: "connection id empty", method: del, path: "/v1/connections/", code: inv, mention: "connection_id"},
+		{rpc: cc, name: "connection id invalid UTF-8", method: del, path: "/v1/connections/%FF", code: inv, mention: "connection_id"},
+		{rpc: cc, name: "connection id malformed", method: del, path: "/v1/connections/c~%3F1", code: inv, mention: "connection_id"},
+		{rpc: cc, name: "unknown query parameter", method: del, path: "/v1/connections/c999?force=true", code: inv, mention: "force"},
 		{rpc: cc, name: "connection id unknown", method: del, path: "/v1/connections/c999", code: codes.NotFound, mention: "c999"},
 
 		// Send: target and payload, including both members of a oneof.
@@ -303,6 +321,8 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: send, name: "address host empty", method: post, path: "/v1/send", body: addr(":80"), code: inv, mention: "address"},
 		{rpc: send, name: "address refused", method: post, path: "/v1/send", body: addr(refused), code: codes.Unavailable, mention: refused},
 		{rpc: send, name: "connectionId empty", method: post, path: "/v1/send", body: `{"connectionId": "", "text": "x"}`, code: inv, mention: "connection_id"},
+		{rpc: send, name: "connectionId malformed", method: post, path: "/v1/send", body: `{"connectionId": "c/1", "text": "x"}`, code: inv, mention: "connection_id"},
+		{rpc: send, name: "query parameter", method: post, path: "/v1/send?timeout=1s", body: `{"connectionId": "c999", "text": "x"}`, code: inv, mention: `query parameter "timeout"`},
 		{rpc: send, name: "connectionId unknown", method: post, path: "/v1/send", body: `{"connectionId": "c999", "text": "x"}`, code: codes.NotFound, mention: "c999"},
 		{rpc: send, name: "listenerId empty", method: post, path: "/v1/send", body: `{"listenerId": "", "text": "x"}`, code: inv, mention: "listener_id"},
 		{rpc: send, name: "listenerId unknown", method: post, path: "/v1/send", body: `{"listenerId": "nope", "text": "x"}`, code: codes.NotFound, mention: "nope"},
@@ -360,12 +380,22 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: sub, name: "sinceSequence not a number", method: gt, path: "/v1/events?sinceSequence=abc", code: inv, mention: "since"},
 		{rpc: sub, name: "sinceSequence negative", method: gt, path: "/v1/events?sinceSequence=-1", code: inv, mention: "since"},
 		{rpc: sub, name: "sinceSequence over uint64", method: gt, path: "/v1/events?sinceSequence=18446744073709551616", code: inv, mention: "since"},
+		{rpc: sub, name: "listenerIds invalid UTF-8", method: gt, path: "/v1/events?listenerIds=%FF", code: inv, mention: "listenerIds"},
+		{rpc: sub, name: "connectionIds malformed", method: gt, path: "/v1/events?connectionIds=c1&connectionIds=c%2F2", code: inv, mention: "connection_ids[1]"},
 		{rpc: sub, name: "kinds misspelt", method: gt, path: "/v1/events?kind=EVENT_KIND_DATA", code: inv, mention: "kind"},
 		{rpc: sub, name: "kinds DATA is fine", method: gt, path: "/v1/events?kinds=EVENT_KIND_DATA", code: codes.OK},
 		{rpc: sub, name: "sinceSequence in the future is fine", method: gt, path: "/v1/events?sinceSequence=9223372036854775808", code: codes.OK},
 		{rpc: sub, name: "max_subscribers reached", limits: true, method: gt, path: "/v1/events", code: codes.ResourceExhausted, mention: "max_subscribers"},
 
+		// ListListeners takes no parameters at all.
+		{rpc: list, name: "unknown query parameter", method: gt, path: "/v1/listeners?state=LISTENING", code: inv, mention: `query parameter "state": ListListenersRequest has no field "state"`},
+		{rpc: list, name: "query parameter invalid UTF-8", method: gt, path: "/v1/listeners?x=%FF", code: inv, mention: `query parameter "x"`},
+
 		// Routes.
+		{rpc: "route", name: "openapi.json with a query", method: gt, path: "/openapi.json?v=2", code: inv, mention: `query parameter "v": "GET /openapi.json" takes no query parameters`},
+		{rpc: "route", name: "healthz with an unknown query parameter", method: gt, path: "/healthz?verbose=1", code: inv, mention: `"verbose"`},
+		{rpc: "route", name: "healthz with its service parameter is fine", method: gt, path: "/healthz?service=", code: codes.OK},
+		{rpc: "route", name: "unknown path of 1 MB", method: gt, path: "/v1/" + strings.Repeat("p", 1<<20), code: codes.NotFound, mention: "(1048580 bytes)"},
 		{rpc: "route", name: "unknown path", method: gt, path: "/v1/nope", code: codes.NotFound, mention: "/v1/nope"},
 		{rpc: "route", name: "wrong method", method: http.MethodPut, path: "/v1/send", body: `{}`, code: codes.Unimplemented, status: http.StatusMethodNotAllowed, mention: "PUT"},
 	}

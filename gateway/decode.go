@@ -7,16 +7,24 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net/http"
 	"net/url"
 	"regexp"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/dynamicpb"
+
+	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/rpc"
 )
 
 // maxBodyBytes bounds a request body: the largest Send payload is 4 MiB by
@@ -150,13 +158,92 @@ func checkPath(md protoreflect.MessageDescriptor, key string) error {
 	for i, p := range parts {
 		fd := fieldByName(md, p)
 		if fd == nil {
-			return fmt.Errorf("query parameter %q: %s has no field %q", key, md.Name(), p)
+			return fmt.Errorf("query parameter %s: %s has no field %s", rpc.Quote(key), md.Name(), rpc.Quote(p))
 		}
 		if i < len(parts)-1 {
 			if fd.Kind() != protoreflect.MessageKind {
-				return fmt.Errorf("query parameter %q: %q is not a message", key, p)
+				return fmt.Errorf("query parameter %s: %s is not a message", rpc.Quote(key), rpc.Quote(p))
 			}
 			md = fd.Message()
+		}
+	}
+	return nil
+}
+
+// routeQuery is the request message whose fields each route takes as query
+// parameters, by "METHOD pattern" as runtime.HTTPPattern spells it. A
+// route not here takes none: its request comes in the JSON body (body "*"
+// in gateway_http.yaml) or it has no parameters.
+//
+// grpc-gateway's generated handlers parse the query only when the request
+// has a field that neither the path nor the body binds, so GET
+// /v1/listeners and GET /v1/listeners/{listener_id} never saw their query
+// and ignored any parameter; checkParams checks every route's query
+// itself, the same way, whatever the generator decided.
+var routeQuery = map[string]protoreflect.MessageDescriptor{
+	"DELETE /v1/listeners/{listener_id=*}":     (&tcpgatev1.StopListenerRequest{}).ProtoReflect().Descriptor(),
+	"GET /v1/listeners/{listener_id=*}":        (&tcpgatev1.GetListenerRequest{}).ProtoReflect().Descriptor(),
+	"GET /v1/listeners":                        (&tcpgatev1.ListListenersRequest{}).ProtoReflect().Descriptor(),
+	"GET /v1/connections":                      (&tcpgatev1.ListConnectionsRequest{}).ProtoReflect().Descriptor(),
+	"DELETE /v1/connections/{connection_id=*}": (&tcpgatev1.CloseConnectionRequest{}).ProtoReflect().Descriptor(),
+	"GET /v1/events":                           (&tcpgatev1.SubscribeRequest{}).ProtoReflect().Descriptor(),
+	"GET /healthz":                             (&healthpb.HealthCheckRequest{}).ProtoReflect().Descriptor(),
+}
+
+// checkParams runs before every route's handler. It answers 400, naming
+// the parameter, when a path parameter or a query parameter is not valid
+// UTF-8 (a proto string cannot hold it: it used to fail as a 500 when the
+// request was marshaled), when a query parameter names no field of the
+// route's request, or one the path already sets.
+func (g *Gateway) checkParams(next runtime.HandlerFunc) runtime.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request, pathParams map[string]string) {
+		route := r.Method + " "
+		if p, ok := runtime.HTTPPattern(r.Context()); ok {
+			route += p.String()
+		}
+		if err := checkParams(route, r.URL.RawQuery, pathParams); err != nil {
+			_, out := runtime.MarshalerForRequest(g.mux, r)
+			runtime.HTTPError(r.Context(), g.mux, out, w, r, status.Error(codes.InvalidArgument, err.Error()))
+			return
+		}
+		next(w, r, pathParams)
+	}
+}
+
+// checkParams checks the path parameters and the query of a request to
+// route ("GET /v1/listeners/{listener_id=*}"; see routeQuery).
+func checkParams(route, rawQuery string, pathParams map[string]string) error {
+	for _, k := range slices.Sorted(maps.Keys(pathParams)) {
+		if !utf8.ValidString(pathParams[k]) {
+			return fmt.Errorf("%s: %s in the path is not valid UTF-8", k, rpc.Quote(pathParams[k]))
+		}
+	}
+	values, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return fmt.Errorf("malformed query: %v", err)
+	}
+	keys := slices.Sorted(maps.Keys(values))
+	for _, key := range keys {
+		if !utf8.ValidString(key) {
+			return fmt.Errorf("query parameter %s: the name is not valid UTF-8", rpc.Quote(key))
+		}
+		for _, v := range values[key] {
+			if !utf8.ValidString(v) {
+				return fmt.Errorf("query parameter %s: %s is not valid UTF-8", rpc.Quote(key), rpc.Quote(v))
+			}
+		}
+	}
+	md := routeQuery[route]
+	for _, key := range keys {
+		if md == nil {
+			return fmt.Errorf("query parameter %s: %s takes no query parameters", rpc.Quote(key), rpc.Quote(route))
+		}
+		if err := checkPath(md, key); err != nil {
+			return err
+		}
+		top := fieldByName(md, strings.Split(key, ".")[0])
+		if _, inPath := pathParams[string(top.Name())]; inPath {
+			return fmt.Errorf("query parameter %s: %s is set by the path", rpc.Quote(key), top.Name())
 		}
 	}
 	return nil

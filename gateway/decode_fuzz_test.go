@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
@@ -23,6 +24,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/rpc"
 )
 
 // fuzzJSONPb is the marshaler New gives strictJSON.
@@ -149,18 +151,32 @@ func fuzzOneField(md protoreflect.MessageDescriptor, body []byte) (string, bool)
 }
 
 // fuzzQueryMessage returns an empty message of a type that a REST route
-// fills from its query, with index choosing which.
+// fills from its query, with index choosing which, and that route as
+// routeQuery names it.
 func fuzzQueryMessage(index uint8) proto.Message {
-	switch index % 3 {
-	case 0:
-		return &tcpgatev1.SubscribeRequest{}
-	case 1:
-		return &tcpgatev1.ListConnectionsRequest{}
-	}
-	return &tcpgatev1.StopListenerRequest{}
+	msg, _ := fuzzQueryRoute(index)
+	return msg
 }
 
-// FuzzParseQuery: a query string never makes strictQuery panic; a query
+func fuzzQueryRoute(index uint8) (proto.Message, string) {
+	switch index % 5 {
+	case 0:
+		return &tcpgatev1.SubscribeRequest{}, "GET /v1/events"
+	case 1:
+		return &tcpgatev1.ListConnectionsRequest{}, "GET /v1/connections"
+	case 3:
+		return &tcpgatev1.GetListenerRequest{}, "GET /v1/listeners/{listener_id=*}"
+	case 4:
+		return &tcpgatev1.ListListenersRequest{}, "GET /v1/listeners"
+	}
+	return &tcpgatev1.StopListenerRequest{}, "DELETE /v1/listeners/{listener_id=*}"
+}
+
+// FuzzParseQuery: a query string never makes strictQuery or checkParams
+// panic; checkParams refuses a query that is not valid UTF-8, and passes
+// a query only if strictQuery finds every parameter a field (so no route
+// ignores a parameter, whether or not its generated handler parses the
+// query); a query
 // with parameters that name no field is refused, naming the first of them
 // in sorted order (quoted, so the same query always gets the same error); and a refused query
 // of one parameter names that parameter, as the caller spelt it or by its
@@ -180,19 +196,48 @@ func FuzzParseQuery(f *testing.F) {
 		f.Add(s, uint8(2))
 	}
 
+	for _, s := range []string{"", "bogus=1", "listenerId=%FF", "%FF=1", "listener_id=x", "state=LISTENING"} {
+		f.Add(s, uint8(3))
+		f.Add(s, uint8(4))
+	}
+
 	f.Fuzz(func(t *testing.T, query string, index uint8) {
+		msg, route := fuzzQueryRoute(index)
+		md := msg.ProtoReflect().Descriptor()
+		path := map[string]string{}
+		if strings.Contains(route, "{listener_id=*}") {
+			path["listener_id"] = "keep"
+		}
+		checked := checkParams(route, query, path)
 		values, err := url.ParseQuery(query)
 		if err != nil {
+			if checked == nil {
+				t.Fatalf("query %q is malformed (%v), yet checkParams passed it", query, err)
+			}
 			return // net/http answers 400 before the gateway sees it
 		}
-		msg := fuzzQueryMessage(index)
-		md := msg.ProtoReflect().Descriptor()
+		if !utf8.ValidString(query) {
+			unescaped := false
+			for k, vs := range values {
+				unescaped = unescaped || !utf8.ValidString(k) || slices.ContainsFunc(vs, func(v string) bool { return !utf8.ValidString(v) })
+			}
+			if unescaped && (checked == nil || !strings.Contains(checked.Error(), "UTF-8")) {
+				t.Fatalf("query %q is not valid UTF-8, yet checkParams says %v", query, checked)
+			}
+		}
+		if checked == nil {
+			for key := range values {
+				if checkPath(md, key) != nil {
+					t.Fatalf("query %q: checkParams passed %q, which names no field of %s", query, key, md.Name())
+				}
+			}
+		}
 		err = (&strictQuery{}).Parse(msg, values, utilities.NewDoubleArray(nil))
 		for _, key := range slices.Sorted(maps.Keys(values)) {
 			if checkPath(md, key) == nil {
 				continue
 			}
-			if err == nil || !strings.Contains(err.Error(), strconv.Quote(key)) {
+			if err == nil || !strings.Contains(err.Error(), rpc.Quote(key)) {
 				t.Fatalf("query %q: parameter %q names no field of %s, yet the error is %v", query, key, md.Name(), err)
 			}
 			break // the first unknown parameter is the one named
@@ -210,7 +255,7 @@ func FuzzParseQuery(f *testing.F) {
 			}
 			named := false
 			for _, n := range names {
-				named = named || strings.Contains(err.Error(), n) || strings.Contains(err.Error(), strconv.Quote(n))
+				named = named || strings.Contains(err.Error(), n) || strings.Contains(err.Error(), strconv.Quote(n)) || strings.Contains(err.Error(), rpc.Quote(n))
 			}
 			if !named {
 				t.Fatalf("query %q: error %q names none of %q", query, err, names)

@@ -146,6 +146,9 @@ func New(cfg Config) (*Gateway, error) {
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, strictJSON{jsonpb}),
 		runtime.SetQueryParameterParser(&strictQuery{}),
 		runtime.WithRoutingErrorHandler(routingError),
+		// Every route, generated or added, checks its query and path
+		// parameters the same way before it runs (checkParams).
+		runtime.WithMiddlewares(g.checkParams),
 		runtime.WithHealthzEndpoint(healthpb.NewHealthClient(cc)),
 	)
 	if err := tcpgatev1.RegisterGatewayServiceHandlerClient(g.ctx, g.mux, g.client); err != nil {
@@ -200,11 +203,11 @@ func routingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 		if allow != "" {
 			w.Header().Set("Allow", allow)
 		}
-		err = &runtime.HTTPStatusError{HTTPStatus: code, Err: status.Errorf(codes.Unimplemented, "method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, allow)}
+		err = &runtime.HTTPStatusError{HTTPStatus: code, Err: status.Errorf(codes.Unimplemented, "method %s not allowed on %s (allowed: %s)", rpc.Quote(r.Method), rpc.Quote(r.URL.Path), allow)}
 	case http.StatusNotFound:
-		err = status.Errorf(codes.NotFound, "no route %s %s", r.Method, r.URL.Path)
+		err = status.Errorf(codes.NotFound, "no route %s %s", rpc.Quote(r.Method), rpc.Quote(r.URL.Path))
 	case http.StatusBadRequest:
-		err = status.Errorf(codes.InvalidArgument, "malformed request path %s", r.URL.Path)
+		err = status.Errorf(codes.InvalidArgument, "malformed request path %s", rpc.Quote(r.URL.Path))
 	default:
 		err = status.Error(codes.Internal, "routing error")
 	}

@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	spb "google.golang.org/genproto/googleapis/rpc/status"
+
+	"github.com/tcpgate/tcpgate/server/rpc"
 )
 
 func statusProto(code int, msg string) *spb.Status {
@@ -30,7 +32,7 @@ func writeError(w http.ResponseWriter, status, code int, msg string) {
 // foreign Host or Origin), logs it (never the token) and counts it, so that
 // probing shows up as gRPC refusals do.
 func (g *Gateway) refuse(w http.ResponseWriter, r *http.Request, status, code int, msg string) {
-	g.log.Warn("HTTP request refused", "status", status, "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "error", msg)
+	g.log.Warn("HTTP request refused", "status", status, "method", r.Method, "path", rpc.Quote(r.URL.Path), "remote", r.RemoteAddr, "error", msg)
 	if g.cfg.Refused != nil {
 		g.cfg.Refused(status)
 	}

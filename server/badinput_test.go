@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -258,6 +259,11 @@ func TestBadInput(t *testing.T) {
 		{rpc: sl, name: "framing mode 99", req: fr(&tcpgatev1.Framing{Mode: 99}), code: inv, mention: "framing.mode"},
 		{rpc: sl, name: "framing mode -1", req: fr(&tcpgatev1.Framing{Mode: -1}), code: inv, mention: "framing.mode"},
 		{rpc: sl, name: "delimiter mode without delimiter", req: fr(&tcpgatev1.Framing{Mode: fmDelim}), code: inv, mention: "framing.delimiter"},
+		{rpc: sl, name: "delimiter of 64 bytes is fine", req: fr(&tcpgatev1.Framing{Mode: fmDelim, Delimiter: []byte(strings.Repeat("d", 64))}), code: codes.OK},
+		{rpc: sl, name: "delimiter of 65 bytes", req: fr(&tcpgatev1.Framing{Mode: fmDelim, Delimiter: []byte(strings.Repeat("d", 65))}), code: inv, mention: "framing.delimiter: 65 bytes, more than the limit of 64"},
+		{rpc: sl, name: "delimiter of 3 MiB", req: fr(&tcpgatev1.Framing{Mode: fmDelim, Delimiter: make([]byte, 3<<20)}), code: inv, mention: "framing.delimiter"},
+		{rpc: sl, name: "delimiter of 65 bytes in raw mode", req: fr(&tcpgatev1.Framing{Mode: fmRaw, Delimiter: []byte(strings.Repeat("d", 65))}), code: inv, mention: "framing.delimiter"},
+		{rpc: send, name: "await_reply.framing delimiter of 65 bytes", req: await(&tcpgatev1.AwaitReply{Mode: amFrame, Framing: &tcpgatev1.Framing{Mode: fmDelim, Delimiter: []byte(strings.Repeat("d", 65))}}), code: inv, mention: "await_reply.framing.delimiter"},
 		{rpc: sl, name: "prefix_bytes 3", req: fr(&tcpgatev1.Framing{Mode: fmLP, PrefixBytes: 3}), code: inv, mention: "framing.prefix_bytes"},
 		{rpc: sl, name: "prefix_bytes 16", req: fr(&tcpgatev1.Framing{Mode: fmLP, PrefixBytes: 16}), code: inv, mention: "framing.prefix_bytes"},
 		{rpc: sl, name: "prefix_bytes 3 in raw mode", req: fr(&tcpgatev1.Framing{Mode: fmRaw, PrefixBytes: 3}), code: inv, mention: "framing.prefix_bytes"},
@@ -287,6 +293,7 @@ func TestBadInput(t *testing.T) {
 
 		// StopListener.
 		{rpc: stop, name: "listener_id empty", req: &tcpgatev1.StopListenerRequest{}, code: inv, mention: "listener_id"},
+		{rpc: stop, name: "listener_id malformed", req: &tcpgatev1.StopListenerRequest{ListenerId: "a/b"}, code: inv, mention: "listener_id"},
 		{rpc: stop, name: "listener_id unknown", req: &tcpgatev1.StopListenerRequest{ListenerId: "nope"}, code: codes.NotFound, mention: "nope"},
 		{rpc: stop, name: "drain_timeout negative", req: drain(durationpb.New(-time.Second)), code: inv, mention: "drain_timeout"},
 		{rpc: stop, name: "drain_timeout nanos negative", req: drain(badDur(0, -1)), code: inv, mention: "drain_timeout"},
@@ -297,17 +304,24 @@ func TestBadInput(t *testing.T) {
 		// GetListener.
 		{rpc: get, name: "listener_id empty", req: &tcpgatev1.GetListenerRequest{}, code: inv, mention: "listener_id"},
 		{rpc: get, name: "listener_id unknown", req: &tcpgatev1.GetListenerRequest{ListenerId: "nope"}, code: codes.NotFound, mention: "nope"},
-		{rpc: get, name: "listener_id malformed is not found", req: &tcpgatev1.GetListenerRequest{ListenerId: "a/b"}, code: codes.NotFound, mention: "a/b"},
+		{rpc: get, name: "listener_id malformed", req: &tcpgatev1.GetListenerRequest{ListenerId: "a/b"}, code: inv, mention: `listener_id: must be 1 to 64 of A-Z a-z 0-9 . _ ~ -, got "a/b"`},
+		{rpc: get, name: "listener_id of 65 bytes", req: &tcpgatev1.GetListenerRequest{ListenerId: strings.Repeat("x", 65)}, code: inv, mention: "listener_id"},
+		{rpc: get, name: "listener_id of 3 MiB", req: &tcpgatev1.GetListenerRequest{ListenerId: strings.Repeat("x", 3<<20)}, code: inv, mention: "(3145728 bytes)"},
+		{rpc: get, name: "listener_id of 64 bytes is not found", req: &tcpgatev1.GetListenerRequest{ListenerId: strings.Repeat("x", 64)}, code: codes.NotFound, mention: strings.Repeat("x", 64)},
 
 		// ListListeners has no input to get wrong.
 		{rpc: list, name: "empty request", req: &tcpgatev1.ListListenersRequest{}, code: codes.OK},
 
 		// ListConnections.
+		{rpc: lc, name: "listener_id malformed", req: &tcpgatev1.ListConnectionsRequest{ListenerId: "a b"}, code: inv, mention: "listener_id"},
 		{rpc: lc, name: "listener_id unknown", req: &tcpgatev1.ListConnectionsRequest{ListenerId: "nope"}, code: codes.NotFound, mention: "nope"},
 		{rpc: lc, name: "listener_id empty lists all", req: &tcpgatev1.ListConnectionsRequest{}, code: codes.OK},
 
 		// CloseConnection.
 		{rpc: cc, name: "connection_id empty", req: &tcpgatev1.CloseConnectionRequest{}, code: inv, mention: "connection_id"},
+		{rpc: cc, name: "connection_id malformed", req: &tcpgatev1.CloseConnectionRequest{ConnectionId: "c/1"}, code: inv, mention: "connection_id"},
+		{rpc: cc, name: "connection_id of 65 bytes", req: &tcpgatev1.CloseConnectionRequest{ConnectionId: strings.Repeat("c", 65)}, code: inv, mention: "connection_id"},
+		{rpc: cc, name: "connection_id not ASCII", req: &tcpgatev1.CloseConnectionRequest{ConnectionId: "cé"}, code: inv, mention: "connection_id"},
 		{rpc: cc, name: "connection_id unknown", req: &tcpgatev1.CloseConnectionRequest{ConnectionId: "c999"}, code: codes.NotFound, mention: "c999"},
 
 		// Send: the target and payload oneofs ("both" is only expressible
@@ -325,6 +339,9 @@ func TestBadInput(t *testing.T) {
 		{rpc: send, name: "address host empty", req: to(":80"), code: inv, mention: "address"},
 		{rpc: send, name: "address refused", req: to(refused), code: codes.Unavailable, mention: refused},
 		{rpc: send, name: "connection_id empty", req: &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ConnectionId{}, Payload: badText("x")}, code: inv, mention: "connection_id"},
+		{rpc: send, name: "connection_id malformed", req: &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ConnectionId{ConnectionId: "c 1"}, Payload: badText("x")}, code: inv, mention: "connection_id"},
+		{rpc: send, name: "listener_id of 65 bytes", req: &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ListenerId{ListenerId: strings.Repeat("l", 65)}, Payload: badText("x")}, code: inv, mention: "listener_id"},
+		{rpc: send, name: "address of 3 MiB", req: to(strings.Repeat("h", 3<<20) + ":80"), code: inv, mention: "(3145731 bytes)"},
 		{rpc: send, name: "connection_id unknown", req: &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ConnectionId{ConnectionId: "c999"}, Payload: badText("x")}, code: codes.NotFound, mention: "c999"},
 		{rpc: send, name: "listener_id empty", req: &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ListenerId{}, Payload: badText("x")}, code: inv, mention: "listener_id"},
 		{rpc: send, name: "listener_id unknown", req: &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ListenerId{ListenerId: "nope"}, Payload: badText("x")}, code: codes.NotFound, mention: "nope"},
@@ -373,7 +390,9 @@ func TestBadInput(t *testing.T) {
 		{rpc: sub, name: "kinds DATA is fine", req: kinds(ekData), code: codes.OK},
 		{rpc: sub, name: "since_sequence in the future is fine", req: &tcpgatev1.SubscribeRequest{SinceSequence: 1 << 63}, code: codes.OK},
 		{rpc: sub, name: "1025 listener_ids", req: &tcpgatev1.SubscribeRequest{ListenerIds: manyIDs(1025, 8)}, code: inv, mention: "listener_ids has 1025 ids, at most 1024"},
-		{rpc: sub, name: "a connection_id of 65 bytes", req: &tcpgatev1.SubscribeRequest{ConnectionIds: manyIDs(2, 65)}, code: inv, mention: "connection_ids[0] is 65 bytes long, at most 64"},
+		{rpc: sub, name: "a connection_id of 65 bytes", req: &tcpgatev1.SubscribeRequest{ConnectionIds: manyIDs(2, 65)}, code: inv, mention: "connection_ids[0]: must be 1 to 64"},
+		{rpc: sub, name: "a malformed listener_id after a good one", req: &tcpgatev1.SubscribeRequest{ListenerIds: []string{"keep", "a/b"}}, code: inv, mention: "listener_ids[1]"},
+		{rpc: sub, name: "an empty connection_id", req: &tcpgatev1.SubscribeRequest{ConnectionIds: []string{""}}, code: inv, mention: "connection_ids[0]"},
 		{rpc: sub, name: "1024 ids of 64 bytes are fine", req: &tcpgatev1.SubscribeRequest{ListenerIds: manyIDs(1024, 64), ConnectionIds: manyIDs(1024, 64)}, code: codes.OK},
 		{rpc: sub, name: "max_subscribers reached", limits: true, req: &tcpgatev1.SubscribeRequest{}, code: codes.ResourceExhausted, mention: "max_subscribers"},
 	}
@@ -465,4 +484,103 @@ func manyIDs(n, length int) []string {
 		out[i] = id + strings.Repeat("x", length-len(id))
 	}
 	return out
+}
+
+// rawCodec sends a request's bytes as they are, so that a test can send
+// what no generated client would.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error) { return v.([]byte), nil }
+
+func (rawCodec) Unmarshal(data []byte, v any) error {
+	*v.(*[]byte) = append([]byte(nil), data...)
+	return nil
+}
+
+func (rawCodec) Name() string { return "proto" }
+
+// TestMalformedProtobuf sends every method of the API bytes that do not
+// decode as its request, and a string field that is not UTF-8, over a raw
+// gRPC call: each answers InvalidArgument naming the request (and the
+// string field that is not UTF-8), never Internal.
+func TestMalformedProtobuf(t *testing.T) {
+	g := servertest.Start(t, server.Config{})
+	invoke := func(t *testing.T, method string, stream bool, req []byte) error {
+		t.Helper()
+		full := "/" + tcpgatev1.GatewayService_ServiceDesc.ServiceName + "/" + method
+		if !stream {
+			var resp []byte
+			return g.Conn.Invoke(ctxT(t), full, req, &resp, grpc.ForceCodec(rawCodec{}))
+		}
+		ctx, cancel := context.WithCancel(ctxT(t))
+		defer cancel()
+		st, err := g.Conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, full, grpc.ForceCodec(rawCodec{}))
+		if err != nil {
+			return err
+		}
+		if err := st.SendMsg(req); err != nil {
+			return err
+		}
+		if err := st.CloseSend(); err != nil {
+			return err
+		}
+		var resp []byte
+		return st.RecvMsg(&resp)
+	}
+	type method struct {
+		name   string
+		stream bool
+	}
+	var methods []method
+	for _, m := range tcpgatev1.GatewayService_ServiceDesc.Methods {
+		methods = append(methods, method{m.MethodName, false})
+	}
+	for _, s := range tcpgatev1.GatewayService_ServiceDesc.Streams {
+		methods = append(methods, method{s.StreamName, true})
+	}
+	// 0x0a is field 1, length-delimited; every request's field 1 but
+	// ListListenersRequest's (which has none: it stays an unknown field)
+	// and SendRequest's (a string in a oneof) is a string or a message.
+	cases := []struct {
+		name    string
+		req     []byte
+		mention string
+	}{
+		{"truncated varint", []byte{0x08, 0xff, 0xff}, "not valid protobuf wire format"},
+		{"length past the end", []byte{0x0a, 0x7f, 'x'}, "not valid protobuf wire format"},
+		{"field number 0", []byte{0x02, 0x01, 'x'}, "not valid protobuf wire format"},
+	}
+	for _, m := range methods {
+		for _, tt := range cases {
+			t.Run(m.name+"/"+tt.name, func(t *testing.T) {
+				err := invoke(t, m.name, m.stream, tt.req)
+				st := status.Convert(err)
+				if st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), tt.mention) || !strings.Contains(st.Message(), "tcpgate.v1."+m.name+"Request") {
+					t.Fatalf("%v %q, want InvalidArgument naming tcpgate.v1.%sRequest and saying %q", st.Code(), st.Message(), m.name, tt.mention)
+				}
+			})
+		}
+	}
+	for _, tt := range []struct {
+		method  string
+		stream  bool
+		req     []byte
+		mention string
+	}{
+		{"GetListener", false, []byte{0x0a, 0x01, 0xff}, "listener_id"},
+		{"CloseConnection", false, []byte{0x0a, 0x02, 'c', 0xff}, "connection_id"},
+		{"Subscribe", true, []byte{0x0a, 0x01, 0xff}, "listener_ids"},
+	} {
+		t.Run(tt.method+"/invalid UTF-8", func(t *testing.T) {
+			st := status.Convert(invoke(t, tt.method, tt.stream, tt.req))
+			if st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), tt.mention) || !strings.Contains(st.Message(), "UTF-8") {
+				t.Fatalf("%v %q, want InvalidArgument naming %s and UTF-8", st.Code(), st.Message(), tt.mention)
+			}
+		})
+	}
+	// A well-formed request still works through the same raw path.
+	ok, _ := proto.Marshal(&tcpgatev1.ListListenersRequest{})
+	if err := invoke(t, "ListListeners", false, ok); err != nil {
+		t.Fatalf("ListListeners with a valid request: %v", err)
+	}
 }

@@ -8,10 +8,14 @@ import (
 	"sync/atomic"
 	"unicode/utf8"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	grpcproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/tcpgate/tcpgate/server/internal/event"
 )
@@ -39,7 +43,9 @@ import (
 //   - the rest of a batch goes in one buffer from a pool that does not zero
 //     what it hands out, since every byte sent is written first.
 //
-// Every other message, and every Unmarshal, goes to the standard codec.
+// Every other message goes to the standard codec, and so does every
+// Unmarshal, except that a request of this API that does not decode is
+// marked rather than refused (see Unmarshal).
 type Codec struct{}
 
 // stdCodec is grpc-go's protobuf codec. Codec is never registered globally
@@ -60,9 +66,97 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 	return stdCodec.Marshal(v)
 }
 
-// Unmarshal is the standard codec's.
+// Unmarshal decodes as the standard codec does, but a request of this API
+// that does not decode (bytes that are not protobuf, a string that is not
+// UTF-8) is not an error here: grpc-go answers every codec error with
+// Internal, whatever status the codec returns, and a malformed request is
+// the caller's mistake. Such a message is left empty and marked instead,
+// and the method it was sent to answers InvalidArgument with the decoder's
+// reason (decodeError). Messages of other services (health, reflection)
+// keep grpc-go's answer.
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
-	return stdCodec.Unmarshal(data, v)
+	err := stdCodec.Unmarshal(data, v)
+	if err == nil {
+		return nil
+	}
+	m, ok := v.(proto.Message)
+	if !ok || m.ProtoReflect().Descriptor().ParentFile().Package() != tcpgatev1Package {
+		return err
+	}
+	md := m.ProtoReflect().Descriptor()
+	reason := "not valid protobuf wire format (" + err.Error() + ")"
+	if field := invalidUTF8Field(md, data.Materialize(), ""); field != "" {
+		reason = field + " is not valid UTF-8"
+	}
+	proto.Reset(m)
+	m.ProtoReflect().SetUnknown(appendMalformed(nil, reason))
+	return nil
+}
+
+// invalidUTF8Field names the string field of raw, a message of type md,
+// that holds invalid UTF-8 (the protobuf decoder's error does not say
+// which), as "await_reply.match.prefix"; "" when there is none, or raw is
+// not well-formed enough to tell.
+func invalidUTF8Field(md protoreflect.MessageDescriptor, raw []byte, prefix string) string {
+	for len(raw) > 0 {
+		num, typ, n := protowire.ConsumeTag(raw)
+		if n < 0 {
+			return ""
+		}
+		raw = raw[n:]
+		n = protowire.ConsumeFieldValue(num, typ, raw)
+		if n < 0 {
+			return ""
+		}
+		value := raw[:n]
+		raw = raw[n:]
+		fd := md.Fields().ByNumber(num)
+		if fd == nil || typ != protowire.BytesType {
+			continue
+		}
+		b, _ := protowire.ConsumeBytes(value)
+		switch fd.Kind() {
+		case protoreflect.StringKind:
+			if !utf8.Valid(b) {
+				return prefix + string(fd.Name())
+			}
+		case protoreflect.MessageKind:
+			if !fd.IsMap() {
+				if name := invalidUTF8Field(fd.Message(), b, prefix+string(fd.Name())+"."); name != "" {
+					return name
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// tcpgatev1Package is the protobuf package of the API's messages.
+const tcpgatev1Package = "tcpgate.v1"
+
+// malformedTag starts the mark Codec leaves in a request that did not
+// decode: a field numbered 0, which the wire format has no room for, so
+// that no request a client sends can decode to it.
+var malformedTag = protowire.EncodeTag(0, protowire.BytesType)
+
+func appendMalformed(b []byte, reason string) []byte {
+	return protowire.AppendString(protowire.AppendVarint(b, malformedTag), reason)
+}
+
+// decodeError is the InvalidArgument status of a request that Codec
+// could not decode, or nil for one that decoded. Every method of Service
+// calls it first.
+func decodeError(m proto.Message) error {
+	raw := m.ProtoReflect().GetUnknown()
+	tag, n := protowire.ConsumeVarint(raw)
+	if n <= 0 || tag != malformedTag {
+		return nil
+	}
+	reason, n := protowire.ConsumeString(raw[n:])
+	if n < 0 {
+		reason = "unreadable"
+	}
+	return status.Errorf(codes.InvalidArgument, "malformed request %s: %s", m.ProtoReflect().Descriptor().FullName(), reason)
 }
 
 // eventBatch is the message Subscribe sends: the engine's events, which only

@@ -46,8 +46,23 @@ const DefaultMaxSendBytes = 4 << 20
 // that waits for the headers knows that nothing after it will be missed.
 const HeaderLastSequence = "tcpgate-last-sequence"
 
-// ids are used in REST paths, so they stay URL-safe.
+// ids are used in REST paths, so they stay URL-safe, and short, so that
+// what an error or a log line quotes of them stays short. Every id a
+// request names is held to it (listener ids, connection ids, the ids of a
+// Subscribe filter), so that an id no listener or connection can have is
+// an InvalidArgument naming the field rather than a NotFound echoing it.
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9._~-]{1,64}$`)
+
+// checkID refuses an empty id, and one that idPattern does not match.
+func checkID(field, id string) error {
+	if id == "" {
+		return invalid(field, "required")
+	}
+	if !idPattern.MatchString(id) {
+		return invalid(field, "must be 1 to 64 of A-Z a-z 0-9 . _ ~ -, got %s", Quote(id))
+	}
+	return nil
+}
 
 // Config configures a Service.
 type Config struct {
@@ -118,8 +133,13 @@ func (s *Service) status(err error) error { return toStatus(s.log, err) }
 
 // StartListener implements GatewayService.StartListener.
 func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListenerRequest) (*tcpgatev1.StartListenerResponse, error) {
-	if id := req.GetListenerId(); id != "" && !idPattern.MatchString(id) {
-		return nil, invalid("listener_id", "must be 1 to 64 of A-Z a-z 0-9 . _ ~ -, got %q", id)
+	if err := decodeError(req); err != nil {
+		return nil, err
+	}
+	if id := req.GetListenerId(); id != "" {
+		if err := checkID("listener_id", id); err != nil {
+			return nil, err
+		}
 	}
 	if req.GetPort() > 65535 {
 		return nil, invalid("port", "must be 0 to 65535, got %d", req.GetPort())
@@ -246,8 +266,11 @@ func autoReplyFromProto(a *tcpgatev1.AutoReply) (conn.AutoReply, error) {
 
 // StopListener implements GatewayService.StopListener.
 func (s *Service) StopListener(ctx context.Context, req *tcpgatev1.StopListenerRequest) (*tcpgatev1.StopListenerResponse, error) {
-	if req.GetListenerId() == "" {
-		return nil, invalid("listener_id", "required")
+	if err := decodeError(req); err != nil {
+		return nil, err
+	}
+	if err := checkID("listener_id", req.GetListenerId()); err != nil {
+		return nil, err
 	}
 	drain, err := durationFromProto("drain_timeout", req.GetDrainTimeout(), 0)
 	if err != nil {
@@ -262,8 +285,11 @@ func (s *Service) StopListener(ctx context.Context, req *tcpgatev1.StopListenerR
 
 // GetListener implements GatewayService.GetListener.
 func (s *Service) GetListener(_ context.Context, req *tcpgatev1.GetListenerRequest) (*tcpgatev1.GetListenerResponse, error) {
-	if req.GetListenerId() == "" {
-		return nil, invalid("listener_id", "required")
+	if err := decodeError(req); err != nil {
+		return nil, err
+	}
+	if err := checkID("listener_id", req.GetListenerId()); err != nil {
+		return nil, err
 	}
 	info, err := s.cfg.Listeners.Get(req.GetListenerId())
 	if err != nil {
@@ -273,7 +299,10 @@ func (s *Service) GetListener(_ context.Context, req *tcpgatev1.GetListenerReque
 }
 
 // ListListeners implements GatewayService.ListListeners.
-func (s *Service) ListListeners(context.Context, *tcpgatev1.ListListenersRequest) (*tcpgatev1.ListListenersResponse, error) {
+func (s *Service) ListListeners(_ context.Context, req *tcpgatev1.ListListenersRequest) (*tcpgatev1.ListListenersResponse, error) {
+	if err := decodeError(req); err != nil {
+		return nil, err
+	}
 	infos := s.cfg.Listeners.List()
 	resp := &tcpgatev1.ListListenersResponse{Listeners: make([]*tcpgatev1.Listener, 0, len(infos))}
 	for _, i := range infos {
@@ -284,6 +313,14 @@ func (s *Service) ListListeners(context.Context, *tcpgatev1.ListListenersRequest
 
 // ListConnections implements GatewayService.ListConnections.
 func (s *Service) ListConnections(_ context.Context, req *tcpgatev1.ListConnectionsRequest) (*tcpgatev1.ListConnectionsResponse, error) {
+	if err := decodeError(req); err != nil {
+		return nil, err
+	}
+	if id := req.GetListenerId(); id != "" {
+		if err := checkID("listener_id", id); err != nil {
+			return nil, err
+		}
+	}
 	infos, err := s.cfg.Listeners.Conns(req.GetListenerId())
 	if err != nil {
 		return nil, s.status(err)
@@ -297,8 +334,11 @@ func (s *Service) ListConnections(_ context.Context, req *tcpgatev1.ListConnecti
 
 // CloseConnection implements GatewayService.CloseConnection.
 func (s *Service) CloseConnection(ctx context.Context, req *tcpgatev1.CloseConnectionRequest) (*tcpgatev1.CloseConnectionResponse, error) {
-	if req.GetConnectionId() == "" {
-		return nil, invalid("connection_id", "required")
+	if err := decodeError(req); err != nil {
+		return nil, err
+	}
+	if err := checkID("connection_id", req.GetConnectionId()); err != nil {
+		return nil, err
 	}
 	info, err := s.cfg.Listeners.CloseConn(ctx, req.GetConnectionId())
 	if err != nil {
@@ -317,6 +357,9 @@ var awaitModes = map[tcpgatev1.AwaitMode]dialer.AwaitMode{
 
 // Send implements GatewayService.Send.
 func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgatev1.SendResponse, error) {
+	if err := decodeError(req); err != nil {
+		return nil, err
+	}
 	var payload []byte
 	switch p := req.GetPayload().(type) {
 	case *tcpgatev1.SendRequest_Text:
@@ -413,8 +456,8 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		return resp, nil
 
 	case *tcpgatev1.SendRequest_ConnectionId:
-		if t.ConnectionId == "" {
-			return nil, invalid("connection_id", "required")
+		if err := checkID("connection_id", t.ConnectionId); err != nil {
+			return nil, err
 		}
 		if req.GetTls() != nil {
 			return nil, invalid("tls", "only with address: an accepted connection already is what its listener made it")
@@ -444,8 +487,8 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		return resp, nil
 
 	case *tcpgatev1.SendRequest_ListenerId:
-		if t.ListenerId == "" {
-			return nil, invalid("listener_id", "required")
+		if err := checkID("listener_id", t.ListenerId); err != nil {
+			return nil, err
 		}
 		if req.GetTls() != nil {
 			return nil, invalid("tls", "only with address")
@@ -517,7 +560,7 @@ func checkHost(host string) error {
 		return nil
 	}
 	if !hostPattern.MatchString(host) {
-		return invalid("host", "%q is not an IP address or host name (no port: that goes in port)", host)
+		return invalid("host", "%s is not an IP address or host name (no port: that goes in port)", Quote(host))
 	}
 	return nil
 }
@@ -525,14 +568,19 @@ func checkHost(host string) error {
 func checkAddress(addr string) error {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return invalid("address", "must be host:port, got %q", addr)
+		return invalid("address", "must be host:port, got %s", Quote(addr))
 	}
 	if host == "" {
-		return invalid("address", "host is empty in %q", addr)
+		return invalid("address", "host is empty in %s", Quote(addr))
+	}
+	if len(host) > 253 {
+		// The engine names the address in its errors; a longer host is no
+		// host name anyway.
+		return invalid("address", "host longer than 253 bytes in %s", Quote(addr))
 	}
 	p, err := strconv.Atoi(port)
 	if err != nil || p < 1 || p > 65535 {
-		return invalid("address", "port must be 1 to 65535 in %q", addr)
+		return invalid("address", "port must be 1 to 65535 in %s", Quote(addr))
 	}
 	return nil
 }
@@ -548,6 +596,14 @@ func (s *Service) subscription(req *tcpgatev1.SubscribeRequest) (hub.SubscribeOp
 		},
 		Since:      req.GetSinceSequence(),
 		QueueBytes: s.cfg.SubscriberQueueBytes,
+	}
+	// The hub bounds how many ids a filter holds (its own decision, as for
+	// every subscriber); each id is held to the rule of the ids it names.
+	if err := checkFilterIDs("listener_ids", req.GetListenerIds()); err != nil {
+		return opts, 0, err
+	}
+	if err := checkFilterIDs("connection_ids", req.GetConnectionIds()); err != nil {
+		return opts, 0, err
 	}
 	for i, k := range req.GetKinds() {
 		ek, ok := kindFromProto(k)
@@ -572,6 +628,18 @@ func (s *Service) subscription(req *tcpgatev1.SubscribeRequest) (hub.SubscribeOp
 	return opts, format, nil
 }
 
+// checkFilterIDs checks each id of a Subscribe filter, up to one more than
+// the hub allows: a longer list is the hub's refusal, not a reason to
+// check a million ids first.
+func checkFilterIDs(field string, ids []string) error {
+	for i, id := range ids[:min(len(ids), hub.MaxFilterIDs+1)] {
+		if err := checkID(fmt.Sprintf("%s[%d]", field, i), id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // streamError is the status that ends an event stream whose Next returned
 // err, with ctx the stream's context.
 func (s *Service) streamError(ctx context.Context, err error) error {
@@ -586,6 +654,9 @@ func (s *Service) streamError(ctx context.Context, err error) error {
 
 // Subscribe implements GatewayService.Subscribe.
 func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerStreamingServer[tcpgatev1.SubscribeResponse]) error {
+	if err := decodeError(req); err != nil {
+		return err
+	}
 	opts, format, err := s.subscription(req)
 	if err != nil {
 		return err

@@ -612,7 +612,9 @@ type Framing struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// How frames are delimited. Unspecified means raw.
 	Mode FramingMode `protobuf:"varint,1,opt,name=mode,proto3,enum=tcpgate.v1.FramingMode" json:"mode,omitempty"`
-	// The delimiter of FRAMING_MODE_DELIMITER: one or more bytes, required there.
+	// The delimiter of FRAMING_MODE_DELIMITER: 1 to 64 bytes, required there.
+	// A longer delimiter is InvalidArgument in every mode: each connection
+	// keeps its own copy and a match table several times its size.
 	Delimiter []byte `protobuf:"bytes,2,opt,name=delimiter,proto3" json:"delimiter,omitempty"`
 	// The size of the length prefix of FRAMING_MODE_LENGTH_PREFIX: 1, 2, 4 or 8
 	// bytes. 0 means 4.

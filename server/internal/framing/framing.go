@@ -66,13 +66,22 @@ const DefaultMaxFrameBytes = 1 << 20
 // every frame up to 4 GiB, above any sensible MaxFrameBytes.
 const DefaultPrefixBytes = 4
 
+// MaxDelimiterBytes bounds Config.Delimiter. Every connection keeps its
+// own copy of the delimiter and a match table of one int per byte, so a
+// delimiter costs about nine times its length per connection, idle or not
+// (a 3 MiB delimiter was 27 MiB a connection). 64 bytes holds the
+// terminators protocols use ("\r\n", "\r\n\r\n", "\x00", "<END>", ...)
+// with room to spare, and keeps that cost under 1 KiB.
+const MaxDelimiterBytes = 64
+
 // Config describes a framing. Its zero value is raw framing with the default
 // limit.
 type Config struct {
 	// Mode says how frames are cut; the zero value is Raw.
 	Mode Mode
 	// Delimiter ends every frame in Delimiter mode: one or more arbitrary
-	// bytes. Required there, ignored otherwise.
+	// bytes, at most MaxDelimiterBytes. Required there, ignored otherwise
+	// (but still held to MaxDelimiterBytes).
 	Delimiter []byte
 	// PrefixBytes is the size of the length prefix in LengthPrefix mode: 1, 2,
 	// 4 or 8. 0 means DefaultPrefixBytes.
@@ -127,6 +136,9 @@ func (c Config) Normalize() (Config, error) {
 	case 1, 2, 4, 8:
 	default:
 		return Config{}, fmt.Errorf("framing.prefix_bytes: must be 1, 2, 4 or 8, got %d: %w", c.PrefixBytes, ErrInvalidConfig)
+	}
+	if len(c.Delimiter) > MaxDelimiterBytes {
+		return Config{}, fmt.Errorf("framing.delimiter: %d bytes, more than the limit of %d: %w", len(c.Delimiter), MaxDelimiterBytes, ErrInvalidConfig)
 	}
 	if c.FixedSize < 0 {
 		return Config{}, fmt.Errorf("framing.fixed_size: must not be negative, got %d: %w", c.FixedSize, ErrInvalidConfig)

@@ -142,7 +142,14 @@ func FuzzDelimiter(f *testing.F) {
 	f.Add([]byte("abc|"), []byte{2}, []byte("||"), uint16(3))
 	f.Add([]byte("a\x00b\x00"), []byte{}, []byte{0}, uint16(1))
 	f.Fuzz(func(t *testing.T, stream, cuts, delim []byte, maxFrame uint16) {
-		if len(delim) == 0 || len(delim) > 8 {
+		if len(delim) > framing.MaxDelimiterBytes {
+			cfg := framing.Config{Mode: framing.Delimiter, Delimiter: delim}
+			if _, err := framing.NewSplitter(cfg); !errors.Is(err, framing.ErrInvalidConfig) {
+				t.Fatalf("NewSplitter with a delimiter of %d bytes: %v, want ErrInvalidConfig", len(delim), err)
+			}
+			delim = delim[:framing.MaxDelimiterBytes]
+		}
+		if len(delim) == 0 {
 			delim = []byte("\r\n")
 		}
 		cfg := framing.Config{Mode: framing.Delimiter, Delimiter: delim, MaxFrameBytes: limit(maxFrame)}

@@ -49,9 +49,11 @@
 // refused. Name rules match the name the caller gave, so a --deny-dial name
 // rule does not stop a dial of the same address by IP or another name: deny
 // addresses with CIDRs. The built-in deny ranges (BuiltinDeny) keep the
-// link-local and cloud metadata addresses closed even under an --allow-dial
-// "*"; only an allow rule inside the range, or one for the exact name dialed,
-// opens them. The unspecified addresses are never dialed: connecting to
+// link-local and cloud metadata addresses, and the IPv6 encodings that may
+// reach any IPv4 address, closed even under an --allow-dial "*"; only an
+// allow rule inside the range, or one for the exact name dialed, opens
+// them. A NAT64 (64:ff9b::/96) or 6to4 (2002::/16) address is refused too
+// when the IPv4 address it embeds is. The unspecified addresses are never dialed: connecting to
 // 0.0.0.0 or :: reaches this host, around any rule for loopback.
 package policy
 
@@ -80,30 +82,69 @@ type Resolver interface {
 var _ Resolver = (*net.Resolver)(nil)
 
 // BuiltinDeny are the dial ranges refused unless an allow rule names them
-// specifically (see ResolveDial): 169.254.0.0/16 (IPv4 link-local, holding
-// the cloud metadata service 169.254.169.254), fe80::/10 (IPv6 link-local)
-// fd00:ec2::254/128 (the AWS IPv6 metadata service) and
-// 100.100.100.200/32 (Alibaba Cloud's metadata service). A metadata service
-// hands out the host's cloud credentials to anything that connects. An
-// address of the NAT64 prefix 64:ff9b::/96 is checked as the IPv4 address
-// it reaches too.
+// specifically (see ResolveDial). A metadata service hands out the host's
+// cloud credentials to anything that connects, so each provider's address
+// is here, in both families where the provider publishes one:
+//
+//   - 169.254.0.0/16, IPv4 link-local, holding the metadata service of most
+//     clouds at 169.254.169.254;
+//   - fe80::/10, IPv6 link-local (OpenStack serves metadata on
+//     fe80::a9fe:a9fe);
+//   - fd00:ec2::254/128, the AWS IPv6 metadata service;
+//   - 100.100.100.200/32, Alibaba Cloud's metadata service;
+//   - fd00:c1::a9fe:a9fe/128, Oracle Cloud's IPv6 metadata service;
+//   - fd00:a9fe:a9fe::1/128, Akamai (Linode) Cloud's IPv6 metadata service;
+//   - 64:ff9b:1::/48, the NAT64 prefix for local use (RFC 8215): the IPv4
+//     address it reaches sits where the operator's prefix length puts it,
+//     so it cannot be read back and the whole prefix is closed;
+//   - ::/96, the deprecated IPv4-compatible addresses (RFC 4291), which a
+//     tunnel may carry to the IPv4 address they hold; :: and ::1 are not
+//     IPv4-compatible addresses, and ::1 stays open.
+//
+// Addresses of the NAT64 prefix 64:ff9b::/96 and of 6to4, 2002::/16, are
+// checked as the IPv4 address they embed too.
+//
+// The IPv6 metadata addresses are the providers' own: AWS's in "Retrieve
+// instance metadata" (docs.aws.amazon.com, AWSEC2 user guide); Akamai's in
+// "Access the Metadata service API" (techdocs.akamai.com, "169.254.169.254
+// and fd00:a9fe:a9fe::1"); Oracle's in its OKE worker bootstrap
+// (oracle-terraform-modules/terraform-oci-oke, modules/workers/
+// cloudinit-oke.sh, which falls back to http://[fd00:c1::a9fe:a9fe]/opc/v2).
+// No other provider's IPv6 metadata address could be confirmed from what
+// the provider publishes, so none other is listed.
 var BuiltinDeny = []netip.Prefix{
 	netip.MustParsePrefix("169.254.0.0/16"),
 	netip.MustParsePrefix("fe80::/10"),
 	netip.MustParsePrefix("fd00:ec2::254/128"),
 	netip.MustParsePrefix("100.100.100.200/32"),
+	netip.MustParsePrefix("fd00:c1::a9fe:a9fe/128"),
+	netip.MustParsePrefix("fd00:a9fe:a9fe::1/128"),
+	netip.MustParsePrefix("64:ff9b:1::/48"),
+	ipv4Compatible,
 }
 
 // nat64 is the well-known NAT64 prefix (RFC 6052): 64:ff9b::a9fe:a9fe
 // reaches 169.254.169.254 through a NAT64 gateway.
 var nat64 = netip.MustParsePrefix("64:ff9b::/96")
 
+// sixToFour is the 6to4 prefix (RFC 3056): 2002:a9fe:a9fe::1 reaches
+// 169.254.169.254 through a 6to4 relay, the IPv4 address in bits 16-47.
+var sixToFour = netip.MustParsePrefix("2002::/16")
+
+// ipv4Compatible holds the IPv4-compatible addresses (::a9fe:a9fe), and
+// also ::1, which deniedDial leaves open.
+var ipv4Compatible = netip.MustParsePrefix("::/96")
+
 // builtinWhy says, in refusals, what each BuiltinDeny range is.
 var builtinWhy = map[netip.Prefix]string{
-	netip.MustParsePrefix("169.254.0.0/16"):     "link-local and cloud metadata",
-	netip.MustParsePrefix("fe80::/10"):          "IPv6 link-local",
-	netip.MustParsePrefix("fd00:ec2::254/128"):  "AWS IPv6 metadata",
-	netip.MustParsePrefix("100.100.100.200/32"): "Alibaba Cloud metadata",
+	netip.MustParsePrefix("169.254.0.0/16"):         "link-local and cloud metadata",
+	netip.MustParsePrefix("fe80::/10"):              "IPv6 link-local",
+	netip.MustParsePrefix("fd00:ec2::254/128"):      "AWS IPv6 metadata",
+	netip.MustParsePrefix("100.100.100.200/32"):     "Alibaba Cloud metadata",
+	netip.MustParsePrefix("fd00:c1::a9fe:a9fe/128"): "Oracle Cloud IPv6 metadata",
+	netip.MustParsePrefix("fd00:a9fe:a9fe::1/128"):  "Akamai Cloud IPv6 metadata",
+	netip.MustParsePrefix("64:ff9b:1::/48"):         "NAT64 for local use, which may reach any IPv4 address",
+	ipv4Compatible:                                  "IPv4-compatible, which may reach the IPv4 address it holds",
 }
 
 // defaultListen is the rule that applies when Policy.AllowListen is empty.
@@ -260,6 +301,8 @@ func briefRules(rules []Rule) string {
 //     whose IP or CIDR lies inside that range and matches the address, or a
 //     rule for exactly the name the caller gave, matching the port in either
 //     case ("*" and 0.0.0.0/0 do not open the range);
+//   - it is a NAT64 (64:ff9b::/96) or 6to4 (2002::/16) address and the IPv4
+//     address it embeds is refused by the two rules above;
 //   - AllowDial is not empty and none of its rules matches it (by IP or
 //     CIDR, or by name) and the port.
 //
@@ -340,11 +383,9 @@ func (p *Policy) refuseDial(a netip.Addr, name string, port uint16) string {
 	if reason := p.deniedDial(a, name, port); reason != "" {
 		return reason
 	}
-	if nat64.Contains(a) {
-		b := a.As16()
-		v4 := netip.AddrFrom4([4]byte(b[12:]))
+	if v4, through := embeddedIPv4(a); through != "" {
 		if reason := p.deniedDial(v4, name, port); reason != "" {
-			return fmt.Sprintf("%s reached through NAT64: %s", v4, reason)
+			return fmt.Sprintf("%s reached through %s: %s", v4, through, reason)
 		}
 	}
 	if len(p.AllowDial) == 0 {
@@ -358,6 +399,20 @@ func (p *Policy) refuseDial(a netip.Addr, name string, port uint16) string {
 	return "not matched by any --allow-dial rule"
 }
 
+// embeddedIPv4 returns the IPv4 address that a reaches through a
+// translator or relay, and the name of the mechanism, or "" when a embeds
+// none that can be read back.
+func embeddedIPv4(a netip.Addr) (netip.Addr, string) {
+	b := a.As16()
+	switch {
+	case nat64.Contains(a):
+		return netip.AddrFrom4([4]byte(b[12:])), "NAT64"
+	case sixToFour.Contains(a):
+		return netip.AddrFrom4([4]byte(b[2:6])), "6to4"
+	}
+	return netip.Addr{}, ""
+}
+
 // deniedDial returns why a --deny-dial rule or a BuiltinDeny range refuses
 // a dial of a port through name, or "".
 func (p *Policy) deniedDial(a netip.Addr, name string, port uint16) string {
@@ -368,6 +423,9 @@ func (p *Policy) deniedDial(a netip.Addr, name string, port uint16) string {
 	}
 	for _, b := range BuiltinDeny {
 		b = b.Masked()
+		if b == ipv4Compatible && a == netip.IPv6Loopback() {
+			continue // ::1 lies in ::/96 but is loopback, not IPv4-compatible
+		}
 		if b.Contains(a) && !p.opens(b, a, name, port) {
 			why := ""
 			if w := builtinWhy[b]; w != "" {

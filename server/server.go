@@ -274,6 +274,10 @@ func New(cfg Config) (*Server, error) {
 		unary = append(unary, auth.Unary)
 		stream = append(stream, auth.Stream)
 	}
+	// After authentication: a request that did not decode is the caller's
+	// InvalidArgument, answered before any method runs.
+	unary = append(unary, rpc.Decoded)
+	stream = append(stream, rpc.DecodedStream)
 	s.grpc = grpc.NewServer(
 		// Room for the largest payload and the request around it, so an
 		// oversized Send gets tcpgate's message naming max_send_bytes.

@@ -1,6 +1,7 @@
 package rpc
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/bits"
@@ -8,6 +9,7 @@ import (
 	"sync/atomic"
 	"unicode/utf8"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	grpcproto "google.golang.org/grpc/encoding/proto"
@@ -71,9 +73,9 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 // UTF-8) is not an error here: grpc-go answers every codec error with
 // Internal, whatever status the codec returns, and a malformed request is
 // the caller's mistake. Such a message is left empty and marked instead,
-// and the method it was sent to answers InvalidArgument with the decoder's
-// reason (decodeError). Messages of other services (health, reflection)
-// keep grpc-go's answer.
+// and the interceptors Decoded and DecodedStream answer InvalidArgument
+// with the decoder's reason before any method sees it (decodeError).
+// Messages of other services (health, reflection) keep grpc-go's answer.
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	err := stdCodec.Unmarshal(data, v)
 	if err == nil {
@@ -143,9 +145,39 @@ func appendMalformed(b []byte, reason string) []byte {
 	return protowire.AppendString(protowire.AppendVarint(b, malformedTag), reason)
 }
 
+// Decoded is the unary interceptor that answers a request Codec could not
+// decode with InvalidArgument, so that no method runs on a message left
+// empty. The server installs it after authentication: a caller without
+// the token learns nothing of how its bytes were read.
+func Decoded(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if m, ok := req.(proto.Message); ok {
+		if err := decodeError(m); err != nil {
+			return nil, err
+		}
+	}
+	return handler(ctx, req)
+}
+
+// DecodedStream is Decoded for streams: every message the handler
+// receives is checked.
+func DecodedStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	return handler(srv, decodedStream{ss})
+}
+
+type decodedStream struct{ grpc.ServerStream }
+
+func (s decodedStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if pm, ok := m.(proto.Message); ok {
+		return decodeError(pm)
+	}
+	return nil
+}
+
 // decodeError is the InvalidArgument status of a request that Codec
-// could not decode, or nil for one that decoded. Every method of Service
-// calls it first.
+// could not decode, or nil for one that decoded.
 func decodeError(m proto.Message) error {
 	raw := m.ProtoReflect().GetUnknown()
 	tag, n := protowire.ConsumeVarint(raw)

@@ -133,9 +133,6 @@ func (s *Service) status(err error) error { return toStatus(s.log, err) }
 
 // StartListener implements GatewayService.StartListener.
 func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListenerRequest) (*tcpgatev1.StartListenerResponse, error) {
-	if err := decodeError(req); err != nil {
-		return nil, err
-	}
 	if id := req.GetListenerId(); id != "" {
 		if err := checkID("listener_id", id); err != nil {
 			return nil, err
@@ -266,9 +263,6 @@ func autoReplyFromProto(a *tcpgatev1.AutoReply) (conn.AutoReply, error) {
 
 // StopListener implements GatewayService.StopListener.
 func (s *Service) StopListener(ctx context.Context, req *tcpgatev1.StopListenerRequest) (*tcpgatev1.StopListenerResponse, error) {
-	if err := decodeError(req); err != nil {
-		return nil, err
-	}
 	if err := checkID("listener_id", req.GetListenerId()); err != nil {
 		return nil, err
 	}
@@ -285,9 +279,6 @@ func (s *Service) StopListener(ctx context.Context, req *tcpgatev1.StopListenerR
 
 // GetListener implements GatewayService.GetListener.
 func (s *Service) GetListener(_ context.Context, req *tcpgatev1.GetListenerRequest) (*tcpgatev1.GetListenerResponse, error) {
-	if err := decodeError(req); err != nil {
-		return nil, err
-	}
 	if err := checkID("listener_id", req.GetListenerId()); err != nil {
 		return nil, err
 	}
@@ -300,9 +291,6 @@ func (s *Service) GetListener(_ context.Context, req *tcpgatev1.GetListenerReque
 
 // ListListeners implements GatewayService.ListListeners.
 func (s *Service) ListListeners(_ context.Context, req *tcpgatev1.ListListenersRequest) (*tcpgatev1.ListListenersResponse, error) {
-	if err := decodeError(req); err != nil {
-		return nil, err
-	}
 	infos := s.cfg.Listeners.List()
 	resp := &tcpgatev1.ListListenersResponse{Listeners: make([]*tcpgatev1.Listener, 0, len(infos))}
 	for _, i := range infos {
@@ -313,9 +301,6 @@ func (s *Service) ListListeners(_ context.Context, req *tcpgatev1.ListListenersR
 
 // ListConnections implements GatewayService.ListConnections.
 func (s *Service) ListConnections(_ context.Context, req *tcpgatev1.ListConnectionsRequest) (*tcpgatev1.ListConnectionsResponse, error) {
-	if err := decodeError(req); err != nil {
-		return nil, err
-	}
 	if id := req.GetListenerId(); id != "" {
 		if err := checkID("listener_id", id); err != nil {
 			return nil, err
@@ -334,9 +319,6 @@ func (s *Service) ListConnections(_ context.Context, req *tcpgatev1.ListConnecti
 
 // CloseConnection implements GatewayService.CloseConnection.
 func (s *Service) CloseConnection(ctx context.Context, req *tcpgatev1.CloseConnectionRequest) (*tcpgatev1.CloseConnectionResponse, error) {
-	if err := decodeError(req); err != nil {
-		return nil, err
-	}
 	if err := checkID("connection_id", req.GetConnectionId()); err != nil {
 		return nil, err
 	}
@@ -357,9 +339,6 @@ var awaitModes = map[tcpgatev1.AwaitMode]dialer.AwaitMode{
 
 // Send implements GatewayService.Send.
 func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgatev1.SendResponse, error) {
-	if err := decodeError(req); err != nil {
-		return nil, err
-	}
 	var payload []byte
 	switch p := req.GetPayload().(type) {
 	case *tcpgatev1.SendRequest_Text:
@@ -654,9 +633,6 @@ func (s *Service) streamError(ctx context.Context, err error) error {
 
 // Subscribe implements GatewayService.Subscribe.
 func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerStreamingServer[tcpgatev1.SubscribeResponse]) error {
-	if err := decodeError(req); err != nil {
-		return err
-	}
 	opts, format, err := s.subscription(req)
 	if err != nil {
 		return err

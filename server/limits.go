@@ -1,13 +1,10 @@
 package server
 
 import (
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
 	"net"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -41,8 +38,9 @@ const (
 	// DefaultHTTPIdleTimeout closes a kept-alive REST connection with no
 	// request this long.
 	DefaultHTTPIdleTimeout = time.Minute
-	// DefaultHTTPReadTimeout bounds the reading of one REST request's body,
-	// enough for a --max-send-bytes payload on a slow link.
+	// DefaultHTTPReadTimeout bounds the reading of one REST request, its
+	// headers and body, enough for a --max-send-bytes payload on a slow
+	// link.
 	DefaultHTTPReadTimeout = 30 * time.Second
 	// DefaultGRPCIdleTimeout closes a gRPC connection with no call this
 	// long (a client reconnects on its next call).
@@ -58,7 +56,7 @@ const (
 )
 
 // httpHeaderTimeout bounds the reading of a REST request's headers, as
-// before --http-read-timeout existed.
+// before --http-read-timeout existed (which bounds headers and body).
 const httpHeaderTimeout = 10 * time.Second
 
 // grpc keepalive: the server pings a connection silent this long, and
@@ -139,43 +137,6 @@ func (h *healthService) Watch(req *healthpb.HealthCheckRequest, stream healthpb.
 		}
 	}
 	return h.Server.Watch(req, stream)
-}
-
-// bodyReadTimeout bounds the reading of a request's body to d, so a client
-// that sends it slowly cannot hold its connection. It is not
-// http.Server.ReadTimeout, which also cancels a handler still running
-// (an event stream, a StopListener drain) once it passes: the deadline is
-// lifted as soon as the body has been read.
-func bodyReadTimeout(h http.Handler, d time.Duration) http.Handler {
-	if d <= 0 {
-		return h
-	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Body == nil || r.Body == http.NoBody {
-			h.ServeHTTP(w, r)
-			return
-		}
-		rc := http.NewResponseController(w)
-		if err := rc.SetReadDeadline(time.Now().Add(d)); err == nil {
-			r.Body = &deadlineBody{ReadCloser: r.Body, lift: func() { _ = rc.SetReadDeadline(time.Time{}) }}
-		}
-		h.ServeHTTP(w, r)
-	})
-}
-
-// deadlineBody lifts the read deadline once the body is read to its end.
-type deadlineBody struct {
-	io.ReadCloser
-	lift func()
-	once sync.Once
-}
-
-func (b *deadlineBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if errors.Is(err, io.EOF) {
-		b.once.Do(b.lift)
-	}
-	return n, err
 }
 
 // checkFDReserve warns when the configured limits do not keep the

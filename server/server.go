@@ -115,8 +115,8 @@ type Config struct {
 	// HTTPIdleTimeout closes a kept-alive REST connection idle this long; 0
 	// means DefaultHTTPIdleTimeout, a negative value never.
 	HTTPIdleTimeout time.Duration
-	// HTTPReadTimeout bounds the reading of a REST request's body; 0 means
-	// DefaultHTTPReadTimeout, a negative value no bound.
+	// HTTPReadTimeout bounds the reading of a REST request, headers and
+	// body; 0 means DefaultHTTPReadTimeout, a negative value no bound.
 	HTTPReadTimeout time.Duration
 	// GRPCIdleTimeout closes a gRPC connection with no call this long; 0
 	// means DefaultGRPCIdleTimeout, a negative value never.
@@ -420,9 +420,17 @@ func (s *Server) newREST() error {
 		return err
 	}
 	s.rest, s.httpLn = rest, ln
+	headerTimeout := httpHeaderTimeout
+	if s.cfg.HTTPReadTimeout > 0 {
+		headerTimeout = min(headerTimeout, s.cfg.HTTPReadTimeout)
+	}
 	s.httpSrv = &http.Server{
-		Handler:           bodyReadTimeout(rest, s.cfg.HTTPReadTimeout),
-		ReadHeaderTimeout: httpHeaderTimeout,
+		Handler:           rest,
+		ReadHeaderTimeout: headerTimeout,
+		// Bounds the request's headers and body only: net/http lifts the
+		// deadline once the body is read, so a handler that runs long (an
+		// event stream, a StopListener drain) is not cut.
+		ReadTimeout: max(s.cfg.HTTPReadTimeout, 0), // 0: no bound
 		// Kept-alive connections go when idle, a 401's included, so that
 		// callers without the token cannot hold connections for good.
 		IdleTimeout: s.cfg.HTTPIdleTimeout,

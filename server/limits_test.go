@@ -3,6 +3,7 @@ package server_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/connectivity"
 
 	"github.com/tcpgate/tcpgate/server"
 	"github.com/tcpgate/tcpgate/server/servertest"
@@ -66,5 +69,75 @@ func TestRESTBodyReadTimeout(t *testing.T) {
 	_, err = io.Copy(io.Discard, c) // an error answer, then the close
 	if took := time.Since(start); err != nil || took > 5*time.Second {
 		t.Fatalf("the gateway held a stalled body for %v (%v), want the connection cut after --http-read-timeout (%v)", took.Round(time.Millisecond), err, timeout)
+	}
+}
+
+// TestGRPCConnectionCap: past --max-grpc-connections a connection is
+// closed as soon as it is accepted; one that leaves makes room.
+func TestGRPCConnectionCap(t *testing.T) {
+	g := servertest.Start(t, server.Config{MaxGRPCConnections: 1})
+	addr := g.Server.GRPCAddr()
+	held, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	// closedSoon reports whether the gateway closes c within a second (it
+	// waits longer than that for a gRPC preface otherwise): what it reads
+	// (the server's HTTP/2 settings) ends in EOF or a reset, not the
+	// deadline.
+	closedSoon := func(c net.Conn) bool {
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		_, err := io.Copy(io.Discard, c)
+		var ne net.Error
+		return !(errors.As(err, &ne) && ne.Timeout())
+	}
+	if closedSoon(held) {
+		t.Fatal("the first connection was closed, want it held under --max-grpc-connections 1")
+	}
+	extra, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	if !closedSoon(extra) {
+		t.Fatal("a second connection stayed open past --max-grpc-connections 1")
+	}
+	held.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		next, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ok := !closedSoon(next)
+		next.Close()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no room after the held connection closed")
+		}
+	}
+}
+
+// TestGRPCIdleTimeout: a gRPC connection with no call for
+// --grpc-idle-timeout is closed by the server (GOAWAY), and the client's
+// next call reconnects.
+func TestGRPCIdleTimeout(t *testing.T) {
+	g := servertest.Start(t, server.Config{GRPCIdleTimeout: 300 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := g.Client.ListListeners(ctx, &tcpgatev1.ListListenersRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	// READY until the server lets the idle connection go.
+	for st := g.Conn.GetState(); st == connectivity.Ready; st = g.Conn.GetState() {
+		if !g.Conn.WaitForStateChange(ctx, st) {
+			t.Fatalf("the idle connection is still %v after %v, want it closed after --grpc-idle-timeout", st, 10*time.Second)
+		}
+	}
+	if _, err := g.Client.ListListeners(ctx, &tcpgatev1.ListListenersRequest{}); err != nil {
+		t.Fatalf("a call after the idle close: %v", err)
 	}
 }

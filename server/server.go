@@ -324,16 +324,16 @@ func New(cfg Config) (*Server, error) {
 		// each connection carries at most MaxGRPCStreams calls, goes after
 		// GRPCIdleTimeout without one, and after a ping it does not answer.
 		grpc.MaxConcurrentStreams(uint32(cfg.MaxGRPCStreams)),
-		// A connection that has not finished its TLS handshake and HTTP/2
-		// preface in this time is closed (grpc-go's default is 120 s), as
-		// REST gives a request's headers httpHeaderTimeout: a slot of
-		// --max-grpc-connections is not held by a client that sends nothing.
-		grpc.ConnectionTimeout(httpHeaderTimeout),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			MaxConnectionIdle: max(cfg.GRPCIdleTimeout, 0), // 0: never
 			Time:              grpcPingInterval,
 			Timeout:           grpcPingTimeout,
 		}),
+		// A connection that has not finished its TLS handshake and HTTP/2
+		// preface in this time is closed (grpc-go's default is 120 s), as
+		// REST gives a request's headers httpHeaderTimeout: a slot of
+		// --max-grpc-connections is not held by a client that sends nothing.
+		grpc.ConnectionTimeout(httpHeaderTimeout),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 	)

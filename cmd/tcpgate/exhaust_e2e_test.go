@@ -334,7 +334,7 @@ func TestExhaustGRPCStreams(t *testing.T) {
 func TestExhaustPerIP(t *testing.T) {
 	t.Parallel()
 	const perIP = 3
-	_, grpcAddr, _ := startLimited(t, exhaustFDs, hermeticEnv(fmt.Sprintf("TCPGATE_MAX_CONNECTIONS_PER_IP=%d", perIP)))
+	d, grpcAddr, _ := startLimited(t, exhaustFDs, hermeticEnv(fmt.Sprintf("TCPGATE_MAX_CONNECTIONS_PER_IP=%d", perIP)))
 	cc, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -433,6 +433,9 @@ func TestExhaustPerIP(t *testing.T) {
 	}
 	if served(t, extra) {
 		t.Fatalf("connection %d of 127.0.0.2 was served past --max-connections-per-ip %d", perIP+1, perIP)
+	}
+	if !strings.Contains(d.stderr.String(), "connection refused: --max-connections-per-ip (3) reached") {
+		t.Errorf("the daemon logged no refusal naming --max-connections-per-ip")
 	}
 	// Another IP still gets in.
 	other := dialFrom(t, "127.0.0.3", addrs[1])

@@ -79,7 +79,7 @@ func newServeCmd() *cobra.Command {
 	f.IntVar(&cfg.MaxGRPCStreams, "max-grpc-streams", server.DefaultMaxGRPCStreams, "most concurrent calls on one gRPC connection; more wait in the client")
 	f.IntVar(&cfg.MaxHealthWatchers, "max-health-watchers", server.DefaultMaxHealthWatchers, "most health Watch streams at once, which need no token (0: no limit)")
 	f.DurationVar(&cfg.HTTPIdleTimeout, "http-idle-timeout", server.DefaultHTTPIdleTimeout, "close a kept-alive REST connection with no request this long (negative: never)")
-	f.DurationVar(&cfg.HTTPReadTimeout, "http-read-timeout", server.DefaultHTTPReadTimeout, "longest a REST request may take to send its body (negative: no bound)")
+	f.DurationVar(&cfg.HTTPReadTimeout, "http-read-timeout", server.DefaultHTTPReadTimeout, "longest a REST request may take to send its headers (at most 10s) and body (negative: no bound)")
 	f.DurationVar(&cfg.GRPCIdleTimeout, "grpc-idle-timeout", server.DefaultGRPCIdleTimeout, "close a gRPC connection with no call this long (negative: never)")
 	f.IntVar(&cfg.MaxSubscribers, "max-subscribers", defaultMaxSubscribers, "most Subscribe streams at once (0: no limit)")
 	f.IntVar(&cfg.MaxSendBytes, "max-send-bytes", server.DefaultMaxSendBytes, "largest Send payload in bytes")

@@ -155,9 +155,7 @@ func TestExhaustIdleREST(t *testing.T) {
 	if _, err := io.ReadFull(data, buf); err != nil || string(buf) != "ping" {
 		t.Fatalf("echo from the listener during the flood: %q, %v, want \"ping\"", buf, err)
 	}
-	if !strings.Contains(d.stderr.String(), "--max-http-connections") {
-		t.Errorf("the daemon logged no refusal naming --max-http-connections")
-	}
+	waitLog(t, d, "connection refused: --max-http-connections reached")
 
 	// The idle connections are closed by the gateway.
 	deadline := time.Now().Add(idle + 10*time.Second)
@@ -187,6 +185,19 @@ func TestExhaustIdleREST(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("REST after the flood: %s, want 200", resp.Status)
+	}
+}
+
+// waitLog waits until the daemon's stderr, read in the background, holds
+// line.
+func waitLog(t *testing.T, d *daemon, line string) {
+	t.Helper()
+	deadline := time.Now().Add(eventTimeout)
+	for !strings.Contains(d.stderr.String(), line) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the daemon did not log %q within %v", line, eventTimeout)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -434,9 +445,7 @@ func TestExhaustPerIP(t *testing.T) {
 	if served(t, extra) {
 		t.Fatalf("connection %d of 127.0.0.2 was served past --max-connections-per-ip %d", perIP+1, perIP)
 	}
-	if !strings.Contains(d.stderr.String(), "connection refused: --max-connections-per-ip (3) reached") {
-		t.Errorf("the daemon logged no refusal naming --max-connections-per-ip")
-	}
+	waitLog(t, d, "connection refused: --max-connections-per-ip (3) reached")
 	// Another IP still gets in.
 	other := dialFrom(t, "127.0.0.3", addrs[1])
 	if !served(t, other) {

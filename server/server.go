@@ -91,6 +91,36 @@ type Config struct {
 	MaxConnections int
 	// MaxSubscribers bounds open Subscribe streams; 0 means no bound.
 	MaxSubscribers int
+	// MaxConnectionsPerIP bounds one peer IP's open connections over all
+	// listeners; 0 means no bound.
+	MaxConnectionsPerIP int
+	// PerIPLoopback applies MaxConnectionsPerIP to loopback peers too;
+	// false exempts them (benchmarks, local tools).
+	PerIPLoopback bool
+
+	// The control plane's own limits, which callers without the token
+	// meet too (see limits.go for the defaults of `tcpgate serve`).
+
+	// MaxHTTPConnections bounds the REST gateway's open connections; 0
+	// means no bound.
+	MaxHTTPConnections int
+	// MaxGRPCConnections bounds the gRPC listener's open connections; 0
+	// means no bound.
+	MaxGRPCConnections int
+	// MaxGRPCStreams bounds the concurrent calls of one gRPC connection;
+	// 0 means DefaultMaxGRPCStreams.
+	MaxGRPCStreams int
+	// MaxHealthWatchers bounds the health Watch streams; 0 means no bound.
+	MaxHealthWatchers int
+	// HTTPIdleTimeout closes a kept-alive REST connection idle this long; 0
+	// means DefaultHTTPIdleTimeout, a negative value never.
+	HTTPIdleTimeout time.Duration
+	// HTTPReadTimeout bounds the reading of a REST request, headers and
+	// body; 0 means DefaultHTTPReadTimeout, a negative value no bound.
+	HTTPReadTimeout time.Duration
+	// GRPCIdleTimeout closes a gRPC connection with no call this long; 0
+	// means DefaultGRPCIdleTimeout, a negative value never.
+	GRPCIdleTimeout time.Duration
 	// MaxSendBytes bounds a Send payload; 0 means DefaultMaxSendBytes.
 	MaxSendBytes int
 	// MaxFrameBytes bounds a framing's max_frame_bytes and fixed_size; 0
@@ -207,6 +237,10 @@ func New(cfg Config) (*Server, error) {
 	if err := checkExposure(cfg); err != nil {
 		return nil, err
 	}
+	if err := controlDefaults(&cfg); err != nil {
+		return nil, err
+	}
+	checkFDReserve(cfg, log)
 	for _, l := range []struct {
 		flag string
 		v    int
@@ -239,7 +273,11 @@ func New(cfg Config) (*Server, error) {
 		Publisher:      s.hub,
 		MaxListeners:   cfg.MaxListeners,
 		MaxConnections: cfg.MaxConnections,
-		WriteTimeout:   cfg.WriteTimeout,
+		// Decided by the registry, which counts every listener's
+		// connections together.
+		MaxConnectionsPerIP: cfg.MaxConnectionsPerIP,
+		PerIPLoopback:       cfg.PerIPLoopback,
+		WriteTimeout:        cfg.WriteTimeout,
 		// Decided by the registry, so every way of stopping a listener
 		// meets the same bound.
 		MaxDrainTimeout:     cfg.MaxDrainTimeout,
@@ -286,13 +324,31 @@ func New(cfg Config) (*Server, error) {
 		grpc.InitialConnWindowSize(connWindow),
 		grpc.ForceServerCodecV2(rpc.Codec{}), // protobuf; encodes Subscribe's batches itself
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// Callers without the token can open connections and streams:
+		// each connection carries at most MaxGRPCStreams calls, goes after
+		// GRPCIdleTimeout without one, and after a ping it does not answer.
+		grpc.MaxConcurrentStreams(uint32(cfg.MaxGRPCStreams)),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle: max(cfg.GRPCIdleTimeout, 0), // 0: never
+			Time:              grpcPingInterval,
+			Timeout:           grpcPingTimeout,
+		}),
+		// A connection that has not finished its TLS handshake and HTTP/2
+		// preface in this time is closed (grpc-go's default is 120 s), as
+		// REST gives a request's headers httpHeaderTimeout: a slot of
+		// --max-grpc-connections is not held by a client that sends nothing.
+		grpc.ConnectionTimeout(httpHeaderTimeout),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 	)
 	tcpgatev1.RegisterGatewayServiceServer(s.grpc, svc)
 	s.svc = svc
 	s.health = health.NewServer()
-	healthpb.RegisterHealthServer(s.grpc, s.health)
+	hs := &healthService{Server: s.health}
+	if cfg.MaxHealthWatchers > 0 {
+		hs.watchers = make(chan struct{}, cfg.MaxHealthWatchers)
+	}
+	healthpb.RegisterHealthServer(s.grpc, hs)
 	// Registers both v1 and v1alpha, so old and new grpcurl alike can list
 	// and describe the API.
 	reflection.Register(s.grpc)
@@ -303,6 +359,9 @@ func New(cfg Config) (*Server, error) {
 		s.hub.Close()
 		return nil, fmt.Errorf("binding gRPC address %s: %w", cfg.GRPCAddr, err)
 	}
+	// Bounded, so the gRPC connections stay within the descriptors kept
+	// for the control plane (see checkFDReserve).
+	ln = newLimitListener(ln, cfg.MaxGRPCConnections, "--max-grpc-connections", log)
 	// Every gRPC connection is recorded, so that a Subscribe stream whose
 	// client does not read can be ended (see rpc.ConnTracker).
 	ln = s.conns.Listener(ln)
@@ -343,6 +402,9 @@ func (s *Server) newREST() error {
 	if err != nil {
 		return fmt.Errorf("binding HTTP address %s: %w", s.cfg.HTTPAddr, err)
 	}
+	// Bounded, so the REST connections stay within the descriptors kept
+	// for the control plane (see checkFDReserve).
+	ln = newLimitListener(ln, s.cfg.MaxHTTPConnections, "--max-http-connections", s.log)
 	// The REST gateway reaches the gRPC server over an in-memory
 	// connection: a real gRPC client, behind the HTTP side's own TLS and
 	// token checks, that no one else can dial. The event stream does not
@@ -367,10 +429,21 @@ func (s *Server) newREST() error {
 		return err
 	}
 	s.rest, s.httpLn = rest, ln
+	headerTimeout := httpHeaderTimeout
+	if s.cfg.HTTPReadTimeout > 0 {
+		headerTimeout = min(headerTimeout, s.cfg.HTTPReadTimeout)
+	}
 	s.httpSrv = &http.Server{
 		Handler:           rest,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ReadHeaderTimeout: headerTimeout,
+		// Bounds the request's headers and body only: net/http lifts the
+		// deadline once the body is read, so a handler that runs long (an
+		// event stream, a StopListener drain) is not cut.
+		ReadTimeout: max(s.cfg.HTTPReadTimeout, 0), // 0: no bound
+		// Kept-alive connections go when idle, a 401's included, so that
+		// callers without the token cannot hold connections for good.
+		IdleTimeout: s.cfg.HTTPIdleTimeout,
+		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	if s.tls != nil {
 		c := s.tls.Clone()

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/tcpgate/tcpgate/server"
 	"github.com/tcpgate/tcpgate/server/rpc"
@@ -50,6 +51,7 @@ func newServeCmd() *cobra.Command {
 				return err
 			}
 			cfg.Logger = log
+			connectionDefaults(cmd.Flags(), &cfg, openFileLimit())
 			srv, err := server.New(cfg)
 			if err != nil {
 				return err
@@ -69,7 +71,16 @@ func newServeCmd() *cobra.Command {
 	f.IntVar(&cfg.SubscriberQueueBytes, "subscriber-queue-bytes", server.DefaultSubscriberQueueBytes, "bytes queued per subscriber before its slow-consumer policy applies")
 	f.IntVar(&cfg.MaxQueuedBytes, "max-queued-bytes", server.DefaultMaxQueuedBytes, "bytes queued for all subscribers together before each one's slow-consumer policy applies (negative: no bound)")
 	f.IntVar(&cfg.MaxListeners, "max-listeners", defaultMaxListeners, "most listeners at once (0: no limit)")
-	f.IntVar(&cfg.MaxConnections, "max-connections", defaultMaxConnections(), "most open connections over all listeners (default: the open-file limit less 256; 0: no limit)")
+	f.IntVar(&cfg.MaxConnections, "max-connections", defaultMaxConnections(openFileLimit(), server.FDReserve),
+		fmt.Sprintf("most open connections over all listeners (default: the open-file limit less the control plane's reserve, --max-http-connections plus --max-grpc-connections plus %d; %d when the limit is above 2^24; 0: no limit)", server.FDSlack, unlimitedMaxConnections))
+	f.IntVar(&cfg.MaxConnectionsPerIP, "max-connections-per-ip", 0, "most open connections of one peer IP over all listeners (default: a quarter of --max-connections, loopback peers exempt unless this is set; 0: no limit)")
+	f.IntVar(&cfg.MaxHTTPConnections, "max-http-connections", server.DefaultMaxHTTPConnections, "most open REST connections; more are closed at once (0: no limit)")
+	f.IntVar(&cfg.MaxGRPCConnections, "max-grpc-connections", server.DefaultMaxGRPCConnections, "most open gRPC connections; more are closed at once (0: no limit)")
+	f.IntVar(&cfg.MaxGRPCStreams, "max-grpc-streams", server.DefaultMaxGRPCStreams, "most concurrent calls on one gRPC connection; more wait in the client")
+	f.IntVar(&cfg.MaxHealthWatchers, "max-health-watchers", server.DefaultMaxHealthWatchers, "most health Watch streams at once, which need no token (0: no limit)")
+	f.DurationVar(&cfg.HTTPIdleTimeout, "http-idle-timeout", server.DefaultHTTPIdleTimeout, "close a kept-alive REST connection with no request this long (negative: never)")
+	f.DurationVar(&cfg.HTTPReadTimeout, "http-read-timeout", server.DefaultHTTPReadTimeout, "longest a REST request may take to send its headers (at most 10s) and body (negative: no bound)")
+	f.DurationVar(&cfg.GRPCIdleTimeout, "grpc-idle-timeout", server.DefaultGRPCIdleTimeout, "close a gRPC connection with no call this long (negative: never)")
 	f.IntVar(&cfg.MaxSubscribers, "max-subscribers", defaultMaxSubscribers, "most Subscribe streams at once (0: no limit)")
 	f.IntVar(&cfg.MaxSendBytes, "max-send-bytes", server.DefaultMaxSendBytes, "largest Send payload in bytes")
 	f.StringVar(&tokenFile, "auth-token-file", "", "require the bearer token in this file on every call (or set TCPGATE_AUTH_TOKEN)")
@@ -136,20 +147,50 @@ const (
 	// defaultMaxSubscribers bounds the memory of stuck subscribers: each may
 	// hold up to --subscriber-queue-bytes of events.
 	defaultMaxSubscribers = 256
-	// fdReserve keeps file descriptors for the control plane, dials and
-	// logs when accepted connections reach the open-file limit.
-	fdReserve = 256
+	// unlimitedMaxConnections is --max-connections when the open-file
+	// limit is above 2^24 (LimitNOFILE=infinity): the limit bounds
+	// nothing then, and each connection costs memory, so the bound is a
+	// number instead.
+	unlimitedMaxConnections = 100_000
+	// minMaxConnections is the least default --max-connections, however
+	// low the open-file limit.
+	minMaxConnections = 64
 )
 
-// defaultMaxConnections leaves fdReserve descriptors of the open-file
-// limit free, so that an excess connection is refused with a close reason
-// instead of the accept loop running out of descriptors.
-func defaultMaxConnections() int {
+// openFileLimit returns the soft open-file limit (which Go raises to the
+// hard one at start), or 0 when it cannot be read.
+func openFileLimit() uint64 {
 	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur > 1<<24 {
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
 		return 0
 	}
-	return max(int(rl.Cur)-fdReserve, 64)
+	return rl.Cur
+}
+
+// defaultMaxConnections leaves reserve descriptors of the open-file limit
+// to the control plane, so that an excess data connection is refused with
+// a close reason instead of the control plane running out of descriptors.
+// Above 2^24 (or unknown), the limit is no bound: unlimitedMaxConnections.
+func defaultMaxConnections(limit uint64, reserve int) int {
+	if limit == 0 || limit > 1<<24 {
+		return unlimitedMaxConnections
+	}
+	return max(int(limit)-reserve, minMaxConnections)
+}
+
+// connectionDefaults fills in the data plane's defaults that depend on
+// other flags: --max-connections leaves the control plane's caps as set
+// (not only their defaults), and --max-connections-per-ip is a quarter of
+// --max-connections, loopback peers exempt unless it was set.
+func connectionDefaults(f *pflag.FlagSet, cfg *server.Config, limit uint64) {
+	if !f.Changed("max-connections") && cfg.MaxHTTPConnections > 0 && cfg.MaxGRPCConnections > 0 {
+		cfg.MaxConnections = defaultMaxConnections(limit, cfg.MaxHTTPConnections+cfg.MaxGRPCConnections+server.FDSlack)
+	}
+	if f.Changed("max-connections-per-ip") {
+		cfg.PerIPLoopback = true
+		return
+	}
+	cfg.MaxConnectionsPerIP = cfg.MaxConnections / 4
 }
 
 // readToken takes the control plane's token from --auth-token-file, or

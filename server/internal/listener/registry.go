@@ -123,6 +123,14 @@ type Config struct {
 	MaxListeners int
 	// MaxConnections bounds open connections over all listeners; 0 means no bound.
 	MaxConnections int
+	// MaxConnectionsPerIP bounds the open connections of one peer IP over
+	// all listeners, so that one host cannot take every slot; 0 means no
+	// bound.
+	MaxConnectionsPerIP int
+	// PerIPLoopback applies MaxConnectionsPerIP to loopback peers too;
+	// false exempts them, so that benchmarks and local tools may open
+	// every slot.
+	PerIPLoopback bool
 	// WriteTimeout bounds each write to a connection; 0 means conn.DefaultWriteTimeout.
 	WriteTimeout time.Duration
 	// MaxDrainTimeout bounds Stop's drain; 0 means DefaultMaxDrainTimeout.
@@ -146,6 +154,9 @@ type Registry struct {
 	totals conn.Counters // over every connection ever
 	writes *conn.WriteBudget
 	closed [event.ReasonReplyTimeout + 1]atomic.Uint64
+	// refusedLog is when a refusal was last logged (unix nanoseconds), so
+	// that a flood of refused connections logs one line a second.
+	refusedLog atomic.Int64
 
 	// quit is closed when the shutdown begins (StopAccepting or Close):
 	// drains in progress are cut.
@@ -155,8 +166,9 @@ type Registry struct {
 	mu        sync.Mutex // guards the fields below and every listener's conns, state and drainEnd
 	listeners map[string]*listener
 	conns     map[string]*conn.Conn
-	shut      bool // Start is refused: StopAccepting or Close was called
-	closing   bool // Close was called: it stops every listener, Stop starts no stop of its own
+	perIP     map[netip.Addr]int // open connections by peer IP, of the peers MaxConnectionsPerIP counts
+	shut      bool               // Start is refused: StopAccepting or Close was called
+	closing   bool               // Close was called: it stops every listener, Stop starts no stop of its own
 }
 
 type listener struct {
@@ -203,6 +215,7 @@ func New(cfg Config) *Registry {
 		quit:      make(chan struct{}),
 		listeners: make(map[string]*listener),
 		conns:     make(map[string]*conn.Conn),
+		perIP:     make(map[netip.Addr]int),
 	}
 }
 
@@ -347,6 +360,10 @@ func (r *Registry) accept(l *listener) {
 
 func (r *Registry) serve(l *listener, nc net.Conn) {
 	id := "c" + strconv.FormatUint(r.connID.Add(1), 10)
+	ip, perIP := r.peerIP(nc)
+	// admitted is set under r.mu when the connection takes its slots, so
+	// that Closed gives back only what was taken.
+	var admitted bool
 	c := conn.New(r.ctx, nc, conn.Config{
 		ID:               id,
 		ListenerID:       l.spec.ID,
@@ -365,23 +382,39 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 			r.mu.Lock()
 			delete(l.conns, id)
 			delete(r.conns, id)
+			if admitted && perIP {
+				if r.perIP[ip]--; r.perIP[ip] <= 0 {
+					delete(r.perIP, ip)
+				}
+			}
 			r.mu.Unlock()
 		},
 	})
 	l.total.Add(1)
 
 	r.mu.Lock()
-	over := (l.spec.MaxConnections > 0 && len(l.conns) >= l.spec.MaxConnections) ||
-		(r.cfg.MaxConnections > 0 && len(r.conns) >= r.cfg.MaxConnections)
-	if !over {
+	var limit string
+	switch {
+	case l.spec.MaxConnections > 0 && len(l.conns) >= l.spec.MaxConnections:
+		limit = fmt.Sprintf("the listener's max_connections (%d)", l.spec.MaxConnections)
+	case r.cfg.MaxConnections > 0 && len(r.conns) >= r.cfg.MaxConnections:
+		limit = fmt.Sprintf("--max-connections (%d)", r.cfg.MaxConnections)
+	case perIP && r.perIP[ip] >= r.cfg.MaxConnectionsPerIP:
+		limit = fmt.Sprintf("--max-connections-per-ip (%d)", r.cfg.MaxConnectionsPerIP)
+	default:
+		admitted = true
 		l.conns[id] = c
 		r.conns[id] = c
+		if perIP {
+			r.perIP[ip]++
+		}
 	}
 	r.mu.Unlock()
-	if over {
+	if !admitted {
 		// Refused connections still get their opened and closed events, so a
 		// subscriber sees why a client was turned away.
 		c.Close(event.ReasonLimitReached)
+		r.logRefused(l, nc, limit)
 	}
 
 	r.wg.Add(1)
@@ -389,6 +422,39 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 		defer r.wg.Done()
 		c.Serve()
 	}()
+}
+
+// peerIP returns the IP of nc's peer and whether MaxConnectionsPerIP
+// counts it.
+func (r *Registry) peerIP(nc net.Conn) (netip.Addr, bool) {
+	if r.cfg.MaxConnectionsPerIP <= 0 {
+		return netip.Addr{}, false
+	}
+	ap, err := netip.ParseAddrPort(nc.RemoteAddr().String())
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	// An IPv4 peer of a dual-stack socket is one host, however spelled.
+	ip := ap.Addr().Unmap()
+	if ip.IsLoopback() && !r.cfg.PerIPLoopback {
+		return netip.Addr{}, false
+	}
+	return ip, true
+}
+
+// refusedLogInterval spaces the log lines of refused connections: a peer
+// that floods a listener must not flood the log too.
+const refusedLogInterval = time.Second
+
+// logRefused logs a connection refused at limit, at most once every
+// refusedLogInterval.
+func (r *Registry) logRefused(l *listener, nc net.Conn, limit string) {
+	now := time.Now().UnixNano()
+	last := r.refusedLog.Load()
+	if now-last < int64(refusedLogInterval) || !r.refusedLog.CompareAndSwap(last, now) {
+		return
+	}
+	r.log.Warn("connection refused: "+limit+" reached", "listener_id", l.spec.ID, "remote_address", nc.RemoteAddr().String())
 }
 
 // Stop stops accepting on the listener at once, waits up to drain for its

@@ -32,7 +32,11 @@ func writeError(w http.ResponseWriter, status, code int, msg string) {
 // foreign Host or Origin), logs it (never the token) and counts it, so that
 // probing shows up as gRPC refusals do.
 func (g *Gateway) refuse(w http.ResponseWriter, r *http.Request, status, code int, msg string) {
-	g.log.Warn("HTTP request refused", "status", status, "method", r.Method, "path", rpc.Quote(r.URL.Path), "remote", r.RemoteAddr, "error", msg)
+	attrs := []any{"status", status, "method", r.Method, "path", rpc.Clip(r.URL.Path)}
+	if len(r.URL.Path) > rpc.MaxEcho {
+		attrs = append(attrs, "path_bytes", len(r.URL.Path)) // what Clip cut
+	}
+	g.log.Warn("HTTP request refused", append(attrs, "remote", r.RemoteAddr, "error", msg)...)
 	if g.cfg.Refused != nil {
 		g.cfg.Refused(status)
 	}

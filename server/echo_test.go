@@ -160,8 +160,12 @@ func TestEchoBounded(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("%s: no %q line logged; the bound would hold for nothing", name, want)
 		}
-		if !strings.Contains(out, "bytes)") {
-			t.Errorf("%s: no logged value says how long it was", name)
+		length := "bytes)" // rpc.Quote in an error message
+		if l == &authLogs {
+			length = "path_bytes=" // beside the clipped path of a refusal
+		}
+		if !strings.Contains(out, length) {
+			t.Errorf("%s: no logged value says how long it was (%q)", name, length)
 		}
 		for _, line := range strings.Split(out, "\n") {
 			if len(line) > echoMaxLogLine {

@@ -109,6 +109,10 @@ func (c *Conn) readLoop(splitter *framing.Splitter) event.CloseReason {
 	if c.cfg.Framing.Mode == framing.Raw && c.cfg.Framing.MaxFrameBytes < maxRead {
 		maxRead = c.cfg.Framing.MaxFrameBytes
 	}
+	// A plain connection reads its socket directly, taking a buffer only
+	// once there are bytes (rawread_linux.go): no read waits with one, so
+	// every read may take the most. Through TLS the read waits inside
+	// crypto/tls with the buffer it was given, so readSizer keeps that small.
 	read := rawReader(c.nc)
 	if read == nil {
 		if _, ok := c.nc.(*tls.Conn); ok {

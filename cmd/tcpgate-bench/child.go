@@ -6,6 +6,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -355,8 +356,32 @@ func holdMain(args []string) error {
 	addr := fs.String("addr", "", "address to connect to")
 	parallel := fs.Int("parallel", 32, "concurrent dials")
 	timeout := fs.Duration("timeout", 30*time.Second, "give up one dial command after this long")
+	useTLS := fs.Bool("tls", false, "complete a TLS handshake on each connection (the server's certificate is not verified)")
+	send := fs.Int("send", 0, "bytes each connection writes once connected (with --tls, up to 16384 is one record), then it idles")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	dial := func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		nc, err := d.DialContext(ctx, "tcp", *addr)
+		if err != nil {
+			return nil, err
+		}
+		if *useTLS {
+			tc := tls.Client(nc, &tls.Config{InsecureSkipVerify: true})
+			if err := tc.HandshakeContext(ctx); err != nil {
+				nc.Close()
+				return nil, fmt.Errorf("TLS handshake: %w", err)
+			}
+			nc = tc
+		}
+		if *send > 0 {
+			if _, err := nc.Write(make([]byte, *send)); err != nil {
+				nc.Close()
+				return nil, fmt.Errorf("writing %d bytes: %w", *send, err)
+			}
+		}
+		return nc, nil
 	}
 	var conns []net.Conn
 	defer func() {
@@ -371,7 +396,7 @@ func holdMain(args []string) error {
 		if _, err := fmt.Sscanf(sc.Text(), "dial %d", &n); err != nil {
 			return fmt.Errorf("reading command %q: %w", sc.Text(), err)
 		}
-		opened, res := dialMany(*addr, n, *parallel, *timeout)
+		opened, res := dialMany(dial, n, *parallel, *timeout)
 		conns = append(conns, opened...)
 		if err := printJSON(res); err != nil {
 			return err
@@ -380,8 +405,8 @@ func holdMain(args []string) error {
 	return nil
 }
 
-// dialMany opens n connections to addr with parallel dialers.
-func dialMany(addr string, n, parallel int, timeout time.Duration) ([]net.Conn, holdResult) {
+// dialMany opens n connections with dial, from parallel dialers.
+func dialMany(dial func(context.Context) (net.Conn, error), n, parallel int, timeout time.Duration) ([]net.Conn, holdResult) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	conns := make([]net.Conn, n)
@@ -389,7 +414,6 @@ func dialMany(addr string, n, parallel int, timeout time.Duration) ([]net.Conn, 
 	var mu sync.Mutex // guards res.Failed and res.Error
 	res := holdResult{StartNs: time.Now().UnixNano()}
 	var wg sync.WaitGroup
-	var d net.Dialer
 	for range parallel {
 		wg.Go(func() {
 			for {
@@ -397,7 +421,7 @@ func dialMany(addr string, n, parallel int, timeout time.Duration) ([]net.Conn, 
 				if i >= n {
 					return
 				}
-				nc, err := d.DialContext(ctx, "tcp", addr)
+				nc, err := dial(ctx)
 				if err != nil {
 					mu.Lock()
 					res.Failed++

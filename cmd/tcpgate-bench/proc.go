@@ -163,7 +163,12 @@ func (d *daemon) stop() error {
 // startListener starts a listener on 127.0.0.1:0 and returns its id and
 // bound address.
 func (d *daemon) startListener(ctx context.Context, fr *tcpgatev1.Framing) (id, addr string, err error) {
-	resp, err := d.client.StartListener(ctx, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1", Framing: fr})
+	return d.startListenerWith(ctx, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1", Framing: fr})
+}
+
+// startListenerWith starts the listener req describes.
+func (d *daemon) startListenerWith(ctx context.Context, req *tcpgatev1.StartListenerRequest) (id, addr string, err error) {
+	resp, err := d.client.StartListener(ctx, req)
 	if err != nil {
 		return "", "", fmt.Errorf("starting a listener: %w", err)
 	}

@@ -55,6 +55,8 @@ var scenarios = []scenario{
 	{"send32", runSendOneShot32},
 	{"sendconn", runSendConn},
 	{"conns", runConns},
+	{"tlsconns", runTLSConns},
+	{"tlsconns16k", runTLSConns16K},
 }
 
 func scenarioNames() []string {
@@ -155,7 +157,7 @@ func checkFileLimit(o *options, b *bench) {
 		return
 	}
 	b.Machine.OpenFiles = rl.Cur
-	if slices.Contains(o.scenarios, "conns") && rl.Cur < uint64(o.conns)+512 {
+	if slices.ContainsFunc(o.scenarios, func(s string) bool { return strings.HasSuffix(strings.TrimSuffix(s, "16k"), "conns") }) && rl.Cur < uint64(o.conns)+512 {
 		b.note("open-file limit %d is below --conns %d plus the daemon's reserve: expect refused connections", rl.Cur, o.conns)
 	}
 }
@@ -231,6 +233,7 @@ var targets = map[[2]string]*target{
 	{"latency", "p99"}:                      {"<=", 1000},
 	{"send32", "calls/s, 32 callers"}:       {">=", 20000},
 	{"conns", "RSS per idle connection"}:    {"<=", 10},
+	{"tlsconns", "RSS per idle connection"}: {"<=", 10},
 }
 
 // add records one run's value of a metric.

@@ -6,8 +6,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	crand "crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -625,12 +632,47 @@ const (
 	connsAhead = 2000
 )
 
-// runConns: --conns idle connections opened by children against one
-// listener; the daemon's RSS per connection once settled, and accepts/s
-// from the first dial until GetListener counts them all.
+// runConns: --conns idle plain connections.
 func runConns(ctx context.Context, o *options, b *bench) error {
+	return runIdle(ctx, o, b, "conns", false, 0)
+}
+
+// runTLSConns: --conns idle TLS connections, each idle from the end of its
+// handshake.
+func runTLSConns(ctx context.Context, o *options, b *bench) error {
+	return runIdle(ctx, o, b, "tlsconns", true, 0)
+}
+
+// tlsRecord is the most plaintext one TLS record carries.
+const tlsRecord = 16 << 10
+
+// runTLSConns16K: --conns TLS connections that each send one full-size
+// record after the handshake, then idle: crypto/tls keeps a buffer that
+// held such a record for the life of the connection.
+func runTLSConns16K(ctx context.Context, o *options, b *bench) error {
+	return runIdle(ctx, o, b, "tlsconns16k", true, tlsRecord)
+}
+
+// runIdle: --conns idle connections opened by children against one
+// listener (with TLS when useTLS, each writing send bytes first); the
+// daemon's RSS per connection once settled, and accepts/s from the first
+// dial until GetListener counts them all (and, with send, their bytes).
+func runIdle(ctx context.Context, o *options, b *bench, name string, useTLS bool, send int) error {
 	return withDaemon(ctx, o, b, func(d *daemon) error {
-		id, addr, err := d.startListener(ctx, rawFraming)
+		req := &tcpgatev1.StartListenerRequest{Host: "127.0.0.1", Framing: rawFraming}
+		holdArgs := []string{"--parallel", "64"}
+		if useTLS {
+			cert, key, err := selfSigned()
+			if err != nil {
+				return err
+			}
+			req.Tls = &tcpgatev1.ListenerTLS{CertPem: string(cert), KeyPem: string(key)}
+			holdArgs = append(holdArgs, "--tls")
+		}
+		if send > 0 {
+			holdArgs = append(holdArgs, "--send", strconv.Itoa(send))
+		}
+		id, addr, err := d.startListenerWith(ctx, req)
 		if err != nil {
 			return err
 		}
@@ -641,7 +683,7 @@ func runConns(ctx context.Context, o *options, b *bench) error {
 		var hs []*child
 		defer func() { closeAll(hs) }()
 		for range holders {
-			c, _, err := startSelf("hold", "--addr", addr, "--parallel", "64")
+			c, _, err := startSelf(append([]string{"hold", "--addr", addr}, holdArgs...)...)
 			if err != nil {
 				return err
 			}
@@ -661,7 +703,7 @@ func runConns(ctx context.Context, o *options, b *bench) error {
 				return err
 			}
 			active := int(l.GetListener().GetConnectionsActive())
-			if active >= o.conns {
+			if active >= o.conns && l.GetListener().GetBytesIn() >= uint64(o.conns*send) {
 				allAt, cpu1 = time.Now(), cpuSeconds(d.pid())
 				break
 			}
@@ -676,7 +718,8 @@ func runConns(ctx context.Context, o *options, b *bench) error {
 				h = (h + 1) % holders
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("%d of %d connections active after %s", active, o.conns, drainTimeout)
+				return fmt.Errorf("%d of %d connections active, %d of %d bytes read, after %s", active, o.conns,
+					l.GetListener().GetBytesIn(), o.conns*send, drainTimeout)
 			}
 			time.Sleep(time.Millisecond)
 		}
@@ -696,10 +739,10 @@ func runConns(ctx context.Context, o *options, b *bench) error {
 			return err
 		}
 		acceptSecs := allAt.Sub(start).Seconds()
-		b.add("conns", "RSS per idle connection", "KiB", float64(after-before)/float64(o.conns)/1024)
-		b.add("conns", "accepts/s", "conns/s", float64(o.conns)/acceptSecs)
-		b.add("conns", "tcpgate CPU while accepting", "% of 1 core", 100*(cpu1-cpu0)/acceptSecs)
-		b.add("conns", "tcpgate RSS at "+strconv.Itoa(o.conns)+" connections", "MiB", float64(after)/(1<<20))
+		b.add(name, "RSS per idle connection", "KiB", float64(after-before)/float64(o.conns)/1024)
+		b.add(name, "accepts/s", "conns/s", float64(o.conns)/acceptSecs)
+		b.add(name, "tcpgate CPU while accepting", "% of 1 core", 100*(cpu1-cpu0)/acceptSecs)
+		b.add(name, "tcpgate RSS at "+strconv.Itoa(o.conns)+" connections", "MiB", float64(after)/(1<<20))
 		return nil
 	})
 }
@@ -726,4 +769,32 @@ func settledRSS(pid int, bound time.Duration) (int64, error) {
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
+}
+
+// selfSigned returns a certificate and key, PEM, for 127.0.0.1: the
+// holders do not verify it, and what is measured is the connections.
+func selfSigned() (cert, key []byte, err error) {
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "tcpgate-bench"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(crand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
+	if err != nil {
+		return nil, nil, err
+	}
+	kder, err := x509.MarshalECPrivateKey(priv)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), nil
 }

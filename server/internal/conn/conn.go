@@ -329,7 +329,13 @@ func (c *Conn) handshake() error {
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, handshakeTimeout)
 	defer cancel()
-	if err := tc.HandshakeContext(ctx); err != nil {
+	// On a goroutine of its own, waited for here: the handshake's deep
+	// calls (key exchange, signatures) grow a stack to tens of KiB, which
+	// is freed when that goroutine exits, where the connection's goroutine
+	// would keep it for as long as the connection stays open.
+	done := make(chan error, 1)
+	go func() { done <- tc.HandshakeContext(ctx) }()
+	if err := <-done; err != nil {
 		return err
 	}
 	if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 {

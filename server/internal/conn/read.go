@@ -2,8 +2,10 @@ package conn
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"io"
+	"math/bits"
 	"os"
 	"sync"
 	"syscall"
@@ -14,10 +16,92 @@ import (
 )
 
 // readBufferSize is the most one read takes: large enough that a fast sender
-// needs few reads, and the buffer is pooled so idle connections hold none.
+// needs few reads. Read buffers are pooled and taken per read, so what a
+// connection holds between reads is the bytes it read, not the buffer.
 const readBufferSize = 64 << 10
 
-var readBuffers = sync.Pool{New: func() any { b := make([]byte, readBufferSize); return &b }}
+// minReadSize is the read of a connection whose last read did not fill its
+// buffer, which is likely to wait for the peer: through net.Conn.Read (TLS)
+// that buffer is held for as long as the connection is idle, so it is
+// small, as nats-server's read loop starts and shrinks to.
+const minReadSize = 512
+
+// maxTLSReadSize bounds reads through crypto/tls: one Read returns at most
+// one record's plaintext, 16 KiB, so a larger buffer is never filled.
+const maxTLSReadSize = 16 << 10
+
+// readClasses is how many buffer sizes are pooled: minReadSize<<7 is
+// readBufferSize.
+const readClasses = 8
+
+// readBuffers[i] pools read buffers of minReadSize<<i bytes.
+var readBuffers [readClasses]sync.Pool
+
+// readClass returns the index of the smallest pooled size that holds n.
+func readClass(n int) int {
+	if n <= minReadSize {
+		return 0
+	}
+	return bits.Len(uint(n-1) / minReadSize)
+}
+
+// getReadBuffer returns a pooled buffer of at least n bytes (n at most
+// readBufferSize); putReadBuffer gives it back.
+func getReadBuffer(n int) *[]byte {
+	i := readClass(n)
+	if bp, ok := readBuffers[i].Get().(*[]byte); ok {
+		return bp
+	}
+	b := make([]byte, minReadSize<<i)
+	return &b
+}
+
+func putReadBuffer(bp *[]byte) { readBuffers[readClass(cap(*bp))].Put(bp) }
+
+// readSizer sizes the reads of a connection read through net.Conn.Read,
+// whose buffer is held while the read waits, in the manner of
+// nats-server's read loop: a read that fills its buffer doubles the next
+// one (up to max), a read that uses less than half of it halves it
+// (down to minReadSize). And since a read that did not fill its buffer
+// drained what was there, the read after it is likely to wait: it takes
+// only minReadSize, and when that fills the next read is of the size
+// reached before, so a busy connection does not start over.
+type readSizer struct {
+	max   int  // the largest read
+	busy  int  // the size of a read after one that filled its buffer
+	short bool // the last read did not fill its buffer
+}
+
+// busyReadSize is the first size a connection's reads grow from, once a
+// small read has filled: a few KiB, as most messages are.
+const busyReadSize = 4 << 10
+
+func newReadSizer(max int) *readSizer {
+	return &readSizer{max: max, busy: min(busyReadSize, max), short: true}
+}
+
+// next returns the size of the next read.
+func (s *readSizer) next() int {
+	if s.short {
+		return min(minReadSize, s.max)
+	}
+	return s.busy
+}
+
+// update records that a read of size bytes returned n.
+func (s *readSizer) update(size, n int) {
+	if n < size {
+		if !s.short && 2*n < size {
+			s.busy = max(s.busy/2, min(minReadSize, s.max))
+		}
+		s.short = true
+		return
+	}
+	if !s.short {
+		s.busy = min(2*s.busy, s.max)
+	}
+	s.short = false
+}
 
 // readLoop reads until an error and returns the close reason it implies.
 func (c *Conn) readLoop(splitter *framing.Splitter) event.CloseReason {
@@ -25,15 +109,30 @@ func (c *Conn) readLoop(splitter *framing.Splitter) event.CloseReason {
 	if c.cfg.Framing.Mode == framing.Raw && c.cfg.Framing.MaxFrameBytes < maxRead {
 		maxRead = c.cfg.Framing.MaxFrameBytes
 	}
+	// A plain connection reads its socket directly, taking a buffer only
+	// once there are bytes (rawread_linux.go): no read waits with one, so
+	// every read may take the most. Through TLS the read waits inside
+	// crypto/tls with the buffer it was given, so readSizer keeps that small.
+	read := rawReader(c.nc)
+	if read == nil {
+		if _, ok := c.nc.(*tls.Conn); ok {
+			maxRead = min(maxRead, maxTLSReadSize)
+		}
+		sizer := newReadSizer(maxRead)
+		read = func(int) ([]byte, error) {
+			size := sizer.next()
+			chunk, err := c.read(size)
+			sizer.update(size, len(chunk))
+			return chunk, err
+		}
+	}
 	var frames [][]byte
 	emit := func(f []byte) { frames = append(frames, f) }
-	drained := true
 	for {
 		if c.cfg.IdleTimeout > 0 {
 			_ = c.nc.SetReadDeadline(time.Now().Add(c.cfg.IdleTimeout))
 		}
-		chunk, err := c.read(maxRead, drained)
-		drained = len(chunk) < maxRead
+		chunk, err := read(maxRead)
 		if len(chunk) > 0 {
 			n := uint64(len(chunk))
 			c.counters.BytesIn.Add(n)
@@ -56,23 +155,18 @@ func (c *Conn) readLoop(splitter *framing.Splitter) event.CloseReason {
 	}
 }
 
-// read returns the next bytes in a slice of their own: frames cut from it
-// are published and never change. When the previous read drained the socket
-// it first waits for readability without a buffer, so an idle connection
-// holds none; a busy one reads straight into a pooled buffer.
-func (c *Conn) read(max int, wait bool) ([]byte, error) {
-	if wait {
-		if err := waitReadable(c.nc); err != nil {
-			return nil, err
-		}
-	}
-	bp := readBuffers.Get().(*[]byte)
-	n, err := c.nc.Read((*bp)[:max])
+// read reads up to size bytes through net.Conn.Read and returns them in a
+// slice of their own: frames cut from it are published and never change,
+// and it pins no more than the bytes read. The pooled buffer is held while
+// the read waits, which is why readSizer keeps a waiting read small.
+func (c *Conn) read(size int) ([]byte, error) {
+	bp := getReadBuffer(size)
+	n, err := c.nc.Read((*bp)[:size])
 	var chunk []byte
 	if n > 0 {
 		chunk = bytes.Clone((*bp)[:n]) // no zeroing, unlike make
 	}
-	readBuffers.Put(bp)
+	putReadBuffer(bp)
 	return chunk, err
 }
 

@@ -115,14 +115,23 @@ func (c *Conn) readLoop(splitter *framing.Splitter) event.CloseReason {
 	// crypto/tls with the buffer it was given, so readSizer keeps that small.
 	read := rawReader(c.nc)
 	if read == nil {
-		if _, ok := c.nc.(*tls.Conn); ok {
+		_, isTLS := c.nc.(*tls.Conn)
+		if isTLS {
 			maxRead = min(maxRead, maxTLSReadSize)
 		}
+		// In raw framing a read is a frame: a record that a small waiting
+		// read took only the start of is completed from what crypto/tls
+		// has already decrypted, so a message of one record stays one
+		// frame, as it is over plain TCP.
+		whole := isTLS && c.cfg.Framing.Mode == framing.Raw
 		sizer := newReadSizer(maxRead)
 		read = func(int) ([]byte, error) {
 			size := sizer.next()
 			chunk, err := c.read(size)
 			sizer.update(size, len(chunk))
+			if whole && err == nil && len(chunk) == size && size < maxRead {
+				chunk, err = c.readDecrypted(chunk, maxRead)
+			}
 			return chunk, err
 		}
 	}
@@ -167,6 +176,40 @@ func (c *Conn) read(size int) ([]byte, error) {
 		chunk = bytes.Clone((*bp)[:n]) // no zeroing, unlike make
 	}
 	putReadBuffer(bp)
+	return chunk, err
+}
+
+// readDecrypted appends to chunk, up to max bytes in all, what the TLS
+// connection returns without waiting for its peer: the rest of the record
+// whose start chunk holds, which crypto/tls has decrypted already, and the
+// records it has already read from the socket. A read
+// deadline of now makes crypto/tls return at once when it has nothing
+// buffered (a timeout, which it does not keep as the connection's error);
+// the idle deadline is set again after.
+func (c *Conn) readDecrypted(chunk []byte, max int) ([]byte, error) {
+	_ = c.nc.SetReadDeadline(time.Now())
+	var err error
+	// Record by record: crypto/tls returns one record's plaintext a Read,
+	// and may hold several already read from the socket (a writer's
+	// records start small, 1 KiB or so, and grow).
+	for len(chunk) < max {
+		bp := getReadBuffer(max - len(chunk))
+		var n int
+		n, err = c.nc.Read((*bp)[:max-len(chunk)])
+		chunk = append(chunk, (*bp)[:n]...)
+		putReadBuffer(bp)
+		if err != nil || n == 0 {
+			break
+		}
+	}
+	var deadline time.Time
+	if c.cfg.IdleTimeout > 0 {
+		deadline = time.Now().Add(c.cfg.IdleTimeout)
+	}
+	_ = c.nc.SetReadDeadline(deadline)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = nil // nothing more was buffered
+	}
 	return chunk, err
 }
 

@@ -96,6 +96,21 @@ func TestTLSRawReads(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec.waitFor(t, "hello", func(evs []*event.Event) bool { return slices.Contains(dataOf(evs), "hello") })
+	// A message of one record to an idle connection, whose waiting read is
+	// small (512 bytes), is still one frame. 1000 bytes fit the first
+	// record of a write from crypto/tls, whose records start at about
+	// 1.2 KiB and grow.
+	record := strings.Repeat("r", 1000)
+	if _, err := cc.Write([]byte(record)); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitFor(t, "the 1000-byte record", func(evs []*event.Event) bool {
+		d := dataOf(evs)
+		return len(d) > 1 && len(strings.Join(d[1:], "")) >= len(record)
+	})
+	if d := dataOf(rec.events()); len(d) != 2 || d[1] != record {
+		t.Fatalf("a 1000-byte record came as %d DATA events after hello, want one", len(d)-1)
+	}
 	burst := strings.Repeat("0123456789abcdef", 16<<10) // 256 KiB
 	if _, err := cc.Write([]byte(burst)); err != nil {
 		t.Fatal(err)
@@ -103,7 +118,7 @@ func TestTLSRawReads(t *testing.T) {
 	_ = cc.CloseWrite()
 	evs := rec.waitClosed(t)
 	got := dataOf(evs)
-	if got[0] != "hello" || strings.Join(got[1:], "") != burst {
+	if got[0] != "hello" || got[1] != record || strings.Join(got[2:], "") != burst {
 		t.Fatalf("got %d events; want hello, then the %d-byte burst in order", len(got), len(burst))
 	}
 	for _, d := range got {

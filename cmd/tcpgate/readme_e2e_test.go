@@ -497,8 +497,8 @@ func testReadmeCLI(t *testing.T, blocks []codeBlock) {
 			}
 		case strings.HasPrefix(text, "$T send ") && strings.Contains(text, "--await first"):
 			checked["send text"] = true
-			if out != "Message received\n" {
-				t.Errorf("README.md:%d: %s printed %q, want %q", c.line, text, out, "Message received\n")
+			if out != "Message received" {
+				t.Errorf("README.md:%d: %s printed %q, want %q", c.line, text, out, "Message received")
 			}
 		case strings.HasPrefix(text, "$T ls"):
 			checked["ls"] = true

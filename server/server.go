@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -676,8 +677,14 @@ func (s *Server) await(what string, done <-chan struct{}, until time.Time) bool 
 }
 
 // logFailure logs one failed call: its code and message, never payloads.
-func (s *Server) logFailure(method string, err error, start time.Time) {
+// A call its client canceled (a Ctrl-C ending a stream) is what the client
+// asked for, not a failure: it is logged at debug level.
+func (s *Server) logFailure(ctx context.Context, method string, err error, start time.Time) {
 	st := status.Convert(err)
-	s.log.Info("rpc failed", "method", method, "code", st.Code().String(), "message", st.Message(),
+	level := slog.LevelInfo
+	if st.Code() == codes.Canceled && errors.Is(ctx.Err(), context.Canceled) {
+		level = slog.LevelDebug
+	}
+	s.log.Log(ctx, level, "rpc failed", "method", method, "code", st.Code().String(), "message", st.Message(),
 		"duration", time.Since(start).Round(time.Microsecond))
 }

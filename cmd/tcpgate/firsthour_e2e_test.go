@@ -7,11 +7,14 @@ package main_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestCLIFirstHour drives the built binary against one gateway through the
@@ -121,4 +124,63 @@ func TestCLIFirstHour(t *testing.T) {
 			t.Errorf("tcpgate --version printed %q, want the commit %s", stdout, m[1])
 		}
 	})
+}
+
+// TestServeLogsJSON: with --log-format json, durations are text such as
+// "1.2ms", not nanoseconds; and a subscriber ending its own stream (Ctrl-C)
+// is logged at debug level, while a call that failed stays at info.
+func TestServeLogsJSON(t *testing.T) {
+	t.Parallel()
+	grpcAddr := "127.0.0.1:" + freePort(t)
+	d := startDaemon(t, hermeticEnv(), "serve", "--grpc-addr", grpcAddr, "--log-format", "json", "--log-level", "debug")
+	// waitServing reads text logs; find the JSON serving line instead.
+	logLine := func(what string, match func(map[string]any) bool) map[string]any {
+		t.Helper()
+		deadline := time.Now().Add(startTimeout)
+		for time.Now().Before(deadline) {
+			for line := range strings.Lines(d.stderr.String()) {
+				var rec map[string]any
+				if json.Unmarshal([]byte(line), &rec) == nil && match(rec) {
+					return rec
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("the daemon logged no %s:\n%s", what, d.stderr.String())
+		return nil
+	}
+	logLine("serving line", func(r map[string]any) bool { return r["msg"] == "gateway serving" })
+	tg := cliRunner{env: hermeticEnv("TCPGATE_SERVER=" + grpcAddr)}
+
+	out, _ := tg.mustRun(t, "listen", "0", "--host", "127.0.0.1", "--id", "logs")
+	m := regexp.MustCompile(`listening on (127\.0\.0\.1:\d+) `).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("tcpgate listen printed %q", out)
+	}
+	sub := tg.start(t, "subscribe", "--listener", "logs")
+	sub.sync(t, m[1])
+	if err := sub.interrupt(t); err != nil {
+		t.Fatalf("subscribe after SIGINT: %v", err)
+	}
+	canceled := logLine("line for the canceled Subscribe", func(r map[string]any) bool {
+		return r["msg"] == "rpc failed" && strings.HasSuffix(fmt.Sprint(r["method"]), "/Subscribe")
+	})
+	if canceled["level"] != "DEBUG" || canceled["code"] != "Canceled" {
+		t.Errorf("a subscriber's own Ctrl-C logged %v, want level DEBUG and code Canceled", canceled)
+	}
+
+	secWantFail(t, tg, []string{"NotFound"}, "stop", "nope")
+	failed := logLine("line for the failed StopListener", func(r map[string]any) bool {
+		return r["msg"] == "rpc failed" && strings.HasSuffix(fmt.Sprint(r["method"]), "/StopListener")
+	})
+	if failed["level"] != "INFO" {
+		t.Errorf("a failed call logged %v, want level INFO", failed)
+	}
+	for _, rec := range []map[string]any{canceled, failed} {
+		s, ok := rec["duration"].(string)
+		if _, err := time.ParseDuration(s); !ok || err != nil {
+			t.Errorf("JSON log line %v: duration %#v, want text such as \"1.5ms\"", rec, rec["duration"])
+		}
+	}
+	d.stop(t)
 }

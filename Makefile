@@ -2,8 +2,10 @@
 # needs installing beyond Go.
 GO        ?= go
 BIN       := bin
-GRPC_ADDR ?= 127.0.0.1:50051
-HTTP_ADDR ?= 127.0.0.1:50080
+# `make run`'s addresses: GRPC_ADDR=... on the command line, or the daemon's
+# own TCPGATE_GRPC_ADDR and TCPGATE_HTTP_ADDR from the environment.
+GRPC_ADDR ?= $(or $(TCPGATE_GRPC_ADDR),127.0.0.1:50051)
+HTTP_ADDR ?= $(or $(TCPGATE_HTTP_ADDR),127.0.0.1:50080)
 TESTFLAGS ?=
 
 .PHONY: all generate build run test test-short lint verify bench fuzz clean
@@ -19,7 +21,8 @@ generate:
 build:
 	$(GO) build -o $(BIN)/tcpgate ./cmd/tcpgate
 
-## run: start the gateway with its embedded defaults
+## run: start the gateway on GRPC_ADDR and HTTP_ADDR (or TCPGATE_GRPC_ADDR and
+## TCPGATE_HTTP_ADDR); every other TCPGATE_* variable sets its flag as usual
 run: build
 	./$(BIN)/tcpgate serve --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
 

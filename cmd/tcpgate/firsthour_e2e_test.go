@@ -10,8 +10,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -183,4 +185,45 @@ func TestServeLogsJSON(t *testing.T) {
 		}
 	}
 	d.stop(t)
+}
+
+// TestMakeRunEnv: `make run` serves on the addresses TCPGATE_GRPC_ADDR and
+// TCPGATE_HTTP_ADDR name, as `tcpgate serve` does, and GRPC_ADDR and
+// HTTP_ADDR on make's command line win. make -n prints the command without
+// building or starting anything.
+func TestMakeRunEnv(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("make is not installed")
+	}
+	makeRun := func(env []string, args ...string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "make", append([]string{"-n", "-s", "-C", "../..", "run"}, args...)...)
+		// hermeticEnv's TCPGATE_HTTP_ADDR is for daemons: none here.
+		cmd.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "TCPGATE_") }), env...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("make -n run %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	serve := regexp.MustCompile(`(?m)^\S*tcpgate serve --grpc-addr (\S+) --http-addr (\S+)$`)
+	for _, tc := range []struct {
+		name       string
+		env        []string
+		args       []string
+		grpc, http string
+	}{
+		{"defaults", nil, nil, "127.0.0.1:50051", "127.0.0.1:50080"},
+		{"TCPGATE_ variables", []string{"TCPGATE_GRPC_ADDR=127.0.0.1:6051", "TCPGATE_HTTP_ADDR=127.0.0.1:6080"}, nil, "127.0.0.1:6051", "127.0.0.1:6080"},
+		{"make variables win", []string{"TCPGATE_GRPC_ADDR=127.0.0.1:6051"}, []string{"GRPC_ADDR=127.0.0.1:7051"}, "127.0.0.1:7051", "127.0.0.1:50080"},
+	} {
+		out := makeRun(tc.env, tc.args...)
+		m := serve.FindStringSubmatch(out)
+		if m == nil || m[1] != tc.grpc || m[2] != tc.http {
+			t.Errorf("%s: make run would run\n%s\nwant tcpgate serve --grpc-addr %s --http-addr %s", tc.name, out, tc.grpc, tc.http)
+		}
+	}
 }

@@ -10,6 +10,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
@@ -224,6 +226,64 @@ func TestMakeRunEnv(t *testing.T) {
 		m := serve.FindStringSubmatch(out)
 		if m == nil || m[1] != tc.grpc || m[2] != tc.http {
 			t.Errorf("%s: make run would run\n%s\nwant tcpgate serve --grpc-addr %s --http-addr %s", tc.name, out, tc.grpc, tc.http)
+		}
+	}
+}
+
+// TestRESTFirstLook: the OpenAPI document names the API and its version,
+// and REST responses, successes and errors alike, carry no gRPC metadata
+// as Grpc-Metadata-* headers.
+func TestRESTFirstLook(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t)
+	base := "http://" + g.httpAddr
+	get := func(method, path, body string) (*http.Response, []byte) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, method, base+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		return resp, b
+	}
+
+	_, b := get("GET", "/openapi.json", "")
+	var doc struct {
+		Info struct{ Title, Version string } `json:"info"`
+	}
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatalf("GET /openapi.json: %v", err)
+	}
+	if doc.Info.Title != "tcpgate REST API" || doc.Info.Version != "v1" {
+		t.Errorf("GET /openapi.json: info %+v, want title \"tcpgate REST API\" and version v1", doc.Info)
+	}
+
+	for _, c := range []struct{ method, path, body string }{
+		{"GET", "/v1/listeners", ""},
+		{"POST", "/v1/listeners", `{"host": "127.0.0.1", "port": 0}`},
+		{"GET", "/v1/listeners/nope", ""},
+	} {
+		resp, b := get(c.method, c.path, c.body)
+		for name := range resp.Header {
+			if strings.HasPrefix(name, "Grpc-") {
+				t.Errorf("%s %s = %d: header %s: %v, want no gRPC metadata in a REST response (body %s)", c.method, c.path, resp.StatusCode, name, resp.Header[name], b)
+			}
+		}
+		if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+			t.Errorf("%s %s: Content-Type %q, want application/json", c.method, c.path, ct)
 		}
 	}
 }

@@ -12,10 +12,12 @@ TESTFLAGS ?=
 
 all: build
 
-## generate: regenerate gen/ from proto/ (offline: plugins run via `go tool`)
+## generate: regenerate gen/ from proto/ (offline: plugins run via `go tool`),
+## the OpenAPI document and the descriptors with comments that reflection serves
 generate:
 	$(GO) tool buf generate
 	cp gen/tcpgate/v1/gateway.swagger.json gateway/openapi.json
+	$(GO) tool buf build --as-file-descriptor-set -o server/descriptor.binpb
 
 ## build: build the daemon and CLI to bin/tcpgate
 build:
@@ -52,7 +54,7 @@ verify: lint
 	$(GO) mod tidy -diff
 	$(GO) tool buf format --diff --exit-code
 	$(MAKE) --no-print-directory generate
-	@if [ -n "$$(git status --porcelain -- gen gateway/openapi.json)" ]; then echo "generated code is stale: run 'make generate' and commit"; git status --porcelain -- gen gateway/openapi.json; exit 1; fi
+	@if [ -n "$$(git status --porcelain -- gen gateway/openapi.json server/descriptor.binpb)" ]; then echo "generated code is stale: run 'make generate' and commit"; git status --porcelain -- gen gateway/openapi.json server/descriptor.binpb; exit 1; fi
 
 ## bench: build the daemon and tcpgate-bench, run every scenario against real
 ## processes over loopback (BENCH_RUNS runs; medians on stdout, JSON in

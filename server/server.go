@@ -17,7 +17,6 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
@@ -350,9 +349,12 @@ func New(cfg Config) (*Server, error) {
 		hs.watchers = make(chan struct{}, cfg.MaxHealthWatchers)
 	}
 	healthpb.RegisterHealthServer(s.grpc, hs)
-	// Registers both v1 and v1alpha, so old and new grpcurl alike can list
-	// and describe the API.
-	reflection.Register(s.grpc)
+	// Reflection from descriptors with their comments (reflection.go).
+	if err := registerReflection(s.grpc); err != nil {
+		s.listeners.Close()
+		s.hub.Close()
+		return nil, err
+	}
 
 	ln, err := net.Listen("tcp", cfg.GRPCAddr)
 	if err != nil {

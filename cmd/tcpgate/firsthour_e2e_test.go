@@ -287,3 +287,25 @@ func TestRESTFirstLook(t *testing.T) {
 		}
 	}
 }
+
+// TestDescribeShowsComments: grpcurl describe, through the gateway's
+// reflection, prints the proto's comments: the service's, an RPC's, and a
+// field's. The other services (health) still resolve.
+func TestDescribeShowsComments(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t)
+	c := client{addr: g.grpcAddr}
+	for _, tc := range []struct{ symbol, want string }{
+		{"tcpgate.v1.GatewayService", "// GatewayService starts and stops raw TCP listeners"},
+		{"tcpgate.v1.GatewayService", "// StartListener binds host:port"},
+		{"tcpgate.v1.SendRequest", "// An accepted connection to write to."},
+		{"tcpgate.v1.SendRequest.address", "// host:port to connect to"},
+		{"grpc.health.v1.Health", "rpc Check ("},
+	} {
+		out := c.mustRun(t, "describe", tc.symbol)
+		if !strings.Contains(out, tc.want) {
+			t.Errorf("grpcurl describe %s printed\n%s\nwant %q in it", tc.symbol, out, tc.want)
+		}
+	}
+	g.d.stop(t)
+}

@@ -324,6 +324,10 @@ func testReadmeGrpcurl(t *testing.T, blocks []codeBlock) {
 				if !strings.Contains(out, "rpc StartListener (") {
 					t.Errorf("README.md:%d: %s printed no rpc StartListener:\n%s", c.line, text, out)
 				}
+				// The README: "the same text is what grpcurl describe shows".
+				if !strings.Contains(out, "// StartListener binds host:port") {
+					t.Errorf("README.md:%d: %s printed no comments of the proto:\n%s", c.line, text, out)
+				}
 			case strings.Contains(text, service+"/StartListener"):
 				checked["start"] = true
 				var resp struct {

@@ -508,6 +508,7 @@ func newSendCmd(c *client) *cobra.Command {
 			"(--to-listener). The reply is printed to stdout as it came; a summary goes to stderr.",
 		Example: "  tcpgate send 127.0.0.1:9000 'Hello, World!' --await first\n" +
 			"  tcpgate send 127.0.0.1:9000 --hex 01020304\n" +
+			"  tcpgate send 127.0.0.1:7000 PING --newline --await line   # a line protocol\n" +
 			"  printf 'GET / HTTP/1.0\\r\\n\\r\\n' | tcpgate send example.test:80 --stdin --await close\n" +
 			"  tcpgate send --to-conn c7 'hello back'\n" +
 			"  tcpgate send --to-listener demo 'to everyone'",

@@ -2,24 +2,29 @@
 # needs installing beyond Go.
 GO        ?= go
 BIN       := bin
-GRPC_ADDR ?= 127.0.0.1:50051
-HTTP_ADDR ?= 127.0.0.1:50080
+# `make run`'s addresses: GRPC_ADDR=... on the command line, or the daemon's
+# own TCPGATE_GRPC_ADDR and TCPGATE_HTTP_ADDR from the environment.
+GRPC_ADDR ?= $(or $(TCPGATE_GRPC_ADDR),127.0.0.1:50051)
+HTTP_ADDR ?= $(or $(TCPGATE_HTTP_ADDR),127.0.0.1:50080)
 TESTFLAGS ?=
 
 .PHONY: all generate build run test test-short lint verify bench fuzz clean
 
 all: build
 
-## generate: regenerate gen/ from proto/ (offline: plugins run via `go tool`)
+## generate: regenerate gen/ from proto/ (offline: plugins run via `go tool`),
+## the OpenAPI document and the descriptors with comments that reflection serves
 generate:
 	$(GO) tool buf generate
 	cp gen/tcpgate/v1/gateway.swagger.json gateway/openapi.json
+	$(GO) tool buf build --as-file-descriptor-set -o server/descriptor.binpb
 
 ## build: build the daemon and CLI to bin/tcpgate
 build:
 	$(GO) build -o $(BIN)/tcpgate ./cmd/tcpgate
 
-## run: start the gateway with its embedded defaults
+## run: start the gateway on GRPC_ADDR and HTTP_ADDR (or TCPGATE_GRPC_ADDR and
+## TCPGATE_HTTP_ADDR); every other TCPGATE_* variable sets its flag as usual
 run: build
 	./$(BIN)/tcpgate serve --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
 
@@ -49,7 +54,7 @@ verify: lint
 	$(GO) mod tidy -diff
 	$(GO) tool buf format --diff --exit-code
 	$(MAKE) --no-print-directory generate
-	@if [ -n "$$(git status --porcelain -- gen gateway/openapi.json)" ]; then echo "generated code is stale: run 'make generate' and commit"; git status --porcelain -- gen gateway/openapi.json; exit 1; fi
+	@if [ -n "$$(git status --porcelain -- gen gateway/openapi.json server/descriptor.binpb)" ]; then echo "generated code is stale: run 'make generate' and commit"; git status --porcelain -- gen gateway/openapi.json server/descriptor.binpb; exit 1; fi
 
 ## bench: build the daemon and tcpgate-bench, run every scenario against real
 ## processes over loopback (BENCH_RUNS runs; medians on stdout, JSON in

@@ -150,6 +150,11 @@ func New(cfg Config) (*Gateway, error) {
 		// parameters the same way before it runs (checkParams).
 		runtime.WithMiddlewares(g.checkParams),
 		runtime.WithHealthzEndpoint(healthpb.NewHealthClient(cc)),
+		// gRPC metadata is the gRPC call's business (content-type, the
+		// last sequence a stream starts from): REST responses carry only
+		// headers of their own, never Grpc-Metadata-* copies.
+		runtime.WithOutgoingHeaderMatcher(dropMetadata),
+		runtime.WithOutgoingTrailerMatcher(dropMetadata),
 	)
 	if err := tcpgatev1.RegisterGatewayServiceHandlerClient(g.ctx, g.mux, g.client); err != nil {
 		cc.Close()
@@ -304,3 +309,6 @@ func (g *Gateway) Close() error {
 	}
 	return err
 }
+
+// dropMetadata keeps every gRPC header and trailer out of REST responses.
+func dropMetadata(string) (string, bool) { return "", false }

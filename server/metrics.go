@@ -155,7 +155,7 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 	resp, err := handler(ctx, req)
 	s.rpcs.observe(info.FullMethod, err, start)
 	if err != nil {
-		s.logFailure(info.FullMethod, err, start)
+		s.logFailure(ctx, info.FullMethod, err, start)
 	}
 	return resp, err
 }
@@ -166,7 +166,7 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 	err := handler(srv, ss)
 	s.rpcs.observe(info.FullMethod, err, start)
 	if err != nil {
-		s.logFailure(info.FullMethod, err, start)
+		s.logFailure(ss.Context(), info.FullMethod, err, start)
 	}
 	return err
 }

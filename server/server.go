@@ -13,10 +13,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
@@ -349,9 +349,12 @@ func New(cfg Config) (*Server, error) {
 		hs.watchers = make(chan struct{}, cfg.MaxHealthWatchers)
 	}
 	healthpb.RegisterHealthServer(s.grpc, hs)
-	// Registers both v1 and v1alpha, so old and new grpcurl alike can list
-	// and describe the API.
-	reflection.Register(s.grpc)
+	// Reflection from descriptors with their comments (reflection.go).
+	if err := registerReflection(s.grpc); err != nil {
+		s.listeners.Close()
+		s.hub.Close()
+		return nil, err
+	}
 
 	ln, err := net.Listen("tcp", cfg.GRPCAddr)
 	if err != nil {
@@ -676,8 +679,14 @@ func (s *Server) await(what string, done <-chan struct{}, until time.Time) bool 
 }
 
 // logFailure logs one failed call: its code and message, never payloads.
-func (s *Server) logFailure(method string, err error, start time.Time) {
+// A call its client canceled (a Ctrl-C ending a stream) is what the client
+// asked for, not a failure: it is logged at debug level.
+func (s *Server) logFailure(ctx context.Context, method string, err error, start time.Time) {
 	st := status.Convert(err)
-	s.log.Info("rpc failed", "method", method, "code", st.Code().String(), "message", st.Message(),
+	level := slog.LevelInfo
+	if st.Code() == codes.Canceled && errors.Is(ctx.Err(), context.Canceled) {
+		level = slog.LevelDebug
+	}
+	s.log.Log(ctx, level, "rpc failed", "method", method, "code", st.Code().String(), "message", st.Message(),
 		"duration", time.Since(start).Round(time.Microsecond))
 }

@@ -72,7 +72,7 @@ func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]strin
 func (bearer) RequireTransportSecurity() bool { return false }
 
 func (c *client) transport() (credentials.TransportCredentials, error) {
-	if !c.useTLS && c.tlsCA == "" && c.tlsCert == "" && c.tlsKey == "" {
+	if !c.tlsOn() {
 		return insecure.NewCredentials(), nil
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
@@ -160,7 +160,44 @@ func (c *client) callError(err error) error {
 	if st.Code() == codes.Unavailable && strings.Contains(st.Message(), "connection refused") && !strings.Contains(st.Message(), "connecting to") {
 		return fmt.Errorf("no gateway at %s (is `tcpgate serve` running? --server or TCPGATE_SERVER point elsewhere)", c.server)
 	}
-	return fmt.Errorf("%s: %s", st.Code(), st.Message())
+	msg := fmt.Sprintf("%s: %s", st.Code(), st.Message())
+	// What to pass instead, by status code: a plain client reaching a TLS
+	// gateway sees only a broken connection (Unavailable), and the
+	// gateway's token advice speaks of HTTP headers, not of flags.
+	switch st.Code() {
+	case codes.Unavailable:
+		// grpc-go's own text for a connection that broke before the
+		// gateway could answer; the gateway's Unavailable (a refused
+		// dial) gets no hint.
+		if !c.tlsOn() && strings.HasPrefix(st.Message(), "connection error:") {
+			msg += fmt.Sprintf(" (if the gateway at %s serves TLS, pass --tls-ca CA.pem, or --tls for a certificate the system trusts)", c.server)
+		}
+	case codes.Unauthenticated:
+		if c.token == "" {
+			msg = "Unauthenticated: the gateway requires a token: pass --token TOKEN or set TCPGATE_TOKEN"
+		} else {
+			msg += " (check --token or TCPGATE_TOKEN)"
+		}
+	}
+	var h hinted
+	if errors.As(err, &h) {
+		msg += "; " + h.hint
+	}
+	return errors.New(msg)
+}
+
+// hinted is a failed call with advice on what to change, appended to the
+// gateway's message by callError.
+type hinted struct {
+	error
+	hint string
+}
+
+func (h hinted) Unwrap() error { return h.error }
+
+// tlsOn reports whether the flags ask for TLS to the gateway.
+func (c *client) tlsOn() bool {
+	return c.useTLS || c.tlsCA != "" || c.tlsCert != "" || c.tlsKey != ""
 }
 
 // run wraps a client subcommand's body with connect, close and error
@@ -173,6 +210,20 @@ func (c *client) run(fn func(cmd *cobra.Command, args []string) error) func(*cob
 		defer c.close()
 		if err := fn(cmd, args); err != nil {
 			return c.callError(err)
+		}
+		return nil
+	}
+}
+
+// needArgs accepts exactly the arguments named, and names the first one
+// missing rather than counting them.
+func needArgs(names ...string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) < len(names) {
+			return fmt.Errorf("missing %s: usage: %s", names[len(args)], cmd.UseLine())
+		}
+		if len(args) > len(names) {
+			return fmt.Errorf("too many arguments (%q): usage: %s", args[len(names):], cmd.UseLine())
 		}
 		return nil
 	}
@@ -289,7 +340,7 @@ func newListenCmd(c *client) *cobra.Command {
 			"  tcpgate listen 0 --framing line --echo\n" +
 			"  tcpgate listen 7000 --id sensors --framing len:2le\n" +
 			"  tcpgate listen 8080 --framing line --half-close 5s   # answer clients that shut down writing",
-		Args: cobra.ExactArgs(1),
+		Args: needArgs("PORT"),
 		RunE: c.run(func(cmd *cobra.Command, args []string) error {
 			port, err := strconv.ParseUint(args[0], 10, 32)
 			if err != nil {
@@ -342,7 +393,7 @@ func newListenCmd(c *client) *cobra.Command {
 	f.StringVar(&reply, "reply", "", "write this text back for every frame")
 	f.Uint32Var(&maxConns, "max-conns", 0, "most connections open at once (default: the gateway's --listener-max-connections)")
 	f.DurationVar(&idle, "idle", 0, "close connections silent this long (default: the gateway's --idle-timeout)")
-	f.DurationVar(&halfClose, "half-close", 0, "keep a connection writable this long after its client shuts down writing, so `send --to-conn` can answer it (default: close at once)")
+	f.DurationVar(&halfClose, "half-close", 0, "keep a connection writable this long after its client shuts down writing, so 'send --to-conn' can answer it (default: close at once)")
 	return cmd
 }
 
@@ -352,7 +403,7 @@ func newStopCmd(c *client) *cobra.Command {
 		Use:     "stop LISTENER",
 		Short:   "Stop a listener, letting open connections finish for --drain",
 		Example: "  tcpgate stop demo\n  tcpgate stop demo --drain 5s",
-		Args:    cobra.ExactArgs(1),
+		Args:    needArgs("LISTENER"),
 		RunE: c.run(func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := c.ctx(cmd)
 			defer cancel()
@@ -428,7 +479,7 @@ func newCloseCmd(c *client) *cobra.Command {
 		Use:     "close CONNECTION",
 		Short:   "Close one accepted connection",
 		Example: "  tcpgate close c7",
-		Args:    cobra.ExactArgs(1),
+		Args:    needArgs("CONNECTION"),
 		RunE: c.run(func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := c.ctx(cmd)
 			defer cancel()
@@ -445,7 +496,7 @@ func newCloseCmd(c *client) *cobra.Command {
 func newSendCmd(c *client) *cobra.Command {
 	var (
 		hexData, file, toConn, toListener, await string
-		stdin                                    bool
+		stdin, newline                           bool
 		timeout                                  time.Duration
 		maxReply                                 uint32
 	)
@@ -457,6 +508,7 @@ func newSendCmd(c *client) *cobra.Command {
 			"(--to-listener). The reply is printed to stdout as it came; a summary goes to stderr.",
 		Example: "  tcpgate send 127.0.0.1:9000 'Hello, World!' --await first\n" +
 			"  tcpgate send 127.0.0.1:9000 --hex 01020304\n" +
+			"  tcpgate send 127.0.0.1:7000 PING --newline --await line   # a line protocol\n" +
 			"  printf 'GET / HTTP/1.0\\r\\n\\r\\n' | tcpgate send example.test:80 --stdin --await close\n" +
 			"  tcpgate send --to-conn c7 'hello back'\n" +
 			"  tcpgate send --to-listener demo 'to everyone'",
@@ -480,8 +532,16 @@ func newSendCmd(c *client) *cobra.Command {
 			if err := setPayload(req, cmd, args, hexData, file, stdin); err != nil {
 				return err
 			}
+			if newline {
+				switch p := req.Payload.(type) {
+				case *tcpgatev1.SendRequest_Text:
+					p.Text += "\n"
+				case *tcpgatev1.SendRequest_Data:
+					p.Data = append(p.Data, '\n')
+				}
+			}
 			var err error
-			if req.AwaitReply, err = parseAwait(await, maxReply); err != nil {
+			if req.AwaitReply, err = parseAwait(await, maxReply, toConn != ""); err != nil {
 				return err
 			}
 			// The gateway bounds the send by --timeout (its default when 0).
@@ -493,14 +553,21 @@ func newSendCmd(c *client) *cobra.Command {
 			defer cancel()
 			resp, err := c.api.Send(ctx, req)
 			if err != nil {
+				if req.AwaitReply != nil && status.Code(err) == codes.DeadlineExceeded && !endsWithNewline(req) {
+					return hinted{err, "a line protocol answers only a whole line: end the payload with a newline (--newline)"}
+				}
 				return err
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "sent %d bytes to %d connection(s)\n", resp.GetBytesWritten(), resp.GetConnectionsReached())
 			if r := resp.GetReply(); r != nil {
+				// The bytes as they came: a newline of our own only
+				// where a person reads them, never into a file or pipe.
 				out := cmd.OutOrStdout()
 				d := payload(r.GetData(), r.GetText())
-				out.Write(d)
-				if len(d) > 0 && d[len(d)-1] != '\n' && utf8.Valid(d) {
+				if _, err := out.Write(d); err != nil {
+					return fmt.Errorf("writing the reply: %w", err)
+				}
+				if len(d) > 0 && d[len(d)-1] != '\n' && isTerminal(out) {
 					fmt.Fprintln(out)
 				}
 			}
@@ -513,9 +580,10 @@ func newSendCmd(c *client) *cobra.Command {
 	f.BoolVar(&stdin, "stdin", false, "send what stdin holds until EOF")
 	f.StringVar(&toConn, "to-conn", "", "send to this accepted connection instead of an address")
 	f.StringVar(&toListener, "to-listener", "", "send to every connection of this listener")
-	f.StringVar(&await, "await", "", "wait for a reply: first (one read), line (one line), close (until the peer closes)")
+	f.BoolVar(&newline, "newline", false, "end the payload with a newline (\\n), as line protocols want")
+	f.StringVar(&await, "await", "", "wait for a reply: first (one read), line (one line; with --to-conn, one frame of the listener's framing), close (until the peer closes)")
 	f.Uint32Var(&maxReply, "max-reply", 0, "largest reply in bytes (default 1 MiB)")
-	f.DurationVar(&timeout, "timeout", 10*time.Second, "bounds connect, write and reply (the call may take this long even past --call-timeout)")
+	f.DurationVar(&timeout, "timeout", rpc.DefaultSendTimeout, "bounds connect, write and reply (the call may take this long even past --call-timeout)")
 	return cmd
 }
 
@@ -553,7 +621,32 @@ func setPayload(req *tcpgatev1.SendRequest, cmd *cobra.Command, args []string, h
 	return nil
 }
 
-func parseAwait(s string, maxReply uint32) (*tcpgatev1.AwaitReply, error) {
+// endsWithNewline reports whether a send's payload ends a line.
+func endsWithNewline(req *tcpgatev1.SendRequest) bool {
+	switch p := req.Payload.(type) {
+	case *tcpgatev1.SendRequest_Text:
+		return strings.HasSuffix(p.Text, "\n")
+	case *tcpgatev1.SendRequest_Data:
+		return len(p.Data) > 0 && p.Data[len(p.Data)-1] == '\n'
+	}
+	return false
+}
+
+// isTerminal reports whether w is a terminal, where a reply that does not
+// end a line gets one so the prompt starts on its own line.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// parseAwait reads --await. On an accepted connection (toConn) the
+// listener's framing cuts replies and the gateway refuses a framing of the
+// request's own, so line asks for the next frame.
+func parseAwait(s string, maxReply uint32, toConn bool) (*tcpgatev1.AwaitReply, error) {
 	a := &tcpgatev1.AwaitReply{MaxBytes: maxReply}
 	switch s {
 	case "":
@@ -562,7 +655,9 @@ func parseAwait(s string, maxReply uint32) (*tcpgatev1.AwaitReply, error) {
 		a.Mode = tcpgatev1.AwaitMode_AWAIT_MODE_FIRST_READ
 	case "line":
 		a.Mode = tcpgatev1.AwaitMode_AWAIT_MODE_FRAME
-		a.Framing = &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}
+		if !toConn {
+			a.Framing = &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}
+		}
 	case "close":
 		a.Mode = tcpgatev1.AwaitMode_AWAIT_MODE_UNTIL_CLOSE
 	default:

@@ -5,6 +5,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime/debug"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -30,12 +31,43 @@ func newRootCmd() *cobra.Command {
 			"  tcpgate listen 9000 --host 127.0.0.1 --reply 'Message received'\n" +
 			"  tcpgate send 127.0.0.1:9000 'Hello, World!' --await first\n" +
 			"  tcpgate subscribe --listener l1",
+		Version:       version(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	root.AddCommand(newServeCmd())
 	addClientCommands(root)
 	return root
+}
+
+// version says which build this is, from what `go build` stamped into the
+// binary: the module's version, and the commit it was built from.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := bi.Main.Version
+	if v == "" {
+		v = "(devel)"
+	}
+	var rev, when, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.time":
+			when = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = ", modified"
+			}
+		}
+	}
+	if rev != "" {
+		v += fmt.Sprintf(" (commit %s, %s%s)", rev, when, dirty)
+	}
+	return v + " " + bi.GoVersion
 }
 
 // envPrefix prefixes the environment variable of every flag:

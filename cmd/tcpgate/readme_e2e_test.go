@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -116,7 +117,7 @@ func testReadmeCurl(t *testing.T, blocks []codeBlock) {
 			continue
 		}
 		if strings.HasPrefix(text, "curl -N ") {
-			p := sh.start(t, c, text)
+			p := sh.startElsewhere(t, c, text)
 			if strings.Contains(text, "text/event-stream") {
 				sse = p
 			} else {
@@ -274,7 +275,7 @@ func testReadmeGrpcurl(t *testing.T, blocks []codeBlock) {
 				continue
 			}
 			if strings.Contains(text, service+"/Subscribe") {
-				sub = sh.start(t, c, text)
+				sub = sh.startElsewhere(t, c, text) // "In a third terminal"
 				sub.sync(t, laddr)
 				continue
 			}
@@ -322,6 +323,10 @@ func testReadmeGrpcurl(t *testing.T, blocks []codeBlock) {
 				checked["describe"] = true
 				if !strings.Contains(out, "rpc StartListener (") {
 					t.Errorf("README.md:%d: %s printed no rpc StartListener:\n%s", c.line, text, out)
+				}
+				// The README: "the same text is what grpcurl describe shows".
+				if !strings.Contains(out, "// StartListener binds host:port") {
+					t.Errorf("README.md:%d: %s printed no comments of the proto:\n%s", c.line, text, out)
 				}
 			case strings.Contains(text, service+"/StartListener"):
 				checked["start"] = true
@@ -497,8 +502,8 @@ func testReadmeCLI(t *testing.T, blocks []codeBlock) {
 			}
 		case strings.HasPrefix(text, "$T send ") && strings.Contains(text, "--await first"):
 			checked["send text"] = true
-			if out != "Message received\n" {
-				t.Errorf("README.md:%d: %s printed %q, want %q", c.line, text, out, "Message received\n")
+			if out != "Message received" {
+				t.Errorf("README.md:%d: %s printed %q, want %q", c.line, text, out, "Message received")
 			}
 		case strings.HasPrefix(text, "$T ls"):
 			checked["ls"] = true
@@ -700,11 +705,14 @@ var (
 )
 
 // prepare returns the command to run, with the test's addresses, and false
-// for a line the test does itself: a variable it sets, or the grpcurl alias
-// it replaces by putting grpcurl on PATH.
+// for a line the test does itself: a variable it sets, or the grpcurl
+// function it replaces by putting grpcurl on PATH.
 func (sh *snippetShell) prepare(t *testing.T, c shellCommand) (string, bool) {
 	t.Helper()
-	if strings.HasPrefix(c.text, "alias grpcurl=") {
+	if strings.HasPrefix(c.text, "alias ") {
+		t.Fatalf("README.md:%d: %s: an alias is not expanded in a script; use a function", c.line, c.text)
+	}
+	if strings.HasPrefix(c.text, "grpcurl() {") {
 		return "", false
 	}
 	if m := assignment.FindStringSubmatch(c.text); m != nil {
@@ -758,4 +766,80 @@ func (sh *snippetShell) mustRun(t *testing.T, c shellCommand, text string) strin
 func (sh *snippetShell) start(t *testing.T, c shellCommand, text string) *proc {
 	t.Helper()
 	return startProc(t, fmt.Sprintf("README.md:%d: %s", c.line, text), sh.env, sh.dir, sh.bash, "-c", text)
+}
+
+// startElsewhere is start in another terminal, as the README has it: one
+// without the block's variables (G, H, T), which that terminal never set.
+func (sh *snippetShell) startElsewhere(t *testing.T, c shellCommand, text string) *proc {
+	t.Helper()
+	env := slices.DeleteFunc(slices.Clone(sh.env), func(kv string) bool {
+		name, _, _ := strings.Cut(kv, "=")
+		_, ok := sh.vars[name]
+		return ok
+	})
+	return startProc(t, fmt.Sprintf("README.md:%d: %s", c.line, text), env, sh.dir, sh.bash, "-c", text)
+}
+
+// TestReadmeFacts: what the README states about the build and the defaults
+// agrees with the module and the daemon: the Go version go.mod asks for,
+// listeners on every interface by default, and the browser snippet's
+// `--cors-origins null` for a page opened from a file.
+func TestReadmeFacts(t *testing.T) {
+	t.Parallel()
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gomod, err := os.ReadFile(filepath.Join("..", "..", "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	goVersion := regexp.MustCompile(`(?m)^go (\S+)$`).FindSubmatch(gomod)
+	if goVersion == nil {
+		t.Fatal("go.mod has no go line")
+	}
+	if want := "Go (" + string(goVersion[1]) + " or later"; !strings.Contains(string(readme), want) {
+		t.Errorf("README.md does not say %q, the minimum go.mod asks for", want)
+	}
+	security := string(readme)
+	if _, after, ok := strings.Cut(security, "\n## Security\n"); ok {
+		security, _, _ = strings.Cut(after, "\n## ")
+	}
+	if !strings.Contains(security, "every interface by default (`0.0.0.0`") {
+		t.Errorf("README.md's Security section does not say that listeners bind every interface (0.0.0.0) by default")
+	}
+	if !strings.Contains(string(readme), "`--cors-origins null`") {
+		t.Errorf("README.md does not say that a page opened from a file needs --cors-origins null")
+	}
+
+	// --cors-origins null lets a file:// page's EventSource in, as the
+	// README says; without it the same request is refused.
+	for _, tc := range []struct {
+		args []string
+		want int
+	}{{nil, http.StatusForbidden}, {[]string{"--cors-origins", "null"}, http.StatusOK}} {
+		d := startDaemon(t, hermeticEnv(), append([]string{"serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}, tc.args...)...)
+		d.waitServing(t)
+		m := httpAddrLine.FindStringSubmatch(d.stderr.String())
+		if m == nil {
+			t.Fatalf("tcpgate logged no http_addr:\n%s", d.stderr.String())
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+strings.Trim(m[1], `"`)+"/v1/events?kinds=EVENT_KIND_DATA", nil)
+		req.Header.Set("Accept", "text/event-stream")
+		req.Header.Set("Origin", "null")
+		req.Header.Set("Sec-Fetch-Site", "cross-site")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			cancel()
+			t.Fatalf("GET /v1/events from a file page: %v", err)
+		}
+		if resp.StatusCode != tc.want || (tc.want == http.StatusOK && resp.Header.Get("Access-Control-Allow-Origin") != "null") {
+			t.Errorf("serve %v: GET /v1/events with Origin null = %d, Access-Control-Allow-Origin %q; want %d",
+				tc.args, resp.StatusCode, resp.Header.Get("Access-Control-Allow-Origin"), tc.want)
+		}
+		resp.Body.Close()
+		cancel()
+		d.stop(t)
+	}
 }

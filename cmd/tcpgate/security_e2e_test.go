@@ -134,8 +134,9 @@ func TestCLIAuth(t *testing.T) {
 	authed := cliRunner{env: hermeticEnv("TCPGATE_SERVER="+addr, "TCPGATE_TOKEN="+token)}
 
 	t.Run("refused", func(t *testing.T) {
-		secWantFail(t, anon, []string{"Unauthenticated"}, "ls")
-		secWantFail(t, anon, []string{"Unauthenticated"}, "ls", "--token", wrong)
+		// Without a token the CLI says which flag or variable to set.
+		secWantFail(t, anon, []string{"Unauthenticated", "--token", "TCPGATE_TOKEN"}, "ls")
+		secWantFail(t, anon, []string{"Unauthenticated", "--token"}, "ls", "--token", wrong)
 		secWantFail(t, cliRunner{env: hermeticEnv("TCPGATE_SERVER="+addr, "TCPGATE_TOKEN="+wrong)}, []string{"Unauthenticated"}, "ls")
 		secWantFail(t, anon, []string{"Unauthenticated"}, "listen", "0", "--host", "127.0.0.1")
 		secWantFail(t, anon, []string{"Unauthenticated"}, "subscribe")
@@ -179,8 +180,8 @@ func TestCLIAuth(t *testing.T) {
 		sub := authed.start(t, "subscribe", "--listener", "sec")
 		sub.sync(t, m[1])
 		stdout, _ := authed.mustRun(t, "send", m[1], payload, "--await", "first")
-		if stdout != payload+"\n" {
-			t.Errorf("send --await first printed %q, want %q", stdout, payload+"\n")
+		if stdout != payload {
+			t.Errorf("send --await first printed %q, want %q", stdout, payload)
 		}
 		sub.waitFor(t, "the DATA event of the send", eventTimeout, func(out string) bool { return strings.Contains(out, payload) })
 		// Failures carrying the payload.
@@ -227,7 +228,8 @@ func TestCLITLS(t *testing.T) {
 		if stdout, _ := (cliRunner{env: hermeticEnv("TCPGATE_SERVER="+addr, "TCPGATE_TLS_CA="+files["ca.pem"])}).mustRun(t, "ls"); !strings.HasPrefix(stdout, "ID") {
 			t.Errorf("tcpgate ls with TCPGATE_TLS_CA printed %q", stdout)
 		}
-		secWantFail(t, r, nil, "ls")
+		// Plain gRPC to a TLS gateway: the CLI says to pass --tls-ca.
+		secWantFail(t, r, []string{"Unavailable", "--tls-ca"}, "ls")
 		secWantFail(t, r, nil, "ls", "--tls")
 		secWantFail(t, r, nil, "ls", "--tls-ca", otherFiles["other-ca.pem"])
 		secWantFail(t, r, []string{"--tls-ca"}, "ls", "--tls-ca", filepath.Join(t.TempDir(), "missing.pem"))

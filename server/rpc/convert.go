@@ -51,10 +51,10 @@ func framingFromProto(field string, f *tcpgatev1.Framing, limit int) (framing.Co
 		return framing.Config{}, invalid(field+".mode", "unknown value %d", int32(f.GetMode()))
 	}
 	if f.GetMaxFrameBytes() > uint32(limit) {
-		return framing.Config{}, invalid(field+".max_frame_bytes", "must be at most %d (--max-frame-bytes), got %d", limit, f.GetMaxFrameBytes())
+		return framing.Config{}, invalidLimit(field+".max_frame_bytes", "--max-frame-bytes", int64(limit), "must be at most %d (--max-frame-bytes), got %d", limit, f.GetMaxFrameBytes())
 	}
 	if f.GetFixedSize() > uint32(limit) {
-		return framing.Config{}, invalid(field+".fixed_size", "must be at most %d (--max-frame-bytes), got %d", limit, f.GetFixedSize())
+		return framing.Config{}, invalidLimit(field+".fixed_size", "--max-frame-bytes", int64(limit), "must be at most %d (--max-frame-bytes), got %d", limit, f.GetFixedSize())
 	}
 	c, err := framing.Config{
 		Mode:          mode,

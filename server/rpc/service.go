@@ -166,7 +166,7 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 	maxConns := int(req.GetMaxConnections())
 	if limit := s.cfg.ListenerMaxConnections; limit > 0 {
 		if maxConns > limit {
-			return nil, invalid("max_connections", "must be at most %d (--listener-max-connections), got %d", limit, maxConns)
+			return nil, invalidLimit("max_connections", "--listener-max-connections", int64(limit), "must be at most %d (--listener-max-connections), got %d", limit, maxConns)
 		}
 		if maxConns == 0 {
 			maxConns = limit
@@ -349,7 +349,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		return nil, invalid("payload", "one of text or data is required")
 	}
 	if len(payload) > s.cfg.MaxSendBytes {
-		return nil, status.Errorf(codes.ResourceExhausted, "payload: %d bytes exceed max_send_bytes (%d, --max-send-bytes)", len(payload), s.cfg.MaxSendBytes)
+		return nil, LimitReached("--max-send-bytes", int64(s.cfg.MaxSendBytes), "payload: %d bytes exceed max_send_bytes (%d, --max-send-bytes)", len(payload), s.cfg.MaxSendBytes)
 	}
 	timeout, err := durationFromProto("timeout", req.GetTimeout(), DefaultSendTimeout)
 	if err != nil {
@@ -362,7 +362,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 	}
 	maxReply := int(aw.GetMaxBytes())
 	if maxReply > s.cfg.MaxReplyBytes {
-		return nil, invalid("await_reply.max_bytes", "must be at most %d (--max-reply-bytes), got %d", s.cfg.MaxReplyBytes, maxReply)
+		return nil, invalidLimit("await_reply.max_bytes", "--max-reply-bytes", int64(s.cfg.MaxReplyBytes), "must be at most %d (--max-reply-bytes), got %d", s.cfg.MaxReplyBytes, maxReply)
 	}
 	if maxReply == 0 {
 		maxReply = min(defaultReplyBytes, s.cfg.MaxReplyBytes)
@@ -623,7 +623,7 @@ func checkFilterIDs(field string, ids []string) error {
 // err, with ctx the stream's context.
 func (s *Service) streamError(ctx context.Context, err error) error {
 	if errors.Is(err, hub.ErrClosed) {
-		return status.Error(codes.Unavailable, "gateway shutting down; resubscribe with since_sequence to resume")
+		return Status(codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN, "gateway shutting down; resubscribe with since_sequence to resume", nil)
 	}
 	if ctx.Err() != nil {
 		return status.FromContextError(ctx.Err()).Err()

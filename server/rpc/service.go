@@ -20,7 +20,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/status"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/internal/conn"
@@ -626,7 +625,7 @@ func (s *Service) streamError(ctx context.Context, err error) error {
 		return Status(codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN, "gateway shutting down; resubscribe with since_sequence to resume", nil)
 	}
 	if ctx.Err() != nil {
-		return status.FromContextError(ctx.Err()).Err()
+		return s.status(ctx.Err())
 	}
 	return s.status(err)
 }

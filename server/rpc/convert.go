@@ -2,6 +2,8 @@ package rpc
 
 import (
 	"crypto/tls"
+	"errors"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -66,11 +68,11 @@ func framingFromProto(field string, f *tcpgatev1.Framing, limit int) (framing.Co
 	}.Normalize()
 	if err != nil {
 		// Normalize names fields as "framing.x"; say where the framing sits.
-		msg := err.Error()
-		if field != "framing" && len(msg) > len("framing") && msg[:len("framing")] == "framing" {
-			msg = field + msg[len("framing"):]
+		var ce *framing.ConfigError
+		if errors.As(err, &ce) {
+			return framing.Config{}, invalid(field+strings.TrimPrefix(ce.Field, "framing"), "%s", ce.Reason)
 		}
-		return framing.Config{}, invalid(field, "%s", msg)
+		return framing.Config{}, invalid(field, "%v", err)
 	}
 	return c, nil
 }

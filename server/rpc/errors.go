@@ -98,6 +98,10 @@ func toStatus(log *slog.Logger, err error) error {
 	if errors.As(err, &lim) {
 		meta = map[string]string{MetaFlag: lim.Flag, MetaLimit: strconv.Itoa(lim.Limit)}
 	}
+	var bad *framing.ConfigError
+	if errors.As(err, &bad) {
+		meta = map[string]string{MetaField: bad.Field}
+	}
 	var denied *policy.DeniedError
 	if errors.As(err, &denied) {
 		meta = map[string]string{MetaRule: denied.Rule}

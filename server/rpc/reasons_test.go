@@ -203,6 +203,7 @@ func TestErrorReasons(t *testing.T) {
 	}
 	rest("unknown listener", "GET", "/v1/listeners/nope", "", "", nil, 404, "LISTENER_NOT_FOUND", "")
 	rest("bad framing field", "POST", "/v1/listeners", "application/json", `{"host":"127.0.0.1","framing":{"mode":"FRAMING_MODE_DELIMITER","maxFrameBytes":999999999}}`, nil, 400, "INVALID_ARGUMENT", "framing.max_frame_bytes")
+	rest("framing without its delimiter", "POST", "/v1/listeners", "application/json", `{"host":"127.0.0.1","framing":{"mode":"FRAMING_MODE_DELIMITER"}}`, nil, 400, "INVALID_ARGUMENT", "framing.delimiter")
 	rest("bad JSON", "POST", "/v1/listeners", "application/json", `{"host":`, nil, 400, "MALFORMED_REQUEST", "")
 	rest("unknown query parameter", "GET", "/v1/listeners?bogus=1", "", "", nil, 400, "MALFORMED_REQUEST", "")
 	rest("no route", "GET", "/v1/nothing-here", "", "", nil, 404, "ROUTE_NOT_FOUND", "")

@@ -218,38 +218,21 @@ func routingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 
 // errorHandler is the mux's error handler: grpc-gateway's, whose JSON body
 // keeps the status's details, after giving an error that carries no
-// ErrorInfo the reason its code means here. Those are the errors
-// grpc-gateway makes itself: a body or query it could not decode, or the
-// gateway's own gRPC connection failing, which happens only as the daemon
-// shuts down. Every error of the API has its ErrorInfo already.
+// ErrorInfo the reason its code means here (rpc.WithReason). Those are the
+// errors grpc-gateway makes itself: a body or query it could not decode, or
+// the gateway's own gRPC connection failing. Every error of the API has its
+// ErrorInfo already.
 func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, withReason(err))
 }
 
-// withReason is err with an ErrorInfo: err itself when it has one.
+// withReason is rpc.WithReason, through an HTTPStatusError.
 func withReason(err error) error {
 	var he *runtime.HTTPStatusError
 	if errors.As(err, &he) {
-		return &runtime.HTTPStatusError{HTTPStatus: he.HTTPStatus, Err: withReason(he.Err)}
+		return &runtime.HTTPStatusError{HTTPStatus: he.HTTPStatus, Err: rpc.WithReason(he.Err)}
 	}
-	if reason, _ := rpc.ReasonOf(err); reason != tcpgatev1.ErrorReason_ERROR_REASON_UNSPECIFIED {
-		return err
-	}
-	st := status.Convert(err)
-	reason := tcpgatev1.ErrorReason_ERROR_REASON_INTERNAL
-	switch st.Code() {
-	case codes.InvalidArgument:
-		reason = tcpgatev1.ErrorReason_ERROR_REASON_MALFORMED_REQUEST
-	case codes.Unavailable:
-		reason = tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN
-	case codes.Canceled:
-		reason = tcpgatev1.ErrorReason_ERROR_REASON_CANCELED
-	case codes.DeadlineExceeded:
-		reason = tcpgatev1.ErrorReason_ERROR_REASON_TIMEOUT
-	case codes.Unauthenticated:
-		reason = tcpgatev1.ErrorReason_ERROR_REASON_UNAUTHENTICATED
-	}
-	return rpc.Status(st.Code(), reason, st.Message(), nil)
+	return rpc.WithReason(err)
 }
 
 // routeMethods are the methods of each route, by path pattern ("*" is

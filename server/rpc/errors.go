@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/protoadapt"
@@ -156,6 +157,51 @@ func StatusOf(code codes.Code, reason tcpgatev1.ErrorReason, msg string, meta ma
 		return status.New(code, msg)
 	}
 	return st
+}
+
+// WithReason is err with an ErrorInfo: err itself when it carries one,
+// else a status of its code with the reason that code means when it comes
+// from outside this package's handlers: the health service, grpc-gateway
+// decoding a body or a query, the REST gateway's own gRPC connection
+// failing (which happens only as the daemon shuts down), a call's context.
+func WithReason(err error) error {
+	if err == nil {
+		return nil
+	}
+	if reason, _ := ReasonOf(err); reason != tcpgatev1.ErrorReason_ERROR_REASON_UNSPECIFIED {
+		return err
+	}
+	st := status.Convert(err)
+	reason := tcpgatev1.ErrorReason_ERROR_REASON_INTERNAL
+	switch st.Code() {
+	case codes.InvalidArgument:
+		reason = tcpgatev1.ErrorReason_ERROR_REASON_MALFORMED_REQUEST
+	case codes.NotFound:
+		reason = tcpgatev1.ErrorReason_ERROR_REASON_UNKNOWN_SERVICE
+	case codes.Unavailable:
+		reason = tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN
+	case codes.Canceled:
+		reason = tcpgatev1.ErrorReason_ERROR_REASON_CANCELED
+	case codes.DeadlineExceeded:
+		reason = tcpgatev1.ErrorReason_ERROR_REASON_TIMEOUT
+	case codes.Unauthenticated:
+		reason = tcpgatev1.ErrorReason_ERROR_REASON_UNAUTHENTICATED
+	case codes.ResourceExhausted:
+		reason = tcpgatev1.ErrorReason_ERROR_REASON_LIMIT_REACHED
+	}
+	return Status(st.Code(), reason, st.Message(), nil)
+}
+
+// UnaryReasons gives every error of a unary call its ErrorInfo
+// (WithReason).
+func UnaryReasons(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	resp, err := handler(ctx, req)
+	return resp, WithReason(err)
+}
+
+// StreamReasons is UnaryReasons for streams.
+func StreamReasons(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	return WithReason(handler(srv, ss))
 }
 
 // invalid is an InvalidArgument status naming the field, in its message,

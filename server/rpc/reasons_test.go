@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -167,6 +168,8 @@ func TestErrorReasons(t *testing.T) {
 	check("--max-listeners", err, "LIMIT_REACHED", map[string]string{"flag": "--max-listeners", "limit": "2"}, "")
 	_, err = c.Send(actx, &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: "0.0.0.0:" + port}, Payload: &tcpgatev1.SendRequest_Text{Text: "x"}})
 	check("dial denied", err, "POLICY_DENIED", map[string]string{"rule": "0.0.0.0"}, "")
+	_, err = healthpb.NewHealthClient(g.Conn).Check(ctx, &healthpb.HealthCheckRequest{Service: "nope"})
+	check("health of an unknown service", err, "UNKNOWN_SERVICE", nil, "")
 	closed := freePort(t)
 	_, err = c.Send(actx, &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: closed}, Payload: &tcpgatev1.SendRequest_Text{Text: "x"}})
 	check("refused", err, "CONNECTION_REFUSED", nil, "")
@@ -204,6 +207,7 @@ func TestErrorReasons(t *testing.T) {
 	rest("unknown listener", "GET", "/v1/listeners/nope", "", "", nil, 404, "LISTENER_NOT_FOUND", "")
 	rest("bad framing field", "POST", "/v1/listeners", "application/json", `{"host":"127.0.0.1","framing":{"mode":"FRAMING_MODE_DELIMITER","maxFrameBytes":999999999}}`, nil, 400, "INVALID_ARGUMENT", "framing.max_frame_bytes")
 	rest("framing without its delimiter", "POST", "/v1/listeners", "application/json", `{"host":"127.0.0.1","framing":{"mode":"FRAMING_MODE_DELIMITER"}}`, nil, 400, "INVALID_ARGUMENT", "framing.delimiter")
+	rest("health of an unknown service", "GET", "/healthz?service=nope", "", "", nil, 404, "UNKNOWN_SERVICE", "")
 	rest("bad JSON", "POST", "/v1/listeners", "application/json", `{"host":`, nil, 400, "MALFORMED_REQUEST", "")
 	rest("unknown query parameter", "GET", "/v1/listeners?bogus=1", "", "", nil, 400, "MALFORMED_REQUEST", "")
 	rest("no route", "GET", "/v1/nothing-here", "", "", nil, 404, "ROUTE_NOT_FOUND", "")

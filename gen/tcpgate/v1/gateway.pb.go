@@ -694,6 +694,8 @@ const (
 	ErrorReason_ERROR_REASON_METHOD_NOT_ALLOWED ErrorReason = 34
 	// An error the gateway did not expect; its log has the details.
 	ErrorReason_ERROR_REASON_INTERNAL ErrorReason = 35
+	// The health service knows no service of this name.
+	ErrorReason_ERROR_REASON_UNKNOWN_SERVICE ErrorReason = 36
 )
 
 // Enum value maps for ErrorReason.
@@ -735,6 +737,7 @@ var (
 		33: "ERROR_REASON_ROUTE_NOT_FOUND",
 		34: "ERROR_REASON_METHOD_NOT_ALLOWED",
 		35: "ERROR_REASON_INTERNAL",
+		36: "ERROR_REASON_UNKNOWN_SERVICE",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":            0,
@@ -773,6 +776,7 @@ var (
 		"ERROR_REASON_ROUTE_NOT_FOUND":        33,
 		"ERROR_REASON_METHOD_NOT_ALLOWED":     34,
 		"ERROR_REASON_INTERNAL":               35,
+		"ERROR_REASON_UNKNOWN_SERVICE":        36,
 	}
 )
 
@@ -3209,7 +3213,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	" SLOW_CONSUMER_POLICY_UNSPECIFIED\x10\x00\x12$\n" +
 	" SLOW_CONSUMER_POLICY_DROP_OLDEST\x10\x01\x12#\n" +
 	"\x1fSLOW_CONSUMER_POLICY_DISCONNECT\x10\x02\x12%\n" +
-	"!SLOW_CONSUMER_POLICY_BACKPRESSURE\x10\x03*\xd7\t\n" +
+	"!SLOW_CONSUMER_POLICY_BACKPRESSURE\x10\x03*\xf9\t\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dERROR_REASON_INVALID_ARGUMENT\x10\x01\x12\"\n" +
@@ -3247,7 +3251,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"#ERROR_REASON_UNSUPPORTED_MEDIA_TYPE\x10 \x12 \n" +
 	"\x1cERROR_REASON_ROUTE_NOT_FOUND\x10!\x12#\n" +
 	"\x1fERROR_REASON_METHOD_NOT_ALLOWED\x10\"\x12\x19\n" +
-	"\x15ERROR_REASON_INTERNAL\x10#2\x9e\x05\n" +
+	"\x15ERROR_REASON_INTERNAL\x10#\x12 \n" +
+	"\x1cERROR_REASON_UNKNOWN_SERVICE\x10$2\x9e\x05\n" +
 	"\x0eGatewayService\x12T\n" +
 	"\rStartListener\x12 .tcpgate.v1.StartListenerRequest\x1a!.tcpgate.v1.StartListenerResponse\x12Q\n" +
 	"\fStopListener\x12\x1f.tcpgate.v1.StopListenerRequest\x1a .tcpgate.v1.StopListenerResponse\x12N\n" +

@@ -18,7 +18,6 @@ import (
 	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/dynamicpb"
@@ -203,7 +202,7 @@ func (g *Gateway) checkParams(next runtime.HandlerFunc) runtime.HandlerFunc {
 		}
 		if err := checkParams(route, r.URL.RawQuery, pathParams); err != nil {
 			_, out := runtime.MarshalerForRequest(g.mux, r)
-			runtime.HTTPError(r.Context(), g.mux, out, w, r, status.Error(codes.InvalidArgument, err.Error()))
+			runtime.HTTPError(r.Context(), g.mux, out, w, r, rpc.Status(codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_MALFORMED_REQUEST, err.Error(), nil))
 			return
 		}
 		next(w, r, pathParams)

@@ -37,11 +37,11 @@ const (
 func (g *Gateway) events(w http.ResponseWriter, r *http.Request, _ map[string]string) {
 	sse := acceptsSSE(r)
 	m := &runtime.JSONPb{MarshalOptions: marshalOptions}
-	fail := func(err error) { runtime.DefaultHTTPErrorHandler(r.Context(), g.mux, m, w, r, err) }
+	fail := func(err error) { errorHandler(r.Context(), g.mux, m, w, r, err) }
 
 	req := &tcpgatev1.SubscribeRequest{}
 	if err := runtime.PopulateQueryParameters(req, r.URL.Query(), utilities.NewDoubleArray(nil)); err != nil {
-		fail(status.Errorf(codes.InvalidArgument, "query: %v", err))
+		fail(rpc.Status(codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_MALFORMED_REQUEST, fmt.Sprintf("query: %v", err), nil))
 		return
 	}
 	// A reconnecting EventSource sends the URL it first opened, whose
@@ -51,14 +51,14 @@ func (g *Gateway) events(w http.ResponseWriter, r *http.Request, _ map[string]st
 	if id := r.Header.Get("Last-Event-ID"); id != "" && sse {
 		seq, err := strconv.ParseUint(strings.TrimSpace(id), 10, 64)
 		if err != nil {
-			fail(status.Errorf(codes.InvalidArgument, "Last-Event-ID: %q is not a sequence number", id))
+			fail(rpc.Status(codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_MALFORMED_REQUEST, fmt.Sprintf("Last-Event-ID: %q is not a sequence number", id), map[string]string{rpc.MetaField: "Last-Event-ID"}))
 			return
 		}
 		// An EventSource resumes after the last event it saw.
 		req.SinceSequence = seq + 1
 	}
 	if g.ctx.Err() != nil {
-		fail(status.Error(codes.Unavailable, "gateway shutting down"))
+		fail(rpc.Status(codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN, "gateway shutting down", nil))
 		return
 	}
 	st, err := g.cfg.Events.Subscribe(req)
@@ -203,7 +203,7 @@ func (g *Gateway) endStream(w io.Writer, sse bool, err error) {
 	}
 	st := status.Convert(err)
 	if errors.Is(err, context.Canceled) || st.Code() == codes.Canceled {
-		st = status.New(codes.Unavailable, "gateway shutting down; resubscribe with since_sequence to resume")
+		st = rpc.StatusOf(codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN, "gateway shutting down; resubscribe with since_sequence to resume", nil)
 	}
 	b, merr := protojson.Marshal(st.Proto())
 	if merr != nil {

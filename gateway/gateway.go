@@ -146,6 +146,7 @@ func New(cfg Config) (*Gateway, error) {
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, strictJSON{jsonpb}),
 		runtime.SetQueryParameterParser(&strictQuery{}),
 		runtime.WithRoutingErrorHandler(routingError),
+		runtime.WithErrorHandler(errorHandler),
 		// Every route, generated or added, checks its query and path
 		// parameters the same way before it runs (checkParams).
 		runtime.WithMiddlewares(g.checkParams),
@@ -208,15 +209,35 @@ func routingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 		if allow != "" {
 			w.Header().Set("Allow", allow)
 		}
-		err = &runtime.HTTPStatusError{HTTPStatus: code, Err: status.Errorf(codes.Unimplemented, "method %s not allowed on %s (allowed: %s)", rpc.Quote(r.Method), rpc.Quote(r.URL.Path), allow)}
+		err = &runtime.HTTPStatusError{HTTPStatus: code, Err: rpc.Status(codes.Unimplemented, tcpgatev1.ErrorReason_ERROR_REASON_METHOD_NOT_ALLOWED,
+			fmt.Sprintf("method %s not allowed on %s (allowed: %s)", rpc.Quote(r.Method), rpc.Quote(r.URL.Path), allow), nil)}
 	case http.StatusNotFound:
-		err = status.Errorf(codes.NotFound, "no route %s %s", rpc.Quote(r.Method), rpc.Quote(r.URL.Path))
+		err = rpc.Status(codes.NotFound, tcpgatev1.ErrorReason_ERROR_REASON_ROUTE_NOT_FOUND, fmt.Sprintf("no route %s %s", rpc.Quote(r.Method), rpc.Quote(r.URL.Path)), nil)
 	case http.StatusBadRequest:
-		err = status.Errorf(codes.InvalidArgument, "malformed request path %s", rpc.Quote(r.URL.Path))
+		err = rpc.Status(codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_MALFORMED_REQUEST, fmt.Sprintf("malformed request path %s", rpc.Quote(r.URL.Path)), nil)
 	default:
-		err = status.Error(codes.Internal, "routing error")
+		err = rpc.Status(codes.Internal, tcpgatev1.ErrorReason_ERROR_REASON_INTERNAL, "routing error", nil)
 	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+}
+
+// errorHandler is the mux's error handler: grpc-gateway's, whose JSON body
+// keeps the status's details, after giving an error that carries no
+// ErrorInfo the reason its code means here (rpc.WithReason). Those are the
+// errors grpc-gateway makes itself: a body or query it could not decode, or
+// the gateway's own gRPC connection failing. Every error of the API has its
+// ErrorInfo already.
+func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, withReason(err))
+}
+
+// withReason is rpc.WithReason, through an HTTPStatusError.
+func withReason(err error) error {
+	var he *runtime.HTTPStatusError
+	if errors.As(err, &he) {
+		return &runtime.HTTPStatusError{HTTPStatus: he.HTTPStatus, Err: rpc.WithReason(he.Err)}
+	}
+	return rpc.WithReason(err)
 }
 
 // routeMethods are the methods of each route, by path pattern ("*" is

@@ -11,20 +11,29 @@ import (
 	"strconv"
 	"strings"
 
-	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
 
+	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/rpc"
 )
 
-func statusProto(code int, msg string) *spb.Status {
-	return &spb.Status{Code: int32(code), Message: msg}
+// refusalReason is the ErrorInfo reason of a refusal by its HTTP status.
+var refusalReason = map[int]tcpgatev1.ErrorReason{
+	http.StatusUnauthorized:         tcpgatev1.ErrorReason_ERROR_REASON_UNAUTHENTICATED,
+	http.StatusForbidden:            tcpgatev1.ErrorReason_ERROR_REASON_REQUEST_FORBIDDEN,
+	http.StatusUnsupportedMediaType: tcpgatev1.ErrorReason_ERROR_REASON_UNSUPPORTED_MEDIA_TYPE,
 }
 
-// writeError answers with the JSON error body every other error has.
+// writeError answers with the JSON error body every other error has, its
+// details (the ErrorInfo) included.
 func writeError(w http.ResponseWriter, status, code int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	b, _ := marshalOptions.Marshal(statusProto(code, msg))
+	reason, ok := refusalReason[status]
+	if !ok {
+		reason = tcpgatev1.ErrorReason_ERROR_REASON_INTERNAL
+	}
+	b, _ := marshalOptions.Marshal(rpc.StatusOf(codes.Code(code), reason, msg, nil).Proto())
 	_, _ = w.Write(b)
 }
 

@@ -10,10 +10,10 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/status"
+
+	"github.com/tcpgate/tcpgate/server/rpc"
 )
 
 // Defaults of the control plane's own limits: they bound what callers
@@ -133,7 +133,7 @@ func (h *healthService) Watch(req *healthpb.HealthCheckRequest, stream healthpb.
 		case h.watchers <- struct{}{}:
 			defer func() { <-h.watchers }()
 		default:
-			return status.Errorf(codes.ResourceExhausted, "watching health: --max-health-watchers (%d) reached; use Check, or close a Watch stream", cap(h.watchers))
+			return rpc.LimitReached("--max-health-watchers", int64(cap(h.watchers)), "watching health: --max-health-watchers (%d) reached; use Check, or close a Watch stream", cap(h.watchers))
 		}
 	}
 	return h.Server.Watch(req, stream)

@@ -304,8 +304,8 @@ func New(cfg Config) (*Server, error) {
 		Logger:                 log,
 	})
 
-	unary := []grpc.UnaryServerInterceptor{s.unaryInterceptor}
-	stream := []grpc.StreamServerInterceptor{s.streamInterceptor}
+	unary := []grpc.UnaryServerInterceptor{s.unaryInterceptor, rpc.UnaryReasons}
+	stream := []grpc.StreamServerInterceptor{s.streamInterceptor, rpc.StreamReasons}
 	if auth != nil {
 		// After the metrics and log interceptors, so refused calls are
 		// counted and logged (never with the token).

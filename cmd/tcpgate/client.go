@@ -151,13 +151,17 @@ func (c *client) ctxAtLeast(cmd *cobra.Command, d time.Duration) (context.Contex
 const sendCallMargin = 5 * time.Second
 
 // callError makes a failed call read like the gateway's answer, and says
-// what to check when the gateway cannot be reached.
+// what to check when the gateway cannot be reached. It tells the two by
+// the ErrorInfo every answer of the gateway carries, never by the message:
+// an Unavailable without one is gRPC's own, from a gateway that is not
+// there (a refused connection to the gateway's target is the gateway's
+// answer, CONNECTION_REFUSED).
 func (c *client) callError(err error) error {
 	st, ok := status.FromError(err)
 	if !ok {
 		return err
 	}
-	if st.Code() == codes.Unavailable && strings.Contains(st.Message(), "connection refused") && !strings.Contains(st.Message(), "connecting to") {
+	if reason, _ := rpc.ReasonOf(err); st.Code() == codes.Unavailable && reason == tcpgatev1.ErrorReason_ERROR_REASON_UNSPECIFIED {
 		return fmt.Errorf("no gateway at %s (is `tcpgate serve` running? --server or TCPGATE_SERVER point elsewhere)", c.server)
 	}
 	msg := fmt.Sprintf("%s: %s", st.Code(), st.Message())

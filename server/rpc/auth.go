@@ -9,7 +9,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
+
+	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 )
 
 // Method prefixes that stay open whatever the authentication.
@@ -60,9 +61,9 @@ func (a *Auth) check(ctx context.Context, method string) error {
 	values := md.Get(authorizationHeader)
 	switch {
 	case len(values) == 0:
-		return status.Error(codes.Unauthenticated, "missing bearer token: send the header \"authorization: Bearer TOKEN\"")
+		return Status(codes.Unauthenticated, tcpgatev1.ErrorReason_ERROR_REASON_UNAUTHENTICATED, "missing bearer token: send the header \"authorization: Bearer TOKEN\"", nil)
 	case len(values) > 1 || !a.Valid(values[0]):
-		return status.Error(codes.Unauthenticated, "invalid bearer token")
+		return Status(codes.Unauthenticated, tcpgatev1.ErrorReason_ERROR_REASON_UNAUTHENTICATED, "invalid bearer token", nil)
 	}
 	return nil
 }

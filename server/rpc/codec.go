@@ -14,11 +14,11 @@ import (
 	"google.golang.org/grpc/encoding"
 	grpcproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/internal/event"
 )
 
@@ -188,7 +188,7 @@ func decodeError(m proto.Message) error {
 	if n < 0 {
 		reason = "unreadable"
 	}
-	return status.Errorf(codes.InvalidArgument, "malformed request %s: %s", m.ProtoReflect().Descriptor().FullName(), reason)
+	return Status(codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_MALFORMED_REQUEST, fmt.Sprintf("malformed request %s: %s", m.ProtoReflect().Descriptor().FullName(), reason), nil)
 }
 
 // eventBatch is the message Subscribe sends: the engine's events, which only

@@ -2,6 +2,8 @@ package rpc
 
 import (
 	"crypto/tls"
+	"errors"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -51,10 +53,10 @@ func framingFromProto(field string, f *tcpgatev1.Framing, limit int) (framing.Co
 		return framing.Config{}, invalid(field+".mode", "unknown value %d", int32(f.GetMode()))
 	}
 	if f.GetMaxFrameBytes() > uint32(limit) {
-		return framing.Config{}, invalid(field+".max_frame_bytes", "must be at most %d (--max-frame-bytes), got %d", limit, f.GetMaxFrameBytes())
+		return framing.Config{}, invalidLimit(field+".max_frame_bytes", "--max-frame-bytes", int64(limit), "must be at most %d (--max-frame-bytes), got %d", limit, f.GetMaxFrameBytes())
 	}
 	if f.GetFixedSize() > uint32(limit) {
-		return framing.Config{}, invalid(field+".fixed_size", "must be at most %d (--max-frame-bytes), got %d", limit, f.GetFixedSize())
+		return framing.Config{}, invalidLimit(field+".fixed_size", "--max-frame-bytes", int64(limit), "must be at most %d (--max-frame-bytes), got %d", limit, f.GetFixedSize())
 	}
 	c, err := framing.Config{
 		Mode:          mode,
@@ -66,11 +68,11 @@ func framingFromProto(field string, f *tcpgatev1.Framing, limit int) (framing.Co
 	}.Normalize()
 	if err != nil {
 		// Normalize names fields as "framing.x"; say where the framing sits.
-		msg := err.Error()
-		if field != "framing" && len(msg) > len("framing") && msg[:len("framing")] == "framing" {
-			msg = field + msg[len("framing"):]
+		var ce *framing.ConfigError
+		if errors.As(err, &ce) {
+			return framing.Config{}, invalid(field+strings.TrimPrefix(ce.Field, "framing"), "%s", ce.Reason)
 		}
-		return framing.Config{}, invalid(field, "%s", msg)
+		return framing.Config{}, invalid(field, "%v", err)
 	}
 	return c, nil
 }

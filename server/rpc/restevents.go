@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/internal/event"
@@ -101,7 +100,7 @@ func (st *EventStream) Next(ctx context.Context, buf []JSONEvent) ([]JSONEvent, 
 	clear(st.batch)
 	if encErr != nil {
 		st.src.svc.log.Error("encoding event as JSON", "error", encErr)
-		err = status.Error(codes.Internal, "encoding an event as JSON failed")
+		err = Status(codes.Internal, tcpgatev1.ErrorReason_ERROR_REASON_INTERNAL, "encoding an event as JSON failed", nil)
 		st.setEnd(err)
 		return buf, err
 	}
@@ -136,7 +135,7 @@ func (st *EventStream) Close() {
 	st.src.open.Add(-1)
 	if st.src.observe != nil {
 		if end == nil {
-			end = status.Error(codes.Canceled, "client went away")
+			end = Status(codes.Canceled, tcpgatev1.ErrorReason_ERROR_REASON_CANCELED, "client went away", nil)
 		}
 		st.src.observe(end, st.start)
 	}

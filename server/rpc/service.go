@@ -20,7 +20,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/status"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/internal/conn"
@@ -166,7 +165,7 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 	maxConns := int(req.GetMaxConnections())
 	if limit := s.cfg.ListenerMaxConnections; limit > 0 {
 		if maxConns > limit {
-			return nil, invalid("max_connections", "must be at most %d (--listener-max-connections), got %d", limit, maxConns)
+			return nil, invalidLimit("max_connections", "--listener-max-connections", int64(limit), "must be at most %d (--listener-max-connections), got %d", limit, maxConns)
 		}
 		if maxConns == 0 {
 			maxConns = limit
@@ -349,7 +348,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		return nil, invalid("payload", "one of text or data is required")
 	}
 	if len(payload) > s.cfg.MaxSendBytes {
-		return nil, status.Errorf(codes.ResourceExhausted, "payload: %d bytes exceed max_send_bytes (%d, --max-send-bytes)", len(payload), s.cfg.MaxSendBytes)
+		return nil, LimitReached("--max-send-bytes", int64(s.cfg.MaxSendBytes), "payload: %d bytes exceed max_send_bytes (%d, --max-send-bytes)", len(payload), s.cfg.MaxSendBytes)
 	}
 	timeout, err := durationFromProto("timeout", req.GetTimeout(), DefaultSendTimeout)
 	if err != nil {
@@ -362,7 +361,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 	}
 	maxReply := int(aw.GetMaxBytes())
 	if maxReply > s.cfg.MaxReplyBytes {
-		return nil, invalid("await_reply.max_bytes", "must be at most %d (--max-reply-bytes), got %d", s.cfg.MaxReplyBytes, maxReply)
+		return nil, invalidLimit("await_reply.max_bytes", "--max-reply-bytes", int64(s.cfg.MaxReplyBytes), "must be at most %d (--max-reply-bytes), got %d", s.cfg.MaxReplyBytes, maxReply)
 	}
 	if maxReply == 0 {
 		maxReply = min(defaultReplyBytes, s.cfg.MaxReplyBytes)
@@ -623,10 +622,10 @@ func checkFilterIDs(field string, ids []string) error {
 // err, with ctx the stream's context.
 func (s *Service) streamError(ctx context.Context, err error) error {
 	if errors.Is(err, hub.ErrClosed) {
-		return status.Error(codes.Unavailable, "gateway shutting down; resubscribe with since_sequence to resume")
+		return Status(codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN, "gateway shutting down; resubscribe with since_sequence to resume", nil)
 	}
 	if ctx.Err() != nil {
-		return status.FromContextError(ctx.Err()).Err()
+		return s.status(ctx.Err())
 	}
 	return s.status(err)
 }

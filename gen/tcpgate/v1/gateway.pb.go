@@ -607,6 +607,206 @@ func (SlowConsumerPolicy) EnumDescriptor() ([]byte, []int) {
 	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
+// ErrorReason is the reason of the google.rpc.ErrorInfo that every error the
+// API returns carries (domain "tcpgate.v1"): the value's name without its
+// ERROR_REASON_ prefix, such as "ADDRESS_IN_USE". Programs branch on it,
+// never on the message text, which may change. The ErrorInfo's metadata
+// names what the error knows: "field" (the request field to change),
+// "flag" and "limit" (the daemon flag of a limit and its value), "rule"
+// (the policy rule that denied).
+type ErrorReason int32
+
+const (
+	// Never sent.
+	ErrorReason_ERROR_REASON_UNSPECIFIED ErrorReason = 0
+	// A request field is not valid; metadata "field" names it, and a
+	// google.rpc.BadRequest names it too.
+	ErrorReason_ERROR_REASON_INVALID_ARGUMENT ErrorReason = 1
+	// The request could not be decoded (bad protobuf, bad JSON, a bad path or
+	// query parameter).
+	ErrorReason_ERROR_REASON_MALFORMED_REQUEST ErrorReason = 2
+	// A framing is not valid; metadata "field" names it.
+	ErrorReason_ERROR_REASON_INVALID_FRAMING ErrorReason = 3
+	// The address policy (--allow-dial, --allow-listen and the like) denied the
+	// address; metadata "rule" names the rule.
+	ErrorReason_ERROR_REASON_POLICY_DENIED ErrorReason = 4
+	// A listener with this listener_id already runs.
+	ErrorReason_ERROR_REASON_LISTENER_EXISTS ErrorReason = 5
+	// No listener has this listener_id.
+	ErrorReason_ERROR_REASON_LISTENER_NOT_FOUND ErrorReason = 6
+	// No open connection has this connection_id.
+	ErrorReason_ERROR_REASON_CONNECTION_NOT_FOUND ErrorReason = 7
+	// The connection closed while the call used it.
+	ErrorReason_ERROR_REASON_CONNECTION_CLOSED ErrorReason = 8
+	// The peer closed its sending side, so no reply can come.
+	ErrorReason_ERROR_REASON_PEER_HALF_CLOSED ErrorReason = 9
+	// Another socket holds the address a listener would bind.
+	ErrorReason_ERROR_REASON_ADDRESS_IN_USE ErrorReason = 10
+	// The address cannot be bound on this host.
+	ErrorReason_ERROR_REASON_ADDRESS_NOT_USABLE ErrorReason = 11
+	// A limit of the daemon was reached; metadata "flag" and "limit" name it.
+	ErrorReason_ERROR_REASON_LIMIT_REACHED ErrorReason = 12
+	// drain_timeout is longer than the gateway allows.
+	ErrorReason_ERROR_REASON_DRAIN_TOO_LONG ErrorReason = 13
+	// The gateway is shutting down.
+	ErrorReason_ERROR_REASON_SHUTTING_DOWN ErrorReason = 14
+	// The subscribe filter is larger than the gateway allows.
+	ErrorReason_ERROR_REASON_FILTER_TOO_LARGE ErrorReason = 15
+	// The peer refused the connection.
+	ErrorReason_ERROR_REASON_CONNECTION_REFUSED ErrorReason = 16
+	// The address could not be reached.
+	ErrorReason_ERROR_REASON_ADDRESS_UNREACHABLE ErrorReason = 17
+	// The host name did not resolve.
+	ErrorReason_ERROR_REASON_HOST_NOT_FOUND ErrorReason = 18
+	// The peer closed before a whole reply arrived.
+	ErrorReason_ERROR_REASON_NO_REPLY ErrorReason = 19
+	// The connection broke while the call used it.
+	ErrorReason_ERROR_REASON_CONNECTION_BROKEN ErrorReason = 20
+	// The TLS handshake with the peer failed.
+	ErrorReason_ERROR_REASON_TLS_HANDSHAKE_FAILED ErrorReason = 21
+	// The reply grew past await_reply.max_bytes or the frame limit.
+	ErrorReason_ERROR_REASON_REPLY_TOO_LARGE ErrorReason = 22
+	// The call's timeout ran out: connecting, writing, or waiting for a reply.
+	ErrorReason_ERROR_REASON_TIMEOUT ErrorReason = 23
+	// The peer took the bytes too slowly: the write timed out.
+	ErrorReason_ERROR_REASON_WRITE_TIMEOUT ErrorReason = 24
+	// A *_file field was given but the daemon allows no files
+	// (--tls-files-dir unset).
+	ErrorReason_ERROR_REASON_FILE_PATHS_DISABLED ErrorReason = 25
+	// A *_file field names a file outside --tls-files-dir or not a regular file.
+	ErrorReason_ERROR_REASON_FILE_NOT_ALLOWED ErrorReason = 26
+	// A *_file field names a file that is too large.
+	ErrorReason_ERROR_REASON_FILE_TOO_LARGE ErrorReason = 27
+	// The call was canceled.
+	ErrorReason_ERROR_REASON_CANCELED ErrorReason = 28
+	// The subscriber did not keep up and was disconnected.
+	ErrorReason_ERROR_REASON_SLOW_CONSUMER ErrorReason = 29
+	// The bearer token is missing or not valid.
+	ErrorReason_ERROR_REASON_UNAUTHENTICATED ErrorReason = 30
+	// An HTTP request was refused before it reached the API: a foreign Host or
+	// Origin.
+	ErrorReason_ERROR_REASON_REQUEST_FORBIDDEN ErrorReason = 31
+	// An HTTP request body is not application/json.
+	ErrorReason_ERROR_REASON_UNSUPPORTED_MEDIA_TYPE ErrorReason = 32
+	// No HTTP route has this path.
+	ErrorReason_ERROR_REASON_ROUTE_NOT_FOUND ErrorReason = 33
+	// The HTTP route does not take this method.
+	ErrorReason_ERROR_REASON_METHOD_NOT_ALLOWED ErrorReason = 34
+	// An error the gateway did not expect; its log has the details.
+	ErrorReason_ERROR_REASON_INTERNAL ErrorReason = 35
+	// The health service knows no service of this name.
+	ErrorReason_ERROR_REASON_UNKNOWN_SERVICE ErrorReason = 36
+)
+
+// Enum value maps for ErrorReason.
+var (
+	ErrorReason_name = map[int32]string{
+		0:  "ERROR_REASON_UNSPECIFIED",
+		1:  "ERROR_REASON_INVALID_ARGUMENT",
+		2:  "ERROR_REASON_MALFORMED_REQUEST",
+		3:  "ERROR_REASON_INVALID_FRAMING",
+		4:  "ERROR_REASON_POLICY_DENIED",
+		5:  "ERROR_REASON_LISTENER_EXISTS",
+		6:  "ERROR_REASON_LISTENER_NOT_FOUND",
+		7:  "ERROR_REASON_CONNECTION_NOT_FOUND",
+		8:  "ERROR_REASON_CONNECTION_CLOSED",
+		9:  "ERROR_REASON_PEER_HALF_CLOSED",
+		10: "ERROR_REASON_ADDRESS_IN_USE",
+		11: "ERROR_REASON_ADDRESS_NOT_USABLE",
+		12: "ERROR_REASON_LIMIT_REACHED",
+		13: "ERROR_REASON_DRAIN_TOO_LONG",
+		14: "ERROR_REASON_SHUTTING_DOWN",
+		15: "ERROR_REASON_FILTER_TOO_LARGE",
+		16: "ERROR_REASON_CONNECTION_REFUSED",
+		17: "ERROR_REASON_ADDRESS_UNREACHABLE",
+		18: "ERROR_REASON_HOST_NOT_FOUND",
+		19: "ERROR_REASON_NO_REPLY",
+		20: "ERROR_REASON_CONNECTION_BROKEN",
+		21: "ERROR_REASON_TLS_HANDSHAKE_FAILED",
+		22: "ERROR_REASON_REPLY_TOO_LARGE",
+		23: "ERROR_REASON_TIMEOUT",
+		24: "ERROR_REASON_WRITE_TIMEOUT",
+		25: "ERROR_REASON_FILE_PATHS_DISABLED",
+		26: "ERROR_REASON_FILE_NOT_ALLOWED",
+		27: "ERROR_REASON_FILE_TOO_LARGE",
+		28: "ERROR_REASON_CANCELED",
+		29: "ERROR_REASON_SLOW_CONSUMER",
+		30: "ERROR_REASON_UNAUTHENTICATED",
+		31: "ERROR_REASON_REQUEST_FORBIDDEN",
+		32: "ERROR_REASON_UNSUPPORTED_MEDIA_TYPE",
+		33: "ERROR_REASON_ROUTE_NOT_FOUND",
+		34: "ERROR_REASON_METHOD_NOT_ALLOWED",
+		35: "ERROR_REASON_INTERNAL",
+		36: "ERROR_REASON_UNKNOWN_SERVICE",
+	}
+	ErrorReason_value = map[string]int32{
+		"ERROR_REASON_UNSPECIFIED":            0,
+		"ERROR_REASON_INVALID_ARGUMENT":       1,
+		"ERROR_REASON_MALFORMED_REQUEST":      2,
+		"ERROR_REASON_INVALID_FRAMING":        3,
+		"ERROR_REASON_POLICY_DENIED":          4,
+		"ERROR_REASON_LISTENER_EXISTS":        5,
+		"ERROR_REASON_LISTENER_NOT_FOUND":     6,
+		"ERROR_REASON_CONNECTION_NOT_FOUND":   7,
+		"ERROR_REASON_CONNECTION_CLOSED":      8,
+		"ERROR_REASON_PEER_HALF_CLOSED":       9,
+		"ERROR_REASON_ADDRESS_IN_USE":         10,
+		"ERROR_REASON_ADDRESS_NOT_USABLE":     11,
+		"ERROR_REASON_LIMIT_REACHED":          12,
+		"ERROR_REASON_DRAIN_TOO_LONG":         13,
+		"ERROR_REASON_SHUTTING_DOWN":          14,
+		"ERROR_REASON_FILTER_TOO_LARGE":       15,
+		"ERROR_REASON_CONNECTION_REFUSED":     16,
+		"ERROR_REASON_ADDRESS_UNREACHABLE":    17,
+		"ERROR_REASON_HOST_NOT_FOUND":         18,
+		"ERROR_REASON_NO_REPLY":               19,
+		"ERROR_REASON_CONNECTION_BROKEN":      20,
+		"ERROR_REASON_TLS_HANDSHAKE_FAILED":   21,
+		"ERROR_REASON_REPLY_TOO_LARGE":        22,
+		"ERROR_REASON_TIMEOUT":                23,
+		"ERROR_REASON_WRITE_TIMEOUT":          24,
+		"ERROR_REASON_FILE_PATHS_DISABLED":    25,
+		"ERROR_REASON_FILE_NOT_ALLOWED":       26,
+		"ERROR_REASON_FILE_TOO_LARGE":         27,
+		"ERROR_REASON_CANCELED":               28,
+		"ERROR_REASON_SLOW_CONSUMER":          29,
+		"ERROR_REASON_UNAUTHENTICATED":        30,
+		"ERROR_REASON_REQUEST_FORBIDDEN":      31,
+		"ERROR_REASON_UNSUPPORTED_MEDIA_TYPE": 32,
+		"ERROR_REASON_ROUTE_NOT_FOUND":        33,
+		"ERROR_REASON_METHOD_NOT_ALLOWED":     34,
+		"ERROR_REASON_INTERNAL":               35,
+		"ERROR_REASON_UNKNOWN_SERVICE":        36,
+	}
+)
+
+func (x ErrorReason) Enum() *ErrorReason {
+	p := new(ErrorReason)
+	*p = x
+	return p
+}
+
+func (x ErrorReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ErrorReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_tcpgate_v1_gateway_proto_enumTypes[9].Descriptor()
+}
+
+func (ErrorReason) Type() protoreflect.EnumType {
+	return &file_tcpgate_v1_gateway_proto_enumTypes[9]
+}
+
+func (x ErrorReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ErrorReason.Descriptor instead.
+func (ErrorReason) EnumDescriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{9}
+}
+
 // Framing cuts one connection's byte stream into frames.
 type Framing struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3013,7 +3213,46 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	" SLOW_CONSUMER_POLICY_UNSPECIFIED\x10\x00\x12$\n" +
 	" SLOW_CONSUMER_POLICY_DROP_OLDEST\x10\x01\x12#\n" +
 	"\x1fSLOW_CONSUMER_POLICY_DISCONNECT\x10\x02\x12%\n" +
-	"!SLOW_CONSUMER_POLICY_BACKPRESSURE\x10\x032\x9e\x05\n" +
+	"!SLOW_CONSUMER_POLICY_BACKPRESSURE\x10\x03*\xf9\t\n" +
+	"\vErrorReason\x12\x1c\n" +
+	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12!\n" +
+	"\x1dERROR_REASON_INVALID_ARGUMENT\x10\x01\x12\"\n" +
+	"\x1eERROR_REASON_MALFORMED_REQUEST\x10\x02\x12 \n" +
+	"\x1cERROR_REASON_INVALID_FRAMING\x10\x03\x12\x1e\n" +
+	"\x1aERROR_REASON_POLICY_DENIED\x10\x04\x12 \n" +
+	"\x1cERROR_REASON_LISTENER_EXISTS\x10\x05\x12#\n" +
+	"\x1fERROR_REASON_LISTENER_NOT_FOUND\x10\x06\x12%\n" +
+	"!ERROR_REASON_CONNECTION_NOT_FOUND\x10\a\x12\"\n" +
+	"\x1eERROR_REASON_CONNECTION_CLOSED\x10\b\x12!\n" +
+	"\x1dERROR_REASON_PEER_HALF_CLOSED\x10\t\x12\x1f\n" +
+	"\x1bERROR_REASON_ADDRESS_IN_USE\x10\n" +
+	"\x12#\n" +
+	"\x1fERROR_REASON_ADDRESS_NOT_USABLE\x10\v\x12\x1e\n" +
+	"\x1aERROR_REASON_LIMIT_REACHED\x10\f\x12\x1f\n" +
+	"\x1bERROR_REASON_DRAIN_TOO_LONG\x10\r\x12\x1e\n" +
+	"\x1aERROR_REASON_SHUTTING_DOWN\x10\x0e\x12!\n" +
+	"\x1dERROR_REASON_FILTER_TOO_LARGE\x10\x0f\x12#\n" +
+	"\x1fERROR_REASON_CONNECTION_REFUSED\x10\x10\x12$\n" +
+	" ERROR_REASON_ADDRESS_UNREACHABLE\x10\x11\x12\x1f\n" +
+	"\x1bERROR_REASON_HOST_NOT_FOUND\x10\x12\x12\x19\n" +
+	"\x15ERROR_REASON_NO_REPLY\x10\x13\x12\"\n" +
+	"\x1eERROR_REASON_CONNECTION_BROKEN\x10\x14\x12%\n" +
+	"!ERROR_REASON_TLS_HANDSHAKE_FAILED\x10\x15\x12 \n" +
+	"\x1cERROR_REASON_REPLY_TOO_LARGE\x10\x16\x12\x18\n" +
+	"\x14ERROR_REASON_TIMEOUT\x10\x17\x12\x1e\n" +
+	"\x1aERROR_REASON_WRITE_TIMEOUT\x10\x18\x12$\n" +
+	" ERROR_REASON_FILE_PATHS_DISABLED\x10\x19\x12!\n" +
+	"\x1dERROR_REASON_FILE_NOT_ALLOWED\x10\x1a\x12\x1f\n" +
+	"\x1bERROR_REASON_FILE_TOO_LARGE\x10\x1b\x12\x19\n" +
+	"\x15ERROR_REASON_CANCELED\x10\x1c\x12\x1e\n" +
+	"\x1aERROR_REASON_SLOW_CONSUMER\x10\x1d\x12 \n" +
+	"\x1cERROR_REASON_UNAUTHENTICATED\x10\x1e\x12\"\n" +
+	"\x1eERROR_REASON_REQUEST_FORBIDDEN\x10\x1f\x12'\n" +
+	"#ERROR_REASON_UNSUPPORTED_MEDIA_TYPE\x10 \x12 \n" +
+	"\x1cERROR_REASON_ROUTE_NOT_FOUND\x10!\x12#\n" +
+	"\x1fERROR_REASON_METHOD_NOT_ALLOWED\x10\"\x12\x19\n" +
+	"\x15ERROR_REASON_INTERNAL\x10#\x12 \n" +
+	"\x1cERROR_REASON_UNKNOWN_SERVICE\x10$2\x9e\x05\n" +
 	"\x0eGatewayService\x12T\n" +
 	"\rStartListener\x12 .tcpgate.v1.StartListenerRequest\x1a!.tcpgate.v1.StartListenerResponse\x12Q\n" +
 	"\fStopListener\x12\x1f.tcpgate.v1.StopListenerRequest\x1a .tcpgate.v1.StopListenerResponse\x12N\n" +
@@ -3036,7 +3275,7 @@ func file_tcpgate_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_tcpgate_v1_gateway_proto_rawDescData
 }
 
-var file_tcpgate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
+var file_tcpgate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
 var file_tcpgate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_tcpgate_v1_gateway_proto_goTypes = []any{
 	(FramingMode)(0),                // 0: tcpgate.v1.FramingMode
@@ -3048,89 +3287,90 @@ var file_tcpgate_v1_gateway_proto_goTypes = []any{
 	(EventKind)(0),                  // 6: tcpgate.v1.EventKind
 	(CloseReason)(0),                // 7: tcpgate.v1.CloseReason
 	(SlowConsumerPolicy)(0),         // 8: tcpgate.v1.SlowConsumerPolicy
-	(*Framing)(nil),                 // 9: tcpgate.v1.Framing
-	(*AutoReply)(nil),               // 10: tcpgate.v1.AutoReply
-	(*Listener)(nil),                // 11: tcpgate.v1.Listener
-	(*ListenerTLS)(nil),             // 12: tcpgate.v1.ListenerTLS
-	(*Connection)(nil),              // 13: tcpgate.v1.Connection
-	(*StartListenerRequest)(nil),    // 14: tcpgate.v1.StartListenerRequest
-	(*StartListenerResponse)(nil),   // 15: tcpgate.v1.StartListenerResponse
-	(*StopListenerRequest)(nil),     // 16: tcpgate.v1.StopListenerRequest
-	(*StopListenerResponse)(nil),    // 17: tcpgate.v1.StopListenerResponse
-	(*GetListenerRequest)(nil),      // 18: tcpgate.v1.GetListenerRequest
-	(*GetListenerResponse)(nil),     // 19: tcpgate.v1.GetListenerResponse
-	(*ListListenersRequest)(nil),    // 20: tcpgate.v1.ListListenersRequest
-	(*ListListenersResponse)(nil),   // 21: tcpgate.v1.ListListenersResponse
-	(*ListConnectionsRequest)(nil),  // 22: tcpgate.v1.ListConnectionsRequest
-	(*ListConnectionsResponse)(nil), // 23: tcpgate.v1.ListConnectionsResponse
-	(*CloseConnectionRequest)(nil),  // 24: tcpgate.v1.CloseConnectionRequest
-	(*CloseConnectionResponse)(nil), // 25: tcpgate.v1.CloseConnectionResponse
-	(*AwaitReply)(nil),              // 26: tcpgate.v1.AwaitReply
-	(*ReplyMatch)(nil),              // 27: tcpgate.v1.ReplyMatch
-	(*SendRequest)(nil),             // 28: tcpgate.v1.SendRequest
-	(*DialTLS)(nil),                 // 29: tcpgate.v1.DialTLS
-	(*Reply)(nil),                   // 30: tcpgate.v1.Reply
-	(*SendResponse)(nil),            // 31: tcpgate.v1.SendResponse
-	(*SubscribeRequest)(nil),        // 32: tcpgate.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),       // 33: tcpgate.v1.SubscribeResponse
-	(*Event)(nil),                   // 34: tcpgate.v1.Event
-	(*timestamppb.Timestamp)(nil),   // 35: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 36: google.protobuf.Duration
+	(ErrorReason)(0),                // 9: tcpgate.v1.ErrorReason
+	(*Framing)(nil),                 // 10: tcpgate.v1.Framing
+	(*AutoReply)(nil),               // 11: tcpgate.v1.AutoReply
+	(*Listener)(nil),                // 12: tcpgate.v1.Listener
+	(*ListenerTLS)(nil),             // 13: tcpgate.v1.ListenerTLS
+	(*Connection)(nil),              // 14: tcpgate.v1.Connection
+	(*StartListenerRequest)(nil),    // 15: tcpgate.v1.StartListenerRequest
+	(*StartListenerResponse)(nil),   // 16: tcpgate.v1.StartListenerResponse
+	(*StopListenerRequest)(nil),     // 17: tcpgate.v1.StopListenerRequest
+	(*StopListenerResponse)(nil),    // 18: tcpgate.v1.StopListenerResponse
+	(*GetListenerRequest)(nil),      // 19: tcpgate.v1.GetListenerRequest
+	(*GetListenerResponse)(nil),     // 20: tcpgate.v1.GetListenerResponse
+	(*ListListenersRequest)(nil),    // 21: tcpgate.v1.ListListenersRequest
+	(*ListListenersResponse)(nil),   // 22: tcpgate.v1.ListListenersResponse
+	(*ListConnectionsRequest)(nil),  // 23: tcpgate.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil), // 24: tcpgate.v1.ListConnectionsResponse
+	(*CloseConnectionRequest)(nil),  // 25: tcpgate.v1.CloseConnectionRequest
+	(*CloseConnectionResponse)(nil), // 26: tcpgate.v1.CloseConnectionResponse
+	(*AwaitReply)(nil),              // 27: tcpgate.v1.AwaitReply
+	(*ReplyMatch)(nil),              // 28: tcpgate.v1.ReplyMatch
+	(*SendRequest)(nil),             // 29: tcpgate.v1.SendRequest
+	(*DialTLS)(nil),                 // 30: tcpgate.v1.DialTLS
+	(*Reply)(nil),                   // 31: tcpgate.v1.Reply
+	(*SendResponse)(nil),            // 32: tcpgate.v1.SendResponse
+	(*SubscribeRequest)(nil),        // 33: tcpgate.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),       // 34: tcpgate.v1.SubscribeResponse
+	(*Event)(nil),                   // 35: tcpgate.v1.Event
+	(*timestamppb.Timestamp)(nil),   // 36: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 37: google.protobuf.Duration
 }
 var file_tcpgate_v1_gateway_proto_depIdxs = []int32{
 	0,  // 0: tcpgate.v1.Framing.mode:type_name -> tcpgate.v1.FramingMode
 	1,  // 1: tcpgate.v1.AutoReply.mode:type_name -> tcpgate.v1.AutoReplyMode
 	2,  // 2: tcpgate.v1.Listener.state:type_name -> tcpgate.v1.ListenerState
-	9,  // 3: tcpgate.v1.Listener.framing:type_name -> tcpgate.v1.Framing
-	10, // 4: tcpgate.v1.Listener.auto_reply:type_name -> tcpgate.v1.AutoReply
-	35, // 5: tcpgate.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
-	36, // 6: tcpgate.v1.Listener.idle_timeout:type_name -> google.protobuf.Duration
-	36, // 7: tcpgate.v1.Listener.half_close_timeout:type_name -> google.protobuf.Duration
-	35, // 8: tcpgate.v1.Connection.opened_at:type_name -> google.protobuf.Timestamp
-	9,  // 9: tcpgate.v1.StartListenerRequest.framing:type_name -> tcpgate.v1.Framing
-	10, // 10: tcpgate.v1.StartListenerRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
-	36, // 11: tcpgate.v1.StartListenerRequest.idle_timeout:type_name -> google.protobuf.Duration
-	12, // 12: tcpgate.v1.StartListenerRequest.tls:type_name -> tcpgate.v1.ListenerTLS
-	36, // 13: tcpgate.v1.StartListenerRequest.half_close_timeout:type_name -> google.protobuf.Duration
-	11, // 14: tcpgate.v1.StartListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	36, // 15: tcpgate.v1.StopListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
-	11, // 16: tcpgate.v1.StopListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	11, // 17: tcpgate.v1.GetListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	11, // 18: tcpgate.v1.ListListenersResponse.listeners:type_name -> tcpgate.v1.Listener
-	13, // 19: tcpgate.v1.ListConnectionsResponse.connections:type_name -> tcpgate.v1.Connection
-	13, // 20: tcpgate.v1.CloseConnectionResponse.connection:type_name -> tcpgate.v1.Connection
+	10, // 3: tcpgate.v1.Listener.framing:type_name -> tcpgate.v1.Framing
+	11, // 4: tcpgate.v1.Listener.auto_reply:type_name -> tcpgate.v1.AutoReply
+	36, // 5: tcpgate.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
+	37, // 6: tcpgate.v1.Listener.idle_timeout:type_name -> google.protobuf.Duration
+	37, // 7: tcpgate.v1.Listener.half_close_timeout:type_name -> google.protobuf.Duration
+	36, // 8: tcpgate.v1.Connection.opened_at:type_name -> google.protobuf.Timestamp
+	10, // 9: tcpgate.v1.StartListenerRequest.framing:type_name -> tcpgate.v1.Framing
+	11, // 10: tcpgate.v1.StartListenerRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
+	37, // 11: tcpgate.v1.StartListenerRequest.idle_timeout:type_name -> google.protobuf.Duration
+	13, // 12: tcpgate.v1.StartListenerRequest.tls:type_name -> tcpgate.v1.ListenerTLS
+	37, // 13: tcpgate.v1.StartListenerRequest.half_close_timeout:type_name -> google.protobuf.Duration
+	12, // 14: tcpgate.v1.StartListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	37, // 15: tcpgate.v1.StopListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
+	12, // 16: tcpgate.v1.StopListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	12, // 17: tcpgate.v1.GetListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	12, // 18: tcpgate.v1.ListListenersResponse.listeners:type_name -> tcpgate.v1.Listener
+	14, // 19: tcpgate.v1.ListConnectionsResponse.connections:type_name -> tcpgate.v1.Connection
+	14, // 20: tcpgate.v1.CloseConnectionResponse.connection:type_name -> tcpgate.v1.Connection
 	3,  // 21: tcpgate.v1.AwaitReply.mode:type_name -> tcpgate.v1.AwaitMode
-	9,  // 22: tcpgate.v1.AwaitReply.framing:type_name -> tcpgate.v1.Framing
+	10, // 22: tcpgate.v1.AwaitReply.framing:type_name -> tcpgate.v1.Framing
 	5,  // 23: tcpgate.v1.AwaitReply.payload_format:type_name -> tcpgate.v1.PayloadFormat
-	27, // 24: tcpgate.v1.AwaitReply.match:type_name -> tcpgate.v1.ReplyMatch
+	28, // 24: tcpgate.v1.AwaitReply.match:type_name -> tcpgate.v1.ReplyMatch
 	4,  // 25: tcpgate.v1.AwaitReply.on_timeout:type_name -> tcpgate.v1.OnTimeout
-	26, // 26: tcpgate.v1.SendRequest.await_reply:type_name -> tcpgate.v1.AwaitReply
-	36, // 27: tcpgate.v1.SendRequest.timeout:type_name -> google.protobuf.Duration
-	29, // 28: tcpgate.v1.SendRequest.tls:type_name -> tcpgate.v1.DialTLS
-	30, // 29: tcpgate.v1.SendResponse.reply:type_name -> tcpgate.v1.Reply
+	27, // 26: tcpgate.v1.SendRequest.await_reply:type_name -> tcpgate.v1.AwaitReply
+	37, // 27: tcpgate.v1.SendRequest.timeout:type_name -> google.protobuf.Duration
+	30, // 28: tcpgate.v1.SendRequest.tls:type_name -> tcpgate.v1.DialTLS
+	31, // 29: tcpgate.v1.SendResponse.reply:type_name -> tcpgate.v1.Reply
 	6,  // 30: tcpgate.v1.SubscribeRequest.kinds:type_name -> tcpgate.v1.EventKind
 	8,  // 31: tcpgate.v1.SubscribeRequest.slow_consumer:type_name -> tcpgate.v1.SlowConsumerPolicy
 	5,  // 32: tcpgate.v1.SubscribeRequest.payload_format:type_name -> tcpgate.v1.PayloadFormat
-	34, // 33: tcpgate.v1.SubscribeResponse.events:type_name -> tcpgate.v1.Event
-	35, // 34: tcpgate.v1.Event.time:type_name -> google.protobuf.Timestamp
+	35, // 33: tcpgate.v1.SubscribeResponse.events:type_name -> tcpgate.v1.Event
+	36, // 34: tcpgate.v1.Event.time:type_name -> google.protobuf.Timestamp
 	6,  // 35: tcpgate.v1.Event.kind:type_name -> tcpgate.v1.EventKind
 	7,  // 36: tcpgate.v1.Event.close_reason:type_name -> tcpgate.v1.CloseReason
-	14, // 37: tcpgate.v1.GatewayService.StartListener:input_type -> tcpgate.v1.StartListenerRequest
-	16, // 38: tcpgate.v1.GatewayService.StopListener:input_type -> tcpgate.v1.StopListenerRequest
-	18, // 39: tcpgate.v1.GatewayService.GetListener:input_type -> tcpgate.v1.GetListenerRequest
-	20, // 40: tcpgate.v1.GatewayService.ListListeners:input_type -> tcpgate.v1.ListListenersRequest
-	22, // 41: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
-	24, // 42: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
-	28, // 43: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
-	32, // 44: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
-	15, // 45: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
-	17, // 46: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
-	19, // 47: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
-	21, // 48: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
-	23, // 49: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
-	25, // 50: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
-	31, // 51: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
-	33, // 52: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
+	15, // 37: tcpgate.v1.GatewayService.StartListener:input_type -> tcpgate.v1.StartListenerRequest
+	17, // 38: tcpgate.v1.GatewayService.StopListener:input_type -> tcpgate.v1.StopListenerRequest
+	19, // 39: tcpgate.v1.GatewayService.GetListener:input_type -> tcpgate.v1.GetListenerRequest
+	21, // 40: tcpgate.v1.GatewayService.ListListeners:input_type -> tcpgate.v1.ListListenersRequest
+	23, // 41: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
+	25, // 42: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
+	29, // 43: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
+	33, // 44: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
+	16, // 45: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
+	18, // 46: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
+	20, // 47: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
+	22, // 48: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
+	24, // 49: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
+	26, // 50: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
+	32, // 51: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
+	34, // 52: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
 	45, // [45:53] is the sub-list for method output_type
 	37, // [37:45] is the sub-list for method input_type
 	37, // [37:37] is the sub-list for extension type_name
@@ -3164,7 +3404,7 @@ func file_tcpgate_v1_gateway_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tcpgate_v1_gateway_proto_rawDesc), len(file_tcpgate_v1_gateway_proto_rawDesc)),
-			NumEnums:      9,
+			NumEnums:      10,
 			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -107,6 +107,26 @@ var ErrFrameTooLarge = errors.New("frame too large")
 // with the offending field, spelled as in the API (framing.delimiter, ...).
 var ErrInvalidConfig = errors.New("invalid framing")
 
+// ConfigError is what Normalize returns: it wraps ErrInvalidConfig and names
+// the field, so that the RPC layer can point a form at it without reading
+// the message.
+type ConfigError struct {
+	// Field is the field as the API spells it: "framing.delimiter".
+	Field string
+	// Reason says what is wrong with it and what it may be.
+	Reason string
+}
+
+func (e *ConfigError) Error() string {
+	return e.Field + ": " + e.Reason + ": " + ErrInvalidConfig.Error()
+}
+
+func (e *ConfigError) Unwrap() error { return ErrInvalidConfig }
+
+func invalidConfig(field, format string, args ...any) error {
+	return &ConfigError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
 // ErrUnencodable reports a frame that Encode cannot write such that a peer
 // using the same framing reads it back as that one frame: a line containing
 // '\n', a frame of the wrong fixed size, a length that does not fit the
@@ -120,10 +140,10 @@ func (c Config) Normalize() (Config, error) {
 	switch c.Mode {
 	case Raw, Line, Delimiter, LengthPrefix, Fixed:
 	default:
-		return Config{}, fmt.Errorf("framing.mode: unknown mode %d: %w", int(c.Mode), ErrInvalidConfig)
+		return Config{}, invalidConfig("framing.mode", "unknown mode %d", int(c.Mode))
 	}
 	if c.MaxFrameBytes < 0 {
-		return Config{}, fmt.Errorf("framing.max_frame_bytes: must not be negative, got %d: %w", c.MaxFrameBytes, ErrInvalidConfig)
+		return Config{}, invalidConfig("framing.max_frame_bytes", "must not be negative, got %d", c.MaxFrameBytes)
 	}
 	if c.MaxFrameBytes == 0 {
 		c.MaxFrameBytes = DefaultMaxFrameBytes
@@ -135,26 +155,25 @@ func (c Config) Normalize() (Config, error) {
 	switch c.PrefixBytes {
 	case 1, 2, 4, 8:
 	default:
-		return Config{}, fmt.Errorf("framing.prefix_bytes: must be 1, 2, 4 or 8, got %d: %w", c.PrefixBytes, ErrInvalidConfig)
+		return Config{}, invalidConfig("framing.prefix_bytes", "must be 1, 2, 4 or 8, got %d", c.PrefixBytes)
 	}
 	if len(c.Delimiter) > MaxDelimiterBytes {
-		return Config{}, fmt.Errorf("framing.delimiter: %d bytes, more than the limit of %d: %w", len(c.Delimiter), MaxDelimiterBytes, ErrInvalidConfig)
+		return Config{}, invalidConfig("framing.delimiter", "%d bytes, more than the limit of %d", len(c.Delimiter), MaxDelimiterBytes)
 	}
 	if c.FixedSize < 0 {
-		return Config{}, fmt.Errorf("framing.fixed_size: must not be negative, got %d: %w", c.FixedSize, ErrInvalidConfig)
+		return Config{}, invalidConfig("framing.fixed_size", "must not be negative, got %d", c.FixedSize)
 	}
 	switch c.Mode {
 	case Delimiter:
 		if len(c.Delimiter) == 0 {
-			return Config{}, fmt.Errorf("framing.delimiter: required in delimiter mode: %w", ErrInvalidConfig)
+			return Config{}, invalidConfig("framing.delimiter", "required in delimiter mode")
 		}
 	case Fixed:
 		if c.FixedSize == 0 {
-			return Config{}, fmt.Errorf("framing.fixed_size: required (> 0) in fixed mode: %w", ErrInvalidConfig)
+			return Config{}, invalidConfig("framing.fixed_size", "required (> 0) in fixed mode")
 		}
 		if c.FixedSize > c.MaxFrameBytes {
-			return Config{}, fmt.Errorf("framing.fixed_size: %d exceeds framing.max_frame_bytes %d: %w",
-				c.FixedSize, c.MaxFrameBytes, ErrInvalidConfig)
+			return Config{}, invalidConfig("framing.fixed_size", "%d exceeds framing.max_frame_bytes %d", c.FixedSize, c.MaxFrameBytes)
 		}
 	}
 	return c, nil

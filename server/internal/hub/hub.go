@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/tcpgate/tcpgate/server/internal/event"
+	"github.com/tcpgate/tcpgate/server/internal/limits"
 )
 
 // DefaultReplayBytes bounds the replay ring when Config.ReplayBytes is 0:
@@ -536,7 +537,7 @@ func (h *Hub) Subscribe(opts SubscribeOptions) (*Subscriber, error) {
 		return nil, ErrClosed
 	}
 	if h.maxSubscribers > 0 && len(h.subs) >= h.maxSubscribers {
-		return nil, fmt.Errorf("subscribing: max_subscribers (%d, --max-subscribers) reached: %w", h.maxSubscribers, ErrTooManySubscribers)
+		return nil, &limits.Error{Doing: "subscribing", Name: "max_subscribers", Flag: "--max-subscribers", Limit: h.maxSubscribers, Err: ErrTooManySubscribers}
 	}
 	if opts.Since > 0 && opts.Since <= h.seq {
 		// Live events from here on go to the queue; the replay ends right

@@ -22,6 +22,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
+	"github.com/tcpgate/tcpgate/server/internal/limits"
 )
 
 // Errors of the registry; callers test them with errors.Is.
@@ -239,7 +240,7 @@ func (r *Registry) Start(ctx context.Context, spec Spec) (Info, error) {
 		return Info{}, ErrClosed
 	case r.cfg.MaxListeners > 0 && len(r.listeners) >= r.cfg.MaxListeners:
 		r.mu.Unlock()
-		return Info{}, fmt.Errorf("starting listener: max_listeners (%d, --max-listeners) reached: %w", r.cfg.MaxListeners, ErrLimit)
+		return Info{}, &limits.Error{Doing: "starting listener", Name: "max_listeners", Flag: "--max-listeners", Limit: r.cfg.MaxListeners, Err: ErrLimit}
 	case spec.ID == "":
 		spec.ID = r.newIDLocked()
 	case r.listeners[spec.ID] != nil:

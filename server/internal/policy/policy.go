@@ -73,6 +73,28 @@ import (
 // error's message says which rule refused.
 var ErrDenied = errors.New("denied by policy")
 
+// DeniedError is a refusal of CheckListen or ResolveDial: it wraps
+// ErrDenied and names the rule, so that a caller can say which rule to
+// change without reading the message.
+type DeniedError struct {
+	msg string
+	// Flag is the flag whose rule refused ("--deny-dial", "--allow-dial",
+	// "--allow-listen"), or "" for a built-in rule.
+	Flag string
+	// Rule is the rule that refused ("169.254.0.0/16", "10.0.0.0/8:22"), or
+	// "" when it is the absence of a matching --allow-* rule.
+	Rule string
+}
+
+func (e *DeniedError) Error() string { return e.msg + ": " + ErrDenied.Error() }
+
+func (e *DeniedError) Unwrap() error { return ErrDenied }
+
+// refusal is why a dial is refused; the zero value allows it.
+type refusal struct {
+	why, flag, rule string
+}
+
 // Resolver looks up the addresses of a host name; *net.Resolver is one.
 // network is "ip", for both IPv4 and IPv6 addresses.
 type Resolver interface {
@@ -178,14 +200,14 @@ type Policy struct {
 func (p *Policy) CheckListen(host string, port int) error {
 	addr := net.JoinHostPort(host, strconv.Itoa(port))
 	if port < 0 || port > 65535 {
-		return fmt.Errorf("binding %s: port %d out of range 0-65535: %w", addr, port, ErrDenied)
+		return &DeniedError{msg: fmt.Sprintf("binding %s: port %d out of range 0-65535", addr, port)}
 	}
 	for _, r := range p.listenRulesFor(host) {
 		if port == 0 || r.matchPort(uint16(port)) {
 			return nil
 		}
 	}
-	return fmt.Errorf("binding %s: not allowed by --allow-listen %s: %w", addr, p.listenRulesString(), ErrDenied)
+	return &DeniedError{msg: fmt.Sprintf("binding %s: not allowed by --allow-listen %s", addr, p.listenRulesString()), Flag: "--allow-listen"}
 }
 
 // ListenPorts returns, for a listener on host asking for port 0, up to n
@@ -347,11 +369,11 @@ func (p *Policy) ResolveDial(ctx context.Context, address string) ([]string, err
 	}
 	var out []string
 	var refused netip.Addr
-	var why string
+	var why refusal
 	for _, a := range addrs {
 		a = a.Unmap() // keeps the zone of an IPv6 address
-		if reason := p.refuseDial(a.WithZone(""), name, port); reason != "" {
-			if why == "" {
+		if reason := p.refuseDial(a.WithZone(""), name, port); reason.why != "" {
+			if why.why == "" {
 				refused, why = a, reason
 			}
 			continue
@@ -366,37 +388,38 @@ func (p *Policy) ResolveDial(ctx context.Context, address string) ([]string, err
 		if a := refused.String(); a != host {
 			what += " (" + a + ")"
 		}
-		return nil, fmt.Errorf("dialing %s: %s: %w", what, why, ErrDenied)
+		return nil, &DeniedError{msg: fmt.Sprintf("dialing %s: %s", what, why.why), Flag: why.flag, Rule: why.rule}
 	}
 	return out, nil
 }
 
 // refuseDial returns why a dial of a (unmapped, without zone) port, reached
 // through name ("" for an IP literal), is refused, or "" if it is allowed.
-func (p *Policy) refuseDial(a netip.Addr, name string, port uint16) string {
+func (p *Policy) refuseDial(a netip.Addr, name string, port uint16) refusal {
 	if !a.IsValid() {
-		return "the resolver returned an invalid address"
+		return refusal{why: "the resolver returned an invalid address"}
 	}
 	if a.IsUnspecified() {
-		return fmt.Sprintf("denied by the built-in rule %q (the unspecified address, which reaches this host; dial a loopback address instead)", a)
+		return refusal{why: fmt.Sprintf("denied by the built-in rule %q (the unspecified address, which reaches this host; dial a loopback address instead)", a), rule: a.String()}
 	}
-	if reason := p.deniedDial(a, name, port); reason != "" {
+	if reason := p.deniedDial(a, name, port); reason.why != "" {
 		return reason
 	}
 	if v4, through := embeddedIPv4(a); through != "" {
-		if reason := p.deniedDial(v4, name, port); reason != "" {
-			return fmt.Sprintf("%s reached through %s: %s", v4, through, reason)
+		if reason := p.deniedDial(v4, name, port); reason.why != "" {
+			reason.why = fmt.Sprintf("%s reached through %s: %s", v4, through, reason.why)
+			return reason
 		}
 	}
 	if len(p.AllowDial) == 0 {
-		return ""
+		return refusal{}
 	}
 	for _, r := range p.AllowDial {
 		if r.matchPort(port) && (r.matchAddr(a) || r.matchName(name)) {
-			return ""
+			return refusal{}
 		}
 	}
-	return "not matched by any --allow-dial rule"
+	return refusal{why: "not matched by any --allow-dial rule", flag: "--allow-dial"}
 }
 
 // embeddedIPv4 returns the IPv4 address that a reaches through a
@@ -415,10 +438,10 @@ func embeddedIPv4(a netip.Addr) (netip.Addr, string) {
 
 // deniedDial returns why a --deny-dial rule or a BuiltinDeny range refuses
 // a dial of a port through name, or "".
-func (p *Policy) deniedDial(a netip.Addr, name string, port uint16) string {
+func (p *Policy) deniedDial(a netip.Addr, name string, port uint16) refusal {
 	for _, r := range p.DenyDial {
 		if r.matchPort(port) && (r.matchAddr(a) || r.matchName(name)) {
-			return fmt.Sprintf("denied by --deny-dial rule %q", r)
+			return refusal{why: fmt.Sprintf("denied by --deny-dial rule %q", r), flag: "--deny-dial", rule: r.String()}
 		}
 	}
 	for _, b := range BuiltinDeny {
@@ -436,10 +459,10 @@ func (p *Policy) deniedDial(a netip.Addr, name string, port uint16) string {
 				// An allow list of this address alone would refuse all others.
 				fix += ",*"
 			}
-			return fmt.Sprintf("denied by the built-in rule %q%s; allow it with --allow-dial %s", b, why, fix)
+			return refusal{why: fmt.Sprintf("denied by the built-in rule %q%s; allow it with --allow-dial %s", b, why, fix), rule: b.String()}
 		}
 	}
-	return ""
+	return refusal{}
 }
 
 // opens reports whether an AllowDial rule opens the BuiltinDeny range b for

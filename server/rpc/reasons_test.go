@@ -1,0 +1,238 @@
+package rpc_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server"
+	"github.com/tcpgate/tcpgate/server/internal/hub"
+	"github.com/tcpgate/tcpgate/server/internal/limits"
+	"github.com/tcpgate/tcpgate/server/rpc"
+	"github.com/tcpgate/tcpgate/server/servertest"
+)
+
+// restError is the JSON error body of the REST gateway.
+type restError struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+	Details []struct {
+		Type            string            `json:"@type"`
+		Reason          string            `json:"reason"`
+		Domain          string            `json:"domain"`
+		Metadata        map[string]string `json:"metadata"`
+		FieldViolations []struct {
+			Field string `json:"field"`
+		} `json:"fieldViolations"`
+	} `json:"details"`
+}
+
+// info returns the tcpgate.v1 ErrorInfo of a REST error body.
+func (e restError) info() (reason string, meta map[string]string, fields []string) {
+	for _, d := range e.Details {
+		if d.Type == "type.googleapis.com/google.rpc.ErrorInfo" && d.Domain == rpc.ErrorDomain {
+			reason, meta = d.Reason, d.Metadata
+		}
+		for _, v := range d.FieldViolations {
+			fields = append(fields, v.Field)
+		}
+	}
+	return reason, meta, fields
+}
+
+// grpcInfo returns the ErrorInfo and BadRequest fields of a gRPC error.
+func grpcInfo(t *testing.T, err error) (reason string, meta map[string]string, fields []string) {
+	t.Helper()
+	st, ok := status.FromError(err)
+	if !ok || err == nil {
+		t.Fatalf("want a gRPC status, got %v", err)
+	}
+	for _, d := range st.Details() {
+		switch d := d.(type) {
+		case *errdetails.ErrorInfo:
+			if d.GetDomain() != rpc.ErrorDomain {
+				t.Errorf("ErrorInfo domain %q, want %q", d.GetDomain(), rpc.ErrorDomain)
+			}
+			reason, meta = d.GetReason(), d.GetMetadata()
+		case *errdetails.BadRequest:
+			for _, v := range d.GetFieldViolations() {
+				fields = append(fields, v.GetField())
+			}
+		}
+	}
+	return reason, meta, fields
+}
+
+// TestErrorReasons checks, over real gRPC and REST, that the API's errors
+// carry their ErrorInfo (and the metadata and field violations each
+// knows), that every row of the sentinel table has its reason, and that
+// every ErrorReason value is produced by some path: a value added
+// without one fails here.
+func TestErrorReasons(t *testing.T) {
+	seen := map[string]bool{}
+
+	// Every sentinel row, through toStatus.
+	errs, reasons := rpc.SentinelRows()
+	log := slog.New(slog.DiscardHandler)
+	for i, e := range errs {
+		err := rpc.ToStatus(log, fmt.Errorf("doing something: %w", e))
+		got, _, _ := grpcInfo(t, err)
+		if want := rpc.Reason(reasons[i]); got != want || reasons[i] == tcpgatev1.ErrorReason_ERROR_REASON_UNSPECIFIED {
+			t.Errorf("sentinel %q: reason %q, want %q", e, got, want)
+		}
+		seen[got] = true
+	}
+	// The errors toStatus knows by type rather than by sentinel.
+	for err, want := range map[error]string{
+		&hub.SlowConsumerError{QueueBytes: 1}:                 "SLOW_CONSUMER",
+		&net.DNSError{Err: "no such host", Name: "x.invalid"}: "HOST_NOT_FOUND",
+		errors.New("something unforeseen"):                    "INTERNAL",
+	} {
+		got, _, _ := grpcInfo(t, rpc.ToStatus(log, err))
+		if got != want {
+			t.Errorf("%v: reason %q, want %q", err, got, want)
+		}
+		seen[got] = true
+	}
+	lim, meta, _ := grpcInfo(t, rpc.ToStatus(log, &limits.Error{Doing: "subscribing", Name: "max_subscribers", Flag: "--max-subscribers", Limit: 3, Err: hub.ErrTooManySubscribers}))
+	if lim != "LIMIT_REACHED" || meta["flag"] != "--max-subscribers" || meta["limit"] != "3" {
+		t.Errorf("limit error: reason %q metadata %v, want LIMIT_REACHED flag --max-subscribers limit 3", lim, meta)
+	}
+
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0", MaxListeners: 2, MaxSendBytes: 1024, AuthToken: "s3cret-token-for-tests"})
+	ctx := context.Background()
+	authed := func(ctx context.Context) context.Context {
+		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer s3cret-token-for-tests")
+	}
+	c := g.Client
+
+	// gRPC paths.
+	check := func(name string, err error, want string, wantMeta map[string]string, wantField string) {
+		t.Helper()
+		got, meta, fields := grpcInfo(t, err)
+		if got != want {
+			t.Errorf("gRPC %s: reason %q, want %q (%v)", name, got, want, err)
+		}
+		for k, v := range wantMeta {
+			if meta[k] != v {
+				t.Errorf("gRPC %s: metadata %s=%q, want %q (all: %v)", name, k, meta[k], v, meta)
+			}
+		}
+		if wantField != "" && (len(fields) != 1 || fields[0] != wantField) {
+			t.Errorf("gRPC %s: BadRequest fields %v, want [%s]", name, fields, wantField)
+		}
+		seen[got] = true
+	}
+	_, err := c.ListListeners(ctx, &tcpgatev1.ListListenersRequest{})
+	check("no token", err, "UNAUTHENTICATED", nil, "")
+	actx := authed(ctx)
+	_, err = c.StartListener(actx, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1", Port: 70000})
+	check("bad port", err, "INVALID_ARGUMENT", map[string]string{"field": "port"}, "port")
+	_, err = c.Send(actx, &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: "127.0.0.1:1"}, Payload: &tcpgatev1.SendRequest_Text{Text: "x"},
+		AwaitReply: &tcpgatev1.AwaitReply{Mode: tcpgatev1.AwaitMode_AWAIT_MODE_FRAME, Match: &tcpgatev1.ReplyMatch{Rule: &tcpgatev1.ReplyMatch_Regex{Regex: "("}}}})
+	check("bad regex", err, "INVALID_ARGUMENT", map[string]string{"field": "await_reply.match.regex"}, "await_reply.match.regex")
+	_, err = c.Send(actx, &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: "127.0.0.1:1"}, Payload: &tcpgatev1.SendRequest_Text{Text: strings.Repeat("x", 2000)}})
+	check("payload over --max-send-bytes", err, "LIMIT_REACHED", map[string]string{"flag": "--max-send-bytes", "limit": "1024"}, "")
+	_, err = c.GetListener(actx, &tcpgatev1.GetListenerRequest{ListenerId: "nope"})
+	check("unknown listener", err, "LISTENER_NOT_FOUND", nil, "")
+	_, err = c.CloseConnection(actx, &tcpgatev1.CloseConnectionRequest{ConnectionId: "nope"})
+	check("unknown connection", err, "CONNECTION_NOT_FOUND", nil, "")
+	first, err := c.StartListener(actx, &tcpgatev1.StartListenerRequest{ListenerId: "a", Host: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.StartListener(actx, &tcpgatev1.StartListenerRequest{ListenerId: "a", Host: "127.0.0.1"})
+	check("listener id taken", err, "LISTENER_EXISTS", nil, "")
+	_, port, _ := net.SplitHostPort(first.GetListener().GetAddress())
+	var p uint32
+	fmt.Sscan(port, &p)
+	_, err = c.StartListener(actx, &tcpgatev1.StartListenerRequest{ListenerId: "b", Host: "127.0.0.1", Port: p})
+	check("address in use", err, "ADDRESS_IN_USE", nil, "")
+	if _, err := c.StartListener(actx, &tcpgatev1.StartListenerRequest{ListenerId: "c", Host: "127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.StartListener(actx, &tcpgatev1.StartListenerRequest{ListenerId: "d", Host: "127.0.0.1"})
+	check("--max-listeners", err, "LIMIT_REACHED", map[string]string{"flag": "--max-listeners", "limit": "2"}, "")
+	_, err = c.Send(actx, &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: "0.0.0.0:" + port}, Payload: &tcpgatev1.SendRequest_Text{Text: "x"}})
+	check("dial denied", err, "POLICY_DENIED", map[string]string{"rule": "0.0.0.0"}, "")
+	_, err = healthpb.NewHealthClient(g.Conn).Check(ctx, &healthpb.HealthCheckRequest{Service: "nope"})
+	check("health of an unknown service", err, "UNKNOWN_SERVICE", nil, "")
+	closed := freePort(t)
+	_, err = c.Send(actx, &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: closed}, Payload: &tcpgatev1.SendRequest_Text{Text: "x"}})
+	check("refused", err, "CONNECTION_REFUSED", nil, "")
+
+	// REST paths, the gateway's own answers among them.
+	rest := func(name, method, path, ctype, body string, hdr map[string]string, wantHTTP int, want, wantField string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, g.BaseURL+path, strings.NewReader(body))
+		if ctype != "" {
+			req.Header.Set("Content-Type", ctype)
+		}
+		req.Header.Set("Authorization", "Bearer s3cret-token-for-tests")
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var e restError
+		if err := json.Unmarshal(b, &e); err != nil {
+			t.Fatalf("REST %s: body %q: %v", name, b, err)
+		}
+		got, _, fields := e.info()
+		if resp.StatusCode != wantHTTP || got != want {
+			t.Errorf("REST %s: HTTP %d reason %q, want %d %q; body %s", name, resp.StatusCode, got, wantHTTP, want, b)
+		}
+		if wantField != "" && (len(fields) != 1 || fields[0] != wantField) {
+			t.Errorf("REST %s: field violations %v, want [%s]", name, fields, wantField)
+		}
+		seen[got] = true
+	}
+	rest("unknown listener", "GET", "/v1/listeners/nope", "", "", nil, 404, "LISTENER_NOT_FOUND", "")
+	rest("bad framing field", "POST", "/v1/listeners", "application/json", `{"host":"127.0.0.1","framing":{"mode":"FRAMING_MODE_DELIMITER","maxFrameBytes":999999999}}`, nil, 400, "INVALID_ARGUMENT", "framing.max_frame_bytes")
+	rest("framing without its delimiter", "POST", "/v1/listeners", "application/json", `{"host":"127.0.0.1","framing":{"mode":"FRAMING_MODE_DELIMITER"}}`, nil, 400, "INVALID_ARGUMENT", "framing.delimiter")
+	rest("health of an unknown service", "GET", "/healthz?service=nope", "", "", nil, 404, "UNKNOWN_SERVICE", "")
+	rest("bad JSON", "POST", "/v1/listeners", "application/json", `{"host":`, nil, 400, "MALFORMED_REQUEST", "")
+	rest("unknown query parameter", "GET", "/v1/listeners?bogus=1", "", "", nil, 400, "MALFORMED_REQUEST", "")
+	rest("no route", "GET", "/v1/nothing-here", "", "", nil, 404, "ROUTE_NOT_FOUND", "")
+	rest("wrong method", "PUT", "/v1/listeners", "application/json", "{}", nil, 405, "METHOD_NOT_ALLOWED", "")
+	rest("not JSON", "POST", "/v1/listeners", "text/plain", "x", nil, 415, "UNSUPPORTED_MEDIA_TYPE", "")
+	rest("foreign origin", "GET", "/v1/listeners", "", "", map[string]string{"Origin": "http://evil.example"}, 403, "REQUEST_FORBIDDEN", "")
+	rest("bad token", "GET", "/v1/listeners", "", "", map[string]string{"Authorization": "Bearer wrong"}, 401, "UNAUTHENTICATED", "")
+
+	// Every value of ErrorReason is produced by some path above.
+	for v := range tcpgatev1.ErrorReason_name {
+		r := rpc.Reason(tcpgatev1.ErrorReason(v))
+		if v != 0 && !seen[r] {
+			t.Errorf("no error path produces ErrorReason %s", r)
+		}
+	}
+}
+
+// freePort returns a loopback address nothing listens on.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}

@@ -162,20 +162,18 @@ func (c *client) callError(err error) error {
 		return err
 	}
 	if reason, _ := rpc.ReasonOf(err); st.Code() == codes.Unavailable && reason == tcpgatev1.ErrorReason_ERROR_REASON_UNSPECIFIED {
-		return fmt.Errorf("no gateway at %s (is `tcpgate serve` running? --server or TCPGATE_SERVER point elsewhere)", c.server)
+		// No gateway answered: nothing listens there, or a plain client
+		// reached a TLS gateway and saw only a broken connection.
+		msg := fmt.Sprintf("no gateway at %s (is `tcpgate serve` running? --server or TCPGATE_SERVER point elsewhere): Unavailable: %s", c.server, st.Message())
+		if !c.tlsOn() {
+			msg += "; if the gateway serves TLS, pass --tls-ca CA.pem, or --tls for a certificate the system trusts"
+		}
+		return errors.New(msg)
 	}
 	msg := fmt.Sprintf("%s: %s", st.Code(), st.Message())
-	// What to pass instead, by status code: a plain client reaching a TLS
-	// gateway sees only a broken connection (Unavailable), and the
-	// gateway's token advice speaks of HTTP headers, not of flags.
+	// What to pass instead: the gateway's token advice speaks of HTTP
+	// headers, not of flags.
 	switch st.Code() {
-	case codes.Unavailable:
-		// grpc-go's own text for a connection that broke before the
-		// gateway could answer; the gateway's Unavailable (a refused
-		// dial) gets no hint.
-		if !c.tlsOn() && strings.HasPrefix(st.Message(), "connection error:") {
-			msg += fmt.Sprintf(" (if the gateway at %s serves TLS, pass --tls-ca CA.pem, or --tls for a certificate the system trusts)", c.server)
-		}
 	case codes.Unauthenticated:
 		if c.token == "" {
 			msg = "Unauthenticated: the gateway requires a token: pass --token TOKEN or set TCPGATE_TOKEN"

@@ -355,44 +355,7 @@ func TestExhaustPerIP(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*callTimeout)
 	defer cancel()
 
-	sub, err := api.Subscribe(ctx, &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{
-		tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED, tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED,
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := sub.Header(); err != nil {
-		t.Fatal(err)
-	}
-	events := make(chan *tcpgatev1.Event, 64)
-	go func() {
-		defer close(events)
-		for {
-			resp, err := sub.Recv()
-			if err != nil {
-				return
-			}
-			for _, e := range resp.GetEvents() {
-				events <- e
-			}
-		}
-	}()
-	next := func(t *testing.T, kind tcpgatev1.EventKind) *tcpgatev1.Event {
-		t.Helper()
-		for {
-			select {
-			case e, ok := <-events:
-				if !ok {
-					t.Fatalf("event stream ended waiting for %s", kind)
-				}
-				if e.GetKind() == kind {
-					return e
-				}
-			case <-time.After(eventTimeout):
-				t.Fatalf("no %s within %v", kind, eventTimeout)
-			}
-		}
-	}
+	next := watchConnections(t, ctx, api)
 
 	echo := tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO}
 	var addrs []string

@@ -45,44 +45,7 @@ func TestServeLimits(t *testing.T) {
 	}
 
 	// The one subscriber --max-subscribers allows watches the connections.
-	sub, err := api.Subscribe(ctx, &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{
-		tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED, tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED,
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := sub.Header(); err != nil {
-		t.Fatal(err)
-	}
-	events := make(chan *tcpgatev1.Event, 64)
-	go func() {
-		defer close(events)
-		for {
-			resp, err := sub.Recv()
-			if err != nil {
-				return
-			}
-			for _, e := range resp.GetEvents() {
-				events <- e
-			}
-		}
-	}()
-	next := func(t *testing.T, kind tcpgatev1.EventKind) *tcpgatev1.Event {
-		t.Helper()
-		for {
-			select {
-			case e, ok := <-events:
-				if !ok {
-					t.Fatalf("event stream ended waiting for %s", kind)
-				}
-				if e.GetKind() == kind {
-					return e
-				}
-			case <-time.After(eventTimeout):
-				t.Fatalf("no %s within %s", kind, eventTimeout)
-			}
-		}
-	}
+	next := watchConnections(t, ctx, api)
 
 	t.Run("max-subscribers", func(t *testing.T) {
 		s2, err := api.Subscribe(ctx, &tcpgatev1.SubscribeRequest{})
@@ -248,6 +211,52 @@ func TestServeLimitsOutOfRange(t *testing.T) {
 		out := runFailing(t, hermeticEnv(), "serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "", flag, "4000000")
 		if !strings.Contains(out, flag) {
 			t.Errorf("serve %s 4000000: output does not name the flag:\n%s", flag, out)
+		}
+	}
+}
+
+// watchConnections subscribes to the connection events of the gateway api
+// reaches, once the subscription is live, and returns a function that
+// waits for the next event of a kind, skipping others (at most
+// eventTimeout). The stream lasts as long as ctx.
+func watchConnections(t *testing.T, ctx context.Context, api tcpgatev1.GatewayServiceClient) func(*testing.T, tcpgatev1.EventKind) *tcpgatev1.Event {
+	t.Helper()
+	sub, err := api.Subscribe(ctx, &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{
+		tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED, tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sub.Header(); err != nil {
+		t.Fatal(err)
+	}
+	events := make(chan *tcpgatev1.Event, 64)
+	go func() {
+		defer close(events)
+		for {
+			resp, err := sub.Recv()
+			if err != nil {
+				return
+			}
+			for _, e := range resp.GetEvents() {
+				events <- e
+			}
+		}
+	}()
+	return func(t *testing.T, kind tcpgatev1.EventKind) *tcpgatev1.Event {
+		t.Helper()
+		for {
+			select {
+			case e, ok := <-events:
+				if !ok {
+					t.Fatalf("event stream ended waiting for %s", kind)
+				}
+				if e.GetKind() == kind {
+					return e
+				}
+			case <-time.After(eventTimeout):
+				t.Fatalf("no %s within %s", kind, eventTimeout)
+			}
 		}
 	}
 }

@@ -194,10 +194,13 @@ func decodeError(m proto.Message) error {
 // eventBatch is the message Subscribe sends: the engine's events, which only
 // Codec knows how to encode (as a tcpgatev1.SubscribeResponse), with the
 // payload format the subscriber asked for. Subscribe cuts a hub batch into
-// eventBatches of at most maxMessageBytes (fitBatch).
+// eventBatches of at most maxMessageBytes (fitBatch), and passes along the
+// elements it sized them by, so that each event is sized once.
 type eventBatch struct {
 	events []*event.Event
 	format payloadFormat
+	// els, when set, are elementOf(events[i], format), one per event.
+	els []element
 }
 
 // refMin is the smallest payload sent by reference rather than copied into
@@ -394,22 +397,30 @@ func appendString(b []byte, num protowire.Number, s string) []byte {
 	return append(b, s...)
 }
 
-// fitBatch returns how many of evs, from the first, go in one message of
-// at most limit bytes under format f: at least one, which fits alone since
-// frames are bounded well below maxMessageBytes (marshalBatch checks).
-func fitBatch(evs []*event.Event, f payloadFormat, limit int) (int, error) {
-	size := 0
-	for i, e := range evs {
+// elements appends to dst the element of each of evs under format f.
+func elements(dst []element, evs []*event.Event, f payloadFormat) ([]element, error) {
+	for _, e := range evs {
 		el, err := elementOf(e, f)
 		if err != nil {
-			return 0, err
+			return dst, err
 		}
+		dst = append(dst, el)
+	}
+	return dst, nil
+}
+
+// fitBatch returns how many of els, from the first, go in one message of
+// at most limit bytes: at least one, which fits alone since frames are
+// bounded well below maxMessageBytes (marshalBatch checks).
+func fitBatch(els []element, limit int) int {
+	size := 0
+	for i, el := range els {
 		size += el.wireSize()
 		if size > limit && i > 0 {
-			return i, nil
+			return i
 		}
 	}
-	return len(evs), nil
+	return len(els)
 }
 
 // errMessageTooLarge reports a batch that would exceed maxMessageBytes.
@@ -423,14 +434,16 @@ func marshalBatch(b eventBatch) (mem.BufferSlice, error) {
 	if len(b.events) == 0 {
 		return nil, nil
 	}
-	els := make([]element, len(b.events))
-	size, total, refs := 0, 0, 0
-	for i, e := range b.events {
-		el, err := elementOf(e, b.format)
-		if err != nil {
+	els := b.els
+	if len(els) != len(b.events) {
+		var err error
+		if els, err = elements(make([]element, 0, len(b.events)), b.events, b.format); err != nil {
 			return nil, err
 		}
-		els[i] = el
+	}
+	size, total, refs := 0, 0, 0
+	for i, el := range els {
+		e := b.events[i]
 		ws := el.wireSize()
 		total += ws
 		size += ws

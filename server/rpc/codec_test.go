@@ -454,10 +454,11 @@ func TestCodecMessageSize(t *testing.T) {
 	for _, f := range formats {
 		sent := 0
 		for rest := evs; len(rest) > 0; {
-			n, err := fitBatch(rest, f.f, maxMessageBytes)
+			els, err := elements(nil, rest, f.f)
 			if err != nil {
 				t.Fatal(err)
 			}
+			n := fitBatch(els, maxMessageBytes)
 			if n < 1 {
 				t.Fatalf("%s: fitBatch took %d events", f.name, n)
 			}

@@ -663,6 +663,7 @@ func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerS
 	defer stopEnding()
 
 	var batch []*event.Event
+	var els []element
 	for {
 		batch, err = sub.Next(ctx, batch[:0])
 		// Not stream.Send(*SubscribeResponse): the server's Codec
@@ -672,20 +673,22 @@ func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerS
 		// copying them. SendMsg takes any message the codec knows. A hub
 		// batch is cut by what is sent, so that each message stays
 		// within what a client reads by default.
-		for rest := batch; len(rest) > 0; {
-			n, ferr := fitBatch(rest, format, maxMessageBytes)
-			if ferr != nil {
-				return s.status(ferr)
-			}
+		var eerr error
+		if els, eerr = elements(els[:0], batch, format); eerr != nil {
+			return s.status(eerr)
+		}
+		for rest, restEls := batch, els; len(rest) > 0; {
+			n := fitBatch(restEls, maxMessageBytes)
 			watch.begin()
-			serr := stream.SendMsg(eventBatch{events: rest[:n], format: format})
+			serr := stream.SendMsg(eventBatch{events: rest[:n], format: format, els: restEls[:n]})
 			watch.end()
 			if serr != nil {
 				return serr
 			}
-			rest = rest[n:]
+			rest, restEls = rest[n:], restEls[n:]
 		}
 		clear(batch)
+		clear(els)
 		if err != nil {
 			return s.streamError(ctx, err)
 		}

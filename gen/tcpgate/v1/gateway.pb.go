@@ -204,6 +204,65 @@ func (ListenerState) EnumDescriptor() ([]byte, []int) {
 	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{2}
 }
 
+// ConnectionState is where an open connection is in its life.
+type ConnectionState int32
+
+const (
+	// Never returned; in a filter it means every state.
+	ConnectionState_CONNECTION_STATE_UNSPECIFIED ConnectionState = 0
+	// Open both ways.
+	ConnectionState_CONNECTION_STATE_OPEN ConnectionState = 1
+	// The peer shut down its sending side; the connection stays writable for
+	// its listener's half_close_timeout.
+	ConnectionState_CONNECTION_STATE_HALF_CLOSED ConnectionState = 2
+	// Its listener is stopping: the connection finishes within the listener's
+	// drain_timeout.
+	ConnectionState_CONNECTION_STATE_DRAINING ConnectionState = 3
+)
+
+// Enum value maps for ConnectionState.
+var (
+	ConnectionState_name = map[int32]string{
+		0: "CONNECTION_STATE_UNSPECIFIED",
+		1: "CONNECTION_STATE_OPEN",
+		2: "CONNECTION_STATE_HALF_CLOSED",
+		3: "CONNECTION_STATE_DRAINING",
+	}
+	ConnectionState_value = map[string]int32{
+		"CONNECTION_STATE_UNSPECIFIED": 0,
+		"CONNECTION_STATE_OPEN":        1,
+		"CONNECTION_STATE_HALF_CLOSED": 2,
+		"CONNECTION_STATE_DRAINING":    3,
+	}
+)
+
+func (x ConnectionState) Enum() *ConnectionState {
+	p := new(ConnectionState)
+	*p = x
+	return p
+}
+
+func (x ConnectionState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ConnectionState) Descriptor() protoreflect.EnumDescriptor {
+	return file_tcpgate_v1_gateway_proto_enumTypes[3].Descriptor()
+}
+
+func (ConnectionState) Type() protoreflect.EnumType {
+	return &file_tcpgate_v1_gateway_proto_enumTypes[3]
+}
+
+func (x ConnectionState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ConnectionState.Descriptor instead.
+func (ConnectionState) EnumDescriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{3}
+}
+
 // AwaitMode says what reply Send waits for after writing.
 type AwaitMode int32
 
@@ -251,11 +310,11 @@ func (x AwaitMode) String() string {
 }
 
 func (AwaitMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[3].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[4].Descriptor()
 }
 
 func (AwaitMode) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[3]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[4]
 }
 
 func (x AwaitMode) Number() protoreflect.EnumNumber {
@@ -264,7 +323,7 @@ func (x AwaitMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AwaitMode.Descriptor instead.
 func (AwaitMode) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{4}
 }
 
 // OnTimeout says what a reply timeout does to an accepted connection.
@@ -309,11 +368,11 @@ func (x OnTimeout) String() string {
 }
 
 func (OnTimeout) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[4].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[5].Descriptor()
 }
 
 func (OnTimeout) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[4]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[5]
 }
 
 func (x OnTimeout) Number() protoreflect.EnumNumber {
@@ -322,7 +381,7 @@ func (x OnTimeout) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use OnTimeout.Descriptor instead.
 func (OnTimeout) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{5}
 }
 
 // PayloadFormat says how a frame's bytes appear in an Event or a Reply.
@@ -368,11 +427,11 @@ func (x PayloadFormat) String() string {
 }
 
 func (PayloadFormat) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[5].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[6].Descriptor()
 }
 
 func (PayloadFormat) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[5]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[6]
 }
 
 func (x PayloadFormat) Number() protoreflect.EnumNumber {
@@ -381,7 +440,7 @@ func (x PayloadFormat) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PayloadFormat.Descriptor instead.
 func (PayloadFormat) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 // EventKind says what an event reports.
@@ -401,8 +460,19 @@ const (
 	EventKind_EVENT_KIND_DATA EventKind = 4
 	// A connection closed; close_reason says why.
 	EventKind_EVENT_KIND_CONNECTION_CLOSED EventKind = 5
-	// This subscriber missed events; dropped says how many. It carries sequence 0.
+	// This subscriber missed events; dropped says how many. It carries sequence
+	// 0. It is always sent; naming it in a filter is allowed and changes nothing.
 	EventKind_EVENT_KIND_EVENTS_DROPPED EventKind = 6
+	// The first event of every stream: header says which gateway answered,
+	// its incarnation and its newest sequence when the stream started. It
+	// carries sequence 0 and is always sent.
+	EventKind_EVENT_KIND_STREAM_STARTED EventKind = 7
+	// since_incarnation (or a Last-Event-ID over Server-Sent Events) named
+	// another sequence space than the gateway's (it restarted), or a sequence
+	// it has not reached: sequences start again, and the stream replays what
+	// the ring still holds from its start. header is the gateway's. It comes
+	// right after STREAM_STARTED, carries sequence 0 and is always sent.
+	EventKind_EVENT_KIND_INCARNATION_CHANGED EventKind = 8
 )
 
 // Enum value maps for EventKind.
@@ -415,15 +485,19 @@ var (
 		4: "EVENT_KIND_DATA",
 		5: "EVENT_KIND_CONNECTION_CLOSED",
 		6: "EVENT_KIND_EVENTS_DROPPED",
+		7: "EVENT_KIND_STREAM_STARTED",
+		8: "EVENT_KIND_INCARNATION_CHANGED",
 	}
 	EventKind_value = map[string]int32{
-		"EVENT_KIND_UNSPECIFIED":       0,
-		"EVENT_KIND_LISTENER_STARTED":  1,
-		"EVENT_KIND_LISTENER_STOPPED":  2,
-		"EVENT_KIND_CONNECTION_OPENED": 3,
-		"EVENT_KIND_DATA":              4,
-		"EVENT_KIND_CONNECTION_CLOSED": 5,
-		"EVENT_KIND_EVENTS_DROPPED":    6,
+		"EVENT_KIND_UNSPECIFIED":         0,
+		"EVENT_KIND_LISTENER_STARTED":    1,
+		"EVENT_KIND_LISTENER_STOPPED":    2,
+		"EVENT_KIND_CONNECTION_OPENED":   3,
+		"EVENT_KIND_DATA":                4,
+		"EVENT_KIND_CONNECTION_CLOSED":   5,
+		"EVENT_KIND_EVENTS_DROPPED":      6,
+		"EVENT_KIND_STREAM_STARTED":      7,
+		"EVENT_KIND_INCARNATION_CHANGED": 8,
 	}
 )
 
@@ -438,11 +512,11 @@ func (x EventKind) String() string {
 }
 
 func (EventKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[6].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[7].Descriptor()
 }
 
 func (EventKind) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[6]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[7]
 }
 
 func (x EventKind) Number() protoreflect.EnumNumber {
@@ -451,7 +525,7 @@ func (x EventKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EventKind.Descriptor instead.
 func (EventKind) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 // CloseReason says why a connection closed.
@@ -532,11 +606,11 @@ func (x CloseReason) String() string {
 }
 
 func (CloseReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[7].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[8].Descriptor()
 }
 
 func (CloseReason) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[7]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[8]
 }
 
 func (x CloseReason) Number() protoreflect.EnumNumber {
@@ -545,7 +619,7 @@ func (x CloseReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CloseReason.Descriptor instead.
 func (CloseReason) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 // SlowConsumerPolicy says what happens when a subscriber's queue is full.
@@ -591,11 +665,11 @@ func (x SlowConsumerPolicy) String() string {
 }
 
 func (SlowConsumerPolicy) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[8].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[9].Descriptor()
 }
 
 func (SlowConsumerPolicy) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[8]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[9]
 }
 
 func (x SlowConsumerPolicy) Number() protoreflect.EnumNumber {
@@ -604,7 +678,7 @@ func (x SlowConsumerPolicy) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SlowConsumerPolicy.Descriptor instead.
 func (SlowConsumerPolicy) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 // ErrorReason is the reason of the google.rpc.ErrorInfo that every error the
@@ -613,7 +687,7 @@ func (SlowConsumerPolicy) EnumDescriptor() ([]byte, []int) {
 // never on the message text, which may change. The ErrorInfo's metadata
 // names what the error knows: "field" (the request field to change),
 // "flag" and "limit" (the daemon flag of a limit and its value), "rule"
-// (the policy rule that denied).
+// (the policy rule that denied), "last_sequence" (the newest sequence).
 type ErrorReason int32
 
 const (
@@ -696,6 +770,12 @@ const (
 	ErrorReason_ERROR_REASON_INTERNAL ErrorReason = 35
 	// The health service knows no service of this name.
 	ErrorReason_ERROR_REASON_UNKNOWN_SERVICE ErrorReason = 36
+	// since_sequence is past the gateway's newest sequence + 1 in its
+	// incarnation; metadata "last_sequence" is the newest.
+	ErrorReason_ERROR_REASON_SEQUENCE_OUT_OF_RANGE ErrorReason = 37
+	// page_token is not one this gateway made for these filters (or it
+	// restarted since): start again from the first page.
+	ErrorReason_ERROR_REASON_INVALID_PAGE_TOKEN ErrorReason = 38
 )
 
 // Enum value maps for ErrorReason.
@@ -738,6 +818,8 @@ var (
 		34: "ERROR_REASON_METHOD_NOT_ALLOWED",
 		35: "ERROR_REASON_INTERNAL",
 		36: "ERROR_REASON_UNKNOWN_SERVICE",
+		37: "ERROR_REASON_SEQUENCE_OUT_OF_RANGE",
+		38: "ERROR_REASON_INVALID_PAGE_TOKEN",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":            0,
@@ -777,6 +859,8 @@ var (
 		"ERROR_REASON_METHOD_NOT_ALLOWED":     34,
 		"ERROR_REASON_INTERNAL":               35,
 		"ERROR_REASON_UNKNOWN_SERVICE":        36,
+		"ERROR_REASON_SEQUENCE_OUT_OF_RANGE":  37,
+		"ERROR_REASON_INVALID_PAGE_TOKEN":     38,
 	}
 )
 
@@ -791,11 +875,11 @@ func (x ErrorReason) String() string {
 }
 
 func (ErrorReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[9].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[10].Descriptor()
 }
 
 func (ErrorReason) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[9]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[10]
 }
 
 func (x ErrorReason) Number() protoreflect.EnumNumber {
@@ -804,7 +888,7 @@ func (x ErrorReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorReason.Descriptor instead.
 func (ErrorReason) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 // Framing cuts one connection's byte stream into frames.
@@ -1314,7 +1398,9 @@ type Connection struct {
 	// Frames received.
 	FramesIn uint64 `protobuf:"varint,8,opt,name=frames_in,json=framesIn,proto3" json:"frames_in,omitempty"`
 	// Writes made.
-	FramesOut     uint64 `protobuf:"varint,9,opt,name=frames_out,json=framesOut,proto3" json:"frames_out,omitempty"`
+	FramesOut uint64 `protobuf:"varint,9,opt,name=frames_out,json=framesOut,proto3" json:"frames_out,omitempty"`
+	// Where the connection is in its life.
+	State         ConnectionState `protobuf:"varint,11,opt,name=state,proto3,enum=tcpgate.v1.ConnectionState" json:"state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1417,6 +1503,13 @@ func (x *Connection) GetFramesOut() uint64 {
 		return x.FramesOut
 	}
 	return 0
+}
+
+func (x *Connection) GetState() ConnectionState {
+	if x != nil {
+		return x.State
+	}
+	return ConnectionState_CONNECTION_STATE_UNSPECIFIED
 }
 
 // StartListenerRequest describes a listener to start.
@@ -1550,7 +1643,10 @@ func (x *StartListenerRequest) GetHalfCloseTimeout() *durationpb.Duration {
 type StartListenerResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The listener, with its bound address.
-	Listener      *Listener `protobuf:"bytes,1,opt,name=listener,proto3" json:"listener,omitempty"`
+	Listener *Listener `protobuf:"bytes,1,opt,name=listener,proto3" json:"listener,omitempty"`
+	// Who answered, and the newest event sequence after the start: its
+	// LISTENER_STARTED event is at or before header.last_sequence.
+	Header        *ResponseHeader `protobuf:"bytes,2,opt,name=header,proto3" json:"header,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1592,6 +1688,82 @@ func (x *StartListenerResponse) GetListener() *Listener {
 	return nil
 }
 
+func (x *StartListenerResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+// ResponseHeader says which gateway answered and where its event sequence
+// stood when it did: a client that resumes a subscription after reading a
+// response passes since_incarnation = incarnation and since_sequence =
+// last_sequence + 1 to miss nothing from then on.
+type ResponseHeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sequence space the sequences belong to: a random name chosen at
+	// every start of the gateway, so a sequence from before a restart is never
+	// taken for one of now.
+	Incarnation string `protobuf:"bytes,1,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	// The gateway (node) that answered: --node-id, the host name by default.
+	NodeId string `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// The newest event sequence when the response was made; 0 before any event.
+	LastSequence  uint64 `protobuf:"varint,3,opt,name=last_sequence,json=lastSequence,proto3" json:"last_sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResponseHeader) Reset() {
+	*x = ResponseHeader{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResponseHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResponseHeader) ProtoMessage() {}
+
+func (x *ResponseHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResponseHeader.ProtoReflect.Descriptor instead.
+func (*ResponseHeader) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ResponseHeader) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
+func (x *ResponseHeader) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *ResponseHeader) GetLastSequence() uint64 {
+	if x != nil {
+		return x.LastSequence
+	}
+	return 0
+}
+
 // StopListenerRequest names the listener to stop.
 type StopListenerRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1610,7 +1782,7 @@ type StopListenerRequest struct {
 
 func (x *StopListenerRequest) Reset() {
 	*x = StopListenerRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[7]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1622,7 +1794,7 @@ func (x *StopListenerRequest) String() string {
 func (*StopListenerRequest) ProtoMessage() {}
 
 func (x *StopListenerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[7]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1635,7 +1807,7 @@ func (x *StopListenerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopListenerRequest.ProtoReflect.Descriptor instead.
 func (*StopListenerRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StopListenerRequest) GetListenerId() string {
@@ -1656,14 +1828,16 @@ func (x *StopListenerRequest) GetDrainTimeout() *durationpb.Duration {
 type StopListenerResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The listener in state LISTENER_STATE_STOPPED with its final counters.
-	Listener      *Listener `protobuf:"bytes,1,opt,name=listener,proto3" json:"listener,omitempty"`
+	Listener *Listener `protobuf:"bytes,1,opt,name=listener,proto3" json:"listener,omitempty"`
+	// Who answered, and the newest event sequence after the stop.
+	Header        *ResponseHeader `protobuf:"bytes,2,opt,name=header,proto3" json:"header,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StopListenerResponse) Reset() {
 	*x = StopListenerResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[8]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1675,7 +1849,7 @@ func (x *StopListenerResponse) String() string {
 func (*StopListenerResponse) ProtoMessage() {}
 
 func (x *StopListenerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[8]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1688,12 +1862,19 @@ func (x *StopListenerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopListenerResponse.ProtoReflect.Descriptor instead.
 func (*StopListenerResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StopListenerResponse) GetListener() *Listener {
 	if x != nil {
 		return x.Listener
+	}
+	return nil
+}
+
+func (x *StopListenerResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
 	}
 	return nil
 }
@@ -1709,7 +1890,7 @@ type GetListenerRequest struct {
 
 func (x *GetListenerRequest) Reset() {
 	*x = GetListenerRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[9]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1721,7 +1902,7 @@ func (x *GetListenerRequest) String() string {
 func (*GetListenerRequest) ProtoMessage() {}
 
 func (x *GetListenerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[9]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1734,7 +1915,7 @@ func (x *GetListenerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetListenerRequest.ProtoReflect.Descriptor instead.
 func (*GetListenerRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetListenerRequest) GetListenerId() string {
@@ -1748,14 +1929,16 @@ func (x *GetListenerRequest) GetListenerId() string {
 type GetListenerResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The listener with its state and counters.
-	Listener      *Listener `protobuf:"bytes,1,opt,name=listener,proto3" json:"listener,omitempty"`
+	Listener *Listener `protobuf:"bytes,1,opt,name=listener,proto3" json:"listener,omitempty"`
+	// Who answered, and the newest event sequence then.
+	Header        *ResponseHeader `protobuf:"bytes,2,opt,name=header,proto3" json:"header,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetListenerResponse) Reset() {
 	*x = GetListenerResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[10]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1767,7 +1950,7 @@ func (x *GetListenerResponse) String() string {
 func (*GetListenerResponse) ProtoMessage() {}
 
 func (x *GetListenerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[10]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1780,7 +1963,7 @@ func (x *GetListenerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetListenerResponse.ProtoReflect.Descriptor instead.
 func (*GetListenerResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetListenerResponse) GetListener() *Listener {
@@ -1790,16 +1973,29 @@ func (x *GetListenerResponse) GetListener() *Listener {
 	return nil
 }
 
-// ListListenersRequest asks for every listener.
+func (x *GetListenerResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+// ListListenersRequest asks for a page of the listeners.
 type ListListenersRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The most listeners to return. 0 means 100; more than 1000 means 1000;
+	// negative is InvalidArgument.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// A next_page_token of an earlier response, to get the page after it;
+	// empty for the first page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListListenersRequest) Reset() {
 	*x = ListListenersRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[11]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1811,7 +2007,7 @@ func (x *ListListenersRequest) String() string {
 func (*ListListenersRequest) ProtoMessage() {}
 
 func (x *ListListenersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[11]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1824,21 +2020,39 @@ func (x *ListListenersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListListenersRequest.ProtoReflect.Descriptor instead.
 func (*ListListenersRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
-// ListListenersResponse is every listener, ordered by creation.
+func (x *ListListenersRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListListenersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListListenersResponse is a page of the listeners, ordered by creation.
 type ListListenersResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The listeners.
-	Listeners     []*Listener `protobuf:"bytes,1,rep,name=listeners,proto3" json:"listeners,omitempty"`
+	Listeners []*Listener `protobuf:"bytes,1,rep,name=listeners,proto3" json:"listeners,omitempty"`
+	// Pass as page_token to get the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// Who answered, and the newest event sequence then.
+	Header        *ResponseHeader `protobuf:"bytes,3,opt,name=header,proto3" json:"header,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListListenersResponse) Reset() {
 	*x = ListListenersResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[12]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1850,7 +2064,7 @@ func (x *ListListenersResponse) String() string {
 func (*ListListenersResponse) ProtoMessage() {}
 
 func (x *ListListenersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[12]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1863,7 +2077,7 @@ func (x *ListListenersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListListenersResponse.ProtoReflect.Descriptor instead.
 func (*ListListenersResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{12}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListListenersResponse) GetListeners() []*Listener {
@@ -1873,18 +2087,44 @@ func (x *ListListenersResponse) GetListeners() []*Listener {
 	return nil
 }
 
-// ListConnectionsRequest asks for open connections.
+func (x *ListListenersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListListenersResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+// ListConnectionsRequest asks for a page of the open connections; the
+// filters combine (all must hold).
 type ListConnectionsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only the connections of this listener; every connection when empty.
-	ListenerId    string `protobuf:"bytes,1,opt,name=listener_id,json=listenerId,proto3" json:"listener_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ListenerId string `protobuf:"bytes,1,opt,name=listener_id,json=listenerId,proto3" json:"listener_id,omitempty"`
+	// The most connections to return. 0 means 100; more than 1000 means 1000;
+	// negative is InvalidArgument.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// A next_page_token of an earlier response with the same filters, to get
+	// the page after it; empty for the first page.
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only connections in this state; every state when unspecified.
+	State ConnectionState `protobuf:"varint,4,opt,name=state,proto3,enum=tcpgate.v1.ConnectionState" json:"state,omitempty"`
+	// Only connections whose remote_address starts with this text, such as
+	// "127.0.0.1:" or "[::1]:".
+	RemoteAddressPrefix string `protobuf:"bytes,5,opt,name=remote_address_prefix,json=remoteAddressPrefix,proto3" json:"remote_address_prefix,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *ListConnectionsRequest) Reset() {
 	*x = ListConnectionsRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[13]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1896,7 +2136,7 @@ func (x *ListConnectionsRequest) String() string {
 func (*ListConnectionsRequest) ProtoMessage() {}
 
 func (x *ListConnectionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[13]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1909,7 +2149,7 @@ func (x *ListConnectionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectionsRequest.ProtoReflect.Descriptor instead.
 func (*ListConnectionsRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{13}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListConnectionsRequest) GetListenerId() string {
@@ -1919,18 +2159,51 @@ func (x *ListConnectionsRequest) GetListenerId() string {
 	return ""
 }
 
-// ListConnectionsResponse is the open connections, ordered by acceptance.
+func (x *ListConnectionsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListConnectionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListConnectionsRequest) GetState() ConnectionState {
+	if x != nil {
+		return x.State
+	}
+	return ConnectionState_CONNECTION_STATE_UNSPECIFIED
+}
+
+func (x *ListConnectionsRequest) GetRemoteAddressPrefix() string {
+	if x != nil {
+		return x.RemoteAddressPrefix
+	}
+	return ""
+}
+
+// ListConnectionsResponse is a page of the open connections, ordered by
+// acceptance.
 type ListConnectionsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The connections.
-	Connections   []*Connection `protobuf:"bytes,1,rep,name=connections,proto3" json:"connections,omitempty"`
+	Connections []*Connection `protobuf:"bytes,1,rep,name=connections,proto3" json:"connections,omitempty"`
+	// Pass as page_token to get the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// Who answered, and the newest event sequence then.
+	Header        *ResponseHeader `protobuf:"bytes,3,opt,name=header,proto3" json:"header,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListConnectionsResponse) Reset() {
 	*x = ListConnectionsResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[14]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1942,7 +2215,7 @@ func (x *ListConnectionsResponse) String() string {
 func (*ListConnectionsResponse) ProtoMessage() {}
 
 func (x *ListConnectionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[14]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1955,12 +2228,127 @@ func (x *ListConnectionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectionsResponse.ProtoReflect.Descriptor instead.
 func (*ListConnectionsResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{14}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListConnectionsResponse) GetConnections() []*Connection {
 	if x != nil {
 		return x.Connections
+	}
+	return nil
+}
+
+func (x *ListConnectionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListConnectionsResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+// GetConnectionRequest names an open connection.
+type GetConnectionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The connection to return.
+	ConnectionId  string `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConnectionRequest) Reset() {
+	*x = GetConnectionRequest{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConnectionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConnectionRequest) ProtoMessage() {}
+
+func (x *GetConnectionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConnectionRequest.ProtoReflect.Descriptor instead.
+func (*GetConnectionRequest) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *GetConnectionRequest) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+// GetConnectionResponse is one open connection.
+type GetConnectionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The connection with its state and counters.
+	Connection *Connection `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
+	// Who answered, and the newest event sequence then.
+	Header        *ResponseHeader `protobuf:"bytes,2,opt,name=header,proto3" json:"header,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConnectionResponse) Reset() {
+	*x = GetConnectionResponse{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConnectionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConnectionResponse) ProtoMessage() {}
+
+func (x *GetConnectionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConnectionResponse.ProtoReflect.Descriptor instead.
+func (*GetConnectionResponse) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *GetConnectionResponse) GetConnection() *Connection {
+	if x != nil {
+		return x.Connection
+	}
+	return nil
+}
+
+func (x *GetConnectionResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
 	}
 	return nil
 }
@@ -1976,7 +2364,7 @@ type CloseConnectionRequest struct {
 
 func (x *CloseConnectionRequest) Reset() {
 	*x = CloseConnectionRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[15]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1988,7 +2376,7 @@ func (x *CloseConnectionRequest) String() string {
 func (*CloseConnectionRequest) ProtoMessage() {}
 
 func (x *CloseConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[15]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2001,7 +2389,7 @@ func (x *CloseConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseConnectionRequest.ProtoReflect.Descriptor instead.
 func (*CloseConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{15}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CloseConnectionRequest) GetConnectionId() string {
@@ -2015,14 +2403,16 @@ func (x *CloseConnectionRequest) GetConnectionId() string {
 type CloseConnectionResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The connection with its final counters.
-	Connection    *Connection `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
+	Connection *Connection `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
+	// Who answered, and the newest event sequence after the close.
+	Header        *ResponseHeader `protobuf:"bytes,2,opt,name=header,proto3" json:"header,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CloseConnectionResponse) Reset() {
 	*x = CloseConnectionResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[16]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2034,7 +2424,7 @@ func (x *CloseConnectionResponse) String() string {
 func (*CloseConnectionResponse) ProtoMessage() {}
 
 func (x *CloseConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[16]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2047,12 +2437,19 @@ func (x *CloseConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseConnectionResponse.ProtoReflect.Descriptor instead.
 func (*CloseConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{16}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CloseConnectionResponse) GetConnection() *Connection {
 	if x != nil {
 		return x.Connection
+	}
+	return nil
+}
+
+func (x *CloseConnectionResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
 	}
 	return nil
 }
@@ -2088,7 +2485,7 @@ type AwaitReply struct {
 
 func (x *AwaitReply) Reset() {
 	*x = AwaitReply{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[17]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2100,7 +2497,7 @@ func (x *AwaitReply) String() string {
 func (*AwaitReply) ProtoMessage() {}
 
 func (x *AwaitReply) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[17]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2113,7 +2510,7 @@ func (x *AwaitReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AwaitReply.ProtoReflect.Descriptor instead.
 func (*AwaitReply) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{17}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AwaitReply) GetMode() AwaitMode {
@@ -2177,7 +2574,7 @@ type ReplyMatch struct {
 
 func (x *ReplyMatch) Reset() {
 	*x = ReplyMatch{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[18]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2189,7 +2586,7 @@ func (x *ReplyMatch) String() string {
 func (*ReplyMatch) ProtoMessage() {}
 
 func (x *ReplyMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[18]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2202,7 +2599,7 @@ func (x *ReplyMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplyMatch.ProtoReflect.Descriptor instead.
 func (*ReplyMatch) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{18}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ReplyMatch) GetRule() isReplyMatch_Rule {
@@ -2295,7 +2692,7 @@ type SendRequest struct {
 
 func (x *SendRequest) Reset() {
 	*x = SendRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[19]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2307,7 +2704,7 @@ func (x *SendRequest) String() string {
 func (*SendRequest) ProtoMessage() {}
 
 func (x *SendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[19]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2320,7 +2717,7 @@ func (x *SendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendRequest.ProtoReflect.Descriptor instead.
 func (*SendRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{19}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SendRequest) GetTarget() isSendRequest_Target {
@@ -2409,7 +2806,10 @@ type isSendRequest_Target interface {
 
 type SendRequest_Address struct {
 	// host:port to connect to, write, optionally read the reply, and close
-	// (kn-sock's send_tcp_message and send_tcp_bytes).
+	// (kn-sock's send_tcp_message and send_tcp_bytes). Every Send to an
+	// address dials a new connection of its own and closes it before it
+	// returns: it never reuses a connection, and never writes to one the
+	// gateway holds.
 	Address string `protobuf:"bytes,1,opt,name=address,proto3,oneof"`
 }
 
@@ -2477,7 +2877,7 @@ type DialTLS struct {
 
 func (x *DialTLS) Reset() {
 	*x = DialTLS{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[20]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2489,7 +2889,7 @@ func (x *DialTLS) String() string {
 func (*DialTLS) ProtoMessage() {}
 
 func (x *DialTLS) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[20]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2502,7 +2902,7 @@ func (x *DialTLS) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DialTLS.ProtoReflect.Descriptor instead.
 func (*DialTLS) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{20}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DialTLS) GetServerName() string {
@@ -2575,7 +2975,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[21]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2587,7 +2987,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[21]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2600,7 +3000,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{21}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Reply) GetData() []byte {
@@ -2632,7 +3032,7 @@ type SendResponse struct {
 
 func (x *SendResponse) Reset() {
 	*x = SendResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[22]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2644,7 +3044,7 @@ func (x *SendResponse) String() string {
 func (*SendResponse) ProtoMessage() {}
 
 func (x *SendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[22]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2657,7 +3057,7 @@ func (x *SendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendResponse.ProtoReflect.Descriptor instead.
 func (*SendResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{22}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SendResponse) GetBytesWritten() uint64 {
@@ -2694,20 +3094,29 @@ type SubscribeRequest struct {
 	// are always sent.
 	Kinds []EventKind `protobuf:"varint,3,rep,packed,name=kinds,proto3,enum=tcpgate.v1.EventKind" json:"kinds,omitempty"`
 	// Start with the replayed events whose sequence is at least this one, then
-	// go on live. 0 means live events only. Resume after a seen sequence N with N+1.
+	// go on live. 0 means live events only. Resume after a seen sequence N with
+	// N+1, and since_incarnation set to the incarnation N belongs to. A
+	// sequence past the newest one + 1 in the gateway's incarnation is
+	// OutOfRange.
 	SinceSequence uint64 `protobuf:"varint,4,opt,name=since_sequence,json=sinceSequence,proto3" json:"since_sequence,omitempty"`
 	// What happens when this subscriber falls behind. Unspecified means drop oldest.
 	SlowConsumer SlowConsumerPolicy `protobuf:"varint,5,opt,name=slow_consumer,json=slowConsumer,proto3,enum=tcpgate.v1.SlowConsumerPolicy" json:"slow_consumer,omitempty"`
 	// How each event's payload is sent. Unspecified means
 	// PAYLOAD_FORMAT_TEXT_OR_DATA: text when it is valid UTF-8, data otherwise.
 	PayloadFormat PayloadFormat `protobuf:"varint,6,opt,name=payload_format,json=payloadFormat,proto3,enum=tcpgate.v1.PayloadFormat" json:"payload_format,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The incarnation since_sequence belongs to (ResponseHeader.incarnation,
+	// or the header of a STREAM_STARTED event). When it is not the gateway's,
+	// the gateway restarted since: the stream sends INCARNATION_CHANGED and
+	// replays from the start of the ring instead of from since_sequence.
+	// Empty means the gateway's own.
+	SinceIncarnation string `protobuf:"bytes,7,opt,name=since_incarnation,json=sinceIncarnation,proto3" json:"since_incarnation,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[23]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2719,7 +3128,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[23]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2732,7 +3141,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{23}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SubscribeRequest) GetListenerIds() []string {
@@ -2777,6 +3186,13 @@ func (x *SubscribeRequest) GetPayloadFormat() PayloadFormat {
 	return PayloadFormat_PAYLOAD_FORMAT_UNSPECIFIED
 }
 
+func (x *SubscribeRequest) GetSinceIncarnation() string {
+	if x != nil {
+		return x.SinceIncarnation
+	}
+	return ""
+}
+
 // SubscribeResponse is a batch of events: whatever was ready, in order.
 type SubscribeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2788,7 +3204,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[24]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2800,7 +3216,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[24]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2813,7 +3229,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{24}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SubscribeResponse) GetEvents() []*Event {
@@ -2853,14 +3269,17 @@ type Event struct {
 	PeerSubject string `protobuf:"bytes,12,opt,name=peer_subject,json=peerSubject,proto3" json:"peer_subject,omitempty"`
 	// On DATA: the frame is incomplete, the bytes of a frame begun but not
 	// finished when the connection closed.
-	Partial       bool `protobuf:"varint,13,opt,name=partial,proto3" json:"partial,omitempty"`
+	Partial bool `protobuf:"varint,13,opt,name=partial,proto3" json:"partial,omitempty"`
+	// On STREAM_STARTED and INCARNATION_CHANGED: the gateway's incarnation,
+	// node and newest sequence when the stream started.
+	Header        *ResponseHeader `protobuf:"bytes,14,opt,name=header,proto3" json:"header,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[25]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2872,7 +3291,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[25]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2885,7 +3304,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{25}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Event) GetSequence() uint64 {
@@ -2979,6 +3398,13 @@ func (x *Event) GetPartial() bool {
 	return false
 }
 
+func (x *Event) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
 var File_tcpgate_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_tcpgate_v1_gateway_proto_rawDesc = "" +
@@ -3028,7 +3454,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\tcert_file\x18\x03 \x01(\tR\bcertFile\x12\x19\n" +
 	"\bkey_file\x18\x04 \x01(\tR\akeyFile\x12\"\n" +
 	"\rclient_ca_pem\x18\x05 \x01(\tR\vclientCaPem\x12$\n" +
-	"\x0eclient_ca_file\x18\x06 \x01(\tR\fclientCaFile\"\xee\x02\n" +
+	"\x0eclient_ca_file\x18\x06 \x01(\tR\fclientCaFile\"\xa1\x03\n" +
 	"\n" +
 	"Connection\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12\x1f\n" +
@@ -3043,7 +3469,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\tbytes_out\x18\a \x01(\x04R\bbytesOut\x12\x1b\n" +
 	"\tframes_in\x18\b \x01(\x04R\bframesIn\x12\x1d\n" +
 	"\n" +
-	"frames_out\x18\t \x01(\x04R\tframesOut\"\x9f\x03\n" +
+	"frames_out\x18\t \x01(\x04R\tframesOut\x121\n" +
+	"\x05state\x18\v \x01(\x0e2\x1b.tcpgate.v1.ConnectionStateR\x05state\"\x9f\x03\n" +
 	"\x14StartListenerRequest\x12\x1f\n" +
 	"\vlistener_id\x18\x01 \x01(\tR\n" +
 	"listenerId\x12\x12\n" +
@@ -3055,34 +3482,61 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x0fmax_connections\x18\x06 \x01(\rR\x0emaxConnections\x12<\n" +
 	"\fidle_timeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x12)\n" +
 	"\x03tls\x18\b \x01(\v2\x17.tcpgate.v1.ListenerTLSR\x03tls\x12G\n" +
-	"\x12half_close_timeout\x18\t \x01(\v2\x19.google.protobuf.DurationR\x10halfCloseTimeout\"I\n" +
+	"\x12half_close_timeout\x18\t \x01(\v2\x19.google.protobuf.DurationR\x10halfCloseTimeout\"}\n" +
 	"\x15StartListenerResponse\x120\n" +
-	"\blistener\x18\x01 \x01(\v2\x14.tcpgate.v1.ListenerR\blistener\"v\n" +
+	"\blistener\x18\x01 \x01(\v2\x14.tcpgate.v1.ListenerR\blistener\x122\n" +
+	"\x06header\x18\x02 \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\"p\n" +
+	"\x0eResponseHeader\x12 \n" +
+	"\vincarnation\x18\x01 \x01(\tR\vincarnation\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12#\n" +
+	"\rlast_sequence\x18\x03 \x01(\x04R\flastSequence\"v\n" +
 	"\x13StopListenerRequest\x12\x1f\n" +
 	"\vlistener_id\x18\x01 \x01(\tR\n" +
 	"listenerId\x12>\n" +
-	"\rdrain_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\fdrainTimeout\"H\n" +
+	"\rdrain_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\fdrainTimeout\"|\n" +
 	"\x14StopListenerResponse\x120\n" +
-	"\blistener\x18\x01 \x01(\v2\x14.tcpgate.v1.ListenerR\blistener\"5\n" +
+	"\blistener\x18\x01 \x01(\v2\x14.tcpgate.v1.ListenerR\blistener\x122\n" +
+	"\x06header\x18\x02 \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\"5\n" +
 	"\x12GetListenerRequest\x12\x1f\n" +
 	"\vlistener_id\x18\x01 \x01(\tR\n" +
-	"listenerId\"G\n" +
+	"listenerId\"{\n" +
 	"\x13GetListenerResponse\x120\n" +
-	"\blistener\x18\x01 \x01(\v2\x14.tcpgate.v1.ListenerR\blistener\"\x16\n" +
-	"\x14ListListenersRequest\"K\n" +
+	"\blistener\x18\x01 \x01(\v2\x14.tcpgate.v1.ListenerR\blistener\x122\n" +
+	"\x06header\x18\x02 \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\"R\n" +
+	"\x14ListListenersRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\xa7\x01\n" +
 	"\x15ListListenersResponse\x122\n" +
-	"\tlisteners\x18\x01 \x03(\v2\x14.tcpgate.v1.ListenerR\tlisteners\"9\n" +
+	"\tlisteners\x18\x01 \x03(\v2\x14.tcpgate.v1.ListenerR\tlisteners\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x122\n" +
+	"\x06header\x18\x03 \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\"\xdc\x01\n" +
 	"\x16ListConnectionsRequest\x12\x1f\n" +
 	"\vlistener_id\x18\x01 \x01(\tR\n" +
-	"listenerId\"S\n" +
+	"listenerId\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x121\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x1b.tcpgate.v1.ConnectionStateR\x05state\x122\n" +
+	"\x15remote_address_prefix\x18\x05 \x01(\tR\x13remoteAddressPrefix\"\xaf\x01\n" +
 	"\x17ListConnectionsResponse\x128\n" +
-	"\vconnections\x18\x01 \x03(\v2\x16.tcpgate.v1.ConnectionR\vconnections\"=\n" +
+	"\vconnections\x18\x01 \x03(\v2\x16.tcpgate.v1.ConnectionR\vconnections\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x122\n" +
+	"\x06header\x18\x03 \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\";\n" +
+	"\x14GetConnectionRequest\x12#\n" +
+	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\"\x83\x01\n" +
+	"\x15GetConnectionResponse\x126\n" +
+	"\n" +
+	"connection\x18\x01 \x01(\v2\x16.tcpgate.v1.ConnectionR\n" +
+	"connection\x122\n" +
+	"\x06header\x18\x02 \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\"=\n" +
 	"\x16CloseConnectionRequest\x12#\n" +
-	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\"Q\n" +
+	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\"\x85\x01\n" +
 	"\x17CloseConnectionResponse\x126\n" +
 	"\n" +
 	"connection\x18\x01 \x01(\v2\x16.tcpgate.v1.ConnectionR\n" +
-	"connection\"\xa9\x02\n" +
+	"connection\x122\n" +
+	"\x06header\x18\x02 \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\"\xa9\x02\n" +
 	"\n" +
 	"AwaitReply\x12)\n" +
 	"\x04mode\x18\x01 \x01(\x0e2\x15.tcpgate.v1.AwaitModeR\x04mode\x12-\n" +
@@ -3128,16 +3582,17 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\fSendResponse\x12#\n" +
 	"\rbytes_written\x18\x01 \x01(\x04R\fbytesWritten\x12/\n" +
 	"\x13connections_reached\x18\x02 \x01(\rR\x12connectionsReached\x12'\n" +
-	"\x05reply\x18\x03 \x01(\v2\x11.tcpgate.v1.ReplyR\x05reply\"\xb7\x02\n" +
+	"\x05reply\x18\x03 \x01(\v2\x11.tcpgate.v1.ReplyR\x05reply\"\xe4\x02\n" +
 	"\x10SubscribeRequest\x12!\n" +
 	"\flistener_ids\x18\x01 \x03(\tR\vlistenerIds\x12%\n" +
 	"\x0econnection_ids\x18\x02 \x03(\tR\rconnectionIds\x12+\n" +
 	"\x05kinds\x18\x03 \x03(\x0e2\x15.tcpgate.v1.EventKindR\x05kinds\x12%\n" +
 	"\x0esince_sequence\x18\x04 \x01(\x04R\rsinceSequence\x12C\n" +
 	"\rslow_consumer\x18\x05 \x01(\x0e2\x1e.tcpgate.v1.SlowConsumerPolicyR\fslowConsumer\x12@\n" +
-	"\x0epayload_format\x18\x06 \x01(\x0e2\x19.tcpgate.v1.PayloadFormatR\rpayloadFormat\">\n" +
+	"\x0epayload_format\x18\x06 \x01(\x0e2\x19.tcpgate.v1.PayloadFormatR\rpayloadFormat\x12+\n" +
+	"\x11since_incarnation\x18\a \x01(\tR\x10sinceIncarnation\">\n" +
 	"\x11SubscribeResponse\x12)\n" +
-	"\x06events\x18\x01 \x03(\v2\x11.tcpgate.v1.EventR\x06events\"\xcb\x03\n" +
+	"\x06events\x18\x01 \x03(\v2\x11.tcpgate.v1.EventR\x06events\"\xff\x03\n" +
 	"\x05Event\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12)\n" +
@@ -3153,7 +3608,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	" \x01(\x0e2\x17.tcpgate.v1.CloseReasonR\vcloseReason\x12\x18\n" +
 	"\adropped\x18\v \x01(\x04R\adropped\x12!\n" +
 	"\fpeer_subject\x18\f \x01(\tR\vpeerSubject\x12\x18\n" +
-	"\apartial\x18\r \x01(\bR\apartial*\xac\x01\n" +
+	"\apartial\x18\r \x01(\bR\apartial\x122\n" +
+	"\x06header\x18\x0e \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header*\xac\x01\n" +
 	"\vFramingMode\x12\x1c\n" +
 	"\x18FRAMING_MODE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10FRAMING_MODE_RAW\x10\x01\x12\x15\n" +
@@ -3170,7 +3626,12 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1aLISTENER_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18LISTENER_STATE_LISTENING\x10\x01\x12\x1b\n" +
 	"\x17LISTENER_STATE_DRAINING\x10\x02\x12\x1a\n" +
-	"\x16LISTENER_STATE_STOPPED\x10\x03*\x89\x01\n" +
+	"\x16LISTENER_STATE_STOPPED\x10\x03*\x8f\x01\n" +
+	"\x0fConnectionState\x12 \n" +
+	"\x1cCONNECTION_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15CONNECTION_STATE_OPEN\x10\x01\x12 \n" +
+	"\x1cCONNECTION_STATE_HALF_CLOSED\x10\x02\x12\x1d\n" +
+	"\x19CONNECTION_STATE_DRAINING\x10\x03*\x89\x01\n" +
 	"\tAwaitMode\x12\x1a\n" +
 	"\x16AWAIT_MODE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fAWAIT_MODE_NONE\x10\x01\x12\x19\n" +
@@ -3185,7 +3646,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1aPAYLOAD_FORMAT_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bPAYLOAD_FORMAT_TEXT_OR_DATA\x10\x01\x12\x17\n" +
 	"\x13PAYLOAD_FORMAT_DATA\x10\x02\x12\x17\n" +
-	"\x13PAYLOAD_FORMAT_BOTH\x10\x03*\xe1\x01\n" +
+	"\x13PAYLOAD_FORMAT_BOTH\x10\x03*\xa4\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bEVENT_KIND_LISTENER_STARTED\x10\x01\x12\x1f\n" +
@@ -3193,7 +3654,9 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1cEVENT_KIND_CONNECTION_OPENED\x10\x03\x12\x13\n" +
 	"\x0fEVENT_KIND_DATA\x10\x04\x12 \n" +
 	"\x1cEVENT_KIND_CONNECTION_CLOSED\x10\x05\x12\x1d\n" +
-	"\x19EVENT_KIND_EVENTS_DROPPED\x10\x06*\xa7\x03\n" +
+	"\x19EVENT_KIND_EVENTS_DROPPED\x10\x06\x12\x1d\n" +
+	"\x19EVENT_KIND_STREAM_STARTED\x10\a\x12\"\n" +
+	"\x1eEVENT_KIND_INCARNATION_CHANGED\x10\b*\xa7\x03\n" +
 	"\vCloseReason\x12\x1c\n" +
 	"\x18CLOSE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CLOSE_REASON_PEER_CLOSED\x10\x01\x12\x1b\n" +
@@ -3213,7 +3676,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	" SLOW_CONSUMER_POLICY_UNSPECIFIED\x10\x00\x12$\n" +
 	" SLOW_CONSUMER_POLICY_DROP_OLDEST\x10\x01\x12#\n" +
 	"\x1fSLOW_CONSUMER_POLICY_DISCONNECT\x10\x02\x12%\n" +
-	"!SLOW_CONSUMER_POLICY_BACKPRESSURE\x10\x03*\xf9\t\n" +
+	"!SLOW_CONSUMER_POLICY_BACKPRESSURE\x10\x03*\xc6\n" +
+	"\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dERROR_REASON_INVALID_ARGUMENT\x10\x01\x12\"\n" +
@@ -3252,13 +3716,16 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1cERROR_REASON_ROUTE_NOT_FOUND\x10!\x12#\n" +
 	"\x1fERROR_REASON_METHOD_NOT_ALLOWED\x10\"\x12\x19\n" +
 	"\x15ERROR_REASON_INTERNAL\x10#\x12 \n" +
-	"\x1cERROR_REASON_UNKNOWN_SERVICE\x10$2\x9e\x05\n" +
+	"\x1cERROR_REASON_UNKNOWN_SERVICE\x10$\x12&\n" +
+	"\"ERROR_REASON_SEQUENCE_OUT_OF_RANGE\x10%\x12#\n" +
+	"\x1fERROR_REASON_INVALID_PAGE_TOKEN\x10&2\xf4\x05\n" +
 	"\x0eGatewayService\x12T\n" +
 	"\rStartListener\x12 .tcpgate.v1.StartListenerRequest\x1a!.tcpgate.v1.StartListenerResponse\x12Q\n" +
 	"\fStopListener\x12\x1f.tcpgate.v1.StopListenerRequest\x1a .tcpgate.v1.StopListenerResponse\x12N\n" +
 	"\vGetListener\x12\x1e.tcpgate.v1.GetListenerRequest\x1a\x1f.tcpgate.v1.GetListenerResponse\x12T\n" +
 	"\rListListeners\x12 .tcpgate.v1.ListListenersRequest\x1a!.tcpgate.v1.ListListenersResponse\x12Z\n" +
-	"\x0fListConnections\x12\".tcpgate.v1.ListConnectionsRequest\x1a#.tcpgate.v1.ListConnectionsResponse\x12Z\n" +
+	"\x0fListConnections\x12\".tcpgate.v1.ListConnectionsRequest\x1a#.tcpgate.v1.ListConnectionsResponse\x12T\n" +
+	"\rGetConnection\x12 .tcpgate.v1.GetConnectionRequest\x1a!.tcpgate.v1.GetConnectionResponse\x12Z\n" +
 	"\x0fCloseConnection\x12\".tcpgate.v1.CloseConnectionRequest\x1a#.tcpgate.v1.CloseConnectionResponse\x129\n" +
 	"\x04Send\x12\x17.tcpgate.v1.SendRequest\x1a\x18.tcpgate.v1.SendResponse\x12J\n" +
 	"\tSubscribe\x12\x1c.tcpgate.v1.SubscribeRequest\x1a\x1d.tcpgate.v1.SubscribeResponse0\x01B5Z3github.com/tcpgate/tcpgate/gen/tcpgate/v1;tcpgatev1b\x06proto3"
@@ -3275,107 +3742,124 @@ func file_tcpgate_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_tcpgate_v1_gateway_proto_rawDescData
 }
 
-var file_tcpgate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_tcpgate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_tcpgate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
+var file_tcpgate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_tcpgate_v1_gateway_proto_goTypes = []any{
 	(FramingMode)(0),                // 0: tcpgate.v1.FramingMode
 	(AutoReplyMode)(0),              // 1: tcpgate.v1.AutoReplyMode
 	(ListenerState)(0),              // 2: tcpgate.v1.ListenerState
-	(AwaitMode)(0),                  // 3: tcpgate.v1.AwaitMode
-	(OnTimeout)(0),                  // 4: tcpgate.v1.OnTimeout
-	(PayloadFormat)(0),              // 5: tcpgate.v1.PayloadFormat
-	(EventKind)(0),                  // 6: tcpgate.v1.EventKind
-	(CloseReason)(0),                // 7: tcpgate.v1.CloseReason
-	(SlowConsumerPolicy)(0),         // 8: tcpgate.v1.SlowConsumerPolicy
-	(ErrorReason)(0),                // 9: tcpgate.v1.ErrorReason
-	(*Framing)(nil),                 // 10: tcpgate.v1.Framing
-	(*AutoReply)(nil),               // 11: tcpgate.v1.AutoReply
-	(*Listener)(nil),                // 12: tcpgate.v1.Listener
-	(*ListenerTLS)(nil),             // 13: tcpgate.v1.ListenerTLS
-	(*Connection)(nil),              // 14: tcpgate.v1.Connection
-	(*StartListenerRequest)(nil),    // 15: tcpgate.v1.StartListenerRequest
-	(*StartListenerResponse)(nil),   // 16: tcpgate.v1.StartListenerResponse
-	(*StopListenerRequest)(nil),     // 17: tcpgate.v1.StopListenerRequest
-	(*StopListenerResponse)(nil),    // 18: tcpgate.v1.StopListenerResponse
-	(*GetListenerRequest)(nil),      // 19: tcpgate.v1.GetListenerRequest
-	(*GetListenerResponse)(nil),     // 20: tcpgate.v1.GetListenerResponse
-	(*ListListenersRequest)(nil),    // 21: tcpgate.v1.ListListenersRequest
-	(*ListListenersResponse)(nil),   // 22: tcpgate.v1.ListListenersResponse
-	(*ListConnectionsRequest)(nil),  // 23: tcpgate.v1.ListConnectionsRequest
-	(*ListConnectionsResponse)(nil), // 24: tcpgate.v1.ListConnectionsResponse
-	(*CloseConnectionRequest)(nil),  // 25: tcpgate.v1.CloseConnectionRequest
-	(*CloseConnectionResponse)(nil), // 26: tcpgate.v1.CloseConnectionResponse
-	(*AwaitReply)(nil),              // 27: tcpgate.v1.AwaitReply
-	(*ReplyMatch)(nil),              // 28: tcpgate.v1.ReplyMatch
-	(*SendRequest)(nil),             // 29: tcpgate.v1.SendRequest
-	(*DialTLS)(nil),                 // 30: tcpgate.v1.DialTLS
-	(*Reply)(nil),                   // 31: tcpgate.v1.Reply
-	(*SendResponse)(nil),            // 32: tcpgate.v1.SendResponse
-	(*SubscribeRequest)(nil),        // 33: tcpgate.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),       // 34: tcpgate.v1.SubscribeResponse
-	(*Event)(nil),                   // 35: tcpgate.v1.Event
-	(*timestamppb.Timestamp)(nil),   // 36: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 37: google.protobuf.Duration
+	(ConnectionState)(0),            // 3: tcpgate.v1.ConnectionState
+	(AwaitMode)(0),                  // 4: tcpgate.v1.AwaitMode
+	(OnTimeout)(0),                  // 5: tcpgate.v1.OnTimeout
+	(PayloadFormat)(0),              // 6: tcpgate.v1.PayloadFormat
+	(EventKind)(0),                  // 7: tcpgate.v1.EventKind
+	(CloseReason)(0),                // 8: tcpgate.v1.CloseReason
+	(SlowConsumerPolicy)(0),         // 9: tcpgate.v1.SlowConsumerPolicy
+	(ErrorReason)(0),                // 10: tcpgate.v1.ErrorReason
+	(*Framing)(nil),                 // 11: tcpgate.v1.Framing
+	(*AutoReply)(nil),               // 12: tcpgate.v1.AutoReply
+	(*Listener)(nil),                // 13: tcpgate.v1.Listener
+	(*ListenerTLS)(nil),             // 14: tcpgate.v1.ListenerTLS
+	(*Connection)(nil),              // 15: tcpgate.v1.Connection
+	(*StartListenerRequest)(nil),    // 16: tcpgate.v1.StartListenerRequest
+	(*StartListenerResponse)(nil),   // 17: tcpgate.v1.StartListenerResponse
+	(*ResponseHeader)(nil),          // 18: tcpgate.v1.ResponseHeader
+	(*StopListenerRequest)(nil),     // 19: tcpgate.v1.StopListenerRequest
+	(*StopListenerResponse)(nil),    // 20: tcpgate.v1.StopListenerResponse
+	(*GetListenerRequest)(nil),      // 21: tcpgate.v1.GetListenerRequest
+	(*GetListenerResponse)(nil),     // 22: tcpgate.v1.GetListenerResponse
+	(*ListListenersRequest)(nil),    // 23: tcpgate.v1.ListListenersRequest
+	(*ListListenersResponse)(nil),   // 24: tcpgate.v1.ListListenersResponse
+	(*ListConnectionsRequest)(nil),  // 25: tcpgate.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil), // 26: tcpgate.v1.ListConnectionsResponse
+	(*GetConnectionRequest)(nil),    // 27: tcpgate.v1.GetConnectionRequest
+	(*GetConnectionResponse)(nil),   // 28: tcpgate.v1.GetConnectionResponse
+	(*CloseConnectionRequest)(nil),  // 29: tcpgate.v1.CloseConnectionRequest
+	(*CloseConnectionResponse)(nil), // 30: tcpgate.v1.CloseConnectionResponse
+	(*AwaitReply)(nil),              // 31: tcpgate.v1.AwaitReply
+	(*ReplyMatch)(nil),              // 32: tcpgate.v1.ReplyMatch
+	(*SendRequest)(nil),             // 33: tcpgate.v1.SendRequest
+	(*DialTLS)(nil),                 // 34: tcpgate.v1.DialTLS
+	(*Reply)(nil),                   // 35: tcpgate.v1.Reply
+	(*SendResponse)(nil),            // 36: tcpgate.v1.SendResponse
+	(*SubscribeRequest)(nil),        // 37: tcpgate.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),       // 38: tcpgate.v1.SubscribeResponse
+	(*Event)(nil),                   // 39: tcpgate.v1.Event
+	(*timestamppb.Timestamp)(nil),   // 40: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 41: google.protobuf.Duration
 }
 var file_tcpgate_v1_gateway_proto_depIdxs = []int32{
 	0,  // 0: tcpgate.v1.Framing.mode:type_name -> tcpgate.v1.FramingMode
 	1,  // 1: tcpgate.v1.AutoReply.mode:type_name -> tcpgate.v1.AutoReplyMode
 	2,  // 2: tcpgate.v1.Listener.state:type_name -> tcpgate.v1.ListenerState
-	10, // 3: tcpgate.v1.Listener.framing:type_name -> tcpgate.v1.Framing
-	11, // 4: tcpgate.v1.Listener.auto_reply:type_name -> tcpgate.v1.AutoReply
-	36, // 5: tcpgate.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
-	37, // 6: tcpgate.v1.Listener.idle_timeout:type_name -> google.protobuf.Duration
-	37, // 7: tcpgate.v1.Listener.half_close_timeout:type_name -> google.protobuf.Duration
-	36, // 8: tcpgate.v1.Connection.opened_at:type_name -> google.protobuf.Timestamp
-	10, // 9: tcpgate.v1.StartListenerRequest.framing:type_name -> tcpgate.v1.Framing
-	11, // 10: tcpgate.v1.StartListenerRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
-	37, // 11: tcpgate.v1.StartListenerRequest.idle_timeout:type_name -> google.protobuf.Duration
-	13, // 12: tcpgate.v1.StartListenerRequest.tls:type_name -> tcpgate.v1.ListenerTLS
-	37, // 13: tcpgate.v1.StartListenerRequest.half_close_timeout:type_name -> google.protobuf.Duration
-	12, // 14: tcpgate.v1.StartListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	37, // 15: tcpgate.v1.StopListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
-	12, // 16: tcpgate.v1.StopListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	12, // 17: tcpgate.v1.GetListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	12, // 18: tcpgate.v1.ListListenersResponse.listeners:type_name -> tcpgate.v1.Listener
-	14, // 19: tcpgate.v1.ListConnectionsResponse.connections:type_name -> tcpgate.v1.Connection
-	14, // 20: tcpgate.v1.CloseConnectionResponse.connection:type_name -> tcpgate.v1.Connection
-	3,  // 21: tcpgate.v1.AwaitReply.mode:type_name -> tcpgate.v1.AwaitMode
-	10, // 22: tcpgate.v1.AwaitReply.framing:type_name -> tcpgate.v1.Framing
-	5,  // 23: tcpgate.v1.AwaitReply.payload_format:type_name -> tcpgate.v1.PayloadFormat
-	28, // 24: tcpgate.v1.AwaitReply.match:type_name -> tcpgate.v1.ReplyMatch
-	4,  // 25: tcpgate.v1.AwaitReply.on_timeout:type_name -> tcpgate.v1.OnTimeout
-	27, // 26: tcpgate.v1.SendRequest.await_reply:type_name -> tcpgate.v1.AwaitReply
-	37, // 27: tcpgate.v1.SendRequest.timeout:type_name -> google.protobuf.Duration
-	30, // 28: tcpgate.v1.SendRequest.tls:type_name -> tcpgate.v1.DialTLS
-	31, // 29: tcpgate.v1.SendResponse.reply:type_name -> tcpgate.v1.Reply
-	6,  // 30: tcpgate.v1.SubscribeRequest.kinds:type_name -> tcpgate.v1.EventKind
-	8,  // 31: tcpgate.v1.SubscribeRequest.slow_consumer:type_name -> tcpgate.v1.SlowConsumerPolicy
-	5,  // 32: tcpgate.v1.SubscribeRequest.payload_format:type_name -> tcpgate.v1.PayloadFormat
-	35, // 33: tcpgate.v1.SubscribeResponse.events:type_name -> tcpgate.v1.Event
-	36, // 34: tcpgate.v1.Event.time:type_name -> google.protobuf.Timestamp
-	6,  // 35: tcpgate.v1.Event.kind:type_name -> tcpgate.v1.EventKind
-	7,  // 36: tcpgate.v1.Event.close_reason:type_name -> tcpgate.v1.CloseReason
-	15, // 37: tcpgate.v1.GatewayService.StartListener:input_type -> tcpgate.v1.StartListenerRequest
-	17, // 38: tcpgate.v1.GatewayService.StopListener:input_type -> tcpgate.v1.StopListenerRequest
-	19, // 39: tcpgate.v1.GatewayService.GetListener:input_type -> tcpgate.v1.GetListenerRequest
-	21, // 40: tcpgate.v1.GatewayService.ListListeners:input_type -> tcpgate.v1.ListListenersRequest
-	23, // 41: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
-	25, // 42: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
-	29, // 43: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
-	33, // 44: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
-	16, // 45: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
-	18, // 46: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
-	20, // 47: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
-	22, // 48: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
-	24, // 49: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
-	26, // 50: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
-	32, // 51: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
-	34, // 52: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
-	45, // [45:53] is the sub-list for method output_type
-	37, // [37:45] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	11, // 3: tcpgate.v1.Listener.framing:type_name -> tcpgate.v1.Framing
+	12, // 4: tcpgate.v1.Listener.auto_reply:type_name -> tcpgate.v1.AutoReply
+	40, // 5: tcpgate.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
+	41, // 6: tcpgate.v1.Listener.idle_timeout:type_name -> google.protobuf.Duration
+	41, // 7: tcpgate.v1.Listener.half_close_timeout:type_name -> google.protobuf.Duration
+	40, // 8: tcpgate.v1.Connection.opened_at:type_name -> google.protobuf.Timestamp
+	3,  // 9: tcpgate.v1.Connection.state:type_name -> tcpgate.v1.ConnectionState
+	11, // 10: tcpgate.v1.StartListenerRequest.framing:type_name -> tcpgate.v1.Framing
+	12, // 11: tcpgate.v1.StartListenerRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
+	41, // 12: tcpgate.v1.StartListenerRequest.idle_timeout:type_name -> google.protobuf.Duration
+	14, // 13: tcpgate.v1.StartListenerRequest.tls:type_name -> tcpgate.v1.ListenerTLS
+	41, // 14: tcpgate.v1.StartListenerRequest.half_close_timeout:type_name -> google.protobuf.Duration
+	13, // 15: tcpgate.v1.StartListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	18, // 16: tcpgate.v1.StartListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	41, // 17: tcpgate.v1.StopListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
+	13, // 18: tcpgate.v1.StopListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	18, // 19: tcpgate.v1.StopListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	13, // 20: tcpgate.v1.GetListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	18, // 21: tcpgate.v1.GetListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	13, // 22: tcpgate.v1.ListListenersResponse.listeners:type_name -> tcpgate.v1.Listener
+	18, // 23: tcpgate.v1.ListListenersResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	3,  // 24: tcpgate.v1.ListConnectionsRequest.state:type_name -> tcpgate.v1.ConnectionState
+	15, // 25: tcpgate.v1.ListConnectionsResponse.connections:type_name -> tcpgate.v1.Connection
+	18, // 26: tcpgate.v1.ListConnectionsResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	15, // 27: tcpgate.v1.GetConnectionResponse.connection:type_name -> tcpgate.v1.Connection
+	18, // 28: tcpgate.v1.GetConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	15, // 29: tcpgate.v1.CloseConnectionResponse.connection:type_name -> tcpgate.v1.Connection
+	18, // 30: tcpgate.v1.CloseConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	4,  // 31: tcpgate.v1.AwaitReply.mode:type_name -> tcpgate.v1.AwaitMode
+	11, // 32: tcpgate.v1.AwaitReply.framing:type_name -> tcpgate.v1.Framing
+	6,  // 33: tcpgate.v1.AwaitReply.payload_format:type_name -> tcpgate.v1.PayloadFormat
+	32, // 34: tcpgate.v1.AwaitReply.match:type_name -> tcpgate.v1.ReplyMatch
+	5,  // 35: tcpgate.v1.AwaitReply.on_timeout:type_name -> tcpgate.v1.OnTimeout
+	31, // 36: tcpgate.v1.SendRequest.await_reply:type_name -> tcpgate.v1.AwaitReply
+	41, // 37: tcpgate.v1.SendRequest.timeout:type_name -> google.protobuf.Duration
+	34, // 38: tcpgate.v1.SendRequest.tls:type_name -> tcpgate.v1.DialTLS
+	35, // 39: tcpgate.v1.SendResponse.reply:type_name -> tcpgate.v1.Reply
+	7,  // 40: tcpgate.v1.SubscribeRequest.kinds:type_name -> tcpgate.v1.EventKind
+	9,  // 41: tcpgate.v1.SubscribeRequest.slow_consumer:type_name -> tcpgate.v1.SlowConsumerPolicy
+	6,  // 42: tcpgate.v1.SubscribeRequest.payload_format:type_name -> tcpgate.v1.PayloadFormat
+	39, // 43: tcpgate.v1.SubscribeResponse.events:type_name -> tcpgate.v1.Event
+	40, // 44: tcpgate.v1.Event.time:type_name -> google.protobuf.Timestamp
+	7,  // 45: tcpgate.v1.Event.kind:type_name -> tcpgate.v1.EventKind
+	8,  // 46: tcpgate.v1.Event.close_reason:type_name -> tcpgate.v1.CloseReason
+	18, // 47: tcpgate.v1.Event.header:type_name -> tcpgate.v1.ResponseHeader
+	16, // 48: tcpgate.v1.GatewayService.StartListener:input_type -> tcpgate.v1.StartListenerRequest
+	19, // 49: tcpgate.v1.GatewayService.StopListener:input_type -> tcpgate.v1.StopListenerRequest
+	21, // 50: tcpgate.v1.GatewayService.GetListener:input_type -> tcpgate.v1.GetListenerRequest
+	23, // 51: tcpgate.v1.GatewayService.ListListeners:input_type -> tcpgate.v1.ListListenersRequest
+	25, // 52: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
+	27, // 53: tcpgate.v1.GatewayService.GetConnection:input_type -> tcpgate.v1.GetConnectionRequest
+	29, // 54: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
+	33, // 55: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
+	37, // 56: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
+	17, // 57: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
+	20, // 58: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
+	22, // 59: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
+	24, // 60: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
+	26, // 61: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
+	28, // 62: tcpgate.v1.GatewayService.GetConnection:output_type -> tcpgate.v1.GetConnectionResponse
+	30, // 63: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
+	36, // 64: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
+	38, // 65: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
+	57, // [57:66] is the sub-list for method output_type
+	48, // [48:57] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_tcpgate_v1_gateway_proto_init() }
@@ -3387,12 +3871,12 @@ func file_tcpgate_v1_gateway_proto_init() {
 		(*AutoReply_Text)(nil),
 		(*AutoReply_Data)(nil),
 	}
-	file_tcpgate_v1_gateway_proto_msgTypes[18].OneofWrappers = []any{
+	file_tcpgate_v1_gateway_proto_msgTypes[21].OneofWrappers = []any{
 		(*ReplyMatch_Prefix)(nil),
 		(*ReplyMatch_PrefixData)(nil),
 		(*ReplyMatch_Regex)(nil),
 	}
-	file_tcpgate_v1_gateway_proto_msgTypes[19].OneofWrappers = []any{
+	file_tcpgate_v1_gateway_proto_msgTypes[22].OneofWrappers = []any{
 		(*SendRequest_Address)(nil),
 		(*SendRequest_ConnectionId)(nil),
 		(*SendRequest_ListenerId)(nil),
@@ -3404,8 +3888,8 @@ func file_tcpgate_v1_gateway_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tcpgate_v1_gateway_proto_rawDesc), len(file_tcpgate_v1_gateway_proto_rawDesc)),
-			NumEnums:      10,
-			NumMessages:   26,
+			NumEnums:      11,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

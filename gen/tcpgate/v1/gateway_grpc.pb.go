@@ -24,6 +24,7 @@ const (
 	GatewayService_GetListener_FullMethodName     = "/tcpgate.v1.GatewayService/GetListener"
 	GatewayService_ListListeners_FullMethodName   = "/tcpgate.v1.GatewayService/ListListeners"
 	GatewayService_ListConnections_FullMethodName = "/tcpgate.v1.GatewayService/ListConnections"
+	GatewayService_GetConnection_FullMethodName   = "/tcpgate.v1.GatewayService/GetConnection"
 	GatewayService_CloseConnection_FullMethodName = "/tcpgate.v1.GatewayService/CloseConnection"
 	GatewayService_Send_FullMethodName            = "/tcpgate.v1.GatewayService/Send"
 	GatewayService_Subscribe_FullMethodName       = "/tcpgate.v1.GatewayService/Subscribe"
@@ -44,10 +45,13 @@ type GatewayServiceClient interface {
 	StopListener(ctx context.Context, in *StopListenerRequest, opts ...grpc.CallOption) (*StopListenerResponse, error)
 	// GetListener returns one listener with its state and counters.
 	GetListener(ctx context.Context, in *GetListenerRequest, opts ...grpc.CallOption) (*GetListenerResponse, error)
-	// ListListeners returns every running listener.
+	// ListListeners returns the running listeners, a page at a time.
 	ListListeners(ctx context.Context, in *ListListenersRequest, opts ...grpc.CallOption) (*ListListenersResponse, error)
-	// ListConnections returns the open connections, optionally of one listener.
+	// ListConnections returns the open connections, a page at a time,
+	// optionally of one listener, one state or one remote address prefix.
 	ListConnections(ctx context.Context, in *ListConnectionsRequest, opts ...grpc.CallOption) (*ListConnectionsResponse, error)
+	// GetConnection returns one open connection with its state and counters.
+	GetConnection(ctx context.Context, in *GetConnectionRequest, opts ...grpc.CallOption) (*GetConnectionResponse, error)
 	// CloseConnection closes one accepted connection (reason CLOSED_BY_API).
 	CloseConnection(ctx context.Context, in *CloseConnectionRequest, opts ...grpc.CallOption) (*CloseConnectionResponse, error)
 	// Send writes text or bytes to an address (one-shot connect), to an accepted
@@ -117,6 +121,16 @@ func (c *gatewayServiceClient) ListConnections(ctx context.Context, in *ListConn
 	return out, nil
 }
 
+func (c *gatewayServiceClient) GetConnection(ctx context.Context, in *GetConnectionRequest, opts ...grpc.CallOption) (*GetConnectionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetConnectionResponse)
+	err := c.cc.Invoke(ctx, GatewayService_GetConnection_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *gatewayServiceClient) CloseConnection(ctx context.Context, in *CloseConnectionRequest, opts ...grpc.CallOption) (*CloseConnectionResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CloseConnectionResponse)
@@ -171,10 +185,13 @@ type GatewayServiceServer interface {
 	StopListener(context.Context, *StopListenerRequest) (*StopListenerResponse, error)
 	// GetListener returns one listener with its state and counters.
 	GetListener(context.Context, *GetListenerRequest) (*GetListenerResponse, error)
-	// ListListeners returns every running listener.
+	// ListListeners returns the running listeners, a page at a time.
 	ListListeners(context.Context, *ListListenersRequest) (*ListListenersResponse, error)
-	// ListConnections returns the open connections, optionally of one listener.
+	// ListConnections returns the open connections, a page at a time,
+	// optionally of one listener, one state or one remote address prefix.
 	ListConnections(context.Context, *ListConnectionsRequest) (*ListConnectionsResponse, error)
+	// GetConnection returns one open connection with its state and counters.
+	GetConnection(context.Context, *GetConnectionRequest) (*GetConnectionResponse, error)
 	// CloseConnection closes one accepted connection (reason CLOSED_BY_API).
 	CloseConnection(context.Context, *CloseConnectionRequest) (*CloseConnectionResponse, error)
 	// Send writes text or bytes to an address (one-shot connect), to an accepted
@@ -208,6 +225,9 @@ func (UnimplementedGatewayServiceServer) ListListeners(context.Context, *ListLis
 }
 func (UnimplementedGatewayServiceServer) ListConnections(context.Context, *ListConnectionsRequest) (*ListConnectionsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListConnections not implemented")
+}
+func (UnimplementedGatewayServiceServer) GetConnection(context.Context, *GetConnectionRequest) (*GetConnectionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetConnection not implemented")
 }
 func (UnimplementedGatewayServiceServer) CloseConnection(context.Context, *CloseConnectionRequest) (*CloseConnectionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CloseConnection not implemented")
@@ -329,6 +349,24 @@ func _GatewayService_ListConnections_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_GetConnection_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetConnectionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).GetConnection(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_GetConnection_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).GetConnection(ctx, req.(*GetConnectionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _GatewayService_CloseConnection_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CloseConnectionRequest)
 	if err := dec(in); err != nil {
@@ -402,6 +440,10 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListConnections",
 			Handler:    _GatewayService_ListConnections_Handler,
+		},
+		{
+			MethodName: "GetConnection",
+			Handler:    _GatewayService_GetConnection_Handler,
 		},
 		{
 			MethodName: "CloseConnection",

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"regexp"
 	"strconv"
 	"time"
@@ -97,6 +98,9 @@ type Config struct {
 	// that a Subscribe stream whose client does not read can be ended; nil
 	// means such a stream waits for its client.
 	Conns *ConnTracker
+	// NodeID names this gateway in every ResponseHeader; empty means the
+	// host name.
+	NodeID string
 	// Logger logs internal errors; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -125,7 +129,30 @@ func New(cfg Config) *Service {
 	if cfg.MaxReplyBytes <= 0 || cfg.MaxReplyBytes > MaxFrameLimit {
 		cfg.MaxReplyBytes = MaxFrameLimit
 	}
+	if cfg.NodeID == "" {
+		cfg.NodeID = DefaultNodeID()
+	}
 	return &Service{cfg: cfg, log: log}
+}
+
+// DefaultNodeID is the node id of a gateway that sets none: the host name
+// when it is a valid id, "tcpgate" otherwise.
+func DefaultNodeID() string {
+	if h, err := os.Hostname(); err == nil && idPattern.MatchString(h) {
+		return h
+	}
+	return "tcpgate"
+}
+
+// header returns the ResponseHeader of a response made now: the hub's
+// incarnation, this node, and the newest sequence, read after whatever the
+// call published so that it is at or past the call's own events.
+func (s *Service) header() *tcpgatev1.ResponseHeader {
+	return &tcpgatev1.ResponseHeader{
+		Incarnation:  s.cfg.Hub.Incarnation(),
+		NodeId:       s.cfg.NodeID,
+		LastSequence: s.cfg.Hub.LastSequence(),
+	}
 }
 
 func (s *Service) status(err error) error { return toStatus(s.log, err) }

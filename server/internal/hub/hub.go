@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/tcpgate/tcpgate/server/internal/event"
+	"github.com/tcpgate/tcpgate/server/internal/ids"
 	"github.com/tcpgate/tcpgate/server/internal/limits"
 )
 
@@ -137,6 +138,9 @@ type Config struct {
 	Now func() time.Time
 	// MaxSubscribers bounds open subscriptions; 0 means no bound.
 	MaxSubscribers int
+	// Incarnation names the hub's sequence space; empty means a new random
+	// one (ids.Incarnation), as every start of the embedded gateway has.
+	Incarnation string
 }
 
 // Filter selects events. An empty field matches everything. Each id list
@@ -239,6 +243,7 @@ type SubscribeOptions struct {
 
 // Hub numbers events and fans them out. The zero value is not usable; call New.
 type Hub struct {
+	incarnation    string // immutable
 	now            func() time.Time
 	maxSubscribers int
 	maxQueued      int // bound of all queues together; 0 means none
@@ -284,8 +289,16 @@ func New(cfg Config) *Hub {
 	case maxQueued < 0:
 		maxQueued = 0
 	}
-	return &Hub{now: now, maxSubscribers: cfg.MaxSubscribers, maxQueued: maxQueued, ring: ring{limit: limit}, done: make(chan struct{})}
+	inc := cfg.Incarnation
+	if inc == "" {
+		inc = ids.Incarnation()
+	}
+	return &Hub{incarnation: inc, now: now, maxSubscribers: cfg.MaxSubscribers, maxQueued: maxQueued, ring: ring{limit: limit}, done: make(chan struct{})}
 }
+
+// Incarnation returns the name of the hub's sequence space: sequences of
+// another incarnation are not this hub's, whatever their numbers.
+func (h *Hub) Incarnation() string { return h.incarnation }
 
 // Publish numbers evs in order, records them in the replay ring and queues
 // them for every subscriber they match. Before it numbers an event it waits

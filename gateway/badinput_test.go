@@ -286,6 +286,11 @@ func TestBadInputREST(t *testing.T) {
 
 		// ListListeners has no input to get wrong.
 		{rpc: list, name: "plain", method: gt, path: "/v1/listeners", code: codes.OK},
+		{rpc: list, name: "pageSize negative", method: gt, path: "/v1/listeners?pageSize=-1", code: inv, mention: "page_size"},
+		{rpc: list, name: "pageSize above 1000 is 1000", method: gt, path: "/v1/listeners?pageSize=5000", code: codes.OK},
+		{rpc: list, name: "pageSize not a number", method: gt, path: "/v1/listeners?pageSize=ten", code: inv, mention: "ten"},
+		{rpc: list, name: "pageToken garbage", method: gt, path: "/v1/listeners?pageToken=garbage", code: inv, mention: "page_token"},
+		{rpc: list, name: "pageToken not base64url", method: gt, path: "/v1/listeners?pageToken=%2B%2F%3D", code: inv, mention: "page_token"},
 
 		// ListConnections.
 		{rpc: lc, name: "listenerId unknown", method: gt, path: "/v1/connections?listenerId=nope", code: codes.NotFound, mention: "nope"},
@@ -293,6 +298,22 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: lc, name: "listenerId invalid UTF-8", method: gt, path: "/v1/connections?listenerId=%FF", code: inv, mention: `query parameter "listenerId": "\xff" is not valid UTF-8`},
 		{rpc: lc, name: "listenerId malformed", method: gt, path: "/v1/connections?listenerId=a%2Fb", code: inv, mention: "listener_id"},
 		{rpc: lc, name: "listenerId misspelt", method: gt, path: "/v1/connections?listenerID=nope", code: inv, mention: "listenerID"},
+		{rpc: lc, name: "pageSize negative", method: gt, path: "/v1/connections?pageSize=-5", code: inv, mention: "page_size"},
+		{rpc: lc, name: "pageToken garbage", method: gt, path: "/v1/connections?pageToken=AAAA", code: inv, mention: "page_token"},
+		{rpc: lc, name: "state by name", method: gt, path: "/v1/connections?state=CONNECTION_STATE_HALF_CLOSED", code: codes.OK},
+		{rpc: lc, name: "state unknown name", method: gt, path: "/v1/connections?state=CONNECTION_STATE_NOPE", code: inv, mention: "CONNECTION_STATE_NOPE"},
+		{rpc: lc, name: "state unknown number", method: gt, path: "/v1/connections?state=99", code: inv, mention: "state"},
+		{rpc: lc, name: "remoteAddressPrefix of 64 bytes", method: gt, path: "/v1/connections?remoteAddressPrefix=" + strings.Repeat("1", 64), code: codes.OK},
+		{rpc: lc, name: "remoteAddressPrefix of 65 bytes", method: gt, path: "/v1/connections?remoteAddressPrefix=" + strings.Repeat("1", 65), code: inv, mention: "remote_address_prefix"},
+
+		// GetConnection.
+		{rpc: "GetConnection", name: "connection id invalid UTF-8", method: gt, path: "/v1/connections/%FF", code: inv, mention: "connection_id"},
+		{rpc: "GetConnection", name: "connection id malformed", method: gt, path: "/v1/connections/c~%3F1", code: inv, mention: "connection_id"},
+		{rpc: "GetConnection", name: "connection id of 65 bytes", method: gt, path: "/v1/connections/" + strings.Repeat("c", 65), code: inv, mention: "connection_id"},
+		{rpc: "GetConnection", name: "unknown query parameter", method: gt, path: "/v1/connections/c999?verbose=1", code: inv, mention: "verbose"},
+		{rpc: "GetConnection", name: "connectionId in the query too", method: gt, path: "/v1/connections/c999?connectionId=c1", code: inv, mention: "connection_id is set by the path"},
+		{rpc: "GetConnection", name: "connection id unknown", method: gt, path: "/v1/connections/c999", code: codes.NotFound, mention: "c999"},
+		{rpc: "GetConnection", name: "connection id known", method: gt, path: "/v1/connections/" + connID, code: codes.OK},
 
 		// CloseConnection.
 		{rpc: cc, name: "connection id empty", method: del, path: "/v1/connections/", code: inv, mention: "connection_id"},

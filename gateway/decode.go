@@ -184,6 +184,7 @@ var routeQuery = map[string]protoreflect.MessageDescriptor{
 	"GET /v1/listeners/{listener_id=*}":        (&tcpgatev1.GetListenerRequest{}).ProtoReflect().Descriptor(),
 	"GET /v1/listeners":                        (&tcpgatev1.ListListenersRequest{}).ProtoReflect().Descriptor(),
 	"GET /v1/connections":                      (&tcpgatev1.ListConnectionsRequest{}).ProtoReflect().Descriptor(),
+	"GET /v1/connections/{connection_id=*}":    (&tcpgatev1.GetConnectionRequest{}).ProtoReflect().Descriptor(),
 	"DELETE /v1/connections/{connection_id=*}": (&tcpgatev1.CloseConnectionRequest{}).ProtoReflect().Descriptor(),
 	"GET /v1/events":                           (&tcpgatev1.SubscribeRequest{}).ProtoReflect().Descriptor(),
 	"GET /healthz":                             (&healthpb.HealthCheckRequest{}).ProtoReflect().Descriptor(),

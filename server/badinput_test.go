@@ -68,6 +68,9 @@ func badInvoke(ctx context.Context, t *testing.T, c tcpgatev1.GatewayServiceClie
 	case *tcpgatev1.ListConnectionsRequest:
 		_, err := c.ListConnections(ctx, r)
 		return err
+	case *tcpgatev1.GetConnectionRequest:
+		_, err := c.GetConnection(ctx, r)
+		return err
 	case *tcpgatev1.CloseConnectionRequest:
 		_, err := c.CloseConnection(ctx, r)
 		return err
@@ -311,11 +314,29 @@ func TestBadInput(t *testing.T) {
 
 		// ListListeners has no input to get wrong.
 		{rpc: list, name: "empty request", req: &tcpgatev1.ListListenersRequest{}, code: codes.OK},
+		{rpc: list, name: "page_size negative", req: &tcpgatev1.ListListenersRequest{PageSize: -1}, code: inv, mention: "page_size"},
+		{rpc: list, name: "page_size above 1000 is 1000", req: &tcpgatev1.ListListenersRequest{PageSize: 1 << 30}, code: codes.OK},
+		{rpc: list, name: "page_token garbage", req: &tcpgatev1.ListListenersRequest{PageToken: "garbage"}, code: inv, mention: "page_token"},
+		{rpc: list, name: "page_token of 3 MiB", req: &tcpgatev1.ListListenersRequest{PageToken: strings.Repeat("A", 3<<20)}, code: inv, mention: "page_token"},
 
 		// ListConnections.
 		{rpc: lc, name: "listener_id malformed", req: &tcpgatev1.ListConnectionsRequest{ListenerId: "a b"}, code: inv, mention: "listener_id"},
 		{rpc: lc, name: "listener_id unknown", req: &tcpgatev1.ListConnectionsRequest{ListenerId: "nope"}, code: codes.NotFound, mention: "nope"},
 		{rpc: lc, name: "listener_id empty lists all", req: &tcpgatev1.ListConnectionsRequest{}, code: codes.OK},
+		{rpc: lc, name: "page_size negative", req: &tcpgatev1.ListConnectionsRequest{PageSize: -1}, code: inv, mention: "page_size"},
+		{rpc: lc, name: "page_token garbage", req: &tcpgatev1.ListConnectionsRequest{PageToken: "%%%"}, code: inv, mention: "page_token"},
+		{rpc: lc, name: "state unknown", req: &tcpgatev1.ListConnectionsRequest{State: 99}, code: inv, mention: "state"},
+		{rpc: lc, name: "state draining", req: &tcpgatev1.ListConnectionsRequest{State: tcpgatev1.ConnectionState_CONNECTION_STATE_DRAINING}, code: codes.OK},
+		{rpc: lc, name: "remote_address_prefix of 65 bytes", req: &tcpgatev1.ListConnectionsRequest{RemoteAddressPrefix: strings.Repeat("1", 65)}, code: inv, mention: "remote_address_prefix"},
+		{rpc: lc, name: "remote_address_prefix of 64 bytes", req: &tcpgatev1.ListConnectionsRequest{RemoteAddressPrefix: strings.Repeat("1", 64)}, code: codes.OK},
+
+		// GetConnection.
+		{rpc: "GetConnection", name: "connection_id empty", req: &tcpgatev1.GetConnectionRequest{}, code: inv, mention: "connection_id"},
+		{rpc: "GetConnection", name: "connection_id malformed", req: &tcpgatev1.GetConnectionRequest{ConnectionId: "c/1"}, code: inv, mention: "connection_id"},
+		{rpc: "GetConnection", name: "connection_id of 65 bytes", req: &tcpgatev1.GetConnectionRequest{ConnectionId: strings.Repeat("c", 65)}, code: inv, mention: "connection_id"},
+		{rpc: "GetConnection", name: "connection_id not ASCII", req: &tcpgatev1.GetConnectionRequest{ConnectionId: "cé"}, code: inv, mention: "connection_id"},
+		{rpc: "GetConnection", name: "connection_id unknown", req: &tcpgatev1.GetConnectionRequest{ConnectionId: "c999"}, code: codes.NotFound, mention: "c999"},
+		{rpc: "GetConnection", name: "connection_id known", req: &tcpgatev1.GetConnectionRequest{ConnectionId: connID}, code: codes.OK},
 
 		// CloseConnection.
 		{rpc: cc, name: "connection_id empty", req: &tcpgatev1.CloseConnectionRequest{}, code: inv, mention: "connection_id"},
@@ -569,6 +590,7 @@ func TestMalformedProtobuf(t *testing.T) {
 	}{
 		{"GetListener", false, []byte{0x0a, 0x01, 0xff}, "listener_id"},
 		{"CloseConnection", false, []byte{0x0a, 0x02, 'c', 0xff}, "connection_id"},
+		{"GetConnection", false, []byte{0x0a, 0x02, 'c', 0xff}, "connection_id"},
 		{"Subscribe", true, []byte{0x0a, 0x01, 0xff}, "listener_ids"},
 	} {
 		t.Run(tt.method+"/invalid UTF-8", func(t *testing.T) {

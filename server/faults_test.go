@@ -460,7 +460,8 @@ func TestStopListenerWith1000Connections(t *testing.T) {
 		clients = append(clients, c)
 	}
 	faultEventually(t, "1000 connections listed", faultLongWait, func() bool {
-		resp, err := g.Client.ListConnections(ctxT(t), &tcpgatev1.ListConnectionsRequest{ListenerId: l.GetListenerId()})
+		// One page of the most a page holds (1000), not the default 100.
+		resp, err := g.Client.ListConnections(ctxT(t), &tcpgatev1.ListConnectionsRequest{ListenerId: l.GetListenerId(), PageSize: n})
 		return err == nil && len(resp.GetConnections()) == n
 	})
 

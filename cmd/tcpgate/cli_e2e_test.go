@@ -210,8 +210,8 @@ func TestCLI(t *testing.T) {
 				row = f
 			}
 		}
-		// ID LISTENER REMOTE OPENED(date time) BYTES-IN BYTES-OUT
-		if len(row) != 7 || row[1] != "demo" || row[2] != local {
+		// ID LISTENER STATE REMOTE OPENED(date time) BYTES-IN BYTES-OUT
+		if len(row) != 8 || row[1] != "demo" || row[2] != "open" || row[3] != local {
 			t.Fatalf("tcpgate conns demo:\n%s\nwant a row for %s of demo from %s", out, id, local)
 		}
 

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 	"unicode/utf8"
 
@@ -238,6 +237,7 @@ func addClientCommands(root *cobra.Command) {
 		newStopCmd(c),
 		newLsCmd(c),
 		newConnsCmd(c),
+		newConnCmd(c),
 		newCloseCmd(c),
 		newSendCmd(c),
 		newSubscribeCmd(c),
@@ -421,59 +421,6 @@ func newStopCmd(c *client) *cobra.Command {
 	}
 	cmd.Flags().DurationVar(&drain, "drain", 0, "how long open connections may go on (0 closes them now)")
 	return cmd
-}
-
-func newLsCmd(c *client) *cobra.Command {
-	return &cobra.Command{
-		Use:     "ls",
-		Short:   "List listeners with their counters",
-		Example: "  tcpgate ls\n  TCPGATE_SERVER=10.0.0.5:50051 tcpgate ls",
-		Args:    cobra.NoArgs,
-		RunE: c.run(func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := c.ctx(cmd)
-			defer cancel()
-			resp, err := c.api.ListListeners(ctx, &tcpgatev1.ListListenersRequest{})
-			if err != nil {
-				return err
-			}
-			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "ID\tADDRESS\tSTATE\tFRAMING\tOPEN\tTOTAL\tBYTES IN\tBYTES OUT\tFRAMES IN")
-			for _, l := range resp.GetListeners() {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", l.GetListenerId(), l.GetAddress(),
-					strings.ToLower(strings.TrimPrefix(l.GetState().String(), "LISTENER_STATE_")), framingString(l.GetFraming()),
-					l.GetConnectionsActive(), l.GetConnectionsTotal(), l.GetBytesIn(), l.GetBytesOut(), l.GetFramesIn())
-			}
-			return w.Flush()
-		}),
-	}
-}
-
-func newConnsCmd(c *client) *cobra.Command {
-	return &cobra.Command{
-		Use:     "conns [LISTENER]",
-		Short:   "List open connections, of one listener or all",
-		Example: "  tcpgate conns\n  tcpgate conns demo",
-		Args:    cobra.MaximumNArgs(1),
-		RunE: c.run(func(cmd *cobra.Command, args []string) error {
-			req := &tcpgatev1.ListConnectionsRequest{}
-			if len(args) == 1 {
-				req.ListenerId = args[0]
-			}
-			ctx, cancel := c.ctx(cmd)
-			defer cancel()
-			resp, err := c.api.ListConnections(ctx, req)
-			if err != nil {
-				return err
-			}
-			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "ID\tLISTENER\tREMOTE\tOPENED\tBYTES IN\tBYTES OUT")
-			for _, cn := range resp.GetConnections() {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\n", cn.GetConnectionId(), cn.GetListenerId(), cn.GetRemoteAddress(),
-					cn.GetOpenedAt().AsTime().Local().Format(time.DateTime), cn.GetBytesIn(), cn.GetBytesOut())
-			}
-			return w.Flush()
-		}),
-	}
 }
 
 func newCloseCmd(c *client) *cobra.Command {

@@ -150,6 +150,7 @@ func connToProto(c listener.ConnInfo) *tcpgatev1.Connection {
 	return &tcpgatev1.Connection{
 		ConnectionId:  c.ID,
 		ListenerId:    c.ListenerID,
+		State:         connStates[c.State],
 		RemoteAddress: c.RemoteAddr,
 		LocalAddress:  c.LocalAddr,
 		PeerSubject:   c.PeerSubject,

@@ -22,6 +22,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/limits"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/page"
 	"github.com/tcpgate/tcpgate/server/internal/pemfile"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
 )
@@ -57,6 +58,9 @@ var codeOf = []struct {
 	{listener.ErrLimit, codes.ResourceExhausted, tcpgatev1.ErrorReason_ERROR_REASON_LIMIT_REACHED},
 	{listener.ErrDrainTooLong, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_DRAIN_TOO_LONG},
 	{listener.ErrClosed, codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN},
+	{listener.ErrInvalidFilter, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
+	{page.ErrInvalidSize, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
+	{page.ErrInvalidToken, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_INVALID_PAGE_TOKEN},
 	{hub.ErrClosed, codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN},
 	{hub.ErrTooManySubscribers, codes.ResourceExhausted, tcpgatev1.ErrorReason_ERROR_REASON_LIMIT_REACHED},
 	{hub.ErrFilterTooLarge, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_FILTER_TOO_LARGE},
@@ -110,9 +114,17 @@ func toStatus(log *slog.Logger, err error) error {
 			meta[MetaFlag] = denied.Flag
 		}
 	}
+	// A field the engine names gets its BadRequest, as rpc's own field
+	// errors do, so that a form can point at it.
+	var details []protoadapt.MessageV1
+	var field *page.FieldError
+	if errors.As(err, &field) {
+		meta = map[string]string{MetaField: field.Field}
+		details = append(details, &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: field.Field, Description: field.Reason}}})
+	}
 	for _, m := range codeOf {
 		if errors.Is(err, m.err) {
-			return Status(m.code, m.reason, err.Error(), meta)
+			return Status(m.code, m.reason, err.Error(), meta, details...)
 		}
 	}
 	log.Error("internal error", "error", err)

@@ -17,6 +17,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/framing"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/page"
 	"github.com/tcpgate/tcpgate/server/internal/pemfile"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
 )
@@ -51,6 +52,9 @@ func TestToStatusSentinels(t *testing.T) {
 		pemfile.ErrNotAllowed:        codes.InvalidArgument,
 		pemfile.ErrTooLarge:          codes.InvalidArgument,
 		hub.ErrFilterTooLarge:        codes.InvalidArgument,
+		listener.ErrInvalidFilter:    codes.InvalidArgument,
+		page.ErrInvalidSize:          codes.InvalidArgument,
+		page.ErrInvalidToken:         codes.InvalidArgument,
 		context.DeadlineExceeded:     codes.DeadlineExceeded,
 		context.Canceled:             codes.Canceled,
 	}

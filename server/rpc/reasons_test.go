@@ -150,6 +150,12 @@ func TestErrorReasons(t *testing.T) {
 	check("unknown listener", err, "LISTENER_NOT_FOUND", nil, "")
 	_, err = c.CloseConnection(actx, &tcpgatev1.CloseConnectionRequest{ConnectionId: "nope"})
 	check("unknown connection", err, "CONNECTION_NOT_FOUND", nil, "")
+	_, err = c.GetConnection(actx, &tcpgatev1.GetConnectionRequest{ConnectionId: "nope"})
+	check("GetConnection of an unknown connection", err, "CONNECTION_NOT_FOUND", nil, "")
+	_, err = c.ListConnections(actx, &tcpgatev1.ListConnectionsRequest{PageToken: "garbage"})
+	check("garbage page token", err, "INVALID_PAGE_TOKEN", map[string]string{"field": "page_token"}, "page_token")
+	_, err = c.ListListeners(actx, &tcpgatev1.ListListenersRequest{PageSize: -1})
+	check("negative page size", err, "INVALID_ARGUMENT", map[string]string{"field": "page_size"}, "page_size")
 	first, err := c.StartListener(actx, &tcpgatev1.StartListenerRequest{ListenerId: "a", Host: "127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
@@ -205,6 +211,8 @@ func TestErrorReasons(t *testing.T) {
 		seen[got] = true
 	}
 	rest("unknown listener", "GET", "/v1/listeners/nope", "", "", nil, 404, "LISTENER_NOT_FOUND", "")
+	rest("garbage page token", "GET", "/v1/connections?pageToken=garbage", "", "", nil, 400, "INVALID_PAGE_TOKEN", "page_token")
+	rest("remote address prefix too long", "GET", "/v1/connections?remoteAddressPrefix="+strings.Repeat("1", 65), "", "", nil, 400, "INVALID_ARGUMENT", "remote_address_prefix")
 	rest("bad framing field", "POST", "/v1/listeners", "application/json", `{"host":"127.0.0.1","framing":{"mode":"FRAMING_MODE_DELIMITER","maxFrameBytes":999999999}}`, nil, 400, "INVALID_ARGUMENT", "framing.max_frame_bytes")
 	rest("framing without its delimiter", "POST", "/v1/listeners", "application/json", `{"host":"127.0.0.1","framing":{"mode":"FRAMING_MODE_DELIMITER"}}`, nil, 400, "INVALID_ARGUMENT", "framing.delimiter")
 	rest("health of an unknown service", "GET", "/healthz?service=nope", "", "", nil, 404, "UNKNOWN_SERVICE", "")

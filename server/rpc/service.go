@@ -315,34 +315,6 @@ func (s *Service) GetListener(_ context.Context, req *tcpgatev1.GetListenerReque
 	return &tcpgatev1.GetListenerResponse{Listener: listenerToProto(info)}, nil
 }
 
-// ListListeners implements GatewayService.ListListeners.
-func (s *Service) ListListeners(_ context.Context, req *tcpgatev1.ListListenersRequest) (*tcpgatev1.ListListenersResponse, error) {
-	infos := s.cfg.Listeners.List()
-	resp := &tcpgatev1.ListListenersResponse{Listeners: make([]*tcpgatev1.Listener, 0, len(infos))}
-	for _, i := range infos {
-		resp.Listeners = append(resp.Listeners, listenerToProto(i))
-	}
-	return resp, nil
-}
-
-// ListConnections implements GatewayService.ListConnections.
-func (s *Service) ListConnections(_ context.Context, req *tcpgatev1.ListConnectionsRequest) (*tcpgatev1.ListConnectionsResponse, error) {
-	if id := req.GetListenerId(); id != "" {
-		if err := checkID("listener_id", id); err != nil {
-			return nil, err
-		}
-	}
-	infos, err := s.cfg.Listeners.Conns(req.GetListenerId())
-	if err != nil {
-		return nil, s.status(err)
-	}
-	resp := &tcpgatev1.ListConnectionsResponse{Connections: make([]*tcpgatev1.Connection, 0, len(infos))}
-	for _, i := range infos {
-		resp.Connections = append(resp.Connections, connToProto(i))
-	}
-	return resp, nil
-}
-
 // CloseConnection implements GatewayService.CloseConnection.
 func (s *Service) CloseConnection(ctx context.Context, req *tcpgatev1.CloseConnectionRequest) (*tcpgatev1.CloseConnectionResponse, error) {
 	if err := checkID("connection_id", req.GetConnectionId()); err != nil {

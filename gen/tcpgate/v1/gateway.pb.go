@@ -216,7 +216,8 @@ const (
 	// its listener's half_close_timeout.
 	ConnectionState_CONNECTION_STATE_HALF_CLOSED ConnectionState = 2
 	// Its listener is stopping: the connection finishes within the listener's
-	// drain_timeout.
+	// drain_timeout. A half-closed connection of a draining listener is
+	// DRAINING: the drain sets its end.
 	ConnectionState_CONNECTION_STATE_DRAINING ConnectionState = 3
 )
 
@@ -1987,7 +1988,9 @@ type ListListenersRequest struct {
 	// negative is InvalidArgument.
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// A next_page_token of an earlier response, to get the page after it;
-	// empty for the first page.
+	// empty for the first page. A token of another list, or of the gateway
+	// before it restarted, is InvalidArgument with reason
+	// INVALID_PAGE_TOKEN: list again from the first page.
 	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2038,6 +2041,9 @@ func (x *ListListenersRequest) GetPageToken() string {
 }
 
 // ListListenersResponse is a page of the listeners, ordered by creation.
+// Following next_page_token lists every listener that runs throughout
+// once: one stopped between pages is skipped, never repeated, and one
+// started later comes on a later page.
 type ListListenersResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The listeners.
@@ -2111,12 +2117,15 @@ type ListConnectionsRequest struct {
 	// negative is InvalidArgument.
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// A next_page_token of an earlier response with the same filters, to get
-	// the page after it; empty for the first page.
+	// the page after it; empty for the first page. A token made for other
+	// filters (page_size may change), for another list, or by the gateway
+	// before it restarted is InvalidArgument with reason INVALID_PAGE_TOKEN:
+	// list again from the first page.
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// Only connections in this state; every state when unspecified.
 	State ConnectionState `protobuf:"varint,4,opt,name=state,proto3,enum=tcpgate.v1.ConnectionState" json:"state,omitempty"`
 	// Only connections whose remote_address starts with this text, such as
-	// "127.0.0.1:" or "[::1]:".
+	// "127.0.0.1:" or "[::1]:"; at most 64 bytes.
 	RemoteAddressPrefix string `protobuf:"bytes,5,opt,name=remote_address_prefix,json=remoteAddressPrefix,proto3" json:"remote_address_prefix,omitempty"`
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
@@ -2188,7 +2197,9 @@ func (x *ListConnectionsRequest) GetRemoteAddressPrefix() string {
 }
 
 // ListConnectionsResponse is a page of the open connections, ordered by
-// acceptance.
+// acceptance. Following next_page_token lists every connection that stays
+// open throughout once: one closed between pages is skipped, never
+// repeated, and one accepted later comes on a later page.
 type ListConnectionsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The connections.
@@ -2255,7 +2266,8 @@ func (x *ListConnectionsResponse) GetHeader() *ResponseHeader {
 // GetConnectionRequest names an open connection.
 type GetConnectionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The connection to return.
+	// The connection to return; one that is not open (never was, or has
+	// closed) is NotFound with reason CONNECTION_NOT_FOUND.
 	ConnectionId  string `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -82,7 +82,7 @@ func (c *Conn) addAwaiter(a *awaiter) error {
 	switch {
 	case c.reason != event.ReasonUnspecified:
 		return fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
-	case c.halfClosed:
+	case c.halfClosed.Load():
 		return fmt.Errorf("writing to %s: %w; send without await_reply", c.cfg.ID, ErrHalfClosed)
 	}
 	a.after = c.counters.FramesIn.Load()
@@ -155,7 +155,7 @@ func (c *Conn) Send(ctx context.Context, p []byte, aw Await) ([]byte, error) {
 	s.deadline, _ = ctx.Deadline()
 	if aw.Mode != NoReply {
 		c.mu.Lock()
-		closed, halfClosed := c.reason != event.ReasonUnspecified, c.halfClosed
+		closed, halfClosed := c.reason != event.ReasonUnspecified, c.halfClosed.Load()
 		c.mu.Unlock()
 		switch {
 		case closed:

@@ -106,6 +106,7 @@ type Config struct {
 type Conn struct {
 	cfg      Config
 	nc       net.Conn
+	remote   string // nc's remote address, formatted once: lists filter on it
 	openedAt time.Time
 	counters Counters
 	ctx      context.Context // canceled by Close, so a waiting publish gives up
@@ -124,8 +125,11 @@ type Conn struct {
 	mu       sync.Mutex // guards the fields below
 	awaiters []*awaiter
 	// halfClosed is set once the peer has shut down its sending side and
-	// the connection stays open for writes (Config.HalfCloseTimeout).
-	halfClosed bool
+	// the connection stays open for writes (Config.HalfCloseTimeout). It
+	// is set with awaiters under mu, which Send reads it under; an atomic
+	// so that HalfClosed reads it without mu, from under the registry's
+	// lock (a leaf).
+	halfClosed atomic.Bool
 	reason     event.CloseReason // the first reason given to Close
 	subject    string            // the TLS peer's certificate subject, set before OPENED
 }
@@ -136,7 +140,7 @@ func New(ctx context.Context, nc net.Conn, cfg Config) *Conn {
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = DefaultWriteTimeout
 	}
-	c := &Conn{cfg: cfg, nc: nc, openedAt: time.Now(), done: make(chan struct{}), writeTurn: make(chan struct{}, 1)}
+	c := &Conn{cfg: cfg, nc: nc, remote: nc.RemoteAddr().String(), openedAt: time.Now(), done: make(chan struct{}), writeTurn: make(chan struct{}, 1)}
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	c.stopWatch = context.AfterFunc(ctx, func() { c.Close(event.ReasonShutdown) })
 	return c
@@ -149,7 +153,7 @@ func (c *Conn) ID() string { return c.cfg.ID }
 func (c *Conn) ListenerID() string { return c.cfg.ListenerID }
 
 // RemoteAddr returns the peer's address.
-func (c *Conn) RemoteAddr() string { return c.nc.RemoteAddr().String() }
+func (c *Conn) RemoteAddr() string { return c.remote }
 
 // LocalAddr returns the local address.
 func (c *Conn) LocalAddr() string { return c.nc.LocalAddr().String() }
@@ -166,6 +170,11 @@ func (c *Conn) Reason() event.CloseReason {
 	defer c.mu.Unlock()
 	return c.reason
 }
+
+// HalfClosed reports whether the peer has shut down its sending side while
+// the connection stays open for writes (Config.HalfCloseTimeout). It takes
+// no lock.
+func (c *Conn) HalfClosed() bool { return c.halfClosed.Load() }
 
 // Done is closed when Serve has returned and the socket is closed.
 func (c *Conn) Done() <-chan struct{} { return c.done }
@@ -299,7 +308,7 @@ func ownBytes(b []byte) []byte {
 // everything until close is what came), and Send refuses new waits.
 func (c *Conn) lingerHalfClosed() {
 	c.mu.Lock()
-	c.halfClosed = true
+	c.halfClosed.Store(true)
 	awaiters := c.takeAwaitersLocked()
 	c.mu.Unlock()
 	settle(awaiters, fmt.Errorf("awaiting reply on %s: %w", c.cfg.ID, ErrHalfClosed))

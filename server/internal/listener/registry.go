@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +22,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
 	"github.com/tcpgate/tcpgate/server/internal/limits"
+	"github.com/tcpgate/tcpgate/server/internal/page"
 )
 
 // Errors of the registry; callers test them with errors.Is.
@@ -36,6 +36,8 @@ var (
 	ErrClosed           = errors.New("gateway shutting down")
 	// ErrDrainTooLong means a drain_timeout above Config.MaxDrainTimeout.
 	ErrDrainTooLong = errors.New("drain timeout too long")
+	// ErrInvalidFilter means a ConnFilter the registry does not take.
+	ErrInvalidFilter = errors.New("invalid connection filter")
 )
 
 // DefaultMaxWriteBufferBytes bounds the bytes queued for writing over every
@@ -102,10 +104,27 @@ type Info struct {
 	FramesOut         uint64
 }
 
+// ConnState is where an open connection is in its life.
+type ConnState int
+
+// The states of a connection. A half-closed connection of a draining
+// listener is Draining: its end is the drain's.
+const (
+	// ConnOpen is open both ways.
+	ConnOpen ConnState = iota + 1
+	// ConnHalfClosed is a connection whose peer shut down its sending
+	// side, kept writable for its listener's HalfCloseTimeout.
+	ConnHalfClosed
+	// ConnDraining is a connection whose listener is stopping: it closes
+	// by the end of the drain.
+	ConnDraining
+)
+
 // ConnInfo is a snapshot of a connection.
 type ConnInfo struct {
 	ID          string
 	ListenerID  string
+	State       ConnState
 	RemoteAddr  string
 	LocalAddr   string
 	PeerSubject string
@@ -170,6 +189,12 @@ type Registry struct {
 	perIP     map[netip.Addr]int // open connections by peer IP, of the peers MaxConnectionsPerIP counts
 	shut      bool               // Start is refused: StopAccepting or Close was called
 	closing   bool               // Close was called: it stops every listener, Stop starts no stop of its own
+
+	// serial is the creation serial last given to a listener or a
+	// connection as it became visible: lists are in its order.
+	serial    uint64
+	byCreated order[*listener] // the visible listeners
+	connOrder order[connEntry] // the admitted connections
 }
 
 type listener struct {
@@ -188,8 +213,10 @@ type listener struct {
 	drainCut chan struct{}
 
 	// Guarded by Registry.mu.
-	state State
-	conns map[string]*conn.Conn
+	state     State
+	conns     map[string]*conn.Conn
+	serial    uint64            // its place in Registry.byCreated, once visible
+	connOrder order[*conn.Conn] // conns in acceptance order
 	// drainEnd is when a drain in progress closes what is still open.
 	drainEnd time.Time
 }
@@ -280,6 +307,11 @@ func (r *Registry) Start(ctx context.Context, spec Spec) (Info, error) {
 	}
 	l.ln = ln
 	l.addr = ln.Addr().String()
+	// Numbered as it becomes visible, not as its id was reserved, so a
+	// list that has paged past every serial sees it on its next page.
+	r.serial++
+	l.serial = r.serial
+	r.byCreated.add(l.serial, l)
 	r.mu.Unlock()
 
 	_ = r.cfg.Publisher.Publish(ctx, &event.Event{Kind: event.ListenerStarted, ListenerID: spec.ID, LocalAddr: l.addr})
@@ -365,6 +397,7 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 	// admitted is set under r.mu when the connection takes its slots, so
 	// that Closed gives back only what was taken.
 	var admitted bool
+	var serial uint64 // its place in the lists once admitted, under r.mu
 	c := conn.New(r.ctx, nc, conn.Config{
 		ID:               id,
 		ListenerID:       l.spec.ID,
@@ -383,6 +416,10 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 			r.mu.Lock()
 			delete(l.conns, id)
 			delete(r.conns, id)
+			if admitted {
+				l.connOrder.remove(serial)
+				r.connOrder.remove(serial)
+			}
 			if admitted && perIP {
 				if r.perIP[ip]--; r.perIP[ip] <= 0 {
 					delete(r.perIP, ip)
@@ -406,6 +443,10 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 		admitted = true
 		l.conns[id] = c
 		r.conns[id] = c
+		r.serial++
+		serial = r.serial
+		l.connOrder.add(serial, c)
+		r.connOrder.add(serial, connEntry{c: c, l: l})
 		if perIP {
 			r.perIP[ip]++
 		}
@@ -541,6 +582,7 @@ func (r *Registry) stop(l *listener, reason event.CloseReason) Info {
 	l.final = info
 	end := l.drainEnd
 	delete(r.listeners, l.spec.ID)
+	r.byCreated.remove(l.serial)
 	r.mu.Unlock()
 
 	// LISTENER_STOPPED waits for a full lossless subscriber no longer than
@@ -608,13 +650,45 @@ func (r *Registry) List() []Info {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]Info, 0, len(r.listeners))
-	for _, l := range r.listeners {
-		if l.ln != nil {
-			out = append(out, r.infoLocked(l))
-		}
+	for _, l := range r.byCreated.after(0) {
+		out = append(out, r.infoLocked(l))
 	}
-	slices.SortFunc(out, func(a, b Info) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	return out
+}
+
+// ListenerPage is a page of the listeners, oldest first.
+type ListenerPage struct {
+	Listeners []Info
+	// Last is the serial of the last listener of the page: the next page
+	// starts after it.
+	Last uint64
+	// More says whether listeners follow the page.
+	More bool
+}
+
+// ListenersFilter is the digest of the listeners' list, for page tokens
+// (see page.Token): it has no filters, but its tokens are its own.
+var ListenersFilter = page.FilterOf("listeners")
+
+// ListListeners returns a page of at most size listeners (see page.Size)
+// created after serial after (0 for the first page).
+func (r *Registry) ListListeners(size int, after uint64) (ListenerPage, error) {
+	size, err := page.Size(size)
+	if err != nil {
+		return ListenerPage{}, fmt.Errorf("listing listeners: %w", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var p ListenerPage
+	for serial, l := range r.byCreated.after(after) {
+		if len(p.Listeners) == size {
+			p.More = true
+			break
+		}
+		p.Listeners = append(p.Listeners, r.infoLocked(l))
+		p.Last = serial
+	}
+	return p, nil
 }
 
 func (r *Registry) infoLocked(l *listener) Info {
@@ -632,47 +706,142 @@ func (r *Registry) infoLocked(l *listener) Info {
 	}
 }
 
-// Conns returns the open connections, of one listener when listenerID is not
-// empty, oldest first.
-func (r *Registry) Conns(listenerID string) ([]ConnInfo, error) {
-	r.mu.Lock()
-	var src map[string]*conn.Conn
-	if listenerID == "" {
-		src = r.conns
-	} else {
-		l := r.listeners[listenerID]
-		if l == nil || l.ln == nil {
-			r.mu.Unlock()
-			return nil, fmt.Errorf("listing connections of %q: %w", listenerID, ErrNotFound)
-		}
-		src = l.conns
-	}
-	conns := make([]*conn.Conn, 0, len(src))
-	for _, c := range src {
-		conns = append(conns, c)
-	}
-	r.mu.Unlock()
-	out := make([]ConnInfo, 0, len(conns))
-	for _, c := range conns {
-		out = append(out, connInfo(c))
-	}
-	slices.SortFunc(out, func(a, b ConnInfo) int {
-		if c := a.OpenedAt.Compare(b.OpenedAt); c != 0 {
-			return c
-		}
-		if c := len(a.ID) - len(b.ID); c != 0 {
-			return c
-		}
-		return strings.Compare(a.ID, b.ID)
-	})
-	return out, nil
+// MaxRemotePrefixBytes bounds ConnFilter.RemotePrefix: the longest address
+// ("[ffff:...:ffff%zone]:65535") fits, and a filter is compared with every
+// connection it pages over.
+const MaxRemotePrefixBytes = 64
+
+// ConnFilter selects connections; every field set must hold.
+type ConnFilter struct {
+	// ListenerID selects the connections of one listener; empty means
+	// every listener. An unknown listener is ErrNotFound.
+	ListenerID string
+	// State selects one state; 0 means every state.
+	State ConnState
+	// RemotePrefix selects the connections whose remote address starts
+	// with it ("127.0.0.1:", "[::1]:"); empty means every address.
+	RemotePrefix string
 }
 
-func connInfo(c *conn.Conn) ConnInfo {
+// Digest is the filter's digest for page tokens (see page.Token).
+func (f ConnFilter) Digest() page.Filter {
+	return page.FilterOf("connections", f.ListenerID, strconv.Itoa(int(f.State)), f.RemotePrefix)
+}
+
+// ConnPage is a page of connections, in acceptance order.
+type ConnPage struct {
+	Conns []ConnInfo
+	// Last is the serial of the last connection of the page: the next
+	// page starts after it.
+	Last uint64
+	// More says whether connections matching the filter follow the page.
+	More bool
+}
+
+// connEntry is an admitted connection and the listener that accepted it,
+// whose state is part of the connection's.
+type connEntry struct {
+	c *conn.Conn
+	l *listener
+}
+
+// connStateLocked is where c, accepted by l, is in its life.
+func connStateLocked(c *conn.Conn, l *listener) ConnState {
+	switch {
+	case l.state != Listening:
+		return ConnDraining
+	case c.HalfClosed():
+		return ConnHalfClosed
+	}
+	return ConnOpen
+}
+
+// ListConns returns a page of at most size connections (see page.Size)
+// that match f, accepted after serial after (0 for the first page), in
+// acceptance order. It walks the connections in order under the lock and
+// snapshots only the page's, outside it.
+func (r *Registry) ListConns(f ConnFilter, size int, after uint64) (ConnPage, error) {
+	size, err := page.Size(size)
+	if err != nil {
+		return ConnPage{}, fmt.Errorf("listing connections: %w", err)
+	}
+	if n := len(f.RemotePrefix); n > MaxRemotePrefixBytes {
+		return ConnPage{}, fmt.Errorf("listing connections: %w", &page.FieldError{
+			Field:  "remote_address_prefix",
+			Reason: fmt.Sprintf("%d bytes, more than %d (no address is that long)", n, MaxRemotePrefixBytes),
+			Err:    ErrInvalidFilter,
+		})
+	}
+	match := func(c *conn.Conn, l *listener) (ConnState, bool) {
+		st := connStateLocked(c, l)
+		return st, (f.State == 0 || st == f.State) && strings.HasPrefix(c.RemoteAddr(), f.RemotePrefix)
+	}
+	type hit struct {
+		c  *conn.Conn
+		st ConnState
+	}
+	hits := make([]hit, 0, min(size, 64))
+	var p ConnPage
+	r.mu.Lock()
+	if f.ListenerID != "" {
+		l := r.listeners[f.ListenerID]
+		if l == nil || l.ln == nil {
+			r.mu.Unlock()
+			return ConnPage{}, fmt.Errorf("listing connections of %q: %w", f.ListenerID, ErrNotFound)
+		}
+		for serial, c := range l.connOrder.after(after) {
+			if st, ok := match(c, l); ok {
+				if len(hits) == size {
+					p.More = true
+					break
+				}
+				hits = append(hits, hit{c, st})
+				p.Last = serial
+			}
+		}
+	} else {
+		for serial, e := range r.connOrder.after(after) {
+			if st, ok := match(e.c, e.l); ok {
+				if len(hits) == size {
+					p.More = true
+					break
+				}
+				hits = append(hits, hit{e.c, st})
+				p.Last = serial
+			}
+		}
+	}
+	r.mu.Unlock()
+	p.Conns = make([]ConnInfo, len(hits))
+	for i, h := range hits {
+		p.Conns[i] = connInfo(h.c, h.st)
+	}
+	return p, nil
+}
+
+// Conns returns every open connection, of one listener when listenerID is
+// not empty, oldest first.
+func (r *Registry) Conns(listenerID string) ([]ConnInfo, error) {
+	var out []ConnInfo
+	for after := uint64(0); ; {
+		p, err := r.ListConns(ConnFilter{ListenerID: listenerID}, page.MaxSize, after)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p.Conns...)
+		if !p.More {
+			return out, nil
+		}
+		after = p.Last
+	}
+}
+
+func connInfo(c *conn.Conn, st ConnState) ConnInfo {
 	n := c.Counters()
 	return ConnInfo{
 		ID:          c.ID(),
 		ListenerID:  c.ListenerID(),
+		State:       st,
 		RemoteAddr:  c.RemoteAddr(),
 		LocalAddr:   c.LocalAddr(),
 		PeerSubject: c.PeerSubject(),
@@ -686,19 +855,36 @@ func connInfo(c *conn.Conn) ConnInfo {
 
 // Conn returns an open connection.
 func (r *Registry) Conn(id string) (*conn.Conn, error) {
+	c, _, err := r.connState(id)
+	return c, err
+}
+
+// connState returns an open connection and its state.
+func (r *Registry) connState(id string) (*conn.Conn, ConnState, error) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	c := r.conns[id]
-	r.mu.Unlock()
 	if c == nil {
-		return nil, fmt.Errorf("connection %q: %w", id, ErrConnNotFound)
+		return nil, 0, fmt.Errorf("connection %q: %w", id, ErrConnNotFound)
 	}
-	return c, nil
+	// Both maps change together: an admitted connection's listener is
+	// there until the connection has closed.
+	return c, connStateLocked(c, r.listeners[c.ListenerID()]), nil
+}
+
+// GetConn returns a snapshot of one open connection.
+func (r *Registry) GetConn(id string) (ConnInfo, error) {
+	c, st, err := r.connState(id)
+	if err != nil {
+		return ConnInfo{}, fmt.Errorf("getting %w", err)
+	}
+	return connInfo(c, st), nil
 }
 
 // CloseConn closes one connection with reason CLOSED_BY_API and returns its
-// final snapshot once it is closed.
+// final snapshot once it is closed, with the state it had before.
 func (r *Registry) CloseConn(ctx context.Context, id string) (ConnInfo, error) {
-	c, err := r.Conn(id)
+	c, st, err := r.connState(id)
 	if err != nil {
 		return ConnInfo{}, err
 	}
@@ -708,7 +894,7 @@ func (r *Registry) CloseConn(ctx context.Context, id string) (ConnInfo, error) {
 	case <-ctx.Done():
 		return ConnInfo{}, ctx.Err()
 	}
-	return connInfo(c), nil
+	return connInfo(c, st), nil
 }
 
 // Broadcast writes p to every open connection of a listener concurrently and

@@ -1,0 +1,238 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/rpc"
+)
+
+// maxPages bounds the pages a list command follows: at the gateway's
+// largest page (1000) it is ten million items, far more than a gateway
+// holds, so reaching it means the pages never end.
+const maxPages = 10_000
+
+// pageError is the error of page number page (0 the first): a token
+// refused after the first page means the gateway restarted while the pages
+// were read, which a person answers by running the command again.
+func pageError(err error, page int) error {
+	if reason, _ := rpc.ReasonOf(err); page > 0 && reason == tcpgatev1.ErrorReason_ERROR_REASON_INVALID_PAGE_TOKEN {
+		return hinted{err, "the gateway restarted while the list was read page by page: run the command again"}
+	}
+	return err
+}
+
+// checkPageFlags checks --page-size and --limit.
+func checkPageFlags(pageSize int32, limit int) error {
+	switch {
+	case pageSize < 0:
+		return fmt.Errorf("--page-size: must not be negative, got %d (0: the gateway's default, 100; at most 1000)", pageSize)
+	case limit < 0:
+		return fmt.Errorf("--limit: must not be negative, got %d (0: every item)", limit)
+	}
+	return nil
+}
+
+// nextSize is the page_size of the next page: pageSize, but no more than
+// the limit leaves to list.
+func nextSize(pageSize int32, limit, listed int) int32 {
+	if limit == 0 {
+		return pageSize
+	}
+	left := int32(min(limit-listed, 1<<30))
+	if pageSize == 0 || pageSize > left {
+		return left
+	}
+	return pageSize
+}
+
+func newLsCmd(c *client) *cobra.Command {
+	var (
+		pageSize int32
+		limit    int
+	)
+	cmd := &cobra.Command{
+		Use:   "ls",
+		Short: "List listeners with their counters",
+		Long: "List listeners with their counters, oldest first. The gateway returns them a page at a time;\n" +
+			"ls follows every page unless --limit stops it earlier.",
+		Example: "  tcpgate ls\n  TCPGATE_SERVER=10.0.0.5:50051 tcpgate ls",
+		Args:    cobra.NoArgs,
+		RunE: c.run(func(cmd *cobra.Command, _ []string) error {
+			if err := checkPageFlags(pageSize, limit); err != nil {
+				return err
+			}
+			var all []*tcpgatev1.Listener
+			req := &tcpgatev1.ListListenersRequest{}
+			for page := 0; ; page++ {
+				if page == maxPages {
+					return fmt.Errorf("listing listeners: more than %d pages", maxPages)
+				}
+				req.PageSize = nextSize(pageSize, limit, len(all))
+				ctx, cancel := c.ctx(cmd)
+				resp, err := c.api.ListListeners(ctx, req)
+				cancel()
+				if err != nil {
+					return pageError(err, page)
+				}
+				all = append(all, resp.GetListeners()...)
+				if resp.GetNextPageToken() == "" || limit > 0 && len(all) >= limit {
+					break
+				}
+				req.PageToken = resp.GetNextPageToken()
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "ID\tADDRESS\tSTATE\tFRAMING\tOPEN\tTOTAL\tBYTES IN\tBYTES OUT\tFRAMES IN")
+			for _, l := range all {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", l.GetListenerId(), l.GetAddress(),
+					strings.ToLower(strings.TrimPrefix(l.GetState().String(), "LISTENER_STATE_")), framingString(l.GetFraming()),
+					l.GetConnectionsActive(), l.GetConnectionsTotal(), l.GetBytesIn(), l.GetBytesOut(), l.GetFramesIn())
+			}
+			return w.Flush()
+		}),
+	}
+	f := cmd.Flags()
+	f.Int32Var(&pageSize, "page-size", 0, "listeners asked for per call (0: the gateway's default, 100; at most 1000)")
+	f.IntVar(&limit, "limit", 0, "list at most this many listeners (0: every one)")
+	return cmd
+}
+
+// connStates are the --state values, as the CLI shows them.
+var connStates = map[string]tcpgatev1.ConnectionState{
+	"open":        tcpgatev1.ConnectionState_CONNECTION_STATE_OPEN,
+	"half-closed": tcpgatev1.ConnectionState_CONNECTION_STATE_HALF_CLOSED,
+	"draining":    tcpgatev1.ConnectionState_CONNECTION_STATE_DRAINING,
+}
+
+// parseConnState reads --state: open, half-closed or draining (the API's
+// names work too); empty means every state.
+func parseConnState(s string) (tcpgatev1.ConnectionState, error) {
+	if s == "" {
+		return tcpgatev1.ConnectionState_CONNECTION_STATE_UNSPECIFIED, nil
+	}
+	key := strings.ReplaceAll(strings.TrimPrefix(strings.ToLower(s), "connection_state_"), "_", "-")
+	if st, ok := connStates[key]; ok {
+		return st, nil
+	}
+	return 0, fmt.Errorf("--state %q: want open, half-closed or draining", s)
+}
+
+// connStateString is a connection's state as --state spells it.
+func connStateString(st tcpgatev1.ConnectionState) string {
+	for name, v := range connStates {
+		if v == st {
+			return name
+		}
+	}
+	return "-"
+}
+
+func newConnsCmd(c *client) *cobra.Command {
+	var (
+		listenerID, state, prefix string
+		pageSize                  int32
+		limit                     int
+	)
+	cmd := &cobra.Command{
+		Use:   "conns [LISTENER]",
+		Short: "List open connections, of one listener or all",
+		Long: "List open connections in the order they were accepted, with their state: open, half-closed\n" +
+			"(the peer shut down its sending side) or draining (their listener is stopping). The filters\n" +
+			"combine. The gateway returns connections a page at a time; conns follows every page unless\n" +
+			"--limit stops it earlier.",
+		Example: "  tcpgate conns\n  tcpgate conns demo\n  tcpgate conns --state half-closed --remote-prefix 10.1.\n" +
+			"  tcpgate conns --listener demo --limit 20",
+		Args: cobra.MaximumNArgs(1),
+		RunE: c.run(func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				if listenerID != "" && listenerID != args[0] {
+					return fmt.Errorf("two listeners: LISTENER %q and --listener %q; give one", args[0], listenerID)
+				}
+				listenerID = args[0]
+			}
+			st, err := parseConnState(state)
+			if err != nil {
+				return err
+			}
+			if err := checkPageFlags(pageSize, limit); err != nil {
+				return err
+			}
+			req := &tcpgatev1.ListConnectionsRequest{ListenerId: listenerID, State: st, RemoteAddressPrefix: prefix}
+			var all []*tcpgatev1.Connection
+			for page := 0; ; page++ {
+				if page == maxPages {
+					return fmt.Errorf("listing connections: more than %d pages", maxPages)
+				}
+				req.PageSize = nextSize(pageSize, limit, len(all))
+				ctx, cancel := c.ctx(cmd)
+				resp, err := c.api.ListConnections(ctx, req)
+				cancel()
+				if err != nil {
+					return pageError(err, page)
+				}
+				all = append(all, resp.GetConnections()...)
+				if resp.GetNextPageToken() == "" || limit > 0 && len(all) >= limit {
+					break
+				}
+				req.PageToken = resp.GetNextPageToken()
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "ID\tLISTENER\tSTATE\tREMOTE\tOPENED\tBYTES IN\tBYTES OUT")
+			for _, cn := range all {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", cn.GetConnectionId(), cn.GetListenerId(), connStateString(cn.GetState()),
+					cn.GetRemoteAddress(), cn.GetOpenedAt().AsTime().Local().Format(time.DateTime), cn.GetBytesIn(), cn.GetBytesOut())
+			}
+			return w.Flush()
+		}),
+	}
+	f := cmd.Flags()
+	f.StringVar(&listenerID, "listener", "", "only the connections of this listener (as the LISTENER argument)")
+	f.StringVar(&state, "state", "", "only connections in this state: open, half-closed or draining")
+	f.StringVar(&prefix, "remote-prefix", "", `only connections whose remote address starts with this ("10.1.", "[::1]:")`)
+	f.Int32Var(&pageSize, "page-size", 0, "connections asked for per call (0: the gateway's default, 100; at most 1000)")
+	f.IntVar(&limit, "limit", 0, "list at most this many connections (0: every one)")
+	return cmd
+}
+
+func newConnCmd(c *client) *cobra.Command {
+	return &cobra.Command{
+		Use:     "conn CONNECTION",
+		Aliases: []string{"connection"},
+		Short:   "Show one open connection with its state and counters",
+		Example: "  tcpgate conn c-k3v9q2m7xa",
+		Args:    needArgs("CONNECTION"),
+		RunE: c.run(func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := c.ctx(cmd)
+			defer cancel()
+			resp, err := c.api.GetConnection(ctx, &tcpgatev1.GetConnectionRequest{ConnectionId: args[0]})
+			if err != nil {
+				return err
+			}
+			cn := resp.GetConnection()
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			for _, row := range [][2]string{
+				{"id", cn.GetConnectionId()},
+				{"listener", cn.GetListenerId()},
+				{"state", connStateString(cn.GetState())},
+				{"remote", cn.GetRemoteAddress()},
+				{"local", cn.GetLocalAddress()},
+				{"peer subject", cn.GetPeerSubject()},
+				{"opened", cn.GetOpenedAt().AsTime().Local().Format(time.DateTime)},
+				{"bytes in", fmt.Sprint(cn.GetBytesIn())},
+				{"bytes out", fmt.Sprint(cn.GetBytesOut())},
+				{"frames in", fmt.Sprint(cn.GetFramesIn())},
+				{"frames out", fmt.Sprint(cn.GetFramesOut())},
+			} {
+				if row[1] != "" {
+					fmt.Fprintf(w, "%s:\t%s\n", row[0], row[1])
+				}
+			}
+			return w.Flush()
+		}),
+	}
+}

@@ -151,11 +151,11 @@ type Registry struct {
 	ctx    context.Context // ends every connection's waits at Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // accept loops and connection goroutines
-	totals conn.Counters // over every connection ever
+	totals conn.Counters  // over every connection ever
 	// accepted counts every accepted connection, refused ones included.
 	accepted atomic.Uint64
-	writes *conn.WriteBudget
-	closed [event.ReasonReplyTimeout + 1]atomic.Uint64
+	writes   *conn.WriteBudget
+	closed   [event.ReasonReplyTimeout + 1]atomic.Uint64
 	// refusedLog is when a refusal was last logged (unix nanoseconds), so
 	// that a flood of refused connections logs one line a second.
 	refusedLog atomic.Int64

@@ -51,6 +51,7 @@ func TestToStatusSentinels(t *testing.T) {
 		pemfile.ErrNotAllowed:        codes.InvalidArgument,
 		pemfile.ErrTooLarge:          codes.InvalidArgument,
 		hub.ErrFilterTooLarge:        codes.InvalidArgument,
+		hub.ErrSequenceOutOfRange:    codes.OutOfRange,
 		context.DeadlineExceeded:     codes.DeadlineExceeded,
 		context.Canceled:             codes.Canceled,
 	}

@@ -88,4 +88,3 @@ func TestParseEventID(t *testing.T) {
 		}
 	}
 }
-

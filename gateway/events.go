@@ -206,7 +206,7 @@ func (g *Gateway) endStream(w io.Writer, sse bool, err error) {
 	}
 	st := status.Convert(err)
 	if errors.Is(err, context.Canceled) || st.Code() == codes.Canceled {
-		st = rpc.StatusOf(codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN, "gateway shutting down; resubscribe with since_sequence to resume", nil)
+		st = rpc.StatusOf(codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN, "gateway shutting down; resubscribe with since_incarnation and since_sequence (the last sequence seen + 1) to resume", nil)
 	}
 	b, merr := protojson.Marshal(st.Proto())
 	if merr != nil {

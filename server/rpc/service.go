@@ -654,7 +654,7 @@ func checkFilterIDs(field string, ids []string) error {
 // err, with ctx the stream's context.
 func (s *Service) streamError(ctx context.Context, err error) error {
 	if errors.Is(err, hub.ErrClosed) {
-		return Status(codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN, "gateway shutting down; resubscribe with since_sequence to resume", nil)
+		return Status(codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN, "gateway shutting down; resubscribe with since_incarnation and since_sequence (the last sequence seen + 1) to resume", nil)
 	}
 	if ctx.Err() != nil {
 		return s.status(ctx.Err())

@@ -105,6 +105,8 @@ func TestSubscribeStartAtomic(t *testing.T) {
 	for range 50 {
 		s := subscribe(t, h, hub.SubscribeOptions{})
 		last := s.Start().LastSequence
+		// One event at least, should the publisher have finished.
+		publish(h, &event.Event{Kind: event.Data, Data: []byte("y")})
 		evs := next(t, s)
 		s.Close()
 		if evs[0].Sequence != last+1 {

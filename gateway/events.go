@@ -44,24 +44,22 @@ func (g *Gateway) events(w http.ResponseWriter, r *http.Request, _ map[string]st
 		fail(rpc.Status(codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_MALFORMED_REQUEST, fmt.Sprintf("query: %v", err), nil))
 		return
 	}
-	// A reconnecting EventSource sends the URL it first opened, whose
-	// sinceSequence is where that first stream began, and Last-Event-ID,
-	// where it left off: the header wins, or every reconnect would replay
-	// what the page already has.
-	if id := r.Header.Get("Last-Event-ID"); id != "" && sse {
-		seq, err := strconv.ParseUint(strings.TrimSpace(id), 10, 64)
-		if err != nil {
-			fail(rpc.Status(codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_MALFORMED_REQUEST, fmt.Sprintf("Last-Event-ID: %q is not a sequence number", id), map[string]string{rpc.MetaField: "Last-Event-ID"}))
-			return
-		}
-		// An EventSource resumes after the last event it saw.
-		req.SinceSequence = seq + 1
-	}
 	if g.ctx.Err() != nil {
 		fail(rpc.Status(codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN, "gateway shutting down", nil))
 		return
 	}
-	st, err := g.cfg.Events.Subscribe(req)
+	var st *rpc.EventStream
+	var err error
+	if sse {
+		// A reconnecting EventSource sends the URL it first opened, whose
+		// sinceSequence is where that first stream began, and
+		// Last-Event-ID, where it left off: the header wins, or every
+		// reconnect would replay what the page already has. A position
+		// the gateway cannot serve is no error (see SubscribeSSE).
+		st, err = g.cfg.Events.SubscribeSSE(req, r.Header.Get("Last-Event-ID"))
+	} else {
+		st, err = g.cfg.Events.Subscribe(req)
+	}
 	if err != nil {
 		fail(err)
 		return
@@ -106,6 +104,8 @@ func (g *Gateway) events(w http.ResponseWriter, r *http.Request, _ map[string]st
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
 	h.Set("Tcpgate-Last-Sequence", strconv.FormatUint(st.LastSequence(), 10))
+	h.Set("Tcpgate-Incarnation", st.Incarnation())
+	h.Set("Tcpgate-Node-Id", st.NodeID())
 	w.WriteHeader(http.StatusOK)
 	bw := bufio.NewWriterSize(w, 32<<10)
 	// arm gives the writes that follow rpc.StreamWriteTimeout, unless the
@@ -145,7 +145,7 @@ func (g *Gateway) events(w http.ResponseWriter, r *http.Request, _ map[string]st
 		batch, err = st.Next(wait, batch[:0])
 		cancelWait()
 		arm()
-		if werr := writeBatch(bw, sse, batch); werr != nil {
+		if werr := writeBatch(bw, sse, st.Incarnation(), batch); werr != nil {
 			return
 		}
 		clear(batch)
@@ -170,13 +170,16 @@ func (g *Gateway) events(w http.ResponseWriter, r *http.Request, _ map[string]st
 	}
 }
 
-func writeBatch(w *bufio.Writer, sse bool, events []rpc.JSONEvent) error {
+// writeBatch writes events; over SSE, each id is "INCARNATION-SEQUENCE"
+// of the stream's incarnation inc (rpc.AppendEventID).
+func writeBatch(w *bufio.Writer, sse bool, inc string, events []rpc.JSONEvent) error {
+	var id []byte
 	for _, e := range events {
 		if sse {
-			if e.Sequence > 0 {
+			if e.HasID {
 				w.WriteString("id: ")
-				var num [20]byte
-				w.Write(strconv.AppendUint(num[:0], e.Sequence, 10))
+				id = rpc.AppendEventID(id[:0], inc, e.ID)
+				w.Write(id)
 				w.WriteByte('\n')
 			}
 			w.WriteString("data: ")
@@ -203,7 +206,7 @@ func (g *Gateway) endStream(w io.Writer, sse bool, err error) {
 	}
 	st := status.Convert(err)
 	if errors.Is(err, context.Canceled) || st.Code() == codes.Canceled {
-		st = rpc.StatusOf(codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN, "gateway shutting down; resubscribe with since_sequence to resume", nil)
+		st = rpc.StatusOf(codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN, "gateway shutting down; resubscribe with since_incarnation and since_sequence (the last sequence seen + 1) to resume", nil)
 	}
 	b, merr := protojson.Marshal(st.Proto())
 	if merr != nil {

@@ -24,8 +24,14 @@ type eventStream struct {
 	resp  *http.Response
 	lines chan string
 	errc  chan error // why the body ended: nil at a clean EOF
-	// lastSequence is the Tcpgate-Last-Sequence response header.
+	// lastSequence is the Tcpgate-Last-Sequence response header, and
+	// incarnation Tcpgate-Incarnation.
 	lastSequence uint64
+	incarnation  string
+	// started is the STREAM_STARTED event every stream opens with, which
+	// next and nextFrame take aside, and startFrame its SSE block.
+	started    *tcpgatev1.Event
+	startFrame sseFrame
 }
 
 // openEvents GETs /v1/events?query with header and returns once the
@@ -69,6 +75,7 @@ func (r *rest) openEvents(query string, header http.Header) *eventStream {
 		cancel()
 		t.Fatalf("GET %s: Tcpgate-Last-Sequence = %q: %v", path, raw, err)
 	}
+	s.incarnation = resp.Header.Get("Tcpgate-Incarnation")
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -156,7 +163,12 @@ func (s *eventStream) next() (*tcpgatev1.Event, string) {
 	if strings.HasPrefix(line, `{"error"`) {
 		s.t.Fatalf("event stream failed: %s", line)
 	}
-	return decodeEvent(s.t, line), line
+	e := decodeEvent(s.t, line)
+	if s.started == nil && e.GetKind() == tcpgatev1.EventKind_EVENT_KIND_STREAM_STARTED {
+		s.started = e
+		return s.next()
+	}
+	return e, line
 }
 
 // nextOf skips NDJSON events until one of kind arrives.
@@ -185,6 +197,11 @@ func (s *eventStream) nextFrame() sseFrame {
 		line := s.nextLine()
 		if line == "" {
 			if len(f.lines) == 0 {
+				continue
+			}
+			if s.started == nil && strings.Contains(f.data, `"EVENT_KIND_STREAM_STARTED"`) {
+				s.started, s.startFrame = decodeEvent(s.t, f.data), f
+				f = sseFrame{}
 				continue
 			}
 			return f
@@ -227,7 +244,7 @@ func (s *eventStream) nextSSE() *tcpgatev1.Event {
 			s.t.Fatalf("SSE event %q: %s", f.event, f.data)
 		}
 		e := decodeEvent(s.t, f.data)
-		if e.GetSequence() > 0 && f.id != strconv.FormatUint(e.GetSequence(), 10) {
+		if e.GetSequence() > 0 && f.id != s.incarnation+"-"+strconv.FormatUint(e.GetSequence(), 10) {
 			s.t.Fatalf("SSE id %q, event sequence %d", f.id, e.GetSequence())
 		}
 		return e

@@ -85,6 +85,10 @@ type Config struct {
 // Auth is the HTTP side's: it is checked before Subscribe is called.
 type EventSource interface {
 	Subscribe(req *tcpgatev1.SubscribeRequest) (*rpc.EventStream, error)
+	// SubscribeSSE is Subscribe for Server-Sent Events, resuming from
+	// Last-Event-ID, and never refusing a position (see
+	// rpc.EventSource.SubscribeSSE).
+	SubscribeSSE(req *tcpgatev1.SubscribeRequest, lastEventID string) (*rpc.EventStream, error)
 }
 
 // Gateway serves the REST API. Create it with New; Close releases its gRPC
@@ -299,7 +303,7 @@ func (g *Gateway) cors(next http.Handler) http.Handler {
 			h := w.Header()
 			h.Set("Access-Control-Allow-Origin", origin)
 			h.Add("Vary", "Origin")
-			h.Set("Access-Control-Expose-Headers", "Tcpgate-Last-Sequence")
+			h.Set("Access-Control-Expose-Headers", "Tcpgate-Last-Sequence, Tcpgate-Incarnation, Tcpgate-Node-Id")
 			if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
 				h.Set("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
 				h.Set("Access-Control-Allow-Headers", "Content-Type, Authorization, Last-Event-ID")

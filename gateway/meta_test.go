@@ -268,7 +268,7 @@ func TestMetricsCountRESTStreams(t *testing.T) {
 		return regexp.MustCompile(`(?m)^tcpgate_subscribers\{policy="backpressure"\} 0$`).Match(b) &&
 			regexp.MustCompile(`(?m)^tcpgate_grpc_calls_total\{code="Canceled",method="/tcpgate.v1.GatewayService/Subscribe"\} 1$`).Match(b)
 	})
-	resp, b := api.do(http.MethodGet, "/v1/events?kinds=EVENT_KIND_EVENTS_DROPPED", "", nil)
+	resp, b := api.do(http.MethodGet, "/v1/events?kinds=EVENT_KIND_UNSPECIFIED", "", nil)
 	wantError(t, resp, b, http.StatusBadRequest, 3, "kinds[0]")
 	_, b = api.do(http.MethodGet, "/metrics", "", nil)
 	if !regexp.MustCompile(`(?m)^tcpgate_grpc_calls_total\{code="InvalidArgument",method="/tcpgate.v1.GatewayService/Subscribe"\} 1$`).Match(b) {

@@ -52,7 +52,7 @@ func TestEventsSSE(t *testing.T) {
 		t.Fatalf("SSE block %q, want an id: and a data: line", f.lines)
 	}
 	opened := decodeEvent(t, f.data)
-	if opened.GetKind() != tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED || f.id != strconv.FormatUint(opened.GetSequence(), 10) {
+	if opened.GetKind() != tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED || f.id != first.incarnation+"-"+strconv.FormatUint(opened.GetSequence(), 10) {
 		t.Fatalf("first event id %q = %v", f.id, opened)
 	}
 	seen := []*tcpgatev1.Event{opened}
@@ -92,7 +92,7 @@ func TestEventsSSE(t *testing.T) {
 	// A page that opened ?sinceSequence=N reconnects with the same URL and
 	// Last-Event-ID: it resumes after the last event it saw, not from N.
 	since := "sinceSequence=" + strconv.FormatUint(seen[0].GetSequence(), 10)
-	again := api.openEvents(since, sseHeader(strconv.FormatUint(seen[2].GetSequence(), 10)))
+	again := api.openEvents(since, sseHeader(first.incarnation+"-"+strconv.FormatUint(seen[2].GetSequence(), 10)))
 	if got := again.nextSSE(); describe(got) != describe(seen[3]) {
 		t.Fatalf("%s with Last-Event-ID %d: first event %s, want %s", since, seen[2].GetSequence(), describe(got), describe(seen[3]))
 	}

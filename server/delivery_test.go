@@ -54,6 +54,7 @@ func TestBackpressureLossless(t *testing.T) {
 	if _, err := cl.Header(); err != nil {
 		t.Fatal(err)
 	}
+	recvStarted(t, cl)
 
 	var maxHeap atomic.Uint64
 	stopSampling := make(chan struct{})
@@ -159,6 +160,7 @@ func TestDropOldestAccounting(t *testing.T) {
 	if _, err := stuck.Header(); err != nil {
 		t.Fatal(err)
 	}
+	recvStarted(t, stuck)
 	fast := subscribe(t, g, &tcpgatev1.SubscribeRequest{Kinds: kindData})
 
 	c := dial(t, l.GetAddress())
@@ -233,6 +235,7 @@ func TestDisconnectAndResume(t *testing.T) {
 	if _, err := slow.Header(); err != nil {
 		t.Fatal(err)
 	}
+	recvStarted(t, slow)
 	fast := subscribe(t, g, &tcpgatev1.SubscribeRequest{Kinds: kindData})
 	c := dial(t, l.GetAddress())
 	for i := 0; i < n; i += burst {

@@ -748,6 +748,9 @@ func faultSubscribe(ctx context.Context, g *servertest.Gateway, req *tcpgatev1.S
 		}
 		return nil, errors.New("subscription started without headers")
 	}
+	if first, err := cl.Recv(); err != nil || first.GetEvents()[0].GetKind() != tcpgatev1.EventKind_EVENT_KIND_STREAM_STARTED {
+		return nil, fmt.Errorf("first response %v, %v, want STREAM_STARTED", first, err)
+	}
 	return cl, nil
 }
 

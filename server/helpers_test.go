@@ -52,6 +52,7 @@ func subscribe(t *testing.T, g *servertest.Gateway, req *tcpgatev1.SubscribeRequ
 		cancel()
 		t.Fatalf("Subscribe headers: %v", err)
 	}
+	recvStarted(t, cl)
 	s := &stream{t: t, events: make(chan *tcpgatev1.Event, 1<<16), errc: make(chan error, 1), cancel: cancel}
 	go func() {
 		defer close(s.events)

@@ -149,6 +149,9 @@ type Config struct {
 	// MaxDrainTimeout bounds StopListener's drain_timeout; 0 means
 	// DefaultMaxDrainTimeout.
 	MaxDrainTimeout time.Duration
+	// NodeID names this gateway in every ResponseHeader and event stream
+	// (--node-id); empty means the host name (rpc.DefaultNodeID).
+	NodeID string
 	// Logger receives the gateway's logs; nil means slog.Default().
 	Logger *slog.Logger
 
@@ -234,6 +237,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxWriteBufferBytes < 0 {
 		return nil, fmt.Errorf("--max-write-buffer-bytes %d: must be positive, or 0 for %d", cfg.MaxWriteBufferBytes, DefaultMaxWriteBufferBytes)
 	}
+	if err := rpc.CheckNodeID(cfg.NodeID); err != nil {
+		return nil, fmt.Errorf("--node-id: %w", err)
+	}
 	if err := checkExposure(cfg); err != nil {
 		return nil, err
 	}
@@ -301,6 +307,7 @@ func New(cfg Config) (*Server, error) {
 		IdleTimeout:            cfg.IdleTimeout,
 		MaxSendBytes:           cfg.MaxSendBytes,
 		TLSFiles:               tlsFiles,
+		NodeID:                 cfg.NodeID,
 		Logger:                 log,
 	})
 

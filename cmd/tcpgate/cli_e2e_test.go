@@ -55,7 +55,7 @@ func TestCLI(t *testing.T) {
 		if want := "sent 13 bytes to 1 connection(s)"; !strings.Contains(stderr, want) {
 			t.Errorf("send: stderr = %q, want it to say %q", stderr, want)
 		}
-		sub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ data listener=demo conn=c\d+ 13 bytes "Hello, World!"$`))
+		sub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ data listener=demo conn=c-[a-z2-7]{10} 13 bytes "Hello, World!"$`))
 	})
 
 	t.Run("send hex", func(t *testing.T) {
@@ -67,7 +67,7 @@ func TestCLI(t *testing.T) {
 			t.Errorf("send --hex: stderr = %q, want it to say %q", stderr, want)
 		}
 		// 01 02 03 04 is valid UTF-8, so it comes quoted; other bytes as hex.
-		sub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ data listener=demo conn=c\d+ 4 bytes (hex=01020304|"\\x01\\x02\\x03\\x04")$`))
+		sub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ data listener=demo conn=c-[a-z2-7]{10} 4 bytes (hex=01020304|"\\x01\\x02\\x03\\x04")$`))
 	})
 
 	t.Run("send timeout governs the call", func(t *testing.T) {
@@ -111,6 +111,13 @@ func TestCLI(t *testing.T) {
 			t.Errorf("subscribe after SIGINT: %v, want exit status 0; stderr: %s", err, jsonSub.stderr.String())
 		}
 		lines := strings.Split(strings.TrimSuffix(jsonSub.stdout.String(), "\n"), "\n")
+		// The stream's header comes first: STREAM_STARTED.
+		var started eventJSON
+		decodeJSON(t, lines[0], &started)
+		if started.Kind != kindStreamStarted || started.Sequence != 0 || started.Header.Incarnation == "" {
+			t.Errorf("subscribe --format json: first line %s, want STREAM_STARTED with the header", lines[0])
+		}
+		lines = lines[1:]
 		var prev uint64
 		for i, line := range lines {
 			var raw map[string]any
@@ -171,7 +178,7 @@ func TestCLI(t *testing.T) {
 					t.Errorf("subscribe after SIGINT: %v, want exit status 0; stderr: %s", err, p.stderr.String())
 				}
 				for _, e := range jsonLines(p.stdout.String()) {
-					if !slices.Contains(tt.want, e.Kind) {
+					if !slices.Contains(tt.want, e.Kind) && e.Kind != kindStreamStarted {
 						t.Errorf("subscribe --kinds %s printed a %s event (#%d), want only %v", tt.kinds, e.Kind, e.Sequence, tt.want)
 					}
 				}
@@ -201,7 +208,7 @@ func TestCLI(t *testing.T) {
 
 	t.Run("answer and close a connection", func(t *testing.T) {
 		conn, local := dialLocal(t, addr)
-		id := sub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ connection_opened listener=demo conn=(c\d+) remote=`+regexp.QuoteMeta(local)+`$`))[1]
+		id := sub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ connection_opened listener=demo conn=(c-[a-z2-7]{10}) remote=`+regexp.QuoteMeta(local)+`$`))[1]
 
 		out, _ := tg.mustRun(t, "conns", "demo")
 		var row []string
@@ -241,7 +248,7 @@ func TestCLI(t *testing.T) {
 		hsub := tg.start(t, "subscribe", "--listener", "hc")
 		hsub.sync(t, m[1])
 		conn, local := dialLocal(t, m[1])
-		id := hsub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ connection_opened listener=hc conn=(c\d+) remote=`+regexp.QuoteMeta(local)+`$`))[1]
+		id := hsub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ connection_opened listener=hc conn=(c-[a-z2-7]{10}) remote=`+regexp.QuoteMeta(local)+`$`))[1]
 		if _, err := conn.Write([]byte("GET status")); err != nil {
 			t.Fatal(err)
 		}
@@ -288,7 +295,7 @@ func TestCLI(t *testing.T) {
 
 	t.Run("stop with drain", func(t *testing.T) {
 		held, local := dialLocal(t, addr)
-		sub.waitMatch(t, regexp.MustCompile(`(?m) connection_opened listener=demo conn=c\d+ remote=`+regexp.QuoteMeta(local)+`$`))
+		sub.waitMatch(t, regexp.MustCompile(`(?m) connection_opened listener=demo conn=c-[a-z2-7]{10} remote=`+regexp.QuoteMeta(local)+`$`))
 
 		const drain = time.Second
 		start := time.Now()
@@ -308,7 +315,7 @@ func TestCLI(t *testing.T) {
 		} else {
 			ln.Close()
 		}
-		sub.waitMatch(t, regexp.MustCompile(`(?m)connection_closed listener=demo conn=c\d+ remote=`+regexp.QuoteMeta(local)+` reason=listener_stopped$`))
+		sub.waitMatch(t, regexp.MustCompile(`(?m)connection_closed listener=demo conn=c-[a-z2-7]{10} remote=`+regexp.QuoteMeta(local)+` reason=listener_stopped$`))
 		sub.waitMatch(t, regexp.MustCompile(`(?m) listener_stopped listener=demo address=`+regexp.QuoteMeta(addr)+`$`))
 	})
 

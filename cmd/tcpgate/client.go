@@ -427,7 +427,7 @@ func newCloseCmd(c *client) *cobra.Command {
 	return &cobra.Command{
 		Use:     "close CONNECTION",
 		Short:   "Close one accepted connection",
-		Example: "  tcpgate close c7",
+		Example: "  tcpgate close c-k3v9q2m7xa   # an id that conns or subscribe printed",
 		Args:    needArgs("CONNECTION"),
 		RunE: c.run(func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := c.ctx(cmd)
@@ -459,7 +459,7 @@ func newSendCmd(c *client) *cobra.Command {
 			"  tcpgate send 127.0.0.1:9000 --hex 01020304\n" +
 			"  tcpgate send 127.0.0.1:7000 PING --newline --await line   # a line protocol\n" +
 			"  printf 'GET / HTTP/1.0\\r\\n\\r\\n' | tcpgate send example.test:80 --stdin --await close\n" +
-			"  tcpgate send --to-conn c7 'hello back'\n" +
+			"  tcpgate send --to-conn c-k3v9q2m7xa 'hello back'\n" +
 			"  tcpgate send --to-listener demo 'to everyone'",
 		Args: cobra.MaximumNArgs(2),
 		RunE: c.run(func(cmd *cobra.Command, args []string) error {
@@ -645,18 +645,42 @@ var policyNames = map[string]tcpgatev1.SlowConsumerPolicy{
 func newSubscribeCmd(c *client) *cobra.Command {
 	var (
 		listeners, conns, kinds []string
-		since                   uint64
+		since, sinceInc         string
 		policy, format          string
 	)
 	cmd := &cobra.Command{
 		Use:   "subscribe",
 		Short: "Print events as they happen, one line each, until interrupted",
+		Long: "Print events as they happen, one line each, until interrupted.\n\n" +
+			"The first line, stream_started, names the gateway's incarnation (its sequence\n" +
+			"space: a new one at every start), its node and its newest sequence, and says\n" +
+			"how to resume: --since INCARNATION-SEQUENCE replays from SEQUENCE of that\n" +
+			"incarnation. After the last event #N you saw, resume with\n" +
+			"--since INCARNATION-(N+1): nothing is missed that the gateway still holds,\n" +
+			"and EVENTS_DROPPED says how many it no longer had. If the gateway restarted\n" +
+			"meanwhile, an incarnation_changed line follows and the replay starts from\n" +
+			"what the new gateway holds: sequences start again, so tell events apart by\n" +
+			"(incarnation, sequence), never by sequence alone.",
 		Example: "  tcpgate subscribe\n" +
 			"  tcpgate subscribe --listener demo --kinds data\n" +
-			"  tcpgate subscribe --since 1 --format json | jq .text",
+			"  tcpgate subscribe --since 1 --format json | jq .text\n" +
+			"  tcpgate subscribe --since hb4k2xq7zv3wma6c-42   # resume at 42 of that incarnation",
 		Args: cobra.NoArgs,
 		RunE: c.run(func(cmd *cobra.Command, _ []string) error {
-			req := &tcpgatev1.SubscribeRequest{ListenerIds: listeners, ConnectionIds: conns, SinceSequence: since}
+			req := &tcpgatev1.SubscribeRequest{ListenerIds: listeners, ConnectionIds: conns, SinceIncarnation: sinceInc}
+			if since != "" {
+				inc, seq, err := parseSince(since)
+				if err != nil {
+					return err
+				}
+				if inc != "" && sinceInc != "" && inc != sinceInc {
+					return fmt.Errorf("--since %s names incarnation %s, --since-incarnation %s: give one", since, inc, sinceInc)
+				}
+				req.SinceSequence = seq
+				if inc != "" {
+					req.SinceIncarnation = inc
+				}
+			}
 			for _, k := range kinds {
 				kind, err := parseKind(k)
 				if err != nil {
@@ -705,10 +729,28 @@ func newSubscribeCmd(c *client) *cobra.Command {
 	f.StringArrayVar(&listeners, "listener", nil, "only events of this listener (repeatable)")
 	f.StringArrayVar(&conns, "conn", nil, "only events of this connection (repeatable)")
 	f.StringSliceVar(&kinds, "kinds", nil, "only these kinds, comma-separated: listener_started, listener_stopped, connection_opened, data, connection_closed (or EVENT_KIND_DATA, ...)")
-	f.Uint64Var(&since, "since", 0, "replay from this sequence before live events (0: live only)")
+	f.StringVar(&since, "since", "", "replay from this sequence before live events: INCARNATION-SEQUENCE, or SEQUENCE of the gateway's incarnation (default: live only)")
+	f.StringVar(&sinceInc, "since-incarnation", "", "the incarnation --since SEQUENCE belongs to, as stream_started printed it")
 	f.StringVar(&policy, "policy", "drop-oldest", "when this subscriber falls behind: drop-oldest, disconnect or backpressure")
 	f.StringVar(&format, "format", "text", "text or json (one protojson object per line)")
 	return cmd
+}
+
+// parseSince reads --since: INCARNATION-SEQUENCE, as an SSE id or a
+// stream_started line gives them, or a bare SEQUENCE.
+func parseSince(v string) (inc string, seq uint64, err error) {
+	num := v
+	if i := strings.LastIndexByte(v, '-'); i >= 0 {
+		inc, num = v[:i], v[i+1:]
+		if inc == "" {
+			return "", 0, fmt.Errorf("--since %q: want INCARNATION-SEQUENCE or SEQUENCE", v)
+		}
+	}
+	seq, err = strconv.ParseUint(num, 10, 64)
+	if err != nil {
+		return "", 0, fmt.Errorf("--since %q: want INCARNATION-SEQUENCE or SEQUENCE, such as hb4k2xq7zv3wma6c-42", v)
+	}
+	return inc, seq, nil
 }
 
 // eventLine renders an event as one line of text.
@@ -732,6 +774,12 @@ func eventLine(e *tcpgatev1.Event) string {
 			strings.ToLower(strings.TrimPrefix(e.GetCloseReason().String(), "CLOSE_REASON_")))
 	case tcpgatev1.EventKind_EVENT_KIND_EVENTS_DROPPED:
 		fmt.Fprintf(&b, " dropped=%d", e.GetDropped())
+	case tcpgatev1.EventKind_EVENT_KIND_STREAM_STARTED:
+		h := e.GetHeader()
+		fmt.Fprintf(&b, " incarnation=%s node=%s last_sequence=%d (resume after #N with --since %s-N+1)",
+			h.GetIncarnation(), h.GetNodeId(), h.GetLastSequence(), h.GetIncarnation())
+	case tcpgatev1.EventKind_EVENT_KIND_INCARNATION_CHANGED:
+		fmt.Fprintf(&b, " incarnation=%s (the gateway restarted: sequences start again, replaying what it holds)", e.GetHeader().GetIncarnation())
 	}
 	if e.GetPartial() {
 		b.WriteString(" partial") // an unfinished frame, right before the close

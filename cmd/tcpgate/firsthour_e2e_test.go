@@ -56,7 +56,7 @@ func TestCLIFirstHour(t *testing.T) {
 		sub := tg.start(t, "subscribe", "--listener", "lines")
 		sub.sync(t, addr)
 		conn, local := dialLocal(t, addr)
-		id := sub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ connection_opened listener=lines conn=(c\d+) remote=`+regexp.QuoteMeta(local)+`$`))[1]
+		id := sub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ connection_opened listener=lines conn=(c-[a-z2-7]{10}) remote=`+regexp.QuoteMeta(local)+`$`))[1]
 		// The client answers the line it reads with one of its own.
 		done := make(chan error, 1)
 		go func() {

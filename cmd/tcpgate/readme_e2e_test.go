@@ -246,8 +246,11 @@ func sseEvents(out string) ([]eventJSON, error) {
 			if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &e); err != nil {
 				return nil, fmt.Errorf("data line %q: %v", line, err)
 			}
-			if id != fmt.Sprint(e.Sequence) {
-				return nil, fmt.Errorf("data line %q after id %q, want the id to be its sequence", line, id)
+			// An id is INCARNATION-SEQUENCE: the event's sequence, or
+			// on STREAM_STARTED the one its stream starts after.
+			_, seq, _ := strings.Cut(id, "-")
+			if e.Sequence != 0 && seq != fmt.Sprint(e.Sequence) || e.Kind == kindStreamStarted && seq == "" {
+				return nil, fmt.Errorf("data line %q after id %q, want the id to end in its sequence", line, id)
 			}
 			id = ""
 			evs = append(evs, e)
@@ -302,13 +305,10 @@ func testReadmeGrpcurl(t *testing.T, blocks []codeBlock) {
 					}
 				}
 			}
-			if m := regexp.MustCompile(`"connection_id": "(c\d+)"`).FindStringSubmatch(text); m != nil {
-				if clientID == "" {
-					t.Fatalf("README.md:%d: sends to connection %s, but the test opened none", c.line, m[1])
-				}
-				if m[1] != clientID {
-					t.Logf("README.md:%d: connection id %s is %s here (the sync probes made connections too)", c.line, m[1], clientID)
-					text = strings.Replace(text, m[0], `"connection_id": "`+clientID+`"`, 1)
+			if strings.Contains(text, `"connection_id"`) && strings.Contains(text, "Send") {
+				// The README takes the id from ListConnections, as C.
+				if clientID == "" || sh.vars["C"] != clientID {
+					t.Fatalf("README.md:%d: sends to connection C=%q, want the client's %q", c.line, sh.vars["C"], clientID)
 				}
 			}
 
@@ -481,15 +481,12 @@ func testReadmeCLI(t *testing.T, blocks []codeBlock) {
 			}
 			var local string
 			client, local = dialLocal(t, laddr)
-			clientID = sub.waitMatch(t, regexp.MustCompile(`(?m) connection_opened listener=demo conn=(c\d+) remote=`+regexp.QuoteMeta(local)+`$`))[1]
+			clientID = sub.waitMatch(t, regexp.MustCompile(`(?m) connection_opened listener=demo conn=(c-[a-z2-7]{10}) remote=`+regexp.QuoteMeta(local)+`$`))[1]
 		}
-		if m := regexp.MustCompile(`--to-conn (c\d+)\b`).FindStringSubmatch(text); m != nil {
-			if clientID == "" {
-				t.Fatalf("README.md:%d: sends to connection %s, but the test opened none", c.line, m[1])
-			}
-			if m[1] != clientID {
-				t.Logf("README.md:%d: connection id %s is %s here", c.line, m[1], clientID)
-				text = strings.Replace(text, m[0], "--to-conn "+clientID, 1)
+		if strings.Contains(text, "--to-conn ") {
+			// The README takes the id from conns, as C.
+			if clientID == "" || sh.vars["C"] != clientID {
+				t.Fatalf("README.md:%d: sends to connection C=%q, want the client's %q", c.line, sh.vars["C"], clientID)
 			}
 		}
 
@@ -536,7 +533,7 @@ func testReadmeCLI(t *testing.T, blocks []codeBlock) {
 	if sub == nil {
 		t.Fatal("README section \"From the terminal with the tcpgate CLI\" has no subscribe in the background")
 	}
-	sub.waitMatch(t, regexp.MustCompile(`(?m) data listener=demo conn=c\d+ 13 bytes "Hello, World!"$`))
+	sub.waitMatch(t, regexp.MustCompile(`(?m) data listener=demo conn=c-[a-z2-7]{10} 13 bytes "Hello, World!"$`))
 	sub.waitMatch(t, regexp.MustCompile(`(?m) listener_stopped listener=demo `))
 	g.d.stop(t)
 }
@@ -698,6 +695,10 @@ func readmeEnv(extra ...string) []string {
 
 var (
 	assignment = regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_]*)=(\S+)$`)
+	// capture is a variable set from a command's output, C=$(...): the
+	// test runs the command and gives the variable to the commands after
+	// it, as the user's shell would.
+	capture = regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_]*)=\$\((.*)\)(\s+#.*)?$`)
 	// hostPort finds the addresses a command names.
 	hostPort = regexp.MustCompile(`127\.0\.0\.1:(\d+)`)
 	// readmePorts are the README's fixed ports of the gateway.
@@ -713,6 +714,19 @@ func (sh *snippetShell) prepare(t *testing.T, c shellCommand) (string, bool) {
 		t.Fatalf("README.md:%d: %s: an alias is not expanded in a script; use a function", c.line, c.text)
 	}
 	if strings.HasPrefix(c.text, "grpcurl() {") {
+		return "", false
+	}
+	if m := capture.FindStringSubmatch(c.text); m != nil {
+		inner, ok := sh.prepare(t, shellCommand{text: m[2], line: c.line})
+		if !ok {
+			t.Fatalf("README.md:%d: %s: the command substitution is no command", c.line, c.text)
+		}
+		v := strings.TrimSpace(sh.mustRun(t, c, inner))
+		if v == "" {
+			t.Fatalf("README.md:%d: %s set %s to nothing", c.line, c.text, m[1])
+		}
+		sh.vars[m[1]] = v
+		sh.env = append(sh.env, m[1]+"="+v)
 		return "", false
 	}
 	if m := assignment.FindStringSubmatch(c.text); m != nil {

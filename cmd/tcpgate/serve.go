@@ -100,6 +100,7 @@ func newServeCmd() *cobra.Command {
 	f.IntVar(&cfg.MaxReplyBytes, "max-reply-bytes", rpc.MaxFrameLimit, "largest await_reply.max_bytes a Send may ask for; an unset one is 1 MiB or this if smaller (at most 3 MiB)")
 	f.IntVar(&cfg.ListenerMaxConnections, "listener-max-connections", 0, "max_connections of a listener that sets none, and the most one may set (0: no bound of a listener's own)")
 	f.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "close connections silent this long, on listeners that set no idle_timeout (0: never)")
+	f.StringVar(&cfg.NodeID, "node-id", rpc.DefaultNodeID(), "this gateway's name in every response header and event stream: 1 to 64 of A-Z a-z 0-9 . _ ~ -")
 	return cmd
 }
 

@@ -213,7 +213,7 @@ const refMin = 2 << 10
 // with the payload fields in between. The memo is the event's wire format
 // without the element's tag and length and without fields 8 (data) and 9
 // (text), which depend on the subscriber's payload format: memo[:mid] holds
-// fields 1 to 7, memo[mid:] fields 10 to 13 (see tailSize). The memo holds
+// fields 1 to 7, memo[mid:] fields 10 to 14 (see tailSize). The memo holds
 // bytes only, a few dozen of them, to keep small what every event in the
 // replay ring carries.
 
@@ -234,9 +234,19 @@ func memoOf(e *event.Event) ([]byte, error) {
 
 // tailSize is the size of the fields after the payload in e's memo.
 func tailSize(e *event.Event) int {
-	return sizeVarint(fCloseReason, closeReason(e.CloseReason)) +
+	n := sizeVarint(fCloseReason, closeReason(e.CloseReason)) +
 		sizeVarint(fDropped, e.Dropped) + sizeString(fPeerSubject, len(e.PeerSubject)) +
 		sizeVarint(fPartial, btou(e.Partial))
+	if e.Header != nil {
+		n += protowire.SizeTag(fHeader) + protowire.SizeBytes(headerSize(e.Header))
+	}
+	return n
+}
+
+// headerSize is the size of a ResponseHeader's fields.
+func headerSize(h *event.Header) int {
+	return sizeString(fIncarnation, len(h.Incarnation)) + sizeString(fNodeID, len(h.Node)) +
+		sizeVarint(fLastSequence, h.LastSequence)
 }
 
 // element is how one event goes into a response under one payload format.
@@ -296,6 +306,10 @@ const (
 	fDropped       protowire.Number = 11
 	fPeerSubject   protowire.Number = 12
 	fPartial       protowire.Number = 13
+	fHeader        protowire.Number = 14
+	fIncarnation   protowire.Number = 1 // ResponseHeader.incarnation
+	fNodeID        protowire.Number = 2 // ResponseHeader.node_id
+	fLastSequence  protowire.Number = 3 // ResponseHeader.last_sequence
 	fSeconds       protowire.Number = 1 // Timestamp.seconds
 	fNanos         protowire.Number = 2 // Timestamp.nanos
 )
@@ -317,6 +331,9 @@ func encodeEvent(e *event.Event) ([]byte, error) {
 		{fRemoteAddress, "remote_address", e.RemoteAddr},
 		{fLocalAddress, "local_address", e.LocalAddr},
 		{fPeerSubject, "peer_subject", e.PeerSubject},
+	}
+	if h := e.Header; h != nil && (!utf8.ValidString(h.Incarnation) || !utf8.ValidString(h.Node)) {
+		return nil, fmt.Errorf("proto: field tcpgate.v1.Event.header contains invalid UTF-8")
 	}
 	for _, f := range strs {
 		if !utf8.ValidString(f.s) {
@@ -351,6 +368,13 @@ func encodeEvent(e *event.Event) ([]byte, error) {
 	b = appendVarint(b, fDropped, e.Dropped)
 	b = appendString(b, fPeerSubject, e.PeerSubject)
 	b = appendVarint(b, fPartial, btou(e.Partial))
+	if h := e.Header; h != nil {
+		b = protowire.AppendTag(b, fHeader, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(headerSize(h)))
+		b = appendString(b, fIncarnation, h.Incarnation)
+		b = appendString(b, fNodeID, h.Node)
+		b = appendVarint(b, fLastSequence, h.LastSequence)
+	}
 	if len(b) != cap(b) {
 		return nil, fmt.Errorf("tcpgate: encoding event %d: %d bytes, want %d", e.Sequence, len(b), cap(b))
 	}

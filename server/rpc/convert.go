@@ -169,6 +169,10 @@ var eventKinds = map[event.Kind]tcpgatev1.EventKind{
 	event.Data:             tcpgatev1.EventKind_EVENT_KIND_DATA,
 	event.ConnectionClosed: tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED,
 	event.EventsDropped:    tcpgatev1.EventKind_EVENT_KIND_EVENTS_DROPPED,
+	event.StreamStarted:    tcpgatev1.EventKind_EVENT_KIND_STREAM_STARTED,
+	// The markers are never published: the hub's filter takes their kinds
+	// and matches nothing with them.
+	event.IncarnationChanged: tcpgatev1.EventKind_EVENT_KIND_INCARNATION_CHANGED,
 }
 
 func kindFromProto(k tcpgatev1.EventKind) (event.Kind, bool) {
@@ -233,6 +237,15 @@ func eventToProto(dst *tcpgatev1.Event, e *event.Event, f payloadFormat) {
 	dst.Dropped = e.Dropped
 	dst.PeerSubject = e.PeerSubject
 	dst.Partial = e.Partial
+	dst.Header = headerToProto(e.Header)
+}
+
+// headerToProto translates a stream's header; nil stays nil.
+func headerToProto(h *event.Header) *tcpgatev1.ResponseHeader {
+	if h == nil {
+		return nil
+	}
+	return &tcpgatev1.ResponseHeader{Incarnation: h.Incarnation, NodeId: h.Node, LastSequence: h.LastSequence}
 }
 
 func durationFromProto(field string, d *durationpb.Duration, def time.Duration) (time.Duration, error) {

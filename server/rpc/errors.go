@@ -37,6 +37,9 @@ const (
 	MetaLimit = "limit" // the value of the limit reached
 	MetaFlag  = "flag"  // the daemon flag that sets it
 	MetaRule  = "rule"  // the policy rule that denied
+	// MetaLastSequence is the newest event sequence, of a since_sequence
+	// out of range.
+	MetaLastSequence = "last_sequence"
 )
 
 // codeOf maps the engine's sentinel errors to gRPC codes and the reason a
@@ -64,6 +67,7 @@ var codeOf = []struct {
 	{hub.ErrClosed, codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN},
 	{hub.ErrTooManySubscribers, codes.ResourceExhausted, tcpgatev1.ErrorReason_ERROR_REASON_LIMIT_REACHED},
 	{hub.ErrFilterTooLarge, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_FILTER_TOO_LARGE},
+	{hub.ErrSequenceOutOfRange, codes.OutOfRange, tcpgatev1.ErrorReason_ERROR_REASON_SEQUENCE_OUT_OF_RANGE},
 	{dialer.ErrRefused, codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_REFUSED},
 	{dialer.ErrUnreachable, codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_ADDRESS_UNREACHABLE},
 	{dialer.ErrNoReply, codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_NO_REPLY},
@@ -106,6 +110,10 @@ func toStatus(log *slog.Logger, err error) error {
 	var bad *framing.ConfigError
 	if errors.As(err, &bad) {
 		meta = map[string]string{MetaField: bad.Field}
+	}
+	var seq *hub.SequenceError
+	if errors.As(err, &seq) {
+		meta = map[string]string{MetaField: "since_sequence", MetaLastSequence: strconv.FormatUint(seq.Last, 10)}
 	}
 	var denied *policy.DeniedError
 	if errors.As(err, &denied) {

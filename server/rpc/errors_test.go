@@ -55,6 +55,7 @@ func TestToStatusSentinels(t *testing.T) {
 		listener.ErrInvalidFilter:    codes.InvalidArgument,
 		page.ErrInvalidSize:          codes.InvalidArgument,
 		page.ErrInvalidToken:         codes.InvalidArgument,
+		hub.ErrSequenceOutOfRange:    codes.OutOfRange,
 		context.DeadlineExceeded:     codes.DeadlineExceeded,
 		context.Canceled:             codes.Canceled,
 	}

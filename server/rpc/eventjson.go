@@ -23,9 +23,14 @@ import (
 // protojson would build a message, walk it by reflection and allocate for
 // each field.
 func appendEventJSON(b []byte, e *event.Event, f payloadFormat) ([]byte, error) {
+	var inc, node string
+	if e.Header != nil {
+		inc, node = e.Header.Incarnation, e.Header.Node
+	}
 	for _, s := range [...]struct{ name, v string }{
 		{"listener_id", e.ListenerID}, {"connection_id", e.ConnectionID},
 		{"remote_address", e.RemoteAddr}, {"local_address", e.LocalAddr}, {"peer_subject", e.PeerSubject},
+		{"header.incarnation", inc}, {"header.node_id", node},
 	} {
 		if !utf8.ValidString(s.v) {
 			return b, fmt.Errorf("encoding tcpgate.v1.Event.%s as JSON: invalid UTF-8", s.name)
@@ -94,7 +99,42 @@ func appendEventJSON(b []byte, e *event.Event, f payloadFormat) ([]byte, error) 
 		key("partial")
 		b = append(b, "true"...)
 	}
+	if h := e.Header; h != nil {
+		key("header")
+		b = appendHeaderJSON(b, h)
+	}
 	return append(b, '}'), nil
+}
+
+// appendHeaderJSON appends h as protojson writes a ResponseHeader: zero
+// values left out, the sequence as a string.
+func appendHeaderJSON(b []byte, h *event.Header) []byte {
+	b = append(b, '{')
+	sep := false
+	field := func(name string) {
+		if sep {
+			b = append(b, ',')
+		}
+		sep = true
+		b = append(b, '"')
+		b = append(b, name...)
+		b = append(b, '"', ':')
+	}
+	if h.Incarnation != "" {
+		field("incarnation")
+		b = appendJSONString(b, h.Incarnation)
+	}
+	if h.Node != "" {
+		field("nodeId")
+		b = appendJSONString(b, h.Node)
+	}
+	if h.LastSequence != 0 {
+		field("lastSequence")
+		b = append(b, '"')
+		b = strconv.AppendUint(b, h.LastSequence, 10)
+		b = append(b, '"')
+	}
+	return append(b, '}')
 }
 
 func appendEnum(b []byte, name string) []byte {

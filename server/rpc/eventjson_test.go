@@ -123,6 +123,7 @@ var eventSetters = map[protoreflect.Name]func(e *event.Event){
 	"dropped":        func(e *event.Event) { e.Dropped = 9 },
 	"peer_subject":   func(e *event.Event) { e.PeerSubject = "CN=x" },
 	"partial":        func(e *event.Event) { e.Partial = true },
+	"header":         func(e *event.Event) { e.Header = &event.Header{Incarnation: "i", Node: "n", LastSequence: 3} },
 }
 
 // TestEventFieldsCovered walks the Event descriptor: every field must

@@ -139,6 +139,12 @@ func TestErrorReasons(t *testing.T) {
 	_, err := c.ListListeners(ctx, &tcpgatev1.ListListenersRequest{})
 	check("no token", err, "UNAUTHENTICATED", nil, "")
 	actx := authed(ctx)
+	// Before any event: the newest sequence is 0.
+	sub, err := c.Subscribe(actx, &tcpgatev1.SubscribeRequest{SinceSequence: 5})
+	if err == nil {
+		_, err = sub.Recv()
+	}
+	check("since_sequence in the future", err, "SEQUENCE_OUT_OF_RANGE", map[string]string{"last_sequence": "0", "field": "since_sequence"}, "")
 	_, err = c.StartListener(actx, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1", Port: 70000})
 	check("bad port", err, "INVALID_ARGUMENT", map[string]string{"field": "port"}, "port")
 	_, err = c.Send(actx, &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: "127.0.0.1:1"}, Payload: &tcpgatev1.SendRequest_Text{Text: "x"},
@@ -213,6 +219,7 @@ func TestErrorReasons(t *testing.T) {
 	rest("unknown listener", "GET", "/v1/listeners/nope", "", "", nil, 404, "LISTENER_NOT_FOUND", "")
 	rest("garbage page token", "GET", "/v1/connections?pageToken=garbage", "", "", nil, 400, "INVALID_PAGE_TOKEN", "page_token")
 	rest("remote address prefix too long", "GET", "/v1/connections?remoteAddressPrefix="+strings.Repeat("1", 65), "", "", nil, 400, "INVALID_ARGUMENT", "remote_address_prefix")
+	rest("sinceSequence in the future", "GET", "/v1/events?sinceSequence=999999", "", "", nil, 400, "SEQUENCE_OUT_OF_RANGE", "")
 	rest("bad framing field", "POST", "/v1/listeners", "application/json", `{"host":"127.0.0.1","framing":{"mode":"FRAMING_MODE_DELIMITER","maxFrameBytes":999999999}}`, nil, 400, "INVALID_ARGUMENT", "framing.max_frame_bytes")
 	rest("framing without its delimiter", "POST", "/v1/listeners", "application/json", `{"host":"127.0.0.1","framing":{"mode":"FRAMING_MODE_DELIMITER"}}`, nil, 400, "INVALID_ARGUMENT", "framing.delimiter")
 	rest("health of an unknown service", "GET", "/healthz?service=nope", "", "", nil, 404, "UNKNOWN_SERVICE", "")

@@ -41,15 +41,21 @@ func NewEventSource(svc *Service, observe func(err error, start time.Time)) *Eve
 type JSONEvent struct {
 	Sequence uint64
 	JSON     []byte
+	// ID, when HasID, is the sequence the event's SSE id names (see
+	// AppendEventID): its own, or, on STREAM_STARTED, the one before the
+	// first the stream can carry, so that an EventSource that reconnects
+	// before any event resumes exactly where it started. The other
+	// markers have none, so that an EventSource keeps its last.
+	ID    uint64
+	HasID bool
 }
 
 // EventStream is one REST client's subscription. Next is called from one
 // goroutine; Close may be called from any, and must be called.
 type EventStream struct {
 	src    *EventSource
-	sub    *hub.Subscriber
+	sub    *stream
 	format payloadFormat
-	last   uint64
 	start  time.Time
 	batch  []*event.Event
 	// scratch holds the JSON of the last batch when it was not cached.
@@ -63,15 +69,44 @@ type EventStream struct {
 // Subscribe validates req exactly as GatewayService.Subscribe does and
 // starts a subscription. Its errors are gRPC statuses.
 func (es *EventSource) Subscribe(req *tcpgatev1.SubscribeRequest) (*EventStream, error) {
+	return es.subscribe(req, func(*hub.SubscribeOptions) {})
+}
+
+// SubscribeSSE is Subscribe for Server-Sent Events, whose client (a
+// browser's EventSource) stops for good at an error response, and which
+// resumes with lastEventID, the Last-Event-ID header ("" when absent):
+// an id this gateway made (AppendEventID) wins over since_incarnation
+// and since_sequence, as the position the client last had. A position
+// the gateway cannot serve (another incarnation, a sequence it has not
+// reached, an id it did not make) is never an error: the stream opens
+// with STREAM_STARTED and INCARNATION_CHANGED and replays the ring from
+// its start.
+func (es *EventSource) SubscribeSSE(req *tcpgatev1.SubscribeRequest, lastEventID string) (*EventStream, error) {
+	return es.subscribe(req, func(opts *hub.SubscribeOptions) {
+		opts.Lenient = true
+		if lastEventID == "" {
+			return
+		}
+		inc, seq, ok := ParseEventID(lastEventID)
+		if !ok {
+			opts.Resync = true
+			return
+		}
+		// An EventSource resumes after the last event it saw.
+		opts.Incarnation, opts.Since = inc, seq+1
+	})
+}
+
+func (es *EventSource) subscribe(req *tcpgatev1.SubscribeRequest, adjust func(*hub.SubscribeOptions)) (*EventStream, error) {
 	start := time.Now()
 	opts, format, err := es.svc.subscription(req)
 	if err == nil {
-		var sub *hub.Subscriber
-		if sub, err = es.svc.cfg.Hub.Subscribe(opts); err == nil {
+		adjust(&opts)
+		var sub *stream
+		if sub, err = es.svc.openStream(opts); err == nil {
 			es.open.Add(1)
-			return &EventStream{src: es, sub: sub, format: format, last: es.svc.cfg.Hub.LastSequence(), start: start}, nil
+			return &EventStream{src: es, sub: sub, format: format, start: start}, nil
 		}
-		err = es.svc.status(err)
 	}
 	if es.observe != nil {
 		es.observe(err, start)
@@ -81,7 +116,14 @@ func (es *EventSource) Subscribe(req *tcpgatev1.SubscribeRequest) (*EventStream,
 
 // LastSequence is the newest sequence when the subscription started:
 // nothing after it will be missed.
-func (st *EventStream) LastSequence() uint64 { return st.last }
+func (st *EventStream) LastSequence() uint64 { return st.sub.header.LastSequence }
+
+// Incarnation is the gateway's incarnation, which the stream's sequences
+// belong to.
+func (st *EventStream) Incarnation() string { return st.sub.header.Incarnation }
+
+// NodeID is the node id of the gateway that serves the stream.
+func (st *EventStream) NodeID() string { return st.sub.header.Node }
 
 // ShuttingDown is closed when the gateway shuts down: the stream's last
 // writes are then bounded by FinalWriteTimeout. What remains for it (the
@@ -96,7 +138,19 @@ func (st *EventStream) ShuttingDown() <-chan struct{} { return st.src.svc.cfg.Hu
 func (st *EventStream) Next(ctx context.Context, buf []JSONEvent) ([]JSONEvent, error) {
 	var err error
 	st.batch, err = st.sub.Next(ctx, st.batch[:0])
+	from := len(buf)
 	buf, encErr := st.src.cache.encode(st.batch, st.format, buf, st.src.open.Load() > 1, &st.scratch)
+	if encErr == nil {
+		for i, e := range st.batch {
+			je := &buf[from+i]
+			switch {
+			case e.Sequence != 0:
+				je.ID, je.HasID = e.Sequence, true
+			case e.Kind == event.StreamStarted:
+				je.ID, je.HasID = st.sub.start.From-1, true
+			}
+		}
+	}
 	clear(st.batch)
 	if encErr != nil {
 		st.src.svc.log.Error("encoding event as JSON", "error", encErr)

@@ -220,7 +220,7 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 	if err != nil {
 		return nil, s.status(err)
 	}
-	return &tcpgatev1.StartListenerResponse{Listener: listenerToProto(info)}, nil
+	return &tcpgatev1.StartListenerResponse{Listener: listenerToProto(info), Header: s.header()}, nil
 }
 
 // maxHalfClose bounds half_close_timeout: long enough for a handler to
@@ -300,7 +300,7 @@ func (s *Service) StopListener(ctx context.Context, req *tcpgatev1.StopListenerR
 	if err != nil {
 		return nil, s.status(err)
 	}
-	return &tcpgatev1.StopListenerResponse{Listener: listenerToProto(info)}, nil
+	return &tcpgatev1.StopListenerResponse{Listener: listenerToProto(info), Header: s.header()}, nil
 }
 
 // GetListener implements GatewayService.GetListener.
@@ -312,7 +312,7 @@ func (s *Service) GetListener(_ context.Context, req *tcpgatev1.GetListenerReque
 	if err != nil {
 		return nil, s.status(err)
 	}
-	return &tcpgatev1.GetListenerResponse{Listener: listenerToProto(info)}, nil
+	return &tcpgatev1.GetListenerResponse{Listener: listenerToProto(info), Header: s.header()}, nil
 }
 
 // CloseConnection implements GatewayService.CloseConnection.
@@ -324,7 +324,7 @@ func (s *Service) CloseConnection(ctx context.Context, req *tcpgatev1.CloseConne
 	if err != nil {
 		return nil, s.status(err)
 	}
-	return &tcpgatev1.CloseConnectionResponse{Connection: connToProto(info)}, nil
+	return &tcpgatev1.CloseConnectionResponse{Connection: connToProto(info), Header: s.header()}, nil
 }
 
 var awaitModes = map[tcpgatev1.AwaitMode]dialer.AwaitMode{
@@ -584,14 +584,19 @@ func (s *Service) subscription(req *tcpgatev1.SubscribeRequest) (hub.SubscribeOp
 	}
 	for i, k := range req.GetKinds() {
 		ek, ok := kindFromProto(k)
-		if !ok || ek == event.EventsDropped {
+		if !ok {
 			return opts, 0, invalid(fmt.Sprintf("kinds[%d]", i), "%s cannot be filtered on", k)
 		}
+		// The markers (EVENTS_DROPPED, STREAM_STARTED,
+		// INCARNATION_CHANGED) are always sent, whatever the filter: the
+		// hub never publishes them, so naming them matches nothing more.
 		opts.Filter.Kinds = append(opts.Filter.Kinds, ek)
 	}
-	if len(opts.Filter.Kinds) > 0 {
-		// Markers of missed events always reach the subscriber.
-		opts.Filter.Kinds = append(opts.Filter.Kinds, event.EventsDropped)
+	if inc := req.GetSinceIncarnation(); inc != "" {
+		if err := checkID("since_incarnation", inc); err != nil {
+			return opts, 0, err
+		}
+		opts.Incarnation = inc
 	}
 	policy, ok := policies[req.GetSlowConsumer()]
 	if !ok {
@@ -621,7 +626,7 @@ func checkFilterIDs(field string, ids []string) error {
 // err, with ctx the stream's context.
 func (s *Service) streamError(ctx context.Context, err error) error {
 	if errors.Is(err, hub.ErrClosed) {
-		return Status(codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN, "gateway shutting down; resubscribe with since_sequence to resume", nil)
+		return Status(codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN, "gateway shutting down; resubscribe with since_incarnation and since_sequence (the last sequence seen + 1) to resume", nil)
 	}
 	if ctx.Err() != nil {
 		return s.status(ctx.Err())
@@ -635,13 +640,18 @@ func (s *Service) Subscribe(req *tcpgatev1.SubscribeRequest, stream grpc.ServerS
 	if err != nil {
 		return err
 	}
-	sub, err := s.cfg.Hub.Subscribe(opts)
+	sub, err := s.openStream(opts)
 	if err != nil {
-		return s.status(err)
+		return err
 	}
 	defer sub.Close()
-	last := strconv.FormatUint(s.cfg.Hub.LastSequence(), 10)
-	if err := stream.SendHeader(metadata.Pairs(HeaderLastSequence, last)); err != nil {
+	// The newest sequence as the subscription went live, not read again:
+	// an event published since is one the stream carries.
+	if err := stream.SendHeader(metadata.Pairs(
+		HeaderLastSequence, strconv.FormatUint(sub.header.LastSequence, 10),
+		HeaderIncarnation, sub.header.Incarnation,
+		HeaderNodeID, sub.header.Node,
+	)); err != nil {
 		return err
 	}
 

@@ -3102,8 +3102,9 @@ type SubscribeRequest struct {
 	// Only events of these connections; every connection when empty. At most
 	// 1024 ids of at most 64 bytes each.
 	ConnectionIds []string `protobuf:"bytes,2,rep,name=connection_ids,json=connectionIds,proto3" json:"connection_ids,omitempty"`
-	// Only events of these kinds; every kind when empty. EVENTS_DROPPED markers
-	// are always sent.
+	// Only events of these kinds; every kind when empty. The markers
+	// (EVENTS_DROPPED, STREAM_STARTED, INCARNATION_CHANGED) are always sent;
+	// naming them is allowed and changes nothing.
 	Kinds []EventKind `protobuf:"varint,3,rep,packed,name=kinds,proto3,enum=tcpgate.v1.EventKind" json:"kinds,omitempty"`
 	// Start with the replayed events whose sequence is at least this one, then
 	// go on live. 0 means live events only. Resume after a seen sequence N with
@@ -3119,8 +3120,10 @@ type SubscribeRequest struct {
 	// The incarnation since_sequence belongs to (ResponseHeader.incarnation,
 	// or the header of a STREAM_STARTED event). When it is not the gateway's,
 	// the gateway restarted since: the stream sends INCARNATION_CHANGED and
-	// replays from the start of the ring instead of from since_sequence.
-	// Empty means the gateway's own.
+	// replays from the start of the ring instead of from since_sequence
+	// (whatever since_sequence is, 0 included: nothing of the new
+	// incarnation is missed). Empty means the gateway's own. 1 to 64 of
+	// A-Z a-z 0-9 . _ ~ -.
 	SinceIncarnation string `protobuf:"bytes,7,opt,name=since_incarnation,json=sinceIncarnation,proto3" json:"since_incarnation,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache

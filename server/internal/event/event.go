@@ -22,6 +22,12 @@ const (
 	Data
 	ConnectionClosed
 	EventsDropped
+	// StreamStarted opens every stream: Header says who answered and
+	// where the sequence stood as the stream went live.
+	StreamStarted
+	// IncarnationChanged follows StreamStarted when the position a client
+	// resumed from is not in the gateway's sequence space.
+	IncarnationChanged
 )
 
 // String returns the kind's lowercase name.
@@ -39,6 +45,10 @@ func (k Kind) String() string {
 		return "connection_closed"
 	case EventsDropped:
 		return "events_dropped"
+	case StreamStarted:
+		return "stream_started"
+	case IncarnationChanged:
+		return "incarnation_changed"
 	}
 	return "unspecified"
 }
@@ -95,6 +105,17 @@ func (r CloseReason) String() string {
 	return "unspecified"
 }
 
+// Header says which gateway a stream comes from and where its sequence
+// stood when the stream went live.
+type Header struct {
+	// Incarnation names the sequence space (hub.Hub.Incarnation).
+	Incarnation string
+	// Node is the gateway's node id.
+	Node string
+	// LastSequence is the newest sequence when the stream went live.
+	LastSequence uint64
+}
+
 // Event is one thing that happened in the gateway. Once published it is never
 // modified: the same *Event, and the same Data slice, goes to every subscriber.
 type Event struct {
@@ -118,6 +139,9 @@ type Event struct {
 	// Partial marks a Data event whose frame is incomplete: the bytes of a
 	// frame begun but not finished when the connection closed.
 	Partial bool
+	// Header is set on StreamStarted and IncarnationChanged, the markers
+	// that open one stream (they are never published).
+	Header *Header
 	// Retained is how many bytes of memory Data keeps alive beyond its own
 	// length: a frame cut from a larger read shares that read's buffer, and
 	// carries its share of the bytes no frame of the read covers. Counted

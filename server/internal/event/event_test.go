@@ -20,8 +20,10 @@ func TestKindString(t *testing.T) {
 		{event.Data, "data"},
 		{event.ConnectionClosed, "connection_closed"},
 		{event.EventsDropped, "events_dropped"},
+		{event.StreamStarted, "stream_started"},
+		{event.IncarnationChanged, "incarnation_changed"},
 		{event.Kind(-1), "unspecified"},
-		{event.EventsDropped + 1, "unspecified"},
+		{event.IncarnationChanged + 1, "unspecified"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {

@@ -350,7 +350,11 @@ func TestReplayPinsNothingBeyondTheRing(t *testing.T) {
 	defer h.Close()
 	for range subs {
 		// A queue of 1 byte keeps one live event: 100 of them are 6.4 MiB.
-		subscribe(t, h, hub.SubscribeOptions{Since: max(1, h.LastSequence()-14), QueueBytes: 1})
+		since := uint64(1)
+		if last := h.LastSequence(); last > 14 {
+			since = last - 14
+		}
+		subscribe(t, h, hub.SubscribeOptions{Since: since, QueueBytes: 1})
 		publish(h, events(16, payload)...)
 	}
 	runtime.GC()

@@ -84,6 +84,29 @@ var ErrClosed = errors.New("event hub closed")
 // ErrTooManySubscribers is returned by Subscribe at Config.MaxSubscribers.
 var ErrTooManySubscribers = errors.New("too many subscribers")
 
+// ErrSequenceOutOfRange is returned by Subscribe, wrapped in a
+// *SequenceError, for a Since the hub has not reached.
+var ErrSequenceOutOfRange = errors.New("sequence out of range")
+
+// SequenceError refuses a Since past the newest sequence + 1 of the hub's
+// own incarnation: a client cannot have seen what was never published, so
+// it holds a sequence of another sequence space and would silently miss
+// every event until the hub caught up.
+type SequenceError struct {
+	Since, Last uint64
+	Incarnation string
+}
+
+func (e *SequenceError) Error() string {
+	return fmt.Sprintf("subscribing: since_sequence %d is past the newest sequence, %d, of incarnation %s: "+
+		"resume with since_sequence at most %d (the newest + 1), or 0 for live events only; "+
+		"a sequence seen before the gateway restarted goes with since_incarnation set to the incarnation it belongs to",
+		e.Since, e.Last, e.Incarnation, e.Last+1)
+}
+
+// Unwrap returns ErrSequenceOutOfRange.
+func (e *SequenceError) Unwrap() error { return ErrSequenceOutOfRange }
+
 // ErrFilterTooLarge is returned by Subscribe for a filter with more than
 // MaxFilterIDs ids in a list, or an id longer than MaxFilterIDBytes.
 var ErrFilterTooLarge = errors.New("subscribe filter too large")
@@ -234,8 +257,22 @@ func (s *idSet) has(v string) bool {
 type SubscribeOptions struct {
 	Filter Filter
 	// Since, when not 0, replays the events still in the ring whose sequence
-	// is at least Since before the live ones.
-	Since  uint64
+	// is at least Since before the live ones. Past the newest sequence + 1
+	// it is a *SequenceError, unless Lenient.
+	Since uint64
+	// Incarnation is the incarnation Since belongs to; empty means the
+	// hub's. Another one means the hub is not the one the client saw:
+	// the subscription replays the ring from its start, whatever Since,
+	// and its Start is Changed.
+	Incarnation string
+	// Lenient takes a Since past the newest sequence + 1 as one of another
+	// incarnation rather than refusing it: for a client that cannot
+	// survive an error (a browser's EventSource stops for good).
+	Lenient bool
+	// Resync replays the ring from its start, with Start Changed, whatever
+	// Since and Incarnation: the client's position is unknown (an SSE
+	// Last-Event-ID this gateway did not make).
+	Resync bool
 	Policy Policy
 	// QueueBytes bounds the live queue; 0 means DefaultQueueBytes.
 	QueueBytes int
@@ -552,10 +589,25 @@ func (h *Hub) Subscribe(opts SubscribeOptions) (*Subscriber, error) {
 	if h.maxSubscribers > 0 && len(h.subs) >= h.maxSubscribers {
 		return nil, &limits.Error{Doing: "subscribing", Name: "max_subscribers", Flag: "--max-subscribers", Limit: h.maxSubscribers, Err: ErrTooManySubscribers}
 	}
-	if opts.Since > 0 && opts.Since <= h.seq {
+	// Where the subscription starts is decided here, under the lock that
+	// numbers events, so no event falls between the check and the start.
+	since := opts.Since
+	changed := opts.Resync || opts.Incarnation != "" && opts.Incarnation != h.incarnation
+	if !changed && since > h.seq+1 {
+		if !opts.Lenient {
+			return nil, &SequenceError{Since: since, Last: h.seq, Incarnation: h.incarnation}
+		}
+		changed = true
+	}
+	if changed {
+		since = 1 // sequences start again: the whole ring is new to the client
+	}
+	s.start = Start{LastSequence: h.seq, From: h.seq + 1, Changed: changed}
+	if since > 0 && since <= h.seq {
 		// Live events from here on go to the queue; the replay ends right
 		// before them. What the ring no longer holds is a gap (fetchReplay).
-		s.replayNext, s.replayEnd = opts.Since, h.seq+1
+		s.replayNext, s.replayEnd = since, h.seq+1
+		s.start.From = since
 		s.signal()
 	}
 	h.subs = append(h.subs, s)
@@ -564,6 +616,23 @@ func (h *Hub) Subscribe(opts SubscribeOptions) (*Subscriber, error) {
 	}
 	return s, nil
 }
+
+// Start is where a subscription began, decided atomically with it.
+type Start struct {
+	// LastSequence is the newest sequence when the subscription went live:
+	// every later event it matches reaches it (as its policy allows).
+	LastSequence uint64
+	// From is the first sequence the subscription can carry: where its
+	// replay begins, or LastSequence + 1 without one.
+	From uint64
+	// Changed reports that the position the client gave is not in the
+	// hub's sequence space (Incarnation, Lenient, Resync): the
+	// subscription replays the ring from its start.
+	Changed bool
+}
+
+// Start returns where the subscription began.
+func (s *Subscriber) Start() Start { return s.start }
 
 // replayChunk bounds the events fetchReplay takes from the ring under the
 // hub's lock at once, whatever their size.
@@ -722,6 +791,7 @@ type Subscriber struct {
 	limit  int
 	notify chan struct{} // has a value when there may be something to read
 	done   chan struct{} // closed when the subscription ends
+	start  Start         // set by Subscribe; immutable after
 
 	// fit is fitLocked's tally of the queue; guarded by Hub.mu.
 	fit int

@@ -21,6 +21,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
+	"github.com/tcpgate/tcpgate/server/internal/ids"
 	"github.com/tcpgate/tcpgate/server/internal/limits"
 	"github.com/tcpgate/tcpgate/server/internal/page"
 )
@@ -169,11 +170,11 @@ type Registry struct {
 	ctx    context.Context // ends every connection's waits at Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // accept loops and connection goroutines
-	nextID atomic.Uint64  // for generated listener ids
-	connID atomic.Uint64
-	totals conn.Counters // over every connection ever
-	writes *conn.WriteBudget
-	closed [event.ReasonReplyTimeout + 1]atomic.Uint64
+	totals conn.Counters  // over every connection ever
+	// accepted counts every accepted connection, refused ones included.
+	accepted atomic.Uint64
+	writes   *conn.WriteBudget
+	closed   [event.ReasonReplyTimeout + 1]atomic.Uint64
 	// refusedLog is when a refusal was last logged (unix nanoseconds), so
 	// that a flood of refused connections logs one line a second.
 	refusedLog atomic.Int64
@@ -351,10 +352,22 @@ func bindError(addr string, err error) error {
 	}
 }
 
+// newIDLocked returns a random listener id that no listener has. Random
+// rather than counted: an id from before a restart, or of another node,
+// never names a listener of now.
 func (r *Registry) newIDLocked() string {
 	for {
-		id := "l" + strconv.FormatUint(r.nextID.Add(1), 10)
-		if r.listeners[id] == nil {
+		if id := ids.New(ids.Listener); r.listeners[id] == nil {
+			return id
+		}
+	}
+}
+
+// newConnIDLocked returns a random connection id that no open connection
+// has.
+func (r *Registry) newConnIDLocked() string {
+	for {
+		if id := ids.New(ids.Connection); r.conns[id] == nil {
 			return id
 		}
 	}
@@ -392,12 +405,16 @@ func (r *Registry) accept(l *listener) {
 }
 
 func (r *Registry) serve(l *listener, nc net.Conn) {
-	id := "c" + strconv.FormatUint(r.connID.Add(1), 10)
+	r.accepted.Add(1)
 	ip, perIP := r.peerIP(nc)
 	// admitted is set under r.mu when the connection takes its slots, so
 	// that Closed gives back only what was taken.
 	var admitted bool
 	var serial uint64 // its place in the lists once admitted, under r.mu
+	// The id is drawn under r.mu, where it joins r.conns, so that no two
+	// open connections share one; conn.New does no I/O.
+	r.mu.Lock()
+	id := r.newConnIDLocked()
 	c := conn.New(r.ctx, nc, conn.Config{
 		ID:               id,
 		ListenerID:       l.spec.ID,
@@ -430,7 +447,6 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 	})
 	l.total.Add(1)
 
-	r.mu.Lock()
 	var limit string
 	switch {
 	case l.spec.MaxConnections > 0 && len(l.conns) >= l.spec.MaxConnections:
@@ -945,7 +961,7 @@ func (r *Registry) Stats() Stats {
 	r.mu.Lock()
 	st := Stats{Listeners: len(r.listeners), ConnectionsOpen: len(r.conns)}
 	r.mu.Unlock()
-	st.Accepted = r.connID.Load()
+	st.Accepted = r.accepted.Load()
 	st.Closed = make(map[event.CloseReason]uint64, len(r.closed))
 	for i := range r.closed {
 		if n := r.closed[i].Load(); n > 0 {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,17 +26,18 @@ func TestStartIDs(t *testing.T) {
 		id   string
 		want string
 	}{
-		{"", "l1"},
-		{"l3", "l3"}, // caller-chosen, in the generated form
-		{"", "l2"},
-		{"", "l4"}, // skips the taken l3
-		{"my-listener", "my-listener"},
+		{"", `^l-[a-z2-7]{10}$`},           // generated: random, unique across restarts
+		{"l-aaaaaaaaaa", `^l-aaaaaaaaaa$`}, // caller-chosen, in the generated form
+		{"", `^l-[a-z2-7]{10}$`},
+		{"my-listener", `^my-listener$`},
 	}
-	for _, tt := range tests {
+	got := make([]string, len(tests))
+	for i, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {
 			info := start(t, r, listener.Spec{ID: tt.id})
-			if info.ID != tt.want {
-				t.Errorf("ID = %q, want %q", info.ID, tt.want)
+			got[i] = info.ID
+			if !regexp.MustCompile(tt.want).MatchString(info.ID) {
+				t.Errorf("ID = %q, want %s", info.ID, tt.want)
 			}
 			host, port, err := net.SplitHostPort(info.Address)
 			if err != nil || host != "127.0.0.1" || port == "0" {
@@ -64,12 +66,12 @@ func TestStartIDs(t *testing.T) {
 	if len(list) != len(tests) {
 		t.Fatalf("List has %d listeners, want %d", len(list), len(tests))
 	}
-	for i, tt := range tests {
-		if list[i].ID != tt.want {
-			t.Errorf("List[%d] = %q, want %q (oldest first)", i, list[i].ID, tt.want)
+	for i, want := range got {
+		if list[i].ID != want {
+			t.Errorf("List[%d] = %q, want %q (oldest first)", i, list[i].ID, want)
 		}
-		if started[i].ListenerID != tt.want || started[i].LocalAddr != list[i].Address {
-			t.Errorf("listener_started %d: %q at %q, want %q at %q", i, started[i].ListenerID, started[i].LocalAddr, tt.want, list[i].Address)
+		if started[i].ListenerID != want || started[i].LocalAddr != list[i].Address {
+			t.Errorf("listener_started %d: %q at %q, want %q at %q", i, started[i].ListenerID, started[i].LocalAddr, want, list[i].Address)
 		}
 	}
 }

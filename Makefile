@@ -28,7 +28,7 @@ build:
 run: build
 	./$(BIN)/tcpgate serve --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
 
-## test: install what the tests run besides Go (curl, python3: .ci/deps),
+## test: install what the tests run besides Go (curl, jq, python3: .ci/deps),
 ## build everything and run every test with the race detector
 test:
 	./.ci/deps

@@ -17,10 +17,6 @@ import (
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 )
 
-// readmeConnID is the connection id the README's list snippets show, for
-// the test to put a real one in its place.
-const readmeConnID = "c-k3v9q2m7xa"
-
 // connectionsPageJSON is a ListConnectionsResponse as curl and grpcurl
 // print it.
 type connectionsPageJSON struct {
@@ -65,11 +61,12 @@ func TestReadmeListsSnippets(t *testing.T) {
 		if !ok {
 			continue
 		}
-		if strings.Contains(text, readmeConnID) {
-			if len(ids) == 0 {
-				t.Fatalf("README.md:%d: names a connection before the test connected any", c.line)
+		if strings.Contains(text, "$C") {
+			// C was taken from a list the snippet printed: the first
+			// client's connection.
+			if len(ids) == 0 || sh.vars["C"] != ids[0] {
+				t.Fatalf("README.md:%d: %s uses C=%q, want the first client's %q (ids %v)", c.line, text, sh.vars["C"], ids, ids)
 			}
-			text = strings.ReplaceAll(text, readmeConnID, ids[0])
 		}
 		out := sh.mustRun(t, c, text)
 		page := func() connectionsPageJSON {
@@ -129,7 +126,7 @@ func TestReadmeListsSnippets(t *testing.T) {
 			if p := page(); !slices.Equal(pageRemotes(p), remotes[:2]) || p.NextPageToken == "" {
 				t.Errorf("README.md:%d: %s\nprinted %s, want the first two of %v and a nextPageToken", c.line, text, out, remotes)
 			}
-		case len(ids) > 0 && strings.Contains(text, "/v1/connections/"+ids[0]) || strings.Contains(text, service+"/GetConnection"):
+		case strings.Contains(text, "/v1/connections/$C") || strings.Contains(text, service+"/GetConnection"):
 			checked[map[bool]string{true: "grpcurl get", false: "curl get"}[strings.Contains(text, "grpcurl")]] = true
 			var resp struct {
 				Connection struct {

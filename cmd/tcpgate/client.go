@@ -427,7 +427,7 @@ func newCloseCmd(c *client) *cobra.Command {
 	return &cobra.Command{
 		Use:     "close CONNECTION",
 		Short:   "Close one accepted connection",
-		Example: "  tcpgate close c-k3v9q2m7xa   # an id that conns or subscribe printed",
+		Example: "  tcpgate close c-k3v7q2m5xa   # an id that conns or subscribe printed",
 		Args:    needArgs("CONNECTION"),
 		RunE: c.run(func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := c.ctx(cmd)
@@ -459,7 +459,7 @@ func newSendCmd(c *client) *cobra.Command {
 			"  tcpgate send 127.0.0.1:9000 --hex 01020304\n" +
 			"  tcpgate send 127.0.0.1:7000 PING --newline --await line   # a line protocol\n" +
 			"  printf 'GET / HTTP/1.0\\r\\n\\r\\n' | tcpgate send example.test:80 --stdin --await close\n" +
-			"  tcpgate send --to-conn c-k3v9q2m7xa 'hello back'\n" +
+			"  tcpgate send --to-conn c-k3v7q2m5xa 'hello back'\n" +
 			"  tcpgate send --to-listener demo 'to everyone'",
 		Args: cobra.MaximumNArgs(2),
 		RunE: c.run(func(cmd *cobra.Command, args []string) error {

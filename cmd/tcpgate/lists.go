@@ -204,7 +204,7 @@ func newConnCmd(c *client) *cobra.Command {
 		Use:     "conn CONNECTION",
 		Aliases: []string{"connection"},
 		Short:   "Show one open connection with its state and counters",
-		Example: "  tcpgate conn c-k3v9q2m7xa",
+		Example: "  tcpgate conn c-k3v7q2m5xa",
 		Args:    needArgs("CONNECTION"),
 		RunE: c.run(func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := c.ctx(cmd)

@@ -33,7 +33,7 @@ const (
 )
 
 // New returns an id of a kind: the kind's letter, '-', and IDChars random
-// characters, such as "c-k3v9q2m7xa". Callers that keep ids in a map check
+// characters, such as "c-k3v7q2m5xa". Callers that keep ids in a map check
 // the new one is free: a clash is unlikely, not impossible.
 func New(kind byte) string {
 	return string(kind) + "-" + randomChars(IDChars)

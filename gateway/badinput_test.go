@@ -17,6 +17,7 @@ import (
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server"
+	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
 // badHTTPStatus is the HTTP status of each gRPC code that a bad input may
@@ -62,14 +63,14 @@ func badDo(t *testing.T, api *rest, method, path, body string) (*http.Response, 
 	if body != "" {
 		rd = strings.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, api.base+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, api.Base+path, rd)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := api.hc.Do(req)
+	resp, err := api.HTTP.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -111,20 +112,20 @@ func TestBadInputREST(t *testing.T) {
 	start := time.Now()
 	_, api := startREST(t, server.Config{})
 	keep := api.startListener("keep")
-	client := dial(t, keep.GetAddress())
+	client := servertest.Dial(t, keep.GetAddress())
 	var connID string
-	eventually(t, "the client's connection listed", func() bool {
+	servertest.Eventually(t, "the client's connection listed", func() bool {
 		var conns tcpgatev1.ListConnectionsResponse
-		api.call(http.MethodGet, "/v1/connections?listenerId=keep", "", &conns)
+		api.Call(http.MethodGet, "/v1/connections?listenerId=keep", "", &conns)
 		if cs := conns.GetConnections(); len(cs) > 0 {
 			connID = cs[0].GetConnectionId()
 		}
 		return connID != ""
 	})
 	_, keepPort, _ := net.SplitHostPort(keep.GetAddress())
-	refused := refusedAddr(t)
-	silent := peer(t, func(c net.Conn) {
-		_, _ = io.Copy(io.Discard, c) // reads, never answers, until the gateway closes
+	refused := servertest.RefusedAddr(t)
+	silent := servertest.Peer(t, func(c net.Conn) {
+		_, _ = io.Copy(io.Discard, c)
 	})
 
 	_, lim := startREST(t, server.Config{MaxListeners: 2, MaxSendBytes: 1024, MaxSubscribers: 1})
@@ -422,9 +423,9 @@ func TestBadInputREST(t *testing.T) {
 			if resp.StatusCode == http.StatusOK && tt.method == post && tt.path == "/v1/listeners" {
 				// Whether it was meant to start or not, stop it.
 				var started tcpgatev1.StartListenerResponse
-				decode(t, string(body), &started)
+				servertest.Decode(t, string(body), &started)
 				var stopped tcpgatev1.StopListenerResponse
-				a.call(del, "/v1/listeners/"+url.PathEscape(started.GetListener().GetListenerId()), "", &stopped)
+				a.Call(del, "/v1/listeners/"+url.PathEscape(started.GetListener().GetListenerId()), "", &stopped)
 			}
 			problem := badCheck(tt, resp, body)
 			if problem != "" {
@@ -447,13 +448,13 @@ func TestBadInputREST(t *testing.T) {
 	// connection, and no other listener exists.
 	t.Run("state after the table", func(t *testing.T) {
 		var ls tcpgatev1.ListListenersResponse
-		api.call(gt, "/v1/listeners", "", &ls)
+		api.Call(gt, "/v1/listeners", "", &ls)
 		if len(ls.GetListeners()) != 1 || ls.GetListeners()[0].GetListenerId() != "keep" ||
 			ls.GetListeners()[0].GetState() != tcpgatev1.ListenerState_LISTENER_STATE_LISTENING {
 			t.Fatalf("listeners = %v, want keep alone, listening", ls.GetListeners())
 		}
 		api.send(`{"connectionId": "` + connID + `", "text": "ok"}`)
-		if b := readN(t, client, 2); string(b) != "ok" {
+		if b := servertest.ReadN(t, client, 2); string(b) != "ok" {
 			t.Fatalf("client read %q", b)
 		}
 	})
@@ -475,7 +476,7 @@ func badCheck(tt badRESTCase, resp *http.Response, body []byte) string {
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 		return fmt.Sprintf("Content-Type %q, want application/json; body %s", ct, body)
 	}
-	var e apiError
+	var e servertest.APIError
 	if err := json.Unmarshal(body, &e); err != nil {
 		return fmt.Sprintf("error body %q is not JSON: %v", body, err)
 	}

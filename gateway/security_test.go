@@ -22,6 +22,7 @@ import (
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server"
+	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
 // secToken is the gateway's token in these tests.
@@ -126,7 +127,7 @@ func secDo(t *testing.T, r *rest, method, path, body string, header http.Header,
 	if body != "" {
 		rd = strings.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, r.base+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, r.Base+path, rd)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -141,7 +142,7 @@ func secDo(t *testing.T, r *rest, method, path, body string, header http.Header,
 	if host != "" {
 		req.Host = host
 	}
-	resp, err := r.hc.Do(req)
+	resp, err := r.HTTP.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -165,7 +166,7 @@ func secWant401(t *testing.T, what string, resp secResponse) {
 		t.Errorf("%s = %d %s, want 401", what, resp.status, resp.body)
 		return
 	}
-	var e apiError
+	var e servertest.APIError
 	head := strings.HasPrefix(what, "HEAD ") // has no body
 	if err := json.Unmarshal(resp.body, &e); !head && (err != nil || e.Code == nil || *e.Code != 16 || e.Message == "") {
 		t.Errorf("%s: body %s, want JSON with code 16 and a message", what, resp.body)
@@ -379,7 +380,7 @@ func TestDNSRebindingGuard(t *testing.T) {
 		t.Fatal(err)
 	}
 	var reached atomic.Int64
-	target := peer(t, func(net.Conn) { reached.Add(1) })
+	target := servertest.Peer(t, func(net.Conn) { reached.Add(1) })
 	sendBody := `{"address":"` + target + `","text":"from a rebinding page"}`
 
 	forbidden := func(t *testing.T, what string, resp secResponse, mentions string) {
@@ -388,7 +389,7 @@ func TestDNSRebindingGuard(t *testing.T) {
 			t.Errorf("%s = %d %s, want 403", what, resp.status, resp.body)
 			return
 		}
-		var e apiError
+		var e servertest.APIError
 		if err := json.Unmarshal(resp.body, &e); err != nil || e.Code == nil || *e.Code != 7 || !strings.Contains(e.Message, mentions) {
 			t.Errorf("%s: body %s, want JSON with code 7 naming %s", what, resp.body, mentions)
 		}
@@ -463,7 +464,7 @@ func TestDNSRebindingGuard(t *testing.T) {
 		t.Errorf("refused sends reached the peer %d times", n)
 	}
 	var list tcpgatev1.ListListenersResponse
-	api.call(http.MethodGet, "/v1/listeners", "", &list)
+	api.Call(http.MethodGet, "/v1/listeners", "", &list)
 	if len(list.GetListeners()) != 0 {
 		t.Errorf("refused StartListener requests left listeners: %v", list.GetListeners())
 	}
@@ -471,5 +472,5 @@ func TestDNSRebindingGuard(t *testing.T) {
 	if resp := secDo(t, api, http.MethodPost, "/v1/send", sendBody, http.Header{"Origin": {"http://localhost:" + port}}, "localhost:"+port); resp.status != http.StatusOK {
 		t.Fatalf("POST /v1/send from localhost = %d %s", resp.status, resp.body)
 	}
-	eventually(t, "the allowed send reaching the peer", func() bool { return reached.Load() == 1 })
+	servertest.Eventually(t, "the allowed send reaching the peer", func() bool { return reached.Load() == 1 })
 }

@@ -104,7 +104,7 @@ func badConnID(t *testing.T, g *servertest.Gateway, listenerID string) string {
 	t.Helper()
 	deadline := time.Now().Add(wait)
 	for {
-		resp, err := g.Client.ListConnections(ctxT(t), &tcpgatev1.ListConnectionsRequest{ListenerId: listenerID})
+		resp, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{ListenerId: listenerID})
 		if err != nil {
 			t.Fatalf("ListConnections: %v", err)
 		}
@@ -150,8 +150,8 @@ func badDur(secs int64, nanos int32) *durationpb.Duration {
 func TestBadInput(t *testing.T) {
 	start := time.Now()
 	g := servertest.Start(t, server.Config{})
-	keep := startListener(t, g, &tcpgatev1.StartListenerRequest{ListenerId: "keep"})
-	client := dial(t, keep.GetAddress())
+	keep := g.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "keep"})
+	client := servertest.Dial(t, keep.GetAddress())
 	connID := badConnID(t, g, "keep")
 	_, keepPort, _ := net.SplitHostPort(keep.GetAddress())
 	keepPortN, _ := strconv.Atoi(keepPort)
@@ -165,7 +165,7 @@ func TestBadInput(t *testing.T) {
 	}()
 	// silent reads what it is sent and never answers, until the gateway
 	// gives up and closes.
-	silent := peer(t, func(c net.Conn) {
+	silent := servertest.Peer(t, func(c net.Conn) {
 		buf := make([]byte, 512)
 		for {
 			if _, err := c.Read(buf); err != nil {
@@ -177,9 +177,9 @@ func TestBadInput(t *testing.T) {
 	// The limited gateway: two listeners, one subscriber, 1 KiB sends, all
 	// in use by the time its cases run.
 	lim := servertest.Start(t, server.Config{MaxListeners: 2, MaxSendBytes: 1024, MaxSubscribers: 1})
-	full := startListener(t, lim, &tcpgatev1.StartListenerRequest{ListenerId: "full"})
-	startListener(t, lim, &tcpgatev1.StartListenerRequest{ListenerId: "full2"})
-	subscribe(t, lim, &tcpgatev1.SubscribeRequest{})
+	full := lim.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "full"})
+	lim.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "full2"})
+	lim.Subscribe(t, &tcpgatev1.SubscribeRequest{})
 
 	unbindable := badUnbindable()
 
@@ -411,7 +411,7 @@ func TestBadInput(t *testing.T) {
 			if tt.limits {
 				gw = lim
 			}
-			err := badInvoke(ctxT(t), t, gw.Client, tt.req)
+			err := badInvoke(servertest.Context(t), t, gw.Client, tt.req)
 			st := status.Convert(err)
 			t.Logf("%v %q", st.Code(), st.Message())
 			if st.Code() == codes.Unknown || st.Code() == codes.Internal {
@@ -441,7 +441,7 @@ func TestBadInput(t *testing.T) {
 	// is what the setup started, the ids of failed starts are free, the
 	// connection was not closed, and the gateway still works.
 	t.Run("state after the table", func(t *testing.T) {
-		resp, err := g.Client.ListListeners(ctxT(t), &tcpgatev1.ListListenersRequest{})
+		resp, err := g.Client.ListListeners(servertest.Context(t), &tcpgatev1.ListListenersRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -453,22 +453,22 @@ func TestBadInput(t *testing.T) {
 			t.Fatalf("listeners = %v, want [keep]", ids)
 		}
 		for _, id := range []string{"hostport", "unbindable", "inuse"} {
-			startListener(t, g, &tcpgatev1.StartListenerRequest{ListenerId: id})
+			g.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: id})
 		}
-		got, err := g.Client.GetListener(ctxT(t), &tcpgatev1.GetListenerRequest{ListenerId: "keep"})
+		got, err := g.Client.GetListener(servertest.Context(t), &tcpgatev1.GetListenerRequest{ListenerId: "keep"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if l := got.GetListener(); l.GetState() != tcpgatev1.ListenerState_LISTENER_STATE_LISTENING || l.GetConnectionsActive() != 1 {
 			t.Fatalf("keep = %v, want listening with its one connection", l)
 		}
-		if _, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ConnectionId{ConnectionId: connID}, Payload: badText("ok")}); err != nil {
+		if _, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ConnectionId{ConnectionId: connID}, Payload: badText("ok")}); err != nil {
 			t.Fatalf("Send to the kept connection: %v", err)
 		}
-		if b := readN(t, client, 2); string(b) != "ok" {
+		if b := servertest.ReadN(t, client, 2); string(b) != "ok" {
 			t.Fatalf("client read %q", b)
 		}
-		lresp, err := lim.Client.ListListeners(ctxT(t), &tcpgatev1.ListListenersRequest{})
+		lresp, err := lim.Client.ListListeners(servertest.Context(t), &tcpgatev1.ListListenersRequest{})
 		if err != nil || len(lresp.GetListeners()) != 2 {
 			t.Fatalf("limited gateway listeners = %v, %v; want 2", lresp.GetListeners(), err)
 		}
@@ -510,9 +510,9 @@ func TestMalformedProtobuf(t *testing.T) {
 		full := "/" + tcpgatev1.GatewayService_ServiceDesc.ServiceName + "/" + method
 		if !stream {
 			var resp []byte
-			return g.Conn.Invoke(ctxT(t), full, req, &resp, grpc.ForceCodec(rawCodec{}))
+			return g.Conn.Invoke(servertest.Context(t), full, req, &resp, grpc.ForceCodec(rawCodec{}))
 		}
-		ctx, cancel := context.WithCancel(ctxT(t))
+		ctx, cancel := context.WithCancel(servertest.Context(t))
 		defer cancel()
 		st, err := g.Conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, full, grpc.ForceCodec(rawCodec{}))
 		if err != nil {

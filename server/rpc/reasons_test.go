@@ -170,7 +170,7 @@ func TestErrorReasons(t *testing.T) {
 	check("dial denied", err, "POLICY_DENIED", map[string]string{"rule": "0.0.0.0"}, "")
 	_, err = healthpb.NewHealthClient(g.Conn).Check(ctx, &healthpb.HealthCheckRequest{Service: "nope"})
 	check("health of an unknown service", err, "UNKNOWN_SERVICE", nil, "")
-	closed := freePort(t)
+	closed := servertest.RefusedAddr(t)
 	_, err = c.Send(actx, &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: closed}, Payload: &tcpgatev1.SendRequest_Text{Text: "x"}})
 	check("refused", err, "CONNECTION_REFUSED", nil, "")
 
@@ -223,16 +223,4 @@ func TestErrorReasons(t *testing.T) {
 			t.Errorf("no error path produces ErrorReason %s", r)
 		}
 	}
-}
-
-// freePort returns a loopback address nothing listens on.
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
 }

@@ -34,6 +34,7 @@ type secRoute struct {
 	method   string
 	template string // the path with its {parameters}
 	path     string // the path with parameters filled in
+	body     string // the rule's body: "*" for the whole request, "" for none
 }
 
 func (r secRoute) String() string { return r.method + " " + r.template }
@@ -45,9 +46,9 @@ var secParam = regexp.MustCompile(`\{([^}=]+)(=[^}]*)?\}`)
 var secParamValues = map[string]string{"listener_id": "sec-l", "connection_id": "nope"}
 
 // secRule matches the lines of gateway_http.yaml that matter here: a
-// rule's selector, or one of its HTTP bindings (an additional binding too,
-// in the list under it).
-var secRule = regexp.MustCompile(`^\s*(?:-\s+)?(selector|get|put|post|delete|patch|custom)\s*:\s*"?([^"#\s]*)"?\s*(?:#.*)?$`)
+// rule's selector, one of its HTTP bindings (an additional binding too,
+// in the list under it), or its body.
+var secRule = regexp.MustCompile(`^\s*(?:-\s+)?(selector|get|put|post|delete|patch|custom|body)\s*:\s*"?([^"#\s]*)"?\s*(?:#.*)?$`)
 
 // secRoutes reads every route of proto/tcpgate/v1/gateway_http.yaml, so that
 // a route added to the mapping is tested without touching the test. The
@@ -77,6 +78,12 @@ func secRoutes(t *testing.T) []secRoute {
 			continue
 		case "custom":
 			t.Fatalf("gateway_http.yaml:%d: custom verbs are not handled by this test", i+1)
+		case "body":
+			if len(routes) == 0 || routes[len(routes)-1].selector != selector {
+				t.Fatalf("gateway_http.yaml:%d: a body outside a rule", i+1)
+			}
+			routes[len(routes)-1].body = value
+			continue
 		}
 		if selector == "" || !strings.HasPrefix(value, "/") {
 			t.Fatalf("gateway_http.yaml:%d: binding %q outside a rule or without a path", i+1, line)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -76,6 +77,7 @@ func TestBackpressureLossless(t *testing.T) {
 	})
 	defer func() { close(stopSampling); sampler.Wait() }()
 
+	seed := servertest.Rand(t).Uint64() // the bytes sent: any will do, and a failure replays
 	sentSum := make(chan [32]byte, 1)
 	sendErr := make(chan error, 1)
 	go func() {
@@ -86,7 +88,9 @@ func TestBackpressureLossless(t *testing.T) {
 		}
 		defer c.Close()
 		h := sha256.New()
-		rng := rand.NewChaCha8([32]byte{1, 2, 3})
+		var key [32]byte
+		binary.LittleEndian.PutUint64(key[:], seed)
+		rng := rand.NewChaCha8(key)
 		chunk := make([]byte, 256<<10)
 		for sent := 0; sent < total; sent += len(chunk) {
 			rng.Read(chunk)

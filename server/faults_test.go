@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"strconv"
 	"strings"
@@ -307,6 +306,7 @@ func TestSubscriberCancelsMidBatch(t *testing.T) {
 		tcpgatev1.SlowConsumerPolicy_SLOW_CONSUMER_POLICY_DROP_OLDEST,
 		tcpgatev1.SlowConsumerPolicy_SLOW_CONSUMER_POLICY_DISCONNECT,
 	}
+	rng := servertest.Rand(t)
 	var wg sync.WaitGroup
 	errs := make(chan error, cancelers)
 	for i := range cancelers {
@@ -320,7 +320,7 @@ func TestSubscriberCancelsMidBatch(t *testing.T) {
 		if err != nil {
 			t.Fatalf("subscriber %d: %v", i, err)
 		}
-		after := 1 + rand.IntN(20) // batches received before it vanishes
+		after := 1 + rng.IntN(20) // batches received before it vanishes
 		wg.Go(func() {
 			events := 0
 			for b := 0; ; b++ {

@@ -20,6 +20,7 @@ import (
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/internal/event"
+	"github.com/tcpgate/tcpgate/server/servertest/seed"
 )
 
 // formats are every payload format, for tests that go over all of them.
@@ -232,7 +233,7 @@ func randomEvent(r *rand.Rand, seq uint64) *event.Event {
 }
 
 func TestCodecRandom(t *testing.T) {
-	r := rand.New(rand.NewPCG(1, 2))
+	r := seed.Rand(t)
 	seq := uint64(0)
 	for i := range 300 {
 		var evs []*event.Event
@@ -297,7 +298,7 @@ func peekMemo(e *event.Event) []byte {
 // TestCodecConcurrent encodes the same fresh events from 8 goroutines at
 // once, as concurrent subscribers do (run it with -race).
 func TestCodecConcurrent(t *testing.T) {
-	r := rand.New(rand.NewPCG(3, 4))
+	r := seed.Rand(t)
 	for round := range 20 {
 		var evs []*event.Event
 		for i := range 40 {

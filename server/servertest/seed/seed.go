@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -17,13 +18,17 @@ import (
 // test logged.
 const Env = "TCPGATE_TEST_SEED"
 
+// drawn counts the sources made from the clock, so that two made within
+// one tick of a coarse clock still get seeds of their own.
+var drawn atomic.Uint64
+
 // Rand returns a source seeded from TCPGATE_TEST_SEED when it is set, else
 // from the clock, and logs the seed and how to replay it. A value of Env
 // that is not a number fails the test rather than silently picking
 // another seed.
 func Rand(t testing.TB) *rand.Rand {
 	t.Helper()
-	s := uint64(time.Now().UnixNano())
+	s := uint64(time.Now().UnixNano()) + drawn.Add(1)
 	if v := os.Getenv(Env); v != "" {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {

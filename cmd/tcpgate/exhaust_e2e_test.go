@@ -355,7 +355,7 @@ func TestExhaustPerIP(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*callTimeout)
 	defer cancel()
 
-	next := watchConnections(t, ctx, api)
+	next := watchConnections(t, api)
 
 	echo := tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO}
 	var addrs []string

@@ -22,8 +22,15 @@ type Stream struct {
 // headers arrived), so nothing published afterwards is missed.
 func (g *Gateway) Subscribe(t testing.TB, req *tcpgatev1.SubscribeRequest) *Stream {
 	t.Helper()
+	return Subscribe(t, g.Client, req)
+}
+
+// Subscribe is Gateway.Subscribe for a gateway that c reaches, such as a
+// daemon a test started as a process.
+func Subscribe(t testing.TB, c tcpgatev1.GatewayServiceClient, req *tcpgatev1.SubscribeRequest) *Stream {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	cl, err := g.Client.Subscribe(ctx, req)
+	cl, err := c.Subscribe(ctx, req)
 	if err != nil {
 		cancel()
 		t.Fatalf("Subscribe: %v", err)
@@ -60,6 +67,12 @@ func (g *Gateway) Subscribe(t testing.TB, req *tcpgatev1.SubscribeRequest) *Stre
 		<-done
 	})
 	return s
+}
+
+// In returns the stream read by t, a subtest of the one that opened it, so
+// that its failures end the subtest.
+func (s *Stream) In(t testing.TB) *Stream {
+	return &Stream{t: t, events: s.events, errc: s.errc, cancel: s.cancel}
 }
 
 // Next returns the next event, failing the test after Wait.

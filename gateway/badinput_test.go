@@ -2,10 +2,8 @@ package gateway_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -183,62 +181,12 @@ func badUndefinedEnum(m protoreflect.Message) string {
 // badDetails returns the ErrorInfo reason, its "field" and the BadRequest
 // field violations of a REST error body.
 func badDetails(body []byte) (reason tcpgatev1.ErrorReason, field string, violations []string) {
-	var e struct {
-		Details []struct {
-			Type            string            `json:"@type"`
-			Reason          string            `json:"reason"`
-			Domain          string            `json:"domain"`
-			Metadata        map[string]string `json:"metadata"`
-			FieldViolations []struct {
-				Field string `json:"field"`
-			} `json:"fieldViolations"`
-		} `json:"details"`
-	}
+	var e servertest.APIError
 	if json.Unmarshal(body, &e) != nil {
 		return reason, "", nil
 	}
-	for _, d := range e.Details {
-		if d.Type == "type.googleapis.com/google.rpc.ErrorInfo" && d.Domain == rpc.ErrorDomain {
-			reason = tcpgatev1.ErrorReason(tcpgatev1.ErrorReason_value["ERROR_REASON_"+d.Reason])
-			field = d.Metadata[rpc.MetaField]
-		}
-		for _, v := range d.FieldViolations {
-			violations = append(violations, v.Field)
-		}
-	}
-	return reason, field, violations
-}
-
-// badDo sends one request with api's client. The body of a 200 event
-// stream is not read (it would not end); any other body is read whole.
-func badDo(t *testing.T, api *rest, method, path, body string) (*http.Response, []byte) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, api.Base+path, rd)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := api.HTTP.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusOK && strings.HasPrefix(path, "/v1/events") {
-		return resp, nil
-	}
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: reading body: %v", method, path, err)
-	}
-	return resp, b
+	r, meta, violations := e.Info()
+	return tcpgatev1.ErrorReason(tcpgatev1.ErrorReason_value["ERROR_REASON_"+r]), meta[rpc.MetaField], violations
 }
 
 // badJSON quotes s as a JSON string.
@@ -454,7 +402,7 @@ func TestBadInputREST(t *testing.T) {
 			if tt.limits {
 				a = lim
 			}
-			resp, body := badDo(t, a, tt.method, tt.path, tt.body)
+			resp, body := a.Do(tt.method, tt.path, tt.body, nil)
 			t.Logf("%d %s", resp.StatusCode, body)
 			if resp.StatusCode >= 500 && resp.StatusCode != http.StatusServiceUnavailable && resp.StatusCode != http.StatusGatewayTimeout {
 				t.Fatalf("status %d for a bad input; body %s", resp.StatusCode, body)
@@ -475,16 +423,7 @@ func TestBadInputREST(t *testing.T) {
 			}
 		})
 	}
-	for _, m := range tcpgatev1.GatewayService_ServiceDesc.Methods {
-		if !seen[m.MethodName] {
-			t.Errorf("no case for %s", m.MethodName)
-		}
-	}
-	for _, s := range tcpgatev1.GatewayService_ServiceDesc.Streams {
-		if !seen[s.StreamName] {
-			t.Errorf("no case for %s", s.StreamName)
-		}
-	}
+	servertest.WantEveryMethod(t, seen)
 
 	// The bad requests left nothing behind: keep still listens with its
 	// connection, and no other listener exists.

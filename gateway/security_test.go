@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -128,41 +127,15 @@ type secResponse struct {
 // returns the response; an event stream's body is left unread.
 func secDo(t *testing.T, r *rest, method, path, body string, header http.Header, host string) secResponse {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, r.Base+path, rd)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	for k, vs := range header {
-		for _, v := range vs {
-			req.Header.Add(k, v)
-		}
-	}
 	if host != "" {
-		req.Host = host
+		header = header.Clone()
+		if header == nil {
+			header = http.Header{}
+		}
+		header.Set("Host", host)
 	}
-	resp, err := r.HTTP.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	out := secResponse{status: resp.StatusCode, header: resp.Header}
-	ct := resp.Header.Get("Content-Type")
-	if strings.HasPrefix(ct, "application/x-ndjson") || strings.HasPrefix(ct, "text/event-stream") {
-		return out // a live stream: cancel ends it
-	}
-	if out.body, err = io.ReadAll(resp.Body); err != nil {
-		t.Fatalf("%s %s: reading the body: %v", method, path, err)
-	}
-	return out
+	resp, b := r.Do(method, path, body, header)
+	return secResponse{status: resp.StatusCode, header: resp.Header, body: b}
 }
 
 // secWant401 checks a refusal for want of a valid token: 401, the JSON

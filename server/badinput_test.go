@@ -125,16 +125,7 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
-	for _, m := range tcpgatev1.GatewayService_ServiceDesc.Methods {
-		if !seen[m.MethodName] {
-			t.Errorf("no case for %s", m.MethodName)
-		}
-	}
-	for _, s := range tcpgatev1.GatewayService_ServiceDesc.Streams {
-		if !seen[s.StreamName] {
-			t.Errorf("no case for %s", s.StreamName)
-		}
-	}
+	servertest.WantEveryMethod(t, seen)
 
 	// Nothing the bad requests asked for was left behind: the listener set
 	// is what the setup started, the ids of failed starts are free, the

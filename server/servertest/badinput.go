@@ -392,6 +392,23 @@ func (b *BadInputs) rows() []BadInput {
 	}
 }
 
+// WantEveryMethod fails the test for every method of the GatewayService
+// that seen lacks (by name, "StartListener"), as "no case for ...": a
+// method added to the service needs its rows.
+func WantEveryMethod(t testing.TB, seen map[string]bool) {
+	t.Helper()
+	for _, m := range tcpgatev1.GatewayService_ServiceDesc.Methods {
+		if !seen[m.MethodName] {
+			t.Errorf("no case for %s", m.MethodName)
+		}
+	}
+	for _, s := range tcpgatev1.GatewayService_ServiceDesc.Streams {
+		if !seen[s.StreamName] {
+			t.Errorf("no case for %s", s.StreamName)
+		}
+	}
+}
+
 // CheckDetails returns what is wrong with the details of an error that
 // answered r, or "": the ErrorInfo reason and its "field" must be r's, and
 // the BadRequest field violations must name r.Field alone (an

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tcpgate/tcpgate/server/rpc"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 )
@@ -34,8 +35,10 @@ func NewREST(t testing.TB, base string) *REST {
 	return &REST{Base: base, HTTP: &http.Client{Transport: tr}, t: t}
 }
 
-// Do sends one request (a body is sent as application/json) and reads the
-// whole response, within Wait.
+// Do sends one request and reads the whole response, within Wait. A body
+// is sent as application/json; a "Host" in header is the request's Host.
+// The body of a live event stream (a 200 of NDJSON or SSE) is not read,
+// since it would not end: Do returns it as nil, closed.
 func (r *REST) Do(method, path, body string, header http.Header) (*http.Response, []byte) {
 	r.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), Wait)
@@ -56,11 +59,18 @@ func (r *REST) Do(method, path, body string, header http.Header) (*http.Response
 			req.Header.Add(k, v)
 		}
 	}
+	if h := header.Get("Host"); h != "" {
+		req.Host = h // net/http sends req.Host, never a Host header
+	}
 	resp, err := r.HTTP.Do(req)
 	if err != nil {
 		r.t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); resp.StatusCode == http.StatusOK &&
+		(strings.HasPrefix(ct, "application/x-ndjson") || strings.HasPrefix(ct, "text/event-stream")) {
+		return resp, nil
+	}
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
 		r.t.Fatalf("%s %s: reading body: %v", method, path, err)
@@ -96,9 +106,35 @@ func Decode(t testing.TB, body string, out proto.Message) {
 
 // APIError is grpc-gateway's error body.
 type APIError struct {
-	Code    *int   `json:"code"`
-	Message string `json:"message"`
-	Details []any  `json:"details"`
+	Code    *int          `json:"code"`
+	Message string        `json:"message"`
+	Details []ErrorDetail `json:"details"`
+}
+
+// ErrorDetail is one of an APIError's details: an ErrorInfo or a
+// BadRequest, as the REST gateway writes them.
+type ErrorDetail struct {
+	Type            string            `json:"@type"`
+	Reason          string            `json:"reason"`
+	Domain          string            `json:"domain"`
+	Metadata        map[string]string `json:"metadata"`
+	FieldViolations []struct {
+		Field string `json:"field"`
+	} `json:"fieldViolations"`
+}
+
+// Info returns the reason and metadata of e's tcpgate.v1 ErrorInfo (""
+// and nil without one) and the fields of its BadRequest violations.
+func (e APIError) Info() (reason string, meta map[string]string, violations []string) {
+	for _, d := range e.Details {
+		if d.Type == "type.googleapis.com/google.rpc.ErrorInfo" && d.Domain == rpc.ErrorDomain {
+			reason, meta = d.Reason, d.Metadata
+		}
+		for _, v := range d.FieldViolations {
+			violations = append(violations, v.Field)
+		}
+	}
+	return reason, meta, violations
 }
 
 // WantError checks an error response: its HTTP status, and a JSON body

@@ -139,14 +139,5 @@ func TestBadInputsCoverEveryRPC(t *testing.T) {
 			t.Errorf("row %s/%s: an error row needs its mention and reason", r.RPC, r.Name)
 		}
 	}
-	for _, m := range tcpgatev1.GatewayService_ServiceDesc.Methods {
-		if !seen[m.MethodName] {
-			t.Errorf("no row for %s", m.MethodName)
-		}
-	}
-	for _, s := range tcpgatev1.GatewayService_ServiceDesc.Streams {
-		if !seen[s.StreamName] {
-			t.Errorf("no row for %s", s.StreamName)
-		}
-	}
+	servertest.WantEveryMethod(t, seen)
 }

@@ -113,6 +113,11 @@ func load(ctx context.Context, t *testing.T, api tcpgatev1.GatewayServiceClient,
 // to SIGTERM it mid-load: it exits 0 within --shutdown-timeout and frees
 // every port.
 func TestSIGTERMUnderLoad(t *testing.T) {
+	if testing.Short() {
+		// Full load on a daemon, twice; TestSIGTERMDuringLongDrain and
+		// TestSecondSignalExitsAtOnce still cover SIGTERM under -short.
+		t.Skip("a heavy load repro; make test runs it")
+	}
 	const shutdownTimeout = 3 * time.Second
 	d := startDaemon(t, hermeticEnv(), "serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
 		"--shutdown-timeout", shutdownTimeout.String())

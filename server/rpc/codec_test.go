@@ -232,10 +232,20 @@ func randomEvent(r *rand.Rand, seq uint64) *event.Event {
 	return e
 }
 
+// randomRounds is how many rounds of random inputs a test draws: n, and a
+// tenth of it under -short (make test-short), whose loop is for speed;
+// make test draws them all, and a failure logs its seed to replay.
+func randomRounds(n int) int {
+	if testing.Short() {
+		return max(1, n/10)
+	}
+	return n
+}
+
 func TestCodecRandom(t *testing.T) {
 	r := seed.Rand(t)
 	seq := uint64(0)
-	for i := range 300 {
+	for i := range randomRounds(300) {
 		var evs []*event.Event
 		for range 1 + r.IntN(20) {
 			seq++
@@ -299,7 +309,7 @@ func peekMemo(e *event.Event) []byte {
 // once, as concurrent subscribers do (run it with -race).
 func TestCodecConcurrent(t *testing.T) {
 	r := seed.Rand(t)
-	for round := range 20 {
+	for round := range randomRounds(20) {
 		var evs []*event.Event
 		for i := range 40 {
 			e := randomEvent(r, uint64(i+1))

@@ -99,7 +99,7 @@ func TestEventJSON(t *testing.T) {
 		checkJSON(t, fmt.Sprintf("kind %d", k), &event.Event{Sequence: 1, Time: t0, Kind: k}, formatTextOrData)
 	}
 	r := seed.Rand(t)
-	for i := range 300 {
+	for i := range randomRounds(300) {
 		e := randomEvent(r, uint64(i+1))
 		checkJSON(t, fmt.Sprintf("random %d", i), e, formats[i%len(formats)].f)
 	}

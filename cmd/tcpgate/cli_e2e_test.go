@@ -548,7 +548,7 @@ type proc struct {
 	name   string
 	cmd    *exec.Cmd
 	stdout outputBuffer
-	stderr syncBuffer
+	stderr servertest.LogSink
 	done   chan struct{} // closed once the process has exited and err is set
 	err    error         // Wait's result
 }

@@ -1,11 +1,9 @@
 package gateway_test
 
 import (
-	"context"
-	"encoding/base64"
+	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -14,9 +12,13 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server"
+	"github.com/tcpgate/tcpgate/server/rpc"
+	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
 // badHTTPStatus is the HTTP status of each gRPC code that a bad input may
@@ -30,12 +32,13 @@ var badHTTPStatus = map[codes.Code]int{
 	codes.ResourceExhausted:  http.StatusTooManyRequests,
 	codes.Unavailable:        http.StatusServiceUnavailable,
 	codes.DeadlineExceeded:   http.StatusGatewayTimeout,
+	codes.OutOfRange:         http.StatusBadRequest,
 }
 
 // badRESTCase is one row of TestBadInputREST: the REST form of a row of
-// server/badinput_test.go's TestBadInput, or a case only REST can express
-// (two members of a oneof, wrong JSON types, enum names, malformed JSON,
-// durations and numbers as query strings).
+// servertest's table of bad inputs, or a case only REST can express (two
+// members of a oneof, wrong JSON types, enum names, malformed JSON,
+// durations and numbers as query strings, bad paths).
 type badRESTCase struct {
 	rpc          string
 	name         string
@@ -50,38 +53,141 @@ type badRESTCase struct {
 	// (proto or JSON spelling) for a bad argument, otherwise what a person
 	// needs to act.
 	mention string
+	// row is the row of the shared table this is the REST form of; its
+	// ErrorInfo reason and field are checked too.
+	row *servertest.BadInput
+	// skip says why the row has no REST form, when it has none.
+	skip string
 }
 
-// badDo sends one request with api's client. The body of a 200 event
-// stream is not read (it would not end); any other body is read whole.
-func badDo(t *testing.T, api *rest, method, path, body string) (*http.Response, []byte) {
+// badRESTForm maps a row of the shared table to its REST request by the
+// HTTP rule of its RPC in gateway_http.yaml: the request's JSON (protojson,
+// lowerCamelCase) fills the path's parameters, and the rest goes in the
+// body where the rule takes one ("*"), or in the query string, its nested
+// fields as dotted names and its lists as repeated parameters.
+func badRESTForm(t *testing.T, routes []secRoute, row *servertest.BadInput) badRESTCase {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
+	c := badRESTCase{rpc: row.RPC, name: row.Name, limits: row.Limits, code: row.Code, mention: row.Mention, row: row}
+	var route *secRoute
+	for i := range routes {
+		if routes[i].selector == "tcpgate.v1.GatewayService."+row.RPC {
+			route = &routes[i]
+			break
+		}
 	}
-	req, err := http.NewRequestWithContext(ctx, method, api.base+path, rd)
+	if route == nil {
+		t.Fatalf("row %s/%s: gateway_http.yaml has no rule for %s", row.RPC, row.Name, row.RPC)
+	}
+	b, err := protojson.Marshal(row.Req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
+		// Durations JSON cannot spell (nanos of 1e9, signs that differ):
+		// the REST-only rows send their string forms instead.
+		c.skip = fmt.Sprintf("the request has no JSON form: %v", err)
+		return c
 	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
+	fields := map[string]any{}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	if err := dec.Decode(&fields); err != nil {
+		t.Fatalf("row %s/%s: decoding its JSON %s: %v", row.RPC, row.Name, b, err)
 	}
-	resp, err := api.hc.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
+	md := row.Req.ProtoReflect().Descriptor()
+	c.method = route.method
+	c.path = secParam.ReplaceAllStringFunc(route.template, func(p string) string {
+		name := secParam.FindStringSubmatch(p)[1]
+		fd := md.Fields().ByName(protoreflect.Name(name))
+		if fd == nil {
+			t.Fatalf("rule %s: %s has no field %s", route, md.FullName(), name)
+		}
+		v, _ := fields[fd.JSONName()].(string)
+		delete(fields, fd.JSONName())
+		if strings.Contains(v, "/") {
+			// The router unescapes %2F and finds no route, or another id:
+			// the REST-only row "listener id with an escaped slash" says what.
+			c.skip = fmt.Sprintf("a path parameter cannot hold the slash of %q", v)
+		}
+		return url.PathEscape(v)
+	})
+	if route.body == "*" {
+		out, err := json.Marshal(fields)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.body = string(out)
+		return c
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusOK && strings.HasPrefix(path, "/v1/events") {
-		return resp, nil
+	if n := badUndefinedEnum(row.Req.ProtoReflect()); n != "" {
+		// grpc-gateway's query parser refuses an enum number the proto
+		// does not define (MALFORMED_REQUEST) before the RPC validates it:
+		// the REST-only rows "kinds 99", "slowConsumer 9" and their kin say
+		// what.
+		c.skip = "the query parser refuses the undefined enum value of " + n
+		return c
 	}
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: reading body: %v", method, path, err)
+	q := url.Values{}
+	var flatten func(prefix string, v any)
+	flatten = func(prefix string, v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for k, e := range v {
+				flatten(prefix+k+".", e)
+			}
+		case []any:
+			for _, e := range v {
+				flatten(prefix, e)
+			}
+		default:
+			q.Add(strings.TrimSuffix(prefix, "."), fmt.Sprint(v))
+		}
 	}
-	return resp, b
+	flatten("", fields)
+	if len(q) > 0 {
+		c.path += "?" + q.Encode()
+	}
+	// net/http answers 431 to a request line over its 1 MiB header limit,
+	// before any route: a REST client cannot send such an id at all.
+	if len(c.path) > http.DefaultMaxHeaderBytes {
+		c.skip = fmt.Sprintf("a path of %d bytes is over net/http's header limit", len(c.path))
+	}
+	return c
+}
+
+// badUndefinedEnum returns the name of a field of m (or of a message in
+// it) set to an enum number its enum does not define, or "".
+func badUndefinedEnum(m protoreflect.Message) string {
+	found := ""
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		undefined := func(v protoreflect.Value) bool {
+			return fd.Enum().Values().ByNumber(v.Enum()) == nil
+		}
+		switch {
+		case fd.Kind() == protoreflect.EnumKind && fd.IsList():
+			for i := range v.List().Len() {
+				if undefined(v.List().Get(i)) {
+					found = string(fd.Name())
+				}
+			}
+		case fd.Kind() == protoreflect.EnumKind:
+			if undefined(v) {
+				found = string(fd.Name())
+			}
+		case fd.Kind() == protoreflect.MessageKind && !fd.IsList() && !fd.IsMap():
+			found = badUndefinedEnum(v.Message())
+		}
+		return found == ""
+	})
+	return found
+}
+
+// badDetails returns the ErrorInfo reason, its "field" and the BadRequest
+// field violations of a REST error body.
+func badDetails(body []byte) (reason tcpgatev1.ErrorReason, field string, violations []string) {
+	var e servertest.APIError
+	if json.Unmarshal(body, &e) != nil {
+		return reason, "", nil
+	}
+	r, meta, violations := e.Info()
+	return tcpgatev1.ErrorReason(tcpgatev1.ErrorReason_value["ERROR_REASON_"+r]), meta[rpc.MetaField], violations
 }
 
 // badJSON quotes s as a JSON string.
@@ -90,50 +196,20 @@ func badJSON(s string) string {
 	return string(b)
 }
 
-// badUnbindable returns an IPv4 address of the documentation ranges that
-// this machine does not own, so binding it fails; "" when all are bindable.
-func badUnbindable() string {
-	for _, h := range []string{"192.0.2.1", "192.0.2.254", "198.51.100.1", "203.0.113.1"} {
-		ln, err := net.Listen("tcp4", net.JoinHostPort(h, "0"))
-		if err != nil {
-			return h
-		}
-		ln.Close()
-	}
-	return ""
-}
-
-// TestBadInputREST is TestBadInput of the server package over REST: every
-// route with its invalid inputs, expecting the HTTP status of the gRPC code
-// and grpc-gateway's JSON error body with that code and a message naming
-// the field. Never a 500, never code Unknown or Internal.
+// TestBadInputREST runs servertest's table of bad inputs (the one the
+// server package's TestBadInput runs over gRPC) over REST, each row mapped
+// to its route by gateway_http.yaml, and then the rows only REST can
+// express. It expects the HTTP status of the gRPC code and grpc-gateway's
+// JSON error body with that code, a message naming the field and, for the
+// shared rows, the ErrorInfo reason and field. Never a 500, never code
+// Unknown or Internal.
 func TestBadInputREST(t *testing.T) {
 	start := time.Now()
-	_, api := startREST(t, server.Config{})
-	keep := api.startListener("keep")
-	client := dial(t, keep.GetAddress())
-	var connID string
-	eventually(t, "the client's connection listed", func() bool {
-		var conns tcpgatev1.ListConnectionsResponse
-		api.call(http.MethodGet, "/v1/connections?listenerId=keep", "", &conns)
-		if cs := conns.GetConnections(); len(cs) > 0 {
-			connID = cs[0].GetConnectionId()
-		}
-		return connID != ""
-	})
-	_, keepPort, _ := net.SplitHostPort(keep.GetAddress())
-	refused := refusedAddr(t)
-	silent := peer(t, func(c net.Conn) {
-		_, _ = io.Copy(io.Discard, c) // reads, never answers, until the gateway closes
-	})
-
-	_, lim := startREST(t, server.Config{MaxListeners: 2, MaxSendBytes: 1024, MaxSubscribers: 1})
-	full := lim.startListener("full")
-	lim.startListener("full2")
-	lim.openEvents("", nil)
-
-	unbindable := badUnbindable()
-	kaddr := badJSON(keep.GetAddress())
+	bad := servertest.StartBadInputs(t, server.Config{HTTPAddr: "127.0.0.1:0"})
+	api, lim := &rest{REST: bad.Gateway.REST, t: t}, &rest{REST: bad.Limited.REST, t: t}
+	connID, silent, unbindable := bad.ConnID, bad.Silent, bad.Unbindable
+	_, keepPort, _ := net.SplitHostPort(bad.KeepAddr)
+	kaddr := badJSON(bad.KeepAddr)
 
 	const (
 		sl   = "StartListener"
@@ -161,12 +237,15 @@ func TestBadInputREST(t *testing.T) {
 	sendTo := func(fields string) string {
 		return `{"address": ` + kaddr + `, "text": "x", ` + fields + `}`
 	}
-	addr := func(a string) string { return `{"address": ` + badJSON(a) + `, "text": "x"}` }
 
-	tests := []badRESTCase{
+	var tests []badRESTCase
+	routes := secRoutes(t)
+	for i := range bad.Rows {
+		tests = append(tests, badRESTForm(t, routes, &bad.Rows[i]))
+	}
+	// The rows only REST can express.
+	tests = append(tests, []badRESTCase{
 		// StartListener: port.
-		{rpc: sl, name: "port 65536", method: post, path: "/v1/listeners", body: listen(`"port": 65536`), code: inv, mention: "port"},
-		{rpc: sl, name: "port 4294967295", method: post, path: "/v1/listeners", body: listen(`"port": 4294967295`), code: inv, mention: "port"},
 		{rpc: sl, name: "port 4294967296 overflows uint32", method: post, path: "/v1/listeners", body: listen(`"port": 4294967296`), code: inv, mention: "port"},
 		{rpc: sl, name: "port as a word", method: post, path: "/v1/listeners", body: listen(`"port": "abc"`), code: inv, mention: "port"},
 		{rpc: sl, name: "port negative", method: post, path: "/v1/listeners", body: listen(`"port": -1`), code: inv, mention: "port"},
@@ -176,71 +255,38 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: sl, name: "port null is unset", method: post, path: "/v1/listeners", body: listen(`"port": null`), code: codes.OK},
 
 		// StartListener: listener id.
-		{rpc: sl, name: "minimal body starts a listener", method: post, path: "/v1/listeners", body: listen(""), code: codes.OK},
 		{rpc: sl, name: "listenerId empty is generated", method: post, path: "/v1/listeners", body: listen(`"listenerId": ""`), code: codes.OK},
-		{rpc: sl, name: "listenerId of 64 bytes is fine", method: post, path: "/v1/listeners", body: listen(`"listenerId": "` + strings.Repeat("x", 64) + `"`), code: codes.OK},
 		{rpc: sl, name: "listener_id in proto spelling is fine", method: post, path: "/v1/listeners", body: listen(`"listener_id": "snake"`), code: codes.OK},
-		{rpc: sl, name: "listenerId with a slash", method: post, path: "/v1/listeners", body: listen(`"listenerId": "a/b"`), code: inv, mention: "listener_id"},
-		{rpc: sl, name: "listenerId of 65 bytes", method: post, path: "/v1/listeners", body: listen(`"listenerId": "` + strings.Repeat("x", 65) + `"`), code: inv, mention: "listener_id"},
-		{rpc: sl, name: "listenerId blank", method: post, path: "/v1/listeners", body: listen(`"listenerId": " "`), code: inv, mention: "listener_id"},
-		{rpc: sl, name: "listenerId not ASCII", method: post, path: "/v1/listeners", body: listen(`"listenerId": "é"`), code: inv, mention: "listener_id"},
 		{rpc: sl, name: "listenerId as a number", method: post, path: "/v1/listeners", body: listen(`"listenerId": 5`), code: inv, mention: "listenerId"},
-		{rpc: sl, name: "listenerId taken", method: post, path: "/v1/listeners", body: listen(`"listenerId": "keep"`), code: codes.AlreadyExists, mention: "keep"},
-		{rpc: sl, name: "max_listeners reached", limits: true, method: post, path: "/v1/listeners", body: listen(""), code: codes.ResourceExhausted, mention: "max_listeners"},
 
 		// StartListener: host and address.
-		{rpc: sl, name: "host of 256 bytes", method: post, path: "/v1/listeners", body: `{"host": "` + strings.Repeat("h", 256) + `"}`, code: inv, mention: "host"},
 		{rpc: sl, name: "host as a number", method: post, path: "/v1/listeners", body: `{"host": 127}`, code: inv, mention: "host"},
 		{rpc: sl, name: "host with a port", method: post, path: "/v1/listeners", body: `{"host": "127.0.0.1:80"}`, code: inv, mention: "host"},
 		{rpc: sl, name: "host not owned here", method: post, path: "/v1/listeners", body: `{"host": ` + badJSON(unbindable) + `}`, code: codes.FailedPrecondition, mention: unbindable},
-		{rpc: sl, name: "address in use", method: post, path: "/v1/listeners", body: listen(`"port": ` + keepPort), code: codes.Unavailable, mention: keep.GetAddress()},
+		{rpc: sl, name: "address in use", method: post, path: "/v1/listeners", body: listen(`"port": ` + keepPort), code: codes.Unavailable, mention: bad.KeepAddr},
 
 		// StartListener: framing.
-		{rpc: sl, name: "framing mode 99", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": 99}`), code: inv, mention: "framing.mode"},
-		{rpc: sl, name: "framing mode -1", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": -1}`), code: inv, mention: "framing.mode"},
 		{rpc: sl, name: "framing mode by unknown name", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_NOPE"}`), code: inv, mention: "mode"},
 		{rpc: sl, name: "framing mode by name of another enum", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "AUTO_REPLY_MODE_ECHO"}`), code: inv, mention: "mode"},
 		{rpc: sl, name: "framing as a string", method: post, path: "/v1/listeners", body: listen(`"framing": "FRAMING_MODE_LINE"`), code: inv, mention: "framing"},
-		{rpc: sl, name: "delimiter mode without delimiter", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_DELIMITER"}`), code: inv, mention: "framing.delimiter"},
 		{rpc: sl, name: "delimiter empty", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_DELIMITER", "delimiter": ""}`), code: inv, mention: "framing.delimiter"},
-		{rpc: sl, name: "delimiter of 64 bytes is fine", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_DELIMITER", "delimiter": "ZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZA=="}`), code: codes.OK},
-		{rpc: sl, name: "delimiter of 65 bytes", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_DELIMITER", "delimiter": "ZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGQ="}`), code: inv, mention: "framing.delimiter: 65 bytes, more than the limit of 64"},
 		{rpc: sl, name: "delimiter not base64", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_DELIMITER", "delimiter": "!!"}`), code: inv, mention: "delimiter"},
-		{rpc: sl, name: "prefixBytes 3", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_LENGTH_PREFIX", "prefixBytes": 3}`), code: inv, mention: "framing.prefix_bytes"},
-		{rpc: sl, name: "prefixBytes 16", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_LENGTH_PREFIX", "prefixBytes": 16}`), code: inv, mention: "framing.prefix_bytes"},
-		{rpc: sl, name: "prefixBytes 3 in raw mode", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_RAW", "prefixBytes": 3}`), code: inv, mention: "framing.prefix_bytes"},
 		{rpc: sl, name: "littleEndian as a string", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_LENGTH_PREFIX", "littleEndian": "yes"}`), code: inv, mention: "littleEndian"},
-		{rpc: sl, name: "fixedSize 0", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_FIXED"}`), code: inv, mention: "framing.fixed_size"},
-		{rpc: sl, name: "fixedSize above maxFrameBytes", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_FIXED", "fixedSize": 2048, "maxFrameBytes": 1024}`), code: inv, mention: "framing.fixed_size"},
-		{rpc: sl, name: "fixedSize above the default maxFrameBytes", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_FIXED", "fixedSize": 1048577}`), code: inv, mention: "framing.fixed_size"},
-		{rpc: sl, name: "fixedSize over 3 MiB", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_FIXED", "fixedSize": 3145729, "maxFrameBytes": 3145728}`), code: inv, mention: "framing.fixed_size"},
-		{rpc: sl, name: "fixedSize 4294967295", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_FIXED", "fixedSize": 4294967295}`), code: inv, mention: "framing.fixed_size"},
-		{rpc: sl, name: "maxFrameBytes of 3 MiB is fine", method: post, path: "/v1/listeners", body: listen(`"framing": {"mode": "FRAMING_MODE_LINE", "maxFrameBytes": 3145728}`), code: codes.OK},
 		{rpc: sl, name: "maxFrameBytes over 3 MiB", method: post, path: "/v1/listeners", body: listen(`"framing": {"maxFrameBytes": 3145729}`), code: inv, mention: "framing.max_frame_bytes"},
-		{rpc: sl, name: "maxFrameBytes 4294967295", method: post, path: "/v1/listeners", body: listen(`"framing": {"maxFrameBytes": 4294967295}`), code: inv, mention: "framing.max_frame_bytes"},
 
 		// StartListener: autoReply and its oneof.
-		{rpc: sl, name: "autoReply mode 99", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"mode": 99}`), code: inv, mention: "auto_reply.mode"},
 		{rpc: sl, name: "autoReply mode by unknown name", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"mode": "AUTO_REPLY_MODE_NOPE"}`), code: inv, mention: "mode"},
-		{rpc: sl, name: "autoReply FIXED without payload", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"mode": "AUTO_REPLY_MODE_FIXED"}`), code: inv, mention: "auto_reply"},
-		{rpc: sl, name: "autoReply ECHO with text", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"mode": "AUTO_REPLY_MODE_ECHO", "text": "hi"}`), code: inv, mention: "auto_reply.mode"},
-		{rpc: sl, name: "autoReply NONE with data", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"mode": "AUTO_REPLY_MODE_NONE", "data": "AQ=="}`), code: inv, mention: "auto_reply.mode"},
-		{rpc: sl, name: "autoReply UNSPECIFIED with text", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"text": "hi"}`), code: inv, mention: "auto_reply.mode"},
-		{rpc: sl, name: "autoReply FIXED over 3 MiB", method: post, path: "/v1/listeners",
-			body: listen(`"autoReply": {"mode": "AUTO_REPLY_MODE_FIXED", "data": "` + base64.StdEncoding.EncodeToString(make([]byte, 3<<20+1)) + `"}`), code: inv, mention: "auto_reply"},
 		{rpc: sl, name: "autoReply both text and data", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"mode": "AUTO_REPLY_MODE_FIXED", "text": "hi", "data": "AQ=="}`), code: inv, mention: "payload"},
 		{rpc: sl, name: "autoReply data not base64", method: post, path: "/v1/listeners", body: listen(`"autoReply": {"mode": "AUTO_REPLY_MODE_FIXED", "data": "not base64!"}`), code: inv, mention: "data"},
 
 		// StartListener: maxConnections and idleTimeout.
 		{rpc: sl, name: "maxConnections negative", method: post, path: "/v1/listeners", body: listen(`"maxConnections": -1`), code: inv, mention: "maxConnections"},
-		{rpc: sl, name: "idleTimeout negative", method: post, path: "/v1/listeners", body: listen(`"idleTimeout": "-1s"`), code: inv, mention: "idle_timeout"},
 		{rpc: sl, name: "idleTimeout with an unknown unit", method: post, path: "/v1/listeners", body: listen(`"idleTimeout": "5x"`), code: inv, mention: "idleTimeout"},
 		{rpc: sl, name: "idleTimeout without unit", method: post, path: "/v1/listeners", body: listen(`"idleTimeout": "5"`), code: inv, mention: "idleTimeout"},
 		{rpc: sl, name: "idleTimeout in minutes", method: post, path: "/v1/listeners", body: listen(`"idleTimeout": "5m"`), code: inv, mention: "idleTimeout"},
 		{rpc: sl, name: "idleTimeout as a number", method: post, path: "/v1/listeners", body: listen(`"idleTimeout": 5`), code: inv, mention: "idleTimeout"},
 		{rpc: sl, name: "idleTimeout with 10 fractional digits", method: post, path: "/v1/listeners", body: listen(`"idleTimeout": "1.0000000001s"`), code: inv, mention: "idleTimeout"},
 		{rpc: sl, name: "idleTimeout above 10000 years", method: post, path: "/v1/listeners", body: listen(`"idleTimeout": "315576000001s"`), code: inv, mention: "idleTimeout"},
-		{rpc: sl, name: "idleTimeout of 10000 years is fine", method: post, path: "/v1/listeners", body: listen(`"idleTimeout": "315576000000s"`), code: codes.OK},
 		// (A duration whose seconds and nanos differ in sign has no JSON
 		// form: "-1.5s" is both negative. "1.0000000001s" above stands for
 		// nanos of 1e9, which JSON cannot spell either.)
@@ -256,12 +302,9 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: sl, name: "field given twice", method: post, path: "/v1/listeners", body: `{"host": "127.0.0.1", "host": "127.0.0.1"}`, code: inv, mention: "host"},
 
 		// StopListener: path and query.
-		{rpc: stop, name: "listener id empty", method: del, path: "/v1/listeners/", code: inv, mention: "listener_id"},
-		{rpc: stop, name: "listener id unknown", method: del, path: "/v1/listeners/nope", code: codes.NotFound, mention: "nope"},
 		{rpc: stop, name: "listener id invalid UTF-8", method: del, path: "/v1/listeners/%FF", code: inv, mention: `listener_id: "\xff" in the path is not valid UTF-8`},
 		{rpc: stop, name: "listener id malformed", method: del, path: "/v1/listeners/a%20b", code: inv, mention: "listener_id"},
 		{rpc: stop, name: "listenerId in the query too", method: del, path: "/v1/listeners/keep?listenerId=other", code: inv, mention: "listener_id is set by the path"},
-		{rpc: stop, name: "drainTimeout negative", method: del, path: "/v1/listeners/keep?drainTimeout=-1s", code: inv, mention: "drain_timeout"},
 		{rpc: stop, name: "drainTimeout of -1ns", method: del, path: "/v1/listeners/keep?drainTimeout=-1ns", code: inv, mention: "drain_timeout"},
 		{rpc: stop, name: "drainTimeout with an unknown unit", method: del, path: "/v1/listeners/keep?drainTimeout=5x", code: inv, mention: "drain"},
 		{rpc: stop, name: "drainTimeout without unit", method: del, path: "/v1/listeners/keep?drainTimeout=5", code: inv, mention: "drain"},
@@ -273,124 +316,61 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: stop, name: "drainTimeout misspelt", method: del, path: "/v1/listeners/nope?drainTimout=5s", code: inv, mention: "drainTimout"},
 
 		// GetListener.
-		{rpc: get, name: "listener id unknown", method: gt, path: "/v1/listeners/nope", code: codes.NotFound, mention: "nope"},
-		{rpc: get, name: "listener id empty", method: gt, path: "/v1/listeners/", code: inv, mention: "listener_id"},
 		{rpc: get, name: "listener id with an escaped slash", method: gt, path: "/v1/listeners/a%2Fb", code: codes.NotFound, mention: "a/b"},
 		{rpc: get, name: "listener id malformed", method: gt, path: "/v1/listeners/a%20b", code: inv, mention: `listener_id: must be 1 to 64 of A-Z a-z 0-9 . _ ~ -, got "a b"`},
 		{rpc: get, name: "listener id invalid UTF-8", method: gt, path: "/v1/listeners/%FF", code: inv, mention: "listener_id"},
 		{rpc: get, name: "listener id invalid UTF-8 after valid", method: gt, path: "/v1/listeners/ab%C3%28", code: inv, mention: "listener_id"},
-		{rpc: get, name: "listener id of 65 bytes", method: gt, path: "/v1/listeners/" + strings.Repeat("x", 65), code: inv, mention: "listener_id"},
 		{rpc: get, name: "unknown query parameter", method: gt, path: "/v1/listeners/keep?bogus=1", code: inv, mention: `query parameter "bogus": GetListenerRequest has no field "bogus"`},
 		{rpc: get, name: "listenerId in the query too", method: gt, path: "/v1/listeners/keep?listener_id=other", code: inv, mention: "listener_id is set by the path"},
 		{rpc: get, name: "query parameter invalid UTF-8", method: gt, path: "/v1/listeners/keep?%FF=1", code: inv, mention: "the name is not valid UTF-8"},
 
-		// ListListeners has no input to get wrong.
-		{rpc: list, name: "plain", method: gt, path: "/v1/listeners", code: codes.OK},
-		{rpc: list, name: "pageSize negative", method: gt, path: "/v1/listeners?pageSize=-1", code: inv, mention: "page_size"},
-		{rpc: list, name: "pageSize above 1000 is 1000", method: gt, path: "/v1/listeners?pageSize=5000", code: codes.OK},
 		{rpc: list, name: "pageSize not a number", method: gt, path: "/v1/listeners?pageSize=ten", code: inv, mention: "ten"},
-		{rpc: list, name: "pageToken garbage", method: gt, path: "/v1/listeners?pageToken=garbage", code: inv, mention: "page_token"},
 		{rpc: list, name: "pageToken not base64url", method: gt, path: "/v1/listeners?pageToken=%2B%2F%3D", code: inv, mention: "page_token"},
 
 		// ListConnections.
-		{rpc: lc, name: "listenerId unknown", method: gt, path: "/v1/connections?listenerId=nope", code: codes.NotFound, mention: "nope"},
 		{rpc: lc, name: "listenerId empty lists all", method: gt, path: "/v1/connections?listenerId=", code: codes.OK},
 		{rpc: lc, name: "listenerId invalid UTF-8", method: gt, path: "/v1/connections?listenerId=%FF", code: inv, mention: `query parameter "listenerId": "\xff" is not valid UTF-8`},
 		{rpc: lc, name: "listenerId malformed", method: gt, path: "/v1/connections?listenerId=a%2Fb", code: inv, mention: "listener_id"},
 		{rpc: lc, name: "listenerId misspelt", method: gt, path: "/v1/connections?listenerID=nope", code: inv, mention: "listenerID"},
-		{rpc: lc, name: "pageSize negative", method: gt, path: "/v1/connections?pageSize=-5", code: inv, mention: "page_size"},
-		{rpc: lc, name: "pageToken garbage", method: gt, path: "/v1/connections?pageToken=AAAA", code: inv, mention: "page_token"},
 		{rpc: lc, name: "state by name", method: gt, path: "/v1/connections?state=CONNECTION_STATE_HALF_CLOSED", code: codes.OK},
 		{rpc: lc, name: "state unknown name", method: gt, path: "/v1/connections?state=CONNECTION_STATE_NOPE", code: inv, mention: "CONNECTION_STATE_NOPE"},
 		{rpc: lc, name: "state unknown number", method: gt, path: "/v1/connections?state=99", code: inv, mention: "state"},
-		{rpc: lc, name: "remoteAddressPrefix of 64 bytes", method: gt, path: "/v1/connections?remoteAddressPrefix=" + strings.Repeat("1", 64), code: codes.OK},
-		{rpc: lc, name: "remoteAddressPrefix of 65 bytes", method: gt, path: "/v1/connections?remoteAddressPrefix=" + strings.Repeat("1", 65), code: inv, mention: "remote_address_prefix"},
 
 		// GetConnection.
 		{rpc: "GetConnection", name: "connection id invalid UTF-8", method: gt, path: "/v1/connections/%FF", code: inv, mention: "connection_id"},
 		{rpc: "GetConnection", name: "connection id malformed", method: gt, path: "/v1/connections/c~%3F1", code: inv, mention: "connection_id"},
-		{rpc: "GetConnection", name: "connection id of 65 bytes", method: gt, path: "/v1/connections/" + strings.Repeat("c", 65), code: inv, mention: "connection_id"},
 		{rpc: "GetConnection", name: "unknown query parameter", method: gt, path: "/v1/connections/c999?verbose=1", code: inv, mention: "verbose"},
 		{rpc: "GetConnection", name: "connectionId in the query too", method: gt, path: "/v1/connections/c999?connectionId=c1", code: inv, mention: "connection_id is set by the path"},
-		{rpc: "GetConnection", name: "connection id unknown", method: gt, path: "/v1/connections/c999", code: codes.NotFound, mention: "c999"},
-		{rpc: "GetConnection", name: "connection id known", method: gt, path: "/v1/connections/" + connID, code: codes.OK},
 
 		// CloseConnection.
-		{rpc: cc, name: "connection id empty", method: del, path: "/v1/connections/", code: inv, mention: "connection_id"},
 		{rpc: cc, name: "connection id invalid UTF-8", method: del, path: "/v1/connections/%FF", code: inv, mention: "connection_id"},
 		{rpc: cc, name: "connection id malformed", method: del, path: "/v1/connections/c~%3F1", code: inv, mention: "connection_id"},
 		{rpc: cc, name: "unknown query parameter", method: del, path: "/v1/connections/c999?force=true", code: inv, mention: "force"},
-		{rpc: cc, name: "connection id unknown", method: del, path: "/v1/connections/c999", code: codes.NotFound, mention: "c999"},
 
 		// Send: target and payload, including both members of a oneof.
-		{rpc: send, name: "no target", method: post, path: "/v1/send", body: `{"text": "x"}`, code: inv, mention: "target"},
-		{rpc: send, name: "no payload", method: post, path: "/v1/send", body: `{"address": ` + kaddr + `}`, code: inv, mention: "payload"},
 		{rpc: send, name: "empty body", method: post, path: "/v1/send", code: inv, mention: "payload"},
-		{rpc: send, name: "empty object", method: post, path: "/v1/send", body: `{}`, code: inv, mention: "payload"},
-		{rpc: send, name: "empty text is a payload", method: post, path: "/v1/send", body: `{"address": ` + badJSON(silent) + `, "text": ""}`, code: codes.OK},
 		{rpc: send, name: "text and data", method: post, path: "/v1/send", body: `{"address": ` + kaddr + `, "text": "x", "data": "eA=="}`, code: inv, mention: "payload"},
 		{rpc: send, name: "address and connectionId", method: post, path: "/v1/send", body: `{"address": ` + kaddr + `, "connectionId": "` + connID + `", "text": "x"}`, code: inv, mention: "target"},
 		{rpc: send, name: "connectionId and listenerId", method: post, path: "/v1/send", body: `{"connectionId": "` + connID + `", "listenerId": "keep", "text": "x"}`, code: inv, mention: "target"},
 		{rpc: send, name: "text as a number", method: post, path: "/v1/send", body: `{"address": ` + kaddr + `, "text": 5}`, code: inv, mention: "text"},
 		{rpc: send, name: "data not base64", method: post, path: "/v1/send", body: `{"address": ` + kaddr + `, "data": "not base64!"}`, code: inv, mention: "data"},
-		{rpc: send, name: "address empty", method: post, path: "/v1/send", body: addr(""), code: inv, mention: "address"},
-		{rpc: send, name: "address without port", method: post, path: "/v1/send", body: addr("no-port"), code: inv, mention: "address"},
-		{rpc: send, name: "address port 0", method: post, path: "/v1/send", body: addr("127.0.0.1:0"), code: inv, mention: "address"},
-		{rpc: send, name: "address port 70000", method: post, path: "/v1/send", body: addr("127.0.0.1:70000"), code: inv, mention: "address"},
-		{rpc: send, name: "address port not a number", method: post, path: "/v1/send", body: addr("127.0.0.1:http"), code: inv, mention: "address"},
-		{rpc: send, name: "address port negative", method: post, path: "/v1/send", body: addr("127.0.0.1:-1"), code: inv, mention: "address"},
-		{rpc: send, name: "address host empty", method: post, path: "/v1/send", body: addr(":80"), code: inv, mention: "address"},
-		{rpc: send, name: "address refused", method: post, path: "/v1/send", body: addr(refused), code: codes.Unavailable, mention: refused},
-		{rpc: send, name: "connectionId empty", method: post, path: "/v1/send", body: `{"connectionId": "", "text": "x"}`, code: inv, mention: "connection_id"},
 		{rpc: send, name: "connectionId malformed", method: post, path: "/v1/send", body: `{"connectionId": "c/1", "text": "x"}`, code: inv, mention: "connection_id"},
 		{rpc: send, name: "query parameter", method: post, path: "/v1/send?timeout=1s", body: `{"connectionId": "c999", "text": "x"}`, code: inv, mention: `query parameter "timeout"`},
-		{rpc: send, name: "connectionId unknown", method: post, path: "/v1/send", body: `{"connectionId": "c999", "text": "x"}`, code: codes.NotFound, mention: "c999"},
-		{rpc: send, name: "listenerId empty", method: post, path: "/v1/send", body: `{"listenerId": "", "text": "x"}`, code: inv, mention: "listener_id"},
-		{rpc: send, name: "listenerId unknown", method: post, path: "/v1/send", body: `{"listenerId": "nope", "text": "x"}`, code: codes.NotFound, mention: "nope"},
 		{rpc: send, name: "payload over max_send_bytes", limits: true, method: post, path: "/v1/send",
-			body: `{"address": ` + badJSON(full.GetAddress()) + `, "text": "` + strings.Repeat("x", 2000) + `"}`, code: codes.ResourceExhausted, mention: "max_send_bytes"},
-		{rpc: send, name: "payload of max_send_bytes is fine", limits: true, method: post, path: "/v1/send",
-			body: `{"address": ` + badJSON(full.GetAddress()) + `, "data": "` + base64.StdEncoding.EncodeToString(make([]byte, 1024)) + `"}`, code: codes.OK},
-		{rpc: send, name: "text over max_send_bytes", limits: true, method: post, path: "/v1/send",
-			body: `{"address": ` + badJSON(full.GetAddress()) + `, "text": "` + strings.Repeat("é", 600) + `"}`, code: codes.ResourceExhausted, mention: "max_send_bytes"},
+			body: `{"address": ` + badJSON(bad.FullAddr) + `, "text": "` + strings.Repeat("x", 2000) + `"}`, code: codes.ResourceExhausted, mention: "max_send_bytes"},
 
 		// Send: awaitReply.
-		{rpc: send, name: "awaitReply with listenerId", method: post, path: "/v1/send", body: `{"listenerId": "keep", "text": "x", "awaitReply": {"mode": "AWAIT_MODE_FIRST_READ"}}`, code: inv, mention: "await_reply"},
-		{rpc: send, name: "awaitReply until close with listenerId", method: post, path: "/v1/send", body: `{"listenerId": "keep", "text": "x", "awaitReply": {"mode": "AWAIT_MODE_UNTIL_CLOSE"}}`, code: inv, mention: "await_reply"},
-		{rpc: send, name: "awaitReply.framing with connectionId", method: post, path: "/v1/send",
-			body: `{"connectionId": "` + connID + `", "text": "x", "awaitReply": {"mode": "AWAIT_MODE_FRAME", "framing": {"mode": "FRAMING_MODE_LINE"}}}`, code: inv, mention: "await_reply.framing"},
-		{rpc: send, name: "awaitReply.framing with FIRST_READ", method: post, path: "/v1/send",
-			body: sendTo(`"awaitReply": {"mode": "AWAIT_MODE_FIRST_READ", "framing": {"mode": "FRAMING_MODE_LINE"}}`), code: inv, mention: "await_reply.framing"},
-		{rpc: send, name: "awaitReply.framing without a mode", method: post, path: "/v1/send",
-			body: sendTo(`"awaitReply": {"framing": {"mode": "FRAMING_MODE_LINE"}}`), code: inv, mention: "await_reply.framing"},
-		{rpc: send, name: "awaitReply mode 99", method: post, path: "/v1/send", body: sendTo(`"awaitReply": {"mode": 99}`), code: inv, mention: "await_reply.mode"},
-		{rpc: send, name: "awaitReply mode 99 to a connection", method: post, path: "/v1/send",
-			body: `{"connectionId": "` + connID + `", "text": "x", "awaitReply": {"mode": 99}}`, code: inv, mention: "await_reply.mode"},
 		{rpc: send, name: "awaitReply mode by unknown name", method: post, path: "/v1/send", body: sendTo(`"awaitReply": {"mode": "AWAIT_MODE_NOPE"}`), code: inv, mention: "mode"},
-		{rpc: send, name: "awaitReply maxBytes over 3 MiB", method: post, path: "/v1/send", body: sendTo(`"awaitReply": {"mode": "AWAIT_MODE_FIRST_READ", "maxBytes": 3145729}`), code: inv, mention: "await_reply.max_bytes"},
-		{rpc: send, name: "awaitReply.framing delimiter mode without delimiter", method: post, path: "/v1/send",
-			body: sendTo(`"awaitReply": {"mode": "AWAIT_MODE_FRAME", "framing": {"mode": "FRAMING_MODE_DELIMITER"}}`), code: inv, mention: "await_reply.framing.delimiter"},
-		{rpc: send, name: "awaitReply.framing mode 99", method: post, path: "/v1/send",
-			body: sendTo(`"awaitReply": {"mode": "AWAIT_MODE_FRAME", "framing": {"mode": 99}}`), code: inv, mention: "await_reply.framing.mode"},
-		{rpc: send, name: "awaitReply.framing prefixBytes 3", method: post, path: "/v1/send",
-			body: sendTo(`"awaitReply": {"mode": "AWAIT_MODE_FRAME", "framing": {"mode": "FRAMING_MODE_LENGTH_PREFIX", "prefixBytes": 3}}`), code: inv, mention: "await_reply.framing.prefix_bytes"},
-		{rpc: send, name: "awaitReply.framing fixedSize 0", method: post, path: "/v1/send",
-			body: sendTo(`"awaitReply": {"mode": "AWAIT_MODE_FRAME", "framing": {"mode": "FRAMING_MODE_FIXED"}}`), code: inv, mention: "await_reply.framing.fixed_size"},
-		{rpc: send, name: "awaitReply.framing maxFrameBytes over 3 MiB", method: post, path: "/v1/send",
-			body: sendTo(`"awaitReply": {"mode": "AWAIT_MODE_FRAME", "framing": {"maxFrameBytes": 3145729}}`), code: inv, mention: "await_reply.framing.max_frame_bytes"},
 		{rpc: send, name: "reply timeout", method: post, path: "/v1/send",
 			body: `{"address": ` + badJSON(silent) + `, "text": "x", "awaitReply": {"mode": "AWAIT_MODE_FIRST_READ"}, "timeout": "0.2s"}`, code: codes.DeadlineExceeded, mention: silent},
 
 		// Send: timeout.
-		{rpc: send, name: "timeout negative", method: post, path: "/v1/send", body: sendTo(`"timeout": "-1s"`), code: inv, mention: "timeout"},
 		{rpc: send, name: "timeout with an unknown unit", method: post, path: "/v1/send", body: sendTo(`"timeout": "5x"`), code: inv, mention: "timeout"},
 		{rpc: send, name: "timeout with 10 fractional digits", method: post, path: "/v1/send", body: sendTo(`"timeout": "1.0000000001s"`), code: inv, mention: "timeout"},
 		{rpc: send, name: "timeout above 10000 years", method: post, path: "/v1/send", body: sendTo(`"timeout": "315576000001s"`), code: inv, mention: "timeout"},
 		{rpc: send, name: "timeout as an object", method: post, path: "/v1/send", body: sendTo(`"timeout": {"seconds": 1}`), code: inv, mention: "timeout"},
 
 		// Subscribe: the query of GET /v1/events.
-		{rpc: sub, name: "kinds UNSPECIFIED", method: gt, path: "/v1/events?kinds=EVENT_KIND_UNSPECIFIED", code: inv, mention: "kinds[0]"},
-		{rpc: sub, name: "kinds EVENTS_DROPPED is allowed", method: gt, path: "/v1/events?kinds=EVENT_KIND_EVENTS_DROPPED", code: codes.OK},
 		{rpc: sub, name: "kinds 99", method: gt, path: "/v1/events?kinds=99", code: inv, mention: "kinds"},
 		{rpc: sub, name: "kinds 99 after a good one", method: gt, path: "/v1/events?kinds=EVENT_KIND_DATA&kinds=99", code: inv, mention: "kinds"},
 		{rpc: sub, name: "kinds -1", method: gt, path: "/v1/events?kinds=-1", code: inv, mention: "kinds"},
@@ -404,9 +384,6 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: sub, name: "listenerIds invalid UTF-8", method: gt, path: "/v1/events?listenerIds=%FF", code: inv, mention: "listenerIds"},
 		{rpc: sub, name: "connectionIds malformed", method: gt, path: "/v1/events?connectionIds=c1&connectionIds=c%2F2", code: inv, mention: "connection_ids[1]"},
 		{rpc: sub, name: "kinds misspelt", method: gt, path: "/v1/events?kind=EVENT_KIND_DATA", code: inv, mention: "kind"},
-		{rpc: sub, name: "kinds DATA is fine", method: gt, path: "/v1/events?kinds=EVENT_KIND_DATA", code: codes.OK},
-		{rpc: sub, name: "sinceSequence in the future", method: gt, path: "/v1/events?sinceSequence=9223372036854775808", code: codes.OutOfRange, status: http.StatusBadRequest, mention: "since_sequence"},
-		{rpc: sub, name: "max_subscribers reached", limits: true, method: gt, path: "/v1/events", code: codes.ResourceExhausted, mention: "max_subscribers"},
 
 		// ListListeners takes no parameters at all.
 		{rpc: list, name: "unknown query parameter", method: gt, path: "/v1/listeners?state=LISTENING", code: inv, mention: `query parameter "state": ListListenersRequest has no field "state"`},
@@ -419,7 +396,7 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: "route", name: "unknown path of 1 MB", method: gt, path: "/v1/" + strings.Repeat("p", 1<<20), code: codes.NotFound, mention: "(1048580 bytes)"},
 		{rpc: "route", name: "unknown path", method: gt, path: "/v1/nope", code: codes.NotFound, mention: "/v1/nope"},
 		{rpc: "route", name: "wrong method", method: http.MethodPut, path: "/v1/send", body: `{}`, code: codes.Unimplemented, status: http.StatusMethodNotAllowed, mention: "PUT"},
-	}
+	}...)
 
 	seen := map[string]bool{}
 	for _, tt := range tests {
@@ -431,11 +408,20 @@ func TestBadInputREST(t *testing.T) {
 			if tt.name == "host not owned here" && unbindable == "" {
 				t.Skip("every documentation address is bindable on this machine")
 			}
+			if tt.skip != "" {
+				t.Skip(tt.skip)
+			}
+			if testing.Short() && len(tt.body) > 1<<20 {
+				// The rows of 3 MiB values take seconds each through JSON
+				// under -race; TestBadInput sends them over gRPC under
+				// -short too, and make test runs them here.
+				t.Skip("a body over 1 MiB; make test runs it")
+			}
 			a := api
 			if tt.limits {
 				a = lim
 			}
-			resp, body := badDo(t, a, tt.method, tt.path, tt.body)
+			resp, body := a.Do(tt.method, tt.path, tt.body, nil)
 			t.Logf("%d %s", resp.StatusCode, body)
 			if resp.StatusCode >= 500 && resp.StatusCode != http.StatusServiceUnavailable && resp.StatusCode != http.StatusGatewayTimeout {
 				t.Fatalf("status %d for a bad input; body %s", resp.StatusCode, body)
@@ -443,38 +429,32 @@ func TestBadInputREST(t *testing.T) {
 			if resp.StatusCode == http.StatusOK && tt.method == post && tt.path == "/v1/listeners" {
 				// Whether it was meant to start or not, stop it.
 				var started tcpgatev1.StartListenerResponse
-				decode(t, string(body), &started)
+				servertest.Decode(t, string(body), &started)
 				var stopped tcpgatev1.StopListenerResponse
-				a.call(del, "/v1/listeners/"+url.PathEscape(started.GetListener().GetListenerId()), "", &stopped)
+				a.Call(del, "/v1/listeners/"+url.PathEscape(started.GetListener().GetListenerId()), "", &stopped)
 			}
 			problem := badCheck(tt, resp, body)
+			if problem == "" && tt.row != nil {
+				problem = tt.row.CheckDetails(badDetails(body))
+			}
 			if problem != "" {
 				t.Fatal(problem)
 			}
 		})
 	}
-	for _, m := range tcpgatev1.GatewayService_ServiceDesc.Methods {
-		if !seen[m.MethodName] {
-			t.Errorf("no case for %s", m.MethodName)
-		}
-	}
-	for _, s := range tcpgatev1.GatewayService_ServiceDesc.Streams {
-		if !seen[s.StreamName] {
-			t.Errorf("no case for %s", s.StreamName)
-		}
-	}
+	servertest.WantEveryMethod(t, seen)
 
 	// The bad requests left nothing behind: keep still listens with its
 	// connection, and no other listener exists.
 	t.Run("state after the table", func(t *testing.T) {
 		var ls tcpgatev1.ListListenersResponse
-		api.call(gt, "/v1/listeners", "", &ls)
+		api.Call(gt, "/v1/listeners", "", &ls)
 		if len(ls.GetListeners()) != 1 || ls.GetListeners()[0].GetListenerId() != "keep" ||
 			ls.GetListeners()[0].GetState() != tcpgatev1.ListenerState_LISTENER_STATE_LISTENING {
 			t.Fatalf("listeners = %v, want keep alone, listening", ls.GetListeners())
 		}
 		api.send(`{"connectionId": "` + connID + `", "text": "ok"}`)
-		if b := readN(t, client, 2); string(b) != "ok" {
+		if b := servertest.ReadN(t, bad.Client, 2); string(b) != "ok" {
 			t.Fatalf("client read %q", b)
 		}
 	})
@@ -496,7 +476,7 @@ func badCheck(tt badRESTCase, resp *http.Response, body []byte) string {
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 		return fmt.Sprintf("Content-Type %q, want application/json; body %s", ct, body)
 	}
-	var e apiError
+	var e servertest.APIError
 	if err := json.Unmarshal(body, &e); err != nil {
 		return fmt.Sprintf("error body %q is not JSON: %v", body, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/tcpgate/tcpgate/server"
+	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
 // TestErrors: every failure reaches a REST client as the HTTP status of
@@ -17,9 +18,9 @@ func TestErrors(t *testing.T) {
 	_, api := startREST(t, server.Config{})
 	api.startListener("taken")
 	release := make(chan struct{})
-	silent := peer(t, func(net.Conn) { <-release }) // reads nothing, answers nothing
-	t.Cleanup(func() { close(release) })            // before peer's cleanup waits for it
-	refused := refusedAddr(t)
+	silent := servertest.Peer(t, func(net.Conn) { <-release }) // reads nothing, answers nothing
+	t.Cleanup(func() { close(release) })                       // before peer's cleanup waits for it
+	refused := servertest.RefusedAddr(t)
 
 	tests := []struct {
 		name         string
@@ -72,8 +73,8 @@ func TestErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			resp, body := api.do(tt.method, tt.path, tt.body, nil)
-			wantError(t, resp, body, tt.status, tt.code, tt.msg)
+			resp, body := api.Do(tt.method, tt.path, tt.body, nil)
+			servertest.WantError(t, resp, body, tt.status, tt.code, tt.msg)
 		})
 	}
 }
@@ -82,8 +83,8 @@ func TestErrors(t *testing.T) {
 func TestErrorLimit(t *testing.T) {
 	_, api := startREST(t, server.Config{MaxListeners: 1})
 	api.startListener("one")
-	resp, body := api.do(http.MethodPost, "/v1/listeners", listenerBody("two"), nil)
-	wantError(t, resp, body, http.StatusTooManyRequests, 8, "1")
+	resp, body := api.Do(http.MethodPost, "/v1/listeners", listenerBody("two"), nil)
+	servertest.WantError(t, resp, body, http.StatusTooManyRequests, 8, "1")
 }
 
 // TestAllowHeader: a 405 names the methods the route has in its Allow
@@ -109,7 +110,7 @@ func TestAllowHeader(t *testing.T) {
 				continue // a stream: shown elsewhere
 			}
 			// Bodies the API refuses before acting: nothing is bound or sent.
-			resp, body := api.do(method, rt.path, `{"port": 70000}`, nil)
+			resp, body := api.Do(method, rt.path, `{"port": 70000}`, nil)
 			switch {
 			case allowed && resp.StatusCode == http.StatusMethodNotAllowed:
 				t.Errorf("%s %s = 405, but Allow lists %s", method, rt.path, method)

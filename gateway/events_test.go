@@ -10,6 +10,7 @@ import (
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server"
+	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
 // The kn-sock example over REST: a subscriber on GET /v1/events sees a
@@ -149,7 +150,7 @@ func TestEventsFilters(t *testing.T) {
 			if len(want) == 0 {
 				t.Fatal("the test matches no event")
 			}
-			s := newREST(t, api.base).openEvents(tt.query, nil)
+			s := newREST(t, api.Base).openEvents(tt.query, nil)
 			if s.lastSequence < dataSeq["b"] {
 				t.Fatalf("Tcpgate-Last-Sequence = %d, want at least %d", s.lastSequence, dataSeq["b"])
 			}
@@ -201,8 +202,8 @@ func TestEventsInvalidQuery(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			resp, body := api.do(http.MethodGet, "/v1/events?"+tt.query, "", tt.header)
-			wantError(t, resp, body, http.StatusBadRequest, 3, tt.msg)
+			resp, body := api.Do(http.MethodGet, "/v1/events?"+tt.query, "", tt.header)
+			servertest.WantError(t, resp, body, http.StatusBadRequest, 3, tt.msg)
 		})
 	}
 }
@@ -212,8 +213,8 @@ func TestEventsInvalidQuery(t *testing.T) {
 func TestEventsMaxSubscribers(t *testing.T) {
 	_, api := startREST(t, server.Config{MaxSubscribers: 1})
 	api.openEvents("", nil)
-	resp, body := api.do(http.MethodGet, "/v1/events", "", nil)
-	wantError(t, resp, body, http.StatusTooManyRequests, 8, "max_subscribers")
+	resp, body := api.Do(http.MethodGet, "/v1/events", "", nil)
+	servertest.WantError(t, resp, body, http.StatusTooManyRequests, 8, "max_subscribers")
 }
 
 // TestEventsReplayGap: asking for more than the replay ring still holds
@@ -257,12 +258,12 @@ func TestEventsReplayGap(t *testing.T) {
 	}
 
 	t.Run("NDJSON", func(t *testing.T) {
-		s := newREST(t, api.base).openEvents("sinceSequence=1", nil)
+		s := newREST(t, api.Base).openEvents("sinceSequence=1", nil)
 		marker, _ := s.next()
 		check(t, 1, marker, func() *tcpgatev1.Event { e, _ := s.next(); return e })
 	})
 	t.Run("SSE", func(t *testing.T) {
-		s := newREST(t, api.base).openEvents("", sseHeader(witness.incarnation+"-1"))
+		s := newREST(t, api.Base).openEvents("", sseHeader(witness.incarnation+"-1"))
 		var f sseFrame
 		for f.data == "" {
 			f = s.nextFrame()
@@ -279,12 +280,12 @@ func TestEventsReplayGap(t *testing.T) {
 func TestEventsClientGone(t *testing.T) {
 	_, api := startREST(t, server.Config{MaxSubscribers: 1})
 	s := api.openEvents("", sseHeader(""))
-	resp, body := api.do(http.MethodGet, "/v1/events", "", nil)
-	wantError(t, resp, body, http.StatusTooManyRequests, 8, "max_subscribers")
+	resp, body := api.Do(http.MethodGet, "/v1/events", "", nil)
+	servertest.WantError(t, resp, body, http.StatusTooManyRequests, 8, "max_subscribers")
 
 	s.close()
-	eventually(t, "a new subscription after the first client left", func() bool {
-		resp, body := api.do(http.MethodGet, "/metrics", "", nil)
+	servertest.Eventually(t, "a new subscription after the first client left", func() bool {
+		resp, body := api.Do(http.MethodGet, "/metrics", "", nil)
 		return resp.StatusCode == http.StatusOK && strings.Contains(string(body), `tcpgate_subscribers{policy="drop_oldest"} 0`)
 	})
 	api.openEvents("", nil)
@@ -295,8 +296,8 @@ func TestEventsClientGone(t *testing.T) {
 func TestEventsUnknownQueryParameter(t *testing.T) {
 	_, api := startREST(t, server.Config{})
 	for _, path := range []string{"/v1/events?listenerId=a", "/v1/connections?listenerID=a"} {
-		resp, body := api.do(http.MethodGet, path, "", nil)
-		wantError(t, resp, body, http.StatusBadRequest, 3, "listener")
+		resp, body := api.Do(http.MethodGet, path, "", nil)
+		servertest.WantError(t, resp, body, http.StatusBadRequest, 3, "listener")
 	}
 }
 
@@ -325,6 +326,6 @@ func TestEventsPayloadFormat(t *testing.T) {
 			t.Errorf("payloadFormat %q: line %s, want data %v text %v", f, line, wantData, wantText)
 		}
 	}
-	resp, body := api.do(http.MethodGet, "/v1/events?payloadFormat=9", "", nil)
-	wantError(t, resp, body, http.StatusBadRequest, 3, "payload_format")
+	resp, body := api.Do(http.MethodGet, "/v1/events?payloadFormat=9", "", nil)
+	servertest.WantError(t, resp, body, http.StatusBadRequest, 3, "payload_format")
 }

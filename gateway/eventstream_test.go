@@ -45,7 +45,7 @@ func (r *rest) openEvents(query string, header http.Header) *eventStream {
 	if query != "" {
 		path += "?" + query
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.base+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.Base+path, nil)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -56,7 +56,7 @@ func (r *rest) openEvents(query string, header http.Header) *eventStream {
 		}
 	}
 	timer := time.AfterFunc(wait, cancel) // bounds the wait for headers
-	resp, err := r.hc.Do(req)
+	resp, err := r.HTTP.Do(req)
 	timer.Stop()
 	if err != nil {
 		cancel()

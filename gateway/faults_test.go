@@ -107,7 +107,7 @@ func TestSSEClientDrops(t *testing.T) {
 		}
 		// The streams dropped before this one are gone (the gateway
 		// notices a hang-up asynchronously); this one is counted.
-		faultEventually(t, fmt.Sprintf("stream %d the only subscriber", i), func() bool {
+		servertest.Eventually(t, fmt.Sprintf("stream %d the only subscriber", i), func() bool {
 			return faultSubscribers(t, hc, g.BaseURL) == 1
 		})
 		// Hang up while the gateway is writing.
@@ -116,14 +116,14 @@ func TestSSEClientDrops(t *testing.T) {
 	}
 	t.Logf("%d streams dropped; goroutines at baseline %d, now %d", drops, baseline, runtime.NumGoroutine())
 
-	faultEventually(t, "every dropped stream's subscription gone", func() bool {
+	servertest.Eventually(t, "every dropped stream's subscription gone", func() bool {
 		return faultSubscribers(t, hc, g.BaseURL) == 0
 	})
 	// A few goroutines come and go with the runtime and the HTTP and gRPC
 	// machinery; a leaked stream costs at least two (handler and receiver),
 	// so five of them would be far over this slack.
 	const slack = 4
-	faultEventually(t, fmt.Sprintf("goroutines back to %d+%d", baseline, slack), func() bool {
+	servertest.Eventually(t, fmt.Sprintf("goroutines back to %d+%d", baseline, slack), func() bool {
 		return runtime.NumGoroutine() <= baseline+slack
 	})
 
@@ -252,16 +252,4 @@ func faultSettledGoroutines() int {
 		least = min(least, runtime.NumGoroutine())
 	}
 	return least
-}
-
-// faultEventually polls cond until it holds, failing the test after faultWait.
-func faultEventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(faultWait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, faultWait)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

@@ -14,31 +14,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server"
+	"github.com/tcpgate/tcpgate/server/servertest"
 )
-
-// guardLog is a log sink the daemon and the test share.
-type guardLog struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (l *guardLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *guardLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // guardRefusedTotal reads tcpgate_http_refused_total by status from /metrics.
 func guardRefusedTotal(t *testing.T, api *rest, auth http.Header) map[string]int {
@@ -103,7 +85,7 @@ func TestOptionsEveryRoute(t *testing.T) {
 		{"without --cors-origins", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var logs guardLog
+			var logs servertest.LogSink
 			g, api := startREST(t, server.Config{
 				AuthToken: secToken, CORSOrigins: tc.cors, DebugAddr: "127.0.0.1:0",
 				Logger: slog.New(slog.NewTextHandler(&logs, nil)),
@@ -124,8 +106,8 @@ func TestOptionsEveryRoute(t *testing.T) {
 			}
 			restPaths = append(restPaths, "/healthz", "/v1/no-such-route")
 			targets := []target{
-				{api: api, rest: true, self: api.base, paths: restPaths, inBodies: []string{`"listeners"`, `"connections"`, `"openapi"`, "tcpgate_", `"kind"`, `"status"`}},
-				{api: debug, self: debug.base, paths: guardDebugRoutes(t, debug, withToken), inBodies: []string{"goroutine", "profile", "heap", "num_symbols", "\x00"}},
+				{api: api, rest: true, self: api.Base, paths: restPaths, inBodies: []string{`"listeners"`, `"connections"`, `"openapi"`, "tcpgate_", `"kind"`, `"status"`}},
+				{api: debug, self: debug.Base, paths: guardDebugRoutes(t, debug, withToken), inBodies: []string{"goroutine", "profile", "heap", "num_symbols", "\x00"}},
 			}
 			before := guardRefusedTotal(t, api, withToken)
 			logged := strings.Count(logs.String(), "method=OPTIONS")
@@ -195,7 +177,7 @@ func guardWantRefused(t *testing.T, what string, resp secResponse, inBodies []st
 		t.Errorf("%s = %d %.200q, want 401 or 403", what, resp.status, resp.body)
 		return
 	}
-	var e apiError
+	var e servertest.APIError
 	if err := json.Unmarshal(resp.body, &e); err != nil || e.Code == nil || (*e.Code != 16 && *e.Code != 7) {
 		t.Errorf("%s: body %.200q, want a JSON error with code 16 or 7", what, resp.body)
 	}
@@ -230,7 +212,7 @@ func TestForgedRequests(t *testing.T) {
 	}
 	self := "http://127.0.0.1:" + port
 	var reached atomic.Int64
-	target := peer(t, func(net.Conn) { reached.Add(1) })
+	target := servertest.Peer(t, func(net.Conn) { reached.Add(1) })
 
 	const (
 		jsonCT  = "application/json"
@@ -305,7 +287,7 @@ func TestForgedRequests(t *testing.T) {
 			if body == "" && method == http.MethodPost {
 				body = listenerBody(c.name)
 			}
-			req, err := http.NewRequestWithContext(secCtx(t), method, api.base+path, strings.NewReader(body))
+			req, err := http.NewRequestWithContext(secCtx(t), method, api.Base+path, strings.NewReader(body))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -318,7 +300,7 @@ func TestForgedRequests(t *testing.T) {
 			for k, vs := range c.header {
 				req.Header[k] = vs
 			}
-			resp, err := api.hc.Do(req)
+			resp, err := api.HTTP.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -334,7 +316,7 @@ func TestForgedRequests(t *testing.T) {
 				}
 				return
 			}
-			var e apiError
+			var e servertest.APIError
 			if err := json.Unmarshal(b.Bytes(), &e); err != nil || e.Code == nil {
 				t.Fatalf("body %s, want the JSON error body", b.Bytes())
 			}
@@ -355,7 +337,7 @@ func TestForgedRequests(t *testing.T) {
 
 	// Exactly the allowed listeners exist, and no forged send went out.
 	var list tcpgatev1.ListListenersResponse
-	api.call(http.MethodGet, "/v1/listeners", "", &list)
+	api.Call(http.MethodGet, "/v1/listeners", "", &list)
 	var ids []string
 	for _, l := range list.GetListeners() {
 		ids = append(ids, l.GetListenerId())

@@ -10,12 +10,13 @@ import (
 	"testing"
 
 	"github.com/tcpgate/tcpgate/server"
+	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
 // TestOpenAPI: the OpenAPI document is served and describes the routes.
 func TestOpenAPI(t *testing.T) {
 	_, api := startREST(t, server.Config{})
-	resp, body := api.do(http.MethodGet, "/openapi.json", "", nil)
+	resp, body := api.Do(http.MethodGet, "/openapi.json", "", nil)
 	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
 		t.Fatalf("GET /openapi.json = %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
@@ -91,7 +92,7 @@ func keys[V any](m map[string]V) []string {
 // TestHealthz: the health check answers from the daemon's health service.
 func TestHealthz(t *testing.T) {
 	_, api := startREST(t, server.Config{})
-	resp, body := api.do(http.MethodGet, "/healthz", "", nil)
+	resp, body := api.Do(http.MethodGet, "/healthz", "", nil)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /healthz = %d %s", resp.StatusCode, body)
 	}
@@ -109,14 +110,14 @@ func TestMetrics(t *testing.T) {
 	_, api := startREST(t, server.Config{})
 	l := api.startListener("seed")
 	seedClient(t, l.GetAddress())
-	eventually(t, "the connection closed", func() bool {
-		_, b := api.do(http.MethodGet, "/metrics", "", nil)
+	servertest.Eventually(t, "the connection closed", func() bool {
+		_, b := api.Do(http.MethodGet, "/metrics", "", nil)
 		return regexp.MustCompile(`(?m)^tcpgate_connections_open 0$`).Match(b) &&
 			regexp.MustCompile(`(?m)^tcpgate_connections_accepted_total 1$`).Match(b) &&
 			regexp.MustCompile(`(?m)^tcpgate_sent_bytes_total 16$`).Match(b)
 	})
 
-	resp, body := api.do(http.MethodGet, "/metrics", "", nil)
+	resp, body := api.Do(http.MethodGet, "/metrics", "", nil)
 	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
 		t.Fatalf("GET /metrics = %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
@@ -151,12 +152,12 @@ func TestMetrics(t *testing.T) {
 	}
 
 	// A one-shot send to an address is counted with its bytes.
-	resp, body = api.do(http.MethodPost, "/v1/send", `{"address": "`+l.GetAddress()+`", "text": "abc",
+	resp, body = api.Do(http.MethodPost, "/v1/send", `{"address": "`+l.GetAddress()+`", "text": "abc",
 		"awaitReply": {"mode": "AWAIT_MODE_FIRST_READ"}}`, nil)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("POST /v1/send = %d %s", resp.StatusCode, body)
 	}
-	_, body = api.do(http.MethodGet, "/metrics", "", nil)
+	_, body = api.Do(http.MethodGet, "/metrics", "", nil)
 	for _, want := range []string{
 		`tcpgate_address_sends_total 1`,
 		`tcpgate_address_sends_failed_total 0`,
@@ -178,11 +179,11 @@ func TestCORS(t *testing.T) {
 		_, api := startREST(t, server.Config{})
 		// On loopback, a page from another origin is refused outright: the
 		// request must not run, whatever the browser then does with it.
-		resp, _ := api.do(http.MethodGet, "/v1/listeners", "", http.Header{"Origin": {dash}})
+		resp, _ := api.Do(http.MethodGet, "/v1/listeners", "", http.Header{"Origin": {dash}})
 		if resp.StatusCode != http.StatusForbidden || resp.Header.Get("Access-Control-Allow-Origin") != "" {
 			t.Fatalf("GET = %d with Access-Control-Allow-Origin %q", resp.StatusCode, resp.Header.Get("Access-Control-Allow-Origin"))
 		}
-		resp, _ = api.do(http.MethodOptions, "/v1/listeners", "", preflight)
+		resp, _ = api.Do(http.MethodOptions, "/v1/listeners", "", preflight)
 		if got := resp.Header.Get("Access-Control-Allow-Origin"); got != "" || resp.StatusCode == http.StatusNoContent {
 			t.Fatalf("preflight = %d with Access-Control-Allow-Origin %q", resp.StatusCode, got)
 		}
@@ -190,7 +191,7 @@ func TestCORS(t *testing.T) {
 
 	t.Run("configured origin", func(t *testing.T) {
 		_, api := startREST(t, server.Config{CORSOrigins: []string{dash}})
-		resp, _ := api.do(http.MethodGet, "/v1/listeners", "", http.Header{"Origin": {dash}})
+		resp, _ := api.Do(http.MethodGet, "/v1/listeners", "", http.Header{"Origin": {dash}})
 		if resp.StatusCode != http.StatusOK || resp.Header.Get("Access-Control-Allow-Origin") != dash {
 			t.Fatalf("GET = %d with Access-Control-Allow-Origin %q", resp.StatusCode, resp.Header.Get("Access-Control-Allow-Origin"))
 		}
@@ -198,7 +199,7 @@ func TestCORS(t *testing.T) {
 			t.Errorf("Vary = %q, want Origin", v)
 		}
 
-		resp, _ = api.do(http.MethodOptions, "/v1/listeners", "", preflight)
+		resp, _ = api.Do(http.MethodOptions, "/v1/listeners", "", preflight)
 		if resp.StatusCode != http.StatusNoContent || resp.Header.Get("Access-Control-Allow-Origin") != dash {
 			t.Fatalf("preflight = %d with Access-Control-Allow-Origin %q", resp.StatusCode, resp.Header.Get("Access-Control-Allow-Origin"))
 		}
@@ -211,7 +212,7 @@ func TestCORS(t *testing.T) {
 
 		// Errors and the event stream carry it too, and a page may read the
 		// stream's sequence header.
-		resp, _ = api.do(http.MethodGet, "/v1/listeners/nope", "", http.Header{"Origin": {dash}})
+		resp, _ = api.Do(http.MethodGet, "/v1/listeners/nope", "", http.Header{"Origin": {dash}})
 		if resp.StatusCode != http.StatusNotFound || resp.Header.Get("Access-Control-Allow-Origin") != dash {
 			t.Errorf("404 with Access-Control-Allow-Origin %q", resp.Header.Get("Access-Control-Allow-Origin"))
 		}
@@ -222,11 +223,11 @@ func TestCORS(t *testing.T) {
 		s.close()
 
 		const other = "http://evil.example"
-		resp, _ = api.do(http.MethodGet, "/v1/listeners", "", http.Header{"Origin": {other}})
+		resp, _ = api.Do(http.MethodGet, "/v1/listeners", "", http.Header{"Origin": {other}})
 		if got := resp.Header.Get("Access-Control-Allow-Origin"); got != "" {
 			t.Fatalf("GET from %s: Access-Control-Allow-Origin %q", other, got)
 		}
-		resp, _ = api.do(http.MethodOptions, "/v1/listeners", "", http.Header{"Origin": {other}, "Access-Control-Request-Method": {"POST"}})
+		resp, _ = api.Do(http.MethodOptions, "/v1/listeners", "", http.Header{"Origin": {other}, "Access-Control-Request-Method": {"POST"}})
 		if got := resp.Header.Get("Access-Control-Allow-Origin"); got != "" || resp.Header.Get("Access-Control-Allow-Methods") != "" {
 			t.Fatalf("preflight from %s = %d with Access-Control-Allow-Origin %q", other, resp.StatusCode, got)
 		}
@@ -234,7 +235,7 @@ func TestCORS(t *testing.T) {
 
 	t.Run("any origin", func(t *testing.T) {
 		_, api := startREST(t, server.Config{CORSOrigins: []string{"*"}})
-		resp, _ := api.do(http.MethodGet, "/v1/listeners", "", http.Header{"Origin": {"http://anywhere.example"}})
+		resp, _ := api.Do(http.MethodGet, "/v1/listeners", "", http.Header{"Origin": {"http://anywhere.example"}})
 		if got := resp.Header.Get("Access-Control-Allow-Origin"); got != "http://anywhere.example" && got != "*" {
 			t.Fatalf("Access-Control-Allow-Origin = %q", got)
 		}
@@ -258,19 +259,19 @@ func containsFold(vs []string, want string) bool {
 func TestMetricsCountRESTStreams(t *testing.T) {
 	_, api := startREST(t, server.Config{})
 	s := api.openEvents("slowConsumer=SLOW_CONSUMER_POLICY_BACKPRESSURE", nil)
-	_, body := api.do(http.MethodGet, "/metrics", "", nil)
+	_, body := api.Do(http.MethodGet, "/metrics", "", nil)
 	if !regexp.MustCompile(`(?m)^tcpgate_subscribers\{policy="backpressure"\} 1$`).Match(body) {
 		t.Fatalf("/metrics does not count the open REST stream:\n%s", grepLines(body, "tcpgate_subscribers"))
 	}
 	s.close()
-	eventually(t, "the REST stream counted as a Subscribe call", func() bool {
-		_, b := api.do(http.MethodGet, "/metrics", "", nil)
+	servertest.Eventually(t, "the REST stream counted as a Subscribe call", func() bool {
+		_, b := api.Do(http.MethodGet, "/metrics", "", nil)
 		return regexp.MustCompile(`(?m)^tcpgate_subscribers\{policy="backpressure"\} 0$`).Match(b) &&
 			regexp.MustCompile(`(?m)^tcpgate_grpc_calls_total\{code="Canceled",method="/tcpgate.v1.GatewayService/Subscribe"\} 1$`).Match(b)
 	})
-	resp, b := api.do(http.MethodGet, "/v1/events?kinds=EVENT_KIND_UNSPECIFIED", "", nil)
-	wantError(t, resp, b, http.StatusBadRequest, 3, "kinds[0]")
-	_, b = api.do(http.MethodGet, "/metrics", "", nil)
+	resp, b := api.Do(http.MethodGet, "/v1/events?kinds=EVENT_KIND_UNSPECIFIED", "", nil)
+	servertest.WantError(t, resp, b, http.StatusBadRequest, 3, "kinds[0]")
+	_, b = api.Do(http.MethodGet, "/metrics", "", nil)
 	if !regexp.MustCompile(`(?m)^tcpgate_grpc_calls_total\{code="InvalidArgument",method="/tcpgate.v1.GatewayService/Subscribe"\} 1$`).Match(b) {
 		t.Errorf("a refused REST stream is not counted:\n%s", grepLines(b, "Subscribe"))
 	}

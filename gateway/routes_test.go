@@ -19,6 +19,7 @@ import (
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server"
+	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
 // TestListenerRoutes drives a listener's whole life over REST with a real
@@ -28,14 +29,14 @@ func TestListenerRoutes(t *testing.T) {
 	_, api := startREST(t, server.Config{})
 
 	// POST /v1/listeners: kn-sock's example server.
-	raw := api.call(http.MethodPost, "/v1/listeners", listenerBody("seed"), nil)
+	raw := api.Call(http.MethodPost, "/v1/listeners", listenerBody("seed"), nil)
 	for _, want := range []string{`"listenerId":"seed"`, `"state":"LISTENER_STATE_LISTENING"`, `"autoReply":{`, `"text":"Message received"`, `"createdAt":"`} {
 		if !strings.Contains(compact(raw), want) {
 			t.Errorf("StartListener body %s lacks %s", raw, want)
 		}
 	}
 	var started tcpgatev1.StartListenerResponse
-	decode(t, raw, &started)
+	servertest.Decode(t, raw, &started)
 	l := started.GetListener()
 	host, port, err := net.SplitHostPort(l.GetAddress())
 	if err != nil || host != "127.0.0.1" || port == "0" {
@@ -45,7 +46,7 @@ func TestListenerRoutes(t *testing.T) {
 
 	// GET /v1/listeners, in creation order.
 	var list tcpgatev1.ListListenersResponse
-	api.call(http.MethodGet, "/v1/listeners", "", &list)
+	api.Call(http.MethodGet, "/v1/listeners", "", &list)
 	var ids []string
 	for _, x := range list.GetListeners() {
 		ids = append(ids, x.GetListenerId())
@@ -55,11 +56,11 @@ func TestListenerRoutes(t *testing.T) {
 	}
 
 	// A real client gets the auto reply.
-	c := dial(t, l.GetAddress())
+	c := servertest.Dial(t, l.GetAddress())
 	if _, err := c.Write([]byte("Hello, World!")); err != nil {
 		t.Fatal(err)
 	}
-	if got := readN(t, c, len(seedReply)); string(got) != seedReply {
+	if got := servertest.ReadN(t, c, len(seedReply)); string(got) != seedReply {
 		t.Fatalf("auto reply = %q", got)
 	}
 
@@ -67,8 +68,8 @@ func TestListenerRoutes(t *testing.T) {
 	// bytesOut counts the auto reply once its write returned, which may be
 	// just after the client read it.
 	var got tcpgatev1.GetListenerResponse
-	eventually(t, "bytesOut counts the auto reply", func() bool {
-		raw = api.call(http.MethodGet, "/v1/listeners/seed", "", &got)
+	servertest.Eventually(t, "bytesOut counts the auto reply", func() bool {
+		raw = api.Call(http.MethodGet, "/v1/listeners/seed", "", &got)
 		return got.GetListener().GetBytesOut() == 16
 	})
 	gl := got.GetListener()
@@ -84,7 +85,7 @@ func TestListenerRoutes(t *testing.T) {
 
 	// GET /v1/connections, all and by listener.
 	var conns tcpgatev1.ListConnectionsResponse
-	api.call(http.MethodGet, "/v1/connections", "", &conns)
+	api.Call(http.MethodGet, "/v1/connections", "", &conns)
 	if len(conns.GetConnections()) != 1 {
 		t.Fatalf("connections = %v", conns.GetConnections())
 	}
@@ -92,12 +93,12 @@ func TestListenerRoutes(t *testing.T) {
 	if cn.GetListenerId() != "seed" || cn.GetRemoteAddress() != c.LocalAddr().String() || cn.GetLocalAddress() != l.GetAddress() || cn.GetConnectionId() == "" {
 		t.Fatalf("connection = %v, client at %s", cn, c.LocalAddr())
 	}
-	api.call(http.MethodGet, "/v1/connections?listenerId=seed", "", &conns)
+	api.Call(http.MethodGet, "/v1/connections?listenerId=seed", "", &conns)
 	if len(conns.GetConnections()) != 1 || conns.GetConnections()[0].GetConnectionId() != cn.GetConnectionId() {
 		t.Fatalf("connections of seed = %v", conns.GetConnections())
 	}
 	conns.Reset()
-	api.call(http.MethodGet, "/v1/connections?listenerId="+other.GetListenerId(), "", &conns)
+	api.Call(http.MethodGet, "/v1/connections?listenerId="+other.GetListenerId(), "", &conns)
 	if len(conns.GetConnections()) != 0 {
 		t.Fatalf("connections of other = %v", conns.GetConnections())
 	}
@@ -107,7 +108,7 @@ func TestListenerRoutes(t *testing.T) {
 	if sent.GetBytesWritten() != 12 || sent.GetConnectionsReached() != 1 || sent.GetReply() != nil {
 		t.Fatalf("Send = %v", sent)
 	}
-	if got := readN(t, c, 12); string(got) != "from the API" {
+	if got := servertest.ReadN(t, c, 12); string(got) != "from the API" {
 		t.Fatalf("client read %q", got)
 	}
 
@@ -122,10 +123,10 @@ func TestListenerRoutes(t *testing.T) {
 		var r result
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		defer cancel()
-		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, api.base+"/v1/send", strings.NewReader(fmt.Sprintf(
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, api.Base+"/v1/send", strings.NewReader(fmt.Sprintf(
 			`{"connectionId": %q, "text": "ping", "awaitReply": {"mode": "AWAIT_MODE_FIRST_READ"}, "timeout": "5s"}`, cn.GetConnectionId())))
 		req.Header.Set("Content-Type", "application/json")
-		resp, err := api.hc.Do(req)
+		resp, err := api.HTTP.Do(req)
 		if err == nil {
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
@@ -139,7 +140,7 @@ func TestListenerRoutes(t *testing.T) {
 		r.err = err
 		done <- r
 	}()
-	if got := readN(t, c, 4); string(got) != "ping" {
+	if got := servertest.ReadN(t, c, 4); string(got) != "ping" {
 		t.Fatalf("client read %q", got)
 	}
 	if _, err := c.Write([]byte("pong")); err != nil {
@@ -154,28 +155,28 @@ func TestListenerRoutes(t *testing.T) {
 		t.Fatal("Send awaiting the connection's reply did not return")
 	}
 	// "pong" was a frame too: the listener's auto reply answered it.
-	if got := readN(t, c, len(seedReply)); string(got) != seedReply {
+	if got := servertest.ReadN(t, c, len(seedReply)); string(got) != seedReply {
 		t.Fatalf("auto reply to pong = %q", got)
 	}
 
 	// DELETE /v1/connections/{id}: the client reads EOF.
 	var closed tcpgatev1.CloseConnectionResponse
-	api.call(http.MethodDelete, "/v1/connections/"+cn.GetConnectionId(), "", &closed)
+	api.Call(http.MethodDelete, "/v1/connections/"+cn.GetConnectionId(), "", &closed)
 	if closed.GetConnection().GetConnectionId() != cn.GetConnectionId() || closed.GetConnection().GetBytesIn() != 17 {
 		t.Fatalf("CloseConnection = %v", closed.GetConnection())
 	}
 	if n, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 		t.Fatalf("client read after close = %d, %v; want EOF", n, err)
 	}
-	eventually(t, "connection gone from the list", func() bool {
+	servertest.Eventually(t, "connection gone from the list", func() bool {
 		conns.Reset()
-		api.call(http.MethodGet, "/v1/connections", "", &conns)
+		api.Call(http.MethodGet, "/v1/connections", "", &conns)
 		return len(conns.GetConnections()) == 0
 	})
 
 	// DELETE /v1/listeners/{id} with a drain timeout as a query parameter.
 	var stopped tcpgatev1.StopListenerResponse
-	api.call(http.MethodDelete, "/v1/listeners/seed?drainTimeout=0s", "", &stopped)
+	api.Call(http.MethodDelete, "/v1/listeners/seed?drainTimeout=0s", "", &stopped)
 	if s := stopped.GetListener(); s.GetState() != tcpgatev1.ListenerState_LISTENER_STATE_STOPPED || s.GetConnectionsTotal() != 1 || s.GetListenerId() != "seed" {
 		t.Fatalf("StopListener = %v", s)
 	}
@@ -185,7 +186,7 @@ func TestListenerRoutes(t *testing.T) {
 	}
 	ln.Close()
 	list.Reset()
-	api.call(http.MethodGet, "/v1/listeners", "", &list)
+	api.Call(http.MethodGet, "/v1/listeners", "", &list)
 	if len(list.GetListeners()) != 1 || list.GetListeners()[0].GetListenerId() != "other" {
 		t.Fatalf("listeners after stop = %v", list.GetListeners())
 	}
@@ -199,13 +200,13 @@ func TestListenerIDCharacters(t *testing.T) {
 	api.startListener(id)
 	for _, path := range []string{"/v1/listeners/" + id, "/v1/listeners/Aa0.b_c%7Ed-e"} {
 		var got tcpgatev1.GetListenerResponse
-		api.call(http.MethodGet, path, "", &got)
+		api.Call(http.MethodGet, path, "", &got)
 		if got.GetListener().GetListenerId() != id {
 			t.Fatalf("GET %s = %v", path, got.GetListener())
 		}
 	}
 	var stopped tcpgatev1.StopListenerResponse
-	api.call(http.MethodDelete, "/v1/listeners/"+id, "", &stopped)
+	api.Call(http.MethodDelete, "/v1/listeners/"+id, "", &stopped)
 	if stopped.GetListener().GetListenerId() != id {
 		t.Fatalf("DELETE = %v", stopped.GetListener())
 	}
@@ -216,12 +217,12 @@ func TestListenerIDCharacters(t *testing.T) {
 func TestStopListenerDrains(t *testing.T) {
 	_, api := startREST(t, server.Config{})
 	l := api.startListener("drain")
-	c := dial(t, l.GetAddress())
+	c := servertest.Dial(t, l.GetAddress())
 	c.Write([]byte("x"))
-	readN(t, c, len(seedReply))
+	servertest.ReadN(t, c, len(seedReply))
 
 	var stopped tcpgatev1.StopListenerResponse
-	api.call(http.MethodDelete, "/v1/listeners/drain?drainTimeout=0.05s", "", &stopped)
+	api.Call(http.MethodDelete, "/v1/listeners/drain?drainTimeout=0.05s", "", &stopped)
 	if s := stopped.GetListener(); s.GetState() != tcpgatev1.ListenerState_LISTENER_STATE_STOPPED || s.GetConnectionsActive() != 0 {
 		t.Fatalf("StopListener = %v", s)
 	}
@@ -247,7 +248,7 @@ func TestSendRoutes(t *testing.T) {
 	})
 
 	t.Run("reply data is base64", func(t *testing.T) {
-		_, b := api.do(http.MethodPost, "/v1/send", fmt.Sprintf(`{"address": %q, "text": "hi", "awaitReply": {"mode": "AWAIT_MODE_FIRST_READ", "payloadFormat": "PAYLOAD_FORMAT_BOTH"}}`, l.GetAddress()), nil)
+		_, b := api.Do(http.MethodPost, "/v1/send", fmt.Sprintf(`{"address": %q, "text": "hi", "awaitReply": {"mode": "AWAIT_MODE_FIRST_READ", "payloadFormat": "PAYLOAD_FORMAT_BOTH"}}`, l.GetAddress()), nil)
 		want := fmt.Sprintf(`"reply":{"data":%q,"text":%q}`, base64.StdEncoding.EncodeToString([]byte(seedReply)), seedReply)
 		if !strings.Contains(compact(string(b)), want) || !strings.Contains(compact(string(b)), `"bytesWritten":"2"`) {
 			t.Fatalf("body %s, want %s and bytesWritten as a string", b, want)
@@ -256,7 +257,7 @@ func TestSendRoutes(t *testing.T) {
 
 	t.Run("bytes arrive exact", func(t *testing.T) {
 		got := make(chan []byte, 1)
-		addr := peer(t, func(c net.Conn) {
+		addr := servertest.Peer(t, func(c net.Conn) {
 			b, _ := io.ReadAll(c)
 			got <- b
 		})
@@ -276,10 +277,10 @@ func TestSendRoutes(t *testing.T) {
 
 	t.Run("to every connection of a listener", func(t *testing.T) {
 		b := api.startListener("broadcast")
-		c1, c2 := dial(t, b.GetAddress()), dial(t, b.GetAddress())
+		c1, c2 := servertest.Dial(t, b.GetAddress()), servertest.Dial(t, b.GetAddress())
 		var conns tcpgatev1.ListConnectionsResponse
-		eventually(t, "two connections", func() bool {
-			api.call(http.MethodGet, "/v1/connections?listenerId=broadcast", "", &conns)
+		servertest.Eventually(t, "two connections", func() bool {
+			api.Call(http.MethodGet, "/v1/connections?listenerId=broadcast", "", &conns)
 			return len(conns.GetConnections()) == 2
 		})
 		resp := api.send(`{"listenerId": "broadcast", "text": "all"}`)
@@ -287,7 +288,7 @@ func TestSendRoutes(t *testing.T) {
 			t.Fatalf("Send = %v", resp)
 		}
 		for _, c := range []net.Conn{c1, c2} {
-			if got := readN(t, c, 3); string(got) != "all" {
+			if got := servertest.ReadN(t, c, 3); string(got) != "all" {
 				t.Fatalf("client read %q", got)
 			}
 		}

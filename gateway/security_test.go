@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -22,6 +21,7 @@ import (
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server"
+	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
 // secToken is the gateway's token in these tests.
@@ -33,6 +33,7 @@ type secRoute struct {
 	method   string
 	template string // the path with its {parameters}
 	path     string // the path with parameters filled in
+	body     string // the rule's body: "*" for the whole request, "" for none
 }
 
 func (r secRoute) String() string { return r.method + " " + r.template }
@@ -44,9 +45,9 @@ var secParam = regexp.MustCompile(`\{([^}=]+)(=[^}]*)?\}`)
 var secParamValues = map[string]string{"listener_id": "sec-l", "connection_id": "nope"}
 
 // secRule matches the lines of gateway_http.yaml that matter here: a
-// rule's selector, or one of its HTTP bindings (an additional binding too,
-// in the list under it).
-var secRule = regexp.MustCompile(`^\s*(?:-\s+)?(selector|get|put|post|delete|patch|custom)\s*:\s*"?([^"#\s]*)"?\s*(?:#.*)?$`)
+// rule's selector, one of its HTTP bindings (an additional binding too,
+// in the list under it), or its body.
+var secRule = regexp.MustCompile(`^\s*(?:-\s+)?(selector|get|put|post|delete|patch|custom|body)\s*:\s*"?([^"#\s]*)"?\s*(?:#.*)?$`)
 
 // secRoutes reads every route of proto/tcpgate/v1/gateway_http.yaml, so that
 // a route added to the mapping is tested without touching the test. The
@@ -76,6 +77,12 @@ func secRoutes(t *testing.T) []secRoute {
 			continue
 		case "custom":
 			t.Fatalf("gateway_http.yaml:%d: custom verbs are not handled by this test", i+1)
+		case "body":
+			if len(routes) == 0 || routes[len(routes)-1].selector != selector {
+				t.Fatalf("gateway_http.yaml:%d: a body outside a rule", i+1)
+			}
+			routes[len(routes)-1].body = value
+			continue
 		}
 		if selector == "" || !strings.HasPrefix(value, "/") {
 			t.Fatalf("gateway_http.yaml:%d: binding %q outside a rule or without a path", i+1, line)
@@ -120,41 +127,15 @@ type secResponse struct {
 // returns the response; an event stream's body is left unread.
 func secDo(t *testing.T, r *rest, method, path, body string, header http.Header, host string) secResponse {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, r.base+path, rd)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	for k, vs := range header {
-		for _, v := range vs {
-			req.Header.Add(k, v)
-		}
-	}
 	if host != "" {
-		req.Host = host
+		header = header.Clone()
+		if header == nil {
+			header = http.Header{}
+		}
+		header.Set("Host", host)
 	}
-	resp, err := r.hc.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	out := secResponse{status: resp.StatusCode, header: resp.Header}
-	ct := resp.Header.Get("Content-Type")
-	if strings.HasPrefix(ct, "application/x-ndjson") || strings.HasPrefix(ct, "text/event-stream") {
-		return out // a live stream: cancel ends it
-	}
-	if out.body, err = io.ReadAll(resp.Body); err != nil {
-		t.Fatalf("%s %s: reading the body: %v", method, path, err)
-	}
-	return out
+	resp, b := r.Do(method, path, body, header)
+	return secResponse{status: resp.StatusCode, header: resp.Header, body: b}
 }
 
 // secWant401 checks a refusal for want of a valid token: 401, the JSON
@@ -165,7 +146,7 @@ func secWant401(t *testing.T, what string, resp secResponse) {
 		t.Errorf("%s = %d %s, want 401", what, resp.status, resp.body)
 		return
 	}
-	var e apiError
+	var e servertest.APIError
 	head := strings.HasPrefix(what, "HEAD ") // has no body
 	if err := json.Unmarshal(resp.body, &e); !head && (err != nil || e.Code == nil || *e.Code != 16 || e.Message == "") {
 		t.Errorf("%s: body %s, want JSON with code 16 and a message", what, resp.body)
@@ -379,7 +360,7 @@ func TestDNSRebindingGuard(t *testing.T) {
 		t.Fatal(err)
 	}
 	var reached atomic.Int64
-	target := peer(t, func(net.Conn) { reached.Add(1) })
+	target := servertest.Peer(t, func(net.Conn) { reached.Add(1) })
 	sendBody := `{"address":"` + target + `","text":"from a rebinding page"}`
 
 	forbidden := func(t *testing.T, what string, resp secResponse, mentions string) {
@@ -388,7 +369,7 @@ func TestDNSRebindingGuard(t *testing.T) {
 			t.Errorf("%s = %d %s, want 403", what, resp.status, resp.body)
 			return
 		}
-		var e apiError
+		var e servertest.APIError
 		if err := json.Unmarshal(resp.body, &e); err != nil || e.Code == nil || *e.Code != 7 || !strings.Contains(e.Message, mentions) {
 			t.Errorf("%s: body %s, want JSON with code 7 naming %s", what, resp.body, mentions)
 		}
@@ -463,7 +444,7 @@ func TestDNSRebindingGuard(t *testing.T) {
 		t.Errorf("refused sends reached the peer %d times", n)
 	}
 	var list tcpgatev1.ListListenersResponse
-	api.call(http.MethodGet, "/v1/listeners", "", &list)
+	api.Call(http.MethodGet, "/v1/listeners", "", &list)
 	if len(list.GetListeners()) != 0 {
 		t.Errorf("refused StartListener requests left listeners: %v", list.GetListeners())
 	}
@@ -471,5 +452,5 @@ func TestDNSRebindingGuard(t *testing.T) {
 	if resp := secDo(t, api, http.MethodPost, "/v1/send", sendBody, http.Header{"Origin": {"http://localhost:" + port}}, "localhost:"+port); resp.status != http.StatusOK {
 		t.Fatalf("POST /v1/send from localhost = %d %s", resp.status, resp.body)
 	}
-	eventually(t, "the allowed send reaching the peer", func() bool { return reached.Load() == 1 })
+	servertest.Eventually(t, "the allowed send reaching the peer", func() bool { return reached.Load() == 1 })
 }

@@ -144,8 +144,8 @@ func TestDaemonDown(t *testing.T) {
 	stopWithin(t, g.Stop)
 	for _, path := range []string{"/v1/listeners", "/v1/events", "/healthz"} {
 		t.Run(path, func(t *testing.T) {
-			resp, body := api.do(http.MethodGet, path, "", nil)
-			wantError(t, resp, body, http.StatusServiceUnavailable, 14, "")
+			resp, body := api.Do(http.MethodGet, path, "", nil)
+			servertest.WantError(t, resp, body, http.StatusServiceUnavailable, 14, "")
 		})
 	}
 }
@@ -166,7 +166,7 @@ func TestNewGateway(t *testing.T) {
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() { _ = gw.Close() })
 	var list tcpgatev1.ListListenersResponse
-	newREST(t, srv.URL).call(http.MethodGet, "/v1/listeners", "", &list)
+	newREST(t, srv.URL).Call(http.MethodGet, "/v1/listeners", "", &list)
 
 	if _, err := gateway.New(gateway.Config{GRPCAddr: "no-port", Events: g.Server.Events()}); err == nil || !strings.Contains(err.Error(), "no-port") {
 		t.Fatalf("New with a malformed address = %v", err)
@@ -186,7 +186,7 @@ func TestEventsSlowConsumerDisconnect(t *testing.T) {
 
 	// Nobody reads s while a client floods the listener, so the subscriber's
 	// 64 KiB queue overflows.
-	c := dial(t, l.GetAddress())
+	c := servertest.Dial(t, l.GetAddress())
 	chunk := []byte(strings.Repeat("z", 64<<10))
 	disconnected := regexp.MustCompile(`(?m)^tcpgate_subscribers_disconnected_total 1$`)
 	deadline := time.Now().Add(wait)
@@ -196,7 +196,7 @@ func TestEventsSlowConsumerDisconnect(t *testing.T) {
 				t.Fatalf("flooding: %v", err)
 			}
 		}
-		if _, body := api.do(http.MethodGet, "/metrics", "", nil); disconnected.Match(body) {
+		if _, body := api.Do(http.MethodGet, "/metrics", "", nil); disconnected.Match(body) {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -40,7 +41,7 @@ func TestBackpressureLossless(t *testing.T) {
 	const total = 1 << 30
 	const heapBound = 384 << 20
 	g := servertest.Start(t, server.Config{ReplayBytes: 8 << 20, SubscriberQueueBytes: 8 << 20})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{})
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cl, err := g.Client.Subscribe(ctx, &tcpgatev1.SubscribeRequest{
@@ -54,7 +55,7 @@ func TestBackpressureLossless(t *testing.T) {
 	if _, err := cl.Header(); err != nil {
 		t.Fatal(err)
 	}
-	recvStarted(t, cl)
+	servertest.RecvStarted(t, cl)
 
 	var maxHeap atomic.Uint64
 	stopSampling := make(chan struct{})
@@ -77,6 +78,7 @@ func TestBackpressureLossless(t *testing.T) {
 	})
 	defer func() { close(stopSampling); sampler.Wait() }()
 
+	seed := servertest.Rand(t).Uint64() // the bytes sent: any will do, and a failure replays
 	sentSum := make(chan [32]byte, 1)
 	sendErr := make(chan error, 1)
 	go func() {
@@ -87,7 +89,9 @@ func TestBackpressureLossless(t *testing.T) {
 		}
 		defer c.Close()
 		h := sha256.New()
-		rng := rand.NewChaCha8([32]byte{1, 2, 3})
+		var key [32]byte
+		binary.LittleEndian.PutUint64(key[:], seed)
+		rng := rand.NewChaCha8(key)
 		chunk := make([]byte, 256<<10)
 		for sent := 0; sent < total; sent += len(chunk) {
 			rng.Read(chunk)
@@ -150,7 +154,7 @@ func TestDropOldestAccounting(t *testing.T) {
 	// The queues take a burst's 1,000 events (about 410 KiB, as events
 	// count what they keep alive), far from the 20,000 of the whole run.
 	g := servertest.Start(t, server.Config{SubscriberQueueBytes: 1 << 20})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{Framing: lineMode})
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{Framing: lineMode})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	stuck, err := g.Client.Subscribe(ctx, &tcpgatev1.SubscribeRequest{Kinds: kindData})
@@ -160,10 +164,10 @@ func TestDropOldestAccounting(t *testing.T) {
 	if _, err := stuck.Header(); err != nil {
 		t.Fatal(err)
 	}
-	recvStarted(t, stuck)
-	fast := subscribe(t, g, &tcpgatev1.SubscribeRequest{Kinds: kindData})
+	servertest.RecvStarted(t, stuck)
+	fast := g.Subscribe(t, &tcpgatev1.SubscribeRequest{Kinds: kindData})
 
-	c := dial(t, l.GetAddress())
+	c := servertest.Dial(t, l.GetAddress())
 	var last uint64
 	for i := 0; i < n; i += burst {
 		var b strings.Builder
@@ -174,7 +178,7 @@ func TestDropOldestAccounting(t *testing.T) {
 			t.Fatal(err)
 		}
 		for j := i; j < i+burst; j++ {
-			e := fast.next()
+			e := fast.Next()
 			if e.GetKind() != tcpgatev1.EventKind_EVENT_KIND_DATA || e.GetText() != strings.TrimSuffix(numberedLine(0, j), "\n") {
 				t.Fatalf("fast subscriber: event %v, want line %d", e, j)
 			}
@@ -223,7 +227,7 @@ func TestDisconnectAndResume(t *testing.T) {
 	// The queues take a burst's 500 events (about 205 KiB), far from the
 	// 10,000 of the whole run.
 	g := servertest.Start(t, server.Config{SubscriberQueueBytes: 512 << 10})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{Framing: lineMode})
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{Framing: lineMode})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	slow, err := g.Client.Subscribe(ctx, &tcpgatev1.SubscribeRequest{
@@ -235,9 +239,9 @@ func TestDisconnectAndResume(t *testing.T) {
 	if _, err := slow.Header(); err != nil {
 		t.Fatal(err)
 	}
-	recvStarted(t, slow)
-	fast := subscribe(t, g, &tcpgatev1.SubscribeRequest{Kinds: kindData})
-	c := dial(t, l.GetAddress())
+	servertest.RecvStarted(t, slow)
+	fast := g.Subscribe(t, &tcpgatev1.SubscribeRequest{Kinds: kindData})
+	c := servertest.Dial(t, l.GetAddress())
 	for i := 0; i < n; i += burst {
 		var b strings.Builder
 		for j := i; j < i+burst; j++ {
@@ -245,7 +249,7 @@ func TestDisconnectAndResume(t *testing.T) {
 		}
 		c.Write([]byte(b.String()))
 		for range burst {
-			fast.next()
+			fast.Next()
 		}
 	}
 
@@ -269,9 +273,9 @@ func TestDisconnectAndResume(t *testing.T) {
 		t.Fatalf("message %q does not say where to resume", status.Convert(streamErr).Message())
 	}
 	since, _ := strconv.ParseUint(m[1], 10, 64)
-	resumed := subscribe(t, g, &tcpgatev1.SubscribeRequest{Kinds: kindData, SinceSequence: since})
+	resumed := g.Subscribe(t, &tcpgatev1.SubscribeRequest{Kinds: kindData, SinceSequence: since})
 	for len(got) < n {
-		e := resumed.next()
+		e := resumed.Next()
 		if e.GetKind() != tcpgatev1.EventKind_EVENT_KIND_DATA {
 			t.Fatalf("resumed stream: %v", e)
 		}
@@ -290,16 +294,16 @@ func TestDisconnectAndResume(t *testing.T) {
 func TestPerConnectionOrderUnderConcurrency(t *testing.T) {
 	const conns, lines, subs = 20, 500, 5
 	g := servertest.Start(t, server.Config{})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{Framing: lineMode})
-	var streams []*stream
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{Framing: lineMode})
+	var streams []*servertest.Stream
 	for range subs {
-		streams = append(streams, subscribe(t, g, &tcpgatev1.SubscribeRequest{
+		streams = append(streams, g.Subscribe(t, &tcpgatev1.SubscribeRequest{
 			Kinds: kindData, SlowConsumer: tcpgatev1.SlowConsumerPolicy_SLOW_CONSUMER_POLICY_BACKPRESSURE,
 		}))
 	}
 	var wg sync.WaitGroup
 	for i := range conns {
-		c := dial(t, l.GetAddress())
+		c := servertest.Dial(t, l.GetAddress())
 		wg.Go(func() {
 			for j := 0; j < lines; j += 50 {
 				var b strings.Builder
@@ -317,7 +321,7 @@ func TestPerConnectionOrderUnderConcurrency(t *testing.T) {
 	for si, s := range streams {
 		next := make([]int, conns)
 		for range conns * lines {
-			e := s.next()
+			e := s.Next()
 			parts := strings.Split(e.GetText(), ":")
 			ci, _ := strconv.Atoi(parts[0])
 			n, _ := strconv.Atoi(parts[1])
@@ -334,13 +338,13 @@ func TestPerConnectionOrderUnderConcurrency(t *testing.T) {
 // cleanly, with every port free (and goleak in TestMain finds nothing left).
 func TestShutdownUnderLoad(t *testing.T) {
 	g := servertest.Start(t, server.Config{ShutdownTimeout: 2 * time.Second})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{Framing: lineMode,
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{Framing: lineMode,
 		AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO}})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var wg sync.WaitGroup
 	for i := range 4 {
-		c := dial(t, l.GetAddress())
+		c := servertest.Dial(t, l.GetAddress())
 		_ = c.SetDeadline(time.Time{})
 		wg.Go(func() { // sender; also drains the echo
 			go func() {

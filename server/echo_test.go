@@ -29,9 +29,9 @@ const (
 // input: a 15.7 MB log line for the id, 1.3 MB for the path), and still
 // says how long the value was.
 func TestEchoBounded(t *testing.T) {
-	var logs secLog
+	var logs servertest.LogSink
 	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	startListener(t, g, &tcpgatev1.StartListenerRequest{ListenerId: "keep"})
+	g.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "keep"})
 	id := strings.Repeat("x", 3<<20)
 	c := g.Client
 	text := &tcpgatev1.SendRequest_Text{Text: "x"}
@@ -83,7 +83,7 @@ func TestEchoBounded(t *testing.T) {
 	}
 	for name, call := range calls {
 		t.Run(name, func(t *testing.T) {
-			ctx, cancel := context.WithCancel(ctxT(t))
+			ctx, cancel := context.WithCancel(servertest.Context(t))
 			defer cancel()
 			err := call(ctx)
 			if err == nil {
@@ -97,7 +97,7 @@ func TestEchoBounded(t *testing.T) {
 
 	restDo := func(t *testing.T, base, method, path, body string) (int, []byte) {
 		t.Helper()
-		req, err := http.NewRequestWithContext(ctxT(t), method, base+path, strings.NewReader(body))
+		req, err := http.NewRequestWithContext(servertest.Context(t), method, base+path, strings.NewReader(body))
 		if err != nil {
 			t.Fatalf("%.300s", err)
 		}
@@ -139,7 +139,7 @@ func TestEchoBounded(t *testing.T) {
 		})
 	}
 
-	var authLogs secLog
+	var authLogs servertest.LogSink
 	auth := servertest.Start(t, server.Config{AuthToken: secToken, HTTPAddr: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(&authLogs, nil))})
 	t.Run("REST path without the token", func(t *testing.T) {
 		code, body := restDo(t, auth.BaseURL, http.MethodGet, "/v1/listeners/"+long, "")
@@ -151,7 +151,7 @@ func TestEchoBounded(t *testing.T) {
 		}
 	})
 
-	for name, l := range map[string]*secLog{"gateway": &logs, "gateway with a token": &authLogs} {
+	for name, l := range map[string]*servertest.LogSink{"gateway": &logs, "gateway with a token": &authLogs} {
 		out := l.String()
 		want := "rpc failed"
 		if l == &authLogs {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"strconv"
 	"strings"
@@ -43,13 +42,13 @@ const faultLongWait = 30 * time.Second
 // reset (not that it closed cleanly); the gateway keeps serving.
 func TestClientResetMidFrame(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{
 		Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LENGTH_PREFIX, PrefixBytes: 4},
 	})
-	s := subscribe(t, g, &tcpgatev1.SubscribeRequest{ListenerIds: []string{l.GetListenerId()}})
 
-	c := dial(t, l.GetAddress())
-	id := s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED).GetConnectionId()
+	s := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ListenerIds: []string{l.GetListenerId()}})
+	c := servertest.Dial(t, l.GetAddress())
+	id := s.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED).GetConnectionId()
 	partial := binary.BigEndian.AppendUint32(nil, 100)
 	partial = append(partial, "0123456789"...)
 	if _, err := c.Write(partial); err != nil {
@@ -63,31 +62,31 @@ func TestClientResetMidFrame(t *testing.T) {
 	c.Close()
 
 	// A length-prefixed frame is never delivered in part but as a partial.
-	e := s.next()
+	e := s.Next()
 	if e.GetKind() != tcpgatev1.EventKind_EVENT_KIND_DATA || !e.GetPartial() || e.GetConnectionId() != id {
 		t.Fatalf("event after the reset = %v, want a partial DATA of %s", e, id)
 	}
 	if !bytes.Equal(payloadOf(e), partial) {
 		t.Errorf("partial DATA = %q, want the %d partial bytes %q", payloadOf(e), len(partial), partial)
 	}
-	e = s.next()
+	e = s.Next()
 	if e.GetKind() != tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED || e.GetConnectionId() != id || len(e.GetData())+len(e.GetText()) != 0 {
 		t.Fatalf("event after the partial DATA = %v, want CONNECTION_CLOSED of %s without data", e, id)
 	}
 	reason := e.GetCloseReason()
 
 	// The gateway still frames and reports another connection.
-	c2 := dial(t, l.GetAddress())
-	s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
+	c2 := servertest.Dial(t, l.GetAddress())
+	s.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
 	frame := append(binary.BigEndian.AppendUint32(nil, 5), "after"...)
 	if _, err := c2.Write(frame); err != nil {
 		t.Fatal(err)
 	}
-	if e := s.next(); e.GetKind() != tcpgatev1.EventKind_EVENT_KIND_DATA || e.GetText() != "after" {
+	if e := s.Next(); e.GetKind() != tcpgatev1.EventKind_EVENT_KIND_DATA || e.GetText() != "after" {
 		t.Fatalf("event = %v, want DATA \"after\"", e)
 	}
 	c2.CloseWrite()
-	if e := s.next(); e.GetKind() != tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED ||
+	if e := s.Next(); e.GetKind() != tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED ||
 		e.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_PEER_CLOSED || len(payloadOf(e)) != 0 {
 		t.Fatalf("event = %v, want a clean CONNECTION_CLOSED", e)
 	}
@@ -112,13 +111,13 @@ func TestClientResetMidFrame(t *testing.T) {
 func TestPeerNeverReads(t *testing.T) {
 	const writeTimeout = 300 * time.Millisecond
 	g := servertest.Start(t, server.Config{WriteTimeout: writeTimeout})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{})
-	s := subscribe(t, g, &tcpgatev1.SubscribeRequest{
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{})
+	s := g.Subscribe(t, &tcpgatev1.SubscribeRequest{
 		ListenerIds: []string{l.GetListenerId()},
 		Kinds:       []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED, tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED},
 	})
-	c := dial(t, l.GetAddress()) // never read until the end
-	id := s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED).GetConnectionId()
+	c := servertest.Dial(t, l.GetAddress()) // never read until the end
+	id := s.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED).GetConnectionId()
 
 	// Loopback socket buffers take some MiB; 64 MiB is far beyond them.
 	const maxSends = 64
@@ -142,27 +141,27 @@ func TestPeerNeverReads(t *testing.T) {
 		t.Fatalf("%d Sends of 1 MiB to a peer that never reads all succeeded (or the test's %s ran out)", sent, faultLongWait)
 	}
 	t.Logf("Send %d failed after %d MiB were taken: %v", sent+1, sent, sendErr)
-	wantCode(t, sendErr, codes.DeadlineExceeded)
+	servertest.WantCode(t, sendErr, codes.DeadlineExceeded)
 
-	e := s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
+	e := s.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
 	if e.GetConnectionId() != id || e.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_WRITE_ERROR {
 		t.Fatalf("close event = %v, want %s closed with WRITE_ERROR", e, id)
 	}
 	for range 3 {
-		_, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+		_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 			Target:  &tcpgatev1.SendRequest_ConnectionId{ConnectionId: id},
 			Payload: &tcpgatev1.SendRequest_Text{Text: "still there?"},
 		})
-		wantCode(t, err, codes.NotFound)
+		servertest.WantCode(t, err, codes.NotFound)
 	}
-	faultEventually(t, "connection gone from ListConnections", wait, func() bool {
-		resp, err := g.Client.ListConnections(ctxT(t), &tcpgatev1.ListConnectionsRequest{ListenerId: l.GetListenerId()})
+	servertest.EventuallyWithin(t, "connection gone from ListConnections", wait, func() bool {
+		resp, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{ListenerId: l.GetListenerId()})
 		return err == nil && len(resp.GetConnections()) == 0
 	})
 
 	// The client gets every byte the gateway counted as written, then the
 	// end of the stream: the gateway closed it, with nothing left hanging.
-	got, err := g.Client.GetListener(ctxT(t), &tcpgatev1.GetListenerRequest{ListenerId: l.GetListenerId()})
+	got, err := g.Client.GetListener(servertest.Context(t), &tcpgatev1.GetListenerRequest{ListenerId: l.GetListenerId()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,8 +183,8 @@ func TestSendTimeoutBoundsWrite(t *testing.T) {
 	// timeouts can end them in time.
 	const writeTimeout = 10 * time.Minute
 	g := servertest.Start(t, server.Config{WriteTimeout: writeTimeout})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{})
-	s := subscribe(t, g, &tcpgatev1.SubscribeRequest{
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{})
+	s := g.Subscribe(t, &tcpgatev1.SubscribeRequest{
 		ListenerIds: []string{l.GetListenerId()},
 		Kinds:       []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED, tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED},
 	})
@@ -200,30 +199,30 @@ func TestSendTimeoutBoundsWrite(t *testing.T) {
 	chunk := bytes.Repeat([]byte("x"), 1<<20)
 
 	t.Run("write", func(t *testing.T) {
-		c := dial(t, l.GetAddress()) // never reads
+		c := servertest.Dial(t, l.GetAddress()) // never reads
 		defer c.Close()
-		id := s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED).GetConnectionId()
+		id := s.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED).GetConnectionId()
 		ctx, cancel := context.WithTimeout(context.Background(), faultLongWait)
 		defer cancel()
 		var err error
 		for sent := 0; err == nil && sent < 64; sent++ {
 			err = send(ctx, id, chunk, 500*time.Millisecond)
 		}
-		wantCode(t, err, codes.DeadlineExceeded)
+		servertest.WantCode(t, err, codes.DeadlineExceeded)
 		msg := status.Convert(err).Message()
 		switch {
 		case strings.Contains(msg, "took nothing"):
 			// Not a byte of it went: the connection stays open.
-			resp, lerr := g.Client.ListConnections(ctxT(t), &tcpgatev1.ListConnectionsRequest{ListenerId: l.GetListenerId()})
+			resp, lerr := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{ListenerId: l.GetListenerId()})
 			if lerr != nil || len(resp.GetConnections()) != 1 {
 				t.Fatalf("after a send that wrote nothing: connections %v, %v; want %s open", resp.GetConnections(), lerr, id)
 			}
 			c.Close()
-			s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
+			s.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
 		case strings.Contains(msg, "before the send's timeout"):
 			// Part of it went: the stream holds a partial message, so the
 			// connection is closed.
-			e := s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
+			e := s.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
 			if e.GetConnectionId() != id || e.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_WRITE_ERROR {
 				t.Fatalf("close event = %v, want %s closed with WRITE_ERROR", e, id)
 			}
@@ -233,8 +232,8 @@ func TestSendTimeoutBoundsWrite(t *testing.T) {
 	})
 
 	t.Run("waiting behind another send", func(t *testing.T) {
-		c := dial(t, l.GetAddress()) // never reads
-		id := s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED).GetConnectionId()
+		c := servertest.Dial(t, l.GetAddress()) // never reads
+		id := s.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED).GetConnectionId()
 		// The first sender writes until the peer's buffers are full, then
 		// blocks in its write for as long as its timeout allows.
 		ctx, cancel := context.WithTimeout(context.Background(), faultLongWait)
@@ -249,9 +248,9 @@ func TestSendTimeoutBoundsWrite(t *testing.T) {
 		}()
 		// Blocked once the bytes written stop growing.
 		last, still := uint64(0), 0
-		faultEventually(t, "the first sender blocked in its write", faultLongWait, func() bool {
+		servertest.EventuallyWithin(t, "the first sender blocked in its write", faultLongWait, func() bool {
 			time.Sleep(50 * time.Millisecond)
-			got, err := g.Client.GetListener(ctxT(t), &tcpgatev1.GetListenerRequest{ListenerId: l.GetListenerId()})
+			got, err := g.Client.GetListener(servertest.Context(t), &tcpgatev1.GetListenerRequest{ListenerId: l.GetListenerId()})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -263,8 +262,8 @@ func TestSendTimeoutBoundsWrite(t *testing.T) {
 			}
 			return still >= 4
 		})
-		err := send(ctxT(t), id, []byte("queued"), 300*time.Millisecond)
-		wantCode(t, err, codes.DeadlineExceeded)
+		err := send(servertest.Context(t), id, []byte("queued"), 300*time.Millisecond)
+		servertest.WantCode(t, err, codes.DeadlineExceeded)
 		if msg := status.Convert(err).Message(); !strings.Contains(msg, "waiting for earlier sends") {
 			t.Errorf("queued Send error %q does not say it waited for earlier sends", msg)
 		}
@@ -285,6 +284,11 @@ func TestSendTimeoutBoundsWrite(t *testing.T) {
 // lossless one must release the read loop when it goes), a late subscriber
 // replays the whole stream, and every slot they held is free again.
 func TestSubscriberCancelsMidBatch(t *testing.T) {
+	if testing.Short() {
+		// A load repro: 200,000 lines past subscribers that vanish mid-batch.
+		// make test runs it.
+		t.Skip("a heavy load repro; make test runs it")
+	}
 	const (
 		lines     = 200_000
 		perWrite  = 500
@@ -294,10 +298,10 @@ func TestSubscriberCancelsMidBatch(t *testing.T) {
 		maxSubs = 1 + cancelers + 1
 	)
 	g := servertest.Start(t, server.Config{MaxSubscribers: maxSubs, ReplayBytes: 256 << 20})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{
 		Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
 	})
-	witness := subscribe(t, g, &tcpgatev1.SubscribeRequest{
+	witness := g.Subscribe(t, &tcpgatev1.SubscribeRequest{
 		ListenerIds: []string{l.GetListenerId()},
 		Kinds:       []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED, tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED},
 	})
@@ -307,6 +311,7 @@ func TestSubscriberCancelsMidBatch(t *testing.T) {
 		tcpgatev1.SlowConsumerPolicy_SLOW_CONSUMER_POLICY_DROP_OLDEST,
 		tcpgatev1.SlowConsumerPolicy_SLOW_CONSUMER_POLICY_DISCONNECT,
 	}
+	rng := servertest.Rand(t)
 	var wg sync.WaitGroup
 	errs := make(chan error, cancelers)
 	for i := range cancelers {
@@ -320,7 +325,7 @@ func TestSubscriberCancelsMidBatch(t *testing.T) {
 		if err != nil {
 			t.Fatalf("subscriber %d: %v", i, err)
 		}
-		after := 1 + rand.IntN(20) // batches received before it vanishes
+		after := 1 + rng.IntN(20) // batches received before it vanishes
 		wg.Go(func() {
 			events := 0
 			for b := 0; ; b++ {
@@ -344,9 +349,9 @@ func TestSubscriberCancelsMidBatch(t *testing.T) {
 
 	// The sender writes as fast as the gateway reads; numbered lines let
 	// the replay be checked one by one.
-	sender := dial(t, l.GetAddress())
+	sender := servertest.Dial(t, l.GetAddress())
 	_ = sender.SetDeadline(time.Now().Add(faultLongWait))
-	opened := witness.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
+	opened := witness.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
 	var buf []byte
 	for i := 0; i < lines; i += perWrite {
 		buf = buf[:0]
@@ -363,7 +368,7 @@ func TestSubscriberCancelsMidBatch(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	closed := faultNextOf(t, witness, tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED, faultLongWait)
+	closed := witness.NextOfWithin(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED, faultLongWait)
 	if closed.GetConnectionId() != opened.GetConnectionId() || closed.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_PEER_CLOSED {
 		t.Fatalf("sender closed = %v", closed)
 	}
@@ -441,8 +446,8 @@ func TestSubscriberCancelsMidBatch(t *testing.T) {
 func TestStopListenerWith1000Connections(t *testing.T) {
 	const n = 1000
 	g := servertest.Start(t, server.Config{})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{})
-	s := subscribe(t, g, &tcpgatev1.SubscribeRequest{
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{})
+	s := g.Subscribe(t, &tcpgatev1.SubscribeRequest{
 		ListenerIds: []string{l.GetListenerId()},
 		Kinds:       []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED},
 	})
@@ -459,9 +464,9 @@ func TestStopListenerWith1000Connections(t *testing.T) {
 		}
 		clients = append(clients, c)
 	}
-	faultEventually(t, "1000 connections listed", faultLongWait, func() bool {
+	servertest.EventuallyWithin(t, "1000 connections listed", faultLongWait, func() bool {
 		// One page of the most a page holds (1000), not the default 100.
-		resp, err := g.Client.ListConnections(ctxT(t), &tcpgatev1.ListConnectionsRequest{ListenerId: l.GetListenerId(), PageSize: n})
+		resp, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{ListenerId: l.GetListenerId(), PageSize: n})
 		return err == nil && len(resp.GetConnections()) == n
 	})
 
@@ -476,15 +481,15 @@ func TestStopListenerWith1000Connections(t *testing.T) {
 		t.Fatalf("stopped listener = %v", st)
 	}
 	// Once StopListener has returned, no connection of it is listed.
-	all, err := g.Client.ListConnections(ctxT(t), &tcpgatev1.ListConnectionsRequest{})
+	all, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(all.GetConnections()) != 0 {
 		t.Fatalf("ListConnections after StopListener lists %d connections, first %v", len(all.GetConnections()), all.GetConnections()[0])
 	}
-	_, err = g.Client.ListConnections(ctxT(t), &tcpgatev1.ListConnectionsRequest{ListenerId: l.GetListenerId()})
-	wantCode(t, err, codes.NotFound)
+	_, err = g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{ListenerId: l.GetListenerId()})
+	servertest.WantCode(t, err, codes.NotFound)
 
 	for i, c := range clients {
 		_ = c.SetReadDeadline(time.Now().Add(wait))
@@ -494,7 +499,7 @@ func TestStopListenerWith1000Connections(t *testing.T) {
 	}
 	ids := make(map[string]bool, n)
 	for range n {
-		e := faultNext(t, s, faultLongWait)
+		e := s.NextWithin(faultLongWait)
 		if e.GetKind() != tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED || e.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_LISTENER_STOPPED {
 			t.Fatalf("after %d close events: %v, want CONNECTION_CLOSED with LISTENER_STOPPED", len(ids), e)
 		}
@@ -523,10 +528,10 @@ func TestManyShortConnections(t *testing.T) {
 		bound   = 60 * time.Second
 	)
 	g := servertest.Start(t, server.Config{SubscriberQueueBytes: 64 << 20})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{
 		Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
 	})
-	s := subscribe(t, g, &tcpgatev1.SubscribeRequest{
+	s := g.Subscribe(t, &tcpgatev1.SubscribeRequest{
 		ListenerIds: []string{l.GetListenerId()},
 		Kinds:       []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED, tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED},
 	})
@@ -583,7 +588,7 @@ feed:
 
 	var opened, closed int
 	for opened+closed < 2*n {
-		e := faultNext(t, s, faultLongWait)
+		e := s.NextWithin(faultLongWait)
 		switch e.GetKind() {
 		case tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED:
 			opened++
@@ -602,8 +607,8 @@ feed:
 
 	// A connection leaves the registry just after its close event.
 	var info *tcpgatev1.Listener
-	faultEventually(t, "connections_active back to 0", wait, func() bool {
-		resp, err := g.Client.ListListeners(ctxT(t), &tcpgatev1.ListListenersRequest{})
+	servertest.EventuallyWithin(t, "connections_active back to 0", wait, func() bool {
+		resp, err := g.Client.ListListeners(servertest.Context(t), &tcpgatev1.ListListenersRequest{})
 		if err != nil || len(resp.GetListeners()) != 1 {
 			return false
 		}
@@ -613,7 +618,7 @@ feed:
 	if info.GetConnectionsTotal() != n || info.GetFramesIn() != n || info.GetBytesIn() != wantBytes {
 		t.Fatalf("listener = %v; want %d connections, %d frames, %d bytes in", info, n, n, wantBytes)
 	}
-	conns, err := g.Client.ListConnections(ctxT(t), &tcpgatev1.ListConnectionsRequest{})
+	conns, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{})
 	if err != nil || len(conns.GetConnections()) != 0 {
 		t.Fatalf("ListConnections = %d connections, %v; want none", len(conns.GetConnections()), err)
 	}
@@ -626,8 +631,8 @@ feed:
 func TestSendToJustClosedConnection(t *testing.T) {
 	const iterations = 200
 	g := servertest.Start(t, server.Config{})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{})
-	s := subscribe(t, g, &tcpgatev1.SubscribeRequest{
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{})
+	s := g.Subscribe(t, &tcpgatev1.SubscribeRequest{
 		ListenerIds: []string{l.GetListenerId()},
 		Kinds:       []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED},
 	})
@@ -644,7 +649,7 @@ func TestSendToJustClosedConnection(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		e := s.next()
+		e := s.Next()
 		if e.GetRemoteAddress() != c.LocalAddr().String() {
 			c.Close()
 			t.Fatalf("opened event %v is not of client %s", e, c.LocalAddr())
@@ -665,7 +670,7 @@ func TestSendToJustClosedConnection(t *testing.T) {
 				if await {
 					req.AwaitReply = &tcpgatev1.AwaitReply{Mode: tcpgatev1.AwaitMode_AWAIT_MODE_FIRST_READ}
 				}
-				_, err := g.Client.Send(ctxT(t), req)
+				_, err := g.Client.Send(servertest.Context(t), req)
 				results <- err
 			}
 		})
@@ -679,7 +684,7 @@ func TestSendToJustClosedConnection(t *testing.T) {
 			case "client close":
 				c.Close()
 			default:
-				_, closeErr = g.Client.CloseConnection(ctxT(t), &tcpgatev1.CloseConnectionRequest{ConnectionId: id})
+				_, closeErr = g.Client.CloseConnection(servertest.Context(t), &tcpgatev1.CloseConnectionRequest{ConnectionId: id})
 			}
 		})
 		close(start)
@@ -711,21 +716,21 @@ func TestSendToJustClosedConnection(t *testing.T) {
 	}
 	t.Logf("Send results by closer: %v", codesSeen)
 
-	faultEventually(t, "every raced connection gone", wait, func() bool {
-		resp, err := g.Client.ListConnections(ctxT(t), &tcpgatev1.ListConnectionsRequest{ListenerId: l.GetListenerId()})
+	servertest.EventuallyWithin(t, "every raced connection gone", wait, func() bool {
+		resp, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{ListenerId: l.GetListenerId()})
 		return err == nil && len(resp.GetConnections()) == 0
 	})
 	// Still healthy: a new connection gets what is sent to it.
-	c := dial(t, l.GetAddress())
-	id := s.next().GetConnectionId()
-	resp, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+	c := servertest.Dial(t, l.GetAddress())
+	id := s.Next().GetConnectionId()
+	resp, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 		Target:  &tcpgatev1.SendRequest_ConnectionId{ConnectionId: id},
 		Payload: &tcpgatev1.SendRequest_Text{Text: "alive"},
 	})
 	if err != nil || resp.GetBytesWritten() != 5 {
 		t.Fatalf("Send after the races = %v, %v", resp, err)
 	}
-	if got := readN(t, c, 5); string(got) != "alive" {
+	if got := servertest.ReadN(t, c, 5); string(got) != "alive" {
 		t.Fatalf("client read %q", got)
 	}
 }
@@ -752,42 +757,4 @@ func faultSubscribe(ctx context.Context, g *servertest.Gateway, req *tcpgatev1.S
 		return nil, fmt.Errorf("first response %v, %v, want STREAM_STARTED", first, err)
 	}
 	return cl, nil
-}
-
-// faultNext is stream.next with a bound of its own.
-func faultNext(t *testing.T, s *stream, bound time.Duration) *tcpgatev1.Event {
-	t.Helper()
-	select {
-	case e, ok := <-s.events:
-		if !ok {
-			t.Fatalf("stream ended: %v", <-s.errc)
-		}
-		return e
-	case <-time.After(bound):
-		t.Fatalf("no event within %s", bound)
-	}
-	return nil
-}
-
-// faultNextOf skips events until one of kind arrives, within bound.
-func faultNextOf(t *testing.T, s *stream, kind tcpgatev1.EventKind, bound time.Duration) *tcpgatev1.Event {
-	t.Helper()
-	deadline := time.Now().Add(bound)
-	for {
-		if e := faultNext(t, s, time.Until(deadline)); e.GetKind() == kind {
-			return e
-		}
-	}
-}
-
-// faultEventually polls cond until it holds, failing the test after bound.
-func faultEventually(t *testing.T, what string, bound time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(bound)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, bound)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

@@ -23,7 +23,7 @@ import (
 // sending "Hello, World!", and a subscriber seeing it all in order.
 func TestSeedFlow(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{
 		AutoReply: &tcpgatev1.AutoReply{
 			Mode:    tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED,
 			Payload: &tcpgatev1.AutoReply_Text{Text: "Message received"},
@@ -32,20 +32,20 @@ func TestSeedFlow(t *testing.T) {
 	if l.GetState() != tcpgatev1.ListenerState_LISTENER_STATE_LISTENING || !strings.HasPrefix(l.GetAddress(), "127.0.0.1:") {
 		t.Fatalf("listener = %v", l)
 	}
-	s := subscribe(t, g, &tcpgatev1.SubscribeRequest{ListenerIds: []string{l.GetListenerId()}})
+	s := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ListenerIds: []string{l.GetListenerId()}})
 
-	c := dial(t, l.GetAddress())
+	c := servertest.Dial(t, l.GetAddress())
 	if _, err := c.Write([]byte("Hello, World!")); err != nil {
 		t.Fatal(err)
 	}
-	if got := readN(t, c, len("Message received")); string(got) != "Message received" {
+	if got := servertest.ReadN(t, c, len("Message received")); string(got) != "Message received" {
 		t.Fatalf("reply = %q", got)
 	}
 	c.Close()
 
-	opened := s.next()
-	data := s.next()
-	closed := s.next()
+	opened := s.Next()
+	data := s.Next()
+	closed := s.Next()
 	if opened.GetKind() != tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED ||
 		data.GetKind() != tcpgatev1.EventKind_EVENT_KIND_DATA ||
 		closed.GetKind() != tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED {
@@ -65,7 +65,7 @@ func TestSeedFlow(t *testing.T) {
 		t.Fatalf("opened = %v, client at %s", opened, c.LocalAddr())
 	}
 
-	got, err := g.Client.GetListener(ctxT(t), &tcpgatev1.GetListenerRequest{ListenerId: l.GetListenerId()})
+	got, err := g.Client.GetListener(servertest.Context(t), &tcpgatev1.GetListenerRequest{ListenerId: l.GetListenerId()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,10 +77,10 @@ func TestSeedFlow(t *testing.T) {
 
 func TestRawBytesArriveExact(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{})
-	s := subscribe(t, g, &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_DATA}})
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{})
+	s := g.Subscribe(t, &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_DATA}})
 
-	resp, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+	resp, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 		Target:  &tcpgatev1.SendRequest_Address{Address: l.GetAddress()},
 		Payload: &tcpgatev1.SendRequest_Data{Data: []byte{1, 2, 3, 4}},
 	})
@@ -90,14 +90,14 @@ func TestRawBytesArriveExact(t *testing.T) {
 	if resp.GetBytesWritten() != 4 || resp.GetConnectionsReached() != 1 || resp.GetReply() != nil {
 		t.Fatalf("Send = %v", resp)
 	}
-	if e := s.next(); e.GetData() != nil || e.GetText() != "\x01\x02\x03\x04" {
+	if e := s.Next(); e.GetData() != nil || e.GetText() != "\x01\x02\x03\x04" {
 		t.Fatalf("event = %v", e)
 	}
 
 	// Bytes that are not UTF-8 go as data.
-	c := dial(t, l.GetAddress())
+	c := servertest.Dial(t, l.GetAddress())
 	c.Write([]byte{0xff, 0xfe, 0x00})
-	if e := s.next(); !bytes.Equal(e.GetData(), []byte{0xff, 0xfe, 0x00}) || e.GetText() != "" {
+	if e := s.Next(); !bytes.Equal(e.GetData(), []byte{0xff, 0xfe, 0x00}) || e.GetText() != "" {
 		t.Fatalf("event = %v", e)
 	}
 }
@@ -109,13 +109,13 @@ func TestIPv6Listener(t *testing.T) {
 	}
 	ln.Close()
 	g := servertest.Start(t, server.Config{})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{Host: "::1", AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO}})
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{Host: "::1", AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO}})
 	if !strings.HasPrefix(l.GetAddress(), "[::1]:") {
 		t.Fatalf("address = %s", l.GetAddress())
 	}
-	c := dial(t, l.GetAddress())
+	c := servertest.Dial(t, l.GetAddress())
 	c.Write([]byte("v6"))
-	if got := readN(t, c, 2); string(got) != "v6" {
+	if got := servertest.ReadN(t, c, 2); string(got) != "v6" {
 		t.Fatalf("echo = %q", got)
 	}
 }
@@ -125,7 +125,7 @@ func TestSendAwaitModes(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
 	// The peer reads the request, answers in two writes ("hello\n" then
 	// "world\n") and closes.
-	addr := peer(t, func(c net.Conn) {
+	addr := servertest.Peer(t, func(c net.Conn) {
 		buf := make([]byte, 64)
 		n, _ := c.Read(buf)
 		if string(buf[:n]) != "ping" {
@@ -151,7 +151,7 @@ func TestSendAwaitModes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			resp, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+			resp, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 				Target:     &tcpgatev1.SendRequest_Address{Address: addr},
 				Payload:    &tcpgatev1.SendRequest_Text{Text: "ping"},
 				AwaitReply: tt.await,
@@ -176,12 +176,12 @@ func TestSendAwaitModes(t *testing.T) {
 	}
 
 	t.Run("reply larger than max_bytes", func(t *testing.T) {
-		_, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+		_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 			Target:     &tcpgatev1.SendRequest_Address{Address: addr},
 			Payload:    &tcpgatev1.SendRequest_Text{Text: "ping"},
 			AwaitReply: &tcpgatev1.AwaitReply{Mode: tcpgatev1.AwaitMode_AWAIT_MODE_UNTIL_CLOSE, MaxBytes: 8},
 		})
-		wantCode(t, err, codes.ResourceExhausted)
+		servertest.WantCode(t, err, codes.ResourceExhausted)
 		if msg := status.Convert(err).Message(); !strings.Contains(msg, "await_reply.max_bytes") {
 			t.Errorf("message %q does not name await_reply.max_bytes", msg)
 		}
@@ -191,16 +191,16 @@ func TestSendAwaitModes(t *testing.T) {
 func TestSendReplyTimeout(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
 	release := make(chan struct{})
-	addr := peer(t, func(c net.Conn) { <-release }) // reads nothing, answers nothing
+	addr := servertest.Peer(t, func(c net.Conn) { <-release }) // reads nothing, answers nothing
 	defer close(release)
 	start := time.Now()
-	_, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+	_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 		Target:     &tcpgatev1.SendRequest_Address{Address: addr},
 		Payload:    &tcpgatev1.SendRequest_Text{Text: "anyone?"},
 		AwaitReply: &tcpgatev1.AwaitReply{Mode: tcpgatev1.AwaitMode_AWAIT_MODE_FIRST_READ},
 		Timeout:    durationpb.New(200 * time.Millisecond),
 	})
-	wantCode(t, err, codes.DeadlineExceeded)
+	servertest.WantCode(t, err, codes.DeadlineExceeded)
 	if !strings.Contains(status.Convert(err).Message(), addr) {
 		t.Fatalf("message %q does not name %s", status.Convert(err).Message(), addr)
 	}
@@ -211,14 +211,14 @@ func TestSendReplyTimeout(t *testing.T) {
 
 func TestBroadcast(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{})
-	s := subscribe(t, g, &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED}})
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{})
+	s := g.Subscribe(t, &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED}})
 	var clients []*net.TCPConn
 	for range 3 {
-		clients = append(clients, dial(t, l.GetAddress()))
-		s.next()
+		clients = append(clients, servertest.Dial(t, l.GetAddress()))
+		s.Next()
 	}
-	resp, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+	resp, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 		Target:  &tcpgatev1.SendRequest_ListenerId{ListenerId: l.GetListenerId()},
 		Payload: &tcpgatev1.SendRequest_Text{Text: "to all"},
 	})
@@ -229,7 +229,7 @@ func TestBroadcast(t *testing.T) {
 		t.Fatalf("Send = %v", resp)
 	}
 	for i, c := range clients {
-		if got := readN(t, c, 6); string(got) != "to all" {
+		if got := servertest.ReadN(t, c, 6); string(got) != "to all" {
 			t.Fatalf("client %d got %q", i, got)
 		}
 	}
@@ -239,14 +239,14 @@ func TestBroadcast(t *testing.T) {
 // replies matched to their sends.
 func TestSendToConnection(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{
 		Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
 	})
-	s := subscribe(t, g, &tcpgatev1.SubscribeRequest{ListenerIds: []string{l.GetListenerId()}})
-	c := dial(t, l.GetAddress())
-	id := s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED).GetConnectionId()
 
-	conns, err := g.Client.ListConnections(ctxT(t), &tcpgatev1.ListConnectionsRequest{ListenerId: l.GetListenerId()})
+	s := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ListenerIds: []string{l.GetListenerId()}})
+	c := servertest.Dial(t, l.GetAddress())
+	id := s.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED).GetConnectionId()
+	conns, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{ListenerId: l.GetListenerId()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,7 +283,7 @@ func TestSendToConnection(t *testing.T) {
 	results := make(chan result, 3)
 	for _, q := range []string{"1", "2", "3"} {
 		go func() {
-			resp, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+			resp, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 				Target:     &tcpgatev1.SendRequest_ConnectionId{ConnectionId: id},
 				Payload:    &tcpgatev1.SendRequest_Text{Text: "q" + q + "\n"},
 				AwaitReply: &tcpgatev1.AwaitReply{Mode: tcpgatev1.AwaitMode_AWAIT_MODE_FRAME},
@@ -302,29 +302,29 @@ func TestSendToConnection(t *testing.T) {
 	}
 	// Replies are events too.
 	for range 3 {
-		if e := s.nextOf(tcpgatev1.EventKind_EVENT_KIND_DATA); !strings.HasPrefix(e.GetText(), "a") {
+		if e := s.NextOf(tcpgatev1.EventKind_EVENT_KIND_DATA); !strings.HasPrefix(e.GetText(), "a") {
 			t.Fatalf("event = %v", e)
 		}
 	}
 
-	closed, err := g.Client.CloseConnection(ctxT(t), &tcpgatev1.CloseConnectionRequest{ConnectionId: id})
+	closed, err := g.Client.CloseConnection(servertest.Context(t), &tcpgatev1.CloseConnectionRequest{ConnectionId: id})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if closed.GetConnection().GetBytesOut() != 9 || closed.GetConnection().GetBytesIn() != 12 {
 		t.Fatalf("CloseConnection = %v", closed)
 	}
-	if e := s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED); e.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_CLOSED_BY_API {
+	if e := s.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED); e.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_CLOSED_BY_API {
 		t.Fatalf("close event = %v", e)
 	}
 	if _, err := c.Read(make([]byte, 1)); err == nil {
 		t.Fatal("client still connected after CloseConnection")
 	}
-	_, err = g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+	_, err = g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 		Target:  &tcpgatev1.SendRequest_ConnectionId{ConnectionId: id},
 		Payload: &tcpgatev1.SendRequest_Text{Text: "late"},
 	})
-	wantCode(t, err, codes.NotFound)
+	servertest.WantCode(t, err, codes.NotFound)
 }
 
 func TestFramingOverSockets(t *testing.T) {
@@ -381,10 +381,10 @@ func TestFramingOverSockets(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			l := startListener(t, g, &tcpgatev1.StartListenerRequest{Framing: tt.framing})
-			s := subscribe(t, g, &tcpgatev1.SubscribeRequest{ListenerIds: []string{l.GetListenerId()}})
-			c := dial(t, l.GetAddress())
-			s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
+			l := g.StartListener(t, &tcpgatev1.StartListenerRequest{Framing: tt.framing})
+			s := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ListenerIds: []string{l.GetListenerId()}})
+			c := servertest.Dial(t, l.GetAddress())
+			s.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
 			for _, b := range tt.send {
 				c.Write(b)
 				time.Sleep(20 * time.Millisecond)
@@ -395,7 +395,7 @@ func TestFramingOverSockets(t *testing.T) {
 			var got []string
 			partial := ""
 			for {
-				e := s.next()
+				e := s.Next()
 				if e.GetKind() == tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED {
 					if e.GetCloseReason() != tt.reason || len(e.GetData())+len(e.GetText()) != 0 || partial != tt.partial {
 						t.Fatalf("close event = %v after partial DATA %q, want reason %v, no data, after partial %q", e, partial, tt.reason, tt.partial)
@@ -420,13 +420,13 @@ func TestFramingOverSockets(t *testing.T) {
 
 func TestEchoReencodesFrames(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{
 		Framing:   &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
 		AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO},
 	})
-	c := dial(t, l.GetAddress())
+	c := servertest.Dial(t, l.GetAddress())
 	c.Write([]byte("a\r\nbc\n"))
-	if got := readN(t, c, 5); string(got) != "a\nbc\n" {
+	if got := servertest.ReadN(t, c, 5); string(got) != "a\nbc\n" {
 		t.Fatalf("echo = %q", got)
 	}
 }
@@ -434,12 +434,12 @@ func TestEchoReencodesFrames(t *testing.T) {
 // A client that half-closes still gets the reply to its last, unterminated line.
 func TestHalfCloseGetsReply(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{
 		Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
 		AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED,
 			Payload: &tcpgatev1.AutoReply_Text{Text: "ok\n"}},
 	})
-	c := dial(t, l.GetAddress())
+	c := servertest.Dial(t, l.GetAddress())
 	c.Write([]byte("no newline"))
 	c.CloseWrite()
 	got, err := io.ReadAll(c)
@@ -456,37 +456,37 @@ func TestHalfCloseGetsReply(t *testing.T) {
 // so.
 func TestHalfCloseSendReply(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{
 		Framing:          &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
 		HalfCloseTimeout: durationpb.New(time.Second),
 	})
 	if got := l.GetHalfCloseTimeout().AsDuration(); got != time.Second {
 		t.Fatalf("listener half_close_timeout = %v, want 1s", got)
 	}
-	s := subscribe(t, g, &tcpgatev1.SubscribeRequest{ListenerIds: []string{l.GetListenerId()}})
-	c := dial(t, l.GetAddress())
+	s := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ListenerIds: []string{l.GetListenerId()}})
+	c := servertest.Dial(t, l.GetAddress())
 	if _, err := c.Write([]byte("GET status")); err != nil { // no newline: the last frame
 		t.Fatal(err)
 	}
 	if err := c.CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
-	data := s.nextOf(tcpgatev1.EventKind_EVENT_KIND_DATA)
+	data := s.NextOf(tcpgatev1.EventKind_EVENT_KIND_DATA)
 	if data.GetText() != "GET status" {
 		t.Fatalf("last frame = %q, want %q", data.GetText(), "GET status")
 	}
 	id := data.GetConnectionId()
 
-	_, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+	_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 		Target:     &tcpgatev1.SendRequest_ConnectionId{ConnectionId: id},
 		Payload:    &tcpgatev1.SendRequest_Text{Text: "ignored"},
 		AwaitReply: &tcpgatev1.AwaitReply{Mode: tcpgatev1.AwaitMode_AWAIT_MODE_FRAME},
 	})
-	wantCode(t, err, codes.FailedPrecondition)
+	servertest.WantCode(t, err, codes.FailedPrecondition)
 	if msg := status.Convert(err).Message(); !strings.Contains(msg, "sending side") {
 		t.Errorf("awaiting Send on a half-closed connection: %q does not say why", msg)
 	}
-	resp, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+	resp, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 		Target:  &tcpgatev1.SendRequest_ConnectionId{ConnectionId: id},
 		Payload: &tcpgatev1.SendRequest_Text{Text: "200 OK\n"},
 	})
@@ -498,7 +498,7 @@ func TestHalfCloseSendReply(t *testing.T) {
 	if err != nil || string(got) != "200 OK\n" {
 		t.Fatalf("client read %q, %v; want the reply, then the end of the stream", got, err)
 	}
-	closed := s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
+	closed := s.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
 	if closed.GetConnectionId() != id || closed.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_PEER_CLOSED {
 		t.Fatalf("close event %v, want %s closed with PEER_CLOSED", closed, id)
 	}
@@ -507,29 +507,29 @@ func TestHalfCloseSendReply(t *testing.T) {
 	}
 
 	// Without the option the connection closes at the peer's end, as before.
-	plain := startListener(t, g, &tcpgatev1.StartListenerRequest{})
-	c2 := dial(t, plain.GetAddress())
+	plain := g.StartListener(t, &tcpgatev1.StartListenerRequest{})
+	c2 := servertest.Dial(t, plain.GetAddress())
 	c2.CloseWrite()
 	_ = c2.SetReadDeadline(time.Now().Add(wait))
 	if got, err := io.ReadAll(c2); err != nil || len(got) != 0 {
 		t.Fatalf("plain listener after half-close: read %q, %v; want the end of the stream", got, err)
 	}
 
-	_, err = g.Client.StartListener(ctxT(t), &tcpgatev1.StartListenerRequest{HalfCloseTimeout: durationpb.New(2 * time.Minute)})
-	wantCode(t, err, codes.InvalidArgument)
+	_, err = g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{HalfCloseTimeout: durationpb.New(2 * time.Minute)})
+	servertest.WantCode(t, err, codes.InvalidArgument)
 }
 
 func TestStopListenerDrains(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{
 		ListenerId: "drain-me",
 		AutoReply:  &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO},
 	})
-	s := subscribe(t, g, &tcpgatev1.SubscribeRequest{ListenerIds: []string{"drain-me"}})
-	finishing := dial(t, l.GetAddress())
-	lingering := dial(t, l.GetAddress())
-	s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
-	s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
+	s := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ListenerIds: []string{"drain-me"}})
+	finishing := servertest.Dial(t, l.GetAddress())
+	lingering := servertest.Dial(t, l.GetAddress())
+	s.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
+	s.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
 
 	type stopResult struct {
 		resp *tcpgatev1.StopListenerResponse
@@ -537,7 +537,7 @@ func TestStopListenerDrains(t *testing.T) {
 	}
 	stopped := make(chan stopResult, 1)
 	go func() {
-		resp, err := g.Client.StopListener(ctxT(t), &tcpgatev1.StopListenerRequest{
+		resp, err := g.Client.StopListener(servertest.Context(t), &tcpgatev1.StopListenerRequest{
 			ListenerId: "drain-me", DrainTimeout: durationpb.New(500 * time.Millisecond),
 		})
 		stopped <- stopResult{resp, err}
@@ -557,7 +557,7 @@ func TestStopListenerDrains(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	finishing.Write([]byte("last words"))
-	if got := readN(t, finishing, 10); string(got) != "last words" {
+	if got := servertest.ReadN(t, finishing, 10); string(got) != "last words" {
 		t.Fatalf("echo during drain = %q", got)
 	}
 	finishing.Close()
@@ -571,7 +571,7 @@ func TestStopListenerDrains(t *testing.T) {
 	}
 	reasons := map[string]tcpgatev1.CloseReason{} // by remote address
 	for {
-		e := s.next()
+		e := s.Next()
 		if e.GetKind() == tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED {
 			reasons[e.GetRemoteAddress()] = e.GetCloseReason()
 		}
@@ -592,8 +592,8 @@ func TestStopListenerDrains(t *testing.T) {
 		t.Fatalf("port not free after StopListener: %v", err)
 	}
 	ln.Close()
-	startListener(t, g, &tcpgatev1.StartListenerRequest{ListenerId: "drain-me"})
-	_, err = g.Client.GetListener(ctxT(t), &tcpgatev1.GetListenerRequest{ListenerId: "drain-me"})
+	g.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "drain-me"})
+	_, err = g.Client.GetListener(servertest.Context(t), &tcpgatev1.GetListenerRequest{ListenerId: "drain-me"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -601,38 +601,38 @@ func TestStopListenerDrains(t *testing.T) {
 
 func TestLimitsAndIdle(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{
 		MaxConnections: 1,
 		IdleTimeout:    durationpb.New(300 * time.Millisecond),
 	})
-	s := subscribe(t, g, &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED}})
-	first := dial(t, l.GetAddress())
-	second := dial(t, l.GetAddress())
-	if e := s.next(); e.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_LIMIT_REACHED || e.GetRemoteAddress() != second.LocalAddr().String() {
+	s := g.Subscribe(t, &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED}})
+	first := servertest.Dial(t, l.GetAddress())
+	second := servertest.Dial(t, l.GetAddress())
+	if e := s.Next(); e.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_LIMIT_REACHED || e.GetRemoteAddress() != second.LocalAddr().String() {
 		t.Fatalf("event = %v", e)
 	}
-	if e := s.next(); e.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_IDLE_TIMEOUT || e.GetRemoteAddress() != first.LocalAddr().String() {
+	if e := s.Next(); e.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_IDLE_TIMEOUT || e.GetRemoteAddress() != first.LocalAddr().String() {
 		t.Fatalf("event = %v", e)
 	}
 }
 
 func TestReplayAndResume(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}})
-	live := subscribe(t, g, &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_DATA}})
-	c := dial(t, l.GetAddress())
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}})
+	live := g.Subscribe(t, &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_DATA}})
+	c := servertest.Dial(t, l.GetAddress())
 	c.Write([]byte("1\n2\n3\n"))
 	var seqs []uint64
 	for range 3 {
-		seqs = append(seqs, live.next().GetSequence())
+		seqs = append(seqs, live.Next().GetSequence())
 	}
 	// Resume after the first: get 2 and 3 again from the ring, then live ones.
-	r := subscribe(t, g, &tcpgatev1.SubscribeRequest{
+	r := g.Subscribe(t, &tcpgatev1.SubscribeRequest{
 		SinceSequence: seqs[0] + 1, Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_DATA},
 	})
 	c.Write([]byte("4\n"))
 	for _, want := range []string{"2", "3", "4"} {
-		if e := r.next(); e.GetText() != want {
+		if e := r.Next(); e.GetText() != want {
 			t.Fatalf("resumed event = %v, want %q", e, want)
 		}
 	}
@@ -640,27 +640,27 @@ func TestReplayAndResume(t *testing.T) {
 
 func TestReplayRingOverrun(t *testing.T) {
 	g := servertest.Start(t, server.Config{ReplayBytes: 4096})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}})
-	live := subscribe(t, g, &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_DATA}})
-	c := dial(t, l.GetAddress())
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}})
+	live := g.Subscribe(t, &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_DATA}})
+	c := servertest.Dial(t, l.GetAddress())
 	line := strings.Repeat("x", 500) + "\n"
 	c.Write([]byte(strings.Repeat(line, 40)))
 	var last uint64
 	for range 40 {
-		last = live.next().GetSequence()
+		last = live.Next().GetSequence()
 	}
-	r := subscribe(t, g, &tcpgatev1.SubscribeRequest{SinceSequence: 1})
-	marker := r.next()
+	r := g.Subscribe(t, &tcpgatev1.SubscribeRequest{SinceSequence: 1})
+	marker := r.Next()
 	if marker.GetKind() != tcpgatev1.EventKind_EVENT_KIND_EVENTS_DROPPED || marker.GetDropped() == 0 || marker.GetSequence() != 0 {
 		t.Fatalf("first resumed event = %v, want an EVENTS_DROPPED marker", marker)
 	}
-	first := r.next()
+	first := r.Next()
 	if first.GetSequence() != marker.GetDropped()+1 {
 		t.Fatalf("after dropping %d the stream resumed at %d", marker.GetDropped(), first.GetSequence())
 	}
 	prev := first.GetSequence()
 	for prev < last {
-		e := r.next()
+		e := r.Next()
 		if e.GetSequence() != prev+1 {
 			t.Fatalf("gap: %d after %d", e.GetSequence(), prev)
 		}
@@ -670,8 +670,8 @@ func TestReplayRingOverrun(t *testing.T) {
 
 func TestSlowConsumerDisconnect(t *testing.T) {
 	g := servertest.Start(t, server.Config{SubscriberQueueBytes: 64 << 10})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{})
-	ctx := ctxT(t)
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{})
+	ctx := servertest.Context(t)
 	// A subscriber that never reads: its stream must end with ResourceExhausted.
 	cl, err := g.Client.Subscribe(ctx, &tcpgatev1.SubscribeRequest{
 		SlowConsumer: tcpgatev1.SlowConsumerPolicy_SLOW_CONSUMER_POLICY_DISCONNECT,
@@ -682,7 +682,7 @@ func TestSlowConsumerDisconnect(t *testing.T) {
 	if _, err := cl.Header(); err != nil {
 		t.Fatal(err)
 	}
-	c := dial(t, l.GetAddress())
+	c := servertest.Dial(t, l.GetAddress())
 	chunk := bytes.Repeat([]byte("z"), 32<<10)
 	// gRPC and socket buffers hold a few MiB before the gateway's queue fills;
 	// write until the stream ends, bounded in count.
@@ -713,7 +713,7 @@ func TestSlowConsumerDisconnect(t *testing.T) {
 	case <-time.After(wait):
 		t.Fatal("slow subscriber was not disconnected")
 	}
-	wantCode(t, streamErr, codes.ResourceExhausted)
+	servertest.WantCode(t, streamErr, codes.ResourceExhausted)
 	if msg := status.Convert(streamErr).Message(); !strings.Contains(msg, "since_sequence=") || !strings.Contains(msg, "--subscriber-queue-bytes") {
 		t.Fatalf("message %q does not name the limit and say where to resume", msg)
 	}
@@ -721,15 +721,8 @@ func TestSlowConsumerDisconnect(t *testing.T) {
 
 func TestErrors(t *testing.T) {
 	g := servertest.Start(t, server.Config{MaxListeners: 3})
-	taken := startListener(t, g, &tcpgatev1.StartListenerRequest{ListenerId: "taken"})
-	refused := func() string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		return ln.Addr().String()
-	}()
+	taken := g.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "taken"})
+	refused := servertest.RefusedAddr(t)
 	_, takenPort, _ := net.SplitHostPort(taken.GetAddress())
 	port := func(s string) uint32 {
 		var p uint32
@@ -747,98 +740,98 @@ func TestErrors(t *testing.T) {
 		mention string
 	}{
 		{"port out of range", func() error {
-			_, err := g.Client.StartListener(ctxT(t), &tcpgatev1.StartListenerRequest{Port: 70000})
+			_, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{Port: 70000})
 			return err
 		}, codes.InvalidArgument, "port"},
 		{"unknown framing mode", func() error {
-			_, err := g.Client.StartListener(ctxT(t), &tcpgatev1.StartListenerRequest{Framing: &tcpgatev1.Framing{Mode: 42}})
+			_, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{Framing: &tcpgatev1.Framing{Mode: 42}})
 			return err
 		}, codes.InvalidArgument, "framing.mode"},
 		{"delimiter mode without delimiter", func() error {
-			_, err := g.Client.StartListener(ctxT(t), &tcpgatev1.StartListenerRequest{Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_DELIMITER}})
+			_, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_DELIMITER}})
 			return err
 		}, codes.InvalidArgument, "framing.delimiter"},
 		{"prefix of 3 bytes", func() error {
-			_, err := g.Client.StartListener(ctxT(t), &tcpgatev1.StartListenerRequest{Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LENGTH_PREFIX, PrefixBytes: 3}})
+			_, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LENGTH_PREFIX, PrefixBytes: 3}})
 			return err
 		}, codes.InvalidArgument, "framing.prefix_bytes"},
 		{"fixed size 0", func() error {
-			_, err := g.Client.StartListener(ctxT(t), &tcpgatev1.StartListenerRequest{Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_FIXED}})
+			_, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_FIXED}})
 			return err
 		}, codes.InvalidArgument, "framing.fixed_size"},
 		{"fixed auto reply without payload", func() error {
-			_, err := g.Client.StartListener(ctxT(t), &tcpgatev1.StartListenerRequest{AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED}})
+			_, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED}})
 			return err
 		}, codes.InvalidArgument, "auto_reply"},
 		{"bad listener id", func() error {
-			_, err := g.Client.StartListener(ctxT(t), &tcpgatev1.StartListenerRequest{ListenerId: "a/b"})
+			_, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{ListenerId: "a/b"})
 			return err
 		}, codes.InvalidArgument, "listener_id"},
 		{"listener id taken", func() error {
-			_, err := g.Client.StartListener(ctxT(t), &tcpgatev1.StartListenerRequest{ListenerId: "taken", Host: "127.0.0.1"})
+			_, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{ListenerId: "taken", Host: "127.0.0.1"})
 			return err
 		}, codes.AlreadyExists, "taken"},
 		{"address in use", func() error {
-			_, err := g.Client.StartListener(ctxT(t), &tcpgatev1.StartListenerRequest{Host: "127.0.0.1", Port: port})
+			_, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{Host: "127.0.0.1", Port: port})
 			return err
 		}, codes.Unavailable, taken.GetAddress()},
 		{"unknown listener", func() error {
-			_, err := g.Client.GetListener(ctxT(t), &tcpgatev1.GetListenerRequest{ListenerId: "nope"})
+			_, err := g.Client.GetListener(servertest.Context(t), &tcpgatev1.GetListenerRequest{ListenerId: "nope"})
 			return err
 		}, codes.NotFound, "nope"},
 		{"stop unknown listener", func() error {
-			_, err := g.Client.StopListener(ctxT(t), &tcpgatev1.StopListenerRequest{ListenerId: "nope"})
+			_, err := g.Client.StopListener(servertest.Context(t), &tcpgatev1.StopListenerRequest{ListenerId: "nope"})
 			return err
 		}, codes.NotFound, "nope"},
 		{"connections of unknown listener", func() error {
-			_, err := g.Client.ListConnections(ctxT(t), &tcpgatev1.ListConnectionsRequest{ListenerId: "nope"})
+			_, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{ListenerId: "nope"})
 			return err
 		}, codes.NotFound, "nope"},
 		{"close unknown connection", func() error {
-			_, err := g.Client.CloseConnection(ctxT(t), &tcpgatev1.CloseConnectionRequest{ConnectionId: "c999"})
+			_, err := g.Client.CloseConnection(servertest.Context(t), &tcpgatev1.CloseConnectionRequest{ConnectionId: "c999"})
 			return err
 		}, codes.NotFound, "c999"},
 		{"send without payload", func() error {
-			_, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: refused}})
+			_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: refused}})
 			return err
 		}, codes.InvalidArgument, "payload"},
 		{"send without target", func() error {
-			_, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{Payload: text})
+			_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{Payload: text})
 			return err
 		}, codes.InvalidArgument, "target"},
 		{"send to a malformed address", func() error {
-			_, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: "no-port"}, Payload: text})
+			_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: "no-port"}, Payload: text})
 			return err
 		}, codes.InvalidArgument, "address"},
 		{"send refused", func() error {
-			_, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: refused}, Payload: text})
+			_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: refused}, Payload: text})
 			return err
 		}, codes.Unavailable, refused},
 		{"send to unknown connection", func() error {
-			_, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ConnectionId{ConnectionId: "c999"}, Payload: text})
+			_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ConnectionId{ConnectionId: "c999"}, Payload: text})
 			return err
 		}, codes.NotFound, "c999"},
 		{"broadcast to unknown listener", func() error {
-			_, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ListenerId{ListenerId: "nope"}, Payload: text})
+			_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ListenerId{ListenerId: "nope"}, Payload: text})
 			return err
 		}, codes.NotFound, "nope"},
 		{"broadcast awaiting a reply", func() error {
-			_, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ListenerId{ListenerId: "taken"}, Payload: text,
+			_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ListenerId{ListenerId: "taken"}, Payload: text,
 				AwaitReply: &tcpgatev1.AwaitReply{Mode: tcpgatev1.AwaitMode_AWAIT_MODE_FIRST_READ}})
 			return err
 		}, codes.InvalidArgument, "await_reply"},
 		{"negative timeout", func() error {
-			_, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: refused}, Payload: text,
+			_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: refused}, Payload: text,
 				Timeout: durationpb.New(-time.Second)})
 			return err
 		}, codes.InvalidArgument, "timeout"},
 		{"unknown await mode", func() error {
-			_, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: refused}, Payload: text,
+			_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: refused}, Payload: text,
 				AwaitReply: &tcpgatev1.AwaitReply{Mode: 9}})
 			return err
 		}, codes.InvalidArgument, "await_reply.mode"},
 		{"subscribe to unspecified kind", func() error {
-			cl, err := g.Client.Subscribe(ctxT(t), &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{0}})
+			cl, err := g.Client.Subscribe(servertest.Context(t), &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{0}})
 			if err != nil {
 				return err
 			}
@@ -846,7 +839,7 @@ func TestErrors(t *testing.T) {
 			return err
 		}, codes.InvalidArgument, "kinds[0]"},
 		{"unknown slow consumer policy", func() error {
-			cl, err := g.Client.Subscribe(ctxT(t), &tcpgatev1.SubscribeRequest{SlowConsumer: 7})
+			cl, err := g.Client.Subscribe(servertest.Context(t), &tcpgatev1.SubscribeRequest{SlowConsumer: 7})
 			if err != nil {
 				return err
 			}
@@ -865,10 +858,10 @@ func TestErrors(t *testing.T) {
 	}
 
 	t.Run("listener limit", func(t *testing.T) {
-		startListener(t, g, &tcpgatev1.StartListenerRequest{})
-		startListener(t, g, &tcpgatev1.StartListenerRequest{})
-		_, err := g.Client.StartListener(ctxT(t), &tcpgatev1.StartListenerRequest{Host: "127.0.0.1"})
-		wantCode(t, err, codes.ResourceExhausted)
+		g.StartListener(t, &tcpgatev1.StartListenerRequest{})
+		g.StartListener(t, &tcpgatev1.StartListenerRequest{})
+		_, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{Host: "127.0.0.1"})
+		servertest.WantCode(t, err, codes.ResourceExhausted)
 		if !strings.Contains(status.Convert(err).Message(), "max_listeners") {
 			t.Fatalf("message %q does not name the limit", status.Convert(err).Message())
 		}
@@ -879,15 +872,15 @@ func TestErrors(t *testing.T) {
 // status and frees every port.
 func TestShutdownEndsStreams(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{})
-	s := subscribe(t, g, &tcpgatev1.SubscribeRequest{})
-	c := dial(t, l.GetAddress())
-	s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{})
+	s := g.Subscribe(t, &tcpgatev1.SubscribeRequest{})
+	c := servertest.Dial(t, l.GetAddress())
+	s.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
 
 	if err := g.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	err := s.end()
+	err := s.End()
 	if code := status.Code(err); code != codes.Unavailable {
 		t.Fatalf("stream ended with %v, want Unavailable", err)
 	}

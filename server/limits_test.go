@@ -41,7 +41,7 @@ func TestRESTTimeoutsSpareStreams(t *testing.T) {
 		t.Fatalf("GET /v1/events: %s", resp.Status)
 	}
 	time.Sleep(5 * timeout) // past both timeouts
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1"})
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1"})
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
 		if strings.Contains(sc.Text(), "EVENT_KIND_LISTENER_STARTED") && strings.Contains(sc.Text(), l.GetListenerId()) {

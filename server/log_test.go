@@ -29,44 +29,44 @@ func TestListenerLogLines(t *testing.T) {
 	)
 	for _, format := range []string{"text", "json"} {
 		t.Run(format, func(t *testing.T) {
-			var logs secLog
+			var logs servertest.LogSink
 			opts := &slog.HandlerOptions{Level: slog.LevelDebug}
 			var h slog.Handler = slog.NewTextHandler(&logs, opts)
 			if format == "json" {
 				h = slog.NewJSONHandler(&logs, opts)
 			}
 			g := servertest.Start(t, server.Config{Logger: slog.New(h)})
-			sub := subscribe(t, g, &tcpgatev1.SubscribeRequest{})
+			sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{})
 
 			// "byrpc" is stopped by StopListener, "byshutdown" by the
 			// gateway's shutdown.
-			byRPC := startListener(t, g, &tcpgatev1.StartListenerRequest{ListenerId: "byrpc",
+			byRPC := g.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "byrpc",
 				AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED, Payload: &tcpgatev1.AutoReply_Text{Text: reply}}})
-			byShutdown := startListener(t, g, &tcpgatev1.StartListenerRequest{ListenerId: "byshutdown"})
 
-			c := dial(t, byRPC.GetAddress())
+			byShutdown := g.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "byshutdown"})
+			c := servertest.Dial(t, byRPC.GetAddress())
 			if _, err := c.Write([]byte(payloadIn)); err != nil {
 				t.Fatal(err)
 			}
-			if got := readN(t, c, len(reply)); string(got) != reply {
+			if got := servertest.ReadN(t, c, len(reply)); string(got) != reply {
 				t.Fatalf("auto reply %q, want %q", got, reply)
 			}
-			data := sub.nextOf(tcpgatev1.EventKind_EVENT_KIND_DATA)
+			data := sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_DATA)
 			if string(payloadOf(data)) != payloadIn {
 				t.Fatalf("DATA event %q, want %q", payloadOf(data), payloadIn)
 			}
-			if _, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+			if _, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 				Target:  &tcpgatev1.SendRequest_ConnectionId{ConnectionId: data.GetConnectionId()},
 				Payload: &tcpgatev1.SendRequest_Text{Text: payloadOut},
 			}); err != nil {
 				t.Fatalf("Send: %v", err)
 			}
-			if got := readN(t, c, len(payloadOut)); string(got) != payloadOut {
+			if got := servertest.ReadN(t, c, len(payloadOut)); string(got) != payloadOut {
 				t.Fatalf("client read %q, want %q", got, payloadOut)
 			}
 			c.Close()
-			sub.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
-			if _, err := g.Client.StopListener(ctxT(t), &tcpgatev1.StopListenerRequest{ListenerId: "byrpc"}); err != nil {
+			sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
+			if _, err := g.Client.StopListener(servertest.Context(t), &tcpgatev1.StopListenerRequest{ListenerId: "byrpc"}); err != nil {
 				t.Fatalf("StopListener: %v", err)
 			}
 			if err := g.Stop(); err != nil {

@@ -25,7 +25,7 @@ func TestLargestFrameReachesDefaultClient(t *testing.T) {
 	}
 	g := servertest.Start(t, server.Config{})
 	line := strings.Repeat("0123456789abcdef", rpc.MaxFrameLimit/16-1) + "0123456789abcde" // 3 MiB - 1, and "\n"
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{
 		Port:    0,
 		Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE, MaxFrameBytes: rpc.MaxFrameLimit},
 	})
@@ -35,20 +35,20 @@ func TestLargestFrameReachesDefaultClient(t *testing.T) {
 		tcpgatev1.PayloadFormat_PAYLOAD_FORMAT_DATA,
 		tcpgatev1.PayloadFormat_PAYLOAD_FORMAT_BOTH,
 	}
-	var subs []*stream
+	var subs []*servertest.Stream
 	for _, f := range formats {
-		subs = append(subs, subscribe(t, g, &tcpgatev1.SubscribeRequest{
+		subs = append(subs, g.Subscribe(t, &tcpgatev1.SubscribeRequest{
 			ListenerIds: []string{l.GetListenerId()}, PayloadFormat: f,
 			Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_DATA},
 		}))
 	}
-	c := dial(t, l.GetAddress())
+	c := servertest.Dial(t, l.GetAddress())
 	if _, err := c.Write([]byte(line + "\n")); err != nil {
 		t.Fatal(err)
 	}
 	var seq uint64
 	for i, s := range subs {
-		e := s.next()
+		e := s.Next()
 		if got := payloadOf(e); string(got) != line {
 			t.Fatalf("%v: a %d-byte frame arrived as %d bytes", formats[i], len(line), len(got))
 		}
@@ -60,14 +60,14 @@ func TestLargestFrameReachesDefaultClient(t *testing.T) {
 	}
 	// The frame in the replay ring does not block a resume.
 	for _, f := range formats {
-		s := subscribe(t, g, &tcpgatev1.SubscribeRequest{SinceSequence: seq, PayloadFormat: f})
-		if e := s.next(); e.GetSequence() != seq || len(payloadOf(e)) != len(line) {
+		s := g.Subscribe(t, &tcpgatev1.SubscribeRequest{SinceSequence: seq, PayloadFormat: f})
+		if e := s.Next(); e.GetSequence() != seq || len(payloadOf(e)) != len(line) {
 			t.Fatalf("%v: resume from %d got event %d of %d bytes", f, seq, e.GetSequence(), len(payloadOf(e)))
 		}
 	}
 
 	// The same line as an awaited reply, from the peer of that connection.
-	conns, err := g.Client.ListConnections(ctxT(t), &tcpgatev1.ListConnectionsRequest{ListenerId: l.GetListenerId()})
+	conns, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{ListenerId: l.GetListenerId()})
 	if err != nil || len(conns.GetConnections()) != 1 {
 		t.Fatalf("ListConnections: %v, %v", conns, err)
 	}
@@ -84,7 +84,7 @@ func TestLargestFrameReachesDefaultClient(t *testing.T) {
 			_, err := c.Write([]byte(line + "\n"))
 			done <- err
 		}()
-		resp, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+		resp, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 			Target:     &tcpgatev1.SendRequest_ConnectionId{ConnectionId: id},
 			Payload:    &tcpgatev1.SendRequest_Text{Text: "req\n"},
 			AwaitReply: &tcpgatev1.AwaitReply{Mode: tcpgatev1.AwaitMode_AWAIT_MODE_FRAME, MaxBytes: rpc.MaxFrameLimit, PayloadFormat: f},
@@ -105,7 +105,7 @@ func TestLargestFrameReachesDefaultClient(t *testing.T) {
 // for binary frames, in events and in awaited replies.
 func TestPayloadFormats(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{
 		Framing:   &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_DELIMITER, Delimiter: []byte{'|'}},
 		AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO},
 	})
@@ -121,18 +121,18 @@ func TestPayloadFormats(t *testing.T) {
 		{tcpgatev1.PayloadFormat_PAYLOAD_FORMAT_DATA, text, "", bin, "", text, ""},
 		{tcpgatev1.PayloadFormat_PAYLOAD_FORMAT_BOTH, text, text, bin, "", text, text},
 	}
-	var subs []*stream
+	var subs []*servertest.Stream
 	for _, c := range cases {
-		subs = append(subs, subscribe(t, g, &tcpgatev1.SubscribeRequest{
+		subs = append(subs, g.Subscribe(t, &tcpgatev1.SubscribeRequest{
 			PayloadFormat: c.f, Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_DATA},
 		}))
 	}
-	conn := dial(t, l.GetAddress())
+	conn := servertest.Dial(t, l.GetAddress())
 	if _, err := conn.Write([]byte(text + "|" + bin + "|")); err != nil {
 		t.Fatal(err)
 	}
 	for i, c := range cases {
-		te, be := subs[i].next(), subs[i].next()
+		te, be := subs[i].Next(), subs[i].Next()
 		if string(te.GetData()) != c.textData || te.GetText() != c.textText {
 			t.Errorf("%v: text frame as data %q text %q, want %q %q", c.f, te.GetData(), te.GetText(), c.textData, c.textText)
 		}
@@ -141,7 +141,7 @@ func TestPayloadFormats(t *testing.T) {
 		}
 		// An echo listener answers with what it got: the address target
 		// reads the reply of a one-shot connection.
-		resp, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+		resp, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 			Target:     &tcpgatev1.SendRequest_Address{Address: l.GetAddress()},
 			Payload:    &tcpgatev1.SendRequest_Text{Text: text + "|"},
 			AwaitReply: &tcpgatev1.AwaitReply{Mode: tcpgatev1.AwaitMode_AWAIT_MODE_FRAME, Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_DELIMITER, Delimiter: []byte{'|'}}, PayloadFormat: c.f},
@@ -153,15 +153,15 @@ func TestPayloadFormats(t *testing.T) {
 			t.Errorf("%v: reply as data %q text %q, want %q %q", c.f, r.GetData(), r.GetText(), c.replyData, c.replyText)
 		}
 	}
-	s, err := g.Client.Subscribe(ctxT(t), &tcpgatev1.SubscribeRequest{PayloadFormat: 9})
+	s, err := g.Client.Subscribe(servertest.Context(t), &tcpgatev1.SubscribeRequest{PayloadFormat: 9})
 	if err == nil {
 		_, err = s.Recv()
 	}
-	wantCode(t, err, codes.InvalidArgument)
-	_, err = g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+	servertest.WantCode(t, err, codes.InvalidArgument)
+	_, err = g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 		Target:     &tcpgatev1.SendRequest_Address{Address: l.GetAddress()},
 		Payload:    &tcpgatev1.SendRequest_Text{Text: "x|"},
 		AwaitReply: &tcpgatev1.AwaitReply{Mode: tcpgatev1.AwaitMode_AWAIT_MODE_FIRST_READ, PayloadFormat: 9},
 	})
-	wantCode(t, err, codes.InvalidArgument)
+	servertest.WantCode(t, err, codes.InvalidArgument)
 }

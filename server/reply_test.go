@@ -35,13 +35,13 @@ func answerLines(c net.Conn, answer func(n string) string) {
 
 // lineConn starts a line listener, connects a client to it that runs
 // answer, and returns the connection's id.
-func lineConn(t *testing.T, g *servertest.Gateway, answer func(n string) string) (id string, s *stream) {
+func lineConn(t *testing.T, g *servertest.Gateway, answer func(n string) string) (id string, s *servertest.Stream) {
 	t.Helper()
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}})
-	s = subscribe(t, g, &tcpgatev1.SubscribeRequest{ListenerIds: []string{l.GetListenerId()}})
-	c := dial(t, l.GetAddress())
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}})
+	s = g.Subscribe(t, &tcpgatev1.SubscribeRequest{ListenerIds: []string{l.GetListenerId()}})
+	c := servertest.Dial(t, l.GetAddress())
 	go answerLines(c, answer)
-	return s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED).GetConnectionId(), s
+	return s.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED).GetConnectionId(), s
 }
 
 func awaitSend(t *testing.T, g *servertest.Gateway, id, text string, timeout time.Duration, aw *tcpgatev1.AwaitReply) (*tcpgatev1.SendResponse, error) {
@@ -49,7 +49,7 @@ func awaitSend(t *testing.T, g *servertest.Gateway, id, text string, timeout tim
 	if aw.Mode == tcpgatev1.AwaitMode_AWAIT_MODE_UNSPECIFIED {
 		aw.Mode = tcpgatev1.AwaitMode_AWAIT_MODE_FRAME
 	}
-	return g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+	return g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 		Target:     &tcpgatev1.SendRequest_ConnectionId{ConnectionId: id},
 		Payload:    &tcpgatev1.SendRequest_Text{Text: text},
 		AwaitReply: aw,
@@ -88,8 +88,8 @@ func TestAwaitedSendAfterLostReply(t *testing.T) {
 	}
 
 	_, err := awaitSend(t, g, id, "req-5\n", 300*time.Millisecond, &tcpgatev1.AwaitReply{OnTimeout: tcpgatev1.OnTimeout_ON_TIMEOUT_CLOSE})
-	wantCode(t, err, codes.DeadlineExceeded)
-	closed := s.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
+	servertest.WantCode(t, err, codes.DeadlineExceeded)
+	closed := s.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
 	if got := closed.GetCloseReason(); got != tcpgatev1.CloseReason_CLOSE_REASON_REPLY_TIMEOUT {
 		t.Errorf("close reason = %s, want CLOSE_REASON_REPLY_TIMEOUT", got)
 	}
@@ -119,12 +119,12 @@ func TestAwaitReplyMatch(t *testing.T) {
 	}
 
 	// On an address, AWAIT_MODE_FRAME skips frames that do not match.
-	addr := peer(t, func(c net.Conn) {
+	addr := servertest.Peer(t, func(c net.Conn) {
 		if _, err := bufio.NewReader(c).ReadString('\n'); err == nil {
 			_, _ = c.Write([]byte("hello\nack-9\n"))
 		}
 	})
-	resp, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+	resp, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 		Target:  &tcpgatev1.SendRequest_Address{Address: addr},
 		Payload: &tcpgatev1.SendRequest_Text{Text: "req-9\n"},
 		AwaitReply: &tcpgatev1.AwaitReply{
@@ -171,7 +171,7 @@ func TestAwaitReplyMatchInvalid(t *testing.T) {
 			case *tcpgatev1.SendRequest_Address:
 				req.Target = tg
 			}
-			_, err := g.Client.Send(ctxT(t), req)
+			_, err := g.Client.Send(servertest.Context(t), req)
 			if status.Code(err) != codes.InvalidArgument || !strings.HasPrefix(status.Convert(err).Message(), tt.field+":") {
 				t.Errorf("Send = %v, want InvalidArgument naming %s", err, tt.field)
 			}

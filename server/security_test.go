@@ -6,7 +6,6 @@ package server_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -20,7 +19,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -196,7 +194,7 @@ func TestAuthEveryMethod(t *testing.T) {
 	for _, m := range methods {
 		t.Run(m.name, func(t *testing.T) {
 			for _, r := range refused {
-				err := secInvoke(secAuth(ctxT(t), r.values...), t, cc, m)
+				err := secInvoke(secAuth(servertest.Context(t), r.values...), t, cc, m)
 				if status.Code(err) != codes.Unauthenticated {
 					t.Errorf("%s: %v, want Unauthenticated", r.name, err)
 				}
@@ -205,7 +203,7 @@ func TestAuthEveryMethod(t *testing.T) {
 				}
 			}
 			for _, v := range []string{"Bearer " + secToken, "bearer " + secToken} {
-				err := secInvoke(secAuth(ctxT(t), v), t, cc, m)
+				err := secInvoke(secAuth(servertest.Context(t), v), t, cc, m)
 				if c := status.Code(err); c == codes.Unauthenticated || c == codes.Unimplemented {
 					t.Errorf("with %q: %v, want the call to reach the method", v, err)
 				} else {
@@ -217,12 +215,12 @@ func TestAuthEveryMethod(t *testing.T) {
 
 	t.Run("per-call credentials", func(t *testing.T) {
 		authed := secConn(t, g.Server.GRPCAddr(), insecure.NewCredentials(), grpc.WithPerRPCCredentials(secBearer(secToken)))
-		if _, err := tcpgatev1.NewGatewayServiceClient(authed).ListListeners(ctxT(t), &tcpgatev1.ListListenersRequest{}); err != nil {
+		if _, err := tcpgatev1.NewGatewayServiceClient(authed).ListListeners(servertest.Context(t), &tcpgatev1.ListListenersRequest{}); err != nil {
 			t.Fatalf("ListListeners with the token: %v", err)
 		}
 		// Subscribe's stream starts (headers with the last sequence) only
 		// after the token was checked.
-		ctx, cancel := context.WithCancel(ctxT(t))
+		ctx, cancel := context.WithCancel(servertest.Context(t))
 		defer cancel()
 		st, err := tcpgatev1.NewGatewayServiceClient(authed).Subscribe(ctx, &tcpgatev1.SubscribeRequest{})
 		if err != nil {
@@ -233,17 +231,17 @@ func TestAuthEveryMethod(t *testing.T) {
 		}
 		cancel()
 		// servertest's own client has no token.
-		_, err = g.Client.ListListeners(ctxT(t), &tcpgatev1.ListListenersRequest{})
-		wantCode(t, err, codes.Unauthenticated)
+		_, err = g.Client.ListListeners(servertest.Context(t), &tcpgatev1.ListListenersRequest{})
+		servertest.WantCode(t, err, codes.Unauthenticated)
 	})
 
 	t.Run("health without token", func(t *testing.T) {
 		h := healthpb.NewHealthClient(cc)
-		resp, err := h.Check(ctxT(t), &healthpb.HealthCheckRequest{})
+		resp, err := h.Check(servertest.Context(t), &healthpb.HealthCheckRequest{})
 		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 			t.Fatalf("Health/Check = %v, %v; want SERVING", resp, err)
 		}
-		ctx, cancel := context.WithCancel(ctxT(t))
+		ctx, cancel := context.WithCancel(servertest.Context(t))
 		defer cancel()
 		w, err := h.Watch(ctx, &healthpb.HealthCheckRequest{})
 		if err != nil {
@@ -255,36 +253,36 @@ func TestAuthEveryMethod(t *testing.T) {
 	})
 
 	t.Run("reflection needs the token", func(t *testing.T) {
-		if err := secReflect(ctxT(t), cc); status.Code(err) != codes.Unauthenticated {
+		if err := secReflect(servertest.Context(t), cc); status.Code(err) != codes.Unauthenticated {
 			t.Errorf("reflection v1 without token: %v, want Unauthenticated", err)
 		}
-		if err := secReflectAlpha(ctxT(t), cc); status.Code(err) != codes.Unauthenticated {
+		if err := secReflectAlpha(servertest.Context(t), cc); status.Code(err) != codes.Unauthenticated {
 			t.Errorf("reflection v1alpha without token: %v, want Unauthenticated", err)
 		}
-		if err := secReflect(secAuth(ctxT(t), "Bearer nope"), cc); status.Code(err) != codes.Unauthenticated {
+		if err := secReflect(secAuth(servertest.Context(t), "Bearer nope"), cc); status.Code(err) != codes.Unauthenticated {
 			t.Errorf("reflection v1 with a wrong token: %v, want Unauthenticated", err)
 		}
-		if err := secReflect(secAuth(ctxT(t), "Bearer "+secToken), cc); err != nil {
+		if err := secReflect(secAuth(servertest.Context(t), "Bearer "+secToken), cc); err != nil {
 			t.Errorf("reflection v1 with the token: %v", err)
 		}
 	})
 
 	t.Run("public reflection", func(t *testing.T) {
 		pub := servertest.Start(t, server.Config{AuthToken: secToken, PublicReflection: true})
-		if err := secReflect(ctxT(t), pub.Conn); err != nil {
+		if err := secReflect(servertest.Context(t), pub.Conn); err != nil {
 			t.Errorf("public reflection v1 without token: %v", err)
 		}
-		if err := secReflectAlpha(ctxT(t), pub.Conn); err != nil {
+		if err := secReflectAlpha(servertest.Context(t), pub.Conn); err != nil {
 			t.Errorf("public reflection v1alpha without token: %v", err)
 		}
 		// Only reflection is public.
-		_, err := pub.Client.ListListeners(ctxT(t), &tcpgatev1.ListListenersRequest{})
-		wantCode(t, err, codes.Unauthenticated)
+		_, err := pub.Client.ListListeners(servertest.Context(t), &tcpgatev1.ListListenersRequest{})
+		servertest.WantCode(t, err, codes.Unauthenticated)
 	})
 
 	t.Run("no token configured", func(t *testing.T) {
 		open := servertest.Start(t, server.Config{})
-		if _, err := open.Client.ListListeners(secAuth(ctxT(t), "Bearer whatever"), &tcpgatev1.ListListenersRequest{}); err != nil {
+		if _, err := open.Client.ListListeners(secAuth(servertest.Context(t), "Bearer whatever"), &tcpgatev1.ListListenersRequest{}); err != nil {
 			t.Fatalf("ListListeners on a gateway without a token: %v", err)
 		}
 	})
@@ -298,7 +296,7 @@ func TestAuthEveryMethod(t *testing.T) {
 func TestAuthCoversEveryService(t *testing.T) {
 	g := servertest.Start(t, server.Config{AuthToken: secToken})
 	cc := secConn(t, g.Server.GRPCAddr(), insecure.NewCredentials())
-	ctx, cancel := context.WithCancel(secAuth(ctxT(t), "Bearer "+secToken))
+	ctx, cancel := context.WithCancel(secAuth(servertest.Context(t), "Bearer "+secToken))
 	defer cancel()
 	st, err := reflectionv1.NewServerReflectionClient(cc).ServerReflectionInfo(ctx)
 	if err != nil {
@@ -411,7 +409,7 @@ func secHTTPS(t *testing.T, cfg *tls.Config) *http.Client {
 // secGet GETs url and returns the status and body, or the error.
 func secGet(t *testing.T, hc *http.Client, url string) (int, string, error) {
 	t.Helper()
-	req, err := http.NewRequestWithContext(ctxT(t), http.MethodGet, url, nil)
+	req, err := http.NewRequestWithContext(servertest.Context(t), http.MethodGet, url, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -468,7 +466,7 @@ func TestControlPlaneTLS(t *testing.T) {
 		}
 
 		// The NDJSON event stream over HTTPS delivers an event.
-		ctx, cancel := context.WithCancel(ctxT(t))
+		ctx, cancel := context.WithCancel(servertest.Context(t))
 		defer cancel()
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+httpAddr+"/v1/events", nil)
 		if err != nil {
@@ -483,7 +481,7 @@ func TestControlPlaneTLS(t *testing.T) {
 			t.Fatalf("GET /v1/events over HTTPS = %d", resp.StatusCode)
 		}
 		cc := secConn(t, grpcAddr, credentials.NewTLS(&tls.Config{RootCAs: pki.ca.Pool()}))
-		if _, err := tcpgatev1.NewGatewayServiceClient(cc).StartListener(ctxT(t), &tcpgatev1.StartListenerRequest{
+		if _, err := tcpgatev1.NewGatewayServiceClient(cc).StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{
 			ListenerId: "over-tls", Host: "127.0.0.1",
 		}); err != nil {
 			t.Fatalf("StartListener over TLS: %v", err)
@@ -597,7 +595,7 @@ func TestControlPlaneMutualTLS(t *testing.T) {
 			{server.Config{GRPCAddr: "0.0.0.0:0", AuthToken: "tok-0123456789abcdef", TLSCert: pki.certFile, TLSKey: pki.keyFile}, false},
 			{server.Config{GRPCAddr: "127.0.0.1:0", AuthToken: "tok-0123456789abcdef"}, false},
 		} {
-			var logs secLog
+			var logs servertest.LogSink
 			tc.cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 			s, err := server.New(tc.cfg)
 			if err != nil {
@@ -656,10 +654,9 @@ func secTLSDial(t *testing.T, addr string, cfg *tls.Config) (*tls.Conn, error) {
 }
 
 // secNextOfListener skips events until one of kind on listener lid.
-func secNextOfListener(s *stream, lid string, kind tcpgatev1.EventKind) *tcpgatev1.Event {
-	s.t.Helper()
+func secNextOfListener(s *servertest.Stream, lid string, kind tcpgatev1.EventKind) *tcpgatev1.Event {
 	for {
-		if e := s.nextOf(kind); e.GetListenerId() == lid {
+		if e := s.NextOf(kind); e.GetListenerId() == lid {
 			return e
 		}
 	}
@@ -671,10 +668,10 @@ func secNextOfListener(s *stream, lid string, kind tcpgatev1.EventKind) *tcpgate
 func TestTLSListener(t *testing.T) {
 	pki := secNewPKI(t)
 	g := servertest.Start(t, server.Config{TLSFilesDir: filepath.Dir(pki.certFile)})
-	sub := subscribe(t, g, &tcpgatev1.SubscribeRequest{})
+	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{})
 
 	t.Run("TLS", func(t *testing.T) {
-		l := startListener(t, g, &tcpgatev1.StartListenerRequest{
+		l := g.StartListener(t, &tcpgatev1.StartListenerRequest{
 			ListenerId: "tls", Tls: &tcpgatev1.ListenerTLS{CertPem: string(pki.serverCert), KeyPem: string(pki.serverKey)},
 		})
 		if !l.GetTls() || l.GetMutualTls() {
@@ -690,13 +687,13 @@ func TestTLSListener(t *testing.T) {
 		if e := secNextOfListener(sub, "tls", tcpgatev1.EventKind_EVENT_KIND_DATA); e.GetText() != "hi" {
 			t.Fatalf("DATA %q, want %q (decrypted)", e.GetText(), "hi")
 		}
-		resp, err := g.Client.GetListener(ctxT(t), &tcpgatev1.GetListenerRequest{ListenerId: "tls"})
+		resp, err := g.Client.GetListener(servertest.Context(t), &tcpgatev1.GetListenerRequest{ListenerId: "tls"})
 		if err != nil || !resp.GetListener().GetTls() {
 			t.Fatalf("GetListener = %v, %v; want tls true", resp, err)
 		}
 
 		// A plain TCP client gets no further than the handshake.
-		raw := dial(t, l.GetAddress())
+		raw := servertest.Dial(t, l.GetAddress())
 		if _, err := raw.Write([]byte("GET / HTTP/1.0\r\n\r\n")); err != nil {
 			t.Fatal(err)
 		}
@@ -710,7 +707,7 @@ func TestTLSListener(t *testing.T) {
 	})
 
 	t.Run("mutual TLS", func(t *testing.T) {
-		l := startListener(t, g, &tcpgatev1.StartListenerRequest{
+		l := g.StartListener(t, &tcpgatev1.StartListenerRequest{
 			ListenerId: "mtls",
 			Tls: &tcpgatev1.ListenerTLS{
 				CertPem: string(pki.serverCert), KeyPem: string(pki.serverKey), ClientCaPem: string(pki.ca.CertPEM),
@@ -734,7 +731,7 @@ func TestTLSListener(t *testing.T) {
 		if e := secNextOfListener(sub, "mtls", tcpgatev1.EventKind_EVENT_KIND_DATA); e.GetText() != "reading" {
 			t.Errorf("DATA %q, want %q", e.GetText(), "reading")
 		}
-		conns, err := g.Client.ListConnections(ctxT(t), &tcpgatev1.ListConnectionsRequest{ListenerId: "mtls"})
+		conns, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{ListenerId: "mtls"})
 		if err != nil || len(conns.GetConnections()) != 1 {
 			t.Fatalf("ListConnections = %v, %v; want one connection", conns, err)
 		}
@@ -785,8 +782,8 @@ func TestTLSListener(t *testing.T) {
 			{"missing file", &tcpgatev1.ListenerTLS{CertFile: pki.certFile + ".missing", KeyFile: pki.keyFile}, "tls.cert_file"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				_, err := g.Client.StartListener(ctxT(t), &tcpgatev1.StartListenerRequest{Host: "127.0.0.1", Tls: tc.tls})
-				wantCode(t, err, codes.InvalidArgument)
+				_, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{Host: "127.0.0.1", Tls: tc.tls})
+				servertest.WantCode(t, err, codes.InvalidArgument)
 				if msg := status.Convert(err).Message(); !strings.HasPrefix(msg, tc.field) {
 					t.Errorf("message %q does not name %s", msg, tc.field)
 				}
@@ -795,7 +792,7 @@ func TestTLSListener(t *testing.T) {
 				}
 			})
 		}
-		resp, err := g.Client.ListListeners(ctxT(t), &tcpgatev1.ListListenersRequest{})
+		resp, err := g.Client.ListListeners(servertest.Context(t), &tcpgatev1.ListListenersRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -807,7 +804,7 @@ func TestTLSListener(t *testing.T) {
 	})
 
 	t.Run("files", func(t *testing.T) {
-		l := startListener(t, g, &tcpgatev1.StartListenerRequest{
+		l := g.StartListener(t, &tcpgatev1.StartListenerRequest{
 			ListenerId: "tls-files",
 			Tls:        &tcpgatev1.ListenerTLS{CertFile: pki.certFile, KeyFile: pki.keyFile, ClientCaFile: pki.caFile},
 		})
@@ -839,7 +836,7 @@ func secOtherKey(t *testing.T, p *secPKI) []byte {
 func secTLSPeer(t *testing.T, cfg *tls.Config) (addr string, received *atomic.Int64) {
 	t.Helper()
 	received = new(atomic.Int64)
-	addr = peer(t, func(c net.Conn) {
+	addr = servertest.Peer(t, func(c net.Conn) {
 		tc := tls.Server(c, cfg)
 		if err := tc.Handshake(); err != nil {
 			return
@@ -878,7 +875,7 @@ func TestTLSSend(t *testing.T) {
 
 	send := func(t *testing.T, to string, dt *tcpgatev1.DialTLS) (*tcpgatev1.SendResponse, error) {
 		t.Helper()
-		return g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+		return g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 			Target:     &tcpgatev1.SendRequest_Address{Address: to},
 			Payload:    &tcpgatev1.SendRequest_Text{Text: "over tls"},
 			AwaitReply: &tcpgatev1.AwaitReply{Mode: tcpgatev1.AwaitMode_AWAIT_MODE_FIRST_READ},
@@ -901,7 +898,7 @@ func TestTLSSend(t *testing.T) {
 		t.Helper()
 		before := received.Load()
 		_, err := send(t, to, dt)
-		wantCode(t, err, code)
+		servertest.WantCode(t, err, code)
 		if m := status.Convert(err).Message(); !strings.Contains(m, msg) {
 			t.Errorf("message %q does not mention %q", m, msg)
 		}
@@ -926,7 +923,7 @@ func TestTLSSend(t *testing.T) {
 		works(t, addr, &tcpgatev1.DialTLS{CaPem: string(pki.ca.CertPEM), ServerName: "localhost"})
 	})
 	t.Run("plain peer", func(t *testing.T) {
-		plain := peer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
+		plain := servertest.Peer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
 		_, err := send(t, plain, &tcpgatev1.DialTLS{CaPem: string(pki.ca.CertPEM)})
 		if err == nil {
 			t.Fatal("a TLS Send to a plain TCP peer succeeded")
@@ -941,7 +938,7 @@ func TestTLSSend(t *testing.T) {
 	t.Run("mutual without a client certificate", func(t *testing.T) {
 		before := mutualReceived.Load()
 		_, err := send(t, mutualAddr, &tcpgatev1.DialTLS{CaPem: string(pki.ca.CertPEM)})
-		wantCode(t, err, codes.Unavailable)
+		servertest.WantCode(t, err, codes.Unavailable)
 		if n := mutualReceived.Load() - before; n != 0 {
 			t.Errorf("the peer accepted %d payloads from a client without a certificate", n)
 		}
@@ -980,8 +977,8 @@ func TestTLSSend(t *testing.T) {
 			}, "tls.cert_pem"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				_, err := g.Client.Send(ctxT(t), tc.req)
-				wantCode(t, err, codes.InvalidArgument)
+				_, err := g.Client.Send(servertest.Context(t), tc.req)
+				servertest.WantCode(t, err, codes.InvalidArgument)
 				if msg := status.Convert(err).Message(); !strings.HasPrefix(msg, tc.field) {
 					t.Errorf("message %q does not name %s", msg, tc.field)
 				}
@@ -995,7 +992,7 @@ func TestTLSSend(t *testing.T) {
 func TestPolicy(t *testing.T) {
 	// A peer that counts connections: refused sends must not reach it.
 	var reached atomic.Int64
-	target := peer(t, func(c net.Conn) {
+	target := servertest.Peer(t, func(c net.Conn) {
 		reached.Add(1)
 		buf := make([]byte, 64)
 		n, _ := c.Read(buf)
@@ -1004,7 +1001,7 @@ func TestPolicy(t *testing.T) {
 	_, port, _ := net.SplitHostPort(target)
 	send := func(t *testing.T, g *servertest.Gateway, addr string) error {
 		t.Helper()
-		_, err := g.Client.Send(ctxT(t), &tcpgatev1.SendRequest{
+		_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 			Target:     &tcpgatev1.SendRequest_Address{Address: addr},
 			Payload:    &tcpgatev1.SendRequest_Text{Text: "x"},
 			AwaitReply: &tcpgatev1.AwaitReply{Mode: tcpgatev1.AwaitMode_AWAIT_MODE_FIRST_READ},
@@ -1013,7 +1010,7 @@ func TestPolicy(t *testing.T) {
 	}
 	denied := func(t *testing.T, err error, mentions ...string) {
 		t.Helper()
-		wantCode(t, err, codes.PermissionDenied)
+		servertest.WantCode(t, err, codes.PermissionDenied)
 		msg := status.Convert(err).Message()
 		for _, m := range mentions {
 			if !strings.Contains(msg, m) {
@@ -1023,7 +1020,7 @@ func TestPolicy(t *testing.T) {
 	}
 	listen := func(t *testing.T, g *servertest.Gateway, host string, port uint32) error {
 		t.Helper()
-		_, err := g.Client.StartListener(ctxT(t), &tcpgatev1.StartListenerRequest{Host: host, Port: port})
+		_, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{Host: host, Port: port})
 		return err
 	}
 
@@ -1082,7 +1079,7 @@ func TestPolicy(t *testing.T) {
 		g := servertest.Start(t, server.Config{AllowListen: "127.0.0.1:20000-30000"})
 		// Port 0 takes a free port inside the rule, not the kernel's pick.
 		for range 5 {
-			resp, err := g.Client.StartListener(ctxT(t), &tcpgatev1.StartListenerRequest{Host: "127.0.0.1"})
+			resp, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{Host: "127.0.0.1"})
 			if err != nil {
 				t.Fatalf("StartListener 127.0.0.1:0: %v", err)
 			}
@@ -1132,31 +1129,8 @@ func TestPolicy(t *testing.T) {
 // refusedPort returns a port on 127.0.0.1 nobody listens on.
 func refusedPort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	ln.Close()
+	_, port, _ := net.SplitHostPort(servertest.RefusedAddr(t))
 	return port
-}
-
-// secLog is a log sink safe for concurrent writers.
-type secLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *secLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *secLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // TestTokenNeverLogged: at debug level, with calls that succeed, fail
@@ -1168,7 +1142,7 @@ func TestTokenNeverLogged(t *testing.T) {
 		wrong   = "wrongtoken123"
 		payload = "PAYLOAD-MARKER-42"
 	)
-	var logs secLog
+	var logs servertest.LogSink
 	for _, format := range []string{"text", "json"} {
 		t.Run(format, func(t *testing.T) {
 			var h slog.Handler = slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})
@@ -1204,7 +1178,7 @@ func secDriveWithSecrets(t *testing.T, g *servertest.Gateway, token, wrong, payl
 	bad := tcpgatev1.NewGatewayServiceClient(secConn(t, g.Server.GRPCAddr(), insecure.NewCredentials(), grpc.WithPerRPCCredentials(secBearer(wrong))))
 
 	// A subscriber that sees the payload in events.
-	ctx, cancel := context.WithCancel(ctxT(t))
+	ctx, cancel := context.WithCancel(servertest.Context(t))
 	defer cancel()
 	sub, err := api.Subscribe(ctx, &tcpgatev1.SubscribeRequest{})
 	if err != nil {
@@ -1213,7 +1187,7 @@ func secDriveWithSecrets(t *testing.T, g *servertest.Gateway, token, wrong, payl
 	if _, err := sub.Header(); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := api.StartListener(ctxT(t), &tcpgatev1.StartListenerRequest{
+	resp, err := api.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{
 		ListenerId: "secrets", Host: "127.0.0.1",
 		AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED, Payload: &tcpgatev1.AutoReply_Text{Text: payload}},
 	})
@@ -1221,7 +1195,7 @@ func secDriveWithSecrets(t *testing.T, g *servertest.Gateway, token, wrong, payl
 		t.Fatalf("StartListener: %v", err)
 	}
 	laddr := resp.GetListener().GetAddress()
-	r, err := api.Send(ctxT(t), &tcpgatev1.SendRequest{
+	r, err := api.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 		Target:     &tcpgatev1.SendRequest_Address{Address: laddr},
 		Payload:    &tcpgatev1.SendRequest_Text{Text: payload},
 		AwaitReply: &tcpgatev1.AwaitReply{Mode: tcpgatev1.AwaitMode_AWAIT_MODE_FIRST_READ},
@@ -1248,19 +1222,19 @@ func secDriveWithSecrets(t *testing.T, g *servertest.Gateway, token, wrong, payl
 		{Target: &tcpgatev1.SendRequest_Address{Address: laddr}, Payload: &tcpgatev1.SendRequest_Text{Text: payload}, Tls: &tcpgatev1.DialTLS{InsecureSkipVerify: true}},
 	}
 	for _, req := range failing {
-		if _, err := api.Send(ctxT(t), req); err == nil {
+		if _, err := api.Send(servertest.Context(t), req); err == nil {
 			t.Errorf("Send %v succeeded, want a failure", req)
 		}
 	}
-	if _, err := bad.Send(ctxT(t), &tcpgatev1.SendRequest{
+	if _, err := bad.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 		Target: &tcpgatev1.SendRequest_Address{Address: laddr}, Payload: &tcpgatev1.SendRequest_Text{Text: payload},
 	}); status.Code(err) != codes.Unauthenticated {
 		t.Errorf("Send with a wrong token: %v", err)
 	}
-	if _, err := bad.ListListeners(ctxT(t), &tcpgatev1.ListListenersRequest{}); status.Code(err) != codes.Unauthenticated {
+	if _, err := bad.ListListeners(servertest.Context(t), &tcpgatev1.ListListenersRequest{}); status.Code(err) != codes.Unauthenticated {
 		t.Errorf("ListListeners with a wrong token: %v", err)
 	}
-	if _, err := api.GetListener(ctxT(t), &tcpgatev1.GetListenerRequest{ListenerId: "missing"}); status.Code(err) != codes.NotFound {
+	if _, err := api.GetListener(servertest.Context(t), &tcpgatev1.GetListenerRequest{ListenerId: "missing"}); status.Code(err) != codes.NotFound {
 		t.Errorf("GetListener missing: %v", err)
 	}
 
@@ -1283,7 +1257,7 @@ func secDriveWithSecrets(t *testing.T, g *servertest.Gateway, token, wrong, payl
 		if tc.body != "" {
 			body = strings.NewReader(tc.body)
 		}
-		req, err := http.NewRequestWithContext(ctxT(t), tc.method, g.BaseURL+tc.path, body)
+		req, err := http.NewRequestWithContext(servertest.Context(t), tc.method, g.BaseURL+tc.path, body)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1300,7 +1274,7 @@ func secDriveWithSecrets(t *testing.T, g *servertest.Gateway, token, wrong, payl
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
-	if _, err := api.StopListener(ctxT(t), &tcpgatev1.StopListenerRequest{ListenerId: "secrets"}); err != nil {
+	if _, err := api.StopListener(servertest.Context(t), &tcpgatev1.StopListenerRequest{ListenerId: "secrets"}); err != nil {
 		t.Errorf("StopListener: %v", err)
 	}
 }

@@ -46,7 +46,7 @@ func stopListenerAsync(g *servertest.Gateway, ctx context.Context, id string, dr
 func waitListenerState(t *testing.T, g *servertest.Gateway, id string, state tcpgatev1.ListenerState) {
 	t.Helper()
 	for deadline := time.Now().Add(wait); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		resp, err := g.Client.GetListener(ctxT(t), &tcpgatev1.GetListenerRequest{ListenerId: id})
+		resp, err := g.Client.GetListener(servertest.Context(t), &tcpgatev1.GetListenerRequest{ListenerId: id})
 		if err == nil && resp.GetListener().GetState() == state {
 			return
 		}
@@ -84,28 +84,28 @@ func TestStopListenerSecondDrain(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			g := servertest.Start(t, server.Config{})
-			l := startListener(t, g, &tcpgatev1.StartListenerRequest{ListenerId: "d1"})
-			sub := subscribe(t, g, &tcpgatev1.SubscribeRequest{})
-			idle := dial(t, l.GetAddress())
-			opened := sub.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
+			l := g.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "d1"})
+			sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{})
+			idle := servertest.Dial(t, l.GetAddress())
+			opened := sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
 
-			first := stopListenerAsync(g, ctxT(t), "d1", tt.first)
+			first := stopListenerAsync(g, servertest.Context(t), "d1", tt.first)
 			waitListenerState(t, g, "d1", tcpgatev1.ListenerState_LISTENER_STATE_DRAINING)
-			second := stopListenerAsync(g, ctxT(t), "d1", tt.second)
+			second := stopListenerAsync(g, servertest.Context(t), "d1", tt.second)
 
 			a := stopListenerResultOf(t, "the first StopListener", first)
 			b := stopListenerResultOf(t, "the second StopListener", second)
 			if !proto.Equal(a, b) || a.GetState() != tcpgatev1.ListenerState_LISTENER_STATE_STOPPED {
 				t.Errorf("the two calls returned\n%v\nand\n%v\nwant the same listener, STOPPED", a, b)
 			}
-			closed := sub.nextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
+			closed := sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
 			if closed.GetConnectionId() != opened.GetConnectionId() || closed.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_LISTENER_STOPPED {
 				t.Errorf("close event %v, want %s closed with LISTENER_STOPPED", closed, opened.GetConnectionId())
 			}
 			if _, err := idle.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 				t.Errorf("idle client read %v, want EOF", err)
 			}
-			startListener(t, g, &tcpgatev1.StartListenerRequest{ListenerId: "d1"}) // the id is free
+			g.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "d1"}) // the id is free
 		})
 	}
 }
@@ -125,17 +125,17 @@ func TestMaxDrainTimeout(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0", MaxDrainTimeout: tt.max})
-			startListener(t, g, &tcpgatev1.StartListenerRequest{ListenerId: "d1"})
+			g.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "d1"})
 
-			_, err := g.Client.StopListener(ctxT(t), &tcpgatev1.StopListenerRequest{ListenerId: "d1", DrainTimeout: durationpb.New(tt.bound + time.Second)})
-			wantCode(t, err, codes.InvalidArgument)
+			_, err := g.Client.StopListener(servertest.Context(t), &tcpgatev1.StopListenerRequest{ListenerId: "d1", DrainTimeout: durationpb.New(tt.bound + time.Second)})
+			servertest.WantCode(t, err, codes.InvalidArgument)
 			for _, s := range []string{"drain_timeout", "--max-drain-timeout", tt.bound.String()} {
 				if msg := status.Convert(err).Message(); !strings.Contains(msg, s) {
 					t.Errorf("gRPC message %q does not say %s", msg, s)
 				}
 			}
 
-			req, err := http.NewRequestWithContext(ctxT(t), http.MethodDelete, g.BaseURL+"/v1/listeners/d1?drainTimeout=3600s", nil)
+			req, err := http.NewRequestWithContext(servertest.Context(t), http.MethodDelete, g.BaseURL+"/v1/listeners/d1?drainTimeout=3600s", nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -154,11 +154,11 @@ func TestMaxDrainTimeout(t *testing.T) {
 				t.Errorf("REST DELETE ?drainTimeout=3600s: %d %s, want 400 InvalidArgument naming --max-drain-timeout", resp.StatusCode, body)
 			}
 
-			got, err := g.Client.GetListener(ctxT(t), &tcpgatev1.GetListenerRequest{ListenerId: "d1"})
+			got, err := g.Client.GetListener(servertest.Context(t), &tcpgatev1.GetListenerRequest{ListenerId: "d1"})
 			if err != nil || got.GetListener().GetState() != tcpgatev1.ListenerState_LISTENER_STATE_LISTENING {
 				t.Errorf("after the refused calls: %v, %v; want d1 still listening", got, err)
 			}
-			if _, err := g.Client.StopListener(ctxT(t), &tcpgatev1.StopListenerRequest{ListenerId: "d1", DrainTimeout: durationpb.New(tt.bound)}); err != nil {
+			if _, err := g.Client.StopListener(servertest.Context(t), &tcpgatev1.StopListenerRequest{ListenerId: "d1", DrainTimeout: durationpb.New(tt.bound)}); err != nil {
 				t.Errorf("StopListener with a drain of exactly %s: %v", tt.bound, err)
 			}
 		})
@@ -173,17 +173,17 @@ func TestMaxDrainTimeout(t *testing.T) {
 // and at the timeout the call is cancelled and the shutdown ends, cleanly.
 func TestShutdownOrder(t *testing.T) {
 	const timeout = 4 * time.Second
-	var logs secLog
+	var logs servertest.LogSink
 	g := servertest.Start(t, server.Config{ShutdownTimeout: timeout, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
 		AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO}})
-	client := dial(t, l.GetAddress())
+	client := servertest.Dial(t, l.GetAddress())
 	echoLine(t, client, "before")
 
 	accepted := make(chan struct{})
-	silent := peer(t, func(c net.Conn) {
+	silent := servertest.Peer(t, func(c net.Conn) {
 		close(accepted)
-		_, _ = io.Copy(io.Discard, c) // never replies; returns when the gateway closes
+		_, _ = io.Copy(io.Discard, c)
 	})
 	sent := make(chan error, 1)
 	go func() {
@@ -279,7 +279,7 @@ func echoLine(t *testing.T, c net.Conn, s string) {
 	if _, err := c.Write([]byte(s + "\n")); err != nil {
 		t.Fatalf("writing %q: %v", s, err)
 	}
-	if got := string(readN(t, c, len(s)+1)); got != s+"\n" {
+	if got := string(servertest.ReadN(t, c, len(s)+1)); got != s+"\n" {
 		t.Fatalf("echo %q, want %q", got, s+"\n")
 	}
 }

@@ -27,8 +27,8 @@ const stuckShutdownTimeout = 12 * time.Second
 // every subscriber that does not read falls behind.
 func flood(t *testing.T, g *servertest.Gateway, total int) {
 	t.Helper()
-	l := startListener(t, g, &tcpgatev1.StartListenerRequest{ListenerId: "flood"})
-	c := dial(t, l.GetAddress())
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "flood"})
+	c := servertest.Dial(t, l.GetAddress())
 	chunk := bytes.Repeat([]byte("0123456789abcdef"), 4<<10)
 	_ = c.SetWriteDeadline(time.Now().Add(wait))
 	for sent := 0; sent < total; sent += len(chunk) {
@@ -79,14 +79,14 @@ func TestStuckGRPCSubscriberDoesNotHoldShutdown(t *testing.T) {
 	if _, err := stuck.Header(); err != nil {
 		t.Fatal(err)
 	}
-	reading := subscribe(t, g, &tcpgatev1.SubscribeRequest{ListenerIds: []string{"none"}})
+	reading := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ListenerIds: []string{"none"}})
 	flood(t, g, 64<<20)
 
 	took := stopTook(t, g)
 	if took > stuckShutdownTimeout/2 {
 		t.Fatalf("shutdown took %s with a stuck gRPC subscriber (timeout %s): it waited on a client that does not read", took.Round(time.Millisecond), stuckShutdownTimeout)
 	}
-	wantCode(t, reading.end(), 14) // Unavailable: the reading one still learns why
+	servertest.WantCode(t, reading.End(), 14) // Unavailable: the reading one still learns why
 }
 
 // TestStuckRESTSubscriberDoesNotHoldShutdown: the same for a REST client:

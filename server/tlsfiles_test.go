@@ -188,7 +188,7 @@ func callFile(t *testing.T, g *servertest.Gateway, c fileCall, path string) erro
 func TestTLSFilesAPI(t *testing.T) {
 	heapGuard(t, 1<<30)
 	tr := newTLSFilesTree(t)
-	var logs secLog
+	var logs servertest.LogSink
 	g := servertest.Start(t, server.Config{
 		TLSFilesDir: tr.dir,
 		Logger:      slog.New(slog.NewTextHandler(&logs, nil)),
@@ -233,7 +233,7 @@ func TestTLSFilesAPI(t *testing.T) {
 				}
 			}
 			err := callFile(t, g, c, filepath.Join(tr.dir, tc.file))
-			wantCode(t, err, codes.InvalidArgument)
+			servertest.WantCode(t, err, codes.InvalidArgument)
 			if msg := status.Convert(err).Message(); !strings.HasPrefix(msg, tc.want) || strings.Contains(msg, "PRIVATE KEY-----") {
 				t.Errorf("message %q, want it to start with %q", msg, tc.want)
 			}
@@ -270,7 +270,7 @@ func TestTLSFilesNoDir(t *testing.T) {
 		for name, p := range paths {
 			t.Run(c.rpc+"/"+c.field+"/"+name, func(t *testing.T) {
 				err := callFile(t, g, c, p)
-				wantCode(t, err, codes.InvalidArgument)
+				servertest.WantCode(t, err, codes.InvalidArgument)
 				msg := status.Convert(err).Message()
 				if !strings.HasPrefix(msg, c.field+": file paths are not allowed") || !strings.Contains(msg, "--tls-files-dir") {
 					t.Fatalf("message %q, want %s refused, naming --tls-files-dir", msg, c.field)

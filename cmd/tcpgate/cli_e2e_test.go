@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
 // TestCLI follows the README's CLI walkthrough with the binary: listen with
@@ -188,7 +190,7 @@ func TestCLI(t *testing.T) {
 
 	t.Run("ls", func(t *testing.T) {
 		// --server wins over TCPGATE_SERVER, which names no gateway here.
-		ls := cliRunner{env: hermeticEnv("TCPGATE_SERVER=" + closedAddr(t))}
+		ls := cliRunner{env: hermeticEnv("TCPGATE_SERVER=" + servertest.RefusedAddr(t))}
 		out, _ := ls.mustRun(t, "ls", "--server", g.grpcAddr)
 		lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
 		if len(lines) != 2 || !strings.HasPrefix(lines[0], "ID ") || !strings.Contains(lines[0], "ADDRESS") {
@@ -324,7 +326,7 @@ func TestCLI(t *testing.T) {
 	}
 
 	t.Run("errors", func(t *testing.T) {
-		closed := closedAddr(t)
+		closed := servertest.RefusedAddr(t)
 		tests := []struct {
 			name string
 			env  []string
@@ -451,40 +453,23 @@ func helpSection(out, header string) string {
 // its address; cleanup stops it and waits for its goroutines.
 func lateClosePeer(t *testing.T, reply string, delay time.Duration) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return // closed by cleanup
-			}
-			wg.Go(func() {
-				defer c.Close()
-				c.SetReadDeadline(time.Now().Add(eventTimeout))
-				if _, err := c.Read(make([]byte, 64)); err != nil {
-					return
-				}
-				if _, err := c.Write([]byte(reply)); err != nil {
-					return
-				}
-				select {
-				case <-time.After(delay):
-				case <-done:
-				}
-			})
+	addr := servertest.Peer(t, func(c net.Conn) {
+		if _, err := c.Read(make([]byte, 64)); err != nil {
+			return
+		}
+		if _, err := c.Write([]byte(reply)); err != nil {
+			return
+		}
+		select {
+		case <-time.After(delay):
+		case <-done:
 		}
 	})
-	t.Cleanup(func() {
-		close(done)
-		ln.Close()
-		wg.Wait()
-	})
-	return ln.Addr().String()
+	// Registered after the peer's, so it runs first: the peer's cleanup
+	// waits for the handlers this releases.
+	t.Cleanup(func() { close(done) })
+	return addr
 }
 
 // raceEnv keeps a -race build from sleeping a second at exit, as startDaemon does.
@@ -570,7 +555,7 @@ type proc struct {
 	name   string
 	cmd    *exec.Cmd
 	stdout outputBuffer
-	stderr syncBuffer
+	stderr servertest.LogSink
 	done   chan struct{} // closed once the process has exited and err is set
 	err    error         // Wait's result
 }
@@ -704,22 +689,8 @@ func jsonLines(out string) []eventJSON {
 // README's fixed ports.
 func freePort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	_, port, err := net.SplitHostPort(ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, port, _ := net.SplitHostPort(servertest.RefusedAddr(t))
 	return port
-}
-
-// closedAddr returns an address of 127.0.0.1 that nothing listens on.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	return net.JoinHostPort("127.0.0.1", freePort(t))
 }
 
 // dialLocal connects to addr and returns the connection and its local

@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
 // Bounds of every wait. Generous, so a loaded CI machine does not flake;
@@ -482,31 +484,13 @@ func hermeticEnv(extra ...string) []string {
 	return append(env, extra...)
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer and readers at once.
-type syncBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // servingLine matches the daemon's log line once gRPC is served.
 var servingLine = regexp.MustCompile(`msg="gateway serving" .*\bgrpc_addr=("[^"]*"|\S+)`)
 
 // daemon is a running `tcpgate serve`.
 type daemon struct {
 	cmd     *exec.Cmd
-	stderr  syncBuffer
+	stderr  servertest.LogSink
 	serving chan string   // the gRPC address, once logged
 	done    chan struct{} // closed once the process has exited and err is set
 	err     error         // Wait's result
@@ -630,7 +614,7 @@ func runFailing(t *testing.T, env []string, args ...string) string {
 // subscription is a grpcurl Subscribe running in the background, with the
 // events it has printed so far.
 type subscription struct {
-	stderr syncBuffer
+	stderr servertest.LogSink
 	done   chan struct{} // closed once grpcurl has exited and waitErr is set
 	// waitErr is Wait's result.
 	waitErr error

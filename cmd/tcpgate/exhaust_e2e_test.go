@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
 // exhaustFDs is the open-file limit of the daemons here: low enough that
@@ -192,13 +193,9 @@ func TestExhaustIdleREST(t *testing.T) {
 // line.
 func waitLog(t *testing.T, d *daemon, line string) {
 	t.Helper()
-	deadline := time.Now().Add(eventTimeout)
-	for !strings.Contains(d.stderr.String(), line) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the daemon did not log %q within %v", line, eventTimeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	servertest.EventuallyWithin(t, fmt.Sprintf("the daemon logging %q", line), eventTimeout, func() bool {
+		return strings.Contains(d.stderr.String(), line)
+	})
 }
 
 func isTimeout(err error) bool {
@@ -355,7 +352,7 @@ func TestExhaustPerIP(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*callTimeout)
 	defer cancel()
 
-	next := watchConnections(t, ctx, api)
+	next := watchConnections(t, api)
 
 	echo := tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO}
 	var addrs []string

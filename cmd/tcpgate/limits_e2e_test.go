@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
 // TestServeLimits runs the binary with every limit flag set low and reaches
@@ -45,7 +46,7 @@ func TestServeLimits(t *testing.T) {
 	}
 
 	// The one subscriber --max-subscribers allows watches the connections.
-	next := watchConnections(t, ctx, api)
+	next := watchConnections(t, api)
 
 	t.Run("max-subscribers", func(t *testing.T) {
 		s2, err := api.Subscribe(ctx, &tcpgatev1.SubscribeRequest{})
@@ -218,45 +219,14 @@ func TestServeLimitsOutOfRange(t *testing.T) {
 // watchConnections subscribes to the connection events of the gateway api
 // reaches, once the subscription is live, and returns a function that
 // waits for the next event of a kind, skipping others (at most
-// eventTimeout). The stream lasts as long as ctx.
-func watchConnections(t *testing.T, ctx context.Context, api tcpgatev1.GatewayServiceClient) func(*testing.T, tcpgatev1.EventKind) *tcpgatev1.Event {
+// servertest.Wait). The stream lasts as long as the test.
+func watchConnections(t *testing.T, api tcpgatev1.GatewayServiceClient) func(*testing.T, tcpgatev1.EventKind) *tcpgatev1.Event {
 	t.Helper()
-	sub, err := api.Subscribe(ctx, &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{
+	s := servertest.Subscribe(t, api, &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{
 		tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED, tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED,
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := sub.Header(); err != nil {
-		t.Fatal(err)
-	}
-	events := make(chan *tcpgatev1.Event, 64)
-	go func() {
-		defer close(events)
-		for {
-			resp, err := sub.Recv()
-			if err != nil {
-				return
-			}
-			for _, e := range resp.GetEvents() {
-				events <- e
-			}
-		}
-	}()
 	return func(t *testing.T, kind tcpgatev1.EventKind) *tcpgatev1.Event {
 		t.Helper()
-		for {
-			select {
-			case e, ok := <-events:
-				if !ok {
-					t.Fatalf("event stream ended waiting for %s", kind)
-				}
-				if e.GetKind() == kind {
-					return e
-				}
-			case <-time.After(eventTimeout):
-				t.Fatalf("no %s within %s", kind, eventTimeout)
-			}
-		}
+		return s.In(t).NextOf(kind)
 	}
 }

@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
 // TestREST walks the REST API with curl: health, OpenAPI, a listener's
@@ -227,7 +229,7 @@ func TestREST(t *testing.T) {
 	})
 
 	t.Run("errors", func(t *testing.T) {
-		closed := closedAddr(t)
+		closed := servertest.RefusedAddr(t)
 		tests := []struct {
 			name         string
 			method, path string

@@ -185,7 +185,7 @@ func TestCLIAuth(t *testing.T) {
 		}
 		sub.waitFor(t, "the DATA event of the send", eventTimeout, func(out string) bool { return strings.Contains(out, payload) })
 		// Failures carrying the payload.
-		secWantFail(t, authed, nil, "send", closedAddr(t), payload)
+		secWantFail(t, authed, nil, "send", servertest.RefusedAddr(t), payload)
 		secWantFail(t, authed, []string{"PermissionDenied"}, "send", "169.254.169.254:80", payload)
 		secWantFail(t, anon, []string{"Unauthenticated"}, "send", m[1], payload, "--token", wrong)
 		authed.mustRun(t, "stop", "sec")

@@ -20,6 +20,7 @@ import (
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/internal/event"
+	"github.com/tcpgate/tcpgate/server/servertest/seed"
 )
 
 // formats are every payload format, for tests that go over all of them.
@@ -231,10 +232,20 @@ func randomEvent(r *rand.Rand, seq uint64) *event.Event {
 	return e
 }
 
+// randomRounds is how many rounds of random inputs a test draws: n, and a
+// tenth of it under -short (make test-short), whose loop is for speed;
+// make test draws them all, and a failure logs its seed to replay.
+func randomRounds(n int) int {
+	if testing.Short() {
+		return max(1, n/10)
+	}
+	return n
+}
+
 func TestCodecRandom(t *testing.T) {
-	r := rand.New(rand.NewPCG(1, 2))
+	r := seed.Rand(t)
 	seq := uint64(0)
-	for i := range 300 {
+	for i := range randomRounds(300) {
 		var evs []*event.Event
 		for range 1 + r.IntN(20) {
 			seq++
@@ -297,8 +308,8 @@ func peekMemo(e *event.Event) []byte {
 // TestCodecConcurrent encodes the same fresh events from 8 goroutines at
 // once, as concurrent subscribers do (run it with -race).
 func TestCodecConcurrent(t *testing.T) {
-	r := rand.New(rand.NewPCG(3, 4))
-	for round := range 20 {
+	r := seed.Rand(t)
+	for round := range randomRounds(20) {
 		var evs []*event.Event
 		for i := range 40 {
 			e := randomEvent(r, uint64(i+1))

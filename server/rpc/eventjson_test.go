@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"reflect"
 	"strings"
 	"testing"
@@ -16,6 +15,7 @@ import (
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/internal/event"
+	"github.com/tcpgate/tcpgate/server/servertest/seed"
 )
 
 // checkJSON holds appendEventJSON to protojson under format f: both
@@ -98,8 +98,8 @@ func TestEventJSON(t *testing.T) {
 	for k := range event.EventsDropped + 2 {
 		checkJSON(t, fmt.Sprintf("kind %d", k), &event.Event{Sequence: 1, Time: t0, Kind: k}, formatTextOrData)
 	}
-	r := rand.New(rand.NewPCG(5, 6))
-	for i := range 300 {
+	r := seed.Rand(t)
+	for i := range randomRounds(300) {
 		e := randomEvent(r, uint64(i+1))
 		checkJSON(t, fmt.Sprintf("random %d", i), e, formats[i%len(formats)].f)
 	}

@@ -25,34 +25,6 @@ import (
 	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
-// restError is the JSON error body of the REST gateway.
-type restError struct {
-	Code    int    `json:"code"`
-	Message string `json:"message"`
-	Details []struct {
-		Type            string            `json:"@type"`
-		Reason          string            `json:"reason"`
-		Domain          string            `json:"domain"`
-		Metadata        map[string]string `json:"metadata"`
-		FieldViolations []struct {
-			Field string `json:"field"`
-		} `json:"fieldViolations"`
-	} `json:"details"`
-}
-
-// info returns the tcpgate.v1 ErrorInfo of a REST error body.
-func (e restError) info() (reason string, meta map[string]string, fields []string) {
-	for _, d := range e.Details {
-		if d.Type == "type.googleapis.com/google.rpc.ErrorInfo" && d.Domain == rpc.ErrorDomain {
-			reason, meta = d.Reason, d.Metadata
-		}
-		for _, v := range d.FieldViolations {
-			fields = append(fields, v.Field)
-		}
-	}
-	return reason, meta, fields
-}
-
 // grpcInfo returns the ErrorInfo and BadRequest fields of a gRPC error.
 func grpcInfo(t *testing.T, err error) (reason string, meta map[string]string, fields []string) {
 	t.Helper()
@@ -182,7 +154,7 @@ func TestErrorReasons(t *testing.T) {
 	check("dial denied", err, "POLICY_DENIED", map[string]string{"rule": "0.0.0.0"}, "")
 	_, err = healthpb.NewHealthClient(g.Conn).Check(ctx, &healthpb.HealthCheckRequest{Service: "nope"})
 	check("health of an unknown service", err, "UNKNOWN_SERVICE", nil, "")
-	closed := freePort(t)
+	closed := servertest.RefusedAddr(t)
 	_, err = c.Send(actx, &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: closed}, Payload: &tcpgatev1.SendRequest_Text{Text: "x"}})
 	check("refused", err, "CONNECTION_REFUSED", nil, "")
 
@@ -203,11 +175,11 @@ func TestErrorReasons(t *testing.T) {
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		var e restError
+		var e servertest.APIError
 		if err := json.Unmarshal(b, &e); err != nil {
 			t.Fatalf("REST %s: body %q: %v", name, b, err)
 		}
-		got, _, fields := e.info()
+		got, _, fields := e.Info()
 		if resp.StatusCode != wantHTTP || got != want {
 			t.Errorf("REST %s: HTTP %d reason %q, want %d %q; body %s", name, resp.StatusCode, got, wantHTTP, want, b)
 		}
@@ -238,16 +210,4 @@ func TestErrorReasons(t *testing.T) {
 			t.Errorf("no error path produces ErrorReason %s", r)
 		}
 	}
-}
-
-// freePort returns a loopback address nothing listens on.
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
 }

@@ -1,5 +1,11 @@
-// Package servertest runs a whole gateway on 127.0.0.1:0 with a real gRPC
-// client, for tests.
+// Package servertest is the harness that tests of the daemon share: a
+// whole gateway on 127.0.0.1:0 with a real gRPC client and a REST client
+// (Start), a subscription that collects events (Gateway.Subscribe), a
+// listener (Gateway.StartListener), TCP peers and clients (Peer, Dial,
+// ReadN, RefusedAddr), polling (Eventually), log sinks (LogSink), a seeded
+// random source (Rand) and the table of bad inputs that the gRPC and REST
+// tests both run (BadInputs). It is imported by tests only, and imports
+// no test-only package of the repository.
 package servertest
 
 import (
@@ -28,6 +34,8 @@ type Gateway struct {
 	// BaseURL is the REST gateway's root ("http://127.0.0.1:PORT"), set when
 	// Config.HTTPAddr was.
 	BaseURL string
+	// REST is a client of the REST gateway, set when Config.HTTPAddr was.
+	REST *REST
 
 	cancel   context.CancelFunc
 	done     chan error
@@ -36,8 +44,9 @@ type Gateway struct {
 }
 
 // Start runs a gateway with cfg on 127.0.0.1:0 (unless cfg.GRPCAddr says
-// otherwise; set cfg.HTTPAddr to "127.0.0.1:0" for the REST gateway too) and stops it when the test ends, failing the test if the
-// shutdown was not clean. Logs are discarded unless cfg.Logger is set.
+// otherwise; set cfg.HTTPAddr to "127.0.0.1:0" for the REST gateway
+// too) and stops it when the test ends, failing the test if the shutdown
+// was not clean. Logs are discarded unless cfg.Logger is set.
 func Start(t testing.TB, cfg server.Config) *Gateway {
 	t.Helper()
 	if cfg.GRPCAddr == "" {
@@ -63,6 +72,7 @@ func Start(t testing.TB, cfg server.Config) *Gateway {
 	g.Conn = cc
 	if addr := srv.HTTPAddr(); addr != "" {
 		g.BaseURL = "http://" + addr
+		g.REST = NewREST(t, g.BaseURL)
 	}
 	g.Client = tcpgatev1.NewGatewayServiceClient(cc)
 	t.Cleanup(func() {

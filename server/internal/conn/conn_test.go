@@ -201,7 +201,7 @@ func TestCloseReasons(t *testing.T) {
 			rec := newRecorder()
 			tt.cfg.Publisher = rec
 			c, cc := serve(t, tt.cfg)
-			rec.waitFor(t, "connection_opened", func(evs []*event.Event) bool { return len(evs) > 0 })
+			rec.WaitFor(t, "connection_opened", func(evs []*event.Event) bool { return len(evs) > 0 })
 			tt.act(t, c, cc)
 			evs := rec.waitClosed(t)
 			waitDone(t, c)
@@ -233,9 +233,9 @@ func TestPeerReset(t *testing.T) {
 			c, cc := serve(t, conn.Config{Publisher: rec})
 			if tt.write != "" {
 				_, _ = cc.Write([]byte(tt.write))
-				rec.waitFor(t, "data", func(evs []*event.Event) bool { return len(dataOf(evs)) > 0 })
+				rec.WaitFor(t, "data", func(evs []*event.Event) bool { return len(dataOf(evs)) > 0 })
 			} else {
-				rec.waitFor(t, "connection_opened", func(evs []*event.Event) bool { return len(evs) > 0 })
+				rec.WaitFor(t, "connection_opened", func(evs []*event.Event) bool { return len(evs) > 0 })
 			}
 			_ = cc.SetLinger(0)
 			_ = cc.Close()
@@ -336,7 +336,7 @@ func TestNoAutoReply(t *testing.T) {
 	rec := newRecorder()
 	c, cc := serve(t, conn.Config{Framing: lineFraming(), Publisher: rec})
 	_, _ = cc.Write([]byte("hello\n"))
-	rec.waitFor(t, "data", func(evs []*event.Event) bool { return len(dataOf(evs)) == 1 })
+	rec.WaitFor(t, "data", func(evs []*event.Event) bool { return len(dataOf(evs)) == 1 })
 	_ = cc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 	if n, err := cc.Read(make([]byte, 10)); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("client read %d bytes, %v; want nothing", n, err)
@@ -406,7 +406,7 @@ func TestSendNextFrameConcurrent(t *testing.T) {
 		t.Error(err)
 	}
 	// Replies are published as DATA too, not swallowed by the awaiters.
-	rec.waitFor(t, "every reply as data", func(evs []*event.Event) bool { return len(dataOf(evs)) == senders*each })
+	rec.WaitFor(t, "every reply as data", func(evs []*event.Event) bool { return len(dataOf(evs)) == senders*each })
 	_ = cc.Close()
 	select {
 	case <-peerDone:
@@ -475,7 +475,7 @@ func TestSendReplyTooLarge(t *testing.T) {
 			// Lines that were not part of the failed reply may still be
 			// queued ahead of "ok"; what matters is that the connection is
 			// open and answers.
-			rec.waitFor(t, "the oversized reply's frames", func(evs []*event.Event) bool {
+			rec.WaitFor(t, "the oversized reply's frames", func(evs []*event.Event) bool {
 				return len(dataOf(evs)) >= len(tt.answers)
 			})
 			reply, err := c.Send(ctx, []byte("small\n"), conn.Await{Mode: conn.NextFrame, MaxBytes: 8})
@@ -541,7 +541,7 @@ func TestSendAbandonedLeavesLine(t *testing.T) {
 	}
 	_ = readN(t, cc, 3)
 	_, _ = cc.Write([]byte("a1\n")) // late answer to q1
-	rec.waitFor(t, "the late a1", func(evs []*event.Event) bool { return len(dataOf(evs)) == 1 })
+	rec.WaitFor(t, "the late a1", func(evs []*event.Event) bool { return len(dataOf(evs)) == 1 })
 
 	go func() {
 		if _, err := readFull(cc, 3); err == nil {
@@ -565,7 +565,7 @@ func TestWriteTimeout(t *testing.T) {
 	rec := newRecorder()
 	c, cc := serve(t, conn.Config{Publisher: rec, WriteTimeout: 200 * time.Millisecond})
 	_ = cc.SetReadBuffer(4 << 10)
-	rec.waitFor(t, "connection_opened", func(evs []*event.Event) bool { return len(evs) > 0 })
+	rec.WaitFor(t, "connection_opened", func(evs []*event.Event) bool { return len(evs) > 0 })
 
 	big := make([]byte, 64<<20)
 	done := make(chan error, 1)
@@ -628,7 +628,7 @@ func TestBackpressure(t *testing.T) {
 	waiting := make(chan struct{})
 	var once sync.Once
 	gaveUp := make(chan error, 1)
-	rec.block = func(ctx context.Context) error {
+	rec.Block = func(ctx context.Context) error {
 		once.Do(func() { close(waiting) })
 		<-ctx.Done()
 		select {
@@ -677,7 +677,7 @@ func TestBackpressure(t *testing.T) {
 	default:
 		t.Error("PublishWait's context was not canceled by Close")
 	}
-	evs := rec.events()
+	evs := rec.Events()
 	last := evs[len(evs)-1]
 	if last.Kind != event.ConnectionClosed || last.CloseReason != event.ReasonClosedByAPI {
 		t.Errorf("last event %v %v, want connection_closed closed_by_api", last.Kind, last.CloseReason)
@@ -694,7 +694,7 @@ func TestBackpressure(t *testing.T) {
 func TestContextEndsConnection(t *testing.T) {
 	t.Run("while publishing", func(t *testing.T) {
 		rec := newRecorder()
-		rec.block = func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }
+		rec.Block = func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }
 		ctx, cancel := context.WithCancel(context.Background())
 		c, cc := serveCtx(t, ctx, conn.Config{Publisher: rec})
 		_, _ = cc.Write([]byte("x"))
@@ -710,7 +710,7 @@ func TestContextEndsConnection(t *testing.T) {
 		rec := newRecorder()
 		ctx, cancel := context.WithCancel(context.Background())
 		c, _ := serveCtx(t, ctx, conn.Config{Publisher: rec})
-		rec.waitFor(t, "connection_opened", func(evs []*event.Event) bool { return len(evs) > 0 })
+		rec.WaitFor(t, "connection_opened", func(evs []*event.Event) bool { return len(evs) > 0 })
 		cancel()
 		select {
 		case <-c.Done():

@@ -5,87 +5,30 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"slices"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
+	"github.com/tcpgate/tcpgate/server/servertest/record"
 )
 
 // testTimeout bounds every wait of these tests, so a bug fails instead of
 // hanging.
 const testTimeout = 10 * time.Second
 
-// recorder is a conn.Publisher that keeps every event. When block is set,
-// a Publish with DATA events calls it first, as the hub waits for a
-// lossless subscriber; like the hub, it records the events even when block
-// gives up, and returns block's error.
-type recorder struct {
-	block func(ctx context.Context) error
+// recorder is the Publisher of these tests, with their waits.
+type recorder struct{ *record.Recorder }
 
-	mu      sync.Mutex // guards evs
-	evs     []*event.Event
-	changed chan struct{} // receives a token after every change
-}
-
-func newRecorder() *recorder { return &recorder{changed: make(chan struct{}, 1)} }
-
-func (r *recorder) Publish(ctx context.Context, evs ...*event.Event) error {
-	var err error
-	if r.block != nil && slices.ContainsFunc(evs, func(e *event.Event) bool { return e.Kind == event.Data }) {
-		err = r.block(ctx)
-	}
-	r.mu.Lock()
-	r.evs = append(r.evs, evs...)
-	r.mu.Unlock()
-	select {
-	case r.changed <- struct{}{}:
-	default:
-	}
-	return err
-}
-
-func (r *recorder) events() []*event.Event {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]*event.Event(nil), r.evs...)
-}
-
-// waitFor waits until ok holds for the events recorded so far and returns them.
-func (r *recorder) waitFor(t *testing.T, what string, ok func([]*event.Event) bool) []*event.Event {
-	t.Helper()
-	deadline := time.After(testTimeout)
-	for {
-		evs := r.events()
-		if ok(evs) {
-			return evs
-		}
-		select {
-		case <-r.changed:
-		case <-deadline:
-			t.Fatalf("timed out waiting for %s; events so far:\n%s", what, describe(evs))
-		}
-	}
-}
+func newRecorder() *recorder { return &recorder{record.New()} }
 
 // waitClosed waits for the CONNECTION_CLOSED event and returns all events.
 func (r *recorder) waitClosed(t *testing.T) []*event.Event {
 	t.Helper()
-	return r.waitFor(t, "connection_closed", func(evs []*event.Event) bool {
+	return r.WaitFor(t, "connection_closed", func(evs []*event.Event) bool {
 		return len(evs) > 0 && evs[len(evs)-1].Kind == event.ConnectionClosed
 	})
-}
-
-func describe(evs []*event.Event) string {
-	var b strings.Builder
-	for _, e := range evs {
-		fmt.Fprintf(&b, "  %v %s %q reason=%v\n", e.Kind, e.ConnectionID, e.Data, e.CloseReason)
-	}
-	return b.String()
 }
 
 // dataOf returns the payloads of the DATA events.

@@ -234,7 +234,7 @@ func TestAwaitLateReply(t *testing.T) {
 				t.Errorf("q2 = %q, %v; want %s", reply, err, tt.want)
 			}
 			// Every frame reaches subscribers, answer or not.
-			rec.waitFor(t, "both replies as data", func(evs []*event.Event) bool { return len(dataOf(evs)) == 2 })
+			rec.WaitFor(t, "both replies as data", func(evs []*event.Event) bool { return len(dataOf(evs)) == 2 })
 		})
 	}
 }
@@ -272,7 +272,7 @@ func TestAwaitMatchOutOfOrder(t *testing.T) {
 	if got := <-r2; got != "id2 a <nil>" {
 		t.Errorf("id2 = %s", got)
 	}
-	rec.waitFor(t, "every frame as data", func(evs []*event.Event) bool { return len(dataOf(evs)) == 3 })
+	rec.WaitFor(t, "every frame as data", func(evs []*event.Event) bool { return len(dataOf(evs)) == 3 })
 }
 
 // A frame that completed before a request's write began does not answer it.
@@ -282,7 +282,7 @@ func TestAwaitFrameBeforeWrite(t *testing.T) {
 	if _, err := cc.Write([]byte("early\n")); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFor(t, "early", func(evs []*event.Event) bool { return len(dataOf(evs)) == 1 })
+	rec.WaitFor(t, "early", func(evs []*event.Event) bool { return len(dataOf(evs)) == 1 })
 	go func() {
 		if _, err := readFull(cc, 2); err == nil {
 			_, _ = cc.Write([]byte("answer\n"))

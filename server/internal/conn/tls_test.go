@@ -95,7 +95,7 @@ func TestTLSRawReads(t *testing.T) {
 	if _, err := cc.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFor(t, "hello", func(evs []*event.Event) bool { return slices.Contains(dataOf(evs), "hello") })
+	rec.WaitFor(t, "hello", func(evs []*event.Event) bool { return slices.Contains(dataOf(evs), "hello") })
 	// A message of one record to an idle connection, whose waiting read is
 	// small (512 bytes), is still one frame. 1000 bytes fit the first
 	// record of a write from crypto/tls, whose records start at about
@@ -104,11 +104,11 @@ func TestTLSRawReads(t *testing.T) {
 	if _, err := cc.Write([]byte(record)); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFor(t, "the 1000-byte record", func(evs []*event.Event) bool {
+	rec.WaitFor(t, "the 1000-byte record", func(evs []*event.Event) bool {
 		d := dataOf(evs)
 		return len(d) > 1 && len(strings.Join(d[1:], "")) >= len(record)
 	})
-	if d := dataOf(rec.events()); len(d) != 2 || d[1] != record {
+	if d := dataOf(rec.Events()); len(d) != 2 || d[1] != record {
 		t.Fatalf("a 1000-byte record came as %d DATA events after hello, want one", len(d)-1)
 	}
 	burst := strings.Repeat("0123456789abcdef", 16<<10) // 256 KiB

@@ -1,11 +1,11 @@
 package hub_test
 
 import (
-	"math/rand/v2"
 	"sync"
 	"testing"
 
 	"github.com/tcpgate/tcpgate/server/internal/hub"
+	"github.com/tcpgate/tcpgate/server/servertest/seed"
 )
 
 // TestReplaySince publishes 1..5, subscribes with Since, publishes 6..8 and
@@ -137,7 +137,7 @@ func TestReplayRingEviction(t *testing.T) {
 // TestReplayRingEvictionMixedSizes checks the ring against a model: it holds
 // the longest run of newest events whose sizes fit ReplayBytes.
 func TestReplayRingEvictionMixedSizes(t *testing.T) {
-	r := rand.New(rand.NewPCG(1, 2))
+	r := seed.Rand(t)
 	const limit = 64 << 10
 	for round := range 20 {
 		h := hub.New(hub.Config{Now: fixedNow, ReplayBytes: limit})

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/servertest/record"
 )
 
 // testTimeout bounds every wait of these tests, so a bug fails instead of
@@ -26,53 +26,15 @@ const testTimeout = 10 * time.Second
 // within listener.DefaultMaxDrainTimeout.
 const longDrain = 5 * time.Minute
 
-// recorder is a conn.Publisher that keeps every event in order.
-type recorder struct {
-	mu      sync.Mutex // guards evs
-	evs     []*event.Event
-	changed chan struct{} // receives a token after every change
-}
+// recorder is the Publisher of these tests, with their waits.
+type recorder struct{ *record.Recorder }
 
-func newRecorder() *recorder { return &recorder{changed: make(chan struct{}, 1)} }
-
-func (r *recorder) Publish(_ context.Context, evs ...*event.Event) error {
-	r.mu.Lock()
-	r.evs = append(r.evs, evs...)
-	r.mu.Unlock()
-	select {
-	case r.changed <- struct{}{}:
-	default:
-	}
-	return nil
-}
-
-func (r *recorder) events() []*event.Event {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]*event.Event(nil), r.evs...)
-}
-
-// waitFor waits until ok holds for the events recorded so far and returns them.
-func (r *recorder) waitFor(t *testing.T, what string, ok func([]*event.Event) bool) []*event.Event {
-	t.Helper()
-	deadline := time.After(testTimeout)
-	for {
-		evs := r.events()
-		if ok(evs) {
-			return evs
-		}
-		select {
-		case <-r.changed:
-		case <-deadline:
-			t.Fatalf("timed out waiting for %s; events so far:\n%s", what, describe(evs))
-		}
-	}
-}
+func newRecorder() *recorder { return &recorder{record.New()} }
 
 // waitCount waits until n events of kind have been recorded.
 func (r *recorder) waitCount(t *testing.T, kind event.Kind, n int) []*event.Event {
 	t.Helper()
-	return r.waitFor(t, fmt.Sprintf("%d %v events", n, kind), func(evs []*event.Event) bool {
+	return r.WaitFor(t, fmt.Sprintf("%d %v events", n, kind), func(evs []*event.Event) bool {
 		return len(ofKind(evs, kind)) >= n
 	})
 }
@@ -81,7 +43,7 @@ func (r *recorder) waitCount(t *testing.T, kind event.Kind, n int) []*event.Even
 // returns its reason.
 func (r *recorder) waitClosed(t *testing.T, id string) event.CloseReason {
 	t.Helper()
-	evs := r.waitFor(t, "connection_closed of "+id, func(evs []*event.Event) bool {
+	evs := r.WaitFor(t, "connection_closed of "+id, func(evs []*event.Event) bool {
 		return closeEvent(evs, id) != nil
 	})
 	return closeEvent(evs, id).CloseReason
@@ -104,14 +66,6 @@ func ofKind(evs []*event.Event, kind event.Kind) []*event.Event {
 		}
 	}
 	return out
-}
-
-func describe(evs []*event.Event) string {
-	var b strings.Builder
-	for _, e := range evs {
-		fmt.Fprintf(&b, "  %v %s %s %q reason=%v\n", e.Kind, e.ListenerID, e.ConnectionID, e.Data, e.CloseReason)
-	}
-	return b.String()
 }
 
 // newRegistry returns a registry publishing to a new recorder; it is closed

@@ -7,6 +7,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/servertest/record"
 )
 
 // dialFrom connects to addr from the local IP src (any of 127.0.0.0/8 is
@@ -51,7 +52,7 @@ func TestMaxConnectionsPerIP(t *testing.T) {
 		opened = opened || e.ConnectionID == closed.ConnectionID
 	}
 	if !opened {
-		t.Errorf("no connection_opened event for the refused connection:\n%s", describe(evs))
+		t.Errorf("no connection_opened event for the refused connection:\n%s", record.Describe(evs))
 	}
 
 	// Another peer still gets in, and those let in still work.

@@ -18,6 +18,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/servertest/record"
 )
 
 func TestStartIDs(t *testing.T) {
@@ -58,7 +59,7 @@ func TestStartIDs(t *testing.T) {
 			}
 		})
 	}
-	started := ofKind(rec.events(), event.ListenerStarted)
+	started := ofKind(rec.Events(), event.ListenerStarted)
 	if len(started) != len(tests) {
 		t.Fatalf("%d listener_started events, want %d", len(started), len(tests))
 	}
@@ -105,7 +106,7 @@ func TestStartErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			before := len(rec.events())
+			before := len(rec.Events())
 			info, err := r.Start(context.Background(), tt.spec)
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("Start = %+v, %v; want %v", info, err, tt.want)
@@ -113,7 +114,7 @@ func TestStartErrors(t *testing.T) {
 			if !strings.Contains(err.Error(), tt.mention) {
 				t.Errorf("error %q does not mention %q", err, tt.mention)
 			}
-			if n := len(rec.events()); n != before {
+			if n := len(rec.Events()); n != before {
 				t.Errorf("a failed Start published %d events", n-before)
 			}
 		})
@@ -235,7 +236,7 @@ func TestStopDrains(t *testing.T) {
 	if res.err != nil {
 		t.Fatalf("Stop: %v", res.err)
 	}
-	if got := closeEvent(rec.events(), workingID); got == nil || got.CloseReason != event.ReasonListenerStopped {
+	if got := closeEvent(rec.Events(), workingID); got == nil || got.CloseReason != event.ReasonListenerStopped {
 		t.Errorf("connection open at the deadline: close event %+v, want reason listener_stopped, before Stop returned", got)
 	}
 	if got := readAll(t, working); got != "" {
@@ -249,12 +250,12 @@ func TestStopDrains(t *testing.T) {
 	}
 	portFree(t, info.Address)
 
-	evs := rec.events()
+	evs := rec.Events()
 	if evs[0].Kind != event.ListenerStarted {
 		t.Errorf("first event %v, want listener_started", evs[0].Kind)
 	}
 	if last := evs[len(evs)-1]; last.Kind != event.ListenerStopped || last.ListenerID != "web" || last.LocalAddr != info.Address {
-		t.Errorf("last event %v %s %s, want listener_stopped of web at %s:\n%s", last.Kind, last.ListenerID, last.LocalAddr, info.Address, describe(evs))
+		t.Errorf("last event %v %s %s, want listener_stopped of web at %s:\n%s", last.Kind, last.ListenerID, last.LocalAddr, info.Address, record.Describe(evs))
 	}
 	if n := len(ofKind(evs, event.ConnectionClosed)); n != 2 {
 		t.Errorf("%d connection_closed events, want 2", n)
@@ -314,7 +315,7 @@ func TestStopWithoutDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, c := range clients {
-		if got := closeEvent(rec.events(), ids[i]); got == nil || got.CloseReason != event.ReasonListenerStopped {
+		if got := closeEvent(rec.Events(), ids[i]); got == nil || got.CloseReason != event.ReasonListenerStopped {
 			t.Errorf("connection %s: close event %+v, want listener_stopped before Stop returned", ids[i], got)
 		}
 		readAll(t, c)
@@ -482,7 +483,7 @@ func TestMaxConnections(t *testing.T) {
 				}
 			}
 			if !opened {
-				t.Errorf("no connection_opened event for the refused connection from %s:\n%s", extra.LocalAddr(), describe(evs))
+				t.Errorf("no connection_opened event for the refused connection from %s:\n%s", extra.LocalAddr(), record.Describe(evs))
 			}
 			// Those let in still work, and are the only ones listed.
 			for _, c := range kept {
@@ -510,7 +511,7 @@ func TestMaxConnections(t *testing.T) {
 func closeEventOf(t *testing.T, r *listener.Registry, rec *recorder, client net.Conn) string {
 	t.Helper()
 	var id string
-	for _, e := range rec.events() {
+	for _, e := range rec.Events() {
 		if e.Kind == event.ConnectionOpened && e.RemoteAddr == client.LocalAddr().String() {
 			id = e.ConnectionID
 		}
@@ -637,7 +638,7 @@ func TestCloseConn(t *testing.T) {
 	if ci.ID != id || ci.ListenerID != info.ID || ci.BytesIn != 3 {
 		t.Errorf("CloseConn = %+v, want %s of %s with 3 bytes in", ci, id, info.ID)
 	}
-	if got := closeEvent(rec.events(), id); got == nil || got.CloseReason != event.ReasonClosedByAPI {
+	if got := closeEvent(rec.Events(), id); got == nil || got.CloseReason != event.ReasonClosedByAPI {
 		t.Errorf("close event %+v, want closed_by_api before CloseConn returned", got)
 	}
 	readAll(t, c)
@@ -688,7 +689,7 @@ func TestClose(t *testing.T) {
 	case <-time.After(testTimeout):
 		t.Fatal("Close did not return")
 	}
-	evs := rec.events()
+	evs := rec.Events()
 	for _, id := range ids {
 		if got := closeEvent(evs, id); got == nil || got.CloseReason != event.ReasonShutdown {
 			t.Errorf("connection %s: close event %+v, want shutdown", id, got)

@@ -1,0 +1,445 @@
+package servertest
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server"
+)
+
+// maxFrame is the server's cap on max_frame_bytes, fixed_size and
+// await_reply.max_bytes (3 MiB); one more is the smallest oversized value.
+const maxFrame = 3 << 20
+
+// BadInput is one row of the table of bad inputs: a request to one RPC
+// (chosen by the request's type) and what the gateway must answer, over
+// gRPC and over REST alike.
+type BadInput struct {
+	// RPC is the method's name, "StartListener"; the tests check that
+	// every method of the service has a row.
+	RPC  string
+	Name string
+	// Limits runs the row on BadInputs.Limited instead of BadInputs.Gateway.
+	Limits bool
+	Req    proto.Message
+	Code   codes.Code
+	// Reason is the ErrorInfo reason the error carries; unset only for
+	// codes.OK.
+	Reason tcpgatev1.ErrorReason
+	// Field is the request field the error names in its ErrorInfo's
+	// "field" and, for INVALID_ARGUMENT, its BadRequest field violation
+	// (proto names, "await_reply.framing.delimiter"); "" when the error is
+	// not about one field.
+	Field string
+	// Mention must appear in the status message: the field's name for
+	// InvalidArgument, otherwise what a person needs to act (the id, the
+	// address, the limit's name). Empty only for codes.OK.
+	Mention string
+}
+
+// BadInputs is the table of bad inputs and the two gateways it runs on.
+// Rows that succeed (the valid boundary cases next to the invalid ones
+// they bound) start listeners the runner must stop again, so that rows do
+// not depend on each other.
+type BadInputs struct {
+	// Gateway runs the rows without Limits. Its listener "keep" (KeepAddr)
+	// has one connection open, Client's, with the id ConnID; a correct
+	// gateway leaves both as they are.
+	Gateway *Gateway
+	// Limited has two listeners ("full" at FullAddr, and "full2"), one
+	// subscriber, and sends of 1 KiB at most: each of its limits in use.
+	Limited  *Gateway
+	KeepAddr string
+	Client   *net.TCPConn
+	ConnID   string
+	FullAddr string
+	// Refused is an address nobody listens on; Silent a peer that reads
+	// and never answers.
+	Refused string
+	Silent  string
+	// Unbindable is an address of the documentation ranges this machine
+	// does not own; "" when all are bindable here, and the row "host not
+	// owned here" must be skipped.
+	Unbindable string
+	Rows       []BadInput
+
+	keepPort uint32
+}
+
+// StartBadInputs starts the gateways of the table with cfg (set
+// cfg.HTTPAddr to "127.0.0.1:0" to run the rows over REST), the listeners,
+// connection and peers its rows refer to, and returns the table.
+func StartBadInputs(t testing.TB, cfg server.Config) *BadInputs {
+	t.Helper()
+	b := &BadInputs{Gateway: Start(t, cfg)}
+	keep := b.Gateway.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "keep"})
+	b.KeepAddr = keep.GetAddress()
+	b.Client = Dial(t, b.KeepAddr)
+	Eventually(t, "the client's connection listed", func() bool {
+		resp, err := b.Gateway.Client.ListConnections(Context(t), &tcpgatev1.ListConnectionsRequest{ListenerId: "keep"})
+		if err != nil {
+			t.Fatalf("ListConnections: %v", err)
+		}
+		if cs := resp.GetConnections(); len(cs) > 0 {
+			b.ConnID = cs[0].GetConnectionId()
+		}
+		return b.ConnID != ""
+	})
+	_, port, _ := net.SplitHostPort(b.KeepAddr)
+	p, _ := strconv.Atoi(port)
+	b.keepPort = uint32(p)
+	b.Refused = RefusedAddr(t)
+	b.Silent = Peer(t, func(c net.Conn) {
+		buf := make([]byte, 512)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				return // the gateway gave up and closed
+			}
+		}
+	})
+
+	lim := cfg
+	lim.MaxListeners, lim.MaxSendBytes, lim.MaxSubscribers = 2, 1024, 1
+	b.Limited = Start(t, lim)
+	b.FullAddr = b.Limited.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "full"}).GetAddress()
+	b.Limited.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "full2"})
+	b.Limited.Subscribe(t, &tcpgatev1.SubscribeRequest{})
+
+	b.Unbindable = unbindable()
+	b.Rows = b.rows()
+	return b
+}
+
+// unbindable returns an IPv4 address of TEST-NET-1 and its neighbours
+// that this machine does not own, so binding it fails with EADDRNOTAVAIL;
+// "" when every candidate is bindable here.
+func unbindable() string {
+	for _, h := range []string{"192.0.2.1", "192.0.2.254", "198.51.100.1", "203.0.113.1"} {
+		ln, err := net.Listen("tcp4", net.JoinHostPort(h, "0"))
+		if err != nil {
+			return h
+		}
+		ln.Close()
+	}
+	return ""
+}
+
+// ManyIDs returns n distinct ids of length bytes each.
+func ManyIDs(n, length int) []string {
+	out := make([]string, n)
+	for i := range out {
+		id := strconv.Itoa(i) + "-"
+		out[i] = id + strings.Repeat("x", length-len(id))
+	}
+	return out
+}
+
+func badText(s string) *tcpgatev1.SendRequest_Text { return &tcpgatev1.SendRequest_Text{Text: s} }
+
+func badAddr(a string) *tcpgatev1.SendRequest_Address {
+	return &tcpgatev1.SendRequest_Address{Address: a}
+}
+
+func badDur(secs int64, nanos int32) *durationpb.Duration {
+	return &durationpb.Duration{Seconds: secs, Nanos: nanos}
+}
+
+// rows is the table: every RPC with its invalid inputs (out of range,
+// unknown enum values, empty and oversized values, malformed durations,
+// unknown ids, wrong oneof combinations, limits), and a few valid boundary
+// cases (code OK) next to the invalid ones they bound.
+func (b *BadInputs) rows() []BadInput {
+	const (
+		sl   = "StartListener"
+		stop = "StopListener"
+		get  = "GetListener"
+		list = "ListListeners"
+		lc   = "ListConnections"
+		gc   = "GetConnection"
+		cc   = "CloseConnection"
+		send = "Send"
+		sub  = "Subscribe"
+	)
+	inv := codes.InvalidArgument
+	const (
+		rInvalid    = tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT
+		rNoListener = tcpgatev1.ErrorReason_ERROR_REASON_LISTENER_NOT_FOUND
+		rNoConn     = tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_NOT_FOUND
+		rExists     = tcpgatev1.ErrorReason_ERROR_REASON_LISTENER_EXISTS
+		rInUse      = tcpgatev1.ErrorReason_ERROR_REASON_ADDRESS_IN_USE
+		rNotUsable  = tcpgatev1.ErrorReason_ERROR_REASON_ADDRESS_NOT_USABLE
+		rLimit      = tcpgatev1.ErrorReason_ERROR_REASON_LIMIT_REACHED
+		rFilter     = tcpgatev1.ErrorReason_ERROR_REASON_FILTER_TOO_LARGE
+		rRefused    = tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_REFUSED
+		rTimeout    = tcpgatev1.ErrorReason_ERROR_REASON_TIMEOUT
+		rToken      = tcpgatev1.ErrorReason_ERROR_REASON_INVALID_PAGE_TOKEN
+		rAhead      = tcpgatev1.ErrorReason_ERROR_REASON_SEQUENCE_OUT_OF_RANGE
+	)
+	lp := "127.0.0.1"
+	fr := func(f *tcpgatev1.Framing) *tcpgatev1.StartListenerRequest {
+		return &tcpgatev1.StartListenerRequest{Host: lp, Framing: f}
+	}
+	ar := func(a *tcpgatev1.AutoReply) *tcpgatev1.StartListenerRequest {
+		return &tcpgatev1.StartListenerRequest{Host: lp, AutoReply: a}
+	}
+	idle := func(d *durationpb.Duration) *tcpgatev1.StartListenerRequest {
+		return &tcpgatev1.StartListenerRequest{Host: lp, IdleTimeout: d}
+	}
+	drain := func(d *durationpb.Duration) *tcpgatev1.StopListenerRequest {
+		return &tcpgatev1.StopListenerRequest{ListenerId: "keep", DrainTimeout: d}
+	}
+	// await sends to keep's own address, so a request that wrongly passed
+	// validation would succeed instead of failing for another reason.
+	await := func(a *tcpgatev1.AwaitReply) *tcpgatev1.SendRequest {
+		return &tcpgatev1.SendRequest{Target: badAddr(b.KeepAddr), Payload: badText("x"), AwaitReply: a}
+	}
+	timeout := func(d *durationpb.Duration) *tcpgatev1.SendRequest {
+		return &tcpgatev1.SendRequest{Target: badAddr(b.KeepAddr), Payload: badText("x"), Timeout: d}
+	}
+	to := func(addr string) *tcpgatev1.SendRequest {
+		return &tcpgatev1.SendRequest{Target: badAddr(addr), Payload: badText("x")}
+	}
+	kinds := func(k ...tcpgatev1.EventKind) *tcpgatev1.SubscribeRequest {
+		return &tcpgatev1.SubscribeRequest{Kinds: k}
+	}
+	const (
+		fmRaw   = tcpgatev1.FramingMode_FRAMING_MODE_RAW
+		fmDelim = tcpgatev1.FramingMode_FRAMING_MODE_DELIMITER
+		fmLP    = tcpgatev1.FramingMode_FRAMING_MODE_LENGTH_PREFIX
+		fmFixed = tcpgatev1.FramingMode_FRAMING_MODE_FIXED
+		fmLine  = tcpgatev1.FramingMode_FRAMING_MODE_LINE
+		arNone  = tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_NONE
+		arEcho  = tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO
+		arFixed = tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED
+		amFirst = tcpgatev1.AwaitMode_AWAIT_MODE_FIRST_READ
+		amFrame = tcpgatev1.AwaitMode_AWAIT_MODE_FRAME
+		amUntil = tcpgatev1.AwaitMode_AWAIT_MODE_UNTIL_CLOSE
+		ekData  = tcpgatev1.EventKind_EVENT_KIND_DATA
+	)
+	arText := func(s string) *tcpgatev1.AutoReply_Text { return &tcpgatev1.AutoReply_Text{Text: s} }
+	arData := func(b []byte) *tcpgatev1.AutoReply_Data { return &tcpgatev1.AutoReply_Data{Data: b} }
+
+	return []BadInput{
+		// StartListener: port, id, host.
+		{RPC: sl, Name: "port 65536", Req: &tcpgatev1.StartListenerRequest{Host: lp, Port: 65536}, Code: inv, Reason: rInvalid, Field: "port", Mention: "port"},
+		{RPC: sl, Name: "port 4294967295", Req: &tcpgatev1.StartListenerRequest{Host: lp, Port: 4294967295}, Code: inv, Reason: rInvalid, Field: "port", Mention: "port"},
+		{RPC: sl, Name: "listener_id empty is generated", Req: &tcpgatev1.StartListenerRequest{Host: lp}, Code: codes.OK},
+		{RPC: sl, Name: "listener_id of 64 bytes is fine", Req: &tcpgatev1.StartListenerRequest{Host: lp, ListenerId: strings.Repeat("x", 64)}, Code: codes.OK},
+		{RPC: sl, Name: "listener_id with a slash", Req: &tcpgatev1.StartListenerRequest{Host: lp, ListenerId: "a/b"}, Code: inv, Reason: rInvalid, Field: "listener_id", Mention: "listener_id"},
+		{RPC: sl, Name: "listener_id of 65 bytes", Req: &tcpgatev1.StartListenerRequest{Host: lp, ListenerId: strings.Repeat("x", 65)}, Code: inv, Reason: rInvalid, Field: "listener_id", Mention: "listener_id"},
+		{RPC: sl, Name: "listener_id blank", Req: &tcpgatev1.StartListenerRequest{Host: lp, ListenerId: " "}, Code: inv, Reason: rInvalid, Field: "listener_id", Mention: "listener_id"},
+		{RPC: sl, Name: "listener_id not ASCII", Req: &tcpgatev1.StartListenerRequest{Host: lp, ListenerId: "é"}, Code: inv, Reason: rInvalid, Field: "listener_id", Mention: "listener_id"},
+		{RPC: sl, Name: "host of 256 bytes", Req: &tcpgatev1.StartListenerRequest{Host: strings.Repeat("h", 256)}, Code: inv, Reason: rInvalid, Field: "host", Mention: "host"},
+		{RPC: sl, Name: "host with a port", Req: &tcpgatev1.StartListenerRequest{ListenerId: "hostport", Host: "127.0.0.1:80"}, Code: inv, Reason: rInvalid, Field: "host", Mention: "host"},
+		{RPC: sl, Name: "host not owned here", Req: &tcpgatev1.StartListenerRequest{ListenerId: "unbindable", Host: b.Unbindable}, Code: codes.FailedPrecondition, Reason: rNotUsable, Mention: b.Unbindable},
+		{RPC: sl, Name: "listener_id taken", Req: &tcpgatev1.StartListenerRequest{Host: lp, ListenerId: "keep"}, Code: codes.AlreadyExists, Reason: rExists, Mention: "keep"},
+		{RPC: sl, Name: "address in use", Req: &tcpgatev1.StartListenerRequest{ListenerId: "inuse", Host: lp, Port: b.keepPort}, Code: codes.Unavailable, Reason: rInUse, Mention: b.KeepAddr},
+		{RPC: sl, Name: "max_listeners reached", Limits: true, Req: &tcpgatev1.StartListenerRequest{Host: lp}, Code: codes.ResourceExhausted, Reason: rLimit, Mention: "max_listeners"},
+
+		// StartListener: framing.
+		{RPC: sl, Name: "framing mode 99", Req: fr(&tcpgatev1.Framing{Mode: 99}), Code: inv, Reason: rInvalid, Field: "framing.mode", Mention: "framing.mode"},
+		{RPC: sl, Name: "framing mode -1", Req: fr(&tcpgatev1.Framing{Mode: -1}), Code: inv, Reason: rInvalid, Field: "framing.mode", Mention: "framing.mode"},
+		{RPC: sl, Name: "delimiter mode without delimiter", Req: fr(&tcpgatev1.Framing{Mode: fmDelim}), Code: inv, Reason: rInvalid, Field: "framing.delimiter", Mention: "framing.delimiter"},
+		{RPC: sl, Name: "delimiter of 64 bytes is fine", Req: fr(&tcpgatev1.Framing{Mode: fmDelim, Delimiter: []byte(strings.Repeat("d", 64))}), Code: codes.OK},
+		{RPC: sl, Name: "delimiter of 65 bytes", Req: fr(&tcpgatev1.Framing{Mode: fmDelim, Delimiter: []byte(strings.Repeat("d", 65))}), Code: inv, Reason: rInvalid, Field: "framing.delimiter", Mention: "framing.delimiter: 65 bytes, more than the limit of 64"},
+		{RPC: sl, Name: "delimiter of 3 MiB", Req: fr(&tcpgatev1.Framing{Mode: fmDelim, Delimiter: make([]byte, 3<<20)}), Code: inv, Reason: rInvalid, Field: "framing.delimiter", Mention: "framing.delimiter"},
+		{RPC: sl, Name: "delimiter of 65 bytes in raw mode", Req: fr(&tcpgatev1.Framing{Mode: fmRaw, Delimiter: []byte(strings.Repeat("d", 65))}), Code: inv, Reason: rInvalid, Field: "framing.delimiter", Mention: "framing.delimiter"},
+		{RPC: send, Name: "await_reply.framing delimiter of 65 bytes", Req: await(&tcpgatev1.AwaitReply{Mode: amFrame, Framing: &tcpgatev1.Framing{Mode: fmDelim, Delimiter: []byte(strings.Repeat("d", 65))}}), Code: inv, Reason: rInvalid, Field: "await_reply.framing.delimiter", Mention: "await_reply.framing.delimiter"},
+		{RPC: sl, Name: "prefix_bytes 3", Req: fr(&tcpgatev1.Framing{Mode: fmLP, PrefixBytes: 3}), Code: inv, Reason: rInvalid, Field: "framing.prefix_bytes", Mention: "framing.prefix_bytes"},
+		{RPC: sl, Name: "prefix_bytes 16", Req: fr(&tcpgatev1.Framing{Mode: fmLP, PrefixBytes: 16}), Code: inv, Reason: rInvalid, Field: "framing.prefix_bytes", Mention: "framing.prefix_bytes"},
+		{RPC: sl, Name: "prefix_bytes 3 in raw mode", Req: fr(&tcpgatev1.Framing{Mode: fmRaw, PrefixBytes: 3}), Code: inv, Reason: rInvalid, Field: "framing.prefix_bytes", Mention: "framing.prefix_bytes"},
+		{RPC: sl, Name: "fixed_size 0", Req: fr(&tcpgatev1.Framing{Mode: fmFixed}), Code: inv, Reason: rInvalid, Field: "framing.fixed_size", Mention: "framing.fixed_size"},
+		{RPC: sl, Name: "fixed_size above max_frame_bytes", Req: fr(&tcpgatev1.Framing{Mode: fmFixed, FixedSize: 2048, MaxFrameBytes: 1024}), Code: inv, Reason: rInvalid, Field: "framing.fixed_size", Mention: "framing.fixed_size"},
+		{RPC: sl, Name: "fixed_size above the default max_frame_bytes", Req: fr(&tcpgatev1.Framing{Mode: fmFixed, FixedSize: 1<<20 + 1}), Code: inv, Reason: rInvalid, Field: "framing.fixed_size", Mention: "framing.fixed_size"},
+		{RPC: sl, Name: "fixed_size over 3 MiB", Req: fr(&tcpgatev1.Framing{Mode: fmFixed, FixedSize: maxFrame + 1, MaxFrameBytes: maxFrame}), Code: inv, Reason: rInvalid, Field: "framing.fixed_size", Mention: "framing.fixed_size"},
+		{RPC: sl, Name: "fixed_size 4294967295", Req: fr(&tcpgatev1.Framing{Mode: fmFixed, FixedSize: 4294967295}), Code: inv, Reason: rInvalid, Field: "framing.fixed_size", Mention: "framing.fixed_size"},
+		{RPC: sl, Name: "max_frame_bytes of 3 MiB is fine", Req: fr(&tcpgatev1.Framing{Mode: fmLine, MaxFrameBytes: maxFrame}), Code: codes.OK},
+		{RPC: sl, Name: "max_frame_bytes over 3 MiB", Req: fr(&tcpgatev1.Framing{Mode: fmLine, MaxFrameBytes: maxFrame + 1}), Code: inv, Reason: rInvalid, Field: "framing.max_frame_bytes", Mention: "framing.max_frame_bytes"},
+		{RPC: sl, Name: "max_frame_bytes 4294967295", Req: fr(&tcpgatev1.Framing{MaxFrameBytes: 4294967295}), Code: inv, Reason: rInvalid, Field: "framing.max_frame_bytes", Mention: "framing.max_frame_bytes"},
+
+		// StartListener: auto_reply, including its oneof.
+		{RPC: sl, Name: "auto_reply mode 99", Req: ar(&tcpgatev1.AutoReply{Mode: 99}), Code: inv, Reason: rInvalid, Field: "auto_reply.mode", Mention: "auto_reply.mode"},
+		{RPC: sl, Name: "auto_reply FIXED without payload", Req: ar(&tcpgatev1.AutoReply{Mode: arFixed}), Code: inv, Reason: rInvalid, Field: "auto_reply", Mention: "auto_reply"},
+		{RPC: sl, Name: "auto_reply ECHO with text", Req: ar(&tcpgatev1.AutoReply{Mode: arEcho, Payload: arText("hi")}), Code: inv, Reason: rInvalid, Field: "auto_reply.mode", Mention: "auto_reply.mode"},
+		{RPC: sl, Name: "auto_reply NONE with data", Req: ar(&tcpgatev1.AutoReply{Mode: arNone, Payload: arData([]byte{1})}), Code: inv, Reason: rInvalid, Field: "auto_reply.mode", Mention: "auto_reply.mode"},
+		{RPC: sl, Name: "auto_reply UNSPECIFIED with text", Req: ar(&tcpgatev1.AutoReply{Payload: arText("hi")}), Code: inv, Reason: rInvalid, Field: "auto_reply.mode", Mention: "auto_reply.mode"},
+		{RPC: sl, Name: "auto_reply FIXED over 3 MiB", Req: ar(&tcpgatev1.AutoReply{Mode: arFixed, Payload: arData(make([]byte, maxFrame+1))}), Code: inv, Reason: rInvalid, Field: "auto_reply", Mention: "auto_reply"},
+
+		// StartListener: idle_timeout.
+		{RPC: sl, Name: "idle_timeout negative", Req: idle(durationpb.New(-time.Second)), Code: inv, Reason: rInvalid, Field: "idle_timeout", Mention: "idle_timeout"},
+		{RPC: sl, Name: "idle_timeout seconds and nanos of different signs", Req: idle(badDur(1, -1)), Code: inv, Reason: rInvalid, Field: "idle_timeout", Mention: "idle_timeout"},
+		{RPC: sl, Name: "idle_timeout nanos 1e9", Req: idle(badDur(0, 1e9)), Code: inv, Reason: rInvalid, Field: "idle_timeout", Mention: "idle_timeout"},
+		{RPC: sl, Name: "idle_timeout seconds above 10000 years", Req: idle(badDur(315576000001, 0)), Code: inv, Reason: rInvalid, Field: "idle_timeout", Mention: "idle_timeout"},
+		{RPC: sl, Name: "idle_timeout of 10000 years is fine", Req: idle(badDur(315576000000, 0)), Code: codes.OK},
+
+		// StopListener.
+		{RPC: stop, Name: "listener_id empty", Req: &tcpgatev1.StopListenerRequest{}, Code: inv, Reason: rInvalid, Field: "listener_id", Mention: "listener_id"},
+		{RPC: stop, Name: "listener_id malformed", Req: &tcpgatev1.StopListenerRequest{ListenerId: "a/b"}, Code: inv, Reason: rInvalid, Field: "listener_id", Mention: "listener_id"},
+		{RPC: stop, Name: "listener_id unknown", Req: &tcpgatev1.StopListenerRequest{ListenerId: "nope"}, Code: codes.NotFound, Reason: rNoListener, Mention: "nope"},
+		{RPC: stop, Name: "drain_timeout negative", Req: drain(durationpb.New(-time.Second)), Code: inv, Reason: rInvalid, Field: "drain_timeout", Mention: "drain_timeout"},
+		{RPC: stop, Name: "drain_timeout nanos negative", Req: drain(badDur(0, -1)), Code: inv, Reason: rInvalid, Field: "drain_timeout", Mention: "drain_timeout"},
+		{RPC: stop, Name: "drain_timeout nanos 1e9", Req: drain(badDur(1, 1e9)), Code: inv, Reason: rInvalid, Field: "drain_timeout", Mention: "drain_timeout"},
+		{RPC: stop, Name: "drain_timeout seconds and nanos of different signs", Req: drain(badDur(1, -1)), Code: inv, Reason: rInvalid, Field: "drain_timeout", Mention: "drain_timeout"},
+		{RPC: stop, Name: "drain_timeout seconds above 10000 years", Req: drain(badDur(315576000001, 0)), Code: inv, Reason: rInvalid, Field: "drain_timeout", Mention: "drain_timeout"},
+
+		// GetListener.
+		{RPC: get, Name: "listener_id empty", Req: &tcpgatev1.GetListenerRequest{}, Code: inv, Reason: rInvalid, Field: "listener_id", Mention: "listener_id"},
+		{RPC: get, Name: "listener_id unknown", Req: &tcpgatev1.GetListenerRequest{ListenerId: "nope"}, Code: codes.NotFound, Reason: rNoListener, Mention: "nope"},
+		{RPC: get, Name: "listener_id malformed", Req: &tcpgatev1.GetListenerRequest{ListenerId: "a/b"}, Code: inv, Reason: rInvalid, Field: "listener_id", Mention: `listener_id: must be 1 to 64 of A-Z a-z 0-9 . _ ~ -, got "a/b"`},
+		{RPC: get, Name: "listener_id of 65 bytes", Req: &tcpgatev1.GetListenerRequest{ListenerId: strings.Repeat("x", 65)}, Code: inv, Reason: rInvalid, Field: "listener_id", Mention: "listener_id"},
+		{RPC: get, Name: "listener_id of 3 MiB", Req: &tcpgatev1.GetListenerRequest{ListenerId: strings.Repeat("x", 3<<20)}, Code: inv, Reason: rInvalid, Field: "listener_id", Mention: "(3145728 bytes)"},
+		{RPC: get, Name: "listener_id of 64 bytes is not found", Req: &tcpgatev1.GetListenerRequest{ListenerId: strings.Repeat("x", 64)}, Code: codes.NotFound, Reason: rNoListener, Mention: strings.Repeat("x", 64)},
+
+		// ListListeners has no input to get wrong.
+		{RPC: list, Name: "empty request", Req: &tcpgatev1.ListListenersRequest{}, Code: codes.OK},
+		{RPC: list, Name: "page_size negative", Req: &tcpgatev1.ListListenersRequest{PageSize: -1}, Code: inv, Reason: rInvalid, Field: "page_size", Mention: "page_size"},
+		{RPC: list, Name: "page_size above 1000 is 1000", Req: &tcpgatev1.ListListenersRequest{PageSize: 1 << 30}, Code: codes.OK},
+		{RPC: list, Name: "page_token garbage", Req: &tcpgatev1.ListListenersRequest{PageToken: "garbage"}, Code: inv, Reason: rToken, Field: "page_token", Mention: "page_token"},
+		{RPC: list, Name: "page_token of 3 MiB", Req: &tcpgatev1.ListListenersRequest{PageToken: strings.Repeat("A", 3<<20)}, Code: inv, Reason: rToken, Field: "page_token", Mention: "page_token"},
+
+		// ListConnections.
+		{RPC: lc, Name: "listener_id malformed", Req: &tcpgatev1.ListConnectionsRequest{ListenerId: "a b"}, Code: inv, Reason: rInvalid, Field: "listener_id", Mention: "listener_id"},
+		{RPC: lc, Name: "listener_id unknown", Req: &tcpgatev1.ListConnectionsRequest{ListenerId: "nope"}, Code: codes.NotFound, Reason: rNoListener, Mention: "nope"},
+		{RPC: lc, Name: "listener_id empty lists all", Req: &tcpgatev1.ListConnectionsRequest{}, Code: codes.OK},
+		{RPC: lc, Name: "page_size negative", Req: &tcpgatev1.ListConnectionsRequest{PageSize: -1}, Code: inv, Reason: rInvalid, Field: "page_size", Mention: "page_size"},
+		{RPC: lc, Name: "page_token garbage", Req: &tcpgatev1.ListConnectionsRequest{PageToken: "%%%"}, Code: inv, Reason: rToken, Field: "page_token", Mention: "page_token"},
+		{RPC: lc, Name: "state unknown", Req: &tcpgatev1.ListConnectionsRequest{State: 99}, Code: inv, Reason: rInvalid, Field: "state", Mention: "state"},
+		{RPC: lc, Name: "state draining", Req: &tcpgatev1.ListConnectionsRequest{State: tcpgatev1.ConnectionState_CONNECTION_STATE_DRAINING}, Code: codes.OK},
+		{RPC: lc, Name: "remote_address_prefix of 65 bytes", Req: &tcpgatev1.ListConnectionsRequest{RemoteAddressPrefix: strings.Repeat("1", 65)}, Code: inv, Reason: rInvalid, Field: "remote_address_prefix", Mention: "remote_address_prefix"},
+		{RPC: lc, Name: "remote_address_prefix of 64 bytes", Req: &tcpgatev1.ListConnectionsRequest{RemoteAddressPrefix: strings.Repeat("1", 64)}, Code: codes.OK},
+
+		// GetConnection.
+		{RPC: gc, Name: "connection_id empty", Req: &tcpgatev1.GetConnectionRequest{}, Code: inv, Reason: rInvalid, Field: "connection_id", Mention: "connection_id"},
+		{RPC: gc, Name: "connection_id malformed", Req: &tcpgatev1.GetConnectionRequest{ConnectionId: "c/1"}, Code: inv, Reason: rInvalid, Field: "connection_id", Mention: "connection_id"},
+		{RPC: gc, Name: "connection_id of 65 bytes", Req: &tcpgatev1.GetConnectionRequest{ConnectionId: strings.Repeat("c", 65)}, Code: inv, Reason: rInvalid, Field: "connection_id", Mention: "connection_id"},
+		{RPC: gc, Name: "connection_id not ASCII", Req: &tcpgatev1.GetConnectionRequest{ConnectionId: "cé"}, Code: inv, Reason: rInvalid, Field: "connection_id", Mention: "connection_id"},
+		{RPC: gc, Name: "connection_id unknown", Req: &tcpgatev1.GetConnectionRequest{ConnectionId: "c999"}, Code: codes.NotFound, Reason: rNoConn, Mention: "c999"},
+		{RPC: gc, Name: "connection_id known", Req: &tcpgatev1.GetConnectionRequest{ConnectionId: b.ConnID}, Code: codes.OK},
+
+		// CloseConnection.
+		{RPC: cc, Name: "connection_id empty", Req: &tcpgatev1.CloseConnectionRequest{}, Code: inv, Reason: rInvalid, Field: "connection_id", Mention: "connection_id"},
+		{RPC: cc, Name: "connection_id malformed", Req: &tcpgatev1.CloseConnectionRequest{ConnectionId: "c/1"}, Code: inv, Reason: rInvalid, Field: "connection_id", Mention: "connection_id"},
+		{RPC: cc, Name: "connection_id of 65 bytes", Req: &tcpgatev1.CloseConnectionRequest{ConnectionId: strings.Repeat("c", 65)}, Code: inv, Reason: rInvalid, Field: "connection_id", Mention: "connection_id"},
+		{RPC: cc, Name: "connection_id not ASCII", Req: &tcpgatev1.CloseConnectionRequest{ConnectionId: "cé"}, Code: inv, Reason: rInvalid, Field: "connection_id", Mention: "connection_id"},
+		{RPC: cc, Name: "connection_id unknown", Req: &tcpgatev1.CloseConnectionRequest{ConnectionId: "c999"}, Code: codes.NotFound, Reason: rNoConn, Mention: "c999"},
+
+		// Send: the target and payload oneofs ("both" is only expressible
+		// over REST; see gateway/badinput_test.go's REST-only rows).
+		{RPC: send, Name: "no target", Req: &tcpgatev1.SendRequest{Payload: badText("x")}, Code: inv, Reason: rInvalid, Field: "target", Mention: "target"},
+		{RPC: send, Name: "no payload", Req: &tcpgatev1.SendRequest{Target: badAddr(b.KeepAddr)}, Code: inv, Reason: rInvalid, Field: "payload", Mention: "payload"},
+		{RPC: send, Name: "neither target nor payload", Req: &tcpgatev1.SendRequest{}, Code: inv, Reason: rInvalid, Field: "payload", Mention: "payload"},
+		{RPC: send, Name: "empty text is a payload", Req: &tcpgatev1.SendRequest{Target: badAddr(b.Silent), Payload: badText("")}, Code: codes.OK},
+		{RPC: send, Name: "address empty", Req: to(""), Code: inv, Reason: rInvalid, Field: "address", Mention: "address"},
+		{RPC: send, Name: "address without port", Req: to("no-port"), Code: inv, Reason: rInvalid, Field: "address", Mention: "address"},
+		{RPC: send, Name: "address port 0", Req: to("127.0.0.1:0"), Code: inv, Reason: rInvalid, Field: "address", Mention: "address"},
+		{RPC: send, Name: "address port 70000", Req: to("127.0.0.1:70000"), Code: inv, Reason: rInvalid, Field: "address", Mention: "address"},
+		{RPC: send, Name: "address port not a number", Req: to("127.0.0.1:http"), Code: inv, Reason: rInvalid, Field: "address", Mention: "address"},
+		{RPC: send, Name: "address port negative", Req: to("127.0.0.1:-1"), Code: inv, Reason: rInvalid, Field: "address", Mention: "address"},
+		{RPC: send, Name: "address host empty", Req: to(":80"), Code: inv, Reason: rInvalid, Field: "address", Mention: "address"},
+		{RPC: send, Name: "address refused", Req: to(b.Refused), Code: codes.Unavailable, Reason: rRefused, Mention: b.Refused},
+		{RPC: send, Name: "connection_id empty", Req: &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ConnectionId{}, Payload: badText("x")}, Code: inv, Reason: rInvalid, Field: "connection_id", Mention: "connection_id"},
+		{RPC: send, Name: "connection_id malformed", Req: &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ConnectionId{ConnectionId: "c 1"}, Payload: badText("x")}, Code: inv, Reason: rInvalid, Field: "connection_id", Mention: "connection_id"},
+		{RPC: send, Name: "listener_id of 65 bytes", Req: &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ListenerId{ListenerId: strings.Repeat("l", 65)}, Payload: badText("x")}, Code: inv, Reason: rInvalid, Field: "listener_id", Mention: "listener_id"},
+		{RPC: send, Name: "address of 3 MiB", Req: to(strings.Repeat("h", 3<<20) + ":80"), Code: inv, Reason: rInvalid, Field: "address", Mention: "(3145731 bytes)"},
+		{RPC: send, Name: "connection_id unknown", Req: &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ConnectionId{ConnectionId: "c999"}, Payload: badText("x")}, Code: codes.NotFound, Reason: rNoConn, Mention: "c999"},
+		{RPC: send, Name: "listener_id empty", Req: &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ListenerId{}, Payload: badText("x")}, Code: inv, Reason: rInvalid, Field: "listener_id", Mention: "listener_id"},
+		{RPC: send, Name: "listener_id unknown", Req: &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ListenerId{ListenerId: "nope"}, Payload: badText("x")}, Code: codes.NotFound, Reason: rNoListener, Mention: "nope"},
+
+		// Send: await_reply.
+		{RPC: send, Name: "await_reply with listener_id", Req: &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ListenerId{ListenerId: "keep"}, Payload: badText("x"),
+			AwaitReply: &tcpgatev1.AwaitReply{Mode: amFirst}}, Code: inv, Reason: rInvalid, Field: "await_reply", Mention: "await_reply"},
+		{RPC: send, Name: "await_reply until close with listener_id", Req: &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ListenerId{ListenerId: "keep"}, Payload: badText("x"),
+			AwaitReply: &tcpgatev1.AwaitReply{Mode: amUntil}}, Code: inv, Reason: rInvalid, Field: "await_reply", Mention: "await_reply"},
+		{RPC: send, Name: "await_reply.framing with connection_id", Req: &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ConnectionId{ConnectionId: b.ConnID}, Payload: badText("x"),
+			AwaitReply: &tcpgatev1.AwaitReply{Mode: amFrame, Framing: &tcpgatev1.Framing{Mode: fmLine}}}, Code: inv, Reason: rInvalid, Field: "await_reply.framing", Mention: "await_reply.framing"},
+		{RPC: send, Name: "await_reply.framing with FIRST_READ", Req: await(&tcpgatev1.AwaitReply{Mode: amFirst, Framing: &tcpgatev1.Framing{Mode: fmLine}}), Code: inv, Reason: rInvalid, Field: "await_reply.framing", Mention: "await_reply.framing"},
+		{RPC: send, Name: "await_reply.framing without a mode", Req: await(&tcpgatev1.AwaitReply{Framing: &tcpgatev1.Framing{Mode: fmLine}}), Code: inv, Reason: rInvalid, Field: "await_reply.framing", Mention: "await_reply.framing"},
+		{RPC: send, Name: "await_reply.mode 99", Req: await(&tcpgatev1.AwaitReply{Mode: 99}), Code: inv, Reason: rInvalid, Field: "await_reply.mode", Mention: "await_reply.mode"},
+		{RPC: send, Name: "await_reply.mode 99 to a connection", Req: &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_ConnectionId{ConnectionId: b.ConnID}, Payload: badText("x"),
+			AwaitReply: &tcpgatev1.AwaitReply{Mode: 99}}, Code: inv, Reason: rInvalid, Field: "await_reply.mode", Mention: "await_reply.mode"},
+		{RPC: send, Name: "await_reply.max_bytes over 3 MiB", Req: await(&tcpgatev1.AwaitReply{Mode: amFirst, MaxBytes: maxFrame + 1}), Code: inv, Reason: rInvalid, Field: "await_reply.max_bytes", Mention: "await_reply.max_bytes"},
+		{RPC: send, Name: "await_reply.framing delimiter mode without delimiter", Req: await(&tcpgatev1.AwaitReply{Mode: amFrame, Framing: &tcpgatev1.Framing{Mode: fmDelim}}), Code: inv, Reason: rInvalid, Field: "await_reply.framing.delimiter", Mention: "await_reply.framing.delimiter"},
+		{RPC: send, Name: "await_reply.framing mode 99", Req: await(&tcpgatev1.AwaitReply{Mode: amFrame, Framing: &tcpgatev1.Framing{Mode: 99}}), Code: inv, Reason: rInvalid, Field: "await_reply.framing.mode", Mention: "await_reply.framing.mode"},
+		{RPC: send, Name: "await_reply.framing prefix_bytes 3", Req: await(&tcpgatev1.AwaitReply{Mode: amFrame, Framing: &tcpgatev1.Framing{Mode: fmLP, PrefixBytes: 3}}), Code: inv, Reason: rInvalid, Field: "await_reply.framing.prefix_bytes", Mention: "await_reply.framing.prefix_bytes"},
+		{RPC: send, Name: "await_reply.framing fixed_size 0", Req: await(&tcpgatev1.AwaitReply{Mode: amFrame, Framing: &tcpgatev1.Framing{Mode: fmFixed}}), Code: inv, Reason: rInvalid, Field: "await_reply.framing.fixed_size", Mention: "await_reply.framing.fixed_size"},
+		{RPC: send, Name: "await_reply.framing max_frame_bytes over 3 MiB", Req: await(&tcpgatev1.AwaitReply{Mode: amFrame, Framing: &tcpgatev1.Framing{MaxFrameBytes: maxFrame + 1}}), Code: inv, Reason: rInvalid, Field: "await_reply.framing.max_frame_bytes", Mention: "await_reply.framing.max_frame_bytes"},
+		{RPC: send, Name: "reply timeout", Req: &tcpgatev1.SendRequest{Target: badAddr(b.Silent), Payload: badText("x"), AwaitReply: &tcpgatev1.AwaitReply{Mode: amFirst},
+			Timeout: durationpb.New(200 * time.Millisecond)}, Code: codes.DeadlineExceeded, Reason: rTimeout, Mention: b.Silent},
+
+		// Send: timeout.
+		{RPC: send, Name: "timeout negative", Req: timeout(durationpb.New(-time.Second)), Code: inv, Reason: rInvalid, Field: "timeout", Mention: "timeout"},
+		{RPC: send, Name: "timeout nanos 1e9", Req: timeout(badDur(0, 1e9)), Code: inv, Reason: rInvalid, Field: "timeout", Mention: "timeout"},
+		{RPC: send, Name: "timeout seconds and nanos of different signs", Req: timeout(badDur(1, -1)), Code: inv, Reason: rInvalid, Field: "timeout", Mention: "timeout"},
+		{RPC: send, Name: "timeout seconds above 10000 years", Req: timeout(badDur(315576000001, 0)), Code: inv, Reason: rInvalid, Field: "timeout", Mention: "timeout"},
+
+		// Send: payload size against server.Config.MaxSendBytes (1024 there).
+		{RPC: send, Name: "payload of max_send_bytes is fine", Limits: true, Req: &tcpgatev1.SendRequest{Target: badAddr(b.FullAddr), Payload: &tcpgatev1.SendRequest_Data{Data: make([]byte, 1024)}}, Code: codes.OK},
+		{RPC: send, Name: "payload over max_send_bytes", Limits: true, Req: &tcpgatev1.SendRequest{Target: badAddr(b.FullAddr), Payload: &tcpgatev1.SendRequest_Data{Data: make([]byte, 2000)}},
+			Code: codes.ResourceExhausted, Reason: rLimit, Mention: "max_send_bytes"},
+		{RPC: send, Name: "text over max_send_bytes", Limits: true, Req: &tcpgatev1.SendRequest{Target: badAddr(b.FullAddr), Payload: badText(strings.Repeat("é", 600))},
+			Code: codes.ResourceExhausted, Reason: rLimit, Mention: "max_send_bytes"},
+
+		// Subscribe: the error arrives on the first Recv.
+		{RPC: sub, Name: "kinds UNSPECIFIED", Req: kinds(tcpgatev1.EventKind_EVENT_KIND_UNSPECIFIED), Code: inv, Reason: rInvalid, Field: "kinds[0]", Mention: "kinds[0]"},
+		{RPC: sub, Name: "kinds EVENTS_DROPPED is allowed", Req: kinds(tcpgatev1.EventKind_EVENT_KIND_EVENTS_DROPPED), Code: codes.OK},
+		{RPC: sub, Name: "kinds 99 after a good one", Req: kinds(ekData, 99), Code: inv, Reason: rInvalid, Field: "kinds[1]", Mention: "kinds[1]"},
+		{RPC: sub, Name: "kinds -1", Req: kinds(-1), Code: inv, Reason: rInvalid, Field: "kinds[0]", Mention: "kinds[0]"},
+		{RPC: sub, Name: "slow_consumer 9", Req: &tcpgatev1.SubscribeRequest{SlowConsumer: 9}, Code: inv, Reason: rInvalid, Field: "slow_consumer", Mention: "slow_consumer"},
+		{RPC: sub, Name: "slow_consumer -1", Req: &tcpgatev1.SubscribeRequest{SlowConsumer: -1}, Code: inv, Reason: rInvalid, Field: "slow_consumer", Mention: "slow_consumer"},
+		{RPC: sub, Name: "kinds DATA is fine", Req: kinds(ekData), Code: codes.OK},
+		{RPC: sub, Name: "since_sequence in the future", Req: &tcpgatev1.SubscribeRequest{SinceSequence: 1 << 63}, Code: codes.OutOfRange, Reason: rAhead, Field: "since_sequence", Mention: "since_sequence"},
+		{RPC: sub, Name: "1025 listener_ids", Req: &tcpgatev1.SubscribeRequest{ListenerIds: ManyIDs(1025, 8)}, Code: inv, Reason: rFilter, Mention: "listener_ids has 1025 ids, at most 1024"},
+		{RPC: sub, Name: "a connection_id of 65 bytes", Req: &tcpgatev1.SubscribeRequest{ConnectionIds: ManyIDs(2, 65)}, Code: inv, Reason: rInvalid, Field: "connection_ids[0]", Mention: "connection_ids[0]: must be 1 to 64"},
+		{RPC: sub, Name: "a malformed listener_id after a good one", Req: &tcpgatev1.SubscribeRequest{ListenerIds: []string{"keep", "a/b"}}, Code: inv, Reason: rInvalid, Field: "listener_ids[1]", Mention: "listener_ids[1]"},
+		{RPC: sub, Name: "an empty connection_id", Req: &tcpgatev1.SubscribeRequest{ConnectionIds: []string{""}}, Code: inv, Reason: rInvalid, Field: "connection_ids[0]", Mention: "connection_ids[0]"},
+		{RPC: sub, Name: "1024 ids of 64 bytes are fine", Req: &tcpgatev1.SubscribeRequest{ListenerIds: ManyIDs(1024, 64), ConnectionIds: ManyIDs(1024, 64)}, Code: codes.OK},
+		{RPC: sub, Name: "max_subscribers reached", Limits: true, Req: &tcpgatev1.SubscribeRequest{}, Code: codes.ResourceExhausted, Reason: rLimit, Mention: "max_subscribers"},
+	}
+}
+
+// WantEveryMethod fails the test for every method of the GatewayService
+// that seen lacks (by name, "StartListener"), as "no case for ...": a
+// method added to the service needs its rows.
+func WantEveryMethod(t testing.TB, seen map[string]bool) {
+	t.Helper()
+	for _, m := range tcpgatev1.GatewayService_ServiceDesc.Methods {
+		if !seen[m.MethodName] {
+			t.Errorf("no case for %s", m.MethodName)
+		}
+	}
+	for _, s := range tcpgatev1.GatewayService_ServiceDesc.Streams {
+		if !seen[s.StreamName] {
+			t.Errorf("no case for %s", s.StreamName)
+		}
+	}
+}
+
+// CheckDetails returns what is wrong with the details of an error that
+// answered r, or "": the ErrorInfo reason and its "field" must be r's, and
+// the BadRequest field violations must name r.Field alone (an
+// INVALID_ARGUMENT always carries one; other reasons may).
+func (r BadInput) CheckDetails(reason tcpgatev1.ErrorReason, field string, violations []string) string {
+	if r.Code == codes.OK {
+		return ""
+	}
+	switch {
+	case reason != r.Reason:
+		return fmt.Sprintf("reason %v, want %v", reason, r.Reason)
+	case field != r.Field:
+		return fmt.Sprintf("ErrorInfo field %q, want %q", field, r.Field)
+	case reason == tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT || len(violations) > 0:
+		if len(violations) != 1 || violations[0] != r.Field {
+			return fmt.Sprintf("field violations %q, want [%q]", violations, r.Field)
+		}
+	}
+	return ""
+}

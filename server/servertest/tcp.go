@@ -1,0 +1,126 @@
+package servertest
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Wait bounds every wait of the harness; reaching it is a failure, not a
+// measurement. It is long enough for a loaded CI machine under -race.
+const Wait = 10 * time.Second
+
+// Context returns a context that ends after Wait or when the test ends.
+func Context(t testing.TB) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), Wait)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// Dial connects to addr over TCP, with a deadline of Wait on every read
+// and write, and closes the connection when the test ends.
+func Dial(t testing.TB, addr string) *net.TCPConn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, Wait)
+	if err != nil {
+		t.Fatalf("dialing %s: %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(Wait))
+	return c.(*net.TCPConn)
+}
+
+// ReadN reads exactly n bytes from c, failing the test otherwise.
+func ReadN(t testing.TB, c net.Conn, n int) []byte {
+	t.Helper()
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatalf("reading %d bytes: %v", n, err)
+	}
+	return buf
+}
+
+// Peer runs a plain TCP server on 127.0.0.1:0 that calls handle for every
+// connection it accepts (with a deadline of Wait, closing the connection
+// when handle returns), and returns its address. The test's end closes the
+// server and waits for every handle to return.
+func Peer(t testing.TB, handle func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("starting a peer: %v", err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				if !errors.Is(err, net.ErrClosed) {
+					t.Errorf("peer accept: %v", err)
+				}
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(Wait))
+				handle(c)
+			})
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+// RefusedAddr returns a 127.0.0.1 address nobody listens on: a port that
+// was free a moment ago, so connecting to it is refused.
+func RefusedAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("finding a free port: %v", err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// Eventually polls cond every 10 ms until it holds, failing the test after
+// Wait.
+func Eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	EventuallyWithin(t, what, Wait, cond)
+}
+
+// EventuallyWithin is Eventually with a bound of its own, for waits that a
+// loaded machine needs longer for.
+func EventuallyWithin(t testing.TB, what string, bound time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, bound)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// WantCode fails the test unless err is a gRPC status with code.
+func WantCode(t testing.TB, err error, code codes.Code) {
+	t.Helper()
+	if status.Code(err) != code {
+		t.Fatalf("got %v, want code %v", err, code)
+	}
+}

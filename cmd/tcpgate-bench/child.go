@@ -76,6 +76,8 @@ type subResult struct {
 	FirstNs int64 `json:"first_ns"`
 	LastNs  int64 `json:"last_ns"`
 	Closed  int   `json:"closed"`
+	// Messages counts the SubscribeResponses received.
+	Messages uint64 `json:"messages"`
 	// CPUSeconds is the CPU time the subscriber used, start-up included.
 	CPUSeconds float64 `json:"cpu_s"`
 	// ReadyCPUSeconds is the part of CPUSeconds used before the
@@ -205,6 +207,7 @@ func subscribeMain(args []string) error {
 				res.Error = err.Error()
 				break
 			}
+			res.Messages++
 			continue
 		}
 		resp, err := typed.Recv()
@@ -213,6 +216,7 @@ func subscribeMain(args []string) error {
 			break
 		}
 		now = time.Now().UnixNano()
+		res.Messages++
 		for _, e := range resp.GetEvents() {
 			touch(e)
 			d, n := e.GetData(), len(e.GetData())

@@ -316,6 +316,11 @@ func runLines1(ctx context.Context, o *options, b *bench) error {
 		b.add(name, "frames/s, 1 subscriber "+what, "frames/s", r.rate)
 		b.add(name, "tcpgate CPU, "+decode, "% of 1 core", r.gatewayCPU)
 		b.add(name, "subscriber CPU, "+decode, "% of 1 core", r.subscriberCPU)
+		// CPU per line is what sharing two cores leaves of the figures
+		// above when the machine is busy: compare these across runs.
+		b.add(name, "tcpgate CPU per line, "+decode, "ns", r.gatewayCPU/100/r.rate*1e9)
+		b.add(name, "subscriber CPU per line, "+decode, "ns", r.subscriberCPU/100/r.rate*1e9)
+		b.add(name, "events per message, "+decode, "events", r.perMessage)
 	}
 	if o.socat == "" {
 		b.note("lines: socat is not installed: no baseline")
@@ -353,6 +358,7 @@ type linesFigures struct {
 	gatewayCPU    float64 // % of one core
 	subscriberCPU float64 // the subscribers' once live, % of one core
 	harnessCPU    float64 // the sender's and the subscribers', % of one core
+	perMessage    float64 // DATA events per SubscribeResponse, on average
 }
 
 // measureLines starts a daemon with a line-framed listener and n
@@ -408,11 +414,12 @@ func measureLines(ctx context.Context, o *options, b *bench, name string, n int,
 			return err
 		}
 		frames := uint64(sent / lineBytes)
-		var got, subCPU float64
+		var got, subCPU, msgs float64
 		var last int64
 		for i, r := range res {
 			got += float64(r.Frames)
 			subCPU += r.CPUSeconds - r.ReadyCPUSeconds
+			msgs += float64(r.Messages)
 			last = max(last, r.LastNs)
 			if r.Frames != frames || r.Dropped > 0 {
 				b.note("%s: %s subscriber %d got %d of %d frames (dropped %d)", name, decode, i, r.Frames, frames, r.Dropped)
@@ -425,6 +432,7 @@ func measureLines(ctx context.Context, o *options, b *bench, name string, n int,
 			gatewayCPU:    100 * (cpuSeconds(d.pid()) - cpu0) / secs,
 			subscriberCPU: 100 * subCPU / secs,
 			harnessCPU:    harnessCPU(res, self0, secs),
+			perMessage:    got / max(msgs, 1),
 		}
 		if profiled != nil {
 			if err := <-profiled; err != nil {

@@ -399,6 +399,9 @@ func appendString(b []byte, num protowire.Number, s string) []byte {
 
 // elements appends to dst the element of each of evs under format f.
 func elements(dst []element, evs []*event.Event, f payloadFormat) ([]element, error) {
+	if err := memoize(evs); err != nil {
+		return dst, err
+	}
 	for _, e := range evs {
 		el, err := elementOf(e, f)
 		if err != nil {

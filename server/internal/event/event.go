@@ -147,6 +147,19 @@ func (e *Event) Memo(encode func() []byte) []byte {
 	return e.setMemo(encode)
 }
 
+// HasMemo reports whether the event has its memo.
+func (e *Event) HasMemo() bool { return e.memo.Load() != nil }
+
+// SetMemo caches *p on the event unless it has a memo already, and returns
+// the memo in effect; *p must not change afterwards. It lets the RPC layer
+// make the memos of many events in a few allocations.
+func (e *Event) SetMemo(p *[]byte) []byte {
+	if e.memo.CompareAndSwap(nil, p) {
+		return *p
+	}
+	return *e.memo.Load()
+}
+
 func (e *Event) setMemo(encode func() []byte) []byte {
 	b := encode()
 	if b == nil || e.memo.CompareAndSwap(nil, &b) {

@@ -150,14 +150,13 @@ func (e *Event) Memo(encode func() []byte) []byte {
 // HasMemo reports whether the event has its memo.
 func (e *Event) HasMemo() bool { return e.memo.Load() != nil }
 
-// SetMemo caches *p on the event unless it has a memo already, and returns
-// the memo in effect; *p must not change afterwards. It lets the RPC layer
-// make the memos of many events in a few allocations.
-func (e *Event) SetMemo(p *[]byte) []byte {
-	if e.memo.CompareAndSwap(nil, p) {
-		return *p
+// ShareMemo gives the event the memo of from, which has one, unless it has
+// a memo already. The RPC layer shares one memo between events that it
+// encodes alike.
+func (e *Event) ShareMemo(from *Event) {
+	if p := from.memo.Load(); p != nil {
+		e.memo.CompareAndSwap(nil, p)
 	}
-	return *e.memo.Load()
 }
 
 func (e *Event) setMemo(encode func() []byte) []byte {

@@ -38,12 +38,26 @@ const (
 
 // dialGateway connects a gRPC client tuned for streaming throughput.
 func dialGateway(addr string) (*grpc.ClientConn, error) {
-	return grpc.NewClient(addr,
+	return dialTuned(addr, clientStreamWindow, clientConnWindow, 0)
+}
+
+// dialTuned connects a gRPC client with the windows and read buffer given,
+// each as grpc-go's dial options set it; 0 leaves grpc-go's default.
+func dialTuned(addr string, streamWindow, connWindow int32, readBuffer int) (*grpc.ClientConn, error) {
+	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithInitialWindowSize(clientStreamWindow),
-		grpc.WithInitialConnWindowSize(clientConnWindow),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)),
-	)
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16 << 20)),
+	}
+	if streamWindow > 0 {
+		opts = append(opts, grpc.WithInitialWindowSize(streamWindow))
+	}
+	if connWindow > 0 {
+		opts = append(opts, grpc.WithInitialConnWindowSize(connWindow))
+	}
+	if readBuffer > 0 {
+		opts = append(opts, grpc.WithReadBufferSize(readBuffer))
+	}
+	return grpc.NewClient(addr, opts...)
 }
 
 // stdinContext is canceled when stdin reaches EOF: the orchestrator closed
@@ -120,6 +134,9 @@ func subscribeMain(args []string) error {
 	skip := fs.Int("skip", 0, "latency: ignore this many first frames (warm-up)")
 	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this subscriber's whole life to this file")
+	streamWindow := fs.Int("stream-window", clientStreamWindow, "gRPC stream window in bytes (grpc.WithInitialWindowSize); 0: grpc-go's default, which grows with the link")
+	connWindow := fs.Int("conn-window", clientConnWindow, "gRPC connection window in bytes (grpc.WithInitialConnWindowSize); 0: grpc-go's default")
+	readBuffer := fs.Int("read-buffer", 0, "gRPC read buffer in bytes (grpc.WithReadBufferSize); 0: grpc-go's default, 32 KiB")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -142,7 +159,7 @@ func subscribeMain(args []string) error {
 	ctx, cancelT := context.WithTimeout(ctx, *timeout)
 	defer cancelT()
 
-	cc, err := dialGateway(*server)
+	cc, err := dialTuned(*server, int32(*streamWindow), int32(*connWindow), *readBuffer)
 	if err != nil {
 		return fmt.Errorf("dialing %s: %w", *server, err)
 	}

@@ -42,6 +42,7 @@ type options struct {
 	profileDir     string // the lines scenarios write CPU profiles here; empty: none
 	profileSeconds int    // how long the daemon's profile lasts from the first write
 	run            int    // the run under way, from 1, for the profiles' names
+	subscriberArgs []string
 }
 
 // scenario runs once per run against fresh daemons and records metrics.
@@ -90,6 +91,7 @@ func runMain(args []string) error {
 	fs.DurationVar(&o.settle, "settle", 5*time.Second, "before each scenario, wait up to this long for other processes to leave the CPUs idle")
 	fs.StringVar(&decodeMode, "decode", decodeMode, "how the subscribers of the scenarios other than lines decode: wire (walk the encoding for the fields counted) or proto (full messages); lines runs both")
 	fs.StringVar(&o.profileDir, "profile", "", "lines, lines10: write CPU profiles of each daemon (through --debug-addr) and each subscriber into this directory")
+	subArgs := fs.String("subscriber-args", "", "lines, lines10: more flags for the gRPC subscribers, space-separated (see tcpgate-bench subscribe -h: --read-buffer, --stream-window, --conn-window)")
 	fs.IntVar(&o.profileSeconds, "profile-seconds", 2, "with --profile: seconds of the daemon's profile, from the first write (send enough --lines to fill them)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -97,6 +99,7 @@ func runMain(args []string) error {
 	if o.runs < 1 {
 		return errors.New("--runs must be at least 1")
 	}
+	o.subscriberArgs = strings.Fields(*subArgs)
 	if o.lines < 1 {
 		return errors.New("--lines must be at least 1")
 	}

@@ -390,8 +390,9 @@ func measureLines(ctx context.Context, o *options, b *bench, name string, n int,
 		var subs []*child
 		defer func() { closeAll(subs) }()
 		for i := range n {
+			subFlags = o.subscriberArgs
 			if o.profileDir != "" {
-				subFlags = []string{"--cpuprofile", fmt.Sprintf("%s-subscriber%d.pprof", prefix, i)}
+				subFlags = append(slices.Clip(subFlags), "--cpuprofile", fmt.Sprintf("%s-subscriber%d.pprof", prefix, i))
 			}
 			c, err := startDecoding(d, id, 1, decode, subFlags...)
 			if err != nil {

@@ -15,6 +15,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime/debug"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -137,6 +138,7 @@ func subscribeMain(args []string) error {
 	streamWindow := fs.Int("stream-window", clientStreamWindow, "gRPC stream window in bytes (grpc.WithInitialWindowSize); 0: grpc-go's default, which grows with the link")
 	connWindow := fs.Int("conn-window", clientConnWindow, "gRPC connection window in bytes (grpc.WithInitialConnWindowSize); 0: grpc-go's default")
 	readBuffer := fs.Int("read-buffer", 0, "gRPC read buffer in bytes (grpc.WithReadBufferSize); 0: grpc-go's default, 32 KiB")
+	gogc := fs.Int("gogc", 0, "garbage collector target percentage, as debug.SetGCPercent or GOGC set it; 0: the runtime's (GOGC, or 100)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -146,6 +148,9 @@ func subscribeMain(args []string) error {
 	}
 	if *decode != "wire" && *decode != "proto" {
 		return fmt.Errorf("--decode: %q is not wire or proto", *decode)
+	}
+	if *gogc > 0 {
+		debug.SetGCPercent(*gogc)
 	}
 	if *cpuProfile != "" {
 		stop, err := startCPUProfile(*cpuProfile)

@@ -33,9 +33,11 @@ import (
 // validating its text as UTF-8 again, copying its payload into a buffer that
 // the pool has just zeroed. Instead:
 //
-//   - the fields of an event other than its payload are encoded once, on
-//     first use, and cached on the event (event.Event.Memo): every other
-//     subscriber copies those few bytes, whatever its payload format;
+//   - the fields of an event other than its sequence and payload are
+//     encoded once, on first use, and cached on the event
+//     (event.Event.Memo), shared by the events of one read (memoize):
+//     every other subscriber copies those few bytes, whatever its payload
+//     format;
 //   - a payload of refMin bytes or more is not copied at all: the response
 //     refers to the event's Data, which is immutable once published, as a
 //     mem.SliceBuffer (whose Free does nothing, so gRPC never recycles or

@@ -308,9 +308,8 @@ const (
 // encodeEvent encodes e as proto.Marshal encodes the tcpgatev1.Event that
 // eventToProto makes of it, with the sequence and the payload fields left
 // out and without the element's tag and length (see element): fields in
-// number order, zero
-// values left out, Time always present, strings checked for UTF-8 as proto3
-// requires.
+// number order, zero values left out, Time always present, strings checked
+// for UTF-8 as proto3 requires.
 func encodeEvent(e *event.Event) ([]byte, error) {
 	eventsEncoded.Add(1)
 	strs := [...]struct {

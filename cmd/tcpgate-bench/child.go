@@ -5,6 +5,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -14,6 +15,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"sync"
@@ -36,12 +39,26 @@ const (
 
 // dialGateway connects a gRPC client tuned for streaming throughput.
 func dialGateway(addr string) (*grpc.ClientConn, error) {
-	return grpc.NewClient(addr,
+	return dialTuned(addr, clientStreamWindow, clientConnWindow, 0)
+}
+
+// dialTuned connects a gRPC client with the windows and read buffer given,
+// each as grpc-go's dial options set it; 0 leaves grpc-go's default.
+func dialTuned(addr string, streamWindow, connWindow int32, readBuffer int) (*grpc.ClientConn, error) {
+	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithInitialWindowSize(clientStreamWindow),
-		grpc.WithInitialConnWindowSize(clientConnWindow),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)),
-	)
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16 << 20)),
+	}
+	if streamWindow > 0 {
+		opts = append(opts, grpc.WithInitialWindowSize(streamWindow))
+	}
+	if connWindow > 0 {
+		opts = append(opts, grpc.WithInitialConnWindowSize(connWindow))
+	}
+	if readBuffer > 0 {
+		opts = append(opts, grpc.WithReadBufferSize(readBuffer))
+	}
+	return grpc.NewClient(addr, opts...)
 }
 
 // stdinContext is canceled when stdin reaches EOF: the orchestrator closed
@@ -74,8 +91,13 @@ type subResult struct {
 	FirstNs int64 `json:"first_ns"`
 	LastNs  int64 `json:"last_ns"`
 	Closed  int   `json:"closed"`
+	// Messages counts the SubscribeResponses received.
+	Messages uint64 `json:"messages"`
 	// CPUSeconds is the CPU time the subscriber used, start-up included.
 	CPUSeconds float64 `json:"cpu_s"`
+	// ReadyCPUSeconds is the part of CPUSeconds used before the
+	// subscription was live: its start-up.
+	ReadyCPUSeconds float64 `json:"ready_cpu_s"`
 	// Latency summarizes receipt time less the send time written at the
 	// start of each frame; only with --latency.
 	Latency *latencySummary `json:"latency,omitempty"`
@@ -112,6 +134,11 @@ func subscribeMain(args []string) error {
 	latency := fs.Bool("latency", false, "frames start with a 19-digit Unix-nanosecond send time: report latency percentiles")
 	skip := fs.Int("skip", 0, "latency: ignore this many first frames (warm-up)")
 	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this subscriber's whole life to this file")
+	streamWindow := fs.Int("stream-window", clientStreamWindow, "gRPC stream window in bytes (grpc.WithInitialWindowSize); 0: grpc-go's default, which grows with the link")
+	connWindow := fs.Int("conn-window", clientConnWindow, "gRPC connection window in bytes (grpc.WithInitialConnWindowSize); 0: grpc-go's default")
+	readBuffer := fs.Int("read-buffer", 0, "gRPC read buffer in bytes (grpc.WithReadBufferSize); 0: grpc-go's default, 32 KiB")
+	gogc := fs.Int("gogc", 0, "garbage collector target percentage, as debug.SetGCPercent or GOGC set it; 0: the runtime's (GOGC, or 100)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -122,28 +149,44 @@ func subscribeMain(args []string) error {
 	if *decode != "wire" && *decode != "proto" {
 		return fmt.Errorf("--decode: %q is not wire or proto", *decode)
 	}
+	if *gogc > 0 {
+		debug.SetGCPercent(*gogc)
+	}
+	if *cpuProfile != "" {
+		stop, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	ctx, cancel := stdinContext()
 	defer cancel()
 	ctx, cancelT := context.WithTimeout(ctx, *timeout)
 	defer cancelT()
 
-	cc, err := dialGateway(*server)
+	cc, err := dialTuned(*server, int32(*streamWindow), int32(*connWindow), *readBuffer)
 	if err != nil {
 		return fmt.Errorf("dialing %s: %w", *server, err)
 	}
 	defer cc.Close()
 	req := &tcpgatev1.SubscribeRequest{ListenerIds: []string{*listenerID}, SlowConsumer: pol}
+	var wire grpc.ClientStream
+	var typed grpc.ServerStreamingClient[tcpgatev1.SubscribeResponse]
 	var stream grpc.ClientStream
 	if *decode == "wire" {
-		stream, err = cc.NewStream(ctx, subscribeDesc, tcpgatev1.GatewayService_Subscribe_FullMethodName, grpc.ForceCodecV2(wireCodec{}))
+		wire, err = cc.NewStream(ctx, subscribeDesc, tcpgatev1.GatewayService_Subscribe_FullMethodName, grpc.ForceCodecV2(wireCodec{}))
 		if err == nil {
-			err = stream.SendMsg(req)
+			err = wire.SendMsg(req)
 		}
 		if err == nil {
-			err = stream.CloseSend()
+			err = wire.CloseSend()
 		}
+		stream = wire
 	} else {
-		stream, err = tcpgatev1.NewGatewayServiceClient(cc).Subscribe(ctx, req)
+		// What a user's program runs: the generated client with
+		// grpc-go's default codec, a new message per response.
+		typed, err = tcpgatev1.NewGatewayServiceClient(cc).Subscribe(ctx, req)
+		stream = typed
 	}
 	if err != nil {
 		return fmt.Errorf("subscribing: %w", err)
@@ -155,7 +198,7 @@ func subscribeMain(args []string) error {
 	}
 	fmt.Println("ready")
 
-	var res subResult
+	res := subResult{ReadyCPUSeconds: selfCPU()}
 	var lats []int64
 	var now int64
 	onEvent := func(kind tcpgatev1.EventKind, dataLen int, head []byte, dropped uint64) {
@@ -180,27 +223,30 @@ func subscribeMain(args []string) error {
 	}
 	// The wire walk runs inside RecvMsg and stamps now itself.
 	wmsg := &wireMsg{now: &now, fn: onEvent}
-	pmsg := new(tcpgatev1.SubscribeResponse)
 	for res.Closed < *conns {
-		if *decode == "wire" {
-			err = stream.RecvMsg(wmsg)
-		} else {
-			err = stream.RecvMsg(pmsg)
+		if wire != nil {
+			if err = wire.RecvMsg(wmsg); err != nil {
+				res.Error = err.Error()
+				break
+			}
+			res.Messages++
+			continue
 		}
+		resp, err := typed.Recv()
 		if err != nil {
 			res.Error = err.Error()
 			break
 		}
-		if *decode == "proto" {
-			now = time.Now().UnixNano()
-			for _, e := range pmsg.GetEvents() {
-				d, n := e.GetData(), len(e.GetData())
-				if t := e.GetText(); n == 0 && t != "" {
-					// UTF-8 comes as text by default: only its head is copied.
-					d, n = []byte(t[:min(len(t), headBytes)]), len(t)
-				}
-				onEvent(e.GetKind(), n, d[:min(len(d), headBytes)], e.GetDropped())
+		now = time.Now().UnixNano()
+		res.Messages++
+		for _, e := range resp.GetEvents() {
+			touch(e)
+			d, n := e.GetData(), len(e.GetData())
+			if t := e.GetText(); n == 0 && t != "" {
+				// UTF-8 comes as text by default: only its head is copied.
+				d, n = []byte(t[:min(len(t), headBytes)]), len(t)
 			}
+			onEvent(e.GetKind(), n, d[:min(len(d), headBytes)], e.GetDropped())
 		}
 	}
 	if *latency {
@@ -208,6 +254,34 @@ func subscribeMain(args []string) error {
 	}
 	res.CPUSeconds = selfCPU()
 	return printJSON(res)
+}
+
+// touched keeps what touch reads, so the compiler cannot drop the reads.
+var touched uint64
+
+// touch reads every field of e that a program of a user would, the way it
+// would: the time as a time.Time, the ids and addresses as strings.
+func touch(e *tcpgatev1.Event) {
+	touched += e.GetSequence() + uint64(e.GetTime().AsTime().UnixNano()) + uint64(e.GetKind()) +
+		uint64(len(e.GetListenerId())+len(e.GetConnectionId())+len(e.GetRemoteAddress())+len(e.GetLocalAddress())) +
+		uint64(e.GetCloseReason()) + uint64(len(e.GetPeerSubject()))
+}
+
+// startCPUProfile profiles this process into path until the returned
+// function is called.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 // selfCPU returns the user plus system CPU time this process has used.
@@ -242,7 +316,9 @@ func rank(n int, q float64) int {
 
 // countResult is what a count child reports.
 type countResult struct {
-	Bytes   uint64 `json:"bytes"`
+	Bytes uint64 `json:"bytes"`
+	// Lines counts '\n' bytes; only with --lines.
+	Lines   uint64 `json:"lines,omitempty"`
 	FirstNs int64  `json:"first_ns"`
 	LastNs  int64  `json:"last_ns"`
 	Error   string `json:"error,omitempty"`
@@ -250,9 +326,11 @@ type countResult struct {
 
 // countMain counts the bytes on stdin until EOF. It is the consumer behind
 // `socat -u TCP-LISTEN:... -` in the baseline; it reads in 64 KiB, as the
-// gateway does.
+// gateway does. With --lines it also counts the lines, as a consumer of a
+// line protocol must look at every byte to find them.
 func countMain(args []string) error {
 	fs := flag.NewFlagSet("count", flag.ContinueOnError)
+	lines := fs.Bool("lines", false, "count the '\\n' bytes too")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -268,6 +346,9 @@ func countMain(args []string) error {
 			}
 			res.LastNs = now
 			res.Bytes += uint64(n)
+			if *lines {
+				res.Lines += uint64(bytes.Count(buf[:n], newline))
+			}
 		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) {
@@ -278,6 +359,8 @@ func countMain(args []string) error {
 	}
 	return printJSON(res)
 }
+
+var newline = []byte{'\n'}
 
 // respondResult is what a respond child reports.
 type respondResult struct {

@@ -35,12 +35,9 @@ commands:
   hold       (child) open idle connections and hold them until stdin closes
 `
 
-func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprint(os.Stderr, usage)
-		os.Exit(2)
-	}
-	cmds := map[string]func([]string) error{
+// commands are the subcommands, by name.
+func commands() map[string]func([]string) error {
+	return map[string]func([]string) error{
 		"run":            runMain,
 		"subscribe":      subscribeMain,
 		"subscribe-rest": subscribeRESTMain,
@@ -48,7 +45,14 @@ func main() {
 		"respond":        respondMain,
 		"hold":           holdMain,
 	}
-	cmd, ok := cmds[os.Args[1]]
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	cmd, ok := commands()[os.Args[1]]
 	if !ok {
 		fmt.Fprintf(os.Stderr, "tcpgate-bench: unknown command %q\n%s", os.Args[1], usage)
 		os.Exit(2)

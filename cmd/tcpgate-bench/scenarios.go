@@ -14,11 +14,14 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -56,12 +59,18 @@ func withDaemon(ctx context.Context, o *options, b *bench, fn func(d *daemon) er
 	return ferr
 }
 
-// startSubscribers starts n subscribe children on listener id and waits
-// until each is live.
+// startSubscribers starts n subscribe children on listener id that decode
+// as --decode says, and waits until each is live.
 func startSubscribers(d *daemon, id string, n int, extra ...string) ([]*child, error) {
+	return startDecoding(d, id, n, decodeMode, extra...)
+}
+
+// startDecoding starts n subscribe children on listener id that decode as
+// decode says (wire or proto), and waits until each is live.
+func startDecoding(d *daemon, id string, n int, decode string, extra ...string) ([]*child, error) {
 	var subs []*child
 	for range n {
-		args := append([]string{"subscribe", "--server", d.addr, "--listener", id, "--policy", "backpressure", "--decode", decodeMode}, extra...)
+		args := append([]string{"subscribe", "--server", d.addr, "--listener", id, "--policy", "backpressure", "--decode", decode}, extra...)
 		c, _, err := startSelf(args...)
 		if err != nil {
 			closeAll(subs)
@@ -189,37 +198,44 @@ func runRaw(ctx context.Context, o *options, b *bench) error {
 	if o.socat == "" {
 		return nil
 	}
-	relay, err := socatRelay(o.socat, sent)
+	res, startNs, err := socatRelay(o.socat, rawChunk, sent, false)
 	if err != nil {
 		return fmt.Errorf("socat baseline: %w", err)
 	}
+	relay := mbps(res.Bytes, startNs, res.LastNs)
 	b.add("raw", "socat relay: TCP in to stdout of another process", "MB/s", relay)
 	b.add("raw", "tcpgate / socat", "ratio", gw/relay)
 	return nil
 }
 
-// socatRelay measures `socat -u TCP-LISTEN:PORT - | tcpgate-bench count`
-// for total bytes from the same sender, in MB/s.
-func socatRelay(socat string, total int64) (float64, error) {
+// socatRelay runs `socat -u TCP-LISTEN:PORT STDOUT | tcpgate-bench count`
+// and sends it total bytes of chunk from the same sender as the gateway's
+// scenarios; the counter counts lines too when lines is set. It returns
+// what the counter saw and when the first write started (Unix ns).
+func socatRelay(socat string, chunk []byte, total int64, lines bool) (countResult, int64, error) {
+	var res countResult
 	port, err := freePort()
 	if err != nil {
-		return 0, err
+		return res, 0, err
 	}
 	pr, pw, err := os.Pipe()
 	if err != nil {
-		return 0, err
+		return res, 0, err
 	}
 	self, err := os.Executable()
 	if err != nil {
-		return 0, err
+		return res, 0, err
 	}
 	countCmd := exec.Command(self, "count")
+	if lines {
+		countCmd.Args = append(countCmd.Args, "--lines")
+	}
 	countCmd.Stdin = pr
 	count, err := startChild("count", countCmd, false)
 	if err != nil {
 		pr.Close()
 		pw.Close()
-		return 0, err
+		return res, 0, err
 	}
 	defer count.close()
 	// -d -d logs "listening on" once the port is bound.
@@ -229,31 +245,30 @@ func socatRelay(socat string, total int64) (float64, error) {
 	pr.Close()
 	pw.Close()
 	if err != nil {
-		return 0, err
+		return res, 0, err
 	}
 	defer relay.close()
 	if l, err := count.line(startTimeout); err != nil || l != "ready" {
-		return 0, fmt.Errorf("count: %q, %v", l, err)
+		return res, 0, fmt.Errorf("count: %q, %v", l, err)
 	}
 	deadline := time.Now().Add(startTimeout)
 	for !strings.Contains(relay.stderr.String(), "listening on") {
 		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("socat did not listen within %s: %s", startTimeout, relay.stderr.String())
+			return res, 0, fmt.Errorf("socat did not listen within %s: %s", startTimeout, relay.stderr.String())
 		}
 		time.Sleep(pollEvery)
 	}
-	sent, startNs, err := blast(net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), rawChunk, total, time.Now().Add(drainTimeout))
+	sent, startNs, err := blast(net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), chunk, total, time.Now().Add(drainTimeout))
 	if err != nil {
-		return 0, err
+		return res, 0, err
 	}
-	var res countResult
 	if err := count.result(drainTimeout, &res); err != nil {
-		return 0, err
+		return res, 0, err
 	}
 	if int64(res.Bytes) != sent {
-		return 0, fmt.Errorf("sent %d bytes, counted %d", sent, res.Bytes)
+		return res, 0, fmt.Errorf("sent %d bytes, counted %d", sent, res.Bytes)
 	}
-	return mbps(res.Bytes, startNs, res.LastNs), nil
+	return res, startNs, nil
 }
 
 func freePort() (int, error) {
@@ -278,30 +293,120 @@ var linesChunk = func() []byte {
 	return b.Bytes()
 }()
 
+// runLines1 is the headline figure: the same --lines 100-byte lines from
+// the same sender, one after the other, to one subscriber that decodes
+// every event with the generated Go client (what a user's program runs),
+// to one that walks the encoding without decoding it (what the gateway
+// alone can deliver), and through socat to a line counter (the baseline).
+// Each subscriber has a daemon of its own; the ratio is of this run.
 func runLines1(ctx context.Context, o *options, b *bench) error {
-	return runLines(ctx, o, b, "lines", 1, "frames/s, 1 subscriber")
+	const name = "lines"
+	total := o.lines * lineBytes
+	var rates [2]float64
+	for i, decode := range []string{"proto", "wire"} {
+		r, err := measureLines(ctx, o, b, name, 1, decode, total, drainTimeout)
+		if err != nil {
+			return fmt.Errorf("%s subscriber: %w", decode, err)
+		}
+		if r.sent != o.lines {
+			return fmt.Errorf("%s subscriber: %d of %d lines sent within %s", decode, r.sent, o.lines, drainTimeout)
+		}
+		rates[i] = r.rate
+		what := map[string]string{"proto": "decoding every event (generated client)", "wire": "walking the encoding (no decoding)"}[decode]
+		b.add(name, "frames/s, 1 subscriber "+what, "frames/s", r.rate)
+		b.add(name, "tcpgate CPU, "+decode, "% of 1 core", r.gatewayCPU)
+		b.add(name, "subscriber CPU, "+decode, "% of 1 core", r.subscriberCPU)
+		// CPU per line is what sharing two cores leaves of the figures
+		// above when the machine is busy: compare these across runs.
+		b.add(name, "tcpgate CPU per line, "+decode, "ns", r.gatewayCPU/100/r.rate*1e9)
+		b.add(name, "subscriber CPU per line, "+decode, "ns", r.subscriberCPU/100/r.rate*1e9)
+		b.add(name, "events per message, "+decode, "events", r.perMessage)
+	}
+	if o.socat == "" {
+		b.note("lines: socat is not installed: no baseline")
+		return nil
+	}
+	res, startNs, err := socatRelay(o.socat, linesChunk, total, true)
+	if err != nil {
+		return fmt.Errorf("socat baseline: %w", err)
+	}
+	if int64(res.Lines) != o.lines {
+		return fmt.Errorf("socat baseline: sent %d lines, counted %d", o.lines, res.Lines)
+	}
+	relay := float64(res.Lines) / (float64(res.LastNs-startNs) / 1e9)
+	b.add(name, "socat relay: lines to a line counter in another process", "lines/s", relay)
+	b.add(name, "decoding / socat", "ratio", rates[0]/relay)
+	b.add(name, "walking / socat", "ratio", rates[1]/relay)
+	return nil
 }
 
 func runLines10(ctx context.Context, o *options, b *bench) error {
-	return runLines(ctx, o, b, "lines10", 10, "frames/s, 10 subscribers")
+	r, err := measureLines(ctx, o, b, "lines10", 10, decodeMode, o.lineFrames*lineBytes, o.duration)
+	if err != nil {
+		return err
+	}
+	b.add("lines10", "frames/s, 10 subscribers", "frames/s", r.rate)
+	b.add("lines10", "tcpgate CPU", "% of 1 core", r.gatewayCPU)
+	b.add("lines10", "sender + subscribers CPU", "% of 1 core", r.harnessCPU)
+	return nil
 }
 
-// runLines: 100-byte lines from one TCP sender into a line-framed listener,
-// subs BACKPRESSURE subscribers in other processes; frames delivered in
-// total per second, from the first write to the last receipt.
-func runLines(ctx context.Context, o *options, b *bench, name string, n int, metricName string) error {
-	return withDaemon(ctx, o, b, func(d *daemon) error {
+// linesFigures are what measureLines measured.
+type linesFigures struct {
+	sent          int64   // lines sent
+	rate          float64 // DATA events received by all subscribers per second
+	gatewayCPU    float64 // % of one core
+	subscriberCPU float64 // the subscribers' once live, % of one core
+	harnessCPU    float64 // the sender's and the subscribers', % of one core
+	perMessage    float64 // DATA events per SubscribeResponse, on average
+}
+
+// measureLines starts a daemon with a line-framed listener and n
+// BACKPRESSURE subscribers in other processes that decode as decode says,
+// then sends total bytes of 100-byte lines over one connection, for at
+// most window. The rate is the frames delivered to all subscribers over
+// the time from the first write to the last receipt; each subscriber must
+// get every line sent. With --profile, the daemon's CPU profile over
+// --profile-seconds from the first write and each subscriber's are written
+// there.
+func measureLines(ctx context.Context, o *options, b *bench, name string, n int, decode string, total int64, window time.Duration) (linesFigures, error) {
+	var fig linesFigures
+	var daemonFlags, subFlags []string
+	var debugAddr string
+	if o.profileDir != "" {
+		port, err := freePort()
+		if err != nil {
+			return fig, err
+		}
+		debugAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		daemonFlags = []string{"--debug-addr", debugAddr}
+	}
+	prefix := filepath.Join(o.profileDir, fmt.Sprintf("%s-%s-run%d", name, decode, o.run))
+	err := withDaemon(ctx, o, b, func(d *daemon) error {
 		id, addr, err := d.startListener(ctx, lineFraming)
 		if err != nil {
 			return err
 		}
-		subs, err := startSubscribers(d, id, n)
-		if err != nil {
-			return err
+		var subs []*child
+		defer func() { closeAll(subs) }()
+		for i := range n {
+			subFlags = o.subscriberArgs
+			if o.profileDir != "" {
+				subFlags = append(slices.Clip(subFlags), "--cpuprofile", fmt.Sprintf("%s-subscriber%d.pprof", prefix, i))
+			}
+			c, err := startDecoding(d, id, 1, decode, subFlags...)
+			if err != nil {
+				return err
+			}
+			subs = append(subs, c...)
 		}
-		defer closeAll(subs)
+		var profiled chan error
+		if debugAddr != "" {
+			profiled = make(chan error, 1)
+			go func() { profiled <- fetchProfile(ctx, debugAddr, o.profileSeconds, prefix+"-daemon.pprof") }()
+		}
 		cpu0, self0 := cpuSeconds(d.pid()), selfCPU()
-		sent, startNs, err := blast(addr, linesChunk, o.lineFrames*lineBytes, time.Now().Add(o.duration))
+		sent, startNs, err := blast(addr, linesChunk, total, time.Now().Add(window))
 		if err != nil {
 			return err
 		}
@@ -310,21 +415,61 @@ func runLines(ctx context.Context, o *options, b *bench, name string, n int, met
 			return err
 		}
 		frames := uint64(sent / lineBytes)
-		var total uint64
+		var got, subCPU, msgs float64
 		var last int64
 		for i, r := range res {
-			total += r.Frames
+			got += float64(r.Frames)
+			subCPU += r.CPUSeconds - r.ReadyCPUSeconds
+			msgs += float64(r.Messages)
 			last = max(last, r.LastNs)
 			if r.Frames != frames || r.Dropped > 0 {
-				b.note("%s: subscriber %d got %d of %d frames (dropped %d)", name, i, r.Frames, frames, r.Dropped)
+				b.note("%s: %s subscriber %d got %d of %d frames (dropped %d)", name, decode, i, r.Frames, frames, r.Dropped)
 			}
 		}
 		secs := float64(last-startNs) / 1e9
-		b.add(name, metricName, "frames/s", float64(total)/secs)
-		b.add(name, "tcpgate CPU", "% of 1 core", 100*(cpuSeconds(d.pid())-cpu0)/secs)
-		b.add(name, "sender + subscribers CPU", "% of 1 core", harnessCPU(res, self0, secs))
+		fig = linesFigures{
+			sent:          sent / lineBytes,
+			rate:          got / secs,
+			gatewayCPU:    100 * (cpuSeconds(d.pid()) - cpu0) / secs,
+			subscriberCPU: 100 * subCPU / secs,
+			harnessCPU:    harnessCPU(res, self0, secs),
+			perMessage:    got / max(msgs, 1),
+		}
+		if profiled != nil {
+			if err := <-profiled; err != nil {
+				b.note("%s: profiling the daemon: %v", name, err)
+			}
+		}
 		return nil
-	})
+	}, daemonFlags...)
+	return fig, err
+}
+
+// fetchProfile writes the CPU profile of secs seconds that the daemon's
+// pprof endpoint at addr serves to path.
+func fetchProfile(ctx context.Context, addr string, secs int, path string) error {
+	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, secs)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // runLatency: one sender paced at --latency-rate frames per second, each

@@ -33,9 +33,11 @@ import (
 // validating its text as UTF-8 again, copying its payload into a buffer that
 // the pool has just zeroed. Instead:
 //
-//   - the fields of an event other than its payload are encoded once, on
-//     first use, and cached on the event (event.Event.Memo): every other
-//     subscriber copies those few bytes, whatever its payload format;
+//   - the fields of an event other than its sequence and payload are
+//     encoded once, on first use, and cached on the event
+//     (event.Event.Memo), shared by the events of one read (memoize):
+//     every other subscriber copies those few bytes, whatever its payload
+//     format;
 //   - a payload of refMin bytes or more is not copied at all: the response
 //     refers to the event's Data, which is immutable once published, as a
 //     mem.SliceBuffer (whose Free does nothing, so gRPC never recycles or
@@ -209,16 +211,18 @@ type eventBatch struct {
 const refMin = 2 << 10
 
 // An event goes into a response as one element of SubscribeResponse.events
-// (field 1): its tag and length, then the event's memo (event.Event.Memo)
-// with the payload fields in between. The memo is the event's wire format
-// without the element's tag and length and without fields 8 (data) and 9
-// (text), which depend on the subscriber's payload format: memo[:mid] holds
-// fields 1 to 7, memo[mid:] fields 10 to 14 (see tailSize). The memo holds
-// bytes only, a few dozen of them, to keep small what every event in the
-// replay ring carries.
+// (field 1): its tag and length, its sequence (field 1), then the event's
+// memo (event.Event.Memo) with the payload fields in between. The memo is
+// the event's wire format without the element's tag and length, without
+// its sequence, and without fields 8 (data) and 9 (text), which depend on
+// the subscriber's payload format: memo[:mid] holds fields 2 to 7,
+// memo[mid:] fields 10 to 14 (see tailSize). Leaving the sequence out lets
+// the events of one read, alike in all else, share one memo (memoize). The
+// memo holds bytes only, a few dozen of them, to keep small what every
+// event in the replay ring carries.
 
-// eventsEncoded counts the events encoded (not taken from their memo), for
-// tests.
+// eventsEncoded counts the events given a memo (encoded, or sharing the
+// memo of the event before them), for tests.
 var eventsEncoded atomic.Uint64
 
 // memoOf returns e's memo, encoding it on first use.
@@ -251,6 +255,7 @@ func headerSize(h *event.Header) int {
 
 // element is how one event goes into a response under one payload format.
 type element struct {
+	seq        uint64 // the event's sequence, which is not in memo
 	memo       []byte
 	mid        int  // where the payload fields go in memo
 	data, text bool // which payload fields are sent
@@ -262,7 +267,7 @@ func elementOf(e *event.Event, f payloadFormat) (element, error) {
 	if err != nil {
 		return element{}, err
 	}
-	el := element{memo: enc, mid: len(enc) - tailSize(e), n: len(enc)}
+	el := element{seq: e.Sequence, memo: enc, mid: len(enc) - tailSize(e), n: sizeVarint(fSequence, e.Sequence) + len(enc)}
 	el.data, el.text = eventFields(f, e)
 	if el.data {
 		el.n += sizeString(fData, len(e.Data))
@@ -315,10 +320,10 @@ const (
 )
 
 // encodeEvent encodes e as proto.Marshal encodes the tcpgatev1.Event that
-// eventToProto makes of it, with the payload fields left out and without
-// the element's tag and length (see element): fields in number order, zero
-// values left out, Time always present, strings checked for UTF-8 as proto3
-// requires.
+// eventToProto makes of it, with the sequence and the payload fields left
+// out and without the element's tag and length (see element): fields in
+// number order, zero values left out, Time always present, strings checked
+// for UTF-8 as proto3 requires.
 func encodeEvent(e *event.Event) ([]byte, error) {
 	eventsEncoded.Add(1)
 	strs := [...]struct {
@@ -345,8 +350,7 @@ func encodeEvent(e *event.Event) ([]byte, error) {
 	reason := closeReason(e.CloseReason)
 
 	tsLen := sizeVarint(fSeconds, uint64(secs)) + sizeVarint(fNanos, uint64(nanos))
-	n := sizeVarint(fSequence, e.Sequence) +
-		protowire.SizeTag(fTime) + protowire.SizeBytes(tsLen) +
+	n := protowire.SizeTag(fTime) + protowire.SizeBytes(tsLen) +
 		sizeVarint(fKind, kind) +
 		sizeString(fListenerID, len(e.ListenerID)) +
 		sizeString(fConnectionID, len(e.ConnectionID)) +
@@ -355,7 +359,6 @@ func encodeEvent(e *event.Event) ([]byte, error) {
 		tailSize(e)
 
 	b := make([]byte, 0, n)
-	b = appendVarint(b, fSequence, e.Sequence)
 	b = protowire.AppendTag(b, fTime, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(tsLen))
 	b = appendVarint(b, fSeconds, uint64(secs))
@@ -423,6 +426,9 @@ func appendString(b []byte, num protowire.Number, s string) []byte {
 
 // elements appends to dst the element of each of evs under format f.
 func elements(dst []element, evs []*event.Event, f payloadFormat) ([]element, error) {
+	if err := memoize(evs); err != nil {
+		return dst, err
+	}
 	for _, e := range evs {
 		el, err := elementOf(e, f)
 		if err != nil {
@@ -508,6 +514,7 @@ func marshalBatch(b eventBatch) (mem.BufferSlice, error) {
 		el := els[i]
 		buf = protowire.AppendTag(buf, fEvents, protowire.BytesType)
 		buf = protowire.AppendVarint(buf, uint64(el.n))
+		buf = appendVarint(buf, fSequence, el.seq)
 		buf = append(buf, el.memo[:el.mid]...)
 		if el.data {
 			payload(fData, e.Data)

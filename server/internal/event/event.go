@@ -171,6 +171,18 @@ func (e *Event) Memo(encode func() []byte) []byte {
 	return e.setMemo(encode)
 }
 
+// HasMemo reports whether the event has its memo.
+func (e *Event) HasMemo() bool { return e.memo.Load() != nil }
+
+// ShareMemo gives the event the memo of from, which has one, unless it has
+// a memo already. The RPC layer shares one memo between events that it
+// encodes alike.
+func (e *Event) ShareMemo(from *Event) {
+	if p := from.memo.Load(); p != nil {
+		e.memo.CompareAndSwap(nil, p)
+	}
+}
+
 func (e *Event) setMemo(encode func() []byte) []byte {
 	b := encode()
 	if b == nil || e.memo.CompareAndSwap(nil, &b) {

@@ -818,16 +818,25 @@ type Subscriber struct {
 }
 
 // enqueueAll queues the events of evs the subscriber matches; h.mu is held.
+// The hub's total and the reader's wake-up are updated once for evs, not
+// once per event: the total is an atomic that the subscriber's reader
+// subtracts from on another CPU. Publishers read it under h.mu, so none
+// sees it before it is whole.
 func (s *Subscriber) enqueueAll(evs []*event.Event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	added := 0 // bytes queued here and not yet in h.queued
 	for _, e := range evs {
 		if s.err != nil {
-			return
+			break
 		}
 		if s.filter.match(e) {
-			s.enqueueLocked(e)
+			added += s.enqueueLocked(e, added)
 		}
+	}
+	if added > 0 {
+		s.h.queued.Add(int64(added))
+		s.signal()
 	}
 }
 
@@ -841,54 +850,61 @@ func (s *Subscriber) addQueuedLocked(n int) {
 }
 
 // overGlobal reports whether size more bytes would pass the bound of all
-// queues together.
-func (h *Hub) overGlobal(size int) bool {
-	return h.maxQueued > 0 && !fits(int(h.queued.Load()), size, h.maxQueued)
+// queues together, with pending bytes queued but not yet added to the
+// total.
+func (h *Hub) overGlobal(pending, size int) bool {
+	return h.maxQueued > 0 && !fits(int(h.queued.Load())+pending, size, h.maxQueued)
 }
 
 // enqueueLocked queues e and applies the policy where there is no room for
 // it, in the subscriber's own queue or within the global bound; h.mu and
 // s.mu are held. A Backpressure subscriber always has room: its publisher
-// found it first (fitLocked).
-func (s *Subscriber) enqueueLocked(e *event.Event) {
+// found it first (fitLocked). pending is what the caller queued and has
+// not added to h.queued yet; enqueueLocked returns the bytes it queued,
+// for the caller to add.
+func (s *Subscriber) enqueueLocked(e *event.Event, pending int) int {
 	size := e.Size()
 	h := s.h
 	switch s.policy {
 	case Disconnect:
 		own := !fits(s.queued, size, s.limit)
-		if own || h.overGlobal(size) {
+		if own || h.overGlobal(pending, size) {
 			limit := s.limit
 			if !own {
 				limit = h.maxQueued
 			}
 			s.endLocked(&SlowConsumerError{Policy: Disconnect, QueueBytes: limit, Global: !own, Resume: s.resumeLocked(e.Sequence)})
 			h.disconnected[Disconnect]++
+			// Takes all of s.queued, pending included, from h.queued,
+			// which the caller's add of pending then squares.
 			s.discardLocked()
-			return
+			return 0
 		}
 	case DropOldest:
 		// Keep the newest event even when it alone exceeds the limit.
+		// A dropped event queued in this call leaves h.queued before
+		// pending, which holds it, is added: the sum stays right.
 		for s.queued > 0 && !fits(s.queued, size, s.limit) {
 			s.dropOldestLocked()
 		}
-		for s.queued > 0 && h.overGlobal(size) {
+		for s.queued > 0 && h.overGlobal(pending, size) {
 			s.dropOldestLocked()
 		}
 		// A subscriber that stopped calling Next must not keep a slot for
 		// every event ever dropped.
 		s.compactLocked()
-		if h.overGlobal(size) {
+		if h.overGlobal(pending, size) {
 			// Other queues hold the whole global bound: this event is the
 			// oldest this subscriber has to drop.
 			s.dropped++
 			h.dropped[s.policy]++
 			s.signal()
-			return
+			return 0
 		}
 	}
 	s.queue = append(s.queue, e)
-	s.addQueuedLocked(size)
-	s.signal()
+	s.queued += size
+	return size
 }
 
 func (s *Subscriber) dropOldestLocked() {
@@ -1000,13 +1016,19 @@ func (s *Subscriber) takeLocked(buf []*event.Event) ([]*event.Event, bool) {
 		s.dropped = 0
 	}
 	i := s.head
+	taken := 0
 	for i < len(s.queue) && (size == 0 || size+s.queue[i].Size() <= maxBatchBytes) {
 		e := s.queue[i]
 		size += e.Size()
-		s.addQueuedLocked(-e.Size())
+		taken += e.Size()
 		buf = append(buf, e)
 		s.queue[i] = nil
 		i++
+	}
+	// Once per batch, not per event: the hub's total is an atomic that
+	// every publisher reads and adds to, on other CPUs.
+	if taken > 0 {
+		s.addQueuedLocked(-taken)
 	}
 	s.head = i
 	if s.head == len(s.queue) {

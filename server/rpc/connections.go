@@ -8,26 +8,18 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/page"
 )
 
-// ListListeners implements GatewayService.ListListeners.
-func (s *Service) ListListeners(_ context.Context, req *tcpgatev1.ListListenersRequest) (*tcpgatev1.ListListenersResponse, error) {
-	inc := s.cfg.Hub.Incarnation()
-	after, err := page.Decode(req.GetPageToken(), inc, listener.ListenersFilter)
+// The connection RPCs: ListConnections, GetConnection and CloseConnection.
+
+// CloseConnection implements GatewayService.CloseConnection.
+func (s *Service) CloseConnection(ctx context.Context, req *tcpgatev1.CloseConnectionRequest) (*tcpgatev1.CloseConnectionResponse, error) {
+	if err := checkID("connection_id", req.GetConnectionId()); err != nil {
+		return nil, err
+	}
+	info, err := s.cfg.Listeners.CloseConn(ctx, req.GetConnectionId())
 	if err != nil {
 		return nil, s.status(err)
 	}
-	p, err := s.cfg.Listeners.ListListeners(int(req.GetPageSize()), after)
-	if err != nil {
-		return nil, s.status(err)
-	}
-	resp := &tcpgatev1.ListListenersResponse{Listeners: make([]*tcpgatev1.Listener, 0, len(p.Listeners))}
-	for _, i := range p.Listeners {
-		resp.Listeners = append(resp.Listeners, listenerToProto(i))
-	}
-	if p.More {
-		resp.NextPageToken = page.Token{After: p.Last, Incarnation: inc, Filter: listener.ListenersFilter}.Encode()
-	}
-	resp.Header = s.header()
-	return resp, nil
+	return &tcpgatev1.CloseConnectionResponse{Connection: connToProto(info), Header: s.header()}, nil
 }
 
 // ListConnections implements GatewayService.ListConnections.

@@ -1,0 +1,197 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/internal/conn"
+	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/page"
+)
+
+// The listener RPCs: StartListener, StopListener, GetListener and
+// ListListeners.
+
+// StartListener implements GatewayService.StartListener.
+func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListenerRequest) (*tcpgatev1.StartListenerResponse, error) {
+	if id := req.GetListenerId(); id != "" {
+		if err := checkID("listener_id", id); err != nil {
+			return nil, err
+		}
+	}
+	if req.GetPort() > 65535 {
+		return nil, invalid("port", "must be 0 to 65535, got %d", req.GetPort())
+	}
+	if err := checkHost(req.GetHost()); err != nil {
+		return nil, err
+	}
+	fc, err := framingFromProto("framing", req.GetFraming(), s.cfg.MaxFrameBytes)
+	if err != nil {
+		return nil, err
+	}
+	ar, err := autoReplyFromProto(req.GetAutoReply())
+	if err != nil {
+		return nil, err
+	}
+	idle, err := durationFromProto("idle_timeout", req.GetIdleTimeout(), s.cfg.IdleTimeout)
+	if err != nil {
+		return nil, err
+	}
+	halfClose, err := durationFromProto("half_close_timeout", req.GetHalfCloseTimeout(), 0)
+	if err != nil {
+		return nil, err
+	}
+	if halfClose > maxHalfClose {
+		return nil, invalid("half_close_timeout", "must be at most %s, got %s", maxHalfClose, halfClose)
+	}
+	maxConns := int(req.GetMaxConnections())
+	if limit := s.cfg.ListenerMaxConnections; limit > 0 {
+		if maxConns > limit {
+			return nil, invalidLimit("max_connections", "--listener-max-connections", int64(limit), "must be at most %d (--listener-max-connections), got %d", limit, maxConns)
+		}
+		if maxConns == 0 {
+			maxConns = limit
+		}
+	}
+	tlsCfg, err := s.listenerTLS(ctx, req.GetTls())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.cfg.Policy.CheckListen(req.GetHost(), int(req.GetPort())); err != nil {
+		return nil, s.status(err)
+	}
+	spec := listener.Spec{
+		ID:               req.GetListenerId(),
+		Host:             req.GetHost(),
+		Port:             int(req.GetPort()),
+		Framing:          fc,
+		AutoReply:        ar,
+		MaxConnections:   maxConns,
+		IdleTimeout:      idle,
+		HalfCloseTimeout: halfClose,
+		TLS:              tlsCfg,
+	}
+	info, err := s.startListener(ctx, spec)
+	if err != nil {
+		return nil, s.status(err)
+	}
+	return &tcpgatev1.StartListenerResponse{Listener: listenerToProto(info), Header: s.header()}, nil
+}
+
+// maxHalfClose bounds half_close_timeout: long enough for a handler to
+// answer through the API, short enough that a half-closed connection is not
+// a way to hold a slot indefinitely (the idle timeout does not apply then).
+const maxHalfClose = time.Minute
+
+// portTries bounds the ports a listener asking for port 0 tries when the
+// policy narrows its ports: enough that a range with a few ports in use
+// still yields one, few enough that a full range fails fast.
+const portTries = 64
+
+// startListener starts spec. Port 0 under a policy that narrows the ports
+// takes a free port of the allowed ranges, not the kernel's pick, which
+// could lie outside them.
+func (s *Service) startListener(ctx context.Context, spec listener.Spec) (listener.Info, error) {
+	if spec.Port != 0 {
+		return s.cfg.Listeners.Start(ctx, spec)
+	}
+	ports := s.cfg.Policy.ListenPorts(spec.Host, portTries)
+	if ports == nil {
+		return s.cfg.Listeners.Start(ctx, spec)
+	}
+	for _, port := range ports {
+		spec.Port = port
+		info, err := s.cfg.Listeners.Start(ctx, spec)
+		if !errors.Is(err, listener.ErrAddressInUse) {
+			return info, err
+		}
+	}
+	return listener.Info{}, fmt.Errorf("binding %s: no free port among %d tried from --allow-listen: %w",
+		net.JoinHostPort(spec.Host, "0"), len(ports), listener.ErrAddressInUse)
+}
+
+func autoReplyFromProto(a *tcpgatev1.AutoReply) (conn.AutoReply, error) {
+	var payload []byte
+	hasPayload := false
+	switch p := a.GetPayload().(type) {
+	case *tcpgatev1.AutoReply_Text:
+		payload, hasPayload = []byte(p.Text), true
+	case *tcpgatev1.AutoReply_Data:
+		payload, hasPayload = p.Data, true
+	}
+	switch a.GetMode() {
+	case tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_UNSPECIFIED, tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_NONE:
+		if hasPayload {
+			return conn.AutoReply{}, invalid("auto_reply.mode", "text or data needs AUTO_REPLY_MODE_FIXED")
+		}
+		return conn.AutoReply{Mode: conn.NoAutoReply}, nil
+	case tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO:
+		if hasPayload {
+			return conn.AutoReply{}, invalid("auto_reply.mode", "text or data needs AUTO_REPLY_MODE_FIXED, not ECHO")
+		}
+		return conn.AutoReply{Mode: conn.Echo}, nil
+	case tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED:
+		if !hasPayload {
+			return conn.AutoReply{}, invalid("auto_reply", "AUTO_REPLY_MODE_FIXED needs text or data")
+		}
+		if len(payload) > MaxFrameLimit {
+			return conn.AutoReply{}, invalid("auto_reply", "reply longer than %d bytes", MaxFrameLimit)
+		}
+		return conn.AutoReply{Mode: conn.Fixed, Payload: payload}, nil
+	}
+	return conn.AutoReply{}, invalid("auto_reply.mode", "unknown value %d", int32(a.GetMode()))
+}
+
+// StopListener implements GatewayService.StopListener.
+func (s *Service) StopListener(ctx context.Context, req *tcpgatev1.StopListenerRequest) (*tcpgatev1.StopListenerResponse, error) {
+	if err := checkID("listener_id", req.GetListenerId()); err != nil {
+		return nil, err
+	}
+	drain, err := durationFromProto("drain_timeout", req.GetDrainTimeout(), 0)
+	if err != nil {
+		return nil, err
+	}
+	info, err := s.cfg.Listeners.Stop(ctx, req.GetListenerId(), drain)
+	if err != nil {
+		return nil, s.status(err)
+	}
+	return &tcpgatev1.StopListenerResponse{Listener: listenerToProto(info), Header: s.header()}, nil
+}
+
+// GetListener implements GatewayService.GetListener.
+func (s *Service) GetListener(_ context.Context, req *tcpgatev1.GetListenerRequest) (*tcpgatev1.GetListenerResponse, error) {
+	if err := checkID("listener_id", req.GetListenerId()); err != nil {
+		return nil, err
+	}
+	info, err := s.cfg.Listeners.Get(req.GetListenerId())
+	if err != nil {
+		return nil, s.status(err)
+	}
+	return &tcpgatev1.GetListenerResponse{Listener: listenerToProto(info), Header: s.header()}, nil
+}
+
+// ListListeners implements GatewayService.ListListeners.
+func (s *Service) ListListeners(_ context.Context, req *tcpgatev1.ListListenersRequest) (*tcpgatev1.ListListenersResponse, error) {
+	inc := s.cfg.Hub.Incarnation()
+	after, err := page.Decode(req.GetPageToken(), inc, listener.ListenersFilter)
+	if err != nil {
+		return nil, s.status(err)
+	}
+	p, err := s.cfg.Listeners.ListListeners(int(req.GetPageSize()), after)
+	if err != nil {
+		return nil, s.status(err)
+	}
+	resp := &tcpgatev1.ListListenersResponse{Listeners: make([]*tcpgatev1.Listener, 0, len(p.Listeners))}
+	for _, i := range p.Listeners {
+		resp.Listeners = append(resp.Listeners, listenerToProto(i))
+	}
+	if p.More {
+		resp.NextPageToken = page.Token{After: p.Last, Incarnation: inc, Filter: listener.ListenersFilter}.Encode()
+	}
+	resp.Header = s.header()
+	return resp, nil
+}

@@ -1,0 +1,239 @@
+package rpc
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"regexp"
+	"strconv"
+	"time"
+
+	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/internal/conn"
+	"github.com/tcpgate/tcpgate/server/internal/dialer"
+)
+
+// Send: its validation, its targets and the reply it awaits.
+
+// DefaultSendTimeout bounds a Send whose timeout is unset: long enough for a
+// slow peer's reply, short enough that a dead one does not pin a caller.
+const DefaultSendTimeout = 30 * time.Second
+
+// DefaultMaxSendBytes bounds a Send payload when Config.MaxSendBytes is 0:
+// gRPC's own default message limit, so the bound a client meets is the same
+// whether it comes from gRPC or from tcpgate.
+const DefaultMaxSendBytes = 4 << 20
+
+var awaitModes = map[tcpgatev1.AwaitMode]dialer.AwaitMode{
+	tcpgatev1.AwaitMode_AWAIT_MODE_UNSPECIFIED: dialer.NoAwait,
+	tcpgatev1.AwaitMode_AWAIT_MODE_NONE:        dialer.NoAwait,
+	tcpgatev1.AwaitMode_AWAIT_MODE_FIRST_READ:  dialer.FirstRead,
+	tcpgatev1.AwaitMode_AWAIT_MODE_FRAME:       dialer.Frame,
+	tcpgatev1.AwaitMode_AWAIT_MODE_UNTIL_CLOSE: dialer.UntilClose,
+}
+
+// Send implements GatewayService.Send.
+func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgatev1.SendResponse, error) {
+	var payload []byte
+	switch p := req.GetPayload().(type) {
+	case *tcpgatev1.SendRequest_Text:
+		payload = []byte(p.Text)
+	case *tcpgatev1.SendRequest_Data:
+		payload = p.Data
+	default:
+		return nil, invalid("payload", "one of text or data is required")
+	}
+	if len(payload) > s.cfg.MaxSendBytes {
+		return nil, LimitReached("--max-send-bytes", int64(s.cfg.MaxSendBytes), "payload: %d bytes exceed max_send_bytes (%d, --max-send-bytes)", len(payload), s.cfg.MaxSendBytes)
+	}
+	timeout, err := durationFromProto("timeout", req.GetTimeout(), DefaultSendTimeout)
+	if err != nil {
+		return nil, err
+	}
+	aw := req.GetAwaitReply()
+	mode, ok := awaitModes[aw.GetMode()]
+	if !ok {
+		return nil, invalid("await_reply.mode", "unknown value %d", int32(aw.GetMode()))
+	}
+	maxReply := int(aw.GetMaxBytes())
+	if maxReply > s.cfg.MaxReplyBytes {
+		return nil, invalidLimit("await_reply.max_bytes", "--max-reply-bytes", int64(s.cfg.MaxReplyBytes), "must be at most %d (--max-reply-bytes), got %d", s.cfg.MaxReplyBytes, maxReply)
+	}
+	if maxReply == 0 {
+		maxReply = min(defaultReplyBytes, s.cfg.MaxReplyBytes)
+	}
+	match, err := replyMatch(aw.GetMatch())
+	if err != nil {
+		return nil, err
+	}
+	closeOnTimeout := false
+	switch aw.GetOnTimeout() {
+	case tcpgatev1.OnTimeout_ON_TIMEOUT_UNSPECIFIED, tcpgatev1.OnTimeout_ON_TIMEOUT_KEEP_OPEN:
+	case tcpgatev1.OnTimeout_ON_TIMEOUT_CLOSE:
+		closeOnTimeout = true
+	default:
+		return nil, invalid("await_reply.on_timeout", "unknown value %d", int32(aw.GetOnTimeout()))
+	}
+	if mode == dialer.NoAwait {
+		switch {
+		case match != nil:
+			return nil, invalid("await_reply.match", "only with an await_reply.mode that waits for a reply")
+		case closeOnTimeout:
+			return nil, invalid("await_reply.on_timeout", "only with an await_reply.mode that waits for a reply")
+		}
+	}
+	replyFormat, err := formatFromProto("await_reply.payload_format", aw.GetPayloadFormat())
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	switch t := req.GetTarget().(type) {
+	case *tcpgatev1.SendRequest_Address:
+		if err := checkAddress(t.Address); err != nil {
+			return nil, err
+		}
+		fc, err := framingFromProto("await_reply.framing", aw.GetFraming(), s.cfg.MaxReplyBytes)
+		if err != nil {
+			return nil, err
+		}
+		if aw.GetFraming() != nil && mode != dialer.Frame {
+			return nil, invalid("await_reply.framing", "only used with AWAIT_MODE_FRAME")
+		}
+		if match != nil && mode != dialer.Frame {
+			return nil, invalid("await_reply.match", "with address, only used with AWAIT_MODE_FRAME: other modes return bytes as they come, not frames")
+		}
+		if closeOnTimeout {
+			return nil, invalid("await_reply.on_timeout", "only with connection_id: a send to an address closes its connection anyway")
+		}
+		host, _, _ := net.SplitHostPort(t.Address)
+		tlsCfg, err := s.dialTLS(ctx, req.GetTls(), host)
+		if err != nil {
+			return nil, err
+		}
+		// Resolved once and checked; the dialer dials exactly these.
+		resolved, err := s.cfg.Policy.ResolveDial(ctx, t.Address)
+		if err != nil {
+			return nil, s.status(err)
+		}
+		res, err := s.cfg.Dialer.Send(ctx, dialer.Request{
+			Address: t.Address, Resolved: resolved, Payload: payload, Await: mode, Framing: fc, Match: match, MaxReply: maxReply, TLS: tlsCfg,
+		})
+		if err != nil {
+			return nil, s.status(err)
+		}
+		resp := &tcpgatev1.SendResponse{BytesWritten: uint64(res.BytesWritten), ConnectionsReached: 1}
+		if mode != dialer.NoAwait {
+			resp.Reply = replyToProto(res.Reply, replyFormat)
+		}
+		return resp, nil
+
+	case *tcpgatev1.SendRequest_ConnectionId:
+		if err := checkID("connection_id", t.ConnectionId); err != nil {
+			return nil, err
+		}
+		if req.GetTls() != nil {
+			return nil, invalid("tls", "only with address: an accepted connection already is what its listener made it")
+		}
+		if aw.GetFraming() != nil {
+			return nil, invalid("await_reply.framing", "not used with connection_id: replies are cut by the listener's framing")
+		}
+		c, err := s.cfg.Listeners.Conn(t.ConnectionId)
+		if err != nil {
+			return nil, s.status(err)
+		}
+		rm := conn.NoReply
+		switch mode {
+		case dialer.FirstRead, dialer.Frame:
+			rm = conn.NextFrame
+		case dialer.UntilClose:
+			rm = conn.UntilClose
+		}
+		reply, err := c.Send(ctx, payload, conn.Await{Mode: rm, MaxBytes: maxReply, Match: match, CloseOnTimeout: closeOnTimeout})
+		if err != nil {
+			return nil, s.status(err)
+		}
+		resp := &tcpgatev1.SendResponse{BytesWritten: uint64(len(payload)), ConnectionsReached: 1}
+		if rm != conn.NoReply {
+			resp.Reply = replyToProto(reply, replyFormat)
+		}
+		return resp, nil
+
+	case *tcpgatev1.SendRequest_ListenerId:
+		if err := checkID("listener_id", t.ListenerId); err != nil {
+			return nil, err
+		}
+		if req.GetTls() != nil {
+			return nil, invalid("tls", "only with address")
+		}
+		if mode != dialer.NoAwait {
+			return nil, invalid("await_reply", "not allowed with listener_id: a broadcast has no single reply")
+		}
+		n, reached, err := s.cfg.Listeners.Broadcast(ctx, t.ListenerId, payload)
+		if err != nil {
+			return nil, s.status(err)
+		}
+		return &tcpgatev1.SendResponse{BytesWritten: n, ConnectionsReached: uint32(reached)}, nil
+	}
+	return nil, invalid("target", "one of address, connection_id or listener_id is required")
+}
+
+// maxMatchRegex bounds await_reply.match.regex: RE2 compiles in time and
+// memory linear in the pattern, and a correlation pattern is short.
+const maxMatchRegex = 1024
+
+// replyMatch translates await_reply.match into the test a frame must pass
+// to answer a Send; nil when unset.
+func replyMatch(m *tcpgatev1.ReplyMatch) (func([]byte) bool, error) {
+	if m == nil {
+		return nil, nil
+	}
+	switch r := m.GetRule().(type) {
+	case *tcpgatev1.ReplyMatch_Prefix:
+		if r.Prefix == "" {
+			return nil, invalid("await_reply.match.prefix", "empty: it would match every frame; leave match unset for that")
+		}
+		p := []byte(r.Prefix)
+		return func(f []byte) bool { return bytes.HasPrefix(f, p) }, nil
+	case *tcpgatev1.ReplyMatch_PrefixData:
+		if len(r.PrefixData) == 0 {
+			return nil, invalid("await_reply.match.prefix_data", "empty: it would match every frame; leave match unset for that")
+		}
+		p := bytes.Clone(r.PrefixData)
+		return func(f []byte) bool { return bytes.HasPrefix(f, p) }, nil
+	case *tcpgatev1.ReplyMatch_Regex:
+		switch {
+		case r.Regex == "":
+			return nil, invalid("await_reply.match.regex", "empty: it would match every frame; leave match unset for that")
+		case len(r.Regex) > maxMatchRegex:
+			return nil, invalid("await_reply.match.regex", "%d bytes, more than %d", len(r.Regex), maxMatchRegex)
+		}
+		re, err := regexp.Compile(r.Regex)
+		if err != nil {
+			return nil, invalid("await_reply.match.regex", "%v", err)
+		}
+		return re.Match, nil
+	}
+	return nil, invalid("await_reply.match", "one of prefix, prefix_data or regex is required")
+}
+
+func checkAddress(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return invalid("address", "must be host:port, got %s", Quote(addr))
+	}
+	if host == "" {
+		return invalid("address", "host is empty in %s", Quote(addr))
+	}
+	if len(host) > 253 {
+		// The engine names the address in its errors; a longer host is no
+		// host name anyway.
+		return invalid("address", "host longer than 253 bytes in %s", Quote(addr))
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 1 || p > 65535 {
+		return invalid("address", "port must be 1 to 65535 in %s", Quote(addr))
+	}
+	return nil
+}

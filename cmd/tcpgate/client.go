@@ -502,7 +502,7 @@ func newSendCmd(c *client) *cobra.Command {
 			defer cancel()
 			resp, err := c.api.Send(ctx, req)
 			if err != nil {
-				if req.AwaitReply != nil && status.Code(err) == codes.DeadlineExceeded && !endsWithNewline(req) {
+				if reason, _ := rpc.ReasonOf(err); reason == tcpgatev1.ErrorReason_ERROR_REASON_REPLY_TIMEOUT && !endsWithNewline(req) {
 					return hinted{err, "a line protocol answers only a whole line: end the payload with a newline (--newline)"}
 				}
 				return err

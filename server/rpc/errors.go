@@ -76,6 +76,8 @@ var codeOf = []struct {
 	{dialer.ErrReplyTooLarge, codes.ResourceExhausted, tcpgatev1.ErrorReason_ERROR_REASON_REPLY_TOO_LARGE},
 	{conn.ErrReplyTooLarge, codes.ResourceExhausted, tcpgatev1.ErrorReason_ERROR_REASON_REPLY_TOO_LARGE},
 	{conn.ErrWriteTimeout, codes.DeadlineExceeded, tcpgatev1.ErrorReason_ERROR_REASON_WRITE_TIMEOUT},
+	{conn.ErrReplyTimeout, codes.DeadlineExceeded, tcpgatev1.ErrorReason_ERROR_REASON_REPLY_TIMEOUT},
+	{dialer.ErrReplyTimeout, codes.DeadlineExceeded, tcpgatev1.ErrorReason_ERROR_REASON_REPLY_TIMEOUT},
 	{pemfile.ErrNoDir, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_FILE_PATHS_DISABLED},
 	{pemfile.ErrNotAllowed, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_FILE_NOT_ALLOWED},
 	{pemfile.ErrTooLarge, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_FILE_TOO_LARGE},

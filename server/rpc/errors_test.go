@@ -48,6 +48,8 @@ func TestToStatusSentinels(t *testing.T) {
 		dialer.ErrReplyTooLarge:      codes.ResourceExhausted,
 		conn.ErrReplyTooLarge:        codes.ResourceExhausted,
 		conn.ErrWriteTimeout:         codes.DeadlineExceeded,
+		conn.ErrReplyTimeout:         codes.DeadlineExceeded,
+		dialer.ErrReplyTimeout:       codes.DeadlineExceeded,
 		pemfile.ErrNoDir:             codes.InvalidArgument,
 		pemfile.ErrNotAllowed:        codes.InvalidArgument,
 		pemfile.ErrTooLarge:          codes.InvalidArgument,

@@ -180,7 +180,7 @@ func (b *BadInputs) rows() []BadInput {
 		rLimit      = tcpgatev1.ErrorReason_ERROR_REASON_LIMIT_REACHED
 		rFilter     = tcpgatev1.ErrorReason_ERROR_REASON_FILTER_TOO_LARGE
 		rRefused    = tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_REFUSED
-		rTimeout    = tcpgatev1.ErrorReason_ERROR_REASON_TIMEOUT
+		rReplyTime  = tcpgatev1.ErrorReason_ERROR_REASON_REPLY_TIMEOUT
 		rToken      = tcpgatev1.ErrorReason_ERROR_REASON_INVALID_PAGE_TOKEN
 		rAhead      = tcpgatev1.ErrorReason_ERROR_REASON_SEQUENCE_OUT_OF_RANGE
 	)
@@ -373,7 +373,7 @@ func (b *BadInputs) rows() []BadInput {
 		{RPC: send, Name: "await_reply.framing fixed_size 0", Req: await(&tcpgatev1.AwaitReply{Mode: amFrame, Framing: &tcpgatev1.Framing{Mode: fmFixed}}), Code: inv, Reason: rInvalid, Field: "await_reply.framing.fixed_size", Mention: "await_reply.framing.fixed_size"},
 		{RPC: send, Name: "await_reply.framing max_frame_bytes over 3 MiB", Req: await(&tcpgatev1.AwaitReply{Mode: amFrame, Framing: &tcpgatev1.Framing{MaxFrameBytes: maxFrame + 1}}), Code: inv, Reason: rInvalid, Field: "await_reply.framing.max_frame_bytes", Mention: "await_reply.framing.max_frame_bytes"},
 		{RPC: send, Name: "reply timeout", Req: &tcpgatev1.SendRequest{Target: badAddr(b.Silent), Payload: badText("x"), AwaitReply: &tcpgatev1.AwaitReply{Mode: amFirst},
-			Timeout: durationpb.New(200 * time.Millisecond)}, Code: codes.DeadlineExceeded, Reason: rTimeout, Mention: b.Silent},
+			Timeout: durationpb.New(200 * time.Millisecond)}, Code: codes.DeadlineExceeded, Reason: rReplyTime, Mention: b.Silent},
 
 		// Send: timeout.
 		{RPC: send, Name: "timeout negative", Req: timeout(durationpb.New(-time.Second)), Code: inv, Reason: rInvalid, Field: "timeout", Mention: "timeout"},

@@ -741,7 +741,8 @@ const (
 	ErrorReason_ERROR_REASON_TLS_HANDSHAKE_FAILED ErrorReason = 21
 	// The reply grew past await_reply.max_bytes or the frame limit.
 	ErrorReason_ERROR_REASON_REPLY_TOO_LARGE ErrorReason = 22
-	// The call's timeout ran out: connecting, writing, or waiting for a reply.
+	// The call's timeout ran out while connecting or writing (REPLY_TIMEOUT
+	// when it ran out waiting for the reply).
 	ErrorReason_ERROR_REASON_TIMEOUT ErrorReason = 23
 	// The peer took the bytes too slowly: the write timed out.
 	ErrorReason_ERROR_REASON_WRITE_TIMEOUT ErrorReason = 24
@@ -777,6 +778,9 @@ const (
 	// page_token is not one this gateway made for these filters (or it
 	// restarted since): start again from the first page.
 	ErrorReason_ERROR_REASON_INVALID_PAGE_TOKEN ErrorReason = 38
+	// The payload was written, but the awaited reply did not come within the
+	// Send's timeout (TIMEOUT is a timeout while connecting or writing).
+	ErrorReason_ERROR_REASON_REPLY_TIMEOUT ErrorReason = 39
 )
 
 // Enum value maps for ErrorReason.
@@ -821,6 +825,7 @@ var (
 		36: "ERROR_REASON_UNKNOWN_SERVICE",
 		37: "ERROR_REASON_SEQUENCE_OUT_OF_RANGE",
 		38: "ERROR_REASON_INVALID_PAGE_TOKEN",
+		39: "ERROR_REASON_REPLY_TIMEOUT",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":            0,
@@ -862,6 +867,7 @@ var (
 		"ERROR_REASON_UNKNOWN_SERVICE":        36,
 		"ERROR_REASON_SEQUENCE_OUT_OF_RANGE":  37,
 		"ERROR_REASON_INVALID_PAGE_TOKEN":     38,
+		"ERROR_REASON_REPLY_TIMEOUT":          39,
 	}
 )
 
@@ -3691,7 +3697,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	" SLOW_CONSUMER_POLICY_UNSPECIFIED\x10\x00\x12$\n" +
 	" SLOW_CONSUMER_POLICY_DROP_OLDEST\x10\x01\x12#\n" +
 	"\x1fSLOW_CONSUMER_POLICY_DISCONNECT\x10\x02\x12%\n" +
-	"!SLOW_CONSUMER_POLICY_BACKPRESSURE\x10\x03*\xc6\n" +
+	"!SLOW_CONSUMER_POLICY_BACKPRESSURE\x10\x03*\xe6\n" +
 	"\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12!\n" +
@@ -3733,7 +3739,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x15ERROR_REASON_INTERNAL\x10#\x12 \n" +
 	"\x1cERROR_REASON_UNKNOWN_SERVICE\x10$\x12&\n" +
 	"\"ERROR_REASON_SEQUENCE_OUT_OF_RANGE\x10%\x12#\n" +
-	"\x1fERROR_REASON_INVALID_PAGE_TOKEN\x10&2\xf4\x05\n" +
+	"\x1fERROR_REASON_INVALID_PAGE_TOKEN\x10&\x12\x1e\n" +
+	"\x1aERROR_REASON_REPLY_TIMEOUT\x10'2\xf4\x05\n" +
 	"\x0eGatewayService\x12T\n" +
 	"\rStartListener\x12 .tcpgate.v1.StartListenerRequest\x1a!.tcpgate.v1.StartListenerResponse\x12Q\n" +
 	"\fStopListener\x12\x1f.tcpgate.v1.StopListenerRequest\x1a .tcpgate.v1.StopListenerResponse\x12N\n" +

@@ -196,6 +196,9 @@ func (c *Conn) Send(ctx context.Context, p []byte, aw Await) ([]byte, error) {
 			if aw.CloseOnTimeout {
 				c.Close(event.ReasonReplyTimeout)
 			}
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil, fmt.Errorf("awaiting reply on %s: %w: %w", c.cfg.ID, ErrReplyTimeout, ctx.Err())
+			}
 			return nil, fmt.Errorf("awaiting reply on %s: %w", c.cfg.ID, ctx.Err())
 		}
 		<-a.done // answered or settled just now

@@ -38,6 +38,10 @@ var (
 	// ErrWriteTimeout means the peer did not take the bytes within the write
 	// timeout; the connection is closed with reason WRITE_ERROR.
 	ErrWriteTimeout = errors.New("write timed out")
+	// ErrReplyTimeout is returned, with context.DeadlineExceeded, when a
+	// Send's payload was written but its reply did not come before the
+	// deadline.
+	ErrReplyTimeout = errors.New("no reply in time")
 )
 
 // Publisher receives the connection's events, in order. Publish may wait

@@ -35,6 +35,9 @@ var (
 	ErrBroken = errors.New("connection broken")
 	// ErrHandshake means the TLS handshake failed.
 	ErrHandshake = errors.New("TLS handshake failed")
+	// ErrReplyTimeout is returned, with context.DeadlineExceeded, when the
+	// payload was written but the reply did not come before the deadline.
+	ErrReplyTimeout = errors.New("no reply in time")
 )
 
 // AwaitMode says what reply Send waits for.
@@ -239,7 +242,7 @@ func exchange(ctx context.Context, nc net.Conn, req Request) (Result, error) {
 		res.Reply = bytes.Clone((*bp)[:n])
 		readBuffers.Put(bp)
 		if err != nil && !errors.Is(err, io.EOF) {
-			return res, ioError(ctx, "reading reply from", req.Address, err)
+			return res, replyError(ctx, req.Address, err)
 		}
 		if res.Reply == nil {
 			res.Reply = []byte{}
@@ -247,7 +250,7 @@ func exchange(ctx context.Context, nc net.Conn, req Request) (Result, error) {
 	case Frame:
 		res.Reply, err = readFrame(nc, req)
 		if err != nil {
-			return res, ioError(ctx, "reading reply from", req.Address, err)
+			return res, replyError(ctx, req.Address, err)
 		}
 	case UntilClose:
 		if cw, ok := nc.(interface{ CloseWrite() error }); ok {
@@ -255,7 +258,7 @@ func exchange(ctx context.Context, nc net.Conn, req Request) (Result, error) {
 		}
 		res.Reply, err = readAll(nc, req.MaxReply)
 		if err != nil {
-			return res, ioError(ctx, "reading reply from", req.Address, err)
+			return res, replyError(ctx, req.Address, err)
 		}
 	}
 	return res, nil
@@ -367,6 +370,16 @@ func dialError(ctx context.Context, addr string, err error) error {
 		return fmt.Errorf("connecting to %s: %w", addr, ErrRefused)
 	}
 	return fmt.Errorf("connecting to %s: %w: %w", addr, ErrUnreachable, err)
+}
+
+// replyError is ioError for reading the reply: a deadline there is the
+// reply's timeout, told apart from one while connecting or writing.
+func replyError(ctx context.Context, addr string, err error) error {
+	err = ioError(ctx, "reading reply from", addr, err)
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: %w", ErrReplyTimeout, err)
+	}
+	return err
 }
 
 func ioError(ctx context.Context, what, addr string, err error) error {

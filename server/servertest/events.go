@@ -209,20 +209,28 @@ type SSEBlock struct {
 }
 
 // NextBlock returns the next SSE block, taking the stream's
-// STREAM_STARTED block aside into Started and StartBlock; a line of a
-// field SSE does not define fails the test.
+// STREAM_STARTED block aside into Started and StartBlock.
 func (s *EventStream) NextBlock() SSEBlock {
+	s.t.Helper()
+	for {
+		b := s.ReadBlock()
+		if s.Started == nil && strings.Contains(b.Data, `"EVENT_KIND_STREAM_STARTED"`) {
+			s.Started, s.StartBlock = DecodeEvent(s.t, b.Data), b
+			continue
+		}
+		return b
+	}
+}
+
+// ReadBlock returns the next SSE block as it is, STREAM_STARTED's
+// included; a line of a field SSE does not define fails the test.
+func (s *EventStream) ReadBlock() SSEBlock {
 	s.t.Helper()
 	var b SSEBlock
 	for {
 		line := s.NextLine()
 		if line == "" {
 			if len(b.Lines) == 0 {
-				continue
-			}
-			if s.Started == nil && strings.Contains(b.Data, `"EVENT_KIND_STREAM_STARTED"`) {
-				s.Started, s.StartBlock = DecodeEvent(s.t, b.Data), b
-				b = SSEBlock{}
 				continue
 			}
 			return b

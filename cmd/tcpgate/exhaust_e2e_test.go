@@ -363,17 +363,6 @@ func TestExhaustPerIP(t *testing.T) {
 		}
 		addrs = append(addrs, l.GetListener().GetAddress())
 	}
-	dialFrom := func(t *testing.T, src, addr string) net.Conn {
-		t.Helper()
-		dl := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-		c, err := dl.Dial("tcp", addr)
-		if err != nil {
-			t.Fatalf("dialing %s from %s: %v", addr, src, err)
-		}
-		t.Cleanup(func() { c.Close() })
-		_ = c.SetDeadline(time.Now().Add(eventTimeout))
-		return c
-	}
 	served := func(t *testing.T, c net.Conn) bool {
 		t.Helper()
 		if _, err := io.WriteString(c, "hi"); err != nil {
@@ -386,7 +375,7 @@ func TestExhaustPerIP(t *testing.T) {
 
 	// The peer's share, over both listeners.
 	for i := range perIP {
-		c := dialFrom(t, "127.0.0.2", addrs[i%2])
+		c := servertest.DialFrom(t, "127.0.0.2", addrs[i%2])
 		if e := next(t, tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED); e.GetRemoteAddress() != c.LocalAddr().String() {
 			t.Fatalf("CONNECTION_OPENED of %s, want %s", e.GetRemoteAddress(), c.LocalAddr())
 		}
@@ -395,7 +384,7 @@ func TestExhaustPerIP(t *testing.T) {
 		}
 	}
 	// One more from that IP, on either listener, is opened and closed.
-	extra := dialFrom(t, "127.0.0.2", addrs[1])
+	extra := servertest.DialFrom(t, "127.0.0.2", addrs[1])
 	opened := next(t, tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
 	closed := next(t, tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
 	if opened.GetRemoteAddress() != extra.LocalAddr().String() || closed.GetConnectionId() != opened.GetConnectionId() ||
@@ -407,7 +396,7 @@ func TestExhaustPerIP(t *testing.T) {
 	}
 	waitLog(t, d, "connection refused: --max-connections-per-ip (3) reached")
 	// Another IP still gets in.
-	other := dialFrom(t, "127.0.0.3", addrs[1])
+	other := servertest.DialFrom(t, "127.0.0.3", addrs[1])
 	if !served(t, other) {
 		t.Fatal("a connection from 127.0.0.3 was not served while 127.0.0.2 held its share")
 	}

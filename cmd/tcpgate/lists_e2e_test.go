@@ -2,6 +2,7 @@ package main_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"regexp"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
 // listsLoadTimeout bounds opening the connections of the heavy list test.
@@ -86,20 +88,13 @@ func TestListConnections15000E2E(t *testing.T) {
 		t.Fatal(err)
 	}
 	holdConns(t, l.GetListener().GetAddress(), n)
-	for {
+	servertest.EventuallyWithin(t, fmt.Sprintf("%d connections open", n), listsLoadTimeout, func() bool {
 		resp, err := api.GetListener(ctx, &tcpgatev1.GetListenerRequest{ListenerId: lid})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if resp.GetListener().GetConnectionsActive() == n {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("%d of %d connections open", resp.GetListener().GetConnectionsActive(), n)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+		return resp.GetListener().GetConnectionsActive() == n
+	})
 	opened := time.Since(start)
 
 	// The client is the default one: 4 MiB a message.
@@ -170,29 +165,19 @@ func TestCLIListsE2E(t *testing.T) {
 	}
 	// waitRows runs tcpgate with args until it prints n rows.
 	waitRows := func(n int, args ...string) [][]string {
-		deadline := time.Now().Add(eventTimeout)
-		for {
-			got := rows(tg.mustRunOut(t, args...))
-			if len(got) == n {
-				return got
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("tcpgate %s: %d rows, want %d", strings.Join(args, " "), len(got), n)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		var got [][]string
+		servertest.EventuallyWithin(t, fmt.Sprintf("tcpgate %s printing %d rows", strings.Join(args, " "), n), eventTimeout, func() bool {
+			got = rows(tg.mustRunOut(t, args...))
+			return len(got) == n
+		})
+		return got
 	}
 	holdConns(t, many, 150)
 	waitRows(150, "conns")
 	// Accepted after the 150: the last of the list.
-	d := net.Dialer{Timeout: callTimeout, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
-	c, err := d.Dial("tcp", other)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := servertest.DialFrom(t, "127.0.0.2", other)
 	remote := c.LocalAddr().String()
-	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+	if err := c.CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
 	waitRows(1, "conns", "--state", "half-closed")

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,43 +23,6 @@ const listsLoadTimeout = 2 * time.Minute
 // grpcDefaultMaxRecv is what a gRPC client reads of one message unless it
 // says otherwise.
 const grpcDefaultMaxRecv = 4 << 20
-
-// holdConns opens n connections to addr, 16 dialing at a time, and keeps
-// them open until the test ends.
-func holdConns(t *testing.T, addr string, n int) {
-	t.Helper()
-	deadline := time.Now().Add(listsLoadTimeout)
-	conns := make([]net.Conn, n)
-	t.Cleanup(func() {
-		for _, c := range conns {
-			if c != nil {
-				c.Close()
-			}
-		}
-	})
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range 16 {
-		wg.Go(func() {
-			for i := range next {
-				c, err := net.DialTimeout("tcp", addr, time.Until(deadline))
-				if err != nil {
-					t.Errorf("dialing %s: %v", addr, err)
-					continue
-				}
-				conns[i] = c
-			}
-		})
-	}
-	for i := range n {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	if t.Failed() {
-		t.FailNow()
-	}
-}
 
 // TestListConnections15000E2E: ListConnections of 15,000 connections,
 // over IPv6 with a listener id of 64 bytes, comes in pages that a gRPC
@@ -87,7 +49,7 @@ func TestListConnections15000E2E(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	holdConns(t, l.GetListener().GetAddress(), n)
+	holdIdle(t, l.GetListener().GetAddress(), n, false, nil)
 	servertest.EventuallyWithin(t, fmt.Sprintf("%d connections open", n), listsLoadTimeout, func() bool {
 		resp, err := api.GetListener(ctx, &tcpgatev1.GetListenerRequest{ListenerId: lid})
 		if err != nil {
@@ -172,7 +134,7 @@ func TestCLIListsE2E(t *testing.T) {
 		})
 		return got
 	}
-	holdConns(t, many, 150)
+	holdIdle(t, many, 150, false, nil)
 	waitRows(150, "conns")
 	// Accepted after the 150: the last of the list.
 	c := servertest.DialFrom(t, "127.0.0.2", other)

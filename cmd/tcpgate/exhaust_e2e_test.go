@@ -21,9 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -130,12 +128,7 @@ func TestExhaustIdleREST(t *testing.T) {
 	// listener starts, and its socket accepts and serves a connection.
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	cc, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	api := tcpgatev1.NewGatewayServiceClient(cc)
+	api := servertest.Client(t, grpcAddr)
 	callCtx, callCancel := context.WithTimeout(withToken(ctx), 5*time.Second)
 	l, err := api.StartListener(callCtx, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1",
 		AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO}})
@@ -213,12 +206,7 @@ func TestExhaustHealthWatchers(t *testing.T) {
 	t.Parallel()
 	const bound = 64 // the default --max-health-watchers
 	_, grpcAddr, _ := startLimited(t, exhaustFDs, hermeticEnv("TCPGATE_AUTH_TOKEN="+exhaustToken))
-	cc, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	health := healthpb.NewHealthClient(cc)
+	health := healthpb.NewHealthClient(servertest.ClientConn(t, grpcAddr))
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 
@@ -282,12 +270,7 @@ func TestExhaustGRPCStreams(t *testing.T) {
 	t.Parallel()
 	const bound = 100 // the default --max-grpc-streams
 	_, grpcAddr, _ := startLimited(t, exhaustFDs, hermeticEnv())
-	cc, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	api := tcpgatev1.NewGatewayServiceClient(cc)
+	api := servertest.Client(t, grpcAddr)
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 
@@ -314,7 +297,7 @@ func TestExhaustGRPCStreams(t *testing.T) {
 	}
 	// One more waits for a free stream.
 	waitCtx, waitCancel := context.WithTimeout(ctx, time.Second)
-	err = subscribe(waitCtx)
+	err := subscribe(waitCtx)
 	waitCancel()
 	if status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("Subscribe past %d streams on one connection: %v, want it to wait (DeadlineExceeded after 1s)", bound, err)
@@ -343,12 +326,7 @@ func TestExhaustPerIP(t *testing.T) {
 	t.Parallel()
 	const perIP = 3
 	d, grpcAddr, _ := startLimited(t, exhaustFDs, hermeticEnv(fmt.Sprintf("TCPGATE_MAX_CONNECTIONS_PER_IP=%d", perIP)))
-	cc, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	api := tcpgatev1.NewGatewayServiceClient(cc)
+	api := servertest.Client(t, grpcAddr)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*callTimeout)
 	defer cancel()
 

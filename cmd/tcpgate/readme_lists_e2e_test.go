@@ -11,9 +11,6 @@ import (
 	"strings"
 	"testing"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/servertest"
 )
@@ -48,12 +45,7 @@ func TestReadmeListsSnippets(t *testing.T) {
 	// The CLI's default --server is make run's address, the test's is not.
 	sh.env = append(sh.env, "TCPGATE_SERVER="+g.grpcAddr)
 	laddr := net.JoinHostPort("127.0.0.1", sh.port)
-	cc, err := grpc.NewClient(g.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	api := tcpgatev1.NewGatewayServiceClient(cc)
+	api := servertest.Client(t, g.grpcAddr)
 
 	var remotes, ids []string // of the clients, in acceptance order
 	checked := map[string]bool{}

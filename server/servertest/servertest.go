@@ -101,3 +101,22 @@ func (g *Gateway) Stop() error {
 	})
 	return g.stopErr
 }
+
+// ClientConn is a gRPC client connection, without TLS, to a gateway at
+// addr that the test did not start with Start (a daemon run as a
+// process); the test's end closes it.
+func ClientConn(t testing.TB, addr string) *grpc.ClientConn {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("dialing gateway %s: %v", addr, err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// Client is a GatewayService client on ClientConn(t, addr).
+func Client(t testing.TB, addr string) tcpgatev1.GatewayServiceClient {
+	t.Helper()
+	return tcpgatev1.NewGatewayServiceClient(ClientConn(t, addr))
+}

@@ -249,8 +249,10 @@ func TestListConnectionsFilters(t *testing.T) {
 	_, a1 := servertest.Clients(t, "127.0.0.1", a, 3)
 	_, a2 := servertest.Clients(t, "127.0.0.2", a, 2)
 	half, aHalf := servertest.Clients(t, "127.0.0.2", a, 1)
-	bConns, b2 := servertest.Clients(t, "127.0.0.2", b, 2)
+	// Two listeners accept on their own: b's clients come after a's in
+	// acceptance order only once a has accepted all of its own.
 	listsAwait(t, evA, 6, 0)
+	bConns, b2 := servertest.Clients(t, "127.0.0.2", b, 2)
 	listsAwait(t, evB, 2, 0)
 
 	// The client shuts down its sending side: the gateway keeps the

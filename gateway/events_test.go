@@ -18,26 +18,26 @@ import (
 func TestEventsNDJSONSeedFlow(t *testing.T) {
 	_, api := startREST(t, server.Config{})
 	l := api.startListener("seed")
-	s := api.openEvents("listenerIds=seed", nil)
-	if ct := s.resp.Header.Get("Content-Type"); ct != "application/x-ndjson" {
+	s := api.OpenEvents("listenerIds=seed", nil)
+	if ct := s.Resp.Header.Get("Content-Type"); ct != "application/x-ndjson" {
 		t.Fatalf("Content-Type = %q, want application/x-ndjson", ct)
 	}
-	if s.lastSequence == 0 {
+	if s.LastSequence == 0 {
 		t.Fatal("Tcpgate-Last-Sequence is 0 after a listener started")
 	}
 
 	seedClient(t, l.GetAddress())
 
-	opened, _ := s.next()
-	data, dataLine := s.next()
-	closed, _ := s.next()
+	opened, _ := s.Next()
+	data, dataLine := s.Next()
+	closed, _ := s.Next()
 	if opened.GetKind() != tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED ||
 		data.GetKind() != tcpgatev1.EventKind_EVENT_KIND_DATA ||
 		closed.GetKind() != tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED {
 		t.Fatalf("kinds = %v, %v, %v", opened.GetKind(), data.GetKind(), closed.GetKind())
 	}
-	if !(s.lastSequence < opened.GetSequence() && opened.GetSequence() < data.GetSequence() && data.GetSequence() < closed.GetSequence()) {
-		t.Fatalf("sequences not increasing after %d: %d %d %d", s.lastSequence, opened.GetSequence(), data.GetSequence(), closed.GetSequence())
+	if !(s.LastSequence < opened.GetSequence() && opened.GetSequence() < data.GetSequence() && data.GetSequence() < closed.GetSequence()) {
+		t.Fatalf("sequences not increasing after %d: %d %d %d", s.LastSequence, opened.GetSequence(), data.GetSequence(), closed.GetSequence())
 	}
 	if data.GetText() != "Hello, World!" || data.GetListenerId() != "seed" || data.GetConnectionId() != opened.GetConnectionId() {
 		t.Fatalf("data event = %v", data)
@@ -66,15 +66,15 @@ func TestEventsNDJSONSeedFlow(t *testing.T) {
 // live and replayed.
 func TestEventsFilters(t *testing.T) {
 	_, api := startREST(t, server.Config{})
-	witness := api.openEvents("", nil) // sees everything from the start
-	if witness.lastSequence != 0 {
-		t.Fatalf("Tcpgate-Last-Sequence of a new gateway = %d", witness.lastSequence)
+	witness := api.OpenEvents("", nil) // sees everything from the start
+	if witness.LastSequence != 0 {
+		t.Fatalf("Tcpgate-Last-Sequence of a new gateway = %d", witness.LastSequence)
 	}
 	addr := map[string]string{}
 	for _, id := range []string{"a", "b", "c"} {
 		addr[id] = api.startListener(id).GetAddress()
 	}
-	live := api.openEvents("listenerIds=a&listenerIds=b&kinds=EVENT_KIND_DATA", nil)
+	live := api.OpenEvents("listenerIds=a&listenerIds=b&kinds=EVENT_KIND_DATA", nil)
 
 	// One message to each listener, c between a and b; the witness says when
 	// each arrived, so the sequences are c < a < b.
@@ -84,7 +84,7 @@ func TestEventsFilters(t *testing.T) {
 	for _, id := range []string{"c", "a", "b"} {
 		api.send(fmt.Sprintf(`{"address": %q, "text": "to %s"}`, addr[id], id))
 		for {
-			e, _ := witness.next()
+			e, _ := witness.Next()
 			seen = append(seen, e)
 			if e.GetKind() == tcpgatev1.EventKind_EVENT_KIND_DATA && e.GetListenerId() == id {
 				dataSeq[id], connOf[id] = e.GetSequence(), e.GetConnectionId()
@@ -102,14 +102,14 @@ func TestEventsFilters(t *testing.T) {
 		return n
 	}
 	for closes() < 3 {
-		e, _ := witness.next()
+		e, _ := witness.Next()
 		seen = append(seen, e)
 	}
 
 	// Live: only a's and b's data; c's (earlier) and the lifecycle events
 	// (earlier than each data event) are filtered out.
-	first, _ := live.next()
-	second, _ := live.next()
+	first, _ := live.Next()
+	second, _ := live.Next()
 	if first.GetSequence() != dataSeq["a"] || first.GetText() != "to a" || second.GetSequence() != dataSeq["b"] || second.GetText() != "to b" {
 		t.Fatalf("filtered live events = %v, %v; want data of a (%d) then b (%d)", first, second, dataSeq["a"], dataSeq["b"])
 	}
@@ -150,13 +150,13 @@ func TestEventsFilters(t *testing.T) {
 			if len(want) == 0 {
 				t.Fatal("the test matches no event")
 			}
-			s := newREST(t, api.Base).openEvents(tt.query, nil)
-			if s.lastSequence < dataSeq["b"] {
-				t.Fatalf("Tcpgate-Last-Sequence = %d, want at least %d", s.lastSequence, dataSeq["b"])
+			s := newREST(t, api.Base).OpenEvents(tt.query, nil)
+			if s.LastSequence < dataSeq["b"] {
+				t.Fatalf("Tcpgate-Last-Sequence = %d, want at least %d", s.LastSequence, dataSeq["b"])
 			}
 			var got []string
 			for range want {
-				e, _ := s.next()
+				e, _ := s.Next()
 				got = append(got, describe(e))
 			}
 			if !slices.Equal(got, want) {
@@ -166,12 +166,12 @@ func TestEventsFilters(t *testing.T) {
 	}
 
 	// After the replay the stream goes on live.
-	s := api.openEvents(fmt.Sprintf("sinceSequence=%d&listenerIds=a&kinds=EVENT_KIND_DATA", dataSeq["a"]), nil)
-	if e, _ := s.next(); e.GetSequence() != dataSeq["a"] {
+	s := api.OpenEvents(fmt.Sprintf("sinceSequence=%d&listenerIds=a&kinds=EVENT_KIND_DATA", dataSeq["a"]), nil)
+	if e, _ := s.Next(); e.GetSequence() != dataSeq["a"] {
 		t.Fatalf("first replayed = %v, want sequence %d", e, dataSeq["a"])
 	}
 	api.send(fmt.Sprintf(`{"address": %q, "text": "live"}`, addr["a"]))
-	if e, _ := s.next(); e.GetText() != "live" || e.GetSequence() <= dataSeq["b"] {
+	if e, _ := s.Next(); e.GetText() != "live" || e.GetSequence() <= dataSeq["b"] {
 		t.Fatalf("live after replay = %v", e)
 	}
 }
@@ -212,7 +212,7 @@ func TestEventsInvalidQuery(t *testing.T) {
 // streaming.
 func TestEventsMaxSubscribers(t *testing.T) {
 	_, api := startREST(t, server.Config{MaxSubscribers: 1})
-	api.openEvents("", nil)
+	api.OpenEvents("", nil)
 	resp, body := api.Do(http.MethodGet, "/v1/events", "", nil)
 	servertest.WantError(t, resp, body, http.StatusTooManyRequests, 8, "max_subscribers")
 }
@@ -221,7 +221,7 @@ func TestEventsMaxSubscribers(t *testing.T) {
 // gives an EVENTS_DROPPED marker saying how many are gone, then the rest.
 func TestEventsReplayGap(t *testing.T) {
 	_, api := startREST(t, server.Config{ReplayBytes: 4 << 10})
-	witness := api.openEvents("", nil)
+	witness := api.OpenEvents("", nil)
 	l := api.startListener("seed")
 	payload := strings.Repeat("x", 512)
 	for range 20 {
@@ -229,7 +229,7 @@ func TestEventsReplayGap(t *testing.T) {
 	}
 	var seen []*tcpgatev1.Event
 	for closes := 0; closes < 20; {
-		e, _ := witness.next()
+		e, _ := witness.Next()
 		seen = append(seen, e)
 		if e.GetKind() == tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED {
 			closes++
@@ -258,20 +258,20 @@ func TestEventsReplayGap(t *testing.T) {
 	}
 
 	t.Run("NDJSON", func(t *testing.T) {
-		s := newREST(t, api.Base).openEvents("sinceSequence=1", nil)
-		marker, _ := s.next()
-		check(t, 1, marker, func() *tcpgatev1.Event { e, _ := s.next(); return e })
+		s := newREST(t, api.Base).OpenEvents("sinceSequence=1", nil)
+		marker, _ := s.Next()
+		check(t, 1, marker, func() *tcpgatev1.Event { e, _ := s.Next(); return e })
 	})
 	t.Run("SSE", func(t *testing.T) {
-		s := newREST(t, api.Base).openEvents("", sseHeader(witness.incarnation+"-1"))
-		var f sseFrame
-		for f.data == "" {
-			f = s.nextFrame()
+		s := newREST(t, api.Base).OpenEvents("", servertest.SSEHeader(witness.Incarnation+"-1"))
+		var f servertest.SSEBlock
+		for f.Data == "" {
+			f = s.NextBlock()
 		}
-		if f.hasID {
-			t.Fatalf("marker block %q has an id: a reconnect would resume from it", f.lines)
+		if f.HasID {
+			t.Fatalf("marker block %q has an id: a reconnect would resume from it", f.Lines)
 		}
-		check(t, 2, decodeEvent(t, f.data), s.nextSSE)
+		check(t, 2, servertest.DecodeEvent(t, f.Data), s.NextSSE)
 	})
 }
 
@@ -279,16 +279,16 @@ func TestEventsReplayGap(t *testing.T) {
 // it no longer counts against MaxSubscribers.
 func TestEventsClientGone(t *testing.T) {
 	_, api := startREST(t, server.Config{MaxSubscribers: 1})
-	s := api.openEvents("", sseHeader(""))
+	s := api.OpenEvents("", servertest.SSEHeader(""))
 	resp, body := api.Do(http.MethodGet, "/v1/events", "", nil)
 	servertest.WantError(t, resp, body, http.StatusTooManyRequests, 8, "max_subscribers")
 
-	s.close()
+	s.Close()
 	servertest.Eventually(t, "a new subscription after the first client left", func() bool {
 		resp, body := api.Do(http.MethodGet, "/metrics", "", nil)
 		return resp.StatusCode == http.StatusOK && strings.Contains(string(body), `tcpgate_subscribers{policy="drop_oldest"} 0`)
 	})
-	api.openEvents("", nil)
+	api.OpenEvents("", nil)
 }
 
 // TestEventsUnknownQueryParameter: a misspelt filter would silently
@@ -307,17 +307,17 @@ func TestEventsUnknownQueryParameter(t *testing.T) {
 func TestEventsPayloadFormat(t *testing.T) {
 	_, api := startREST(t, server.Config{})
 	l := api.startListener("fmt")
-	streams := map[string]*eventStream{}
+	streams := map[string]*servertest.EventStream{}
 	for _, f := range []string{"", "PAYLOAD_FORMAT_TEXT_OR_DATA", "PAYLOAD_FORMAT_DATA", "PAYLOAD_FORMAT_BOTH"} {
 		q := "listenerIds=fmt&kinds=EVENT_KIND_DATA"
 		if f != "" {
 			q += "&payloadFormat=" + f
 		}
-		streams[f] = api.openEvents(q, nil)
+		streams[f] = api.OpenEvents(q, nil)
 	}
 	seedClient(t, l.GetAddress())
 	for f, s := range streams {
-		_, line := s.next()
+		_, line := s.Next()
 		hasData := strings.Contains(line, `"data":"SGVsbG8sIFdvcmxkIQ=="`)
 		hasText := strings.Contains(line, `"text":"Hello, World!"`)
 		wantData := f == "PAYLOAD_FORMAT_DATA" || f == "PAYLOAD_FORMAT_BOTH"

@@ -216,11 +216,11 @@ func TestCORS(t *testing.T) {
 		if resp.StatusCode != http.StatusNotFound || resp.Header.Get("Access-Control-Allow-Origin") != dash {
 			t.Errorf("404 with Access-Control-Allow-Origin %q", resp.Header.Get("Access-Control-Allow-Origin"))
 		}
-		s := api.openEvents("", http.Header{"Origin": {dash}, "Accept": {"text/event-stream"}})
-		if s.resp.Header.Get("Access-Control-Allow-Origin") != dash || !strings.Contains(s.resp.Header.Get("Access-Control-Expose-Headers"), "Tcpgate-Last-Sequence") {
-			t.Errorf("event stream CORS headers = %v", s.resp.Header)
+		s := api.OpenEvents("", http.Header{"Origin": {dash}, "Accept": {"text/event-stream"}})
+		if s.Resp.Header.Get("Access-Control-Allow-Origin") != dash || !strings.Contains(s.Resp.Header.Get("Access-Control-Expose-Headers"), "Tcpgate-Last-Sequence") {
+			t.Errorf("event stream CORS headers = %v", s.Resp.Header)
 		}
-		s.close()
+		s.Close()
 
 		const other = "http://evil.example"
 		resp, _ = api.Do(http.MethodGet, "/v1/listeners", "", http.Header{"Origin": {other}})
@@ -258,12 +258,12 @@ func containsFold(vs []string, want string) bool {
 // counters (as a Subscribe) once closed.
 func TestMetricsCountRESTStreams(t *testing.T) {
 	_, api := startREST(t, server.Config{})
-	s := api.openEvents("slowConsumer=SLOW_CONSUMER_POLICY_BACKPRESSURE", nil)
+	s := api.OpenEvents("slowConsumer=SLOW_CONSUMER_POLICY_BACKPRESSURE", nil)
 	_, body := api.Do(http.MethodGet, "/metrics", "", nil)
 	if !regexp.MustCompile(`(?m)^tcpgate_subscribers\{policy="backpressure"\} 1$`).Match(body) {
 		t.Fatalf("/metrics does not count the open REST stream:\n%s", grepLines(body, "tcpgate_subscribers"))
 	}
-	s.close()
+	s.Close()
 	servertest.Eventually(t, "the REST stream counted as a Subscribe call", func() bool {
 		_, b := api.Do(http.MethodGet, "/metrics", "", nil)
 		return regexp.MustCompile(`(?m)^tcpgate_subscribers\{policy="backpressure"\} 0$`).Match(b) &&

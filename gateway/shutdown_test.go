@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
@@ -21,9 +22,9 @@ import (
 // NDJSON with a last {"error": ...} line, SSE with an "error" event, both
 // with code; and that the HTTP responses end cleanly (no hang, no broken
 // chunking).
-func wantEnd(t *testing.T, ndjson, sse *eventStream, code int) {
+func wantEnd(t *testing.T, ndjson, sse *servertest.EventStream, code int) {
 	t.Helper()
-	lines, err := ndjson.rest()
+	lines, err := ndjson.Rest()
 	if err != nil {
 		t.Fatalf("NDJSON body ended with %v after %q", err, lines)
 	}
@@ -39,10 +40,10 @@ func wantEnd(t *testing.T, ndjson, sse *eventStream, code int) {
 		t.Fatalf("NDJSON last line %s, want code %d and a message", last, code)
 	}
 	for _, l := range lines[:len(lines)-1] {
-		decodeEvent(t, l) // everything before is an event
+		servertest.DecodeEvent(t, l) // everything before is an event
 	}
 
-	lines, err = sse.rest()
+	lines, err = sse.Rest()
 	if err != nil {
 		t.Fatalf("SSE body ended with %v after %q", err, lines)
 	}
@@ -75,13 +76,13 @@ func stopWithin(t *testing.T, stop func() error) {
 // stream with Unavailable, and the HTTP responses end.
 func TestEventsEndAtShutdown(t *testing.T) {
 	g, api := startREST(t, server.Config{})
-	ndjson := api.openEvents("", nil)
-	sse := api.openEvents("", sseHeader(""))
+	ndjson := api.OpenEvents("", nil)
+	sse := api.OpenEvents("", servertest.SSEHeader(""))
 	api.startListener("x")
-	if e, _ := ndjson.next(); e.GetKind() != tcpgatev1.EventKind_EVENT_KIND_LISTENER_STARTED {
+	if e, _ := ndjson.Next(); e.GetKind() != tcpgatev1.EventKind_EVENT_KIND_LISTENER_STARTED {
 		t.Fatalf("event = %v", e)
 	}
-	if e := sse.nextSSE(); e.GetKind() != tcpgatev1.EventKind_EVENT_KIND_LISTENER_STARTED {
+	if e := sse.NextSSE(); e.GetKind() != tcpgatev1.EventKind_EVENT_KIND_LISTENER_STARTED {
 		t.Fatalf("event = %v", e)
 	}
 
@@ -101,8 +102,8 @@ func TestEventsEndWhenDaemonStops(t *testing.T) {
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() { _ = gw.Close() })
 	api := newREST(t, srv.URL)
-	ndjson := api.openEvents("", nil)
-	sse := api.openEvents("", sseHeader(""))
+	ndjson := api.OpenEvents("", nil)
+	sse := api.OpenEvents("", servertest.SSEHeader(""))
 
 	stopWithin(t, g.Stop)
 	wantEnd(t, ndjson, sse, 14)
@@ -119,8 +120,8 @@ func TestEventsEndAtGatewayClose(t *testing.T) {
 	srv := httptest.NewServer(gw)
 	t.Cleanup(srv.Close)
 	api := newREST(t, srv.URL)
-	ndjson := api.openEvents("", nil)
-	sse := api.openEvents("", sseHeader(""))
+	ndjson := api.OpenEvents("", nil)
+	sse := api.OpenEvents("", servertest.SSEHeader(""))
 
 	stopWithin(t, gw.Close)
 	wantEnd(t, ndjson, sse, 14)
@@ -182,7 +183,7 @@ func TestNewGateway(t *testing.T) {
 func TestEventsSlowConsumerDisconnect(t *testing.T) {
 	_, api := startREST(t, server.Config{SubscriberQueueBytes: 64 << 10})
 	l := api.startListener("flood")
-	s := api.openEvents("slowConsumer=SLOW_CONSUMER_POLICY_DISCONNECT&kinds=EVENT_KIND_DATA", nil)
+	s := api.OpenEvents("slowConsumer=SLOW_CONSUMER_POLICY_DISCONNECT&kinds=EVENT_KIND_DATA", nil)
 
 	// Nobody reads s while a client floods the listener, so the subscriber's
 	// 64 KiB queue overflows.
@@ -204,7 +205,7 @@ func TestEventsSlowConsumerDisconnect(t *testing.T) {
 		}
 	}
 
-	lines, err := s.rest()
+	lines, err := s.Rest()
 	if err != nil || len(lines) == 0 {
 		t.Fatalf("stream ended with %v after %d lines", err, len(lines))
 	}
@@ -217,4 +218,18 @@ func TestEventsSlowConsumerDisconnect(t *testing.T) {
 	if code != 8 || !strings.Contains(msg, "since_sequence") {
 		t.Fatalf("stream error %s, want code 8 saying where to resume", inner)
 	}
+}
+
+// streamError decodes a stream's final error, NDJSON's {"error": {...}}
+// line or SSE's error event data.
+func streamError(t *testing.T, b string) (code int, message string) {
+	t.Helper()
+	var st struct {
+		Code    *int   `json:"code"`
+		Message string `json:"message"`
+	}
+	if err := json.Unmarshal([]byte(b), &st); err != nil || st.Code == nil {
+		t.Fatalf("stream error %s: not a status (%v)", b, err)
+	}
+	return *st.Code, st.Message
 }

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -108,7 +107,7 @@ func TestBadInput(t *testing.T) {
 			err := badInvoke(servertest.Context(t), t, gw.Client, tt.Req)
 			st := status.Convert(err)
 			reason, meta := rpc.ReasonOf(err)
-			fields := badFields(st)
+			fields := servertest.ErrorOf(err).Fields
 			t.Logf("%v %v field=%q %v %q", st.Code(), reason, meta[rpc.MetaField], fields, st.Message())
 			if st.Code() == codes.Unknown || st.Code() == codes.Internal {
 				t.Fatalf("%v %q: never Unknown or Internal for a bad input", st.Code(), st.Message())
@@ -264,17 +263,4 @@ func TestMalformedProtobuf(t *testing.T) {
 	if err := invoke(t, "ListListeners", false, ok); err != nil {
 		t.Fatalf("ListListeners with a valid request: %v", err)
 	}
-}
-
-// badFields returns the fields of st's BadRequest field violations.
-func badFields(st *status.Status) []string {
-	var fields []string
-	for _, d := range st.Details() {
-		if br, ok := d.(*errdetails.BadRequest); ok {
-			for _, v := range br.GetFieldViolations() {
-				fields = append(fields, v.GetField())
-			}
-		}
-	}
-	return fields
 }

@@ -2,10 +2,7 @@ package server_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -13,113 +10,42 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server"
-	"github.com/tcpgate/tcpgate/server/rpc"
 	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
-// listsWait bounds every wait of these tests; reaching it is a failure.
-const listsWait = 10 * time.Second
-
-func listsCtx(t *testing.T) context.Context {
+// listsWatch subscribes to the CONNECTION_OPENED and CONNECTION_CLOSED
+// events of a listener, so a test knows the registry has taken in what its
+// clients did: a connection is listed before its OPENED event is published
+// and forgotten before its CLOSED event is.
+func listsWatch(t *testing.T, g *servertest.Gateway, listenerID string) *servertest.Stream {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), listsWait)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// listsDial opens n connections to addr one after another, from the
-// loopback address src, and returns them with their local addresses: the
-// remote_address the gateway lists. One after another, so the gateway
-// accepts them in this order (its accept queue is first in, first out).
-func listsDial(t *testing.T, addr, src string, n int) ([]*net.TCPConn, []string) {
-	t.Helper()
-	d := net.Dialer{Timeout: listsWait, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-	conns := make([]*net.TCPConn, 0, n)
-	addrs := make([]string, 0, n)
-	for range n {
-		c, err := d.Dial("tcp", addr)
-		if err != nil {
-			t.Fatalf("dialing %s from %s: %v", addr, src, err)
-		}
-		t.Cleanup(func() { c.Close() })
-		conns = append(conns, c.(*net.TCPConn))
-		addrs = append(addrs, c.LocalAddr().String())
-	}
-	return conns, addrs
-}
-
-// listsEvents counts the CONNECTION_OPENED and CONNECTION_CLOSED events of
-// a listener, so a test knows the registry has taken in what its clients
-// did: a connection is listed before its OPENED event is published and
-// forgotten before its CLOSED event is.
-type listsEvents struct {
-	events chan *tcpgatev1.Event
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
-func listsSubscribe(t *testing.T, g *servertest.Gateway, listenerID string) *listsEvents {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	st, err := g.Client.Subscribe(ctx, &tcpgatev1.SubscribeRequest{
+	return g.Subscribe(t, &tcpgatev1.SubscribeRequest{
 		ListenerIds: []string{listenerID},
 		Kinds:       []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED, tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED},
 	})
-	if err == nil {
-		_, err = st.Header()
-	}
-	if err != nil {
-		cancel()
-		t.Fatalf("Subscribe: %v", err)
-	}
-	s := &listsEvents{events: make(chan *tcpgatev1.Event, 1<<12), cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(s.done)
-		for {
-			resp, err := st.Recv()
-			if err != nil {
-				return
-			}
-			for _, e := range resp.GetEvents() {
-				select {
-				case s.events <- e:
-				case <-ctx.Done():
-					return
-				}
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-s.done
-	})
-	return s
 }
 
-// wait waits for opened OPENED and closed CLOSED events.
-func (s *listsEvents) wait(t *testing.T, opened, closed int) {
+// listsAwait waits for opened CONNECTION_OPENED and closed
+// CONNECTION_CLOSED events on s, within servertest.Wait in all.
+func listsAwait(t *testing.T, s *servertest.Stream, opened, closed int) {
 	t.Helper()
-	deadline := time.After(listsWait)
+	deadline := time.Now().Add(servertest.Wait)
 	for opened > 0 || closed > 0 {
-		select {
-		case e := <-s.events:
-			switch e.GetKind() {
-			case tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED:
-				opened--
-			case tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED:
-				closed--
-			}
-		case <-deadline:
-			t.Fatalf("within %s: %d more CONNECTION_OPENED and %d more CONNECTION_CLOSED expected", listsWait, opened, closed)
+		if time.Now().After(deadline) {
+			t.Fatalf("within %s: %d more CONNECTION_OPENED and %d more CONNECTION_CLOSED expected", servertest.Wait, opened, closed)
+		}
+		switch s.NextWithin(time.Until(deadline)).GetKind() {
+		case tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED:
+			opened--
+		case tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED:
+			closed--
 		}
 	}
 }
@@ -139,7 +65,7 @@ func listsAll(t *testing.T, g *servertest.Gateway, req *tcpgatev1.ListConnection
 	req = proto.Clone(req).(*tcpgatev1.ListConnectionsRequest)
 	var all []*tcpgatev1.Connection
 	for range 100 {
-		resp, err := g.Client.ListConnections(listsCtx(t), req)
+		resp, err := g.Client.ListConnections(servertest.Context(t), req)
 		if err != nil {
 			t.Fatalf("ListConnections %v: %v", req, err)
 		}
@@ -153,22 +79,6 @@ func listsAll(t *testing.T, g *servertest.Gateway, req *tcpgatev1.ListConnection
 	return nil
 }
 
-// listsReason returns the code of err, its ErrorInfo reason and the
-// fields of its BadRequest.
-func listsReason(t *testing.T, err error) (codes.Code, string, []string) {
-	t.Helper()
-	reason, _ := rpc.ReasonOf(err)
-	var fields []string
-	for _, d := range status.Convert(err).Details() {
-		if br, ok := d.(*errdetails.BadRequest); ok {
-			for _, v := range br.GetFieldViolations() {
-				fields = append(fields, v.GetField())
-			}
-		}
-	}
-	return status.Code(err), rpc.Reason(reason), fields
-}
-
 // TestListConnectionsPages: 250 connections listed 100 at a time are
 // three pages with every connection once, in acceptance order; between
 // pages, connections that close are skipped (never repeated) and those
@@ -176,14 +86,14 @@ func listsReason(t *testing.T, err error) (codes.Code, string, []string) {
 // the incarnation it was made for, and nothing else.
 func TestListConnectionsPages(t *testing.T) {
 	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
-	ln, err := g.Client.StartListener(listsCtx(t), &tcpgatev1.StartListenerRequest{ListenerId: "paged", Host: "127.0.0.1"})
+	ln, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{ListenerId: "paged", Host: "127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := ln.GetListener().GetAddress()
-	evs := listsSubscribe(t, g, "paged")
-	clients, remotes := listsDial(t, addr, "127.0.0.1", 250)
-	evs.wait(t, 250, 0)
+	evs := listsWatch(t, g, "paged")
+	clients, remotes := servertest.Clients(t, "127.0.0.1", addr, 250)
+	listsAwait(t, evs, 250, 0)
 
 	// A first walk, nothing changing: 100, 100, 50, in acceptance order.
 	req := &tcpgatev1.ListConnectionsRequest{PageSize: 100}
@@ -191,7 +101,7 @@ func TestListConnectionsPages(t *testing.T) {
 	ids := map[string]bool{}
 	var sizes []int
 	for range 10 {
-		resp, err := g.Client.ListConnections(listsCtx(t), req)
+		resp, err := g.Client.ListConnections(servertest.Context(t), req)
 		if err != nil {
 			t.Fatalf("ListConnections: %v", err)
 		}
@@ -222,21 +132,21 @@ func TestListConnectionsPages(t *testing.T) {
 	}
 
 	// page_size 0 is 100; above 1000 is 1000 (here: all 250 at once).
-	resp, err := g.Client.ListConnections(listsCtx(t), &tcpgatev1.ListConnectionsRequest{})
+	resp, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{})
 	if err != nil || len(resp.GetConnections()) != 100 || resp.GetNextPageToken() == "" {
 		t.Fatalf("page_size 0: %d connections, next %q, %v; want 100 and a next page", len(resp.GetConnections()), resp.GetNextPageToken(), err)
 	}
-	resp, err = g.Client.ListConnections(listsCtx(t), &tcpgatev1.ListConnectionsRequest{PageSize: 1 << 30})
+	resp, err = g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{PageSize: 1 << 30})
 	if err != nil || len(resp.GetConnections()) != 250 || resp.GetNextPageToken() != "" {
 		t.Fatalf("page_size 2^30: %d connections, next %q, %v; want all 250 on the last page", len(resp.GetConnections()), resp.GetNextPageToken(), err)
 	}
-	_, err = g.Client.ListConnections(listsCtx(t), &tcpgatev1.ListConnectionsRequest{PageSize: -1})
-	if code, reason, fields := listsReason(t, err); code != codes.InvalidArgument || reason != "INVALID_ARGUMENT" || !slices.Equal(fields, []string{"page_size"}) {
-		t.Fatalf("page_size -1: %v %s %v (%v), want InvalidArgument INVALID_ARGUMENT [page_size]", code, reason, fields, err)
+	_, err = g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{PageSize: -1})
+	if e := servertest.ErrorOf(err); e.Code != codes.InvalidArgument || e.Reason != "INVALID_ARGUMENT" || !slices.Equal(e.Fields, []string{"page_size"}) {
+		t.Fatalf("page_size -1: %v %s %v (%v), want InvalidArgument INVALID_ARGUMENT [page_size]", e.Code, e.Reason, e.Fields, err)
 	}
 
 	// A walk while connections come and go.
-	first, err := g.Client.ListConnections(listsCtx(t), &tcpgatev1.ListConnectionsRequest{ListenerId: "paged", PageSize: 100})
+	first, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{ListenerId: "paged", PageSize: 100})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,8 +154,8 @@ func TestListConnectionsPages(t *testing.T) {
 	for _, c := range slices.Concat(clients[:5], clients[100:110]) {
 		c.Close()
 	}
-	_, fresh := listsDial(t, addr, "127.0.0.1", 5)
-	evs.wait(t, 5, 15)
+	_, fresh := servertest.Clients(t, "127.0.0.1", addr, 5)
+	listsAwait(t, evs, 5, 15)
 	token := first.GetNextPageToken()
 	rest := listsAll(t, g, &tcpgatev1.ListConnectionsRequest{ListenerId: "paged", PageSize: 100, PageToken: token})
 	got := slices.Concat(listsRemotes(first.GetConnections()), listsRemotes(rest))
@@ -257,44 +167,44 @@ func TestListConnectionsPages(t *testing.T) {
 	// The token of that walk, for other filters or another list: refused.
 	for name, call := range map[string]func() error{
 		"without the listener filter": func() error {
-			_, err := g.Client.ListConnections(listsCtx(t), &tcpgatev1.ListConnectionsRequest{PageToken: token})
+			_, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{PageToken: token})
 			return err
 		},
 		"with a state": func() error {
-			_, err := g.Client.ListConnections(listsCtx(t), &tcpgatev1.ListConnectionsRequest{ListenerId: "paged", State: tcpgatev1.ConnectionState_CONNECTION_STATE_OPEN, PageToken: token})
+			_, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{ListenerId: "paged", State: tcpgatev1.ConnectionState_CONNECTION_STATE_OPEN, PageToken: token})
 			return err
 		},
 		"with a remote address prefix": func() error {
-			_, err := g.Client.ListConnections(listsCtx(t), &tcpgatev1.ListConnectionsRequest{ListenerId: "paged", RemoteAddressPrefix: "127.", PageToken: token})
+			_, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{ListenerId: "paged", RemoteAddressPrefix: "127.", PageToken: token})
 			return err
 		},
 		"for ListListeners": func() error {
-			_, err := g.Client.ListListeners(listsCtx(t), &tcpgatev1.ListListenersRequest{PageToken: token})
+			_, err := g.Client.ListListeners(servertest.Context(t), &tcpgatev1.ListListenersRequest{PageToken: token})
 			return err
 		},
 		"garbage": func() error {
-			_, err := g.Client.ListConnections(listsCtx(t), &tcpgatev1.ListConnectionsRequest{ListenerId: "paged", PageToken: "garbage"})
+			_, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{ListenerId: "paged", PageToken: "garbage"})
 			return err
 		},
 		"cut short": func() error {
-			_, err := g.Client.ListConnections(listsCtx(t), &tcpgatev1.ListConnectionsRequest{ListenerId: "paged", PageToken: token[:20]})
+			_, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{ListenerId: "paged", PageToken: token[:20]})
 			return err
 		},
 	} {
-		code, reason, fields := listsReason(t, call())
-		if code != codes.InvalidArgument || reason != "INVALID_PAGE_TOKEN" || !slices.Equal(fields, []string{"page_token"}) {
-			t.Errorf("page token %s: %v %s %v, want InvalidArgument INVALID_PAGE_TOKEN [page_token]", name, code, reason, fields)
+		e := servertest.ErrorOf(call())
+		if e.Code != codes.InvalidArgument || e.Reason != "INVALID_PAGE_TOKEN" || !slices.Equal(e.Fields, []string{"page_token"}) {
+			t.Errorf("page token %s: %v %s %v, want InvalidArgument INVALID_PAGE_TOKEN [page_token]", name, e.Code, e.Reason, e.Fields)
 		}
 	}
 
 	// A token from before a restart: another gateway, another incarnation.
-	plain, err := g.Client.ListConnections(listsCtx(t), &tcpgatev1.ListConnectionsRequest{PageSize: 10})
+	plain, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{PageSize: 10})
 	if err != nil || plain.GetNextPageToken() == "" {
 		t.Fatalf("ListConnections: %v, next %q", err, plain.GetNextPageToken())
 	}
 	restarted := servertest.Start(t, server.Config{})
-	_, err = restarted.Client.ListConnections(listsCtx(t), &tcpgatev1.ListConnectionsRequest{PageSize: 10, PageToken: plain.GetNextPageToken()})
-	if code, reason, _ := listsReason(t, err); code != codes.InvalidArgument || reason != "INVALID_PAGE_TOKEN" || !strings.Contains(err.Error(), "restarted") {
+	_, err = restarted.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{PageSize: 10, PageToken: plain.GetNextPageToken()})
+	if e := servertest.ErrorOf(err); e.Code != codes.InvalidArgument || e.Reason != "INVALID_PAGE_TOKEN" || !strings.Contains(err.Error(), "restarted") {
 		t.Errorf("a token of another incarnation: %v, want InvalidArgument INVALID_PAGE_TOKEN saying the gateway restarted", err)
 	}
 
@@ -304,7 +214,7 @@ func TestListConnectionsPages(t *testing.T) {
 	sizes = nil
 	for range 10 {
 		var page tcpgatev1.ListConnectionsResponse
-		listsREST(t, g, "/v1/connections?"+query.Encode(), http.StatusOK, &page)
+		g.REST.Call(http.MethodGet, "/v1/connections?"+query.Encode(), "", &page)
 		sizes = append(sizes, len(page.GetConnections()))
 		restGot = append(restGot, listsRemotes(page.GetConnections())...)
 		if page.GetNextPageToken() == "" {
@@ -316,43 +226,10 @@ func TestListConnectionsPages(t *testing.T) {
 		t.Fatalf("REST pages of %v connections, want [100 100 40] in acceptance order:\n got %v\nwant %v", sizes, restGot, want[5:])
 	}
 	query.Set("state", "CONNECTION_STATE_HALF_CLOSED")
-	body := listsREST(t, g, "/v1/connections?"+query.Encode(), http.StatusBadRequest, nil)
-	if !strings.Contains(body, `"reason":"INVALID_PAGE_TOKEN"`) || !strings.Contains(body, `"field":"page_token"`) {
+	hresp, body := g.REST.Do(http.MethodGet, "/v1/connections?"+query.Encode(), "", nil)
+	if reason, _, fields := servertest.WantError(t, hresp, body, http.StatusBadRequest, int(codes.InvalidArgument), "page_token").Info(); reason != "INVALID_PAGE_TOKEN" || !slices.Contains(fields, "page_token") {
 		t.Errorf("REST token for other filters: %s, want reason INVALID_PAGE_TOKEN on field page_token", body)
 	}
-}
-
-// listsREST GETs path from g's REST gateway, expects status, decodes a 200
-// into into and returns the body.
-func listsREST(t *testing.T, g *servertest.Gateway, path string, wantStatus int, into proto.Message) string {
-	t.Helper()
-	req, err := http.NewRequestWithContext(listsCtx(t), http.MethodGet, g.BaseURL+path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("GET %s: %v", path, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s: %v", path, err)
-	}
-	if resp.StatusCode != wantStatus {
-		t.Fatalf("GET %s: %d %s, want %d", path, resp.StatusCode, b, wantStatus)
-	}
-	if into != nil {
-		if err := protojson.Unmarshal(b, into); err != nil {
-			t.Fatalf("GET %s: %v\n%s", path, err, b)
-		}
-	}
-	// Compact, so that tests may look for "key":"value".
-	var v any
-	if json.Unmarshal(b, &v) == nil {
-		b, _ = json.Marshal(v)
-	}
-	return string(b)
 }
 
 // TestListConnectionsFilters: each filter, and all of them together, over
@@ -361,20 +238,22 @@ func listsREST(t *testing.T, g *servertest.Gateway, path string, wantStatus int,
 func TestListConnectionsFilters(t *testing.T) {
 	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
 	start := func(id string, halfClose time.Duration) string {
-		resp, err := g.Client.StartListener(listsCtx(t), &tcpgatev1.StartListenerRequest{ListenerId: id, Host: "127.0.0.1", HalfCloseTimeout: durationpb.New(halfClose)})
+		resp, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{ListenerId: id, Host: "127.0.0.1", HalfCloseTimeout: durationpb.New(halfClose)})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return resp.GetListener().GetAddress()
 	}
 	a, b := start("a", 30*time.Second), start("b", 0)
-	evA, evB := listsSubscribe(t, g, "a"), listsSubscribe(t, g, "b")
-	_, a1 := listsDial(t, a, "127.0.0.1", 3)
-	_, a2 := listsDial(t, a, "127.0.0.2", 2)
-	half, aHalf := listsDial(t, a, "127.0.0.2", 1)
-	bConns, b2 := listsDial(t, b, "127.0.0.2", 2)
-	evA.wait(t, 6, 0)
-	evB.wait(t, 2, 0)
+	evA, evB := listsWatch(t, g, "a"), listsWatch(t, g, "b")
+	_, a1 := servertest.Clients(t, "127.0.0.1", a, 3)
+	_, a2 := servertest.Clients(t, "127.0.0.2", a, 2)
+	half, aHalf := servertest.Clients(t, "127.0.0.2", a, 1)
+	// Two listeners accept on their own: b's clients come after a's in
+	// acceptance order only once a has accepted all of its own.
+	listsAwait(t, evA, 6, 0)
+	bConns, b2 := servertest.Clients(t, "127.0.0.2", b, 2)
+	listsAwait(t, evB, 2, 0)
 
 	// The client shuts down its sending side: the gateway keeps the
 	// connection writable (half_close_timeout) and says so.
@@ -382,8 +261,8 @@ func TestListConnectionsFilters(t *testing.T) {
 		t.Fatal(err)
 	}
 	halfID := listsAll(t, g, &tcpgatev1.ListConnectionsRequest{RemoteAddressPrefix: aHalf[0]})[0].GetConnectionId()
-	listsEventually(t, "the half-closed connection in state HALF_CLOSED", func() bool {
-		resp, err := g.Client.GetConnection(listsCtx(t), &tcpgatev1.GetConnectionRequest{ConnectionId: halfID})
+	servertest.Eventually(t, "the half-closed connection in state HALF_CLOSED", func() bool {
+		resp, err := g.Client.GetConnection(servertest.Context(t), &tcpgatev1.GetConnectionRequest{ConnectionId: halfID})
 		return err == nil && resp.GetConnection().GetState() == tcpgatev1.ConnectionState_CONNECTION_STATE_HALF_CLOSED
 	})
 
@@ -430,11 +309,11 @@ func TestListConnectionsFilters(t *testing.T) {
 
 	// The same filters over REST, by name.
 	var page tcpgatev1.ListConnectionsResponse
-	listsREST(t, g, "/v1/connections?listenerId=a&state=CONNECTION_STATE_HALF_CLOSED&remoteAddressPrefix="+url.QueryEscape("127.0.0.2:"), http.StatusOK, &page)
+	g.REST.Call(http.MethodGet, "/v1/connections?listenerId=a&state=CONNECTION_STATE_HALF_CLOSED&remoteAddressPrefix="+url.QueryEscape("127.0.0.2:"), "", &page)
 	if got := listsRemotes(page.GetConnections()); !slices.Equal(got, aHalf) {
 		t.Errorf("REST filters: %v, want %v", got, aHalf)
 	}
-	if _, err := g.Client.ListConnections(listsCtx(t), &tcpgatev1.ListConnectionsRequest{ListenerId: "nope"}); status.Code(err) != codes.NotFound {
+	if _, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{ListenerId: "nope"}); status.Code(err) != codes.NotFound {
 		t.Errorf("listener_id of no listener: %v, want NotFound", err)
 	}
 
@@ -455,7 +334,7 @@ func TestListConnectionsFilters(t *testing.T) {
 			t.Errorf("%s of draining b: state %v", c.GetConnectionId(), c.GetState())
 		}
 	}
-	one, err := g.Client.GetConnection(listsCtx(t), &tcpgatev1.GetConnectionRequest{ConnectionId: got[0].GetConnectionId()})
+	one, err := g.Client.GetConnection(servertest.Context(t), &tcpgatev1.GetConnectionRequest{ConnectionId: got[0].GetConnectionId()})
 	if err != nil || one.GetConnection().GetState() != draining {
 		t.Fatalf("GetConnection of a connection of draining b: %v, %v; want DRAINING", one.GetConnection(), err)
 	}
@@ -466,19 +345,7 @@ func TestListConnectionsFilters(t *testing.T) {
 	for _, c := range bConns {
 		c.Close()
 	}
-	evB.wait(t, 0, 2)
-}
-
-// listsEventually polls cond until it holds, failing after listsWait.
-func listsEventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(listsWait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, listsWait)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	listsAwait(t, evB, 0, 2)
 }
 
 // TestGetConnection: one open connection over gRPC and REST, with what
@@ -486,25 +353,25 @@ func listsEventually(t *testing.T, what string, cond func() bool) {
 // an unknown or a closed one.
 func TestGetConnection(t *testing.T) {
 	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
-	ln, err := g.Client.StartListener(listsCtx(t), &tcpgatev1.StartListenerRequest{ListenerId: "get", Host: "127.0.0.1"})
+	ln, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{ListenerId: "get", Host: "127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	evs := listsSubscribe(t, g, "get")
-	clients, remotes := listsDial(t, ln.GetListener().GetAddress(), "127.0.0.1", 1)
-	evs.wait(t, 1, 0)
+	evs := listsWatch(t, g, "get")
+	clients, remotes := servertest.Clients(t, "127.0.0.1", ln.GetListener().GetAddress(), 1)
+	listsAwait(t, evs, 1, 0)
 	if _, err := clients[0].Write([]byte("hello")); err != nil {
 		t.Fatal(err)
 	}
 	var listed *tcpgatev1.Connection
-	listsEventually(t, "the connection's 5 bytes counted", func() bool {
+	servertest.Eventually(t, "the connection's 5 bytes counted", func() bool {
 		all := listsAll(t, g, &tcpgatev1.ListConnectionsRequest{})
 		listed = all[0]
 		return len(all) == 1 && listed.GetBytesIn() == 5
 	})
 	id := listed.GetConnectionId()
 
-	resp, err := g.Client.GetConnection(listsCtx(t), &tcpgatev1.GetConnectionRequest{ConnectionId: id})
+	resp, err := g.Client.GetConnection(servertest.Context(t), &tcpgatev1.GetConnectionRequest{ConnectionId: id})
 	if err != nil {
 		t.Fatalf("GetConnection %s: %v", id, err)
 	}
@@ -516,20 +383,20 @@ func TestGetConnection(t *testing.T) {
 	}
 
 	var restResp tcpgatev1.GetConnectionResponse
-	listsREST(t, g, "/v1/connections/"+id, http.StatusOK, &restResp)
+	g.REST.Call(http.MethodGet, "/v1/connections/"+id, "", &restResp)
 	if !proto.Equal(restResp.GetConnection(), listed) {
 		t.Errorf("GET /v1/connections/%s = %v, want %v", id, restResp.GetConnection(), listed)
 	}
 
 	clients[0].Close()
-	evs.wait(t, 0, 1)
+	listsAwait(t, evs, 0, 1)
 	for _, cid := range []string{id, "c-nosuchconn"} {
-		_, err := g.Client.GetConnection(listsCtx(t), &tcpgatev1.GetConnectionRequest{ConnectionId: cid})
-		if code, reason, _ := listsReason(t, err); code != codes.NotFound || reason != "CONNECTION_NOT_FOUND" || !strings.Contains(err.Error(), cid) {
+		_, err := g.Client.GetConnection(servertest.Context(t), &tcpgatev1.GetConnectionRequest{ConnectionId: cid})
+		if e := servertest.ErrorOf(err); e.Code != codes.NotFound || e.Reason != "CONNECTION_NOT_FOUND" || !strings.Contains(err.Error(), cid) {
 			t.Errorf("GetConnection %s: %v, want NotFound CONNECTION_NOT_FOUND naming it", cid, err)
 		}
-		body := listsREST(t, g, "/v1/connections/"+cid, http.StatusNotFound, nil)
-		if !strings.Contains(body, `"reason":"CONNECTION_NOT_FOUND"`) {
+		resp, body := g.REST.Do(http.MethodGet, "/v1/connections/"+cid, "", nil)
+		if reason, _, _ := servertest.WantError(t, resp, body, http.StatusNotFound, int(codes.NotFound), cid).Info(); reason != "CONNECTION_NOT_FOUND" {
 			t.Errorf("GET /v1/connections/%s: %s, want reason CONNECTION_NOT_FOUND", cid, body)
 		}
 	}
@@ -542,7 +409,7 @@ func TestListListenersPages(t *testing.T) {
 	var want []string
 	for i := range 5 {
 		id := fmt.Sprintf("l%d", i)
-		if _, err := g.Client.StartListener(listsCtx(t), &tcpgatev1.StartListenerRequest{ListenerId: id, Host: "127.0.0.1"}); err != nil {
+		if _, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{ListenerId: id, Host: "127.0.0.1"}); err != nil {
 			t.Fatal(err)
 		}
 		want = append(want, id)
@@ -551,7 +418,7 @@ func TestListListenersPages(t *testing.T) {
 	var got []string
 	var sizes []int
 	for i := range 10 {
-		resp, err := g.Client.ListListeners(listsCtx(t), req)
+		resp, err := g.Client.ListListeners(servertest.Context(t), req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -564,10 +431,10 @@ func TestListListenersPages(t *testing.T) {
 		}
 		if i == 0 {
 			// One stops, one starts: "l0" was listed, "l2" was not.
-			if _, err := g.Client.StopListener(listsCtx(t), &tcpgatev1.StopListenerRequest{ListenerId: "l2"}); err != nil {
+			if _, err := g.Client.StopListener(servertest.Context(t), &tcpgatev1.StopListenerRequest{ListenerId: "l2"}); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := g.Client.StartListener(listsCtx(t), &tcpgatev1.StartListenerRequest{ListenerId: "late", Host: "127.0.0.1"}); err != nil {
+			if _, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{ListenerId: "late", Host: "127.0.0.1"}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -586,21 +453,21 @@ func TestListListenersPages(t *testing.T) {
 // accepts, however close together.
 func TestSendToAddressDialsAnew(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
-	ln, err := g.Client.StartListener(listsCtx(t), &tcpgatev1.StartListenerRequest{ListenerId: "target", Host: "127.0.0.1"})
+	ln, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{ListenerId: "target", Host: "127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	evs := listsSubscribe(t, g, "target")
+	evs := listsWatch(t, g, "target")
 	for range 2 {
-		if _, err := g.Client.Send(listsCtx(t), &tcpgatev1.SendRequest{
+		if _, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 			Target:  &tcpgatev1.SendRequest_Address{Address: ln.GetListener().GetAddress()},
 			Payload: &tcpgatev1.SendRequest_Text{Text: "x"},
 		}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	evs.wait(t, 2, 2)
-	got, err := g.Client.GetListener(listsCtx(t), &tcpgatev1.GetListenerRequest{ListenerId: "target"})
+	listsAwait(t, evs, 2, 2)
+	got, err := g.Client.GetListener(servertest.Context(t), &tcpgatev1.GetListenerRequest{ListenerId: "target"})
 	if err != nil {
 		t.Fatal(err)
 	}

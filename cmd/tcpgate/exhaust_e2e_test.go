@@ -21,9 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -130,12 +128,7 @@ func TestExhaustIdleREST(t *testing.T) {
 	// listener starts, and its socket accepts and serves a connection.
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	cc, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	api := tcpgatev1.NewGatewayServiceClient(cc)
+	api := servertest.Client(t, grpcAddr)
 	callCtx, callCancel := context.WithTimeout(withToken(ctx), 5*time.Second)
 	l, err := api.StartListener(callCtx, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1",
 		AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO}})
@@ -213,12 +206,7 @@ func TestExhaustHealthWatchers(t *testing.T) {
 	t.Parallel()
 	const bound = 64 // the default --max-health-watchers
 	_, grpcAddr, _ := startLimited(t, exhaustFDs, hermeticEnv("TCPGATE_AUTH_TOKEN="+exhaustToken))
-	cc, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	health := healthpb.NewHealthClient(cc)
+	health := healthpb.NewHealthClient(servertest.ClientConn(t, grpcAddr))
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 
@@ -282,12 +270,7 @@ func TestExhaustGRPCStreams(t *testing.T) {
 	t.Parallel()
 	const bound = 100 // the default --max-grpc-streams
 	_, grpcAddr, _ := startLimited(t, exhaustFDs, hermeticEnv())
-	cc, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	api := tcpgatev1.NewGatewayServiceClient(cc)
+	api := servertest.Client(t, grpcAddr)
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 
@@ -314,7 +297,7 @@ func TestExhaustGRPCStreams(t *testing.T) {
 	}
 	// One more waits for a free stream.
 	waitCtx, waitCancel := context.WithTimeout(ctx, time.Second)
-	err = subscribe(waitCtx)
+	err := subscribe(waitCtx)
 	waitCancel()
 	if status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("Subscribe past %d streams on one connection: %v, want it to wait (DeadlineExceeded after 1s)", bound, err)
@@ -343,12 +326,7 @@ func TestExhaustPerIP(t *testing.T) {
 	t.Parallel()
 	const perIP = 3
 	d, grpcAddr, _ := startLimited(t, exhaustFDs, hermeticEnv(fmt.Sprintf("TCPGATE_MAX_CONNECTIONS_PER_IP=%d", perIP)))
-	cc, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	api := tcpgatev1.NewGatewayServiceClient(cc)
+	api := servertest.Client(t, grpcAddr)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*callTimeout)
 	defer cancel()
 
@@ -363,17 +341,6 @@ func TestExhaustPerIP(t *testing.T) {
 		}
 		addrs = append(addrs, l.GetListener().GetAddress())
 	}
-	dialFrom := func(t *testing.T, src, addr string) net.Conn {
-		t.Helper()
-		dl := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-		c, err := dl.Dial("tcp", addr)
-		if err != nil {
-			t.Fatalf("dialing %s from %s: %v", addr, src, err)
-		}
-		t.Cleanup(func() { c.Close() })
-		_ = c.SetDeadline(time.Now().Add(eventTimeout))
-		return c
-	}
 	served := func(t *testing.T, c net.Conn) bool {
 		t.Helper()
 		if _, err := io.WriteString(c, "hi"); err != nil {
@@ -386,7 +353,7 @@ func TestExhaustPerIP(t *testing.T) {
 
 	// The peer's share, over both listeners.
 	for i := range perIP {
-		c := dialFrom(t, "127.0.0.2", addrs[i%2])
+		c := servertest.DialFrom(t, "127.0.0.2", addrs[i%2])
 		if e := next(t, tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED); e.GetRemoteAddress() != c.LocalAddr().String() {
 			t.Fatalf("CONNECTION_OPENED of %s, want %s", e.GetRemoteAddress(), c.LocalAddr())
 		}
@@ -395,7 +362,7 @@ func TestExhaustPerIP(t *testing.T) {
 		}
 	}
 	// One more from that IP, on either listener, is opened and closed.
-	extra := dialFrom(t, "127.0.0.2", addrs[1])
+	extra := servertest.DialFrom(t, "127.0.0.2", addrs[1])
 	opened := next(t, tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
 	closed := next(t, tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
 	if opened.GetRemoteAddress() != extra.LocalAddr().String() || closed.GetConnectionId() != opened.GetConnectionId() ||
@@ -407,7 +374,7 @@ func TestExhaustPerIP(t *testing.T) {
 	}
 	waitLog(t, d, "connection refused: --max-connections-per-ip (3) reached")
 	// Another IP still gets in.
-	other := dialFrom(t, "127.0.0.3", addrs[1])
+	other := servertest.DialFrom(t, "127.0.0.3", addrs[1])
 	if !served(t, other) {
 		t.Fatal("a connection from 127.0.0.3 was not served while 127.0.0.2 held its share")
 	}

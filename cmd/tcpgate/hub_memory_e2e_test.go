@@ -13,12 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
 // hubLoadTimeout bounds the load loops of the hub's memory tests, so a
@@ -30,12 +29,7 @@ const hubLoadTimeout = 2 * time.Minute
 func plainAPI(t *testing.T, args ...string) (*daemon, tcpgatev1.GatewayServiceClient) {
 	t.Helper()
 	d := startPlainDaemon(t, hermeticEnv(), append([]string{"serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", ""}, args...)...)
-	cc, err := grpc.NewClient(d.waitServing(t), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	return d, tcpgatev1.NewGatewayServiceClient(cc)
+	return d, servertest.Client(t, d.waitServing(t))
 }
 
 // hammer runs conns connections to addr, 16 at a time, each calling fn. It
@@ -232,12 +226,7 @@ func TestSmallFramesDoNotPinReadsE2E(t *testing.T) {
 func TestMaxQueuedBytesE2E(t *testing.T) {
 	d := startDaemon(t, hermeticEnv(), "serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "",
 		"--subscriber-queue-bytes", strconv.Itoa(1<<20), "--max-queued-bytes", strconv.Itoa(1<<20))
-	cc, err := grpc.NewClient(d.waitServing(t), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	api := tcpgatev1.NewGatewayServiceClient(cc)
+	api := servertest.Client(t, d.waitServing(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*callTimeout)
 	defer cancel()
 	l, err := api.StartListener(ctx, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1",

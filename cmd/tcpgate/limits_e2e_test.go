@@ -8,9 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
@@ -29,12 +27,7 @@ func TestServeLimits(t *testing.T) {
 		"--max-listeners", "2", "--max-connections", "3", "--listener-max-connections", "2",
 		"--max-subscribers", "1", "--max-send-bytes", "64", "--max-frame-bytes", "1024",
 		"--max-reply-bytes", "512", "--idle-timeout", "1500ms")
-	cc, err := grpc.NewClient(d.waitServing(t), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	api := tcpgatev1.NewGatewayServiceClient(cc)
+	api := servertest.Client(t, d.waitServing(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*callTimeout)
 	defer cancel()
 

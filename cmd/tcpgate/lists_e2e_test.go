@@ -2,18 +2,19 @@ package main_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
 // listsLoadTimeout bounds opening the connections of the heavy list test.
@@ -22,43 +23,6 @@ const listsLoadTimeout = 2 * time.Minute
 // grpcDefaultMaxRecv is what a gRPC client reads of one message unless it
 // says otherwise.
 const grpcDefaultMaxRecv = 4 << 20
-
-// holdConns opens n connections to addr, 16 dialing at a time, and keeps
-// them open until the test ends.
-func holdConns(t *testing.T, addr string, n int) {
-	t.Helper()
-	deadline := time.Now().Add(listsLoadTimeout)
-	conns := make([]net.Conn, n)
-	t.Cleanup(func() {
-		for _, c := range conns {
-			if c != nil {
-				c.Close()
-			}
-		}
-	})
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range 16 {
-		wg.Go(func() {
-			for i := range next {
-				c, err := net.DialTimeout("tcp", addr, time.Until(deadline))
-				if err != nil {
-					t.Errorf("dialing %s: %v", addr, err)
-					continue
-				}
-				conns[i] = c
-			}
-		})
-	}
-	for i := range n {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	if t.Failed() {
-		t.FailNow()
-	}
-}
 
 // TestListConnections15000E2E: ListConnections of 15,000 connections,
 // over IPv6 with a listener id of 64 bytes, comes in pages that a gRPC
@@ -85,21 +49,14 @@ func TestListConnections15000E2E(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	holdConns(t, l.GetListener().GetAddress(), n)
-	for {
+	holdIdle(t, l.GetListener().GetAddress(), n, false, nil)
+	servertest.EventuallyWithin(t, fmt.Sprintf("%d connections open", n), listsLoadTimeout, func() bool {
 		resp, err := api.GetListener(ctx, &tcpgatev1.GetListenerRequest{ListenerId: lid})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if resp.GetListener().GetConnectionsActive() == n {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("%d of %d connections open", resp.GetListener().GetConnectionsActive(), n)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+		return resp.GetListener().GetConnectionsActive() == n
+	})
 	opened := time.Since(start)
 
 	// The client is the default one: 4 MiB a message.
@@ -170,29 +127,19 @@ func TestCLIListsE2E(t *testing.T) {
 	}
 	// waitRows runs tcpgate with args until it prints n rows.
 	waitRows := func(n int, args ...string) [][]string {
-		deadline := time.Now().Add(eventTimeout)
-		for {
-			got := rows(tg.mustRunOut(t, args...))
-			if len(got) == n {
-				return got
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("tcpgate %s: %d rows, want %d", strings.Join(args, " "), len(got), n)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		var got [][]string
+		servertest.EventuallyWithin(t, fmt.Sprintf("tcpgate %s printing %d rows", strings.Join(args, " "), n), eventTimeout, func() bool {
+			got = rows(tg.mustRunOut(t, args...))
+			return len(got) == n
+		})
+		return got
 	}
-	holdConns(t, many, 150)
+	holdIdle(t, many, 150, false, nil)
 	waitRows(150, "conns")
 	// Accepted after the 150: the last of the list.
-	d := net.Dialer{Timeout: callTimeout, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
-	c, err := d.Dial("tcp", other)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := servertest.DialFrom(t, "127.0.0.2", other)
 	remote := c.LocalAddr().String()
-	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+	if err := c.CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
 	waitRows(1, "conns", "--state", "half-closed")

@@ -13,10 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
 // fixedReplyPeakRSS bounds the daemon's peak resident set under
@@ -48,12 +46,7 @@ func TestFixedReplyMemory(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			d := startPlainDaemon(t, hermeticEnv(), "serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "",
 				"--write-timeout", "1s")
-			cc, err := grpc.NewClient(d.waitServing(t), grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { cc.Close() })
-			api := tcpgatev1.NewGatewayServiceClient(cc)
+			api := servertest.Client(t, d.waitServing(t))
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
 
@@ -163,12 +156,7 @@ func TestMaxWriteBufferBytes(t *testing.T) {
 		t.Fatalf("no http_addr in the log:\n%s", d.stderr.String())
 	}
 	httpAddr := strings.Trim(m[1], `"`)
-	cc, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	api := tcpgatev1.NewGatewayServiceClient(cc)
+	api := servertest.Client(t, grpcAddr)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	line := &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}

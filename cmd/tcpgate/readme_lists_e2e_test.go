@@ -3,18 +3,16 @@ package main_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
 // connectionsPageJSON is a ListConnectionsResponse as curl and grpcurl
@@ -47,12 +45,7 @@ func TestReadmeListsSnippets(t *testing.T) {
 	// The CLI's default --server is make run's address, the test's is not.
 	sh.env = append(sh.env, "TCPGATE_SERVER="+g.grpcAddr)
 	laddr := net.JoinHostPort("127.0.0.1", sh.port)
-	cc, err := grpc.NewClient(g.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	api := tcpgatev1.NewGatewayServiceClient(cc)
+	api := servertest.Client(t, g.grpcAddr)
 
 	var remotes, ids []string // of the clients, in acceptance order
 	checked := map[string]bool{}
@@ -173,27 +166,22 @@ func TestReadmeListsSnippets(t *testing.T) {
 // remotes and returns their ids, in the same order.
 func readmeWaitListed(t *testing.T, api tcpgatev1.GatewayServiceClient, remotes []string) []string {
 	t.Helper()
-	deadline := time.Now().Add(eventTimeout)
-	for {
+	var got, ids []string
+	servertest.EventuallyWithin(t, fmt.Sprintf("the gateway listing %v", remotes), eventTimeout, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 		resp, err := api.ListConnections(ctx, &tcpgatev1.ListConnectionsRequest{})
 		cancel()
 		if err != nil {
 			t.Fatal(err)
 		}
-		var got, ids []string
+		got, ids = nil, nil
 		for _, c := range resp.GetConnections() {
 			got = append(got, c.GetRemoteAddress())
 			ids = append(ids, c.GetConnectionId())
 		}
-		if slices.Equal(got, remotes) {
-			return ids
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the gateway lists %v, want %v", got, remotes)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return slices.Equal(got, remotes)
+	})
+	return ids
 }
 
 // TestReadmeSendDialsAnew: the README says where it shows a Send to an

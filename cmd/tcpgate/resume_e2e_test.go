@@ -1,9 +1,9 @@
 package main_test
 
 import (
-	"net"
 	"testing"
-	"time"
+
+	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
 // TestResumeAcrossRestart runs the built daemon, subscribes with grpcurl,
@@ -33,10 +33,7 @@ func TestResumeAcrossRestart(t *testing.T) {
 			Listener listenerJSON `json:"listener"`
 		}
 		c.call(t, "StartListener", map[string]any{"listener_id": id, "host": "127.0.0.1"}, &resp)
-		conn, err := net.DialTimeout("tcp", resp.Listener.Address, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
+		conn := servertest.Dial(t, resp.Listener.Address)
 		if _, err := conn.Write([]byte(line)); err != nil {
 			t.Fatal(err)
 		}

@@ -128,12 +128,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	}
 	httpAddr := m[1]
 
-	cc, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	api := tcpgatev1.NewGatewayServiceClient(cc)
+	api := servertest.Client(t, grpcAddr)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	resp, err := api.StartListener(ctx, &tcpgatev1.StartListenerRequest{

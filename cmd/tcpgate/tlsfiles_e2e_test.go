@@ -12,9 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
@@ -81,17 +79,12 @@ func TestServeTLSFiles(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := startPlainDaemon(t, tc.env, append([]string{"serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", ""}, tc.args...)...)
-			cc, err := grpc.NewClient(d.waitServing(t), grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { cc.Close() })
-			api := tcpgatev1.NewGatewayServiceClient(cc)
+			api := servertest.Client(t, d.waitServing(t))
 
 			// One call first, so that the connection and the handler's
 			// code are in the baseline.
 			warm, cancel := context.WithTimeout(context.Background(), callTimeout)
-			_, err = api.ListListeners(warm, &tcpgatev1.ListListenersRequest{})
+			_, err := api.ListListeners(warm, &tcpgatev1.ListListenersRequest{})
 			cancel()
 			if err != nil {
 				t.Fatal(err)

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"testing"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -25,27 +24,15 @@ import (
 	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
-// grpcInfo returns the ErrorInfo and BadRequest fields of a gRPC error.
+// grpcInfo returns the ErrorInfo and BadRequest fields of a gRPC error,
+// failing the test when err is not a gRPC status.
 func grpcInfo(t *testing.T, err error) (reason string, meta map[string]string, fields []string) {
 	t.Helper()
-	st, ok := status.FromError(err)
-	if !ok || err == nil {
+	if _, ok := status.FromError(err); !ok || err == nil {
 		t.Fatalf("want a gRPC status, got %v", err)
 	}
-	for _, d := range st.Details() {
-		switch d := d.(type) {
-		case *errdetails.ErrorInfo:
-			if d.GetDomain() != rpc.ErrorDomain {
-				t.Errorf("ErrorInfo domain %q, want %q", d.GetDomain(), rpc.ErrorDomain)
-			}
-			reason, meta = d.GetReason(), d.GetMetadata()
-		case *errdetails.BadRequest:
-			for _, v := range d.GetFieldViolations() {
-				fields = append(fields, v.GetField())
-			}
-		}
-	}
-	return reason, meta, fields
+	e := servertest.ErrorOf(err)
+	return e.Reason, e.Meta, e.Fields
 }
 
 // TestErrorReasons checks, over real gRPC and REST, that the API's errors

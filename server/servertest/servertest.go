@@ -1,10 +1,12 @@
 // Package servertest is the harness that tests of the daemon share: a
 // whole gateway on 127.0.0.1:0 with a real gRPC client and a REST client
 // (Start), a subscription that collects events (Gateway.Subscribe), a
-// listener (Gateway.StartListener), TCP peers and clients (Peer, Dial,
-// ReadN, RefusedAddr), polling (Eventually), log sinks (LogSink), a seeded
-// random source (Rand) and the table of bad inputs that the gRPC and REST
-// tests both run (BadInputs). It is imported by tests only, and imports
+// REST event stream read as NDJSON lines or SSE blocks (REST.OpenEvents),
+// a listener (Gateway.StartListener), TCP peers and clients (Peer, Dial,
+// DialFrom, Clients, ReadN, RefusedAddr), what a gRPC error says (ErrorOf),
+// polling (Eventually), log sinks (LogSink), a seeded random source (Rand)
+// and the table of bad inputs that the gRPC and REST tests both run
+// (BadInputs). It is imported by tests only, and imports
 // no test-only package of the repository.
 package servertest
 
@@ -98,4 +100,23 @@ func (g *Gateway) Stop() error {
 		}
 	})
 	return g.stopErr
+}
+
+// ClientConn is a gRPC client connection, without TLS, to a gateway at
+// addr that the test did not start with Start (a daemon run as a
+// process); the test's end closes it.
+func ClientConn(t testing.TB, addr string) *grpc.ClientConn {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("dialing gateway %s: %v", addr, err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// Client is a GatewayService client on ClientConn(t, addr).
+func Client(t testing.TB, addr string) tcpgatev1.GatewayServiceClient {
+	t.Helper()
+	return tcpgatev1.NewGatewayServiceClient(ClientConn(t, addr))
 }

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/metadata"
+
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 )
 
@@ -15,6 +17,9 @@ type Stream struct {
 	// Started is the stream's first event, its STREAM_STARTED marker,
 	// which Next does not return.
 	Started *tcpgatev1.Event
+	// Header is the call's response headers: the incarnation, the node
+	// and the newest sequence (rpc.HeaderIncarnation and the others).
+	Header metadata.MD
 
 	t      testing.TB
 	events chan *tcpgatev1.Event
@@ -40,12 +45,13 @@ func Subscribe(t testing.TB, c tcpgatev1.GatewayServiceClient, req *tcpgatev1.Su
 		cancel()
 		t.Fatalf("Subscribe: %v", err)
 	}
-	if _, err := cl.Header(); err != nil {
+	md, err := cl.Header()
+	if err != nil {
 		cancel()
 		t.Fatalf("Subscribe headers: %v", err)
 	}
 	started := RecvStarted(t, cl)
-	s := &Stream{Started: started, t: t, events: make(chan *tcpgatev1.Event, 1<<16), errc: make(chan error, 1), cancel: cancel}
+	s := &Stream{Started: started, Header: md, t: t, events: make(chan *tcpgatev1.Event, 1<<16), errc: make(chan error, 1), cancel: cancel}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -93,7 +99,7 @@ func RecvStarted(t testing.TB, cl tcpgatev1.GatewayService_SubscribeClient) *tcp
 // In returns the stream read by t, a subtest of the one that opened it, so
 // that its failures end the subtest.
 func (s *Stream) In(t testing.TB) *Stream {
-	return &Stream{Started: s.Started, t: t, events: s.events, errc: s.errc, cancel: s.cancel}
+	return &Stream{Started: s.Started, Header: s.Header, t: t, events: s.events, errc: s.errc, cancel: s.cancel}
 }
 
 // Next returns the next event, failing the test after Wait.

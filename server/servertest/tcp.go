@@ -38,6 +38,36 @@ func Dial(t testing.TB, addr string) *net.TCPConn {
 	return c.(*net.TCPConn)
 }
 
+// DialFrom is Dial from the local IP src: any address of 127.0.0.0/8 is
+// this host's on Linux, so a test can be several peers.
+func DialFrom(t testing.TB, src, addr string) *net.TCPConn {
+	t.Helper()
+	d := net.Dialer{Timeout: Wait, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dialing %s from %s: %v", addr, src, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(Wait))
+	return c.(*net.TCPConn)
+}
+
+// Clients opens n connections to addr from src, one after another, and
+// returns them with their local addresses: the remote addresses the
+// gateway lists. One after another, so the gateway accepts them in this
+// order (its accept queue is first in, first out).
+func Clients(t testing.TB, src, addr string, n int) ([]*net.TCPConn, []string) {
+	t.Helper()
+	conns := make([]*net.TCPConn, 0, n)
+	locals := make([]string, 0, n)
+	for range n {
+		c := DialFrom(t, src, addr)
+		conns = append(conns, c)
+		locals = append(locals, c.LocalAddr().String())
+	}
+	return conns, locals
+}
+
 // ReadN reads exactly n bytes from c, failing the test otherwise.
 func ReadN(t testing.TB, c net.Conn, n int) []byte {
 	t.Helper()

@@ -1,27 +1,14 @@
 package listener_test
 
 import (
-	"net"
 	"testing"
 
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/servertest"
 	"github.com/tcpgate/tcpgate/server/servertest/record"
 )
-
-// dialFrom connects to addr from the local IP src (any of 127.0.0.0/8 is
-// this host's on Linux); the connection is closed when the test ends.
-func dialFrom(t *testing.T, src, addr string) *net.TCPConn {
-	t.Helper()
-	d := net.Dialer{Timeout: testTimeout, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatalf("dialing %s from %s: %v", addr, src, err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	return c.(*net.TCPConn)
-}
 
 // TestMaxConnectionsPerIP: one peer IP gets at most MaxConnectionsPerIP
 // slots over every listener; the next is opened and closed with
@@ -33,12 +20,12 @@ func TestMaxConnectionsPerIP(t *testing.T) {
 	a, b := start(t, r, spec), start(t, r, spec)
 	// The peer's two slots, one on each listener: the bound is the
 	// registry's, not a listener's.
-	first := dialFrom(t, "127.0.0.2", a.Address)
+	first := servertest.DialFrom(t, "127.0.0.2", a.Address)
 	connID(t, r, first)
-	second := dialFrom(t, "127.0.0.2", b.Address)
+	second := servertest.DialFrom(t, "127.0.0.2", b.Address)
 	connID(t, r, second)
 
-	extra := dialFrom(t, "127.0.0.2", a.Address)
+	extra := servertest.DialFrom(t, "127.0.0.2", a.Address)
 	if got := readAll(t, extra); got != "" {
 		t.Errorf("refused client read %q", got)
 	}
@@ -56,7 +43,7 @@ func TestMaxConnectionsPerIP(t *testing.T) {
 	}
 
 	// Another peer still gets in, and those let in still work.
-	other := dialFrom(t, "127.0.0.3", a.Address)
+	other := servertest.DialFrom(t, "127.0.0.3", a.Address)
 	connID(t, r, other)
 	echo(t, other, "another peer")
 	echo(t, first, "still served")
@@ -64,7 +51,7 @@ func TestMaxConnectionsPerIP(t *testing.T) {
 	// A slot given back is the peer's again.
 	_ = first.Close()
 	closeEventOf(t, r, rec, first)
-	again := dialFrom(t, "127.0.0.2", b.Address)
+	again := servertest.DialFrom(t, "127.0.0.2", b.Address)
 	connID(t, r, again)
 	echo(t, again, "let in")
 }
@@ -75,7 +62,7 @@ func TestMaxConnectionsPerIPLoopbackExempt(t *testing.T) {
 	r, _ := newRegistry(t, listener.Config{MaxConnectionsPerIP: 1})
 	info := start(t, r, listener.Spec{Framing: lines(), AutoReply: conn.AutoReply{Mode: conn.Echo}})
 	for range 3 {
-		c := dialFrom(t, "127.0.0.2", info.Address)
+		c := servertest.DialFrom(t, "127.0.0.2", info.Address)
 		connID(t, r, c)
 		echo(t, c, "exempt")
 	}

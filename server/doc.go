@@ -4,7 +4,12 @@
 // # Architecture
 //
 // Data flows one way. A listener (internal/listener) accepts TCP
-// connections; each connection (internal/conn) runs one read loop that cuts
+// connections and adds them to the connection registry
+// (internal/registry), which names each one, admits it under the limits
+// over every connection, and is where Send, the connection RPCs and
+// broadcasts find it; a connection's origin is data of its entry there,
+// so outbound connections will live beside accepted ones. Each
+// connection (internal/conn) runs one read loop that cuts
 // its bytes into frames (internal/framing) and publishes them to the hub
 // (internal/hub). The hub numbers every event with a gateway-wide sequence,
 // keeps recent events in a replay ring bounded in bytes, and queues each
@@ -25,18 +30,25 @@
 // queued. The queue is bounded per connection and over all connections
 // (--max-write-buffer-bytes); a read loop whose replies find no room stops
 // reading until they do. Awaited replies are matched in write order. Send
-// to an address uses internal/dialer, a fresh connection per call.
+// to an address uses internal/dialer, a fresh connection per call; the
+// dialer resolves the address, checks the dial policy and dials in one
+// call, its only way to connect. The listener registry likewise checks the
+// listen policy and picks the port under a narrowed --allow-listen on
+// every start.
 //
-// The engine knows nothing of protobuf. rpc validates requests, calls the
-// engine and maps its sentinel errors to gRPC codes (rpc/errors.go). The hub
-// and the listener registry are reached through small method sets, so that a
-// cluster can later put NATS-backed versions in their place.
+// The engine knows nothing of protobuf and owns its decisions. rpc
+// validates requests, calls the engine and maps its sentinel errors to
+// gRPC codes (rpc/errors.go). The hub, the listener registry, the
+// connection registry and the dialer are reached through small interfaces
+// declared in rpc (the methods it calls), so that a cluster can later put
+// NATS-backed versions in their place.
 //
 // # Lock order
 //
-// Locks are never held across I/O, and only one pair is ever nested:
+// Locks are never held across I/O, and only two pairs are ever nested:
 //
-//	hub.Hub.mu         ->  hub.Subscriber.mu
+//	hub.Hub.mu                 ->  hub.Subscriber.mu
+//	listener.Registry.mu       ->  registry.Registry.mu
 //
 // A connection's write turn (conn.Conn.writeTurn, a channel) is held while
 // a write is queued, and across the wait for room, never across the write
@@ -46,10 +58,14 @@
 // with no lock held. A subscriber taking its events takes only its own
 // lock, so subscribers do not contend with each other, except that a replay
 // copies a batch's worth of the ring under hub.Hub.mu, and matches it
-// against the filter after releasing it. listener.Registry.mu is a leaf:
-// nothing that takes another lock, and no I/O, runs while it is held (a
-// drain rereads its deadline under it and waits outside it). The server's
-// table of calls in flight has a leaf lock of its own.
+// against the filter after releasing it. listener.Registry.mu takes only
+// registry.Registry.mu, so that a listener becomes visible, starts
+// draining and is forgotten together with its group of connections; no
+// I/O runs while it is held (a drain rereads its deadline under it and
+// waits outside it). registry.Registry.mu is a leaf: under it a
+// connection is made (conn.New does no I/O) and its state read from an
+// atomic; snapshots are taken after releasing it. The server's table of
+// calls in flight has a leaf lock of its own.
 //
 // Counters of connections and listeners are atomics and take no lock.
 //

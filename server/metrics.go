@@ -13,6 +13,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/registry"
 )
 
 // collector reads the engine's figures at scrape time, so the hot paths
@@ -20,6 +21,7 @@ import (
 type collector struct {
 	hub       *hub.Hub
 	listeners *listener.Registry
+	conns     *registry.Registry
 	dialer    *dialer.Dialer
 
 	listenersD, connsOpen, accepted, closed *prometheus.Desc
@@ -30,13 +32,14 @@ type collector struct {
 	writeQueued                             *prometheus.Desc
 }
 
-func newCollector(h *hub.Hub, r *listener.Registry, dl *dialer.Dialer) *collector {
+func newCollector(h *hub.Hub, r *listener.Registry, conns *registry.Registry, dl *dialer.Dialer) *collector {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc("tcpgate_"+name, help, labels, nil)
 	}
 	return &collector{
 		hub:         h,
 		listeners:   r,
+		conns:       conns,
 		dialer:      dl,
 		dials:       d("address_sends_total", "Sends to an address (one-shot connections), failed ones included."),
 		dialsFailed: d("address_sends_failed_total", "Sends to an address that returned an error."),
@@ -69,18 +72,18 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
 	}
-	ls := c.listeners.Stats()
+	ls, cs := c.listeners.Stats(), c.conns.Stats()
 	gauge(c.listenersD, float64(ls.Listeners))
-	gauge(c.connsOpen, float64(ls.ConnectionsOpen))
+	gauge(c.connsOpen, float64(cs.ConnectionsOpen))
 	counter(c.accepted, float64(ls.Accepted))
-	for reason, n := range ls.Closed {
+	for reason, n := range cs.Closed {
 		counter(c.closed, float64(n), reason.String())
 	}
-	counter(c.bytesIn, float64(ls.BytesIn))
-	counter(c.bytesOut, float64(ls.BytesOut))
-	counter(c.framesIn, float64(ls.FramesIn))
-	counter(c.framesOut, float64(ls.FramesOut))
-	gauge(c.writeQueued, float64(ls.WriteQueued))
+	counter(c.bytesIn, float64(cs.BytesIn))
+	counter(c.bytesOut, float64(cs.BytesOut))
+	counter(c.framesIn, float64(cs.FramesIn))
+	counter(c.framesOut, float64(cs.FramesOut))
+	gauge(c.writeQueued, float64(cs.WriteQueued))
 
 	hs := c.hub.Stats()
 	counter(c.events, float64(hs.LastSequence))
@@ -136,10 +139,10 @@ func (m *rpcMetrics) observe(method string, err error, start time.Time) {
 }
 
 // newMetrics returns the registry served at /metrics.
-func newMetrics(h *hub.Hub, r *listener.Registry, dl *dialer.Dialer, rpcs *rpcMetrics) *prometheus.Registry {
+func newMetrics(h *hub.Hub, r *listener.Registry, conns *registry.Registry, dl *dialer.Dialer, rpcs *rpcMetrics) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
-		newCollector(h, r, dl),
+		newCollector(h, r, conns, dl),
 		rpcs.calls,
 		rpcs.latency,
 		rpcs.refused,

@@ -30,6 +30,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
 	"github.com/tcpgate/tcpgate/server/internal/pemfile"
+	"github.com/tcpgate/tcpgate/server/internal/registry"
 	"github.com/tcpgate/tcpgate/server/rpc"
 )
 
@@ -55,8 +56,8 @@ const (
 	// listener.DefaultMaxDrainTimeout).
 	DefaultMaxDrainTimeout = listener.DefaultMaxDrainTimeout
 	// DefaultMaxWriteBufferBytes bounds all connections' queued writes
-	// together (see listener.DefaultMaxWriteBufferBytes).
-	DefaultMaxWriteBufferBytes = listener.DefaultMaxWriteBufferBytes
+	// together (see registry.DefaultMaxWriteBufferBytes).
+	DefaultMaxWriteBufferBytes = registry.DefaultMaxWriteBufferBytes
 )
 
 // gRPC transport sizes, chosen for streaming throughput: a window of 1 MiB
@@ -189,6 +190,7 @@ type Server struct {
 	cfg       Config
 	log       *slog.Logger
 	hub       *hub.Hub
+	conns     *registry.Registry // every live connection
 	listeners *listener.Registry
 	dialer    *dialer.Dialer
 	grpc      *grpc.Server
@@ -210,7 +212,7 @@ type Server struct {
 	closeOnce sync.Once
 
 	svc        *rpc.Service
-	conns      *rpc.ConnTracker // the gRPC listener's connections
+	grpcConns  *rpc.ConnTracker // the gRPC listener's connections
 	eventsOnce sync.Once
 	events     *rpc.EventSource // the REST event stream's; made by Events
 }
@@ -275,31 +277,39 @@ func New(cfg Config) (*Server, error) {
 		s.auth = auth
 	}
 	s.hub = hub.New(hub.Config{ReplayBytes: cfg.ReplayBytes, MaxQueuedBytes: cfg.MaxQueuedBytes, MaxSubscribers: cfg.MaxSubscribers})
-	s.listeners = listener.New(listener.Config{
-		Publisher:      s.hub,
-		MaxListeners:   cfg.MaxListeners,
-		MaxConnections: cfg.MaxConnections,
-		// Decided by the registry, which counts every listener's
-		// connections together.
+	// Decided by the connection registry, which counts every connection
+	// together, whoever opened it.
+	s.conns = registry.New(registry.Config{
+		MaxConnections:      cfg.MaxConnections,
 		MaxConnectionsPerIP: cfg.MaxConnectionsPerIP,
 		PerIPLoopback:       cfg.PerIPLoopback,
-		WriteTimeout:        cfg.WriteTimeout,
+		MaxWriteBufferBytes: cfg.MaxWriteBufferBytes,
+	})
+	s.listeners = listener.New(listener.Config{
+		Publisher: s.hub,
+		Conns:     s.conns,
+		// Decided by the listener registry, so that every way of starting
+		// a listener takes the same path: the listen policy, the port
+		// chosen under it.
+		Policy:       pol,
+		MaxListeners: cfg.MaxListeners,
+		WriteTimeout: cfg.WriteTimeout,
 		// Decided by the registry, so every way of stopping a listener
 		// meets the same bound.
-		MaxDrainTimeout:     cfg.MaxDrainTimeout,
-		MaxWriteBufferBytes: cfg.MaxWriteBufferBytes,
-		Logger:              log,
+		MaxDrainTimeout: cfg.MaxDrainTimeout,
+		Logger:          log,
 	})
-	s.dialer = &dialer.Dialer{}
+	// The dialer resolves and checks every address it dials itself.
+	s.dialer = &dialer.Dialer{Policy: pol}
 	s.rpcs = newRPCMetrics()
-	s.metrics = newMetrics(s.hub, s.listeners, s.dialer, s.rpcs)
-	s.conns = rpc.NewConnTracker()
+	s.metrics = newMetrics(s.hub, s.listeners, s.conns, s.dialer, s.rpcs)
+	s.grpcConns = rpc.NewConnTracker()
 	svc := rpc.New(rpc.Config{
-		Conns:                  s.conns,
+		Conns:                  s.grpcConns,
 		Listeners:              s.listeners,
+		Connections:            s.conns,
 		Hub:                    s.hub,
 		Dialer:                 s.dialer,
-		Policy:                 pol,
 		SubscriberQueueBytes:   cfg.SubscriberQueueBytes,
 		MaxFrameBytes:          cfg.MaxFrameBytes,
 		MaxReplyBytes:          cfg.MaxReplyBytes,
@@ -374,7 +384,7 @@ func New(cfg Config) (*Server, error) {
 	ln = newLimitListener(ln, cfg.MaxGRPCConnections, "--max-grpc-connections", log)
 	// Every gRPC connection is recorded, so that a Subscribe stream whose
 	// client does not read can be ended (see rpc.ConnTracker).
-	ln = s.conns.Listener(ln)
+	ln = s.grpcConns.Listener(ln)
 	s.grpcLn = ln
 	if tlsCfg != nil {
 		// TLS at the listener, so the REST gateway's in-memory connection
@@ -649,9 +659,9 @@ func (s *Server) shutdownOnce() error {
 	if !clean {
 		calls, open := s.inflight.describe()
 		s.log.Error("shutdown timed out; exiting with calls still running", "took", time.Since(start).Round(time.Millisecond),
-			"calls", calls, "open", open, "connections", s.listeners.Stats().ConnectionsOpen)
+			"calls", calls, "open", open, "connections", s.conns.Stats().ConnectionsOpen)
 		return fmt.Errorf("shutting down: still running after --shutdown-timeout (%s): calls %d [%s], connections %d",
-			timeout, calls, strings.Join(open, ", "), s.listeners.Stats().ConnectionsOpen)
+			timeout, calls, strings.Join(open, ", "), s.conns.Stats().ConnectionsOpen)
 	}
 	s.log.Info("gateway stopped", "took", time.Since(start).Round(time.Millisecond))
 	return nil
@@ -678,9 +688,8 @@ func (s *Server) await(what string, done <-chan struct{}, until time.Time) bool 
 			return false
 		case <-tick.C:
 			calls, open := s.inflight.describe()
-			st := s.listeners.Stats()
 			s.log.Info("shutdown waiting", "for", what, "left", time.Until(until).Round(100*time.Millisecond),
-				"calls", calls, "open", open, "connections", st.ConnectionsOpen, "listeners", st.Listeners)
+				"calls", calls, "open", open, "connections", s.conns.Stats().ConnectionsOpen, "listeners", s.listeners.Stats().Listeners)
 		}
 	}
 }

@@ -4,18 +4,30 @@ import (
 	"context"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
-	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/page"
+	"github.com/tcpgate/tcpgate/server/internal/registry"
 )
 
 // The connection RPCs: ListConnections, GetConnection and CloseConnection.
+
+// Connections is what the service calls of the connection registry
+// (registry.Registry): the lookups of the connection RPCs, and Send's to a
+// connection or a listener's connections.
+type Connections interface {
+	Conn(id string) (*conn.Conn, error)
+	GetConn(id string) (registry.Info, error)
+	CloseConn(ctx context.Context, id string) (registry.Info, error)
+	ListConns(f registry.Filter, size int, after uint64) (registry.Page, error)
+	Broadcast(ctx context.Context, listenerID string, p []byte) (uint64, int, error)
+}
 
 // CloseConnection implements GatewayService.CloseConnection.
 func (s *Service) CloseConnection(ctx context.Context, req *tcpgatev1.CloseConnectionRequest) (*tcpgatev1.CloseConnectionResponse, error) {
 	if err := checkID("connection_id", req.GetConnectionId()); err != nil {
 		return nil, err
 	}
-	info, err := s.cfg.Listeners.CloseConn(ctx, req.GetConnectionId())
+	info, err := s.cfg.Connections.CloseConn(ctx, req.GetConnectionId())
 	if err != nil {
 		return nil, s.status(err)
 	}
@@ -33,13 +45,13 @@ func (s *Service) ListConnections(_ context.Context, req *tcpgatev1.ListConnecti
 	if !ok {
 		return nil, invalid("state", "unknown value %d", int32(req.GetState()))
 	}
-	f := listener.ConnFilter{ListenerID: req.GetListenerId(), State: st, RemotePrefix: req.GetRemoteAddressPrefix()}
+	f := registry.Filter{ListenerID: req.GetListenerId(), State: st, RemotePrefix: req.GetRemoteAddressPrefix()}
 	inc := s.cfg.Hub.Incarnation()
 	after, err := page.Decode(req.GetPageToken(), inc, f.Digest())
 	if err != nil {
 		return nil, s.status(err)
 	}
-	p, err := s.cfg.Listeners.ListConns(f, int(req.GetPageSize()), after)
+	p, err := s.cfg.Connections.ListConns(f, int(req.GetPageSize()), after)
 	if err != nil {
 		return nil, s.status(err)
 	}
@@ -59,22 +71,22 @@ func (s *Service) GetConnection(_ context.Context, req *tcpgatev1.GetConnectionR
 	if err := checkID("connection_id", req.GetConnectionId()); err != nil {
 		return nil, err
 	}
-	info, err := s.cfg.Listeners.GetConn(req.GetConnectionId())
+	info, err := s.cfg.Connections.GetConn(req.GetConnectionId())
 	if err != nil {
 		return nil, s.status(err)
 	}
 	return &tcpgatev1.GetConnectionResponse{Connection: connToProto(info), Header: s.header()}, nil
 }
 
-var connStates = map[listener.ConnState]tcpgatev1.ConnectionState{
-	listener.ConnOpen:       tcpgatev1.ConnectionState_CONNECTION_STATE_OPEN,
-	listener.ConnHalfClosed: tcpgatev1.ConnectionState_CONNECTION_STATE_HALF_CLOSED,
-	listener.ConnDraining:   tcpgatev1.ConnectionState_CONNECTION_STATE_DRAINING,
+var connStates = map[registry.State]tcpgatev1.ConnectionState{
+	registry.Open:       tcpgatev1.ConnectionState_CONNECTION_STATE_OPEN,
+	registry.HalfClosed: tcpgatev1.ConnectionState_CONNECTION_STATE_HALF_CLOSED,
+	registry.Draining:   tcpgatev1.ConnectionState_CONNECTION_STATE_DRAINING,
 }
 
 // connStateFromProto is the state a filter names: 0 (any) for
 // UNSPECIFIED, false for a value the API does not define.
-func connStateFromProto(st tcpgatev1.ConnectionState) (listener.ConnState, bool) {
+func connStateFromProto(st tcpgatev1.ConnectionState) (registry.State, bool) {
 	if st == tcpgatev1.ConnectionState_CONNECTION_STATE_UNSPECIFIED {
 		return 0, true
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/framing"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/registry"
 )
 
 // MaxFrameLimit is the ceiling of --max-frame-bytes and --max-reply-bytes
@@ -146,7 +147,7 @@ func listenerToProto(i listener.Info) *tcpgatev1.Listener {
 	return l
 }
 
-func connToProto(c listener.ConnInfo) *tcpgatev1.Connection {
+func connToProto(c registry.Info) *tcpgatev1.Connection {
 	return &tcpgatev1.Connection{
 		ConnectionId:  c.ID,
 		ListenerId:    c.ListenerID,

@@ -25,6 +25,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/page"
 	"github.com/tcpgate/tcpgate/server/internal/pemfile"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
+	"github.com/tcpgate/tcpgate/server/internal/registry"
 )
 
 // ErrorDomain is the domain of every ErrorInfo the API returns.
@@ -53,15 +54,16 @@ var codeOf = []struct {
 	{policy.ErrDenied, codes.PermissionDenied, tcpgatev1.ErrorReason_ERROR_REASON_POLICY_DENIED},
 	{listener.ErrExists, codes.AlreadyExists, tcpgatev1.ErrorReason_ERROR_REASON_LISTENER_EXISTS},
 	{listener.ErrNotFound, codes.NotFound, tcpgatev1.ErrorReason_ERROR_REASON_LISTENER_NOT_FOUND},
-	{listener.ErrConnNotFound, codes.NotFound, tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_NOT_FOUND},
+	{registry.ErrNotFound, codes.NotFound, tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_NOT_FOUND},
 	{conn.ErrClosed, codes.NotFound, tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_CLOSED},
 	{conn.ErrHalfClosed, codes.FailedPrecondition, tcpgatev1.ErrorReason_ERROR_REASON_PEER_HALF_CLOSED},
 	{listener.ErrAddressInUse, codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_ADDRESS_IN_USE},
 	{listener.ErrAddressNotUsable, codes.FailedPrecondition, tcpgatev1.ErrorReason_ERROR_REASON_ADDRESS_NOT_USABLE},
 	{listener.ErrLimit, codes.ResourceExhausted, tcpgatev1.ErrorReason_ERROR_REASON_LIMIT_REACHED},
+	{registry.ErrLimit, codes.ResourceExhausted, tcpgatev1.ErrorReason_ERROR_REASON_LIMIT_REACHED},
 	{listener.ErrDrainTooLong, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_DRAIN_TOO_LONG},
 	{listener.ErrClosed, codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN},
-	{listener.ErrInvalidFilter, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
+	{registry.ErrInvalidFilter, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
 	{page.ErrInvalidSize, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
 	{page.ErrInvalidToken, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_INVALID_PAGE_TOKEN},
 	{hub.ErrClosed, codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN},

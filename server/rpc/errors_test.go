@@ -20,6 +20,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/page"
 	"github.com/tcpgate/tcpgate/server/internal/pemfile"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
+	"github.com/tcpgate/tcpgate/server/internal/registry"
 )
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
@@ -29,12 +30,13 @@ func TestToStatusSentinels(t *testing.T) {
 		framing.ErrInvalidConfig:     codes.InvalidArgument,
 		listener.ErrExists:           codes.AlreadyExists,
 		listener.ErrNotFound:         codes.NotFound,
-		listener.ErrConnNotFound:     codes.NotFound,
+		registry.ErrNotFound:         codes.NotFound,
 		conn.ErrClosed:               codes.NotFound,
 		conn.ErrHalfClosed:           codes.FailedPrecondition,
 		listener.ErrAddressInUse:     codes.Unavailable,
 		listener.ErrAddressNotUsable: codes.FailedPrecondition,
 		listener.ErrLimit:            codes.ResourceExhausted,
+		registry.ErrLimit:            codes.ResourceExhausted,
 		listener.ErrDrainTooLong:     codes.InvalidArgument,
 		listener.ErrClosed:           codes.Unavailable,
 		hub.ErrClosed:                codes.Unavailable,
@@ -54,7 +56,7 @@ func TestToStatusSentinels(t *testing.T) {
 		pemfile.ErrNotAllowed:        codes.InvalidArgument,
 		pemfile.ErrTooLarge:          codes.InvalidArgument,
 		hub.ErrFilterTooLarge:        codes.InvalidArgument,
-		listener.ErrInvalidFilter:    codes.InvalidArgument,
+		registry.ErrInvalidFilter:    codes.InvalidArgument,
 		page.ErrInvalidSize:          codes.InvalidArgument,
 		page.ErrInvalidToken:         codes.InvalidArgument,
 		hub.ErrSequenceOutOfRange:    codes.OutOfRange,

@@ -2,9 +2,6 @@ package rpc
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"net"
 	"time"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
@@ -15,6 +12,15 @@ import (
 
 // The listener RPCs: StartListener, StopListener, GetListener and
 // ListListeners.
+
+// Listeners is what the listener RPCs call of the listener registry
+// (listener.Registry). Start owns the listen policy and the port choice.
+type Listeners interface {
+	Start(ctx context.Context, spec listener.Spec) (listener.Info, error)
+	Stop(ctx context.Context, id string, drain time.Duration) (listener.Info, error)
+	Get(id string) (listener.Info, error)
+	ListListeners(size int, after uint64) (listener.ListenerPage, error)
+}
 
 // StartListener implements GatewayService.StartListener.
 func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListenerRequest) (*tcpgatev1.StartListenerResponse, error) {
@@ -61,9 +67,6 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 	if err != nil {
 		return nil, err
 	}
-	if err := s.cfg.Policy.CheckListen(req.GetHost(), int(req.GetPort())); err != nil {
-		return nil, s.status(err)
-	}
 	spec := listener.Spec{
 		ID:               req.GetListenerId(),
 		Host:             req.GetHost(),
@@ -75,7 +78,7 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 		HalfCloseTimeout: halfClose,
 		TLS:              tlsCfg,
 	}
-	info, err := s.startListener(ctx, spec)
+	info, err := s.cfg.Listeners.Start(ctx, spec)
 	if err != nil {
 		return nil, s.status(err)
 	}
@@ -86,33 +89,6 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 // answer through the API, short enough that a half-closed connection is not
 // a way to hold a slot indefinitely (the idle timeout does not apply then).
 const maxHalfClose = time.Minute
-
-// portTries bounds the ports a listener asking for port 0 tries when the
-// policy narrows its ports: enough that a range with a few ports in use
-// still yields one, few enough that a full range fails fast.
-const portTries = 64
-
-// startListener starts spec. Port 0 under a policy that narrows the ports
-// takes a free port of the allowed ranges, not the kernel's pick, which
-// could lie outside them.
-func (s *Service) startListener(ctx context.Context, spec listener.Spec) (listener.Info, error) {
-	if spec.Port != 0 {
-		return s.cfg.Listeners.Start(ctx, spec)
-	}
-	ports := s.cfg.Policy.ListenPorts(spec.Host, portTries)
-	if ports == nil {
-		return s.cfg.Listeners.Start(ctx, spec)
-	}
-	for _, port := range ports {
-		spec.Port = port
-		info, err := s.cfg.Listeners.Start(ctx, spec)
-		if !errors.Is(err, listener.ErrAddressInUse) {
-			return info, err
-		}
-	}
-	return listener.Info{}, fmt.Errorf("binding %s: no free port among %d tried from --allow-listen: %w",
-		net.JoinHostPort(spec.Host, "0"), len(ports), listener.ErrAddressInUse)
-}
 
 func autoReplyFromProto(a *tcpgatev1.AutoReply) (conn.AutoReply, error) {
 	var payload []byte

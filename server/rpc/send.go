@@ -112,13 +112,9 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		if err != nil {
 			return nil, err
 		}
-		// Resolved once and checked; the dialer dials exactly these.
-		resolved, err := s.cfg.Policy.ResolveDial(ctx, t.Address)
-		if err != nil {
-			return nil, s.status(err)
-		}
+		// The dialer resolves, checks the policy and dials in this one call.
 		res, err := s.cfg.Dialer.Send(ctx, dialer.Request{
-			Address: t.Address, Resolved: resolved, Payload: payload, Await: mode, Framing: fc, Match: match, MaxReply: maxReply, TLS: tlsCfg,
+			Address: t.Address, Payload: payload, Await: mode, Framing: fc, Match: match, MaxReply: maxReply, TLS: tlsCfg,
 		})
 		if err != nil {
 			return nil, s.status(err)
@@ -139,7 +135,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		if aw.GetFraming() != nil {
 			return nil, invalid("await_reply.framing", "not used with connection_id: replies are cut by the listener's framing")
 		}
-		c, err := s.cfg.Listeners.Conn(t.ConnectionId)
+		c, err := s.cfg.Connections.Conn(t.ConnectionId)
 		if err != nil {
 			return nil, s.status(err)
 		}
@@ -170,7 +166,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		if mode != dialer.NoAwait {
 			return nil, invalid("await_reply", "not allowed with listener_id: a broadcast has no single reply")
 		}
-		n, reached, err := s.cfg.Listeners.Broadcast(ctx, t.ListenerId, payload)
+		n, reached, err := s.cfg.Connections.Broadcast(ctx, t.ListenerId, payload)
 		if err != nil {
 			return nil, s.status(err)
 		}

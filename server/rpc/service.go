@@ -10,6 +10,7 @@
 package rpc
 
 import (
+	"context"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -19,9 +20,7 @@ import (
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
-	"github.com/tcpgate/tcpgate/server/internal/listener"
 	"github.com/tcpgate/tcpgate/server/internal/pemfile"
-	"github.com/tcpgate/tcpgate/server/internal/policy"
 )
 
 // ids are used in REST paths, so they stay URL-safe, and short, so that
@@ -42,14 +41,32 @@ func checkID(field, id string) error {
 	return nil
 }
 
-// Config configures a Service.
+// Hub is what the service calls of the event hub (hub.Hub): Subscribe
+// streams, and the incarnation and sequence of every ResponseHeader.
+type Hub interface {
+	Subscribe(opts hub.SubscribeOptions) (*hub.Subscriber, error)
+	Incarnation() string
+	LastSequence() uint64
+	// Closed is closed when the hub shuts down.
+	Closed() <-chan struct{}
+}
+
+// Dialer is what Send to an address calls (dialer.Dialer): it resolves
+// the address, checks it against the dial policy and dials, in one call
+// that no caller can go around.
+type Dialer interface {
+	Send(ctx context.Context, req dialer.Request) (dialer.Result, error)
+}
+
+// Config configures a Service. The engine is reached through the small
+// interfaces above and in listeners.go and connections.go, each the
+// methods this package calls, so that another implementation (a
+// cluster's) can stand in for the in-process one that server.go wires.
 type Config struct {
-	Listeners *listener.Registry
-	Hub       *hub.Hub
-	Dialer    *dialer.Dialer
-	// Policy decides what may be bound and dialed; nil means the default
-	// policy (see policy.Policy), never "anything goes".
-	Policy *policy.Policy
+	Listeners   Listeners
+	Connections Connections
+	Hub         Hub
+	Dialer      Dialer
 	// SubscriberQueueBytes bounds each subscriber's queue; 0 means hub.DefaultQueueBytes.
 	SubscriberQueueBytes int
 	// MaxSendBytes bounds a Send payload; 0 means DefaultMaxSendBytes.

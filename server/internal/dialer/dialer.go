@@ -1,6 +1,8 @@
-// Package dialer makes the gateway's outbound one-shot sends: connect, write,
-// optionally read the reply, close (kn-sock's send_tcp_message and
-// send_tcp_bytes).
+// Package dialer makes the gateway's outbound one-shot sends: resolve and
+// check the address against the dial policy, connect, write, optionally
+// read the reply, close (kn-sock's send_tcp_message and send_tcp_bytes).
+// Send is its only way to connect, so that nothing dials around the
+// policy.
 package dialer
 
 import (
@@ -18,6 +20,7 @@ import (
 	"time"
 
 	"github.com/tcpgate/tcpgate/server/internal/framing"
+	"github.com/tcpgate/tcpgate/server/internal/policy"
 )
 
 // Errors of Send; callers test them with errors.Is. Timeouts wrap
@@ -25,7 +28,8 @@ import (
 var (
 	// ErrRefused means nothing accepted the connection.
 	ErrRefused = errors.New("connection refused")
-	// ErrUnreachable means the address could not be resolved or reached.
+	// ErrUnreachable means the address could not be reached, or is no
+	// address (a failed lookup is a *net.DNSError, unwrapped).
 	ErrUnreachable = errors.New("address unreachable")
 	// ErrNoReply means the peer closed before a whole reply arrived.
 	ErrNoReply = errors.New("peer closed before replying")
@@ -65,12 +69,11 @@ var readBuffers = sync.Pool{New: func() any { b := make([]byte, readSize); retur
 // Request is one send.
 type Request struct {
 	// Address is host:port, as the caller gave it (and as errors name it).
+	// It is resolved once and checked against the policy; the addresses it
+	// allows are dialed in order until one accepts.
 	Address string
-	// Resolved, when set, are the ip:port addresses to dial instead of
-	// resolving Address, tried in order until one accepts.
-	Resolved []string
-	Payload  []byte
-	Await    AwaitMode
+	Payload []byte
+	Await   AwaitMode
 	// Framing cuts the reply in Frame mode; it must be normalized.
 	Framing framing.Config
 	// Match, in Frame mode, says which frame is the reply: frames that do
@@ -88,13 +91,17 @@ type Result struct {
 	Reply        []byte
 }
 
-// Dialer sends. The zero value is ready to use.
+// Dialer sends. The zero value is ready to use, with the default policy.
 type Dialer struct {
-	// Dialer connects. A zero KeepAlive turns TCP keep-alive off: a
-	// one-shot exchange is bounded by its context, so probes after 15 s
-	// idle would find nothing to keep, and setting them up costs four
-	// system calls per send. A positive KeepAlive turns them on.
-	net.Dialer
+	// Policy decides what may be dialed; nil means the default policy
+	// (see policy.Policy), never "anything goes". Set it before the first
+	// Send.
+	Policy *policy.Policy
+	// KeepAlive is the TCP keep-alive period of a send's connection. Zero
+	// turns keep-alive off: a one-shot exchange is bounded by its context,
+	// so probes after 15 s idle would find nothing to keep, and setting
+	// them up costs four system calls per send.
+	KeepAlive time.Duration
 
 	stats struct{ sends, failed, bytesOut, bytesIn atomic.Uint64 }
 
@@ -128,10 +135,24 @@ const (
 	lingerBytes   = 1 << 20
 )
 
-// Send connects to req.Address, writes req.Payload and awaits the reply as
-// asked. ctx bounds the whole exchange.
+// Send resolves req.Address once, refuses it when the policy allows none
+// of its addresses (an error wrapping policy.ErrDenied), connects to the
+// first allowed one that accepts, writes req.Payload and awaits the reply
+// as asked. The policy holds for what is dialed: the addresses checked
+// are the ones dialed, never a second lookup's. ctx bounds the whole
+// exchange. A refused send is not counted in Stats: nothing was dialed.
 func (d *Dialer) Send(ctx context.Context, req Request) (Result, error) {
-	res, err := d.send(ctx, req)
+	addrs, err := d.Policy.ResolveDial(ctx, req.Address)
+	if err != nil {
+		var dns *net.DNSError
+		if errors.Is(err, policy.ErrDenied) || errors.As(err, &dns) {
+			return Result{}, err
+		}
+		// Not host:port with a numeric port: no address to reach, as a
+		// dial of it would have said.
+		return Result{}, fmt.Errorf("connecting to %s: %w: %w", req.Address, ErrUnreachable, err)
+	}
+	res, err := d.send(ctx, req, addrs)
 	d.stats.sends.Add(1)
 	d.stats.bytesOut.Add(uint64(res.BytesWritten))
 	d.stats.bytesIn.Add(uint64(len(res.Reply)))
@@ -141,8 +162,8 @@ func (d *Dialer) Send(ctx context.Context, req Request) (Result, error) {
 	return res, err
 }
 
-func (d *Dialer) send(ctx context.Context, req Request) (Result, error) {
-	nc, err := d.dial(ctx, req)
+func (d *Dialer) send(ctx context.Context, req Request, addrs []string) (Result, error) {
+	nc, err := d.dial(ctx, addrs)
 	if err != nil {
 		return Result{}, dialError(ctx, req.Address, err)
 	}
@@ -264,18 +285,15 @@ func exchange(ctx context.Context, nc net.Conn, req Request) (Result, error) {
 	return res, nil
 }
 
-// dial connects to the first of req.Resolved that accepts, or to
-// req.Address.
-func (d *Dialer) dial(ctx context.Context, req Request) (net.Conn, error) {
-	nd := d.Dialer
+// dial connects to the first of addrs, which the policy allowed, that
+// accepts.
+func (d *Dialer) dial(ctx context.Context, addrs []string) (net.Conn, error) {
+	nd := net.Dialer{KeepAlive: d.KeepAlive}
 	if nd.KeepAlive == 0 {
 		nd.KeepAlive = -1
 	}
-	if len(req.Resolved) == 0 {
-		return nd.DialContext(ctx, "tcp", req.Address)
-	}
 	var first error
-	for _, addr := range req.Resolved {
+	for _, addr := range addrs {
 		nc, err := nd.DialContext(ctx, "tcp", addr)
 		if err == nil {
 			return nc, nil

@@ -15,7 +15,7 @@ type stopResult struct {
 }
 
 // stopAsync runs Stop in the background; its result arrives on the channel.
-func stopAsync(t *testing.T, r *listener.Registry, id string, drain time.Duration) <-chan stopResult {
+func stopAsync(t *testing.T, r *gateway, id string, drain time.Duration) <-chan stopResult {
 	t.Helper()
 	res := make(chan stopResult, 1)
 	c := ctx(t)

@@ -15,6 +15,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/registry"
 	"github.com/tcpgate/tcpgate/server/servertest/record"
 )
 
@@ -68,20 +69,37 @@ func ofKind(evs []*event.Event, kind event.Kind) []*event.Event {
 	return out
 }
 
-// newRegistry returns a registry publishing to a new recorder; it is closed
-// when the test ends.
-func newRegistry(t *testing.T, cfg listener.Config) (*listener.Registry, *recorder) {
+// gateway is a listener registry over a connection registry of its own,
+// wired as server.go wires them: the listeners accept, the connections are
+// looked up in conns.
+type gateway struct {
+	*listener.Registry
+	conns *registry.Registry
+}
+
+// newRegistry returns a listener registry publishing to a new recorder,
+// over a connection registry of the default limits; it is closed when the
+// test ends.
+func newRegistry(t *testing.T, cfg listener.Config) (*gateway, *recorder) {
+	t.Helper()
+	return newGateway(t, cfg, registry.Config{})
+}
+
+// newGateway is newRegistry with the connection registry's limits of rc.
+func newGateway(t *testing.T, cfg listener.Config, rc registry.Config) (*gateway, *recorder) {
 	t.Helper()
 	rec := newRecorder()
+	conns := registry.New(rc)
 	cfg.Publisher = rec
+	cfg.Conns = conns
 	cfg.Logger = slog.New(slog.DiscardHandler)
 	r := listener.New(cfg)
 	t.Cleanup(r.Close)
-	return r, rec
+	return &gateway{Registry: r, conns: conns}, rec
 }
 
 // start starts a listener on 127.0.0.1:0 from spec.
-func start(t *testing.T, r *listener.Registry, spec listener.Spec) listener.Info {
+func start(t *testing.T, r *gateway, spec listener.Spec) listener.Info {
 	t.Helper()
 	if spec.Host == "" {
 		spec.Host = "127.0.0.1"
@@ -109,12 +127,12 @@ func dial(t *testing.T, addr string) *net.TCPConn {
 
 // connID waits until the registry lists the connection of client and
 // returns its id.
-func connID(t *testing.T, r *listener.Registry, client net.Conn) string {
+func connID(t *testing.T, r *gateway, client net.Conn) string {
 	t.Helper()
 	want := client.LocalAddr().String()
 	deadline := time.Now().Add(testTimeout)
 	for time.Now().Before(deadline) {
-		infos, err := r.Conns("")
+		infos, err := r.conns.Conns("")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -9,6 +9,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
 	"github.com/tcpgate/tcpgate/server/internal/page"
+	"github.com/tcpgate/tcpgate/server/internal/registry"
 )
 
 // TestListConnsPageCost: a page of 10 of 2000 connections copies the 10,
@@ -28,13 +29,13 @@ func TestListConnsPageCost(t *testing.T) {
 	var got []string
 	var after uint64
 	for {
-		p, err := r.ListConns(listener.ConnFilter{}, 10, after)
+		p, err := r.conns.ListConns(registry.Filter{}, 10, after)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, c := range p.Conns {
 			got = append(got, c.RemoteAddr)
-			if c.State != listener.ConnOpen {
+			if c.State != registry.Open {
 				t.Fatalf("%s: state %v, want ConnOpen", c.ID, c.State)
 			}
 		}
@@ -52,7 +53,7 @@ func TestListConnsPageCost(t *testing.T) {
 	for range 5 {
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		p, err := r.ListConns(listener.ConnFilter{RemotePrefix: "127.0.0.1:"}, 10, 0)
+		p, err := r.conns.ListConns(registry.Filter{RemotePrefix: "127.0.0.1:"}, 10, 0)
 		runtime.ReadMemStats(&after)
 		if err != nil || len(p.Conns) != 10 || !p.More {
 			t.Fatalf("ListConns: %d connections, more %v, %v", len(p.Conns), p.More, err)
@@ -64,10 +65,10 @@ func TestListConnsPageCost(t *testing.T) {
 		t.Errorf("a page of 10 of %d connections allocates %d bytes, want at most %d: it copies more than its page", n, cost, budget)
 	}
 
-	if _, err := r.ListConns(listener.ConnFilter{}, -1, 0); !errors.Is(err, page.ErrInvalidSize) {
+	if _, err := r.conns.ListConns(registry.Filter{}, -1, 0); !errors.Is(err, page.ErrInvalidSize) {
 		t.Errorf("size -1: %v, want page.ErrInvalidSize", err)
 	}
-	if _, err := r.ListConns(listener.ConnFilter{RemotePrefix: string(make([]byte, listener.MaxRemotePrefixBytes+1))}, 0, 0); !errors.Is(err, listener.ErrInvalidFilter) {
-		t.Errorf("a prefix of %d bytes: %v, want ErrInvalidFilter", listener.MaxRemotePrefixBytes+1, err)
+	if _, err := r.conns.ListConns(registry.Filter{RemotePrefix: string(make([]byte, registry.MaxRemotePrefixBytes+1))}, 0, 0); !errors.Is(err, registry.ErrInvalidFilter) {
+		t.Errorf("a prefix of %d bytes: %v, want ErrInvalidFilter", registry.MaxRemotePrefixBytes+1, err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/registry"
 	"github.com/tcpgate/tcpgate/server/servertest"
 	"github.com/tcpgate/tcpgate/server/servertest/record"
 )
@@ -15,7 +16,7 @@ import (
 // LIMIT_REACHED, while another IP still gets in, and a slot given back is
 // free again.
 func TestMaxConnectionsPerIP(t *testing.T) {
-	r, rec := newRegistry(t, listener.Config{MaxConnections: 100, MaxConnectionsPerIP: 2, PerIPLoopback: true})
+	r, rec := newGateway(t, listener.Config{}, registry.Config{MaxConnections: 100, MaxConnectionsPerIP: 2, PerIPLoopback: true})
 	spec := listener.Spec{Framing: lines(), AutoReply: conn.AutoReply{Mode: conn.Echo}}
 	a, b := start(t, r, spec), start(t, r, spec)
 	// The peer's two slots, one on each listener: the bound is the
@@ -59,7 +60,7 @@ func TestMaxConnectionsPerIP(t *testing.T) {
 // TestMaxConnectionsPerIPLoopbackExempt: unless PerIPLoopback is set,
 // loopback peers are not counted, so local tools may take every slot.
 func TestMaxConnectionsPerIPLoopbackExempt(t *testing.T) {
-	r, _ := newRegistry(t, listener.Config{MaxConnectionsPerIP: 1})
+	r, _ := newGateway(t, listener.Config{}, registry.Config{MaxConnectionsPerIP: 1})
 	info := start(t, r, listener.Spec{Framing: lines(), AutoReply: conn.AutoReply{Mode: conn.Echo}})
 	for range 3 {
 		c := servertest.DialFrom(t, "127.0.0.2", info.Address)

@@ -1,6 +1,8 @@
-// Package listener owns the gateway's TCP listeners and the connections they
-// accept: binding, the accept loop, limits, drain and stop, and the registry
-// that Send, ListConnections and CloseConnection look connections up in.
+// Package listener owns the gateway's TCP listeners: the port a listener
+// takes under the listen policy, binding, the accept loop, the listener's
+// own limits, drain and stop. The connections it accepts live in the
+// connection registry (package registry), where Send, ListConnections,
+// CloseConnection and broadcast look them up.
 package listener
 
 import (
@@ -12,7 +14,6 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -24,30 +25,23 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/ids"
 	"github.com/tcpgate/tcpgate/server/internal/limits"
 	"github.com/tcpgate/tcpgate/server/internal/page"
+	"github.com/tcpgate/tcpgate/server/internal/policy"
+	"github.com/tcpgate/tcpgate/server/internal/registry"
 )
 
 // Errors of the registry; callers test them with errors.Is.
 var (
-	ErrExists           = errors.New("listener id already in use")
-	ErrNotFound         = errors.New("listener not found")
-	ErrConnNotFound     = errors.New("connection not found")
+	ErrExists = errors.New("listener id already in use")
+	// ErrNotFound is the registry's ErrListenerNotFound: a listener's
+	// connections are looked up there, and one sentinel says it either way.
+	ErrNotFound         = registry.ErrListenerNotFound
 	ErrAddressInUse     = errors.New("address already in use")
 	ErrAddressNotUsable = errors.New("address cannot be bound")
 	ErrLimit            = errors.New("limit reached")
 	ErrClosed           = errors.New("gateway shutting down")
 	// ErrDrainTooLong means a drain_timeout above Config.MaxDrainTimeout.
 	ErrDrainTooLong = errors.New("drain timeout too long")
-	// ErrInvalidFilter means a ConnFilter the registry does not take.
-	ErrInvalidFilter = errors.New("invalid connection filter")
 )
-
-// DefaultMaxWriteBufferBytes bounds the bytes queued for writing over every
-// connection when Config.MaxWriteBufferBytes is 0: the queues of 256
-// connections full at conn.DefaultMaxQueuedWriteBytes each. A peer that
-// reads keeps its queue near empty, so the bound is reached only by peers
-// that stop reading, which the write timeout closes; until then reads that
-// would queue more wait, as for a full queue of their own.
-const DefaultMaxWriteBufferBytes = 256 << 20
 
 // DefaultHost is bound when Spec.Host is empty: every IPv4 interface, as
 // kn-sock's servers do.
@@ -75,7 +69,8 @@ type Spec struct {
 	ID string
 	// Host to bind; empty means DefaultHost.
 	Host string
-	// Port to bind; 0 picks a free one.
+	// Port to bind; 0 picks a free one: the kernel's, or, when the policy
+	// narrows the ports, one of those it allows (see Registry.Start).
 	Port      int
 	Framing   framing.Config
 	AutoReply conn.AutoReply
@@ -105,60 +100,23 @@ type Info struct {
 	FramesOut         uint64
 }
 
-// ConnState is where an open connection is in its life.
-type ConnState int
-
-// The states of a connection. A half-closed connection of a draining
-// listener is Draining: its end is the drain's.
-const (
-	// ConnOpen is open both ways.
-	ConnOpen ConnState = iota + 1
-	// ConnHalfClosed is a connection whose peer shut down its sending
-	// side, kept writable for its listener's HalfCloseTimeout.
-	ConnHalfClosed
-	// ConnDraining is a connection whose listener is stopping: it closes
-	// by the end of the drain.
-	ConnDraining
-)
-
-// ConnInfo is a snapshot of a connection.
-type ConnInfo struct {
-	ID          string
-	ListenerID  string
-	State       ConnState
-	RemoteAddr  string
-	LocalAddr   string
-	PeerSubject string
-	OpenedAt    time.Time
-	BytesIn     uint64
-	BytesOut    uint64
-	FramesIn    uint64
-	FramesOut   uint64
-}
-
 // Config configures a Registry.
 type Config struct {
 	// Publisher receives every listener and connection event. Required.
 	Publisher conn.Publisher
+	// Conns holds the accepted connections, and decides the limits over
+	// every connection (--max-connections, --max-connections-per-ip).
+	// Required.
+	Conns *registry.Registry
+	// Policy decides what may be bound; nil means the default policy (see
+	// policy.Policy), never "anything goes".
+	Policy *policy.Policy
 	// MaxListeners bounds running listeners; 0 means no bound.
 	MaxListeners int
-	// MaxConnections bounds open connections over all listeners; 0 means no bound.
-	MaxConnections int
-	// MaxConnectionsPerIP bounds the open connections of one peer IP over
-	// all listeners, so that one host cannot take every slot; 0 means no
-	// bound.
-	MaxConnectionsPerIP int
-	// PerIPLoopback applies MaxConnectionsPerIP to loopback peers too;
-	// false exempts them, so that benchmarks and local tools may open
-	// every slot.
-	PerIPLoopback bool
 	// WriteTimeout bounds each write to a connection; 0 means conn.DefaultWriteTimeout.
 	WriteTimeout time.Duration
 	// MaxDrainTimeout bounds Stop's drain; 0 means DefaultMaxDrainTimeout.
 	MaxDrainTimeout time.Duration
-	// MaxWriteBufferBytes bounds the bytes queued for writing over every
-	// connection; 0 means DefaultMaxWriteBufferBytes.
-	MaxWriteBufferBytes int
 	// Logger logs listener starts and stops; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -169,12 +127,10 @@ type Registry struct {
 	log    *slog.Logger
 	ctx    context.Context // ends every connection's waits at Close
 	cancel context.CancelFunc
+	conns  *registry.Registry
 	wg     sync.WaitGroup // accept loops and connection goroutines
-	totals conn.Counters  // over every connection ever
 	// accepted counts every accepted connection, refused ones included.
 	accepted atomic.Uint64
-	writes   *conn.WriteBudget
-	closed   [event.ReasonReplyTimeout + 1]atomic.Uint64
 	// refusedLog is when a refusal was last logged (unix nanoseconds), so
 	// that a flood of refused connections logs one line a second.
 	refusedLog atomic.Int64
@@ -184,18 +140,17 @@ type Registry struct {
 	quit     chan struct{}
 	quitOnce sync.Once
 
-	mu        sync.Mutex // guards the fields below and every listener's conns, state and drainEnd
+	// mu guards the fields below and every listener's state and drainEnd.
+	// It is taken before registry.Registry.mu, never after.
+	mu        sync.Mutex
 	listeners map[string]*listener
-	conns     map[string]*conn.Conn
-	perIP     map[netip.Addr]int // open connections by peer IP, of the peers MaxConnectionsPerIP counts
-	shut      bool               // Start is refused: StopAccepting or Close was called
-	closing   bool               // Close was called: it stops every listener, Stop starts no stop of its own
+	shut      bool // Start is refused: StopAccepting or Close was called
+	closing   bool // Close was called: it stops every listener, Stop starts no stop of its own
 
-	// serial is the creation serial last given to a listener or a
-	// connection as it became visible: lists are in its order.
+	// serial is the creation serial last given to a listener as it became
+	// visible: lists are in its order.
 	serial    uint64
-	byCreated order[*listener] // the visible listeners
-	connOrder order[connEntry] // the admitted connections
+	byCreated page.Order[*listener] // the visible listeners
 }
 
 type listener struct {
@@ -213,11 +168,13 @@ type listener struct {
 	// token is enough, as the drain rereads drainEnd.
 	drainCut chan struct{}
 
+	// group is its connections in the connection registry, set as it
+	// becomes visible.
+	group *registry.Group
+
 	// Guarded by Registry.mu.
-	state     State
-	conns     map[string]*conn.Conn
-	serial    uint64            // its place in Registry.byCreated, once visible
-	connOrder order[*conn.Conn] // conns in acceptance order
+	state  State
+	serial uint64 // its place in Registry.byCreated, once visible
 	// drainEnd is when a drain in progress closes what is still open.
 	drainEnd time.Time
 }
@@ -232,26 +189,58 @@ func New(cfg Config) *Registry {
 	if cfg.MaxDrainTimeout <= 0 {
 		cfg.MaxDrainTimeout = DefaultMaxDrainTimeout
 	}
-	if cfg.MaxWriteBufferBytes <= 0 {
-		cfg.MaxWriteBufferBytes = DefaultMaxWriteBufferBytes
-	}
 	return &Registry{
-		writes:    conn.NewWriteBudget(cfg.MaxWriteBufferBytes),
 		cfg:       cfg,
+		conns:     cfg.Conns,
 		log:       log,
 		ctx:       ctx,
 		cancel:    cancel,
 		quit:      make(chan struct{}),
 		listeners: make(map[string]*listener),
-		conns:     make(map[string]*conn.Conn),
-		perIP:     make(map[netip.Addr]int),
 	}
 }
 
-// Start binds spec's address and starts accepting. spec.Framing must be
-// valid; it is normalized here. ctx bounds how long the LISTENER_STARTED
-// event waits for a lossless subscriber to have room (see conn.Publisher).
+// portTries bounds the ports a listener asking for port 0 tries when the
+// policy narrows its ports: enough that a range with a few ports in use
+// still yields one, few enough that a full range fails fast.
+const portTries = 64
+
+// Start checks spec's address against the listen policy, binds it and
+// starts accepting. Port 0 under a policy that narrows the ports takes a
+// free port of the allowed ranges, not the kernel's pick, which could lie
+// outside them. spec.Framing must be valid; it is normalized here. ctx
+// bounds how long the LISTENER_STARTED event waits for a lossless
+// subscriber to have room (see conn.Publisher).
 func (r *Registry) Start(ctx context.Context, spec Spec) (Info, error) {
+	if spec.Port < 0 || spec.Port > 65535 {
+		return Info{}, fmt.Errorf("binding %s: %w: port must be 0 to 65535",
+			net.JoinHostPort(spec.Host, strconv.Itoa(spec.Port)), ErrAddressNotUsable)
+	}
+	// The host as asked, before DefaultHost: "" is both families to the
+	// policy, as it is to Go.
+	if err := r.cfg.Policy.CheckListen(spec.Host, spec.Port); err != nil {
+		return Info{}, err
+	}
+	if spec.Port != 0 {
+		return r.start(ctx, spec)
+	}
+	ports := r.cfg.Policy.ListenPorts(spec.Host, portTries)
+	if ports == nil {
+		return r.start(ctx, spec)
+	}
+	for _, port := range ports {
+		spec.Port = port
+		info, err := r.start(ctx, spec)
+		if !errors.Is(err, ErrAddressInUse) {
+			return info, err
+		}
+	}
+	return Info{}, fmt.Errorf("binding %s: no free port among %d tried from --allow-listen: %w",
+		net.JoinHostPort(spec.Host, "0"), len(ports), ErrAddressInUse)
+}
+
+// start binds spec's address, port 0 being the kernel's pick.
+func (r *Registry) start(ctx context.Context, spec Spec) (Info, error) {
 	fc, err := spec.Framing.Normalize()
 	if err != nil {
 		return Info{}, err
@@ -282,7 +271,6 @@ func (r *Registry) Start(ctx context.Context, spec Spec) (Info, error) {
 		stopped:    make(chan struct{}),
 		drainCut:   make(chan struct{}, 1),
 		state:      Listening,
-		conns:      make(map[string]*conn.Conn),
 	}
 	// Reserve the id while binding, outside the lock.
 	r.listeners[spec.ID] = l
@@ -312,7 +300,10 @@ func (r *Registry) Start(ctx context.Context, spec Spec) (Info, error) {
 	// list that has paged past every serial sees it on its next page.
 	r.serial++
 	l.serial = r.serial
-	r.byCreated.add(l.serial, l)
+	r.byCreated.Add(l.serial, l)
+	// Under r.mu, as the listener becomes visible: a GetListener that
+	// finds it finds its connections too.
+	l.group = r.conns.AddGroup(spec.ID, spec.MaxConnections)
 	r.mu.Unlock()
 
 	_ = r.cfg.Publisher.Publish(ctx, &event.Event{Kind: event.ListenerStarted, ListenerID: spec.ID, LocalAddr: l.addr})
@@ -363,16 +354,6 @@ func (r *Registry) newIDLocked() string {
 	}
 }
 
-// newConnIDLocked returns a random connection id that no open connection
-// has.
-func (r *Registry) newConnIDLocked() string {
-	for {
-		if id := ids.New(ids.Connection); r.conns[id] == nil {
-			return id
-		}
-	}
-}
-
 // accept runs the accept loop of l until its socket is closed.
 func (r *Registry) accept(l *listener) {
 	defer r.wg.Done()
@@ -406,73 +387,26 @@ func (r *Registry) accept(l *listener) {
 
 func (r *Registry) serve(l *listener, nc net.Conn) {
 	r.accepted.Add(1)
-	ip, perIP := r.peerIP(nc)
-	// admitted is set under r.mu when the connection takes its slots, so
-	// that Closed gives back only what was taken.
-	var admitted bool
-	var serial uint64 // its place in the lists once admitted, under r.mu
-	// The id is drawn under r.mu, where it joins r.conns, so that no two
-	// open connections share one; conn.New does no I/O.
-	r.mu.Lock()
-	id := r.newConnIDLocked()
-	c := conn.New(r.ctx, nc, conn.Config{
-		ID:               id,
-		ListenerID:       l.spec.ID,
-		Framing:          l.spec.Framing,
-		AutoReply:        l.spec.AutoReply,
-		IdleTimeout:      l.spec.IdleTimeout,
-		HalfCloseTimeout: l.spec.HalfCloseTimeout,
-		WriteTimeout:     r.cfg.WriteTimeout,
-		WriteBudget:      r.writes,
-		Publisher:        r.cfg.Publisher,
-		Aggregates:       []*conn.Counters{&l.counters, &r.totals},
-		Closed: func(reason event.CloseReason) {
-			if int(reason) < len(r.closed) {
-				r.closed[reason].Add(1)
-			}
-			r.mu.Lock()
-			delete(l.conns, id)
-			delete(r.conns, id)
-			if admitted {
-				l.connOrder.remove(serial)
-				r.connOrder.remove(serial)
-			}
-			if admitted && perIP {
-				if r.perIP[ip]--; r.perIP[ip] <= 0 {
-					delete(r.perIP, ip)
-				}
-			}
-			r.mu.Unlock()
+	l.total.Add(1)
+	c, err := r.conns.Add(r.ctx, nc, registry.Spec{
+		Origin: registry.Accepted,
+		Group:  l.group,
+		Conn: conn.Config{
+			ListenerID:       l.spec.ID,
+			Framing:          l.spec.Framing,
+			AutoReply:        l.spec.AutoReply,
+			IdleTimeout:      l.spec.IdleTimeout,
+			HalfCloseTimeout: l.spec.HalfCloseTimeout,
+			WriteTimeout:     r.cfg.WriteTimeout,
+			Publisher:        r.cfg.Publisher,
+			Aggregates:       []*conn.Counters{&l.counters},
 		},
 	})
-	l.total.Add(1)
-
-	var limit string
-	switch {
-	case l.spec.MaxConnections > 0 && len(l.conns) >= l.spec.MaxConnections:
-		limit = fmt.Sprintf("the listener's max_connections (%d)", l.spec.MaxConnections)
-	case r.cfg.MaxConnections > 0 && len(r.conns) >= r.cfg.MaxConnections:
-		limit = fmt.Sprintf("--max-connections (%d)", r.cfg.MaxConnections)
-	case perIP && r.perIP[ip] >= r.cfg.MaxConnectionsPerIP:
-		limit = fmt.Sprintf("--max-connections-per-ip (%d)", r.cfg.MaxConnectionsPerIP)
-	default:
-		admitted = true
-		l.conns[id] = c
-		r.conns[id] = c
-		r.serial++
-		serial = r.serial
-		l.connOrder.add(serial, c)
-		r.connOrder.add(serial, connEntry{c: c, l: l})
-		if perIP {
-			r.perIP[ip]++
-		}
-	}
-	r.mu.Unlock()
-	if !admitted {
+	if err != nil {
 		// Refused connections still get their opened and closed events, so a
 		// subscriber sees why a client was turned away.
 		c.Close(event.ReasonLimitReached)
-		r.logRefused(l, nc, limit)
+		r.logRefused(l, nc, err)
 	}
 
 	r.wg.Add(1)
@@ -482,35 +416,27 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 	}()
 }
 
-// peerIP returns the IP of nc's peer and whether MaxConnectionsPerIP
-// counts it.
-func (r *Registry) peerIP(nc net.Conn) (netip.Addr, bool) {
-	if r.cfg.MaxConnectionsPerIP <= 0 {
-		return netip.Addr{}, false
-	}
-	ap, err := netip.ParseAddrPort(nc.RemoteAddr().String())
-	if err != nil {
-		return netip.Addr{}, false
-	}
-	// An IPv4 peer of a dual-stack socket is one host, however spelled.
-	ip := ap.Addr().Unmap()
-	if ip.IsLoopback() && !r.cfg.PerIPLoopback {
-		return netip.Addr{}, false
-	}
-	return ip, true
-}
-
 // refusedLogInterval spaces the log lines of refused connections: a peer
 // that floods a listener must not flood the log too.
 const refusedLogInterval = time.Second
 
-// logRefused logs a connection refused at limit, at most once every
-// refusedLogInterval.
-func (r *Registry) logRefused(l *listener, nc net.Conn, limit string) {
+// logRefused logs a connection refused by the registry's err, at most once
+// every refusedLogInterval.
+func (r *Registry) logRefused(l *listener, nc net.Conn, err error) {
 	now := time.Now().UnixNano()
 	last := r.refusedLog.Load()
 	if now-last < int64(refusedLogInterval) || !r.refusedLog.CompareAndSwap(last, now) {
 		return
+	}
+	limit := err.Error()
+	var lim *limits.Error
+	switch {
+	case !errors.As(err, &lim):
+	case lim.Flag == "":
+		// The listener's own bound, which no flag sets.
+		limit = fmt.Sprintf("the listener's %s (%d)", lim.Name, lim.Limit)
+	default:
+		limit = fmt.Sprintf("%s (%d)", lim.Flag, lim.Limit)
 	}
 	r.log.Warn("connection refused: "+limit+" reached", "listener_id", l.spec.ID, "remote_address", nc.RemoteAddr().String())
 }
@@ -540,6 +466,7 @@ func (r *Registry) Stop(ctx context.Context, id string, drain time.Duration) (In
 	}
 	switch {
 	case l.state == Listening && !r.closing:
+		r.conns.DrainGroup(l.group)
 		l.state = Draining
 		l.drainEnd = end
 		// Added under mu before Close can see closing unset, so it
@@ -572,13 +499,7 @@ func (r *Registry) stop(l *listener, reason event.CloseReason) Info {
 	_ = l.ln.Close()
 	<-l.acceptDone
 
-	r.mu.Lock()
-	conns := make([]*conn.Conn, 0, len(l.conns))
-	for _, c := range l.conns {
-		conns = append(conns, c)
-	}
-	r.mu.Unlock()
-
+	conns := r.conns.GroupConns(l.group)
 	if r.drain(l, conns) {
 		reason = event.ReasonShutdown
 		r.mu.Lock()
@@ -598,7 +519,8 @@ func (r *Registry) stop(l *listener, reason event.CloseReason) Info {
 	l.final = info
 	end := l.drainEnd
 	delete(r.listeners, l.spec.ID)
-	r.byCreated.remove(l.serial)
+	r.byCreated.Remove(l.serial)
+	r.conns.RemoveGroup(l.group)
 	r.mu.Unlock()
 
 	// LISTENER_STOPPED waits for a full lossless subscriber no longer than
@@ -666,7 +588,7 @@ func (r *Registry) List() []Info {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]Info, 0, len(r.listeners))
-	for _, l := range r.byCreated.after(0) {
+	for _, l := range r.byCreated.After(0) {
 		out = append(out, r.infoLocked(l))
 	}
 	return out
@@ -696,7 +618,7 @@ func (r *Registry) ListListeners(size int, after uint64) (ListenerPage, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var p ListenerPage
-	for serial, l := range r.byCreated.after(after) {
+	for serial, l := range r.byCreated.After(after) {
 		if len(p.Listeners) == size {
 			p.More = true
 			break
@@ -713,7 +635,7 @@ func (r *Registry) infoLocked(l *listener) Info {
 		Address:           l.addr,
 		State:             l.state,
 		CreatedAt:         l.createdAt,
-		ConnectionsActive: len(l.conns),
+		ConnectionsActive: l.group.Open(),
 		ConnectionsTotal:  l.total.Load(),
 		BytesIn:           l.counters.BytesIn.Load(),
 		BytesOut:          l.counters.BytesOut.Load(),
@@ -722,256 +644,20 @@ func (r *Registry) infoLocked(l *listener) Info {
 	}
 }
 
-// MaxRemotePrefixBytes bounds ConnFilter.RemotePrefix: the longest address
-// ("[ffff:...:ffff%zone]:65535") fits, and a filter is compared with every
-// connection it pages over.
-const MaxRemotePrefixBytes = 64
-
-// ConnFilter selects connections; every field set must hold.
-type ConnFilter struct {
-	// ListenerID selects the connections of one listener; empty means
-	// every listener. An unknown listener is ErrNotFound.
-	ListenerID string
-	// State selects one state; 0 means every state.
-	State ConnState
-	// RemotePrefix selects the connections whose remote address starts
-	// with it ("127.0.0.1:", "[::1]:"); empty means every address.
-	RemotePrefix string
-}
-
-// Digest is the filter's digest for page tokens (see page.Token).
-func (f ConnFilter) Digest() page.Filter {
-	return page.FilterOf("connections", f.ListenerID, strconv.Itoa(int(f.State)), f.RemotePrefix)
-}
-
-// ConnPage is a page of connections, in acceptance order.
-type ConnPage struct {
-	Conns []ConnInfo
-	// Last is the serial of the last connection of the page: the next
-	// page starts after it.
-	Last uint64
-	// More says whether connections matching the filter follow the page.
-	More bool
-}
-
-// connEntry is an admitted connection and the listener that accepted it,
-// whose state is part of the connection's.
-type connEntry struct {
-	c *conn.Conn
-	l *listener
-}
-
-// connStateLocked is where c, accepted by l, is in its life.
-func connStateLocked(c *conn.Conn, l *listener) ConnState {
-	switch {
-	case l.state != Listening:
-		return ConnDraining
-	case c.HalfClosed():
-		return ConnHalfClosed
-	}
-	return ConnOpen
-}
-
-// ListConns returns a page of at most size connections (see page.Size)
-// that match f, accepted after serial after (0 for the first page), in
-// acceptance order. It walks the connections in order under the lock and
-// snapshots only the page's, outside it.
-func (r *Registry) ListConns(f ConnFilter, size int, after uint64) (ConnPage, error) {
-	size, err := page.Size(size)
-	if err != nil {
-		return ConnPage{}, fmt.Errorf("listing connections: %w", err)
-	}
-	if n := len(f.RemotePrefix); n > MaxRemotePrefixBytes {
-		return ConnPage{}, fmt.Errorf("listing connections: %w", &page.FieldError{
-			Field:  "remote_address_prefix",
-			Reason: fmt.Sprintf("%d bytes, more than %d (no address is that long)", n, MaxRemotePrefixBytes),
-			Err:    ErrInvalidFilter,
-		})
-	}
-	match := func(c *conn.Conn, l *listener) (ConnState, bool) {
-		st := connStateLocked(c, l)
-		return st, (f.State == 0 || st == f.State) && strings.HasPrefix(c.RemoteAddr(), f.RemotePrefix)
-	}
-	type hit struct {
-		c  *conn.Conn
-		st ConnState
-	}
-	hits := make([]hit, 0, min(size, 64))
-	var p ConnPage
-	r.mu.Lock()
-	if f.ListenerID != "" {
-		l := r.listeners[f.ListenerID]
-		if l == nil || l.ln == nil {
-			r.mu.Unlock()
-			return ConnPage{}, fmt.Errorf("listing connections of %q: %w", f.ListenerID, ErrNotFound)
-		}
-		for serial, c := range l.connOrder.after(after) {
-			if st, ok := match(c, l); ok {
-				if len(hits) == size {
-					p.More = true
-					break
-				}
-				hits = append(hits, hit{c, st})
-				p.Last = serial
-			}
-		}
-	} else {
-		for serial, e := range r.connOrder.after(after) {
-			if st, ok := match(e.c, e.l); ok {
-				if len(hits) == size {
-					p.More = true
-					break
-				}
-				hits = append(hits, hit{e.c, st})
-				p.Last = serial
-			}
-		}
-	}
-	r.mu.Unlock()
-	p.Conns = make([]ConnInfo, len(hits))
-	for i, h := range hits {
-		p.Conns[i] = connInfo(h.c, h.st)
-	}
-	return p, nil
-}
-
-// Conns returns every open connection, of one listener when listenerID is
-// not empty, oldest first.
-func (r *Registry) Conns(listenerID string) ([]ConnInfo, error) {
-	var out []ConnInfo
-	for after := uint64(0); ; {
-		p, err := r.ListConns(ConnFilter{ListenerID: listenerID}, page.MaxSize, after)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, p.Conns...)
-		if !p.More {
-			return out, nil
-		}
-		after = p.Last
-	}
-}
-
-func connInfo(c *conn.Conn, st ConnState) ConnInfo {
-	n := c.Counters()
-	return ConnInfo{
-		ID:          c.ID(),
-		ListenerID:  c.ListenerID(),
-		State:       st,
-		RemoteAddr:  c.RemoteAddr(),
-		LocalAddr:   c.LocalAddr(),
-		PeerSubject: c.PeerSubject(),
-		OpenedAt:    c.OpenedAt(),
-		BytesIn:     n.BytesIn.Load(),
-		BytesOut:    n.BytesOut.Load(),
-		FramesIn:    n.FramesIn.Load(),
-		FramesOut:   n.FramesOut.Load(),
-	}
-}
-
-// Conn returns an open connection.
-func (r *Registry) Conn(id string) (*conn.Conn, error) {
-	c, _, err := r.connState(id)
-	return c, err
-}
-
-// connState returns an open connection and its state.
-func (r *Registry) connState(id string) (*conn.Conn, ConnState, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	c := r.conns[id]
-	if c == nil {
-		return nil, 0, fmt.Errorf("connection %q: %w", id, ErrConnNotFound)
-	}
-	// Both maps change together: an admitted connection's listener is
-	// there until the connection has closed.
-	return c, connStateLocked(c, r.listeners[c.ListenerID()]), nil
-}
-
-// GetConn returns a snapshot of one open connection.
-func (r *Registry) GetConn(id string) (ConnInfo, error) {
-	c, st, err := r.connState(id)
-	if err != nil {
-		return ConnInfo{}, fmt.Errorf("getting %w", err)
-	}
-	return connInfo(c, st), nil
-}
-
-// CloseConn closes one connection with reason CLOSED_BY_API and returns its
-// final snapshot once it is closed, with the state it had before.
-func (r *Registry) CloseConn(ctx context.Context, id string) (ConnInfo, error) {
-	c, st, err := r.connState(id)
-	if err != nil {
-		return ConnInfo{}, err
-	}
-	c.Close(event.ReasonClosedByAPI)
-	select {
-	case <-c.Done():
-	case <-ctx.Done():
-		return ConnInfo{}, ctx.Err()
-	}
-	return connInfo(c, st), nil
-}
-
-// Broadcast writes p to every open connection of a listener concurrently and
-// returns the bytes written in all and how many connections took the write.
-func (r *Registry) Broadcast(ctx context.Context, listenerID string, p []byte) (uint64, int, error) {
-	r.mu.Lock()
-	l := r.listeners[listenerID]
-	if l == nil || l.ln == nil {
-		r.mu.Unlock()
-		return 0, 0, fmt.Errorf("sending to listener %q: %w", listenerID, ErrNotFound)
-	}
-	conns := make([]*conn.Conn, 0, len(l.conns))
-	for _, c := range l.conns {
-		conns = append(conns, c)
-	}
-	r.mu.Unlock()
-
-	var reached atomic.Int64
-	var wg sync.WaitGroup
-	for _, c := range conns {
-		wg.Go(func() {
-			if _, err := c.Send(ctx, p, conn.Await{}); err == nil {
-				reached.Add(1)
-			}
-		})
-	}
-	wg.Wait()
-	n := int(reached.Load())
-	return uint64(n) * uint64(len(p)), n, nil
-}
-
-// Stats are gateway-wide figures since the registry started.
+// Stats are the listeners' figures since the registry started; the
+// connection registry has those of the connections.
 type Stats struct {
-	Listeners       int
-	ConnectionsOpen int
+	Listeners int
 	// Accepted counts every accepted connection, refused ones included.
 	Accepted uint64
-	// Closed counts closed connections by reason.
-	Closed                                 map[event.CloseReason]uint64
-	BytesIn, BytesOut, FramesIn, FramesOut uint64
-	// WriteQueued is the bytes queued for writing to connections now
-	// (bounded by Config.MaxWriteBufferBytes).
-	WriteQueued int
 }
 
-// Stats returns gateway-wide figures.
+// Stats returns the listeners' figures.
 func (r *Registry) Stats() Stats {
 	r.mu.Lock()
-	st := Stats{Listeners: len(r.listeners), ConnectionsOpen: len(r.conns)}
+	n := len(r.listeners)
 	r.mu.Unlock()
-	st.Accepted = r.accepted.Load()
-	st.Closed = make(map[event.CloseReason]uint64, len(r.closed))
-	for i := range r.closed {
-		if n := r.closed[i].Load(); n > 0 {
-			st.Closed[event.CloseReason(i)] = n
-		}
-	}
-	st.BytesIn, st.BytesOut = r.totals.BytesIn.Load(), r.totals.BytesOut.Load()
-	st.FramesIn, st.FramesOut = r.totals.FramesIn.Load(), r.totals.FramesOut.Load()
-	st.WriteQueued = r.writes.Used()
-	return st
+	return Stats{Listeners: n, Accepted: r.accepted.Load()}
 }
 
 // StopAccepting begins a shutdown and returns at once: Start is refused from
@@ -1016,6 +702,7 @@ func (r *Registry) Close() {
 		}
 		all = append(all, l)
 		if l.state == Listening {
+			r.conns.DrainGroup(l.group)
 			l.state = Draining
 			l.drainEnd = time.Now()
 			running = append(running, l)

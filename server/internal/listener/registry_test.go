@@ -18,6 +18,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/registry"
 	"github.com/tcpgate/tcpgate/server/servertest/record"
 )
 
@@ -263,7 +264,7 @@ func TestStopDrains(t *testing.T) {
 }
 
 // waitState waits until Get reports state for id.
-func waitState(t *testing.T, r *listener.Registry, id string, state listener.State) {
+func waitState(t *testing.T, r *gateway, id string, state listener.State) {
 	t.Helper()
 	deadline := time.Now().Add(testTimeout)
 	for time.Now().Before(deadline) {
@@ -398,9 +399,9 @@ func TestAfterStop(t *testing.T) {
 	}
 	checks := map[string]func() error{
 		"Get":       func() error { _, err := r.Get("gone"); return err },
-		"Conns":     func() error { _, err := r.Conns("gone"); return err },
+		"Conns":     func() error { _, err := r.conns.Conns("gone"); return err },
 		"Stop":      func() error { _, err := r.Stop(ctx(t), "gone", 0); return err },
-		"Broadcast": func() error { _, _, err := r.Broadcast(ctx(t), "gone", []byte("x")); return err },
+		"Broadcast": func() error { _, _, err := r.conns.Broadcast(ctx(t), "gone", []byte("x")); return err },
 	}
 	for name, check := range checks {
 		t.Run(name, func(t *testing.T) {
@@ -431,13 +432,13 @@ func TestUnknownIDs(t *testing.T) {
 	if _, err := r.Stop(ctx(t), "nope", 0); !errors.Is(err, listener.ErrNotFound) {
 		t.Errorf("Stop = %v", err)
 	}
-	if _, err := r.Conn("c99"); !errors.Is(err, listener.ErrConnNotFound) {
+	if _, err := r.conns.Conn("c99"); !errors.Is(err, registry.ErrNotFound) {
 		t.Errorf("Conn = %v", err)
 	}
-	if _, err := r.CloseConn(ctx(t), "c99"); !errors.Is(err, listener.ErrConnNotFound) || !strings.Contains(err.Error(), "c99") {
+	if _, err := r.conns.CloseConn(ctx(t), "c99"); !errors.Is(err, registry.ErrNotFound) || !strings.Contains(err.Error(), "c99") {
 		t.Errorf("CloseConn = %v, want ErrConnNotFound naming c99", err)
 	}
-	if conns, err := r.Conns(""); err != nil || len(conns) != 0 {
+	if conns, err := r.conns.Conns(""); err != nil || len(conns) != 0 {
 		t.Errorf("Conns of an empty registry = %v, %v", conns, err)
 	}
 }
@@ -445,16 +446,16 @@ func TestUnknownIDs(t *testing.T) {
 func TestMaxConnections(t *testing.T) {
 	tests := []struct {
 		name      string
-		cfg       listener.Config
+		cfg       registry.Config
 		perListen int
 		listeners int
 	}{
-		{"per listener", listener.Config{}, 1, 1},
-		{"registry-wide over two listeners", listener.Config{MaxConnections: 2}, 0, 2},
+		{"per listener", registry.Config{}, 1, 1},
+		{"registry-wide over two listeners", registry.Config{MaxConnections: 2}, 0, 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r, rec := newRegistry(t, tt.cfg)
+			r, rec := newGateway(t, listener.Config{}, tt.cfg)
 			var infos []listener.Info
 			for range tt.listeners {
 				infos = append(infos, start(t, r, listener.Spec{MaxConnections: tt.perListen, Framing: lines(), AutoReply: conn.AutoReply{Mode: conn.Echo}}))
@@ -489,7 +490,7 @@ func TestMaxConnections(t *testing.T) {
 			for _, c := range kept {
 				echo(t, c, "fine")
 			}
-			conns, _ := r.Conns("")
+			conns, _ := r.conns.Conns("")
 			if len(conns) != len(kept) {
 				t.Errorf("Conns lists %d connections, want %d", len(conns), len(kept))
 			}
@@ -508,7 +509,7 @@ func TestMaxConnections(t *testing.T) {
 
 // closeEventOf waits for the registry to drop the connection of client after
 // it closed.
-func closeEventOf(t *testing.T, r *listener.Registry, rec *recorder, client net.Conn) string {
+func closeEventOf(t *testing.T, r *gateway, rec *recorder, client net.Conn) string {
 	t.Helper()
 	var id string
 	for _, e := range rec.Events() {
@@ -522,7 +523,7 @@ func closeEventOf(t *testing.T, r *listener.Registry, rec *recorder, client net.
 	rec.waitClosed(t, id)
 	deadline := time.Now().Add(testTimeout)
 	for time.Now().Before(deadline) {
-		if _, err := r.Conn(id); errors.Is(err, listener.ErrConnNotFound) {
+		if _, err := r.conns.Conn(id); errors.Is(err, registry.ErrNotFound) {
 			return id
 		}
 		time.Sleep(time.Millisecond)
@@ -551,7 +552,7 @@ func TestCounters(t *testing.T) {
 	if !got.CreatedAt.Equal(info.CreatedAt) || got.CreatedAt.IsZero() {
 		t.Errorf("CreatedAt = %v, want %v", got.CreatedAt, info.CreatedAt)
 	}
-	conns, err := r.Conns(info.ID)
+	conns, err := r.conns.Conns(info.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -571,7 +572,7 @@ func TestCounters(t *testing.T) {
 	}
 
 	// Writes count out, per connection and per listener.
-	n, reached, err := r.Broadcast(ctx(t), info.ID, []byte("hi\n"))
+	n, reached, err := r.conns.Broadcast(ctx(t), info.ID, []byte("hi\n"))
 	if err != nil || n != 6 || reached != 2 {
 		t.Fatalf("Broadcast = %d, %d, %v; want 6, 2", n, reached, err)
 	}
@@ -579,9 +580,9 @@ func TestCounters(t *testing.T) {
 	if got.BytesOut != 6 || got.FramesOut != 2 {
 		t.Errorf("listener out: %d bytes %d frames, want 6 2", got.BytesOut, got.FramesOut)
 	}
-	st := r.Stats()
-	if st.Listeners != 1 || st.ConnectionsOpen != 2 || st.Accepted != 2 || st.BytesIn != 9 || st.FramesIn != 3 || st.BytesOut != 6 {
-		t.Errorf("Stats = %+v", st)
+	st, cs := r.Stats(), r.conns.Stats()
+	if st.Listeners != 1 || cs.ConnectionsOpen != 2 || st.Accepted != 2 || cs.BytesIn != 9 || cs.FramesIn != 3 || cs.BytesOut != 6 {
+		t.Errorf("Stats = %+v, %+v", st, cs)
 	}
 }
 
@@ -590,7 +591,7 @@ func TestBroadcast(t *testing.T) {
 	info := start(t, r, listener.Spec{})
 	other := start(t, r, listener.Spec{})
 
-	if n, reached, err := r.Broadcast(ctx(t), info.ID, []byte("nobody")); err != nil || n != 0 || reached != 0 {
+	if n, reached, err := r.conns.Broadcast(ctx(t), info.ID, []byte("nobody")); err != nil || n != 0 || reached != 0 {
 		t.Errorf("Broadcast to no connections = %d, %d, %v; want 0, 0, nil", n, reached, err)
 	}
 
@@ -606,7 +607,7 @@ func TestBroadcast(t *testing.T) {
 	rec.waitCount(t, event.ConnectionOpened, clients+1)
 
 	payload := []byte("to everyone\n")
-	n, reached, err := r.Broadcast(ctx(t), info.ID, payload)
+	n, reached, err := r.conns.Broadcast(ctx(t), info.ID, payload)
 	if err != nil || reached != clients || n != uint64(clients*len(payload)) {
 		t.Fatalf("Broadcast = %d, %d, %v; want %d, %d", n, reached, err, clients*len(payload), clients)
 	}
@@ -631,7 +632,7 @@ func TestCloseConn(t *testing.T) {
 	_, _ = c.Write([]byte("abc"))
 	rec.waitCount(t, event.Data, 1)
 
-	ci, err := r.CloseConn(ctx(t), id)
+	ci, err := r.conns.CloseConn(ctx(t), id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -642,7 +643,7 @@ func TestCloseConn(t *testing.T) {
 		t.Errorf("close event %+v, want closed_by_api before CloseConn returned", got)
 	}
 	readAll(t, c)
-	if _, err := r.CloseConn(ctx(t), id); !errors.Is(err, listener.ErrConnNotFound) {
+	if _, err := r.conns.CloseConn(ctx(t), id); !errors.Is(err, registry.ErrNotFound) {
 		// The registry may take a moment to drop it; it must not stay.
 		closeEventOf(t, r, rec, c)
 	}
@@ -713,9 +714,9 @@ func TestClose(t *testing.T) {
 	if _, err := r.Get(infos[0].ID); !errors.Is(err, listener.ErrNotFound) {
 		t.Errorf("Get after Close = %v, want ErrNotFound", err)
 	}
-	st := r.Stats()
-	if st.Closed[event.ReasonShutdown] != uint64(len(ids)) || st.ConnectionsOpen != 0 || st.Listeners != 0 {
-		t.Errorf("Stats after Close = %+v", st)
+	st, cs := r.Stats(), r.conns.Stats()
+	if cs.Closed[event.ReasonShutdown] != uint64(len(ids)) || cs.ConnectionsOpen != 0 || st.Listeners != 0 {
+		t.Errorf("Stats after Close = %+v, %+v", st, cs)
 	}
 }
 
@@ -759,28 +760,29 @@ func TestCloseDuringDrain(t *testing.T) {
 
 // Stats count accepted and closed connections by reason.
 func TestStats(t *testing.T) {
-	r, rec := newRegistry(t, listener.Config{MaxConnections: 1})
+	r, rec := newGateway(t, listener.Config{}, registry.Config{MaxConnections: 1})
 	info := start(t, r, listener.Spec{})
 	a := dial(t, info.Address)
 	aID := connID(t, r, a)
 	b := dial(t, info.Address) // refused: limit
 	readAll(t, b)
-	if _, err := r.CloseConn(ctx(t), aID); err != nil {
+	if _, err := r.conns.CloseConn(ctx(t), aID); err != nil {
 		t.Fatal(err)
 	}
 	rec.waitCount(t, event.ConnectionClosed, 2)
 	deadline := time.Now().Add(testTimeout)
-	var st listener.Stats
+	var cs registry.Stats
 	for time.Now().Before(deadline) {
-		st = r.Stats()
-		if st.ConnectionsOpen == 0 && st.Closed[event.ReasonClosedByAPI] == 1 && st.Closed[event.ReasonLimitReached] == 1 {
+		cs = r.conns.Stats()
+		if cs.ConnectionsOpen == 0 && cs.Closed[event.ReasonClosedByAPI] == 1 && cs.Closed[event.ReasonLimitReached] == 1 {
 			break
 		}
 		time.Sleep(time.Millisecond)
 	}
-	if st.Accepted != 2 || st.Listeners != 1 || st.ConnectionsOpen != 0 ||
-		st.Closed[event.ReasonClosedByAPI] != 1 || st.Closed[event.ReasonLimitReached] != 1 || len(st.Closed) != 2 {
-		t.Errorf("Stats = %+v, want 2 accepted, 1 closed by API, 1 refused by the limit", st)
+	st := r.Stats()
+	if st.Accepted != 2 || st.Listeners != 1 || cs.ConnectionsOpen != 0 ||
+		cs.Closed[event.ReasonClosedByAPI] != 1 || cs.Closed[event.ReasonLimitReached] != 1 || len(cs.Closed) != 2 {
+		t.Errorf("Stats = %+v, %+v, want 2 accepted, 1 closed by API, 1 refused by the limit", st, cs)
 	}
 }
 
@@ -797,9 +799,9 @@ func TestNoConnsListedAfterStop(t *testing.T) {
 		if _, err := r.Stop(ctx(t), info.ID, 0); err != nil {
 			t.Fatal(err)
 		}
-		conns, _ := r.Conns("")
+		conns, _ := r.conns.Conns("")
 		for _, id := range ids {
-			if _, err := r.Conn(id); err == nil {
+			if _, err := r.conns.Conn(id); err == nil {
 				t.Fatalf("round %d: Conn(%q) still finds a connection of a listener whose Stop returned "+
 					"(%d listed by Conns): connection goroutines drop themselves from the registry only "+
 					"after Done, and Stop waits for Done, not for that removal", i, id, len(conns))

@@ -1,4 +1,4 @@
-package listener
+package page
 
 import (
 	"cmp"
@@ -6,16 +6,18 @@ import (
 	"slices"
 )
 
-// order keeps what the registry lists in creation order, by a serial the
-// registry gives each item as it becomes visible, so that a page starts
-// after a serial by binary search and looks at nothing before it. Ids
-// cannot give the order: they are random.
+// Order keeps what a list pages over in creation order, by a serial its
+// owner gives each item as it becomes visible, so that a page starts after
+// a serial (a Token's After) by binary search and looks at nothing before
+// it. Ids cannot give the order: they are random.
 //
 // A removal leaves a hole, swept once holes are half of the slice, so that
 // adding and removing take amortized constant time and a list of 15,000
 // connections costs a pointer's walk, not a copy of each. The zero value
-// is empty and usable. Callers hold Registry.mu.
-type order[T any] struct {
+// is empty and usable. An Order is not safe for concurrent use: its owner
+// holds the lock of what it lists (listener.Registry.mu,
+// registry.Registry.mu).
+type Order[T any] struct {
 	items []orderItem[T] // ascending serial
 	holes int            // items removed but not yet swept
 }
@@ -30,13 +32,13 @@ type orderItem[T any] struct {
 // backing array rather than shrinking it.
 const minSweptCap = 64
 
-// add appends v; serial must be above every serial added before.
-func (o *order[T]) add(serial uint64, v T) {
+// Add appends v; serial must be above every serial added before.
+func (o *Order[T]) Add(serial uint64, v T) {
 	o.items = append(o.items, orderItem[T]{serial: serial, v: v, live: true})
 }
 
-// remove forgets the item of serial, if it is there.
-func (o *order[T]) remove(serial uint64) {
+// Remove forgets the item of serial, if it is there.
+func (o *Order[T]) Remove(serial uint64) {
 	i, ok := slices.BinarySearchFunc(o.items, serial, func(it orderItem[T], s uint64) int { return cmp.Compare(it.serial, s) })
 	if !ok || !o.items[i].live {
 		return
@@ -54,8 +56,8 @@ func (o *order[T]) remove(serial uint64) {
 	}
 }
 
-// after yields the items created after serial, in creation order.
-func (o *order[T]) after(serial uint64) iter.Seq2[uint64, T] {
+// After yields the items created after serial, in creation order.
+func (o *Order[T]) After(serial uint64) iter.Seq2[uint64, T] {
 	return func(yield func(uint64, T) bool) {
 		// The first item above serial: equal ones sort before the target.
 		i, _ := slices.BinarySearchFunc(o.items, serial, func(it orderItem[T], s uint64) int {

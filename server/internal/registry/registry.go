@@ -1,0 +1,566 @@
+// Package registry holds every live connection of the gateway, whoever
+// opened it: it names each one (an id unique among live connections),
+// admits it under the gateway-wide limits, and answers the lookups of
+// Send, ListConnections, GetConnection, CloseConnection and broadcast.
+//
+// Listeners add the connections they accept; outbound connections will
+// be added the same way. A connection's origin is data of its entry, not
+// a type: the same conn.Conn serves both. Imports go one way: the
+// registry holds conns, the listener package uses the registry, and conn
+// imports neither.
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tcpgate/tcpgate/server/internal/conn"
+	"github.com/tcpgate/tcpgate/server/internal/event"
+	"github.com/tcpgate/tcpgate/server/internal/ids"
+	"github.com/tcpgate/tcpgate/server/internal/limits"
+	"github.com/tcpgate/tcpgate/server/internal/page"
+)
+
+// Errors of the registry; callers test them with errors.Is.
+var (
+	// ErrNotFound means no live connection has the id.
+	ErrNotFound = errors.New("connection not found")
+	// ErrListenerNotFound means no running listener has the id whose
+	// connections were asked for. The listener package's ErrNotFound is
+	// this same error, so that one sentinel says it wherever it is found.
+	ErrListenerNotFound = errors.New("listener not found")
+	// ErrLimit means a connection limit refused a connection.
+	ErrLimit = errors.New("limit reached")
+	// ErrInvalidFilter means a Filter the registry does not take.
+	ErrInvalidFilter = errors.New("invalid connection filter")
+)
+
+// DefaultMaxWriteBufferBytes bounds the bytes queued for writing over every
+// connection when Config.MaxWriteBufferBytes is 0: the queues of 256
+// connections full at conn.DefaultMaxQueuedWriteBytes each. A peer that
+// reads keeps its queue near empty, so the bound is reached only by peers
+// that stop reading, which the write timeout closes; until then reads that
+// would queue more wait, as for a full queue of their own.
+const DefaultMaxWriteBufferBytes = 256 << 20
+
+// MaxRemotePrefixBytes bounds Filter.RemotePrefix: the longest address
+// ("[ffff:...:ffff%zone]:65535") fits, and a filter is compared with every
+// connection it pages over.
+const MaxRemotePrefixBytes = 64
+
+// Origin says who opened a connection.
+type Origin int
+
+// The origins of a connection.
+const (
+	// Accepted is a connection a listener accepted.
+	Accepted Origin = iota + 1
+	// Outbound is a connection the gateway opened.
+	Outbound
+)
+
+// State is where a live connection is in its life.
+type State int
+
+// The states of a connection. A half-closed connection of a draining
+// listener is Draining: its end is the drain's.
+const (
+	// Open is open both ways.
+	Open State = iota + 1
+	// HalfClosed is a connection whose peer shut down its sending side,
+	// kept writable for its listener's HalfCloseTimeout.
+	HalfClosed
+	// Draining is a connection whose listener is stopping: it closes by
+	// the end of the drain.
+	Draining
+)
+
+// Info is a snapshot of a connection.
+type Info struct {
+	ID string
+	// ListenerID is the listener that accepted it; empty for an outbound
+	// connection.
+	ListenerID  string
+	Origin      Origin
+	State       State
+	RemoteAddr  string
+	LocalAddr   string
+	PeerSubject string
+	OpenedAt    time.Time
+	BytesIn     uint64
+	BytesOut    uint64
+	FramesIn    uint64
+	FramesOut   uint64
+}
+
+// Config configures a Registry.
+type Config struct {
+	// MaxConnections bounds the live connections, whatever their origin;
+	// 0 means no bound.
+	MaxConnections int
+	// MaxConnectionsPerIP bounds the accepted connections of one peer IP
+	// over all listeners, so that one host cannot take every slot; 0 means
+	// no bound. Outbound connections are the gateway's own doing, not a
+	// peer's, and are not counted.
+	MaxConnectionsPerIP int
+	// PerIPLoopback applies MaxConnectionsPerIP to loopback peers too;
+	// false exempts them, so that benchmarks and local tools may open
+	// every slot.
+	PerIPLoopback bool
+	// MaxWriteBufferBytes bounds the bytes queued for writing over every
+	// connection; 0 means DefaultMaxWriteBufferBytes.
+	MaxWriteBufferBytes int
+}
+
+// Registry holds the live connections. Its zero value is not usable; call
+// New.
+type Registry struct {
+	cfg    Config
+	totals conn.Counters // over every connection ever
+	writes *conn.WriteBudget
+	closed [event.ReasonReplyTimeout + 1]atomic.Uint64
+
+	mu     sync.Mutex // guards the fields below, and every Group's order and draining
+	conns  map[string]*entry
+	perIP  map[netip.Addr]int // admitted connections by peer IP, of the peers MaxConnectionsPerIP counts
+	groups map[string]*Group  // by listener id
+	// serial is the creation serial last given to a connection as it was
+	// admitted: lists are in its order.
+	serial uint64
+	order  page.Order[*entry]
+}
+
+// entry is an admitted connection.
+type entry struct {
+	c      *conn.Conn
+	origin Origin
+	group  *Group // its listener's; nil for none
+	serial uint64
+}
+
+// Group is the connections of one listener, as the registry sees them: it
+// counts them for the listener's own max_connections, lists them in
+// acceptance order, and makes them Draining while the listener stops.
+// Make one with AddGroup.
+type Group struct {
+	id  string
+	max int
+	// open counts its admitted connections, written under Registry.mu and
+	// read without it, so that a listener's snapshot takes no lock of the
+	// registry.
+	open atomic.Int64
+
+	// Guarded by Registry.mu.
+	order    page.Order[*entry]
+	draining bool
+}
+
+// Open returns how many of the group's connections are live. It takes no
+// lock.
+func (g *Group) Open() int { return int(g.open.Load()) }
+
+// New returns an empty registry.
+func New(cfg Config) *Registry {
+	if cfg.MaxWriteBufferBytes <= 0 {
+		cfg.MaxWriteBufferBytes = DefaultMaxWriteBufferBytes
+	}
+	return &Registry{
+		cfg:    cfg,
+		writes: conn.NewWriteBudget(cfg.MaxWriteBufferBytes),
+		conns:  make(map[string]*entry),
+		perIP:  make(map[netip.Addr]int),
+		groups: make(map[string]*Group),
+	}
+}
+
+// AddGroup registers the listener id, whose connections may then be
+// added, listed and broadcast to; max bounds its live connections (0: no
+// bound of its own). The listener package keeps listener ids unique; a
+// group of an id already registered replaces it.
+func (r *Registry) AddGroup(id string, max int) *Group {
+	g := &Group{id: id, max: max}
+	r.mu.Lock()
+	r.groups[id] = g
+	r.mu.Unlock()
+	return g
+}
+
+// DrainGroup makes the group's connections Draining, for the rest of their
+// lives.
+func (r *Registry) DrainGroup(g *Group) {
+	r.mu.Lock()
+	g.draining = true
+	r.mu.Unlock()
+}
+
+// RemoveGroup forgets the group's listener id: lookups of it are
+// ErrListenerNotFound from now on. Its connections must have closed.
+func (r *Registry) RemoveGroup(g *Group) {
+	r.mu.Lock()
+	if r.groups[g.id] == g {
+		delete(r.groups, g.id)
+	}
+	r.mu.Unlock()
+}
+
+// GroupConns returns the group's live connections.
+func (r *Registry) GroupConns(g *Group) []*conn.Conn {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*conn.Conn, 0, g.Open())
+	for _, e := range g.order.After(0) {
+		out = append(out, e.c)
+	}
+	return out
+}
+
+// Spec describes a connection to add.
+type Spec struct {
+	Origin Origin
+	// Group is the group of the listener that accepted it; nil for none.
+	Group *Group
+	// Conn configures the connection. The registry sets its ID, its
+	// WriteBudget and its Closed hook, and adds the registry's totals to
+	// its Aggregates; a Closed given here is called after the registry
+	// has forgotten the connection.
+	Conn conn.Config
+}
+
+// Add makes a connection of nc and admits it: it draws its id, counts it
+// toward the limits and lists it. ctx bounds the connection's life (see
+// conn.New). When a limit refuses it, Add returns the connection with a
+// *limits.Error wrapping ErrLimit: the connection is then not listed and
+// takes no slot, and the caller closes it with reason LIMIT_REACHED and
+// serves it anyway, so that subscribers see why a client was turned away.
+// The caller runs Serve in any case.
+func (r *Registry) Add(ctx context.Context, nc net.Conn, s Spec) (*conn.Conn, error) {
+	ip, perIP := r.peerIP(s.Origin, nc)
+	e := &entry{origin: s.Origin, group: s.Group}
+	// admitted is set under r.mu when the connection takes its slots, so
+	// that the Closed hook gives back only what was taken.
+	var admitted bool
+	cfg := s.Conn
+	closed := cfg.Closed
+	cfg.WriteBudget = r.writes
+	cfg.Aggregates = append(cfg.Aggregates[:len(cfg.Aggregates):len(cfg.Aggregates)], &r.totals)
+	cfg.Closed = func(reason event.CloseReason) {
+		if int(reason) < len(r.closed) {
+			r.closed[reason].Add(1)
+		}
+		r.mu.Lock()
+		if admitted {
+			delete(r.conns, cfg.ID)
+			r.order.Remove(e.serial)
+			if g := e.group; g != nil {
+				g.order.Remove(e.serial)
+				g.open.Add(-1)
+			}
+			if perIP {
+				if r.perIP[ip]--; r.perIP[ip] <= 0 {
+					delete(r.perIP, ip)
+				}
+			}
+		}
+		r.mu.Unlock()
+		if closed != nil {
+			closed(reason)
+		}
+	}
+
+	// The id is drawn under r.mu, where it joins r.conns, so that no two
+	// live connections share one; conn.New does no I/O.
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cfg.ID = r.newIDLocked()
+	e.c = conn.New(ctx, nc, cfg)
+	var err error
+	g := s.Group
+	switch {
+	case g != nil && g.max > 0 && g.Open() >= g.max:
+		err = &limits.Error{Doing: "admitting connection", Name: "max_connections", Limit: g.max, Err: ErrLimit}
+	case r.cfg.MaxConnections > 0 && len(r.conns) >= r.cfg.MaxConnections:
+		err = &limits.Error{Doing: "admitting connection", Name: "max_connections", Flag: "--max-connections", Limit: r.cfg.MaxConnections, Err: ErrLimit}
+	case perIP && r.perIP[ip] >= r.cfg.MaxConnectionsPerIP:
+		err = &limits.Error{Doing: "admitting connection", Name: "max_connections_per_ip", Flag: "--max-connections-per-ip", Limit: r.cfg.MaxConnectionsPerIP, Err: ErrLimit}
+	default:
+		admitted = true
+		r.conns[cfg.ID] = e
+		r.serial++
+		e.serial = r.serial
+		r.order.Add(e.serial, e)
+		if g != nil {
+			g.order.Add(e.serial, e)
+			g.open.Add(1)
+		}
+		if perIP {
+			r.perIP[ip]++
+		}
+	}
+	return e.c, err
+}
+
+// newIDLocked returns a random connection id that no live connection has.
+// Random rather than counted: an id from before a restart, or of another
+// node, never names a connection of now.
+func (r *Registry) newIDLocked() string {
+	for {
+		if id := ids.New(ids.Connection); r.conns[id] == nil {
+			return id
+		}
+	}
+}
+
+// peerIP returns the IP of nc's peer and whether MaxConnectionsPerIP
+// counts it: only for accepted connections, whose peer chose to connect.
+func (r *Registry) peerIP(origin Origin, nc net.Conn) (netip.Addr, bool) {
+	if r.cfg.MaxConnectionsPerIP <= 0 || origin != Accepted {
+		return netip.Addr{}, false
+	}
+	ap, err := netip.ParseAddrPort(nc.RemoteAddr().String())
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	// An IPv4 peer of a dual-stack socket is one host, however spelled.
+	ip := ap.Addr().Unmap()
+	if ip.IsLoopback() && !r.cfg.PerIPLoopback {
+		return netip.Addr{}, false
+	}
+	return ip, true
+}
+
+// stateLocked is where e is in its life.
+func stateLocked(e *entry) State {
+	switch {
+	case e.group != nil && e.group.draining:
+		return Draining
+	case e.c.HalfClosed():
+		return HalfClosed
+	}
+	return Open
+}
+
+// Filter selects connections; every field set must hold.
+type Filter struct {
+	// ListenerID selects the connections of one listener; empty means
+	// every connection. An unknown listener is ErrListenerNotFound.
+	ListenerID string
+	// State selects one state; 0 means every state.
+	State State
+	// RemotePrefix selects the connections whose remote address starts
+	// with it ("127.0.0.1:", "[::1]:"); empty means every address.
+	RemotePrefix string
+}
+
+// Digest is the filter's digest for page tokens (see page.Token).
+func (f Filter) Digest() page.Filter {
+	return page.FilterOf("connections", f.ListenerID, strconv.Itoa(int(f.State)), f.RemotePrefix)
+}
+
+// Page is a page of connections, in creation order.
+type Page struct {
+	Conns []Info
+	// Last is the serial of the last connection of the page: the next
+	// page starts after it.
+	Last uint64
+	// More says whether connections matching the filter follow the page.
+	More bool
+}
+
+// ListConns returns a page of at most size connections (see page.Size)
+// that match f, admitted after serial after (0 for the first page), in
+// creation order. It walks the connections in order under the lock and
+// snapshots only the page's, outside it.
+func (r *Registry) ListConns(f Filter, size int, after uint64) (Page, error) {
+	size, err := page.Size(size)
+	if err != nil {
+		return Page{}, fmt.Errorf("listing connections: %w", err)
+	}
+	if n := len(f.RemotePrefix); n > MaxRemotePrefixBytes {
+		return Page{}, fmt.Errorf("listing connections: %w", &page.FieldError{
+			Field:  "remote_address_prefix",
+			Reason: fmt.Sprintf("%d bytes, more than %d (no address is that long)", n, MaxRemotePrefixBytes),
+			Err:    ErrInvalidFilter,
+		})
+	}
+	type hit struct {
+		e  *entry
+		st State
+	}
+	hits := make([]hit, 0, min(size, 64))
+	var p Page
+	r.mu.Lock()
+	all := &r.order
+	if f.ListenerID != "" {
+		g := r.groups[f.ListenerID]
+		if g == nil {
+			r.mu.Unlock()
+			return Page{}, fmt.Errorf("listing connections of %q: %w", f.ListenerID, ErrListenerNotFound)
+		}
+		all = &g.order
+	}
+	for serial, e := range all.After(after) {
+		st := stateLocked(e)
+		if (f.State != 0 && st != f.State) || !strings.HasPrefix(e.c.RemoteAddr(), f.RemotePrefix) {
+			continue
+		}
+		if len(hits) == size {
+			p.More = true
+			break
+		}
+		hits = append(hits, hit{e, st})
+		p.Last = serial
+	}
+	r.mu.Unlock()
+	p.Conns = make([]Info, len(hits))
+	for i, h := range hits {
+		p.Conns[i] = info(h.e, h.st)
+	}
+	return p, nil
+}
+
+// Conns returns every live connection, of one listener when listenerID is
+// not empty, oldest first.
+func (r *Registry) Conns(listenerID string) ([]Info, error) {
+	var out []Info
+	for after := uint64(0); ; {
+		p, err := r.ListConns(Filter{ListenerID: listenerID}, page.MaxSize, after)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p.Conns...)
+		if !p.More {
+			return out, nil
+		}
+		after = p.Last
+	}
+}
+
+func info(e *entry, st State) Info {
+	c := e.c
+	n := c.Counters()
+	return Info{
+		ID:          c.ID(),
+		ListenerID:  c.ListenerID(),
+		Origin:      e.origin,
+		State:       st,
+		RemoteAddr:  c.RemoteAddr(),
+		LocalAddr:   c.LocalAddr(),
+		PeerSubject: c.PeerSubject(),
+		OpenedAt:    c.OpenedAt(),
+		BytesIn:     n.BytesIn.Load(),
+		BytesOut:    n.BytesOut.Load(),
+		FramesIn:    n.FramesIn.Load(),
+		FramesOut:   n.FramesOut.Load(),
+	}
+}
+
+// Conn returns a live connection.
+func (r *Registry) Conn(id string) (*conn.Conn, error) {
+	e, _, err := r.lookup(id)
+	if err != nil {
+		return nil, err
+	}
+	return e.c, nil
+}
+
+// lookup returns a live connection's entry and its state.
+func (r *Registry) lookup(id string) (*entry, State, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.conns[id]
+	if e == nil {
+		return nil, 0, fmt.Errorf("connection %q: %w", id, ErrNotFound)
+	}
+	return e, stateLocked(e), nil
+}
+
+// GetConn returns a snapshot of one live connection.
+func (r *Registry) GetConn(id string) (Info, error) {
+	e, st, err := r.lookup(id)
+	if err != nil {
+		return Info{}, fmt.Errorf("getting %w", err)
+	}
+	return info(e, st), nil
+}
+
+// CloseConn closes one connection with reason CLOSED_BY_API and returns its
+// final snapshot once it is closed, with the state it had before.
+func (r *Registry) CloseConn(ctx context.Context, id string) (Info, error) {
+	e, st, err := r.lookup(id)
+	if err != nil {
+		return Info{}, err
+	}
+	e.c.Close(event.ReasonClosedByAPI)
+	select {
+	case <-e.c.Done():
+	case <-ctx.Done():
+		return Info{}, ctx.Err()
+	}
+	return info(e, st), nil
+}
+
+// Broadcast writes p to every live connection of a listener concurrently
+// and returns the bytes written in all and how many connections took the
+// write.
+func (r *Registry) Broadcast(ctx context.Context, listenerID string, p []byte) (uint64, int, error) {
+	r.mu.Lock()
+	g := r.groups[listenerID]
+	if g == nil {
+		r.mu.Unlock()
+		return 0, 0, fmt.Errorf("sending to listener %q: %w", listenerID, ErrListenerNotFound)
+	}
+	conns := make([]*conn.Conn, 0, g.Open())
+	for _, e := range g.order.After(0) {
+		conns = append(conns, e.c)
+	}
+	r.mu.Unlock()
+
+	var reached atomic.Int64
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(func() {
+			if _, err := c.Send(ctx, p, conn.Await{}); err == nil {
+				reached.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	n := int(reached.Load())
+	return uint64(n) * uint64(len(p)), n, nil
+}
+
+// Stats are figures over every connection since the registry started.
+type Stats struct {
+	ConnectionsOpen int
+	// Closed counts closed connections by reason, refused ones included.
+	Closed                                 map[event.CloseReason]uint64
+	BytesIn, BytesOut, FramesIn, FramesOut uint64
+	// WriteQueued is the bytes queued for writing to connections now
+	// (bounded by Config.MaxWriteBufferBytes).
+	WriteQueued int
+}
+
+// Stats returns the figures.
+func (r *Registry) Stats() Stats {
+	r.mu.Lock()
+	st := Stats{ConnectionsOpen: len(r.conns)}
+	r.mu.Unlock()
+	st.Closed = make(map[event.CloseReason]uint64, len(r.closed))
+	for i := range r.closed {
+		if n := r.closed[i].Load(); n > 0 {
+			st.Closed[event.CloseReason(i)] = n
+		}
+	}
+	st.BytesIn, st.BytesOut = r.totals.BytesIn.Load(), r.totals.BytesOut.Load()
+	st.FramesIn, st.FramesOut = r.totals.FramesIn.Load(), r.totals.FramesOut.Load()
+	st.WriteQueued = r.writes.Used()
+	return st
+}

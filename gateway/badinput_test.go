@@ -384,6 +384,13 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: sub, name: "listenerIds invalid UTF-8", method: gt, path: "/v1/events?listenerIds=%FF", code: inv, mention: "listenerIds"},
 		{rpc: sub, name: "connectionIds malformed", method: gt, path: "/v1/events?connectionIds=c1&connectionIds=c%2F2", code: inv, mention: "connection_ids[1]"},
 		{rpc: sub, name: "kinds misspelt", method: gt, path: "/v1/events?kind=EVENT_KIND_DATA", code: inv, mention: "kind"},
+		{rpc: sub, name: "origins 99", method: gt, path: "/v1/events?origins=99", code: inv, mention: "origins"},
+		{rpc: sub, name: "origins by unknown name", method: gt, path: "/v1/events?origins=ORIGIN_NOPE", code: inv, mention: "origins"},
+		{rpc: sub, name: "origins UNSPECIFIED after a good one", method: gt, path: "/v1/events?origins=ORIGIN_ACCEPTED&origins=ORIGIN_UNSPECIFIED", code: inv, mention: "origins[1]"},
+		{rpc: sub, name: "origin misspelt", method: gt, path: "/v1/events?origin=ORIGIN_ACCEPTED", code: inv, mention: "origin"},
+		{rpc: "ListConnections", name: "origins 99", method: gt, path: "/v1/connections?origins=99", code: inv, mention: "origins"},
+		{rpc: "ListConnections", name: "origins by unknown name", method: gt, path: "/v1/connections?origins=ORIGIN_NOPE", code: inv, mention: "origins"},
+		{rpc: "ListConnections", name: "origins UNSPECIFIED after a good one", method: gt, path: "/v1/connections?origins=ORIGIN_OUTBOUND&origins=ORIGIN_UNSPECIFIED", code: inv, mention: "origins[1]"},
 
 		// ListListeners takes no parameters at all.
 		{rpc: list, name: "unknown query parameter", method: gt, path: "/v1/listeners?state=LISTENING", code: inv, mention: `query parameter "state": ListListenersRequest has no field "state"`},

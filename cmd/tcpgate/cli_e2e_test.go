@@ -188,6 +188,23 @@ func TestCLI(t *testing.T) {
 		}
 	})
 
+	t.Run("subscribe origin", func(t *testing.T) {
+		// The connections so far are all accepted: --origin accepted
+		// replays their events, each saying so, and no listener event.
+		p := tg.start(t, "subscribe", "--since", "1", "--format", "json", "--origin", "accepted")
+		p.waitFor(t, "a connection_opened event", eventTimeout, func(out string) bool {
+			return slices.ContainsFunc(jsonLines(out), func(e eventJSON) bool { return e.Kind == "EVENT_KIND_CONNECTION_OPENED" })
+		})
+		if err := p.interrupt(t); err != nil {
+			t.Errorf("subscribe after SIGINT: %v, want exit status 0; stderr: %s", err, p.stderr.String())
+		}
+		for _, e := range jsonLines(p.stdout.String()) {
+			if e.Kind != kindStreamStarted && e.Origin != "ORIGIN_ACCEPTED" {
+				t.Errorf("subscribe --origin accepted printed %s #%d with origin %q, want only events of accepted connections", e.Kind, e.Sequence, e.Origin)
+			}
+		}
+	})
+
 	t.Run("ls", func(t *testing.T) {
 		// --server wins over TCPGATE_SERVER, which names no gateway here.
 		ls := cliRunner{env: hermeticEnv("TCPGATE_SERVER=" + servertest.RefusedAddr(t))}
@@ -341,6 +358,7 @@ func TestCLI(t *testing.T) {
 			{name: "no payload", args: []string{"send", addr}, want: []string{"exactly one of TEXT, --hex, --file or --stdin"}},
 			{name: "unknown connection", args: []string{"close", "c999999"}, want: []string{"NotFound", "c999999"}},
 			{name: "unknown kind", args: []string{"subscribe", "--kinds", "event_kind_nope"}, want: []string{"--kinds", `"event_kind_nope"`, "EVENT_KIND_DATA"}},
+			{name: "unknown origin", args: []string{"subscribe", "--origin", "inbound"}, want: []string{"--origin", `"inbound"`, "accepted or outbound"}},
 			{
 				name: "no daemon at --server",
 				env:  hermeticEnv(),

@@ -645,6 +645,7 @@ var policyNames = map[string]tcpgatev1.SlowConsumerPolicy{
 func newSubscribeCmd(c *client) *cobra.Command {
 	var (
 		listeners, conns, kinds []string
+		origins                 []string
 		since, sinceInc         string
 		policy, format          string
 	)
@@ -663,6 +664,7 @@ func newSubscribeCmd(c *client) *cobra.Command {
 			"(incarnation, sequence), never by sequence alone.",
 		Example: "  tcpgate subscribe\n" +
 			"  tcpgate subscribe --listener demo --kinds data\n" +
+			"  tcpgate subscribe --origin accepted\n" +
 			"  tcpgate subscribe --since 1 --format json | jq .text\n" +
 			"  tcpgate subscribe --since hb4k2xq7zv3wma6c-42   # resume at 42 of that incarnation",
 		Args: cobra.NoArgs,
@@ -688,6 +690,11 @@ func newSubscribeCmd(c *client) *cobra.Command {
 				}
 				req.Kinds = append(req.Kinds, kind)
 			}
+			os, err := parseOrigins(origins)
+			if err != nil {
+				return err
+			}
+			req.Origins = os
 			p, ok := policyNames[policy]
 			if !ok {
 				return fmt.Errorf("--policy %q: want drop-oldest, disconnect or backpressure", policy)
@@ -729,6 +736,7 @@ func newSubscribeCmd(c *client) *cobra.Command {
 	f.StringArrayVar(&listeners, "listener", nil, "only events of this listener (repeatable)")
 	f.StringArrayVar(&conns, "conn", nil, "only events of this connection (repeatable)")
 	f.StringSliceVar(&kinds, "kinds", nil, "only these kinds, comma-separated: listener_started, listener_stopped, connection_opened, data, connection_closed (or EVENT_KIND_DATA, ...)")
+	f.StringSliceVar(&origins, "origin", nil, "only events of connections of these origins, comma-separated or repeated: accepted or outbound (listener events are left out)")
 	f.StringVar(&since, "since", "", "replay from this sequence before live events: INCARNATION-SEQUENCE, or SEQUENCE of the gateway's incarnation (default: live only)")
 	f.StringVar(&sinceInc, "since-incarnation", "", "the incarnation --since SEQUENCE belongs to, as stream_started printed it")
 	f.StringVar(&policy, "policy", "drop-oldest", "when this subscriber falls behind: drop-oldest, disconnect or backpressure")

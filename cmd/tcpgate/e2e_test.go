@@ -395,6 +395,7 @@ type eventJSON struct {
 	Text          string `json:"text"`
 	CloseReason   string `json:"closeReason"`
 	Dropped       uint64 `json:"dropped,string"`
+	Origin        string `json:"origin"`
 	Header        struct {
 		Incarnation  string `json:"incarnation"`
 		NodeID       string `json:"nodeId"`

@@ -132,9 +132,42 @@ func connStateString(st tcpgatev1.ConnectionState) string {
 	return "-"
 }
 
+// originNames are the --origin values: the enum's names without
+// ORIGIN_, in lower case.
+var originNames = map[string]tcpgatev1.Origin{
+	"accepted": tcpgatev1.Origin_ORIGIN_ACCEPTED,
+	"outbound": tcpgatev1.Origin_ORIGIN_OUTBOUND,
+}
+
+// parseOrigins reads --origin values: accepted or outbound (the API's
+// names, ORIGIN_ACCEPTED, work too), each value possibly a comma-separated
+// list; none means every origin.
+func parseOrigins(values []string) ([]tcpgatev1.Origin, error) {
+	var out []tcpgatev1.Origin
+	for _, v := range values {
+		o, ok := originNames[strings.TrimPrefix(strings.ToLower(strings.TrimSpace(v)), "origin_")]
+		if !ok {
+			return nil, fmt.Errorf("--origin %q: want accepted or outbound", v)
+		}
+		out = append(out, o)
+	}
+	return out, nil
+}
+
+// originString is a connection's origin as --origin spells it.
+func originString(o tcpgatev1.Origin) string {
+	for name, v := range originNames {
+		if v == o {
+			return name
+		}
+	}
+	return "-"
+}
+
 func newConnsCmd(c *client) *cobra.Command {
 	var (
 		listenerID, state, prefix string
+		origins                   []string
 		pageSize                  int32
 		limit                     int
 	)
@@ -146,7 +179,7 @@ func newConnsCmd(c *client) *cobra.Command {
 			"combine. The gateway returns connections a page at a time; conns follows every page unless\n" +
 			"--limit stops it earlier.",
 		Example: "  tcpgate conns\n  tcpgate conns demo\n  tcpgate conns --state half-closed --remote-prefix 10.1.\n" +
-			"  tcpgate conns --listener demo --limit 20",
+			"  tcpgate conns --listener demo --limit 20\n  tcpgate conns --origin accepted",
 		Args: cobra.MaximumNArgs(1),
 		RunE: c.run(func(cmd *cobra.Command, args []string) error {
 			if len(args) == 1 {
@@ -162,7 +195,11 @@ func newConnsCmd(c *client) *cobra.Command {
 			if err := checkPageFlags(pageSize, limit); err != nil {
 				return err
 			}
-			req := &tcpgatev1.ListConnectionsRequest{ListenerId: listenerID, State: st, RemoteAddressPrefix: prefix}
+			os, err := parseOrigins(origins)
+			if err != nil {
+				return err
+			}
+			req := &tcpgatev1.ListConnectionsRequest{ListenerId: listenerID, State: st, RemoteAddressPrefix: prefix, Origins: os}
 			var all []*tcpgatev1.Connection
 			for page := 0; ; page++ {
 				if page == maxPages {
@@ -193,6 +230,7 @@ func newConnsCmd(c *client) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&listenerID, "listener", "", "only the connections of this listener (as the LISTENER argument)")
 	f.StringVar(&state, "state", "", "only connections in this state: open, half-closed or draining")
+	f.StringSliceVar(&origins, "origin", nil, "only connections of these origins, comma-separated or repeated: accepted or outbound")
 	f.StringVar(&prefix, "remote-prefix", "", `only connections whose remote address starts with this ("10.1.", "[::1]:")`)
 	f.Int32Var(&pageSize, "page-size", 0, "connections asked for per call (0: the gateway's default, 100; at most 1000)")
 	f.IntVar(&limit, "limit", 0, "list at most this many connections (0: every one)")
@@ -218,6 +256,7 @@ func newConnCmd(c *client) *cobra.Command {
 			for _, row := range [][2]string{
 				{"id", cn.GetConnectionId()},
 				{"listener", cn.GetListenerId()},
+				{"origin", originString(cn.GetOrigin())},
 				{"state", connStateString(cn.GetState())},
 				{"remote", cn.GetRemoteAddress()},
 				{"local", cn.GetLocalAddress()},

@@ -168,6 +168,10 @@ func TestCLIListsE2E(t *testing.T) {
 		"--remote-prefix":                 {[]string{"conns", "--remote-prefix", "127.0.0.2:"}, 1},
 		"--remote-prefix and --state":     {[]string{"conns", "--remote-prefix", "127.0.0.1:", "--state", "open"}, 150},
 		"--remote-prefix, --state, other": {[]string{"conns", "--remote-prefix", "127.0.0.1:", "--listener", "other"}, 0},
+		"--origin accepted":               {[]string{"conns", "--origin", "accepted"}, 151},
+		"--origin outbound":               {[]string{"conns", "--origin", "outbound"}, 0},
+		"--origin both":                   {[]string{"conns", "--origin", "outbound,ORIGIN_ACCEPTED"}, 151},
+		"--origin and --listener":         {[]string{"conns", "--origin", "accepted", "--listener", "other"}, 1},
 	} {
 		if got := rows(tg.mustRunOut(t, tt.args...)); len(got) != tt.want {
 			t.Errorf("%s: tcpgate %s printed %d rows, want %d", name, strings.Join(tt.args, " "), len(got), tt.want)
@@ -175,6 +179,7 @@ func TestCLIListsE2E(t *testing.T) {
 	}
 	for _, args := range [][]string{
 		{"conns", "--state", "closed"},
+		{"conns", "--origin", "inbound"},
 		{"conns", "--page-size", "-1"},
 		{"conns", "--limit", "-1"},
 		{"conns", "many", "--listener", "other"},
@@ -186,7 +191,7 @@ func TestCLIListsE2E(t *testing.T) {
 
 	id := all[150][0]
 	out := tg.mustRunOut(t, "conn", id)
-	for _, want := range []string{"id:", id, "listener:", "other", "state:", "half-closed", "remote:", remote} {
+	for _, want := range []string{"id:", id, "listener:", "other", "origin:", "accepted", "state:", "half-closed", "remote:", remote} {
 		if !strings.Contains(out, want) {
 			t.Errorf("tcpgate conn %s:\n%s\nwant it to show %q", id, out, want)
 		}

@@ -244,7 +244,7 @@ func tailSize(e *event.Event) int {
 	if e.Header != nil {
 		n += protowire.SizeTag(fHeader) + protowire.SizeBytes(headerSize(e.Header))
 	}
-	return n
+	return n + sizeVarint(fOrigin, uint64(origins[e.Origin]))
 }
 
 // headerSize is the size of a ResponseHeader's fields.
@@ -312,6 +312,7 @@ const (
 	fPeerSubject   protowire.Number = 12
 	fPartial       protowire.Number = 13
 	fHeader        protowire.Number = 14
+	fOrigin        protowire.Number = 15
 	fIncarnation   protowire.Number = 1 // ResponseHeader.incarnation
 	fNodeID        protowire.Number = 2 // ResponseHeader.node_id
 	fLastSequence  protowire.Number = 3 // ResponseHeader.last_sequence
@@ -378,6 +379,7 @@ func encodeEvent(e *event.Event) ([]byte, error) {
 		b = appendString(b, fNodeID, h.Node)
 		b = appendVarint(b, fLastSequence, h.LastSequence)
 	}
+	b = appendVarint(b, fOrigin, uint64(origins[e.Origin]))
 	if len(b) != cap(b) {
 		return nil, fmt.Errorf("tcpgate: encoding event %d: %d bytes, want %d", e.Sequence, len(b), cap(b))
 	}

@@ -45,7 +45,11 @@ func (s *Service) ListConnections(_ context.Context, req *tcpgatev1.ListConnecti
 	if !ok {
 		return nil, invalid("state", "unknown value %d", int32(req.GetState()))
 	}
-	f := registry.Filter{ListenerID: req.GetListenerId(), State: st, RemotePrefix: req.GetRemoteAddressPrefix()}
+	os, err := originsFromProto("origins", req.GetOrigins())
+	if err != nil {
+		return nil, err
+	}
+	f := registry.Filter{ListenerID: req.GetListenerId(), State: st, RemotePrefix: req.GetRemoteAddressPrefix(), Origins: os}
 	inc := s.cfg.Hub.Incarnation()
 	after, err := page.Decode(req.GetPageToken(), inc, f.Digest())
 	if err != nil {

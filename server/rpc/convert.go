@@ -3,6 +3,8 @@ package rpc
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -125,6 +127,7 @@ func listenerToProto(i listener.Info) *tcpgatev1.Listener {
 		ListenerId:        i.ID,
 		Address:           i.Address,
 		State:             listenerStates[i.State],
+		Source:            sources[i.Source],
 		Framing:           framingToProto(i.Framing),
 		AutoReply:         autoReplyToProto(i.AutoReply),
 		ConnectionsActive: uint32(i.ConnectionsActive),
@@ -152,6 +155,7 @@ func connToProto(c registry.Info) *tcpgatev1.Connection {
 		ConnectionId:  c.ID,
 		ListenerId:    c.ListenerID,
 		State:         connStates[c.State],
+		Origin:        origins[c.Origin],
 		RemoteAddress: c.RemoteAddr,
 		LocalAddress:  c.LocalAddr,
 		PeerSubject:   c.PeerSubject,
@@ -161,6 +165,43 @@ func connToProto(c registry.Info) *tcpgatev1.Connection {
 		FramesIn:      c.FramesIn,
 		FramesOut:     c.FramesOut,
 	}
+}
+
+var sources = map[listener.Source]tcpgatev1.Source{
+	listener.SourceAPI:    tcpgatev1.Source_SOURCE_API,
+	listener.SourceConfig: tcpgatev1.Source_SOURCE_CONFIG,
+}
+
+// origins translates a connection's origin; OriginNone, on events that
+// concern no connection, is left unset.
+var origins = map[event.Origin]tcpgatev1.Origin{
+	event.Accepted: tcpgatev1.Origin_ORIGIN_ACCEPTED,
+	event.Outbound: tcpgatev1.Origin_ORIGIN_OUTBOUND,
+}
+
+// originsFromProto is the origins a filter names, field being the list's
+// name: UNSPECIFIED or a value the API does not define is InvalidArgument
+// naming the element.
+func originsFromProto(field string, list []tcpgatev1.Origin) ([]event.Origin, error) {
+	if len(list) == 0 {
+		return nil, nil
+	}
+	out := make([]event.Origin, 0, min(len(list), len(origins)))
+	for i, o := range list {
+		var eo event.Origin
+		for k, v := range origins {
+			if v == o {
+				eo = k
+			}
+		}
+		if eo == event.OriginNone {
+			return nil, invalid(fmt.Sprintf("%s[%d]", field, i), "%s is not an origin to filter on: ORIGIN_ACCEPTED or ORIGIN_OUTBOUND", o)
+		}
+		if !slices.Contains(out, eo) {
+			out = append(out, eo)
+		}
+	}
+	return out, nil
 }
 
 var eventKinds = map[event.Kind]tcpgatev1.EventKind{
@@ -238,6 +279,7 @@ func eventToProto(dst *tcpgatev1.Event, e *event.Event, f payloadFormat) {
 	dst.Dropped = e.Dropped
 	dst.PeerSubject = e.PeerSubject
 	dst.Partial = e.Partial
+	dst.Origin = origins[e.Origin]
 	dst.Header = headerToProto(e.Header)
 }
 

@@ -394,6 +394,7 @@ func TestListenerToProto(t *testing.T) {
 		CreatedAt:         timestamppb.New(created),
 		MaxConnections:    3,
 		IdleTimeout:       durationpb.New(2 * time.Second),
+		Source:            tcpgatev1.Source_SOURCE_API,
 	}
 	if got := listenerToProto(info); !proto.Equal(got, want) {
 		t.Errorf("listenerToProto =\n%v\nwant\n%v", got, want)

@@ -103,6 +103,10 @@ func appendEventJSON(b []byte, e *event.Event, f payloadFormat) ([]byte, error) 
 		key("header")
 		b = appendHeaderJSON(b, h)
 	}
+	if o := origins[e.Origin]; o != 0 {
+		key("origin")
+		b = appendEnum(b, o.String())
+	}
 	return append(b, '}'), nil
 }
 

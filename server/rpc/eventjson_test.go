@@ -124,6 +124,7 @@ var eventSetters = map[protoreflect.Name]func(e *event.Event){
 	"peer_subject":   func(e *event.Event) { e.PeerSubject = "CN=x" },
 	"partial":        func(e *event.Event) { e.Partial = true },
 	"header":         func(e *event.Event) { e.Header = &event.Header{Incarnation: "i", Node: "n", LastSequence: 3} },
+	"origin":         func(e *event.Event) { e.Origin = event.Accepted },
 }
 
 // TestEventFieldsCovered walks the Event descriptor: every field must

@@ -68,6 +68,7 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 		return nil, err
 	}
 	spec := listener.Spec{
+		Source:           listener.SourceAPI,
 		ID:               req.GetListenerId(),
 		Host:             req.GetHost(),
 		Port:             int(req.GetPort()),

@@ -41,5 +41,6 @@ func sameButSequence(a, b *event.Event) bool {
 		a.RemoteAddr == b.RemoteAddr && a.LocalAddr == b.LocalAddr &&
 		a.CloseReason == b.CloseReason && a.Dropped == b.Dropped &&
 		a.PeerSubject == b.PeerSubject && a.Partial == b.Partial &&
+		a.Origin == b.Origin &&
 		a.Header == b.Header // markers only, each its own; a pointer compare is enough
 }

@@ -113,7 +113,7 @@ func TestCodecRunShares(t *testing.T) {
 // to Event must be placed in one of the two lists, and, when encodeEvent
 // writes it, compared in sameButSequence.
 func TestSameButSequenceFields(t *testing.T) {
-	compared := []string{"Time", "Kind", "ListenerID", "ConnectionID", "RemoteAddr", "LocalAddr", "CloseReason", "Dropped", "PeerSubject", "Partial", "Header"}
+	compared := []string{"Time", "Kind", "ListenerID", "ConnectionID", "RemoteAddr", "LocalAddr", "CloseReason", "Dropped", "PeerSubject", "Partial", "Origin", "Header"}
 	notInMemo := []string{"Sequence", "Data", "Retained", "size", "utf8", "sealed", "memo"}
 	typ := reflect.TypeFor[event.Event]()
 	for i := range typ.NumField() {
@@ -137,6 +137,7 @@ func TestSameButSequenceFields(t *testing.T) {
 		"Dropped":      func(e *event.Event) { e.Dropped = 1 },
 		"PeerSubject":  func(e *event.Event) { e.PeerSubject = "q" },
 		"Partial":      func(e *event.Event) { e.Partial = true },
+		"Origin":       func(e *event.Event) { e.Origin = event.Outbound },
 		"Header":       func(e *event.Event) { e.Header = &event.Header{Incarnation: "i"} },
 	}
 	for _, name := range compared {

@@ -55,6 +55,11 @@ func (s *Service) subscription(req *tcpgatev1.SubscribeRequest) (hub.SubscribeOp
 		// hub never publishes them, so naming them matches nothing more.
 		opts.Filter.Kinds = append(opts.Filter.Kinds, ek)
 	}
+	os, err := originsFromProto("origins", req.GetOrigins())
+	if err != nil {
+		return opts, 0, err
+	}
+	opts.Filter.Origins = os
 	if inc := req.GetSinceIncarnation(); inc != "" {
 		if err := checkID("since_incarnation", inc); err != nil {
 			return opts, 0, err

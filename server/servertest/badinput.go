@@ -224,6 +224,10 @@ func (b *BadInputs) rows() []BadInput {
 		amFrame = tcpgatev1.AwaitMode_AWAIT_MODE_FRAME
 		amUntil = tcpgatev1.AwaitMode_AWAIT_MODE_UNTIL_CLOSE
 		ekData  = tcpgatev1.EventKind_EVENT_KIND_DATA
+		// An origin filter names ACCEPTED or OUTBOUND; UNSPECIFIED is refused.
+		oUnspec   = tcpgatev1.Origin_ORIGIN_UNSPECIFIED
+		oAccepted = tcpgatev1.Origin_ORIGIN_ACCEPTED
+		oOutbound = tcpgatev1.Origin_ORIGIN_OUTBOUND
 	)
 	arText := func(s string) *tcpgatev1.AutoReply_Text { return &tcpgatev1.AutoReply_Text{Text: s} }
 	arData := func(b []byte) *tcpgatev1.AutoReply_Data { return &tcpgatev1.AutoReply_Data{Data: b} }
@@ -316,6 +320,10 @@ func (b *BadInputs) rows() []BadInput {
 		{RPC: lc, Name: "state draining", Req: &tcpgatev1.ListConnectionsRequest{State: tcpgatev1.ConnectionState_CONNECTION_STATE_DRAINING}, Code: codes.OK},
 		{RPC: lc, Name: "remote_address_prefix of 65 bytes", Req: &tcpgatev1.ListConnectionsRequest{RemoteAddressPrefix: strings.Repeat("1", 65)}, Code: inv, Reason: rInvalid, Field: "remote_address_prefix", Mention: "remote_address_prefix"},
 		{RPC: lc, Name: "remote_address_prefix of 64 bytes", Req: &tcpgatev1.ListConnectionsRequest{RemoteAddressPrefix: strings.Repeat("1", 64)}, Code: codes.OK},
+		{RPC: lc, Name: "origins UNSPECIFIED", Req: &tcpgatev1.ListConnectionsRequest{Origins: []tcpgatev1.Origin{oUnspec}}, Code: inv, Reason: rInvalid, Field: "origins[0]", Mention: "origins[0]"},
+		{RPC: lc, Name: "origins 99 after a good one", Req: &tcpgatev1.ListConnectionsRequest{Origins: []tcpgatev1.Origin{oAccepted, 99}}, Code: inv, Reason: rInvalid, Field: "origins[1]", Mention: "origins[1]"},
+		{RPC: lc, Name: "origins -1", Req: &tcpgatev1.ListConnectionsRequest{Origins: []tcpgatev1.Origin{-1}}, Code: inv, Reason: rInvalid, Field: "origins[0]", Mention: "origins[0]"},
+		{RPC: lc, Name: "origins both, repeated, are fine", Req: &tcpgatev1.ListConnectionsRequest{Origins: []tcpgatev1.Origin{oAccepted, oOutbound, oAccepted}}, Code: codes.OK},
 
 		// GetConnection.
 		{RPC: gc, Name: "connection_id empty", Req: &tcpgatev1.GetConnectionRequest{}, Code: inv, Reason: rInvalid, Field: "connection_id", Mention: "connection_id"},
@@ -396,6 +404,10 @@ func (b *BadInputs) rows() []BadInput {
 		{RPC: sub, Name: "slow_consumer 9", Req: &tcpgatev1.SubscribeRequest{SlowConsumer: 9}, Code: inv, Reason: rInvalid, Field: "slow_consumer", Mention: "slow_consumer"},
 		{RPC: sub, Name: "slow_consumer -1", Req: &tcpgatev1.SubscribeRequest{SlowConsumer: -1}, Code: inv, Reason: rInvalid, Field: "slow_consumer", Mention: "slow_consumer"},
 		{RPC: sub, Name: "kinds DATA is fine", Req: kinds(ekData), Code: codes.OK},
+		{RPC: sub, Name: "origins UNSPECIFIED", Req: &tcpgatev1.SubscribeRequest{Origins: []tcpgatev1.Origin{oUnspec}}, Code: inv, Reason: rInvalid, Field: "origins[0]", Mention: "origins[0]"},
+		{RPC: sub, Name: "origins 99 after a good one", Req: &tcpgatev1.SubscribeRequest{Origins: []tcpgatev1.Origin{oOutbound, 99}}, Code: inv, Reason: rInvalid, Field: "origins[1]", Mention: "origins[1]"},
+		{RPC: sub, Name: "origins -1", Req: &tcpgatev1.SubscribeRequest{Origins: []tcpgatev1.Origin{-1}}, Code: inv, Reason: rInvalid, Field: "origins[0]", Mention: "origins[0]"},
+		{RPC: sub, Name: "origins both are fine", Req: &tcpgatev1.SubscribeRequest{Origins: []tcpgatev1.Origin{oAccepted, oOutbound}}, Code: codes.OK},
 		{RPC: sub, Name: "since_sequence in the future", Req: &tcpgatev1.SubscribeRequest{SinceSequence: 1 << 63}, Code: codes.OutOfRange, Reason: rAhead, Field: "since_sequence", Mention: "since_sequence"},
 		{RPC: sub, Name: "1025 listener_ids", Req: &tcpgatev1.SubscribeRequest{ListenerIds: ManyIDs(1025, 8)}, Code: inv, Reason: rFilter, Mention: "listener_ids has 1025 ids, at most 1024"},
 		{RPC: sub, Name: "a connection_id of 65 bytes", Req: &tcpgatev1.SubscribeRequest{ConnectionIds: ManyIDs(2, 65)}, Code: inv, Reason: rInvalid, Field: "connection_ids[0]", Mention: "connection_ids[0]: must be 1 to 64"},

@@ -143,6 +143,29 @@ func (s *EventStream) NextLine() string {
 	return ""
 }
 
+// Quiet fails the test if an NDJSON event arrives within bound (see
+// Stream.Quiet); the stream's STREAM_STARTED, when not yet read, is taken
+// aside into Started.
+func (s *EventStream) Quiet(bound time.Duration) {
+	s.t.Helper()
+	deadline := time.After(bound)
+	for {
+		select {
+		case line, ok := <-s.lines:
+			if !ok {
+				s.t.Fatalf("event stream ended: %v", <-s.errc)
+			}
+			if e := DecodeEvent(s.t, line); s.Started == nil && e.GetKind() == tcpgatev1.EventKind_EVENT_KIND_STREAM_STARTED {
+				s.Started = e
+				continue
+			}
+			s.t.Fatalf("got %s, want no event within %s", line, bound)
+		case <-deadline:
+			return
+		}
+	}
+}
+
 // Rest returns every line until the body ends, and why it ended, failing
 // the test if it does not end within Wait.
 func (s *EventStream) Rest() ([]string, error) {

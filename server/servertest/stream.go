@@ -146,6 +146,21 @@ func (s *Stream) NextOfWithin(kind tcpgatev1.EventKind, bound time.Duration) *tc
 	}
 }
 
+// Quiet fails the test if an event arrives within bound. Call it once
+// another stream has seen the events this one must not get: they were
+// published by then, and would arrive here within far less than bound.
+func (s *Stream) Quiet(bound time.Duration) {
+	s.t.Helper()
+	select {
+	case e, ok := <-s.events:
+		if !ok {
+			s.t.Fatalf("stream ended: %v", <-s.errc)
+		}
+		s.t.Fatalf("got %v, want no event within %s", e, bound)
+	case <-time.After(bound):
+	}
+}
+
 // End waits for the stream to end, discarding events, and returns the
 // call's error; it fails the test after Wait.
 func (s *Stream) End() error {

@@ -147,6 +147,171 @@ func (AutoReplyMode) EnumDescriptor() ([]byte, []int) {
 	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{1}
 }
 
+// Origin says who opened a connection. ORIGIN_OUTBOUND connections come
+// with Connect (a later release); until then every connection is
+// ORIGIN_ACCEPTED.
+type Origin int32
+
+const (
+	// Never sent; in a filter it is InvalidArgument.
+	Origin_ORIGIN_UNSPECIFIED Origin = 0
+	// A listener accepted it: a client connected to the gateway.
+	Origin_ORIGIN_ACCEPTED Origin = 1
+	// The gateway opened it (Connect, a later release).
+	Origin_ORIGIN_OUTBOUND Origin = 2
+)
+
+// Enum value maps for Origin.
+var (
+	Origin_name = map[int32]string{
+		0: "ORIGIN_UNSPECIFIED",
+		1: "ORIGIN_ACCEPTED",
+		2: "ORIGIN_OUTBOUND",
+	}
+	Origin_value = map[string]int32{
+		"ORIGIN_UNSPECIFIED": 0,
+		"ORIGIN_ACCEPTED":    1,
+		"ORIGIN_OUTBOUND":    2,
+	}
+)
+
+func (x Origin) Enum() *Origin {
+	p := new(Origin)
+	*p = x
+	return p
+}
+
+func (x Origin) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Origin) Descriptor() protoreflect.EnumDescriptor {
+	return file_tcpgate_v1_gateway_proto_enumTypes[2].Descriptor()
+}
+
+func (Origin) Type() protoreflect.EnumType {
+	return &file_tcpgate_v1_gateway_proto_enumTypes[2]
+}
+
+func (x Origin) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Origin.Descriptor instead.
+func (Origin) EnumDescriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{2}
+}
+
+// Direction says which way data went. Defined now so that the name is
+// fixed: DATA events will carry it once subscribers may ask for the data
+// the gateway sent (handlers and forwarding listeners, later releases).
+// Until then every DATA event is data received and carries no direction.
+type Direction int32
+
+const (
+	// Never sent.
+	Direction_DIRECTION_UNSPECIFIED Direction = 0
+	// Data the gateway read from a connection.
+	Direction_DIRECTION_RECEIVED Direction = 1
+	// Data the gateway wrote to a connection.
+	Direction_DIRECTION_SENT Direction = 2
+)
+
+// Enum value maps for Direction.
+var (
+	Direction_name = map[int32]string{
+		0: "DIRECTION_UNSPECIFIED",
+		1: "DIRECTION_RECEIVED",
+		2: "DIRECTION_SENT",
+	}
+	Direction_value = map[string]int32{
+		"DIRECTION_UNSPECIFIED": 0,
+		"DIRECTION_RECEIVED":    1,
+		"DIRECTION_SENT":        2,
+	}
+)
+
+func (x Direction) Enum() *Direction {
+	p := new(Direction)
+	*p = x
+	return p
+}
+
+func (x Direction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Direction) Descriptor() protoreflect.EnumDescriptor {
+	return file_tcpgate_v1_gateway_proto_enumTypes[3].Descriptor()
+}
+
+func (Direction) Type() protoreflect.EnumType {
+	return &file_tcpgate_v1_gateway_proto_enumTypes[3]
+}
+
+func (x Direction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Direction.Descriptor instead.
+func (Direction) EnumDescriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{3}
+}
+
+// Source says where an object was defined. SOURCE_CONFIG comes with the
+// config file (a later release); until then every object is SOURCE_API.
+type Source int32
+
+const (
+	// Never sent.
+	Source_SOURCE_UNSPECIFIED Source = 0
+	// Made by a call to the API.
+	Source_SOURCE_API Source = 1
+	// Defined in the gateway's config file (a later release).
+	Source_SOURCE_CONFIG Source = 2
+)
+
+// Enum value maps for Source.
+var (
+	Source_name = map[int32]string{
+		0: "SOURCE_UNSPECIFIED",
+		1: "SOURCE_API",
+		2: "SOURCE_CONFIG",
+	}
+	Source_value = map[string]int32{
+		"SOURCE_UNSPECIFIED": 0,
+		"SOURCE_API":         1,
+		"SOURCE_CONFIG":      2,
+	}
+)
+
+func (x Source) Enum() *Source {
+	p := new(Source)
+	*p = x
+	return p
+}
+
+func (x Source) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Source) Descriptor() protoreflect.EnumDescriptor {
+	return file_tcpgate_v1_gateway_proto_enumTypes[4].Descriptor()
+}
+
+func (Source) Type() protoreflect.EnumType {
+	return &file_tcpgate_v1_gateway_proto_enumTypes[4]
+}
+
+func (x Source) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Source.Descriptor instead.
+func (Source) EnumDescriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{4}
+}
+
 // ListenerState is where a listener is in its life.
 type ListenerState int32
 
@@ -188,11 +353,11 @@ func (x ListenerState) String() string {
 }
 
 func (ListenerState) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[2].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[5].Descriptor()
 }
 
 func (ListenerState) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[2]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[5]
 }
 
 func (x ListenerState) Number() protoreflect.EnumNumber {
@@ -201,7 +366,7 @@ func (x ListenerState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ListenerState.Descriptor instead.
 func (ListenerState) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{2}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{5}
 }
 
 // ConnectionState is where an open connection is in its life.
@@ -248,11 +413,11 @@ func (x ConnectionState) String() string {
 }
 
 func (ConnectionState) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[3].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[6].Descriptor()
 }
 
 func (ConnectionState) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[3]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[6]
 }
 
 func (x ConnectionState) Number() protoreflect.EnumNumber {
@@ -261,7 +426,7 @@ func (x ConnectionState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ConnectionState.Descriptor instead.
 func (ConnectionState) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 // AwaitMode says what reply Send waits for after writing.
@@ -311,11 +476,11 @@ func (x AwaitMode) String() string {
 }
 
 func (AwaitMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[4].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[7].Descriptor()
 }
 
 func (AwaitMode) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[4]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[7]
 }
 
 func (x AwaitMode) Number() protoreflect.EnumNumber {
@@ -324,7 +489,7 @@ func (x AwaitMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AwaitMode.Descriptor instead.
 func (AwaitMode) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 // OnTimeout says what a reply timeout does to an accepted connection.
@@ -369,11 +534,11 @@ func (x OnTimeout) String() string {
 }
 
 func (OnTimeout) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[5].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[8].Descriptor()
 }
 
 func (OnTimeout) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[5]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[8]
 }
 
 func (x OnTimeout) Number() protoreflect.EnumNumber {
@@ -382,7 +547,7 @@ func (x OnTimeout) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use OnTimeout.Descriptor instead.
 func (OnTimeout) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 // PayloadFormat says how a frame's bytes appear in an Event or a Reply.
@@ -428,11 +593,11 @@ func (x PayloadFormat) String() string {
 }
 
 func (PayloadFormat) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[6].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[9].Descriptor()
 }
 
 func (PayloadFormat) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[6]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[9]
 }
 
 func (x PayloadFormat) Number() protoreflect.EnumNumber {
@@ -441,7 +606,7 @@ func (x PayloadFormat) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PayloadFormat.Descriptor instead.
 func (PayloadFormat) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 // EventKind says what an event reports.
@@ -513,11 +678,11 @@ func (x EventKind) String() string {
 }
 
 func (EventKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[7].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[10].Descriptor()
 }
 
 func (EventKind) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[7]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[10]
 }
 
 func (x EventKind) Number() protoreflect.EnumNumber {
@@ -526,7 +691,7 @@ func (x EventKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EventKind.Descriptor instead.
 func (EventKind) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 // CloseReason says why a connection closed.
@@ -607,11 +772,11 @@ func (x CloseReason) String() string {
 }
 
 func (CloseReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[8].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[11].Descriptor()
 }
 
 func (CloseReason) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[8]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[11]
 }
 
 func (x CloseReason) Number() protoreflect.EnumNumber {
@@ -620,7 +785,7 @@ func (x CloseReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CloseReason.Descriptor instead.
 func (CloseReason) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 // SlowConsumerPolicy says what happens when a subscriber's queue is full.
@@ -666,11 +831,11 @@ func (x SlowConsumerPolicy) String() string {
 }
 
 func (SlowConsumerPolicy) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[9].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[12].Descriptor()
 }
 
 func (SlowConsumerPolicy) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[9]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[12]
 }
 
 func (x SlowConsumerPolicy) Number() protoreflect.EnumNumber {
@@ -679,7 +844,7 @@ func (x SlowConsumerPolicy) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SlowConsumerPolicy.Descriptor instead.
 func (SlowConsumerPolicy) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 // ErrorReason is the reason of the google.rpc.ErrorInfo that every error the
@@ -882,11 +1047,11 @@ func (x ErrorReason) String() string {
 }
 
 func (ErrorReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[10].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[13].Descriptor()
 }
 
 func (ErrorReason) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[10]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[13]
 }
 
 func (x ErrorReason) Number() protoreflect.EnumNumber {
@@ -895,7 +1060,7 @@ func (x ErrorReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorReason.Descriptor instead.
 func (ErrorReason) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 // Framing cuts one connection's byte stream into frames.
@@ -1135,8 +1300,11 @@ type Listener struct {
 	// How long a connection stays writable after its peer half-closes. Unset
 	// means it closes at once.
 	HalfCloseTimeout *durationpb.Duration `protobuf:"bytes,17,opt,name=half_close_timeout,json=halfCloseTimeout,proto3" json:"half_close_timeout,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Where the listener was defined: SOURCE_API for every listener started
+	// by StartListener.
+	Source        Source `protobuf:"varint,18,opt,name=source,proto3,enum=tcpgate.v1.Source" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Listener) Reset() {
@@ -1288,6 +1456,13 @@ func (x *Listener) GetHalfCloseTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *Listener) GetSource() Source {
+	if x != nil {
+		return x.Source
+	}
+	return Source_SOURCE_UNSPECIFIED
+}
+
 // ListenerTLS makes a listener speak TLS. The certificate and key are given
 // as PEM, or as paths of files on the gateway's host: a path is refused
 // unless the gateway's --tls-files-dir allows the directory, and must name a
@@ -1383,7 +1558,7 @@ func (x *ListenerTLS) GetClientCaFile() string {
 	return ""
 }
 
-// Connection is one accepted TCP connection.
+// Connection is one live TCP connection; its origin says who opened it.
 type Connection struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The connection's id, unique in the gateway.
@@ -1407,7 +1582,10 @@ type Connection struct {
 	// Writes made.
 	FramesOut uint64 `protobuf:"varint,9,opt,name=frames_out,json=framesOut,proto3" json:"frames_out,omitempty"`
 	// Where the connection is in its life.
-	State         ConnectionState `protobuf:"varint,11,opt,name=state,proto3,enum=tcpgate.v1.ConnectionState" json:"state,omitempty"`
+	State ConnectionState `protobuf:"varint,11,opt,name=state,proto3,enum=tcpgate.v1.ConnectionState" json:"state,omitempty"`
+	// Who opened it: ORIGIN_ACCEPTED for a connection a listener accepted
+	// (ORIGIN_OUTBOUND ones come with Connect, a later release).
+	Origin        Origin `protobuf:"varint,12,opt,name=origin,proto3,enum=tcpgate.v1.Origin" json:"origin,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1517,6 +1695,13 @@ func (x *Connection) GetState() ConnectionState {
 		return x.State
 	}
 	return ConnectionState_CONNECTION_STATE_UNSPECIFIED
+}
+
+func (x *Connection) GetOrigin() Origin {
+	if x != nil {
+		return x.Origin
+	}
+	return Origin_ORIGIN_UNSPECIFIED
 }
 
 // StartListenerRequest describes a listener to start.
@@ -2133,8 +2318,12 @@ type ListConnectionsRequest struct {
 	// Only connections whose remote_address starts with this text, such as
 	// "127.0.0.1:" or "[::1]:"; at most 64 bytes.
 	RemoteAddressPrefix string `protobuf:"bytes,5,opt,name=remote_address_prefix,json=remoteAddressPrefix,proto3" json:"remote_address_prefix,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Only connections of these origins; every origin when empty.
+	// ORIGIN_UNSPECIFIED or an unknown value is InvalidArgument naming
+	// origins[i].
+	Origins       []Origin `protobuf:"varint,6,rep,packed,name=origins,proto3,enum=tcpgate.v1.Origin" json:"origins,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListConnectionsRequest) Reset() {
@@ -2200,6 +2389,13 @@ func (x *ListConnectionsRequest) GetRemoteAddressPrefix() string {
 		return x.RemoteAddressPrefix
 	}
 	return ""
+}
+
+func (x *ListConnectionsRequest) GetOrigins() []Origin {
+	if x != nil {
+		return x.Origins
+	}
+	return nil
 }
 
 // ListConnectionsResponse is a page of the open connections, ordered by
@@ -3131,8 +3327,13 @@ type SubscribeRequest struct {
 	// incarnation is missed). Empty means the gateway's own. 1 to 64 of
 	// A-Z a-z 0-9 . _ ~ -.
 	SinceIncarnation string `protobuf:"bytes,7,opt,name=since_incarnation,json=sinceIncarnation,proto3" json:"since_incarnation,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Only connection events of connections of these origins; every origin
+	// when empty. Listener events carry no origin and are not sent when it is
+	// set; the markers always are. ORIGIN_UNSPECIFIED or an unknown value is
+	// InvalidArgument naming origins[i].
+	Origins       []Origin `protobuf:"varint,8,rep,packed,name=origins,proto3,enum=tcpgate.v1.Origin" json:"origins,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubscribeRequest) Reset() {
@@ -3214,6 +3415,13 @@ func (x *SubscribeRequest) GetSinceIncarnation() string {
 	return ""
 }
 
+func (x *SubscribeRequest) GetOrigins() []Origin {
+	if x != nil {
+		return x.Origins
+	}
+	return nil
+}
+
 // SubscribeResponse is a batch of events: whatever was ready, in order.
 type SubscribeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3293,7 +3501,10 @@ type Event struct {
 	Partial bool `protobuf:"varint,13,opt,name=partial,proto3" json:"partial,omitempty"`
 	// On STREAM_STARTED and INCARNATION_CHANGED: the gateway's incarnation,
 	// node and newest sequence when the stream started.
-	Header        *ResponseHeader `protobuf:"bytes,14,opt,name=header,proto3" json:"header,omitempty"`
+	Header *ResponseHeader `protobuf:"bytes,14,opt,name=header,proto3" json:"header,omitempty"`
+	// On CONNECTION_OPENED, DATA and CONNECTION_CLOSED: who opened the
+	// connection it concerns. Unset on listener events and markers.
+	Origin        Origin `protobuf:"varint,15,opt,name=origin,proto3,enum=tcpgate.v1.Origin" json:"origin,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3426,6 +3637,13 @@ func (x *Event) GetHeader() *ResponseHeader {
 	return nil
 }
 
+func (x *Event) GetOrigin() Origin {
+	if x != nil {
+		return x.Origin
+	}
+	return Origin_ORIGIN_UNSPECIFIED
+}
+
 var File_tcpgate_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_tcpgate_v1_gateway_proto_rawDesc = "" +
@@ -3444,7 +3662,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x04mode\x18\x01 \x01(\x0e2\x19.tcpgate.v1.AutoReplyModeR\x04mode\x12\x14\n" +
 	"\x04text\x18\x02 \x01(\tH\x00R\x04text\x12\x14\n" +
 	"\x04data\x18\x03 \x01(\fH\x00R\x04dataB\t\n" +
-	"\apayload\"\xc7\x05\n" +
+	"\apayload\"\xf3\x05\n" +
 	"\bListener\x12\x1f\n" +
 	"\vlistener_id\x18\x01 \x01(\tR\n" +
 	"listenerId\x12\x18\n" +
@@ -3468,14 +3686,15 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x03tls\x18\x0f \x01(\bR\x03tls\x12\x1d\n" +
 	"\n" +
 	"mutual_tls\x18\x10 \x01(\bR\tmutualTls\x12G\n" +
-	"\x12half_close_timeout\x18\x11 \x01(\v2\x19.google.protobuf.DurationR\x10halfCloseTimeout\"\xc3\x01\n" +
+	"\x12half_close_timeout\x18\x11 \x01(\v2\x19.google.protobuf.DurationR\x10halfCloseTimeout\x12*\n" +
+	"\x06source\x18\x12 \x01(\x0e2\x12.tcpgate.v1.SourceR\x06source\"\xc3\x01\n" +
 	"\vListenerTLS\x12\x19\n" +
 	"\bcert_pem\x18\x01 \x01(\tR\acertPem\x12\x17\n" +
 	"\akey_pem\x18\x02 \x01(\tR\x06keyPem\x12\x1b\n" +
 	"\tcert_file\x18\x03 \x01(\tR\bcertFile\x12\x19\n" +
 	"\bkey_file\x18\x04 \x01(\tR\akeyFile\x12\"\n" +
 	"\rclient_ca_pem\x18\x05 \x01(\tR\vclientCaPem\x12$\n" +
-	"\x0eclient_ca_file\x18\x06 \x01(\tR\fclientCaFile\"\xa1\x03\n" +
+	"\x0eclient_ca_file\x18\x06 \x01(\tR\fclientCaFile\"\xcd\x03\n" +
 	"\n" +
 	"Connection\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12\x1f\n" +
@@ -3491,7 +3710,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\tframes_in\x18\b \x01(\x04R\bframesIn\x12\x1d\n" +
 	"\n" +
 	"frames_out\x18\t \x01(\x04R\tframesOut\x121\n" +
-	"\x05state\x18\v \x01(\x0e2\x1b.tcpgate.v1.ConnectionStateR\x05state\"\x9f\x03\n" +
+	"\x05state\x18\v \x01(\x0e2\x1b.tcpgate.v1.ConnectionStateR\x05state\x12*\n" +
+	"\x06origin\x18\f \x01(\x0e2\x12.tcpgate.v1.OriginR\x06origin\"\x9f\x03\n" +
 	"\x14StartListenerRequest\x12\x1f\n" +
 	"\vlistener_id\x18\x01 \x01(\tR\n" +
 	"listenerId\x12\x12\n" +
@@ -3531,7 +3751,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x15ListListenersResponse\x122\n" +
 	"\tlisteners\x18\x01 \x03(\v2\x14.tcpgate.v1.ListenerR\tlisteners\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x122\n" +
-	"\x06header\x18\x03 \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\"\xdc\x01\n" +
+	"\x06header\x18\x03 \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\"\x8a\x02\n" +
 	"\x16ListConnectionsRequest\x12\x1f\n" +
 	"\vlistener_id\x18\x01 \x01(\tR\n" +
 	"listenerId\x12\x1b\n" +
@@ -3539,7 +3759,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tR\tpageToken\x121\n" +
 	"\x05state\x18\x04 \x01(\x0e2\x1b.tcpgate.v1.ConnectionStateR\x05state\x122\n" +
-	"\x15remote_address_prefix\x18\x05 \x01(\tR\x13remoteAddressPrefix\"\xaf\x01\n" +
+	"\x15remote_address_prefix\x18\x05 \x01(\tR\x13remoteAddressPrefix\x12,\n" +
+	"\aorigins\x18\x06 \x03(\x0e2\x12.tcpgate.v1.OriginR\aorigins\"\xaf\x01\n" +
 	"\x17ListConnectionsResponse\x128\n" +
 	"\vconnections\x18\x01 \x03(\v2\x16.tcpgate.v1.ConnectionR\vconnections\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x122\n" +
@@ -3603,7 +3824,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\fSendResponse\x12#\n" +
 	"\rbytes_written\x18\x01 \x01(\x04R\fbytesWritten\x12/\n" +
 	"\x13connections_reached\x18\x02 \x01(\rR\x12connectionsReached\x12'\n" +
-	"\x05reply\x18\x03 \x01(\v2\x11.tcpgate.v1.ReplyR\x05reply\"\xe4\x02\n" +
+	"\x05reply\x18\x03 \x01(\v2\x11.tcpgate.v1.ReplyR\x05reply\"\x92\x03\n" +
 	"\x10SubscribeRequest\x12!\n" +
 	"\flistener_ids\x18\x01 \x03(\tR\vlistenerIds\x12%\n" +
 	"\x0econnection_ids\x18\x02 \x03(\tR\rconnectionIds\x12+\n" +
@@ -3611,9 +3832,10 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x0esince_sequence\x18\x04 \x01(\x04R\rsinceSequence\x12C\n" +
 	"\rslow_consumer\x18\x05 \x01(\x0e2\x1e.tcpgate.v1.SlowConsumerPolicyR\fslowConsumer\x12@\n" +
 	"\x0epayload_format\x18\x06 \x01(\x0e2\x19.tcpgate.v1.PayloadFormatR\rpayloadFormat\x12+\n" +
-	"\x11since_incarnation\x18\a \x01(\tR\x10sinceIncarnation\">\n" +
+	"\x11since_incarnation\x18\a \x01(\tR\x10sinceIncarnation\x12,\n" +
+	"\aorigins\x18\b \x03(\x0e2\x12.tcpgate.v1.OriginR\aorigins\">\n" +
 	"\x11SubscribeResponse\x12)\n" +
-	"\x06events\x18\x01 \x03(\v2\x11.tcpgate.v1.EventR\x06events\"\xff\x03\n" +
+	"\x06events\x18\x01 \x03(\v2\x11.tcpgate.v1.EventR\x06events\"\xab\x04\n" +
 	"\x05Event\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12)\n" +
@@ -3630,7 +3852,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\adropped\x18\v \x01(\x04R\adropped\x12!\n" +
 	"\fpeer_subject\x18\f \x01(\tR\vpeerSubject\x12\x18\n" +
 	"\apartial\x18\r \x01(\bR\apartial\x122\n" +
-	"\x06header\x18\x0e \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header*\xac\x01\n" +
+	"\x06header\x18\x0e \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\x12*\n" +
+	"\x06origin\x18\x0f \x01(\x0e2\x12.tcpgate.v1.OriginR\x06origin*\xac\x01\n" +
 	"\vFramingMode\x12\x1c\n" +
 	"\x18FRAMING_MODE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10FRAMING_MODE_RAW\x10\x01\x12\x15\n" +
@@ -3642,7 +3865,20 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1bAUTO_REPLY_MODE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14AUTO_REPLY_MODE_NONE\x10\x01\x12\x18\n" +
 	"\x14AUTO_REPLY_MODE_ECHO\x10\x02\x12\x19\n" +
-	"\x15AUTO_REPLY_MODE_FIXED\x10\x03*\x86\x01\n" +
+	"\x15AUTO_REPLY_MODE_FIXED\x10\x03*J\n" +
+	"\x06Origin\x12\x16\n" +
+	"\x12ORIGIN_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fORIGIN_ACCEPTED\x10\x01\x12\x13\n" +
+	"\x0fORIGIN_OUTBOUND\x10\x02*R\n" +
+	"\tDirection\x12\x19\n" +
+	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12DIRECTION_RECEIVED\x10\x01\x12\x12\n" +
+	"\x0eDIRECTION_SENT\x10\x02*C\n" +
+	"\x06Source\x12\x16\n" +
+	"\x12SOURCE_UNSPECIFIED\x10\x00\x12\x0e\n" +
+	"\n" +
+	"SOURCE_API\x10\x01\x12\x11\n" +
+	"\rSOURCE_CONFIG\x10\x02*\x86\x01\n" +
 	"\rListenerState\x12\x1e\n" +
 	"\x1aLISTENER_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18LISTENER_STATE_LISTENING\x10\x01\x12\x1b\n" +
@@ -3764,124 +4000,132 @@ func file_tcpgate_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_tcpgate_v1_gateway_proto_rawDescData
 }
 
-var file_tcpgate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
+var file_tcpgate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
 var file_tcpgate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_tcpgate_v1_gateway_proto_goTypes = []any{
 	(FramingMode)(0),                // 0: tcpgate.v1.FramingMode
 	(AutoReplyMode)(0),              // 1: tcpgate.v1.AutoReplyMode
-	(ListenerState)(0),              // 2: tcpgate.v1.ListenerState
-	(ConnectionState)(0),            // 3: tcpgate.v1.ConnectionState
-	(AwaitMode)(0),                  // 4: tcpgate.v1.AwaitMode
-	(OnTimeout)(0),                  // 5: tcpgate.v1.OnTimeout
-	(PayloadFormat)(0),              // 6: tcpgate.v1.PayloadFormat
-	(EventKind)(0),                  // 7: tcpgate.v1.EventKind
-	(CloseReason)(0),                // 8: tcpgate.v1.CloseReason
-	(SlowConsumerPolicy)(0),         // 9: tcpgate.v1.SlowConsumerPolicy
-	(ErrorReason)(0),                // 10: tcpgate.v1.ErrorReason
-	(*Framing)(nil),                 // 11: tcpgate.v1.Framing
-	(*AutoReply)(nil),               // 12: tcpgate.v1.AutoReply
-	(*Listener)(nil),                // 13: tcpgate.v1.Listener
-	(*ListenerTLS)(nil),             // 14: tcpgate.v1.ListenerTLS
-	(*Connection)(nil),              // 15: tcpgate.v1.Connection
-	(*StartListenerRequest)(nil),    // 16: tcpgate.v1.StartListenerRequest
-	(*StartListenerResponse)(nil),   // 17: tcpgate.v1.StartListenerResponse
-	(*ResponseHeader)(nil),          // 18: tcpgate.v1.ResponseHeader
-	(*StopListenerRequest)(nil),     // 19: tcpgate.v1.StopListenerRequest
-	(*StopListenerResponse)(nil),    // 20: tcpgate.v1.StopListenerResponse
-	(*GetListenerRequest)(nil),      // 21: tcpgate.v1.GetListenerRequest
-	(*GetListenerResponse)(nil),     // 22: tcpgate.v1.GetListenerResponse
-	(*ListListenersRequest)(nil),    // 23: tcpgate.v1.ListListenersRequest
-	(*ListListenersResponse)(nil),   // 24: tcpgate.v1.ListListenersResponse
-	(*ListConnectionsRequest)(nil),  // 25: tcpgate.v1.ListConnectionsRequest
-	(*ListConnectionsResponse)(nil), // 26: tcpgate.v1.ListConnectionsResponse
-	(*GetConnectionRequest)(nil),    // 27: tcpgate.v1.GetConnectionRequest
-	(*GetConnectionResponse)(nil),   // 28: tcpgate.v1.GetConnectionResponse
-	(*CloseConnectionRequest)(nil),  // 29: tcpgate.v1.CloseConnectionRequest
-	(*CloseConnectionResponse)(nil), // 30: tcpgate.v1.CloseConnectionResponse
-	(*AwaitReply)(nil),              // 31: tcpgate.v1.AwaitReply
-	(*ReplyMatch)(nil),              // 32: tcpgate.v1.ReplyMatch
-	(*SendRequest)(nil),             // 33: tcpgate.v1.SendRequest
-	(*DialTLS)(nil),                 // 34: tcpgate.v1.DialTLS
-	(*Reply)(nil),                   // 35: tcpgate.v1.Reply
-	(*SendResponse)(nil),            // 36: tcpgate.v1.SendResponse
-	(*SubscribeRequest)(nil),        // 37: tcpgate.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),       // 38: tcpgate.v1.SubscribeResponse
-	(*Event)(nil),                   // 39: tcpgate.v1.Event
-	(*timestamppb.Timestamp)(nil),   // 40: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 41: google.protobuf.Duration
+	(Origin)(0),                     // 2: tcpgate.v1.Origin
+	(Direction)(0),                  // 3: tcpgate.v1.Direction
+	(Source)(0),                     // 4: tcpgate.v1.Source
+	(ListenerState)(0),              // 5: tcpgate.v1.ListenerState
+	(ConnectionState)(0),            // 6: tcpgate.v1.ConnectionState
+	(AwaitMode)(0),                  // 7: tcpgate.v1.AwaitMode
+	(OnTimeout)(0),                  // 8: tcpgate.v1.OnTimeout
+	(PayloadFormat)(0),              // 9: tcpgate.v1.PayloadFormat
+	(EventKind)(0),                  // 10: tcpgate.v1.EventKind
+	(CloseReason)(0),                // 11: tcpgate.v1.CloseReason
+	(SlowConsumerPolicy)(0),         // 12: tcpgate.v1.SlowConsumerPolicy
+	(ErrorReason)(0),                // 13: tcpgate.v1.ErrorReason
+	(*Framing)(nil),                 // 14: tcpgate.v1.Framing
+	(*AutoReply)(nil),               // 15: tcpgate.v1.AutoReply
+	(*Listener)(nil),                // 16: tcpgate.v1.Listener
+	(*ListenerTLS)(nil),             // 17: tcpgate.v1.ListenerTLS
+	(*Connection)(nil),              // 18: tcpgate.v1.Connection
+	(*StartListenerRequest)(nil),    // 19: tcpgate.v1.StartListenerRequest
+	(*StartListenerResponse)(nil),   // 20: tcpgate.v1.StartListenerResponse
+	(*ResponseHeader)(nil),          // 21: tcpgate.v1.ResponseHeader
+	(*StopListenerRequest)(nil),     // 22: tcpgate.v1.StopListenerRequest
+	(*StopListenerResponse)(nil),    // 23: tcpgate.v1.StopListenerResponse
+	(*GetListenerRequest)(nil),      // 24: tcpgate.v1.GetListenerRequest
+	(*GetListenerResponse)(nil),     // 25: tcpgate.v1.GetListenerResponse
+	(*ListListenersRequest)(nil),    // 26: tcpgate.v1.ListListenersRequest
+	(*ListListenersResponse)(nil),   // 27: tcpgate.v1.ListListenersResponse
+	(*ListConnectionsRequest)(nil),  // 28: tcpgate.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil), // 29: tcpgate.v1.ListConnectionsResponse
+	(*GetConnectionRequest)(nil),    // 30: tcpgate.v1.GetConnectionRequest
+	(*GetConnectionResponse)(nil),   // 31: tcpgate.v1.GetConnectionResponse
+	(*CloseConnectionRequest)(nil),  // 32: tcpgate.v1.CloseConnectionRequest
+	(*CloseConnectionResponse)(nil), // 33: tcpgate.v1.CloseConnectionResponse
+	(*AwaitReply)(nil),              // 34: tcpgate.v1.AwaitReply
+	(*ReplyMatch)(nil),              // 35: tcpgate.v1.ReplyMatch
+	(*SendRequest)(nil),             // 36: tcpgate.v1.SendRequest
+	(*DialTLS)(nil),                 // 37: tcpgate.v1.DialTLS
+	(*Reply)(nil),                   // 38: tcpgate.v1.Reply
+	(*SendResponse)(nil),            // 39: tcpgate.v1.SendResponse
+	(*SubscribeRequest)(nil),        // 40: tcpgate.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),       // 41: tcpgate.v1.SubscribeResponse
+	(*Event)(nil),                   // 42: tcpgate.v1.Event
+	(*timestamppb.Timestamp)(nil),   // 43: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 44: google.protobuf.Duration
 }
 var file_tcpgate_v1_gateway_proto_depIdxs = []int32{
 	0,  // 0: tcpgate.v1.Framing.mode:type_name -> tcpgate.v1.FramingMode
 	1,  // 1: tcpgate.v1.AutoReply.mode:type_name -> tcpgate.v1.AutoReplyMode
-	2,  // 2: tcpgate.v1.Listener.state:type_name -> tcpgate.v1.ListenerState
-	11, // 3: tcpgate.v1.Listener.framing:type_name -> tcpgate.v1.Framing
-	12, // 4: tcpgate.v1.Listener.auto_reply:type_name -> tcpgate.v1.AutoReply
-	40, // 5: tcpgate.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
-	41, // 6: tcpgate.v1.Listener.idle_timeout:type_name -> google.protobuf.Duration
-	41, // 7: tcpgate.v1.Listener.half_close_timeout:type_name -> google.protobuf.Duration
-	40, // 8: tcpgate.v1.Connection.opened_at:type_name -> google.protobuf.Timestamp
-	3,  // 9: tcpgate.v1.Connection.state:type_name -> tcpgate.v1.ConnectionState
-	11, // 10: tcpgate.v1.StartListenerRequest.framing:type_name -> tcpgate.v1.Framing
-	12, // 11: tcpgate.v1.StartListenerRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
-	41, // 12: tcpgate.v1.StartListenerRequest.idle_timeout:type_name -> google.protobuf.Duration
-	14, // 13: tcpgate.v1.StartListenerRequest.tls:type_name -> tcpgate.v1.ListenerTLS
-	41, // 14: tcpgate.v1.StartListenerRequest.half_close_timeout:type_name -> google.protobuf.Duration
-	13, // 15: tcpgate.v1.StartListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	18, // 16: tcpgate.v1.StartListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	41, // 17: tcpgate.v1.StopListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
-	13, // 18: tcpgate.v1.StopListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	18, // 19: tcpgate.v1.StopListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	13, // 20: tcpgate.v1.GetListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	18, // 21: tcpgate.v1.GetListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	13, // 22: tcpgate.v1.ListListenersResponse.listeners:type_name -> tcpgate.v1.Listener
-	18, // 23: tcpgate.v1.ListListenersResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	3,  // 24: tcpgate.v1.ListConnectionsRequest.state:type_name -> tcpgate.v1.ConnectionState
-	15, // 25: tcpgate.v1.ListConnectionsResponse.connections:type_name -> tcpgate.v1.Connection
-	18, // 26: tcpgate.v1.ListConnectionsResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	15, // 27: tcpgate.v1.GetConnectionResponse.connection:type_name -> tcpgate.v1.Connection
-	18, // 28: tcpgate.v1.GetConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	15, // 29: tcpgate.v1.CloseConnectionResponse.connection:type_name -> tcpgate.v1.Connection
-	18, // 30: tcpgate.v1.CloseConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	4,  // 31: tcpgate.v1.AwaitReply.mode:type_name -> tcpgate.v1.AwaitMode
-	11, // 32: tcpgate.v1.AwaitReply.framing:type_name -> tcpgate.v1.Framing
-	6,  // 33: tcpgate.v1.AwaitReply.payload_format:type_name -> tcpgate.v1.PayloadFormat
-	32, // 34: tcpgate.v1.AwaitReply.match:type_name -> tcpgate.v1.ReplyMatch
-	5,  // 35: tcpgate.v1.AwaitReply.on_timeout:type_name -> tcpgate.v1.OnTimeout
-	31, // 36: tcpgate.v1.SendRequest.await_reply:type_name -> tcpgate.v1.AwaitReply
-	41, // 37: tcpgate.v1.SendRequest.timeout:type_name -> google.protobuf.Duration
-	34, // 38: tcpgate.v1.SendRequest.tls:type_name -> tcpgate.v1.DialTLS
-	35, // 39: tcpgate.v1.SendResponse.reply:type_name -> tcpgate.v1.Reply
-	7,  // 40: tcpgate.v1.SubscribeRequest.kinds:type_name -> tcpgate.v1.EventKind
-	9,  // 41: tcpgate.v1.SubscribeRequest.slow_consumer:type_name -> tcpgate.v1.SlowConsumerPolicy
-	6,  // 42: tcpgate.v1.SubscribeRequest.payload_format:type_name -> tcpgate.v1.PayloadFormat
-	39, // 43: tcpgate.v1.SubscribeResponse.events:type_name -> tcpgate.v1.Event
-	40, // 44: tcpgate.v1.Event.time:type_name -> google.protobuf.Timestamp
-	7,  // 45: tcpgate.v1.Event.kind:type_name -> tcpgate.v1.EventKind
-	8,  // 46: tcpgate.v1.Event.close_reason:type_name -> tcpgate.v1.CloseReason
-	18, // 47: tcpgate.v1.Event.header:type_name -> tcpgate.v1.ResponseHeader
-	16, // 48: tcpgate.v1.GatewayService.StartListener:input_type -> tcpgate.v1.StartListenerRequest
-	19, // 49: tcpgate.v1.GatewayService.StopListener:input_type -> tcpgate.v1.StopListenerRequest
-	21, // 50: tcpgate.v1.GatewayService.GetListener:input_type -> tcpgate.v1.GetListenerRequest
-	23, // 51: tcpgate.v1.GatewayService.ListListeners:input_type -> tcpgate.v1.ListListenersRequest
-	25, // 52: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
-	27, // 53: tcpgate.v1.GatewayService.GetConnection:input_type -> tcpgate.v1.GetConnectionRequest
-	29, // 54: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
-	33, // 55: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
-	37, // 56: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
-	17, // 57: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
-	20, // 58: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
-	22, // 59: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
-	24, // 60: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
-	26, // 61: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
-	28, // 62: tcpgate.v1.GatewayService.GetConnection:output_type -> tcpgate.v1.GetConnectionResponse
-	30, // 63: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
-	36, // 64: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
-	38, // 65: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
-	57, // [57:66] is the sub-list for method output_type
-	48, // [48:57] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	5,  // 2: tcpgate.v1.Listener.state:type_name -> tcpgate.v1.ListenerState
+	14, // 3: tcpgate.v1.Listener.framing:type_name -> tcpgate.v1.Framing
+	15, // 4: tcpgate.v1.Listener.auto_reply:type_name -> tcpgate.v1.AutoReply
+	43, // 5: tcpgate.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
+	44, // 6: tcpgate.v1.Listener.idle_timeout:type_name -> google.protobuf.Duration
+	44, // 7: tcpgate.v1.Listener.half_close_timeout:type_name -> google.protobuf.Duration
+	4,  // 8: tcpgate.v1.Listener.source:type_name -> tcpgate.v1.Source
+	43, // 9: tcpgate.v1.Connection.opened_at:type_name -> google.protobuf.Timestamp
+	6,  // 10: tcpgate.v1.Connection.state:type_name -> tcpgate.v1.ConnectionState
+	2,  // 11: tcpgate.v1.Connection.origin:type_name -> tcpgate.v1.Origin
+	14, // 12: tcpgate.v1.StartListenerRequest.framing:type_name -> tcpgate.v1.Framing
+	15, // 13: tcpgate.v1.StartListenerRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
+	44, // 14: tcpgate.v1.StartListenerRequest.idle_timeout:type_name -> google.protobuf.Duration
+	17, // 15: tcpgate.v1.StartListenerRequest.tls:type_name -> tcpgate.v1.ListenerTLS
+	44, // 16: tcpgate.v1.StartListenerRequest.half_close_timeout:type_name -> google.protobuf.Duration
+	16, // 17: tcpgate.v1.StartListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	21, // 18: tcpgate.v1.StartListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	44, // 19: tcpgate.v1.StopListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
+	16, // 20: tcpgate.v1.StopListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	21, // 21: tcpgate.v1.StopListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	16, // 22: tcpgate.v1.GetListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	21, // 23: tcpgate.v1.GetListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	16, // 24: tcpgate.v1.ListListenersResponse.listeners:type_name -> tcpgate.v1.Listener
+	21, // 25: tcpgate.v1.ListListenersResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	6,  // 26: tcpgate.v1.ListConnectionsRequest.state:type_name -> tcpgate.v1.ConnectionState
+	2,  // 27: tcpgate.v1.ListConnectionsRequest.origins:type_name -> tcpgate.v1.Origin
+	18, // 28: tcpgate.v1.ListConnectionsResponse.connections:type_name -> tcpgate.v1.Connection
+	21, // 29: tcpgate.v1.ListConnectionsResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	18, // 30: tcpgate.v1.GetConnectionResponse.connection:type_name -> tcpgate.v1.Connection
+	21, // 31: tcpgate.v1.GetConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	18, // 32: tcpgate.v1.CloseConnectionResponse.connection:type_name -> tcpgate.v1.Connection
+	21, // 33: tcpgate.v1.CloseConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	7,  // 34: tcpgate.v1.AwaitReply.mode:type_name -> tcpgate.v1.AwaitMode
+	14, // 35: tcpgate.v1.AwaitReply.framing:type_name -> tcpgate.v1.Framing
+	9,  // 36: tcpgate.v1.AwaitReply.payload_format:type_name -> tcpgate.v1.PayloadFormat
+	35, // 37: tcpgate.v1.AwaitReply.match:type_name -> tcpgate.v1.ReplyMatch
+	8,  // 38: tcpgate.v1.AwaitReply.on_timeout:type_name -> tcpgate.v1.OnTimeout
+	34, // 39: tcpgate.v1.SendRequest.await_reply:type_name -> tcpgate.v1.AwaitReply
+	44, // 40: tcpgate.v1.SendRequest.timeout:type_name -> google.protobuf.Duration
+	37, // 41: tcpgate.v1.SendRequest.tls:type_name -> tcpgate.v1.DialTLS
+	38, // 42: tcpgate.v1.SendResponse.reply:type_name -> tcpgate.v1.Reply
+	10, // 43: tcpgate.v1.SubscribeRequest.kinds:type_name -> tcpgate.v1.EventKind
+	12, // 44: tcpgate.v1.SubscribeRequest.slow_consumer:type_name -> tcpgate.v1.SlowConsumerPolicy
+	9,  // 45: tcpgate.v1.SubscribeRequest.payload_format:type_name -> tcpgate.v1.PayloadFormat
+	2,  // 46: tcpgate.v1.SubscribeRequest.origins:type_name -> tcpgate.v1.Origin
+	42, // 47: tcpgate.v1.SubscribeResponse.events:type_name -> tcpgate.v1.Event
+	43, // 48: tcpgate.v1.Event.time:type_name -> google.protobuf.Timestamp
+	10, // 49: tcpgate.v1.Event.kind:type_name -> tcpgate.v1.EventKind
+	11, // 50: tcpgate.v1.Event.close_reason:type_name -> tcpgate.v1.CloseReason
+	21, // 51: tcpgate.v1.Event.header:type_name -> tcpgate.v1.ResponseHeader
+	2,  // 52: tcpgate.v1.Event.origin:type_name -> tcpgate.v1.Origin
+	19, // 53: tcpgate.v1.GatewayService.StartListener:input_type -> tcpgate.v1.StartListenerRequest
+	22, // 54: tcpgate.v1.GatewayService.StopListener:input_type -> tcpgate.v1.StopListenerRequest
+	24, // 55: tcpgate.v1.GatewayService.GetListener:input_type -> tcpgate.v1.GetListenerRequest
+	26, // 56: tcpgate.v1.GatewayService.ListListeners:input_type -> tcpgate.v1.ListListenersRequest
+	28, // 57: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
+	30, // 58: tcpgate.v1.GatewayService.GetConnection:input_type -> tcpgate.v1.GetConnectionRequest
+	32, // 59: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
+	36, // 60: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
+	40, // 61: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
+	20, // 62: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
+	23, // 63: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
+	25, // 64: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
+	27, // 65: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
+	29, // 66: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
+	31, // 67: tcpgate.v1.GatewayService.GetConnection:output_type -> tcpgate.v1.GetConnectionResponse
+	33, // 68: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
+	39, // 69: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
+	41, // 70: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
+	62, // [62:71] is the sub-list for method output_type
+	53, // [53:62] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_tcpgate_v1_gateway_proto_init() }
@@ -3910,7 +4154,7 @@ func file_tcpgate_v1_gateway_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tcpgate_v1_gateway_proto_rawDesc), len(file_tcpgate_v1_gateway_proto_rawDesc)),
-			NumEnums:      11,
+			NumEnums:      14,
 			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -79,6 +79,9 @@ type Counters struct {
 type Config struct {
 	ID         string
 	ListenerID string
+	// Origin is who opened the connection, stamped on each of its events.
+	// The registry sets it from its entry; conn only carries it.
+	Origin event.Origin
 	// Framing must be normalized.
 	Framing   framing.Config
 	AutoReply AutoReply
@@ -212,6 +215,7 @@ func (c *Conn) Serve() {
 		Kind:         event.ConnectionOpened,
 		ListenerID:   c.cfg.ListenerID,
 		ConnectionID: c.cfg.ID,
+		Origin:       c.cfg.Origin,
 		RemoteAddr:   c.RemoteAddr(),
 		LocalAddr:    c.LocalAddr(),
 		PeerSubject:  c.PeerSubject(),
@@ -275,6 +279,7 @@ func (c *Conn) Serve() {
 		Kind:         event.ConnectionClosed,
 		ListenerID:   c.cfg.ListenerID,
 		ConnectionID: c.cfg.ID,
+		Origin:       c.cfg.Origin,
 		RemoteAddr:   c.RemoteAddr(),
 		LocalAddr:    c.LocalAddr(),
 		CloseReason:  reason,
@@ -289,6 +294,7 @@ func (c *Conn) Serve() {
 		Kind:         event.Data,
 		ListenerID:   c.cfg.ListenerID,
 		ConnectionID: c.cfg.ID,
+		Origin:       c.cfg.Origin,
 		Data:         partial,
 		Partial:      true,
 	}, closed)

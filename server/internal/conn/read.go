@@ -272,6 +272,7 @@ func (c *Conn) frames(frames [][]byte, retained int) bool {
 			Kind:         event.Data,
 			ListenerID:   c.cfg.ListenerID,
 			ConnectionID: c.cfg.ID,
+			Origin:       c.cfg.Origin,
 			Data:         f,
 			Retained:     retained,
 		}

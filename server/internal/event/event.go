@@ -105,6 +105,31 @@ func (r CloseReason) String() string {
 	return "unspecified"
 }
 
+// Origin says who opened a connection. It is data of the connection, not
+// a type: the same conn.Conn serves every origin.
+type Origin uint8
+
+// The origins of a connection. The zero value means none: the event
+// concerns no connection.
+const (
+	OriginNone Origin = iota
+	// Accepted is a connection a listener accepted.
+	Accepted
+	// Outbound is a connection the gateway opened.
+	Outbound
+)
+
+// String returns the origin's lowercase name.
+func (o Origin) String() string {
+	switch o {
+	case Accepted:
+		return "accepted"
+	case Outbound:
+		return "outbound"
+	}
+	return "none"
+}
+
 // Header says which gateway a stream comes from and where its sequence
 // stood when the stream went live.
 type Header struct {
@@ -139,6 +164,9 @@ type Event struct {
 	// Partial marks a Data event whose frame is incomplete: the bytes of a
 	// frame begun but not finished when the connection closed.
 	Partial bool
+	// Origin is who opened the connection the event concerns, on
+	// connection events; OriginNone on listener events and markers.
+	Origin Origin
 	// Header is set on StreamStarted and IncarnationChanged, the markers
 	// that open one stream (they are never published).
 	Header *Header

@@ -172,6 +172,12 @@ type Filter struct {
 	ListenerIDs   []string
 	ConnectionIDs []string
 	Kinds         []event.Kind
+	// Origins selects the events of connections of these origins: listener
+	// events and markers, which concern no connection, match none. Like
+	// Kinds it compiles to a set with a bit per origin, bounded by the
+	// origins there are however long the list; an origin the event package
+	// does not define matches nothing.
+	Origins []event.Origin
 }
 
 // Match reports whether e passes the filter.
@@ -198,6 +204,14 @@ func (f *Filter) compile() (matcher, error) {
 	if len(f.Kinds) > 0 && m.kinds == 0 {
 		m.kinds = 1 // matches no published kind, as such a list does
 	}
+	for _, o := range f.Origins {
+		if o == event.Accepted || o == event.Outbound {
+			m.origins |= 1 << o
+		}
+	}
+	if len(f.Origins) > 0 && m.origins == 0 {
+		m.origins = 1 // the bit of OriginNone: matches no connection event, as such a list does
+	}
 	return m, nil
 }
 
@@ -206,10 +220,12 @@ func (f *Filter) compile() (matcher, error) {
 type matcher struct {
 	listeners, conns idSet
 	kinds            uint64 // a bit per kind; 0 matches every kind
+	origins          uint8  // a bit per origin but OriginNone; 0 matches every event
 }
 
 func (m *matcher) match(e *event.Event) bool {
 	return (m.kinds == 0 || m.kinds&(1<<uint(e.Kind&63)) != 0) &&
+		(m.origins == 0 || (e.Origin != event.OriginNone && m.origins&(1<<(e.Origin&7)) != 0)) &&
 		m.listeners.has(e.ListenerID) && m.conns.has(e.ConnectionID)
 }
 

@@ -167,16 +167,16 @@ func TestConcurrentPublishersKeepOrder(t *testing.T) {
 // filterFixture is published in this order, so event i has sequence i+1.
 func filterFixture() []*event.Event {
 	return []*event.Event{
-		{Kind: event.ListenerStarted, ListenerID: "A"},                                                           // 1
-		{Kind: event.ConnectionOpened, ListenerID: "A", ConnectionID: "c1"},                                      // 2
-		{Kind: event.Data, ListenerID: "A", ConnectionID: "c1", Data: []byte("x")},                               // 3
-		{Kind: event.ListenerStarted, ListenerID: "B"},                                                           // 4
-		{Kind: event.ConnectionOpened, ListenerID: "B", ConnectionID: "c2"},                                      // 5
-		{Kind: event.Data, ListenerID: "B", ConnectionID: "c2", Data: []byte("y")},                               // 6
-		{Kind: event.Data, ListenerID: "A", ConnectionID: "c1", Data: []byte("z")},                               // 7
-		{Kind: event.ConnectionClosed, ListenerID: "A", ConnectionID: "c1", CloseReason: event.ReasonPeerClosed}, // 8
-		{Kind: event.Data, ListenerID: "B", ConnectionID: "c2", Data: []byte("w")},                               // 9
-		{Kind: event.ListenerStopped, ListenerID: "A"},                                                           // 10
+		{Kind: event.ListenerStarted, ListenerID: "A"},                                                                                   // 1
+		{Kind: event.ConnectionOpened, ListenerID: "A", ConnectionID: "c1", Origin: event.Accepted},                                      // 2
+		{Kind: event.Data, ListenerID: "A", ConnectionID: "c1", Origin: event.Accepted, Data: []byte("x")},                               // 3
+		{Kind: event.ListenerStarted, ListenerID: "B"},                                                                                   // 4
+		{Kind: event.ConnectionOpened, ListenerID: "B", ConnectionID: "c2", Origin: event.Outbound},                                      // 5
+		{Kind: event.Data, ListenerID: "B", ConnectionID: "c2", Origin: event.Outbound, Data: []byte("y")},                               // 6
+		{Kind: event.Data, ListenerID: "A", ConnectionID: "c1", Origin: event.Accepted, Data: []byte("z")},                               // 7
+		{Kind: event.ConnectionClosed, ListenerID: "A", ConnectionID: "c1", Origin: event.Accepted, CloseReason: event.ReasonPeerClosed}, // 8
+		{Kind: event.Data, ListenerID: "B", ConnectionID: "c2", Origin: event.Outbound, Data: []byte("w")},                               // 9
+		{Kind: event.ListenerStopped, ListenerID: "A"},                                                                                   // 10
 	}
 }
 
@@ -201,6 +201,12 @@ func TestFilters(t *testing.T) {
 			Kinds:         []event.Kind{event.Data, event.ConnectionClosed},
 		}, []uint64{3, 7, 8}},
 		{"connections exclude listener events", hub.Filter{ConnectionIDs: []string{"c1", "c2"}}, []uint64{2, 3, 5, 6, 7, 8, 9}},
+		{"accepted origin", hub.Filter{Origins: []event.Origin{event.Accepted}}, []uint64{2, 3, 7, 8}},
+		{"outbound origin", hub.Filter{Origins: []event.Origin{event.Outbound}}, []uint64{5, 6, 9}},
+		{"both origins exclude listener events", hub.Filter{Origins: []event.Origin{event.Outbound, event.Accepted, event.Outbound}}, []uint64{2, 3, 5, 6, 7, 8, 9}},
+		{"an undefined origin matches nothing", hub.Filter{Origins: []event.Origin{event.OriginNone, 9}}, nil},
+		{"listener and origin", hub.Filter{ListenerIDs: []string{"B"}, Origins: []event.Origin{event.Accepted}}, nil},
+		{"origin and kind", hub.Filter{Origins: []event.Origin{event.Outbound}, Kinds: []event.Kind{event.Data}}, []uint64{6, 9}},
 	}
 	for _, mode := range []string{"live", "replay"} {
 		for _, tt := range tests {

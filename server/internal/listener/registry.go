@@ -63,8 +63,23 @@ const (
 	Stopped
 )
 
+// Source says where a listener was defined.
+type Source int
+
+// The sources of a listener. The config file (SourceConfig) comes later;
+// the value is fixed now so that every listener says where it came from.
+const (
+	// SourceAPI is a listener started by a call to the API.
+	SourceAPI Source = iota
+	// SourceConfig is a listener defined in the gateway's config file.
+	SourceConfig
+)
+
 // Spec describes a listener to start.
 type Spec struct {
+	// Source is where the listener was defined; the zero value is
+	// SourceAPI.
+	Source Source
 	// ID is the listener's id; one is generated when empty.
 	ID string
 	// Host to bind; empty means DefaultHost.

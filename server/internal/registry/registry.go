@@ -56,15 +56,17 @@ const DefaultMaxWriteBufferBytes = 256 << 20
 // connection it pages over.
 const MaxRemotePrefixBytes = 64
 
-// Origin says who opened a connection.
-type Origin int
+// Origin says who opened a connection: the event package's, so that the
+// origin the registry records is the one every event of the connection
+// carries.
+type Origin = event.Origin
 
 // The origins of a connection.
 const (
 	// Accepted is a connection a listener accepted.
-	Accepted Origin = iota + 1
+	Accepted = event.Accepted
 	// Outbound is a connection the gateway opened.
-	Outbound
+	Outbound = event.Outbound
 )
 
 // State is where a live connection is in its life.
@@ -248,6 +250,7 @@ func (r *Registry) Add(ctx context.Context, nc net.Conn, s Spec) (*conn.Conn, er
 	// that the Closed hook gives back only what was taken.
 	var admitted bool
 	cfg := s.Conn
+	cfg.Origin = s.Origin
 	closed := cfg.Closed
 	cfg.WriteBudget = r.writes
 	cfg.Aggregates = append(cfg.Aggregates[:len(cfg.Aggregates):len(cfg.Aggregates)], &r.totals)
@@ -357,11 +360,43 @@ type Filter struct {
 	// RemotePrefix selects the connections whose remote address starts
 	// with it ("127.0.0.1:", "[::1]:"); empty means every address.
 	RemotePrefix string
+	// Origins selects the connections of these origins; empty means every
+	// origin. An origin that is neither Accepted nor Outbound is
+	// ErrInvalidFilter.
+	Origins []Origin
 }
+
+// originSet is Filter.Origins as a bit per origin; 0 matches every origin.
+// A set rather than a list: its size is bounded by the origins there are,
+// however long the list, and a test costs the same.
+type originSet uint8
+
+func newOriginSet(origins []Origin) (originSet, error) {
+	var s originSet
+	for i, o := range origins {
+		if o != Accepted && o != Outbound {
+			return 0, &page.FieldError{
+				Field:  fmt.Sprintf("origins[%d]", i),
+				Reason: fmt.Sprintf("%d is not an origin (accepted or outbound)", o),
+				Err:    ErrInvalidFilter,
+			}
+		}
+		s |= 1 << o
+	}
+	return s, nil
+}
+
+func (s originSet) has(o Origin) bool { return s == 0 || s&(1<<o) != 0 }
+
+// digest is the set in a fixed spelling, whatever the list's order and
+// repeats: the same set is the same filter for page tokens.
+func (s originSet) digest() string { return strconv.Itoa(int(s)) }
 
 // Digest is the filter's digest for page tokens (see page.Token).
 func (f Filter) Digest() page.Filter {
-	return page.FilterOf("connections", f.ListenerID, strconv.Itoa(int(f.State)), f.RemotePrefix)
+	// An invalid list has no digest of its own: ListConns refuses it.
+	origins, _ := newOriginSet(f.Origins)
+	return page.FilterOf("connections", f.ListenerID, strconv.Itoa(int(f.State)), f.RemotePrefix, origins.digest())
 }
 
 // Page is a page of connections, in creation order.
@@ -390,6 +425,10 @@ func (r *Registry) ListConns(f Filter, size int, after uint64) (Page, error) {
 			Err:    ErrInvalidFilter,
 		})
 	}
+	origins, err := newOriginSet(f.Origins)
+	if err != nil {
+		return Page{}, fmt.Errorf("listing connections: %w", err)
+	}
 	type hit struct {
 		e  *entry
 		st State
@@ -408,7 +447,7 @@ func (r *Registry) ListConns(f Filter, size int, after uint64) (Page, error) {
 	}
 	for serial, e := range all.After(after) {
 		st := stateLocked(e)
-		if (f.State != 0 && st != f.State) || !strings.HasPrefix(e.c.RemoteAddr(), f.RemotePrefix) {
+		if (f.State != 0 && st != f.State) || !origins.has(e.origin) || !strings.HasPrefix(e.c.RemoteAddr(), f.RemotePrefix) {
 			continue
 		}
 		if len(hits) == size {

@@ -356,3 +356,77 @@ func TestBroadcast(t *testing.T) {
 		t.Errorf("Stats.BytesOut = %d, want 4", st.BytesOut)
 	}
 }
+
+// TestOriginsFilter: a list filtered on origins holds the connections of
+// those origins only, whatever the list's order and repeats, and the same
+// set is the same filter for page tokens; an origin that is neither is
+// refused naming its place in the list.
+func TestOriginsFilter(t *testing.T) {
+	f := newFixture(t, registry.Config{})
+	g := f.r.AddGroup("l1", 0)
+	in := f.mustAdd(accepted(g, "l1"))
+	out := f.mustAdd(outbound)
+	// Every event of a connection carries the origin its entry records.
+	if _, err := f.clients[in.ID()].Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.clients[out.ID()].Write([]byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	evs := f.rec.WaitFor(t, "DATA of both connections", func(evs []*event.Event) bool {
+		n := 0
+		for _, e := range evs {
+			if e.Kind == event.Data {
+				n++
+			}
+		}
+		return n == 2
+	})
+	want := map[string]event.Origin{in.ID(): event.Accepted, out.ID(): event.Outbound}
+	for _, e := range evs {
+		if e.Kind == event.ConnectionOpened || e.Kind == event.Data {
+			if e.Origin != want[e.ConnectionID] {
+				t.Errorf("%s of %s has origin %v, want %v", e.Kind, e.ConnectionID, e.Origin, want[e.ConnectionID])
+			}
+		}
+	}
+
+	ids := func(origins ...registry.Origin) []string {
+		t.Helper()
+		p, err := f.r.ListConns(registry.Filter{Origins: origins}, 0, 0)
+		if err != nil {
+			t.Fatalf("ListConns(origins %v): %v", origins, err)
+		}
+		var out []string
+		for _, c := range p.Conns {
+			out = append(out, c.ID)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		origins []registry.Origin
+		want    []string
+	}{
+		{nil, []string{in.ID(), out.ID()}},
+		{[]registry.Origin{registry.Accepted}, []string{in.ID()}},
+		{[]registry.Origin{registry.Outbound}, []string{out.ID()}},
+		{[]registry.Origin{registry.Outbound, registry.Accepted, registry.Outbound}, []string{in.ID(), out.ID()}},
+	} {
+		if got := ids(tc.origins...); !slices.Equal(got, tc.want) {
+			t.Errorf("origins %v: %v, want %v", tc.origins, got, tc.want)
+		}
+	}
+	a := registry.Filter{Origins: []registry.Origin{registry.Accepted, registry.Outbound}}
+	b := registry.Filter{Origins: []registry.Origin{registry.Outbound, registry.Accepted, registry.Accepted}}
+	if a.Digest() != b.Digest() {
+		t.Error("the same set of origins has two digests")
+	}
+	if a.Digest() == (registry.Filter{Origins: []registry.Origin{registry.Accepted}}).Digest() {
+		t.Error("filters of other origins share a digest: a page token would cross them")
+	}
+	_, err := f.r.ListConns(registry.Filter{Origins: []registry.Origin{registry.Accepted, 0}}, 0, 0)
+	var fe *page.FieldError
+	if !errors.Is(err, registry.ErrInvalidFilter) || !errors.As(err, &fe) || fe.Field != "origins[1]" {
+		t.Errorf("origins [accepted, 0]: %v, want ErrInvalidFilter naming origins[1]", err)
+	}
+}

@@ -67,8 +67,13 @@ type Request struct {
 	// resolving Address, tried in order until one accepts.
 	Resolved []string
 	Payload  []byte
-	Await    AwaitMode
-	// Framing cuts the reply in Frame mode; it must be normalized.
+	// Framed writes Payload encoded with Framing (as conn.Conn.SendFrame
+	// encodes it) instead of as it is. A payload the framing cannot encode
+	// is refused before anything is dialed, with a *framing.EncodeError.
+	Framed bool
+	Await  AwaitMode
+	// Framing encodes the payload when Framed and cuts the reply in Frame
+	// mode; it must be normalized.
 	Framing framing.Config
 	// Match, in Frame mode, says which frame is the reply: frames that do
 	// not match are skipped. Nil means the first frame.
@@ -139,6 +144,13 @@ func (d *Dialer) Send(ctx context.Context, req Request) (Result, error) {
 }
 
 func (d *Dialer) send(ctx context.Context, req Request) (Result, error) {
+	if req.Framed {
+		p, err := req.Framing.Encode(nil, req.Payload)
+		if err != nil {
+			return Result{}, fmt.Errorf("sending to %s: %w", req.Address, err)
+		}
+		req.Payload = p
+	}
 	nc, err := d.dial(ctx, req)
 	if err != nil {
 		return Result{}, dialError(ctx, req.Address, err)

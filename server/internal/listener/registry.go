@@ -916,6 +916,18 @@ func (r *Registry) CloseConn(ctx context.Context, id string) (ConnInfo, error) {
 // Broadcast writes p to every open connection of a listener concurrently and
 // returns the bytes written in all and how many connections took the write.
 func (r *Registry) Broadcast(ctx context.Context, listenerID string, p []byte) (uint64, int, error) {
+	return r.broadcast(ctx, listenerID, p, false)
+}
+
+// BroadcastFrame is Broadcast of frame encoded with the listener's framing,
+// as conn.Conn.SendFrame encodes it. The frame is encoded once, before any
+// connection is written to, so a frame the framing cannot encode is refused
+// (a *framing.EncodeError) whether or not the listener has connections.
+func (r *Registry) BroadcastFrame(ctx context.Context, listenerID string, frame []byte) (uint64, int, error) {
+	return r.broadcast(ctx, listenerID, frame, true)
+}
+
+func (r *Registry) broadcast(ctx context.Context, listenerID string, p []byte, framed bool) (uint64, int, error) {
 	r.mu.Lock()
 	l := r.listeners[listenerID]
 	if l == nil || l.ln == nil {
@@ -926,8 +938,15 @@ func (r *Registry) Broadcast(ctx context.Context, listenerID string, p []byte) (
 	for _, c := range l.conns {
 		conns = append(conns, c)
 	}
+	fc := l.spec.Framing
 	r.mu.Unlock()
 
+	if framed {
+		var err error
+		if p, err = fc.Encode(nil, p); err != nil {
+			return 0, 0, fmt.Errorf("sending to listener %q: %w", listenerID, err)
+		}
+	}
 	var reached atomic.Int64
 	var wg sync.WaitGroup
 	for _, c := range conns {

@@ -135,21 +135,29 @@ func TestFramedBroadcast(t *testing.T) {
 // await_reply.framing, framed is refused naming "framed".
 func TestFramedSendToAddress(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
-	got := make(chan []byte, 1)
+	got := make(chan []byte, 4)
+	// report never blocks the peer: a test that failed before reading
+	// must not hold the peer's end up.
+	report := func(b []byte) {
+		select {
+		case got <- b:
+		default:
+		}
+	}
 	// The peer reads one 4-byte big-endian length-prefixed frame and
 	// answers with one.
 	addr := servertest.Peer(t, func(c net.Conn) {
 		var n uint32
 		if binary.Read(c, binary.BigEndian, &n) != nil || n > 1<<10 {
-			got <- nil
+			report(nil)
 			return
 		}
 		b := make([]byte, n)
 		if _, err := io.ReadFull(c, b); err != nil {
-			got <- nil
+			report(nil)
 			return
 		}
-		got <- b
+		report(b)
 		ans := "got " + string(b)
 		_, _ = c.Write(binary.BigEndian.AppendUint32(nil, uint32(len(ans))))
 		_, _ = c.Write([]byte(ans))

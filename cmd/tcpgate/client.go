@@ -445,7 +445,7 @@ func newCloseCmd(c *client) *cobra.Command {
 func newSendCmd(c *client) *cobra.Command {
 	var (
 		hexData, file, toConn, toListener, await string
-		stdin, newline                           bool
+		stdin, newline, framed                   bool
 		timeout                                  time.Duration
 		maxReply                                 uint32
 	)
@@ -457,7 +457,8 @@ func newSendCmd(c *client) *cobra.Command {
 			"(--to-listener). The reply is printed to stdout as it came; a summary goes to stderr.",
 		Example: "  tcpgate send 127.0.0.1:9000 'Hello, World!' --await first\n" +
 			"  tcpgate send 127.0.0.1:9000 --hex 01020304\n" +
-			"  tcpgate send 127.0.0.1:7000 PING --newline --await line   # a line protocol\n" +
+			"  tcpgate send 127.0.0.1:7000 PING --framed --await line    # a line protocol\n" +
+			"  tcpgate send --to-conn c-k3v7q2m5xa status --framed      # one frame of its listener's framing\n" +
 			"  printf 'GET / HTTP/1.0\\r\\n\\r\\n' | tcpgate send example.test:80 --stdin --await close\n" +
 			"  tcpgate send --to-conn c-k3v7q2m5xa 'hello back'\n" +
 			"  tcpgate send --to-listener demo 'to everyone'",
@@ -481,6 +482,10 @@ func newSendCmd(c *client) *cobra.Command {
 			if err := setPayload(req, cmd, args, hexData, file, stdin); err != nil {
 				return err
 			}
+			if newline && framed {
+				return errors.New("--newline and --framed exclude each other: --framed already ends a line with its newline")
+			}
+			req.Framed = framed
 			if newline {
 				switch p := req.Payload.(type) {
 				case *tcpgatev1.SendRequest_Text:
@@ -502,8 +507,10 @@ func newSendCmd(c *client) *cobra.Command {
 			defer cancel()
 			resp, err := c.api.Send(ctx, req)
 			if err != nil {
-				if reason, _ := rpc.ReasonOf(err); reason == tcpgatev1.ErrorReason_ERROR_REASON_REPLY_TIMEOUT && !endsWithNewline(req) {
-					return hinted{err, "a line protocol answers only a whole line: end the payload with a newline (--newline)"}
+				if reason, meta := rpc.ReasonOf(err); reason == tcpgatev1.ErrorReason_ERROR_REASON_REPLY_TIMEOUT && !framed && !endsWithNewline(req) {
+					return hinted{err, "a line protocol answers only a whole line: send it framed (--framed), or end the payload with a newline (--newline)"}
+				} else if meta[rpc.MetaField] == "framed" {
+					return hinted{err, "to an address, --framed encodes with the framing of --await line"}
 				}
 				return err
 			}
@@ -529,7 +536,8 @@ func newSendCmd(c *client) *cobra.Command {
 	f.BoolVar(&stdin, "stdin", false, "send what stdin holds until EOF")
 	f.StringVar(&toConn, "to-conn", "", "send to this accepted connection instead of an address")
 	f.StringVar(&toListener, "to-listener", "", "send to every connection of this listener")
-	f.BoolVar(&newline, "newline", false, "end the payload with a newline (\\n), as line protocols want")
+	f.BoolVar(&newline, "newline", false, "end the payload with a newline (\\n); --framed does it for a line connection or --await line, and adds a length-prefixed one's prefix")
+	f.BoolVar(&framed, "framed", false, "send the payload as one frame of the connection's or listener's framing (a line gets its \\n, a length-prefixed frame its prefix); to an address, of --await line's")
 	f.StringVar(&await, "await", "", "wait for a reply: first (one read), line (one line; with --to-conn, one frame of the listener's framing), close (until the peer closes)")
 	f.Uint32Var(&maxReply, "max-reply", 0, "largest reply in bytes (default 1 MiB)")
 	f.DurationVar(&timeout, "timeout", rpc.DefaultSendTimeout, "bounds connect, write and reply (the call may take this long even past --call-timeout)")

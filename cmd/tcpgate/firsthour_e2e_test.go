@@ -79,6 +79,37 @@ func TestCLIFirstHour(t *testing.T) {
 		}
 	})
 
+	t.Run("framed sends a frame of the listener's framing", func(t *testing.T) {
+		addr := listen(t, "lp2", "--framing", "len:2")
+		sub := tg.start(t, "subscribe", "--listener", "lp2")
+		sub.sync(t, addr)
+		conn, local := dialLocal(t, addr)
+		id := sub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ connection_opened listener=lp2 conn=(c-[a-z2-7]{10}) remote=`+regexp.QuoteMeta(local)+`$`))[1]
+		_, stderr := tg.mustRun(t, "send", "--to-conn", id, "hello", "--framed")
+		if got := readN(t, conn, 7); got != "\x00\x05hello" {
+			t.Errorf("send --to-conn --framed to a len:2 listener: the client read %q, want %q", got, "\x00\x05hello")
+		}
+		if !strings.Contains(stderr, "sent 7 bytes") {
+			t.Errorf("send --framed: stderr %q, want the 7 bytes it wrote", stderr)
+		}
+		_, stderr, err := tg.run(t, "send", "--to-conn", id, "--hex", "00", "--framed", "--newline")
+		if err == nil || !strings.Contains(stderr, "--newline and --framed") {
+			t.Errorf("send --framed --newline: %v, stderr %q; want them refused together", err, stderr)
+		}
+	})
+
+	t.Run("framed to an address takes --await line's framing", func(t *testing.T) {
+		addr := listen(t, "framedaddr", "--framing", "line", "--echo")
+		stdout, _ := tg.mustRun(t, "send", addr, "ping", "--framed", "--await", "line")
+		if stdout != "ping" {
+			t.Errorf("send --framed --await line to a line echo: stdout = %q, want %q", stdout, "ping")
+		}
+		_, stderr, err := tg.run(t, "send", addr, "ping", "--framed")
+		if err == nil || !strings.Contains(stderr, "InvalidArgument") || !strings.Contains(stderr, "--await line") {
+			t.Errorf("send --framed to an address without --await line: %v, stderr %q; want InvalidArgument and a hint at --await line", err, stderr)
+		}
+	})
+
 	t.Run("timeout hints at --newline", func(t *testing.T) {
 		addr := listen(t, "silent") // never answers
 		_, stderr, err := tg.run(t, "send", addr, "ping", "--await", "line", "--timeout", "300ms")

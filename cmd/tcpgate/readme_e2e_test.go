@@ -147,13 +147,26 @@ func testReadmeCurl(t *testing.T, blocks []codeBlock) {
 		}
 		switch {
 		case strings.Contains(text, "$H/v1/listeners --json"):
+			// demo, then lp for the framed send on the port demo freed.
+			want := "demo"
+			if checked["start"] {
+				want = "lp"
+			}
 			checked["start"] = true
 			var resp struct {
 				Listener listenerJSON `json:"listener"`
 			}
 			decodeJSON(t, out, &resp)
-			if resp.Listener.ListenerID != "demo" || resp.Listener.Address != laddr || resp.Listener.State != "LISTENER_STATE_LISTENING" {
-				t.Fatalf("README.md:%d: POST /v1/listeners = %s, want demo listening on %s", c.line, out, laddr)
+			if resp.Listener.ListenerID != want || resp.Listener.Address != laddr || resp.Listener.State != "LISTENER_STATE_LISTENING" {
+				t.Fatalf("README.md:%d: POST /v1/listeners = %s, want %s listening on %s", c.line, out, want, laddr)
+			}
+		case strings.Contains(text, "/v1/send") && strings.Contains(text, `"framed": true`):
+			checked["send framed"] = true
+			var resp sendResponseJSON
+			decodeJSON(t, out, &resp)
+			// 2 bytes of length prefix and "hello", echoed as one frame.
+			if resp.BytesWritten != 7 || resp.Reply == nil || resp.Reply.Text != "hello" {
+				t.Errorf("README.md:%d: POST /v1/send = %s, want 7 bytes written and reply.text \"hello\"", c.line, out)
 			}
 		case strings.Contains(text, "/v1/send") && strings.Contains(text, "awaitReply"):
 			checked["send text"] = true
@@ -185,7 +198,7 @@ func testReadmeCurl(t *testing.T, blocks []codeBlock) {
 			}
 		}
 	}
-	for _, what := range []string{"start", "send text", "send bytes", "stop"} {
+	for _, what := range []string{"start", "send text", "send bytes", "stop", "send framed"} {
 		if !checked[what] {
 			t.Errorf("README section \"The same over REST\" has no %s command the test recognizes", what)
 		}
@@ -329,13 +342,25 @@ func testReadmeGrpcurl(t *testing.T, blocks []codeBlock) {
 					t.Errorf("README.md:%d: %s printed no comments of the proto:\n%s", c.line, text, out)
 				}
 			case strings.Contains(text, service+"/StartListener"):
+				// demo, then lp for the framed send on the port demo freed.
+				want := "demo"
+				if checked["start"] {
+					want = "lp"
+				}
 				checked["start"] = true
 				var resp struct {
 					Listener listenerJSON `json:"listener"`
 				}
 				decodeJSON(t, out, &resp)
-				if resp.Listener.ListenerID != "demo" || resp.Listener.Address != laddr {
-					t.Fatalf("README.md:%d: StartListener = %s, want demo on %s", c.line, out, laddr)
+				if resp.Listener.ListenerID != want || resp.Listener.Address != laddr {
+					t.Fatalf("README.md:%d: StartListener = %s, want %s on %s", c.line, out, want, laddr)
+				}
+			case strings.Contains(text, service+"/Send") && strings.Contains(text, `"framed": true`):
+				checked["send framed"] = true
+				var resp sendResponseJSON
+				decodeJSON(t, out, &resp)
+				if resp.BytesWritten != 7 || resp.Reply == nil || resp.Reply.Text != "hello" {
+					t.Errorf("README.md:%d: Send = %s, want 7 bytes written and reply text \"hello\"", c.line, out)
 				}
 			case strings.Contains(text, service+"/Send") && strings.Contains(text, "Hello, World!"):
 				checked["send text"] = true
@@ -384,7 +409,7 @@ func testReadmeGrpcurl(t *testing.T, blocks []codeBlock) {
 			}
 		}
 	}
-	for _, what := range []string{"list", "describe", "start", "send text", "send bytes", "list connections", "send to connection", "stop"} {
+	for _, what := range []string{"list", "describe", "start", "send text", "send bytes", "list connections", "send to connection", "stop", "send framed"} {
 		if !checked[what] {
 			t.Errorf("README section \"Walkthrough with grpcurl\" has no %s command the test recognizes", what)
 		}
@@ -493,9 +518,20 @@ func testReadmeCLI(t *testing.T, blocks []codeBlock) {
 		out := sh.mustRun(t, c, text)
 		switch {
 		case strings.HasPrefix(text, "$T listen "):
+			// demo, then lines for the framed send on the port demo freed.
+			want := "listener demo listening on " + laddr + " (framing raw)\n"
+			if checked["listen"] {
+				want = "listener lines listening on " + laddr + " (framing line)\n"
+			}
 			checked["listen"] = true
-			if want := "listener demo listening on " + laddr + " (framing raw)\n"; out != want {
+			if out != want {
 				t.Fatalf("README.md:%d: %s printed %q, want %q", c.line, text, out, want)
+			}
+		case strings.HasPrefix(text, "$T send ") && strings.Contains(text, "--framed"):
+			checked["send framed"] = true
+			// The echo of the line "PING\n", without its newline.
+			if out != "PING" {
+				t.Errorf("README.md:%d: %s printed %q, want %q", c.line, text, out, "PING")
 			}
 		case strings.HasPrefix(text, "$T send ") && strings.Contains(text, "--await first"):
 			checked["send text"] = true
@@ -525,7 +561,7 @@ func testReadmeCLI(t *testing.T, blocks []codeBlock) {
 			}
 		}
 	}
-	for _, what := range []string{"listen", "send text", "ls", "conns", "send to connection", "stop"} {
+	for _, what := range []string{"listen", "send text", "ls", "conns", "send to connection", "stop", "send framed"} {
 		if !checked[what] {
 			t.Errorf("README section \"From the terminal with the tcpgate CLI\" has no %s command the test recognizes", what)
 		}

@@ -51,6 +51,7 @@ var codeOf = []struct {
 	reason tcpgatev1.ErrorReason
 }{
 	{framing.ErrInvalidConfig, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_INVALID_FRAMING},
+	{framing.ErrUnencodable, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
 	{policy.ErrDenied, codes.PermissionDenied, tcpgatev1.ErrorReason_ERROR_REASON_POLICY_DENIED},
 	{listener.ErrExists, codes.AlreadyExists, tcpgatev1.ErrorReason_ERROR_REASON_LISTENER_EXISTS},
 	{listener.ErrNotFound, codes.NotFound, tcpgatev1.ErrorReason_ERROR_REASON_LISTENER_NOT_FOUND},

@@ -28,6 +28,7 @@ func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 func TestToStatusSentinels(t *testing.T) {
 	tests := map[error]codes.Code{
 		framing.ErrInvalidConfig:     codes.InvalidArgument,
+		framing.ErrUnencodable:       codes.InvalidArgument,
 		listener.ErrExists:           codes.AlreadyExists,
 		listener.ErrNotFound:         codes.NotFound,
 		registry.ErrNotFound:         codes.NotFound,

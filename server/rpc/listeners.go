@@ -20,6 +20,9 @@ type Listeners interface {
 	Stop(ctx context.Context, id string, drain time.Duration) (listener.Info, error)
 	Get(id string) (listener.Info, error)
 	ListListeners(size int, after uint64) (listener.ListenerPage, error)
+	// BroadcastFrame writes a frame, encoded with the listener's framing,
+	// to each of its connections.
+	BroadcastFrame(ctx context.Context, listenerID string, frame []byte) (uint64, int, error)
 }
 
 // StartListener implements GatewayService.StartListener.

@@ -3,6 +3,7 @@ package rpc
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"regexp"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
+	"github.com/tcpgate/tcpgate/server/internal/framing"
 )
 
 // Send: its validation, its targets and the reply it awaits.
@@ -35,11 +37,13 @@ var awaitModes = map[tcpgatev1.AwaitMode]dialer.AwaitMode{
 // Send implements GatewayService.Send.
 func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgatev1.SendResponse, error) {
 	var payload []byte
+	// payloadField names the payload in errors about its encoding.
+	var payloadField string
 	switch p := req.GetPayload().(type) {
 	case *tcpgatev1.SendRequest_Text:
-		payload = []byte(p.Text)
+		payload, payloadField = []byte(p.Text), "text"
 	case *tcpgatev1.SendRequest_Data:
-		payload = p.Data
+		payload, payloadField = p.Data, "data"
 	default:
 		return nil, invalid("payload", "one of text or data is required")
 	}
@@ -98,8 +102,11 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		if err != nil {
 			return nil, err
 		}
-		if aw.GetFraming() != nil && mode != dialer.Frame {
-			return nil, invalid("await_reply.framing", "only used with AWAIT_MODE_FRAME")
+		if req.GetFramed() && aw.GetFraming() == nil {
+			return nil, invalid("framed", "with address, await_reply.framing is required: it is the framing the payload is encoded with")
+		}
+		if aw.GetFraming() != nil && mode != dialer.Frame && !req.GetFramed() {
+			return nil, invalid("await_reply.framing", "only used with AWAIT_MODE_FRAME or framed")
 		}
 		if match != nil && mode != dialer.Frame {
 			return nil, invalid("await_reply.match", "with address, only used with AWAIT_MODE_FRAME: other modes return bytes as they come, not frames")
@@ -114,10 +121,10 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		}
 		// The dialer resolves, checks the policy and dials in this one call.
 		res, err := s.cfg.Dialer.Send(ctx, dialer.Request{
-			Address: t.Address, Payload: payload, Await: mode, Framing: fc, Match: match, MaxReply: maxReply, TLS: tlsCfg,
+			Address: t.Address, Payload: payload, Framed: req.GetFramed(), Await: mode, Framing: fc, Match: match, MaxReply: maxReply, TLS: tlsCfg,
 		})
 		if err != nil {
-			return nil, s.status(err)
+			return nil, s.sendStatus(err, payloadField)
 		}
 		resp := &tcpgatev1.SendResponse{BytesWritten: uint64(res.BytesWritten), ConnectionsReached: 1}
 		if mode != dialer.NoAwait {
@@ -146,11 +153,18 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		case dialer.UntilClose:
 			rm = conn.UntilClose
 		}
-		reply, err := c.Send(ctx, payload, conn.Await{Mode: rm, MaxBytes: maxReply, Match: match, CloseOnTimeout: closeOnTimeout})
-		if err != nil {
-			return nil, s.status(err)
+		cAw := conn.Await{Mode: rm, MaxBytes: maxReply, Match: match, CloseOnTimeout: closeOnTimeout}
+		var reply []byte
+		written := len(payload)
+		if req.GetFramed() {
+			reply, written, err = c.SendFrame(ctx, payload, cAw)
+		} else {
+			reply, err = c.Send(ctx, payload, cAw)
 		}
-		resp := &tcpgatev1.SendResponse{BytesWritten: uint64(len(payload)), ConnectionsReached: 1}
+		if err != nil {
+			return nil, s.sendStatus(err, payloadField)
+		}
+		resp := &tcpgatev1.SendResponse{BytesWritten: uint64(written), ConnectionsReached: 1}
 		if rm != conn.NoReply {
 			resp.Reply = replyToProto(reply, replyFormat)
 		}
@@ -166,13 +180,28 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		if mode != dialer.NoAwait {
 			return nil, invalid("await_reply", "not allowed with listener_id: a broadcast has no single reply")
 		}
-		n, reached, err := s.cfg.Connections.Broadcast(ctx, t.ListenerId, payload)
+		broadcast := s.cfg.Connections.Broadcast
+		if req.GetFramed() {
+			broadcast = s.cfg.Listeners.BroadcastFrame
+		}
+		n, reached, err := broadcast(ctx, t.ListenerId, payload)
 		if err != nil {
-			return nil, s.status(err)
+			return nil, s.sendStatus(err, payloadField)
 		}
 		return &tcpgatev1.SendResponse{BytesWritten: n, ConnectionsReached: uint32(reached)}, nil
 	}
 	return nil, invalid("target", "one of address, connection_id or listener_id is required")
+}
+
+// sendStatus is status for a Send's errors: a payload its framing cannot
+// encode (the engine's *framing.EncodeError) names the payload's field,
+// text or data, with the engine's reason.
+func (s *Service) sendStatus(err error, payloadField string) error {
+	var enc *framing.EncodeError
+	if errors.As(err, &enc) {
+		return invalid(payloadField, "cannot be sent framed (%d bytes, %s framing): %s", enc.Size, enc.Mode, enc.Reason)
+	}
+	return s.status(err)
 }
 
 // maxMatchRegex bounds await_reply.match.regex: RE2 compiles in time and

@@ -208,6 +208,14 @@ func (b *BadInputs) rows() []BadInput {
 	to := func(addr string) *tcpgatev1.SendRequest {
 		return &tcpgatev1.SendRequest{Target: badAddr(addr), Payload: badText("x")}
 	}
+	// framed sends text, or data when text is empty, framed with f.
+	framed := func(addr string, text string, data []byte, f *tcpgatev1.Framing) *tcpgatev1.SendRequest {
+		r := &tcpgatev1.SendRequest{Target: badAddr(addr), Payload: badText(text), Framed: true, AwaitReply: &tcpgatev1.AwaitReply{Framing: f}}
+		if text == "" {
+			r.Payload = &tcpgatev1.SendRequest_Data{Data: data}
+		}
+		return r
+	}
 	kinds := func(k ...tcpgatev1.EventKind) *tcpgatev1.SubscribeRequest {
 		return &tcpgatev1.SubscribeRequest{Kinds: k}
 	}
@@ -382,6 +390,29 @@ func (b *BadInputs) rows() []BadInput {
 		{RPC: send, Name: "await_reply.framing max_frame_bytes over 3 MiB", Req: await(&tcpgatev1.AwaitReply{Mode: amFrame, Framing: &tcpgatev1.Framing{MaxFrameBytes: maxFrame + 1}}), Code: inv, Reason: rInvalid, Field: "await_reply.framing.max_frame_bytes", Mention: "await_reply.framing.max_frame_bytes"},
 		{RPC: send, Name: "reply timeout", Req: &tcpgatev1.SendRequest{Target: badAddr(b.Silent), Payload: badText("x"), AwaitReply: &tcpgatev1.AwaitReply{Mode: amFirst},
 			Timeout: durationpb.New(200 * time.Millisecond)}, Code: codes.DeadlineExceeded, Reason: rReplyTime, Mention: b.Silent},
+
+		// Send: framed. To an address the payload is encoded with
+		// await_reply.framing, whatever the mode; Silent reads whatever a
+		// row that wrongly passed wrote.
+		{RPC: send, Name: "framed to an address without await_reply.framing", Req: &tcpgatev1.SendRequest{Target: badAddr(b.Silent), Payload: badText("x"), Framed: true},
+			Code: inv, Reason: rInvalid, Field: "framed", Mention: "await_reply.framing"},
+		{RPC: send, Name: "framed line is fine", Req: framed(b.Silent, "x", nil, &tcpgatev1.Framing{Mode: fmLine}), Code: codes.OK},
+		{RPC: send, Name: "framed line containing a newline", Req: framed(b.Silent, "a\nb", nil, &tcpgatev1.Framing{Mode: fmLine}),
+			Code: inv, Reason: rInvalid, Field: "text", Mention: "newline"},
+		{RPC: send, Name: "framed data containing the delimiter", Req: framed(b.Silent, "", []byte("a\r\nb"), &tcpgatev1.Framing{Mode: fmDelim, Delimiter: []byte("\r\n")}),
+			Code: inv, Reason: rInvalid, Field: "data", Mention: "contains the delimiter"},
+		{RPC: send, Name: "framed data ending with the start of the delimiter", Req: framed(b.Silent, "", []byte("a\r\n"), &tcpgatev1.Framing{Mode: fmDelim, Delimiter: []byte("\r\n\r\n")}),
+			Code: inv, Reason: rInvalid, Field: "data", Mention: "start of the delimiter"},
+		{RPC: send, Name: "framed line longer than max_frame_bytes", Req: framed(b.Silent, "hello", nil, &tcpgatev1.Framing{Mode: fmLine, MaxFrameBytes: 4}),
+			Code: inv, Reason: rInvalid, Field: "text", Mention: "max_frame_bytes (4)"},
+		{RPC: send, Name: "framed data of max_frame_bytes is fine", Req: framed(b.Silent, "", []byte("hell"), &tcpgatev1.Framing{Mode: fmLP, MaxFrameBytes: 4}), Code: codes.OK},
+		{RPC: send, Name: "framed data longer than a 1-byte prefix says", Req: framed(b.Silent, "", make([]byte, 256), &tcpgatev1.Framing{Mode: fmLP, PrefixBytes: 1}),
+			Code: inv, Reason: rInvalid, Field: "data", Mention: "1-byte length prefix"},
+		{RPC: send, Name: "framed data of 255 bytes fits a 1-byte prefix", Req: framed(b.Silent, "", make([]byte, 255), &tcpgatev1.Framing{Mode: fmLP, PrefixBytes: 1}), Code: codes.OK},
+		{RPC: send, Name: "framed data longer than a 2-byte prefix says", Req: framed(b.Silent, "", make([]byte, 1<<16), &tcpgatev1.Framing{Mode: fmLP, PrefixBytes: 2}),
+			Code: inv, Reason: rInvalid, Field: "data", Mention: "2-byte length prefix"},
+		{RPC: send, Name: "framed text not fixed_size long", Req: framed(b.Silent, "abc", nil, &tcpgatev1.Framing{Mode: fmFixed, FixedSize: 4}),
+			Code: inv, Reason: rInvalid, Field: "text", Mention: "fixed_size"},
 
 		// Send: timeout.
 		{RPC: send, Name: "timeout negative", Req: timeout(durationpb.New(-time.Second)), Code: inv, Reason: rInvalid, Field: "timeout", Mention: "timeout"},

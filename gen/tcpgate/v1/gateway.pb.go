@@ -2899,7 +2899,22 @@ type SendRequest struct {
 	// Bounds connect, write and reply together. Unset or 0 means 30 s.
 	Timeout *durationpb.Duration `protobuf:"bytes,7,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	// Speak TLS to the address. Only with address.
-	Tls           *DialTLS `protobuf:"bytes,8,opt,name=tls,proto3" json:"tls,omitempty"`
+	Tls *DialTLS `protobuf:"bytes,8,opt,name=tls,proto3" json:"tls,omitempty"`
+	// Write the payload as one frame encoded with a framing, exactly as
+	// AUTO_REPLY_MODE_ECHO encodes a frame, so that the peer reads it back as
+	// that frame: a line gets its "\n" ("\r\n" when it ends in "\r"), a
+	// delimited frame its delimiter, a length-prefixed frame its prefix; a
+	// fixed frame and a raw one are written as they are. With connection_id
+	// or listener_id the framing is the listener's; with address it is
+	// await_reply.framing, which is then required (without it, framed is
+	// InvalidArgument naming "framed") and may be set whatever
+	// await_reply.mode is. A payload the framing cannot encode is
+	// InvalidArgument naming "text" or "data" with the reason, and nothing is
+	// written: longer than max_frame_bytes or than the length prefix can
+	// say, not fixed_size bytes long, or containing the newline or the
+	// delimiter (or ending with the start of the delimiter). False writes the
+	// payload exactly as given.
+	Framed        bool `protobuf:"varint,9,opt,name=framed,proto3" json:"framed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3012,6 +3027,13 @@ func (x *SendRequest) GetTls() *DialTLS {
 		return x.Tls
 	}
 	return nil
+}
+
+func (x *SendRequest) GetFramed() bool {
+	if x != nil {
+		return x.Framed
+	}
+	return false
 }
 
 type isSendRequest_Target interface {
@@ -3794,7 +3816,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\vprefix_data\x18\x02 \x01(\fH\x00R\n" +
 	"prefixData\x12\x16\n" +
 	"\x05regex\x18\x03 \x01(\tH\x00R\x05regexB\x06\n" +
-	"\x04rule\"\xc9\x02\n" +
+	"\x04rule\"\xe1\x02\n" +
 	"\vSendRequest\x12\x1a\n" +
 	"\aaddress\x18\x01 \x01(\tH\x00R\aaddress\x12%\n" +
 	"\rconnection_id\x18\x02 \x01(\tH\x00R\fconnectionId\x12!\n" +
@@ -3805,7 +3827,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\vawait_reply\x18\x06 \x01(\v2\x16.tcpgate.v1.AwaitReplyR\n" +
 	"awaitReply\x123\n" +
 	"\atimeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12%\n" +
-	"\x03tls\x18\b \x01(\v2\x13.tcpgate.v1.DialTLSR\x03tlsB\b\n" +
+	"\x03tls\x18\b \x01(\v2\x13.tcpgate.v1.DialTLSR\x03tls\x12\x16\n" +
+	"\x06framed\x18\t \x01(\bR\x06framedB\b\n" +
 	"\x06targetB\t\n" +
 	"\apayload\"\xf8\x01\n" +
 	"\aDialTLS\x12\x1f\n" +

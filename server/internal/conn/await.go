@@ -137,6 +137,20 @@ func (c *Conn) answer(frames [][]byte, last uint64) {
 	}
 }
 
+// SendFrame is Send of frame encoded with the connection's framing, as an
+// echo auto reply encodes it: a line gets its "\n", a length-prefixed frame
+// its prefix, a raw frame stays as it is. It returns the reply and the
+// bytes written, the encoding included. A frame the framing cannot encode
+// is written nowhere: the error is a *framing.EncodeError saying why.
+func (c *Conn) SendFrame(ctx context.Context, frame []byte, aw Await) ([]byte, int, error) {
+	p, err := c.cfg.Framing.Encode(nil, frame)
+	if err != nil {
+		return nil, 0, fmt.Errorf("writing to %s: %w", c.cfg.ID, err)
+	}
+	reply, err := c.Send(ctx, p, aw)
+	return reply, len(p), err
+}
+
 // Send writes p and, as aw says, waits for the reply (see Await for which
 // frame answers). Sends on one connection are written in call order. The
 // context bounds the whole send: the wait for its turn and for room in the

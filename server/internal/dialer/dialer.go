@@ -73,8 +73,14 @@ type Request struct {
 	// allows are dialed in order until one accepts.
 	Address string
 	Payload []byte
-	Await   AwaitMode
-	// Framing cuts the reply in Frame mode; it must be normalized.
+	// Framed writes Payload encoded with Framing (as conn.Conn.SendFrame
+	// encodes it) instead of as it is. A payload the framing cannot encode
+	// is refused before anything is resolved or dialed, with a
+	// *framing.EncodeError.
+	Framed bool
+	Await  AwaitMode
+	// Framing encodes the payload when Framed and cuts the reply in Frame
+	// mode; it must be normalized.
 	Framing framing.Config
 	// Match, in Frame mode, says which frame is the reply: frames that do
 	// not match are skipped. Nil means the first frame.
@@ -142,6 +148,13 @@ const (
 // are the ones dialed, never a second lookup's. ctx bounds the whole
 // exchange. A refused send is not counted in Stats: nothing was dialed.
 func (d *Dialer) Send(ctx context.Context, req Request) (Result, error) {
+	if req.Framed {
+		p, err := req.Framing.Encode(nil, req.Payload)
+		if err != nil {
+			return Result{}, fmt.Errorf("sending to %s: %w", req.Address, err)
+		}
+		req.Payload = p
+	}
 	addrs, err := d.Policy.ResolveDial(ctx, req.Address)
 	if err != nil {
 		var dns *net.DNSError

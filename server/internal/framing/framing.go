@@ -133,6 +133,38 @@ func invalidConfig(field, format string, args ...any) error {
 // prefix, ... It lets the RPC layer answer such requests as invalid arguments.
 var ErrUnencodable = errors.New("frame cannot be encoded")
 
+// EncodeError is what Encode returns for a frame it cannot encode: it wraps
+// ErrUnencodable, and ErrFrameTooLarge when it is a matter of size, and says
+// why in Reason, so that a caller can name the field the frame came from
+// next to the reason without taking the message apart.
+type EncodeError struct {
+	// Mode is the framing's mode.
+	Mode Mode
+	// Size is the frame's length in bytes.
+	Size int
+	// Reason says why the frame cannot be encoded, in terms of the
+	// framing's fields as the API spells them (max_frame_bytes, ...).
+	Reason string
+	// TooLarge is set when the frame is refused for its size alone.
+	TooLarge bool
+}
+
+func (e *EncodeError) Error() string {
+	return fmt.Sprintf("encoding %s frame of %d bytes: %s: %v", e.Mode, e.Size, e.Reason, ErrUnencodable)
+}
+
+// Unwrap returns ErrUnencodable, and ErrFrameTooLarge when TooLarge.
+func (e *EncodeError) Unwrap() []error {
+	if e.TooLarge {
+		return []error{ErrUnencodable, ErrFrameTooLarge}
+	}
+	return []error{ErrUnencodable}
+}
+
+func unencodable(c Config, frame []byte, tooLarge bool, format string, args ...any) error {
+	return &EncodeError{Mode: c.Mode, Size: len(frame), Reason: fmt.Sprintf(format, args...), TooLarge: tooLarge}
+}
+
 // Normalize returns c with defaults filled in (PrefixBytes, MaxFrameBytes)
 // after validating it. An error wraps ErrInvalidConfig and starts with the
 // field's name in the API, so that the user knows what to change.
@@ -188,8 +220,8 @@ func (c Config) Normalize() (Config, error) {
 // c must be normalized. A frame that cannot be read back as itself (longer
 // than MaxFrameBytes or than the prefix can announce, not FixedSize bytes, a
 // line containing '\n', a delimited frame in which the delimiter would be
-// found early) returns dst unchanged and an error wrapping ErrUnencodable,
-// and also ErrFrameTooLarge when it is a matter of size. Raw frames are never
+// found early) returns dst unchanged and an *EncodeError, which wraps
+// ErrUnencodable, and also ErrFrameTooLarge when it is a matter of size. Raw frames are never
 // refused: raw framing cannot promise the peer one read per frame anyway.
 func (c Config) Encode(dst, frame []byte) ([]byte, error) {
 	maxFrame := c.MaxFrameBytes
@@ -197,14 +229,14 @@ func (c Config) Encode(dst, frame []byte) ([]byte, error) {
 		maxFrame = DefaultMaxFrameBytes
 	}
 	if c.Mode != Raw && c.Mode != Fixed && len(frame) > maxFrame {
-		return dst, fmt.Errorf("encoding %s frame of %d bytes: limit is %d: %w: %w", c.Mode, len(frame), maxFrame, ErrUnencodable, ErrFrameTooLarge)
+		return dst, unencodable(c, frame, true, "longer than the framing's max_frame_bytes (%d)", maxFrame)
 	}
 	switch c.Mode {
 	case Raw:
 		return append(dst, frame...), nil
 	case Line:
 		if bytes.IndexByte(frame, '\n') >= 0 {
-			return dst, fmt.Errorf("encoding line: it contains a newline: %w", ErrUnencodable)
+			return dst, unencodable(c, frame, false, "contains a newline at byte %d, where the peer would end the line", bytes.IndexByte(frame, '\n'))
 		}
 		dst = append(dst, frame...)
 		if len(frame) > 0 && frame[len(frame)-1] == '\r' {
@@ -213,15 +245,18 @@ func (c Config) Encode(dst, frame []byte) ([]byte, error) {
 		return append(dst, '\n'), nil
 	case Delimiter:
 		if len(c.Delimiter) == 0 {
-			return dst, fmt.Errorf("encoding delimited frame: no delimiter: %w", ErrUnencodable)
+			return dst, unencodable(c, frame, false, "the framing has no delimiter")
 		}
 		start := len(dst)
 		dst = append(dst, frame...)
 		dst = append(dst, c.Delimiter...)
 		// The reader cuts at the first delimiter, which must be ours: the frame
 		// may neither contain it nor end with a part of it that ours completes.
-		if bytes.Index(dst[start:], c.Delimiter) != len(frame) {
-			return dst[:start], fmt.Errorf("encoding delimited frame: the delimiter would be found inside the frame: %w", ErrUnencodable)
+		if i := bytes.Index(dst[start:], c.Delimiter); i != len(frame) {
+			if i+len(c.Delimiter) <= len(frame) {
+				return dst[:start], unencodable(c, frame, false, "contains the delimiter at byte %d, where the peer would end the frame", i)
+			}
+			return dst[:start], unencodable(c, frame, false, "ends with the start of the delimiter (from byte %d), so the peer would end the frame early", i)
 		}
 		return dst, nil
 	case LengthPrefix:
@@ -230,8 +265,7 @@ func (c Config) Encode(dst, frame []byte) ([]byte, error) {
 			pb = DefaultPrefixBytes
 		}
 		if pb < 8 && uint64(len(frame)) >= 1<<(8*pb) {
-			return dst, fmt.Errorf("encoding length-prefixed frame of %d bytes: does not fit a %d-byte prefix: %w: %w",
-				len(frame), pb, ErrUnencodable, ErrFrameTooLarge)
+			return dst, unencodable(c, frame, true, "longer than a %d-byte length prefix can say (at most %d)", pb, uint64(1)<<(8*pb)-1)
 		}
 		var order binary.AppendByteOrder = binary.BigEndian
 		if c.LittleEndian {
@@ -247,16 +281,16 @@ func (c Config) Encode(dst, frame []byte) ([]byte, error) {
 		case 8:
 			dst = order.AppendUint64(dst, uint64(len(frame)))
 		default:
-			return dst, fmt.Errorf("encoding length-prefixed frame: prefix of %d bytes: %w", pb, ErrUnencodable)
+			return dst, unencodable(c, frame, false, "the framing's prefix_bytes is %d, not 1, 2, 4 or 8", pb)
 		}
 		return append(dst, frame...), nil
 	case Fixed:
 		if len(frame) != c.FixedSize {
-			return dst, fmt.Errorf("encoding fixed-size frame: got %d bytes, want %d: %w", len(frame), c.FixedSize, ErrUnencodable)
+			return dst, unencodable(c, frame, false, "every frame is the framing's fixed_size, %d bytes", c.FixedSize)
 		}
 		return append(dst, frame...), nil
 	default:
-		return dst, fmt.Errorf("encoding frame: unknown mode %d: %w", int(c.Mode), ErrUnencodable)
+		return dst, unencodable(c, frame, false, "unknown mode")
 	}
 }
 

@@ -491,6 +491,8 @@ func TestEncode(t *testing.T) {
 		want   []byte // when no error
 		tooBig bool   // the error also wraps ErrFrameTooLarge
 		fails  bool
+		// reason is part of the EncodeError's Reason, when set.
+		reason string
 		// raw skips Normalize: Encode fills defaults itself and rejects
 		// what it cannot encode rather than misbehave.
 		raw bool
@@ -498,19 +500,19 @@ func TestEncode(t *testing.T) {
 		{name: "raw as is", cfg: framing.Config{Mode: framing.Raw, MaxFrameBytes: 1}, frame: []byte("a\nb"), want: []byte("a\nb")},
 		{name: "line", cfg: framing.Config{Mode: framing.Line}, frame: []byte("ab"), want: []byte("ab\n")},
 		{name: "line ending in cr", cfg: framing.Config{Mode: framing.Line}, frame: []byte("ab\r"), want: []byte("ab\r\r\n")},
-		{name: "line with newline", cfg: framing.Config{Mode: framing.Line}, frame: []byte("a\nb"), fails: true},
-		{name: "line too long", cfg: framing.Config{Mode: framing.Line, MaxFrameBytes: 2}, frame: []byte("abc"), fails: true, tooBig: true},
+		{name: "line with newline", cfg: framing.Config{Mode: framing.Line}, frame: []byte("a\nb"), fails: true, reason: "newline at byte 1"},
+		{name: "line too long", cfg: framing.Config{Mode: framing.Line, MaxFrameBytes: 2}, frame: []byte("abc"), fails: true, tooBig: true, reason: "max_frame_bytes (2)"},
 		{name: "delimiter", cfg: framing.Config{Mode: framing.Delimiter, Delimiter: []byte("||")}, frame: []byte("a|b"), want: []byte("a|b||")},
-		{name: "delimiter inside", cfg: framing.Config{Mode: framing.Delimiter, Delimiter: []byte("||")}, frame: []byte("a||b"), fails: true},
-		{name: "delimiter completed early", cfg: framing.Config{Mode: framing.Delimiter, Delimiter: []byte("||")}, frame: []byte("a|"), fails: true},
+		{name: "delimiter inside", cfg: framing.Config{Mode: framing.Delimiter, Delimiter: []byte("||")}, frame: []byte("a||b"), fails: true, reason: "contains the delimiter at byte 1"},
+		{name: "delimiter completed early", cfg: framing.Config{Mode: framing.Delimiter, Delimiter: []byte("||")}, frame: []byte("a|"), fails: true, reason: "ends with the start of the delimiter"},
 		{name: "delimiter too long", cfg: framing.Config{Mode: framing.Delimiter, Delimiter: []byte("|"), MaxFrameBytes: 2}, frame: []byte("abc"), fails: true, tooBig: true},
 		{name: "prefix big endian", cfg: framing.Config{Mode: framing.LengthPrefix, PrefixBytes: 2}, frame: []byte("ab"), want: []byte("\x00\x02ab")},
 		{name: "prefix little endian", cfg: framing.Config{Mode: framing.LengthPrefix, PrefixBytes: 4, LittleEndian: true}, frame: []byte("ab"), want: []byte("\x02\x00\x00\x00ab")},
 		{name: "prefix 1 at 255", cfg: framing.Config{Mode: framing.LengthPrefix, PrefixBytes: 1}, frame: big[:255], want: append([]byte{255}, big[:255]...)},
-		{name: "prefix 1 overflows", cfg: framing.Config{Mode: framing.LengthPrefix, PrefixBytes: 1}, frame: big[:256], fails: true, tooBig: true},
+		{name: "prefix 1 overflows", cfg: framing.Config{Mode: framing.LengthPrefix, PrefixBytes: 1}, frame: big[:256], fails: true, tooBig: true, reason: "1-byte length prefix can say (at most 255)"},
 		{name: "prefix above limit", cfg: framing.Config{Mode: framing.LengthPrefix, MaxFrameBytes: 299}, frame: big, fails: true, tooBig: true},
 		{name: "fixed", cfg: framing.Config{Mode: framing.Fixed, FixedSize: 2}, frame: []byte("ab"), want: []byte("ab")},
-		{name: "fixed short", cfg: framing.Config{Mode: framing.Fixed, FixedSize: 2}, frame: []byte("a"), fails: true},
+		{name: "fixed short", cfg: framing.Config{Mode: framing.Fixed, FixedSize: 2}, frame: []byte("a"), fails: true, reason: "fixed_size, 2 bytes"},
 		{name: "fixed long", cfg: framing.Config{Mode: framing.Fixed, FixedSize: 2}, frame: []byte("abc"), fails: true},
 		{name: "unnormalized defaults", raw: true, cfg: framing.Config{Mode: framing.LengthPrefix}, frame: []byte("ab"), want: []byte("\x00\x00\x00\x02ab")},
 		{name: "unnormalized bad prefix", raw: true, cfg: framing.Config{Mode: framing.LengthPrefix, PrefixBytes: 3}, frame: []byte("ab"), fails: true},
@@ -534,6 +536,10 @@ func TestEncode(t *testing.T) {
 				}
 				if string(got) != "before" {
 					t.Errorf("Encode() failed but returned %q, want dst unchanged", got)
+				}
+				var enc *framing.EncodeError
+				if !errors.As(err, &enc) || enc.Size != len(tt.frame) || enc.Mode != cfg.Mode || enc.Reason == "" || !strings.Contains(enc.Reason, tt.reason) {
+					t.Errorf("Encode() error %#v, want an *EncodeError of %d bytes in mode %v whose reason says %q", err, len(tt.frame), cfg.Mode, tt.reason)
 				}
 				return
 			}

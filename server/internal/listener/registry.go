@@ -659,6 +659,28 @@ func (r *Registry) infoLocked(l *listener) Info {
 	}
 }
 
+// BroadcastFrame writes frame, encoded with the listener's framing (as
+// conn.Conn.SendFrame encodes it), to every open connection of the
+// listener, through the connection registry's broadcast. The frame is
+// encoded once, before any connection is written to, so a frame the
+// framing cannot encode is refused (a *framing.EncodeError) whether or not
+// the listener has connections.
+func (r *Registry) BroadcastFrame(ctx context.Context, listenerID string, frame []byte) (uint64, int, error) {
+	r.mu.Lock()
+	l := r.listeners[listenerID]
+	if l == nil || l.ln == nil {
+		r.mu.Unlock()
+		return 0, 0, fmt.Errorf("sending to listener %q: %w", listenerID, ErrNotFound)
+	}
+	fc := l.spec.Framing
+	r.mu.Unlock()
+	p, err := fc.Encode(nil, frame)
+	if err != nil {
+		return 0, 0, fmt.Errorf("sending to listener %q: %w", listenerID, err)
+	}
+	return r.conns.Broadcast(ctx, listenerID, p)
+}
+
 // Stats are the listeners' figures since the registry started; the
 // connection registry has those of the connections.
 type Stats struct {

@@ -114,7 +114,7 @@ func toStatus(log *slog.Logger, err error) error {
 	}
 	var bad *framing.ConfigError
 	if errors.As(err, &bad) {
-		meta = map[string]string{MetaField: bad.Field}
+		meta = map[string]string{MetaField: bad.Path()}
 	}
 	var seq *hub.SequenceError
 	if errors.As(err, &seq) {

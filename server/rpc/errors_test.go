@@ -169,10 +169,8 @@ func TestInvalid(t *testing.T) {
 // status rpc's own limit check gave: code, reason, message, ErrorInfo
 // field, flag and limit, and the BadRequest naming the field.
 func TestFieldLimitStatus(t *testing.T) {
-	err := fmt.Errorf("wrapped: %w", &limits.FieldError{Field: "max_connections", Flag: "--listener-max-connections", Limit: 2, Got: 3, Err: listener.ErrInvalidSpec})
-	// The engine's error is returned unwrapped, so its message is the
-	// status message.
-	err = errors.Unwrap(err)
+	// The registry returns it unwrapped: its message is the status message.
+	err := &limits.FieldError{Field: "max_connections", Flag: "--listener-max-connections", Limit: 2, Got: 3, Err: listener.ErrInvalidSpec}
 	got := status.Convert(toStatus(discardLogger(), err))
 	want := status.Convert(invalidLimit("max_connections", "--listener-max-connections", 2, "must be at most %d (--listener-max-connections), got %d", 2, 3))
 	if got.Code() != want.Code() || got.Message() != want.Message() {

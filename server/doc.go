@@ -33,8 +33,10 @@
 // to an address uses internal/dialer, a fresh connection per call; the
 // dialer resolves the address, checks the dial policy and dials in one
 // call, its only way to connect. The listener registry likewise checks the
-// listen policy and picks the port under a narrowed --allow-listen on
-// every start.
+// listen policy, picks the port under a narrowed --allow-listen, and fills
+// in and bounds a listener's max_connections (--listener-max-connections)
+// and idle timeout (--idle-timeout) on every start. Both kinds of send
+// wait for a reply of one await.Mode (internal/await).
 //
 // The engine knows nothing of protobuf and owns its decisions. rpc
 // validates requests, calls the engine and maps its sentinel errors to

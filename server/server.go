@@ -293,7 +293,11 @@ func New(cfg Config) (*Server, error) {
 		// chosen under it.
 		Policy:       pol,
 		MaxListeners: cfg.MaxListeners,
-		WriteTimeout: cfg.WriteTimeout,
+		// A listener's defaults and bounds, decided by the registry for
+		// the same reason.
+		ListenerMaxConnections: cfg.ListenerMaxConnections,
+		IdleTimeout:            cfg.IdleTimeout,
+		WriteTimeout:           cfg.WriteTimeout,
 		// Decided by the registry, so every way of stopping a listener
 		// meets the same bound.
 		MaxDrainTimeout: cfg.MaxDrainTimeout,
@@ -305,20 +309,18 @@ func New(cfg Config) (*Server, error) {
 	s.metrics = newMetrics(s.hub, s.listeners, s.conns, s.dialer, s.rpcs)
 	s.grpcConns = rpc.NewConnTracker()
 	svc := rpc.New(rpc.Config{
-		Conns:                  s.grpcConns,
-		Listeners:              s.listeners,
-		Connections:            s.conns,
-		Hub:                    s.hub,
-		Dialer:                 s.dialer,
-		SubscriberQueueBytes:   cfg.SubscriberQueueBytes,
-		MaxFrameBytes:          cfg.MaxFrameBytes,
-		MaxReplyBytes:          cfg.MaxReplyBytes,
-		ListenerMaxConnections: cfg.ListenerMaxConnections,
-		IdleTimeout:            cfg.IdleTimeout,
-		MaxSendBytes:           cfg.MaxSendBytes,
-		TLSFiles:               tlsFiles,
-		NodeID:                 cfg.NodeID,
-		Logger:                 log,
+		Conns:                s.grpcConns,
+		Listeners:            s.listeners,
+		Connections:          s.conns,
+		Hub:                  s.hub,
+		Dialer:               s.dialer,
+		SubscriberQueueBytes: cfg.SubscriberQueueBytes,
+		MaxFrameBytes:        cfg.MaxFrameBytes,
+		MaxReplyBytes:        cfg.MaxReplyBytes,
+		MaxSendBytes:         cfg.MaxSendBytes,
+		TLSFiles:             tlsFiles,
+		NodeID:               cfg.NodeID,
+		Logger:               log,
 	})
 
 	unary := []grpc.UnaryServerInterceptor{s.unaryInterceptor, rpc.UnaryReasons}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -70,10 +69,11 @@ func framingFromProto(field string, f *tcpgatev1.Framing, limit int) (framing.Co
 		MaxFrameBytes: maxFrame,
 	}.Normalize()
 	if err != nil {
-		// Normalize names fields as "framing.x"; say where the framing sits.
+		// Normalize's error names the framing's field; say where the
+		// framing sits.
 		var ce *framing.ConfigError
 		if errors.As(err, &ce) {
-			return framing.Config{}, invalid(field+strings.TrimPrefix(ce.Field, "framing"), "%s", ce.Reason)
+			return framing.Config{}, invalid(ce.Under(field).Path(), "%s", ce.Reason)
 		}
 		return framing.Config{}, invalid(field, "%v", err)
 	}

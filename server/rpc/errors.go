@@ -63,6 +63,7 @@ var codeOf = []struct {
 	{listener.ErrLimit, codes.ResourceExhausted, tcpgatev1.ErrorReason_ERROR_REASON_LIMIT_REACHED},
 	{registry.ErrLimit, codes.ResourceExhausted, tcpgatev1.ErrorReason_ERROR_REASON_LIMIT_REACHED},
 	{listener.ErrDrainTooLong, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_DRAIN_TOO_LONG},
+	{listener.ErrInvalidSpec, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
 	{listener.ErrClosed, codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN},
 	{registry.ErrInvalidFilter, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
 	{page.ErrInvalidSize, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
@@ -114,7 +115,7 @@ func toStatus(log *slog.Logger, err error) error {
 	}
 	var bad *framing.ConfigError
 	if errors.As(err, &bad) {
-		meta = map[string]string{MetaField: bad.Field}
+		meta = map[string]string{MetaField: bad.Path()}
 	}
 	var seq *hub.SequenceError
 	if errors.As(err, &seq) {
@@ -134,6 +135,13 @@ func toStatus(log *slog.Logger, err error) error {
 	if errors.As(err, &field) {
 		meta = map[string]string{MetaField: field.Field}
 		details = append(details, &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: field.Field, Description: field.Reason}}})
+	}
+	// A field over a limit the engine keeps names the field, as invalidLimit
+	// does, and the flag with its value.
+	var over *limits.FieldError
+	if errors.As(err, &over) {
+		meta = map[string]string{MetaField: over.Field, MetaFlag: over.Flag, MetaLimit: strconv.Itoa(over.Limit)}
+		details = append(details, &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: over.Field, Description: over.Reason()}}})
 	}
 	for _, m := range codeOf {
 		if errors.Is(err, m.err) {

@@ -11,11 +11,13 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
+	"github.com/tcpgate/tcpgate/server/internal/limits"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
 	"github.com/tcpgate/tcpgate/server/internal/page"
 	"github.com/tcpgate/tcpgate/server/internal/pemfile"
@@ -39,6 +41,7 @@ func TestToStatusSentinels(t *testing.T) {
 		listener.ErrLimit:            codes.ResourceExhausted,
 		registry.ErrLimit:            codes.ResourceExhausted,
 		listener.ErrDrainTooLong:     codes.InvalidArgument,
+		listener.ErrInvalidSpec:      codes.InvalidArgument,
 		listener.ErrClosed:           codes.Unavailable,
 		hub.ErrClosed:                codes.Unavailable,
 		hub.ErrTooManySubscribers:    codes.ResourceExhausted,
@@ -158,5 +161,31 @@ func TestInvalid(t *testing.T) {
 	st, _ := status.FromError(err)
 	if st.Code() != codes.InvalidArgument || st.Message() != "port: must be 0 to 65535, got 70000" {
 		t.Errorf("invalid = %v %q", st.Code(), st.Message())
+	}
+}
+
+// TestFieldLimitStatus: a field over a limit the engine keeps (a
+// listener's max_connections over --listener-max-connections) becomes the
+// status rpc's own limit check gave: code, reason, message, ErrorInfo
+// field, flag and limit, and the BadRequest naming the field.
+func TestFieldLimitStatus(t *testing.T) {
+	// The registry returns it unwrapped: its message is the status message.
+	err := &limits.FieldError{Field: "max_connections", Flag: "--listener-max-connections", Limit: 2, Got: 3, Err: listener.ErrInvalidSpec}
+	got := status.Convert(toStatus(discardLogger(), err))
+	want := status.Convert(invalidLimit("max_connections", "--listener-max-connections", 2, "must be at most %d (--listener-max-connections), got %d", 2, 3))
+	if got.Code() != want.Code() || got.Message() != want.Message() {
+		t.Errorf("status %v %q, want %v %q", got.Code(), got.Message(), want.Code(), want.Message())
+	}
+	// Details compared unpacked: a map's wire order is not fixed.
+	gd, wd := got.Details(), want.Details()
+	if len(gd) != len(wd) {
+		t.Fatalf("details %v, want %v", gd, wd)
+	}
+	for i := range gd {
+		g, gok := gd[i].(proto.Message)
+		w, wok := wd[i].(proto.Message)
+		if !gok || !wok || !proto.Equal(g, w) {
+			t.Errorf("detail %d: %v, want %v", i, gd[i], wd[i])
+		}
 	}
 }

@@ -46,7 +46,8 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 	if err != nil {
 		return nil, err
 	}
-	idle, err := durationFromProto("idle_timeout", req.GetIdleTimeout(), s.cfg.IdleTimeout)
+	// An unset idle_timeout is 0: the listener registry's default.
+	idle, err := durationFromProto("idle_timeout", req.GetIdleTimeout(), 0)
 	if err != nil {
 		return nil, err
 	}
@@ -57,19 +58,12 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 	if halfClose > maxHalfClose {
 		return nil, invalid("half_close_timeout", "must be at most %s, got %s", maxHalfClose, halfClose)
 	}
-	maxConns := int(req.GetMaxConnections())
-	if limit := s.cfg.ListenerMaxConnections; limit > 0 {
-		if maxConns > limit {
-			return nil, invalidLimit("max_connections", "--listener-max-connections", int64(limit), "must be at most %d (--listener-max-connections), got %d", limit, maxConns)
-		}
-		if maxConns == 0 {
-			maxConns = limit
-		}
-	}
 	tlsCfg, err := s.listenerTLS(ctx, req.GetTls())
 	if err != nil {
 		return nil, err
 	}
+	// An unset max_connections is 0 too: the registry fills in its
+	// default and refuses one over its bound.
 	spec := listener.Spec{
 		Source:           listener.SourceAPI,
 		ID:               req.GetListenerId(),
@@ -77,7 +71,7 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 		Port:             int(req.GetPort()),
 		Framing:          fc,
 		AutoReply:        ar,
-		MaxConnections:   maxConns,
+		MaxConnections:   int(req.GetMaxConnections()),
 		IdleTimeout:      idle,
 		HalfCloseTimeout: halfClose,
 		TLS:              tlsCfg,

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/internal/await"
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
@@ -26,12 +27,12 @@ const DefaultSendTimeout = 30 * time.Second
 // whether it comes from gRPC or from tcpgate.
 const DefaultMaxSendBytes = 4 << 20
 
-var awaitModes = map[tcpgatev1.AwaitMode]dialer.AwaitMode{
-	tcpgatev1.AwaitMode_AWAIT_MODE_UNSPECIFIED: dialer.NoAwait,
-	tcpgatev1.AwaitMode_AWAIT_MODE_NONE:        dialer.NoAwait,
-	tcpgatev1.AwaitMode_AWAIT_MODE_FIRST_READ:  dialer.FirstRead,
-	tcpgatev1.AwaitMode_AWAIT_MODE_FRAME:       dialer.Frame,
-	tcpgatev1.AwaitMode_AWAIT_MODE_UNTIL_CLOSE: dialer.UntilClose,
+var awaitModes = map[tcpgatev1.AwaitMode]await.Mode{
+	tcpgatev1.AwaitMode_AWAIT_MODE_UNSPECIFIED: await.None,
+	tcpgatev1.AwaitMode_AWAIT_MODE_NONE:        await.None,
+	tcpgatev1.AwaitMode_AWAIT_MODE_FIRST_READ:  await.FirstRead,
+	tcpgatev1.AwaitMode_AWAIT_MODE_FRAME:       await.Frame,
+	tcpgatev1.AwaitMode_AWAIT_MODE_UNTIL_CLOSE: await.UntilClose,
 }
 
 // Send implements GatewayService.Send.
@@ -78,7 +79,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 	default:
 		return nil, invalid("await_reply.on_timeout", "unknown value %d", int32(aw.GetOnTimeout()))
 	}
-	if mode == dialer.NoAwait {
+	if mode == await.None {
 		switch {
 		case match != nil:
 			return nil, invalid("await_reply.match", "only with an await_reply.mode that waits for a reply")
@@ -105,10 +106,10 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		if req.GetFramed() && aw.GetFraming() == nil {
 			return nil, invalid("framed", "with address, await_reply.framing is required: it is the framing the payload is encoded with")
 		}
-		if aw.GetFraming() != nil && mode != dialer.Frame && !req.GetFramed() {
+		if aw.GetFraming() != nil && mode != await.Frame && !req.GetFramed() {
 			return nil, invalid("await_reply.framing", "only used with AWAIT_MODE_FRAME or framed")
 		}
-		if match != nil && mode != dialer.Frame {
+		if match != nil && mode != await.Frame {
 			return nil, invalid("await_reply.match", "with address, only used with AWAIT_MODE_FRAME: other modes return bytes as they come, not frames")
 		}
 		if closeOnTimeout {
@@ -127,7 +128,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 			return nil, s.sendStatus(err, payloadField)
 		}
 		resp := &tcpgatev1.SendResponse{BytesWritten: uint64(res.BytesWritten), ConnectionsReached: 1}
-		if mode != dialer.NoAwait {
+		if mode != await.None {
 			resp.Reply = replyToProto(res.Reply, replyFormat)
 		}
 		return resp, nil
@@ -146,14 +147,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		if err != nil {
 			return nil, s.status(err)
 		}
-		rm := conn.NoReply
-		switch mode {
-		case dialer.FirstRead, dialer.Frame:
-			rm = conn.NextFrame
-		case dialer.UntilClose:
-			rm = conn.UntilClose
-		}
-		cAw := conn.Await{Mode: rm, MaxBytes: maxReply, Match: match, CloseOnTimeout: closeOnTimeout}
+		cAw := conn.Await{Mode: mode, MaxBytes: maxReply, Match: match, CloseOnTimeout: closeOnTimeout}
 		var reply []byte
 		written := len(payload)
 		if req.GetFramed() {
@@ -165,7 +159,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 			return nil, s.sendStatus(err, payloadField)
 		}
 		resp := &tcpgatev1.SendResponse{BytesWritten: uint64(written), ConnectionsReached: 1}
-		if rm != conn.NoReply {
+		if mode != await.None {
 			resp.Reply = replyToProto(reply, replyFormat)
 		}
 		return resp, nil
@@ -177,7 +171,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		if req.GetTls() != nil {
 			return nil, invalid("tls", "only with address")
 		}
-		if mode != dialer.NoAwait {
+		if mode != await.None {
 			return nil, invalid("await_reply", "not allowed with listener_id: a broadcast has no single reply")
 		}
 		broadcast := s.cfg.Connections.Broadcast

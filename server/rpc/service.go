@@ -15,7 +15,6 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
-	"time"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
@@ -79,13 +78,6 @@ type Config struct {
 	// MaxFrameLimit) means MaxFrameLimit. An unset max_bytes is 1 MiB or
 	// this, whichever is smaller.
 	MaxReplyBytes int
-	// ListenerMaxConnections is the max_connections of a listener that sets
-	// none, and the most one may set; 0 means no bound of its own (the
-	// listener registry's total bound still holds).
-	ListenerMaxConnections int
-	// IdleTimeout is the idle_timeout of a listener that sets none; 0 means
-	// never.
-	IdleTimeout time.Duration
 	// TLSFiles reads the cert_file, key_file, ca_file and client_ca_file
 	// of a request, as paths the caller chose; nil refuses every path.
 	TLSFiles *pemfile.Reader

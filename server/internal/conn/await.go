@@ -6,32 +6,24 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/tcpgate/tcpgate/server/internal/await"
 	"github.com/tcpgate/tcpgate/server/internal/event"
-)
-
-// ReplyMode says what reply Send waits for on a connection.
-type ReplyMode int
-
-const (
-	// NoReply returns after the write.
-	NoReply ReplyMode = iota
-	// NextFrame waits for the next frame the connection receives.
-	NextFrame
-	// UntilClose collects every frame until the connection closes.
-	UntilClose
 )
 
 // Await says what reply a Send waits for. The zero value waits for none.
 //
 // Which frame answers which Send: a frame completes when the read that
 // brought its last byte returns. It answers the oldest awaiting Send whose
-// write began before that and whose Match it satisfies (an UntilClose
+// write began before that and whose Match it satisfies (an await.UntilClose
 // Send keeps every such frame; no later Send gets one). A frame that
 // answers no Send goes to subscribers only, as every frame does. A Send
 // whose caller gave up leaves the line at once: without Match, a reply that
 // comes late then answers the next Send.
 type Await struct {
-	Mode ReplyMode
+	// Mode is what reply to wait for: await.FirstRead and await.Frame
+	// both wait for the next frame, cut by the connection's framing;
+	// await.UntilClose collects every frame until the connection closes.
+	Mode await.Mode
 	// MaxBytes bounds the reply.
 	MaxBytes int
 	// Match, when set, says which frames may answer: for protocols whose
@@ -44,7 +36,7 @@ type Await struct {
 }
 
 type awaiter struct {
-	mode  ReplyMode
+	mode  await.Mode
 	limit int
 	match func([]byte) bool
 	// after is how many frames had completed when its write began: only
@@ -63,11 +55,11 @@ func (c *Conn) takeAwaitersLocked() []*awaiter {
 }
 
 // settle ends the waits of awaiters that no more frames will come for: an
-// UntilClose reply is complete with what came, any other fails with err
+// await.UntilClose reply is complete with what came, any other fails with err
 // (unless it failed already).
 func settle(awaiters []*awaiter, err error) {
 	for _, a := range awaiters {
-		if a.mode != UntilClose && a.err == nil {
+		if a.mode != await.UntilClose && a.err == nil {
 			a.err = err
 		}
 		close(a.done)
@@ -125,7 +117,7 @@ func (c *Conn) answer(frames [][]byte, last uint64) {
 			} else {
 				a.buf = append(a.buf, f...)
 			}
-			if a.mode == NextFrame || a.err != nil {
+			if a.mode != await.UntilClose || a.err != nil {
 				close(a.done)
 				c.awaiters = slices.Delete(c.awaiters, j, j+1)
 				if len(c.awaiters) == 0 {
@@ -167,7 +159,7 @@ func (c *Conn) Send(ctx context.Context, p []byte, aw Await) ([]byte, error) {
 	}
 	s := &pendingSend{done: make(chan struct{})}
 	s.deadline, _ = ctx.Deadline()
-	if aw.Mode != NoReply {
+	if aw.Mode != await.None {
 		c.mu.Lock()
 		closed, halfClosed := c.reason != event.ReasonUnspecified, c.halfClosed.Load()
 		c.mu.Unlock()

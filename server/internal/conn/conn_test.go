@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpgate/tcpgate/server/internal/await"
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
@@ -388,7 +389,7 @@ func TestSendNextFrameConcurrent(t *testing.T) {
 			for k := range each {
 				id := fmt.Sprintf("%d-%d", s, k)
 				ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-				reply, err := c.Send(ctx, []byte("q"+id+"\n"), conn.Await{Mode: conn.NextFrame, MaxBytes: 1024})
+				reply, err := c.Send(ctx, []byte("q"+id+"\n"), conn.Await{Mode: await.Frame, MaxBytes: 1024})
 				cancel()
 				if err != nil {
 					errs <- fmt.Errorf("send %s: %w", id, err)
@@ -430,7 +431,7 @@ func TestSendUntilClose(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
-	reply, err := c.Send(ctx, []byte("hi"), conn.Await{Mode: conn.UntilClose, MaxBytes: 1024})
+	reply, err := c.Send(ctx, []byte("hi"), conn.Await{Mode: await.UntilClose, MaxBytes: 1024})
 	if err != nil {
 		t.Fatalf("Send: %v", err)
 	}
@@ -444,11 +445,11 @@ func TestSendUntilClose(t *testing.T) {
 func TestSendReplyTooLarge(t *testing.T) {
 	tests := []struct {
 		name    string
-		mode    conn.ReplyMode
+		mode    await.Mode
 		answers []string
 	}{
-		{"next frame", conn.NextFrame, []string{"0123456789\n"}},
-		{"until close, over the limit before the close", conn.UntilClose, []string{"0123\n", "4567\n", "89\n"}},
+		{"next frame", await.Frame, []string{"0123456789\n"}},
+		{"until close, over the limit before the close", await.UntilClose, []string{"0123\n", "4567\n", "89\n"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -478,7 +479,7 @@ func TestSendReplyTooLarge(t *testing.T) {
 			rec.WaitFor(t, "the oversized reply's frames", func(evs []*event.Event) bool {
 				return len(dataOf(evs)) >= len(tt.answers)
 			})
-			reply, err := c.Send(ctx, []byte("small\n"), conn.Await{Mode: conn.NextFrame, MaxBytes: 8})
+			reply, err := c.Send(ctx, []byte("small\n"), conn.Await{Mode: await.Frame, MaxBytes: 8})
 			if err != nil {
 				t.Fatalf("Send after a too-large reply: %v", err)
 			}
@@ -490,7 +491,7 @@ func TestSendReplyTooLarge(t *testing.T) {
 }
 
 func TestSendAfterClose(t *testing.T) {
-	modes := map[string]conn.ReplyMode{"no reply": conn.NoReply, "next frame": conn.NextFrame, "until close": conn.UntilClose}
+	modes := map[string]await.Mode{"no reply": await.None, "next frame": await.Frame, "until close": await.UntilClose}
 	for name, mode := range modes {
 		t.Run(name, func(t *testing.T) {
 			rec := newRecorder()
@@ -511,7 +512,7 @@ func TestSendPendingAtClose(t *testing.T) {
 	c, cc := serve(t, conn.Config{Framing: lineFraming(), Publisher: rec})
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.Send(context.Background(), []byte("q\n"), conn.Await{Mode: conn.NextFrame, MaxBytes: 100})
+		_, err := c.Send(context.Background(), []byte("q\n"), conn.Await{Mode: await.Frame, MaxBytes: 100})
 		done <- err
 	}()
 	_ = readN(t, cc, 2)
@@ -534,7 +535,7 @@ func TestSendAbandonedLeavesLine(t *testing.T) {
 	c, cc := serve(t, conn.Config{Framing: lineFraming(), Publisher: rec})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	_, err := c.Send(ctx, []byte("q1\n"), conn.Await{Mode: conn.NextFrame, MaxBytes: 100})
+	_, err := c.Send(ctx, []byte("q1\n"), conn.Await{Mode: await.Frame, MaxBytes: 100})
 	cancel()
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Send with a short deadline = %v, want DeadlineExceeded", err)
@@ -550,7 +551,7 @@ func TestSendAbandonedLeavesLine(t *testing.T) {
 	}()
 	ctx, cancel = context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
-	reply, err := c.Send(ctx, []byte("q2\n"), conn.Await{Mode: conn.NextFrame, MaxBytes: 100})
+	reply, err := c.Send(ctx, []byte("q2\n"), conn.Await{Mode: await.Frame, MaxBytes: 100})
 	if err != nil {
 		t.Fatalf("Send: %v", err)
 	}

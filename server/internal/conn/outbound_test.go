@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpgate/tcpgate/server/internal/await"
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
@@ -183,7 +184,7 @@ func TestAwaitLostReplyFailsAlone(t *testing.T) {
 			timeout = 200 * time.Millisecond
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		reply, err := c.Send(ctx, fmt.Appendf(nil, "req-%d\n", i), conn.Await{Mode: conn.NextFrame, MaxBytes: 100})
+		reply, err := c.Send(ctx, fmt.Appendf(nil, "req-%d\n", i), conn.Await{Mode: await.Frame, MaxBytes: 100})
 		cancel()
 		switch {
 		case i == 5:
@@ -217,7 +218,7 @@ func TestAwaitLateReply(t *testing.T) {
 			rec := newRecorder()
 			c, cc := serve(t, conn.Config{Framing: lineFraming(), Publisher: rec})
 			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-			_, err := c.Send(ctx, []byte("q1\n"), conn.Await{Mode: conn.NextFrame, MaxBytes: 100})
+			_, err := c.Send(ctx, []byte("q1\n"), conn.Await{Mode: await.Frame, MaxBytes: 100})
 			cancel()
 			if !errors.Is(err, context.DeadlineExceeded) {
 				t.Fatalf("q1 = %v, want DeadlineExceeded", err)
@@ -229,7 +230,7 @@ func TestAwaitLateReply(t *testing.T) {
 			}()
 			ctx, cancel = context.WithTimeout(context.Background(), testTimeout)
 			defer cancel()
-			reply, err := c.Send(ctx, []byte("q2\n"), conn.Await{Mode: conn.NextFrame, MaxBytes: 100, Match: tt.match})
+			reply, err := c.Send(ctx, []byte("q2\n"), conn.Await{Mode: await.Frame, MaxBytes: 100, Match: tt.match})
 			if err != nil || string(reply) != tt.want {
 				t.Errorf("q2 = %q, %v; want %s", reply, err, tt.want)
 			}
@@ -255,7 +256,7 @@ func TestAwaitMatchOutOfOrder(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 			defer cancel()
 			prefix := []byte(id + " ")
-			reply, err := c.Send(ctx, []byte(id+" q\n"), conn.Await{Mode: conn.NextFrame, MaxBytes: 100,
+			reply, err := c.Send(ctx, []byte(id+" q\n"), conn.Await{Mode: await.Frame, MaxBytes: 100,
 				Match: func(f []byte) bool { return bytes.HasPrefix(f, prefix) }})
 			out <- fmt.Sprintf("%s %v", reply, err)
 		}()
@@ -290,7 +291,7 @@ func TestAwaitFrameBeforeWrite(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
-	reply, err := c.Send(ctx, []byte("q\n"), conn.Await{Mode: conn.NextFrame, MaxBytes: 100})
+	reply, err := c.Send(ctx, []byte("q\n"), conn.Await{Mode: await.Frame, MaxBytes: 100})
 	if err != nil || string(reply) != "answer" {
 		t.Errorf("Send = %q, %v; want answer", reply, err)
 	}
@@ -303,7 +304,7 @@ func TestAwaitCloseOnTimeout(t *testing.T) {
 	c, cc := serve(t, conn.Config{Framing: framing.Config{Mode: framing.Line}, Publisher: rec})
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	_, err := c.Send(ctx, []byte("q\n"), conn.Await{Mode: conn.NextFrame, MaxBytes: 100, CloseOnTimeout: true})
+	_, err := c.Send(ctx, []byte("q\n"), conn.Await{Mode: await.Frame, MaxBytes: 100, CloseOnTimeout: true})
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Send = %v, want DeadlineExceeded", err)
 	}

@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tcpgate/tcpgate/server/internal/await"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
 )
@@ -44,21 +45,6 @@ var (
 	ErrReplyTimeout = errors.New("no reply in time")
 )
 
-// AwaitMode says what reply Send waits for.
-type AwaitMode int
-
-const (
-	// NoAwait returns after the write.
-	NoAwait AwaitMode = iota
-	// FirstRead returns what one read gets.
-	FirstRead
-	// Frame returns one frame cut by Request.Framing.
-	Frame
-	// UntilClose half-closes after the write and returns everything read
-	// until the peer closes.
-	UntilClose
-)
-
 // readSize is the buffer of one read of a reply.
 const readSize = 64 << 10
 
@@ -78,7 +64,7 @@ type Request struct {
 	// is refused before anything is resolved or dialed, with a
 	// *framing.EncodeError.
 	Framed bool
-	Await  AwaitMode
+	Await  await.Mode
 	// Framing encodes the payload when Framed and cuts the reply in Frame
 	// mode; it must be normalized.
 	Framing framing.Config
@@ -199,7 +185,7 @@ func (d *Dialer) send(ctx context.Context, req Request, addrs []string) (Result,
 	}
 	res, err := exchange(ctx, nc, req)
 	stop()
-	if err != nil || req.Await == UntilClose {
+	if err != nil || req.Await == await.UntilClose {
 		// Broken, or the peer has closed already.
 		nc.Close()
 		return res, err
@@ -270,7 +256,7 @@ func exchange(ctx context.Context, nc net.Conn, req Request) (Result, error) {
 		return res, ioError(ctx, "writing to", req.Address, err)
 	}
 	switch req.Await {
-	case FirstRead:
+	case await.FirstRead:
 		bp := readBuffers.Get().(*[]byte)
 		n, err := nc.Read((*bp)[:min(req.MaxReply, readSize)])
 		res.Reply = bytes.Clone((*bp)[:n])
@@ -281,12 +267,12 @@ func exchange(ctx context.Context, nc net.Conn, req Request) (Result, error) {
 		if res.Reply == nil {
 			res.Reply = []byte{}
 		}
-	case Frame:
+	case await.Frame:
 		res.Reply, err = readFrame(nc, req)
 		if err != nil {
 			return res, replyError(ctx, req.Address, err)
 		}
-	case UntilClose:
+	case await.UntilClose:
 		if cw, ok := nc.(interface{ CloseWrite() error }); ok {
 			_ = cw.CloseWrite()
 		}

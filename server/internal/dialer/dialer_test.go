@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpgate/tcpgate/server/internal/await"
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
 )
@@ -105,47 +106,47 @@ func TestSendReplies(t *testing.T) {
 	tests := []struct {
 		name     string
 		handle   func(c *net.TCPConn)
-		await    dialer.AwaitMode
+		await    await.Mode
 		framing  framing.Config
 		maxReply int
 		want     []byte
 		wantErr  error
 	}{
-		{name: "first read", handle: reply([]byte("pong")), await: dialer.FirstRead, maxReply: 1024, want: []byte("pong")},
+		{name: "first read", handle: reply([]byte("pong")), await: await.FirstRead, maxReply: 1024, want: []byte("pong")},
 		{name: "first read is capped at max reply", handle: reply(bytes.Repeat([]byte("x"), 100)),
-			await: dialer.FirstRead, maxReply: 10, want: bytes.Repeat([]byte("x"), 10)},
+			await: await.FirstRead, maxReply: 10, want: bytes.Repeat([]byte("x"), 10)},
 		// As kn-sock's recv, a peer that closes without a byte is an empty reply.
-		{name: "first read: close without replying", handle: replyAndClose(), await: dialer.FirstRead, maxReply: 1024, want: []byte{}},
+		{name: "first read: close without replying", handle: replyAndClose(), await: await.FirstRead, maxReply: 1024, want: []byte{}},
 		{name: "frame: one line of several", handle: reply([]byte("hello\nworld\n")),
-			await: dialer.Frame, framing: line, maxReply: 1024, want: []byte("hello")},
+			await: await.Frame, framing: line, maxReply: 1024, want: []byte("hello")},
 		{name: "frame: a line across writes", handle: reply([]byte("hel"), []byte("lo\r"), []byte("\nrest")),
-			await: dialer.Frame, framing: line, maxReply: 1024, want: []byte("hello")},
+			await: await.Frame, framing: line, maxReply: 1024, want: []byte("hello")},
 		{name: "frame: length prefix across writes", handle: reply(prefixed([]byte("abcdef")), []byte("abc"), []byte("def"), []byte("zz")),
-			await: dialer.Frame, framing: lp, maxReply: 1024, want: []byte("abcdef")},
+			await: await.Frame, framing: lp, maxReply: 1024, want: []byte("abcdef")},
 		{name: "frame: fixed", handle: reply([]byte("12"), []byte("345678")),
-			await: dialer.Frame, framing: fixed4, maxReply: 1024, want: []byte("1234")},
+			await: await.Frame, framing: fixed4, maxReply: 1024, want: []byte("1234")},
 		{name: "frame: raw is the first read", handle: reply([]byte("any bytes")),
-			await: dialer.Frame, framing: framing.Config{}, maxReply: 1024, want: []byte("any bytes")},
+			await: await.Frame, framing: framing.Config{}, maxReply: 1024, want: []byte("any bytes")},
 		{name: "frame: raw is capped at max reply", handle: reply([]byte("0123456789")),
-			await: dialer.Frame, framing: framing.Config{}, maxReply: 4, want: []byte("0123")},
+			await: await.Frame, framing: framing.Config{}, maxReply: 4, want: []byte("0123")},
 		{name: "frame: last line without newline at close", handle: replyAndClose([]byte("no newline")),
-			await: dialer.Frame, framing: line, maxReply: 1024, want: []byte("no newline")},
+			await: await.Frame, framing: line, maxReply: 1024, want: []byte("no newline")},
 		{name: "frame: close before any byte", handle: replyAndClose(),
-			await: dialer.Frame, framing: line, maxReply: 1024, wantErr: dialer.ErrNoReply},
+			await: await.Frame, framing: line, maxReply: 1024, wantErr: dialer.ErrNoReply},
 		{name: "frame: close inside a fixed frame", handle: replyAndClose([]byte("ab")),
-			await: dialer.Frame, framing: fixed4, maxReply: 1024, wantErr: dialer.ErrNoReply},
+			await: await.Frame, framing: fixed4, maxReply: 1024, wantErr: dialer.ErrNoReply},
 		{name: "frame: close inside a length prefix", handle: replyAndClose([]byte{0, 0}),
-			await: dialer.Frame, framing: lp, maxReply: 1024, wantErr: dialer.ErrNoReply},
+			await: await.Frame, framing: lp, maxReply: 1024, wantErr: dialer.ErrNoReply},
 		{name: "frame: close inside a length-prefixed payload", handle: replyAndClose(prefixed([]byte("abcdef")), []byte("abc")),
-			await: dialer.Frame, framing: lp, maxReply: 1024, wantErr: dialer.ErrNoReply},
+			await: await.Frame, framing: lp, maxReply: 1024, wantErr: dialer.ErrNoReply},
 		{name: "frame: line longer than max reply", handle: reply(bytes.Repeat([]byte("y"), 100)),
-			await: dialer.Frame, framing: line, maxReply: 8, wantErr: dialer.ErrReplyTooLarge},
+			await: await.Frame, framing: line, maxReply: 8, wantErr: dialer.ErrReplyTooLarge},
 		{name: "frame: line longer than its framing's limit", handle: reply(bytes.Repeat([]byte("y"), 100)),
-			await: dialer.Frame, framing: framing.Config{Mode: framing.Line, MaxFrameBytes: 8}, maxReply: 1024, wantErr: dialer.ErrReplyTooLarge},
+			await: await.Frame, framing: framing.Config{Mode: framing.Line, MaxFrameBytes: 8}, maxReply: 1024, wantErr: dialer.ErrReplyTooLarge},
 		{name: "frame: length prefix announcing more than max reply", handle: reply(prefixed(make([]byte, 1000))),
-			await: dialer.Frame, framing: lp, maxReply: 999, wantErr: dialer.ErrReplyTooLarge},
+			await: await.Frame, framing: lp, maxReply: 999, wantErr: dialer.ErrReplyTooLarge},
 		{name: "frame: line exactly max reply", handle: reply([]byte("12345678\n")),
-			await: dialer.Frame, framing: line, maxReply: 8, want: []byte("12345678")},
+			await: await.Frame, framing: line, maxReply: 8, want: []byte("12345678")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -235,7 +236,7 @@ func TestSendUntilClose(t *testing.T) {
 				_, _ = c.Write(tt.reply)
 			})
 			payload := []byte("request body")
-			res, err := send(t, dialer.Request{Address: addr, Payload: payload, Await: dialer.UntilClose, MaxReply: tt.maxReply})
+			res, err := send(t, dialer.Request{Address: addr, Payload: payload, Await: await.UntilClose, MaxReply: tt.maxReply})
 			select {
 			case b := <-got:
 				if !bytes.Equal(b, payload) {
@@ -267,8 +268,8 @@ func TestSendRefused(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	_ = ln.Close()
-	for _, await := range []dialer.AwaitMode{dialer.NoAwait, dialer.FirstRead} {
-		_, err := send(t, dialer.Request{Address: addr, Payload: []byte("x"), Await: await, MaxReply: 10})
+	for _, mode := range []await.Mode{await.None, await.FirstRead} {
+		_, err := send(t, dialer.Request{Address: addr, Payload: []byte("x"), Await: mode, MaxReply: 10})
 		if !errors.Is(err, dialer.ErrRefused) {
 			t.Errorf("Send to a closed port = %v, want ErrRefused", err)
 		}
@@ -302,12 +303,12 @@ func TestSendContext(t *testing.T) {
 	}
 	tests := []struct {
 		name  string
-		await dialer.AwaitMode
+		await await.Mode
 		fc    framing.Config
 	}{
-		{"first read", dialer.FirstRead, framing.Config{}},
-		{"frame", dialer.Frame, framing.Config{Mode: framing.Line}},
-		{"until close", dialer.UntilClose, framing.Config{}},
+		{"first read", await.FirstRead, framing.Config{}},
+		{"frame", await.Frame, framing.Config{Mode: framing.Line}},
+		{"until close", await.UntilClose, framing.Config{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" deadline", func(t *testing.T) {
@@ -354,7 +355,7 @@ func TestSendReset(t *testing.T) {
 		_, _ = io.ReadFull(c, buf[:4])
 		_ = c.SetLinger(0)
 	})
-	_, err := send(t, dialer.Request{Address: addr, Payload: []byte("ping"), Await: dialer.FirstRead, MaxReply: 10})
+	_, err := send(t, dialer.Request{Address: addr, Payload: []byte("ping"), Await: await.FirstRead, MaxReply: 10})
 	if !errors.Is(err, dialer.ErrBroken) {
 		t.Errorf("Send = %v, want ErrBroken", err)
 	}

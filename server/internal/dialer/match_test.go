@@ -5,6 +5,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/tcpgate/tcpgate/server/internal/await"
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
 )
@@ -36,7 +37,7 @@ func TestSendFrameMatch(t *testing.T) {
 				t.Fatal(err)
 			}
 			res, err := send(t, dialer.Request{
-				Address: peer(t, h), Payload: []byte("q\n"), Await: dialer.Frame,
+				Address: peer(t, h), Payload: []byte("q\n"), Await: await.Frame,
 				Framing: fc, Match: ack, MaxReply: 1024,
 			})
 			if tt.wantErr != nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpgate/tcpgate/server/internal/await"
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
 )
@@ -75,7 +76,7 @@ func TestSendDialsWhatThePolicyChecked(t *testing.T) {
 
 	// Allowed, the same peer answers.
 	d.Policy = &policy.Policy{Resolver: resolver{netip.MustParseAddr("127.0.0.1")}}
-	res, err := d.Send(ctx, dialer.Request{Address: "peer.test:" + port, Payload: []byte("ping"), Await: dialer.FirstRead, MaxReply: 16})
+	res, err := d.Send(ctx, dialer.Request{Address: "peer.test:" + port, Payload: []byte("ping"), Await: await.FirstRead, MaxReply: 16})
 	if err != nil || string(res.Reply) != "pong" {
 		t.Errorf("Send allowed = %q, %v; want pong", res.Reply, err)
 	}

@@ -107,24 +107,46 @@ var ErrFrameTooLarge = errors.New("frame too large")
 // with the offending field, spelled as in the API (framing.delimiter, ...).
 var ErrInvalidConfig = errors.New("invalid framing")
 
+// DefaultAt is where a framing sits when nothing says otherwise: a
+// listener's "framing" field.
+const DefaultAt = "framing"
+
 // ConfigError is what Normalize returns: it wraps ErrInvalidConfig and names
 // the field, so that the RPC layer can point a form at it without reading
-// the message.
+// the message. A framing sits in more than one place of the API (a
+// listener's framing, a Send's await_reply.framing): the error keeps the
+// framing's field apart from where the framing sits, and Under places it,
+// so that no caller edits the field's name out of a string.
 type ConfigError struct {
-	// Field is the field as the API spells it: "framing.delimiter".
+	// At is where the framing sits, as the API spells it: DefaultAt, or
+	// what Under set ("await_reply.framing").
+	At string
+	// Field is the framing's own field: "delimiter".
 	Field string
 	// Reason says what is wrong with it and what it may be.
 	Reason string
 }
 
+// Path is the field's path in the API: "framing.delimiter",
+// "await_reply.framing.delimiter".
+func (e *ConfigError) Path() string { return e.At + "." + e.Field }
+
+// Under returns the error of a framing that sits at at
+// ("await_reply.framing") rather than at DefaultAt.
+func (e *ConfigError) Under(at string) *ConfigError {
+	c := *e
+	c.At = at
+	return &c
+}
+
 func (e *ConfigError) Error() string {
-	return e.Field + ": " + e.Reason + ": " + ErrInvalidConfig.Error()
+	return e.Path() + ": " + e.Reason + ": " + ErrInvalidConfig.Error()
 }
 
 func (e *ConfigError) Unwrap() error { return ErrInvalidConfig }
 
 func invalidConfig(field, format string, args ...any) error {
-	return &ConfigError{Field: field, Reason: fmt.Sprintf(format, args...)}
+	return &ConfigError{At: DefaultAt, Field: field, Reason: fmt.Sprintf(format, args...)}
 }
 
 // ErrUnencodable reports a frame that Encode cannot write such that a peer
@@ -172,10 +194,10 @@ func (c Config) Normalize() (Config, error) {
 	switch c.Mode {
 	case Raw, Line, Delimiter, LengthPrefix, Fixed:
 	default:
-		return Config{}, invalidConfig("framing.mode", "unknown mode %d", int(c.Mode))
+		return Config{}, invalidConfig("mode", "unknown mode %d", int(c.Mode))
 	}
 	if c.MaxFrameBytes < 0 {
-		return Config{}, invalidConfig("framing.max_frame_bytes", "must not be negative, got %d", c.MaxFrameBytes)
+		return Config{}, invalidConfig("max_frame_bytes", "must not be negative, got %d", c.MaxFrameBytes)
 	}
 	if c.MaxFrameBytes == 0 {
 		c.MaxFrameBytes = DefaultMaxFrameBytes
@@ -187,25 +209,25 @@ func (c Config) Normalize() (Config, error) {
 	switch c.PrefixBytes {
 	case 1, 2, 4, 8:
 	default:
-		return Config{}, invalidConfig("framing.prefix_bytes", "must be 1, 2, 4 or 8, got %d", c.PrefixBytes)
+		return Config{}, invalidConfig("prefix_bytes", "must be 1, 2, 4 or 8, got %d", c.PrefixBytes)
 	}
 	if len(c.Delimiter) > MaxDelimiterBytes {
-		return Config{}, invalidConfig("framing.delimiter", "%d bytes, more than the limit of %d", len(c.Delimiter), MaxDelimiterBytes)
+		return Config{}, invalidConfig("delimiter", "%d bytes, more than the limit of %d", len(c.Delimiter), MaxDelimiterBytes)
 	}
 	if c.FixedSize < 0 {
-		return Config{}, invalidConfig("framing.fixed_size", "must not be negative, got %d", c.FixedSize)
+		return Config{}, invalidConfig("fixed_size", "must not be negative, got %d", c.FixedSize)
 	}
 	switch c.Mode {
 	case Delimiter:
 		if len(c.Delimiter) == 0 {
-			return Config{}, invalidConfig("framing.delimiter", "required in delimiter mode")
+			return Config{}, invalidConfig("delimiter", "required in delimiter mode")
 		}
 	case Fixed:
 		if c.FixedSize == 0 {
-			return Config{}, invalidConfig("framing.fixed_size", "required (> 0) in fixed mode")
+			return Config{}, invalidConfig("fixed_size", "required (> 0) in fixed mode")
 		}
 		if c.FixedSize > c.MaxFrameBytes {
-			return Config{}, invalidConfig("framing.fixed_size", "%d exceeds framing.max_frame_bytes %d", c.FixedSize, c.MaxFrameBytes)
+			return Config{}, invalidConfig("fixed_size", "%d exceeds framing.max_frame_bytes %d", c.FixedSize, c.MaxFrameBytes)
 		}
 	}
 	return c, nil

@@ -41,6 +41,10 @@ var (
 	ErrClosed           = errors.New("gateway shutting down")
 	// ErrDrainTooLong means a drain_timeout above Config.MaxDrainTimeout.
 	ErrDrainTooLong = errors.New("drain timeout too long")
+	// ErrInvalidSpec means a Spec over a bound of Config
+	// (ListenerMaxConnections); the error is a *limits.FieldError naming
+	// the field.
+	ErrInvalidSpec = errors.New("invalid listener")
 )
 
 // DefaultHost is bound when Spec.Host is empty: every IPv4 interface, as
@@ -89,9 +93,10 @@ type Spec struct {
 	Port      int
 	Framing   framing.Config
 	AutoReply conn.AutoReply
-	// MaxConnections bounds its open connections; 0 means no bound of its own.
+	// MaxConnections bounds its open connections; 0 means
+	// Config.ListenerMaxConnections, which it may not exceed.
 	MaxConnections int
-	// IdleTimeout closes silent connections; 0 means never.
+	// IdleTimeout closes silent connections; 0 means Config.IdleTimeout.
 	IdleTimeout time.Duration
 	// HalfCloseTimeout keeps a connection writable this long after its
 	// peer half-closes (see conn.Config); 0 closes it at once.
@@ -128,6 +133,15 @@ type Config struct {
 	Policy *policy.Policy
 	// MaxListeners bounds running listeners; 0 means no bound.
 	MaxListeners int
+	// ListenerMaxConnections (--listener-max-connections) is the
+	// MaxConnections of a listener that sets none, and the most one may
+	// set; 0 means no bound of a listener's own (Conns' total bound still
+	// holds). Decided here, so that the API, a config file and a state
+	// restore meet the same bound.
+	ListenerMaxConnections int
+	// IdleTimeout (--idle-timeout) is the IdleTimeout of a listener that
+	// sets none; 0 means never.
+	IdleTimeout time.Duration
 	// WriteTimeout bounds each write to a connection; 0 means conn.DefaultWriteTimeout.
 	WriteTimeout time.Duration
 	// MaxDrainTimeout bounds Stop's drain; 0 means DefaultMaxDrainTimeout.
@@ -220,13 +234,26 @@ func New(cfg Config) *Registry {
 // still yields one, few enough that a full range fails fast.
 const portTries = 64
 
-// Start checks spec's address against the listen policy, binds it and
-// starts accepting. Port 0 under a policy that narrows the ports takes a
+// Start fills in spec's defaults (Config.ListenerMaxConnections,
+// Config.IdleTimeout) and refuses a MaxConnections over its bound, checks
+// spec's address against the listen policy, binds it and starts
+// accepting. Port 0 under a policy that narrows the ports takes a
 // free port of the allowed ranges, not the kernel's pick, which could lie
 // outside them. spec.Framing must be valid; it is normalized here. ctx
 // bounds how long the LISTENER_STARTED event waits for a lossless
 // subscriber to have room (see conn.Publisher).
 func (r *Registry) Start(ctx context.Context, spec Spec) (Info, error) {
+	if limit := r.cfg.ListenerMaxConnections; limit > 0 {
+		if spec.MaxConnections > limit {
+			return Info{}, &limits.FieldError{Field: "max_connections", Flag: "--listener-max-connections", Limit: limit, Got: spec.MaxConnections, Err: ErrInvalidSpec}
+		}
+		if spec.MaxConnections == 0 {
+			spec.MaxConnections = limit
+		}
+	}
+	if spec.IdleTimeout == 0 {
+		spec.IdleTimeout = r.cfg.IdleTimeout
+	}
 	if spec.Port < 0 || spec.Port > 65535 {
 		return Info{}, fmt.Errorf("binding %s: %w: port must be 0 to 65535",
 			net.JoinHostPort(spec.Host, strconv.Itoa(spec.Port)), ErrAddressNotUsable)

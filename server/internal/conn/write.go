@@ -285,10 +285,13 @@ func (c *Conn) unqueue(it *outItem) bool {
 		return false
 	}
 	o.queue = slices.Delete(o.queue, i, i+1)
+	o.mu.Unlock()
+	// The budget before the room shows, as in flush.
+	c.cfg.WriteBudget.release(it.size)
+	o.mu.Lock()
 	o.queued -= it.size
 	o.signalLocked()
 	o.mu.Unlock()
-	c.cfg.WriteBudget.release(it.size)
 	return true
 }
 
@@ -314,11 +317,14 @@ func (c *Conn) flush() {
 
 		err := c.writeItem(it, &iov)
 
+		// The budget first: once o.queued shows the room, a writer may
+		// queue and take budget at once, and the budget must not hold
+		// this item's bytes as well (it would count one item twice).
+		c.cfg.WriteBudget.release(it.size)
 		o.mu.Lock()
 		o.queued -= it.size
 		o.signalLocked()
 		o.mu.Unlock()
-		c.cfg.WriteBudget.release(it.size)
 		if it.send != nil {
 			it.send.err = err
 			close(it.send.done)

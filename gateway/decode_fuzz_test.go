@@ -150,16 +150,11 @@ func fuzzOneField(md protoreflect.MessageDescriptor, body []byte) (string, bool)
 	return key, true
 }
 
-// fuzzQueryMessage returns an empty message of a type that a REST route
+// fuzzQueryRoute returns an empty message of a type that a REST route
 // fills from its query, with index choosing which, and that route as
 // routeQuery names it.
-func fuzzQueryMessage(index uint8) proto.Message {
-	msg, _ := fuzzQueryRoute(index)
-	return msg
-}
-
 func fuzzQueryRoute(index uint8) (proto.Message, string) {
-	switch index % 5 {
+	switch index % 7 {
 	case 0:
 		return &tcpgatev1.SubscribeRequest{}, "GET /v1/events"
 	case 1:
@@ -168,6 +163,10 @@ func fuzzQueryRoute(index uint8) (proto.Message, string) {
 		return &tcpgatev1.GetListenerRequest{}, "GET /v1/listeners/{listener_id=*}"
 	case 4:
 		return &tcpgatev1.ListListenersRequest{}, "GET /v1/listeners"
+	case 5:
+		return &tcpgatev1.GetConnectionRequest{}, "GET /v1/connections/{connection_id=*}"
+	case 6:
+		return &tcpgatev1.CloseConnectionRequest{}, "DELETE /v1/connections/{connection_id=*}"
 	}
 	return &tcpgatev1.StopListenerRequest{}, "DELETE /v1/listeners/{listener_id=*}"
 }
@@ -200,6 +199,10 @@ func FuzzParseQuery(f *testing.F) {
 		f.Add(s, uint8(3))
 		f.Add(s, uint8(4))
 	}
+	for _, s := range []string{"", "connectionId=c-abcdefghij", "verbose=1", "pageSize=2", "origins=ORIGIN_ACCEPTED"} {
+		f.Add(s, uint8(5))
+		f.Add(s, uint8(6))
+	}
 
 	f.Fuzz(func(t *testing.T, query string, index uint8) {
 		msg, route := fuzzQueryRoute(index)
@@ -207,6 +210,9 @@ func FuzzParseQuery(f *testing.F) {
 		path := map[string]string{}
 		if strings.Contains(route, "{listener_id=*}") {
 			path["listener_id"] = "keep"
+		}
+		if strings.Contains(route, "{connection_id=*}") {
+			path["connection_id"] = "c-abcdefghij"
 		}
 		checked := checkParams(route, query, path)
 		values, err := url.ParseQuery(query)

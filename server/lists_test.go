@@ -406,13 +406,11 @@ func TestGetConnection(t *testing.T) {
 // started between pages comes on a later page.
 func TestListListenersPages(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
-	var want []string
 	for i := range 5 {
 		id := fmt.Sprintf("l%d", i)
 		if _, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{ListenerId: id, Host: "127.0.0.1"}); err != nil {
 			t.Fatal(err)
 		}
-		want = append(want, id)
 	}
 	req := &tcpgatev1.ListListenersRequest{PageSize: 2}
 	var got []string

@@ -63,7 +63,18 @@ func TestFilterOf(t *testing.T) {
 	if FilterOf("ab", "c") == FilterOf("a", "bc") {
 		t.Fatal(`FilterOf("ab", "c") == FilterOf("a", "bc")`)
 	}
-	if FilterOf("connections", "", "0", "") != FilterOf("connections", "", "0", "") {
-		t.Fatal("FilterOf is not a function of its parts")
+	// Each part counts, and so does its place.
+	base := FilterOf("connections", "l-1", "1", "127.")
+	for _, other := range []Filter{
+		FilterOf("listeners", "l-1", "1", "127."),
+		FilterOf("connections", "l-2", "1", "127."),
+		FilterOf("connections", "l-1", "2", "127."),
+		FilterOf("connections", "l-1", "1", "127.0"),
+		FilterOf("connections", "1", "l-1", "127."),
+		FilterOf("connections", "l-1", "1"),
+	} {
+		if other == base {
+			t.Errorf("FilterOf of other parts = the digest of %v", []string{"connections", "l-1", "1", "127."})
+		}
 	}
 }

@@ -11,6 +11,7 @@ package rpc
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -129,6 +130,15 @@ func DefaultNodeID() string {
 		return h
 	}
 	return "tcpgate"
+}
+
+// CheckNodeID refuses a node id that is not empty (the default) and not
+// an id of the API's pattern: it goes into headers and SSE clients' code.
+func CheckNodeID(id string) error {
+	if id != "" && !idPattern.MatchString(id) {
+		return fmt.Errorf("node id %s must be 1 to 64 of A-Z a-z 0-9 . _ ~ -", Quote(id))
+	}
+	return nil
 }
 
 // header returns the ResponseHeader of a response made now: the hub's

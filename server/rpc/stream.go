@@ -2,7 +2,6 @@ package rpc
 
 import (
 	"context"
-	"fmt"
 	"math"
 	"strconv"
 	"strings"
@@ -70,15 +69,6 @@ func (st *stream) Next(ctx context.Context, buf []*event.Event) ([]*event.Event,
 
 // Close ends the subscription. It is idempotent.
 func (st *stream) Close() { st.sub.Close() }
-
-// CheckNodeID refuses a node id that is not empty (the default) and not
-// an id of the API's pattern: it goes into headers and SSE clients' code.
-func CheckNodeID(id string) error {
-	if id != "" && !idPattern.MatchString(id) {
-		return fmt.Errorf("node id %s must be 1 to 64 of A-Z a-z 0-9 . _ ~ -", Quote(id))
-	}
-	return nil
-}
 
 // An SSE event id is "INCARNATION-SEQUENCE": the sequence space and the
 // sequence of the event, so that the Last-Event-ID of a reconnecting

@@ -215,6 +215,7 @@ var eventKinds = map[event.Kind]tcpgatev1.EventKind{
 	// The markers are never published: the hub's filter takes their kinds
 	// and matches nothing with them.
 	event.IncarnationChanged: tcpgatev1.EventKind_EVENT_KIND_INCARNATION_CHANGED,
+	event.ReconnectScheduled: tcpgatev1.EventKind_EVENT_KIND_RECONNECT_SCHEDULED,
 }
 
 func kindFromProto(k tcpgatev1.EventKind) (event.Kind, bool) {
@@ -239,6 +240,10 @@ var closeReasons = map[event.CloseReason]tcpgatev1.CloseReason{
 	event.ReasonShutdown:        tcpgatev1.CloseReason_CLOSE_REASON_SHUTDOWN,
 	event.ReasonTLSHandshake:    tcpgatev1.CloseReason_CLOSE_REASON_TLS_HANDSHAKE_FAILED,
 	event.ReasonReplyTimeout:    tcpgatev1.CloseReason_CLOSE_REASON_REPLY_TIMEOUT,
+	event.ReasonHeartbeatFailed: tcpgatev1.CloseReason_CLOSE_REASON_HEARTBEAT_FAILED,
+	event.ReasonOnConnectFailed: tcpgatev1.CloseReason_CLOSE_REASON_ON_CONNECT_FAILED,
+	event.ReasonReconnectGaveUp: tcpgatev1.CloseReason_CLOSE_REASON_RECONNECT_GAVE_UP,
+	event.ReasonForwardFailed:   tcpgatev1.CloseReason_CLOSE_REASON_FORWARD_FAILED,
 }
 
 var policies = map[tcpgatev1.SlowConsumerPolicy]hub.Policy{
@@ -281,6 +286,20 @@ func eventToProto(dst *tcpgatev1.Event, e *event.Event, f payloadFormat) {
 	dst.Partial = e.Partial
 	dst.Origin = origins[e.Origin]
 	dst.Header = headerToProto(e.Header)
+	dst.Direction = tcpgatev1.Direction(direction(e))
+	dst.Generation = e.Generation
+	dst.Attempt = e.Attempt
+	dst.Delay = nil
+	if e.Delay != 0 {
+		dst.Delay = durationpb.New(e.Delay)
+	}
+	dst.Error = e.Error
+	dst.TargetCloseReason = closeReasons[e.TargetReason]
+}
+
+var directions = map[event.Direction]tcpgatev1.Direction{
+	event.Received: tcpgatev1.Direction_DIRECTION_RECEIVED,
+	event.Sent:     tcpgatev1.Direction_DIRECTION_SENT,
 }
 
 // headerToProto translates a stream's header; nil stays nil.

@@ -29,6 +29,7 @@ type collector struct {
 	events, ringBytes                       *prometheus.Desc
 	subscribers, queued, dropped, discon    *prometheus.Desc
 	dials, dialsFailed, dialOut, dialIn     *prometheus.Desc
+	forwarded, forwardFailed                *prometheus.Desc
 	writeQueued                             *prometheus.Desc
 }
 
@@ -46,20 +47,23 @@ func newCollector(h *hub.Hub, r *listener.Registry, conns *registry.Registry, dl
 		dialOut:     d("address_sent_bytes_total", "Payload bytes written by sends to an address."),
 		dialIn:      d("address_reply_bytes_total", "Reply bytes returned by sends to an address."),
 		listenersD:  d("listeners", "Listeners running now."),
-		connsOpen:   d("connections_open", "Accepted connections open now."),
-		accepted:    d("connections_accepted_total", "Connections accepted, including those refused by a limit."),
-		closed:      d("connections_closed_total", "Connections closed, by close reason.", "reason"),
-		bytesIn:     d("received_bytes_total", "Bytes received on accepted connections."),
-		bytesOut:    d("sent_bytes_total", "Bytes written to accepted connections."),
-		framesIn:    d("received_frames_total", "Frames received on accepted connections."),
-		framesOut:   d("sent_writes_total", "Writes to accepted connections (sends and auto replies)."),
-		events:      d("events_published_total", "Events published; equals the last sequence."),
-		ringBytes:   d("replay_ring_bytes", "Bytes held by the replay ring."),
-		subscribers: d("subscribers", "Subscribe streams open now, by slow-consumer policy.", "policy"),
-		queued:      d("subscriber_queued_bytes", "Bytes queued for subscribers, by slow-consumer policy.", "policy"),
-		dropped:     d("events_dropped_total", "Events dropped from subscriber queues, by slow-consumer policy.", "policy"),
-		discon:      d("subscribers_disconnected_total", "Subscribe streams ended for falling behind: DISCONNECT at a full queue, BACKPRESSURE when a publisher could wait for room no longer."),
-		writeQueued: d("write_queued_bytes", "Bytes queued for writing to accepted connections (sends, broadcasts, auto replies), at most --max-write-buffer-bytes."),
+		forwarded: prometheus.NewDesc("tcpgate_forwarded_bytes_total",
+			"Bytes relayed by forwarding listeners: direction to_target is what clients sent to targets, from_target what targets sent to clients.", []string{"direction"}, nil),
+		forwardFailed: d("forward_dial_failures_total", "Targets of forwarding listeners that could not be dialed (refused, unreachable, denied by the dial policy, TLS failed)."),
+		connsOpen:     d("connections_open", "Accepted connections open now."),
+		accepted:      d("connections_accepted_total", "Connections accepted, including those refused by a limit."),
+		closed:        d("connections_closed_total", "Connections closed, by close reason.", "reason"),
+		bytesIn:       d("received_bytes_total", "Bytes received on accepted connections."),
+		bytesOut:      d("sent_bytes_total", "Bytes written to accepted connections."),
+		framesIn:      d("received_frames_total", "Frames received on accepted connections."),
+		framesOut:     d("sent_writes_total", "Writes to accepted connections (sends and auto replies)."),
+		events:        d("events_published_total", "Events published; equals the last sequence."),
+		ringBytes:     d("replay_ring_bytes", "Bytes held by the replay ring."),
+		subscribers:   d("subscribers", "Subscribe streams open now, by slow-consumer policy.", "policy"),
+		queued:        d("subscriber_queued_bytes", "Bytes queued for subscribers, by slow-consumer policy.", "policy"),
+		dropped:       d("events_dropped_total", "Events dropped from subscriber queues, by slow-consumer policy.", "policy"),
+		discon:        d("subscribers_disconnected_total", "Subscribe streams ended for falling behind: DISCONNECT at a full queue, BACKPRESSURE when a publisher could wait for room no longer."),
+		writeQueued:   d("write_queued_bytes", "Bytes queued for writing to accepted connections (sends, broadcasts, auto replies), at most --max-write-buffer-bytes."),
 	}
 }
 
@@ -76,6 +80,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.listenersD, float64(ls.Listeners))
 	gauge(c.connsOpen, float64(cs.ConnectionsOpen))
 	counter(c.accepted, float64(ls.Accepted))
+	counter(c.forwarded, float64(ls.ForwardedToTarget), "to_target")
+	counter(c.forwarded, float64(ls.ForwardedFromTarget), "from_target")
+	counter(c.forwardFailed, float64(ls.ForwardDialFailures))
 	for reason, n := range cs.Closed {
 		counter(c.closed, float64(n), reason.String())
 	}

@@ -147,7 +147,22 @@ func listenerToProto(i listener.Info) *tcpgatev1.Listener {
 	if i.HalfCloseTimeout > 0 {
 		l.HalfCloseTimeout = durationpb.New(i.HalfCloseTimeout)
 	}
+	l.Forward = forwardToProto(i.Forward)
 	return l
+}
+
+// forwardToProto reports a forwarding listener's target: its address and,
+// with TLS, the server name it verifies and whether it skips verifying;
+// never certificates or keys.
+func forwardToProto(f *listener.Forward) *tcpgatev1.Forward {
+	if f == nil {
+		return nil
+	}
+	out := &tcpgatev1.Forward{Address: f.Address}
+	if f.TLS != nil {
+		out.Tls = &tcpgatev1.DialTLS{ServerName: f.TLS.ServerName, InsecureSkipVerify: f.TLS.InsecureSkipVerify}
+	}
+	return out
 }
 
 func connToProto(c registry.Info) *tcpgatev1.Connection {

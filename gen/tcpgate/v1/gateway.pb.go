@@ -760,8 +760,10 @@ const (
 	// attempts in a row and is closed for good; error says the last failure.
 	CloseReason_CLOSE_REASON_RECONNECT_GAVE_UP CloseReason = 15
 	// A forwarding listener's target could not be dialed (refused,
-	// unreachable, denied by the policy, or its TLS failed): the accepted
-	// connection is closed; error says why.
+	// unreachable, denied by the policy, or its TLS failed), or its side
+	// failed while relaying (reset, a read or write error): the accepted
+	// connection is closed; error says why, target_close_reason how the
+	// target's side ended.
 	CloseReason_CLOSE_REASON_FORWARD_FAILED CloseReason = 16
 )
 
@@ -1350,7 +1352,8 @@ type Listener struct {
 	// by StartListener.
 	Source Source `protobuf:"varint,18,opt,name=source,proto3,enum=tcpgate.v1.Source" json:"source,omitempty"`
 	// The target every accepted connection is relayed to; unset for a
-	// listener that does not forward.
+	// listener that does not forward. Its tls reports server_name and
+	// insecure_skip_verify only, never certificates or keys.
 	Forward       *Forward `protobuf:"bytes,19,opt,name=forward,proto3" json:"forward,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2458,10 +2461,23 @@ type StartListenerRequest struct {
 	// closes it at once; at most 1 minute.
 	HalfCloseTimeout *durationpb.Duration `protobuf:"bytes,9,opt,name=half_close_timeout,json=halfCloseTimeout,proto3" json:"half_close_timeout,omitempty"`
 	// Relay every accepted connection to a new connection to this target, as
-	// socat does: bytes go both ways as they come, unframed, and appear in the
-	// event stream as DATA with their direction (DIRECTION_SENT for what the
-	// target said, to subscribers that ask include_sent). Not with
-	// auto_reply.
+	// socat does: bytes go both ways as they come, unframed, whether or not
+	// anyone subscribes. In the event stream, what the client sent is DATA of
+	// DIRECTION_RECEIVED, cut by this listener's framing as on any listener;
+	// what the target sent is DATA of DIRECTION_SENT (to subscribers that ask
+	// include_sent), one event per chunk the gateway wrote to the client, as
+	// it came from the target. An end of stream on either side is passed on
+	// to the other as a half-close (the connection is HALF_CLOSED meanwhile);
+	// the connection closes once both sides have ended, or at once when one
+	// fails or is closed. CONNECTION_CLOSED says why each side ended
+	// (close_reason, target_close_reason) and error what went wrong with the
+	// target. A target that cannot be dialed closes the client's connection
+	// at once, without a byte written, with CLOSE_REASON_FORWARD_FAILED.
+	// The connection is an accepted connection of the listener: listed,
+	// counted, closed by CloseConnection and StopListener (both sides), and a
+	// Send to it writes to the client, between relayed chunks. idle_timeout
+	// counts bytes either way; half_close_timeout does not apply. Not with
+	// auto_reply: InvalidArgument naming forward.
 	Forward       *Forward `protobuf:"bytes,10,opt,name=forward,proto3" json:"forward,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2570,8 +2586,9 @@ func (x *StartListenerRequest) GetForward() *Forward {
 // Forward is the target of a forwarding listener.
 type Forward struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// host:port to dial for every accepted connection, checked against the
-	// dial policy (--allow-dial) on each dial.
+	// host:port to dial for every accepted connection, resolved again and
+	// checked against the dial policy (--allow-dial, --deny-dial) on each
+	// dial. Required.
 	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
 	// Speak TLS to the target, as Send's tls.
 	Tls           *DialTLS `protobuf:"bytes,2,opt,name=tls,proto3" json:"tls,omitempty"`
@@ -4150,7 +4167,13 @@ type SubscribeRequest struct {
 	Origins []Origin `protobuf:"varint,8,rep,packed,name=origins,proto3,enum=tcpgate.v1.Origin" json:"origins,omitempty"`
 	// Also send DATA events of what the gateway wrote (DIRECTION_SENT): Sends,
 	// auto replies, on_connect and heartbeats, and what a forwarding
-	// listener's target said. False sends received data only.
+	// listener's target said. One event per write, published once its bytes
+	// were written and holding those bytes (a Send's payload, the echo of a
+	// read's frames, a fixed reply as many times as the frames it answered, a
+	// relayed chunk), in write order per connection, before a Send returns.
+	// The replay holds them too. A BACKPRESSURE subscriber that asks for them
+	// slows the writes it lacks room for; lossy ones never slow anything.
+	// False sends received data only, exactly as before sent data existed.
 	IncludeSent   bool `protobuf:"varint,9,opt,name=include_sent,json=includeSent,proto3" json:"include_sent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -4349,7 +4372,11 @@ type Event struct {
 	// nothing did.
 	Error string `protobuf:"bytes,20,opt,name=error,proto3" json:"error,omitempty"`
 	// On CONNECTION_CLOSED of a forwarding listener's connection: why its
-	// target's side ended (close_reason is the accepted side's).
+	// target's side ended (close_reason is the accepted side's):
+	// PEER_CLOSED when the target ended its stream, PEER_RESET, READ_ERROR or
+	// WRITE_ERROR when it failed, FORWARD_FAILED when it could not be dialed,
+	// and otherwise the close_reason that made the gateway close it
+	// (CLOSED_BY_API, LISTENER_STOPPED, SHUTDOWN, the client's PEER_RESET).
 	TargetCloseReason CloseReason `protobuf:"varint,21,opt,name=target_close_reason,json=targetCloseReason,proto3,enum=tcpgate.v1.CloseReason" json:"target_close_reason,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache

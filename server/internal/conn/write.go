@@ -14,9 +14,10 @@ import (
 )
 
 // Writes meet in one outbound queue per connection: sends from the API,
-// broadcasts and auto replies are queued in turn (writeTurn) and written by
-// one write goroutine, which runs only while bytes are queued, so an idle
-// connection costs no goroutine. The queue is bounded in bytes per
+// broadcasts, auto replies and a forwarding relay's chunks are queued in
+// turn (writeTurn) and written by one write goroutine, which runs only
+// while bytes are queued, so an idle connection costs no goroutine; it
+// publishes each write once written (publishSent). The queue is bounded in bytes per
 // connection (Config.MaxQueuedWriteBytes) and over all connections
 // (Config.WriteBudget); a writer that finds no room waits for it, so a read
 // loop whose auto replies a peer does not take stops reading and TCP pushes

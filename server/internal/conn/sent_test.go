@@ -5,9 +5,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/event"
+	"github.com/tcpgate/tcpgate/server/internal/hub"
 )
 
 // What the gateway writes is published as DATA of direction Sent, one
@@ -81,4 +83,49 @@ func TestSentEvents(t *testing.T) {
 			t.Errorf("last event is %v, want the close after every sent event", last.Kind)
 		}
 	})
+}
+
+// A lossless subscriber of sent data that has no room holds a Send no
+// longer than its deadline: the Send returns once written and the
+// deadline passes, and the subscriber is ended (with where to resume)
+// rather than the Send held until the connection closes.
+func TestSentEventBoundedBySendDeadline(t *testing.T) {
+	h := hub.New(hub.Config{})
+	defer h.Close()
+	full := &event.Event{Kind: event.Data, ListenerID: "l1", ConnectionID: "c1", Direction: event.Sent, Data: make([]byte, 1024)}
+	sub, err := h.Subscribe(hub.SubscribeOptions{
+		Policy: hub.Backpressure, QueueBytes: full.Size(),
+		Filter: hub.Filter{IncludeSent: true, Kinds: []event.Kind{event.Data}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if err := h.Publish(context.Background(), full); err != nil { // its queue is full now
+		t.Fatal(err)
+	}
+	c, cc := serve(t, conn.Config{Publisher: h})
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Send(ctx, []byte("x"), conn.Await{})
+		done <- err
+	}()
+	if got := readN(t, cc, 1); got != "x" {
+		t.Fatalf("peer read %q", got)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Send = %v, want nil: its bytes were written", err)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("the Send was held past its deadline by a full lossless subscriber")
+	}
+	select {
+	case <-sub.Done():
+	case <-time.After(testTimeout):
+		t.Fatal("the full lossless subscriber was not ended")
+	}
 }

@@ -461,10 +461,18 @@ func (c *Conn) writeItem(it *outItem, iov *[][]byte) (int, error) {
 // changes once queued. Size counts the bytes, as for received data, so
 // that the replay ring's byte bound holds for both. The event waits for a
 // lossless subscriber that asks for sent data and lacks room, until the
-// connection closes; lossy ones never hold it up.
+// connection closes, or a Send's deadline passes (the Send waits for it:
+// a stuck subscriber must not hold it past its timeout); lossy ones never
+// hold it up.
 func (c *Conn) publishSent(it *outItem, n int) {
 	if n <= 0 {
 		return
+	}
+	ctx := c.ctx
+	if s := it.send; s != nil && !s.deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, s.deadline)
+		defer cancel()
 	}
 	data := it.p
 	if it.repeat > 1 {
@@ -476,7 +484,7 @@ func (c *Conn) publishSent(it *outItem, n int) {
 	} else {
 		data = data[:n:n]
 	}
-	_ = c.cfg.Publisher.Publish(c.ctx, &event.Event{
+	_ = c.cfg.Publisher.Publish(ctx, &event.Event{
 		Kind:         event.Data,
 		ListenerID:   c.cfg.ListenerID,
 		ConnectionID: c.cfg.ID,

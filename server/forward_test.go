@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
@@ -267,6 +268,14 @@ func TestForwardHalfClose(t *testing.T) {
 			t.Fatalf("client read %q, %v; want the banner, then the end", got, err)
 		}
 		opened := sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
+		// The gateway's writing side is shut: a Send has nowhere to go.
+		_, err = g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
+			Target:  &tcpgatev1.SendRequest_ConnectionId{ConnectionId: opened.GetConnectionId()},
+			Payload: &tcpgatev1.SendRequest_Text{Text: "too late"},
+		})
+		if e := servertest.ErrorOf(err); e.Code != codes.NotFound || e.Reason != "CONNECTION_CLOSED" {
+			t.Errorf("Send after the target's end = %v, want NotFound with reason CONNECTION_CLOSED", err)
+		}
 		// Half-closed on the gateway's side only: the client still talks.
 		_, _ = c.Write([]byte("still here"))
 		closeWrite(t, c)
@@ -405,7 +414,7 @@ func TestForwardTLS(t *testing.T) {
 
 // A forwarded connection is one accepted connection of its listener:
 // listed, written to by Send (between relayed bytes), and closed on both
-// sides by CloseConnection and StopListener.
+// sides by CloseConnection, StopListener and the shutdown.
 func TestForwardIsAConnection(t *testing.T) {
 	targetEnded := make(chan error, 4)
 	tg := newTarget(t, nil, func(c net.Conn) {
@@ -476,6 +485,16 @@ func TestForwardIsAConnection(t *testing.T) {
 	if _, _, closed := relayed(t, sub, id); closed.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_LISTENER_STOPPED || closed.GetTargetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_LISTENER_STOPPED {
 		t.Errorf("closed: %v, target %v; want LISTENER_STOPPED both", closed.GetCloseReason(), closed.GetTargetCloseReason())
 	}
+
+	l = forwarding(t, g, tg.addr, nil)
+	c, _ = open()
+	if err := g.Stop(); err != nil {
+		t.Fatalf("shutdown with a relay open: %v", err)
+	}
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Error("the client's side stayed open after the shutdown")
+	}
+	waitTarget("shutdown")
 }
 
 // The idle timeout of a forwarding listener counts bytes either way: a

@@ -2475,7 +2475,9 @@ type StartListenerRequest struct {
 	// at once, without a byte written, with CLOSE_REASON_FORWARD_FAILED.
 	// The connection is an accepted connection of the listener: listed,
 	// counted, closed by CloseConnection and StopListener (both sides), and a
-	// Send to it writes to the client, between relayed chunks. idle_timeout
+	// Send to it writes to the client, between relayed chunks (once the
+	// target has ended its side the gateway's writing is shut, and a Send is
+	// NotFound with reason CONNECTION_CLOSED). idle_timeout
 	// counts bytes either way; half_close_timeout does not apply. Not with
 	// auto_reply: InvalidArgument naming forward.
 	Forward       *Forward `protobuf:"bytes,10,opt,name=forward,proto3" json:"forward,omitempty"`

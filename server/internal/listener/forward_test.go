@@ -73,4 +73,6 @@ func TestForwardDialsThroughDialer(t *testing.T) {
 
 type dialFunc func(ctx context.Context, req dialer.DialRequest) (net.Conn, error)
 
-func (f dialFunc) Dial(ctx context.Context, req dialer.DialRequest) (net.Conn, error) { return f(ctx, req) }
+func (f dialFunc) Dial(ctx context.Context, req dialer.DialRequest) (net.Conn, error) {
+	return f(ctx, req)
+}

@@ -3,7 +3,9 @@ package listener_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
+	"strings"
 	"testing"
 
 	"github.com/tcpgate/tcpgate/server/internal/conn"
@@ -11,6 +13,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
 	"github.com/tcpgate/tcpgate/server/internal/page"
+	"github.com/tcpgate/tcpgate/server/internal/policy"
 )
 
 // TestStartForwardRefused: the registry itself, whoever calls Start,
@@ -44,35 +47,64 @@ func TestStartForwardRefused(t *testing.T) {
 }
 
 // TestForwardDialsThroughDialer: every accepted connection of a forwarding
-// listener dials its target through the registry's Dialer, with the
-// listener's address and TLS, so that nothing dials around the policy.
+// listener dials its target through the registry's Dialer, whose policy is
+// checked at that dial: allowed, the bytes reach the target; denied, the
+// target sees no connection and the client's closes with FORWARD_FAILED.
 func TestForwardDialsThroughDialer(t *testing.T) {
-	dials := make(chan dialer.DialRequest, 4)
-	r, rec := newRegistry(t, listener.Config{Dialer: dialFunc(func(ctx context.Context, req dialer.DialRequest) (net.Conn, error) {
-		dials <- req
-		return nil, errors.New("no target in this test")
-	})})
-	info := start(t, r, listener.Spec{Forward: &listener.Forward{Address: "target.example:7"}})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b, _ := io.ReadAll(c)
+			c.Close()
+			got <- string(b)
+		}
+	}()
+	fwd := &listener.Forward{Address: ln.Addr().String()}
+	r, rec := newRegistry(t, listener.Config{Dialer: &dialer.Dialer{}})
+	info := start(t, r, listener.Spec{Forward: fwd})
+
 	c, err := net.Dial("tcp", info.Address)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	if req := <-dials; req.Address != "target.example:7" || req.TLS != nil {
-		t.Errorf("dialed %+v, want target.example:7 without TLS", req)
+	_, _ = c.Write([]byte("through"))
+	_ = c.(*net.TCPConn).CloseWrite()
+	if s := <-got; s != "through" {
+		t.Errorf("the target got %q, want through", s)
 	}
+	c.Close()
+
+	deny, err := policy.ParseRules("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, rec = newRegistry(t, listener.Config{Dialer: &dialer.Dialer{Policy: &policy.Policy{DenyDial: deny}}})
+	info = start(t, r, listener.Spec{Forward: fwd})
+	c, err = net.Dial("tcp", info.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
 	evs := rec.waitCount(t, event.ConnectionClosed, 1)
 	closed := ofKind(evs, event.ConnectionClosed)[0]
-	if closed.Error == "" || closed.CloseReason != event.ReasonForwardFailed || closed.TargetReason != event.ReasonForwardFailed {
-		t.Errorf("closed with %v, error %q; want forward_failed saying why", closed.CloseReason, closed.Error)
+	if closed.CloseReason != event.ReasonForwardFailed || closed.TargetReason != event.ReasonForwardFailed || !strings.Contains(closed.Error, "denied") {
+		t.Errorf("closed with %v (target %v), error %q; want forward_failed saying the policy denied it", closed.CloseReason, closed.TargetReason, closed.Error)
+	}
+	select {
+	case s := <-got:
+		t.Errorf("the target got a connection (%q) the policy denies", s)
+	default:
 	}
 	if s := r.Stats(); s.ForwardDialFailures != 1 {
 		t.Errorf("Stats().ForwardDialFailures = %d, want 1", s.ForwardDialFailures)
 	}
-}
-
-type dialFunc func(ctx context.Context, req dialer.DialRequest) (net.Conn, error)
-
-func (f dialFunc) Dial(ctx context.Context, req dialer.DialRequest) (net.Conn, error) {
-	return f(ctx, req)
 }

@@ -378,6 +378,7 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: sub, name: "slowConsumer 9", method: gt, path: "/v1/events?slowConsumer=9", code: inv, mention: "slow_consumer"},
 		{rpc: sub, name: "slowConsumer -1", method: gt, path: "/v1/events?slowConsumer=-1", code: inv, mention: "slow_consumer"},
 		{rpc: sub, name: "slowConsumer by unknown name", method: gt, path: "/v1/events?slowConsumer=SLOW_CONSUMER_POLICY_NOPE", code: inv, mention: "slow"},
+		{rpc: sub, name: "includeSent not a bool", method: gt, path: "/v1/events?includeSent=yes", code: inv, mention: "include_sent"},
 		{rpc: sub, name: "sinceSequence not a number", method: gt, path: "/v1/events?sinceSequence=abc", code: inv, mention: "since"},
 		{rpc: sub, name: "sinceSequence negative", method: gt, path: "/v1/events?sinceSequence=-1", code: inv, mention: "since"},
 		{rpc: sub, name: "sinceSequence over uint64", method: gt, path: "/v1/events?sinceSequence=18446744073709551616", code: inv, mention: "since"},

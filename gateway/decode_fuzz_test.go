@@ -185,6 +185,7 @@ func FuzzParseQuery(f *testing.F) {
 		"", "kinds=EVENT_KIND_DATA&kinds=EVENT_KIND_CONNECTION_OPENED", "kinds=99", "kinds=-1", "kinds=EVENT_KIND_NOPE",
 		"kind=EVENT_KIND_DATA", "sinceSequence=18446744073709551616", "since_sequence=1", "slowConsumer=SLOW_CONSUMER_POLICY_DISCONNECT",
 		"listenerIds=a&listenerIds=b", "sinceSequence=1&sinceSequence=2", "kinds.x=1", "=1", "a=%zz",
+		"includeSent=true", "include_sent=1", "includeSent=false&includeSent=true", "includeSent=yes", "includeSent.x=true",
 	} {
 		f.Add(s, uint8(0))
 	}

@@ -36,7 +36,18 @@
 // listen policy, picks the port under a narrowed --allow-listen, and fills
 // in and bounds a listener's max_connections (--listener-max-connections)
 // and idle timeout (--idle-timeout) on every start. Both kinds of send
-// wait for a reply of one await.Mode (internal/await).
+// wait for a reply of one await.Mode (internal/await). The write goroutine
+// publishes every write, once written, as DATA of direction Sent, which
+// only subscribers that ask include_sent match (live and in the replay).
+//
+// A forwarding listener's connection dials its target through the dialer
+// (the policy checked at every dial) once open, then relays: its read
+// loop writes what the client sent to the target after publishing it, and
+// a pump goroutine, which the connection's Serve starts and waits for,
+// reads the target into the connection's write queue, so that the
+// target's bytes take turns with Sends and are published as sent data.
+// Neither direction goes through the hub; each side's end of stream is
+// passed on to the other as a half-close (internal/conn/forward.go).
 //
 // The engine knows nothing of protobuf and owns its decisions. rpc
 // validates requests, calls the engine and maps its sentinel errors to

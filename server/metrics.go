@@ -29,6 +29,7 @@ type collector struct {
 	events, ringBytes                       *prometheus.Desc
 	subscribers, queued, dropped, discon    *prometheus.Desc
 	dials, dialsFailed, dialOut, dialIn     *prometheus.Desc
+	forwarded, forwardFailed                *prometheus.Desc
 	writeQueued                             *prometheus.Desc
 }
 
@@ -60,6 +61,10 @@ func newCollector(h *hub.Hub, r *listener.Registry, conns *registry.Registry, dl
 		dropped:     d("events_dropped_total", "Events dropped from subscriber queues, by slow-consumer policy.", "policy"),
 		discon:      d("subscribers_disconnected_total", "Subscribe streams ended for falling behind: DISCONNECT at a full queue, BACKPRESSURE when a publisher could wait for room no longer."),
 		writeQueued: d("write_queued_bytes", "Bytes queued for writing to accepted connections (sends, broadcasts, auto replies), at most --max-write-buffer-bytes."),
+
+		// Forwarding listeners.
+		forwarded:     d("forwarded_bytes_total", "Bytes relayed by forwarding listeners: direction to_target is what clients sent to targets, from_target what targets sent to clients.", "direction"),
+		forwardFailed: d("forward_dial_failures_total", "Targets of forwarding listeners that could not be dialed (refused, unreachable, denied by the dial policy, TLS failed)."),
 	}
 }
 
@@ -76,6 +81,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.listenersD, float64(ls.Listeners))
 	gauge(c.connsOpen, float64(cs.ConnectionsOpen))
 	counter(c.accepted, float64(ls.Accepted))
+	counter(c.forwarded, float64(ls.ForwardedToTarget), "to_target")
+	counter(c.forwarded, float64(ls.ForwardedFromTarget), "from_target")
+	counter(c.forwardFailed, float64(ls.ForwardDialFailures))
 	for reason, n := range cs.Closed {
 		counter(c.closed, float64(n), reason.String())
 	}

@@ -285,6 +285,8 @@ func New(cfg Config) (*Server, error) {
 		PerIPLoopback:       cfg.PerIPLoopback,
 		MaxWriteBufferBytes: cfg.MaxWriteBufferBytes,
 	})
+	// The dialer resolves and checks every address it dials itself.
+	s.dialer = &dialer.Dialer{Policy: pol}
 	s.listeners = listener.New(listener.Config{
 		Publisher: s.hub,
 		Conns:     s.conns,
@@ -302,9 +304,10 @@ func New(cfg Config) (*Server, error) {
 		// meets the same bound.
 		MaxDrainTimeout: cfg.MaxDrainTimeout,
 		Logger:          log,
+		// Forwarding listeners dial their targets through it, so the dial
+		// policy holds for every connection they relay.
+		Dialer: s.dialer,
 	})
-	// The dialer resolves and checks every address it dials itself.
-	s.dialer = &dialer.Dialer{Policy: pol}
 	s.rpcs = newRPCMetrics()
 	s.metrics = newMetrics(s.hub, s.listeners, s.conns, s.dialer, s.rpcs)
 	s.grpcConns = rpc.NewConnTracker()

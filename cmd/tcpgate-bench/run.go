@@ -63,6 +63,7 @@ var scenarios = []scenario{
 	{"conns", runConns},
 	{"tlsconns", runTLSConns},
 	{"tlsconns16k", runTLSConns16K},
+	{"forward", runForward},
 }
 
 func scenarioNames() []string {
@@ -251,7 +252,8 @@ func newBench(o *options) *bench {
 
 // targets are the goals, by scenario and metric.
 var targets = map[[2]string]*target{
-	{"raw", "tcpgate / socat"}: {">=", 1.5},
+	{"raw", "tcpgate / socat"}:     {">=", 1.5},
+	{"forward", "tcpgate / socat"}: {">=", 0.8},
 	{"lines", "frames/s, 1 subscriber decoding every event (generated client)"}: {">=", 1e6},
 	{"lines", "decoding / socat"}:           {">=", 0.3},
 	{"lines10", "frames/s, 10 subscribers"}: {">=", 2e6},

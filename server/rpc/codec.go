@@ -7,6 +7,7 @@ import (
 	"math/bits"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"google.golang.org/grpc"
@@ -244,7 +245,34 @@ func tailSize(e *event.Event) int {
 	if e.Header != nil {
 		n += protowire.SizeTag(fHeader) + protowire.SizeBytes(headerSize(e.Header))
 	}
-	return n + sizeVarint(fOrigin, uint64(origins[e.Origin]))
+	n += sizeVarint(fOrigin, uint64(origins[e.Origin])) +
+		sizeVarint(fDirection, direction(e)) + sizeVarint(fGeneration, e.Generation) +
+		sizeVarint(fAttempt, uint64(e.Attempt))
+	if e.Delay != 0 {
+		n += protowire.SizeTag(fDelay) + protowire.SizeBytes(durationSize(e.Delay))
+	}
+	return n + sizeString(fError, len(e.Error)) + sizeVarint(fTargetReason, closeReason(e.TargetReason))
+}
+
+// direction is the wire value of a Data event's direction; other kinds
+// have none.
+func direction(e *event.Event) uint64 {
+	if e.Kind != event.Data {
+		return 0
+	}
+	return uint64(directions[e.Direction])
+}
+
+// durationSize is the size of a google.protobuf.Duration's fields.
+func durationSize(d time.Duration) int {
+	secs, nanos := durationParts(d)
+	return sizeVarint(fSeconds, uint64(secs)) + sizeVarint(fNanos, uint64(nanos))
+}
+
+// durationParts splits d as google.protobuf.Duration holds it: whole
+// seconds, and nanoseconds of the same sign.
+func durationParts(d time.Duration) (secs, nanos int64) {
+	return int64(d / time.Second), int64(int32(d % time.Second))
 }
 
 // headerSize is the size of a ResponseHeader's fields.
@@ -313,11 +341,17 @@ const (
 	fPartial       protowire.Number = 13
 	fHeader        protowire.Number = 14
 	fOrigin        protowire.Number = 15
+	fDirection     protowire.Number = 16
+	fGeneration    protowire.Number = 17
+	fAttempt       protowire.Number = 18
+	fDelay         protowire.Number = 19
+	fError         protowire.Number = 20
+	fTargetReason  protowire.Number = 21
 	fIncarnation   protowire.Number = 1 // ResponseHeader.incarnation
 	fNodeID        protowire.Number = 2 // ResponseHeader.node_id
 	fLastSequence  protowire.Number = 3 // ResponseHeader.last_sequence
-	fSeconds       protowire.Number = 1 // Timestamp.seconds
-	fNanos         protowire.Number = 2 // Timestamp.nanos
+	fSeconds       protowire.Number = 1 // Timestamp.seconds, Duration.seconds
+	fNanos         protowire.Number = 2 // Timestamp.nanos, Duration.nanos
 )
 
 // encodeEvent encodes e as proto.Marshal encodes the tcpgatev1.Event that
@@ -337,6 +371,7 @@ func encodeEvent(e *event.Event) ([]byte, error) {
 		{fRemoteAddress, "remote_address", e.RemoteAddr},
 		{fLocalAddress, "local_address", e.LocalAddr},
 		{fPeerSubject, "peer_subject", e.PeerSubject},
+		{fError, "error", e.Error},
 	}
 	if h := e.Header; h != nil && (!utf8.ValidString(h.Incarnation) || !utf8.ValidString(h.Node)) {
 		return nil, fmt.Errorf("proto: field tcpgate.v1.Event.header contains invalid UTF-8")
@@ -380,6 +415,18 @@ func encodeEvent(e *event.Event) ([]byte, error) {
 		b = appendVarint(b, fLastSequence, h.LastSequence)
 	}
 	b = appendVarint(b, fOrigin, uint64(origins[e.Origin]))
+	b = appendVarint(b, fDirection, direction(e))
+	b = appendVarint(b, fGeneration, e.Generation)
+	b = appendVarint(b, fAttempt, uint64(e.Attempt))
+	if e.Delay != 0 {
+		secs, nanos := durationParts(e.Delay)
+		b = protowire.AppendTag(b, fDelay, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(durationSize(e.Delay)))
+		b = appendVarint(b, fSeconds, uint64(secs))
+		b = appendVarint(b, fNanos, uint64(nanos))
+	}
+	b = appendString(b, fError, e.Error)
+	b = appendVarint(b, fTargetReason, closeReason(e.TargetReason))
 	if len(b) != cap(b) {
 		return nil, fmt.Errorf("tcpgate: encoding event %d: %d bytes, want %d", e.Sequence, len(b), cap(b))
 	}

@@ -374,11 +374,12 @@ func TestCodecPayloadByReference(t *testing.T) {
 		textRef int
 		buffers int
 	}{
-		// header, text, rest and header, data
-		{formatTextOrData, 1, 4},
-		{formatData, 1, 4},
-		// header, data, text header, text, rest and header, data
-		{formatBoth, 2, 6},
+		// header, text, rest and header, data, and the tail after the
+		// payload (a DATA event's direction)
+		{formatTextOrData, 1, 5},
+		{formatData, 1, 5},
+		// header, data, text header, text, rest and header, data, tail
+		{formatBoth, 2, 7},
 	} {
 		for range 3 {
 			out, err := Codec{}.Marshal(eventBatch{events: evs, format: c.f})

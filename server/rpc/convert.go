@@ -147,7 +147,22 @@ func listenerToProto(i listener.Info) *tcpgatev1.Listener {
 	if i.HalfCloseTimeout > 0 {
 		l.HalfCloseTimeout = durationpb.New(i.HalfCloseTimeout)
 	}
+	l.Forward = forwardToProto(i.Forward)
 	return l
+}
+
+// forwardToProto reports a forwarding listener's target: its address and,
+// with TLS, the server name it verifies and whether it skips verifying;
+// never certificates or keys.
+func forwardToProto(f *listener.Forward) *tcpgatev1.Forward {
+	if f == nil {
+		return nil
+	}
+	out := &tcpgatev1.Forward{Address: f.Address}
+	if f.TLS != nil {
+		out.Tls = &tcpgatev1.DialTLS{ServerName: f.TLS.ServerName, InsecureSkipVerify: f.TLS.InsecureSkipVerify}
+	}
+	return out
 }
 
 func connToProto(c registry.Info) *tcpgatev1.Connection {
@@ -215,6 +230,7 @@ var eventKinds = map[event.Kind]tcpgatev1.EventKind{
 	// The markers are never published: the hub's filter takes their kinds
 	// and matches nothing with them.
 	event.IncarnationChanged: tcpgatev1.EventKind_EVENT_KIND_INCARNATION_CHANGED,
+	event.ReconnectScheduled: tcpgatev1.EventKind_EVENT_KIND_RECONNECT_SCHEDULED,
 }
 
 func kindFromProto(k tcpgatev1.EventKind) (event.Kind, bool) {
@@ -239,6 +255,10 @@ var closeReasons = map[event.CloseReason]tcpgatev1.CloseReason{
 	event.ReasonShutdown:        tcpgatev1.CloseReason_CLOSE_REASON_SHUTDOWN,
 	event.ReasonTLSHandshake:    tcpgatev1.CloseReason_CLOSE_REASON_TLS_HANDSHAKE_FAILED,
 	event.ReasonReplyTimeout:    tcpgatev1.CloseReason_CLOSE_REASON_REPLY_TIMEOUT,
+	event.ReasonHeartbeatFailed: tcpgatev1.CloseReason_CLOSE_REASON_HEARTBEAT_FAILED,
+	event.ReasonOnConnectFailed: tcpgatev1.CloseReason_CLOSE_REASON_ON_CONNECT_FAILED,
+	event.ReasonReconnectGaveUp: tcpgatev1.CloseReason_CLOSE_REASON_RECONNECT_GAVE_UP,
+	event.ReasonForwardFailed:   tcpgatev1.CloseReason_CLOSE_REASON_FORWARD_FAILED,
 }
 
 var policies = map[tcpgatev1.SlowConsumerPolicy]hub.Policy{
@@ -281,6 +301,20 @@ func eventToProto(dst *tcpgatev1.Event, e *event.Event, f payloadFormat) {
 	dst.Partial = e.Partial
 	dst.Origin = origins[e.Origin]
 	dst.Header = headerToProto(e.Header)
+	dst.Direction = tcpgatev1.Direction(direction(e))
+	dst.Generation = e.Generation
+	dst.Attempt = e.Attempt
+	dst.Delay = nil
+	if e.Delay != 0 {
+		dst.Delay = durationpb.New(e.Delay)
+	}
+	dst.Error = e.Error
+	dst.TargetCloseReason = closeReasons[e.TargetReason]
+}
+
+var directions = map[event.Direction]tcpgatev1.Direction{
+	event.Received: tcpgatev1.Direction_DIRECTION_RECEIVED,
+	event.Sent:     tcpgatev1.Direction_DIRECTION_SENT,
 }
 
 // headerToProto translates a stream's header; nil stays nil.

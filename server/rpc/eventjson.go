@@ -30,6 +30,7 @@ func appendEventJSON(b []byte, e *event.Event, f payloadFormat) ([]byte, error) 
 	for _, s := range [...]struct{ name, v string }{
 		{"listener_id", e.ListenerID}, {"connection_id", e.ConnectionID},
 		{"remote_address", e.RemoteAddr}, {"local_address", e.LocalAddr}, {"peer_subject", e.PeerSubject},
+		{"error", e.Error},
 		{"header.incarnation", inc}, {"header.node_id", node},
 	} {
 		if !utf8.ValidString(s.v) {
@@ -107,6 +108,29 @@ func appendEventJSON(b []byte, e *event.Event, f payloadFormat) ([]byte, error) 
 		key("origin")
 		b = appendEnum(b, o.String())
 	}
+	if d := direction(e); d != 0 {
+		key("direction")
+		b = appendEnum(b, tcpgatev1.Direction(d).String())
+	}
+	if e.Generation != 0 {
+		key("generation")
+		b = append(b, '"')
+		b = strconv.AppendUint(b, e.Generation, 10)
+		b = append(b, '"')
+	}
+	if e.Attempt != 0 {
+		key("attempt")
+		b = strconv.AppendUint(b, uint64(e.Attempt), 10)
+	}
+	if e.Delay != 0 {
+		key("delay")
+		b = appendDuration(b, e.Delay)
+	}
+	str("error", e.Error)
+	if r := closeReason(e.TargetReason); r != 0 {
+		key("targetCloseReason")
+		b = appendEnum(b, tcpgatev1.CloseReason(r).String())
+	}
 	return append(b, '}'), nil
 }
 
@@ -180,6 +204,33 @@ func appendTimestamp(b []byte, t time.Time) ([]byte, error) {
 		b = append(b, frac[:digits]...)
 	}
 	return append(b, 'Z', '"'), nil
+}
+
+// appendDuration appends d as protojson writes a google.protobuf.Duration:
+// a string of seconds with 0, 3, 6 or 9 fractional digits and an "s".
+func appendDuration(b []byte, d time.Duration) []byte {
+	secs, nanos := durationParts(d)
+	b = append(b, '"')
+	if secs < 0 || nanos < 0 {
+		b = append(b, '-')
+		secs, nanos = -secs, -nanos
+	}
+	b = strconv.AppendInt(b, secs, 10)
+	if nanos != 0 {
+		digits := 9
+		for digits > 3 && nanos%1000 == 0 {
+			nanos /= 1000
+			digits -= 3
+		}
+		b = append(b, '.')
+		var frac [9]byte
+		for i := digits - 1; i >= 0; i-- {
+			frac[i] = byte('0' + nanos%10)
+			nanos /= 10
+		}
+		b = append(b, frac[:digits]...)
+	}
+	return append(b, 's', '"')
 }
 
 // appendJSONString appends s, valid UTF-8, as a JSON string: quotes,

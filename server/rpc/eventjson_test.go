@@ -125,6 +125,15 @@ var eventSetters = map[protoreflect.Name]func(e *event.Event){
 	"partial":        func(e *event.Event) { e.Partial = true },
 	"header":         func(e *event.Event) { e.Header = &event.Header{Incarnation: "i", Node: "n", LastSequence: 3} },
 	"origin":         func(e *event.Event) { e.Origin = event.Accepted },
+	"direction": func(e *event.Event) {
+		e.Kind = event.Data
+		e.Direction = event.Sent
+	},
+	"generation":          func(e *event.Event) { e.Generation = 3 },
+	"attempt":             func(e *event.Event) { e.Attempt = 2 },
+	"delay":               func(e *event.Event) { e.Delay = 1500 * time.Millisecond },
+	"error":               func(e *event.Event) { e.Error = "connection refused" },
+	"target_close_reason": func(e *event.Event) { e.TargetReason = event.ReasonPeerClosed },
 }
 
 // TestEventFieldsCovered walks the Event descriptor: every field must

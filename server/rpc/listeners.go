@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"net"
 	"time"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
@@ -62,6 +63,10 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 	if err != nil {
 		return nil, err
 	}
+	fwd, err := s.forwardFromProto(ctx, req.GetForward())
+	if err != nil {
+		return nil, err
+	}
 	// An unset max_connections is 0 too: the registry fills in its
 	// default and refuses one over its bound.
 	spec := listener.Spec{
@@ -75,12 +80,31 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 		IdleTimeout:      idle,
 		HalfCloseTimeout: halfClose,
 		TLS:              tlsCfg,
+		Forward:          fwd,
 	}
 	info, err := s.cfg.Listeners.Start(ctx, spec)
 	if err != nil {
 		return nil, s.status(err)
 	}
 	return &tcpgatev1.StartListenerResponse{Listener: listenerToProto(info), Header: s.header()}, nil
+}
+
+// forwardFromProto checks a forwarding listener's target as Send's
+// address is checked; the listener registry decides whether it goes with
+// the rest of the listener (auto_reply).
+func (s *Service) forwardFromProto(ctx context.Context, f *tcpgatev1.Forward) (*listener.Forward, error) {
+	if f == nil {
+		return nil, nil
+	}
+	if err := checkAddressField("forward.address", f.GetAddress()); err != nil {
+		return nil, err
+	}
+	host, _, _ := net.SplitHostPort(f.GetAddress())
+	tlsCfg, err := s.dialTLSAt(ctx, "forward.tls", f.GetTls(), host)
+	if err != nil {
+		return nil, err
+	}
+	return &listener.Forward{Address: f.GetAddress(), TLS: tlsCfg}, nil
 }
 
 // maxHalfClose bounds half_close_timeout: long enough for a handler to

@@ -41,6 +41,8 @@ func sameButSequence(a, b *event.Event) bool {
 		a.RemoteAddr == b.RemoteAddr && a.LocalAddr == b.LocalAddr &&
 		a.CloseReason == b.CloseReason && a.Dropped == b.Dropped &&
 		a.PeerSubject == b.PeerSubject && a.Partial == b.Partial &&
-		a.Origin == b.Origin &&
+		a.Origin == b.Origin && a.Direction == b.Direction &&
+		a.Generation == b.Generation && a.Attempt == b.Attempt &&
+		a.Delay == b.Delay && a.Error == b.Error && a.TargetReason == b.TargetReason &&
 		a.Header == b.Header // markers only, each its own; a pointer compare is enough
 }

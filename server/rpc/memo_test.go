@@ -123,7 +123,8 @@ func TestCodecRunShares(t *testing.T) {
 // to Event must be placed in one of the two lists, and, when encodeEvent
 // writes it, compared in sameButSequence.
 func TestSameButSequenceFields(t *testing.T) {
-	compared := []string{"Time", "Kind", "ListenerID", "ConnectionID", "RemoteAddr", "LocalAddr", "CloseReason", "Dropped", "PeerSubject", "Partial", "Origin", "Header"}
+	compared := []string{"Time", "Kind", "ListenerID", "ConnectionID", "RemoteAddr", "LocalAddr", "CloseReason", "Dropped", "PeerSubject", "Partial", "Origin", "Header",
+		"Direction", "Generation", "Attempt", "Delay", "Error", "TargetReason"}
 	notInMemo := []string{"Sequence", "Data", "Retained", "size", "utf8", "sealed", "memo"}
 	typ := reflect.TypeFor[event.Event]()
 	for i := range typ.NumField() {
@@ -149,6 +150,12 @@ func TestSameButSequenceFields(t *testing.T) {
 		"Partial":      func(e *event.Event) { e.Partial = true },
 		"Origin":       func(e *event.Event) { e.Origin = event.Outbound },
 		"Header":       func(e *event.Event) { e.Header = &event.Header{Incarnation: "i"} },
+		"Direction":    func(e *event.Event) { e.Direction = event.Sent },
+		"Generation":   func(e *event.Event) { e.Generation = 2 },
+		"Attempt":      func(e *event.Event) { e.Attempt = 1 },
+		"Delay":        func(e *event.Event) { e.Delay = time.Second },
+		"Error":        func(e *event.Event) { e.Error = "refused" },
+		"TargetReason": func(e *event.Event) { e.TargetReason = event.ReasonPeerReset },
 	}
 	for _, name := range compared {
 		b := base()

@@ -237,22 +237,26 @@ func replyMatch(m *tcpgatev1.ReplyMatch) (func([]byte) bool, error) {
 	return nil, invalid("await_reply.match", "one of prefix, prefix_data or regex is required")
 }
 
-func checkAddress(addr string) error {
+func checkAddress(addr string) error { return checkAddressField("address", addr) }
+
+// checkAddressField checks addr, the field named field, as a host:port to
+// dial.
+func checkAddressField(field, addr string) error {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return invalid("address", "must be host:port, got %s", Quote(addr))
+		return invalid(field, "must be host:port, got %s", Quote(addr))
 	}
 	if host == "" {
-		return invalid("address", "host is empty in %s", Quote(addr))
+		return invalid(field, "host is empty in %s", Quote(addr))
 	}
 	if len(host) > 253 {
 		// The engine names the address in its errors; a longer host is no
 		// host name anyway.
-		return invalid("address", "host longer than 253 bytes in %s", Quote(addr))
+		return invalid(field, "host longer than 253 bytes in %s", Quote(addr))
 	}
 	p, err := strconv.Atoi(port)
 	if err != nil || p < 1 || p > 65535 {
-		return invalid("address", "port must be 1 to 65535 in %s", Quote(addr))
+		return invalid(field, "port must be 1 to 65535 in %s", Quote(addr))
 	}
 	return nil
 }

@@ -33,6 +33,7 @@ func (s *Service) subscription(req *tcpgatev1.SubscribeRequest) (hub.SubscribeOp
 		Filter: hub.Filter{
 			ListenerIDs:   req.GetListenerIds(),
 			ConnectionIDs: req.GetConnectionIds(),
+			IncludeSent:   req.GetIncludeSent(),
 		},
 		Since:      req.GetSinceSequence(),
 		QueueBytes: s.cfg.SubscriberQueueBytes,

@@ -105,6 +105,12 @@ func (s *Service) listenerTLS(ctx context.Context, t *tcpgatev1.ListenerTLS) (*t
 
 // dialTLS builds the TLS configuration of a Send to host.
 func (s *Service) dialTLS(ctx context.Context, t *tcpgatev1.DialTLS, host string) (*tls.Config, error) {
+	return s.dialTLSAt(ctx, "tls", t, host)
+}
+
+// dialTLSAt is dialTLS of the DialTLS at field (tls, forward.tls), which
+// its errors name.
+func (s *Service) dialTLSAt(ctx context.Context, field string, t *tcpgatev1.DialTLS, host string) (*tls.Config, error) {
 	if t == nil {
 		return nil, nil
 	}
@@ -116,7 +122,7 @@ func (s *Service) dialTLS(ctx context.Context, t *tcpgatev1.DialTLS, host string
 	if cfg.ServerName == "" {
 		cfg.ServerName = host
 	}
-	ca, err := s.pemOrFile(ctx, "tls.ca", t.GetCaPem(), t.GetCaFile())
+	ca, err := s.pemOrFile(ctx, field+".ca", t.GetCaPem(), t.GetCaFile())
 	if err != nil {
 		return nil, err
 	}
@@ -125,11 +131,11 @@ func (s *Service) dialTLS(ctx context.Context, t *tcpgatev1.DialTLS, host string
 			return nil, err
 		}
 	}
-	cert, err := s.pemOrFile(ctx, "tls.cert", t.GetCertPem(), t.GetCertFile())
+	cert, err := s.pemOrFile(ctx, field+".cert", t.GetCertPem(), t.GetCertFile())
 	if err != nil {
 		return nil, err
 	}
-	key, err := s.pemOrFile(ctx, "tls.key", t.GetKeyPem(), t.GetKeyFile())
+	key, err := s.pemOrFile(ctx, field+".key", t.GetKeyPem(), t.GetKeyFile())
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +147,7 @@ func (s *Service) dialTLS(ctx context.Context, t *tcpgatev1.DialTLS, host string
 		}
 		cfg.Certificates = []tls.Certificate{pair}
 	case cert.b != nil || key.b != nil:
-		return nil, invalid("tls", "a client certificate needs both its certificate and its key")
+		return nil, invalid(field, "a client certificate needs both its certificate and its key")
 	}
 	return cfg, nil
 }

@@ -191,6 +191,7 @@ func (b *BadInputs) rows() []BadInput {
 	ar := func(a *tcpgatev1.AutoReply) *tcpgatev1.StartListenerRequest {
 		return &tcpgatev1.StartListenerRequest{Host: lp, AutoReply: a}
 	}
+	fw := func(addr string) *tcpgatev1.Forward { return &tcpgatev1.Forward{Address: addr} }
 	idle := func(d *durationpb.Duration) *tcpgatev1.StartListenerRequest {
 		return &tcpgatev1.StartListenerRequest{Host: lp, IdleTimeout: d}
 	}
@@ -285,6 +286,16 @@ func (b *BadInputs) rows() []BadInput {
 		{RPC: sl, Name: "auto_reply NONE with data", Req: ar(&tcpgatev1.AutoReply{Mode: arNone, Payload: arData([]byte{1})}), Code: inv, Reason: rInvalid, Field: "auto_reply.mode", Mention: "auto_reply.mode"},
 		{RPC: sl, Name: "auto_reply UNSPECIFIED with text", Req: ar(&tcpgatev1.AutoReply{Payload: arText("hi")}), Code: inv, Reason: rInvalid, Field: "auto_reply.mode", Mention: "auto_reply.mode"},
 		{RPC: sl, Name: "auto_reply FIXED over 3 MiB", Req: ar(&tcpgatev1.AutoReply{Mode: arFixed, Payload: arData(make([]byte, maxFrame+1))}), Code: inv, Reason: rInvalid, Field: "auto_reply", Mention: "auto_reply"},
+
+		// StartListener: forward.
+		{RPC: sl, Name: "forward with auto_reply", Req: &tcpgatev1.StartListenerRequest{Host: lp, AutoReply: &tcpgatev1.AutoReply{Mode: arEcho}, Forward: fw("127.0.0.1:9")}, Code: inv, Reason: rInvalid, Field: "forward", Mention: "auto_reply"},
+		{RPC: sl, Name: "forward without address", Req: &tcpgatev1.StartListenerRequest{Host: lp, Forward: fw("")}, Code: inv, Reason: rInvalid, Field: "forward.address", Mention: "forward.address"},
+		{RPC: sl, Name: "forward address without port", Req: &tcpgatev1.StartListenerRequest{Host: lp, Forward: fw("127.0.0.1")}, Code: inv, Reason: rInvalid, Field: "forward.address", Mention: "forward.address"},
+		{RPC: sl, Name: "forward address port 0", Req: &tcpgatev1.StartListenerRequest{Host: lp, Forward: fw("127.0.0.1:0")}, Code: inv, Reason: rInvalid, Field: "forward.address", Mention: "forward.address"},
+		{RPC: sl, Name: "forward address empty host", Req: &tcpgatev1.StartListenerRequest{Host: lp, Forward: fw(":80")}, Code: inv, Reason: rInvalid, Field: "forward.address", Mention: "forward.address"},
+		{RPC: sl, Name: "forward address host of 254 bytes", Req: &tcpgatev1.StartListenerRequest{Host: lp, Forward: fw(strings.Repeat("h", 254) + ":80")}, Code: inv, Reason: rInvalid, Field: "forward.address", Mention: "forward.address"},
+		{RPC: sl, Name: "forward tls with a cert and no key", Req: &tcpgatev1.StartListenerRequest{Host: lp, Forward: &tcpgatev1.Forward{Address: "127.0.0.1:9", Tls: &tcpgatev1.DialTLS{CertPem: "x"}}}, Code: inv, Reason: rInvalid, Field: "forward.tls", Mention: "forward.tls"},
+		{RPC: sl, Name: "forward to a refused port starts", Req: &tcpgatev1.StartListenerRequest{Host: lp, Forward: fw("127.0.0.1:9")}, Code: codes.OK},
 
 		// StartListener: idle_timeout.
 		{RPC: sl, Name: "idle_timeout negative", Req: idle(durationpb.New(-time.Second)), Code: inv, Reason: rInvalid, Field: "idle_timeout", Mention: "idle_timeout"},

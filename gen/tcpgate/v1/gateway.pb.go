@@ -157,7 +157,7 @@ const (
 	Origin_ORIGIN_UNSPECIFIED Origin = 0
 	// A listener accepted it: a client connected to the gateway.
 	Origin_ORIGIN_ACCEPTED Origin = 1
-	// The gateway opened it (Connect, a later release).
+	// The gateway opened it: a managed outbound connection made by Connect.
 	Origin_ORIGIN_OUTBOUND Origin = 2
 )
 
@@ -384,6 +384,17 @@ const (
 	// drain_timeout. A half-closed connection of a draining listener is
 	// DRAINING: the drain sets its end.
 	ConnectionState_CONNECTION_STATE_DRAINING ConnectionState = 3
+	// An outbound connection dialing (or writing on_connect and awaiting its
+	// expected reply): not yet connected. An outbound connection that is
+	// connected is OPEN (or HALF_CLOSED).
+	ConnectionState_CONNECTION_STATE_CONNECTING ConnectionState = 4
+	// An outbound connection that is down and waits to dial again;
+	// next_attempt_at says when, last_error why it is down.
+	ConnectionState_CONNECTION_STATE_WAITING ConnectionState = 5
+	// Closed for good: only in CloseConnection's response and in a Connect
+	// response whose connection ended before it returned. ListConnections
+	// never lists a closed connection.
+	ConnectionState_CONNECTION_STATE_CLOSED ConnectionState = 6
 )
 
 // Enum value maps for ConnectionState.
@@ -393,12 +404,18 @@ var (
 		1: "CONNECTION_STATE_OPEN",
 		2: "CONNECTION_STATE_HALF_CLOSED",
 		3: "CONNECTION_STATE_DRAINING",
+		4: "CONNECTION_STATE_CONNECTING",
+		5: "CONNECTION_STATE_WAITING",
+		6: "CONNECTION_STATE_CLOSED",
 	}
 	ConnectionState_value = map[string]int32{
 		"CONNECTION_STATE_UNSPECIFIED": 0,
 		"CONNECTION_STATE_OPEN":        1,
 		"CONNECTION_STATE_HALF_CLOSED": 2,
 		"CONNECTION_STATE_DRAINING":    3,
+		"CONNECTION_STATE_CONNECTING":  4,
+		"CONNECTION_STATE_WAITING":     5,
+		"CONNECTION_STATE_CLOSED":      6,
 	}
 )
 
@@ -639,6 +656,12 @@ const (
 	// the ring still holds from its start. header is the gateway's. It comes
 	// right after STREAM_STARTED, carries sequence 0 and is always sent.
 	EventKind_EVENT_KIND_INCARNATION_CHANGED EventKind = 8
+	// A managed outbound connection is down and dials again after delay:
+	// attempt numbers the attempt (1 after a drop or a first failure), error
+	// says why the last attempt failed or the last socket ended (a dial
+	// refused, a policy denial, a TLS failure), generation is the last
+	// socket's.
+	EventKind_EVENT_KIND_RECONNECT_SCHEDULED EventKind = 9
 )
 
 // Enum value maps for EventKind.
@@ -653,6 +676,7 @@ var (
 		6: "EVENT_KIND_EVENTS_DROPPED",
 		7: "EVENT_KIND_STREAM_STARTED",
 		8: "EVENT_KIND_INCARNATION_CHANGED",
+		9: "EVENT_KIND_RECONNECT_SCHEDULED",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED":         0,
@@ -664,6 +688,7 @@ var (
 		"EVENT_KIND_EVENTS_DROPPED":      6,
 		"EVENT_KIND_STREAM_STARTED":      7,
 		"EVENT_KIND_INCARNATION_CHANGED": 8,
+		"EVENT_KIND_RECONNECT_SCHEDULED": 9,
 	}
 )
 
@@ -725,6 +750,21 @@ const (
 	// An awaited reply did not come in time and the Send asked for
 	// ON_TIMEOUT_CLOSE.
 	CloseReason_CLOSE_REASON_REPLY_TIMEOUT CloseReason = 12
+	// A heartbeat's expected reply did not come in time: the peer is taken as
+	// dead.
+	CloseReason_CLOSE_REASON_HEARTBEAT_FAILED CloseReason = 13
+	// on_connect could not be written, or its expected reply did not come in
+	// time.
+	CloseReason_CLOSE_REASON_ON_CONNECT_FAILED CloseReason = 14
+	// A managed outbound connection reached reconnect.max_attempts failed
+	// attempts in a row and is closed for good; error says the last failure.
+	CloseReason_CLOSE_REASON_RECONNECT_GAVE_UP CloseReason = 15
+	// A forwarding listener's target could not be dialed (refused,
+	// unreachable, denied by the policy, or its TLS failed), or its side
+	// failed while relaying (reset, a read or write error): the accepted
+	// connection is closed; error says why, target_close_reason how the
+	// target's side ended.
+	CloseReason_CLOSE_REASON_FORWARD_FAILED CloseReason = 16
 )
 
 // Enum value maps for CloseReason.
@@ -743,6 +783,10 @@ var (
 		10: "CLOSE_REASON_SHUTDOWN",
 		11: "CLOSE_REASON_TLS_HANDSHAKE_FAILED",
 		12: "CLOSE_REASON_REPLY_TIMEOUT",
+		13: "CLOSE_REASON_HEARTBEAT_FAILED",
+		14: "CLOSE_REASON_ON_CONNECT_FAILED",
+		15: "CLOSE_REASON_RECONNECT_GAVE_UP",
+		16: "CLOSE_REASON_FORWARD_FAILED",
 	}
 	CloseReason_value = map[string]int32{
 		"CLOSE_REASON_UNSPECIFIED":          0,
@@ -758,6 +802,10 @@ var (
 		"CLOSE_REASON_SHUTDOWN":             10,
 		"CLOSE_REASON_TLS_HANDSHAKE_FAILED": 11,
 		"CLOSE_REASON_REPLY_TIMEOUT":        12,
+		"CLOSE_REASON_HEARTBEAT_FAILED":     13,
+		"CLOSE_REASON_ON_CONNECT_FAILED":    14,
+		"CLOSE_REASON_RECONNECT_GAVE_UP":    15,
+		"CLOSE_REASON_FORWARD_FAILED":       16,
 	}
 )
 
@@ -1302,7 +1350,11 @@ type Listener struct {
 	HalfCloseTimeout *durationpb.Duration `protobuf:"bytes,17,opt,name=half_close_timeout,json=halfCloseTimeout,proto3" json:"half_close_timeout,omitempty"`
 	// Where the listener was defined: SOURCE_API for every listener started
 	// by StartListener.
-	Source        Source `protobuf:"varint,18,opt,name=source,proto3,enum=tcpgate.v1.Source" json:"source,omitempty"`
+	Source Source `protobuf:"varint,18,opt,name=source,proto3,enum=tcpgate.v1.Source" json:"source,omitempty"`
+	// The target every accepted connection is relayed to; unset for a
+	// listener that does not forward. Its tls reports server_name and
+	// insecure_skip_verify only, never certificates or keys.
+	Forward       *Forward `protobuf:"bytes,19,opt,name=forward,proto3" json:"forward,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1463,6 +1515,13 @@ func (x *Listener) GetSource() Source {
 	return Source_SOURCE_UNSPECIFIED
 }
 
+func (x *Listener) GetForward() *Forward {
+	if x != nil {
+		return x.Forward
+	}
+	return nil
+}
+
 // ListenerTLS makes a listener speak TLS. The certificate and key are given
 // as PEM, or as paths of files on the gateway's host: a path is refused
 // unless the gateway's --tls-files-dir allows the directory, and must name a
@@ -1583,9 +1642,23 @@ type Connection struct {
 	FramesOut uint64 `protobuf:"varint,9,opt,name=frames_out,json=framesOut,proto3" json:"frames_out,omitempty"`
 	// Where the connection is in its life.
 	State ConnectionState `protobuf:"varint,11,opt,name=state,proto3,enum=tcpgate.v1.ConnectionState" json:"state,omitempty"`
-	// Who opened it: ORIGIN_ACCEPTED for a connection a listener accepted
-	// (ORIGIN_OUTBOUND ones come with Connect, a later release).
-	Origin        Origin `protobuf:"varint,12,opt,name=origin,proto3,enum=tcpgate.v1.Origin" json:"origin,omitempty"`
+	// Who opened it: ORIGIN_ACCEPTED for a connection a listener accepted,
+	// ORIGIN_OUTBOUND for one made by Connect.
+	Origin Origin `protobuf:"varint,12,opt,name=origin,proto3,enum=tcpgate.v1.Origin" json:"origin,omitempty"`
+	// Outbound: the address it dials, as Connect was given it.
+	Address string `protobuf:"bytes,13,opt,name=address,proto3" json:"address,omitempty"`
+	// Outbound: the number of its current (or last) socket, 1 for the first
+	// connection and one more on every reconnect; 0 before the first
+	// connection. Every event of the connection carries it.
+	Generation uint64 `protobuf:"varint,14,opt,name=generation,proto3" json:"generation,omitempty"`
+	// Outbound: why the last attempt failed or the last socket ended; empty
+	// before any failure. It is kept while connected again, as the last
+	// thing that went wrong.
+	LastError string `protobuf:"bytes,15,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// Outbound: failed attempts since it was last connected.
+	Attempts uint32 `protobuf:"varint,16,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// Outbound, while WAITING: when it dials again.
+	NextAttemptAt *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=next_attempt_at,json=nextAttemptAt,proto3" json:"next_attempt_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1704,6 +1777,659 @@ func (x *Connection) GetOrigin() Origin {
 	return Origin_ORIGIN_UNSPECIFIED
 }
 
+func (x *Connection) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *Connection) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *Connection) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *Connection) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *Connection) GetNextAttemptAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextAttemptAt
+	}
+	return nil
+}
+
+// ConnectRequest opens a managed outbound connection.
+type ConnectRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The connection's id; one is generated when empty. Accepted and outbound
+	// connections share one id space: an id in use is AlreadyExists with
+	// its own reason. 1 to 64 of A-Z a-z 0-9 . _ ~ -.
+	ConnectionId string `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	// host:port to dial. A host name is resolved again on every attempt, and
+	// the dial policy (--allow-dial) checks each attempt's addresses.
+	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// How received bytes are cut into frames. Unset means raw.
+	Framing *Framing `protobuf:"bytes,3,opt,name=framing,proto3" json:"framing,omitempty"`
+	// Speak TLS to the address, as Send's tls.
+	Tls *DialTLS `protobuf:"bytes,4,opt,name=tls,proto3" json:"tls,omitempty"`
+	// Reconnect when the connection drops or an attempt fails. Unset means on,
+	// with the default backoff.
+	Reconnect *Reconnect `protobuf:"bytes,5,opt,name=reconnect,proto3" json:"reconnect,omitempty"`
+	// Written first on every connection, before any Send, for a login or a
+	// handshake.
+	OnConnect *OnConnect `protobuf:"bytes,6,opt,name=on_connect,json=onConnect,proto3" json:"on_connect,omitempty"`
+	// Written when nothing was written for an interval, to keep the peer
+	// talking and to find a dead one.
+	Heartbeat *Heartbeat `protobuf:"bytes,7,opt,name=heartbeat,proto3" json:"heartbeat,omitempty"`
+	// A connection that receives no byte for this long is taken as dead: it is
+	// closed with CLOSE_REASON_IDLE_TIMEOUT and, with reconnect on, dialed
+	// again. Only received bytes count. Unset or 0 means never.
+	IdleTimeout *durationpb.Duration `protobuf:"bytes,8,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
+	// TCP keep-alive probes. Unset means the operating system's probes after
+	// 15 s idle (Go's defaults).
+	KeepAlive *TcpKeepAlive `protobuf:"bytes,9,opt,name=keep_alive,json=keepAlive,proto3" json:"keep_alive,omitempty"`
+	// TCP_USER_TIMEOUT: how long written bytes may stay unacknowledged before
+	// the kernel drops the connection (a dead peer found while writing).
+	// Unset or 0 means the kernel's default (about 15 minutes of
+	// retransmissions). At most 1 hour.
+	TcpUserTimeout *durationpb.Duration `protobuf:"bytes,10,opt,name=tcp_user_timeout,json=tcpUserTimeout,proto3" json:"tcp_user_timeout,omitempty"`
+	// The bytes of Sends held while the connection is down, written in order
+	// once it is up again (after on_connect and its expected reply). 0 means a
+	// Send while down fails at once with Unavailable. At
+	// most --max-queue-while-down-bytes.
+	QueueWhileDownBytes uint64 `protobuf:"varint,11,opt,name=queue_while_down_bytes,json=queueWhileDownBytes,proto3" json:"queue_while_down_bytes,omitempty"`
+	// How long Connect waits for the first attempt's outcome. Unset or 0 means
+	// 10 s. When it passes first, Connect returns the connection as it is
+	// (CONNECTING), which goes on trying.
+	Timeout       *durationpb.Duration `protobuf:"bytes,12,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectRequest) Reset() {
+	*x = ConnectRequest{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectRequest) ProtoMessage() {}
+
+func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectRequest.ProtoReflect.Descriptor instead.
+func (*ConnectRequest) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ConnectRequest) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *ConnectRequest) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *ConnectRequest) GetFraming() *Framing {
+	if x != nil {
+		return x.Framing
+	}
+	return nil
+}
+
+func (x *ConnectRequest) GetTls() *DialTLS {
+	if x != nil {
+		return x.Tls
+	}
+	return nil
+}
+
+func (x *ConnectRequest) GetReconnect() *Reconnect {
+	if x != nil {
+		return x.Reconnect
+	}
+	return nil
+}
+
+func (x *ConnectRequest) GetOnConnect() *OnConnect {
+	if x != nil {
+		return x.OnConnect
+	}
+	return nil
+}
+
+func (x *ConnectRequest) GetHeartbeat() *Heartbeat {
+	if x != nil {
+		return x.Heartbeat
+	}
+	return nil
+}
+
+func (x *ConnectRequest) GetIdleTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.IdleTimeout
+	}
+	return nil
+}
+
+func (x *ConnectRequest) GetKeepAlive() *TcpKeepAlive {
+	if x != nil {
+		return x.KeepAlive
+	}
+	return nil
+}
+
+func (x *ConnectRequest) GetTcpUserTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.TcpUserTimeout
+	}
+	return nil
+}
+
+func (x *ConnectRequest) GetQueueWhileDownBytes() uint64 {
+	if x != nil {
+		return x.QueueWhileDownBytes
+	}
+	return 0
+}
+
+func (x *ConnectRequest) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+// Reconnect says how a managed outbound connection dials again. The delay
+// before attempt n (n = 1 after a drop or the first failure) is a random
+// duration between half and all of min(initial_backoff * 2^(n-1),
+// max_backoff).
+type Reconnect struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Never reconnect: a failed first attempt makes Connect fail with
+	// Unavailable (and nothing is created), and the first drop closes the
+	// connection for good.
+	Disabled bool `protobuf:"varint,1,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	// The first delay. Unset means 100 ms; at least 10 ms.
+	InitialBackoff *durationpb.Duration `protobuf:"bytes,2,opt,name=initial_backoff,json=initialBackoff,proto3" json:"initial_backoff,omitempty"`
+	// The longest delay. Unset means 30 s; at least initial_backoff, at most
+	// 1 hour.
+	MaxBackoff *durationpb.Duration `protobuf:"bytes,3,opt,name=max_backoff,json=maxBackoff,proto3" json:"max_backoff,omitempty"`
+	// Give up after this many failed attempts in a row, closing the connection
+	// for good with CLOSE_REASON_RECONNECT_GAVE_UP. 0 means never.
+	MaxAttempts   uint32 `protobuf:"varint,4,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Reconnect) Reset() {
+	*x = Reconnect{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reconnect) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reconnect) ProtoMessage() {}
+
+func (x *Reconnect) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reconnect.ProtoReflect.Descriptor instead.
+func (*Reconnect) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Reconnect) GetDisabled() bool {
+	if x != nil {
+		return x.Disabled
+	}
+	return false
+}
+
+func (x *Reconnect) GetInitialBackoff() *durationpb.Duration {
+	if x != nil {
+		return x.InitialBackoff
+	}
+	return nil
+}
+
+func (x *Reconnect) GetMaxBackoff() *durationpb.Duration {
+	if x != nil {
+		return x.MaxBackoff
+	}
+	return nil
+}
+
+func (x *Reconnect) GetMaxAttempts() uint32 {
+	if x != nil {
+		return x.MaxAttempts
+	}
+	return 0
+}
+
+// OnConnect is written first on every connection of a managed outbound
+// connection, before queued and new Sends; the connection counts as
+// connected once it is written and its expected reply came.
+type OnConnect struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What to write; exactly one is required, at most --max-send-bytes.
+	//
+	// Types that are valid to be assigned to Payload:
+	//
+	//	*OnConnect_Text
+	//	*OnConnect_Data
+	Payload isOnConnect_Payload `protobuf_oneof:"payload"`
+	// Encode the payload with the connection's framing, as SendRequest.framed.
+	Framed bool `protobuf:"varint,3,opt,name=framed,proto3" json:"framed,omitempty"`
+	// When set, a reply frame that matches it must come within timeout, or the
+	// connection is closed with CLOSE_REASON_ON_CONNECT_FAILED (and dialed
+	// again). The reply answers no Send.
+	Expect *ReplyMatch `protobuf:"bytes,4,opt,name=expect,proto3" json:"expect,omitempty"`
+	// How long to wait for expect. Unset or 0 means 10 s. Only with expect.
+	Timeout       *durationpb.Duration `protobuf:"bytes,5,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OnConnect) Reset() {
+	*x = OnConnect{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OnConnect) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OnConnect) ProtoMessage() {}
+
+func (x *OnConnect) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OnConnect.ProtoReflect.Descriptor instead.
+func (*OnConnect) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *OnConnect) GetPayload() isOnConnect_Payload {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *OnConnect) GetText() string {
+	if x != nil {
+		if x, ok := x.Payload.(*OnConnect_Text); ok {
+			return x.Text
+		}
+	}
+	return ""
+}
+
+func (x *OnConnect) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Payload.(*OnConnect_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+func (x *OnConnect) GetFramed() bool {
+	if x != nil {
+		return x.Framed
+	}
+	return false
+}
+
+func (x *OnConnect) GetExpect() *ReplyMatch {
+	if x != nil {
+		return x.Expect
+	}
+	return nil
+}
+
+func (x *OnConnect) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+type isOnConnect_Payload interface {
+	isOnConnect_Payload()
+}
+
+type OnConnect_Text struct {
+	// UTF-8 text, written as its bytes.
+	Text string `protobuf:"bytes,1,opt,name=text,proto3,oneof"`
+}
+
+type OnConnect_Data struct {
+	// Raw bytes, written as they are.
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
+}
+
+func (*OnConnect_Text) isOnConnect_Payload() {}
+
+func (*OnConnect_Data) isOnConnect_Payload() {}
+
+// Heartbeat keeps a managed outbound connection's peer talking.
+type Heartbeat struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Write the payload after this long without any write. Required; at least
+	// 10 ms.
+	Interval *durationpb.Duration `protobuf:"bytes,1,opt,name=interval,proto3" json:"interval,omitempty"`
+	// What to write; exactly one is required.
+	//
+	// Types that are valid to be assigned to Payload:
+	//
+	//	*Heartbeat_Text
+	//	*Heartbeat_Data
+	Payload isHeartbeat_Payload `protobuf_oneof:"payload"`
+	// Encode the payload with the connection's framing, as SendRequest.framed.
+	Framed bool `protobuf:"varint,4,opt,name=framed,proto3" json:"framed,omitempty"`
+	// When set, a reply frame that matches it must come within timeout, or
+	// the peer is taken as dead: the connection is closed with
+	// CLOSE_REASON_HEARTBEAT_FAILED (and dialed again). The reply answers no
+	// Send. Unset means no reply is awaited.
+	Expect *ReplyMatch `protobuf:"bytes,5,opt,name=expect,proto3" json:"expect,omitempty"`
+	// How long to wait for expect. Unset or 0 means interval. Only with
+	// expect.
+	Timeout       *durationpb.Duration `protobuf:"bytes,6,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Heartbeat) Reset() {
+	*x = Heartbeat{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Heartbeat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Heartbeat) ProtoMessage() {}
+
+func (x *Heartbeat) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
+func (*Heartbeat) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Heartbeat) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
+func (x *Heartbeat) GetPayload() isHeartbeat_Payload {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *Heartbeat) GetText() string {
+	if x != nil {
+		if x, ok := x.Payload.(*Heartbeat_Text); ok {
+			return x.Text
+		}
+	}
+	return ""
+}
+
+func (x *Heartbeat) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Payload.(*Heartbeat_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+func (x *Heartbeat) GetFramed() bool {
+	if x != nil {
+		return x.Framed
+	}
+	return false
+}
+
+func (x *Heartbeat) GetExpect() *ReplyMatch {
+	if x != nil {
+		return x.Expect
+	}
+	return nil
+}
+
+func (x *Heartbeat) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+type isHeartbeat_Payload interface {
+	isHeartbeat_Payload()
+}
+
+type Heartbeat_Text struct {
+	// UTF-8 text, written as its bytes.
+	Text string `protobuf:"bytes,2,opt,name=text,proto3,oneof"`
+}
+
+type Heartbeat_Data struct {
+	// Raw bytes, written as they are.
+	Data []byte `protobuf:"bytes,3,opt,name=data,proto3,oneof"`
+}
+
+func (*Heartbeat_Text) isHeartbeat_Payload() {}
+
+func (*Heartbeat_Data) isHeartbeat_Payload() {}
+
+// TcpKeepAlive sets the TCP keep-alive probes of an outbound connection.
+type TcpKeepAlive struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// No probes.
+	Disabled bool `protobuf:"varint,1,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	// Idle time before the first probe. Unset means 15 s.
+	Idle *durationpb.Duration `protobuf:"bytes,2,opt,name=idle,proto3" json:"idle,omitempty"`
+	// Time between probes. Unset means 15 s.
+	Interval *durationpb.Duration `protobuf:"bytes,3,opt,name=interval,proto3" json:"interval,omitempty"`
+	// Unanswered probes before the connection is dropped. 0 means 9.
+	Count         uint32 `protobuf:"varint,4,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TcpKeepAlive) Reset() {
+	*x = TcpKeepAlive{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TcpKeepAlive) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TcpKeepAlive) ProtoMessage() {}
+
+func (x *TcpKeepAlive) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TcpKeepAlive.ProtoReflect.Descriptor instead.
+func (*TcpKeepAlive) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *TcpKeepAlive) GetDisabled() bool {
+	if x != nil {
+		return x.Disabled
+	}
+	return false
+}
+
+func (x *TcpKeepAlive) GetIdle() *durationpb.Duration {
+	if x != nil {
+		return x.Idle
+	}
+	return nil
+}
+
+func (x *TcpKeepAlive) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
+func (x *TcpKeepAlive) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+// ConnectResponse is the managed connection after its first attempt.
+type ConnectResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The connection: OPEN when the first attempt connected, WAITING (with
+	// last_error) when it failed and the connection will dial again, or
+	// CONNECTING when the request's timeout passed first.
+	Connection *Connection `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
+	// The gateway and the newest sequence, at or past the connection's events.
+	Header        *ResponseHeader `protobuf:"bytes,2,opt,name=header,proto3" json:"header,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectResponse) Reset() {
+	*x = ConnectResponse{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectResponse) ProtoMessage() {}
+
+func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectResponse.ProtoReflect.Descriptor instead.
+func (*ConnectResponse) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ConnectResponse) GetConnection() *Connection {
+	if x != nil {
+		return x.Connection
+	}
+	return nil
+}
+
+func (x *ConnectResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
 // StartListenerRequest describes a listener to start.
 type StartListenerRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1734,13 +2460,34 @@ type StartListenerRequest struct {
 	// The connection then closes with CLOSE_REASON_PEER_CLOSED. Unset or 0
 	// closes it at once; at most 1 minute.
 	HalfCloseTimeout *durationpb.Duration `protobuf:"bytes,9,opt,name=half_close_timeout,json=halfCloseTimeout,proto3" json:"half_close_timeout,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Relay every accepted connection to a new connection to this target, as
+	// socat does: bytes go both ways as they come, unframed, whether or not
+	// anyone subscribes. In the event stream, what the client sent is DATA of
+	// DIRECTION_RECEIVED, cut by this listener's framing as on any listener;
+	// what the target sent is DATA of DIRECTION_SENT (to subscribers that ask
+	// include_sent), one event per chunk the gateway wrote to the client, as
+	// it came from the target. An end of stream on either side is passed on
+	// to the other as a half-close (the connection is HALF_CLOSED meanwhile);
+	// the connection closes once both sides have ended, or at once when one
+	// fails or is closed. CONNECTION_CLOSED says why each side ended
+	// (close_reason, target_close_reason) and error what went wrong with the
+	// target. A target that cannot be dialed closes the client's connection
+	// at once, without a byte written, with CLOSE_REASON_FORWARD_FAILED.
+	// The connection is an accepted connection of the listener: listed,
+	// counted, closed by CloseConnection and StopListener (both sides), and a
+	// Send to it writes to the client, between relayed chunks (once the
+	// target has ended its side the gateway's writing is shut, and a Send is
+	// NotFound with reason CONNECTION_CLOSED). idle_timeout
+	// counts bytes either way; half_close_timeout does not apply. Not with
+	// auto_reply: InvalidArgument naming forward.
+	Forward       *Forward `protobuf:"bytes,10,opt,name=forward,proto3" json:"forward,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartListenerRequest) Reset() {
 	*x = StartListenerRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[5]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1752,7 +2499,7 @@ func (x *StartListenerRequest) String() string {
 func (*StartListenerRequest) ProtoMessage() {}
 
 func (x *StartListenerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[5]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1765,7 +2512,7 @@ func (x *StartListenerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartListenerRequest.ProtoReflect.Descriptor instead.
 func (*StartListenerRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StartListenerRequest) GetListenerId() string {
@@ -1831,6 +2578,70 @@ func (x *StartListenerRequest) GetHalfCloseTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *StartListenerRequest) GetForward() *Forward {
+	if x != nil {
+		return x.Forward
+	}
+	return nil
+}
+
+// Forward is the target of a forwarding listener.
+type Forward struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// host:port to dial for every accepted connection, resolved again and
+	// checked against the dial policy (--allow-dial, --deny-dial) on each
+	// dial. Required.
+	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// Speak TLS to the target, as Send's tls.
+	Tls           *DialTLS `protobuf:"bytes,2,opt,name=tls,proto3" json:"tls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Forward) Reset() {
+	*x = Forward{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Forward) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Forward) ProtoMessage() {}
+
+func (x *Forward) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Forward.ProtoReflect.Descriptor instead.
+func (*Forward) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Forward) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *Forward) GetTls() *DialTLS {
+	if x != nil {
+		return x.Tls
+	}
+	return nil
+}
+
 // StartListenerResponse is the started listener.
 type StartListenerResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1845,7 +2656,7 @@ type StartListenerResponse struct {
 
 func (x *StartListenerResponse) Reset() {
 	*x = StartListenerResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[6]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1857,7 +2668,7 @@ func (x *StartListenerResponse) String() string {
 func (*StartListenerResponse) ProtoMessage() {}
 
 func (x *StartListenerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[6]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1870,7 +2681,7 @@ func (x *StartListenerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartListenerResponse.ProtoReflect.Descriptor instead.
 func (*StartListenerResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StartListenerResponse) GetListener() *Listener {
@@ -1907,7 +2718,7 @@ type ResponseHeader struct {
 
 func (x *ResponseHeader) Reset() {
 	*x = ResponseHeader{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[7]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1919,7 +2730,7 @@ func (x *ResponseHeader) String() string {
 func (*ResponseHeader) ProtoMessage() {}
 
 func (x *ResponseHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[7]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1932,7 +2743,7 @@ func (x *ResponseHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResponseHeader.ProtoReflect.Descriptor instead.
 func (*ResponseHeader) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ResponseHeader) GetIncarnation() string {
@@ -1974,7 +2785,7 @@ type StopListenerRequest struct {
 
 func (x *StopListenerRequest) Reset() {
 	*x = StopListenerRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[8]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1986,7 +2797,7 @@ func (x *StopListenerRequest) String() string {
 func (*StopListenerRequest) ProtoMessage() {}
 
 func (x *StopListenerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[8]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1999,7 +2810,7 @@ func (x *StopListenerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopListenerRequest.ProtoReflect.Descriptor instead.
 func (*StopListenerRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StopListenerRequest) GetListenerId() string {
@@ -2029,7 +2840,7 @@ type StopListenerResponse struct {
 
 func (x *StopListenerResponse) Reset() {
 	*x = StopListenerResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[9]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2041,7 +2852,7 @@ func (x *StopListenerResponse) String() string {
 func (*StopListenerResponse) ProtoMessage() {}
 
 func (x *StopListenerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[9]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2054,7 +2865,7 @@ func (x *StopListenerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopListenerResponse.ProtoReflect.Descriptor instead.
 func (*StopListenerResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StopListenerResponse) GetListener() *Listener {
@@ -2082,7 +2893,7 @@ type GetListenerRequest struct {
 
 func (x *GetListenerRequest) Reset() {
 	*x = GetListenerRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[10]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2094,7 +2905,7 @@ func (x *GetListenerRequest) String() string {
 func (*GetListenerRequest) ProtoMessage() {}
 
 func (x *GetListenerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[10]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2107,7 +2918,7 @@ func (x *GetListenerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetListenerRequest.ProtoReflect.Descriptor instead.
 func (*GetListenerRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetListenerRequest) GetListenerId() string {
@@ -2130,7 +2941,7 @@ type GetListenerResponse struct {
 
 func (x *GetListenerResponse) Reset() {
 	*x = GetListenerResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[11]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2142,7 +2953,7 @@ func (x *GetListenerResponse) String() string {
 func (*GetListenerResponse) ProtoMessage() {}
 
 func (x *GetListenerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[11]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2155,7 +2966,7 @@ func (x *GetListenerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetListenerResponse.ProtoReflect.Descriptor instead.
 func (*GetListenerResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetListenerResponse) GetListener() *Listener {
@@ -2189,7 +3000,7 @@ type ListListenersRequest struct {
 
 func (x *ListListenersRequest) Reset() {
 	*x = ListListenersRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[12]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2201,7 +3012,7 @@ func (x *ListListenersRequest) String() string {
 func (*ListListenersRequest) ProtoMessage() {}
 
 func (x *ListListenersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[12]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2214,7 +3025,7 @@ func (x *ListListenersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListListenersRequest.ProtoReflect.Descriptor instead.
 func (*ListListenersRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{12}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListListenersRequest) GetPageSize() int32 {
@@ -2249,7 +3060,7 @@ type ListListenersResponse struct {
 
 func (x *ListListenersResponse) Reset() {
 	*x = ListListenersResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[13]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2261,7 +3072,7 @@ func (x *ListListenersResponse) String() string {
 func (*ListListenersResponse) ProtoMessage() {}
 
 func (x *ListListenersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[13]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2274,7 +3085,7 @@ func (x *ListListenersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListListenersResponse.ProtoReflect.Descriptor instead.
 func (*ListListenersResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{13}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListListenersResponse) GetListeners() []*Listener {
@@ -2328,7 +3139,7 @@ type ListConnectionsRequest struct {
 
 func (x *ListConnectionsRequest) Reset() {
 	*x = ListConnectionsRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[14]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2340,7 +3151,7 @@ func (x *ListConnectionsRequest) String() string {
 func (*ListConnectionsRequest) ProtoMessage() {}
 
 func (x *ListConnectionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[14]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2353,7 +3164,7 @@ func (x *ListConnectionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectionsRequest.ProtoReflect.Descriptor instead.
 func (*ListConnectionsRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{14}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListConnectionsRequest) GetListenerId() string {
@@ -2416,7 +3227,7 @@ type ListConnectionsResponse struct {
 
 func (x *ListConnectionsResponse) Reset() {
 	*x = ListConnectionsResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[15]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2428,7 +3239,7 @@ func (x *ListConnectionsResponse) String() string {
 func (*ListConnectionsResponse) ProtoMessage() {}
 
 func (x *ListConnectionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[15]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2441,7 +3252,7 @@ func (x *ListConnectionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectionsResponse.ProtoReflect.Descriptor instead.
 func (*ListConnectionsResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{15}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListConnectionsResponse) GetConnections() []*Connection {
@@ -2477,7 +3288,7 @@ type GetConnectionRequest struct {
 
 func (x *GetConnectionRequest) Reset() {
 	*x = GetConnectionRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[16]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2489,7 +3300,7 @@ func (x *GetConnectionRequest) String() string {
 func (*GetConnectionRequest) ProtoMessage() {}
 
 func (x *GetConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[16]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2502,7 +3313,7 @@ func (x *GetConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConnectionRequest.ProtoReflect.Descriptor instead.
 func (*GetConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{16}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetConnectionRequest) GetConnectionId() string {
@@ -2525,7 +3336,7 @@ type GetConnectionResponse struct {
 
 func (x *GetConnectionResponse) Reset() {
 	*x = GetConnectionResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[17]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2537,7 +3348,7 @@ func (x *GetConnectionResponse) String() string {
 func (*GetConnectionResponse) ProtoMessage() {}
 
 func (x *GetConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[17]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2550,7 +3361,7 @@ func (x *GetConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConnectionResponse.ProtoReflect.Descriptor instead.
 func (*GetConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{17}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetConnectionResponse) GetConnection() *Connection {
@@ -2578,7 +3389,7 @@ type CloseConnectionRequest struct {
 
 func (x *CloseConnectionRequest) Reset() {
 	*x = CloseConnectionRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[18]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2590,7 +3401,7 @@ func (x *CloseConnectionRequest) String() string {
 func (*CloseConnectionRequest) ProtoMessage() {}
 
 func (x *CloseConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[18]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2603,7 +3414,7 @@ func (x *CloseConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseConnectionRequest.ProtoReflect.Descriptor instead.
 func (*CloseConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{18}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CloseConnectionRequest) GetConnectionId() string {
@@ -2626,7 +3437,7 @@ type CloseConnectionResponse struct {
 
 func (x *CloseConnectionResponse) Reset() {
 	*x = CloseConnectionResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[19]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2638,7 +3449,7 @@ func (x *CloseConnectionResponse) String() string {
 func (*CloseConnectionResponse) ProtoMessage() {}
 
 func (x *CloseConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[19]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2651,7 +3462,7 @@ func (x *CloseConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseConnectionResponse.ProtoReflect.Descriptor instead.
 func (*CloseConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{19}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CloseConnectionResponse) GetConnection() *Connection {
@@ -2699,7 +3510,7 @@ type AwaitReply struct {
 
 func (x *AwaitReply) Reset() {
 	*x = AwaitReply{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[20]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2711,7 +3522,7 @@ func (x *AwaitReply) String() string {
 func (*AwaitReply) ProtoMessage() {}
 
 func (x *AwaitReply) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[20]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2724,7 +3535,7 @@ func (x *AwaitReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AwaitReply.ProtoReflect.Descriptor instead.
 func (*AwaitReply) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{20}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AwaitReply) GetMode() AwaitMode {
@@ -2788,7 +3599,7 @@ type ReplyMatch struct {
 
 func (x *ReplyMatch) Reset() {
 	*x = ReplyMatch{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[21]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2800,7 +3611,7 @@ func (x *ReplyMatch) String() string {
 func (*ReplyMatch) ProtoMessage() {}
 
 func (x *ReplyMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[21]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2813,7 +3624,7 @@ func (x *ReplyMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplyMatch.ProtoReflect.Descriptor instead.
 func (*ReplyMatch) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{21}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReplyMatch) GetRule() isReplyMatch_Rule {
@@ -2921,7 +3732,7 @@ type SendRequest struct {
 
 func (x *SendRequest) Reset() {
 	*x = SendRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[22]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2933,7 +3744,7 @@ func (x *SendRequest) String() string {
 func (*SendRequest) ProtoMessage() {}
 
 func (x *SendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[22]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2946,7 +3757,7 @@ func (x *SendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendRequest.ProtoReflect.Descriptor instead.
 func (*SendRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{22}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SendRequest) GetTarget() isSendRequest_Target {
@@ -3050,7 +3861,9 @@ type SendRequest_Address struct {
 }
 
 type SendRequest_ConnectionId struct {
-	// An accepted connection to write to.
+	// A connection to write to: an accepted one, or a managed outbound one
+	// (which queues the Send while down when its queue_while_down_bytes
+	// allows).
 	ConnectionId string `protobuf:"bytes,2,opt,name=connection_id,json=connectionId,proto3,oneof"`
 }
 
@@ -3113,7 +3926,7 @@ type DialTLS struct {
 
 func (x *DialTLS) Reset() {
 	*x = DialTLS{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[23]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3125,7 +3938,7 @@ func (x *DialTLS) String() string {
 func (*DialTLS) ProtoMessage() {}
 
 func (x *DialTLS) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[23]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3138,7 +3951,7 @@ func (x *DialTLS) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DialTLS.ProtoReflect.Descriptor instead.
 func (*DialTLS) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{23}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DialTLS) GetServerName() string {
@@ -3211,7 +4024,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[24]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3223,7 +4036,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[24]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3236,7 +4049,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{24}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Reply) GetData() []byte {
@@ -3268,7 +4081,7 @@ type SendResponse struct {
 
 func (x *SendResponse) Reset() {
 	*x = SendResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[25]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3280,7 +4093,7 @@ func (x *SendResponse) String() string {
 func (*SendResponse) ProtoMessage() {}
 
 func (x *SendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[25]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3293,7 +4106,7 @@ func (x *SendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendResponse.ProtoReflect.Descriptor instead.
 func (*SendResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{25}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SendResponse) GetBytesWritten() uint64 {
@@ -3353,14 +4166,24 @@ type SubscribeRequest struct {
 	// when empty. Listener events carry no origin and are not sent when it is
 	// set; the markers always are. ORIGIN_UNSPECIFIED or an unknown value is
 	// InvalidArgument naming origins[i].
-	Origins       []Origin `protobuf:"varint,8,rep,packed,name=origins,proto3,enum=tcpgate.v1.Origin" json:"origins,omitempty"`
+	Origins []Origin `protobuf:"varint,8,rep,packed,name=origins,proto3,enum=tcpgate.v1.Origin" json:"origins,omitempty"`
+	// Also send DATA events of what the gateway wrote (DIRECTION_SENT): Sends,
+	// auto replies, on_connect and heartbeats, and what a forwarding
+	// listener's target said. One event per write, published once its bytes
+	// were written and holding those bytes (a Send's payload, the echo of a
+	// read's frames, a fixed reply as many times as the frames it answered, a
+	// relayed chunk), in write order per connection, before a Send returns.
+	// The replay holds them too. A BACKPRESSURE subscriber that asks for them
+	// slows the writes it lacks room for; lossy ones never slow anything.
+	// False sends received data only, exactly as before sent data existed.
+	IncludeSent   bool `protobuf:"varint,9,opt,name=include_sent,json=includeSent,proto3" json:"include_sent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[26]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3372,7 +4195,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[26]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3385,7 +4208,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{26}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SubscribeRequest) GetListenerIds() []string {
@@ -3444,6 +4267,13 @@ func (x *SubscribeRequest) GetOrigins() []Origin {
 	return nil
 }
 
+func (x *SubscribeRequest) GetIncludeSent() bool {
+	if x != nil {
+		return x.IncludeSent
+	}
+	return false
+}
+
 // SubscribeResponse is a batch of events: whatever was ready, in order.
 type SubscribeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3455,7 +4285,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[27]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3467,7 +4297,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[27]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3480,7 +4310,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{27}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SubscribeResponse) GetEvents() []*Event {
@@ -3526,14 +4356,37 @@ type Event struct {
 	Header *ResponseHeader `protobuf:"bytes,14,opt,name=header,proto3" json:"header,omitempty"`
 	// On CONNECTION_OPENED, DATA and CONNECTION_CLOSED: who opened the
 	// connection it concerns. Unset on listener events and markers.
-	Origin        Origin `protobuf:"varint,15,opt,name=origin,proto3,enum=tcpgate.v1.Origin" json:"origin,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Origin Origin `protobuf:"varint,15,opt,name=origin,proto3,enum=tcpgate.v1.Origin" json:"origin,omitempty"`
+	// On DATA: which way the bytes went. DIRECTION_RECEIVED for what a peer
+	// said; DIRECTION_SENT (only to subscribers that ask include_sent) for what
+	// the gateway wrote.
+	Direction Direction `protobuf:"varint,16,opt,name=direction,proto3,enum=tcpgate.v1.Direction" json:"direction,omitempty"`
+	// On every event of a managed outbound connection: its socket's number,
+	// 1 for the first connection and one more on every reconnect (see
+	// Connection.generation).
+	Generation uint64 `protobuf:"varint,17,opt,name=generation,proto3" json:"generation,omitempty"`
+	// On RECONNECT_SCHEDULED: the number of the attempt to come.
+	Attempt uint32 `protobuf:"varint,18,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// On RECONNECT_SCHEDULED: how long until that attempt.
+	Delay *durationpb.Duration `protobuf:"bytes,19,opt,name=delay,proto3" json:"delay,omitempty"`
+	// On RECONNECT_SCHEDULED and CONNECTION_CLOSED: what went wrong, in words
+	// (a dial refused, a policy denial, a missing heartbeat reply); empty when
+	// nothing did.
+	Error string `protobuf:"bytes,20,opt,name=error,proto3" json:"error,omitempty"`
+	// On CONNECTION_CLOSED of a forwarding listener's connection: why its
+	// target's side ended (close_reason is the accepted side's):
+	// PEER_CLOSED when the target ended its stream, PEER_RESET, READ_ERROR or
+	// WRITE_ERROR when it failed, FORWARD_FAILED when it could not be dialed,
+	// and otherwise the close_reason that made the gateway close it
+	// (CLOSED_BY_API, LISTENER_STOPPED, SHUTDOWN, the client's PEER_RESET).
+	TargetCloseReason CloseReason `protobuf:"varint,21,opt,name=target_close_reason,json=targetCloseReason,proto3,enum=tcpgate.v1.CloseReason" json:"target_close_reason,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[28]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3545,7 +4398,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[28]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3558,7 +4411,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{28}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Event) GetSequence() uint64 {
@@ -3666,6 +4519,48 @@ func (x *Event) GetOrigin() Origin {
 	return Origin_ORIGIN_UNSPECIFIED
 }
 
+func (x *Event) GetDirection() Direction {
+	if x != nil {
+		return x.Direction
+	}
+	return Direction_DIRECTION_UNSPECIFIED
+}
+
+func (x *Event) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *Event) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *Event) GetDelay() *durationpb.Duration {
+	if x != nil {
+		return x.Delay
+	}
+	return nil
+}
+
+func (x *Event) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *Event) GetTargetCloseReason() CloseReason {
+	if x != nil {
+		return x.TargetCloseReason
+	}
+	return CloseReason_CLOSE_REASON_UNSPECIFIED
+}
+
 var File_tcpgate_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_tcpgate_v1_gateway_proto_rawDesc = "" +
@@ -3684,7 +4579,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x04mode\x18\x01 \x01(\x0e2\x19.tcpgate.v1.AutoReplyModeR\x04mode\x12\x14\n" +
 	"\x04text\x18\x02 \x01(\tH\x00R\x04text\x12\x14\n" +
 	"\x04data\x18\x03 \x01(\fH\x00R\x04dataB\t\n" +
-	"\apayload\"\xf3\x05\n" +
+	"\apayload\"\xa2\x06\n" +
 	"\bListener\x12\x1f\n" +
 	"\vlistener_id\x18\x01 \x01(\tR\n" +
 	"listenerId\x12\x18\n" +
@@ -3709,14 +4604,15 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"mutual_tls\x18\x10 \x01(\bR\tmutualTls\x12G\n" +
 	"\x12half_close_timeout\x18\x11 \x01(\v2\x19.google.protobuf.DurationR\x10halfCloseTimeout\x12*\n" +
-	"\x06source\x18\x12 \x01(\x0e2\x12.tcpgate.v1.SourceR\x06source\"\xc3\x01\n" +
+	"\x06source\x18\x12 \x01(\x0e2\x12.tcpgate.v1.SourceR\x06source\x12-\n" +
+	"\aforward\x18\x13 \x01(\v2\x13.tcpgate.v1.ForwardR\aforward\"\xc3\x01\n" +
 	"\vListenerTLS\x12\x19\n" +
 	"\bcert_pem\x18\x01 \x01(\tR\acertPem\x12\x17\n" +
 	"\akey_pem\x18\x02 \x01(\tR\x06keyPem\x12\x1b\n" +
 	"\tcert_file\x18\x03 \x01(\tR\bcertFile\x12\x19\n" +
 	"\bkey_file\x18\x04 \x01(\tR\akeyFile\x12\"\n" +
 	"\rclient_ca_pem\x18\x05 \x01(\tR\vclientCaPem\x12$\n" +
-	"\x0eclient_ca_file\x18\x06 \x01(\tR\fclientCaFile\"\xcd\x03\n" +
+	"\x0eclient_ca_file\x18\x06 \x01(\tR\fclientCaFile\"\x86\x05\n" +
 	"\n" +
 	"Connection\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12\x1f\n" +
@@ -3733,7 +4629,62 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"frames_out\x18\t \x01(\x04R\tframesOut\x121\n" +
 	"\x05state\x18\v \x01(\x0e2\x1b.tcpgate.v1.ConnectionStateR\x05state\x12*\n" +
-	"\x06origin\x18\f \x01(\x0e2\x12.tcpgate.v1.OriginR\x06origin\"\x9f\x03\n" +
+	"\x06origin\x18\f \x01(\x0e2\x12.tcpgate.v1.OriginR\x06origin\x12\x18\n" +
+	"\aaddress\x18\r \x01(\tR\aaddress\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x0e \x01(\x04R\n" +
+	"generation\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x0f \x01(\tR\tlastError\x12\x1a\n" +
+	"\battempts\x18\x10 \x01(\rR\battempts\x12B\n" +
+	"\x0fnext_attempt_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\"\xeb\x04\n" +
+	"\x0eConnectRequest\x12#\n" +
+	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12-\n" +
+	"\aframing\x18\x03 \x01(\v2\x13.tcpgate.v1.FramingR\aframing\x12%\n" +
+	"\x03tls\x18\x04 \x01(\v2\x13.tcpgate.v1.DialTLSR\x03tls\x123\n" +
+	"\treconnect\x18\x05 \x01(\v2\x15.tcpgate.v1.ReconnectR\treconnect\x124\n" +
+	"\n" +
+	"on_connect\x18\x06 \x01(\v2\x15.tcpgate.v1.OnConnectR\tonConnect\x123\n" +
+	"\theartbeat\x18\a \x01(\v2\x15.tcpgate.v1.HeartbeatR\theartbeat\x12<\n" +
+	"\fidle_timeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x127\n" +
+	"\n" +
+	"keep_alive\x18\t \x01(\v2\x18.tcpgate.v1.TcpKeepAliveR\tkeepAlive\x12C\n" +
+	"\x10tcp_user_timeout\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\x0etcpUserTimeout\x123\n" +
+	"\x16queue_while_down_bytes\x18\v \x01(\x04R\x13queueWhileDownBytes\x123\n" +
+	"\atimeout\x18\f \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\xca\x01\n" +
+	"\tReconnect\x12\x1a\n" +
+	"\bdisabled\x18\x01 \x01(\bR\bdisabled\x12B\n" +
+	"\x0finitial_backoff\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0einitialBackoff\x12:\n" +
+	"\vmax_backoff\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"maxBackoff\x12!\n" +
+	"\fmax_attempts\x18\x04 \x01(\rR\vmaxAttempts\"\xbf\x01\n" +
+	"\tOnConnect\x12\x14\n" +
+	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12\x14\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04data\x12\x16\n" +
+	"\x06framed\x18\x03 \x01(\bR\x06framed\x12.\n" +
+	"\x06expect\x18\x04 \x01(\v2\x16.tcpgate.v1.ReplyMatchR\x06expect\x123\n" +
+	"\atimeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\atimeoutB\t\n" +
+	"\apayload\"\xf6\x01\n" +
+	"\tHeartbeat\x125\n" +
+	"\binterval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\binterval\x12\x14\n" +
+	"\x04text\x18\x02 \x01(\tH\x00R\x04text\x12\x14\n" +
+	"\x04data\x18\x03 \x01(\fH\x00R\x04data\x12\x16\n" +
+	"\x06framed\x18\x04 \x01(\bR\x06framed\x12.\n" +
+	"\x06expect\x18\x05 \x01(\v2\x16.tcpgate.v1.ReplyMatchR\x06expect\x123\n" +
+	"\atimeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\atimeoutB\t\n" +
+	"\apayload\"\xa6\x01\n" +
+	"\fTcpKeepAlive\x12\x1a\n" +
+	"\bdisabled\x18\x01 \x01(\bR\bdisabled\x12-\n" +
+	"\x04idle\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x04idle\x125\n" +
+	"\binterval\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\binterval\x12\x14\n" +
+	"\x05count\x18\x04 \x01(\rR\x05count\"}\n" +
+	"\x0fConnectResponse\x126\n" +
+	"\n" +
+	"connection\x18\x01 \x01(\v2\x16.tcpgate.v1.ConnectionR\n" +
+	"connection\x122\n" +
+	"\x06header\x18\x02 \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\"\xce\x03\n" +
 	"\x14StartListenerRequest\x12\x1f\n" +
 	"\vlistener_id\x18\x01 \x01(\tR\n" +
 	"listenerId\x12\x12\n" +
@@ -3745,7 +4696,12 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x0fmax_connections\x18\x06 \x01(\rR\x0emaxConnections\x12<\n" +
 	"\fidle_timeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x12)\n" +
 	"\x03tls\x18\b \x01(\v2\x17.tcpgate.v1.ListenerTLSR\x03tls\x12G\n" +
-	"\x12half_close_timeout\x18\t \x01(\v2\x19.google.protobuf.DurationR\x10halfCloseTimeout\"}\n" +
+	"\x12half_close_timeout\x18\t \x01(\v2\x19.google.protobuf.DurationR\x10halfCloseTimeout\x12-\n" +
+	"\aforward\x18\n" +
+	" \x01(\v2\x13.tcpgate.v1.ForwardR\aforward\"J\n" +
+	"\aForward\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12%\n" +
+	"\x03tls\x18\x02 \x01(\v2\x13.tcpgate.v1.DialTLSR\x03tls\"}\n" +
 	"\x15StartListenerResponse\x120\n" +
 	"\blistener\x18\x01 \x01(\v2\x14.tcpgate.v1.ListenerR\blistener\x122\n" +
 	"\x06header\x18\x02 \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\"p\n" +
@@ -3847,7 +4803,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\fSendResponse\x12#\n" +
 	"\rbytes_written\x18\x01 \x01(\x04R\fbytesWritten\x12/\n" +
 	"\x13connections_reached\x18\x02 \x01(\rR\x12connectionsReached\x12'\n" +
-	"\x05reply\x18\x03 \x01(\v2\x11.tcpgate.v1.ReplyR\x05reply\"\x92\x03\n" +
+	"\x05reply\x18\x03 \x01(\v2\x11.tcpgate.v1.ReplyR\x05reply\"\xb5\x03\n" +
 	"\x10SubscribeRequest\x12!\n" +
 	"\flistener_ids\x18\x01 \x03(\tR\vlistenerIds\x12%\n" +
 	"\x0econnection_ids\x18\x02 \x03(\tR\rconnectionIds\x12+\n" +
@@ -3856,9 +4812,10 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\rslow_consumer\x18\x05 \x01(\x0e2\x1e.tcpgate.v1.SlowConsumerPolicyR\fslowConsumer\x12@\n" +
 	"\x0epayload_format\x18\x06 \x01(\x0e2\x19.tcpgate.v1.PayloadFormatR\rpayloadFormat\x12+\n" +
 	"\x11since_incarnation\x18\a \x01(\tR\x10sinceIncarnation\x12,\n" +
-	"\aorigins\x18\b \x03(\x0e2\x12.tcpgate.v1.OriginR\aorigins\">\n" +
+	"\aorigins\x18\b \x03(\x0e2\x12.tcpgate.v1.OriginR\aorigins\x12!\n" +
+	"\finclude_sent\x18\t \x01(\bR\vincludeSent\">\n" +
 	"\x11SubscribeResponse\x12)\n" +
-	"\x06events\x18\x01 \x03(\v2\x11.tcpgate.v1.EventR\x06events\"\xab\x04\n" +
+	"\x06events\x18\x01 \x03(\v2\x11.tcpgate.v1.EventR\x06events\"\xaa\x06\n" +
 	"\x05Event\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12)\n" +
@@ -3876,7 +4833,15 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\fpeer_subject\x18\f \x01(\tR\vpeerSubject\x12\x18\n" +
 	"\apartial\x18\r \x01(\bR\apartial\x122\n" +
 	"\x06header\x18\x0e \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\x12*\n" +
-	"\x06origin\x18\x0f \x01(\x0e2\x12.tcpgate.v1.OriginR\x06origin*\xac\x01\n" +
+	"\x06origin\x18\x0f \x01(\x0e2\x12.tcpgate.v1.OriginR\x06origin\x123\n" +
+	"\tdirection\x18\x10 \x01(\x0e2\x15.tcpgate.v1.DirectionR\tdirection\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x11 \x01(\x04R\n" +
+	"generation\x12\x18\n" +
+	"\aattempt\x18\x12 \x01(\rR\aattempt\x12/\n" +
+	"\x05delay\x18\x13 \x01(\v2\x19.google.protobuf.DurationR\x05delay\x12\x14\n" +
+	"\x05error\x18\x14 \x01(\tR\x05error\x12G\n" +
+	"\x13target_close_reason\x18\x15 \x01(\x0e2\x17.tcpgate.v1.CloseReasonR\x11targetCloseReason*\xac\x01\n" +
 	"\vFramingMode\x12\x1c\n" +
 	"\x18FRAMING_MODE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10FRAMING_MODE_RAW\x10\x01\x12\x15\n" +
@@ -3906,12 +4871,15 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1aLISTENER_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18LISTENER_STATE_LISTENING\x10\x01\x12\x1b\n" +
 	"\x17LISTENER_STATE_DRAINING\x10\x02\x12\x1a\n" +
-	"\x16LISTENER_STATE_STOPPED\x10\x03*\x8f\x01\n" +
+	"\x16LISTENER_STATE_STOPPED\x10\x03*\xeb\x01\n" +
 	"\x0fConnectionState\x12 \n" +
 	"\x1cCONNECTION_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15CONNECTION_STATE_OPEN\x10\x01\x12 \n" +
 	"\x1cCONNECTION_STATE_HALF_CLOSED\x10\x02\x12\x1d\n" +
-	"\x19CONNECTION_STATE_DRAINING\x10\x03*\x89\x01\n" +
+	"\x19CONNECTION_STATE_DRAINING\x10\x03\x12\x1f\n" +
+	"\x1bCONNECTION_STATE_CONNECTING\x10\x04\x12\x1c\n" +
+	"\x18CONNECTION_STATE_WAITING\x10\x05\x12\x1b\n" +
+	"\x17CONNECTION_STATE_CLOSED\x10\x06*\x89\x01\n" +
 	"\tAwaitMode\x12\x1a\n" +
 	"\x16AWAIT_MODE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fAWAIT_MODE_NONE\x10\x01\x12\x19\n" +
@@ -3926,7 +4894,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1aPAYLOAD_FORMAT_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bPAYLOAD_FORMAT_TEXT_OR_DATA\x10\x01\x12\x17\n" +
 	"\x13PAYLOAD_FORMAT_DATA\x10\x02\x12\x17\n" +
-	"\x13PAYLOAD_FORMAT_BOTH\x10\x03*\xa4\x02\n" +
+	"\x13PAYLOAD_FORMAT_BOTH\x10\x03*\xc8\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bEVENT_KIND_LISTENER_STARTED\x10\x01\x12\x1f\n" +
@@ -3936,7 +4904,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1cEVENT_KIND_CONNECTION_CLOSED\x10\x05\x12\x1d\n" +
 	"\x19EVENT_KIND_EVENTS_DROPPED\x10\x06\x12\x1d\n" +
 	"\x19EVENT_KIND_STREAM_STARTED\x10\a\x12\"\n" +
-	"\x1eEVENT_KIND_INCARNATION_CHANGED\x10\b*\xa7\x03\n" +
+	"\x1eEVENT_KIND_INCARNATION_CHANGED\x10\b\x12\"\n" +
+	"\x1eEVENT_KIND_RECONNECT_SCHEDULED\x10\t*\xb3\x04\n" +
 	"\vCloseReason\x12\x1c\n" +
 	"\x18CLOSE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CLOSE_REASON_PEER_CLOSED\x10\x01\x12\x1b\n" +
@@ -3951,7 +4920,11 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x15CLOSE_REASON_SHUTDOWN\x10\n" +
 	"\x12%\n" +
 	"!CLOSE_REASON_TLS_HANDSHAKE_FAILED\x10\v\x12\x1e\n" +
-	"\x1aCLOSE_REASON_REPLY_TIMEOUT\x10\f*\xac\x01\n" +
+	"\x1aCLOSE_REASON_REPLY_TIMEOUT\x10\f\x12!\n" +
+	"\x1dCLOSE_REASON_HEARTBEAT_FAILED\x10\r\x12\"\n" +
+	"\x1eCLOSE_REASON_ON_CONNECT_FAILED\x10\x0e\x12\"\n" +
+	"\x1eCLOSE_REASON_RECONNECT_GAVE_UP\x10\x0f\x12\x1f\n" +
+	"\x1bCLOSE_REASON_FORWARD_FAILED\x10\x10*\xac\x01\n" +
 	"\x12SlowConsumerPolicy\x12$\n" +
 	" SLOW_CONSUMER_POLICY_UNSPECIFIED\x10\x00\x12$\n" +
 	" SLOW_CONSUMER_POLICY_DROP_OLDEST\x10\x01\x12#\n" +
@@ -4024,7 +4997,7 @@ func file_tcpgate_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_tcpgate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
-var file_tcpgate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_tcpgate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_tcpgate_v1_gateway_proto_goTypes = []any{
 	(FramingMode)(0),                // 0: tcpgate.v1.FramingMode
 	(AutoReplyMode)(0),              // 1: tcpgate.v1.AutoReplyMode
@@ -4045,32 +5018,39 @@ var file_tcpgate_v1_gateway_proto_goTypes = []any{
 	(*Listener)(nil),                // 16: tcpgate.v1.Listener
 	(*ListenerTLS)(nil),             // 17: tcpgate.v1.ListenerTLS
 	(*Connection)(nil),              // 18: tcpgate.v1.Connection
-	(*StartListenerRequest)(nil),    // 19: tcpgate.v1.StartListenerRequest
-	(*StartListenerResponse)(nil),   // 20: tcpgate.v1.StartListenerResponse
-	(*ResponseHeader)(nil),          // 21: tcpgate.v1.ResponseHeader
-	(*StopListenerRequest)(nil),     // 22: tcpgate.v1.StopListenerRequest
-	(*StopListenerResponse)(nil),    // 23: tcpgate.v1.StopListenerResponse
-	(*GetListenerRequest)(nil),      // 24: tcpgate.v1.GetListenerRequest
-	(*GetListenerResponse)(nil),     // 25: tcpgate.v1.GetListenerResponse
-	(*ListListenersRequest)(nil),    // 26: tcpgate.v1.ListListenersRequest
-	(*ListListenersResponse)(nil),   // 27: tcpgate.v1.ListListenersResponse
-	(*ListConnectionsRequest)(nil),  // 28: tcpgate.v1.ListConnectionsRequest
-	(*ListConnectionsResponse)(nil), // 29: tcpgate.v1.ListConnectionsResponse
-	(*GetConnectionRequest)(nil),    // 30: tcpgate.v1.GetConnectionRequest
-	(*GetConnectionResponse)(nil),   // 31: tcpgate.v1.GetConnectionResponse
-	(*CloseConnectionRequest)(nil),  // 32: tcpgate.v1.CloseConnectionRequest
-	(*CloseConnectionResponse)(nil), // 33: tcpgate.v1.CloseConnectionResponse
-	(*AwaitReply)(nil),              // 34: tcpgate.v1.AwaitReply
-	(*ReplyMatch)(nil),              // 35: tcpgate.v1.ReplyMatch
-	(*SendRequest)(nil),             // 36: tcpgate.v1.SendRequest
-	(*DialTLS)(nil),                 // 37: tcpgate.v1.DialTLS
-	(*Reply)(nil),                   // 38: tcpgate.v1.Reply
-	(*SendResponse)(nil),            // 39: tcpgate.v1.SendResponse
-	(*SubscribeRequest)(nil),        // 40: tcpgate.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),       // 41: tcpgate.v1.SubscribeResponse
-	(*Event)(nil),                   // 42: tcpgate.v1.Event
-	(*timestamppb.Timestamp)(nil),   // 43: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 44: google.protobuf.Duration
+	(*ConnectRequest)(nil),          // 19: tcpgate.v1.ConnectRequest
+	(*Reconnect)(nil),               // 20: tcpgate.v1.Reconnect
+	(*OnConnect)(nil),               // 21: tcpgate.v1.OnConnect
+	(*Heartbeat)(nil),               // 22: tcpgate.v1.Heartbeat
+	(*TcpKeepAlive)(nil),            // 23: tcpgate.v1.TcpKeepAlive
+	(*ConnectResponse)(nil),         // 24: tcpgate.v1.ConnectResponse
+	(*StartListenerRequest)(nil),    // 25: tcpgate.v1.StartListenerRequest
+	(*Forward)(nil),                 // 26: tcpgate.v1.Forward
+	(*StartListenerResponse)(nil),   // 27: tcpgate.v1.StartListenerResponse
+	(*ResponseHeader)(nil),          // 28: tcpgate.v1.ResponseHeader
+	(*StopListenerRequest)(nil),     // 29: tcpgate.v1.StopListenerRequest
+	(*StopListenerResponse)(nil),    // 30: tcpgate.v1.StopListenerResponse
+	(*GetListenerRequest)(nil),      // 31: tcpgate.v1.GetListenerRequest
+	(*GetListenerResponse)(nil),     // 32: tcpgate.v1.GetListenerResponse
+	(*ListListenersRequest)(nil),    // 33: tcpgate.v1.ListListenersRequest
+	(*ListListenersResponse)(nil),   // 34: tcpgate.v1.ListListenersResponse
+	(*ListConnectionsRequest)(nil),  // 35: tcpgate.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil), // 36: tcpgate.v1.ListConnectionsResponse
+	(*GetConnectionRequest)(nil),    // 37: tcpgate.v1.GetConnectionRequest
+	(*GetConnectionResponse)(nil),   // 38: tcpgate.v1.GetConnectionResponse
+	(*CloseConnectionRequest)(nil),  // 39: tcpgate.v1.CloseConnectionRequest
+	(*CloseConnectionResponse)(nil), // 40: tcpgate.v1.CloseConnectionResponse
+	(*AwaitReply)(nil),              // 41: tcpgate.v1.AwaitReply
+	(*ReplyMatch)(nil),              // 42: tcpgate.v1.ReplyMatch
+	(*SendRequest)(nil),             // 43: tcpgate.v1.SendRequest
+	(*DialTLS)(nil),                 // 44: tcpgate.v1.DialTLS
+	(*Reply)(nil),                   // 45: tcpgate.v1.Reply
+	(*SendResponse)(nil),            // 46: tcpgate.v1.SendResponse
+	(*SubscribeRequest)(nil),        // 47: tcpgate.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),       // 48: tcpgate.v1.SubscribeResponse
+	(*Event)(nil),                   // 49: tcpgate.v1.Event
+	(*timestamppb.Timestamp)(nil),   // 50: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 51: google.protobuf.Duration
 }
 var file_tcpgate_v1_gateway_proto_depIdxs = []int32{
 	0,  // 0: tcpgate.v1.Framing.mode:type_name -> tcpgate.v1.FramingMode
@@ -4078,77 +5058,104 @@ var file_tcpgate_v1_gateway_proto_depIdxs = []int32{
 	5,  // 2: tcpgate.v1.Listener.state:type_name -> tcpgate.v1.ListenerState
 	14, // 3: tcpgate.v1.Listener.framing:type_name -> tcpgate.v1.Framing
 	15, // 4: tcpgate.v1.Listener.auto_reply:type_name -> tcpgate.v1.AutoReply
-	43, // 5: tcpgate.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
-	44, // 6: tcpgate.v1.Listener.idle_timeout:type_name -> google.protobuf.Duration
-	44, // 7: tcpgate.v1.Listener.half_close_timeout:type_name -> google.protobuf.Duration
+	50, // 5: tcpgate.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
+	51, // 6: tcpgate.v1.Listener.idle_timeout:type_name -> google.protobuf.Duration
+	51, // 7: tcpgate.v1.Listener.half_close_timeout:type_name -> google.protobuf.Duration
 	4,  // 8: tcpgate.v1.Listener.source:type_name -> tcpgate.v1.Source
-	43, // 9: tcpgate.v1.Connection.opened_at:type_name -> google.protobuf.Timestamp
-	6,  // 10: tcpgate.v1.Connection.state:type_name -> tcpgate.v1.ConnectionState
-	2,  // 11: tcpgate.v1.Connection.origin:type_name -> tcpgate.v1.Origin
-	14, // 12: tcpgate.v1.StartListenerRequest.framing:type_name -> tcpgate.v1.Framing
-	15, // 13: tcpgate.v1.StartListenerRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
-	44, // 14: tcpgate.v1.StartListenerRequest.idle_timeout:type_name -> google.protobuf.Duration
-	17, // 15: tcpgate.v1.StartListenerRequest.tls:type_name -> tcpgate.v1.ListenerTLS
-	44, // 16: tcpgate.v1.StartListenerRequest.half_close_timeout:type_name -> google.protobuf.Duration
-	16, // 17: tcpgate.v1.StartListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	21, // 18: tcpgate.v1.StartListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	44, // 19: tcpgate.v1.StopListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
-	16, // 20: tcpgate.v1.StopListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	21, // 21: tcpgate.v1.StopListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	16, // 22: tcpgate.v1.GetListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	21, // 23: tcpgate.v1.GetListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	16, // 24: tcpgate.v1.ListListenersResponse.listeners:type_name -> tcpgate.v1.Listener
-	21, // 25: tcpgate.v1.ListListenersResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	6,  // 26: tcpgate.v1.ListConnectionsRequest.state:type_name -> tcpgate.v1.ConnectionState
-	2,  // 27: tcpgate.v1.ListConnectionsRequest.origins:type_name -> tcpgate.v1.Origin
-	18, // 28: tcpgate.v1.ListConnectionsResponse.connections:type_name -> tcpgate.v1.Connection
-	21, // 29: tcpgate.v1.ListConnectionsResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	18, // 30: tcpgate.v1.GetConnectionResponse.connection:type_name -> tcpgate.v1.Connection
-	21, // 31: tcpgate.v1.GetConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	18, // 32: tcpgate.v1.CloseConnectionResponse.connection:type_name -> tcpgate.v1.Connection
-	21, // 33: tcpgate.v1.CloseConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	7,  // 34: tcpgate.v1.AwaitReply.mode:type_name -> tcpgate.v1.AwaitMode
-	14, // 35: tcpgate.v1.AwaitReply.framing:type_name -> tcpgate.v1.Framing
-	9,  // 36: tcpgate.v1.AwaitReply.payload_format:type_name -> tcpgate.v1.PayloadFormat
-	35, // 37: tcpgate.v1.AwaitReply.match:type_name -> tcpgate.v1.ReplyMatch
-	8,  // 38: tcpgate.v1.AwaitReply.on_timeout:type_name -> tcpgate.v1.OnTimeout
-	34, // 39: tcpgate.v1.SendRequest.await_reply:type_name -> tcpgate.v1.AwaitReply
-	44, // 40: tcpgate.v1.SendRequest.timeout:type_name -> google.protobuf.Duration
-	37, // 41: tcpgate.v1.SendRequest.tls:type_name -> tcpgate.v1.DialTLS
-	38, // 42: tcpgate.v1.SendResponse.reply:type_name -> tcpgate.v1.Reply
-	10, // 43: tcpgate.v1.SubscribeRequest.kinds:type_name -> tcpgate.v1.EventKind
-	12, // 44: tcpgate.v1.SubscribeRequest.slow_consumer:type_name -> tcpgate.v1.SlowConsumerPolicy
-	9,  // 45: tcpgate.v1.SubscribeRequest.payload_format:type_name -> tcpgate.v1.PayloadFormat
-	2,  // 46: tcpgate.v1.SubscribeRequest.origins:type_name -> tcpgate.v1.Origin
-	42, // 47: tcpgate.v1.SubscribeResponse.events:type_name -> tcpgate.v1.Event
-	43, // 48: tcpgate.v1.Event.time:type_name -> google.protobuf.Timestamp
-	10, // 49: tcpgate.v1.Event.kind:type_name -> tcpgate.v1.EventKind
-	11, // 50: tcpgate.v1.Event.close_reason:type_name -> tcpgate.v1.CloseReason
-	21, // 51: tcpgate.v1.Event.header:type_name -> tcpgate.v1.ResponseHeader
-	2,  // 52: tcpgate.v1.Event.origin:type_name -> tcpgate.v1.Origin
-	19, // 53: tcpgate.v1.GatewayService.StartListener:input_type -> tcpgate.v1.StartListenerRequest
-	22, // 54: tcpgate.v1.GatewayService.StopListener:input_type -> tcpgate.v1.StopListenerRequest
-	24, // 55: tcpgate.v1.GatewayService.GetListener:input_type -> tcpgate.v1.GetListenerRequest
-	26, // 56: tcpgate.v1.GatewayService.ListListeners:input_type -> tcpgate.v1.ListListenersRequest
-	28, // 57: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
-	30, // 58: tcpgate.v1.GatewayService.GetConnection:input_type -> tcpgate.v1.GetConnectionRequest
-	32, // 59: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
-	36, // 60: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
-	40, // 61: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
-	20, // 62: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
-	23, // 63: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
-	25, // 64: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
-	27, // 65: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
-	29, // 66: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
-	31, // 67: tcpgate.v1.GatewayService.GetConnection:output_type -> tcpgate.v1.GetConnectionResponse
-	33, // 68: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
-	39, // 69: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
-	41, // 70: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
-	62, // [62:71] is the sub-list for method output_type
-	53, // [53:62] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	26, // 9: tcpgate.v1.Listener.forward:type_name -> tcpgate.v1.Forward
+	50, // 10: tcpgate.v1.Connection.opened_at:type_name -> google.protobuf.Timestamp
+	6,  // 11: tcpgate.v1.Connection.state:type_name -> tcpgate.v1.ConnectionState
+	2,  // 12: tcpgate.v1.Connection.origin:type_name -> tcpgate.v1.Origin
+	50, // 13: tcpgate.v1.Connection.next_attempt_at:type_name -> google.protobuf.Timestamp
+	14, // 14: tcpgate.v1.ConnectRequest.framing:type_name -> tcpgate.v1.Framing
+	44, // 15: tcpgate.v1.ConnectRequest.tls:type_name -> tcpgate.v1.DialTLS
+	20, // 16: tcpgate.v1.ConnectRequest.reconnect:type_name -> tcpgate.v1.Reconnect
+	21, // 17: tcpgate.v1.ConnectRequest.on_connect:type_name -> tcpgate.v1.OnConnect
+	22, // 18: tcpgate.v1.ConnectRequest.heartbeat:type_name -> tcpgate.v1.Heartbeat
+	51, // 19: tcpgate.v1.ConnectRequest.idle_timeout:type_name -> google.protobuf.Duration
+	23, // 20: tcpgate.v1.ConnectRequest.keep_alive:type_name -> tcpgate.v1.TcpKeepAlive
+	51, // 21: tcpgate.v1.ConnectRequest.tcp_user_timeout:type_name -> google.protobuf.Duration
+	51, // 22: tcpgate.v1.ConnectRequest.timeout:type_name -> google.protobuf.Duration
+	51, // 23: tcpgate.v1.Reconnect.initial_backoff:type_name -> google.protobuf.Duration
+	51, // 24: tcpgate.v1.Reconnect.max_backoff:type_name -> google.protobuf.Duration
+	42, // 25: tcpgate.v1.OnConnect.expect:type_name -> tcpgate.v1.ReplyMatch
+	51, // 26: tcpgate.v1.OnConnect.timeout:type_name -> google.protobuf.Duration
+	51, // 27: tcpgate.v1.Heartbeat.interval:type_name -> google.protobuf.Duration
+	42, // 28: tcpgate.v1.Heartbeat.expect:type_name -> tcpgate.v1.ReplyMatch
+	51, // 29: tcpgate.v1.Heartbeat.timeout:type_name -> google.protobuf.Duration
+	51, // 30: tcpgate.v1.TcpKeepAlive.idle:type_name -> google.protobuf.Duration
+	51, // 31: tcpgate.v1.TcpKeepAlive.interval:type_name -> google.protobuf.Duration
+	18, // 32: tcpgate.v1.ConnectResponse.connection:type_name -> tcpgate.v1.Connection
+	28, // 33: tcpgate.v1.ConnectResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	14, // 34: tcpgate.v1.StartListenerRequest.framing:type_name -> tcpgate.v1.Framing
+	15, // 35: tcpgate.v1.StartListenerRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
+	51, // 36: tcpgate.v1.StartListenerRequest.idle_timeout:type_name -> google.protobuf.Duration
+	17, // 37: tcpgate.v1.StartListenerRequest.tls:type_name -> tcpgate.v1.ListenerTLS
+	51, // 38: tcpgate.v1.StartListenerRequest.half_close_timeout:type_name -> google.protobuf.Duration
+	26, // 39: tcpgate.v1.StartListenerRequest.forward:type_name -> tcpgate.v1.Forward
+	44, // 40: tcpgate.v1.Forward.tls:type_name -> tcpgate.v1.DialTLS
+	16, // 41: tcpgate.v1.StartListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	28, // 42: tcpgate.v1.StartListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	51, // 43: tcpgate.v1.StopListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
+	16, // 44: tcpgate.v1.StopListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	28, // 45: tcpgate.v1.StopListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	16, // 46: tcpgate.v1.GetListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	28, // 47: tcpgate.v1.GetListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	16, // 48: tcpgate.v1.ListListenersResponse.listeners:type_name -> tcpgate.v1.Listener
+	28, // 49: tcpgate.v1.ListListenersResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	6,  // 50: tcpgate.v1.ListConnectionsRequest.state:type_name -> tcpgate.v1.ConnectionState
+	2,  // 51: tcpgate.v1.ListConnectionsRequest.origins:type_name -> tcpgate.v1.Origin
+	18, // 52: tcpgate.v1.ListConnectionsResponse.connections:type_name -> tcpgate.v1.Connection
+	28, // 53: tcpgate.v1.ListConnectionsResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	18, // 54: tcpgate.v1.GetConnectionResponse.connection:type_name -> tcpgate.v1.Connection
+	28, // 55: tcpgate.v1.GetConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	18, // 56: tcpgate.v1.CloseConnectionResponse.connection:type_name -> tcpgate.v1.Connection
+	28, // 57: tcpgate.v1.CloseConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	7,  // 58: tcpgate.v1.AwaitReply.mode:type_name -> tcpgate.v1.AwaitMode
+	14, // 59: tcpgate.v1.AwaitReply.framing:type_name -> tcpgate.v1.Framing
+	9,  // 60: tcpgate.v1.AwaitReply.payload_format:type_name -> tcpgate.v1.PayloadFormat
+	42, // 61: tcpgate.v1.AwaitReply.match:type_name -> tcpgate.v1.ReplyMatch
+	8,  // 62: tcpgate.v1.AwaitReply.on_timeout:type_name -> tcpgate.v1.OnTimeout
+	41, // 63: tcpgate.v1.SendRequest.await_reply:type_name -> tcpgate.v1.AwaitReply
+	51, // 64: tcpgate.v1.SendRequest.timeout:type_name -> google.protobuf.Duration
+	44, // 65: tcpgate.v1.SendRequest.tls:type_name -> tcpgate.v1.DialTLS
+	45, // 66: tcpgate.v1.SendResponse.reply:type_name -> tcpgate.v1.Reply
+	10, // 67: tcpgate.v1.SubscribeRequest.kinds:type_name -> tcpgate.v1.EventKind
+	12, // 68: tcpgate.v1.SubscribeRequest.slow_consumer:type_name -> tcpgate.v1.SlowConsumerPolicy
+	9,  // 69: tcpgate.v1.SubscribeRequest.payload_format:type_name -> tcpgate.v1.PayloadFormat
+	2,  // 70: tcpgate.v1.SubscribeRequest.origins:type_name -> tcpgate.v1.Origin
+	49, // 71: tcpgate.v1.SubscribeResponse.events:type_name -> tcpgate.v1.Event
+	50, // 72: tcpgate.v1.Event.time:type_name -> google.protobuf.Timestamp
+	10, // 73: tcpgate.v1.Event.kind:type_name -> tcpgate.v1.EventKind
+	11, // 74: tcpgate.v1.Event.close_reason:type_name -> tcpgate.v1.CloseReason
+	28, // 75: tcpgate.v1.Event.header:type_name -> tcpgate.v1.ResponseHeader
+	2,  // 76: tcpgate.v1.Event.origin:type_name -> tcpgate.v1.Origin
+	3,  // 77: tcpgate.v1.Event.direction:type_name -> tcpgate.v1.Direction
+	51, // 78: tcpgate.v1.Event.delay:type_name -> google.protobuf.Duration
+	11, // 79: tcpgate.v1.Event.target_close_reason:type_name -> tcpgate.v1.CloseReason
+	25, // 80: tcpgate.v1.GatewayService.StartListener:input_type -> tcpgate.v1.StartListenerRequest
+	29, // 81: tcpgate.v1.GatewayService.StopListener:input_type -> tcpgate.v1.StopListenerRequest
+	31, // 82: tcpgate.v1.GatewayService.GetListener:input_type -> tcpgate.v1.GetListenerRequest
+	33, // 83: tcpgate.v1.GatewayService.ListListeners:input_type -> tcpgate.v1.ListListenersRequest
+	35, // 84: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
+	37, // 85: tcpgate.v1.GatewayService.GetConnection:input_type -> tcpgate.v1.GetConnectionRequest
+	39, // 86: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
+	43, // 87: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
+	47, // 88: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
+	27, // 89: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
+	30, // 90: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
+	32, // 91: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
+	34, // 92: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
+	36, // 93: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
+	38, // 94: tcpgate.v1.GatewayService.GetConnection:output_type -> tcpgate.v1.GetConnectionResponse
+	40, // 95: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
+	46, // 96: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
+	48, // 97: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
+	89, // [89:98] is the sub-list for method output_type
+	80, // [80:89] is the sub-list for method input_type
+	80, // [80:80] is the sub-list for extension type_name
+	80, // [80:80] is the sub-list for extension extendee
+	0,  // [0:80] is the sub-list for field type_name
 }
 
 func init() { file_tcpgate_v1_gateway_proto_init() }
@@ -4160,12 +5167,20 @@ func file_tcpgate_v1_gateway_proto_init() {
 		(*AutoReply_Text)(nil),
 		(*AutoReply_Data)(nil),
 	}
-	file_tcpgate_v1_gateway_proto_msgTypes[21].OneofWrappers = []any{
+	file_tcpgate_v1_gateway_proto_msgTypes[7].OneofWrappers = []any{
+		(*OnConnect_Text)(nil),
+		(*OnConnect_Data)(nil),
+	}
+	file_tcpgate_v1_gateway_proto_msgTypes[8].OneofWrappers = []any{
+		(*Heartbeat_Text)(nil),
+		(*Heartbeat_Data)(nil),
+	}
+	file_tcpgate_v1_gateway_proto_msgTypes[28].OneofWrappers = []any{
 		(*ReplyMatch_Prefix)(nil),
 		(*ReplyMatch_PrefixData)(nil),
 		(*ReplyMatch_Regex)(nil),
 	}
-	file_tcpgate_v1_gateway_proto_msgTypes[22].OneofWrappers = []any{
+	file_tcpgate_v1_gateway_proto_msgTypes[29].OneofWrappers = []any{
 		(*SendRequest_Address)(nil),
 		(*SendRequest_ConnectionId)(nil),
 		(*SendRequest_ListenerId)(nil),
@@ -4178,7 +5193,7 @@ func file_tcpgate_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tcpgate_v1_gateway_proto_rawDesc), len(file_tcpgate_v1_gateway_proto_rawDesc)),
 			NumEnums:      14,
-			NumMessages:   29,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -47,12 +47,14 @@ type GatewayServiceClient interface {
 	GetListener(ctx context.Context, in *GetListenerRequest, opts ...grpc.CallOption) (*GetListenerResponse, error)
 	// ListListeners returns the running listeners, a page at a time.
 	ListListeners(ctx context.Context, in *ListListenersRequest, opts ...grpc.CallOption) (*ListListenersResponse, error)
-	// ListConnections returns the open connections, a page at a time,
-	// optionally of one listener, one state or one remote address prefix.
+	// ListConnections returns the live connections, accepted and outbound, a
+	// page at a time, optionally of one listener, one state, one remote
+	// address prefix or some origins.
 	ListConnections(ctx context.Context, in *ListConnectionsRequest, opts ...grpc.CallOption) (*ListConnectionsResponse, error)
-	// GetConnection returns one open connection with its state and counters.
+	// GetConnection returns one live connection with its state and counters.
 	GetConnection(ctx context.Context, in *GetConnectionRequest, opts ...grpc.CallOption) (*GetConnectionResponse, error)
-	// CloseConnection closes one accepted connection (reason CLOSED_BY_API).
+	// CloseConnection closes one connection for good (reason CLOSED_BY_API):
+	// an accepted one, or a managed outbound one, whose reconnects it stops.
 	CloseConnection(ctx context.Context, in *CloseConnectionRequest, opts ...grpc.CallOption) (*CloseConnectionResponse, error)
 	// Send writes text or bytes to an address (one-shot connect), to an accepted
 	// connection, or to every connection of a listener, and optionally returns
@@ -187,12 +189,14 @@ type GatewayServiceServer interface {
 	GetListener(context.Context, *GetListenerRequest) (*GetListenerResponse, error)
 	// ListListeners returns the running listeners, a page at a time.
 	ListListeners(context.Context, *ListListenersRequest) (*ListListenersResponse, error)
-	// ListConnections returns the open connections, a page at a time,
-	// optionally of one listener, one state or one remote address prefix.
+	// ListConnections returns the live connections, accepted and outbound, a
+	// page at a time, optionally of one listener, one state, one remote
+	// address prefix or some origins.
 	ListConnections(context.Context, *ListConnectionsRequest) (*ListConnectionsResponse, error)
-	// GetConnection returns one open connection with its state and counters.
+	// GetConnection returns one live connection with its state and counters.
 	GetConnection(context.Context, *GetConnectionRequest) (*GetConnectionResponse, error)
-	// CloseConnection closes one accepted connection (reason CLOSED_BY_API).
+	// CloseConnection closes one connection for good (reason CLOSED_BY_API):
+	// an accepted one, or a managed outbound one, whose reconnects it stops.
 	CloseConnection(context.Context, *CloseConnectionRequest) (*CloseConnectionResponse, error)
 	// Send writes text or bytes to an address (one-shot connect), to an accepted
 	// connection, or to every connection of a listener, and optionally returns

@@ -107,6 +107,12 @@ type Config struct {
 	// WriteBudget, when set, bounds the bytes queued for writing over every
 	// connection that shares it; nil means no bound but the connection's own.
 	WriteBudget *WriteBudget
+
+	// Forward, when set, relays the connection to a target it dials once
+	// open (see forward.go). AutoReply must be NoAutoReply with it; its
+	// IdleTimeout counts bytes either way, and HalfCloseTimeout does not
+	// apply: a half-closed side lasts until the other side ends too.
+	Forward *Forward
 }
 
 // Conn is one accepted connection. Create it with New and run Serve.
@@ -139,6 +145,13 @@ type Conn struct {
 	halfClosed atomic.Bool
 	reason     event.CloseReason // the first reason given to Close
 	subject    string            // the TLS peer's certificate subject, set before OPENED
+
+	// relay is the target side of a forwarded connection (forward.go),
+	// set by Serve before anything that reads it starts; nil otherwise.
+	relay *relay
+	// fwdIdle is a forwarded connection's idle timeout, which its relay
+	// counts over both directions instead of the read loop.
+	fwdIdle time.Duration
 }
 
 // New wraps an accepted connection. ctx bounds its life: when it ends, the
@@ -147,7 +160,11 @@ func New(ctx context.Context, nc net.Conn, cfg Config) *Conn {
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = DefaultWriteTimeout
 	}
-	c := &Conn{cfg: cfg, nc: nc, remote: nc.RemoteAddr().String(), openedAt: time.Now(), done: make(chan struct{}), writeTurn: make(chan struct{}, 1)}
+	var fwdIdle time.Duration
+	if cfg.Forward != nil {
+		fwdIdle, cfg.IdleTimeout, cfg.HalfCloseTimeout = cfg.IdleTimeout, 0, 0
+	}
+	c := &Conn{cfg: cfg, nc: nc, remote: nc.RemoteAddr().String(), openedAt: time.Now(), done: make(chan struct{}), writeTurn: make(chan struct{}, 1), fwdIdle: fwdIdle}
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	c.stopWatch = context.AfterFunc(ctx, func() { c.Close(event.ReasonShutdown) })
 	return c
@@ -229,8 +246,8 @@ func (c *Conn) Serve() {
 	} else if err != nil {
 		// Validated by the caller; reaching here is a bug, not a peer's doing.
 		reason = event.ReasonReadError
-	} else {
-		reason = c.readLoop(splitter)
+	} else if reason = c.startRelay(); reason == event.ReasonUnspecified {
+		reason = c.endRelay(c.readLoop(splitter))
 	}
 
 	var partial []byte
@@ -284,6 +301,7 @@ func (c *Conn) Serve() {
 		LocalAddr:    c.LocalAddr(),
 		CloseReason:  reason,
 	}
+	c.relayClosed(closed)
 	if partial == nil {
 		_ = pub.Publish(c.ctx, closed)
 		return

@@ -31,11 +31,22 @@ func (r *recorder) waitClosed(t *testing.T) []*event.Event {
 	})
 }
 
-// dataOf returns the payloads of the DATA events.
+// dataOf returns the payloads of the DATA events of received data.
 func dataOf(evs []*event.Event) []string {
 	var out []string
 	for _, e := range evs {
-		if e.Kind == event.Data && !e.Partial {
+		if e.Kind == event.Data && !e.Partial && e.Direction == event.Received {
+			out = append(out, string(e.Data))
+		}
+	}
+	return out
+}
+
+// sentOf returns the payloads of the DATA events of what was written.
+func sentOf(evs []*event.Event) []string {
+	var out []string
+	for _, e := range evs {
+		if e.Kind == event.Data && e.Direction == event.Sent {
 			out = append(out, string(e.Data))
 		}
 	}

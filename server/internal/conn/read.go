@@ -154,6 +154,11 @@ func (c *Conn) readLoop(splitter *framing.Splitter) event.CloseReason {
 				return event.ReasonUnspecified // closed while waiting; Close set the reason
 			}
 			clear(frames)
+			// A forwarded connection relays the bytes as they came, after
+			// subscribers got their frames.
+			if c.relay != nil && !c.relayOut(chunk) {
+				return event.ReasonUnspecified
+			}
 			if ferr != nil {
 				return event.ReasonFrameTooLarge
 			}

@@ -14,9 +14,10 @@ import (
 )
 
 // Writes meet in one outbound queue per connection: sends from the API,
-// broadcasts and auto replies are queued in turn (writeTurn) and written by
-// one write goroutine, which runs only while bytes are queued, so an idle
-// connection costs no goroutine. The queue is bounded in bytes per
+// broadcasts, auto replies and a forwarding relay's chunks are queued in
+// turn (writeTurn) and written by one write goroutine, which runs only
+// while bytes are queued, so an idle connection costs no goroutine; it
+// publishes each write once written (publishSent). The queue is bounded in bytes per
 // connection (Config.MaxQueuedWriteBytes) and over all connections
 // (Config.WriteBudget); a writer that finds no room waits for it, so a read
 // loop whose auto replies a peer does not take stops reading and TCP pushes
@@ -315,7 +316,7 @@ func (c *Conn) flush() {
 		o.queue = o.queue[1:]
 		o.mu.Unlock()
 
-		err := c.writeItem(it, &iov)
+		n, err := c.writeItem(it, &iov)
 
 		// The budget first: once o.queued shows the room, a writer may
 		// queue and take budget at once, and the budget must not hold
@@ -325,6 +326,10 @@ func (c *Conn) flush() {
 		o.queued -= it.size
 		o.signalLocked()
 		o.mu.Unlock()
+		// Before the Send returns, so that its response's header covers
+		// the event; after the room shows, so that a lossless subscriber
+		// that holds the publish up holds no budget of other connections.
+		c.publishSent(it, n)
 		if it.send != nil {
 			it.send.err = err
 			close(it.send.done)
@@ -378,16 +383,18 @@ func (c *Conn) waitFlushed() {
 // out after writing part of a message closes the connection, whose byte
 // stream now holds a partial message; a send that ran out of its caller's
 // time before writing a byte leaves it open.
-func (c *Conn) writeItem(it *outItem, iov *[][]byte) error {
+// It returns the bytes written, all of them or the part that went before
+// an error.
+func (c *Conn) writeItem(it *outItem, iov *[][]byte) (int, error) {
 	var deadline time.Time
 	if s := it.send; s != nil {
 		deadline = s.deadline
 		if !deadline.IsZero() && !time.Now().Before(deadline) {
-			return fmt.Errorf("writing to %s: waiting for earlier writes: %w", c.cfg.ID, context.DeadlineExceeded)
+			return 0, fmt.Errorf("writing to %s: waiting for earlier writes: %w", c.cfg.ID, context.DeadlineExceeded)
 		}
 		if s.await != nil {
 			if err := c.addAwaiter(s.await); err != nil {
-				return err
+				return 0, err
 			}
 		}
 	}
@@ -426,23 +433,65 @@ func (c *Conn) writeItem(it *outItem, iov *[][]byte) error {
 		c.countOut(0, it.frames)
 	}
 	if err == nil {
-		return nil
+		return total, nil
 	}
 	if it.send != nil && it.send.await != nil {
 		c.dropAwaiter(it.send.await)
 	}
 	timedOut := errors.Is(err, os.ErrDeadlineExceeded)
 	if callers && timedOut && total == 0 {
-		return fmt.Errorf("writing to %s: peer took nothing before the send's timeout: %w", c.cfg.ID, context.DeadlineExceeded)
+		return 0, fmt.Errorf("writing to %s: peer took nothing before the send's timeout: %w", c.cfg.ID, context.DeadlineExceeded)
 	}
 	c.Close(event.ReasonWriteError)
 	switch {
 	case callers && timedOut:
-		return fmt.Errorf("writing to %s: peer took %d of %d bytes before the send's timeout; the connection is closed: %w", c.cfg.ID, total, it.size, context.DeadlineExceeded)
+		return total, fmt.Errorf("writing to %s: peer took %d of %d bytes before the send's timeout; the connection is closed: %w", c.cfg.ID, total, it.size, context.DeadlineExceeded)
 	case timedOut:
-		return fmt.Errorf("writing to %s: peer did not read for %s: %w", c.cfg.ID, c.cfg.WriteTimeout, ErrWriteTimeout)
+		return total, fmt.Errorf("writing to %s: peer did not read for %s: %w", c.cfg.ID, c.cfg.WriteTimeout, ErrWriteTimeout)
 	}
-	return fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
+	return total, fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
+}
+
+// publishSent publishes the n bytes written of it as one DATA event of
+// direction Sent, in write order (the write goroutine is the only caller).
+// One event per write: a Send, a broadcast's share, the echo of a read's
+// frames, a relayed chunk. A fixed reply written for k frames is one event
+// of its k copies, the bytes the peer got, made only from its one slice
+// here; every other payload is published as it was queued, which nobody
+// changes once queued. Size counts the bytes, as for received data, so
+// that the replay ring's byte bound holds for both. The event waits for a
+// lossless subscriber that asks for sent data and lacks room, until the
+// connection closes, or a Send's deadline passes (the Send waits for it:
+// a stuck subscriber must not hold it past its timeout); lossy ones never
+// hold it up.
+func (c *Conn) publishSent(it *outItem, n int) {
+	if n <= 0 {
+		return
+	}
+	ctx := c.ctx
+	if s := it.send; s != nil && !s.deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, s.deadline)
+		defer cancel()
+	}
+	data := it.p
+	if it.repeat > 1 {
+		data = make([]byte, 0, n)
+		for len(data)+len(it.p) <= n {
+			data = append(data, it.p...)
+		}
+		data = append(data, it.p[:n-len(data)]...)
+	} else {
+		data = data[:n:n]
+	}
+	_ = c.cfg.Publisher.Publish(ctx, &event.Event{
+		Kind:         event.Data,
+		ListenerID:   c.cfg.ListenerID,
+		ConnectionID: c.cfg.ID,
+		Origin:       c.cfg.Origin,
+		Direction:    event.Sent,
+		Data:         data,
+	})
 }
 
 func (c *Conn) countOut(bytes int, frames uint64) {

@@ -1,8 +1,10 @@
-// Package dialer makes the gateway's outbound one-shot sends: resolve and
-// check the address against the dial policy, connect, write, optionally
-// read the reply, close (kn-sock's send_tcp_message and send_tcp_bytes).
-// Send is its only way to connect, so that nothing dials around the
-// policy.
+// Package dialer makes the gateway's outbound connections: one-shot sends
+// (resolve and check the address against the dial policy, connect, write,
+// optionally read the reply, close: kn-sock's send_tcp_message and
+// send_tcp_bytes), and the connections that managed outbound connections
+// and forwarding listeners keep (Dial). Send and Dial are its only ways to
+// connect, and both resolve and check the policy in the same call, so
+// that nothing dials around the policy.
 package dialer
 
 import (
@@ -246,6 +248,76 @@ func (d *Dialer) Close() {
 	}
 	d.mu.Unlock()
 	d.wg.Wait()
+}
+
+// DialRequest is one connection to keep.
+type DialRequest struct {
+	// Address is host:port, as the caller gave it (and as errors name
+	// it). It is resolved at every Dial, so that each attempt is checked
+	// against the policy with the addresses it will dial.
+	Address string
+	// TLS, when set, makes the connection TLS, handshaken within Dial's
+	// context; its ServerName must be set.
+	TLS *tls.Config
+	// KeepAlive sets the TCP keep-alive probes (Enable is implied); its
+	// zero fields are Go's defaults: probes after 15 s idle, every 15 s,
+	// 9 of them (see net.KeepAliveConfig).
+	KeepAlive net.KeepAliveConfig
+	// NoKeepAlive turns the probes off; KeepAlive is then ignored.
+	NoKeepAlive bool
+	// UserTimeout sets TCP_USER_TIMEOUT: how long written bytes may stay
+	// unacknowledged before the kernel drops the connection; 0 leaves the
+	// kernel's default. Only on Linux; elsewhere it is ignored.
+	UserTimeout time.Duration
+}
+
+// Dial resolves req.Address, refuses it when the policy allows none of its
+// addresses (an error wrapping policy.ErrDenied), connects to the first
+// allowed one that accepts and, with req.TLS, completes the handshake. Its
+// errors are Send's: ErrRefused, ErrUnreachable, ErrHandshake, a
+// *net.DNSError, or ctx's error. The caller owns the connection.
+func (d *Dialer) Dial(ctx context.Context, req DialRequest) (net.Conn, error) {
+	addrs, err := d.Policy.ResolveDial(ctx, req.Address)
+	if err != nil {
+		var dns *net.DNSError
+		if errors.Is(err, policy.ErrDenied) || errors.As(err, &dns) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("connecting to %s: %w: %w", req.Address, ErrUnreachable, err)
+	}
+	nd := net.Dialer{KeepAliveConfig: req.KeepAlive, Control: userTimeout(req.UserTimeout)}
+	nd.KeepAliveConfig.Enable = true
+	if req.NoKeepAlive {
+		nd.KeepAliveConfig, nd.KeepAlive = net.KeepAliveConfig{}, -1
+	}
+	var nc net.Conn
+	var first error
+	for _, addr := range addrs {
+		if nc, err = nd.DialContext(ctx, "tcp", addr); err == nil {
+			break
+		}
+		if first == nil {
+			first = err
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if nc == nil {
+		return nil, dialError(ctx, req.Address, first)
+	}
+	if req.TLS == nil {
+		return nc, nil
+	}
+	tc := tls.Client(nc, req.TLS)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		nc.Close()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("TLS handshake with %s: %w", req.Address, ctx.Err())
+		}
+		return nil, fmt.Errorf("TLS handshake with %s: %w: %w", req.Address, ErrHandshake, err)
+	}
+	return tc, nil
 }
 
 // exchange writes the payload and reads the reply as asked.

@@ -28,6 +28,10 @@ const (
 	// IncarnationChanged follows StreamStarted when the position a client
 	// resumed from is not in the gateway's sequence space.
 	IncarnationChanged
+	// ReconnectScheduled says a managed outbound connection is down and
+	// dials again after Delay: Attempt numbers that attempt, Error says
+	// why it is down.
+	ReconnectScheduled
 )
 
 // String returns the kind's lowercase name.
@@ -49,6 +53,8 @@ func (k Kind) String() string {
 		return "stream_started"
 	case IncarnationChanged:
 		return "incarnation_changed"
+	case ReconnectScheduled:
+		return "reconnect_scheduled"
 	}
 	return "unspecified"
 }
@@ -72,6 +78,21 @@ const (
 	ReasonShutdown
 	ReasonTLSHandshake
 	ReasonReplyTimeout
+	// ReasonHeartbeatFailed: a heartbeat's expected reply did not come.
+	ReasonHeartbeatFailed
+	// ReasonOnConnectFailed: on_connect could not be written, or its
+	// expected reply did not come.
+	ReasonOnConnectFailed
+	// ReasonReconnectGaveUp: a managed outbound connection reached its
+	// max_attempts failed attempts in a row.
+	ReasonReconnectGaveUp
+	// ReasonForwardFailed: a forwarding listener's target could not be
+	// dialed.
+	ReasonForwardFailed
+
+	// NumReasons is one more than the last reason: arrays indexed by
+	// reason have this length.
+	NumReasons = iota
 )
 
 // String returns the reason's lowercase name.
@@ -101,6 +122,14 @@ func (r CloseReason) String() string {
 		return "tls_handshake_failed"
 	case ReasonReplyTimeout:
 		return "reply_timeout"
+	case ReasonHeartbeatFailed:
+		return "heartbeat_failed"
+	case ReasonOnConnectFailed:
+		return "on_connect_failed"
+	case ReasonReconnectGaveUp:
+		return "reconnect_gave_up"
+	case ReasonForwardFailed:
+		return "forward_failed"
 	}
 	return "unspecified"
 }
@@ -128,6 +157,27 @@ func (o Origin) String() string {
 		return "outbound"
 	}
 	return "none"
+}
+
+// Direction says which way the bytes of a Data event went. The zero value
+// is Received, so that every frame a connection reads needs no setting.
+type Direction uint8
+
+// The directions of data.
+const (
+	// Received is what a peer said.
+	Received Direction = iota
+	// Sent is what the gateway wrote: only subscribers that ask for sent
+	// data get it.
+	Sent
+)
+
+// String returns the direction's lowercase name.
+func (d Direction) String() string {
+	if d == Sent {
+		return "sent"
+	}
+	return "received"
 }
 
 // Header says which gateway a stream comes from and where its sequence
@@ -170,6 +220,21 @@ type Event struct {
 	// Header is set on StreamStarted and IncarnationChanged, the markers
 	// that open one stream (they are never published).
 	Header *Header
+	// Direction is which way a Data event's bytes went.
+	Direction Direction
+	// Generation numbers the socket of a managed outbound connection that
+	// the event concerns (1 for the first); 0 for every other event.
+	Generation uint64
+	// Attempt and Delay are set on ReconnectScheduled: the attempt to come
+	// and how long until it.
+	Attempt uint32
+	Delay   time.Duration
+	// Error says what went wrong, on ReconnectScheduled and on some
+	// ConnectionClosed events; empty when nothing did.
+	Error string
+	// TargetReason is why a forwarded connection's target side ended, on
+	// ConnectionClosed of a forwarding listener's connection.
+	TargetReason CloseReason
 	// Retained is how many bytes of memory Data keeps alive beyond its own
 	// length: a frame cut from a larger read shares that read's buffer, and
 	// carries its share of the bytes no frame of the read covers. Counted
@@ -265,6 +330,6 @@ func (e *Event) Size() int {
 }
 
 func (e *Event) computeSize() int {
-	strs := len(e.ListenerID) + len(e.ConnectionID) + len(e.RemoteAddr) + len(e.LocalAddr) + len(e.PeerSubject)
+	strs := len(e.ListenerID) + len(e.ConnectionID) + len(e.RemoteAddr) + len(e.LocalAddr) + len(e.PeerSubject) + len(e.Error)
 	return overhead + len(e.Data) + e.Retained + 2*strs
 }

@@ -22,8 +22,9 @@ func TestKindString(t *testing.T) {
 		{event.EventsDropped, "events_dropped"},
 		{event.StreamStarted, "stream_started"},
 		{event.IncarnationChanged, "incarnation_changed"},
+		{event.ReconnectScheduled, "reconnect_scheduled"},
 		{event.Kind(-1), "unspecified"},
-		{event.IncarnationChanged + 1, "unspecified"},
+		{event.ReconnectScheduled + 1, "unspecified"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {
@@ -52,8 +53,12 @@ func TestCloseReasonString(t *testing.T) {
 		{event.ReasonShutdown, "shutdown"},
 		{event.ReasonTLSHandshake, "tls_handshake_failed"},
 		{event.ReasonReplyTimeout, "reply_timeout"},
+		{event.ReasonHeartbeatFailed, "heartbeat_failed"},
+		{event.ReasonOnConnectFailed, "on_connect_failed"},
+		{event.ReasonReconnectGaveUp, "reconnect_gave_up"},
+		{event.ReasonForwardFailed, "forward_failed"},
 		{event.CloseReason(-1), "unspecified"},
-		{event.ReasonReplyTimeout + 1, "unspecified"},
+		{event.NumReasons, "unspecified"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {
@@ -68,7 +73,7 @@ func TestCloseReasonString(t *testing.T) {
 // in String would read as "unspecified" in logs.
 func TestStringsAreDistinct(t *testing.T) {
 	kinds := map[string]event.Kind{}
-	for k := event.ListenerStarted; k <= event.EventsDropped; k++ {
+	for k := event.ListenerStarted; k <= event.ReconnectScheduled; k++ {
 		s := k.String()
 		if prev, ok := kinds[s]; ok || s == "unspecified" {
 			t.Errorf("Kind(%d).String() = %q, also the name of Kind(%d)", int(k), s, int(prev))
@@ -76,7 +81,7 @@ func TestStringsAreDistinct(t *testing.T) {
 		kinds[s] = k
 	}
 	reasons := map[string]event.CloseReason{}
-	for r := event.ReasonPeerClosed; r <= event.ReasonTLSHandshake; r++ {
+	for r := event.ReasonPeerClosed; r < event.NumReasons; r++ {
 		s := r.String()
 		if prev, ok := reasons[s]; ok || s == "unspecified" {
 			t.Errorf("CloseReason(%d).String() = %q, also the name of CloseReason(%d)", int(r), s, int(prev))
@@ -105,6 +110,7 @@ func TestSize(t *testing.T) {
 		{"connection id", &event.Event{ConnectionID: "c42"}, 2 * len("c42")},
 		{"addresses", &event.Event{RemoteAddr: "127.0.0.1:5555", LocalAddr: "127.0.0.1:6666"}, 2 * 28},
 		{"peer subject", &event.Event{PeerSubject: "CN=client"}, 2 * len("CN=client")},
+		{"error", &event.Event{Error: "connection refused"}, 2 * len("connection refused")},
 		// A frame cut from a larger read keeps its share of the read alive.
 		{"retained read", &event.Event{Data: []byte("x"), Retained: 40000}, 1 + 40000},
 		{"everything", &event.Event{

@@ -178,6 +178,10 @@ type Filter struct {
 	// origins there are however long the list; an origin the event package
 	// does not define matches nothing.
 	Origins []event.Origin
+	// IncludeSent also selects the Data events of what the gateway wrote
+	// (event.Sent); without it only received data matches, as before sent
+	// data was published. It holds for the replay too.
+	IncludeSent bool
 }
 
 // Match reports whether e passes the filter.
@@ -188,7 +192,7 @@ func (f *Filter) Match(e *event.Event) bool {
 
 // compile checks the filter's bounds and turns it into sets.
 func (f *Filter) compile() (matcher, error) {
-	var m matcher
+	m := matcher{sent: f.IncludeSent}
 	var err error
 	if m.listeners, err = newIDSet("listener_ids", f.ListenerIDs); err != nil {
 		return m, err
@@ -221,10 +225,11 @@ type matcher struct {
 	listeners, conns idSet
 	kinds            uint64 // a bit per kind; 0 matches every kind
 	origins          uint8  // a bit per origin but OriginNone; 0 matches every event
+	sent             bool   // Data the gateway wrote matches too
 }
 
 func (m *matcher) match(e *event.Event) bool {
-	return (m.kinds == 0 || m.kinds&(1<<uint(e.Kind&63)) != 0) &&
+	return (e.Direction != event.Sent || m.sent) && (m.kinds == 0 || m.kinds&(1<<uint(e.Kind&63)) != 0) &&
 		(m.origins == 0 || (e.Origin != event.OriginNone && m.origins&(1<<(e.Origin&7)) != 0)) &&
 		m.listeners.has(e.ListenerID) && m.conns.has(e.ConnectionID)
 }

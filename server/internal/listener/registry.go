@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/tcpgate/tcpgate/server/internal/conn"
+	"github.com/tcpgate/tcpgate/server/internal/dialer"
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
 	"github.com/tcpgate/tcpgate/server/internal/ids"
@@ -104,6 +105,25 @@ type Spec struct {
 	// TLS, when set, makes the listener speak TLS; its ClientAuth says
 	// whether client certificates are required.
 	TLS *tls.Config
+	// Forward, when set, relays every accepted connection to a target
+	// dialed for it (see conn.Forward); not with an AutoReply.
+	Forward *Forward
+}
+
+// Forward is the target of a forwarding listener.
+type Forward struct {
+	// Address is host:port, resolved and checked against the dial policy
+	// at every dial.
+	Address string
+	// TLS, when set, makes the target's side TLS; its ServerName must be
+	// set.
+	TLS *tls.Config
+}
+
+// Dialer dials the targets of forwarding listeners: dialer.Dialer, which
+// resolves and checks the dial policy in the same call.
+type Dialer interface {
+	Dial(ctx context.Context, req dialer.DialRequest) (net.Conn, error)
 }
 
 // Info is a snapshot of a listener.
@@ -148,6 +168,9 @@ type Config struct {
 	MaxDrainTimeout time.Duration
 	// Logger logs listener starts and stops; nil means slog.Default().
 	Logger *slog.Logger
+	// Dialer dials the targets of forwarding listeners; nil refuses a
+	// Spec with Forward.
+	Dialer Dialer
 }
 
 // Registry runs listeners. Its zero value is not usable; call New.
@@ -163,6 +186,8 @@ type Registry struct {
 	// refusedLog is when a refusal was last logged (unix nanoseconds), so
 	// that a flood of refused connections logs one line a second.
 	refusedLog atomic.Int64
+	// forwarded is what the relays of every forwarding listener moved.
+	forwarded conn.ForwardStats
 
 	// quit is closed when the shutdown begins (StopAccepting or Close):
 	// drains in progress are cut.
@@ -254,6 +279,9 @@ func (r *Registry) Start(ctx context.Context, spec Spec) (Info, error) {
 	if spec.IdleTimeout == 0 {
 		spec.IdleTimeout = r.cfg.IdleTimeout
 	}
+	if err := r.checkForward(spec); err != nil {
+		return Info{}, err
+	}
 	if spec.Port < 0 || spec.Port > 65535 {
 		return Info{}, fmt.Errorf("binding %s: %w: port must be 0 to 65535",
 			net.JoinHostPort(spec.Host, strconv.Itoa(spec.Port)), ErrAddressNotUsable)
@@ -279,6 +307,23 @@ func (r *Registry) Start(ctx context.Context, spec Spec) (Info, error) {
 	}
 	return Info{}, fmt.Errorf("binding %s: no free port among %d tried from --allow-listen: %w",
 		net.JoinHostPort(spec.Host, "0"), len(ports), ErrAddressInUse)
+}
+
+// checkForward refuses a forward that cannot work: without an address,
+// with an auto reply (the target answers), or with no dialer to reach it.
+func (r *Registry) checkForward(spec Spec) error {
+	f := spec.Forward
+	switch {
+	case f == nil:
+		return nil
+	case f.Address == "":
+		return &page.FieldError{Field: "forward.address", Reason: "is required: the host:port every accepted connection is relayed to", Err: ErrInvalidSpec}
+	case spec.AutoReply.Mode != conn.NoAutoReply:
+		return &page.FieldError{Field: "forward", Reason: "not with auto_reply: a forwarding listener's target answers its clients; unset one of them", Err: ErrInvalidSpec}
+	case r.cfg.Dialer == nil:
+		return &page.FieldError{Field: "forward", Reason: "this gateway dials no targets", Err: ErrInvalidSpec}
+	}
+	return nil
 }
 
 // start binds spec's address, port 0 being the kernel's pick.
@@ -442,6 +487,7 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 			WriteTimeout:     r.cfg.WriteTimeout,
 			Publisher:        r.cfg.Publisher,
 			Aggregates:       []*conn.Counters{&l.counters},
+			Forward:          r.forward(l.spec.Forward),
 		},
 	})
 	if err != nil {
@@ -456,6 +502,19 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 		defer r.wg.Done()
 		c.Serve()
 	}()
+}
+
+// forward returns the relay of a forwarding listener's connections: each
+// dials f through the dialer, so that the policy is checked on every dial.
+func (r *Registry) forward(f *Forward) *conn.Forward {
+	if f == nil {
+		return nil
+	}
+	req := dialer.DialRequest{Address: f.Address, TLS: f.TLS}
+	return &conn.Forward{
+		Dial:  func(ctx context.Context) (net.Conn, error) { return r.cfg.Dialer.Dial(ctx, req) },
+		Stats: &r.forwarded,
+	}
 }
 
 // refusedLogInterval spaces the log lines of refused connections: a peer
@@ -714,6 +773,10 @@ type Stats struct {
 	Listeners int
 	// Accepted counts every accepted connection, refused ones included.
 	Accepted uint64
+	// ForwardedToTarget and ForwardedFromTarget count the bytes the relays
+	// of forwarding listeners wrote to their targets and read from them;
+	// ForwardDialFailures the targets that could not be dialed.
+	ForwardedToTarget, ForwardedFromTarget, ForwardDialFailures uint64
 }
 
 // Stats returns the listeners' figures.
@@ -721,7 +784,12 @@ func (r *Registry) Stats() Stats {
 	r.mu.Lock()
 	n := len(r.listeners)
 	r.mu.Unlock()
-	return Stats{Listeners: n, Accepted: r.accepted.Load()}
+	return Stats{
+		Listeners: n, Accepted: r.accepted.Load(),
+		ForwardedToTarget:   r.forwarded.ToTarget.Load(),
+		ForwardedFromTarget: r.forwarded.FromTarget.Load(),
+		ForwardDialFailures: r.forwarded.DialFailures.Load(),
+	}
 }
 
 // StopAccepting begins a shutdown and returns at once: Start is refused from

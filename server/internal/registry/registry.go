@@ -128,7 +128,7 @@ type Registry struct {
 	cfg    Config
 	totals conn.Counters // over every connection ever
 	writes *conn.WriteBudget
-	closed [event.ReasonReplyTimeout + 1]atomic.Uint64
+	closed [event.NumReasons]atomic.Uint64
 
 	mu     sync.Mutex // guards the fields below, and every Group's order and draining
 	conns  map[string]*entry

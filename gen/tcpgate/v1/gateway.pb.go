@@ -4943,7 +4943,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1cERROR_REASON_UNKNOWN_SERVICE\x10$\x12&\n" +
 	"\"ERROR_REASON_SEQUENCE_OUT_OF_RANGE\x10%\x12#\n" +
 	"\x1fERROR_REASON_INVALID_PAGE_TOKEN\x10&\x12\x1e\n" +
-	"\x1aERROR_REASON_REPLY_TIMEOUT\x10'2\xf4\x05\n" +
+	"\x1aERROR_REASON_REPLY_TIMEOUT\x10'2\xb8\x06\n" +
 	"\x0eGatewayService\x12T\n" +
 	"\rStartListener\x12 .tcpgate.v1.StartListenerRequest\x1a!.tcpgate.v1.StartListenerResponse\x12Q\n" +
 	"\fStopListener\x12\x1f.tcpgate.v1.StopListenerRequest\x1a .tcpgate.v1.StopListenerResponse\x12N\n" +
@@ -4951,7 +4951,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\rListListeners\x12 .tcpgate.v1.ListListenersRequest\x1a!.tcpgate.v1.ListListenersResponse\x12Z\n" +
 	"\x0fListConnections\x12\".tcpgate.v1.ListConnectionsRequest\x1a#.tcpgate.v1.ListConnectionsResponse\x12T\n" +
 	"\rGetConnection\x12 .tcpgate.v1.GetConnectionRequest\x1a!.tcpgate.v1.GetConnectionResponse\x12Z\n" +
-	"\x0fCloseConnection\x12\".tcpgate.v1.CloseConnectionRequest\x1a#.tcpgate.v1.CloseConnectionResponse\x129\n" +
+	"\x0fCloseConnection\x12\".tcpgate.v1.CloseConnectionRequest\x1a#.tcpgate.v1.CloseConnectionResponse\x12B\n" +
+	"\aConnect\x12\x1a.tcpgate.v1.ConnectRequest\x1a\x1b.tcpgate.v1.ConnectResponse\x129\n" +
 	"\x04Send\x12\x17.tcpgate.v1.SendRequest\x1a\x18.tcpgate.v1.SendResponse\x12J\n" +
 	"\tSubscribe\x12\x1c.tcpgate.v1.SubscribeRequest\x1a\x1d.tcpgate.v1.SubscribeResponse0\x01B5Z3github.com/tcpgate/tcpgate/gen/tcpgate/v1;tcpgatev1b\x06proto3"
 
@@ -5111,19 +5112,21 @@ var file_tcpgate_v1_gateway_proto_depIdxs = []int32{
 	35, // 84: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
 	37, // 85: tcpgate.v1.GatewayService.GetConnection:input_type -> tcpgate.v1.GetConnectionRequest
 	39, // 86: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
-	43, // 87: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
-	47, // 88: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
-	27, // 89: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
-	30, // 90: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
-	32, // 91: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
-	34, // 92: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
-	36, // 93: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
-	38, // 94: tcpgate.v1.GatewayService.GetConnection:output_type -> tcpgate.v1.GetConnectionResponse
-	40, // 95: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
-	46, // 96: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
-	48, // 97: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
-	89, // [89:98] is the sub-list for method output_type
-	80, // [80:89] is the sub-list for method input_type
+	19, // 87: tcpgate.v1.GatewayService.Connect:input_type -> tcpgate.v1.ConnectRequest
+	43, // 88: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
+	47, // 89: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
+	27, // 90: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
+	30, // 91: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
+	32, // 92: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
+	34, // 93: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
+	36, // 94: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
+	38, // 95: tcpgate.v1.GatewayService.GetConnection:output_type -> tcpgate.v1.GetConnectionResponse
+	40, // 96: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
+	24, // 97: tcpgate.v1.GatewayService.Connect:output_type -> tcpgate.v1.ConnectResponse
+	46, // 98: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
+	48, // 99: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
+	90, // [90:100] is the sub-list for method output_type
+	80, // [80:90] is the sub-list for method input_type
 	80, // [80:80] is the sub-list for extension type_name
 	80, // [80:80] is the sub-list for extension extendee
 	0,  // [0:80] is the sub-list for field type_name

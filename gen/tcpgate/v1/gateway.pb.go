@@ -2100,7 +2100,9 @@ type OnConnect struct {
 	Framed bool `protobuf:"varint,3,opt,name=framed,proto3" json:"framed,omitempty"`
 	// When set, a reply frame that matches it must come within timeout, or the
 	// connection is closed with CLOSE_REASON_ON_CONNECT_FAILED (and dialed
-	// again). The reply answers no Send.
+	// again). The reply answers no Send. Set it when the peer answers
+	// on_connect: unset, an answer it sends anyway is a frame like any, and
+	// answers the next Send that awaits a reply without a match.
 	Expect *ReplyMatch `protobuf:"bytes,4,opt,name=expect,proto3" json:"expect,omitempty"`
 	// How long to wait for expect. Unset or 0 means 10 s. Only with expect.
 	Timeout       *durationpb.Duration `protobuf:"bytes,5,opt,name=timeout,proto3" json:"timeout,omitempty"`
@@ -2220,7 +2222,8 @@ type Heartbeat struct {
 	// When set, a reply frame that matches it must come within timeout, or
 	// the peer is taken as dead: the connection is closed with
 	// CLOSE_REASON_HEARTBEAT_FAILED (and dialed again). The reply answers no
-	// Send. Unset means no reply is awaited.
+	// Send. Unset means no reply is awaited (set it when the peer answers
+	// heartbeats, as for on_connect's expect).
 	Expect *ReplyMatch `protobuf:"bytes,5,opt,name=expect,proto3" json:"expect,omitempty"`
 	// How long to wait for expect. Unset or 0 means interval. Only with
 	// expect.

@@ -1,6 +1,8 @@
 package server_test
 
 import (
+	"bufio"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"runtime"
@@ -297,4 +299,55 @@ func TestManyOutbound(t *testing.T) {
 		t.Fatalf("after closing: %d connections listed, %v; want none", len(resp.GetConnections()), err)
 	}
 	servertest.Eventually(t, "the goroutines back to where they were", func() bool { return runtime.NumGoroutine() <= base+10 })
+}
+
+// An outbound connection speaks TLS to its server with the tls Send takes:
+// the server's certificate is checked against ca_pem, the connection's
+// peer_subject names it, and a wrong CA makes every attempt a
+// TLS_HANDSHAKE_FAILED refusal (Unavailable with reconnect disabled).
+func TestConnectTLS(t *testing.T) {
+	ca := servertest.NewCA(t)
+	certPEM, keyPEM := ca.IssueLoopback(t)
+	cert := servertest.KeyPair(t, certPEM, keyPEM)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if _, err := c.Write([]byte("tls " + line)); err != nil {
+						return
+					}
+				}
+			})
+		}
+	})
+	g := servertest.Start(t, server.Config{})
+	c := connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "sec", Address: ln.Addr().String(), Framing: lineFraming(), Tls: &tcpgatev1.DialTLS{CaPem: string(ca.CertPEM)}})
+	if c.GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_OPEN || !strings.Contains(c.GetPeerSubject(), "localhost") {
+		t.Fatalf("Connect over TLS = %v, want OPEN with the server's subject", c)
+	}
+	if reply, err := sendLine(t, g, "sec", "hello"); err != nil || reply != "tls hello" {
+		t.Fatalf("Send over TLS = %q, %v", reply, err)
+	}
+	other := servertest.NewCA(t)
+	_, err = g.Client.Connect(servertest.Context(t), &tcpgatev1.ConnectRequest{Address: ln.Addr().String(), Tls: &tcpgatev1.DialTLS{CaPem: string(other.CertPEM)},
+		Reconnect: &tcpgatev1.Reconnect{Disabled: true}})
+	if e := servertest.ErrorOf(err); e.Code != codes.Unavailable || e.Reason != "TLS_HANDSHAKE_FAILED" {
+		t.Fatalf("Connect with the wrong CA: %v, want Unavailable TLS_HANDSHAKE_FAILED", err)
+	}
 }

@@ -1650,7 +1650,8 @@ type Connection struct {
 	// When it was accepted; for an outbound connection, when its current
 	// socket connected, or when Connect made it while it has none.
 	OpenedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=opened_at,json=openedAt,proto3" json:"opened_at,omitempty"`
-	// The subject of the peer's TLS client certificate, if it gave one.
+	// The subject of the peer's TLS client certificate, if it gave one; of
+	// an outbound connection over TLS, the server's certificate.
 	PeerSubject string `protobuf:"bytes,10,opt,name=peer_subject,json=peerSubject,proto3" json:"peer_subject,omitempty"`
 	// Bytes received (an outbound connection's over all its sockets, as
 	// every counter below).

@@ -159,6 +159,13 @@ func New(ctx context.Context, nc net.Conn, cfg Config) *Conn {
 	}
 	c := &Conn{cfg: cfg, nc: nc, remote: nc.RemoteAddr().String(), openedAt: time.Now(), done: make(chan struct{}), writeTurn: make(chan struct{}, 1)}
 	c.lastWrite.Store(c.openedAt.UnixNano())
+	if tc, ok := nc.(*tls.Conn); ok {
+		// An outbound socket's handshake is the dialer's, done by now:
+		// its subject is known before Serve, for the caller's snapshot.
+		if st := tc.ConnectionState(); st.HandshakeComplete && len(st.PeerCertificates) > 0 {
+			c.subject = st.PeerCertificates[0].Subject.String()
+		}
+	}
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	c.stopWatch = context.AfterFunc(ctx, func() { c.Close(event.ReasonShutdown) })
 	return c

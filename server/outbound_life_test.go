@@ -351,3 +351,50 @@ func TestConnectTLS(t *testing.T) {
 		t.Fatalf("Connect with the wrong CA: %v, want Unavailable TLS_HANDSHAKE_FAILED", err)
 	}
 }
+
+// Connect returns after its timeout when the first attempt has no outcome
+// yet: CONNECTING (its on_connect awaits a reply that is late), and the
+// connection goes on. With reconnect disabled, an on_connect whose reply
+// does not come fails Connect with Unavailable ON_CONNECT_FAILED, and
+// leaves the socket's OPENED and CLOSED (ON_CONNECT_FAILED) events only.
+func TestConnectOutcomes(t *testing.T) {
+	srv := newLineServer(t, func(l string) string {
+		if l == "login" {
+			time.Sleep(500 * time.Millisecond)
+			return "welcome"
+		}
+		return ""
+	})
+	g := servertest.Start(t, server.Config{})
+	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"slow", "once"}})
+	login := &tcpgatev1.OnConnect{Payload: &tcpgatev1.OnConnect_Text{Text: "login\n"}, Expect: prefix("welcome"), Timeout: ms(2000)}
+	c := connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "slow", Address: srv.addr, Framing: lineFraming(), OnConnect: login, Timeout: ms(100)})
+	if c.GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_CONNECTING {
+		t.Fatalf("Connect past its timeout = %v, want CONNECTING", c)
+	}
+	servertest.Eventually(t, "slow connected once welcomed", func() bool {
+		return getConn(t, g, "slow").GetState() == tcpgatev1.ConnectionState_CONNECTION_STATE_OPEN
+	})
+
+	short := &tcpgatev1.OnConnect{Payload: &tcpgatev1.OnConnect_Text{Text: "login\n"}, Expect: prefix("welcome"), Timeout: ms(100)}
+	_, err := g.Client.Connect(servertest.Context(t), &tcpgatev1.ConnectRequest{ConnectionId: "once", Address: srv.addr, Framing: lineFraming(), OnConnect: short,
+		Reconnect: &tcpgatev1.Reconnect{Disabled: true}})
+	if e := servertest.ErrorOf(err); e.Code != codes.Unavailable || e.Reason != "ON_CONNECT_FAILED" {
+		t.Fatalf("Connect whose on_connect reply is late, reconnect disabled: %v, want Unavailable ON_CONNECT_FAILED", err)
+	}
+	_, err = g.Client.GetConnection(servertest.Context(t), &tcpgatev1.GetConnectionRequest{ConnectionId: "once"})
+	servertest.WantCode(t, err, codes.NotFound)
+	for {
+		e := sub.Next()
+		if e.GetConnectionId() != "once" {
+			continue
+		}
+		if e.GetKind() == tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED {
+			if e.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_ON_CONNECT_FAILED || !strings.Contains(e.GetError(), "on_connect") {
+				t.Fatalf("closed %v, want ON_CONNECT_FAILED saying why", e)
+			}
+			break
+		}
+	}
+	sub.Quiet(200 * time.Millisecond)
+}

@@ -2339,11 +2339,12 @@ type TcpKeepAlive struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// No probes.
 	Disabled bool `protobuf:"varint,1,opt,name=disabled,proto3" json:"disabled,omitempty"`
-	// Idle time before the first probe. Unset means 15 s.
+	// Idle time before the first probe. Unset means 15 s; at most 32767 s.
 	Idle *durationpb.Duration `protobuf:"bytes,2,opt,name=idle,proto3" json:"idle,omitempty"`
-	// Time between probes. Unset means 15 s.
+	// Time between probes. Unset means 15 s; at most 32767 s.
 	Interval *durationpb.Duration `protobuf:"bytes,3,opt,name=interval,proto3" json:"interval,omitempty"`
-	// Unanswered probes before the connection is dropped. 0 means 9.
+	// Unanswered probes before the connection is dropped. 0 means 9; at
+	// most 127.
 	Count         uint32 `protobuf:"varint,4,opt,name=count,proto3" json:"count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -61,7 +61,7 @@ func (r *Registry) AddOutbound(s OutboundSpec) (*Handle, error) {
 	switch {
 	case id != "" && r.conns[id] != nil:
 		return nil, fmt.Errorf("connecting %q: %w", id, ErrExists)
-	case r.cfg.MaxOutbound > 0 && r.outbound >= r.cfg.MaxOutbound:
+	case r.cfg.MaxOutbound > 0 && len(r.outs) >= r.cfg.MaxOutbound:
 		return nil, &limits.Error{Doing: "connecting", Name: "max_outbound_connections", Flag: "--max-outbound-connections", Limit: r.cfg.MaxOutbound, Err: ErrLimit}
 	case id == "":
 		id = r.newIDLocked()
@@ -70,7 +70,7 @@ func (r *Registry) AddOutbound(s OutboundSpec) (*Handle, error) {
 		address: s.Address, framing: s.Framing, managed: s.Managed, created: time.Now(), phase: Connecting,
 	}}
 	r.conns[id] = e
-	r.outbound++
+	r.outs[e] = struct{}{}
 	r.serial++
 	e.serial = r.serial
 	r.order.Add(e.serial, e)
@@ -140,7 +140,7 @@ func (r *Registry) removeLocked(e *entry) {
 	e.out.removed = true
 	delete(r.conns, e.id)
 	r.order.Remove(e.serial)
-	r.outbound--
+	delete(r.outs, e)
 }
 
 // Remove forgets the entry of a connection closed for good while it holds

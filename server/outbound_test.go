@@ -289,3 +289,24 @@ func TestReconnectBackoff(t *testing.T) {
 		}
 	}
 }
+
+// A server that accepts and closes at once: each socket that drops before
+// it stayed up max(initial_backoff, 1 s) counts as a failed attempt, so the
+// attempts go on counting and the backoff grows, instead of starting over
+// at every connection.
+func TestShortConnectionsBackOff(t *testing.T) {
+	addr := servertest.Peer(t, func(net.Conn) {}) // closes at once
+	g := servertest.Start(t, server.Config{})
+	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"flap"}, Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_RECONNECT_SCHEDULED}})
+	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "flap", Address: addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10), MaxBackoff: ms(80)}})
+	for n := uint32(1); n <= 5; n++ {
+		e := sub.Next()
+		d := min(10*time.Millisecond<<(n-1), 80*time.Millisecond)
+		if e.GetAttempt() != n || e.GetDelay().AsDuration() < d/2 || e.GetDelay().AsDuration() > d || e.GetGeneration() != uint64(n) {
+			t.Fatalf("scheduled %v, want attempt %d after generation %d, delay within [%s, %s]", e, n, n, d/2, d)
+		}
+	}
+	if c := getConn(t, g, "flap"); c.GetAttempts() < 5 {
+		t.Errorf("attempts = %d, want at least 5 failed in a row", c.GetAttempts())
+	}
+}

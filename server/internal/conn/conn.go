@@ -190,10 +190,6 @@ func (c *Conn) OpenedAt() time.Time { return c.openedAt }
 // when it opened if none were. It takes no lock.
 func (c *Conn) LastWrite() time.Time { return time.Unix(0, c.lastWrite.Load()) }
 
-// Generation returns the number of the socket of a managed outbound
-// connection; 0 for an accepted one.
-func (c *Conn) Generation() uint64 { return c.cfg.Generation }
-
 // Counters returns the connection's live counters.
 func (c *Conn) Counters() *Counters { return &c.counters }
 

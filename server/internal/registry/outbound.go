@@ -192,15 +192,6 @@ func (o *Handle) SetWaiting(lastError string, attempts uint32, next time.Time) {
 	o.r.mu.Unlock()
 }
 
-// SetLastError records why the last attempt failed or the last socket
-// ended.
-func (o *Handle) SetLastError(lastError string, attempts uint32) {
-	o.r.mu.Lock()
-	o.e.out.lastError = lastError
-	o.e.out.attempts = attempts
-	o.r.mu.Unlock()
-}
-
 // outInfo is info of an outbound entry: the current socket's addresses,
 // the traffic of every generation together.
 func (r *Registry) outInfo(e *entry, st State) Info {

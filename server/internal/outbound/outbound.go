@@ -395,7 +395,9 @@ func (s *supervisor) attempt() (*conn.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := s.h.Attach(s.ctx, nc, s.gen+1, conn.Config{
+	// The manager's context, not the supervisor's: stop closes the socket
+	// itself, with its own reason, which a canceled context would race.
+	c, err := s.h.Attach(s.m.ctx, nc, s.gen+1, conn.Config{
 		Framing: s.spec.Framing, IdleTimeout: s.spec.IdleTimeout, WriteTimeout: s.m.cfg.WriteTimeout, Publisher: s.m.cfg.Publisher,
 	}, s.closed)
 	if err != nil {

@@ -41,3 +41,15 @@ func TestServeOutboundLimits(t *testing.T) {
 	}
 	d.stop(t)
 }
+
+// TestServeOutboundLimitsNegative: serve refuses a negative
+// --max-outbound-connections or --max-queue-while-down-bytes, naming it.
+func TestServeOutboundLimitsNegative(t *testing.T) {
+	t.Parallel()
+	for _, flag := range []string{"--max-outbound-connections", "--max-queue-while-down-bytes"} {
+		out := runFailing(t, hermeticEnv(), "serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "", flag, "-1")
+		if !strings.Contains(out, flag) {
+			t.Errorf("serve %s -1: output does not name the flag:\n%s", flag, out)
+		}
+	}
+}

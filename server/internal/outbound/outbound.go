@@ -200,13 +200,13 @@ func (m *Manager) Connect(ctx context.Context, spec Spec) (registry.Info, error)
 		s.cancel()
 		return registry.Info{}, fmt.Errorf("connecting to %s: %w", spec.Address, ErrClosed)
 	}
-	h, err := m.cfg.Conns.AddOutbound(registry.OutboundSpec{ID: spec.ID, Address: spec.Address, Framing: spec.Framing, Managed: s})
+	h, err := m.cfg.Conns.AddOutbound(registry.OutboundSpec{ID: spec.ID, Address: spec.Address, Framing: spec.Framing,
+		Managed: func(h *registry.Handle) registry.Managed { s.h = h; return s }})
 	if err != nil {
 		m.mu.Unlock()
 		s.cancel()
 		return registry.Info{}, err
 	}
-	s.h = h
 	m.sups[s] = struct{}{}
 	m.wg.Add(1)
 	m.mu.Unlock()

@@ -37,8 +37,11 @@ type OutboundSpec struct {
 	// Framing is its sockets' framing, which a framed Send encodes with;
 	// it must be normalized.
 	Framing framing.Config
-	// Managed is its supervisor.
-	Managed Managed
+	// Managed makes its supervisor, given the entry's handle. It is
+	// called with the registry's lock held, before the entry is listed, so
+	// that no lookup finds a supervisor without its handle: it must only
+	// keep the handle.
+	Managed func(*Handle) Managed
 }
 
 // Handle is the registry's handle of a managed outbound connection's
@@ -67,14 +70,16 @@ func (r *Registry) AddOutbound(s OutboundSpec) (*Handle, error) {
 		id = r.newIDLocked()
 	}
 	e := &entry{id: id, origin: Outbound, out: &outEntry{
-		address: s.Address, framing: s.Framing, managed: s.Managed, created: time.Now(), phase: Connecting,
+		address: s.Address, framing: s.Framing, created: time.Now(), phase: Connecting,
 	}}
+	h := &Handle{r: r, e: e}
+	e.out.managed = s.Managed(h)
 	r.conns[id] = e
 	r.outs[e] = struct{}{}
 	r.serial++
 	e.serial = r.serial
 	r.order.Add(e.serial, e)
-	return &Handle{r: r, e: e}, nil
+	return h, nil
 }
 
 // ID returns the connection's id.

@@ -118,7 +118,7 @@ type Info struct {
 	FramesIn    uint64
 	FramesOut   uint64
 
-	// Of an outbound connection only (see Handle.s setters).
+	// Of an outbound connection only (see Handle's setters).
 
 	// Address is what it dials, as given.
 	Address string

@@ -166,7 +166,11 @@ func TestConnectSendClose(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{Origins: []tcpgatev1.Origin{tcpgatev1.Origin_ORIGIN_OUTBOUND}})
 
-	c := connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "plc", Address: srv.addr, Framing: lineFraming()})
+	resp, err := g.Client.Connect(servertest.Context(t), &tcpgatev1.ConnectRequest{ConnectionId: "plc", Address: srv.addr, Framing: lineFraming()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := resp.GetConnection()
 	if c.GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_OPEN || c.GetConnectionId() != "plc" || c.GetGeneration() != 1 ||
 		c.GetOrigin() != tcpgatev1.Origin_ORIGIN_OUTBOUND || c.GetAddress() != srv.addr || c.GetRemoteAddress() != srv.addr {
 		t.Fatalf("Connect returned %v, want plc OPEN, generation 1, outbound to %s", c, srv.addr)
@@ -174,6 +178,9 @@ func TestConnectSendClose(t *testing.T) {
 	opened := sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
 	if opened.GetConnectionId() != "plc" || opened.GetGeneration() != 1 || opened.GetOrigin() != tcpgatev1.Origin_ORIGIN_OUTBOUND {
 		t.Fatalf("opened event %v, want plc generation 1 outbound", opened)
+	}
+	if resp.GetHeader().GetLastSequence() < opened.GetSequence() {
+		t.Errorf("Connect's header at sequence %d, before its CONNECTION_OPENED (%d)", resp.GetHeader().GetLastSequence(), opened.GetSequence())
 	}
 
 	reply, err := sendLine(t, g, "plc", "status")

@@ -439,6 +439,13 @@ func (s *supervisor) serve(c *conn.Conn) (connected bool, up time.Duration, why 
 		c.Close(reason) // closed for good while it dialed
 		return false, 0, ""
 	}
+	// Nothing is written before the socket's CONNECTION_OPENED is out, and
+	// Connect's header is then past it.
+	select {
+	case <-c.Opened():
+	case <-c.Done():
+		return false, 0, ""
+	}
 	if oc := s.spec.OnConnect; oc != nil {
 		if _, err := s.exchange(c, oc); err != nil {
 			why = fmt.Sprintf("on_connect: %v", err)

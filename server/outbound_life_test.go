@@ -51,7 +51,7 @@ func TestCloseWhileWaiting(t *testing.T) {
 // RECONNECT_GAVE_UP, saying the last failure; it is no longer listed.
 func TestReconnectGivesUp(t *testing.T) {
 	addr := servertest.RefusedAddr(t)
-	g := servertest.Start(t, server.Config{})
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"g"}})
 	c := connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "g", Address: addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10), MaxAttempts: 3}})
 	if c.GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_WAITING {
@@ -68,6 +68,9 @@ func TestReconnectGivesUp(t *testing.T) {
 	}
 	_, err := g.Client.GetConnection(servertest.Context(t), &tcpgatev1.GetConnectionRequest{ConnectionId: "g"})
 	servertest.WantCode(t, err, codes.NotFound)
+	if got := metric(t, g, `tcpgate_connections_closed_total{reason="reconnect_gave_up"}`); got != 1 {
+		t.Errorf(`tcpgate_connections_closed_total{reason="reconnect_gave_up"} = %v, want 1`, got)
+	}
 }
 
 // Shutdown closes outbound connections with SHUTDOWN and dials none of

@@ -342,7 +342,7 @@ func (s *supervisor) run() {
 				q := s.takeQueueLocked()
 				s.mu.Unlock()
 				failAll(q, fmt.Errorf("writing to %s: its first attempt failed and reconnect is disabled: %w", s.h.ID(), ErrDisconnected))
-				s.h.Remove()
+				s.h.Remove(event.ReasonUnspecified)
 				s.report(outcome{err: err})
 				return
 			}
@@ -594,7 +594,7 @@ func (s *supervisor) end(reason event.CloseReason, why string) {
 	q := s.takeQueueLocked()
 	s.mu.Unlock()
 	failAll(q, fmt.Errorf("writing to %s: closed for good (%s) while the send was held: %w", s.h.ID(), reason, ErrDisconnected))
-	info := s.h.Remove()
+	info := s.h.Remove(reason)
 	s.publish(&event.Event{Kind: event.ConnectionClosed, CloseReason: reason, Error: why})
 	s.report(outcome{info: info})
 }

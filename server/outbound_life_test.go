@@ -25,7 +25,7 @@ func TestCloseWhileWaiting(t *testing.T) {
 	srv := servertest.NewLineServer(t, servertest.EchoLine)
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"w"}})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "w", Address: srv.Addr(), Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(300), MaxBackoff: ms(300)}})
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "w", Address: srv.Addr(), Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(300), MaxBackoff: ms(300)}})
 	srv.Kill()
 	sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_RECONNECT_SCHEDULED)
 	srv.Start()
@@ -53,7 +53,7 @@ func TestReconnectGivesUp(t *testing.T) {
 	addr := servertest.RefusedAddr(t)
 	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"g"}})
-	c := connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "g", Address: addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10), MaxAttempts: 3}})
+	c := g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "g", Address: addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10), MaxAttempts: 3}})
 	if c.GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_WAITING {
 		t.Fatalf("Connect = %v, want WAITING", c)
 	}
@@ -80,8 +80,8 @@ func TestShutdownClosesOutbound(t *testing.T) {
 	waiting := servertest.RefusedAddr(t)
 	g := servertest.Start(t, server.Config{})
 	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "l", Host: "127.0.0.1"})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "up", Address: srv.Addr(), Framing: lineFraming(), Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10)}})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "down", Address: waiting, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10)}})
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "up", Address: srv.Addr(), Framing: lineFraming(), Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10)}})
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "down", Address: waiting, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10)}})
 	servertest.Dial(t, l.GetAddress())
 	if _, err := g.Client.StopListener(servertest.Context(t), &tcpgatev1.StopListenerRequest{ListenerId: "l"}); err != nil {
 		t.Fatal(err)
@@ -123,14 +123,14 @@ func TestOutboundLimits(t *testing.T) {
 	srv := servertest.NewLineServer(t, servertest.EchoLine)
 	refused := servertest.RefusedAddr(t)
 	g := servertest.Start(t, server.Config{MaxOutboundConnections: 2, MaxConnections: 1})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "a", Address: srv.Addr()})
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "a", Address: srv.Addr()})
 	_, err := g.Client.Connect(servertest.Context(t), &tcpgatev1.ConnectRequest{ConnectionId: "a", Address: srv.Addr()})
 	if e := servertest.ErrorOf(err); e.Code != codes.AlreadyExists || e.Reason != "CONNECTION_EXISTS" || !strings.Contains(e.Message, `"a"`) {
 		t.Fatalf("Connect with an id in use: %v, want AlreadyExists CONNECTION_EXISTS naming it", err)
 	}
 	// A waiting connection holds no socket: --max-connections (1) is
 	// a's, and b counts toward --max-outbound-connections only.
-	b := connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "b", Address: refused})
+	b := g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "b", Address: refused})
 	if b.GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_WAITING {
 		t.Fatalf("b = %v, want WAITING", b)
 	}
@@ -149,7 +149,7 @@ func TestOutboundLimits(t *testing.T) {
 	if _, err := g.Client.CloseConnection(servertest.Context(t), &tcpgatev1.CloseConnectionRequest{ConnectionId: "b"}); err != nil {
 		t.Fatal(err)
 	}
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "c", Address: refused}) // b's place is free again
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "c", Address: refused}) // b's place is free again
 }
 
 // A server that resets a connection in the middle of a frame: the line cut
@@ -182,7 +182,7 @@ func TestOutboundPeerFaults(t *testing.T) {
 	})
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"f"}})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "f", Address: addr, Framing: lineFraming(), Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10)}})
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "f", Address: addr, Framing: lineFraming(), Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10)}})
 	var seen []string
 	for len(seen) < 7 {
 		e := sub.Next()
@@ -338,7 +338,7 @@ func TestConnectTLS(t *testing.T) {
 		}
 	})
 	g := servertest.Start(t, server.Config{})
-	c := connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "sec", Address: ln.Addr().String(), Framing: lineFraming(), Tls: &tcpgatev1.DialTLS{CaPem: string(ca.CertPEM)}})
+	c := g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "sec", Address: ln.Addr().String(), Framing: lineFraming(), Tls: &tcpgatev1.DialTLS{CaPem: string(ca.CertPEM)}})
 	if c.GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_OPEN || !strings.Contains(c.GetPeerSubject(), "localhost") {
 		t.Fatalf("Connect over TLS = %v, want OPEN with the server's subject", c)
 	}
@@ -369,7 +369,7 @@ func TestConnectOutcomes(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"slow", "once"}})
 	login := &tcpgatev1.OnConnect{Payload: &tcpgatev1.OnConnect_Text{Text: "login\n"}, Expect: prefix("welcome"), Timeout: ms(2000)}
-	c := connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "slow", Address: srv.Addr(), Framing: lineFraming(), OnConnect: login, Timeout: ms(100)})
+	c := g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "slow", Address: srv.Addr(), Framing: lineFraming(), OnConnect: login, Timeout: ms(100)})
 	if c.GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_CONNECTING {
 		t.Fatalf("Connect past its timeout = %v, want CONNECTING", c)
 	}

@@ -45,7 +45,7 @@ func TestHeartbeat(t *testing.T) {
 		return "echo " + l
 	})
 	g := servertest.Start(t, server.Config{})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "hb", Address: srv.Addr(), Framing: lineFraming(),
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "hb", Address: srv.Addr(), Framing: lineFraming(),
 		Heartbeat: &tcpgatev1.Heartbeat{Interval: ms(200), Payload: &tcpgatev1.Heartbeat_Text{Text: "ping"}, Framed: true, Expect: prefix("pong"), Timeout: durationpb.New(2 * time.Second)}})
 	servertest.Eventually(t, "three heartbeats while idle", func() bool { return count(srv.Lines(0), "ping") >= 3 })
 
@@ -73,7 +73,7 @@ func TestHeartbeatFailedReconnects(t *testing.T) {
 	srv := servertest.NewLineServer(t, func(string) string { return "" }) // never answers
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"dead"}})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "dead", Address: srv.Addr(), Framing: lineFraming(),
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "dead", Address: srv.Addr(), Framing: lineFraming(),
 		Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(20)},
 		Heartbeat: &tcpgatev1.Heartbeat{Interval: ms(100), Payload: &tcpgatev1.Heartbeat_Text{Text: "ping"}, Framed: true, Expect: prefix("pong"), Timeout: ms(200)}})
 	closed := sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
@@ -95,7 +95,7 @@ func TestIdlePeerReconnects(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"idle"}})
 	start := time.Now()
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "idle", Address: srv.Addr(), IdleTimeout: ms(200), Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(20)}})
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "idle", Address: srv.Addr(), IdleTimeout: ms(200), Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(20)}})
 	closed := sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
 	if closed.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_IDLE_TIMEOUT || time.Since(start) < 200*time.Millisecond {
 		t.Fatalf("closed %v after %s, want IDLE_TIMEOUT after 200ms", closed, time.Since(start))
@@ -114,7 +114,7 @@ func TestSilentServer(t *testing.T) {
 	srv := servertest.NewLineServer(t, func(string) string { return "" })
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"mute"}})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "mute", Address: srv.Addr(), Framing: lineFraming(), Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(20)}})
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "mute", Address: srv.Addr(), Framing: lineFraming(), Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(20)}})
 	await := func(onTimeout tcpgatev1.OnTimeout) error {
 		_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 			Target: &tcpgatev1.SendRequest_ConnectionId{ConnectionId: "mute"}, Payload: &tcpgatev1.SendRequest_Text{Text: "q"}, Framed: true,
@@ -191,7 +191,7 @@ func TestUnsolicitedFramesMatch(t *testing.T) {
 	})
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"chatty"}, Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_DATA}})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "chatty", Address: addr, Framing: lineFraming()})
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "chatty", Address: addr, Framing: lineFraming()})
 	send := func(text, match string) (string, error) {
 		resp, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 			Target: &tcpgatev1.SendRequest_ConnectionId{ConnectionId: "chatty"}, Payload: &tcpgatev1.SendRequest_Text{Text: text}, Framed: true,
@@ -235,7 +235,7 @@ func TestPolicyRefusesReconnect(t *testing.T) {
 	res.addr.Store(netip.MustParseAddr("127.0.0.1"))
 	g := servertest.Start(t, server.Config{DialResolver: res, DenyDial: "127.0.0.2"})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"named"}})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "named", Address: "plc.example:" + port, Framing: lineFraming(),
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "named", Address: "plc.example:" + port, Framing: lineFraming(),
 		Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(20), MaxBackoff: ms(50)}})
 	res.addr.Store(netip.MustParseAddr("127.0.0.2"))
 	srv.Kill()

@@ -55,7 +55,7 @@ func getConn(t testing.TB, g *servertest.Gateway, id string) *tcpgatev1.Connecti
 func TestQueueWhileDown(t *testing.T) {
 	srv := servertest.NewLineServer(t, servertest.EchoLine)
 	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "q", Address: srv.Addr(), Framing: lineFraming(),
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "q", Address: srv.Addr(), Framing: lineFraming(),
 		// With expect, the server's answer to on_connect answers no Send.
 		OnConnect: &tcpgatev1.OnConnect{Payload: &tcpgatev1.OnConnect_Text{Text: "login"}, Framed: true,
 			Expect: &tcpgatev1.ReplyMatch{Rule: &tcpgatev1.ReplyMatch_Prefix{Prefix: "echo login"}}},
@@ -116,7 +116,7 @@ func TestQueueWhileDown(t *testing.T) {
 func TestQueueWhileDownTimeoutAndClose(t *testing.T) {
 	addr := servertest.RefusedAddr(t)
 	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "q", Address: addr, Framing: lineFraming(),
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "q", Address: addr, Framing: lineFraming(),
 		Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(100)}, QueueWhileDownBytes: 1024})
 	start := time.Now()
 	_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
@@ -155,7 +155,7 @@ func TestQueueWhileDownTimeoutAndClose(t *testing.T) {
 func TestSendWhileDownRefused(t *testing.T) {
 	addr := servertest.RefusedAddr(t)
 	g := servertest.Start(t, server.Config{})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "down", Address: addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: durationpb.New(2 * time.Second), MaxBackoff: durationpb.New(4 * time.Second)}})
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "down", Address: addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: durationpb.New(2 * time.Second), MaxBackoff: durationpb.New(4 * time.Second)}})
 	start := time.Now()
 	_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 		Target: &tcpgatev1.SendRequest_ConnectionId{ConnectionId: "down"}, Payload: &tcpgatev1.SendRequest_Text{Text: "x"},

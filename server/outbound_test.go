@@ -20,16 +20,6 @@ func lineFraming() *tcpgatev1.Framing {
 
 func ms(n int) *durationpb.Duration { return durationpb.New(time.Duration(n) * time.Millisecond) }
 
-// connect makes a managed outbound connection and fails the test on error.
-func connect(t testing.TB, g *servertest.Gateway, req *tcpgatev1.ConnectRequest) *tcpgatev1.Connection {
-	t.Helper()
-	resp, err := g.Client.Connect(servertest.Context(t), req)
-	if err != nil {
-		t.Fatalf("Connect: %v", err)
-	}
-	return resp.GetConnection()
-}
-
 // sendLine sends text framed on connection id and returns the reply line.
 func sendLine(t testing.TB, g *servertest.Gateway, id, text string) (string, error) {
 	t.Helper()
@@ -121,7 +111,7 @@ func TestReconnectAfterServerRestart(t *testing.T) {
 	srv := servertest.NewLineServer(t, servertest.EchoLine)
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"feed"}})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "feed", Address: srv.Addr(), Framing: lineFraming(),
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "feed", Address: srv.Addr(), Framing: lineFraming(),
 		Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(50), MaxBackoff: ms(200)}})
 	if reply, err := sendLine(t, g, "feed", "one"); err != nil || reply != "echo one" {
 		t.Fatalf("Send before the restart = %q, %v", reply, err)
@@ -168,7 +158,7 @@ func TestReconnectBackoff(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_RECONNECT_SCHEDULED}})
 	const initial, maxB = 20 * time.Millisecond, 160 * time.Millisecond
-	c := connect(t, g, &tcpgatev1.ConnectRequest{Address: addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: durationpb.New(initial), MaxBackoff: durationpb.New(maxB)}})
+	c := g.Connect(t, &tcpgatev1.ConnectRequest{Address: addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: durationpb.New(initial), MaxBackoff: durationpb.New(maxB)}})
 	if c.GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_WAITING || !strings.Contains(c.GetLastError(), "refused") || c.GetAttempts() != 1 || c.GetNextAttemptAt() == nil {
 		t.Fatalf("Connect returned %v, want WAITING after 1 refused attempt, with next_attempt_at", c)
 	}
@@ -192,7 +182,7 @@ func TestShortConnectionsBackOff(t *testing.T) {
 	addr := servertest.Peer(t, func(net.Conn) {}) // closes at once
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"flap"}, Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_RECONNECT_SCHEDULED}})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "flap", Address: addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10), MaxBackoff: ms(80)}})
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "flap", Address: addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10), MaxBackoff: ms(80)}})
 	for n := uint32(1); n <= 5; n++ {
 		e := sub.Next()
 		d := min(10*time.Millisecond<<(n-1), 80*time.Millisecond)

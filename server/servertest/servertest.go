@@ -2,7 +2,8 @@
 // whole gateway on 127.0.0.1:0 with a real gRPC client and a REST client
 // (Start), a subscription that collects events (Gateway.Subscribe), a
 // REST event stream read as NDJSON lines or SSE blocks (REST.OpenEvents),
-// a listener (Gateway.StartListener), TCP peers and clients (Peer, Dial,
+// a listener (Gateway.StartListener), an outbound connection
+// (Gateway.Connect), TCP peers and clients (Peer, Dial,
 // DialFrom, Clients, ReadN, RefusedAddr), a line server to keep outbound
 // connections to, which restarts on its port (LineServer), what a gRPC error says (ErrorOf),
 // polling (Eventually), log sinks (LogSink), a seeded random source (Rand)

@@ -3,9 +3,9 @@
 // (Start), a subscription that collects events (Gateway.Subscribe), a
 // REST event stream read as NDJSON lines or SSE blocks (REST.OpenEvents),
 // a listener (Gateway.StartListener), an outbound connection
-// (Gateway.Connect), TCP peers and clients (Peer, Dial,
-// DialFrom, Clients, ReadN, RefusedAddr), a line server to keep outbound
-// connections to, which restarts on its port (LineServer), what a gRPC error says (ErrorOf),
+// (Gateway.Connect), TCP peers and clients (Peer, Dial, DialFrom, Clients,
+// ReadN, RefusedAddr), a line server that restarts on its port, to keep
+// outbound connections to (LineServer), what a gRPC error says (ErrorOf),
 // polling (Eventually), log sinks (LogSink), a seeded random source (Rand)
 // and the table of bad inputs that the gRPC and REST tests both run
 // (BadInputs). It is imported by tests only, and imports

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -202,29 +201,6 @@ func TestForwardBytesBothWays(t *testing.T) {
 			t.Errorf("%s = %v, want %d", name, got, want)
 		}
 	}
-}
-
-// metric returns the value of the sample name (with its labels) on g's
-// /metrics.
-func metric(t *testing.T, g *servertest.Gateway, name string) float64 {
-	t.Helper()
-	resp, err := http.Get(g.BaseURL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	for line := range strings.Lines(string(body)) {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), name+" "); ok {
-			var f float64
-			if _, err := fmt.Sscan(v, &f); err != nil {
-				t.Fatalf("%s: %q is no number", name, v)
-			}
-			return f
-		}
-	}
-	t.Fatalf("/metrics has no %s", name)
-	return 0
 }
 
 // A half-close is passed on each way, and the other direction goes on

@@ -13,6 +13,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/outbound"
 	"github.com/tcpgate/tcpgate/server/internal/registry"
 )
 
@@ -31,9 +32,12 @@ type collector struct {
 	dials, dialsFailed, dialOut, dialIn     *prometheus.Desc
 	forwarded, forwardFailed                *prometheus.Desc
 	writeQueued                             *prometheus.Desc
+
+	outbound                                        *outbound.Manager
+	outboundD, reconnects, outDialFailed, outQueued *prometheus.Desc
 }
 
-func newCollector(h *hub.Hub, r *listener.Registry, conns *registry.Registry, dl *dialer.Dialer) *collector {
+func newCollector(h *hub.Hub, r *listener.Registry, conns *registry.Registry, dl *dialer.Dialer, out *outbound.Manager) *collector {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc("tcpgate_"+name, help, labels, nil)
 	}
@@ -47,7 +51,7 @@ func newCollector(h *hub.Hub, r *listener.Registry, conns *registry.Registry, dl
 		dialOut:     d("address_sent_bytes_total", "Payload bytes written by sends to an address."),
 		dialIn:      d("address_reply_bytes_total", "Reply bytes returned by sends to an address."),
 		listenersD:  d("listeners", "Listeners running now."),
-		connsOpen:   d("connections_open", "Accepted connections open now."),
+		connsOpen:   d("connections_open", "Connections open now: accepted ones, and outbound ones that hold a socket."),
 		accepted:    d("connections_accepted_total", "Connections accepted, including those refused by a limit."),
 		closed:      d("connections_closed_total", "Connections closed, by close reason.", "reason"),
 		bytesIn:     d("received_bytes_total", "Bytes received on accepted connections."),
@@ -65,6 +69,13 @@ func newCollector(h *hub.Hub, r *listener.Registry, conns *registry.Registry, dl
 		// Forwarding listeners.
 		forwarded:     d("forwarded_bytes_total", "Bytes relayed by forwarding listeners: direction to_target is what clients sent to targets, from_target what targets sent to clients.", "direction"),
 		forwardFailed: d("forward_dial_failures_total", "Targets of forwarding listeners that could not be dialed (refused, unreachable, denied by the dial policy, TLS failed)."),
+
+		// Managed outbound connections.
+		outbound:      out,
+		outboundD:     d("outbound_connections", "Managed outbound connections (Connect) now, by state: connecting, open, half_closed, waiting.", "state"),
+		reconnects:    d("outbound_reconnects_total", "Reconnects of managed outbound connections scheduled (RECONNECT_SCHEDULED events)."),
+		outDialFailed: d("outbound_dial_failures_total", "Failed attempts of managed outbound connections to connect, by reason: refused, unreachable, host_not_found, policy_denied, tls_handshake, timeout, limit, other.", "reason"),
+		outQueued:     d("outbound_queued_bytes", "Bytes of Sends held by managed outbound connections while down, at most each one's queue_while_down_bytes."),
 	}
 }
 
@@ -103,11 +114,30 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(c.discon, float64(hs.Disconnected+hs.Abandoned))
 
+	for _, st := range []registry.State{registry.Connecting, registry.Open, registry.HalfClosed, registry.Waiting} {
+		gauge(c.outboundD, float64(cs.Outbound[st]), outboundStates[st])
+	}
+	os := c.outbound.Stats()
+	counter(c.reconnects, float64(os.Reconnects))
+	for reason, n := range os.DialFailures {
+		counter(c.outDialFailed, float64(n), reason)
+	}
+	gauge(c.outQueued, float64(os.QueuedBytes))
+
 	ds := c.dialer.Stats()
 	counter(c.dials, float64(ds.Sends))
 	counter(c.dialsFailed, float64(ds.Failed))
 	counter(c.dialOut, float64(ds.BytesOut))
 	counter(c.dialIn, float64(ds.BytesIn))
+}
+
+// outboundStates names the states of managed outbound connections in
+// metrics.
+var outboundStates = map[registry.State]string{
+	registry.Connecting: "connecting",
+	registry.Open:       "open",
+	registry.HalfClosed: "half_closed",
+	registry.Waiting:    "waiting",
 }
 
 // rpcMetrics counts calls and their latency by method and code, and the
@@ -147,10 +177,10 @@ func (m *rpcMetrics) observe(method string, err error, start time.Time) {
 }
 
 // newMetrics returns the registry served at /metrics.
-func newMetrics(h *hub.Hub, r *listener.Registry, conns *registry.Registry, dl *dialer.Dialer, rpcs *rpcMetrics) *prometheus.Registry {
+func newMetrics(h *hub.Hub, r *listener.Registry, conns *registry.Registry, dl *dialer.Dialer, out *outbound.Manager, rpcs *rpcMetrics) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
-		newCollector(h, r, conns, dl),
+		newCollector(h, r, conns, dl, out),
 		rpcs.calls,
 		rpcs.latency,
 		rpcs.refused,

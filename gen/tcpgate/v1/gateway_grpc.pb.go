@@ -26,6 +26,7 @@ const (
 	GatewayService_ListConnections_FullMethodName = "/tcpgate.v1.GatewayService/ListConnections"
 	GatewayService_GetConnection_FullMethodName   = "/tcpgate.v1.GatewayService/GetConnection"
 	GatewayService_CloseConnection_FullMethodName = "/tcpgate.v1.GatewayService/CloseConnection"
+	GatewayService_Connect_FullMethodName         = "/tcpgate.v1.GatewayService/Connect"
 	GatewayService_Send_FullMethodName            = "/tcpgate.v1.GatewayService/Send"
 	GatewayService_Subscribe_FullMethodName       = "/tcpgate.v1.GatewayService/Subscribe"
 )
@@ -56,6 +57,13 @@ type GatewayServiceClient interface {
 	// CloseConnection closes one connection for good (reason CLOSED_BY_API):
 	// an accepted one, or a managed outbound one, whose reconnects it stops.
 	CloseConnection(ctx context.Context, in *CloseConnectionRequest, opts ...grpc.CallOption) (*CloseConnectionResponse, error)
+	// Connect opens a managed outbound connection: the gateway dials address,
+	// keeps the connection up (reconnecting with backoff when it drops),
+	// writes on_connect first on every connection, and streams what it
+	// receives to subscribers like an accepted connection's. It returns after
+	// the first attempt's outcome: connected, or waiting to reconnect with
+	// last_error.
+	Connect(ctx context.Context, in *ConnectRequest, opts ...grpc.CallOption) (*ConnectResponse, error)
 	// Send writes text or bytes to an address (one-shot connect), to an accepted
 	// connection, or to every connection of a listener, and optionally returns
 	// the reply.
@@ -143,6 +151,16 @@ func (c *gatewayServiceClient) CloseConnection(ctx context.Context, in *CloseCon
 	return out, nil
 }
 
+func (c *gatewayServiceClient) Connect(ctx context.Context, in *ConnectRequest, opts ...grpc.CallOption) (*ConnectResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ConnectResponse)
+	err := c.cc.Invoke(ctx, GatewayService_Connect_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *gatewayServiceClient) Send(ctx context.Context, in *SendRequest, opts ...grpc.CallOption) (*SendResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(SendResponse)
@@ -198,6 +216,13 @@ type GatewayServiceServer interface {
 	// CloseConnection closes one connection for good (reason CLOSED_BY_API):
 	// an accepted one, or a managed outbound one, whose reconnects it stops.
 	CloseConnection(context.Context, *CloseConnectionRequest) (*CloseConnectionResponse, error)
+	// Connect opens a managed outbound connection: the gateway dials address,
+	// keeps the connection up (reconnecting with backoff when it drops),
+	// writes on_connect first on every connection, and streams what it
+	// receives to subscribers like an accepted connection's. It returns after
+	// the first attempt's outcome: connected, or waiting to reconnect with
+	// last_error.
+	Connect(context.Context, *ConnectRequest) (*ConnectResponse, error)
 	// Send writes text or bytes to an address (one-shot connect), to an accepted
 	// connection, or to every connection of a listener, and optionally returns
 	// the reply.
@@ -235,6 +260,9 @@ func (UnimplementedGatewayServiceServer) GetConnection(context.Context, *GetConn
 }
 func (UnimplementedGatewayServiceServer) CloseConnection(context.Context, *CloseConnectionRequest) (*CloseConnectionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CloseConnection not implemented")
+}
+func (UnimplementedGatewayServiceServer) Connect(context.Context, *ConnectRequest) (*ConnectResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Connect not implemented")
 }
 func (UnimplementedGatewayServiceServer) Send(context.Context, *SendRequest) (*SendResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Send not implemented")
@@ -389,6 +417,24 @@ func _GatewayService_CloseConnection_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_Connect_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ConnectRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).Connect(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_Connect_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).Connect(ctx, req.(*ConnectRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _GatewayService_Send_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(SendRequest)
 	if err := dec(in); err != nil {
@@ -452,6 +498,10 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CloseConnection",
 			Handler:    _GatewayService_CloseConnection_Handler,
+		},
+		{
+			MethodName: "Connect",
+			Handler:    _GatewayService_Connect_Handler,
 		},
 		{
 			MethodName: "Send",

@@ -82,6 +82,10 @@ type Config struct {
 	// Origin is who opened the connection, stamped on each of its events.
 	// The registry sets it from its entry; conn only carries it.
 	Origin event.Origin
+	// Generation numbers the socket of a managed outbound connection (1
+	// for its first), stamped on each of its events; 0 for an accepted
+	// connection.
+	Generation uint64
 	// Framing must be normalized.
 	Framing   framing.Config
 	AutoReply AutoReply
@@ -125,6 +129,7 @@ type Conn struct {
 	ctx      context.Context // canceled by Close, so a waiting publish gives up
 	cancel   context.CancelFunc
 	done     chan struct{} // closed when Serve returns
+	opened   chan struct{} // closed once CONNECTION_OPENED is published
 	// stopWatch stops closing the connection when New's ctx ends.
 	stopWatch func() bool
 
@@ -134,6 +139,11 @@ type Conn struct {
 	// its context ends.
 	writeTurn chan struct{}
 	out       outbound // the write queue (write.go)
+	// lastWrite is when bytes were last written (Unix nanoseconds), or
+	// when the connection opened: a heartbeat is due only after an
+	// interval without a write. An atomic, so the write goroutine records
+	// it without a lock and a heartbeat timer reads it without one.
+	lastWrite atomic.Int64
 
 	mu       sync.Mutex // guards the fields below
 	awaiters []*awaiter
@@ -144,6 +154,7 @@ type Conn struct {
 	// lock (a leaf).
 	halfClosed atomic.Bool
 	reason     event.CloseReason // the first reason given to Close
+	why        string            // what went wrong, given with reason to CloseWith
 	subject    string            // the TLS peer's certificate subject, set before OPENED
 
 	// relay is the target side of a forwarded connection (forward.go),
@@ -164,7 +175,15 @@ func New(ctx context.Context, nc net.Conn, cfg Config) *Conn {
 	if cfg.Forward != nil {
 		fwdIdle, cfg.IdleTimeout, cfg.HalfCloseTimeout = cfg.IdleTimeout, 0, 0
 	}
-	c := &Conn{cfg: cfg, nc: nc, remote: nc.RemoteAddr().String(), openedAt: time.Now(), done: make(chan struct{}), writeTurn: make(chan struct{}, 1), fwdIdle: fwdIdle}
+	c := &Conn{cfg: cfg, nc: nc, remote: nc.RemoteAddr().String(), openedAt: time.Now(), done: make(chan struct{}), opened: make(chan struct{}), writeTurn: make(chan struct{}, 1), fwdIdle: fwdIdle}
+	c.lastWrite.Store(c.openedAt.UnixNano())
+	if tc, ok := nc.(*tls.Conn); ok {
+		// An outbound socket's handshake is the dialer's, done by now:
+		// its subject is known before Serve, for the caller's snapshot.
+		if st := tc.ConnectionState(); st.HandshakeComplete && len(st.PeerCertificates) > 0 {
+			c.subject = st.PeerCertificates[0].Subject.String()
+		}
+	}
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	c.stopWatch = context.AfterFunc(ctx, func() { c.Close(event.ReasonShutdown) })
 	return c
@@ -185,6 +204,10 @@ func (c *Conn) LocalAddr() string { return c.nc.LocalAddr().String() }
 // OpenedAt returns when the connection was accepted.
 func (c *Conn) OpenedAt() time.Time { return c.openedAt }
 
+// LastWrite returns when bytes were last written to the connection, or
+// when it opened if none were. It takes no lock.
+func (c *Conn) LastWrite() time.Time { return time.Unix(0, c.lastWrite.Load()) }
+
 // Counters returns the connection's live counters.
 func (c *Conn) Counters() *Counters { return &c.counters }
 
@@ -200,15 +223,26 @@ func (c *Conn) Reason() event.CloseReason {
 // no lock.
 func (c *Conn) HalfClosed() bool { return c.halfClosed.Load() }
 
+// Opened is closed once Serve has published CONNECTION_OPENED (or
+// returned without): a writer of its own accord (an outbound connection's
+// on_connect) waits for it, so that nothing of the connection precedes
+// its opening in the event stream.
+func (c *Conn) Opened() <-chan struct{} { return c.opened }
+
 // Done is closed when Serve has returned and the socket is closed.
 func (c *Conn) Done() <-chan struct{} { return c.done }
 
 // Close closes the connection with reason, unless it already closed for
 // another. It does not wait for Serve to return; Done tells when it has.
-func (c *Conn) Close(reason event.CloseReason) {
+func (c *Conn) Close(reason event.CloseReason) { c.CloseWith(reason, "") }
+
+// CloseWith is Close saying what went wrong, in words that the
+// CONNECTION_CLOSED event carries as its error (a heartbeat's missing
+// reply, a failed on_connect).
+func (c *Conn) CloseWith(reason event.CloseReason, why string) {
 	c.mu.Lock()
 	if c.reason == event.ReasonUnspecified {
-		c.reason = reason
+		c.reason, c.why = reason, why
 	}
 	c.mu.Unlock()
 	c.cancel()
@@ -221,6 +255,8 @@ func (c *Conn) Close(reason event.CloseReason) {
 // unfinished frame as a partial DATA, and CONNECTION_CLOSED last.
 func (c *Conn) Serve() {
 	defer close(c.done)
+	openedOnce := sync.OnceFunc(func() { close(c.opened) })
+	defer openedOnce()
 	defer c.cancel()
 	defer c.stopWatch()
 
@@ -233,10 +269,12 @@ func (c *Conn) Serve() {
 		ListenerID:   c.cfg.ListenerID,
 		ConnectionID: c.cfg.ID,
 		Origin:       c.cfg.Origin,
+		Generation:   c.cfg.Generation,
 		RemoteAddr:   c.RemoteAddr(),
 		LocalAddr:    c.LocalAddr(),
 		PeerSubject:  c.PeerSubject(),
 	})
+	openedOnce()
 
 	splitter, err := framing.NewSplitter(c.cfg.Framing)
 	var reason event.CloseReason
@@ -284,6 +322,7 @@ func (c *Conn) Serve() {
 	default:
 		c.reason = reason
 	}
+	why := c.why
 	awaiters := c.takeAwaitersLocked()
 	c.mu.Unlock()
 	settle(awaiters, ErrClosed)
@@ -297,9 +336,11 @@ func (c *Conn) Serve() {
 		ListenerID:   c.cfg.ListenerID,
 		ConnectionID: c.cfg.ID,
 		Origin:       c.cfg.Origin,
+		Generation:   c.cfg.Generation,
 		RemoteAddr:   c.RemoteAddr(),
 		LocalAddr:    c.LocalAddr(),
 		CloseReason:  reason,
+		Error:        why,
 	}
 	c.relayClosed(closed)
 	if partial == nil {
@@ -313,6 +354,7 @@ func (c *Conn) Serve() {
 		ListenerID:   c.cfg.ListenerID,
 		ConnectionID: c.cfg.ID,
 		Origin:       c.cfg.Origin,
+		Generation:   c.cfg.Generation,
 		Data:         partial,
 		Partial:      true,
 	}, closed)

@@ -490,11 +490,15 @@ func (c *Conn) publishSent(it *outItem, n int) {
 		ConnectionID: c.cfg.ID,
 		Origin:       c.cfg.Origin,
 		Direction:    event.Sent,
+		Generation:   c.cfg.Generation,
 		Data:         data,
 	})
 }
 
 func (c *Conn) countOut(bytes int, frames uint64) {
+	if bytes > 0 {
+		c.lastWrite.Store(time.Now().UnixNano())
+	}
 	c.counters.BytesOut.Add(uint64(bytes))
 	c.counters.FramesOut.Add(frames)
 	for _, a := range c.cfg.Aggregates {

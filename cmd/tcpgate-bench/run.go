@@ -60,6 +60,8 @@ var scenarios = []scenario{
 	{"send1", runSendOneShot1},
 	{"send32", runSendOneShot32},
 	{"sendconn", runSendConn},
+	{"reqresp32", runReqResp32},
+	{"reqresp1", runReqResp1},
 	{"conns", runConns},
 	{"tlsconns", runTLSConns},
 	{"tlsconns16k", runTLSConns16K},
@@ -253,14 +255,15 @@ func newBench(o *options) *bench {
 var targets = map[[2]string]*target{
 	{"raw", "tcpgate / socat"}: {">=", 1.5},
 	{"lines", "frames/s, 1 subscriber decoding every event (generated client)"}: {">=", 1e6},
-	{"lines", "decoding / socat"}:           {">=", 0.3},
-	{"lines10", "frames/s, 10 subscribers"}: {">=", 2e6},
-	{"rest", "ndjson / grpc"}:               {">=", 0.6},
-	{"rest", "sse / grpc"}:                  {">=", 0.6},
-	{"latency", "p99"}:                      {"<=", 1000},
-	{"send32", "calls/s, 32 callers"}:       {">=", 20000},
-	{"conns", "RSS per idle connection"}:    {"<=", 10},
-	{"tlsconns", "RSS per idle connection"}: {"<=", 10},
+	{"lines", "decoding / socat"}:            {">=", 0.3},
+	{"lines10", "frames/s, 10 subscribers"}:  {">=", 2e6},
+	{"rest", "ndjson / grpc"}:                {">=", 0.6},
+	{"rest", "sse / grpc"}:                   {">=", 0.6},
+	{"latency", "p99"}:                       {"<=", 1000},
+	{"send32", "calls/s, 32 callers"}:        {">=", 20000},
+	{"reqresp32", "tcpgate / A (gRPC echo)"}: {">=", 0.6},
+	{"conns", "RSS per idle connection"}:     {"<=", 10},
+	{"tlsconns", "RSS per idle connection"}:  {"<=", 10},
 }
 
 // add records one run's value of a metric.

@@ -177,11 +177,13 @@ func runReqResp(ctx context.Context, o *options, b *bench, name string, callers 
 	// caller, to the same responder.
 	conns := make([]*bufio.ReadWriter, callers)
 	var ncs []net.Conn
-	defer func() {
+	closeConns := func() {
 		for _, nc := range ncs {
 			nc.Close()
 		}
-	}()
+		ncs = nil
+	}
+	defer closeConns()
 	for i := range conns {
 		nc, err := net.Dial("tcp", target)
 		if err != nil {
@@ -212,6 +214,8 @@ func runReqResp(ctx context.Context, o *options, b *bench, name string, callers 
 	b.add(name, "B: p50", "µs", ds.P50us)
 	b.add(name, "B: p99", "µs", ds.P99us)
 	b.add(name, "tcpgate / B (direct TCP)", "ratio", rate/directRate)
+	// The responder reports once every connection it serves has closed.
+	closeConns()
 	var rr respondResult
 	return resp.finish(&rr)
 }

@@ -374,6 +374,7 @@ type respondResult struct {
 func respondMain(args []string) error {
 	fs := flag.NewFlagSet("respond", flag.ContinueOnError)
 	reply := fs.String("reply", "pong\n", "what to answer")
+	lines := fs.Bool("lines", false, "answer every line of a connection with the same line, for as long as it stays open")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -401,6 +402,10 @@ func respondMain(args []string) error {
 		}
 		wg.Go(func() {
 			defer nc.Close()
+			if *lines {
+				echoLines(nc, &served)
+				return
+			}
 			buf := make([]byte, 4<<10)
 			if _, err := nc.Read(buf); err != nil {
 				return

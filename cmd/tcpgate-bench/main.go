@@ -9,7 +9,8 @@
 //	subscribe  a gRPC subscriber that counts DATA events (and measures latency)
 //	subscribe-rest  a REST subscriber (NDJSON or SSE) that parses every line
 //	count      counts the bytes on its stdin (behind socat, the baseline)
-//	respond    a TCP responder for one-shot Send calls
+//	respond    a TCP responder for one-shot Send calls (--lines: a line echo on kept connections)
+//	grpc-echo  a gRPC server whose Send answers at once (a baseline)
 //	hold       opens idle connections and holds them
 //
 // Every child prints "ready ..." once it is set up and one JSON line with its
@@ -31,7 +32,8 @@ commands:
   subscribe  (child) subscribe to a gateway and count DATA events
   subscribe-rest  (child) the same over REST (NDJSON or SSE)
   count      (child) count the bytes on stdin
-  respond    (child) answer every TCP connection's first read
+  respond    (child) answer every TCP connection's first read (--lines: echo every line)
+  grpc-echo  (child) a gRPC server whose Send echoes its payload at once
   hold       (child) open idle connections and hold them until stdin closes
 `
 
@@ -43,6 +45,7 @@ func commands() map[string]func([]string) error {
 		"subscribe-rest": subscribeRESTMain,
 		"count":          countMain,
 		"respond":        respondMain,
+		"grpc-echo":      grpcEchoMain,
 		"hold":           holdMain,
 	}
 }

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -47,6 +48,17 @@ func TestOutboundSentData(t *testing.T) {
 		t.Fatalf("Send = %q, %v", reply, err)
 	}
 	want(1, data{dir: sent, text: "one\n"}, data{dir: recv, text: "echo one"})
+	// Each request comes before its answer, however fast the server
+	// answers: the sent event is published as its write begins. (Published
+	// once the write returned, the answer's event beat it about one run in
+	// three here.)
+	for i := range 100 {
+		w := fmt.Sprintf("n%d", i)
+		if reply, err := sendLine(t, g, "dev", w); err != nil || reply != "echo "+w {
+			t.Fatalf("Send %s = %q, %v", w, reply, err)
+		}
+		want(1, data{dir: sent, text: w + "\n"}, data{dir: recv, text: "echo " + w})
+	}
 
 	srv.Kill()
 	srv.Start()

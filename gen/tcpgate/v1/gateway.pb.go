@@ -4209,12 +4209,17 @@ type SubscribeRequest struct {
 	Origins []Origin `protobuf:"varint,8,rep,packed,name=origins,proto3,enum=tcpgate.v1.Origin" json:"origins,omitempty"`
 	// Also send DATA events of what the gateway wrote (DIRECTION_SENT): Sends,
 	// auto replies, on_connect and heartbeats, and what a forwarding
-	// listener's target said. One event per write, published once its bytes
-	// were written and holding those bytes (a Send's payload, the echo of a
-	// read's frames, a fixed reply as many times as the frames it answered, a
-	// relayed chunk), in write order per connection, before a Send returns.
-	// The replay holds them too. A BACKPRESSURE subscriber that asks for them
-	// slows the writes it lacks room for; lossy ones never slow anything.
+	// listener's target said. One event per write, holding its bytes (a
+	// Send's payload, the echo of a read's frames, a fixed reply as many times
+	// as the frames it answered, a relayed chunk), in write order per
+	// connection, before a Send returns. It is published as the write begins,
+	// so it always comes before the peer's answer to it; a write that then
+	// fails closes the connection (WRITE_ERROR), save a Send whose peer took
+	// none of it before the Send's timeout (DeadlineExceeded, the connection
+	// stays open). The replay holds them too. A BACKPRESSURE subscriber that
+	// asks for them slows the writes it lacks room for (a Send at most until
+	// its timeout: then the subscriber is ended, and the Send written);
+	// lossy ones never slow anything.
 	// False sends received data only, exactly as before sent data existed.
 	IncludeSent   bool `protobuf:"varint,9,opt,name=include_sent,json=includeSent,proto3" json:"include_sent,omitempty"`
 	unknownFields protoimpl.UnknownFields

@@ -316,7 +316,23 @@ func (c *Conn) flush() {
 		o.queue = o.queue[1:]
 		o.mu.Unlock()
 
-		n, err := c.writeItem(it, &iov)
+		// As the write begins, before a byte of it goes: a peer's answer
+		// can only be read, and published, after it, so a subscriber sees
+		// the conversation in its order (published after the write, the
+		// answer's event raced it). And before the Send returns, so that
+		// its response's header covers the event. A Send already past
+		// its deadline is not written, and not published.
+		if s := it.send; s == nil || s.deadline.IsZero() || time.Now().Before(s.deadline) {
+			c.publishSent(it, it.size)
+			if s != nil && !s.deadline.IsZero() && !time.Now().Before(s.deadline) {
+				// A lossless subscriber held the event up past the
+				// deadline, and was ended for it (publishSent): the wait
+				// was the subscriber's, not the peer's, so the Send is
+				// written still, within the write timeout.
+				s.deadline = time.Time{}
+			}
+		}
+		_, err := c.writeItem(it, &iov)
 
 		// The budget first: once o.queued shows the room, a writer may
 		// queue and take budget at once, and the budget must not hold
@@ -326,10 +342,6 @@ func (c *Conn) flush() {
 		o.queued -= it.size
 		o.signalLocked()
 		o.mu.Unlock()
-		// Before the Send returns, so that its response's header covers
-		// the event; after the room shows, so that a lossless subscriber
-		// that holds the publish up holds no budget of other connections.
-		c.publishSent(it, n)
 		if it.send != nil {
 			it.send.err = err
 			close(it.send.done)
@@ -452,8 +464,14 @@ func (c *Conn) writeItem(it *outItem, iov *[][]byte) (int, error) {
 	return total, fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
 }
 
-// publishSent publishes the n bytes written of it as one DATA event of
-// direction Sent, in write order (the write goroutine is the only caller).
+// publishSent publishes the n bytes of it as one DATA event of direction
+// Sent, in write order, as their write begins (the write goroutine is the
+// only caller). A write that then fails closes the connection
+// (WRITE_ERROR) after the event, save a Send whose peer took none of it
+// before the Send's deadline, which fails with DeadlineExceeded and leaves
+// the connection open: its event shows bytes the peer never got. While a
+// lossless subscriber holds the event up, the item keeps its bytes of the
+// write budget, as any write waiting for a slow peer does.
 // One event per write: a Send, a broadcast's share, the echo of a read's
 // frames, a relayed chunk. A fixed reply written for k frames is one event
 // of its k copies, the bytes the peer got, made only from its one slice

@@ -380,6 +380,14 @@ func New(cfg Config) (*Server, error) {
 	unary = append(unary, rpc.Decoded)
 	stream = append(stream, rpc.DecodedStream)
 	s.grpc = grpc.NewServer(
+		// Calls run on a pool of goroutines whose stacks have grown to
+		// what a call needs, instead of a new goroutine per call whose
+		// stack is copied larger several times over (grpc-go's default):
+		// in `make bench`'s reqresp32, a Send with its reply to a kept
+		// connection, about a tenth of the gateway's calls/s. When every
+		// worker is busy (a long Subscribe holds one), a call gets a new
+		// goroutine as before.
+		grpc.NumStreamWorkers(grpcStreamWorkers),
 		// Room for the largest payload and the request around it, so an
 		// oversized Send gets tcpgate's message naming max_send_bytes.
 		grpc.MaxRecvMsgSize(cfg.MaxSendBytes+64<<10),
@@ -414,6 +422,7 @@ func New(cfg Config) (*Server, error) {
 	healthpb.RegisterHealthServer(s.grpc, hs)
 	// Reflection from descriptors with their comments (reflection.go).
 	if err := registerReflection(s.grpc); err != nil {
+		s.grpc.Stop() // its stream workers
 		s.listeners.Close()
 		s.hub.Close()
 		return nil, err
@@ -421,6 +430,7 @@ func New(cfg Config) (*Server, error) {
 
 	ln, err := net.Listen("tcp", cfg.GRPCAddr)
 	if err != nil {
+		s.grpc.Stop() // its stream workers
 		s.listeners.Close()
 		s.hub.Close()
 		return nil, fmt.Errorf("binding gRPC address %s: %w", cfg.GRPCAddr, err)
@@ -443,6 +453,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.HTTPAddr != "" {
 		if err := s.newREST(); err != nil {
 			ln.Close()
+			s.grpc.Stop()
 			s.listeners.Close()
 			s.hub.Close()
 			return nil, err
@@ -455,6 +466,7 @@ func New(cfg Config) (*Server, error) {
 				s.httpLn.Close()
 				s.rest.Close()
 			}
+			s.grpc.Stop()
 			s.listeners.Close()
 			s.hub.Close()
 			return nil, err

@@ -17,7 +17,9 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -85,6 +87,16 @@ func runReqResp(ctx context.Context, o *options, b *bench, name string, callers 
 	plural := map[bool]string{true: "s"}[callers > 1]
 
 	var rate float64
+	var daemonFlags []string
+	var debugAddr string
+	if o.profileDir != "" {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		debugAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		daemonFlags = []string{"--debug-addr", debugAddr}
+	}
 	err = withDaemon(ctx, o, b, func(d *daemon) error {
 		ids := make([]string, callers)
 		for i := range ids {
@@ -112,6 +124,14 @@ func runReqResp(ctx context.Context, o *options, b *bench, name string, callers 
 		cpu0 := cpuSeconds(d.pid())
 		var s *latencySummary
 		var secs float64
+		profiled := make(chan error, 1)
+		if debugAddr != "" {
+			secs := max(1, int(o.duration/time.Second))
+			path := filepath.Join(o.profileDir, fmt.Sprintf("%s-tcpgate-run%d.pprof", name, o.run))
+			go func() { profiled <- fetchProfile(ctx, debugAddr, secs, path) }()
+		} else {
+			profiled <- nil
+		}
 		start := time.Now()
 		rate, s, err = callLoop(ctx, callers, o.duration, func(i int) error {
 			r, err := d.client.Send(ctx, reqs[i])
@@ -121,6 +141,9 @@ func runReqResp(ctx context.Context, o *options, b *bench, name string, callers 
 			return err
 		})
 		secs = time.Since(start).Seconds()
+		if perr := <-profiled; perr != nil {
+			b.note("%s: profile: %v", name, perr)
+		}
 		if err != nil {
 			return err
 		}
@@ -129,7 +152,7 @@ func runReqResp(ctx context.Context, o *options, b *bench, name string, callers 
 		b.add(name, "p99", "µs", s.P99us)
 		b.add(name, "tcpgate CPU", "% of 1 core", 100*(cpuSeconds(d.pid())-cpu0)/secs)
 		return nil
-	})
+	}, daemonFlags...)
 	if err != nil {
 		return err
 	}

@@ -237,7 +237,8 @@ func TestCLI(t *testing.T) {
 			}
 		}
 		// ID LISTENER STATE REMOTE OPENED(date time) BYTES-IN BYTES-OUT
-		if len(row) != 8 || row[1] != "demo" || row[2] != "open" || row[3] != local {
+		// ORIGIN GEN LAST-ERROR
+		if len(row) != 11 || row[1] != "demo" || row[2] != "open" || row[3] != local || row[8] != "accepted" || row[9] != "-" || row[10] != "-" {
 			t.Fatalf("tcpgate conns demo:\n%s\nwant a row for %s of demo from %s", out, id, local)
 		}
 

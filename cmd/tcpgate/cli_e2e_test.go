@@ -421,7 +421,7 @@ func TestCLI(t *testing.T) {
 				}
 			})
 		}
-		for _, want := range []string{"listen", "stop", "ls", "conns", "close", "send", "subscribe", "serve",
+		for _, want := range []string{"listen", "stop", "connect", "ls", "conns", "close", "send", "subscribe", "serve",
 			"help", "completion", "completion bash", "completion zsh", "completion fish", "completion powershell"} {
 			if !seen[want] {
 				t.Errorf("tcpgate %s: not listed by any --help, want it checked", want)

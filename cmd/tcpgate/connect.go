@@ -280,10 +280,52 @@ func newConnectCmd(c *client) *cobra.Command {
 	return cmd
 }
 
-// connectError adds what to do to a failed Connect: without --no-reconnect
-// the gateway would have kept dialing.
+// connectFlags are the flags that set ConnectRequest's fields, by the
+// field's path or the path's first part, so that the gateway's error
+// about a field says which flag to change.
+var connectFlags = map[string]string{
+	"connection_id":             "--id",
+	"address":                   "HOST:PORT",
+	"framing":                   "--framing (--max-frame)",
+	"framing.max_frame_bytes":   "--max-frame",
+	"tls":                       "--target-tls and its kin",
+	"reconnect":                 "--backoff",
+	"reconnect.max_attempts":    "--max-attempts",
+	"on_connect":                "--on-connect or --on-connect-hex",
+	"on_connect.expect":         "--expect",
+	"on_connect.timeout":        "--expect-timeout",
+	"heartbeat":                 "--heartbeat",
+	"heartbeat.expect":          "--heartbeat-expect",
+	"idle_timeout":              "--idle",
+	"queue_while_down_bytes":    "--queue",
+	"timeout":                   "--timeout",
+	"reconnect.initial_backoff": "--backoff",
+	"reconnect.max_backoff":     "--backoff",
+}
+
+// flagOfField returns the connect flag that sets field, or "".
+func flagOfField(field string) string {
+	for f := field; f != ""; {
+		if flag, ok := connectFlags[f]; ok {
+			return flag
+		}
+		i := strings.LastIndexByte(f, '.')
+		if i < 0 {
+			break
+		}
+		f = f[:i]
+	}
+	return ""
+}
+
+// connectError adds what to do to a failed Connect: the flag that sets a
+// field the gateway refused, or that without --no-reconnect the gateway
+// would have kept dialing.
 func connectError(err error, noReconnect bool) error {
-	reason, _ := rpc.ReasonOf(err)
+	reason, meta := rpc.ReasonOf(err)
+	if flag := flagOfField(meta[rpc.MetaField]); flag != "" {
+		return hinted{err, "set by " + flag}
+	}
 	switch reason {
 	case tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_REFUSED, tcpgatev1.ErrorReason_ERROR_REASON_ADDRESS_UNREACHABLE,
 		tcpgatev1.ErrorReason_ERROR_REASON_HOST_NOT_FOUND, tcpgatev1.ErrorReason_ERROR_REASON_TIMEOUT,

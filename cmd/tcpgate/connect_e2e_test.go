@@ -395,9 +395,9 @@ func TestConnectCLIErrors(t *testing.T) {
 		{"timeout", []string{"connect", closed, "--timeout", "soon"}, []string{`"--timeout"`}},
 		{"client certificate without key", []string{"connect", closed, "--target-cert", "c.pem"}, []string{"--target-cert and --target-key"}},
 		// Bounds the gateway owns: its error names the request's field.
-		{"backoff below the floor", []string{"connect", closed, "--backoff", "1ms"}, []string{"InvalidArgument", "initial_backoff"}},
-		{"heartbeat too often", []string{"connect", closed, "--heartbeat", "1ms:PING"}, []string{"InvalidArgument", "heartbeat.interval"}},
-		{"bad address", []string{"connect", "nowhere"}, []string{"InvalidArgument", "address"}},
+		{"backoff below the floor", []string{"connect", closed, "--backoff", "1ms"}, []string{"InvalidArgument", "reconnect.initial_backoff", "set by --backoff"}},
+		{"heartbeat too often", []string{"connect", closed, "--heartbeat", "1ms:PING"}, []string{"InvalidArgument", "heartbeat.interval", "set by --heartbeat"}},
+		{"bad address", []string{"connect", "nowhere"}, []string{"InvalidArgument", "address", "set by HOST:PORT"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

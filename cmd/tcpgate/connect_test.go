@@ -223,3 +223,27 @@ func TestEventLineOutbound(t *testing.T) {
 		})
 	}
 }
+
+// TestFlagOfField: every field of ConnectRequest the gateway may name in an
+// error leads to the flag that sets it; a field of no flag to none.
+func TestFlagOfField(t *testing.T) {
+	for field, want := range map[string]string{
+		"reconnect.initial_backoff": "--backoff",
+		"reconnect.max_attempts":    "--max-attempts",
+		"heartbeat.interval":        "--heartbeat",
+		"heartbeat.expect.regex":    "--heartbeat-expect",
+		"on_connect.text":           "--on-connect or --on-connect-hex",
+		"on_connect.timeout":        "--expect-timeout",
+		"framing.delimiter":         "--framing (--max-frame)",
+		"framing.max_frame_bytes":   "--max-frame",
+		"queue_while_down_bytes":    "--queue",
+		"tls.ca_pem":                "--target-tls and its kin",
+		"address":                   "HOST:PORT",
+		"keep_alive.idle":           "",
+		"":                          "",
+	} {
+		if got := flagOfField(field); got != want {
+			t.Errorf("flagOfField(%q) = %q, want %q", field, got, want)
+		}
+	}
+}

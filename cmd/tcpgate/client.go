@@ -440,8 +440,11 @@ func newCloseCmd(c *client) *cobra.Command {
 			}
 			cn := resp.GetConnection()
 			if cn.GetOrigin() == tcpgatev1.Origin_ORIGIN_OUTBOUND {
-				fmt.Fprintf(cmd.OutOrStdout(), "connection %s to %s closed after %d generation%s: no more reconnects\n",
-					cn.GetConnectionId(), cn.GetAddress(), cn.GetGeneration(), plural(cn.GetGeneration()))
+				lived := "it never connected"
+				if g := cn.GetGeneration(); g > 0 {
+					lived = fmt.Sprintf("after %d generation%s", g, plural(g))
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "connection %s to %s closed (%s): no more reconnects\n", cn.GetConnectionId(), cn.GetAddress(), lived)
 				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "connection %s closed (%s)\n", cn.GetConnectionId(), cn.GetRemoteAddress())

@@ -190,7 +190,7 @@ func TestConnectCLI(t *testing.T) {
 		t.Fatalf("tcpgate connect printed %q, want %q", out, want)
 	}
 	sub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ connection_opened conn=feed gen=1 remote=`+regexp.QuoteMeta(srv.addr)+`$`))
-	out, _ = tg.mustRun(t, "connect", srv.addr, "--id", "bare", "--framing", "line", "--on-connect-hex", "68690a",
+	out, _ = tg.mustRun(t, "connect", srv.addr, "--id", "bare", "--framing", "line", "--on-connect-hex", "6869",
 		"--heartbeat", "150ms:ping", "--framed", "--backoff", "50ms:400ms")
 	if want := "connection bare open to " + srv.addr + " (generation 1)\n"; out != want {
 		t.Fatalf("tcpgate connect --on-connect-hex printed %q, want %q", out, want)
@@ -312,7 +312,7 @@ func TestConnectCLI(t *testing.T) {
 	}
 
 	stdout, _ = tg.mustRun(t, "close", "feed")
-	if want := "connection feed to " + srv.addr + " closed after 2 generations: no more reconnects\n"; stdout != want {
+	if want := "connection feed to " + srv.addr + " closed (after 2 generations): no more reconnects\n"; stdout != want {
 		t.Errorf("tcpgate close feed: %q, want %q", stdout, want)
 	}
 	tg.mustRun(t, "close", "bare")
@@ -355,6 +355,20 @@ func TestConnectCLIErrors(t *testing.T) {
 		}
 		if _, stderr, err := tg.run(t, "conn", "nr"); err == nil || !strings.Contains(stderr, "NotFound") {
 			t.Errorf("tcpgate conn nr after the failed connect: %v, %q; want NotFound: nothing kept", err, stderr)
+		}
+	})
+
+	t.Run("waiting, and closed before it connected", func(t *testing.T) {
+		out := tg.mustRunOut(t, "connect", closed, "--id", "w", "--backoff", "50ms:100ms")
+		if !regexp.MustCompile(`^connection w waiting to reconnect to ` + regexp.QuoteMeta(closed) + ` in \d+ms \(1 failed attempt\): .*refused\n$`).MatchString(out) {
+			t.Errorf("tcpgate connect to a closed port printed %q, want it waiting to reconnect after 1 failed attempt, refused", out)
+		}
+		_, stderr, err := tg.run(t, "connect", closed, "--id", "w")
+		if err == nil || !strings.Contains(stderr, "AlreadyExists") || !strings.Contains(stderr, "--id") || !strings.Contains(stderr, "tcpgate close w") {
+			t.Errorf("tcpgate connect with an id in use: %v, stderr %q; want AlreadyExists and a hint naming --id and tcpgate close w", err, stderr)
+		}
+		if want := "connection w to " + closed + " closed (it never connected): no more reconnects\n"; tg.mustRunOut(t, "close", "w") != want {
+			t.Errorf("tcpgate close w: want %q", want)
 		}
 	})
 

@@ -128,7 +128,7 @@ func testReadmeOutbound(t *testing.T, blocks []codeBlock) {
 				}
 			case strings.HasPrefix(text, "$T close upper"):
 				checked["close"] = true
-				if want := "connection upper to " + saddr + " closed after 2 generations: no more reconnects\n"; out != want {
+				if want := "connection upper to " + saddr + " closed (after 2 generations): no more reconnects\n"; out != want {
 					t.Errorf("README.md:%d: %s printed %q, want %q", c.line, text, out, want)
 				}
 				subSaw(` connection_closed conn=upper gen=2 remote=\S+ reason=closed_by_api$`)

@@ -196,6 +196,11 @@ type hinted struct {
 
 func (h hinted) Unwrap() error { return h.error }
 
+// GRPCStatus is the status of the gateway's answer, so that
+// status.FromError reads the gateway's code and message rather than the
+// text of the whole chain ("rpc error: code = ... desc = ...").
+func (h hinted) GRPCStatus() *status.Status { return status.Convert(h.error) }
+
 // tlsOn reports whether the flags ask for TLS to the gateway.
 func (c *client) tlsOn() bool {
 	return c.useTLS || c.tlsCA != "" || c.tlsCert != "" || c.tlsKey != ""

@@ -425,6 +425,9 @@ func TestConnectCLIErrors(t *testing.T) {
 					t.Errorf("tcpgate %s: stderr %q, want it to mention %q", strings.Join(tt.args, " "), stderr, w)
 				}
 			}
+			if strings.Contains(stderr, "rpc error:") {
+				t.Errorf("tcpgate %s: stderr %q, want the gateway's message without gRPC's rendering", strings.Join(tt.args, " "), stderr)
+			}
 		})
 	}
 	if rows := strings.Count(tg.mustRunOut(t, "conns", "--origin", "outbound"), "\n") - 1; rows != 0 {

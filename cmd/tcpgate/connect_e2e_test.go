@@ -248,9 +248,9 @@ func TestConnectCLI(t *testing.T) {
 	}
 
 	var row []string
-	servertest.Eventually(t, "conns to show feed waiting with its last error", func() bool {
-		row = connsRow(tg.mustRunOut(t, "conns", "--origin", "outbound"), "feed")
-		return len(row) > 10 && (row[2] == "waiting" || row[2] == "connecting") && strings.Contains(strings.Join(row[10:], " "), "refused")
+	servertest.Eventually(t, "conns --state waiting to show feed with its last error", func() bool {
+		row = connsRow(tg.mustRunOut(t, "conns", "--state", "waiting"), "feed")
+		return len(row) > 10 && row[2] == "waiting" && row[8] == "outbound" && strings.Contains(strings.Join(row[10:], " "), "refused")
 	})
 	if !strings.Contains(strings.Join(row[10:], " "), srv.addr) {
 		t.Errorf("tcpgate conns: feed's last error %q, want the refused dial of %s", strings.Join(row[10:], " "), srv.addr)

@@ -270,7 +270,10 @@ func TestConnectCLI(t *testing.T) {
 	}
 	// With a queue: the send waits for the reconnect.
 	queued := tg.start(t, "send", "--to-conn", "feed", "queued", "--framed", "--await", "line")
-	time.Sleep(200 * time.Millisecond) // queued while down, rather than sent after the restart
+	// Held while down ("queued\n"), rather than sent after the restart.
+	servertest.Eventually(t, "the send to be held while down", func() bool {
+		return metric(t, g.httpAddr, "tcpgate_outbound_queued_bytes") == 7
+	})
 
 	srv.start()
 	sub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ connection_opened conn=feed gen=2 remote=`+regexp.QuoteMeta(srv.addr)+`$`))

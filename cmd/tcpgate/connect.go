@@ -115,25 +115,180 @@ func parseHeartbeat(s string) (time.Duration, string, error) {
 	return d, text, nil
 }
 
-// optDuration is a Duration field from a flag: unset when the flag was not
-// given, so that the gateway's default applies.
-func optDuration(cmd *cobra.Command, flag string, d time.Duration) *durationpb.Duration {
-	if !cmd.Flags().Changed(flag) {
-		return nil
+// connectOptions are the flags of connect, turned into a ConnectRequest by
+// request.
+type connectOptions struct {
+	id, framing, onConnect, onConnectHex string
+	expect, heartbeat, heartbeatExpect   string
+	backoff, queue, keepAlive            string
+	noReconnect, framed                  bool
+	maxFrame, maxAttempts                uint32
+	expectTimeout, idle, timeout         time.Duration
+	userTimeout                          time.Duration
+	target                               targetTLS
+}
+
+func (o *connectOptions) addFlags(f *pflag.FlagSet) {
+	f.StringVar(&o.id, "id", "", "connection id, kept across reconnects (default: generated)")
+	f.StringVar(&o.framing, "framing", "", "raw | line | delim:HEX | len:N[le] | fixed:N: how what the server says is cut into frames (default raw)")
+	f.Uint32Var(&o.maxFrame, "max-frame", 0, "largest frame in bytes (default 1 MiB)")
+	f.BoolVar(&o.noReconnect, "no-reconnect", false, "never dial again: a failed first attempt is an error, and the first drop closes the connection for good")
+	f.StringVar(&o.backoff, "backoff", "", "INITIAL[:MAX] delays between attempts, doubling from INITIAL up to MAX, each a random part of half to all of it (default 100ms:30s; at least 10ms)")
+	f.Uint32Var(&o.maxAttempts, "max-attempts", 0, "give up after this many failed attempts in a row, closing the connection for good (default: never)")
+	f.StringVar(&o.onConnect, "on-connect", "", "write this text first on every connection, before any send")
+	f.StringVar(&o.onConnectHex, "on-connect-hex", "", "write these bytes, in hex, first on every connection")
+	f.StringVar(&o.expect, "expect", "", "after --on-connect, await a frame that starts with this text before the connection counts as up")
+	f.DurationVar(&o.expectTimeout, "expect-timeout", 0, "how long --expect waits; past it the connection is closed (on_connect_failed) and dialed again (default 10s)")
+	f.StringVar(&o.heartbeat, "heartbeat", "", "INTERVAL:TEXT: write TEXT after INTERVAL without any write, such as 10s:PING")
+	f.StringVar(&o.heartbeatExpect, "heartbeat-expect", "", "await a frame that starts with this text after each heartbeat, within its interval; none means the peer is dead (heartbeat_failed) and it is dialed again")
+	f.BoolVar(&o.framed, "framed", false, "send --on-connect and --heartbeat as one frame of --framing (a line gets its \\n, a length-prefixed frame its prefix)")
+	f.DurationVar(&o.idle, "idle", 0, "take the server as dead after this long without a received byte, and dial again (default: never)")
+	f.StringVar(&o.queue, "queue", "", "bytes of sends held while the connection is down, such as 64KiB or 1MiB, written in order once it is up (default 0: such a send fails at once)")
+	f.StringVar(&o.keepAlive, "keepalive", "", "TCP keep-alive probes: IDLE[:INTERVAL[:COUNT]] such as 30s:10s:3, or off (default 15s:15s:9)")
+	f.DurationVar(&o.userTimeout, "user-timeout", 0, "TCP_USER_TIMEOUT: drop the connection when written bytes stay unacknowledged this long, a dead peer found while writing (default: the kernel's, about 15 minutes)")
+	f.DurationVar(&o.timeout, "timeout", defaultConnectTimeout, "how long to wait for the first attempt; past it connect prints the connection as it is, and the gateway goes on trying")
+	o.target.addFlags(f)
+}
+
+// request is the ConnectRequest the flags ask for; changed reports whether
+// a flag was given, so that a flag left out leaves its field unset for the
+// gateway's default.
+func (o *connectOptions) request(addr string, changed func(flag string) bool) (*tcpgatev1.ConnectRequest, error) {
+	opt := func(flag string, d time.Duration) *durationpb.Duration {
+		if !changed(flag) {
+			return nil
+		}
+		return durationpb.New(d)
 	}
-	return durationpb.New(d)
+	req := &tcpgatev1.ConnectRequest{ConnectionId: o.id, Address: addr, IdleTimeout: opt("idle", o.idle),
+		TcpUserTimeout: opt("user-timeout", o.userTimeout), Timeout: opt("timeout", o.timeout)}
+	var err error
+	if o.framing != "" {
+		if req.Framing, err = parseFraming(o.framing); err != nil {
+			return nil, err
+		}
+	}
+	if o.maxFrame > 0 {
+		if req.Framing == nil {
+			req.Framing = &tcpgatev1.Framing{}
+		}
+		req.Framing.MaxFrameBytes = o.maxFrame
+	}
+	if req.Tls, err = o.target.dialTLS(); err != nil {
+		return nil, err
+	}
+
+	reconnect := &tcpgatev1.Reconnect{Disabled: o.noReconnect, MaxAttempts: o.maxAttempts}
+	if o.backoff != "" {
+		initial, maxDelay, err := parseBackoff(o.backoff)
+		if err != nil {
+			return nil, err
+		}
+		reconnect.InitialBackoff = durationpb.New(initial)
+		if maxDelay != 0 {
+			reconnect.MaxBackoff = durationpb.New(maxDelay)
+		}
+	}
+	switch {
+	case o.noReconnect && (o.backoff != "" || o.maxAttempts != 0):
+		return nil, errors.New("--no-reconnect excludes --backoff and --max-attempts: they say how to reconnect")
+	case o.noReconnect || o.backoff != "" || o.maxAttempts != 0:
+		req.Reconnect = reconnect
+	}
+
+	switch {
+	case o.onConnect != "" && o.onConnectHex != "":
+		return nil, errors.New("--on-connect and --on-connect-hex exclude each other: give the handshake once")
+	case o.onConnect != "":
+		req.OnConnect = &tcpgatev1.OnConnect{Payload: &tcpgatev1.OnConnect_Text{Text: o.onConnect}}
+	case o.onConnectHex != "":
+		b, err := hex.DecodeString(strings.ReplaceAll(o.onConnectHex, " ", ""))
+		if err != nil {
+			return nil, fmt.Errorf("--on-connect-hex: %w", err)
+		}
+		req.OnConnect = &tcpgatev1.OnConnect{Payload: &tcpgatev1.OnConnect_Data{Data: b}}
+	case o.expect != "" || changed("expect-timeout"):
+		return nil, errors.New("--expect and --expect-timeout need --on-connect or --on-connect-hex: they await its reply")
+	}
+	if oc := req.OnConnect; oc != nil {
+		oc.Framed = o.framed
+		if o.expect != "" {
+			oc.Expect = &tcpgatev1.ReplyMatch{Rule: &tcpgatev1.ReplyMatch_Prefix{Prefix: o.expect}}
+			oc.Timeout = opt("expect-timeout", o.expectTimeout)
+		} else if changed("expect-timeout") {
+			return nil, errors.New("--expect-timeout needs --expect: it bounds the wait for that reply")
+		}
+	}
+
+	switch {
+	case o.heartbeat != "":
+		interval, text, err := parseHeartbeat(o.heartbeat)
+		if err != nil {
+			return nil, err
+		}
+		req.Heartbeat = &tcpgatev1.Heartbeat{Interval: durationpb.New(interval),
+			Payload: &tcpgatev1.Heartbeat_Text{Text: text}, Framed: o.framed}
+		if o.heartbeatExpect != "" {
+			req.Heartbeat.Expect = &tcpgatev1.ReplyMatch{Rule: &tcpgatev1.ReplyMatch_Prefix{Prefix: o.heartbeatExpect}}
+		}
+	case o.heartbeatExpect != "":
+		return nil, errors.New("--heartbeat-expect needs --heartbeat: it awaits the heartbeat's reply")
+	}
+	if o.framed && req.OnConnect == nil && req.Heartbeat == nil {
+		return nil, errors.New("--framed encodes --on-connect and --heartbeat: give one of them")
+	}
+
+	if o.keepAlive != "" {
+		if req.KeepAlive, err = parseKeepAlive(o.keepAlive); err != nil {
+			return nil, err
+		}
+	}
+	if o.queue != "" {
+		if req.QueueWhileDownBytes, err = parseSize("--queue", o.queue); err != nil {
+			return nil, err
+		}
+	}
+	return req, nil
+}
+
+// parseKeepAlive reads --keepalive: off, or IDLE[:INTERVAL[:COUNT]].
+func parseKeepAlive(s string) (*tcpgatev1.TcpKeepAlive, error) {
+	if s == "off" {
+		return &tcpgatev1.TcpKeepAlive{Disabled: true}, nil
+	}
+	parts := strings.Split(s, ":")
+	bad := func(what string, err error) error {
+		return fmt.Errorf("--keepalive %q: %s: %w (want IDLE[:INTERVAL[:COUNT]], such as 30s:10s:3, or off)", s, what, err)
+	}
+	if len(parts) > 3 {
+		return nil, bad("too many parts", errors.New("three at most"))
+	}
+	ka := &tcpgatev1.TcpKeepAlive{}
+	for i, p := range parts {
+		switch i {
+		case 0, 1:
+			d, err := time.ParseDuration(p)
+			if err != nil {
+				return nil, bad([]string{"the idle time", "the interval"}[i], err)
+			}
+			if i == 0 {
+				ka.Idle = durationpb.New(d)
+			} else {
+				ka.Interval = durationpb.New(d)
+			}
+		case 2:
+			n, err := strconv.ParseUint(p, 10, 32)
+			if err != nil {
+				return nil, bad("the count", err)
+			}
+			ka.Count = uint32(n)
+		}
+	}
+	return ka, nil
 }
 
 func newConnectCmd(c *client) *cobra.Command {
-	var (
-		id, framing, onConnect, onConnectHex string
-		expect, heartbeat, heartbeatExpect   string
-		backoff, queue                       string
-		noReconnect, framed                  bool
-		maxFrame, maxAttempts                uint32
-		expectTimeout, idle, timeout         time.Duration
-		target                               targetTLS
-	)
+	var o connectOptions
 	cmd := &cobra.Command{
 		Use:   "connect HOST:PORT",
 		Short: "Keep a connection to a server, reconnecting when it drops",
@@ -155,97 +310,18 @@ func newConnectCmd(c *client) *cobra.Command {
 			"  tcpgate connect 10.0.0.9:4000 --framing line --on-connect 'LOGIN demo' --framed --expect OK\n" +
 			"  tcpgate connect 127.0.0.1:7000 --framing line --heartbeat 10s:PING --heartbeat-expect PONG\n" +
 			"  tcpgate connect 127.0.0.1:7000 --backoff 500ms:1m --max-attempts 20\n" +
+			"  tcpgate connect 127.0.0.1:7000 --keepalive 30s:10s:3 --user-timeout 30s   # find a dead peer sooner\n" +
 			"  tcpgate connect 127.0.0.1:7000 --no-reconnect      # fail now if nothing answers\n" +
 			"  tcpgate connect mail.example:465 --target-tls --framing line",
 		Args: needArgs("HOST:PORT"),
 		RunE: c.run(func(cmd *cobra.Command, args []string) error {
-			req := &tcpgatev1.ConnectRequest{ConnectionId: id, Address: args[0], IdleTimeout: optDuration(cmd, "idle", idle),
-				Timeout: optDuration(cmd, "timeout", timeout)}
-			var err error
-			if framing != "" {
-				if req.Framing, err = parseFraming(framing); err != nil {
-					return err
-				}
-			}
-			if maxFrame > 0 {
-				if req.Framing == nil {
-					req.Framing = &tcpgatev1.Framing{}
-				}
-				req.Framing.MaxFrameBytes = maxFrame
-			}
-			if req.Tls, err = target.dialTLS(); err != nil {
+			req, err := o.request(args[0], cmd.Flags().Changed)
+			if err != nil {
 				return err
 			}
-
-			reconnect := &tcpgatev1.Reconnect{Disabled: noReconnect, MaxAttempts: maxAttempts}
-			if backoff != "" {
-				initial, maxDelay, err := parseBackoff(backoff)
-				if err != nil {
-					return err
-				}
-				reconnect.InitialBackoff = durationpb.New(initial)
-				if maxDelay != 0 {
-					reconnect.MaxBackoff = durationpb.New(maxDelay)
-				}
-			}
-			switch {
-			case noReconnect && (backoff != "" || maxAttempts != 0):
-				return errors.New("--no-reconnect excludes --backoff and --max-attempts: they say how to reconnect")
-			case noReconnect || backoff != "" || maxAttempts != 0:
-				req.Reconnect = reconnect
-			}
-
-			switch {
-			case onConnect != "" && onConnectHex != "":
-				return errors.New("--on-connect and --on-connect-hex exclude each other: give the handshake once")
-			case onConnect != "":
-				req.OnConnect = &tcpgatev1.OnConnect{Payload: &tcpgatev1.OnConnect_Text{Text: onConnect}}
-			case onConnectHex != "":
-				b, err := hex.DecodeString(strings.ReplaceAll(onConnectHex, " ", ""))
-				if err != nil {
-					return fmt.Errorf("--on-connect-hex: %w", err)
-				}
-				req.OnConnect = &tcpgatev1.OnConnect{Payload: &tcpgatev1.OnConnect_Data{Data: b}}
-			case expect != "" || cmd.Flags().Changed("expect-timeout"):
-				return errors.New("--expect and --expect-timeout need --on-connect or --on-connect-hex: they await its reply")
-			}
-			if oc := req.OnConnect; oc != nil {
-				oc.Framed = framed
-				if expect != "" {
-					oc.Expect = &tcpgatev1.ReplyMatch{Rule: &tcpgatev1.ReplyMatch_Prefix{Prefix: expect}}
-					oc.Timeout = optDuration(cmd, "expect-timeout", expectTimeout)
-				} else if cmd.Flags().Changed("expect-timeout") {
-					return errors.New("--expect-timeout needs --expect: it bounds the wait for that reply")
-				}
-			}
-
-			switch {
-			case heartbeat != "":
-				interval, text, err := parseHeartbeat(heartbeat)
-				if err != nil {
-					return err
-				}
-				req.Heartbeat = &tcpgatev1.Heartbeat{Interval: durationpb.New(interval),
-					Payload: &tcpgatev1.Heartbeat_Text{Text: text}, Framed: framed}
-				if heartbeatExpect != "" {
-					req.Heartbeat.Expect = &tcpgatev1.ReplyMatch{Rule: &tcpgatev1.ReplyMatch_Prefix{Prefix: heartbeatExpect}}
-				}
-			case heartbeatExpect != "":
-				return errors.New("--heartbeat-expect needs --heartbeat: it awaits the heartbeat's reply")
-			}
-			if framed && req.OnConnect == nil && req.Heartbeat == nil {
-				return errors.New("--framed encodes --on-connect and --heartbeat: give one of them")
-			}
-
-			if queue != "" {
-				if req.QueueWhileDownBytes, err = parseSize("--queue", queue); err != nil {
-					return err
-				}
-			}
-
 			// The gateway bounds the call by --timeout (its default when
 			// unset), after which it answers with the connection as it is.
-			bound := timeout
+			bound := o.timeout
 			if bound <= 0 {
 				bound = defaultConnectTimeout
 			}
@@ -253,30 +329,13 @@ func newConnectCmd(c *client) *cobra.Command {
 			defer cancel()
 			resp, err := c.api.Connect(ctx, req)
 			if err != nil {
-				return connectError(err, noReconnect)
+				return connectError(err, req.GetConnectionId(), o.noReconnect)
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), connectionLine(resp.GetConnection(), time.Now()))
 			return nil
 		}),
 	}
-	f := cmd.Flags()
-	f.StringVar(&id, "id", "", "connection id, kept across reconnects (default: generated)")
-	f.StringVar(&framing, "framing", "", "raw | line | delim:HEX | len:N[le] | fixed:N: how what the server says is cut into frames (default raw)")
-	f.Uint32Var(&maxFrame, "max-frame", 0, "largest frame in bytes (default 1 MiB)")
-	f.BoolVar(&noReconnect, "no-reconnect", false, "never dial again: a failed first attempt is an error, and the first drop closes the connection for good")
-	f.StringVar(&backoff, "backoff", "", "INITIAL[:MAX] delays between attempts, doubling from INITIAL up to MAX, each a random part of half to all of it (default 100ms:30s; at least 10ms)")
-	f.Uint32Var(&maxAttempts, "max-attempts", 0, "give up after this many failed attempts in a row, closing the connection for good (default: never)")
-	f.StringVar(&onConnect, "on-connect", "", "write this text first on every connection, before any send")
-	f.StringVar(&onConnectHex, "on-connect-hex", "", "write these bytes, in hex, first on every connection")
-	f.StringVar(&expect, "expect", "", "after --on-connect, await a frame that starts with this text before the connection counts as up")
-	f.DurationVar(&expectTimeout, "expect-timeout", 0, "how long --expect waits; past it the connection is closed (on_connect_failed) and dialed again (default 10s)")
-	f.StringVar(&heartbeat, "heartbeat", "", "INTERVAL:TEXT: write TEXT after INTERVAL without any write, such as 10s:PING")
-	f.StringVar(&heartbeatExpect, "heartbeat-expect", "", "await a frame that starts with this text after each heartbeat, within its interval; none means the peer is dead (heartbeat_failed) and it is dialed again")
-	f.BoolVar(&framed, "framed", false, "send --on-connect and --heartbeat as one frame of --framing (a line gets its \\n, a length-prefixed frame its prefix)")
-	f.DurationVar(&idle, "idle", 0, "take the server as dead after this long without a received byte, and dial again (default: never)")
-	f.StringVar(&queue, "queue", "", "bytes of sends held while the connection is down, such as 64KiB or 1MiB, written in order once it is up (default 0: such a send fails at once)")
-	f.DurationVar(&timeout, "timeout", defaultConnectTimeout, "how long to wait for the first attempt; past it connect prints the connection as it is, and the gateway goes on trying")
-	target.addFlags(f)
+	o.addFlags(cmd.Flags())
 	return cmd
 }
 
@@ -299,6 +358,8 @@ var connectFlags = map[string]string{
 	"idle_timeout":              "--idle",
 	"queue_while_down_bytes":    "--queue",
 	"timeout":                   "--timeout",
+	"keep_alive":                "--keepalive",
+	"tcp_user_timeout":          "--user-timeout",
 	"reconnect.initial_backoff": "--backoff",
 	"reconnect.max_backoff":     "--backoff",
 }
@@ -321,7 +382,7 @@ func flagOfField(field string) string {
 // connectError adds what to do to a failed Connect: the flag that sets a
 // field the gateway refused, or that without --no-reconnect the gateway
 // would have kept dialing.
-func connectError(err error, noReconnect bool) error {
+func connectError(err error, id string, noReconnect bool) error {
 	reason, meta := rpc.ReasonOf(err)
 	if flag := flagOfField(meta[rpc.MetaField]); flag != "" {
 		return hinted{err, "set by " + flag}

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/pflag"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -239,11 +241,108 @@ func TestFlagOfField(t *testing.T) {
 		"queue_while_down_bytes":    "--queue",
 		"tls.ca_pem":                "--target-tls and its kin",
 		"address":                   "HOST:PORT",
-		"keep_alive.idle":           "",
+		"keep_alive.idle":           "--keepalive",
+		"tcp_user_timeout":          "--user-timeout",
+		"forward":                   "",
 		"":                          "",
 	} {
 		if got := flagOfField(field); got != want {
 			t.Errorf("flagOfField(%q) = %q, want %q", field, got, want)
+		}
+	}
+}
+
+// TestConnectRequest: each connect flag sets its field of ConnectRequest,
+// and a flag left out leaves its field unset for the gateway's default.
+func TestConnectRequest(t *testing.T) {
+	ms := func(n int) *durationpb.Duration { return durationpb.New(time.Duration(n) * time.Millisecond) }
+	prefix := func(s string) *tcpgatev1.ReplyMatch {
+		return &tcpgatev1.ReplyMatch{Rule: &tcpgatev1.ReplyMatch_Prefix{Prefix: s}}
+	}
+	line := tcpgatev1.FramingMode_FRAMING_MODE_LINE
+	tests := []struct {
+		name string
+		args []string
+		want *tcpgatev1.ConnectRequest
+	}{
+		{name: "defaults", want: &tcpgatev1.ConnectRequest{Address: "a:1"}},
+		{
+			name: "framing and id",
+			args: []string{"--id", "feed", "--framing", "line", "--max-frame", "4096"},
+			want: &tcpgatev1.ConnectRequest{ConnectionId: "feed", Address: "a:1", Framing: &tcpgatev1.Framing{Mode: line, MaxFrameBytes: 4096}},
+		},
+		{
+			name: "reconnect",
+			args: []string{"--backoff", "50ms:2s", "--max-attempts", "7"},
+			want: &tcpgatev1.ConnectRequest{Address: "a:1", Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(50), MaxBackoff: ms(2000), MaxAttempts: 7}},
+		},
+		{
+			name: "no reconnect",
+			args: []string{"--no-reconnect"},
+			want: &tcpgatev1.ConnectRequest{Address: "a:1", Reconnect: &tcpgatev1.Reconnect{Disabled: true}},
+		},
+		{
+			name: "on-connect with its reply",
+			args: []string{"--framing", "line", "--on-connect", "LOGIN x", "--framed", "--expect", "OK", "--expect-timeout", "3s"},
+			want: &tcpgatev1.ConnectRequest{Address: "a:1", Framing: &tcpgatev1.Framing{Mode: line},
+				OnConnect: &tcpgatev1.OnConnect{Payload: &tcpgatev1.OnConnect_Text{Text: "LOGIN x"}, Framed: true, Expect: prefix("OK"), Timeout: ms(3000)}},
+		},
+		{
+			name: "on-connect bytes",
+			args: []string{"--on-connect-hex", "00 01ff"},
+			want: &tcpgatev1.ConnectRequest{Address: "a:1", OnConnect: &tcpgatev1.OnConnect{Payload: &tcpgatev1.OnConnect_Data{Data: []byte{0, 1, 0xff}}}},
+		},
+		{
+			name: "heartbeat",
+			args: []string{"--heartbeat", "10s:PING", "--heartbeat-expect", "PONG", "--framed"},
+			want: &tcpgatev1.ConnectRequest{Address: "a:1", Heartbeat: &tcpgatev1.Heartbeat{Interval: ms(10000),
+				Payload: &tcpgatev1.Heartbeat_Text{Text: "PING"}, Framed: true, Expect: prefix("PONG")}},
+		},
+		{
+			name: "dead peers and the queue",
+			args: []string{"--idle", "1m", "--keepalive", "30s:10s:3", "--user-timeout", "20s", "--queue", "64KiB", "--timeout", "2s"},
+			want: &tcpgatev1.ConnectRequest{Address: "a:1", IdleTimeout: ms(60000), TcpUserTimeout: ms(20000), Timeout: ms(2000),
+				KeepAlive: &tcpgatev1.TcpKeepAlive{Idle: ms(30000), Interval: ms(10000), Count: 3}, QueueWhileDownBytes: 64 << 10},
+		},
+		{
+			name: "keep-alive off",
+			args: []string{"--keepalive", "off"},
+			want: &tcpgatev1.ConnectRequest{Address: "a:1", KeepAlive: &tcpgatev1.TcpKeepAlive{Disabled: true}},
+		},
+		{
+			name: "keep-alive idle only",
+			args: []string{"--keepalive", "45s"},
+			want: &tcpgatev1.ConnectRequest{Address: "a:1", KeepAlive: &tcpgatev1.TcpKeepAlive{Idle: ms(45000)}},
+		},
+		{
+			name: "target TLS",
+			args: []string{"--target-tls", "--target-server-name", "plc.example", "--target-insecure"},
+			want: &tcpgatev1.ConnectRequest{Address: "a:1", Tls: &tcpgatev1.DialTLS{ServerName: "plc.example", InsecureSkipVerify: true}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var o connectOptions
+			fs := pflag.NewFlagSet("connect", pflag.ContinueOnError)
+			o.addFlags(fs)
+			if err := fs.Parse(tt.args); err != nil {
+				t.Fatal(err)
+			}
+			got, err := o.request("a:1", fs.Changed)
+			if err != nil {
+				t.Fatalf("request: %v", err)
+			}
+			if !proto.Equal(got, tt.want) {
+				t.Errorf("request(%q)\n = %v\nwant %v", tt.args, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseKeepAlive(t *testing.T) {
+	for _, s := range []string{"", "x", "1s:y", "1s:2s:z", "1s:2s:3:4", "on"} {
+		if ka, err := parseKeepAlive(s); err == nil || !strings.HasPrefix(err.Error(), `--keepalive "`+s+`"`) {
+			t.Errorf("parseKeepAlive(%q) = %v, %v; want an error naming --keepalive and the value", s, ka, err)
 		}
 	}
 }

@@ -329,7 +329,7 @@ func TestDescribeShowsComments(t *testing.T) {
 	for _, tc := range []struct{ symbol, want string }{
 		{"tcpgate.v1.GatewayService", "// GatewayService starts and stops raw TCP listeners"},
 		{"tcpgate.v1.GatewayService", "// StartListener binds host:port"},
-		{"tcpgate.v1.SendRequest", "// An accepted connection to write to."},
+		{"tcpgate.v1.SendRequest", "// A connection to write to: an accepted one, or a managed outbound one"},
 		{"tcpgate.v1.SendRequest.address", "// host:port to connect to"},
 		{"grpc.health.v1.Health", "rpc Check ("},
 	} {

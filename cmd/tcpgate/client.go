@@ -696,10 +696,14 @@ func newSubscribeCmd(c *client) *cobra.Command {
 			"and EVENTS_DROPPED says how many it no longer had. If the gateway restarted\n" +
 			"meanwhile, an incarnation_changed line follows and the replay starts from\n" +
 			"what the new gateway holds: sequences start again, so tell events apart by\n" +
-			"(incarnation, sequence), never by sequence alone.",
+			"(incarnation, sequence), never by sequence alone.\n\n" +
+			"Events of an outbound connection (tcpgate connect) carry gen=N, the number of its\n" +
+			"socket; reconnect_scheduled says it is down and dials again: attempt=N after\n" +
+			"delay=D, with error= saying why it is down.",
 		Example: "  tcpgate subscribe\n" +
 			"  tcpgate subscribe --listener demo --kinds data\n" +
 			"  tcpgate subscribe --origin accepted\n" +
+			"  tcpgate subscribe --conn feed --kinds connection_closed,reconnect_scheduled   # an outbound connection's drops\n" +
 			"  tcpgate subscribe --since 1 --format json | jq .text\n" +
 			"  tcpgate subscribe --since hb4k2xq7zv3wma6c-42   # resume at 42 of that incarnation",
 		Args: cobra.NoArgs,

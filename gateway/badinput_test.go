@@ -33,6 +33,7 @@ var badHTTPStatus = map[codes.Code]int{
 	codes.Unavailable:        http.StatusServiceUnavailable,
 	codes.DeadlineExceeded:   http.StatusGatewayTimeout,
 	codes.OutOfRange:         http.StatusBadRequest,
+	codes.PermissionDenied:   http.StatusForbidden,
 }
 
 // badRESTCase is one row of TestBadInputREST: the REST form of a row of
@@ -298,6 +299,8 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: sl, name: "trailing garbage after the object", method: post, path: "/v1/listeners", body: `{"host": "127.0.0.1"} x`, code: inv, mention: "x"},
 		{rpc: sl, name: "form feed after the object", method: post, path: "/v1/listeners", body: "{\"host\": \"127.0.0.1\"}\f", code: inv, mention: "after the object"},
 		{rpc: sl, name: "unknown field", method: post, path: "/v1/listeners", body: `{"hots": "127.0.0.1"}`, code: inv, mention: "hots"},
+		{rpc: "Connect", name: "unknown field", method: post, path: "/v1/connections", body: `{"adress": "127.0.0.1:1"}`, code: inv, mention: "adress"},
+		{rpc: "Connect", name: "reconnect.initialBackoff as a number", method: post, path: "/v1/connections", body: `{"address": "127.0.0.1:1", "reconnect": {"initialBackoff": 5}}`, code: inv, mention: "initialBackoff"},
 		{rpc: sl, name: "query parameter", method: post, path: "/v1/listeners?port=80", body: listen(""), code: inv, mention: `query parameter "port": "POST /v1/listeners" takes no query parameters`},
 		{rpc: sl, name: "field given twice", method: post, path: "/v1/listeners", body: `{"host": "127.0.0.1", "host": "127.0.0.1"}`, code: inv, mention: "host"},
 

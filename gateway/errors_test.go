@@ -95,7 +95,7 @@ func TestAllowHeader(t *testing.T) {
 	routes := []struct{ path, allow string }{
 		{"/v1/listeners", "GET, POST"},
 		{"/v1/listeners/x", "GET, DELETE"},
-		{"/v1/connections", "GET"},
+		{"/v1/connections", "GET, POST"},
 		{"/v1/connections/x", "GET, DELETE"},
 		{"/v1/send", "POST"},
 		{"/v1/events", "GET"},

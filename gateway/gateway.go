@@ -253,7 +253,7 @@ var routeMethods = []struct {
 }{
 	{"/v1/listeners", "GET, POST"},
 	{"/v1/listeners/*", "GET, DELETE"},
-	{"/v1/connections", "GET"},
+	{"/v1/connections", "GET, POST"},
 	{"/v1/connections/*", "GET, DELETE"},
 	{"/v1/send", "POST"},
 	{"/v1/events", "GET"},

@@ -54,6 +54,14 @@ func badInvoke(ctx context.Context, t *testing.T, c tcpgatev1.GatewayServiceClie
 	case *tcpgatev1.SendRequest:
 		_, err := c.Send(ctx, r)
 		return err
+	case *tcpgatev1.ConnectRequest:
+		resp, err := c.Connect(ctx, r)
+		if err == nil {
+			if _, cerr := c.CloseConnection(ctx, &tcpgatev1.CloseConnectionRequest{ConnectionId: resp.GetConnection().GetConnectionId()}); cerr != nil {
+				t.Errorf("closing the connection a case made: %v", cerr)
+			}
+		}
+		return err
 	case *tcpgatev1.SubscribeRequest:
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()

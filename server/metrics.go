@@ -13,6 +13,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/outbound"
 	"github.com/tcpgate/tcpgate/server/internal/registry"
 )
 
@@ -23,43 +24,50 @@ type collector struct {
 	listeners *listener.Registry
 	conns     *registry.Registry
 	dialer    *dialer.Dialer
+	outbound  *outbound.Manager
 
-	listenersD, connsOpen, accepted, closed *prometheus.Desc
-	bytesIn, bytesOut, framesIn, framesOut  *prometheus.Desc
-	events, ringBytes                       *prometheus.Desc
-	subscribers, queued, dropped, discon    *prometheus.Desc
-	dials, dialsFailed, dialOut, dialIn     *prometheus.Desc
-	writeQueued                             *prometheus.Desc
+	outboundD, reconnects, outDialFailed, outQueued *prometheus.Desc
+	listenersD, connsOpen, accepted, closed         *prometheus.Desc
+	bytesIn, bytesOut, framesIn, framesOut          *prometheus.Desc
+	events, ringBytes                               *prometheus.Desc
+	subscribers, queued, dropped, discon            *prometheus.Desc
+	dials, dialsFailed, dialOut, dialIn             *prometheus.Desc
+	writeQueued                                     *prometheus.Desc
 }
 
-func newCollector(h *hub.Hub, r *listener.Registry, conns *registry.Registry, dl *dialer.Dialer) *collector {
+func newCollector(h *hub.Hub, r *listener.Registry, conns *registry.Registry, dl *dialer.Dialer, out *outbound.Manager) *collector {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc("tcpgate_"+name, help, labels, nil)
 	}
 	return &collector{
-		hub:         h,
-		listeners:   r,
-		conns:       conns,
-		dialer:      dl,
-		dials:       d("address_sends_total", "Sends to an address (one-shot connections), failed ones included."),
-		dialsFailed: d("address_sends_failed_total", "Sends to an address that returned an error."),
-		dialOut:     d("address_sent_bytes_total", "Payload bytes written by sends to an address."),
-		dialIn:      d("address_reply_bytes_total", "Reply bytes returned by sends to an address."),
-		listenersD:  d("listeners", "Listeners running now."),
-		connsOpen:   d("connections_open", "Accepted connections open now."),
-		accepted:    d("connections_accepted_total", "Connections accepted, including those refused by a limit."),
-		closed:      d("connections_closed_total", "Connections closed, by close reason.", "reason"),
-		bytesIn:     d("received_bytes_total", "Bytes received on accepted connections."),
-		bytesOut:    d("sent_bytes_total", "Bytes written to accepted connections."),
-		framesIn:    d("received_frames_total", "Frames received on accepted connections."),
-		framesOut:   d("sent_writes_total", "Writes to accepted connections (sends and auto replies)."),
-		events:      d("events_published_total", "Events published; equals the last sequence."),
-		ringBytes:   d("replay_ring_bytes", "Bytes held by the replay ring."),
-		subscribers: d("subscribers", "Subscribe streams open now, by slow-consumer policy.", "policy"),
-		queued:      d("subscriber_queued_bytes", "Bytes queued for subscribers, by slow-consumer policy.", "policy"),
-		dropped:     d("events_dropped_total", "Events dropped from subscriber queues, by slow-consumer policy.", "policy"),
-		discon:      d("subscribers_disconnected_total", "Subscribe streams ended for falling behind: DISCONNECT at a full queue, BACKPRESSURE when a publisher could wait for room no longer."),
-		writeQueued: d("write_queued_bytes", "Bytes queued for writing to accepted connections (sends, broadcasts, auto replies), at most --max-write-buffer-bytes."),
+		hub:           h,
+		listeners:     r,
+		conns:         conns,
+		dialer:        dl,
+		outbound:      out,
+		outboundD:     d("outbound_connections", "Managed outbound connections (Connect) now, by state: connecting, open, half_closed, waiting.", "state"),
+		reconnects:    d("outbound_reconnects_total", "Reconnects of managed outbound connections scheduled (RECONNECT_SCHEDULED events)."),
+		outDialFailed: d("outbound_dial_failures_total", "Failed attempts of managed outbound connections to connect, by reason: refused, unreachable, host_not_found, policy_denied, tls_handshake, timeout, limit, other.", "reason"),
+		outQueued:     d("outbound_queued_bytes", "Bytes of Sends held by managed outbound connections while down, at most each one's queue_while_down_bytes."),
+		dials:         d("address_sends_total", "Sends to an address (one-shot connections), failed ones included."),
+		dialsFailed:   d("address_sends_failed_total", "Sends to an address that returned an error."),
+		dialOut:       d("address_sent_bytes_total", "Payload bytes written by sends to an address."),
+		dialIn:        d("address_reply_bytes_total", "Reply bytes returned by sends to an address."),
+		listenersD:    d("listeners", "Listeners running now."),
+		connsOpen:     d("connections_open", "Connections open now: accepted ones, and outbound ones that hold a socket."),
+		accepted:      d("connections_accepted_total", "Connections accepted, including those refused by a limit."),
+		closed:        d("connections_closed_total", "Connections closed, by close reason.", "reason"),
+		bytesIn:       d("received_bytes_total", "Bytes received on accepted connections."),
+		bytesOut:      d("sent_bytes_total", "Bytes written to accepted connections."),
+		framesIn:      d("received_frames_total", "Frames received on accepted connections."),
+		framesOut:     d("sent_writes_total", "Writes to accepted connections (sends and auto replies)."),
+		events:        d("events_published_total", "Events published; equals the last sequence."),
+		ringBytes:     d("replay_ring_bytes", "Bytes held by the replay ring."),
+		subscribers:   d("subscribers", "Subscribe streams open now, by slow-consumer policy.", "policy"),
+		queued:        d("subscriber_queued_bytes", "Bytes queued for subscribers, by slow-consumer policy.", "policy"),
+		dropped:       d("events_dropped_total", "Events dropped from subscriber queues, by slow-consumer policy.", "policy"),
+		discon:        d("subscribers_disconnected_total", "Subscribe streams ended for falling behind: DISCONNECT at a full queue, BACKPRESSURE when a publisher could wait for room no longer."),
+		writeQueued:   d("write_queued_bytes", "Bytes queued for writing to accepted connections (sends, broadcasts, auto replies), at most --max-write-buffer-bytes."),
 	}
 }
 
@@ -95,11 +103,30 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(c.discon, float64(hs.Disconnected+hs.Abandoned))
 
+	for _, st := range []registry.State{registry.Connecting, registry.Open, registry.HalfClosed, registry.Waiting} {
+		gauge(c.outboundD, float64(cs.Outbound[st]), outboundStates[st])
+	}
+	os := c.outbound.Stats()
+	counter(c.reconnects, float64(os.Reconnects))
+	for reason, n := range os.DialFailures {
+		counter(c.outDialFailed, float64(n), reason)
+	}
+	gauge(c.outQueued, float64(os.QueuedBytes))
+
 	ds := c.dialer.Stats()
 	counter(c.dials, float64(ds.Sends))
 	counter(c.dialsFailed, float64(ds.Failed))
 	counter(c.dialOut, float64(ds.BytesOut))
 	counter(c.dialIn, float64(ds.BytesIn))
+}
+
+// outboundStates names the states of managed outbound connections in
+// metrics.
+var outboundStates = map[registry.State]string{
+	registry.Connecting: "connecting",
+	registry.Open:       "open",
+	registry.HalfClosed: "half_closed",
+	registry.Waiting:    "waiting",
 }
 
 // rpcMetrics counts calls and their latency by method and code, and the
@@ -139,10 +166,10 @@ func (m *rpcMetrics) observe(method string, err error, start time.Time) {
 }
 
 // newMetrics returns the registry served at /metrics.
-func newMetrics(h *hub.Hub, r *listener.Registry, conns *registry.Registry, dl *dialer.Dialer, rpcs *rpcMetrics) *prometheus.Registry {
+func newMetrics(h *hub.Hub, r *listener.Registry, conns *registry.Registry, dl *dialer.Dialer, out *outbound.Manager, rpcs *rpcMetrics) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
-		newCollector(h, r, conns, dl),
+		newCollector(h, r, conns, dl, out),
 		rpcs.calls,
 		rpcs.latency,
 		rpcs.refused,

@@ -66,7 +66,7 @@ func warnCleartextToken(cfg Config, log *slog.Logger) {
 
 // newPolicy parses the policy flags.
 func newPolicy(cfg Config) (*policy.Policy, error) {
-	var p policy.Policy
+	p := policy.Policy{Resolver: cfg.DialResolver}
 	var err error
 	if p.AllowListen, err = policy.ParseRules(cfg.AllowListen); err != nil {
 		return nil, fmt.Errorf("--allow-listen: %w", err)

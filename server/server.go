@@ -29,7 +29,9 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/outbound"
 	"github.com/tcpgate/tcpgate/server/internal/pemfile"
+	"github.com/tcpgate/tcpgate/server/internal/policy"
 	"github.com/tcpgate/tcpgate/server/internal/registry"
 	"github.com/tcpgate/tcpgate/server/rpc"
 )
@@ -58,6 +60,15 @@ const (
 	// DefaultMaxWriteBufferBytes bounds all connections' queued writes
 	// together (see registry.DefaultMaxWriteBufferBytes).
 	DefaultMaxWriteBufferBytes = registry.DefaultMaxWriteBufferBytes
+	// DefaultMaxOutboundConnections bounds the managed outbound
+	// connections of `tcpgate serve`: each holds a supervisor goroutine
+	// and, while connected, a socket, so a few thousand cost little, but a
+	// client looping on Connect must not exhaust the descriptors that
+	// accepted connections need.
+	DefaultMaxOutboundConnections = 1024
+	// DefaultMaxQueueWhileDownBytes bounds one Connect's
+	// queue_while_down_bytes (see outbound.DefaultMaxQueueWhileDownBytes).
+	DefaultMaxQueueWhileDownBytes = outbound.DefaultMaxQueueWhileDownBytes
 )
 
 // gRPC transport sizes, chosen for streaming throughput: a window of 1 MiB
@@ -88,8 +99,19 @@ type Config struct {
 	MaxQueuedBytes int
 	// MaxListeners bounds running listeners; 0 means no bound.
 	MaxListeners int
-	// MaxConnections bounds open connections over all listeners; 0 means no bound.
+	// MaxConnections bounds open connections over all listeners, and the
+	// sockets of outbound connections; 0 means no bound.
 	MaxConnections int
+	// MaxOutboundConnections bounds the managed outbound connections, each
+	// from Connect until closed for good; 0 means no bound.
+	MaxOutboundConnections int
+	// MaxQueueWhileDownBytes bounds a Connect's queue_while_down_bytes; 0
+	// means DefaultMaxQueueWhileDownBytes.
+	MaxQueueWhileDownBytes int
+	// DialResolver resolves the names that Send and outbound connections
+	// dial; nil means the system's resolver. For tests that need a name
+	// to resolve to loopback, or to change what it resolves to.
+	DialResolver policy.Resolver
 	// MaxSubscribers bounds open Subscribe streams; 0 means no bound.
 	MaxSubscribers int
 	// MaxConnectionsPerIP bounds one peer IP's open connections over all
@@ -193,6 +215,7 @@ type Server struct {
 	conns     *registry.Registry // every live connection
 	listeners *listener.Registry
 	dialer    *dialer.Dialer
+	outbound  *outbound.Manager
 	grpc      *grpc.Server
 	health    *health.Server
 	grpcLn    net.Listener
@@ -281,6 +304,7 @@ func New(cfg Config) (*Server, error) {
 	// together, whoever opened it.
 	s.conns = registry.New(registry.Config{
 		MaxConnections:      cfg.MaxConnections,
+		MaxOutbound:         cfg.MaxOutboundConnections,
 		MaxConnectionsPerIP: cfg.MaxConnectionsPerIP,
 		PerIPLoopback:       cfg.PerIPLoopback,
 		MaxWriteBufferBytes: cfg.MaxWriteBufferBytes,
@@ -305,13 +329,24 @@ func New(cfg Config) (*Server, error) {
 	})
 	// The dialer resolves and checks every address it dials itself.
 	s.dialer = &dialer.Dialer{Policy: pol}
+	// Decided by the outbound manager: its defaults, bounds and backoff,
+	// whatever the way a connection is asked for.
+	s.outbound = outbound.New(outbound.Config{
+		Conns:                  s.conns,
+		Dialer:                 s.dialer,
+		Publisher:              s.hub,
+		MaxQueueWhileDownBytes: cfg.MaxQueueWhileDownBytes,
+		MaxSendBytes:           cfg.MaxSendBytes,
+		WriteTimeout:           cfg.WriteTimeout,
+	})
 	s.rpcs = newRPCMetrics()
-	s.metrics = newMetrics(s.hub, s.listeners, s.conns, s.dialer, s.rpcs)
+	s.metrics = newMetrics(s.hub, s.listeners, s.conns, s.dialer, s.outbound, s.rpcs)
 	s.grpcConns = rpc.NewConnTracker()
 	svc := rpc.New(rpc.Config{
 		Conns:                s.grpcConns,
 		Listeners:            s.listeners,
 		Connections:          s.conns,
+		Outbound:             s.outbound,
 		Hub:                  s.hub,
 		Dialer:               s.dialer,
 		SubscriberQueueBytes: cfg.SubscriberQueueBytes,
@@ -641,8 +676,13 @@ func (s *Server) shutdownOnce() error {
 	}
 	engine := make(chan struct{})
 	go func() {
+		// Outbound connections close with SHUTDOWN and are not dialed
+		// again, alongside the listeners' connections.
+		var wg sync.WaitGroup
+		wg.Go(s.outbound.Close)
 		s.listeners.Close()
 		s.dialer.Close()
+		wg.Wait()
 		close(engine)
 	}()
 	clean := s.await("connections to close", engine, deadline)

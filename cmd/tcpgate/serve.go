@@ -73,6 +73,8 @@ func newServeCmd() *cobra.Command {
 	f.IntVar(&cfg.MaxListeners, "max-listeners", defaultMaxListeners, "most listeners at once (0: no limit)")
 	f.IntVar(&cfg.MaxConnections, "max-connections", defaultMaxConnections(openFileLimit(), server.FDReserve),
 		fmt.Sprintf("most open connections over all listeners (default: the open-file limit less the control plane's reserve, --max-http-connections plus --max-grpc-connections plus %d; %d when the limit is above 2^24; 0: no limit)", server.FDSlack, unlimitedMaxConnections))
+	f.IntVar(&cfg.MaxOutboundConnections, "max-outbound-connections", server.DefaultMaxOutboundConnections, "most managed outbound connections (Connect), each counted from Connect until closed for good, connected or not; each also counts toward --max-connections while it holds a socket (0: no limit)")
+	f.IntVar(&cfg.MaxQueueWhileDownBytes, "max-queue-while-down-bytes", server.DefaultMaxQueueWhileDownBytes, "largest queue_while_down_bytes a Connect may ask for: the Sends one outbound connection holds while down")
 	f.IntVar(&cfg.MaxConnectionsPerIP, "max-connections-per-ip", 0, "most open connections of one peer IP over all listeners (default: a quarter of --max-connections, loopback peers exempt unless this is set; 0: no limit)")
 	f.IntVar(&cfg.MaxHTTPConnections, "max-http-connections", server.DefaultMaxHTTPConnections, "most open REST connections; more are closed at once (0: no limit)")
 	f.IntVar(&cfg.MaxGRPCConnections, "max-grpc-connections", server.DefaultMaxGRPCConnections, "most open gRPC connections; more are closed at once (0: no limit)")

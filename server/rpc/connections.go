@@ -15,7 +15,7 @@ import (
 // (registry.Registry): the lookups of the connection RPCs, and Send's to a
 // connection or a listener's connections.
 type Connections interface {
-	Conn(id string) (*conn.Conn, error)
+	Send(ctx context.Context, id string, p []byte, framed bool, aw conn.Await) ([]byte, int, error)
 	GetConn(id string) (registry.Info, error)
 	CloseConn(ctx context.Context, id string) (registry.Info, error)
 	ListConns(f registry.Filter, size int, after uint64) (registry.Page, error)
@@ -86,6 +86,9 @@ var connStates = map[registry.State]tcpgatev1.ConnectionState{
 	registry.Open:       tcpgatev1.ConnectionState_CONNECTION_STATE_OPEN,
 	registry.HalfClosed: tcpgatev1.ConnectionState_CONNECTION_STATE_HALF_CLOSED,
 	registry.Draining:   tcpgatev1.ConnectionState_CONNECTION_STATE_DRAINING,
+	registry.Connecting: tcpgatev1.ConnectionState_CONNECTION_STATE_CONNECTING,
+	registry.Waiting:    tcpgatev1.ConnectionState_CONNECTION_STATE_WAITING,
+	registry.Closed:     tcpgatev1.ConnectionState_CONNECTION_STATE_CLOSED,
 }
 
 // connStateFromProto is the state a filter names: 0 (any) for

@@ -164,7 +164,20 @@ func connToProto(c registry.Info) *tcpgatev1.Connection {
 		BytesOut:      c.BytesOut,
 		FramesIn:      c.FramesIn,
 		FramesOut:     c.FramesOut,
+		Address:       c.Address,
+		Generation:    c.Generation,
+		LastError:     c.LastError,
+		Attempts:      c.Attempts,
+		NextAttemptAt: timestampOrNil(c.NextAttemptAt),
 	}
+}
+
+// timestampOrNil leaves a zero time unset.
+func timestampOrNil(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
 }
 
 var sources = map[listener.Source]tcpgatev1.Source{

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/internal/conn"
@@ -22,6 +23,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/limits"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/outbound"
 	"github.com/tcpgate/tcpgate/server/internal/page"
 	"github.com/tcpgate/tcpgate/server/internal/pemfile"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
@@ -56,6 +58,15 @@ var codeOf = []struct {
 	{listener.ErrExists, codes.AlreadyExists, tcpgatev1.ErrorReason_ERROR_REASON_LISTENER_EXISTS},
 	{listener.ErrNotFound, codes.NotFound, tcpgatev1.ErrorReason_ERROR_REASON_LISTENER_NOT_FOUND},
 	{registry.ErrNotFound, codes.NotFound, tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_NOT_FOUND},
+	{registry.ErrExists, codes.AlreadyExists, tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_EXISTS},
+	// Before conn.ErrClosed, which a cut send wraps too: a managed
+	// connection that dropped is Unavailable (it comes back), not gone.
+	{outbound.ErrDisconnected, codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_CLOSED},
+	{outbound.ErrNotConnected, codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_NOT_CONNECTED},
+	{outbound.ErrQueueFull, codes.ResourceExhausted, tcpgatev1.ErrorReason_ERROR_REASON_QUEUE_FULL},
+	{outbound.ErrOnConnect, codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_ON_CONNECT_FAILED},
+	{outbound.ErrInvalidSpec, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
+	{outbound.ErrClosed, codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN},
 	{conn.ErrClosed, codes.NotFound, tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_CLOSED},
 	{conn.ErrHalfClosed, codes.FailedPrecondition, tcpgatev1.ErrorReason_ERROR_REASON_PEER_HALF_CLOSED},
 	{listener.ErrAddressInUse, codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_ADDRESS_IN_USE},
@@ -142,6 +153,12 @@ func toStatus(log *slog.Logger, err error) error {
 	if errors.As(err, &over) {
 		meta = map[string]string{MetaField: over.Field, MetaFlag: over.Flag, MetaLimit: strconv.Itoa(over.Limit)}
 		details = append(details, &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: over.Field, Description: over.Reason()}}})
+	}
+	// A Send to a managed connection that is down says when it dials
+	// again, so that a client retries then rather than at once.
+	var down *outbound.NotConnectedError
+	if errors.As(err, &down) {
+		details = append(details, &errdetails.RetryInfo{RetryDelay: durationpb.New(down.RetryAfter)})
 	}
 	for _, m := range codeOf {
 		if errors.Is(err, m.err) {

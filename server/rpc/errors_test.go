@@ -19,6 +19,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/limits"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/outbound"
 	"github.com/tcpgate/tcpgate/server/internal/page"
 	"github.com/tcpgate/tcpgate/server/internal/pemfile"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
@@ -66,6 +67,13 @@ func TestToStatusSentinels(t *testing.T) {
 		hub.ErrSequenceOutOfRange:    codes.OutOfRange,
 		context.DeadlineExceeded:     codes.DeadlineExceeded,
 		context.Canceled:             codes.Canceled,
+		registry.ErrExists:           codes.AlreadyExists,
+		outbound.ErrDisconnected:     codes.Unavailable,
+		outbound.ErrNotConnected:     codes.Unavailable,
+		outbound.ErrQueueFull:        codes.ResourceExhausted,
+		outbound.ErrOnConnect:        codes.Unavailable,
+		outbound.ErrInvalidSpec:      codes.InvalidArgument,
+		outbound.ErrClosed:           codes.Unavailable,
 	}
 	// Every sentinel that codeOf maps is checked here.
 	for _, m := range codeOf {

@@ -67,7 +67,7 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 	if maxReply == 0 {
 		maxReply = min(defaultReplyBytes, s.cfg.MaxReplyBytes)
 	}
-	match, err := replyMatch(aw.GetMatch())
+	match, err := replyMatch("await_reply.match", aw.GetMatch())
 	if err != nil {
 		return nil, err
 	}
@@ -143,18 +143,10 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 		if aw.GetFraming() != nil {
 			return nil, invalid("await_reply.framing", "not used with connection_id: replies are cut by the listener's framing")
 		}
-		c, err := s.cfg.Connections.Conn(t.ConnectionId)
-		if err != nil {
-			return nil, s.status(err)
-		}
 		cAw := conn.Await{Mode: mode, MaxBytes: maxReply, Match: match, CloseOnTimeout: closeOnTimeout}
-		var reply []byte
-		written := len(payload)
-		if req.GetFramed() {
-			reply, written, err = c.SendFrame(ctx, payload, cAw)
-		} else {
-			reply, err = c.Send(ctx, payload, cAw)
-		}
+		// The registry finds the connection whatever its origin; a managed
+		// outbound one that is down queues the send or refuses it.
+		reply, written, err := s.cfg.Connections.Send(ctx, t.ConnectionId, payload, req.GetFramed(), cAw)
 		if err != nil {
 			return nil, s.sendStatus(err, payloadField)
 		}
@@ -202,39 +194,40 @@ func (s *Service) sendStatus(err error, payloadField string) error {
 // memory linear in the pattern, and a correlation pattern is short.
 const maxMatchRegex = 1024
 
-// replyMatch translates await_reply.match into the test a frame must pass
-// to answer a Send; nil when unset.
-func replyMatch(m *tcpgatev1.ReplyMatch) (func([]byte) bool, error) {
+// replyMatch translates a ReplyMatch (field names it in errors:
+// "await_reply.match", "on_connect.expect") into the test a frame must
+// pass to answer; nil when unset.
+func replyMatch(field string, m *tcpgatev1.ReplyMatch) (func([]byte) bool, error) {
 	if m == nil {
 		return nil, nil
 	}
 	switch r := m.GetRule().(type) {
 	case *tcpgatev1.ReplyMatch_Prefix:
 		if r.Prefix == "" {
-			return nil, invalid("await_reply.match.prefix", "empty: it would match every frame; leave match unset for that")
+			return nil, invalid(field+".prefix", "empty: it would match every frame; leave match unset for that")
 		}
 		p := []byte(r.Prefix)
 		return func(f []byte) bool { return bytes.HasPrefix(f, p) }, nil
 	case *tcpgatev1.ReplyMatch_PrefixData:
 		if len(r.PrefixData) == 0 {
-			return nil, invalid("await_reply.match.prefix_data", "empty: it would match every frame; leave match unset for that")
+			return nil, invalid(field+".prefix_data", "empty: it would match every frame; leave match unset for that")
 		}
 		p := bytes.Clone(r.PrefixData)
 		return func(f []byte) bool { return bytes.HasPrefix(f, p) }, nil
 	case *tcpgatev1.ReplyMatch_Regex:
 		switch {
 		case r.Regex == "":
-			return nil, invalid("await_reply.match.regex", "empty: it would match every frame; leave match unset for that")
+			return nil, invalid(field+".regex", "empty: it would match every frame; leave match unset for that")
 		case len(r.Regex) > maxMatchRegex:
-			return nil, invalid("await_reply.match.regex", "%d bytes, more than %d", len(r.Regex), maxMatchRegex)
+			return nil, invalid(field+".regex", "%d bytes, more than %d", len(r.Regex), maxMatchRegex)
 		}
 		re, err := regexp.Compile(r.Regex)
 		if err != nil {
-			return nil, invalid("await_reply.match.regex", "%v", err)
+			return nil, invalid(field+".regex", "%v", err)
 		}
 		return re.Match, nil
 	}
-	return nil, invalid("await_reply.match", "one of prefix, prefix_data or regex is required")
+	return nil, invalid(field, "one of prefix, prefix_data or regex is required")
 }
 
 func checkAddress(addr string) error {

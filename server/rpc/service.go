@@ -65,6 +65,7 @@ type Dialer interface {
 type Config struct {
 	Listeners   Listeners
 	Connections Connections
+	Outbound    Outbound
 	Hub         Hub
 	Dialer      Dialer
 	// SubscriberQueueBytes bounds each subscriber's queue; 0 means hub.DefaultQueueBytes.

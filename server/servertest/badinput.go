@@ -168,6 +168,7 @@ func (b *BadInputs) rows() []BadInput {
 		cc   = "CloseConnection"
 		send = "Send"
 		sub  = "Subscribe"
+		con  = "Connect"
 	)
 	inv := codes.InvalidArgument
 	const (
@@ -237,6 +238,23 @@ func (b *BadInputs) rows() []BadInput {
 		oAccepted = tcpgatev1.Origin_ORIGIN_ACCEPTED
 		oOutbound = tcpgatev1.Origin_ORIGIN_OUTBOUND
 	)
+	// dial is a Connect to Refused, with reconnect disabled: a row that
+	// wrongly passed validation fails with CONNECTION_REFUSED instead, and
+	// leaves nothing behind.
+	dial := func(edit func(r *tcpgatev1.ConnectRequest)) *tcpgatev1.ConnectRequest {
+		r := &tcpgatev1.ConnectRequest{Address: b.Refused, Reconnect: &tcpgatev1.Reconnect{Disabled: true}}
+		edit(r)
+		return r
+	}
+	ocText := func(s string) *tcpgatev1.OnConnect {
+		return &tcpgatev1.OnConnect{Payload: &tcpgatev1.OnConnect_Text{Text: s}}
+	}
+	hbText := func(s string, interval *durationpb.Duration) *tcpgatev1.Heartbeat {
+		return &tcpgatev1.Heartbeat{Interval: interval, Payload: &tcpgatev1.Heartbeat_Text{Text: s}}
+	}
+	regex := func(r string) *tcpgatev1.ReplyMatch {
+		return &tcpgatev1.ReplyMatch{Rule: &tcpgatev1.ReplyMatch_Regex{Regex: r}}
+	}
 	arText := func(s string) *tcpgatev1.AutoReply_Text { return &tcpgatev1.AutoReply_Text{Text: s} }
 	arData := func(b []byte) *tcpgatev1.AutoReply_Data { return &tcpgatev1.AutoReply_Data{Data: b} }
 
@@ -426,6 +444,75 @@ func (b *BadInputs) rows() []BadInput {
 			Code: codes.ResourceExhausted, Reason: rLimit, Mention: "max_send_bytes"},
 		{RPC: send, Name: "text over max_send_bytes", Limits: true, Req: &tcpgatev1.SendRequest{Target: badAddr(b.FullAddr), Payload: badText(strings.Repeat("é", 600))},
 			Code: codes.ResourceExhausted, Reason: rLimit, Mention: "max_send_bytes"},
+
+		// Connect: the wire's shape, then the engine's decisions, each
+		// naming its field.
+		{RPC: con, Name: "address without a port", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.Address = "127.0.0.1" }), Code: inv, Reason: rInvalid, Field: "address", Mention: "address"},
+		{RPC: con, Name: "address port 0", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.Address = "127.0.0.1:0" }), Code: inv, Reason: rInvalid, Field: "address", Mention: "address"},
+		{RPC: con, Name: "address empty", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.Address = "" }), Code: inv, Reason: rInvalid, Field: "address", Mention: "address"},
+		{RPC: con, Name: "connection_id with a slash", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.ConnectionId = "a/b" }), Code: inv, Reason: rInvalid, Field: "connection_id", Mention: "connection_id"},
+		{RPC: con, Name: "connection_id taken by an accepted connection", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.ConnectionId = b.ConnID }),
+			Code: codes.AlreadyExists, Reason: tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_EXISTS, Mention: b.ConnID},
+		{RPC: con, Name: "framing delimiter mode without delimiter", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.Framing = &tcpgatev1.Framing{Mode: fmDelim} }),
+			Code: inv, Reason: rInvalid, Field: "framing.delimiter", Mention: "framing.delimiter"},
+		{RPC: con, Name: "framing max_frame_bytes over 3 MiB", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.Framing = &tcpgatev1.Framing{MaxFrameBytes: maxFrame + 1} }),
+			Code: inv, Reason: rInvalid, Field: "framing.max_frame_bytes", Mention: "framing.max_frame_bytes"},
+		{RPC: con, Name: "reconnect.initial_backoff 0", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.Reconnect.InitialBackoff = durationpb.New(0) }),
+			Code: inv, Reason: rInvalid, Field: "reconnect.initial_backoff", Mention: "reconnect.initial_backoff"},
+		{RPC: con, Name: "reconnect.initial_backoff below 10ms", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.Reconnect.InitialBackoff = durationpb.New(9 * time.Millisecond) }),
+			Code: inv, Reason: rInvalid, Field: "reconnect.initial_backoff", Mention: "reconnect.initial_backoff"},
+		{RPC: con, Name: "reconnect.initial_backoff negative", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.Reconnect.InitialBackoff = durationpb.New(-time.Second) }),
+			Code: inv, Reason: rInvalid, Field: "reconnect.initial_backoff", Mention: "reconnect.initial_backoff"},
+		{RPC: con, Name: "reconnect.max_backoff below initial_backoff", Req: dial(func(r *tcpgatev1.ConnectRequest) {
+			r.Reconnect.InitialBackoff, r.Reconnect.MaxBackoff = durationpb.New(time.Second), durationpb.New(500*time.Millisecond)
+		}), Code: inv, Reason: rInvalid, Field: "reconnect.max_backoff", Mention: "reconnect.max_backoff"},
+		{RPC: con, Name: "reconnect.max_backoff over an hour", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.Reconnect.MaxBackoff = durationpb.New(2 * time.Hour) }),
+			Code: inv, Reason: rInvalid, Field: "reconnect.max_backoff", Mention: "reconnect.max_backoff"},
+		{RPC: con, Name: "heartbeat without an interval", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.Heartbeat = hbText("ping", nil) }),
+			Code: inv, Reason: rInvalid, Field: "heartbeat.interval", Mention: "heartbeat.interval"},
+		{RPC: con, Name: "heartbeat interval below 10ms", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.Heartbeat = hbText("ping", durationpb.New(time.Millisecond)) }),
+			Code: inv, Reason: rInvalid, Field: "heartbeat.interval", Mention: "heartbeat.interval"},
+		{RPC: con, Name: "heartbeat without a payload", Req: dial(func(r *tcpgatev1.ConnectRequest) {
+			r.Heartbeat = &tcpgatev1.Heartbeat{Interval: durationpb.New(time.Second)}
+		}),
+			Code: inv, Reason: rInvalid, Field: "heartbeat.payload", Mention: "heartbeat"},
+		{RPC: con, Name: "heartbeat timeout without expect", Req: dial(func(r *tcpgatev1.ConnectRequest) {
+			r.Heartbeat = hbText("ping", durationpb.New(time.Second))
+			r.Heartbeat.Timeout = durationpb.New(time.Second)
+		}), Code: inv, Reason: rInvalid, Field: "heartbeat.timeout", Mention: "heartbeat.timeout"},
+		{RPC: con, Name: "on_connect without a payload", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.OnConnect = &tcpgatev1.OnConnect{} }),
+			Code: inv, Reason: rInvalid, Field: "on_connect.payload", Mention: "on_connect"},
+		{RPC: con, Name: "on_connect text empty", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.OnConnect = ocText("") }),
+			Code: inv, Reason: rInvalid, Field: "on_connect.text", Mention: "on_connect.text"},
+		{RPC: con, Name: "on_connect timeout without expect", Req: dial(func(r *tcpgatev1.ConnectRequest) {
+			r.OnConnect = ocText("login")
+			r.OnConnect.Timeout = durationpb.New(time.Second)
+		}), Code: inv, Reason: rInvalid, Field: "on_connect.timeout", Mention: "on_connect.timeout"},
+		{RPC: con, Name: "on_connect expect regex that does not compile", Req: dial(func(r *tcpgatev1.ConnectRequest) {
+			r.OnConnect = ocText("login")
+			r.OnConnect.Expect = regex("(")
+		}), Code: inv, Reason: rInvalid, Field: "on_connect.expect.regex", Mention: "on_connect.expect.regex"},
+		{RPC: con, Name: "on_connect framed with a newline in a line framing", Req: dial(func(r *tcpgatev1.ConnectRequest) {
+			r.Framing = &tcpgatev1.Framing{Mode: fmLine}
+			r.OnConnect = ocText("a\nb")
+			r.OnConnect.Framed = true
+		}), Code: inv, Reason: rInvalid, Field: "on_connect.text", Mention: "on_connect.text"},
+		{RPC: con, Name: "on_connect data over max_send_bytes", Limits: true, Req: dial(func(r *tcpgatev1.ConnectRequest) {
+			r.Address = b.FullAddr
+			r.OnConnect = &tcpgatev1.OnConnect{Payload: &tcpgatev1.OnConnect_Data{Data: make([]byte, 1025)}}
+		}), Code: inv, Reason: rInvalid, Field: "on_connect.data", Mention: "on_connect.data"},
+		{RPC: con, Name: "tcp_user_timeout over an hour", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.TcpUserTimeout = durationpb.New(2 * time.Hour) }),
+			Code: inv, Reason: rInvalid, Field: "tcp_user_timeout", Mention: "tcp_user_timeout"},
+		{RPC: con, Name: "idle_timeout negative", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.IdleTimeout = durationpb.New(-time.Second) }),
+			Code: inv, Reason: rInvalid, Field: "idle_timeout", Mention: "idle_timeout"},
+		{RPC: con, Name: "queue_while_down_bytes over the daemon's bound", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.QueueWhileDownBytes = 1 << 40 }),
+			Code: inv, Reason: rInvalid, Field: "queue_while_down_bytes", Mention: "queue_while_down_bytes"},
+		{RPC: con, Name: "tls with a CA that is no PEM", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.Tls = &tcpgatev1.DialTLS{CaPem: "nonsense"} }),
+			Code: inv, Reason: rInvalid, Field: "tls.ca_pem", Mention: "tls.ca_pem"},
+		{RPC: con, Name: "refused with reconnect disabled", Req: dial(func(*tcpgatev1.ConnectRequest) {}),
+			Code: codes.Unavailable, Reason: rRefused, Mention: b.Refused},
+		{RPC: con, Name: "an IP the policy denies", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.Address = "169.254.169.254:80"; r.Reconnect = nil }),
+			Code: codes.PermissionDenied, Reason: tcpgatev1.ErrorReason_ERROR_REASON_POLICY_DENIED, Mention: "169.254.169.254"},
 
 		// Subscribe: the error arrives on the first Recv.
 		{RPC: sub, Name: "kinds UNSPECIFIED", Req: kinds(tcpgatev1.EventKind_EVENT_KIND_UNSPECIFIED), Code: inv, Reason: rInvalid, Field: "kinds[0]", Mention: "kinds[0]"},

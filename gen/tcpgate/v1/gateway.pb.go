@@ -992,6 +992,19 @@ const (
 	// The payload was written, but the awaited reply did not come within the
 	// Send's timeout (TIMEOUT is a timeout while connecting or writing).
 	ErrorReason_ERROR_REASON_REPLY_TIMEOUT ErrorReason = 39
+	// Connect asked for a connection_id that a live connection, accepted or
+	// outbound, has.
+	ErrorReason_ERROR_REASON_CONNECTION_EXISTS ErrorReason = 40
+	// A Send to a managed outbound connection that is down and holds no
+	// Sends (queue_while_down_bytes 0); a google.rpc.RetryInfo says when it
+	// dials again.
+	ErrorReason_ERROR_REASON_NOT_CONNECTED ErrorReason = 41
+	// A Send to a managed outbound connection that is down, whose
+	// queue_while_down_bytes has no room for it.
+	ErrorReason_ERROR_REASON_QUEUE_FULL ErrorReason = 42
+	// Connect with reconnect disabled: the first connection's on_connect
+	// could not be written, or its expected reply did not come in time.
+	ErrorReason_ERROR_REASON_ON_CONNECT_FAILED ErrorReason = 43
 )
 
 // Enum value maps for ErrorReason.
@@ -1037,6 +1050,10 @@ var (
 		37: "ERROR_REASON_SEQUENCE_OUT_OF_RANGE",
 		38: "ERROR_REASON_INVALID_PAGE_TOKEN",
 		39: "ERROR_REASON_REPLY_TIMEOUT",
+		40: "ERROR_REASON_CONNECTION_EXISTS",
+		41: "ERROR_REASON_NOT_CONNECTED",
+		42: "ERROR_REASON_QUEUE_FULL",
+		43: "ERROR_REASON_ON_CONNECT_FAILED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":            0,
@@ -1079,6 +1096,10 @@ var (
 		"ERROR_REASON_SEQUENCE_OUT_OF_RANGE":  37,
 		"ERROR_REASON_INVALID_PAGE_TOKEN":     38,
 		"ERROR_REASON_REPLY_TIMEOUT":          39,
+		"ERROR_REASON_CONNECTION_EXISTS":      40,
+		"ERROR_REASON_NOT_CONNECTED":          41,
+		"ERROR_REASON_QUEUE_FULL":             42,
+		"ERROR_REASON_ON_CONNECT_FAILED":      43,
 	}
 )
 
@@ -1619,17 +1640,20 @@ type Connection struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The connection's id, unique in the gateway.
 	ConnectionId string `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
-	// The listener that accepted it.
+	// The listener that accepted it; empty for an outbound connection.
 	ListenerId string `protobuf:"bytes,2,opt,name=listener_id,json=listenerId,proto3" json:"listener_id,omitempty"`
-	// The peer's address as host:port.
+	// The peer's address as host:port; empty for an outbound connection
+	// without a socket.
 	RemoteAddress string `protobuf:"bytes,3,opt,name=remote_address,json=remoteAddress,proto3" json:"remote_address,omitempty"`
 	// The local address as host:port.
 	LocalAddress string `protobuf:"bytes,4,opt,name=local_address,json=localAddress,proto3" json:"local_address,omitempty"`
-	// When it was accepted.
+	// When it was accepted; for an outbound connection, when its current
+	// socket connected, or when Connect made it while it has none.
 	OpenedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=opened_at,json=openedAt,proto3" json:"opened_at,omitempty"`
 	// The subject of the peer's TLS client certificate, if it gave one.
 	PeerSubject string `protobuf:"bytes,10,opt,name=peer_subject,json=peerSubject,proto3" json:"peer_subject,omitempty"`
-	// Bytes received.
+	// Bytes received (an outbound connection's over all its sockets, as
+	// every counter below).
 	BytesIn uint64 `protobuf:"varint,6,opt,name=bytes_in,json=bytesIn,proto3" json:"bytes_in,omitempty"`
 	// Bytes written.
 	BytesOut uint64 `protobuf:"varint,7,opt,name=bytes_out,json=bytesOut,proto3" json:"bytes_out,omitempty"`
@@ -1652,7 +1676,8 @@ type Connection struct {
 	// before any failure. It is kept while connected again, as the last
 	// thing that went wrong.
 	LastError string `protobuf:"bytes,15,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
-	// Outbound: failed attempts since it was last connected.
+	// Outbound: failed attempts in a row, counted until a connection stays
+	// up for max(reconnect.initial_backoff, 1 s) (see Reconnect).
 	Attempts uint32 `protobuf:"varint,16,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	// Outbound, while WAITING: when it dials again.
 	NextAttemptAt *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=next_attempt_at,json=nextAttemptAt,proto3" json:"next_attempt_at,omitempty"`
@@ -1845,13 +1870,17 @@ type ConnectRequest struct {
 	// retransmissions). At most 1 hour.
 	TcpUserTimeout *durationpb.Duration `protobuf:"bytes,10,opt,name=tcp_user_timeout,json=tcpUserTimeout,proto3" json:"tcp_user_timeout,omitempty"`
 	// The bytes of Sends held while the connection is down, written in order
-	// once it is up again (after on_connect and its expected reply). 0 means a
-	// Send while down fails at once with Unavailable. At
-	// most --max-queue-while-down-bytes.
+	// once it is up again (after on_connect and its expected reply); a Send
+	// that finds no room is ResourceExhausted (QUEUE_FULL), one whose timeout
+	// passes while held leaves the queue with DeadlineExceeded. 0 means a
+	// Send while down fails at once with Unavailable (NOT_CONNECTED, with a
+	// google.rpc.RetryInfo of the time until the next attempt). At most
+	// --max-queue-while-down-bytes.
 	QueueWhileDownBytes uint64 `protobuf:"varint,11,opt,name=queue_while_down_bytes,json=queueWhileDownBytes,proto3" json:"queue_while_down_bytes,omitempty"`
 	// How long Connect waits for the first attempt's outcome. Unset or 0 means
 	// 10 s. When it passes first, Connect returns the connection as it is
-	// (CONNECTING), which goes on trying.
+	// (CONNECTING), which goes on trying. It also bounds each attempt's dial
+	// and TLS handshake.
 	Timeout       *durationpb.Duration `protobuf:"bytes,12,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1974,12 +2003,16 @@ func (x *ConnectRequest) GetTimeout() *durationpb.Duration {
 // Reconnect says how a managed outbound connection dials again. The delay
 // before attempt n (n = 1 after a drop or the first failure) is a random
 // duration between half and all of min(initial_backoff * 2^(n-1),
-// max_backoff).
+// max_backoff). The backoff starts over only once a connection has stayed
+// up for max(initial_backoff, 1 s): a connection that drops sooner (or
+// whose on_connect fails) counts as a failed attempt, for the backoff and
+// for max_attempts.
 type Reconnect struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Never reconnect: a failed first attempt makes Connect fail with
-	// Unavailable (and nothing is created), and the first drop closes the
-	// connection for good.
+	// Unavailable (and nothing is created: a failed dial leaves no event; a
+	// dial whose on_connect fails leaves its OPENED and CLOSED events), and
+	// the first drop closes the connection for good.
 	Disabled bool `protobuf:"varint,1,opt,name=disabled,proto3" json:"disabled,omitempty"`
 	// The first delay. Unset means 100 ms; at least 10 ms.
 	InitialBackoff *durationpb.Duration `protobuf:"bytes,2,opt,name=initial_backoff,json=initialBackoff,proto3" json:"initial_backoff,omitempty"`
@@ -4900,8 +4933,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	" SLOW_CONSUMER_POLICY_UNSPECIFIED\x10\x00\x12$\n" +
 	" SLOW_CONSUMER_POLICY_DROP_OLDEST\x10\x01\x12#\n" +
 	"\x1fSLOW_CONSUMER_POLICY_DISCONNECT\x10\x02\x12%\n" +
-	"!SLOW_CONSUMER_POLICY_BACKPRESSURE\x10\x03*\xe6\n" +
-	"\n" +
+	"!SLOW_CONSUMER_POLICY_BACKPRESSURE\x10\x03*\xeb\v\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dERROR_REASON_INVALID_ARGUMENT\x10\x01\x12\"\n" +
@@ -4943,7 +4975,11 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1cERROR_REASON_UNKNOWN_SERVICE\x10$\x12&\n" +
 	"\"ERROR_REASON_SEQUENCE_OUT_OF_RANGE\x10%\x12#\n" +
 	"\x1fERROR_REASON_INVALID_PAGE_TOKEN\x10&\x12\x1e\n" +
-	"\x1aERROR_REASON_REPLY_TIMEOUT\x10'2\xb8\x06\n" +
+	"\x1aERROR_REASON_REPLY_TIMEOUT\x10'\x12\"\n" +
+	"\x1eERROR_REASON_CONNECTION_EXISTS\x10(\x12\x1e\n" +
+	"\x1aERROR_REASON_NOT_CONNECTED\x10)\x12\x1b\n" +
+	"\x17ERROR_REASON_QUEUE_FULL\x10*\x12\"\n" +
+	"\x1eERROR_REASON_ON_CONNECT_FAILED\x10+2\xb8\x06\n" +
 	"\x0eGatewayService\x12T\n" +
 	"\rStartListener\x12 .tcpgate.v1.StartListenerRequest\x1a!.tcpgate.v1.StartListenerResponse\x12Q\n" +
 	"\fStopListener\x12\x1f.tcpgate.v1.StopListenerRequest\x1a .tcpgate.v1.StopListenerResponse\x12N\n" +

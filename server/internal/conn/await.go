@@ -144,12 +144,36 @@ func (c *Conn) SendFrame(ctx context.Context, frame []byte, aw Await) ([]byte, i
 }
 
 // Send writes p and, as aw says, waits for the reply (see Await for which
-// frame answers). Sends on one connection are written in call order. The
-// context bounds the whole send: the wait for its turn and for room in the
-// write queue, the write (which the write timeout bounds too) and the wait
-// for the reply. A send that times out before a byte of it is written
-// leaves the connection open; one that times out partway closes it.
+// frame answers): Begin, then Wait. Sends on one connection are written in
+// call order. The context bounds the whole send: the wait for its turn and
+// for room in the write queue, the write (which the write timeout bounds
+// too) and the wait for the reply. A send that times out before a byte of
+// it is written leaves the connection open; one that times out partway
+// closes it.
 func (c *Conn) Send(ctx context.Context, p []byte, aw Await) ([]byte, error) {
+	pend, err := c.Begin(ctx, p, aw)
+	if err != nil {
+		return nil, err
+	}
+	return pend.Wait(ctx)
+}
+
+// Pending is a send whose write is queued: Wait waits for the write and
+// its reply.
+type Pending struct {
+	c  *Conn
+	it *outItem
+	aw Await
+}
+
+// Begin takes the write turn, queues p (and the wait for its reply, as aw
+// says) and returns: a Begin that returned is ordered before every later
+// one, so a caller that hands queued sends to a connection in order (a
+// managed outbound connection flushing what it held while down) gets them
+// written in that order while each sender waits for its own reply with
+// Wait. ctx bounds the wait for the turn and for room in the queue, and is
+// the write's deadline.
+func (c *Conn) Begin(ctx context.Context, p []byte, aw Await) (*Pending, error) {
 	select {
 	case c.writeTurn <- struct{}{}:
 	case <-ctx.Done():
@@ -183,6 +207,16 @@ func (c *Conn) Send(ctx context.Context, p []byte, aw Await) ([]byte, error) {
 	case err != nil:
 		return nil, fmt.Errorf("writing to %s: waiting for earlier sends to be written (the write queue is full): %w", c.cfg.ID, err)
 	}
+	return &Pending{c: c, it: it, aw: aw}, nil
+}
+
+// Wait waits for the write Begin queued and, as its Await says, for the
+// reply. ctx bounds the wait: a write not begun when it ends leaves the
+// queue; a reply not come leaves the line of awaiters (and, with
+// CloseOnTimeout, closes the connection).
+func (p *Pending) Wait(ctx context.Context) ([]byte, error) {
+	c, it, aw := p.c, p.it, p.aw
+	s := it.send
 	select {
 	case <-s.done:
 	case <-ctx.Done():

@@ -82,6 +82,10 @@ type Config struct {
 	// Origin is who opened the connection, stamped on each of its events.
 	// The registry sets it from its entry; conn only carries it.
 	Origin event.Origin
+	// Generation numbers the socket of a managed outbound connection (1
+	// for its first), stamped on each of its events; 0 for an accepted
+	// connection.
+	Generation uint64
 	// Framing must be normalized.
 	Framing   framing.Config
 	AutoReply AutoReply
@@ -128,6 +132,11 @@ type Conn struct {
 	// its context ends.
 	writeTurn chan struct{}
 	out       outbound // the write queue (write.go)
+	// lastWrite is when bytes were last written (Unix nanoseconds), or
+	// when the connection opened: a heartbeat is due only after an
+	// interval without a write. An atomic, so the write goroutine records
+	// it without a lock and a heartbeat timer reads it without one.
+	lastWrite atomic.Int64
 
 	mu       sync.Mutex // guards the fields below
 	awaiters []*awaiter
@@ -138,6 +147,7 @@ type Conn struct {
 	// lock (a leaf).
 	halfClosed atomic.Bool
 	reason     event.CloseReason // the first reason given to Close
+	why        string            // what went wrong, given with reason to CloseWith
 	subject    string            // the TLS peer's certificate subject, set before OPENED
 }
 
@@ -148,6 +158,7 @@ func New(ctx context.Context, nc net.Conn, cfg Config) *Conn {
 		cfg.WriteTimeout = DefaultWriteTimeout
 	}
 	c := &Conn{cfg: cfg, nc: nc, remote: nc.RemoteAddr().String(), openedAt: time.Now(), done: make(chan struct{}), writeTurn: make(chan struct{}, 1)}
+	c.lastWrite.Store(c.openedAt.UnixNano())
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	c.stopWatch = context.AfterFunc(ctx, func() { c.Close(event.ReasonShutdown) })
 	return c
@@ -167,6 +178,14 @@ func (c *Conn) LocalAddr() string { return c.nc.LocalAddr().String() }
 
 // OpenedAt returns when the connection was accepted.
 func (c *Conn) OpenedAt() time.Time { return c.openedAt }
+
+// LastWrite returns when bytes were last written to the connection, or
+// when it opened if none were. It takes no lock.
+func (c *Conn) LastWrite() time.Time { return time.Unix(0, c.lastWrite.Load()) }
+
+// Generation returns the number of the socket of a managed outbound
+// connection; 0 for an accepted one.
+func (c *Conn) Generation() uint64 { return c.cfg.Generation }
 
 // Counters returns the connection's live counters.
 func (c *Conn) Counters() *Counters { return &c.counters }
@@ -188,10 +207,15 @@ func (c *Conn) Done() <-chan struct{} { return c.done }
 
 // Close closes the connection with reason, unless it already closed for
 // another. It does not wait for Serve to return; Done tells when it has.
-func (c *Conn) Close(reason event.CloseReason) {
+func (c *Conn) Close(reason event.CloseReason) { c.CloseWith(reason, "") }
+
+// CloseWith is Close saying what went wrong, in words that the
+// CONNECTION_CLOSED event carries as its error (a heartbeat's missing
+// reply, a failed on_connect).
+func (c *Conn) CloseWith(reason event.CloseReason, why string) {
 	c.mu.Lock()
 	if c.reason == event.ReasonUnspecified {
-		c.reason = reason
+		c.reason, c.why = reason, why
 	}
 	c.mu.Unlock()
 	c.cancel()
@@ -216,6 +240,7 @@ func (c *Conn) Serve() {
 		ListenerID:   c.cfg.ListenerID,
 		ConnectionID: c.cfg.ID,
 		Origin:       c.cfg.Origin,
+		Generation:   c.cfg.Generation,
 		RemoteAddr:   c.RemoteAddr(),
 		LocalAddr:    c.LocalAddr(),
 		PeerSubject:  c.PeerSubject(),
@@ -267,6 +292,7 @@ func (c *Conn) Serve() {
 	default:
 		c.reason = reason
 	}
+	why := c.why
 	awaiters := c.takeAwaitersLocked()
 	c.mu.Unlock()
 	settle(awaiters, ErrClosed)
@@ -280,9 +306,11 @@ func (c *Conn) Serve() {
 		ListenerID:   c.cfg.ListenerID,
 		ConnectionID: c.cfg.ID,
 		Origin:       c.cfg.Origin,
+		Generation:   c.cfg.Generation,
 		RemoteAddr:   c.RemoteAddr(),
 		LocalAddr:    c.LocalAddr(),
 		CloseReason:  reason,
+		Error:        why,
 	}
 	if partial == nil {
 		_ = pub.Publish(c.ctx, closed)
@@ -295,6 +323,7 @@ func (c *Conn) Serve() {
 		ListenerID:   c.cfg.ListenerID,
 		ConnectionID: c.cfg.ID,
 		Origin:       c.cfg.Origin,
+		Generation:   c.cfg.Generation,
 		Data:         partial,
 		Partial:      true,
 	}, closed)

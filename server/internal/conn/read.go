@@ -273,6 +273,7 @@ func (c *Conn) frames(frames [][]byte, retained int) bool {
 			ListenerID:   c.cfg.ListenerID,
 			ConnectionID: c.cfg.ID,
 			Origin:       c.cfg.Origin,
+			Generation:   c.cfg.Generation,
 			Data:         f,
 			Retained:     retained,
 		}

@@ -446,6 +446,9 @@ func (c *Conn) writeItem(it *outItem, iov *[][]byte) error {
 }
 
 func (c *Conn) countOut(bytes int, frames uint64) {
+	if bytes > 0 {
+		c.lastWrite.Store(time.Now().UnixNano())
+	}
 	c.counters.BytesOut.Add(uint64(bytes))
 	c.counters.FramesOut.Add(frames)
 	for _, a := range c.cfg.Aggregates {

@@ -3,11 +3,14 @@
 // admits it under the gateway-wide limits, and answers the lookups of
 // Send, ListConnections, GetConnection, CloseConnection and broadcast.
 //
-// Listeners add the connections they accept; outbound connections will
-// be added the same way. A connection's origin is data of its entry, not
-// a type: the same conn.Conn serves both. Imports go one way: the
-// registry holds conns, the listener package uses the registry, and conn
-// imports neither.
+// Listeners add the connections they accept (Add). A managed outbound
+// connection is one entry for its whole life (AddOutbound), from Connect
+// until it is closed for good, while its sockets come and go: each
+// generation's conn.Conn is attached while it lives (Handle.Attach). A
+// connection's origin is data of its entry, not a type: the same
+// conn.Conn serves both. Imports go one way: the registry holds conns,
+// the listener and outbound packages use the registry, and conn imports
+// neither.
 package registry
 
 import (
@@ -24,6 +27,7 @@ import (
 
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/event"
+	"github.com/tcpgate/tcpgate/server/internal/framing"
 	"github.com/tcpgate/tcpgate/server/internal/ids"
 	"github.com/tcpgate/tcpgate/server/internal/limits"
 	"github.com/tcpgate/tcpgate/server/internal/page"
@@ -41,6 +45,9 @@ var (
 	ErrLimit = errors.New("limit reached")
 	// ErrInvalidFilter means a Filter the registry does not take.
 	ErrInvalidFilter = errors.New("invalid connection filter")
+	// ErrExists means a connection id asked for is in use, by an accepted
+	// or an outbound connection: they share one id space.
+	ErrExists = errors.New("connection id in use")
 )
 
 // DefaultMaxWriteBufferBytes bounds the bytes queued for writing over every
@@ -83,6 +90,15 @@ const (
 	// Draining is a connection whose listener is stopping: it closes by
 	// the end of the drain.
 	Draining
+	// Connecting is an outbound connection dialing, or writing its
+	// on_connect and awaiting its reply: not yet connected.
+	Connecting
+	// Waiting is an outbound connection that is down and dials again at
+	// Info.NextAttemptAt.
+	Waiting
+	// Closed is an outbound connection closed for good: only in the final
+	// Info that CloseConn and Handle.Remove return; never listed.
+	Closed
 )
 
 // Info is a snapshot of a connection.
@@ -101,13 +117,30 @@ type Info struct {
 	BytesOut    uint64
 	FramesIn    uint64
 	FramesOut   uint64
+
+	// Of an outbound connection only (see Handle.s setters).
+
+	// Address is what it dials, as given.
+	Address string
+	// Generation numbers its current (or last) socket; 0 before the first.
+	Generation uint64
+	// LastError says why the last attempt failed or the last socket ended.
+	LastError string
+	// Attempts counts its failed attempts in a row.
+	Attempts uint32
+	// NextAttemptAt is when a Waiting connection dials again.
+	NextAttemptAt time.Time
 }
 
 // Config configures a Registry.
 type Config struct {
-	// MaxConnections bounds the live connections, whatever their origin;
-	// 0 means no bound.
+	// MaxConnections bounds the live sockets, whatever their origin: an
+	// outbound connection counts while it holds one; 0 means no bound.
 	MaxConnections int
+	// MaxOutbound bounds the managed outbound connections, each counted
+	// from AddOutbound until it is removed, connected or not; 0 means no
+	// bound.
+	MaxOutbound int
 	// MaxConnectionsPerIP bounds the accepted connections of one peer IP
 	// over all listeners, so that one host cannot take every slot; 0 means
 	// no bound. Outbound connections are the gateway's own doing, not a
@@ -130,10 +163,15 @@ type Registry struct {
 	writes *conn.WriteBudget
 	closed [event.NumReasons]atomic.Uint64
 
-	mu     sync.Mutex // guards the fields below, and every Group's order and draining
-	conns  map[string]*entry
-	perIP  map[netip.Addr]int // admitted connections by peer IP, of the peers MaxConnectionsPerIP counts
-	groups map[string]*Group  // by listener id
+	mu    sync.Mutex // guards the fields below, every Group's order and draining, and every outEntry's state
+	conns map[string]*entry
+	// sockets counts the entries that hold a socket: the accepted ones,
+	// and the outbound ones while attached (MaxConnections).
+	sockets int
+	// outbound counts the outbound entries (MaxOutbound).
+	outbound int
+	perIP    map[netip.Addr]int // admitted connections by peer IP, of the peers MaxConnectionsPerIP counts
+	groups   map[string]*Group  // by listener id
 	// serial is the creation serial last given to a connection as it was
 	// admitted: lists are in its order.
 	serial uint64
@@ -142,10 +180,33 @@ type Registry struct {
 
 // entry is an admitted connection.
 type entry struct {
+	id string
+	// c is the connection's socket; for an outbound entry, its current
+	// generation's, nil while it has none. Guarded by Registry.mu for
+	// outbound entries; set once for accepted ones.
 	c      *conn.Conn
 	origin Origin
 	group  *Group // its listener's; nil for none
 	serial uint64
+	out    *outEntry // set for an outbound entry
+}
+
+// outEntry is what the registry keeps of a managed outbound connection
+// besides its socket. Its mutable fields are guarded by Registry.mu.
+type outEntry struct {
+	address string
+	framing framing.Config
+	managed Managed
+	created time.Time
+	// counters add up every generation's traffic.
+	counters conn.Counters
+
+	phase     State // Connecting, Waiting, or Open once connected
+	gen       uint64
+	lastError string
+	attempts  uint32
+	next      time.Time
+	removed   bool
 }
 
 // Group is the connections of one listener, as the registry sees them: it
@@ -260,6 +321,7 @@ func (r *Registry) Add(ctx context.Context, nc net.Conn, s Spec) (*conn.Conn, er
 		}
 		r.mu.Lock()
 		if admitted {
+			r.sockets--
 			delete(r.conns, cfg.ID)
 			r.order.Remove(e.serial)
 			if g := e.group; g != nil {
@@ -289,12 +351,14 @@ func (r *Registry) Add(ctx context.Context, nc net.Conn, s Spec) (*conn.Conn, er
 	switch {
 	case g != nil && g.max > 0 && g.Open() >= g.max:
 		err = &limits.Error{Doing: "admitting connection", Name: "max_connections", Limit: g.max, Err: ErrLimit}
-	case r.cfg.MaxConnections > 0 && len(r.conns) >= r.cfg.MaxConnections:
+	case r.cfg.MaxConnections > 0 && r.sockets >= r.cfg.MaxConnections:
 		err = &limits.Error{Doing: "admitting connection", Name: "max_connections", Flag: "--max-connections", Limit: r.cfg.MaxConnections, Err: ErrLimit}
 	case perIP && r.perIP[ip] >= r.cfg.MaxConnectionsPerIP:
 		err = &limits.Error{Doing: "admitting connection", Name: "max_connections_per_ip", Flag: "--max-connections-per-ip", Limit: r.cfg.MaxConnectionsPerIP, Err: ErrLimit}
 	default:
 		admitted = true
+		r.sockets++
+		e.id = cfg.ID
 		r.conns[cfg.ID] = e
 		r.serial++
 		e.serial = r.serial
@@ -342,6 +406,10 @@ func (r *Registry) peerIP(origin Origin, nc net.Conn) (netip.Addr, bool) {
 // stateLocked is where e is in its life.
 func stateLocked(e *entry) State {
 	switch {
+	case e.out != nil && e.out.removed:
+		return Closed
+	case e.out != nil && e.out.phase != Open:
+		return e.out.phase
 	case e.group != nil && e.group.draining:
 		return Draining
 	case e.c.HalfClosed():
@@ -447,7 +515,7 @@ func (r *Registry) ListConns(f Filter, size int, after uint64) (Page, error) {
 	}
 	for serial, e := range all.After(after) {
 		st := stateLocked(e)
-		if (f.State != 0 && st != f.State) || !origins.has(e.origin) || !strings.HasPrefix(e.c.RemoteAddr(), f.RemotePrefix) {
+		if (f.State != 0 && st != f.State) || !origins.has(e.origin) || !strings.HasPrefix(remoteLocked(e), f.RemotePrefix) {
 			continue
 		}
 		if len(hits) == size {
@@ -460,9 +528,18 @@ func (r *Registry) ListConns(f Filter, size int, after uint64) (Page, error) {
 	r.mu.Unlock()
 	p.Conns = make([]Info, len(hits))
 	for i, h := range hits {
-		p.Conns[i] = info(h.e, h.st)
+		p.Conns[i] = r.info(h.e, h.st)
 	}
 	return p, nil
+}
+
+// remoteLocked is the address a remote prefix filters on: the peer's, or,
+// for an outbound connection without a socket, the address it dials.
+func remoteLocked(e *entry) string {
+	if e.c == nil {
+		return e.out.address
+	}
+	return e.c.RemoteAddr()
 }
 
 // Conns returns every live connection, of one listener when listenerID is
@@ -482,7 +559,10 @@ func (r *Registry) Conns(listenerID string) ([]Info, error) {
 	}
 }
 
-func info(e *entry, st State) Info {
+func (r *Registry) info(e *entry, st State) Info {
+	if e.out != nil {
+		return r.outInfo(e, st)
+	}
 	c := e.c
 	n := c.Counters()
 	return Info{
@@ -507,6 +587,15 @@ func (r *Registry) Conn(id string) (*conn.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	if e.out != nil {
+		r.mu.Lock()
+		c := e.c
+		r.mu.Unlock()
+		if c == nil {
+			return nil, fmt.Errorf("connection %q: not connected now: %w", id, ErrNotFound)
+		}
+		return c, nil
+	}
 	return e.c, nil
 }
 
@@ -527,15 +616,26 @@ func (r *Registry) GetConn(id string) (Info, error) {
 	if err != nil {
 		return Info{}, fmt.Errorf("getting %w", err)
 	}
-	return info(e, st), nil
+	return r.info(e, st), nil
 }
 
 // CloseConn closes one connection with reason CLOSED_BY_API and returns its
-// final snapshot once it is closed, with the state it had before.
+// final snapshot once it is closed: an accepted one with the state it had
+// before, an outbound one closed for good (no reconnect), with state
+// Closed.
 func (r *Registry) CloseConn(ctx context.Context, id string) (Info, error) {
 	e, st, err := r.lookup(id)
 	if err != nil {
 		return Info{}, err
+	}
+	if e.out != nil {
+		e.out.managed.Close()
+		select {
+		case <-e.out.managed.Done():
+		case <-ctx.Done():
+			return Info{}, ctx.Err()
+		}
+		return r.info(e, Closed), nil
 	}
 	e.c.Close(event.ReasonClosedByAPI)
 	select {
@@ -543,7 +643,7 @@ func (r *Registry) CloseConn(ctx context.Context, id string) (Info, error) {
 	case <-ctx.Done():
 		return Info{}, ctx.Err()
 	}
-	return info(e, st), nil
+	return r.info(e, st), nil
 }
 
 // Broadcast writes p to every live connection of a listener concurrently
@@ -578,7 +678,10 @@ func (r *Registry) Broadcast(ctx context.Context, listenerID string, p []byte) (
 
 // Stats are figures over every connection since the registry started.
 type Stats struct {
+	// ConnectionsOpen counts the sockets held now, accepted and outbound.
 	ConnectionsOpen int
+	// Outbound counts the managed outbound connections by state.
+	Outbound map[State]int
 	// Closed counts closed connections by reason, refused ones included.
 	Closed                                 map[event.CloseReason]uint64
 	BytesIn, BytesOut, FramesIn, FramesOut uint64
@@ -590,7 +693,12 @@ type Stats struct {
 // Stats returns the figures.
 func (r *Registry) Stats() Stats {
 	r.mu.Lock()
-	st := Stats{ConnectionsOpen: len(r.conns)}
+	st := Stats{ConnectionsOpen: r.sockets, Outbound: make(map[State]int)}
+	for _, e := range r.conns {
+		if e.out != nil {
+			st.Outbound[stateLocked(e)]++
+		}
+	}
 	r.mu.Unlock()
 	st.Closed = make(map[event.CloseReason]uint64, len(r.closed))
 	for i := range r.closed {

@@ -1,0 +1,291 @@
+package server_test
+
+import (
+	"bufio"
+
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server"
+	"github.com/tcpgate/tcpgate/server/servertest"
+)
+
+// lineServer is a real TCP server of a line protocol for outbound
+// connections to dial: it answers every line with the reply its handler
+// gives ("" answers nothing), records the lines of each connection in
+// order, and can be killed and started again on the same port.
+type lineServer struct {
+	t      testing.TB
+	addr   string
+	answer func(line string) string
+
+	mu    sync.Mutex // guards the fields below
+	ln    net.Listener
+	conns []net.Conn
+	lines [][]string // by connection, in accept order
+	wg    sync.WaitGroup
+}
+
+func echoAnswer(line string) string { return "echo " + line }
+
+func newLineServer(t testing.TB, answer func(string) string) *lineServer {
+	t.Helper()
+	s := &lineServer{t: t, addr: "127.0.0.1:0", answer: answer}
+	s.start()
+	t.Cleanup(s.kill)
+	return s
+}
+
+// start binds the server's address (its first port again after a kill),
+// retrying a few times when something else took it meanwhile.
+func (s *lineServer) start() {
+	s.t.Helper()
+	var ln net.Listener
+	var err error
+	for range 50 {
+		if ln, err = net.Listen("tcp", s.addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		s.t.Fatalf("binding %s: %v", s.addr, err)
+	}
+	s.mu.Lock()
+	s.ln = ln
+	s.addr = ln.Addr().String()
+	s.mu.Unlock()
+	s.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.conns = append(s.conns, c)
+			s.lines = append(s.lines, nil)
+			i := len(s.lines) - 1
+			s.mu.Unlock()
+			s.wg.Go(func() { s.serve(c, i) })
+		}
+	})
+}
+
+func (s *lineServer) serve(c net.Conn, i int) {
+	defer c.Close()
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		line = strings.TrimSuffix(line, "\n")
+		s.mu.Lock()
+		s.lines[i] = append(s.lines[i], line)
+		s.mu.Unlock()
+		if reply := s.answer(line); reply != "" {
+			if _, err := c.Write([]byte(reply + "\n")); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// kill closes the listener and every connection, and waits for them.
+func (s *lineServer) kill() {
+	s.mu.Lock()
+	if s.ln != nil {
+		s.ln.Close()
+		s.ln = nil
+	}
+	for _, c := range s.conns {
+		c.Close()
+	}
+	s.conns = nil
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// accepted returns how many connections the server accepted.
+func (s *lineServer) accepted() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.lines)
+}
+
+// linesOf returns the lines connection i sent.
+func (s *lineServer) linesOf(i int) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.lines[i]...)
+}
+
+func lineFraming() *tcpgatev1.Framing {
+	return &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}
+}
+
+func ms(n int) *durationpb.Duration { return durationpb.New(time.Duration(n) * time.Millisecond) }
+
+// connect makes a managed outbound connection and fails the test on error.
+func connect(t testing.TB, g *servertest.Gateway, req *tcpgatev1.ConnectRequest) *tcpgatev1.Connection {
+	t.Helper()
+	resp, err := g.Client.Connect(servertest.Context(t), req)
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	return resp.GetConnection()
+}
+
+// sendLine sends text framed on connection id and returns the reply line.
+func sendLine(t testing.TB, g *servertest.Gateway, id, text string) (string, error) {
+	t.Helper()
+	resp, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
+		Target:     &tcpgatev1.SendRequest_ConnectionId{ConnectionId: id},
+		Payload:    &tcpgatev1.SendRequest_Text{Text: text},
+		Framed:     true,
+		AwaitReply: &tcpgatev1.AwaitReply{Mode: tcpgatev1.AwaitMode_AWAIT_MODE_FRAME},
+		Timeout:    durationpb.New(5 * time.Second),
+	})
+	return resp.GetReply().GetText(), err
+}
+
+// A managed outbound connection, end to end: Connect returns it OPEN, a
+// Send with await_reply returns the server's answer, it is listed with
+// its origin, address and generation, Subscribe sees its frames with
+// origin OUTBOUND and its generation, and CloseConnection closes it for
+// good: CLOSED in the response, no longer listed, no new dial.
+func TestConnectSendClose(t *testing.T) {
+	srv := newLineServer(t, echoAnswer)
+	g := servertest.Start(t, server.Config{})
+	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{Origins: []tcpgatev1.Origin{tcpgatev1.Origin_ORIGIN_OUTBOUND}})
+
+	c := connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "plc", Address: srv.addr, Framing: lineFraming()})
+	if c.GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_OPEN || c.GetConnectionId() != "plc" || c.GetGeneration() != 1 ||
+		c.GetOrigin() != tcpgatev1.Origin_ORIGIN_OUTBOUND || c.GetAddress() != srv.addr || c.GetRemoteAddress() != srv.addr {
+		t.Fatalf("Connect returned %v, want plc OPEN, generation 1, outbound to %s", c, srv.addr)
+	}
+	opened := sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
+	if opened.GetConnectionId() != "plc" || opened.GetGeneration() != 1 || opened.GetOrigin() != tcpgatev1.Origin_ORIGIN_OUTBOUND {
+		t.Fatalf("opened event %v, want plc generation 1 outbound", opened)
+	}
+
+	reply, err := sendLine(t, g, "plc", "status")
+	if err != nil || reply != "echo status" {
+		t.Fatalf("Send = %q, %v; want \"echo status\"", reply, err)
+	}
+	data := sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_DATA)
+	if data.GetText() != "echo status" || data.GetGeneration() != 1 || data.GetOrigin() != tcpgatev1.Origin_ORIGIN_OUTBOUND {
+		t.Fatalf("data event %v, want \"echo status\" of generation 1, outbound", data)
+	}
+
+	list, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{Origins: []tcpgatev1.Origin{tcpgatev1.Origin_ORIGIN_OUTBOUND}})
+	if err != nil || len(list.GetConnections()) != 1 || list.GetConnections()[0].GetConnectionId() != "plc" {
+		t.Fatalf("ListConnections(outbound) = %v, %v; want plc", list.GetConnections(), err)
+	}
+	if got := list.GetConnections()[0]; got.GetBytesOut() != uint64(len("status\n")) || got.GetFramesIn() != 1 {
+		t.Errorf("listed %v, want 7 bytes out and 1 frame in", got)
+	}
+	accepted, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{Origins: []tcpgatev1.Origin{tcpgatev1.Origin_ORIGIN_ACCEPTED}})
+	if err != nil || len(accepted.GetConnections()) != 0 {
+		t.Fatalf("ListConnections(accepted) = %v, %v; want none", accepted.GetConnections(), err)
+	}
+
+	closed, err := g.Client.CloseConnection(servertest.Context(t), &tcpgatev1.CloseConnectionRequest{ConnectionId: "plc"})
+	if err != nil || closed.GetConnection().GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_CLOSED {
+		t.Fatalf("CloseConnection = %v, %v; want state CLOSED", closed, err)
+	}
+	ev := sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
+	if ev.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_CLOSED_BY_API || ev.GetGeneration() != 1 {
+		t.Fatalf("closed event %v, want CLOSED_BY_API of generation 1", ev)
+	}
+	_, err = g.Client.GetConnection(servertest.Context(t), &tcpgatev1.GetConnectionRequest{ConnectionId: "plc"})
+	servertest.WantCode(t, err, codes.NotFound)
+	if _, err := sendLine(t, g, "plc", "again"); codeOf(err) != codes.NotFound {
+		t.Fatalf("Send after close: %v, want NotFound", err)
+	}
+	// No reconnect: the server sees no second connection.
+	sub.Quiet(300 * time.Millisecond)
+	if n := srv.accepted(); n != 1 {
+		t.Fatalf("server accepted %d connections, want 1: CloseConnection must stop reconnects", n)
+	}
+}
+
+func codeOf(err error) codes.Code { return servertest.ErrorOf(err).Code }
+
+// The server is killed and started again on the same port: the stream
+// shows the socket's CONNECTION_CLOSED, RECONNECT_SCHEDULED with the last
+// generation, and a CONNECTION_OPENED of generation 2; the id stays, and a
+// Send with await works before and after.
+func TestReconnectAfterServerRestart(t *testing.T) {
+	srv := newLineServer(t, echoAnswer)
+	g := servertest.Start(t, server.Config{})
+	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"feed"}})
+	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "feed", Address: srv.addr, Framing: lineFraming(),
+		Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(50), MaxBackoff: ms(200)}})
+	if reply, err := sendLine(t, g, "feed", "one"); err != nil || reply != "echo one" {
+		t.Fatalf("Send before the restart = %q, %v", reply, err)
+	}
+	srv.kill()
+	closed := sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
+	if closed.GetGeneration() != 1 || closed.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_PEER_CLOSED {
+		t.Fatalf("closed %v, want generation 1 PEER_CLOSED", closed)
+	}
+	sched := sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_RECONNECT_SCHEDULED)
+	if sched.GetGeneration() != 1 || sched.GetAttempt() != 1 || sched.GetError() == "" || sched.GetOrigin() != tcpgatev1.Origin_ORIGIN_OUTBOUND {
+		t.Fatalf("scheduled %v, want attempt 1 after generation 1, with its error", sched)
+	}
+	got, err := g.Client.GetConnection(servertest.Context(t), &tcpgatev1.GetConnectionRequest{ConnectionId: "feed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := got.GetConnection().GetState(); st != tcpgatev1.ConnectionState_CONNECTION_STATE_WAITING && st != tcpgatev1.ConnectionState_CONNECTION_STATE_CONNECTING {
+		t.Fatalf("while the server is down: state %v, want WAITING or CONNECTING", st)
+	}
+	srv.start()
+	opened := sub.NextOfWithin(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED, 10*time.Second)
+	if opened.GetGeneration() != 2 || opened.GetConnectionId() != "feed" {
+		t.Fatalf("opened %v, want generation 2 of feed", opened)
+	}
+	servertest.Eventually(t, "feed connected again", func() bool {
+		c, err := g.Client.GetConnection(servertest.Context(t), &tcpgatev1.GetConnectionRequest{ConnectionId: "feed"})
+		return err == nil && c.GetConnection().GetState() == tcpgatev1.ConnectionState_CONNECTION_STATE_OPEN
+	})
+	if reply, err := sendLine(t, g, "feed", "two"); err != nil || reply != "echo two" {
+		t.Fatalf("Send after the restart = %q, %v", reply, err)
+	}
+	c, _ := g.Client.GetConnection(servertest.Context(t), &tcpgatev1.GetConnectionRequest{ConnectionId: "feed"})
+	if c.GetConnection().GetGeneration() != 2 || c.GetConnection().GetLastError() == "" {
+		t.Errorf("after the restart: %v, want generation 2 and the last error kept", c.GetConnection())
+	}
+}
+
+// A server that refuses: the RECONNECT_SCHEDULED delays grow as the
+// proto says, each within its jitter, [d/2, d] for d = min(initial·2^(n-1),
+// max), and Connect returned WAITING with the refusal as last_error.
+func TestReconnectBackoff(t *testing.T) {
+	addr := servertest.RefusedAddr(t)
+	g := servertest.Start(t, server.Config{})
+	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_RECONNECT_SCHEDULED}})
+	const initial, maxB = 20 * time.Millisecond, 160 * time.Millisecond
+	c := connect(t, g, &tcpgatev1.ConnectRequest{Address: addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: durationpb.New(initial), MaxBackoff: durationpb.New(maxB)}})
+	if c.GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_WAITING || !strings.Contains(c.GetLastError(), "refused") || c.GetAttempts() != 1 || c.GetNextAttemptAt() == nil {
+		t.Fatalf("Connect returned %v, want WAITING after 1 refused attempt, with next_attempt_at", c)
+	}
+	for n := uint32(1); n <= 7; n++ {
+		e := sub.Next()
+		d := min(initial<<(n-1), maxB)
+		if e.GetAttempt() != n || e.GetConnectionId() != c.GetConnectionId() || !strings.Contains(e.GetError(), "refused") {
+			t.Fatalf("event %d: %v, want attempt %d with the refusal", n, e, n)
+		}
+		if got := e.GetDelay().AsDuration(); got < d/2 || got > d {
+			t.Errorf("attempt %d: delay %s, want within [%s, %s]", n, got, d/2, d)
+		}
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -185,6 +186,21 @@ func (c *client) callError(err error) error {
 		msg += "; " + h.hint
 	}
 	return errors.New(msg)
+}
+
+// retryDelay returns the google.rpc.RetryInfo of a failed call: how long
+// until what failed may succeed.
+func retryDelay(err error) (time.Duration, bool) {
+	st, ok := status.FromError(err)
+	if !ok {
+		return 0, false
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay() != nil {
+			return ri.GetRetryDelay().AsDuration(), true
+		}
+	}
+	return 0, false
 }
 
 // hinted is a failed call with advice on what to change, appended to the
@@ -532,10 +548,20 @@ func newSendCmd(c *client) *cobra.Command {
 			defer cancel()
 			resp, err := c.api.Send(ctx, req)
 			if err != nil {
-				if reason, meta := rpc.ReasonOf(err); reason == tcpgatev1.ErrorReason_ERROR_REASON_REPLY_TIMEOUT && !framed && !endsWithNewline(req) {
+				reason, meta := rpc.ReasonOf(err)
+				switch {
+				case reason == tcpgatev1.ErrorReason_ERROR_REASON_REPLY_TIMEOUT && !framed && !endsWithNewline(req):
 					return hinted{err, "a line protocol answers only a whole line: send it framed (--framed), or end the payload with a newline (--newline)"}
-				} else if meta[rpc.MetaField] == "framed" {
+				case meta[rpc.MetaField] == "framed":
 					return hinted{err, "to an address, --framed encodes with the framing of --await line"}
+				case reason == tcpgatev1.ErrorReason_ERROR_REASON_NOT_CONNECTED:
+					retry := "retry once it is up"
+					if d, ok := retryDelay(err); ok {
+						retry = "retry in " + shortDuration(d)
+					}
+					return hinted{err, fmt.Sprintf("the connection is down and holds no sends: %s, or connect it with --queue SIZE (tcpgate connect --queue 64KiB) so that sends wait for the reconnect", retry)}
+				case reason == tcpgatev1.ErrorReason_ERROR_REASON_QUEUE_FULL:
+					return hinted{err, "the sends held while the connection is down fill its --queue: retry once it is up, or connect it with a larger --queue"}
 				}
 				return err
 			}

@@ -388,6 +388,10 @@ func connectError(err error, id string, noReconnect bool) error {
 		return hinted{err, "set by " + flag}
 	}
 	switch reason {
+	case tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_EXISTS:
+		return hinted{err, fmt.Sprintf("give another --id, or close that connection first (tcpgate close %s)", id)}
+	case tcpgatev1.ErrorReason_ERROR_REASON_ON_CONNECT_FAILED:
+		return hinted{err, "nothing was kept: check --on-connect, --expect and --expect-timeout; without --no-reconnect the gateway keeps trying"}
 	case tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_REFUSED, tcpgatev1.ErrorReason_ERROR_REASON_ADDRESS_UNREACHABLE,
 		tcpgatev1.ErrorReason_ERROR_REASON_HOST_NOT_FOUND, tcpgatev1.ErrorReason_ERROR_REASON_TIMEOUT,
 		tcpgatev1.ErrorReason_ERROR_REASON_TLS_HANDSHAKE_FAILED, tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_BROKEN:

@@ -375,6 +375,31 @@ func TestConnectCLIErrors(t *testing.T) {
 		}
 	})
 
+	t.Run("a send larger than the queue", func(t *testing.T) {
+		tg.mustRun(t, "connect", closed, "--id", "small", "--queue", "3")
+		_, stderr, err := tg.run(t, "send", "--to-conn", "small", "hello")
+		if err == nil || !strings.Contains(stderr, "ResourceExhausted") || !strings.Contains(stderr, "larger --queue") {
+			t.Errorf("send of 5 bytes to a connection down with --queue 3: %v, stderr %q; want ResourceExhausted and a hint of a larger --queue", err, stderr)
+		}
+		tg.mustRun(t, "close", "small")
+	})
+
+	t.Run("no reconnect, on-connect unanswered", func(t *testing.T) {
+		srv := newLineServer(t)
+		_, stderr, err := tg.run(t, "connect", srv.addr, "--id", "login", "--no-reconnect", "--framing", "line",
+			"--on-connect", "login", "--framed", "--expect", "WELCOME", "--expect-timeout", "300ms")
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(stderr, "Unavailable") || !strings.Contains(stderr, "--expect") {
+			t.Errorf("connect --no-reconnect whose --expect never comes: %v, stderr %q; want exit status 1, Unavailable and a hint naming --expect", err, stderr)
+		}
+		if got := srv.said(); len(got) != 1 || got[0] != "login\n" {
+			t.Errorf("the server saw %q, want one connection that logged in", got)
+		}
+		if _, stderr, err := tg.run(t, "conn", "login"); err == nil || !strings.Contains(stderr, "NotFound") {
+			t.Errorf("tcpgate conn login after the failed connect: %v, %q; want NotFound: nothing kept", err, stderr)
+		}
+	})
+
 	t.Run("no reconnect after a drop", func(t *testing.T) {
 		srv := newLineServer(t)
 		tg.mustRun(t, "connect", srv.addr, "--id", "once", "--no-reconnect")

@@ -7,8 +7,13 @@
 // connections and adds them to the connection registry
 // (internal/registry), which names each one, admits it under the limits
 // over every connection, and is where Send, the connection RPCs and
-// broadcasts find it; a connection's origin is data of its entry there,
-// so outbound connections will live beside accepted ones. Each
+// broadcasts find it; a connection's origin is data of its entry there.
+// A managed outbound connection (Connect) is one entry of the registry for
+// its whole life, while its sockets come and go: its supervisor
+// (internal/outbound, one goroutine each, owned by outbound.Manager) dials
+// through the dialer, attaches each socket as a new generation, writes
+// on_connect and heartbeats through the socket's write queue like a Send,
+// holds the Sends made while it is down, and reconnects with backoff. Each
 // connection (internal/conn) runs one read loop that cuts
 // its bytes into frames (internal/framing) and publishes them to the hub
 // (internal/hub). The hub numbers every event with a gateway-wide sequence,
@@ -51,6 +56,7 @@
 //
 //	hub.Hub.mu                 ->  hub.Subscriber.mu
 //	listener.Registry.mu       ->  registry.Registry.mu
+//	outbound.Manager.mu        ->  registry.Registry.mu
 //
 // A connection's write turn (conn.Conn.writeTurn, a channel) is held while
 // a write is queued, and across the wait for room, never across the write
@@ -66,7 +72,11 @@
 // I/O runs while it is held (a drain rereads its deadline under it and
 // waits outside it). registry.Registry.mu is a leaf: under it a
 // connection is made (conn.New does no I/O) and its state read from an
-// atomic; snapshots are taken after releasing it. The server's table of
+// atomic; snapshots are taken after releasing it. outbound.Manager.mu
+// takes registry.Registry.mu only to list a new connection, so that no
+// connection is added once the manager is closed; a supervisor's own lock
+// is a leaf (it is released before a socket is closed or the registry is
+// told anything). The server's table of
 // calls in flight has a leaf lock of its own.
 //
 // Counters of connections and listeners are atomics and take no lock.
@@ -100,8 +110,11 @@
 //     connections close;
 //  7. every listener stops and every connection closes with reason
 //     SHUTDOWN (a partial frame is delivered, as at any close, though no
-//     subscriber is left to see it); one-shot sends still closing
-//     gracefully are closed; the profiling endpoint closes.
+//     subscriber is left to see it); managed outbound connections close
+//     with SHUTDOWN at the same time, those waiting to reconnect publish a
+//     CONNECTION_CLOSED of their own, and none is dialed again
+//     (outbound.Manager.Close waits for every supervisor); one-shot sends
+//     still closing gracefully are closed; the profiling endpoint closes.
 //
 // Each wait logs "shutdown waiting" every second: what for, the calls still
 // running (the oldest named, with their age) and the connections open.

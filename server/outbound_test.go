@@ -166,7 +166,11 @@ func TestConnectSendClose(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{Origins: []tcpgatev1.Origin{tcpgatev1.Origin_ORIGIN_OUTBOUND}})
 
-	c := connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "plc", Address: srv.addr, Framing: lineFraming()})
+	resp, err := g.Client.Connect(servertest.Context(t), &tcpgatev1.ConnectRequest{ConnectionId: "plc", Address: srv.addr, Framing: lineFraming()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := resp.GetConnection()
 	if c.GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_OPEN || c.GetConnectionId() != "plc" || c.GetGeneration() != 1 ||
 		c.GetOrigin() != tcpgatev1.Origin_ORIGIN_OUTBOUND || c.GetAddress() != srv.addr || c.GetRemoteAddress() != srv.addr {
 		t.Fatalf("Connect returned %v, want plc OPEN, generation 1, outbound to %s", c, srv.addr)
@@ -174,6 +178,9 @@ func TestConnectSendClose(t *testing.T) {
 	opened := sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
 	if opened.GetConnectionId() != "plc" || opened.GetGeneration() != 1 || opened.GetOrigin() != tcpgatev1.Origin_ORIGIN_OUTBOUND {
 		t.Fatalf("opened event %v, want plc generation 1 outbound", opened)
+	}
+	if resp.GetHeader().GetLastSequence() < opened.GetSequence() {
+		t.Errorf("Connect's header at sequence %d, before its CONNECTION_OPENED (%d)", resp.GetHeader().GetLastSequence(), opened.GetSequence())
 	}
 
 	reply, err := sendLine(t, g, "plc", "status")
@@ -287,5 +294,26 @@ func TestReconnectBackoff(t *testing.T) {
 		if got := e.GetDelay().AsDuration(); got < d/2 || got > d {
 			t.Errorf("attempt %d: delay %s, want within [%s, %s]", n, got, d/2, d)
 		}
+	}
+}
+
+// A server that accepts and closes at once: each socket that drops before
+// it stayed up max(initial_backoff, 1 s) counts as a failed attempt, so the
+// attempts go on counting and the backoff grows, instead of starting over
+// at every connection.
+func TestShortConnectionsBackOff(t *testing.T) {
+	addr := servertest.Peer(t, func(net.Conn) {}) // closes at once
+	g := servertest.Start(t, server.Config{})
+	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"flap"}, Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_RECONNECT_SCHEDULED}})
+	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "flap", Address: addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10), MaxBackoff: ms(80)}})
+	for n := uint32(1); n <= 5; n++ {
+		e := sub.Next()
+		d := min(10*time.Millisecond<<(n-1), 80*time.Millisecond)
+		if e.GetAttempt() != n || e.GetDelay().AsDuration() < d/2 || e.GetDelay().AsDuration() > d || e.GetGeneration() != uint64(n) {
+			t.Fatalf("scheduled %v, want attempt %d after generation %d, delay within [%s, %s]", e, n, n, d/2, d)
+		}
+	}
+	if c := getConn(t, g, "flap"); c.GetAttempts() < 5 {
+		t.Errorf("attempts = %d, want at least 5 failed in a row", c.GetAttempts())
 	}
 }

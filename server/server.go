@@ -262,6 +262,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxWriteBufferBytes < 0 {
 		return nil, fmt.Errorf("--max-write-buffer-bytes %d: must be positive, or 0 for %d", cfg.MaxWriteBufferBytes, DefaultMaxWriteBufferBytes)
 	}
+	if cfg.MaxOutboundConnections < 0 {
+		return nil, fmt.Errorf("--max-outbound-connections %d: must not be negative (0 means no limit)", cfg.MaxOutboundConnections)
+	}
+	if cfg.MaxQueueWhileDownBytes < 0 {
+		return nil, fmt.Errorf("--max-queue-while-down-bytes %d: must be positive, or 0 for %d", cfg.MaxQueueWhileDownBytes, DefaultMaxQueueWhileDownBytes)
+	}
 	if err := rpc.CheckNodeID(cfg.NodeID); err != nil {
 		return nil, fmt.Errorf("--node-id: %w", err)
 	}

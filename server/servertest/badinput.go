@@ -503,6 +503,12 @@ func (b *BadInputs) rows() []BadInput {
 		}), Code: inv, Reason: rInvalid, Field: "on_connect.data", Mention: "on_connect.data"},
 		{RPC: con, Name: "tcp_user_timeout over an hour", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.TcpUserTimeout = durationpb.New(2 * time.Hour) }),
 			Code: inv, Reason: rInvalid, Field: "tcp_user_timeout", Mention: "tcp_user_timeout"},
+		{RPC: con, Name: "keep_alive.count over 127", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.KeepAlive = &tcpgatev1.TcpKeepAlive{Count: 128} }),
+			Code: inv, Reason: rInvalid, Field: "keep_alive.count", Mention: "keep_alive.count"},
+		{RPC: con, Name: "keep_alive.idle over 32767s", Req: dial(func(r *tcpgatev1.ConnectRequest) {
+			r.KeepAlive = &tcpgatev1.TcpKeepAlive{Idle: durationpb.New(32768 * time.Second)}
+		}),
+			Code: inv, Reason: rInvalid, Field: "keep_alive.idle", Mention: "keep_alive.idle"},
 		{RPC: con, Name: "idle_timeout negative", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.IdleTimeout = durationpb.New(-time.Second) }),
 			Code: inv, Reason: rInvalid, Field: "idle_timeout", Mention: "idle_timeout"},
 		{RPC: con, Name: "queue_while_down_bytes over the daemon's bound", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.QueueWhileDownBytes = 1 << 40 }),

@@ -1650,7 +1650,8 @@ type Connection struct {
 	// When it was accepted; for an outbound connection, when its current
 	// socket connected, or when Connect made it while it has none.
 	OpenedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=opened_at,json=openedAt,proto3" json:"opened_at,omitempty"`
-	// The subject of the peer's TLS client certificate, if it gave one.
+	// The subject of the peer's TLS client certificate, if it gave one; of
+	// an outbound connection over TLS, the server's certificate.
 	PeerSubject string `protobuf:"bytes,10,opt,name=peer_subject,json=peerSubject,proto3" json:"peer_subject,omitempty"`
 	// Bytes received (an outbound connection's over all its sockets, as
 	// every counter below).
@@ -2100,7 +2101,9 @@ type OnConnect struct {
 	Framed bool `protobuf:"varint,3,opt,name=framed,proto3" json:"framed,omitempty"`
 	// When set, a reply frame that matches it must come within timeout, or the
 	// connection is closed with CLOSE_REASON_ON_CONNECT_FAILED (and dialed
-	// again). The reply answers no Send.
+	// again). The reply answers no Send. Set it when the peer answers
+	// on_connect: unset, an answer it sends anyway is a frame like any, and
+	// answers the next Send that awaits a reply without a match.
 	Expect *ReplyMatch `protobuf:"bytes,4,opt,name=expect,proto3" json:"expect,omitempty"`
 	// How long to wait for expect. Unset or 0 means 10 s. Only with expect.
 	Timeout       *durationpb.Duration `protobuf:"bytes,5,opt,name=timeout,proto3" json:"timeout,omitempty"`
@@ -2220,7 +2223,8 @@ type Heartbeat struct {
 	// When set, a reply frame that matches it must come within timeout, or
 	// the peer is taken as dead: the connection is closed with
 	// CLOSE_REASON_HEARTBEAT_FAILED (and dialed again). The reply answers no
-	// Send. Unset means no reply is awaited.
+	// Send. Unset means no reply is awaited (set it when the peer answers
+	// heartbeats, as for on_connect's expect).
 	Expect *ReplyMatch `protobuf:"bytes,5,opt,name=expect,proto3" json:"expect,omitempty"`
 	// How long to wait for expect. Unset or 0 means interval. Only with
 	// expect.
@@ -2335,11 +2339,12 @@ type TcpKeepAlive struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// No probes.
 	Disabled bool `protobuf:"varint,1,opt,name=disabled,proto3" json:"disabled,omitempty"`
-	// Idle time before the first probe. Unset means 15 s.
+	// Idle time before the first probe. Unset means 15 s; at most 32767 s.
 	Idle *durationpb.Duration `protobuf:"bytes,2,opt,name=idle,proto3" json:"idle,omitempty"`
-	// Time between probes. Unset means 15 s.
+	// Time between probes. Unset means 15 s; at most 32767 s.
 	Interval *durationpb.Duration `protobuf:"bytes,3,opt,name=interval,proto3" json:"interval,omitempty"`
-	// Unanswered probes before the connection is dropped. 0 means 9.
+	// Unanswered probes before the connection is dropped. 0 means 9; at
+	// most 127.
 	Count         uint32 `protobuf:"varint,4,opt,name=count,proto3" json:"count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

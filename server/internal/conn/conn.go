@@ -123,6 +123,7 @@ type Conn struct {
 	ctx      context.Context // canceled by Close, so a waiting publish gives up
 	cancel   context.CancelFunc
 	done     chan struct{} // closed when Serve returns
+	opened   chan struct{} // closed once CONNECTION_OPENED is published
 	// stopWatch stops closing the connection when New's ctx ends.
 	stopWatch func() bool
 
@@ -157,8 +158,15 @@ func New(ctx context.Context, nc net.Conn, cfg Config) *Conn {
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = DefaultWriteTimeout
 	}
-	c := &Conn{cfg: cfg, nc: nc, remote: nc.RemoteAddr().String(), openedAt: time.Now(), done: make(chan struct{}), writeTurn: make(chan struct{}, 1)}
+	c := &Conn{cfg: cfg, nc: nc, remote: nc.RemoteAddr().String(), openedAt: time.Now(), done: make(chan struct{}), opened: make(chan struct{}), writeTurn: make(chan struct{}, 1)}
 	c.lastWrite.Store(c.openedAt.UnixNano())
+	if tc, ok := nc.(*tls.Conn); ok {
+		// An outbound socket's handshake is the dialer's, done by now:
+		// its subject is known before Serve, for the caller's snapshot.
+		if st := tc.ConnectionState(); st.HandshakeComplete && len(st.PeerCertificates) > 0 {
+			c.subject = st.PeerCertificates[0].Subject.String()
+		}
+	}
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	c.stopWatch = context.AfterFunc(ctx, func() { c.Close(event.ReasonShutdown) })
 	return c
@@ -183,10 +191,6 @@ func (c *Conn) OpenedAt() time.Time { return c.openedAt }
 // when it opened if none were. It takes no lock.
 func (c *Conn) LastWrite() time.Time { return time.Unix(0, c.lastWrite.Load()) }
 
-// Generation returns the number of the socket of a managed outbound
-// connection; 0 for an accepted one.
-func (c *Conn) Generation() uint64 { return c.cfg.Generation }
-
 // Counters returns the connection's live counters.
 func (c *Conn) Counters() *Counters { return &c.counters }
 
@@ -201,6 +205,12 @@ func (c *Conn) Reason() event.CloseReason {
 // the connection stays open for writes (Config.HalfCloseTimeout). It takes
 // no lock.
 func (c *Conn) HalfClosed() bool { return c.halfClosed.Load() }
+
+// Opened is closed once Serve has published CONNECTION_OPENED (or
+// returned without): a writer of its own accord (an outbound connection's
+// on_connect) waits for it, so that nothing of the connection precedes
+// its opening in the event stream.
+func (c *Conn) Opened() <-chan struct{} { return c.opened }
 
 // Done is closed when Serve has returned and the socket is closed.
 func (c *Conn) Done() <-chan struct{} { return c.done }
@@ -228,6 +238,8 @@ func (c *Conn) CloseWith(reason event.CloseReason, why string) {
 // unfinished frame as a partial DATA, and CONNECTION_CLOSED last.
 func (c *Conn) Serve() {
 	defer close(c.done)
+	openedOnce := sync.OnceFunc(func() { close(c.opened) })
+	defer openedOnce()
 	defer c.cancel()
 	defer c.stopWatch()
 
@@ -245,6 +257,7 @@ func (c *Conn) Serve() {
 		LocalAddr:    c.LocalAddr(),
 		PeerSubject:  c.PeerSubject(),
 	})
+	openedOnce()
 
 	splitter, err := framing.NewSplitter(c.cfg.Framing)
 	var reason event.CloseReason

@@ -200,13 +200,13 @@ func (m *Manager) Connect(ctx context.Context, spec Spec) (registry.Info, error)
 		s.cancel()
 		return registry.Info{}, fmt.Errorf("connecting to %s: %w", spec.Address, ErrClosed)
 	}
-	h, err := m.cfg.Conns.AddOutbound(registry.OutboundSpec{ID: spec.ID, Address: spec.Address, Framing: spec.Framing, Managed: s})
+	h, err := m.cfg.Conns.AddOutbound(registry.OutboundSpec{ID: spec.ID, Address: spec.Address, Framing: spec.Framing,
+		Managed: func(h *registry.Handle) registry.Managed { s.h = h; return s }})
 	if err != nil {
 		m.mu.Unlock()
 		s.cancel()
 		return registry.Info{}, err
 	}
-	s.h = h
 	m.sups[s] = struct{}{}
 	m.wg.Add(1)
 	m.mu.Unlock()
@@ -395,7 +395,9 @@ func (s *supervisor) attempt() (*conn.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := s.h.Attach(s.ctx, nc, s.gen+1, conn.Config{
+	// The manager's context, not the supervisor's: stop closes the socket
+	// itself, with its own reason, which a canceled context would race.
+	c, err := s.h.Attach(s.m.ctx, nc, s.gen+1, conn.Config{
 		Framing: s.spec.Framing, IdleTimeout: s.spec.IdleTimeout, WriteTimeout: s.m.cfg.WriteTimeout, Publisher: s.m.cfg.Publisher,
 	}, s.closed)
 	if err != nil {
@@ -435,6 +437,13 @@ func (s *supervisor) serve(c *conn.Conn) (connected bool, up time.Duration, why 
 	s.mu.Unlock()
 	if reason != event.ReasonUnspecified {
 		c.Close(reason) // closed for good while it dialed
+		return false, 0, ""
+	}
+	// Nothing is written before the socket's CONNECTION_OPENED is out, and
+	// Connect's header is then past it.
+	select {
+	case <-c.Opened():
+	case <-c.Done():
 		return false, 0, ""
 	}
 	if oc := s.spec.OnConnect; oc != nil {

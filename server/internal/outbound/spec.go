@@ -43,6 +43,11 @@ const (
 	MinHeartbeatInterval = 10 * time.Millisecond
 	// MaxUserTimeout bounds tcp_user_timeout.
 	MaxUserTimeout = time.Hour
+	// MaxKeepAliveCount and MaxKeepAliveTime are Linux's bounds of
+	// TCP_KEEPCNT and TCP_KEEPIDLE/TCP_KEEPINTVL: past them every dial
+	// would fail setting the socket up.
+	MaxKeepAliveCount = 127
+	MaxKeepAliveTime  = 32767 * time.Second
 	// DefaultMaxQueueWhileDownBytes bounds queue_while_down_bytes when
 	// Config.MaxQueueWhileDownBytes is 0: a few seconds of commands at
 	// a busy rate for each of a few connections, far from the daemon's
@@ -227,6 +232,14 @@ func (s *Spec) normalize(cfg *Config) error {
 		if err := hb.check("heartbeat", cfg.MaxSendBytes, hb.Interval, s.Framing); err != nil {
 			return err
 		}
+	}
+	switch ka := s.KeepAlive; {
+	case ka.Count > MaxKeepAliveCount:
+		return fieldErr("keep_alive.count", "must be at most %d, got %d", MaxKeepAliveCount, ka.Count)
+	case ka.Idle > MaxKeepAliveTime:
+		return fieldErr("keep_alive.idle", "must be at most %s, got %s", MaxKeepAliveTime, ka.Idle)
+	case ka.Interval > MaxKeepAliveTime:
+		return fieldErr("keep_alive.interval", "must be at most %s, got %s", MaxKeepAliveTime, ka.Interval)
 	}
 	if s.UserTimeout > MaxUserTimeout {
 		return fieldErr("tcp_user_timeout", "must be at most %s, got %s", MaxUserTimeout, s.UserTimeout)

@@ -37,8 +37,11 @@ type OutboundSpec struct {
 	// Framing is its sockets' framing, which a framed Send encodes with;
 	// it must be normalized.
 	Framing framing.Config
-	// Managed is its supervisor.
-	Managed Managed
+	// Managed makes its supervisor, given the entry's handle. It is
+	// called with the registry's lock held, before the entry is listed, so
+	// that no lookup finds a supervisor without its handle: it must only
+	// keep the handle.
+	Managed func(*Handle) Managed
 }
 
 // Handle is the registry's handle of a managed outbound connection's
@@ -61,20 +64,22 @@ func (r *Registry) AddOutbound(s OutboundSpec) (*Handle, error) {
 	switch {
 	case id != "" && r.conns[id] != nil:
 		return nil, fmt.Errorf("connecting %q: %w", id, ErrExists)
-	case r.cfg.MaxOutbound > 0 && r.outbound >= r.cfg.MaxOutbound:
+	case r.cfg.MaxOutbound > 0 && len(r.outs) >= r.cfg.MaxOutbound:
 		return nil, &limits.Error{Doing: "connecting", Name: "max_outbound_connections", Flag: "--max-outbound-connections", Limit: r.cfg.MaxOutbound, Err: ErrLimit}
 	case id == "":
 		id = r.newIDLocked()
 	}
 	e := &entry{id: id, origin: Outbound, out: &outEntry{
-		address: s.Address, framing: s.Framing, managed: s.Managed, created: time.Now(), phase: Connecting,
+		address: s.Address, framing: s.Framing, created: time.Now(), phase: Connecting,
 	}}
+	h := &Handle{r: r, e: e}
+	e.out.managed = s.Managed(h)
 	r.conns[id] = e
-	r.outbound++
+	r.outs[e] = struct{}{}
 	r.serial++
 	e.serial = r.serial
 	r.order.Add(e.serial, e)
-	return &Handle{r: r, e: e}, nil
+	return h, nil
 }
 
 // ID returns the connection's id.
@@ -140,7 +145,7 @@ func (r *Registry) removeLocked(e *entry) {
 	e.out.removed = true
 	delete(r.conns, e.id)
 	r.order.Remove(e.serial)
-	r.outbound--
+	delete(r.outs, e)
 }
 
 // Remove forgets the entry of a connection closed for good while it holds
@@ -189,15 +194,6 @@ func (o *Handle) SetWaiting(lastError string, attempts uint32, next time.Time) {
 	o.e.out.lastError = lastError
 	o.e.out.attempts = attempts
 	o.e.out.next = next
-	o.r.mu.Unlock()
-}
-
-// SetLastError records why the last attempt failed or the last socket
-// ended.
-func (o *Handle) SetLastError(lastError string, attempts uint32) {
-	o.r.mu.Lock()
-	o.e.out.lastError = lastError
-	o.e.out.attempts = attempts
 	o.r.mu.Unlock()
 }
 

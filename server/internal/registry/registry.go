@@ -118,7 +118,7 @@ type Info struct {
 	FramesIn    uint64
 	FramesOut   uint64
 
-	// Of an outbound connection only (see Handle.s setters).
+	// Of an outbound connection only (see Handle's setters).
 
 	// Address is what it dials, as given.
 	Address string
@@ -168,10 +168,11 @@ type Registry struct {
 	// sockets counts the entries that hold a socket: the accepted ones,
 	// and the outbound ones while attached (MaxConnections).
 	sockets int
-	// outbound counts the outbound entries (MaxOutbound).
-	outbound int
-	perIP    map[netip.Addr]int // admitted connections by peer IP, of the peers MaxConnectionsPerIP counts
-	groups   map[string]*Group  // by listener id
+	// outs are the outbound entries (MaxOutbound counts them), apart so
+	// that Stats does not walk every connection.
+	outs   map[*entry]struct{}
+	perIP  map[netip.Addr]int // admitted connections by peer IP, of the peers MaxConnectionsPerIP counts
+	groups map[string]*Group  // by listener id
 	// serial is the creation serial last given to a connection as it was
 	// admitted: lists are in its order.
 	serial uint64
@@ -241,6 +242,7 @@ func New(cfg Config) *Registry {
 		conns:  make(map[string]*entry),
 		perIP:  make(map[netip.Addr]int),
 		groups: make(map[string]*Group),
+		outs:   make(map[*entry]struct{}),
 	}
 }
 
@@ -694,10 +696,8 @@ type Stats struct {
 func (r *Registry) Stats() Stats {
 	r.mu.Lock()
 	st := Stats{ConnectionsOpen: r.sockets, Outbound: make(map[State]int)}
-	for _, e := range r.conns {
-		if e.out != nil {
-			st.Outbound[stateLocked(e)]++
-		}
+	for e := range r.outs {
+		st.Outbound[stateLocked(e)]++
 	}
 	r.mu.Unlock()
 	st.Closed = make(map[event.CloseReason]uint64, len(r.closed))

@@ -314,6 +314,18 @@ func TestConnectCLI(t *testing.T) {
 		}
 	}
 
+	// By name: connect prints the address as given and the peer it
+	// resolved to; conns shows the address as given.
+	_, port, _ := net.SplitHostPort(srv.addr)
+	out = tg.mustRunOut(t, "connect", "localhost:"+port, "--id", "named", "--no-reconnect")
+	if !regexp.MustCompile(`^connection named open to localhost:` + port + ` at (127\.0\.0\.1|\[::1\]):` + port + ` \(generation 1\)\n$`).MatchString(out) {
+		t.Errorf("tcpgate connect localhost:%s printed %q, want it open to localhost:%s at the address it resolved to", port, out, port)
+	}
+	if row := connsRow(tg.mustRunOut(t, "conns"), "named"); len(row) < 4 || row[3] != "localhost:"+port {
+		t.Errorf("tcpgate conns: the row of named is %q, want REMOTE localhost:%s, the address it dials", row, port)
+	}
+	tg.mustRun(t, "close", "named")
+
 	stdout, _ = tg.mustRun(t, "close", "feed")
 	if want := "connection feed to " + srv.addr + " closed (after 2 generations): no more reconnects\n"; stdout != want {
 		t.Errorf("tcpgate close feed: %q, want %q", stdout, want)

@@ -24,15 +24,16 @@ type collector struct {
 	listeners *listener.Registry
 	conns     *registry.Registry
 	dialer    *dialer.Dialer
-	outbound  *outbound.Manager
 
+	listenersD, connsOpen, accepted, closed *prometheus.Desc
+	bytesIn, bytesOut, framesIn, framesOut  *prometheus.Desc
+	events, ringBytes                       *prometheus.Desc
+	subscribers, queued, dropped, discon    *prometheus.Desc
+	dials, dialsFailed, dialOut, dialIn     *prometheus.Desc
+	writeQueued                             *prometheus.Desc
+
+	outbound                                        *outbound.Manager
 	outboundD, reconnects, outDialFailed, outQueued *prometheus.Desc
-	listenersD, connsOpen, accepted, closed         *prometheus.Desc
-	bytesIn, bytesOut, framesIn, framesOut          *prometheus.Desc
-	events, ringBytes                               *prometheus.Desc
-	subscribers, queued, dropped, discon            *prometheus.Desc
-	dials, dialsFailed, dialOut, dialIn             *prometheus.Desc
-	writeQueued                                     *prometheus.Desc
 }
 
 func newCollector(h *hub.Hub, r *listener.Registry, conns *registry.Registry, dl *dialer.Dialer, out *outbound.Manager) *collector {
@@ -40,34 +41,35 @@ func newCollector(h *hub.Hub, r *listener.Registry, conns *registry.Registry, dl
 		return prometheus.NewDesc("tcpgate_"+name, help, labels, nil)
 	}
 	return &collector{
-		hub:           h,
-		listeners:     r,
-		conns:         conns,
-		dialer:        dl,
+		hub:         h,
+		listeners:   r,
+		conns:       conns,
+		dialer:      dl,
+		dials:       d("address_sends_total", "Sends to an address (one-shot connections), failed ones included."),
+		dialsFailed: d("address_sends_failed_total", "Sends to an address that returned an error."),
+		dialOut:     d("address_sent_bytes_total", "Payload bytes written by sends to an address."),
+		dialIn:      d("address_reply_bytes_total", "Reply bytes returned by sends to an address."),
+		listenersD:  d("listeners", "Listeners running now."),
+		connsOpen:   d("connections_open", "Connections open now: accepted ones, and outbound ones that hold a socket."),
+		accepted:    d("connections_accepted_total", "Connections accepted, including those refused by a limit."),
+		closed:      d("connections_closed_total", "Connections closed, by close reason.", "reason"),
+		bytesIn:     d("received_bytes_total", "Bytes received on accepted connections."),
+		bytesOut:    d("sent_bytes_total", "Bytes written to accepted connections."),
+		framesIn:    d("received_frames_total", "Frames received on accepted connections."),
+		framesOut:   d("sent_writes_total", "Writes to accepted connections (sends and auto replies)."),
+		events:      d("events_published_total", "Events published; equals the last sequence."),
+		ringBytes:   d("replay_ring_bytes", "Bytes held by the replay ring."),
+		subscribers: d("subscribers", "Subscribe streams open now, by slow-consumer policy.", "policy"),
+		queued:      d("subscriber_queued_bytes", "Bytes queued for subscribers, by slow-consumer policy.", "policy"),
+		dropped:     d("events_dropped_total", "Events dropped from subscriber queues, by slow-consumer policy.", "policy"),
+		discon:      d("subscribers_disconnected_total", "Subscribe streams ended for falling behind: DISCONNECT at a full queue, BACKPRESSURE when a publisher could wait for room no longer."),
+		writeQueued: d("write_queued_bytes", "Bytes queued for writing to accepted connections (sends, broadcasts, auto replies), at most --max-write-buffer-bytes."),
+
 		outbound:      out,
 		outboundD:     d("outbound_connections", "Managed outbound connections (Connect) now, by state: connecting, open, half_closed, waiting.", "state"),
 		reconnects:    d("outbound_reconnects_total", "Reconnects of managed outbound connections scheduled (RECONNECT_SCHEDULED events)."),
 		outDialFailed: d("outbound_dial_failures_total", "Failed attempts of managed outbound connections to connect, by reason: refused, unreachable, host_not_found, policy_denied, tls_handshake, timeout, limit, other.", "reason"),
 		outQueued:     d("outbound_queued_bytes", "Bytes of Sends held by managed outbound connections while down, at most each one's queue_while_down_bytes."),
-		dials:         d("address_sends_total", "Sends to an address (one-shot connections), failed ones included."),
-		dialsFailed:   d("address_sends_failed_total", "Sends to an address that returned an error."),
-		dialOut:       d("address_sent_bytes_total", "Payload bytes written by sends to an address."),
-		dialIn:        d("address_reply_bytes_total", "Reply bytes returned by sends to an address."),
-		listenersD:    d("listeners", "Listeners running now."),
-		connsOpen:     d("connections_open", "Connections open now: accepted ones, and outbound ones that hold a socket."),
-		accepted:      d("connections_accepted_total", "Connections accepted, including those refused by a limit."),
-		closed:        d("connections_closed_total", "Connections closed, by close reason.", "reason"),
-		bytesIn:       d("received_bytes_total", "Bytes received on accepted connections."),
-		bytesOut:      d("sent_bytes_total", "Bytes written to accepted connections."),
-		framesIn:      d("received_frames_total", "Frames received on accepted connections."),
-		framesOut:     d("sent_writes_total", "Writes to accepted connections (sends and auto replies)."),
-		events:        d("events_published_total", "Events published; equals the last sequence."),
-		ringBytes:     d("replay_ring_bytes", "Bytes held by the replay ring."),
-		subscribers:   d("subscribers", "Subscribe streams open now, by slow-consumer policy.", "policy"),
-		queued:        d("subscriber_queued_bytes", "Bytes queued for subscribers, by slow-consumer policy.", "policy"),
-		dropped:       d("events_dropped_total", "Events dropped from subscriber queues, by slow-consumer policy.", "policy"),
-		discon:        d("subscribers_disconnected_total", "Subscribe streams ended for falling behind: DISCONNECT at a full queue, BACKPRESSURE when a publisher could wait for room no longer."),
-		writeQueued:   d("write_queued_bytes", "Bytes queued for writing to accepted connections (sends, broadcasts, auto replies), at most --max-write-buffer-bytes."),
 	}
 }
 

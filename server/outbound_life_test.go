@@ -22,13 +22,13 @@ import (
 // CLOSED in the response, a CONNECTION_CLOSED of its own (CLOSED_BY_API),
 // gone from the lists, and no attempt after it reaches the server.
 func TestCloseWhileWaiting(t *testing.T) {
-	srv := newLineServer(t, echoAnswer)
+	srv := servertest.NewLineServer(t, servertest.EchoLine)
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"w"}})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "w", Address: srv.addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(300), MaxBackoff: ms(300)}})
-	srv.kill()
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "w", Address: srv.Addr(), Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(300), MaxBackoff: ms(300)}})
+	srv.Kill()
 	sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_RECONNECT_SCHEDULED)
-	srv.start()
+	srv.Start()
 	resp, err := g.Client.CloseConnection(servertest.Context(t), &tcpgatev1.CloseConnectionRequest{ConnectionId: "w"})
 	if err != nil || resp.GetConnection().GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_CLOSED {
 		t.Fatalf("CloseConnection while waiting = %v, %v; want CLOSED", resp, err)
@@ -42,7 +42,7 @@ func TestCloseWhileWaiting(t *testing.T) {
 		t.Fatalf("ListConnections after close = %v, %v; want none", list.GetConnections(), err)
 	}
 	time.Sleep(500 * time.Millisecond) // past the reconnect that was scheduled
-	if n := srv.accepted(); n != 1 {
+	if n := srv.Accepted(); n != 1 {
 		t.Fatalf("the server accepted %d connections, want 1: the close stops the reconnects", n)
 	}
 }
@@ -51,9 +51,9 @@ func TestCloseWhileWaiting(t *testing.T) {
 // RECONNECT_GAVE_UP, saying the last failure; it is no longer listed.
 func TestReconnectGivesUp(t *testing.T) {
 	addr := servertest.RefusedAddr(t)
-	g := servertest.Start(t, server.Config{})
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"g"}})
-	c := connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "g", Address: addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10), MaxAttempts: 3}})
+	c := g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "g", Address: addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10), MaxAttempts: 3}})
 	if c.GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_WAITING {
 		t.Fatalf("Connect = %v, want WAITING", c)
 	}
@@ -68,17 +68,20 @@ func TestReconnectGivesUp(t *testing.T) {
 	}
 	_, err := g.Client.GetConnection(servertest.Context(t), &tcpgatev1.GetConnectionRequest{ConnectionId: "g"})
 	servertest.WantCode(t, err, codes.NotFound)
+	if got := metric(t, g, `tcpgate_connections_closed_total{reason="reconnect_gave_up"}`); got != 1 {
+		t.Errorf(`tcpgate_connections_closed_total{reason="reconnect_gave_up"} = %v, want 1`, got)
+	}
 }
 
 // Shutdown closes outbound connections with SHUTDOWN and dials none of
 // them again, waiting or connected; StopListener leaves them alone.
 func TestShutdownClosesOutbound(t *testing.T) {
-	srv := newLineServer(t, echoAnswer)
+	srv := servertest.NewLineServer(t, servertest.EchoLine)
 	waiting := servertest.RefusedAddr(t)
 	g := servertest.Start(t, server.Config{})
 	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "l", Host: "127.0.0.1"})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "up", Address: srv.addr, Framing: lineFraming(), Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10)}})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "down", Address: waiting, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10)}})
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "up", Address: srv.Addr(), Framing: lineFraming(), Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10)}})
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "down", Address: waiting, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10)}})
 	servertest.Dial(t, l.GetAddress())
 	if _, err := g.Client.StopListener(servertest.Context(t), &tcpgatev1.StopListenerRequest{ListenerId: "l"}); err != nil {
 		t.Fatal(err)
@@ -93,9 +96,7 @@ func TestShutdownClosesOutbound(t *testing.T) {
 	closed := make(chan struct{})
 	go func() {
 		defer close(closed)
-		srv.mu.Lock()
-		c := srv.conns[0]
-		srv.mu.Unlock()
+		c := srv.Conn(0)
 		_ = c.SetReadDeadline(time.Now().Add(servertest.Wait))
 		var b [1]byte
 		_, _ = c.Read(b[:]) // the gateway's close ends it
@@ -109,7 +110,7 @@ func TestShutdownClosesOutbound(t *testing.T) {
 		t.Fatal("the outbound socket was not closed by the shutdown")
 	}
 	time.Sleep(200 * time.Millisecond) // twenty initial backoffs
-	if n := srv.accepted(); n != 1 {
+	if n := srv.Accepted(); n != 1 {
 		t.Fatalf("the server accepted %d connections, want 1: shutdown reconnects nothing", n)
 	}
 }
@@ -119,21 +120,21 @@ func TestShutdownClosesOutbound(t *testing.T) {
 // from Connect until closed for good, connected or not; --max-connections
 // counts an outbound connection only while it holds a socket.
 func TestOutboundLimits(t *testing.T) {
-	srv := newLineServer(t, echoAnswer)
+	srv := servertest.NewLineServer(t, servertest.EchoLine)
 	refused := servertest.RefusedAddr(t)
 	g := servertest.Start(t, server.Config{MaxOutboundConnections: 2, MaxConnections: 1})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "a", Address: srv.addr})
-	_, err := g.Client.Connect(servertest.Context(t), &tcpgatev1.ConnectRequest{ConnectionId: "a", Address: srv.addr})
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "a", Address: srv.Addr()})
+	_, err := g.Client.Connect(servertest.Context(t), &tcpgatev1.ConnectRequest{ConnectionId: "a", Address: srv.Addr()})
 	if e := servertest.ErrorOf(err); e.Code != codes.AlreadyExists || e.Reason != "CONNECTION_EXISTS" || !strings.Contains(e.Message, `"a"`) {
 		t.Fatalf("Connect with an id in use: %v, want AlreadyExists CONNECTION_EXISTS naming it", err)
 	}
 	// A waiting connection holds no socket: --max-connections (1) is
 	// a's, and b counts toward --max-outbound-connections only.
-	b := connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "b", Address: refused})
+	b := g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "b", Address: refused})
 	if b.GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_WAITING {
 		t.Fatalf("b = %v, want WAITING", b)
 	}
-	_, err = g.Client.Connect(servertest.Context(t), &tcpgatev1.ConnectRequest{Address: srv.addr})
+	_, err = g.Client.Connect(servertest.Context(t), &tcpgatev1.ConnectRequest{Address: srv.Addr()})
 	if e := servertest.ErrorOf(err); e.Code != codes.ResourceExhausted || e.Reason != "LIMIT_REACHED" || e.Meta["flag"] != "--max-outbound-connections" {
 		t.Fatalf("a third Connect: %v, want ResourceExhausted naming --max-outbound-connections", err)
 	}
@@ -148,7 +149,7 @@ func TestOutboundLimits(t *testing.T) {
 	if _, err := g.Client.CloseConnection(servertest.Context(t), &tcpgatev1.CloseConnectionRequest{ConnectionId: "b"}); err != nil {
 		t.Fatal(err)
 	}
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "c", Address: refused}) // b's place is free again
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "c", Address: refused}) // b's place is free again
 }
 
 // A server that resets a connection in the middle of a frame: the line cut
@@ -181,7 +182,7 @@ func TestOutboundPeerFaults(t *testing.T) {
 	})
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"f"}})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "f", Address: addr, Framing: lineFraming(), Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10)}})
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "f", Address: addr, Framing: lineFraming(), Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10)}})
 	var seen []string
 	for len(seen) < 7 {
 		e := sub.Next()
@@ -211,10 +212,10 @@ func TestOutboundPeerFaults(t *testing.T) {
 // Connect over REST: POST /v1/connections with a JSON body returns the
 // connection, and the REST Send to it gets the reply.
 func TestConnectREST(t *testing.T) {
-	srv := newLineServer(t, echoAnswer)
+	srv := servertest.NewLineServer(t, servertest.EchoLine)
 	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
 	var resp tcpgatev1.ConnectResponse
-	g.REST.Call("POST", "/v1/connections", fmt.Sprintf(`{"connectionId": "r", "address": %q, "framing": {"mode": "FRAMING_MODE_LINE"}, "reconnect": {"initialBackoff": "0.05s"}}`, srv.addr), &resp)
+	g.REST.Call("POST", "/v1/connections", fmt.Sprintf(`{"connectionId": "r", "address": %q, "framing": {"mode": "FRAMING_MODE_LINE"}, "reconnect": {"initialBackoff": "0.05s"}}`, srv.Addr()), &resp)
 	if c := resp.GetConnection(); c.GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_OPEN || c.GetOrigin() != tcpgatev1.Origin_ORIGIN_OUTBOUND || resp.GetHeader().GetIncarnation() == "" {
 		t.Fatalf("POST /v1/connections = %v, want an OPEN outbound connection and a header", &resp)
 	}
@@ -225,7 +226,7 @@ func TestConnectREST(t *testing.T) {
 	}
 	var list tcpgatev1.ListConnectionsResponse
 	g.REST.Call("GET", "/v1/connections?origins=ORIGIN_OUTBOUND&state=CONNECTION_STATE_OPEN", "", &list)
-	if len(list.GetConnections()) != 1 || list.GetConnections()[0].GetAddress() != srv.addr {
+	if len(list.GetConnections()) != 1 || list.GetConnections()[0].GetAddress() != srv.Addr() {
 		t.Fatalf("GET /v1/connections?origins=ORIGIN_OUTBOUND = %v, want r with its address", &list)
 	}
 }
@@ -237,7 +238,7 @@ func TestManyOutbound(t *testing.T) {
 		t.Skip("opens 1,000 connections")
 	}
 	const n = 1000
-	srv := newLineServer(t, echoAnswer)
+	srv := servertest.NewLineServer(t, servertest.EchoLine)
 	g := servertest.Start(t, server.Config{})
 	base := runtime.NumGoroutine()
 	ids := make([]string, n)
@@ -247,7 +248,7 @@ func TestManyOutbound(t *testing.T) {
 	for range 16 {
 		wg.Go(func() {
 			for i := range work {
-				resp, err := g.Client.Connect(servertest.Context(t), &tcpgatev1.ConnectRequest{Address: srv.addr})
+				resp, err := g.Client.Connect(servertest.Context(t), &tcpgatev1.ConnectRequest{Address: srv.Addr()})
 				if err != nil {
 					errs <- err
 					continue
@@ -337,7 +338,7 @@ func TestConnectTLS(t *testing.T) {
 		}
 	})
 	g := servertest.Start(t, server.Config{})
-	c := connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "sec", Address: ln.Addr().String(), Framing: lineFraming(), Tls: &tcpgatev1.DialTLS{CaPem: string(ca.CertPEM)}})
+	c := g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "sec", Address: ln.Addr().String(), Framing: lineFraming(), Tls: &tcpgatev1.DialTLS{CaPem: string(ca.CertPEM)}})
 	if c.GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_OPEN || !strings.Contains(c.GetPeerSubject(), "localhost") {
 		t.Fatalf("Connect over TLS = %v, want OPEN with the server's subject", c)
 	}
@@ -358,7 +359,7 @@ func TestConnectTLS(t *testing.T) {
 // does not come fails Connect with Unavailable ON_CONNECT_FAILED, and
 // leaves the socket's OPENED and CLOSED (ON_CONNECT_FAILED) events only.
 func TestConnectOutcomes(t *testing.T) {
-	srv := newLineServer(t, func(l string) string {
+	srv := servertest.NewLineServer(t, func(l string) string {
 		if l == "login" {
 			time.Sleep(500 * time.Millisecond)
 			return "welcome"
@@ -368,7 +369,7 @@ func TestConnectOutcomes(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"slow", "once"}})
 	login := &tcpgatev1.OnConnect{Payload: &tcpgatev1.OnConnect_Text{Text: "login\n"}, Expect: prefix("welcome"), Timeout: ms(2000)}
-	c := connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "slow", Address: srv.addr, Framing: lineFraming(), OnConnect: login, Timeout: ms(100)})
+	c := g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "slow", Address: srv.Addr(), Framing: lineFraming(), OnConnect: login, Timeout: ms(100)})
 	if c.GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_CONNECTING {
 		t.Fatalf("Connect past its timeout = %v, want CONNECTING", c)
 	}
@@ -377,7 +378,7 @@ func TestConnectOutcomes(t *testing.T) {
 	})
 
 	short := &tcpgatev1.OnConnect{Payload: &tcpgatev1.OnConnect_Text{Text: "login\n"}, Expect: prefix("welcome"), Timeout: ms(100)}
-	_, err := g.Client.Connect(servertest.Context(t), &tcpgatev1.ConnectRequest{ConnectionId: "once", Address: srv.addr, Framing: lineFraming(), OnConnect: short,
+	_, err := g.Client.Connect(servertest.Context(t), &tcpgatev1.ConnectRequest{ConnectionId: "once", Address: srv.Addr(), Framing: lineFraming(), OnConnect: short,
 		Reconnect: &tcpgatev1.Reconnect{Disabled: true}})
 	if e := servertest.ErrorOf(err); e.Code != codes.Unavailable || e.Reason != "ON_CONNECT_FAILED" {
 		t.Fatalf("Connect whose on_connect reply is late, reconnect disabled: %v, want Unavailable ON_CONNECT_FAILED", err)

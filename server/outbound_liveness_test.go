@@ -38,18 +38,18 @@ func count(lines []string, line string) int {
 // while Sends keep the connection busy; their replies answer no Send, so
 // Sends with await_reply running alongside get their own.
 func TestHeartbeat(t *testing.T) {
-	srv := newLineServer(t, func(l string) string {
+	srv := servertest.NewLineServer(t, func(l string) string {
 		if l == "ping" {
 			return "pong"
 		}
 		return "echo " + l
 	})
 	g := servertest.Start(t, server.Config{})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "hb", Address: srv.addr, Framing: lineFraming(),
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "hb", Address: srv.Addr(), Framing: lineFraming(),
 		Heartbeat: &tcpgatev1.Heartbeat{Interval: ms(200), Payload: &tcpgatev1.Heartbeat_Text{Text: "ping"}, Framed: true, Expect: prefix("pong"), Timeout: durationpb.New(2 * time.Second)}})
-	servertest.Eventually(t, "three heartbeats while idle", func() bool { return count(srv.linesOf(0), "ping") >= 3 })
+	servertest.Eventually(t, "three heartbeats while idle", func() bool { return count(srv.Lines(0), "ping") >= 3 })
 
-	before := count(srv.linesOf(0), "ping")
+	before := count(srv.Lines(0), "ping")
 	for i := range 40 {
 		w := "w" + string(rune('a'+i%26))
 		if reply, err := sendLine(t, g, "hb", w); err != nil || reply != "echo "+w {
@@ -58,7 +58,7 @@ func TestHeartbeat(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	// One may have been due as the Sends began.
-	if n := count(srv.linesOf(0), "ping") - before; n > 1 {
+	if n := count(srv.Lines(0), "ping") - before; n > 1 {
 		t.Errorf("%d heartbeats while Sends wrote every 20ms, want none (interval 200ms)", n)
 	}
 	if c := getConn(t, g, "hb"); c.GetGeneration() != 1 || c.GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_OPEN {
@@ -70,10 +70,10 @@ func TestHeartbeat(t *testing.T) {
 // the socket closes with HEARTBEAT_FAILED, saying why, and the connection
 // dials again.
 func TestHeartbeatFailedReconnects(t *testing.T) {
-	srv := newLineServer(t, func(string) string { return "" }) // never answers
+	srv := servertest.NewLineServer(t, func(string) string { return "" }) // never answers
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"dead"}})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "dead", Address: srv.addr, Framing: lineFraming(),
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "dead", Address: srv.Addr(), Framing: lineFraming(),
 		Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(20)},
 		Heartbeat: &tcpgatev1.Heartbeat{Interval: ms(100), Payload: &tcpgatev1.Heartbeat_Text{Text: "ping"}, Framed: true, Expect: prefix("pong"), Timeout: ms(200)}})
 	closed := sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
@@ -91,11 +91,11 @@ func TestHeartbeatFailedReconnects(t *testing.T) {
 // A peer that says nothing for idle_timeout is taken as dead: closed with
 // IDLE_TIMEOUT, dialed again.
 func TestIdlePeerReconnects(t *testing.T) {
-	srv := newLineServer(t, func(string) string { return "" })
+	srv := servertest.NewLineServer(t, func(string) string { return "" })
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"idle"}})
 	start := time.Now()
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "idle", Address: srv.addr, IdleTimeout: ms(200), Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(20)}})
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "idle", Address: srv.Addr(), IdleTimeout: ms(200), Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(20)}})
 	closed := sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
 	if closed.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_IDLE_TIMEOUT || time.Since(start) < 200*time.Millisecond {
 		t.Fatalf("closed %v after %s, want IDLE_TIMEOUT after 200ms", closed, time.Since(start))
@@ -103,7 +103,7 @@ func TestIdlePeerReconnects(t *testing.T) {
 	if e := sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED); e.GetGeneration() != 2 {
 		t.Fatalf("opened %v, want generation 2", e)
 	}
-	servertest.Eventually(t, "the server dialed again", func() bool { return srv.accepted() >= 2 })
+	servertest.Eventually(t, "the server dialed again", func() bool { return srv.Accepted() >= 2 })
 }
 
 // A server that accepts and never answers: a Send with await_reply times
@@ -111,10 +111,10 @@ func TestIdlePeerReconnects(t *testing.T) {
 // CLOSE the socket closes with REPLY_TIMEOUT and the connection dials
 // again.
 func TestSilentServer(t *testing.T) {
-	srv := newLineServer(t, func(string) string { return "" })
+	srv := servertest.NewLineServer(t, func(string) string { return "" })
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"mute"}})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "mute", Address: srv.addr, Framing: lineFraming(), Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(20)}})
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "mute", Address: srv.Addr(), Framing: lineFraming(), Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(20)}})
 	await := func(onTimeout tcpgatev1.OnTimeout) error {
 		_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 			Target: &tcpgatev1.SendRequest_ConnectionId{ConnectionId: "mute"}, Payload: &tcpgatev1.SendRequest_Text{Text: "q"}, Framed: true,
@@ -134,7 +134,7 @@ func TestSilentServer(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("a Send after the reply timeout: %v", err)
 	}
-	servertest.Eventually(t, "the server got the later Send", func() bool { return count(srv.linesOf(0), "still here") == 1 })
+	servertest.Eventually(t, "the server got the later Send", func() bool { return count(srv.Lines(0), "still here") == 1 })
 
 	if e := servertest.ErrorOf(await(tcpgatev1.OnTimeout_ON_TIMEOUT_CLOSE)); e.Code != codes.DeadlineExceeded || e.Reason != "REPLY_TIMEOUT" {
 		t.Fatalf("Send with on_timeout CLOSE: %v, want DeadlineExceeded REPLY_TIMEOUT", e)
@@ -191,7 +191,7 @@ func TestUnsolicitedFramesMatch(t *testing.T) {
 	})
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"chatty"}, Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_DATA}})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "chatty", Address: addr, Framing: lineFraming()})
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "chatty", Address: addr, Framing: lineFraming()})
 	send := func(text, match string) (string, error) {
 		resp, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 			Target: &tcpgatev1.SendRequest_ConnectionId{ConnectionId: "chatty"}, Payload: &tcpgatev1.SendRequest_Text{Text: text}, Framed: true,
@@ -229,17 +229,17 @@ func (r *switchResolver) LookupNetIP(_ context.Context, _, host string) ([]netip
 // when the name resolves to an allowed address again, the connection
 // comes back.
 func TestPolicyRefusesReconnect(t *testing.T) {
-	srv := newLineServer(t, echoAnswer)
-	_, port, _ := net.SplitHostPort(srv.addr)
+	srv := servertest.NewLineServer(t, servertest.EchoLine)
+	_, port, _ := net.SplitHostPort(srv.Addr())
 	res := &switchResolver{}
 	res.addr.Store(netip.MustParseAddr("127.0.0.1"))
 	g := servertest.Start(t, server.Config{DialResolver: res, DenyDial: "127.0.0.2"})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"named"}})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "named", Address: "plc.example:" + port, Framing: lineFraming(),
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "named", Address: "plc.example:" + port, Framing: lineFraming(),
 		Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(20), MaxBackoff: ms(50)}})
 	res.addr.Store(netip.MustParseAddr("127.0.0.2"))
-	srv.kill()
-	srv.start()
+	srv.Kill()
+	srv.Start()
 	var denied *tcpgatev1.Event
 	for denied == nil {
 		e := sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_RECONNECT_SCHEDULED)
@@ -250,7 +250,7 @@ func TestPolicyRefusesReconnect(t *testing.T) {
 	if !strings.Contains(denied.GetError(), "127.0.0.2") {
 		t.Errorf("scheduled %v, want the denial naming the address resolved", denied)
 	}
-	if n := srv.accepted(); n != 1 {
+	if n := srv.Accepted(); n != 1 {
 		t.Fatalf("the server accepted %d connections while the name resolved to a denied address, want 1", n)
 	}
 	res.addr.Store(netip.MustParseAddr("127.0.0.1"))

@@ -53,9 +53,9 @@ func getConn(t testing.TB, g *servertest.Gateway, id string) *tcpgatev1.Connecti
 // were made, and each caller gets its own reply. The bytes held show on
 // /metrics, with the connections by state and the reconnects.
 func TestQueueWhileDown(t *testing.T) {
-	srv := newLineServer(t, echoAnswer)
+	srv := servertest.NewLineServer(t, servertest.EchoLine)
 	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "q", Address: srv.addr, Framing: lineFraming(),
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "q", Address: srv.Addr(), Framing: lineFraming(),
 		// With expect, the server's answer to on_connect answers no Send.
 		OnConnect: &tcpgatev1.OnConnect{Payload: &tcpgatev1.OnConnect_Text{Text: "login"}, Framed: true,
 			Expect: &tcpgatev1.ReplyMatch{Rule: &tcpgatev1.ReplyMatch_Prefix{Prefix: "echo login"}}},
@@ -64,7 +64,7 @@ func TestQueueWhileDown(t *testing.T) {
 	if got := metric(t, g, `tcpgate_outbound_connections{state="open"}`); got != 1 {
 		t.Errorf(`tcpgate_outbound_connections{state="open"} = %v, want 1`, got)
 	}
-	srv.kill()
+	srv.Kill()
 	servertest.Eventually(t, "q down", func() bool {
 		st := getConn(t, g, "q").GetState()
 		return st == tcpgatev1.ConnectionState_CONNECTION_STATE_WAITING || st == tcpgatev1.ConnectionState_CONNECTION_STATE_CONNECTING
@@ -92,17 +92,17 @@ func TestQueueWhileDown(t *testing.T) {
 		return metric(t, g, `tcpgate_outbound_dial_failures_total{reason="refused"}`) >= 1
 	})
 
-	srv.start()
+	srv.Start()
 	wg.Wait()
 	for i, w := range words {
 		if errs[i] != nil || replies[i] != "echo "+w {
 			t.Errorf("held Send %q = %q, %v; want its own reply", w, replies[i], errs[i])
 		}
 	}
-	if got, want := srv.linesOf(1), []string{"login", "a1", "b22", "c333"}; strings.Join(got, ",") != strings.Join(want, ",") {
+	if got, want := srv.Lines(1), []string{"login", "a1", "b22", "c333"}; strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("the second connection got %q, want on_connect first, then the held Sends in order: %q", got, want)
 	}
-	if got := srv.linesOf(0); len(got) == 0 || got[0] != "login" {
+	if got := srv.Lines(0); len(got) == 0 || got[0] != "login" {
 		t.Errorf("the first connection got %q, want on_connect first", got)
 	}
 	if got := metric(t, g, "tcpgate_outbound_queued_bytes"); got != 0 {
@@ -116,7 +116,7 @@ func TestQueueWhileDown(t *testing.T) {
 func TestQueueWhileDownTimeoutAndClose(t *testing.T) {
 	addr := servertest.RefusedAddr(t)
 	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "q", Address: addr, Framing: lineFraming(),
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "q", Address: addr, Framing: lineFraming(),
 		Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(100)}, QueueWhileDownBytes: 1024})
 	start := time.Now()
 	_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
@@ -155,7 +155,7 @@ func TestQueueWhileDownTimeoutAndClose(t *testing.T) {
 func TestSendWhileDownRefused(t *testing.T) {
 	addr := servertest.RefusedAddr(t)
 	g := servertest.Start(t, server.Config{})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "down", Address: addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: durationpb.New(2 * time.Second), MaxBackoff: durationpb.New(4 * time.Second)}})
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "down", Address: addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: durationpb.New(2 * time.Second), MaxBackoff: durationpb.New(4 * time.Second)}})
 	start := time.Now()
 	_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
 		Target: &tcpgatev1.SendRequest_ConnectionId{ConnectionId: "down"}, Payload: &tcpgatev1.SendRequest_Text{Text: "x"},

@@ -1,11 +1,8 @@
 package server_test
 
 import (
-	"bufio"
-
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,131 +14,11 @@ import (
 	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
-// lineServer is a real TCP server of a line protocol for outbound
-// connections to dial: it answers every line with the reply its handler
-// gives ("" answers nothing), records the lines of each connection in
-// order, and can be killed and started again on the same port.
-type lineServer struct {
-	t      testing.TB
-	addr   string
-	answer func(line string) string
-
-	mu    sync.Mutex // guards the fields below
-	ln    net.Listener
-	conns []net.Conn
-	lines [][]string // by connection, in accept order
-	wg    sync.WaitGroup
-}
-
-func echoAnswer(line string) string { return "echo " + line }
-
-func newLineServer(t testing.TB, answer func(string) string) *lineServer {
-	t.Helper()
-	s := &lineServer{t: t, addr: "127.0.0.1:0", answer: answer}
-	s.start()
-	t.Cleanup(s.kill)
-	return s
-}
-
-// start binds the server's address (its first port again after a kill),
-// retrying a few times when something else took it meanwhile.
-func (s *lineServer) start() {
-	s.t.Helper()
-	var ln net.Listener
-	var err error
-	for range 50 {
-		if ln, err = net.Listen("tcp", s.addr); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err != nil {
-		s.t.Fatalf("binding %s: %v", s.addr, err)
-	}
-	s.mu.Lock()
-	s.ln = ln
-	s.addr = ln.Addr().String()
-	s.mu.Unlock()
-	s.wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s.mu.Lock()
-			s.conns = append(s.conns, c)
-			s.lines = append(s.lines, nil)
-			i := len(s.lines) - 1
-			s.mu.Unlock()
-			s.wg.Go(func() { s.serve(c, i) })
-		}
-	})
-}
-
-func (s *lineServer) serve(c net.Conn, i int) {
-	defer c.Close()
-	r := bufio.NewReader(c)
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return
-		}
-		line = strings.TrimSuffix(line, "\n")
-		s.mu.Lock()
-		s.lines[i] = append(s.lines[i], line)
-		s.mu.Unlock()
-		if reply := s.answer(line); reply != "" {
-			if _, err := c.Write([]byte(reply + "\n")); err != nil {
-				return
-			}
-		}
-	}
-}
-
-// kill closes the listener and every connection, and waits for them.
-func (s *lineServer) kill() {
-	s.mu.Lock()
-	if s.ln != nil {
-		s.ln.Close()
-		s.ln = nil
-	}
-	for _, c := range s.conns {
-		c.Close()
-	}
-	s.conns = nil
-	s.mu.Unlock()
-	s.wg.Wait()
-}
-
-// accepted returns how many connections the server accepted.
-func (s *lineServer) accepted() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.lines)
-}
-
-// linesOf returns the lines connection i sent.
-func (s *lineServer) linesOf(i int) []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]string(nil), s.lines[i]...)
-}
-
 func lineFraming() *tcpgatev1.Framing {
 	return &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}
 }
 
 func ms(n int) *durationpb.Duration { return durationpb.New(time.Duration(n) * time.Millisecond) }
-
-// connect makes a managed outbound connection and fails the test on error.
-func connect(t testing.TB, g *servertest.Gateway, req *tcpgatev1.ConnectRequest) *tcpgatev1.Connection {
-	t.Helper()
-	resp, err := g.Client.Connect(servertest.Context(t), req)
-	if err != nil {
-		t.Fatalf("Connect: %v", err)
-	}
-	return resp.GetConnection()
-}
 
 // sendLine sends text framed on connection id and returns the reply line.
 func sendLine(t testing.TB, g *servertest.Gateway, id, text string) (string, error) {
@@ -162,18 +39,18 @@ func sendLine(t testing.TB, g *servertest.Gateway, id, text string) (string, err
 // origin OUTBOUND and its generation, and CloseConnection closes it for
 // good: CLOSED in the response, no longer listed, no new dial.
 func TestConnectSendClose(t *testing.T) {
-	srv := newLineServer(t, echoAnswer)
+	srv := servertest.NewLineServer(t, servertest.EchoLine)
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{Origins: []tcpgatev1.Origin{tcpgatev1.Origin_ORIGIN_OUTBOUND}})
 
-	resp, err := g.Client.Connect(servertest.Context(t), &tcpgatev1.ConnectRequest{ConnectionId: "plc", Address: srv.addr, Framing: lineFraming()})
+	resp, err := g.Client.Connect(servertest.Context(t), &tcpgatev1.ConnectRequest{ConnectionId: "plc", Address: srv.Addr(), Framing: lineFraming()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := resp.GetConnection()
 	if c.GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_OPEN || c.GetConnectionId() != "plc" || c.GetGeneration() != 1 ||
-		c.GetOrigin() != tcpgatev1.Origin_ORIGIN_OUTBOUND || c.GetAddress() != srv.addr || c.GetRemoteAddress() != srv.addr {
-		t.Fatalf("Connect returned %v, want plc OPEN, generation 1, outbound to %s", c, srv.addr)
+		c.GetOrigin() != tcpgatev1.Origin_ORIGIN_OUTBOUND || c.GetAddress() != srv.Addr() || c.GetRemoteAddress() != srv.Addr() {
+		t.Fatalf("Connect returned %v, want plc OPEN, generation 1, outbound to %s", c, srv.Addr())
 	}
 	opened := sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED)
 	if opened.GetConnectionId() != "plc" || opened.GetGeneration() != 1 || opened.GetOrigin() != tcpgatev1.Origin_ORIGIN_OUTBOUND {
@@ -219,7 +96,7 @@ func TestConnectSendClose(t *testing.T) {
 	}
 	// No reconnect: the server sees no second connection.
 	sub.Quiet(300 * time.Millisecond)
-	if n := srv.accepted(); n != 1 {
+	if n := srv.Accepted(); n != 1 {
 		t.Fatalf("server accepted %d connections, want 1: CloseConnection must stop reconnects", n)
 	}
 }
@@ -231,15 +108,15 @@ func codeOf(err error) codes.Code { return servertest.ErrorOf(err).Code }
 // generation, and a CONNECTION_OPENED of generation 2; the id stays, and a
 // Send with await works before and after.
 func TestReconnectAfterServerRestart(t *testing.T) {
-	srv := newLineServer(t, echoAnswer)
+	srv := servertest.NewLineServer(t, servertest.EchoLine)
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"feed"}})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "feed", Address: srv.addr, Framing: lineFraming(),
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "feed", Address: srv.Addr(), Framing: lineFraming(),
 		Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(50), MaxBackoff: ms(200)}})
 	if reply, err := sendLine(t, g, "feed", "one"); err != nil || reply != "echo one" {
 		t.Fatalf("Send before the restart = %q, %v", reply, err)
 	}
-	srv.kill()
+	srv.Kill()
 	closed := sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
 	if closed.GetGeneration() != 1 || closed.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_PEER_CLOSED {
 		t.Fatalf("closed %v, want generation 1 PEER_CLOSED", closed)
@@ -255,7 +132,7 @@ func TestReconnectAfterServerRestart(t *testing.T) {
 	if st := got.GetConnection().GetState(); st != tcpgatev1.ConnectionState_CONNECTION_STATE_WAITING && st != tcpgatev1.ConnectionState_CONNECTION_STATE_CONNECTING {
 		t.Fatalf("while the server is down: state %v, want WAITING or CONNECTING", st)
 	}
-	srv.start()
+	srv.Start()
 	opened := sub.NextOfWithin(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED, 10*time.Second)
 	if opened.GetGeneration() != 2 || opened.GetConnectionId() != "feed" {
 		t.Fatalf("opened %v, want generation 2 of feed", opened)
@@ -281,7 +158,7 @@ func TestReconnectBackoff(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_RECONNECT_SCHEDULED}})
 	const initial, maxB = 20 * time.Millisecond, 160 * time.Millisecond
-	c := connect(t, g, &tcpgatev1.ConnectRequest{Address: addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: durationpb.New(initial), MaxBackoff: durationpb.New(maxB)}})
+	c := g.Connect(t, &tcpgatev1.ConnectRequest{Address: addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: durationpb.New(initial), MaxBackoff: durationpb.New(maxB)}})
 	if c.GetState() != tcpgatev1.ConnectionState_CONNECTION_STATE_WAITING || !strings.Contains(c.GetLastError(), "refused") || c.GetAttempts() != 1 || c.GetNextAttemptAt() == nil {
 		t.Fatalf("Connect returned %v, want WAITING after 1 refused attempt, with next_attempt_at", c)
 	}
@@ -305,7 +182,7 @@ func TestShortConnectionsBackOff(t *testing.T) {
 	addr := servertest.Peer(t, func(net.Conn) {}) // closes at once
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{ConnectionIds: []string{"flap"}, Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_RECONNECT_SCHEDULED}})
-	connect(t, g, &tcpgatev1.ConnectRequest{ConnectionId: "flap", Address: addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10), MaxBackoff: ms(80)}})
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "flap", Address: addr, Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(10), MaxBackoff: ms(80)}})
 	for n := uint32(1); n <= 5; n++ {
 		e := sub.Next()
 		d := min(10*time.Millisecond<<(n-1), 80*time.Millisecond)

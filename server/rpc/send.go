@@ -138,10 +138,10 @@ func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgat
 			return nil, err
 		}
 		if req.GetTls() != nil {
-			return nil, invalid("tls", "only with address: an accepted connection already is what its listener made it")
+			return nil, invalid("tls", "only with address: a connection already is what its listener or Connect made it")
 		}
 		if aw.GetFraming() != nil {
-			return nil, invalid("await_reply.framing", "not used with connection_id: replies are cut by the listener's framing")
+			return nil, invalid("await_reply.framing", "not used with connection_id: replies are cut by the connection's framing (its listener's, or its Connect's)")
 		}
 		cAw := conn.Await{Mode: mode, MaxBytes: maxReply, Match: match, CloseOnTimeout: closeOnTimeout}
 		// The registry finds the connection whatever its origin; a managed

@@ -509,6 +509,12 @@ func (b *BadInputs) rows() []BadInput {
 			r.KeepAlive = &tcpgatev1.TcpKeepAlive{Idle: durationpb.New(32768 * time.Second)}
 		}),
 			Code: inv, Reason: rInvalid, Field: "keep_alive.idle", Mention: "keep_alive.idle"},
+		{RPC: con, Name: "timeout negative", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.Timeout = durationpb.New(-time.Second) }),
+			Code: inv, Reason: rInvalid, Field: "timeout", Mention: "timeout"},
+		{RPC: con, Name: "heartbeat expect with an empty prefix", Req: dial(func(r *tcpgatev1.ConnectRequest) {
+			r.Heartbeat = hbText("ping", durationpb.New(time.Second))
+			r.Heartbeat.Expect = &tcpgatev1.ReplyMatch{Rule: &tcpgatev1.ReplyMatch_Prefix{Prefix: ""}}
+		}), Code: inv, Reason: rInvalid, Field: "heartbeat.expect.prefix", Mention: "heartbeat.expect.prefix"},
 		{RPC: con, Name: "idle_timeout negative", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.IdleTimeout = durationpb.New(-time.Second) }),
 			Code: inv, Reason: rInvalid, Field: "idle_timeout", Mention: "idle_timeout"},
 		{RPC: con, Name: "queue_while_down_bytes over the daemon's bound", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.QueueWhileDownBytes = 1 << 40 }),

@@ -2,8 +2,10 @@
 // whole gateway on 127.0.0.1:0 with a real gRPC client and a REST client
 // (Start), a subscription that collects events (Gateway.Subscribe), a
 // REST event stream read as NDJSON lines or SSE blocks (REST.OpenEvents),
-// a listener (Gateway.StartListener), TCP peers and clients (Peer, Dial,
-// DialFrom, Clients, ReadN, RefusedAddr), what a gRPC error says (ErrorOf),
+// a listener (Gateway.StartListener), an outbound connection
+// (Gateway.Connect), TCP peers and clients (Peer, Dial, DialFrom, Clients,
+// ReadN, RefusedAddr), a line server that restarts on its port, to keep
+// outbound connections to (LineServer), what a gRPC error says (ErrorOf),
 // polling (Eventually), log sinks (LogSink), a seeded random source (Rand)
 // and the table of bad inputs that the gRPC and REST tests both run
 // (BadInputs). It is imported by tests only, and imports

@@ -191,3 +191,14 @@ func (g *Gateway) StartListener(t testing.TB, req *tcpgatev1.StartListenerReques
 	}
 	return resp.GetListener()
 }
+
+// Connect makes a managed outbound connection, failing the test if
+// Connect fails, and returns it as Connect did.
+func (g *Gateway) Connect(t testing.TB, req *tcpgatev1.ConnectRequest) *tcpgatev1.Connection {
+	t.Helper()
+	resp, err := g.Client.Connect(Context(t), req)
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	return resp.GetConnection()
+}

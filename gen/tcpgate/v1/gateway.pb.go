@@ -1635,7 +1635,9 @@ func (x *ListenerTLS) GetClientCaFile() string {
 	return ""
 }
 
-// Connection is one live TCP connection; its origin says who opened it.
+// Connection is one live connection: a TCP connection a listener accepted,
+// or a managed outbound connection (Connect), one for its whole life while
+// its sockets come and go; its origin says which.
 type Connection struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The connection's id, unique in the gateway.

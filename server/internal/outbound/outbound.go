@@ -232,6 +232,9 @@ type queued struct {
 	ready chan struct{} // closed once handed to a socket, or failed
 	pend  *conn.Pending // set before ready is closed, or
 	err   error         // this
+	// gaveUp is set, under supervisor.mu, when its caller's context ended
+	// while it was being handed over: it is not put back in the queue.
+	gaveUp bool
 }
 
 // supervisor keeps one managed connection.
@@ -339,7 +342,7 @@ func (s *supervisor) run() {
 				q := s.takeQueueLocked()
 				s.mu.Unlock()
 				failAll(q, fmt.Errorf("writing to %s: its first attempt failed and reconnect is disabled: %w", s.h.ID(), ErrDisconnected))
-				s.h.Remove()
+				s.h.Remove(event.ReasonUnspecified)
 				s.report(outcome{err: err})
 				return
 			}
@@ -529,11 +532,30 @@ func (s *supervisor) flush(c *conn.Conn) bool {
 		s.m.queued.Add(-int64(len(q.p)))
 		s.mu.Unlock()
 		q.pend, q.err = c.Begin(q.ctx, q.p, q.aw)
+		if errors.Is(q.err, conn.ErrClosed) && s.requeue(q) {
+			return false // nothing of it was queued: it waits for the next socket
+		}
 		if q.err != nil {
 			q.err = s.cut(q.err)
 		}
 		close(q.ready)
 	}
+}
+
+// requeue puts q back at the head of the queue, when its socket closed
+// before it was queued there, unless its caller gave up or the connection
+// is closed for good meanwhile.
+func (s *supervisor) requeue(q *queued) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if q.gaveUp || s.ended {
+		return false
+	}
+	q.err = nil
+	s.queue = slices.Insert(s.queue, 0, q)
+	s.bytes += len(q.p)
+	s.m.queued.Add(int64(len(q.p)))
+	return true
 }
 
 // waitRetry schedules the next attempt after a failure (why), or gives up
@@ -572,7 +594,7 @@ func (s *supervisor) end(reason event.CloseReason, why string) {
 	q := s.takeQueueLocked()
 	s.mu.Unlock()
 	failAll(q, fmt.Errorf("writing to %s: closed for good (%s) while the send was held: %w", s.h.ID(), reason, ErrDisconnected))
-	info := s.h.Remove()
+	info := s.h.Remove(reason)
 	s.publish(&event.Event{Kind: event.ConnectionClosed, CloseReason: reason, Error: why})
 	s.report(outcome{info: info})
 }
@@ -603,43 +625,74 @@ func (s *supervisor) cut(err error) error {
 
 // Send implements registry.Managed: while connected, p goes to the
 // socket; while down, it is held in the queue (within QueueBytes) until a
-// socket takes it, or refused.
+// socket takes it, or refused. A socket that closed before anything of p
+// was queued on it takes nothing: p then goes as it would have after the
+// close, so only a write the close cut fails with ErrDisconnected.
 func (s *supervisor) Send(ctx context.Context, p []byte, aw conn.Await) ([]byte, error) {
+	for {
+		c, q, err := s.admit(ctx, p, aw)
+		switch {
+		case err != nil:
+			return nil, err
+		case q != nil:
+			return s.waitHeld(ctx, q)
+		}
+		pend, err := c.Begin(ctx, p, aw)
+		if errors.Is(err, conn.ErrClosed) {
+			// Once the socket's close is told (Done comes after its Closed
+			// hook), the Send finds the connection as it is then.
+			select {
+			case <-c.Done():
+				continue
+			case <-ctx.Done():
+				return nil, fmt.Errorf("writing to %s: %w", s.h.ID(), ctx.Err())
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+		reply, err := pend.Wait(ctx)
+		return reply, s.cut(err)
+	}
+}
+
+// admit decides where p goes: the connected socket, or the queue (held,
+// returned), or an error when it is refused.
+func (s *supervisor) admit(ctx context.Context, p []byte, aw conn.Await) (*conn.Conn, *queued, error) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	switch {
 	case s.ended:
-		s.mu.Unlock()
-		return nil, fmt.Errorf("writing to %s: closed for good: %w", s.h.ID(), ErrDisconnected)
+		return nil, nil, fmt.Errorf("writing to %s: closed for good: %w", s.h.ID(), ErrDisconnected)
 	case s.ready != nil:
-		c := s.ready
-		s.mu.Unlock()
-		reply, err := c.Send(ctx, p, aw)
-		return reply, s.cut(err)
+		return s.ready, nil, nil
 	case s.spec.QueueBytes == 0:
-		retry := max(time.Until(s.next), 0)
-		s.mu.Unlock()
-		return nil, &NotConnectedError{ID: s.h.ID(), RetryAfter: retry}
+		return nil, nil, &NotConnectedError{ID: s.h.ID(), RetryAfter: max(time.Until(s.next), 0)}
 	case s.bytes+len(p) > s.spec.QueueBytes:
-		held := s.bytes
-		s.mu.Unlock()
-		return nil, fmt.Errorf("writing to %s: %d bytes held while down, %d more exceed queue_while_down_bytes (%d): %w", s.h.ID(), held, len(p), s.spec.QueueBytes, ErrQueueFull)
+		return nil, nil, fmt.Errorf("writing to %s: %d bytes held while down, %d more exceed queue_while_down_bytes (%d): %w", s.h.ID(), s.bytes, len(p), s.spec.QueueBytes, ErrQueueFull)
 	}
 	q := &queued{ctx: ctx, p: p, aw: aw, ready: make(chan struct{})}
 	s.queue = append(s.queue, q)
 	s.bytes += len(p)
 	s.m.queued.Add(int64(len(p)))
-	s.mu.Unlock()
+	return nil, q, nil
+}
+
+// waitHeld waits for a held Send to be handed to a socket, then for its
+// write and reply; ctx ending first takes it out of the queue unwritten.
+func (s *supervisor) waitHeld(ctx context.Context, q *queued) ([]byte, error) {
 	select {
 	case <-q.ready:
 	case <-ctx.Done():
 		s.mu.Lock()
 		if i := slices.Index(s.queue, q); i >= 0 {
 			s.queue = slices.Delete(s.queue, i, i+1)
-			s.bytes -= len(p)
-			s.m.queued.Add(-int64(len(p)))
+			s.bytes -= len(q.p)
+			s.m.queued.Add(-int64(len(q.p)))
 			s.mu.Unlock()
 			return nil, fmt.Errorf("writing to %s: held while down, not written: %w", s.h.ID(), ctx.Err())
 		}
+		q.gaveUp = true
 		s.mu.Unlock()
 		<-q.ready // being handed to a socket, within ctx
 	}

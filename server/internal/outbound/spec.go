@@ -204,6 +204,8 @@ func (s *Spec) normalize(cfg *Config) error {
 		r.Initial = DefaultInitialBackoff
 	case r.Initial < MinBackoff:
 		return fieldErr("reconnect.initial_backoff", "must be at least %s, got %s", MinBackoff, r.Initial)
+	case r.Initial > MaxBackoffLimit:
+		return fieldErr("reconnect.initial_backoff", "must be at most %s, got %s", MaxBackoffLimit, r.Initial)
 	}
 	switch {
 	case r.Max == 0:
@@ -213,9 +215,6 @@ func (s *Spec) normalize(cfg *Config) error {
 	}
 	if r.Max > MaxBackoffLimit {
 		return fieldErr("reconnect.max_backoff", "must be at most %s, got %s", MaxBackoffLimit, r.Max)
-	}
-	if r.Initial > r.Max {
-		return fieldErr("reconnect.initial_backoff", "must be at most max_backoff (%s), got %s", r.Max, r.Initial)
 	}
 	if oc := s.OnConnect; oc != nil {
 		if err := oc.check("on_connect", cfg.MaxSendBytes, DefaultExpectTimeout, s.Framing); err != nil {

@@ -149,8 +149,15 @@ func (r *Registry) removeLocked(e *entry) {
 }
 
 // Remove forgets the entry of a connection closed for good while it holds
-// no socket, and returns its final snapshot, state Closed.
-func (o *Handle) Remove() Info {
+// no socket, and returns its final snapshot, state Closed. A reason
+// other than Unspecified is counted among the closes (Stats.Closed), as a
+// socket's close is: the CONNECTION_CLOSED its supervisor publishes for
+// it. Unspecified removes a connection that never was (a failed first
+// attempt without reconnect), counted nowhere.
+func (o *Handle) Remove(reason event.CloseReason) Info {
+	if reason != event.ReasonUnspecified && int(reason) < len(o.r.closed) {
+		o.r.closed[reason].Add(1)
+	}
 	o.r.mu.Lock()
 	o.r.removeLocked(o.e)
 	o.r.mu.Unlock()

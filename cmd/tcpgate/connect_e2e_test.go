@@ -3,11 +3,10 @@ package main_test
 // End-to-end tests of outbound connections from a user's side: the built
 // binary's `tcpgate connect`, `conns`, `send --to-conn`, `close` and
 // `subscribe`, real curl on POST /v1/connections and real grpcurl on
-// Connect, all against a line server in the test that is killed and
-// started again on its port.
+// Connect, all against servertest's line server, killed and started
+// again on its port.
 
 import (
-	"bufio"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -16,131 +15,31 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
-// lineServer is a line-protocol server for outbound connections to keep:
-// it answers every line with the line in upper case, records what each
-// connection it accepted said, and can be stopped (closing every
-// connection, as a killed server does) and started again on its port.
-type lineServer struct {
-	t    *testing.T
-	addr string
-	wg   sync.WaitGroup // the accept loop and the handlers
+// upperLines answers a line in upper case.
+func upperLines(line string) string { return strings.ToUpper(line) }
 
-	mu       sync.Mutex // guards ln, conns and received
-	ln       net.Listener
-	conns    map[net.Conn]bool
-	received []*strings.Builder // what each accepted connection said, in acceptance order
-}
-
-// newLineServer starts a line server on 127.0.0.1:0. Cleanup stops it.
-func newLineServer(t *testing.T) *lineServer {
-	t.Helper()
-	s := &lineServer{t: t, conns: map[net.Conn]bool{}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("starting the line server: %v", err)
-	}
-	s.addr = ln.Addr().String()
-	s.serve(ln)
-	t.Cleanup(s.stop)
-	return s
-}
-
-func (s *lineServer) serve(ln net.Listener) {
-	s.mu.Lock()
-	s.ln = ln
-	s.mu.Unlock()
-	s.wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return // stopped
-			}
-			s.mu.Lock()
-			s.conns[c] = true
-			got := &strings.Builder{}
-			s.received = append(s.received, got)
-			s.mu.Unlock()
-			s.wg.Go(func() { s.handle(c, got) })
+// said returns what each connection a line server accepted has said so
+// far, its lines each with its newline, in acceptance order.
+func said(s *servertest.LineServer) []string {
+	out := make([]string, s.Accepted())
+	for i := range out {
+		for _, l := range s.Lines(i) {
+			out[i] += l + "\n"
 		}
-	})
-}
-
-func (s *lineServer) handle(c net.Conn, got *strings.Builder) {
-	defer func() {
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-		c.Close()
-	}()
-	_ = c.SetDeadline(time.Now().Add(time.Minute))
-	r := bufio.NewReader(c)
-	for {
-		line, err := r.ReadString('\n')
-		s.mu.Lock()
-		got.WriteString(line)
-		s.mu.Unlock()
-		if err != nil {
-			return
-		}
-		if _, err := c.Write([]byte(strings.ToUpper(line))); err != nil {
-			return
-		}
-	}
-}
-
-// stop closes the listener and every connection, and waits for the
-// handlers: the gateway sees its connections end and its dials refused.
-func (s *lineServer) stop() {
-	s.mu.Lock()
-	if s.ln != nil {
-		s.ln.Close()
-		s.ln = nil
-	}
-	for c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
-}
-
-// start listens on the server's port again, retrying a few times while
-// the port is taken.
-func (s *lineServer) start() {
-	s.t.Helper()
-	var err error
-	for range 50 {
-		var ln net.Listener
-		if ln, err = net.Listen("tcp", s.addr); err == nil {
-			s.serve(ln)
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	s.t.Fatalf("starting the line server on %s again: %v", s.addr, err)
-}
-
-// said returns what each connection the server accepted has said so far.
-func (s *lineServer) said() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]string, len(s.received))
-	for i, b := range s.received {
-		out[i] = b.String()
 	}
 	return out
 }
 
 // saidStartingWith returns what the connections that began with prefix said.
-func (s *lineServer) saidStartingWith(prefix string) []string {
+func saidStartingWith(s *servertest.LineServer, prefix string) []string {
 	var out []string
-	for _, got := range s.said() {
+	for _, got := range said(s) {
 		if strings.HasPrefix(got, prefix) {
 			out = append(out, got)
 		}
@@ -176,7 +75,7 @@ func TestConnectCLI(t *testing.T) {
 	t.Parallel()
 	g := startGateway(t)
 	tg := cliRunner{env: hermeticEnv("TCPGATE_SERVER=" + g.grpcAddr)}
-	srv := newLineServer(t)
+	srv := servertest.NewLineServer(t, upperLines)
 
 	// A listener only to know when the stream is live.
 	out, _ := tg.mustRun(t, "listen", "0", "--host", "127.0.0.1", "--id", "probe")
@@ -184,15 +83,15 @@ func TestConnectCLI(t *testing.T) {
 	sub := tg.start(t, "subscribe")
 	sub.sync(t, laddr)
 
-	out, _ = tg.mustRun(t, "connect", srv.addr, "--id", "feed", "--framing", "line", "--on-connect", "login demo", "--framed",
+	out, _ = tg.mustRun(t, "connect", srv.Addr(), "--id", "feed", "--framing", "line", "--on-connect", "login demo", "--framed",
 		"--expect", "LOGIN", "--backoff", "50ms:400ms", "--queue", "1KiB")
-	if want := "connection feed open to " + srv.addr + " (generation 1)\n"; out != want {
+	if want := "connection feed open to " + srv.Addr() + " (generation 1)\n"; out != want {
 		t.Fatalf("tcpgate connect printed %q, want %q", out, want)
 	}
-	sub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ connection_opened conn=feed gen=1 remote=`+regexp.QuoteMeta(srv.addr)+`$`))
-	out, _ = tg.mustRun(t, "connect", srv.addr, "--id", "bare", "--framing", "line", "--on-connect-hex", "6869",
+	sub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ connection_opened conn=feed gen=1 remote=`+regexp.QuoteMeta(srv.Addr())+`$`))
+	out, _ = tg.mustRun(t, "connect", srv.Addr(), "--id", "bare", "--framing", "line", "--on-connect-hex", "6869",
 		"--heartbeat", "150ms:ping", "--framed", "--backoff", "50ms:400ms")
-	if want := "connection bare open to " + srv.addr + " (generation 1)\n"; out != want {
+	if want := "connection bare open to " + srv.Addr() + " (generation 1)\n"; out != want {
 		t.Fatalf("tcpgate connect --on-connect-hex printed %q, want %q", out, want)
 	}
 
@@ -203,21 +102,21 @@ func TestConnectCLI(t *testing.T) {
 	// The heartbeat goes after 150ms without a write; the gateway reads
 	// its answer and the one to on-connect as data.
 	servertest.Eventually(t, "two heartbeats of bare", func() bool {
-		b := srv.saidStartingWith("hi\n")
+		b := saidStartingWith(srv, "hi\n")
 		return len(b) == 1 && strings.Count(b[0], "ping\n") >= 2
 	})
 	sub.waitMatch(t, regexp.MustCompile(`(?m) data conn=bare gen=1 4 bytes "PING"$`))
 
 	out = tg.mustRunOut(t, "conns", "--origin", "outbound")
 	// ID LISTENER STATE REMOTE OPENED(date time) BYTES-IN BYTES-OUT ORIGIN GEN LAST-ERROR
-	if row := connsRow(out, "feed"); len(row) != 11 || row[1] != "-" || row[2] != "open" || row[3] != srv.addr || row[8] != "outbound" || row[9] != "1" {
-		t.Errorf("tcpgate conns --origin outbound:\n%s\nwant feed open to %s, outbound, generation 1", out, srv.addr)
+	if row := connsRow(out, "feed"); len(row) != 11 || row[1] != "-" || row[2] != "open" || row[3] != srv.Addr() || row[8] != "outbound" || row[9] != "1" {
+		t.Errorf("tcpgate conns --origin outbound:\n%s\nwant feed open to %s, outbound, generation 1", out, srv.Addr())
 	}
 	if accepted := connsRow(tg.mustRunOut(t, "conns", "--origin", "accepted"), "feed"); accepted != nil {
 		t.Errorf("tcpgate conns --origin accepted lists feed: %v", accepted)
 	}
 
-	srv.stop()
+	srv.Kill()
 	sub.waitMatch(t, regexp.MustCompile(`(?m) connection_closed conn=feed gen=1 remote=\S+ reason=\S+`))
 	// Every dial is refused now: attempts 1, 2, 3 at least, each delay
 	// within half to all of min(50ms * 2^(n-1), 400ms).
@@ -252,11 +151,11 @@ func TestConnectCLI(t *testing.T) {
 		row = connsRow(tg.mustRunOut(t, "conns", "--state", "waiting"), "feed")
 		return len(row) > 10 && row[2] == "waiting" && row[8] == "outbound" && strings.Contains(strings.Join(row[10:], " "), "refused")
 	})
-	if !strings.Contains(strings.Join(row[10:], " "), srv.addr) {
-		t.Errorf("tcpgate conns: feed's last error %q, want the refused dial of %s", strings.Join(row[10:], " "), srv.addr)
+	if !strings.Contains(strings.Join(row[10:], " "), srv.Addr()) {
+		t.Errorf("tcpgate conns: feed's last error %q, want the refused dial of %s", strings.Join(row[10:], " "), srv.Addr())
 	}
 	out = tg.mustRunOut(t, "conn", "feed")
-	for _, want := range []string{"origin:", "outbound", "address:", srv.addr, "generation:", "failed attempts:", "last error:", "refused"} {
+	for _, want := range []string{"origin:", "outbound", "address:", srv.Addr(), "generation:", "failed attempts:", "last error:", "refused"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("tcpgate conn feed while down:\n%s\nwant it to show %q", out, want)
 		}
@@ -275,8 +174,8 @@ func TestConnectCLI(t *testing.T) {
 		return metric(t, g.httpAddr, "tcpgate_outbound_queued_bytes") == 7
 	})
 
-	srv.start()
-	sub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ connection_opened conn=feed gen=2 remote=`+regexp.QuoteMeta(srv.addr)+`$`))
+	srv.Start()
+	sub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ connection_opened conn=feed gen=2 remote=`+regexp.QuoteMeta(srv.Addr())+`$`))
 	sub.waitMatch(t, regexp.MustCompile(`(?m)^#\d+ \S+ connection_opened conn=bare gen=2 `))
 	select {
 	case <-queued.done:
@@ -292,17 +191,17 @@ func TestConnectCLI(t *testing.T) {
 	}
 
 	// On every generation on-connect came first, then the queued send.
-	feeds := srv.saidStartingWith("login demo\n")
+	feeds := saidStartingWith(srv, "login demo\n")
 	if len(feeds) != 2 {
-		t.Fatalf("the server saw %d connections of feed, want 2 (one per generation): %q", len(feeds), srv.said())
+		t.Fatalf("the server saw %d connections of feed, want 2 (one per generation): %q", len(feeds), said(srv))
 	}
 	if feeds[0] != "login demo\nhello\n" || feeds[1] != "login demo\nqueued\nagain\n" {
 		t.Errorf("feed's generations wrote %q, want on-connect first on each, the queued send after the second's", feeds)
 	}
-	if bare := srv.saidStartingWith("hi\n"); len(bare) != 2 {
-		t.Errorf("the server saw %d connections starting with bare's on-connect bytes, want 2: %q", len(bare), srv.said())
+	if bare := saidStartingWith(srv, "hi\n"); len(bare) != 2 {
+		t.Errorf("the server saw %d connections starting with bare's on-connect bytes, want 2: %q", len(bare), said(srv))
 	}
-	for _, got := range srv.said() {
+	for _, got := range said(srv) {
 		if !strings.HasPrefix(got, "login demo\n") && !strings.HasPrefix(got, "hi\n") {
 			t.Errorf("a connection to the server began %q, not with its on-connect", got)
 		}
@@ -316,7 +215,7 @@ func TestConnectCLI(t *testing.T) {
 
 	// By name: connect prints the address as given and the peer it
 	// resolved to; conns shows the address as given.
-	_, port, _ := net.SplitHostPort(srv.addr)
+	_, port, _ := net.SplitHostPort(srv.Addr())
 	out = tg.mustRunOut(t, "connect", "localhost:"+port, "--id", "named", "--no-reconnect")
 	if !regexp.MustCompile(`^connection named open to localhost:` + port + ` at (127\.0\.0\.1|\[::1\]):` + port + ` \(generation 1\)\n$`).MatchString(out) {
 		t.Errorf("tcpgate connect localhost:%s printed %q, want it open to localhost:%s at the address it resolved to", port, out, port)
@@ -327,15 +226,15 @@ func TestConnectCLI(t *testing.T) {
 	tg.mustRun(t, "close", "named")
 
 	stdout, _ = tg.mustRun(t, "close", "feed")
-	if want := "connection feed to " + srv.addr + " closed (after 2 generations): no more reconnects\n"; stdout != want {
+	if want := "connection feed to " + srv.Addr() + " closed (after 2 generations): no more reconnects\n"; stdout != want {
 		t.Errorf("tcpgate close feed: %q, want %q", stdout, want)
 	}
 	tg.mustRun(t, "close", "bare")
 	sub.waitMatch(t, regexp.MustCompile(`(?m) connection_closed conn=feed gen=2 remote=\S+ reason=closed_by_api$`))
 	// Many backoff periods later, nothing dialed again.
-	dialed := len(srv.said())
+	dialed := len(said(srv))
 	time.Sleep(time.Second)
-	if now := len(srv.said()); now != dialed {
+	if now := len(said(srv)); now != dialed {
 		t.Errorf("the server accepted %d connections after close, want none", now-dialed)
 	}
 	if rows := strings.Count(tg.mustRunOut(t, "conns", "--origin", "outbound"), "\n") - 1; rows != 0 {
@@ -397,14 +296,14 @@ func TestConnectCLIErrors(t *testing.T) {
 	})
 
 	t.Run("no reconnect, on-connect unanswered", func(t *testing.T) {
-		srv := newLineServer(t)
-		_, stderr, err := tg.run(t, "connect", srv.addr, "--id", "login", "--no-reconnect", "--framing", "line",
+		srv := servertest.NewLineServer(t, upperLines)
+		_, stderr, err := tg.run(t, "connect", srv.Addr(), "--id", "login", "--no-reconnect", "--framing", "line",
 			"--on-connect", "login", "--framed", "--expect", "WELCOME", "--expect-timeout", "300ms")
 		var exit *exec.ExitError
 		if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(stderr, "Unavailable") || !strings.Contains(stderr, "--expect") {
 			t.Errorf("connect --no-reconnect whose --expect never comes: %v, stderr %q; want exit status 1, Unavailable and a hint naming --expect", err, stderr)
 		}
-		if got := srv.said(); len(got) != 1 || got[0] != "login\n" {
+		if got := said(srv); len(got) != 1 || got[0] != "login\n" {
 			t.Errorf("the server saw %q, want one connection that logged in", got)
 		}
 		if _, stderr, err := tg.run(t, "conn", "login"); err == nil || !strings.Contains(stderr, "NotFound") {
@@ -413,16 +312,16 @@ func TestConnectCLIErrors(t *testing.T) {
 	})
 
 	t.Run("no reconnect after a drop", func(t *testing.T) {
-		srv := newLineServer(t)
-		tg.mustRun(t, "connect", srv.addr, "--id", "once", "--no-reconnect")
-		servertest.Eventually(t, "the server to accept once", func() bool { return len(srv.said()) == 1 })
-		srv.stop()
+		srv := servertest.NewLineServer(t, upperLines)
+		tg.mustRun(t, "connect", srv.Addr(), "--id", "once", "--no-reconnect")
+		servertest.Eventually(t, "the server to accept once", func() bool { return len(said(srv)) == 1 })
+		srv.Kill()
 		servertest.Eventually(t, "once to be gone from conns", func() bool {
 			return connsRow(tg.mustRunOut(t, "conns"), "once") == nil
 		})
-		srv.start()
+		srv.Start()
 		time.Sleep(500 * time.Millisecond) // longer than the default first backoff
-		if n := len(srv.said()); n != 1 {
+		if n := len(said(srv)); n != 1 {
 			t.Errorf("the server accepted %d connections, want 1: --no-reconnect dialed again", n)
 		}
 	})
@@ -483,7 +382,7 @@ func TestConnectCLIErrors(t *testing.T) {
 func TestConnectREST(t *testing.T) {
 	t.Parallel()
 	g, h := startRESTGateway(t)
-	srv := newLineServer(t)
+	srv := servertest.NewLineServer(t, upperLines)
 
 	events := h.events(t, "curl -N /v1/events", "/v1/events?origins=ORIGIN_OUTBOUND")
 	events.waitEvents(t, "the stream's start", func(evs []eventJSON) bool { return len(evs) > 0 })
@@ -502,10 +401,10 @@ func TestConnectREST(t *testing.T) {
 	}
 	h.mustDo(t, "POST", "/v1/connections", fmt.Sprintf(`{"connectionId": "rest", "address": %q,
 		"framing": {"mode": "FRAMING_MODE_LINE"}, "reconnect": {"initialBackoff": "0.05s", "maxBackoff": "0.4s"},
-		"onConnect": {"text": "login rest", "framed": true}}`, srv.addr), &resp)
-	if c := resp.Connection; c.ConnectionID != "rest" || c.Address != srv.addr || c.State != "CONNECTION_STATE_OPEN" ||
+		"onConnect": {"text": "login rest", "framed": true}}`, srv.Addr()), &resp)
+	if c := resp.Connection; c.ConnectionID != "rest" || c.Address != srv.Addr() || c.State != "CONNECTION_STATE_OPEN" ||
 		c.Origin != "ORIGIN_OUTBOUND" || c.Generation != 1 || resp.Header.Incarnation == "" {
-		t.Fatalf("POST /v1/connections = %+v, want rest open to %s, outbound, generation 1, with a header", resp, srv.addr)
+		t.Fatalf("POST /v1/connections = %+v, want rest open to %s, outbound, generation 1, with a header", resp, srv.Addr())
 	}
 	var sent sendResponseJSON
 	h.mustDo(t, "POST", "/v1/send", `{"connectionId": "rest", "text": "hello", "framed": true, "awaitReply": {"mode": "AWAIT_MODE_FRAME"}}`, &sent)
@@ -513,8 +412,8 @@ func TestConnectREST(t *testing.T) {
 		t.Errorf("POST /v1/send to rest = %+v, want the reply HELLO", sent)
 	}
 
-	srv.stop()
-	srv.start()
+	srv.Kill()
+	srv.Start()
 	evs := events.waitEvents(t, "the drop, a scheduled reconnect and generation 2", func(evs []eventJSON) bool {
 		var closed, scheduled, reopened bool
 		for _, e := range evs {
@@ -537,14 +436,14 @@ func TestConnectREST(t *testing.T) {
 	if resp.Connection.State != "CONNECTION_STATE_CLOSED" || resp.Connection.Generation != 2 {
 		t.Errorf("DELETE /v1/connections/rest = %+v, want it closed at generation 2", resp.Connection)
 	}
-	if got := srv.saidStartingWith("login rest\n"); len(got) != 2 {
-		t.Errorf("the server saw %d connections that logged in, want 2: %q", len(got), srv.said())
+	if got := saidStartingWith(srv, "login rest\n"); len(got) != 2 {
+		t.Errorf("the server saw %d connections that logged in, want 2: %q", len(got), said(srv))
 	}
 
 	t.Run("bad bodies", func(t *testing.T) {
 		h.wantError(t, "POST", "/v1/connections", `{"address": "nowhere"}`, 400, 3, "address")
 		h.wantError(t, "POST", "/v1/connections", `{"address": "127.0.0.1:1", "bogus": 1}`, 400, 3, "bogus")
-		h.wantError(t, "POST", "/v1/connections", fmt.Sprintf(`{"address": %q, "reconnect": {"initialBackoff": "0.001s"}}`, srv.addr), 400, 3, "initial_backoff")
+		h.wantError(t, "POST", "/v1/connections", fmt.Sprintf(`{"address": %q, "reconnect": {"initialBackoff": "0.001s"}}`, srv.Addr()), 400, 3, "initial_backoff")
 		h.wantError(t, "POST", "/v1/connections", fmt.Sprintf(`{"address": %q, "reconnect": {"disabled": true}}`, servertest.RefusedAddr(t)), 503, 14, "refused")
 	})
 
@@ -561,7 +460,7 @@ func TestConnectREST(t *testing.T) {
 				Generation   uint64 `json:"generation,string"`
 			} `json:"connection"`
 		}
-		gc.call(t, "Connect", map[string]any{"connection_id": "grpc", "address": srv.addr, "framing": map[string]any{"mode": "FRAMING_MODE_LINE"}}, &resp)
+		gc.call(t, "Connect", map[string]any{"connection_id": "grpc", "address": srv.Addr(), "framing": map[string]any{"mode": "FRAMING_MODE_LINE"}}, &resp)
 		if resp.Connection.ConnectionID != "grpc" || resp.Connection.State != "CONNECTION_STATE_OPEN" || resp.Connection.Generation != 1 {
 			t.Errorf("grpcurl Connect = %+v, want grpc open, generation 1", resp.Connection)
 		}
@@ -571,7 +470,7 @@ func TestConnectREST(t *testing.T) {
 			t.Errorf("grpcurl Send to grpc = %+v, want the reply HI", reply)
 		}
 		// An id in use, by the outbound connection or anyone: AlreadyExists.
-		_, stderr, err := gc.run(t, "-d", fmt.Sprintf(`{"connection_id": "grpc", "address": %q}`, srv.addr), g.grpcAddr, service+"/Connect")
+		_, stderr, err := gc.run(t, "-d", fmt.Sprintf(`{"connection_id": "grpc", "address": %q}`, srv.Addr()), g.grpcAddr, service+"/Connect")
 		if err == nil || !strings.Contains(stderr, "AlreadyExists") {
 			t.Errorf("grpcurl Connect with an id in use: %v, %s; want AlreadyExists", err, stderr)
 		}

@@ -41,3 +41,15 @@ func TestCallErrorByReason(t *testing.T) {
 		}
 	}
 }
+
+// TestCallErrorHinted: advice follows the gateway's own code and message,
+// not gRPC's rendering of the error it wraps.
+func TestCallErrorHinted(t *testing.T) {
+	c := &client{server: "127.0.0.1:50051"}
+	err := hinted{rpc.Status(codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT,
+		"reconnect.initial_backoff: must be at least 10ms, got 1ms", map[string]string{rpc.MetaField: "reconnect.initial_backoff"}), "set by --backoff"}
+	want := "InvalidArgument: reconnect.initial_backoff: must be at least 10ms, got 1ms; set by --backoff"
+	if got := c.callError(err).Error(); got != want {
+		t.Errorf("callError = %q\nwant        %q", got, want)
+	}
+}

@@ -237,7 +237,8 @@ func TestCLI(t *testing.T) {
 			}
 		}
 		// ID LISTENER STATE REMOTE OPENED(date time) BYTES-IN BYTES-OUT
-		if len(row) != 8 || row[1] != "demo" || row[2] != "open" || row[3] != local {
+		// ORIGIN GEN LAST-ERROR
+		if len(row) != 11 || row[1] != "demo" || row[2] != "open" || row[3] != local || row[8] != "accepted" || row[9] != "-" || row[10] != "-" {
 			t.Fatalf("tcpgate conns demo:\n%s\nwant a row for %s of demo from %s", out, id, local)
 		}
 
@@ -420,7 +421,7 @@ func TestCLI(t *testing.T) {
 				}
 			})
 		}
-		for _, want := range []string{"listen", "stop", "ls", "conns", "close", "send", "subscribe", "serve",
+		for _, want := range []string{"listen", "stop", "connect", "ls", "conns", "close", "send", "subscribe", "serve",
 			"help", "completion", "completion bash", "completion zsh", "completion fish", "completion powershell"} {
 			if !seen[want] {
 				t.Errorf("tcpgate %s: not listed by any --help, want it checked", want)

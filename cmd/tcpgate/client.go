@@ -17,6 +17,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -187,6 +188,21 @@ func (c *client) callError(err error) error {
 	return errors.New(msg)
 }
 
+// retryDelay returns the google.rpc.RetryInfo of a failed call: how long
+// until what failed may succeed.
+func retryDelay(err error) (time.Duration, bool) {
+	st, ok := status.FromError(err)
+	if !ok {
+		return 0, false
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay() != nil {
+			return ri.GetRetryDelay().AsDuration(), true
+		}
+	}
+	return 0, false
+}
+
 // hinted is a failed call with advice on what to change, appended to the
 // gateway's message by callError.
 type hinted struct {
@@ -195,6 +211,11 @@ type hinted struct {
 }
 
 func (h hinted) Unwrap() error { return h.error }
+
+// GRPCStatus is the status of the gateway's answer, so that
+// status.FromError reads the gateway's code and message rather than the
+// text of the whole chain ("rpc error: code = ... desc = ...").
+func (h hinted) GRPCStatus() *status.Status { return status.Convert(h.error) }
 
 // tlsOn reports whether the flags ask for TLS to the gateway.
 func (c *client) tlsOn() bool {
@@ -235,6 +256,7 @@ func addClientCommands(root *cobra.Command) {
 	for _, cmd := range []*cobra.Command{
 		newListenCmd(c),
 		newStopCmd(c),
+		newConnectCmd(c),
 		newLsCmd(c),
 		newConnsCmd(c),
 		newConnCmd(c),
@@ -425,10 +447,11 @@ func newStopCmd(c *client) *cobra.Command {
 
 func newCloseCmd(c *client) *cobra.Command {
 	return &cobra.Command{
-		Use:     "close CONNECTION",
-		Short:   "Close one accepted connection",
-		Example: "  tcpgate close c-k3v7q2m5xa   # an id that conns or subscribe printed",
-		Args:    needArgs("CONNECTION"),
+		Use:   "close CONNECTION",
+		Short: "Close one connection for good: an accepted one, or an outbound one, whose reconnects stop",
+		Example: "  tcpgate close c-k3v7q2m5xa   # an id that conns or subscribe printed\n" +
+			"  tcpgate close feed           # an outbound connection: no more reconnects",
+		Args: needArgs("CONNECTION"),
 		RunE: c.run(func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := c.ctx(cmd)
 			defer cancel()
@@ -436,7 +459,16 @@ func newCloseCmd(c *client) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "connection %s closed (%s)\n", resp.GetConnection().GetConnectionId(), resp.GetConnection().GetRemoteAddress())
+			cn := resp.GetConnection()
+			if cn.GetOrigin() == tcpgatev1.Origin_ORIGIN_OUTBOUND {
+				lived := "it never connected"
+				if g := cn.GetGeneration(); g > 0 {
+					lived = fmt.Sprintf("after %d generation%s", g, plural(g))
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "connection %s to %s closed (%s): no more reconnects\n", cn.GetConnectionId(), cn.GetAddress(), lived)
+				return nil
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "connection %s closed (%s)\n", cn.GetConnectionId(), cn.GetRemoteAddress())
 			return nil
 		}),
 	}
@@ -448,19 +480,22 @@ func newSendCmd(c *client) *cobra.Command {
 		stdin, newline, framed                   bool
 		timeout                                  time.Duration
 		maxReply                                 uint32
+		target                                   targetTLS
 	)
 	cmd := &cobra.Command{
 		Use:   "send [HOST:PORT] [TEXT]",
 		Short: "Send text or bytes, and print the reply (kn-sock's send_tcp_message)",
 		Long: "Send text or bytes to an address (connect, write, optionally read the reply, close),\n" +
-			"to an accepted connection (--to-conn) or to every connection of a listener\n" +
-			"(--to-listener). The reply is printed to stdout as it came; a summary goes to stderr.",
+			"to a connection the gateway holds (--to-conn: accepted, or kept by `tcpgate connect`)\n" +
+			"or to every connection of a listener (--to-listener). The reply is printed to stdout\n" +
+			"as it came; a summary goes to stderr.",
 		Example: "  tcpgate send 127.0.0.1:9000 'Hello, World!' --await first\n" +
 			"  tcpgate send 127.0.0.1:9000 --hex 01020304\n" +
 			"  tcpgate send 127.0.0.1:7000 PING --framed --await line    # a line protocol\n" +
 			"  tcpgate send --to-conn c-k3v7q2m5xa status --framed      # one frame of its listener's framing\n" +
 			"  printf 'GET / HTTP/1.0\\r\\n\\r\\n' | tcpgate send example.test:80 --stdin --await close\n" +
 			"  tcpgate send --to-conn c-k3v7q2m5xa 'hello back'\n" +
+			"  tcpgate send --to-conn feed STATUS --framed --await line   # a connection kept by connect\n" +
 			"  tcpgate send --to-listener demo 'to everyone'",
 		Args: cobra.MaximumNArgs(2),
 		RunE: c.run(func(cmd *cobra.Command, args []string) error {
@@ -482,6 +517,13 @@ func newSendCmd(c *client) *cobra.Command {
 			if err := setPayload(req, cmd, args, hexData, file, stdin); err != nil {
 				return err
 			}
+			var err error
+			if req.Tls, err = target.dialTLS(); err != nil {
+				return err
+			}
+			if req.Tls != nil && toConn+toListener != "" {
+				return errors.New("--target-tls and its kin are for an address: a connection the gateway holds speaks as it was made")
+			}
 			if newline && framed {
 				return errors.New("--newline and --framed exclude each other: --framed already ends a line with its newline")
 			}
@@ -494,7 +536,6 @@ func newSendCmd(c *client) *cobra.Command {
 					p.Data = append(p.Data, '\n')
 				}
 			}
-			var err error
 			if req.AwaitReply, err = parseAwait(await, maxReply, toConn != ""); err != nil {
 				return err
 			}
@@ -507,10 +548,20 @@ func newSendCmd(c *client) *cobra.Command {
 			defer cancel()
 			resp, err := c.api.Send(ctx, req)
 			if err != nil {
-				if reason, meta := rpc.ReasonOf(err); reason == tcpgatev1.ErrorReason_ERROR_REASON_REPLY_TIMEOUT && !framed && !endsWithNewline(req) {
+				reason, meta := rpc.ReasonOf(err)
+				switch {
+				case reason == tcpgatev1.ErrorReason_ERROR_REASON_REPLY_TIMEOUT && !framed && !endsWithNewline(req):
 					return hinted{err, "a line protocol answers only a whole line: send it framed (--framed), or end the payload with a newline (--newline)"}
-				} else if meta[rpc.MetaField] == "framed" {
+				case meta[rpc.MetaField] == "framed":
 					return hinted{err, "to an address, --framed encodes with the framing of --await line"}
+				case reason == tcpgatev1.ErrorReason_ERROR_REASON_NOT_CONNECTED:
+					retry := "retry once it is up"
+					if d, ok := retryDelay(err); ok {
+						retry = "retry in " + shortDuration(d)
+					}
+					return hinted{err, fmt.Sprintf("the connection is down and holds no sends: %s, or connect it with --queue SIZE (tcpgate connect --queue 64KiB) so that sends wait for the reconnect", retry)}
+				case reason == tcpgatev1.ErrorReason_ERROR_REASON_QUEUE_FULL:
+					return hinted{err, "the sends held while the connection is down fill its --queue: retry once it is up, or connect it with a larger --queue"}
 				}
 				return err
 			}
@@ -534,13 +585,14 @@ func newSendCmd(c *client) *cobra.Command {
 	f.StringVar(&hexData, "hex", "", "send these bytes, in hex")
 	f.StringVar(&file, "file", "", "send the bytes of this file")
 	f.BoolVar(&stdin, "stdin", false, "send what stdin holds until EOF")
-	f.StringVar(&toConn, "to-conn", "", "send to this accepted connection instead of an address")
+	f.StringVar(&toConn, "to-conn", "", "send to this connection (accepted, or kept by connect) instead of an address")
 	f.StringVar(&toListener, "to-listener", "", "send to every connection of this listener")
 	f.BoolVar(&newline, "newline", false, "end the payload with a newline (\\n); --framed does it for a line connection or --await line, and adds a length-prefixed one's prefix")
 	f.BoolVar(&framed, "framed", false, "send the payload as one frame of the connection's or listener's framing (a line gets its \\n, a length-prefixed frame its prefix); to an address, of --await line's")
-	f.StringVar(&await, "await", "", "wait for a reply: first (one read), line (one line; with --to-conn, one frame of the listener's framing), close (until the peer closes)")
+	f.StringVar(&await, "await", "", "wait for a reply: first (one read), line (one line; with --to-conn, one frame of the connection's framing), close (until the peer closes)")
 	f.Uint32Var(&maxReply, "max-reply", 0, "largest reply in bytes (default 1 MiB)")
 	f.DurationVar(&timeout, "timeout", rpc.DefaultSendTimeout, "bounds connect, write and reply (the call may take this long even past --call-timeout)")
+	target.addFlags(f)
 	return cmd
 }
 
@@ -626,11 +678,12 @@ func parseAwait(s string, maxReply uint32, toConn bool) (*tcpgatev1.AwaitReply, 
 // kindNames are the event kinds --kinds takes: the enum's names without
 // EVENT_KIND_, in lower case.
 var kindNames = map[string]tcpgatev1.EventKind{
-	"listener_started":  tcpgatev1.EventKind_EVENT_KIND_LISTENER_STARTED,
-	"listener_stopped":  tcpgatev1.EventKind_EVENT_KIND_LISTENER_STOPPED,
-	"connection_opened": tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED,
-	"data":              tcpgatev1.EventKind_EVENT_KIND_DATA,
-	"connection_closed": tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED,
+	"listener_started":    tcpgatev1.EventKind_EVENT_KIND_LISTENER_STARTED,
+	"listener_stopped":    tcpgatev1.EventKind_EVENT_KIND_LISTENER_STOPPED,
+	"connection_opened":   tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED,
+	"data":                tcpgatev1.EventKind_EVENT_KIND_DATA,
+	"connection_closed":   tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED,
+	"reconnect_scheduled": tcpgatev1.EventKind_EVENT_KIND_RECONNECT_SCHEDULED,
 }
 
 // parseKind reads one --kinds value: a short name such as data, or the
@@ -641,7 +694,7 @@ func parseKind(s string) (tcpgatev1.EventKind, error) {
 	if kind, ok := kindNames[strings.TrimPrefix(name, "event_kind_")]; ok {
 		return kind, nil
 	}
-	return 0, fmt.Errorf("--kinds %q: want listener_started, listener_stopped, connection_opened, data or connection_closed (or the full names, e.g. EVENT_KIND_DATA)", s)
+	return 0, fmt.Errorf("--kinds %q: want listener_started, listener_stopped, connection_opened, data, connection_closed or reconnect_scheduled (or the full names, e.g. EVENT_KIND_DATA)", s)
 }
 
 var policyNames = map[string]tcpgatev1.SlowConsumerPolicy{
@@ -669,10 +722,14 @@ func newSubscribeCmd(c *client) *cobra.Command {
 			"and EVENTS_DROPPED says how many it no longer had. If the gateway restarted\n" +
 			"meanwhile, an incarnation_changed line follows and the replay starts from\n" +
 			"what the new gateway holds: sequences start again, so tell events apart by\n" +
-			"(incarnation, sequence), never by sequence alone.",
+			"(incarnation, sequence), never by sequence alone.\n\n" +
+			"Events of an outbound connection (tcpgate connect) carry gen=N, the number of its\n" +
+			"socket; reconnect_scheduled says it is down and dials again: attempt=N after\n" +
+			"delay=D, with error= saying why it is down.",
 		Example: "  tcpgate subscribe\n" +
 			"  tcpgate subscribe --listener demo --kinds data\n" +
 			"  tcpgate subscribe --origin accepted\n" +
+			"  tcpgate subscribe --conn feed --kinds connection_closed,reconnect_scheduled   # an outbound connection's drops\n" +
 			"  tcpgate subscribe --since 1 --format json | jq .text\n" +
 			"  tcpgate subscribe --since hb4k2xq7zv3wma6c-42   # resume at 42 of that incarnation",
 		Args: cobra.NoArgs,
@@ -743,7 +800,7 @@ func newSubscribeCmd(c *client) *cobra.Command {
 	f := cmd.Flags()
 	f.StringArrayVar(&listeners, "listener", nil, "only events of this listener (repeatable)")
 	f.StringArrayVar(&conns, "conn", nil, "only events of this connection (repeatable)")
-	f.StringSliceVar(&kinds, "kinds", nil, "only these kinds, comma-separated: listener_started, listener_stopped, connection_opened, data, connection_closed (or EVENT_KIND_DATA, ...)")
+	f.StringSliceVar(&kinds, "kinds", nil, "only these kinds, comma-separated: listener_started, listener_stopped, connection_opened, data, connection_closed, reconnect_scheduled (or EVENT_KIND_DATA, ...)")
 	f.StringSliceVar(&origins, "origin", nil, "only events of connections of these origins, comma-separated or repeated: accepted or outbound (listener events are left out)")
 	f.StringVar(&since, "since", "", "replay from this sequence before live events: INCARNATION-SEQUENCE, or SEQUENCE of the gateway's incarnation (default: live only)")
 	f.StringVar(&sinceInc, "since-incarnation", "", "the incarnation --since SEQUENCE belongs to, as stream_started printed it")
@@ -780,14 +837,31 @@ func eventLine(e *tcpgatev1.Event) string {
 	if e.GetConnectionId() != "" {
 		fmt.Fprintf(&b, " conn=%s", e.GetConnectionId())
 	}
+	if g := e.GetGeneration(); g > 0 {
+		fmt.Fprintf(&b, " gen=%d", g) // an outbound connection's socket
+	}
 	switch e.GetKind() {
 	case tcpgatev1.EventKind_EVENT_KIND_LISTENER_STARTED, tcpgatev1.EventKind_EVENT_KIND_LISTENER_STOPPED:
 		fmt.Fprintf(&b, " address=%s", e.GetLocalAddress())
 	case tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED:
 		fmt.Fprintf(&b, " remote=%s", e.GetRemoteAddress())
 	case tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED:
-		fmt.Fprintf(&b, " remote=%s reason=%s", e.GetRemoteAddress(),
-			strings.ToLower(strings.TrimPrefix(e.GetCloseReason().String(), "CLOSE_REASON_")))
+		fmt.Fprintf(&b, " remote=%s reason=%s", orDash(e.GetRemoteAddress()), closeReasonString(e.GetCloseReason()))
+		if r := e.GetTargetCloseReason(); r != tcpgatev1.CloseReason_CLOSE_REASON_UNSPECIFIED {
+			fmt.Fprintf(&b, " target_reason=%s", closeReasonString(r))
+		}
+		if e.GetError() != "" {
+			fmt.Fprintf(&b, " error=%q", e.GetError())
+		}
+	case tcpgatev1.EventKind_EVENT_KIND_RECONNECT_SCHEDULED:
+		fmt.Fprintf(&b, " attempt=%d delay=%s", e.GetAttempt(), shortDuration(e.GetDelay().AsDuration()))
+		if e.GetError() != "" {
+			fmt.Fprintf(&b, " error=%q", e.GetError())
+		}
+	case tcpgatev1.EventKind_EVENT_KIND_DATA:
+		if e.GetDirection() == tcpgatev1.Direction_DIRECTION_SENT {
+			b.WriteString(" sent") // what the gateway wrote, not what it received
+		}
 	case tcpgatev1.EventKind_EVENT_KIND_EVENTS_DROPPED:
 		fmt.Fprintf(&b, " dropped=%d", e.GetDropped())
 	case tcpgatev1.EventKind_EVENT_KIND_STREAM_STARTED:
@@ -808,6 +882,21 @@ func eventLine(e *tcpgatev1.Event) string {
 		}
 	}
 	return b.String()
+}
+
+// closeReasonString is a close reason as subscribe prints it: the enum's
+// name without CLOSE_REASON_, in lower case.
+func closeReasonString(r tcpgatev1.CloseReason) string {
+	return strings.ToLower(strings.TrimPrefix(r.String(), "CLOSE_REASON_"))
+}
+
+// shortDuration rounds a jittered delay to what a person reads: 1.234s,
+// 87ms; below a millisecond as it is.
+func shortDuration(d time.Duration) string {
+	if d >= time.Millisecond {
+		d = d.Round(time.Millisecond)
+	}
+	return d.String()
 }
 
 // payload returns the bytes of an event or reply: data when it came as

@@ -396,6 +396,10 @@ type eventJSON struct {
 	CloseReason   string `json:"closeReason"`
 	Dropped       uint64 `json:"dropped,string"`
 	Origin        string `json:"origin"`
+	Generation    uint64 `json:"generation,string"`
+	Attempt       uint32 `json:"attempt"`
+	Delay         string `json:"delay"`
+	Error         string `json:"error"`
 	Header        struct {
 		Incarnation  string `json:"incarnation"`
 		NodeID       string `json:"nodeId"`

@@ -107,10 +107,12 @@ var connStates = map[string]tcpgatev1.ConnectionState{
 	"open":        tcpgatev1.ConnectionState_CONNECTION_STATE_OPEN,
 	"half-closed": tcpgatev1.ConnectionState_CONNECTION_STATE_HALF_CLOSED,
 	"draining":    tcpgatev1.ConnectionState_CONNECTION_STATE_DRAINING,
+	"connecting":  tcpgatev1.ConnectionState_CONNECTION_STATE_CONNECTING,
+	"waiting":     tcpgatev1.ConnectionState_CONNECTION_STATE_WAITING,
 }
 
-// parseConnState reads --state: open, half-closed or draining (the API's
-// names work too); empty means every state.
+// parseConnState reads --state: open, half-closed, draining, connecting
+// or waiting (the API's names work too); empty means every state.
 func parseConnState(s string) (tcpgatev1.ConnectionState, error) {
 	if s == "" {
 		return tcpgatev1.ConnectionState_CONNECTION_STATE_UNSPECIFIED, nil
@@ -119,11 +121,15 @@ func parseConnState(s string) (tcpgatev1.ConnectionState, error) {
 	if st, ok := connStates[key]; ok {
 		return st, nil
 	}
-	return 0, fmt.Errorf("--state %q: want open, half-closed or draining", s)
+	return 0, fmt.Errorf("--state %q: want open, half-closed, draining, connecting or waiting", s)
 }
 
-// connStateString is a connection's state as --state spells it.
+// connStateString is a connection's state as --state spells it; closed,
+// which no list shows, as CloseConnection and Connect may answer it.
 func connStateString(st tcpgatev1.ConnectionState) string {
+	if st == tcpgatev1.ConnectionState_CONNECTION_STATE_CLOSED {
+		return "closed"
+	}
 	for name, v := range connStates {
 		if v == st {
 			return name
@@ -173,13 +179,18 @@ func newConnsCmd(c *client) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "conns [LISTENER]",
-		Short: "List open connections, of one listener or all",
-		Long: "List open connections in the order they were accepted, with their state: open, half-closed\n" +
-			"(the peer shut down its sending side) or draining (their listener is stopping). The filters\n" +
-			"combine. The gateway returns connections a page at a time; conns follows every page unless\n" +
-			"--limit stops it earlier.",
+		Short: "List live connections, accepted and outbound, of one listener or all",
+		Long: "List live connections in the order they were made: those listeners accepted and the\n" +
+			"outbound ones `tcpgate connect` keeps. STATE is open, half-closed (the peer shut down\n" +
+			"its sending side) or draining (their listener is stopping); an outbound connection is\n" +
+			"also connecting (dialing, or awaiting its --expect) or waiting (down, to dial again).\n" +
+			"REMOTE is the peer's address, or for an outbound connection the address it dials; GEN\n" +
+			"numbers an outbound connection's sockets (one more on every reconnect), and LAST ERROR\n" +
+			"says why its last attempt failed or its last socket ended. The filters combine. The\n" +
+			"gateway returns connections a page at a time; conns follows every page unless --limit\n" +
+			"stops it earlier.",
 		Example: "  tcpgate conns\n  tcpgate conns demo\n  tcpgate conns --state half-closed --remote-prefix 10.1.\n" +
-			"  tcpgate conns --listener demo --limit 20\n  tcpgate conns --origin accepted",
+			"  tcpgate conns --listener demo --limit 20\n  tcpgate conns --origin outbound",
 		Args: cobra.MaximumNArgs(1),
 		RunE: c.run(func(cmd *cobra.Command, args []string) error {
 			if len(args) == 1 {
@@ -219,17 +230,20 @@ func newConnsCmd(c *client) *cobra.Command {
 				req.PageToken = resp.GetNextPageToken()
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "ID\tLISTENER\tSTATE\tREMOTE\tOPENED\tBYTES IN\tBYTES OUT")
+			// The columns before ORIGIN are where they were before
+			// outbound connections came, for scripts that split by position.
+			fmt.Fprintln(w, "ID\tLISTENER\tSTATE\tREMOTE\tOPENED\tBYTES IN\tBYTES OUT\tORIGIN\tGEN\tLAST ERROR")
 			for _, cn := range all {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", cn.GetConnectionId(), cn.GetListenerId(), connStateString(cn.GetState()),
-					cn.GetRemoteAddress(), cn.GetOpenedAt().AsTime().Local().Format(time.DateTime), cn.GetBytesIn(), cn.GetBytesOut())
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", cn.GetConnectionId(), orDash(cn.GetListenerId()),
+					connStateString(cn.GetState()), connRemote(cn), openedAt(cn), cn.GetBytesIn(), cn.GetBytesOut(),
+					originString(cn.GetOrigin()), connGeneration(cn), connLastError(cn))
 			}
 			return w.Flush()
 		}),
 	}
 	f := cmd.Flags()
 	f.StringVar(&listenerID, "listener", "", "only the connections of this listener (as the LISTENER argument)")
-	f.StringVar(&state, "state", "", "only connections in this state: open, half-closed or draining")
+	f.StringVar(&state, "state", "", "only connections in this state: open, half-closed, draining, connecting or waiting")
 	f.StringSliceVar(&origins, "origin", nil, "only connections of these origins, comma-separated or repeated: accepted or outbound")
 	f.StringVar(&prefix, "remote-prefix", "", `only connections whose remote address starts with this ("10.1.", "[::1]:")`)
 	f.Int32Var(&pageSize, "page-size", 0, "connections asked for per call (0: the gateway's default, 100; at most 1000)")
@@ -241,7 +255,7 @@ func newConnCmd(c *client) *cobra.Command {
 	return &cobra.Command{
 		Use:     "conn CONNECTION",
 		Aliases: []string{"connection"},
-		Short:   "Show one open connection with its state and counters",
+		Short:   "Show one live connection with its state and counters",
 		Example: "  tcpgate conn c-k3v7q2m5xa",
 		Args:    needArgs("CONNECTION"),
 		RunE: c.run(func(cmd *cobra.Command, args []string) error {
@@ -253,15 +267,28 @@ func newConnCmd(c *client) *cobra.Command {
 			}
 			cn := resp.GetConnection()
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			var gen, attempts, next string
+			if cn.GetOrigin() == tcpgatev1.Origin_ORIGIN_OUTBOUND {
+				gen = fmt.Sprint(cn.GetGeneration())
+				attempts = fmt.Sprint(cn.GetAttempts())
+				if t := cn.GetNextAttemptAt(); t != nil {
+					next = t.AsTime().Local().Format("2006-01-02 15:04:05.000")
+				}
+			}
 			for _, row := range [][2]string{
 				{"id", cn.GetConnectionId()},
 				{"listener", cn.GetListenerId()},
 				{"origin", originString(cn.GetOrigin())},
 				{"state", connStateString(cn.GetState())},
+				{"address", cn.GetAddress()},
 				{"remote", cn.GetRemoteAddress()},
 				{"local", cn.GetLocalAddress()},
 				{"peer subject", cn.GetPeerSubject()},
-				{"opened", cn.GetOpenedAt().AsTime().Local().Format(time.DateTime)},
+				{"generation", gen},
+				{"opened", openedAtOrEmpty(cn)},
+				{"failed attempts", attempts},
+				{"next attempt", next},
+				{"last error", cn.GetLastError()},
 				{"bytes in", fmt.Sprint(cn.GetBytesIn())},
 				{"bytes out", fmt.Sprint(cn.GetBytesOut())},
 				{"frames in", fmt.Sprint(cn.GetFramesIn())},
@@ -274,4 +301,50 @@ func newConnCmd(c *client) *cobra.Command {
 			return w.Flush()
 		}),
 	}
+}
+
+// orDash is s, or a dash where a table cell would be empty.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// connRemote is the REMOTE of conns: the peer's address, or the address an
+// outbound connection dials (it has no peer while down).
+func connRemote(cn *tcpgatev1.Connection) string {
+	if cn.GetOrigin() == tcpgatev1.Origin_ORIGIN_OUTBOUND && cn.GetAddress() != "" {
+		return cn.GetAddress()
+	}
+	return orDash(cn.GetRemoteAddress())
+}
+
+// connGeneration is the GEN of conns: an outbound connection's socket
+// number, a dash for an accepted one, which has one socket only.
+func connGeneration(cn *tcpgatev1.Connection) string {
+	if cn.GetOrigin() != tcpgatev1.Origin_ORIGIN_OUTBOUND {
+		return "-"
+	}
+	return fmt.Sprint(cn.GetGeneration())
+}
+
+// connLastError is the LAST ERROR of conns, the last column, so that an
+// error's spaces do not shift the others.
+func connLastError(cn *tcpgatev1.Connection) string {
+	return orDash(cn.GetLastError())
+}
+
+// openedAtOrEmpty is when the connection opened, or nothing when it has
+// no time of its own (an outbound connection not yet connected).
+func openedAtOrEmpty(cn *tcpgatev1.Connection) string {
+	if cn.GetOpenedAt() == nil {
+		return ""
+	}
+	return cn.GetOpenedAt().AsTime().Local().Format(time.DateTime)
+}
+
+// openedAt is the OPENED of conns: a date and a time, or a dash.
+func openedAt(cn *tcpgatev1.Connection) string {
+	return orDash(openedAtOrEmpty(cn))
 }

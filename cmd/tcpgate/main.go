@@ -23,13 +23,15 @@ func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "tcpgate",
 		Short: "A gRPC-managed TCP gateway",
-		Long: "tcpgate starts and stops raw TCP listeners, sends TCP messages and bytes,\n" +
-			"and streams what its listeners receive, all driven over gRPC or REST.\n\n" +
+		Long: "tcpgate starts and stops raw TCP listeners, keeps connections to servers, sends\n" +
+			"TCP messages and bytes, and streams what its connections receive, all driven over\n" +
+			"gRPC or REST.\n\n" +
 			"`tcpgate serve` runs the gateway; the other commands drive a running one\n" +
 			"at --server (env TCPGATE_SERVER, default 127.0.0.1:50051).",
 		Example: "  tcpgate serve &\n" +
 			"  tcpgate listen 9000 --host 127.0.0.1 --reply 'Message received'\n" +
 			"  tcpgate send 127.0.0.1:9000 'Hello, World!' --await first\n" +
+			"  tcpgate connect 127.0.0.1:7000 --id feed --framing line   # keep a connection to a server\n" +
 			"  tcpgate subscribe --listener l1",
 		Version:       version(),
 		SilenceUsage:  true,

@@ -29,7 +29,8 @@ const (
 var readmeListenerPort = regexp.MustCompile(`\b9000\b`)
 
 // TestReadmeSnippets runs the README's Python program, its curl, grpcurl
-// and CLI walkthroughs, each against a gateway of its own.
+// and CLI walkthroughs and the one of an outbound connection, each against
+// a gateway of its own.
 func TestReadmeSnippets(t *testing.T) {
 	t.Parallel()
 	blocks := readmeBlocks(t)
@@ -48,6 +49,10 @@ func TestReadmeSnippets(t *testing.T) {
 	t.Run("cli", func(t *testing.T) {
 		t.Parallel()
 		testReadmeCLI(t, blocks)
+	})
+	t.Run("outbound", func(t *testing.T) {
+		t.Parallel()
+		testReadmeOutbound(t, blocks)
 	})
 }
 

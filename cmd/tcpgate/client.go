@@ -353,6 +353,8 @@ func framingString(f *tcpgatev1.Framing) string {
 func newListenCmd(c *client) *cobra.Command {
 	var (
 		host, id, framing, reply string
+		forward                  string
+		target                   targetTLS
 		echo                     bool
 		maxFrame, maxConns       uint32
 		idle, halfClose          time.Duration
@@ -363,7 +365,8 @@ func newListenCmd(c *client) *cobra.Command {
 		Example: "  tcpgate listen 9000 --host 127.0.0.1 --reply 'Message received'\n" +
 			"  tcpgate listen 0 --framing line --echo\n" +
 			"  tcpgate listen 7000 --id sensors --framing len:2le\n" +
-			"  tcpgate listen 8080 --framing line --half-close 5s   # answer clients that shut down writing",
+			"  tcpgate listen 8080 --framing line --half-close 5s   # answer clients that shut down writing\n" +
+			"  tcpgate listen 8443 --forward 127.0.0.1:8080 --framing line   # relay to a server, as socat; subscribe --include-sent shows both ways",
 		Args: needArgs("PORT"),
 		RunE: c.run(func(cmd *cobra.Command, args []string) error {
 			port, err := strconv.ParseUint(args[0], 10, 32)
@@ -397,6 +400,16 @@ func newListenCmd(c *client) *cobra.Command {
 				req.AutoReply = &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED,
 					Payload: &tcpgatev1.AutoReply_Text{Text: reply}}
 			}
+			tls, err := target.dialTLS()
+			if err != nil {
+				return err
+			}
+			switch {
+			case forward != "":
+				req.Forward = &tcpgatev1.Forward{Address: forward, Tls: tls}
+			case tls != nil:
+				return errors.New("--target-tls and its kin are for --forward's target")
+			}
 			ctx, cancel := c.ctx(cmd)
 			defer cancel()
 			resp, err := c.api.StartListener(ctx, req)
@@ -418,6 +431,8 @@ func newListenCmd(c *client) *cobra.Command {
 	f.Uint32Var(&maxConns, "max-conns", 0, "most connections open at once (default: the gateway's --listener-max-connections)")
 	f.DurationVar(&idle, "idle", 0, "close connections silent this long (default: the gateway's --idle-timeout)")
 	f.DurationVar(&halfClose, "half-close", 0, "keep a connection writable this long after its client shuts down writing, so 'send --to-conn' can answer it (default: close at once)")
+	f.StringVar(&forward, "forward", "", "relay every accepted connection to this HOST:PORT, both ways (checked against the gateway's --allow-dial at every dial)")
+	target.addFlags(f)
 	return cmd
 }
 
@@ -709,6 +724,7 @@ func newSubscribeCmd(c *client) *cobra.Command {
 		origins                 []string
 		since, sinceInc         string
 		policy, format          string
+		includeSent             bool
 	)
 	cmd := &cobra.Command{
 		Use:   "subscribe",
@@ -729,12 +745,13 @@ func newSubscribeCmd(c *client) *cobra.Command {
 		Example: "  tcpgate subscribe\n" +
 			"  tcpgate subscribe --listener demo --kinds data\n" +
 			"  tcpgate subscribe --origin accepted\n" +
+			"  tcpgate subscribe --include-sent   # both sides of every conversation\n" +
 			"  tcpgate subscribe --conn feed --kinds connection_closed,reconnect_scheduled   # an outbound connection's drops\n" +
 			"  tcpgate subscribe --since 1 --format json | jq .text\n" +
 			"  tcpgate subscribe --since hb4k2xq7zv3wma6c-42   # resume at 42 of that incarnation",
 		Args: cobra.NoArgs,
 		RunE: c.run(func(cmd *cobra.Command, _ []string) error {
-			req := &tcpgatev1.SubscribeRequest{ListenerIds: listeners, ConnectionIds: conns, SinceIncarnation: sinceInc}
+			req := &tcpgatev1.SubscribeRequest{ListenerIds: listeners, ConnectionIds: conns, SinceIncarnation: sinceInc, IncludeSent: includeSent}
 			if since != "" {
 				inc, seq, err := parseSince(since)
 				if err != nil {
@@ -806,6 +823,7 @@ func newSubscribeCmd(c *client) *cobra.Command {
 	f.StringVar(&sinceInc, "since-incarnation", "", "the incarnation --since SEQUENCE belongs to, as stream_started printed it")
 	f.StringVar(&policy, "policy", "drop-oldest", "when this subscriber falls behind: drop-oldest, disconnect or backpressure")
 	f.StringVar(&format, "format", "text", "text or json (one protojson object per line)")
+	f.BoolVar(&includeSent, "include-sent", false, "also print what the gateway wrote (sends, auto replies, on-connect, heartbeats, a forwarding listener's target), marked sent")
 	return cmd
 }
 

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 )
 
 // testReadmeOutbound runs the README's section "Keeping a connection to a
@@ -204,24 +203,6 @@ func testReadmeOutbound(t *testing.T, blocks []codeBlock) {
 		})
 	}
 	g.d.stop(t)
-}
-
-// waitListening waits until something accepts connections at addr: the
-// README's server, which python3 takes a moment to start.
-func waitListening(t *testing.T, addr string) {
-	t.Helper()
-	deadline := time.Now().Add(eventTimeout)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nothing listens at %s %v after starting the README's server: %v", addr, eventTimeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // waitStream waits for the NDJSON events p printed to satisfy match.

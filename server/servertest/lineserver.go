@@ -21,7 +21,7 @@ type LineServer struct {
 
 	mu    sync.Mutex // guards the fields below
 	ln    net.Listener
-	conns []net.Conn
+	conns []net.Conn // by connection, as lines; nil once closed
 	lines [][]string // by connection, in accept order
 	wg    sync.WaitGroup
 }
@@ -82,7 +82,12 @@ func (s *LineServer) Start() {
 }
 
 func (s *LineServer) serve(c net.Conn, i int) {
-	defer c.Close()
+	defer func() {
+		c.Close()
+		s.mu.Lock()
+		s.conns[i] = nil // Conn(i) is for open connections
+		s.mu.Unlock()
+	}()
 	r := bufio.NewReader(c)
 	for {
 		line, err := r.ReadString('\n')
@@ -108,10 +113,13 @@ func (s *LineServer) Kill() {
 		s.ln.Close()
 		s.ln = nil
 	}
-	for _, c := range s.conns {
-		c.Close()
+	// Indexed as lines are, across restarts: entries go nil, never away.
+	for i, c := range s.conns {
+		if c != nil {
+			c.Close()
+			s.conns[i] = nil
+		}
 	}
-	s.conns = nil
 	s.mu.Unlock()
 	s.wg.Wait()
 }
@@ -139,5 +147,5 @@ func (s *LineServer) Conn(i int) net.Conn {
 	if i >= len(s.conns) {
 		return nil
 	}
-	return s.conns[i]
+	return s.conns[i] // nil once closed
 }

@@ -1,6 +1,7 @@
 package servertest_test
 
 import (
+	"bufio"
 	"net"
 	"slices"
 	"strings"
@@ -82,5 +83,47 @@ func TestEventStream(t *testing.T) {
 	}
 	if e, line := nd.Next(); e.GetListenerId() != "a" || !strings.Contains(line, `"listenerId":"a"`) || nd.Started.GetHeader().GetIncarnation() != sse.Incarnation {
 		t.Fatalf("NDJSON %s after %v, want listener a's start in incarnation %s", line, nd.Started, sse.Incarnation)
+	}
+}
+
+// A LineServer keeps its connections numbered across a Kill and a Start:
+// Conn(i) and Lines(i) name the same connection, and a killed one's Conn
+// is nil.
+func TestLineServerRestart(t *testing.T) {
+	s := servertest.NewLineServer(t, servertest.EchoLine)
+	say := func(line string) {
+		t.Helper()
+		c, err := net.Dial("tcp", s.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte(line + "\n")); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := bufio.NewReader(c).ReadString('\n'); err != nil || got != "echo "+line+"\n" {
+			t.Fatalf("answer %q, %v", got, err)
+		}
+	}
+	say("first")
+	s.Kill()
+	s.Start()
+	c, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("second\n")); err != nil {
+		t.Fatal(err)
+	}
+	servertest.Eventually(t, "the second connection's line", func() bool { return s.Accepted() == 2 && len(s.Lines(1)) == 1 })
+	if s.Conn(0) != nil {
+		t.Error("Conn(0) of a killed connection is not nil")
+	}
+	if got := s.Conn(1); got == nil || got.RemoteAddr().String() != c.LocalAddr().String() {
+		t.Errorf("Conn(1) = %v, want the server's end of the second connection (%s)", got, c.LocalAddr())
+	}
+	if got := s.Lines(1); len(got) != 1 || got[0] != "second" {
+		t.Errorf("Lines(1) = %q, want [second]", got)
 	}
 }

@@ -173,3 +173,42 @@ func TestSendWhileDownRefused(t *testing.T) {
 		t.Fatalf("RetryInfo %v, want a delay in (0, 2s]: the time until the next attempt", retry)
 	}
 }
+
+// A Send whose reply is awaited when its socket drops fails with
+// Unavailable CONNECTION_CLOSED, even with a queue while down, and is
+// never written again: at most once. The connection comes back, and the
+// next Send is answered.
+func TestSendCutByDisconnect(t *testing.T) {
+	srv := servertest.NewLineServer(t, func(line string) string {
+		if line == "hold" {
+			return "" // never answered
+		}
+		return servertest.EchoLine(line)
+	})
+	g := servertest.Start(t, server.Config{})
+	g.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "cut", Address: srv.Addr(), Framing: lineFraming(),
+		Reconnect: &tcpgatev1.Reconnect{InitialBackoff: ms(20), MaxBackoff: ms(50)}, QueueWhileDownBytes: 1024})
+	errc := make(chan error, 1)
+	go func() {
+		_, err := sendLine(t, g, "cut", "hold")
+		errc <- err
+	}()
+	servertest.Eventually(t, "the server got the line", func() bool {
+		return len(srv.Lines(0)) == 1
+	})
+	srv.Kill()
+	err := <-errc
+	if e := servertest.ErrorOf(err); e.Code != codes.Unavailable || e.Reason != "CONNECTION_CLOSED" {
+		t.Fatalf("a Send awaiting its reply when the socket dropped: %v, want Unavailable CONNECTION_CLOSED", err)
+	}
+	srv.Start()
+	servertest.Eventually(t, "cut connected again", func() bool {
+		return getConn(t, g, "cut").GetState() == tcpgatev1.ConnectionState_CONNECTION_STATE_OPEN
+	})
+	if reply, err := sendLine(t, g, "cut", "after"); err != nil || reply != "echo after" {
+		t.Fatalf("Send after the reconnect = %q, %v", reply, err)
+	}
+	if got := srv.Lines(1); strings.Join(got, ",") != "after" {
+		t.Errorf("the second socket got %q, want only the new Send: a cut Send is never written again", got)
+	}
+}

@@ -191,13 +191,23 @@ func randomEvent(r *rand.Rand, seq uint64) *event.Event {
 	e := &event.Event{
 		Sequence:     seq,
 		Time:         time.Unix(r.Int64N(4e9)-1e9, r.Int64N(1e9)),
-		Kind:         event.Kind(r.IntN(8)),
+		Kind:         event.Kind(r.IntN(int(event.ReconnectScheduled) + 1)),
 		ListenerID:   str(),
 		ConnectionID: str(),
 		RemoteAddr:   str(),
 		LocalAddr:    str(),
-		CloseReason:  event.CloseReason(r.IntN(13)),
+		CloseReason:  event.CloseReason(r.IntN(event.NumReasons)),
 		PeerSubject:  str(),
+		Direction:    event.Direction(r.IntN(2)),
+		Error:        str(),
+		TargetReason: event.CloseReason(r.IntN(event.NumReasons)),
+	}
+	if r.IntN(2) == 0 {
+		// An outbound connection's: its socket, and a retry's attempt and
+		// delay (to the nanosecond, up to an hour).
+		e.Generation = r.Uint64() >> r.IntN(64)
+		e.Attempt = r.Uint32() >> r.IntN(32)
+		e.Delay = time.Duration(r.Int64N(int64(time.Hour))) / time.Duration([]int64{1, 1e3, 1e6, 1e9}[r.IntN(4)]) * time.Duration([]int64{1, 1e3, 1e6, 1e9}[r.IntN(4)])
 	}
 	if r.IntN(5) == 0 {
 		e.Sequence = 0

@@ -189,20 +189,7 @@ func appendTimestamp(b []byte, t time.Time) ([]byte, error) {
 	}
 	b = append(b, '"')
 	b = time.Unix(secs, 0).UTC().AppendFormat(b, "2006-01-02T15:04:05")
-	if nanos != 0 {
-		digits := 9
-		for digits > 3 && nanos%1000 == 0 {
-			nanos /= 1000
-			digits -= 3
-		}
-		b = append(b, '.')
-		var frac [9]byte
-		for i := digits - 1; i >= 0; i-- {
-			frac[i] = byte('0' + nanos%10)
-			nanos /= 10
-		}
-		b = append(b, frac[:digits]...)
-	}
+	b = appendFraction(b, int64(nanos))
 	return append(b, 'Z', '"'), nil
 }
 
@@ -216,21 +203,29 @@ func appendDuration(b []byte, d time.Duration) []byte {
 		secs, nanos = -secs, -nanos
 	}
 	b = strconv.AppendInt(b, secs, 10)
-	if nanos != 0 {
-		digits := 9
-		for digits > 3 && nanos%1000 == 0 {
-			nanos /= 1000
-			digits -= 3
-		}
-		b = append(b, '.')
-		var frac [9]byte
-		for i := digits - 1; i >= 0; i-- {
-			frac[i] = byte('0' + nanos%10)
-			nanos /= 10
-		}
-		b = append(b, frac[:digits]...)
-	}
+	b = appendFraction(b, nanos)
 	return append(b, 's', '"')
+}
+
+// appendFraction appends nanos (0 to 999,999,999) as protojson writes the
+// fraction of a second of a Timestamp or a Duration: nothing for 0, else
+// a '.' and 3, 6 or 9 digits, as few as hold it.
+func appendFraction(b []byte, nanos int64) []byte {
+	if nanos == 0 {
+		return b
+	}
+	digits := 9
+	for digits > 3 && nanos%1000 == 0 {
+		nanos /= 1000
+		digits -= 3
+	}
+	b = append(b, '.')
+	var frac [9]byte
+	for i := digits - 1; i >= 0; i-- {
+		frac[i] = byte('0' + nanos%10)
+		nanos /= 10
+	}
+	return append(b, frac[:digits]...)
 }
 
 // appendJSONString appends s, valid UTF-8, as a JSON string: quotes,

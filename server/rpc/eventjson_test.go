@@ -91,11 +91,22 @@ func TestEventJSON(t *testing.T) {
 			checkJSON(t, c.name+" ("+f.name+")", c.e, f.f)
 		}
 	}
-	for i := range event.ReasonReplyTimeout + 2 {
+	for _, d := range []time.Duration{time.Nanosecond, time.Microsecond, 10 * time.Millisecond, time.Second, 1500 * time.Millisecond, 30 * time.Second, time.Hour + time.Nanosecond} {
+		e := sealed(&event.Event{Sequence: 1, Time: t0, Kind: event.ReconnectScheduled, ConnectionID: "c", Generation: 2, Attempt: 3, Delay: d, Error: "connection refused"})
+		checkJSON(t, fmt.Sprintf("delay %s", d), e, formatTextOrData)
+	}
+	for _, dir := range []event.Direction{event.Received, event.Sent} {
+		checkJSON(t, "direction "+dir.String(), sealed(&event.Event{Sequence: 1, Time: t0, Kind: event.Data, Direction: dir, Data: []byte("x")}), formatTextOrData)
+	}
+	for i := range event.CloseReason(event.NumReasons) + 1 {
+		e := sealed(&event.Event{Sequence: 1, Time: t0, Kind: event.ConnectionClosed, TargetReason: i})
+		checkJSON(t, fmt.Sprintf("target close reason %d", i), e, formatTextOrData)
+	}
+	for i := range event.CloseReason(event.NumReasons) + 1 {
 		e := sealed(&event.Event{Sequence: 1, Time: t0, Kind: event.ConnectionClosed, CloseReason: i})
 		checkJSON(t, fmt.Sprintf("close reason %d", i), e, formatTextOrData)
 	}
-	for k := range event.EventsDropped + 2 {
+	for k := range event.ReconnectScheduled + 2 {
 		checkJSON(t, fmt.Sprintf("kind %d", k), &event.Event{Sequence: 1, Time: t0, Kind: k}, formatTextOrData)
 	}
 	r := seed.Rand(t)

@@ -18,36 +18,7 @@ import (
 // ratio decoding/socat with its target of 0.3 close the scenario. Every
 // subscriber got every line.
 func TestLinesHeadline(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the daemon and runs a scenario")
-	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "tcpgate")
-	build := exec.Command("go", "build", "-o", bin, "github.com/tcpgate/tcpgate/cmd/tcpgate")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the daemon: %v\n%s", err, out)
-	}
-	out := filepath.Join(dir, "bench.json")
-	stdout := os.Stdout
-	devnull, err := os.Open(os.DevNull)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer devnull.Close()
-	os.Stdout = devnull // the table; the JSON is what is read
-	err = runMain([]string{"--tcpgate", bin, "--runs", "1", "--scenarios", "lines", "--lines", "20000", "--settle", "0s", "--json", out})
-	os.Stdout = stdout
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b bench
-	if err := json.Unmarshal(raw, &b); err != nil {
-		t.Fatal(err)
-	}
+	b := runScenario(t, "--scenarios", "lines", "--lines", "20000")
 	for _, n := range b.Notes {
 		if strings.HasPrefix(n, "lines") || strings.Contains(n, "failed") {
 			t.Errorf("note: %s", n)
@@ -87,4 +58,42 @@ func TestLinesHeadline(t *testing.T) {
 		}
 	}
 	t.Errorf("lines rows %q: no %q", names, ratio)
+}
+
+// runScenario builds the daemon from this tree and runs the bench once
+// with args (a scenario and its knobs) against it, returning what its JSON
+// says, as a reader of docs/BENCHMARKS.md would read the table.
+func runScenario(t *testing.T, args ...string) bench {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds the daemon and runs a scenario")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "tcpgate")
+	build := exec.Command("go", "build", "-o", bin, "github.com/tcpgate/tcpgate/cmd/tcpgate")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the daemon: %v\n%s", err, out)
+	}
+	out := filepath.Join(dir, "bench.json")
+	stdout := os.Stdout
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devnull.Close()
+	os.Stdout = devnull // the table; the JSON is what is read
+	err = runMain(append([]string{"--tcpgate", bin, "--runs", "1", "--settle", "0s", "--json", out}, args...))
+	os.Stdout = stdout
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bench
+	if err := json.Unmarshal(raw, &b); err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -1,10 +1,6 @@
 package main
 
 import (
-	"encoding/json"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -15,36 +11,7 @@ import (
 // (the gRPC echo server) and B (direct TCP) with their ratios, the ratio
 // to A carrying the target of 0.6. A failed call fails the run.
 func TestReqRespRows(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the daemon and runs a scenario")
-	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "tcpgate")
-	build := exec.Command("go", "build", "-o", bin, "github.com/tcpgate/tcpgate/cmd/tcpgate")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the daemon: %v\n%s", err, out)
-	}
-	out := filepath.Join(dir, "bench.json")
-	stdout := os.Stdout
-	devnull, err := os.Open(os.DevNull)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer devnull.Close()
-	os.Stdout = devnull // the table; the JSON is what is read
-	err = runMain([]string{"--tcpgate", bin, "--runs", "1", "--scenarios", "reqresp32", "--duration", "300ms", "--settle", "0s", "--json", out})
-	os.Stdout = stdout
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b bench
-	if err := json.Unmarshal(raw, &b); err != nil {
-		t.Fatal(err)
-	}
+	b := runScenario(t, "--scenarios", "reqresp32", "--duration", "300ms")
 	for _, n := range b.Notes {
 		if strings.HasPrefix(n, "reqresp") || strings.Contains(n, "failed") {
 			t.Errorf("note: %s", n)

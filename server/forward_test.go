@@ -20,59 +20,6 @@ import (
 	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
-// target is a TCP server of a test, the target of a forwarding listener:
-// it runs handle for each connection it accepts, and waits for them when
-// the test ends.
-type target struct {
-	ln    net.Listener
-	addr  string
-	conns chan net.Conn // every accepted connection, for the test to watch
-}
-
-func newTarget(t *testing.T, cfg *tls.Config, handle func(c net.Conn)) *target {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cfg != nil {
-		ln = tls.NewListener(ln, cfg)
-	}
-	tg := &target{ln: ln, addr: ln.Addr().String(), conns: make(chan net.Conn, 16)}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.SetDeadline(time.Now().Add(servertest.Wait))
-			select {
-			case tg.conns <- c:
-			default:
-			}
-			wg.Go(func() {
-				defer c.Close()
-				handle(c)
-			})
-		}
-	})
-	t.Cleanup(func() {
-		_ = ln.Close()
-		for {
-			select {
-			case c := <-tg.conns:
-				_ = c.Close()
-				continue
-			default:
-			}
-			break
-		}
-		wg.Wait()
-	})
-	return tg
-}
-
 // forwarding starts a forwarding listener to addr on g.
 func forwarding(t *testing.T, g *servertest.Gateway, addr string, more func(*tcpgatev1.StartListenerRequest)) *tcpgatev1.Listener {
 	t.Helper()
@@ -133,7 +80,7 @@ func TestForwardBytesBothWays(t *testing.T) {
 	}
 
 	gotUp := make(chan []byte, 1)
-	tg := newTarget(t, nil, func(c net.Conn) {
+	target := servertest.Peer(t, func(c net.Conn) {
 		var wg sync.WaitGroup
 		wg.Go(func() {
 			b, _ := io.ReadAll(c)
@@ -146,9 +93,9 @@ func TestForwardBytesBothWays(t *testing.T) {
 	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
 	both := g.Subscribe(t, &tcpgatev1.SubscribeRequest{IncludeSent: true, SlowConsumer: tcpgatev1.SlowConsumerPolicy_SLOW_CONSUMER_POLICY_BACKPRESSURE})
 	plain := g.Subscribe(t, &tcpgatev1.SubscribeRequest{SlowConsumer: tcpgatev1.SlowConsumerPolicy_SLOW_CONSUMER_POLICY_BACKPRESSURE})
-	l := forwarding(t, g, tg.addr, nil)
-	if l.GetForward().GetAddress() != tg.addr {
-		t.Errorf("listener forward = %v, want address %s", l.GetForward(), tg.addr)
+	l := forwarding(t, g, target, nil)
+	if l.GetForward().GetAddress() != target {
+		t.Errorf("listener forward = %v, want address %s", l.GetForward(), target)
 	}
 
 	c := servertest.Dial(t, l.GetAddress())
@@ -207,13 +154,13 @@ func TestForwardBytesBothWays(t *testing.T) {
 // until its side ends too: the connection is HALF_CLOSED meanwhile.
 func TestForwardHalfClose(t *testing.T) {
 	t.Run("client first", func(t *testing.T) {
-		tg := newTarget(t, nil, func(c net.Conn) {
+		target := servertest.Peer(t, func(c net.Conn) {
 			b, _ := io.ReadAll(c) // until the client's end of stream
 			_, _ = c.Write(append([]byte("after your end: "), b...))
 		})
 		g := servertest.Start(t, server.Config{})
 		sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{})
-		l := forwarding(t, g, tg.addr, nil)
+		l := forwarding(t, g, target, nil)
 		c := servertest.Dial(t, l.GetAddress())
 		_, _ = c.Write([]byte("question"))
 		closeWrite(t, c)
@@ -229,7 +176,7 @@ func TestForwardHalfClose(t *testing.T) {
 	})
 	t.Run("target first", func(t *testing.T) {
 		gotLate := make(chan string, 1)
-		tg := newTarget(t, nil, func(c net.Conn) {
+		target := servertest.Peer(t, func(c net.Conn) {
 			_, _ = c.Write([]byte("banner"))
 			_ = c.(*net.TCPConn).CloseWrite()
 			b, _ := io.ReadAll(c)
@@ -237,7 +184,7 @@ func TestForwardHalfClose(t *testing.T) {
 		})
 		g := servertest.Start(t, server.Config{})
 		sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{})
-		l := forwarding(t, g, tg.addr, nil)
+		l := forwarding(t, g, target, nil)
 		c := servertest.Dial(t, l.GetAddress())
 		got, err := io.ReadAll(c)
 		if err != nil || string(got) != "banner" {
@@ -270,13 +217,13 @@ func TestForwardHalfClose(t *testing.T) {
 	})
 	t.Run("listed half-closed while the target talks", func(t *testing.T) {
 		release := make(chan struct{})
-		tg := newTarget(t, nil, func(c net.Conn) {
+		target := servertest.Peer(t, func(c net.Conn) {
 			_, _ = io.ReadAll(c)
 			<-release
 			_, _ = c.Write([]byte("late"))
 		})
 		g := servertest.Start(t, server.Config{})
-		l := forwarding(t, g, tg.addr, nil)
+		l := forwarding(t, g, target, nil)
 		c := servertest.Dial(t, l.GetAddress())
 		closeWrite(t, c)
 		servertest.Eventually(t, "the connection listed HALF_CLOSED", func() bool {
@@ -303,7 +250,7 @@ func TestForwardDialFails(t *testing.T) {
 	}{
 		{"target refuses", server.Config{HTTPAddr: "127.0.0.1:0"}, func(t *testing.T) string { return servertest.RefusedAddr(t) }, "refused"},
 		{"policy denies", server.Config{HTTPAddr: "127.0.0.1:0", DenyDial: "127.0.0.2/32"}, func(t *testing.T) string {
-			return newTarget(t, nil, func(net.Conn) { t.Error("the target of a denied forward was dialed") }).addr
+			return servertest.Peer(t, func(net.Conn) { t.Error("the target of a denied forward was dialed") })
 		}, "denied"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -341,7 +288,7 @@ func TestForwardTLS(t *testing.T) {
 	ca := servertest.NewCA(t)
 	certPEM, keyPEM := ca.IssueLoopback(t)
 	pair := servertest.KeyPair(t, certPEM, keyPEM)
-	tg := newTarget(t, &tls.Config{Certificates: []tls.Certificate{pair}}, func(c net.Conn) {
+	target := servertest.PeerTLS(t, &tls.Config{Certificates: []tls.Certificate{pair}}, func(c net.Conn) {
 		buf := make([]byte, 4)
 		if _, err := io.ReadFull(c, buf); err == nil {
 			_, _ = c.Write(append([]byte("pong:"), buf...))
@@ -350,7 +297,7 @@ func TestForwardTLS(t *testing.T) {
 	})
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{IncludeSent: true})
-	l := forwarding(t, g, tg.addr, func(r *tcpgatev1.StartListenerRequest) {
+	l := forwarding(t, g, target, func(r *tcpgatev1.StartListenerRequest) {
 		r.Tls = &tcpgatev1.ListenerTLS{CertPem: string(certPEM), KeyPem: string(keyPEM)}
 		r.Forward.Tls = &tcpgatev1.DialTLS{CaPem: string(ca.CertPEM)}
 	})
@@ -376,7 +323,7 @@ func TestForwardTLS(t *testing.T) {
 	}
 
 	t.Run("target not trusted", func(t *testing.T) {
-		l := forwarding(t, g, tg.addr, func(r *tcpgatev1.StartListenerRequest) { r.Forward.Tls = &tcpgatev1.DialTLS{} })
+		l := forwarding(t, g, target, func(r *tcpgatev1.StartListenerRequest) { r.Forward.Tls = &tcpgatev1.DialTLS{} })
 		c := servertest.Dial(t, l.GetAddress())
 		if got, _ := io.ReadAll(c); len(got) != 0 {
 			t.Errorf("client read %q, want the connection closed at once", got)
@@ -393,14 +340,14 @@ func TestForwardTLS(t *testing.T) {
 // sides by CloseConnection, StopListener and the shutdown.
 func TestForwardIsAConnection(t *testing.T) {
 	targetEnded := make(chan error, 4)
-	tg := newTarget(t, nil, func(c net.Conn) {
+	target := servertest.Peer(t, func(c net.Conn) {
 		_, _ = c.Write([]byte("hello from the target\n"))
 		_, err := io.Copy(io.Discard, c)
 		targetEnded <- err
 	})
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{IncludeSent: true})
-	l := forwarding(t, g, tg.addr, nil)
+	l := forwarding(t, g, target, nil)
 	ctx := servertest.Context(t)
 	open := func() (*net.TCPConn, string) {
 		c := servertest.Dial(t, l.GetAddress())
@@ -462,7 +409,7 @@ func TestForwardIsAConnection(t *testing.T) {
 		t.Errorf("closed: %v, target %v; want LISTENER_STOPPED both", closed.GetCloseReason(), closed.GetTargetCloseReason())
 	}
 
-	l = forwarding(t, g, tg.addr, nil)
+	l = forwarding(t, g, target, nil)
 	c, _ = open()
 	if err := g.Stop(); err != nil {
 		t.Fatalf("shutdown with a relay open: %v", err)
@@ -477,7 +424,7 @@ func TestForwardIsAConnection(t *testing.T) {
 // client that only listens to a talkative target stays, and a relay where
 // neither side says anything closes.
 func TestForwardIdle(t *testing.T) {
-	tg := newTarget(t, nil, func(c net.Conn) {
+	target := servertest.Peer(t, func(c net.Conn) {
 		for i := range 6 {
 			if _, err := fmt.Fprintf(c, "tick %d\n", i); err != nil {
 				return
@@ -488,7 +435,7 @@ func TestForwardIdle(t *testing.T) {
 	})
 	g := servertest.Start(t, server.Config{})
 	sub := g.Subscribe(t, &tcpgatev1.SubscribeRequest{})
-	l := forwarding(t, g, tg.addr, func(r *tcpgatev1.StartListenerRequest) {
+	l := forwarding(t, g, target, func(r *tcpgatev1.StartListenerRequest) {
 		r.IdleTimeout = durationpb.New(300 * time.Millisecond)
 	})
 	c := servertest.Dial(t, l.GetAddress())

@@ -2,6 +2,7 @@ package servertest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -81,14 +82,29 @@ func ReadN(t testing.TB, c net.Conn, n int) []byte {
 // Peer runs a plain TCP server on 127.0.0.1:0 that calls handle for every
 // connection it accepts (with a deadline of Wait, closing the connection
 // when handle returns), and returns its address. The test's end closes the
-// server and waits for every handle to return.
+// server and the connections still open, and waits for every handle to
+// return.
 func Peer(t testing.TB, handle func(net.Conn)) string {
+	t.Helper()
+	return PeerTLS(t, nil, handle)
+}
+
+// PeerTLS is Peer speaking TLS with cfg (plain TCP when cfg is nil).
+func PeerTLS(t testing.TB, cfg *tls.Config, handle func(net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("starting a peer: %v", err)
 	}
-	var wg sync.WaitGroup
+	if cfg != nil {
+		ln = tls.NewListener(ln, cfg)
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex // guards open
+		open  = make(map[net.Conn]struct{})
+		ended bool // guarded by mu: the test's end closes what comes after
+	)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -100,8 +116,21 @@ func Peer(t testing.TB, handle func(net.Conn)) string {
 				}
 				return
 			}
+			mu.Lock()
+			if ended {
+				mu.Unlock()
+				c.Close()
+				continue
+			}
+			open[c] = struct{}{}
+			mu.Unlock()
 			wg.Go(func() {
-				defer c.Close()
+				defer func() {
+					c.Close()
+					mu.Lock()
+					delete(open, c)
+					mu.Unlock()
+				}()
 				_ = c.SetDeadline(time.Now().Add(Wait))
 				handle(c)
 			})
@@ -109,6 +138,12 @@ func Peer(t testing.TB, handle func(net.Conn)) string {
 	}()
 	t.Cleanup(func() {
 		ln.Close()
+		mu.Lock()
+		ended = true
+		for c := range open {
+			c.Close() // a handle blocked reading ends now, not after Wait
+		}
+		mu.Unlock()
 		wg.Wait()
 	})
 	return ln.Addr().String()

@@ -272,6 +272,9 @@ var closeReasons = map[event.CloseReason]tcpgatev1.CloseReason{
 	event.ReasonOnConnectFailed: tcpgatev1.CloseReason_CLOSE_REASON_ON_CONNECT_FAILED,
 	event.ReasonReconnectGaveUp: tcpgatev1.CloseReason_CLOSE_REASON_RECONNECT_GAVE_UP,
 	event.ReasonForwardFailed:   tcpgatev1.CloseReason_CLOSE_REASON_FORWARD_FAILED,
+	event.ReasonClosedByRule:    tcpgatev1.CloseReason_CLOSE_REASON_CLOSED_BY_RULE,
+	event.ReasonHandlerTimeout:  tcpgatev1.CloseReason_CLOSE_REASON_HANDLER_TIMEOUT,
+	event.ReasonClosedByHandler: tcpgatev1.CloseReason_CLOSE_REASON_CLOSED_BY_HANDLER,
 }
 
 var policies = map[tcpgatev1.SlowConsumerPolicy]hub.Policy{

@@ -147,6 +147,126 @@ func (AutoReplyMode) EnumDescriptor() ([]byte, []int) {
 	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{1}
 }
 
+// HandlerTimeoutAction says what happens to a frame that its Handle stream
+// did not answer in time.
+type HandlerTimeoutAction int32
+
+const (
+	// Behaves as HANDLER_TIMEOUT_ACTION_FALLBACK.
+	HandlerTimeoutAction_HANDLER_TIMEOUT_ACTION_UNSPECIFIED HandlerTimeoutAction = 0
+	// The frame gets AutoReply.mode's reply (nothing when the mode is none),
+	// and the connection stays open.
+	HandlerTimeoutAction_HANDLER_TIMEOUT_ACTION_FALLBACK HandlerTimeoutAction = 1
+	// The connection is closed with CLOSE_REASON_HANDLER_TIMEOUT.
+	HandlerTimeoutAction_HANDLER_TIMEOUT_ACTION_CLOSE HandlerTimeoutAction = 2
+)
+
+// Enum value maps for HandlerTimeoutAction.
+var (
+	HandlerTimeoutAction_name = map[int32]string{
+		0: "HANDLER_TIMEOUT_ACTION_UNSPECIFIED",
+		1: "HANDLER_TIMEOUT_ACTION_FALLBACK",
+		2: "HANDLER_TIMEOUT_ACTION_CLOSE",
+	}
+	HandlerTimeoutAction_value = map[string]int32{
+		"HANDLER_TIMEOUT_ACTION_UNSPECIFIED": 0,
+		"HANDLER_TIMEOUT_ACTION_FALLBACK":    1,
+		"HANDLER_TIMEOUT_ACTION_CLOSE":       2,
+	}
+)
+
+func (x HandlerTimeoutAction) Enum() *HandlerTimeoutAction {
+	p := new(HandlerTimeoutAction)
+	*p = x
+	return p
+}
+
+func (x HandlerTimeoutAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HandlerTimeoutAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_tcpgate_v1_gateway_proto_enumTypes[2].Descriptor()
+}
+
+func (HandlerTimeoutAction) Type() protoreflect.EnumType {
+	return &file_tcpgate_v1_gateway_proto_enumTypes[2]
+}
+
+func (x HandlerTimeoutAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HandlerTimeoutAction.Descriptor instead.
+func (HandlerTimeoutAction) EnumDescriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{2}
+}
+
+// MatchKind says how a ReplyRule matches a frame.
+type MatchKind int32
+
+const (
+	// Never valid: a rule names its kind.
+	MatchKind_MATCH_KIND_UNSPECIFIED MatchKind = 0
+	// The frame is exactly text or data.
+	MatchKind_MATCH_KIND_EXACT MatchKind = 1
+	// The frame starts with text or data.
+	MatchKind_MATCH_KIND_PREFIX MatchKind = 2
+	// The frame ends with text or data.
+	MatchKind_MATCH_KIND_SUFFIX MatchKind = 3
+	// The frame contains text or data.
+	MatchKind_MATCH_KIND_CONTAINS MatchKind = 4
+	// The frame, as UTF-8, matches regex (RE2, unanchored: use ^ and $).
+	MatchKind_MATCH_KIND_REGEX MatchKind = 5
+)
+
+// Enum value maps for MatchKind.
+var (
+	MatchKind_name = map[int32]string{
+		0: "MATCH_KIND_UNSPECIFIED",
+		1: "MATCH_KIND_EXACT",
+		2: "MATCH_KIND_PREFIX",
+		3: "MATCH_KIND_SUFFIX",
+		4: "MATCH_KIND_CONTAINS",
+		5: "MATCH_KIND_REGEX",
+	}
+	MatchKind_value = map[string]int32{
+		"MATCH_KIND_UNSPECIFIED": 0,
+		"MATCH_KIND_EXACT":       1,
+		"MATCH_KIND_PREFIX":      2,
+		"MATCH_KIND_SUFFIX":      3,
+		"MATCH_KIND_CONTAINS":    4,
+		"MATCH_KIND_REGEX":       5,
+	}
+)
+
+func (x MatchKind) Enum() *MatchKind {
+	p := new(MatchKind)
+	*p = x
+	return p
+}
+
+func (x MatchKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MatchKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_tcpgate_v1_gateway_proto_enumTypes[3].Descriptor()
+}
+
+func (MatchKind) Type() protoreflect.EnumType {
+	return &file_tcpgate_v1_gateway_proto_enumTypes[3]
+}
+
+func (x MatchKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MatchKind.Descriptor instead.
+func (MatchKind) EnumDescriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{3}
+}
+
 // Origin says who opened a connection. ORIGIN_OUTBOUND connections come
 // with Connect (a later release); until then every connection is
 // ORIGIN_ACCEPTED.
@@ -186,11 +306,11 @@ func (x Origin) String() string {
 }
 
 func (Origin) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[2].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[4].Descriptor()
 }
 
 func (Origin) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[2]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[4]
 }
 
 func (x Origin) Number() protoreflect.EnumNumber {
@@ -199,7 +319,7 @@ func (x Origin) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Origin.Descriptor instead.
 func (Origin) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{2}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{4}
 }
 
 // Direction says which way data went. Defined now so that the name is
@@ -242,11 +362,11 @@ func (x Direction) String() string {
 }
 
 func (Direction) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[3].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[5].Descriptor()
 }
 
 func (Direction) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[3]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[5]
 }
 
 func (x Direction) Number() protoreflect.EnumNumber {
@@ -255,7 +375,7 @@ func (x Direction) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Direction.Descriptor instead.
 func (Direction) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{5}
 }
 
 // Source says where an object was defined. SOURCE_CONFIG comes with the
@@ -296,11 +416,11 @@ func (x Source) String() string {
 }
 
 func (Source) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[4].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[6].Descriptor()
 }
 
 func (Source) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[4]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[6]
 }
 
 func (x Source) Number() protoreflect.EnumNumber {
@@ -309,7 +429,7 @@ func (x Source) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Source.Descriptor instead.
 func (Source) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 // ListenerState is where a listener is in its life.
@@ -353,11 +473,11 @@ func (x ListenerState) String() string {
 }
 
 func (ListenerState) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[5].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[7].Descriptor()
 }
 
 func (ListenerState) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[5]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[7]
 }
 
 func (x ListenerState) Number() protoreflect.EnumNumber {
@@ -366,7 +486,7 @@ func (x ListenerState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ListenerState.Descriptor instead.
 func (ListenerState) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 // ConnectionState is where an open connection is in its life.
@@ -430,11 +550,11 @@ func (x ConnectionState) String() string {
 }
 
 func (ConnectionState) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[6].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[8].Descriptor()
 }
 
 func (ConnectionState) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[6]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[8]
 }
 
 func (x ConnectionState) Number() protoreflect.EnumNumber {
@@ -443,7 +563,7 @@ func (x ConnectionState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ConnectionState.Descriptor instead.
 func (ConnectionState) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 // AwaitMode says what reply Send waits for after writing.
@@ -493,11 +613,11 @@ func (x AwaitMode) String() string {
 }
 
 func (AwaitMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[7].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[9].Descriptor()
 }
 
 func (AwaitMode) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[7]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[9]
 }
 
 func (x AwaitMode) Number() protoreflect.EnumNumber {
@@ -506,7 +626,7 @@ func (x AwaitMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AwaitMode.Descriptor instead.
 func (AwaitMode) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 // OnTimeout says what a reply timeout does to an accepted connection.
@@ -551,11 +671,11 @@ func (x OnTimeout) String() string {
 }
 
 func (OnTimeout) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[8].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[10].Descriptor()
 }
 
 func (OnTimeout) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[8]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[10]
 }
 
 func (x OnTimeout) Number() protoreflect.EnumNumber {
@@ -564,7 +684,7 @@ func (x OnTimeout) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use OnTimeout.Descriptor instead.
 func (OnTimeout) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 // PayloadFormat says how a frame's bytes appear in an Event or a Reply.
@@ -610,11 +730,11 @@ func (x PayloadFormat) String() string {
 }
 
 func (PayloadFormat) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[9].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[11].Descriptor()
 }
 
 func (PayloadFormat) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[9]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[11]
 }
 
 func (x PayloadFormat) Number() protoreflect.EnumNumber {
@@ -623,7 +743,7 @@ func (x PayloadFormat) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PayloadFormat.Descriptor instead.
 func (PayloadFormat) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 // EventKind says what an event reports.
@@ -703,11 +823,11 @@ func (x EventKind) String() string {
 }
 
 func (EventKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[10].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[12].Descriptor()
 }
 
 func (EventKind) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[10]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[12]
 }
 
 func (x EventKind) Number() protoreflect.EnumNumber {
@@ -716,7 +836,7 @@ func (x EventKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EventKind.Descriptor instead.
 func (EventKind) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 // CloseReason says why a connection closed.
@@ -765,6 +885,13 @@ const (
 	// connection is closed; error says why, target_close_reason how the
 	// target's side ended.
 	CloseReason_CLOSE_REASON_FORWARD_FAILED CloseReason = 16
+	// A ReplyRule with close_after answered a frame.
+	CloseReason_CLOSE_REASON_CLOSED_BY_RULE CloseReason = 17
+	// The connection's Handle stream did not answer a frame within
+	// handler_timeout, and on_handler_timeout says close.
+	CloseReason_CLOSE_REASON_HANDLER_TIMEOUT CloseReason = 18
+	// Its Handle stream closed it (a reply with close, or a close of its own).
+	CloseReason_CLOSE_REASON_CLOSED_BY_HANDLER CloseReason = 19
 )
 
 // Enum value maps for CloseReason.
@@ -787,6 +914,9 @@ var (
 		14: "CLOSE_REASON_ON_CONNECT_FAILED",
 		15: "CLOSE_REASON_RECONNECT_GAVE_UP",
 		16: "CLOSE_REASON_FORWARD_FAILED",
+		17: "CLOSE_REASON_CLOSED_BY_RULE",
+		18: "CLOSE_REASON_HANDLER_TIMEOUT",
+		19: "CLOSE_REASON_CLOSED_BY_HANDLER",
 	}
 	CloseReason_value = map[string]int32{
 		"CLOSE_REASON_UNSPECIFIED":          0,
@@ -806,6 +936,9 @@ var (
 		"CLOSE_REASON_ON_CONNECT_FAILED":    14,
 		"CLOSE_REASON_RECONNECT_GAVE_UP":    15,
 		"CLOSE_REASON_FORWARD_FAILED":       16,
+		"CLOSE_REASON_CLOSED_BY_RULE":       17,
+		"CLOSE_REASON_HANDLER_TIMEOUT":      18,
+		"CLOSE_REASON_CLOSED_BY_HANDLER":    19,
 	}
 )
 
@@ -820,11 +953,11 @@ func (x CloseReason) String() string {
 }
 
 func (CloseReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[11].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[13].Descriptor()
 }
 
 func (CloseReason) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[11]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[13]
 }
 
 func (x CloseReason) Number() protoreflect.EnumNumber {
@@ -833,7 +966,7 @@ func (x CloseReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CloseReason.Descriptor instead.
 func (CloseReason) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 // SlowConsumerPolicy says what happens when a subscriber's queue is full.
@@ -879,11 +1012,11 @@ func (x SlowConsumerPolicy) String() string {
 }
 
 func (SlowConsumerPolicy) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[12].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[14].Descriptor()
 }
 
 func (SlowConsumerPolicy) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[12]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[14]
 }
 
 func (x SlowConsumerPolicy) Number() protoreflect.EnumNumber {
@@ -892,7 +1025,7 @@ func (x SlowConsumerPolicy) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SlowConsumerPolicy.Descriptor instead.
 func (SlowConsumerPolicy) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{12}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{14}
 }
 
 // ErrorReason is the reason of the google.rpc.ErrorInfo that every error the
@@ -1007,6 +1140,12 @@ const (
 	// Connect with reconnect disabled: the first connection's on_connect
 	// could not be written, or its expected reply did not come in time.
 	ErrorReason_ERROR_REASON_ON_CONNECT_FAILED ErrorReason = 43
+	// A Handle registration named a listener or connection that another
+	// handler group handles; metadata "group" names that group.
+	ErrorReason_ERROR_REASON_HANDLER_GROUP_CONFLICT ErrorReason = 44
+	// A Handle reply or write names a frame or connection this stream does
+	// not handle (any more).
+	ErrorReason_ERROR_REASON_NOT_HANDLED ErrorReason = 45
 )
 
 // Enum value maps for ErrorReason.
@@ -1056,6 +1195,8 @@ var (
 		41: "ERROR_REASON_NOT_CONNECTED",
 		42: "ERROR_REASON_QUEUE_FULL",
 		43: "ERROR_REASON_ON_CONNECT_FAILED",
+		44: "ERROR_REASON_HANDLER_GROUP_CONFLICT",
+		45: "ERROR_REASON_NOT_HANDLED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":            0,
@@ -1102,6 +1243,8 @@ var (
 		"ERROR_REASON_NOT_CONNECTED":          41,
 		"ERROR_REASON_QUEUE_FULL":             42,
 		"ERROR_REASON_ON_CONNECT_FAILED":      43,
+		"ERROR_REASON_HANDLER_GROUP_CONFLICT": 44,
+		"ERROR_REASON_NOT_HANDLED":            45,
 	}
 )
 
@@ -1116,11 +1259,11 @@ func (x ErrorReason) String() string {
 }
 
 func (ErrorReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[13].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[15].Descriptor()
 }
 
 func (ErrorReason) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[13]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[15]
 }
 
 func (x ErrorReason) Number() protoreflect.EnumNumber {
@@ -1129,7 +1272,66 @@ func (x ErrorReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorReason.Descriptor instead.
 func (ErrorReason) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{13}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{15}
+}
+
+// HandleEventKind says what a HandleEvent reports.
+type HandleEventKind int32
+
+const (
+	// Never sent.
+	HandleEventKind_HANDLE_EVENT_KIND_UNSPECIFIED HandleEventKind = 0
+	// The stream handles this connection from now on: it opened, or it
+	// moved here from a stream of the group that ended (then redelivered
+	// frames follow).
+	HandleEventKind_HANDLE_EVENT_KIND_OPENED HandleEventKind = 1
+	// A frame to answer.
+	HandleEventKind_HANDLE_EVENT_KIND_FRAME HandleEventKind = 2
+	// The connection closed; its unanswered frames need no answer.
+	HandleEventKind_HANDLE_EVENT_KIND_CLOSED HandleEventKind = 3
+)
+
+// Enum value maps for HandleEventKind.
+var (
+	HandleEventKind_name = map[int32]string{
+		0: "HANDLE_EVENT_KIND_UNSPECIFIED",
+		1: "HANDLE_EVENT_KIND_OPENED",
+		2: "HANDLE_EVENT_KIND_FRAME",
+		3: "HANDLE_EVENT_KIND_CLOSED",
+	}
+	HandleEventKind_value = map[string]int32{
+		"HANDLE_EVENT_KIND_UNSPECIFIED": 0,
+		"HANDLE_EVENT_KIND_OPENED":      1,
+		"HANDLE_EVENT_KIND_FRAME":       2,
+		"HANDLE_EVENT_KIND_CLOSED":      3,
+	}
+)
+
+func (x HandleEventKind) Enum() *HandleEventKind {
+	p := new(HandleEventKind)
+	*p = x
+	return p
+}
+
+func (x HandleEventKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HandleEventKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_tcpgate_v1_gateway_proto_enumTypes[16].Descriptor()
+}
+
+func (HandleEventKind) Type() protoreflect.EnumType {
+	return &file_tcpgate_v1_gateway_proto_enumTypes[16]
+}
+
+func (x HandleEventKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HandleEventKind.Descriptor instead.
+func (HandleEventKind) EnumDescriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{16}
 }
 
 // Framing cuts one connection's byte stream into frames.
@@ -1231,22 +1433,38 @@ func (x *Framing) GetMaxFrameBytes() uint32 {
 	return 0
 }
 
-// AutoReply answers every received frame without a round trip to a client of
+// AutoReply answers received frames without a round trip to a client of
 // the gateway; kn-sock's example server is AUTO_REPLY_MODE_FIXED with text
-// "Message received".
+// "Message received". For each frame, in order: the first of rules that
+// matches answers it; a frame no rule matches goes to the connection's
+// Handle group when one handles it; otherwise mode answers it. Replies are
+// written in the order of the frames they answer.
 type AutoReply struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// What to write back. Unspecified means none.
+	// What to write back for a frame no rule and no handler answers.
+	// Unspecified means none.
 	Mode AutoReplyMode `protobuf:"varint,1,opt,name=mode,proto3,enum=tcpgate.v1.AutoReplyMode" json:"mode,omitempty"`
-	// The reply of AUTO_REPLY_MODE_FIXED; exactly one of text and data is set there.
+	// The reply of AUTO_REPLY_MODE_FIXED; exactly one of text and data is set
+	// there. Written exactly as given: no template, no framing.
 	//
 	// Types that are valid to be assigned to Payload:
 	//
 	//	*AutoReply_Text
 	//	*AutoReply_Data
-	Payload       isAutoReply_Payload `protobuf_oneof:"payload"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Payload isAutoReply_Payload `protobuf_oneof:"payload"`
+	// Rules tried in order for every frame; the first that matches answers
+	// it, and the frame then answers no Send. At most 64 rules.
+	Rules []*ReplyRule `protobuf:"bytes,4,rep,name=rules,proto3" json:"rules,omitempty"`
+	// How long a Handle stream has to answer a frame, from its first
+	// delivery (a frame redelivered after its stream ended keeps its first
+	// delivery's time). Unset or 0 means the gateway's --handler-timeout
+	// (5 s); at most 1 hour.
+	HandlerTimeout *durationpb.Duration `protobuf:"bytes,5,opt,name=handler_timeout,json=handlerTimeout,proto3" json:"handler_timeout,omitempty"`
+	// What a frame the handler did not answer within handler_timeout gets.
+	// Unspecified means HANDLER_TIMEOUT_ACTION_FALLBACK.
+	OnHandlerTimeout HandlerTimeoutAction `protobuf:"varint,6,opt,name=on_handler_timeout,json=onHandlerTimeout,proto3,enum=tcpgate.v1.HandlerTimeoutAction" json:"on_handler_timeout,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *AutoReply) Reset() {
@@ -1311,6 +1529,27 @@ func (x *AutoReply) GetData() []byte {
 	return nil
 }
 
+func (x *AutoReply) GetRules() []*ReplyRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+func (x *AutoReply) GetHandlerTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.HandlerTimeout
+	}
+	return nil
+}
+
+func (x *AutoReply) GetOnHandlerTimeout() HandlerTimeoutAction {
+	if x != nil {
+		return x.OnHandlerTimeout
+	}
+	return HandlerTimeoutAction_HANDLER_TIMEOUT_ACTION_UNSPECIFIED
+}
+
 type isAutoReply_Payload interface {
 	isAutoReply_Payload()
 }
@@ -1328,6 +1567,220 @@ type AutoReply_Data struct {
 func (*AutoReply_Text) isAutoReply_Payload() {}
 
 func (*AutoReply_Data) isAutoReply_Payload() {}
+
+// ReplyRule answers the frames it matches. In JSON, for example
+// {"kind": "MATCH_KIND_REGEX", "regex": "^GET (\\w+)", "reply_text": "VALUE {{1}}"}.
+type ReplyRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How it matches. Required.
+	Kind MatchKind `protobuf:"varint,1,opt,name=kind,proto3,enum=tcpgate.v1.MatchKind" json:"kind,omitempty"`
+	// What it matches: text or data for EXACT, PREFIX, SUFFIX and CONTAINS
+	// (1 byte to 4 KiB), regex for REGEX and only there.
+	//
+	// Types that are valid to be assigned to Match:
+	//
+	//	*ReplyRule_Text
+	//	*ReplyRule_Data
+	//	*ReplyRule_Regex
+	Match isReplyRule_Match `protobuf_oneof:"match"`
+	// The reply; neither set writes nothing (a rule that only closes, or
+	// that swallows the frame).
+	//
+	// Types that are valid to be assigned to Reply:
+	//
+	//	*ReplyRule_ReplyText
+	//	*ReplyRule_ReplyData
+	Reply isReplyRule_Reply `protobuf_oneof:"reply"`
+	// Write the reply as it is, without the connection's framing (a line
+	// reply then gets no "\n").
+	Raw bool `protobuf:"varint,7,opt,name=raw,proto3" json:"raw,omitempty"`
+	// Close the connection once the reply is written, with
+	// CLOSE_REASON_CLOSED_BY_RULE.
+	CloseAfter bool `protobuf:"varint,8,opt,name=close_after,json=closeAfter,proto3" json:"close_after,omitempty"`
+	// Wait this long before writing the reply, as a slow device would; the
+	// connection's later replies wait behind it, in order, while reading and
+	// publishing go on. At most 1 minute.
+	Delay *durationpb.Duration `protobuf:"bytes,9,opt,name=delay,proto3" json:"delay,omitempty"`
+	// A name for the rule's hit counter (the metric's rule label); the
+	// rule's index when empty. 1 to 64 of A-Z a-z 0-9 . _ ~ -.
+	Name          string `protobuf:"bytes,10,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplyRule) Reset() {
+	*x = ReplyRule{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplyRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplyRule) ProtoMessage() {}
+
+func (x *ReplyRule) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplyRule.ProtoReflect.Descriptor instead.
+func (*ReplyRule) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ReplyRule) GetKind() MatchKind {
+	if x != nil {
+		return x.Kind
+	}
+	return MatchKind_MATCH_KIND_UNSPECIFIED
+}
+
+func (x *ReplyRule) GetMatch() isReplyRule_Match {
+	if x != nil {
+		return x.Match
+	}
+	return nil
+}
+
+func (x *ReplyRule) GetText() string {
+	if x != nil {
+		if x, ok := x.Match.(*ReplyRule_Text); ok {
+			return x.Text
+		}
+	}
+	return ""
+}
+
+func (x *ReplyRule) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Match.(*ReplyRule_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+func (x *ReplyRule) GetRegex() string {
+	if x != nil {
+		if x, ok := x.Match.(*ReplyRule_Regex); ok {
+			return x.Regex
+		}
+	}
+	return ""
+}
+
+func (x *ReplyRule) GetReply() isReplyRule_Reply {
+	if x != nil {
+		return x.Reply
+	}
+	return nil
+}
+
+func (x *ReplyRule) GetReplyText() string {
+	if x != nil {
+		if x, ok := x.Reply.(*ReplyRule_ReplyText); ok {
+			return x.ReplyText
+		}
+	}
+	return ""
+}
+
+func (x *ReplyRule) GetReplyData() []byte {
+	if x != nil {
+		if x, ok := x.Reply.(*ReplyRule_ReplyData); ok {
+			return x.ReplyData
+		}
+	}
+	return nil
+}
+
+func (x *ReplyRule) GetRaw() bool {
+	if x != nil {
+		return x.Raw
+	}
+	return false
+}
+
+func (x *ReplyRule) GetCloseAfter() bool {
+	if x != nil {
+		return x.CloseAfter
+	}
+	return false
+}
+
+func (x *ReplyRule) GetDelay() *durationpb.Duration {
+	if x != nil {
+		return x.Delay
+	}
+	return nil
+}
+
+func (x *ReplyRule) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type isReplyRule_Match interface {
+	isReplyRule_Match()
+}
+
+type ReplyRule_Text struct {
+	// UTF-8 text, compared as its bytes.
+	Text string `protobuf:"bytes,2,opt,name=text,proto3,oneof"`
+}
+
+type ReplyRule_Data struct {
+	// Bytes, for binary protocols (base64 in JSON).
+	Data []byte `protobuf:"bytes,3,opt,name=data,proto3,oneof"`
+}
+
+type ReplyRule_Regex struct {
+	// An RE2 regular expression, at most 1024 bytes, whose compiled program
+	// is at most 4,096 instructions. A frame that is not valid UTF-8 never
+	// matches.
+	Regex string `protobuf:"bytes,4,opt,name=regex,proto3,oneof"`
+}
+
+func (*ReplyRule_Text) isReplyRule_Match() {}
+
+func (*ReplyRule_Data) isReplyRule_Match() {}
+
+func (*ReplyRule_Regex) isReplyRule_Match() {}
+
+type isReplyRule_Reply interface {
+	isReplyRule_Reply()
+}
+
+type ReplyRule_ReplyText struct {
+	// A template, at most 64 KiB: {{1}} and {{name}} are the regex's
+	// captures (REGEX only, and only groups the regex has), {{0}} the whole
+	// match; {{.connection_id}}, {{.remote_address}}, {{.listener_id}},
+	// {{.time}} (RFC 3339, UTC, nanoseconds) and {{.unix_ms}} are the
+	// connection's and the moment's; {{{{ is a literal {{. At most 64
+	// references.
+	ReplyText string `protobuf:"bytes,5,opt,name=reply_text,json=replyText,proto3,oneof"`
+}
+
+type ReplyRule_ReplyData struct {
+	// Bytes written as they are (no template), at most 64 KiB.
+	ReplyData []byte `protobuf:"bytes,6,opt,name=reply_data,json=replyData,proto3,oneof"`
+}
+
+func (*ReplyRule_ReplyText) isReplyRule_Reply() {}
+
+func (*ReplyRule_ReplyData) isReplyRule_Reply() {}
 
 // Listener is one bound TCP port and what it has carried.
 type Listener struct {
@@ -1375,14 +1828,16 @@ type Listener struct {
 	// The target every accepted connection is relayed to; unset for a
 	// listener that does not forward. Its tls reports server_name and
 	// insecure_skip_verify only, never certificates or keys.
-	Forward       *Forward `protobuf:"bytes,19,opt,name=forward,proto3" json:"forward,omitempty"`
+	Forward *Forward `protobuf:"bytes,19,opt,name=forward,proto3" json:"forward,omitempty"`
+	// The banner written to every accepted connection, as started.
+	OnConnect     *OnConnect `protobuf:"bytes,20,opt,name=on_connect,json=onConnect,proto3" json:"on_connect,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Listener) Reset() {
 	*x = Listener{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[2]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1394,7 +1849,7 @@ func (x *Listener) String() string {
 func (*Listener) ProtoMessage() {}
 
 func (x *Listener) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[2]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1407,7 +1862,7 @@ func (x *Listener) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Listener.ProtoReflect.Descriptor instead.
 func (*Listener) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{2}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Listener) GetListenerId() string {
@@ -1543,6 +1998,13 @@ func (x *Listener) GetForward() *Forward {
 	return nil
 }
 
+func (x *Listener) GetOnConnect() *OnConnect {
+	if x != nil {
+		return x.OnConnect
+	}
+	return nil
+}
+
 // ListenerTLS makes a listener speak TLS. The certificate and key are given
 // as PEM, or as paths of files on the gateway's host: a path is refused
 // unless the gateway's --tls-files-dir allows the directory, and must name a
@@ -1568,7 +2030,7 @@ type ListenerTLS struct {
 
 func (x *ListenerTLS) Reset() {
 	*x = ListenerTLS{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[3]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1580,7 +2042,7 @@ func (x *ListenerTLS) String() string {
 func (*ListenerTLS) ProtoMessage() {}
 
 func (x *ListenerTLS) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[3]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1593,7 +2055,7 @@ func (x *ListenerTLS) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListenerTLS.ProtoReflect.Descriptor instead.
 func (*ListenerTLS) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListenerTLS) GetCertPem() string {
@@ -1693,7 +2155,7 @@ type Connection struct {
 
 func (x *Connection) Reset() {
 	*x = Connection{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[4]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1705,7 +2167,7 @@ func (x *Connection) String() string {
 func (*Connection) ProtoMessage() {}
 
 func (x *Connection) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[4]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1718,7 +2180,7 @@ func (x *Connection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Connection.ProtoReflect.Descriptor instead.
 func (*Connection) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Connection) GetConnectionId() string {
@@ -1887,14 +2349,18 @@ type ConnectRequest struct {
 	// 10 s. When it passes first, Connect returns the connection as it is
 	// (CONNECTING), which goes on trying. It also bounds each attempt's dial
 	// and TLS handshake.
-	Timeout       *durationpb.Duration `protobuf:"bytes,12,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	Timeout *durationpb.Duration `protobuf:"bytes,12,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Rules and a fallback for what the peer sends, as on a listener: a rule
+	// can answer a device's keep-alive ping. A frame a rule answers is never
+	// the reply to a Send.
+	AutoReply     *AutoReply `protobuf:"bytes,13,opt,name=auto_reply,json=autoReply,proto3" json:"auto_reply,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConnectRequest) Reset() {
 	*x = ConnectRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[5]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1906,7 +2372,7 @@ func (x *ConnectRequest) String() string {
 func (*ConnectRequest) ProtoMessage() {}
 
 func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[5]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1919,7 +2385,7 @@ func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectRequest.ProtoReflect.Descriptor instead.
 func (*ConnectRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ConnectRequest) GetConnectionId() string {
@@ -2006,6 +2472,13 @@ func (x *ConnectRequest) GetTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *ConnectRequest) GetAutoReply() *AutoReply {
+	if x != nil {
+		return x.AutoReply
+	}
+	return nil
+}
+
 // Reconnect says how a managed outbound connection dials again. The delay
 // before attempt n (n = 1 after a drop or the first failure) is a random
 // duration between half and all of min(initial_backoff * 2^(n-1),
@@ -2034,7 +2507,7 @@ type Reconnect struct {
 
 func (x *Reconnect) Reset() {
 	*x = Reconnect{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[6]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2046,7 +2519,7 @@ func (x *Reconnect) String() string {
 func (*Reconnect) ProtoMessage() {}
 
 func (x *Reconnect) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[6]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2059,7 +2532,7 @@ func (x *Reconnect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reconnect.ProtoReflect.Descriptor instead.
 func (*Reconnect) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Reconnect) GetDisabled() bool {
@@ -2092,7 +2565,9 @@ func (x *Reconnect) GetMaxAttempts() uint32 {
 
 // OnConnect is written first on every connection of a managed outbound
 // connection, before queued and new Sends; the connection counts as
-// connected once it is written and its expected reply came.
+// connected once it is written and its expected reply came. On a listener
+// (StartListenerRequest.on_connect) it is the banner written to every
+// accepted connection before any reply.
 type OnConnect struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// What to write; exactly one is required, at most --max-send-bytes.
@@ -2108,7 +2583,8 @@ type OnConnect struct {
 	// connection is closed with CLOSE_REASON_ON_CONNECT_FAILED (and dialed
 	// again). The reply answers no Send. Set it when the peer answers
 	// on_connect: unset, an answer it sends anyway is a frame like any, and
-	// answers the next Send that awaits a reply without a match.
+	// answers the next Send that awaits a reply without a match. Not on a
+	// listener.
 	Expect *ReplyMatch `protobuf:"bytes,4,opt,name=expect,proto3" json:"expect,omitempty"`
 	// How long to wait for expect. Unset or 0 means 10 s. Only with expect.
 	Timeout       *durationpb.Duration `protobuf:"bytes,5,opt,name=timeout,proto3" json:"timeout,omitempty"`
@@ -2118,7 +2594,7 @@ type OnConnect struct {
 
 func (x *OnConnect) Reset() {
 	*x = OnConnect{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[7]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2130,7 +2606,7 @@ func (x *OnConnect) String() string {
 func (*OnConnect) ProtoMessage() {}
 
 func (x *OnConnect) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[7]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2143,7 +2619,7 @@ func (x *OnConnect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OnConnect.ProtoReflect.Descriptor instead.
 func (*OnConnect) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *OnConnect) GetPayload() isOnConnect_Payload {
@@ -2197,7 +2673,9 @@ type isOnConnect_Payload interface {
 }
 
 type OnConnect_Text struct {
-	// UTF-8 text, written as its bytes.
+	// UTF-8 text, a template with the variables of ReplyRule.reply_text
+	// ({{.connection_id}}, {{.remote_address}}, {{.listener_id}},
+	// {{.time}}, {{.unix_ms}}; no captures); {{{{ is a literal {{.
 	Text string `protobuf:"bytes,1,opt,name=text,proto3,oneof"`
 }
 
@@ -2240,7 +2718,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[8]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2252,7 +2730,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[8]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2265,7 +2743,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Heartbeat) GetInterval() *durationpb.Duration {
@@ -2357,7 +2835,7 @@ type TcpKeepAlive struct {
 
 func (x *TcpKeepAlive) Reset() {
 	*x = TcpKeepAlive{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[9]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2369,7 +2847,7 @@ func (x *TcpKeepAlive) String() string {
 func (*TcpKeepAlive) ProtoMessage() {}
 
 func (x *TcpKeepAlive) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[9]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2382,7 +2860,7 @@ func (x *TcpKeepAlive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TcpKeepAlive.ProtoReflect.Descriptor instead.
 func (*TcpKeepAlive) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *TcpKeepAlive) GetDisabled() bool {
@@ -2428,7 +2906,7 @@ type ConnectResponse struct {
 
 func (x *ConnectResponse) Reset() {
 	*x = ConnectResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[10]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2440,7 +2918,7 @@ func (x *ConnectResponse) String() string {
 func (*ConnectResponse) ProtoMessage() {}
 
 func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[10]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2453,7 +2931,7 @@ func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectResponse.ProtoReflect.Descriptor instead.
 func (*ConnectResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ConnectResponse) GetConnection() *Connection {
@@ -2520,14 +2998,18 @@ type StartListenerRequest struct {
 	// NotFound with reason CONNECTION_CLOSED). idle_timeout
 	// counts bytes either way; half_close_timeout does not apply. Not with
 	// auto_reply: InvalidArgument naming forward.
-	Forward       *Forward `protobuf:"bytes,10,opt,name=forward,proto3" json:"forward,omitempty"`
+	Forward *Forward `protobuf:"bytes,10,opt,name=forward,proto3" json:"forward,omitempty"`
+	// The banner: written to every accepted connection as soon as it opens,
+	// before any reply (TLS: after the handshake). Its expect is not allowed
+	// here. Not with forward.
+	OnConnect     *OnConnect `protobuf:"bytes,11,opt,name=on_connect,json=onConnect,proto3" json:"on_connect,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartListenerRequest) Reset() {
 	*x = StartListenerRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[11]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2539,7 +3021,7 @@ func (x *StartListenerRequest) String() string {
 func (*StartListenerRequest) ProtoMessage() {}
 
 func (x *StartListenerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[11]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2552,7 +3034,7 @@ func (x *StartListenerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartListenerRequest.ProtoReflect.Descriptor instead.
 func (*StartListenerRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StartListenerRequest) GetListenerId() string {
@@ -2625,6 +3107,13 @@ func (x *StartListenerRequest) GetForward() *Forward {
 	return nil
 }
 
+func (x *StartListenerRequest) GetOnConnect() *OnConnect {
+	if x != nil {
+		return x.OnConnect
+	}
+	return nil
+}
+
 // Forward is the target of a forwarding listener.
 type Forward struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2640,7 +3129,7 @@ type Forward struct {
 
 func (x *Forward) Reset() {
 	*x = Forward{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[12]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2652,7 +3141,7 @@ func (x *Forward) String() string {
 func (*Forward) ProtoMessage() {}
 
 func (x *Forward) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[12]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2665,7 +3154,7 @@ func (x *Forward) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Forward.ProtoReflect.Descriptor instead.
 func (*Forward) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{12}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Forward) GetAddress() string {
@@ -2696,7 +3185,7 @@ type StartListenerResponse struct {
 
 func (x *StartListenerResponse) Reset() {
 	*x = StartListenerResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[13]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2708,7 +3197,7 @@ func (x *StartListenerResponse) String() string {
 func (*StartListenerResponse) ProtoMessage() {}
 
 func (x *StartListenerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[13]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2721,7 +3210,7 @@ func (x *StartListenerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartListenerResponse.ProtoReflect.Descriptor instead.
 func (*StartListenerResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{13}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StartListenerResponse) GetListener() *Listener {
@@ -2758,7 +3247,7 @@ type ResponseHeader struct {
 
 func (x *ResponseHeader) Reset() {
 	*x = ResponseHeader{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[14]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2770,7 +3259,7 @@ func (x *ResponseHeader) String() string {
 func (*ResponseHeader) ProtoMessage() {}
 
 func (x *ResponseHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[14]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2783,7 +3272,7 @@ func (x *ResponseHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResponseHeader.ProtoReflect.Descriptor instead.
 func (*ResponseHeader) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{14}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ResponseHeader) GetIncarnation() string {
@@ -2825,7 +3314,7 @@ type StopListenerRequest struct {
 
 func (x *StopListenerRequest) Reset() {
 	*x = StopListenerRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[15]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2837,7 +3326,7 @@ func (x *StopListenerRequest) String() string {
 func (*StopListenerRequest) ProtoMessage() {}
 
 func (x *StopListenerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[15]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2850,7 +3339,7 @@ func (x *StopListenerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopListenerRequest.ProtoReflect.Descriptor instead.
 func (*StopListenerRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{15}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StopListenerRequest) GetListenerId() string {
@@ -2880,7 +3369,7 @@ type StopListenerResponse struct {
 
 func (x *StopListenerResponse) Reset() {
 	*x = StopListenerResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[16]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2892,7 +3381,7 @@ func (x *StopListenerResponse) String() string {
 func (*StopListenerResponse) ProtoMessage() {}
 
 func (x *StopListenerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[16]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2905,7 +3394,7 @@ func (x *StopListenerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopListenerResponse.ProtoReflect.Descriptor instead.
 func (*StopListenerResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{16}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StopListenerResponse) GetListener() *Listener {
@@ -2933,7 +3422,7 @@ type GetListenerRequest struct {
 
 func (x *GetListenerRequest) Reset() {
 	*x = GetListenerRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[17]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2945,7 +3434,7 @@ func (x *GetListenerRequest) String() string {
 func (*GetListenerRequest) ProtoMessage() {}
 
 func (x *GetListenerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[17]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2958,7 +3447,7 @@ func (x *GetListenerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetListenerRequest.ProtoReflect.Descriptor instead.
 func (*GetListenerRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{17}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetListenerRequest) GetListenerId() string {
@@ -2981,7 +3470,7 @@ type GetListenerResponse struct {
 
 func (x *GetListenerResponse) Reset() {
 	*x = GetListenerResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[18]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2993,7 +3482,7 @@ func (x *GetListenerResponse) String() string {
 func (*GetListenerResponse) ProtoMessage() {}
 
 func (x *GetListenerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[18]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3006,7 +3495,7 @@ func (x *GetListenerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetListenerResponse.ProtoReflect.Descriptor instead.
 func (*GetListenerResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{18}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetListenerResponse) GetListener() *Listener {
@@ -3040,7 +3529,7 @@ type ListListenersRequest struct {
 
 func (x *ListListenersRequest) Reset() {
 	*x = ListListenersRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[19]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3052,7 +3541,7 @@ func (x *ListListenersRequest) String() string {
 func (*ListListenersRequest) ProtoMessage() {}
 
 func (x *ListListenersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[19]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3065,7 +3554,7 @@ func (x *ListListenersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListListenersRequest.ProtoReflect.Descriptor instead.
 func (*ListListenersRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{19}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListListenersRequest) GetPageSize() int32 {
@@ -3100,7 +3589,7 @@ type ListListenersResponse struct {
 
 func (x *ListListenersResponse) Reset() {
 	*x = ListListenersResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[20]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3112,7 +3601,7 @@ func (x *ListListenersResponse) String() string {
 func (*ListListenersResponse) ProtoMessage() {}
 
 func (x *ListListenersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[20]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3125,7 +3614,7 @@ func (x *ListListenersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListListenersResponse.ProtoReflect.Descriptor instead.
 func (*ListListenersResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{20}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListListenersResponse) GetListeners() []*Listener {
@@ -3179,7 +3668,7 @@ type ListConnectionsRequest struct {
 
 func (x *ListConnectionsRequest) Reset() {
 	*x = ListConnectionsRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[21]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3191,7 +3680,7 @@ func (x *ListConnectionsRequest) String() string {
 func (*ListConnectionsRequest) ProtoMessage() {}
 
 func (x *ListConnectionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[21]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3204,7 +3693,7 @@ func (x *ListConnectionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectionsRequest.ProtoReflect.Descriptor instead.
 func (*ListConnectionsRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{21}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListConnectionsRequest) GetListenerId() string {
@@ -3267,7 +3756,7 @@ type ListConnectionsResponse struct {
 
 func (x *ListConnectionsResponse) Reset() {
 	*x = ListConnectionsResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[22]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3279,7 +3768,7 @@ func (x *ListConnectionsResponse) String() string {
 func (*ListConnectionsResponse) ProtoMessage() {}
 
 func (x *ListConnectionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[22]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3292,7 +3781,7 @@ func (x *ListConnectionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectionsResponse.ProtoReflect.Descriptor instead.
 func (*ListConnectionsResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{22}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListConnectionsResponse) GetConnections() []*Connection {
@@ -3328,7 +3817,7 @@ type GetConnectionRequest struct {
 
 func (x *GetConnectionRequest) Reset() {
 	*x = GetConnectionRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[23]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3340,7 +3829,7 @@ func (x *GetConnectionRequest) String() string {
 func (*GetConnectionRequest) ProtoMessage() {}
 
 func (x *GetConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[23]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3353,7 +3842,7 @@ func (x *GetConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConnectionRequest.ProtoReflect.Descriptor instead.
 func (*GetConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{23}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetConnectionRequest) GetConnectionId() string {
@@ -3376,7 +3865,7 @@ type GetConnectionResponse struct {
 
 func (x *GetConnectionResponse) Reset() {
 	*x = GetConnectionResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[24]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3388,7 +3877,7 @@ func (x *GetConnectionResponse) String() string {
 func (*GetConnectionResponse) ProtoMessage() {}
 
 func (x *GetConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[24]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3401,7 +3890,7 @@ func (x *GetConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConnectionResponse.ProtoReflect.Descriptor instead.
 func (*GetConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{24}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetConnectionResponse) GetConnection() *Connection {
@@ -3429,7 +3918,7 @@ type CloseConnectionRequest struct {
 
 func (x *CloseConnectionRequest) Reset() {
 	*x = CloseConnectionRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[25]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3441,7 +3930,7 @@ func (x *CloseConnectionRequest) String() string {
 func (*CloseConnectionRequest) ProtoMessage() {}
 
 func (x *CloseConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[25]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3454,7 +3943,7 @@ func (x *CloseConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseConnectionRequest.ProtoReflect.Descriptor instead.
 func (*CloseConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{25}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CloseConnectionRequest) GetConnectionId() string {
@@ -3477,7 +3966,7 @@ type CloseConnectionResponse struct {
 
 func (x *CloseConnectionResponse) Reset() {
 	*x = CloseConnectionResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[26]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3489,7 +3978,7 @@ func (x *CloseConnectionResponse) String() string {
 func (*CloseConnectionResponse) ProtoMessage() {}
 
 func (x *CloseConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[26]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3502,7 +3991,7 @@ func (x *CloseConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseConnectionResponse.ProtoReflect.Descriptor instead.
 func (*CloseConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{26}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CloseConnectionResponse) GetConnection() *Connection {
@@ -3550,7 +4039,7 @@ type AwaitReply struct {
 
 func (x *AwaitReply) Reset() {
 	*x = AwaitReply{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[27]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3562,7 +4051,7 @@ func (x *AwaitReply) String() string {
 func (*AwaitReply) ProtoMessage() {}
 
 func (x *AwaitReply) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[27]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3575,7 +4064,7 @@ func (x *AwaitReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AwaitReply.ProtoReflect.Descriptor instead.
 func (*AwaitReply) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{27}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AwaitReply) GetMode() AwaitMode {
@@ -3639,7 +4128,7 @@ type ReplyMatch struct {
 
 func (x *ReplyMatch) Reset() {
 	*x = ReplyMatch{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[28]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3651,7 +4140,7 @@ func (x *ReplyMatch) String() string {
 func (*ReplyMatch) ProtoMessage() {}
 
 func (x *ReplyMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[28]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3664,7 +4153,7 @@ func (x *ReplyMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplyMatch.ProtoReflect.Descriptor instead.
 func (*ReplyMatch) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{28}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReplyMatch) GetRule() isReplyMatch_Rule {
@@ -3772,7 +4261,7 @@ type SendRequest struct {
 
 func (x *SendRequest) Reset() {
 	*x = SendRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[29]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3784,7 +4273,7 @@ func (x *SendRequest) String() string {
 func (*SendRequest) ProtoMessage() {}
 
 func (x *SendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[29]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3797,7 +4286,7 @@ func (x *SendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendRequest.ProtoReflect.Descriptor instead.
 func (*SendRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{29}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SendRequest) GetTarget() isSendRequest_Target {
@@ -3966,7 +4455,7 @@ type DialTLS struct {
 
 func (x *DialTLS) Reset() {
 	*x = DialTLS{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[30]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3978,7 +4467,7 @@ func (x *DialTLS) String() string {
 func (*DialTLS) ProtoMessage() {}
 
 func (x *DialTLS) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[30]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3991,7 +4480,7 @@ func (x *DialTLS) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DialTLS.ProtoReflect.Descriptor instead.
 func (*DialTLS) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{30}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DialTLS) GetServerName() string {
@@ -4064,7 +4553,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[31]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4076,7 +4565,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[31]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4089,7 +4578,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{31}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Reply) GetData() []byte {
@@ -4121,7 +4610,7 @@ type SendResponse struct {
 
 func (x *SendResponse) Reset() {
 	*x = SendResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[32]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4133,7 +4622,7 @@ func (x *SendResponse) String() string {
 func (*SendResponse) ProtoMessage() {}
 
 func (x *SendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[32]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4146,7 +4635,7 @@ func (x *SendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendResponse.ProtoReflect.Descriptor instead.
 func (*SendResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{32}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SendResponse) GetBytesWritten() uint64 {
@@ -4228,7 +4717,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[33]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4240,7 +4729,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[33]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4253,7 +4742,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{33}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SubscribeRequest) GetListenerIds() []string {
@@ -4330,7 +4819,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[34]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4342,7 +4831,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[34]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4355,7 +4844,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{34}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SubscribeResponse) GetEvents() []*Event {
@@ -4431,7 +4920,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[35]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4443,7 +4932,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_tcpgate_v1_gateway_proto_msgTypes[35]
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4456,7 +4945,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{35}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Event) GetSequence() uint64 {
@@ -4606,6 +5095,671 @@ func (x *Event) GetTargetCloseReason() CloseReason {
 	return CloseReason_CLOSE_REASON_UNSPECIFIED
 }
 
+// HandleRequest is what a Handle client sends: a registration first, then
+// replies, writes and closes, singly or in batches.
+type HandleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The first request's, and only its: what the stream handles. A first
+	// request without it, or a later one with it, ends the stream with
+	// InvalidArgument.
+	Registration *HandleRegistration `protobuf:"bytes,1,opt,name=registration,proto3" json:"registration,omitempty"`
+	// One reply; the same as a replies entry, for callers that answer one
+	// frame at a time.
+	Reply *HandleReply `protobuf:"bytes,2,opt,name=reply,proto3" json:"reply,omitempty"`
+	// Replies, writes and closes, carried out in order.
+	Replies       []*HandleReply `protobuf:"bytes,3,rep,name=replies,proto3" json:"replies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandleRequest) Reset() {
+	*x = HandleRequest{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandleRequest) ProtoMessage() {}
+
+func (x *HandleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandleRequest.ProtoReflect.Descriptor instead.
+func (*HandleRequest) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *HandleRequest) GetRegistration() *HandleRegistration {
+	if x != nil {
+		return x.Registration
+	}
+	return nil
+}
+
+func (x *HandleRequest) GetReply() *HandleReply {
+	if x != nil {
+		return x.Reply
+	}
+	return nil
+}
+
+func (x *HandleRequest) GetReplies() []*HandleReply {
+	if x != nil {
+		return x.Replies
+	}
+	return nil
+}
+
+// HandleRegistration says which connections a Handle stream handles.
+type HandleRegistration struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Listeners whose accepted connections, present and future, it handles.
+	// Each must run (NotFound otherwise, naming listener_ids[i]).
+	ListenerIds []string `protobuf:"bytes,1,rep,name=listener_ids,json=listenerIds,proto3" json:"listener_ids,omitempty"`
+	// Managed outbound connections (Connect) it handles, across reconnects.
+	// Each must exist (NotFound otherwise, naming connection_ids[i]).
+	ConnectionIds []string `protobuf:"bytes,2,rep,name=connection_ids,json=connectionIds,proto3" json:"connection_ids,omitempty"`
+	// The handler group: the streams of one group share the connections,
+	// each connection handled by one stream of its group at a time. A
+	// listener or connection is handled by one group: the first
+	// registration for it fixes its group until no stream of the group is
+	// left, and a registration naming another group for it is
+	// FailedPrecondition (HANDLER_GROUP_CONFLICT). Empty means a group of
+	// this stream alone. 1 to 64 of A-Z a-z 0-9 . _ ~ - when set.
+	Group string `protobuf:"bytes,3,opt,name=group,proto3" json:"group,omitempty"`
+	// The most frames this stream has unanswered at once; beyond it the
+	// connections' reads wait, so TCP pushes back on their peers. 0 means
+	// 64; at most 4,096.
+	MaxInFlight uint32 `protobuf:"varint,4,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
+	// How a frame's bytes are given, as Subscribe's. Unspecified means
+	// PAYLOAD_FORMAT_TEXT_OR_DATA.
+	PayloadFormat PayloadFormat `protobuf:"varint,5,opt,name=payload_format,json=payloadFormat,proto3,enum=tcpgate.v1.PayloadFormat" json:"payload_format,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandleRegistration) Reset() {
+	*x = HandleRegistration{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandleRegistration) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandleRegistration) ProtoMessage() {}
+
+func (x *HandleRegistration) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandleRegistration.ProtoReflect.Descriptor instead.
+func (*HandleRegistration) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *HandleRegistration) GetListenerIds() []string {
+	if x != nil {
+		return x.ListenerIds
+	}
+	return nil
+}
+
+func (x *HandleRegistration) GetConnectionIds() []string {
+	if x != nil {
+		return x.ConnectionIds
+	}
+	return nil
+}
+
+func (x *HandleRegistration) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *HandleRegistration) GetMaxInFlight() uint32 {
+	if x != nil {
+		return x.MaxInFlight
+	}
+	return 0
+}
+
+func (x *HandleRegistration) GetPayloadFormat() PayloadFormat {
+	if x != nil {
+		return x.PayloadFormat
+	}
+	return PayloadFormat_PAYLOAD_FORMAT_UNSPECIFIED
+}
+
+// HandleReply answers a frame, writes to a connection, or closes it.
+type HandleReply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The frame answered (HandleFrame.frame_id). 0 writes to connection_id
+	// unprompted instead.
+	FrameId uint64 `protobuf:"varint,1,opt,name=frame_id,json=frameId,proto3" json:"frame_id,omitempty"`
+	// The connection to write to or close when frame_id is 0; with a
+	// frame_id it may be left empty (or must be the frame's connection).
+	ConnectionId string `protobuf:"bytes,2,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	// What to write: encoded with the connection's framing (a line gets its
+	// "\n") unless raw. Neither set writes nothing: the frame is answered
+	// with silence, or, with close, the connection is only closed. At most
+	// --max-send-bytes.
+	//
+	// Types that are valid to be assigned to Payload:
+	//
+	//	*HandleReply_Text
+	//	*HandleReply_Data
+	Payload isHandleReply_Payload `protobuf_oneof:"payload"`
+	// Write the payload as it is, without the connection's framing.
+	Raw bool `protobuf:"varint,5,opt,name=raw,proto3" json:"raw,omitempty"`
+	// Close the connection after writing, with CLOSE_REASON_CLOSED_BY_HANDLER.
+	Close         bool `protobuf:"varint,6,opt,name=close,proto3" json:"close,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandleReply) Reset() {
+	*x = HandleReply{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandleReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandleReply) ProtoMessage() {}
+
+func (x *HandleReply) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandleReply.ProtoReflect.Descriptor instead.
+func (*HandleReply) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *HandleReply) GetFrameId() uint64 {
+	if x != nil {
+		return x.FrameId
+	}
+	return 0
+}
+
+func (x *HandleReply) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *HandleReply) GetPayload() isHandleReply_Payload {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *HandleReply) GetText() string {
+	if x != nil {
+		if x, ok := x.Payload.(*HandleReply_Text); ok {
+			return x.Text
+		}
+	}
+	return ""
+}
+
+func (x *HandleReply) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Payload.(*HandleReply_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+func (x *HandleReply) GetRaw() bool {
+	if x != nil {
+		return x.Raw
+	}
+	return false
+}
+
+func (x *HandleReply) GetClose() bool {
+	if x != nil {
+		return x.Close
+	}
+	return false
+}
+
+type isHandleReply_Payload interface {
+	isHandleReply_Payload()
+}
+
+type HandleReply_Text struct {
+	// UTF-8 text, written as its bytes.
+	Text string `protobuf:"bytes,3,opt,name=text,proto3,oneof"`
+}
+
+type HandleReply_Data struct {
+	// Raw bytes (base64 in JSON).
+	Data []byte `protobuf:"bytes,4,opt,name=data,proto3,oneof"`
+}
+
+func (*HandleReply_Text) isHandleReply_Payload() {}
+
+func (*HandleReply_Data) isHandleReply_Payload() {}
+
+// HandleResponse is what the gateway streams to a Handle client.
+type HandleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// On the first response only: the registration as accepted.
+	Registered *HandleRegistered `protobuf:"bytes,1,opt,name=registered,proto3" json:"registered,omitempty"`
+	// What happened on the stream's connections, in order per connection.
+	Events []*HandleEvent `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	// Replies the gateway refused, each with why; the stream goes on.
+	Rejections    []*HandleRejection `protobuf:"bytes,3,rep,name=rejections,proto3" json:"rejections,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandleResponse) Reset() {
+	*x = HandleResponse{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandleResponse) ProtoMessage() {}
+
+func (x *HandleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandleResponse.ProtoReflect.Descriptor instead.
+func (*HandleResponse) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *HandleResponse) GetRegistered() *HandleRegistered {
+	if x != nil {
+		return x.Registered
+	}
+	return nil
+}
+
+func (x *HandleResponse) GetEvents() []*HandleEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *HandleResponse) GetRejections() []*HandleRejection {
+	if x != nil {
+		return x.Rejections
+	}
+	return nil
+}
+
+// HandleRegistered confirms a registration.
+type HandleRegistered struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The stream's id, unique in the gateway, as the logs and metrics name it.
+	StreamId string `protobuf:"bytes,1,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
+	// The group the stream joined (its own, generated, when none was asked).
+	Group string `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
+	// The max_in_flight in force.
+	MaxInFlight uint32 `protobuf:"varint,3,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
+	// Who answered.
+	Header        *ResponseHeader `protobuf:"bytes,4,opt,name=header,proto3" json:"header,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandleRegistered) Reset() {
+	*x = HandleRegistered{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandleRegistered) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandleRegistered) ProtoMessage() {}
+
+func (x *HandleRegistered) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandleRegistered.ProtoReflect.Descriptor instead.
+func (*HandleRegistered) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *HandleRegistered) GetStreamId() string {
+	if x != nil {
+		return x.StreamId
+	}
+	return ""
+}
+
+func (x *HandleRegistered) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *HandleRegistered) GetMaxInFlight() uint32 {
+	if x != nil {
+		return x.MaxInFlight
+	}
+	return 0
+}
+
+func (x *HandleRegistered) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+// HandleEvent is one connection's opening, frame or close.
+type HandleEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What happened.
+	Kind HandleEventKind `protobuf:"varint,1,opt,name=kind,proto3,enum=tcpgate.v1.HandleEventKind" json:"kind,omitempty"`
+	// The connection.
+	ConnectionId string `protobuf:"bytes,2,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	// Its listener, for an accepted connection.
+	ListenerId string `protobuf:"bytes,3,opt,name=listener_id,json=listenerId,proto3" json:"listener_id,omitempty"`
+	// Who opened it.
+	Origin Origin `protobuf:"varint,4,opt,name=origin,proto3,enum=tcpgate.v1.Origin" json:"origin,omitempty"`
+	// On OPENED: the peer's address.
+	RemoteAddress string `protobuf:"bytes,5,opt,name=remote_address,json=remoteAddress,proto3" json:"remote_address,omitempty"`
+	// On OPENED: the connection's local address.
+	LocalAddress string `protobuf:"bytes,6,opt,name=local_address,json=localAddress,proto3" json:"local_address,omitempty"`
+	// On OPENED: the subject of the peer's TLS certificate, when it gave one.
+	PeerSubject string `protobuf:"bytes,7,opt,name=peer_subject,json=peerSubject,proto3" json:"peer_subject,omitempty"`
+	// On FRAME: the frame's id, unique in the gateway, to answer with.
+	FrameId uint64 `protobuf:"varint,8,opt,name=frame_id,json=frameId,proto3" json:"frame_id,omitempty"`
+	// On FRAME: its bytes, as HandleRegistration.payload_format says.
+	Data []byte `protobuf:"bytes,9,opt,name=data,proto3" json:"data,omitempty"`
+	// On FRAME: its bytes as text, as HandleRegistration.payload_format says.
+	Text string `protobuf:"bytes,10,opt,name=text,proto3" json:"text,omitempty"`
+	// On FRAME: it was delivered before, to a stream that ended without
+	// answering it.
+	Redelivered bool `protobuf:"varint,11,opt,name=redelivered,proto3" json:"redelivered,omitempty"`
+	// On CLOSED: why.
+	CloseReason CloseReason `protobuf:"varint,12,opt,name=close_reason,json=closeReason,proto3,enum=tcpgate.v1.CloseReason" json:"close_reason,omitempty"`
+	// The socket's generation, for a managed outbound connection.
+	Generation    uint64 `protobuf:"varint,13,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandleEvent) Reset() {
+	*x = HandleEvent{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandleEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandleEvent) ProtoMessage() {}
+
+func (x *HandleEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandleEvent.ProtoReflect.Descriptor instead.
+func (*HandleEvent) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *HandleEvent) GetKind() HandleEventKind {
+	if x != nil {
+		return x.Kind
+	}
+	return HandleEventKind_HANDLE_EVENT_KIND_UNSPECIFIED
+}
+
+func (x *HandleEvent) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *HandleEvent) GetListenerId() string {
+	if x != nil {
+		return x.ListenerId
+	}
+	return ""
+}
+
+func (x *HandleEvent) GetOrigin() Origin {
+	if x != nil {
+		return x.Origin
+	}
+	return Origin_ORIGIN_UNSPECIFIED
+}
+
+func (x *HandleEvent) GetRemoteAddress() string {
+	if x != nil {
+		return x.RemoteAddress
+	}
+	return ""
+}
+
+func (x *HandleEvent) GetLocalAddress() string {
+	if x != nil {
+		return x.LocalAddress
+	}
+	return ""
+}
+
+func (x *HandleEvent) GetPeerSubject() string {
+	if x != nil {
+		return x.PeerSubject
+	}
+	return ""
+}
+
+func (x *HandleEvent) GetFrameId() uint64 {
+	if x != nil {
+		return x.FrameId
+	}
+	return 0
+}
+
+func (x *HandleEvent) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *HandleEvent) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *HandleEvent) GetRedelivered() bool {
+	if x != nil {
+		return x.Redelivered
+	}
+	return false
+}
+
+func (x *HandleEvent) GetCloseReason() CloseReason {
+	if x != nil {
+		return x.CloseReason
+	}
+	return CloseReason_CLOSE_REASON_UNSPECIFIED
+}
+
+func (x *HandleEvent) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+// HandleRejection is a reply the gateway did not carry out.
+type HandleRejection struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The reply's frame_id (0 for a write).
+	FrameId uint64 `protobuf:"varint,1,opt,name=frame_id,json=frameId,proto3" json:"frame_id,omitempty"`
+	// The reply's connection_id.
+	ConnectionId string `protobuf:"bytes,2,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	// Why, as an error reason: NOT_HANDLED (the frame was answered already,
+	// timed out, or its connection closed or moved), CONNECTION_NOT_FOUND,
+	// INVALID_ARGUMENT (field names what is wrong).
+	Reason ErrorReason `protobuf:"varint,3,opt,name=reason,proto3,enum=tcpgate.v1.ErrorReason" json:"reason,omitempty"`
+	// The field at fault, such as "replies[2].text".
+	Field string `protobuf:"bytes,4,opt,name=field,proto3" json:"field,omitempty"`
+	// In words.
+	Message       string `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandleRejection) Reset() {
+	*x = HandleRejection{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandleRejection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandleRejection) ProtoMessage() {}
+
+func (x *HandleRejection) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandleRejection.ProtoReflect.Descriptor instead.
+func (*HandleRejection) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *HandleRejection) GetFrameId() uint64 {
+	if x != nil {
+		return x.FrameId
+	}
+	return 0
+}
+
+func (x *HandleRejection) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *HandleRejection) GetReason() ErrorReason {
+	if x != nil {
+		return x.Reason
+	}
+	return ErrorReason_ERROR_REASON_UNSPECIFIED
+}
+
+func (x *HandleRejection) GetField() string {
+	if x != nil {
+		return x.Field
+	}
+	return ""
+}
+
+func (x *HandleRejection) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 var File_tcpgate_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_tcpgate_v1_gateway_proto_rawDesc = "" +
@@ -4619,12 +5773,32 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\rlittle_endian\x18\x04 \x01(\bR\flittleEndian\x12\x1d\n" +
 	"\n" +
 	"fixed_size\x18\x05 \x01(\rR\tfixedSize\x12&\n" +
-	"\x0fmax_frame_bytes\x18\x06 \x01(\rR\rmaxFrameBytes\"q\n" +
+	"\x0fmax_frame_bytes\x18\x06 \x01(\rR\rmaxFrameBytes\"\xb2\x02\n" +
 	"\tAutoReply\x12-\n" +
 	"\x04mode\x18\x01 \x01(\x0e2\x19.tcpgate.v1.AutoReplyModeR\x04mode\x12\x14\n" +
 	"\x04text\x18\x02 \x01(\tH\x00R\x04text\x12\x14\n" +
-	"\x04data\x18\x03 \x01(\fH\x00R\x04dataB\t\n" +
-	"\apayload\"\xa2\x06\n" +
+	"\x04data\x18\x03 \x01(\fH\x00R\x04data\x12+\n" +
+	"\x05rules\x18\x04 \x03(\v2\x15.tcpgate.v1.ReplyRuleR\x05rules\x12B\n" +
+	"\x0fhandler_timeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x0ehandlerTimeout\x12N\n" +
+	"\x12on_handler_timeout\x18\x06 \x01(\x0e2 .tcpgate.v1.HandlerTimeoutActionR\x10onHandlerTimeoutB\t\n" +
+	"\apayload\"\xc6\x02\n" +
+	"\tReplyRule\x12)\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x15.tcpgate.v1.MatchKindR\x04kind\x12\x14\n" +
+	"\x04text\x18\x02 \x01(\tH\x00R\x04text\x12\x14\n" +
+	"\x04data\x18\x03 \x01(\fH\x00R\x04data\x12\x16\n" +
+	"\x05regex\x18\x04 \x01(\tH\x00R\x05regex\x12\x1f\n" +
+	"\n" +
+	"reply_text\x18\x05 \x01(\tH\x01R\treplyText\x12\x1f\n" +
+	"\n" +
+	"reply_data\x18\x06 \x01(\fH\x01R\treplyData\x12\x10\n" +
+	"\x03raw\x18\a \x01(\bR\x03raw\x12\x1f\n" +
+	"\vclose_after\x18\b \x01(\bR\n" +
+	"closeAfter\x12/\n" +
+	"\x05delay\x18\t \x01(\v2\x19.google.protobuf.DurationR\x05delay\x12\x12\n" +
+	"\x04name\x18\n" +
+	" \x01(\tR\x04nameB\a\n" +
+	"\x05matchB\a\n" +
+	"\x05reply\"\xd8\x06\n" +
 	"\bListener\x12\x1f\n" +
 	"\vlistener_id\x18\x01 \x01(\tR\n" +
 	"listenerId\x12\x18\n" +
@@ -4650,7 +5824,9 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"mutual_tls\x18\x10 \x01(\bR\tmutualTls\x12G\n" +
 	"\x12half_close_timeout\x18\x11 \x01(\v2\x19.google.protobuf.DurationR\x10halfCloseTimeout\x12*\n" +
 	"\x06source\x18\x12 \x01(\x0e2\x12.tcpgate.v1.SourceR\x06source\x12-\n" +
-	"\aforward\x18\x13 \x01(\v2\x13.tcpgate.v1.ForwardR\aforward\"\xc3\x01\n" +
+	"\aforward\x18\x13 \x01(\v2\x13.tcpgate.v1.ForwardR\aforward\x124\n" +
+	"\n" +
+	"on_connect\x18\x14 \x01(\v2\x15.tcpgate.v1.OnConnectR\tonConnect\"\xc3\x01\n" +
 	"\vListenerTLS\x12\x19\n" +
 	"\bcert_pem\x18\x01 \x01(\tR\acertPem\x12\x17\n" +
 	"\akey_pem\x18\x02 \x01(\tR\x06keyPem\x12\x1b\n" +
@@ -4682,7 +5858,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"last_error\x18\x0f \x01(\tR\tlastError\x12\x1a\n" +
 	"\battempts\x18\x10 \x01(\rR\battempts\x12B\n" +
-	"\x0fnext_attempt_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\"\xeb\x04\n" +
+	"\x0fnext_attempt_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\"\xa1\x05\n" +
 	"\x0eConnectRequest\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12-\n" +
@@ -4698,7 +5874,9 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x10tcp_user_timeout\x18\n" +
 	" \x01(\v2\x19.google.protobuf.DurationR\x0etcpUserTimeout\x123\n" +
 	"\x16queue_while_down_bytes\x18\v \x01(\x04R\x13queueWhileDownBytes\x123\n" +
-	"\atimeout\x18\f \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\xca\x01\n" +
+	"\atimeout\x18\f \x01(\v2\x19.google.protobuf.DurationR\atimeout\x124\n" +
+	"\n" +
+	"auto_reply\x18\r \x01(\v2\x15.tcpgate.v1.AutoReplyR\tautoReply\"\xca\x01\n" +
 	"\tReconnect\x12\x1a\n" +
 	"\bdisabled\x18\x01 \x01(\bR\bdisabled\x12B\n" +
 	"\x0finitial_backoff\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0einitialBackoff\x12:\n" +
@@ -4729,7 +5907,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"connection\x18\x01 \x01(\v2\x16.tcpgate.v1.ConnectionR\n" +
 	"connection\x122\n" +
-	"\x06header\x18\x02 \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\"\xce\x03\n" +
+	"\x06header\x18\x02 \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\"\x84\x04\n" +
 	"\x14StartListenerRequest\x12\x1f\n" +
 	"\vlistener_id\x18\x01 \x01(\tR\n" +
 	"listenerId\x12\x12\n" +
@@ -4743,7 +5921,9 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x03tls\x18\b \x01(\v2\x17.tcpgate.v1.ListenerTLSR\x03tls\x12G\n" +
 	"\x12half_close_timeout\x18\t \x01(\v2\x19.google.protobuf.DurationR\x10halfCloseTimeout\x12-\n" +
 	"\aforward\x18\n" +
-	" \x01(\v2\x13.tcpgate.v1.ForwardR\aforward\"J\n" +
+	" \x01(\v2\x13.tcpgate.v1.ForwardR\aforward\x124\n" +
+	"\n" +
+	"on_connect\x18\v \x01(\v2\x15.tcpgate.v1.OnConnectR\tonConnect\"J\n" +
 	"\aForward\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12%\n" +
 	"\x03tls\x18\x02 \x01(\v2\x13.tcpgate.v1.DialTLSR\x03tls\"}\n" +
@@ -4886,7 +6066,62 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\aattempt\x18\x12 \x01(\rR\aattempt\x12/\n" +
 	"\x05delay\x18\x13 \x01(\v2\x19.google.protobuf.DurationR\x05delay\x12\x14\n" +
 	"\x05error\x18\x14 \x01(\tR\x05error\x12G\n" +
-	"\x13target_close_reason\x18\x15 \x01(\x0e2\x17.tcpgate.v1.CloseReasonR\x11targetCloseReason*\xac\x01\n" +
+	"\x13target_close_reason\x18\x15 \x01(\x0e2\x17.tcpgate.v1.CloseReasonR\x11targetCloseReason\"\xb5\x01\n" +
+	"\rHandleRequest\x12B\n" +
+	"\fregistration\x18\x01 \x01(\v2\x1e.tcpgate.v1.HandleRegistrationR\fregistration\x12-\n" +
+	"\x05reply\x18\x02 \x01(\v2\x17.tcpgate.v1.HandleReplyR\x05reply\x121\n" +
+	"\areplies\x18\x03 \x03(\v2\x17.tcpgate.v1.HandleReplyR\areplies\"\xda\x01\n" +
+	"\x12HandleRegistration\x12!\n" +
+	"\flistener_ids\x18\x01 \x03(\tR\vlistenerIds\x12%\n" +
+	"\x0econnection_ids\x18\x02 \x03(\tR\rconnectionIds\x12\x14\n" +
+	"\x05group\x18\x03 \x01(\tR\x05group\x12\"\n" +
+	"\rmax_in_flight\x18\x04 \x01(\rR\vmaxInFlight\x12@\n" +
+	"\x0epayload_format\x18\x05 \x01(\x0e2\x19.tcpgate.v1.PayloadFormatR\rpayloadFormat\"\xac\x01\n" +
+	"\vHandleReply\x12\x19\n" +
+	"\bframe_id\x18\x01 \x01(\x04R\aframeId\x12#\n" +
+	"\rconnection_id\x18\x02 \x01(\tR\fconnectionId\x12\x14\n" +
+	"\x04text\x18\x03 \x01(\tH\x00R\x04text\x12\x14\n" +
+	"\x04data\x18\x04 \x01(\fH\x00R\x04data\x12\x10\n" +
+	"\x03raw\x18\x05 \x01(\bR\x03raw\x12\x14\n" +
+	"\x05close\x18\x06 \x01(\bR\x05closeB\t\n" +
+	"\apayload\"\xbc\x01\n" +
+	"\x0eHandleResponse\x12<\n" +
+	"\n" +
+	"registered\x18\x01 \x01(\v2\x1c.tcpgate.v1.HandleRegisteredR\n" +
+	"registered\x12/\n" +
+	"\x06events\x18\x02 \x03(\v2\x17.tcpgate.v1.HandleEventR\x06events\x12;\n" +
+	"\n" +
+	"rejections\x18\x03 \x03(\v2\x1b.tcpgate.v1.HandleRejectionR\n" +
+	"rejections\"\x9d\x01\n" +
+	"\x10HandleRegistered\x12\x1b\n" +
+	"\tstream_id\x18\x01 \x01(\tR\bstreamId\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\tR\x05group\x12\"\n" +
+	"\rmax_in_flight\x18\x03 \x01(\rR\vmaxInFlight\x122\n" +
+	"\x06header\x18\x04 \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\"\xe0\x03\n" +
+	"\vHandleEvent\x12/\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1b.tcpgate.v1.HandleEventKindR\x04kind\x12#\n" +
+	"\rconnection_id\x18\x02 \x01(\tR\fconnectionId\x12\x1f\n" +
+	"\vlistener_id\x18\x03 \x01(\tR\n" +
+	"listenerId\x12*\n" +
+	"\x06origin\x18\x04 \x01(\x0e2\x12.tcpgate.v1.OriginR\x06origin\x12%\n" +
+	"\x0eremote_address\x18\x05 \x01(\tR\rremoteAddress\x12#\n" +
+	"\rlocal_address\x18\x06 \x01(\tR\flocalAddress\x12!\n" +
+	"\fpeer_subject\x18\a \x01(\tR\vpeerSubject\x12\x19\n" +
+	"\bframe_id\x18\b \x01(\x04R\aframeId\x12\x12\n" +
+	"\x04data\x18\t \x01(\fR\x04data\x12\x12\n" +
+	"\x04text\x18\n" +
+	" \x01(\tR\x04text\x12 \n" +
+	"\vredelivered\x18\v \x01(\bR\vredelivered\x12:\n" +
+	"\fclose_reason\x18\f \x01(\x0e2\x17.tcpgate.v1.CloseReasonR\vcloseReason\x12\x1e\n" +
+	"\n" +
+	"generation\x18\r \x01(\x04R\n" +
+	"generation\"\xb2\x01\n" +
+	"\x0fHandleRejection\x12\x19\n" +
+	"\bframe_id\x18\x01 \x01(\x04R\aframeId\x12#\n" +
+	"\rconnection_id\x18\x02 \x01(\tR\fconnectionId\x12/\n" +
+	"\x06reason\x18\x03 \x01(\x0e2\x17.tcpgate.v1.ErrorReasonR\x06reason\x12\x14\n" +
+	"\x05field\x18\x04 \x01(\tR\x05field\x12\x18\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage*\xac\x01\n" +
 	"\vFramingMode\x12\x1c\n" +
 	"\x18FRAMING_MODE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10FRAMING_MODE_RAW\x10\x01\x12\x15\n" +
@@ -4898,7 +6133,18 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1bAUTO_REPLY_MODE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14AUTO_REPLY_MODE_NONE\x10\x01\x12\x18\n" +
 	"\x14AUTO_REPLY_MODE_ECHO\x10\x02\x12\x19\n" +
-	"\x15AUTO_REPLY_MODE_FIXED\x10\x03*J\n" +
+	"\x15AUTO_REPLY_MODE_FIXED\x10\x03*\x85\x01\n" +
+	"\x14HandlerTimeoutAction\x12&\n" +
+	"\"HANDLER_TIMEOUT_ACTION_UNSPECIFIED\x10\x00\x12#\n" +
+	"\x1fHANDLER_TIMEOUT_ACTION_FALLBACK\x10\x01\x12 \n" +
+	"\x1cHANDLER_TIMEOUT_ACTION_CLOSE\x10\x02*\x9a\x01\n" +
+	"\tMatchKind\x12\x1a\n" +
+	"\x16MATCH_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10MATCH_KIND_EXACT\x10\x01\x12\x15\n" +
+	"\x11MATCH_KIND_PREFIX\x10\x02\x12\x15\n" +
+	"\x11MATCH_KIND_SUFFIX\x10\x03\x12\x17\n" +
+	"\x13MATCH_KIND_CONTAINS\x10\x04\x12\x14\n" +
+	"\x10MATCH_KIND_REGEX\x10\x05*J\n" +
 	"\x06Origin\x12\x16\n" +
 	"\x12ORIGIN_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fORIGIN_ACCEPTED\x10\x01\x12\x13\n" +
@@ -4950,7 +6196,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x19EVENT_KIND_EVENTS_DROPPED\x10\x06\x12\x1d\n" +
 	"\x19EVENT_KIND_STREAM_STARTED\x10\a\x12\"\n" +
 	"\x1eEVENT_KIND_INCARNATION_CHANGED\x10\b\x12\"\n" +
-	"\x1eEVENT_KIND_RECONNECT_SCHEDULED\x10\t*\xb3\x04\n" +
+	"\x1eEVENT_KIND_RECONNECT_SCHEDULED\x10\t*\x9a\x05\n" +
 	"\vCloseReason\x12\x1c\n" +
 	"\x18CLOSE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CLOSE_REASON_PEER_CLOSED\x10\x01\x12\x1b\n" +
@@ -4969,12 +6215,15 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1dCLOSE_REASON_HEARTBEAT_FAILED\x10\r\x12\"\n" +
 	"\x1eCLOSE_REASON_ON_CONNECT_FAILED\x10\x0e\x12\"\n" +
 	"\x1eCLOSE_REASON_RECONNECT_GAVE_UP\x10\x0f\x12\x1f\n" +
-	"\x1bCLOSE_REASON_FORWARD_FAILED\x10\x10*\xac\x01\n" +
+	"\x1bCLOSE_REASON_FORWARD_FAILED\x10\x10\x12\x1f\n" +
+	"\x1bCLOSE_REASON_CLOSED_BY_RULE\x10\x11\x12 \n" +
+	"\x1cCLOSE_REASON_HANDLER_TIMEOUT\x10\x12\x12\"\n" +
+	"\x1eCLOSE_REASON_CLOSED_BY_HANDLER\x10\x13*\xac\x01\n" +
 	"\x12SlowConsumerPolicy\x12$\n" +
 	" SLOW_CONSUMER_POLICY_UNSPECIFIED\x10\x00\x12$\n" +
 	" SLOW_CONSUMER_POLICY_DROP_OLDEST\x10\x01\x12#\n" +
 	"\x1fSLOW_CONSUMER_POLICY_DISCONNECT\x10\x02\x12%\n" +
-	"!SLOW_CONSUMER_POLICY_BACKPRESSURE\x10\x03*\xeb\v\n" +
+	"!SLOW_CONSUMER_POLICY_BACKPRESSURE\x10\x03*\xb2\f\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dERROR_REASON_INVALID_ARGUMENT\x10\x01\x12\"\n" +
@@ -5020,7 +6269,14 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1eERROR_REASON_CONNECTION_EXISTS\x10(\x12\x1e\n" +
 	"\x1aERROR_REASON_NOT_CONNECTED\x10)\x12\x1b\n" +
 	"\x17ERROR_REASON_QUEUE_FULL\x10*\x12\"\n" +
-	"\x1eERROR_REASON_ON_CONNECT_FAILED\x10+2\xb8\x06\n" +
+	"\x1eERROR_REASON_ON_CONNECT_FAILED\x10+\x12'\n" +
+	"#ERROR_REASON_HANDLER_GROUP_CONFLICT\x10,\x12\x1c\n" +
+	"\x18ERROR_REASON_NOT_HANDLED\x10-*\x8d\x01\n" +
+	"\x0fHandleEventKind\x12!\n" +
+	"\x1dHANDLE_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18HANDLE_EVENT_KIND_OPENED\x10\x01\x12\x1b\n" +
+	"\x17HANDLE_EVENT_KIND_FRAME\x10\x02\x12\x1c\n" +
+	"\x18HANDLE_EVENT_KIND_CLOSED\x10\x032\xfd\x06\n" +
 	"\x0eGatewayService\x12T\n" +
 	"\rStartListener\x12 .tcpgate.v1.StartListenerRequest\x1a!.tcpgate.v1.StartListenerResponse\x12Q\n" +
 	"\fStopListener\x12\x1f.tcpgate.v1.StopListenerRequest\x1a .tcpgate.v1.StopListenerResponse\x12N\n" +
@@ -5031,7 +6287,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x0fCloseConnection\x12\".tcpgate.v1.CloseConnectionRequest\x1a#.tcpgate.v1.CloseConnectionResponse\x12B\n" +
 	"\aConnect\x12\x1a.tcpgate.v1.ConnectRequest\x1a\x1b.tcpgate.v1.ConnectResponse\x129\n" +
 	"\x04Send\x12\x17.tcpgate.v1.SendRequest\x1a\x18.tcpgate.v1.SendResponse\x12J\n" +
-	"\tSubscribe\x12\x1c.tcpgate.v1.SubscribeRequest\x1a\x1d.tcpgate.v1.SubscribeResponse0\x01B5Z3github.com/tcpgate/tcpgate/gen/tcpgate/v1;tcpgatev1b\x06proto3"
+	"\tSubscribe\x12\x1c.tcpgate.v1.SubscribeRequest\x1a\x1d.tcpgate.v1.SubscribeResponse0\x01\x12C\n" +
+	"\x06Handle\x12\x19.tcpgate.v1.HandleRequest\x1a\x1a.tcpgate.v1.HandleResponse(\x010\x01B5Z3github.com/tcpgate/tcpgate/gen/tcpgate/v1;tcpgatev1b\x06proto3"
 
 var (
 	file_tcpgate_v1_gateway_proto_rawDescOnce sync.Once
@@ -5045,168 +6302,201 @@ func file_tcpgate_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_tcpgate_v1_gateway_proto_rawDescData
 }
 
-var file_tcpgate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
-var file_tcpgate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_tcpgate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 17)
+var file_tcpgate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_tcpgate_v1_gateway_proto_goTypes = []any{
 	(FramingMode)(0),                // 0: tcpgate.v1.FramingMode
 	(AutoReplyMode)(0),              // 1: tcpgate.v1.AutoReplyMode
-	(Origin)(0),                     // 2: tcpgate.v1.Origin
-	(Direction)(0),                  // 3: tcpgate.v1.Direction
-	(Source)(0),                     // 4: tcpgate.v1.Source
-	(ListenerState)(0),              // 5: tcpgate.v1.ListenerState
-	(ConnectionState)(0),            // 6: tcpgate.v1.ConnectionState
-	(AwaitMode)(0),                  // 7: tcpgate.v1.AwaitMode
-	(OnTimeout)(0),                  // 8: tcpgate.v1.OnTimeout
-	(PayloadFormat)(0),              // 9: tcpgate.v1.PayloadFormat
-	(EventKind)(0),                  // 10: tcpgate.v1.EventKind
-	(CloseReason)(0),                // 11: tcpgate.v1.CloseReason
-	(SlowConsumerPolicy)(0),         // 12: tcpgate.v1.SlowConsumerPolicy
-	(ErrorReason)(0),                // 13: tcpgate.v1.ErrorReason
-	(*Framing)(nil),                 // 14: tcpgate.v1.Framing
-	(*AutoReply)(nil),               // 15: tcpgate.v1.AutoReply
-	(*Listener)(nil),                // 16: tcpgate.v1.Listener
-	(*ListenerTLS)(nil),             // 17: tcpgate.v1.ListenerTLS
-	(*Connection)(nil),              // 18: tcpgate.v1.Connection
-	(*ConnectRequest)(nil),          // 19: tcpgate.v1.ConnectRequest
-	(*Reconnect)(nil),               // 20: tcpgate.v1.Reconnect
-	(*OnConnect)(nil),               // 21: tcpgate.v1.OnConnect
-	(*Heartbeat)(nil),               // 22: tcpgate.v1.Heartbeat
-	(*TcpKeepAlive)(nil),            // 23: tcpgate.v1.TcpKeepAlive
-	(*ConnectResponse)(nil),         // 24: tcpgate.v1.ConnectResponse
-	(*StartListenerRequest)(nil),    // 25: tcpgate.v1.StartListenerRequest
-	(*Forward)(nil),                 // 26: tcpgate.v1.Forward
-	(*StartListenerResponse)(nil),   // 27: tcpgate.v1.StartListenerResponse
-	(*ResponseHeader)(nil),          // 28: tcpgate.v1.ResponseHeader
-	(*StopListenerRequest)(nil),     // 29: tcpgate.v1.StopListenerRequest
-	(*StopListenerResponse)(nil),    // 30: tcpgate.v1.StopListenerResponse
-	(*GetListenerRequest)(nil),      // 31: tcpgate.v1.GetListenerRequest
-	(*GetListenerResponse)(nil),     // 32: tcpgate.v1.GetListenerResponse
-	(*ListListenersRequest)(nil),    // 33: tcpgate.v1.ListListenersRequest
-	(*ListListenersResponse)(nil),   // 34: tcpgate.v1.ListListenersResponse
-	(*ListConnectionsRequest)(nil),  // 35: tcpgate.v1.ListConnectionsRequest
-	(*ListConnectionsResponse)(nil), // 36: tcpgate.v1.ListConnectionsResponse
-	(*GetConnectionRequest)(nil),    // 37: tcpgate.v1.GetConnectionRequest
-	(*GetConnectionResponse)(nil),   // 38: tcpgate.v1.GetConnectionResponse
-	(*CloseConnectionRequest)(nil),  // 39: tcpgate.v1.CloseConnectionRequest
-	(*CloseConnectionResponse)(nil), // 40: tcpgate.v1.CloseConnectionResponse
-	(*AwaitReply)(nil),              // 41: tcpgate.v1.AwaitReply
-	(*ReplyMatch)(nil),              // 42: tcpgate.v1.ReplyMatch
-	(*SendRequest)(nil),             // 43: tcpgate.v1.SendRequest
-	(*DialTLS)(nil),                 // 44: tcpgate.v1.DialTLS
-	(*Reply)(nil),                   // 45: tcpgate.v1.Reply
-	(*SendResponse)(nil),            // 46: tcpgate.v1.SendResponse
-	(*SubscribeRequest)(nil),        // 47: tcpgate.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),       // 48: tcpgate.v1.SubscribeResponse
-	(*Event)(nil),                   // 49: tcpgate.v1.Event
-	(*timestamppb.Timestamp)(nil),   // 50: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 51: google.protobuf.Duration
+	(HandlerTimeoutAction)(0),       // 2: tcpgate.v1.HandlerTimeoutAction
+	(MatchKind)(0),                  // 3: tcpgate.v1.MatchKind
+	(Origin)(0),                     // 4: tcpgate.v1.Origin
+	(Direction)(0),                  // 5: tcpgate.v1.Direction
+	(Source)(0),                     // 6: tcpgate.v1.Source
+	(ListenerState)(0),              // 7: tcpgate.v1.ListenerState
+	(ConnectionState)(0),            // 8: tcpgate.v1.ConnectionState
+	(AwaitMode)(0),                  // 9: tcpgate.v1.AwaitMode
+	(OnTimeout)(0),                  // 10: tcpgate.v1.OnTimeout
+	(PayloadFormat)(0),              // 11: tcpgate.v1.PayloadFormat
+	(EventKind)(0),                  // 12: tcpgate.v1.EventKind
+	(CloseReason)(0),                // 13: tcpgate.v1.CloseReason
+	(SlowConsumerPolicy)(0),         // 14: tcpgate.v1.SlowConsumerPolicy
+	(ErrorReason)(0),                // 15: tcpgate.v1.ErrorReason
+	(HandleEventKind)(0),            // 16: tcpgate.v1.HandleEventKind
+	(*Framing)(nil),                 // 17: tcpgate.v1.Framing
+	(*AutoReply)(nil),               // 18: tcpgate.v1.AutoReply
+	(*ReplyRule)(nil),               // 19: tcpgate.v1.ReplyRule
+	(*Listener)(nil),                // 20: tcpgate.v1.Listener
+	(*ListenerTLS)(nil),             // 21: tcpgate.v1.ListenerTLS
+	(*Connection)(nil),              // 22: tcpgate.v1.Connection
+	(*ConnectRequest)(nil),          // 23: tcpgate.v1.ConnectRequest
+	(*Reconnect)(nil),               // 24: tcpgate.v1.Reconnect
+	(*OnConnect)(nil),               // 25: tcpgate.v1.OnConnect
+	(*Heartbeat)(nil),               // 26: tcpgate.v1.Heartbeat
+	(*TcpKeepAlive)(nil),            // 27: tcpgate.v1.TcpKeepAlive
+	(*ConnectResponse)(nil),         // 28: tcpgate.v1.ConnectResponse
+	(*StartListenerRequest)(nil),    // 29: tcpgate.v1.StartListenerRequest
+	(*Forward)(nil),                 // 30: tcpgate.v1.Forward
+	(*StartListenerResponse)(nil),   // 31: tcpgate.v1.StartListenerResponse
+	(*ResponseHeader)(nil),          // 32: tcpgate.v1.ResponseHeader
+	(*StopListenerRequest)(nil),     // 33: tcpgate.v1.StopListenerRequest
+	(*StopListenerResponse)(nil),    // 34: tcpgate.v1.StopListenerResponse
+	(*GetListenerRequest)(nil),      // 35: tcpgate.v1.GetListenerRequest
+	(*GetListenerResponse)(nil),     // 36: tcpgate.v1.GetListenerResponse
+	(*ListListenersRequest)(nil),    // 37: tcpgate.v1.ListListenersRequest
+	(*ListListenersResponse)(nil),   // 38: tcpgate.v1.ListListenersResponse
+	(*ListConnectionsRequest)(nil),  // 39: tcpgate.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil), // 40: tcpgate.v1.ListConnectionsResponse
+	(*GetConnectionRequest)(nil),    // 41: tcpgate.v1.GetConnectionRequest
+	(*GetConnectionResponse)(nil),   // 42: tcpgate.v1.GetConnectionResponse
+	(*CloseConnectionRequest)(nil),  // 43: tcpgate.v1.CloseConnectionRequest
+	(*CloseConnectionResponse)(nil), // 44: tcpgate.v1.CloseConnectionResponse
+	(*AwaitReply)(nil),              // 45: tcpgate.v1.AwaitReply
+	(*ReplyMatch)(nil),              // 46: tcpgate.v1.ReplyMatch
+	(*SendRequest)(nil),             // 47: tcpgate.v1.SendRequest
+	(*DialTLS)(nil),                 // 48: tcpgate.v1.DialTLS
+	(*Reply)(nil),                   // 49: tcpgate.v1.Reply
+	(*SendResponse)(nil),            // 50: tcpgate.v1.SendResponse
+	(*SubscribeRequest)(nil),        // 51: tcpgate.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),       // 52: tcpgate.v1.SubscribeResponse
+	(*Event)(nil),                   // 53: tcpgate.v1.Event
+	(*HandleRequest)(nil),           // 54: tcpgate.v1.HandleRequest
+	(*HandleRegistration)(nil),      // 55: tcpgate.v1.HandleRegistration
+	(*HandleReply)(nil),             // 56: tcpgate.v1.HandleReply
+	(*HandleResponse)(nil),          // 57: tcpgate.v1.HandleResponse
+	(*HandleRegistered)(nil),        // 58: tcpgate.v1.HandleRegistered
+	(*HandleEvent)(nil),             // 59: tcpgate.v1.HandleEvent
+	(*HandleRejection)(nil),         // 60: tcpgate.v1.HandleRejection
+	(*durationpb.Duration)(nil),     // 61: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 62: google.protobuf.Timestamp
 }
 var file_tcpgate_v1_gateway_proto_depIdxs = []int32{
-	0,  // 0: tcpgate.v1.Framing.mode:type_name -> tcpgate.v1.FramingMode
-	1,  // 1: tcpgate.v1.AutoReply.mode:type_name -> tcpgate.v1.AutoReplyMode
-	5,  // 2: tcpgate.v1.Listener.state:type_name -> tcpgate.v1.ListenerState
-	14, // 3: tcpgate.v1.Listener.framing:type_name -> tcpgate.v1.Framing
-	15, // 4: tcpgate.v1.Listener.auto_reply:type_name -> tcpgate.v1.AutoReply
-	50, // 5: tcpgate.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
-	51, // 6: tcpgate.v1.Listener.idle_timeout:type_name -> google.protobuf.Duration
-	51, // 7: tcpgate.v1.Listener.half_close_timeout:type_name -> google.protobuf.Duration
-	4,  // 8: tcpgate.v1.Listener.source:type_name -> tcpgate.v1.Source
-	26, // 9: tcpgate.v1.Listener.forward:type_name -> tcpgate.v1.Forward
-	50, // 10: tcpgate.v1.Connection.opened_at:type_name -> google.protobuf.Timestamp
-	6,  // 11: tcpgate.v1.Connection.state:type_name -> tcpgate.v1.ConnectionState
-	2,  // 12: tcpgate.v1.Connection.origin:type_name -> tcpgate.v1.Origin
-	50, // 13: tcpgate.v1.Connection.next_attempt_at:type_name -> google.protobuf.Timestamp
-	14, // 14: tcpgate.v1.ConnectRequest.framing:type_name -> tcpgate.v1.Framing
-	44, // 15: tcpgate.v1.ConnectRequest.tls:type_name -> tcpgate.v1.DialTLS
-	20, // 16: tcpgate.v1.ConnectRequest.reconnect:type_name -> tcpgate.v1.Reconnect
-	21, // 17: tcpgate.v1.ConnectRequest.on_connect:type_name -> tcpgate.v1.OnConnect
-	22, // 18: tcpgate.v1.ConnectRequest.heartbeat:type_name -> tcpgate.v1.Heartbeat
-	51, // 19: tcpgate.v1.ConnectRequest.idle_timeout:type_name -> google.protobuf.Duration
-	23, // 20: tcpgate.v1.ConnectRequest.keep_alive:type_name -> tcpgate.v1.TcpKeepAlive
-	51, // 21: tcpgate.v1.ConnectRequest.tcp_user_timeout:type_name -> google.protobuf.Duration
-	51, // 22: tcpgate.v1.ConnectRequest.timeout:type_name -> google.protobuf.Duration
-	51, // 23: tcpgate.v1.Reconnect.initial_backoff:type_name -> google.protobuf.Duration
-	51, // 24: tcpgate.v1.Reconnect.max_backoff:type_name -> google.protobuf.Duration
-	42, // 25: tcpgate.v1.OnConnect.expect:type_name -> tcpgate.v1.ReplyMatch
-	51, // 26: tcpgate.v1.OnConnect.timeout:type_name -> google.protobuf.Duration
-	51, // 27: tcpgate.v1.Heartbeat.interval:type_name -> google.protobuf.Duration
-	42, // 28: tcpgate.v1.Heartbeat.expect:type_name -> tcpgate.v1.ReplyMatch
-	51, // 29: tcpgate.v1.Heartbeat.timeout:type_name -> google.protobuf.Duration
-	51, // 30: tcpgate.v1.TcpKeepAlive.idle:type_name -> google.protobuf.Duration
-	51, // 31: tcpgate.v1.TcpKeepAlive.interval:type_name -> google.protobuf.Duration
-	18, // 32: tcpgate.v1.ConnectResponse.connection:type_name -> tcpgate.v1.Connection
-	28, // 33: tcpgate.v1.ConnectResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	14, // 34: tcpgate.v1.StartListenerRequest.framing:type_name -> tcpgate.v1.Framing
-	15, // 35: tcpgate.v1.StartListenerRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
-	51, // 36: tcpgate.v1.StartListenerRequest.idle_timeout:type_name -> google.protobuf.Duration
-	17, // 37: tcpgate.v1.StartListenerRequest.tls:type_name -> tcpgate.v1.ListenerTLS
-	51, // 38: tcpgate.v1.StartListenerRequest.half_close_timeout:type_name -> google.protobuf.Duration
-	26, // 39: tcpgate.v1.StartListenerRequest.forward:type_name -> tcpgate.v1.Forward
-	44, // 40: tcpgate.v1.Forward.tls:type_name -> tcpgate.v1.DialTLS
-	16, // 41: tcpgate.v1.StartListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	28, // 42: tcpgate.v1.StartListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	51, // 43: tcpgate.v1.StopListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
-	16, // 44: tcpgate.v1.StopListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	28, // 45: tcpgate.v1.StopListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	16, // 46: tcpgate.v1.GetListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	28, // 47: tcpgate.v1.GetListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	16, // 48: tcpgate.v1.ListListenersResponse.listeners:type_name -> tcpgate.v1.Listener
-	28, // 49: tcpgate.v1.ListListenersResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	6,  // 50: tcpgate.v1.ListConnectionsRequest.state:type_name -> tcpgate.v1.ConnectionState
-	2,  // 51: tcpgate.v1.ListConnectionsRequest.origins:type_name -> tcpgate.v1.Origin
-	18, // 52: tcpgate.v1.ListConnectionsResponse.connections:type_name -> tcpgate.v1.Connection
-	28, // 53: tcpgate.v1.ListConnectionsResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	18, // 54: tcpgate.v1.GetConnectionResponse.connection:type_name -> tcpgate.v1.Connection
-	28, // 55: tcpgate.v1.GetConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	18, // 56: tcpgate.v1.CloseConnectionResponse.connection:type_name -> tcpgate.v1.Connection
-	28, // 57: tcpgate.v1.CloseConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	7,  // 58: tcpgate.v1.AwaitReply.mode:type_name -> tcpgate.v1.AwaitMode
-	14, // 59: tcpgate.v1.AwaitReply.framing:type_name -> tcpgate.v1.Framing
-	9,  // 60: tcpgate.v1.AwaitReply.payload_format:type_name -> tcpgate.v1.PayloadFormat
-	42, // 61: tcpgate.v1.AwaitReply.match:type_name -> tcpgate.v1.ReplyMatch
-	8,  // 62: tcpgate.v1.AwaitReply.on_timeout:type_name -> tcpgate.v1.OnTimeout
-	41, // 63: tcpgate.v1.SendRequest.await_reply:type_name -> tcpgate.v1.AwaitReply
-	51, // 64: tcpgate.v1.SendRequest.timeout:type_name -> google.protobuf.Duration
-	44, // 65: tcpgate.v1.SendRequest.tls:type_name -> tcpgate.v1.DialTLS
-	45, // 66: tcpgate.v1.SendResponse.reply:type_name -> tcpgate.v1.Reply
-	10, // 67: tcpgate.v1.SubscribeRequest.kinds:type_name -> tcpgate.v1.EventKind
-	12, // 68: tcpgate.v1.SubscribeRequest.slow_consumer:type_name -> tcpgate.v1.SlowConsumerPolicy
-	9,  // 69: tcpgate.v1.SubscribeRequest.payload_format:type_name -> tcpgate.v1.PayloadFormat
-	2,  // 70: tcpgate.v1.SubscribeRequest.origins:type_name -> tcpgate.v1.Origin
-	49, // 71: tcpgate.v1.SubscribeResponse.events:type_name -> tcpgate.v1.Event
-	50, // 72: tcpgate.v1.Event.time:type_name -> google.protobuf.Timestamp
-	10, // 73: tcpgate.v1.Event.kind:type_name -> tcpgate.v1.EventKind
-	11, // 74: tcpgate.v1.Event.close_reason:type_name -> tcpgate.v1.CloseReason
-	28, // 75: tcpgate.v1.Event.header:type_name -> tcpgate.v1.ResponseHeader
-	2,  // 76: tcpgate.v1.Event.origin:type_name -> tcpgate.v1.Origin
-	3,  // 77: tcpgate.v1.Event.direction:type_name -> tcpgate.v1.Direction
-	51, // 78: tcpgate.v1.Event.delay:type_name -> google.protobuf.Duration
-	11, // 79: tcpgate.v1.Event.target_close_reason:type_name -> tcpgate.v1.CloseReason
-	25, // 80: tcpgate.v1.GatewayService.StartListener:input_type -> tcpgate.v1.StartListenerRequest
-	29, // 81: tcpgate.v1.GatewayService.StopListener:input_type -> tcpgate.v1.StopListenerRequest
-	31, // 82: tcpgate.v1.GatewayService.GetListener:input_type -> tcpgate.v1.GetListenerRequest
-	33, // 83: tcpgate.v1.GatewayService.ListListeners:input_type -> tcpgate.v1.ListListenersRequest
-	35, // 84: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
-	37, // 85: tcpgate.v1.GatewayService.GetConnection:input_type -> tcpgate.v1.GetConnectionRequest
-	39, // 86: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
-	19, // 87: tcpgate.v1.GatewayService.Connect:input_type -> tcpgate.v1.ConnectRequest
-	43, // 88: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
-	47, // 89: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
-	27, // 90: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
-	30, // 91: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
-	32, // 92: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
-	34, // 93: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
-	36, // 94: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
-	38, // 95: tcpgate.v1.GatewayService.GetConnection:output_type -> tcpgate.v1.GetConnectionResponse
-	40, // 96: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
-	24, // 97: tcpgate.v1.GatewayService.Connect:output_type -> tcpgate.v1.ConnectResponse
-	46, // 98: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
-	48, // 99: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
-	90, // [90:100] is the sub-list for method output_type
-	80, // [80:90] is the sub-list for method input_type
-	80, // [80:80] is the sub-list for extension type_name
-	80, // [80:80] is the sub-list for extension extendee
-	0,  // [0:80] is the sub-list for field type_name
+	0,   // 0: tcpgate.v1.Framing.mode:type_name -> tcpgate.v1.FramingMode
+	1,   // 1: tcpgate.v1.AutoReply.mode:type_name -> tcpgate.v1.AutoReplyMode
+	19,  // 2: tcpgate.v1.AutoReply.rules:type_name -> tcpgate.v1.ReplyRule
+	61,  // 3: tcpgate.v1.AutoReply.handler_timeout:type_name -> google.protobuf.Duration
+	2,   // 4: tcpgate.v1.AutoReply.on_handler_timeout:type_name -> tcpgate.v1.HandlerTimeoutAction
+	3,   // 5: tcpgate.v1.ReplyRule.kind:type_name -> tcpgate.v1.MatchKind
+	61,  // 6: tcpgate.v1.ReplyRule.delay:type_name -> google.protobuf.Duration
+	7,   // 7: tcpgate.v1.Listener.state:type_name -> tcpgate.v1.ListenerState
+	17,  // 8: tcpgate.v1.Listener.framing:type_name -> tcpgate.v1.Framing
+	18,  // 9: tcpgate.v1.Listener.auto_reply:type_name -> tcpgate.v1.AutoReply
+	62,  // 10: tcpgate.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
+	61,  // 11: tcpgate.v1.Listener.idle_timeout:type_name -> google.protobuf.Duration
+	61,  // 12: tcpgate.v1.Listener.half_close_timeout:type_name -> google.protobuf.Duration
+	6,   // 13: tcpgate.v1.Listener.source:type_name -> tcpgate.v1.Source
+	30,  // 14: tcpgate.v1.Listener.forward:type_name -> tcpgate.v1.Forward
+	25,  // 15: tcpgate.v1.Listener.on_connect:type_name -> tcpgate.v1.OnConnect
+	62,  // 16: tcpgate.v1.Connection.opened_at:type_name -> google.protobuf.Timestamp
+	8,   // 17: tcpgate.v1.Connection.state:type_name -> tcpgate.v1.ConnectionState
+	4,   // 18: tcpgate.v1.Connection.origin:type_name -> tcpgate.v1.Origin
+	62,  // 19: tcpgate.v1.Connection.next_attempt_at:type_name -> google.protobuf.Timestamp
+	17,  // 20: tcpgate.v1.ConnectRequest.framing:type_name -> tcpgate.v1.Framing
+	48,  // 21: tcpgate.v1.ConnectRequest.tls:type_name -> tcpgate.v1.DialTLS
+	24,  // 22: tcpgate.v1.ConnectRequest.reconnect:type_name -> tcpgate.v1.Reconnect
+	25,  // 23: tcpgate.v1.ConnectRequest.on_connect:type_name -> tcpgate.v1.OnConnect
+	26,  // 24: tcpgate.v1.ConnectRequest.heartbeat:type_name -> tcpgate.v1.Heartbeat
+	61,  // 25: tcpgate.v1.ConnectRequest.idle_timeout:type_name -> google.protobuf.Duration
+	27,  // 26: tcpgate.v1.ConnectRequest.keep_alive:type_name -> tcpgate.v1.TcpKeepAlive
+	61,  // 27: tcpgate.v1.ConnectRequest.tcp_user_timeout:type_name -> google.protobuf.Duration
+	61,  // 28: tcpgate.v1.ConnectRequest.timeout:type_name -> google.protobuf.Duration
+	18,  // 29: tcpgate.v1.ConnectRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
+	61,  // 30: tcpgate.v1.Reconnect.initial_backoff:type_name -> google.protobuf.Duration
+	61,  // 31: tcpgate.v1.Reconnect.max_backoff:type_name -> google.protobuf.Duration
+	46,  // 32: tcpgate.v1.OnConnect.expect:type_name -> tcpgate.v1.ReplyMatch
+	61,  // 33: tcpgate.v1.OnConnect.timeout:type_name -> google.protobuf.Duration
+	61,  // 34: tcpgate.v1.Heartbeat.interval:type_name -> google.protobuf.Duration
+	46,  // 35: tcpgate.v1.Heartbeat.expect:type_name -> tcpgate.v1.ReplyMatch
+	61,  // 36: tcpgate.v1.Heartbeat.timeout:type_name -> google.protobuf.Duration
+	61,  // 37: tcpgate.v1.TcpKeepAlive.idle:type_name -> google.protobuf.Duration
+	61,  // 38: tcpgate.v1.TcpKeepAlive.interval:type_name -> google.protobuf.Duration
+	22,  // 39: tcpgate.v1.ConnectResponse.connection:type_name -> tcpgate.v1.Connection
+	32,  // 40: tcpgate.v1.ConnectResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	17,  // 41: tcpgate.v1.StartListenerRequest.framing:type_name -> tcpgate.v1.Framing
+	18,  // 42: tcpgate.v1.StartListenerRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
+	61,  // 43: tcpgate.v1.StartListenerRequest.idle_timeout:type_name -> google.protobuf.Duration
+	21,  // 44: tcpgate.v1.StartListenerRequest.tls:type_name -> tcpgate.v1.ListenerTLS
+	61,  // 45: tcpgate.v1.StartListenerRequest.half_close_timeout:type_name -> google.protobuf.Duration
+	30,  // 46: tcpgate.v1.StartListenerRequest.forward:type_name -> tcpgate.v1.Forward
+	25,  // 47: tcpgate.v1.StartListenerRequest.on_connect:type_name -> tcpgate.v1.OnConnect
+	48,  // 48: tcpgate.v1.Forward.tls:type_name -> tcpgate.v1.DialTLS
+	20,  // 49: tcpgate.v1.StartListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	32,  // 50: tcpgate.v1.StartListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	61,  // 51: tcpgate.v1.StopListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
+	20,  // 52: tcpgate.v1.StopListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	32,  // 53: tcpgate.v1.StopListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	20,  // 54: tcpgate.v1.GetListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	32,  // 55: tcpgate.v1.GetListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	20,  // 56: tcpgate.v1.ListListenersResponse.listeners:type_name -> tcpgate.v1.Listener
+	32,  // 57: tcpgate.v1.ListListenersResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	8,   // 58: tcpgate.v1.ListConnectionsRequest.state:type_name -> tcpgate.v1.ConnectionState
+	4,   // 59: tcpgate.v1.ListConnectionsRequest.origins:type_name -> tcpgate.v1.Origin
+	22,  // 60: tcpgate.v1.ListConnectionsResponse.connections:type_name -> tcpgate.v1.Connection
+	32,  // 61: tcpgate.v1.ListConnectionsResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	22,  // 62: tcpgate.v1.GetConnectionResponse.connection:type_name -> tcpgate.v1.Connection
+	32,  // 63: tcpgate.v1.GetConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	22,  // 64: tcpgate.v1.CloseConnectionResponse.connection:type_name -> tcpgate.v1.Connection
+	32,  // 65: tcpgate.v1.CloseConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	9,   // 66: tcpgate.v1.AwaitReply.mode:type_name -> tcpgate.v1.AwaitMode
+	17,  // 67: tcpgate.v1.AwaitReply.framing:type_name -> tcpgate.v1.Framing
+	11,  // 68: tcpgate.v1.AwaitReply.payload_format:type_name -> tcpgate.v1.PayloadFormat
+	46,  // 69: tcpgate.v1.AwaitReply.match:type_name -> tcpgate.v1.ReplyMatch
+	10,  // 70: tcpgate.v1.AwaitReply.on_timeout:type_name -> tcpgate.v1.OnTimeout
+	45,  // 71: tcpgate.v1.SendRequest.await_reply:type_name -> tcpgate.v1.AwaitReply
+	61,  // 72: tcpgate.v1.SendRequest.timeout:type_name -> google.protobuf.Duration
+	48,  // 73: tcpgate.v1.SendRequest.tls:type_name -> tcpgate.v1.DialTLS
+	49,  // 74: tcpgate.v1.SendResponse.reply:type_name -> tcpgate.v1.Reply
+	12,  // 75: tcpgate.v1.SubscribeRequest.kinds:type_name -> tcpgate.v1.EventKind
+	14,  // 76: tcpgate.v1.SubscribeRequest.slow_consumer:type_name -> tcpgate.v1.SlowConsumerPolicy
+	11,  // 77: tcpgate.v1.SubscribeRequest.payload_format:type_name -> tcpgate.v1.PayloadFormat
+	4,   // 78: tcpgate.v1.SubscribeRequest.origins:type_name -> tcpgate.v1.Origin
+	53,  // 79: tcpgate.v1.SubscribeResponse.events:type_name -> tcpgate.v1.Event
+	62,  // 80: tcpgate.v1.Event.time:type_name -> google.protobuf.Timestamp
+	12,  // 81: tcpgate.v1.Event.kind:type_name -> tcpgate.v1.EventKind
+	13,  // 82: tcpgate.v1.Event.close_reason:type_name -> tcpgate.v1.CloseReason
+	32,  // 83: tcpgate.v1.Event.header:type_name -> tcpgate.v1.ResponseHeader
+	4,   // 84: tcpgate.v1.Event.origin:type_name -> tcpgate.v1.Origin
+	5,   // 85: tcpgate.v1.Event.direction:type_name -> tcpgate.v1.Direction
+	61,  // 86: tcpgate.v1.Event.delay:type_name -> google.protobuf.Duration
+	13,  // 87: tcpgate.v1.Event.target_close_reason:type_name -> tcpgate.v1.CloseReason
+	55,  // 88: tcpgate.v1.HandleRequest.registration:type_name -> tcpgate.v1.HandleRegistration
+	56,  // 89: tcpgate.v1.HandleRequest.reply:type_name -> tcpgate.v1.HandleReply
+	56,  // 90: tcpgate.v1.HandleRequest.replies:type_name -> tcpgate.v1.HandleReply
+	11,  // 91: tcpgate.v1.HandleRegistration.payload_format:type_name -> tcpgate.v1.PayloadFormat
+	58,  // 92: tcpgate.v1.HandleResponse.registered:type_name -> tcpgate.v1.HandleRegistered
+	59,  // 93: tcpgate.v1.HandleResponse.events:type_name -> tcpgate.v1.HandleEvent
+	60,  // 94: tcpgate.v1.HandleResponse.rejections:type_name -> tcpgate.v1.HandleRejection
+	32,  // 95: tcpgate.v1.HandleRegistered.header:type_name -> tcpgate.v1.ResponseHeader
+	16,  // 96: tcpgate.v1.HandleEvent.kind:type_name -> tcpgate.v1.HandleEventKind
+	4,   // 97: tcpgate.v1.HandleEvent.origin:type_name -> tcpgate.v1.Origin
+	13,  // 98: tcpgate.v1.HandleEvent.close_reason:type_name -> tcpgate.v1.CloseReason
+	15,  // 99: tcpgate.v1.HandleRejection.reason:type_name -> tcpgate.v1.ErrorReason
+	29,  // 100: tcpgate.v1.GatewayService.StartListener:input_type -> tcpgate.v1.StartListenerRequest
+	33,  // 101: tcpgate.v1.GatewayService.StopListener:input_type -> tcpgate.v1.StopListenerRequest
+	35,  // 102: tcpgate.v1.GatewayService.GetListener:input_type -> tcpgate.v1.GetListenerRequest
+	37,  // 103: tcpgate.v1.GatewayService.ListListeners:input_type -> tcpgate.v1.ListListenersRequest
+	39,  // 104: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
+	41,  // 105: tcpgate.v1.GatewayService.GetConnection:input_type -> tcpgate.v1.GetConnectionRequest
+	43,  // 106: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
+	23,  // 107: tcpgate.v1.GatewayService.Connect:input_type -> tcpgate.v1.ConnectRequest
+	47,  // 108: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
+	51,  // 109: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
+	54,  // 110: tcpgate.v1.GatewayService.Handle:input_type -> tcpgate.v1.HandleRequest
+	31,  // 111: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
+	34,  // 112: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
+	36,  // 113: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
+	38,  // 114: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
+	40,  // 115: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
+	42,  // 116: tcpgate.v1.GatewayService.GetConnection:output_type -> tcpgate.v1.GetConnectionResponse
+	44,  // 117: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
+	28,  // 118: tcpgate.v1.GatewayService.Connect:output_type -> tcpgate.v1.ConnectResponse
+	50,  // 119: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
+	52,  // 120: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
+	57,  // 121: tcpgate.v1.GatewayService.Handle:output_type -> tcpgate.v1.HandleResponse
+	111, // [111:122] is the sub-list for method output_type
+	100, // [100:111] is the sub-list for method input_type
+	100, // [100:100] is the sub-list for extension type_name
+	100, // [100:100] is the sub-list for extension extendee
+	0,   // [0:100] is the sub-list for field type_name
 }
 
 func init() { file_tcpgate_v1_gateway_proto_init() }
@@ -5218,33 +6508,44 @@ func file_tcpgate_v1_gateway_proto_init() {
 		(*AutoReply_Text)(nil),
 		(*AutoReply_Data)(nil),
 	}
-	file_tcpgate_v1_gateway_proto_msgTypes[7].OneofWrappers = []any{
+	file_tcpgate_v1_gateway_proto_msgTypes[2].OneofWrappers = []any{
+		(*ReplyRule_Text)(nil),
+		(*ReplyRule_Data)(nil),
+		(*ReplyRule_Regex)(nil),
+		(*ReplyRule_ReplyText)(nil),
+		(*ReplyRule_ReplyData)(nil),
+	}
+	file_tcpgate_v1_gateway_proto_msgTypes[8].OneofWrappers = []any{
 		(*OnConnect_Text)(nil),
 		(*OnConnect_Data)(nil),
 	}
-	file_tcpgate_v1_gateway_proto_msgTypes[8].OneofWrappers = []any{
+	file_tcpgate_v1_gateway_proto_msgTypes[9].OneofWrappers = []any{
 		(*Heartbeat_Text)(nil),
 		(*Heartbeat_Data)(nil),
 	}
-	file_tcpgate_v1_gateway_proto_msgTypes[28].OneofWrappers = []any{
+	file_tcpgate_v1_gateway_proto_msgTypes[29].OneofWrappers = []any{
 		(*ReplyMatch_Prefix)(nil),
 		(*ReplyMatch_PrefixData)(nil),
 		(*ReplyMatch_Regex)(nil),
 	}
-	file_tcpgate_v1_gateway_proto_msgTypes[29].OneofWrappers = []any{
+	file_tcpgate_v1_gateway_proto_msgTypes[30].OneofWrappers = []any{
 		(*SendRequest_Address)(nil),
 		(*SendRequest_ConnectionId)(nil),
 		(*SendRequest_ListenerId)(nil),
 		(*SendRequest_Text)(nil),
 		(*SendRequest_Data)(nil),
 	}
+	file_tcpgate_v1_gateway_proto_msgTypes[39].OneofWrappers = []any{
+		(*HandleReply_Text)(nil),
+		(*HandleReply_Data)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tcpgate_v1_gateway_proto_rawDesc), len(file_tcpgate_v1_gateway_proto_rawDesc)),
-			NumEnums:      14,
-			NumMessages:   36,
+			NumEnums:      17,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,7 @@ const (
 	GatewayService_Connect_FullMethodName         = "/tcpgate.v1.GatewayService/Connect"
 	GatewayService_Send_FullMethodName            = "/tcpgate.v1.GatewayService/Send"
 	GatewayService_Subscribe_FullMethodName       = "/tcpgate.v1.GatewayService/Subscribe"
+	GatewayService_Handle_FullMethodName          = "/tcpgate.v1.GatewayService/Handle"
 )
 
 // GatewayServiceClient is the client API for GatewayService service.
@@ -71,6 +72,14 @@ type GatewayServiceClient interface {
 	// Subscribe streams events in batches: listener and connection lifecycle and
 	// every frame the listeners receive.
 	Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SubscribeResponse], error)
+	// Handle makes the caller the reply logic of connections: the first
+	// request registers for listeners and outbound connections, the gateway
+	// then streams their openings, frames and closes, and the caller answers
+	// frames (and may write to or close the connections). Rules answer first;
+	// a frame no rule matches goes to the connection's handler group, one
+	// stream of which handles each connection. Over REST it is the WebSocket
+	// /v1/handle, one protojson message per WebSocket message.
+	Handle(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[HandleRequest, HandleResponse], error)
 }
 
 type gatewayServiceClient struct {
@@ -190,6 +199,19 @@ func (c *gatewayServiceClient) Subscribe(ctx context.Context, in *SubscribeReque
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type GatewayService_SubscribeClient = grpc.ServerStreamingClient[SubscribeResponse]
 
+func (c *gatewayServiceClient) Handle(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[HandleRequest, HandleResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &GatewayService_ServiceDesc.Streams[1], GatewayService_Handle_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[HandleRequest, HandleResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GatewayService_HandleClient = grpc.BidiStreamingClient[HandleRequest, HandleResponse]
+
 // GatewayServiceServer is the server API for GatewayService service.
 // All implementations must embed UnimplementedGatewayServiceServer
 // for forward compatibility.
@@ -230,6 +252,14 @@ type GatewayServiceServer interface {
 	// Subscribe streams events in batches: listener and connection lifecycle and
 	// every frame the listeners receive.
 	Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[SubscribeResponse]) error
+	// Handle makes the caller the reply logic of connections: the first
+	// request registers for listeners and outbound connections, the gateway
+	// then streams their openings, frames and closes, and the caller answers
+	// frames (and may write to or close the connections). Rules answer first;
+	// a frame no rule matches goes to the connection's handler group, one
+	// stream of which handles each connection. Over REST it is the WebSocket
+	// /v1/handle, one protojson message per WebSocket message.
+	Handle(grpc.BidiStreamingServer[HandleRequest, HandleResponse]) error
 	mustEmbedUnimplementedGatewayServiceServer()
 }
 
@@ -269,6 +299,9 @@ func (UnimplementedGatewayServiceServer) Send(context.Context, *SendRequest) (*S
 }
 func (UnimplementedGatewayServiceServer) Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[SubscribeResponse]) error {
 	return status.Error(codes.Unimplemented, "method Subscribe not implemented")
+}
+func (UnimplementedGatewayServiceServer) Handle(grpc.BidiStreamingServer[HandleRequest, HandleResponse]) error {
+	return status.Error(codes.Unimplemented, "method Handle not implemented")
 }
 func (UnimplementedGatewayServiceServer) mustEmbedUnimplementedGatewayServiceServer() {}
 func (UnimplementedGatewayServiceServer) testEmbeddedByValue()                        {}
@@ -464,6 +497,13 @@ func _GatewayService_Subscribe_Handler(srv interface{}, stream grpc.ServerStream
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type GatewayService_SubscribeServer = grpc.ServerStreamingServer[SubscribeResponse]
 
+func _GatewayService_Handle_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(GatewayServiceServer).Handle(&grpc.GenericServerStream[HandleRequest, HandleResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GatewayService_HandleServer = grpc.BidiStreamingServer[HandleRequest, HandleResponse]
+
 // GatewayService_ServiceDesc is the grpc.ServiceDesc for GatewayService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -513,6 +553,12 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "Subscribe",
 			Handler:       _GatewayService_Subscribe_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "Handle",
+			Handler:       _GatewayService_Handle_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "tcpgate/v1/gateway.proto",

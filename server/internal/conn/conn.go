@@ -117,6 +117,17 @@ type Config struct {
 	// IdleTimeout counts bytes either way, and HalfCloseTimeout does not
 	// apply: a half-closed side lasts until the other side ends too.
 	Forward *Forward
+
+	// Handler takes the frames that no rule answers (handoff.go); nil
+	// means none: the AutoReply mode answers them.
+	Handler Handler
+	// HandlerTimeout bounds the handler's answer to a frame, from when it
+	// was first offered; 0 means DefaultHandlerTimeout.
+	HandlerTimeout time.Duration
+	// HandlerTimeoutClose closes the connection with ReasonHandlerTimeout
+	// when a frame's answer did not come in time; otherwise the AutoReply
+	// mode answers the frame.
+	HandlerTimeoutClose bool
 }
 
 // Conn is one accepted connection. Create it with New and run Serve.

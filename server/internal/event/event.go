@@ -89,6 +89,12 @@ const (
 	// ReasonForwardFailed: a forwarding listener's target could not be
 	// dialed.
 	ReasonForwardFailed
+	// ReasonClosedByRule: a reply rule with close_after answered a frame.
+	ReasonClosedByRule
+	// ReasonHandlerTimeout: a Handle stream did not answer a frame in time.
+	ReasonHandlerTimeout
+	// ReasonClosedByHandler: a Handle stream closed the connection.
+	ReasonClosedByHandler
 
 	// NumReasons is one more than the last reason: arrays indexed by
 	// reason have this length.
@@ -130,6 +136,12 @@ func (r CloseReason) String() string {
 		return "reconnect_gave_up"
 	case ReasonForwardFailed:
 		return "forward_failed"
+	case ReasonClosedByRule:
+		return "closed_by_rule"
+	case ReasonHandlerTimeout:
+		return "handler_timeout"
+	case ReasonClosedByHandler:
+		return "closed_by_handler"
 	}
 	return "unspecified"
 }

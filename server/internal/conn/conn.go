@@ -206,6 +206,16 @@ func (c *Conn) ID() string { return c.cfg.ID }
 // ListenerID returns the id of the listener that accepted it.
 func (c *Conn) ListenerID() string { return c.cfg.ListenerID }
 
+// Origin returns who opened the connection.
+func (c *Conn) Origin() event.Origin { return c.cfg.Origin }
+
+// Generation returns the socket's number of a managed outbound
+// connection, 0 for an accepted one.
+func (c *Conn) Generation() uint64 { return c.cfg.Generation }
+
+// Framing returns the connection's framing.
+func (c *Conn) Framing() framing.Config { return c.cfg.Framing }
+
 // RemoteAddr returns the peer's address.
 func (c *Conn) RemoteAddr() string { return c.remote }
 

@@ -96,13 +96,16 @@ func (c *Conn) dropAwaiter(a *awaiter) bool {
 
 // answer hands frames to awaiting senders (see Await). The last of frames
 // is the connection's frame number last, counted in FramesIn.
-func (c *Conn) answer(frames [][]byte, last uint64) {
+func (c *Conn) answer(frames [][]byte, last uint64, ruled []*replySlot) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	first := last - uint64(len(frames)) + 1
 	for i, f := range frames {
 		if len(c.awaiters) == 0 {
 			return
+		}
+		if ruled != nil && ruled[i] != nil {
+			continue // a rule answered it: it answers no Send
 		}
 		seq := first + uint64(i)
 		for j, a := range c.awaiters {

@@ -128,6 +128,10 @@ type Config struct {
 	// when a frame's answer did not come in time; otherwise the AutoReply
 	// mode answers the frame.
 	HandlerTimeoutClose bool
+	// Banner, when set, returns what is written to the connection first,
+	// once it is open (after a TLS handshake), before any reply; nil or
+	// empty writes nothing.
+	Banner func(c *Conn) []byte
 }
 
 // Conn is one accepted connection. Create it with New and run Serve.
@@ -174,6 +178,8 @@ type Conn struct {
 	// fwdIdle is a forwarded connection's idle timeout, which its relay
 	// counts over both directions instead of the read loop.
 	fwdIdle time.Duration
+
+	replies replyQueue // replies waiting for their turn (reply.go)
 }
 
 // New wraps an accepted connection. ctx bounds its life: when it ends, the
@@ -299,6 +305,7 @@ func (c *Conn) Serve() {
 
 	splitter, err := framing.NewSplitter(c.cfg.Framing)
 	var reason event.CloseReason
+	handled := false // the handler was told the connection opened
 	if hsErr != nil {
 		reason = event.ReasonTLSHandshake
 		splitter = nil
@@ -306,6 +313,7 @@ func (c *Conn) Serve() {
 		// Validated by the caller; reaching here is a bug, not a peer's doing.
 		reason = event.ReasonReadError
 	} else if reason = c.startRelay(); reason == event.ReasonUnspecified {
+		handled = c.begin()
 		reason = c.endRelay(c.readLoop(splitter))
 	}
 
@@ -348,8 +356,12 @@ func (c *Conn) Serve() {
 	c.mu.Unlock()
 	settle(awaiters, ErrClosed)
 	c.closeOutbound()
+	c.stopReplies()
 	if c.cfg.Closed != nil {
 		c.cfg.Closed(reason)
+	}
+	if handled {
+		c.cfg.Handler.Closed(c, reason)
 	}
 
 	closed := &event.Event{
@@ -379,6 +391,22 @@ func (c *Conn) Serve() {
 		Data:         partial,
 		Partial:      true,
 	}, closed)
+}
+
+// begin writes the banner and tells the handler that the connection is
+// open, before the first read. It reports whether it told the handler.
+func (c *Conn) begin() bool {
+	if c.cfg.Banner != nil {
+		if p := c.cfg.Banner(c); len(p) > 0 {
+			c.writeReply(&replySlot{p: p, repeat: 1})
+		}
+	}
+	h := c.handler()
+	if h == nil {
+		return false
+	}
+	h.Opened(c)
+	return true
 }
 
 // ownBytes copies what is left in the splitter at close when it may be the

@@ -287,7 +287,8 @@ func (c *Conn) frames(frames [][]byte, retained int) bool {
 	if err := c.cfg.Publisher.Publish(c.ctx, evs...); err != nil {
 		return false
 	}
-	c.answer(frames, last)
-	c.autoReply(frames)
+	ruled := c.matchRules(frames)
+	c.answer(frames, last, ruled)
+	c.respond(frames, ruled)
 	return true
 }

@@ -153,6 +153,10 @@ type Config struct {
 	// MaxWriteBufferBytes bounds the bytes queued for writing over every
 	// connection; 0 means DefaultMaxWriteBufferBytes.
 	MaxWriteBufferBytes int
+	// Handler, when set, is every connection's conn.Config.Handler:
+	// the remote handlers (package handler), which take the frames of the
+	// connections they registered for.
+	Handler conn.Handler
 }
 
 // Registry holds the live connections. Its zero value is not usable; call
@@ -316,6 +320,9 @@ func (r *Registry) Add(ctx context.Context, nc net.Conn, s Spec) (*conn.Conn, er
 	cfg.Origin = s.Origin
 	closed := cfg.Closed
 	cfg.WriteBudget = r.writes
+	if r.cfg.Handler != nil {
+		cfg.Handler = r.cfg.Handler
+	}
 	cfg.Aggregates = append(cfg.Aggregates[:len(cfg.Aggregates):len(cfg.Aggregates)], &r.totals)
 	cfg.Closed = func(reason event.CloseReason) {
 		if int(reason) < len(r.closed) {

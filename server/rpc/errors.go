@@ -20,6 +20,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
+	"github.com/tcpgate/tcpgate/server/internal/handler"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/limits"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
@@ -96,6 +97,13 @@ var codeOf = []struct {
 	{pemfile.ErrNoDir, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_FILE_PATHS_DISABLED},
 	{pemfile.ErrNotAllowed, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_FILE_NOT_ALLOWED},
 	{pemfile.ErrTooLarge, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_FILE_TOO_LARGE},
+	{handler.ErrInvalid, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
+	{handler.ErrListenerNotFound, codes.NotFound, tcpgatev1.ErrorReason_ERROR_REASON_LISTENER_NOT_FOUND},
+	{handler.ErrConnectionNotFound, codes.NotFound, tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_NOT_FOUND},
+	{handler.ErrGroupConflict, codes.FailedPrecondition, tcpgatev1.ErrorReason_ERROR_REASON_HANDLER_GROUP_CONFLICT},
+	{handler.ErrLimit, codes.ResourceExhausted, tcpgatev1.ErrorReason_ERROR_REASON_LIMIT_REACHED},
+	{handler.ErrNotHandled, codes.FailedPrecondition, tcpgatev1.ErrorReason_ERROR_REASON_NOT_HANDLED},
+	{handler.ErrClosed, codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN},
 	{context.DeadlineExceeded, codes.DeadlineExceeded, tcpgatev1.ErrorReason_ERROR_REASON_TIMEOUT},
 	{context.Canceled, codes.Canceled, tcpgatev1.ErrorReason_ERROR_REASON_CANCELED},
 }
@@ -153,6 +161,16 @@ func toStatus(log *slog.Logger, err error) error {
 	if errors.As(err, &over) {
 		meta = map[string]string{MetaField: over.Field, MetaFlag: over.Flag, MetaLimit: strconv.Itoa(over.Limit)}
 		details = append(details, &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: over.Field, Description: over.Reason()}}})
+	}
+	// A handler group conflict names the field and the group that holds
+	// the target; a stream over --max-handlers names the flag.
+	var conflict *handler.ConflictError
+	if errors.As(err, &conflict) {
+		meta = map[string]string{MetaField: conflict.Field, "group": conflict.Group}
+	}
+	var streams *handler.LimitError
+	if errors.As(err, &streams) {
+		meta = map[string]string{MetaFlag: "max-handlers", MetaLimit: strconv.Itoa(streams.Limit)}
 	}
 	// A Send to a managed connection that is down says when it dials
 	// again, so that a client retries then rather than at once.

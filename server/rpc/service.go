@@ -68,6 +68,8 @@ type Config struct {
 	Outbound    Outbound
 	Hub         Hub
 	Dialer      Dialer
+	// Handlers serves Handle streams; nil refuses them.
+	Handlers Handlers
 	// SubscriberQueueBytes bounds each subscriber's queue; 0 means hub.DefaultQueueBytes.
 	SubscriberQueueBytes int
 	// MaxSendBytes bounds a Send payload; 0 means DefaultMaxSendBytes.

@@ -30,6 +30,8 @@ const IDChars = 10
 const (
 	Listener   = 'l'
 	Connection = 'c'
+	// Handler names a Handle stream.
+	Handler = 'h'
 )
 
 // New returns an id of a kind: the kind's letter, '-', and IDChars random

@@ -21,6 +21,11 @@ type Handler interface {
 	// Opened tells that c is open: its CONNECTION_OPENED event is
 	// published and its banner queued.
 	Opened(c *Conn)
+	// Handles reports whether a handler may take c's frames now: when it
+	// reports false, the read's frames go to the fallback mode without a
+	// Frame call each. It is asked once a read, so it must be cheap (an
+	// atomic load when no handler is registered at all).
+	Handles(c *Conn) bool
 	// Frame offers h, a frame of c, to c's handler. It reports false when
 	// no handler takes c's frames: the fallback mode answers h. Otherwise
 	// the handler answers h later, exactly once, with h.Answer, and sets

@@ -36,6 +36,8 @@ func (h *testHandler) Opened(*conn.Conn) {
 	h.mu.Unlock()
 }
 
+func (h *testHandler) Handles(*conn.Conn) bool { return true }
+
 func (h *testHandler) Frame(_ context.Context, _ *conn.Conn, ho *conn.Handoff) bool {
 	if !bytes.HasPrefix(ho.Frame, []byte("h:")) {
 		return false

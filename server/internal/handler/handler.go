@@ -412,6 +412,10 @@ func (m *Manager) Opened(c *conn.Conn) {
 	m.mu.Unlock()
 }
 
+// Handles reports whether any stream is registered: a connection's read
+// then offers its frames one by one.
+func (m *Manager) Handles(*conn.Conn) bool { return m.streams.Load() > 0 }
+
 // connLocked returns c's state, giving c to the least loaded stream of
 // its target's group on first sight; nil when no group handles it.
 func (m *Manager) connLocked(c *conn.Conn) *connState {

@@ -27,6 +27,7 @@ import (
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
+	"github.com/tcpgate/tcpgate/server/internal/handler"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
 	"github.com/tcpgate/tcpgate/server/internal/outbound"
@@ -66,6 +67,13 @@ const (
 	// client looping on Connect must not exhaust the descriptors that
 	// accepted connections need.
 	DefaultMaxOutboundConnections = 1024
+	// DefaultMaxHandlers bounds the Handle streams (see
+	// handler.DefaultMaxStreams): each holds up to its max_in_flight
+	// frames in memory.
+	DefaultMaxHandlers = handler.DefaultMaxStreams
+	// DefaultHandlerTimeout is --handler-timeout's default, the
+	// handler_timeout of a listener that sets none.
+	DefaultHandlerTimeout = conn.DefaultHandlerTimeout
 	// DefaultMaxQueueWhileDownBytes bounds one Connect's
 	// queue_while_down_bytes (see outbound.DefaultMaxQueueWhileDownBytes).
 	DefaultMaxQueueWhileDownBytes = outbound.DefaultMaxQueueWhileDownBytes
@@ -114,6 +122,13 @@ type Config struct {
 	DialResolver policy.Resolver
 	// MaxSubscribers bounds open Subscribe streams; 0 means no bound.
 	MaxSubscribers int
+	// MaxHandlers bounds open Handle streams; 0 means
+	// handler.DefaultMaxStreams.
+	MaxHandlers int
+	// HandlerTimeout is the handler_timeout of a listener that sets none,
+	// and of managed outbound connections; 0 means
+	// conn.DefaultHandlerTimeout.
+	HandlerTimeout time.Duration
 	// MaxConnectionsPerIP bounds one peer IP's open connections over all
 	// listeners; 0 means no bound.
 	MaxConnectionsPerIP int
@@ -216,6 +231,7 @@ type Server struct {
 	listeners *listener.Registry
 	dialer    *dialer.Dialer
 	outbound  *outbound.Manager
+	handlers  *handler.Manager
 	grpc      *grpc.Server
 	health    *health.Server
 	grpcLn    net.Listener
@@ -308,7 +324,20 @@ func New(cfg Config) (*Server, error) {
 	s.hub = hub.New(hub.Config{ReplayBytes: cfg.ReplayBytes, MaxQueuedBytes: cfg.MaxQueuedBytes, MaxSubscribers: cfg.MaxSubscribers})
 	// Decided by the connection registry, which counts every connection
 	// together, whoever opened it.
+	// The handler manager looks up listeners and connections through
+	// targets, filled in below: the registries take it as their
+	// connections' Handler when they are made.
+	targets := &handlerTargets{}
+	hm := newHandlerMetrics()
+	s.handlers = handler.New(handler.Config{
+		Listeners:  targets,
+		Conns:      targets,
+		MaxStreams: cfg.MaxHandlers,
+		Metrics:    handler.Metrics{Latency: hm.observe},
+	})
+	hm.m = s.handlers
 	s.conns = registry.New(registry.Config{
+		Handler:             s.handlers,
 		MaxConnections:      cfg.MaxConnections,
 		MaxOutbound:         cfg.MaxOutboundConnections,
 		MaxConnectionsPerIP: cfg.MaxConnectionsPerIP,
@@ -330,6 +359,7 @@ func New(cfg Config) (*Server, error) {
 		ListenerMaxConnections: cfg.ListenerMaxConnections,
 		IdleTimeout:            cfg.IdleTimeout,
 		WriteTimeout:           cfg.WriteTimeout,
+		HandlerTimeout:         cfg.HandlerTimeout,
 		// Decided by the registry, so every way of stopping a listener
 		// meets the same bound.
 		MaxDrainTimeout: cfg.MaxDrainTimeout,
@@ -347,9 +377,12 @@ func New(cfg Config) (*Server, error) {
 		MaxQueueWhileDownBytes: cfg.MaxQueueWhileDownBytes,
 		MaxSendBytes:           cfg.MaxSendBytes,
 		WriteTimeout:           cfg.WriteTimeout,
+		HandlerTimeout:         cfg.HandlerTimeout,
 	})
+	targets.listeners, targets.conns = s.listeners, s.conns
 	s.rpcs = newRPCMetrics()
 	s.metrics = newMetrics(s.hub, s.listeners, s.conns, s.dialer, s.outbound, s.rpcs)
+	s.metrics.MustRegister(hm)
 	s.grpcConns = rpc.NewConnTracker()
 	svc := rpc.New(rpc.Config{
 		Conns:                s.grpcConns,
@@ -358,6 +391,7 @@ func New(cfg Config) (*Server, error) {
 		Outbound:             s.outbound,
 		Hub:                  s.hub,
 		Dialer:               s.dialer,
+		Handlers:             s.handlers,
 		SubscriberQueueBytes: cfg.SubscriberQueueBytes,
 		MaxFrameBytes:        cfg.MaxFrameBytes,
 		MaxReplyBytes:        cfg.MaxReplyBytes,
@@ -658,6 +692,8 @@ func (s *Server) shutdownOnce() error {
 	// Every Subscribe stream, gRPC or REST, ends with a status now instead
 	// of holding the graceful stop until the timer.
 	s.hub.CloseNow()
+	// Handle streams too; their connections' frames get the fallback.
+	s.handlers.Close()
 	restClean := true
 	if s.httpSrv != nil {
 		// Event streams end first (Shutdown does not end running
@@ -769,3 +805,26 @@ func (s *Server) logFailure(ctx context.Context, method string, err error, start
 	s.log.Log(ctx, level, "rpc failed", "method", method, "code", st.Code().String(), "message", st.Message(),
 		"duration", time.Since(start).Round(time.Microsecond))
 }
+
+// handlerTargets is how the handler manager looks up listeners and
+// outbound connections, over the registries.
+type handlerTargets struct {
+	listeners *listener.Registry
+	conns     *registry.Registry
+}
+
+func (t *handlerTargets) Running(id string) bool {
+	info, err := t.listeners.Get(id)
+	return err == nil && info.State == listener.Listening
+}
+
+func (t *handlerTargets) ManagedExists(id string) bool {
+	info, err := t.conns.GetConn(id)
+	return err == nil && info.Origin == registry.Outbound
+}
+
+func (t *handlerTargets) Send(ctx context.Context, id string, p []byte, framed bool, aw conn.Await) ([]byte, int, error) {
+	return t.conns.Send(ctx, id, p, framed, aw)
+}
+
+func (t *handlerTargets) Conn(id string) (*conn.Conn, error) { return t.conns.Conn(id) }

@@ -84,6 +84,8 @@ func newServeCmd() *cobra.Command {
 	f.DurationVar(&cfg.HTTPReadTimeout, "http-read-timeout", server.DefaultHTTPReadTimeout, "longest a REST request may take to send its headers (at most 10s) and body (negative: no bound)")
 	f.DurationVar(&cfg.GRPCIdleTimeout, "grpc-idle-timeout", server.DefaultGRPCIdleTimeout, "close a gRPC connection with no call this long (negative: never)")
 	f.IntVar(&cfg.MaxSubscribers, "max-subscribers", defaultMaxSubscribers, "most Subscribe streams at once (0: no limit)")
+	f.IntVar(&cfg.MaxHandlers, "max-handlers", server.DefaultMaxHandlers, "most Handle streams at once; each holds up to its max_in_flight frames")
+	f.DurationVar(&cfg.HandlerTimeout, "handler-timeout", server.DefaultHandlerTimeout, "how long a Handle stream has to answer a frame, for listeners whose auto_reply.handler_timeout is unset and for outbound connections")
 	f.IntVar(&cfg.MaxSendBytes, "max-send-bytes", server.DefaultMaxSendBytes, "largest Send payload in bytes")
 	f.StringVar(&tokenFile, "auth-token-file", "", "require the bearer token in this file on every call (or set TCPGATE_AUTH_TOKEN)")
 	f.BoolVar(&cfg.PublicReflection, "public-reflection", false, "leave gRPC reflection open without the token")

@@ -47,6 +47,20 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 	if err != nil {
 		return nil, err
 	}
+	// An unset handler_timeout is 0 too: the registry's default, and its
+	// bound.
+	handlerTimeout, err := durationFromProto("auto_reply.handler_timeout", req.GetAutoReply().GetHandlerTimeout(), 0)
+	if err != nil {
+		return nil, err
+	}
+	var timeoutClose bool
+	switch a := req.GetAutoReply().GetOnHandlerTimeout(); a {
+	case tcpgatev1.HandlerTimeoutAction_HANDLER_TIMEOUT_ACTION_UNSPECIFIED, tcpgatev1.HandlerTimeoutAction_HANDLER_TIMEOUT_ACTION_FALLBACK:
+	case tcpgatev1.HandlerTimeoutAction_HANDLER_TIMEOUT_ACTION_CLOSE:
+		timeoutClose = true
+	default:
+		return nil, invalid("auto_reply.on_handler_timeout", "unknown action %d", a)
+	}
 	// An unset idle_timeout is 0: the listener registry's default.
 	idle, err := durationFromProto("idle_timeout", req.GetIdleTimeout(), 0)
 	if err != nil {
@@ -70,17 +84,19 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 	// An unset max_connections is 0 too: the registry fills in its
 	// default and refuses one over its bound.
 	spec := listener.Spec{
-		Source:           listener.SourceAPI,
-		ID:               req.GetListenerId(),
-		Host:             req.GetHost(),
-		Port:             int(req.GetPort()),
-		Framing:          fc,
-		AutoReply:        ar,
-		MaxConnections:   int(req.GetMaxConnections()),
-		IdleTimeout:      idle,
-		HalfCloseTimeout: halfClose,
-		TLS:              tlsCfg,
-		Forward:          fwd,
+		Source:              listener.SourceAPI,
+		ID:                  req.GetListenerId(),
+		Host:                req.GetHost(),
+		Port:                int(req.GetPort()),
+		Framing:             fc,
+		AutoReply:           ar,
+		HandlerTimeout:      handlerTimeout,
+		HandlerTimeoutClose: timeoutClose,
+		MaxConnections:      int(req.GetMaxConnections()),
+		IdleTimeout:         idle,
+		HalfCloseTimeout:    halfClose,
+		TLS:                 tlsCfg,
+		Forward:             fwd,
 	}
 	info, err := s.cfg.Listeners.Start(ctx, spec)
 	if err != nil {

@@ -108,7 +108,18 @@ type Spec struct {
 	// Forward, when set, relays every accepted connection to a target
 	// dialed for it (see conn.Forward); not with an AutoReply.
 	Forward *Forward
+	// HandlerTimeout bounds a Handle stream's answer to a frame, from its
+	// first delivery; 0 means Config.HandlerTimeout. At most
+	// MaxHandlerTimeout.
+	HandlerTimeout time.Duration
+	// HandlerTimeoutClose closes a connection whose frame was not answered
+	// in time (HANDLER_TIMEOUT); false gives the frame the AutoReply.
+	HandlerTimeoutClose bool
 }
+
+// MaxHandlerTimeout bounds Spec.HandlerTimeout: a frame waits no longer
+// than that for its handler, holding its connection's later replies.
+const MaxHandlerTimeout = time.Hour
 
 // Forward is the target of a forwarding listener.
 type Forward struct {
@@ -164,6 +175,9 @@ type Config struct {
 	IdleTimeout time.Duration
 	// WriteTimeout bounds each write to a connection; 0 means conn.DefaultWriteTimeout.
 	WriteTimeout time.Duration
+	// HandlerTimeout (--handler-timeout) is the HandlerTimeout of a
+	// listener that sets none; 0 means conn.DefaultHandlerTimeout.
+	HandlerTimeout time.Duration
 	// MaxDrainTimeout bounds Stop's drain; 0 means DefaultMaxDrainTimeout.
 	MaxDrainTimeout time.Duration
 	// Logger logs listener starts and stops; nil means slog.Default().
@@ -336,6 +350,14 @@ func (r *Registry) start(ctx context.Context, spec Spec) (Info, error) {
 	if spec.Host == "" {
 		spec.Host = DefaultHost
 	}
+	switch {
+	case spec.HandlerTimeout < 0 || spec.HandlerTimeout > MaxHandlerTimeout:
+		return Info{}, &page.FieldError{Field: "auto_reply.handler_timeout", Reason: fmt.Sprintf("must be at most %s, got %s", MaxHandlerTimeout, spec.HandlerTimeout), Err: ErrInvalidSpec}
+	case spec.HandlerTimeout == 0 && r.cfg.HandlerTimeout > 0:
+		spec.HandlerTimeout = r.cfg.HandlerTimeout
+	case spec.HandlerTimeout == 0:
+		spec.HandlerTimeout = conn.DefaultHandlerTimeout
+	}
 
 	r.mu.Lock()
 	switch {
@@ -479,15 +501,17 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 		Origin: registry.Accepted,
 		Group:  l.group,
 		Conn: conn.Config{
-			ListenerID:       l.spec.ID,
-			Framing:          l.spec.Framing,
-			AutoReply:        l.spec.AutoReply,
-			IdleTimeout:      l.spec.IdleTimeout,
-			HalfCloseTimeout: l.spec.HalfCloseTimeout,
-			WriteTimeout:     r.cfg.WriteTimeout,
-			Publisher:        r.cfg.Publisher,
-			Aggregates:       []*conn.Counters{&l.counters},
-			Forward:          r.forward(l.spec.Forward),
+			ListenerID:          l.spec.ID,
+			Framing:             l.spec.Framing,
+			AutoReply:           l.spec.AutoReply,
+			IdleTimeout:         l.spec.IdleTimeout,
+			HalfCloseTimeout:    l.spec.HalfCloseTimeout,
+			WriteTimeout:        r.cfg.WriteTimeout,
+			Publisher:           r.cfg.Publisher,
+			Aggregates:          []*conn.Counters{&l.counters},
+			Forward:             r.forward(l.spec.Forward),
+			HandlerTimeout:      l.spec.HandlerTimeout,
+			HandlerTimeoutClose: l.spec.HandlerTimeoutClose,
 		},
 	})
 	if err != nil {

@@ -101,6 +101,9 @@ func (o *Handle) Attach(ctx context.Context, nc net.Conn, gen uint64, cfg conn.C
 	cfg.Origin = Outbound
 	cfg.Generation = gen
 	cfg.WriteBudget = r.writes
+	if r.cfg.Handler != nil {
+		cfg.Handler = r.cfg.Handler
+	}
 	cfg.Aggregates = append(cfg.Aggregates[:len(cfg.Aggregates):len(cfg.Aggregates)], &e.out.counters, &r.totals)
 	var c *conn.Conn
 	cfg.Closed = func(reason event.CloseReason) {

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -628,5 +630,73 @@ func TestHandleBadInput(t *testing.T) {
 			}
 			break
 		}
+	}
+}
+
+// A handler that never answers, and a client that writes a lot: once
+// max_in_flight frames wait, the gateway stops reading the connection, so
+// the client's writes block and the gateway's heap stays bounded.
+func TestHandleBackpressure(t *testing.T) {
+	const (
+		chunk   = 256 << 10
+		most    = 256 << 20 // what the client would write if nothing pushed back
+		heapMax = 48 << 20  // the growth the gateway may show: frames, buffers, rings
+	)
+	g := servertest.Start(t, server.Config{ReplayBytes: 1 << 20})
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1"})
+	h := openHandle(t, g, &tcpgatev1.HandleRegistration{ListenerIds: []string{l.GetListenerId()}, MaxInFlight: 4})
+
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+
+	c := servertest.Dial(t, l.GetAddress())
+	written := make(chan int, 1)
+	go func() {
+		p := make([]byte, chunk)
+		n := 0
+		for n < most {
+			// A write that cannot finish within the deadline is a blocked
+			// one: the gateway no longer reads.
+			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+			k, err := c.Write(p)
+			n += k
+			if err != nil {
+				break
+			}
+		}
+		written <- n
+	}()
+	h.nextOf(handleOpened)
+	var frames []*tcpgatev1.HandleEvent
+	for range 4 {
+		frames = append(frames, h.nextOf(handleFrame))
+	}
+	n := <-written
+	if n >= most {
+		t.Fatalf("the client wrote all %d bytes: nothing pushed back", n)
+	}
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	growth := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	t.Logf("client wrote %d MiB before blocking; heap grew %d KiB", n>>20, growth>>10)
+	if growth > heapMax {
+		t.Fatalf("heap grew %d MiB with 4 frames in flight, want at most %d MiB", growth>>20, heapMax>>20)
+	}
+	got, err := g.Client.GetListener(servertest.Context(t), &tcpgatev1.GetListenerRequest{ListenerId: l.GetListenerId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in := got.GetListener().GetBytesIn(); in > heapMax {
+		t.Fatalf("the gateway read %d MiB from a connection whose handler answers nothing", in>>20)
+	}
+	// Answering one frame (with silence) lets one more in.
+	if len(h.events) != 0 {
+		t.Fatalf("events beyond max_in_flight: %v", h.events)
+	}
+	h.reply(&tcpgatev1.HandleReply{FrameId: frames[0].GetFrameId()})
+	if f := h.nextOf(handleFrame); f.GetFrameId() <= frames[3].GetFrameId() {
+		t.Fatalf("frame %d after an answer, want one after %d", f.GetFrameId(), frames[3].GetFrameId())
 	}
 }

@@ -400,6 +400,11 @@ func TestBadInputREST(t *testing.T) {
 		{rpc: list, name: "unknown query parameter", method: gt, path: "/v1/listeners?state=LISTENING", code: inv, mention: `query parameter "state": ListListenersRequest has no field "state"`},
 		{rpc: list, name: "query parameter invalid UTF-8", method: gt, path: "/v1/listeners?x=%FF", code: inv, mention: `query parameter "x"`},
 
+		// Handle is a WebSocket (its bad messages: TestHandleSocketBadInput).
+		{rpc: "Handle", name: "a plain GET", method: gt, path: "/v1/handle", code: inv, status: http.StatusUpgradeRequired, mention: "WebSocket"},
+		{rpc: "Handle", name: "a query", method: gt, path: "/v1/handle?group=g", code: inv, mention: `"GET /v1/handle" takes no query parameters`},
+		{rpc: "Handle", name: "POST", method: post, path: "/v1/handle", body: `{}`, code: codes.Unimplemented, status: http.StatusMethodNotAllowed, mention: "POST"},
+
 		// Routes.
 		{rpc: "route", name: "openapi.json with a query", method: gt, path: "/openapi.json?v=2", code: inv, mention: `query parameter "v": "GET /openapi.json" takes no query parameters`},
 		{rpc: "route", name: "healthz with an unknown query parameter", method: gt, path: "/healthz?verbose=1", code: inv, mention: `"verbose"`},

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -50,6 +51,9 @@ type Config struct {
 	// Events serves the event stream, GET /v1/events, straight from the
 	// daemon's hub (an *rpc.EventSource); required.
 	Events EventSource
+	// Handle serves the Handle stream over WebSocket, GET /v1/handle (an
+	// *rpc.HandleSource); nil answers that route 501.
+	Handle HandleSource
 	// Auth, when set, requires "Authorization: Bearer TOKEN" on every
 	// request but /healthz and the CORS preflights of CORSOrigins (which
 	// the gateway answers itself); the header also goes on to gRPC, which
@@ -102,6 +106,9 @@ type Gateway struct {
 	handler http.Handler
 	ctx     context.Context // ends every event stream at Close
 	cancel  context.CancelFunc
+	// sockets are the Handle WebSockets being served: once hijacked, the
+	// HTTP server's Shutdown no longer waits for them, Close does.
+	sockets sync.WaitGroup
 }
 
 // marshalOptions is protojson as the API documents it: lowerCamelCase
@@ -170,6 +177,10 @@ func New(cfg Config) (*Gateway, error) {
 	if err := g.mux.HandlePath(http.MethodGet, "/v1/events", g.events); err != nil {
 		cc.Close()
 		return nil, fmt.Errorf("registering /v1/events: %w", err)
+	}
+	if err := g.mux.HandlePath(http.MethodGet, HandlePath, g.handleSocket); err != nil {
+		cc.Close()
+		return nil, fmt.Errorf("registering %s: %w", HandlePath, err)
 	}
 	if err := g.mux.HandlePath(http.MethodGet, "/openapi.json", serveOpenAPI); err != nil {
 		cc.Close()
@@ -257,6 +268,7 @@ var routeMethods = []struct {
 	{"/v1/connections/*", "GET, DELETE"},
 	{"/v1/send", "POST"},
 	{"/v1/events", "GET"},
+	{"/v1/handle", "GET"},
 	{"/openapi.json", "GET"},
 	{"/healthz", "GET"},
 	{"/metrics", "GET"},
@@ -324,10 +336,13 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) { g.handler.
 // the streams at once, then lets other requests finish before Close.
 func (g *Gateway) EndStreams() { g.cancel() }
 
-// Close ends every event stream and closes the gRPC connection, failing the
-// calls still in flight. It is idempotent.
+// Close ends every event stream and Handle WebSocket, waits for the
+// WebSockets to close (each within rpc.FinalWriteTimeout of its last
+// write), and closes the gRPC connection, failing the calls still in
+// flight. It is idempotent.
 func (g *Gateway) Close() error {
 	g.cancel()
+	g.sockets.Wait()
 	err := g.cc.Close()
 	if status.Code(err) == codes.Canceled {
 		return nil // already closed

@@ -65,7 +65,8 @@ func Protect(h http.Handler, cfg Config) http.Handler {
 }
 
 // authorize requires the bearer token on every request but health checks
-// (GET or HEAD /healthz). CORS preflights, which browsers send without
+// (GET or HEAD /healthz). The Handle WebSocket may carry it as its
+// subprotocol, bearer.TOKEN, instead. CORS preflights, which browsers send without
 // credentials, never get here when they are answered: cors, in front of
 // it, answers those of the allowed origins, and any other OPTIONS is an
 // ordinary request that needs the token.
@@ -79,11 +80,21 @@ func (g *Gateway) authorize(next http.Handler) http.Handler {
 			return
 		}
 		h := r.Header.Values("Authorization")
+		if len(h) == 0 && r.URL.Path == HandlePath {
+			// A browser's WebSocket cannot set Authorization: the token
+			// comes as the subprotocol bearer.TOKEN instead.
+			if p, ok := tokenProtocol(r.Header); ok {
+				h = []string{"Bearer " + p[len(bearerProtocol):]}
+			}
+		}
 		if len(h) != 1 || !g.cfg.Auth.Valid(h[0]) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="tcpgate"`)
 			msg := "invalid bearer token"
 			if len(h) == 0 {
 				msg = "missing bearer token: send the header \"Authorization: Bearer TOKEN\""
+				if r.URL.Path == HandlePath {
+					msg += ", or the WebSocket subprotocol bearer.TOKEN"
+				}
 			}
 			g.refuse(w, r, http.StatusUnauthorized, 16, msg)
 			return

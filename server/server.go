@@ -254,6 +254,9 @@ type Server struct {
 	grpcConns  *rpc.ConnTracker // the gRPC listener's connections
 	eventsOnce sync.Once
 	events     *rpc.EventSource // the REST event stream's; made by Events
+
+	handlesOnce sync.Once
+	handleSrc   *rpc.HandleSource // the Handle WebSocket's; made by Handles
 }
 
 // New builds a gateway and binds its gRPC address, so GRPCAddr is known
@@ -526,6 +529,7 @@ func (s *Server) newREST() error {
 	gcfg := gateway.Config{
 		Dial:         func(ctx context.Context) (net.Conn, error) { return s.internal.DialContext(ctx) },
 		Events:       s.Events(),
+		Handle:       s.Handles(),
 		CORSOrigins:  s.cfg.CORSOrigins,
 		Metrics:      promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}),
 		Logger:       s.log,
@@ -577,6 +581,22 @@ func (s *Server) Events() *rpc.EventSource {
 	})
 	return s.events
 }
+
+// Handles returns the source of the Handle WebSocket: its streams are
+// served as Handle calls are, and counted in tcpgate_grpc_calls_total as
+// Handle calls. A REST gateway of another process's making (tests) takes
+// it as gateway.Config.Handle.
+func (s *Server) Handles() *rpc.HandleSource {
+	s.handlesOnce.Do(func() {
+		s.handleSrc = rpc.NewHandleSource(s.svc, func(err error, start time.Time) {
+			s.rpcs.observe(handleMethod, err, start)
+		})
+	})
+	return s.handleSrc
+}
+
+// handleMethod names Handle WebSocket streams in the call metrics.
+const handleMethod = "/tcpgate.v1.GatewayService/Handle"
 
 // subscribeMethod names REST event streams in the call metrics.
 const subscribeMethod = "/tcpgate.v1.GatewayService/Subscribe"

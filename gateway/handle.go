@@ -235,6 +235,9 @@ func closeReason(err error) string {
 	// No more of the message than the reason's room can fit; then a
 	// character less at a time, until the cut and its "…" fit.
 	m := v.Message[:min(len(v.Message), maxCloseReason)]
+	for !utf8.ValidString(m) {
+		m = m[:len(m)-1] // a character cut in two
+	}
 	for {
 		_, size := utf8.DecodeLastRuneInString(m)
 		m = m[:len(m)-size]

@@ -98,8 +98,6 @@ var codeOf = []struct {
 	{pemfile.ErrNotAllowed, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_FILE_NOT_ALLOWED},
 	{pemfile.ErrTooLarge, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_FILE_TOO_LARGE},
 	{handler.ErrInvalid, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
-	{handler.ErrListenerNotFound, codes.NotFound, tcpgatev1.ErrorReason_ERROR_REASON_LISTENER_NOT_FOUND},
-	{handler.ErrConnectionNotFound, codes.NotFound, tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_NOT_FOUND},
 	{handler.ErrGroupConflict, codes.FailedPrecondition, tcpgatev1.ErrorReason_ERROR_REASON_HANDLER_GROUP_CONFLICT},
 	{handler.ErrLimit, codes.ResourceExhausted, tcpgatev1.ErrorReason_ERROR_REASON_LIMIT_REACHED},
 	{handler.ErrNotHandled, codes.FailedPrecondition, tcpgatev1.ErrorReason_ERROR_REASON_NOT_HANDLED},

@@ -66,6 +66,9 @@ const (
 	// client looping on Connect must not exhaust the descriptors that
 	// accepted connections need.
 	DefaultMaxOutboundConnections = 1024
+	// DefaultHandlerTimeout is --handler-timeout's default: how long a
+	// Handle stream has to answer a frame.
+	DefaultHandlerTimeout = conn.DefaultHandlerTimeout
 	// DefaultMaxQueueWhileDownBytes bounds one Connect's
 	// queue_while_down_bytes (see outbound.DefaultMaxQueueWhileDownBytes).
 	DefaultMaxQueueWhileDownBytes = outbound.DefaultMaxQueueWhileDownBytes
@@ -108,6 +111,10 @@ type Config struct {
 	// MaxQueueWhileDownBytes bounds a Connect's queue_while_down_bytes; 0
 	// means DefaultMaxQueueWhileDownBytes.
 	MaxQueueWhileDownBytes int
+	// HandlerTimeout is how long a Handle stream has to answer a frame,
+	// for a listener or connection that sets no handler_timeout; 0 means
+	// 5 s (conn.DefaultHandlerTimeout).
+	HandlerTimeout time.Duration
 	// DialResolver resolves the names that Send and outbound connections
 	// dial; nil means the system's resolver. For tests that need a name
 	// to resolve to loopback, or to change what it resolves to.
@@ -262,6 +269,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxWriteBufferBytes < 0 {
 		return nil, fmt.Errorf("--max-write-buffer-bytes %d: must be positive, or 0 for %d", cfg.MaxWriteBufferBytes, DefaultMaxWriteBufferBytes)
 	}
+	if cfg.HandlerTimeout < 0 || cfg.HandlerTimeout > listener.MaxHandlerTimeout {
+		return nil, fmt.Errorf("--handler-timeout %s: must be 0 (5 s) to %s", cfg.HandlerTimeout, listener.MaxHandlerTimeout)
+	}
 	if cfg.MaxOutboundConnections < 0 {
 		return nil, fmt.Errorf("--max-outbound-connections %d: must not be negative (0 means no limit)", cfg.MaxOutboundConnections)
 	}
@@ -330,6 +340,7 @@ func New(cfg Config) (*Server, error) {
 		ListenerMaxConnections: cfg.ListenerMaxConnections,
 		IdleTimeout:            cfg.IdleTimeout,
 		WriteTimeout:           cfg.WriteTimeout,
+		HandlerTimeout:         cfg.HandlerTimeout,
 		// Decided by the registry, so every way of stopping a listener
 		// meets the same bound.
 		MaxDrainTimeout: cfg.MaxDrainTimeout,
@@ -347,6 +358,7 @@ func New(cfg Config) (*Server, error) {
 		MaxQueueWhileDownBytes: cfg.MaxQueueWhileDownBytes,
 		MaxSendBytes:           cfg.MaxSendBytes,
 		WriteTimeout:           cfg.WriteTimeout,
+		HandlerTimeout:         cfg.HandlerTimeout,
 	})
 	s.rpcs = newRPCMetrics()
 	s.metrics = newMetrics(s.hub, s.listeners, s.conns, s.dialer, s.outbound, s.rpcs)

@@ -96,6 +96,7 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&cfg.AllowListen, "allow-listen", "", "where listeners may bind: HOST[:PORTS] rules, comma-separated (default \"*:1024-65535\")")
 	f.StringVar(&cfg.AllowDial, "allow-dial", "", "where Send may connect: HOST|CIDR[:PORTS] rules (default: anywhere but link-local and cloud metadata)")
 	f.StringVar(&cfg.DenyDial, "deny-dial", "", "where Send may never connect: HOST|CIDR[:PORTS] rules, checked first")
+	f.DurationVar(&cfg.HandlerTimeout, "handler-timeout", server.DefaultHandlerTimeout, "how long a Handle stream has to answer a frame, for a listener or connection whose auto_reply sets no handler_timeout (at most 1h)")
 	f.DurationVar(&cfg.WriteTimeout, "write-timeout", server.DefaultWriteTimeout, "how long a write to a connection may block before it is closed")
 	f.IntVar(&cfg.MaxWriteBufferBytes, "max-write-buffer-bytes", server.DefaultMaxWriteBufferBytes, "bytes queued for writing over all connections together; past it, reads that would queue more wait")
 	f.IntVar(&cfg.MaxFrameBytes, "max-frame-bytes", rpc.MaxFrameLimit, "largest max_frame_bytes (and fixed_size) a framing may ask for; an unset one is 1 MiB or this if smaller (at most 3 MiB)")

@@ -27,6 +27,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/page"
 	"github.com/tcpgate/tcpgate/server/internal/pemfile"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
+	"github.com/tcpgate/tcpgate/server/internal/rules"
 	"github.com/tcpgate/tcpgate/server/internal/registry"
 )
 
@@ -110,6 +111,12 @@ func toStatus(log *slog.Logger, err error) error {
 	}
 	if _, ok := status.FromError(err); ok {
 		return err
+	}
+	// A rule the engine refused names its field under auto_reply, for a
+	// listener and an outbound connection alike.
+	var rule *rules.FieldError
+	if errors.As(err, &rule) {
+		return invalid("auto_reply."+rule.Field, "%s", rule.Msg)
 	}
 	var slow *hub.SlowConsumerError
 	if errors.As(err, &slow) {

@@ -43,7 +43,11 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 	if err != nil {
 		return nil, err
 	}
-	ar, err := autoReplyFromProto(req.GetAutoReply())
+	ar, err := repliesFromProto(req.GetAutoReply())
+	if err != nil {
+		return nil, err
+	}
+	banner, err := s.bannerFromProto(req.GetOnConnect())
 	if err != nil {
 		return nil, err
 	}
@@ -70,17 +74,21 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 	// An unset max_connections is 0 too: the registry fills in its
 	// default and refuses one over its bound.
 	spec := listener.Spec{
-		Source:           listener.SourceAPI,
-		ID:               req.GetListenerId(),
-		Host:             req.GetHost(),
-		Port:             int(req.GetPort()),
-		Framing:          fc,
-		AutoReply:        ar,
-		MaxConnections:   int(req.GetMaxConnections()),
-		IdleTimeout:      idle,
-		HalfCloseTimeout: halfClose,
-		TLS:              tlsCfg,
-		Forward:          fwd,
+		Source:              listener.SourceAPI,
+		ID:                  req.GetListenerId(),
+		Host:                req.GetHost(),
+		Port:                int(req.GetPort()),
+		Framing:             fc,
+		AutoReply:           ar.fallback,
+		Rules:               ar.rules,
+		HandlerTimeout:      ar.handlerTimeout,
+		HandlerTimeoutClose: ar.handlerTimeoutClose,
+		Banner:              banner,
+		MaxConnections:      int(req.GetMaxConnections()),
+		IdleTimeout:         idle,
+		HalfCloseTimeout:    halfClose,
+		TLS:                 tlsCfg,
+		Forward:             fwd,
 	}
 	info, err := s.cfg.Listeners.Start(ctx, spec)
 	if err != nil {

@@ -29,6 +29,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/pemfile"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
 	"github.com/tcpgate/tcpgate/server/internal/registry"
+	"github.com/tcpgate/tcpgate/server/internal/rules"
 )
 
 // ErrorDomain is the domain of every ErrorInfo the API returns.
@@ -116,6 +117,12 @@ func toStatus(log *slog.Logger, err error) error {
 	}
 	if _, ok := status.FromError(err); ok {
 		return err
+	}
+	// A rule the engine refused names its field under auto_reply, for a
+	// listener and an outbound connection alike.
+	var rule *rules.FieldError
+	if errors.As(err, &rule) {
+		return invalid("auto_reply."+rule.Field, "%s", rule.Msg)
 	}
 	var slow *hub.SlowConsumerError
 	if errors.As(err, &slow) {

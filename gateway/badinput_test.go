@@ -69,6 +69,10 @@ type badRESTCase struct {
 func badRESTForm(t *testing.T, routes []secRoute, row *servertest.BadInput) badRESTCase {
 	t.Helper()
 	c := badRESTCase{rpc: row.RPC, name: row.Name, limits: row.Limits, code: row.Code, mention: row.Mention, row: row}
+	if row.RPC == "Handle" {
+		c.skip = "Handle is a bidirectional stream: REST users reach it over the WebSocket /v1/handle"
+		return c
+	}
 	var route *secRoute
 	for i := range routes {
 		if routes[i].selector == "tcpgate.v1.GatewayService."+row.RPC {

@@ -81,6 +81,22 @@ func badInvoke(ctx context.Context, t *testing.T, c tcpgatev1.GatewayServiceClie
 			t.Errorf("Subscribe sent a response without its headers")
 		}
 		return err
+	case *tcpgatev1.HandleRequest:
+		// Registered, the first response, means accepted.
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		st, err := c.Handle(ctx)
+		if err != nil {
+			return err
+		}
+		if err := st.Send(r); err != nil {
+			return err
+		}
+		resp, err := st.Recv()
+		if err == nil && resp.GetRegistered() == nil {
+			t.Errorf("Handle's first response %v is no registered", resp)
+		}
+		return err
 	}
 	t.Fatalf("no RPC for %T", req)
 	return nil

@@ -295,7 +295,7 @@ func TestHandleOrderPerConnection(t *testing.T) {
 // frames unanswered, and its connections move to the other two: OPENED
 // there, then the same frames marked redelivered, which they answer.
 func TestHandleGroupFailover(t *testing.T) {
-	g := servertest.Start(t, server.Config{})
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
 	l := lineListener(t, g, nil)
 	reg := &tcpgatev1.HandleRegistration{ListenerIds: []string{l.GetListenerId()}, Group: "workers"}
 	hs := []*handleClient{openHandle(t, g, reg), openHandle(t, g, reg), openHandle(t, g, reg)}
@@ -378,12 +378,24 @@ func TestHandleGroupFailover(t *testing.T) {
 			t.Fatalf("client of %s read %q, want %q", id, got, want)
 		}
 	}
+	for series, want := range map[string]float64{
+		"tcpgate_handler_streams":             2,
+		"tcpgate_handler_frames_total":        6,
+		"tcpgate_handler_replies_total":       6,
+		"tcpgate_handler_redeliveries_total":  2,
+		"tcpgate_handler_reply_seconds_count": 6,
+		"tcpgate_handler_rejections_total":    0,
+	} {
+		if got := metric(t, g, series); got != want {
+			t.Errorf("%s = %v, want %v", series, got, want)
+		}
+	}
 }
 
 // A frame the handler does not answer within handler_timeout gets the
 // listener's fallback reply, or closes the connection, as configured.
 func TestHandleTimeout(t *testing.T) {
-	g := servertest.Start(t, server.Config{})
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
 	timeout := durationpb.New(100e6) // 100 ms
 	fallback := lineListener(t, g, &tcpgatev1.AutoReply{
 		Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED, Payload: &tcpgatev1.AutoReply_Text{Text: "fallback\n"},
@@ -420,6 +432,12 @@ func TestHandleTimeout(t *testing.T) {
 	closed := sub.NextOf(tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED)
 	if closed.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_HANDLER_TIMEOUT {
 		t.Fatalf("closed %v, want HANDLER_TIMEOUT", closed)
+	}
+	if got := metric(t, g, "tcpgate_handler_timeouts_total"); got != 2 {
+		t.Errorf("tcpgate_handler_timeouts_total = %v, want 2", got)
+	}
+	if got := metric(t, g, "tcpgate_handler_rejections_total"); got != 1 {
+		t.Errorf("tcpgate_handler_rejections_total = %v, want 1", got)
 	}
 }
 

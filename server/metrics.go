@@ -32,6 +32,7 @@ type collector struct {
 	subscribers, queued, dropped, discon    *prometheus.Desc
 	dials, dialsFailed, dialOut, dialIn     *prometheus.Desc
 	forwarded, forwardFailed                *prometheus.Desc
+	ruleHits                                *prometheus.Desc
 	writeQueued                             *prometheus.Desc
 
 	outbound                                        *outbound.Manager
@@ -71,6 +72,8 @@ func newCollector(h *hub.Hub, r *listener.Registry, conns *registry.Registry, dl
 		forwarded:     d("forwarded_bytes_total", "Bytes relayed by forwarding listeners: direction to_target is what clients sent to targets, from_target what targets sent to clients.", "direction"),
 		forwardFailed: d("forward_dial_failures_total", "Targets of forwarding listeners that could not be dialed (refused, unreachable, denied by the dial policy, TLS failed)."),
 
+		ruleHits: d("rule_hits_total", "Frames answered by each reply rule of a listener (auto_reply.rules), by listener and rule (its name, or its index).", "listener_id", "rule"),
+
 		// Managed outbound connections.
 		outbound:      out,
 		outboundD:     d("outbound_connections", "Managed outbound connections (Connect) now, by state: connecting, open, half_closed, waiting.", "state"),
@@ -96,6 +99,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.forwarded, float64(ls.ForwardedToTarget), "to_target")
 	counter(c.forwarded, float64(ls.ForwardedFromTarget), "from_target")
 	counter(c.forwardFailed, float64(ls.ForwardDialFailures))
+	for _, l := range c.listeners.List() {
+		if set := l.RuleSet(); set != nil {
+			for i := range set.Len() {
+				counter(c.ruleHits, float64(set.Hits(i)), l.ID, set.Name(i))
+			}
+		}
+	}
 	for reason, n := range cs.Closed {
 		counter(c.closed, float64(n), reason.String())
 	}

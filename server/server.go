@@ -71,8 +71,8 @@ const (
 	// handler.DefaultMaxStreams): each holds up to its max_in_flight
 	// frames in memory.
 	DefaultMaxHandlers = handler.DefaultMaxStreams
-	// DefaultHandlerTimeout is --handler-timeout's default, the
-	// handler_timeout of a listener that sets none.
+	// DefaultHandlerTimeout is --handler-timeout's default: how long a
+	// Handle stream has to answer a frame.
 	DefaultHandlerTimeout = conn.DefaultHandlerTimeout
 	// DefaultMaxQueueWhileDownBytes bounds one Connect's
 	// queue_while_down_bytes (see outbound.DefaultMaxQueueWhileDownBytes).
@@ -116,6 +116,10 @@ type Config struct {
 	// MaxQueueWhileDownBytes bounds a Connect's queue_while_down_bytes; 0
 	// means DefaultMaxQueueWhileDownBytes.
 	MaxQueueWhileDownBytes int
+	// HandlerTimeout is how long a Handle stream has to answer a frame,
+	// for a listener or connection that sets no handler_timeout; 0 means
+	// 5 s (conn.DefaultHandlerTimeout).
+	HandlerTimeout time.Duration
 	// DialResolver resolves the names that Send and outbound connections
 	// dial; nil means the system's resolver. For tests that need a name
 	// to resolve to loopback, or to change what it resolves to.
@@ -125,10 +129,6 @@ type Config struct {
 	// MaxHandlers bounds open Handle streams; 0 means
 	// handler.DefaultMaxStreams.
 	MaxHandlers int
-	// HandlerTimeout is the handler_timeout of a listener that sets none,
-	// and of managed outbound connections; 0 means
-	// conn.DefaultHandlerTimeout.
-	HandlerTimeout time.Duration
 	// MaxConnectionsPerIP bounds one peer IP's open connections over all
 	// listeners; 0 means no bound.
 	MaxConnectionsPerIP int
@@ -280,6 +280,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxWriteBufferBytes < 0 {
 		return nil, fmt.Errorf("--max-write-buffer-bytes %d: must be positive, or 0 for %d", cfg.MaxWriteBufferBytes, DefaultMaxWriteBufferBytes)
+	}
+	if cfg.HandlerTimeout < 0 || cfg.HandlerTimeout > listener.MaxHandlerTimeout {
+		return nil, fmt.Errorf("--handler-timeout %s: must be 0 (5 s) to %s", cfg.HandlerTimeout, listener.MaxHandlerTimeout)
 	}
 	if cfg.MaxOutboundConnections < 0 {
 		return nil, fmt.Errorf("--max-outbound-connections %d: must not be negative (0 means no limit)", cfg.MaxOutboundConnections)

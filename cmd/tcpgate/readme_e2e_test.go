@@ -54,6 +54,10 @@ func TestReadmeSnippets(t *testing.T) {
 		t.Parallel()
 		testReadmeOutbound(t, blocks)
 	})
+	t.Run("handle", func(t *testing.T) {
+		t.Parallel()
+		testReadmeHandle(t, blocks)
+	})
 }
 
 // requireTool returns the path of a program the README's snippets use. A

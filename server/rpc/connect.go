@@ -69,6 +69,11 @@ func (s *Service) connectSpec(ctx context.Context, req *tcpgatev1.ConnectRequest
 		}
 		spec.Reconnect.MaxAttempts = r.GetMaxAttempts()
 	}
+	ar, err := repliesFromProto(req.GetAutoReply())
+	if err != nil {
+		return spec, err
+	}
+	spec.AutoReply, spec.Rules, spec.HandlerTimeout, spec.HandlerTimeoutClose = ar.fallback, ar.rules, ar.handlerTimeout, ar.handlerTimeoutClose
 	if oc := req.GetOnConnect(); oc != nil {
 		x, err := exchangeFromProto("on_connect", oc.GetPayload(), oc.GetFramed(), oc.GetExpect(), oc.GetTimeout())
 		if err != nil {

@@ -29,6 +29,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/pemfile"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
 	"github.com/tcpgate/tcpgate/server/internal/registry"
+	"github.com/tcpgate/tcpgate/server/internal/rules"
 )
 
 // ErrorDomain is the domain of every ErrorInfo the API returns.
@@ -98,8 +99,6 @@ var codeOf = []struct {
 	{pemfile.ErrNotAllowed, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_FILE_NOT_ALLOWED},
 	{pemfile.ErrTooLarge, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_FILE_TOO_LARGE},
 	{handler.ErrInvalid, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
-	{handler.ErrListenerNotFound, codes.NotFound, tcpgatev1.ErrorReason_ERROR_REASON_LISTENER_NOT_FOUND},
-	{handler.ErrConnectionNotFound, codes.NotFound, tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_NOT_FOUND},
 	{handler.ErrGroupConflict, codes.FailedPrecondition, tcpgatev1.ErrorReason_ERROR_REASON_HANDLER_GROUP_CONFLICT},
 	{handler.ErrLimit, codes.ResourceExhausted, tcpgatev1.ErrorReason_ERROR_REASON_LIMIT_REACHED},
 	{handler.ErrNotHandled, codes.FailedPrecondition, tcpgatev1.ErrorReason_ERROR_REASON_NOT_HANDLED},
@@ -118,6 +117,12 @@ func toStatus(log *slog.Logger, err error) error {
 	}
 	if _, ok := status.FromError(err); ok {
 		return err
+	}
+	// A rule the engine refused names its field under auto_reply, for a
+	// listener and an outbound connection alike.
+	var rule *rules.FieldError
+	if errors.As(err, &rule) {
+		return invalid("auto_reply."+rule.Field, "%s", rule.Msg)
 	}
 	var slow *hub.SlowConsumerError
 	if errors.As(err, &slow) {

@@ -16,6 +16,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
+	"github.com/tcpgate/tcpgate/server/internal/handler"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/limits"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
@@ -74,6 +75,11 @@ func TestToStatusSentinels(t *testing.T) {
 		outbound.ErrOnConnect:        codes.Unavailable,
 		outbound.ErrInvalidSpec:      codes.InvalidArgument,
 		outbound.ErrClosed:           codes.Unavailable,
+		handler.ErrInvalid:           codes.InvalidArgument,
+		handler.ErrGroupConflict:     codes.FailedPrecondition,
+		handler.ErrLimit:             codes.ResourceExhausted,
+		handler.ErrNotHandled:        codes.FailedPrecondition,
+		handler.ErrClosed:            codes.Unavailable,
 	}
 	// Every sentinel that codeOf maps is checked here.
 	for _, m := range codeOf {

@@ -43,23 +43,13 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 	if err != nil {
 		return nil, err
 	}
-	ar, err := autoReplyFromProto(req.GetAutoReply())
+	ar, err := repliesFromProto(req.GetAutoReply())
 	if err != nil {
 		return nil, err
 	}
-	// An unset handler_timeout is 0 too: the registry's default, and its
-	// bound.
-	handlerTimeout, err := durationFromProto("auto_reply.handler_timeout", req.GetAutoReply().GetHandlerTimeout(), 0)
+	banner, err := s.bannerFromProto(req.GetOnConnect())
 	if err != nil {
 		return nil, err
-	}
-	var timeoutClose bool
-	switch a := req.GetAutoReply().GetOnHandlerTimeout(); a {
-	case tcpgatev1.HandlerTimeoutAction_HANDLER_TIMEOUT_ACTION_UNSPECIFIED, tcpgatev1.HandlerTimeoutAction_HANDLER_TIMEOUT_ACTION_FALLBACK:
-	case tcpgatev1.HandlerTimeoutAction_HANDLER_TIMEOUT_ACTION_CLOSE:
-		timeoutClose = true
-	default:
-		return nil, invalid("auto_reply.on_handler_timeout", "unknown action %d", a)
 	}
 	// An unset idle_timeout is 0: the listener registry's default.
 	idle, err := durationFromProto("idle_timeout", req.GetIdleTimeout(), 0)
@@ -89,9 +79,11 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 		Host:                req.GetHost(),
 		Port:                int(req.GetPort()),
 		Framing:             fc,
-		AutoReply:           ar,
-		HandlerTimeout:      handlerTimeout,
-		HandlerTimeoutClose: timeoutClose,
+		AutoReply:           ar.fallback,
+		Rules:               ar.rules,
+		HandlerTimeout:      ar.handlerTimeout,
+		HandlerTimeoutClose: ar.handlerTimeoutClose,
+		Banner:              banner,
 		MaxConnections:      int(req.GetMaxConnections()),
 		IdleTimeout:         idle,
 		HalfCloseTimeout:    halfClose,

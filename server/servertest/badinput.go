@@ -169,6 +169,7 @@ func (b *BadInputs) rows() []BadInput {
 		send = "Send"
 		sub  = "Subscribe"
 		con  = "Connect"
+		hdl  = "Handle"
 	)
 	inv := codes.InvalidArgument
 	const (
@@ -556,7 +557,24 @@ func (b *BadInputs) rows() []BadInput {
 		{RPC: sub, Name: "an empty connection_id", Req: &tcpgatev1.SubscribeRequest{ConnectionIds: []string{""}}, Code: inv, Reason: rInvalid, Field: "connection_ids[0]", Mention: "connection_ids[0]"},
 		{RPC: sub, Name: "1024 ids of 64 bytes are fine", Req: &tcpgatev1.SubscribeRequest{ListenerIds: ManyIDs(1024, 64), ConnectionIds: ManyIDs(1024, 64)}, Code: codes.OK},
 		{RPC: sub, Name: "max_subscribers reached", Limits: true, Req: &tcpgatev1.SubscribeRequest{}, Code: codes.ResourceExhausted, Reason: rLimit, Mention: "max_subscribers"},
+
+		// Handle: the first request's registration; the error ends the
+		// stream. Only one row succeeds, so that no row meets another's
+		// group.
+		{RPC: hdl, Name: "no registration", Req: &tcpgatev1.HandleRequest{}, Code: inv, Reason: rInvalid, Field: "registration", Mention: "registration"},
+		{RPC: hdl, Name: "nothing to handle", Req: hreg(&tcpgatev1.HandleRegistration{Group: "g"}), Code: inv, Reason: rInvalid, Field: "registration.listener_ids", Mention: "registration.listener_ids"},
+		{RPC: hdl, Name: "a malformed listener id after a good one", Req: hreg(&tcpgatev1.HandleRegistration{ListenerIds: []string{"keep", "a/b"}}), Code: inv, Reason: rInvalid, Field: "registration.listener_ids[1]", Mention: "registration.listener_ids[1]"},
+		{RPC: hdl, Name: "a listener that does not run", Req: hreg(&tcpgatev1.HandleRegistration{ListenerIds: []string{"keep", "nope"}}), Code: codes.NotFound, Reason: rNoListener, Field: "registration.listener_ids[1]", Mention: "nope"},
+		{RPC: hdl, Name: "an accepted connection is no outbound one", Req: hreg(&tcpgatev1.HandleRegistration{ConnectionIds: []string{b.ConnID}}), Code: codes.NotFound, Reason: rNoConn, Field: "registration.connection_ids[0]", Mention: b.ConnID},
+		{RPC: hdl, Name: "a group with a space", Req: hreg(&tcpgatev1.HandleRegistration{ListenerIds: []string{"keep"}, Group: "a b"}), Code: inv, Reason: rInvalid, Field: "registration.group", Mention: "registration.group"},
+		{RPC: hdl, Name: "max_in_flight 4097", Req: hreg(&tcpgatev1.HandleRegistration{ListenerIds: []string{"keep"}, MaxInFlight: 4097}), Code: inv, Reason: rInvalid, Field: "registration.max_in_flight", Mention: "registration.max_in_flight"},
+		{RPC: hdl, Name: "payload_format 9", Req: hreg(&tcpgatev1.HandleRegistration{ListenerIds: []string{"keep"}, PayloadFormat: 9}), Code: inv, Reason: rInvalid, Field: "registration.payload_format", Mention: "registration.payload_format"},
+		{RPC: hdl, Name: "max_in_flight 4096 is fine", Req: hreg(&tcpgatev1.HandleRegistration{ListenerIds: []string{"keep"}, Group: "bad-input", MaxInFlight: 4096}), Code: codes.OK},
 	}
+}
+
+func hreg(r *tcpgatev1.HandleRegistration) *tcpgatev1.HandleRequest {
+	return &tcpgatev1.HandleRequest{Registration: r}
 }
 
 // WantEveryMethod fails the test for every method of the GatewayService

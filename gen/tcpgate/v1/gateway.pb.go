@@ -2673,9 +2673,10 @@ type isOnConnect_Payload interface {
 }
 
 type OnConnect_Text struct {
-	// UTF-8 text, a template with the variables of ReplyRule.reply_text
-	// ({{.connection_id}}, {{.remote_address}}, {{.listener_id}},
-	// {{.time}}, {{.unix_ms}}; no captures); {{{{ is a literal {{.
+	// UTF-8 text, written as its bytes. On a listener it is a template,
+	// with the variables of ReplyRule.reply_text ({{.connection_id}},
+	// {{.remote_address}}, {{.listener_id}}, {{.time}}, {{.unix_ms}}; no
+	// captures), {{{{ being a literal {{.
 	Text string `protobuf:"bytes,1,opt,name=text,proto3,oneof"`
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
+	"github.com/tcpgate/tcpgate/server/internal/rules"
 )
 
 // DefaultWriteTimeout bounds a write when Config.WriteTimeout is 0: a peer
@@ -118,6 +119,9 @@ type Config struct {
 	// apply: a half-closed side lasts until the other side ends too.
 	Forward *Forward
 
+	// Rules answer frames first (reply.go); nil means none. One compiled
+	// Set serves every connection of a listener.
+	Rules *rules.Set
 	// Handler takes the frames that no rule answers (handoff.go); nil
 	// means none: the AutoReply mode answers them.
 	Handler Handler
@@ -179,7 +183,10 @@ type Conn struct {
 	// counts over both directions instead of the read loop.
 	fwdIdle time.Duration
 
-	replies replyQueue // replies waiting for their turn (reply.go)
+	replies  replyQueue // replies waiting for their turn (reply.go)
+	spare    *Handoff   // one the handler did not take, for the next frame (read loop only)
+	varsOnce sync.Once
+	tvars    rules.Vars // the template variables (vars)
 }
 
 // New wraps an accepted connection. ctx bounds its life: when it ends, the

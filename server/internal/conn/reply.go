@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/tcpgate/tcpgate/server/internal/event"
+	"github.com/tcpgate/tcpgate/server/internal/rules"
 )
 
 // Replies to frames are written in the order of the frames they answer,
@@ -73,6 +74,9 @@ func (c *Conn) handler() Handler {
 // stream is full, or while the reply queue is.
 func (c *Conn) respond(frames [][]byte, rule []*replySlot) {
 	h := c.handler()
+	if h != nil && !h.Handles(c) {
+		h = nil
+	}
 	if rule == nil && h == nil {
 		c.autoReply(frames) // the reply queue is never used: nothing waits in it
 		return
@@ -97,10 +101,19 @@ func (c *Conn) respond(frames [][]byte, rule []*replySlot) {
 			if !fallback(i) {
 				return
 			}
-			ho := NewHandoff(f)
+			// A handoff the handler did not take serves the next frame: a
+			// frame nobody handles allocates nothing.
+			ho := c.spare
+			if ho == nil {
+				ho = NewHandoff(nil)
+			}
+			ho.Frame, ho.At = f, time.Now()
 			if !h.Frame(c.ctx, c, ho) {
+				ho.Frame = nil
+				c.spare = ho
 				continue // the fallback mode answers it, with its run
 			}
+			c.spare = nil
 			s = &replySlot{h: ho, frame: f, frames: 1, deadline: time.Now().Add(c.handlerTimeout())}
 		default:
 			continue
@@ -360,7 +373,55 @@ func (c *Conn) stopReplies() {
 }
 
 // matchRules returns, for each frame, the reply of the first rule that
-// matches it, or nil when the connection has no rules.
+// matches it (nil for a frame none matches), or nil when no rule matches
+// any.
 func (c *Conn) matchRules(frames [][]byte) []*replySlot {
-	return nil
+	rs := c.cfg.Rules
+	if rs == nil || c.cfg.Forward != nil {
+		return nil
+	}
+	var out []*replySlot
+	var now time.Time
+	for i, f := range frames {
+		hit, ok := rs.Match(f)
+		if !ok {
+			continue
+		}
+		if out == nil {
+			out = make([]*replySlot, len(frames))
+		}
+		if now.IsZero() {
+			now = time.Now()
+		}
+		s := &replySlot{frames: 1}
+		if hit.HasReply() {
+			p := hit.AppendReply(nil, f, c.vars(), now)
+			if !hit.Raw() {
+				var err error
+				if p, err = c.cfg.Framing.Encode(nil, p); err != nil {
+					p = nil // a reply the framing cannot encode is not written
+				}
+			}
+			s.p, s.repeat = p, 1
+		}
+		if hit.CloseAfter() {
+			s.closeBy = event.ReasonClosedByRule
+		}
+		if d := hit.Delay(); d > 0 {
+			s.at = now.Add(d)
+		}
+		out[i] = s
+	}
+	return out
 }
+
+// vars returns the connection's template variables, made once.
+func (c *Conn) vars() *rules.Vars {
+	c.varsOnce.Do(func() {
+		c.tvars = rules.Vars{ConnectionID: c.cfg.ID, RemoteAddress: c.remote, ListenerID: c.cfg.ListenerID}
+	})
+	return &c.tvars
+}
+
+// Vars returns the connection's template variables, for a banner.
+func (c *Conn) Vars() *rules.Vars { return c.vars() }

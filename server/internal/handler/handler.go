@@ -30,6 +30,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/ids"
 	"github.com/tcpgate/tcpgate/server/internal/page"
+	"github.com/tcpgate/tcpgate/server/internal/registry"
 )
 
 const (
@@ -49,16 +50,16 @@ var (
 	ErrInvalid = errors.New("invalid handler registration")
 	// ErrListenerNotFound is a registration naming a listener that does
 	// not run.
-	ErrListenerNotFound = errors.New("listener not found")
+	ErrListenerNotFound = registry.ErrListenerNotFound
 	// ErrConnectionNotFound is a registration naming an outbound
 	// connection that does not exist, or a write to a connection that
 	// does not exist.
-	ErrConnectionNotFound = errors.New("connection not found")
+	ErrConnectionNotFound = registry.ErrNotFound
 	// ErrGroupConflict is a registration for a target another group
 	// handles; see *ConflictError.
 	ErrGroupConflict = errors.New("handled by another group")
 	// ErrLimit is a registration over Config.MaxStreams.
-	ErrLimit = errors.New("limit reached")
+	ErrLimit = errors.New("handler stream limit reached")
 	// ErrNotHandled is a reply to a frame that is not this stream's
 	// unanswered frame, or a write to a connection it does not handle.
 	ErrNotHandled = errors.New("not handled by this stream")

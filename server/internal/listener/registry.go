@@ -28,6 +28,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/page"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
 	"github.com/tcpgate/tcpgate/server/internal/registry"
+	"github.com/tcpgate/tcpgate/server/internal/rules"
 )
 
 // Errors of the registry; callers test them with errors.Is.
@@ -106,20 +107,93 @@ type Spec struct {
 	// whether client certificates are required.
 	TLS *tls.Config
 	// Forward, when set, relays every accepted connection to a target
-	// dialed for it (see conn.Forward); not with an AutoReply.
+	// dialed for it (see conn.Forward); not with an AutoReply, rules or a
+	// banner.
 	Forward *Forward
-	// HandlerTimeout bounds a Handle stream's answer to a frame, from its
-	// first delivery; 0 means Config.HandlerTimeout. At most
-	// MaxHandlerTimeout.
+	// Rules answer frames before AutoReply (package rules). Start compiles
+	// them, and refuses bad ones with a *rules.FieldError naming the rule.
+	Rules []rules.Spec
+	// HandlerTimeout bounds a Handle stream's answer to a frame; 0 means
+	// Config.HandlerTimeout. At most MaxHandlerTimeout.
 	HandlerTimeout time.Duration
-	// HandlerTimeoutClose closes a connection whose frame was not answered
-	// in time (HANDLER_TIMEOUT); false gives the frame the AutoReply.
+	// HandlerTimeoutClose closes a connection whose handler did not answer
+	// a frame in time, instead of answering it with AutoReply.
 	HandlerTimeoutClose bool
+	// Banner, when set, is written to every accepted connection first.
+	Banner *Banner
+
+	// What Start made of the above, for every connection.
+	ruleSet *rules.Set
+	banner  func(*conn.Conn) []byte
 }
 
-// MaxHandlerTimeout bounds Spec.HandlerTimeout: a frame waits no longer
-// than that for its handler, holding its connection's later replies.
+// RuleSet returns the compiled rules of a started listener's Spec, with
+// their hit counters; nil when it has none.
+func (s Spec) RuleSet() *rules.Set { return s.ruleSet }
+
+// MaxHandlerTimeout bounds a listener's or connection's handler timeout.
 const MaxHandlerTimeout = time.Hour
+
+// Banner is what a listener writes to every connection it accepts, before
+// anything else.
+type Banner struct {
+	// Payload is written as it is, or rendered first when Template is set
+	// (rules.ParseTemplate: the connection's variables, no captures).
+	Payload  []byte
+	Template bool
+	// Framed encodes it with the listener's framing.
+	Framed bool
+}
+
+// replies checks and compiles what answers a listener's frames: its rules,
+// its handler timeout and its banner. It returns the compiled rules and
+// the banner's writer (nil for none).
+func replies(fc framing.Config, specs []rules.Spec, handlerTimeout time.Duration, b *Banner) (*rules.Set, func(*conn.Conn) []byte, error) {
+	set, err := rules.Compile(specs)
+	if err != nil {
+		return nil, nil, err // a *rules.FieldError, named under auto_reply by the API
+	}
+	if handlerTimeout < 0 || handlerTimeout > MaxHandlerTimeout {
+		return nil, nil, &page.FieldError{Field: "auto_reply.handler_timeout", Reason: fmt.Sprintf("%s is out of range: 0 (the gateway's --handler-timeout) to %s", handlerTimeout, MaxHandlerTimeout), Err: ErrInvalidSpec}
+	}
+	if b == nil || len(b.Payload) == 0 {
+		return set, nil, nil
+	}
+	encode := func(p []byte) []byte {
+		if !b.Framed {
+			return p
+		}
+		out, err := fc.Encode(nil, p)
+		if err != nil {
+			return nil
+		}
+		return out
+	}
+	if !b.Template {
+		p := encode(b.Payload)
+		if p == nil {
+			return nil, nil, &page.FieldError{Field: "on_connect.framed", Reason: "the framing cannot encode the payload as one frame", Err: ErrInvalidSpec}
+		}
+		return set, func(*conn.Conn) []byte { return p }, nil
+	}
+	t, err := rules.ParseTemplate(string(b.Payload))
+	if err != nil {
+		var fe *rules.FieldError
+		msg := err.Error()
+		if errors.As(err, &fe) {
+			msg = fe.Msg
+		}
+		return nil, nil, &page.FieldError{Field: "on_connect.text", Reason: msg, Err: ErrInvalidSpec}
+	}
+	if t.Static() {
+		p := encode(t.Append(nil, &rules.Vars{}, time.Time{}))
+		if p == nil {
+			return nil, nil, &page.FieldError{Field: "on_connect.framed", Reason: "the framing cannot encode the payload as one frame", Err: ErrInvalidSpec}
+		}
+		return set, func(*conn.Conn) []byte { return p }, nil
+	}
+	return set, func(c *conn.Conn) []byte { return encode(t.Append(nil, c.Vars(), time.Now())) }, nil
+}
 
 // Forward is the target of a forwarding listener.
 type Forward struct {
@@ -296,6 +370,13 @@ func (r *Registry) Start(ctx context.Context, spec Spec) (Info, error) {
 	if err := r.checkForward(spec); err != nil {
 		return Info{}, err
 	}
+	var err error
+	if spec.ruleSet, spec.banner, err = replies(spec.Framing, spec.Rules, spec.HandlerTimeout, spec.Banner); err != nil {
+		return Info{}, err
+	}
+	if spec.HandlerTimeout == 0 {
+		spec.HandlerTimeout = r.cfg.HandlerTimeout
+	}
 	if spec.Port < 0 || spec.Port > 65535 {
 		return Info{}, fmt.Errorf("binding %s: %w: port must be 0 to 65535",
 			net.JoinHostPort(spec.Host, strconv.Itoa(spec.Port)), ErrAddressNotUsable)
@@ -332,8 +413,10 @@ func (r *Registry) checkForward(spec Spec) error {
 		return nil
 	case f.Address == "":
 		return &page.FieldError{Field: "forward.address", Reason: "is required: the host:port every accepted connection is relayed to", Err: ErrInvalidSpec}
-	case spec.AutoReply.Mode != conn.NoAutoReply:
+	case spec.AutoReply.Mode != conn.NoAutoReply || len(spec.Rules) > 0:
 		return &page.FieldError{Field: "forward", Reason: "not with auto_reply: a forwarding listener's target answers its clients; unset one of them", Err: ErrInvalidSpec}
+	case spec.Banner != nil:
+		return &page.FieldError{Field: "forward", Reason: "not with on_connect: a forwarding listener's target speaks first if anyone does; unset one of them", Err: ErrInvalidSpec}
 	case r.cfg.Dialer == nil:
 		return &page.FieldError{Field: "forward", Reason: "this gateway dials no targets", Err: ErrInvalidSpec}
 	}
@@ -349,14 +432,6 @@ func (r *Registry) start(ctx context.Context, spec Spec) (Info, error) {
 	spec.Framing = fc
 	if spec.Host == "" {
 		spec.Host = DefaultHost
-	}
-	switch {
-	case spec.HandlerTimeout < 0 || spec.HandlerTimeout > MaxHandlerTimeout:
-		return Info{}, &page.FieldError{Field: "auto_reply.handler_timeout", Reason: fmt.Sprintf("must be at most %s, got %s", MaxHandlerTimeout, spec.HandlerTimeout), Err: ErrInvalidSpec}
-	case spec.HandlerTimeout == 0 && r.cfg.HandlerTimeout > 0:
-		spec.HandlerTimeout = r.cfg.HandlerTimeout
-	case spec.HandlerTimeout == 0:
-		spec.HandlerTimeout = conn.DefaultHandlerTimeout
 	}
 
 	r.mu.Lock()
@@ -504,14 +579,16 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 			ListenerID:          l.spec.ID,
 			Framing:             l.spec.Framing,
 			AutoReply:           l.spec.AutoReply,
+			Rules:               l.spec.ruleSet,
+			Banner:              l.spec.banner,
+			HandlerTimeout:      l.spec.HandlerTimeout,
+			HandlerTimeoutClose: l.spec.HandlerTimeoutClose,
 			IdleTimeout:         l.spec.IdleTimeout,
 			HalfCloseTimeout:    l.spec.HalfCloseTimeout,
 			WriteTimeout:        r.cfg.WriteTimeout,
 			Publisher:           r.cfg.Publisher,
 			Aggregates:          []*conn.Counters{&l.counters},
 			Forward:             r.forward(l.spec.Forward),
-			HandlerTimeout:      l.spec.HandlerTimeout,
-			HandlerTimeoutClose: l.spec.HandlerTimeoutClose,
 		},
 	})
 	if err != nil {

@@ -59,9 +59,8 @@ type Config struct {
 	// WriteTimeout bounds each write to a socket; 0 means
 	// conn.DefaultWriteTimeout.
 	WriteTimeout time.Duration
-	// HandlerTimeout (--handler-timeout) bounds a Handle stream's answer
-	// to a frame of a managed connection; 0 means
-	// conn.DefaultHandlerTimeout.
+	// HandlerTimeout (--handler-timeout) is the HandlerTimeout of a Spec
+	// that sets none; 0 means conn.DefaultHandlerTimeout.
 	HandlerTimeout time.Duration
 	// Rand returns a random int64 in [0, n), for the backoff's jitter; nil
 	// means math/rand/v2's.
@@ -406,7 +405,8 @@ func (s *supervisor) attempt() (*conn.Conn, error) {
 	// itself, with its own reason, which a canceled context would race.
 	c, err := s.h.Attach(s.m.ctx, nc, s.gen+1, conn.Config{
 		Framing: s.spec.Framing, IdleTimeout: s.spec.IdleTimeout, WriteTimeout: s.m.cfg.WriteTimeout, Publisher: s.m.cfg.Publisher,
-		HandlerTimeout: s.m.cfg.HandlerTimeout,
+		AutoReply: s.spec.AutoReply, Rules: s.spec.ruleSet,
+		HandlerTimeout: s.spec.HandlerTimeout, HandlerTimeoutClose: s.spec.HandlerTimeoutClose,
 	}, s.closed)
 	if err != nil {
 		_ = nc.Close()

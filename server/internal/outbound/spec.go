@@ -7,9 +7,11 @@ import (
 	"net"
 	"time"
 
+	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/framing"
 	"github.com/tcpgate/tcpgate/server/internal/limits"
 	"github.com/tcpgate/tcpgate/server/internal/page"
+	"github.com/tcpgate/tcpgate/server/internal/rules"
 )
 
 // Defaults and bounds of a Spec, decided here so that every way of making
@@ -92,7 +94,23 @@ type Spec struct {
 	// Timeout bounds Connect's wait for the first attempt's outcome; 0
 	// means DefaultConnectTimeout.
 	Timeout time.Duration
+	// AutoReply answers what the peer sends, after Rules (package rules),
+	// as on a listener's connections; normalize compiles the rules.
+	AutoReply conn.AutoReply
+	Rules     []rules.Spec
+	// HandlerTimeout bounds a Handle stream's answer to a frame; 0 means
+	// Config.HandlerTimeout, at most MaxHandlerTimeout.
+	HandlerTimeout time.Duration
+	// HandlerTimeoutClose closes the socket (and reconnects) when its
+	// handler did not answer a frame in time, instead of answering it with
+	// AutoReply.
+	HandlerTimeoutClose bool
+
+	ruleSet *rules.Set // compiled by normalize
 }
+
+// MaxHandlerTimeout bounds a connection's handler timeout.
+const MaxHandlerTimeout = time.Hour
 
 // Reconnect says how a connection dials again. The delay before attempt
 // n (1 after a drop or a first failure) is random in [d/2, d], d =
@@ -248,6 +266,17 @@ func (s *Spec) normalize(cfg *Config) error {
 	}
 	if s.Timeout == 0 {
 		s.Timeout = DefaultConnectTimeout
+	}
+	set, err := rules.Compile(s.Rules)
+	if err != nil {
+		return err // a *rules.FieldError, named under auto_reply by the API
+	}
+	s.ruleSet = set
+	switch {
+	case s.HandlerTimeout < 0 || s.HandlerTimeout > MaxHandlerTimeout:
+		return fieldErr("auto_reply.handler_timeout", "must be 0 (the gateway's --handler-timeout) to %s, got %s", MaxHandlerTimeout, s.HandlerTimeout)
+	case s.HandlerTimeout == 0:
+		s.HandlerTimeout = cfg.HandlerTimeout
 	}
 	return nil
 }

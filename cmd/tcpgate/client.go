@@ -263,6 +263,7 @@ func addClientCommands(root *cobra.Command) {
 		newCloseCmd(c),
 		newSendCmd(c),
 		newSubscribeCmd(c),
+		newHandleCmd(c),
 	} {
 		c.addFlags(cmd)
 		root.AddCommand(cmd)

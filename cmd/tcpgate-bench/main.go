@@ -35,6 +35,7 @@ commands:
   respond    (child) answer every TCP connection's first read (--lines: echo every line)
   grpc-echo  (child) a gRPC server whose Send echoes its payload at once
   hold       (child) open idle connections and hold them until stdin closes
+  handle     (child) Handle streams of one group answering every frame with "ok"
 `
 
 // commands are the subcommands, by name.
@@ -47,6 +48,7 @@ func commands() map[string]func([]string) error {
 		"respond":        respondMain,
 		"grpc-echo":      grpcEchoMain,
 		"hold":           holdMain,
+		"handle":         handleMain,
 	}
 }
 

@@ -111,6 +111,9 @@ func toStatus(log *slog.Logger, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	if st := rulesStatus(err); st != nil {
+		return st
+	}
 	var slow *hub.SlowConsumerError
 	if errors.As(err, &slow) {
 		return Status(codes.ResourceExhausted, tcpgatev1.ErrorReason_ERROR_REASON_SLOW_CONSUMER, err.Error(), nil)

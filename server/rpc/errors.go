@@ -27,7 +27,6 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/page"
 	"github.com/tcpgate/tcpgate/server/internal/pemfile"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
-	"github.com/tcpgate/tcpgate/server/internal/rules"
 	"github.com/tcpgate/tcpgate/server/internal/registry"
 )
 
@@ -112,11 +111,8 @@ func toStatus(log *slog.Logger, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	// A rule the engine refused names its field under auto_reply, for a
-	// listener and an outbound connection alike.
-	var rule *rules.FieldError
-	if errors.As(err, &rule) {
-		return invalid("auto_reply."+rule.Field, "%s", rule.Msg)
+	if st := rulesStatus(err); st != nil {
+		return st
 	}
 	var slow *hub.SlowConsumerError
 	if errors.As(err, &slow) {

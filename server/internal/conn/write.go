@@ -486,12 +486,6 @@ func (c *Conn) publishSent(it *outItem, n int) {
 	if n <= 0 {
 		return
 	}
-	ctx := c.ctx
-	if s := it.send; s != nil && !s.deadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, s.deadline)
-		defer cancel()
-	}
 	data := it.p
 	if it.repeat > 1 {
 		data = make([]byte, 0, n)
@@ -502,7 +496,7 @@ func (c *Conn) publishSent(it *outItem, n int) {
 	} else {
 		data = data[:n:n]
 	}
-	_ = c.cfg.Publisher.Publish(ctx, &event.Event{
+	e := &event.Event{
 		Kind:         event.Data,
 		ListenerID:   c.cfg.ListenerID,
 		ConnectionID: c.cfg.ID,
@@ -510,7 +504,26 @@ func (c *Conn) publishSent(it *outItem, n int) {
 		Direction:    event.Sent,
 		Generation:   c.cfg.Generation,
 		Data:         data,
-	})
+	}
+	// The context bounding the wait, made per Send, is made only when a
+	// lossless subscriber lacks room: most writes wait for none.
+	if tp, ok := c.cfg.Publisher.(tryPublisher); ok && tp.TryPublish(e) {
+		return
+	}
+	ctx := c.ctx
+	if s := it.send; s != nil && !s.deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, s.deadline)
+		defer cancel()
+	}
+	_ = c.cfg.Publisher.Publish(ctx, e)
+}
+
+// tryPublisher is a Publisher that can also publish without waiting, when
+// nobody it must wait for lacks room (hub.Hub.TryPublish): it returns
+// false, having published nothing, when Publish would wait.
+type tryPublisher interface {
+	TryPublish(evs ...*event.Event) bool
 }
 
 func (c *Conn) countOut(bytes int, frames uint64) {

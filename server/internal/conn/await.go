@@ -232,8 +232,16 @@ type sendOp struct {
 func (p *Pending) Wait(ctx context.Context) ([]byte, error) {
 	c, it, aw := p.c, p.it, p.aw
 	s := it.send
+	// A send awaiting a reply waits for the reply alone, which comes after
+	// the write (a write that fails ends it too: failAwait), so that the
+	// write's end does not wake it first.
+	written := s.done
+	if s.await != nil {
+		written = s.await.done
+	}
 	select {
-	case <-s.done:
+	case <-written:
+		<-s.done // at once but for a write still ending after its reply came
 	case <-ctx.Done():
 		if c.unqueue(it) {
 			return nil, fmt.Errorf("writing to %s: waiting for earlier sends to be written: %w", c.cfg.ID, ctx.Err())

@@ -536,7 +536,7 @@ func (c *Conn) publishSent(it *outItem, n int) {
 	}
 	// The context bounding the wait, made per Send, is made only when a
 	// lossless subscriber lacks room: most writes wait for none.
-	if tp, ok := c.cfg.Publisher.(tryPublisher); ok && tp.TryPublish(e) {
+	if tp, ok := c.cfg.Publisher.(TryPublisher); ok && tp.TryPublish(e) {
 		return
 	}
 	ctx := c.ctx
@@ -548,10 +548,10 @@ func (c *Conn) publishSent(it *outItem, n int) {
 	_ = c.cfg.Publisher.Publish(ctx, e)
 }
 
-// tryPublisher is a Publisher that can also publish without waiting, when
+// TryPublisher is a Publisher that can also publish without waiting, when
 // nobody it must wait for lacks room (hub.Hub.TryPublish): it returns
 // false, having published nothing, when Publish would wait.
-type tryPublisher interface {
+type TryPublisher interface {
 	TryPublish(evs ...*event.Event) bool
 }
 

@@ -255,3 +255,93 @@ func BenchmarkSendOneShot(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
 }
+
+// BenchmarkSendReqResp runs Sends with AWAIT_MODE_FRAME from 32 concurrent
+// callers, each on its own managed outbound connection to a line echo
+// device on 127.0.0.1, as `make bench` scenario reqresp32 does; one op is
+// one call. Its allocs/op are the gateway's and the gRPC client's.
+func BenchmarkSendReqResp(b *testing.B) {
+	g := servertest.Start(b, server.Config{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The device's connections stay open until the gateway closes them,
+	// after the benchmark: they are closed here so that it can wait for
+	// its goroutines.
+	var (
+		wg  sync.WaitGroup
+		mu  sync.Mutex
+		ncs []net.Conn
+	)
+	defer wg.Wait()
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, nc := range ncs {
+			nc.Close()
+		}
+	}()
+	defer ln.Close()
+	wg.Go(func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			ncs = append(ncs, nc)
+			mu.Unlock()
+			wg.Go(func() {
+				defer nc.Close()
+				buf := make([]byte, 512)
+				for {
+					n, err := nc.Read(buf)
+					if err != nil {
+						return
+					}
+					if _, err := nc.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+			})
+		}
+	})
+	const callers = 32
+	reqs := make(chan *tcpgatev1.SendRequest, callers)
+	for range callers {
+		c := g.Connect(b, &tcpgatev1.ConnectRequest{Address: ln.Addr().String(), Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}})
+		reqs <- &tcpgatev1.SendRequest{
+			Target:     &tcpgatev1.SendRequest_ConnectionId{ConnectionId: c.GetConnectionId()},
+			Payload:    &tcpgatev1.SendRequest_Text{Text: "ping\n"},
+			AwaitReply: &tcpgatev1.AwaitReply{Mode: tcpgatev1.AwaitMode_AWAIT_MODE_FRAME},
+		}
+	}
+	b.ReportAllocs()
+	b.SetParallelism(callers / 2) // 32 callers on 2 CPUs
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		// One connection per caller: awaited replies on one connection
+		// are answered in order, so callers sharing one would queue.
+		var req *tcpgatev1.SendRequest
+		select {
+		case req = <-reqs:
+		default:
+			b.Error("more callers than connections")
+			return
+		}
+		for pb.Next() {
+			r, err := g.Client.Send(context.Background(), req)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			if r.GetReply().GetText() != "ping" {
+				b.Errorf("reply %q, want %q", r.GetReply().GetText(), "ping")
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
+}

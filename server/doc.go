@@ -54,6 +54,17 @@
 // Neither direction goes through the hub; each side's end of stream is
 // passed on to the other as a half-close (internal/conn/forward.go).
 //
+// Each frame that no rule answers is offered to the connection's Handler,
+// the one handler.Manager of the daemon (internal/handler), when a Handle
+// stream registered for its listener or outbound connection: the manager
+// gives the connection to one stream of its handler group (sticky, the
+// least loaded first), queues the frame for that stream, and settles the
+// frame's conn.Handoff with the stream's answer; the connection writes
+// the answers in frame order and runs the handler timeout itself. A stream
+// that ends hands its connections and their unanswered frames to another
+// stream of the group, or to the fallback. Frame waits while a stream has
+// its max_in_flight unanswered, so the read loop, and TCP, push back.
+//
 // The engine knows nothing of protobuf and owns its decisions. rpc
 // validates requests, calls the engine and maps its sentinel errors to
 // gRPC codes (rpc/errors.go). The hub, the listener registry, the
@@ -90,6 +101,11 @@
 // told anything). The server's table of
 // calls in flight has a leaf lock of its own.
 //
+// handler.Manager.mu is a leaf: it guards the groups, the connections
+// given to streams, their unanswered frames and the streams' queues; a
+// handoff is settled (and a reply written, a connection closed) only
+// after it is released, since settling calls back into the manager.
+//
 // Counters of connections and listeners are atomics and take no lock.
 //
 // # Shutdown
@@ -107,7 +123,9 @@
 //  2. the health service reports NOT_SERVING;
 //  3. the hub closes: every Subscribe stream ends at once with Unavailable
 //     (events still queued for it are not sent), so no slow subscriber
-//     holds up steps 4 and 5;
+//     holds up steps 4 and 5; so does every Handle stream
+//     (handler.Manager.Close), their unanswered frames getting the
+//     fallback reply;
 //  4. the REST server stops: its event streams end at once with a final
 //     error line, other REST calls may finish until the graceful part
 //     ends, then the REST gateway's gRPC connection closes;

@@ -28,12 +28,12 @@ const maxListedCalls = 8
 
 func newInflight() *inflight { return &inflight{running: make(map[uint64]call)} }
 
-// begin records a call to method; the returned func ends it.
-func (f *inflight) begin(method string) (end func()) {
+// begin records a call to method begun at start; the returned func ends it.
+func (f *inflight) begin(method string, start time.Time) (end func()) {
 	f.mu.Lock()
 	f.next++
 	id := f.next
-	f.running[id] = call{method: method, start: time.Now()}
+	f.running[id] = call{method: method, start: start}
 	f.mu.Unlock()
 	return func() {
 		f.mu.Lock()

@@ -3,11 +3,14 @@ package server
 import (
 	"context"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
@@ -157,7 +160,21 @@ type rpcMetrics struct {
 	calls   *prometheus.CounterVec
 	latency *prometheus.HistogramVec
 	refused *prometheus.CounterVec
+	// methods caches each method's children of calls and latency, so that
+	// a call costs no hashing of label values: one *methodMetrics per
+	// method seen, as many as the vectors hold themselves.
+	methods sync.Map // method -> *methodMetrics
 }
+
+// methodMetrics are one method's children of rpcMetrics' vectors; calls
+// by code, made on a code's first call.
+type methodMetrics struct {
+	latency prometheus.Observer
+	calls   [codeCount]atomic.Pointer[prometheus.Counter]
+}
+
+// codeCount is how many gRPC codes there are: OK (0) to Unauthenticated (16).
+const codeCount = int(codes.Unauthenticated) + 1
 
 func newRPCMetrics() *rpcMetrics {
 	return &rpcMetrics{
@@ -183,8 +200,25 @@ func (m *rpcMetrics) refuse(status int) {
 }
 
 func (m *rpcMetrics) observe(method string, err error, start time.Time) {
-	m.calls.WithLabelValues(method, status.Code(err).String()).Inc()
-	m.latency.WithLabelValues(method).Observe(time.Since(start).Seconds())
+	code := status.Code(err)
+	v, ok := m.methods.Load(method)
+	if !ok {
+		v, _ = m.methods.LoadOrStore(method, &methodMetrics{latency: m.latency.WithLabelValues(method)})
+	}
+	mm := v.(*methodMetrics)
+	if int(code) >= codeCount {
+		// A code gRPC does not define: counted, uncached.
+		m.calls.WithLabelValues(method, code.String()).Inc()
+	} else {
+		c := mm.calls[code].Load()
+		if c == nil {
+			cc := m.calls.WithLabelValues(method, code.String())
+			c = &cc
+			mm.calls[code].Store(c)
+		}
+		(*c).Inc()
+	}
+	mm.latency.Observe(time.Since(start).Seconds())
 }
 
 // newMetrics returns the registry served at /metrics.
@@ -203,7 +237,7 @@ func newMetrics(h *hub.Hub, r *listener.Registry, conns *registry.Registry, dl *
 
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
-	defer s.inflight.begin(info.FullMethod)()
+	defer s.inflight.begin(info.FullMethod, start)()
 	resp, err := handler(ctx, req)
 	s.rpcs.observe(info.FullMethod, err, start)
 	if err != nil {
@@ -214,7 +248,7 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 
 func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	start := time.Now()
-	defer s.inflight.begin(info.FullMethod)()
+	defer s.inflight.begin(info.FullMethod, start)()
 	err := handler(srv, ss)
 	s.rpcs.observe(info.FullMethod, err, start)
 	if err != nil {

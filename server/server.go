@@ -37,6 +37,10 @@ import (
 	"github.com/tcpgate/tcpgate/server/rpc"
 )
 
+// The hub publishes a connection's sent data without waiting when it can:
+// this keeps the fast path from going away unnoticed.
+var _ conn.TryPublisher = (*hub.Hub)(nil)
+
 // Defaults of Config.
 const (
 	DefaultGRPCAddr = "127.0.0.1:50051"

@@ -118,11 +118,8 @@ func toStatus(log *slog.Logger, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	// A rule the engine refused names its field under auto_reply, for a
-	// listener and an outbound connection alike.
-	var rule *rules.FieldError
-	if errors.As(err, &rule) {
-		return invalid("auto_reply."+rule.Field, "%s", rule.Msg)
+	if st := rulesStatus(err); st != nil {
+		return st
 	}
 	var slow *hub.SlowConsumerError
 	if errors.As(err, &slow) {

@@ -3,13 +3,16 @@ package rpc
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"sync"
 	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/proto"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
@@ -66,6 +69,22 @@ func (s *Service) serveHandle(st handleStream) error {
 	defer hs.Close()
 
 	// Sends come from the event loop and from the replies' rejections.
+	// A send that cannot complete within its bound (the client reads
+	// nothing) ends the stream by closing its gRPC connection, as
+	// Subscribe's do; once the gateway shuts down the bound is
+	// FinalWriteTimeout.
+	var remote net.Addr
+	if p, ok := peer.FromContext(ctx); ok {
+		remote = p.Addr
+	}
+	watch := newSendWatch(func() {
+		closed := s.cfg.Conns.close(remote)
+		s.log.Warn("handler accepts nothing; ending its stream", "remote_addr", fmt.Sprint(remote), "connection_closed", closed)
+	})
+	defer watch.stop()
+	if s.cfg.Hub != nil {
+		defer AfterClose(s.cfg.Hub.Closed(), watch.shorten)()
+	}
 	// Once serveHandle returns, nothing may send: a rejection the reply
 	// goroutine finds late is dropped.
 	var sendMu sync.Mutex
@@ -76,6 +95,8 @@ func (s *Service) serveHandle(st handleStream) error {
 		if returned {
 			return context.Canceled
 		}
+		watch.begin()
+		defer watch.end()
 		return st.Send(r)
 	}
 	defer func() {

@@ -53,8 +53,6 @@ func repliesToProto(r replies) *tcpgatev1.AutoReply {
 	}
 	if r.handlerTimeoutClose {
 		a.OnHandlerTimeout = tcpgatev1.HandlerTimeoutAction_HANDLER_TIMEOUT_ACTION_CLOSE
-	} else {
-		a.OnHandlerTimeout = tcpgatev1.HandlerTimeoutAction_HANDLER_TIMEOUT_ACTION_FALLBACK
 	}
 	return a
 }

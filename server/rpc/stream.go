@@ -86,7 +86,7 @@ func AppendEventID(b []byte, inc string, seq uint64) []byte {
 // gateway included.
 func ParseEventID(id string) (inc string, seq uint64, ok bool) {
 	inc, num, found := strings.Cut(strings.TrimSpace(id), "-")
-	if !found || inc == "" || !idPattern.MatchString(inc) || strings.Contains(num, "-") {
+	if !found || inc == "" || !validID(inc) || strings.Contains(num, "-") {
 		return "", 0, false
 	}
 	seq, err := strconv.ParseUint(num, 10, 64)

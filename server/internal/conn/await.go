@@ -184,7 +184,9 @@ func (c *Conn) Begin(ctx context.Context, p []byte, aw Await) (*Pending, error) 
 	case <-c.ctx.Done():
 		return nil, fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
 	}
-	s := &pendingSend{done: make(chan struct{})}
+	op := &sendOp{}
+	s := &op.send
+	s.done = make(chan struct{})
 	s.deadline, _ = ctx.Deadline()
 	if aw.Mode != await.None {
 		c.mu.Lock()
@@ -199,9 +201,11 @@ func (c *Conn) Begin(ctx context.Context, p []byte, aw Await) (*Pending, error) 
 			<-c.writeTurn
 			return nil, fmt.Errorf("writing to %s: %w; send without await_reply", c.cfg.ID, ErrHalfClosed)
 		}
-		s.await = &awaiter{mode: aw.Mode, limit: aw.MaxBytes, match: aw.Match, done: make(chan struct{})}
+		op.await = awaiter{mode: aw.Mode, limit: aw.MaxBytes, match: aw.Match, done: make(chan struct{})}
+		s.await = &op.await
 	}
-	it := &outItem{p: p, repeat: 1, size: len(p), frames: 1, send: s}
+	op.it = outItem{p: p, repeat: 1, size: len(p), frames: 1, send: s}
+	it := &op.it
 	err := c.queue(ctx, it)
 	<-c.writeTurn
 	switch {
@@ -210,7 +214,18 @@ func (c *Conn) Begin(ctx context.Context, p []byte, aw Await) (*Pending, error) 
 	case err != nil:
 		return nil, fmt.Errorf("writing to %s: waiting for earlier sends to be written (the write queue is full): %w", c.cfg.ID, err)
 	}
-	return &Pending{c: c, it: it, aw: aw}, nil
+	op.pend = Pending{c: c, it: it, aw: aw}
+	return &op.pend, nil
+}
+
+// sendOp is what Begin makes for one send, in one allocation instead of
+// four: its queued write, the wait for the write and for its reply, and
+// the Pending it returns.
+type sendOp struct {
+	it    outItem
+	send  pendingSend
+	await awaiter
+	pend  Pending
 }
 
 // Wait waits for the write Begin queued and, as its Await says, for the
@@ -220,8 +235,16 @@ func (c *Conn) Begin(ctx context.Context, p []byte, aw Await) (*Pending, error) 
 func (p *Pending) Wait(ctx context.Context) ([]byte, error) {
 	c, it, aw := p.c, p.it, p.aw
 	s := it.send
+	// A send awaiting a reply waits for the reply alone, which comes after
+	// the write (a write that fails ends it too: failAwait), so that the
+	// write's end does not wake it first.
+	written := s.done
+	if s.await != nil {
+		written = s.await.done
+	}
 	select {
-	case <-s.done:
+	case <-written:
+		<-s.done // at once but for a write still ending after its reply came
 	case <-ctx.Done():
 		if c.unqueue(it) {
 			return nil, fmt.Errorf("writing to %s: waiting for earlier sends to be written: %w", c.cfg.ID, ctx.Err())

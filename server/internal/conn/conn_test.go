@@ -621,6 +621,44 @@ func TestWriteTimeoutUnblocksQueue(t *testing.T) {
 	}
 }
 
+// Sends awaiting a reply, with no deadline of their own, are told of their
+// write's failure at once: the one whose write timed out, and those queued
+// behind it, never written. None waits for a reply that cannot come.
+func TestAwaitingSendFailsWithItsWrite(t *testing.T) {
+	rec := newRecorder()
+	// Room for every Send in the queue: the later ones wait queued.
+	c, cc := serve(t, conn.Config{Publisher: rec, Framing: lineFraming(), WriteTimeout: 200 * time.Millisecond, MaxQueuedWriteBytes: 1 << 30})
+	_ = cc.SetReadBuffer(4 << 10)
+	rec.WaitFor(t, "connection_opened", func(evs []*event.Event) bool { return len(evs) > 0 })
+	big := make([]byte, 64<<20) // one slice for all: queued, never copied
+	const sends = 3
+	done := make(chan error, sends)
+	for range sends {
+		go func() {
+			_, err := c.Send(context.Background(), big, conn.Await{Mode: await.Frame, MaxBytes: 1 << 10})
+			done <- err
+		}()
+	}
+	timedOut := 0
+	for range sends {
+		select {
+		case err := <-done:
+			switch {
+			case errors.Is(err, conn.ErrWriteTimeout):
+				timedOut++
+			case errors.Is(err, conn.ErrClosed):
+			default:
+				t.Errorf("awaiting Send = %v, want ErrWriteTimeout or ErrClosed", err)
+			}
+		case <-time.After(testTimeout):
+			t.Fatal("an awaiting Send stayed blocked after its write failed")
+		}
+	}
+	if timedOut != 1 {
+		t.Errorf("%d Sends failed with ErrWriteTimeout, want 1 (the one written; the others were queued behind it)", timedOut)
+	}
+}
+
 // With a publisher that holds the read loop (a lossless subscriber that is
 // behind), the connection stops being read, TCP flow control pushes back on
 // the sender, and Close still ends Serve at once.

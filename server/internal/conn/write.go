@@ -46,9 +46,26 @@ type outItem struct {
 // pendingSend is a Send's part of its queued write.
 type pendingSend struct {
 	deadline time.Time // the Send's own, zero for none
-	await    *awaiter  // joins the awaiters when the write begins; nil for none
-	done     chan struct{}
-	err      error // set before done is closed
+	// await joins the awaiters when the write begins; nil for none. A
+	// Send that awaits a reply waits on await.done alone, so that its
+	// caller is woken once, by the reply: a write that fails, or is never
+	// begun, closes await.done itself (failAwait) unless the awaiter was
+	// answered or settled in line.
+	await *awaiter
+	done  chan struct{}
+	err   error // set before done is closed
+	// inLine is set, by the write goroutine, once await is in line.
+	inLine bool
+}
+
+// failAwait ends the wait for a reply of a send whose write failed with
+// err, or was never made, when no frame answered it: its awaiter is not
+// in line (never put there, or taken out by writeItem).
+func (s *pendingSend) failAwait(err error) {
+	if s.await != nil {
+		s.await.err = err
+		close(s.await.done)
+	}
 }
 
 // outbound is a connection's write queue.
@@ -332,7 +349,7 @@ func (c *Conn) flush() {
 				s.deadline = time.Time{}
 			}
 		}
-		_, err := c.writeItem(it, &iov)
+		_, outOfLine, err := c.writeItem(it, &iov)
 
 		// The budget first: once o.queued shows the room, a writer may
 		// queue and take budget at once, and the budget must not hold
@@ -345,6 +362,9 @@ func (c *Conn) flush() {
 		if it.send != nil {
 			it.send.err = err
 			close(it.send.done)
+			if outOfLine {
+				it.send.failAwait(err)
+			}
 		}
 	}
 }
@@ -366,6 +386,7 @@ func (c *Conn) closeOutbound() {
 		if it.send != nil {
 			it.send.err = fmt.Errorf("writing to %s: %w", c.cfg.ID, ErrClosed)
 			close(it.send.done)
+			it.send.failAwait(it.send.err)
 		}
 	}
 	o.wg.Wait()
@@ -396,8 +417,18 @@ func (c *Conn) waitFlushed() {
 // stream now holds a partial message; a send that ran out of its caller's
 // time before writing a byte leaves it open.
 // It returns the bytes written, all of them or the part that went before
-// an error.
-func (c *Conn) writeItem(it *outItem, iov *[][]byte) (int, error) {
+// an error; and, with an error, whether a send's awaiter is out of line
+// (never put in it, or taken out of it here), so that failAwait is the
+// caller's to call.
+func (c *Conn) writeItem(it *outItem, iov *[][]byte) (int, bool, error) {
+	n, err := c.writeItemInLine(it, iov)
+	if err == nil || it.send == nil || it.send.await == nil {
+		return n, false, err
+	}
+	return n, !it.send.inLine || c.dropAwaiter(it.send.await), err
+}
+
+func (c *Conn) writeItemInLine(it *outItem, iov *[][]byte) (int, error) {
 	var deadline time.Time
 	if s := it.send; s != nil {
 		deadline = s.deadline
@@ -408,6 +439,7 @@ func (c *Conn) writeItem(it *outItem, iov *[][]byte) (int, error) {
 			if err := c.addAwaiter(s.await); err != nil {
 				return 0, err
 			}
+			s.inLine = true
 		}
 	}
 	total := 0
@@ -447,9 +479,6 @@ func (c *Conn) writeItem(it *outItem, iov *[][]byte) (int, error) {
 	if err == nil {
 		return total, nil
 	}
-	if it.send != nil && it.send.await != nil {
-		c.dropAwaiter(it.send.await)
-	}
 	timedOut := errors.Is(err, os.ErrDeadlineExceeded)
 	if callers && timedOut && total == 0 {
 		return 0, fmt.Errorf("writing to %s: peer took nothing before the send's timeout: %w", c.cfg.ID, context.DeadlineExceeded)
@@ -486,12 +515,6 @@ func (c *Conn) publishSent(it *outItem, n int) {
 	if n <= 0 {
 		return
 	}
-	ctx := c.ctx
-	if s := it.send; s != nil && !s.deadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, s.deadline)
-		defer cancel()
-	}
 	data := it.p
 	if it.repeat > 1 {
 		data = make([]byte, 0, n)
@@ -502,7 +525,7 @@ func (c *Conn) publishSent(it *outItem, n int) {
 	} else {
 		data = data[:n:n]
 	}
-	_ = c.cfg.Publisher.Publish(ctx, &event.Event{
+	e := &event.Event{
 		Kind:         event.Data,
 		ListenerID:   c.cfg.ListenerID,
 		ConnectionID: c.cfg.ID,
@@ -510,7 +533,26 @@ func (c *Conn) publishSent(it *outItem, n int) {
 		Direction:    event.Sent,
 		Generation:   c.cfg.Generation,
 		Data:         data,
-	})
+	}
+	// The context bounding the wait, made per Send, is made only when a
+	// lossless subscriber lacks room: most writes wait for none.
+	if tp, ok := c.cfg.Publisher.(TryPublisher); ok && tp.TryPublish(e) {
+		return
+	}
+	ctx := c.ctx
+	if s := it.send; s != nil && !s.deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, s.deadline)
+		defer cancel()
+	}
+	_ = c.cfg.Publisher.Publish(ctx, e)
+}
+
+// TryPublisher is a Publisher that can also publish without waiting, when
+// nobody it must wait for lacks room (hub.Hub.TryPublish): it returns
+// false, having published nothing, when Publish would wait.
+type TryPublisher interface {
+	TryPublish(evs ...*event.Event) bool
 }
 
 func (c *Conn) countOut(bytes int, frames uint64) {

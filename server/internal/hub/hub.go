@@ -415,6 +415,29 @@ func (h *Hub) Publish(ctx context.Context, evs ...*event.Event) error {
 	return nil
 }
 
+// TryPublish is Publish when it need not wait: it publishes evs, all of
+// them, and returns true when every Backpressure subscriber they match has
+// room for them now (at once, then, when there is none); otherwise it
+// publishes none and returns false, and the caller calls Publish with the
+// context that bounds the wait. A caller that would make a context only to
+// bound a wait that rarely comes (a write's DATA event bounded by a
+// Send's deadline) thus makes it only when the wait comes. Events are
+// numbered and kept in the ring as Publish keeps them; after Close they are
+// dropped, and TryPublish returns true.
+func (h *Hub) TryPublish(evs ...*event.Event) bool {
+	seal(evs)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return true
+	}
+	if n, _, _ := h.fitLocked(evs); n < len(evs) {
+		return false
+	}
+	h.publishLocked(evs)
+	return true
+}
+
 // seal prepares events outside the lock (see event.Seal).
 func seal(evs []*event.Event) {
 	for _, e := range evs {

@@ -73,3 +73,46 @@ func TestIncludeSentBackpressure(t *testing.T) {
 		t.Fatalf("Publish: %v", err)
 	}
 }
+
+// TryPublish publishes what Publish would without waiting, numbered and
+// kept in the ring the same (a subscriber resuming with include_sent
+// later replays it); where a Backpressure subscriber the event matches
+// lacks room it publishes nothing, and Publish then waits as ever.
+func TestTryPublish(t *testing.T) {
+	h := hub.New(hub.Config{Now: fixedNow})
+	defer h.Close()
+	// Full, but without include_sent: sent data never waits for it.
+	plain := subscribe(t, h, hub.SubscribeOptions{Policy: hub.Backpressure, QueueBytes: sizeOf(10)})
+	publish(h, dataEvent("l1", "c1", 10)) // 1
+	if !h.TryPublish(sentEvent(10)) {     // 2
+		t.Fatal("TryPublish of a sent event past a full subscriber without include_sent: false, want true")
+	}
+	// plain matches received data and is full: nothing is published.
+	if h.TryPublish(dataEvent("l1", "c1", 10)) {
+		t.Fatal("TryPublish of received data past a full Backpressure subscriber: true, want false")
+	}
+	if got := h.LastSequence(); got != 2 {
+		t.Fatalf("after a TryPublish that found no room, last sequence %d, want 2", got)
+	}
+	replay := subscribe(t, h, hub.SubscribeOptions{Since: 1, Filter: hub.Filter{IncludeSent: true}})
+	withSent := subscribe(t, h, hub.SubscribeOptions{Policy: hub.Backpressure, QueueBytes: sizeOf(10), Filter: hub.Filter{IncludeSent: true}})
+	if !h.TryPublish(sentEvent(10)) { // 3: withSent has room for one
+		t.Fatal("TryPublish with room in every lossless queue: false, want true")
+	}
+	if h.TryPublish(sentEvent(10)) {
+		t.Fatal("TryPublish of a sent event past a full include_sent subscriber: true, want false")
+	}
+	if got := seqs(next(t, replay)); !equal(got, []uint64{1, 2, 3}) {
+		t.Errorf("resumed with include_sent from 1: got %v, want [1 2 3]", got)
+	}
+	if got := seqs(next(t, withSent)); !equal(got, []uint64{3}) {
+		t.Errorf("include_sent Backpressure subscriber: got %v, want [3]", got)
+	}
+	if got := seqs(next(t, plain)); !equal(got, []uint64{1}) {
+		t.Errorf("Backpressure subscriber without include_sent: got %v, want [1]", got)
+	}
+	h.Close()
+	if !h.TryPublish(sentEvent(10)) {
+		t.Error("TryPublish after Close: false, want true (dropped, as Publish drops it)")
+	}
+}

@@ -250,11 +250,11 @@ func compileRegex(expr string) (re *regexp.Regexp, msg string) {
 	}
 	parsed, err := syntax.Parse(expr, syntax.Perl)
 	if err != nil {
-		return nil, "error parsing regexp: " + err.Error()
+		return nil, err.Error() // "error parsing regexp: ..."
 	}
 	prog, err := syntax.Compile(parsed.Simplify())
 	if err != nil {
-		return nil, "error parsing regexp: " + err.Error()
+		return nil, err.Error() // "error parsing regexp: ..."
 	}
 	if n := len(prog.Inst); n > MaxProgramInsts {
 		return nil, fmt.Sprintf("the compiled program has %d instructions, over the limit of %d", n, MaxProgramInsts)

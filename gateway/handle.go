@@ -94,15 +94,33 @@ func (g *Gateway) handleSocket(w http.ResponseWriter, r *http.Request, _ map[str
 
 	ctx, cancel := context.WithCancel(g.ctx)
 	st := &socketStream{ctx: ctx, c: c, limit: limit}
+	// A shutdown closes the WebSocket at once, whatever Serve is doing,
+	// a wait for the registration included: reads do not watch ctx (see
+	// Recv).
+	shutdownClosed := make(chan struct{})
+	stop := context.AfterFunc(g.ctx, func() {
+		defer close(shutdownClosed)
+		code, reason := closeOf(rpc.Status(codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN, "gateway shutting down", nil))
+		closeBounded(c, code, reason)
+	})
 	serr := g.cfg.Handle.Serve(st)
 	cancel()
+	if stop() {
+		// The close frame first: the Recv still waiting ends as the
+		// client answers it, or when closeBounded gives up and drops the
+		// connection.
+		code, reason := closeOf(serr)
+		closeBounded(c, code, reason)
+	} else {
+		<-shutdownClosed
+	}
 	st.end()
-	code, reason := closeOf(serr)
-	closeBounded(c, code, reason)
 }
 
 // socketStream is a Handle stream over a WebSocket (rpc.HandleStream).
 // serveHandle calls Send from one goroutine at a time and Recv from one.
+// Recv returns once the WebSocket closes, which handleSocket does as
+// soon as Serve returns.
 type socketStream struct {
 	ctx   context.Context
 	c     *websocket.Conn
@@ -147,7 +165,10 @@ func (s *socketStream) Recv() (*tcpgatev1.HandleRequest, error) {
 	s.mu.Unlock()
 	defer s.recvWG.Done()
 
-	typ, b, err := s.c.Read(s.ctx)
+	// Not s.ctx: the library drops the connection when a read's context
+	// ends, and the close frame that says why the stream ended would be
+	// lost. Serve's end closes the WebSocket, which ends the read.
+	typ, b, err := s.c.Read(context.Background())
 	if err != nil {
 		switch {
 		case s.ctx.Err() != nil:
@@ -174,8 +195,8 @@ func (s *socketStream) Recv() (*tcpgatev1.HandleRequest, error) {
 	return req, nil
 }
 
-// end stops Recv and waits for the one in progress, so that nothing
-// reads the WebSocket once it is closed.
+// end stops Recv and waits for the one in progress, which the
+// WebSocket's close ended, so that nothing reads it after the handler.
 func (s *socketStream) end() {
 	s.mu.Lock()
 	s.ended = true

@@ -338,3 +338,45 @@ func TestHandleSocketBadInput(t *testing.T) {
 		})
 	}
 }
+
+// TestHandleSocketShutdown: a gateway shutting down ends its Handle
+// WebSockets at once, each closed with 4014 (Unavailable) and the reason
+// SHUTTING_DOWN, and Run returns: nothing waits on the hijacked
+// connections past the shutdown.
+func TestHandleSocketShutdown(t *testing.T) {
+	g, api := startREST(t, server.Config{AuthToken: handleToken})
+	lineListener(t, api, "l1")
+	c, resp, body := dialHandle(t, api, bearer)
+	if c == nil {
+		t.Fatalf("refused: %d %s", resp.StatusCode, body)
+	}
+	register(t, c)
+	stopped := make(chan error, 1)
+	go func() { stopped <- g.Stop() }()
+	code, st := closeOf(t, c)
+	if code != 4014 || st["reason"] != "SHUTTING_DOWN" {
+		t.Fatalf("closed with %d %v, want 4014 SHUTTING_DOWN", code, st)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("stopping: %v", err)
+	}
+}
+
+// TestHandleSocketShutdownUnregistered: a WebSocket that never sent its
+// registration holds no shutdown either.
+func TestHandleSocketShutdownUnregistered(t *testing.T) {
+	g, api := startREST(t, server.Config{AuthToken: handleToken})
+	c, resp, body := dialHandle(t, api, bearer)
+	if c == nil {
+		t.Fatalf("refused: %d %s", resp.StatusCode, body)
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- g.Stop() }()
+	code, st := closeOf(t, c)
+	if code != 4014 || st["reason"] != "SHUTTING_DOWN" {
+		t.Fatalf("closed with %d %v, want 4014 SHUTTING_DOWN", code, st)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("stopping: %v", err)
+	}
+}

@@ -114,6 +114,7 @@ var secExtraRoutes = []secRoute{
 	{method: http.MethodGet, template: "/metrics", path: "/metrics"},
 	{method: http.MethodGet, template: "/v1/events", path: "/v1/events"},
 	{method: http.MethodGet, template: "/v1/events?kinds=EVENT_KIND_DATA", path: "/v1/events?kinds=EVENT_KIND_DATA"},
+	{method: http.MethodGet, template: "/v1/handle", path: "/v1/handle"},
 }
 
 // secResponse is what secDo read of a response.
@@ -291,8 +292,12 @@ func TestAuthEveryRoute(t *testing.T) {
 	t.Run("token beside the mapping", func(t *testing.T) {
 		for _, r := range secExtraRoutes {
 			for _, h := range []http.Header{withToken, {"Authorization": {"Bearer " + secToken}, "Accept": {"text/event-stream"}}} {
-				if resp := secDo(t, api, r.method, r.path, "", h, ""); resp.status != http.StatusOK {
-					t.Errorf("%s with the token = %d %s, want 200", r, resp.status, resp.body)
+				want := http.StatusOK
+				if r.path == "/v1/handle" {
+					want = http.StatusUpgradeRequired // past the token: a WebSocket is wanted
+				}
+				if resp := secDo(t, api, r.method, r.path, "", h, ""); resp.status != want {
+					t.Errorf("%s with the token = %d %s, want %d", r, resp.status, resp.body, want)
 				}
 			}
 		}

@@ -96,7 +96,9 @@ func (g *Gateway) handleSocket(w http.ResponseWriter, r *http.Request, _ map[str
 	st := &socketStream{ctx: ctx, c: c, limit: limit}
 	// A shutdown closes the WebSocket at once, whatever Serve is doing,
 	// a wait for the registration included: reads do not watch ctx (see
-	// Recv).
+	// Recv). While Serve is still running, the connection is sometimes
+	// gone before the close frame is written, so the client sees it end
+	// without a close code.
 	shutdownClosed := make(chan struct{})
 	stop := context.AfterFunc(g.ctx, func() {
 		defer close(shutdownClosed)

@@ -94,27 +94,38 @@ func (g *Gateway) handleSocket(w http.ResponseWriter, r *http.Request, _ map[str
 
 	ctx, cancel := context.WithCancel(g.ctx)
 	st := &socketStream{ctx: ctx, c: c, limit: limit}
-	// A shutdown closes the WebSocket at once, whatever Serve is doing,
-	// a wait for the registration included: reads do not watch ctx (see
-	// Recv). While Serve is still running, the connection is sometimes
-	// gone before the close frame is written, so the client sees it end
-	// without a close code.
-	shutdownClosed := make(chan struct{})
+	// At shutdown the gateway ends Serve, and the WebSocket closes with
+	// its status below. A Serve that does not end within
+	// rpc.FinalWriteTimeout (one waiting for a registration: reads do
+	// not watch ctx, see Recv) has its WebSocket closed for it, which
+	// ends that wait.
+	var closeOnce sync.Once
+	closeWith := func(err error) {
+		closeOnce.Do(func() {
+			code, reason := closeOf(err)
+			closeBounded(c, code, reason)
+		})
+	}
+	served := make(chan struct{})
+	afterDone := make(chan struct{})
 	stop := context.AfterFunc(g.ctx, func() {
-		defer close(shutdownClosed)
-		code, reason := closeOf(rpc.Status(codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN, "gateway shutting down", nil))
-		closeBounded(c, code, reason)
+		defer close(afterDone)
+		t := time.NewTimer(rpc.FinalWriteTimeout)
+		defer t.Stop()
+		select {
+		case <-served:
+		case <-t.C:
+			closeWith(rpc.Status(codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN, "gateway shutting down", nil))
+		}
 	})
 	serr := g.cfg.Handle.Serve(st)
+	close(served)
 	cancel()
-	if stop() {
-		// The close frame first: the Recv still waiting ends as the
-		// client answers it, or when closeBounded gives up and drops the
-		// connection.
-		code, reason := closeOf(serr)
-		closeBounded(c, code, reason)
-	} else {
-		<-shutdownClosed
+	// The close frame first: the Recv still waiting ends as the client
+	// answers it, or when closeBounded gives up and drops the connection.
+	closeWith(serr)
+	if !stop() {
+		<-afterDone
 	}
 	st.end()
 }
@@ -136,15 +147,26 @@ type socketStream struct {
 func (s *socketStream) Context() context.Context { return s.ctx }
 
 // Send writes one response as a text message, within
-// rpc.StreamWriteTimeout: a client that reads nothing for that long is
-// stuck, and its stream ends.
+// rpc.StreamWriteTimeout (rpc.FinalWriteTimeout once the gateway shuts
+// down): a client that reads nothing for that long is stuck, and its
+// stream ends.
 func (s *socketStream) Send(resp *tcpgatev1.HandleResponse) error {
 	b, err := marshalOptions.Marshal(resp)
 	if err != nil {
 		return rpc.Status(codes.Internal, tcpgatev1.ErrorReason_ERROR_REASON_INTERNAL, "encoding a Handle response", nil)
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, rpc.StreamWriteTimeout)
+	// Not a child of s.ctx: the library drops the connection when a
+	// write's context ends, and the close frame would be lost. Once the
+	// stream's context ends (a shutdown), the write gets
+	// rpc.FinalWriteTimeout instead.
+	bound := rpc.StreamWriteTimeout
+	if s.ctx.Err() != nil {
+		bound = rpc.FinalWriteTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
+	stop := context.AfterFunc(s.ctx, func() { time.AfterFunc(rpc.FinalWriteTimeout, cancel) })
+	defer stop()
 	if err := s.c.Write(ctx, websocket.MessageText, b); err != nil {
 		return rpc.Status(codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_CANCELED, "writing to the WebSocket: "+err.Error(), nil)
 	}

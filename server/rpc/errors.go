@@ -29,7 +29,6 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/pemfile"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
 	"github.com/tcpgate/tcpgate/server/internal/registry"
-	"github.com/tcpgate/tcpgate/server/internal/rules"
 )
 
 // ErrorDomain is the domain of every ErrorInfo the API returns.

@@ -306,3 +306,19 @@ func progOf(t *testing.T, n int) string {
 	}
 	return b.String()
 }
+
+// TestRegexTooLargeEarly: a regex whose program is far past the limit is
+// refused by its estimate, and the estimate never refuses a program
+// within the limit.
+func TestRegexTooLargeEarly(t *testing.T) {
+	_, err := Compile([]Spec{text(Regex, strings.Repeat(`[a-z]{1000}`, 90), "")})
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != "rules[0].regex" || !strings.Contains(fe.Msg, "would have about") {
+		t.Fatalf("error %v, want the estimate's", err)
+	}
+	for _, expr := range []string{progOf(t, MaxProgramInsts), `(?:(a|b|c)+x{10}){10}`, `(?i)hello{1,1000}`, `[^x]{100}(?P<n>\d{0,1000})`, `(a*)*b+c?`} {
+		if got, exact := progEstimate(mustParse(t, expr)), progLen(t, expr); exact <= MaxProgramInsts && got > 4*MaxProgramInsts {
+			t.Errorf("%q: estimate %d for a program of %d", expr, got, exact)
+		}
+	}
+}

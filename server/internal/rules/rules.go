@@ -199,6 +199,9 @@ func (r *rule) compile(i int, sp *Spec) *FieldError {
 		}
 		r.pattern = bytes.Clone(sp.Pattern)
 	case Regex:
+		if sp.PatternIsData {
+			return &FieldError{Field: field("data"), Msg: "a REGEX rule takes a regex; data is for EXACT, PREFIX, SUFFIX and CONTAINS"}
+		}
 		re, msg := compileRegex(string(sp.Pattern))
 		if msg != "" {
 			return &FieldError{Field: field("regex"), Msg: msg}

@@ -230,6 +230,7 @@ func TestCompileErrors(t *testing.T) {
 		{"pattern over", one(text(Contains, strings.Repeat("p", MaxPatternBytes+1), "")), "rules[1].text", "4097 bytes, over the limit of 4096"},
 		{"data pattern over", one(Spec{Kind: Exact, PatternIsData: true, Pattern: make([]byte, MaxPatternBytes+1)}), "rules[1].data", "over the limit"},
 		{"regex missing", one(Spec{Kind: Regex}), "rules[1].regex", "needs a regex"},
+		{"regex as data", one(Spec{Kind: Regex, Pattern: []byte("a"), PatternIsData: true}), "rules[1].data", "takes a regex"},
 		{"regex at limit", one(text(Regex, bigRegex(MaxRegexBytes), "")), "", ""},
 		{"regex over", one(text(Regex, bigRegex(MaxRegexBytes+1), "")), "rules[1].regex", "1025 bytes, over the limit of 1024"},
 		{"regex invalid", one(text(Regex, `(a`, "")), "rules[1].regex", "missing closing ): `(a`"},

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -244,5 +246,33 @@ func TestListenerRows(t *testing.T) {
 		"open: 0\ntotal: 3\nbytes in: 10\nbytes out: 0\nframes in: 0\nframes out: 0\n"
 	if b.String() != want {
 		t.Errorf("rows\n%s\nwant\n%s", b.String(), want)
+	}
+}
+
+// TestReadmeRules: every --rule of the README's "Reply rules" section
+// parses, and prints back as it is written there.
+func TestReadmeRules(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "\n## Reply rules\n")
+	if !ok {
+		t.Fatal(`README.md has no "Reply rules" section`)
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	found := regexp.MustCompile(`--rule '([^']*)'`).FindAllStringSubmatch(section, -1)
+	if len(found) < 8 {
+		t.Fatalf("%d --rule examples in the section, want at least 8", len(found))
+	}
+	for _, m := range found {
+		r, err := parseRule(m[1])
+		if err != nil {
+			t.Errorf("README: %v", err)
+			continue
+		}
+		if out := formatRule(r); out != m[1] {
+			t.Errorf("README: --rule '%s' prints back as %q", m[1], out)
+		}
 	}
 }

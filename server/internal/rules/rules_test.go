@@ -323,3 +323,48 @@ func TestRegexTooLargeEarly(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkMatch is one frame against a listener's rules: eight byte
+// rules that miss, then a regex with a capture that answers.
+func BenchmarkMatch(b *testing.B) {
+	specs := []Spec{}
+	for i := range 8 {
+		specs = append(specs, text(Kind(1+i%4), "NOPE"+strconv.Itoa(i), "x"))
+	}
+	specs = append(specs, text(Regex, `^GET (\S+) HTTP/1\.[01]$`, "you asked for {{1}}"))
+	s, err := Compile(specs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	frame := []byte("GET /index.html HTTP/1.1")
+	dst := make([]byte, 0, 128)
+	b.ReportAllocs()
+	for b.Loop() {
+		h, ok := s.Match(frame)
+		if !ok {
+			b.Fatal("no match")
+		}
+		dst = h.AppendReply(dst[:0], frame, testVars, testNow)
+	}
+}
+
+// BenchmarkMatchBytes is the same with byte rules only: the answer is a
+// prefix rule with a static reply.
+func BenchmarkMatchBytes(b *testing.B) {
+	specs := []Spec{}
+	for i := range 8 {
+		specs = append(specs, text(Kind(1+i%4), "NOPE"+strconv.Itoa(i), "x"))
+	}
+	specs = append(specs, text(Prefix, "GET ", "200 OK"))
+	s, err := Compile(specs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	frame := []byte("GET /index.html HTTP/1.1")
+	dst := make([]byte, 0, 128)
+	b.ReportAllocs()
+	for b.Loop() {
+		h, _ := s.Match(frame)
+		dst = h.AppendReply(dst[:0], frame, testVars, testNow)
+	}
+}

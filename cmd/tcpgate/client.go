@@ -17,6 +17,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -258,6 +259,7 @@ func addClientCommands(root *cobra.Command) {
 		newStopCmd(c),
 		newConnectCmd(c),
 		newLsCmd(c),
+		newListenerCmd(c),
 		newConnsCmd(c),
 		newConnCmd(c),
 		newCloseCmd(c),
@@ -350,15 +352,92 @@ func framingString(f *tcpgatev1.Framing) string {
 	return "raw"
 }
 
+// listenOptions are listen's flags.
+type listenOptions struct {
+	host, id, framing, reply string
+	forward, banner          string
+	rules                    []string
+	target                   targetTLS
+	echo                     bool
+	maxFrame, maxConns       uint32
+	idle, halfClose          time.Duration
+}
+
+func (o *listenOptions) addFlags(f *pflag.FlagSet) {
+	f.StringVar(&o.host, "host", "", "host or IP to bind (default 0.0.0.0, every IPv4 interface)")
+	f.StringVar(&o.id, "id", "", "listener id (default: generated)")
+	f.StringVar(&o.framing, "framing", "", "raw | line | delim:HEX | len:N[le] | fixed:N (default raw)")
+	f.Uint32Var(&o.maxFrame, "max-frame", 0, "largest frame in bytes (default 1 MiB)")
+	f.BoolVar(&o.echo, "echo", false, "write every frame back")
+	f.StringVar(&o.reply, "reply", "", "write this text back for every frame")
+	f.StringArrayVar(&o.rules, "rule", nil, ruleHelp)
+	f.StringVar(&o.banner, "banner", "", "write this template first on every accepted connection, as it is (no framing): {{.connection_id}} {{.remote_address}} {{.listener_id}} {{.time}} {{.unix_ms}}")
+	f.Uint32Var(&o.maxConns, "max-conns", 0, "most connections open at once (default: the gateway's --listener-max-connections)")
+	f.DurationVar(&o.idle, "idle", 0, "close connections silent this long (default: the gateway's --idle-timeout)")
+	f.DurationVar(&o.halfClose, "half-close", 0, "keep a connection writable this long after its client shuts down writing, so 'send --to-conn' can answer it (default: close at once)")
+	f.StringVar(&o.forward, "forward", "", "relay every accepted connection to this HOST:PORT, both ways (checked against the gateway's --allow-dial at every dial)")
+	o.target.addFlags(f)
+}
+
+// request is the StartListenerRequest the flags ask for; changed reports
+// whether a flag was given.
+func (o *listenOptions) request(portArg string, changed func(flag string) bool) (*tcpgatev1.StartListenerRequest, error) {
+	port, err := strconv.ParseUint(portArg, 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("PORT %q is not a number", portArg)
+	}
+	req := &tcpgatev1.StartListenerRequest{ListenerId: o.id, Host: o.host, Port: uint32(port), MaxConnections: o.maxConns}
+	if o.idle > 0 {
+		req.IdleTimeout = durationpb.New(o.idle)
+	}
+	if o.halfClose > 0 {
+		req.HalfCloseTimeout = durationpb.New(o.halfClose)
+	}
+	if o.framing != "" {
+		if req.Framing, err = parseFraming(o.framing); err != nil {
+			return nil, err
+		}
+	}
+	if o.maxFrame > 0 {
+		if req.Framing == nil {
+			req.Framing = &tcpgatev1.Framing{}
+		}
+		req.Framing.MaxFrameBytes = o.maxFrame
+	}
+	switch {
+	case o.echo && changed("reply"):
+		return nil, errors.New("--echo and --reply exclude each other")
+	case o.echo:
+		req.AutoReply = &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO}
+	case changed("reply"):
+		req.AutoReply = &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED,
+			Payload: &tcpgatev1.AutoReply_Text{Text: o.reply}}
+	}
+	rules, err := parseRules(o.rules)
+	if err != nil {
+		return nil, err
+	}
+	req.AutoReply = autoReplyWithRules(req.AutoReply, rules)
+	if changed("banner") {
+		req.OnConnect = &tcpgatev1.OnConnect{Payload: &tcpgatev1.OnConnect_Text{Text: o.banner}}
+	}
+	tls, err := o.target.dialTLS()
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case o.forward != "" && req.OnConnect != nil:
+		return nil, errBannerForward
+	case o.forward != "":
+		req.Forward = &tcpgatev1.Forward{Address: o.forward, Tls: tls}
+	case tls != nil:
+		return nil, errors.New("--target-tls and its kin are for --forward's target")
+	}
+	return req, nil
+}
+
 func newListenCmd(c *client) *cobra.Command {
-	var (
-		host, id, framing, reply string
-		forward                  string
-		target                   targetTLS
-		echo                     bool
-		maxFrame, maxConns       uint32
-		idle, halfClose          time.Duration
-	)
+	var o listenOptions
 	cmd := &cobra.Command{
 		Use:   "listen PORT",
 		Short: "Start a listener (kn-sock's start_tcp_server)",
@@ -366,49 +445,13 @@ func newListenCmd(c *client) *cobra.Command {
 			"  tcpgate listen 0 --framing line --echo\n" +
 			"  tcpgate listen 7000 --id sensors --framing len:2le\n" +
 			"  tcpgate listen 8080 --framing line --half-close 5s   # answer clients that shut down writing\n" +
-			"  tcpgate listen 8443 --forward 127.0.0.1:8080 --framing line   # relay to a server, as socat; subscribe --include-sent shows both ways",
+			"  tcpgate listen 8443 --forward 127.0.0.1:8080 --framing line   # relay to a server, as socat; subscribe --include-sent shows both ways\n" +
+			"  tcpgate listen 9100 --framing line --banner 'hello {{.remote_address}}' --rule 'PING=PONG' --rule 're:^GET (\\S+)$=you asked for {{1}}' --rule 'QUIT=bye;close'",
 		Args: needArgs("PORT"),
 		RunE: c.run(func(cmd *cobra.Command, args []string) error {
-			port, err := strconv.ParseUint(args[0], 10, 32)
-			if err != nil {
-				return fmt.Errorf("PORT %q is not a number", args[0])
-			}
-			req := &tcpgatev1.StartListenerRequest{ListenerId: id, Host: host, Port: uint32(port), MaxConnections: maxConns}
-			if idle > 0 {
-				req.IdleTimeout = durationpb.New(idle)
-			}
-			if halfClose > 0 {
-				req.HalfCloseTimeout = durationpb.New(halfClose)
-			}
-			if framing != "" {
-				if req.Framing, err = parseFraming(framing); err != nil {
-					return err
-				}
-			}
-			if maxFrame > 0 {
-				if req.Framing == nil {
-					req.Framing = &tcpgatev1.Framing{}
-				}
-				req.Framing.MaxFrameBytes = maxFrame
-			}
-			switch {
-			case echo && cmd.Flags().Changed("reply"):
-				return errors.New("--echo and --reply exclude each other")
-			case echo:
-				req.AutoReply = &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO}
-			case cmd.Flags().Changed("reply"):
-				req.AutoReply = &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED,
-					Payload: &tcpgatev1.AutoReply_Text{Text: reply}}
-			}
-			tls, err := target.dialTLS()
+			req, err := o.request(args[0], cmd.Flags().Changed)
 			if err != nil {
 				return err
-			}
-			switch {
-			case forward != "":
-				req.Forward = &tcpgatev1.Forward{Address: forward, Tls: tls}
-			case tls != nil:
-				return errors.New("--target-tls and its kin are for --forward's target")
 			}
 			ctx, cancel := c.ctx(cmd)
 			defer cancel()
@@ -421,18 +464,7 @@ func newListenCmd(c *client) *cobra.Command {
 			return nil
 		}),
 	}
-	f := cmd.Flags()
-	f.StringVar(&host, "host", "", "host or IP to bind (default 0.0.0.0, every IPv4 interface)")
-	f.StringVar(&id, "id", "", "listener id (default: generated)")
-	f.StringVar(&framing, "framing", "", "raw | line | delim:HEX | len:N[le] | fixed:N (default raw)")
-	f.Uint32Var(&maxFrame, "max-frame", 0, "largest frame in bytes (default 1 MiB)")
-	f.BoolVar(&echo, "echo", false, "write every frame back")
-	f.StringVar(&reply, "reply", "", "write this text back for every frame")
-	f.Uint32Var(&maxConns, "max-conns", 0, "most connections open at once (default: the gateway's --listener-max-connections)")
-	f.DurationVar(&idle, "idle", 0, "close connections silent this long (default: the gateway's --idle-timeout)")
-	f.DurationVar(&halfClose, "half-close", 0, "keep a connection writable this long after its client shuts down writing, so 'send --to-conn' can answer it (default: close at once)")
-	f.StringVar(&forward, "forward", "", "relay every accepted connection to this HOST:PORT, both ways (checked against the gateway's --allow-dial at every dial)")
-	target.addFlags(f)
+	o.addFlags(cmd.Flags())
 	return cmd
 }
 

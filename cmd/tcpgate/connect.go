@@ -120,6 +120,7 @@ func parseHeartbeat(s string) (time.Duration, string, error) {
 type connectOptions struct {
 	id, framing, onConnect, onConnectHex string
 	expect, heartbeat, heartbeatExpect   string
+	rules                                []string
 	backoff, queue, keepAlive            string
 	noReconnect, framed                  bool
 	maxFrame, maxAttempts                uint32
@@ -147,6 +148,7 @@ func (o *connectOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.keepAlive, "keepalive", "", "TCP keep-alive probes: IDLE[:INTERVAL[:COUNT]] such as 30s:10s:3, or off (default 15s:15s:9)")
 	f.DurationVar(&o.userTimeout, "user-timeout", 0, "TCP_USER_TIMEOUT: drop the connection when written bytes stay unacknowledged this long, a dead peer found while writing (default: the kernel's, about 15 minutes)")
 	f.DurationVar(&o.timeout, "timeout", defaultConnectTimeout, "how long to wait for the first attempt; past it connect prints the connection as it is, and the gateway goes on trying")
+	f.StringArrayVar(&o.rules, "rule", nil, ruleHelp)
 	o.target.addFlags(f)
 }
 
@@ -238,6 +240,12 @@ func (o *connectOptions) request(addr string, changed func(flag string) bool) (*
 		return nil, errors.New("--framed encodes --on-connect and --heartbeat: give one of them")
 	}
 
+	rules, err := parseRules(o.rules)
+	if err != nil {
+		return nil, err
+	}
+	req.AutoReply = autoReplyWithRules(req.AutoReply, rules)
+
 	if o.keepAlive != "" {
 		if req.KeepAlive, err = parseKeepAlive(o.keepAlive); err != nil {
 			return nil, err
@@ -312,6 +320,7 @@ func newConnectCmd(c *client) *cobra.Command {
 			"  tcpgate connect 127.0.0.1:7000 --backoff 500ms:1m --max-attempts 20\n" +
 			"  tcpgate connect 127.0.0.1:7000 --keepalive 30s:10s:3 --user-timeout 30s   # find a dead peer sooner\n" +
 			"  tcpgate connect 127.0.0.1:7000 --no-reconnect      # fail now if nothing answers\n" +
+			"  tcpgate connect 127.0.0.1:7000 --framing line --rule 'PING=PONG'   # answer the server's pings in the gateway\n" +
 			"  tcpgate connect mail.example:465 --target-tls --framing line",
 		Args: needArgs("HOST:PORT"),
 		RunE: c.run(func(cmd *cobra.Command, args []string) error {

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"encoding/hex"
 	"fmt"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -347,4 +349,89 @@ func openedAtOrEmpty(cn *tcpgatev1.Connection) string {
 // openedAt is the OPENED of conns: a date and a time, or a dash.
 func openedAt(cn *tcpgatev1.Connection) string {
 	return orDash(openedAtOrEmpty(cn))
+}
+
+func newListenerCmd(c *client) *cobra.Command {
+	return &cobra.Command{
+		Use:     "listener LISTENER",
+		Short:   "Show one listener with its replies, banner and counters",
+		Example: "  tcpgate listener demo",
+		Args:    needArgs("LISTENER"),
+		RunE: c.run(func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := c.ctx(cmd)
+			defer cancel()
+			resp, err := c.api.GetListener(ctx, &tcpgatev1.GetListenerRequest{ListenerId: args[0]})
+			if err != nil {
+				return err
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			for _, row := range listenerRows(resp.GetListener()) {
+				fmt.Fprintf(w, "%s:\t%s\n", row[0], row[1])
+			}
+			return w.Flush()
+		}),
+	}
+}
+
+// listenerRows are the rows `tcpgate listener` prints: those with a value,
+// and a rule row per reply rule, as --rule takes it.
+func listenerRows(l *tcpgatev1.Listener) [][2]string {
+	var fwd string
+	if f := l.GetForward(); f != nil {
+		fwd = f.GetAddress()
+	}
+	rows := [][2]string{
+		{"id", l.GetListenerId()},
+		{"address", l.GetAddress()},
+		{"state", strings.ToLower(strings.TrimPrefix(l.GetState().String(), "LISTENER_STATE_"))},
+		{"framing", framingString(l.GetFraming())},
+		{"forward", fwd},
+		{"auto reply", autoReplyString(l.GetAutoReply())},
+		{"banner", bannerString(l.GetOnConnect())},
+	}
+	for i, r := range l.GetAutoReply().GetRules() {
+		rows = append(rows, [2]string{fmt.Sprintf("rule %d", i), formatRule(r)})
+	}
+	rows = append(rows,
+		[2]string{"open", fmt.Sprint(l.GetConnectionsActive())},
+		[2]string{"total", fmt.Sprint(l.GetConnectionsTotal())},
+		[2]string{"bytes in", fmt.Sprint(l.GetBytesIn())},
+		[2]string{"bytes out", fmt.Sprint(l.GetBytesOut())},
+		[2]string{"frames in", fmt.Sprint(l.GetFramesIn())},
+		[2]string{"frames out", fmt.Sprint(l.GetFramesOut())},
+	)
+	kept := rows[:0]
+	for _, row := range rows {
+		if row[1] != "" {
+			kept = append(kept, row)
+		}
+	}
+	return kept
+}
+
+// autoReplyString is the reply of frames no rule answers: echo, the fixed
+// reply quoted, or empty for none.
+func autoReplyString(ar *tcpgatev1.AutoReply) string {
+	switch ar.GetMode() {
+	case tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO:
+		return "echo"
+	case tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED:
+		if d, ok := ar.GetPayload().(*tcpgatev1.AutoReply_Data); ok {
+			return "hex:" + hex.EncodeToString(d.Data)
+		}
+		return strconv.Quote(ar.GetText())
+	}
+	return ""
+}
+
+// bannerString is a listener's banner: its template quoted, or its bytes
+// in hex.
+func bannerString(oc *tcpgatev1.OnConnect) string {
+	switch p := oc.GetPayload().(type) {
+	case *tcpgatev1.OnConnect_Text:
+		return strconv.Quote(p.Text)
+	case *tcpgatev1.OnConnect_Data:
+		return "hex:" + hex.EncodeToString(p.Data)
+	}
+	return ""
 }

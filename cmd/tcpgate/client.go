@@ -17,6 +17,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -363,6 +364,22 @@ type listenOptions struct {
 	idle, halfClose          time.Duration
 }
 
+func (o *listenOptions) addFlags(f *pflag.FlagSet) {
+	f.StringVar(&o.host, "host", "", "host or IP to bind (default 0.0.0.0, every IPv4 interface)")
+	f.StringVar(&o.id, "id", "", "listener id (default: generated)")
+	f.StringVar(&o.framing, "framing", "", "raw | line | delim:HEX | len:N[le] | fixed:N (default raw)")
+	f.Uint32Var(&o.maxFrame, "max-frame", 0, "largest frame in bytes (default 1 MiB)")
+	f.BoolVar(&o.echo, "echo", false, "write every frame back")
+	f.StringVar(&o.reply, "reply", "", "write this text back for every frame")
+	f.StringArrayVar(&o.rules, "rule", nil, ruleHelp)
+	f.StringVar(&o.banner, "banner", "", "write this template first on every accepted connection, as it is (no framing): {{.connection_id}} {{.remote_address}} {{.listener_id}} {{.time}} {{.unix_ms}}")
+	f.Uint32Var(&o.maxConns, "max-conns", 0, "most connections open at once (default: the gateway's --listener-max-connections)")
+	f.DurationVar(&o.idle, "idle", 0, "close connections silent this long (default: the gateway's --idle-timeout)")
+	f.DurationVar(&o.halfClose, "half-close", 0, "keep a connection writable this long after its client shuts down writing, so 'send --to-conn' can answer it (default: close at once)")
+	f.StringVar(&o.forward, "forward", "", "relay every accepted connection to this HOST:PORT, both ways (checked against the gateway's --allow-dial at every dial)")
+	o.target.addFlags(f)
+}
+
 // request is the StartListenerRequest the flags ask for; changed reports
 // whether a flag was given.
 func (o *listenOptions) request(portArg string, changed func(flag string) bool) (*tcpgatev1.StartListenerRequest, error) {
@@ -448,20 +465,7 @@ func newListenCmd(c *client) *cobra.Command {
 			return nil
 		}),
 	}
-	f := cmd.Flags()
-	f.StringVar(&o.host, "host", "", "host or IP to bind (default 0.0.0.0, every IPv4 interface)")
-	f.StringVar(&o.id, "id", "", "listener id (default: generated)")
-	f.StringVar(&o.framing, "framing", "", "raw | line | delim:HEX | len:N[le] | fixed:N (default raw)")
-	f.Uint32Var(&o.maxFrame, "max-frame", 0, "largest frame in bytes (default 1 MiB)")
-	f.BoolVar(&o.echo, "echo", false, "write every frame back")
-	f.StringVar(&o.reply, "reply", "", "write this text back for every frame")
-	f.StringArrayVar(&o.rules, "rule", nil, ruleHelp)
-	f.StringVar(&o.banner, "banner", "", "write this template first on every accepted connection, as it is (no framing): {{.connection_id}} {{.remote_address}} {{.listener_id}} {{.time}} {{.unix_ms}}")
-	f.Uint32Var(&o.maxConns, "max-conns", 0, "most connections open at once (default: the gateway's --listener-max-connections)")
-	f.DurationVar(&o.idle, "idle", 0, "close connections silent this long (default: the gateway's --idle-timeout)")
-	f.DurationVar(&o.halfClose, "half-close", 0, "keep a connection writable this long after its client shuts down writing, so 'send --to-conn' can answer it (default: close at once)")
-	f.StringVar(&o.forward, "forward", "", "relay every accepted connection to this HOST:PORT, both ways (checked against the gateway's --allow-dial at every dial)")
-	o.target.addFlags(f)
+	o.addFlags(cmd.Flags())
 	return cmd
 }
 

@@ -5176,9 +5176,9 @@ type HandleRegistration struct {
 	// The handler group: the streams of one group share the connections,
 	// each connection handled by one stream of its group at a time. A
 	// listener or connection is handled by one group: the first
-	// registration for it fixes its group until no stream of the group is
-	// left, and a registration naming another group for it is
-	// FailedPrecondition (HANDLER_GROUP_CONFLICT). Empty means a group of
+	// registration for it fixes its group until no stream of the group
+	// that registered for it is left, and a registration naming another
+	// group for it is FailedPrecondition (HANDLER_GROUP_CONFLICT). Empty means a group of
 	// this stream alone. 1 to 64 of A-Z a-z 0-9 . _ ~ - when set.
 	Group string `protobuf:"bytes,3,opt,name=group,proto3" json:"group,omitempty"`
 	// The most frames this stream has unanswered at once; beyond it the
@@ -5686,7 +5686,9 @@ type HandleRejection struct {
 	ConnectionId string `protobuf:"bytes,2,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
 	// Why, as an error reason: NOT_HANDLED (the frame was answered already,
 	// timed out, or its connection closed or moved), CONNECTION_NOT_FOUND,
-	// INVALID_ARGUMENT (field names what is wrong).
+	// INVALID_ARGUMENT (field names what is wrong), or, for a write that
+	// failed, the reason a Send's error would carry (CONNECTION_CLOSED,
+	// WRITE_TIMEOUT, ...).
 	Reason ErrorReason `protobuf:"varint,3,opt,name=reason,proto3,enum=tcpgate.v1.ErrorReason" json:"reason,omitempty"`
 	// The field at fault, such as "replies[2].text".
 	Field string `protobuf:"bytes,4,opt,name=field,proto3" json:"field,omitempty"`

@@ -17,3 +17,12 @@ func progLen(t *testing.T, expr string) int {
 	}
 	return len(p.Inst)
 }
+
+func mustParse(t *testing.T, expr string) *syntax.Regexp {
+	t.Helper()
+	re, err := syntax.Parse(expr, syntax.Perl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return re
+}

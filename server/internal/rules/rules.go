@@ -199,6 +199,9 @@ func (r *rule) compile(i int, sp *Spec) *FieldError {
 		}
 		r.pattern = bytes.Clone(sp.Pattern)
 	case Regex:
+		if sp.PatternIsData {
+			return &FieldError{Field: field("data"), Msg: "a REGEX rule takes a regex; data is for EXACT, PREFIX, SUFFIX and CONTAINS"}
+		}
 		re, msg := compileRegex(string(sp.Pattern))
 		if msg != "" {
 			return &FieldError{Field: field("regex"), Msg: msg}
@@ -250,11 +253,17 @@ func compileRegex(expr string) (re *regexp.Regexp, msg string) {
 	}
 	parsed, err := syntax.Parse(expr, syntax.Perl)
 	if err != nil {
-		return nil, err.Error() // "error parsing regexp: ..."
+		return nil, err.Error()
+	}
+	// Simplify expands counted repeats; a regex whose program would be
+	// far over the limit is refused before it is expanded, so that a
+	// refused request costs little memory.
+	if n := progEstimate(parsed); n > 4*MaxProgramInsts {
+		return nil, fmt.Sprintf("the compiled program would have about %d instructions, over the limit of %d", n, MaxProgramInsts)
 	}
 	prog, err := syntax.Compile(parsed.Simplify())
 	if err != nil {
-		return nil, err.Error() // "error parsing regexp: ..."
+		return nil, err.Error()
 	}
 	if n := len(prog.Inst); n > MaxProgramInsts {
 		return nil, fmt.Sprintf("the compiled program has %d instructions, over the limit of %d", n, MaxProgramInsts)
@@ -264,6 +273,38 @@ func compileRegex(expr string) (re *regexp.Regexp, msg string) {
 		return nil, err.Error()
 	}
 	return re, ""
+}
+
+// progEstimate is about the size of re's compiled program, without
+// compiling it; it saturates well past the limit.
+func progEstimate(re *syntax.Regexp) int {
+	const ceiling = 1 << 30
+	sum := func(subs []*syntax.Regexp) int {
+		n := 0
+		for _, s := range subs {
+			n = min(n+progEstimate(s), ceiling)
+		}
+		return n
+	}
+	switch re.Op {
+	case syntax.OpLiteral:
+		return len(re.Rune)
+	case syntax.OpCapture:
+		return 2 + sum(re.Sub)
+	case syntax.OpConcat:
+		return sum(re.Sub)
+	case syntax.OpAlternate:
+		return len(re.Sub) + sum(re.Sub)
+	case syntax.OpStar, syntax.OpPlus, syntax.OpQuest:
+		return 1 + sum(re.Sub)
+	case syntax.OpRepeat:
+		times := max(re.Min, re.Max)
+		if re.Max < 0 {
+			times = re.Min + 1
+		}
+		return min(times*(sum(re.Sub)+1), ceiling)
+	}
+	return 1
 }
 
 func checkName(name string) string {

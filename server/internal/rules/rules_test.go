@@ -230,6 +230,7 @@ func TestCompileErrors(t *testing.T) {
 		{"pattern over", one(text(Contains, strings.Repeat("p", MaxPatternBytes+1), "")), "rules[1].text", "4097 bytes, over the limit of 4096"},
 		{"data pattern over", one(Spec{Kind: Exact, PatternIsData: true, Pattern: make([]byte, MaxPatternBytes+1)}), "rules[1].data", "over the limit"},
 		{"regex missing", one(Spec{Kind: Regex}), "rules[1].regex", "needs a regex"},
+		{"regex as data", one(Spec{Kind: Regex, Pattern: []byte("a"), PatternIsData: true}), "rules[1].data", "takes a regex"},
 		{"regex at limit", one(text(Regex, bigRegex(MaxRegexBytes), "")), "", ""},
 		{"regex over", one(text(Regex, bigRegex(MaxRegexBytes+1), "")), "rules[1].regex", "1025 bytes, over the limit of 1024"},
 		{"regex invalid", one(text(Regex, `(a`, "")), "rules[1].regex", "missing closing ): `(a`"},
@@ -305,4 +306,65 @@ func progOf(t *testing.T, n int) string {
 		t.Fatalf("the program of %q has %d instructions, want %d", b.String(), got, n)
 	}
 	return b.String()
+}
+
+// TestRegexTooLargeEarly: a regex whose program is far past the limit is
+// refused by its estimate, and the estimate never refuses a program
+// within the limit.
+func TestRegexTooLargeEarly(t *testing.T) {
+	_, err := Compile([]Spec{text(Regex, strings.Repeat(`[a-z]{1000}`, 90), "")})
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != "rules[0].regex" || !strings.Contains(fe.Msg, "would have about") {
+		t.Fatalf("error %v, want the estimate's", err)
+	}
+	for _, expr := range []string{progOf(t, MaxProgramInsts), `(?:(a|b|c)+x{10}){10}`, `(?i)hello{1,1000}`, `[^x]{100}(?P<n>\d{0,1000})`, `(a*)*b+c?`} {
+		if got, exact := progEstimate(mustParse(t, expr)), progLen(t, expr); exact <= MaxProgramInsts && got > 4*MaxProgramInsts {
+			t.Errorf("%q: estimate %d for a program of %d", expr, got, exact)
+		}
+	}
+}
+
+// BenchmarkMatch is one frame against a listener's rules: eight byte
+// rules that miss, then a regex with a capture that answers.
+func BenchmarkMatch(b *testing.B) {
+	specs := []Spec{}
+	for i := range 8 {
+		specs = append(specs, text(Kind(1+i%4), "NOPE"+strconv.Itoa(i), "x"))
+	}
+	specs = append(specs, text(Regex, `^GET (\S+) HTTP/1\.[01]$`, "you asked for {{1}}"))
+	s, err := Compile(specs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	frame := []byte("GET /index.html HTTP/1.1")
+	dst := make([]byte, 0, 128)
+	b.ReportAllocs()
+	for b.Loop() {
+		h, ok := s.Match(frame)
+		if !ok {
+			b.Fatal("no match")
+		}
+		dst = h.AppendReply(dst[:0], frame, testVars, testNow)
+	}
+}
+
+// BenchmarkMatchBytes is the same with byte rules only: the answer is a
+// prefix rule with a static reply.
+func BenchmarkMatchBytes(b *testing.B) {
+	specs := []Spec{}
+	for i := range 8 {
+		specs = append(specs, text(Kind(1+i%4), "NOPE"+strconv.Itoa(i), "x"))
+	}
+	specs = append(specs, text(Prefix, "GET ", "200 OK"))
+	s, err := Compile(specs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	frame := []byte("GET /index.html HTTP/1.1")
+	dst := make([]byte, 0, 128)
+	b.ReportAllocs()
+	for b.Loop() {
+		h, _ := s.Match(frame)
+		dst = h.AppendReply(dst[:0], frame, testVars, testNow)
+	}
 }

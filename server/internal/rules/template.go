@@ -128,6 +128,9 @@ func parseRef(ref string, at int, scope captureScope) (segment, *FieldError) {
 		}
 		return segment{kind: k}, nil
 	}
+	if !isDigits(ref) && !isWord(ref) {
+		return segment{}, &FieldError{Msg: fmt.Sprintf("unknown reference {{%s}} at byte %d: write {{.variable}}, or {{N}} or {{name}} for a REGEX rule's groups (no spaces inside the braces)", ref, at)}
+	}
 	if !scope.allowed {
 		return segment{}, &FieldError{Msg: fmt.Sprintf("capture {{%s}} at byte %d: only a REGEX rule's reply has captures", ref, at)}
 	}
@@ -143,6 +146,16 @@ func parseRef(ref string, at int, scope captureScope) (segment, *FieldError) {
 		return segment{}, &FieldError{Msg: fmt.Sprintf("capture {{%s}} at byte %d: the regex has no group named %q", ref, at, ref)}
 	}
 	return segment{kind: segCapture, group: n}, nil
+}
+
+// isWord says s could name a group: RE2's names are word characters.
+func isWord(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return s != ""
 }
 
 func isDigits(s string) bool {

@@ -25,6 +25,8 @@ func TestParseTemplate(t *testing.T) {
 		{"x{{.nope}}", "", false, "unknown variable {{.nope}} at byte 1"},
 		{"x {{", "", false, "unclosed {{ at byte 2"},
 		{"{{}}", "", false, "empty {{}} at byte 0"},
+		{"{{ .time }}", "", false, "unknown reference {{ .time }} at byte 0"},
+		{"{{{a}}", "", false, "unknown reference {{{a}} at byte 0"},
 		{strings.Repeat("{{.time}}", MaxReferences), strings.Repeat("2026-03-04T04:06:07.890123456Z", MaxReferences), false, ""},
 		{strings.Repeat("{{.time}}", MaxReferences+1), "", false, "reference 65, over the limit of 64"},
 	}

@@ -124,7 +124,8 @@ func TestIPv6Listener(t *testing.T) {
 func TestSendAwaitModes(t *testing.T) {
 	g := servertest.Start(t, server.Config{})
 	// The peer reads the request, answers in two writes ("hello\n" then
-	// "world\n") and closes.
+	// "world\n", 200 ms apart, so that a first read on a loaded machine
+	// still takes the first alone) and closes.
 	addr := servertest.Peer(t, func(c net.Conn) {
 		buf := make([]byte, 64)
 		n, _ := c.Read(buf)
@@ -133,7 +134,7 @@ func TestSendAwaitModes(t *testing.T) {
 			return
 		}
 		c.Write([]byte("hello\n"))
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond)
 		c.Write([]byte("world\n"))
 	})
 	tests := []struct {

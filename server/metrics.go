@@ -19,6 +19,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/listener"
 	"github.com/tcpgate/tcpgate/server/internal/outbound"
 	"github.com/tcpgate/tcpgate/server/internal/registry"
+	"github.com/tcpgate/tcpgate/server/internal/rules"
 )
 
 // collector reads the engine's figures at scrape time, so the hot paths
@@ -75,7 +76,7 @@ func newCollector(h *hub.Hub, r *listener.Registry, conns *registry.Registry, dl
 		forwarded:     d("forwarded_bytes_total", "Bytes relayed by forwarding listeners: direction to_target is what clients sent to targets, from_target what targets sent to clients.", "direction"),
 		forwardFailed: d("forward_dial_failures_total", "Targets of forwarding listeners that could not be dialed (refused, unreachable, denied by the dial policy, TLS failed)."),
 
-		ruleHits: d("rule_hits_total", "Frames answered by each reply rule of a listener (auto_reply.rules), by listener and rule (its name, or its index).", "listener_id", "rule"),
+		ruleHits: d("rule_hits_total", "Frames answered by each reply rule (auto_reply.rules), by listener, or by managed outbound connection (listener_id empty), and rule (its name, or its index).", "listener_id", "connection_id", "rule"),
 
 		// Managed outbound connections.
 		outbound:      out,
@@ -105,10 +106,15 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for _, l := range c.listeners.List() {
 		if set := l.RuleSet(); set != nil {
 			for i := range set.Len() {
-				counter(c.ruleHits, float64(set.Hits(i)), l.ID, set.Name(i))
+				counter(c.ruleHits, float64(set.Hits(i)), l.ID, "", set.Name(i))
 			}
 		}
 	}
+	c.outbound.RuleSets(func(id string, set *rules.Set) {
+		for i := range set.Len() {
+			counter(c.ruleHits, float64(set.Hits(i)), "", id, set.Name(i))
+		}
+	})
 	for reason, n := range cs.Closed {
 		counter(c.closed, float64(n), reason.String())
 	}

@@ -96,10 +96,10 @@ func TestRuleTable(t *testing.T) {
 	}
 	// Hits per rule, by name or index: PING once, the prefix rule "P" once.
 	for series, want := range map[string]float64{
-		`tcpgate_rule_hits_total{listener_id="` + l.GetListenerId() + `",rule="ping"}`: 1,
-		`tcpgate_rule_hits_total{listener_id="` + l.GetListenerId() + `",rule="9"}`:    1,
-		`tcpgate_rule_hits_total{listener_id="` + l.GetListenerId() + `",rule="1"}`:    1,
-		`tcpgate_rule_hits_total{listener_id="` + l.GetListenerId() + `",rule="4"}`:    1,
+		`tcpgate_rule_hits_total{connection_id="",listener_id="` + l.GetListenerId() + `",rule="ping"}`: 1,
+		`tcpgate_rule_hits_total{connection_id="",listener_id="` + l.GetListenerId() + `",rule="9"}`:    1,
+		`tcpgate_rule_hits_total{connection_id="",listener_id="` + l.GetListenerId() + `",rule="1"}`:    1,
+		`tcpgate_rule_hits_total{connection_id="",listener_id="` + l.GetListenerId() + `",rule="4"}`:    1,
 	} {
 		if got := metric(t, g, series); got != want {
 			t.Errorf("%s = %v, want %v", series, got, want)
@@ -221,7 +221,7 @@ func TestRuleFrameAnswersNoSend(t *testing.T) {
 // Rules answer an outbound connection's peer too: a device's keep-alive
 // ping is answered by the gateway.
 func TestRuleOutbound(t *testing.T) {
-	g := servertest.Start(t, server.Config{})
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -244,13 +244,16 @@ func TestRuleOutbound(t *testing.T) {
 		}
 		got <- line
 	}()
-	g.Connect(t, &tcpgatev1.ConnectRequest{
+	cn := g.Connect(t, &tcpgatev1.ConnectRequest{
 		Address:   ln.Addr().String(),
 		Framing:   &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
 		AutoReply: &tcpgatev1.AutoReply{Rules: []*tcpgatev1.ReplyRule{textRule(mRegex, `^PING (\d+)$`, "PONG {{1}}")}},
 	})
 	if line := <-got; line != "PONG 7\n" {
 		t.Errorf("device read %q, want PONG 7", line)
+	}
+	if series := `tcpgate_rule_hits_total{connection_id="` + cn.GetConnectionId() + `",listener_id="",rule="0"}`; metric(t, g, series) != 1 {
+		t.Errorf("%s = %v, want 1", series, metric(t, g, series))
 	}
 }
 

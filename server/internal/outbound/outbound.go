@@ -38,6 +38,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
 	"github.com/tcpgate/tcpgate/server/internal/registry"
+	"github.com/tcpgate/tcpgate/server/internal/rules"
 )
 
 // Config configures a Manager.
@@ -122,6 +123,26 @@ func (m *Manager) Stats() Stats {
 	}
 	m.mu.Unlock()
 	return Stats{Reconnects: m.reconnects.Load(), DialFailures: f, QueuedBytes: m.queued.Load()}
+}
+
+// RuleSets calls fn with the id and the compiled rules of every managed
+// connection that has rules, for their hit counters.
+func (m *Manager) RuleSets(fn func(id string, set *rules.Set)) {
+	type withRules struct {
+		id  string
+		set *rules.Set
+	}
+	var out []withRules
+	m.mu.Lock()
+	for s := range m.sups {
+		if s.spec.ruleSet != nil {
+			out = append(out, withRules{s.h.ID(), s.spec.ruleSet})
+		}
+	}
+	m.mu.Unlock()
+	for _, w := range out {
+		fn(w.id, w.set)
+	}
 }
 
 func (m *Manager) dialFailed(err error) {

@@ -288,7 +288,7 @@ func rulesClient(t *testing.T, where, comment string, l *rulesListener, sub *sub
 			t.Errorf("%sslow was answered %q, want \"ok\\n\"", where, got)
 		}
 		// name=slow: the rule's label in its hit counter.
-		want := fmt.Sprintf(`tcpgate_rule_hits_total{listener_id=%q,rule="slow"} 1`, l.id)
+		want := fmt.Sprintf(`tcpgate_rule_hits_total{connection_id="",listener_id=%q,rule="slow"} 1`, l.id)
 		if m := rulesMetrics(t, httpAddr); !slices.Contains(strings.Split(m, "\n"), want) {
 			t.Errorf("%sGET /metrics has no line %s:\n%s", where, want, m)
 		}

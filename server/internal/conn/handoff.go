@@ -76,8 +76,9 @@ type HandlerReply struct {
 type Handoff struct {
 	// Frame is the frame's bytes, immutable (the published DATA event's).
 	Frame []byte
-	// At is when the frame was first offered: the handler timeout runs from
-	// then, wherever the frame is redelivered.
+	// At is when the frame was offered. The connection's handler timeout
+	// runs from when Frame took it (its first delivery), and a redelivery
+	// to another stream does not restart it.
 	At time.Time
 	// OnDone, when set by the handler before any other goroutine sees h, is
 	// called once

@@ -141,7 +141,8 @@ func (s *Sessions) sign(msg []byte) []byte {
 
 // Check returns the session of a cookie value, or why it is refused.
 func (s *Sessions) Check(value string) (Session, error) {
-	b, err := base64.RawURLEncoding.DecodeString(value)
+	// Strict: one value per session, with no unused bits to vary.
+	b, err := base64.RawURLEncoding.Strict().DecodeString(value)
 	if err != nil || len(b) != valueBytes {
 		return Session{}, ErrMalformed
 	}

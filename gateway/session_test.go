@@ -15,9 +15,9 @@ import (
 	"testing"
 	"time"
 
-	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/gateway"
 	"github.com/tcpgate/tcpgate/gateway/console"
+	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server"
 	"github.com/tcpgate/tcpgate/server/servertest"
 )

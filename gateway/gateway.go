@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/tcpgate/tcpgate/gateway/console"
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/rpc"
 )
@@ -61,6 +62,13 @@ type Config struct {
 	Auth interface {
 		Valid(authorization string) bool
 	}
+	// Sessions, set with Auth, lets browsers log in at POST /v1/session and
+	// send the session cookie instead of the bearer header; nil means no
+	// login (GET /v1/session says none is required when Auth is nil too).
+	Sessions *console.Sessions
+	// TLS says the HTTP port serves TLS: the session cookie is then Secure
+	// and named with the __Host- prefix.
+	TLS bool
 	// LoopbackOnly, set when the REST address is a loopback one, refuses
 	// requests whose Host is not a loopback name: a web page cannot then
 	// reach the gateway through DNS rebinding. Requests from pages of other
@@ -182,6 +190,10 @@ func New(cfg Config) (*Gateway, error) {
 		cc.Close()
 		return nil, fmt.Errorf("registering %s: %w", HandlePath, err)
 	}
+	if err := g.registerSession(); err != nil {
+		cc.Close()
+		return nil, fmt.Errorf("registering %s: %w", SessionPath, err)
+	}
 	if err := g.mux.HandlePath(http.MethodGet, "/openapi.json", serveOpenAPI); err != nil {
 		cc.Close()
 		return nil, fmt.Errorf("registering /openapi.json: %w", err)
@@ -269,6 +281,7 @@ var routeMethods = []struct {
 	{"/v1/send", "POST"},
 	{"/v1/events", "GET"},
 	{"/v1/handle", "GET"},
+	{"/v1/session", "GET, POST, DELETE"},
 	{"/openapi.json", "GET"},
 	{"/healthz", "GET"},
 	{"/metrics", "GET"},

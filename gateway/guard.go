@@ -65,8 +65,10 @@ func Protect(h http.Handler, cfg Config) http.Handler {
 }
 
 // authorize requires the bearer token on every request but health checks
-// (GET or HEAD /healthz). The Handle WebSocket may carry it as its
-// subprotocol, bearer.TOKEN, instead. CORS preflights, which browsers send without
+// (GET or HEAD /healthz) and the session login, /v1/session. The Handle
+// WebSocket may carry it as its subprotocol, bearer.TOKEN, instead, and a
+// browser may send its session cookie instead (cookieAuth), with an Origin
+// on requests that act. CORS preflights, which browsers send without
 // credentials, never get here when they are answered: cors, in front of
 // it, answers those of the allowed origins, and any other OPTIONS is an
 // ordinary request that needs the token.
@@ -77,6 +79,13 @@ func (g *Gateway) authorize(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/healthz" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 			next.ServeHTTP(w, r)
+			return
+		}
+		if r.URL.Path == SessionPath {
+			next.ServeHTTP(w, r) // the login checks the token itself
+			return
+		}
+		if _, ws := tokenProtocol(r.Header); !ws && len(r.Header.Values("Authorization")) == 0 && g.cfg.Sessions != nil && !g.cookieAuth(w, r) {
 			return
 		}
 		h := r.Header.Values("Authorization")

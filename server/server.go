@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tcpgate/tcpgate/gateway"
+	"github.com/tcpgate/tcpgate/gateway/console"
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
@@ -200,6 +201,10 @@ type Config struct {
 	// AuthToken, when set, is required as "authorization: Bearer TOKEN" on
 	// every gRPC call and REST request except health checks.
 	AuthToken string
+	// SessionTTL is how long a browser session, which the REST gateway's
+	// POST /v1/session gives for the token, lasts; 0 means
+	// console.DefaultTTL. Without AuthToken there are no sessions.
+	SessionTTL time.Duration
 	// PublicReflection leaves gRPC reflection open without the token.
 	PublicReflection bool
 	// TLSCert and TLSKey are PEM files; set, both gRPC and REST speak TLS.
@@ -296,6 +301,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if err := rpc.CheckNodeID(cfg.NodeID); err != nil {
 		return nil, fmt.Errorf("--node-id: %w", err)
+	}
+	if err := console.CheckTTL(cfg.SessionTTL); err != nil {
+		return nil, err
 	}
 	if err := checkExposure(cfg); err != nil {
 		return nil, err
@@ -542,9 +550,16 @@ func (s *Server) newREST() error {
 		Logger:       s.log,
 		LoopbackOnly: isLoopback(s.cfg.HTTPAddr),
 		Refused:      s.rpcs.refuse,
+		TLS:          s.tls != nil,
 	}
 	if s.auth != nil {
 		gcfg.Auth = s.auth
+		sessions, err := console.New(console.Config{Token: s.cfg.AuthToken, TTL: s.cfg.SessionTTL})
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		gcfg.Sessions = sessions
 	}
 	rest, err := gateway.New(gcfg)
 	if err != nil {

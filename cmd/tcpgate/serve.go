@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/tcpgate/tcpgate/gateway/console"
 	"github.com/tcpgate/tcpgate/server"
 	"github.com/tcpgate/tcpgate/server/rpc"
 )
@@ -87,6 +88,7 @@ func newServeCmd() *cobra.Command {
 	f.IntVar(&cfg.MaxHandlers, "max-handlers", server.DefaultMaxHandlers, "most Handle streams at once; each holds up to its max_in_flight frames")
 	f.IntVar(&cfg.MaxSendBytes, "max-send-bytes", server.DefaultMaxSendBytes, "largest Send payload in bytes")
 	f.StringVar(&tokenFile, "auth-token-file", "", "require the bearer token in this file on every call (or set TCPGATE_AUTH_TOKEN)")
+	f.DurationVar(&cfg.SessionTTL, "session-ttl", console.DefaultTTL, "how long a browser session (POST /v1/session with the token) lasts, 1m to 720h")
 	f.BoolVar(&cfg.PublicReflection, "public-reflection", false, "leave gRPC reflection open without the token")
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate: gRPC and REST speak TLS")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key of --tls-cert")

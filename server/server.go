@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tcpgate/tcpgate/gateway"
+	"github.com/tcpgate/tcpgate/gateway/console"
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
@@ -102,6 +103,9 @@ type Config struct {
 	// CORSOrigins are the browser origins allowed to call the REST gateway;
 	// empty means CORS is off.
 	CORSOrigins []string
+	// NoConsole turns the web console off; false serves it at the REST
+	// gateway's / (serve --ui).
+	NoConsole bool
 	// ReplayBytes bounds the replay ring; 0 means hub.DefaultReplayBytes.
 	ReplayBytes int
 	// SubscriberQueueBytes bounds each subscriber's queue; 0 means hub.DefaultQueueBytes.
@@ -545,6 +549,14 @@ func (s *Server) newREST() error {
 	}
 	if s.auth != nil {
 		gcfg.Auth = s.auth
+	}
+	if !s.cfg.NoConsole {
+		ui, err := console.New()
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("loading the web console: %w", err)
+		}
+		gcfg.Console = ui
 	}
 	rest, err := gateway.New(gcfg)
 	if err != nil {

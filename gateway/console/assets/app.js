@@ -110,7 +110,7 @@ async function startListener(ev) {
     if (mode === 'AUTO_REPLY_MODE_FIXED') req.autoReply.text = $('start-reply-text').value;
   }
   try {
-    const l = await api('POST', '/v1/listeners', req);
+    const { listener: l } = await api('POST', '/v1/listeners', req);
     show($('start-result'), `started ${l.listenerId} on ${l.address}`);
     renderListeners([...(await api('GET', '/v1/listeners')).listeners || []]);
   } catch (err) {
@@ -144,6 +144,8 @@ function encodeBase64(bytes) {
   for (const b of bytes) bin += String.fromCharCode(b);
   return btoa(bin);
 }
+
+const encoder = new TextEncoder();
 
 const hex2 = (b) => b.toString(16).padStart(2, '0');
 
@@ -223,7 +225,8 @@ function eventRow(e) {
   if (e.closeReason) li.append(` ${short(e.closeReason, 'CLOSE_REASON_')}`);
   if (e.dropped) li.append(` ${e.dropped} events dropped`);
   if (kind === 'DATA') {
-    const bytes = decodeBase64(e.data);
+    // The stream sends text when the frame is valid UTF-8, data otherwise.
+    const bytes = e.text !== undefined ? encoder.encode(e.text) : decodeBase64(e.data);
     const text = document.createElement('pre');
     text.className = 'text';
     text.textContent = escapedText(bytes, e.text);

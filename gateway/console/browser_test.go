@@ -252,6 +252,18 @@ func TestConsoleTalksToTCPClient(t *testing.T) {
 	if len(list.Listeners) != 0 {
 		t.Errorf("after Stop on the page the API lists %v", list.Listeners)
 	}
+
+	// Everything the page fetched (its files, the polls, the event
+	// stream, the sends) came from the gateway.
+	fetched := eval[[]string](p, "reading the resources", `performance.getEntriesByType('resource').map(e => e.name)`)
+	if len(fetched) < 4 {
+		t.Errorf("the page fetched %v, want at least its module, its style sheet, the stream and a poll", fetched)
+	}
+	for _, u := range fetched {
+		if !strings.HasPrefix(u, g.BaseURL+"/") {
+			t.Errorf("the page fetched %s, not from the gateway at %s", u, g.BaseURL)
+		}
+	}
 }
 
 // TestConsoleAccessible reads the accessibility tree at a desktop and a

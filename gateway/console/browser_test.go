@@ -279,7 +279,12 @@ func TestConsoleAccessible(t *testing.T) {
 			ctx := browser(t, size.w, size.h)
 			p := page{t, ctx}
 			defer screenshot(t, ctx, "end")
-			p.run("opening the console", chromedp.Navigate(g.BaseURL+"/"), chromedp.WaitVisible(chromedp.ID("start-form")))
+			// A window is never narrower than 500px: the viewport is.
+			p.run("opening the console", chromedp.EmulateViewport(int64(size.w), int64(size.h)),
+				chromedp.Navigate(g.BaseURL+"/"), chromedp.WaitVisible(chromedp.ID("start-form")))
+			if w := eval[int](p, "reading the viewport", `window.innerWidth`); w != size.w {
+				t.Fatalf("viewport %dpx wide, want %d", w, size.w)
+			}
 			p.until("the listener's stop button", `document.querySelector('#listeners tbody button') && 'yes'`)
 
 			tree, err := chromedp.Call(ctx, accessibility.GetFullAXTree, accessibility.GetFullAXTreeParams{})

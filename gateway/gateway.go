@@ -82,6 +82,13 @@ type Config struct {
 	Heartbeat time.Duration
 	// Metrics, when set, is served at /metrics.
 	Metrics http.Handler
+	// Console, when set, serves the web console's page at / and its files
+	// (GET and HEAD of the paths it Serves), behind the same guard as the
+	// API; nil leaves / to the router's 404.
+	Console interface {
+		http.Handler
+		Serves(r *http.Request) bool
+	}
 	// Refused, when set, is called with the HTTP status of every request
 	// refused before it reaches gRPC: 401 for a missing or wrong token, 403
 	// for a foreign Host or a request from another origin, 415 for a body
@@ -206,7 +213,17 @@ func New(cfg Config) (*Gateway, error) {
 			return nil, fmt.Errorf("registering /metrics: %w", err)
 		}
 	}
-	g.handler = g.guard(g.cors(g.authorize(g.mux)))
+	var routes http.Handler = g.mux
+	if cfg.Console != nil {
+		routes = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if cfg.Console.Serves(r) {
+				cfg.Console.ServeHTTP(w, r)
+				return
+			}
+			g.mux.ServeHTTP(w, r)
+		})
+	}
+	g.handler = g.guard(g.cors(g.authorize(routes)))
 	return g, nil
 }
 

@@ -305,7 +305,7 @@ func TestSessionForged(t *testing.T) {
 	// Sessions made by the same token on a clock set back: the gateway's
 	// own clock sees them expired (or about to be valid, for the control).
 	mint := func(token string, ttl, ago time.Duration) string {
-		s, err := console.New(console.Config{Token: token, TTL: ttl, Now: func() time.Time { return time.Now().Add(-ago) }})
+		s, err := console.NewSessions(console.Config{Token: token, TTL: ttl, Now: func() time.Time { return time.Now().Add(-ago) }})
 		if err != nil {
 			t.Fatal(err)
 		}

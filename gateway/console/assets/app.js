@@ -1,0 +1,333 @@
+// The tcpgate console: plain DOM over the public REST API of the gateway
+// that serves it. Payloads are only ever set as textContent, never as HTML.
+
+const MAX_ROWS = 1000; // rows kept in the traffic view; older ones go
+const BATCH = 500; // events rendered per animation frame
+const MAX_BUFFER = 50000; // events held while paused; past that the stream closes and resumes from its sequence
+const POLL_MS = 1000;
+
+const $ = (id) => document.getElementById(id);
+
+// api calls the REST API; it sends no credentials of its own.
+async function api(method, path, body) {
+  const init = { method, headers: { Accept: 'application/json' } };
+  if (body !== undefined) {
+    init.headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  const resp = await fetch(path, init);
+  const text = await resp.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
+  if (!resp.ok) throw new Error((data && data.message) || `${resp.status} ${resp.statusText}`);
+  return data;
+}
+
+function short(value, prefix) {
+  return value && value.startsWith(prefix) ? value.slice(prefix.length) : value || '';
+}
+
+function show(el, text, error) {
+  el.textContent = text;
+  el.classList.toggle('error', !!error);
+}
+
+// ---- listeners ----
+
+const prev = new Map(); // listener id -> {bytesIn, at} of the last poll
+
+function cell(row, i, text) {
+  const td = row.cells[i];
+  if (td.textContent !== text) td.textContent = text;
+}
+
+function listenerRow(id) {
+  const row = document.createElement('tr');
+  row.dataset.id = id;
+  for (let i = 0; i < 9; i++) {
+    const td = row.insertCell();
+    if (i >= 3) td.className = 'num';
+  }
+  row.cells[1].classList.add('address');
+  row.cells[2].classList.add('state');
+  const stop = document.createElement('button');
+  stop.type = 'button';
+  stop.textContent = 'Stop';
+  stop.setAttribute('aria-label', `Stop listener ${id}`);
+  stop.addEventListener('click', () => stopListener(id, stop));
+  row.insertCell().append(stop);
+  return row;
+}
+
+function renderListeners(listeners) {
+  const body = $('listeners').tBodies[0];
+  const seen = new Set();
+  const now = performance.now();
+  for (const l of listeners) {
+    seen.add(l.listenerId);
+    let row = body.querySelector(`tr[data-id="${CSS.escape(l.listenerId)}"]`);
+    if (!row) { row = listenerRow(l.listenerId); body.append(row); }
+    const bytesIn = Number(l.bytesIn || 0);
+    const p = prev.get(l.listenerId);
+    const rate = p && now > p.at ? Math.max(0, (bytesIn - p.bytesIn) * 1000 / (now - p.at)) : 0;
+    prev.set(l.listenerId, { bytesIn, at: now });
+    cell(row, 0, l.listenerId);
+    cell(row, 1, l.address || '');
+    cell(row, 2, short(l.state, 'LISTENER_STATE_'));
+    cell(row, 3, `${l.connectionsActive || 0} / ${l.connectionsTotal || 0}`);
+    cell(row, 4, String(l.bytesIn || 0));
+    cell(row, 5, String(l.bytesOut || 0));
+    cell(row, 6, String(l.framesIn || 0));
+    cell(row, 7, String(l.framesOut || 0));
+    cell(row, 8, `${Math.round(rate)} B/s`);
+  }
+  for (const row of [...body.rows]) {
+    if (!seen.has(row.dataset.id)) { prev.delete(row.dataset.id); row.remove(); }
+  }
+  $('listeners-empty').hidden = body.rows.length > 0;
+}
+
+async function pollListeners() {
+  try {
+    const data = await api('GET', '/v1/listeners');
+    renderListeners((data && data.listeners) || []);
+  } catch (err) {
+    show($('status'), `listeners: ${err.message}`, true);
+  }
+  setTimeout(pollListeners, POLL_MS);
+}
+
+async function startListener(ev) {
+  ev.preventDefault();
+  const req = {
+    host: $('start-host').value.trim(),
+    port: Number($('start-port').value || 0),
+    framing: { mode: $('start-framing').value },
+  };
+  const mode = $('start-reply-mode').value;
+  if (mode !== 'AUTO_REPLY_MODE_NONE') {
+    req.autoReply = { mode };
+    if (mode === 'AUTO_REPLY_MODE_FIXED') req.autoReply.text = $('start-reply-text').value;
+  }
+  try {
+    const { listener: l } = await api('POST', '/v1/listeners', req);
+    show($('start-result'), `started ${l.listenerId} on ${l.address}`);
+    renderListeners([...(await api('GET', '/v1/listeners')).listeners || []]);
+  } catch (err) {
+    show($('start-result'), `start failed: ${err.message}`, true);
+  }
+}
+
+async function stopListener(id, button) {
+  const secs = Math.max(0, Number($('drain').value || 0));
+  button.disabled = true;
+  try {
+    await api('DELETE', `/v1/listeners/${encodeURIComponent(id)}?drainTimeout=${secs}s`);
+    show($('start-result'), `stopped ${id}`);
+  } catch (err) {
+    show($('start-result'), `stop failed: ${err.message}`, true);
+    button.disabled = false;
+  }
+}
+
+// ---- payloads ----
+
+function decodeBase64(b64) {
+  const bin = atob(b64 || '');
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+function encodeBase64(bytes) {
+  let bin = '';
+  for (const b of bytes) bin += String.fromCharCode(b);
+  return btoa(bin);
+}
+
+const encoder = new TextEncoder();
+
+const hex2 = (b) => b.toString(16).padStart(2, '0');
+
+// escapedText shows bytes that are not valid UTF-8 as \xNN, and control
+// characters but newline and tab likewise.
+function escapedText(bytes, text) {
+  if (text === undefined) {
+    let s = '';
+    for (const b of bytes) s += b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : `\\x${hex2(b)}`;
+    return s;
+  }
+  // eslint-disable-next-line no-control-regex
+  return text.replace(/[\x00-\x08\x0b-\x1f\x7f]/g, (c) => `\\x${hex2(c.charCodeAt(0))}`);
+}
+
+// hexDump is 16 bytes a line: offset, bytes, and the printable ones.
+function hexDump(bytes) {
+  const lines = [];
+  for (let off = 0; off < bytes.length; off += 16) {
+    const chunk = bytes.subarray(off, off + 16);
+    const hex = [...chunk].map(hex2).join(' ');
+    const ascii = [...chunk].map((b) => (b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : '.')).join('');
+    lines.push(`${off.toString(16).padStart(8, '0')}  ${hex.padEnd(47)}  ${ascii}`);
+  }
+  return lines.join('\n');
+}
+
+export function parseHex(s) {
+  const clean = s.replace(/0x/gi, '').replace(/[\s,:]/g, '');
+  if (clean.length % 2 !== 0 || /[^0-9a-f]/i.test(clean)) {
+    throw new Error('hex payload: pairs of hex digits, spaces allowed');
+  }
+  const out = new Uint8Array(clean.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(clean.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
+
+// ---- traffic ----
+
+let source = null;
+let lastSequence = 0;
+let paused = false;
+let pending = []; // events received, not yet rendered
+let scheduled = false;
+let total = 0;
+
+function eventRow(e) {
+  const li = document.createElement('li');
+  const kind = short(e.kind, 'EVENT_KIND_');
+  const dir = short(e.direction, 'DIRECTION_');
+  li.className = `kind-${kind}${dir ? ` dir-${dir}` : ''}`;
+  if (e.sequence) li.dataset.sequence = e.sequence;
+  const meta = document.createElement('span');
+  meta.className = 'meta';
+  meta.textContent = `#${e.sequence || '-'} ${e.time ? e.time.slice(11, 23) : ''} `;
+  const k = document.createElement('span');
+  k.className = 'kind';
+  k.textContent = kind;
+  li.append(meta, k);
+  if (dir) {
+    const d = document.createElement('span');
+    d.className = 'dir';
+    d.textContent = ` ${dir}`;
+    li.append(d);
+  }
+  if (e.listenerId) li.append(` listener ${e.listenerId}`);
+  if (e.connectionId) {
+    li.dataset.connection = e.connectionId;
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.className = 'conn';
+    b.textContent = e.connectionId;
+    b.setAttribute('aria-label', `Send to connection ${e.connectionId}`);
+    li.append(' connection ', b);
+  }
+  if (e.remoteAddress) li.append(` from ${e.remoteAddress}`);
+  if (e.closeReason) li.append(` ${short(e.closeReason, 'CLOSE_REASON_')}`);
+  if (e.dropped) li.append(` ${e.dropped} events dropped`);
+  if (kind === 'DATA') {
+    // The stream sends text when the frame is valid UTF-8, data otherwise.
+    const bytes = e.text !== undefined ? encoder.encode(e.text) : decodeBase64(e.data);
+    const text = document.createElement('pre');
+    text.className = 'text';
+    text.textContent = escapedText(bytes, e.text);
+    const hex = document.createElement('pre');
+    hex.className = 'hex';
+    hex.textContent = hexDump(bytes);
+    li.append(` ${bytes.length} bytes`, text, hex);
+  }
+  return li;
+}
+
+function countText() {
+  return `${total} events${pending.length ? `, ${pending.length} buffered` : ''}${paused ? ' (paused)' : ''}`;
+}
+
+function schedule() {
+  if (!scheduled && !paused && pending.length) {
+    scheduled = true;
+    requestAnimationFrame(flush);
+  }
+  $('traffic-count').textContent = countText();
+}
+
+function flush() {
+  scheduled = false;
+  if (paused) return;
+  const list = $('traffic');
+  const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
+  const batch = pending.splice(0, BATCH);
+  const frag = document.createDocumentFragment();
+  for (const e of batch) frag.append(eventRow(e));
+  list.append(frag);
+  for (let extra = list.children.length - MAX_ROWS; extra > 0; extra--) list.firstElementChild.remove();
+  if (atBottom) list.scrollTop = list.scrollHeight;
+  schedule();
+}
+
+function openStream() {
+  let url = '/v1/events?includeSent=true';
+  if (lastSequence) url += `&sinceSequence=${lastSequence + 1}`;
+  source = new EventSource(url);
+  source.onopen = () => show($('status'), 'live');
+  source.onerror = () => show($('status'), 'reconnecting', true);
+  source.onmessage = (m) => {
+    let e;
+    try { e = JSON.parse(m.data); } catch { return; }
+    if (e.sequence) lastSequence = Math.max(lastSequence, Number(e.sequence));
+    total++;
+    pending.push(e);
+    if (paused && pending.length >= MAX_BUFFER && source) {
+      // Held in the gateway's replay ring instead, from lastSequence on.
+      source.close();
+      source = null;
+      show($('status'), 'paused: stream closed, resumes from its sequence');
+    }
+    schedule();
+  };
+  source.addEventListener('error', (m) => {
+    if (m.data) show($('status'), `stream: ${m.data}`, true);
+  });
+}
+
+function togglePause() {
+  paused = !paused;
+  const b = $('pause');
+  b.textContent = paused ? 'Resume' : 'Pause';
+  b.setAttribute('aria-pressed', String(paused));
+  if (!paused && !source) openStream();
+  schedule();
+}
+
+// ---- send ----
+
+async function send(ev) {
+  ev.preventDefault();
+  const req = { connectionId: $('send-connection').value.trim() };
+  try {
+    const payload = $('send-payload').value;
+    if ($('send-format').value === 'hex') req.data = encodeBase64(parseHex(payload));
+    else req.text = payload;
+    const r = await api('POST', '/v1/send', req);
+    show($('send-result'), `sent ${r.bytesWritten || 0} bytes to ${r.connectionsReached || 0} connection(s)`);
+  } catch (err) {
+    show($('send-result'), `send failed: ${err.message}`, true);
+  }
+}
+
+function main() {
+  $('start-form').addEventListener('submit', startListener);
+  $('send-form').addEventListener('submit', send);
+  $('pause').addEventListener('click', togglePause);
+  $('show-hex').addEventListener('change', (ev) => $('traffic').classList.toggle('show-hex', ev.target.checked));
+  $('clear').addEventListener('click', () => { $('traffic').replaceChildren(); total = 0; schedule(); });
+  $('traffic').addEventListener('click', (ev) => {
+    const b = ev.target.closest('button.conn');
+    if (!b) return;
+    $('send-connection').value = b.textContent;
+    $('send-payload').focus();
+  });
+  openStream();
+  pollListeners();
+}
+
+main();

@@ -1,0 +1,332 @@
+package console_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/accessibility"
+	"github.com/chromedp/chromedp"
+
+	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server"
+	"github.com/tcpgate/tcpgate/server/servertest"
+)
+
+// waitBound bounds every wait on the page: a step that does not happen in
+// that long has failed. It is a bound, not a measurement.
+const waitBound = 30 * time.Second
+
+// browser starts headless Chromium for t, or skips t when there is none
+// (and fails it on CI, where .ci/deps installs it).
+func browser(t *testing.T, width, height int) context.Context {
+	t.Helper()
+	path, err := exec.LookPath("chromium")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("chromium not found on CI (.ci/deps installs it): %v", err)
+		}
+		t.Skipf("chromium not found (install it with .ci/deps): %v", err)
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(path),
+		chromedp.WindowSize(width, height),
+		// Loopback only: no proxy, nothing fetched in the background.
+		chromedp.Flag("no-proxy-server", true),
+		chromedp.Flag("disable-component-update", true),
+	)
+	if os.Geteuid() == 0 {
+		opts = append(opts, chromedp.NoSandbox) // Chromium refuses root with its sandbox
+	}
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
+	t.Cleanup(func() {
+		cancel()
+		cancelAlloc()
+	})
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("starting chromium: %v", err)
+	}
+	return ctx
+}
+
+// screenshot saves the page as name.png in the test's artifact directory.
+func screenshot(t *testing.T, ctx context.Context, name string) {
+	t.Helper()
+	sctx, cancel := context.WithTimeout(ctx, waitBound)
+	defer cancel()
+	png, err := chromedp.Run(sctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Logf("screenshot %s: %v", name, err)
+		return
+	}
+	p := filepath.Join(t.ArtifactDir(), name+".png")
+	if err := os.WriteFile(p, png, 0o644); err != nil {
+		t.Logf("saving screenshot: %v", err)
+		return
+	}
+	t.Logf("screenshot: %s", p)
+}
+
+// page runs actions on the page within waitBound, and fails t with a
+// screenshot when they fail.
+type page struct {
+	t   *testing.T
+	ctx context.Context
+}
+
+func (p page) run(what string, steps ...chromedp.Action[chromedp.Void]) {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(p.ctx, waitBound)
+	defer cancel()
+	if err := chromedp.Do(ctx, steps...); err != nil {
+		screenshot(p.t, p.ctx, "failure")
+		p.t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// dump logs what the page shows, for a failure.
+func (p page) dump() {
+	ctx, cancel := context.WithTimeout(p.ctx, waitBound)
+	defer cancel()
+	text, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.innerText.slice(0, 4000)`))
+	p.t.Logf("the page shows (%v):\n%s", err, text)
+}
+
+// eval evaluates the JavaScript expression once.
+func eval[T any](p page, what, expr string) T {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(p.ctx, waitBound)
+	defer cancel()
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr))
+	if err != nil {
+		screenshot(p.t, p.ctx, "failure")
+		p.t.Fatalf("%s: %v", what, err)
+	}
+	return v
+}
+
+// until polls the page until the JavaScript expression, which yields a
+// string, is truthy, and returns it.
+func (p page) until(what, expr string) string {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(p.ctx, waitBound)
+	defer cancel()
+	v, err := chromedp.Run(ctx, chromedp.Poll[string](expr, chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(waitBound)))
+	if err != nil {
+		screenshot(p.t, p.ctx, "failure")
+		p.dump()
+		p.t.Fatalf("waiting for %s: %v", what, err)
+	}
+	return v
+}
+
+// eventText is the expression of the text (or hex, with view "hex") of
+// the first DATA row whose direction is dir and whose text contains want.
+func rowWith(dir, view, want string) string {
+	return fmt.Sprintf(`(() => {
+		for (const li of document.querySelectorAll('#traffic li.kind-DATA.dir-%s')) {
+			const pre = li.querySelector('pre.%s');
+			if (pre && pre.textContent.includes(%q) && pre.checkVisibility()) return li.dataset.connection || 'yes';
+		}
+		return '';
+	})()`, dir, view, want)
+}
+
+// TestConsoleTalksToTCPClient drives the console as a person would: start
+// a listener from the page, have a plain TCP client send text and bytes,
+// read both in the traffic view as text and as hex, pause and resume
+// without losing an event, answer from the send box in text and in hex,
+// and stop the listener.
+func TestConsoleTalksToTCPClient(t *testing.T) {
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
+	ctx := browser(t, 1280, 800)
+	p := page{t, ctx}
+	defer screenshot(t, ctx, "end")
+
+	p.run("opening the console", chromedp.Navigate(g.BaseURL+"/"), chromedp.WaitVisible(chromedp.ID("start-form")))
+	p.until("the event stream", `document.getElementById('status').textContent === 'live' && 'live'`)
+
+	// Start a listener with line framing from the form.
+	p.run("starting a listener from the form",
+		chromedp.SetValue(chromedp.ID("start-host"), "127.0.0.1"),
+		chromedp.SetValue(chromedp.ID("start-port"), "0"),
+		chromedp.SetValue(chromedp.ID("start-framing"), "FRAMING_MODE_LINE"),
+		chromedp.Click(chromedp.ID("start-button")),
+	)
+	addr := p.until("the listener's row", `(document.querySelector('#listeners tbody td.address') || {}).textContent || ''`)
+	var list tcpgatev1.ListListenersResponse
+	g.REST.Call("GET", "/v1/listeners", "", &list)
+	if len(list.Listeners) != 1 || list.Listeners[0].Address != addr || list.Listeners[0].Framing.GetMode() != tcpgatev1.FramingMode_FRAMING_MODE_LINE {
+		t.Fatalf("the page shows a listener on %s; the API lists %v", addr, list.Listeners)
+	}
+
+	// A plain TCP client sends a line of text and a line of bytes that
+	// are not UTF-8.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("connecting to the listener the page started: %v", err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("hello console\n\x00\x01\xfe\xff\n")); err != nil {
+		t.Fatal(err)
+	}
+	conn := p.until("the text frame as text", rowWith("RECEIVED", "text", "hello console"))
+	p.until("the byte frame as text", rowWith("RECEIVED", "text", `\x00\x01\xfe\xff`))
+	p.run("showing hex", chromedp.Click(chromedp.ID("show-hex")))
+	p.until("the text frame in hex", rowWith("RECEIVED", "hex", "00000000  68 65 6c 6c 6f 20 63 6f 6e 73 6f 6c 65"))
+	p.until("the byte frame in hex", rowWith("RECEIVED", "hex", "00000000  00 01 fe ff"))
+	p.run("showing text", chromedp.Click(chromedp.ID("show-hex")))
+
+	// While paused, events are held, not shown; resuming shows them.
+	p.run("pausing", chromedp.Click(chromedp.ID("pause")))
+	if _, err := c.Write([]byte("while paused\n")); err != nil {
+		t.Fatal(err)
+	}
+	p.until("the paused event held", `document.getElementById('traffic-count').textContent.includes('buffered') && 'held'`)
+	if eval[bool](p, "reading the paused view", rowWith("RECEIVED", "text", "while paused")+` !== ''`) {
+		t.Fatal("an event arrived while paused was shown before resuming")
+	}
+	p.run("resuming", chromedp.Click(chromedp.ID("pause")))
+	p.until("the event held while paused", rowWith("RECEIVED", "text", "while paused"))
+
+	// Answer from the send box: the connection's button fills it in.
+	r := bufio.NewReader(c)
+	readLine := func(want string) {
+		t.Helper()
+		_ = c.SetReadDeadline(time.Now().Add(waitBound))
+		line, err := r.ReadString('\n')
+		if err != nil || line != want {
+			screenshot(t, ctx, "failure")
+			t.Fatalf("the TCP client read %q (%v), want %q", line, err, want)
+		}
+	}
+	p.run("sending text from the send box",
+		chromedp.Click(chromedp.CSS(fmt.Sprintf(`#traffic li[data-connection=%q] button.conn`, conn))),
+		chromedp.SendKeys(chromedp.ID("send-payload"), "reply from console\n"),
+		chromedp.Click(chromedp.ID("send-button")),
+	)
+	readLine("reply from console\n")
+	result := p.until("the send result", `(t => t.startsWith('sent') && t)(document.getElementById('send-result').textContent)`)
+	if result != "sent 19 bytes to 1 connection(s)" {
+		t.Errorf("send result %q, want 19 bytes to 1 connection", result)
+	}
+	p.until("the sent text in the traffic view", rowWith("SENT", "text", "reply from console"))
+
+	p.run("sending hex from the send box",
+		chromedp.SetValue(chromedp.ID("send-format"), "hex"),
+		chromedp.SetValue(chromedp.ID("send-payload"), "48 49 ff 0a"),
+		chromedp.Click(chromedp.ID("send-button")),
+	)
+	readLine("HI\xff\n")
+	p.until("the second send result", `(t => t.startsWith('sent 4 ') && t)(document.getElementById('send-result').textContent)`)
+	p.until("the sent bytes in the traffic view", rowWith("SENT", "text", `HI\xff`))
+
+	// A bad hex payload is refused on the page, with a reason.
+	p.run("sending bad hex", chromedp.SetValue(chromedp.ID("send-payload"), "4"), chromedp.Click(chromedp.ID("send-button")))
+	p.until("the hex error", `(t => t.startsWith('send failed: hex payload') && t)(document.getElementById('send-result').textContent)`)
+
+	// Counters are polled: the row shows the frames in.
+	p.until("the listener's frames in", `(document.querySelector('#listeners tbody tr').cells[6].textContent === '3') && 'yes'`)
+
+	// Stop it with a drain time: the client's connection is closed, the
+	// row goes.
+	p.run("stopping the listener",
+		chromedp.SetValue(chromedp.ID("drain"), "0.2"),
+		chromedp.Click(chromedp.CSS(`#listeners tbody button`)),
+	)
+	p.until("the listener's row to go", `document.querySelectorAll('#listeners tbody tr').length === 0 && 'gone'`)
+	p.until("the close event", `document.querySelector('#traffic li.kind-CONNECTION_CLOSED') && 'closed'`)
+	_ = c.SetReadDeadline(time.Now().Add(waitBound))
+	if b, err := r.ReadByte(); err == nil {
+		t.Errorf("read %q after the listener stopped, want the connection closed", b)
+	}
+	g.REST.Call("GET", "/v1/listeners", "", &list)
+	if len(list.Listeners) != 0 {
+		t.Errorf("after Stop on the page the API lists %v", list.Listeners)
+	}
+
+	// Everything the page fetched (its files, the polls, the event
+	// stream, the sends) came from the gateway.
+	fetched := eval[[]string](p, "reading the resources", `performance.getEntriesByType('resource').map(e => e.name)`)
+	if len(fetched) < 4 {
+		t.Errorf("the page fetched %v, want at least its module, its style sheet, the stream and a poll", fetched)
+	}
+	for _, u := range fetched {
+		if !strings.HasPrefix(u, g.BaseURL+"/") {
+			t.Errorf("the page fetched %s, not from the gateway at %s", u, g.BaseURL)
+		}
+	}
+}
+
+// TestConsoleAccessible reads the accessibility tree at a desktop and a
+// phone width: every control has an accessible name and can take the
+// keyboard's focus.
+func TestConsoleAccessible(t *testing.T) {
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
+	if _, err := g.Client.StartListener(context.Background(), &tcpgatev1.StartListenerRequest{Host: "127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []struct{ w, h int }{{1280, 800}, {390, 844}} {
+		t.Run(fmt.Sprintf("%dx%d", size.w, size.h), func(t *testing.T) {
+			ctx := browser(t, size.w, size.h)
+			p := page{t, ctx}
+			defer screenshot(t, ctx, "end")
+			// A window is never narrower than 500px: the viewport is.
+			p.run("opening the console", chromedp.EmulateViewport(int64(size.w), int64(size.h)),
+				chromedp.Navigate(g.BaseURL+"/"), chromedp.WaitVisible(chromedp.ID("start-form")))
+			if w := eval[int](p, "reading the viewport", `window.innerWidth`); w != size.w {
+				t.Fatalf("viewport %dpx wide, want %d", w, size.w)
+			}
+			p.until("the listener's stop button", `document.querySelector('#listeners tbody button') && 'yes'`)
+
+			tree, err := chromedp.Call(ctx, accessibility.GetFullAXTree, accessibility.GetFullAXTreeParams{})
+			if err != nil {
+				t.Fatalf("reading the accessibility tree: %v", err)
+			}
+			nodes := tree.Nodes
+			controls := map[string]bool{"button": true, "textbox": true, "combobox": true, "checkbox": true, "spinbutton": true}
+			n := 0
+			for _, node := range nodes {
+				if node.Ignored || node.Role == nil || !controls[strings.Trim(string(node.Role.Value), `"`)] {
+					continue
+				}
+				n++
+				role := strings.Trim(string(node.Role.Value), `"`)
+				name := ""
+				if node.Name != nil {
+					name = strings.Trim(string(node.Name.Value), `"`)
+				}
+				if strings.TrimSpace(name) == "" {
+					t.Errorf("a %s has no accessible name", role)
+				}
+				focusable := false
+				for _, prop := range node.Properties {
+					if prop.Name == accessibility.PropertyNameFocusable && string(prop.Value.Value) == "true" {
+						focusable = true
+					}
+				}
+				if !focusable {
+					t.Errorf("%s %q cannot take the keyboard's focus", role, name)
+				}
+			}
+			// 5 start fields and its button, the drain time, a stop
+			// button, 3 send fields and its button, pause, hex, clear.
+			if n < 15 {
+				t.Errorf("%d controls in the accessibility tree, want at least 15", n)
+			}
+			if wide := eval[string](p, "reading the width", `document.documentElement.scrollWidth <= window.innerWidth ? '' :
+				document.documentElement.scrollWidth + 'px: ' + [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
+					.map(e => e.tagName + (e.id ? '#' + e.id : '')).join(' ')`); wide != "" {
+				t.Errorf("the page is wider than a %dpx viewport: %s", size.w, wide)
+			}
+		})
+	}
+}

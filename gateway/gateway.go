@@ -213,17 +213,21 @@ func New(cfg Config) (*Gateway, error) {
 			return nil, fmt.Errorf("registering /metrics: %w", err)
 		}
 	}
-	var routes http.Handler = g.mux
+	// The console's files pass the guard like every route, but not the
+	// token: they hold no data, and the page must load to show its login
+	// (what it then asks of the API needs the session cookie).
+	api := g.cors(g.authorize(g.mux))
+	routes := api
 	if cfg.Console != nil {
 		routes = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if cfg.Console.Serves(r) {
 				cfg.Console.ServeHTTP(w, r)
 				return
 			}
-			g.mux.ServeHTTP(w, r)
+			api.ServeHTTP(w, r)
 		})
 	}
-	g.handler = g.guard(g.cors(g.authorize(routes)))
+	g.handler = g.guard(routes)
 	return g, nil
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/chromedp/cdproto/accessibility"
 	"github.com/chromedp/chromedp"
+	"google.golang.org/grpc/metadata"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server"
@@ -328,5 +329,53 @@ func TestConsoleAccessible(t *testing.T) {
 				t.Errorf("the page is wider than a %dpx viewport: %s", size.w, wide)
 			}
 		})
+	}
+}
+
+// With a token set, the page shows a login: a wrong token is refused on
+// the page, the right one opens the console through an HttpOnly session
+// cookie (no script sees it, the token is not kept), the page then drives
+// the API, and logging out shows the login again with the API refused.
+func TestConsoleLogin(t *testing.T) {
+	const token = "console-s3cret"
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0", AuthToken: token})
+	p := page{t, browser(t, 1280, 800)}
+	defer screenshot(t, p.ctx, "login-end")
+
+	p.run("opening the console", chromedp.Navigate(g.BaseURL+"/"), chromedp.WaitVisible(chromedp.ID("login-form")))
+	if hidden := eval[bool](p, "reading the app's visibility", `document.getElementById('app').hidden`); !hidden {
+		t.Fatal("the console shows before a login")
+	}
+	p.run("logging in with a wrong token",
+		chromedp.SendKeys(chromedp.ID("login-token"), "wrong"),
+		chromedp.Click(chromedp.ID("login-button")))
+	p.until("the refusal", `document.getElementById('login-result').textContent.includes('login failed') ? 'yes' : ''`)
+
+	p.run("logging in",
+		chromedp.SendKeys(chromedp.ID("login-token"), token),
+		chromedp.Click(chromedp.ID("login-button")),
+		chromedp.WaitVisible(chromedp.ID("start-form")))
+	if c := eval[string](p, "reading document.cookie", `document.cookie`); strings.Contains(c, "tcpgate_session") || strings.Contains(c, token) {
+		t.Errorf("document.cookie = %q: the session cookie must be HttpOnly and the token nowhere", c)
+	}
+	if v := eval[string](p, "reading the token field", `document.getElementById('login-token').value`); v != "" {
+		t.Errorf("the token field still holds %q after the login", v)
+	}
+
+	// The page drives the API with its cookie: a listener started from
+	// the form is the gateway's.
+	p.run("starting a listener",
+		chromedp.SetValue(chromedp.ID("start-framing"), "FRAMING_MODE_LINE"),
+		chromedp.Click(chromedp.ID("start-button")))
+	id := p.until("the listener in the table", `(() => { const td = document.querySelector('#listeners tbody tr td'); return td ? td.textContent : ''; })()`)
+	ctx := metadata.AppendToOutgoingContext(servertest.Context(t), "authorization", "Bearer "+token)
+	if _, err := g.Client.GetListener(ctx, &tcpgatev1.GetListenerRequest{ListenerId: id}); err != nil {
+		t.Fatalf("GetListener %s (started from the logged-in page): %v", id, err)
+	}
+
+	p.run("logging out", chromedp.Click(chromedp.ID("logout")), chromedp.WaitVisible(chromedp.ID("login-form")))
+	status := p.until("the API refusing the page", `fetch('/v1/listeners').then(r => String(r.status))`)
+	if status != "401" {
+		t.Errorf("GET /v1/listeners from the page after logout: %s, want 401", status)
 	}
 }

@@ -314,7 +314,52 @@ async function send(ev) {
   }
 }
 
-function main() {
+// ---- login ----
+
+// The gateway trades its token for an HttpOnly session cookie (POST
+// /v1/session), so the page never holds the token; without a token set
+// there is no login.
+async function login(ev) {
+  ev.preventDefault();
+  const input = $('login-token');
+  try {
+    await api('POST', '/v1/session', { token: input.value });
+    input.value = '';
+    $('login').hidden = true;
+    start(true);
+  } catch (err) {
+    input.value = '';
+    show($('login-result'), `login failed: ${err.message}`, true);
+  }
+}
+
+async function logout() {
+  try {
+    await api('DELETE', '/v1/session');
+  } finally {
+    location.reload();
+  }
+}
+
+async function main() {
+  $('login-form').addEventListener('submit', login);
+  $('logout').addEventListener('click', logout);
+  let st = { login_required: false, authenticated: true };
+  try {
+    st = await api('GET', '/v1/session');
+  } catch { /* a gateway without the route: no login */ }
+  if (st.login_required && !st.authenticated) {
+    $('status').textContent = 'log in to continue';
+    $('login').hidden = false;
+    $('login-token').focus();
+    return;
+  }
+  start(st.login_required);
+}
+
+function start(withLogin) {
+  $('app').hidden = false;
+  $('logout').hidden = !withLogin;
   $('start-form').addEventListener('submit', startListener);
   $('send-form').addEventListener('submit', send);
   $('pause').addEventListener('click', togglePause);

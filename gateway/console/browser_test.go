@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -378,4 +380,226 @@ func TestConsoleLogin(t *testing.T) {
 	if status != "401" {
 		t.Errorf("GET /v1/listeners from the page after logout: %s, want 401", status)
 	}
+}
+
+// lineServer is a plain TCP server on 127.0.0.1:0 that greets each client
+// with a line, then reads until the client goes. Each accepted connection
+// arrives on accepted; its channel is closed when the client has gone.
+type lineServer struct {
+	ln       net.Listener
+	accepted chan lineClient
+	wg       sync.WaitGroup
+}
+
+// lineClient is one connection the line server accepted.
+type lineClient struct {
+	remote net.Addr // the gateway's end
+	gone   chan struct{}
+}
+
+func startLineServer(t *testing.T, greeting string) *lineServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &lineServer{ln: ln, accepted: make(chan lineClient, 16)}
+	var mu sync.Mutex // guards open
+	var open []net.Conn
+	s.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			open = append(open, c)
+			mu.Unlock()
+			lc := lineClient{remote: c.RemoteAddr(), gone: make(chan struct{})}
+			s.wg.Go(func() {
+				defer close(lc.gone)
+				if _, err := c.Write([]byte(greeting)); err != nil {
+					return
+				}
+				_, _ = io.Copy(io.Discard, c)
+			})
+			select {
+			case s.accepted <- lc:
+			default:
+				t.Errorf("more clients than the test expects; %s not reported", lc.remote)
+			}
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+		s.wg.Wait()
+	})
+	return s
+}
+
+// next waits for the server's next accepted connection.
+func (s *lineServer) next(t *testing.T, what string) lineClient {
+	t.Helper()
+	select {
+	case c := <-s.accepted:
+		return c
+	case <-time.After(waitBound):
+		t.Fatalf("the line server accepted no connection: %s", what)
+		return lineClient{}
+	}
+}
+
+// connRow is the expression of the text of cell i of the connections
+// panel's row for id, or the empty string while there is none.
+func connRow(id string, i int) string {
+	return fmt.Sprintf(`(() => { const r = document.querySelector('#connections tbody tr[data-id=%q]'); return r ? r.cells[%d].textContent : ''; })()`, id, i)
+}
+
+// TestConsoleOutboundConnection opens an outbound connection from the
+// page's form to a plain TCP line server, sees it in the connections panel
+// as OUTBOUND and OPEN with its counters, filters it by origin, and closes
+// it from its row: the server's side ends.
+func TestConsoleOutboundConnection(t *testing.T) {
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
+	srv := startLineServer(t, "hello gateway\n")
+	ctx := browser(t, 1280, 800)
+	p := page{t, ctx}
+	defer screenshot(t, ctx, "outbound-end")
+
+	p.run("opening the console", chromedp.Navigate(g.BaseURL+"/"), chromedp.WaitVisible(chromedp.ID("connect-form")))
+	p.until("the empty panel", `!document.getElementById('connections-empty').hidden && 'empty'`)
+
+	p.run("opening an outbound connection from the form",
+		chromedp.SendKeys(chromedp.ID("connect-address"), srv.ln.Addr().String()),
+		chromedp.SetValue(chromedp.ID("connect-framing"), "FRAMING_MODE_LINE"),
+		chromedp.SendKeys(chromedp.ID("connect-id"), "device-1"),
+		chromedp.Click(chromedp.ID("connect-button")),
+	)
+	result := p.until("the connect result", `document.getElementById('connect-result').textContent`)
+	if want := "device-1 to " + srv.ln.Addr().String() + ": OPEN"; result != want {
+		t.Errorf("connect result %q, want %q", result, want)
+	}
+	peer := srv.next(t, "after Open connection on the page")
+
+	// The panel shows it as the gateway holds it, with the greeting
+	// counted as one frame in.
+	p.until("the row as OUTBOUND", connRow("device-1", 1)+` === 'OUTBOUND' && 'yes'`)
+	p.until("the row as OPEN", connRow("device-1", 2)+` === 'OPEN' && 'yes'`)
+	p.until("the greeting counted", connRow("device-1", 9)+` === '1' && 'yes'`)
+	if got, want := eval[string](p, "reading the remote address", connRow("device-1", 5)), srv.ln.Addr().String(); got != want {
+		t.Errorf("the row's remote address is %q, want the line server's %s", got, want)
+	}
+	if got, want := eval[string](p, "reading the local address", connRow("device-1", 4)), peer.remote.String(); got != want {
+		t.Errorf("the row's local address is %q, want the address the server accepted, %s", got, want)
+	}
+	if got := eval[string](p, "reading the generation", connRow("device-1", 6)); got != "1" {
+		t.Errorf("the row's generation is %q, want 1", got)
+	}
+	list, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Connections) != 1 || list.Connections[0].ConnectionId != "device-1" ||
+		list.Connections[0].Origin != tcpgatev1.Origin_ORIGIN_OUTBOUND || list.Connections[0].State != tcpgatev1.ConnectionState_CONNECTION_STATE_OPEN {
+		t.Fatalf("the API lists %v, want device-1, outbound and open", list.Connections)
+	}
+
+	// The origin filter goes to the API: accepted only hides it.
+	p.run("showing accepted connections only", chromedp.SetValue(chromedp.ID("conn-origin"), "ORIGIN_ACCEPTED"),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById('conn-origin').dispatchEvent(new Event('change'))`))
+	p.until("the row hidden by the filter", `!document.querySelector('#connections tbody tr') && !document.getElementById('connections-empty').hidden && 'hidden'`)
+	p.run("showing outbound connections only", chromedp.SetValue(chromedp.ID("conn-origin"), "ORIGIN_OUTBOUND"),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById('conn-origin').dispatchEvent(new Event('change'))`))
+	p.until("the row shown by the filter", connRow("device-1", 0))
+
+	// Close from the row: the server's side ends, the row goes, and the
+	// gateway does not dial again.
+	p.run("closing the connection from its row", chromedp.Click(chromedp.CSS(`#connections tbody tr[data-id="device-1"] button.close`)))
+	select {
+	case <-peer.gone:
+	case <-time.After(waitBound):
+		t.Fatal("the line server's connection is still open after Close on the page")
+	}
+	p.until("the row to go", `!document.querySelector('#connections tbody tr') && 'gone'`)
+	closed := p.until("the close result", `(t => t.startsWith('closed') && t)(document.getElementById('connect-result').textContent)`)
+	if want := "closed device-1: 14 bytes in, 0 bytes out"; closed != want {
+		t.Errorf("close result %q, want %q", closed, want)
+	}
+	list, err = g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Connections) != 0 {
+		t.Errorf("after Close on the page the API lists %v", list.Connections)
+	}
+}
+
+// TestConsoleConnectionPages pages through the connections panel two rows
+// at a time, filtered by listener: Next and Previous follow the API's
+// page tokens.
+func TestConsoleConnectionPages(t *testing.T) {
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "front", Host: "127.0.0.1"})
+	g.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "other", Host: "127.0.0.1"})
+	for range 3 {
+		c, err := net.Dial("tcp", l.Address)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	// One client of the other listener, which the filter leaves out.
+	other, err := g.Client.GetListener(servertest.Context(t), &tcpgatev1.GetListenerRequest{ListenerId: "other"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", other.Listener.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// The front's connections in the API's order, once it holds all
+	// three (a dial returns before the gateway has accepted).
+	var want []string
+	for deadline := time.Now().Add(waitBound); len(want) < 3; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the API lists %v of the front's 3 connections", want)
+		}
+		list, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{ListenerId: "front"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = want[:0]
+		for _, c := range list.Connections {
+			want = append(want, c.ConnectionId)
+		}
+	}
+
+	p := page{t, browser(t, 1280, 800)}
+	defer screenshot(t, p.ctx, "pages-end")
+	p.run("opening the console", chromedp.Navigate(g.BaseURL+"/"), chromedp.WaitVisible(chromedp.ID("conn-filter")))
+	p.run("filtering by listener, two a page",
+		chromedp.SetValue(chromedp.ID("conn-page-size"), "2"),
+		chromedp.SendKeys(chromedp.ID("conn-listener"), "front\r"),
+	)
+	ids := `[...document.querySelectorAll('#connections tbody tr')].map(r => r.dataset.id).join(' ')`
+	pageIs := func(what, page string, rows ...string) {
+		t.Helper()
+		p.until(what, fmt.Sprintf(`(%s) === %q && document.getElementById('conn-page').textContent === %q && 'yes'`, ids, strings.Join(rows, " "), page))
+	}
+	pageIs("the first page", "page 1", want[0], want[1])
+	if d := eval[string](p, "reading Previous", `document.getElementById('conn-prev').getAttribute('aria-disabled')`); d != "true" {
+		t.Errorf("Previous on the first page: aria-disabled %q, want true", d)
+	}
+	p.run("going to the next page", chromedp.Click(chromedp.ID("conn-next")))
+	pageIs("the second page", "page 2", want[2])
+	p.until("Next disabled on the last page", `document.getElementById('conn-next').getAttribute('aria-disabled') === 'true' && 'yes'`)
+	p.run("clicking the disabled Next", chromedp.Click(chromedp.ID("conn-next")))
+	p.run("going back", chromedp.Click(chromedp.ID("conn-prev")))
+	pageIs("the first page again", "page 1", want[0], want[1])
 }

@@ -1,6 +1,7 @@
 // The tcpgate console: plain DOM over the public REST API of the gateway
 // that serves it. Payloads are only ever set as textContent, never as HTML.
 
+import { startConnections } from './connections.js';
 const MAX_ROWS = 1000; // rows kept in the traffic view; older ones go
 const BATCH = 500; // events rendered per animation frame
 const MAX_BUFFER = 50000; // events held while paused; past that the stream closes and resumes from its sequence
@@ -373,6 +374,7 @@ function start(withLogin) {
   });
   openStream();
   pollListeners();
+  startConnections();
 }
 
 main();

@@ -274,9 +274,16 @@ func TestConsoleTalksToTCPClient(t *testing.T) {
 // keyboard's focus.
 func TestConsoleAccessible(t *testing.T) {
 	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
-	if _, err := g.Client.StartListener(context.Background(), &tcpgatev1.StartListenerRequest{Host: "127.0.0.1"}); err != nil {
+	l, err := g.Client.StartListener(context.Background(), &tcpgatev1.StartListenerRequest{Host: "127.0.0.1"})
+	if err != nil {
 		t.Fatal(err)
 	}
+	// A client, so that the connections panel has a row and its Close.
+	client, err := net.Dial("tcp", l.Listener.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
 	for _, size := range []struct{ w, h int }{{1280, 800}, {390, 844}} {
 		t.Run(fmt.Sprintf("%dx%d", size.w, size.h), func(t *testing.T) {
 			ctx := browser(t, size.w, size.h)
@@ -289,6 +296,7 @@ func TestConsoleAccessible(t *testing.T) {
 				t.Fatalf("viewport %dpx wide, want %d", w, size.w)
 			}
 			p.until("the listener's stop button", `document.querySelector('#listeners tbody button') && 'yes'`)
+			p.until("the connection's close button", `document.querySelector('#connections tbody button') && 'yes'`)
 
 			tree, err := chromedp.Call(ctx, accessibility.GetFullAXTree, accessibility.GetFullAXTreeParams{})
 			if err != nil {
@@ -537,6 +545,27 @@ func TestConsoleOutboundConnection(t *testing.T) {
 	if len(list.Connections) != 0 {
 		t.Errorf("after Close on the page the API lists %v", list.Connections)
 	}
+
+	// An address nobody listens on: the form shows that the connection
+	// waits to dial again, and why.
+	gone, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := gone.Addr().String()
+	gone.Close()
+	p.run("opening a connection to a closed port",
+		chromedp.SetValue(chromedp.ID("connect-address"), refused),
+		chromedp.SetValue(chromedp.ID("connect-id"), "device-2"),
+		chromedp.Click(chromedp.ID("connect-button")),
+	)
+	result = p.until("the refused result", `(t => t.startsWith('device-2') && t)(document.getElementById('connect-result').textContent)`)
+	if want := "device-2 to " + refused + ": WAITING, last error: "; !strings.HasPrefix(result, want) || !strings.Contains(result, "refused") {
+		t.Errorf("connect result %q, want %q and the refusal", result, want)
+	}
+	p.until("the waiting row's last error", connRow("device-2", 11)+`.includes('refused') && 'yes'`)
+	p.run("closing the waiting connection", chromedp.Click(chromedp.CSS(`#connections tbody tr[data-id="device-2"] button.close`)))
+	p.until("the waiting row to go", `!document.querySelector('#connections tbody tr') && 'gone'`)
 }
 
 // TestConsoleConnectionPages pages through the connections panel two rows

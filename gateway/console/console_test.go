@@ -46,6 +46,7 @@ func TestServesPage(t *testing.T) {
 		{"/", "text/html; charset=utf-8", `<script type="module" src="/console/app.js">`},
 		{"/console/app.js", "text/javascript; charset=utf-8", "new EventSource("},
 		{"/console/style.css", "text/css; charset=utf-8", "#traffic"},
+		{"/console/connections.js", "text/javascript; charset=utf-8", "export function startConnections("},
 	} {
 		t.Run(tc.path, func(t *testing.T) {
 			resp, body := get(t, g.BaseURL, tc.path, nil)
@@ -140,7 +141,7 @@ func TestAssetsStayOnOrigin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n < 3 {
-		t.Fatalf("%d embedded files, want the page, its module and its style sheet", n)
+	if n < 4 {
+		t.Fatalf("%d embedded files, want the page, its two modules and its style sheet", n)
 	}
 }

@@ -632,3 +632,150 @@ func TestConsoleConnectionPages(t *testing.T) {
 	p.run("going back", chromedp.Click(chromedp.ID("conn-prev")))
 	pageIs("the first page again", "page 1", want[0], want[1])
 }
+
+// startEchoServer is a TCP server that answers each line it reads with
+// "echo: " and the line, and returns its address.
+func startEchoServer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex // guards open
+	var open []net.Conn
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			open = append(open, c)
+			mu.Unlock()
+			wg.Go(func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if _, err := io.WriteString(c, "echo: "+line); err != nil {
+						return
+					}
+				}
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+// TestConsoleSendBox sends from the send box as a person would: a line to
+// an address, awaiting one line back, which the page shows as text and as
+// hex; a file to every connection of a listener, which its TCP client
+// receives; and a file over the gateway's limit, refused on the page.
+func TestConsoleSendBox(t *testing.T) {
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
+	echo := startEchoServer(t)
+	ctx := browser(t, 1280, 800)
+	p := page{t, ctx}
+	defer screenshot(t, ctx, "end")
+	p.run("opening the console", chromedp.Navigate(g.BaseURL+"/"), chromedp.WaitVisible(chromedp.ID("send-form")))
+
+	// To an address, awaiting one line.
+	p.run("sending a line to an address",
+		chromedp.SetValue(chromedp.ID("send-kind"), "address"),
+		chromedp.SetValue(chromedp.ID("send-await"), "AWAIT_MODE_FRAME"),
+		// SetValue fires no change event: the page is told as a person's
+		// choice would tell it.
+		chromedp.Evaluate[chromedp.Void](`['send-kind', 'send-await'].forEach(id => document.getElementById(id).dispatchEvent(new Event('change')))`),
+		chromedp.WaitVisible(chromedp.ID("send-await-framing")),
+		chromedp.SetValue(chromedp.ID("send-await-framing"), "FRAMING_MODE_LINE"),
+		chromedp.SetValue(chromedp.ID("send-connection"), echo),
+		chromedp.SetValue(chromedp.ID("send-payload"), "hello\n"),
+		chromedp.Click(chromedp.ID("send-button")),
+	)
+	if label := eval[string](p, "reading the target's label", `document.getElementById('send-target-label').textContent`); label != "Address" {
+		t.Errorf("the target field is labelled %q for an address", label)
+	}
+	result := p.until("the send result", `(t => t.startsWith('sent') && t)(document.getElementById('send-result').textContent)`)
+	if result != "sent 6 bytes to 1 connection(s), reply shown below" {
+		t.Errorf("send result %q, want 6 bytes to 1 connection and a reply", result)
+	}
+	p.until("the reply as text", `(t => t.includes('echo: hello') && t)(document.getElementById('send-reply-text').textContent)`)
+	if hex := eval[string](p, "reading the reply's hex", `document.getElementById('send-reply-hex').textContent`); !strings.HasPrefix(hex, "00000000  65 63 68 6f 3a 20 68 65 6c 6c 6f") {
+		t.Errorf("the reply's hex dump is %q", hex)
+	}
+	if vis := eval[bool](p, "reading the reply's visibility", `document.getElementById('send-reply').checkVisibility()`); !vis {
+		t.Error("the reply is not shown")
+	}
+
+	// A file to every connection of a listener.
+	l, err := g.Client.StartListener(context.Background(), &tcpgatev1.StartListenerRequest{Host: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", l.Listener.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// The page lists the connection once the gateway holds it.
+	p.until("the client's connection", `document.querySelector('#connections tbody tr') && 'yes'`)
+	content := []byte("file\x00bytes\xff\n")
+	file := filepath.Join(t.TempDir(), "payload.bin")
+	if err := os.WriteFile(file, content, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.run("sending a file to a listener's connections",
+		chromedp.SetValue(chromedp.ID("send-kind"), "listener"),
+		chromedp.SetValue(chromedp.ID("send-format"), "file"),
+		chromedp.SetValue(chromedp.ID("send-await"), "AWAIT_MODE_NONE"),
+		chromedp.Evaluate[chromedp.Void](`['send-kind', 'send-format', 'send-await'].forEach(id => document.getElementById(id).dispatchEvent(new Event('change')))`),
+		chromedp.WaitVisible(chromedp.ID("send-file")),
+		chromedp.SetValue(chromedp.ID("send-connection"), l.Listener.ListenerId),
+		chromedp.SetUploadFiles(chromedp.ID("send-file"), []string{file}),
+		chromedp.Click(chromedp.ID("send-button")),
+	)
+	got := make([]byte, len(content))
+	_ = c.SetReadDeadline(time.Now().Add(waitBound))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != string(content) {
+		screenshot(t, ctx, "failure")
+		t.Fatalf("the listener's client read %q (%v), want the file's %q", got, err, content)
+	}
+	result = p.until("the file's send result", `(t => t.startsWith('sent') && t)(document.getElementById('send-result').textContent)`)
+	if want := fmt.Sprintf("sent %d bytes to 1 connection(s)", len(content)); result != want {
+		t.Errorf("send result %q, want %q", result, want)
+	}
+	if vis := eval[bool](p, "reading the reply's visibility", `document.getElementById('send-reply').checkVisibility()`); vis {
+		t.Error("a reply is still shown for a send that awaited none")
+	}
+
+	// A file over 4 MiB is refused before anything is sent.
+	big := filepath.Join(t.TempDir(), "big.bin")
+	if err := os.WriteFile(big, make([]byte, 4<<20+1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.run("sending a file over the limit",
+		chromedp.SetUploadFiles(chromedp.ID("send-file"), []string{big}),
+		chromedp.Click(chromedp.ID("send-button")),
+	)
+	p.until("the size error", `(t => t.startsWith('send failed: payload of 4194305 bytes is over') && t)(document.getElementById('send-result').textContent)`)
+	got2, err := g.Client.GetListener(context.Background(), &tcpgatev1.GetListenerRequest{ListenerId: l.Listener.ListenerId})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := got2.Listener.BytesOut; out != uint64(len(content)) {
+		t.Errorf("the listener wrote %d bytes, want only the first file's %d", out, len(content))
+	}
+}

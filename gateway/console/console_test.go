@@ -47,6 +47,7 @@ func TestServesPage(t *testing.T) {
 		{"/console/app.js", "text/javascript; charset=utf-8", "new EventSource("},
 		{"/console/style.css", "text/css; charset=utf-8", "#traffic"},
 		{"/console/connections.js", "text/javascript; charset=utf-8", "export function startConnections("},
+		{"/console/send.js", "text/javascript; charset=utf-8", "export function startSend("},
 	} {
 		t.Run(tc.path, func(t *testing.T) {
 			resp, body := get(t, g.BaseURL, tc.path, nil)

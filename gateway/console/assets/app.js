@@ -2,6 +2,7 @@
 // that serves it. Payloads are only ever set as textContent, never as HTML.
 
 import { startConnections } from './connections.js';
+import { startSend } from './send.js';
 const MAX_ROWS = 1000; // rows kept in the traffic view; older ones go
 const BATCH = 500; // events rendered per animation frame
 const MAX_BUFFER = 50000; // events held while paused; past that the stream closes and resumes from its sequence
@@ -299,22 +300,6 @@ function togglePause() {
   schedule();
 }
 
-// ---- send ----
-
-async function send(ev) {
-  ev.preventDefault();
-  const req = { connectionId: $('send-connection').value.trim() };
-  try {
-    const payload = $('send-payload').value;
-    if ($('send-format').value === 'hex') req.data = encodeBase64(parseHex(payload));
-    else req.text = payload;
-    const r = await api('POST', '/v1/send', req);
-    show($('send-result'), `sent ${r.bytesWritten || 0} bytes to ${r.connectionsReached || 0} connection(s)`);
-  } catch (err) {
-    show($('send-result'), `send failed: ${err.message}`, true);
-  }
-}
-
 // ---- login ----
 
 // The gateway trades its token for an HttpOnly session cookie (POST
@@ -362,7 +347,7 @@ function start(withLogin) {
   $('app').hidden = false;
   $('logout').hidden = !withLogin;
   $('start-form').addEventListener('submit', startListener);
-  $('send-form').addEventListener('submit', send);
+  startSend();
   $('pause').addEventListener('click', togglePause);
   $('show-hex').addEventListener('change', (ev) => $('traffic').classList.toggle('show-hex', ev.target.checked));
   $('clear').addEventListener('click', () => { $('traffic').replaceChildren(); total = 0; schedule(); });

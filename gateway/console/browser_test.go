@@ -379,3 +379,95 @@ func TestConsoleLogin(t *testing.T) {
 		t.Errorf("GET /v1/listeners from the page after logout: %s, want 401", status)
 	}
 }
+
+// TestConsoleResumesAfterRestart restarts the gateway under an open page
+// on the same HTTP port: without a reload, the traffic view shows a
+// "gateway restarted" notice and then the new gateway's events, keeps
+// what it showed before, and its filters pick rows by connection, kind
+// and direction.
+func TestConsoleResumesAfterRestart(t *testing.T) {
+	first := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
+	// The second gateway takes the port the first one chose, so that the
+	// page's EventSource finds it again.
+	httpAddr := first.Server.HTTPAddr()
+	ctx := browser(t, 1280, 800)
+	p := page{t, ctx}
+	defer screenshot(t, ctx, "resume-end")
+
+	// say starts a line-framed listener on g and has a TCP client send
+	// line on it; it returns the connection id the page shows for it.
+	say := func(g *servertest.Gateway, line string) string {
+		t.Helper()
+		l, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{
+			Host: "127.0.0.1", Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := net.Dial("tcp", l.GetListener().GetAddress())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if _, err := c.Write([]byte(line + "\n")); err != nil {
+			t.Fatal(err)
+		}
+		return p.until("the line "+line, rowWith("RECEIVED", "text", line))
+	}
+
+	p.run("opening the console", chromedp.Navigate(first.BaseURL+"/"), chromedp.WaitVisible(chromedp.ID("start-form")))
+	p.until("the event stream", `document.getElementById('status').textContent === 'live' && 'live'`)
+	before := say(first, "before restart")
+	if n := eval[int](p, "counting notices", `document.querySelectorAll('#traffic li.notice-restart').length`); n != 0 {
+		t.Fatalf("%d restart notices before any restart", n)
+	}
+	// A reload would lose this.
+	eval[bool](p, "marking the page", `window.sameDocument = true`)
+
+	if err := first.Stop(); err != nil {
+		t.Fatalf("stopping the first gateway: %v", err)
+	}
+	p.until("the page to see the gateway go", `document.getElementById('status').textContent !== 'live' && 'gone'`)
+	second := servertest.Start(t, server.Config{HTTPAddr: httpAddr})
+	after := say(second, "after restart")
+
+	notice := p.until("the restart notice", `(document.querySelector('#traffic li.notice-restart') || {}).textContent || ''`)
+	if !strings.Contains(notice, "gateway restarted") {
+		t.Errorf("restart notice %q, want it to say the gateway restarted", notice)
+	}
+	order := eval[string](p, "reading the rows' order", `[...document.querySelectorAll('#traffic li')].map(li =>
+		li.classList.contains('notice-restart') ? 'restart' : (li.querySelector('pre.text') || {}).textContent || '').filter(Boolean).join('|')`)
+	if order != "before restart|restart|after restart" {
+		t.Errorf("the traffic view shows %q, want the old line, the restart notice, the new line", order)
+	}
+	if !eval[bool](p, "reading the mark", `window.sameDocument === true`) {
+		t.Error("the page was reloaded")
+	}
+	p.until("the status", `document.getElementById('status').textContent.startsWith('live') && 'live'`)
+
+	// The filters pick what is shown; the notice stays.
+	visible := func(what string) string {
+		t.Helper()
+		return eval[string](p, "reading "+what, `[...document.querySelectorAll('#traffic li')].filter(li => !li.hidden).map(li =>
+			li.classList.contains('notice') ? 'notice' : li.dataset.kind + (li.dataset.connection ? ':' + li.dataset.connection : '')).join(' ')`)
+	}
+	p.run("filtering by connection", chromedp.SendKeys(chromedp.ID("filter-connection"), after))
+	if got, want := visible("the rows of one connection"), "notice CONNECTION_OPENED:"+after+" DATA:"+after; got != want {
+		t.Errorf("filtered by connection %s: %q, want %q", after, got, want)
+	}
+	// choose sets a filter as a person's choice does, with its input event.
+	choose := func(id, value string) {
+		t.Helper()
+		eval[bool](p, "setting "+id, fmt.Sprintf(`(el => { el.value = %q; return el.dispatchEvent(new Event('input')); })(document.getElementById(%q))`, value, id))
+	}
+	choose("filter-connection", "")
+	choose("filter-kind", "DATA")
+	if got, want := visible("the data rows"), "DATA:"+before+" notice DATA:"+after; got != want {
+		t.Errorf("filtered by kind DATA: %q, want %q", got, want)
+	}
+	choose("filter-kind", "")
+	choose("filter-direction", "SENT")
+	if got := visible("the sent rows"); got != "notice" {
+		t.Errorf("filtered by direction SENT: %q, want only the notice (nothing was sent)", got)
+	}
+}

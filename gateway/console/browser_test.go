@@ -3,12 +3,15 @@ package console_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -428,6 +431,10 @@ func TestConsoleResumesAfterRestart(t *testing.T) {
 		t.Fatalf("stopping the first gateway: %v", err)
 	}
 	p.until("the page to see the gateway go", `document.getElementById('status').textContent !== 'live' && 'gone'`)
+	// While it is down, a proxy in front of it answers 502: the browser
+	// gives up on a stream answered so, and the page must reopen it
+	// itself, from the last id it saw.
+	proxyDown(t, httpAddr)
 	second := servertest.Start(t, server.Config{HTTPAddr: httpAddr})
 	after := say(second, "after restart")
 
@@ -469,5 +476,38 @@ func TestConsoleResumesAfterRestart(t *testing.T) {
 	choose("filter-direction", "SENT")
 	if got := visible("the sent rows"); got != "notice" {
 		t.Errorf("filtered by direction SENT: %q, want only the notice (nothing was sent)", got)
+	}
+}
+
+// proxyDown serves addr as a proxy whose backend is down would, with
+// 502 to every request, until the page's event stream has asked once.
+func proxyDown(t *testing.T, addr string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("taking the gateway's port %s: %v", addr, err)
+	}
+	asked := make(chan struct{})
+	var once sync.Once
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "backend down", http.StatusBadGateway)
+		if r.URL.Path == "/v1/events" {
+			// Sent before the proxy closes: the browser reads a 502.
+			_ = http.NewResponseController(w).Flush()
+			once.Do(func() { close(asked) })
+		}
+	})}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case <-asked:
+	case <-time.After(waitBound):
+		t.Errorf("the page's event stream did not come back within %v", waitBound)
+	}
+	if err := srv.Close(); err != nil {
+		t.Errorf("closing the proxy: %v", err)
+	}
+	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+		t.Errorf("the proxy: %v", err)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/chromedp/cdproto/accessibility"
 	"github.com/chromedp/chromedp"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server"
@@ -509,5 +510,69 @@ func proxyDown(t *testing.T, addr string) {
 	}
 	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
 		t.Errorf("the proxy: %v", err)
+	}
+}
+
+// TestConsoleShowsClosesAndReconnects has a managed outbound connection
+// lose its peer and then fail to dial again: the traffic view shows the
+// close with its reason and each scheduled reconnect with its attempt
+// and error, both styled apart from data.
+func TestConsoleShowsClosesAndReconnects(t *testing.T) {
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The peer takes one connection and hangs up; its port then refuses.
+	accepted := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			err = c.Close()
+		}
+		ln.Close()
+		accepted <- err
+	}()
+	p := page{t, browser(t, 1280, 800)}
+	defer screenshot(t, p.ctx, "reconnects-end")
+	p.run("opening the console", chromedp.Navigate(g.BaseURL+"/"), chromedp.WaitVisible(chromedp.ID("start-form")))
+	p.until("the event stream", `document.getElementById('status').textContent === 'live' && 'live'`)
+
+	resp, err := g.Client.Connect(servertest.Context(t), &tcpgatev1.ConnectRequest{
+		Address:   ln.Addr().String(),
+		Reconnect: &tcpgatev1.Reconnect{InitialBackoff: durationpb.New(50 * time.Millisecond), MaxBackoff: durationpb.New(200 * time.Millisecond)},
+	})
+	if err != nil {
+		t.Fatalf("connecting to the peer: %v", err)
+	}
+	if err := <-accepted; err != nil {
+		t.Fatalf("the peer: %v", err)
+	}
+	id := resp.GetConnection().GetConnectionId()
+	row := func(kind, want string) string {
+		return fmt.Sprintf(`(() => {
+			for (const li of document.querySelectorAll('#traffic li.kind-%s[data-connection=%q]')) {
+				if (li.textContent.includes(%q)) return li.textContent;
+			}
+			return '';
+		})()`, kind, id, want)
+	}
+	closed := p.until("the close with its reason", row("CONNECTION_CLOSED", "PEER_CLOSED"))
+	if !strings.Contains(closed, "generation 1") {
+		t.Errorf("close row %q, want the socket's generation 1", closed)
+	}
+	p.until("a reconnect with its attempt", row("RECONNECT_SCHEDULED", "attempt 1 in"))
+	refused := p.until("a failed reconnect with its error", row("RECONNECT_SCHEDULED", "refused"))
+	if !strings.Contains(refused, "attempt") {
+		t.Errorf("reconnect row %q, want its attempt", refused)
+	}
+	// Each kind has a look of its own: a data row has no left border.
+	styles := eval[string](p, "reading the rows' styles", fmt.Sprintf(`['CONNECTION_CLOSED', 'RECONNECT_SCHEDULED'].map(k =>
+		getComputedStyle(document.querySelector('#traffic li.kind-' + k + '[data-connection=%q]')).borderLeftStyle).join(' ')`, id))
+	if styles != "solid dashed" {
+		t.Errorf("close and reconnect rows have left borders %q, want solid and dashed", styles)
+	}
+	if _, err := g.Client.CloseConnection(servertest.Context(t), &tcpgatev1.CloseConnectionRequest{ConnectionId: id}); err != nil {
+		t.Errorf("closing the outbound connection: %v", err)
 	}
 }

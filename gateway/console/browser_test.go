@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -575,4 +577,151 @@ func TestConsoleShowsClosesAndReconnects(t *testing.T) {
 	if _, err := g.Client.CloseConnection(servertest.Context(t), &tcpgatev1.CloseConnectionRequest{ConnectionId: id}); err != nil {
 		t.Errorf("closing the outbound connection: %v", err)
 	}
+}
+
+// TestConsoleShowsDrops cuts the page off its gateway (a proxy between
+// them drops the stream and answers 502) while a TCP client sends more
+// than the gateway's replay ring holds: when the proxy is back, the page
+// resumes by itself from the last event it saw, says how many events it
+// missed, and shows the newest line.
+func TestConsoleShowsDrops(t *testing.T) {
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0", ReplayBytes: 4 << 10})
+	proxy := newCutProxy(t, g.BaseURL)
+	p := page{t, browser(t, 1280, 800)}
+	defer screenshot(t, p.ctx, "drops-end")
+
+	l, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{
+		Host: "127.0.0.1", Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", l.GetListener().GetAddress())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p.run("opening the console", chromedp.Navigate(proxy.url+"/"), chromedp.WaitVisible(chromedp.ID("start-form")))
+	if _, err := c.Write([]byte("seen\n")); err != nil {
+		t.Fatal(err)
+	}
+	p.until("the first line", rowWith("RECEIVED", "text", "seen"))
+
+	proxy.cut()
+	p.until("the page to lose its stream", `document.getElementById('status').textContent !== 'live' && 'lost'`)
+	// 200 lines of 100 bytes: five times what the ring holds.
+	const lines = 200
+	line := strings.Repeat("x", 99) + "\n"
+	for range lines - 1 {
+		if _, err := c.Write([]byte(line)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.Write([]byte("newest\n")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(waitBound)
+	for {
+		got, err := g.Client.GetListener(servertest.Context(t), &tcpgatev1.GetListenerRequest{ListenerId: l.GetListener().GetListenerId()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.GetListener().GetFramesIn() == lines+1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the gateway read %d frames, want %d", got.GetListener().GetFramesIn(), lines+1)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	proxy.restore()
+
+	notice := p.until("the drop notice", `(document.querySelector('#traffic li.notice-dropped') || {}).textContent || ''`)
+	var n int
+	if _, err := fmt.Sscanf(notice, "%d events dropped", &n); err != nil || n <= 0 || n > lines {
+		t.Errorf("drop notice %q, want a count of the missed events (1 to %d)", notice, lines)
+	}
+	p.until("the newest line", rowWith("RECEIVED", "text", "newest"))
+	shown := eval[int](p, "counting the data rows", `document.querySelectorAll('#traffic li.kind-DATA').length`)
+	if shown+n != lines+1 {
+		t.Errorf("%d data rows and %d dropped, want %d lines in all", shown, n, lines+1)
+	}
+	if eval[int](p, "counting restart notices", `document.querySelectorAll('#traffic li.notice-restart').length`) != 0 {
+		t.Error("a restart notice, but the gateway did not restart")
+	}
+}
+
+// cutProxy stands between the page and its gateway, and can cut it off.
+type cutProxy struct {
+	url string
+	mu  sync.Mutex
+	// down and streams are guarded by mu: while down, every request gets
+	// 502; streams cancels the requests in flight.
+	down    bool
+	streams map[*http.Request]context.CancelFunc
+}
+
+func newCutProxy(t *testing.T, target string) *cutProxy {
+	t.Helper()
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{streams: map[*http.Request]context.CancelFunc{}}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(u)
+			r.Out.Host = r.In.Host // the page's own origin, as a proxy keeps it
+		},
+		FlushInterval: -1,
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.url = "http://" + ln.Addr().String()
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		p.mu.Lock()
+		down := p.down
+		if !down {
+			p.streams[r] = cancel
+		}
+		p.mu.Unlock()
+		if down {
+			http.Error(w, "backend down", http.StatusBadGateway)
+			return
+		}
+		defer func() {
+			p.mu.Lock()
+			delete(p.streams, r)
+			p.mu.Unlock()
+		}()
+		rp.ServeHTTP(w, r.WithContext(ctx))
+	})}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		srv.Close()
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("the proxy: %v", err)
+		}
+	})
+	return p
+}
+
+func (p *cutProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for _, cancel := range p.streams {
+		cancel()
+	}
+}
+
+func (p *cutProxy) restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = false
 }

@@ -3,9 +3,13 @@ package console_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +21,7 @@ import (
 	"github.com/chromedp/cdproto/accessibility"
 	"github.com/chromedp/chromedp"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server"
@@ -778,4 +783,344 @@ func TestConsoleSendBox(t *testing.T) {
 	if out := got2.Listener.BytesOut; out != uint64(len(content)) {
 		t.Errorf("the listener wrote %d bytes, want only the first file's %d", out, len(content))
 	}
+}
+
+// TestConsoleResumesAfterRestart restarts the gateway under an open page
+// on the same HTTP port: without a reload, the traffic view shows a
+// "gateway restarted" notice and then the new gateway's events, keeps
+// what it showed before, and its filters pick rows by connection, kind
+// and direction.
+func TestConsoleResumesAfterRestart(t *testing.T) {
+	first := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
+	// The second gateway takes the port the first one chose, so that the
+	// page's EventSource finds it again.
+	httpAddr := first.Server.HTTPAddr()
+	ctx := browser(t, 1280, 800)
+	p := page{t, ctx}
+	defer screenshot(t, ctx, "resume-end")
+
+	// say starts a line-framed listener on g and has a TCP client send
+	// line on it; it returns the connection id the page shows for it.
+	say := func(g *servertest.Gateway, line string) string {
+		t.Helper()
+		l, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{
+			Host: "127.0.0.1", Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := net.Dial("tcp", l.GetListener().GetAddress())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if _, err := c.Write([]byte(line + "\n")); err != nil {
+			t.Fatal(err)
+		}
+		return p.until("the line "+line, rowWith("RECEIVED", "text", line))
+	}
+
+	p.run("opening the console", chromedp.Navigate(first.BaseURL+"/"), chromedp.WaitVisible(chromedp.ID("start-form")))
+	p.until("the event stream", `document.getElementById('status').textContent === 'live' && 'live'`)
+	before := say(first, "before restart")
+	if n := eval[int](p, "counting notices", `document.querySelectorAll('#traffic li.notice-restart').length`); n != 0 {
+		t.Fatalf("%d restart notices before any restart", n)
+	}
+	// A reload would lose this.
+	eval[bool](p, "marking the page", `window.sameDocument = true`)
+
+	if err := first.Stop(); err != nil {
+		t.Fatalf("stopping the first gateway: %v", err)
+	}
+	p.until("the page to see the gateway go", `document.getElementById('status').textContent !== 'live' && 'gone'`)
+	// While it is down, a proxy in front of it answers 502: the browser
+	// gives up on a stream answered so, and the page must reopen it
+	// itself, from the last id it saw.
+	proxyDown(t, httpAddr)
+	second := servertest.Start(t, server.Config{HTTPAddr: httpAddr})
+	after := say(second, "after restart")
+
+	notice := p.until("the restart notice", `(document.querySelector('#traffic li.notice-restart') || {}).textContent || ''`)
+	if !strings.Contains(notice, "gateway restarted") {
+		t.Errorf("restart notice %q, want it to say the gateway restarted", notice)
+	}
+	order := eval[string](p, "reading the rows' order", `[...document.querySelectorAll('#traffic li')].map(li =>
+		li.classList.contains('notice-restart') ? 'restart' : (li.querySelector('pre.text') || {}).textContent || '').filter(Boolean).join('|')`)
+	if order != "before restart|restart|after restart" {
+		t.Errorf("the traffic view shows %q, want the old line, the restart notice, the new line", order)
+	}
+	if !eval[bool](p, "reading the mark", `window.sameDocument === true`) {
+		t.Error("the page was reloaded")
+	}
+	p.until("the status", `document.getElementById('status').textContent.startsWith('live') && 'live'`)
+
+	// The filters pick what is shown; the notice stays.
+	visible := func(what string) string {
+		t.Helper()
+		return eval[string](p, "reading "+what, `[...document.querySelectorAll('#traffic li')].filter(li => !li.hidden).map(li =>
+			li.classList.contains('notice') ? 'notice' : li.dataset.kind + (li.dataset.connection ? ':' + li.dataset.connection : '')).join(' ')`)
+	}
+	p.run("filtering by connection", chromedp.SendKeys(chromedp.ID("filter-connection"), after))
+	if got, want := visible("the rows of one connection"), "notice CONNECTION_OPENED:"+after+" DATA:"+after; got != want {
+		t.Errorf("filtered by connection %s: %q, want %q", after, got, want)
+	}
+	// choose sets a filter as a person's choice does, with its input event.
+	choose := func(id, value string) {
+		t.Helper()
+		eval[bool](p, "setting "+id, fmt.Sprintf(`(el => { el.value = %q; return el.dispatchEvent(new Event('input')); })(document.getElementById(%q))`, value, id))
+	}
+	choose("filter-connection", "")
+	choose("filter-kind", "DATA")
+	if got, want := visible("the data rows"), "DATA:"+before+" notice DATA:"+after; got != want {
+		t.Errorf("filtered by kind DATA: %q, want %q", got, want)
+	}
+	choose("filter-kind", "")
+	choose("filter-direction", "SENT")
+	if got := visible("the sent rows"); got != "notice" {
+		t.Errorf("filtered by direction SENT: %q, want only the notice (nothing was sent)", got)
+	}
+}
+
+// proxyDown serves addr as a proxy whose backend is down would, with
+// 502 to every request, until the page's event stream has asked once.
+func proxyDown(t *testing.T, addr string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("taking the gateway's port %s: %v", addr, err)
+	}
+	asked := make(chan struct{})
+	var once sync.Once
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "backend down", http.StatusBadGateway)
+		if r.URL.Path == "/v1/events" {
+			// Sent before the proxy closes: the browser reads a 502.
+			_ = http.NewResponseController(w).Flush()
+			once.Do(func() { close(asked) })
+		}
+	})}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case <-asked:
+	case <-time.After(waitBound):
+		t.Errorf("the page's event stream did not come back within %v", waitBound)
+	}
+	if err := srv.Close(); err != nil {
+		t.Errorf("closing the proxy: %v", err)
+	}
+	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+		t.Errorf("the proxy: %v", err)
+	}
+}
+
+// TestConsoleShowsClosesAndReconnects has a managed outbound connection
+// lose its peer and then fail to dial again: the traffic view shows the
+// close with its reason and each scheduled reconnect with its attempt
+// and error, both styled apart from data.
+func TestConsoleShowsClosesAndReconnects(t *testing.T) {
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The peer takes one connection and hangs up; its port then refuses.
+	accepted := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			err = c.Close()
+		}
+		ln.Close()
+		accepted <- err
+	}()
+	p := page{t, browser(t, 1280, 800)}
+	defer screenshot(t, p.ctx, "reconnects-end")
+	p.run("opening the console", chromedp.Navigate(g.BaseURL+"/"), chromedp.WaitVisible(chromedp.ID("start-form")))
+	p.until("the event stream", `document.getElementById('status').textContent === 'live' && 'live'`)
+
+	resp, err := g.Client.Connect(servertest.Context(t), &tcpgatev1.ConnectRequest{
+		Address:   ln.Addr().String(),
+		Reconnect: &tcpgatev1.Reconnect{InitialBackoff: durationpb.New(50 * time.Millisecond), MaxBackoff: durationpb.New(200 * time.Millisecond)},
+	})
+	if err != nil {
+		t.Fatalf("connecting to the peer: %v", err)
+	}
+	if err := <-accepted; err != nil {
+		t.Fatalf("the peer: %v", err)
+	}
+	id := resp.GetConnection().GetConnectionId()
+	row := func(kind, want string) string {
+		return fmt.Sprintf(`(() => {
+			for (const li of document.querySelectorAll('#traffic li.kind-%s[data-connection=%q]')) {
+				if (li.textContent.includes(%q)) return li.textContent;
+			}
+			return '';
+		})()`, kind, id, want)
+	}
+	closed := p.until("the close with its reason", row("CONNECTION_CLOSED", "PEER_CLOSED"))
+	if !strings.Contains(closed, "generation 1") {
+		t.Errorf("close row %q, want the socket's generation 1", closed)
+	}
+	p.until("a reconnect with its attempt", row("RECONNECT_SCHEDULED", "attempt 1 in"))
+	refused := p.until("a failed reconnect with its error", row("RECONNECT_SCHEDULED", "refused"))
+	if !strings.Contains(refused, "attempt") {
+		t.Errorf("reconnect row %q, want its attempt", refused)
+	}
+	// Each kind has a look of its own: a data row has no left border.
+	styles := eval[string](p, "reading the rows' styles", fmt.Sprintf(`['CONNECTION_CLOSED', 'RECONNECT_SCHEDULED'].map(k =>
+		getComputedStyle(document.querySelector('#traffic li.kind-' + k + '[data-connection=%q]')).borderLeftStyle).join(' ')`, id))
+	if styles != "solid dashed" {
+		t.Errorf("close and reconnect rows have left borders %q, want solid and dashed", styles)
+	}
+	if _, err := g.Client.CloseConnection(servertest.Context(t), &tcpgatev1.CloseConnectionRequest{ConnectionId: id}); err != nil {
+		t.Errorf("closing the outbound connection: %v", err)
+	}
+}
+
+// TestConsoleShowsDrops cuts the page off its gateway (a proxy between
+// them drops the stream and answers 502) while a TCP client sends more
+// than the gateway's replay ring holds: when the proxy is back, the page
+// resumes by itself from the last event it saw, says how many events it
+// missed, and shows the newest line.
+func TestConsoleShowsDrops(t *testing.T) {
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0", ReplayBytes: 4 << 10})
+	proxy := newCutProxy(t, g.BaseURL)
+	p := page{t, browser(t, 1280, 800)}
+	defer screenshot(t, p.ctx, "drops-end")
+
+	l, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{
+		Host: "127.0.0.1", Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", l.GetListener().GetAddress())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p.run("opening the console", chromedp.Navigate(proxy.url+"/"), chromedp.WaitVisible(chromedp.ID("start-form")))
+	if _, err := c.Write([]byte("seen\n")); err != nil {
+		t.Fatal(err)
+	}
+	p.until("the first line", rowWith("RECEIVED", "text", "seen"))
+
+	proxy.cut()
+	p.until("the page to lose its stream", `document.getElementById('status').textContent !== 'live' && 'lost'`)
+	// 200 lines of 100 bytes: five times what the ring holds.
+	const lines = 200
+	line := strings.Repeat("x", 99) + "\n"
+	for range lines - 1 {
+		if _, err := c.Write([]byte(line)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.Write([]byte("newest\n")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(waitBound)
+	for {
+		got, err := g.Client.GetListener(servertest.Context(t), &tcpgatev1.GetListenerRequest{ListenerId: l.GetListener().GetListenerId()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.GetListener().GetFramesIn() == lines+1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the gateway read %d frames, want %d", got.GetListener().GetFramesIn(), lines+1)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	proxy.restore()
+
+	notice := p.until("the drop notice", `(document.querySelector('#traffic li.notice-dropped') || {}).textContent || ''`)
+	var n int
+	if _, err := fmt.Sscanf(notice, "%d events dropped", &n); err != nil || n <= 0 || n > lines {
+		t.Errorf("drop notice %q, want a count of the missed events (1 to %d)", notice, lines)
+	}
+	p.until("the newest line", rowWith("RECEIVED", "text", "newest"))
+	shown := eval[int](p, "counting the data rows", `document.querySelectorAll('#traffic li.kind-DATA').length`)
+	if shown+n != lines+1 {
+		t.Errorf("%d data rows and %d dropped, want %d lines in all", shown, n, lines+1)
+	}
+	if eval[int](p, "counting restart notices", `document.querySelectorAll('#traffic li.notice-restart').length`) != 0 {
+		t.Error("a restart notice, but the gateway did not restart")
+	}
+}
+
+// cutProxy stands between the page and its gateway, and can cut it off.
+type cutProxy struct {
+	url string
+	mu  sync.Mutex
+	// down and streams are guarded by mu: while down, every request gets
+	// 502; streams cancels the requests in flight.
+	down    bool
+	streams map[*http.Request]context.CancelFunc
+}
+
+func newCutProxy(t *testing.T, target string) *cutProxy {
+	t.Helper()
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{streams: map[*http.Request]context.CancelFunc{}}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(u)
+			r.Out.Host = r.In.Host // the page's own origin, as a proxy keeps it
+		},
+		FlushInterval: -1,
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.url = "http://" + ln.Addr().String()
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		p.mu.Lock()
+		down := p.down
+		if !down {
+			p.streams[r] = cancel
+		}
+		p.mu.Unlock()
+		if down {
+			http.Error(w, "backend down", http.StatusBadGateway)
+			return
+		}
+		defer func() {
+			p.mu.Lock()
+			delete(p.streams, r)
+			p.mu.Unlock()
+		}()
+		rp.ServeHTTP(w, r.WithContext(ctx))
+	})}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		srv.Close()
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("the proxy: %v", err)
+		}
+	})
+	return p
+}
+
+func (p *cutProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for _, cancel := range p.streams {
+		cancel()
+	}
+}
+
+func (p *cutProxy) restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = false
 }

@@ -187,18 +187,64 @@ export function parseHex(s) {
 
 // ---- traffic ----
 
+const RETRY_MS = 2000; // as the stream's retry: line; used when the page must reopen it itself
+
 let source = null;
-let lastSequence = 0;
+let lastId = ''; // the last SSE id seen: "INCARNATION-SEQUENCE"
+let incarnation = ''; // the gateway's, from the first STREAM_STARTED
+let noticed = ''; // the incarnation the restart notice was shown for
+let streams = 0; // STREAM_STARTED events seen: more than one means a resume
+let reopening = null;
 let paused = false;
 let pending = []; // events received, not yet rendered
 let scheduled = false;
 let total = 0;
 
-function eventRow(e) {
+// A notice is a row of the stream itself (a restart, a resume, a drop):
+// no filter hides it.
+function noticeRow(kind, text) {
   const li = document.createElement('li');
+  li.className = `notice notice-${kind}`;
+  li.textContent = text;
+  return li;
+}
+
+function filters() {
+  return {
+    listener: $('filter-listener').value.trim(),
+    connection: $('filter-connection').value.trim(),
+    kind: $('filter-kind').value,
+    dir: $('filter-direction').value,
+  };
+}
+
+// shown says whether row passes f: ids match by substring, kind and
+// direction exactly; a direction hides rows that have none.
+function shown(row, f) {
+  if (row.classList.contains('notice')) return true;
+  const d = row.dataset;
+  return (!f.listener || (d.listener || '').includes(f.listener))
+    && (!f.connection || (d.connection || '').includes(f.connection))
+    && (!f.kind || d.kind === f.kind)
+    && (!f.dir || d.dir === f.dir);
+}
+
+function applyFilters() {
+  const f = filters();
+  for (const row of $('traffic').children) row.hidden = !shown(row, f);
+}
+
+function eventRow(e) {
   const kind = short(e.kind, 'EVENT_KIND_');
+  if (kind === 'EVENTS_DROPPED') {
+    return noticeRow('dropped', `${e.dropped || 0} events dropped: this view missed them (it fell behind, or the gateway no longer held them)`);
+  }
+  const li = document.createElement('li');
   const dir = short(e.direction, 'DIRECTION_');
   li.className = `kind-${kind}${dir ? ` dir-${dir}` : ''}`;
+  li.dataset.kind = kind;
+  if (dir) li.dataset.dir = dir;
+  if (e.listenerId) li.dataset.listener = e.listenerId;
   if (e.sequence) li.dataset.sequence = e.sequence;
   const meta = document.createElement('span');
   meta.className = 'meta';
@@ -223,9 +269,17 @@ function eventRow(e) {
     b.setAttribute('aria-label', `Send to connection ${e.connectionId}`);
     li.append(' connection ', b);
   }
+  if (e.generation) li.append(` generation ${e.generation}`);
   if (e.remoteAddress) li.append(` from ${e.remoteAddress}`);
-  if (e.closeReason) li.append(` ${short(e.closeReason, 'CLOSE_REASON_')}`);
-  if (e.dropped) li.append(` ${e.dropped} events dropped`);
+  if (kind === 'RECONNECT_SCHEDULED') {
+    li.append(` attempt ${e.attempt || 1} in ${e.delay || '0s'}`);
+  }
+  if (e.closeReason || e.error) {
+    const why = document.createElement('span');
+    why.className = 'why';
+    why.textContent = ` ${[short(e.closeReason, 'CLOSE_REASON_'), e.error].filter(Boolean).join(': ')}`;
+    li.append(why);
+  }
   if (kind === 'DATA') {
     // The stream sends text when the frame is valid UTF-8, data otherwise.
     const bytes = e.text !== undefined ? encoder.encode(e.text) : decodeBase64(e.data);
@@ -259,35 +313,96 @@ function flush() {
   const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
   const batch = pending.splice(0, BATCH);
   const frag = document.createDocumentFragment();
-  for (const e of batch) frag.append(eventRow(e));
+  const f = filters();
+  for (const e of batch) {
+    const row = e.notice ? noticeRow(e.notice, e.text) : eventRow(e);
+    row.hidden = !shown(row, f);
+    frag.append(row);
+  }
   list.append(frag);
   for (let extra = list.children.length - MAX_ROWS; extra > 0; extra--) list.firstElementChild.remove();
   if (atBottom) list.scrollTop = list.scrollHeight;
   schedule();
 }
 
+// restarted queues the notice that the gateway now answers as inc, once
+// per incarnation.
+function restarted(inc) {
+  if (noticed === inc) return;
+  noticed = inc;
+  const was = incarnation && incarnation !== inc ? ` (was ${incarnation})` : '';
+  pending.push({ notice: 'restart', text: `gateway restarted: now incarnation ${inc}${was}; sequences start again` });
+  show($('status'), 'live: gateway restarted');
+}
+
+// streamStarted handles a stream's first event: the first one sets the
+// incarnation, a later one is a resume, and one of another incarnation
+// a restart (also when no INCARNATION_CHANGED follows: a page that saw
+// no event had no id to resume from).
+function streamStarted(e) {
+  const inc = (e.header && e.header.incarnation) || '';
+  streams++;
+  if (incarnation && inc && inc !== incarnation) restarted(inc);
+  else if (streams > 1) pending.push({ notice: 'resumed', text: `stream resumed after #${lastId.split('-')[1] || 0}` });
+  if (inc) incarnation = inc;
+}
+
+function onEvent(m) {
+  let e;
+  try { e = JSON.parse(m.data); } catch { return; }
+  if (m.lastEventId) lastId = m.lastEventId;
+  switch (e.kind) {
+    case 'EVENT_KIND_STREAM_STARTED':
+      streamStarted(e);
+      schedule();
+      return;
+    case 'EVENT_KIND_INCARNATION_CHANGED': {
+      const inc = (e.header && e.header.incarnation) || incarnation;
+      restarted(inc);
+      incarnation = inc;
+      schedule();
+      return;
+    }
+    default:
+  }
+  total++;
+  pending.push(e);
+  if (paused && pending.length >= MAX_BUFFER && source) {
+    // Held in the gateway's replay ring instead, from lastId on.
+    source.close();
+    source = null;
+    show($('status'), 'paused: stream closed, resumes from its sequence');
+  }
+  schedule();
+}
+
+// openStream opens the page's one EventSource. While it lives, the
+// browser reconnects it with Last-Event-ID; a stream the browser gave
+// up on (the gateway answered other than with a stream, as it does
+// while it shuts down) is reopened here from the last id seen.
 function openStream() {
   let url = '/v1/events?includeSent=true';
-  if (lastSequence) url += `&sinceSequence=${lastSequence + 1}`;
-  source = new EventSource(url);
-  source.onopen = () => show($('status'), 'live');
-  source.onerror = () => show($('status'), 'reconnecting', true);
-  source.onmessage = (m) => {
-    let e;
-    try { e = JSON.parse(m.data); } catch { return; }
-    if (e.sequence) lastSequence = Math.max(lastSequence, Number(e.sequence));
-    total++;
-    pending.push(e);
-    if (paused && pending.length >= MAX_BUFFER && source) {
-      // Held in the gateway's replay ring instead, from lastSequence on.
-      source.close();
-      source = null;
-      show($('status'), 'paused: stream closed, resumes from its sequence');
+  const cut = lastId.lastIndexOf('-');
+  if (cut > 0) {
+    const seq = Number(lastId.slice(cut + 1));
+    url += `&sinceIncarnation=${encodeURIComponent(lastId.slice(0, cut))}&sinceSequence=${seq + 1}`;
+  }
+  const es = new EventSource(url);
+  source = es;
+  es.onopen = () => show($('status'), noticed === incarnation && incarnation ? 'live: gateway restarted' : 'live');
+  es.onmessage = onEvent;
+  es.addEventListener('error', (m) => {
+    if (m.data) {
+      show($('status'), `stream: ${m.data}`, true);
+      return;
     }
-    schedule();
-  };
-  source.addEventListener('error', (m) => {
-    if (m.data) show($('status'), `stream: ${m.data}`, true);
+    show($('status'), 'reconnecting', true);
+    if (es.readyState !== EventSource.CLOSED || source !== es || reopening) return;
+    source = null;
+    reopening = setTimeout(() => {
+      reopening = null;
+      if (!source && !(paused && pending.length >= MAX_BUFFER)) openStream();
+    }, RETRY_MS);
   });
 }
 
@@ -296,7 +411,7 @@ function togglePause() {
   const b = $('pause');
   b.textContent = paused ? 'Resume' : 'Pause';
   b.setAttribute('aria-pressed', String(paused));
-  if (!paused && !source) openStream();
+  if (!paused && !source && !reopening) openStream();
   schedule();
 }
 
@@ -351,6 +466,10 @@ function start(withLogin) {
   $('pause').addEventListener('click', togglePause);
   $('show-hex').addEventListener('change', (ev) => $('traffic').classList.toggle('show-hex', ev.target.checked));
   $('clear').addEventListener('click', () => { $('traffic').replaceChildren(); total = 0; schedule(); });
+  for (const id of ['filter-listener', 'filter-connection', 'filter-kind', 'filter-direction']) {
+    $(id).addEventListener('input', applyFilters);
+  }
+  $('traffic-filters').addEventListener('submit', (ev) => ev.preventDefault());
   $('traffic').addEventListener('click', (ev) => {
     const b = ev.target.closest('button.conn');
     if (!b) return;

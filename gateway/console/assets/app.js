@@ -1,38 +1,13 @@
 // The tcpgate console: plain DOM over the public REST API of the gateway
 // that serves it. Payloads are only ever set as textContent, never as HTML.
 
+import { $, api, decodeBase64, escapedText, hexDump, short, show } from './util.js';
 import { startConnections } from './connections.js';
 import { startSend } from './send.js';
 const MAX_ROWS = 1000; // rows kept in the traffic view; older ones go
 const BATCH = 500; // events rendered per animation frame
 const MAX_BUFFER = 50000; // events held while paused; past that the stream closes and resumes from its sequence
 const POLL_MS = 1000;
-
-const $ = (id) => document.getElementById(id);
-
-// api calls the REST API; it sends no credentials of its own.
-async function api(method, path, body) {
-  const init = { method, headers: { Accept: 'application/json' } };
-  if (body !== undefined) {
-    init.headers['Content-Type'] = 'application/json';
-    init.body = JSON.stringify(body);
-  }
-  const resp = await fetch(path, init);
-  const text = await resp.text();
-  let data = null;
-  try { data = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
-  if (!resp.ok) throw new Error((data && data.message) || `${resp.status} ${resp.statusText}`);
-  return data;
-}
-
-function short(value, prefix) {
-  return value && value.startsWith(prefix) ? value.slice(prefix.length) : value || '';
-}
-
-function show(el, text, error) {
-  el.textContent = text;
-  el.classList.toggle('error', !!error);
-}
 
 // ---- listeners ----
 
@@ -134,56 +109,7 @@ async function stopListener(id, button) {
 
 // ---- payloads ----
 
-function decodeBase64(b64) {
-  const bin = atob(b64 || '');
-  const out = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
-  return out;
-}
-
-function encodeBase64(bytes) {
-  let bin = '';
-  for (const b of bytes) bin += String.fromCharCode(b);
-  return btoa(bin);
-}
-
 const encoder = new TextEncoder();
-
-const hex2 = (b) => b.toString(16).padStart(2, '0');
-
-// escapedText shows bytes that are not valid UTF-8 as \xNN, and control
-// characters but newline and tab likewise.
-function escapedText(bytes, text) {
-  if (text === undefined) {
-    let s = '';
-    for (const b of bytes) s += b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : `\\x${hex2(b)}`;
-    return s;
-  }
-  // eslint-disable-next-line no-control-regex
-  return text.replace(/[\x00-\x08\x0b-\x1f\x7f]/g, (c) => `\\x${hex2(c.charCodeAt(0))}`);
-}
-
-// hexDump is 16 bytes a line: offset, bytes, and the printable ones.
-function hexDump(bytes) {
-  const lines = [];
-  for (let off = 0; off < bytes.length; off += 16) {
-    const chunk = bytes.subarray(off, off + 16);
-    const hex = [...chunk].map(hex2).join(' ');
-    const ascii = [...chunk].map((b) => (b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : '.')).join('');
-    lines.push(`${off.toString(16).padStart(8, '0')}  ${hex.padEnd(47)}  ${ascii}`);
-  }
-  return lines.join('\n');
-}
-
-export function parseHex(s) {
-  const clean = s.replace(/0x/gi, '').replace(/[\s,:]/g, '');
-  if (clean.length % 2 !== 0 || /[^0-9a-f]/i.test(clean)) {
-    throw new Error('hex payload: pairs of hex digits, spaces allowed');
-  }
-  const out = new Uint8Array(clean.length / 2);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(clean.slice(2 * i, 2 * i + 2), 16);
-  return out;
-}
 
 // ---- traffic ----
 

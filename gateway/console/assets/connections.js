@@ -3,42 +3,10 @@
 // Close button per row, and the form that opens an outbound connection
 // (POST /v1/connections). Text from the gateway is only set as textContent.
 
+import { $, api, short, show } from './util.js';
+
 const POLL_MS = 1000;
 const COLUMNS = 12; // cells before the Close button's
-
-const $ = (id) => document.getElementById(id);
-
-// request calls the REST API with the page's own credentials (its session
-// cookie, if any). A failure is an Error with the HTTP status and the
-// google.rpc.ErrorInfo reason, when the gateway gave one.
-async function request(method, path, body) {
-  const init = { method, headers: { Accept: 'application/json' } };
-  if (body !== undefined) {
-    init.headers['Content-Type'] = 'application/json';
-    init.body = JSON.stringify(body);
-  }
-  const resp = await fetch(path, init);
-  const text = await resp.text();
-  let data = null;
-  try { data = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
-  if (!resp.ok) {
-    const err = new Error((data && data.message) || `${resp.status} ${resp.statusText}`);
-    err.status = resp.status;
-    const info = ((data && data.details) || []).find((d) => d && d.reason);
-    err.reason = info ? info.reason : '';
-    throw err;
-  }
-  return data;
-}
-
-function short(value, prefix) {
-  return value && value.startsWith(prefix) ? value.slice(prefix.length) : value || '';
-}
-
-function show(el, text, error) {
-  el.textContent = text;
-  el.classList.toggle('error', !!error);
-}
 
 // Paging: tokens[i] is the page_token of page i+1 ('' for the first);
 // next is the current page's next_page_token. A change of filter starts
@@ -129,7 +97,7 @@ async function refresh() {
   clearTimeout(timer);
   const mine = ++view;
   try {
-    const data = await request('GET', `/v1/connections?${query()}`);
+    const data = await api('GET', `/v1/connections?${query()}`);
     if (mine !== view) return;
     next = (data && data.nextPageToken) || '';
     renderConnections((data && data.connections) || []);
@@ -174,7 +142,7 @@ async function closeConnection(id, button) {
   if (button.getAttribute('aria-disabled') === 'true') return;
   button.setAttribute('aria-disabled', 'true');
   try {
-    const r = await request('DELETE', `/v1/connections/${encodeURIComponent(id)}`);
+    const r = await api('DELETE', `/v1/connections/${encodeURIComponent(id)}`);
     const c = (r && r.connection) || {};
     show($('connect-result'), `closed ${id}: ${c.bytesIn || 0} bytes in, ${c.bytesOut || 0} bytes out`);
     refresh();
@@ -193,7 +161,7 @@ async function connect(ev) {
   const id = $('connect-id').value.trim();
   if (id) req.connectionId = id;
   try {
-    const { connection: c } = await request('POST', '/v1/connections', req);
+    const { connection: c } = await api('POST', '/v1/connections', req);
     const state = short(c.state, 'CONNECTION_STATE_');
     show($('connect-result'), `${c.connectionId} to ${c.address}: ${state}${c.lastError ? `, last error: ${c.lastError}` : ''}`,
       state !== 'OPEN');

@@ -237,6 +237,11 @@ func TestConsoleTalksToTCPClient(t *testing.T) {
 	p.until("the second send result", `(t => t.startsWith('sent 4 ') && t)(document.getElementById('send-result').textContent)`)
 	p.until("the sent bytes in the traffic view", rowWith("SENT", "text", `HI\xff`))
 
+	// The page at its busiest: a listener, its client, both directions.
+	// README.md's docs/console.png is this screenshot (go test -artifacts).
+	p.until("the listener's frames in", `(document.querySelector('#listeners tbody tr').cells[6].textContent === '3') && 'yes'`)
+	screenshot(t, p.ctx, "live")
+
 	// A bad hex payload is refused on the page, with a reason.
 	p.run("sending bad hex", chromedp.SetValue(chromedp.ID("send-payload"), "4"), chromedp.Click(chromedp.ID("send-button")))
 	p.until("the hex error", `(t => t.startsWith('send failed: hex payload') && t)(document.getElementById('send-result').textContent)`)

@@ -307,6 +307,8 @@ func TestConsoleAccessible(t *testing.T) {
 			}
 			p.until("the listener's stop button", `document.querySelector('#listeners tbody button') && 'yes'`)
 			p.until("the connection's close button", `document.querySelector('#connections tbody button') && 'yes'`)
+			// A reply rule's row, so that its controls are in the tree too.
+			p.run("adding a reply rule", chromedp.Click(chromedp.ID("rules-add")), chromedp.WaitVisible(chromedp.CSS(`#rules-list [aria-label="Rule 1 kind"]`)))
 
 			tree, err := chromedp.Call(ctx, accessibility.GetFullAXTree, accessibility.GetFullAXTreeParams{})
 			if err != nil {
@@ -1128,4 +1130,88 @@ func (p *cutProxy) restore() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.down = false
+}
+
+// TestConsoleReplyRules starts a line listener with two reply rules added
+// on the page (an exact match and a regex with a capture): a plain TCP
+// client gets each rule's reply, the listeners table counts the rules,
+// and a rule whose regex does not compile is refused with its field named
+// on the page.
+func TestConsoleReplyRules(t *testing.T) {
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
+	ctx := browser(t, 1280, 800)
+	p := page{t, ctx}
+	defer screenshot(t, ctx, "end")
+	p.run("opening the console", chromedp.Navigate(g.BaseURL+"/"), chromedp.WaitVisible(chromedp.ID("start-form")))
+
+	sel := func(label string) chromedp.CSS {
+		return chromedp.CSS(fmt.Sprintf(`#rules-list [aria-label=%q]`, label))
+	}
+	p.run("adding two rules",
+		chromedp.Click(chromedp.ID("rules-add")),
+		chromedp.Click(chromedp.ID("rules-add")),
+		chromedp.WaitVisible(sel("Rule 2 kind")),
+		chromedp.SetValue(sel("Rule 1 kind"), "MATCH_KIND_EXACT"),
+		chromedp.SendKeys(sel("Rule 1 match"), "PING"),
+		chromedp.SendKeys(sel("Rule 1 reply text"), "PONG"),
+		chromedp.SetValue(sel("Rule 2 kind"), "MATCH_KIND_REGEX"),
+		chromedp.SendKeys(sel("Rule 2 match"), `^GET (\w+)$`),
+		chromedp.SendKeys(sel("Rule 2 reply text"), "VALUE {{1}}"),
+		chromedp.SetValue(chromedp.ID("start-framing"), "FRAMING_MODE_LINE"),
+		chromedp.Click(chromedp.ID("start-button")),
+	)
+	result := p.until("the start result", `(t => t.startsWith('start') && t)(document.getElementById('start-result').textContent)`)
+	if !strings.HasPrefix(result, "started ") {
+		t.Fatalf("start result %q", result)
+	}
+	addr := result[strings.LastIndex(result, " ")+1:]
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(waitBound))
+	r := bufio.NewReader(c)
+	for _, tc := range []struct{ send, want string }{{"PING\n", "PONG\n"}, {"GET x\n", "VALUE x\n"}} {
+		if _, err := io.WriteString(c, tc.send); err != nil {
+			t.Fatal(err)
+		}
+		got, err := r.ReadString('\n')
+		if err != nil || got != tc.want {
+			t.Fatalf("sent %q, read %q (%v), want %q", tc.send, got, err, tc.want)
+		}
+	}
+	id := strings.Fields(result)[1]
+	p.until("the listener's rule count", fmt.Sprintf(`(() => { const r = document.querySelector('#listeners tbody tr[data-id=%q]'); return r && r.cells[9].textContent === '2' ? 'yes' : ''; })()`, id))
+	ls, err := g.Client.GetListener(context.Background(), &tcpgatev1.GetListenerRequest{ListenerId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules := ls.Listener.GetAutoReply().GetRules()
+	if len(rules) != 2 || rules[0].GetText() != "PING" || rules[1].GetRegex() != `^GET (\w+)$` || rules[1].GetText() != "" {
+		t.Errorf("the gateway holds rules %v, want PING as text then the regex as regex", rules)
+	}
+
+	// Removing the first rule leaves the regex one as rule 1; a bad regex
+	// there is refused, naming its field.
+	p.run("removing rule 1 and breaking the regex",
+		chromedp.Click(sel("Remove rule 1")),
+		chromedp.WaitNotPresent(sel("Rule 2 kind")),
+		chromedp.SetValue(sel("Rule 1 match"), "("),
+		chromedp.Click(chromedp.ID("start-button")),
+	)
+	refused := p.until("the refusal", `(t => t.startsWith('start failed') && t)(document.getElementById('start-result').textContent)`)
+	if !strings.Contains(refused, "auto_reply.rules[0].regex") {
+		t.Errorf("start result %q does not name auto_reply.rules[0].regex", refused)
+	}
+	if !eval[bool](p, "reading the result's style", `document.getElementById('start-result').classList.contains('error')`) {
+		t.Error("the refusal is not shown as an error")
+	}
+	all, err := g.Client.ListListeners(context.Background(), &tcpgatev1.ListListenersRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(all.Listeners); n != 1 {
+		t.Errorf("%d listeners after the refusal, want only the first", n)
+	}
 }

@@ -4,6 +4,7 @@
 import { $, api, decodeBase64, escapedText, hexDump, short, show } from './util.js';
 import { startConnections } from './connections.js';
 import { startSend } from './send.js';
+import { replyRules, startRules } from './rules.js';
 const MAX_ROWS = 1000; // rows kept in the traffic view; older ones go
 const BATCH = 500; // events rendered per animation frame
 const MAX_BUFFER = 50000; // events held while paused; past that the stream closes and resumes from its sequence
@@ -21,7 +22,7 @@ function cell(row, i, text) {
 function listenerRow(id) {
   const row = document.createElement('tr');
   row.dataset.id = id;
-  for (let i = 0; i < 9; i++) {
+  for (let i = 0; i < 10; i++) {
     const td = row.insertCell();
     if (i >= 3) td.className = 'num';
   }
@@ -57,6 +58,7 @@ function renderListeners(listeners) {
     cell(row, 6, String(l.framesIn || 0));
     cell(row, 7, String(l.framesOut || 0));
     cell(row, 8, `${Math.round(rate)} B/s`);
+    cell(row, 9, String(((l.autoReply && l.autoReply.rules) || []).length));
   }
   for (const row of [...body.rows]) {
     if (!seen.has(row.dataset.id)) { prev.delete(row.dataset.id); row.remove(); }
@@ -86,6 +88,8 @@ async function startListener(ev) {
     req.autoReply = { mode };
     if (mode === 'AUTO_REPLY_MODE_FIXED') req.autoReply.text = $('start-reply-text').value;
   }
+  const rules = replyRules();
+  if (rules.length) req.autoReply = { ...req.autoReply, rules };
   try {
     const { listener: l } = await api('POST', '/v1/listeners', req);
     show($('start-result'), `started ${l.listenerId} on ${l.address}`);
@@ -389,6 +393,7 @@ function start(withLogin) {
   $('logout').hidden = !withLogin;
   $('start-form').addEventListener('submit', startListener);
   startSend();
+  startRules();
   $('pause').addEventListener('click', togglePause);
   $('show-hex').addEventListener('change', (ev) => $('traffic').classList.toggle('show-hex', ev.target.checked));
   $('clear').addEventListener('click', () => { $('traffic').replaceChildren(); total = 0; schedule(); });

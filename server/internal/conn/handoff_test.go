@@ -11,6 +11,7 @@ import (
 
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/event"
+	"github.com/tcpgate/tcpgate/server/internal/rules"
 )
 
 // testHandler is a Handler that takes the frames starting with "h:" and
@@ -110,6 +111,25 @@ func TestHandlerRepliesKeepFrameOrder(t *testing.T) {
 	}
 	if len(outcomes) != 2 || outcomes[0] != conn.Answered || outcomes[1] != conn.Answered {
 		t.Errorf("outcomes %v, want two answered", outcomes)
+	}
+}
+
+// The fallback replies that wait behind a delayed rule's count every frame
+// they answer: the echo of the two frames after it is one write of two.
+func TestQueuedFallbackCountsFrames(t *testing.T) {
+	set, err := rules.Compile([]rules.Spec{{Kind: rules.Exact, Pattern: []byte("slow"), Reply: []byte("S"), Delay: 50 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, cc := serve(t, conn.Config{Framing: lineFraming(), AutoReply: conn.AutoReply{Mode: conn.Echo}, Publisher: newRecorder(), Rules: set})
+	if _, err := cc.Write([]byte("slow\nb\nc\n")); err != nil {
+		t.Fatal(err)
+	}
+	if got := readN(t, cc, 6); got != "S\nb\nc\n" {
+		t.Fatalf("client read %q, want the rule's delayed reply, then the two echoes", got)
+	}
+	if !eventually(func() bool { return c.Counters().FramesOut.Load() == 3 }) {
+		t.Errorf("FramesOut = %d, want 3: the rule's reply and two echoed frames", c.Counters().FramesOut.Load())
 	}
 }
 

@@ -140,35 +140,36 @@ func (c *Conn) fallback(frames [][]byte) bool {
 		c.autoReply(frames)
 		return c.ctx.Err() == nil
 	}
-	s := c.fallbackSlot(frames)
-	if s == nil {
+	s, ok := c.fallbackSlot(frames)
+	if !ok {
 		return true
 	}
-	return c.putReply(s)
+	return c.putReply(&s)
 }
 
-// fallbackSlot returns the AutoReply mode's reply to frames, or nil for
-// none.
-func (c *Conn) fallbackSlot(frames [][]byte) *replySlot {
+// fallbackSlot returns the AutoReply mode's reply to frames, and false for
+// none. A value, so that the read loop's own write of it allocates
+// nothing but the echo's bytes.
+func (c *Conn) fallbackSlot(frames [][]byte) (replySlot, bool) {
 	switch c.cfg.AutoReply.Mode {
 	case Echo:
+		// At most about one read's worth: framing adds a few bytes a frame.
 		var out []byte
 		for _, f := range frames {
 			var err error
 			if out, err = c.cfg.Framing.Encode(out, f); err != nil {
-				continue // as autoReply: a frame the framing cannot encode is skipped
+				continue // a frame the framing cannot encode back (none today) is skipped
 			}
 		}
-		if len(out) == 0 {
-			return nil
+		if len(out) > 0 {
+			return replySlot{p: out, repeat: 1, frames: uint64(len(frames))}, true
 		}
-		return &replySlot{p: out, repeat: 1, frames: uint64(len(frames))}
 	case Fixed:
-		if p := c.cfg.AutoReply.Payload; len(p) > 0 {
-			return &replySlot{p: p, repeat: len(frames), frames: uint64(len(frames))}
+		if p := c.cfg.AutoReply.Payload; len(p) > 0 && len(frames) > 0 {
+			return replySlot{p: p, repeat: len(frames), frames: uint64(len(frames))}, true
 		}
 	}
-	return nil
+	return replySlot{}, false
 }
 
 // putReply writes s at once when it is ready and no reply waits before it;
@@ -310,7 +311,7 @@ func (c *Conn) settleReply(s *replySlot) bool {
 		}
 		fallthrough
 	case Unhandled:
-		if fb := c.fallbackSlot([][]byte{s.frame}); fb != nil {
+		if fb, ok := c.fallbackSlot([][]byte{s.frame}); ok {
 			s.p, s.repeat = fb.p, fb.repeat
 		}
 	case Abandoned:
@@ -334,13 +335,18 @@ func (c *Conn) writeReply(s *replySlot) bool {
 	}
 	defer func() { <-c.writeTurn }()
 	if s.p != nil {
-		// In items that fit the connection's bound, as autoReply's, so the
-		// wait for room is the peer's.
+		// In items that fit the connection's bound, so that the read loop
+		// waits for the peer between them. An item counts a frame for each
+		// repeat, and the last one the rest: an echo of many frames is one
+		// item of one repeat.
 		per := max(1, c.maxQueued()/max(1, len(s.p)))
 		frames := s.frames
 		for left := s.repeat; left > 0; {
 			k := min(left, per)
 			n := min(frames, uint64(k))
+			if k == left {
+				n = frames
+			}
 			if c.queue(c.ctx, &outItem{p: s.p, repeat: k, size: k * len(s.p), frames: n}) != nil {
 				return false
 			}

@@ -189,49 +189,12 @@ func (b *WriteBudget) grantLocked() {
 	}
 }
 
-// autoReply queues the listener's answer to frames. It waits for room in
-// the queue, and so holds up the read loop while the peer does not take
-// what it was sent.
+// autoReply queues the AutoReply mode's answer to frames, in the write
+// turn (reply.go's writeReply). It waits for room in the queue, and so
+// holds up the read loop while the peer does not take what it was sent.
 func (c *Conn) autoReply(frames [][]byte) {
-	mode := c.cfg.AutoReply.Mode
-	if mode == NoAutoReply || len(frames) == 0 {
-		return
-	}
-	select {
-	case c.writeTurn <- struct{}{}:
-	case <-c.ctx.Done():
-		return
-	}
-	defer func() { <-c.writeTurn }()
-	switch mode {
-	case Echo:
-		// At most about one read's worth: framing adds a few bytes a frame.
-		var out []byte
-		for _, f := range frames {
-			var err error
-			if out, err = c.cfg.Framing.Encode(out, f); err != nil {
-				// A frame the framing cannot encode back (none today) is skipped.
-				continue
-			}
-		}
-		if len(out) > 0 {
-			_ = c.queue(c.ctx, &outItem{p: out, repeat: 1, size: len(out), frames: uint64(len(frames))})
-		}
-	case Fixed:
-		p := c.cfg.AutoReply.Payload
-		if len(p) == 0 {
-			return
-		}
-		// In items that fit the connection's bound, so the read loop waits
-		// for the peer between them.
-		per := max(1, c.maxQueued()/len(p))
-		for left := len(frames); left > 0; {
-			k := min(left, per)
-			if c.queue(c.ctx, &outItem{p: p, repeat: k, size: k * len(p), frames: uint64(k)}) != nil {
-				return
-			}
-			left -= k
-		}
+	if s, ok := c.fallbackSlot(frames); ok {
+		c.writeReply(&s)
 	}
 }
 

@@ -72,6 +72,14 @@ func (s *LineServer) Start() {
 				return
 			}
 			s.mu.Lock()
+			if s.ln != ln {
+				// Killed between Accept and here: Kill closed the
+				// connections it knew, so this one is closed here, or
+				// its reader would keep Kill waiting for ever.
+				s.mu.Unlock()
+				c.Close()
+				return
+			}
 			s.conns = append(s.conns, c)
 			s.lines = append(s.lines, nil)
 			i := len(s.lines) - 1

@@ -10,6 +10,8 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
+	structpb "google.golang.org/protobuf/types/known/structpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -378,16 +380,16 @@ func (Direction) EnumDescriptor() ([]byte, []int) {
 	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{5}
 }
 
-// Source says where an object was defined. SOURCE_CONFIG comes with the
-// config file (a later release); until then every object is SOURCE_API.
+// Source says where an object was defined.
 type Source int32
 
 const (
 	// Never sent.
 	Source_SOURCE_UNSPECIFIED Source = 0
-	// Made by a call to the API.
+	// Made by a call to the API (and restored from the state file).
 	Source_SOURCE_API Source = 1
-	// Defined in the gateway's config file (a later release).
+	// Declared in the gateway's config file (--config): it cannot be removed
+	// through the API, only by removing it from the file and reloading.
 	Source_SOURCE_CONFIG Source = 2
 )
 
@@ -1146,6 +1148,22 @@ const (
 	// A Handle reply or write names a frame or connection this stream does
 	// not handle (any more).
 	ErrorReason_ERROR_REASON_NOT_HANDLED ErrorReason = 45
+	// UpdateListener's update_mask names a field that cannot change in place
+	// (host, port, framing, tls, forward) or one that is not a field;
+	// metadata "field" names it.
+	ErrorReason_ERROR_REASON_FIELD_NOT_UPDATABLE ErrorReason = 46
+	// StopListener of a listener, or a change to an object, that the config
+	// file declares: remove it from the file and reload instead; metadata
+	// "file" names the file.
+	ErrorReason_ERROR_REASON_DECLARED_IN_CONFIG ErrorReason = 47
+	// Reload: the gateway runs without --config.
+	ErrorReason_ERROR_REASON_NO_CONFIG ErrorReason = 48
+	// Reload: the config file did not load (nothing was changed); the
+	// message names the file, line and field.
+	ErrorReason_ERROR_REASON_CONFIG_INVALID ErrorReason = 49
+	// A change was made but could not be saved to the state file
+	// (--state-file); the message says why.
+	ErrorReason_ERROR_REASON_STATE_NOT_SAVED ErrorReason = 50
 )
 
 // Enum value maps for ErrorReason.
@@ -1197,6 +1215,11 @@ var (
 		43: "ERROR_REASON_ON_CONNECT_FAILED",
 		44: "ERROR_REASON_HANDLER_GROUP_CONFLICT",
 		45: "ERROR_REASON_NOT_HANDLED",
+		46: "ERROR_REASON_FIELD_NOT_UPDATABLE",
+		47: "ERROR_REASON_DECLARED_IN_CONFIG",
+		48: "ERROR_REASON_NO_CONFIG",
+		49: "ERROR_REASON_CONFIG_INVALID",
+		50: "ERROR_REASON_STATE_NOT_SAVED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":            0,
@@ -1245,6 +1268,11 @@ var (
 		"ERROR_REASON_ON_CONNECT_FAILED":      43,
 		"ERROR_REASON_HANDLER_GROUP_CONFLICT": 44,
 		"ERROR_REASON_NOT_HANDLED":            45,
+		"ERROR_REASON_FIELD_NOT_UPDATABLE":    46,
+		"ERROR_REASON_DECLARED_IN_CONFIG":     47,
+		"ERROR_REASON_NO_CONFIG":              48,
+		"ERROR_REASON_CONFIG_INVALID":         49,
+		"ERROR_REASON_STATE_NOT_SAVED":        50,
 	}
 )
 
@@ -1822,8 +1850,8 @@ type Listener struct {
 	// How long a connection stays writable after its peer half-closes. Unset
 	// means it closes at once.
 	HalfCloseTimeout *durationpb.Duration `protobuf:"bytes,17,opt,name=half_close_timeout,json=halfCloseTimeout,proto3" json:"half_close_timeout,omitempty"`
-	// Where the listener was defined: SOURCE_API for every listener started
-	// by StartListener.
+	// Where the listener was defined: SOURCE_API for a listener started by
+	// StartListener, SOURCE_CONFIG for one declared in the config file.
 	Source Source `protobuf:"varint,18,opt,name=source,proto3,enum=tcpgate.v1.Source" json:"source,omitempty"`
 	// The target every accepted connection is relayed to; unset for a
 	// listener that does not forward. Its tls reports server_name and
@@ -2149,6 +2177,10 @@ type Connection struct {
 	Attempts uint32 `protobuf:"varint,16,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	// Outbound, while WAITING: when it dials again.
 	NextAttemptAt *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=next_attempt_at,json=nextAttemptAt,proto3" json:"next_attempt_at,omitempty"`
+	// Where the connection was defined: SOURCE_API for a connection accepted
+	// by a listener or made by Connect, SOURCE_CONFIG for an outbound
+	// connection declared in the config file.
+	Source        Source `protobuf:"varint,18,opt,name=source,proto3,enum=tcpgate.v1.Source" json:"source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2300,6 +2332,13 @@ func (x *Connection) GetNextAttemptAt() *timestamppb.Timestamp {
 		return x.NextAttemptAt
 	}
 	return nil
+}
+
+func (x *Connection) GetSource() Source {
+	if x != nil {
+		return x.Source
+	}
+	return Source_SOURCE_UNSPECIFIED
 }
 
 // ConnectRequest opens a managed outbound connection.
@@ -5763,12 +5802,501 @@ func (x *HandleRejection) GetMessage() string {
 	return ""
 }
 
+// UpdateListenerRequest changes a running listener in place.
+type UpdateListenerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The listener to change.
+	ListenerId string `protobuf:"bytes,1,opt,name=listener_id,json=listenerId,proto3" json:"listener_id,omitempty"`
+	// The new values, as StartListener takes them; only the fields named by
+	// update_mask are read. Its listener_id is empty or listener_id.
+	Listener *StartListenerRequest `protobuf:"bytes,2,opt,name=listener,proto3" json:"listener,omitempty"`
+	// The fields of listener to change, by their proto names: auto_reply
+	// (with its rules), on_connect, max_connections, idle_timeout,
+	// half_close_timeout. Over REST an absent mask means every field the
+	// body sets.
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,3,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateListenerRequest) Reset() {
+	*x = UpdateListenerRequest{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateListenerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateListenerRequest) ProtoMessage() {}
+
+func (x *UpdateListenerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateListenerRequest.ProtoReflect.Descriptor instead.
+func (*UpdateListenerRequest) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *UpdateListenerRequest) GetListenerId() string {
+	if x != nil {
+		return x.ListenerId
+	}
+	return ""
+}
+
+func (x *UpdateListenerRequest) GetListener() *StartListenerRequest {
+	if x != nil {
+		return x.Listener
+	}
+	return nil
+}
+
+func (x *UpdateListenerRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+// UpdateListenerResponse is the listener as changed.
+type UpdateListenerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The listener with its new settings.
+	Listener *Listener `protobuf:"bytes,1,opt,name=listener,proto3" json:"listener,omitempty"`
+	// Who answered, and the newest event sequence after the change.
+	Header        *ResponseHeader `protobuf:"bytes,2,opt,name=header,proto3" json:"header,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateListenerResponse) Reset() {
+	*x = UpdateListenerResponse{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateListenerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateListenerResponse) ProtoMessage() {}
+
+func (x *UpdateListenerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateListenerResponse.ProtoReflect.Descriptor instead.
+func (*UpdateListenerResponse) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *UpdateListenerResponse) GetListener() *Listener {
+	if x != nil {
+		return x.Listener
+	}
+	return nil
+}
+
+func (x *UpdateListenerResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+// ReloadRequest asks for the config file to be read again.
+type ReloadRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReloadRequest) Reset() {
+	*x = ReloadRequest{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReloadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReloadRequest) ProtoMessage() {}
+
+func (x *ReloadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReloadRequest.ProtoReflect.Descriptor instead.
+func (*ReloadRequest) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{46}
+}
+
+// ReloadDiff is what a reload did to one kind of object, by id.
+type ReloadDiff struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Declared in the file now and not before: started.
+	Added []string `protobuf:"bytes,1,rep,name=added,proto3" json:"added,omitempty"`
+	// Declared before and now, differently: updated in place or restarted.
+	Changed []string `protobuf:"bytes,2,rep,name=changed,proto3" json:"changed,omitempty"`
+	// Declared before and not now: stopped (listeners with a drain).
+	Removed []string `protobuf:"bytes,3,rep,name=removed,proto3" json:"removed,omitempty"`
+	// Declared the same before and now: untouched, connections and all.
+	Unchanged     []string `protobuf:"bytes,4,rep,name=unchanged,proto3" json:"unchanged,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReloadDiff) Reset() {
+	*x = ReloadDiff{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReloadDiff) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReloadDiff) ProtoMessage() {}
+
+func (x *ReloadDiff) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReloadDiff.ProtoReflect.Descriptor instead.
+func (*ReloadDiff) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *ReloadDiff) GetAdded() []string {
+	if x != nil {
+		return x.Added
+	}
+	return nil
+}
+
+func (x *ReloadDiff) GetChanged() []string {
+	if x != nil {
+		return x.Changed
+	}
+	return nil
+}
+
+func (x *ReloadDiff) GetRemoved() []string {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
+func (x *ReloadDiff) GetUnchanged() []string {
+	if x != nil {
+		return x.Unchanged
+	}
+	return nil
+}
+
+// ReloadResponse says what a reload changed.
+type ReloadResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The config file read.
+	File string `protobuf:"bytes,1,opt,name=file,proto3" json:"file,omitempty"`
+	// The declared listeners.
+	Listeners *ReloadDiff `protobuf:"bytes,2,opt,name=listeners,proto3" json:"listeners,omitempty"`
+	// The declared outbound connections.
+	Connections *ReloadDiff `protobuf:"bytes,3,opt,name=connections,proto3" json:"connections,omitempty"`
+	// Reloadable flags of the serve section whose new value was applied.
+	FlagsApplied []string `protobuf:"bytes,4,rep,name=flags_applied,json=flagsApplied,proto3" json:"flags_applied,omitempty"`
+	// Flags of the serve section whose new value needs a restart: not
+	// applied.
+	FlagsNeedRestart []string `protobuf:"bytes,5,rep,name=flags_need_restart,json=flagsNeedRestart,proto3" json:"flags_need_restart,omitempty"`
+	// Who answered, and the newest event sequence after the reload.
+	Header        *ResponseHeader `protobuf:"bytes,6,opt,name=header,proto3" json:"header,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReloadResponse) Reset() {
+	*x = ReloadResponse{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReloadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReloadResponse) ProtoMessage() {}
+
+func (x *ReloadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReloadResponse.ProtoReflect.Descriptor instead.
+func (*ReloadResponse) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *ReloadResponse) GetFile() string {
+	if x != nil {
+		return x.File
+	}
+	return ""
+}
+
+func (x *ReloadResponse) GetListeners() *ReloadDiff {
+	if x != nil {
+		return x.Listeners
+	}
+	return nil
+}
+
+func (x *ReloadResponse) GetConnections() *ReloadDiff {
+	if x != nil {
+		return x.Connections
+	}
+	return nil
+}
+
+func (x *ReloadResponse) GetFlagsApplied() []string {
+	if x != nil {
+		return x.FlagsApplied
+	}
+	return nil
+}
+
+func (x *ReloadResponse) GetFlagsNeedRestart() []string {
+	if x != nil {
+		return x.FlagsNeedRestart
+	}
+	return nil
+}
+
+func (x *ReloadResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+// ExportConfigRequest asks for the API-made objects as a config file.
+type ExportConfigRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportConfigRequest) Reset() {
+	*x = ExportConfigRequest{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportConfigRequest) ProtoMessage() {}
+
+func (x *ExportConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportConfigRequest.ProtoReflect.Descriptor instead.
+func (*ExportConfigRequest) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{49}
+}
+
+// ExportConfigResponse is the API-made objects, as a config file declares
+// them.
+type ExportConfigResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The listeners and outbound connections made through the API, each as
+	// the request that would make it again (a listener's port is the one it
+	// is bound to). Inline TLS keys are left out.
+	Config *Config `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	// Who answered.
+	Header        *ResponseHeader `protobuf:"bytes,2,opt,name=header,proto3" json:"header,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportConfigResponse) Reset() {
+	*x = ExportConfigResponse{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportConfigResponse) ProtoMessage() {}
+
+func (x *ExportConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportConfigResponse.ProtoReflect.Descriptor instead.
+func (*ExportConfigResponse) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *ExportConfigResponse) GetConfig() *Config {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+func (x *ExportConfigResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+// Config is the config file (--config, YAML) and what ExportConfig returns:
+// the API's messages under the API's JSON field names, so that a listener
+// moves from a curl call into the file unchanged.
+type Config struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Listeners to run, each as StartListener takes it; listener_id is
+	// required in the file.
+	Listeners []*StartListenerRequest `protobuf:"bytes,1,rep,name=listeners,proto3" json:"listeners,omitempty"`
+	// Outbound connections to keep up, each as Connect takes it;
+	// connection_id is required in the file.
+	Connections []*ConnectRequest `protobuf:"bytes,2,rep,name=connections,proto3" json:"connections,omitempty"`
+	// The daemon's flags by their flag names (grpc-addr: 127.0.0.1:50051),
+	// below the command line and TCPGATE_* variables in precedence.
+	Serve         *structpb.Struct `protobuf:"bytes,3,opt,name=serve,proto3" json:"serve,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Config) Reset() {
+	*x = Config{}
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Config) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Config) ProtoMessage() {}
+
+func (x *Config) ProtoReflect() protoreflect.Message {
+	mi := &file_tcpgate_v1_gateway_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Config.ProtoReflect.Descriptor instead.
+func (*Config) Descriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *Config) GetListeners() []*StartListenerRequest {
+	if x != nil {
+		return x.Listeners
+	}
+	return nil
+}
+
+func (x *Config) GetConnections() []*ConnectRequest {
+	if x != nil {
+		return x.Connections
+	}
+	return nil
+}
+
+func (x *Config) GetServe() *structpb.Struct {
+	if x != nil {
+		return x.Serve
+	}
+	return nil
+}
+
 var File_tcpgate_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"\x18tcpgate/v1/gateway.proto\x12\n" +
-	"tcpgate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x01\n" +
+	"tcpgate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x01\n" +
 	"\aFraming\x12+\n" +
 	"\x04mode\x18\x01 \x01(\x0e2\x17.tcpgate.v1.FramingModeR\x04mode\x12\x1c\n" +
 	"\tdelimiter\x18\x02 \x01(\fR\tdelimiter\x12!\n" +
@@ -5836,7 +6364,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\tcert_file\x18\x03 \x01(\tR\bcertFile\x12\x19\n" +
 	"\bkey_file\x18\x04 \x01(\tR\akeyFile\x12\"\n" +
 	"\rclient_ca_pem\x18\x05 \x01(\tR\vclientCaPem\x12$\n" +
-	"\x0eclient_ca_file\x18\x06 \x01(\tR\fclientCaFile\"\x86\x05\n" +
+	"\x0eclient_ca_file\x18\x06 \x01(\tR\fclientCaFile\"\xb2\x05\n" +
 	"\n" +
 	"Connection\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12\x1f\n" +
@@ -5861,7 +6389,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"last_error\x18\x0f \x01(\tR\tlastError\x12\x1a\n" +
 	"\battempts\x18\x10 \x01(\rR\battempts\x12B\n" +
-	"\x0fnext_attempt_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\"\xa1\x05\n" +
+	"\x0fnext_attempt_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\x12*\n" +
+	"\x06source\x18\x12 \x01(\x0e2\x12.tcpgate.v1.SourceR\x06source\"\xa1\x05\n" +
 	"\x0eConnectRequest\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12-\n" +
@@ -6124,7 +6653,38 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\rconnection_id\x18\x02 \x01(\tR\fconnectionId\x12/\n" +
 	"\x06reason\x18\x03 \x01(\x0e2\x17.tcpgate.v1.ErrorReasonR\x06reason\x12\x14\n" +
 	"\x05field\x18\x04 \x01(\tR\x05field\x12\x18\n" +
-	"\amessage\x18\x05 \x01(\tR\amessage*\xac\x01\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage\"\xb3\x01\n" +
+	"\x15UpdateListenerRequest\x12\x1f\n" +
+	"\vlistener_id\x18\x01 \x01(\tR\n" +
+	"listenerId\x12<\n" +
+	"\blistener\x18\x02 \x01(\v2 .tcpgate.v1.StartListenerRequestR\blistener\x12;\n" +
+	"\vupdate_mask\x18\x03 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"~\n" +
+	"\x16UpdateListenerResponse\x120\n" +
+	"\blistener\x18\x01 \x01(\v2\x14.tcpgate.v1.ListenerR\blistener\x122\n" +
+	"\x06header\x18\x02 \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\"\x0f\n" +
+	"\rReloadRequest\"t\n" +
+	"\n" +
+	"ReloadDiff\x12\x14\n" +
+	"\x05added\x18\x01 \x03(\tR\x05added\x12\x18\n" +
+	"\achanged\x18\x02 \x03(\tR\achanged\x12\x18\n" +
+	"\aremoved\x18\x03 \x03(\tR\aremoved\x12\x1c\n" +
+	"\tunchanged\x18\x04 \x03(\tR\tunchanged\"\x9b\x02\n" +
+	"\x0eReloadResponse\x12\x12\n" +
+	"\x04file\x18\x01 \x01(\tR\x04file\x124\n" +
+	"\tlisteners\x18\x02 \x01(\v2\x16.tcpgate.v1.ReloadDiffR\tlisteners\x128\n" +
+	"\vconnections\x18\x03 \x01(\v2\x16.tcpgate.v1.ReloadDiffR\vconnections\x12#\n" +
+	"\rflags_applied\x18\x04 \x03(\tR\fflagsApplied\x12,\n" +
+	"\x12flags_need_restart\x18\x05 \x03(\tR\x10flagsNeedRestart\x122\n" +
+	"\x06header\x18\x06 \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\"\x15\n" +
+	"\x13ExportConfigRequest\"v\n" +
+	"\x14ExportConfigResponse\x12*\n" +
+	"\x06config\x18\x01 \x01(\v2\x12.tcpgate.v1.ConfigR\x06config\x122\n" +
+	"\x06header\x18\x02 \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\"\xb5\x01\n" +
+	"\x06Config\x12>\n" +
+	"\tlisteners\x18\x01 \x03(\v2 .tcpgate.v1.StartListenerRequestR\tlisteners\x12<\n" +
+	"\vconnections\x18\x02 \x03(\v2\x1a.tcpgate.v1.ConnectRequestR\vconnections\x12-\n" +
+	"\x05serve\x18\x03 \x01(\v2\x17.google.protobuf.StructR\x05serve*\xac\x01\n" +
 	"\vFramingMode\x12\x1c\n" +
 	"\x18FRAMING_MODE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10FRAMING_MODE_RAW\x10\x01\x12\x15\n" +
@@ -6226,7 +6786,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	" SLOW_CONSUMER_POLICY_UNSPECIFIED\x10\x00\x12$\n" +
 	" SLOW_CONSUMER_POLICY_DROP_OLDEST\x10\x01\x12#\n" +
 	"\x1fSLOW_CONSUMER_POLICY_DISCONNECT\x10\x02\x12%\n" +
-	"!SLOW_CONSUMER_POLICY_BACKPRESSURE\x10\x03*\xb2\f\n" +
+	"!SLOW_CONSUMER_POLICY_BACKPRESSURE\x10\x03*\xdc\r\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dERROR_REASON_INVALID_ARGUMENT\x10\x01\x12\"\n" +
@@ -6274,12 +6834,17 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x17ERROR_REASON_QUEUE_FULL\x10*\x12\"\n" +
 	"\x1eERROR_REASON_ON_CONNECT_FAILED\x10+\x12'\n" +
 	"#ERROR_REASON_HANDLER_GROUP_CONFLICT\x10,\x12\x1c\n" +
-	"\x18ERROR_REASON_NOT_HANDLED\x10-*\x8d\x01\n" +
+	"\x18ERROR_REASON_NOT_HANDLED\x10-\x12$\n" +
+	" ERROR_REASON_FIELD_NOT_UPDATABLE\x10.\x12#\n" +
+	"\x1fERROR_REASON_DECLARED_IN_CONFIG\x10/\x12\x1a\n" +
+	"\x16ERROR_REASON_NO_CONFIG\x100\x12\x1f\n" +
+	"\x1bERROR_REASON_CONFIG_INVALID\x101\x12 \n" +
+	"\x1cERROR_REASON_STATE_NOT_SAVED\x102*\x8d\x01\n" +
 	"\x0fHandleEventKind\x12!\n" +
 	"\x1dHANDLE_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18HANDLE_EVENT_KIND_OPENED\x10\x01\x12\x1b\n" +
 	"\x17HANDLE_EVENT_KIND_FRAME\x10\x02\x12\x1c\n" +
-	"\x18HANDLE_EVENT_KIND_CLOSED\x10\x032\xfd\x06\n" +
+	"\x18HANDLE_EVENT_KIND_CLOSED\x10\x032\xea\b\n" +
 	"\x0eGatewayService\x12T\n" +
 	"\rStartListener\x12 .tcpgate.v1.StartListenerRequest\x1a!.tcpgate.v1.StartListenerResponse\x12Q\n" +
 	"\fStopListener\x12\x1f.tcpgate.v1.StopListenerRequest\x1a .tcpgate.v1.StopListenerResponse\x12N\n" +
@@ -6291,7 +6856,10 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\aConnect\x12\x1a.tcpgate.v1.ConnectRequest\x1a\x1b.tcpgate.v1.ConnectResponse\x129\n" +
 	"\x04Send\x12\x17.tcpgate.v1.SendRequest\x1a\x18.tcpgate.v1.SendResponse\x12J\n" +
 	"\tSubscribe\x12\x1c.tcpgate.v1.SubscribeRequest\x1a\x1d.tcpgate.v1.SubscribeResponse0\x01\x12C\n" +
-	"\x06Handle\x12\x19.tcpgate.v1.HandleRequest\x1a\x1a.tcpgate.v1.HandleResponse(\x010\x01B5Z3github.com/tcpgate/tcpgate/gen/tcpgate/v1;tcpgatev1b\x06proto3"
+	"\x06Handle\x12\x19.tcpgate.v1.HandleRequest\x1a\x1a.tcpgate.v1.HandleResponse(\x010\x01\x12W\n" +
+	"\x0eUpdateListener\x12!.tcpgate.v1.UpdateListenerRequest\x1a\".tcpgate.v1.UpdateListenerResponse\x12?\n" +
+	"\x06Reload\x12\x19.tcpgate.v1.ReloadRequest\x1a\x1a.tcpgate.v1.ReloadResponse\x12Q\n" +
+	"\fExportConfig\x12\x1f.tcpgate.v1.ExportConfigRequest\x1a .tcpgate.v1.ExportConfigResponseB5Z3github.com/tcpgate/tcpgate/gen/tcpgate/v1;tcpgatev1b\x06proto3"
 
 var (
 	file_tcpgate_v1_gateway_proto_rawDescOnce sync.Once
@@ -6306,7 +6874,7 @@ func file_tcpgate_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_tcpgate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 17)
-var file_tcpgate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_tcpgate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_tcpgate_v1_gateway_proto_goTypes = []any{
 	(FramingMode)(0),                // 0: tcpgate.v1.FramingMode
 	(AutoReplyMode)(0),              // 1: tcpgate.v1.AutoReplyMode
@@ -6369,137 +6937,166 @@ var file_tcpgate_v1_gateway_proto_goTypes = []any{
 	(*HandleRegistered)(nil),        // 58: tcpgate.v1.HandleRegistered
 	(*HandleEvent)(nil),             // 59: tcpgate.v1.HandleEvent
 	(*HandleRejection)(nil),         // 60: tcpgate.v1.HandleRejection
-	(*durationpb.Duration)(nil),     // 61: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 62: google.protobuf.Timestamp
+	(*UpdateListenerRequest)(nil),   // 61: tcpgate.v1.UpdateListenerRequest
+	(*UpdateListenerResponse)(nil),  // 62: tcpgate.v1.UpdateListenerResponse
+	(*ReloadRequest)(nil),           // 63: tcpgate.v1.ReloadRequest
+	(*ReloadDiff)(nil),              // 64: tcpgate.v1.ReloadDiff
+	(*ReloadResponse)(nil),          // 65: tcpgate.v1.ReloadResponse
+	(*ExportConfigRequest)(nil),     // 66: tcpgate.v1.ExportConfigRequest
+	(*ExportConfigResponse)(nil),    // 67: tcpgate.v1.ExportConfigResponse
+	(*Config)(nil),                  // 68: tcpgate.v1.Config
+	(*durationpb.Duration)(nil),     // 69: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 70: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),   // 71: google.protobuf.FieldMask
+	(*structpb.Struct)(nil),         // 72: google.protobuf.Struct
 }
 var file_tcpgate_v1_gateway_proto_depIdxs = []int32{
 	0,   // 0: tcpgate.v1.Framing.mode:type_name -> tcpgate.v1.FramingMode
 	1,   // 1: tcpgate.v1.AutoReply.mode:type_name -> tcpgate.v1.AutoReplyMode
 	19,  // 2: tcpgate.v1.AutoReply.rules:type_name -> tcpgate.v1.ReplyRule
-	61,  // 3: tcpgate.v1.AutoReply.handler_timeout:type_name -> google.protobuf.Duration
+	69,  // 3: tcpgate.v1.AutoReply.handler_timeout:type_name -> google.protobuf.Duration
 	2,   // 4: tcpgate.v1.AutoReply.on_handler_timeout:type_name -> tcpgate.v1.HandlerTimeoutAction
 	3,   // 5: tcpgate.v1.ReplyRule.kind:type_name -> tcpgate.v1.MatchKind
-	61,  // 6: tcpgate.v1.ReplyRule.delay:type_name -> google.protobuf.Duration
+	69,  // 6: tcpgate.v1.ReplyRule.delay:type_name -> google.protobuf.Duration
 	7,   // 7: tcpgate.v1.Listener.state:type_name -> tcpgate.v1.ListenerState
 	17,  // 8: tcpgate.v1.Listener.framing:type_name -> tcpgate.v1.Framing
 	18,  // 9: tcpgate.v1.Listener.auto_reply:type_name -> tcpgate.v1.AutoReply
-	62,  // 10: tcpgate.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
-	61,  // 11: tcpgate.v1.Listener.idle_timeout:type_name -> google.protobuf.Duration
-	61,  // 12: tcpgate.v1.Listener.half_close_timeout:type_name -> google.protobuf.Duration
+	70,  // 10: tcpgate.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
+	69,  // 11: tcpgate.v1.Listener.idle_timeout:type_name -> google.protobuf.Duration
+	69,  // 12: tcpgate.v1.Listener.half_close_timeout:type_name -> google.protobuf.Duration
 	6,   // 13: tcpgate.v1.Listener.source:type_name -> tcpgate.v1.Source
 	30,  // 14: tcpgate.v1.Listener.forward:type_name -> tcpgate.v1.Forward
 	25,  // 15: tcpgate.v1.Listener.on_connect:type_name -> tcpgate.v1.OnConnect
-	62,  // 16: tcpgate.v1.Connection.opened_at:type_name -> google.protobuf.Timestamp
+	70,  // 16: tcpgate.v1.Connection.opened_at:type_name -> google.protobuf.Timestamp
 	8,   // 17: tcpgate.v1.Connection.state:type_name -> tcpgate.v1.ConnectionState
 	4,   // 18: tcpgate.v1.Connection.origin:type_name -> tcpgate.v1.Origin
-	62,  // 19: tcpgate.v1.Connection.next_attempt_at:type_name -> google.protobuf.Timestamp
-	17,  // 20: tcpgate.v1.ConnectRequest.framing:type_name -> tcpgate.v1.Framing
-	48,  // 21: tcpgate.v1.ConnectRequest.tls:type_name -> tcpgate.v1.DialTLS
-	24,  // 22: tcpgate.v1.ConnectRequest.reconnect:type_name -> tcpgate.v1.Reconnect
-	25,  // 23: tcpgate.v1.ConnectRequest.on_connect:type_name -> tcpgate.v1.OnConnect
-	26,  // 24: tcpgate.v1.ConnectRequest.heartbeat:type_name -> tcpgate.v1.Heartbeat
-	61,  // 25: tcpgate.v1.ConnectRequest.idle_timeout:type_name -> google.protobuf.Duration
-	27,  // 26: tcpgate.v1.ConnectRequest.keep_alive:type_name -> tcpgate.v1.TcpKeepAlive
-	61,  // 27: tcpgate.v1.ConnectRequest.tcp_user_timeout:type_name -> google.protobuf.Duration
-	61,  // 28: tcpgate.v1.ConnectRequest.timeout:type_name -> google.protobuf.Duration
-	18,  // 29: tcpgate.v1.ConnectRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
-	61,  // 30: tcpgate.v1.Reconnect.initial_backoff:type_name -> google.protobuf.Duration
-	61,  // 31: tcpgate.v1.Reconnect.max_backoff:type_name -> google.protobuf.Duration
-	46,  // 32: tcpgate.v1.OnConnect.expect:type_name -> tcpgate.v1.ReplyMatch
-	61,  // 33: tcpgate.v1.OnConnect.timeout:type_name -> google.protobuf.Duration
-	61,  // 34: tcpgate.v1.Heartbeat.interval:type_name -> google.protobuf.Duration
-	46,  // 35: tcpgate.v1.Heartbeat.expect:type_name -> tcpgate.v1.ReplyMatch
-	61,  // 36: tcpgate.v1.Heartbeat.timeout:type_name -> google.protobuf.Duration
-	61,  // 37: tcpgate.v1.TcpKeepAlive.idle:type_name -> google.protobuf.Duration
-	61,  // 38: tcpgate.v1.TcpKeepAlive.interval:type_name -> google.protobuf.Duration
-	22,  // 39: tcpgate.v1.ConnectResponse.connection:type_name -> tcpgate.v1.Connection
-	32,  // 40: tcpgate.v1.ConnectResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	17,  // 41: tcpgate.v1.StartListenerRequest.framing:type_name -> tcpgate.v1.Framing
-	18,  // 42: tcpgate.v1.StartListenerRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
-	61,  // 43: tcpgate.v1.StartListenerRequest.idle_timeout:type_name -> google.protobuf.Duration
-	21,  // 44: tcpgate.v1.StartListenerRequest.tls:type_name -> tcpgate.v1.ListenerTLS
-	61,  // 45: tcpgate.v1.StartListenerRequest.half_close_timeout:type_name -> google.protobuf.Duration
-	30,  // 46: tcpgate.v1.StartListenerRequest.forward:type_name -> tcpgate.v1.Forward
-	25,  // 47: tcpgate.v1.StartListenerRequest.on_connect:type_name -> tcpgate.v1.OnConnect
-	48,  // 48: tcpgate.v1.Forward.tls:type_name -> tcpgate.v1.DialTLS
-	20,  // 49: tcpgate.v1.StartListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	32,  // 50: tcpgate.v1.StartListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	61,  // 51: tcpgate.v1.StopListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
-	20,  // 52: tcpgate.v1.StopListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	32,  // 53: tcpgate.v1.StopListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	20,  // 54: tcpgate.v1.GetListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	32,  // 55: tcpgate.v1.GetListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	20,  // 56: tcpgate.v1.ListListenersResponse.listeners:type_name -> tcpgate.v1.Listener
-	32,  // 57: tcpgate.v1.ListListenersResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	8,   // 58: tcpgate.v1.ListConnectionsRequest.state:type_name -> tcpgate.v1.ConnectionState
-	4,   // 59: tcpgate.v1.ListConnectionsRequest.origins:type_name -> tcpgate.v1.Origin
-	22,  // 60: tcpgate.v1.ListConnectionsResponse.connections:type_name -> tcpgate.v1.Connection
-	32,  // 61: tcpgate.v1.ListConnectionsResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	22,  // 62: tcpgate.v1.GetConnectionResponse.connection:type_name -> tcpgate.v1.Connection
-	32,  // 63: tcpgate.v1.GetConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	22,  // 64: tcpgate.v1.CloseConnectionResponse.connection:type_name -> tcpgate.v1.Connection
-	32,  // 65: tcpgate.v1.CloseConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	9,   // 66: tcpgate.v1.AwaitReply.mode:type_name -> tcpgate.v1.AwaitMode
-	17,  // 67: tcpgate.v1.AwaitReply.framing:type_name -> tcpgate.v1.Framing
-	11,  // 68: tcpgate.v1.AwaitReply.payload_format:type_name -> tcpgate.v1.PayloadFormat
-	46,  // 69: tcpgate.v1.AwaitReply.match:type_name -> tcpgate.v1.ReplyMatch
-	10,  // 70: tcpgate.v1.AwaitReply.on_timeout:type_name -> tcpgate.v1.OnTimeout
-	45,  // 71: tcpgate.v1.SendRequest.await_reply:type_name -> tcpgate.v1.AwaitReply
-	61,  // 72: tcpgate.v1.SendRequest.timeout:type_name -> google.protobuf.Duration
-	48,  // 73: tcpgate.v1.SendRequest.tls:type_name -> tcpgate.v1.DialTLS
-	49,  // 74: tcpgate.v1.SendResponse.reply:type_name -> tcpgate.v1.Reply
-	12,  // 75: tcpgate.v1.SubscribeRequest.kinds:type_name -> tcpgate.v1.EventKind
-	14,  // 76: tcpgate.v1.SubscribeRequest.slow_consumer:type_name -> tcpgate.v1.SlowConsumerPolicy
-	11,  // 77: tcpgate.v1.SubscribeRequest.payload_format:type_name -> tcpgate.v1.PayloadFormat
-	4,   // 78: tcpgate.v1.SubscribeRequest.origins:type_name -> tcpgate.v1.Origin
-	53,  // 79: tcpgate.v1.SubscribeResponse.events:type_name -> tcpgate.v1.Event
-	62,  // 80: tcpgate.v1.Event.time:type_name -> google.protobuf.Timestamp
-	12,  // 81: tcpgate.v1.Event.kind:type_name -> tcpgate.v1.EventKind
-	13,  // 82: tcpgate.v1.Event.close_reason:type_name -> tcpgate.v1.CloseReason
-	32,  // 83: tcpgate.v1.Event.header:type_name -> tcpgate.v1.ResponseHeader
-	4,   // 84: tcpgate.v1.Event.origin:type_name -> tcpgate.v1.Origin
-	5,   // 85: tcpgate.v1.Event.direction:type_name -> tcpgate.v1.Direction
-	61,  // 86: tcpgate.v1.Event.delay:type_name -> google.protobuf.Duration
-	13,  // 87: tcpgate.v1.Event.target_close_reason:type_name -> tcpgate.v1.CloseReason
-	55,  // 88: tcpgate.v1.HandleRequest.registration:type_name -> tcpgate.v1.HandleRegistration
-	56,  // 89: tcpgate.v1.HandleRequest.reply:type_name -> tcpgate.v1.HandleReply
-	56,  // 90: tcpgate.v1.HandleRequest.replies:type_name -> tcpgate.v1.HandleReply
-	11,  // 91: tcpgate.v1.HandleRegistration.payload_format:type_name -> tcpgate.v1.PayloadFormat
-	58,  // 92: tcpgate.v1.HandleResponse.registered:type_name -> tcpgate.v1.HandleRegistered
-	59,  // 93: tcpgate.v1.HandleResponse.events:type_name -> tcpgate.v1.HandleEvent
-	60,  // 94: tcpgate.v1.HandleResponse.rejections:type_name -> tcpgate.v1.HandleRejection
-	32,  // 95: tcpgate.v1.HandleRegistered.header:type_name -> tcpgate.v1.ResponseHeader
-	16,  // 96: tcpgate.v1.HandleEvent.kind:type_name -> tcpgate.v1.HandleEventKind
-	4,   // 97: tcpgate.v1.HandleEvent.origin:type_name -> tcpgate.v1.Origin
-	13,  // 98: tcpgate.v1.HandleEvent.close_reason:type_name -> tcpgate.v1.CloseReason
-	15,  // 99: tcpgate.v1.HandleRejection.reason:type_name -> tcpgate.v1.ErrorReason
-	29,  // 100: tcpgate.v1.GatewayService.StartListener:input_type -> tcpgate.v1.StartListenerRequest
-	33,  // 101: tcpgate.v1.GatewayService.StopListener:input_type -> tcpgate.v1.StopListenerRequest
-	35,  // 102: tcpgate.v1.GatewayService.GetListener:input_type -> tcpgate.v1.GetListenerRequest
-	37,  // 103: tcpgate.v1.GatewayService.ListListeners:input_type -> tcpgate.v1.ListListenersRequest
-	39,  // 104: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
-	41,  // 105: tcpgate.v1.GatewayService.GetConnection:input_type -> tcpgate.v1.GetConnectionRequest
-	43,  // 106: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
-	23,  // 107: tcpgate.v1.GatewayService.Connect:input_type -> tcpgate.v1.ConnectRequest
-	47,  // 108: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
-	51,  // 109: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
-	54,  // 110: tcpgate.v1.GatewayService.Handle:input_type -> tcpgate.v1.HandleRequest
-	31,  // 111: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
-	34,  // 112: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
-	36,  // 113: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
-	38,  // 114: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
-	40,  // 115: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
-	42,  // 116: tcpgate.v1.GatewayService.GetConnection:output_type -> tcpgate.v1.GetConnectionResponse
-	44,  // 117: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
-	28,  // 118: tcpgate.v1.GatewayService.Connect:output_type -> tcpgate.v1.ConnectResponse
-	50,  // 119: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
-	52,  // 120: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
-	57,  // 121: tcpgate.v1.GatewayService.Handle:output_type -> tcpgate.v1.HandleResponse
-	111, // [111:122] is the sub-list for method output_type
-	100, // [100:111] is the sub-list for method input_type
-	100, // [100:100] is the sub-list for extension type_name
-	100, // [100:100] is the sub-list for extension extendee
-	0,   // [0:100] is the sub-list for field type_name
+	70,  // 19: tcpgate.v1.Connection.next_attempt_at:type_name -> google.protobuf.Timestamp
+	6,   // 20: tcpgate.v1.Connection.source:type_name -> tcpgate.v1.Source
+	17,  // 21: tcpgate.v1.ConnectRequest.framing:type_name -> tcpgate.v1.Framing
+	48,  // 22: tcpgate.v1.ConnectRequest.tls:type_name -> tcpgate.v1.DialTLS
+	24,  // 23: tcpgate.v1.ConnectRequest.reconnect:type_name -> tcpgate.v1.Reconnect
+	25,  // 24: tcpgate.v1.ConnectRequest.on_connect:type_name -> tcpgate.v1.OnConnect
+	26,  // 25: tcpgate.v1.ConnectRequest.heartbeat:type_name -> tcpgate.v1.Heartbeat
+	69,  // 26: tcpgate.v1.ConnectRequest.idle_timeout:type_name -> google.protobuf.Duration
+	27,  // 27: tcpgate.v1.ConnectRequest.keep_alive:type_name -> tcpgate.v1.TcpKeepAlive
+	69,  // 28: tcpgate.v1.ConnectRequest.tcp_user_timeout:type_name -> google.protobuf.Duration
+	69,  // 29: tcpgate.v1.ConnectRequest.timeout:type_name -> google.protobuf.Duration
+	18,  // 30: tcpgate.v1.ConnectRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
+	69,  // 31: tcpgate.v1.Reconnect.initial_backoff:type_name -> google.protobuf.Duration
+	69,  // 32: tcpgate.v1.Reconnect.max_backoff:type_name -> google.protobuf.Duration
+	46,  // 33: tcpgate.v1.OnConnect.expect:type_name -> tcpgate.v1.ReplyMatch
+	69,  // 34: tcpgate.v1.OnConnect.timeout:type_name -> google.protobuf.Duration
+	69,  // 35: tcpgate.v1.Heartbeat.interval:type_name -> google.protobuf.Duration
+	46,  // 36: tcpgate.v1.Heartbeat.expect:type_name -> tcpgate.v1.ReplyMatch
+	69,  // 37: tcpgate.v1.Heartbeat.timeout:type_name -> google.protobuf.Duration
+	69,  // 38: tcpgate.v1.TcpKeepAlive.idle:type_name -> google.protobuf.Duration
+	69,  // 39: tcpgate.v1.TcpKeepAlive.interval:type_name -> google.protobuf.Duration
+	22,  // 40: tcpgate.v1.ConnectResponse.connection:type_name -> tcpgate.v1.Connection
+	32,  // 41: tcpgate.v1.ConnectResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	17,  // 42: tcpgate.v1.StartListenerRequest.framing:type_name -> tcpgate.v1.Framing
+	18,  // 43: tcpgate.v1.StartListenerRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
+	69,  // 44: tcpgate.v1.StartListenerRequest.idle_timeout:type_name -> google.protobuf.Duration
+	21,  // 45: tcpgate.v1.StartListenerRequest.tls:type_name -> tcpgate.v1.ListenerTLS
+	69,  // 46: tcpgate.v1.StartListenerRequest.half_close_timeout:type_name -> google.protobuf.Duration
+	30,  // 47: tcpgate.v1.StartListenerRequest.forward:type_name -> tcpgate.v1.Forward
+	25,  // 48: tcpgate.v1.StartListenerRequest.on_connect:type_name -> tcpgate.v1.OnConnect
+	48,  // 49: tcpgate.v1.Forward.tls:type_name -> tcpgate.v1.DialTLS
+	20,  // 50: tcpgate.v1.StartListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	32,  // 51: tcpgate.v1.StartListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	69,  // 52: tcpgate.v1.StopListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
+	20,  // 53: tcpgate.v1.StopListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	32,  // 54: tcpgate.v1.StopListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	20,  // 55: tcpgate.v1.GetListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	32,  // 56: tcpgate.v1.GetListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	20,  // 57: tcpgate.v1.ListListenersResponse.listeners:type_name -> tcpgate.v1.Listener
+	32,  // 58: tcpgate.v1.ListListenersResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	8,   // 59: tcpgate.v1.ListConnectionsRequest.state:type_name -> tcpgate.v1.ConnectionState
+	4,   // 60: tcpgate.v1.ListConnectionsRequest.origins:type_name -> tcpgate.v1.Origin
+	22,  // 61: tcpgate.v1.ListConnectionsResponse.connections:type_name -> tcpgate.v1.Connection
+	32,  // 62: tcpgate.v1.ListConnectionsResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	22,  // 63: tcpgate.v1.GetConnectionResponse.connection:type_name -> tcpgate.v1.Connection
+	32,  // 64: tcpgate.v1.GetConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	22,  // 65: tcpgate.v1.CloseConnectionResponse.connection:type_name -> tcpgate.v1.Connection
+	32,  // 66: tcpgate.v1.CloseConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	9,   // 67: tcpgate.v1.AwaitReply.mode:type_name -> tcpgate.v1.AwaitMode
+	17,  // 68: tcpgate.v1.AwaitReply.framing:type_name -> tcpgate.v1.Framing
+	11,  // 69: tcpgate.v1.AwaitReply.payload_format:type_name -> tcpgate.v1.PayloadFormat
+	46,  // 70: tcpgate.v1.AwaitReply.match:type_name -> tcpgate.v1.ReplyMatch
+	10,  // 71: tcpgate.v1.AwaitReply.on_timeout:type_name -> tcpgate.v1.OnTimeout
+	45,  // 72: tcpgate.v1.SendRequest.await_reply:type_name -> tcpgate.v1.AwaitReply
+	69,  // 73: tcpgate.v1.SendRequest.timeout:type_name -> google.protobuf.Duration
+	48,  // 74: tcpgate.v1.SendRequest.tls:type_name -> tcpgate.v1.DialTLS
+	49,  // 75: tcpgate.v1.SendResponse.reply:type_name -> tcpgate.v1.Reply
+	12,  // 76: tcpgate.v1.SubscribeRequest.kinds:type_name -> tcpgate.v1.EventKind
+	14,  // 77: tcpgate.v1.SubscribeRequest.slow_consumer:type_name -> tcpgate.v1.SlowConsumerPolicy
+	11,  // 78: tcpgate.v1.SubscribeRequest.payload_format:type_name -> tcpgate.v1.PayloadFormat
+	4,   // 79: tcpgate.v1.SubscribeRequest.origins:type_name -> tcpgate.v1.Origin
+	53,  // 80: tcpgate.v1.SubscribeResponse.events:type_name -> tcpgate.v1.Event
+	70,  // 81: tcpgate.v1.Event.time:type_name -> google.protobuf.Timestamp
+	12,  // 82: tcpgate.v1.Event.kind:type_name -> tcpgate.v1.EventKind
+	13,  // 83: tcpgate.v1.Event.close_reason:type_name -> tcpgate.v1.CloseReason
+	32,  // 84: tcpgate.v1.Event.header:type_name -> tcpgate.v1.ResponseHeader
+	4,   // 85: tcpgate.v1.Event.origin:type_name -> tcpgate.v1.Origin
+	5,   // 86: tcpgate.v1.Event.direction:type_name -> tcpgate.v1.Direction
+	69,  // 87: tcpgate.v1.Event.delay:type_name -> google.protobuf.Duration
+	13,  // 88: tcpgate.v1.Event.target_close_reason:type_name -> tcpgate.v1.CloseReason
+	55,  // 89: tcpgate.v1.HandleRequest.registration:type_name -> tcpgate.v1.HandleRegistration
+	56,  // 90: tcpgate.v1.HandleRequest.reply:type_name -> tcpgate.v1.HandleReply
+	56,  // 91: tcpgate.v1.HandleRequest.replies:type_name -> tcpgate.v1.HandleReply
+	11,  // 92: tcpgate.v1.HandleRegistration.payload_format:type_name -> tcpgate.v1.PayloadFormat
+	58,  // 93: tcpgate.v1.HandleResponse.registered:type_name -> tcpgate.v1.HandleRegistered
+	59,  // 94: tcpgate.v1.HandleResponse.events:type_name -> tcpgate.v1.HandleEvent
+	60,  // 95: tcpgate.v1.HandleResponse.rejections:type_name -> tcpgate.v1.HandleRejection
+	32,  // 96: tcpgate.v1.HandleRegistered.header:type_name -> tcpgate.v1.ResponseHeader
+	16,  // 97: tcpgate.v1.HandleEvent.kind:type_name -> tcpgate.v1.HandleEventKind
+	4,   // 98: tcpgate.v1.HandleEvent.origin:type_name -> tcpgate.v1.Origin
+	13,  // 99: tcpgate.v1.HandleEvent.close_reason:type_name -> tcpgate.v1.CloseReason
+	15,  // 100: tcpgate.v1.HandleRejection.reason:type_name -> tcpgate.v1.ErrorReason
+	29,  // 101: tcpgate.v1.UpdateListenerRequest.listener:type_name -> tcpgate.v1.StartListenerRequest
+	71,  // 102: tcpgate.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
+	20,  // 103: tcpgate.v1.UpdateListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	32,  // 104: tcpgate.v1.UpdateListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	64,  // 105: tcpgate.v1.ReloadResponse.listeners:type_name -> tcpgate.v1.ReloadDiff
+	64,  // 106: tcpgate.v1.ReloadResponse.connections:type_name -> tcpgate.v1.ReloadDiff
+	32,  // 107: tcpgate.v1.ReloadResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	68,  // 108: tcpgate.v1.ExportConfigResponse.config:type_name -> tcpgate.v1.Config
+	32,  // 109: tcpgate.v1.ExportConfigResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	29,  // 110: tcpgate.v1.Config.listeners:type_name -> tcpgate.v1.StartListenerRequest
+	23,  // 111: tcpgate.v1.Config.connections:type_name -> tcpgate.v1.ConnectRequest
+	72,  // 112: tcpgate.v1.Config.serve:type_name -> google.protobuf.Struct
+	29,  // 113: tcpgate.v1.GatewayService.StartListener:input_type -> tcpgate.v1.StartListenerRequest
+	33,  // 114: tcpgate.v1.GatewayService.StopListener:input_type -> tcpgate.v1.StopListenerRequest
+	35,  // 115: tcpgate.v1.GatewayService.GetListener:input_type -> tcpgate.v1.GetListenerRequest
+	37,  // 116: tcpgate.v1.GatewayService.ListListeners:input_type -> tcpgate.v1.ListListenersRequest
+	39,  // 117: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
+	41,  // 118: tcpgate.v1.GatewayService.GetConnection:input_type -> tcpgate.v1.GetConnectionRequest
+	43,  // 119: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
+	23,  // 120: tcpgate.v1.GatewayService.Connect:input_type -> tcpgate.v1.ConnectRequest
+	47,  // 121: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
+	51,  // 122: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
+	54,  // 123: tcpgate.v1.GatewayService.Handle:input_type -> tcpgate.v1.HandleRequest
+	61,  // 124: tcpgate.v1.GatewayService.UpdateListener:input_type -> tcpgate.v1.UpdateListenerRequest
+	63,  // 125: tcpgate.v1.GatewayService.Reload:input_type -> tcpgate.v1.ReloadRequest
+	66,  // 126: tcpgate.v1.GatewayService.ExportConfig:input_type -> tcpgate.v1.ExportConfigRequest
+	31,  // 127: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
+	34,  // 128: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
+	36,  // 129: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
+	38,  // 130: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
+	40,  // 131: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
+	42,  // 132: tcpgate.v1.GatewayService.GetConnection:output_type -> tcpgate.v1.GetConnectionResponse
+	44,  // 133: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
+	28,  // 134: tcpgate.v1.GatewayService.Connect:output_type -> tcpgate.v1.ConnectResponse
+	50,  // 135: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
+	52,  // 136: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
+	57,  // 137: tcpgate.v1.GatewayService.Handle:output_type -> tcpgate.v1.HandleResponse
+	62,  // 138: tcpgate.v1.GatewayService.UpdateListener:output_type -> tcpgate.v1.UpdateListenerResponse
+	65,  // 139: tcpgate.v1.GatewayService.Reload:output_type -> tcpgate.v1.ReloadResponse
+	67,  // 140: tcpgate.v1.GatewayService.ExportConfig:output_type -> tcpgate.v1.ExportConfigResponse
+	127, // [127:141] is the sub-list for method output_type
+	113, // [113:127] is the sub-list for method input_type
+	113, // [113:113] is the sub-list for extension type_name
+	113, // [113:113] is the sub-list for extension extendee
+	0,   // [0:113] is the sub-list for field type_name
 }
 
 func init() { file_tcpgate_v1_gateway_proto_init() }
@@ -6548,7 +7145,7 @@ func file_tcpgate_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tcpgate_v1_gateway_proto_rawDesc), len(file_tcpgate_v1_gateway_proto_rawDesc)),
 			NumEnums:      17,
-			NumMessages:   44,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

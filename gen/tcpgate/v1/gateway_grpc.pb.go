@@ -30,6 +30,9 @@ const (
 	GatewayService_Send_FullMethodName            = "/tcpgate.v1.GatewayService/Send"
 	GatewayService_Subscribe_FullMethodName       = "/tcpgate.v1.GatewayService/Subscribe"
 	GatewayService_Handle_FullMethodName          = "/tcpgate.v1.GatewayService/Handle"
+	GatewayService_UpdateListener_FullMethodName  = "/tcpgate.v1.GatewayService/UpdateListener"
+	GatewayService_Reload_FullMethodName          = "/tcpgate.v1.GatewayService/Reload"
+	GatewayService_ExportConfig_FullMethodName    = "/tcpgate.v1.GatewayService/ExportConfig"
 )
 
 // GatewayServiceClient is the client API for GatewayService service.
@@ -80,6 +83,23 @@ type GatewayServiceClient interface {
 	// stream of which handles each connection. Over REST it is the WebSocket
 	// /v1/handle, one protojson message per WebSocket message.
 	Handle(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[HandleRequest, HandleResponse], error)
+	// UpdateListener changes a running listener in place: its auto reply and
+	// rules, limits and timeouts, for the connections it accepts next and for
+	// those open now, without rebinding the port or dropping a connection.
+	// The fields to change are named by update_mask; a mask naming host,
+	// port, framing, tls or forward is InvalidArgument with
+	// FIELD_NOT_UPDATABLE naming the field.
+	UpdateListener(ctx context.Context, in *UpdateListenerRequest, opts ...grpc.CallOption) (*UpdateListenerResponse, error)
+	// Reload re-reads the config file (--config), as SIGHUP does, and applies
+	// the difference: listeners and outbound connections added, changed
+	// (updated in place where UpdateListener could, restarted otherwise) and
+	// removed (stopped with a drain), and the reloadable flags of its serve
+	// section. A file that does not load changes nothing.
+	Reload(ctx context.Context, in *ReloadRequest, opts ...grpc.CallOption) (*ReloadResponse, error)
+	// ExportConfig returns the objects made through the API (not those of the
+	// config file) as a config file would declare them: what `tcpgate config
+	// export` prints.
+	ExportConfig(ctx context.Context, in *ExportConfigRequest, opts ...grpc.CallOption) (*ExportConfigResponse, error)
 }
 
 type gatewayServiceClient struct {
@@ -212,6 +232,36 @@ func (c *gatewayServiceClient) Handle(ctx context.Context, opts ...grpc.CallOpti
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type GatewayService_HandleClient = grpc.BidiStreamingClient[HandleRequest, HandleResponse]
 
+func (c *gatewayServiceClient) UpdateListener(ctx context.Context, in *UpdateListenerRequest, opts ...grpc.CallOption) (*UpdateListenerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateListenerResponse)
+	err := c.cc.Invoke(ctx, GatewayService_UpdateListener_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gatewayServiceClient) Reload(ctx context.Context, in *ReloadRequest, opts ...grpc.CallOption) (*ReloadResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReloadResponse)
+	err := c.cc.Invoke(ctx, GatewayService_Reload_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gatewayServiceClient) ExportConfig(ctx context.Context, in *ExportConfigRequest, opts ...grpc.CallOption) (*ExportConfigResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExportConfigResponse)
+	err := c.cc.Invoke(ctx, GatewayService_ExportConfig_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GatewayServiceServer is the server API for GatewayService service.
 // All implementations must embed UnimplementedGatewayServiceServer
 // for forward compatibility.
@@ -260,6 +310,23 @@ type GatewayServiceServer interface {
 	// stream of which handles each connection. Over REST it is the WebSocket
 	// /v1/handle, one protojson message per WebSocket message.
 	Handle(grpc.BidiStreamingServer[HandleRequest, HandleResponse]) error
+	// UpdateListener changes a running listener in place: its auto reply and
+	// rules, limits and timeouts, for the connections it accepts next and for
+	// those open now, without rebinding the port or dropping a connection.
+	// The fields to change are named by update_mask; a mask naming host,
+	// port, framing, tls or forward is InvalidArgument with
+	// FIELD_NOT_UPDATABLE naming the field.
+	UpdateListener(context.Context, *UpdateListenerRequest) (*UpdateListenerResponse, error)
+	// Reload re-reads the config file (--config), as SIGHUP does, and applies
+	// the difference: listeners and outbound connections added, changed
+	// (updated in place where UpdateListener could, restarted otherwise) and
+	// removed (stopped with a drain), and the reloadable flags of its serve
+	// section. A file that does not load changes nothing.
+	Reload(context.Context, *ReloadRequest) (*ReloadResponse, error)
+	// ExportConfig returns the objects made through the API (not those of the
+	// config file) as a config file would declare them: what `tcpgate config
+	// export` prints.
+	ExportConfig(context.Context, *ExportConfigRequest) (*ExportConfigResponse, error)
 	mustEmbedUnimplementedGatewayServiceServer()
 }
 
@@ -302,6 +369,15 @@ func (UnimplementedGatewayServiceServer) Subscribe(*SubscribeRequest, grpc.Serve
 }
 func (UnimplementedGatewayServiceServer) Handle(grpc.BidiStreamingServer[HandleRequest, HandleResponse]) error {
 	return status.Error(codes.Unimplemented, "method Handle not implemented")
+}
+func (UnimplementedGatewayServiceServer) UpdateListener(context.Context, *UpdateListenerRequest) (*UpdateListenerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateListener not implemented")
+}
+func (UnimplementedGatewayServiceServer) Reload(context.Context, *ReloadRequest) (*ReloadResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Reload not implemented")
+}
+func (UnimplementedGatewayServiceServer) ExportConfig(context.Context, *ExportConfigRequest) (*ExportConfigResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExportConfig not implemented")
 }
 func (UnimplementedGatewayServiceServer) mustEmbedUnimplementedGatewayServiceServer() {}
 func (UnimplementedGatewayServiceServer) testEmbeddedByValue()                        {}
@@ -504,6 +580,60 @@ func _GatewayService_Handle_Handler(srv interface{}, stream grpc.ServerStream) e
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type GatewayService_HandleServer = grpc.BidiStreamingServer[HandleRequest, HandleResponse]
 
+func _GatewayService_UpdateListener_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateListenerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).UpdateListener(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_UpdateListener_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).UpdateListener(ctx, req.(*UpdateListenerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GatewayService_Reload_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReloadRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).Reload(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_Reload_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).Reload(ctx, req.(*ReloadRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GatewayService_ExportConfig_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExportConfigRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).ExportConfig(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_ExportConfig_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).ExportConfig(ctx, req.(*ExportConfigRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // GatewayService_ServiceDesc is the grpc.ServiceDesc for GatewayService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -546,6 +676,18 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Send",
 			Handler:    _GatewayService_Send_Handler,
+		},
+		{
+			MethodName: "UpdateListener",
+			Handler:    _GatewayService_UpdateListener_Handler,
+		},
+		{
+			MethodName: "Reload",
+			Handler:    _GatewayService_Reload_Handler,
+		},
+		{
+			MethodName: "ExportConfig",
+			Handler:    _GatewayService_ExportConfig_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -54,6 +54,9 @@ func badInvoke(ctx context.Context, t *testing.T, c tcpgatev1.GatewayServiceClie
 	case *tcpgatev1.SendRequest:
 		_, err := c.Send(ctx, r)
 		return err
+	case *tcpgatev1.ReloadRequest:
+		_, err := c.Reload(ctx, r)
+		return err
 	case *tcpgatev1.ConnectRequest:
 		resp, err := c.Connect(ctx, r)
 		if err == nil {

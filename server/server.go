@@ -26,6 +26,7 @@ import (
 	"github.com/tcpgate/tcpgate/gateway"
 	"github.com/tcpgate/tcpgate/gateway/console"
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/config"
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
 	"github.com/tcpgate/tcpgate/server/internal/handler"
@@ -232,6 +233,16 @@ type Config struct {
 	// means the defaults: listeners on any host above port 1023; dials
 	// anywhere but link-local and cloud metadata addresses.
 	AllowListen, AllowDial, DenyDial string
+
+	// ConfigFile is the config file (serve --config): its listeners and
+	// outbound connections start with the gateway, as SOURCE_CONFIG, and
+	// Reload (or SIGHUP) applies its changes. Empty means none: Reload is
+	// refused with NO_CONFIG.
+	ConfigFile string
+	// ReloadFlags applies the reloadable flags of a reloaded file's serve:
+	// section and lists those that need a restart; nil reports every
+	// changed flag as needing a restart.
+	ReloadFlags config.FlagsFunc
 }
 
 // Server is a whole gateway: the engine, the gRPC service and its listener.
@@ -269,6 +280,8 @@ type Server struct {
 
 	handlesOnce sync.Once
 	handleSrc   *rpc.HandleSource // the Handle WebSocket's; made by Handles
+
+	declared *config.Declared // nil without ConfigFile
 }
 
 // New builds a gateway and binds its gRPC address, so GRPCAddr is known
@@ -335,6 +348,14 @@ func New(cfg Config) (*Server, error) {
 	tlsFiles, err := pemfile.New(cfg.TLSFilesDir)
 	if err != nil {
 		return nil, fmt.Errorf("--tls-files-dir: %w", err)
+	}
+	var file *config.File
+	if cfg.ConfigFile != "" {
+		// Read and decoded before anything binds: a file that does not
+		// load stops the daemon naming its line.
+		if file, err = config.Load(cfg.ConfigFile); err != nil {
+			return nil, err
+		}
 	}
 	s := &Server{cfg: cfg, log: log, tls: tlsCfg, inflight: newInflight()}
 	var auth *rpc.Auth
@@ -420,6 +441,8 @@ func New(cfg Config) (*Server, error) {
 		TLSFiles:             tlsFiles,
 		NodeID:               cfg.NodeID,
 		Logger:               log,
+		ConfigFile:           cfg.ConfigFile,
+		Reloader:             s.reloader(),
 	})
 
 	unary := []grpc.UnaryServerInterceptor{s.unaryInterceptor, rpc.UnaryReasons}
@@ -527,7 +550,59 @@ func New(cfg Config) (*Server, error) {
 			return nil, err
 		}
 	}
+	if file != nil {
+		s.declared = config.New(file, svc, config.Options{Flags: cfg.ReloadFlags, Logger: log})
+		// Every declared object is checked, then all start, or none.
+		if err := s.declared.Start(context.Background()); err != nil {
+			ln.Close()
+			if s.httpLn != nil {
+				s.httpLn.Close()
+				s.rest.Close()
+			}
+			if s.debugLn != nil {
+				s.debugLn.Close()
+			}
+			s.grpc.Stop()
+			s.outbound.Close()
+			s.listeners.Close()
+			s.hub.Close()
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// reloader is the Reload RPC's: nil without a config file.
+func (s *Server) reloader() rpc.Reloader {
+	if s.cfg.ConfigFile == "" {
+		return nil
+	}
+	return serverReloader{s}
+}
+
+type serverReloader struct{ s *Server }
+
+func (r serverReloader) Reload(ctx context.Context) (*tcpgatev1.ReloadResponse, error) {
+	return r.s.Reload(ctx)
+}
+
+// Reload re-reads the config file and applies the difference, as the
+// Reload RPC does (SIGHUP in the daemon). It returns an error wrapping
+// rpc.ErrNoConfig without a config file, and one wrapping
+// rpc.ErrConfigInvalid, with nothing changed, for a file that does not
+// load.
+func (s *Server) Reload(ctx context.Context) (*tcpgatev1.ReloadResponse, error) {
+	if s.declared == nil {
+		return nil, fmt.Errorf("reloading: %w", rpc.ErrNoConfig)
+	}
+	return s.declared.Reload(ctx)
+}
+
+// declaredID reports whether the config file declares the object of
+// kind ("listener" or "connection") and id: the state file's restore
+// skips those (the config wins).
+func (s *Server) declaredID(kind, id string) bool {
+	return s.declared != nil && s.declared.Declares(kind, id)
 }
 
 func (s *Server) newREST() error {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tcpgate/tcpgate/gateway/console"
 	"github.com/tcpgate/tcpgate/server"
+	"github.com/tcpgate/tcpgate/server/config"
 	"github.com/tcpgate/tcpgate/server/rpc"
 )
 
@@ -34,13 +35,21 @@ func newServeCmd() *cobra.Command {
 			"Every flag can also be set by an environment variable: TCPGATE_ and the\n" +
 			"flag's name in capitals with _ for -, e.g. TCPGATE_GRPC_ADDR. Flags win.\n" +
 			"SIGINT or SIGTERM shuts down gracefully within --shutdown-timeout; a second\n" +
-			"signal exits at once.",
+			"signal exits at once.\n\n" +
+			"--config FILE (YAML) declares listeners, outbound connections and, under\n" +
+			"serve:, these flags by name, below the command line and TCPGATE_* in\n" +
+			"precedence. SIGHUP (or POST /v1/config:reload) re-reads it and applies the\n" +
+			"difference; a file that does not load changes nothing.",
 		Example: "  tcpgate serve\n" +
 			"  tcpgate serve --grpc-addr 127.0.0.1:0 --log-format json\n" +
-			"  TCPGATE_LOG_LEVEL=debug tcpgate serve",
+			"  TCPGATE_LOG_LEVEL=debug tcpgate serve\n" +
+			"  tcpgate serve --config /etc/tcpgate/tcpgate.yaml",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := applyEnv(cmd.Flags()); err != nil {
+				return err
+			}
+			if err := applyConfigFlags(cmd.Flags(), cfg.ConfigFile); err != nil {
 				return err
 			}
 			token, err := readToken(tokenFile)
@@ -109,6 +118,7 @@ func newServeCmd() *cobra.Command {
 	f.IntVar(&cfg.MaxReplyBytes, "max-reply-bytes", rpc.MaxFrameLimit, "largest await_reply.max_bytes a Send may ask for; an unset one is 1 MiB or this if smaller (at most 3 MiB)")
 	f.IntVar(&cfg.ListenerMaxConnections, "listener-max-connections", 0, "max_connections of a listener that sets none, and the most one may set (0: no bound of a listener's own)")
 	f.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "close connections silent this long, on listeners that set no idle_timeout (0: never)")
+	f.StringVar(&cfg.ConfigFile, "config", "", "YAML file of listeners, outbound connections and serve: flags, started with the gateway and re-read on SIGHUP (default: none)")
 	f.StringVar(&cfg.NodeID, "node-id", rpc.DefaultNodeID(), "this gateway's name in every response header and event stream: 1 to 64 of A-Z a-z 0-9 . _ ~ -")
 	return cmd
 }
@@ -123,10 +133,14 @@ func runUntilSignal(ctx context.Context, srv *server.Server, log *slog.Logger) e
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
+	defer signal.Stop(hups)
 	ran := make(chan struct{})
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer close(ran)
+	wg.Go(func() { reloadOnHUP(ctx, srv, log, hups, ran) })
 	wg.Go(func() {
 		select {
 		case sig := <-sigs:
@@ -147,6 +161,57 @@ func runUntilSignal(ctx context.Context, srv *server.Server, log *slog.Logger) e
 		}
 	})
 	return srv.Run(ctx)
+}
+
+// reloadOnHUP reloads the config file at every SIGHUP until ran is
+// closed, one reload at a time, and logs what it did. A SIGHUP during a
+// reload is kept (the channel holds one) and reloads once more after it.
+func reloadOnHUP(ctx context.Context, srv *server.Server, log *slog.Logger, hups <-chan os.Signal, ran <-chan struct{}) {
+	for {
+		select {
+		case <-hups:
+		case <-ran:
+			return
+		}
+		log.Info("SIGHUP received; reloading the config file")
+		resp, err := srv.Reload(ctx)
+		if err != nil {
+			log.Error("reload failed", "error", err)
+			continue
+		}
+		log.Info("reload done", "file", resp.GetFile(),
+			"listeners_added", resp.GetListeners().GetAdded(), "listeners_changed", resp.GetListeners().GetChanged(),
+			"listeners_removed", resp.GetListeners().GetRemoved(), "listeners_unchanged", resp.GetListeners().GetUnchanged(),
+			"connections_added", resp.GetConnections().GetAdded(), "connections_changed", resp.GetConnections().GetChanged(),
+			"connections_removed", resp.GetConnections().GetRemoved(), "connections_unchanged", resp.GetConnections().GetUnchanged(),
+			"flags_applied", resp.GetFlagsApplied(), "flags_need_restart", resp.GetFlagsNeedRestart())
+	}
+}
+
+// applyConfigFlags sets the flags of the config file's serve: section
+// that neither the command line nor a TCPGATE_* variable set. A key that
+// is not a flag of serve is an error naming its line.
+func applyConfigFlags(flags *pflag.FlagSet, path string) error {
+	if path == "" {
+		return nil
+	}
+	file, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	for _, fl := range file.Serve {
+		f := flags.Lookup(fl.Name)
+		if f == nil || fl.Name == "config" {
+			return &config.Error{File: path, Line: fl.Line, Field: "serve." + fl.Name, Msg: "not a flag of tcpgate serve (see tcpgate serve --help)"}
+		}
+		if f.Changed {
+			continue
+		}
+		if err := flags.Set(fl.Name, strings.Join(fl.Values, ",")); err != nil {
+			return &config.Error{File: path, Line: fl.Line, Field: "serve." + fl.Name, Msg: err.Error()}
+		}
+	}
+	return nil
 }
 
 // Limits of `tcpgate serve` unless flags say otherwise.

@@ -57,7 +57,7 @@ func (s *Service) connectSpec(ctx context.Context, req *tcpgatev1.ConnectRequest
 	if err != nil {
 		return spec, err
 	}
-	spec = outbound.Spec{ID: req.GetConnectionId(), Address: req.GetAddress(), Framing: fc, TLS: tlsCfg}
+	spec = outbound.Spec{ID: req.GetConnectionId(), Address: req.GetAddress(), Framing: fc, TLS: tlsCfg, Declared: isDeclaring(ctx)}
 
 	if r := req.GetReconnect(); r != nil {
 		spec.Reconnect.Disabled = r.GetDisabled()

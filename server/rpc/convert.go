@@ -185,7 +185,17 @@ func connToProto(c registry.Info) *tcpgatev1.Connection {
 		LastError:     c.LastError,
 		Attempts:      c.Attempts,
 		NextAttemptAt: timestampOrNil(c.NextAttemptAt),
+		Source:        connSource(c.Declared),
 	}
+}
+
+// connSource is a connection's source: SOURCE_CONFIG for an outbound
+// connection the config file declares, SOURCE_API for every other.
+func connSource(declared bool) tcpgatev1.Source {
+	if declared {
+		return tcpgatev1.Source_SOURCE_CONFIG
+	}
+	return tcpgatev1.Source_SOURCE_API
 }
 
 // timestampOrNil leaves a zero time unset.

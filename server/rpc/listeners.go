@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"errors"
 	"net"
 	"time"
 
@@ -28,53 +29,68 @@ type Listeners interface {
 
 // StartListener implements GatewayService.StartListener.
 func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListenerRequest) (*tcpgatev1.StartListenerResponse, error) {
+	spec, err := s.listenerSpec(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	info, err := s.cfg.Listeners.Start(ctx, spec)
+	if err != nil {
+		return nil, s.status(err)
+	}
+	return &tcpgatev1.StartListenerResponse{Listener: listenerToProto(info), Header: s.header()}, nil
+}
+
+// listenerSpec translates a StartListenerRequest, refusing what is not of
+// the wire's shape. Its source is the config file's under a declaring
+// context (see declared.go), the API's otherwise.
+func (s *Service) listenerSpec(ctx context.Context, req *tcpgatev1.StartListenerRequest) (listener.Spec, error) {
 	if id := req.GetListenerId(); id != "" {
 		if err := checkID("listener_id", id); err != nil {
-			return nil, err
+			return listener.Spec{}, err
 		}
 	}
 	if req.GetPort() > 65535 {
-		return nil, invalid("port", "must be 0 to 65535, got %d", req.GetPort())
+		return listener.Spec{}, invalid("port", "must be 0 to 65535, got %d", req.GetPort())
 	}
 	if err := checkHost(req.GetHost()); err != nil {
-		return nil, err
+		return listener.Spec{}, err
 	}
 	fc, err := framingFromProto("framing", req.GetFraming(), s.cfg.MaxFrameBytes)
 	if err != nil {
-		return nil, err
+		return listener.Spec{}, err
 	}
 	ar, err := repliesFromProto(req.GetAutoReply())
 	if err != nil {
-		return nil, err
+		return listener.Spec{}, err
 	}
 	banner, err := s.bannerFromProto(req.GetOnConnect())
 	if err != nil {
-		return nil, err
+		return listener.Spec{}, err
 	}
 	// An unset idle_timeout is 0: the listener registry's default.
 	idle, err := durationFromProto("idle_timeout", req.GetIdleTimeout(), 0)
 	if err != nil {
-		return nil, err
+		return listener.Spec{}, err
 	}
 	halfClose, err := durationFromProto("half_close_timeout", req.GetHalfCloseTimeout(), 0)
 	if err != nil {
-		return nil, err
+		return listener.Spec{}, err
 	}
 	if halfClose > maxHalfClose {
-		return nil, invalid("half_close_timeout", "must be at most %s, got %s", maxHalfClose, halfClose)
+		return listener.Spec{}, invalid("half_close_timeout", "must be at most %s, got %s", maxHalfClose, halfClose)
 	}
 	tlsCfg, err := s.listenerTLS(ctx, req.GetTls())
 	if err != nil {
-		return nil, err
+		return listener.Spec{}, err
 	}
 	fwd, err := s.forwardFromProto(ctx, req.GetForward())
 	if err != nil {
-		return nil, err
+		return listener.Spec{}, err
 	}
 	// An unset max_connections is 0 too: the registry fills in its
 	// default and refuses one over its bound.
 	spec := listener.Spec{
-		Source:              listener.SourceAPI,
+		Source:              listenerSource(ctx),
 		ID:                  req.GetListenerId(),
 		Host:                req.GetHost(),
 		Port:                int(req.GetPort()),
@@ -90,11 +106,7 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 		TLS:                 tlsCfg,
 		Forward:             fwd,
 	}
-	info, err := s.cfg.Listeners.Start(ctx, spec)
-	if err != nil {
-		return nil, s.status(err)
-	}
-	return &tcpgatev1.StartListenerResponse{Listener: listenerToProto(info), Header: s.header()}, nil
+	return spec, nil
 }
 
 // forwardFromProto checks a forwarding listener's target as Send's
@@ -162,6 +174,9 @@ func (s *Service) StopListener(ctx context.Context, req *tcpgatev1.StopListenerR
 		return nil, err
 	}
 	info, err := s.cfg.Listeners.Stop(ctx, req.GetListenerId(), drain)
+	if errors.Is(err, listener.ErrDeclared) {
+		return nil, s.declaredError(err)
+	}
 	if err != nil {
 		return nil, s.status(err)
 	}

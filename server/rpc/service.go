@@ -113,6 +113,11 @@ type Config struct {
 	NodeID string
 	// Logger logs internal errors; nil means slog.Default().
 	Logger *slog.Logger
+	// ConfigFile is the config file's path (--config), which a refusal
+	// to stop a declared listener names; empty without one.
+	ConfigFile string
+	// Reloader serves Reload; nil (no --config) refuses it with NO_CONFIG.
+	Reloader Reloader
 }
 
 // Service implements tcpgatev1.GatewayServiceServer.

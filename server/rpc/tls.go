@@ -20,7 +20,8 @@ type pem struct {
 // pemOrFile returns the PEM given inline or read from a file; exactly one of
 // the two may be set. field names the pair in errors ("tls.cert"). A path
 // is read by the service's pemfile.Reader as Untrusted: it names a file of
-// the gateway's host, chosen by the caller.
+// the gateway's host, chosen by the caller; as Trusted only under a
+// declaring context, for the operator's config file.
 func (s *Service) pemOrFile(ctx context.Context, field, inline, file string) (pem, error) {
 	switch {
 	case inline != "" && file != "":
@@ -28,7 +29,7 @@ func (s *Service) pemOrFile(ctx context.Context, field, inline, file string) (pe
 	case inline != "":
 		return pem{[]byte(inline), field + "_pem"}, nil
 	case file != "":
-		b, err := s.cfg.TLSFiles.Read(ctx, file, pemfile.Untrusted)
+		b, err := s.cfg.TLSFiles.Read(ctx, file, fileTrust(ctx))
 		if err != nil {
 			return pem{}, s.fileError(field, err)
 		}

@@ -538,6 +538,10 @@ func (b *BadInputs) rows() []BadInput {
 		{RPC: con, Name: "an IP the policy denies", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.Address = "169.254.169.254:80"; r.Reconnect = nil }),
 			Code: codes.PermissionDenied, Reason: tcpgatev1.ErrorReason_ERROR_REASON_POLICY_DENIED, Mention: "169.254.169.254"},
 
+		// Reload: this gateway runs without --config.
+		{RPC: "Reload", Name: "without a config file", Req: &tcpgatev1.ReloadRequest{},
+			Code: codes.FailedPrecondition, Reason: tcpgatev1.ErrorReason_ERROR_REASON_NO_CONFIG, Mention: "serve --config"},
+
 		// Subscribe: the error arrives on the first Recv.
 		{RPC: sub, Name: "kinds UNSPECIFIED", Req: kinds(tcpgatev1.EventKind_EVENT_KIND_UNSPECIFIED), Code: inv, Reason: rInvalid, Field: "kinds[0]", Mention: "kinds[0]"},
 		{RPC: sub, Name: "kinds EVENTS_DROPPED is allowed", Req: kinds(tcpgatev1.EventKind_EVENT_KIND_EVENTS_DROPPED), Code: codes.OK},

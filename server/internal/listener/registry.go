@@ -47,6 +47,10 @@ var (
 	// (ListenerMaxConnections); the error is a *limits.FieldError naming
 	// the field.
 	ErrInvalidSpec = errors.New("invalid listener")
+	// ErrDeclared refuses to stop, through the API, a listener that the
+	// config file declares: the file says it runs, so only a reload
+	// without it stops it.
+	ErrDeclared = errors.New("listener declared in the config file")
 )
 
 // DefaultHost is bound when Spec.Host is empty: every IPv4 interface, as
@@ -72,8 +76,7 @@ const (
 // Source says where a listener was defined.
 type Source int
 
-// The sources of a listener. The config file (SourceConfig) comes later;
-// the value is fixed now so that every listener says where it came from.
+// The sources of a listener.
 const (
 	// SourceAPI is a listener started by a call to the API.
 	SourceAPI Source = iota
@@ -356,34 +359,8 @@ const portTries = 64
 // bounds how long the LISTENER_STARTED event waits for a lossless
 // subscriber to have room (see conn.Publisher).
 func (r *Registry) Start(ctx context.Context, spec Spec) (Info, error) {
-	if limit := r.cfg.ListenerMaxConnections; limit > 0 {
-		if spec.MaxConnections > limit {
-			return Info{}, &limits.FieldError{Field: "max_connections", Flag: "--listener-max-connections", Limit: limit, Got: spec.MaxConnections, Err: ErrInvalidSpec}
-		}
-		if spec.MaxConnections == 0 {
-			spec.MaxConnections = limit
-		}
-	}
-	if spec.IdleTimeout == 0 {
-		spec.IdleTimeout = r.cfg.IdleTimeout
-	}
-	if err := r.checkForward(spec); err != nil {
-		return Info{}, err
-	}
-	var err error
-	if spec.ruleSet, spec.banner, err = replies(spec.Framing, spec.Rules, spec.HandlerTimeout, spec.Banner); err != nil {
-		return Info{}, err
-	}
-	if spec.HandlerTimeout == 0 {
-		spec.HandlerTimeout = r.cfg.HandlerTimeout
-	}
-	if spec.Port < 0 || spec.Port > 65535 {
-		return Info{}, fmt.Errorf("binding %s: %w: port must be 0 to 65535",
-			net.JoinHostPort(spec.Host, strconv.Itoa(spec.Port)), ErrAddressNotUsable)
-	}
-	// The host as asked, before DefaultHost: "" is both families to the
-	// policy, as it is to Go.
-	if err := r.cfg.Policy.CheckListen(spec.Host, spec.Port); err != nil {
+	spec, err := r.prepare(spec)
+	if err != nil {
 		return Info{}, err
 	}
 	if spec.Port != 0 {
@@ -402,6 +379,50 @@ func (r *Registry) Start(ctx context.Context, spec Spec) (Info, error) {
 	}
 	return Info{}, fmt.Errorf("binding %s: no free port among %d tried from --allow-listen: %w",
 		net.JoinHostPort(spec.Host, "0"), len(ports), ErrAddressInUse)
+}
+
+// Check refuses spec as Start would, short of binding it: its bounds,
+// forward, rules, banner and the listen policy. A config file's
+// listeners are all checked before any starts.
+func (r *Registry) Check(spec Spec) error {
+	_, err := r.prepare(spec)
+	return err
+}
+
+// prepare fills in spec's defaults, compiles its replies and checks it
+// against the bounds and the policy.
+func (r *Registry) prepare(spec Spec) (Spec, error) {
+	if limit := r.cfg.ListenerMaxConnections; limit > 0 {
+		if spec.MaxConnections > limit {
+			return spec, &limits.FieldError{Field: "max_connections", Flag: "--listener-max-connections", Limit: limit, Got: spec.MaxConnections, Err: ErrInvalidSpec}
+		}
+		if spec.MaxConnections == 0 {
+			spec.MaxConnections = limit
+		}
+	}
+	if spec.IdleTimeout == 0 {
+		spec.IdleTimeout = r.cfg.IdleTimeout
+	}
+	if err := r.checkForward(spec); err != nil {
+		return spec, err
+	}
+	var err error
+	if spec.ruleSet, spec.banner, err = replies(spec.Framing, spec.Rules, spec.HandlerTimeout, spec.Banner); err != nil {
+		return spec, err
+	}
+	if spec.HandlerTimeout == 0 {
+		spec.HandlerTimeout = r.cfg.HandlerTimeout
+	}
+	if spec.Port < 0 || spec.Port > 65535 {
+		return spec, fmt.Errorf("binding %s: %w: port must be 0 to 65535",
+			net.JoinHostPort(spec.Host, strconv.Itoa(spec.Port)), ErrAddressNotUsable)
+	}
+	// The host as asked, before DefaultHost: "" is both families to the
+	// policy, as it is to Go.
+	if err := r.cfg.Policy.CheckListen(spec.Host, spec.Port); err != nil {
+		return spec, err
+	}
+	return spec, nil
 }
 
 // checkForward refuses a forward that cannot work: without an address,
@@ -655,6 +676,17 @@ func (r *Registry) logRefused(l *listener, nc net.Conn, err error) {
 // has stopped. A shutdown (StopAccepting or Close) cuts every drain: what is
 // still open is closed at once with reason SHUTDOWN.
 func (r *Registry) Stop(ctx context.Context, id string, drain time.Duration) (Info, error) {
+	return r.stopAny(ctx, id, drain, false)
+}
+
+// StopDeclared stops a listener as Stop does, one that the config file
+// declares included: a reload stops what the file no longer declares, or
+// restarts what it declares differently.
+func (r *Registry) StopDeclared(ctx context.Context, id string, drain time.Duration) (Info, error) {
+	return r.stopAny(ctx, id, drain, true)
+}
+
+func (r *Registry) stopAny(ctx context.Context, id string, drain time.Duration, declared bool) (Info, error) {
 	if drain > r.cfg.MaxDrainTimeout {
 		return Info{}, fmt.Errorf("stopping listener %q: drain_timeout %s is more than --max-drain-timeout (%s): %w",
 			id, drain, r.cfg.MaxDrainTimeout, ErrDrainTooLong)
@@ -665,6 +697,10 @@ func (r *Registry) Stop(ctx context.Context, id string, drain time.Duration) (In
 	if l == nil || l.ln == nil {
 		r.mu.Unlock()
 		return Info{}, fmt.Errorf("stopping listener %q: %w", id, ErrNotFound)
+	}
+	if l.spec.Source == SourceConfig && !declared {
+		r.mu.Unlock()
+		return Info{}, fmt.Errorf("stopping listener %q: %w", id, ErrDeclared)
 	}
 	switch {
 	case l.state == Listening && !r.closing:

@@ -224,7 +224,7 @@ func (m *Manager) Connect(ctx context.Context, spec Spec) (registry.Info, error)
 		s.cancel()
 		return registry.Info{}, fmt.Errorf("connecting to %s: %w", spec.Address, ErrClosed)
 	}
-	h, err := m.cfg.Conns.AddOutbound(registry.OutboundSpec{ID: spec.ID, Address: spec.Address, Framing: spec.Framing,
+	h, err := m.cfg.Conns.AddOutbound(registry.OutboundSpec{ID: spec.ID, Address: spec.Address, Framing: spec.Framing, Declared: spec.Declared,
 		Managed: func(h *registry.Handle) registry.Managed { s.h = h; return s }})
 	if err != nil {
 		m.mu.Unlock()
@@ -296,8 +296,45 @@ var _ registry.Managed = (*supervisor)(nil)
 // Done implements registry.Managed.
 func (s *supervisor) Done() <-chan struct{} { return s.done }
 
-// Close implements registry.Managed: CloseConnection.
-func (s *supervisor) Close() { s.stop(event.ReasonClosedByAPI) }
+// Close implements registry.Managed: CloseConnection. A declared
+// connection's socket closes and it reconnects, as when its peer closes.
+func (s *supervisor) Close() bool {
+	if !s.spec.Declared {
+		s.stop(event.ReasonClosedByAPI)
+		return true
+	}
+	s.mu.Lock()
+	c := s.sock
+	s.mu.Unlock()
+	if c != nil {
+		c.Close(event.ReasonClosedByAPI)
+	}
+	return false
+}
+
+// CloseDeclared closes the managed connection id for good, declared in
+// the config file or not, and returns once it is closed: a reload that no
+// longer declares it, or declares it differently.
+func (m *Manager) CloseDeclared(ctx context.Context, id string) error {
+	m.mu.Lock()
+	var found *supervisor
+	for s := range m.sups {
+		if s.h.ID() == id {
+			found = s
+		}
+	}
+	m.mu.Unlock()
+	if found == nil {
+		return fmt.Errorf("closing %q: %w", id, registry.ErrNotFound)
+	}
+	found.stop(event.ReasonClosedByAPI)
+	select {
+	case <-found.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("closing %q: %w", id, ctx.Err())
+	}
+}
 
 // stop closes the connection for good with reason (the first reason
 // given wins): the socket it holds closes with it, a wait or a dial in

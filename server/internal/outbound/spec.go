@@ -65,6 +65,11 @@ const (
 type Spec struct {
 	// ID is the connection's id; empty draws one.
 	ID string
+	// Declared says the config file declares it: CloseConnection closes
+	// its socket and it reconnects; only CloseDeclared (a reload that no
+	// longer declares it) closes it for good. The zero value is a
+	// connection made by the API.
+	Declared bool
 	// Address is host:port, resolved and checked by the dial policy at
 	// every attempt.
 	Address string

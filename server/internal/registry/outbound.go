@@ -21,7 +21,10 @@ type Managed interface {
 	Send(ctx context.Context, p []byte, aw conn.Await) ([]byte, error)
 	// Close closes the connection for good, with reason CLOSED_BY_API: no
 	// reconnect follows. It returns at once; Done tells when it is over.
-	Close()
+	// A connection the config file declares cannot be closed for good
+	// through the API: Close closes its socket only, it reconnects, and
+	// Close returns false.
+	Close() (final bool)
 	// Done is closed once the connection is closed for good: its entry
 	// removed, its last CONNECTION_CLOSED published.
 	Done() <-chan struct{}
@@ -42,6 +45,8 @@ type OutboundSpec struct {
 	// that no lookup finds a supervisor without its handle: it must only
 	// keep the handle.
 	Managed func(*Handle) Managed
+	// Declared says the config file declares it (Info.Declared).
+	Declared bool
 }
 
 // Handle is the registry's handle of a managed outbound connection's
@@ -70,7 +75,7 @@ func (r *Registry) AddOutbound(s OutboundSpec) (*Handle, error) {
 		id = r.newIDLocked()
 	}
 	e := &entry{id: id, origin: Outbound, out: &outEntry{
-		address: s.Address, framing: s.Framing, created: time.Now(), phase: Connecting,
+		address: s.Address, framing: s.Framing, created: time.Now(), phase: Connecting, declared: s.Declared,
 	}}
 	h := &Handle{r: r, e: e}
 	e.out.managed = s.Managed(h)
@@ -222,6 +227,7 @@ func (r *Registry) outInfo(e *entry, st State) Info {
 		FramesIn:  n.FramesIn.Load(),
 		FramesOut: n.FramesOut.Load(),
 		Address:   o.address,
+		Declared:  o.declared,
 	}
 	r.mu.Lock()
 	c := e.c

@@ -130,6 +130,9 @@ type Info struct {
 	Attempts uint32
 	// NextAttemptAt is when a Waiting connection dials again.
 	NextAttemptAt time.Time
+	// Declared says the config file declares it: an outbound connection
+	// that CloseConnection makes reconnect rather than closes for good.
+	Declared bool
 }
 
 // Config configures a Registry.
@@ -199,10 +202,11 @@ type entry struct {
 // outEntry is what the registry keeps of a managed outbound connection
 // besides its socket. Its mutable fields are guarded by Registry.mu.
 type outEntry struct {
-	address string
-	framing framing.Config
-	managed Managed
-	created time.Time
+	address  string
+	framing  framing.Config
+	declared bool
+	managed  Managed
+	created  time.Time
 	// counters add up every generation's traffic.
 	counters conn.Counters
 
@@ -631,14 +635,21 @@ func (r *Registry) GetConn(id string) (Info, error) {
 // CloseConn closes one connection with reason CLOSED_BY_API and returns its
 // final snapshot once it is closed: an accepted one with the state it had
 // before, an outbound one closed for good (no reconnect), with state
-// Closed.
+// Closed. An outbound one the config file declares is not closed for
+// good: its socket closes, it reconnects, and CloseConn returns at once.
 func (r *Registry) CloseConn(ctx context.Context, id string) (Info, error) {
 	e, st, err := r.lookup(id)
 	if err != nil {
 		return Info{}, err
 	}
 	if e.out != nil {
-		e.out.managed.Close()
+		if !e.out.managed.Close() {
+			// Declared: its socket closed, it reconnects.
+			r.mu.Lock()
+			st = stateLocked(e)
+			r.mu.Unlock()
+			return r.outInfo(e, st), nil
+		}
 		select {
 		case <-e.out.managed.Done():
 		case <-ctx.Done():

@@ -281,7 +281,7 @@ func (d *Declared) Reload(ctx context.Context) (*tcpgatev1.ReloadResponse, error
 	} else {
 		resp.FlagsNeedRestart = f.ChangedFlags(old)
 	}
-	d.log.Info("config file reloaded", "file", f.Path,
+	d.log.Debug("config file reloaded", "file", f.Path,
 		"listeners_added", ld.Added, "listeners_changed", ld.Changed, "listeners_removed", ld.Removed, "listeners_unchanged", len(ld.Unchanged),
 		"connections_added", cd.Added, "connections_changed", cd.Changed, "connections_removed", cd.Removed,
 		"flags_applied", resp.FlagsApplied, "flags_need_restart", resp.FlagsNeedRestart)

@@ -41,7 +41,6 @@ func echoOnce(t *testing.T, c net.Conn, r *bufio.Reader, line string) string {
 	return strings.TrimSuffix(got, "\n")
 }
 
-
 // TestReadmeServiceSnippets runs the README's section "Running as a
 // service" with the built binary: its config file (on free ports) starts
 // the declared listener as SOURCE_CONFIG, below a flag in precedence; a

@@ -125,16 +125,15 @@ func (s *Service) CheckDeclaredConnection(ctx context.Context, req *tcpgatev1.Co
 
 // ConnectDeclared makes an outbound connection of the config file, as
 // Connect does, with source SOURCE_CONFIG: CloseConnection makes it
-// reconnect rather than closing it for good. A first dial that fails is
-// not an error: it reconnects as its reconnect says.
+// reconnect rather than closing it for good. As Connect, it waits for
+// the first attempt (at most its timeout); a first dial that fails is not
+// an error unless reconnect is disabled: it dials again as its reconnect
+// says.
 func (s *Service) ConnectDeclared(ctx context.Context, req *tcpgatev1.ConnectRequest) (*tcpgatev1.Connection, error) {
 	spec, err := s.connectSpec(declaring(ctx), req)
 	if err != nil {
 		return nil, err
 	}
-	// Not waiting for the first dial: the daemon starts whether or not
-	// the peer is up, as it would reconnect to it later.
-	spec.Timeout = 0
 	info, err := s.cfg.Outbound.Connect(ctx, spec)
 	if err != nil {
 		return nil, s.status(err)

@@ -296,7 +296,7 @@ var routeMethods = []struct {
 	methods string
 }{
 	{"/v1/listeners", "GET, POST"},
-	{"/v1/listeners/*", "GET, DELETE"},
+	{"/v1/listeners/*", "GET, DELETE, PATCH"},
 	{"/v1/connections", "GET, POST"},
 	{"/v1/connections/*", "GET, DELETE"},
 	{"/v1/send", "POST"},
@@ -351,7 +351,7 @@ func (g *Gateway) cors(next http.Handler) http.Handler {
 			h.Add("Vary", "Origin")
 			h.Set("Access-Control-Expose-Headers", "Tcpgate-Last-Sequence, Tcpgate-Incarnation, Tcpgate-Node-Id")
 			if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
-				h.Set("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
+				h.Set("Access-Control-Allow-Methods", "GET, POST, PATCH, DELETE, OPTIONS")
 				h.Set("Access-Control-Allow-Headers", "Content-Type, Authorization, Last-Event-ID")
 				h.Set("Access-Control-Max-Age", "600")
 				w.WriteHeader(http.StatusNoContent)

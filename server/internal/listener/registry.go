@@ -296,7 +296,15 @@ type Registry struct {
 }
 
 type listener struct {
-	spec       Spec
+	// spec is guarded by Registry.mu: Update changes its updatable fields.
+	// The accept loop reads id, framing, forward and shared instead.
+	spec    Spec
+	id      string
+	framing framing.Config
+	fwd     *conn.Forward
+	// shared is what every connection of the listener reads its replies,
+	// banner and timeouts from, frame by frame; Update stores new ones.
+	shared     *conn.Shared
 	ln         net.Listener
 	addr       string
 	createdAt  time.Time
@@ -450,6 +458,10 @@ func (r *Registry) start(ctx context.Context, spec Spec) (Info, error) {
 	}
 	l := &listener{
 		spec:       spec,
+		id:         spec.ID,
+		framing:    spec.Framing,
+		fwd:        r.forward(spec.Forward),
+		shared:     conn.NewShared(live(spec)),
 		createdAt:  time.Now(),
 		acceptDone: make(chan struct{}),
 		stopped:    make(chan struct{}),
@@ -556,7 +568,7 @@ func (r *Registry) accept(l *listener) {
 			} else if backoff *= 2; backoff > time.Second {
 				backoff = time.Second
 			}
-			r.log.Warn("accept failed", "listener_id", l.spec.ID, "error", err, "retry_in", backoff)
+			r.log.Warn("accept failed", "listener_id", l.id, "error", err, "retry_in", backoff)
 			select {
 			case <-time.After(backoff):
 			case <-r.ctx.Done():
@@ -576,19 +588,13 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 		Origin: registry.Accepted,
 		Group:  l.group,
 		Conn: conn.Config{
-			ListenerID:          l.spec.ID,
-			Framing:             l.spec.Framing,
-			AutoReply:           l.spec.AutoReply,
-			Rules:               l.spec.ruleSet,
-			Banner:              l.spec.banner,
-			HandlerTimeout:      l.spec.HandlerTimeout,
-			HandlerTimeoutClose: l.spec.HandlerTimeoutClose,
-			IdleTimeout:         l.spec.IdleTimeout,
-			HalfCloseTimeout:    l.spec.HalfCloseTimeout,
-			WriteTimeout:        r.cfg.WriteTimeout,
-			Publisher:           r.cfg.Publisher,
-			Aggregates:          []*conn.Counters{&l.counters},
-			Forward:             r.forward(l.spec.Forward),
+			ListenerID:   l.id,
+			Framing:      l.framing,
+			Shared:       l.shared,
+			WriteTimeout: r.cfg.WriteTimeout,
+			Publisher:    r.cfg.Publisher,
+			Aggregates:   []*conn.Counters{&l.counters},
+			Forward:      l.fwd,
 		},
 	})
 	if err != nil {
@@ -640,7 +646,7 @@ func (r *Registry) logRefused(l *listener, nc net.Conn, err error) {
 	default:
 		limit = fmt.Sprintf("%s (%d)", lim.Flag, lim.Limit)
 	}
-	r.log.Warn("connection refused: "+limit+" reached", "listener_id", l.spec.ID, "remote_address", nc.RemoteAddr().String())
+	r.log.Warn("connection refused: "+limit+" reached", "listener_id", l.id, "remote_address", nc.RemoteAddr().String())
 }
 
 // Stop stops accepting on the listener at once, waits up to drain for its
@@ -731,8 +737,8 @@ func (r *Registry) stop(l *listener, reason event.CloseReason) Info {
 	// resume) rather than holding the listener's id and its Stop calls.
 	ctx, cancel := context.WithDeadline(context.Background(), end)
 	defer cancel()
-	_ = r.cfg.Publisher.Publish(ctx, &event.Event{Kind: event.ListenerStopped, ListenerID: l.spec.ID, LocalAddr: l.addr})
-	r.log.Info("listener stopped", "listener_id", l.spec.ID, "address", l.addr,
+	_ = r.cfg.Publisher.Publish(ctx, &event.Event{Kind: event.ListenerStopped, ListenerID: l.id, LocalAddr: l.addr})
+	r.log.Info("listener stopped", "listener_id", l.id, "address", l.addr,
 		"connections_total", info.ConnectionsTotal, "bytes_in", info.BytesIn, "bytes_out", info.BytesOut)
 	close(l.stopped)
 	return info

@@ -256,6 +256,7 @@ func addClientCommands(root *cobra.Command) {
 	c := &client{}
 	for _, cmd := range []*cobra.Command{
 		newListenCmd(c),
+		newUpdateCmd(c),
 		newStopCmd(c),
 		newConnectCmd(c),
 		newLsCmd(c),

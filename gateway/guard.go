@@ -172,7 +172,10 @@ func (g *Gateway) crossOrigin(r *http.Request) string {
 
 // corsAllowed reports whether --cors-origins lets pages of origin call.
 func (g *Gateway) corsAllowed(origin string) bool {
-	origins := *g.origins.Load()
+	origins := g.cfg.CORSOrigins // a Gateway of Protect's, which nothing reconfigures
+	if o := g.origins.Load(); o != nil {
+		origins = *o
+	}
 	return slices.Contains(origins, origin) || slices.Contains(origins, "*")
 }
 

@@ -234,9 +234,10 @@ type Config struct {
 	// Required.
 	Conns *registry.Registry
 	// Policy decides what may be bound; nil means the default policy (see
-	// policy.Policy), never "anything goes".
+	// policy.Policy), never "anything goes". SetPolicy replaces it.
 	Policy *policy.Policy
 	// MaxListeners bounds running listeners; 0 means no bound.
+	// SetMaxListeners replaces it.
 	MaxListeners int
 	// ListenerMaxConnections (--listener-max-connections) is the
 	// MaxConnections of a listener that sets none, and the most one may
@@ -276,6 +277,8 @@ type Registry struct {
 	refusedLog atomic.Int64
 	// forwarded is what the relays of every forwarding listener moved.
 	forwarded conn.ForwardStats
+	// policy is the listen policy in force: Config.Policy until SetPolicy.
+	policy atomic.Pointer[policy.Policy]
 
 	// quit is closed when the shutdown begins (StopAccepting or Close):
 	// drains in progress are cut.
@@ -286,8 +289,11 @@ type Registry struct {
 	// It is taken before registry.Registry.mu, never after.
 	mu        sync.Mutex
 	listeners map[string]*listener
-	shut      bool // Start is refused: StopAccepting or Close was called
-	closing   bool // Close was called: it stops every listener, Stop starts no stop of its own
+	// maxListeners bounds running listeners (Config.MaxListeners until
+	// SetMaxListeners); 0 means no bound.
+	maxListeners int
+	shut         bool // Start is refused: StopAccepting or Close was called
+	closing      bool // Close was called: it stops every listener, Stop starts no stop of its own
 
 	// serial is the creation serial last given to a listener as it became
 	// visible: lists are in its order.
@@ -339,15 +345,37 @@ func New(cfg Config) *Registry {
 	if cfg.MaxDrainTimeout <= 0 {
 		cfg.MaxDrainTimeout = DefaultMaxDrainTimeout
 	}
-	return &Registry{
-		cfg:       cfg,
-		conns:     cfg.Conns,
-		log:       log,
-		ctx:       ctx,
-		cancel:    cancel,
-		quit:      make(chan struct{}),
-		listeners: make(map[string]*listener),
+	r := &Registry{
+		cfg:          cfg,
+		conns:        cfg.Conns,
+		log:          log,
+		ctx:          ctx,
+		cancel:       cancel,
+		quit:         make(chan struct{}),
+		listeners:    make(map[string]*listener),
+		maxListeners: cfg.MaxListeners,
 	}
+	r.SetPolicy(cfg.Policy)
+	return r
+}
+
+// SetPolicy replaces the listen policy for every Start from now on; the
+// listeners already running keep their address. p nil means the default
+// policy. A forwarding listener's dials follow the dialer's policy.
+func (r *Registry) SetPolicy(p *policy.Policy) {
+	if p == nil {
+		p = &policy.Policy{}
+	}
+	r.policy.Store(p)
+}
+
+// SetMaxListeners replaces the bound on running listeners (0: none) for
+// every Start from now on. Listeners already running over a lower bound
+// run on; no new one starts until they are under it.
+func (r *Registry) SetMaxListeners(n int) {
+	r.mu.Lock()
+	r.maxListeners = n
+	r.mu.Unlock()
 }
 
 // portTries bounds the ports a listener asking for port 0 tries when the
@@ -391,13 +419,13 @@ func (r *Registry) Start(ctx context.Context, spec Spec) (Info, error) {
 	}
 	// The host as asked, before DefaultHost: "" is both families to the
 	// policy, as it is to Go.
-	if err := r.cfg.Policy.CheckListen(spec.Host, spec.Port); err != nil {
+	if err := r.policy.Load().CheckListen(spec.Host, spec.Port); err != nil {
 		return Info{}, err
 	}
 	if spec.Port != 0 {
 		return r.start(ctx, spec)
 	}
-	ports := r.cfg.Policy.ListenPorts(spec.Host, portTries)
+	ports := r.policy.Load().ListenPorts(spec.Host, portTries)
 	if ports == nil {
 		return r.start(ctx, spec)
 	}
@@ -447,9 +475,10 @@ func (r *Registry) start(ctx context.Context, spec Spec) (Info, error) {
 	case r.shut:
 		r.mu.Unlock()
 		return Info{}, ErrClosed
-	case r.cfg.MaxListeners > 0 && len(r.listeners) >= r.cfg.MaxListeners:
+	case r.maxListeners > 0 && len(r.listeners) >= r.maxListeners:
+		limit := r.maxListeners
 		r.mu.Unlock()
-		return Info{}, &limits.Error{Doing: "starting listener", Name: "max_listeners", Flag: "--max-listeners", Limit: r.cfg.MaxListeners, Err: ErrLimit}
+		return Info{}, &limits.Error{Doing: "starting listener", Name: "max_listeners", Flag: "--max-listeners", Limit: limit, Err: ErrLimit}
 	case spec.ID == "":
 		spec.ID = r.newIDLocked()
 	case r.listeners[spec.ID] != nil:

@@ -72,6 +72,16 @@
 // declared in rpc (the methods it calls), so that a cluster can later put
 // NATS-backed versions in their place.
 //
+// Reconfigure (reconfigure.go) changes the reloadable settings while the
+// gateway serves. It checks and loads everything first, then stores each
+// where its request path reads it at every use: the token in rpc.Auth and
+// console.Sessions (atomic pointers), the certificate behind the TLS
+// config's GetCertificate, the policy in the dialer and the listener
+// registry (atomic pointers), the CORS origins in the REST gateway, and
+// the listener and subscriber bounds under the registry's and the hub's
+// own locks. Nothing is copied at start, so the next call, handshake,
+// bind or dial sees the new value; what is open is left alone.
+//
 // # Lock order
 //
 // Locks are never held across I/O, and only two pairs are ever nested:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,6 +38,16 @@ type UpdateFunc func(ctx context.Context, old, new *tcpgatev1.StartListenerReque
 // FlagsFunc applies the reloadable flags of a reload's serve: section
 // and lists those applied and those that need a restart.
 type FlagsFunc func(old, new *File) (applied, needRestart []string, err error)
+
+// FlagValues returns f's serve: section as flag name to value, as on the
+// command line (a list joined with commas).
+func (f *File) FlagValues() map[string]string {
+	m := make(map[string]string, len(f.Serve))
+	for _, fl := range f.Serve {
+		m[fl.Name] = strings.Join(fl.Values, ",")
+	}
+	return m
+}
 
 // Options configures a Declared.
 type Options struct {

@@ -179,3 +179,34 @@ func (s *Service) Reload(ctx context.Context, _ *tcpgatev1.ReloadRequest) (*tcpg
 	resp.Header = s.header()
 	return resp, nil
 }
+
+// UpdateDeclaredListener changes a declared listener from old to new in
+// place when UpdateListener could (listener.InPlace: the same host, port,
+// framing, and no TLS or forward, whose configs are compared by pointer),
+// and reports whether it did; false with a nil error means it must be
+// restarted. This is the reload's in-place path.
+func (s *Service) UpdateDeclaredListener(ctx context.Context, old, new *tcpgatev1.StartListenerRequest) (bool, error) {
+	if old.GetTls() != nil || new.GetTls() != nil || old.GetForward() != nil || new.GetForward() != nil {
+		return false, nil
+	}
+	ctx = declaring(ctx)
+	a, err := s.listenerSpec(ctx, old)
+	if err != nil {
+		return false, err
+	}
+	b, err := s.listenerSpec(ctx, new)
+	if err != nil {
+		return false, err
+	}
+	if ok, _ := listener.InPlace(a, b); !ok {
+		return false, nil
+	}
+	fields := listener.Diff(a, b)
+	if len(fields) == 0 {
+		return true, nil
+	}
+	if _, err := s.cfg.Listeners.Update(ctx, new.GetListenerId(), b, fields, listener.SourceConfig); err != nil {
+		return false, s.status(err)
+	}
+	return true, nil
+}

@@ -46,6 +46,8 @@ func TestToStatusSentinels(t *testing.T) {
 		listener.ErrInvalidSpec:      codes.InvalidArgument,
 		listener.ErrNotUpdatable:     codes.InvalidArgument,
 		listener.ErrDeclared:         codes.FailedPrecondition,
+		ErrNoConfig:                  codes.FailedPrecondition,
+		ErrConfigInvalid:             codes.FailedPrecondition,
 		listener.ErrClosed:           codes.Unavailable,
 		hub.ErrClosed:                codes.Unavailable,
 		hub.ErrTooManySubscribers:    codes.ResourceExhausted,

@@ -194,6 +194,13 @@ func TestConfigReload(t *testing.T) {
 	if got := lineEcho(t, c, r, "before"); got != "before" {
 		t.Fatalf("echo %q", got)
 	}
+	// A client of the listener whose auto reply changes: updated in
+	// place, it stays connected and answers by the new reply.
+	cc := servertest.Dial(t, fmt.Sprintf("127.0.0.1:%d", change))
+	cr := bufio.NewReader(cc)
+	if got := lineEcho(t, cc, cr, "ping"); got != "ping" {
+		t.Fatalf("echo %q", got)
+	}
 
 	// A bad file: nothing changes, the error names line and field.
 	writeConfig(t, path, "listeners:\n"+listener("keep", keep, "")+"  - listenerId: change\n    port: many\n")
@@ -239,8 +246,11 @@ func TestConfigReload(t *testing.T) {
 	if got := lineEcho(t, c, r, "after"); got != "after" {
 		t.Fatalf("echo after the reload %q", got)
 	}
-	cc := servertest.Dial(t, fmt.Sprintf("127.0.0.1:%d", change))
-	if got := lineEcho(t, cc, bufio.NewReader(cc), "ping"); got != "pong" {
+	if got := lineEcho(t, cc, cr, "ping"); got != "pong" {
+		t.Fatalf("the changed listener's open connection answered %q", got)
+	}
+	cn := servertest.Dial(t, fmt.Sprintf("127.0.0.1:%d", change))
+	if got := lineEcho(t, cn, bufio.NewReader(cn), "ping"); got != "pong" {
 		t.Fatalf("changed listener answered %q", got)
 	}
 	ca := servertest.Dial(t, fmt.Sprintf("127.0.0.1:%d", add))

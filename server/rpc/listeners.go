@@ -26,50 +26,67 @@ type Listeners interface {
 	BroadcastFrame(ctx context.Context, listenerID string, frame []byte) (uint64, int, error)
 }
 
-// StartListener implements GatewayService.StartListener.
+// StartListener implements GatewayService.StartListener. The listener is
+// saved to the state file before the call returns.
 func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListenerRequest) (*tcpgatev1.StartListenerResponse, error) {
-	if id := req.GetListenerId(); id != "" {
-		if err := checkID("listener_id", id); err != nil {
+	info, err := s.startListener(ctx, req)
+	if err != nil {
+		return nil, s.status(err)
+	}
+	l := listenerToProto(info)
+	if s.cfg.State != nil {
+		if err := s.save(ctx, "listener "+info.ID+" started", s.cfg.State.PutListener(req, l)); err != nil {
 			return nil, err
 		}
 	}
+	return &tcpgatev1.StartListenerResponse{Listener: l, Header: s.header()}, nil
+}
+
+// startListener checks and translates req and starts the listener, as
+// StartListener and a restore from the state file both do.
+func (s *Service) startListener(ctx context.Context, req *tcpgatev1.StartListenerRequest) (listener.Info, error) {
+	if id := req.GetListenerId(); id != "" {
+		if err := checkID("listener_id", id); err != nil {
+			return listener.Info{}, err
+		}
+	}
 	if req.GetPort() > 65535 {
-		return nil, invalid("port", "must be 0 to 65535, got %d", req.GetPort())
+		return listener.Info{}, invalid("port", "must be 0 to 65535, got %d", req.GetPort())
 	}
 	if err := checkHost(req.GetHost()); err != nil {
-		return nil, err
+		return listener.Info{}, err
 	}
 	fc, err := framingFromProto("framing", req.GetFraming(), s.cfg.MaxFrameBytes)
 	if err != nil {
-		return nil, err
+		return listener.Info{}, err
 	}
 	ar, err := repliesFromProto(req.GetAutoReply())
 	if err != nil {
-		return nil, err
+		return listener.Info{}, err
 	}
 	banner, err := s.bannerFromProto(req.GetOnConnect())
 	if err != nil {
-		return nil, err
+		return listener.Info{}, err
 	}
 	// An unset idle_timeout is 0: the listener registry's default.
 	idle, err := durationFromProto("idle_timeout", req.GetIdleTimeout(), 0)
 	if err != nil {
-		return nil, err
+		return listener.Info{}, err
 	}
 	halfClose, err := durationFromProto("half_close_timeout", req.GetHalfCloseTimeout(), 0)
 	if err != nil {
-		return nil, err
+		return listener.Info{}, err
 	}
 	if halfClose > maxHalfClose {
-		return nil, invalid("half_close_timeout", "must be at most %s, got %s", maxHalfClose, halfClose)
+		return listener.Info{}, invalid("half_close_timeout", "must be at most %s, got %s", maxHalfClose, halfClose)
 	}
 	tlsCfg, err := s.listenerTLS(ctx, req.GetTls())
 	if err != nil {
-		return nil, err
+		return listener.Info{}, err
 	}
 	fwd, err := s.forwardFromProto(ctx, req.GetForward())
 	if err != nil {
-		return nil, err
+		return listener.Info{}, err
 	}
 	// An unset max_connections is 0 too: the registry fills in its
 	// default and refuses one over its bound.
@@ -90,11 +107,7 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 		TLS:                 tlsCfg,
 		Forward:             fwd,
 	}
-	info, err := s.cfg.Listeners.Start(ctx, spec)
-	if err != nil {
-		return nil, s.status(err)
-	}
-	return &tcpgatev1.StartListenerResponse{Listener: listenerToProto(info), Header: s.header()}, nil
+	return s.cfg.Listeners.Start(ctx, spec)
 }
 
 // forwardFromProto checks a forwarding listener's target as Send's
@@ -164,6 +177,11 @@ func (s *Service) StopListener(ctx context.Context, req *tcpgatev1.StopListenerR
 	info, err := s.cfg.Listeners.Stop(ctx, req.GetListenerId(), drain)
 	if err != nil {
 		return nil, s.status(err)
+	}
+	if s.cfg.State != nil {
+		if err := s.save(ctx, "listener "+info.ID+" stopped", s.cfg.State.DeleteListener(info.ID)); err != nil {
+			return nil, err
+		}
 	}
 	return &tcpgatev1.StopListenerResponse{Listener: listenerToProto(info), Header: s.header()}, nil
 }

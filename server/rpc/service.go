@@ -89,6 +89,10 @@ type Config struct {
 	Dialer      Dialer
 	// Handlers serves Handle streams; nil refuses them.
 	Handlers Handlers
+	// State records what API calls change (server/state), each call
+	// returning once its change is saved; nil records nothing, and
+	// ExportConfig is Unimplemented.
+	State State
 	// SubscriberQueueBytes bounds each subscriber's queue; 0 means hub.DefaultQueueBytes.
 	SubscriberQueueBytes int
 	// MaxSendBytes bounds a Send payload; 0 means DefaultMaxSendBytes.

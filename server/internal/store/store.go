@@ -375,3 +375,17 @@ func (f *File) Close() error {
 	})
 	return err
 }
+
+// CopyAside copies the state file, as it is now, to FILE.tag-TIME and
+// returns that path: what a restore could not bring back is kept there.
+func (f *File) CopyAside(tag string) (string, error) {
+	b, err := os.ReadFile(f.path)
+	if err != nil {
+		return "", fmt.Errorf("copying state file %s aside: %w", f.path, err)
+	}
+	aside := fmt.Sprintf("%s.%s-%s", f.path, tag, time.Now().UTC().Format("20060102T150405.000000000Z"))
+	if err := os.WriteFile(aside, b, 0o600); err != nil {
+		return "", fmt.Errorf("copying state file %s aside: %w", f.path, err)
+	}
+	return aside, nil
+}

@@ -47,6 +47,7 @@ type State struct {
 	inlineKeys bool
 	log        *slog.Logger
 	loaded     [][]byte // the file's records, until Restore
+	damage     []string // what Load lost of a damaged file, for the report
 
 	mu      sync.Mutex // guards the fields below
 	version uint64
@@ -178,6 +179,12 @@ func Open(path string, inlineKeys bool, log *slog.Logger) (*State, error) {
 		st.log.Error("state file damaged: restoring what could be read", "file", f.Path(), "renamed_to", rep.RenamedTo,
 			"records_read", len(lines), "lost", rep.Lost)
 	}
+	if rep.Damaged() {
+		st.damage = append(st.damage, fmt.Sprintf("state file damaged: %d records read; renamed aside to %s", len(lines), rep.RenamedTo))
+		for _, l := range rep.Lost {
+			st.damage = append(st.damage, "lost: "+l)
+		}
+	}
 	st.file, st.loaded = f, lines
 	return st, nil
 }
@@ -205,6 +212,7 @@ func (st *State) Restore(ctx context.Context, r Restorer, declared func(kind, id
 	if st.file == nil {
 		return rep
 	}
+	rep.Lines = append(rep.Lines, st.damage...)
 	lost := false
 	for i, line := range st.loaded {
 		rec, err := Decode(line)

@@ -189,6 +189,10 @@ func Open(path string, inlineKeys bool, log *slog.Logger) (*State, error) {
 	return st, nil
 }
 
+// restoreParallel bounds the outbound connections a restore makes at
+// once: enough that a few targets that are down do not hold up the rest.
+const restoreParallel = 16
+
 // Restorer makes the objects of the state file again, as the API does
 // (rpc.Service).
 type Restorer interface {
@@ -214,6 +218,7 @@ func (st *State) Restore(ctx context.Context, r Restorer, declared func(kind, id
 	}
 	rep.Lines = append(rep.Lines, st.damage...)
 	lost := false
+	var conns []Record
 	for i, line := range st.loaded {
 		rec, err := Decode(line)
 		if err != nil {
@@ -246,14 +251,33 @@ func (st *State) Restore(ctx context.Context, r Restorer, declared func(kind, id
 			}
 			st.PutListener(rec.Listener, l)
 		} else {
-			if _, err := r.RestoreConnection(ctx, rec.Connection); err != nil {
-				rep.Lines = append(rep.Lines, fmt.Sprintf("%s not restored: %v", what, err))
-				st.log.Error("state connection not restored", "id", rec.ID(), "error", err)
-				lost = true
-				continue
-			}
-			st.PutConnection(rec.Connection, rec.ID())
+			conns = append(conns, rec)
+			continue
 		}
+		rep.Restored++
+	}
+	// Outbound connections together: each Connect waits up to its timeout
+	// for the first dial, which a target that is down would make a boot
+	// of many connections wait for in turn.
+	errs := make([]error, len(conns))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, restoreParallel)
+	for i, rec := range conns {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			_, errs[i] = r.RestoreConnection(ctx, rec.Connection)
+		})
+	}
+	wg.Wait()
+	for i, rec := range conns {
+		if err := errs[i]; err != nil {
+			rep.Lines = append(rep.Lines, fmt.Sprintf("connection %s not restored: %v", rec.ID(), err))
+			st.log.Error("state connection not restored", "id", rec.ID(), "error", err)
+			lost = true
+			continue
+		}
+		st.PutConnection(rec.Connection, rec.ID())
 		rep.Restored++
 	}
 	if lost {

@@ -25,6 +25,9 @@ type State interface {
 	// PutListener records the listener l that req started (or changed).
 	// It returns the state's version that holds it.
 	PutListener(req *tcpgatev1.StartListenerRequest, l *tcpgatev1.Listener) uint64
+	// RecordedListener is the request recorded for an API-made listener,
+	// a copy: UpdateListener merges its mask into it and puts it back.
+	RecordedListener(id string) (*tcpgatev1.StartListenerRequest, bool)
 	// DeleteListener forgets a listener; 0 when none was recorded.
 	DeleteListener(id string) uint64
 	// PutConnection records the outbound connection id that req made.

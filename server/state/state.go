@@ -396,6 +396,17 @@ func (st *State) PutListener(req *tcpgatev1.StartListenerRequest, l *tcpgatev1.L
 	return st.put(KindListener+"/"+req.GetListenerId(), rec)
 }
 
+// RecordedListener implements rpc.State.
+func (st *State) RecordedListener(id string) (*tcpgatev1.StartListenerRequest, bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	e := st.recs[KindListener+"/"+id]
+	if e == nil {
+		return nil, false
+	}
+	return proto.CloneOf(e.rec.Listener), true
+}
+
 // DeleteListener implements rpc.State.
 func (st *State) DeleteListener(id string) uint64 { return st.delete(KindListener + "/" + id) }
 

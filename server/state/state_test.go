@@ -77,3 +77,32 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestRecordedListener: what UpdateListener reads back is the request as
+// recorded, with its id, and a copy: changing it changes nothing until it
+// is put back.
+func TestRecordedListener(t *testing.T) {
+	st := New(nil)
+	req := &tcpgatev1.StartListenerRequest{Host: "127.0.0.1", MaxConnections: 3}
+	v1 := st.PutListener(req, &tcpgatev1.Listener{ListenerId: "l", Address: "127.0.0.1:4000"})
+	got, ok := st.RecordedListener("l")
+	if !ok || got.GetListenerId() != "l" || got.GetMaxConnections() != 3 {
+		t.Fatalf("RecordedListener = %v, %v", got, ok)
+	}
+	got.MaxConnections = 9
+	if again, _ := st.RecordedListener("l"); again.GetMaxConnections() != 3 {
+		t.Errorf("changing the copy changed the record: %v", again)
+	}
+	if v2 := st.PutListener(got, &tcpgatev1.Listener{ListenerId: "l", Address: "127.0.0.1:4000"}); v2 <= v1 {
+		t.Errorf("versions %d then %d, want them to grow", v1, v2)
+	}
+	if l := st.Export().GetListeners(); len(l) != 1 || l[0].GetMaxConnections() != 9 || l[0].GetPort() != 4000 {
+		t.Errorf("Export after the update = %v", l)
+	}
+	if _, ok := st.RecordedListener("nope"); ok {
+		t.Error("RecordedListener of an unknown id found one")
+	}
+	if st.DeleteListener("l") == 0 || st.DeleteListener("l") != 0 {
+		t.Error("DeleteListener: want a version once, then 0")
+	}
+}

@@ -182,6 +182,7 @@ func checkPath(md protoreflect.MessageDescriptor, key string) error {
 var routeQuery = map[string]protoreflect.MessageDescriptor{
 	"DELETE /v1/listeners/{listener_id=*}":     (&tcpgatev1.StopListenerRequest{}).ProtoReflect().Descriptor(),
 	"GET /v1/listeners/{listener_id=*}":        (&tcpgatev1.GetListenerRequest{}).ProtoReflect().Descriptor(),
+	"PATCH /v1/listeners/{listener_id=*}":      (&tcpgatev1.UpdateListenerRequest{}).ProtoReflect().Descriptor(),
 	"GET /v1/listeners":                        (&tcpgatev1.ListListenersRequest{}).ProtoReflect().Descriptor(),
 	"GET /v1/connections":                      (&tcpgatev1.ListConnectionsRequest{}).ProtoReflect().Descriptor(),
 	"GET /v1/connections/{connection_id=*}":    (&tcpgatev1.GetConnectionRequest{}).ProtoReflect().Descriptor(),

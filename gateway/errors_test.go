@@ -94,7 +94,7 @@ func TestAllowHeader(t *testing.T) {
 	_, api := startREST(t, server.Config{})
 	routes := []struct{ path, allow string }{
 		{"/v1/listeners", "GET, POST"},
-		{"/v1/listeners/x", "GET, DELETE"},
+		{"/v1/listeners/x", "GET, DELETE, PATCH"},
 		{"/v1/connections", "GET, POST"},
 		{"/v1/connections/x", "GET, DELETE"},
 		{"/v1/send", "POST"},

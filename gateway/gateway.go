@@ -13,8 +13,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -77,6 +79,7 @@ type Config struct {
 	// CORSOrigins are the origins allowed to call from a browser page served
 	// elsewhere; "*" allows any. Empty means CORS is off, and only
 	// same-origin pages and clients that send no Origin get in.
+	// SetCORSOrigins replaces them while the gateway serves.
 	CORSOrigins []string
 	// Heartbeat is the Server-Sent Events heartbeat; 0 means DefaultHeartbeat.
 	Heartbeat time.Duration
@@ -113,7 +116,10 @@ type EventSource interface {
 // Gateway serves the REST API. Create it with New; Close releases its gRPC
 // connection and ends its event streams.
 type Gateway struct {
-	cfg     Config
+	cfg Config
+	// origins are the CORS origins in force: Config.CORSOrigins until
+	// SetCORSOrigins.
+	origins atomic.Pointer[[]string]
 	log     *slog.Logger
 	cc      *grpc.ClientConn
 	client  tcpgatev1.GatewayServiceClient
@@ -160,6 +166,7 @@ func New(cfg Config) (*Gateway, error) {
 		return nil, fmt.Errorf("connecting REST gateway to %s: %w", target, err)
 	}
 	g := &Gateway{cfg: cfg, log: log, cc: cc, client: tcpgatev1.NewGatewayServiceClient(cc)}
+	g.SetCORSOrigins(cfg.CORSOrigins)
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 
 	jsonpb := &runtime.JSONPb{
@@ -296,7 +303,7 @@ var routeMethods = []struct {
 	methods string
 }{
 	{"/v1/listeners", "GET, POST"},
-	{"/v1/listeners/*", "GET, DELETE"},
+	{"/v1/listeners/*", "GET, DELETE, PATCH"},
 	{"/v1/connections", "GET, POST"},
 	{"/v1/connections/*", "GET, DELETE"},
 	{"/v1/send", "POST"},
@@ -340,9 +347,6 @@ func serveOpenAPI(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
 // is answered without the token: every other OPTIONS goes on to authorize
 // as an ordinary request.
 func (g *Gateway) cors(next http.Handler) http.Handler {
-	if len(g.cfg.CORSOrigins) == 0 {
-		return next
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		origin := r.Header.Get("Origin")
 		if origin != "" && g.corsAllowed(origin) {
@@ -351,7 +355,7 @@ func (g *Gateway) cors(next http.Handler) http.Handler {
 			h.Add("Vary", "Origin")
 			h.Set("Access-Control-Expose-Headers", "Tcpgate-Last-Sequence, Tcpgate-Incarnation, Tcpgate-Node-Id")
 			if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
-				h.Set("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
+				h.Set("Access-Control-Allow-Methods", "GET, POST, PATCH, DELETE, OPTIONS")
 				h.Set("Access-Control-Allow-Headers", "Content-Type, Authorization, Last-Event-ID")
 				h.Set("Access-Control-Max-Age", "600")
 				w.WriteHeader(http.StatusNoContent)
@@ -360,6 +364,13 @@ func (g *Gateway) cors(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// SetCORSOrigins replaces the origins allowed to call from a browser
+// ("*": any; empty: CORS off) for every request from now on.
+func (g *Gateway) SetCORSOrigins(origins []string) {
+	o := slices.Clone(origins)
+	g.origins.Store(&o)
 }
 
 // ServeHTTP serves the REST API.

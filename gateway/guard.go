@@ -172,7 +172,11 @@ func (g *Gateway) crossOrigin(r *http.Request) string {
 
 // corsAllowed reports whether --cors-origins lets pages of origin call.
 func (g *Gateway) corsAllowed(origin string) bool {
-	return slices.Contains(g.cfg.CORSOrigins, origin) || slices.Contains(g.cfg.CORSOrigins, "*")
+	origins := g.cfg.CORSOrigins // a Gateway of Protect's, which nothing reconfigures
+	if o := g.origins.Load(); o != nil {
+		origins = *o
+	}
+	return slices.Contains(origins, origin) || slices.Contains(origins, "*")
 }
 
 // sameOrigin reports whether origin is the gateway's own, as r addressed

@@ -39,6 +39,9 @@ func badInvoke(ctx context.Context, t *testing.T, c tcpgatev1.GatewayServiceClie
 	case *tcpgatev1.ExportConfigRequest:
 		_, err := c.ExportConfig(ctx, r)
 		return err
+	case *tcpgatev1.UpdateListenerRequest:
+		_, err := c.UpdateListener(ctx, r)
+		return err
 	case *tcpgatev1.GetListenerRequest:
 		_, err := c.GetListener(ctx, r)
 		return err

@@ -72,12 +72,22 @@
 // declared in rpc (the methods it calls), so that a cluster can later put
 // NATS-backed versions in their place.
 //
+// Reconfigure (reconfigure.go) changes the reloadable settings while the
+// gateway serves. It checks and loads everything first, then stores each
+// where its request path reads it at every use: the token in rpc.Auth and
+// console.Sessions (atomic pointers), the certificate behind the TLS
+// config's GetCertificate, the policy in the dialer and the listener
+// registry (atomic pointers), the CORS origins in the REST gateway, and
+// the listener and subscriber bounds under the registry's and the hub's
+// own locks. Nothing is copied at start, so the next call, handshake,
+// bind or dial sees the new value; what is open is left alone.
+//
 // # State
 //
 // What the API makes outlives the process with --state-file. server/state
 // keeps every API-made listener and outbound connection as the request
 // that made it (rpc.State, declared in rpc); rpc records a change after
-// the engine made it (StartListener, StopListener, Connect, CloseConnection
+// the engine made it (StartListener, StopListener, UpdateListener, Connect, CloseConnection
 // of an outbound connection) and answers only once Save has it on disk.
 // internal/store owns the file: an exclusive flock (FILE.lock), a
 // group-commit writer (one goroutine, owned and waited for by its File)

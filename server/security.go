@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync/atomic"
 
 	"github.com/tcpgate/tcpgate/server/internal/policy"
 )
@@ -80,8 +81,19 @@ func newPolicy(cfg Config) (*policy.Policy, error) {
 	return &p, nil
 }
 
+// loadKeyPair reads the control plane's certificate and key files.
+func loadKeyPair(cfg Config) (*tls.Certificate, error) {
+	kp, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("loading --tls-cert %s and --tls-key %s: %w", cfg.TLSCert, cfg.TLSKey, err)
+	}
+	return &kp, nil
+}
+
 // serverTLS builds the control plane's TLS configuration from cfg's files.
-func serverTLS(cfg Config) (*tls.Config, error) {
+// Its certificate is the one cert holds, read at every handshake, so that
+// a Reconfigure that stores a new one serves it to the next client.
+func serverTLS(cfg Config, cert *atomic.Pointer[tls.Certificate]) (*tls.Config, error) {
 	switch {
 	case cfg.TLSCert == "" && cfg.TLSKey == "":
 		if cfg.ClientCA != "" {
@@ -91,11 +103,15 @@ func serverTLS(cfg Config) (*tls.Config, error) {
 	case cfg.TLSCert == "" || cfg.TLSKey == "":
 		return nil, errors.New("--tls-cert and --tls-key go together")
 	}
-	cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+	kp, err := loadKeyPair(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("loading --tls-cert %s and --tls-key %s: %w", cfg.TLSCert, cfg.TLSKey, err)
+		return nil, err
 	}
-	c := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	cert.Store(kp)
+	c := &tls.Config{
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert.Load(), nil },
+		MinVersion:     tls.VersionTLS12,
+	}
 	if cfg.ClientCA != "" {
 		pem, err := os.ReadFile(cfg.ClientCA)
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -259,8 +260,15 @@ type Server struct {
 	health    *health.Server
 	grpcLn    net.Listener
 	tls       *tls.Config // the control plane's, nil without TLSCert
+	// cert is the control plane's certificate that tls serves, replaced
+	// by Reconfigure; nil without TLSCert.
+	cert atomic.Pointer[tls.Certificate]
+	// reconf serializes Reconfigure, and guards live.
+	reconf    sync.Mutex
+	live      Reloadable // the reloadable settings in force
 	grpcTLSLn net.Listener
 	auth      *rpc.Auth         // nil without AuthToken
+	sessions  *console.Sessions // the REST gateway's; nil without AuthToken or HTTPAddr
 	internal  *bufconn.Listener // the REST gateway's way to gRPC
 	debugSrv  *http.Server      // nil without DebugAddr
 	debugLn   net.Listener
@@ -338,10 +346,12 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	warnCleartextToken(cfg, log)
-	tlsCfg, err := serverTLS(cfg)
+	s := &Server{cfg: cfg, log: log, inflight: newInflight(), live: reloadableOf(cfg)}
+	tlsCfg, err := serverTLS(cfg, &s.cert)
 	if err != nil {
 		return nil, err
 	}
+	s.tls = tlsCfg
 	pol, err := newPolicy(cfg)
 	if err != nil {
 		return nil, err
@@ -350,7 +360,6 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--tls-files-dir: %w", err)
 	}
-	s := &Server{cfg: cfg, log: log, tls: tlsCfg, inflight: newInflight()}
 	// The state file first: a second gateway on it stops here, before it
 	// binds anything.
 	if cfg.StateFile != "" {
@@ -603,6 +612,7 @@ func (s *Server) newREST() error {
 			return err
 		}
 		gcfg.Sessions = sessions
+		s.sessions = sessions
 	}
 	if !s.cfg.NoConsole {
 		ui, err := console.New()

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server"
@@ -289,3 +290,30 @@ func atou(t *testing.T, s string) uint32 {
 }
 
 func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
+
+// TestStateUpdateListener: a listener changed by UpdateListener comes
+// back after a restart as changed.
+func TestStateUpdateListener(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state")
+	a := stateGateway(t, path, false, nil)
+	l := a.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "u", Host: "127.0.0.1",
+		Framing:   &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
+		AutoReply: &tcpgatev1.AutoReply{Rules: []*tcpgatev1.ReplyRule{textRule(mExact, "a", "old")}}, MaxConnections: 5})
+	if _, err := a.Client.UpdateListener(context.Background(), &tcpgatev1.UpdateListenerRequest{ListenerId: "u",
+		Listener:   &tcpgatev1.StartListenerRequest{AutoReply: &tcpgatev1.AutoReply{Rules: []*tcpgatev1.ReplyRule{textRule(mExact, "a", "new")}}},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"auto_reply"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	b := stateGateway(t, path, false, nil)
+	got := listenerOf(t, b, "u")
+	if got.GetAddress() != l.GetAddress() || got.GetMaxConnections() != 5 {
+		t.Errorf("listener back on %s with max_connections %d, want %s and 5", got.GetAddress(), got.GetMaxConnections(), l.GetAddress())
+	}
+	c := servertest.Dial(t, got.GetAddress())
+	if r := exchange(t, c, bufioReader(c), "a"); r != "new" {
+		t.Errorf("restored listener answered %q, want the updated rule's new", r)
+	}
+}

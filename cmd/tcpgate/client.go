@@ -256,6 +256,7 @@ func addClientCommands(root *cobra.Command) {
 	c := &client{}
 	for _, cmd := range []*cobra.Command{
 		newListenCmd(c),
+		newUpdateCmd(c),
 		newStopCmd(c),
 		newConnectCmd(c),
 		newLsCmd(c),
@@ -734,6 +735,7 @@ var kindNames = map[string]tcpgatev1.EventKind{
 	"data":                tcpgatev1.EventKind_EVENT_KIND_DATA,
 	"connection_closed":   tcpgatev1.EventKind_EVENT_KIND_CONNECTION_CLOSED,
 	"reconnect_scheduled": tcpgatev1.EventKind_EVENT_KIND_RECONNECT_SCHEDULED,
+	"listener_updated":    tcpgatev1.EventKind_EVENT_KIND_LISTENER_UPDATED,
 }
 
 // parseKind reads one --kinds value: a short name such as data, or the
@@ -744,7 +746,7 @@ func parseKind(s string) (tcpgatev1.EventKind, error) {
 	if kind, ok := kindNames[strings.TrimPrefix(name, "event_kind_")]; ok {
 		return kind, nil
 	}
-	return 0, fmt.Errorf("--kinds %q: want listener_started, listener_stopped, connection_opened, data, connection_closed or reconnect_scheduled (or the full names, e.g. EVENT_KIND_DATA)", s)
+	return 0, fmt.Errorf("--kinds %q: want listener_started, listener_stopped, connection_opened, data, connection_closed, reconnect_scheduled or listener_updated (or the full names, e.g. EVENT_KIND_DATA)", s)
 }
 
 var policyNames = map[string]tcpgatev1.SlowConsumerPolicy{
@@ -852,7 +854,7 @@ func newSubscribeCmd(c *client) *cobra.Command {
 	f := cmd.Flags()
 	f.StringArrayVar(&listeners, "listener", nil, "only events of this listener (repeatable)")
 	f.StringArrayVar(&conns, "conn", nil, "only events of this connection (repeatable)")
-	f.StringSliceVar(&kinds, "kinds", nil, "only these kinds, comma-separated: listener_started, listener_stopped, connection_opened, data, connection_closed, reconnect_scheduled (or EVENT_KIND_DATA, ...)")
+	f.StringSliceVar(&kinds, "kinds", nil, "only these kinds, comma-separated: listener_started, listener_stopped, connection_opened, data, connection_closed, reconnect_scheduled, listener_updated (or EVENT_KIND_DATA, ...)")
 	f.StringSliceVar(&origins, "origin", nil, "only events of connections of these origins, comma-separated or repeated: accepted or outbound (listener events are left out)")
 	f.StringVar(&since, "since", "", "replay from this sequence before live events: INCARNATION-SEQUENCE, or SEQUENCE of the gateway's incarnation (default: live only)")
 	f.StringVar(&sinceInc, "since-incarnation", "", "the incarnation --since SEQUENCE belongs to, as stream_started printed it")
@@ -894,7 +896,7 @@ func eventLine(e *tcpgatev1.Event) string {
 		fmt.Fprintf(&b, " gen=%d", g) // an outbound connection's socket
 	}
 	switch e.GetKind() {
-	case tcpgatev1.EventKind_EVENT_KIND_LISTENER_STARTED, tcpgatev1.EventKind_EVENT_KIND_LISTENER_STOPPED:
+	case tcpgatev1.EventKind_EVENT_KIND_LISTENER_STARTED, tcpgatev1.EventKind_EVENT_KIND_LISTENER_STOPPED, tcpgatev1.EventKind_EVENT_KIND_LISTENER_UPDATED:
 		fmt.Fprintf(&b, " address=%s", e.GetLocalAddress())
 	case tcpgatev1.EventKind_EVENT_KIND_CONNECTION_OPENED:
 		fmt.Fprintf(&b, " remote=%s", e.GetRemoteAddress())

@@ -208,6 +208,18 @@ func TestReadmeRulesWalkthrough(t *testing.T) {
 					t.Errorf("%sprinted\n%s\nwant %s on %s with the rules %q, as written", where, out, id, l.addr, l.rules)
 				}
 
+			case strings.HasPrefix(text, "$T update "):
+				checked["update"] = true
+				id := strings.Fields(text)[2]
+				l := listeners[id]
+				if l == nil || out != "listener "+id+" updated on "+l.addr+": auto_reply\n" {
+					t.Fatalf("%sprinted %q, want \"listener %s updated on ADDR: auto_reply\" on its old address", where, out, id)
+				}
+				l.rules = nil
+				for _, r := range rulesArg.FindAllStringSubmatch(text, -1) {
+					l.rules = append(l.rules, r[1])
+				}
+
 			case strings.HasPrefix(text, "$T stop "):
 				checked["stop"] = true
 				id := strings.Fields(text)[2]
@@ -245,7 +257,7 @@ func TestReadmeRulesWalkthrough(t *testing.T) {
 	}
 
 	for _, what := range []string{"send PONG", "send 200 OK", "send OK color is blue", "time", "send hello", "send bye", "close",
-		"listener", "stop", "send welcome to hello", "connect",
+		"listener", "update", "send hi", "stop", "send welcome to hello", "connect",
 		"ACK a binary request", "hang up on errors", "ok, a quarter second late", `replies "a=b;c"`} {
 		if !checked[what] {
 			t.Errorf("README section %q has no command the test recognizes as %q", section, what)

@@ -18,13 +18,17 @@ import (
 	"github.com/tcpgate/tcpgate/server/rpc"
 )
 
+// serveOptions are the serve flags that are not fields of server.Config.
+type serveOptions struct {
+	logLevel, logFormat string
+	tokenFile           string
+	ui                  bool
+}
+
 func newServeCmd() *cobra.Command {
 	var (
-		cfg       server.Config
-		logLevel  string
-		logFormat string
-		tokenFile string
-		ui        bool
+		cfg server.Config
+		o   serveOptions
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -34,7 +38,14 @@ func newServeCmd() *cobra.Command {
 			"Every flag can also be set by an environment variable: TCPGATE_ and the\n" +
 			"flag's name in capitals with _ for -, e.g. TCPGATE_GRPC_ADDR. Flags win.\n" +
 			"SIGINT or SIGTERM shuts down gracefully within --shutdown-timeout; a second\n" +
-			"signal exits at once.",
+			"signal exits at once.\n\n" +
+			"The flags marked (reloadable) change while the gateway runs, when a reload\n" +
+			"re-reads them: the policies, --max-listeners, --max-subscribers,\n" +
+			"--cors-origins, the token file (read again, so a rewritten file rotates the\n" +
+			"token; browser sessions end) and the TLS certificate and key (read again;\n" +
+			"new handshakes get the new certificate). Each holds for what comes next;\n" +
+			"open connections and streams are left alone. A change to any other flag\n" +
+			"is reported as needing a restart and is not applied.",
 		Example: "  tcpgate serve\n" +
 			"  tcpgate serve --grpc-addr 127.0.0.1:0 --log-format json\n" +
 			"  TCPGATE_LOG_LEVEL=debug tcpgate serve",
@@ -43,32 +54,41 @@ func newServeCmd() *cobra.Command {
 			if err := applyEnv(cmd.Flags()); err != nil {
 				return err
 			}
-			token, err := readToken(tokenFile)
+			token, err := readToken(o.tokenFile)
 			if err != nil {
 				return err
 			}
 			cfg.AuthToken = token
-			cfg.NoConsole = !ui
-			log, err := newLogger(logLevel, logFormat)
+			cfg.NoConsole = !o.ui
+			log, err := newLogger(o.logLevel, o.logFormat)
 			if err != nil {
 				return err
 			}
 			cfg.Logger = log
-			connectionDefaults(cmd.Flags(), &cfg, openFileLimit())
-			srv, err := server.New(cfg)
+			// On a copy: the flags keep the values they were given, which
+			// a reload compares with (reloadFlags).
+			run := cfg
+			connectionDefaults(cmd.Flags(), &run, openFileLimit())
+			srv, err := server.New(run)
 			if err != nil {
 				return err
 			}
 			return runUntilSignal(cmd.Context(), srv, log)
 		},
 	}
-	f := cmd.Flags()
+	serveFlags(cmd.Flags(), &cfg, &o)
+	return cmd
+}
+
+// serveFlags defines the serve flags on f, bound to cfg and o, and marks
+// the reloadable ones.
+func serveFlags(f *pflag.FlagSet, cfg *server.Config, o *serveOptions) {
 	f.StringVar(&cfg.GRPCAddr, "grpc-addr", server.DefaultGRPCAddr, "gRPC listen address (port 0 picks a free port)")
 	f.StringVar(&cfg.HTTPAddr, "http-addr", server.DefaultHTTPAddr, "REST listen address (empty: no REST gateway)")
 	f.StringSliceVar(&cfg.CORSOrigins, "cors-origins", nil, "browser origins allowed to call the REST API, comma-separated (\"*\": any; default: CORS off)")
-	f.BoolVar(&ui, "ui", true, "serve the web console at the REST address's / (--ui=false: the API only)")
-	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	f.BoolVar(&o.ui, "ui", true, "serve the web console at the REST address's / (--ui=false: the API only)")
+	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", server.DefaultShutdownTimeout, "how long a shutdown may take, whatever is in flight (a second signal exits at once)")
 	f.DurationVar(&cfg.MaxDrainTimeout, "max-drain-timeout", server.DefaultMaxDrainTimeout, "longest drain_timeout a StopListener may ask for")
 	f.IntVar(&cfg.ReplayBytes, "replay-bytes", server.DefaultReplayBytes, "bytes of recent events kept for since_sequence replay (negative disables)")
@@ -90,7 +110,7 @@ func newServeCmd() *cobra.Command {
 	f.IntVar(&cfg.MaxSubscribers, "max-subscribers", defaultMaxSubscribers, "most Subscribe streams at once (0: no limit)")
 	f.IntVar(&cfg.MaxHandlers, "max-handlers", server.DefaultMaxHandlers, "most Handle streams at once; each holds up to its max_in_flight frames")
 	f.IntVar(&cfg.MaxSendBytes, "max-send-bytes", server.DefaultMaxSendBytes, "largest Send payload in bytes")
-	f.StringVar(&tokenFile, "auth-token-file", "", "require the bearer token in this file on every call (or set TCPGATE_AUTH_TOKEN)")
+	f.StringVar(&o.tokenFile, "auth-token-file", "", "require the bearer token in this file on every call (or set TCPGATE_AUTH_TOKEN)")
 	f.DurationVar(&cfg.SessionTTL, "session-ttl", console.DefaultTTL, "how long a browser session (POST /v1/session with the token) lasts, 1m to 720h")
 	f.BoolVar(&cfg.PublicReflection, "public-reflection", false, "leave gRPC reflection open without the token")
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate: gRPC and REST speak TLS")
@@ -112,7 +132,9 @@ func newServeCmd() *cobra.Command {
 	f.IntVar(&cfg.ListenerMaxConnections, "listener-max-connections", 0, "max_connections of a listener that sets none, and the most one may set (0: no bound of a listener's own)")
 	f.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "close connections silent this long, on listeners that set no idle_timeout (0: never)")
 	f.StringVar(&cfg.NodeID, "node-id", rpc.DefaultNodeID(), "this gateway's name in every response header and event stream: 1 to 64 of A-Z a-z 0-9 . _ ~ -")
-	return cmd
+	for name := range reloadable {
+		f.Lookup(name).Usage += " (reloadable)"
+	}
 }
 
 // runUntilSignal runs srv until the first SIGINT or SIGTERM, which starts

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -76,8 +77,9 @@ type Session struct {
 // id, its expiry and an HMAC-SHA256 of both, so checking one needs no
 // state but the revocations of logouts.
 type Sessions struct {
-	key    []byte
-	bearer string
+	// signer is the current token's key and bearer header, replaced
+	// whole by SetToken.
+	signer atomic.Pointer[signer]
 	ttl    time.Duration
 	now    func() time.Time
 
@@ -104,15 +106,35 @@ func NewSessions(cfg Config) (*Sessions, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	m := hmac.New(sha256.New, []byte(cfg.Token))
-	m.Write([]byte(keyLabel))
-	return &Sessions{
-		key:     m.Sum(nil),
-		bearer:  "Bearer " + cfg.Token,
+	s := &Sessions{
 		ttl:     cfg.TTL,
 		now:     cfg.Now,
 		revoked: make(map[[idBytes]byte]time.Time),
-	}, nil
+	}
+	if err := s.SetToken(cfg.Token); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// signer is what Sessions derive from one token.
+type signer struct {
+	key    []byte
+	bearer string
+}
+
+// SetToken replaces the control plane's token: sessions are signed and
+// checked under the new token's key from now on, so every cookie issued
+// under the old one is refused (ErrSignature), and requests a session
+// authenticates carry the new token on.
+func (s *Sessions) SetToken(token string) error {
+	if token == "" {
+		return errors.New("browser sessions need the control plane's token")
+	}
+	m := hmac.New(sha256.New, []byte(token))
+	m.Write([]byte(keyLabel))
+	s.signer.Store(&signer{key: m.Sum(nil), bearer: "Bearer " + token})
+	return nil
 }
 
 // TTL is how long a new session lasts.
@@ -120,7 +142,7 @@ func (s *Sessions) TTL() time.Duration { return s.ttl }
 
 // Authorization is the bearer header a request authenticated by a session
 // carries on to the gRPC server, which checks the token again.
-func (s *Sessions) Authorization() string { return s.bearer }
+func (s *Sessions) Authorization() string { return s.signer.Load().bearer }
 
 // Issue mints a new session and returns its cookie value.
 func (s *Sessions) Issue() (string, Session) {
@@ -129,11 +151,11 @@ func (s *Sessions) Issue() (string, Session) {
 	sess := Session{Expires: s.now().Add(s.ttl).Truncate(time.Second)}
 	copy(sess.id[:], b[:idBytes])
 	binary.BigEndian.PutUint64(b[idBytes:], uint64(sess.Expires.Unix()))
-	copy(b[idBytes+expBytes:], s.sign(b[:idBytes+expBytes]))
+	copy(b[idBytes+expBytes:], s.signer.Load().sign(b[:idBytes+expBytes]))
 	return base64.RawURLEncoding.EncodeToString(b[:]), sess
 }
 
-func (s *Sessions) sign(msg []byte) []byte {
+func (s *signer) sign(msg []byte) []byte {
 	m := hmac.New(sha256.New, s.key)
 	m.Write(msg)
 	return m.Sum(nil)
@@ -146,7 +168,7 @@ func (s *Sessions) Check(value string) (Session, error) {
 	if err != nil || len(b) != valueBytes {
 		return Session{}, ErrMalformed
 	}
-	if !hmac.Equal(b[idBytes+expBytes:], s.sign(b[:idBytes+expBytes])) { // constant time
+	if !hmac.Equal(b[idBytes+expBytes:], s.signer.Load().sign(b[:idBytes+expBytes])) { // constant time
 		return Session{}, ErrSignature
 	}
 	var sess Session

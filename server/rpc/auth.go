@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"strings"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -24,15 +25,26 @@ const (
 
 // Auth requires a bearer token on every call except health checks (and
 // reflection when it is public). Tokens are compared in constant time, as
-// SHA-256 digests so that not even their length leaks.
+// SHA-256 digests so that not even their length leaks. The token can be
+// replaced while calls run (SetToken): each check reads the current one.
 type Auth struct {
-	digest           [32]byte
+	digest           atomic.Pointer[[32]byte]
 	publicReflection bool
 }
 
 // NewAuth returns an Auth for token, which must not be empty.
 func NewAuth(token string, publicReflection bool) *Auth {
-	return &Auth{digest: sha256.Sum256([]byte(token)), publicReflection: publicReflection}
+	a := &Auth{publicReflection: publicReflection}
+	a.SetToken(token)
+	return a
+}
+
+// SetToken makes token, which must not be empty, the one every check from
+// now on requires; the previous token is refused at once. Calls already
+// admitted run on.
+func (a *Auth) SetToken(token string) {
+	d := sha256.Sum256([]byte(token))
+	a.digest.Store(&d)
 }
 
 // Valid reports whether an Authorization value ("Bearer TOKEN") carries the
@@ -42,7 +54,7 @@ func (a *Auth) Valid(authorization string) bool {
 		return false
 	}
 	got := sha256.Sum256([]byte(strings.TrimSpace(authorization[len(bearerPrefix):])))
-	return subtle.ConstantTimeCompare(got[:], a.digest[:]) == 1
+	return subtle.ConstantTimeCompare(got[:], a.digest.Load()[:]) == 1
 }
 
 // open reports whether method needs no token.

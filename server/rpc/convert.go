@@ -245,6 +245,7 @@ var eventKinds = map[event.Kind]tcpgatev1.EventKind{
 	// and matches nothing with them.
 	event.IncarnationChanged: tcpgatev1.EventKind_EVENT_KIND_INCARNATION_CHANGED,
 	event.ReconnectScheduled: tcpgatev1.EventKind_EVENT_KIND_RECONNECT_SCHEDULED,
+	event.ListenerUpdated:    tcpgatev1.EventKind_EVENT_KIND_LISTENER_UPDATED,
 }
 
 func kindFromProto(k tcpgatev1.EventKind) (event.Kind, bool) {

@@ -76,6 +76,8 @@ var codeOf = []struct {
 	{registry.ErrLimit, codes.ResourceExhausted, tcpgatev1.ErrorReason_ERROR_REASON_LIMIT_REACHED},
 	{listener.ErrDrainTooLong, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_DRAIN_TOO_LONG},
 	{listener.ErrInvalidSpec, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
+	{listener.ErrNotUpdatable, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_FIELD_NOT_UPDATABLE},
+	{listener.ErrDeclared, codes.FailedPrecondition, tcpgatev1.ErrorReason_ERROR_REASON_DECLARED_IN_CONFIG},
 	{listener.ErrClosed, codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN},
 	{registry.ErrInvalidFilter, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
 	{page.ErrInvalidSize, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},

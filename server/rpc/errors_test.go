@@ -44,6 +44,8 @@ func TestToStatusSentinels(t *testing.T) {
 		registry.ErrLimit:            codes.ResourceExhausted,
 		listener.ErrDrainTooLong:     codes.InvalidArgument,
 		listener.ErrInvalidSpec:      codes.InvalidArgument,
+		listener.ErrNotUpdatable:     codes.InvalidArgument,
+		listener.ErrDeclared:         codes.FailedPrecondition,
 		listener.ErrClosed:           codes.Unavailable,
 		hub.ErrClosed:                codes.Unavailable,
 		hub.ErrTooManySubscribers:    codes.ResourceExhausted,

@@ -21,6 +21,9 @@ type Listeners interface {
 	Stop(ctx context.Context, id string, drain time.Duration) (listener.Info, error)
 	Get(id string) (listener.Info, error)
 	ListListeners(size int, after uint64) (listener.ListenerPage, error)
+	// Update changes a running listener's fields in place; by is who asks
+	// (the API: SourceAPI).
+	Update(ctx context.Context, id string, spec listener.Spec, fields []string, by listener.Source) (listener.Info, error)
 	// BroadcastFrame writes a frame, encoded with the listener's framing,
 	// to each of its connections.
 	BroadcastFrame(ctx context.Context, listenerID string, frame []byte) (uint64, int, error)

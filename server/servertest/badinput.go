@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server"
@@ -149,6 +150,9 @@ func badAddr(a string) *tcpgatev1.SendRequest_Address {
 	return &tcpgatev1.SendRequest_Address{Address: a}
 }
 
+// mask is an update mask of paths.
+func mask(paths ...string) *fieldmaskpb.FieldMask { return &fieldmaskpb.FieldMask{Paths: paths} }
+
 func badDur(secs int64, nanos int32) *durationpb.Duration {
 	return &durationpb.Duration{Seconds: secs, Nanos: nanos}
 }
@@ -170,6 +174,7 @@ func (b *BadInputs) rows() []BadInput {
 		sub  = "Subscribe"
 		con  = "Connect"
 		hdl  = "Handle"
+		upd  = "UpdateListener"
 	)
 	inv := codes.InvalidArgument
 	const (
@@ -185,6 +190,7 @@ func (b *BadInputs) rows() []BadInput {
 		rReplyTime  = tcpgatev1.ErrorReason_ERROR_REASON_REPLY_TIMEOUT
 		rToken      = tcpgatev1.ErrorReason_ERROR_REASON_INVALID_PAGE_TOKEN
 		rAhead      = tcpgatev1.ErrorReason_ERROR_REASON_SEQUENCE_OUT_OF_RANGE
+		rNotUpd     = tcpgatev1.ErrorReason_ERROR_REASON_FIELD_NOT_UPDATABLE
 	)
 	lp := "127.0.0.1"
 	fr := func(f *tcpgatev1.Framing) *tcpgatev1.StartListenerRequest {
@@ -324,6 +330,19 @@ func (b *BadInputs) rows() []BadInput {
 		{RPC: sl, Name: "idle_timeout of 10000 years is fine", Req: idle(badDur(315576000000, 0)), Code: codes.OK},
 
 		// StopListener.
+		{RPC: upd, Name: "listener_id empty", Req: &tcpgatev1.UpdateListenerRequest{Listener: &tcpgatev1.StartListenerRequest{}, UpdateMask: mask("max_connections")}, Code: inv, Reason: rInvalid, Field: "listener_id", Mention: "listener_id"},
+		{RPC: upd, Name: "listener_id unknown", Req: &tcpgatev1.UpdateListenerRequest{ListenerId: "nope", Listener: &tcpgatev1.StartListenerRequest{MaxConnections: 3}, UpdateMask: mask("max_connections")}, Code: codes.NotFound, Reason: rNoListener, Mention: "nope"},
+		{RPC: upd, Name: "update_mask empty", Req: &tcpgatev1.UpdateListenerRequest{ListenerId: "keep", Listener: &tcpgatev1.StartListenerRequest{}}, Code: inv, Reason: rInvalid, Field: "update_mask", Mention: "update_mask"},
+		{RPC: upd, Name: "update_mask port", Req: &tcpgatev1.UpdateListenerRequest{ListenerId: "keep", Listener: &tcpgatev1.StartListenerRequest{Port: 1}, UpdateMask: mask("port")}, Code: inv, Reason: rNotUpd, Field: "port", Mention: "port"},
+		{RPC: upd, Name: "update_mask host", Req: &tcpgatev1.UpdateListenerRequest{ListenerId: "keep", Listener: &tcpgatev1.StartListenerRequest{Host: "127.0.0.2"}, UpdateMask: mask("host")}, Code: inv, Reason: rNotUpd, Field: "host", Mention: "host"},
+		{RPC: upd, Name: "update_mask framing", Req: &tcpgatev1.UpdateListenerRequest{ListenerId: "keep", Listener: &tcpgatev1.StartListenerRequest{Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}}, UpdateMask: mask("framing")}, Code: inv, Reason: rNotUpd, Field: "framing", Mention: "framing"},
+		{RPC: upd, Name: "update_mask tls with max_connections", Req: &tcpgatev1.UpdateListenerRequest{ListenerId: "keep", Listener: &tcpgatev1.StartListenerRequest{MaxConnections: 3}, UpdateMask: mask("max_connections", "tls")}, Code: inv, Reason: rNotUpd, Field: "tls", Mention: "tls"},
+		{RPC: upd, Name: "update_mask forward.address", Req: &tcpgatev1.UpdateListenerRequest{ListenerId: "keep", Listener: &tcpgatev1.StartListenerRequest{Forward: fw("127.0.0.1:9")}, UpdateMask: mask("forward.address")}, Code: inv, Reason: rNotUpd, Field: "forward", Mention: "forward"},
+		{RPC: upd, Name: "update_mask not a field", Req: &tcpgatev1.UpdateListenerRequest{ListenerId: "keep", Listener: &tcpgatev1.StartListenerRequest{}, UpdateMask: mask("colour")}, Code: inv, Reason: rNotUpd, Field: "colour", Mention: "colour"},
+		{RPC: upd, Name: "listener.listener_id another", Req: &tcpgatev1.UpdateListenerRequest{ListenerId: "keep", Listener: &tcpgatev1.StartListenerRequest{ListenerId: "other", MaxConnections: 3}, UpdateMask: mask("max_connections")}, Code: inv, Reason: rInvalid, Field: "listener.listener_id", Mention: "listener.listener_id"},
+		{RPC: upd, Name: "auto_reply fixed without payload", Req: &tcpgatev1.UpdateListenerRequest{ListenerId: "keep", Listener: &tcpgatev1.StartListenerRequest{AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED}}, UpdateMask: mask("auto_reply")}, Code: inv, Reason: rInvalid, Field: "auto_reply", Mention: "auto_reply"},
+		{RPC: upd, Name: "half_close_timeout over a minute", Req: &tcpgatev1.UpdateListenerRequest{ListenerId: "keep", Listener: &tcpgatev1.StartListenerRequest{HalfCloseTimeout: durationpb.New(2 * time.Minute)}, UpdateMask: mask("half_close_timeout")}, Code: inv, Reason: rInvalid, Field: "half_close_timeout", Mention: "half_close_timeout"},
+		{RPC: upd, Name: "idle_timeout negative", Req: &tcpgatev1.UpdateListenerRequest{ListenerId: "keep", Listener: &tcpgatev1.StartListenerRequest{IdleTimeout: durationpb.New(-time.Second)}, UpdateMask: mask("idle_timeout")}, Code: inv, Reason: rInvalid, Field: "idle_timeout", Mention: "idle_timeout"},
 		{RPC: stop, Name: "listener_id empty", Req: &tcpgatev1.StopListenerRequest{}, Code: inv, Reason: rInvalid, Field: "listener_id", Mention: "listener_id"},
 		{RPC: stop, Name: "listener_id malformed", Req: &tcpgatev1.StopListenerRequest{ListenerId: "a/b"}, Code: inv, Reason: rInvalid, Field: "listener_id", Mention: "listener_id"},
 		{RPC: stop, Name: "listener_id unknown", Req: &tcpgatev1.StopListenerRequest{ListenerId: "nope"}, Code: codes.NotFound, Reason: rNoListener, Mention: "nope"},

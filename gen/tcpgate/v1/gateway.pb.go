@@ -784,21 +784,26 @@ const (
 	// refused, a policy denial, a TLS failure), generation is the last
 	// socket's.
 	EventKind_EVENT_KIND_RECONNECT_SCHEDULED EventKind = 9
+	// UpdateListener (or a reload) changed a running listener in place:
+	// its port and its open connections stayed, and they answer by its new
+	// settings from their next frame. local_address is its bound address.
+	EventKind_EVENT_KIND_LISTENER_UPDATED EventKind = 10
 )
 
 // Enum value maps for EventKind.
 var (
 	EventKind_name = map[int32]string{
-		0: "EVENT_KIND_UNSPECIFIED",
-		1: "EVENT_KIND_LISTENER_STARTED",
-		2: "EVENT_KIND_LISTENER_STOPPED",
-		3: "EVENT_KIND_CONNECTION_OPENED",
-		4: "EVENT_KIND_DATA",
-		5: "EVENT_KIND_CONNECTION_CLOSED",
-		6: "EVENT_KIND_EVENTS_DROPPED",
-		7: "EVENT_KIND_STREAM_STARTED",
-		8: "EVENT_KIND_INCARNATION_CHANGED",
-		9: "EVENT_KIND_RECONNECT_SCHEDULED",
+		0:  "EVENT_KIND_UNSPECIFIED",
+		1:  "EVENT_KIND_LISTENER_STARTED",
+		2:  "EVENT_KIND_LISTENER_STOPPED",
+		3:  "EVENT_KIND_CONNECTION_OPENED",
+		4:  "EVENT_KIND_DATA",
+		5:  "EVENT_KIND_CONNECTION_CLOSED",
+		6:  "EVENT_KIND_EVENTS_DROPPED",
+		7:  "EVENT_KIND_STREAM_STARTED",
+		8:  "EVENT_KIND_INCARNATION_CHANGED",
+		9:  "EVENT_KIND_RECONNECT_SCHEDULED",
+		10: "EVENT_KIND_LISTENER_UPDATED",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED":         0,
@@ -811,6 +816,7 @@ var (
 		"EVENT_KIND_STREAM_STARTED":      7,
 		"EVENT_KIND_INCARNATION_CHANGED": 8,
 		"EVENT_KIND_RECONNECT_SCHEDULED": 9,
+		"EVENT_KIND_LISTENER_UPDATED":    10,
 	}
 )
 
@@ -6748,7 +6754,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1aPAYLOAD_FORMAT_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bPAYLOAD_FORMAT_TEXT_OR_DATA\x10\x01\x12\x17\n" +
 	"\x13PAYLOAD_FORMAT_DATA\x10\x02\x12\x17\n" +
-	"\x13PAYLOAD_FORMAT_BOTH\x10\x03*\xc8\x02\n" +
+	"\x13PAYLOAD_FORMAT_BOTH\x10\x03*\xe9\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bEVENT_KIND_LISTENER_STARTED\x10\x01\x12\x1f\n" +
@@ -6759,7 +6765,9 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x19EVENT_KIND_EVENTS_DROPPED\x10\x06\x12\x1d\n" +
 	"\x19EVENT_KIND_STREAM_STARTED\x10\a\x12\"\n" +
 	"\x1eEVENT_KIND_INCARNATION_CHANGED\x10\b\x12\"\n" +
-	"\x1eEVENT_KIND_RECONNECT_SCHEDULED\x10\t*\x9a\x05\n" +
+	"\x1eEVENT_KIND_RECONNECT_SCHEDULED\x10\t\x12\x1f\n" +
+	"\x1bEVENT_KIND_LISTENER_UPDATED\x10\n" +
+	"*\x9a\x05\n" +
 	"\vCloseReason\x12\x1c\n" +
 	"\x18CLOSE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CLOSE_REASON_PEER_CLOSED\x10\x01\x12\x1b\n" +

@@ -136,6 +136,67 @@ type Config struct {
 	// once it is open (after a TLS handshake), before any reply; nil or
 	// empty writes nothing.
 	Banner func(c *Conn) []byte
+
+	// Shared, when set, holds the settings above that the connection's
+	// listener may change while it is open (AutoReply, Rules, Banner,
+	// IdleTimeout, HalfCloseTimeout, HandlerTimeout, HandlerTimeoutClose):
+	// its Live replaces those fields, and the connection reads it anew for
+	// every frame. Nil means the fields as given, for the connection's
+	// whole life.
+	Shared *Shared
+}
+
+// Live is the part of a connection's Config that its listener may change
+// while the connection is open (UpdateListener): what answers its frames
+// and how long its silences may last.
+type Live struct {
+	AutoReply           AutoReply
+	Rules               *rules.Set
+	Banner              func(c *Conn) []byte
+	IdleTimeout         time.Duration
+	HalfCloseTimeout    time.Duration
+	HandlerTimeout      time.Duration
+	HandlerTimeoutClose bool
+}
+
+// Shared holds the Live settings of every connection of a listener behind
+// one atomic pointer: a Store is seen by each of them at its next frame
+// (or its next read, for the idle timeout), without a lock on the read
+// path and without a copy per connection.
+type Shared struct{ p atomic.Pointer[Live] }
+
+// NewShared returns a Shared holding l.
+func NewShared(l Live) *Shared {
+	s := &Shared{}
+	s.p.Store(&l)
+	return s
+}
+
+// Load returns the settings held now; they never change once returned.
+func (s *Shared) Load() *Live { return s.p.Load() }
+
+// Store replaces the settings for every connection that reads them next.
+func (s *Shared) Store(l Live) { s.p.Store(&l) }
+
+// live returns the connection's settings of now.
+func (c *Conn) live() *Live { return c.cfg.Shared.Load() }
+
+// idle returns the idle timeout the read loop applies: 0 for a forwarded
+// connection, whose relay counts it over both directions.
+func (c *Conn) idle() time.Duration {
+	if c.cfg.Forward != nil {
+		return 0
+	}
+	return c.live().IdleTimeout
+}
+
+// halfCloseTimeout returns how long the connection stays writable after
+// its peer half-closed: 0 for a forwarded connection.
+func (c *Conn) halfCloseTimeout() time.Duration {
+	if c.cfg.Forward != nil {
+		return 0
+	}
+	return c.live().HalfCloseTimeout
 }
 
 // Conn is one accepted connection. Create it with New and run Serve.
@@ -195,9 +256,16 @@ func New(ctx context.Context, nc net.Conn, cfg Config) *Conn {
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = DefaultWriteTimeout
 	}
+	if cfg.Shared == nil {
+		cfg.Shared = NewShared(Live{
+			AutoReply: cfg.AutoReply, Rules: cfg.Rules, Banner: cfg.Banner,
+			IdleTimeout: cfg.IdleTimeout, HalfCloseTimeout: cfg.HalfCloseTimeout,
+			HandlerTimeout: cfg.HandlerTimeout, HandlerTimeoutClose: cfg.HandlerTimeoutClose,
+		})
+	}
 	var fwdIdle time.Duration
 	if cfg.Forward != nil {
-		fwdIdle, cfg.IdleTimeout, cfg.HalfCloseTimeout = cfg.IdleTimeout, 0, 0
+		fwdIdle = cfg.Shared.Load().IdleTimeout
 	}
 	c := &Conn{cfg: cfg, nc: nc, remote: nc.RemoteAddr().String(), openedAt: time.Now(), done: make(chan struct{}), opened: make(chan struct{}), writeTurn: make(chan struct{}, 1), fwdIdle: fwdIdle}
 	c.lastWrite.Store(c.openedAt.UnixNano())
@@ -333,7 +401,7 @@ func (c *Conn) Serve() {
 			c.frames([][]byte{final}, 0)
 		}
 	}
-	if reason == event.ReasonPeerClosed && c.cfg.HalfCloseTimeout > 0 {
+	if reason == event.ReasonPeerClosed && c.halfCloseTimeout() > 0 {
 		c.lingerHalfClosed()
 	}
 	// Replies queued to the last frames go out before the close, as when
@@ -403,8 +471,8 @@ func (c *Conn) Serve() {
 // begin writes the banner and tells the handler that the connection is
 // open, before the first read. It reports whether it told the handler.
 func (c *Conn) begin() bool {
-	if c.cfg.Banner != nil {
-		if p := c.cfg.Banner(c); len(p) > 0 {
+	if banner := c.live().Banner; banner != nil {
+		if p := banner(c); len(p) > 0 {
 			c.writeReply(&replySlot{p: p, repeat: 1})
 		}
 	}
@@ -439,7 +507,7 @@ func (c *Conn) lingerHalfClosed() {
 	c.mu.Unlock()
 	settle(awaiters, fmt.Errorf("awaiting reply on %s: %w", c.cfg.ID, ErrHalfClosed))
 
-	t := time.NewTimer(c.cfg.HalfCloseTimeout)
+	t := time.NewTimer(c.halfCloseTimeout())
 	defer t.Stop()
 	select {
 	case <-t.C:

@@ -138,8 +138,9 @@ func (c *Conn) readLoop(splitter *framing.Splitter) event.CloseReason {
 	var frames [][]byte
 	emit := func(f []byte) { frames = append(frames, f) }
 	for {
-		if c.cfg.IdleTimeout > 0 {
-			_ = c.nc.SetReadDeadline(time.Now().Add(c.cfg.IdleTimeout))
+		idle := c.idle() // read anew each time: UpdateListener may change it
+		if idle > 0 {
+			_ = c.nc.SetReadDeadline(time.Now().Add(idle))
 		}
 		chunk, err := read(maxRead)
 		if len(chunk) > 0 {
@@ -164,7 +165,7 @@ func (c *Conn) readLoop(splitter *framing.Splitter) event.CloseReason {
 			}
 		}
 		if err != nil {
-			return readReason(err, c.cfg.IdleTimeout > 0)
+			return readReason(err, idle > 0)
 		}
 	}
 }
@@ -208,8 +209,8 @@ func (c *Conn) readDecrypted(chunk []byte, max int) ([]byte, error) {
 		}
 	}
 	var deadline time.Time
-	if c.cfg.IdleTimeout > 0 {
-		deadline = time.Now().Add(c.cfg.IdleTimeout)
+	if idle := c.idle(); idle > 0 {
+		deadline = time.Now().Add(idle)
 	}
 	_ = c.nc.SetReadDeadline(deadline)
 	if errors.Is(err, os.ErrDeadlineExceeded) {

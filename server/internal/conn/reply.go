@@ -53,8 +53,8 @@ type replyQueue struct {
 
 // handlerTimeout is how long the handler has to answer a frame.
 func (c *Conn) handlerTimeout() time.Duration {
-	if c.cfg.HandlerTimeout > 0 {
-		return c.cfg.HandlerTimeout
+	if t := c.live().HandlerTimeout; t > 0 {
+		return t
 	}
 	return DefaultHandlerTimeout
 }
@@ -151,7 +151,8 @@ func (c *Conn) fallback(frames [][]byte) bool {
 // none. A value, so that the read loop's own write of it allocates
 // nothing but the echo's bytes.
 func (c *Conn) fallbackSlot(frames [][]byte) (replySlot, bool) {
-	switch c.cfg.AutoReply.Mode {
+	ar := c.live().AutoReply
+	switch ar.Mode {
 	case Echo:
 		// At most about one read's worth: framing adds a few bytes a frame.
 		var out []byte
@@ -165,7 +166,7 @@ func (c *Conn) fallbackSlot(frames [][]byte) (replySlot, bool) {
 			return replySlot{p: out, repeat: 1, frames: uint64(len(frames))}, true
 		}
 	case Fixed:
-		if p := c.cfg.AutoReply.Payload; len(p) > 0 && len(frames) > 0 {
+		if p := ar.Payload; len(p) > 0 && len(frames) > 0 {
 			return replySlot{p: p, repeat: len(frames), frames: uint64(len(frames))}, true
 		}
 	}
@@ -305,7 +306,7 @@ func (c *Conn) settleReply(s *replySlot) bool {
 			s.closeBy = event.ReasonClosedByHandler
 		}
 	case TimedOut:
-		if c.cfg.HandlerTimeoutClose {
+		if c.live().HandlerTimeoutClose {
 			s.closeBy = event.ReasonHandlerTimeout
 			break
 		}
@@ -382,7 +383,7 @@ func (c *Conn) stopReplies() {
 // matches it (nil for a frame none matches), or nil when no rule matches
 // any.
 func (c *Conn) matchRules(frames [][]byte) []*replySlot {
-	rs := c.cfg.Rules
+	rs := c.live().Rules
 	if rs == nil || c.cfg.Forward != nil {
 		return nil
 	}

@@ -89,7 +89,7 @@ type Result struct {
 type Dialer struct {
 	// Policy decides what may be dialed; nil means the default policy
 	// (see policy.Policy), never "anything goes". Set it before the first
-	// Send.
+	// Send; SetPolicy replaces it later.
 	Policy *policy.Policy
 	// KeepAlive is the TCP keep-alive period of a send's connection. Zero
 	// turns keep-alive off: a one-shot exchange is bounded by its context,
@@ -99,11 +99,33 @@ type Dialer struct {
 
 	stats struct{ sends, failed, bytesOut, bytesIn atomic.Uint64 }
 
+	// replaced is the policy SetPolicy put in Policy's place; nil until then.
+	replaced atomic.Pointer[policy.Policy]
+
 	wg sync.WaitGroup // lingering closes
 	mu sync.Mutex     // guards the fields below
 	// lingering are connections waiting for the peer to close first.
 	lingering map[net.Conn]struct{}
 	closed    bool
+}
+
+// SetPolicy replaces the dial policy for every dial from now on: a Send,
+// a forwarding listener's dial to its target, an outbound connection's
+// next reconnect. Connections already open stay open. Safe for concurrent
+// use; p nil means the default policy.
+func (d *Dialer) SetPolicy(p *policy.Policy) {
+	if p == nil {
+		p = &policy.Policy{}
+	}
+	d.replaced.Store(p)
+}
+
+// policy is the dial policy in force.
+func (d *Dialer) policy() *policy.Policy {
+	if p := d.replaced.Load(); p != nil {
+		return p
+	}
+	return d.Policy
 }
 
 // Stats are a Dialer's counters since it was made.
@@ -143,7 +165,7 @@ func (d *Dialer) Send(ctx context.Context, req Request) (Result, error) {
 		}
 		req.Payload = p
 	}
-	addrs, err := d.Policy.ResolveDial(ctx, req.Address)
+	addrs, err := d.policy().ResolveDial(ctx, req.Address)
 	if err != nil {
 		var dns *net.DNSError
 		if errors.Is(err, policy.ErrDenied) || errors.As(err, &dns) {
@@ -277,7 +299,7 @@ type DialRequest struct {
 // errors are Send's: ErrRefused, ErrUnreachable, ErrHandshake, a
 // *net.DNSError, or ctx's error. The caller owns the connection.
 func (d *Dialer) Dial(ctx context.Context, req DialRequest) (net.Conn, error) {
-	addrs, err := d.Policy.ResolveDial(ctx, req.Address)
+	addrs, err := d.policy().ResolveDial(ctx, req.Address)
 	if err != nil {
 		var dns *net.DNSError
 		if errors.Is(err, policy.ErrDenied) || errors.As(err, &dns) {

@@ -32,6 +32,9 @@ const (
 	// dials again after Delay: Attempt numbers that attempt, Error says
 	// why it is down.
 	ReconnectScheduled
+	// ListenerUpdated says UpdateListener (or a reload) changed a running
+	// listener in place; its port and connections stayed.
+	ListenerUpdated
 )
 
 // String returns the kind's lowercase name.
@@ -55,6 +58,8 @@ func (k Kind) String() string {
 		return "incarnation_changed"
 	case ReconnectScheduled:
 		return "reconnect_scheduled"
+	case ListenerUpdated:
+		return "listener_updated"
 	}
 	return "unspecified"
 }

@@ -24,7 +24,8 @@ func TestKindString(t *testing.T) {
 		{event.IncarnationChanged, "incarnation_changed"},
 		{event.ReconnectScheduled, "reconnect_scheduled"},
 		{event.Kind(-1), "unspecified"},
-		{event.ReconnectScheduled + 1, "unspecified"},
+		{event.ListenerUpdated, "listener_updated"},
+		{event.ListenerUpdated + 1, "unspecified"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {

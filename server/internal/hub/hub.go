@@ -81,6 +81,15 @@ const (
 // ErrClosed is returned by Next and Subscribe once the hub is closed.
 var ErrClosed = errors.New("event hub closed")
 
+// SetMaxSubscribers replaces the bound on open subscriptions (0: none)
+// for every Subscribe from now on. Subscriptions open over a lower bound
+// stay open; no new one is admitted until they are under it.
+func (h *Hub) SetMaxSubscribers(n int) {
+	h.mu.Lock()
+	h.maxSubscribers = n
+	h.mu.Unlock()
+}
+
 // ErrTooManySubscribers is returned by Subscribe at Config.MaxSubscribers.
 var ErrTooManySubscribers = errors.New("too many subscribers")
 
@@ -301,10 +310,9 @@ type SubscribeOptions struct {
 
 // Hub numbers events and fans them out. The zero value is not usable; call New.
 type Hub struct {
-	incarnation    string // immutable
-	now            func() time.Time
-	maxSubscribers int
-	maxQueued      int // bound of all queues together; 0 means none
+	incarnation string // immutable
+	now         func() time.Time
+	maxQueued   int // bound of all queues together; 0 means none
 
 	// queued is the bytes queued for all subscribers together. It grows
 	// only under mu (with the subscriber's mu) and shrinks under a
@@ -315,12 +323,15 @@ type Hub struct {
 	// publishers waiting for room within the global bound wait on it.
 	room atomic.Pointer[chan struct{}]
 
-	mu     sync.Mutex // guards every field below, and the queues of all subscribers
-	seq    uint64     // last sequence assigned
-	ring   ring
-	subs   []*Subscriber // a slice: walked for every event, changed rarely
-	closed bool
-	done   chan struct{} // closed by Close and CloseNow; never changes
+	mu sync.Mutex // guards every field below, and the queues of all subscribers
+	// maxSubscribers bounds open subscriptions (Config.MaxSubscribers
+	// until SetMaxSubscribers); 0 means no bound.
+	maxSubscribers int
+	seq            uint64 // last sequence assigned
+	ring           ring
+	subs           []*Subscriber // a slice: walked for every event, changed rarely
+	closed         bool
+	done           chan struct{} // closed by Close and CloseNow; never changes
 	// lossless holds the Backpressure subscribers of subs, in which a
 	// publisher finds room before it publishes.
 	lossless []*Subscriber
@@ -630,7 +641,7 @@ func (h *Hub) Subscribe(opts SubscribeOptions) (*Subscriber, error) {
 	if h.closed {
 		return nil, ErrClosed
 	}
-	if h.maxSubscribers > 0 && len(h.subs) >= h.maxSubscribers {
+	if h.maxSubscribers > 0 && len(h.subs) >= h.maxSubscribers { // read under mu: SetMaxSubscribers
 		return nil, &limits.Error{Doing: "subscribing", Name: "max_subscribers", Flag: "--max-subscribers", Limit: h.maxSubscribers, Err: ErrTooManySubscribers}
 	}
 	// Where the subscription starts is decided here, under the lock that

@@ -234,9 +234,10 @@ type Config struct {
 	// Required.
 	Conns *registry.Registry
 	// Policy decides what may be bound; nil means the default policy (see
-	// policy.Policy), never "anything goes".
+	// policy.Policy), never "anything goes". SetPolicy replaces it.
 	Policy *policy.Policy
 	// MaxListeners bounds running listeners; 0 means no bound.
+	// SetMaxListeners replaces it.
 	MaxListeners int
 	// ListenerMaxConnections (--listener-max-connections) is the
 	// MaxConnections of a listener that sets none, and the most one may
@@ -276,6 +277,8 @@ type Registry struct {
 	refusedLog atomic.Int64
 	// forwarded is what the relays of every forwarding listener moved.
 	forwarded conn.ForwardStats
+	// policy is the listen policy in force: Config.Policy until SetPolicy.
+	policy atomic.Pointer[policy.Policy]
 
 	// quit is closed when the shutdown begins (StopAccepting or Close):
 	// drains in progress are cut.
@@ -286,8 +289,11 @@ type Registry struct {
 	// It is taken before registry.Registry.mu, never after.
 	mu        sync.Mutex
 	listeners map[string]*listener
-	shut      bool // Start is refused: StopAccepting or Close was called
-	closing   bool // Close was called: it stops every listener, Stop starts no stop of its own
+	// maxListeners bounds running listeners (Config.MaxListeners until
+	// SetMaxListeners); 0 means no bound.
+	maxListeners int
+	shut         bool // Start is refused: StopAccepting or Close was called
+	closing      bool // Close was called: it stops every listener, Stop starts no stop of its own
 
 	// serial is the creation serial last given to a listener as it became
 	// visible: lists are in its order.
@@ -296,7 +302,15 @@ type Registry struct {
 }
 
 type listener struct {
-	spec       Spec
+	// spec is guarded by Registry.mu: Update changes its updatable fields.
+	// The accept loop reads id, framing, forward and shared instead.
+	spec    Spec
+	id      string
+	framing framing.Config
+	fwd     *conn.Forward
+	// shared is what every connection of the listener reads its replies,
+	// banner and timeouts from, frame by frame; Update stores new ones.
+	shared     *conn.Shared
 	ln         net.Listener
 	addr       string
 	createdAt  time.Time
@@ -331,15 +345,37 @@ func New(cfg Config) *Registry {
 	if cfg.MaxDrainTimeout <= 0 {
 		cfg.MaxDrainTimeout = DefaultMaxDrainTimeout
 	}
-	return &Registry{
-		cfg:       cfg,
-		conns:     cfg.Conns,
-		log:       log,
-		ctx:       ctx,
-		cancel:    cancel,
-		quit:      make(chan struct{}),
-		listeners: make(map[string]*listener),
+	r := &Registry{
+		cfg:          cfg,
+		conns:        cfg.Conns,
+		log:          log,
+		ctx:          ctx,
+		cancel:       cancel,
+		quit:         make(chan struct{}),
+		listeners:    make(map[string]*listener),
+		maxListeners: cfg.MaxListeners,
 	}
+	r.SetPolicy(cfg.Policy)
+	return r
+}
+
+// SetPolicy replaces the listen policy for every Start from now on; the
+// listeners already running keep their address. p nil means the default
+// policy. A forwarding listener's dials follow the dialer's policy.
+func (r *Registry) SetPolicy(p *policy.Policy) {
+	if p == nil {
+		p = &policy.Policy{}
+	}
+	r.policy.Store(p)
+}
+
+// SetMaxListeners replaces the bound on running listeners (0: none) for
+// every Start from now on. Listeners already running over a lower bound
+// run on; no new one starts until they are under it.
+func (r *Registry) SetMaxListeners(n int) {
+	r.mu.Lock()
+	r.maxListeners = n
+	r.mu.Unlock()
 }
 
 // portTries bounds the ports a listener asking for port 0 tries when the
@@ -383,13 +419,13 @@ func (r *Registry) Start(ctx context.Context, spec Spec) (Info, error) {
 	}
 	// The host as asked, before DefaultHost: "" is both families to the
 	// policy, as it is to Go.
-	if err := r.cfg.Policy.CheckListen(spec.Host, spec.Port); err != nil {
+	if err := r.policy.Load().CheckListen(spec.Host, spec.Port); err != nil {
 		return Info{}, err
 	}
 	if spec.Port != 0 {
 		return r.start(ctx, spec)
 	}
-	ports := r.cfg.Policy.ListenPorts(spec.Host, portTries)
+	ports := r.policy.Load().ListenPorts(spec.Host, portTries)
 	if ports == nil {
 		return r.start(ctx, spec)
 	}
@@ -439,9 +475,10 @@ func (r *Registry) start(ctx context.Context, spec Spec) (Info, error) {
 	case r.shut:
 		r.mu.Unlock()
 		return Info{}, ErrClosed
-	case r.cfg.MaxListeners > 0 && len(r.listeners) >= r.cfg.MaxListeners:
+	case r.maxListeners > 0 && len(r.listeners) >= r.maxListeners:
+		limit := r.maxListeners
 		r.mu.Unlock()
-		return Info{}, &limits.Error{Doing: "starting listener", Name: "max_listeners", Flag: "--max-listeners", Limit: r.cfg.MaxListeners, Err: ErrLimit}
+		return Info{}, &limits.Error{Doing: "starting listener", Name: "max_listeners", Flag: "--max-listeners", Limit: limit, Err: ErrLimit}
 	case spec.ID == "":
 		spec.ID = r.newIDLocked()
 	case r.listeners[spec.ID] != nil:
@@ -450,6 +487,10 @@ func (r *Registry) start(ctx context.Context, spec Spec) (Info, error) {
 	}
 	l := &listener{
 		spec:       spec,
+		id:         spec.ID,
+		framing:    spec.Framing,
+		fwd:        r.forward(spec.Forward),
+		shared:     conn.NewShared(live(spec)),
 		createdAt:  time.Now(),
 		acceptDone: make(chan struct{}),
 		stopped:    make(chan struct{}),
@@ -556,7 +597,7 @@ func (r *Registry) accept(l *listener) {
 			} else if backoff *= 2; backoff > time.Second {
 				backoff = time.Second
 			}
-			r.log.Warn("accept failed", "listener_id", l.spec.ID, "error", err, "retry_in", backoff)
+			r.log.Warn("accept failed", "listener_id", l.id, "error", err, "retry_in", backoff)
 			select {
 			case <-time.After(backoff):
 			case <-r.ctx.Done():
@@ -576,19 +617,13 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 		Origin: registry.Accepted,
 		Group:  l.group,
 		Conn: conn.Config{
-			ListenerID:          l.spec.ID,
-			Framing:             l.spec.Framing,
-			AutoReply:           l.spec.AutoReply,
-			Rules:               l.spec.ruleSet,
-			Banner:              l.spec.banner,
-			HandlerTimeout:      l.spec.HandlerTimeout,
-			HandlerTimeoutClose: l.spec.HandlerTimeoutClose,
-			IdleTimeout:         l.spec.IdleTimeout,
-			HalfCloseTimeout:    l.spec.HalfCloseTimeout,
-			WriteTimeout:        r.cfg.WriteTimeout,
-			Publisher:           r.cfg.Publisher,
-			Aggregates:          []*conn.Counters{&l.counters},
-			Forward:             r.forward(l.spec.Forward),
+			ListenerID:   l.id,
+			Framing:      l.framing,
+			Shared:       l.shared,
+			WriteTimeout: r.cfg.WriteTimeout,
+			Publisher:    r.cfg.Publisher,
+			Aggregates:   []*conn.Counters{&l.counters},
+			Forward:      l.fwd,
 		},
 	})
 	if err != nil {
@@ -640,7 +675,7 @@ func (r *Registry) logRefused(l *listener, nc net.Conn, err error) {
 	default:
 		limit = fmt.Sprintf("%s (%d)", lim.Flag, lim.Limit)
 	}
-	r.log.Warn("connection refused: "+limit+" reached", "listener_id", l.spec.ID, "remote_address", nc.RemoteAddr().String())
+	r.log.Warn("connection refused: "+limit+" reached", "listener_id", l.id, "remote_address", nc.RemoteAddr().String())
 }
 
 // Stop stops accepting on the listener at once, waits up to drain for its
@@ -731,8 +766,8 @@ func (r *Registry) stop(l *listener, reason event.CloseReason) Info {
 	// resume) rather than holding the listener's id and its Stop calls.
 	ctx, cancel := context.WithDeadline(context.Background(), end)
 	defer cancel()
-	_ = r.cfg.Publisher.Publish(ctx, &event.Event{Kind: event.ListenerStopped, ListenerID: l.spec.ID, LocalAddr: l.addr})
-	r.log.Info("listener stopped", "listener_id", l.spec.ID, "address", l.addr,
+	_ = r.cfg.Publisher.Publish(ctx, &event.Event{Kind: event.ListenerStopped, ListenerID: l.id, LocalAddr: l.addr})
+	r.log.Info("listener stopped", "listener_id", l.id, "address", l.addr,
 		"connections_total", info.ConnectionsTotal, "bytes_in", info.BytesIn, "bytes_out", info.BytesOut)
 	close(l.stopped)
 	return info

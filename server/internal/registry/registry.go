@@ -219,8 +219,10 @@ type outEntry struct {
 // acceptance order, and makes them Draining while the listener stops.
 // Make one with AddGroup.
 type Group struct {
-	id  string
-	max int
+	id string
+	// max bounds its live connections (0: no bound of its own); an atomic,
+	// so that UpdateListener changes it for the connections admitted next.
+	max atomic.Int64
 	// open counts its admitted connections, written under Registry.mu and
 	// read without it, so that a listener's snapshot takes no lock of the
 	// registry.
@@ -234,6 +236,10 @@ type Group struct {
 // Open returns how many of the group's connections are live. It takes no
 // lock.
 func (g *Group) Open() int { return int(g.open.Load()) }
+
+// SetMax changes the bound of the group's live connections (0: none of its
+// own) for the connections admitted from now on; those open stay open.
+func (g *Group) SetMax(max int) { g.max.Store(int64(max)) }
 
 // New returns an empty registry.
 func New(cfg Config) *Registry {
@@ -255,7 +261,8 @@ func New(cfg Config) *Registry {
 // bound of its own). The listener package keeps listener ids unique; a
 // group of an id already registered replaces it.
 func (r *Registry) AddGroup(id string, max int) *Group {
-	g := &Group{id: id, max: max}
+	g := &Group{id: id}
+	g.max.Store(int64(max))
 	r.mu.Lock()
 	r.groups[id] = g
 	r.mu.Unlock()
@@ -358,8 +365,8 @@ func (r *Registry) Add(ctx context.Context, nc net.Conn, s Spec) (*conn.Conn, er
 	var err error
 	g := s.Group
 	switch {
-	case g != nil && g.max > 0 && g.Open() >= g.max:
-		err = &limits.Error{Doing: "admitting connection", Name: "max_connections", Limit: g.max, Err: ErrLimit}
+	case g != nil && g.max.Load() > 0 && int64(g.Open()) >= g.max.Load():
+		err = &limits.Error{Doing: "admitting connection", Name: "max_connections", Limit: int(g.max.Load()), Err: ErrLimit}
 	case r.cfg.MaxConnections > 0 && r.sockets >= r.cfg.MaxConnections:
 		err = &limits.Error{Doing: "admitting connection", Name: "max_connections", Flag: "--max-connections", Limit: r.cfg.MaxConnections, Err: ErrLimit}
 	case perIP && r.perIP[ip] >= r.cfg.MaxConnectionsPerIP:

@@ -17,9 +17,8 @@ import (
 // request that made each, so that a restart makes it again and
 // ExportConfig can print it. The calls that change state record their
 // change after the engine made it and return once Save has it on disk:
-// StartListener, StopListener, UpdateListener, Connect, CloseConnection
-// of an outbound
-// connection (UpdateListener as PutListener of the merged request).
+// StartListener, StopListener, UpdateListener (as PutListener of the
+// merged request), Connect, and CloseConnection of an outbound connection.
 // Nothing else changes it: shutdown, drains and reconnect give-ups do
 // not.
 type State interface {

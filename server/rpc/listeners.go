@@ -38,7 +38,8 @@ func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListene
 	}
 	l := listenerToProto(info)
 	if s.cfg.State != nil {
-		if err := s.save(ctx, "listener "+info.ID+" started", s.cfg.State.PutListener(req, l)); err != nil {
+		v := s.recordListener(info, l, func() (*tcpgatev1.StartListenerRequest, bool) { return req, true })
+		if err := s.save(ctx, "listener "+info.ID+" started", v); err != nil {
 			return nil, err
 		}
 	}
@@ -182,7 +183,7 @@ func (s *Service) StopListener(ctx context.Context, req *tcpgatev1.StopListenerR
 		return nil, s.status(err)
 	}
 	if s.cfg.State != nil {
-		if err := s.save(ctx, "listener "+info.ID+" stopped", s.cfg.State.DeleteListener(info.ID)); err != nil {
+		if err := s.save(ctx, "listener "+info.ID+" stopped", s.forgetListener(info.ID)); err != nil {
 			return nil, err
 		}
 	}

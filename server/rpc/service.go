@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"sync"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
@@ -124,6 +125,9 @@ type Service struct {
 	tcpgatev1.UnimplementedGatewayServiceServer
 	cfg Config
 	log *slog.Logger
+	// recordMu orders what the listener RPCs record in cfg.State with
+	// what the engine did: see recordListener.
+	recordMu sync.Mutex
 }
 
 var _ tcpgatev1.GatewayServiceServer = (*Service)(nil)

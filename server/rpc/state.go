@@ -41,6 +41,36 @@ type State interface {
 	Export() *tcpgatev1.Config
 }
 
+// recordListener records the request of a listener the engine started
+// or changed (info, as the engine returned it), unless that listener is
+// no longer listening: a StopListener that ran in between has recorded
+// its removal, and recording the listener after it would bring a stopped
+// listener back at the next start. req builds the request to record (for
+// UpdateListener, the recorded one with the mask merged in, read under
+// the same lock so that concurrent updates keep each other's fields);
+// false records nothing. The version is 0 when nothing was recorded.
+func (s *Service) recordListener(info listener.Info, l *tcpgatev1.Listener, req func() (*tcpgatev1.StartListenerRequest, bool)) uint64 {
+	s.recordMu.Lock()
+	defer s.recordMu.Unlock()
+	cur, err := s.cfg.Listeners.Get(info.ID)
+	if err != nil || cur.State != listener.Listening || !cur.CreatedAt.Equal(info.CreatedAt) {
+		return 0
+	}
+	r, ok := req()
+	if !ok {
+		return 0
+	}
+	return s.cfg.State.PutListener(r, l)
+}
+
+// forgetListener records that a listener stopped, in order with
+// recordListener.
+func (s *Service) forgetListener(id string) uint64 {
+	s.recordMu.Lock()
+	defer s.recordMu.Unlock()
+	return s.cfg.State.DeleteListener(id)
+}
+
 // save waits for version to be saved. A failure is STATE_NOT_SAVED: the
 // change was made (done says which) but would not survive a restart.
 func (s *Service) save(ctx context.Context, done string, version uint64) error {

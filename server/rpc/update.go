@@ -122,11 +122,15 @@ func (s *Service) UpdateListener(ctx context.Context, req *tcpgatev1.UpdateListe
 	// The recorded request takes the new values of the fields changed, so
 	// that a restart brings the listener back as it is now.
 	if s.cfg.State != nil {
-		if rec, ok := s.cfg.State.RecordedListener(id); ok {
-			mergeFields(rec, l, fields)
-			if err := s.save(ctx, "listener "+id+" updated", s.cfg.State.PutListener(rec, out)); err != nil {
-				return nil, err
+		v := s.recordListener(info, out, func() (*tcpgatev1.StartListenerRequest, bool) {
+			rec, ok := s.cfg.State.RecordedListener(id)
+			if ok {
+				mergeFields(rec, l, fields)
 			}
+			return rec, ok
+		})
+		if err := s.save(ctx, "listener "+id+" updated", v); err != nil {
+			return nil, err
 		}
 	}
 	return &tcpgatev1.UpdateListenerResponse{Listener: out, Header: s.header()}, nil

@@ -425,6 +425,9 @@ func TestBadInputREST(t *testing.T) {
 
 		// ListListeners takes no parameters at all.
 		{rpc: list, name: "unknown query parameter", method: gt, path: "/v1/listeners?state=LISTENING", code: inv, mention: `query parameter "state": ListListenersRequest has no field "state"`},
+		{rpc: "ExportConfig", name: "unknown query parameter", method: gt, path: "/v1/config:export?format=yaml", code: inv, mention: `query parameter "format"`},
+		{rpc: "ExportConfig", name: "POST", method: post, path: "/v1/config:export", body: `{}`, code: codes.Unimplemented, status: http.StatusMethodNotAllowed, mention: "POST"},
+		{rpc: "ExportConfig", name: "no parameters is fine", method: gt, path: "/v1/config:export", code: codes.OK},
 		{rpc: list, name: "query parameter invalid UTF-8", method: gt, path: "/v1/listeners?x=%FF", code: inv, mention: `query parameter "x"`},
 
 		// Handle is a WebSocket (its bad messages: TestHandleSocketBadInput).

@@ -36,6 +36,9 @@ func badInvoke(ctx context.Context, t *testing.T, c tcpgatev1.GatewayServiceClie
 	case *tcpgatev1.StopListenerRequest:
 		_, err := c.StopListener(ctx, r)
 		return err
+	case *tcpgatev1.ExportConfigRequest:
+		_, err := c.ExportConfig(ctx, r)
+		return err
 	case *tcpgatev1.UpdateListenerRequest:
 		_, err := c.UpdateListener(ctx, r)
 		return err

@@ -82,6 +82,23 @@
 // own locks. Nothing is copied at start, so the next call, handshake,
 // bind or dial sees the new value; what is open is left alone.
 //
+// # State
+//
+// What the API makes outlives the process with --state-file. server/state
+// keeps every API-made listener and outbound connection as the request
+// that made it (rpc.State, declared in rpc); rpc records a change after
+// the engine made it (StartListener, StopListener, UpdateListener, Connect, CloseConnection
+// of an outbound connection) and answers only once Save has it on disk.
+// internal/store owns the file: an exclusive flock (FILE.lock), a
+// group-commit writer (one goroutine, owned and waited for by its File)
+// that writes the newest snapshot for every commit waiting, by temp file,
+// fsync, rename and fsync of the directory, and a line-per-record format
+// with a checksum each, so that damage loses only the lines it touched.
+// New opens the file before binding anything (a second gateway on it
+// stops there) and, last, replays its records through rpc's own path
+// with their ids; shutdown, drains and reconnect give-ups never write it.
+// state.State.mu is a leaf; the writer takes it only to copy a snapshot.
+//
 // # Lock order
 //
 // Locks are never held across I/O, and only two pairs are ever nested:

@@ -38,6 +38,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/policy"
 	"github.com/tcpgate/tcpgate/server/internal/registry"
 	"github.com/tcpgate/tcpgate/server/rpc"
+	"github.com/tcpgate/tcpgate/server/state"
 )
 
 // The hub publishes a connection's sent data without waiting when it can:
@@ -229,6 +230,16 @@ type Config struct {
 	// of at most 1 MiB. Empty means paths are refused and PEM is given
 	// inline. See package pemfile.
 	TLSFilesDir string
+	// StateFile, when set, is where everything made through the API is
+	// saved (--state-file): each change before its call returns, group
+	// committed, and restored at the next start with the same ids. The
+	// file is locked: a second gateway on it refuses to start. Empty means
+	// nothing outlives the process.
+	StateFile string
+	// StateInlineKeys saves inline TLS private keys (key_pem) in the state
+	// file; false leaves them out, and a listener or connection saved
+	// without its key is not restored.
+	StateInlineKeys bool
 	// AllowListen, AllowDial and DenyDial are rule lists (see package
 	// policy) deciding what listeners may bind and what Send may dial. Empty
 	// means the defaults: listeners on any host above port 1023; dials
@@ -289,7 +300,9 @@ type Server struct {
 	handlesOnce sync.Once
 	handleSrc   *rpc.HandleSource // the Handle WebSocket's; made by Handles
 
-	declared *config.Declared // nil without ConfigFile
+	declared      *config.Declared // nil without ConfigFile
+	state         *state.State     // the API-made objects; saved with StateFile
+	restoreReport []string
 }
 
 // New builds a gateway and binds its gRPC address, so GRPCAddr is known
@@ -367,6 +380,21 @@ func New(cfg Config) (*Server, error) {
 			return nil, err
 		}
 	}
+	// The state file first: a second gateway on it stops here, before it
+	// binds anything.
+	if cfg.StateFile != "" {
+		if s.state, err = state.Open(cfg.StateFile, cfg.StateInlineKeys, log); err != nil {
+			return nil, fmt.Errorf("--state-file: %w", err)
+		}
+	} else {
+		s.state = state.New(log)
+	}
+	built := false
+	defer func() {
+		if !built {
+			s.state.Close()
+		}
+	}()
 	var auth *rpc.Auth
 	if cfg.AuthToken != "" {
 		auth = rpc.NewAuth(cfg.AuthToken, cfg.PublicReflection)
@@ -443,6 +471,7 @@ func New(cfg Config) (*Server, error) {
 		Hub:                  s.hub,
 		Dialer:               s.dialer,
 		Handlers:             s.handlers,
+		State:                s.state,
 		SubscriberQueueBytes: cfg.SubscriberQueueBytes,
 		MaxFrameBytes:        cfg.MaxFrameBytes,
 		MaxReplyBytes:        cfg.MaxReplyBytes,
@@ -579,6 +608,12 @@ func New(cfg Config) (*Server, error) {
 			return nil, err
 		}
 	}
+	built = true
+	// Last, once everything is bound: what the state file holds comes
+	// back through the API's own path; what the config file declares
+	// keeps the config's (the config wins).
+	rep := s.state.Restore(context.Background(), s.svc, s.declaredID)
+	s.restoreReport = rep.Lines
 	return s, nil
 }
 
@@ -614,6 +649,10 @@ func (s *Server) Reload(ctx context.Context) (*tcpgatev1.ReloadResponse, error) 
 func (s *Server) declaredID(kind, id string) bool {
 	return s.declared != nil && s.declared.Declares(kind, id)
 }
+
+// RestoreReport is what the start's restore from the state file could not
+// bring back as it was, one line each; empty when everything came back.
+func (s *Server) RestoreReport() []string { return s.restoreReport }
 
 func (s *Server) newREST() error {
 	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
@@ -893,6 +932,11 @@ func (s *Server) shutdownOnce() error {
 	}
 	if s.debugSrv != nil {
 		s.debugSrv.Close()
+	}
+	// Only API calls change the state file: nothing above wrote to it.
+	// Closing releases its lock for the next start.
+	if err := s.state.Close(); err != nil {
+		s.log.Error("closing the state file", "error", err)
 	}
 	if !clean {
 		calls, open := s.inflight.describe()

@@ -271,6 +271,8 @@ func addClientCommands(root *cobra.Command) {
 		c.addFlags(cmd)
 		root.AddCommand(cmd)
 	}
+	// Its subcommands take the client's flags.
+	root.AddCommand(newConfigCmd(c))
 	addBuiltinExamples(root)
 }
 

@@ -32,6 +32,11 @@ func (s *Service) Connect(ctx context.Context, req *tcpgatev1.ConnectRequest) (*
 	if err != nil {
 		return nil, s.status(err)
 	}
+	if s.cfg.State != nil {
+		if err := s.save(ctx, "connection "+info.ID+" made", s.cfg.State.PutConnection(req, info.ID)); err != nil {
+			return nil, err
+		}
+	}
 	return &tcpgatev1.ConnectResponse{Connection: connToProto(info), Header: s.header()}, nil
 }
 

@@ -31,6 +31,13 @@ func (s *Service) CloseConnection(ctx context.Context, req *tcpgatev1.CloseConne
 	if err != nil {
 		return nil, s.status(err)
 	}
+	// An outbound connection made by Connect is closed for good: it
+	// leaves the state file. An accepted connection was never in it.
+	if s.cfg.State != nil && info.Origin == registry.Outbound {
+		if err := s.save(ctx, "connection "+info.ID+" closed", s.cfg.State.DeleteConnection(info.ID)); err != nil {
+			return nil, err
+		}
+	}
 	return &tcpgatev1.CloseConnectionResponse{Connection: connToProto(info), Header: s.header()}, nil
 }
 

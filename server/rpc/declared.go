@@ -96,11 +96,12 @@ func (s *Service) CheckDeclaredListener(ctx context.Context, req *tcpgatev1.Star
 // StartDeclaredListener starts a listener of the config file, as
 // StartListener does, with source SOURCE_CONFIG.
 func (s *Service) StartDeclaredListener(ctx context.Context, req *tcpgatev1.StartListenerRequest) (*tcpgatev1.Listener, error) {
-	resp, err := s.StartListener(declaring(ctx), req)
+	// Not through StartListener: only API calls change the state file.
+	info, err := s.startListener(declaring(ctx), req)
 	if err != nil {
-		return nil, err
+		return nil, s.status(err)
 	}
-	return resp.GetListener(), nil
+	return listenerToProto(info), nil
 }
 
 // StopDeclaredListener stops a listener of the config file with a drain,

@@ -30,17 +30,32 @@ type Listeners interface {
 	BroadcastFrame(ctx context.Context, listenerID string, frame []byte) (uint64, int, error)
 }
 
-// StartListener implements GatewayService.StartListener.
+// StartListener implements GatewayService.StartListener. The listener is
+// saved to the state file before the call returns.
 func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListenerRequest) (*tcpgatev1.StartListenerResponse, error) {
-	spec, err := s.listenerSpec(ctx, req)
-	if err != nil {
-		return nil, err
-	}
-	info, err := s.cfg.Listeners.Start(ctx, spec)
+	info, err := s.startListener(ctx, req)
 	if err != nil {
 		return nil, s.status(err)
 	}
-	return &tcpgatev1.StartListenerResponse{Listener: listenerToProto(info), Header: s.header()}, nil
+	l := listenerToProto(info)
+	if s.cfg.State != nil {
+		v := s.recordListener(info, l, func() (*tcpgatev1.StartListenerRequest, bool) { return req, true })
+		if err := s.save(ctx, "listener "+info.ID+" started", v); err != nil {
+			return nil, err
+		}
+	}
+	return &tcpgatev1.StartListenerResponse{Listener: l, Header: s.header()}, nil
+}
+
+// startListener checks and translates req and starts the listener, as
+// StartListener, a restore from the state file and the config file all
+// do; it records nothing.
+func (s *Service) startListener(ctx context.Context, req *tcpgatev1.StartListenerRequest) (listener.Info, error) {
+	spec, err := s.listenerSpec(ctx, req)
+	if err != nil {
+		return listener.Info{}, err
+	}
+	return s.cfg.Listeners.Start(ctx, spec)
 }
 
 // listenerSpec translates a StartListenerRequest, refusing what is not of
@@ -182,6 +197,11 @@ func (s *Service) StopListener(ctx context.Context, req *tcpgatev1.StopListenerR
 	}
 	if err != nil {
 		return nil, s.status(err)
+	}
+	if s.cfg.State != nil {
+		if err := s.save(ctx, "listener "+info.ID+" stopped", s.forgetListener(info.ID)); err != nil {
+			return nil, err
+		}
 	}
 	return &tcpgatev1.StopListenerResponse{Listener: listenerToProto(info), Header: s.header()}, nil
 }

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -144,6 +146,21 @@ func TestErrorReasons(t *testing.T) {
 	closed := servertest.RefusedAddr(t)
 	_, err = c.Send(actx, &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: closed}, Payload: &tcpgatev1.SendRequest_Text{Text: "x"}})
 	check("refused", err, "CONNECTION_REFUSED", nil, "")
+
+	// A change the state file cannot take: its directory is gone.
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	saving := servertest.Start(t, server.Config{StateFile: filepath.Join(dir, "state.tcpgate")})
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	_, err = saving.Client.StartListener(ctx, &tcpgatev1.StartListenerRequest{ListenerId: "unsaved", Host: "127.0.0.1"})
+	check("state file not writable", err, "STATE_NOT_SAVED", nil, "")
+	if err == nil || !strings.Contains(err.Error(), "listener unsaved started") || !strings.Contains(err.Error(), dir) {
+		t.Errorf("STATE_NOT_SAVED: %v, want it to say the listener started and name the file", err)
+	}
 
 	// REST paths, the gateway's own answers among them.
 	rest := func(name, method, path, ctype, body string, hdr map[string]string, wantHTTP int, want, wantField string) {

@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"sync"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
@@ -89,6 +90,10 @@ type Config struct {
 	Dialer      Dialer
 	// Handlers serves Handle streams; nil refuses them.
 	Handlers Handlers
+	// State records what API calls change (server/state), each call
+	// returning once its change is saved; nil records nothing, and
+	// ExportConfig is Unimplemented.
+	State State
 	// SubscriberQueueBytes bounds each subscriber's queue; 0 means hub.DefaultQueueBytes.
 	SubscriberQueueBytes int
 	// MaxSendBytes bounds a Send payload; 0 means DefaultMaxSendBytes.
@@ -125,6 +130,9 @@ type Service struct {
 	tcpgatev1.UnimplementedGatewayServiceServer
 	cfg Config
 	log *slog.Logger
+	// recordMu orders what the listener RPCs record in cfg.State with
+	// what the engine did: see recordListener.
+	recordMu sync.Mutex
 }
 
 var _ tcpgatev1.GatewayServiceServer = (*Service)(nil)

@@ -7,6 +7,7 @@ import (
 	"unicode"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
@@ -117,5 +118,37 @@ func (s *Service) UpdateListener(ctx context.Context, req *tcpgatev1.UpdateListe
 	if err != nil {
 		return nil, s.status(err)
 	}
-	return &tcpgatev1.UpdateListenerResponse{Listener: listenerToProto(info), Header: s.header()}, nil
+	out := listenerToProto(info)
+	// The recorded request takes the new values of the fields changed, so
+	// that a restart brings the listener back as it is now.
+	if s.cfg.State != nil {
+		v := s.recordListener(info, out, func() (*tcpgatev1.StartListenerRequest, bool) {
+			rec, ok := s.cfg.State.RecordedListener(id)
+			if ok {
+				mergeFields(rec, l, fields)
+			}
+			return rec, ok
+		})
+		if err := s.save(ctx, "listener "+id+" updated", v); err != nil {
+			return nil, err
+		}
+	}
+	return &tcpgatev1.UpdateListenerResponse{Listener: out, Header: s.header()}, nil
+}
+
+// mergeFields sets the fields of dst named by their proto names to their
+// values in src, clearing those src leaves unset.
+func mergeFields(dst, src *tcpgatev1.StartListenerRequest, fields []string) {
+	d, sr := dst.ProtoReflect(), src.ProtoReflect()
+	for _, f := range fields {
+		fd := d.Descriptor().Fields().ByName(protoreflect.Name(f))
+		if fd == nil {
+			continue
+		}
+		if sr.Has(fd) {
+			d.Set(fd, sr.Get(fd))
+		} else {
+			d.Clear(fd)
+		}
+	}
 }

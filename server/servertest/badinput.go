@@ -390,6 +390,10 @@ func (b *BadInputs) rows() []BadInput {
 		{RPC: gc, Name: "connection_id unknown", Req: &tcpgatev1.GetConnectionRequest{ConnectionId: "c999"}, Code: codes.NotFound, Reason: rNoConn, Mention: "c999"},
 		{RPC: gc, Name: "connection_id known", Req: &tcpgatev1.GetConnectionRequest{ConnectionId: b.ConnID}, Code: codes.OK},
 
+		// ExportConfig takes nothing: there is no bad input, and the
+		// empty request must be answered.
+		{RPC: "ExportConfig", Name: "empty request", Req: &tcpgatev1.ExportConfigRequest{}, Code: codes.OK},
+
 		// CloseConnection.
 		{RPC: cc, Name: "connection_id empty", Req: &tcpgatev1.CloseConnectionRequest{}, Code: inv, Reason: rInvalid, Field: "connection_id", Mention: "connection_id"},
 		{RPC: cc, Name: "connection_id malformed", Req: &tcpgatev1.CloseConnectionRequest{ConnectionId: "c/1"}, Code: inv, Reason: rInvalid, Field: "connection_id", Mention: "connection_id"},

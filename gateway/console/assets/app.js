@@ -1,10 +1,10 @@
 // The tcpgate console: plain DOM over the public REST API of the gateway
 // that serves it. Payloads are only ever set as textContent, never as HTML.
 
-import { $, api, decodeBase64, escapedText, hexDump, short, show } from './util.js';
-import { startConnections } from './connections.js';
-import { startSend } from './send.js';
-import { replyRules, startRules } from './rules.js';
+import { $, api, decodeBase64, escapedText, hexDump, onUnauthorized, short, show } from './util.js';
+import { refreshConnections, startConnections } from './connections.js';
+import { setSendLimit, startSend } from './send.js';
+import { replyRules, showRuleErrors, startRules } from './rules.js';
 const MAX_ROWS = 1000; // rows kept in the traffic view; older ones go
 const BATCH = 500; // events rendered per animation frame
 const MAX_BUFFER = 50000; // events held while paused; past that the stream closes and resumes from its sequence
@@ -66,14 +66,21 @@ function renderListeners(listeners) {
   $('listeners-empty').hidden = body.rows.length > 0;
 }
 
-async function pollListeners() {
+// polls counts the listener polls started: a poll of an older one (from
+// before the session ended) stops instead of running beside the new one.
+let polls = 0;
+
+async function pollListeners(mine = ++polls) {
+  if (mine !== polls || ended) return;
   try {
     const data = await api('GET', '/v1/listeners');
+    if (mine !== polls) return;
     renderListeners((data && data.listeners) || []);
   } catch (err) {
+    if (err.status === 401) return; // the login's business now
     show($('status'), `listeners: ${err.message}`, true);
   }
-  setTimeout(pollListeners, POLL_MS);
+  setTimeout(() => pollListeners(mine), POLL_MS);
 }
 
 async function startListener(ev) {
@@ -88,14 +95,16 @@ async function startListener(ev) {
     req.autoReply = { mode };
     if (mode === 'AUTO_REPLY_MODE_FIXED') req.autoReply.text = $('start-reply-text').value;
   }
-  const rules = replyRules();
-  if (rules.length) req.autoReply = { ...req.autoReply, rules };
+  showRuleErrors(null);
   try {
+    const rules = replyRules();
+    if (rules.length) req.autoReply = { ...req.autoReply, rules };
     const { listener: l } = await api('POST', '/v1/listeners', req);
     show($('start-result'), `started ${l.listenerId} on ${l.address}`);
     renderListeners([...(await api('GET', '/v1/listeners')).listeners || []]);
   } catch (err) {
     show($('start-result'), `start failed: ${err.message}`, true);
+    showRuleErrors(err);
   }
 }
 
@@ -326,13 +335,19 @@ function openStream() {
       show($('status'), `stream: ${m.data}`, true);
       return;
     }
+    if (ended) return;
     show($('status'), 'reconnecting', true);
     if (es.readyState !== EventSource.CLOSED || source !== es || reopening) return;
     source = null;
-    reopening = setTimeout(() => {
-      reopening = null;
-      if (!source && !(paused && pending.length >= MAX_BUFFER)) openStream();
-    }, RETRY_MS);
+    // The browser gave up on the stream: a 401 (the session expired or
+    // was revoked) looks the same to it as a gateway going down, so ask.
+    reopening = sessionGone().then((gone) => {
+      if (gone || ended) { reopening = null; return; }
+      reopening = setTimeout(() => {
+        reopening = null;
+        if (!source && !ended && !(paused && pending.length >= MAX_BUFFER)) openStream();
+      }, RETRY_MS);
+    });
   });
 }
 
@@ -341,11 +356,50 @@ function togglePause() {
   const b = $('pause');
   b.textContent = paused ? 'Resume' : 'Pause';
   b.setAttribute('aria-pressed', String(paused));
-  if (!paused && !source && !reopening) openStream();
+  if (!paused && !source && !reopening && !ended) openStream();
   schedule();
 }
 
 // ---- login ----
+
+let started = false; // the console's controls are wired (once)
+let ended = false; // the session ended: the login shows, the page waits
+
+// showLogin shows the login form with a message, over the console.
+function showLogin(message, error) {
+  $('app').hidden = true;
+  $('logout').hidden = true;
+  $('login').hidden = false;
+  show($('login-result'), message, error);
+  $('login-token').focus();
+}
+
+// sessionEnded takes the page back to its login when the gateway no
+// longer takes its session (expired, logged out elsewhere, a new token):
+// the stream and the polls stop, and what the page holds stays, so that
+// a login resumes from the last event seen.
+function sessionEnded(why) {
+  if (ended || !started) return;
+  ended = true;
+  if (source) { source.close(); source = null; }
+  if (typeof reopening === 'number') clearTimeout(reopening);
+  reopening = null;
+  $('status').textContent = 'session ended';
+  showLogin(`Your session ended${why ? ` (${why})` : ''}: log in again to resume.`, true);
+}
+
+// sessionGone asks the gateway whether this page still holds a session,
+// and ends it when not; a gateway that does not answer is not an answer.
+async function sessionGone() {
+  try {
+    const st = await api('GET', '/v1/session');
+    if (st && st.login_required && !st.authenticated) {
+      sessionEnded('');
+      return true;
+    }
+  } catch { /* down or restarting: the stream's reopening handles it */ }
+  return false;
+}
 
 // The gateway trades its token for an HttpOnly session cookie (POST
 // /v1/session), so the page never holds the token; without a token set
@@ -354,14 +408,28 @@ async function login(ev) {
   ev.preventDefault();
   const input = $('login-token');
   try {
-    await api('POST', '/v1/session', { token: input.value });
+    const st = await api('POST', '/v1/session', { token: input.value });
     input.value = '';
     $('login').hidden = true;
-    start(true);
+    show($('login-result'), '');
+    setSendLimit(st && st.max_send_bytes);
+    if (started) resume(); else start(true);
   } catch (err) {
     input.value = '';
     show($('login-result'), `login failed: ${err.message}`, true);
   }
+}
+
+// resume picks up where the ended session left: the stream from its last
+// id, the polls, the console shown as it was.
+function resume() {
+  ended = false;
+  $('app').hidden = false;
+  $('logout').hidden = false;
+  $('status').textContent = 'connecting';
+  if (!source && !reopening && !(paused && pending.length >= MAX_BUFFER)) openStream();
+  pollListeners();
+  refreshConnections();
 }
 
 async function logout() {
@@ -375,20 +443,22 @@ async function logout() {
 async function main() {
   $('login-form').addEventListener('submit', login);
   $('logout').addEventListener('click', logout);
+  onUnauthorized((err) => sessionEnded(err.message.split(':')[0]));
   let st = { login_required: false, authenticated: true };
   try {
     st = await api('GET', '/v1/session');
   } catch { /* a gateway without the route: no login */ }
   if (st.login_required && !st.authenticated) {
     $('status').textContent = 'log in to continue';
-    $('login').hidden = false;
-    $('login-token').focus();
+    showLogin('', false);
     return;
   }
+  setSendLimit(st.max_send_bytes);
   start(st.login_required);
 }
 
 function start(withLogin) {
+  started = true;
   $('app').hidden = false;
   $('logout').hidden = !withLogin;
   $('start-form').addEventListener('submit', startListener);

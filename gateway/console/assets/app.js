@@ -394,7 +394,7 @@ async function sessionGone() {
   try {
     const st = await api('GET', '/v1/session');
     if (st && st.login_required && !st.authenticated) {
-      sessionEnded('');
+      sessionEnded('it expired or was logged out');
       return true;
     }
   } catch { /* down or restarting: the stream's reopening handles it */ }
@@ -443,7 +443,12 @@ async function logout() {
 async function main() {
   $('login-form').addEventListener('submit', login);
   $('logout').addEventListener('click', logout);
-  onUnauthorized((err) => sessionEnded(err.message.split(':')[0]));
+  // The gateway says why a cookie was refused ("session expired: ...");
+  // a cookie the browser dropped at its expiry is just a missing token.
+  onUnauthorized((err) => {
+    const why = err.message.split(':')[0];
+    sessionEnded(why.includes('session') ? why : 'it expired or was logged out');
+  });
   let st = { login_required: false, authenticated: true };
   try {
     st = await api('GET', '/v1/session');

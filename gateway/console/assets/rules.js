@@ -88,7 +88,7 @@ function addRule() {
     control('input', 'rule-reply', { autocomplete: 'off' }),
     checkbox('rule-raw', 'raw'),
     checkbox('rule-close', 'close after'),
-    control('input', 'rule-delay', { autocomplete: 'off', placeholder: 'delay, e.g. 250ms', size: 10 }),
+    control('input', 'rule-delay', { autocomplete: 'off', placeholder: 'delay: 250ms', size: 10 }),
     control('input', 'rule-name', { autocomplete: 'off', placeholder: 'name', size: 10 }),
     remove,
     error,

@@ -59,7 +59,7 @@ func TestBrowserRows(t *testing.T) {
 		{"sse10", "p99 at 10,000 lines/s, 10 subscribers (worst of them)", false, nil, true},
 		{"console", "longest task (PerformanceObserver longtask; 0: none over 50 ms)", true, nil, chromiumErr == nil},
 		{"console", "p99 frame gap (requestAnimationFrame)", false, nil, chromiumErr == nil},
-		{"console", "events rendered/s, as the page saw them", false, nil, chromiumErr == nil},
+		{"console", "events shown/s, as the page saw them", false, nil, chromiumErr == nil},
 		{"console", "rows in the DOM, most at once", false, nil, chromiumErr == nil},
 	}
 	for _, w := range wants {

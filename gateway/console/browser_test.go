@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -1423,4 +1424,120 @@ func TestConsoleSessionEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.until("the later listener's row", `document.querySelector('#listeners tbody tr[data-id="later"]') && 'yes'`)
+}
+
+// TestConsoleBurstOverCap sends a burst of 5,000 lines, five times the
+// rows the traffic view keeps, to a page that follows the stream and to
+// one that is paused: each counts all 5,000 (and the connection's
+// CONNECTION_OPENED), keeps at most 1,000 rows, and shows the newest
+// lines in order; the paused one holds no more than twice the cap while
+// paused, and on resuming says how many older events it did not show.
+func TestConsoleBurstOverCap(t *testing.T) {
+	const (
+		lines  = 5000
+		events = lines + 1 // and the CONNECTION_OPENED
+		rowCap = 1000      // MAX_ROWS in app.js
+	)
+	var burst strings.Builder
+	for i := 1; i <= lines; i++ {
+		fmt.Fprintf(&burst, "burst %05d\n", i)
+	}
+	// dataRows yields the numbers of the burst's DATA rows in the view, in
+	// their order, and the view's rows, notes included.
+	const dataRows = `(() => {
+		const list = document.getElementById('traffic');
+		const nums = [...list.querySelectorAll('li.kind-DATA pre.text')].map((p) => Number(p.textContent.slice(6)));
+		return { nums, rows: list.children.length };
+	})()`
+	type view struct {
+		Nums []int `json:"nums"`
+		Rows int   `json:"rows"`
+	}
+	for _, tc := range []struct {
+		name   string
+		paused bool
+	}{
+		{"following the stream", false},
+		{"paused, then resumed", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
+			l, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{
+				Host: "127.0.0.1", Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := page{t, browser(t, 1280, 800)}
+			defer screenshot(t, p.ctx, "burst-end")
+			p.run("opening the console", chromedp.Navigate(g.BaseURL+"/"), chromedp.WaitVisible(chromedp.ID("start-form")))
+			p.until("the event stream", `document.getElementById('status').textContent === 'live' && 'live'`)
+			base := eval[int](p, "reading the count", `Number(document.getElementById('traffic-count').dataset.total || 0)`)
+			if tc.paused {
+				// With hex shown, rows built on resuming have their hex
+				// dump made with them.
+				p.run("pausing, showing hex", chromedp.Click(chromedp.ID("pause")), chromedp.Click(chromedp.ID("show-hex")))
+			}
+			c, err := net.Dial("tcp", l.GetListener().GetAddress())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := io.WriteString(c, burst.String()); err != nil {
+				t.Fatal(err)
+			}
+			counted := fmt.Sprintf(`(c => Number(c.dataset.total) === %d && c.dataset.buffered)(document.getElementById('traffic-count'))`, base+events)
+			if tc.paused {
+				held := p.until("every event counted while paused", counted)
+				if n, err := strconv.Atoi(held); err != nil || n < 1 || n > 2*rowCap {
+					t.Errorf("%s events held while paused, want 1 to %d", held, 2*rowCap)
+				}
+				if v := eval[view](p, "reading the paused view", dataRows); len(v.Nums) != 0 {
+					t.Errorf("%d lines shown while paused", len(v.Nums))
+				}
+				p.run("resuming", chromedp.Click(chromedp.ID("pause")))
+			}
+			p.until("every event counted and nothing buffered", fmt.Sprintf(`(c => Number(c.dataset.total) === %d && c.dataset.buffered === '0' && 'yes')(document.getElementById('traffic-count'))`, base+events))
+			if text := eval[string](p, "reading the count", `document.getElementById('traffic-count').textContent`); text != fmt.Sprintf("%d events", base+events) {
+				t.Errorf("the count says %q, want %d events", text, base+events)
+			}
+
+			v := eval[view](p, "reading the view", dataRows)
+			if v.Rows != rowCap {
+				t.Errorf("the view holds %d rows, want its cap of %d", v.Rows, rowCap)
+			}
+			if len(v.Nums) == 0 || v.Nums[len(v.Nums)-1] != lines {
+				t.Fatalf("the newest line shown is not burst %05d: %v", lines, v.Nums[max(0, len(v.Nums)-3):])
+			}
+			for i, n := range v.Nums {
+				if want := lines - len(v.Nums) + 1 + i; n != want {
+					t.Fatalf("row %d of the burst is line %d, want %d: the newest lines in order", i, n, want)
+				}
+			}
+			if tc.paused {
+				// "burst 05000" in hex.
+				p.until("the newest line in hex", rowWith("RECEIVED", "hex", "00000000  62 75 72 73 74 20 30 35 30 30 30"))
+			}
+			note := eval[string](p, "reading the note", `(document.querySelector('#traffic li.notice-skipped') || {}).textContent || ''`)
+			if !tc.paused {
+				// How many a following page skips depends on how fast it
+				// renders; what it says must still add up.
+				if note != "" {
+					var n int
+					if _, err := fmt.Sscanf(note, "%d older events not shown", &n); err != nil || n < 1 || n > events-len(v.Nums) {
+						t.Errorf("note %q, want a count of 1 to %d older events", note, events-len(v.Nums))
+					}
+				}
+				return
+			}
+			// Paused, the page built rows for the newest events only: the
+			// note and 999 lines fill the view, and the note counts the rest.
+			if len(v.Nums) != rowCap-1 {
+				t.Errorf("%d lines shown after resuming, want %d", len(v.Nums), rowCap-1)
+			}
+			if want := fmt.Sprintf("%d older events not shown: the view keeps the newest %d", events-(rowCap-1), rowCap); note != want {
+				t.Errorf("the note says %q, want %q", note, want)
+			}
+		})
+	}
 }

@@ -639,11 +639,17 @@ func TestConsoleConnectionPages(t *testing.T) {
 	if d := eval[string](p, "reading Previous", `document.getElementById('conn-prev').getAttribute('aria-disabled')`); d != "true" {
 		t.Errorf("Previous on the first page: aria-disabled %q, want true", d)
 	}
-	p.run("going to the next page", chromedp.Click(chromedp.ID("conn-next")))
+	// The pager is worked from the keyboard: focus and Enter, which no
+	// re-render of the tables above it can move out from under, as it
+	// can a click at coordinates read a moment before on a busy machine.
+	press := func(id string) []chromedp.Action[chromedp.Void] {
+		return []chromedp.Action[chromedp.Void]{chromedp.Focus(chromedp.ID(id)), chromedp.KeyEvent("\r")}
+	}
+	p.run("going to the next page", press("conn-next")...)
 	pageIs("the second page", "page 2", want[2])
 	p.until("Next disabled on the last page", `document.getElementById('conn-next').getAttribute('aria-disabled') === 'true' && 'yes'`)
-	p.run("clicking the disabled Next", chromedp.Click(chromedp.ID("conn-next")))
-	p.run("going back", chromedp.Click(chromedp.ID("conn-prev")))
+	p.run("pressing the disabled Next", press("conn-next")...)
+	p.run("going back", press("conn-prev")...)
 	pageIs("the first page again", "page 1", want[0], want[1])
 }
 

@@ -58,8 +58,9 @@ verify: lint
 
 ## bench: build the daemon and tcpgate-bench, run every scenario against real
 ## processes over loopback (BENCH_RUNS runs; medians on stdout, JSON in
-## bin/bench.json; socat installed for the baseline if missing), then the
-## framing and hub micro-benchmarks. docs/BENCHMARKS.md explains the figures.
+## bin/bench.json; socat installed for the baseline if missing, and Node-RED 4
+## from bench/nodered's lockfile with `npm ci` for the browser baseline), then
+## the framing and hub micro-benchmarks. docs/BENCHMARKS.md explains the figures.
 BENCH_RUNS ?= 3
 bench:
 	$(GO) build -o $(BIN)/ ./cmd/tcpgate ./cmd/tcpgate-bench
@@ -68,6 +69,12 @@ bench:
 		{ $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q socat || \
 		  { $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q socat; }; } >/dev/null 2>&1 || \
 		echo "socat could not be installed: the baseline is reported unavailable"; }
+	@[ -f bench/nodered/node_modules/node-red/red.js ] || { \
+		if command -v npm >/dev/null 2>&1; then \
+			echo "installing Node-RED 4 for the browser baseline (npm ci in bench/nodered)"; \
+			(cd bench/nodered && npm ci --no-audit --no-fund --loglevel=error) || \
+			echo "npm ci failed (is the npm registry reachable?): the Node-RED baseline is reported unavailable"; \
+		else echo "npm is not installed: the Node-RED baseline is reported unavailable"; fi; }
 	./$(BIN)/tcpgate-bench run --tcpgate $(BIN)/tcpgate --runs $(BENCH_RUNS) --json $(BIN)/bench.json
 	$(GO) test -run '^$$' -bench . -benchmem ./server/internal/framing ./server/internal/hub
 

@@ -81,6 +81,10 @@ type Config struct {
 	// same-origin pages and clients that send no Origin get in.
 	// SetCORSOrigins replaces them while the gateway serves.
 	CORSOrigins []string
+	// MaxSendBytes is the daemon's bound on a Send payload
+	// (--max-send-bytes), which GET /v1/session tells a logged-in page;
+	// 0 means rpc.DefaultMaxSendBytes.
+	MaxSendBytes int
 	// Heartbeat is the Server-Sent Events heartbeat; 0 means DefaultHeartbeat.
 	Heartbeat time.Duration
 	// Metrics, when set, is served at /metrics.
@@ -140,6 +144,9 @@ var marshalOptions = protojson.MarshalOptions{}
 func New(cfg Config) (*Gateway, error) {
 	if cfg.Heartbeat <= 0 {
 		cfg.Heartbeat = DefaultHeartbeat
+	}
+	if cfg.MaxSendBytes <= 0 {
+		cfg.MaxSendBytes = rpc.DefaultMaxSendBytes
 	}
 	if cfg.Events == nil {
 		return nil, errors.New("REST gateway: no event source (gateway.Config.Events)")

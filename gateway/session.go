@@ -34,6 +34,21 @@ type sessionState struct {
 	LoginRequired bool   `json:"login_required"`
 	Authenticated bool   `json:"authenticated"`
 	ExpiresAt     string `json:"expires_at,omitempty"` // RFC 3339, of a cookie's session
+	// MaxSendBytes is the largest payload a Send over REST takes (see
+	// sendLimit), told only to a caller that is let in, so that the page
+	// refuses a larger file before it reads it.
+	MaxSendBytes int `json:"max_send_bytes,omitempty"`
+}
+
+// sendBodySlack is the room a Send's body keeps for its JSON besides the
+// payload: the target, the await and the field names, with space to spare.
+const sendBodySlack = 64 << 10
+
+// sendLimit is the largest payload a REST Send can carry: --max-send-bytes,
+// or less when that payload in base64 would not fit a request body
+// (maxBodyBytes).
+func (g *Gateway) sendLimit() int {
+	return min(g.cfg.MaxSendBytes, (maxBodyBytes-sendBodySlack)/4*3)
 }
 
 // cookieName is the session cookie's name on this gateway.
@@ -180,7 +195,7 @@ func (g *Gateway) login(w http.ResponseWriter, r *http.Request) {
 	}
 	value, sess := g.cfg.Sessions.Issue()
 	g.setCookie(w, value, sess.Expires, g.cfg.Sessions.TTL())
-	writeJSON(w, sessionState{LoginRequired: true, Authenticated: true, ExpiresAt: sess.Expires.UTC().Format(time.RFC3339)})
+	writeJSON(w, sessionState{LoginRequired: true, Authenticated: true, ExpiresAt: sess.Expires.UTC().Format(time.RFC3339), MaxSendBytes: g.sendLimit()})
 }
 
 // loginError describes a login body's decoding error without its values.
@@ -202,7 +217,8 @@ func loginError(err error) string {
 }
 
 // sessionStatus says whether this gateway needs a login and whether r
-// holds one: a session cookie, or the bearer header.
+// holds one: a session cookie, or the bearer header; to a caller it lets
+// in, also the largest Send payload.
 func (g *Gateway) sessionStatus(w http.ResponseWriter, r *http.Request) {
 	st := sessionState{LoginRequired: g.cfg.Auth != nil}
 	switch {
@@ -216,6 +232,9 @@ func (g *Gateway) sessionStatus(w http.ResponseWriter, r *http.Request) {
 				st.Authenticated, st.ExpiresAt = true, sess.Expires.UTC().Format(time.RFC3339)
 			}
 		}
+	}
+	if st.Authenticated {
+		st.MaxSendBytes = g.sendLimit()
 	}
 	writeJSON(w, st)
 }

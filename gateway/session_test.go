@@ -65,6 +65,7 @@ type sessionStatus struct {
 	LoginRequired *bool  `json:"login_required"`
 	Authenticated *bool  `json:"authenticated"`
 	ExpiresAt     string `json:"expires_at"`
+	MaxSendBytes  int    `json:"max_send_bytes"`
 }
 
 func getSession(t *testing.T, api *rest, h http.Header) sessionStatus {
@@ -129,8 +130,8 @@ func wantCookie(t *testing.T, resp *http.Response, name string, secure bool) {
 func TestSessionLogin(t *testing.T) {
 	t.Run("plain HTTP", func(t *testing.T) {
 		g, api, logs := sessionGateway(t, server.Config{})
-		if st := getSession(t, api, nil); !*st.LoginRequired || *st.Authenticated || st.ExpiresAt != "" {
-			t.Fatalf("before login: %+v", st)
+		if st := getSession(t, api, nil); !*st.LoginRequired || *st.Authenticated || st.ExpiresAt != "" || st.MaxSendBytes != 0 {
+			t.Fatalf("before login: %+v, want no session and no send limit told", st)
 		}
 		resp, body, c := login(t, api, sessToken)
 		if resp.StatusCode != http.StatusOK || c == nil {
@@ -142,8 +143,8 @@ func TestSessionLogin(t *testing.T) {
 		}
 		st := getSession(t, api, withCookie(c, ""))
 		exp, err := time.Parse(time.RFC3339, st.ExpiresAt)
-		if !*st.LoginRequired || !*st.Authenticated || err != nil || !exp.Equal(c.Expires) {
-			t.Fatalf("with the cookie: %+v (%v), want authenticated until %s", st, err, c.Expires)
+		if !*st.LoginRequired || !*st.Authenticated || err != nil || !exp.Equal(c.Expires) || st.MaxSendBytes != server.DefaultMaxSendBytes {
+			t.Fatalf("with the cookie: %+v (%v), want authenticated until %s, sends up to %d bytes", st, err, c.Expires, server.DefaultMaxSendBytes)
 		}
 		if st := getSession(t, api, http.Header{"Authorization": {"Bearer " + sessToken}}); !*st.Authenticated {
 			t.Fatalf("with the bearer header: %+v", st)
@@ -433,5 +434,50 @@ func TestSessionNoToken(t *testing.T) {
 	e := servertest.WantError(t, resp, b, http.StatusNotFound, 5, "no login on this gateway")
 	if reason, _, _ := e.Info(); reason != "ROUTE_NOT_FOUND" || len(resp.Cookies()) != 0 {
 		t.Fatalf("reason %q, cookies %v", reason, resp.Cookies())
+	}
+}
+
+// TestSessionSendLimit: GET /v1/session tells a caller it lets in the
+// largest payload a REST Send takes, --max-send-bytes or, when that is
+// more than a request body can carry in base64, what fits. A Send of the
+// limit goes and one over it is refused (by --max-send-bytes, or by the
+// body's bound before anything decodes it); the multi-megabyte Sends
+// that decode are left out, as they are slow under -race on a busy
+// machine.
+func TestSessionSendLimit(t *testing.T) {
+	const bodyFit = (8<<20 - 64<<10) / 4 * 3 // a request body is at most 8 MiB
+	for _, tc := range []struct {
+		name      string
+		maxSend   int
+		want      int
+		sendsMax  bool // send a payload of the limit
+		sendsOver bool // and one over it
+	}{
+		{"the default", 0, server.DefaultMaxSendBytes, false, false},
+		{"a small --max-send-bytes", 1000, 1000, true, true},
+		{"more than a body carries", 16 << 20, bodyFit, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g, api := startREST(t, server.Config{MaxSendBytes: tc.maxSend})
+			st := getSession(t, api, nil)
+			if !*st.Authenticated || st.MaxSendBytes != tc.want {
+				t.Fatalf("GET /v1/session: %+v, want max_send_bytes %d", st, tc.want)
+			}
+			g.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "l", Host: "127.0.0.1"})
+			body := func(n int) string {
+				return `{"listenerId": "l", "data": "` + base64.StdEncoding.EncodeToString(make([]byte, n)) + `"}`
+			}
+			if tc.sendsMax {
+				var ok tcpgatev1.SendResponse
+				api.Call(http.MethodPost, "/v1/send", body(st.MaxSendBytes), &ok)
+			}
+			if !tc.sendsOver {
+				return
+			}
+			over := st.MaxSendBytes + min(st.MaxSendBytes, 48<<10)
+			if resp, b := api.Do(http.MethodPost, "/v1/send", body(over), nil); resp.StatusCode < 400 {
+				t.Fatalf("a Send of %d bytes, over the limit told: %d %.200s, want it refused", over, resp.StatusCode, b)
+			}
+		})
 	}
 }

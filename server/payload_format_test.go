@@ -3,8 +3,10 @@ package server_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 
@@ -84,11 +86,15 @@ func TestLargestFrameReachesDefaultClient(t *testing.T) {
 			_, err := c.Write([]byte(line + "\n"))
 			done <- err
 		}()
-		resp, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{
+		// 3 MiB each way under -race on a shared machine can take longer
+		// than servertest.Wait: the bound is the Send's own 30 s.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		resp, err := g.Client.Send(ctx, &tcpgatev1.SendRequest{
 			Target:     &tcpgatev1.SendRequest_ConnectionId{ConnectionId: id},
 			Payload:    &tcpgatev1.SendRequest_Text{Text: "req\n"},
 			AwaitReply: &tcpgatev1.AwaitReply{Mode: tcpgatev1.AwaitMode_AWAIT_MODE_FRAME, MaxBytes: rpc.MaxFrameLimit, PayloadFormat: f},
 		})
+		cancel()
 		if err != nil {
 			t.Fatalf("%v: Send awaiting a %d-byte reply: %v", f, len(line), err)
 		}

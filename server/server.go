@@ -678,6 +678,7 @@ func (s *Server) newREST() error {
 		LoopbackOnly: isLoopback(s.cfg.HTTPAddr),
 		Refused:      s.rpcs.refuse,
 		TLS:          s.tls != nil,
+		MaxSendBytes: s.cfg.MaxSendBytes,
 	}
 	if s.auth != nil {
 		gcfg.Auth = s.auth

@@ -20,6 +20,9 @@ import (
 func TestLinesHeadline(t *testing.T) {
 	b := runScenario(t, "--scenarios", "lines", "--lines", "20000")
 	for _, n := range b.Notes {
+		if strings.Contains(n, "not installed") {
+			continue // a baseline this machine lacks: checked below
+		}
 		if strings.HasPrefix(n, "lines") || strings.Contains(n, "failed") {
 			t.Errorf("note: %s", n)
 		}

@@ -8,6 +8,7 @@
 //
 //	subscribe  a gRPC subscriber that counts DATA events (and measures latency)
 //	subscribe-rest  a REST subscriber (NDJSON or SSE) that parses every line
+//	subscribe-ws  a WebSocket client that counts the lines Node-RED sends (a baseline)
 //	count      counts the bytes on its stdin (behind socat, the baseline)
 //	respond    a TCP responder for one-shot Send calls (--lines: a line echo on kept connections)
 //	grpc-echo  a gRPC server whose Send answers at once (a baseline)
@@ -31,6 +32,7 @@ commands:
   run        run every scenario against bin/tcpgate and print the table (see run -h)
   subscribe  (child) subscribe to a gateway and count DATA events
   subscribe-rest  (child) the same over REST (NDJSON or SSE)
+  subscribe-ws  (child) count the lines of a WebSocket (Node-RED, the baseline)
   count      (child) count the bytes on stdin
   respond    (child) answer every TCP connection's first read (--lines: echo every line)
   grpc-echo  (child) a gRPC server whose Send echoes its payload at once
@@ -44,6 +46,7 @@ func commands() map[string]func([]string) error {
 		"run":            runMain,
 		"subscribe":      subscribeMain,
 		"subscribe-rest": subscribeRESTMain,
+		"subscribe-ws":   subscribeWSMain,
 		"count":          countMain,
 		"respond":        respondMain,
 		"grpc-echo":      grpcEchoMain,

@@ -31,6 +31,8 @@ func subscribeRESTMain(args []string) error {
 	sse := fs.Bool("sse", false, "ask for Server-Sent Events instead of NDJSON")
 	conns := fs.Int("conns", 1, "stop after this many CONNECTION_CLOSED events")
 	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
+	latency := fs.Bool("latency", false, "measure receipt time less the send time at the start of each frame's text")
+	skip := fs.Int("skip", 0, "with --latency: ignore the first this many frames (warm-up)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -69,6 +71,7 @@ func subscribeRESTMain(args []string) error {
 	// or json.loads in Python (both in C): encoding/json, at about 2 µs a
 	// line here, would measure itself rather than the gateway.
 	var p fastjson.Parser
+	var lats []int64
 	for res.Closed < *conns {
 		line, err := br.ReadSlice('\n')
 		if err != nil {
@@ -96,6 +99,11 @@ func subscribeRESTMain(args []string) error {
 			res.Frames++
 			if t := v.GetStringBytes("text"); t != nil {
 				res.Bytes += uint64(len(t))
+				if *latency && res.Frames > uint64(*skip) && len(t) >= tsDigits {
+					if sent, err := strconv.ParseInt(string(t[:tsDigits]), 10, 64); err == nil {
+						lats = append(lats, now-sent)
+					}
+				}
 			} else {
 				d, err := base64.StdEncoding.DecodeString(string(v.GetStringBytes("data")))
 				if err != nil {
@@ -119,6 +127,9 @@ func subscribeRESTMain(args []string) error {
 		if res.Error != "" {
 			break
 		}
+	}
+	if *latency {
+		res.Latency = summarize(lats)
 	}
 	res.CPUSeconds = selfCPU()
 	return printJSON(res)

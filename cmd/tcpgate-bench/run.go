@@ -21,7 +21,7 @@ import (
 )
 
 // options are the flags of `run`. Every scenario is bounded in time and in
-// count; the defaults keep a 3-run `make bench` near three minutes.
+// count; the defaults keep a 3-run `make bench` near nine minutes.
 type options struct {
 	tcpgate   string
 	runs      int
@@ -38,6 +38,10 @@ type options struct {
 	latencyDuration time.Duration
 	latencyRate     int
 	conns           int
+	browserLines    int64         // browser, sse10: lines sent at full speed to each subscriber
+	noderedDir      string        // browser: where Node-RED 4 is installed (npm ci)
+	consoleDuration time.Duration // console: how long lines arrive at --latency-rate while the page is open
+	chromium        string        // console: path of chromium; empty when it is not installed
 
 	profileDir     string // the lines scenarios write CPU profiles here; empty: none
 	profileSeconds int    // how long the daemon's profile lasts from the first write
@@ -67,6 +71,9 @@ var scenarios = []scenario{
 	{"tlsconns", runTLSConns},
 	{"tlsconns16k", runTLSConns16K},
 	{"forward", runForward},
+	{"browser", runBrowser},
+	{"sse10", runSSE10},
+	{"console", runConsole},
 }
 
 func scenarioNames() []string {
@@ -84,13 +91,16 @@ func runMain(args []string) error {
 	fs.IntVar(&o.runs, "runs", 3, "runs of every scenario; the table shows medians")
 	fs.StringVar(&o.jsonPath, "json", "bin/bench.json", "write the results as JSON here (empty: don't)")
 	only := fs.String("scenarios", strings.Join(scenarioNames(), ","), "comma-separated scenarios to run")
-	fs.DurationVar(&o.timeout, "timeout", 9*time.Minute, "abandon the whole run after this long")
+	fs.DurationVar(&o.timeout, "timeout", 20*time.Minute, "abandon the whole run after this long")
 	fs.Int64Var(&o.rawBytes, "raw-bytes", 2<<30, "raw ingest: most bytes sent per run (also bounded by --duration)")
 	fs.Int64Var(&o.lines, "lines", 1_000_000, "lines: 100-byte lines sent to each subscriber and to socat, all of them, in every run")
 	fs.Int64Var(&o.lineFrames, "line-frames", 10_000_000, "lines10, rest: most 100-byte lines sent per run (also bounded by --duration)")
 	fs.DurationVar(&o.duration, "duration", 3*time.Second, "send window of the throughput scenarios")
-	fs.DurationVar(&o.latencyDuration, "latency-duration", 5*time.Second, "latency: how long to send at --latency-rate")
-	fs.IntVar(&o.latencyRate, "latency-rate", 10000, "latency: frames per second")
+	fs.DurationVar(&o.latencyDuration, "latency-duration", 5*time.Second, "latency, browser, sse10: how long to send at --latency-rate")
+	fs.IntVar(&o.latencyRate, "latency-rate", 10000, "latency, browser, sse10, console: lines per second of the paced phases")
+	fs.Int64Var(&o.browserLines, "browser-lines", 200_000, "browser, sse10: 100-byte lines sent at full speed to each subscriber, all of them")
+	fs.StringVar(&o.noderedDir, "nodered", "bench/nodered", "browser: the directory of Node-RED 4 (`npm ci` there installs it; make bench does)")
+	fs.DurationVar(&o.consoleDuration, "console-duration", 5*time.Second, "console: how long lines arrive at --latency-rate while the page is open")
 	fs.IntVar(&o.conns, "conns", 15000, "connections: idle connections to hold")
 	fs.DurationVar(&o.settle, "settle", 5*time.Second, "before each scenario, wait up to this long for other processes to leave the CPUs idle")
 	fs.StringVar(&decodeMode, "decode", decodeMode, "how the subscribers of the scenarios other than lines decode: wire (walk the encoding for the fields counted) or proto (full messages); lines runs both")
@@ -104,6 +114,9 @@ func runMain(args []string) error {
 		return errors.New("--runs must be at least 1")
 	}
 	o.subscriberArgs = strings.Fields(*subArgs)
+	if o.browserLines < 1 || o.latencyRate < 1 {
+		return errors.New("--browser-lines and --latency-rate must be at least 1")
+	}
 	if o.lines < 1 {
 		return errors.New("--lines must be at least 1")
 	}
@@ -135,6 +148,11 @@ func runMain(args []string) error {
 		o.socat = path
 	} else if slices.Contains(o.scenarios, "raw") {
 		b.note("socat is not installed: the raw-ingest baseline is unavailable")
+	}
+	if path, err := exec.LookPath("chromium"); err == nil {
+		o.chromium = path
+	} else if slices.Contains(o.scenarios, "console") {
+		b.note("chromium is not installed: the console scenario is unavailable")
 	}
 	checkFileLimit(&o, b)
 
@@ -268,6 +286,8 @@ var targets = map[[2]string]*target{
 	{"handle", "1 stream / fixed"}:               {">=", 0.5},
 	{"handle", "1 stream / 100,000 exchanges/s"}: {">=", 1},
 	{"conns", "RSS per idle connection"}:         {"<=", 10},
+	{"browser", "tcpgate / Node-RED, lines/s"}:   {">=", 5},
+	{"browser", "tcpgate / Node-RED, p99"}:       {"<=", 1},
 	{"tlsconns", "RSS per idle connection"}:      {"<=", 10},
 }
 

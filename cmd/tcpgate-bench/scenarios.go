@@ -492,28 +492,10 @@ func runLatency(ctx context.Context, o *options, b *bench) error {
 		}
 		defer nc.Close()
 		frames := int(o.latencyDuration.Seconds() * float64(o.latencyRate))
-		interval := time.Second / time.Duration(o.latencyRate)
-		line := []byte(strings.Repeat("x", lineBytes-1) + "\n")
-		line[tsDigits] = ' '
-		_ = nc.SetWriteDeadline(time.Now().Add(o.latencyDuration + drainTimeout))
-		start := time.Now()
-		late := 0
-		for i := range frames {
-			due := start.Add(time.Duration(i) * interval)
-			// Go's timers sleep at least about a millisecond here;
-			// nanosleep wakes within tens of microseconds.
-			if wait := time.Until(due); wait > 0 {
-				ts := syscall.NsecToTimespec(int64(wait))
-				_ = syscall.Nanosleep(&ts, nil)
-			} else if -wait > time.Millisecond {
-				late++
-			}
-			strconv.AppendInt(line[:0], time.Now().UnixNano(), 10)
-			if _, err := nc.Write(line); err != nil {
-				return err
-			}
+		rate, late, err := pace(nc, frames, o.latencyRate, o.latencyDuration+drainTimeout)
+		if err != nil {
+			return err
 		}
-		rate := float64(frames) / time.Since(start).Seconds()
 		if err := nc.Close(); err != nil {
 			return err
 		}
@@ -536,6 +518,35 @@ func runLatency(ctx context.Context, o *options, b *bench) error {
 		b.add("latency", "max", "µs", l.MaxUs)
 		return nil
 	})
+}
+
+// pace writes frames 100-byte lines to nc at rate lines per second, each
+// starting with its send time in Unix nanoseconds (tsDigits digits), with
+// a write deadline of bound. It returns the rate achieved and how many
+// lines were written more than 1 ms behind schedule.
+func pace(nc net.Conn, frames, rate int, bound time.Duration) (float64, int, error) {
+	interval := time.Second / time.Duration(rate)
+	line := []byte(strings.Repeat("x", lineBytes-1) + "\n")
+	line[tsDigits] = ' '
+	_ = nc.SetWriteDeadline(time.Now().Add(bound))
+	start := time.Now()
+	late := 0
+	for i := range frames {
+		due := start.Add(time.Duration(i) * interval)
+		// Go's timers sleep at least about a millisecond here;
+		// nanosleep wakes within tens of microseconds.
+		if wait := time.Until(due); wait > 0 {
+			ts := syscall.NsecToTimespec(int64(wait))
+			_ = syscall.Nanosleep(&ts, nil)
+		} else if -wait > time.Millisecond {
+			late++
+		}
+		strconv.AppendInt(line[:0], time.Now().UnixNano(), 10)
+		if _, err := nc.Write(line); err != nil {
+			return 0, late, fmt.Errorf("pacing lines: %w", err)
+		}
+	}
+	return float64(frames) / time.Since(start).Seconds(), late, nil
 }
 
 func runSendOneShot1(ctx context.Context, o *options, b *bench) error {

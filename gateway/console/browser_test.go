@@ -13,12 +13,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/chromedp/cdproto/accessibility"
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -637,11 +639,17 @@ func TestConsoleConnectionPages(t *testing.T) {
 	if d := eval[string](p, "reading Previous", `document.getElementById('conn-prev').getAttribute('aria-disabled')`); d != "true" {
 		t.Errorf("Previous on the first page: aria-disabled %q, want true", d)
 	}
-	p.run("going to the next page", chromedp.Click(chromedp.ID("conn-next")))
+	// The pager is worked from the keyboard: focus and Enter, which no
+	// re-render of the tables above it can move out from under, as it
+	// can a click at coordinates read a moment before on a busy machine.
+	press := func(id string) []chromedp.Action[chromedp.Void] {
+		return []chromedp.Action[chromedp.Void]{chromedp.Focus(chromedp.ID(id)), chromedp.KeyEvent("\r")}
+	}
+	p.run("going to the next page", press("conn-next")...)
 	pageIs("the second page", "page 2", want[2])
 	p.until("Next disabled on the last page", `document.getElementById('conn-next').getAttribute('aria-disabled') === 'true' && 'yes'`)
-	p.run("clicking the disabled Next", chromedp.Click(chromedp.ID("conn-next")))
-	p.run("going back", chromedp.Click(chromedp.ID("conn-prev")))
+	p.run("pressing the disabled Next", press("conn-next")...)
+	p.run("going back", press("conn-prev")...)
 	pageIs("the first page again", "page 1", want[0], want[1])
 }
 
@@ -697,7 +705,9 @@ func startEchoServer(t *testing.T) string {
 // hex; a file to every connection of a listener, which its TCP client
 // receives; and a file over the gateway's limit, refused on the page.
 func TestConsoleSendBox(t *testing.T) {
-	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
+	// A limit of its own, so the page must take it from the gateway.
+	const limit = 64 << 10
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0", MaxSendBytes: limit})
 	echo := startEchoServer(t)
 	ctx := browser(t, 1280, 800)
 	p := page{t, ctx}
@@ -773,16 +783,23 @@ func TestConsoleSendBox(t *testing.T) {
 		t.Error("a reply is still shown for a send that awaited none")
 	}
 
-	// A file over 4 MiB is refused before anything is sent.
+	// The file field names the gateway's limit, and a file over it is
+	// refused before anything is sent, naming it.
+	if label := eval[string](p, "reading the file's label", `document.getElementById('send-file-label').textContent`); !strings.Contains(label, "at most 64 KiB") {
+		t.Errorf("the file field is labelled %q, want the gateway's limit, 64 KiB", label)
+	}
 	big := filepath.Join(t.TempDir(), "big.bin")
-	if err := os.WriteFile(big, make([]byte, 4<<20+1), 0o600); err != nil {
+	if err := os.WriteFile(big, make([]byte, limit+1), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	p.run("sending a file over the limit",
 		chromedp.SetUploadFiles(chromedp.ID("send-file"), []string{big}),
 		chromedp.Click(chromedp.ID("send-button")),
 	)
-	p.until("the size error", `(t => t.startsWith('send failed: payload of 4194305 bytes is over') && t)(document.getElementById('send-result').textContent)`)
+	refused := p.until("the size error", `(t => t.startsWith('send failed') && t)(document.getElementById('send-result').textContent)`)
+	if want := "send failed: payload of 65537 bytes is over the gateway's limit of 64 KiB (65536 bytes)"; !strings.HasPrefix(refused, want) {
+		t.Errorf("send result %q, want %q", refused, want)
+	}
 	got2, err := g.Client.GetListener(context.Background(), &tcpgatev1.GetListenerRequest{ListenerId: l.Listener.ListenerId})
 	if err != nil {
 		t.Fatal(err)
@@ -1153,10 +1170,10 @@ func TestConsoleReplyRules(t *testing.T) {
 		chromedp.WaitVisible(sel("Rule 2 kind")),
 		chromedp.SetValue(sel("Rule 1 kind"), "MATCH_KIND_EXACT"),
 		chromedp.SendKeys(sel("Rule 1 match"), "PING"),
-		chromedp.SendKeys(sel("Rule 1 reply text"), "PONG"),
+		chromedp.SendKeys(sel("Rule 1 reply"), "PONG"),
 		chromedp.SetValue(sel("Rule 2 kind"), "MATCH_KIND_REGEX"),
 		chromedp.SendKeys(sel("Rule 2 match"), `^GET (\w+)$`),
-		chromedp.SendKeys(sel("Rule 2 reply text"), "VALUE {{1}}"),
+		chromedp.SendKeys(sel("Rule 2 reply"), "VALUE {{1}}"),
 		chromedp.SetValue(chromedp.ID("start-framing"), "FRAMING_MODE_LINE"),
 		chromedp.Click(chromedp.ID("start-button")),
 	)
@@ -1207,11 +1224,326 @@ func TestConsoleReplyRules(t *testing.T) {
 	if !eval[bool](p, "reading the result's style", `document.getElementById('start-result').classList.contains('error')`) {
 		t.Error("the refusal is not shown as an error")
 	}
+	// ...and on the rule's own row, with its match field marked.
+	if got := eval[string](p, "reading rule 1's error", ruleError(1)); !strings.Contains(got, "auto_reply.rules[0].regex") {
+		t.Errorf("rule 1's row shows %q, want the refusal of its regex", got)
+	}
+	if inv := eval[string](p, "reading the match's state", `document.querySelector('#rules-list [aria-label="Rule 1 match"]').getAttribute('aria-invalid') || ''`); inv != "true" {
+		t.Errorf("rule 1's match has aria-invalid %q, want true", inv)
+	}
 	all, err := g.Client.ListListeners(context.Background(), &tcpgatev1.ListListenersRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if n := len(all.Listeners); n != 1 {
 		t.Errorf("%d listeners after the refusal, want only the first", n)
+	}
+}
+
+// ruleError is the expression of the error shown on rule n's row.
+func ruleError(n int) string {
+	return fmt.Sprintf(`(document.querySelector('#rules-list [aria-label="Rule %d error"]') || {}).textContent || ''`, n)
+}
+
+// TestConsoleReplyRuleBytes gives rules the rest of what the API's
+// ReplyRule takes, from the page: a match and a reply in hex, raw, a
+// delay and a name. A plain TCP client gets the bytes and the delayed
+// line, the gateway holds the rules as the page set them, and a rule the
+// page or the gateway refuses is marked on its own row, not another's.
+func TestConsoleReplyRuleBytes(t *testing.T) {
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
+	p := page{t, browser(t, 1280, 800)}
+	defer screenshot(t, p.ctx, "rule-bytes-end")
+	p.run("opening the console", chromedp.Navigate(g.BaseURL+"/"), chromedp.WaitVisible(chromedp.ID("start-form")))
+	sel := func(label string) chromedp.CSS {
+		return chromedp.CSS(fmt.Sprintf(`#rules-list [aria-label=%q]`, label))
+	}
+	p.run("adding a bytes rule and a delayed, named one",
+		chromedp.Click(chromedp.ID("rules-add")),
+		chromedp.Click(chromedp.ID("rules-add")),
+		chromedp.WaitVisible(sel("Rule 2 kind")),
+		chromedp.SetValue(sel("Rule 1 kind"), "MATCH_KIND_EXACT"),
+		chromedp.SetValue(sel("Rule 1 match as"), "hex"),
+		chromedp.SendKeys(sel("Rule 1 match"), "01 02"),
+		chromedp.SetValue(sel("Rule 1 reply as"), "hex"),
+		chromedp.SendKeys(sel("Rule 1 reply"), "ff fe"),
+		chromedp.Click(sel("Rule 1 raw, without the framing")),
+		chromedp.SetValue(sel("Rule 2 kind"), "MATCH_KIND_PREFIX"),
+		chromedp.SendKeys(sel("Rule 2 match"), "SLOW"),
+		chromedp.SendKeys(sel("Rule 2 reply"), "LATE"),
+		chromedp.SendKeys(sel("Rule 2 delay"), "250ms"),
+		chromedp.SendKeys(sel("Rule 2 name"), "slow-rule"),
+		chromedp.SetValue(chromedp.ID("start-framing"), "FRAMING_MODE_LINE"),
+		chromedp.Click(chromedp.ID("start-button")),
+	)
+	result := p.until("the start result", `(t => t.startsWith('start') && t)(document.getElementById('start-result').textContent)`)
+	if !strings.HasPrefix(result, "started ") {
+		t.Fatalf("start result %q", result)
+	}
+	id, addr := strings.Fields(result)[1], result[strings.LastIndex(result, " ")+1:]
+	ls, err := g.Client.GetListener(servertest.Context(t), &tcpgatev1.GetListenerRequest{ListenerId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules := ls.GetListener().GetAutoReply().GetRules()
+	if len(rules) != 2 {
+		t.Fatalf("the gateway holds %d rules, want 2: %v", len(rules), rules)
+	}
+	if r := rules[0]; string(r.GetData()) != "\x01\x02" || string(r.GetReplyData()) != "\xff\xfe" || !r.GetRaw() || r.GetDelay() != nil || r.GetName() != "" {
+		t.Errorf("rule 1 is %v, want data 01 02, reply_data ff fe, raw, no delay, no name", r)
+	}
+	if r := rules[1]; r.GetText() != "SLOW" || r.GetReplyText() != "LATE" || r.GetRaw() || r.GetDelay().AsDuration() != 250*time.Millisecond || r.GetName() != "slow-rule" {
+		t.Errorf("rule 2 is %v, want text SLOW, reply LATE, framed, delay 250ms, name slow-rule", r)
+	}
+
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(waitBound))
+	// The raw reply has no newline: the next line's reply follows it.
+	if _, err := c.Write([]byte("\x01\x02\nSLOW down\n")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len("\xff\xfeLATE\n"))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "\xff\xfeLATE\n" {
+		t.Fatalf("the client read %q (%v), want ff fe raw, then LATE and a newline", got, err)
+	}
+
+	// The page refuses bad hex in rule 2 itself; the gateway refuses a
+	// bad name in rule 2; each is shown on rule 2's row, none on rule 1's.
+	for _, tc := range []struct {
+		name, label, value, want string
+	}{
+		{"bad hex", "Rule 2 match as", "hex", "auto_reply.rules[1].data: hex payload"},
+		{"a name the gateway refuses", "Rule 2 name", "not a name!", "auto_reply.rules[1].name"},
+	} {
+		p.run(tc.name,
+			chromedp.SetValue(sel("Rule 2 match as"), "text"),
+			chromedp.SetValue(sel("Rule 2 name"), "slow-rule"),
+			chromedp.SetValue(sel(tc.label), tc.value),
+			chromedp.Evaluate[chromedp.Void](`document.getElementById('start-result').textContent = ''`),
+			chromedp.Click(chromedp.ID("start-button")),
+		)
+		p.until(tc.name+" refused", `(t => t.startsWith('start failed') && t)(document.getElementById('start-result').textContent)`)
+		if got := eval[string](p, "reading rule 2's error", ruleError(2)); !strings.Contains(got, tc.want) {
+			t.Errorf("%s: rule 2's row shows %q, want %q", tc.name, got, tc.want)
+		}
+		if got := eval[string](p, "reading rule 1's error", ruleError(1)); got != "" {
+			t.Errorf("%s: rule 1's row shows %q, want nothing", tc.name, got)
+		}
+	}
+	all, err := g.Client.ListListeners(servertest.Context(t), &tcpgatev1.ListListenersRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(all.Listeners); n != 1 {
+		t.Errorf("%d listeners after the refusals, want only the first", n)
+	}
+}
+
+// TestConsoleSessionEnds revokes the page's session while it is open (a
+// logout elsewhere, with the same cookie): the page goes back to its
+// login saying the session ended, and once logged in again it resumes
+// where it was, the traffic view from its last event, with what was
+// said in between, and without a reload.
+func TestConsoleSessionEnds(t *testing.T) {
+	const token = "console-s3cret"
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0", AuthToken: token})
+	ctx := browser(t, 1280, 800)
+	p := page{t, ctx}
+	defer screenshot(t, ctx, "session-end")
+	authed := metadata.AppendToOutgoingContext(servertest.Context(t), "authorization", "Bearer "+token)
+	l, err := g.Client.StartListener(authed, &tcpgatev1.StartListenerRequest{
+		Host: "127.0.0.1", Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", l.GetListener().GetAddress())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	logIn := func(what string) {
+		t.Helper()
+		p.run(what, chromedp.WaitVisible(chromedp.ID("login-form")),
+			chromedp.SendKeys(chromedp.ID("login-token"), token),
+			chromedp.Click(chromedp.ID("login-button")),
+			chromedp.WaitVisible(chromedp.ID("start-form")))
+	}
+	p.run("opening the console", chromedp.Navigate(g.BaseURL+"/"))
+	logIn("logging in")
+	eval[bool](p, "marking the page", `window.sameDocument = true`)
+	if _, err := c.Write([]byte("before\n")); err != nil {
+		t.Fatal(err)
+	}
+	p.until("the line before", rowWith("RECEIVED", "text", "before"))
+
+	// Log the page's session out from elsewhere, with its own cookie.
+	cookies, err := chromedp.Call(ctx, network.GetCookies, network.GetCookiesParams{URLs: []string{g.BaseURL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cookie *network.Cookie
+	for _, ck := range cookies.Cookies {
+		if ck.Name == "tcpgate_session" {
+			cookie = ck
+		}
+	}
+	if cookie == nil {
+		t.Fatalf("the browser holds no session cookie: %v", cookies.Cookies)
+	}
+	resp, body := g.REST.Do(http.MethodDelete, "/v1/session", "", http.Header{
+		"Cookie": {cookie.Name + "=" + cookie.Value}, "Origin": {g.BaseURL},
+	})
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("logging the session out: %d %s", resp.StatusCode, body)
+	}
+
+	msg := p.until("the login again", `(() => { const l = document.getElementById('login');
+		return !l.hidden && document.getElementById('app').hidden ? document.getElementById('login-result').textContent : ''; })()`)
+	if !strings.Contains(msg, "session ended") {
+		t.Errorf("the login says %q, want that the session ended", msg)
+	}
+	if st := eval[string](p, "reading the status", `document.getElementById('status').textContent`); st != "session ended" {
+		t.Errorf("status %q, want session ended", st)
+	}
+	// Said while the page is logged out: the stream it resumes has it.
+	if _, err := c.Write([]byte("while away\n")); err != nil {
+		t.Fatal(err)
+	}
+	logIn("logging in again")
+	p.until("the line said while away", rowWith("RECEIVED", "text", "while away"))
+	p.until("the status", `document.getElementById('status').textContent === 'live' && 'live'`)
+	order := eval[string](p, "reading the rows' order", `[...document.querySelectorAll('#traffic li')].map(li =>
+		li.classList.contains('notice') ? li.className.replace('notice notice-', '') : (li.querySelector('pre.text') || {}).textContent || '').filter(Boolean).join('|')`)
+	if order != "before|resumed|while away" {
+		t.Errorf("the traffic view shows %q, want the line before, a resume, the line while away, once each", order)
+	}
+	if !eval[bool](p, "reading the mark", `window.sameDocument === true`) {
+		t.Error("the page was reloaded")
+	}
+	// The polls run again: a listener started elsewhere shows.
+	if _, err := g.Client.StartListener(authed, &tcpgatev1.StartListenerRequest{ListenerId: "later", Host: "127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	p.until("the later listener's row", `document.querySelector('#listeners tbody tr[data-id="later"]') && 'yes'`)
+}
+
+// TestConsoleBurstOverCap sends a burst of 5,000 lines, five times the
+// rows the traffic view keeps, to a page that follows the stream and to
+// one that is paused: each counts all 5,000 (and the connection's
+// CONNECTION_OPENED), keeps at most 1,000 rows, and shows the newest
+// lines in order; the paused one holds no more than twice the cap while
+// paused, and on resuming says how many older events it did not show.
+func TestConsoleBurstOverCap(t *testing.T) {
+	const (
+		lines  = 5000
+		events = lines + 1 // and the CONNECTION_OPENED
+		rowCap = 1000      // MAX_ROWS in app.js
+	)
+	var burst strings.Builder
+	for i := 1; i <= lines; i++ {
+		fmt.Fprintf(&burst, "burst %05d\n", i)
+	}
+	// dataRows yields the numbers of the burst's DATA rows in the view, in
+	// their order, and the view's rows, notes included.
+	const dataRows = `(() => {
+		const list = document.getElementById('traffic');
+		const nums = [...list.querySelectorAll('li.kind-DATA pre.text')].map((p) => Number(p.textContent.slice(6)));
+		return { nums, rows: list.children.length };
+	})()`
+	type view struct {
+		Nums []int `json:"nums"`
+		Rows int   `json:"rows"`
+	}
+	for _, tc := range []struct {
+		name   string
+		paused bool
+	}{
+		{"following the stream", false},
+		{"paused, then resumed", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
+			l, err := g.Client.StartListener(servertest.Context(t), &tcpgatev1.StartListenerRequest{
+				Host: "127.0.0.1", Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := page{t, browser(t, 1280, 800)}
+			defer screenshot(t, p.ctx, "burst-end")
+			p.run("opening the console", chromedp.Navigate(g.BaseURL+"/"), chromedp.WaitVisible(chromedp.ID("start-form")))
+			p.until("the event stream", `document.getElementById('status').textContent === 'live' && 'live'`)
+			base := eval[int](p, "reading the count", `Number(document.getElementById('traffic-count').dataset.total || 0)`)
+			if tc.paused {
+				// With hex shown, rows built on resuming have their hex
+				// dump made with them.
+				p.run("pausing, showing hex", chromedp.Click(chromedp.ID("pause")), chromedp.Click(chromedp.ID("show-hex")))
+			}
+			c, err := net.Dial("tcp", l.GetListener().GetAddress())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := io.WriteString(c, burst.String()); err != nil {
+				t.Fatal(err)
+			}
+			counted := fmt.Sprintf(`(c => Number(c.dataset.total) === %d && c.dataset.buffered)(document.getElementById('traffic-count'))`, base+events)
+			if tc.paused {
+				held := p.until("every event counted while paused", counted)
+				if n, err := strconv.Atoi(held); err != nil || n < 1 || n > 2*rowCap {
+					t.Errorf("%s events held while paused, want 1 to %d", held, 2*rowCap)
+				}
+				if v := eval[view](p, "reading the paused view", dataRows); len(v.Nums) != 0 {
+					t.Errorf("%d lines shown while paused", len(v.Nums))
+				}
+				p.run("resuming", chromedp.Click(chromedp.ID("pause")))
+			}
+			p.until("every event counted and nothing buffered", fmt.Sprintf(`(c => Number(c.dataset.total) === %d && c.dataset.buffered === '0' && 'yes')(document.getElementById('traffic-count'))`, base+events))
+			if text := eval[string](p, "reading the count", `document.getElementById('traffic-count').textContent`); text != fmt.Sprintf("%d events", base+events) {
+				t.Errorf("the count says %q, want %d events", text, base+events)
+			}
+
+			v := eval[view](p, "reading the view", dataRows)
+			if v.Rows != rowCap {
+				t.Errorf("the view holds %d rows, want its cap of %d", v.Rows, rowCap)
+			}
+			if len(v.Nums) == 0 || v.Nums[len(v.Nums)-1] != lines {
+				t.Fatalf("the newest line shown is not burst %05d: %v", lines, v.Nums[max(0, len(v.Nums)-3):])
+			}
+			for i, n := range v.Nums {
+				if want := lines - len(v.Nums) + 1 + i; n != want {
+					t.Fatalf("row %d of the burst is line %d, want %d: the newest lines in order", i, n, want)
+				}
+			}
+			if tc.paused {
+				// "burst 05000" in hex.
+				p.until("the newest line in hex", rowWith("RECEIVED", "hex", "00000000  62 75 72 73 74 20 30 35 30 30 30"))
+			}
+			note := eval[string](p, "reading the note", `(document.querySelector('#traffic li.notice-skipped') || {}).textContent || ''`)
+			if !tc.paused {
+				// How many a following page skips depends on how fast it
+				// renders; what it says must still add up.
+				if note != "" {
+					var n int
+					if _, err := fmt.Sscanf(note, "%d older events not shown", &n); err != nil || n < 1 || n > events-len(v.Nums) {
+						t.Errorf("note %q, want a count of 1 to %d older events", note, events-len(v.Nums))
+					}
+				}
+				return
+			}
+			// Paused, the page built rows for the newest events only: the
+			// note and 999 lines fill the view, and the note counts the rest.
+			if len(v.Nums) != rowCap-1 {
+				t.Errorf("%d lines shown after resuming, want %d", len(v.Nums), rowCap-1)
+			}
+			if want := fmt.Sprintf("%d older events not shown: the view keeps the newest %d", events-(rowCap-1), rowCap); note != want {
+				t.Errorf("the note says %q, want %q", note, want)
+			}
+		})
 	}
 }

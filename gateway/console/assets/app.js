@@ -1,13 +1,18 @@
 // The tcpgate console: plain DOM over the public REST API of the gateway
 // that serves it. Payloads are only ever set as textContent, never as HTML.
 
-import { $, api, decodeBase64, escapedText, hexDump, short, show } from './util.js';
-import { startConnections } from './connections.js';
-import { startSend } from './send.js';
-import { replyRules, startRules } from './rules.js';
+import { $, api, decodeBase64, escapedText, hexDump, onUnauthorized, short, show } from './util.js';
+import { refreshConnections, startConnections } from './connections.js';
+import { setSendLimit, startSend } from './send.js';
+import { replyRules, showRuleErrors, startRules } from './rules.js';
 const MAX_ROWS = 1000; // rows kept in the traffic view; older ones go
-const BATCH = 500; // events rendered per animation frame
-const MAX_BUFFER = 50000; // events held while paused; past that the stream closes and resumes from its sequence
+// FRAME_MS bounds the rows built in one animation frame: at 60 frames/s
+// that leaves the browser half of each frame for layout, paint and
+// input, however fast events arrive; the rest waits for the next frame.
+const FRAME_MS = 8;
+// MIN_ROWS are built per frame whatever the clock says, so that a page
+// on a starved machine still gains on its backlog.
+const MIN_ROWS = 32;
 const POLL_MS = 1000;
 
 // ---- listeners ----
@@ -66,14 +71,21 @@ function renderListeners(listeners) {
   $('listeners-empty').hidden = body.rows.length > 0;
 }
 
-async function pollListeners() {
+// polls counts the listener polls started: a poll of an older one (from
+// before the session ended) stops instead of running beside the new one.
+let polls = 0;
+
+async function pollListeners(mine = ++polls) {
+  if (mine !== polls || ended) return;
   try {
     const data = await api('GET', '/v1/listeners');
+    if (mine !== polls) return;
     renderListeners((data && data.listeners) || []);
   } catch (err) {
+    if (err.status === 401) return; // the login's business now
     show($('status'), `listeners: ${err.message}`, true);
   }
-  setTimeout(pollListeners, POLL_MS);
+  setTimeout(() => pollListeners(mine), POLL_MS);
 }
 
 async function startListener(ev) {
@@ -88,14 +100,16 @@ async function startListener(ev) {
     req.autoReply = { mode };
     if (mode === 'AUTO_REPLY_MODE_FIXED') req.autoReply.text = $('start-reply-text').value;
   }
-  const rules = replyRules();
-  if (rules.length) req.autoReply = { ...req.autoReply, rules };
+  showRuleErrors(null);
   try {
+    const rules = replyRules();
+    if (rules.length) req.autoReply = { ...req.autoReply, rules };
     const { listener: l } = await api('POST', '/v1/listeners', req);
     show($('start-result'), `started ${l.listenerId} on ${l.address}`);
     renderListeners([...(await api('GET', '/v1/listeners')).listeners || []]);
   } catch (err) {
     show($('start-result'), `start failed: ${err.message}`, true);
+    showRuleErrors(err);
   }
 }
 
@@ -126,9 +140,14 @@ let noticed = ''; // the incarnation the restart notice was shown for
 let streams = 0; // STREAM_STARTED events seen: more than one means a resume
 let reopening = null;
 let paused = false;
-let pending = []; // events received, not yet rendered
+let pending = []; // events received, not yet rendered; at most 2 * MAX_ROWS (see trim)
 let scheduled = false;
-let total = 0;
+let total = 0; // events received since the last clear, shown or not
+let showHex = false;
+let stick = true; // the view was scrolled to its newest row: keep it there
+// rowBytes holds each DATA row's payload, so that its hex dump is built
+// only when it is shown.
+const rowBytes = new WeakMap();
 
 // A notice is a row of the stream itself (a restart, a resume, a drop):
 // no filter hides it.
@@ -216,43 +235,122 @@ function eventRow(e) {
     const text = document.createElement('pre');
     text.className = 'text';
     text.textContent = escapedText(bytes, e.text);
-    const hex = document.createElement('pre');
-    hex.className = 'hex';
-    hex.textContent = hexDump(bytes);
-    li.append(` ${bytes.length} bytes`, text, hex);
+    li.append(` ${bytes.length} bytes`, text);
+    rowBytes.set(li, bytes);
+    if (showHex) hexRow(li, bytes);
   }
   return li;
+}
+
+function hexRow(li, bytes) {
+  const hex = document.createElement('pre');
+  hex.className = 'hex';
+  hex.textContent = hexDump(bytes);
+  li.append(hex);
+}
+
+// toggleHex shows every row as hex or as text; the hex dumps of rows
+// built while text was shown are made now, once.
+function toggleHex(on) {
+  showHex = on;
+  const list = $('traffic');
+  if (on) {
+    for (const li of list.children) {
+      const bytes = rowBytes.get(li);
+      if (bytes && !li.querySelector('pre.hex')) hexRow(li, bytes);
+    }
+  }
+  list.classList.toggle('show-hex', on);
+}
+
+// skippedText is the note that stands for the events trimmed from the
+// buffer before they were shown.
+function skippedText(n) {
+  const gw = n.dropped ? `, and the gateway dropped ${n.dropped} more for this view` : '';
+  return `${n.count} older events not shown: the view keeps the newest ${MAX_ROWS}${gw}`;
+}
+
+// trim keeps the newest events of the buffer that fit the view with one
+// note before them: older ones would leave the view as soon as they were
+// shown. They are counted in that "older events not shown" note (merged
+// with the one of an earlier trim), which no filter hides; the page's own
+// notices (a restart, a resume) are kept. onEvent trims at twice the cap,
+// so that a paused page holds at most that many and the copy is paid once
+// per MAX_ROWS events; render trims at the cap.
+function trim() {
+  let cut = pending.length - (MAX_ROWS - 1);
+  const kept = [];
+  const note = { notice: 'skipped', count: 0, dropped: 0 };
+  for (let i = 0; i < cut; i++) {
+    const e = pending[i];
+    if (e.notice === 'skipped') {
+      note.count += e.count;
+      note.dropped += e.dropped;
+    } else if (e.notice) {
+      kept.push(e);
+      if (cut < pending.length) cut++; // a row kept is one event fewer
+    } else {
+      note.count++;
+      if (e.kind === 'EVENT_KIND_EVENTS_DROPPED') note.dropped += Number(e.dropped || 0);
+    }
+  }
+  kept.push(note);
+  pending = kept.concat(pending.slice(cut));
 }
 
 function countText() {
   return `${total} events${pending.length ? `, ${pending.length} buffered` : ''}${paused ? ' (paused)' : ''}`;
 }
 
+// schedule asks for a frame: each one updates the count and, unless
+// paused, renders what it can of the buffer.
 function schedule() {
-  if (!scheduled && !paused && pending.length) {
+  if (!scheduled) {
     scheduled = true;
     requestAnimationFrame(flush);
   }
-  $('traffic-count').textContent = countText();
 }
 
 function flush() {
   scheduled = false;
-  if (paused) return;
+  if (!paused && pending.length) render();
+  const count = $('traffic-count');
+  count.textContent = countText();
+  count.dataset.total = String(total);
+  count.dataset.buffered = String(pending.length);
+  if (!paused && pending.length) schedule();
+}
+
+// render builds rows from the head of the buffer for at most FRAME_MS,
+// into one fragment appended at once; the rows over the cap go in one
+// range, and no layout is read per row.
+function render() {
+  if (pending.length > MAX_ROWS) trim();
   const list = $('traffic');
-  const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
-  const batch = pending.splice(0, BATCH);
-  const frag = document.createDocumentFragment();
   const f = filters();
-  for (const e of batch) {
-    const row = e.notice ? noticeRow(e.notice, e.text) : eventRow(e);
+  const frag = document.createDocumentFragment();
+  const until = performance.now() + FRAME_MS;
+  let n = 0;
+  for (; n < pending.length; n++) {
+    if (n >= MIN_ROWS && n % 16 === 0 && performance.now() > until) break;
+    const e = pending[n];
+    let row;
+    if (e.notice === 'skipped') row = noticeRow('skipped', skippedText(e));
+    else if (e.notice) row = noticeRow(e.notice, e.text);
+    else row = eventRow(e);
     row.hidden = !shown(row, f);
     frag.append(row);
   }
+  pending = pending.slice(n);
   list.append(frag);
-  for (let extra = list.children.length - MAX_ROWS; extra > 0; extra--) list.firstElementChild.remove();
-  if (atBottom) list.scrollTop = list.scrollHeight;
-  schedule();
+  const extra = list.children.length - MAX_ROWS;
+  if (extra > 0) {
+    const old = document.createRange();
+    old.setStartBefore(list.firstElementChild);
+    old.setEndAfter(list.children[extra - 1]);
+    old.deleteContents();
+  }
+  if (stick) list.scrollTop = list.scrollHeight;
 }
 
 // restarted queues the notice that the gateway now answers as inc, once
@@ -297,12 +395,7 @@ function onEvent(m) {
   }
   total++;
   pending.push(e);
-  if (paused && pending.length >= MAX_BUFFER && source) {
-    // Held in the gateway's replay ring instead, from lastId on.
-    source.close();
-    source = null;
-    show($('status'), 'paused: stream closed, resumes from its sequence');
-  }
+  if (pending.length > 2 * MAX_ROWS) trim();
   schedule();
 }
 
@@ -326,13 +419,19 @@ function openStream() {
       show($('status'), `stream: ${m.data}`, true);
       return;
     }
+    if (ended) return;
     show($('status'), 'reconnecting', true);
     if (es.readyState !== EventSource.CLOSED || source !== es || reopening) return;
     source = null;
-    reopening = setTimeout(() => {
-      reopening = null;
-      if (!source && !(paused && pending.length >= MAX_BUFFER)) openStream();
-    }, RETRY_MS);
+    // The browser gave up on the stream: a 401 (the session expired or
+    // was revoked) looks the same to it as a gateway going down, so ask.
+    reopening = sessionGone().then((gone) => {
+      if (gone || ended) { reopening = null; return; }
+      reopening = setTimeout(() => {
+        reopening = null;
+        if (!source && !ended) openStream();
+      }, RETRY_MS);
+    });
   });
 }
 
@@ -341,11 +440,50 @@ function togglePause() {
   const b = $('pause');
   b.textContent = paused ? 'Resume' : 'Pause';
   b.setAttribute('aria-pressed', String(paused));
-  if (!paused && !source && !reopening) openStream();
+  if (!paused && !source && !reopening && !ended) openStream();
   schedule();
 }
 
 // ---- login ----
+
+let started = false; // the console's controls are wired (once)
+let ended = false; // the session ended: the login shows, the page waits
+
+// showLogin shows the login form with a message, over the console.
+function showLogin(message, error) {
+  $('app').hidden = true;
+  $('logout').hidden = true;
+  $('login').hidden = false;
+  show($('login-result'), message, error);
+  $('login-token').focus();
+}
+
+// sessionEnded takes the page back to its login when the gateway no
+// longer takes its session (expired, logged out elsewhere, a new token):
+// the stream and the polls stop, and what the page holds stays, so that
+// a login resumes from the last event seen.
+function sessionEnded(why) {
+  if (ended || !started) return;
+  ended = true;
+  if (source) { source.close(); source = null; }
+  if (typeof reopening === 'number') clearTimeout(reopening);
+  reopening = null;
+  $('status').textContent = 'session ended';
+  showLogin(`Your session ended${why ? ` (${why})` : ''}: log in again to resume.`, true);
+}
+
+// sessionGone asks the gateway whether this page still holds a session,
+// and ends it when not; a gateway that does not answer is not an answer.
+async function sessionGone() {
+  try {
+    const st = await api('GET', '/v1/session');
+    if (st && st.login_required && !st.authenticated) {
+      sessionEnded('it expired or was logged out');
+      return true;
+    }
+  } catch { /* down or restarting: the stream's reopening handles it */ }
+  return false;
+}
 
 // The gateway trades its token for an HttpOnly session cookie (POST
 // /v1/session), so the page never holds the token; without a token set
@@ -354,14 +492,28 @@ async function login(ev) {
   ev.preventDefault();
   const input = $('login-token');
   try {
-    await api('POST', '/v1/session', { token: input.value });
+    const st = await api('POST', '/v1/session', { token: input.value });
     input.value = '';
     $('login').hidden = true;
-    start(true);
+    show($('login-result'), '');
+    setSendLimit(st && st.max_send_bytes);
+    if (started) resume(); else start(true);
   } catch (err) {
     input.value = '';
     show($('login-result'), `login failed: ${err.message}`, true);
   }
+}
+
+// resume picks up where the ended session left: the stream from its last
+// id, the polls, the console shown as it was.
+function resume() {
+  ended = false;
+  $('app').hidden = false;
+  $('logout').hidden = false;
+  $('status').textContent = 'connecting';
+  if (!source && !reopening) openStream();
+  pollListeners();
+  refreshConnections();
 }
 
 async function logout() {
@@ -375,28 +527,41 @@ async function logout() {
 async function main() {
   $('login-form').addEventListener('submit', login);
   $('logout').addEventListener('click', logout);
+  // The gateway says why a cookie was refused ("session expired: ...");
+  // a cookie the browser dropped at its expiry is just a missing token.
+  onUnauthorized((err) => {
+    const why = err.message.split(':')[0];
+    sessionEnded(why.includes('session') ? why : 'it expired or was logged out');
+  });
   let st = { login_required: false, authenticated: true };
   try {
     st = await api('GET', '/v1/session');
   } catch { /* a gateway without the route: no login */ }
   if (st.login_required && !st.authenticated) {
     $('status').textContent = 'log in to continue';
-    $('login').hidden = false;
-    $('login-token').focus();
+    showLogin('', false);
     return;
   }
+  setSendLimit(st.max_send_bytes);
   start(st.login_required);
 }
 
 function start(withLogin) {
+  started = true;
   $('app').hidden = false;
   $('logout').hidden = !withLogin;
   $('start-form').addEventListener('submit', startListener);
   startSend();
   startRules();
   $('pause').addEventListener('click', togglePause);
-  $('show-hex').addEventListener('change', (ev) => $('traffic').classList.toggle('show-hex', ev.target.checked));
+  $('show-hex').addEventListener('change', (ev) => toggleHex(ev.target.checked));
   $('clear').addEventListener('click', () => { $('traffic').replaceChildren(); total = 0; schedule(); });
+  // Whether the view follows its newest row is read when the user (or
+  // render) scrolls, not per frame.
+  const list = $('traffic');
+  list.addEventListener('scroll', () => {
+    stick = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
+  }, { passive: true });
   for (const id of ['filter-listener', 'filter-connection', 'filter-kind', 'filter-direction']) {
     $(id).addEventListener('input', applyFilters);
   }

@@ -104,7 +104,7 @@ async function refresh() {
     renderPager();
     show($('connections-error'), '');
   } catch (err) {
-    if (mine !== view) return;
+    if (mine !== view || err.status === 401) return; // a 401 is the login's business: no more polls
     if (err.reason === 'INVALID_PAGE_TOKEN' && tokens.length > 1) {
       // The gateway restarted, or the token aged out: from the top.
       tokens = [''];
@@ -170,6 +170,10 @@ async function connect(ev) {
     show($('connect-result'), `connect failed: ${err.message}`, true);
   }
 }
+
+// refreshConnections lists the current page again and restarts the poll,
+// as after a new login.
+export function refreshConnections() { refresh(); }
 
 // startConnections wires the panel and starts its poll; app.js calls it
 // once the page may use the API.

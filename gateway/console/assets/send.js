@@ -3,11 +3,19 @@
 // POST /v1/send, with the awaited reply shown as text and as hex. Text
 // from the gateway is only ever set as textContent.
 
-import { $, api, show, parseHex, encodeBase64, decodeBase64, escapedText, hexDump } from './util.js';
+import { $, api, show, parseHex, encodeBase64, decodeBase64, escapedText, hexDump, formatBytes } from './util.js';
 
-// MAX_SEND_BYTES is the gateway's --max-send-bytes default: a larger
-// payload is refused here, before it is read into a request.
-const MAX_SEND_BYTES = 4 << 20;
+// maxSendBytes is the largest payload the gateway takes over REST, as GET
+// /v1/session says (its --max-send-bytes, or what a request body holds):
+// a larger one is refused here, before a file is read into a request.
+// 0 until the gateway has said, and then the gateway alone decides.
+let maxSendBytes = 0;
+
+// setSendLimit takes the gateway's limit and names it on the page.
+export function setSendLimit(n) {
+  maxSendBytes = Number(n) || 0;
+  $('send-file-limit').textContent = maxSendBytes ? ` (at most ${formatBytes(maxSendBytes)})` : '';
+}
 
 // The target kinds, each with its SendRequest field and the field's label.
 const TARGETS = {
@@ -17,8 +25,10 @@ const TARGETS = {
 };
 
 function sizeError(n) {
-  return `payload of ${n} bytes is over the gateway's limit of ${MAX_SEND_BYTES} bytes (--max-send-bytes)`;
+  return `payload of ${n} bytes is over the gateway's limit of ${formatBytes(maxSendBytes)} (--max-send-bytes)`;
 }
+
+const over = (n) => maxSendBytes > 0 && n > maxSendBytes;
 
 // payload sets req.text or req.data from the chosen format.
 async function payload(req) {
@@ -26,13 +36,13 @@ async function payload(req) {
   if (format === 'file') {
     const file = $('send-file').files[0];
     if (!file) throw new Error('choose a file to send');
-    if (file.size > MAX_SEND_BYTES) throw new Error(sizeError(file.size));
+    if (over(file.size)) throw new Error(sizeError(file.size));
     req.data = encodeBase64(new Uint8Array(await file.arrayBuffer()));
     return;
   }
   const value = $('send-payload').value;
   const bytes = format === 'hex' ? parseHex(value) : new TextEncoder().encode(value);
-  if (bytes.length > MAX_SEND_BYTES) throw new Error(sizeError(bytes.length));
+  if (over(bytes.length)) throw new Error(sizeError(bytes.length));
   if (format === 'hex') req.data = encodeBase64(bytes);
   else req.text = value;
 }

@@ -3,10 +3,18 @@
 
 export const $ = (id) => document.getElementById(id);
 
+let unauthorized = () => {};
+
+// onUnauthorized sets what a 401 from the API does (app.js: the page goes
+// back to its login). The login's own refusal is not one: it is shown on
+// the form.
+export function onUnauthorized(fn) { unauthorized = fn; }
+
 // api calls the REST API with the page's own credentials (its session
 // cookie, if any; never a token). A failure is an Error with the
-// gateway's message, the HTTP status and the google.rpc.ErrorInfo reason,
-// when the gateway gave one.
+// gateway's message, the HTTP status, the google.rpc.ErrorInfo reason
+// and the fields a google.rpc.BadRequest names, when the gateway gave
+// them.
 export async function api(method, path, body) {
   const init = { method, headers: { Accept: 'application/json' } };
   if (body !== undefined) {
@@ -22,6 +30,8 @@ export async function api(method, path, body) {
     err.status = resp.status;
     const info = ((data && data.details) || []).find((d) => d && d.reason);
     err.reason = info ? info.reason : '';
+    err.fields = ((data && data.details) || []).flatMap((d) => (d && d.fieldViolations) || []).map((v) => v.field || '');
+    if (resp.status === 401 && !(method === 'POST' && path === '/v1/session')) unauthorized(err);
     throw err;
   }
   return data;
@@ -94,4 +104,13 @@ export function hexDump(bytes) {
     lines.push(`${off.toString(16).padStart(8, '0')}  ${hex.padEnd(47)}  ${ascii}`);
   }
   return lines.join('\n');
+}
+
+// formatBytes says n bytes in the largest binary unit that divides it, or
+// in bytes: 4194304 is "4 MiB (4194304 bytes)".
+export function formatBytes(n) {
+  for (const [unit, size] of [['GiB', 1 << 30], ['MiB', 1 << 20], ['KiB', 1 << 10]]) {
+    if (n >= size && n % size === 0) return `${n / size} ${unit} (${n} bytes)`;
+  }
+  return `${n} bytes`;
 }

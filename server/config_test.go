@@ -2,8 +2,10 @@ package server_test
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -266,5 +268,82 @@ func TestConfigReload(t *testing.T) {
 	servertest.WantCode(t, err, codes.FailedPrecondition)
 	if reason, _ := rpc.ReasonOf(err); reason != tcpgatev1.ErrorReason_ERROR_REASON_NO_CONFIG {
 		t.Fatalf("Reload without a config file: %v", err)
+	}
+}
+
+// TestConfigAndState: with both files, an id that the config declares and
+// the state file holds comes from the config, with a line in the log and
+// the restore report; the other API-made objects are restored; and a
+// declared object never reaches the state file, nor ExportConfig.
+func TestConfigAndState(t *testing.T) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	a := servertest.Start(t, server.Config{StateFile: state})
+	for _, id := range []string{"dup", "api"} {
+		a.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: id, Host: "127.0.0.1",
+			Framing:   &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
+			AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO}})
+	}
+	if err := a.Stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	port := freePort(t)
+	cfgPath := filepath.Join(dir, "tcpgate.yaml")
+	writeConfig(t, cfgPath, fmt.Sprintf(`listeners:
+  - listenerId: dup
+    host: 127.0.0.1
+    port: %d
+    framing: {mode: FRAMING_MODE_LINE}
+    autoReply: {mode: AUTO_REPLY_MODE_FIXED, text: "from-the-config\n"}
+`, port))
+	sink := &servertest.LogSink{}
+	b := servertest.Start(t, server.Config{ConfigFile: cfgPath, StateFile: state, Logger: slog.New(slog.NewTextHandler(sink, nil))})
+	ctx := servertest.Context(t)
+
+	dup, err := b.Client.GetListener(ctx, &tcpgatev1.GetListenerRequest{ListenerId: "dup"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dup.GetListener().GetSource() != tcpgatev1.Source_SOURCE_CONFIG || dup.GetListener().GetAddress() != fmt.Sprintf("127.0.0.1:%d", port) {
+		t.Fatalf("dup is %v, want the config's on port %d", dup.GetListener(), port)
+	}
+	c := servertest.Dial(t, dup.GetListener().GetAddress())
+	if got := lineEcho(t, c, bufio.NewReader(c), "hi"); got != "from-the-config" {
+		t.Fatalf("dup answered %q, want the config's reply", got)
+	}
+	api, err := b.Client.GetListener(ctx, &tcpgatev1.GetListenerRequest{ListenerId: "api"})
+	if err != nil || api.GetListener().GetSource() != tcpgatev1.Source_SOURCE_API {
+		t.Fatalf("api after the restart: %v, %v", api.GetListener(), err)
+	}
+	if r := b.Server.RestoreReport(); !slices.ContainsFunc(r, func(l string) bool {
+		return strings.Contains(l, "listener dup not restored") && strings.Contains(l, "config")
+	}) {
+		t.Errorf("restore report %q: nothing about dup", r)
+	}
+	if !strings.Contains(sink.String(), "the config file declares its id") {
+		t.Errorf("no log line about dup:\n%s", sink.String())
+	}
+
+	// A change through the API writes the state file: the declared
+	// listener is not in it, nor in the export.
+	b.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "later", Host: "127.0.0.1"})
+	exp, err := b.Client.ExportConfig(ctx, &tcpgatev1.ExportConfigRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, l := range exp.GetConfig().GetListeners() {
+		ids = append(ids, l.GetListenerId())
+	}
+	if slices.Contains(ids, "dup") || !slices.Contains(ids, "api") || !slices.Contains(ids, "later") {
+		t.Errorf("ExportConfig lists %v, want api and later and not the declared dup", ids)
+	}
+	saved, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(saved, []byte("from-the-config")) {
+		t.Errorf("the declared listener reached the state file:\n%s", saved)
 	}
 }

@@ -642,10 +642,16 @@ func TestConsoleConnectionPages(t *testing.T) {
 	// The pager is worked from the keyboard: focus and Enter, which no
 	// re-render of the tables above it can move out from under, as it
 	// can a click at coordinates read a moment before on a busy machine.
+	// Focus moves first, on its own: leaving the listener field may
+	// commit it (a change event, a new first page), and the Enter waits
+	// until the pager is live again.
 	press := func(id string) []chromedp.Action[chromedp.Void] {
 		return []chromedp.Action[chromedp.Void]{chromedp.Focus(chromedp.ID(id)), chromedp.KeyEvent("\r")}
 	}
-	p.run("going to the next page", press("conn-next")...)
+	p.run("focusing Next", chromedp.Focus(chromedp.ID("conn-next")))
+	pageIs("the first page, Next focused", "page 1", want[0], want[1])
+	p.until("Next enabled on the first page", `document.getElementById('conn-next').getAttribute('aria-disabled') === 'false' && 'yes'`)
+	p.run("going to the next page", chromedp.KeyEvent("\r"))
 	pageIs("the second page", "page 2", want[2])
 	p.until("Next disabled on the last page", `document.getElementById('conn-next').getAttribute('aria-disabled') === 'true' && 'yes'`)
 	p.run("pressing the disabled Next", press("conn-next")...)

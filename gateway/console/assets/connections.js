@@ -118,9 +118,14 @@ async function refresh() {
   if (mine === view) timer = setTimeout(refresh, POLL_MS);
 }
 
+// Each page change draws the pager at once: until the new page's answer
+// brings its next_page_token, Next is disabled rather than live with a
+// token of the page left behind, so a press in between is not lost
+// unseen.
 function firstPage() {
   tokens = [''];
   next = '';
+  renderPager();
   refresh();
 }
 
@@ -128,6 +133,7 @@ function nextPage() {
   if (!next) return;
   tokens.push(next);
   next = '';
+  renderPager();
   refresh();
 }
 
@@ -135,6 +141,7 @@ function previousPage() {
   if (tokens.length === 1) return;
   tokens.pop();
   next = '';
+  renderPager();
   refresh();
 }
 

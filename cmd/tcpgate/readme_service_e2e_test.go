@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/servertest"
 )
@@ -209,5 +211,29 @@ func TestServeConfigRefused(t *testing.T) {
 			}
 			ln.Close()
 		})
+	}
+}
+
+// TestServeConfigEnvOverFile: a TCPGATE_* variable wins over the config
+// file's serve: section, and the file over a flag's default.
+func TestServeConfigEnvOverFile(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "tcpgate.yaml")
+	text := "serve:\n  grpc-addr: 127.0.0.1:0\n  http-addr: \"\"\n  node-id: fromfile\n  max-listeners: 3\n"
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := append(slicesWithout(slicesWithout(hermeticEnv(), "TCPGATE_HTTP_ADDR="), "TCPGATE_NODE_ID="), "TCPGATE_NODE_ID=fromenv")
+	d := startDaemon(t, env, "serve", "--config", path)
+	api := servertest.Client(t, d.waitServing(t))
+	ctx := servertest.Context(t)
+	for i := range 4 {
+		resp, err := api.StartListener(ctx, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1"})
+		if i == 0 && (err != nil || resp.GetHeader().GetNodeId() != "fromenv") {
+			t.Fatalf("StartListener: %v, header %v: want the variable's node id over the file's", err, resp.GetHeader())
+		}
+		if i == 3 {
+			servertest.WantCode(t, err, codes.ResourceExhausted) // the file's max-listeners: 3
+		}
 	}
 }

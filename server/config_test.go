@@ -10,9 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc/codes"
 
@@ -26,12 +26,11 @@ import (
 // freePort returns a port of 127.0.0.1 that was free a moment ago.
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := strconv.Atoi(servertest.RefusedAddr(t)[len("127.0.0.1:"):])
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 func writeConfig(t *testing.T, path, text string) {
@@ -39,20 +38,6 @@ func writeConfig(t *testing.T, path, text string) {
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// lineEcho writes a line to c and reads the echo back.
-func lineEcho(t *testing.T, c net.Conn, r *bufio.Reader, line string) string {
-	t.Helper()
-	_ = c.SetDeadline(time.Now().Add(wait))
-	if _, err := fmt.Fprintf(c, "%s\n", line); err != nil {
-		t.Fatalf("writing %q: %v", line, err)
-	}
-	got, err := r.ReadString('\n')
-	if err != nil {
-		t.Fatalf("reading the echo of %q: %v", line, err)
-	}
-	return strings.TrimSuffix(got, "\n")
 }
 
 // The config file's listeners and outbound connections start with the
@@ -85,7 +70,7 @@ connections:
 		t.Fatalf("declared listener %v", l.GetListener())
 	}
 	c := servertest.Dial(t, l.GetListener().GetAddress())
-	if got := lineEcho(t, c, bufio.NewReader(c), "hi"); got != "hi" {
+	if got := exchange(t, c, bufio.NewReader(c), "hi"); got != "hi" {
 		t.Fatalf("echo %q", got)
 	}
 
@@ -193,14 +178,14 @@ func TestConfigReload(t *testing.T) {
 
 	c := servertest.Dial(t, fmt.Sprintf("127.0.0.1:%d", keep))
 	r := bufio.NewReader(c)
-	if got := lineEcho(t, c, r, "before"); got != "before" {
+	if got := exchange(t, c, r, "before"); got != "before" {
 		t.Fatalf("echo %q", got)
 	}
 	// A client of the listener whose auto reply changes: updated in
 	// place, it stays connected and answers by the new reply.
 	cc := servertest.Dial(t, fmt.Sprintf("127.0.0.1:%d", change))
 	cr := bufio.NewReader(cc)
-	if got := lineEcho(t, cc, cr, "ping"); got != "ping" {
+	if got := exchange(t, cc, cr, "ping"); got != "ping" {
 		t.Fatalf("echo %q", got)
 	}
 
@@ -245,18 +230,18 @@ func TestConfigReload(t *testing.T) {
 		t.Fatalf("reload diff %v", resp)
 	}
 	// The client of the unchanged listener is still connected.
-	if got := lineEcho(t, c, r, "after"); got != "after" {
+	if got := exchange(t, c, r, "after"); got != "after" {
 		t.Fatalf("echo after the reload %q", got)
 	}
-	if got := lineEcho(t, cc, cr, "ping"); got != "pong" {
+	if got := exchange(t, cc, cr, "ping"); got != "pong" {
 		t.Fatalf("the changed listener's open connection answered %q", got)
 	}
 	cn := servertest.Dial(t, fmt.Sprintf("127.0.0.1:%d", change))
-	if got := lineEcho(t, cn, bufio.NewReader(cn), "ping"); got != "pong" {
+	if got := exchange(t, cn, bufio.NewReader(cn), "ping"); got != "pong" {
 		t.Fatalf("changed listener answered %q", got)
 	}
 	ca := servertest.Dial(t, fmt.Sprintf("127.0.0.1:%d", add))
-	if got := lineEcho(t, ca, bufio.NewReader(ca), "x"); got != "x" {
+	if got := exchange(t, ca, bufio.NewReader(ca), "x"); got != "x" {
 		t.Fatalf("added listener answered %q", got)
 	}
 	_, err = g.Client.GetListener(ctx, &tcpgatev1.GetListenerRequest{ListenerId: "drop"})
@@ -309,7 +294,7 @@ func TestConfigAndState(t *testing.T) {
 		t.Fatalf("dup is %v, want the config's on port %d", dup.GetListener(), port)
 	}
 	c := servertest.Dial(t, dup.GetListener().GetAddress())
-	if got := lineEcho(t, c, bufio.NewReader(c), "hi"); got != "from-the-config" {
+	if got := exchange(t, c, bufio.NewReader(c), "hi"); got != "from-the-config" {
 		t.Fatalf("dup answered %q, want the config's reply", got)
 	}
 	api, err := b.Client.GetListener(ctx, &tcpgatev1.GetListenerRequest{ListenerId: "api"})

@@ -100,7 +100,7 @@ func TestStateRestart(t *testing.T) {
 		t.Errorf("stopped listener %s came back", gone.GetListenerId())
 	}
 	rc := servertest.Dial(t, rules.GetAddress())
-	if got := exchange(t, rc, bufioReader(rc), "PING 7"); got != "PONG 7" {
+	if got := exchange(t, rc, bufio.NewReader(rc), "PING 7"); got != "PONG 7" {
 		t.Errorf("restored rule answered %q, want PONG 7", got)
 	}
 	servertest.Eventually(t, "feed reconnected", func() bool {
@@ -289,8 +289,6 @@ func atou(t *testing.T, s string) uint32 {
 	return uint32(n)
 }
 
-func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
-
 // TestStateUpdateListener: a listener changed by UpdateListener comes
 // back after a restart as changed.
 func TestStateUpdateListener(t *testing.T) {
@@ -313,7 +311,7 @@ func TestStateUpdateListener(t *testing.T) {
 		t.Errorf("listener back on %s with max_connections %d, want %s and 5", got.GetAddress(), got.GetMaxConnections(), l.GetAddress())
 	}
 	c := servertest.Dial(t, got.GetAddress())
-	if r := exchange(t, c, bufioReader(c), "a"); r != "new" {
+	if r := exchange(t, c, bufio.NewReader(c), "a"); r != "new" {
 		t.Errorf("restored listener answered %q, want the updated rule's new", r)
 	}
 }

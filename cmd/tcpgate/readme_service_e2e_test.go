@@ -18,17 +18,6 @@ import (
 	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
-// freeTCPPort returns a port of 127.0.0.1 that was free a moment ago.
-func freeTCPPort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // echoOnce writes a line to c and returns the line read back.
 func echoOnce(t *testing.T, c net.Conn, r *bufio.Reader, line string) string {
 	t.Helper()
@@ -57,10 +46,10 @@ func TestReadmeServiceSnippets(t *testing.T) {
 	if len(yamls) != 1 || len(shs) != 1 {
 		t.Fatalf("README section \"Running as a service\" has %d yaml and %d sh blocks, want 1 and 1", len(yamls), len(shs))
 	}
-	port, second := freeTCPPort(t), freeTCPPort(t)
+	port, second := freePort(t), freePort(t)
 	text := yamls[0].text
 	for old, repl := range map[string]string{
-		"port: 7000": fmt.Sprintf("port: %d", port), "grpc-addr: 127.0.0.1:50051": "grpc-addr: 127.0.0.1:0",
+		"port: 7000": fmt.Sprintf("port: %s", port), "grpc-addr: 127.0.0.1:50051": "grpc-addr: 127.0.0.1:0",
 		"http-addr: 127.0.0.1:50080": "http-addr: 127.0.0.1:0", "log-level: info": "log-level: info\n  node-id: fromfile",
 	} {
 		if !strings.Contains(text, old) {
@@ -89,14 +78,14 @@ func TestReadmeServiceSnippets(t *testing.T) {
 	if l.GetListener().GetSource() != tcpgatev1.Source_SOURCE_CONFIG || l.GetHeader().GetNodeId() != "fromflag" {
 		t.Fatalf("declared listener %v, header %v: want SOURCE_CONFIG and the flag's node id over the file's", l.GetListener(), l.GetHeader())
 	}
-	c := servertest.Dial(t, fmt.Sprintf("127.0.0.1:%d", port))
+	c := servertest.Dial(t, fmt.Sprintf("127.0.0.1:%s", port))
 	r := bufio.NewReader(c)
 	if got := echoOnce(t, c, r, "one"); got != "one" {
 		t.Fatalf("echo %q", got)
 	}
 
 	// SIGHUP after adding a listener: it starts, echo stays, its client too.
-	added := strings.Replace(text, "connections: []", fmt.Sprintf("  - listenerId: second\n    host: 127.0.0.1\n    port: %d\n    framing: {mode: FRAMING_MODE_LINE}\n    autoReply: {mode: AUTO_REPLY_MODE_ECHO}\nconnections: []", second), 1)
+	added := strings.Replace(text, "connections: []", fmt.Sprintf("  - listenerId: second\n    host: 127.0.0.1\n    port: %s\n    framing: {mode: FRAMING_MODE_LINE}\n    autoReply: {mode: AUTO_REPLY_MODE_ECHO}\nconnections: []", second), 1)
 	if err := os.WriteFile(path, []byte(added), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +98,7 @@ func TestReadmeServiceSnippets(t *testing.T) {
 	if log := d.stderr.String(); !strings.Contains(log, "listeners_added=[second]") || !strings.Contains(log, "listeners_unchanged=[echo]") {
 		t.Fatalf("reload log does not say what changed:\n%s", log)
 	}
-	c2 := servertest.Dial(t, fmt.Sprintf("127.0.0.1:%d", second))
+	c2 := servertest.Dial(t, fmt.Sprintf("127.0.0.1:%s", second))
 	if got := echoOnce(t, c2, bufio.NewReader(c2), "two"); got != "two" {
 		t.Fatalf("added listener echoed %q", got)
 	}
@@ -128,7 +117,7 @@ func TestReadmeServiceSnippets(t *testing.T) {
 		t.Fatalf("README.md:%d: no curl of /v1/config:reload in %q", shs[0].line, shs[0].text)
 	}
 	curl = strings.Replace(curl, "127.0.0.1:50080", httpAddr, 1)
-	bad := strings.Replace(added, fmt.Sprintf("port: %d", second), "port: lots", 1)
+	bad := strings.Replace(added, fmt.Sprintf("port: %s", second), "port: lots", 1)
 	if err := os.WriteFile(path, []byte(bad), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -184,14 +173,14 @@ func TestServeConfigRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	first := freeTCPPort(t)
+	first := freePort(t)
 	dir := t.TempDir()
 	tests := []struct {
 		name, text, want string
 	}{
 		{"not a flag", "serve:\n  grpc-addr: 127.0.0.1:0\n  grpc-adr: x\n", "tcpgate.yaml:3: serve.grpc-adr: not a flag"},
 		{"bad flag value", "serve:\n  idle-timeout: soon\n", "tcpgate.yaml:2: serve.idle-timeout: "},
-		{"port in use", fmt.Sprintf("serve:\n  grpc-addr: 127.0.0.1:0\nlisteners:\n  - listenerId: a\n    host: 127.0.0.1\n    port: %d\n  - listenerId: b\n    host: 127.0.0.1\n    port: %d\n",
+		{"port in use", fmt.Sprintf("serve:\n  grpc-addr: 127.0.0.1:0\nlisteners:\n  - listenerId: a\n    host: 127.0.0.1\n    port: %s\n  - listenerId: b\n    host: 127.0.0.1\n    port: %d\n",
 			first, taken.Addr().(*net.TCPAddr).Port), "tcpgate.yaml:9: listeners[1].port: "},
 		{"unknown field", "listeners:\n  - listenerId: a\n    hots: x\n", "tcpgate.yaml:3: listeners[0].hots: unknown field"},
 	}
@@ -205,7 +194,7 @@ func TestServeConfigRefused(t *testing.T) {
 			if !strings.Contains(out, filepath.Join(dir, tt.want)) {
 				t.Fatalf("tcpgate serve --config printed:\n%s\nwant %q", out, tt.want)
 			}
-			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", first))
+			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%s", first))
 			if err != nil {
 				t.Fatalf("the first listener was left bound: %v", err)
 			}

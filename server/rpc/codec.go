@@ -251,7 +251,8 @@ func tailSize(e *event.Event) int {
 	if e.Delay != 0 {
 		n += protowire.SizeTag(fDelay) + protowire.SizeBytes(durationSize(e.Delay))
 	}
-	return n + sizeString(fError, len(e.Error)) + sizeVarint(fTargetReason, closeReason(e.TargetReason))
+	return n + sizeString(fError, len(e.Error)) + sizeVarint(fTargetReason, closeReason(e.TargetReason)) +
+		sizeString(fEventNodeID, len(e.Node))
 }
 
 // direction is the wire value of a Data event's direction; other kinds
@@ -347,6 +348,7 @@ const (
 	fDelay         protowire.Number = 19
 	fError         protowire.Number = 20
 	fTargetReason  protowire.Number = 21
+	fEventNodeID   protowire.Number = 22
 	fIncarnation   protowire.Number = 1 // ResponseHeader.incarnation
 	fNodeID        protowire.Number = 2 // ResponseHeader.node_id
 	fLastSequence  protowire.Number = 3 // ResponseHeader.last_sequence
@@ -372,6 +374,7 @@ func encodeEvent(e *event.Event) ([]byte, error) {
 		{fLocalAddress, "local_address", e.LocalAddr},
 		{fPeerSubject, "peer_subject", e.PeerSubject},
 		{fError, "error", e.Error},
+		{fEventNodeID, "node_id", e.Node},
 	}
 	if h := e.Header; h != nil && (!utf8.ValidString(h.Incarnation) || !utf8.ValidString(h.Node)) {
 		return nil, fmt.Errorf("proto: field tcpgate.v1.Event.header contains invalid UTF-8")
@@ -427,6 +430,7 @@ func encodeEvent(e *event.Event) ([]byte, error) {
 	}
 	b = appendString(b, fError, e.Error)
 	b = appendVarint(b, fTargetReason, closeReason(e.TargetReason))
+	b = appendString(b, fEventNodeID, e.Node)
 	if len(b) != cap(b) {
 		return nil, fmt.Errorf("tcpgate: encoding event %d: %d bytes, want %d", e.Sequence, len(b), cap(b))
 	}

@@ -256,6 +256,7 @@ var eventKinds = map[event.Kind]tcpgatev1.EventKind{
 	event.IncarnationChanged: tcpgatev1.EventKind_EVENT_KIND_INCARNATION_CHANGED,
 	event.ReconnectScheduled: tcpgatev1.EventKind_EVENT_KIND_RECONNECT_SCHEDULED,
 	event.ListenerUpdated:    tcpgatev1.EventKind_EVENT_KIND_LISTENER_UPDATED,
+	event.EventsLost:         tcpgatev1.EventKind_EVENT_KIND_EVENTS_LOST,
 }
 
 func kindFromProto(k tcpgatev1.EventKind) (event.Kind, bool) {
@@ -268,25 +269,27 @@ func kindFromProto(k tcpgatev1.EventKind) (event.Kind, bool) {
 }
 
 var closeReasons = map[event.CloseReason]tcpgatev1.CloseReason{
-	event.ReasonPeerClosed:      tcpgatev1.CloseReason_CLOSE_REASON_PEER_CLOSED,
-	event.ReasonPeerReset:       tcpgatev1.CloseReason_CLOSE_REASON_PEER_RESET,
-	event.ReasonFrameTooLarge:   tcpgatev1.CloseReason_CLOSE_REASON_FRAME_TOO_LARGE,
-	event.ReasonIdleTimeout:     tcpgatev1.CloseReason_CLOSE_REASON_IDLE_TIMEOUT,
-	event.ReasonListenerStopped: tcpgatev1.CloseReason_CLOSE_REASON_LISTENER_STOPPED,
-	event.ReasonClosedByAPI:     tcpgatev1.CloseReason_CLOSE_REASON_CLOSED_BY_API,
-	event.ReasonReadError:       tcpgatev1.CloseReason_CLOSE_REASON_READ_ERROR,
-	event.ReasonWriteError:      tcpgatev1.CloseReason_CLOSE_REASON_WRITE_ERROR,
-	event.ReasonLimitReached:    tcpgatev1.CloseReason_CLOSE_REASON_LIMIT_REACHED,
-	event.ReasonShutdown:        tcpgatev1.CloseReason_CLOSE_REASON_SHUTDOWN,
-	event.ReasonTLSHandshake:    tcpgatev1.CloseReason_CLOSE_REASON_TLS_HANDSHAKE_FAILED,
-	event.ReasonReplyTimeout:    tcpgatev1.CloseReason_CLOSE_REASON_REPLY_TIMEOUT,
-	event.ReasonHeartbeatFailed: tcpgatev1.CloseReason_CLOSE_REASON_HEARTBEAT_FAILED,
-	event.ReasonOnConnectFailed: tcpgatev1.CloseReason_CLOSE_REASON_ON_CONNECT_FAILED,
-	event.ReasonReconnectGaveUp: tcpgatev1.CloseReason_CLOSE_REASON_RECONNECT_GAVE_UP,
-	event.ReasonForwardFailed:   tcpgatev1.CloseReason_CLOSE_REASON_FORWARD_FAILED,
-	event.ReasonClosedByRule:    tcpgatev1.CloseReason_CLOSE_REASON_CLOSED_BY_RULE,
-	event.ReasonHandlerTimeout:  tcpgatev1.CloseReason_CLOSE_REASON_HANDLER_TIMEOUT,
-	event.ReasonClosedByHandler: tcpgatev1.CloseReason_CLOSE_REASON_CLOSED_BY_HANDLER,
+	event.ReasonPeerClosed:         tcpgatev1.CloseReason_CLOSE_REASON_PEER_CLOSED,
+	event.ReasonPeerReset:          tcpgatev1.CloseReason_CLOSE_REASON_PEER_RESET,
+	event.ReasonFrameTooLarge:      tcpgatev1.CloseReason_CLOSE_REASON_FRAME_TOO_LARGE,
+	event.ReasonIdleTimeout:        tcpgatev1.CloseReason_CLOSE_REASON_IDLE_TIMEOUT,
+	event.ReasonListenerStopped:    tcpgatev1.CloseReason_CLOSE_REASON_LISTENER_STOPPED,
+	event.ReasonClosedByAPI:        tcpgatev1.CloseReason_CLOSE_REASON_CLOSED_BY_API,
+	event.ReasonReadError:          tcpgatev1.CloseReason_CLOSE_REASON_READ_ERROR,
+	event.ReasonWriteError:         tcpgatev1.CloseReason_CLOSE_REASON_WRITE_ERROR,
+	event.ReasonLimitReached:       tcpgatev1.CloseReason_CLOSE_REASON_LIMIT_REACHED,
+	event.ReasonShutdown:           tcpgatev1.CloseReason_CLOSE_REASON_SHUTDOWN,
+	event.ReasonTLSHandshake:       tcpgatev1.CloseReason_CLOSE_REASON_TLS_HANDSHAKE_FAILED,
+	event.ReasonReplyTimeout:       tcpgatev1.CloseReason_CLOSE_REASON_REPLY_TIMEOUT,
+	event.ReasonHeartbeatFailed:    tcpgatev1.CloseReason_CLOSE_REASON_HEARTBEAT_FAILED,
+	event.ReasonOnConnectFailed:    tcpgatev1.CloseReason_CLOSE_REASON_ON_CONNECT_FAILED,
+	event.ReasonReconnectGaveUp:    tcpgatev1.CloseReason_CLOSE_REASON_RECONNECT_GAVE_UP,
+	event.ReasonForwardFailed:      tcpgatev1.CloseReason_CLOSE_REASON_FORWARD_FAILED,
+	event.ReasonClosedByRule:       tcpgatev1.CloseReason_CLOSE_REASON_CLOSED_BY_RULE,
+	event.ReasonHandlerTimeout:     tcpgatev1.CloseReason_CLOSE_REASON_HANDLER_TIMEOUT,
+	event.ReasonClosedByHandler:    tcpgatev1.CloseReason_CLOSE_REASON_CLOSED_BY_HANDLER,
+	event.ReasonNodeLost:           tcpgatev1.CloseReason_CLOSE_REASON_NODE_LOST,
+	event.ReasonProxyHeaderInvalid: tcpgatev1.CloseReason_CLOSE_REASON_PROXY_HEADER_INVALID,
 }
 
 var policies = map[tcpgatev1.SlowConsumerPolicy]hub.Policy{
@@ -338,6 +341,7 @@ func eventToProto(dst *tcpgatev1.Event, e *event.Event, f payloadFormat) {
 	}
 	dst.Error = e.Error
 	dst.TargetCloseReason = closeReasons[e.TargetReason]
+	dst.NodeId = e.Node
 }
 
 var directions = map[event.Direction]tcpgatev1.Direction{

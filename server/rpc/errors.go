@@ -27,6 +27,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/outbound"
 	"github.com/tcpgate/tcpgate/server/internal/page"
 	"github.com/tcpgate/tcpgate/server/internal/pemfile"
+	"github.com/tcpgate/tcpgate/server/internal/placement"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
 	"github.com/tcpgate/tcpgate/server/internal/registry"
 )
@@ -41,6 +42,7 @@ const (
 	MetaLimit = "limit" // the value of the limit reached
 	MetaFlag  = "flag"  // the daemon flag that sets it
 	MetaRule  = "rule"  // the policy rule that denied
+	MetaNode  = "node"  // the cluster node an error concerns
 	// MetaLastSequence is the newest event sequence, of a since_sequence
 	// out of range.
 	MetaLastSequence = "last_sequence"
@@ -106,6 +108,9 @@ var codeOf = []struct {
 	{handler.ErrLimit, codes.ResourceExhausted, tcpgatev1.ErrorReason_ERROR_REASON_LIMIT_REACHED},
 	{handler.ErrNotHandled, codes.FailedPrecondition, tcpgatev1.ErrorReason_ERROR_REASON_NOT_HANDLED},
 	{handler.ErrClosed, codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_SHUTTING_DOWN},
+	{placement.ErrUnknownNode, codes.InvalidArgument, tcpgatev1.ErrorReason_ERROR_REASON_UNKNOWN_NODE},
+	{placement.ErrNodeUnavailable, codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_NODE_UNAVAILABLE},
+	{placement.ErrClusterUnavailable, codes.Unavailable, tcpgatev1.ErrorReason_ERROR_REASON_CLUSTER_UNAVAILABLE},
 	{context.DeadlineExceeded, codes.DeadlineExceeded, tcpgatev1.ErrorReason_ERROR_REASON_TIMEOUT},
 	{context.Canceled, codes.Canceled, tcpgatev1.ErrorReason_ERROR_REASON_CANCELED},
 }
@@ -176,6 +181,11 @@ func toStatus(log *slog.Logger, err error) error {
 	var streams *handler.LimitError
 	if errors.As(err, &streams) {
 		meta = map[string]string{MetaFlag: "max-handlers", MetaLimit: strconv.Itoa(streams.Limit)}
+	}
+	// An error about a node names it.
+	var node *placement.NodeError
+	if errors.As(err, &node) {
+		meta = map[string]string{MetaNode: node.Node}
 	}
 	// A Send to a managed connection that is down says when it dials
 	// again, so that a client retries then rather than at once.

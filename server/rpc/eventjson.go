@@ -30,7 +30,7 @@ func appendEventJSON(b []byte, e *event.Event, f payloadFormat) ([]byte, error) 
 	for _, s := range [...]struct{ name, v string }{
 		{"listener_id", e.ListenerID}, {"connection_id", e.ConnectionID},
 		{"remote_address", e.RemoteAddr}, {"local_address", e.LocalAddr}, {"peer_subject", e.PeerSubject},
-		{"error", e.Error},
+		{"error", e.Error}, {"node_id", e.Node},
 		{"header.incarnation", inc}, {"header.node_id", node},
 	} {
 		if !utf8.ValidString(s.v) {
@@ -131,6 +131,7 @@ func appendEventJSON(b []byte, e *event.Event, f payloadFormat) ([]byte, error) 
 		key("targetCloseReason")
 		b = appendEnum(b, tcpgatev1.CloseReason(r).String())
 	}
+	str("nodeId", e.Node)
 	return append(b, '}'), nil
 }
 

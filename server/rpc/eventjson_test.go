@@ -145,6 +145,7 @@ var eventSetters = map[protoreflect.Name]func(e *event.Event){
 	"delay":               func(e *event.Event) { e.Delay = 1500 * time.Millisecond },
 	"error":               func(e *event.Event) { e.Error = "connection refused" },
 	"target_close_reason": func(e *event.Event) { e.TargetReason = event.ReasonPeerClosed },
+	"node_id":             func(e *event.Event) { e.Node = "node-b" },
 }
 
 // TestEventFieldsCovered walks the Event descriptor: every field must

@@ -44,5 +44,6 @@ func sameButSequence(a, b *event.Event) bool {
 		a.Origin == b.Origin && a.Direction == b.Direction &&
 		a.Generation == b.Generation && a.Attempt == b.Attempt &&
 		a.Delay == b.Delay && a.Error == b.Error && a.TargetReason == b.TargetReason &&
+		a.Node == b.Node &&
 		a.Header == b.Header // markers only, each its own; a pointer compare is enough
 }

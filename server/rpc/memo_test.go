@@ -124,7 +124,7 @@ func TestCodecRunShares(t *testing.T) {
 // writes it, compared in sameButSequence.
 func TestSameButSequenceFields(t *testing.T) {
 	compared := []string{"Time", "Kind", "ListenerID", "ConnectionID", "RemoteAddr", "LocalAddr", "CloseReason", "Dropped", "PeerSubject", "Partial", "Origin", "Header",
-		"Direction", "Generation", "Attempt", "Delay", "Error", "TargetReason"}
+		"Direction", "Generation", "Attempt", "Delay", "Error", "TargetReason", "Node"}
 	notInMemo := []string{"Sequence", "Data", "Retained", "size", "utf8", "sealed", "memo"}
 	typ := reflect.TypeFor[event.Event]()
 	for i := range typ.NumField() {
@@ -156,6 +156,7 @@ func TestSameButSequenceFields(t *testing.T) {
 		"Delay":        func(e *event.Event) { e.Delay = time.Second },
 		"Error":        func(e *event.Event) { e.Error = "refused" },
 		"TargetReason": func(e *event.Event) { e.TargetReason = event.ReasonPeerReset },
+		"Node":         func(e *event.Event) { e.Node = "node-b" },
 	}
 	for _, name := range compared {
 		b := base()

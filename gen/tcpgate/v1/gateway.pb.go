@@ -491,6 +491,67 @@ func (ListenerState) EnumDescriptor() ([]byte, []int) {
 	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
+// ProxyProtocol says whether a listener's connections begin with a PROXY
+// protocol header (HAProxy's, version 1 text or version 2 binary), as a
+// load balancer in front of the gateway writes it, so that the connection's
+// remote_address, the per-IP limits and the {{.remote_address}} template
+// see the real client rather than the balancer.
+type ProxyProtocol int32
+
+const (
+	// No header: the peer's address is the socket's (the default).
+	ProxyProtocol_PROXY_PROTOCOL_UNSPECIFIED ProxyProtocol = 0
+	// Every connection must begin with a version 1 (text) header.
+	ProxyProtocol_PROXY_PROTOCOL_V1 ProxyProtocol = 1
+	// Every connection must begin with a version 2 (binary) header.
+	ProxyProtocol_PROXY_PROTOCOL_V2 ProxyProtocol = 2
+	// Every connection must begin with a header of either version.
+	ProxyProtocol_PROXY_PROTOCOL_ANY ProxyProtocol = 3
+)
+
+// Enum value maps for ProxyProtocol.
+var (
+	ProxyProtocol_name = map[int32]string{
+		0: "PROXY_PROTOCOL_UNSPECIFIED",
+		1: "PROXY_PROTOCOL_V1",
+		2: "PROXY_PROTOCOL_V2",
+		3: "PROXY_PROTOCOL_ANY",
+	}
+	ProxyProtocol_value = map[string]int32{
+		"PROXY_PROTOCOL_UNSPECIFIED": 0,
+		"PROXY_PROTOCOL_V1":          1,
+		"PROXY_PROTOCOL_V2":          2,
+		"PROXY_PROTOCOL_ANY":         3,
+	}
+)
+
+func (x ProxyProtocol) Enum() *ProxyProtocol {
+	p := new(ProxyProtocol)
+	*p = x
+	return p
+}
+
+func (x ProxyProtocol) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ProxyProtocol) Descriptor() protoreflect.EnumDescriptor {
+	return file_tcpgate_v1_gateway_proto_enumTypes[8].Descriptor()
+}
+
+func (ProxyProtocol) Type() protoreflect.EnumType {
+	return &file_tcpgate_v1_gateway_proto_enumTypes[8]
+}
+
+func (x ProxyProtocol) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ProxyProtocol.Descriptor instead.
+func (ProxyProtocol) EnumDescriptor() ([]byte, []int) {
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{8}
+}
+
 // ConnectionState is where an open connection is in its life.
 type ConnectionState int32
 
@@ -552,11 +613,11 @@ func (x ConnectionState) String() string {
 }
 
 func (ConnectionState) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[8].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[9].Descriptor()
 }
 
 func (ConnectionState) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[8]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[9]
 }
 
 func (x ConnectionState) Number() protoreflect.EnumNumber {
@@ -565,7 +626,7 @@ func (x ConnectionState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ConnectionState.Descriptor instead.
 func (ConnectionState) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 // AwaitMode says what reply Send waits for after writing.
@@ -615,11 +676,11 @@ func (x AwaitMode) String() string {
 }
 
 func (AwaitMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[9].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[10].Descriptor()
 }
 
 func (AwaitMode) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[9]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[10]
 }
 
 func (x AwaitMode) Number() protoreflect.EnumNumber {
@@ -628,7 +689,7 @@ func (x AwaitMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AwaitMode.Descriptor instead.
 func (AwaitMode) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 // OnTimeout says what a reply timeout does to an accepted connection.
@@ -673,11 +734,11 @@ func (x OnTimeout) String() string {
 }
 
 func (OnTimeout) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[10].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[11].Descriptor()
 }
 
 func (OnTimeout) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[10]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[11]
 }
 
 func (x OnTimeout) Number() protoreflect.EnumNumber {
@@ -686,7 +747,7 @@ func (x OnTimeout) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use OnTimeout.Descriptor instead.
 func (OnTimeout) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 // PayloadFormat says how a frame's bytes appear in an Event or a Reply.
@@ -732,11 +793,11 @@ func (x PayloadFormat) String() string {
 }
 
 func (PayloadFormat) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[11].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[12].Descriptor()
 }
 
 func (PayloadFormat) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[11]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[12]
 }
 
 func (x PayloadFormat) Number() protoreflect.EnumNumber {
@@ -745,7 +806,7 @@ func (x PayloadFormat) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PayloadFormat.Descriptor instead.
 func (PayloadFormat) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 // EventKind says what an event reports.
@@ -788,6 +849,12 @@ const (
 	// its port and its open connections stayed, and they answer by its new
 	// settings from their next frame. local_address is its bound address.
 	EventKind_EVENT_KIND_LISTENER_UPDATED EventKind = 10
+	// A cluster node could not store events in the cluster's stream (NATS
+	// was unreachable for longer than its publish window could hold, or the
+	// node shut down with events unstored): dropped says how many events of
+	// connection_id (empty: of no connection) node_id lost. Unlike
+	// EVENTS_DROPPED it has a sequence and reaches every subscriber.
+	EventKind_EVENT_KIND_EVENTS_LOST EventKind = 11
 )
 
 // Enum value maps for EventKind.
@@ -804,6 +871,7 @@ var (
 		8:  "EVENT_KIND_INCARNATION_CHANGED",
 		9:  "EVENT_KIND_RECONNECT_SCHEDULED",
 		10: "EVENT_KIND_LISTENER_UPDATED",
+		11: "EVENT_KIND_EVENTS_LOST",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED":         0,
@@ -817,6 +885,7 @@ var (
 		"EVENT_KIND_INCARNATION_CHANGED": 8,
 		"EVENT_KIND_RECONNECT_SCHEDULED": 9,
 		"EVENT_KIND_LISTENER_UPDATED":    10,
+		"EVENT_KIND_EVENTS_LOST":         11,
 	}
 )
 
@@ -831,11 +900,11 @@ func (x EventKind) String() string {
 }
 
 func (EventKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[12].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[13].Descriptor()
 }
 
 func (EventKind) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[12]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[13]
 }
 
 func (x EventKind) Number() protoreflect.EnumNumber {
@@ -844,7 +913,7 @@ func (x EventKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EventKind.Descriptor instead.
 func (EventKind) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{12}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 // CloseReason says why a connection closed.
@@ -900,6 +969,14 @@ const (
 	CloseReason_CLOSE_REASON_HANDLER_TIMEOUT CloseReason = 18
 	// Its Handle stream closed it (a reply with close, or a close of its own).
 	CloseReason_CLOSE_REASON_CLOSED_BY_HANDLER CloseReason = 19
+	// The cluster lost the connection's node: it stopped renewing its
+	// presence for longer than the detection time (docs/CLUSTER.md). The
+	// event is published by a surviving node; the socket, if the node still
+	// runs, is closed by the node itself once it sees it lost its place.
+	CloseReason_CLOSE_REASON_NODE_LOST CloseReason = 20
+	// A listener with proxy_protocol: the connection's PROXY header was
+	// missing, malformed, of a version not taken, or late.
+	CloseReason_CLOSE_REASON_PROXY_HEADER_INVALID CloseReason = 21
 )
 
 // Enum value maps for CloseReason.
@@ -925,6 +1002,8 @@ var (
 		17: "CLOSE_REASON_CLOSED_BY_RULE",
 		18: "CLOSE_REASON_HANDLER_TIMEOUT",
 		19: "CLOSE_REASON_CLOSED_BY_HANDLER",
+		20: "CLOSE_REASON_NODE_LOST",
+		21: "CLOSE_REASON_PROXY_HEADER_INVALID",
 	}
 	CloseReason_value = map[string]int32{
 		"CLOSE_REASON_UNSPECIFIED":          0,
@@ -947,6 +1026,8 @@ var (
 		"CLOSE_REASON_CLOSED_BY_RULE":       17,
 		"CLOSE_REASON_HANDLER_TIMEOUT":      18,
 		"CLOSE_REASON_CLOSED_BY_HANDLER":    19,
+		"CLOSE_REASON_NODE_LOST":            20,
+		"CLOSE_REASON_PROXY_HEADER_INVALID": 21,
 	}
 )
 
@@ -961,11 +1042,11 @@ func (x CloseReason) String() string {
 }
 
 func (CloseReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[13].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[14].Descriptor()
 }
 
 func (CloseReason) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[13]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[14]
 }
 
 func (x CloseReason) Number() protoreflect.EnumNumber {
@@ -974,7 +1055,7 @@ func (x CloseReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CloseReason.Descriptor instead.
 func (CloseReason) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{13}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{14}
 }
 
 // SlowConsumerPolicy says what happens when a subscriber's queue is full.
@@ -1020,11 +1101,11 @@ func (x SlowConsumerPolicy) String() string {
 }
 
 func (SlowConsumerPolicy) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[14].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[15].Descriptor()
 }
 
 func (SlowConsumerPolicy) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[14]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[15]
 }
 
 func (x SlowConsumerPolicy) Number() protoreflect.EnumNumber {
@@ -1033,7 +1114,7 @@ func (x SlowConsumerPolicy) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SlowConsumerPolicy.Descriptor instead.
 func (SlowConsumerPolicy) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{14}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{15}
 }
 
 // ErrorReason is the reason of the google.rpc.ErrorInfo that every error the
@@ -1170,6 +1251,16 @@ const (
 	// A change was made but could not be saved to the state file
 	// (--state-file); the message says why.
 	ErrorReason_ERROR_REASON_STATE_NOT_SAVED ErrorReason = 50
+	// node_id names no node of the cluster, or the gateway is not in a
+	// cluster (--cluster); metadata "node" names it.
+	ErrorReason_ERROR_REASON_UNKNOWN_NODE ErrorReason = 51
+	// The node that owns the connection or listener, or the node asked to
+	// run one, did not answer within the call's timeout (it is unreachable or
+	// lost); metadata "node" names it.
+	ErrorReason_ERROR_REASON_NODE_UNAVAILABLE ErrorReason = 52
+	// The gateway's cluster connection (NATS) is down: a call that needs
+	// another node or the cluster's stream cannot be made now.
+	ErrorReason_ERROR_REASON_CLUSTER_UNAVAILABLE ErrorReason = 53
 )
 
 // Enum value maps for ErrorReason.
@@ -1226,6 +1317,9 @@ var (
 		48: "ERROR_REASON_NO_CONFIG",
 		49: "ERROR_REASON_CONFIG_INVALID",
 		50: "ERROR_REASON_STATE_NOT_SAVED",
+		51: "ERROR_REASON_UNKNOWN_NODE",
+		52: "ERROR_REASON_NODE_UNAVAILABLE",
+		53: "ERROR_REASON_CLUSTER_UNAVAILABLE",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":            0,
@@ -1279,6 +1373,9 @@ var (
 		"ERROR_REASON_NO_CONFIG":              48,
 		"ERROR_REASON_CONFIG_INVALID":         49,
 		"ERROR_REASON_STATE_NOT_SAVED":        50,
+		"ERROR_REASON_UNKNOWN_NODE":           51,
+		"ERROR_REASON_NODE_UNAVAILABLE":       52,
+		"ERROR_REASON_CLUSTER_UNAVAILABLE":    53,
 	}
 )
 
@@ -1293,11 +1390,11 @@ func (x ErrorReason) String() string {
 }
 
 func (ErrorReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[15].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[16].Descriptor()
 }
 
 func (ErrorReason) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[15]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[16]
 }
 
 func (x ErrorReason) Number() protoreflect.EnumNumber {
@@ -1306,7 +1403,7 @@ func (x ErrorReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorReason.Descriptor instead.
 func (ErrorReason) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{15}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{16}
 }
 
 // HandleEventKind says what a HandleEvent reports.
@@ -1352,11 +1449,11 @@ func (x HandleEventKind) String() string {
 }
 
 func (HandleEventKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_tcpgate_v1_gateway_proto_enumTypes[16].Descriptor()
+	return file_tcpgate_v1_gateway_proto_enumTypes[17].Descriptor()
 }
 
 func (HandleEventKind) Type() protoreflect.EnumType {
-	return &file_tcpgate_v1_gateway_proto_enumTypes[16]
+	return &file_tcpgate_v1_gateway_proto_enumTypes[17]
 }
 
 func (x HandleEventKind) Number() protoreflect.EnumNumber {
@@ -1365,7 +1462,7 @@ func (x HandleEventKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use HandleEventKind.Descriptor instead.
 func (HandleEventKind) EnumDescriptor() ([]byte, []int) {
-	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{16}
+	return file_tcpgate_v1_gateway_proto_rawDescGZIP(), []int{17}
 }
 
 // Framing cuts one connection's byte stream into frames.
@@ -1864,7 +1961,16 @@ type Listener struct {
 	// insecure_skip_verify only, never certificates or keys.
 	Forward *Forward `protobuf:"bytes,19,opt,name=forward,proto3" json:"forward,omitempty"`
 	// The banner written to every accepted connection, as started.
-	OnConnect     *OnConnect `protobuf:"bytes,20,opt,name=on_connect,json=onConnect,proto3" json:"on_connect,omitempty"`
+	OnConnect *OnConnect `protobuf:"bytes,20,opt,name=on_connect,json=onConnect,proto3" json:"on_connect,omitempty"`
+	// The node the listener runs on (its --node-id). In a cluster a listener
+	// started on every node is listed once per node, each with its own
+	// address and counters.
+	NodeId string `protobuf:"bytes,21,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Whether the listener was started on every node of the cluster.
+	EveryNode bool `protobuf:"varint,22,opt,name=every_node,json=everyNode,proto3" json:"every_node,omitempty"`
+	// Whether connections must begin with a PROXY protocol header, and which
+	// versions are taken (see StartListenerRequest.proxy_protocol).
+	ProxyProtocol ProxyProtocol `protobuf:"varint,23,opt,name=proxy_protocol,json=proxyProtocol,proto3,enum=tcpgate.v1.ProxyProtocol" json:"proxy_protocol,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2039,6 +2145,27 @@ func (x *Listener) GetOnConnect() *OnConnect {
 	return nil
 }
 
+func (x *Listener) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *Listener) GetEveryNode() bool {
+	if x != nil {
+		return x.EveryNode
+	}
+	return false
+}
+
+func (x *Listener) GetProxyProtocol() ProxyProtocol {
+	if x != nil {
+		return x.ProxyProtocol
+	}
+	return ProxyProtocol_PROXY_PROTOCOL_UNSPECIFIED
+}
+
 // ListenerTLS makes a listener speak TLS. The certificate and key are given
 // as PEM, or as paths of files on the gateway's host: a path is refused
 // unless the gateway's --tls-files-dir allows the directory, and must name a
@@ -2186,7 +2313,9 @@ type Connection struct {
 	// Where the connection was defined: SOURCE_API for a connection accepted
 	// by a listener or made by Connect, SOURCE_CONFIG for an outbound
 	// connection declared in the config file.
-	Source        Source `protobuf:"varint,18,opt,name=source,proto3,enum=tcpgate.v1.Source" json:"source,omitempty"`
+	Source Source `protobuf:"varint,18,opt,name=source,proto3,enum=tcpgate.v1.Source" json:"source,omitempty"`
+	// The node the connection lives on (its --node-id).
+	NodeId        string `protobuf:"bytes,19,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2347,6 +2476,13 @@ func (x *Connection) GetSource() Source {
 	return Source_SOURCE_UNSPECIFIED
 }
 
+func (x *Connection) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
 // ConnectRequest opens a managed outbound connection.
 type ConnectRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2398,7 +2534,16 @@ type ConnectRequest struct {
 	// Rules and a fallback for what the peer sends, as on a listener: a rule
 	// can answer a device's keep-alive ping. A frame a rule answers is never
 	// the reply to a Send.
-	AutoReply     *AutoReply `protobuf:"bytes,13,opt,name=auto_reply,json=autoReply,proto3" json:"auto_reply,omitempty"`
+	AutoReply *AutoReply `protobuf:"bytes,13,opt,name=auto_reply,json=autoReply,proto3" json:"auto_reply,omitempty"`
+	// The node to run the connection on, by its --node-id; empty means the
+	// node called. Naming another node needs --cluster (without it, or for a
+	// node not in the cluster: InvalidArgument with reason UNKNOWN_NODE).
+	NodeId string `protobuf:"bytes,14,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// When the connection's node is lost, another node takes the connection
+	// over and dials it afresh (a new generation), once the lost node's
+	// lease has run out. Needs reconnect (InvalidArgument otherwise) and
+	// --cluster; ignored by a single gateway.
+	TakeOver      bool `protobuf:"varint,15,opt,name=take_over,json=takeOver,proto3" json:"take_over,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2522,6 +2667,20 @@ func (x *ConnectRequest) GetAutoReply() *AutoReply {
 		return x.AutoReply
 	}
 	return nil
+}
+
+func (x *ConnectRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *ConnectRequest) GetTakeOver() bool {
+	if x != nil {
+		return x.TakeOver
+	}
+	return false
 }
 
 // Reconnect says how a managed outbound connection dials again. The delay
@@ -3048,7 +3207,27 @@ type StartListenerRequest struct {
 	// The banner: written to every accepted connection as soon as it opens,
 	// before any reply (TLS: after the handshake). Its expect is not allowed
 	// here. Not with forward.
-	OnConnect     *OnConnect `protobuf:"bytes,11,opt,name=on_connect,json=onConnect,proto3" json:"on_connect,omitempty"`
+	OnConnect *OnConnect `protobuf:"bytes,11,opt,name=on_connect,json=onConnect,proto3" json:"on_connect,omitempty"`
+	// Take a PROXY protocol header (HAProxy's v1 text or v2 binary) at the
+	// start of every connection, as a load balancer in front of the gateway
+	// sends it: remote_address, the per-IP limits (--max-connections-per-ip)
+	// and the {{.remote_address}} template then see the client the header
+	// names. A connection whose header is missing, malformed, of a version
+	// not taken, or not complete within 5 seconds is closed with
+	// CLOSE_REASON_PROXY_HEADER_INVALID before anything is read from it. A
+	// v1 UNKNOWN or v2 LOCAL header (a balancer's health check) keeps the
+	// socket's address. Unset means no header. With tls, the header comes
+	// before the handshake.
+	ProxyProtocol ProxyProtocol `protobuf:"varint,12,opt,name=proxy_protocol,json=proxyProtocol,proto3,enum=tcpgate.v1.ProxyProtocol" json:"proxy_protocol,omitempty"`
+	// The node to start the listener on, by its --node-id; empty means the
+	// node called. Naming another node needs --cluster (without it, or for a
+	// node not in the cluster: InvalidArgument with reason UNKNOWN_NODE).
+	NodeId string `protobuf:"bytes,13,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Start the listener on every node of the cluster, each on its own
+	// address (its --node-host when host is empty) and the same port, for an
+	// L4 load balancer in front; a node that joins later starts it too. Not
+	// with node_id. A single gateway starts it on itself.
+	EveryNode     bool `protobuf:"varint,14,opt,name=every_node,json=everyNode,proto3" json:"every_node,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3158,6 +3337,27 @@ func (x *StartListenerRequest) GetOnConnect() *OnConnect {
 		return x.OnConnect
 	}
 	return nil
+}
+
+func (x *StartListenerRequest) GetProxyProtocol() ProxyProtocol {
+	if x != nil {
+		return x.ProxyProtocol
+	}
+	return ProxyProtocol_PROXY_PROTOCOL_UNSPECIFIED
+}
+
+func (x *StartListenerRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *StartListenerRequest) GetEveryNode() bool {
+	if x != nil {
+		return x.EveryNode
+	}
+	return false
 }
 
 // Forward is the target of a forwarding listener.
@@ -4960,8 +5160,10 @@ type Event struct {
 	// and otherwise the close_reason that made the gateway close it
 	// (CLOSED_BY_API, LISTENER_STOPPED, SHUTDOWN, the client's PEER_RESET).
 	TargetCloseReason CloseReason `protobuf:"varint,21,opt,name=target_close_reason,json=targetCloseReason,proto3,enum=tcpgate.v1.CloseReason" json:"target_close_reason,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The node the event happened on (its --node-id); empty on markers.
+	NodeId        string `protobuf:"bytes,22,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
@@ -5139,6 +5341,13 @@ func (x *Event) GetTargetCloseReason() CloseReason {
 		return x.TargetCloseReason
 	}
 	return CloseReason_CLOSE_REASON_UNSPECIFIED
+}
+
+func (x *Event) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
 }
 
 // HandleRequest is what a Handle client sends: a registration first, then
@@ -6335,7 +6544,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x04name\x18\n" +
 	" \x01(\tR\x04nameB\a\n" +
 	"\x05matchB\a\n" +
-	"\x05reply\"\xd8\x06\n" +
+	"\x05reply\"\xd2\a\n" +
 	"\bListener\x12\x1f\n" +
 	"\vlistener_id\x18\x01 \x01(\tR\n" +
 	"listenerId\x12\x18\n" +
@@ -6363,14 +6572,18 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x06source\x18\x12 \x01(\x0e2\x12.tcpgate.v1.SourceR\x06source\x12-\n" +
 	"\aforward\x18\x13 \x01(\v2\x13.tcpgate.v1.ForwardR\aforward\x124\n" +
 	"\n" +
-	"on_connect\x18\x14 \x01(\v2\x15.tcpgate.v1.OnConnectR\tonConnect\"\xc3\x01\n" +
+	"on_connect\x18\x14 \x01(\v2\x15.tcpgate.v1.OnConnectR\tonConnect\x12\x17\n" +
+	"\anode_id\x18\x15 \x01(\tR\x06nodeId\x12\x1d\n" +
+	"\n" +
+	"every_node\x18\x16 \x01(\bR\teveryNode\x12@\n" +
+	"\x0eproxy_protocol\x18\x17 \x01(\x0e2\x19.tcpgate.v1.ProxyProtocolR\rproxyProtocol\"\xc3\x01\n" +
 	"\vListenerTLS\x12\x19\n" +
 	"\bcert_pem\x18\x01 \x01(\tR\acertPem\x12\x17\n" +
 	"\akey_pem\x18\x02 \x01(\tR\x06keyPem\x12\x1b\n" +
 	"\tcert_file\x18\x03 \x01(\tR\bcertFile\x12\x19\n" +
 	"\bkey_file\x18\x04 \x01(\tR\akeyFile\x12\"\n" +
 	"\rclient_ca_pem\x18\x05 \x01(\tR\vclientCaPem\x12$\n" +
-	"\x0eclient_ca_file\x18\x06 \x01(\tR\fclientCaFile\"\xb2\x05\n" +
+	"\x0eclient_ca_file\x18\x06 \x01(\tR\fclientCaFile\"\xcb\x05\n" +
 	"\n" +
 	"Connection\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12\x1f\n" +
@@ -6396,7 +6609,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"last_error\x18\x0f \x01(\tR\tlastError\x12\x1a\n" +
 	"\battempts\x18\x10 \x01(\rR\battempts\x12B\n" +
 	"\x0fnext_attempt_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\x12*\n" +
-	"\x06source\x18\x12 \x01(\x0e2\x12.tcpgate.v1.SourceR\x06source\"\xa1\x05\n" +
+	"\x06source\x18\x12 \x01(\x0e2\x12.tcpgate.v1.SourceR\x06source\x12\x17\n" +
+	"\anode_id\x18\x13 \x01(\tR\x06nodeId\"\xd7\x05\n" +
 	"\x0eConnectRequest\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12-\n" +
@@ -6414,7 +6628,9 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x16queue_while_down_bytes\x18\v \x01(\x04R\x13queueWhileDownBytes\x123\n" +
 	"\atimeout\x18\f \x01(\v2\x19.google.protobuf.DurationR\atimeout\x124\n" +
 	"\n" +
-	"auto_reply\x18\r \x01(\v2\x15.tcpgate.v1.AutoReplyR\tautoReply\"\xca\x01\n" +
+	"auto_reply\x18\r \x01(\v2\x15.tcpgate.v1.AutoReplyR\tautoReply\x12\x17\n" +
+	"\anode_id\x18\x0e \x01(\tR\x06nodeId\x12\x1b\n" +
+	"\ttake_over\x18\x0f \x01(\bR\btakeOver\"\xca\x01\n" +
 	"\tReconnect\x12\x1a\n" +
 	"\bdisabled\x18\x01 \x01(\bR\bdisabled\x12B\n" +
 	"\x0finitial_backoff\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0einitialBackoff\x12:\n" +
@@ -6445,7 +6661,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"connection\x18\x01 \x01(\v2\x16.tcpgate.v1.ConnectionR\n" +
 	"connection\x122\n" +
-	"\x06header\x18\x02 \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\"\x84\x04\n" +
+	"\x06header\x18\x02 \x01(\v2\x1a.tcpgate.v1.ResponseHeaderR\x06header\"\xfe\x04\n" +
 	"\x14StartListenerRequest\x12\x1f\n" +
 	"\vlistener_id\x18\x01 \x01(\tR\n" +
 	"listenerId\x12\x12\n" +
@@ -6461,7 +6677,11 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\aforward\x18\n" +
 	" \x01(\v2\x13.tcpgate.v1.ForwardR\aforward\x124\n" +
 	"\n" +
-	"on_connect\x18\v \x01(\v2\x15.tcpgate.v1.OnConnectR\tonConnect\"J\n" +
+	"on_connect\x18\v \x01(\v2\x15.tcpgate.v1.OnConnectR\tonConnect\x12@\n" +
+	"\x0eproxy_protocol\x18\f \x01(\x0e2\x19.tcpgate.v1.ProxyProtocolR\rproxyProtocol\x12\x17\n" +
+	"\anode_id\x18\r \x01(\tR\x06nodeId\x12\x1d\n" +
+	"\n" +
+	"every_node\x18\x0e \x01(\bR\teveryNode\"J\n" +
 	"\aForward\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12%\n" +
 	"\x03tls\x18\x02 \x01(\v2\x13.tcpgate.v1.DialTLSR\x03tls\"}\n" +
@@ -6578,7 +6798,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\aorigins\x18\b \x03(\x0e2\x12.tcpgate.v1.OriginR\aorigins\x12!\n" +
 	"\finclude_sent\x18\t \x01(\bR\vincludeSent\">\n" +
 	"\x11SubscribeResponse\x12)\n" +
-	"\x06events\x18\x01 \x03(\v2\x11.tcpgate.v1.EventR\x06events\"\xaa\x06\n" +
+	"\x06events\x18\x01 \x03(\v2\x11.tcpgate.v1.EventR\x06events\"\xc3\x06\n" +
 	"\x05Event\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12)\n" +
@@ -6604,7 +6824,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\aattempt\x18\x12 \x01(\rR\aattempt\x12/\n" +
 	"\x05delay\x18\x13 \x01(\v2\x19.google.protobuf.DurationR\x05delay\x12\x14\n" +
 	"\x05error\x18\x14 \x01(\tR\x05error\x12G\n" +
-	"\x13target_close_reason\x18\x15 \x01(\x0e2\x17.tcpgate.v1.CloseReasonR\x11targetCloseReason\"\xb5\x01\n" +
+	"\x13target_close_reason\x18\x15 \x01(\x0e2\x17.tcpgate.v1.CloseReasonR\x11targetCloseReason\x12\x17\n" +
+	"\anode_id\x18\x16 \x01(\tR\x06nodeId\"\xb5\x01\n" +
 	"\rHandleRequest\x12B\n" +
 	"\fregistration\x18\x01 \x01(\v2\x1e.tcpgate.v1.HandleRegistrationR\fregistration\x12-\n" +
 	"\x05reply\x18\x02 \x01(\v2\x17.tcpgate.v1.HandleReplyR\x05reply\x121\n" +
@@ -6731,7 +6952,12 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1aLISTENER_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18LISTENER_STATE_LISTENING\x10\x01\x12\x1b\n" +
 	"\x17LISTENER_STATE_DRAINING\x10\x02\x12\x1a\n" +
-	"\x16LISTENER_STATE_STOPPED\x10\x03*\xeb\x01\n" +
+	"\x16LISTENER_STATE_STOPPED\x10\x03*u\n" +
+	"\rProxyProtocol\x12\x1e\n" +
+	"\x1aPROXY_PROTOCOL_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11PROXY_PROTOCOL_V1\x10\x01\x12\x15\n" +
+	"\x11PROXY_PROTOCOL_V2\x10\x02\x12\x16\n" +
+	"\x12PROXY_PROTOCOL_ANY\x10\x03*\xeb\x01\n" +
 	"\x0fConnectionState\x12 \n" +
 	"\x1cCONNECTION_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15CONNECTION_STATE_OPEN\x10\x01\x12 \n" +
@@ -6754,7 +6980,7 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1aPAYLOAD_FORMAT_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bPAYLOAD_FORMAT_TEXT_OR_DATA\x10\x01\x12\x17\n" +
 	"\x13PAYLOAD_FORMAT_DATA\x10\x02\x12\x17\n" +
-	"\x13PAYLOAD_FORMAT_BOTH\x10\x03*\xe9\x02\n" +
+	"\x13PAYLOAD_FORMAT_BOTH\x10\x03*\x85\x03\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bEVENT_KIND_LISTENER_STARTED\x10\x01\x12\x1f\n" +
@@ -6767,7 +6993,8 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1eEVENT_KIND_INCARNATION_CHANGED\x10\b\x12\"\n" +
 	"\x1eEVENT_KIND_RECONNECT_SCHEDULED\x10\t\x12\x1f\n" +
 	"\x1bEVENT_KIND_LISTENER_UPDATED\x10\n" +
-	"*\x9a\x05\n" +
+	"\x12\x1a\n" +
+	"\x16EVENT_KIND_EVENTS_LOST\x10\v*\xdd\x05\n" +
 	"\vCloseReason\x12\x1c\n" +
 	"\x18CLOSE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CLOSE_REASON_PEER_CLOSED\x10\x01\x12\x1b\n" +
@@ -6789,12 +7016,14 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1bCLOSE_REASON_FORWARD_FAILED\x10\x10\x12\x1f\n" +
 	"\x1bCLOSE_REASON_CLOSED_BY_RULE\x10\x11\x12 \n" +
 	"\x1cCLOSE_REASON_HANDLER_TIMEOUT\x10\x12\x12\"\n" +
-	"\x1eCLOSE_REASON_CLOSED_BY_HANDLER\x10\x13*\xac\x01\n" +
+	"\x1eCLOSE_REASON_CLOSED_BY_HANDLER\x10\x13\x12\x1a\n" +
+	"\x16CLOSE_REASON_NODE_LOST\x10\x14\x12%\n" +
+	"!CLOSE_REASON_PROXY_HEADER_INVALID\x10\x15*\xac\x01\n" +
 	"\x12SlowConsumerPolicy\x12$\n" +
 	" SLOW_CONSUMER_POLICY_UNSPECIFIED\x10\x00\x12$\n" +
 	" SLOW_CONSUMER_POLICY_DROP_OLDEST\x10\x01\x12#\n" +
 	"\x1fSLOW_CONSUMER_POLICY_DISCONNECT\x10\x02\x12%\n" +
-	"!SLOW_CONSUMER_POLICY_BACKPRESSURE\x10\x03*\xdc\r\n" +
+	"!SLOW_CONSUMER_POLICY_BACKPRESSURE\x10\x03*\xc4\x0e\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dERROR_REASON_INVALID_ARGUMENT\x10\x01\x12\"\n" +
@@ -6847,7 +7076,10 @@ const file_tcpgate_v1_gateway_proto_rawDesc = "" +
 	"\x1fERROR_REASON_DECLARED_IN_CONFIG\x10/\x12\x1a\n" +
 	"\x16ERROR_REASON_NO_CONFIG\x100\x12\x1f\n" +
 	"\x1bERROR_REASON_CONFIG_INVALID\x101\x12 \n" +
-	"\x1cERROR_REASON_STATE_NOT_SAVED\x102*\x8d\x01\n" +
+	"\x1cERROR_REASON_STATE_NOT_SAVED\x102\x12\x1d\n" +
+	"\x19ERROR_REASON_UNKNOWN_NODE\x103\x12!\n" +
+	"\x1dERROR_REASON_NODE_UNAVAILABLE\x104\x12$\n" +
+	" ERROR_REASON_CLUSTER_UNAVAILABLE\x105*\x8d\x01\n" +
 	"\x0fHandleEventKind\x12!\n" +
 	"\x1dHANDLE_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18HANDLE_EVENT_KIND_OPENED\x10\x01\x12\x1b\n" +
@@ -6881,7 +7113,7 @@ func file_tcpgate_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_tcpgate_v1_gateway_proto_rawDescData
 }
 
-var file_tcpgate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 17)
+var file_tcpgate_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 18)
 var file_tcpgate_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_tcpgate_v1_gateway_proto_goTypes = []any{
 	(FramingMode)(0),                // 0: tcpgate.v1.FramingMode
@@ -6892,219 +7124,222 @@ var file_tcpgate_v1_gateway_proto_goTypes = []any{
 	(Direction)(0),                  // 5: tcpgate.v1.Direction
 	(Source)(0),                     // 6: tcpgate.v1.Source
 	(ListenerState)(0),              // 7: tcpgate.v1.ListenerState
-	(ConnectionState)(0),            // 8: tcpgate.v1.ConnectionState
-	(AwaitMode)(0),                  // 9: tcpgate.v1.AwaitMode
-	(OnTimeout)(0),                  // 10: tcpgate.v1.OnTimeout
-	(PayloadFormat)(0),              // 11: tcpgate.v1.PayloadFormat
-	(EventKind)(0),                  // 12: tcpgate.v1.EventKind
-	(CloseReason)(0),                // 13: tcpgate.v1.CloseReason
-	(SlowConsumerPolicy)(0),         // 14: tcpgate.v1.SlowConsumerPolicy
-	(ErrorReason)(0),                // 15: tcpgate.v1.ErrorReason
-	(HandleEventKind)(0),            // 16: tcpgate.v1.HandleEventKind
-	(*Framing)(nil),                 // 17: tcpgate.v1.Framing
-	(*AutoReply)(nil),               // 18: tcpgate.v1.AutoReply
-	(*ReplyRule)(nil),               // 19: tcpgate.v1.ReplyRule
-	(*Listener)(nil),                // 20: tcpgate.v1.Listener
-	(*ListenerTLS)(nil),             // 21: tcpgate.v1.ListenerTLS
-	(*Connection)(nil),              // 22: tcpgate.v1.Connection
-	(*ConnectRequest)(nil),          // 23: tcpgate.v1.ConnectRequest
-	(*Reconnect)(nil),               // 24: tcpgate.v1.Reconnect
-	(*OnConnect)(nil),               // 25: tcpgate.v1.OnConnect
-	(*Heartbeat)(nil),               // 26: tcpgate.v1.Heartbeat
-	(*TcpKeepAlive)(nil),            // 27: tcpgate.v1.TcpKeepAlive
-	(*ConnectResponse)(nil),         // 28: tcpgate.v1.ConnectResponse
-	(*StartListenerRequest)(nil),    // 29: tcpgate.v1.StartListenerRequest
-	(*Forward)(nil),                 // 30: tcpgate.v1.Forward
-	(*StartListenerResponse)(nil),   // 31: tcpgate.v1.StartListenerResponse
-	(*ResponseHeader)(nil),          // 32: tcpgate.v1.ResponseHeader
-	(*StopListenerRequest)(nil),     // 33: tcpgate.v1.StopListenerRequest
-	(*StopListenerResponse)(nil),    // 34: tcpgate.v1.StopListenerResponse
-	(*GetListenerRequest)(nil),      // 35: tcpgate.v1.GetListenerRequest
-	(*GetListenerResponse)(nil),     // 36: tcpgate.v1.GetListenerResponse
-	(*ListListenersRequest)(nil),    // 37: tcpgate.v1.ListListenersRequest
-	(*ListListenersResponse)(nil),   // 38: tcpgate.v1.ListListenersResponse
-	(*ListConnectionsRequest)(nil),  // 39: tcpgate.v1.ListConnectionsRequest
-	(*ListConnectionsResponse)(nil), // 40: tcpgate.v1.ListConnectionsResponse
-	(*GetConnectionRequest)(nil),    // 41: tcpgate.v1.GetConnectionRequest
-	(*GetConnectionResponse)(nil),   // 42: tcpgate.v1.GetConnectionResponse
-	(*CloseConnectionRequest)(nil),  // 43: tcpgate.v1.CloseConnectionRequest
-	(*CloseConnectionResponse)(nil), // 44: tcpgate.v1.CloseConnectionResponse
-	(*AwaitReply)(nil),              // 45: tcpgate.v1.AwaitReply
-	(*ReplyMatch)(nil),              // 46: tcpgate.v1.ReplyMatch
-	(*SendRequest)(nil),             // 47: tcpgate.v1.SendRequest
-	(*DialTLS)(nil),                 // 48: tcpgate.v1.DialTLS
-	(*Reply)(nil),                   // 49: tcpgate.v1.Reply
-	(*SendResponse)(nil),            // 50: tcpgate.v1.SendResponse
-	(*SubscribeRequest)(nil),        // 51: tcpgate.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),       // 52: tcpgate.v1.SubscribeResponse
-	(*Event)(nil),                   // 53: tcpgate.v1.Event
-	(*HandleRequest)(nil),           // 54: tcpgate.v1.HandleRequest
-	(*HandleRegistration)(nil),      // 55: tcpgate.v1.HandleRegistration
-	(*HandleReply)(nil),             // 56: tcpgate.v1.HandleReply
-	(*HandleResponse)(nil),          // 57: tcpgate.v1.HandleResponse
-	(*HandleRegistered)(nil),        // 58: tcpgate.v1.HandleRegistered
-	(*HandleEvent)(nil),             // 59: tcpgate.v1.HandleEvent
-	(*HandleRejection)(nil),         // 60: tcpgate.v1.HandleRejection
-	(*UpdateListenerRequest)(nil),   // 61: tcpgate.v1.UpdateListenerRequest
-	(*UpdateListenerResponse)(nil),  // 62: tcpgate.v1.UpdateListenerResponse
-	(*ReloadRequest)(nil),           // 63: tcpgate.v1.ReloadRequest
-	(*ReloadDiff)(nil),              // 64: tcpgate.v1.ReloadDiff
-	(*ReloadResponse)(nil),          // 65: tcpgate.v1.ReloadResponse
-	(*ExportConfigRequest)(nil),     // 66: tcpgate.v1.ExportConfigRequest
-	(*ExportConfigResponse)(nil),    // 67: tcpgate.v1.ExportConfigResponse
-	(*Config)(nil),                  // 68: tcpgate.v1.Config
-	(*durationpb.Duration)(nil),     // 69: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 70: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),   // 71: google.protobuf.FieldMask
-	(*structpb.Struct)(nil),         // 72: google.protobuf.Struct
+	(ProxyProtocol)(0),              // 8: tcpgate.v1.ProxyProtocol
+	(ConnectionState)(0),            // 9: tcpgate.v1.ConnectionState
+	(AwaitMode)(0),                  // 10: tcpgate.v1.AwaitMode
+	(OnTimeout)(0),                  // 11: tcpgate.v1.OnTimeout
+	(PayloadFormat)(0),              // 12: tcpgate.v1.PayloadFormat
+	(EventKind)(0),                  // 13: tcpgate.v1.EventKind
+	(CloseReason)(0),                // 14: tcpgate.v1.CloseReason
+	(SlowConsumerPolicy)(0),         // 15: tcpgate.v1.SlowConsumerPolicy
+	(ErrorReason)(0),                // 16: tcpgate.v1.ErrorReason
+	(HandleEventKind)(0),            // 17: tcpgate.v1.HandleEventKind
+	(*Framing)(nil),                 // 18: tcpgate.v1.Framing
+	(*AutoReply)(nil),               // 19: tcpgate.v1.AutoReply
+	(*ReplyRule)(nil),               // 20: tcpgate.v1.ReplyRule
+	(*Listener)(nil),                // 21: tcpgate.v1.Listener
+	(*ListenerTLS)(nil),             // 22: tcpgate.v1.ListenerTLS
+	(*Connection)(nil),              // 23: tcpgate.v1.Connection
+	(*ConnectRequest)(nil),          // 24: tcpgate.v1.ConnectRequest
+	(*Reconnect)(nil),               // 25: tcpgate.v1.Reconnect
+	(*OnConnect)(nil),               // 26: tcpgate.v1.OnConnect
+	(*Heartbeat)(nil),               // 27: tcpgate.v1.Heartbeat
+	(*TcpKeepAlive)(nil),            // 28: tcpgate.v1.TcpKeepAlive
+	(*ConnectResponse)(nil),         // 29: tcpgate.v1.ConnectResponse
+	(*StartListenerRequest)(nil),    // 30: tcpgate.v1.StartListenerRequest
+	(*Forward)(nil),                 // 31: tcpgate.v1.Forward
+	(*StartListenerResponse)(nil),   // 32: tcpgate.v1.StartListenerResponse
+	(*ResponseHeader)(nil),          // 33: tcpgate.v1.ResponseHeader
+	(*StopListenerRequest)(nil),     // 34: tcpgate.v1.StopListenerRequest
+	(*StopListenerResponse)(nil),    // 35: tcpgate.v1.StopListenerResponse
+	(*GetListenerRequest)(nil),      // 36: tcpgate.v1.GetListenerRequest
+	(*GetListenerResponse)(nil),     // 37: tcpgate.v1.GetListenerResponse
+	(*ListListenersRequest)(nil),    // 38: tcpgate.v1.ListListenersRequest
+	(*ListListenersResponse)(nil),   // 39: tcpgate.v1.ListListenersResponse
+	(*ListConnectionsRequest)(nil),  // 40: tcpgate.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil), // 41: tcpgate.v1.ListConnectionsResponse
+	(*GetConnectionRequest)(nil),    // 42: tcpgate.v1.GetConnectionRequest
+	(*GetConnectionResponse)(nil),   // 43: tcpgate.v1.GetConnectionResponse
+	(*CloseConnectionRequest)(nil),  // 44: tcpgate.v1.CloseConnectionRequest
+	(*CloseConnectionResponse)(nil), // 45: tcpgate.v1.CloseConnectionResponse
+	(*AwaitReply)(nil),              // 46: tcpgate.v1.AwaitReply
+	(*ReplyMatch)(nil),              // 47: tcpgate.v1.ReplyMatch
+	(*SendRequest)(nil),             // 48: tcpgate.v1.SendRequest
+	(*DialTLS)(nil),                 // 49: tcpgate.v1.DialTLS
+	(*Reply)(nil),                   // 50: tcpgate.v1.Reply
+	(*SendResponse)(nil),            // 51: tcpgate.v1.SendResponse
+	(*SubscribeRequest)(nil),        // 52: tcpgate.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),       // 53: tcpgate.v1.SubscribeResponse
+	(*Event)(nil),                   // 54: tcpgate.v1.Event
+	(*HandleRequest)(nil),           // 55: tcpgate.v1.HandleRequest
+	(*HandleRegistration)(nil),      // 56: tcpgate.v1.HandleRegistration
+	(*HandleReply)(nil),             // 57: tcpgate.v1.HandleReply
+	(*HandleResponse)(nil),          // 58: tcpgate.v1.HandleResponse
+	(*HandleRegistered)(nil),        // 59: tcpgate.v1.HandleRegistered
+	(*HandleEvent)(nil),             // 60: tcpgate.v1.HandleEvent
+	(*HandleRejection)(nil),         // 61: tcpgate.v1.HandleRejection
+	(*UpdateListenerRequest)(nil),   // 62: tcpgate.v1.UpdateListenerRequest
+	(*UpdateListenerResponse)(nil),  // 63: tcpgate.v1.UpdateListenerResponse
+	(*ReloadRequest)(nil),           // 64: tcpgate.v1.ReloadRequest
+	(*ReloadDiff)(nil),              // 65: tcpgate.v1.ReloadDiff
+	(*ReloadResponse)(nil),          // 66: tcpgate.v1.ReloadResponse
+	(*ExportConfigRequest)(nil),     // 67: tcpgate.v1.ExportConfigRequest
+	(*ExportConfigResponse)(nil),    // 68: tcpgate.v1.ExportConfigResponse
+	(*Config)(nil),                  // 69: tcpgate.v1.Config
+	(*durationpb.Duration)(nil),     // 70: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 71: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),   // 72: google.protobuf.FieldMask
+	(*structpb.Struct)(nil),         // 73: google.protobuf.Struct
 }
 var file_tcpgate_v1_gateway_proto_depIdxs = []int32{
 	0,   // 0: tcpgate.v1.Framing.mode:type_name -> tcpgate.v1.FramingMode
 	1,   // 1: tcpgate.v1.AutoReply.mode:type_name -> tcpgate.v1.AutoReplyMode
-	19,  // 2: tcpgate.v1.AutoReply.rules:type_name -> tcpgate.v1.ReplyRule
-	69,  // 3: tcpgate.v1.AutoReply.handler_timeout:type_name -> google.protobuf.Duration
+	20,  // 2: tcpgate.v1.AutoReply.rules:type_name -> tcpgate.v1.ReplyRule
+	70,  // 3: tcpgate.v1.AutoReply.handler_timeout:type_name -> google.protobuf.Duration
 	2,   // 4: tcpgate.v1.AutoReply.on_handler_timeout:type_name -> tcpgate.v1.HandlerTimeoutAction
 	3,   // 5: tcpgate.v1.ReplyRule.kind:type_name -> tcpgate.v1.MatchKind
-	69,  // 6: tcpgate.v1.ReplyRule.delay:type_name -> google.protobuf.Duration
+	70,  // 6: tcpgate.v1.ReplyRule.delay:type_name -> google.protobuf.Duration
 	7,   // 7: tcpgate.v1.Listener.state:type_name -> tcpgate.v1.ListenerState
-	17,  // 8: tcpgate.v1.Listener.framing:type_name -> tcpgate.v1.Framing
-	18,  // 9: tcpgate.v1.Listener.auto_reply:type_name -> tcpgate.v1.AutoReply
-	70,  // 10: tcpgate.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
-	69,  // 11: tcpgate.v1.Listener.idle_timeout:type_name -> google.protobuf.Duration
-	69,  // 12: tcpgate.v1.Listener.half_close_timeout:type_name -> google.protobuf.Duration
+	18,  // 8: tcpgate.v1.Listener.framing:type_name -> tcpgate.v1.Framing
+	19,  // 9: tcpgate.v1.Listener.auto_reply:type_name -> tcpgate.v1.AutoReply
+	71,  // 10: tcpgate.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
+	70,  // 11: tcpgate.v1.Listener.idle_timeout:type_name -> google.protobuf.Duration
+	70,  // 12: tcpgate.v1.Listener.half_close_timeout:type_name -> google.protobuf.Duration
 	6,   // 13: tcpgate.v1.Listener.source:type_name -> tcpgate.v1.Source
-	30,  // 14: tcpgate.v1.Listener.forward:type_name -> tcpgate.v1.Forward
-	25,  // 15: tcpgate.v1.Listener.on_connect:type_name -> tcpgate.v1.OnConnect
-	70,  // 16: tcpgate.v1.Connection.opened_at:type_name -> google.protobuf.Timestamp
-	8,   // 17: tcpgate.v1.Connection.state:type_name -> tcpgate.v1.ConnectionState
-	4,   // 18: tcpgate.v1.Connection.origin:type_name -> tcpgate.v1.Origin
-	70,  // 19: tcpgate.v1.Connection.next_attempt_at:type_name -> google.protobuf.Timestamp
-	6,   // 20: tcpgate.v1.Connection.source:type_name -> tcpgate.v1.Source
-	17,  // 21: tcpgate.v1.ConnectRequest.framing:type_name -> tcpgate.v1.Framing
-	48,  // 22: tcpgate.v1.ConnectRequest.tls:type_name -> tcpgate.v1.DialTLS
-	24,  // 23: tcpgate.v1.ConnectRequest.reconnect:type_name -> tcpgate.v1.Reconnect
-	25,  // 24: tcpgate.v1.ConnectRequest.on_connect:type_name -> tcpgate.v1.OnConnect
-	26,  // 25: tcpgate.v1.ConnectRequest.heartbeat:type_name -> tcpgate.v1.Heartbeat
-	69,  // 26: tcpgate.v1.ConnectRequest.idle_timeout:type_name -> google.protobuf.Duration
-	27,  // 27: tcpgate.v1.ConnectRequest.keep_alive:type_name -> tcpgate.v1.TcpKeepAlive
-	69,  // 28: tcpgate.v1.ConnectRequest.tcp_user_timeout:type_name -> google.protobuf.Duration
-	69,  // 29: tcpgate.v1.ConnectRequest.timeout:type_name -> google.protobuf.Duration
-	18,  // 30: tcpgate.v1.ConnectRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
-	69,  // 31: tcpgate.v1.Reconnect.initial_backoff:type_name -> google.protobuf.Duration
-	69,  // 32: tcpgate.v1.Reconnect.max_backoff:type_name -> google.protobuf.Duration
-	46,  // 33: tcpgate.v1.OnConnect.expect:type_name -> tcpgate.v1.ReplyMatch
-	69,  // 34: tcpgate.v1.OnConnect.timeout:type_name -> google.protobuf.Duration
-	69,  // 35: tcpgate.v1.Heartbeat.interval:type_name -> google.protobuf.Duration
-	46,  // 36: tcpgate.v1.Heartbeat.expect:type_name -> tcpgate.v1.ReplyMatch
-	69,  // 37: tcpgate.v1.Heartbeat.timeout:type_name -> google.protobuf.Duration
-	69,  // 38: tcpgate.v1.TcpKeepAlive.idle:type_name -> google.protobuf.Duration
-	69,  // 39: tcpgate.v1.TcpKeepAlive.interval:type_name -> google.protobuf.Duration
-	22,  // 40: tcpgate.v1.ConnectResponse.connection:type_name -> tcpgate.v1.Connection
-	32,  // 41: tcpgate.v1.ConnectResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	17,  // 42: tcpgate.v1.StartListenerRequest.framing:type_name -> tcpgate.v1.Framing
-	18,  // 43: tcpgate.v1.StartListenerRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
-	69,  // 44: tcpgate.v1.StartListenerRequest.idle_timeout:type_name -> google.protobuf.Duration
-	21,  // 45: tcpgate.v1.StartListenerRequest.tls:type_name -> tcpgate.v1.ListenerTLS
-	69,  // 46: tcpgate.v1.StartListenerRequest.half_close_timeout:type_name -> google.protobuf.Duration
-	30,  // 47: tcpgate.v1.StartListenerRequest.forward:type_name -> tcpgate.v1.Forward
-	25,  // 48: tcpgate.v1.StartListenerRequest.on_connect:type_name -> tcpgate.v1.OnConnect
-	48,  // 49: tcpgate.v1.Forward.tls:type_name -> tcpgate.v1.DialTLS
-	20,  // 50: tcpgate.v1.StartListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	32,  // 51: tcpgate.v1.StartListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	69,  // 52: tcpgate.v1.StopListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
-	20,  // 53: tcpgate.v1.StopListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	32,  // 54: tcpgate.v1.StopListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	20,  // 55: tcpgate.v1.GetListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	32,  // 56: tcpgate.v1.GetListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	20,  // 57: tcpgate.v1.ListListenersResponse.listeners:type_name -> tcpgate.v1.Listener
-	32,  // 58: tcpgate.v1.ListListenersResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	8,   // 59: tcpgate.v1.ListConnectionsRequest.state:type_name -> tcpgate.v1.ConnectionState
-	4,   // 60: tcpgate.v1.ListConnectionsRequest.origins:type_name -> tcpgate.v1.Origin
-	22,  // 61: tcpgate.v1.ListConnectionsResponse.connections:type_name -> tcpgate.v1.Connection
-	32,  // 62: tcpgate.v1.ListConnectionsResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	22,  // 63: tcpgate.v1.GetConnectionResponse.connection:type_name -> tcpgate.v1.Connection
-	32,  // 64: tcpgate.v1.GetConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	22,  // 65: tcpgate.v1.CloseConnectionResponse.connection:type_name -> tcpgate.v1.Connection
-	32,  // 66: tcpgate.v1.CloseConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	9,   // 67: tcpgate.v1.AwaitReply.mode:type_name -> tcpgate.v1.AwaitMode
-	17,  // 68: tcpgate.v1.AwaitReply.framing:type_name -> tcpgate.v1.Framing
-	11,  // 69: tcpgate.v1.AwaitReply.payload_format:type_name -> tcpgate.v1.PayloadFormat
-	46,  // 70: tcpgate.v1.AwaitReply.match:type_name -> tcpgate.v1.ReplyMatch
-	10,  // 71: tcpgate.v1.AwaitReply.on_timeout:type_name -> tcpgate.v1.OnTimeout
-	45,  // 72: tcpgate.v1.SendRequest.await_reply:type_name -> tcpgate.v1.AwaitReply
-	69,  // 73: tcpgate.v1.SendRequest.timeout:type_name -> google.protobuf.Duration
-	48,  // 74: tcpgate.v1.SendRequest.tls:type_name -> tcpgate.v1.DialTLS
-	49,  // 75: tcpgate.v1.SendResponse.reply:type_name -> tcpgate.v1.Reply
-	12,  // 76: tcpgate.v1.SubscribeRequest.kinds:type_name -> tcpgate.v1.EventKind
-	14,  // 77: tcpgate.v1.SubscribeRequest.slow_consumer:type_name -> tcpgate.v1.SlowConsumerPolicy
-	11,  // 78: tcpgate.v1.SubscribeRequest.payload_format:type_name -> tcpgate.v1.PayloadFormat
-	4,   // 79: tcpgate.v1.SubscribeRequest.origins:type_name -> tcpgate.v1.Origin
-	53,  // 80: tcpgate.v1.SubscribeResponse.events:type_name -> tcpgate.v1.Event
-	70,  // 81: tcpgate.v1.Event.time:type_name -> google.protobuf.Timestamp
-	12,  // 82: tcpgate.v1.Event.kind:type_name -> tcpgate.v1.EventKind
-	13,  // 83: tcpgate.v1.Event.close_reason:type_name -> tcpgate.v1.CloseReason
-	32,  // 84: tcpgate.v1.Event.header:type_name -> tcpgate.v1.ResponseHeader
-	4,   // 85: tcpgate.v1.Event.origin:type_name -> tcpgate.v1.Origin
-	5,   // 86: tcpgate.v1.Event.direction:type_name -> tcpgate.v1.Direction
-	69,  // 87: tcpgate.v1.Event.delay:type_name -> google.protobuf.Duration
-	13,  // 88: tcpgate.v1.Event.target_close_reason:type_name -> tcpgate.v1.CloseReason
-	55,  // 89: tcpgate.v1.HandleRequest.registration:type_name -> tcpgate.v1.HandleRegistration
-	56,  // 90: tcpgate.v1.HandleRequest.reply:type_name -> tcpgate.v1.HandleReply
-	56,  // 91: tcpgate.v1.HandleRequest.replies:type_name -> tcpgate.v1.HandleReply
-	11,  // 92: tcpgate.v1.HandleRegistration.payload_format:type_name -> tcpgate.v1.PayloadFormat
-	58,  // 93: tcpgate.v1.HandleResponse.registered:type_name -> tcpgate.v1.HandleRegistered
-	59,  // 94: tcpgate.v1.HandleResponse.events:type_name -> tcpgate.v1.HandleEvent
-	60,  // 95: tcpgate.v1.HandleResponse.rejections:type_name -> tcpgate.v1.HandleRejection
-	32,  // 96: tcpgate.v1.HandleRegistered.header:type_name -> tcpgate.v1.ResponseHeader
-	16,  // 97: tcpgate.v1.HandleEvent.kind:type_name -> tcpgate.v1.HandleEventKind
-	4,   // 98: tcpgate.v1.HandleEvent.origin:type_name -> tcpgate.v1.Origin
-	13,  // 99: tcpgate.v1.HandleEvent.close_reason:type_name -> tcpgate.v1.CloseReason
-	15,  // 100: tcpgate.v1.HandleRejection.reason:type_name -> tcpgate.v1.ErrorReason
-	29,  // 101: tcpgate.v1.UpdateListenerRequest.listener:type_name -> tcpgate.v1.StartListenerRequest
-	71,  // 102: tcpgate.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
-	20,  // 103: tcpgate.v1.UpdateListenerResponse.listener:type_name -> tcpgate.v1.Listener
-	32,  // 104: tcpgate.v1.UpdateListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	64,  // 105: tcpgate.v1.ReloadResponse.listeners:type_name -> tcpgate.v1.ReloadDiff
-	64,  // 106: tcpgate.v1.ReloadResponse.connections:type_name -> tcpgate.v1.ReloadDiff
-	32,  // 107: tcpgate.v1.ReloadResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	68,  // 108: tcpgate.v1.ExportConfigResponse.config:type_name -> tcpgate.v1.Config
-	32,  // 109: tcpgate.v1.ExportConfigResponse.header:type_name -> tcpgate.v1.ResponseHeader
-	29,  // 110: tcpgate.v1.Config.listeners:type_name -> tcpgate.v1.StartListenerRequest
-	23,  // 111: tcpgate.v1.Config.connections:type_name -> tcpgate.v1.ConnectRequest
-	72,  // 112: tcpgate.v1.Config.serve:type_name -> google.protobuf.Struct
-	29,  // 113: tcpgate.v1.GatewayService.StartListener:input_type -> tcpgate.v1.StartListenerRequest
-	33,  // 114: tcpgate.v1.GatewayService.StopListener:input_type -> tcpgate.v1.StopListenerRequest
-	35,  // 115: tcpgate.v1.GatewayService.GetListener:input_type -> tcpgate.v1.GetListenerRequest
-	37,  // 116: tcpgate.v1.GatewayService.ListListeners:input_type -> tcpgate.v1.ListListenersRequest
-	39,  // 117: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
-	41,  // 118: tcpgate.v1.GatewayService.GetConnection:input_type -> tcpgate.v1.GetConnectionRequest
-	43,  // 119: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
-	23,  // 120: tcpgate.v1.GatewayService.Connect:input_type -> tcpgate.v1.ConnectRequest
-	47,  // 121: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
-	51,  // 122: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
-	54,  // 123: tcpgate.v1.GatewayService.Handle:input_type -> tcpgate.v1.HandleRequest
-	61,  // 124: tcpgate.v1.GatewayService.UpdateListener:input_type -> tcpgate.v1.UpdateListenerRequest
-	63,  // 125: tcpgate.v1.GatewayService.Reload:input_type -> tcpgate.v1.ReloadRequest
-	66,  // 126: tcpgate.v1.GatewayService.ExportConfig:input_type -> tcpgate.v1.ExportConfigRequest
-	31,  // 127: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
-	34,  // 128: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
-	36,  // 129: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
-	38,  // 130: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
-	40,  // 131: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
-	42,  // 132: tcpgate.v1.GatewayService.GetConnection:output_type -> tcpgate.v1.GetConnectionResponse
-	44,  // 133: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
-	28,  // 134: tcpgate.v1.GatewayService.Connect:output_type -> tcpgate.v1.ConnectResponse
-	50,  // 135: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
-	52,  // 136: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
-	57,  // 137: tcpgate.v1.GatewayService.Handle:output_type -> tcpgate.v1.HandleResponse
-	62,  // 138: tcpgate.v1.GatewayService.UpdateListener:output_type -> tcpgate.v1.UpdateListenerResponse
-	65,  // 139: tcpgate.v1.GatewayService.Reload:output_type -> tcpgate.v1.ReloadResponse
-	67,  // 140: tcpgate.v1.GatewayService.ExportConfig:output_type -> tcpgate.v1.ExportConfigResponse
-	127, // [127:141] is the sub-list for method output_type
-	113, // [113:127] is the sub-list for method input_type
-	113, // [113:113] is the sub-list for extension type_name
-	113, // [113:113] is the sub-list for extension extendee
-	0,   // [0:113] is the sub-list for field type_name
+	31,  // 14: tcpgate.v1.Listener.forward:type_name -> tcpgate.v1.Forward
+	26,  // 15: tcpgate.v1.Listener.on_connect:type_name -> tcpgate.v1.OnConnect
+	8,   // 16: tcpgate.v1.Listener.proxy_protocol:type_name -> tcpgate.v1.ProxyProtocol
+	71,  // 17: tcpgate.v1.Connection.opened_at:type_name -> google.protobuf.Timestamp
+	9,   // 18: tcpgate.v1.Connection.state:type_name -> tcpgate.v1.ConnectionState
+	4,   // 19: tcpgate.v1.Connection.origin:type_name -> tcpgate.v1.Origin
+	71,  // 20: tcpgate.v1.Connection.next_attempt_at:type_name -> google.protobuf.Timestamp
+	6,   // 21: tcpgate.v1.Connection.source:type_name -> tcpgate.v1.Source
+	18,  // 22: tcpgate.v1.ConnectRequest.framing:type_name -> tcpgate.v1.Framing
+	49,  // 23: tcpgate.v1.ConnectRequest.tls:type_name -> tcpgate.v1.DialTLS
+	25,  // 24: tcpgate.v1.ConnectRequest.reconnect:type_name -> tcpgate.v1.Reconnect
+	26,  // 25: tcpgate.v1.ConnectRequest.on_connect:type_name -> tcpgate.v1.OnConnect
+	27,  // 26: tcpgate.v1.ConnectRequest.heartbeat:type_name -> tcpgate.v1.Heartbeat
+	70,  // 27: tcpgate.v1.ConnectRequest.idle_timeout:type_name -> google.protobuf.Duration
+	28,  // 28: tcpgate.v1.ConnectRequest.keep_alive:type_name -> tcpgate.v1.TcpKeepAlive
+	70,  // 29: tcpgate.v1.ConnectRequest.tcp_user_timeout:type_name -> google.protobuf.Duration
+	70,  // 30: tcpgate.v1.ConnectRequest.timeout:type_name -> google.protobuf.Duration
+	19,  // 31: tcpgate.v1.ConnectRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
+	70,  // 32: tcpgate.v1.Reconnect.initial_backoff:type_name -> google.protobuf.Duration
+	70,  // 33: tcpgate.v1.Reconnect.max_backoff:type_name -> google.protobuf.Duration
+	47,  // 34: tcpgate.v1.OnConnect.expect:type_name -> tcpgate.v1.ReplyMatch
+	70,  // 35: tcpgate.v1.OnConnect.timeout:type_name -> google.protobuf.Duration
+	70,  // 36: tcpgate.v1.Heartbeat.interval:type_name -> google.protobuf.Duration
+	47,  // 37: tcpgate.v1.Heartbeat.expect:type_name -> tcpgate.v1.ReplyMatch
+	70,  // 38: tcpgate.v1.Heartbeat.timeout:type_name -> google.protobuf.Duration
+	70,  // 39: tcpgate.v1.TcpKeepAlive.idle:type_name -> google.protobuf.Duration
+	70,  // 40: tcpgate.v1.TcpKeepAlive.interval:type_name -> google.protobuf.Duration
+	23,  // 41: tcpgate.v1.ConnectResponse.connection:type_name -> tcpgate.v1.Connection
+	33,  // 42: tcpgate.v1.ConnectResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	18,  // 43: tcpgate.v1.StartListenerRequest.framing:type_name -> tcpgate.v1.Framing
+	19,  // 44: tcpgate.v1.StartListenerRequest.auto_reply:type_name -> tcpgate.v1.AutoReply
+	70,  // 45: tcpgate.v1.StartListenerRequest.idle_timeout:type_name -> google.protobuf.Duration
+	22,  // 46: tcpgate.v1.StartListenerRequest.tls:type_name -> tcpgate.v1.ListenerTLS
+	70,  // 47: tcpgate.v1.StartListenerRequest.half_close_timeout:type_name -> google.protobuf.Duration
+	31,  // 48: tcpgate.v1.StartListenerRequest.forward:type_name -> tcpgate.v1.Forward
+	26,  // 49: tcpgate.v1.StartListenerRequest.on_connect:type_name -> tcpgate.v1.OnConnect
+	8,   // 50: tcpgate.v1.StartListenerRequest.proxy_protocol:type_name -> tcpgate.v1.ProxyProtocol
+	49,  // 51: tcpgate.v1.Forward.tls:type_name -> tcpgate.v1.DialTLS
+	21,  // 52: tcpgate.v1.StartListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	33,  // 53: tcpgate.v1.StartListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	70,  // 54: tcpgate.v1.StopListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
+	21,  // 55: tcpgate.v1.StopListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	33,  // 56: tcpgate.v1.StopListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	21,  // 57: tcpgate.v1.GetListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	33,  // 58: tcpgate.v1.GetListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	21,  // 59: tcpgate.v1.ListListenersResponse.listeners:type_name -> tcpgate.v1.Listener
+	33,  // 60: tcpgate.v1.ListListenersResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	9,   // 61: tcpgate.v1.ListConnectionsRequest.state:type_name -> tcpgate.v1.ConnectionState
+	4,   // 62: tcpgate.v1.ListConnectionsRequest.origins:type_name -> tcpgate.v1.Origin
+	23,  // 63: tcpgate.v1.ListConnectionsResponse.connections:type_name -> tcpgate.v1.Connection
+	33,  // 64: tcpgate.v1.ListConnectionsResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	23,  // 65: tcpgate.v1.GetConnectionResponse.connection:type_name -> tcpgate.v1.Connection
+	33,  // 66: tcpgate.v1.GetConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	23,  // 67: tcpgate.v1.CloseConnectionResponse.connection:type_name -> tcpgate.v1.Connection
+	33,  // 68: tcpgate.v1.CloseConnectionResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	10,  // 69: tcpgate.v1.AwaitReply.mode:type_name -> tcpgate.v1.AwaitMode
+	18,  // 70: tcpgate.v1.AwaitReply.framing:type_name -> tcpgate.v1.Framing
+	12,  // 71: tcpgate.v1.AwaitReply.payload_format:type_name -> tcpgate.v1.PayloadFormat
+	47,  // 72: tcpgate.v1.AwaitReply.match:type_name -> tcpgate.v1.ReplyMatch
+	11,  // 73: tcpgate.v1.AwaitReply.on_timeout:type_name -> tcpgate.v1.OnTimeout
+	46,  // 74: tcpgate.v1.SendRequest.await_reply:type_name -> tcpgate.v1.AwaitReply
+	70,  // 75: tcpgate.v1.SendRequest.timeout:type_name -> google.protobuf.Duration
+	49,  // 76: tcpgate.v1.SendRequest.tls:type_name -> tcpgate.v1.DialTLS
+	50,  // 77: tcpgate.v1.SendResponse.reply:type_name -> tcpgate.v1.Reply
+	13,  // 78: tcpgate.v1.SubscribeRequest.kinds:type_name -> tcpgate.v1.EventKind
+	15,  // 79: tcpgate.v1.SubscribeRequest.slow_consumer:type_name -> tcpgate.v1.SlowConsumerPolicy
+	12,  // 80: tcpgate.v1.SubscribeRequest.payload_format:type_name -> tcpgate.v1.PayloadFormat
+	4,   // 81: tcpgate.v1.SubscribeRequest.origins:type_name -> tcpgate.v1.Origin
+	54,  // 82: tcpgate.v1.SubscribeResponse.events:type_name -> tcpgate.v1.Event
+	71,  // 83: tcpgate.v1.Event.time:type_name -> google.protobuf.Timestamp
+	13,  // 84: tcpgate.v1.Event.kind:type_name -> tcpgate.v1.EventKind
+	14,  // 85: tcpgate.v1.Event.close_reason:type_name -> tcpgate.v1.CloseReason
+	33,  // 86: tcpgate.v1.Event.header:type_name -> tcpgate.v1.ResponseHeader
+	4,   // 87: tcpgate.v1.Event.origin:type_name -> tcpgate.v1.Origin
+	5,   // 88: tcpgate.v1.Event.direction:type_name -> tcpgate.v1.Direction
+	70,  // 89: tcpgate.v1.Event.delay:type_name -> google.protobuf.Duration
+	14,  // 90: tcpgate.v1.Event.target_close_reason:type_name -> tcpgate.v1.CloseReason
+	56,  // 91: tcpgate.v1.HandleRequest.registration:type_name -> tcpgate.v1.HandleRegistration
+	57,  // 92: tcpgate.v1.HandleRequest.reply:type_name -> tcpgate.v1.HandleReply
+	57,  // 93: tcpgate.v1.HandleRequest.replies:type_name -> tcpgate.v1.HandleReply
+	12,  // 94: tcpgate.v1.HandleRegistration.payload_format:type_name -> tcpgate.v1.PayloadFormat
+	59,  // 95: tcpgate.v1.HandleResponse.registered:type_name -> tcpgate.v1.HandleRegistered
+	60,  // 96: tcpgate.v1.HandleResponse.events:type_name -> tcpgate.v1.HandleEvent
+	61,  // 97: tcpgate.v1.HandleResponse.rejections:type_name -> tcpgate.v1.HandleRejection
+	33,  // 98: tcpgate.v1.HandleRegistered.header:type_name -> tcpgate.v1.ResponseHeader
+	17,  // 99: tcpgate.v1.HandleEvent.kind:type_name -> tcpgate.v1.HandleEventKind
+	4,   // 100: tcpgate.v1.HandleEvent.origin:type_name -> tcpgate.v1.Origin
+	14,  // 101: tcpgate.v1.HandleEvent.close_reason:type_name -> tcpgate.v1.CloseReason
+	16,  // 102: tcpgate.v1.HandleRejection.reason:type_name -> tcpgate.v1.ErrorReason
+	30,  // 103: tcpgate.v1.UpdateListenerRequest.listener:type_name -> tcpgate.v1.StartListenerRequest
+	72,  // 104: tcpgate.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
+	21,  // 105: tcpgate.v1.UpdateListenerResponse.listener:type_name -> tcpgate.v1.Listener
+	33,  // 106: tcpgate.v1.UpdateListenerResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	65,  // 107: tcpgate.v1.ReloadResponse.listeners:type_name -> tcpgate.v1.ReloadDiff
+	65,  // 108: tcpgate.v1.ReloadResponse.connections:type_name -> tcpgate.v1.ReloadDiff
+	33,  // 109: tcpgate.v1.ReloadResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	69,  // 110: tcpgate.v1.ExportConfigResponse.config:type_name -> tcpgate.v1.Config
+	33,  // 111: tcpgate.v1.ExportConfigResponse.header:type_name -> tcpgate.v1.ResponseHeader
+	30,  // 112: tcpgate.v1.Config.listeners:type_name -> tcpgate.v1.StartListenerRequest
+	24,  // 113: tcpgate.v1.Config.connections:type_name -> tcpgate.v1.ConnectRequest
+	73,  // 114: tcpgate.v1.Config.serve:type_name -> google.protobuf.Struct
+	30,  // 115: tcpgate.v1.GatewayService.StartListener:input_type -> tcpgate.v1.StartListenerRequest
+	34,  // 116: tcpgate.v1.GatewayService.StopListener:input_type -> tcpgate.v1.StopListenerRequest
+	36,  // 117: tcpgate.v1.GatewayService.GetListener:input_type -> tcpgate.v1.GetListenerRequest
+	38,  // 118: tcpgate.v1.GatewayService.ListListeners:input_type -> tcpgate.v1.ListListenersRequest
+	40,  // 119: tcpgate.v1.GatewayService.ListConnections:input_type -> tcpgate.v1.ListConnectionsRequest
+	42,  // 120: tcpgate.v1.GatewayService.GetConnection:input_type -> tcpgate.v1.GetConnectionRequest
+	44,  // 121: tcpgate.v1.GatewayService.CloseConnection:input_type -> tcpgate.v1.CloseConnectionRequest
+	24,  // 122: tcpgate.v1.GatewayService.Connect:input_type -> tcpgate.v1.ConnectRequest
+	48,  // 123: tcpgate.v1.GatewayService.Send:input_type -> tcpgate.v1.SendRequest
+	52,  // 124: tcpgate.v1.GatewayService.Subscribe:input_type -> tcpgate.v1.SubscribeRequest
+	55,  // 125: tcpgate.v1.GatewayService.Handle:input_type -> tcpgate.v1.HandleRequest
+	62,  // 126: tcpgate.v1.GatewayService.UpdateListener:input_type -> tcpgate.v1.UpdateListenerRequest
+	64,  // 127: tcpgate.v1.GatewayService.Reload:input_type -> tcpgate.v1.ReloadRequest
+	67,  // 128: tcpgate.v1.GatewayService.ExportConfig:input_type -> tcpgate.v1.ExportConfigRequest
+	32,  // 129: tcpgate.v1.GatewayService.StartListener:output_type -> tcpgate.v1.StartListenerResponse
+	35,  // 130: tcpgate.v1.GatewayService.StopListener:output_type -> tcpgate.v1.StopListenerResponse
+	37,  // 131: tcpgate.v1.GatewayService.GetListener:output_type -> tcpgate.v1.GetListenerResponse
+	39,  // 132: tcpgate.v1.GatewayService.ListListeners:output_type -> tcpgate.v1.ListListenersResponse
+	41,  // 133: tcpgate.v1.GatewayService.ListConnections:output_type -> tcpgate.v1.ListConnectionsResponse
+	43,  // 134: tcpgate.v1.GatewayService.GetConnection:output_type -> tcpgate.v1.GetConnectionResponse
+	45,  // 135: tcpgate.v1.GatewayService.CloseConnection:output_type -> tcpgate.v1.CloseConnectionResponse
+	29,  // 136: tcpgate.v1.GatewayService.Connect:output_type -> tcpgate.v1.ConnectResponse
+	51,  // 137: tcpgate.v1.GatewayService.Send:output_type -> tcpgate.v1.SendResponse
+	53,  // 138: tcpgate.v1.GatewayService.Subscribe:output_type -> tcpgate.v1.SubscribeResponse
+	58,  // 139: tcpgate.v1.GatewayService.Handle:output_type -> tcpgate.v1.HandleResponse
+	63,  // 140: tcpgate.v1.GatewayService.UpdateListener:output_type -> tcpgate.v1.UpdateListenerResponse
+	66,  // 141: tcpgate.v1.GatewayService.Reload:output_type -> tcpgate.v1.ReloadResponse
+	68,  // 142: tcpgate.v1.GatewayService.ExportConfig:output_type -> tcpgate.v1.ExportConfigResponse
+	129, // [129:143] is the sub-list for method output_type
+	115, // [115:129] is the sub-list for method input_type
+	115, // [115:115] is the sub-list for extension type_name
+	115, // [115:115] is the sub-list for extension extendee
+	0,   // [0:115] is the sub-list for field type_name
 }
 
 func init() { file_tcpgate_v1_gateway_proto_init() }
@@ -7152,7 +7387,7 @@ func file_tcpgate_v1_gateway_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tcpgate_v1_gateway_proto_rawDesc), len(file_tcpgate_v1_gateway_proto_rawDesc)),
-			NumEnums:      17,
+			NumEnums:      18,
 			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -35,6 +35,10 @@ const (
 	// ListenerUpdated says UpdateListener (or a reload) changed a running
 	// listener in place; its port and connections stayed.
 	ListenerUpdated
+	// EventsLost says a cluster node could not store Dropped events of
+	// ConnectionID in the cluster's stream. Unlike EventsDropped it is
+	// published, with a sequence, and reaches every subscriber.
+	EventsLost
 )
 
 // String returns the kind's lowercase name.
@@ -60,6 +64,8 @@ func (k Kind) String() string {
 		return "reconnect_scheduled"
 	case ListenerUpdated:
 		return "listener_updated"
+	case EventsLost:
+		return "events_lost"
 	}
 	return "unspecified"
 }
@@ -100,6 +106,11 @@ const (
 	ReasonHandlerTimeout
 	// ReasonClosedByHandler: a Handle stream closed the connection.
 	ReasonClosedByHandler
+	// ReasonNodeLost: the cluster lost the connection's node.
+	ReasonNodeLost
+	// ReasonProxyHeaderInvalid: a PROXY protocol header was missing,
+	// malformed, of a version not taken, or late.
+	ReasonProxyHeaderInvalid
 
 	// NumReasons is one more than the last reason: arrays indexed by
 	// reason have this length.
@@ -147,6 +158,10 @@ func (r CloseReason) String() string {
 		return "handler_timeout"
 	case ReasonClosedByHandler:
 		return "closed_by_handler"
+	case ReasonNodeLost:
+		return "node_lost"
+	case ReasonProxyHeaderInvalid:
+		return "proxy_header_invalid"
 	}
 	return "unspecified"
 }
@@ -252,6 +267,9 @@ type Event struct {
 	// TargetReason is why a forwarded connection's target side ended, on
 	// ConnectionClosed of a forwarding listener's connection.
 	TargetReason CloseReason
+	// Node is the cluster node the event happened on; empty in a single
+	// gateway (which reports its own --node-id) and on markers.
+	Node string
 	// Retained is how many bytes of memory Data keeps alive beyond its own
 	// length: a frame cut from a larger read shares that read's buffer, and
 	// carries its share of the bytes no frame of the read covers. Counted
@@ -347,6 +365,6 @@ func (e *Event) Size() int {
 }
 
 func (e *Event) computeSize() int {
-	strs := len(e.ListenerID) + len(e.ConnectionID) + len(e.RemoteAddr) + len(e.LocalAddr) + len(e.PeerSubject) + len(e.Error)
+	strs := len(e.ListenerID) + len(e.ConnectionID) + len(e.RemoteAddr) + len(e.LocalAddr) + len(e.PeerSubject) + len(e.Error) + len(e.Node)
 	return overhead + len(e.Data) + e.Retained + 2*strs
 }

@@ -25,7 +25,8 @@ func TestKindString(t *testing.T) {
 		{event.ReconnectScheduled, "reconnect_scheduled"},
 		{event.Kind(-1), "unspecified"},
 		{event.ListenerUpdated, "listener_updated"},
-		{event.ListenerUpdated + 1, "unspecified"},
+		{event.EventsLost, "events_lost"},
+		{event.EventsLost + 1, "unspecified"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {
@@ -58,6 +59,8 @@ func TestCloseReasonString(t *testing.T) {
 		{event.ReasonOnConnectFailed, "on_connect_failed"},
 		{event.ReasonReconnectGaveUp, "reconnect_gave_up"},
 		{event.ReasonForwardFailed, "forward_failed"},
+		{event.ReasonNodeLost, "node_lost"},
+		{event.ReasonProxyHeaderInvalid, "proxy_header_invalid"},
 		{event.CloseReason(-1), "unspecified"},
 		{event.NumReasons, "unspecified"},
 	}

@@ -1,0 +1,178 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/tcpgate/tcpgate/server/internal/event"
+	"github.com/tcpgate/tcpgate/server/internal/placement"
+)
+
+// Sink takes the stream's events in order, each numbered with its stream
+// sequence (hub.Hub.Ingest).
+type Sink interface {
+	Ingest(ctx context.Context, evs ...*event.Event) error
+}
+
+// Feed hands every event stored in the stream after StartSequence to
+// sink, in stream order, until Close. An ordered consumer carries them:
+// after a NATS outage it resumes right after the last event it delivered.
+func (c *Cluster) Feed(sink Sink) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cons, err := c.js.OrderedConsumer(ctx, c.streamName, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   c.startSeq + 1,
+	})
+	if err != nil {
+		return fmt.Errorf("cluster %q: consuming the event stream: %w", c.cfg.Name, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(4096))
+	if err != nil {
+		return fmt.Errorf("cluster %q: consuming the event stream: %w", c.cfg.Name, err)
+	}
+	c.wg.Add(2)
+	go func() {
+		defer c.wg.Done()
+		<-c.closed
+		it.Stop()
+	}()
+	go func() {
+		defer c.wg.Done()
+		c.feed(it, sink)
+	}()
+	return nil
+}
+
+func (c *Cluster) feed(it jetstream.MessagesContext, sink Sink) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-c.closed:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for {
+		msg, err := it.Next()
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			return
+		}
+		if err != nil {
+			c.cfg.Log.Warn("cluster: reading the event stream", "error", err)
+			continue
+		}
+		e, err := c.eventOf(msg)
+		if err != nil {
+			c.cfg.Log.Warn("cluster: an event of the stream is skipped", "error", err)
+			continue
+		}
+		if err := sink.Ingest(ctx, e); err != nil && ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+func (c *Cluster) eventOf(msg jetstream.Msg) (*event.Event, error) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return nil, err
+	}
+	e, err := decodeEvent(msg.Data())
+	if err != nil {
+		return nil, fmt.Errorf("sequence %d: %w", meta.Sequence.Stream, err)
+	}
+	e.Sequence = meta.Sequence.Stream
+	return e, nil
+}
+
+// Archive reads older events back from the stream (hub.Archive).
+type Archive struct{ c *Cluster }
+
+// Archive returns the stream as the hub's archive.
+func (c *Cluster) Archive() *Archive { return &Archive{c: c} }
+
+// archiveWait bounds one read of the archive beyond ctx.
+const archiveWait = 5 * time.Second
+
+// Read returns the stream's events of sequences [from, end), oldest
+// first: at most max of them and maxBytes of payload (one larger event
+// goes alone), and the sequence after the last returned. When the stream
+// no longer holds from (its retention dropped it), the events start at
+// the oldest it holds. An event that does not decode is skipped. A
+// stream that cannot be read is placement.ErrClusterUnavailable.
+func (a *Archive) Read(ctx context.Context, from, end uint64, limit, maxBytes int) ([]*event.Event, uint64, error) {
+	c := a.c
+	if from >= end || limit <= 0 {
+		return nil, from, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, archiveWait)
+	defer cancel()
+	cons, err := c.js.OrderedConsumer(ctx, c.streamName, jetstream.OrderedConsumerConfig{
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       from,
+		InactiveThreshold: 30 * time.Second,
+	})
+	if err != nil {
+		return nil, from, a.unavailable(ctx, err)
+	}
+	defer func() {
+		if info := cons.CachedInfo(); info != nil {
+			dctx, dcancel := context.WithTimeout(context.Background(), time.Second)
+			_ = c.js.DeleteConsumer(dctx, c.streamName, info.Name)
+			dcancel()
+		}
+	}()
+	n := int(min(uint64(limit), end-from))
+	wait := archiveWait
+	if dl, ok := ctx.Deadline(); ok {
+		wait = max(time.Until(dl), 10*time.Millisecond)
+	}
+	batch, err := cons.Fetch(n, jetstream.FetchMaxWait(wait))
+	if err != nil {
+		return nil, from, a.unavailable(ctx, err)
+	}
+	var evs []*event.Event
+	next, size := from, 0
+	for msg := range batch.Messages() {
+		e, err := c.eventOf(msg)
+		meta, merr := msg.Metadata()
+		if merr != nil {
+			continue
+		}
+		seq := meta.Sequence.Stream
+		if seq >= end {
+			break
+		}
+		if len(evs) == 0 && seq > next {
+			next = seq // what the stream no longer holds
+		}
+		if err != nil {
+			c.cfg.Log.Warn("cluster: an event of the stream is skipped", "error", err)
+			next = seq + 1
+			continue
+		}
+		if len(evs) > 0 && size+len(e.Data) > maxBytes {
+			break
+		}
+		size += len(e.Data)
+		evs = append(evs, e)
+		next = seq + 1
+	}
+	if err := batch.Error(); err != nil && len(evs) == 0 && !errors.Is(err, jetstream.ErrNoMessages) {
+		return nil, from, a.unavailable(ctx, err)
+	}
+	return evs, next, nil
+}
+
+func (a *Archive) unavailable(ctx context.Context, err error) error {
+	if ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return ctx.Err()
+	}
+	return fmt.Errorf("reading older events from the cluster's stream: %w: %v", placement.ErrClusterUnavailable, err)
+}

@@ -47,7 +47,6 @@ type presence struct {
 	// lost is called, by the one node that won the declaration, for each
 	// node declared lost.
 	onLost []func(NodeInfo)
-
 }
 
 type peer struct {

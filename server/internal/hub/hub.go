@@ -369,13 +369,15 @@ func (s *idSet) has(v string) bool {
 type SubscribeOptions struct {
 	Filter Filter
 	// Since, when not 0, replays the events still in the ring whose sequence
-	// is at least Since before the live ones. Past the newest sequence + 1
-	// it is a *SequenceError, unless Lenient.
+	// is at least Since before the live ones; with an Archive, those older
+	// than the ring come first from the archive. Past the newest
+	// sequence + 1 it is a *SequenceError, unless Lenient.
 	Since uint64
 	// Incarnation is the incarnation Since belongs to; empty means the
 	// hub's. Another one means the hub is not the one the client saw:
-	// the subscription replays the ring from its start, whatever Since,
-	// and its Start is Changed.
+	// the subscription replays the ring from its start (with an Archive,
+	// the archive from its start: the whole sequence space), whatever
+	// Since, and its Start is Changed.
 	Incarnation string
 	// Lenient takes a Since past the newest sequence + 1 as one of another
 	// incarnation rather than refusing it: for a client that cannot

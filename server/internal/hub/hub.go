@@ -492,8 +492,10 @@ func (h *Hub) Publish(ctx context.Context, evs ...*event.Event) error {
 // the stream re-created after a reconnect sends again: Ingest skips it
 // and counts it in Stats.Duplicates. A sequence past LastSequence+1 is a
 // gap (the stream holds nothing there, or lost it): live subscribers see
-// the sequence jump, with no marker; the ring holds events across gaps,
-// and a replay reads what the ring lacks from the Archive. An event with
+// the sequence jump, with no marker. The ring holds events across a gap,
+// and a replay through it gives what was ingested, as live subscribers
+// got it (the Archive is read only for what is older than the ring, a
+// gap there included, which it fills if it holds it). An event with
 // no sequence (0) is an error wrapping ErrUnnumbered, and nothing of evs
 // is delivered. Events ingested after Close are dropped.
 func (h *Hub) Ingest(ctx context.Context, evs ...*event.Event) error {

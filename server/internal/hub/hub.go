@@ -494,8 +494,10 @@ func (h *Hub) Publish(ctx context.Context, evs ...*event.Event) error {
 // gap (the stream holds nothing there, or lost it): live subscribers see
 // the sequence jump, with no marker. The ring holds events across a gap,
 // and a replay through it gives what was ingested, as live subscribers
-// got it (the Archive is read only for what is older than the ring, a
-// gap there included, which it fills if it holds it). An event with
+// got it. The Archive is read only for what is older than the ring, a
+// gap there included: it gives what it holds of it, and a part it holds
+// no event of is reported missed, since the hub cannot tell a gap from
+// events the stream no longer holds (the usual cause of a gap). An event with
 // no sequence (0) is an error wrapping ErrUnnumbered, and nothing of evs
 // is delivered. Events ingested after Close are dropped.
 func (h *Hub) Ingest(ctx context.Context, evs ...*event.Event) error {

@@ -507,3 +507,43 @@ func TestArchiveReadCanceled(t *testing.T) {
 		t.Fatalf("after the canceled read got %s, want 1..50", describe(got))
 	}
 }
+
+// TestReplayArchiveAcrossGap: a gap in what the hub ingested, older than
+// the ring, is read from the archive: it fills what it holds, skips its
+// own holes, and neither is a marker.
+func TestReplayArchiveAcrossGap(t *testing.T) {
+	for _, streamHasGap := range []bool{true, false} {
+		t.Run(fmt.Sprintf("stream holds the gap=%v", !streamHasGap), func(t *testing.T) {
+			ctx := timeoutCtx(t)
+			c := newCluster(10, 10)
+			defer c.h.Close()
+			if err := c.ingest(ctx, "l1", 1, 5, 10, 5); err != nil {
+				t.Fatalf("Ingest: %v", err)
+			}
+			if !streamHasGap {
+				// The stream stored 6..8; the hub's consumer skipped them.
+				for seq := uint64(6); seq <= 8; seq++ {
+					c.a.store(mk("l1", seq, 10))
+				}
+			}
+			if err := c.ingest(ctx, "l1", 9, 60, 10, 5); err != nil {
+				t.Fatalf("Ingest: %v", err)
+			}
+			for _, since := range []uint64{3, 6, 7} {
+				s := subscribe(t, c.h, hub.SubscribeOptions{Since: since})
+				var want []uint64
+				for seq := since; seq <= 60; seq++ {
+					if seq < 6 || seq > 8 || !streamHasGap {
+						want = append(want, seq)
+					}
+				}
+				got := collect(t, s, len(want))
+				if !equal(seqs(got), want) {
+					t.Fatalf("Since %d got %s, want %v with no marker", since, describe(got), want)
+				}
+				checkPayloads(t, got)
+				s.Close()
+			}
+		})
+	}
+}

@@ -29,6 +29,19 @@
 // rpc.FinalWriteTimeout) ends: REST by write deadlines, gRPC by closing
 // the client's connection (rpc.ConnTracker).
 //
+// In a cluster (--cluster) a node's hub numbers nothing (hub.Config.External):
+// its connections' events go to the cluster's JetStream stream, which
+// numbers the events of every node, and the node's consumer of the whole
+// stream hands each stored event, with its stream sequence, to the hub's
+// Ingest. Ingest delivers as Publish does (the same queues, policies and
+// waits), skips what was already delivered (a consumer re-created after a
+// reconnect), and lets the sequence jump where the stream holds nothing.
+// The hub starts at the stream's last sequence, in the stream's
+// incarnation; a replay older than its ring reads the stream back through
+// hub.Archive, in the subscriber's Next, and a stream out of reach ends
+// the subscription with CLUSTER_UNAVAILABLE and the sequence to resume
+// from. The embedded gateway has no archive and numbers its own events.
+//
 // Writes go the other way: Send on an accepted connection, a broadcast and
 // the listener's auto replies meet in that connection's write queue,
 // written in order by one write goroutine that runs only while bytes are
@@ -115,7 +128,8 @@
 // with no lock held. A subscriber taking its events takes only its own
 // lock, so subscribers do not contend with each other, except that a replay
 // copies a batch's worth of the ring under hub.Hub.mu, and matches it
-// against the filter after releasing it. listener.Registry.mu takes only
+// against the filter after releasing it; its reads of a cluster's stream
+// (hub.Archive) hold no lock. listener.Registry.mu takes only
 // registry.Registry.mu, so that a listener becomes visible, starts
 // draining and is forgotten together with its group of connections; no
 // I/O runs while it is held (a drain rereads its deadline under it and

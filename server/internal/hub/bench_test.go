@@ -13,14 +13,25 @@ import (
 func BenchmarkPublish1Sub(b *testing.B)   { benchPublish(b, 1) }
 func BenchmarkPublish10Subs(b *testing.B) { benchPublish(b, 10) }
 
+// BenchmarkIngest1Sub and BenchmarkIngest10Subs are the Publish benchmarks
+// on a cluster node's hub: the events come numbered, as a consumer of the
+// cluster's stream hands them to Ingest.
+func BenchmarkIngest1Sub(b *testing.B)   { benchIngest(b, 1) }
+func BenchmarkIngest10Subs(b *testing.B) { benchIngest(b, 10) }
+
 // benchPublish publishes batches of 64 events of 100 bytes, as a read loop
 // would, while subs goroutines drain their subscriptions with Next. It
 // reports events per second from the first publish until every consumer has
 // drained its queue, and how many events the consumers received and lost
 // (DropOldest, default queue) per published event and subscriber.
-func benchPublish(b *testing.B, subs int) {
+func benchPublish(b *testing.B, subs int) { bench(b, subs, false) }
+
+// benchIngest is benchPublish with Ingest, each event numbered before.
+func benchIngest(b *testing.B, subs int) { bench(b, subs, true) }
+
+func bench(b *testing.B, subs int, ingest bool) {
 	const batch, payload = 64, 100
-	h := hub.New(hub.Config{})
+	h := hub.New(hub.Config{External: ingest})
 	data := make([]byte, payload)
 
 	var received, dropped atomic.Uint64
@@ -51,6 +62,7 @@ func benchPublish(b *testing.B, subs int) {
 
 	b.ReportAllocs()
 	b.ResetTimer()
+	var seq uint64
 	for range b.N {
 		evs := make([]event.Event, batch)
 		ptrs := make([]*event.Event, batch)
@@ -58,7 +70,17 @@ func benchPublish(b *testing.B, subs int) {
 			evs[i] = event.Event{Kind: event.Data, ListenerID: "l1", ConnectionID: "c1", Data: data}
 			ptrs[i] = &evs[i]
 		}
-		publish(h, ptrs...)
+		if !ingest {
+			publish(h, ptrs...)
+			continue
+		}
+		for _, e := range ptrs {
+			seq++
+			e.Sequence = seq
+		}
+		if err := h.Ingest(context.Background(), ptrs...); err != nil {
+			b.Fatal(err)
+		}
 	}
 	h.Close()
 	consumers.Wait() // consumers drain what was queued: part of the cost

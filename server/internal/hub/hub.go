@@ -17,6 +17,13 @@
 // (with a *SlowConsumerError naming their resume sequence) and publishes to
 // everyone else: an event is never skipped, and a stuck subscriber never
 // holds up the gateway past the publisher's context.
+//
+// In a cluster the hub numbers nothing (Config.External): the cluster's
+// stream numbers every node's events, and the node's consumer of the
+// stream hands them to Ingest, which delivers them as Publish does, with
+// the same waits, under the stream's sequences. The ring then keeps the
+// newest of them, and a replay older than the ring reads the stream back
+// through Config.Archive.
 package hub
 
 import (
@@ -31,6 +38,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/ids"
 	"github.com/tcpgate/tcpgate/server/internal/limits"
+	"github.com/tcpgate/tcpgate/server/internal/placement"
 )
 
 // DefaultReplayBytes bounds the replay ring when Config.ReplayBytes is 0:
@@ -90,6 +98,41 @@ func (h *Hub) SetMaxSubscribers(n int) {
 	h.mu.Unlock()
 }
 
+// ErrExternal is returned by Publish (and makes TryPublish return false)
+// on a hub whose events are numbered elsewhere (Config.External): they go
+// to the cluster's stream, whose consumer hands them to Ingest.
+var ErrExternal = errors.New("publishing to the hub: its events are numbered by the cluster's stream; publish them to the stream, which the hub ingests")
+
+// ErrNotExternal is returned by Ingest on a hub that numbers its own
+// events (Config.External is false): publish them with Publish.
+var ErrNotExternal = errors.New("ingesting into the hub: it numbers its own events (Config.External is false); publish them with Publish")
+
+// ErrUnnumbered is returned, wrapped, by Ingest for an event with no
+// sequence: the stream numbers every event it stores.
+var ErrUnnumbered = errors.New("event without a sequence")
+
+// ArchiveError ends a subscription whose replay could not be read from the
+// archive (Config.Archive): the cluster's stream is out of reach. It is
+// placement.ErrClusterUnavailable to errors.Is, so the API answers
+// Unavailable; the client resumes from Resume once the cluster is back.
+// The subscription is not retried in place: its live events went on
+// meanwhile, and a client that resumes gets them in order with no gap.
+type ArchiveError struct {
+	// Resume is the first sequence the subscriber did not receive: the
+	// since_sequence to resume with.
+	Resume uint64
+	// Err is what the archive returned. It is not unwrapped: a timeout
+	// inside the archive is the cluster's, not the caller's deadline.
+	Err error
+}
+
+func (e *ArchiveError) Error() string {
+	return fmt.Sprintf("replaying events from sequence %d out of the cluster's stream: %v; resume with since_sequence=%d once the cluster is reachable", e.Resume, e.Err, e.Resume)
+}
+
+// Unwrap returns placement.ErrClusterUnavailable.
+func (e *ArchiveError) Unwrap() error { return placement.ErrClusterUnavailable }
+
 // ErrTooManySubscribers is returned by Subscribe at Config.MaxSubscribers.
 var ErrTooManySubscribers = errors.New("too many subscribers")
 
@@ -133,7 +176,7 @@ type SlowConsumerError struct {
 	// (Config.MaxQueuedBytes) was reached rather than the subscriber's own.
 	Global bool
 	// Resume is the sequence to pass as Since to continue without a gap, as
-	// long as the replay ring still holds it.
+	// long as the replay ring (or the archive) still holds it.
 	Resume uint64
 	// Kind is, under Backpressure, the kind of the event whose publisher
 	// stopped waiting, and Cause why it stopped (its context's cause: a
@@ -172,7 +215,46 @@ type Config struct {
 	MaxSubscribers int
 	// Incarnation names the hub's sequence space; empty means a new random
 	// one (ids.Incarnation), as every start of the embedded gateway has.
+	// A cluster node passes its stream's identity, so that a node restart
+	// is not a new sequence space.
 	Incarnation string
+	// StartSequence is the newest sequence before the hub's first event:
+	// LastSequence returns it until an event comes, and the first event
+	// is numbered (Publish) or must be (Ingest) StartSequence+1 or later.
+	// 0, the default, starts at 1. A cluster node passes its stream's last
+	// sequence as it joins.
+	StartSequence uint64
+	// External means that the hub numbers nothing: its events come
+	// numbered through Ingest (a cluster's stream numbers them), and
+	// Publish and TryPublish refuse them (ErrExternal). False, the
+	// default, is the embedded gateway: Publish numbers, Ingest refuses.
+	External bool
+	// Archive, when set, holds the events older than the ring (a cluster's
+	// stream): a replay reads from it what the ring no longer holds,
+	// instead of reporting it missed. nil means the ring is all there is.
+	Archive Archive
+}
+
+// Archive is where a replay finds the events the ring no longer holds: a
+// cluster's stream, numbered by the same sequences as the hub's events.
+type Archive interface {
+	// Read returns the events of sequences [from, end) that the archive
+	// holds, oldest first: at most max of them, and no more than maxBytes
+	// by Event.Size (one larger event goes alone). next is the sequence
+	// after the last event returned, or end when none is left before it.
+	// When from is older than anything the archive holds, Read returns no
+	// event and next = its oldest sequence (at most end): the hub reports
+	// [from, next) to the subscriber as missed, with an EventsDropped
+	// marker. Holes in the archive above its oldest sequence (messages
+	// deleted or never stored) are skipped: the events returned may jump;
+	// a read that finds nothing but holes returns no event and next = end,
+	// which the hub cannot tell from a part no longer held and reports as
+	// missed too.
+	// The events are sealed (event.Seal) and never changed afterwards: the
+	// hub hands the same ones to the subscriber and may share them. Read
+	// must return once ctx is done, with ctx's error. It is called with no
+	// lock of the hub held, from the Next of a subscriber.
+	Read(ctx context.Context, from, end uint64, max, maxBytes int) (evs []*event.Event, next uint64, err error)
 }
 
 // Filter selects events. An empty field matches everything. Each id list
@@ -287,13 +369,15 @@ func (s *idSet) has(v string) bool {
 type SubscribeOptions struct {
 	Filter Filter
 	// Since, when not 0, replays the events still in the ring whose sequence
-	// is at least Since before the live ones. Past the newest sequence + 1
-	// it is a *SequenceError, unless Lenient.
+	// is at least Since before the live ones; with an Archive, those older
+	// than the ring come first from the archive. Past the newest
+	// sequence + 1 it is a *SequenceError, unless Lenient.
 	Since uint64
 	// Incarnation is the incarnation Since belongs to; empty means the
 	// hub's. Another one means the hub is not the one the client saw:
-	// the subscription replays the ring from its start, whatever Since,
-	// and its Start is Changed.
+	// the subscription replays the ring from its start (with an Archive,
+	// the archive from its start: the whole sequence space), whatever
+	// Since, and its Start is Changed.
 	Incarnation string
 	// Lenient takes a Since past the newest sequence + 1 as one of another
 	// incarnation rather than refusing it: for a client that cannot
@@ -312,7 +396,9 @@ type SubscribeOptions struct {
 type Hub struct {
 	incarnation string // immutable
 	now         func() time.Time
-	maxQueued   int // bound of all queues together; 0 means none
+	external    bool    // events come numbered, through Ingest; immutable
+	archive     Archive // nil: none; immutable
+	maxQueued   int     // bound of all queues together; 0 means none
 
 	// queued is the bytes queued for all subscribers together. It grows
 	// only under mu (with the subscriber's mu) and shrinks under a
@@ -327,7 +413,7 @@ type Hub struct {
 	// maxSubscribers bounds open subscriptions (Config.MaxSubscribers
 	// until SetMaxSubscribers); 0 means no bound.
 	maxSubscribers int
-	seq            uint64 // last sequence assigned
+	seq            uint64 // last sequence assigned, or ingested
 	ring           ring
 	subs           []*Subscriber // a slice: walked for every event, changed rarely
 	closed         bool
@@ -339,6 +425,8 @@ type Hub struct {
 	// queues and subscriptions ended for falling behind.
 	dropped      [Backpressure + 1]uint64
 	disconnected [Backpressure + 1]uint64
+	// duplicates counts events Ingest skipped as already delivered.
+	duplicates uint64
 }
 
 // New returns a hub.
@@ -362,7 +450,11 @@ func New(cfg Config) *Hub {
 	if inc == "" {
 		inc = ids.Incarnation()
 	}
-	return &Hub{incarnation: inc, now: now, maxSubscribers: cfg.MaxSubscribers, maxQueued: maxQueued, ring: ring{limit: limit}, done: make(chan struct{})}
+	return &Hub{
+		incarnation: inc, now: now, external: cfg.External, archive: cfg.Archive,
+		maxSubscribers: cfg.MaxSubscribers, maxQueued: maxQueued,
+		seq: cfg.StartSequence, ring: ring{limit: limit}, done: make(chan struct{}),
+	}
 }
 
 // Incarnation returns the name of the hub's sequence space: sequences of
@@ -376,15 +468,105 @@ func (h *Hub) Incarnation() string { return h.incarnation }
 // TCP sender instead of growing the gateway's memory. When ctx ends first,
 // Publish ends those subscribers with a *SlowConsumerError, publishes to
 // everyone else, and returns ctx's error once every event is published.
-// Events published after Close are dropped.
+// Events published after Close are dropped. On an External hub Publish
+// publishes nothing and returns ErrExternal.
 func (h *Hub) Publish(ctx context.Context, evs ...*event.Event) error {
+	if h.external {
+		return ErrExternal
+	}
 	seal(evs)
+	return h.deliver(ctx, evs, true)
+}
+
+// Ingest delivers events numbered elsewhere, a cluster's stream, on an
+// External hub (else it returns ErrNotExternal): each event keeps its
+// Sequence, which becomes LastSequence. It records them in the ring and
+// queues them as Publish does, with the same waits for Backpressure
+// subscribers and the global bound, and the same end of those it can no
+// longer wait for when ctx ends; it returns ctx's error then, once every
+// event is delivered.
+//
+// Sequences must be above LastSequence and strictly increasing. An event
+// at or below the last one delivered (LastSequence, or the event before
+// it in evs) is a duplicate of one already delivered, as a consumer of
+// the stream re-created after a reconnect sends again: Ingest skips it
+// and counts it in Stats.Duplicates. A sequence past LastSequence+1 is a
+// gap (the stream holds nothing there, or lost it): live subscribers see
+// the sequence jump, with no marker. The ring holds events across a gap,
+// and a replay through it gives what was ingested, as live subscribers
+// got it. The Archive is read only for what is older than the ring, a
+// gap there included: it gives what it holds of it, and a part it holds
+// no event of is reported missed, since the hub cannot tell a gap from
+// events the stream no longer holds (the usual cause of a gap). An event with
+// no sequence (0) is an error wrapping ErrUnnumbered, and nothing of evs
+// is delivered. Events ingested after Close are dropped.
+func (h *Hub) Ingest(ctx context.Context, evs ...*event.Event) error {
+	if !h.external {
+		return ErrNotExternal
+	}
+	for i, e := range evs {
+		if e.Sequence == 0 {
+			return fmt.Errorf("ingesting event %d of %d (%s of connection %q): %w", i+1, len(evs), e.Kind, e.ConnectionID, ErrUnnumbered)
+		}
+	}
+	evs, dups := increasing(evs)
+	if dups > 0 {
+		h.mu.Lock()
+		h.duplicates += dups
+		h.mu.Unlock()
+	}
+	seal(evs)
+	return h.deliver(ctx, evs, false)
+}
+
+// increasing returns evs without the events at or below one before them,
+// and how many it left out; evs itself is not changed.
+func increasing(evs []*event.Event) ([]*event.Event, uint64) {
+	for i := 1; i < len(evs); i++ {
+		if evs[i].Sequence > evs[i-1].Sequence {
+			continue
+		}
+		kept := slices.Clone(evs[:i])
+		for _, e := range evs[i:] {
+			if e.Sequence > kept[len(kept)-1].Sequence {
+				kept = append(kept, e)
+			}
+		}
+		return kept, uint64(len(evs) - len(kept))
+	}
+	return evs, 0
+}
+
+// skipDeliveredLocked returns evs from its first event above the last
+// sequence delivered, counting those before it as duplicates; evs is
+// strictly increasing.
+func (h *Hub) skipDeliveredLocked(evs []*event.Event) []*event.Event {
+	n := 0
+	for n < len(evs) && evs[n].Sequence <= h.seq {
+		n++
+	}
+	h.duplicates += uint64(n)
+	return evs[n:]
+}
+
+// deliver is Publish and Ingest once the events are sealed: it records and
+// queues evs, waiting for room as Publish documents. number says whether
+// the hub numbers them (Publish) or they come numbered (Ingest).
+func (h *Hub) deliver(ctx context.Context, evs []*event.Event, number bool) error {
 	var cut error // set once ctx is done: the publisher waits no more
 	for len(evs) > 0 {
 		h.mu.Lock()
 		if h.closed {
 			h.mu.Unlock()
 			return cut
+		}
+		if !number {
+			// Under the lock that advances the sequence: another Ingest
+			// may have delivered some of evs since the last look.
+			if evs = h.skipDeliveredLocked(evs); len(evs) == 0 {
+				h.mu.Unlock()
+				break
+			}
 		}
 		n, blockers, global := h.fitLocked(evs)
 		if n == 0 && cut == nil {
@@ -397,7 +579,7 @@ func (h *Hub) Publish(ctx context.Context, evs ...*event.Event) error {
 			n, _, _ = h.fitLocked(evs)
 		}
 		if n > 0 {
-			h.publishLocked(evs[:n])
+			h.publishLocked(evs[:n], number)
 			evs = evs[n:]
 			h.mu.Unlock()
 			continue
@@ -406,7 +588,7 @@ func (h *Hub) Publish(ctx context.Context, evs ...*event.Event) error {
 		// Next may have made room since fitLocked, before there was a
 		// channel to close: look again now that there is one.
 		if n, _, _ = h.fitLocked(evs); n > 0 {
-			h.publishLocked(evs[:n])
+			h.publishLocked(evs[:n], number)
 			evs = evs[n:]
 			h.mu.Unlock()
 			continue
@@ -434,8 +616,13 @@ func (h *Hub) Publish(ctx context.Context, evs ...*event.Event) error {
 // bound a wait that rarely comes (a write's DATA event bounded by a
 // Send's deadline) thus makes it only when the wait comes. Events are
 // numbered and kept in the ring as Publish keeps them; after Close they are
-// dropped, and TryPublish returns true.
+// dropped, and TryPublish returns true. On an External hub it publishes
+// nothing and returns false, so that the caller's Publish says why
+// (ErrExternal).
 func (h *Hub) TryPublish(evs ...*event.Event) bool {
+	if h.external {
+		return false
+	}
 	seal(evs)
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -445,7 +632,7 @@ func (h *Hub) TryPublish(evs ...*event.Event) bool {
 	if n, _, _ := h.fitLocked(evs); n < len(evs) {
 		return false
 	}
-	h.publishLocked(evs)
+	h.publishLocked(evs, true)
 	return true
 }
 
@@ -575,11 +762,16 @@ func (h *Hub) abandonLocked(blockers []*Subscriber, global bool, e *event.Event,
 	}
 }
 
-func (h *Hub) publishLocked(evs []*event.Event) {
+// publishLocked records evs in the ring and queues them. number says
+// whether it numbers them; otherwise they come numbered, above h.seq and
+// strictly increasing (Ingest).
+func (h *Hub) publishLocked(evs []*event.Event, number bool) {
 	var now time.Time
 	for _, e := range evs {
-		h.seq++
-		e.Sequence = h.seq
+		if number {
+			e.Sequence = h.seq + 1
+		}
+		h.seq = e.Sequence
 		if e.Time.IsZero() {
 			if now.IsZero() {
 				now = h.now()
@@ -607,7 +799,8 @@ func (h *Hub) publishLocked(evs []*event.Event) {
 	}
 }
 
-// LastSequence returns the sequence of the newest event, 0 before any.
+// LastSequence returns the sequence of the newest event; before any,
+// Config.StartSequence (0 by default).
 func (h *Hub) LastSequence() uint64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -618,7 +811,9 @@ func (h *Hub) LastSequence() uint64 {
 // opts.Since on come first, then live events, with no gap and no duplicate
 // between them. Next takes the replay from the ring a batch at a time, and
 // matches it outside the hub's lock: a replay never holds up publishers,
-// and pins no more than a batch beyond what the ring holds.
+// and pins no more than a batch beyond what the ring holds. With an
+// Archive, the part of the replay older than the ring is read from it
+// first, a batch at a time too.
 func (h *Hub) Subscribe(opts SubscribeOptions) (*Subscriber, error) {
 	m, err := opts.Filter.compile()
 	if err != nil {
@@ -660,7 +855,8 @@ func (h *Hub) Subscribe(opts SubscribeOptions) (*Subscriber, error) {
 	s.start = Start{LastSequence: h.seq, From: h.seq + 1, Changed: changed}
 	if since > 0 && since <= h.seq {
 		// Live events from here on go to the queue; the replay ends right
-		// before them. What the ring no longer holds is a gap (fetchReplay).
+		// before them. What the ring no longer holds comes from the
+		// archive, or is a gap without one (fetchReplay).
 		s.replayNext, s.replayEnd = since, h.seq+1
 		s.start.From = since
 		s.signal()
@@ -693,11 +889,15 @@ func (s *Subscriber) Start() Start { return s.start }
 // hub's lock at once, whatever their size.
 const replayChunk = 4096
 
-// fetchReplay takes the next part of the replay from the ring, when the
-// last one was delivered: at most a batch, so that what it holds beyond
-// the ring stays small, copied under the hub's lock and matched outside
-// it. Only Next calls it.
-func (s *Subscriber) fetchReplay() {
+// fetchReplay takes the next part of the replay, when the last one was
+// delivered: at most a batch, so that what it holds beyond the ring stays
+// small. The part older than the ring's oldest event comes from the
+// archive, read with no lock held and bounded by ctx; the rest is copied
+// from the ring under the hub's lock. Either is matched outside the hub's
+// lock. It returns ctx's error when ctx ended a read of the archive (the
+// replay is left as it was, for the next Next); any other error of the
+// archive ends the subscription with an *ArchiveError. Only Next calls it.
+func (s *Subscriber) fetchReplay(ctx context.Context) error {
 	s.mu.Lock()
 	from, end := s.replayNext, s.replayEnd
 	// After Close, too: a closed hub still delivers what it had for the
@@ -705,14 +905,83 @@ func (s *Subscriber) fetchReplay() {
 	due := len(s.replay) == 0 && from < end
 	s.mu.Unlock()
 	if !due {
-		return
+		return nil
 	}
 	h := s.h
 	h.mu.Lock()
+	if first := h.ring.firstSeq(); h.archive != nil && (first == 0 || from < first) {
+		h.mu.Unlock()
+		if first != 0 && first < end {
+			end = first // the ring has the rest: the next fetch takes it
+		}
+		return s.fetchArchive(ctx, from, end)
+	}
 	chunk, next, missed := h.ring.chunk(from, end, replayChunk, maxBatchBytes)
 	h.mu.Unlock()
-	matched := chunk[:0]
-	for _, e := range chunk {
+	// The ring's oldest events left it before they were replayed.
+	s.replayed(from, s.matching(chunk), next, missed)
+	return nil
+}
+
+// fetchArchive reads the events of [from, end) from the archive, the next
+// part of the replay. Whatever the archive answers, the replay advances:
+// an archive that returns events outside [from, end), out of order, or
+// no progress, is an error.
+func (s *Subscriber) fetchArchive(ctx context.Context, from, end uint64) error {
+	evs, next, err := s.h.archive.Read(ctx, from, end, replayChunk, maxBatchBytes)
+	if err == nil {
+		err = checkArchived(evs, from, end, next)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s.archiveFailed(from, err)
+		return nil
+	}
+	var missed uint64
+	if len(evs) == 0 {
+		missed = next - from // older than anything the archive holds
+	}
+	s.replayed(from, s.matching(evs), next, missed)
+	return nil
+}
+
+// checkArchived checks what Archive.Read returned for [from, end).
+func checkArchived(evs []*event.Event, from, end, next uint64) error {
+	low := from
+	for i, e := range evs {
+		if e.Sequence < low || e.Sequence >= end {
+			return fmt.Errorf("archive returned sequence %d as event %d of a read of [%d, %d): out of order or out of range", e.Sequence, i, from, end)
+		}
+		low = e.Sequence + 1
+	}
+	if next < low || next > end || next == from {
+		return fmt.Errorf("archive read of [%d, %d) returned next sequence %d after %d events: want one in [%d, %d]", from, end, next, len(evs), max(low, from+1), end)
+	}
+	return nil
+}
+
+// archiveFailed ends the subscription because the archive could not give
+// the part of the replay from from on; what was queued live is dropped
+// with it, since it follows what the subscriber could not get.
+func (s *Subscriber) archiveFailed(from uint64, err error) {
+	h := s.h
+	h.mu.Lock()
+	s.mu.Lock()
+	if s.replayNext == from && s.err == nil { // else discarded or ended meanwhile
+		s.endLocked(&ArchiveError{Resume: s.resumeLocked(from), Err: err})
+		s.discardLocked()
+	}
+	s.mu.Unlock()
+	h.mu.Unlock()
+}
+
+// matching returns the events of evs the subscriber's filter matches, in
+// evs's own array.
+func (s *Subscriber) matching(evs []*event.Event) []*event.Event {
+	matched := evs[:0]
+	for _, e := range evs {
 		if replayMatching != nil {
 			replayMatching()
 		}
@@ -720,10 +989,16 @@ func (s *Subscriber) fetchReplay() {
 			matched = append(matched, e)
 		}
 	}
-	clear(chunk[len(matched):])
+	clear(evs[len(matched):])
+	return matched
+}
+
+// replayed stores a part of the replay taken from from on: the matched
+// events, the sequence after the part, and how many sequences of it were
+// missed (the gap its marker reports).
+func (s *Subscriber) replayed(from uint64, matched []*event.Event, next, missed uint64) {
 	s.mu.Lock()
 	if s.replayNext == from { // else discarded meanwhile
-		// The ring's oldest events left it before they were replayed.
 		s.gap += missed
 		s.replay, s.replayNext = matched, next
 	}
@@ -751,11 +1026,16 @@ type PolicyStats struct {
 
 // Stats are the hub's figures.
 type Stats struct {
-	// LastSequence is the newest sequence: how many events were published.
+	// LastSequence is the newest sequence: how many events were published
+	// (past Config.StartSequence), or the newest one ingested.
 	LastSequence uint64
-	RingEvents   int
-	RingBytes    int
-	Policies     map[Policy]PolicyStats
+	// Duplicates counts events Ingest skipped because one of their
+	// sequence was already delivered (a re-created stream consumer sends
+	// again what it had sent).
+	Duplicates uint64
+	RingEvents int
+	RingBytes  int
+	Policies   map[Policy]PolicyStats
 	// Disconnected counts subscriptions ended under the Disconnect policy,
 	// and Abandoned those under Backpressure a publisher could no longer
 	// wait for.
@@ -780,6 +1060,7 @@ func (h *Hub) Stats() Stats {
 		Abandoned:      h.disconnected[Backpressure],
 		QueuedBytes:    int(h.queued.Load()),
 		MaxQueuedBytes: h.maxQueued,
+		Duplicates:     h.duplicates,
 	}
 	for _, p := range []Policy{DropOldest, Disconnect, Backpressure} {
 		st.Policies[p] = PolicyStats{Dropped: h.dropped[p]}
@@ -1017,10 +1298,13 @@ func (s *Subscriber) endLocked(err error) {
 // event goes alone); the rest waits for the next call. An EventsDropped
 // marker stands where events were missed. Next returns ctx's error when
 // ctx is done, and once the subscription has ended and what remained for it
-// was returned, why it ended: ErrClosed or a *SlowConsumerError.
+// was returned, why it ended: ErrClosed, a *SlowConsumerError, or an
+// *ArchiveError. ctx also bounds the reads of the archive a replay makes.
 func (s *Subscriber) Next(ctx context.Context, buf []*event.Event) ([]*event.Event, error) {
 	for {
-		s.fetchReplay()
+		if err := s.fetchReplay(ctx); err != nil {
+			return buf, err
+		}
 		s.mu.Lock()
 		buf, ok := s.takeLocked(buf)
 		err := s.err

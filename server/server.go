@@ -28,6 +28,7 @@ import (
 	"github.com/tcpgate/tcpgate/gateway/console"
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server/config"
+	"github.com/tcpgate/tcpgate/server/internal/cluster"
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
 	"github.com/tcpgate/tcpgate/server/internal/handler"
@@ -203,6 +204,9 @@ type Config struct {
 	NodeID string
 	// Logger receives the gateway's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// Cluster, when set, makes the gateway a node of a cluster on NATS
+	// JetStream (--cluster); nil runs it alone, as by default.
+	Cluster *ClusterConfig
 
 	// AuthToken, when set, is required as "authorization: Bearer TOKEN" on
 	// every gRPC call and REST request except health checks.
@@ -262,6 +266,7 @@ type Server struct {
 	cfg       Config
 	log       *slog.Logger
 	hub       *hub.Hub
+	cluster   *cluster.Cluster   // nil in a single gateway
 	conns     *registry.Registry // every live connection
 	listeners *listener.Registry
 	dialer    *dialer.Dialer
@@ -318,6 +323,7 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	sendSet := cfg.MaxSendBytes > 0
 	if cfg.MaxSendBytes <= 0 {
 		cfg.MaxSendBytes = DefaultMaxSendBytes
 	}
@@ -393,14 +399,31 @@ func New(cfg Config) (*Server, error) {
 	defer func() {
 		if !built {
 			s.state.Close()
+			if s.cluster != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_ = s.cluster.Close(ctx)
+				cancel()
+			}
 		}
 	}()
+	if cfg.Cluster != nil {
+		if s.cluster, err = joinCluster(&cfg, sendSet, log); err != nil {
+			return nil, err
+		}
+		s.cfg = cfg // with the limits fitted to the cluster
+	}
 	var auth *rpc.Auth
 	if cfg.AuthToken != "" {
 		auth = rpc.NewAuth(cfg.AuthToken, cfg.PublicReflection)
 		s.auth = auth
 	}
-	s.hub = hub.New(hub.Config{ReplayBytes: cfg.ReplayBytes, MaxQueuedBytes: cfg.MaxQueuedBytes, MaxSubscribers: cfg.MaxSubscribers})
+	hc := hub.Config{ReplayBytes: cfg.ReplayBytes, MaxQueuedBytes: cfg.MaxQueuedBytes, MaxSubscribers: cfg.MaxSubscribers}
+	if s.cluster != nil {
+		// The node's hub holds the cluster's stream: numbered by it,
+		// named by it, and read back from it past the ring.
+		hc.External, hc.Incarnation, hc.StartSequence, hc.Archive = true, s.cluster.Incarnation(), s.cluster.StartSequence(), s.cluster.Archive()
+	}
+	s.hub = hub.New(hc)
 	// Decided by the connection registry, which counts every connection
 	// together, whoever opened it.
 	// The handler manager looks up listeners and connections through
@@ -426,7 +449,7 @@ func New(cfg Config) (*Server, error) {
 	// The dialer resolves and checks every address it dials itself.
 	s.dialer = &dialer.Dialer{Policy: pol}
 	s.listeners = listener.New(listener.Config{
-		Publisher: s.hub,
+		Publisher: s.publisher(),
 		Conns:     s.conns,
 		// Decided by the listener registry, so that every way of starting
 		// a listener takes the same path: the listen policy, the port
@@ -452,7 +475,7 @@ func New(cfg Config) (*Server, error) {
 	s.outbound = outbound.New(outbound.Config{
 		Conns:                  s.conns,
 		Dialer:                 s.dialer,
-		Publisher:              s.hub,
+		Publisher:              s.publisher(),
 		MaxQueueWhileDownBytes: cfg.MaxQueueWhileDownBytes,
 		MaxSendBytes:           cfg.MaxSendBytes,
 		WriteTimeout:           cfg.WriteTimeout,
@@ -463,7 +486,12 @@ func New(cfg Config) (*Server, error) {
 	s.metrics = newMetrics(s.hub, s.listeners, s.conns, s.dialer, s.outbound, s.rpcs)
 	s.metrics.MustRegister(hm)
 	s.grpcConns = rpc.NewConnTracker()
+	var peers rpc.Peers // a nil *cluster.Cluster would not be a nil Peers
+	if s.cluster != nil {
+		peers = s.cluster
+	}
 	svc := rpc.New(rpc.Config{
+		Peers:                peers,
 		Conns:                s.grpcConns,
 		Listeners:            s.listeners,
 		Connections:          s.conns,
@@ -530,6 +558,20 @@ func New(cfg Config) (*Server, error) {
 	)
 	tcpgatev1.RegisterGatewayServiceServer(s.grpc, svc)
 	s.svc = svc
+	if s.cluster != nil {
+		if err := s.cluster.Feed(s.hub); err != nil {
+			s.grpc.Stop()
+			s.listeners.Close()
+			s.hub.Close()
+			return nil, fmt.Errorf("--cluster: %w", err)
+		}
+		if err := s.cluster.Serve(svc.ServePeer); err != nil {
+			s.grpc.Stop()
+			s.listeners.Close()
+			s.hub.Close()
+			return nil, fmt.Errorf("--cluster: %w", err)
+		}
+	}
 	s.health = health.NewServer()
 	hs := &healthService{Server: s.health}
 	if cfg.MaxHealthWatchers > 0 {
@@ -933,6 +975,16 @@ func (s *Server) shutdownOnce() error {
 	}
 	if s.debugSrv != nil {
 		s.debugSrv.Close()
+	}
+	if s.cluster != nil {
+		// After the connections closed: their SHUTDOWN events are
+		// stored before the node leaves, as far as the deadline allows.
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		if err := s.cluster.Close(ctx); err != nil {
+			s.log.Error("leaving the cluster", "error", err)
+			clean = false
+		}
+		cancel()
 	}
 	// Only API calls change the state file: nothing above wrote to it.
 	// Closing releases its lock for the next start.

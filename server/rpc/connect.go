@@ -22,8 +22,8 @@ type Outbound interface {
 	Connect(ctx context.Context, spec outbound.Spec) (registry.Info, error)
 }
 
-// Connect implements GatewayService.Connect.
-func (s *Service) Connect(ctx context.Context, req *tcpgatev1.ConnectRequest) (*tcpgatev1.ConnectResponse, error) {
+// localConnect is Connect on this node (peers.go routes it).
+func (s *Service) localConnect(ctx context.Context, req *tcpgatev1.ConnectRequest) (*tcpgatev1.ConnectResponse, error) {
 	spec, err := s.connectSpec(ctx, req)
 	if err != nil {
 		return nil, err

@@ -22,8 +22,8 @@ type Connections interface {
 	Broadcast(ctx context.Context, listenerID string, p []byte) (uint64, int, error)
 }
 
-// CloseConnection implements GatewayService.CloseConnection.
-func (s *Service) CloseConnection(ctx context.Context, req *tcpgatev1.CloseConnectionRequest) (*tcpgatev1.CloseConnectionResponse, error) {
+// localCloseConnection is CloseConnection on this node (peers.go routes it).
+func (s *Service) localCloseConnection(ctx context.Context, req *tcpgatev1.CloseConnectionRequest) (*tcpgatev1.CloseConnectionResponse, error) {
 	if err := checkID("connection_id", req.GetConnectionId()); err != nil {
 		return nil, err
 	}
@@ -41,8 +41,8 @@ func (s *Service) CloseConnection(ctx context.Context, req *tcpgatev1.CloseConne
 	return &tcpgatev1.CloseConnectionResponse{Connection: connToProto(info), Header: s.header()}, nil
 }
 
-// ListConnections implements GatewayService.ListConnections.
-func (s *Service) ListConnections(_ context.Context, req *tcpgatev1.ListConnectionsRequest) (*tcpgatev1.ListConnectionsResponse, error) {
+// localListConnections is ListConnections on this node (peers.go routes it).
+func (s *Service) localListConnections(_ context.Context, req *tcpgatev1.ListConnectionsRequest) (*tcpgatev1.ListConnectionsResponse, error) {
 	if id := req.GetListenerId(); id != "" {
 		if err := checkID("listener_id", id); err != nil {
 			return nil, err
@@ -77,8 +77,8 @@ func (s *Service) ListConnections(_ context.Context, req *tcpgatev1.ListConnecti
 	return resp, nil
 }
 
-// GetConnection implements GatewayService.GetConnection.
-func (s *Service) GetConnection(_ context.Context, req *tcpgatev1.GetConnectionRequest) (*tcpgatev1.GetConnectionResponse, error) {
+// localGetConnection is GetConnection on this node (peers.go routes it).
+func (s *Service) localGetConnection(_ context.Context, req *tcpgatev1.GetConnectionRequest) (*tcpgatev1.GetConnectionResponse, error) {
 	if err := checkID("connection_id", req.GetConnectionId()); err != nil {
 		return nil, err
 	}

@@ -30,9 +30,9 @@ type Listeners interface {
 	BroadcastFrame(ctx context.Context, listenerID string, frame []byte) (uint64, int, error)
 }
 
-// StartListener implements GatewayService.StartListener. The listener is
+// localStartListener is StartListener on this node (peers.go routes it). The listener is
 // saved to the state file before the call returns.
-func (s *Service) StartListener(ctx context.Context, req *tcpgatev1.StartListenerRequest) (*tcpgatev1.StartListenerResponse, error) {
+func (s *Service) localStartListener(ctx context.Context, req *tcpgatev1.StartListenerRequest) (*tcpgatev1.StartListenerResponse, error) {
 	info, err := s.startListener(ctx, req)
 	if err != nil {
 		return nil, s.status(err)
@@ -182,8 +182,8 @@ func autoReplyFromProto(a *tcpgatev1.AutoReply) (conn.AutoReply, error) {
 	return conn.AutoReply{}, invalid("auto_reply.mode", "unknown value %d", int32(a.GetMode()))
 }
 
-// StopListener implements GatewayService.StopListener.
-func (s *Service) StopListener(ctx context.Context, req *tcpgatev1.StopListenerRequest) (*tcpgatev1.StopListenerResponse, error) {
+// localStopListener is StopListener on this node (peers.go routes it).
+func (s *Service) localStopListener(ctx context.Context, req *tcpgatev1.StopListenerRequest) (*tcpgatev1.StopListenerResponse, error) {
 	if err := checkID("listener_id", req.GetListenerId()); err != nil {
 		return nil, err
 	}
@@ -206,8 +206,8 @@ func (s *Service) StopListener(ctx context.Context, req *tcpgatev1.StopListenerR
 	return &tcpgatev1.StopListenerResponse{Listener: listenerToProto(info), Header: s.header()}, nil
 }
 
-// GetListener implements GatewayService.GetListener.
-func (s *Service) GetListener(_ context.Context, req *tcpgatev1.GetListenerRequest) (*tcpgatev1.GetListenerResponse, error) {
+// localGetListener is GetListener on this node (peers.go routes it).
+func (s *Service) localGetListener(_ context.Context, req *tcpgatev1.GetListenerRequest) (*tcpgatev1.GetListenerResponse, error) {
 	if err := checkID("listener_id", req.GetListenerId()); err != nil {
 		return nil, err
 	}
@@ -218,8 +218,8 @@ func (s *Service) GetListener(_ context.Context, req *tcpgatev1.GetListenerReque
 	return &tcpgatev1.GetListenerResponse{Listener: listenerToProto(info), Header: s.header()}, nil
 }
 
-// ListListeners implements GatewayService.ListListeners.
-func (s *Service) ListListeners(_ context.Context, req *tcpgatev1.ListListenersRequest) (*tcpgatev1.ListListenersResponse, error) {
+// localListListeners is ListListeners on this node (peers.go routes it).
+func (s *Service) localListListeners(_ context.Context, req *tcpgatev1.ListListenersRequest) (*tcpgatev1.ListListenersResponse, error) {
 	inc := s.cfg.Hub.Incarnation()
 	after, err := page.Decode(req.GetPageToken(), inc, listener.ListenersFilter)
 	if err != nil {

@@ -35,8 +35,8 @@ var awaitModes = map[tcpgatev1.AwaitMode]await.Mode{
 	tcpgatev1.AwaitMode_AWAIT_MODE_UNTIL_CLOSE: await.UntilClose,
 }
 
-// Send implements GatewayService.Send.
-func (s *Service) Send(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgatev1.SendResponse, error) {
+// localSend is Send on this node (peers.go routes it).
+func (s *Service) localSend(ctx context.Context, req *tcpgatev1.SendRequest) (*tcpgatev1.SendResponse, error) {
 	var payload []byte
 	// payloadField names the payload in errors about its encoding.
 	var payloadField string

@@ -90,6 +90,9 @@ type Config struct {
 	Dialer      Dialer
 	// Handlers serves Handle streams; nil refuses them.
 	Handlers Handlers
+	// Peers reaches the other nodes of a cluster, where calls about
+	// their objects are routed (peers.go); nil in a single gateway.
+	Peers Peers
 	// State records what API calls change (server/state), each call
 	// returning once its change is saved; nil records nothing, and
 	// ExportConfig is Unimplemented.

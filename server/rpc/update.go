@@ -57,8 +57,8 @@ func fieldNotUpdatable(field, why string) error {
 		"update_mask: "+field+": "+why, map[string]string{MetaField: field})
 }
 
-// UpdateListener implements GatewayService.UpdateListener.
-func (s *Service) UpdateListener(ctx context.Context, req *tcpgatev1.UpdateListenerRequest) (*tcpgatev1.UpdateListenerResponse, error) {
+// localUpdateListener is UpdateListener on this node (peers.go routes it).
+func (s *Service) localUpdateListener(ctx context.Context, req *tcpgatev1.UpdateListenerRequest) (*tcpgatev1.UpdateListenerResponse, error) {
 	id := req.GetListenerId()
 	if err := checkID("listener_id", id); err != nil {
 		return nil, err

@@ -101,11 +101,12 @@ func (c *Cluster) Archive() *Archive { return &Archive{c: c} }
 const archiveWait = 5 * time.Second
 
 // Read returns the stream's events of sequences [from, end), oldest
-// first: at most max of them and maxBytes of payload (one larger event
-// goes alone), and the sequence after the last returned. When the stream
-// no longer holds from (its retention dropped it), the events start at
-// the oldest it holds. An event that does not decode is skipped. A
-// stream that cannot be read is placement.ErrClusterUnavailable.
+// first, sealed: at most limit of them and maxBytes by Event.Size (one
+// larger event goes alone), and the sequence after the last returned
+// (hub.Archive). When the stream no longer holds from (its retention
+// dropped it), Read returns no event and next = the oldest sequence it
+// holds. An event that does not decode is skipped. A stream that cannot
+// be read is placement.ErrClusterUnavailable.
 func (a *Archive) Read(ctx context.Context, from, end uint64, limit, maxBytes int) ([]*event.Event, uint64, error) {
 	c := a.c
 	if from >= end || limit <= 0 {
@@ -140,7 +141,6 @@ func (a *Archive) Read(ctx context.Context, from, end uint64, limit, maxBytes in
 	var evs []*event.Event
 	next, size := from, 0
 	for msg := range batch.Messages() {
-		e, err := c.eventOf(msg)
 		meta, merr := msg.Metadata()
 		if merr != nil {
 			continue
@@ -149,18 +149,22 @@ func (a *Archive) Read(ctx context.Context, from, end uint64, limit, maxBytes in
 		if seq >= end {
 			break
 		}
-		if len(evs) == 0 && seq > next {
-			next = seq // what the stream no longer holds
+		if len(evs) == 0 && seq > next && next == from {
+			// The stream no longer holds [from, seq): the hub reports
+			// it missed; the events from seq on come at the next read.
+			return nil, seq, nil
 		}
+		e, err := c.eventOf(msg)
 		if err != nil {
 			c.cfg.Log.Warn("cluster: an event of the stream is skipped", "error", err)
 			next = seq + 1
 			continue
 		}
-		if len(evs) > 0 && size+len(e.Data) > maxBytes {
+		e.Seal()
+		if len(evs) > 0 && size+e.Size() > maxBytes {
 			break
 		}
-		size += len(e.Data)
+		size += e.Size()
 		evs = append(evs, e)
 		next = seq + 1
 	}

@@ -1,0 +1,81 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/tcpgate/tcpgate/server/internal/cluster"
+	"github.com/tcpgate/tcpgate/server/internal/conn"
+	"github.com/tcpgate/tcpgate/server/rpc"
+)
+
+// ClusterConfig makes the gateway a node of a cluster on NATS JetStream
+// (--cluster): see cluster.Config. Node is the gateway's NodeID.
+type ClusterConfig = cluster.Config
+
+// clusterJoinTimeout bounds joining the cluster at start.
+const clusterJoinTimeout = 30 * time.Second
+
+// natsOverhead is what a routed call or a stored event needs beyond its
+// payload: headers, the rest of the message, the protocol's framing.
+const natsOverhead = 16 << 10
+
+// joinCluster joins cfg.Cluster and fits the gateway's message limits to
+// the NATS server's max_payload: a limit left at its default is lowered
+// to fit, with a log line; one set above what fits stops the start,
+// naming the flag and the NATS setting. sendSet says --max-send-bytes
+// was given (its default is filled in before).
+func joinCluster(cfg *Config, sendSet bool, log *slog.Logger) (*cluster.Cluster, error) {
+	cc := *cfg.Cluster
+	cc.Node = cfg.NodeID
+	if cc.Log == nil {
+		cc.Log = log.With("component", "cluster")
+	}
+	cc.Info.GRPCAddr, cc.Info.HTTPAddr = cfg.GRPCAddr, cfg.HTTPAddr
+	ctx, cancel := context.WithTimeout(context.Background(), clusterJoinTimeout)
+	defer cancel()
+	cl, err := cluster.Join(ctx, cc, 0)
+	if err != nil {
+		return nil, fmt.Errorf("--cluster: %w", err)
+	}
+	budget := int(cl.MaxPayload()) - natsOverhead
+	for _, l := range []struct {
+		flag string
+		v    *int
+		set  bool
+		def  int
+	}{
+		{"--max-frame-bytes", &cfg.MaxFrameBytes, cfg.MaxFrameBytes > 0, rpc.MaxFrameLimit},
+		{"--max-reply-bytes", &cfg.MaxReplyBytes, cfg.MaxReplyBytes > 0, rpc.MaxFrameLimit},
+		{"--max-send-bytes", &cfg.MaxSendBytes, sendSet, DefaultMaxSendBytes},
+	} {
+		v := *l.v
+		if !l.set {
+			v = l.def
+		}
+		if v <= budget {
+			continue
+		}
+		if l.set {
+			_ = cl.Close(ctx)
+			return nil, fmt.Errorf("--cluster: %s %d does not fit the NATS server's max_payload (%d bytes, of which %d are for headers): raise max_payload in the NATS server's configuration, or lower %s to at most %d", l.flag, v, cl.MaxPayload(), natsOverhead, l.flag, budget)
+		}
+		*l.v = budget
+		log.Warn("cluster: a limit is lowered to fit the NATS server's max_payload; raise max_payload on the NATS side to keep the default", "flag", l.flag, "default", l.def, "now", budget, "max_payload", cl.MaxPayload())
+	}
+	return cl, nil
+}
+
+// publisher is what the engine publishes events to: the hub, or in a
+// cluster the cluster's stream (whose feed fills the hub).
+func (s *Server) publisher() interface {
+	conn.Publisher
+	conn.TryPublisher
+} {
+	if s.cluster != nil {
+		return s.cluster.Publisher()
+	}
+	return s.hub
+}

@@ -339,6 +339,11 @@ func New(cfg Config) (*Server, error) {
 	if err := rpc.CheckNodeID(cfg.NodeID); err != nil {
 		return nil, fmt.Errorf("--node-id: %w", err)
 	}
+	// Defaulted here, so that the engine (which stamps it on every
+	// listener, connection and event) and the API agree.
+	if cfg.NodeID == "" {
+		cfg.NodeID = rpc.DefaultNodeID()
+	}
 	if err := console.CheckTTL(cfg.SessionTTL); err != nil {
 		return nil, err
 	}
@@ -400,7 +405,7 @@ func New(cfg Config) (*Server, error) {
 		auth = rpc.NewAuth(cfg.AuthToken, cfg.PublicReflection)
 		s.auth = auth
 	}
-	s.hub = hub.New(hub.Config{ReplayBytes: cfg.ReplayBytes, MaxQueuedBytes: cfg.MaxQueuedBytes, MaxSubscribers: cfg.MaxSubscribers})
+	s.hub = hub.New(hub.Config{ReplayBytes: cfg.ReplayBytes, MaxQueuedBytes: cfg.MaxQueuedBytes, MaxSubscribers: cfg.MaxSubscribers, Node: cfg.NodeID})
 	// Decided by the connection registry, which counts every connection
 	// together, whoever opened it.
 	// The handler manager looks up listeners and connections through
@@ -416,6 +421,7 @@ func New(cfg Config) (*Server, error) {
 	})
 	hm.m = s.handlers
 	s.conns = registry.New(registry.Config{
+		Node:                cfg.NodeID,
 		Handler:             s.handlers,
 		MaxConnections:      cfg.MaxConnections,
 		MaxOutbound:         cfg.MaxOutboundConnections,
@@ -443,6 +449,7 @@ func New(cfg Config) (*Server, error) {
 		// meets the same bound.
 		MaxDrainTimeout: cfg.MaxDrainTimeout,
 		Logger:          log,
+		Node:            cfg.NodeID,
 		// Forwarding listeners dial their targets through it, so the dial
 		// policy holds for every connection they relay.
 		Dialer: s.dialer,

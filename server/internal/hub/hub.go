@@ -173,6 +173,10 @@ type Config struct {
 	// Incarnation names the hub's sequence space; empty means a new random
 	// one (ids.Incarnation), as every start of the embedded gateway has.
 	Incarnation string
+	// Node is this gateway's node id (--node-id), stamped on every event
+	// published without one; empty stamps none. Markers made for one
+	// subscriber (EVENTS_DROPPED) concern no node and carry none.
+	Node string
 }
 
 // Filter selects events. An empty field matches everything. Each id list
@@ -311,6 +315,7 @@ type SubscribeOptions struct {
 // Hub numbers events and fans them out. The zero value is not usable; call New.
 type Hub struct {
 	incarnation string // immutable
+	node        string // immutable: Config.Node
 	now         func() time.Time
 	maxQueued   int // bound of all queues together; 0 means none
 
@@ -362,7 +367,7 @@ func New(cfg Config) *Hub {
 	if inc == "" {
 		inc = ids.Incarnation()
 	}
-	return &Hub{incarnation: inc, now: now, maxSubscribers: cfg.MaxSubscribers, maxQueued: maxQueued, ring: ring{limit: limit}, done: make(chan struct{})}
+	return &Hub{incarnation: inc, node: cfg.Node, now: now, maxSubscribers: cfg.MaxSubscribers, maxQueued: maxQueued, ring: ring{limit: limit}, done: make(chan struct{})}
 }
 
 // Incarnation returns the name of the hub's sequence space: sequences of
@@ -378,7 +383,7 @@ func (h *Hub) Incarnation() string { return h.incarnation }
 // everyone else, and returns ctx's error once every event is published.
 // Events published after Close are dropped.
 func (h *Hub) Publish(ctx context.Context, evs ...*event.Event) error {
-	seal(evs)
+	h.seal(evs)
 	var cut error // set once ctx is done: the publisher waits no more
 	for len(evs) > 0 {
 		h.mu.Lock()
@@ -436,7 +441,7 @@ func (h *Hub) Publish(ctx context.Context, evs ...*event.Event) error {
 // numbered and kept in the ring as Publish keeps them; after Close they are
 // dropped, and TryPublish returns true.
 func (h *Hub) TryPublish(evs ...*event.Event) bool {
-	seal(evs)
+	h.seal(evs)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
@@ -449,9 +454,13 @@ func (h *Hub) TryPublish(evs ...*event.Event) bool {
 	return true
 }
 
-// seal prepares events outside the lock (see event.Seal).
-func seal(evs []*event.Event) {
+// seal prepares events outside the lock (see event.Seal), stamping the
+// hub's node on those that name none first, so that their size counts it.
+func (h *Hub) seal(evs []*event.Event) {
 	for _, e := range evs {
+		if e.Node == "" {
+			e.Node = h.node
+		}
 		e.Seal()
 	}
 }

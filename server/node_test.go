@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"net"
+	"path/filepath"
 	"testing"
 
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
@@ -136,5 +137,38 @@ func nodeEverywhere(t *testing.T, g *servertest.Gateway, want string) {
 			}
 			delete(missing, e.GetKind())
 		}
+	}
+}
+
+// The placement fields go into the state file and ExportConfig as they
+// were asked, and come back with a restart: a listener on every node
+// (on a single gateway, on itself) and an outbound connection on its
+// node, to be taken over.
+func TestNodeInStateFile(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "state")
+	a := servertest.Start(t, server.Config{StateFile: state, NodeID: "n1"})
+	a.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "every", Host: "127.0.0.1", EveryNode: true})
+	a.Connect(t, &tcpgatev1.ConnectRequest{ConnectionId: "out", Address: servertest.RefusedAddr(t), NodeId: "n1", TakeOver: true})
+	exp, err := a.Client.ExportConfig(servertest.Context(t), &tcpgatev1.ExportConfigRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, cs := exp.GetConfig().GetListeners(), exp.GetConfig().GetConnections()
+	if len(ls) != 1 || !ls[0].GetEveryNode() || len(cs) != 1 || cs[0].GetNodeId() != "n1" || !cs[0].GetTakeOver() {
+		t.Fatalf("ExportConfig: listeners %v, connections %v; want every_node, and node_id n1 with take_over", ls, cs)
+	}
+	if err := a.Stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	b := servertest.Start(t, server.Config{StateFile: state, NodeID: "n1"})
+	ctx := servertest.Context(t)
+	l, err := b.Client.GetListener(ctx, &tcpgatev1.GetListenerRequest{ListenerId: "every"})
+	if err != nil || !l.GetListener().GetEveryNode() || l.GetListener().GetNodeId() != "n1" {
+		t.Fatalf("restored listener: %v, %v; want every_node on n1", l.GetListener(), err)
+	}
+	c, err := b.Client.GetConnection(ctx, &tcpgatev1.GetConnectionRequest{ConnectionId: "out"})
+	if err != nil || c.GetConnection().GetNodeId() != "n1" {
+		t.Fatalf("restored connection: %v, %v; want it on n1", c.GetConnection(), err)
 	}
 }

@@ -137,6 +137,25 @@ func TestConfigBootAllOrNothing(t *testing.T) {
   - connectionId: c
     address: nowhere
 `, path + ":3: connections[0].address: "},
+		{"listener on another node", fmt.Sprintf(`listeners:
+  - listenerId: first
+    host: 127.0.0.1
+    port: %d
+  - listenerId: second
+    host: 127.0.0.1
+    nodeId: elsewhere
+`, first), path + ":7: listeners[1].node_id: "},
+		{"connection on another node", `connections:
+  - connectionId: c
+    address: 127.0.0.1:1
+    nodeId: elsewhere
+`, path + ":4: connections[0].node_id: "},
+		{"take_over without reconnect", `connections:
+  - connectionId: c
+    address: 127.0.0.1:1
+    reconnect: {disabled: true}
+    takeOver: true
+`, path + ":5: connections[0].take_over: "},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

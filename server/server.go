@@ -345,6 +345,11 @@ func New(cfg Config) (*Server, error) {
 	if err := rpc.CheckNodeID(cfg.NodeID); err != nil {
 		return nil, fmt.Errorf("--node-id: %w", err)
 	}
+	// Defaulted here, so that the engine (which stamps it on every
+	// listener, connection and event) and the API agree.
+	if cfg.NodeID == "" {
+		cfg.NodeID = rpc.DefaultNodeID()
+	}
 	if err := console.CheckTTL(cfg.SessionTTL); err != nil {
 		return nil, err
 	}
@@ -417,7 +422,7 @@ func New(cfg Config) (*Server, error) {
 		auth = rpc.NewAuth(cfg.AuthToken, cfg.PublicReflection)
 		s.auth = auth
 	}
-	hc := hub.Config{ReplayBytes: cfg.ReplayBytes, MaxQueuedBytes: cfg.MaxQueuedBytes, MaxSubscribers: cfg.MaxSubscribers}
+	hc := hub.Config{ReplayBytes: cfg.ReplayBytes, MaxQueuedBytes: cfg.MaxQueuedBytes, MaxSubscribers: cfg.MaxSubscribers, Node: cfg.NodeID}
 	if s.cluster != nil {
 		// The node's hub holds the cluster's stream: numbered by it,
 		// named by it, and read back from it past the ring.
@@ -439,6 +444,7 @@ func New(cfg Config) (*Server, error) {
 	})
 	hm.m = s.handlers
 	s.conns = registry.New(registry.Config{
+		Node:                cfg.NodeID,
 		Handler:             s.handlers,
 		MaxConnections:      cfg.MaxConnections,
 		MaxOutbound:         cfg.MaxOutboundConnections,
@@ -466,6 +472,7 @@ func New(cfg Config) (*Server, error) {
 		// meets the same bound.
 		MaxDrainTimeout: cfg.MaxDrainTimeout,
 		Logger:          log,
+		Node:            cfg.NodeID,
 		// Forwarding listeners dial their targets through it, so the dial
 		// policy holds for every connection they relay.
 		Dialer: s.dialer,

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpgate/tcpgate/server/rpc"
 	"github.com/tcpgate/tcpgate/server/servertest"
 )
 
@@ -214,10 +215,11 @@ func TestCLI(t *testing.T) {
 			t.Fatalf("tcpgate ls:\n%s\nwant a header and one row", out)
 		}
 		// ID ADDRESS STATE FRAMING OPEN TOTAL BYTES-IN BYTES-OUT FRAMES-IN
+		// NODE (the gateway's --node-id, by default the host name)
 		row := strings.Fields(lines[1])
 		want := []string{"demo", addr, "listening", "raw"}
-		if len(row) != 9 || !slices.Equal(row[:4], want) {
-			t.Fatalf("tcpgate ls row = %q, want it to start with %q and have 9 columns", row, want)
+		if len(row) != 10 || !slices.Equal(row[:4], want) || row[9] != rpc.DefaultNodeID() {
+			t.Fatalf("tcpgate ls row = %q, want it to start with %q and have 10 columns, the last node %s", row, want, rpc.DefaultNodeID())
 		}
 		// The sync probes and two sends; 13 + 4 bytes in two reads.
 		if total := fmt.Sprint(probes + 2); row[5] != total || row[6] != "17" || row[8] != "2" {
@@ -237,8 +239,9 @@ func TestCLI(t *testing.T) {
 			}
 		}
 		// ID LISTENER STATE REMOTE OPENED(date time) BYTES-IN BYTES-OUT
-		// ORIGIN GEN LAST-ERROR
-		if len(row) != 11 || row[1] != "demo" || row[2] != "open" || row[3] != local || row[8] != "accepted" || row[9] != "-" || row[10] != "-" {
+		// ORIGIN GEN NODE LAST-ERROR
+		if len(row) != 12 || row[1] != "demo" || row[2] != "open" || row[3] != local || row[8] != "accepted" || row[9] != "-" ||
+			row[10] != rpc.DefaultNodeID() || row[11] != "-" {
 			t.Fatalf("tcpgate conns demo:\n%s\nwant a row for %s of demo from %s", out, id, local)
 		}
 

@@ -359,7 +359,8 @@ func framingString(f *tcpgatev1.Framing) string {
 // listenOptions are listen's flags.
 type listenOptions struct {
 	host, id, framing, reply string
-	forward, banner          string
+	forward, banner, node    string
+	everyNode                bool
 	rules                    []string
 	target                   targetTLS
 	echo                     bool
@@ -380,6 +381,8 @@ func (o *listenOptions) addFlags(f *pflag.FlagSet) {
 	f.DurationVar(&o.idle, "idle", 0, "close connections silent this long (default: the gateway's --idle-timeout)")
 	f.DurationVar(&o.halfClose, "half-close", 0, "keep a connection writable this long after its client shuts down writing, so 'send --to-conn' can answer it (default: close at once)")
 	f.StringVar(&o.forward, "forward", "", "relay every accepted connection to this HOST:PORT, both ways (checked against the gateway's --allow-dial at every dial)")
+	f.StringVar(&o.node, "node", "", "start it on this node of the cluster, by its --node-id (default: the node called; a single gateway is its only node)")
+	f.BoolVar(&o.everyNode, "every-node", false, "start it on every node of the cluster, each on its own address and the same port, for a load balancer in front (a single gateway: on itself)")
 	o.target.addFlags(f)
 }
 
@@ -390,7 +393,11 @@ func (o *listenOptions) request(portArg string, changed func(flag string) bool) 
 	if err != nil {
 		return nil, fmt.Errorf("PORT %q is not a number", portArg)
 	}
-	req := &tcpgatev1.StartListenerRequest{ListenerId: o.id, Host: o.host, Port: uint32(port), MaxConnections: o.maxConns}
+	if o.node != "" && o.everyNode {
+		return nil, errors.New("--node and --every-node exclude each other: a listener runs on one node or on every node")
+	}
+	req := &tcpgatev1.StartListenerRequest{ListenerId: o.id, Host: o.host, Port: uint32(port), MaxConnections: o.maxConns,
+		NodeId: o.node, EveryNode: o.everyNode}
 	if o.idle > 0 {
 		req.IdleTimeout = durationpb.New(o.idle)
 	}

@@ -121,8 +121,8 @@ type connectOptions struct {
 	id, framing, onConnect, onConnectHex string
 	expect, heartbeat, heartbeatExpect   string
 	rules                                []string
-	backoff, queue, keepAlive            string
-	noReconnect, framed                  bool
+	backoff, queue, keepAlive, node      string
+	noReconnect, framed, takeOver        bool
 	maxFrame, maxAttempts                uint32
 	expectTimeout, idle, timeout         time.Duration
 	userTimeout                          time.Duration
@@ -149,6 +149,8 @@ func (o *connectOptions) addFlags(f *pflag.FlagSet) {
 	f.DurationVar(&o.userTimeout, "user-timeout", 0, "TCP_USER_TIMEOUT: drop the connection when written bytes stay unacknowledged this long, a dead peer found while writing (default: the kernel's, about 15 minutes)")
 	f.DurationVar(&o.timeout, "timeout", defaultConnectTimeout, "how long to wait for the first attempt; past it connect prints the connection as it is, and the gateway goes on trying")
 	f.StringArrayVar(&o.rules, "rule", nil, ruleHelp)
+	f.StringVar(&o.node, "node", "", "keep it on this node of the cluster, by its --node-id (default: the node called; a single gateway is its only node)")
+	f.BoolVar(&o.takeOver, "take-over", false, "when its node is lost, another node of the cluster dials it afresh (not with --no-reconnect; a single gateway ignores it)")
 	o.target.addFlags(f)
 }
 
@@ -162,8 +164,12 @@ func (o *connectOptions) request(addr string, changed func(flag string) bool) (*
 		}
 		return durationpb.New(d)
 	}
+	if o.takeOver && o.noReconnect {
+		return nil, errors.New("--take-over needs reconnect: the node taking the connection over dials it again; drop --no-reconnect or --take-over")
+	}
 	req := &tcpgatev1.ConnectRequest{ConnectionId: o.id, Address: addr, IdleTimeout: opt("idle", o.idle),
-		TcpUserTimeout: opt("user-timeout", o.userTimeout), Timeout: opt("timeout", o.timeout)}
+		TcpUserTimeout: opt("user-timeout", o.userTimeout), Timeout: opt("timeout", o.timeout),
+		NodeId: o.node, TakeOver: o.takeOver}
 	var err error
 	if o.framing != "" {
 		if req.Framing, err = parseFraming(o.framing); err != nil {
@@ -371,6 +377,8 @@ var connectFlags = map[string]string{
 	"tcp_user_timeout":          "--user-timeout",
 	"reconnect.initial_backoff": "--backoff",
 	"reconnect.max_backoff":     "--backoff",
+	"node_id":                   "--node",
+	"take_over":                 "--take-over",
 }
 
 // flagOfField returns the connect flag that sets field, or "".

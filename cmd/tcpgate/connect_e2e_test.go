@@ -108,8 +108,8 @@ func TestConnectCLI(t *testing.T) {
 	sub.waitMatch(t, regexp.MustCompile(`(?m) data conn=bare gen=1 4 bytes "PING"$`))
 
 	out = tg.mustRunOut(t, "conns", "--origin", "outbound")
-	// ID LISTENER STATE REMOTE OPENED(date time) BYTES-IN BYTES-OUT ORIGIN GEN LAST-ERROR
-	if row := connsRow(out, "feed"); len(row) != 11 || row[1] != "-" || row[2] != "open" || row[3] != srv.Addr() || row[8] != "outbound" || row[9] != "1" {
+	// ID LISTENER STATE REMOTE OPENED(date time) BYTES-IN BYTES-OUT ORIGIN GEN NODE LAST-ERROR
+	if row := connsRow(out, "feed"); len(row) != 12 || row[1] != "-" || row[2] != "open" || row[3] != srv.Addr() || row[8] != "outbound" || row[9] != "1" {
 		t.Errorf("tcpgate conns --origin outbound:\n%s\nwant feed open to %s, outbound, generation 1", out, srv.Addr())
 	}
 	if accepted := connsRow(tg.mustRunOut(t, "conns", "--origin", "accepted"), "feed"); accepted != nil {

@@ -315,6 +315,11 @@ func TestConnectRequest(t *testing.T) {
 			want: &tcpgatev1.ConnectRequest{Address: "a:1", KeepAlive: &tcpgatev1.TcpKeepAlive{Idle: ms(45000)}},
 		},
 		{
+			name: "placed on a node, taken over when it is lost",
+			args: []string{"--node", "b", "--take-over"},
+			want: &tcpgatev1.ConnectRequest{Address: "a:1", NodeId: "b", TakeOver: true},
+		},
+		{
 			name: "target TLS",
 			args: []string{"--target-tls", "--target-server-name", "plc.example", "--target-insecure"},
 			want: &tcpgatev1.ConnectRequest{Address: "a:1", Tls: &tcpgatev1.DialTLS{ServerName: "plc.example", InsecureSkipVerify: true}},
@@ -343,6 +348,42 @@ func TestParseKeepAlive(t *testing.T) {
 	for _, s := range []string{"", "x", "1s:y", "1s:2s:z", "1s:2s:3:4", "on"} {
 		if ka, err := parseKeepAlive(s); err == nil || !strings.HasPrefix(err.Error(), `--keepalive "`+s+`"`) {
 			t.Errorf("parseKeepAlive(%q) = %v, %v; want an error naming --keepalive and the value", s, ka, err)
+		}
+	}
+}
+
+// The placement flags that cannot go together are refused before any
+// call, naming both.
+func TestPlacementFlagsExclude(t *testing.T) {
+	var co connectOptions
+	fs := pflag.NewFlagSet("connect", pflag.ContinueOnError)
+	co.addFlags(fs)
+	if err := fs.Parse([]string{"--take-over", "--no-reconnect"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := co.request("a:1", fs.Changed); err == nil || !strings.Contains(err.Error(), "--take-over") || !strings.Contains(err.Error(), "--no-reconnect") {
+		t.Errorf("connect --take-over --no-reconnect: %v, want an error naming both", err)
+	}
+
+	var lo listenOptions
+	fs = pflag.NewFlagSet("listen", pflag.ContinueOnError)
+	lo.addFlags(fs)
+	if err := fs.Parse([]string{"--node", "b", "--every-node"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lo.request("0", fs.Changed); err == nil || !strings.Contains(err.Error(), "--node") || !strings.Contains(err.Error(), "--every-node") {
+		t.Errorf("listen --node b --every-node: %v, want an error naming both", err)
+	}
+	for _, args := range [][]string{{"--node", "b"}, {"--every-node"}} {
+		var o listenOptions
+		fs := pflag.NewFlagSet("listen", pflag.ContinueOnError)
+		o.addFlags(fs)
+		if err := fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		req, err := o.request("0", fs.Changed)
+		if err != nil || req.GetNodeId() != o.node || req.GetEveryNode() != o.everyNode || (req.GetNodeId() == "" && !req.GetEveryNode()) {
+			t.Errorf("listen %q = %v, %v; want node_id or every_node set", args, req, err)
 		}
 	}
 }

@@ -89,11 +89,13 @@ func newLsCmd(c *client) *cobra.Command {
 				req.PageToken = resp.GetNextPageToken()
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "ID\tADDRESS\tSTATE\tFRAMING\tOPEN\tTOTAL\tBYTES IN\tBYTES OUT\tFRAMES IN")
+			// NODE last: the columns before it stay where scripts that
+			// split by position expect them.
+			fmt.Fprintln(w, "ID\tADDRESS\tSTATE\tFRAMING\tOPEN\tTOTAL\tBYTES IN\tBYTES OUT\tFRAMES IN\tNODE")
 			for _, l := range all {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", l.GetListenerId(), l.GetAddress(),
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", l.GetListenerId(), l.GetAddress(),
 					strings.ToLower(strings.TrimPrefix(l.GetState().String(), "LISTENER_STATE_")), framingString(l.GetFraming()),
-					l.GetConnectionsActive(), l.GetConnectionsTotal(), l.GetBytesIn(), l.GetBytesOut(), l.GetFramesIn())
+					l.GetConnectionsActive(), l.GetConnectionsTotal(), l.GetBytesIn(), l.GetBytesOut(), l.GetFramesIn(), orDash(l.GetNodeId()))
 			}
 			return w.Flush()
 		}),
@@ -233,12 +235,13 @@ func newConnsCmd(c *client) *cobra.Command {
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			// The columns before ORIGIN are where they were before
-			// outbound connections came, for scripts that split by position.
-			fmt.Fprintln(w, "ID\tLISTENER\tSTATE\tREMOTE\tOPENED\tBYTES IN\tBYTES OUT\tORIGIN\tGEN\tLAST ERROR")
+			// outbound connections came, for scripts that split by
+			// position; LAST ERROR, which has spaces, stays last.
+			fmt.Fprintln(w, "ID\tLISTENER\tSTATE\tREMOTE\tOPENED\tBYTES IN\tBYTES OUT\tORIGIN\tGEN\tNODE\tLAST ERROR")
 			for _, cn := range all {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", cn.GetConnectionId(), orDash(cn.GetListenerId()),
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", cn.GetConnectionId(), orDash(cn.GetListenerId()),
 					connStateString(cn.GetState()), connRemote(cn), openedAt(cn), cn.GetBytesIn(), cn.GetBytesOut(),
-					originString(cn.GetOrigin()), connGeneration(cn), connLastError(cn))
+					originString(cn.GetOrigin()), connGeneration(cn), orDash(cn.GetNodeId()), connLastError(cn))
 			}
 			return w.Flush()
 		}),
@@ -281,6 +284,7 @@ func newConnCmd(c *client) *cobra.Command {
 				{"id", cn.GetConnectionId()},
 				{"listener", cn.GetListenerId()},
 				{"origin", originString(cn.GetOrigin())},
+				{"node", cn.GetNodeId()},
 				{"state", connStateString(cn.GetState())},
 				{"address", cn.GetAddress()},
 				{"remote", cn.GetRemoteAddress()},
@@ -384,6 +388,8 @@ func listenerRows(l *tcpgatev1.Listener) [][2]string {
 		{"id", l.GetListenerId()},
 		{"address", l.GetAddress()},
 		{"state", strings.ToLower(strings.TrimPrefix(l.GetState().String(), "LISTENER_STATE_"))},
+		{"node", l.GetNodeId()},
+		{"every node", everyNodeString(l.GetEveryNode())},
 		{"framing", framingString(l.GetFraming())},
 		{"forward", fwd},
 		{"auto reply", autoReplyString(l.GetAutoReply())},
@@ -407,6 +413,15 @@ func listenerRows(l *tcpgatev1.Listener) [][2]string {
 		}
 	}
 	return kept
+}
+
+// everyNodeString is the "every node" row: yes, or empty (no row) for a
+// listener of one node.
+func everyNodeString(every bool) string {
+	if every {
+		return "yes"
+	}
+	return ""
 }
 
 // autoReplyString is the reply of frames no rule answers: echo, the fixed

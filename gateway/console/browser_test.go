@@ -487,7 +487,7 @@ func connRow(id string, i int) string {
 // as OUTBOUND and OPEN with its counters, filters it by origin, and closes
 // it from its row: the server's side ends.
 func TestConsoleOutboundConnection(t *testing.T) {
-	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0"})
+	g := servertest.Start(t, server.Config{HTTPAddr: "127.0.0.1:0", NodeID: "node-c"})
 	srv := startLineServer(t, "hello gateway\n")
 	ctx := browser(t, 1280, 800)
 	p := page{t, ctx}
@@ -521,6 +521,10 @@ func TestConsoleOutboundConnection(t *testing.T) {
 	}
 	if got := eval[string](p, "reading the generation", connRow("device-1", 6)); got != "1" {
 		t.Errorf("the row's generation is %q, want 1", got)
+	}
+	// Where it lives: the gateway's --node-id (in a cluster, one of several).
+	if got := eval[string](p, "reading the node", connRow("device-1", 12)); got != "node-c" {
+		t.Errorf("the row's node is %q, want node-c", got)
 	}
 	list, err := g.Client.ListConnections(servertest.Context(t), &tcpgatev1.ListConnectionsRequest{})
 	if err != nil {

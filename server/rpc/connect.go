@@ -121,7 +121,24 @@ func (s *Service) connectSpec(ctx context.Context, req *tcpgatev1.ConnectRequest
 	if spec.Timeout, err = durationFromProto("timeout", req.GetTimeout(), 0); err != nil {
 		return spec, err
 	}
+	if spec.Node, err = nodeField(req.GetNodeId()); err != nil {
+		return spec, err
+	}
+	if req.GetTakeOver() && spec.Reconnect.Disabled {
+		return spec, invalid("take_over", "needs reconnect: a node taking the connection over dials it again; unset reconnect.disabled or take_over")
+	}
+	spec.TakeOver = req.GetTakeOver()
 	return spec, nil
+}
+
+// nodeField checks a node_id of a placement request: empty (the node
+// called) or an id of the API's pattern. Whether it names a node is the
+// engine's to say (placement.Check, or the cluster).
+func nodeField(id string) (string, error) {
+	if id == "" {
+		return "", nil
+	}
+	return id, checkID("node_id", id)
 }
 
 const maxInt = int(^uint(0) >> 1)

@@ -141,6 +141,8 @@ func listenerToProto(i listener.Info) *tcpgatev1.Listener {
 		MaxConnections:    uint32(i.MaxConnections),
 		Tls:               i.TLS != nil,
 		MutualTls:         i.TLS != nil && i.TLS.ClientAuth == tls.RequireAndVerifyClientCert,
+		NodeId:            i.Node,
+		EveryNode:         i.EveryNode,
 	}
 	if i.IdleTimeout > 0 {
 		l.IdleTimeout = durationpb.New(i.IdleTimeout)
@@ -186,6 +188,7 @@ func connToProto(c registry.Info) *tcpgatev1.Connection {
 		Attempts:      c.Attempts,
 		NextAttemptAt: timestampOrNil(c.NextAttemptAt),
 		Source:        connSource(c.Declared),
+		NodeId:        c.Node,
 	}
 }
 

@@ -186,6 +186,12 @@ func toStatus(log *slog.Logger, err error) error {
 	var node *placement.NodeError
 	if errors.As(err, &node) {
 		meta = map[string]string{MetaNode: node.Node}
+		// And, when a request field named it, that field, as a field
+		// error does, so that a form can point at it.
+		if node.Field != "" {
+			meta[MetaField] = node.Field
+			details = append(details, &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: node.Field, Description: node.Error()}}})
+		}
 	}
 	// A Send to a managed connection that is down says when it dials
 	// again, so that a client retries then rather than at once.

@@ -105,9 +105,18 @@ func (s *Service) listenerSpec(ctx context.Context, req *tcpgatev1.StartListener
 	if err != nil {
 		return listener.Spec{}, err
 	}
+	node, err := nodeField(req.GetNodeId())
+	if err != nil {
+		return listener.Spec{}, err
+	}
+	if node != "" && req.GetEveryNode() {
+		return listener.Spec{}, invalid("every_node", "not with node_id %s: a listener runs on one node or on every node; unset one of them", Quote(node))
+	}
 	// An unset max_connections is 0 too: the registry fills in its
 	// default and refuses one over its bound.
 	spec := listener.Spec{
+		Node:                node,
+		EveryNode:           req.GetEveryNode(),
 		Source:              listenerSource(ctx),
 		ID:                  req.GetListenerId(),
 		Host:                req.GetHost(),

@@ -147,6 +147,17 @@ func TestErrorReasons(t *testing.T) {
 	_, err = c.Send(actx, &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: closed}, Payload: &tcpgatev1.SendRequest_Text{Text: "x"}})
 	check("refused", err, "CONNECTION_REFUSED", nil, "")
 
+	// A single gateway is a cluster of one node: placing on another is
+	// UNKNOWN_NODE, naming the node and the field. NODE_UNAVAILABLE and
+	// CLUSTER_UNAVAILABLE need a cluster whose node or NATS does not
+	// answer, which a single gateway has not: their paths are the
+	// sentinel rows above (placement.ErrNodeUnavailable and
+	// ErrClusterUnavailable in codeOf), walked through toStatus.
+	_, err = c.StartListener(actx, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1", NodeId: "elsewhere"})
+	check("StartListener on another node", err, "UNKNOWN_NODE", map[string]string{"node": "elsewhere", "field": "node_id"}, "node_id")
+	_, err = c.Connect(actx, &tcpgatev1.ConnectRequest{Address: closed, NodeId: "elsewhere"})
+	check("Connect on another node", err, "UNKNOWN_NODE", map[string]string{"node": "elsewhere", "field": "node_id"}, "node_id")
+
 	// A change the state file cannot take: its directory is gone.
 	dir := filepath.Join(t.TempDir(), "state")
 	if err := os.Mkdir(dir, 0o700); err != nil {
@@ -183,7 +194,10 @@ func TestErrorReasons(t *testing.T) {
 		if err := json.Unmarshal(b, &e); err != nil {
 			t.Fatalf("REST %s: body %q: %v", name, b, err)
 		}
-		got, _, fields := e.Info()
+		got, meta, fields := e.Info()
+		if want == "UNKNOWN_NODE" && meta["node"] != "elsewhere" {
+			t.Errorf("REST %s: metadata node %q, want elsewhere (all: %v)", name, meta["node"], meta)
+		}
 		if resp.StatusCode != wantHTTP || got != want {
 			t.Errorf("REST %s: HTTP %d reason %q, want %d %q; body %s", name, resp.StatusCode, got, wantHTTP, want, b)
 		}
@@ -198,6 +212,8 @@ func TestErrorReasons(t *testing.T) {
 	rest("sinceSequence in the future", "GET", "/v1/events?sinceSequence=999999", "", "", nil, 400, "SEQUENCE_OUT_OF_RANGE", "")
 	rest("bad framing field", "POST", "/v1/listeners", "application/json", `{"host":"127.0.0.1","framing":{"mode":"FRAMING_MODE_DELIMITER","maxFrameBytes":999999999}}`, nil, 400, "INVALID_ARGUMENT", "framing.max_frame_bytes")
 	rest("framing without its delimiter", "POST", "/v1/listeners", "application/json", `{"host":"127.0.0.1","framing":{"mode":"FRAMING_MODE_DELIMITER"}}`, nil, 400, "INVALID_ARGUMENT", "framing.delimiter")
+	rest("StartListener on another node", "POST", "/v1/listeners", "application/json", `{"host":"127.0.0.1","nodeId":"elsewhere"}`, nil, 400, "UNKNOWN_NODE", "node_id")
+	rest("Connect on another node", "POST", "/v1/connections", "application/json", `{"address":"`+closed+`","nodeId":"elsewhere"}`, nil, 400, "UNKNOWN_NODE", "node_id")
 	rest("health of an unknown service", "GET", "/healthz?service=nope", "", "", nil, 404, "UNKNOWN_SERVICE", "")
 	rest("bad JSON", "POST", "/v1/listeners", "application/json", `{"host":`, nil, 400, "MALFORMED_REQUEST", "")
 	rest("unknown query parameter", "GET", "/v1/listeners?bogus=1", "", "", nil, 400, "MALFORMED_REQUEST", "")

@@ -178,19 +178,20 @@ func (b *BadInputs) rows() []BadInput {
 	)
 	inv := codes.InvalidArgument
 	const (
-		rInvalid    = tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT
-		rNoListener = tcpgatev1.ErrorReason_ERROR_REASON_LISTENER_NOT_FOUND
-		rNoConn     = tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_NOT_FOUND
-		rExists     = tcpgatev1.ErrorReason_ERROR_REASON_LISTENER_EXISTS
-		rInUse      = tcpgatev1.ErrorReason_ERROR_REASON_ADDRESS_IN_USE
-		rNotUsable  = tcpgatev1.ErrorReason_ERROR_REASON_ADDRESS_NOT_USABLE
-		rLimit      = tcpgatev1.ErrorReason_ERROR_REASON_LIMIT_REACHED
-		rFilter     = tcpgatev1.ErrorReason_ERROR_REASON_FILTER_TOO_LARGE
-		rRefused    = tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_REFUSED
-		rReplyTime  = tcpgatev1.ErrorReason_ERROR_REASON_REPLY_TIMEOUT
-		rToken      = tcpgatev1.ErrorReason_ERROR_REASON_INVALID_PAGE_TOKEN
-		rAhead      = tcpgatev1.ErrorReason_ERROR_REASON_SEQUENCE_OUT_OF_RANGE
-		rNotUpd     = tcpgatev1.ErrorReason_ERROR_REASON_FIELD_NOT_UPDATABLE
+		rInvalid     = tcpgatev1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT
+		rUnknownNode = tcpgatev1.ErrorReason_ERROR_REASON_UNKNOWN_NODE
+		rNoListener  = tcpgatev1.ErrorReason_ERROR_REASON_LISTENER_NOT_FOUND
+		rNoConn      = tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_NOT_FOUND
+		rExists      = tcpgatev1.ErrorReason_ERROR_REASON_LISTENER_EXISTS
+		rInUse       = tcpgatev1.ErrorReason_ERROR_REASON_ADDRESS_IN_USE
+		rNotUsable   = tcpgatev1.ErrorReason_ERROR_REASON_ADDRESS_NOT_USABLE
+		rLimit       = tcpgatev1.ErrorReason_ERROR_REASON_LIMIT_REACHED
+		rFilter      = tcpgatev1.ErrorReason_ERROR_REASON_FILTER_TOO_LARGE
+		rRefused     = tcpgatev1.ErrorReason_ERROR_REASON_CONNECTION_REFUSED
+		rReplyTime   = tcpgatev1.ErrorReason_ERROR_REASON_REPLY_TIMEOUT
+		rToken       = tcpgatev1.ErrorReason_ERROR_REASON_INVALID_PAGE_TOKEN
+		rAhead       = tcpgatev1.ErrorReason_ERROR_REASON_SEQUENCE_OUT_OF_RANGE
+		rNotUpd      = tcpgatev1.ErrorReason_ERROR_REASON_FIELD_NOT_UPDATABLE
 	)
 	lp := "127.0.0.1"
 	fr := func(f *tcpgatev1.Framing) *tcpgatev1.StartListenerRequest {
@@ -281,6 +282,10 @@ func (b *BadInputs) rows() []BadInput {
 		{RPC: sl, Name: "host not owned here", Req: &tcpgatev1.StartListenerRequest{ListenerId: "unbindable", Host: b.Unbindable}, Code: codes.FailedPrecondition, Reason: rNotUsable, Mention: b.Unbindable},
 		{RPC: sl, Name: "listener_id taken", Req: &tcpgatev1.StartListenerRequest{Host: lp, ListenerId: "keep"}, Code: codes.AlreadyExists, Reason: rExists, Mention: "keep"},
 		{RPC: sl, Name: "address in use", Req: &tcpgatev1.StartListenerRequest{ListenerId: "inuse", Host: lp, Port: b.keepPort}, Code: codes.Unavailable, Reason: rInUse, Mention: b.KeepAddr},
+		{RPC: sl, Name: "node_id with every_node", Req: &tcpgatev1.StartListenerRequest{Host: lp, NodeId: "a", EveryNode: true}, Code: inv, Reason: rInvalid, Field: "every_node", Mention: "every_node"},
+		{RPC: sl, Name: "node_id with a slash", Req: &tcpgatev1.StartListenerRequest{Host: lp, NodeId: "a/b"}, Code: inv, Reason: rInvalid, Field: "node_id", Mention: "node_id"},
+		{RPC: sl, Name: "node_id of no node", Req: &tcpgatev1.StartListenerRequest{Host: lp, NodeId: "elsewhere"}, Code: inv, Reason: rUnknownNode, Field: "node_id", Mention: "elsewhere"},
+		{RPC: sl, Name: "every_node on a single gateway starts here", Req: &tcpgatev1.StartListenerRequest{Host: lp, EveryNode: true}, Code: codes.OK},
 		{RPC: sl, Name: "max_listeners reached", Limits: true, Req: &tcpgatev1.StartListenerRequest{Host: lp}, Code: codes.ResourceExhausted, Reason: rLimit, Mention: "max_listeners"},
 
 		// StartListener: framing.
@@ -482,6 +487,9 @@ func (b *BadInputs) rows() []BadInput {
 
 		// Connect: the wire's shape, then the engine's decisions, each
 		// naming its field.
+		{RPC: con, Name: "take_over without reconnect", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.TakeOver = true }), Code: inv, Reason: rInvalid, Field: "take_over", Mention: "take_over"},
+		{RPC: con, Name: "node_id with a slash", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.NodeId = "a/b" }), Code: inv, Reason: rInvalid, Field: "node_id", Mention: "node_id"},
+		{RPC: con, Name: "node_id of no node", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.NodeId = "elsewhere" }), Code: inv, Reason: rUnknownNode, Field: "node_id", Mention: "elsewhere"},
 		{RPC: con, Name: "address without a port", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.Address = "127.0.0.1" }), Code: inv, Reason: rInvalid, Field: "address", Mention: "address"},
 		{RPC: con, Name: "address port 0", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.Address = "127.0.0.1:0" }), Code: inv, Reason: rInvalid, Field: "address", Mention: "address"},
 		{RPC: con, Name: "address empty", Req: dial(func(r *tcpgatev1.ConnectRequest) { r.Address = "" }), Code: inv, Reason: rInvalid, Field: "address", Mention: "address"},

@@ -6,7 +6,7 @@
 import { $, api, short, show } from './util.js';
 
 const POLL_MS = 1000;
-const COLUMNS = 12; // cells before the Close button's
+const COLUMNS = 13; // cells before the Close button's
 
 // Paging: tokens[i] is the page_token of page i+1 ('' for the first);
 // next is the current page's next_page_token. A change of filter starts
@@ -39,6 +39,7 @@ function connectionRow(id) {
   }
   row.cells[1].classList.add('origin');
   row.cells[2].classList.add('state');
+  row.cells[12].classList.add('node');
   const close = document.createElement('button');
   close.type = 'button';
   close.className = 'close';
@@ -78,6 +79,7 @@ function renderConnections(conns) {
     setCell(row, 9, String(c.framesIn || 0));
     setCell(row, 10, String(c.framesOut || 0));
     setCell(row, 11, c.lastError || '');
+    setCell(row, 12, c.nodeId || ''); // where it lives: in a cluster, one of several
   }
   for (const row of [...body.rows]) {
     if (!seen.has(row.dataset.id)) row.remove();

@@ -267,8 +267,9 @@ type Event struct {
 	// TargetReason is why a forwarded connection's target side ended, on
 	// ConnectionClosed of a forwarding listener's connection.
 	TargetReason CloseReason
-	// Node is the cluster node the event happened on; empty in a single
-	// gateway (which reports its own --node-id) and on markers.
+	// Node is the node the event happened on (its --node-id), stamped by
+	// the hub that publishes it (hub.Config.Node) when the publisher set
+	// none; empty on markers made for one subscriber (EVENTS_DROPPED).
 	Node string
 	// Retained is how many bytes of memory Data keeps alive beyond its own
 	// length: a frame cut from a larger read shares that read's buffer, and

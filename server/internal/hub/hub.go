@@ -233,6 +233,10 @@ type Config struct {
 	// stream): a replay reads from it what the ring no longer holds,
 	// instead of reporting it missed. nil means the ring is all there is.
 	Archive Archive
+	// Node is this gateway's node id (--node-id), stamped on every event
+	// published without one; empty stamps none. Markers made for one
+	// subscriber (EVENTS_DROPPED) concern no node and carry none.
+	Node string
 }
 
 // Archive is where a replay finds the events the ring no longer holds: a
@@ -395,6 +399,7 @@ type SubscribeOptions struct {
 // Hub numbers events and fans them out. The zero value is not usable; call New.
 type Hub struct {
 	incarnation string // immutable
+	node        string // immutable: Config.Node
 	now         func() time.Time
 	external    bool    // events come numbered, through Ingest; immutable
 	archive     Archive // nil: none; immutable
@@ -451,7 +456,7 @@ func New(cfg Config) *Hub {
 		inc = ids.Incarnation()
 	}
 	return &Hub{
-		incarnation: inc, now: now, external: cfg.External, archive: cfg.Archive,
+		incarnation: inc, node: cfg.Node, now: now, external: cfg.External, archive: cfg.Archive,
 		maxSubscribers: cfg.MaxSubscribers, maxQueued: maxQueued,
 		seq: cfg.StartSequence, ring: ring{limit: limit}, done: make(chan struct{}),
 	}
@@ -474,7 +479,7 @@ func (h *Hub) Publish(ctx context.Context, evs ...*event.Event) error {
 	if h.external {
 		return ErrExternal
 	}
-	seal(evs)
+	h.seal(evs)
 	return h.deliver(ctx, evs, true)
 }
 
@@ -515,7 +520,7 @@ func (h *Hub) Ingest(ctx context.Context, evs ...*event.Event) error {
 		h.duplicates += dups
 		h.mu.Unlock()
 	}
-	seal(evs)
+	h.seal(evs)
 	return h.deliver(ctx, evs, false)
 }
 
@@ -623,7 +628,7 @@ func (h *Hub) TryPublish(evs ...*event.Event) bool {
 	if h.external {
 		return false
 	}
-	seal(evs)
+	h.seal(evs)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
@@ -636,9 +641,13 @@ func (h *Hub) TryPublish(evs ...*event.Event) bool {
 	return true
 }
 
-// seal prepares events outside the lock (see event.Seal).
-func seal(evs []*event.Event) {
+// seal prepares events outside the lock (see event.Seal), stamping the
+// hub's node on those that name none first, so that their size counts it.
+func (h *Hub) seal(evs []*event.Event) {
 	for _, e := range evs {
+		if e.Node == "" {
+			e.Node = h.node
+		}
 		e.Seal()
 	}
 }

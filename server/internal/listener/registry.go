@@ -26,6 +26,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/ids"
 	"github.com/tcpgate/tcpgate/server/internal/limits"
 	"github.com/tcpgate/tcpgate/server/internal/page"
+	"github.com/tcpgate/tcpgate/server/internal/placement"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
 	"github.com/tcpgate/tcpgate/server/internal/registry"
 	"github.com/tcpgate/tcpgate/server/internal/rules"
@@ -120,6 +121,14 @@ type Spec struct {
 	HandlerTimeoutClose bool
 	// Banner, when set, is written to every accepted connection first.
 	Banner *Banner
+	// Node is the node asked to run the listener, by its id; empty means
+	// the node called. A single gateway runs only its own (Config.Node):
+	// Start refuses another with a *placement.NodeError.
+	Node string
+	// EveryNode asks for the listener on every node of the cluster; a
+	// single gateway, the cluster of one node, starts it on itself. Not
+	// with Node (the API refuses both).
+	EveryNode bool
 
 	// What Start made of the above, for every connection.
 	ruleSet *rules.Set
@@ -213,6 +222,9 @@ type Dialer interface {
 // Info is a snapshot of a listener.
 type Info struct {
 	Spec
+	// Node is the node the listener runs on (Config.Node); it shadows
+	// Spec.Node, which is the node asked for, empty for the node called.
+	Node              string
 	Address           string
 	State             State
 	CreatedAt         time.Time
@@ -256,6 +268,9 @@ type Config struct {
 	MaxDrainTimeout time.Duration
 	// Logger logs listener starts and stops; nil means slog.Default().
 	Logger *slog.Logger
+	// Node is this gateway's node id (--node-id), reported on every
+	// listener; Start accepts a Spec.Node that is empty or this.
+	Node string
 	// Dialer dials the targets of forwarding listeners; nil refuses a
 	// Spec with Forward.
 	Dialer Dialer
@@ -424,6 +439,9 @@ func (r *Registry) Check(spec Spec) error {
 // prepare fills in spec's defaults, compiles its replies and checks it
 // against the bounds and the policy.
 func (r *Registry) prepare(spec Spec) (Spec, error) {
+	if err := placement.Check("node_id", spec.Node, r.cfg.Node); err != nil {
+		return spec, err
+	}
 	if limit := r.cfg.ListenerMaxConnections; limit > 0 {
 		if spec.MaxConnections > limit {
 			return spec, &limits.FieldError{Field: "max_connections", Flag: "--listener-max-connections", Limit: limit, Got: spec.MaxConnections, Err: ErrInvalidSpec}
@@ -901,6 +919,7 @@ func (r *Registry) ListListeners(size int, after uint64) (ListenerPage, error) {
 func (r *Registry) infoLocked(l *listener) Info {
 	return Info{
 		Spec:              l.spec,
+		Node:              r.cfg.Node,
 		Address:           l.addr,
 		State:             l.state,
 		CreatedAt:         l.createdAt,

@@ -36,6 +36,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
 	"github.com/tcpgate/tcpgate/server/internal/event"
+	"github.com/tcpgate/tcpgate/server/internal/placement"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
 	"github.com/tcpgate/tcpgate/server/internal/registry"
 	"github.com/tcpgate/tcpgate/server/internal/rules"
@@ -204,6 +205,9 @@ type outcome struct {
 // policy denies can never be dialed and is refused at once, whatever
 // reconnect says; a name is checked at every attempt.
 func (m *Manager) Connect(ctx context.Context, spec Spec) (registry.Info, error) {
+	if err := placement.Check("node_id", spec.Node, m.cfg.Conns.Node()); err != nil {
+		return registry.Info{}, fmt.Errorf("connecting to %s: %w", spec.Address, err)
+	}
 	if err := spec.normalize(&m.cfg); err != nil {
 		return registry.Info{}, fmt.Errorf("connecting to %s: %w", spec.Address, err)
 	}

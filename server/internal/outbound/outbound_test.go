@@ -14,6 +14,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/limits"
 	"github.com/tcpgate/tcpgate/server/internal/outbound"
 	"github.com/tcpgate/tcpgate/server/internal/page"
+	"github.com/tcpgate/tcpgate/server/internal/placement"
 	"github.com/tcpgate/tcpgate/server/internal/registry"
 )
 
@@ -202,5 +203,34 @@ func TestNoReconnectLeavesNothing(t *testing.T) {
 	rec.mu.Unlock()
 	if n != 0 {
 		t.Fatalf("%d events published, want none", n)
+	}
+}
+
+// A single gateway runs outbound connections on its own node only:
+// Connect of another node is refused before anything is listed, naming
+// the node and the field; its own node, or none, is the connection's
+// node, reported on it.
+func TestConnectNode(t *testing.T) {
+	reg := registry.New(registry.Config{Node: "a"})
+	m := outbound.New(outbound.Config{Conns: reg, Dialer: &dialer.Dialer{}, Publisher: &recorder{}})
+	t.Cleanup(m.Close)
+	addr := server(t)
+
+	_, err := m.Connect(context.Background(), outbound.Spec{Address: addr, Framing: raw(t), Node: "elsewhere"})
+	var ne *placement.NodeError
+	if !errors.Is(err, placement.ErrUnknownNode) || !errors.As(err, &ne) || ne.Node != "elsewhere" || ne.Field != "node_id" {
+		t.Fatalf("Connect of node elsewhere: %v, want ErrUnknownNode naming node elsewhere and field node_id", err)
+	}
+	if p, err := reg.ListConns(registry.Filter{}, 0, 0); err != nil || len(p.Conns) != 0 {
+		t.Fatalf("ListConns after the refused Connect = %+v, %v; want none", p, err)
+	}
+	for _, node := range []string{"", "a"} {
+		info, err := m.Connect(context.Background(), outbound.Spec{Address: addr, Framing: raw(t), Node: node, TakeOver: true})
+		if err != nil {
+			t.Fatalf("Connect of node %q: %v", node, err)
+		}
+		if info.Node != "a" {
+			t.Errorf("Connect of node %q: Node %q, want a", node, info.Node)
+		}
 	}
 }

@@ -110,6 +110,14 @@ type Spec struct {
 	// handler did not answer a frame in time, instead of answering it with
 	// AutoReply.
 	HandlerTimeoutClose bool
+	// Node is the node asked to run the connection, by its id; empty means
+	// the node called. A single gateway runs only its own (the connection
+	// registry's Node): Connect refuses another with a *placement.NodeError.
+	Node string
+	// TakeOver lets another node of a cluster dial the connection afresh
+	// when its node is lost; it needs reconnect (the API refuses it
+	// without). A single gateway has no other node and ignores it.
+	TakeOver bool
 
 	ruleSet *rules.Set // compiled by normalize
 }

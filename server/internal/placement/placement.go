@@ -29,6 +29,22 @@ type NodeError struct {
 	// Detail, when set, says more in words (what the node was asked, what
 	// the cluster answered).
 	Detail string
+	// Field, when set, is the request field that named the node
+	// ("node_id"), so that the API can point a form at it.
+	Field string
+}
+
+// Check refuses node as the node of an object placed by a gateway whose
+// own node id is self and which knows no other node: a single gateway,
+// the cluster of one node. Empty means the node called, and self is
+// always itself; any other id is a *NodeError with ErrUnknownNode naming
+// field.
+func Check(field, node, self string) error {
+	if node == "" || node == self {
+		return nil
+	}
+	return &NodeError{Node: node, Err: ErrUnknownNode, Field: field,
+		Detail: fmt.Sprintf("this gateway is node %q and is not in a cluster (--cluster): leave %s empty or name %q", self, field, self)}
 }
 
 func (e *NodeError) Error() string {

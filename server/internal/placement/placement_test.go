@@ -27,3 +27,22 @@ func TestNodeError(t *testing.T) {
 		t.Fatalf("Error() = %q, want %q", err.Error(), want)
 	}
 }
+
+func TestCheck(t *testing.T) {
+	for _, tc := range []struct {
+		node string
+		ok   bool
+	}{{"", true}, {"a", true}, {"elsewhere", false}, {"A", false}} {
+		err := placement.Check("node_id", tc.node, "a")
+		if tc.ok {
+			if err != nil {
+				t.Errorf("Check(%q) = %v, want nil", tc.node, err)
+			}
+			continue
+		}
+		var ne *placement.NodeError
+		if !errors.As(err, &ne) || !errors.Is(err, placement.ErrUnknownNode) || ne.Node != tc.node || ne.Field != "node_id" {
+			t.Errorf("Check(%q) = %#v, want a NodeError of ErrUnknownNode naming node %q and field node_id", tc.node, err, tc.node)
+		}
+	}
+}

@@ -219,6 +219,7 @@ func (r *Registry) outInfo(e *entry, st State) Info {
 	n := &o.counters
 	i := Info{
 		ID:        e.id,
+		Node:      r.cfg.Node,
 		Origin:    e.origin,
 		State:     st,
 		OpenedAt:  o.created,

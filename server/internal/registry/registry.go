@@ -104,6 +104,8 @@ const (
 // Info is a snapshot of a connection.
 type Info struct {
 	ID string
+	// Node is the node the connection lives on (Config.Node).
+	Node string
 	// ListenerID is the listener that accepted it; empty for an outbound
 	// connection.
 	ListenerID  string
@@ -156,6 +158,10 @@ type Config struct {
 	// MaxWriteBufferBytes bounds the bytes queued for writing over every
 	// connection; 0 means DefaultMaxWriteBufferBytes.
 	MaxWriteBufferBytes int
+	// Node is this gateway's node id (--node-id), reported on every
+	// connection (Info.Node) and the node outbound connections are placed
+	// on (see Node).
+	Node string
 	// Handler, when set, is every connection's conn.Config.Handler:
 	// the remote handlers (package handler), which take the frames of the
 	// connections they registered for.
@@ -587,6 +593,7 @@ func (r *Registry) info(e *entry, st State) Info {
 	n := c.Counters()
 	return Info{
 		ID:          c.ID(),
+		Node:        r.cfg.Node,
 		ListenerID:  c.ListenerID(),
 		Origin:      e.origin,
 		State:       st,
@@ -600,6 +607,10 @@ func (r *Registry) info(e *entry, st State) Info {
 		FramesOut:   n.FramesOut.Load(),
 	}
 }
+
+// Node returns this gateway's node id (Config.Node): the node its
+// connections live on.
+func (r *Registry) Node() string { return r.cfg.Node }
 
 // Conn returns a live connection.
 func (r *Registry) Conn(id string) (*conn.Conn, error) {

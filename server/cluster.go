@@ -79,3 +79,12 @@ func (s *Server) publisher() interface {
 	}
 	return s.hub
 }
+
+// ClusterNodes returns the ids of the cluster's live nodes, this one
+// included, sorted; nil in a single gateway.
+func (s *Server) ClusterNodes() []string {
+	if s.cluster == nil {
+		return nil
+	}
+	return s.cluster.Nodes()
+}

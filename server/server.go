@@ -204,6 +204,9 @@ type Config struct {
 	NodeID string
 	// Logger receives the gateway's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// NodeHost is the host a listener binds when its request names none
+	// (--node-host); empty means 0.0.0.0.
+	NodeHost string
 	// Cluster, when set, makes the gateway a node of a cluster on NATS
 	// JetStream (--cluster); nil runs it alone, as by default.
 	Cluster *ClusterConfig
@@ -499,6 +502,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	svc := rpc.New(rpc.Config{
 		Peers:                peers,
+		NodeHost:             cfg.NodeHost,
 		Conns:                s.grpcConns,
 		Listeners:            s.listeners,
 		Connections:          s.conns,

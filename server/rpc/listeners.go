@@ -1,6 +1,7 @@
 package rpc
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"net"
@@ -119,7 +120,7 @@ func (s *Service) listenerSpec(ctx context.Context, req *tcpgatev1.StartListener
 		EveryNode:           req.GetEveryNode(),
 		Source:              listenerSource(ctx),
 		ID:                  req.GetListenerId(),
-		Host:                req.GetHost(),
+		Host:                cmp.Or(req.GetHost(), s.cfg.NodeHost),
 		Port:                int(req.GetPort()),
 		Framing:             fc,
 		AutoReply:           ar.fallback,

@@ -3,6 +3,8 @@ package rpc
 import (
 	"context"
 	"fmt"
+	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -61,6 +63,12 @@ func (s *Service) startEverywhere(ctx context.Context, req *tcpgatev1.StartListe
 	resp, err := s.localStartListener(ctx, req)
 	if err != nil {
 		return nil, err
+	}
+	// The others bind the port this node got, when it was left to
+	// choose: a load balancer in front forwards to one port.
+	if _, port, err := net.SplitHostPort(resp.GetListener().GetAddress()); err == nil && req.GetPort() == 0 {
+		p, _ := strconv.ParseUint(port, 10, 16)
+		req.Port = uint32(p)
 	}
 	started := []string{s.cfg.NodeID}
 	for _, n := range s.otherNodes() {

@@ -90,6 +90,10 @@ type Config struct {
 	Dialer      Dialer
 	// Handlers serves Handle streams; nil refuses them.
 	Handlers Handlers
+	// NodeHost is the host a listener binds when its request names none
+	// (--node-host); empty means 0.0.0.0. Nodes of a cluster that share
+	// a machine each bind their own address with it.
+	NodeHost string
 	// Peers reaches the other nodes of a cluster, where calls about
 	// their objects are routed (peers.go); nil in a single gateway.
 	Peers Peers

@@ -88,3 +88,11 @@ func (s *Server) ClusterNodes() []string {
 	}
 	return s.cluster.Nodes()
 }
+
+// Defaults of ClusterConfig, for the flags.
+const (
+	DefaultClusterName           = cluster.DefaultName
+	DefaultClusterRetentionBytes = cluster.DefaultRetentionBytes
+	DefaultClusterRetentionAge   = cluster.DefaultRetentionAge
+	DefaultClusterDetection      = cluster.DefaultDetection
+)

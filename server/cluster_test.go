@@ -14,7 +14,7 @@ import (
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server"
-	"github.com/tcpgate/tcpgate/server/internal/cluster/natstest"
+	"github.com/tcpgate/tcpgate/server/servertest/natstest"
 	"github.com/tcpgate/tcpgate/server/servertest"
 )
 

@@ -363,6 +363,8 @@ func TestServeConfig(t *testing.T) {
 type listenerJSON struct {
 	ListenerID        string `json:"listenerId"`
 	Address           string `json:"address"`
+	NodeID            string `json:"nodeId"`
+	EveryNode         bool   `json:"everyNode"`
 	State             string `json:"state"`
 	ConnectionsActive uint32 `json:"connectionsActive"`
 	ConnectionsTotal  uint64 `json:"connectionsTotal,string"`
@@ -400,6 +402,7 @@ type eventJSON struct {
 	Attempt       uint32 `json:"attempt"`
 	Delay         string `json:"delay"`
 	Error         string `json:"error"`
+	NodeID        string `json:"nodeId"`
 	Header        struct {
 		Incarnation  string `json:"incarnation"`
 		NodeID       string `json:"nodeId"`

@@ -24,6 +24,7 @@ type serveOptions struct {
 	logLevel, logFormat string
 	tokenFile           string
 	ui                  bool
+	cluster             clusterOptions
 }
 
 func newServeCmd() *cobra.Command {
@@ -78,6 +79,19 @@ func newServeCmd() *cobra.Command {
 				return err
 			}
 			cfg.Logger = log
+			if cfg.Cluster, err = o.cluster.config(); err != nil {
+				return err
+			}
+			if cfg.Cluster != nil {
+				// Left at their defaults, these fit the NATS server's
+				// max_payload by themselves (server.joinCluster); given,
+				// one that does not fit stops the start.
+				for name, v := range map[string]*int{"max-frame-bytes": &cfg.MaxFrameBytes, "max-reply-bytes": &cfg.MaxReplyBytes, "max-send-bytes": &cfg.MaxSendBytes} {
+					if !cmd.Flags().Changed(name) {
+						*v = 0
+					}
+				}
+			}
 			// On a copy: the flags keep the values they were given, which
 			// a reload compares with (reloadFlags).
 			run := cfg
@@ -102,6 +116,7 @@ func newServeCmd() *cobra.Command {
 		},
 	}
 	serveFlags(cmd.Flags(), &cfg, &o)
+	clusterFlags(cmd.Flags(), &cfg, &o.cluster)
 	return cmd
 }
 

@@ -143,6 +143,7 @@ type Cluster struct {
 	pub      *Publisher
 	presence *presence
 	open     *openSet
+	view     *view
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -226,6 +227,7 @@ func (c *Cluster) setup(ctx context.Context) error {
 		return err
 	}
 	c.open = newOpenSet(c)
+	c.view = newView()
 	c.pub = newPublisher(c)
 	p, err := newPresence(ctx, c)
 	if err != nil {

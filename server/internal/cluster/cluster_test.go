@@ -12,7 +12,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/tcpgate/tcpgate/server/internal/cluster/natstest"
+	"github.com/tcpgate/tcpgate/server/servertest/natstest"
 	"github.com/tcpgate/tcpgate/server/internal/event"
 )
 

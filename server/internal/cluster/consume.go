@@ -72,6 +72,9 @@ func (c *Cluster) feed(it jetstream.MessagesContext, sink Sink) {
 			c.cfg.Log.Warn("cluster: an event of the stream is skipped", "error", err)
 			continue
 		}
+		if e.Node != c.cfg.Node {
+			c.view.track(e)
+		}
 		if err := sink.Ingest(ctx, e); err != nil && ctx.Err() != nil {
 			return
 		}

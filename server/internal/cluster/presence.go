@@ -228,17 +228,19 @@ func (p *presence) declare(ctx context.Context, info NodeInfo, rev uint64) bool 
 // connection the lost node had open, as its last snapshot says, and
 // removes the snapshot.
 func (p *presence) closeLost(ctx context.Context, info NodeInfo) {
+	var snapshot []openConn
 	e, err := p.kv.Get(ctx, openKey+info.Node)
-	if err != nil {
-		return
+	if err == nil {
+		for _, oc := range decodeOpen(e.Value()) {
+			if oc.boot == info.Boot {
+				snapshot = append(snapshot, oc)
+			}
+		}
 	}
-	conns := decodeOpen(e.Value())
+	conns := p.c.view.lost(info.Node, snapshot)
 	now := time.Now()
 	evs := make([]*event.Event, 0, len(conns))
 	for _, oc := range conns {
-		if oc.boot != info.Boot {
-			continue
-		}
 		evs = append(evs, &event.Event{Kind: event.ConnectionClosed, Time: now, Node: info.Node,
 			ConnectionID: oc.id, ListenerID: oc.listener, Origin: oc.origin, CloseReason: event.ReasonNodeLost,
 			Error: fmt.Sprintf("node %s was lost: it did not renew its presence for %v", info.Node, p.c.cfg.Detection)})
@@ -246,7 +248,9 @@ func (p *presence) closeLost(ctx context.Context, info NodeInfo) {
 	if len(evs) > 0 {
 		_ = p.c.pub.Publish(ctx, evs...)
 	}
-	_ = p.kv.Delete(ctx, openKey+info.Node, jetstream.LastRevision(e.Revision()))
+	if e != nil {
+		_ = p.kv.Delete(ctx, openKey+info.Node, jetstream.LastRevision(e.Revision()))
+	}
 }
 
 // Nodes returns the live nodes, this one included, sorted by id.

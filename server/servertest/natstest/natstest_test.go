@@ -6,7 +6,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.uber.org/goleak"
 
-	"github.com/tcpgate/tcpgate/server/internal/cluster/natstest"
+	"github.com/tcpgate/tcpgate/server/servertest/natstest"
 )
 
 func TestMain(m *testing.M) {

@@ -105,6 +105,10 @@ func (s *Service) listenerSpec(ctx context.Context, req *tcpgatev1.StartListener
 	if err != nil {
 		return listener.Spec{}, err
 	}
+	proxy, err := proxyFromProto(req.GetProxyProtocol())
+	if err != nil {
+		return listener.Spec{}, err
+	}
 	// An unset max_connections is 0 too: the registry fills in its
 	// default and refuses one over its bound.
 	spec := listener.Spec{
@@ -123,6 +127,7 @@ func (s *Service) listenerSpec(ctx context.Context, req *tcpgatev1.StartListener
 		HalfCloseTimeout:    halfClose,
 		TLS:                 tlsCfg,
 		Forward:             fwd,
+		ProxyProtocol:       proxy,
 	}
 	return spec, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"net/http"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -122,5 +123,57 @@ func TestProxyProtocolREST(t *testing.T) {
 	g.REST.Call(http.MethodGet, "/v1/listeners/"+l.GetListenerId(), "", &got)
 	if got.GetListener().GetProxyProtocol() != tcpgatev1.ProxyProtocol_PROXY_PROTOCOL_V2 {
 		t.Errorf("GET /v1/listeners/%s: proxyProtocol %v, want PROXY_PROTOCOL_V2", l.GetListenerId(), got.GetListener().GetProxyProtocol())
+	}
+}
+
+// TestProxyProtocolPersists: proxy_protocol goes through the state file
+// (a restarted gateway's listener still requires the header), ExportConfig
+// and the config file, where a reload that changes it restarts the
+// listener with the new mode.
+func TestProxyProtocolPersists(t *testing.T) {
+	ctx := servertest.Context(t)
+	path := filepath.Join(t.TempDir(), "state")
+	a := stateGateway(t, path, false, nil)
+	l := a.StartListener(t, &tcpgatev1.StartListenerRequest{ListenerId: "lb", Host: "127.0.0.1",
+		Framing:       &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
+		AutoReply:     &tcpgatev1.AutoReply{Rules: []*tcpgatev1.ReplyRule{textRule(mExact, "who", "{{.remote_address}}")}},
+		ProxyProtocol: tcpgatev1.ProxyProtocol_PROXY_PROTOCOL_V2})
+	exported, err := a.Client.ExportConfig(ctx, &tcpgatev1.ExportConfigRequest{})
+	if err != nil || len(exported.GetConfig().GetListeners()) != 1 ||
+		exported.GetConfig().GetListeners()[0].GetProxyProtocol() != tcpgatev1.ProxyProtocol_PROXY_PROTOCOL_V2 {
+		t.Fatalf("ExportConfig: %v, %v, want the listener with PROXY_PROTOCOL_V2", exported.GetConfig(), err)
+	}
+	if err := a.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	b := stateGateway(t, path, false, nil)
+	if got := listenerOf(t, b, "lb"); got.GetProxyProtocol() != tcpgatev1.ProxyProtocol_PROXY_PROTOCOL_V2 || got.GetAddress() != l.GetAddress() {
+		t.Fatalf("restored listener %v, want %s with PROXY_PROTOCOL_V2", got, l.GetAddress())
+	}
+	client := netip.MustParseAddrPort("203.0.113.7:51000")
+	c := servertest.Dial(t, l.GetAddress())
+	if _, err := c.Write(proxyproto.AppendV2(nil, client, netip.MustParseAddrPort("198.51.100.1:443"), nil)); err != nil {
+		t.Fatal(err)
+	}
+	if who := exchange(t, c, bufio.NewReader(c), "who"); who != client.String() {
+		t.Errorf("restored listener answered %q, want the header's %s", who, client)
+	}
+
+	cfgPath := filepath.Join(t.TempDir(), "tcpgate.yaml")
+	declare := func(mode string) {
+		writeConfig(t, cfgPath, "listeners:\n  - listenerId: declared\n    host: 127.0.0.1\n    proxyProtocol: "+mode+"\n")
+	}
+	declare("PROXY_PROTOCOL_V1")
+	g := servertest.Start(t, server.Config{ConfigFile: cfgPath})
+	if got := listenerOf(t, g, "declared"); got.GetProxyProtocol() != tcpgatev1.ProxyProtocol_PROXY_PROTOCOL_V1 {
+		t.Fatalf("declared listener reports %v, want PROXY_PROTOCOL_V1", got.GetProxyProtocol())
+	}
+	declare("PROXY_PROTOCOL_ANY")
+	resp, err := g.Client.Reload(ctx, &tcpgatev1.ReloadRequest{})
+	if err != nil {
+		t.Fatalf("Reload: %v", err)
+	}
+	if got := listenerOf(t, g, "declared"); got.GetProxyProtocol() != tcpgatev1.ProxyProtocol_PROXY_PROTOCOL_ANY {
+		t.Errorf("after the reload (%v) the listener reports %v, want PROXY_PROTOCOL_ANY", resp, got.GetProxyProtocol())
 	}
 }

@@ -14,8 +14,8 @@ import (
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server"
-	"github.com/tcpgate/tcpgate/server/servertest/natstest"
 	"github.com/tcpgate/tcpgate/server/servertest"
+	"github.com/tcpgate/tcpgate/server/servertest/natstest"
 )
 
 // clusterOf starts one node per id on a shared NATS server, each binding

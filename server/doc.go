@@ -67,6 +67,17 @@
 // Neither direction goes through the hub; each side's end of stream is
 // passed on to the other as a half-close (internal/conn/forward.go).
 //
+// A listener with a PROXY protocol mode (internal/proxyproto, a pure
+// parser that reads a header's bytes and none after) reads each accepted
+// connection's header on a goroutine of its own, within
+// listener.ProxyHeaderTimeout, before the TLS handshake and before the
+// connection registry admits it: the socket, wrapped so that its remote
+// address is the header's client, is what the registry counts per IP and
+// the connection reports. A bad header is admitted as the socket's peer
+// and closed at once with PROXY_HEADER_INVALID, as a failed handshake is
+// reported. A listener's stop ends the header reads in progress first, so
+// that none joins it after its drain took its connections.
+//
 // Each frame that no rule answers is offered to the connection's Handler,
 // the one handler.Manager of the daemon (internal/handler), when a Handle
 // stream registered for its listener or outbound connection: the manager

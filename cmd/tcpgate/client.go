@@ -361,6 +361,7 @@ type listenOptions struct {
 	host, id, framing, reply string
 	forward, banner, node    string
 	everyNode                bool
+	proxy                    string
 	rules                    []string
 	target                   targetTLS
 	echo                     bool
@@ -383,7 +384,15 @@ func (o *listenOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.forward, "forward", "", "relay every accepted connection to this HOST:PORT, both ways (checked against the gateway's --allow-dial at every dial)")
 	f.StringVar(&o.node, "node", "", "start it on this node of the cluster, by its --node-id (default: the node called; a single gateway is its only node)")
 	f.BoolVar(&o.everyNode, "every-node", false, "start it on every node of the cluster, each on its own address and the same port, for a load balancer in front (a single gateway: on itself)")
+	f.StringVar(&o.proxy, "proxy-protocol", "", "v1 | v2 | any: every connection must begin with a PROXY protocol header of these versions, as a load balancer in front sends it; the connection is then the client it names (only behind a balancer you control: see docs/SECURITY.md)")
 	o.target.addFlags(f)
+}
+
+// proxyProtocols are --proxy-protocol's values.
+var proxyProtocols = map[string]tcpgatev1.ProxyProtocol{
+	"v1":  tcpgatev1.ProxyProtocol_PROXY_PROTOCOL_V1,
+	"v2":  tcpgatev1.ProxyProtocol_PROXY_PROTOCOL_V2,
+	"any": tcpgatev1.ProxyProtocol_PROXY_PROTOCOL_ANY,
 }
 
 // request is the StartListenerRequest the flags ask for; changed reports
@@ -432,6 +441,13 @@ func (o *listenOptions) request(portArg string, changed func(flag string) bool) 
 	if changed("banner") {
 		req.OnConnect = &tcpgatev1.OnConnect{Payload: &tcpgatev1.OnConnect_Text{Text: o.banner}}
 	}
+	if o.proxy != "" {
+		p, ok := proxyProtocols[strings.ToLower(o.proxy)]
+		if !ok {
+			return nil, fmt.Errorf("--proxy-protocol %q: want v1, v2 or any", o.proxy)
+		}
+		req.ProxyProtocol = p
+	}
 	tls, err := o.target.dialTLS()
 	if err != nil {
 		return nil, err
@@ -457,6 +473,7 @@ func newListenCmd(c *client) *cobra.Command {
 			"  tcpgate listen 7000 --id sensors --framing len:2le\n" +
 			"  tcpgate listen 8080 --framing line --half-close 5s   # answer clients that shut down writing\n" +
 			"  tcpgate listen 8443 --forward 127.0.0.1:8080 --framing line   # relay to a server, as socat; subscribe --include-sent shows both ways\n" +
+			"  tcpgate listen 9000 --framing line --proxy-protocol v2   # behind a load balancer that sends PROXY headers\n" +
 			"  tcpgate listen 9100 --framing line --banner 'hello {{.remote_address}}' --rule 'PING=PONG' --rule 're:^GET (\\S+)$=you asked for {{1}}' --rule 'QUIT=bye;close'",
 		Args: needArgs("PORT"),
 		RunE: c.run(func(cmd *cobra.Command, args []string) error {

@@ -163,6 +163,9 @@ func TestListenRequest(t *testing.T) {
 			&tcpgatev1.StartListenerRequest{Port: 9000, OnConnect: &tcpgatev1.OnConnect{Payload: &tcpgatev1.OnConnect_Text{Text: "hello {{.remote_address}}\n"}}}},
 		{"empty banner is a banner", []string{"--banner", ""},
 			&tcpgatev1.StartListenerRequest{Port: 9000, OnConnect: &tcpgatev1.OnConnect{Payload: &tcpgatev1.OnConnect_Text{}}}},
+		{"proxy protocol v1", []string{"--proxy-protocol", "v1"}, &tcpgatev1.StartListenerRequest{Port: 9000, ProxyProtocol: tcpgatev1.ProxyProtocol_PROXY_PROTOCOL_V1}},
+		{"proxy protocol v2", []string{"--proxy-protocol", "v2"}, &tcpgatev1.StartListenerRequest{Port: 9000, ProxyProtocol: tcpgatev1.ProxyProtocol_PROXY_PROTOCOL_V2}},
+		{"proxy protocol any", []string{"--proxy-protocol", "ANY"}, &tcpgatev1.StartListenerRequest{Port: 9000, ProxyProtocol: tcpgatev1.ProxyProtocol_PROXY_PROTOCOL_ANY}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -185,6 +188,7 @@ func TestListenRequest(t *testing.T) {
 		"--rule x":                          "no = between",
 		"--banner hi --forward 127.0.0.1:1": "--banner and --forward exclude each other",
 		"--echo --reply x":                  "--echo and --reply exclude each other",
+		"--proxy-protocol v3":               "want v1, v2 or any",
 	} {
 		var o listenOptions
 		fs := pflag.NewFlagSet("listen", pflag.ContinueOnError)

@@ -17,6 +17,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/framing"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
+	"github.com/tcpgate/tcpgate/server/internal/proxyproto"
 	"github.com/tcpgate/tcpgate/server/internal/registry"
 )
 
@@ -151,7 +152,26 @@ func listenerToProto(i listener.Info) *tcpgatev1.Listener {
 		l.HalfCloseTimeout = durationpb.New(i.HalfCloseTimeout)
 	}
 	l.Forward = forwardToProto(i.Forward)
+	l.ProxyProtocol = proxyModes[i.ProxyProtocol]
 	return l
+}
+
+// proxyModes are the listener's PROXY protocol modes on the wire.
+var proxyModes = map[proxyproto.Mode]tcpgatev1.ProxyProtocol{
+	proxyproto.None: tcpgatev1.ProxyProtocol_PROXY_PROTOCOL_UNSPECIFIED,
+	proxyproto.V1:   tcpgatev1.ProxyProtocol_PROXY_PROTOCOL_V1,
+	proxyproto.V2:   tcpgatev1.ProxyProtocol_PROXY_PROTOCOL_V2,
+	proxyproto.Any:  tcpgatev1.ProxyProtocol_PROXY_PROTOCOL_ANY,
+}
+
+// proxyFromProto translates a StartListenerRequest's proxy_protocol.
+func proxyFromProto(p tcpgatev1.ProxyProtocol) (proxyproto.Mode, error) {
+	for m, w := range proxyModes {
+		if w == p {
+			return m, nil
+		}
+	}
+	return proxyproto.None, invalid("proxy_protocol", "unknown value %d: use PROXY_PROTOCOL_V1, PROXY_PROTOCOL_V2 or PROXY_PROTOCOL_ANY, or leave it unset for none", int32(p))
 }
 
 // forwardToProto reports a forwarding listener's target: its address and,

@@ -113,6 +113,10 @@ func (s *Service) listenerSpec(ctx context.Context, req *tcpgatev1.StartListener
 	if node != "" && req.GetEveryNode() {
 		return listener.Spec{}, invalid("every_node", "not with node_id %s: a listener runs on one node or on every node; unset one of them", Quote(node))
 	}
+	proxy, err := proxyFromProto(req.GetProxyProtocol())
+	if err != nil {
+		return listener.Spec{}, err
+	}
 	// An unset max_connections is 0 too: the registry fills in its
 	// default and refuses one over its bound.
 	spec := listener.Spec{
@@ -133,6 +137,7 @@ func (s *Service) listenerSpec(ctx context.Context, req *tcpgatev1.StartListener
 		HalfCloseTimeout:    halfClose,
 		TLS:                 tlsCfg,
 		Forward:             fwd,
+		ProxyProtocol:       proxy,
 	}
 	return spec, nil
 }

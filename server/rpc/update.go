@@ -15,7 +15,7 @@ import (
 
 // notUpdatable are the StartListenerRequest fields UpdateListener refuses
 // to change: they need a new socket.
-var notUpdatable = []string{"host", "port", "framing", "tls", "forward"}
+var notUpdatable = []string{"host", "port", "framing", "tls", "forward", "proxy_protocol"}
 
 // maskFields returns the listener fields an update mask names, by their
 // proto names, each once and in the mask's order. A path into a field

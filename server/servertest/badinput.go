@@ -269,6 +269,7 @@ func (b *BadInputs) rows() []BadInput {
 
 	return []BadInput{
 		// StartListener: port, id, host.
+		{RPC: sl, Name: "proxy_protocol unknown", Req: &tcpgatev1.StartListenerRequest{Host: lp, ProxyProtocol: tcpgatev1.ProxyProtocol(99)}, Code: inv, Reason: rInvalid, Field: "proxy_protocol", Mention: "proxy_protocol"},
 		{RPC: sl, Name: "port 65536", Req: &tcpgatev1.StartListenerRequest{Host: lp, Port: 65536}, Code: inv, Reason: rInvalid, Field: "port", Mention: "port"},
 		{RPC: sl, Name: "port 4294967295", Req: &tcpgatev1.StartListenerRequest{Host: lp, Port: 4294967295}, Code: inv, Reason: rInvalid, Field: "port", Mention: "port"},
 		{RPC: sl, Name: "listener_id empty is generated", Req: &tcpgatev1.StartListenerRequest{Host: lp}, Code: codes.OK},
@@ -339,6 +340,7 @@ func (b *BadInputs) rows() []BadInput {
 		{RPC: upd, Name: "listener_id unknown", Req: &tcpgatev1.UpdateListenerRequest{ListenerId: "nope", Listener: &tcpgatev1.StartListenerRequest{MaxConnections: 3}, UpdateMask: mask("max_connections")}, Code: codes.NotFound, Reason: rNoListener, Mention: "nope"},
 		{RPC: upd, Name: "update_mask empty", Req: &tcpgatev1.UpdateListenerRequest{ListenerId: "keep", Listener: &tcpgatev1.StartListenerRequest{}}, Code: inv, Reason: rInvalid, Field: "update_mask", Mention: "update_mask"},
 		{RPC: upd, Name: "update_mask port", Req: &tcpgatev1.UpdateListenerRequest{ListenerId: "keep", Listener: &tcpgatev1.StartListenerRequest{Port: 1}, UpdateMask: mask("port")}, Code: inv, Reason: rNotUpd, Field: "port", Mention: "port"},
+		{RPC: upd, Name: "update_mask proxy_protocol", Req: &tcpgatev1.UpdateListenerRequest{ListenerId: "keep", Listener: &tcpgatev1.StartListenerRequest{ProxyProtocol: tcpgatev1.ProxyProtocol_PROXY_PROTOCOL_V1}, UpdateMask: mask("proxy_protocol")}, Code: inv, Reason: rNotUpd, Field: "proxy_protocol", Mention: "proxy_protocol"},
 		{RPC: upd, Name: "update_mask host", Req: &tcpgatev1.UpdateListenerRequest{ListenerId: "keep", Listener: &tcpgatev1.StartListenerRequest{Host: "127.0.0.2"}, UpdateMask: mask("host")}, Code: inv, Reason: rNotUpd, Field: "host", Mention: "host"},
 		{RPC: upd, Name: "update_mask framing", Req: &tcpgatev1.UpdateListenerRequest{ListenerId: "keep", Listener: &tcpgatev1.StartListenerRequest{Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}}, UpdateMask: mask("framing")}, Code: inv, Reason: rNotUpd, Field: "framing", Mention: "framing"},
 		{RPC: upd, Name: "update_mask tls with max_connections", Req: &tcpgatev1.UpdateListenerRequest{ListenerId: "keep", Listener: &tcpgatev1.StartListenerRequest{MaxConnections: 3}, UpdateMask: mask("max_connections", "tls")}, Code: inv, Reason: rNotUpd, Field: "tls", Mention: "tls"},

@@ -12,8 +12,8 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/tcpgate/tcpgate/server/servertest/natstest"
 	"github.com/tcpgate/tcpgate/server/internal/event"
+	"github.com/tcpgate/tcpgate/server/servertest/natstest"
 )
 
 func TestMain(m *testing.M) {

@@ -28,6 +28,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/page"
 	"github.com/tcpgate/tcpgate/server/internal/placement"
 	"github.com/tcpgate/tcpgate/server/internal/policy"
+	"github.com/tcpgate/tcpgate/server/internal/proxyproto"
 	"github.com/tcpgate/tcpgate/server/internal/registry"
 	"github.com/tcpgate/tcpgate/server/internal/rules"
 )
@@ -129,6 +130,13 @@ type Spec struct {
 	// single gateway, the cluster of one node, starts it on itself. Not
 	// with Node (the API refuses both).
 	EveryNode bool
+	// ProxyProtocol, unless proxyproto.None (the zero value), makes every
+	// accepted connection begin with a PROXY protocol header of the
+	// versions it takes, read before the TLS handshake and before the
+	// connection is admitted: the connection's remote address, the
+	// per-IP limit and the templates see the client the header names (see
+	// proxied.go).
+	ProxyProtocol proxyproto.Mode
 
 	// What Start made of the above, for every connection.
 	ruleSet *rules.Set
@@ -289,6 +297,8 @@ type Registry struct {
 	// refusedLog is when a refusal was last logged (unix nanoseconds), so
 	// that a flood of refused connections logs one line a second.
 	refusedLog atomic.Int64
+	// badHeaderLog is when a bad PROXY header was last logged, likewise.
+	badHeaderLog atomic.Int64
 	// forwarded is what the relays of every forwarding listener moved.
 	forwarded conn.ForwardStats
 	// policy is the listen policy in force: Config.Policy until SetPolicy.
@@ -341,6 +351,18 @@ type listener struct {
 	// group is its connections in the connection registry, set as it
 	// becomes visible.
 	group *registry.Group
+
+	// proxy is the spec's ProxyProtocol; tls, with it, is the TLS config
+	// its connections get once their header is read (without proxy, ln
+	// does the TLS).
+	proxy proxyproto.Mode
+	tls   *tls.Config
+	// headers counts the connections whose PROXY header is being read;
+	// cutHeaders ends their reads when the listener stops, with cutReason.
+	headers    sync.WaitGroup
+	cutHeaders context.CancelFunc
+	headerCtx  context.Context
+	cutReason  atomic.Int32
 
 	// Guarded by Registry.mu.
 	state  State
@@ -531,6 +553,11 @@ func (r *Registry) start(ctx context.Context, spec Spec) (Info, error) {
 		stopped:    make(chan struct{}),
 		drainCut:   make(chan struct{}, 1),
 		state:      Listening,
+		proxy:      spec.ProxyProtocol,
+	}
+	if l.proxy != proxyproto.None {
+		l.tls = spec.TLS
+		l.headerCtx, l.cutHeaders = context.WithCancel(r.ctx)
 	}
 	// Reserve the id while binding, outside the lock.
 	r.listeners[spec.ID] = l
@@ -544,7 +571,8 @@ func (r *Registry) start(ctx context.Context, spec Spec) (Info, error) {
 		r.mu.Unlock()
 		return Info{}, bindError(addr, err)
 	}
-	if spec.TLS != nil {
+	if spec.TLS != nil && l.proxy == proxyproto.None {
+		// With a PROXY header, the handshake comes after it (proxied.go).
 		ln = tls.NewListener(ln, spec.TLS)
 	}
 	r.mu.Lock()
@@ -641,6 +669,10 @@ func (r *Registry) accept(l *listener) {
 			continue
 		}
 		backoff = 0
+		if l.proxy != proxyproto.None {
+			r.serveProxied(l, nc)
+			continue
+		}
 		r.serve(l, nc)
 	}
 }
@@ -648,6 +680,15 @@ func (r *Registry) accept(l *listener) {
 func (r *Registry) serve(l *listener, nc net.Conn) {
 	r.accepted.Add(1)
 	l.total.Add(1)
+	r.admit(l, nc, event.ReasonUnspecified, "")
+}
+
+// admit adds nc to the connection registry, which admits it under the
+// limits, and serves it. A reason other than ReasonUnspecified closes it
+// with that reason (and why, its words) before anything is read from it,
+// as a limit that refuses it does: it still gets its opened and closed
+// events.
+func (r *Registry) admit(l *listener, nc net.Conn, reason event.CloseReason, why string) {
 	c, err := r.conns.Add(r.ctx, nc, registry.Spec{
 		Origin: registry.Accepted,
 		Group:  l.group,
@@ -666,6 +707,8 @@ func (r *Registry) serve(l *listener, nc net.Conn) {
 		// subscriber sees why a client was turned away.
 		c.Close(event.ReasonLimitReached)
 		r.logRefused(l, nc, err)
+	} else if reason != event.ReasonUnspecified {
+		c.CloseWith(reason, why)
 	}
 
 	r.wg.Add(1)
@@ -785,6 +828,14 @@ func (r *Registry) stopAny(ctx context.Context, id string, drain time.Duration, 
 func (r *Registry) stop(l *listener, reason event.CloseReason) Info {
 	_ = l.ln.Close()
 	<-l.acceptDone
+	if l.cutHeaders != nil {
+		// Connections still sending their PROXY header are not open yet:
+		// they close with the stop's reason, and none joins the group
+		// after the drain has taken its connections.
+		l.cutReason.Store(int32(reason))
+		l.cutHeaders()
+		l.headers.Wait()
+	}
 
 	conns := r.conns.GroupConns(l.group)
 	if r.drain(l, conns) {

@@ -16,7 +16,7 @@ import (
 // Errors of Update; callers test them with errors.Is.
 var (
 	// ErrNotUpdatable means a field that cannot change in place (host,
-	// port, framing, tls, forward) or one that is not a field; the error is
+	// port, framing, tls, forward, proxy_protocol) or one that is not a field; the error is
 	// a *page.FieldError naming it.
 	ErrNotUpdatable = errors.New("field cannot be updated in place")
 	// ErrDeclared means a change through the API to a listener the config
@@ -36,6 +36,7 @@ const (
 	fieldHost, fieldPort   = "host", "port"
 	fieldFraming, fieldTLS = "framing", "tls"
 	fieldForward           = "forward"
+	fieldProxyProtocol     = "proxy_protocol"
 )
 
 // UpdatableFields are the fields Update takes, in the order Diff lists
@@ -58,9 +59,9 @@ func live(spec Spec) conn.Live {
 
 // InPlace reports whether a listener started from spec a can become spec
 // b by Update, without a new socket; when it cannot, it names the first
-// field that differs (host, port, framing, tls or forward). TLS configs
-// are compared by pointer: a caller that built b's anew from the same
-// files must compare those itself.
+// field that differs (host, port, framing, tls, forward or
+// proxy_protocol). TLS configs are compared by pointer: a caller that
+// built b's anew from the same files must compare those itself.
 func InPlace(a, b Spec) (bool, string) {
 	hostA, hostB := a.Host, b.Host
 	if hostA == "" {
@@ -85,6 +86,8 @@ func InPlace(a, b Spec) (bool, string) {
 	case (a.Forward == nil) != (b.Forward == nil),
 		a.Forward != nil && (a.Forward.Address != b.Forward.Address || a.Forward.TLS != b.Forward.TLS):
 		return false, fieldForward
+	case a.ProxyProtocol != b.ProxyProtocol:
+		return false, fieldProxyProtocol
 	}
 	return true, ""
 }

@@ -8,7 +8,7 @@ GRPC_ADDR ?= $(or $(TCPGATE_GRPC_ADDR),127.0.0.1:50051)
 HTTP_ADDR ?= $(or $(TCPGATE_HTTP_ADDR),127.0.0.1:50080)
 TESTFLAGS ?=
 
-.PHONY: all generate build run test test-short lint verify bench fuzz clean
+.PHONY: all generate build run run-cluster test test-short lint verify bench fuzz clean
 
 all: build
 
@@ -27,6 +27,14 @@ build:
 ## TCPGATE_HTTP_ADDR); every other TCPGATE_* variable sets its flag as usual
 run: build
 	./$(BIN)/tcpgate serve --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
+
+## run-cluster: a NATS server with JetStream (built from go.mod) and three
+## gateway nodes on loopback (gRPC 127.0.0.1:50051-50053, REST
+## 127.0.0.1:50080-50082, listeners on 127.0.0.11-13); Ctrl-C stops them
+## all (scripts/run-cluster says how to move them)
+run-cluster: build
+	$(GO) build -o $(BIN)/nats-server github.com/nats-io/nats-server/v2
+	BIN=$(BIN) ./scripts/run-cluster
 
 ## test: install what the tests run besides Go (curl, jq, python3: .ci/deps),
 ## build everything and run every test with the race detector

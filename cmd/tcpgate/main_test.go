@@ -25,6 +25,9 @@ var (
 	// plainBin is tcpgate built without -race, whose memory is what a
 	// user's daemon uses: memory bounds are measured on it (memory_e2e_test.go).
 	plainBin string
+	// natsBin is the NATS server pinned in go.mod, for make run-cluster's
+	// script (runcluster_e2e_test.go).
+	natsBin string
 )
 
 // buildTimeout bounds building both binaries. A cold build cache with -race
@@ -139,6 +142,7 @@ func buildBinaries(dir string) error {
 
 	tcpgateBin = filepath.Join(dir, "tcpgate")
 	grpcurlBin = filepath.Join(dir, "grpcurl")
+	natsBin = filepath.Join(dir, "nats-server")
 	plainBin = tcpgateBin
 	tcpgateArgs := []string{"build", "-o", tcpgateBin}
 	if raceEnabled() {
@@ -148,6 +152,7 @@ func buildBinaries(dir string) error {
 	builds := [][]string{
 		tcpgateArgs,
 		{"build", "-o", grpcurlBin, "github.com/fullstorydev/grpcurl/cmd/grpcurl"},
+		{"build", "-o", natsBin, "github.com/nats-io/nats-server/v2"},
 	}
 	if raceEnabled() {
 		plainBin = filepath.Join(dir, "tcpgate-plain")

@@ -116,7 +116,6 @@ func newServeCmd() *cobra.Command {
 		},
 	}
 	serveFlags(cmd.Flags(), &cfg, &o)
-	clusterFlags(cmd.Flags(), &cfg, &o.cluster)
 	return cmd
 }
 
@@ -173,6 +172,7 @@ func serveFlags(f *pflag.FlagSet, cfg *server.Config, o *serveOptions) {
 	f.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "close connections silent this long, on listeners that set no idle_timeout (0: never)")
 	f.StringVar(&cfg.ConfigFile, "config", "", "YAML file of listeners, outbound connections and serve: flags, started with the gateway and re-read on SIGHUP (default: none)")
 	f.StringVar(&cfg.NodeID, "node-id", rpc.DefaultNodeID(), "this gateway's name in every response header and event stream: 1 to 64 of A-Z a-z 0-9 . _ ~ -")
+	clusterFlags(f, cfg, &o.cluster)
 	for name := range reloadable {
 		f.Lookup(name).Usage += " (reloadable)"
 	}

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/tcpgate/tcpgate/server/internal/cluster"
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/rpc"
@@ -96,3 +98,29 @@ const (
 	DefaultClusterRetentionAge   = cluster.DefaultRetentionAge
 	DefaultClusterDetection      = cluster.DefaultDetection
 )
+
+// clusterMetrics are the cluster's figures: what the node stored in the
+// stream, what it lost, its recoveries after failed publishes, what waits
+// to be stored, the live nodes and whether NATS is connected.
+func clusterMetrics(cl *cluster.Cluster) []prometheus.Collector {
+	st := cl.Publisher().Stats()
+	return []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tcpgate_cluster_events_stored_total",
+			Help: "Events this node stored in the cluster's stream."}, func() float64 { return float64(st.Stored.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tcpgate_cluster_events_lost_total",
+			Help: "Events this node could not store in the cluster's stream (each reported by an EVENTS_LOST event)."}, func() float64 { return float64(st.Lost.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tcpgate_cluster_publish_recoveries_total",
+			Help: "Times publishing to the cluster's stream failed and resumed after the last stored event."}, func() float64 { return float64(st.Retries.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tcpgate_cluster_events_pending",
+			Help: "Events queued for the cluster's stream and not stored yet."}, func() float64 { return float64(st.Pending.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tcpgate_cluster_nodes",
+			Help: "Live nodes of the cluster, this one included."}, func() float64 { return float64(len(cl.Nodes())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tcpgate_cluster_connected",
+			Help: "1 while this node's connection to NATS is up."}, func() float64 {
+			if cl.Connected() {
+				return 1
+			}
+			return 0
+		}),
+	}
+}

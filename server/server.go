@@ -495,6 +495,9 @@ func New(cfg Config) (*Server, error) {
 	s.rpcs = newRPCMetrics()
 	s.metrics = newMetrics(s.hub, s.listeners, s.conns, s.dialer, s.outbound, s.rpcs)
 	s.metrics.MustRegister(hm)
+	if s.cluster != nil {
+		s.metrics.MustRegister(clusterMetrics(s.cluster)...)
+	}
 	s.grpcConns = rpc.NewConnTracker()
 	var peers rpc.Peers // a nil *cluster.Cluster would not be a nil Peers
 	if s.cluster != nil {

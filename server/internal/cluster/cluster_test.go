@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -423,5 +424,49 @@ func TestArchiveRead(t *testing.T) {
 	b.incarnation = ""
 	if a.Incarnation() == "" || a.Incarnation() != join(t, ns.URL(), "d", 0).Incarnation() {
 		t.Fatal("nodes of one cluster do not share its incarnation")
+	}
+}
+
+// During an outage a publisher whose wait is cut past the hard bound
+// loses events: they are counted, and once NATS is back an EVENTS_LOST
+// event of the connection says how many, in order after what was stored.
+func TestOutageOverflowReported(t *testing.T) {
+	ns := natstest.Start(t)
+	a := join(t, ns.URL(), "a", 0)
+	b := join(t, ns.URL(), "b", 0)
+	got := newSink()
+	if err := b.Feed(got); err != nil {
+		t.Fatal(err)
+	}
+	pub := a.Publisher()
+	pub.mu.Lock()
+	pub.hard = 1 // nothing past a full window fits
+	pub.mu.Unlock()
+	ns.Stop()
+	for i := range PublishWindow {
+		if err := pub.Publish(context.Background(), data("c-1", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cut, cancel := context.WithCancel(context.Background())
+	cancel()
+	const over = 7
+	for i := range over {
+		if err := pub.Publish(cut, data("c-1", PublishWindow+i)); err == nil {
+			t.Fatal("a Publish cut past the hard bound returned nil")
+		}
+	}
+	if n := pub.Stats().Lost.Load(); n != over {
+		t.Fatalf("lost %d, want %d", n, over)
+	}
+	ns.Restart()
+	evs := got.wait(t, "EVENTS_LOST", func(evs []*event.Event) bool {
+		return slices.ContainsFunc(evs, func(e *event.Event) bool { return e.Kind == event.EventsLost })
+	})
+	checkOrder(t, evs, []string{"c-1"}, PublishWindow)
+	for _, e := range evs {
+		if e.Kind == event.EventsLost && (e.ConnectionID != "c-1" || e.Dropped != over || e.Node != "a") {
+			t.Fatalf("EVENTS_LOST %+v, want connection c-1, dropped %d, node a", e, over)
+		}
 	}
 }

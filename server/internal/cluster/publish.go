@@ -73,6 +73,8 @@ type Publisher struct {
 	inflight atomic.Int64
 
 	stats PublishStats
+	// hard is hardBytes; tests lower it.
+	hard int
 }
 
 // PublishStats are the publisher's figures, for the metrics.
@@ -104,6 +106,7 @@ func newPublisher(c *Cluster) *Publisher {
 		acks:    make(chan *pending, 4096),
 		done:    make(chan struct{}),
 		failed:  make(chan struct{}, 1),
+		hard:    hardBytes,
 	}
 	p.wg.Add(2)
 	go p.send()
@@ -129,7 +132,7 @@ func (p *Publisher) Publish(ctx context.Context, evs ...*event.Event) error {
 			return cut
 		}
 		m := ms[0]
-		if p.fitsLocked(m) || cut != nil && p.bytes+m.size <= hardBytes {
+		if p.fitsLocked(m) || cut != nil && p.bytes+m.size <= p.hard {
 			p.queueLocked(m)
 			ms = ms[1:]
 			continue

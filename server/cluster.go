@@ -29,13 +29,14 @@ const natsOverhead = 16 << 10
 // to fit, with a log line; one set above what fits stops the start,
 // naming the flag and the NATS setting. sendSet says --max-send-bytes
 // was given (its default is filled in before).
-func joinCluster(cfg *Config, sendSet bool, log *slog.Logger) (*cluster.Cluster, error) {
+func joinCluster(cfg *Config, sendSet bool, log *slog.Logger, onSelfLost func()) (*cluster.Cluster, error) {
 	cc := *cfg.Cluster
 	cc.Node = cfg.NodeID
 	if cc.Log == nil {
 		cc.Log = log.With("component", "cluster")
 	}
 	cc.Info.GRPCAddr, cc.Info.HTTPAddr = cfg.GRPCAddr, cfg.HTTPAddr
+	cc.OnSelfLost = onSelfLost
 	ctx, cancel := context.WithTimeout(context.Background(), clusterJoinTimeout)
 	defer cancel()
 	cl, err := cluster.Join(ctx, cc, 0)

@@ -31,6 +31,7 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/cluster"
 	"github.com/tcpgate/tcpgate/server/internal/conn"
 	"github.com/tcpgate/tcpgate/server/internal/dialer"
+	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/handler"
 	"github.com/tcpgate/tcpgate/server/internal/hub"
 	"github.com/tcpgate/tcpgate/server/internal/listener"
@@ -270,6 +271,7 @@ type Server struct {
 	log       *slog.Logger
 	hub       *hub.Hub
 	cluster   *cluster.Cluster   // nil in a single gateway
+	built     chan struct{}      // closed once New has made everything, in a cluster
 	conns     *registry.Registry // every live connection
 	listeners *listener.Registry
 	dialer    *dialer.Dialer
@@ -415,7 +417,20 @@ func New(cfg Config) (*Server, error) {
 		}
 	}()
 	if cfg.Cluster != nil {
-		if s.cluster, err = joinCluster(&cfg, sendSet, log); err != nil {
+		// Its connections are made below; by the time the cluster could
+		// call this, they are there.
+		s.built = make(chan struct{})
+		selfLost := func() {
+			select {
+			case <-s.built:
+			default:
+				return // nothing is connected before New returns
+			}
+			if n := s.conns.CloseSockets(event.ReasonNodeLost); n > 0 {
+				log.Warn("connections closed: the cluster reported them closed when it declared this node lost", "connections", n)
+			}
+		}
+		if s.cluster, err = joinCluster(&cfg, sendSet, log, selfLost); err != nil {
 			return nil, err
 		}
 		s.cfg = cfg // with the limits fitted to the cluster
@@ -665,6 +680,9 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	built = true
+	if s.built != nil {
+		close(s.built)
+	}
 	// Last, once everything is bound: what the state file holds comes
 	// back through the API's own path; what the config file declares
 	// keeps the config's (the config wins).

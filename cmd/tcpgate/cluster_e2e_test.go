@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -123,4 +124,37 @@ func TestClusterNodeKilled(t *testing.T) {
 		})
 	}
 	replay.checkSequences(t)
+}
+
+// A node that does not answer (stopped with SIGSTOP: its NATS connection
+// stays, nothing answers on it) makes a call it would have to answer
+// Unavailable, NODE_UNAVAILABLE naming it, within the call's deadline; a
+// node whose own NATS is down answers CLUSTER_UNAVAILABLE.
+func TestClusterUnavailable(t *testing.T) {
+	ns := natstest.Start(t)
+	a, ca := clusterNode(t, ns, "a", "127.0.0.41")
+	_, cb := clusterNode(t, ns, "b", "127.0.0.42")
+	startEveryNode(t, cb, 2)
+	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := true
+	defer func() {
+		if stopped {
+			a.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}()
+	_, stderr, err := cb.run(t, "-max-time", "3", "-d", `{"listenerId":"l-nowhere"}`, cb.addr, service+"/GetListener")
+	if err == nil || !strings.Contains(stderr, "NODE_UNAVAILABLE") || !strings.Contains(stderr, `"node": "a"`) && !strings.Contains(stderr, "node \"a\"") {
+		t.Fatalf("GetListener with a stopped: %v\n%s\nwant Unavailable NODE_UNAVAILABLE naming node a", err, stderr)
+	}
+	a.cmd.Process.Signal(syscall.SIGCONT)
+	stopped = false
+	_ = ca
+
+	ns.Stop()
+	_, stderr, err = cb.run(t, "-max-time", "5", "-d", `{"listenerId":"l-nowhere"}`, cb.addr, service+"/GetListener")
+	if err == nil || !strings.Contains(stderr, "CLUSTER_UNAVAILABLE") {
+		t.Fatalf("GetListener with NATS down: %v\n%s\nwant Unavailable CLUSTER_UNAVAILABLE", err, stderr)
+	}
 }

@@ -60,9 +60,15 @@ func (s *Service) otherNodes() []string {
 	return slices.DeleteFunc(s.cfg.Peers.Nodes(), func(n string) bool { return n == s.cfg.NodeID })
 }
 
+// withPeerTimeout bounds a routed call: by the caller's deadline, less a
+// margin so that a node that does not answer is reported (Unavailable,
+// NODE_UNAVAILABLE) before the caller's own deadline ends the call as a
+// bare DeadlineExceeded; without a deadline, by peerTimeout plus extra
+// (the call's own timeout: a Send's await).
 func withPeerTimeout(ctx context.Context, extra time.Duration) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return context.WithCancel(ctx)
+	if dl, ok := ctx.Deadline(); ok {
+		margin := min(time.Until(dl)/10, 250*time.Millisecond)
+		return context.WithDeadline(ctx, dl.Add(-margin))
 	}
 	return context.WithTimeout(ctx, peerTimeout+extra)
 }
@@ -126,6 +132,9 @@ func elsewhere[Resp proto.Message](s *Service, ctx context.Context, err error, n
 		}
 		if r, _ := ReasonOf(a.err); r == notFound {
 			continue
+		}
+		if errors.Is(a.err, placement.ErrClusterUnavailable) {
+			return zero, s.status(a.err) // this node cannot reach any
 		}
 		if unreachable(a.err) {
 			silent = append(silent, a.node)

@@ -69,6 +69,11 @@ type Config struct {
 	// Info describes the node to its peers (addresses), stored with its
 	// presence.
 	Info NodeInfo
+	// OnSelfLost is called when this node finds that the cluster declared
+	// it lost (it could not renew its presence in time: a partition, a
+	// stall): the cluster reported its connections closed, so the node
+	// closes their sockets. It renews its presence again as usual.
+	OnSelfLost func()
 }
 
 // tokenPattern is what names in subjects and stream names may be: NATS

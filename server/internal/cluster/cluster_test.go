@@ -470,3 +470,39 @@ func TestOutageOverflowReported(t *testing.T) {
 		}
 	}
 }
+
+// A node that finds the cluster declared it lost while it runs (it
+// stalled, or was cut off) is told, to close its connections; its next
+// renewal makes it a live node again.
+func TestSelfLost(t *testing.T) {
+	ns := natstest.Start(t)
+	lost := make(chan struct{}, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a, err := Join(ctx, Config{URL: ns.URL(), Node: "a", Detection: time.Second, Log: testLog(t), OnSelfLost: func() { lost <- struct{}{} }}, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { leave(a) })
+	b := join(t, ns.URL(), "b", time.Second)
+	var info NodeInfo
+	var rev uint64
+	waitFor(t, "b to see a", func() bool {
+		b.presence.mu.Lock()
+		defer b.presence.mu.Unlock()
+		if pe := b.presence.peers["a"]; pe != nil {
+			info, rev = pe.info, pe.rev
+			return true
+		}
+		return false
+	})
+	if !b.presence.declare(ctx, info, rev) {
+		t.Fatal("b could not declare a lost")
+	}
+	select {
+	case <-lost:
+	case <-time.After(time.Minute):
+		t.Fatal("a was not told it was declared lost")
+	}
+	waitFor(t, "a to be live again for b", func() bool { return slices.Contains(b.Nodes(), "a") })
+}

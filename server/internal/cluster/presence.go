@@ -44,6 +44,8 @@ type presence struct {
 
 	mu    sync.Mutex
 	peers map[string]*peer // by node id, this node included
+	// leaving is set once the node deletes its own entry as it leaves.
+	leaving bool
 	// lost is called, by the one node that won the declaration, for each
 	// node declared lost.
 	onLost []func(NodeInfo)
@@ -137,6 +139,12 @@ func (p *presence) apply(e jetstream.KeyValueEntry) {
 	defer p.mu.Unlock()
 	if e.Operation() != jetstream.KeyValuePut {
 		delete(p.peers, node)
+		if node == p.self.Node && !p.leaving {
+			p.c.cfg.Log.Error("the cluster declared this node lost (it did not renew its presence in time); closing its connections, which the cluster reported closed", "node", node)
+			if f := p.c.cfg.OnSelfLost; f != nil {
+				go f()
+			}
+		}
 		return
 	}
 	var info NodeInfo
@@ -276,6 +284,9 @@ func (p *presence) nodes() []NodeInfo {
 
 // leave removes this node's entries: it left, so it is not lost.
 func (p *presence) leave(ctx context.Context) {
+	p.mu.Lock()
+	p.leaving = true
+	p.mu.Unlock()
 	_ = p.kv.Delete(ctx, nodeKey+p.self.Node)
 	_ = p.kv.Delete(ctx, openKey+p.self.Node)
 }

@@ -747,3 +747,24 @@ func (r *Registry) Stats() Stats {
 	st.WriteQueued = r.writes.Used()
 	return st
 }
+
+// CloseSockets closes every socket the registry holds with reason: each
+// accepted connection, and each outbound connection's current socket
+// (the connection itself stays, and reconnects as after any drop). It
+// returns how many sockets it closed, without waiting for them to end. A
+// cluster node that learns the cluster declared it lost calls it: the
+// cluster reported its connections closed, so they must be.
+func (r *Registry) CloseSockets(reason event.CloseReason) int {
+	r.mu.Lock()
+	var cs []*conn.Conn
+	for _, e := range r.conns {
+		if e.c != nil {
+			cs = append(cs, e.c)
+		}
+	}
+	r.mu.Unlock()
+	for _, c := range cs {
+		c.Close(reason)
+	}
+	return len(cs)
+}

@@ -430,3 +430,27 @@ func TestOriginsFilter(t *testing.T) {
 		t.Errorf("origins [accepted, 0]: %v, want ErrInvalidFilter naming origins[1]", err)
 	}
 }
+
+func TestCloseSockets(t *testing.T) {
+	f := newFixture(t, registry.Config{})
+	g := f.r.AddGroup("l1", 0)
+	cs := []*conn.Conn{f.mustAdd(accepted(g, "l1")), f.mustAdd(accepted(g, "l1")), f.mustAdd(outbound)}
+	if n := f.r.CloseSockets(event.ReasonNodeLost); n != 3 {
+		t.Fatalf("CloseSockets closed %d, want 3", n)
+	}
+	for _, c := range cs {
+		client := f.clients[c.ID()]
+		_ = client.SetReadDeadline(time.Now().Add(testTimeout))
+		if n, err := client.Read(make([]byte, 8)); err == nil {
+			t.Fatalf("the peer of %s read %d bytes; want its connection closed", c.ID(), n)
+		}
+		select {
+		case <-c.Done():
+		case <-time.After(testTimeout):
+			t.Fatalf("%s did not end", c.ID())
+		}
+	}
+	if got := f.r.Stats().Closed[event.ReasonNodeLost]; got != 3 {
+		t.Fatalf("closed with NODE_LOST: %d, want 3", got)
+	}
+}

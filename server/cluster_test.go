@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -180,5 +181,53 @@ func TestClusterEveryNode(t *testing.T) {
 	list, err = gs["a"].Client.ListListeners(ctx, &tcpgatev1.ListListenersRequest{})
 	if err != nil || len(list.GetListeners()) != 0 {
 		t.Fatalf("after StopListener: %v, %v; want none on any node", list, err)
+	}
+}
+
+// Per-connection order with two nodes under load: clients of listeners
+// on a and b write as fast as they can; a subscriber on c gets every
+// line of each connection, in order.
+func TestClusterOrderUnderLoad(t *testing.T) {
+	ns := natstest.Start(t)
+	gs := clusterOf(t, ns, "a", "b", "c")
+	const perConn = 3000
+	sub := gs["c"].Subscribe(t, &tcpgatev1.SubscribeRequest{Kinds: []tcpgatev1.EventKind{tcpgatev1.EventKind_EVENT_KIND_DATA}})
+	var addrs []string
+	for _, n := range []string{"a", "b"} {
+		l := gs[n].StartListener(t, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1", Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}})
+		addrs = append(addrs, l.GetAddress(), l.GetAddress())
+	}
+	var wg sync.WaitGroup
+	for i, addr := range addrs {
+		c := servertest.Dial(t, addr)
+		wg.Go(func() {
+			w := bufio.NewWriter(c)
+			for j := range perConn {
+				fmt.Fprintf(w, "client %d line %d\n", i, j)
+			}
+			w.Flush()
+		})
+	}
+	wg.Wait()
+	next := map[string]int{}
+	byConn := map[string]string{}
+	for total := 0; total < perConn*len(addrs); total++ {
+		e := sub.NextOfWithin(tcpgatev1.EventKind_EVENT_KIND_DATA, time.Minute)
+		if e == nil {
+			t.Fatalf("after %d lines (%v), no more", total, next)
+		}
+		var client, line int
+		if _, err := fmt.Sscanf(e.GetText(), "client %d line %d", &client, &line); err != nil {
+			t.Fatalf("data %q: %v", e.GetText(), err)
+		}
+		who := fmt.Sprint(client)
+		if prev, ok := byConn[who]; ok && prev != e.GetConnectionId() {
+			t.Fatalf("client %d's lines on two connections", client)
+		}
+		byConn[who] = e.GetConnectionId()
+		if line != next[who] {
+			t.Fatalf("client %d: line %d after %d lines, want in order", client, line, next[who])
+		}
+		next[who]++
 	}
 }

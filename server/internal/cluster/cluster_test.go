@@ -506,3 +506,27 @@ func TestSelfLost(t *testing.T) {
 	}
 	waitFor(t, "a to be live again for b", func() bool { return slices.Contains(b.Nodes(), "a") })
 }
+
+// One Publish of more events than a connection's window (a read loop's
+// batch of frames) waits for room as its first events are stored, and
+// completes.
+func TestPublishBatchPastWindow(t *testing.T) {
+	ns := natstest.Start(t)
+	a := join(t, ns.URL(), "a", 0)
+	b := join(t, ns.URL(), "b", 0)
+	got := newSink()
+	if err := b.Feed(got); err != nil {
+		t.Fatal(err)
+	}
+	const n = 3*PublishWindow + 5
+	evs := make([]*event.Event, n)
+	for i := range evs {
+		evs[i] = data("c-1", i)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := a.Publisher().Publish(ctx, evs...); err != nil {
+		t.Fatalf("Publish of %d events: %v", n, err)
+	}
+	checkOrder(t, got.wait(t, "every event", func(evs []*event.Event) bool { return countData(evs) >= n }), []string{"c-1"}, n)
+}

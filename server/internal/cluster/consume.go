@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -48,6 +49,12 @@ func (c *Cluster) Feed(sink Sink) error {
 	return nil
 }
 
+// feedBatch bounds the events handed to the sink at once.
+const feedBatch = 1024
+
+// feed reads the stream in one goroutine and hands what arrived to sink
+// in another, in batches of whatever is there (up to feedBatch): one
+// Ingest, one lock of the hub, per batch rather than per event.
 func (c *Cluster) feed(it jetstream.MessagesContext, sink Sink) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -58,26 +65,57 @@ func (c *Cluster) feed(it jetstream.MessagesContext, sink Sink) {
 		case <-ctx.Done():
 		}
 	}()
-	for {
-		msg, err := it.Next()
-		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+	evs := make(chan *event.Event, 4*feedBatch)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer close(evs)
+		for {
+			msg, err := it.Next()
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return
+			}
+			if err != nil {
+				c.cfg.Log.Warn("cluster: reading the event stream", "error", err)
+				continue
+			}
+			e, err := c.eventOf(msg)
+			if err != nil {
+				c.cfg.Log.Warn("cluster: an event of the stream is skipped", "error", err)
+				continue
+			}
+			if e.Node != c.cfg.Node {
+				c.view.track(e)
+			}
+			select {
+			case evs <- e:
+			case <-ctx.Done():
+				return
+			}
+		}
+	})
+	defer wg.Wait()
+	batch := make([]*event.Event, 0, feedBatch)
+	for e := range evs {
+		batch = append(batch[:0], e)
+	more:
+		for len(batch) < feedBatch {
+			select {
+			case e, ok := <-evs:
+				if !ok {
+					break more
+				}
+				batch = append(batch, e)
+			default:
+				break more
+			}
+		}
+		if err := sink.Ingest(ctx, batch...); err != nil && ctx.Err() != nil {
+			cancel()
+			for range evs {
+			}
 			return
 		}
-		if err != nil {
-			c.cfg.Log.Warn("cluster: reading the event stream", "error", err)
-			continue
-		}
-		e, err := c.eventOf(msg)
-		if err != nil {
-			c.cfg.Log.Warn("cluster: an event of the stream is skipped", "error", err)
-			continue
-		}
-		if e.Node != c.cfg.Node {
-			c.view.track(e)
-		}
-		if err := sink.Ingest(ctx, e); err != nil && ctx.Err() != nil {
-			return
-		}
+		clear(batch)
 	}
 }
 

@@ -93,8 +93,21 @@
 // validates requests, calls the engine and maps its sentinel errors to
 // gRPC codes (rpc/errors.go). The hub, the listener registry, the
 // connection registry and the dialer are reached through small interfaces
-// declared in rpc (the methods it calls), so that a cluster can later put
-// NATS-backed versions in their place.
+// declared in rpc (the methods it calls).
+//
+// In a cluster the node's engine stays whole and local; what is shared
+// goes through internal/cluster: the connections publish to the cluster's
+// Publisher instead of the hub (see above), and rpc routes (rpc/peers.go,
+// rpc/routes.go): a call about an object that is not on this node goes,
+// as its request message, to the node that has it (rpc.Peers, over NATS
+// request-reply), which runs it as a local call (Service.ServePeer) and
+// answers with its response or status. The routing is at the API layer,
+// not behind the registries' interfaces, so that the owner node takes
+// every decision through its own path (validation, limits, policy,
+// state). Presence in a key-value bucket tells the nodes apart; one
+// survivor reports a lost node's connections closed (NODE_LOST), and a
+// node told it was declared lost closes its sockets
+// (registry.CloseSockets). docs/CLUSTER.md has the whole design.
 //
 // Reconfigure (reconfigure.go) changes the reloadable settings while the
 // gateway serves. It checks and loads everything first, then stores each

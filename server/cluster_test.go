@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server"
@@ -175,6 +176,19 @@ func TestClusterEveryNode(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	// An update through one node changes every copy.
+	if _, err := gs["a"].Client.UpdateListener(ctx, &tcpgatev1.UpdateListenerRequest{ListenerId: resp.GetListener().GetListenerId(),
+		Listener:   &tcpgatev1.StartListenerRequest{AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED, Payload: &tcpgatev1.AutoReply_Text{Text: "changed\n"}}},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"auto_reply"}}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		addr := fmt.Sprintf("127.0.0.%d:%s", 11+i, port)
+		tc := servertest.Dial(t, addr)
+		if got := exchange(t, tc, bufio.NewReader(tc), "again"); got != "changed" {
+			t.Errorf("after the update, %s answers %q, want changed", addr, got)
+		}
+	}
 	if _, err := gs["c"].Client.StopListener(ctx, &tcpgatev1.StopListenerRequest{ListenerId: resp.GetListener().GetListenerId()}); err != nil {
 		t.Fatal(err)
 	}

@@ -147,10 +147,23 @@ func (s *Service) GetListener(ctx context.Context, req *tcpgatev1.GetListenerReq
 // that runs the listener.
 func (s *Service) UpdateListener(ctx context.Context, req *tcpgatev1.UpdateListenerRequest) (*tcpgatev1.UpdateListenerResponse, error) {
 	resp, err := s.localUpdateListener(ctx, req)
-	if err == nil {
-		return resp, nil
+	if err != nil {
+		resp, err = elsewhere(s, ctx, err, listenerNotFound, "UpdateListener", req, func() *tcpgatev1.UpdateListenerResponse { return new(tcpgatev1.UpdateListenerResponse) }, 0)
 	}
-	return elsewhere(s, ctx, err, listenerNotFound, "UpdateListener", req, func() *tcpgatev1.UpdateListenerResponse { return new(tcpgatev1.UpdateListenerResponse) }, 0)
+	if err != nil || !resp.GetListener().GetEveryNode() || !s.routing(ctx) {
+		return resp, err
+	}
+	// A listener on every node changes on every node: the others after
+	// the one that answered, which validated the change.
+	for _, n := range except(s.otherNodes(), resp.GetListener().GetNodeId()) {
+		cctx, cancel := withPeerTimeout(ctx, 0)
+		err := s.cfg.Peers.Call(cctx, n, "UpdateListener", req, new(tcpgatev1.UpdateListenerResponse))
+		cancel()
+		if err != nil {
+			return nil, s.status(fmt.Errorf("updating listener %s on every node: changed on %s, not on node %s: %w", req.GetListenerId(), resp.GetListener().GetNodeId(), n, err))
+		}
+	}
+	return resp, nil
 }
 
 // ListListeners implements GatewayService.ListListeners: in a cluster,

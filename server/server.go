@@ -266,19 +266,22 @@ type Config struct {
 
 // Server is a whole gateway: the engine, the gRPC service and its listener.
 type Server struct {
-	cfg       Config
-	log       *slog.Logger
-	hub       *hub.Hub
-	cluster   *cluster.Cluster   // nil in a single gateway
-	conns     *registry.Registry // every live connection
-	listeners *listener.Registry
-	dialer    *dialer.Dialer
-	outbound  *outbound.Manager
-	handlers  *handler.Manager
-	grpc      *grpc.Server
-	health    *health.Server
-	grpcLn    net.Listener
-	tls       *tls.Config // the control plane's, nil without TLSCert
+	cfg     Config
+	log     *slog.Logger
+	hub     *hub.Hub
+	cluster *cluster.Cluster // nil in a single gateway
+	// clusterHandlers serves Handle streams across the cluster; nil in a
+	// single gateway.
+	clusterHandlers *cluster.Handlers
+	conns           *registry.Registry // every live connection
+	listeners       *listener.Registry
+	dialer          *dialer.Dialer
+	outbound        *outbound.Manager
+	handlers        *handler.Manager
+	grpc            *grpc.Server
+	health          *health.Server
+	grpcLn          net.Listener
+	tls             *tls.Config // the control plane's, nil without TLSCert
 	// cert is the control plane's certificate that tls serves, replaced
 	// by Reconfigure; nil without TLSCert.
 	cert atomic.Pointer[tls.Certificate]
@@ -446,6 +449,11 @@ func New(cfg Config) (*Server, error) {
 		Metrics:    handler.Metrics{Latency: hm.observe},
 	})
 	hm.m = s.handlers
+	if s.cluster != nil {
+		if s.clusterHandlers, err = s.cluster.Handlers(s.handlers); err != nil {
+			return nil, fmt.Errorf("--cluster: %w", err)
+		}
+	}
 	s.conns = registry.New(registry.Config{
 		Node:                cfg.NodeID,
 		Handler:             s.handlers,
@@ -512,7 +520,7 @@ func New(cfg Config) (*Server, error) {
 		Outbound:             s.outbound,
 		Hub:                  s.hub,
 		Dialer:               s.dialer,
-		Handlers:             s.handlers,
+		Handlers:             s.handlersFor(),
 		State:                s.state,
 		SubscriberQueueBytes: cfg.SubscriberQueueBytes,
 		MaxFrameBytes:        cfg.MaxFrameBytes,
@@ -928,6 +936,9 @@ func (s *Server) shutdownOnce() error {
 	// of holding the graceful stop until the timer.
 	s.hub.CloseNow()
 	// Handle streams too; their connections' frames get the fallback.
+	if s.clusterHandlers != nil {
+		s.clusterHandlers.Close()
+	}
 	s.handlers.Close()
 	restClean := true
 	if s.httpSrv != nil {

@@ -1,0 +1,248 @@
+package server_test
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+
+	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server/servertest"
+	"github.com/tcpgate/tcpgate/server/servertest/natstest"
+)
+
+// fallbackListener starts a line listener on g whose fallback reply, for
+// frames no handler answers, is "fallback".
+func fallbackListener(t *testing.T, g *servertest.Gateway) *tcpgatev1.Listener {
+	t.Helper()
+	return g.StartListener(t, &tcpgatev1.StartListenerRequest{
+		Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
+		AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED,
+			Payload: &tcpgatev1.AutoReply_Text{Text: "fallback\n"}},
+	})
+}
+
+// A Handle stream on node a handles a listener of node b: a client of b
+// gets the stream's answers in the order of its lines, whatever the order
+// of the answers; b gives the stream no more than its max_in_flight; a
+// reply that writes to the connection reaches it; a late answer is
+// refused as on one node.
+func TestClusterHandleRemoteListener(t *testing.T) {
+	ns := natstest.Start(t)
+	gs := clusterOf(t, ns, "a", "b")
+	a, b := gs["a"], gs["b"]
+	l := fallbackListener(t, b)
+	h := openHandle(t, a, &tcpgatev1.HandleRegistration{ListenerIds: []string{l.GetListenerId()}, MaxInFlight: 2})
+	if h.reg.GetMaxInFlight() != 2 || h.reg.GetStreamId() == "" {
+		t.Fatalf("registered %v", h.reg)
+	}
+
+	c := servertest.Dial(t, l.GetAddress())
+	r := bufio.NewReader(c)
+	opened := h.nextOf(handleOpened)
+	if opened.GetListenerId() != l.GetListenerId() || opened.GetRemoteAddress() != c.LocalAddr().String() {
+		t.Fatalf("opened on a: %v, want listener %s of b, remote %s", opened, l.GetListenerId(), c.LocalAddr())
+	}
+	if _, err := io.WriteString(c, "0\n1\n2\n3\n4\n"); err != nil {
+		t.Fatal(err)
+	}
+	f0, f1 := h.nextOf(handleFrame), h.nextOf(handleFrame)
+	if f0.GetText() != "0" || f1.GetText() != "1" || f0.GetConnectionId() != opened.GetConnectionId() {
+		t.Fatalf("frames %v, %v; want 0 and 1 of %s", f0, f1, opened.GetConnectionId())
+	}
+	// b gave two frames, its max_in_flight, and holds the rest back.
+	if got := metric(t, b, "tcpgate_handler_frames_total"); got != 2 {
+		t.Fatalf("b gave %v frames to the stream with 2 unanswered, want 2 (max_in_flight)", got)
+	}
+	if len(h.events) != 0 {
+		t.Fatalf("events beyond max_in_flight: %v", h.events)
+	}
+	// Answered out of order, read in order.
+	h.reply(textReply(f1.GetFrameId(), "re 1"))
+	h.reply(textReply(f0.GetFrameId(), "re 0"))
+	for _, want := range []string{"re 0\n", "re 1\n"} {
+		if got := readLine(t, r); got != want {
+			t.Fatalf("client of b read %q, want %q", got, want)
+		}
+	}
+	for _, want := range []string{"2", "3", "4"} {
+		f := h.nextOf(handleFrame)
+		if f.GetText() != want {
+			t.Fatalf("frame %v, want %q", f, want)
+		}
+		h.reply(textReply(f.GetFrameId(), "re "+want))
+		if got := readLine(t, r); got != "re "+want+"\n" {
+			t.Fatalf("client of b read %q", got)
+		}
+	}
+	// A write to the connection, then an answer to a frame answered
+	// already: refused as NOT_HANDLED.
+	h.reply(&tcpgatev1.HandleReply{ConnectionId: opened.GetConnectionId(), Payload: &tcpgatev1.HandleReply_Text{Text: "pushed"}})
+	if got := readLine(t, r); got != "pushed\n" {
+		t.Fatalf("client of b read %q, want the stream's write", got)
+	}
+	h.reply(textReply(f0.GetFrameId(), "again"))
+	if rej := h.rejection(); rej.GetReason() != tcpgatev1.ErrorReason_ERROR_REASON_NOT_HANDLED || rej.GetField() != "replies[0].frame_id" {
+		t.Fatalf("answer to an answered frame: %v, want NOT_HANDLED on replies[0].frame_id", rej)
+	}
+	// Close by the handler: the client sees EOF, the stream CLOSED.
+	h.reply(&tcpgatev1.HandleReply{ConnectionId: opened.GetConnectionId(), Close: true})
+	if rest, err := io.ReadAll(r); err != nil || len(rest) != 0 {
+		t.Fatalf("after close: %q, %v", rest, err)
+	}
+	if cl := h.nextOf(handleClosed); cl.GetCloseReason() != tcpgatev1.CloseReason_CLOSE_REASON_CLOSED_BY_HANDLER {
+		t.Fatalf("closed %v, want CLOSED_BY_HANDLER", cl)
+	}
+}
+
+// A group with a stream on a and one on c handles b's listener: each
+// takes one of b's two connections; when a's stream ends with a frame
+// unanswered, its connection moves to c's stream with that frame marked
+// redelivered; once c's ends too, b's fallback answers.
+func TestClusterHandleFailover(t *testing.T) {
+	ns := natstest.Start(t)
+	gs := clusterOf(t, ns, "a", "b", "c")
+	a, b, c := gs["a"], gs["b"], gs["c"]
+	l := fallbackListener(t, b)
+	reg := &tcpgatev1.HandleRegistration{ListenerIds: []string{l.GetListenerId()}, Group: "workers"}
+	ha := openHandle(t, a, reg)
+	hc := openHandle(t, c, reg)
+
+	type client struct {
+		c *net.TCPConn
+		r *bufio.Reader
+	}
+	clients := []client{}
+	for range 2 {
+		tc := servertest.Dial(t, l.GetAddress())
+		clients = append(clients, client{tc, bufio.NewReader(tc)})
+	}
+	// Least loaded first: one connection for each stream.
+	oa, oc := ha.nextOf(handleOpened), hc.nextOf(handleOpened)
+	if oa.GetConnectionId() == oc.GetConnectionId() {
+		t.Fatalf("both streams handle %s", oa.GetConnectionId())
+	}
+	byRemote := map[string]client{}
+	for _, cl := range clients {
+		byRemote[cl.c.LocalAddr().String()] = cl
+		if _, err := io.WriteString(cl.c, "job "+cl.c.LocalAddr().String()+"\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fa, fc := ha.nextOf(handleFrame), hc.nextOf(handleFrame)
+	hc.reply(textReply(fc.GetFrameId(), "done by c"))
+	if got := readLine(t, byRemote[oc.GetRemoteAddress()].r); got != "done by c\n" {
+		t.Fatalf("client of c's connection read %q", got)
+	}
+	ha.cancel() // a's stream ends with fa unanswered
+
+	moved := hc.nextOf(handleOpened)
+	if moved.GetConnectionId() != oa.GetConnectionId() {
+		t.Fatalf("moved %v, want a's connection %s", moved, oa.GetConnectionId())
+	}
+	again := hc.nextOf(handleFrame)
+	if !again.GetRedelivered() || again.GetText() != fa.GetText() || again.GetConnectionId() != oa.GetConnectionId() {
+		t.Fatalf("redelivered %v, want %q of %s marked redelivered", again, fa.GetText(), oa.GetConnectionId())
+	}
+	hc.reply(textReply(again.GetFrameId(), "done by c after a"))
+	moverClient := byRemote[oa.GetRemoteAddress()]
+	if got := readLine(t, moverClient.r); got != "done by c after a\n" {
+		t.Fatalf("client of a's connection read %q", got)
+	}
+
+	// The last stream ends: the fallback answers.
+	hc.cancel()
+	servertest.Eventually(t, "b's relays to end", func() bool { return metric(t, b, "tcpgate_handler_streams") == 0 })
+	if _, err := io.WriteString(moverClient.c, "anyone?\n"); err != nil {
+		t.Fatal(err)
+	}
+	if got := readLine(t, moverClient.r); got != "fallback\n" {
+		t.Fatalf("with no stream left, client read %q, want the fallback", got)
+	}
+}
+
+// A stream on a for a listener on every node handles the clients of
+// every node's listener.
+func TestClusterHandleEveryNode(t *testing.T) {
+	ns := natstest.Start(t)
+	gs := clusterOf(t, ns, "a", "b", "c")
+	ctx := servertest.Context(t)
+	resp, err := gs["b"].Client.StartListener(ctx, &tcpgatev1.StartListenerRequest{EveryNode: true,
+		Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lid := resp.GetListener().GetListenerId()
+	h := openHandle(t, gs["a"], &tcpgatev1.HandleRegistration{ListenerIds: []string{lid}})
+	go func() {
+		for {
+			rsp, err := h.st.Recv()
+			if err != nil {
+				return
+			}
+			var rs []*tcpgatev1.HandleReply
+			for _, e := range rsp.GetEvents() {
+				if e.GetKind() == handleFrame {
+					rs = append(rs, textReply(e.GetFrameId(), "handled "+e.GetText()))
+				}
+			}
+			if len(rs) > 0 && h.st.Send(&tcpgatev1.HandleRequest{Replies: rs}) != nil {
+				return
+			}
+		}
+	}()
+	_, port, _ := net.SplitHostPort(resp.GetListener().GetAddress())
+	var wg sync.WaitGroup
+	for i := range 3 {
+		addr := fmt.Sprintf("127.0.0.%d:%s", 11+i, port)
+		wg.Go(func() {
+			tc := servertest.Dial(t, addr)
+			r := bufio.NewReader(tc)
+			for j := range 3 {
+				msg := fmt.Sprintf("%s #%d", addr, j)
+				if got := exchange(t, tc, r, msg); got != "handled "+msg {
+					t.Errorf("client of %s read %q, want %q", addr, got, "handled "+msg)
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// A registration fails as on one node: for a listener no node runs
+// (NotFound), and for a listener of b that a group on b handles
+// (HANDLER_GROUP_CONFLICT naming the field and the group).
+func TestClusterHandleRegistrationErrors(t *testing.T) {
+	ns := natstest.Start(t)
+	gs := clusterOf(t, ns, "a", "b")
+	a, b := gs["a"], gs["b"]
+	l := fallbackListener(t, b)
+	mine := fallbackListener(t, a)
+	openHandle(t, b, &tcpgatev1.HandleRegistration{ListenerIds: []string{l.GetListenerId()}, Group: "taken"})
+
+	_, err := tryHandle(t, a, &tcpgatev1.HandleRegistration{ListenerIds: []string{mine.GetListenerId(), "l-nowhere"}})
+	if e := servertest.ErrorOf(err); e.Code != codes.NotFound || e.Meta["field"] != "registration.listener_ids[1]" {
+		t.Fatalf("a listener no node runs: %v, want NotFound on registration.listener_ids[1]", err)
+	}
+	_, err = tryHandle(t, a, &tcpgatev1.HandleRegistration{ListenerIds: []string{mine.GetListenerId(), l.GetListenerId()}, Group: "other"})
+	if e := servertest.ErrorOf(err); e.Code != codes.FailedPrecondition || e.Reason != "HANDLER_GROUP_CONFLICT" ||
+		e.Meta["field"] != "registration.listener_ids[1]" || e.Meta["group"] != "taken" {
+		t.Fatalf("a listener of b another group handles: %v, want HANDLER_GROUP_CONFLICT on registration.listener_ids[1], group taken", err)
+	}
+	// The failed registration left nothing behind: a's listener is free
+	// for a stream of any group.
+	servertest.Eventually(t, "a's relay of the failed registration to end", func() bool { return metric(t, a, "tcpgate_handler_streams") == 0 })
+	h := openHandle(t, a, &tcpgatev1.HandleRegistration{ListenerIds: []string{mine.GetListenerId()}, Group: "third"})
+	tc := servertest.Dial(t, mine.GetAddress())
+	h.nextOf(handleOpened)
+	io.WriteString(tc, "x\n")
+	f := h.nextOf(handleFrame)
+	h.reply(textReply(f.GetFrameId(), "y"))
+	if got := readLine(t, bufio.NewReader(tc)); got != "y\n" {
+		t.Fatalf("read %q", got)
+	}
+}

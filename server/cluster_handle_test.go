@@ -9,8 +9,10 @@ import (
 	"testing"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server"
 	"github.com/tcpgate/tcpgate/server/servertest"
 	"github.com/tcpgate/tcpgate/server/servertest/natstest"
 )
@@ -244,5 +246,116 @@ func TestClusterHandleRegistrationErrors(t *testing.T) {
 	h.reply(textReply(f.GetFrameId(), "y"))
 	if got := readLine(t, bufio.NewReader(tc)); got != "y\n" {
 		t.Fatalf("read %q", got)
+	}
+}
+
+// A stream on a handles an outbound connection of b: the device's line
+// reaches the stream, its answer reaches the device.
+func TestClusterHandleRemoteOutbound(t *testing.T) {
+	ns := natstest.Start(t)
+	gs := clusterOf(t, ns, "a", "b")
+	got := make(chan string, 1)
+	start := make(chan struct{})
+	addr := servertest.Peer(t, func(c net.Conn) {
+		<-start
+		if _, err := io.WriteString(c, "ping\n"); err != nil {
+			got <- err.Error()
+			return
+		}
+		br := bufio.NewReader(c)
+		line, err := br.ReadString('\n')
+		if err != nil {
+			line = err.Error()
+		}
+		select {
+		case got <- line:
+		default:
+		}
+		_, _ = io.Copy(io.Discard, br)
+	})
+	oc := gs["b"].Connect(t, &tcpgatev1.ConnectRequest{Address: addr, Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE}})
+	h := openHandle(t, gs["a"], &tcpgatev1.HandleRegistration{ConnectionIds: []string{oc.GetConnectionId()}})
+	close(start)
+	o := h.nextOf(handleOpened)
+	if o.GetConnectionId() != oc.GetConnectionId() || o.GetOrigin() != tcpgatev1.Origin_ORIGIN_OUTBOUND || o.GetGeneration() != 1 {
+		t.Fatalf("opened %v: want b's %s, outbound, generation 1", o, oc.GetConnectionId())
+	}
+	f := h.nextOf(handleFrame)
+	if f.GetText() != "ping" {
+		t.Fatalf("frame %v, want ping", f)
+	}
+	h.reply(textReply(f.GetFrameId(), "pong"))
+	if line := <-got; line != "pong\n" {
+		t.Fatalf("device read %q, want pong", line)
+	}
+}
+
+// b, where the connection lives, runs the handler timeout: a frame the
+// stream on a does not answer in time gets b's fallback, and the late
+// answer is refused.
+func TestClusterHandleTimeout(t *testing.T) {
+	ns := natstest.Start(t)
+	gs := clusterOf(t, ns, "a", "b")
+	l := gs["b"].StartListener(t, &tcpgatev1.StartListenerRequest{
+		Framing: &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
+		AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_FIXED,
+			Payload: &tcpgatev1.AutoReply_Text{Text: "fallback\n"}, HandlerTimeout: durationpb.New(100e6)},
+	})
+	h := openHandle(t, gs["a"], &tcpgatev1.HandleRegistration{ListenerIds: []string{l.GetListenerId()}})
+	c := servertest.Dial(t, l.GetAddress())
+	io.WriteString(c, "anyone?\n")
+	h.nextOf(handleOpened)
+	late := h.nextOf(handleFrame)
+	if got := readLine(t, bufio.NewReader(c)); got != "fallback\n" {
+		t.Fatalf("client read %q, want b's fallback", got)
+	}
+	h.reply(textReply(late.GetFrameId(), "too late"))
+	if rej := h.rejection(); rej.GetReason() != tcpgatev1.ErrorReason_ERROR_REASON_NOT_HANDLED || rej.GetField() != "replies[0].frame_id" {
+		t.Fatalf("late reply: %v, want NOT_HANDLED on replies[0].frame_id", rej)
+	}
+	if got := metric(t, gs["b"], "tcpgate_handler_timeouts_total"); got != 1 {
+		t.Fatalf("b's tcpgate_handler_timeouts_total = %v, want 1", got)
+	}
+}
+
+// The node holding a stream shuts down: the nodes whose connections it
+// handled take them back, and their fallback answers.
+func TestClusterHandleHolderLeaves(t *testing.T) {
+	ns := natstest.Start(t)
+	gs := clusterOf(t, ns, "a", "b")
+	l := fallbackListener(t, gs["b"])
+	h := openHandle(t, gs["a"], &tcpgatev1.HandleRegistration{ListenerIds: []string{l.GetListenerId()}})
+	c := servertest.Dial(t, l.GetAddress())
+	r := bufio.NewReader(c)
+	io.WriteString(c, "first\n")
+	h.nextOf(handleOpened)
+	h.nextOf(handleFrame) // unanswered when a goes
+	if err := gs["a"].Stop(); err != nil {
+		t.Fatalf("stopping a: %v", err)
+	}
+	if got := readLine(t, r); got != "fallback\n" {
+		t.Fatalf("client read %q, want b's fallback for the frame a left unanswered", got)
+	}
+	if got := exchange(t, c, r, "second"); got != "fallback" {
+		t.Fatalf("client read %q, want b's fallback", got)
+	}
+}
+
+// --max-handlers bounds the streams a node holds, wherever their
+// connections are.
+func TestClusterHandleLimit(t *testing.T) {
+	ns := natstest.Start(t)
+	gs := map[string]*servertest.Gateway{
+		"a": servertest.Start(t, server.Config{NodeID: "a", NodeHost: "127.0.0.11", HTTPAddr: "127.0.0.1:0", MaxHandlers: 1,
+			Cluster: &server.ClusterConfig{URL: ns.URL(), Name: "test"}}),
+		"b": servertest.Start(t, server.Config{NodeID: "b", NodeHost: "127.0.0.12", HTTPAddr: "127.0.0.1:0",
+			Cluster: &server.ClusterConfig{URL: ns.URL(), Name: "test"}}),
+	}
+	servertest.Eventually(t, "a to see b", func() bool { return len(gs["a"].Server.ClusterNodes()) == 2 })
+	l1, l2 := fallbackListener(t, gs["b"]), fallbackListener(t, gs["b"])
+	openHandle(t, gs["a"], &tcpgatev1.HandleRegistration{ListenerIds: []string{l1.GetListenerId()}})
+	_, err := tryHandle(t, gs["a"], &tcpgatev1.HandleRegistration{ListenerIds: []string{l2.GetListenerId()}})
+	if e := servertest.ErrorOf(err); e.Code != codes.ResourceExhausted {
+		t.Fatalf("a second stream on a with --max-handlers 1: %v, want ResourceExhausted", err)
 	}
 }

@@ -450,7 +450,7 @@ func New(cfg Config) (*Server, error) {
 	})
 	hm.m = s.handlers
 	if s.cluster != nil {
-		if s.clusterHandlers, err = s.cluster.Handlers(s.handlers); err != nil {
+		if s.clusterHandlers, err = s.cluster.Handlers(s.handlers, cfg.MaxHandlers); err != nil {
 			return nil, fmt.Errorf("--cluster: %w", err)
 		}
 	}

@@ -163,8 +163,9 @@ func decodeRelayBatch(b []byte) (*relayBatch, error) {
 // relays for streams of every node. Its goroutines end with the
 // Cluster.
 type Handlers struct {
-	c *Cluster
-	m *handler.Manager
+	c   *Cluster
+	m   *handler.Manager
+	max int // the streams this node may hold (--max-handlers)
 
 	mu      sync.Mutex         // guards the fields below
 	streams map[string]*Stream // held here, by id
@@ -173,9 +174,14 @@ type Handlers struct {
 }
 
 // Handlers starts serving Handle streams across the cluster with m, this
-// node's handler manager.
-func (c *Cluster) Handlers(m *handler.Manager) (*Handlers, error) {
-	h := &Handlers{c: c, m: m, streams: map[string]*Stream{}, relays: map[string]*relay{}}
+// node's handler manager. maxStreams bounds the streams this node holds
+// for its clients, as m bounds the relays it runs; 0 means
+// handler.DefaultMaxStreams.
+func (c *Cluster) Handlers(m *handler.Manager, maxStreams int) (*Handlers, error) {
+	if maxStreams <= 0 {
+		maxStreams = handler.DefaultMaxStreams
+	}
+	h := &Handlers{c: c, m: m, max: maxStreams, streams: map[string]*Stream{}, relays: map[string]*relay{}}
 	ops, err := c.nc.Subscribe(c.subject("node", c.cfg.Node, "handle"), h.serveOp)
 	if err != nil {
 		return nil, fmt.Errorf("cluster %q: serving handler streams: %w", c.cfg.Name, err)
@@ -183,6 +189,13 @@ func (c *Cluster) Handlers(m *handler.Manager) (*Handlers, error) {
 	evs, err := c.nc.Subscribe(c.subject("node", c.cfg.Node, "hev"), h.serveBatch)
 	if err != nil {
 		_ = ops.Unsubscribe()
+		return nil, fmt.Errorf("cluster %q: serving handler streams: %w", c.cfg.Name, err)
+	}
+	// Once Handlers returns, the subscriptions are known to the server:
+	// a registration right after finds this node.
+	if err := c.nc.Flush(); err != nil {
+		_ = ops.Unsubscribe()
+		_ = evs.Unsubscribe()
 		return nil, fmt.Errorf("cluster %q: serving handler streams: %w", c.cfg.Name, err)
 	}
 	c.wg.Add(1)
@@ -266,6 +279,10 @@ func (h *Handlers) Register(ctx context.Context, r handler.Registration) (*Strea
 		h.mu.Unlock()
 		return nil, handler.ErrClosed
 	}
+	if len(h.streams) >= h.max {
+		h.mu.Unlock()
+		return nil, &handler.LimitError{Limit: h.max}
+	}
 	h.streams[id] = s
 	h.mu.Unlock()
 
@@ -339,7 +356,7 @@ func missing(r handler.Registration, foundL, foundC []bool, silent string) error
 	case field == "":
 		return nil
 	case silent != "":
-		return &placement.NodeError{Node: silent, Err: placement.ErrNodeUnavailable, Detail: field + ": " + what + " that answered, and this node did not answer the registration"}
+		return &placement.NodeError{Node: silent, Err: placement.ErrNodeUnavailable, Detail: field + ": " + what + " that answered, and node " + silent + " did not answer the registration: retry once it is back or lost"}
 	}
 	return &page.FieldError{Field: field, Reason: what, Err: sentinel}
 }

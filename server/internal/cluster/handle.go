@@ -198,7 +198,8 @@ func (c *Cluster) Handlers(m *handler.Manager, maxStreams int) (*Handlers, error
 		_ = evs.Unsubscribe()
 		return nil, fmt.Errorf("cluster %q: serving handler streams: %w", c.cfg.Name, err)
 	}
-	c.wg.Add(1)
+	c.wg.Add(2)
+	go h.sweep()
 	go func() {
 		defer c.wg.Done()
 		<-c.closed
@@ -272,7 +273,7 @@ func (h *Handlers) Register(ctx context.Context, r handler.Registration) (*Strea
 		group = "own-" + id
 	}
 	s := &Stream{h: h, id: id, group: group, max: r.MaxInFlight,
-		frames: map[uint64]remoteFrame{}, conns: map[string]string{}, seqs: map[string]uint64{},
+		frames: map[uint64]remoteFrame{}, conns: map[string]remoteConn{}, seqs: map[string]uint64{},
 		wake: make(chan struct{}, 1), done: make(chan struct{})}
 	h.mu.Lock()
 	if h.closed {
@@ -313,9 +314,6 @@ func (h *Handlers) Register(ctx context.Context, r handler.Registration) (*Strea
 			}
 			continue
 		}
-		if slices.Contains(answers[i].Listeners, true) || slices.Contains(answers[i].Conns, true) {
-			s.nodes = append(s.nodes, n)
-		}
 		for j, ok := range answers[i].Listeners {
 			foundL[j] = foundL[j] || (ok && j < len(foundL))
 		}
@@ -330,7 +328,11 @@ func (h *Handlers) Register(ctx context.Context, r handler.Registration) (*Strea
 		s.Close()
 		return nil, fail
 	}
-	s.stopWatch = context.AfterFunc(ctx, s.Close)
+	s.mu.Lock()
+	if !s.gone {
+		s.stopWatch = context.AfterFunc(ctx, s.Close)
+	}
+	s.mu.Unlock()
 	return s, nil
 }
 
@@ -656,22 +658,27 @@ type remoteFrame struct {
 	conn string
 }
 
+// remoteConn is a connection a stream handles, and its node.
+type remoteConn struct {
+	node string
+	info handler.ConnInfo
+}
+
 // Stream is a Handle stream held by this node, for connections of every
 // node (rpc.HandlerStream).
 type Stream struct {
 	h         *Handlers
 	id, group string
 	max       int
-	nodes     []string // with a relay; set before Register returns
-	stopWatch func() bool
 
-	mu     sync.Mutex // guards the fields below
-	queue  []handler.Event
-	frames map[uint64]remoteFrame // unanswered, by the holder's frame id
-	conns  map[string]string      // the node of each connection handled
-	seqs   map[string]uint64      // the last batch taken from each node
-	nextID uint64
-	gone   bool
+	mu        sync.Mutex  // guards the fields below
+	stopWatch func() bool // ends the watch of Register's context
+	queue     []handler.Event
+	frames    map[uint64]remoteFrame // unanswered, by the holder's frame id
+	conns     map[string]remoteConn  // the connections handled, by id
+	seqs      map[string]uint64      // the last batch taken from each node
+	nextID    uint64
+	gone      bool
 
 	wake chan struct{} // a token when queue turned non-empty
 	done chan struct{}
@@ -709,7 +716,7 @@ func (s *Stream) ingest(rb *relayBatch) bool {
 		ev := handler.Event{Kind: e.Kind, Peer: &info, Redelivered: e.Redelivered, Reason: e.Reason}
 		switch e.Kind {
 		case handler.Opened:
-			s.conns[info.ID] = rb.Node
+			s.conns[info.ID] = remoteConn{node: rb.Node, info: info}
 		case handler.Frame:
 			s.nextID++
 			ev.FrameID, ev.Data = s.nextID, e.Data
@@ -736,14 +743,66 @@ func (s *Stream) ingest(rb *relayBatch) bool {
 // forgetNodeLocked drops the connections and frames of node's relay,
 // which ended: its node gave them to another stream or the fallback.
 func (s *Stream) forgetNodeLocked(node string) {
-	for id, n := range s.conns {
-		if n == node {
+	for id, rc := range s.conns {
+		if rc.node == node {
 			delete(s.conns, id)
 		}
 	}
 	for id, f := range s.frames {
 		if f.node == node {
 			delete(s.frames, id)
+		}
+	}
+}
+
+// dropLost reports closed, with reason NODE_LOST, the connections of
+// nodes that are no longer live: their relays could not say so.
+func (s *Stream) dropLost(live []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	was := len(s.queue)
+	for id, rc := range s.conns {
+		if slices.Contains(live, rc.node) {
+			continue
+		}
+		info := rc.info
+		s.queue = append(s.queue, handler.Event{Kind: handler.Closed, Peer: &info, Reason: event.ReasonNodeLost})
+		delete(s.conns, id)
+	}
+	for id, f := range s.frames {
+		if !slices.Contains(live, f.node) {
+			delete(s.frames, id)
+		}
+	}
+	if was == 0 && len(s.queue) > 0 {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// sweep tells the streams held here of the nodes lost, every
+// Detection/3, until the cluster closes.
+func (h *Handlers) sweep() {
+	defer h.c.wg.Done()
+	t := time.NewTicker(h.c.cfg.Detection / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-h.c.closed:
+			return
+		}
+		live := h.c.Nodes()
+		h.mu.Lock()
+		streams := make([]*Stream, 0, len(h.streams))
+		for _, s := range h.streams {
+			streams = append(streams, s)
+		}
+		h.mu.Unlock()
+		for _, s := range streams {
+			s.dropLost(live)
 		}
 	}
 }
@@ -793,12 +852,12 @@ func (s *Stream) Reply(ctx context.Context, r handler.Reply) error {
 		node, w.Frame = f.node, f.id
 		delete(s.frames, r.FrameID)
 	} else {
-		n, ok := s.conns[r.ConnectionID]
+		rc, ok := s.conns[r.ConnectionID]
 		if !ok {
 			s.mu.Unlock()
 			return &handler.ReplyError{Field: "connection_id", Err: handler.ErrNotHandled, Msg: fmt.Sprintf("connection %q is not handled by this stream", r.ConnectionID)}
 		}
-		node = n
+		node = rc.node
 	}
 	s.mu.Unlock()
 	var ans handleAnswer
@@ -824,10 +883,10 @@ func (s *Stream) Close() {
 }
 
 func (s *Stream) close() {
+	s.mu.Lock()
 	if s.stopWatch != nil {
 		s.stopWatch()
 	}
-	s.mu.Lock()
 	s.gone = true
 	s.queue = nil
 	s.mu.Unlock()
@@ -837,7 +896,7 @@ func (s *Stream) close() {
 	s.h.mu.Unlock()
 	op := &handleOp{V: handleVersion, Op: "close", Stream: s.id}
 	var wg sync.WaitGroup
-	// Every live node, not only s.nodes: a registration that failed part
+	// Every live node: a registration that failed part
 	// way may have relays where no answer came back.
 	for _, n := range s.h.c.Nodes() {
 		wg.Go(func() {

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"reflect"
 	"slices"
 	"testing"
@@ -167,4 +168,44 @@ func FuzzDecodeRelayBatch(f *testing.F) {
 			t.Fatalf("re-encoding of %+v: %+v, %v", rb, rb2, err)
 		}
 	})
+}
+
+// The holder of a stream reports closed, with NODE_LOST, the connections
+// its stream handled on a node that is lost, and refuses answers to their
+// frames.
+func TestHandleHolderReportsLostNode(t *testing.T) {
+	ns := natstest.Start(t)
+	a := join(t, ns.URL(), "a", time.Second)
+	b := join(t, ns.URL(), "b", time.Second)
+	waitFor(t, "a to see b", func() bool { return len(a.Nodes()) == 2 })
+	ha, _ := handlersOn(t, a)
+	handlersOn(t, b, "l-1")
+	ctx := context.Background()
+	s, err := ha.Register(ctx, handler.Registration{ListenerIDs: []string{"l-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	// What b's relay would send for a connection with a frame.
+	info := handler.ConnInfo{ID: "c-1", ListenerID: "l-1", Origin: event.Accepted}
+	if !s.ingest(&relayBatch{V: handleVersion, Stream: s.ID(), Node: "b", Seq: 1000, Events: []relayEvent{
+		{Kind: handler.Opened, Conn: info}, {Kind: handler.Frame, Conn: info, Frame: 1, Data: []byte("x")}}}) {
+		t.Fatal("the stream refused the batch")
+	}
+	evs, err := s.Next(ctx, nil)
+	if err != nil || len(evs) != 2 || evs[1].Kind != handler.Frame {
+		t.Fatalf("events %v, %v; want OPENED and a FRAME", evs, err)
+	}
+	frame := evs[1].FrameID
+	b.kill()
+	nctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	evs, err = s.Next(nctx, nil)
+	if err != nil || len(evs) != 1 || evs[0].Kind != handler.Closed || evs[0].Reason != event.ReasonNodeLost || evs[0].Info() != info {
+		t.Fatalf("after b was lost: %+v, %v; want c-1 CLOSED with NODE_LOST", evs, err)
+	}
+	err = s.Reply(ctx, handler.Reply{FrameID: frame, Payload: []byte("late")})
+	if !errors.Is(err, handler.ErrNotHandled) {
+		t.Fatalf("answer to a frame of the lost node: %v, want ErrNotHandled", err)
+	}
 }

@@ -426,3 +426,39 @@ func TestClusterHandleOrderUnderLoad(t *testing.T) {
 		t.Fatalf("handler: %v", err)
 	}
 }
+
+// A frame and an answer near the cluster's limits (NATS's max_payload,
+// 1 MB by default, less the gateway's overhead) cross between nodes
+// whole.
+func TestClusterHandleLargeFrames(t *testing.T) {
+	const size = 1000 << 10 // within the limits fitted to max_payload
+	ns := natstest.Start(t)
+	gs := clusterOf(t, ns, "a", "b")
+	l := fallbackListener(t, gs["b"])
+	h := openHandle(t, gs["a"], &tcpgatev1.HandleRegistration{ListenerIds: []string{l.GetListenerId()}, MaxInFlight: 4,
+		PayloadFormat: tcpgatev1.PayloadFormat_PAYLOAD_FORMAT_DATA})
+	c := servertest.Dial(t, l.GetAddress())
+	line := make([]byte, size)
+	for i := range line {
+		line[i] = 'a' + byte(i%26)
+	}
+	go func() {
+		for range 2 {
+			if _, err := c.Write(append(line, '\n')); err != nil {
+				return
+			}
+		}
+	}()
+	h.nextOf(handleOpened)
+	r := bufio.NewReaderSize(c, 2*size)
+	for i := range 2 {
+		f := h.nextOf(handleFrame)
+		if string(f.GetData()) != string(line) {
+			t.Fatalf("frame %d: %d bytes, want the %d sent", i, len(f.GetData()), size)
+		}
+		h.reply(&tcpgatev1.HandleReply{FrameId: f.GetFrameId(), Payload: &tcpgatev1.HandleReply_Data{Data: f.GetData()}})
+		if got := readLine(t, r); len(got) != size+1 || got[:size] != string(line) {
+			t.Fatalf("answer %d: %d bytes, want the frame back", i, len(got))
+		}
+	}
+}

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,6 +44,13 @@ import (
 // node, or to the fallback.
 const (
 	handleVersion = 1
+	// eventSlack is what an event's JSON takes in a batch beyond its
+	// own: the comma, its length field.
+	eventSlack = 32
+	// batchSlack is what a batch keeps free of NATS's max_payload for its
+	// own fields and NATS's: the gateway's frames leave 16 KiB
+	// (server.natsOverhead), of which this is part.
+	batchSlack = 4 << 10
 	// relayRetries is how many times a relay resends a batch its holder
 	// did not ack before it ends.
 	relayRetries = 3
@@ -74,7 +82,7 @@ type wireReg struct {
 type wireReply struct {
 	Frame      uint64 `json:"frame,omitempty"`
 	Conn       string `json:"conn,omitempty"`
-	Payload    []byte `json:"payload,omitempty"`
+	Payload    []byte `json:"-"` // carried after the JSON
 	HasPayload bool   `json:"has_payload,omitempty"`
 	Raw        bool   `json:"raw,omitempty"`
 	Close      bool   `json:"close,omitempty"`
@@ -103,7 +111,8 @@ type relayEvent struct {
 	Kind        handler.EventKind `json:"kind"`
 	Conn        handler.ConnInfo  `json:"conn"`
 	Frame       uint64            `json:"frame,omitempty"`
-	Data        []byte            `json:"data,omitempty"`
+	Data        []byte            `json:"-"` // carried after the JSON
+	Len         int               `json:"len,omitempty"`
 	Redelivered bool              `json:"redelivered,omitempty"`
 	Reason      event.CloseReason `json:"reason,omitempty"`
 }
@@ -124,10 +133,56 @@ type batchAck struct {
 	Gone bool `json:"gone,omitempty"`
 }
 
+// A handleOp or a relayBatch crosses NATS as its JSON's length (a
+// uvarint), its JSON, then the bytes of its payloads, as they are: a
+// frame or a reply as large as NATS's max_payload allows would not fit
+// in base64.
+
+// pack encodes head and the payloads after it.
+func pack(head any, payloads ...[]byte) []byte {
+	j, _ := json.Marshal(head)
+	n := len(j) + binary.MaxVarintLen64
+	for _, p := range payloads {
+		n += len(p)
+	}
+	b := binary.AppendUvarint(make([]byte, 0, n), uint64(len(j)))
+	b = append(b, j...)
+	for _, p := range payloads {
+		b = append(b, p...)
+	}
+	return b
+}
+
+// unpack decodes the head of b into head, and returns the payloads' bytes.
+func unpack(b []byte, head any) ([]byte, error) {
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n > uint64(len(b)-k) {
+		return nil, fmt.Errorf("%w: no head", errHandleDecode)
+	}
+	if err := json.Unmarshal(b[k:k+int(n)], head); err != nil {
+		return nil, fmt.Errorf("%w: %v", errHandleDecode, err)
+	}
+	return b[k+int(n):], nil
+}
+
+func encodeHandleOp(op *handleOp) []byte {
+	if op.Reply != nil && op.Reply.HasPayload {
+		return pack(op, op.Reply.Payload)
+	}
+	return pack(op)
+}
+
 func decodeHandleOp(b []byte) (*handleOp, error) {
 	var op handleOp
-	if err := json.Unmarshal(b, &op); err != nil {
-		return nil, fmt.Errorf("%w: %v", errHandleDecode, err)
+	rest, err := unpack(b, &op)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case op.Reply != nil && op.Reply.HasPayload:
+		op.Reply.Payload = rest
+	case len(rest) > 0:
+		return nil, fmt.Errorf("%w: %d bytes of payload without a reply's", errHandleDecode, len(rest))
 	}
 	if op.V != handleVersion || op.Stream == "" {
 		return nil, fmt.Errorf("%w: version %d, stream %q", errHandleDecode, op.V, op.Stream)
@@ -142,18 +197,38 @@ func decodeHandleOp(b []byte) (*handleOp, error) {
 	return &op, nil
 }
 
+func encodeRelayBatch(rb *relayBatch) []byte {
+	data := make([][]byte, len(rb.Events))
+	for i := range rb.Events {
+		rb.Events[i].Len = len(rb.Events[i].Data)
+		data[i] = rb.Events[i].Data
+	}
+	return pack(rb, data...)
+}
+
 func decodeRelayBatch(b []byte) (*relayBatch, error) {
 	var rb relayBatch
-	if err := json.Unmarshal(b, &rb); err != nil {
-		return nil, fmt.Errorf("%w: %v", errHandleDecode, err)
+	rest, err := unpack(b, &rb)
+	if err != nil {
+		return nil, err
 	}
 	if rb.V != handleVersion || rb.Stream == "" || rb.Node == "" {
 		return nil, fmt.Errorf("%w: version %d, stream %q, node %q", errHandleDecode, rb.V, rb.Stream, rb.Node)
 	}
-	for _, e := range rb.Events {
+	for i := range rb.Events {
+		e := &rb.Events[i]
 		if e.Kind < handler.Opened || e.Kind > handler.Closed || e.Conn.ID == "" {
 			return nil, fmt.Errorf("%w: event kind %d of connection %q", errHandleDecode, e.Kind, e.Conn.ID)
 		}
+		if e.Len < 0 || e.Len > len(rest) || (e.Len > 0 && e.Kind != handler.Frame) {
+			return nil, fmt.Errorf("%w: event %d: %d bytes of data, %d left", errHandleDecode, i, e.Len, len(rest))
+		}
+		if e.Kind == handler.Frame {
+			e.Data, rest = rest[:e.Len:e.Len], rest[e.Len:]
+		}
+	}
+	if len(rest) > 0 {
+		return nil, fmt.Errorf("%w: %d bytes after the events' data", errHandleDecode, len(rest))
 	}
 	return &rb, nil
 }
@@ -233,11 +308,7 @@ func (h *Handlers) Close() {
 }
 
 // request sends v to subject and decodes the answer into out.
-func (h *Handlers) request(ctx context.Context, subject string, v, out any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
+func (h *Handlers) request(ctx context.Context, subject string, b []byte, out any) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, DefaultRequestTimeout)
@@ -294,7 +365,7 @@ func (h *Handlers) Register(ctx context.Context, r handler.Registration) (*Strea
 	errs := make([]error, len(nodes))
 	var wg sync.WaitGroup
 	for i, n := range nodes {
-		wg.Go(func() { errs[i] = h.request(ctx, h.c.subject("node", n, "handle"), op, &answers[i]) })
+		wg.Go(func() { errs[i] = h.request(ctx, h.c.subject("node", n, "handle"), encodeHandleOp(op), &answers[i]) })
 	}
 	wg.Wait()
 	foundL, foundC := make([]bool, len(r.ListenerIDs)), make([]bool, len(r.ConnectionIDs))
@@ -592,16 +663,38 @@ func (r *relay) run(ctx context.Context) {
 			c.cfg.Log.Warn("cluster: a handler stream's node is gone; its connections here go to another stream of its group or the fallback", "stream", r.stream, "node", r.holder)
 			return
 		}
-		rb := &relayBatch{Events: make([]relayEvent, 0, len(evs))}
-		for _, e := range evs {
-			rb.Events = append(rb.Events, relayEvent{Kind: e.Kind, Conn: e.Info(), Frame: e.FrameID, Data: e.Data, Redelivered: e.Redelivered, Reason: e.Reason})
+		for _, rb := range r.batches(evs) {
+			if !r.send(rb, relayRetries) {
+				return
+			}
+		}
+		if len(evs) == 0 && !r.send(&relayBatch{}, relayRetries) { // a ping
+			return
 		}
 		clear(evs)
 		buf = evs
-		if !r.send(rb, relayRetries) {
-			return
-		}
 	}
+}
+
+// batches cuts evs into batches that each fit NATS's max_payload: a
+// frame is at most what fits with natsOverhead to spare.
+func (r *relay) batches(evs []handler.Event) []*relayBatch {
+	budget := int(r.h.c.nc.MaxPayload()) - batchSlack
+	var out []*relayBatch
+	var rb *relayBatch
+	size := 0
+	for _, e := range evs {
+		re := relayEvent{Kind: e.Kind, Conn: e.Info(), Frame: e.FrameID, Data: e.Data, Redelivered: e.Redelivered, Reason: e.Reason}
+		head, _ := json.Marshal(re) // without its data
+		n := len(head) + eventSlack + len(e.Data)
+		if rb == nil || (len(rb.Events) > 0 && size+n > budget) {
+			rb, size = &relayBatch{}, 0
+			out = append(out, rb)
+		}
+		rb.Events = append(rb.Events, re)
+		size += n
+	}
+	return out
 }
 
 // send sends rb (events, or a ping when it has none) to the holder, up to
@@ -613,7 +706,7 @@ func (r *relay) send(rb *relayBatch, tries int) bool {
 	for range tries {
 		var ack batchAck
 		ctx, cancel := context.WithTimeout(context.Background(), DefaultRequestTimeout)
-		err := r.h.request(ctx, c.subject("node", r.holder, "hev"), rb, &ack)
+		err := r.h.request(ctx, c.subject("node", r.holder, "hev"), encodeRelayBatch(rb), &ack)
 		cancel()
 		switch {
 		case err == nil:
@@ -862,7 +955,7 @@ func (s *Stream) Reply(ctx context.Context, r handler.Reply) error {
 	s.mu.Unlock()
 	var ans handleAnswer
 	op := &handleOp{V: handleVersion, Op: "reply", Stream: s.id, Reply: w}
-	if err := s.h.request(ctx, s.h.c.subject("node", node, "handle"), op, &ans); err != nil {
+	if err := s.h.request(ctx, s.h.c.subject("node", node, "handle"), encodeHandleOp(op), &ans); err != nil {
 		return &handler.ReplyError{Err: &placement.NodeError{Node: node, Err: placement.ErrNodeUnavailable, Detail: err.Error()},
 			Msg: fmt.Sprintf("carrying the reply to node %s: %v", node, err)}
 	}
@@ -903,7 +996,7 @@ func (s *Stream) close() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
 			var ans handleAnswer
-			_ = s.h.request(ctx, s.h.c.subject("node", n, "handle"), op, &ans)
+			_ = s.h.request(ctx, s.h.c.subject("node", n, "handle"), encodeHandleOp(op), &ans)
 		})
 	}
 	wg.Wait()

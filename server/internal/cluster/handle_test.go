@@ -103,26 +103,25 @@ func TestHandleCodecRoundTrip(t *testing.T) {
 		{Kind: handler.Frame, Conn: handler.ConnInfo{ID: "c-1"}, Frame: 3, Data: []byte{0, 1, 0xff}, Redelivered: true},
 		{Kind: handler.Closed, Conn: handler.ConnInfo{ID: "c-1"}, Reason: event.ReasonPeerClosed},
 	}}
-	b, _ := json.Marshal(rb)
+	b := encodeRelayBatch(rb)
 	got, err := decodeRelayBatch(b)
 	if err != nil || !reflect.DeepEqual(got, rb) {
 		t.Fatalf("relay batch round trip: %+v, %v; want %+v", got, err, rb)
 	}
 	op := &handleOp{V: handleVersion, Op: "reply", Stream: "h-1", Reply: &wireReply{Frame: 3, Payload: []byte{}, HasPayload: true, Close: true}}
-	b, _ = json.Marshal(op)
-	gop, err := decodeHandleOp(b)
-	if err != nil || gop.Reply.Frame != 3 || !gop.Reply.HasPayload || !gop.Reply.Close {
+	gop, err := decodeHandleOp(encodeHandleOp(op))
+	if err != nil || gop.Reply.Frame != 3 || !gop.Reply.HasPayload || !gop.Reply.Close || gop.Reply.Payload == nil || len(gop.Reply.Payload) != 0 {
 		t.Fatalf("op round trip: %+v, %v", gop, err)
 	}
 	for _, bad := range []string{``, `{}`, `{"v":1,"op":"register","stream":"h-1"}`, `{"v":2,"op":"close","stream":"h-1"}`,
 		`{"v":1,"op":"register","stream":"h-1","holder":"a.b","reg":{}}`, `{"v":1,"op":"dance","stream":"h-1"}`} {
-		if _, err := decodeHandleOp([]byte(bad)); err == nil {
+		if _, err := decodeHandleOp(pack(json.RawMessage(bad))); err == nil && bad != "" {
 			t.Errorf("op %s decoded", bad)
 		}
 	}
 	for _, bad := range []string{``, `{"v":1,"stream":"h","node":"b","events":[{"kind":9,"conn":{"id":"c"}}]}`,
 		`{"v":1,"stream":"h","node":"b","events":[{"kind":1,"conn":{}}]}`, `{"v":1,"node":"b"}`} {
-		if _, err := decodeRelayBatch([]byte(bad)); err == nil {
+		if _, err := decodeRelayBatch(pack(json.RawMessage(bad))); err == nil && bad != "" {
 			t.Errorf("batch %s decoded", bad)
 		}
 	}
@@ -134,8 +133,7 @@ func FuzzDecodeHandleOp(f *testing.F) {
 		{V: handleVersion, Op: "reply", Stream: "h-1", Reply: &wireReply{Frame: 1, Payload: []byte("x"), HasPayload: true}},
 		{V: handleVersion, Op: "close", Stream: "h-1"},
 	} {
-		b, _ := json.Marshal(op)
-		f.Add(b)
+		f.Add(encodeHandleOp(op))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		op, err := decodeHandleOp(b)
@@ -143,8 +141,7 @@ func FuzzDecodeHandleOp(f *testing.F) {
 			return
 		}
 		// What decodes encodes to what decodes the same.
-		again, _ := json.Marshal(op)
-		op2, err := decodeHandleOp(again)
+		op2, err := decodeHandleOp(encodeHandleOp(op))
 		if err != nil || !reflect.DeepEqual(op, op2) {
 			t.Fatalf("re-encoding of %+v: %+v, %v", op, op2, err)
 		}
@@ -152,18 +149,17 @@ func FuzzDecodeHandleOp(f *testing.F) {
 }
 
 func FuzzDecodeRelayBatch(f *testing.F) {
-	b, _ := json.Marshal(&relayBatch{V: handleVersion, Stream: "h-1", Node: "b", Seq: 1, Events: []relayEvent{
-		{Kind: handler.Frame, Conn: handler.ConnInfo{ID: "c-1", Origin: event.Outbound, Generation: 2}, Frame: 9, Data: []byte("line")}}})
-	f.Add(b)
-	b, _ = json.Marshal(&relayBatch{V: handleVersion, Stream: "h-1", Node: "b", Seq: 2, Ended: true})
-	f.Add(b)
+	f.Add(encodeRelayBatch(&relayBatch{V: handleVersion, Stream: "h-1", Node: "b", Seq: 1, Events: []relayEvent{
+		{Kind: handler.Opened, Conn: handler.ConnInfo{ID: "c-1", Origin: event.Outbound, Generation: 2}},
+		{Kind: handler.Frame, Conn: handler.ConnInfo{ID: "c-1"}, Frame: 9, Data: []byte("line")}}}))
+	f.Add(encodeRelayBatch(&relayBatch{V: handleVersion, Stream: "h-1", Node: "b", Seq: 2, Ended: true}))
+	f.Add([]byte{0xff, 0xff})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		rb, err := decodeRelayBatch(b)
 		if err != nil {
 			return
 		}
-		again, _ := json.Marshal(rb)
-		rb2, err := decodeRelayBatch(again)
+		rb2, err := decodeRelayBatch(encodeRelayBatch(rb))
 		if err != nil || !reflect.DeepEqual(rb, rb2) {
 			t.Fatalf("re-encoding of %+v: %+v, %v", rb, rb2, err)
 		}

@@ -299,9 +299,12 @@ func (h *Handlers) Close() {
 		relays = append(relays, r)
 	}
 	h.mu.Unlock()
+	// At once: each stream's close waits on its nodes' answers.
+	var wg sync.WaitGroup
 	for _, s := range streams {
-		s.Close()
+		wg.Go(s.Close)
 	}
+	wg.Wait()
 	for _, r := range relays {
 		r.st.Close()
 	}

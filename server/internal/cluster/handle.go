@@ -388,11 +388,17 @@ func (h *Handlers) Register(ctx context.Context, r handler.Registration) (*Strea
 			}
 			continue
 		}
+		// An answer longer than the registration (a peer's bug) names
+		// nothing more.
 		for j, ok := range answers[i].Listeners {
-			foundL[j] = foundL[j] || (ok && j < len(foundL))
+			if ok && j < len(foundL) {
+				foundL[j] = true
+			}
 		}
 		for j, ok := range answers[i].Conns {
-			foundC[j] = foundC[j] || (ok && j < len(foundC))
+			if ok && j < len(foundC) {
+				foundC[j] = true
+			}
 		}
 	}
 	if fail == nil {

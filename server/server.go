@@ -266,25 +266,27 @@ type Config struct {
 
 // Server is a whole gateway: the engine, the gRPC service and its listener.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	hub     *hub.Hub
-	cluster *cluster.Cluster // nil in a single gateway
-	// clusterHandlers serves Handle streams across the cluster; nil in a
-	// single gateway.
-	clusterHandlers *cluster.Handlers
-	conns           *registry.Registry // every live connection
-	listeners       *listener.Registry
-	dialer          *dialer.Dialer
-	outbound        *outbound.Manager
-	handlers        *handler.Manager
-	grpc            *grpc.Server
-	health          *health.Server
-	grpcLn          net.Listener
-	tls             *tls.Config // the control plane's, nil without TLSCert
+	cfg       Config
+	log       *slog.Logger
+	hub       *hub.Hub
+	cluster   *cluster.Cluster   // nil in a single gateway
+	conns     *registry.Registry // every live connection
+	listeners *listener.Registry
+	dialer    *dialer.Dialer
+	outbound  *outbound.Manager
+	handlers  *handler.Manager
+	grpc      *grpc.Server
+	health    *health.Server
+	grpcLn    net.Listener
+	tls       *tls.Config // the control plane's, nil without TLSCert
 	// cert is the control plane's certificate that tls serves, replaced
 	// by Reconfigure; nil without TLSCert.
 	cert atomic.Pointer[tls.Certificate]
+
+	// clusterHandlers serves Handle streams across the cluster; nil in a
+	// single gateway.
+	clusterHandlers *cluster.Handlers
+
 	// reconf serializes Reconfigure, and guards live.
 	reconf    sync.Mutex
 	live      Reloadable // the reloadable settings in force

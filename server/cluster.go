@@ -10,6 +10,7 @@ import (
 
 	"github.com/tcpgate/tcpgate/server/internal/cluster"
 	"github.com/tcpgate/tcpgate/server/internal/conn"
+	"github.com/tcpgate/tcpgate/server/internal/handler"
 	"github.com/tcpgate/tcpgate/server/rpc"
 )
 
@@ -124,4 +125,25 @@ func clusterMetrics(cl *cluster.Cluster) []prometheus.Collector {
 			return 0
 		}),
 	}
+}
+
+// handlersFor is what Handle streams register with: the node's handler
+// manager, or in a cluster the cluster's streams, which handle the
+// connections of every node through a relay on each.
+func (s *Server) handlersFor() rpc.Handlers {
+	if s.clusterHandlers == nil {
+		return rpc.LocalHandlers{M: s.handlers}
+	}
+	return clusterHandlers{s.clusterHandlers}
+}
+
+// clusterHandlers gives rpc the cluster's Handle streams.
+type clusterHandlers struct{ h *cluster.Handlers }
+
+func (c clusterHandlers) Register(ctx context.Context, r handler.Registration) (rpc.HandlerStream, error) {
+	st, err := c.h.Register(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
 }

@@ -89,6 +89,26 @@
 // stream of the group, or to the fallback. Frame waits while a stream has
 // its max_in_flight unanswered, so the read loop, and TCP, push back.
 //
+// In a cluster the Handle RPC registers with cluster.Handlers instead
+// (internal/cluster/handle.go). The node the client reached holds the
+// stream; it asks every live node to register a relay: an ordinary
+// handler stream on that node's manager, for the targets the node has,
+// of the same group and max_in_flight. So the node where a connection
+// lives keeps every decision about it, as alone (the stream of the group,
+// max_in_flight, the handler timeout, failover, the fallback): relays
+// are simply more members of its groups. A relay's events go to the
+// holder over NATS request-reply, batch by batch in order; the holder
+// numbers the frames of every node in one space for its client, and
+// carries each answer, write or close back to the frame's node, which
+// settles the frame's Handoff with it. A relay ends when the holder ends
+// the stream, when the holder answers that it has no such stream or has
+// no subscription left (NATS: no responders; a relay pings while idle,
+// every --cluster-detection/3), and when the holder is no longer a live
+// node; the relay's node then moves its connections as for any stream
+// that ends. The handler package knows nothing of NATS: a relay is a
+// handler.Stream whose reader is the cluster, and handler.Event carries a
+// ConnInfo (Peer) for a connection of another node.
+//
 // The engine knows nothing of protobuf and owns its decisions. rpc
 // validates requests, calls the engine and maps its sentinel errors to
 // gRPC codes (rpc/errors.go). The hub, the listener registry, the
@@ -170,6 +190,10 @@
 // given to streams, their unanswered frames and the streams' queues; a
 // handoff is settled (and a reply written, a connection closed) only
 // after it is released, since settling calls back into the manager.
+// cluster.Handlers.mu (the streams a node holds, the relays it runs)
+// takes handler.Manager.mu only to register a relay, so that none starts
+// once the node's streams are closed; a held stream's own lock is a leaf,
+// and no NATS request is made under either.
 //
 // Counters of connections and listeners are atomics and take no lock.
 //

@@ -284,6 +284,11 @@ type Server struct {
 	// cert is the control plane's certificate that tls serves, replaced
 	// by Reconfigure; nil without TLSCert.
 	cert atomic.Pointer[tls.Certificate]
+
+	// clusterHandlers serves Handle streams across the cluster; nil in a
+	// single gateway.
+	clusterHandlers *cluster.Handlers
+
 	// reconf serializes Reconfigure, and guards live.
 	reconf    sync.Mutex
 	live      Reloadable // the reloadable settings in force
@@ -461,6 +466,11 @@ func New(cfg Config) (*Server, error) {
 		Metrics:    handler.Metrics{Latency: hm.observe},
 	})
 	hm.m = s.handlers
+	if s.cluster != nil {
+		if s.clusterHandlers, err = s.cluster.Handlers(s.handlers, cfg.MaxHandlers); err != nil {
+			return nil, fmt.Errorf("--cluster: %w", err)
+		}
+	}
 	s.conns = registry.New(registry.Config{
 		Node:                cfg.NodeID,
 		Handler:             s.handlers,
@@ -527,7 +537,7 @@ func New(cfg Config) (*Server, error) {
 		Outbound:             s.outbound,
 		Hub:                  s.hub,
 		Dialer:               s.dialer,
-		Handlers:             s.handlers,
+		Handlers:             s.handlersFor(),
 		State:                s.state,
 		SubscriberQueueBytes: cfg.SubscriberQueueBytes,
 		MaxFrameBytes:        cfg.MaxFrameBytes,
@@ -946,6 +956,9 @@ func (s *Server) shutdownOnce() error {
 	// of holding the graceful stop until the timer.
 	s.hub.CloseNow()
 	// Handle streams too; their connections' frames get the fallback.
+	if s.clusterHandlers != nil {
+		s.clusterHandlers.Close()
+	}
 	s.handlers.Close()
 	restClean := true
 	if s.httpSrv != nil {

@@ -19,9 +19,33 @@ import (
 	"github.com/tcpgate/tcpgate/server/internal/handler"
 )
 
-// Handlers is what Handle calls (handler.Manager).
+// Handlers is what Handle calls: the node's handler.Manager (through
+// LocalHandlers), or in a cluster the cluster's streams, which handle the
+// connections of every node.
 type Handlers interface {
-	Register(ctx context.Context, r handler.Registration) (*handler.Stream, error)
+	Register(ctx context.Context, r handler.Registration) (HandlerStream, error)
+}
+
+// HandlerStream is one registered Handle stream (*handler.Stream).
+type HandlerStream interface {
+	ID() string
+	Group() string
+	MaxInFlight() int
+	Next(ctx context.Context, buf []handler.Event) ([]handler.Event, error)
+	Reply(ctx context.Context, r handler.Reply) error
+	Close()
+}
+
+// LocalHandlers serves Handle streams from one node's handler.Manager.
+type LocalHandlers struct{ M *handler.Manager }
+
+// Register registers r with the Manager.
+func (l LocalHandlers) Register(ctx context.Context, r handler.Registration) (HandlerStream, error) {
+	hs, err := l.M.Register(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	return hs, nil
 }
 
 // handleStream is a Handle stream whatever carries it: gRPC, or the
@@ -150,7 +174,7 @@ func (s *Service) serveHandle(st handleStream) error {
 // handleReplies carries out the client's replies, first's and those of
 // later requests, until the client ends its side (nil) or the stream
 // breaks.
-func (s *Service) handleReplies(ctx context.Context, st handleStream, hs *handler.Stream, req *tcpgatev1.HandleRequest, send func(*tcpgatev1.HandleResponse) error) error {
+func (s *Service) handleReplies(ctx context.Context, st handleStream, hs HandlerStream, req *tcpgatev1.HandleRequest, send func(*tcpgatev1.HandleResponse) error) error {
 	for {
 		var rejections []*tcpgatev1.HandleRejection
 		if r := req.GetReply(); r != nil {
@@ -179,7 +203,7 @@ func (s *Service) handleReplies(ctx context.Context, st handleStream, hs *handle
 
 // carryOut validates one reply and hands it to the stream, adding its
 // rejection, if any, to rejections.
-func (s *Service) carryOut(ctx context.Context, hs *handler.Stream, field string, r *tcpgatev1.HandleReply, rejections []*tcpgatev1.HandleRejection) []*tcpgatev1.HandleRejection {
+func (s *Service) carryOut(ctx context.Context, hs HandlerStream, field string, r *tcpgatev1.HandleReply, rejections []*tcpgatev1.HandleRejection) []*tcpgatev1.HandleRejection {
 	reject := func(reason tcpgatev1.ErrorReason, f, msg string) []*tcpgatev1.HandleRejection {
 		return append(rejections, &tcpgatev1.HandleRejection{FrameId: r.GetFrameId(), ConnectionId: r.GetConnectionId(), Reason: reason, Field: f, Message: msg})
 	}
@@ -295,19 +319,19 @@ var handleKinds = map[handler.EventKind]tcpgatev1.HandleEventKind{
 }
 
 func handleEventToProto(e handler.Event, f payloadFormat) *tcpgatev1.HandleEvent {
-	c := e.Conn
+	c := e.Info()
 	pe := &tcpgatev1.HandleEvent{
 		Kind:         handleKinds[e.Kind],
-		ConnectionId: c.ID(),
-		ListenerId:   c.ListenerID(),
-		Origin:       origins[c.Origin()],
-		Generation:   c.Generation(),
+		ConnectionId: c.ID,
+		ListenerId:   c.ListenerID,
+		Origin:       origins[c.Origin],
+		Generation:   c.Generation,
 	}
 	switch e.Kind {
 	case handler.Opened:
-		pe.RemoteAddress = c.RemoteAddr()
-		pe.LocalAddress = c.LocalAddr()
-		pe.PeerSubject = c.PeerSubject()
+		pe.RemoteAddress = c.RemoteAddr
+		pe.LocalAddress = c.LocalAddr
+		pe.PeerSubject = c.PeerSubject
 	case handler.Frame:
 		pe.FrameId = e.FrameID
 		pe.Redelivered = e.Redelivered

@@ -5437,7 +5437,8 @@ type HandleRegistration struct {
 	Group string `protobuf:"bytes,3,opt,name=group,proto3" json:"group,omitempty"`
 	// The most frames this stream has unanswered at once; beyond it the
 	// connections' reads wait, so TCP pushes back on their peers. 0 means
-	// 64; at most 4,096.
+	// 64; at most 4,096. In a cluster each node whose connections the
+	// stream handles holds it to this bound for its own connections.
 	MaxInFlight uint32 `protobuf:"varint,4,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
 	// How a frame's bytes are given, as Subscribe's. Unspecified means
 	// PAYLOAD_FORMAT_TEXT_OR_DATA.

@@ -210,12 +210,41 @@ const (
 // Event is what a stream tells its client.
 type Event struct {
 	Kind EventKind
-	// Conn is the connection, for its ids and addresses.
-	Conn        *conn.Conn
+	// Conn is the connection, for its ids and addresses; nil when Peer
+	// describes it instead.
+	Conn *conn.Conn
+	// Peer describes a connection of another node of a cluster, whose
+	// event a cluster stream relays; nil for this node's connections.
+	Peer        *ConnInfo
 	FrameID     uint64
 	Data        []byte
 	Redelivered bool
 	Reason      event.CloseReason
+}
+
+// ConnInfo is what a stream's client is told of a connection: its ids
+// and addresses.
+type ConnInfo struct {
+	ID          string       `json:"id"`
+	ListenerID  string       `json:"listener,omitempty"`
+	Origin      event.Origin `json:"origin"`
+	Generation  uint64       `json:"generation,omitempty"`
+	RemoteAddr  string       `json:"remote,omitempty"`
+	LocalAddr   string       `json:"local,omitempty"`
+	PeerSubject string       `json:"subject,omitempty"`
+}
+
+// Info describes e's connection, whichever node holds it.
+func (e Event) Info() ConnInfo {
+	if e.Conn == nil {
+		if e.Peer != nil {
+			return *e.Peer
+		}
+		return ConnInfo{}
+	}
+	c := e.Conn
+	return ConnInfo{ID: c.ID(), ListenerID: c.ListenerID(), Origin: c.Origin(), Generation: c.Generation(),
+		RemoteAddr: c.RemoteAddr(), LocalAddr: c.LocalAddr(), PeerSubject: c.PeerSubject()}
 }
 
 // item is an Event waiting in a stream's queue.
@@ -308,6 +337,24 @@ func (r *Registration) validate() error {
 		seen["c:"+id] = "registration." + field
 	}
 	return nil
+}
+
+// Validate checks r's shape and fills in its defaults, as Register does.
+func Validate(r *Registration) error { return r.validate() }
+
+// Has reports which of r's listeners run here and which of its outbound
+// connections exist here, index by index: in a cluster a registration
+// names targets of every node, and each node handles its own.
+func (m *Manager) Has(r Registration) (listeners, conns []bool) {
+	listeners = make([]bool, len(r.ListenerIDs))
+	for i, id := range r.ListenerIDs {
+		listeners[i] = m.cfg.Listeners != nil && m.cfg.Listeners.Running(id)
+	}
+	conns = make([]bool, len(r.ConnectionIDs))
+	for i, id := range r.ConnectionIDs {
+		conns[i] = m.cfg.Conns != nil && m.cfg.Conns.ManagedExists(id)
+	}
+	return listeners, conns
 }
 
 // Register starts a stream handling r's targets. It ends when ctx ends

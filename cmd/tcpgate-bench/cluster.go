@@ -7,9 +7,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -107,8 +110,10 @@ type streamFigures struct {
 // sends --cluster-lines at full speed (each one must arrive), then
 // --latency-rate lines/s for --latency-duration to a fresh subscriber
 // that measures each line's send-to-decode time. cpuOf are the processes
-// whose CPU over the full-speed phase is reported.
-func measureStream(ctx context.Context, o *options, b *bench, on, sub *daemon, req *tcpgatev1.StartListenerRequest, cpuOf []int) (streamFigures, error) {
+// whose CPU over the full-speed phase is reported; profiles maps a file to
+// the --debug-addr of a daemon whose CPU profile of --profile-seconds from
+// the first write goes there.
+func measureStream(ctx context.Context, o *options, b *bench, on, sub *daemon, req *tcpgatev1.StartListenerRequest, cpuOf []int, profiles map[string]string) (streamFigures, error) {
 	var fig streamFigures
 	id, addr, err := on.startListenerWith(ctx, req)
 	if err != nil {
@@ -122,15 +127,24 @@ func measureStream(ctx context.Context, o *options, b *bench, on, sub *daemon, r
 	for i, pid := range cpuOf {
 		cpu0[i] = cpuSeconds(pid)
 	}
+	profiled := make(chan error, len(profiles))
+	for path, debugAddr := range profiles {
+		go func() { profiled <- fetchProfile(ctx, debugAddr, o.profileSeconds, path) }()
+	}
 	t0 := time.Now()
 	rates, _, err := fullSpeed(subs, addr, o.clusterLines)
-	closeAll(subs)
-	if err != nil {
-		return fig, fmt.Errorf("full speed: %w", err)
-	}
 	secs := time.Since(t0).Seconds()
 	for i, pid := range cpuOf {
 		fig.cpu = append(fig.cpu, 100*(cpuSeconds(pid)-cpu0[i])/secs)
+	}
+	closeAll(subs)
+	for range profiles {
+		if perr := <-profiled; perr != nil {
+			b.note("cluster: profiling a daemon: %v", perr)
+		}
+	}
+	if err != nil {
+		return fig, fmt.Errorf("full speed: %w", err)
 	}
 	fig.rate = rates[0]
 	if subs, err = startDecoding(sub, id, 1, "proto", "--latency", "--skip", warmup(o)); err != nil {
@@ -153,63 +167,135 @@ func runCluster(ctx context.Context, o *options, b *bench) error {
 	if o.natsServer == "" {
 		return nil // noted once, at the start
 	}
-	var single streamFigures
-	err := withDaemon(ctx, o, b, func(d *daemon) error {
-		var err error
-		single, err = measureStream(ctx, o, b, d, d, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1", Framing: lineFraming}, []int{d.pid()})
+	profile, err := newProfiles(o, "single")
+	if err != nil {
 		return err
-	})
+	}
+	var single streamFigures
+	err = withDaemon(ctx, o, b, func(d *daemon) error {
+		var err error
+		single, err = measureStream(ctx, o, b, d, d, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1", Framing: lineFraming},
+			[]int{d.pid()}, profile.paths)
+		return err
+	}, profile.flags("single")...)
 	if err != nil {
 		return fmt.Errorf("single node: %w", err)
 	}
-	clustered, err := measureCluster(ctx, o, b)
+	profile, err = newProfiles(o, "node-"+listenerNode, "node-"+subscriberNode)
+	if err != nil {
+		return err
+	}
+	remote, local, err := measureCluster(ctx, o, b, profile)
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
-	addClusterRows(b, o, single, clustered)
+	addClusterRows(b, o, single, remote, local)
 	return nil
 }
 
 // measureCluster starts NATS and the two nodes, measures the stream from
-// a's listener to b's subscriber, and stops them, the nodes first.
-func measureCluster(ctx context.Context, o *options, b *bench) (streamFigures, error) {
-	var fig streamFigures
+// a's listener to b's subscriber (remote), then to a subscriber on a itself
+// (local: a cluster node's hub takes even its own events from the
+// stream), and stops them, the nodes first.
+func measureCluster(ctx context.Context, o *options, b *bench, profile *profiles) (remote, local streamFigures, err error) {
 	ns, err := startNATS(ctx, o.natsServer)
 	if err != nil {
-		return fig, err
+		return remote, local, err
 	}
 	defer ns.stop()
 	node := func(id, host string) []string {
-		return []string{"--cluster", ns.url, "--cluster-name", clusterName, "--node-id", id, "--node-host", host}
+		return append([]string{"--cluster", ns.url, "--cluster-name", clusterName, "--node-id", id, "--node-host", host},
+			profile.flags("node-"+id)...)
 	}
 	err = withDaemon(ctx, o, b, func(a *daemon) error {
 		return withDaemon(ctx, o, b, func(bn *daemon) error {
 			// Host left empty: the listener binds a's --node-host.
 			req := &tcpgatev1.StartListenerRequest{NodeId: listenerNode, Framing: lineFraming}
+			pids := []int{a.pid(), bn.pid(), ns.pid()}
 			var err error
-			fig, err = measureStream(ctx, o, b, a, bn, req, []int{a.pid(), bn.pid(), ns.pid()})
-			return err
+			if remote, err = measureStream(ctx, o, b, a, bn, req, pids, profile.paths); err != nil {
+				return fmt.Errorf("subscriber on node %s: %w", subscriberNode, err)
+			}
+			if local, err = measureStream(ctx, o, b, a, a, req, pids, nil); err != nil {
+				return fmt.Errorf("subscriber on node %s: %w", listenerNode, err)
+			}
+			return nil
 		}, node(subscriberNode, subscriberHost)...)
 	}, node(listenerNode, listenerHost)...)
-	return fig, err
+	return remote, local, err
 }
 
-// addClusterRows records one run's figures of both topologies and their
-// ratios.
-func addClusterRows(b *bench, o *options, single, clustered streamFigures) {
+// profiles are the daemons of one topology to profile, with --profile.
+type profiles struct {
+	addrs map[string]string // the --debug-addr of each daemon, by name
+	paths map[string]string // file -> the daemon's --debug-addr
+}
+
+// newProfiles picks a loopback address for the pprof endpoint of each
+// daemon named in who (single, node-a, ...) and the file its profile goes
+// to; without --profile, none.
+func newProfiles(o *options, who ...string) (*profiles, error) {
+	p := &profiles{addrs: map[string]string{}, paths: map[string]string{}}
+	if o.profileDir == "" {
+		return p, nil
+	}
+	for _, w := range who {
+		port, err := freePort()
+		if err != nil {
+			return nil, fmt.Errorf("--profile: %w", err)
+		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		p.addrs[w] = addr
+		p.paths[filepath.Join(o.profileDir, fmt.Sprintf("cluster-%s-run%d.pprof", w, o.run))] = addr
+	}
+	return p, nil
+}
+
+// flags are the daemon named who's flags that serve its pprof endpoint.
+func (p *profiles) flags(who string) []string {
+	if addr, ok := p.addrs[who]; ok {
+		return []string{"--debug-addr", addr}
+	}
+	return nil
+}
+
+// addClusterRows records one run's figures of the single node, of the
+// cluster with the subscriber on the other node (remote) and on the
+// listener's (local), and the ratios of remote over single.
+func addClusterRows(b *bench, o *options, single, remote, local streamFigures) {
 	const name = "cluster"
 	rate := format(float64(o.latencyRate))
 	b.add(name, "frames/s, single node (subscriber on the listener's node)", "frames/s", single.rate)
 	b.add(name, "single node: p50 at "+rate+" lines/s", "µs", single.p50)
 	b.add(name, "single node: p99 at "+rate+" lines/s", "µs", single.p99)
-	b.add(name, "frames/s, cluster (listener on node a, subscriber on node b)", "frames/s", clustered.rate)
-	b.add(name, "cluster: p50 at "+rate+" lines/s", "µs", clustered.p50)
-	b.add(name, "cluster: p99 at "+rate+" lines/s", "µs", clustered.p99)
-	b.add(name, "cluster / single node, frames/s", "ratio", clustered.rate/single.rate)
-	b.add(name, "cluster / single node, p50", "ratio", clustered.p50/single.p50)
-	b.add(name, "cluster / single node, p99", "ratio", clustered.p99/single.p99)
+	b.add(name, "frames/s, cluster (listener on node a, subscriber on node b)", "frames/s", remote.rate)
+	b.add(name, "cluster: p50 at "+rate+" lines/s", "µs", remote.p50)
+	b.add(name, "cluster: p99 at "+rate+" lines/s", "µs", remote.p99)
+	b.add(name, "cluster / single node, frames/s", "ratio", remote.rate/single.rate)
+	b.add(name, "cluster / single node, p50", "ratio", remote.p50/single.p50)
+	b.add(name, "cluster / single node, p99", "ratio", remote.p99/single.p99)
+	b.add(name, "frames/s, cluster, subscriber on node a (the listener's)", "frames/s", local.rate)
+	b.add(name, "cluster, subscriber on node a: p50 at "+rate+" lines/s", "µs", local.p50)
+	b.add(name, "cluster, subscriber on node a: p99 at "+rate+" lines/s", "µs", local.p99)
 	addCPU(b, name, single, "single node: tcpgate")
-	addCPU(b, name, clustered, "cluster: node a", "cluster: node b", "cluster: NATS")
+	addCPU(b, name, remote, "cluster: node a", "cluster: node b", "cluster: NATS")
+	// CPU per line is what the figures above cost, whatever else the
+	// machine ran: compare these across runs.
+	b.add(name, "single node: CPU per line (tcpgate)", "µs", cpuPerLine(single))
+	b.add(name, "cluster: CPU per line (nodes a and b, NATS)", "µs", cpuPerLine(remote))
+}
+
+// cpuPerLine is the CPU of every process measured per line delivered at
+// full speed, in µs.
+func cpuPerLine(f streamFigures) float64 {
+	var cpu float64
+	for _, c := range f.cpu {
+		cpu += c
+	}
+	if f.rate <= 0 {
+		return 0
+	}
+	return cpu / 100 / f.rate * 1e6
 }
 
 // addCPU records the CPU of the processes measureStream was given, under

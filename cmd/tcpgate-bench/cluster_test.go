@@ -1,6 +1,7 @@
 package main
 
 import (
+	"math"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -64,8 +65,9 @@ func TestClusterRowsFromFigures(t *testing.T) {
 	b := &bench{}
 	o := &options{latencyRate: 10000}
 	single := streamFigures{rate: 400_000, p50: 100, p99: 1000, cpu: []float64{90}}
-	clustered := streamFigures{rate: 100_000, p50: 500, p99: 4000, cpu: []float64{80, 40}} // NATS not measured
-	addClusterRows(b, o, single, clustered)
+	remote := streamFigures{rate: 100_000, p50: 500, p99: 4000, cpu: []float64{80, 40}} // NATS not measured
+	local := streamFigures{rate: 200_000, p50: 300, p99: 2000}
+	addClusterRows(b, o, single, remote, local)
 	want := []struct {
 		name string
 		v    float64
@@ -79,9 +81,14 @@ func TestClusterRowsFromFigures(t *testing.T) {
 		{"cluster / single node, frames/s", 0.25},
 		{"cluster / single node, p50", 5},
 		{"cluster / single node, p99", 4},
+		{"frames/s, cluster, subscriber on node a (the listener's)", 200_000},
+		{"cluster, subscriber on node a: p50 at 10,000 lines/s", 300},
+		{"cluster, subscriber on node a: p99 at 10,000 lines/s", 2000},
 		{"single node: tcpgate CPU at full speed", 90},
 		{"cluster: node a CPU at full speed", 80},
 		{"cluster: node b CPU at full speed", 40},
+		{"single node: CPU per line (tcpgate)", 0.9 / 400_000 * 1e6},
+		{"cluster: CPU per line (nodes a and b, NATS)", 1.2 / 100_000 * 1e6},
 	}
 	if len(b.Metrics) != len(want) {
 		var got []string
@@ -92,12 +99,12 @@ func TestClusterRowsFromFigures(t *testing.T) {
 	}
 	for i, w := range want {
 		m := b.Metrics[i]
-		if m.Scenario != "cluster" || m.Name != w.name || len(m.Values) != 1 || m.Values[0] != w.v {
+		if m.Scenario != "cluster" || m.Name != w.name || len(m.Values) != 1 || math.Abs(m.Values[0]-w.v) > 1e-9*w.v {
 			t.Errorf("row %d: %s %q %v, want cluster %q [%v]", i, m.Scenario, m.Name, m.Values, w.name, w.v)
 		}
 	}
 	// A second run adds its values to the same rows.
-	addClusterRows(b, o, single, clustered)
+	addClusterRows(b, o, single, remote, local)
 	if len(b.Metrics) != len(want) || len(b.Metrics[0].Values) != 2 {
 		t.Errorf("after a second run: %d rows, the first with %v", len(b.Metrics), b.Metrics[0].Values)
 	}
@@ -135,7 +142,7 @@ func TestClusterScenario(t *testing.T) {
 			t.Errorf("%s: values %v, want one above 0", m.Name, m.Values)
 		}
 	}
-	if rows != 13 {
-		t.Errorf("%d cluster rows, want 13 (both topologies, the ratios, 4 processes' CPU)", rows)
+	if rows != 18 {
+		t.Errorf("%d cluster rows, want 18 (three topologies, the ratios, 4 processes' CPU, 2 of CPU per line)", rows)
 	}
 }

@@ -109,7 +109,7 @@ func runMain(args []string) error {
 	fs.IntVar(&o.conns, "conns", 15000, "connections: idle connections to hold")
 	fs.DurationVar(&o.settle, "settle", 5*time.Second, "before each scenario, wait up to this long for other processes to leave the CPUs idle")
 	fs.StringVar(&decodeMode, "decode", decodeMode, "how the subscribers of the scenarios other than lines decode: wire (walk the encoding for the fields counted) or proto (full messages); lines runs both")
-	fs.StringVar(&o.profileDir, "profile", "", "lines, lines10, reqresp32, reqresp1: write CPU profiles of each daemon (through --debug-addr), and of the lines scenarios' subscribers, into this directory")
+	fs.StringVar(&o.profileDir, "profile", "", "lines, lines10, reqresp32, reqresp1, cluster: write CPU profiles of each daemon (through --debug-addr), and of the lines scenarios' subscribers, into this directory")
 	subArgs := fs.String("subscriber-args", "", "lines, lines10: more flags for the gRPC subscribers, space-separated (see tcpgate-bench subscribe -h: --read-buffer, --stream-window, --conn-window)")
 	fs.IntVar(&o.profileSeconds, "profile-seconds", 2, "with --profile: seconds of the daemon's profile, from the first write (send enough --lines to fill them)")
 	if err := fs.Parse(args); err != nil {

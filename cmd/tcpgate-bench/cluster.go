@@ -112,8 +112,8 @@ type streamFigures struct {
 // that measures each line's send-to-decode time. cpuOf are the processes
 // whose CPU over the full-speed phase is reported; profiles maps a file to
 // the --debug-addr of a daemon whose CPU profile of --profile-seconds from
-// the first write goes there.
-func measureStream(ctx context.Context, o *options, b *bench, on, sub *daemon, req *tcpgatev1.StartListenerRequest, cpuOf []int, profiles map[string]string) (streamFigures, error) {
+// the first write goes there. label names the topology in the notes.
+func measureStream(ctx context.Context, o *options, b *bench, label string, on, sub *daemon, req *tcpgatev1.StartListenerRequest, cpuOf []int, profiles map[string]string) (streamFigures, error) {
 	var fig streamFigures
 	id, addr, err := on.startListenerWith(ctx, req)
 	if err != nil {
@@ -140,7 +140,7 @@ func measureStream(ctx context.Context, o *options, b *bench, on, sub *daemon, r
 	closeAll(subs)
 	for range profiles {
 		if perr := <-profiled; perr != nil {
-			b.note("cluster: profiling a daemon: %v", perr)
+			b.note("%s: profiling a daemon: %v", label, perr)
 		}
 	}
 	if err != nil {
@@ -151,7 +151,7 @@ func measureStream(ctx context.Context, o *options, b *bench, on, sub *daemon, r
 		return fig, err
 	}
 	defer closeAll(subs)
-	res, _, err := pacedLines(o, b, "cluster", subs, addr)
+	res, _, err := pacedLines(o, b, label, subs, addr)
 	if err != nil {
 		return fig, fmt.Errorf("paced: %w", err)
 	}
@@ -174,7 +174,7 @@ func runCluster(ctx context.Context, o *options, b *bench) error {
 	var single streamFigures
 	err = withDaemon(ctx, o, b, func(d *daemon) error {
 		var err error
-		single, err = measureStream(ctx, o, b, d, d, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1", Framing: lineFraming},
+		single, err = measureStream(ctx, o, b, "cluster, single node", d, d, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1", Framing: lineFraming},
 			[]int{d.pid()}, profile.paths)
 		return err
 	}, profile.flags("single")...)
@@ -213,10 +213,10 @@ func measureCluster(ctx context.Context, o *options, b *bench, profile *profiles
 			req := &tcpgatev1.StartListenerRequest{NodeId: listenerNode, Framing: lineFraming}
 			pids := []int{a.pid(), bn.pid(), ns.pid()}
 			var err error
-			if remote, err = measureStream(ctx, o, b, a, bn, req, pids, profile.paths); err != nil {
+			if remote, err = measureStream(ctx, o, b, "cluster, subscriber on node "+subscriberNode, a, bn, req, pids, profile.paths); err != nil {
 				return fmt.Errorf("subscriber on node %s: %w", subscriberNode, err)
 			}
-			if local, err = measureStream(ctx, o, b, a, a, req, pids, nil); err != nil {
+			if local, err = measureStream(ctx, o, b, "cluster, subscriber on node "+listenerNode, a, a, req, pids, nil); err != nil {
 				return fmt.Errorf("subscriber on node %s: %w", listenerNode, err)
 			}
 			return nil

@@ -21,7 +21,7 @@ import (
 )
 
 // options are the flags of `run`. Every scenario is bounded in time and in
-// count; the defaults keep a 3-run `make bench` near nine minutes.
+// count; the defaults keep a 3-run `make bench` near eleven minutes.
 type options struct {
 	tcpgate   string
 	runs      int

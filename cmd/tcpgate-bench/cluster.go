@@ -7,6 +7,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -61,6 +62,9 @@ func startNATS(ctx context.Context, bin string) (*natsServer, error) {
 	}
 	cmd := exec.Command(bin, "--jetstream", "--addr", "127.0.0.1", "--port", "-1", "--store_dir", dir,
 		"--server_name", "tcpgate-bench")
+	// It logs to stderr, which the child keeps the tail of; nothing reads
+	// its stdout, so that must not be a pipe that could fill.
+	cmd.Stdout = io.Discard
 	c, err := startChild("nats-server", cmd, false)
 	if err != nil {
 		os.RemoveAll(dir)

@@ -64,7 +64,8 @@ verify: lint
 	$(MAKE) --no-print-directory generate
 	@if [ -n "$$(git status --porcelain -- gen gateway/openapi.json server/descriptor.binpb)" ]; then echo "generated code is stale: run 'make generate' and commit"; git status --porcelain -- gen gateway/openapi.json server/descriptor.binpb; exit 1; fi
 
-## bench: build the daemon and tcpgate-bench, run every scenario against real
+## bench: build the daemon, tcpgate-bench and the NATS server of go.mod (for
+## the cluster row), run every scenario against real
 ## processes over loopback (BENCH_RUNS runs; medians on stdout, JSON in
 ## bin/bench.json; socat installed for the baseline if missing, and Node-RED 4
 ## from bench/nodered's lockfile with `npm ci` for the browser baseline), then
@@ -72,6 +73,7 @@ verify: lint
 BENCH_RUNS ?= 3
 bench:
 	$(GO) build -o $(BIN)/ ./cmd/tcpgate ./cmd/tcpgate-bench
+	$(GO) build -o $(BIN)/nats-server github.com/nats-io/nats-server/v2
 	@command -v socat >/dev/null 2>&1 || { \
 		SUDO=; [ "$$(id -u)" -ne 0 ] && SUDO=sudo; echo "installing socat for the baseline"; \
 		{ $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q socat || \
@@ -83,7 +85,7 @@ bench:
 			(cd bench/nodered && npm ci --no-audit --no-fund --loglevel=error) || \
 			echo "npm ci failed (is the npm registry reachable?): the Node-RED baseline is reported unavailable"; \
 		else echo "npm is not installed: the Node-RED baseline is reported unavailable"; fi; }
-	./$(BIN)/tcpgate-bench run --tcpgate $(BIN)/tcpgate --runs $(BENCH_RUNS) --json $(BIN)/bench.json
+	./$(BIN)/tcpgate-bench run --tcpgate $(BIN)/tcpgate --nats-server $(BIN)/nats-server --runs $(BENCH_RUNS) --json $(BIN)/bench.json
 	$(GO) test -run '^$$' -bench . -benchmem ./server/internal/framing ./server/internal/hub
 
 ## fuzz: run every fuzz target of every package for FUZZTIME each

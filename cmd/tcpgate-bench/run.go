@@ -21,7 +21,7 @@ import (
 )
 
 // options are the flags of `run`. Every scenario is bounded in time and in
-// count; the defaults keep a 3-run `make bench` near nine minutes.
+// count; the defaults keep a 3-run `make bench` near eleven minutes.
 type options struct {
 	tcpgate   string
 	runs      int
@@ -42,6 +42,8 @@ type options struct {
 	noderedDir      string        // browser: where Node-RED 4 is installed (npm ci)
 	consoleDuration time.Duration // console: how long lines arrive at --latency-rate while the page is open
 	chromium        string        // console: path of chromium; empty when it is not installed
+	natsServer      string        // cluster: path of nats-server; empty when it is not built
+	clusterLines    int64         // cluster: lines sent at full speed to each topology's subscriber, all of them
 
 	profileDir     string // the lines scenarios write CPU profiles here; empty: none
 	profileSeconds int    // how long the daemon's profile lasts from the first write
@@ -74,6 +76,7 @@ var scenarios = []scenario{
 	{"browser", runBrowser},
 	{"sse10", runSSE10},
 	{"console", runConsole},
+	{"cluster", runCluster},
 }
 
 func scenarioNames() []string {
@@ -96,15 +99,17 @@ func runMain(args []string) error {
 	fs.Int64Var(&o.lines, "lines", 1_000_000, "lines: 100-byte lines sent to each subscriber and to socat, all of them, in every run")
 	fs.Int64Var(&o.lineFrames, "line-frames", 10_000_000, "lines10, rest: most 100-byte lines sent per run (also bounded by --duration)")
 	fs.DurationVar(&o.duration, "duration", 3*time.Second, "send window of the throughput scenarios")
-	fs.DurationVar(&o.latencyDuration, "latency-duration", 5*time.Second, "latency, browser, sse10: how long to send at --latency-rate")
-	fs.IntVar(&o.latencyRate, "latency-rate", 10000, "latency, browser, sse10, console: lines per second of the paced phases")
+	fs.DurationVar(&o.latencyDuration, "latency-duration", 5*time.Second, "latency, browser, sse10, cluster: how long to send at --latency-rate")
+	fs.IntVar(&o.latencyRate, "latency-rate", 10000, "latency, browser, sse10, console, cluster: lines per second of the paced phases")
 	fs.Int64Var(&o.browserLines, "browser-lines", 200_000, "browser, sse10: 100-byte lines sent at full speed to each subscriber, all of them")
 	fs.StringVar(&o.noderedDir, "nodered", "bench/nodered", "browser: the directory of Node-RED 4 (`npm ci` there installs it; make bench does)")
 	fs.DurationVar(&o.consoleDuration, "console-duration", 5*time.Second, "console: how long lines arrive at --latency-rate while the page is open")
+	fs.StringVar(&o.natsServer, "nats-server", "bin/nats-server", "cluster: the `path` of the NATS server to run (go build -o bin/nats-server github.com/nats-io/nats-server/v2 builds it; make bench does)")
+	fs.Int64Var(&o.clusterLines, "cluster-lines", 200_000, "cluster: 100-byte lines sent at full speed to the single node's subscriber and to the cluster's, all of them")
 	fs.IntVar(&o.conns, "conns", 15000, "connections: idle connections to hold")
 	fs.DurationVar(&o.settle, "settle", 5*time.Second, "before each scenario, wait up to this long for other processes to leave the CPUs idle")
 	fs.StringVar(&decodeMode, "decode", decodeMode, "how the subscribers of the scenarios other than lines decode: wire (walk the encoding for the fields counted) or proto (full messages); lines runs both")
-	fs.StringVar(&o.profileDir, "profile", "", "lines, lines10, reqresp32, reqresp1: write CPU profiles of each daemon (through --debug-addr), and of the lines scenarios' subscribers, into this directory")
+	fs.StringVar(&o.profileDir, "profile", "", "lines, lines10, reqresp32, reqresp1, cluster: write CPU profiles of each daemon (through --debug-addr), and of the lines scenarios' subscribers, into this directory")
 	subArgs := fs.String("subscriber-args", "", "lines, lines10: more flags for the gRPC subscribers, space-separated (see tcpgate-bench subscribe -h: --read-buffer, --stream-window, --conn-window)")
 	fs.IntVar(&o.profileSeconds, "profile-seconds", 2, "with --profile: seconds of the daemon's profile, from the first write (send enough --lines to fill them)")
 	if err := fs.Parse(args); err != nil {
@@ -114,8 +119,8 @@ func runMain(args []string) error {
 		return errors.New("--runs must be at least 1")
 	}
 	o.subscriberArgs = strings.Fields(*subArgs)
-	if o.browserLines < 1 || o.latencyRate < 1 {
-		return errors.New("--browser-lines and --latency-rate must be at least 1")
+	if o.browserLines < 1 || o.latencyRate < 1 || o.clusterLines < 1 {
+		return errors.New("--browser-lines, --cluster-lines and --latency-rate must be at least 1")
 	}
 	if o.lines < 1 {
 		return errors.New("--lines must be at least 1")
@@ -153,6 +158,12 @@ func runMain(args []string) error {
 		o.chromium = path
 	} else if slices.Contains(o.scenarios, "console") {
 		b.note("chromium is not installed: the console scenario is unavailable")
+	}
+	if _, err := os.Stat(o.natsServer); err != nil {
+		if slices.Contains(o.scenarios, "cluster") {
+			b.note("cluster: --nats-server: %v (build it with `go build -o bin/nats-server github.com/nats-io/nats-server/v2`): the cluster scenario is unavailable", err)
+		}
+		o.natsServer = ""
 	}
 	checkFileLimit(&o, b)
 

@@ -37,8 +37,9 @@ type State interface {
 	DeleteConnection(id string) uint64
 	// Save returns once version is saved (at once without a state file).
 	Save(ctx context.Context, version uint64) error
-	// Export is the recorded objects as a config file declares them.
-	Export() *tcpgatev1.Config
+	// Export is the recorded objects as a config file declares them (in
+	// a cluster, every node's: it reads them from the cluster).
+	Export(ctx context.Context) (*tcpgatev1.Config, error)
 }
 
 // recordListener records the request of a listener the engine started
@@ -125,9 +126,13 @@ func (s *Service) RestoreConnection(ctx context.Context, req *tcpgatev1.ConnectR
 }
 
 // ExportConfig implements GatewayService.ExportConfig.
-func (s *Service) ExportConfig(context.Context, *tcpgatev1.ExportConfigRequest) (*tcpgatev1.ExportConfigResponse, error) {
+func (s *Service) ExportConfig(ctx context.Context, _ *tcpgatev1.ExportConfigRequest) (*tcpgatev1.ExportConfigResponse, error) {
 	if s.cfg.State == nil {
 		return nil, status.Error(codes.Unimplemented, "this gateway records no state")
 	}
-	return &tcpgatev1.ExportConfigResponse{Config: s.cfg.State.Export(), Header: s.header()}, nil
+	cfg, err := s.cfg.State.Export(ctx)
+	if err != nil {
+		return nil, s.status(fmt.Errorf("exporting the recorded state: %w", err))
+	}
+	return &tcpgatev1.ExportConfigResponse{Config: cfg, Header: s.header()}, nil
 }

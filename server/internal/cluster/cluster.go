@@ -144,6 +144,7 @@ type Cluster struct {
 	presence *presence
 	open     *openSet
 	view     *view
+	state    *StateBucket
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -226,6 +227,11 @@ func (c *Cluster) setup(ctx context.Context) error {
 	if err := c.ensureStream(ctx); err != nil {
 		return err
 	}
+	st, err := newStateBucket(ctx, c)
+	if err != nil {
+		return err
+	}
+	c.state = st
 	c.open = newOpenSet(c)
 	c.view = newView()
 	c.pub = newPublisher(c)

@@ -1,0 +1,134 @@
+package server_test
+
+import (
+	"bufio"
+	"net"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
+	"github.com/tcpgate/tcpgate/server"
+	"github.com/tcpgate/tcpgate/server/servertest"
+	"github.com/tcpgate/tcpgate/server/servertest/natstest"
+)
+
+// clusterNode starts node id of cluster "test" on ns, binding on host.
+func clusterNode(t *testing.T, ns *natstest.Server, id, host string) *servertest.Gateway {
+	t.Helper()
+	return servertest.Start(t, server.Config{NodeID: id, NodeHost: host,
+		Cluster: &server.ClusterConfig{URL: ns.URL(), Name: "test"}})
+}
+
+// listenersOn is the listeners node runs, as "id@address", sorted.
+func listenersOn(t *testing.T, g *servertest.Gateway, node string) []string {
+	t.Helper()
+	resp, err := g.Client.ListListeners(servertest.Context(t), &tcpgatev1.ListListenersRequest{})
+	if err != nil {
+		t.Fatalf("ListListeners: %v", err)
+	}
+	var out []string
+	for _, l := range resp.GetListeners() {
+		if l.GetNodeId() == node {
+			out = append(out, l.GetListenerId()+"@"+l.GetAddress())
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// The desired state lives in the cluster: a listener made on b through
+// a comes back when b restarts, on its port; a stopped one does not; a
+// listener on every node starts on a node that joins after it was made;
+// ExportConfig on any node shows every node's objects, each once.
+func TestClusterStateRestored(t *testing.T) {
+	ns := natstest.Start(t)
+	gs := clusterOf(t, ns, "a", "b")
+	a := gs["a"]
+	ctx := servertest.Context(t)
+
+	kept, err := a.Client.StartListener(ctx, &tcpgatev1.StartListenerRequest{ListenerId: "kept.on~b", NodeId: "b",
+		Framing:   &tcpgatev1.Framing{Mode: tcpgatev1.FramingMode_FRAMING_MODE_LINE},
+		AutoReply: &tcpgatev1.AutoReply{Mode: tcpgatev1.AutoReplyMode_AUTO_REPLY_MODE_ECHO}})
+	if err != nil || kept.GetListener().GetNodeId() != "b" {
+		t.Fatalf("StartListener on b through a: %v, %v", kept, err)
+	}
+	gone, err := a.Client.StartListener(ctx, &tcpgatev1.StartListenerRequest{NodeId: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Client.StopListener(ctx, &tcpgatev1.StopListenerRequest{ListenerId: gone.GetListener().GetListenerId()}); err != nil {
+		t.Fatalf("StopListener through a: %v", err)
+	}
+	every, err := a.Client.StartListener(ctx, &tcpgatev1.StartListenerRequest{EveryNode: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	everyID := every.GetListener().GetListenerId()
+	_, everyPort, _ := net.SplitHostPort(every.GetListener().GetAddress())
+	before := listenersOn(t, a, "b")
+
+	exported := func(g *servertest.Gateway) []string {
+		t.Helper()
+		resp, err := g.Client.ExportConfig(ctx, &tcpgatev1.ExportConfigRequest{})
+		if err != nil {
+			t.Fatalf("ExportConfig: %v", err)
+		}
+		var ids []string
+		for _, l := range resp.GetConfig().GetListeners() {
+			ids = append(ids, l.GetListenerId())
+		}
+		slices.Sort(ids)
+		return ids
+	}
+	want := []string{everyID, "kept.on~b"}
+	slices.Sort(want)
+	if got := exported(gs["b"]); !slices.Equal(got, want) {
+		t.Fatalf("ExportConfig on b: %v, want each of %v once", got, want)
+	}
+
+	if err := gs["b"].Stop(); err != nil {
+		t.Fatal(err)
+	}
+	servertest.Eventually(t, "a to see b leave", func() bool { return len(a.Server.ClusterNodes()) == 1 })
+	b := clusterNode(t, ns, "b", "127.0.0.12")
+	if got := listenersOn(t, b, "b"); !slices.Equal(got, before) {
+		t.Fatalf("b's listeners after its restart: %v, want %v (same ids, same ports; not the stopped one)", got, before)
+	}
+	tc := servertest.Dial(t, kept.GetListener().GetAddress())
+	if got := exchange(t, tc, bufio.NewReader(tc), "still here"); got != "still here" {
+		t.Fatalf("echo of the restored listener: %q", got)
+	}
+
+	c := clusterNode(t, ns, "c", "127.0.0.13")
+	if got := listenersOn(t, c, "c"); !slices.Equal(got, []string{everyID + "@127.0.0.13:" + everyPort}) {
+		t.Fatalf("listeners of c, started after the every-node listener was made: %v, want %s on port %s", got, everyID, everyPort)
+	}
+	if got := exported(c); !slices.Equal(got, want) {
+		t.Fatalf("ExportConfig on c: %v, want each of %v once", got, want)
+	}
+
+	// Stopped through c: gone from the cluster's state, so a node that
+	// starts later does not run it.
+	if _, err := c.Client.StopListener(ctx, &tcpgatev1.StopListenerRequest{ListenerId: everyID}); err != nil {
+		t.Fatal(err)
+	}
+	if got := exported(a); !slices.Equal(got, []string{"kept.on~b"}) {
+		t.Fatalf("ExportConfig after the every-node listener stopped: %v", got)
+	}
+	d := clusterNode(t, ns, "d", "127.0.0.14")
+	if got := listenersOn(t, d, "d"); len(got) != 0 {
+		t.Fatalf("listeners of d: %v, want none", got)
+	}
+}
+
+// A cluster keeps its state in NATS: --state-file is refused with it.
+func TestClusterRefusesStateFile(t *testing.T) {
+	ns := natstest.Start(t)
+	_, err := server.New(server.Config{GRPCAddr: "127.0.0.1:0", NodeID: "a", StateFile: filepath.Join(t.TempDir(), "state"),
+		Cluster: &server.ClusterConfig{URL: ns.URL(), Name: "test"}})
+	if err == nil || !strings.Contains(err.Error(), "--state-file") || !strings.Contains(err.Error(), "--cluster") {
+		t.Fatalf("New with --state-file and --cluster: %v, want an error naming both", err)
+	}
+}

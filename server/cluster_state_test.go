@@ -2,11 +2,13 @@ package server_test
 
 import (
 	"bufio"
+	"io"
 	"net"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	tcpgatev1 "github.com/tcpgate/tcpgate/gen/tcpgate/v1"
 	"github.com/tcpgate/tcpgate/server"
@@ -130,5 +132,94 @@ func TestClusterRefusesStateFile(t *testing.T) {
 		Cluster: &server.ClusterConfig{URL: ns.URL(), Name: "test"}})
 	if err == nil || !strings.Contains(err.Error(), "--state-file") || !strings.Contains(err.Error(), "--cluster") {
 		t.Fatalf("New with --state-file and --cluster: %v, want an error naming both", err)
+	}
+}
+
+// An outbound connection with take_over moves when its node goes: node a
+// stops, and b or c, once a's lease has run out, dials it again under
+// the same id; the target sees the first socket close before the second
+// opens.
+func TestClusterTakeOver(t *testing.T) {
+	ns := natstest.Start(t)
+	gs := map[string]*servertest.Gateway{}
+	for i, id := range []string{"a", "b", "c"} {
+		gs[id] = servertest.Start(t, server.Config{NodeID: id, NodeHost: "127.0.0." + string(rune('1'+i)),
+			Cluster: &server.ClusterConfig{URL: ns.URL(), Name: "test", Detection: time.Second}})
+	}
+	servertest.Eventually(t, "the nodes to see each other", func() bool {
+		return len(gs["a"].Server.ClusterNodes()) == 3 && len(gs["b"].Server.ClusterNodes()) == 3 && len(gs["c"].Server.ClusterNodes()) == 3
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c
+		}
+	}()
+	next := func(what string) net.Conn {
+		t.Helper()
+		select {
+		case c, ok := <-accepted:
+			if !ok {
+				t.Fatalf("%s: the listener closed", what)
+			}
+			t.Cleanup(func() { c.Close() })
+			return c
+		case <-time.After(servertest.Wait):
+			t.Fatalf("%s: no connection within %v", what, servertest.Wait)
+			return nil
+		}
+	}
+	ctx := servertest.Context(t)
+	made, err := gs["a"].Client.Connect(ctx, &tcpgatev1.ConnectRequest{ConnectionId: "device-1", Address: ln.Addr().String(), TakeOver: true})
+	if err != nil || made.GetConnection().GetNodeId() != "a" {
+		t.Fatalf("Connect with take_over on a: %v, %v", made, err)
+	}
+	first := next("a's dial")
+	if err := gs["a"].Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// The first socket is closed before any other node dials.
+	first.SetReadDeadline(time.Now().Add(servertest.Wait))
+	if _, err := io.Copy(io.Discard, first); err != nil {
+		t.Fatalf("a's socket after a stopped: %v, want it closed", err)
+	}
+	select {
+	case c := <-accepted:
+		t.Fatalf("a second connection from %s while a's was open", c.RemoteAddr())
+	default:
+	}
+	next("the take-over dial")
+	var owner string
+	servertest.Eventually(t, "the connection to be listed on b or c", func() bool {
+		got, err := gs["b"].Client.GetConnection(ctx, &tcpgatev1.GetConnectionRequest{ConnectionId: "device-1"})
+		owner = got.GetConnection().GetNodeId()
+		return err == nil && (owner == "b" || owner == "c")
+	})
+	exp, err := gs["c"].Client.ExportConfig(ctx, &tcpgatev1.ExportConfigRequest{})
+	if err != nil || len(exp.GetConfig().GetConnections()) != 1 || exp.GetConfig().GetConnections()[0].GetConnectionId() != "device-1" {
+		t.Fatalf("ExportConfig after the take-over: %v, %v; want device-1 once", exp, err)
+	}
+	select {
+	case c := <-accepted:
+		t.Fatalf("a third connection from %s: the lease was taken twice", c.RemoteAddr())
+	case <-time.After(3 * time.Second):
+	}
+	// Closed for good through any node: no one takes it over again.
+	if _, err := gs["b"].Client.CloseConnection(ctx, &tcpgatev1.CloseConnectionRequest{ConnectionId: "device-1"}); err != nil {
+		t.Fatalf("CloseConnection on %s through b: %v", owner, err)
+	}
+	exp, err = gs["c"].Client.ExportConfig(ctx, &tcpgatev1.ExportConfigRequest{})
+	if err != nil || len(exp.GetConfig().GetConnections()) != 0 {
+		t.Fatalf("ExportConfig after CloseConnection: %v, %v; want no connection", exp, err)
 	}
 }

@@ -433,7 +433,7 @@ func New(cfg Config) (*Server, error) {
 			return nil, err
 		}
 		s.cfg = cfg // with the limits fitted to the cluster
-		s.state = state.NewCluster(s.cluster.State(), cfg.NodeID, cfg.StateInlineKeys, log)
+		s.state = state.NewCluster(s.cluster.State(), s.cluster, cfg.NodeID, cfg.StateInlineKeys, log)
 	}
 	var auth *rpc.Auth
 	if cfg.AuthToken != "" {
@@ -664,6 +664,23 @@ func New(cfg Config) (*Server, error) {
 		s.declared = config.New(file, svc, config.Options{Update: svc.UpdateDeclaredListener, Flags: cfg.ReloadFlags, Logger: log})
 		// Every declared object is checked, then all start, or none.
 		if err := s.declared.Start(context.Background()); err != nil {
+			ln.Close()
+			if s.httpLn != nil {
+				s.httpLn.Close()
+				s.rest.Close()
+			}
+			if s.debugLn != nil {
+				s.debugLn.Close()
+			}
+			s.grpc.Stop()
+			s.outbound.Close()
+			s.listeners.Close()
+			s.hub.Close()
+			return nil, err
+		}
+	}
+	if s.cluster != nil {
+		if err := s.startLeases(); err != nil {
 			ln.Close()
 			if s.httpLn != nil {
 				s.httpLn.Close()

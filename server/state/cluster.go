@@ -28,6 +28,13 @@ type Bucket interface {
 	Objects(ctx context.Context) (map[string][]byte, error)
 }
 
+// Leases are the take-over leases of a cluster (cluster.Cluster): an
+// outbound connection made with take_over is held by one node at a time.
+type Leases interface {
+	HoldLease(ctx context.Context, id string, request []byte) error
+	ReleaseLease(ctx context.Context, id string) error
+}
+
 // bucketTimeout bounds reading the whole bucket, at a restore and for
 // ExportConfig, when the caller's context has no deadline.
 const bucketTimeout = 30 * time.Second
@@ -40,6 +47,7 @@ const bucketTimeout = 30 * time.Second
 // and every listener on every node.
 type Cluster struct {
 	b          Bucket
+	leases     Leases // nil: take_over is not held (tests of the bucket alone)
 	node       string
 	inlineKeys bool
 	log        *slog.Logger
@@ -57,11 +65,10 @@ type Cluster struct {
 	recs map[string]Record
 }
 
-// clusterOp is one change of the bucket: value nil deletes key.
+// clusterOp is one change of the bucket, or of a lease.
 type clusterOp struct {
 	version uint64
-	key     string
-	value   []byte
+	apply   func(ctx context.Context) error
 }
 
 // clusterValue is a key's value in the bucket.
@@ -75,11 +82,11 @@ type clusterValue struct {
 // NewCluster is the desired state of the cluster in b, for node. With
 // inlineKeys, inline private keys are stored (they are left out
 // otherwise, as with a state file).
-func NewCluster(b Bucket, node string, inlineKeys bool, log *slog.Logger) *Cluster {
+func NewCluster(b Bucket, leases Leases, node string, inlineKeys bool, log *slog.Logger) *Cluster {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Cluster{b: b, node: node, inlineKeys: inlineKeys, log: log,
+	return &Cluster{b: b, leases: leases, node: node, inlineKeys: inlineKeys, log: log,
 		results: map[uint64]error{}, recs: map[string]Record{}}
 }
 
@@ -122,7 +129,8 @@ func DecodeClusterValue(b []byte) (Record, string, error) {
 }
 
 // put queues rec, run by this node (or every node), and returns its
-// version.
+// version. A connection with take_over is held too (its lease, after
+// its record).
 func (c *Cluster) put(rec Record) uint64 {
 	key := recordKey(rec)
 	value, err := EncodeClusterValue(rec, c.owner(rec))
@@ -135,22 +143,31 @@ func (c *Cluster) put(rec Record) uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.recs[key] = rec
-	return c.queueLocked(key, value)
+	v := c.queueLocked(func(ctx context.Context) error { return c.b.Put(ctx, key, value) })
+	if c.leases != nil && rec.Connection.GetTakeOver() {
+		id := rec.ID()
+		v = c.queueLocked(func(ctx context.Context) error { return c.leases.HoldLease(ctx, id, value) })
+	}
+	return v
 }
 
 // del queues the removal of key. The record may be another node's (a
 // listener on every node, stopped here), so it is removed whether or not
-// this node recorded it.
-func (c *Cluster) del(key string) uint64 {
+// this node recorded it. A connection's lease goes with it.
+func (c *Cluster) del(key, connID string) uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.recs, key)
-	return c.queueLocked(key, nil)
+	v := c.queueLocked(func(ctx context.Context) error { return c.b.Delete(ctx, key) })
+	if c.leases != nil && connID != "" {
+		v = c.queueLocked(func(ctx context.Context) error { return c.leases.ReleaseLease(ctx, connID) })
+	}
+	return v
 }
 
-func (c *Cluster) queueLocked(key string, value []byte) uint64 {
+func (c *Cluster) queueLocked(apply func(ctx context.Context) error) uint64 {
 	c.version++
-	c.pending = append(c.pending, &clusterOp{version: c.version, key: key, value: value})
+	c.pending = append(c.pending, &clusterOp{version: c.version, apply: apply})
 	return c.version
 }
 
@@ -173,7 +190,7 @@ func (c *Cluster) RecordedListener(id string) (*tcpgatev1.StartListenerRequest, 
 
 // DeleteListener implements rpc.State.
 func (c *Cluster) DeleteListener(id string) uint64 {
-	return c.del(cluster.ObjectKey(cluster.ListenerKeyPrefix, id))
+	return c.del(cluster.ObjectKey(cluster.ListenerKeyPrefix, id), "")
 }
 
 // PutConnection implements rpc.State.
@@ -183,7 +200,7 @@ func (c *Cluster) PutConnection(req *tcpgatev1.ConnectRequest, id string) uint64
 
 // DeleteConnection implements rpc.State.
 func (c *Cluster) DeleteConnection(id string) uint64 {
-	return c.del(cluster.ObjectKey(cluster.ConnectionKeyPrefix, id))
+	return c.del(cluster.ObjectKey(cluster.ConnectionKeyPrefix, id), id)
 }
 
 // Save implements rpc.State: it writes the changes queued up to version,
@@ -208,12 +225,7 @@ func (c *Cluster) Save(ctx context.Context, version uint64) error {
 		op := c.pending[0]
 		c.pending = c.pending[1:]
 		c.mu.Unlock()
-		var err error
-		if op.value == nil {
-			err = c.b.Delete(ctx, op.key)
-		} else {
-			err = c.b.Put(ctx, op.key, op.value)
-		}
+		err := op.apply(ctx)
 		c.mu.Lock()
 		if op.version == version {
 			c.mu.Unlock()
@@ -295,6 +307,9 @@ func (c *Cluster) Restore(ctx context.Context, r Restorer, declared func(kind, i
 	var mine []Record
 	for _, r := range all {
 		if r.node == c.node || (r.node == "" && r.Listener.GetEveryNode()) {
+			if !c.holdForRestore(ctx, r.Record, &rep) {
+				continue
+			}
 			mine = append(mine, r.Record)
 		}
 	}
@@ -321,3 +336,47 @@ func (c *Cluster) Restore(ctx context.Context, r Restorer, declared func(kind, i
 // Close implements the server's state: the bucket is the cluster's, which
 // the server closes.
 func (c *Cluster) Close() error { return nil }
+
+// holdForRestore takes the lease of a take_over connection before this
+// node makes it again: false (with a report line) when another node
+// holds it, having taken it over while this node was away.
+func (c *Cluster) holdForRestore(ctx context.Context, rec Record, rep *Report) bool {
+	if c.leases == nil || !rec.Connection.GetTakeOver() {
+		return true
+	}
+	value, err := EncodeClusterValue(rec, c.node)
+	if err == nil {
+		err = c.leases.HoldLease(ctx, rec.ID(), value)
+	}
+	if err != nil {
+		rep.Lines = append(rep.Lines, fmt.Sprintf("connection %s not restored: %v", rec.ID(), err))
+		c.log.Warn("cluster connection not restored: its take-over lease is not this node's", "id", rec.ID(), "error", err)
+		return false
+	}
+	return true
+}
+
+// TakeOver makes connection id again on this node, which has just won
+// its take-over lease from a node that stopped renewing it; request is
+// the lease's (the connection's record). The connection keeps its id;
+// its generations start again at 1. Its record names this node from now
+// on, so that this node's restart restores it.
+func (c *Cluster) TakeOver(ctx context.Context, r Restorer, id string, request []byte) error {
+	rec, _, err := DecodeClusterValue(request)
+	if err != nil || rec.Connection == nil {
+		return fmt.Errorf("taking connection %s over: its lease does not hold its request: %v", id, err)
+	}
+	if _, err := r.RestoreConnection(ctx, rec.Connection); err != nil {
+		return fmt.Errorf("taking connection %s over: %w", id, err)
+	}
+	key := recordKey(rec)
+	value, err := EncodeClusterValue(rec, c.node)
+	if err != nil {
+		return fmt.Errorf("taking connection %s over: %w", id, err)
+	}
+	c.mu.Lock()
+	c.recs[key] = rec
+	v := c.queueLocked(func(ctx context.Context) error { return c.b.Put(ctx, key, value) })
+	c.mu.Unlock()
+	return c.Save(ctx, v)
+}

@@ -145,6 +145,7 @@ type Cluster struct {
 	open     *openSet
 	view     *view
 	state    *StateBucket
+	leases   *leases // nil until StartLeases
 
 	closeOnce sync.Once
 	closed    chan struct{}

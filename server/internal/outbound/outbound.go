@@ -320,6 +320,14 @@ func (s *supervisor) Close() bool {
 // the config file or not, and returns once it is closed: a reload that no
 // longer declares it, or declares it differently.
 func (m *Manager) CloseDeclared(ctx context.Context, id string) error {
+	return m.Abandon(ctx, id, event.ReasonClosedByAPI)
+}
+
+// Abandon closes the managed connection id for good with reason, and
+// returns once it is closed: in a cluster, a node that lost the
+// connection's take-over lease gives it up (NODE_LOST) before another
+// node dials it.
+func (m *Manager) Abandon(ctx context.Context, id string, reason event.CloseReason) error {
 	m.mu.Lock()
 	var found *supervisor
 	for s := range m.sups {
@@ -331,7 +339,7 @@ func (m *Manager) CloseDeclared(ctx context.Context, id string) error {
 	if found == nil {
 		return fmt.Errorf("closing %q: %w", id, registry.ErrNotFound)
 	}
-	found.stop(event.ReasonClosedByAPI)
+	found.stop(reason)
 	select {
 	case <-found.done:
 		return nil

@@ -146,6 +146,8 @@ func (p *Publisher) Publish(ctx context.Context, evs ...*event.Event) error {
 		}
 		room := p.room
 		p.mu.Unlock()
+		// What this call queued so far must go out for room to come.
+		p.signal()
 		select {
 		case <-room:
 		case <-ctx.Done():

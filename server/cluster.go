@@ -152,7 +152,7 @@ func (s *Server) startLeases() error {
 			ctx, cancel := context.WithTimeout(context.Background(), clusterJoinTimeout)
 			defer cancel()
 			s.log.Error("cluster: connection closed (NODE_LOST): this node lost its take-over lease, another node takes it over", "connection", id, "cause", cause)
-			if err := s.outbound.Abandon(ctx, id, event.ReasonNodeLost); err != nil {
+			if err := s.outbound.Abandon(ctx, id, event.ReasonNodeLost, "this node lost the connection's take-over lease: "+cause.Error()); err != nil {
 				s.log.Warn("cluster: closing a connection whose lease was lost", "connection", id, "error", err)
 			}
 		},

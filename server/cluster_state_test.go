@@ -3,10 +3,12 @@ package server_test
 import (
 	"bufio"
 	"io"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -149,36 +151,8 @@ func TestClusterTakeOver(t *testing.T) {
 	servertest.Eventually(t, "the nodes to see each other", func() bool {
 		return len(gs["a"].Server.ClusterNodes()) == 3 && len(gs["b"].Server.ClusterNodes()) == 3 && len(gs["c"].Server.ClusterNodes()) == 3
 	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 4)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				close(accepted)
-				return
-			}
-			accepted <- c
-		}
-	}()
-	next := func(what string) net.Conn {
-		t.Helper()
-		select {
-		case c, ok := <-accepted:
-			if !ok {
-				t.Fatalf("%s: the listener closed", what)
-			}
-			t.Cleanup(func() { c.Close() })
-			return c
-		case <-time.After(servertest.Wait):
-			t.Fatalf("%s: no connection within %v", what, servertest.Wait)
-			return nil
-		}
-	}
+	dev := newDevice(t)
+	ln, next, accepted := dev.ln, dev.next, dev.accepted
 	ctx := servertest.Context(t)
 	made, err := gs["a"].Client.Connect(ctx, &tcpgatev1.ConnectRequest{ConnectionId: "device-1", Address: ln.Addr().String(), TakeOver: true})
 	if err != nil || made.GetConnection().GetNodeId() != "a" {
@@ -221,5 +195,174 @@ func TestClusterTakeOver(t *testing.T) {
 	exp, err = gs["c"].Client.ExportConfig(ctx, &tcpgatev1.ExportConfigRequest{})
 	if err != nil || len(exp.GetConfig().GetConnections()) != 0 {
 		t.Fatalf("ExportConfig after CloseConnection: %v, %v; want no connection", exp, err)
+	}
+}
+
+// device is a TCP server the test runs, for outbound connections.
+type device struct {
+	ln       net.Listener
+	accepted chan net.Conn
+	t        *testing.T
+}
+
+func newDevice(t *testing.T) *device {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &device{ln: ln, accepted: make(chan net.Conn, 8), t: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			d.accepted <- c
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		close(d.accepted)
+		for c := range d.accepted {
+			c.Close()
+		}
+	})
+	return d
+}
+
+// next is the next connection the device accepted.
+func (d *device) next(what string) net.Conn {
+	d.t.Helper()
+	select {
+	case c := <-d.accepted:
+		d.t.Cleanup(func() { c.Close() })
+		return c
+	case <-time.After(servertest.Wait):
+		d.t.Fatalf("%s: no connection within %v", what, servertest.Wait)
+		return nil
+	}
+}
+
+// natsLink is a TCP relay between one node and the NATS server, which
+// the test can cut (a network partition of that node alone) and heal.
+type natsLink struct {
+	ln     net.Listener
+	target string
+	wg     sync.WaitGroup
+
+	mu    sync.Mutex // guards the fields below
+	cut   bool
+	conns []net.Conn
+}
+
+func newNATSLink(t *testing.T, natsURL string) *natsLink {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &natsLink{ln: ln, target: strings.TrimPrefix(natsURL, "nats://")}
+	l.wg.Go(l.accept)
+	t.Cleanup(func() {
+		ln.Close()
+		l.setCut(true)
+		l.wg.Wait()
+	})
+	return l
+}
+
+// URL is the relay's NATS URL.
+func (l *natsLink) URL() string { return "nats://" + l.ln.Addr().String() }
+
+func (l *natsLink) accept() {
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			return
+		}
+		l.mu.Lock()
+		if l.cut {
+			l.mu.Unlock()
+			c.Close()
+			continue
+		}
+		up, err := net.Dial("tcp", l.target)
+		if err != nil {
+			l.mu.Unlock()
+			c.Close()
+			continue
+		}
+		l.conns = append(l.conns, c, up)
+		l.mu.Unlock()
+		l.wg.Go(func() { io.Copy(up, c); up.Close() })
+		l.wg.Go(func() { io.Copy(c, up); c.Close() })
+	}
+}
+
+// setCut cuts the link (every relayed connection closes, new ones are
+// refused) or heals it.
+func (l *natsLink) setCut(cut bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cut = cut
+	if cut {
+		for _, c := range l.conns {
+			c.Close()
+		}
+		l.conns = nil
+	}
+}
+
+// A node cut off from NATS while it keeps running gives its take_over
+// connection up (NODE_LOST, saying the lease was lost) before another
+// node, once the lease has run out, dials it again: the device never
+// has two connections at once.
+func TestClusterTakeOverPartition(t *testing.T) {
+	ns := natstest.Start(t)
+	link := newNATSLink(t, ns.URL())
+	var logA servertest.LogSink
+	a := servertest.Start(t, server.Config{NodeID: "a", NodeHost: "127.0.0.1", Logger: slog.New(slog.NewTextHandler(&logA, nil)),
+		Cluster: &server.ClusterConfig{URL: link.URL(), Name: "test", Detection: time.Second}})
+	b := servertest.Start(t, server.Config{NodeID: "b", NodeHost: "127.0.0.2",
+		Cluster: &server.ClusterConfig{URL: ns.URL(), Name: "test", Detection: time.Second}})
+	servertest.Eventually(t, "the nodes to see each other", func() bool {
+		return len(a.Server.ClusterNodes()) == 2 && len(b.Server.ClusterNodes()) == 2
+	})
+	dev := newDevice(t)
+	ctx := servertest.Context(t)
+	if _, err := a.Client.Connect(ctx, &tcpgatev1.ConnectRequest{ConnectionId: "device-1", Address: dev.ln.Addr().String(), TakeOver: true}); err != nil {
+		t.Fatalf("Connect with take_over on a: %v", err)
+	}
+	first := dev.next("a's dial")
+
+	link.setCut(true)
+	first.SetReadDeadline(time.Now().Add(servertest.Wait))
+	if _, err := io.Copy(io.Discard, first); err != nil {
+		t.Fatalf("a's socket once a was cut off: %v, want a to close it", err)
+	}
+	select {
+	case c := <-dev.accepted:
+		t.Fatalf("a second connection from %s while a's was open", c.RemoteAddr())
+	default:
+	}
+	if log := logA.String(); !strings.Contains(log, "take-over lease") || !strings.Contains(log, "device-1") {
+		t.Fatalf("a's log does not say it gave device-1 up for its lease:\n%s", log)
+	}
+	dev.next("b's take-over dial")
+	servertest.Eventually(t, "device-1 to be listed on b", func() bool {
+		got, err := b.Client.GetConnection(ctx, &tcpgatev1.GetConnectionRequest{ConnectionId: "device-1"})
+		return err == nil && got.GetConnection().GetNodeId() == "b"
+	})
+	// a comes back: it does not dial the device again (b holds the lease).
+	link.setCut(false)
+	servertest.Eventually(t, "a to reach NATS again", func() bool { return len(a.Server.ClusterNodes()) == 2 })
+	select {
+	case c := <-dev.accepted:
+		t.Fatalf("another connection from %s after a came back", c.RemoteAddr())
+	case <-time.After(3 * time.Second):
 	}
 }

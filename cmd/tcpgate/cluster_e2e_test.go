@@ -123,7 +123,9 @@ func TestClusterNodeKilled(t *testing.T) {
 		t.Fatalf("a's socket after the kill: %v, want it closed", err)
 	}
 	device.next(t, "the take-over dial")
-	var got struct{ Connection struct{ NodeID, ConnectionID string } }
+	var got struct {
+		Connection struct{ NodeID, ConnectionID string }
+	}
 	cb.call(t, "GetConnection", map[string]any{"connectionId": "device-1"}, &got)
 	if got.Connection.NodeID != "b" && got.Connection.NodeID != "c" {
 		t.Fatalf("device-1 after the take-over: on %q, want b or c", got.Connection.NodeID)

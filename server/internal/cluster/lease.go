@@ -37,7 +37,8 @@ type LeaseHooks struct {
 	// given.
 	Take func(id string, request []byte)
 	// Lost gives connection id up at once: this node could not renew
-	// its lease (err says why).
+	// its lease (err says why, such as "not renewed for 6s (...):
+	// another node takes the connection over").
 	Lost func(id string, err error)
 }
 
@@ -231,9 +232,9 @@ func (l *leases) renew(ctx context.Context) {
 		switch {
 		case err == nil:
 		case errors.Is(err, jetstream.ErrKeyExists) || isWrongRevision(err):
-			lost = fmt.Errorf("lease lost: another node took the connection over: %w", err)
+			lost = fmt.Errorf("another node took the connection over (%w)", err)
 		case now.Sub(h.renewed) >= l.c.cfg.Detection:
-			lost = fmt.Errorf("lease lost: not renewed for %v (%w): another node may take the connection over", l.c.cfg.Detection, err)
+			lost = fmt.Errorf("not renewed for %v (%w): another node takes the connection over", l.c.cfg.Detection, err)
 		default:
 			l.c.cfg.Log.Warn("cluster: take-over lease not renewed; retrying", "connection", h.id, "error", err)
 			continue

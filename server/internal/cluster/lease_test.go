@@ -56,7 +56,7 @@ func TestLeaseTakenAfterPartition(t *testing.T) {
 	// a stays up but cannot reach NATS.
 	a.nc.Close()
 	first := log.next(t, "a giving its lease up")
-	if !strings.HasPrefix(first, "a lost dev.1: lease lost") {
+	if !strings.HasPrefix(first, "a lost dev.1: not renewed for 1s") {
 		t.Fatalf("first hook: %q, want a giving dev.1 up", first)
 	}
 	second := log.next(t, "another node taking the lease")

@@ -357,6 +357,12 @@ func TestClusterTakeOverPartition(t *testing.T) {
 		got, err := b.Client.GetConnection(ctx, &tcpgatev1.GetConnectionRequest{ConnectionId: "device-1"})
 		return err == nil && got.GetConnection().GetNodeId() == "b"
 	})
+	// Cut off, a still makes what it is asked for, but says it is not
+	// stored: STATE_NOT_SAVED.
+	_, err := a.Client.StartListener(ctx, &tcpgatev1.StartListenerRequest{Host: "127.0.0.1"})
+	if e := servertest.ErrorOf(err); e.Reason != "STATE_NOT_SAVED" || !strings.Contains(e.Message, "cluster's state bucket") {
+		t.Fatalf("StartListener on a cut off from NATS: %v, want STATE_NOT_SAVED naming the cluster's state bucket", err)
+	}
 	// a comes back: it does not dial the device again (b holds the lease).
 	link.setCut(false)
 	servertest.Eventually(t, "a to reach NATS again", func() bool { return len(a.Server.ClusterNodes()) == 2 })

@@ -140,29 +140,42 @@ func (c *Cluster) put(rec Record) uint64 {
 		c.log.Error("encoding a cluster state record", "key", key, "error", err)
 		return 0
 	}
+	hold := c.leases != nil && rec.Connection.GetTakeOver()
+	id := rec.ID()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.recs[key] = rec
-	v := c.queueLocked(func(ctx context.Context) error { return c.b.Put(ctx, key, value) })
-	if c.leases != nil && rec.Connection.GetTakeOver() {
-		id := rec.ID()
-		v = c.queueLocked(func(ctx context.Context) error { return c.leases.HoldLease(ctx, id, value) })
-	}
-	return v
+	return c.queueLocked(func(ctx context.Context) error {
+		if err := c.b.Put(ctx, key, value); err != nil {
+			return err
+		}
+		if hold {
+			return c.leases.HoldLease(ctx, id, value)
+		}
+		return nil
+	})
 }
 
 // del queues the removal of key. The record may be another node's (a
 // listener on every node, stopped here), so it is removed whether or not
-// this node recorded it. A connection's lease goes with it.
-func (c *Cluster) del(key, connID string) uint64 {
+// this node recorded it. The lease of a take_over connection goes with
+// it (the connection is closed on its node, which recorded it).
+func (c *Cluster) del(key string) uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	rec, known := c.recs[key]
 	delete(c.recs, key)
-	v := c.queueLocked(func(ctx context.Context) error { return c.b.Delete(ctx, key) })
-	if c.leases != nil && connID != "" {
-		v = c.queueLocked(func(ctx context.Context) error { return c.leases.ReleaseLease(ctx, connID) })
-	}
-	return v
+	release := known && c.leases != nil && rec.Connection.GetTakeOver()
+	id := rec.ID()
+	return c.queueLocked(func(ctx context.Context) error {
+		if err := c.b.Delete(ctx, key); err != nil {
+			return err
+		}
+		if release {
+			return c.leases.ReleaseLease(ctx, id)
+		}
+		return nil
+	})
 }
 
 func (c *Cluster) queueLocked(apply func(ctx context.Context) error) uint64 {
@@ -190,7 +203,7 @@ func (c *Cluster) RecordedListener(id string) (*tcpgatev1.StartListenerRequest, 
 
 // DeleteListener implements rpc.State.
 func (c *Cluster) DeleteListener(id string) uint64 {
-	return c.del(cluster.ObjectKey(cluster.ListenerKeyPrefix, id), "")
+	return c.del(cluster.ObjectKey(cluster.ListenerKeyPrefix, id))
 }
 
 // PutConnection implements rpc.State.
@@ -200,7 +213,7 @@ func (c *Cluster) PutConnection(req *tcpgatev1.ConnectRequest, id string) uint64
 
 // DeleteConnection implements rpc.State.
 func (c *Cluster) DeleteConnection(id string) uint64 {
-	return c.del(cluster.ObjectKey(cluster.ConnectionKeyPrefix, id), id)
+	return c.del(cluster.ObjectKey(cluster.ConnectionKeyPrefix, id))
 }
 
 // Save implements rpc.State: it writes the changes queued up to version,

@@ -21,11 +21,14 @@ import (
 // whose compare-and-set fails (another node took it). Every other node
 // watches the leases; one that has seen a lease unchanged for
 // 2×Detection (by its own clock: the owner has given the connection up
-// by then, after at most Detection and one check period) takes it with a
+// by then, after at most Detection, one check period and one write that
+// failed, each Detection/3) takes it with a
 // compare-and-set of the revision it saw: of all the nodes that try,
 // exactly one wins, and it makes the connection (Take). The connection
 // is never dialed by two nodes at once, as long as the nodes' clocks run
-// at about the same rate.
+// at about the same rate and closing a socket takes less than the
+// Detection/3 left as margin. A node that stops gracefully does not
+// release its leases: its connections move too.
 
 // ErrLeaseHeld is the cause when a lease is held by another node.
 var ErrLeaseHeld = errors.New("the connection's take-over lease is held by another node")
@@ -66,7 +69,7 @@ type heldLease struct {
 	id      string
 	request []byte
 	rev     uint64
-	renewed time.Time // by this node's clock: the last renewal that succeeded
+	renewed time.Time // by this node's clock: when the last renewal that succeeded was sent
 }
 
 type otherLease struct {
@@ -108,6 +111,7 @@ func (c *Cluster) HoldLease(ctx context.Context, id string, request []byte) erro
 	}
 	key := ObjectKey(leaseKeyPrefix, id)
 	val := l.encode(id, request)
+	start := time.Now()
 	rev, err := l.kv.Create(ctx, key, val)
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		var e jetstream.KeyValueEntry
@@ -124,7 +128,7 @@ func (c *Cluster) HoldLease(ctx context.Context, id string, request []byte) erro
 		return fmt.Errorf("holding the take-over lease of %s: %w", id, err)
 	}
 	l.mu.Lock()
-	l.held[key] = &heldLease{id: id, request: request, rev: rev, renewed: time.Now()}
+	l.held[key] = &heldLease{id: id, request: request, rev: rev, renewed: start}
 	l.mu.Unlock()
 	return nil
 }
@@ -226,14 +230,16 @@ func (l *leases) renew(ctx context.Context) {
 	}
 	l.mu.Unlock()
 	for key, h := range held {
-		rev, err := l.kv.Update(ctx, key, l.encode(h.id, h.request), h.rev)
+		// Counted from before the write: the stored renewal, which the
+		// others time their take-over from, is not older than this.
 		now := time.Now()
+		rev, err := l.kv.Update(ctx, key, l.encode(h.id, h.request), h.rev)
 		var lost error
 		switch {
 		case err == nil:
 		case errors.Is(err, jetstream.ErrKeyExists) || isWrongRevision(err):
 			lost = fmt.Errorf("another node took the connection over (%w)", err)
-		case now.Sub(h.renewed) >= l.c.cfg.Detection:
+		case time.Since(h.renewed) >= l.c.cfg.Detection:
 			lost = fmt.Errorf("not renewed for %v (%w): another node takes the connection over", l.c.cfg.Detection, err)
 		default:
 			l.c.cfg.Log.Warn("cluster: take-over lease not renewed; retrying", "connection", h.id, "error", err)
@@ -268,7 +274,8 @@ func isWrongRevision(err error) bool {
 
 // takeOverAfter is how long a lease must stay unchanged before another
 // node takes it: its owner gives it up after Detection without a
-// renewal, checked every Detection/3; the rest is margin.
+// renewal, checked every Detection/3 by a write that may take another
+// Detection/3 to fail; the rest is margin.
 func (l *leases) takeOverAfter() time.Duration { return 2 * l.c.cfg.Detection }
 
 // takeExpired takes every lease of another node (or of an earlier run of
@@ -291,12 +298,13 @@ func (l *leases) takeExpired(ctx context.Context) {
 	l.mu.Unlock()
 	for _, c := range cands {
 		id := c.val.ID
+		start := time.Now()
 		rev, err := l.kv.Update(ctx, c.key, l.encode(id, c.val.Request), c.rev)
 		if err != nil {
 			continue // another node won, or the owner renewed after all
 		}
 		l.mu.Lock()
-		l.held[c.key] = &heldLease{id: id, request: c.val.Request, rev: rev, renewed: time.Now()}
+		l.held[c.key] = &heldLease{id: id, request: c.val.Request, rev: rev, renewed: start}
 		l.mu.Unlock()
 		l.c.cfg.Log.Warn("cluster: connection taken over from a node that stopped renewing its lease", "connection", id, "from", c.val.Node, "last_renewed", c.val.Renewed)
 		// Not on this goroutine: the dial may take its timeout, and the

@@ -10,8 +10,10 @@ import (
 
 	"github.com/tcpgate/tcpgate/server/internal/cluster"
 	"github.com/tcpgate/tcpgate/server/internal/conn"
+	"github.com/tcpgate/tcpgate/server/internal/event"
 	"github.com/tcpgate/tcpgate/server/internal/handler"
 	"github.com/tcpgate/tcpgate/server/rpc"
+	"github.com/tcpgate/tcpgate/server/state"
 )
 
 // ClusterConfig makes the gateway a node of a cluster on NATS JetStream
@@ -146,4 +148,40 @@ func (c clusterHandlers) Register(ctx context.Context, r handler.Registration) (
 		return nil, err
 	}
 	return st, nil
+}
+
+// takeOverTimeout bounds making a connection this node took over: the
+// first dial's own timeout ends it sooner.
+const takeOverTimeout = time.Minute
+
+// startLeases starts the take-over leases: a connection whose lease this
+// node wins is made here again through the API's path (the same id, its
+// generations starting again at 1); one whose lease this node could not
+// renew is closed at once with reason NODE_LOST, before another node may
+// dial it.
+func (s *Server) startLeases() error {
+	cs := s.state.(*state.Cluster)
+	err := s.cluster.StartLeases(cluster.LeaseHooks{
+		Take: func(id string, request []byte) {
+			ctx, cancel := context.WithTimeout(context.Background(), takeOverTimeout)
+			defer cancel()
+			if err := cs.TakeOver(ctx, s.svc, id, request); err != nil {
+				s.log.Error("cluster: connection not taken over", "connection", id, "error", err)
+				return
+			}
+			s.log.Warn("cluster: connection taken over from a node that stopped renewing its lease", "connection", id)
+		},
+		Lost: func(id string, cause error) {
+			ctx, cancel := context.WithTimeout(context.Background(), clusterJoinTimeout)
+			defer cancel()
+			s.log.Error("cluster: connection closed (NODE_LOST): this node lost its take-over lease, another node takes it over", "connection", id, "cause", cause)
+			if err := s.outbound.Abandon(ctx, id, event.ReasonNodeLost, "this node lost the connection's take-over lease: "+cause.Error()); err != nil {
+				s.log.Warn("cluster: closing a connection whose lease was lost", "connection", id, "error", err)
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("--cluster: %w", err)
+	}
+	return nil
 }

@@ -156,6 +156,20 @@
 // with their ids; shutdown, drains and reconnect give-ups never write it.
 // state.State.mu is a leaf; the writer takes it only to copy a snapshot.
 //
+// In a cluster there is no state file: state.Cluster keeps the same
+// records in the cluster's key-value bucket TCPGATE_<NAME>_STATE, one key
+// per object with the node that runs it (none for a listener on every
+// node, recorded once by the node the call came to). Changes are queued in
+// order and Save writes them, one at a time, holding state.Cluster.flushMu
+// (taken by nothing else; state.Cluster.mu is a leaf under it, never held
+// across the write). At start a node restores its own records and every
+// every-node listener. An outbound connection with take_over is also held
+// through a lease (cluster/lease.go): the owner renews it by
+// compare-and-set, gives the connection up (NODE_LOST) when it could not
+// for --cluster-detection, and another node takes the lease, by
+// compare-and-set, once it stood unchanged for twice that, and makes the
+// connection again through rpc's restore path.
+//
 // # Lock order
 //
 // Locks are never held across I/O, and only two pairs are ever nested:

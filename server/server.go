@@ -316,8 +316,17 @@ type Server struct {
 	handleSrc   *rpc.HandleSource // the Handle WebSocket's; made by Handles
 
 	declared      *config.Declared // nil without ConfigFile
-	state         *state.State     // the API-made objects; saved with StateFile
+	state         gatewayState     // the API-made objects; saved with StateFile, or in the cluster
 	restoreReport []string
+}
+
+// gatewayState is where the API-made objects are kept: a state.State
+// (in memory, or with --state-file), or in a cluster its state bucket
+// (state.Cluster). Restore makes them again at start.
+type gatewayState interface {
+	rpc.State
+	Restore(ctx context.Context, r state.Restorer, declared func(kind, id string) bool) state.Report
+	Close() error
 }
 
 // New builds a gateway and binds its gRPC address, so GRPCAddr is known
@@ -403,17 +412,22 @@ func New(cfg Config) (*Server, error) {
 	}
 	// The state file first: a second gateway on it stops here, before it
 	// binds anything.
+	if cfg.StateFile != "" && cfg.Cluster != nil {
+		return nil, errors.New("--state-file: not with --cluster: a cluster keeps what the API made in its own key-value bucket (TCPGATE_<NAME>_STATE on NATS), which every node restores its share of; drop --state-file")
+	}
 	if cfg.StateFile != "" {
 		if s.state, err = state.Open(cfg.StateFile, cfg.StateInlineKeys, log); err != nil {
 			return nil, fmt.Errorf("--state-file: %w", err)
 		}
-	} else {
+	} else if cfg.Cluster == nil {
 		s.state = state.New(log)
 	}
 	built := false
 	defer func() {
 		if !built {
-			s.state.Close()
+			if s.state != nil {
+				s.state.Close()
+			}
 			if s.cluster != nil {
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				_ = s.cluster.Close(ctx)
@@ -439,6 +453,7 @@ func New(cfg Config) (*Server, error) {
 			return nil, err
 		}
 		s.cfg = cfg // with the limits fitted to the cluster
+		s.state = state.NewCluster(s.cluster.State(), s.cluster, cfg.NodeID, cfg.StateInlineKeys, log)
 	}
 	var auth *rpc.Auth
 	if cfg.AuthToken != "" {
@@ -674,6 +689,23 @@ func New(cfg Config) (*Server, error) {
 		s.declared = config.New(file, svc, config.Options{Update: svc.UpdateDeclaredListener, Flags: cfg.ReloadFlags, Logger: log})
 		// Every declared object is checked, then all start, or none.
 		if err := s.declared.Start(context.Background()); err != nil {
+			ln.Close()
+			if s.httpLn != nil {
+				s.httpLn.Close()
+				s.rest.Close()
+			}
+			if s.debugLn != nil {
+				s.debugLn.Close()
+			}
+			s.grpc.Stop()
+			s.outbound.Close()
+			s.listeners.Close()
+			s.hub.Close()
+			return nil, err
+		}
+	}
+	if s.cluster != nil {
+		if err := s.startLeases(); err != nil {
 			ln.Close()
 			if s.httpLn != nil {
 				s.httpLn.Close()

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"syscall"
 	"testing"
@@ -92,6 +93,16 @@ func TestClusterNodeKilled(t *testing.T) {
 	io.WriteString(tc, "said before a was killed\n")
 	sub.waitFor(t, 0, "a's data on c", func(e eventJSON) bool { return e.Kind == kindData && e.payload() == "said before a was killed" })
 
+	// An outbound connection with take_over, from a to a device the test
+	// runs, which accepts one connection at a time.
+	device := newDevice(t)
+	var made struct{ Connection struct{ NodeID string } }
+	ca.call(t, "Connect", map[string]any{"connectionId": "device-1", "address": device.addr(), "takeOver": true}, &made)
+	if made.Connection.NodeID != "a" {
+		t.Fatalf("Connect on a: node %q", made.Connection.NodeID)
+	}
+	first := device.next(t, "a's dial")
+
 	if err := a.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -105,6 +116,20 @@ func TestClusterNodeKilled(t *testing.T) {
 		if l.NodeID != "a" {
 			echoes(t, l.Address, "still served by "+l.NodeID)
 		}
+	}
+	// The device: a's socket died with a, then b or c dials it again,
+	// under the same id, once a's lease has run out.
+	first.SetReadDeadline(time.Now().Add(eventTimeout))
+	if _, err := io.Copy(io.Discard, first); err != nil && !strings.Contains(err.Error(), "reset") {
+		t.Fatalf("a's socket after the kill: %v, want it closed", err)
+	}
+	device.next(t, "the take-over dial")
+	var got struct {
+		Connection struct{ NodeID, ConnectionID string }
+	}
+	cb.call(t, "GetConnection", map[string]any{"connectionId": "device-1"}, &got)
+	if got.Connection.NodeID != "b" && got.Connection.NodeID != "c" {
+		t.Fatalf("device-1 after the take-over: on %q, want b or c", got.Connection.NodeID)
 	}
 
 	// A node that joins now has an empty ring: since_sequence 1 comes
@@ -156,5 +181,55 @@ func TestClusterUnavailable(t *testing.T) {
 	_, stderr, err = cb.run(t, "-max-time", "5", "-d", `{"listenerId":"l-nowhere"}`, cb.addr, service+"/GetListener")
 	if err == nil || !strings.Contains(stderr, "CLUSTER_UNAVAILABLE") {
 		t.Fatalf("GetListener with NATS down: %v\n%s\nwant Unavailable CLUSTER_UNAVAILABLE", err, stderr)
+	}
+}
+
+// device is a TCP server the test runs, for outbound connections.
+type device struct {
+	ln       net.Listener
+	accepted chan net.Conn
+}
+
+func newDevice(t *testing.T) *device {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &device{ln: ln, accepted: make(chan net.Conn, 8)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			d.accepted <- c
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		close(d.accepted)
+		for c := range d.accepted {
+			c.Close()
+		}
+	})
+	return d
+}
+
+func (d *device) addr() string { return d.ln.Addr().String() }
+
+// next is the next connection the device accepted.
+func (d *device) next(t *testing.T, what string) net.Conn {
+	t.Helper()
+	select {
+	case c := <-d.accepted:
+		t.Cleanup(func() { c.Close() })
+		return c
+	case <-time.After(startTimeout):
+		t.Fatalf("%s: no connection within %v", what, startTimeout)
+		return nil
 	}
 }

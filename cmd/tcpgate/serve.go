@@ -155,7 +155,7 @@ func serveFlags(f *pflag.FlagSet, cfg *server.Config, o *serveOptions) {
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate: gRPC and REST speak TLS")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
 	f.StringVar(&cfg.ClientCA, "client-ca", "", "PEM CA certificates: clients must present a certificate they signed (mutual TLS)")
-	f.StringVar(&cfg.StateFile, "state-file", "", "save everything made through the API to this file, each change before its call returns, and restore it at start (locked: one gateway per file; default: none, nothing outlives the process)")
+	f.StringVar(&cfg.StateFile, "state-file", "", "save everything made through the API to this file, each change before its call returns, and restore it at start (locked: one gateway per file; default: none, nothing outlives the process; not with --cluster, which keeps it in NATS)")
 	f.BoolVar(&cfg.StateInlineKeys, "state-inline-keys", false, "save inline TLS private keys (key_pem) in --state-file too; without it a listener or connection with one is saved without it and not restored")
 	f.StringVar(&cfg.TLSFilesDir, "tls-files-dir", "", "the directory whose files StartListener and Send may name as cert_file, key_file, ca_file, client_ca_file (default: none, PEM inline only)")
 	f.StringVar(&cfg.DebugAddr, "debug-addr", "", "serve net/http/pprof profiles on this loopback address (default: off)")

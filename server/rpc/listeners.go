@@ -39,7 +39,9 @@ func (s *Service) localStartListener(ctx context.Context, req *tcpgatev1.StartLi
 		return nil, s.status(err)
 	}
 	l := listenerToProto(info)
-	if s.cfg.State != nil {
+	// A listener on every node is recorded once, by the node the call
+	// came to: the others start it for that node (fromPeer).
+	if s.cfg.State != nil && !(req.GetEveryNode() && fromPeer(ctx)) {
 		v := s.recordListener(info, l, func() (*tcpgatev1.StartListenerRequest, bool) { return req, true })
 		if err := s.save(ctx, "listener "+info.ID+" started", v); err != nil {
 			return nil, err

@@ -37,8 +37,9 @@ type State interface {
 	DeleteConnection(id string) uint64
 	// Save returns once version is saved (at once without a state file).
 	Save(ctx context.Context, version uint64) error
-	// Export is the recorded objects as a config file declares them.
-	Export() *tcpgatev1.Config
+	// Export is the recorded objects as a config file declares them (in
+	// a cluster, every node's: it reads them from the cluster).
+	Export(ctx context.Context) (*tcpgatev1.Config, error)
 }
 
 // recordListener records the request of a listener the engine started
@@ -71,8 +72,9 @@ func (s *Service) forgetListener(id string) uint64 {
 	return s.cfg.State.DeleteListener(id)
 }
 
-// save waits for version to be saved. A failure is STATE_NOT_SAVED: the
-// change was made (done says which) but would not survive a restart.
+// save waits for version to be saved (to the state file, or in a cluster
+// to its state bucket). A failure is STATE_NOT_SAVED: the change was made
+// (done says which) but would not survive a restart.
 func (s *Service) save(ctx context.Context, done string, version uint64) error {
 	if version == 0 {
 		return nil
@@ -81,12 +83,16 @@ func (s *Service) save(ctx context.Context, done string, version uint64) error {
 	if err == nil {
 		return nil
 	}
+	where := "the state file"
+	if s.cfg.Peers != nil {
+		where = "the cluster's state bucket"
+	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return s.status(fmt.Errorf("%s; saving it to the state file: %w", done, err))
+		return s.status(fmt.Errorf("%s; saving it to %s: %w", done, where, err))
 	}
 	s.log.Error("state not saved", "change", done, "error", err)
 	return Status(codes.Internal, tcpgatev1.ErrorReason_ERROR_REASON_STATE_NOT_SAVED,
-		fmt.Sprintf("%s, but not saved to the state file, so a restart loses it: %v", done, err), nil)
+		fmt.Sprintf("%s, but not saved to %s, so a restart loses it: %v", done, where, err), nil)
 }
 
 // RestoreListener starts a listener of the state file as StartListener
@@ -125,9 +131,13 @@ func (s *Service) RestoreConnection(ctx context.Context, req *tcpgatev1.ConnectR
 }
 
 // ExportConfig implements GatewayService.ExportConfig.
-func (s *Service) ExportConfig(context.Context, *tcpgatev1.ExportConfigRequest) (*tcpgatev1.ExportConfigResponse, error) {
+func (s *Service) ExportConfig(ctx context.Context, _ *tcpgatev1.ExportConfigRequest) (*tcpgatev1.ExportConfigResponse, error) {
 	if s.cfg.State == nil {
 		return nil, status.Error(codes.Unimplemented, "this gateway records no state")
 	}
-	return &tcpgatev1.ExportConfigResponse{Config: s.cfg.State.Export(), Header: s.header()}, nil
+	cfg, err := s.cfg.State.Export(ctx)
+	if err != nil {
+		return nil, s.status(fmt.Errorf("exporting the recorded state: %w", err))
+	}
+	return &tcpgatev1.ExportConfigResponse{Config: cfg, Header: s.header()}, nil
 }

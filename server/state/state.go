@@ -218,7 +218,7 @@ func (st *State) Restore(ctx context.Context, r Restorer, declared func(kind, id
 	}
 	rep.Lines = append(rep.Lines, st.damage...)
 	lost := false
-	var conns []Record
+	recs := make([]Record, 0, len(st.loaded))
 	for i, line := range st.loaded {
 		rec, err := Decode(line)
 		if err != nil {
@@ -226,59 +226,16 @@ func (st *State) Restore(ctx context.Context, r Restorer, declared func(kind, id
 			lost = true
 			continue
 		}
-		what := rec.Kind() + " " + rec.ID()
-		switch {
-		case declared != nil && declared(rec.Kind(), rec.ID()):
-			rep.Lines = append(rep.Lines, what+" not restored: the config file declares that id, and the config wins")
-			st.log.Warn("state object not restored: the config file declares its id", "kind", rec.Kind(), "id", rec.ID())
-			continue
-		case rec.KeyOmitted:
-			rep.Lines = append(rep.Lines, what+" not restored: its inline TLS private key was not saved (start with --state-inline-keys to save such keys)")
-			st.log.Warn("state object not restored: its inline TLS private key was not saved (--state-inline-keys)", "kind", rec.Kind(), "id", rec.ID())
-			continue
-		}
-		if rec.Listener != nil {
-			l, moved, err := r.RestoreListener(ctx, rec.Listener, rec.BoundPort)
-			if err != nil {
-				rep.Lines = append(rep.Lines, fmt.Sprintf("%s not restored: %v", what, err))
-				st.log.Error("state listener not restored", "id", rec.ID(), "error", err)
-				lost = true
-				continue
-			}
-			if moved {
-				rep.Lines = append(rep.Lines, fmt.Sprintf("%s: its old port %d is in use; restored on %s", what, rec.BoundPort, l.GetAddress()))
-				st.log.Warn("state listener restored on a new port: its old one is in use", "id", rec.ID(), "old_port", rec.BoundPort, "address", l.GetAddress())
-			}
+		recs = append(recs, rec)
+	}
+	if restoreRecords(ctx, r, declared, recs, st.log, &rep, func(rec Record, l *tcpgatev1.Listener, _ bool) {
+		if l != nil {
 			st.PutListener(rec.Listener, l)
 		} else {
-			conns = append(conns, rec)
-			continue
+			st.PutConnection(rec.Connection, rec.ID())
 		}
-		rep.Restored++
-	}
-	// Outbound connections together: each Connect waits up to its timeout
-	// for the first dial, which a target that is down would make a boot
-	// of many connections wait for in turn.
-	errs := make([]error, len(conns))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, restoreParallel)
-	for i, rec := range conns {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			_, errs[i] = r.RestoreConnection(ctx, rec.Connection)
-		})
-	}
-	wg.Wait()
-	for i, rec := range conns {
-		if err := errs[i]; err != nil {
-			rep.Lines = append(rep.Lines, fmt.Sprintf("connection %s not restored: %v", rec.ID(), err))
-			st.log.Error("state connection not restored", "id", rec.ID(), "error", err)
-			lost = true
-			continue
-		}
-		st.PutConnection(rec.Connection, rec.ID())
-		rep.Restored++
+	}) {
+		lost = true
 	}
 	if lost {
 		// What did not come back leaves the file at the next write; the
@@ -302,6 +259,72 @@ func (st *State) Restore(ctx context.Context, r Restorer, declared func(kind, id
 	}
 	st.log.Info("state restored", "file", st.file.Path(), "restored", rep.Restored, "report", rep.Lines)
 	return rep
+}
+
+// restoreRecords makes recs again through r, listeners first, then the
+// outbound connections together; what declared says the config file
+// declares is left to the config. done is called for each object that
+// came back (l is nil for a connection; moved says a listener got a new
+// port). Each record that did not come back has its line in rep; the
+// result says whether one failed (one left to the config did not).
+func restoreRecords(ctx context.Context, r Restorer, declared func(kind, id string) bool, recs []Record, log *slog.Logger, rep *Report, done func(rec Record, l *tcpgatev1.Listener, moved bool)) bool {
+	lost := false
+	var conns []Record
+	for _, rec := range recs {
+		what := rec.Kind() + " " + rec.ID()
+		switch {
+		case declared != nil && declared(rec.Kind(), rec.ID()):
+			rep.Lines = append(rep.Lines, what+" not restored: the config file declares that id, and the config wins")
+			log.Warn("state object not restored: the config file declares its id", "kind", rec.Kind(), "id", rec.ID())
+			continue
+		case rec.KeyOmitted:
+			rep.Lines = append(rep.Lines, what+" not restored: its inline TLS private key was not saved (start with --state-inline-keys to save such keys)")
+			log.Warn("state object not restored: its inline TLS private key was not saved (--state-inline-keys)", "kind", rec.Kind(), "id", rec.ID())
+			continue
+		}
+		if rec.Listener == nil {
+			conns = append(conns, rec)
+			continue
+		}
+		l, moved, err := r.RestoreListener(ctx, rec.Listener, rec.BoundPort)
+		if err != nil {
+			rep.Lines = append(rep.Lines, fmt.Sprintf("%s not restored: %v", what, err))
+			log.Error("state listener not restored", "id", rec.ID(), "error", err)
+			lost = true
+			continue
+		}
+		if moved {
+			rep.Lines = append(rep.Lines, fmt.Sprintf("%s: its old port %d is in use; restored on %s", what, rec.BoundPort, l.GetAddress()))
+			log.Warn("state listener restored on a new port: its old one is in use", "id", rec.ID(), "old_port", rec.BoundPort, "address", l.GetAddress())
+		}
+		done(rec, l, moved)
+		rep.Restored++
+	}
+	// Outbound connections together: each Connect waits up to its timeout
+	// for the first dial, which a target that is down would make a boot
+	// of many connections wait for in turn.
+	errs := make([]error, len(conns))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, restoreParallel)
+	for i, rec := range conns {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			_, errs[i] = r.RestoreConnection(ctx, rec.Connection)
+		})
+	}
+	wg.Wait()
+	for i, rec := range conns {
+		if err := errs[i]; err != nil {
+			rep.Lines = append(rep.Lines, fmt.Sprintf("connection %s not restored: %v", rec.ID(), err))
+			log.Error("state connection not restored", "id", rec.ID(), "error", err)
+			lost = true
+			continue
+		}
+		done(rec, nil, false)
+		rep.Restored++
+	}
+	return lost
 }
 
 // Path is the state file's path; empty without one.
@@ -379,6 +402,14 @@ func (st *State) delete(key string) uint64 {
 
 // PutListener implements rpc.State.
 func (st *State) PutListener(req *tcpgatev1.StartListenerRequest, l *tcpgatev1.Listener) uint64 {
+	rec := listenerRecord(req, l, st.inlineKeys, st.log)
+	return st.put(KindListener+"/"+rec.ID(), rec)
+}
+
+// listenerRecord is the record of listener l that req started: the
+// request with l's id, the bound port when it asked for port 0, and its
+// inline private keys left out unless inlineKeys.
+func listenerRecord(req *tcpgatev1.StartListenerRequest, l *tcpgatev1.Listener, inlineKeys bool, log *slog.Logger) Record {
 	req = proto.CloneOf(req)
 	req.ListenerId = l.GetListenerId()
 	rec := Record{Listener: req}
@@ -389,11 +420,24 @@ func (st *State) PutListener(req *tcpgatev1.StartListenerRequest, l *tcpgatev1.L
 			}
 		}
 	}
-	if !st.inlineKeys && stripListenerKeys(req) {
+	if !inlineKeys && stripListenerKeys(req) {
 		rec.KeyOmitted = true
-		st.log.Warn("listener saved without its inline TLS private key: it will not be restored (--state-inline-keys saves such keys)", "id", req.GetListenerId())
+		log.Warn("listener saved without its inline TLS private key: it will not be restored (--state-inline-keys saves such keys)", "id", req.GetListenerId())
 	}
-	return st.put(KindListener+"/"+req.GetListenerId(), rec)
+	return rec
+}
+
+// connectionRecord is the record of outbound connection id that req
+// made, its inline private key left out unless inlineKeys.
+func connectionRecord(req *tcpgatev1.ConnectRequest, id string, inlineKeys bool, log *slog.Logger) Record {
+	req = proto.CloneOf(req)
+	req.ConnectionId = id
+	rec := Record{Connection: req}
+	if !inlineKeys && stripDialKey(req.GetTls()) {
+		rec.KeyOmitted = true
+		log.Warn("connection saved without its inline TLS private key: it will not be restored (--state-inline-keys saves such keys)", "id", id)
+	}
+	return rec
 }
 
 // RecordedListener implements rpc.State.
@@ -412,14 +456,7 @@ func (st *State) DeleteListener(id string) uint64 { return st.delete(KindListene
 
 // PutConnection implements rpc.State.
 func (st *State) PutConnection(req *tcpgatev1.ConnectRequest, id string) uint64 {
-	req = proto.CloneOf(req)
-	req.ConnectionId = id
-	rec := Record{Connection: req}
-	if !st.inlineKeys && stripDialKey(req.GetTls()) {
-		rec.KeyOmitted = true
-		st.log.Warn("connection saved without its inline TLS private key: it will not be restored (--state-inline-keys saves such keys)", "id", id)
-	}
-	return st.put(KindConnection+"/"+id, rec)
+	return st.put(KindConnection+"/"+id, connectionRecord(req, id, st.inlineKeys, st.log))
 }
 
 // DeleteConnection implements rpc.State.
@@ -436,7 +473,7 @@ func (st *State) Save(ctx context.Context, version uint64) error {
 // Export implements rpc.State: the recorded objects in the order they
 // were made, a listener on the port it is bound to, inline private keys
 // left out.
-func (st *State) Export() *tcpgatev1.Config {
+func (st *State) Export(context.Context) (*tcpgatev1.Config, error) {
 	st.mu.Lock()
 	es := make([]*entry, 0, len(st.recs))
 	for _, e := range st.recs {
@@ -444,18 +481,27 @@ func (st *State) Export() *tcpgatev1.Config {
 	}
 	st.mu.Unlock()
 	slices.SortFunc(es, func(a, b *entry) int { return cmp.Compare(a.seq, b.seq) })
+	recs := make([]Record, len(es))
+	for i, e := range es {
+		recs[i] = e.rec
+	}
+	return exportRecords(recs), nil
+}
+
+// exportRecords is recs as a config file declares them.
+func exportRecords(recs []Record) *tcpgatev1.Config {
 	cfg := &tcpgatev1.Config{}
-	for _, e := range es {
+	for _, r := range recs {
 		switch {
-		case e.rec.Listener != nil:
-			l := proto.CloneOf(e.rec.Listener)
+		case r.Listener != nil:
+			l := proto.CloneOf(r.Listener)
 			if l.GetPort() == 0 {
-				l.Port = e.rec.BoundPort
+				l.Port = r.BoundPort
 			}
 			stripListenerKeys(l)
 			cfg.Listeners = append(cfg.Listeners, l)
-		case e.rec.Connection != nil:
-			c := proto.CloneOf(e.rec.Connection)
+		case r.Connection != nil:
+			c := proto.CloneOf(r.Connection)
 			stripDialKey(c.GetTls())
 			cfg.Connections = append(cfg.Connections, c)
 		}

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"context"
 	"strings"
 	"testing"
 
@@ -96,7 +97,7 @@ func TestRecordedListener(t *testing.T) {
 	if v2 := st.PutListener(got, &tcpgatev1.Listener{ListenerId: "l", Address: "127.0.0.1:4000"}); v2 <= v1 {
 		t.Errorf("versions %d then %d, want them to grow", v1, v2)
 	}
-	if l := st.Export().GetListeners(); len(l) != 1 || l[0].GetMaxConnections() != 9 || l[0].GetPort() != 4000 {
+	if l := mustExport(t, st).GetListeners(); len(l) != 1 || l[0].GetMaxConnections() != 9 || l[0].GetPort() != 4000 {
 		t.Errorf("Export after the update = %v", l)
 	}
 	if _, ok := st.RecordedListener("nope"); ok {
@@ -105,4 +106,13 @@ func TestRecordedListener(t *testing.T) {
 	if st.DeleteListener("l") == 0 || st.DeleteListener("l") != 0 {
 		t.Error("DeleteListener: want a version once, then 0")
 	}
+}
+
+func mustExport(t *testing.T, st *State) *tcpgatev1.Config {
+	t.Helper()
+	cfg, err := st.Export(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
 }

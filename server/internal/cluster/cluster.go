@@ -149,6 +149,8 @@ type Cluster struct {
 	presence *presence
 	open     *openSet
 	view     *view
+	state    *StateBucket
+	leases   *leases // nil until StartLeases
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -231,6 +233,11 @@ func (c *Cluster) setup(ctx context.Context) error {
 	if err := c.ensureStream(ctx); err != nil {
 		return err
 	}
+	st, err := newStateBucket(ctx, c)
+	if err != nil {
+		return err
+	}
+	c.state = st
 	c.open = newOpenSet(c)
 	c.view = newView()
 	c.pub = newPublisher(c)

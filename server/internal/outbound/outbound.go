@@ -285,8 +285,9 @@ type supervisor struct {
 
 	mu sync.Mutex // guards the fields below
 	// reason is why the connection is closed for good, set by stop;
-	// Unspecified until then.
+	// Unspecified until then. why says it in words, or is empty.
 	reason event.CloseReason
+	why    string
 	sock   *conn.Conn // the attached socket; nil without one
 	ready  *conn.Conn // sock once connected: Sends go to it
 	queue  []*queued
@@ -320,6 +321,14 @@ func (s *supervisor) Close() bool {
 // the config file or not, and returns once it is closed: a reload that no
 // longer declares it, or declares it differently.
 func (m *Manager) CloseDeclared(ctx context.Context, id string) error {
+	return m.Abandon(ctx, id, event.ReasonClosedByAPI, "")
+}
+
+// Abandon closes the managed connection id for good with reason, and
+// returns once it is closed: in a cluster, a node that lost the
+// connection's take-over lease gives it up (NODE_LOST) before another
+// node dials it. why is the CONNECTION_CLOSED event's error.
+func (m *Manager) Abandon(ctx context.Context, id string, reason event.CloseReason, why string) error {
 	m.mu.Lock()
 	var found *supervisor
 	for s := range m.sups {
@@ -331,7 +340,7 @@ func (m *Manager) CloseDeclared(ctx context.Context, id string) error {
 	if found == nil {
 		return fmt.Errorf("closing %q: %w", id, registry.ErrNotFound)
 	}
-	found.stop(event.ReasonClosedByAPI)
+	found.stopWith(reason, why)
 	select {
 	case <-found.done:
 		return nil
@@ -343,15 +352,19 @@ func (m *Manager) CloseDeclared(ctx context.Context, id string) error {
 // stop closes the connection for good with reason (the first reason
 // given wins): the socket it holds closes with it, a wait or a dial in
 // progress ends.
-func (s *supervisor) stop(reason event.CloseReason) {
+func (s *supervisor) stop(reason event.CloseReason) { s.stopWith(reason, "") }
+
+// stopWith is stop saying why, in words the CONNECTION_CLOSED event
+// carries as its error.
+func (s *supervisor) stopWith(reason event.CloseReason, why string) {
 	s.mu.Lock()
 	if s.reason == event.ReasonUnspecified {
-		s.reason = reason
+		s.reason, s.why = reason, why
 	}
-	reason, c := s.reason, s.sock
+	reason, why, c := s.reason, s.why, s.sock
 	s.mu.Unlock()
 	if c != nil {
-		c.Close(reason)
+		c.CloseWith(reason, why)
 	}
 	s.once.Do(func() { close(s.stopCh) })
 	s.cancel()
@@ -388,7 +401,10 @@ func (s *supervisor) run() {
 	}()
 	for {
 		if reason := s.stopped(); reason != event.ReasonUnspecified {
-			s.end(reason, "")
+			s.mu.Lock()
+			why := s.why
+			s.mu.Unlock()
+			s.end(reason, why)
 			return
 		}
 		s.h.SetConnecting()
@@ -503,10 +519,10 @@ func (s *supervisor) serve(c *conn.Conn) (connected bool, up time.Duration, why 
 	defer func() { <-c.Done() }()
 	s.mu.Lock()
 	s.sock = c
-	reason := s.reason
+	reason, why := s.reason, s.why
 	s.mu.Unlock()
 	if reason != event.ReasonUnspecified {
-		c.Close(reason) // closed for good while it dialed
+		c.CloseWith(reason, why) // closed for good while it dialed
 		return false, 0, ""
 	}
 	// Nothing is written before the socket's CONNECTION_OPENED is out, and

@@ -42,7 +42,7 @@ func joinCluster(cfg *Config, sendSet bool, log *slog.Logger, onSelfLost func())
 	cc.OnSelfLost = onSelfLost
 	ctx, cancel := context.WithTimeout(context.Background(), clusterJoinTimeout)
 	defer cancel()
-	cl, err := cluster.Join(ctx, cc, 0)
+	cl, err := cluster.Join(ctx, cc)
 	if err != nil {
 		return nil, fmt.Errorf("--cluster: %w", err)
 	}

@@ -369,62 +369,7 @@ func TestClusterHandleOrderUnderLoad(t *testing.T) {
 	gs := clusterOf(t, ns, "a", "b")
 	l := fallbackListener(t, gs["b"])
 	h := openHandle(t, gs["a"], &tcpgatev1.HandleRegistration{ListenerIds: []string{l.GetListenerId()}, MaxInFlight: 256})
-	handlerErr := make(chan error, 1)
-	go func() {
-		answered := 0
-		for answered < conns*lines {
-			resp, err := h.st.Recv()
-			if err != nil {
-				handlerErr <- err
-				return
-			}
-			var rs []*tcpgatev1.HandleReply
-			for _, e := range resp.GetEvents() {
-				if e.GetKind() == handleFrame {
-					rs = append(rs, textReply(e.GetFrameId(), "ack "+e.GetText()))
-				}
-			}
-			answered += len(rs)
-			if len(rs) > 0 {
-				if err := h.st.Send(&tcpgatev1.HandleRequest{Replies: rs}); err != nil {
-					handlerErr <- err
-					return
-				}
-			}
-		}
-		handlerErr <- nil
-	}()
-	var wg sync.WaitGroup
-	errs := make(chan error, conns)
-	for i := range conns {
-		c := servertest.Dial(t, l.GetAddress())
-		wg.Go(func() {
-			w := bufio.NewWriter(c)
-			for j := range lines {
-				fmt.Fprintf(w, "%d-%d\n", i, j)
-			}
-			if err := w.Flush(); err != nil {
-				errs <- err
-				return
-			}
-			r := bufio.NewReader(c)
-			for j := range lines {
-				got, err := r.ReadString('\n')
-				if want := fmt.Sprintf("ack %d-%d\n", i, j); err != nil || got != want {
-					errs <- fmt.Errorf("connection %d read %q (%v), want %q", i, got, err, want)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	if err := <-handlerErr; err != nil {
-		t.Fatalf("handler: %v", err)
-	}
+	checkHandleOrder(t, h, l.GetAddress(), conns, lines)
 }
 
 // A frame and an answer near the cluster's limits (NATS's max_payload,

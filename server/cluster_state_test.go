@@ -151,14 +151,13 @@ func TestClusterTakeOver(t *testing.T) {
 	servertest.Eventually(t, "the nodes to see each other", func() bool {
 		return len(gs["a"].Server.ClusterNodes()) == 3 && len(gs["b"].Server.ClusterNodes()) == 3 && len(gs["c"].Server.ClusterNodes()) == 3
 	})
-	dev := newDevice(t)
-	ln, next, accepted := dev.ln, dev.next, dev.accepted
+	dev := servertest.NewDevice(t)
 	ctx := servertest.Context(t)
-	made, err := gs["a"].Client.Connect(ctx, &tcpgatev1.ConnectRequest{ConnectionId: "device-1", Address: ln.Addr().String(), TakeOver: true})
+	made, err := gs["a"].Client.Connect(ctx, &tcpgatev1.ConnectRequest{ConnectionId: "device-1", Address: dev.Addr(), TakeOver: true})
 	if err != nil || made.GetConnection().GetNodeId() != "a" {
 		t.Fatalf("Connect with take_over on a: %v, %v", made, err)
 	}
-	first := next("a's dial")
+	first := dev.Next("a's dial")
 	if err := gs["a"].Stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -168,11 +167,11 @@ func TestClusterTakeOver(t *testing.T) {
 		t.Fatalf("a's socket after a stopped: %v, want it closed", err)
 	}
 	select {
-	case c := <-accepted:
+	case c := <-dev.Accepted():
 		t.Fatalf("a second connection from %s while a's was open", c.RemoteAddr())
 	default:
 	}
-	next("the take-over dial")
+	dev.Next("the take-over dial")
 	var owner string
 	servertest.Eventually(t, "the connection to be listed on b or c", func() bool {
 		got, err := gs["b"].Client.GetConnection(ctx, &tcpgatev1.GetConnectionRequest{ConnectionId: "device-1"})
@@ -184,7 +183,7 @@ func TestClusterTakeOver(t *testing.T) {
 		t.Fatalf("ExportConfig after the take-over: %v, %v; want device-1 once", exp, err)
 	}
 	select {
-	case c := <-accepted:
+	case c := <-dev.Accepted():
 		t.Fatalf("a third connection from %s: the lease was taken twice", c.RemoteAddr())
 	case <-time.After(3 * time.Second):
 	}
@@ -195,55 +194,6 @@ func TestClusterTakeOver(t *testing.T) {
 	exp, err = gs["c"].Client.ExportConfig(ctx, &tcpgatev1.ExportConfigRequest{})
 	if err != nil || len(exp.GetConfig().GetConnections()) != 0 {
 		t.Fatalf("ExportConfig after CloseConnection: %v, %v; want no connection", exp, err)
-	}
-}
-
-// device is a TCP server the test runs, for outbound connections.
-type device struct {
-	ln       net.Listener
-	accepted chan net.Conn
-	t        *testing.T
-}
-
-func newDevice(t *testing.T) *device {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &device{ln: ln, accepted: make(chan net.Conn, 8), t: t}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			d.accepted <- c
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		close(d.accepted)
-		for c := range d.accepted {
-			c.Close()
-		}
-	})
-	return d
-}
-
-// next is the next connection the device accepted.
-func (d *device) next(what string) net.Conn {
-	d.t.Helper()
-	select {
-	case c := <-d.accepted:
-		d.t.Cleanup(func() { c.Close() })
-		return c
-	case <-time.After(servertest.Wait):
-		d.t.Fatalf("%s: no connection within %v", what, servertest.Wait)
-		return nil
 	}
 }
 
@@ -332,12 +282,12 @@ func TestClusterTakeOverPartition(t *testing.T) {
 	servertest.Eventually(t, "the nodes to see each other", func() bool {
 		return len(a.Server.ClusterNodes()) == 2 && len(b.Server.ClusterNodes()) == 2
 	})
-	dev := newDevice(t)
+	dev := servertest.NewDevice(t)
 	ctx := servertest.Context(t)
-	if _, err := a.Client.Connect(ctx, &tcpgatev1.ConnectRequest{ConnectionId: "device-1", Address: dev.ln.Addr().String(), TakeOver: true}); err != nil {
+	if _, err := a.Client.Connect(ctx, &tcpgatev1.ConnectRequest{ConnectionId: "device-1", Address: dev.Addr(), TakeOver: true}); err != nil {
 		t.Fatalf("Connect with take_over on a: %v", err)
 	}
-	first := dev.next("a's dial")
+	first := dev.Next("a's dial")
 
 	link.setCut(true)
 	first.SetReadDeadline(time.Now().Add(servertest.Wait))
@@ -345,14 +295,14 @@ func TestClusterTakeOverPartition(t *testing.T) {
 		t.Fatalf("a's socket once a was cut off: %v, want a to close it", err)
 	}
 	select {
-	case c := <-dev.accepted:
+	case c := <-dev.Accepted():
 		t.Fatalf("a second connection from %s while a's was open", c.RemoteAddr())
 	default:
 	}
 	if log := logA.String(); !strings.Contains(log, "take-over lease") || !strings.Contains(log, "device-1") {
 		t.Fatalf("a's log does not say it gave device-1 up for its lease:\n%s", log)
 	}
-	dev.next("b's take-over dial")
+	dev.Next("b's take-over dial")
 	servertest.Eventually(t, "device-1 to be listed on b", func() bool {
 		got, err := b.Client.GetConnection(ctx, &tcpgatev1.GetConnectionRequest{ConnectionId: "device-1"})
 		return err == nil && got.GetConnection().GetNodeId() == "b"
@@ -367,7 +317,7 @@ func TestClusterTakeOverPartition(t *testing.T) {
 	link.setCut(false)
 	servertest.Eventually(t, "a to reach NATS again", func() bool { return len(a.Server.ClusterNodes()) == 2 })
 	select {
-	case c := <-dev.accepted:
+	case c := <-dev.Accepted():
 		t.Fatalf("another connection from %s after a came back", c.RemoteAddr())
 	case <-time.After(3 * time.Second):
 	}

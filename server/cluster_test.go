@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	natsserver "github.com/nats-io/nats-server/v2/server"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
@@ -35,17 +36,10 @@ func clusterOf(t *testing.T, ns *natstest.Server, nodes ...string) map[string]*s
 	}
 	for _, g := range gs {
 		servertest.Eventually(t, "every node to see the others", func() bool {
-			resp, err := g.Client.ListListeners(servertest.Context(t), &tcpgatev1.ListListenersRequest{})
-			return err == nil && resp != nil && len(nodesOf(t, g)) == len(nodes)
+			return len(g.Server.ClusterNodes()) == len(nodes)
 		})
 	}
 	return gs
-}
-
-// nodesOf lists the nodes a gateway sees, through a ListConnections
-// call on every one of them: a node it does not know is not asked.
-func nodesOf(t *testing.T, g *servertest.Gateway) []string {
-	return g.Server.ClusterNodes()
 }
 
 // Three nodes as one gateway: a listener on A, a client on it, a
@@ -285,5 +279,23 @@ func TestClusterNATSRestart(t *testing.T) {
 	}
 	if strings.Contains(string(metrics), "tcpgate_cluster_publish_recoveries_total 0\n") {
 		t.Error("a's /metrics counts no recovery after the NATS restart")
+	}
+}
+
+// A NATS server with a small max_payload: limits left at their defaults
+// are lowered to fit it (a Send past it is refused naming the flag), and
+// one set above it stops the start naming both settings.
+func TestClusterFitsMaxPayload(t *testing.T) {
+	ns := natstest.Start(t, func(o *natsserver.Options) { o.MaxPayload = 256 << 10 })
+	g := servertest.Start(t, server.Config{NodeID: "a", Cluster: &server.ClusterConfig{URL: ns.URL(), Name: "small"}})
+	l := g.StartListener(t, &tcpgatev1.StartListenerRequest{})
+	_, err := g.Client.Send(servertest.Context(t), &tcpgatev1.SendRequest{Target: &tcpgatev1.SendRequest_Address{Address: l.GetAddress()},
+		Payload: &tcpgatev1.SendRequest_Data{Data: make([]byte, 256<<10)}})
+	if e := servertest.ErrorOf(err); e.Reason != "LIMIT_REACHED" || e.Meta["flag"] != "--max-send-bytes" {
+		t.Fatalf("a Send of max_payload bytes: %v, want LIMIT_REACHED naming --max-send-bytes", err)
+	}
+	_, err = server.New(server.Config{GRPCAddr: "127.0.0.1:0", NodeID: "b", MaxSendBytes: 1 << 20, Cluster: &server.ClusterConfig{URL: ns.URL(), Name: "small"}})
+	if err == nil || !strings.Contains(err.Error(), "--max-send-bytes") || !strings.Contains(err.Error(), "max_payload") {
+		t.Fatalf("--max-send-bytes above max_payload: %v, want an error naming both", err)
 	}
 }

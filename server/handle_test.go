@@ -230,6 +230,14 @@ func TestHandleOrderPerConnection(t *testing.T) {
 	l := lineListener(t, g, nil)
 	h := openHandle(t, g, &tcpgatev1.HandleRegistration{ListenerIds: []string{l.GetListenerId()}, MaxInFlight: 256})
 
+	checkHandleOrder(t, h, l.GetAddress(), conns, lines)
+}
+
+// checkHandleOrder has h answer every frame with "ack " and its text, and
+// conns clients of the line listener at addr send lines numbered lines at
+// once: every client reads the answers to its own lines, in its order.
+func checkHandleOrder(t *testing.T, h *handleClient, addr string, conns, lines int) {
+	t.Helper()
 	// The handler answers every frame with its text; it stops after the
 	// expected number of frames.
 	handlerErr := make(chan error, 1)
@@ -261,7 +269,7 @@ func TestHandleOrderPerConnection(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan error, conns)
 	for i := range conns {
-		c := servertest.Dial(t, l.GetAddress())
+		c := servertest.Dial(t, addr)
 		wg.Go(func() {
 			w := bufio.NewWriter(c)
 			for j := range lines {

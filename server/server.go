@@ -613,13 +613,11 @@ func New(cfg Config) (*Server, error) {
 	tcpgatev1.RegisterGatewayServiceServer(s.grpc, svc)
 	s.svc = svc
 	if s.cluster != nil {
-		if err := s.cluster.Feed(s.hub); err != nil {
-			s.grpc.Stop()
-			s.listeners.Close()
-			s.hub.Close()
-			return nil, fmt.Errorf("--cluster: %w", err)
+		err := s.cluster.Feed(s.hub)
+		if err == nil {
+			err = s.cluster.Serve(svc.ServePeer)
 		}
-		if err := s.cluster.Serve(svc.ServePeer); err != nil {
+		if err != nil {
 			s.grpc.Stop()
 			s.listeners.Close()
 			s.hub.Close()
@@ -689,35 +687,13 @@ func New(cfg Config) (*Server, error) {
 		s.declared = config.New(file, svc, config.Options{Update: svc.UpdateDeclaredListener, Flags: cfg.ReloadFlags, Logger: log})
 		// Every declared object is checked, then all start, or none.
 		if err := s.declared.Start(context.Background()); err != nil {
-			ln.Close()
-			if s.httpLn != nil {
-				s.httpLn.Close()
-				s.rest.Close()
-			}
-			if s.debugLn != nil {
-				s.debugLn.Close()
-			}
-			s.grpc.Stop()
-			s.outbound.Close()
-			s.listeners.Close()
-			s.hub.Close()
+			s.unbind(ln)
 			return nil, err
 		}
 	}
 	if s.cluster != nil {
 		if err := s.startLeases(); err != nil {
-			ln.Close()
-			if s.httpLn != nil {
-				s.httpLn.Close()
-				s.rest.Close()
-			}
-			if s.debugLn != nil {
-				s.debugLn.Close()
-			}
-			s.grpc.Stop()
-			s.outbound.Close()
-			s.listeners.Close()
-			s.hub.Close()
+			s.unbind(ln)
 			return nil, err
 		}
 	}
@@ -731,6 +707,23 @@ func New(cfg Config) (*Server, error) {
 	rep := s.state.Restore(context.Background(), s.svc, s.declaredID)
 	s.restoreReport = rep.Lines
 	return s, nil
+}
+
+// unbind undoes what New bound and started once everything was bound,
+// when a last step of New fails.
+func (s *Server) unbind(ln net.Listener) {
+	ln.Close()
+	if s.httpLn != nil {
+		s.httpLn.Close()
+		s.rest.Close()
+	}
+	if s.debugLn != nil {
+		s.debugLn.Close()
+	}
+	s.grpc.Stop()
+	s.outbound.Close()
+	s.listeners.Close()
+	s.hub.Close()
 }
 
 // reloader is the Reload RPC's: nil without a config file.

@@ -159,9 +159,8 @@ type Cluster struct {
 
 // Join connects to NATS, makes sure the cluster's stream and buckets
 // exist, and announces this node. It fails when the node id is already
-// live in the cluster, and when NATS's max_payload is below maxMessage
-// (the largest event or control message the gateway's limits allow).
-func Join(ctx context.Context, cfg Config, maxMessage int) (*Cluster, error) {
+// live in the cluster. The caller fits its limits to MaxPayload.
+func Join(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
@@ -172,10 +171,6 @@ func Join(ctx context.Context, cfg Config, maxMessage int) (*Cluster, error) {
 		return nil, fmt.Errorf("joining cluster %q at %s: %w", cfg.Name, redact(cfg.URL), err)
 	}
 	c.nc = nc
-	if mp := nc.MaxPayload(); mp < int64(maxMessage) {
-		nc.Close()
-		return nil, fmt.Errorf("%w: the NATS server's max_payload is %d bytes, below the %d this gateway's limits need (--max-frame-bytes, --max-send-bytes and --max-reply-bytes, plus 4 KiB): raise max_payload in the NATS server's configuration, or lower those flags", ErrConfig, mp, maxMessage)
-	}
 	if err := c.setup(ctx); err != nil {
 		nc.Close()
 		return nil, err

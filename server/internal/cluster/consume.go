@@ -78,7 +78,7 @@ func (c *Cluster) feed(it jetstream.MessagesContext, sink Sink) {
 				c.cfg.Log.Warn("cluster: reading the event stream", "error", err)
 				continue
 			}
-			e, err := c.eventOf(msg)
+			e, err := eventOf(msg)
 			if err != nil {
 				c.cfg.Log.Warn("cluster: an event of the stream is skipped", "error", err)
 				continue
@@ -119,16 +119,22 @@ func (c *Cluster) feed(it jetstream.MessagesContext, sink Sink) {
 	}
 }
 
-func (c *Cluster) eventOf(msg jetstream.Msg) (*event.Event, error) {
+// eventOf decodes a message of the stream, numbered with its stream
+// sequence.
+func eventOf(msg jetstream.Msg) (*event.Event, error) {
 	meta, err := msg.Metadata()
 	if err != nil {
 		return nil, err
 	}
-	e, err := decodeEvent(msg.Data())
+	return eventAt(msg.Data(), meta.Sequence.Stream)
+}
+
+func eventAt(data []byte, seq uint64) (*event.Event, error) {
+	e, err := decodeEvent(data)
 	if err != nil {
-		return nil, fmt.Errorf("sequence %d: %w", meta.Sequence.Stream, err)
+		return nil, fmt.Errorf("sequence %d: %w", seq, err)
 	}
-	e.Sequence = meta.Sequence.Stream
+	e.Sequence = seq
 	return e, nil
 }
 
@@ -195,7 +201,7 @@ func (a *Archive) Read(ctx context.Context, from, end uint64, limit, maxBytes in
 			// it missed; the events from seq on come at the next read.
 			return nil, seq, nil
 		}
-		e, err := c.eventOf(msg)
+		e, err := eventAt(msg.Data(), seq)
 		if err != nil {
 			c.cfg.Log.Warn("cluster: an event of the stream is skipped", "error", err)
 			next = seq + 1

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -46,9 +47,6 @@ type presence struct {
 	peers map[string]*peer // by node id, this node included
 	// leaving is set once the node deletes its own entry as it leaves.
 	leaving bool
-	// lost is called, by the one node that won the declaration, for each
-	// node declared lost.
-	onLost []func(NodeInfo)
 }
 
 type peer struct {
@@ -70,6 +68,9 @@ func newPresence(ctx context.Context, c *Cluster) (*presence, error) {
 	now := time.Now()
 	self := c.cfg.Info
 	self.Node, self.Boot, self.Started, self.Seen = c.cfg.Node, c.boot, now, now
+	if self.Host == "" {
+		self.Host, _ = os.Hostname() // names the machine in a "node id in use" error
+	}
 	p := &presence{c: c, kv: kv, self: self, peers: map[string]*peer{}}
 	c.presence = p
 	if err := p.claim(ctx); err != nil {
@@ -223,12 +224,8 @@ func (p *presence) declare(ctx context.Context, info NodeInfo, rev uint64) bool 
 	if pe := p.peers[info.Node]; pe != nil && pe.rev == rev {
 		delete(p.peers, info.Node)
 	}
-	hooks := slices.Clone(p.onLost)
 	p.mu.Unlock()
 	p.closeLost(ctx, info)
-	for _, f := range hooks {
-		f(info)
-	}
 	return true
 }
 

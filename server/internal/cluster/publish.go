@@ -169,12 +169,18 @@ func (p *Publisher) TryPublish(evs ...*event.Event) bool {
 		p.loseLocked(ms)
 		return true
 	}
-	perConn := map[string]int{}
 	size := 0
-	for _, m := range ms {
-		perConn[m.conn]++
+	for i, m := range ms {
 		size += m.size
-		if p.perConn[m.conn]+perConn[m.conn] > PublishWindow || p.bytes+size > PublishBytes && size > m.size {
+		// This call's events of m's connection so far, m included: calls
+		// carry one event or a few, so a scan beats a map.
+		mine := 1
+		for _, o := range ms[:i] {
+			if o.conn == m.conn {
+				mine++
+			}
+		}
+		if p.perConn[m.conn]+mine > PublishWindow || p.bytes+size > PublishBytes && size > m.size {
 			return false
 		}
 	}
@@ -322,25 +328,22 @@ func (p *Publisher) settle() {
 	}
 }
 
+// settleOne waits for m's answer (none for a message that was never
+// sent) and releases what is settled.
 func (p *Publisher) settleOne(m *pending) {
-	{
-		if m.fut == nil {
-			p.release()
-			return
-		}
+	if m.fut != nil {
 		select {
 		case <-m.fut.Ok():
 			p.mu.Lock()
 			m.stored = true
 			p.mu.Unlock()
 			p.stats.Stored.Add(1)
-			p.release()
 		case err := <-m.fut.Err():
 			p.c.cfg.Log.Debug("cluster publish failed", "error", err)
 			p.fail()
-			p.release()
 		}
 	}
+	p.release()
 }
 
 // release drops the settled messages at the head of the queue and wakes

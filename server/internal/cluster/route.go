@@ -42,9 +42,6 @@ func (c *Cluster) Nodes() []string {
 	return out
 }
 
-// NodeInfos returns what the live nodes say of themselves.
-func (c *Cluster) NodeInfos() []NodeInfo { return c.presence.nodes() }
-
 // Call runs method on node (rpc.Peers). A node that does not answer
 // within ctx, or is not connected, is a *placement.NodeError with
 // placement.ErrNodeUnavailable; this node's own NATS connection being
